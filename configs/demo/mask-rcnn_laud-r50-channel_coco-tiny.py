@@ -1,0 +1,26 @@
+# Demo: LAUD-R50 (channel skipping, G = 2-2-2-2, t = 0.5) Mask R-CNN trained
+# and evaluated on the 80 + 80 real COCO images of ../shared/data/coco_tiny at
+# a CPU-friendly scale (short side 320 px), backbone from scratch (no ImageNet
+# weights offline): expect a low mAP. Evaluation prints box and mask mAP with
+# the backbone's activation rate, GFLOPs and predicted latency on one line.
+_base_ = [
+    '../mask_rcnn/mask-rcnn_laud-r50-channel-g2_t0.5_fpn_1x_coco.py',
+    '../_base_/datasets/coco_tiny.py',
+]
+model = dict(backbone=dict(init_cfg=None, frozen_stages=-1))
+train_dataloader = {{_base_.tiny_train_dataloader}}
+val_dataloader = {{_base_.tiny_val_dataloader}}
+test_dataloader = val_dataloader
+val_evaluator = {{_base_.tiny_instance_val_evaluator}}
+test_evaluator = val_evaluator
+
+max_epochs = 6
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=40),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
+         milestones=[5], gamma=0.1),
+]
+default_hooks = dict(logger=dict(interval=10),
+                     checkpoint=dict(interval=max_epochs))

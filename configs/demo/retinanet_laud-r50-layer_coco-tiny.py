@@ -1,0 +1,22 @@
+# Demo: LAUD-R50 (layer skipping, t = 0.5) RetinaNet on the real coco_tiny
+# images at a CPU-friendly scale, backbone from scratch.
+_base_ = [
+    '../retinanet/retinanet_laud-r50-layer_t0.5_fpn_1x_coco.py',
+    '../_base_/datasets/coco_tiny.py',
+]
+model = dict(backbone=dict(init_cfg=None, frozen_stages=-1))
+train_dataloader = {{_base_.tiny_train_dataloader}}
+val_dataloader = {{_base_.tiny_val_dataloader}}
+test_dataloader = val_dataloader
+val_evaluator = {{_base_.tiny_val_evaluator}}
+test_evaluator = val_evaluator
+max_epochs = 6
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+optim_wrapper = dict(optimizer=dict(lr=0.005), clip_grad=dict(max_norm=10.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=40),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
+         milestones=[5], gamma=0.1),
+]
+default_hooks = dict(logger=dict(interval=10),
+                     checkpoint=dict(interval=max_epochs))

@@ -1,0 +1,33 @@
+# LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, Faster R-CNN
+# FPN 1x on COCO (mmdet layout data/coco/). Backbone lr multiplier 0.5, tau
+# fixed at 0.1 (runtime base), sparsity term (F_dyn / F_static - t)^2 with
+# weight 1 (paper sec. 4.3, METHOD_NOTES section 3).
+_base_ = [
+    'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+    '../_base_/laud_detection_runtime.py',
+]
+target_rate = 0.5
+# LAUD ImageNet checkpoint of the same backbone (configs/imagenet/); the
+# classifier's keys are 'backbone.*', maskers included. Change it here (and in
+# the init_cfg line of the configs that inherit this one) or on the command
+# line: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+laud_pretrained = 'work_dirs/laud-r50-spatial-s4421_8xb128_in1k/epoch_100.pth'
+model = dict(
+    type='laud_mm.LAUDDetector',
+    detector='FasterRCNN',
+    # authors' detection recipe: only the global term (F_dyn/F_static - t)^2
+    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
+                       loss_weight=1.0, block_bounds=False),
+    backbone=dict(type='laud_mm.LAUDResNet', paradigm='spatial',
+                  granularity=(4, 4, 2, 1),
+                  init_cfg=dict(type='Pretrained', prefix='backbone.',
+                                checkpoint=laud_pretrained)))
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)}))
+val_evaluator = [
+    dict(type='CocoMetric',
+         ann_file='data/coco/annotations/instances_val2017.json',
+         metric='bbox', format_only=False, backend_args=None),
+    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
+]
+test_evaluator = val_evaluator

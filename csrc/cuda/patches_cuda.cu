@@ -1,0 +1,115 @@
+// Plain-CUDA kernels of the LAUDNet patch ops (see patches_cuda.h).
+// One thread per output element; grid-stride loops; 64-bit indexing.
+// Source: LAUDNet paper sec. 3.4 and appendix (fused gather, fused
+// scatter-add).
+#include "patches_cuda.h"
+
+namespace laud_mm {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int blocks_for(int64_t n) {
+  int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(b < 65535 * 8 ? (b < 1 ? 1 : b) : 65535 * 8);
+}
+
+template <typename scalar_t>
+__global__ void gather_kernel(const scalar_t* __restrict__ feat,
+                              const int64_t* __restrict__ idx,
+                              scalar_t* __restrict__ out, int64_t P,
+                              int64_t C_t, int64_t H, int64_t W,
+                              int64_t channels, int64_t S, int64_t stride,
+                              int64_t dilation, bool relu) {
+  const int64_t K = (S - 1) * stride + 2 * dilation + 1;
+  const int64_t total = P * channels * K * K;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)blockDim.x * gridDim.x) {
+    const int64_t wx = i % K;
+    const int64_t wy = (i / K) % K;
+    const int64_t c = (i / (K * K)) % channels;
+    const int64_t p = i / (K * K * channels);
+    const int64_t n = idx[3 * p], gi = idx[3 * p + 1], gj = idx[3 * p + 2];
+    const int64_t iy = gi * S * stride - dilation + wy;
+    const int64_t ix = gj * S * stride - dilation + wx;
+    scalar_t v = scalar_t(0);
+    if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
+      v = feat[((n * C_t + c) * H + iy) * W + ix];
+      if (relu && v < scalar_t(0)) v = scalar_t(0);
+    }
+    out[i] = v;
+  }
+}
+
+template <typename scalar_t>
+__global__ void scatter_kernel(scalar_t* out, const scalar_t* identity,
+                               const scalar_t* __restrict__ patches,
+                               const int64_t* __restrict__ pmap, int64_t N,
+                               int64_t C, int64_t H, int64_t W, int64_t Sh,
+                               int64_t Sw) {
+  const int64_t gh = (H + Sh - 1) / Sh, gw = (W + Sw - 1) / Sw;
+  const int64_t total = N * C * H * W;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)blockDim.x * gridDim.x) {
+    const int64_t x = i % W;
+    const int64_t y = (i / W) % H;
+    const int64_t c = (i / (H * W)) % C;
+    const int64_t n = i / (H * W * C);
+    const int64_t p = pmap[(n * gh + y / Sh) * gw + x / Sw];
+    scalar_t v = identity[i];
+    if (p >= 0) v += patches[((p * C + c) * Sh + y % Sh) * Sw + x % Sw];
+    out[i] = v > scalar_t(0) ? v : scalar_t(0);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+cudaError_t gather_patches(const scalar_t* feat, const int64_t* idx,
+                           scalar_t* out, int64_t P, int64_t C_t, int64_t H,
+                           int64_t W, int64_t channels, int64_t S,
+                           int64_t stride, int64_t dilation, bool relu,
+                           cudaStream_t stream) {
+  const int64_t K = (S - 1) * stride + 2 * dilation + 1;
+  const int64_t total = P * channels * K * K;
+  if (total == 0) return cudaSuccess;
+  gather_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      feat, idx, out, P, C_t, H, W, channels, S, stride, dilation, relu);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t scatter_add_relu(scalar_t* out, const scalar_t* identity,
+                             const scalar_t* patches, const int64_t* pmap,
+                             int64_t N, int64_t C, int64_t H, int64_t W,
+                             int64_t Sh, int64_t Sw, cudaStream_t stream) {
+  const int64_t total = N * C * H * W;
+  if (total == 0) return cudaSuccess;
+  scatter_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      out, identity, patches, pmap, N, C, H, W, Sh, Sw);
+  return cudaGetLastError();
+}
+
+template cudaError_t gather_patches<float>(const float*, const int64_t*,
+                                           float*, int64_t, int64_t, int64_t,
+                                           int64_t, int64_t, int64_t, int64_t,
+                                           int64_t, bool, cudaStream_t);
+template cudaError_t gather_patches<double>(const double*, const int64_t*,
+                                            double*, int64_t, int64_t,
+                                            int64_t, int64_t, int64_t,
+                                            int64_t, int64_t, int64_t, bool,
+                                            cudaStream_t);
+template cudaError_t scatter_add_relu<float>(float*, const float*,
+                                             const float*, const int64_t*,
+                                             int64_t, int64_t, int64_t,
+                                             int64_t, int64_t, int64_t,
+                                             cudaStream_t);
+template cudaError_t scatter_add_relu<double>(double*, const double*,
+                                              const double*, const int64_t*,
+                                              int64_t, int64_t, int64_t,
+                                              int64_t, int64_t, int64_t,
+                                              cudaStream_t);
+
+}  // namespace cuda
+}  // namespace laud_mm

@@ -1,0 +1,26 @@
+"""laud_mm: latency-aware unified dynamic networks (LAUDNet) for MMDetection
+and MMPretrain.
+
+Importing the package registers every laud_mm class in its child registries
+(scope 'laud_mm': use ``type='laud_mm.X'`` from mmdet / mmpretrain configs)
+and makes torch >= 2.6 load mmengine Runner checkpoints with
+``weights_only=True`` (see :mod:`laud_mm.engine.safe_load`).
+"""
+from .version import __version__  # noqa: F401
+from .utils_torchvision import declare_missing_torchvision_ops
+
+declare_missing_torchvision_ops()  # before mmpretrain imports torchvision
+from . import registry  # noqa: F401
+from .engine import register_safe_globals
+
+register_safe_globals()
+
+from . import engine, evaluation, models  # noqa: E402,F401
+from .engine import CPUAmpOptimWrapper, GumbelTemperatureHook  # noqa: E402
+from .evaluation import BackboneLatencyMetric  # noqa: E402
+from .models import (LAUDBottleneck, LAUDDetector, LAUDResNet,  # noqa: E402
+                     SparsityLoss)
+
+__all__ = ['LAUDResNet', 'LAUDBottleneck', 'LAUDDetector', 'SparsityLoss',
+           'GumbelTemperatureHook', 'BackboneLatencyMetric',
+           'CPUAmpOptimWrapper', 'register_safe_globals']

@@ -1,0 +1,3 @@
+from .gumbel_temperature import GumbelTemperatureHook
+
+__all__ = ['GumbelTemperatureHook']

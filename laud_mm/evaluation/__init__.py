@@ -1,0 +1,3 @@
+from .metrics import BackboneLatencyMetric
+
+__all__ = ['BackboneLatencyMetric']

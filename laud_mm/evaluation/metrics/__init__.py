@@ -1,0 +1,3 @@
+from .backbone_latency import BackboneLatencyMetric
+
+__all__ = ['BackboneLatencyMetric']

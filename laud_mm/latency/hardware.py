@@ -1,0 +1,252 @@
+"""Hardware descriptions for the latency predictor.
+
+A device is ``N_PE`` processing engines (GPU streaming multiprocessors, CPU
+cores), each with ``P`` FP32 units at clock ``f``, and three memory levels:
+off-chip DRAM (bandwidth ``BW``), an on-chip global level (L2 cache, bandwidth
+``l2_factor * BW``) and the in-PE level (registers / shared memory, not
+modelled as a bottleneck).
+
+Source: paper appendix A and Tab. IV, METHOD_NOTES section 4 (the figures of
+the paper's five devices). H200, A100 and ``cpu`` are this project's
+additions (public data sheets; ``cpu`` is a placeholder for this 2-core
+machine, to be replaced by ``tools/calibrate_hardware.py``'s measurement).
+"""
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Union
+
+__all__ = ['HardwareSpec', 'KNOWN_HARDWARE', 'get_hardware', 'load_hardware',
+           'save_hardware']
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One device of the analytic latency model (immutable, hashable).
+
+    Attributes:
+        name: identifier, e.g. ``'v100'``.
+        num_pe: number of processing engines N_PE (SMs / cores), > 0.
+        fp32_per_pe: FP32 multiply-accumulate units per PE, P (> 0; may be
+            fractional for a calibrated CPU).
+        clock_mhz: clock f in MHz (> 0).
+        bandwidth_gbs: off-chip (DRAM) bandwidth BW in GB/s (1e9 bytes/s).
+        l2_factor: on-chip (L2) bandwidth as a multiple of BW (> 0).
+        cycles_per_op: latency of one FP32 FMA in cycles (default 4). A PE
+            runs at full rate only if each unit has at least this many
+            independent accumulators (output elements) in its tile.
+        transaction_bytes: memory transaction size in bytes (default 32 =
+            8 FP32): a run of L contiguous bytes costs whole transactions.
+        launch_us: fixed cost of one kernel launch in microseconds (8).
+        default_batch: batch size the paper reports this device at.
+        max_tile_outputs: most output elements one tile may hold (register
+            file bound: 128 x 128 accumulators per PE on the GPUs).
+        dtype_bytes: bytes per element (4, FP32).
+
+    Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
+    (bytes/s).
+
+    Raises:
+        ValueError: on construction, naming the field whose value is not a
+            positive number.
+    """
+    name: str
+    num_pe: int
+    fp32_per_pe: float
+    clock_mhz: float
+    bandwidth_gbs: float
+    l2_factor: float = 4.0
+    cycles_per_op: float = 4.0
+    transaction_bytes: int = 32
+    launch_us: float = 8.0
+    default_batch: int = 1
+    max_tile_outputs: int = 16384
+    dtype_bytes: int = 4
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f'HardwareSpec: name={self.name!r} must be a '
+                             f'non-empty string')
+        for f in dataclasses.fields(self):
+            if f.name == 'name':
+                continue
+            v = getattr(self, f.name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if f.name == 'launch_us':
+                ok = ok and v >= 0
+            else:
+                ok = ok and v > 0
+            if not ok:
+                raise ValueError(
+                    f'HardwareSpec {self.name!r}: {f.name}={v!r} must be a '
+                    f'{"non-negative" if f.name == "launch_us" else "positive"}'
+                    f' number')
+        for key in ('num_pe', 'transaction_bytes', 'default_batch',
+                    'max_tile_outputs', 'dtype_bytes'):
+            if int(getattr(self, key)) != getattr(self, key):
+                raise ValueError(f'HardwareSpec {self.name!r}: {key}='
+                                 f'{getattr(self, key)!r} must be an integer')
+
+    # ----------------------------------------------------------- derived
+    @property
+    def clock_hz(self) -> float:
+        """Clock f in Hz."""
+        return self.clock_mhz * 1e6
+
+    @property
+    def peak_macs(self) -> float:
+        """Peak FP32 multiply-accumulates per second, N_PE * P * f."""
+        return self.num_pe * self.fp32_per_pe * self.clock_hz
+
+    @property
+    def bandwidth(self) -> float:
+        """Off-chip bandwidth in bytes/s."""
+        return self.bandwidth_gbs * 1e9
+
+    @property
+    def l2_bandwidth(self) -> float:
+        """On-chip (L2) bandwidth in bytes/s, ``l2_factor * BW``."""
+        return self.l2_factor * self.bandwidth
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict of the fields (for YAML/JSON)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> 'HardwareSpec':
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _spec(name, n_pe, p, mhz, bw, l2, batch, **kw):
+    return HardwareSpec(name=name, num_pe=n_pe, fp32_per_pe=p, clock_mhz=mhz,
+                        bandwidth_gbs=bw, l2_factor=l2, default_batch=batch,
+                        **kw)
+
+
+#: The known devices. First five: METHOD_NOTES section 4 (paper Tab. IV).
+#: a100 / h200: data sheets (108 / 132 SMs, 64 / 128 FP32 per SM, boost
+#: clock, HBM bandwidth), L2 factor 4 like the V100. cpu: this 2-core
+#: machine with AVX2 FMA (2 FMA ports x 8 lanes = 16 FP32 MACs per cycle),
+#: ~10 GB/s DRAM and a slow "launch" (PyTorch op dispatch ~ 10 us);
+#: re-measure with tools/calibrate_hardware.py.
+KNOWN_HARDWARE: Dict[str, HardwareSpec] = {
+    s.name: s for s in [
+        _spec('v100', 80, 64, 1500, 700, 4, 128),
+        _spec('rtx3090', 82, 128, 1250, 936, 1, 128),
+        _spec('rtx3060', 28, 128, 1777, 360, 4, 128),
+        _spec('tx2', 2, 128, 1300, 59.7, 4, 1),
+        _spec('nano', 1, 128, 921, 25.6, 4, 1),
+        _spec('a100', 108, 64, 1410, 1555, 4, 128),
+        _spec('h200', 132, 128, 1980, 4800, 4, 128),
+        _spec('cpu', 2, 16, 2400, 10, 4, 1, launch_us=10.0,
+              max_tile_outputs=4096),
+    ]
+}
+
+_ALIASES = {'jetson_tx2': 'tx2', 'jetson-tx2': 'tx2', 'jetson_nano': 'nano',
+            'jetson-nano': 'nano', 'tesla_v100': 'v100', 'rtx_3090': 'rtx3090',
+            'rtx_3060': 'rtx3060', 'tx-2': 'tx2'}
+
+
+def _from_mapping(d: Mapping, source: str) -> HardwareSpec:
+    if not isinstance(d, Mapping):
+        raise ValueError(f'hardware spec {source}: expected a mapping of '
+                         f'fields, got {type(d).__name__}')
+    names = {f.name for f in dataclasses.fields(HardwareSpec)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f'hardware spec {source}: unknown key(s) {unknown}; '
+                         f'known keys are {sorted(names)}')
+    required = {'name', 'num_pe', 'fp32_per_pe', 'clock_mhz', 'bandwidth_gbs'}
+    missing = sorted(required - set(d))
+    if missing:
+        raise ValueError(f'hardware spec {source}: missing key(s) {missing}')
+    return HardwareSpec(**dict(d))
+
+
+def load_hardware(path: str) -> HardwareSpec:
+    """Read a :class:`HardwareSpec` from a ``.yaml``/``.yml``/``.json`` file.
+
+    The file holds the fields of :class:`HardwareSpec` (``name``, ``num_pe``,
+    ``fp32_per_pe``, ``clock_mhz``, ``bandwidth_gbs`` required; the rest
+    default), optionally under a top-level key ``hardware``.
+
+    Raises:
+        ValueError: unreadable file, wrong extension, unknown or missing key,
+            bad value (the message names the file, key and value).
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in ('.yaml', '.yml', '.json'):
+        raise ValueError(f'hardware spec file {path!r}: extension {ext!r} '
+                         f'is not .yaml, .yml or .json')
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f'hardware spec file {path!r} cannot be read: {e}')
+    try:
+        if ext == '.json':
+            d = json.loads(text)
+        else:
+            import yaml
+            d = yaml.safe_load(text)
+    except Exception as e:  # parse errors of either format
+        raise ValueError(f'hardware spec file {path!r} does not parse: {e}')
+    if isinstance(d, Mapping) and 'hardware' in d and len(d) == 1:
+        d = d['hardware']
+    return _from_mapping(d, repr(path))
+
+
+def save_hardware(spec: HardwareSpec, path: str) -> None:
+    """Write ``spec`` to a ``.yaml``/``.yml``/``.json`` file.
+
+    Raises:
+        ValueError: for another extension.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    d = spec.to_dict()
+    if ext == '.json':
+        with open(path, 'w') as f:
+            json.dump(d, f, indent=2)
+    elif ext in ('.yaml', '.yml'):
+        import yaml
+        with open(path, 'w') as f:
+            yaml.safe_dump(d, f, sort_keys=False)
+    else:
+        raise ValueError(f'hardware spec file {path!r}: extension {ext!r} '
+                         f'is not .yaml, .yml or .json')
+
+
+def get_hardware(hw: Union[str, HardwareSpec, Mapping]) -> HardwareSpec:
+    """Resolve a device: a :class:`HardwareSpec`, a known name (case- and
+    dash-insensitive, e.g. ``'V100'``, ``'jetson-tx2'``), a path to a
+    ``.yaml``/``.json`` spec file, or a dict of spec fields.
+
+    Returns:
+        the :class:`HardwareSpec`.
+
+    Raises:
+        ValueError: naming the value, listing the known device names, if it
+            is neither a known name nor an existing spec file; or naming the
+            bad key/value of a file or dict.
+    """
+    if isinstance(hw, HardwareSpec):
+        return hw
+    if isinstance(hw, Mapping):
+        return _from_mapping(hw, '(dict)')
+    if not isinstance(hw, str):
+        raise ValueError(f'hardware={hw!r}: expected a device name, a spec '
+                         f'file path or a HardwareSpec; known names: '
+                         f'{sorted(KNOWN_HARDWARE)}')
+    key = hw.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in KNOWN_HARDWARE:
+        return KNOWN_HARDWARE[key]
+    if os.path.splitext(hw)[1].lower() in ('.yaml', '.yml', '.json'):
+        if not os.path.isfile(hw):
+            raise ValueError(f'hardware={hw!r}: spec file does not exist')
+        return load_hardware(hw)
+    raise ValueError(f'hardware={hw!r} is unknown; known names: '
+                     f'{sorted(KNOWN_HARDWARE)}, or give a .yaml/.json spec '
+                     f'file path')

@@ -1,0 +1,422 @@
+"""Per-operator analytic latency model with a tile-shape search.
+
+Every convolution-like operator splits its output tensor (batch, channel, h, w)
+into tiles ``TP x TC x TS1 x TS2``; each tile runs on one processing engine
+(PE). For every candidate tile shape the model estimates
+
+* ``T_compute = waves * K * max(ceil(tile_out / P), cycles_per_op) / f`` with
+  ``waves = ceil(n_tiles / N_PE)`` and ``K`` the multiply-accumulates per
+  output element. This is METHOD_NOTES section 4's
+  ``(MACs per tile / (f * P)) / PE utilisation * ceil(n_tiles / N_PE)`` with
+  the PE utilisation ``tile_out / (P * max(ceil(tile_out / P),
+  cycles_per_op))``: lanes left idle by a tile that is not a multiple of P,
+  and an FMA pipeline of ``cycles_per_op`` stages that needs that many
+  independent accumulators per unit to stay full;
+* ``T_memory = off-chip bytes / BW + on-chip bytes / (l2_factor * BW)``. The
+  off-chip bytes are the unique input (or, for patches gathered from a dense
+  map, the part of it their windows cover), the weights and the output; the
+  on-chip bytes are, per tile, its input window *including the k-1 halo*, its
+  weights and its output, each divided by the memory-access efficiency of its
+  contiguous runs (a run of L bytes costs whole ``transaction_bytes``
+  transactions; short scattered runs - patch rows of a gathered window,
+  scatter targets - waste most of each transaction);
+* ``T_op = T_compute + T_memory + launch``,
+
+and keeps the fastest tile shape. Tile sides are powers of two plus the
+divisors ``3, 5, 6, 7, 12, 14, 28, 56`` and the full dimension, none larger
+than the dimension; tiles hold at most ``hw.max_tile_outputs`` outputs.
+Searches are cached (:func:`functools.lru_cache`) on the hashable
+:class:`ConvOp` and :class:`HardwareSpec`.
+
+Memory layout: NCHW FP32 (PyTorch's default), so rows of a feature map are
+the contiguous runs. Dynamic operators (paper sec. 3.4, Fig. 2):
+
+* spatial: ``gather-conv`` reads each active patch's input window (S-1) *
+  stride + k pixels wide out of the dense map (halo re-read per patch, short
+  runs); ``conv on gathered patches`` treats the patch buffer as a batch of
+  S x S images; ``scatter-add`` adds the gathered output into the shortcut at
+  the active positions (short runs);
+* channel: each sample has its own active channel set, so a tile cannot span
+  samples (TP = 1, weights gathered per sample) and the number of channel
+  tiles varies with the per-sample count (binomial load imbalance);
+* layer: the dense operators on the gathered kept samples.
+
+Units: seconds inside, milliseconds in :class:`OpLatency`. FLOPs = MACs.
+Source: paper appendix A and sec. 3.3-3.4, METHOD_NOTES section 4.
+"""
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .hardware import HardwareSpec
+
+__all__ = ['ConvOp', 'OpLatency', 'conv_latency', 'elementwise_latency',
+           'pool_latency', 'linear_latency', 'se_latency', 'tile_candidates',
+           'access_efficiency', 'TILE_DIVISORS']
+
+#: non-power-of-two tile sides tried in addition to powers of two
+TILE_DIVISORS = (3, 5, 6, 7, 12, 14, 28, 56)
+
+
+@dataclass
+class OpLatency:
+    """Predicted latency of one kernel.
+
+    Attributes:
+        name: operator name, e.g. ``'conv2'``, ``'gather_conv2'``.
+        ms: total latency (compute + memory + launch), milliseconds.
+        compute_ms, memory_ms, launch_ms: the three terms, milliseconds.
+        macs: multiply-accumulates executed (whole batch).
+        offchip_bytes, onchip_bytes: traffic of the chosen tile shape (the
+            on-chip bytes already divided by the access efficiency).
+        tile: chosen (TP, TC, TS1, TS2), or None for streaming ops.
+        n_tiles: number of tiles of the chosen shape.
+        utilisation: PE utilisation of the chosen tile (0..1].
+    """
+    name: str
+    ms: float
+    compute_ms: float = 0.
+    memory_ms: float = 0.
+    launch_ms: float = 0.
+    macs: float = 0.
+    offchip_bytes: float = 0.
+    onchip_bytes: float = 0.
+    tile: Optional[Tuple[int, int, int, int]] = None
+    n_tiles: float = 0.
+    utilisation: float = 1.
+
+    def scaled(self, factor: float, name: Optional[str] = None) -> 'OpLatency':
+        """This latency times ``factor`` (expected cost of an op that runs
+        with probability ``factor``)."""
+        return OpLatency(name or self.name, self.ms * factor,
+                         self.compute_ms * factor, self.memory_ms * factor,
+                         self.launch_ms * factor, self.macs * factor,
+                         self.offchip_bytes * factor, self.onchip_bytes * factor,
+                         self.tile, self.n_tiles, self.utilisation)
+
+
+@dataclass(frozen=True)
+class ConvOp:
+    """A convolution-like operator, hashable so that searches cache.
+
+    Output tensor: (batch, cout, out_h, out_w); input source map
+    (cin, in_h, in_w) per sample.
+
+    Attributes:
+        batch: number of output "images": samples, or active patches for a
+            gathered spatial conv (> 0, may be fractional for expectations).
+        cin, cout: input / output channels (expected active counts for a
+            channel-dynamic conv; fractional allowed).
+        out_h, out_w: output size per image (patch side S for patches).
+        in_h, in_w: size of the map the input is read from (the dense map
+            for a gathered conv), pixels.
+        kernel, stride, dilation, groups: convolution hyper-parameters.
+        gathered: input windows are cut out of a larger map (patches): each
+            window row is a separate run, and off-chip input is limited to
+            ``in_coverage`` of the source map.
+        in_coverage: fraction of the source map the windows touch (0..1].
+        source_batch: samples of the source map (for off-chip input bytes
+            of a gathered conv); defaults to ``batch``.
+        per_sample_channels: channel-dynamic: every sample has its own
+            channel set, so tiles do not span samples (TP = 1).
+        cout_std: standard deviation of the per-sample active output
+            channels (load imbalance), 0 for static.
+        weight_elems: weight elements read off-chip (defaults to the dense
+            ``cout * cin / groups * k * k``).
+        name: operator name.
+    """
+    batch: float
+    cin: float
+    cout: float
+    out_h: int
+    out_w: int
+    in_h: int
+    in_w: int
+    kernel: int = 1
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    gathered: bool = False
+    in_coverage: float = 1.
+    source_batch: Optional[float] = None
+    per_sample_channels: bool = False
+    cout_std: float = 0.
+    weight_elems: Optional[float] = None
+    name: str = 'conv'
+
+    @property
+    def k_reduce(self) -> float:
+        """MACs per output element: cin / groups * k * k."""
+        return self.cin / self.groups * self.kernel * self.kernel
+
+    @property
+    def macs(self) -> float:
+        """MACs of the whole operator."""
+        return self.batch * self.cout * self.out_h * self.out_w * self.k_reduce
+
+
+def tile_candidates(dim: int) -> Tuple[int, ...]:
+    """Candidate tile sides for a dimension: powers of two and
+    :data:`TILE_DIVISORS` not above ``dim``, plus ``dim`` itself (sorted).
+
+    Raises:
+        ValueError: if ``dim < 1``.
+    """
+    dim = int(math.ceil(dim))
+    if dim < 1:
+        raise ValueError(f'tile_candidates: dim={dim} must be >= 1')
+    out = {dim}
+    p = 1
+    while p <= dim:
+        out.add(p)
+        p *= 2
+    out.update(d for d in TILE_DIVISORS if d <= dim)
+    return tuple(sorted(out))
+
+
+def access_efficiency(run_bytes, transaction_bytes: int, aligned: bool):
+    """Fraction of the moved bytes that are useful for contiguous runs.
+
+    Args:
+        run_bytes: length of a contiguous run in bytes (scalar or array).
+        transaction_bytes: memory transaction size T in bytes.
+        aligned: runs start on a transaction boundary (dense tiles of a
+            dense tensor); else (windows, scattered patch rows) the start is
+            uniformly 4-byte aligned and costs on average
+            ``1 + (L - 4) / T`` transactions.
+
+    Returns:
+        ``L / (T * transactions)`` in (0, 1].
+    """
+    L = np.asarray(run_bytes, dtype=float)
+    T = float(transaction_bytes)
+    if aligned:
+        n = np.ceil(L / T)
+    else:
+        n = 1. + np.maximum(L - 4., 0.) / T
+    return np.minimum(1., L / (T * n))
+
+
+def _expected_ceil(mean: float, std: float, tile: np.ndarray) -> np.ndarray:
+    """E[ceil(X / tile)] for X ~ (mean, std), by two-point quadrature."""
+    if std <= 0:
+        return np.ceil(mean / tile - 1e-9)
+    lo = max(mean - std, 0.)
+    hi = mean + std
+    return 0.5 * (np.ceil(lo / tile - 1e-9) + np.ceil(hi / tile - 1e-9))
+
+
+@lru_cache(maxsize=65536)
+def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
+    """Latency of one convolution-like kernel, fastest tile shape.
+
+    Args:
+        hw: the device.
+        op: the operator (see :class:`ConvOp`).
+
+    Returns:
+        :class:`OpLatency` of the best tile shape; a zero-cost entry when
+        the operator has no work (``batch`` or ``cout`` is 0).
+
+    Raises:
+        ValueError: for negative sizes or a groups value that does not
+            divide the channels.
+    """
+    for key in ('batch', 'cin', 'cout', 'out_h', 'out_w', 'in_h', 'in_w'):
+        if getattr(op, key) < 0:
+            raise ValueError(f'{op.name}: {key}={getattr(op, key)!r} < 0')
+    if op.batch <= 0 or op.cout <= 0 or op.cin <= 0:
+        return OpLatency(op.name, 0.)
+    if op.groups < 1 or (op.groups > 1 and (
+            op.cin % op.groups or op.cout % op.groups)):
+        raise ValueError(f'{op.name}: groups={op.groups} must divide '
+                         f'cin={op.cin} and cout={op.cout}')
+    B, C, H, W = op.batch, op.cout, op.out_h, op.out_w
+    K = op.k_reduce
+    db = hw.dtype_bytes
+    T_tr = hw.transaction_bytes
+    P = hw.fp32_per_pe
+    tp_c = np.array((1,) if op.per_sample_channels
+                    else tile_candidates(math.ceil(B)), float)
+    tc_c = np.array(tile_candidates(math.ceil(C)), float)
+    th_c = np.array(tile_candidates(H), float)
+    tw_c = np.array(tile_candidates(W), float)
+    TP, TC, TH, TW = (a.ravel() for a in np.meshgrid(
+        tp_c, tc_c, th_c, tw_c, indexing='ij'))
+    tile_out = TP * TC * TH * TW
+    keep = tile_out <= hw.max_tile_outputs
+    if not keep.any():  # a single output row larger than the cap
+        keep = tile_out == tile_out.min()
+    TP, TC, TH, TW, tile_out = TP[keep], TC[keep], TH[keep], TW[keep], \
+        tile_out[keep]
+
+    # ---- tiles and compute
+    n_c = _expected_ceil(C, op.cout_std, TC)
+    n_tiles = np.ceil(B / TP - 1e-9) * n_c * np.ceil(H / TH) * np.ceil(W / TW)
+    waves = np.ceil(n_tiles / hw.num_pe - 1e-9)
+    per_unit = np.ceil(tile_out / P - 1e-9)
+    cycles_per_k = np.maximum(per_unit, hw.cycles_per_op)
+    util = tile_out / (P * cycles_per_k)
+    t_compute = waves * K * cycles_per_k / hw.clock_hz
+
+    # ---- on-chip traffic per tile (elements), halo included
+    k_eff = (op.kernel - 1) * op.dilation + 1
+    pad = (op.kernel // 2) * op.dilation
+    win_h = np.minimum((TH - 1) * op.stride + k_eff, op.in_h + 2 * pad)
+    win_w = np.minimum((TW - 1) * op.stride + k_eff, op.in_w + 2 * pad)
+    if op.groups == 1:
+        cin_tile = op.cin
+    else:
+        cout_g = op.cout / op.groups
+        cin_tile = op.cin / op.groups * np.minimum(
+            op.groups, np.ceil(TC / cout_g))
+    in_tile = TP * cin_tile * win_h * win_w
+    w_tile = TC * K
+    full_rows = (~np.bool_(op.gathered)) & (win_w >= op.in_w)
+    in_run = np.where(full_rows, win_h * op.in_w, win_w) * db
+    eff_in = np.where(full_rows,
+                      access_efficiency(in_run, T_tr, True),
+                      access_efficiency(in_run, T_tr, False))
+    out_run = np.where(TW >= W, TH * W, TW) * db
+    eff_out = access_efficiency(out_run, T_tr, True)
+    onchip = n_tiles * (in_tile / eff_in + w_tile + tile_out / eff_out) * db
+
+    # ---- off-chip traffic (tile independent except for the input runs)
+    src_b = op.batch if op.source_batch is None else op.source_batch
+    in_elems = src_b * op.cin * op.in_h * op.in_w
+    if op.gathered:
+        in_elems = in_elems * op.in_coverage
+        in_off = in_elems * db / float(access_efficiency(
+            ((min(H, op.in_h) - 1) * op.stride + k_eff) * db, T_tr, False))
+    else:
+        in_off = in_elems * db
+    w_elems = op.weight_elems if op.weight_elems is not None \
+        else op.cout * K
+    out_elems = B * C * H * W
+    offchip = in_off + (w_elems + out_elems) * db
+    t_mem = offchip / hw.bandwidth + onchip / hw.l2_bandwidth
+    launch = hw.launch_us * 1e-6
+    total = t_compute + t_mem + launch
+    i = int(np.argmin(total))
+    return OpLatency(
+        op.name, float(total[i]) * 1e3, float(t_compute[i]) * 1e3,
+        float(t_mem[i]) * 1e3, launch * 1e3, op.macs, float(offchip),
+        float(onchip[i]),
+        (int(TP[i]), int(TC[i]), int(TH[i]), int(TW[i])), float(n_tiles[i]),
+        float(util[i]))
+
+
+@lru_cache(maxsize=65536)
+def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
+                        reads: int = 2, writes: int = 1, ops_per_elem: float = 1.,
+                        run_elems: Optional[float] = None,
+                        contiguous_reads: int = 0) -> OpLatency:
+    """A streaming (memory-bound) kernel: add, scatter-add, ReLU, scale.
+
+    Args:
+        hw: the device.
+        name: operator name.
+        elems: output elements (whole batch).
+        reads, writes: tensors read / written per element.
+        ops_per_elem: arithmetic operations per element.
+        run_elems: contiguous run length in elements of the scattered
+            accesses (patch row length S for scatter-add); None = dense.
+        contiguous_reads: how many of the ``reads`` are dense (e.g. the
+            gathered patch buffer of a scatter-add) when ``run_elems`` is
+            given.
+
+    Returns:
+        :class:`OpLatency`; zero when ``elems`` is 0.
+
+    Raises:
+        ValueError: if ``elems < 0``.
+    """
+    if elems < 0:
+        raise ValueError(f'{name}: elems={elems!r} < 0')
+    if elems == 0:
+        return OpLatency(name, 0.)
+    db = hw.dtype_bytes
+    if run_elems is None:
+        eff = 1.
+        useful = (reads + writes) * elems * db
+        moved = useful
+    else:
+        eff = float(access_efficiency(run_elems * db, hw.transaction_bytes,
+                                      False))
+        dense = contiguous_reads
+        scattered = reads + writes - dense
+        useful = (reads + writes) * elems * db
+        moved = dense * elems * db + scattered * elems * db / eff
+    # streaming kernels are served from DRAM; the L2 pass (one read and one
+    # write per useful byte) adds the on-chip term.
+    t_mem = moved / hw.bandwidth + useful / hw.l2_bandwidth
+    t_comp = elems * ops_per_elem / hw.peak_macs
+    launch = hw.launch_us * 1e-6
+    total = t_comp + t_mem + launch
+    return OpLatency(name, total * 1e3, t_comp * 1e3, t_mem * 1e3,
+                     launch * 1e3, 0., moved, useful)
+
+
+def pool_latency(hw: HardwareSpec, name: str, batch: float, channels: float,
+                 in_hw: Tuple[int, int], out_hw: Tuple[int, int],
+                 window: int) -> OpLatency:
+    """Pooling (max / average), a streaming kernel.
+
+    Args:
+        batch, channels: tensor batch and channels.
+        in_hw, out_hw: input and output sizes, pixels.
+        window: pooling window area in pixels (e.g. 9 for 3x3; H*W for
+            global pooling).
+
+    Returns:
+        :class:`OpLatency` (reads the input once, writes the output).
+    """
+    in_e = batch * channels * in_hw[0] * in_hw[1]
+    out_e = batch * channels * out_hw[0] * out_hw[1]
+    # elementwise_latency counts (reads + writes) * elems; express as
+    # in_e reads plus out_e writes with ops = window per output.
+    db = hw.dtype_bytes
+    moved = (in_e + out_e) * db
+    t_mem = moved / hw.bandwidth + moved / hw.l2_bandwidth
+    t_comp = out_e * window / hw.peak_macs
+    launch = hw.launch_us * 1e-6
+    total = t_comp + t_mem + launch
+    return OpLatency(name, total * 1e3, t_comp * 1e3, t_mem * 1e3,
+                     launch * 1e3, out_e * window, moved, moved)
+
+
+def linear_latency(hw: HardwareSpec, name: str, batch: float, fin: float,
+                   fout: float) -> OpLatency:
+    """A fully connected layer (N, fin) -> (N, fout) as a 1x1 conv on 1x1
+    maps (tile search included)."""
+    return conv_latency(hw, ConvOp(batch, fin, fout, 1, 1, 1, 1, name=name))
+
+
+def se_latency(hw: HardwareSpec, batch: float, channels: int, hw_size:
+               Tuple[int, int], squeeze: int) -> Tuple[OpLatency, ...]:
+    """Squeeze-and-excitation: global pool, FC C -> s, FC s -> C (one fused
+    kernel for the two FCs), channel-wise scale of the map.
+
+    Args:
+        batch, channels: input tensor (N, C, H, W).
+        hw_size: (H, W).
+        squeeze: hidden width s.
+
+    Returns:
+        (pool, fc, scale) latencies.
+    """
+    pool = pool_latency(hw, 'se_pool', batch, channels, hw_size, (1, 1),
+                        hw_size[0] * hw_size[1])
+    fc1 = linear_latency(hw, 'se_fc', batch, channels, squeeze)
+    fc2 = linear_latency(hw, 'se_fc2', batch, squeeze, channels)
+    fc = OpLatency('se_fc', fc1.ms + fc2.ms - hw.launch_us * 1e-3,
+                   fc1.compute_ms + fc2.compute_ms,
+                   fc1.memory_ms + fc2.memory_ms, hw.launch_us * 1e-3,
+                   fc1.macs + fc2.macs)
+    scale = elementwise_latency(hw, 'se_scale',
+                                batch * channels * hw_size[0] * hw_size[1],
+                                reads=1, writes=1)
+    return pool, fc, scale

@@ -1,0 +1,576 @@
+"""Backbone latency: block geometry + activation rates -> operator list ->
+latency per operator, block, stage and network.
+
+Kernels of each block (paper sec. 3.4 and Fig. 2, METHOD_NOTES section 4),
+BN folded into the convolutions, ReLU fused into their epilogues:
+
+* static: conv1 (1x1), conv2 (3x3, stride), conv3 (1x1), [downsample (1x1,
+  stride)], add+ReLU;
+* spatial (S, density d = fraction of output pixels kept): fused
+  masker+conv1 (dense 1x1 conv Cin -> width + 2 logits), mask (pool the
+  logits to the patch grid, compare, build the patch index), gather-conv2
+  (3x3 on the active patches read from the dense conv1 output, halo
+  re-read), conv3 on the gathered patches, [downsample], scatter-add+ReLU
+  into the shortcut at the active positions;
+* channel (G, density d = fraction of channel groups kept): masker (global
+  pool + fused 2-layer MLP), conv1 to the active channels, conv2 and conv3
+  on the active channels (weights gathered per sample), [downsample],
+  add+ReLU;
+* layer (density d = fraction of samples whose gate is on): masker (global
+  pool + fused linear gate), [downsample], and conv1, conv2, conv3, add on
+  the d * N kept samples (expectation, linear between the neighbouring
+  integer batch sizes; at batch 1 the block runs with probability d).
+
+Source: paper appendix A, METHOD_NOTES section 4.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+from ..models.geometry import (PARADIGMS, BlockGeometry, StemGeometry,
+                               block_out_hw, ceil_div)
+from .hardware import HardwareSpec, get_hardware
+from .operators import (ConvOp, OpLatency, conv_latency, elementwise_latency,
+                        pool_latency)
+
+__all__ = ['LatencyPredictor', 'BackboneLatency', 'resnet_geometries',
+           'RESNET_DEPTHS']
+
+#: blocks per stage of the bottleneck ResNets
+RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def resnet_geometries(depth: int, in_hw: Tuple[int, int],
+                      paradigm: Optional[str] = None,
+                      granularity: Optional[Sequence[int]] = None,
+                      ) -> Tuple[List[BlockGeometry], StemGeometry]:
+    """Block and stem geometry of a bottleneck ResNet without building it
+    (same numbers as ``LAUDResNet.block_geometries``; torchvision/mmdet
+    ``style='pytorch'``: the stride sits on conv2).
+
+    Args:
+        depth: 50, 101 or 152.
+        in_hw: image size (H, W), pixels.
+        paradigm: 'spatial', 'channel', 'layer' or None.
+        granularity: S or G per stage (4 values) for spatial / channel.
+
+    Returns:
+        (list of :class:`BlockGeometry`, :class:`StemGeometry`).
+
+    Raises:
+        ValueError: naming ``depth``, ``paradigm`` or ``granularity``.
+    """
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(f'depth={depth!r} is not one of '
+                         f'{sorted(RESNET_DEPTHS)}')
+    if paradigm is not None and paradigm not in PARADIGMS:
+        raise ValueError(f'paradigm={paradigm!r} is not one of {PARADIGMS} '
+                         f'or None')
+    if paradigm in ('spatial', 'channel'):
+        if granularity is None or len(tuple(granularity)) != 4 or any(
+                int(g) != g or g < 1 for g in granularity):
+            raise ValueError(f'granularity={granularity!r} must hold 4 '
+                             f'positive integers for paradigm={paradigm!r}')
+    stem = StemGeometry(3, 64, tuple(in_hw))
+    hw = stem.out_hw
+    cin = 64
+    out = []
+    for s, n in enumerate(RESNET_DEPTHS[depth]):
+        width = 64 * 2 ** s
+        for i in range(n):
+            stride = 2 if (i == 0 and s > 0) else 1
+            ohw = block_out_hw(hw, stride)
+            gran = None
+            if paradigm in ('spatial', 'channel'):
+                gran = int(granularity[s])
+            out.append(BlockGeometry(
+                s, i, cin, width, width * 4, stride, tuple(hw), ohw,
+                i == 0, paradigm, gran))
+            cin, hw = width * 4, ohw
+    return out, stem
+
+
+@dataclass
+class BackboneLatency:
+    """Predicted latency of a backbone for one batch.
+
+    Attributes:
+        total_ms: whole batch, milliseconds (stem + blocks).
+        per_image_ms: ``total_ms / batch_size``.
+        per_block_ms: one entry per block, milliseconds (whole batch).
+        per_stage_ms: one entry per stage, milliseconds (whole batch).
+        stem_ms: stem latency (0 when no stem was given).
+        batch_size: the batch.
+        hardware: device name.
+        block_ops: per block, the list of :class:`OpLatency` of its kernels.
+        block_names: per block, ``'s{stage}.b{index}'``.
+        stem_ops: the stem's kernels.
+        densities: the densities used (None entries for static blocks).
+        paradigms: per block paradigm (None = static).
+    """
+    total_ms: float
+    per_image_ms: float
+    per_block_ms: List[float]
+    per_stage_ms: List[float]
+    stem_ms: float = 0.
+    batch_size: int = 1
+    hardware: str = ''
+    block_ops: List[List[OpLatency]] = field(default_factory=list)
+    block_names: List[str] = field(default_factory=list)
+    stem_ops: List[OpLatency] = field(default_factory=list)
+    densities: List[Optional[float]] = field(default_factory=list)
+    paradigms: List[Optional[str]] = field(default_factory=list)
+
+    def table(self, ops: bool = False) -> str:
+        """Plain-text table: one row per block (and per kernel when
+        ``ops``), then the per-stage sums and the total."""
+        rows = [('block', 'paradigm', 'density', 'ms', 'share')]
+        tot = self.total_ms or 1.
+        if self.stem_ops:
+            rows.append(('stem', '-', '-', f'{self.stem_ms:.3f}',
+                         f'{100 * self.stem_ms / tot:.1f}%'))
+        for j, name in enumerate(self.block_names):
+            d = self.densities[j] if j < len(self.densities) else None
+            p = self.paradigms[j] if j < len(self.paradigms) else None
+            rows.append((name, p or 'static', '-' if d is None else
+                         f'{d:.3f}', f'{self.per_block_ms[j]:.3f}',
+                         f'{100 * self.per_block_ms[j] / tot:.1f}%'))
+            if ops:
+                for o in self.block_ops[j]:
+                    rows.append(('  ' + o.name, '', '', f'{o.ms:.3f}',
+                                 '' if o.tile is None else 'tile=%s' %
+                                 'x'.join(map(str, o.tile))))
+        for s, v in enumerate(self.per_stage_ms):
+            rows.append((f'stage {s}', '', '', f'{v:.3f}',
+                         f'{100 * v / tot:.1f}%'))
+        rows.append(('total', self.hardware, f'batch {self.batch_size}',
+                     f'{self.total_ms:.3f}',
+                     f'{self.per_image_ms:.4f}/img'))
+        widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+        lines = ['  '.join(str(c).ljust(w) for c, w in zip(r, widths))
+                 for r in rows]
+        lines.insert(1, '-' * len(lines[0]))
+        return '\n'.join(lines)
+
+
+def _conv(hw, name, batch, cin, cout, out_hw, in_hw, k=1, stride=1, **kw):
+    return conv_latency(hw, ConvOp(
+        float(batch), cin, cout, int(out_hw[0]), int(out_hw[1]),
+        int(in_hw[0]), int(in_hw[1]), k, stride, name=name, **kw))
+
+
+def _launches(hw: HardwareSpec, name: str, n: float) -> OpLatency:
+    """``n`` tiny kernels whose cost is their launch (eager bookkeeping:
+    index building, small gathers, masker MLP steps)."""
+    t = n * hw.launch_us * 1e-3
+    return OpLatency(name, t, launch_ms=t)
+
+
+def _expected_ops(make, count: float, with_zero: bool = False
+                  ) -> List[OpLatency]:
+    """Kernels for a fractional expected ``count`` of work items (kept
+    samples, active patches): ``make(n)`` at the neighbouring integers,
+    blended linearly (``make(0)`` is no kernel at all unless
+    ``with_zero``)."""
+    lo = int(math.floor(count + 1e-9))
+    frac = count - lo
+    if frac < 1e-9:
+        return make(lo) if (lo > 0 or with_zero) else []
+    hi_ops = make(lo + 1)
+    if lo == 0 and not with_zero:
+        return [o.scaled(frac) for o in hi_ops]
+    lo_ops = make(lo)
+    if len(lo_ops) != len(hi_ops):
+        return [o.scaled(1 - frac) for o in lo_ops] + \
+            [o.scaled(frac) for o in hi_ops]
+    return [OpLatency(a.name, (1 - frac) * a.ms + frac * b.ms,
+                      (1 - frac) * a.compute_ms + frac * b.compute_ms,
+                      (1 - frac) * a.memory_ms + frac * b.memory_ms,
+                      (1 - frac) * a.launch_ms + frac * b.launch_ms,
+                      (1 - frac) * a.macs + frac * b.macs,
+                      (1 - frac) * a.offchip_bytes + frac * b.offchip_bytes,
+                      (1 - frac) * a.onchip_bytes + frac * b.onchip_bytes,
+                      b.tile, b.n_tiles, b.utilisation)
+            for a, b in zip(lo_ops, hi_ops)]
+
+
+class LatencyPredictor:
+    """Analytic latency of LAUD backbones on a device (paper appendix A).
+
+    Args:
+        hardware: a :class:`HardwareSpec`, a known device name
+            (``'v100'``, ``'tx2'``, ...), a path to a ``.yaml``/``.json``
+            spec, or a dict of spec fields.
+
+        implementation: ``'fused'`` (default): the paper's scheduling - BN
+            and ReLU fused into the convolutions, gather fused into conv2,
+            scatter fused with the add, one kernel per operator for the whole
+            batch. ``'eager'``: this project's PyTorch dynamic path
+            (:mod:`laud_mm.models.dynamic`): separate ReLU / add kernels, a
+            separate gather kernel before conv2, channel blocks run per
+            distinct gate pattern (per sample) with gathered weights, layer
+            blocks index_select / index_copy the kept samples. Used to
+            validate the model against measured CPU latency.
+        spatial_dense_threshold: spatial blocks whose fraction of active
+            patches reaches this value run densely and multiply by the mask
+            (the eager path does so at
+            ``laud_mm.models.dynamic.SPATIAL_DENSE_THRESHOLD``); None: always
+            gather.
+
+    Raises:
+        ValueError: for an unknown device (see :func:`get_hardware`),
+            implementation or threshold.
+
+    Example::
+
+        pred = LatencyPredictor('v100')
+        rep = pred.predict_backbone(geoms, [0.5] * len(geoms), 128, stem)
+        rep.total_ms, rep.per_image_ms, print(rep.table())
+    """
+
+    IMPLEMENTATIONS = ('fused', 'eager')
+
+    def __init__(self, hardware: Union[str, HardwareSpec] = 'v100',
+                 implementation: str = 'fused',
+                 spatial_dense_threshold: Optional[float] = None,
+                 forced_gates: bool = False):
+        self.hw = get_hardware(hardware)
+        self.forced_gates = bool(forced_gates)
+        if implementation not in self.IMPLEMENTATIONS:
+            raise ValueError(f'implementation={implementation!r} is not one '
+                             f'of {self.IMPLEMENTATIONS}')
+        if spatial_dense_threshold is not None and not \
+                0 < spatial_dense_threshold <= 1:
+            raise ValueError(f'spatial_dense_threshold='
+                             f'{spatial_dense_threshold!r} must be in (0, 1]')
+        self.implementation = implementation
+        self.eager = implementation == 'eager'
+        self.spatial_dense_threshold = spatial_dense_threshold
+
+    # ------------------------------------------------------------ blocks
+    def stem_ops(self, stem: StemGeometry, batch: int) -> List[OpLatency]:
+        """Kernels of the ResNet stem: 7x7/2 conv (+BN+ReLU) and 3x3/2
+        max-pool."""
+        hw = self.hw
+        conv = _conv(hw, 'stem_conv', batch, stem.in_channels,
+                     stem.out_channels, stem.conv_hw, stem.in_hw, k=7,
+                     stride=2)
+        pool = pool_latency(hw, 'stem_pool', batch, stem.out_channels,
+                            stem.conv_hw, stem.out_hw, 9)
+        return [conv, pool]
+
+    def static_block_ops(self, g: BlockGeometry, batch: float,
+                         prefix: str = '') -> List[OpLatency]:
+        """Kernels of a dense bottleneck on ``batch`` samples."""
+        hw = self.hw
+        if batch <= 0:
+            return []
+        ops = [
+            _conv(hw, prefix + 'conv1', batch, g.in_channels, g.width,
+                  g.in_hw, g.in_hw),
+            _conv(hw, prefix + 'conv2', batch, g.width, g.width, g.out_hw,
+                  g.in_hw, k=3, stride=g.stride, dilation=g.dilation),
+            _conv(hw, prefix + 'conv3', batch, g.width, g.out_channels,
+                  g.out_hw, g.out_hw),
+        ]
+        out_e = float(batch * g.out_channels * g.out_hw[0] * g.out_hw[1])
+        ops.append(elementwise_latency(hw, prefix + 'add', out_e, 2, 1))
+        if self.eager:  # separate ReLU kernels (in place)
+            ops.insert(1, elementwise_latency(
+                hw, prefix + 'relu1', float(batch * g.width * g.in_hw[0] *
+                                            g.in_hw[1]), 1, 1))
+            ops.insert(3, elementwise_latency(
+                hw, prefix + 'relu2', float(batch * g.width * g.out_hw[0] *
+                                            g.out_hw[1]), 1, 1))
+            ops.append(elementwise_latency(hw, prefix + 'relu3', out_e, 1, 1))
+        return ops
+
+    def _downsample(self, g: BlockGeometry, batch: float) -> List[OpLatency]:
+        if not g.has_downsample:
+            return []
+        return [_conv(self.hw, 'downsample', batch, g.in_channels,
+                      g.out_channels, g.out_hw, g.in_hw, stride=g.stride)]
+
+    def spatial_block_ops(self, g: BlockGeometry, batch: int,
+                          d: float) -> List[OpLatency]:
+        """Kernels of a spatial block at density ``d`` (fraction of output
+        pixels kept) with patch side S = ``g.granularity``."""
+        hw = self.hw
+        S = int(g.granularity)
+        ho, wo = g.out_hw
+        hi, wi = g.in_hw
+        gh, gw = ceil_div(ho, S), ceil_div(wo, S)
+        if self.eager and self.forced_gates:
+            if d <= 0:
+                return self._downsample(g, batch) + [elementwise_latency(
+                    hw, 'relu', float(batch * g.out_channels * ho * wo), 1,
+                    1)]
+            ops = [_conv(hw, 'conv1', batch, g.in_channels, g.width,
+                         g.in_hw, g.in_hw), _launches(hw, 'mask_index', 4)]
+        else:
+            ops = [_conv(hw, 'masker_conv1', batch, g.in_channels,
+                         g.width + 2, g.in_hw, g.in_hw),
+                   elementwise_latency(hw, 'mask_index',
+                                       float(batch * 2 * hi * wi), 1, 0,
+                                       ops_per_elem=2.)]
+        ops += self._downsample(g, batch)
+        sh, sw = min(S, ho), min(S, wo)
+        # expected number of active patches; the kernels are evaluated at
+        # the neighbouring integer counts and blended linearly
+        patches = d * batch * ho * wo / float(sh * sw)
+        win = ((sh - 1) * g.stride + 3) * ((sw - 1) * g.stride + 3)
+        # patch cells whose windows cover a source pixel, on average
+        cells = win / float(sh * sw * g.stride * g.stride)
+        coverage = 1. - (1. - d) ** cells
+
+        thr = self.spatial_dense_threshold
+        if thr is not None and d >= thr:
+            # dense conv2 / conv3, output multiplied by the mask
+            dense = self.static_block_ops(g, batch)
+            rest = [o for o in dense if o.name != 'conv1' and
+                    o.name != 'relu1']
+            return ops + rest + [elementwise_latency(
+                hw, 'mask_mul', float(batch * g.out_channels * ho * wo), 2,
+                1)]
+        winh = (sh - 1) * g.stride + 2 * g.dilation + 1
+        winw = (sw - 1) * g.stride + 2 * g.dilation + 1
+
+        def patch_ops(n):
+            if n <= 0:
+                return []
+            if self.eager:
+                # separate gather (+ReLU of conv1) kernel, conv2 on windows
+                conv2 = [
+                    elementwise_latency(
+                        hw, 'gather', float(n * g.width * winh * winw), 1, 1,
+                        run_elems=float(winw), contiguous_reads=0),
+                    _conv(hw, 'conv2', n, g.width, g.width, (sh, sw),
+                          (winh, winw), k=3, stride=g.stride,
+                          dilation=g.dilation),
+                    elementwise_latency(hw, 'relu2', float(
+                        n * g.width * sh * sw), 1, 1)]
+            else:
+                conv2 = [_conv(hw, 'gather_conv2', n, g.width, g.width,
+                               (sh, sw), g.in_hw, k=3, stride=g.stride,
+                               dilation=g.dilation, gathered=True,
+                               in_coverage=coverage,
+                               source_batch=float(batch))]
+            return conv2 + [
+                _conv(hw, 'conv3', n, g.width, g.out_channels, (sh, sw),
+                      (sh, sw)),
+                elementwise_latency(
+                    hw, 'scatter_add', float(n * sh * sw * g.out_channels),
+                    2, 1, run_elems=float(sw), contiguous_reads=1)]
+        return ops + _expected_ops(patch_ops, patches)
+
+    def channel_block_ops(self, g: BlockGeometry, batch: int,
+                          d: float) -> List[OpLatency]:
+        """Kernels of a channel block at density ``d`` (fraction of the
+        ``width / G`` channel groups kept), per-sample channel sets."""
+        hw = self.hw
+        G = int(g.granularity)
+        n = g.num_groups
+        hid = g.channel_masker_hidden
+        act = d * g.width
+        std = G * math.sqrt(n * d * (1. - d))
+        # weights read off-chip: the union of the samples' channel sets
+        union = 1. - (1. - d) ** batch
+        # one kernel: global pool of x, then the 2-layer MLP
+        pool = pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
+                            (1, 1), g.in_hw[0] * g.in_hw[1])
+        mlp1 = _conv(hw, 'masker_mlp', batch, g.in_channels, hid, (1, 1),
+                     (1, 1))
+        mlp2 = _conv(hw, 'masker_mlp2', batch, hid, 2 * n, (1, 1), (1, 1))
+        launch = hw.launch_us * 1e-3
+        ops = [OpLatency('masker', pool.ms + mlp1.ms + mlp2.ms - 2 * launch,
+                         pool.compute_ms + mlp1.compute_ms + mlp2.compute_ms,
+                         pool.memory_ms + mlp1.memory_ms + mlp2.memory_ms,
+                         launch, pool.macs + mlp1.macs + mlp2.macs)]
+        ops += self._downsample(g, batch)
+        if self.eager:  # pool, linear, relu, linear, compare: 4 more
+            return ops + [_launches(hw, 'masker_steps', 4)] + \
+                self._channel_eager(g, batch, d)
+        if act > 0:
+            ops.append(_conv(
+                hw, 'conv1', batch, g.in_channels, act, g.in_hw, g.in_hw,
+                per_sample_channels=True, cout_std=std,
+                weight_elems=union * g.width * g.in_channels))
+            ops.append(_conv(
+                hw, 'conv2', batch, act, act, g.out_hw, g.in_hw, k=3,
+                stride=g.stride, dilation=g.dilation,
+                per_sample_channels=True, cout_std=std,
+                weight_elems=union ** 2 * g.width * g.width * 9))
+            ops.append(_conv(
+                hw, 'conv3', batch, act, g.out_channels, g.out_hw, g.out_hw,
+                per_sample_channels=True,
+                weight_elems=union * g.width * g.out_channels))
+        ops.append(elementwise_latency(
+            hw, 'add', float(batch * g.out_channels * g.out_hw[0] *
+                             g.out_hw[1]), 2, 1))
+        return ops
+
+    def _channel_eager(self, g: BlockGeometry, batch: int,
+                       d: float) -> List[OpLatency]:
+        """Eager channel path: one sub-batch per distinct gate pattern
+        (random patterns: one per sample), weights gathered per pattern."""
+        hw = self.hw
+        out_e = float(batch * g.out_channels * g.out_hw[0] * g.out_hw[1])
+        if d >= 1.:
+            return self.static_block_ops(g, batch)
+        if d <= 0.:
+            return [elementwise_latency(hw, 'relu', out_e, 1, 1)]
+        act = d * g.width
+        per = []
+        if batch > 1:
+            per.append(elementwise_latency(
+                hw, 'index_select', float(g.in_channels * g.in_hw[0] *
+                                          g.in_hw[1]), 1, 1))
+        w_e = float(act * (g.in_channels + act * 9 + g.out_channels))
+        per.append(elementwise_latency(hw, 'weight_gather', w_e, 1, 1))
+        per += [_conv(hw, 'conv1', 1, g.in_channels, act, g.in_hw, g.in_hw),
+                elementwise_latency(hw, 'relu1', float(
+                    act * g.in_hw[0] * g.in_hw[1]), 1, 1),
+                _conv(hw, 'conv2', 1, act, act, g.out_hw, g.in_hw, k=3,
+                      stride=g.stride, dilation=g.dilation),
+                elementwise_latency(hw, 'relu2', float(
+                    act * g.out_hw[0] * g.out_hw[1]), 1, 1),
+                _conv(hw, 'conv3', 1, act, g.out_channels, g.out_hw,
+                      g.out_hw),
+                elementwise_latency(hw, 'add_relu', out_e / batch, 2, 1),
+                elementwise_latency(hw, 'relu3', out_e / batch, 1, 1)]
+        if batch > 1:
+            per.append(elementwise_latency(hw, 'index_copy', out_e / batch,
+                                           1, 1))
+        # the weight gather is 6 index_select kernels per pattern: 5 more
+        # launches, plus the pattern bookkeeping (unique, nonzero)
+        return [o.scaled(batch) for o in per] + [
+            _launches(hw, 'gather_bookkeeping', 5 * batch + 3)]
+
+    def layer_block_ops(self, g: BlockGeometry, batch: int,
+                        d: float) -> List[OpLatency]:
+        """Kernels of a layer-skipping block: ``d`` = fraction of samples
+        that run the residual branch."""
+        hw = self.hw
+        ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
+                            (1, 1), g.in_hw[0] * g.in_hw[1])]
+        ops += self._downsample(g, batch)
+        if not self.eager:
+            return ops + _expected_ops(
+                lambda n: self.static_block_ops(g, n), d * batch)
+        ops.append(_launches(hw, 'masker_steps', 3))
+        out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
+        in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
+
+        def eager(n):
+            if n >= batch:
+                return self.static_block_ops(g, batch)
+            res = [elementwise_latency(hw, 'relu_identity', out_e * batch,
+                                       1, 1)]
+            if n > 0:
+                res += [elementwise_latency(hw, 'index_select', in_e * n,
+                                            1, 1)]
+                res += self.static_block_ops(g, n)
+                res += [elementwise_latency(hw, 'index_select_id', out_e * n,
+                                            1, 1),
+                        elementwise_latency(hw, 'index_copy', out_e * n, 1,
+                                            1)]
+            return res
+        return ops + _expected_ops(eager, d * batch, with_zero=True)
+
+    def block_ops(self, g: BlockGeometry, batch: int,
+                  density: Optional[float]) -> List[OpLatency]:
+        """Kernels of one block (dispatch on ``g.paradigm``).
+
+        Raises:
+            ValueError: for an unknown paradigm.
+        """
+        if g.paradigm is None:
+            return self._downsample(g, batch) + \
+                self.static_block_ops(g, batch)
+        if g.paradigm == 'spatial':
+            return self.spatial_block_ops(g, batch, density)
+        if g.paradigm == 'channel':
+            return self.channel_block_ops(g, batch, density)
+        if g.paradigm == 'layer':
+            return self.layer_block_ops(g, batch, density)
+        raise ValueError(f'block s{g.stage}.b{g.index}: paradigm='
+                         f'{g.paradigm!r} is not one of {PARADIGMS} or None')
+
+    # ---------------------------------------------------------- backbone
+    def predict_backbone(self, geometries: Sequence[BlockGeometry],
+                         densities: Sequence[float], batch_size: int,
+                         stem: Optional[StemGeometry] = None
+                         ) -> BackboneLatency:
+        """Whole-batch latency of a (dynamic) backbone.
+
+        Args:
+            geometries: per block :class:`BlockGeometry` (forward order).
+            densities: per block mask density in [0, 1] (spatial: fraction
+                of output pixels kept; channel: of channel groups; layer: of
+                samples run); ignored (may be None) for static blocks.
+            batch_size: images per batch (>= 1).
+            stem: optional :class:`StemGeometry`, its latency is added.
+
+        Returns:
+            :class:`BackboneLatency` (milliseconds, whole batch).
+
+        Raises:
+            ValueError: naming ``densities`` (wrong length, value outside
+                [0, 1] or not a number), ``batch_size`` (not a positive
+                integer) or ``geometries`` (empty / wrong type).
+        """
+        geometries = list(geometries)
+        if not geometries or not all(isinstance(g, BlockGeometry)
+                                     for g in geometries):
+            raise ValueError('geometries must be a non-empty list of '
+                             'BlockGeometry')
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size \
+                or batch_size < 1:
+            raise ValueError(f'batch_size={batch_size!r} must be a positive '
+                             f'integer')
+        batch_size = int(batch_size)
+        densities = [None if d is None else d for d in list(densities)]
+        if len(densities) != len(geometries):
+            raise ValueError(f'densities has {len(densities)} entries but '
+                             f'geometries has {len(geometries)} blocks')
+        dens = []
+        for j, (g, d) in enumerate(zip(geometries, densities)):
+            if g.paradigm is None:
+                dens.append(None)
+                continue
+            try:
+                d = float(d)
+            except (TypeError, ValueError):
+                raise ValueError(f'densities[{j}]={d!r} is not a number')
+            if not (0. <= d <= 1.):
+                raise ValueError(f'densities[{j}]={d!r} is outside [0, 1]')
+            dens.append(d)
+        block_ops = [self.block_ops(g, batch_size, d)
+                     for g, d in zip(geometries, dens)]
+        per_block = [sum(o.ms for o in ops) for ops in block_ops]
+        n_stages = max(g.stage for g in geometries) + 1
+        per_stage = [0.] * n_stages
+        for g, t in zip(geometries, per_block):
+            per_stage[g.stage] += t
+        stem_ops = self.stem_ops(stem, batch_size) if stem is not None \
+            else []
+        stem_ms = sum(o.ms for o in stem_ops)
+        total = stem_ms + sum(per_block)
+        return BackboneLatency(
+            total, total / batch_size, per_block, per_stage, stem_ms,
+            batch_size, self.hw.name, block_ops,
+            [f's{g.stage}.b{g.index}' for g in geometries], stem_ops, dens,
+            [g.paradigm for g in geometries])
+
+    def predict_static(self, geometries: Sequence[BlockGeometry],
+                       batch_size: int, stem: Optional[StemGeometry] = None
+                       ) -> BackboneLatency:
+        """Latency of the same network without maskers (every block
+        static, BN folded). Same arguments and errors as
+        :meth:`predict_backbone` (without densities)."""
+        static = [BlockGeometry(g.stage, g.index, g.in_channels, g.width,
+                                g.out_channels, g.stride, g.in_hw, g.out_hw,
+                                g.has_downsample, None, None, g.dilation,
+                                g.kind) for g in geometries]
+        return self.predict_backbone(static, [None] * len(static),
+                                     batch_size, stem)

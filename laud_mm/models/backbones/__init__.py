@@ -1,0 +1,3 @@
+from .laud_resnet import LAUDResNet
+
+__all__ = ['LAUDResNet']

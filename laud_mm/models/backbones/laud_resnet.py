@@ -1,0 +1,211 @@
+"""LAUD-ResNet: mmdet's ResNet with mask-and-compute bottlenecks.
+
+Source: paper sec. 3.2 and 4.1 (LAUD-ResNet-50/101), METHOD_NOTES section 1
+(paradigms, granularities 4-4-2-1 / 2-2-2-2 / layer).
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmdet.models.backbones.resnet import ResNet
+
+from ...registry import MODELS
+from .. import flops as flops_lib
+from ..blocks import LAUDBottleneck
+from ..geometry import PARADIGMS, BlockGeometry, StemGeometry
+
+
+def _validate(depth, paradigm, granularity, num_stages,
+              base_channels=64) -> Optional[tuple]:
+    """Check the LAUD-specific config keys; return granularity as a tuple.
+
+    Raises:
+        ValueError: naming the offending key and value.
+    """
+    if depth not in LAUDResNet.arch_settings:
+        raise ValueError(f'LAUDResNet: depth={depth!r} is not supported; '
+                         f'use one of {sorted(LAUDResNet.arch_settings)}')
+    if paradigm is not None and paradigm not in PARADIGMS:
+        raise ValueError(f'LAUDResNet: paradigm={paradigm!r} is unknown; use '
+                         f"one of {PARADIGMS} or None for the static network")
+    if paradigm in ('spatial', 'channel'):
+        if granularity is None or isinstance(granularity, (int, str)) or \
+                len(tuple(granularity)) != num_stages:
+            raise ValueError(
+                f'LAUDResNet: granularity={granularity!r} must give one '
+                f'{"S" if paradigm == "spatial" else "G"} per stage '
+                f'({num_stages} entries) for paradigm={paradigm!r}')
+        granularity = tuple(granularity)
+        for g in granularity:
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                raise ValueError(f'LAUDResNet: granularity={granularity!r} '
+                                 f'must hold positive integers')
+        if paradigm == 'channel':
+            for i, g in enumerate(granularity):
+                width = base_channels * 2 ** i
+                if width % g:
+                    raise ValueError(
+                        f'LAUDResNet: granularity={granularity!r}: G={g} does '
+                        f'not divide the stage-{i} bottleneck width {width}')
+        return granularity
+    if granularity is not None:
+        raise ValueError(f'LAUDResNet: granularity={granularity!r} is only '
+                         f"used with paradigm 'spatial' or 'channel', not "
+                         f'paradigm={paradigm!r}; leave it None')
+    return None
+
+
+@MODELS.register_module()
+class LAUDResNet(ResNet):
+    """Latency-aware unified dynamic ResNet (bottleneck depths 50/101/152).
+
+    Takes every argument of mmdet's ``ResNet`` (``out_indices``,
+    ``frozen_stages``, ``norm_eval``, ``norm_cfg``, ``init_cfg``, ...), and
+    keeps its parameter names, so mmdet / mmpretrain / torchvision ResNet
+    checkpoints load (the maskers stay freshly initialised and are reported
+    as missing keys).
+
+    Args:
+        depth: 50, 101 or 152.
+        paradigm: 'spatial', 'channel', 'layer' or None (static ResNet).
+        granularity: per stage, S (spatial, patch side in output pixels, e.g.
+            (4, 4, 2, 1)) or G (channel, channels per group, e.g.
+            (2, 2, 2, 2)); None for 'layer' and static.
+        dynamic_inference: in eval mode, skip the masked-out work with the
+            dynamic kernels of :mod:`laud_mm.ops` (same function as the
+            masked-dense model). Default False: masked-dense evaluation.
+        **kwargs: mmdet ``ResNet`` arguments.
+
+    Shapes:
+        forward: (N, 3, H, W) -> tuple of (N, 256 * 2^i, ~H / 2^(i+2), ...)
+        for i in ``out_indices``. Any H, W >= 32 pixels works.
+
+    Raises:
+        ValueError: bad ``depth``, ``paradigm`` or ``granularity`` (the
+            message names the key and value), or G not dividing a stage width.
+    """
+
+    arch_settings = {k: v for k, v in ResNet.arch_settings.items() if k >= 50}
+
+    def __init__(self, depth: int, paradigm: Optional[str] = None,
+                 granularity: Optional[Sequence[int]] = None,
+                 dynamic_inference: bool = False, **kwargs):
+        num_stages = kwargs.get('num_stages', 4)
+        granularity = _validate(depth, paradigm, granularity, num_stages,
+                                kwargs.get('base_channels', 64))
+        self.paradigm = paradigm
+        self.granularity = granularity
+        self._stage_counter = 0
+        super().__init__(depth, **kwargs)
+        self.blocks: List[LAUDBottleneck] = []
+        for s, name in enumerate(self.res_layers):
+            for i, block in enumerate(getattr(self, name)):
+                block.stage, block.index = s, i
+                self.blocks.append(block)
+        self.dynamic_inference = dynamic_inference
+
+    def make_res_layer(self, **kwargs):
+        """Build one stage of :class:`LAUDBottleneck` (mmdet hook method)."""
+        stage = self._stage_counter
+        self._stage_counter += 1
+        kwargs['block'] = LAUDBottleneck
+        kwargs['paradigm'] = self.paradigm
+        kwargs['granularity'] = None if self.granularity is None \
+            else self.granularity[stage]
+        return super().make_res_layer(**kwargs)
+
+    # ------------------------------------------------------------ switches
+    @property
+    def dynamic_inference(self) -> bool:
+        """Whether eval-mode forward runs the dynamic (skip-the-work) path."""
+        return self._dynamic_inference
+
+    @dynamic_inference.setter
+    def dynamic_inference(self, value: bool) -> None:
+        self._dynamic_inference = bool(value)
+        for b in self.blocks:
+            b.dynamic_inference = bool(value)
+
+    def maskers(self) -> List[torch.nn.Module]:
+        """The maskers of all dynamic blocks, in forward order."""
+        return [b.masker for b in self.blocks if b.masker is not None]
+
+    def set_tau(self, tau: float) -> None:
+        """Set the Gumbel temperature of every masker.
+
+        Raises:
+            ValueError: if ``tau <= 0``.
+        """
+        if not tau > 0:
+            raise ValueError(f'Gumbel temperature tau must be > 0, got {tau}')
+        for m in self.maskers():
+            m.tau = float(tau)
+
+    def force_gates(self, value) -> None:
+        """Impose every gate: None (learned gates), 1.0 (all on) or 0.0."""
+        for m in self.maskers():
+            m.forced_gate = value
+
+    def train(self, mode: bool = True) -> 'LAUDResNet':
+        """mmdet's ``train`` (frozen stages, ``norm_eval``), returning self
+        like ``nn.Module.train`` (mmdet's returns None)."""
+        super().train(mode)
+        return self
+
+    # ------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
+        self._batch = int(x.shape[0])
+        return super().forward(x)
+
+    # --------------------------------------------------------------- stats
+    def stem_geometry(self, in_hw: Tuple[int, int]) -> StemGeometry:
+        """Geometry of the stem for an image size (H, W)."""
+        return StemGeometry(self.conv1.in_channels if not self.deep_stem
+                            else self.stem[0].in_channels,
+                            self.stem_channels if hasattr(self, 'stem_channels')
+                            else 64, tuple(in_hw))
+
+    def block_geometries(self, in_hw: Tuple[int, int]) -> List[BlockGeometry]:
+        """Geometry of every block for an image size (H, W), forward order.
+
+        Raises:
+            ValueError: if the image is too small for the stem.
+        """
+        hw = self.stem_geometry(in_hw).out_hw
+        out = []
+        for b in self.blocks:
+            g = b.geometry(hw)
+            out.append(g)
+            hw = g.out_hw
+        return out
+
+    def activation_stats(self) -> Dict[str, object]:
+        """Statistics of the last forward pass.
+
+        Returns:
+            dict with
+            'block_flops': list of (N,) FLOPs per block and sample;
+            'block_dense_flops': list of floats, dense FLOPs per block;
+            'block_density': list of (N,) mask densities per block;
+            'stem_flops': float; 'flops': (N,) backbone FLOPs per sample;
+            'dense_flops': float; 'activation_rate': (N,) flops / dense;
+            'geometries': list of :class:`BlockGeometry`;
+            'input_hw': (H, W) of the batch.
+
+        Raises:
+            RuntimeError: if called before any forward.
+        """
+        if any(b.last_stats is None for b in self.blocks):
+            raise RuntimeError('activation_stats() needs a forward pass first')
+        stem = float(flops_lib.stem_flops(self.stem_geometry(self._input_hw)))
+        block_flops = [b.last_stats['flops'] for b in self.blocks]
+        dense = [b.last_stats['dense'] for b in self.blocks]
+        total = stem + sum(block_flops)
+        dense_total = stem + sum(dense)
+        return dict(
+            block_flops=block_flops, block_dense_flops=dense,
+            block_density=[b.last_stats['density'] for b in self.blocks],
+            stem_flops=stem, flops=total, dense_flops=dense_total,
+            activation_rate=total / dense_total,
+            geometries=[b.last_stats['geometry'] for b in self.blocks],
+            input_hw=self._input_hw)

@@ -1,0 +1,119 @@
+"""Detector integration: any mmdet detector with a LAUD backbone gains the
+sparsity loss in training and per-image activation statistics in prediction,
+without copying mmdet's detectors.
+
+``type='laud_mm.LAUDDetector', detector='FasterRCNN'`` builds a subclass of
+mmdet's class with :class:`LAUDDetectorMixin` in front of it. Every other key
+of the model config (backbone, neck, heads, train/test cfg, preprocessor) is
+passed to the mmdet class unchanged, and the state-dict keys stay mmdet's.
+
+Source: paper sec. 4.3 (LAUD backbones replace the detector's ResNet; extra
+sparsity loss, tau fixed at 0.1), METHOD_NOTES section 3.
+"""
+from typing import Dict, Optional, Type
+
+import torch
+
+from ..registry import MODELS
+
+_CLASSES: Dict[type, type] = {}
+
+
+class LAUDDetectorMixin:
+    """Adds the backbone's sparsity loss and activation statistics.
+
+    Training (``loss``): adds ``loss_sparsity`` (when a sparsity loss is
+    configured) and logs ``act_rate`` (mean backbone FLOPs ratio of the batch,
+    not a loss: mmengine sums only keys containing 'loss').
+
+    Prediction (``predict``): writes ``laud_stats`` into each returned data
+    sample's metainfo: {'flops': backbone FLOPs of this image (float),
+    'dense_flops': static backbone FLOPs, 'block_density': list of floats
+    (mask density per block), 'geometries': list of BlockGeometry at the
+    batch's padded input size, 'stem': StemGeometry, 'batch_size': int}.
+    :class:`laud_mm.BackboneLatencyMetric` reads it.
+    """
+
+    def __init__(self, *args, sparsity_loss: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not hasattr(self.backbone, 'activation_stats'):
+            raise TypeError(
+                f'LAUDDetector needs a LAUD backbone (e.g. '
+                f"type='laud_mm.LAUDResNet'), got {type(self.backbone).__name__}")
+        dynamic = bool(getattr(self.backbone, 'paradigm', None))
+        if sparsity_loss is not None and not dynamic:
+            raise ValueError('LAUDDetector: sparsity_loss is set but the '
+                             'backbone has paradigm=None (static)')
+        self.sparsity_loss = MODELS.build(sparsity_loss) \
+            if sparsity_loss is not None else None
+
+    def loss(self, batch_inputs: torch.Tensor, batch_data_samples):
+        losses = super().loss(batch_inputs, batch_data_samples)
+        stats = self.backbone.activation_stats()
+        if self.sparsity_loss is not None:
+            losses.update(self.sparsity_loss(stats))
+        losses['act_rate'] = stats['activation_rate'].detach().mean()
+        return losses
+
+    def predict(self, batch_inputs: torch.Tensor, batch_data_samples,
+                rescale: bool = True):
+        results = super().predict(batch_inputs, batch_data_samples,
+                                  rescale=rescale)
+        attach_laud_stats(self.backbone, results)
+        return results
+
+
+def attach_laud_stats(backbone, data_samples) -> None:
+    """Write the backbone's last activation statistics into each data
+    sample's metainfo under ``laud_stats`` (see :class:`LAUDDetectorMixin`).
+
+    Raises:
+        RuntimeError: if the backbone has not run a forward pass.
+    """
+    stats = backbone.activation_stats()
+    flops = stats['flops'].detach().float().cpu().tolist()
+    dens = torch.stack([d.detach().float().reshape(-1) for d in
+                        stats['block_density']], 1).cpu().tolist()
+    stem = backbone.stem_geometry(stats['input_hw'])
+    for i, ds in enumerate(data_samples):
+        ds.set_metainfo(dict(laud_stats=dict(
+            flops=flops[i], dense_flops=stats['dense_flops'],
+            block_density=dens[i], geometries=stats['geometries'],
+            stem=stem, batch_size=len(data_samples))))
+
+
+def laud_detector_class(base: Type) -> Type:
+    """The cached subclass ``LAUD<base>`` with :class:`LAUDDetectorMixin`."""
+    cls = _CLASSES.get(base)
+    if cls is None:
+        cls = type(f'LAUD{base.__name__}', (LAUDDetectorMixin, base),
+                   {'__module__': __name__, '__doc__': base.__doc__})
+        _CLASSES[base] = cls
+    return cls
+
+
+@MODELS.register_module()
+def LAUDDetector(detector: str, sparsity_loss: Optional[dict] = None,
+                 **kwargs):
+    """Build mmdet's ``detector`` class with a LAUD backbone.
+
+    Args:
+        detector: mmdet detector type, e.g. 'FasterRCNN', 'RetinaNet',
+            'MaskRCNN', 'DDQDETR', 'Mask2Former'.
+        sparsity_loss: config of :class:`laud_mm.SparsityLoss` (None: no
+            sparsity term, e.g. for a static backbone).
+        **kwargs: the mmdet detector's own arguments.
+
+    Returns:
+        An instance of ``LAUD<detector>`` (a subclass of mmdet's class).
+
+    Raises:
+        ValueError: if ``detector`` is not a registered mmdet model.
+    """
+    import mmdet.models  # noqa: F401  (registers mmdet's detectors)
+    from mmdet.registry import MODELS as MMDET_MODELS
+    base = MMDET_MODELS.get(detector) if isinstance(detector, str) else None
+    if base is None:
+        raise ValueError(f'LAUDDetector: detector={detector!r} is not an mmdet '
+                         f"model type (e.g. 'FasterRCNN')")
+    return laud_detector_class(base)(sparsity_loss=sparsity_loss, **kwargs)

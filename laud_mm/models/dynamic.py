@@ -1,0 +1,355 @@
+"""Dynamic inference of LAUD bottlenecks: compute only what the gates keep.
+
+:func:`dynamic_bottleneck_forward` returns the same function as the
+masked-dense eval block (``LAUDBottleneck._masked_dense``), up to float
+rounding, while skipping the masked-out work:
+
+- BN is folded into the convolutions (cached on the block, refreshed when a
+  parameter or BN statistic changes: keyed by the tensors' ``_version``).
+- spatial: the masker is fused into conv1 (one 1x1 conv with width + 1
+  outputs; the extra output (w_keep - w_skip).x + (b_keep - b_skip) is
+  average-pooled to the patch grid, exact by linearity of pool and 1x1 conv);
+  the conv2 input windows (3x3 halo, zero outside the image) of the active
+  S x S output patches are gathered from conv1's output for the whole batch
+  (sample and location recorded per patch), conv2 (valid, stride) and conv3
+  run on the gathered patches only, and a fused scatter-add + ReLU writes them
+  into the shortcut.
+- channel: per group of samples with an identical gate pattern (often one
+  sample), conv1 computes only the kept channels, conv2 / conv3 use weights
+  gathered for the kept channels (a sample with every group off outputs
+  relu(shortcut + bn3 shift): the masked-dense block masks after bn1 / bn2,
+  so bn3's shift remains).
+- layer: the block runs only on the samples whose gate is on; the others
+  output relu(shortcut).
+
+Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
+"Fusing gather and dynamic convolution", "Fusing scatter and add") and its
+appendix on scheduling; METHOD_NOTES sections 1 and 4.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.patches import _gather, _scatter
+from .gates import KEEP, SKIP
+from .geometry import BlockGeometry
+
+# Spatial blocks: above this fraction of active patches, computing conv2/conv3
+# densely and masking is faster than gather -> conv -> scatter on CPU
+# (measured with tools/benchmark_latency.py; both are exact).
+SPATIAL_DENSE_THRESHOLD = 0.95
+
+
+# ----------------------------------------------------------------- folding
+def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding convolution.
+
+    Args:
+        conv: nn.Conv2d (weight (C_out, C_in / groups, k, k), optional bias).
+        bn: BatchNorm with running statistics, or None.
+
+    Returns:
+        (weight, bias): weight * gamma / sqrt(var + eps) and
+        beta + (bias - mean) * gamma / sqrt(var + eps), shapes of the conv
+        weight and (C_out,), in the conv's dtype (folded in float64).
+
+    Raises:
+        ValueError: if ``bn`` has no running statistics (cannot be folded).
+    """
+    w = conv.weight.detach()
+    b = conv.bias.detach() if conv.bias is not None else None
+    if bn is None:
+        return w, (b if b is not None else w.new_zeros(w.shape[0]))
+    if getattr(bn, 'running_mean', None) is None:
+        raise ValueError(f'bn={bn!r} has no running statistics; BN can only '
+                         f'be folded with track_running_stats=True')
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    if b is not None:
+        shift = shift + b.double() * scale
+    wf = (w.double() * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+    return wf.contiguous(), shift.to(w.dtype)
+
+
+def _tensors(block: nn.Module) -> List[torch.Tensor]:
+    out = [t for t in block.parameters()]
+    out += [t for t in block.buffers()]
+    return out
+
+
+def _cache_key(block: nn.Module) -> tuple:
+    return tuple((id(t), t._version, t.dtype, t.device)
+                 for t in _tensors(block))
+
+
+class FoldedBottleneck:
+    """BN-folded weights of one bottleneck (all tensors detached).
+
+    Attributes:
+        w1, b1: conv1 (width, C_in, 1, 1), (width,).
+        w2, b2: conv2 (width, width, 3, 3), (width,); stride / dilation /
+            padding in ``stride``, ``dilation``, ``padding``.
+        w3, b3: conv3 (C_out, width, 1, 1), (C_out,).
+        wd, bd: downsample conv (C_out, C_in, 1, 1), (C_out,) or None;
+            ``ds_stride``; ``ds_module`` the unfoldable downsample (called
+            as is) or None.
+        w1x, b1x: spatial blocks: conv1 with the masker's logit difference
+            as an extra output (width + 1, C_in, 1, 1), (width + 1,).
+        w1m, w3m: conv1 / conv3 weights as matrices (width, C_in),
+            (C_out, width) (channel blocks gather rows / columns of these).
+    """
+
+    def __init__(self, block: nn.Module):
+        self.w1, self.b1 = fold_conv_bn(block.conv1, block.norm1)
+        self.w2, self.b2 = fold_conv_bn(block.conv2, block.norm2)
+        self.w3, self.b3 = fold_conv_bn(block.conv3, block.norm3)
+        c2 = block.conv2
+        self.stride, self.dilation = c2.stride[0], c2.dilation[0]
+        self.padding = c2.padding[0]
+        self.w1m = self.w1.flatten(1)
+        self.w3m = self.w3.flatten(1)
+        self.wd = self.bd = self.ds_module = None
+        self.ds_stride = 1
+        ds = block.downsample
+        if ds is not None:
+            mods = list(ds) if isinstance(ds, nn.Sequential) else [ds]
+            if len(mods) == 2 and isinstance(mods[0], nn.Conv2d) and \
+                    isinstance(mods[1], nn.modules.batchnorm._BatchNorm) and \
+                    mods[0].kernel_size == (1, 1) and mods[0].padding == (0, 0):
+                self.wd, self.bd = fold_conv_bn(mods[0], mods[1])
+                self.ds_stride = mods[0].stride[0]
+            else:  # e.g. avg_down (AvgPool + conv + BN): run it as is
+                self.ds_module = ds
+        m = getattr(block, 'masker', None)
+        self.w1x = self.b1x = None
+        if m is not None and block.paradigm == 'spatial':
+            wm = m.conv.weight.detach()[:, :, :1, :1]
+            bm = m.conv.bias.detach()
+            self.w1x = torch.cat([self.w1, (wm[KEEP] - wm[SKIP])[None]], 0)
+            self.b1x = torch.cat([self.b1, (bm[KEEP] - bm[SKIP]).view(1)], 0)
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity or folded downsample of the block input x (N, C_in, H, W)."""
+        if self.ds_module is not None:
+            return self.ds_module(x)
+        if self.wd is None:
+            return x
+        return F.conv2d(x, self.wd, self.bd, self.ds_stride)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1-relu-conv2-relu-conv3 (folded, no final ReLU):
+        (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+        h = F.conv2d(x, self.w1, self.b1).relu_()
+        h = F.conv2d(h, self.w2, self.b2, self.stride, self.padding,
+                     self.dilation).relu_()
+        return F.conv2d(h, self.w3, self.b3)
+
+
+def folded(block: nn.Module) -> FoldedBottleneck:
+    """BN-folded weights of ``block``, cached on it as ``_laud_folded`` and
+    recomputed when any parameter or buffer changed (``_version``, identity,
+    dtype or device)."""
+    key = _cache_key(block)
+    cache = getattr(block, '_laud_folded', None)
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            fb = FoldedBottleneck(block)
+        # bypass nn.Module.__setattr__: the cache is not module state
+        object.__setattr__(block, '_laud_folded', (key, fb))
+        return fb
+    return cache[1]
+
+
+def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The dense (static) block with BN folded: relu(branch(x) + shortcut(x)).
+
+    Args:
+        block: a ResNet ``Bottleneck`` (pytorch style) in eval mode.
+        x: (N, C_in, H, W).
+
+    Returns:
+        (N, C_out, H_out, W_out), equal to ``block(x)`` with every gate on.
+    """
+    fb = folded(block)
+    out = fb.branch(x)
+    return out.add_(fb.shortcut(x)).relu_()
+
+
+# ------------------------------------------------------------------ gates
+def _forced_gate(masker: nn.Module, shape: Tuple[int, ...],
+                 x: torch.Tensor) -> torch.Tensor:
+    """The masker's forced gate, validated by the masker itself."""
+    return masker._gate(x.new_zeros(*shape, 2))
+
+
+def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
+                               geom: BlockGeometry
+                               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic (skip-the-work) forward of a :class:`LAUDBottleneck` in eval.
+
+    Args:
+        block: the LAUD bottleneck (eval mode, paradigm set).
+        x: (N, C_in, H, W) block input.
+        geom: ``block.geometry((H, W))``.
+
+    Returns:
+        (out, gate): out (N, C_out, H_out, W_out) equal (fp32 max abs diff
+        ~1e-6 relative, from BN folding) to ``block._masked_dense(x, gate,
+        geom)``; gate as the masker returns it in eval: spatial (N, gh, gw),
+        channel (N, n_groups), layer (N,), honouring ``masker.forced_gate``.
+
+    Raises:
+        ValueError: unknown paradigm, a block in training mode, or a forced
+            gate of the wrong shape.
+    """
+    if block.training:
+        raise ValueError('dynamic inference needs block.eval()')
+    if x.dim() != 4:
+        raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
+    with torch.no_grad():
+        if block.paradigm == 'spatial':
+            return _spatial_forward(block, x, geom)
+        if block.paradigm == 'channel':
+            return _channel_forward(block, x, geom)
+        if block.paradigm == 'layer':
+            return _layer_forward(block, x, geom)
+    raise ValueError(f'block.paradigm={block.paradigm!r} has no dynamic path')
+
+
+# ---------------------------------------------------------------- spatial
+def _spatial_forward(block, x, geom):
+    fb = folded(block)
+    s = block.granularity
+    gh, gw = geom.patch_grid
+    n = x.shape[0]
+    width = fb.w1.shape[0]
+    masker = block.masker
+    if masker.forced_gate is None:
+        # masker fused into conv1: one read of x for both
+        t = F.conv2d(x, fb.w1x, fb.b1x)
+        diff = F.adaptive_avg_pool2d(t[:, width:], (gh, gw))[:, 0]
+        gate = (diff >= 0).to(x.dtype)
+    else:
+        gate = _forced_gate(masker, (n, gh, gw), x)
+        t = None
+    n_act = int((gate > 0.5).sum())
+    total = gate.numel()
+    if n_act == 0:
+        return torch.relu(fb.shortcut(x)), gate
+
+    def conv1():
+        return F.conv2d(x, fb.w1, fb.b1) if t is None else t
+
+    if n_act >= SPATIAL_DENSE_THRESHOLD * total:
+        h = conv1()[:, :width].relu()
+        h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
+                     fb.dilation).relu_()
+        y = F.conv2d(h, fb.w3, fb.b3)
+        if n_act < total:
+            from .maskers import expand_spatial_gate
+            y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
+        return y.add_(fb.shortcut(x)).relu_(), gate
+
+    idx = (gate > 0.5).nonzero()
+    win = _gather(conv1(), idx, s, fb.stride, fb.dilation, width, True)
+    h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
+    y = F.conv2d(h, fb.w3, fb.b3)
+    ident = fb.shortcut(x)
+    out = _scatter(ident, y, idx, (s, s), ident is not x)
+    return out, gate
+
+
+# ---------------------------------------------------------------- channel
+def _rows(x: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """x[samples] along dim 0, a view when the samples are consecutive."""
+    k = samples.numel()
+    first = int(samples[0])
+    if int(samples[-1]) - first == k - 1:
+        return x.narrow(0, first, k)
+    return x[samples]
+
+
+def _sample_gate(block, x, shape):
+    masker = block.masker
+    if masker.forced_gate is not None:
+        return _forced_gate(masker, shape, x)
+    return masker(x)
+
+
+def _channel_forward(block, x, geom):
+    fb = folded(block)
+    n = x.shape[0]
+    gate = _sample_gate(block, x, (n, geom.num_groups))
+    g = block.granularity
+    keep = gate > 0.5
+    ident = fb.shortcut(x)
+    if bool(keep.all()):
+        return fb.branch(x).add_(ident).relu_(), gate
+    ho, wo = ident.shape[-2:]
+    c_out = ident.shape[1]
+    # samples grouped by identical gate pattern; conv3 outputs (with bn3's
+    # shift, also for all-off samples) are written to consecutive rows of ys
+    pats, inv = torch.unique(keep, dim=0, return_inverse=True)
+    order, chunks = [], []
+    for u in range(pats.shape[0]):
+        samples = (inv == u).nonzero()[:, 0]
+        order.append(samples)
+        chunks.append((pats[u], samples))
+    order = torch.cat(order)
+    ys = torch.empty(n, c_out, ho * wo, dtype=x.dtype, device=x.device)
+    row = 0
+    for pat, samples in chunks:
+        k = samples.numel()
+        dst = ys.narrow(0, row, k)
+        row += k
+        if not bool(pat.any()):
+            dst.copy_(fb.b3.view(1, -1, 1).expand_as(dst))
+            continue
+        xs = _rows(x, samples)
+        if bool(pat.all()):
+            w1, b1, w2, b2, w3 = fb.w1, fb.b1, fb.w2, fb.b2, fb.w3m
+        else:
+            ch = pat.repeat_interleave(g).nonzero()[:, 0]
+            w1 = fb.w1.index_select(0, ch)
+            b1 = fb.b1.index_select(0, ch)
+            w2 = fb.w2.index_select(0, ch).index_select(1, ch)
+            b2 = fb.b2.index_select(0, ch)
+            w3 = fb.w3m.index_select(1, ch)
+        h = F.conv2d(xs, w1, b1).relu_()
+        h = F.conv2d(h, w2, b2, fb.stride, fb.padding, fb.dilation).relu_()
+        torch.baddbmm(fb.b3.view(1, -1, 1).expand(k, -1, ho * wo),
+                      w3.expand(k, -1, -1), h.flatten(2), out=dst)
+    idx = torch.stack([order, torch.zeros_like(order), torch.zeros_like(order)],
+                      1)
+    out = _scatter(ident, ys.view(n, c_out, ho, wo), idx, (ho, wo),
+                   ident is not x)
+    return out, gate
+
+
+# ------------------------------------------------------------------ layer
+def _layer_forward(block, x, geom):
+    fb = folded(block)
+    gate = _sample_gate(block, x, (x.shape[0],))  # (N,)
+    on = gate > 0.5
+    ident = fb.shortcut(x)
+    n_on = int(on.sum())
+    if n_on == x.shape[0]:
+        return fb.branch(x).add_(ident).relu_(), gate
+    samples = on.nonzero()[:, 0]
+    if n_on == 0:
+        res = ident.new_zeros(0, *ident.shape[1:])
+    else:
+        res = fb.branch(_rows(x, samples))
+    idx = torch.stack([samples, torch.zeros_like(samples),
+                       torch.zeros_like(samples)], 1)
+    out = _scatter(ident, res, idx, tuple(ident.shape[-2:]), ident is not x)
+    return out, gate

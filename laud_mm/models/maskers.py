@@ -1,0 +1,228 @@
+"""Maskers: the small networks that decide, per sample, what a block computes,
+and the one gate-to-mask expansion shared by training and inference.
+
+Source: paper sec. 3.2 and fig. 2; METHOD_NOTES section 1 (masker inputs and
+architectures, keep-biased initialisation).
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .gates import gumbel_gate, init_keep_bias
+from .geometry import ceil_div
+
+GateOverride = Optional[Union[float, torch.Tensor]]
+
+
+class MaskerBase(nn.Module):
+    """Common part: Gumbel temperature, gate override, the gate call.
+
+    Attributes:
+        tau: Gumbel temperature used in training (set by
+            :class:`laud_mm.GumbelTemperatureHook`).
+        forced_gate: None (gates come from the logits), a float in {0, 1}
+            broadcast to every gate, or a tensor of the gate shape. Used by
+            tests and benchmarks to impose activation patterns.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.tau = 1.0
+        self.forced_gate: GateOverride = None
+
+    def _gate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.forced_gate is None:
+            return gumbel_gate(logits, self.tau, self.training)
+        shape = logits.shape[:-1]
+        f = self.forced_gate
+        if isinstance(f, torch.Tensor):
+            if tuple(f.shape) != tuple(shape):
+                raise ValueError(f'forced_gate has shape {tuple(f.shape)}, '
+                                 f'the gates have shape {tuple(shape)}')
+            return f.to(logits.dtype)
+        # keep the graph connected so that DDP sees the masker as used
+        return logits.new_full(shape, float(f)) + 0 * logits[..., 0]
+
+
+class SpatialMasker(MaskerBase):
+    """Patch-level spatial masker: adaptive average pool of the block input to
+    a grid of ceil(H_out/S) x ceil(W_out/S) cells, then a 1x1 conv to
+    (keep, skip) logits per cell.
+
+    Args:
+        in_channels: C_in of the block input.
+        granularity: S, patch side in output pixels (>= 1).
+
+    Shapes:
+        forward(x (N, C_in, H_in, W_in), out_hw) -> gate (N, gh, gw), gh =
+        ceil(H_out / S), gw = ceil(W_out / S).
+    """
+
+    def __init__(self, in_channels: int, granularity: int):
+        super().__init__()
+        self.granularity = granularity
+        self.conv = nn.Conv2d(in_channels, 2, 1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init (keep +5, skip 0). Called again by mmengine's
+        ``init_weights`` after the backbone's Kaiming init of all convs."""
+        init_keep_bias(self.conv, keep=5., skip=0.)
+
+    def grid(self, out_hw: Tuple[int, int]) -> Tuple[int, int]:
+        """Patch grid (gh, gw) for an output size."""
+        s = self.granularity
+        return ceil_div(out_hw[0], s), ceil_div(out_hw[1], s)
+
+    def logits(self, x: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+        """(N, gh, gw, 2) keep/skip logits."""
+        pooled = F.adaptive_avg_pool2d(x, self.grid(out_hw))
+        return self.conv(pooled).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+        return self._gate(self.logits(x, out_hw))
+
+
+class ChannelMasker(MaskerBase):
+    """Channel-group masker: global average pool, Linear(C_in, h), ReLU,
+    Linear(h, 2 * n_groups), h = max(n_groups // 16, 16).
+
+    Args:
+        in_channels: C_in of the block input.
+        num_groups: number of channel groups of the bottleneck width.
+
+    Shapes:
+        forward(x (N, C_in, H, W)) -> gate (N, n_groups).
+    """
+
+    def __init__(self, in_channels: int, num_groups: int):
+        super().__init__()
+        self.num_groups = num_groups
+        hidden = max(num_groups // 16, 16)
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, 2 * num_groups)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init of the last layer (keep +2, skip -2)."""
+        init_keep_bias(self.fc2, keep=2., skip=-2.)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n_groups, 2) keep/skip logits."""
+        h = F.relu(self.fc1(x.mean(dim=(2, 3))))
+        return self.fc2(h).view(x.shape[0], self.num_groups, 2)
+
+    def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
+        return self._gate(self.logits(x))
+
+
+class LayerMasker(MaskerBase):
+    """Layer-skipping masker: global average pool, Linear(C_in, 2).
+
+    Args:
+        in_channels: C_in of the block input.
+
+    Shapes:
+        forward(x (N, C_in, H, W)) -> gate (N,).
+    """
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, 2)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init (keep +5, skip 0)."""
+        init_keep_bias(self.fc, keep=5., skip=0.)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2) keep/skip logits."""
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
+        return self._gate(self.logits(x))
+
+
+def build_masker(paradigm: str, in_channels: int, width: int,
+                 granularity: Optional[int]) -> nn.Module:
+    """Masker for a paradigm.
+
+    Args:
+        paradigm: 'spatial', 'channel' or 'layer'.
+        in_channels: C_in of the block input.
+        width: bottleneck width (channel paradigm: split into groups of G).
+        granularity: S (spatial) or G (channel); ignored for 'layer'.
+
+    Raises:
+        ValueError: unknown paradigm, or G that does not divide the width.
+    """
+    if paradigm == 'spatial':
+        return SpatialMasker(in_channels, granularity)
+    if paradigm == 'channel':
+        if width % granularity:
+            raise ValueError(f'granularity G={granularity} must divide the '
+                             f'bottleneck width {width}')
+        return ChannelMasker(in_channels, width // granularity)
+    if paradigm == 'layer':
+        return LayerMasker(in_channels)
+    raise ValueError(f'unknown paradigm {paradigm!r}')
+
+
+def expand_spatial_gate(gate: torch.Tensor, granularity: int,
+                        out_hw: Tuple[int, int]) -> torch.Tensor:
+    """Patch gates to a pixel mask: output pixel (i, j) takes the gate of
+    patch (i // S, j // S); the last row/column of patches may be partial.
+
+    Args:
+        gate: (N, gh, gw) gates.
+        granularity: S.
+        out_hw: (H_out, W_out).
+
+    Returns:
+        (N, 1, H_out, W_out) mask, differentiable w.r.t. ``gate``.
+    """
+    s = granularity
+    m = gate.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
+    return m[:, None, :out_hw[0], :out_hw[1]]
+
+
+def conv1_needed_mask(mask: torch.Tensor, stride: int, in_hw: Tuple[int, int],
+                      dilation: int = 1) -> torch.Tensor:
+    """Input-grid pixels whose conv1 output a kept output pixel reads: the
+    output mask dilated by the 3x3 kernel of conv2 and mapped back through its
+    stride.
+
+    Args:
+        mask: (N, 1, H_out, W_out) output mask.
+        stride: conv2 stride.
+        in_hw: (H_in, W_in), the conv1 output size.
+        dilation: conv2 dilation (padding = dilation).
+
+    Returns:
+        (N, 1, H_in, W_in) mask in {0, 1}, differentiable (max-pool gradient).
+    """
+    n = mask.shape[0]
+    hi, wi = in_hw
+    if stride == 1 and dilation == 1:
+        return F.max_pool2d(mask, 3, 1, 1)
+    # place each output pixel at its centre tap on the input grid, then dilate
+    up = mask.new_zeros(n, 1, hi, wi)
+    ho, wo = mask.shape[-2:]
+    up[:, :, :(ho - 1) * stride + 1:stride, :(wo - 1) * stride + 1:stride] = mask
+    k = 2 * dilation + 1
+    return F.max_pool2d(up, k, 1, dilation)
+
+
+def expand_channel_gate(gate: torch.Tensor, granularity: int) -> torch.Tensor:
+    """Group gates to a channel mask: channel c takes the gate of group c // G.
+
+    Args:
+        gate: (N, n_groups).
+        granularity: G.
+
+    Returns:
+        (N, n_groups * G, 1, 1) mask.
+    """
+    return gate.repeat_interleave(granularity, dim=1)[:, :, None, None]

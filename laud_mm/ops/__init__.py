@@ -1,0 +1,20 @@
+"""Operators of LAUDNet dynamic inference.
+
+Every operator has a pure-PyTorch reference implementation (always
+available) and, when ``setup.py`` built ``laud_mm._ext`` from ``csrc/``, a
+compiled C++ (CPU) / CUDA kernel with the same semantics. :func:`backend`
+reports which one is used; :func:`use_backend` forces one (tests compare them).
+
+Source: paper sec. 3.4 and appendix (operator fusion for dynamic inference).
+"""
+from ._backend import (backend, extension, has_cuda_kernels, set_backend,
+                       use_backend)
+from .patches import (gather_patches, gather_patches_reference, patch_indices,
+                      patch_map, scatter_add_relu, scatter_add_relu_reference,
+                      window_size)
+
+__all__ = [
+    'backend', 'extension', 'has_cuda_kernels', 'set_backend', 'use_backend',
+    'gather_patches', 'gather_patches_reference', 'patch_indices', 'patch_map',
+    'scatter_add_relu', 'scatter_add_relu_reference', 'window_size'
+]

@@ -1,0 +1,91 @@
+"""Backend selection for :mod:`laud_mm.ops`: the compiled extension
+(``laud_mm._ext``, built from ``csrc/`` by ``setup.py``) when present, else the
+pure-PyTorch reference implementation.
+
+Source: paper sec. 3.4 (operator fusion for dynamic inference); issue 3.
+"""
+import contextlib
+import os
+from typing import Iterator, Optional
+
+import torch
+
+_BACKENDS = ('cpp', 'cuda', 'pytorch')
+
+try:  # built by `pip install --no-build-isolation -e .`
+    from .. import _ext  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the build
+    _ext = None
+
+_forced: Optional[str] = os.environ.get('LAUD_MM_OPS_BACKEND') or None
+
+
+def extension():
+    """The compiled extension module, or None if it was not built."""
+    return _ext
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the extension was built with the CUDA kernels."""
+    return _ext is not None and bool(getattr(_ext, 'with_cuda', False))
+
+
+def backend(device: Optional[torch.device] = None) -> str:
+    """Backend that :mod:`laud_mm.ops` uses.
+
+    Args:
+        device: the device of the tensors (default: CUDA if available and the
+            CUDA kernels are built, else CPU).
+
+    Returns:
+        'cuda' (compiled CUDA kernels), 'cpp' (compiled C++ CPU kernels) or
+        'pytorch' (reference implementation: no extension, or forced with
+        :func:`set_backend` / the ``LAUD_MM_OPS_BACKEND`` variable).
+    """
+    if _forced == 'pytorch' or _ext is None:
+        return 'pytorch'
+    if device is None:
+        device = torch.device('cuda' if has_cuda_kernels()
+                              and torch.cuda.is_available() else 'cpu')
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return 'cuda' if has_cuda_kernels() else 'pytorch'
+    return 'cpp' if device.type == 'cpu' else 'pytorch'
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force a backend: 'pytorch' (reference), or None / 'cpp' / 'cuda' for
+    the compiled kernels when built (the device picks cpp or cuda).
+
+    Raises:
+        ValueError: unknown ``name``.
+        RuntimeError: 'cpp' or 'cuda' requested but the extension (or its CUDA
+            part) was not built.
+    """
+    global _forced
+    if name is not None and name not in _BACKENDS:
+        raise ValueError(f'name={name!r} is not one of {_BACKENDS} or None')
+    if name in ('cpp', 'cuda') and _ext is None:
+        raise RuntimeError(f'backend {name!r} requested but laud_mm._ext is '
+                           f'not built (pip install --no-build-isolation -e .)')
+    if name == 'cuda' and not has_cuda_kernels():
+        raise RuntimeError('backend \'cuda\' requested but laud_mm._ext was '
+                           'built without CUDA kernels')
+    _forced = 'pytorch' if name == 'pytorch' else None
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Context manager around :func:`set_backend` (restores the previous)."""
+    global _forced
+    prev = _forced
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _forced = prev
+
+
+def use_kernels(t: torch.Tensor) -> bool:
+    """Whether the compiled kernels handle tensors like ``t``."""
+    return backend(t.device) != 'pytorch'

@@ -1,0 +1,244 @@
+"""Dynamic inference (laud_mm.models.dynamic) returns the masked-dense eval
+block / backbone: max abs diff <= 1e-4 in fp32 with random weights and BN
+statistics, for every paradigm, gate pattern, odd sizes, stride-2 blocks,
+per-sample masks and a whole LAUD-ResNet-50; both op backends.
+
+Source: paper sec. 3.4 (dynamic inference with fused operators); issue 3."""
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from laud_mm import ops
+from laud_mm.models import LAUDBottleneck, LAUDResNet
+from laud_mm.models.dynamic import (dynamic_bottleneck_forward, fold_conv_bn,
+                                    folded, static_bottleneck_forward)
+
+TOL = 1e-4
+BACKENDS = ['pytorch'] + (['cpp'] if ops.extension() is not None else [])
+
+
+def randomize(module: nn.Module, seed: int, masker_std: float = 1.0) -> None:
+    """Random conv weights, random BN affine and running statistics, and
+    masker weights that give mixed (not all-on) gates."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, m in module.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g) * 0.6 + 0.2)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                std = (masker_std if 'masker' in name else 1.0) / fan_in ** 0.5
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1
+                                 if 'masker' in name else m.bias * 0)
+
+
+def make_block(paradigm, inplanes=32, planes=8, stride=1, gran=2, seed=0):
+    ds = None
+    if stride != 1 or inplanes != planes * 4:
+        ds = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride,
+                                     bias=False), nn.BatchNorm2d(planes * 4))
+    block = LAUDBottleneck(inplanes, planes, stride=stride, downsample=ds,
+                           paradigm=paradigm,
+                           granularity=None if paradigm == 'layer' else gran)
+    randomize(block, seed)
+    return block.eval()
+
+
+def run_both(block, x):
+    """(dynamic out, dynamic gate, masked-dense out, masked-dense gate)."""
+    with torch.no_grad():
+        block.dynamic_inference = False
+        ref = block(x)
+        ref_gate = block.last_stats['gate']
+        block.dynamic_inference = True
+        out = block(x)
+        gate = block.last_stats['gate']
+    return out, gate, ref, ref_gate
+
+
+def gate_shape(block, x):
+    geom = block.geometry(x.shape[-2:])
+    n = x.shape[0]
+    if block.paradigm == 'spatial':
+        return (n,) + geom.patch_grid
+    if block.paradigm == 'channel':
+        return (n, geom.num_groups)
+    return (n,)
+
+
+def check(block, x, forced=None):
+    block.masker.forced_gate = forced
+    out, gate, ref, ref_gate = run_both(block, x)
+    assert out.shape == ref.shape
+    assert gate.shape == ref_gate.shape == gate_shape(block, x)
+    assert torch.equal(gate, ref_gate)
+    diff = (out - ref).abs().max().item()
+    assert diff <= TOL, diff
+    return gate, diff
+
+
+PATTERNS = ['learned', 'off', 'on', 'random']
+
+
+def _forced(pattern, block, x, seed):
+    if pattern == 'learned':
+        return None
+    if pattern == 'off':
+        return 0.0
+    if pattern == 'on':
+        return 1.0
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(gate_shape(block, x), generator=g) < 0.5).float()
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('paradigm,gran', [('spatial', 2), ('spatial', 3),
+                                           ('spatial', 1), ('channel', 2),
+                                           ('channel', 1), ('layer', None)])
+@pytest.mark.parametrize('stride,hw', [(1, (13, 11)), (2, (15, 12)),
+                                       (1, (8, 8))])
+@pytest.mark.parametrize('pattern', PATTERNS)
+def test_block_matches_masked_dense(backend, paradigm, gran, stride, hw,
+                                    pattern):
+    inplanes = 32 if stride == 1 else 16
+    block = make_block(paradigm, inplanes, 8, stride, gran, seed=stride)
+    x = torch.randn(3, inplanes, *hw)
+    with ops.use_backend(backend):
+        gate, _ = check(block, x, _forced(pattern, block, x, 1))
+    if pattern == 'off':
+        assert not gate.any()
+    if pattern == 'on':
+        assert gate.all()
+
+
+@pytest.mark.parametrize('paradigm,gran', [('spatial', 2), ('channel', 2),
+                                           ('layer', None)])
+def test_learned_gates_are_mixed_and_per_sample(paradigm, gran):
+    """The masker (fused into conv1 for spatial) decides per sample."""
+    block = make_block(paradigm, 32, 8, 1, gran, seed=3)
+    x = torch.randn(8, 32, 12, 12)
+    x[:4] *= 3  # samples differ
+    gate, _ = check(block, x, None)
+    assert 0 < gate.float().mean() < 1
+    if paradigm != 'layer':
+        flat = gate.flatten(1)
+        assert len({tuple(r.tolist()) for r in flat}) > 1
+
+
+def test_identity_block_does_not_modify_its_input():
+    for paradigm, gran in [('spatial', 2), ('channel', 2), ('layer', None)]:
+        block = make_block(paradigm, 32, 8, 1, gran)
+        x = torch.randn(2, 32, 9, 9)
+        x0 = x.clone()
+        check(block, x, _forced('random', block, x, 0))
+        assert torch.equal(x, x0)
+
+
+def test_bn_folding_and_cache_invalidation():
+    block = make_block('channel', 32, 8, 2, 2)
+    w, b = fold_conv_bn(block.conv2, block.norm2)
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(nn.functional.conv2d(x, w, b, 2, 1),
+                              block.norm2(block.conv2(x)), atol=1e-5)
+    fb = folded(block)
+    assert folded(block) is fb  # cached
+    x = torch.randn(2, 32, 10, 10)
+    check(block, x, 1.0)
+    with torch.no_grad():
+        block.norm3.running_var.mul_(4.0)  # in-place: _version changes
+    assert folded(block) is not fb
+    check(block, x, _forced('random', block, x, 2))
+    with torch.no_grad():
+        block.conv1.weight.add_(0.1)
+    check(block, x, _forced('random', block, x, 3))
+
+
+def test_static_forward_equals_all_on_block():
+    block = make_block('layer', 16, 8, 2)
+    x = torch.randn(2, 16, 11, 11)
+    block.masker.forced_gate = 1.0
+    with torch.no_grad():
+        block.dynamic_inference = False
+        ref = block(x)
+        out = static_bottleneck_forward(block, x)
+    assert (out - ref).abs().max() <= TOL
+
+
+def test_errors():
+    block = make_block('spatial', 32, 8, 1, 2)
+    x = torch.randn(2, 32, 8, 8)
+    geom = block.geometry((8, 8))
+    with pytest.raises(ValueError, match='forced_gate'):
+        block.masker.forced_gate = torch.ones(2, 3, 3)
+        dynamic_bottleneck_forward(block, x, geom)
+    block.masker.forced_gate = None
+    block.train()
+    with pytest.raises(ValueError, match='eval'):
+        dynamic_bottleneck_forward(block, x, geom)
+
+
+@settings(max_examples=20, deadline=None)
+@given(paradigm=st.sampled_from(['spatial', 'channel', 'layer']),
+       gran=st.sampled_from([1, 2, 3, 4, 7]),
+       stride=st.sampled_from([1, 2]),
+       h=st.integers(4, 19), w=st.integers(4, 19), n=st.integers(1, 4),
+       rate=st.floats(0, 1), seed=st.integers(0, 1000),
+       backend=st.sampled_from(BACKENDS))
+def test_property_blocks_match_masked_dense(paradigm, gran, stride, h, w, n,
+                                            rate, seed, backend):
+    planes = 8
+    if paradigm == 'channel' and planes % gran:
+        gran = 2
+    block = make_block(paradigm, 16 if stride == 2 else 32, planes, stride,
+                       gran, seed=seed)
+    x = torch.randn(n, block.conv1.in_channels, h, w,
+                    generator=torch.Generator().manual_seed(seed))
+    shape = gate_shape(block, x)
+    g = torch.Generator().manual_seed(seed + 1)
+    forced = (torch.rand(shape, generator=g) < rate).float()
+    with ops.use_backend(backend):
+        check(block, x, forced)
+
+
+@pytest.mark.parametrize('paradigm,gran', [('spatial', (4, 4, 2, 1)),
+                                           ('channel', (2, 2, 2, 2)),
+                                           ('layer', None)])
+@pytest.mark.parametrize('n,hw', [(1, (97, 75)), (2, (64, 80))])
+def test_whole_laud_resnet50(paradigm, gran, n, hw):
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm=paradigm, granularity=gran,
+                     out_indices=(0, 1, 2, 3))
+    net.eval()  # mmdet's ResNet.train() returns None: no chaining
+    randomize(net, 0, masker_std=0.3)
+    x = torch.randn(n, 3, *hw)
+    results = {}
+    for pattern in ['learned', 'random']:
+        if pattern == 'random':
+            g = torch.Generator().manual_seed(7)
+            for b in net.blocks:  # per-block random gates at rate ~0.5
+                shape = b.last_stats['gate'].shape
+                b.masker.forced_gate = (torch.rand(shape, generator=g)
+                                        < 0.5).float()
+        with torch.no_grad():
+            net.dynamic_inference = False
+            ref = net(x)
+            ref_gates = [b.last_stats['gate'] for b in net.blocks]
+            net.dynamic_inference = True
+            out = net(x)
+            gates = [b.last_stats['gate'] for b in net.blocks]
+        for a, b in zip(gates, ref_gates):
+            assert torch.equal(a, b)
+        diffs = [(o - r).abs().max().item() for o, r in zip(out, ref)]
+        assert max(diffs) <= TOL, diffs
+        results[pattern] = torch.cat([g.flatten() for g in gates]).mean()
+    # the test exercises skipping, not just the all-on path
+    assert 0 < results['random'] < 1

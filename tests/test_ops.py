@@ -1,0 +1,144 @@
+"""laud_mm.ops: gather with halo and fused scatter-add + ReLU, compiled
+kernels against the PyTorch reference and against dense convolution.
+
+Source: paper sec. 3.4 / appendix (fused gather-conv3x3 and scatter-add)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from laud_mm import ops
+from laud_mm.models.maskers import expand_spatial_gate
+
+BACKENDS = ['pytorch'] + (['cpp'] if ops.extension() is not None else [])
+
+
+def _case(n, c, h, w, s, stride, dil, p_on, seed, cout=5):
+    g = torch.Generator().manual_seed(seed)
+    feat = torch.randn(n, c + 1, h, w, generator=g)  # + a masker channel
+    w2 = torch.randn(cout, c, 3, 3, generator=g)
+    dense = F.conv2d(F.relu(feat[:, :c]), w2, None, stride, dil, dil)
+    ho, wo = dense.shape[-2:]
+    gate = (torch.rand(n, -(-ho // s), -(-wo // s), generator=g)
+            < p_on).float()
+    ident = torch.randn(n, cout, ho, wo, generator=g)
+    return feat, w2, dense, gate, ident
+
+
+def _sparse_block(feat, w2, gate, ident, s, stride, dil, c, inplace=False):
+    idx = ops.patch_indices(gate)
+    win = ops.gather_patches(feat, idx, s, stride, dil, channels=c, relu=True)
+    k = ops.window_size(s, stride, dil)
+    assert win.shape == (idx.shape[0], c, k, k)
+    y = F.conv2d(win, w2, None, stride, 0, dil)
+    assert y.shape[-2:] == (s, s)
+    return ops.scatter_add_relu(ident.clone() if inplace else ident, y, idx,
+                                s, inplace=inplace)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('n,c,h,w,s,stride,dil', [
+    (2, 6, 13, 11, 4, 1, 1),    # odd size, partial patches
+    (2, 5, 14, 15, 2, 2, 1),    # stride-2 block
+    (3, 4, 7, 7, 1, 1, 1),      # pixel-level S = 1
+    (1, 3, 9, 10, 3, 2, 2),     # dilation 2
+    (2, 3, 8, 8, 7, 1, 1),      # one patch covers (almost) the map
+])
+@pytest.mark.parametrize('p_on', [0.0, 0.5, 1.0])
+def test_gather_conv_scatter_equals_masked_dense_conv(
+        backend, n, c, h, w, s, stride, dil, p_on):
+    feat, w2, dense, gate, ident = _case(n, c, h, w, s, stride, dil, p_on, 0)
+    mask = expand_spatial_gate(gate, s, dense.shape[-2:])
+    expected = F.relu(ident + dense * mask)
+    with ops.use_backend(backend):
+        assert ops.backend(feat.device) == backend
+        out = _sparse_block(feat, w2, gate, ident, s, stride, dil, c)
+        out_inplace = _sparse_block(feat, w2, gate, ident, s, stride, dil, c,
+                                    inplace=True)
+    assert (out - expected).abs().max() <= 1e-4
+    assert torch.equal(out, out_inplace)
+    # skipped positions are exactly relu(identity)
+    assert torch.equal(out[mask.expand_as(out) == 0],
+                       F.relu(ident)[mask.expand_as(out) == 0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 6), h=st.integers(3, 17),
+       w=st.integers(3, 17), s=st.integers(1, 5), stride=st.integers(1, 2),
+       dil=st.integers(1, 2), p_on=st.floats(0, 1), seed=st.integers(0, 99))
+def test_property_kernels_match_reference_and_dense(n, c, h, w, s, stride, dil,
+                                                    p_on, seed):
+    feat, w2, dense, gate, ident = _case(n, c, h, w, s, stride, dil, p_on, seed)
+    mask = expand_spatial_gate(gate, s, dense.shape[-2:])
+    expected = F.relu(ident + dense * mask)
+    idx = ops.patch_indices(gate)
+    outs = []
+    for backend in BACKENDS:
+        with ops.use_backend(backend):
+            outs.append(_sparse_block(feat, w2, gate, ident, s, stride, dil, c))
+            win = ops.gather_patches(feat, idx, s, stride, dil, channels=c)
+            ref = ops.gather_patches_reference(feat, idx, s, stride, dil, c)
+            assert torch.equal(win, ref)
+    for out in outs:
+        assert (out - expected).abs().max() <= 1e-4
+    # windows are bit-identical; conv may pick another algorithm per layout
+    assert all((outs[0] - o).abs().max() <= 1e-5 for o in outs[1:])
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_float64_and_empty_index(backend):
+    feat = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    idx = torch.zeros(0, 3, dtype=torch.int64)
+    with ops.use_backend(backend):
+        win = ops.gather_patches(feat, idx, 2)
+        assert win.shape == (0, 3, 4, 4) and win.dtype == torch.float64
+        ident = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+        out = ops.scatter_add_relu(ident, torch.zeros(0, 4, 2, 2,
+                                                      dtype=torch.float64),
+                                   idx, 2)
+    assert torch.equal(out, F.relu(ident))
+
+
+def test_patch_indices_records_sample_and_location():
+    gate = torch.zeros(2, 3, 4)
+    gate[0, 1, 2] = 1
+    gate[1, 2, 0] = 1
+    assert ops.patch_indices(gate).tolist() == [[0, 1, 2], [1, 2, 0]]
+    with pytest.raises(ValueError, match='gate'):
+        ops.patch_indices(torch.zeros(2, 3))
+
+
+def test_bad_arguments_raise_value_error_naming_them():
+    feat = torch.randn(1, 4, 8, 8)
+    idx = torch.tensor([[0, 0, 0]])
+    with pytest.raises(ValueError, match='granularity'):
+        ops.gather_patches(feat, idx, 0)
+    with pytest.raises(ValueError, match='stride'):
+        ops.gather_patches(feat, idx, 2, stride=0)
+    with pytest.raises(ValueError, match='channels'):
+        ops.gather_patches(feat, idx, 2, channels=5)
+    with pytest.raises(ValueError, match='feat'):
+        ops.gather_patches(feat[0], idx, 2)
+    with pytest.raises(ValueError, match='idx'):
+        ops.gather_patches(feat, idx.int(), 2)
+    ident = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match='patches'):
+        ops.scatter_add_relu(ident, torch.randn(1, 4, 3, 3), idx, 2)
+    with pytest.raises(ValueError, match='idx'):
+        ops.scatter_add_relu(ident, torch.randn(1, 4, 2, 2),
+                             torch.tensor([[0, 4, 0]]), 2)
+    with pytest.raises(ValueError, match='name'):
+        ops.set_backend('tpu')
+
+
+def test_backend_reporting():
+    assert ops.backend() in ('cpp', 'cuda', 'pytorch')
+    with ops.use_backend('pytorch'):
+        assert ops.backend() == 'pytorch'
+    if ops.extension() is not None:
+        assert ops.backend(torch.device('cpu')) == 'cpp'
+    else:
+        assert ops.backend() == 'pytorch'
+        with pytest.raises(RuntimeError):
+            ops.set_backend('cpp')

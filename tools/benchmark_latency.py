@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Measured latency of LAUD-ResNet dynamic inference against the static
+(BN-folded) backbone, side by side in one run.
+
+For each backbone (LAUD-ResNet-50 / 101), input size (224 px classification
+batch, detection-sized batch) and paradigm (layer; channel G = 2-2-2-2;
+spatial S = 4-4-2-1), the gates of every block are forced to random patterns
+at activation rate r (exactly round(r * gates) gates on per sample and block;
+layer skipping: round(r * N * blocks) of the (sample, block) gates), and the
+whole backbone (BN-folded stem + 16 / 33 blocks) is timed:
+
+- static: every block dense with BN folded (``static_bottleneck_forward``);
+- dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's real
+  eval path, incl. its per-block statistics).
+
+Static and dynamic runs alternate (after warm-up) and the median of the
+repeats is reported, so the ratios are robust to load on shared machines.
+``--per-block`` adds a per-block table for one configuration.
+
+Usage:
+    python tools/benchmark_latency.py                       # full table + plot
+    python tools/benchmark_latency.py --quick               # R50 224 only
+    python tools/benchmark_latency.py --depths 50 --sizes 224 --rates 0.5 1.0
+
+Source: paper sec. 3.4 and sec. 4 (latency of LAUD-ResNet); issue 3 goals.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from laud_mm import ops  # noqa: E402
+from laud_mm.models import LAUDResNet  # noqa: E402
+from laud_mm.models.dynamic import (fold_conv_bn,  # noqa: E402
+                                    static_bottleneck_forward)
+
+PARADIGMS = {'layer': None, 'channel': (2, 2, 2, 2), 'spatial': (4, 4, 2, 1)}
+SIZES = {'224': (8, (224, 224)), 'det': (1, (800, 1216))}
+
+
+def folded_stem(net: LAUDResNet):
+    """BN-folded stem (conv 7x7 s2 + ReLU + max-pool) of a ResNet."""
+    if net.deep_stem:
+        raise ValueError('deep_stem is not supported by the benchmark')
+    w, b = fold_conv_bn(net.conv1, net.norm1)
+
+    def stem(x):
+        x = F.conv2d(x, w, b, 2, 3).relu_()
+        return F.max_pool2d(x, 3, 2, 1)
+    return stem
+
+
+def static_forward(net, stem, x):
+    x = stem(x)
+    for blk in net.blocks:
+        x = static_bottleneck_forward(blk, x)
+    return x
+
+
+def dynamic_forward(net, stem, x):
+    x = stem(x)
+    for blk in net.blocks:
+        x = blk(x)
+    return x
+
+
+def force_random_gates(net: LAUDResNet, rate: float, n: int, hw, seed: int
+                       ) -> float:
+    """Force random gates at ``rate`` in every block; returns the realised
+    mean gate."""
+    g = torch.Generator().manual_seed(seed)
+    geoms = net.block_geometries(hw)
+    on = total = 0
+    if net.paradigm == 'layer':
+        k = len(net.blocks) * n
+        flat = torch.zeros(k)
+        flat[torch.randperm(k, generator=g)[:round(rate * k)]] = 1
+        gates = flat.view(len(net.blocks), n)
+        for blk, gate in zip(net.blocks, gates):
+            blk.masker.forced_gate = gate.clone()
+        return float(gates.mean())
+    for blk, geom in zip(net.blocks, geoms):
+        shape = geom.patch_grid if net.paradigm == 'spatial' \
+            else (geom.num_groups,)
+        m = int(torch.tensor(shape).prod())
+        gate = torch.zeros(n, m)
+        for i in range(n):
+            gate[i, torch.randperm(m, generator=g)[:round(rate * m)]] = 1
+        blk.masker.forced_gate = gate.view(n, *shape)
+        on += float(gate.sum())
+        total += gate.numel()
+    return on / total
+
+
+def timed(fn, x) -> float:
+    t = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t
+
+
+def bench_pair(static_fn, dyn_fn, x, warmup: int, repeats: int):
+    """Alternate static / dynamic runs; medians in ms."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            static_fn(x)
+            dyn_fn(x)
+        ts, td = [], []
+        for _ in range(repeats):
+            ts.append(timed(static_fn, x))
+            td.append(timed(dyn_fn, x))
+    return statistics.median(ts) * 1e3, statistics.median(td) * 1e3
+
+
+def build(depth: int, paradigm: str, seed: int = 0) -> LAUDResNet:
+    torch.manual_seed(seed)
+    net = LAUDResNet(depth, paradigm=paradigm,
+                     granularity=PARADIGMS[paradigm],
+                     dynamic_inference=True)
+    net.eval()  # mmdet's ResNet.train() returns None: no chaining
+    return net
+
+
+def run(args) -> List[Dict]:
+    rows = []
+    for depth in args.depths:
+        for size in args.sizes:
+            n, hw = SIZES[size]
+            if size == '224':
+                n = args.batch
+            x = torch.randn(n, 3, *hw)
+            for paradigm in args.paradigms:
+                net = build(depth, paradigm)
+                stem = folded_stem(net)
+                for rate in args.rates:
+                    real = force_random_gates(net, rate, n, hw, seed=1)
+                    with torch.no_grad():  # exactness spot check
+                        a = static_forward(net, stem, x) if rate == 1.0 \
+                            else None
+                        b = dynamic_forward(net, stem, x)
+                    if a is not None:
+                        assert (a - b).abs().max() <= 1e-3 * a.abs().max()
+                    st, dy = bench_pair(
+                        lambda t: static_forward(net, stem, t),
+                        lambda t: dynamic_forward(net, stem, t), x,
+                        args.warmup, args.repeats)
+                    row = dict(depth=depth, size=size, batch=n, hw=hw,
+                               paradigm=paradigm, rate=rate, gate_mean=real,
+                               static_ms=st, dynamic_ms=dy, speedup=st / dy)
+                    rows.append(row)
+                    print(fmt_row(row), flush=True)
+    return rows
+
+
+def per_block(args) -> List[Dict]:
+    """Per-block static vs dynamic at one rate (R50 or first depth, 224)."""
+    depth, size, rate = args.depths[0], '224', args.block_rate
+    n, hw = args.batch, SIZES[size][1]
+    x = torch.randn(n, 3, *hw)
+    out = []
+    for paradigm in args.paradigms:
+        net = build(depth, paradigm)
+        stem = folded_stem(net)
+        force_random_gates(net, rate, n, hw, seed=1)
+        with torch.no_grad():
+            inputs, t = [], stem(x)
+            for blk in net.blocks:
+                inputs.append(t)
+                t = static_bottleneck_forward(blk, t)
+        for blk, xin in zip(net.blocks, inputs):
+            st, dy = bench_pair(lambda t: static_bottleneck_forward(blk, t),
+                                blk, xin, 1, args.repeats)
+            out.append(dict(paradigm=paradigm, block=f'{blk.stage}.{blk.index}',
+                            in_shape=tuple(xin.shape), static_ms=st,
+                            dynamic_ms=dy, speedup=st / dy))
+    return out
+
+
+def fmt_row(r) -> str:
+    return (f"| R{r['depth']} | {r['batch']}x{r['hw'][0]}x{r['hw'][1]} | "
+            f"{r['paradigm']} | {r['rate']:.2f} | {r['static_ms']:.1f} | "
+            f"{r['dynamic_ms']:.1f} | {r['speedup']:.2f}x | "
+            f"{1 / max(r['rate'], 1e-9):.2f}x |")
+
+
+HEADER = ('| backbone | input | paradigm | r | static ms | dynamic ms | '
+          'speedup | ideal 1/r |\n|---|---|---|---|---|---|---|---|')
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    confs = sorted({(r['depth'], r['size']) for r in rows})
+    fig, axes = plt.subplots(1, len(confs), figsize=(5 * len(confs), 4),
+                             squeeze=False)
+    for ax, (depth, size) in zip(axes[0], confs):
+        sub = [r for r in rows if (r['depth'], r['size']) == (depth, size)]
+        rates = sorted({r['rate'] for r in sub})
+        ax.plot(rates, [1 / r for r in rates], 'k--', label='ideal 1/r')
+        for p in PARADIGMS:
+            pts = sorted((r['rate'], r['speedup']) for r in sub
+                         if r['paradigm'] == p)
+            if pts:
+                ax.plot(*zip(*pts), 'o-', label=p)
+        ax.axhline(1.0, color='grey', lw=0.5)
+        n, hw = sub[0]['batch'], sub[0]['hw']
+        ax.set_title(f'LAUD-R{depth}, {n}x3x{hw[0]}x{hw[1]}')
+        ax.set_xlabel('activation rate r')
+        ax.set_ylabel('speedup over static (BN folded)')
+        ax.set_ylim(0, min(6, max(1 / min(rates), 2) + 0.5))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--depths', type=int, nargs='+', default=[50, 101])
+    p.add_argument('--sizes', nargs='+', default=['224', 'det'],
+                   choices=sorted(SIZES))
+    p.add_argument('--paradigms', nargs='+', default=list(PARADIGMS),
+                   choices=list(PARADIGMS))
+    p.add_argument('--rates', type=float, nargs='+',
+                   default=[0.1, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument('--batch', type=int, default=8,
+                   help='batch of the 224 px input (detection input: 1)')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--per-block', action='store_true')
+    p.add_argument('--block-rate', type=float, default=0.5)
+    p.add_argument('--quick', action='store_true',
+                   help='R50, 224 px only')
+    p.add_argument('--plot', default='docs/benchmark_speedup.png')
+    p.add_argument('--json', default=None, help='write the rows as JSON')
+    args = p.parse_args(argv)
+    for name in ('threads', 'repeats', 'batch'):
+        if getattr(args, name) < 1:
+            raise ValueError(f'--{name} must be >= 1')
+    if any(not 0 <= r <= 1 for r in args.rates):
+        raise ValueError(f'--rates must lie in [0, 1], got {args.rates}')
+    if args.quick:
+        args.depths, args.sizes = [50], ['224']
+    torch.set_num_threads(args.threads)
+    print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, '
+          f'ops backend {ops.backend()}, {platform.processor() or "cpu"} '
+          f'({os.cpu_count()} logical CPUs)')
+    print(HEADER)
+    rows = run(args)
+    if args.plot:
+        os.makedirs(osp.dirname(osp.abspath(args.plot)), exist_ok=True)
+        plot(rows, args.plot)
+        print(f'plot: {args.plot}')
+    blocks = per_block(args) if args.per_block else []
+    if blocks:
+        print(f'\n## per block (R{args.depths[0]}, {args.batch}x224x224, '
+              f'r={args.block_rate})\n')
+        print('| paradigm | block | input | static ms | dynamic ms | speedup |'
+              '\n|---|---|---|---|---|---|')
+        for b in blocks:
+            print(f"| {b['paradigm']} | {b['block']} | "
+                  f"{'x'.join(map(str, b['in_shape']))} | {b['static_ms']:.2f}"
+                  f" | {b['dynamic_ms']:.2f} | {b['speedup']:.2f}x |")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(rows=rows, blocks=blocks), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,81 @@
+"""Convert checkpoints between torchvision, mmpretrain and mmdet layouts
+(paper sec. 3.5 / 4.3: LAUD classifiers start from torchvision's static
+ResNets; detectors start from the LAUD ImageNet backbone).
+
+Usage:
+    # torchvision ResNet -> mmpretrain classifier checkpoint
+    # (backbone.* and head.fc.*; loads into mmpretrain's ImageClassifier and
+    # laud_mm.LAUDImageClassifier, e.g. as model.init_cfg / teacher.checkpoint)
+    python tools/convert_checkpoint.py tv2cls resnet50-0676ba61.pth out.pth
+    python tools/convert_checkpoint.py tv2cls torchvision://resnet50 out.pth
+
+    # LAUD (or any mmpretrain) classifier checkpoint -> backbone checkpoint
+    # (keys without 'backbone.', maskers included; for loaders without a
+    # prefix option). Not needed for mmdet configs:
+    # init_cfg=dict(type='Pretrained', prefix='backbone.', checkpoint=CLS_CKPT)
+    # loads the classifier checkpoint directly, masker weights kept.
+    python tools/convert_checkpoint.py cls2backbone epoch_100.pth backbone.pth
+
+The output is ``{'state_dict': ..., 'meta': {'converted_from': ...,
+'mode': ...}}`` with tensors only (loads under torch's ``weights_only``).
+Without a network, ``torchvision://`` needs the file in torch hub's cache.
+
+Raises (exit status 1, message on stderr): a missing input file, or input
+keys that are not the expected layout (ValueError naming the file).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import laud_mm  # noqa: E402,F401  (schemes, safe globals)
+from laud_mm.models.checkpoint_convert import (  # noqa: E402
+    classifier_to_backbone, load_state_dict_file, torchvision_to_mmpretrain)
+
+MODES = ('tv2cls', 'cls2backbone')
+
+
+def convert(mode: str, src: str, dst: str) -> int:
+    """Convert ``src`` to ``dst``; return the number of tensors written.
+
+    Raises:
+        ValueError: unknown ``mode``, missing ``src`` or wrong key layout.
+    """
+    if mode not in MODES:
+        raise ValueError(f'mode={mode!r} must be one of {MODES}')
+    sd = load_state_dict_file(src)
+    try:
+        out = torchvision_to_mmpretrain(sd) if mode == 'tv2cls' else \
+            classifier_to_backbone(sd)
+    except ValueError as e:
+        raise ValueError(f'{src}: {e}') from e
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    torch.save({'state_dict': out,
+                'meta': {'converted_from': src, 'mode': mode}}, dst)
+    return len(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('mode', choices=MODES,
+                        help='tv2cls: torchvision ResNet -> mmpretrain '
+                        'classifier; cls2backbone: classifier -> backbone')
+    parser.add_argument('src', help='input checkpoint (path or URL such as '
+                        'torchvision://resnet50)')
+    parser.add_argument('dst', help='output .pth path')
+    args = parser.parse_args(argv)
+    try:
+        n = convert(args.mode, args.src, args.dst)
+    except ValueError as e:
+        print(f'convert_checkpoint: error: {e}', file=sys.stderr)
+        return 1
+    print(f'{args.mode}: wrote {n} tensors to {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

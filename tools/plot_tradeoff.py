@@ -1,0 +1,315 @@
+"""Accuracy / efficiency trade-off of several LAUD runs, one series per
+paradigm: mAP (or top-1) against the predicted backbone latency and against
+the backbone FLOPs, as the paper's figure 10.
+
+Reads the evaluation records that mmengine writes into a work dir:
+``<work_dir>/<timestamp>/vis_data/scalars.json`` (one JSON record per line,
+validation during training) and ``<work_dir>/<timestamp>/<timestamp>.json``
+(the metrics of ``tools/test.py``). For each run the most recent record that
+holds both the accuracy metric and ``laud/latency_ms`` is used.
+
+Usage:
+    python tools/plot_tradeoff.py RUN [RUN ...] [--metric coco/bbox_mAP]
+        [--paradigm spatial channel ...] [--labels A B ...]
+        [--out tradeoff.png] [--title TEXT] [--annotate]
+
+RUN is a work dir, a timestamp dir, or one of the JSON files above. The
+paradigm of a run ('spatial', 'channel', 'layer' or 'static') comes from
+``--paradigm``, else from the config mmengine saved in the run
+(``model.backbone.paradigm``), else from the path name.
+
+Source: paper sec. 4 / fig. 10 (accuracy against latency and FLOPs per
+paradigm); the logged keys are those of :class:`laud_mm.BackboneLatencyMetric`.
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import re
+import sys
+from typing import Dict, List, Optional, Sequence
+
+PARADIGMS = ('spatial', 'channel', 'layer', 'static')
+LATENCY_KEY = 'laud/latency_ms'
+FLOPS_KEY = 'laud/backbone_GFLOPs'
+# tried in this order when --metric is not given
+DEFAULT_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP', 'accuracy/top1')
+_TIMESTAMP_JSON = re.compile(r'^\d{8}_\d{6}\.json$')
+STYLE = {'spatial': ('tab:blue', 'o'), 'channel': ('tab:orange', 's'),
+         'layer': ('tab:green', '^'), 'static': ('black', '*')}
+
+
+def find_metric_files(path: str) -> List[str]:
+    """The evaluation-log files of a run, oldest first.
+
+    Args:
+        path: a work dir, a timestamp dir or a JSON file.
+
+    Returns:
+        Paths of ``vis_data/scalars.json`` and ``<timestamp>.json`` files
+        under ``path`` (or ``[path]`` for a file), sorted by modification
+        time.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no such file.
+    """
+    if osp.isfile(path):
+        return [path]
+    if not osp.isdir(path):
+        raise FileNotFoundError(f'run {path!r} does not exist')
+    files = glob.glob(osp.join(path, '**', 'vis_data', 'scalars.json'),
+                      recursive=True)
+    files += [f for f in glob.glob(osp.join(path, '**', '*.json'),
+                                   recursive=True)
+              if _TIMESTAMP_JSON.match(osp.basename(f))]
+    files = sorted(set(files), key=lambda f: (osp.getmtime(f), f))
+    if not files:
+        raise FileNotFoundError(
+            f'run {path!r} holds no evaluation log (vis_data/scalars.json or '
+            f'<timestamp>.json); train with a val_evaluator or run '
+            f'tools/test.py with the work dir first')
+    return files
+
+
+def load_records(file: str) -> List[dict]:
+    """JSON records of a log file: a JSON document (dict or list of dicts)
+    or JSON lines (mmengine's scalars.json).
+
+    Raises:
+        ValueError: a line that is not JSON (names the file and line).
+    """
+    with open(file) as f:
+        text = f.read()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        return [doc]
+    if isinstance(doc, list):
+        return [d for d in doc if isinstance(d, dict)]
+    records = []
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'{file}:{i} is not a JSON record: {e}') from e
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def latest_record(path: str, metric: Optional[str]) -> Dict[str, object]:
+    """The most recent evaluation record of a run holding ``metric`` and
+    ``laud/latency_ms``.
+
+    Args:
+        path: a run (see :func:`find_metric_files`).
+        metric: accuracy key, or None to take the first of
+            ``DEFAULT_METRICS`` present.
+
+    Returns:
+        dict with 'metric' (key), 'value' (float, as logged: COCO mAP in
+        [0, 1], top-1 in %), 'latency_ms', 'gflops' (None if not logged),
+        'activation_rate' (None if not logged), 'file'.
+
+    Raises:
+        FileNotFoundError: see :func:`find_metric_files`.
+        KeyError: no record holds the metric together with the latency
+            (names the run and the keys that were found).
+    """
+    seen = set()
+    for file in reversed(find_metric_files(path)):
+        for rec in reversed(load_records(file)):
+            seen.update(rec)
+            if LATENCY_KEY not in rec:
+                continue
+            keys = [metric] if metric else \
+                [k for k in DEFAULT_METRICS if k in rec]
+            for key in keys:
+                if key in rec:
+                    return dict(metric=key, value=float(rec[key]),
+                                latency_ms=float(rec[LATENCY_KEY]),
+                                gflops=_opt_float(rec.get(FLOPS_KEY)),
+                                activation_rate=_opt_float(
+                                    rec.get('laud/activation_rate')),
+                                file=file)
+    want = metric or ' or '.join(DEFAULT_METRICS)
+    raise KeyError(f'run {path!r}: no evaluation record with {want!r} and '
+                   f'{LATENCY_KEY!r}; keys found: {sorted(seen)}')
+
+
+def _opt_float(v) -> Optional[float]:
+    return None if v is None else float(v)
+
+
+def infer_paradigm(path: str) -> str:
+    """Paradigm of a run: ``model.backbone.paradigm`` of the config saved in
+    the run ('static' when None), else the first of 'spatial', 'channel',
+    'layer', 'static' in the path.
+
+    Raises:
+        ValueError: neither source tells the paradigm (names the path).
+    """
+    root = path if osp.isdir(path) else osp.dirname(path)
+    # mmengine saves the config as <work_dir>/<name>.py and
+    # <work_dir>/<timestamp>/vis_data/config.py
+    cands = sorted(glob.glob(osp.join(root, '*.py'))) + sorted(
+        glob.glob(osp.join(root, '**', 'vis_data', 'config.py'),
+                  recursive=True))
+    for up in (root, osp.dirname(root), osp.dirname(osp.dirname(root))):
+        if up and up != root:
+            cands += sorted(glob.glob(osp.join(up, '*.py')))
+    for c in cands:
+        p = _paradigm_from_config(c)
+        if p is not None:
+            return p
+    name = osp.abspath(path).lower()
+    hits = [(name.rfind(p), p) for p in PARADIGMS if p in name]
+    if hits:
+        return max(hits)[1]
+    raise ValueError(f'cannot tell the paradigm of run {path!r}; pass '
+                     f'--paradigm (one of {PARADIGMS}) for every run')
+
+
+def _paradigm_from_config(file: str) -> Optional[str]:
+    """``model.backbone.paradigm`` read from a saved config (text search, so
+    that no module has to be imported), or None if the file has none."""
+    try:
+        with open(file) as f:
+            text = f.read()
+    except OSError:
+        return None
+    if 'LAUD' not in text and 'laud' not in text:
+        return None
+    m = re.search(r"paradigm\s*[=:]\s*(?:'(\w+)'|\"(\w+)\"|None)", text)
+    if m is None:
+        return None
+    p = m.group(1) or m.group(2)
+    return 'static' if p is None else p
+
+
+def collect(runs: Sequence[str], metric: Optional[str] = None,
+            paradigms: Optional[Sequence[str]] = None,
+            labels: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
+    """One point per run (see :func:`latest_record`) with 'paradigm' and
+    'label' added.
+
+    Raises:
+        ValueError: ``paradigms`` / ``labels`` of the wrong length, or an
+            unknown paradigm (names it); runs that report different metrics.
+    """
+    for name, seq in (('--paradigm', paradigms), ('--labels', labels)):
+        if seq is not None and len(seq) != len(runs):
+            raise ValueError(f'{name} has {len(seq)} entries for '
+                             f'{len(runs)} runs')
+    points = []
+    for i, run in enumerate(runs):
+        rec = latest_record(run, metric)
+        par = paradigms[i] if paradigms else infer_paradigm(run)
+        if par not in PARADIGMS:
+            raise ValueError(f'paradigm {par!r} of run {run!r} is not one of '
+                             f'{PARADIGMS}')
+        rec.update(paradigm=par, run=run, label=labels[i] if labels else
+                   osp.basename(osp.normpath(run)))
+        points.append(rec)
+    keys = {p['metric'] for p in points}
+    if len(keys) > 1:
+        raise ValueError(f'the runs report different metrics {sorted(keys)}; '
+                         f'choose one with --metric')
+    return points
+
+
+def plot(points: Sequence[Dict[str, object]], out: str,
+         title: Optional[str] = None, annotate: bool = False) -> str:
+    """Two panels, metric against predicted latency (ms) and against backbone
+    GFLOPs, one line per paradigm (points sorted by x). Writes a PNG.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: no points.
+    """
+    if not points:
+        raise ValueError('no runs to plot')
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    metric = points[0]['metric']
+    scale = 100.0 if metric.startswith('coco/') else 1.0
+    ylabel = f'{metric} (%)' if scale == 100.0 else metric
+    panels = [('latency_ms', 'predicted backbone latency (ms / image)')]
+    if all(p['gflops'] is not None for p in points):
+        panels.append(('gflops', 'backbone GFLOPs (per image)'))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4),
+                             squeeze=False)
+    for ax, (key, xlabel) in zip(axes[0], panels):
+        for par in PARADIGMS:
+            pts = sorted((p for p in points if p['paradigm'] == par),
+                         key=lambda p: p[key])
+            if not pts:
+                continue
+            color, marker = STYLE[par]
+            xs = [p[key] for p in pts]
+            ys = [p['value'] * scale for p in pts]
+            ax.plot(xs, ys, marker=marker, color=color, label=par,
+                    linestyle='none' if par == 'static' else '-',
+                    markersize=10 if par == 'static' else 6)
+            if annotate:
+                for p, x, y in zip(pts, xs, ys):
+                    ax.annotate(str(p['label']), (x, y), fontsize=7,
+                                xytext=(3, 3), textcoords='offset points')
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Plot mAP / top-1 against predicted latency and FLOPs')
+    parser.add_argument('runs', nargs='+',
+                        help='work dirs, timestamp dirs or log JSON files')
+    parser.add_argument('--metric', default=None,
+                        help=f'accuracy key (default: first of '
+                        f'{", ".join(DEFAULT_METRICS)} found)')
+    parser.add_argument('--paradigm', nargs='+', default=None,
+                        choices=PARADIGMS, help='one per run')
+    parser.add_argument('--labels', nargs='+', default=None,
+                        help='one per run (default: directory names)')
+    parser.add_argument('--out', default='tradeoff.png', help='PNG to write')
+    parser.add_argument('--title', default=None)
+    parser.add_argument('--annotate', action='store_true',
+                        help='write each run label beside its point')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    points = collect(args.runs, args.metric, args.paradigm, args.labels)
+    print(f'{"run":40s} {"paradigm":8s} {points[0]["metric"]:>15s} '
+          f'{"latency_ms":>10s} {"GFLOPs":>8s} {"act_rate":>8s}')
+    for p in points:
+        g = '-' if p['gflops'] is None else f'{p["gflops"]:.2f}'
+        a = '-' if p['activation_rate'] is None \
+            else f'{p["activation_rate"]:.3f}'
+        print(f'{str(p["label"])[:40]:40s} {p["paradigm"]:8s} '
+              f'{p["value"]:15.4f} {p["latency_ms"]:10.3f} {g:>8s} {a:>8s}')
+    print(f'wrote {plot(points, args.out, args.title, args.annotate)}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Validate the latency predictor against measured latency on this machine.
+
+Usage::
+
+    python tools/validate_predictor.py [--hardware SPEC.yaml|cpu]
+        [--device cpu|cuda] [--threads 2] [--quick] [--fit]
+        [--out-dir work_dirs/validate_predictor] [--no-backbone]
+
+Measures (PyTorch, fp32, BN folded) the latency of ResNet-50 bottleneck blocks
+with the dynamic-inference kernels (``LAUDBottleneck`` with
+``dynamic_inference = True`` in eval; gates imposed through
+``masker.forced_gate`` with random patterns of an exact density) across
+paradigms and granularities (spatial S in 1, 2, 4, 7; channel G in 1, 2, 4;
+layer), activation rates 0.1 ... 1.0 and batch sizes, plus the static
+blocks and whole backbones, and compares with the predictor
+(``implementation='eager'``, the same device spec): mean absolute percentage
+error (MAPE) and Spearman rank correlation, overall and per paradigm. With
+``--fit`` the spec's compute rate, bandwidths and launch cost are first fitted
+on a random 30 % of the measured cases (the calibration split) and the
+metrics are reported on the other 70 % (held out) as well.
+
+Writes ``results.json``, ``table.md`` (the table of
+``docs/latency_predictor.md``), ``pred_vs_measured.png`` (like the paper's
+Fig. 5: scatter, and latency vs activation rate of one block per paradigm).
+
+Source: paper sec. 3.3 "Empirical validation" and Fig. 5.
+"""
+import argparse
+import json
+import math
+import os
+import os.path as osp
+import random
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from tools.calibrate_hardware import time_fn  # noqa: E402
+
+BLOCKS_FULL = ((0, 1), (1, 0), (1, 1), (2, 1), (3, 1))
+BLOCKS_QUICK = ((0, 1), (1, 0), (2, 1), (3, 1))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--hardware', default='cpu',
+                   help='device spec name or .yaml/.json (calibrated)')
+    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--quick', action='store_true',
+                   help='fewer blocks / rates / batches (~3 min on 2 cores)')
+    p.add_argument('--fit', action='store_true',
+                   help='fit the spec on 30 %% of the cases first')
+    p.add_argument('--no-backbone', action='store_true',
+                   help='skip the whole-backbone cases')
+    p.add_argument('--min-time', type=float, default=0.05,
+                   help='seconds per timing batch')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out-dir', default='work_dirs/validate_predictor')
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------ gates
+def random_gate(shape, density, gen):
+    """A {0,1} gate tensor of ``shape`` with exactly round(density * n)
+    ones per sample (channel/spatial) or over the batch (layer)."""
+    if len(shape) == 1:  # layer: (N,)
+        n = shape[0]
+        k = int(round(density * n))
+        g = torch.zeros(n)
+        g[torch.randperm(n, generator=gen)[:k]] = 1
+        return g
+    n = shape[0]
+    per = int(torch.tensor(shape[1:]).prod())
+    k = int(round(density * per))
+    g = torch.zeros(n, per)
+    for i in range(n):
+        g[i, torch.randperm(per, generator=gen)[:k]] = 1
+    return g.view(*shape)
+
+
+def gate_shape(block, geom, n):
+    if block.paradigm == 'spatial':
+        return (n, *geom.patch_grid)
+    if block.paradigm == 'channel':
+        return (n, geom.num_groups)
+    return (n,)
+
+
+def realised_density(block, geom, gate):
+    """The density the predictor takes: spatial = fraction of output
+    pixels kept (partial edge patches), channel = of groups, layer = of
+    samples."""
+    if block.paradigm == 'spatial':
+        from laud_mm.models.maskers import expand_spatial_gate
+        return float(expand_spatial_gate(gate, block.granularity,
+                                         geom.out_hw).float().mean())
+    return float(gate.float().mean())
+
+
+def build(paradigm, gran, device):
+    from laud_mm.models.backbones.laud_resnet import LAUDResNet
+    m = LAUDResNet(50, paradigm=paradigm, granularity=gran,
+                   dynamic_inference=True, init_cfg=None)
+    m.eval()
+    m.to(device)
+    return m
+
+
+# ------------------------------------------------------------------ cases
+def measure_cases(args, device):
+    from laud_mm.models.dynamic import static_bottleneck_forward
+    gen = torch.Generator().manual_seed(args.seed)
+    blocks = BLOCKS_QUICK if args.quick else BLOCKS_FULL
+    rates = (0.1, 0.4, 0.7, 1.0) if args.quick else \
+        (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
+    batches = (1, 2) if args.quick else (1, 2, 4)
+    configs = [('spatial', S) for S in (1, 2, 4, 7)] + \
+        [('channel', G) for G in (1, 2, 4)] + [('layer', None)]
+    in_hw = (224, 224)
+    cases = []
+    static = build(None, None, device)
+    sgeoms = static.block_geometries(in_hw)
+    for (s, i) in blocks:
+        j = [k for k, g in enumerate(sgeoms) if g.stage == s and
+             g.index == i][0]
+        for b in batches:
+            x = torch.randn(b, sgeoms[j].in_channels, *sgeoms[j].in_hw,
+                            device=device)
+            blk = static.blocks[j]
+            with torch.no_grad():
+                t = time_fn(lambda: static_bottleneck_forward(blk, x),
+                            device, min_time=args.min_time)
+            cases.append(dict(kind='block', block=f's{s}.b{i}', j=j,
+                              paradigm='static', granularity=None, batch=b,
+                              density=None, measured_ms=t * 1e3))
+            print(f'  static s{s}.b{i} batch {b}: {t * 1e3:.3f} ms',
+                  flush=True)
+    for par, gran in configs:
+        model = build(par, None if gran is None else (gran,) * 4, device)
+        geoms = model.block_geometries(in_hw)
+        for (s, i) in blocks:
+            j = [k for k, g in enumerate(geoms) if g.stage == s and
+                 g.index == i][0]
+            geom, blk = geoms[j], model.blocks[j]
+            if par == 'spatial' and gran > max(geom.out_hw):
+                continue
+            for b in batches:
+                x = torch.randn(b, geom.in_channels, *geom.in_hw,
+                                device=device)
+                for r in rates:
+                    # (batch-1 layer gates round to 0 or 1: the realised
+                    # density is what the predictor gets)
+                    gate = random_gate(gate_shape(blk, geom, b), r, gen)
+                    blk.masker.forced_gate = gate.to(device)
+                    with torch.no_grad():
+                        t = time_fn(lambda: blk(x), device,
+                                    min_time=args.min_time)
+                    d = realised_density(blk, geom, gate)
+                    cases.append(dict(kind='block', block=f's{s}.b{i}', j=j,
+                                      paradigm=par, granularity=gran,
+                                      batch=b, density=d,
+                                      measured_ms=t * 1e3))
+                blk.masker.forced_gate = None
+            print(f'  {par} {gran} s{s}.b{i} done', flush=True)
+    if not args.no_backbone:
+        for par, gran in [(None, None), ('spatial', (4, 4, 2, 1)),
+                          ('channel', (2, 2, 2, 2)), ('layer', None)]:
+            model = build(par, gran, device)
+            x = torch.randn(1, 3, *in_hw, device=device)
+            geoms = model.block_geometries(in_hw)
+            for r in ((1.0,) if par is None else (0.3, 0.6, 1.0)):
+                dens = []
+                for blk, geom in zip(model.blocks, geoms):
+                    if par is None:
+                        continue
+                    shp = gate_shape(blk, geom, 1)
+                    if par == 'layer':  # batch 1: on / off per block
+                        gate = (torch.rand(1, generator=gen) < r).float()
+                    else:
+                        gate = random_gate(shp, r, gen)
+                    blk.masker.forced_gate = gate.to(device)
+                    dens.append(realised_density(blk, geom, gate))
+                if par is None:
+                    from laud_mm.models.dynamic import \
+                        static_bottleneck_forward as sbf
+
+                    def fwd():
+                        h = model.maxpool(model.relu(model.norm1(
+                            model.conv1(x))))
+                        for blk in model.blocks:
+                            h = sbf(blk, h)
+                        return h
+                else:
+                    def fwd():
+                        return model(x)
+                with torch.no_grad():
+                    t = time_fn(fwd, device, min_time=args.min_time * 4)
+                cases.append(dict(kind='backbone', block='resnet50',
+                                  paradigm=par or 'static',
+                                  granularity=None if gran is None else
+                                  '-'.join(map(str, gran)), batch=1,
+                                  density=None if par is None else dens,
+                                  measured_ms=t * 1e3))
+                print(f'  backbone {par} {gran} r={r}: {t * 1e3:.2f} ms',
+                      flush=True)
+    return cases
+
+
+# ------------------------------------------------------------- prediction
+def predict_cases(cases, spec):
+    from laud_mm.latency import LatencyPredictor, resnet_geometries
+    from laud_mm.models.dynamic import SPATIAL_DENSE_THRESHOLD
+    pred = LatencyPredictor(spec, implementation='eager',
+                            spatial_dense_threshold=SPATIAL_DENSE_THRESHOLD,
+                            forced_gates=True)
+    out = []
+    for c in cases:
+        par = None if c['paradigm'] == 'static' else c['paradigm']
+        if c['kind'] == 'block':
+            gran = c['granularity']
+            geoms, _ = resnet_geometries(
+                50, (224, 224), par,
+                None if gran is None else (gran,) * 4)
+            g = geoms[c['j']]
+            if par is None:
+                ms = pred.predict_static([g], c['batch']).total_ms
+            else:
+                ms = pred.predict_backbone([g], [c['density']],
+                                           c['batch']).total_ms
+        else:
+            gran = None if c['granularity'] is None else \
+                tuple(int(v) for v in c['granularity'].split('-'))
+            geoms, stem = resnet_geometries(50, (224, 224), par, gran)
+            if par is None:
+                ms = pred.predict_static(geoms, 1, stem).total_ms
+            else:
+                ms = pred.predict_backbone(geoms, c['density'], 1,
+                                           stem).total_ms
+        out.append(ms)
+    return out
+
+
+def metrics(meas, pred):
+    """(MAPE %, Spearman rho) of two equal-length lists."""
+    from scipy.stats import spearmanr
+    mape = 100. * sum(abs(p - m) / m for m, p in zip(meas, pred)) / len(meas)
+    rho = float(spearmanr(meas, pred).correlation) if len(meas) > 2 \
+        else float('nan')
+    return mape, rho
+
+
+def fit_on_cases(spec, cases, idx):
+    """Fit fp32_per_pe, bandwidth_gbs, launch_us (within 10x of ``spec``)
+    on the cases ``idx`` (log-latency least squares, Nelder-Mead)."""
+    import numpy as np
+    from scipy.optimize import minimize
+    keys = ('fp32_per_pe', 'bandwidth_gbs', 'launch_us')
+    sub = [cases[i] for i in idx]
+    meas = np.log([c['measured_ms'] for c in sub])
+
+    x_start = np.log([max(getattr(spec, k), 1e-3) for k in keys])
+
+    def make(x):  # within 10x of the starting (measured) spec
+        x = np.clip(x, x_start - math.log(10), x_start + math.log(10))
+        return spec.replace(**{k: float(v) for k, v in
+                               zip(keys, np.exp(x))})
+
+    def loss(x):
+        p = np.log(predict_cases(sub, make(x)))
+        return float(np.mean((p - meas) ** 2))
+    x0 = np.log([max(getattr(spec, k), 1e-3) for k in keys])
+    res = minimize(loss, x0, method='Nelder-Mead',
+                   options=dict(maxiter=250, xatol=1e-3, fatol=1e-6))
+    return make(res.x)
+
+
+def report(cases, preds, idx_sets, out_dir, spec):
+    groups = {}
+    for c, p in zip(cases, preds):
+        key = (c['kind'], c['paradigm'], c['granularity'])
+        groups.setdefault(key, []).append((c['measured_ms'], p))
+    lines = [f'Device spec: `{spec.name}`; {len(cases)} cases.', '',
+             '| cases | paradigm | S/G | n | MAPE % | Spearman |',
+             '|---|---|---|---|---|---|']
+    for (kind, par, gran), v in sorted(groups.items(), key=str):
+        m, rho = metrics([a for a, _ in v], [b for _, b in v])
+        lines.append(f'| {kind} | {par} | {gran or "-"} | {len(v)} | '
+                     f'{m:.1f} | {rho:.3f} |')
+    for name, idx in idx_sets.items():
+        m, rho = metrics([cases[i]['measured_ms'] for i in idx],
+                         [preds[i] for i in idx])
+        lines.append(f'| **{name}** | all | - | {len(idx)} | **{m:.1f}** | '
+                     f'**{rho:.3f}** |')
+    table = '\n'.join(lines)
+    with open(osp.join(out_dir, 'table.md'), 'w') as f:
+        f.write(table + '\n')
+    return table
+
+
+def plot(cases, preds, out_dir):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    colors = {'static': 'k', 'spatial': 'tab:blue', 'channel': 'tab:orange',
+              'layer': 'tab:green'}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax = axes[0]
+    for par, col in colors.items():
+        xs = [c['measured_ms'] for c, p in zip(cases, preds)
+              if c['paradigm'] == par]
+        ys = [p for c, p in zip(cases, preds) if c['paradigm'] == par]
+        ax.scatter(xs, ys, s=10, c=col, label=par, alpha=0.7)
+    lo = min(min(c['measured_ms'] for c in cases), min(preds)) * 0.8
+    hi = max(max(c['measured_ms'] for c in cases), max(preds)) * 1.2
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=0.8)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('measured ms')
+    ax.set_ylabel('predicted ms')
+    ax.legend()
+    ax.set_title('predicted vs measured')
+    ax = axes[1]
+    # paper Fig. 5: one block, latency vs activation rate, batch 1
+    blk = 's2.b1'
+    for par, gran, col in (('spatial', 2, 'tab:blue'),
+                           ('channel', 2, 'tab:orange'),
+                           ('layer', None, 'tab:green')):
+        sel = sorted([(c['density'], c['measured_ms'], p) for c, p in
+                      zip(cases, preds) if c['kind'] == 'block' and
+                      c['block'] == blk and c['paradigm'] == par and
+                      c['granularity'] == gran and c['batch'] == 2],
+                     key=lambda t: t[0])
+        if not sel:
+            continue
+        ax.plot([t[0] for t in sel], [t[2] for t in sel], '-', c=col,
+                label=f'{par} {gran or ""} predicted')
+        ax.scatter([t[0] for t in sel], [t[1] for t in sel], c=col, s=14)
+    st = [c['measured_ms'] for c in cases if c['block'] == blk and
+          c['paradigm'] == 'static' and c['batch'] == 2]
+    if st:
+        ax.axhline(st[0], color='k', lw=0.8, label='static measured')
+    ax.set_xlabel('activation rate (mask density)')
+    ax.set_ylabel('ms (batch 2)')
+    ax.set_title(f'ResNet-50 block {blk}: lines predicted, dots measured')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = osp.join(out_dir, 'pred_vs_measured.png')
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from laud_mm.latency import get_hardware
+    spec = get_hardware(args.hardware)
+    device = torch.device(args.device)
+    os.makedirs(args.out_dir, exist_ok=True)
+    cases = measure_cases(args, device)
+    idx_all = list(range(len(cases)))
+    idx_sets = {'all cases': idx_all}
+    if args.fit:
+        rnd = random.Random(args.seed)
+        calib = sorted(rnd.sample(idx_all, max(3, int(0.3 * len(cases)))))
+        held = [i for i in idx_all if i not in set(calib)]
+        spec = fit_on_cases(spec, cases, calib)
+        idx_sets = {'calibration 30%': calib, 'held out 70%': held,
+                    'all cases': idx_all}
+        from laud_mm.latency import save_hardware
+        save_hardware(spec, osp.join(args.out_dir, 'fitted_spec.yaml'))
+    preds = predict_cases(cases, spec)
+    for c, p in zip(cases, preds):
+        c['predicted_ms'] = p
+    with open(osp.join(args.out_dir, 'results.json'), 'w') as f:
+        json.dump(dict(spec=spec.to_dict(), cases=cases), f, indent=1)
+    print(report(cases, preds, idx_sets, args.out_dir, spec))
+    print('plot:', plot(cases, preds, args.out_dir))
+    m, rho = metrics([c['measured_ms'] for c in cases], preds)
+    return m, rho
+
+
+if __name__ == '__main__':
+    main()
