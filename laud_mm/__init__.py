@@ -24,3 +24,4 @@ from .models import (LAUDBottleneck, LAUDDetector, LAUDResNet,  # noqa: E402
 __all__ = ['LAUDResNet', 'LAUDBottleneck', 'LAUDDetector', 'SparsityLoss',
            'GumbelTemperatureHook', 'BackboneLatencyMetric',
            'CPUAmpOptimWrapper', 'register_safe_globals']
+from .models import LAUDRegNetY  # noqa: E402,F401

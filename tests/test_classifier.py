@@ -207,6 +207,26 @@ def test_cls2backbone_conversion(trained, tmp_path):
         convert_checkpoint.convert('cls2backbone', bad, out)
 
 
+def test_strip_resaves_untrusted_pickles_only_when_trusted(tmp_path):
+    """A checkpoint pickling ``getattr`` (as Runner checkpoints saved without
+    laud_mm do) is refused under weights_only, with the remedy named, and
+    ``strip --trusted`` re-saves its tensors loadable under weights_only."""
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import convert_checkpoint
+    src = str(tmp_path / 'legacy.pth')
+    w = torch.arange(6.).reshape(2, 3)
+    torch.save({'state_dict': {'backbone.conv1.weight': w},
+                'hook': torch.nn.Module.train}, src)  # pickles getattr
+    out = str(tmp_path / 'weights.pth')
+    with pytest.raises(ValueError, match='strip --trusted'):
+        convert_checkpoint.convert('strip', src, out)
+    assert convert_checkpoint.main(['strip', '--trusted', src, out]) == 0
+    sd = torch.load(out, map_location='cpu')['state_dict']  # weights_only
+    assert list(sd) == ['backbone.conv1.weight']
+    assert torch.equal(sd['backbone.conv1.weight'], w)
+
+
 # ------------------------------------------------- torchvision weights
 def torchvision_resnet50_state_dict(num_classes=1000):
     """A state dict with torchvision's ResNet-50 keys and shapes (written from

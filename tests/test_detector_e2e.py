@@ -93,8 +93,10 @@ def test_single_stage_retinanet_train_step_and_predict(coco_tiny):
     data = model.data_preprocessor(batch, True)
     losses = model(**data, mode='loss')
     assert 'loss_sparsity' in losses and 'loss_cls' in losses
-    total = sum(v for k, v in losses.items() if 'loss' in k)
+    total, log_vars = model.parse_losses(losses)
+    assert 'loss_sparsity' in log_vars and 'act_rate' in log_vars
     total.backward()
+    assert all(p.grad is not None for p in model.backbone.layer2[0].masker.parameters())
     model.eval()
     with torch.no_grad():
         out = model(**model.data_preprocessor(batch, False), mode='predict')

@@ -6,7 +6,8 @@ For each backbone (LAUD-ResNet-50 / 101), input size (224 px classification
 batch, detection-sized batch) and paradigm (layer; channel G = 2-2-2-2;
 spatial S = 4-4-2-1), the gates of every block are forced to random patterns
 at activation rate r (exactly round(r * gates) gates on per sample and block;
-layer skipping: round(r * N * blocks) of the (sample, block) gates), and the
+layer skipping: round(r * N) samples per block, or for batches below 4
+round(r * N * blocks) of the (sample, block) gates), and the
 whole backbone (BN-folded stem + 16 / 33 blocks) is timed:
 
 - static: every block dense with BN folded (``static_bottleneck_forward``);
@@ -82,10 +83,16 @@ def force_random_gates(net: LAUDResNet, rate: float, n: int, hw, seed: int
     geoms = net.block_geometries(hw)
     on = total = 0
     if net.paradigm == 'layer':
-        k = len(net.blocks) * n
-        flat = torch.zeros(k)
-        flat[torch.randperm(k, generator=g)[:round(rate * k)]] = 1
-        gates = flat.view(len(net.blocks), n)
+        nb = len(net.blocks)
+        if n >= 4:  # exactly round(r * N) samples on in every block
+            gates = torch.zeros(nb, n)
+            for i in range(nb):
+                gates[i, torch.randperm(n, generator=g)[:round(rate * n)]] = 1
+        else:  # small batches: round(r * N * blocks) of all (block, sample)
+            k = nb * n
+            flat = torch.zeros(k)
+            flat[torch.randperm(k, generator=g)[:round(rate * k)]] = 1
+            gates = flat.view(nb, n)
         for blk, gate in zip(net.blocks, gates):
             blk.masker.forced_gate = gate.clone()
         return float(gates.mean())
@@ -102,14 +109,21 @@ def force_random_gates(net: LAUDResNet, rate: float, n: int, hw, seed: int
     return on / total
 
 
-def timed(fn, x) -> float:
-    t = time.perf_counter()
+def timed(fn, x):
+    """(wall seconds, process CPU seconds) of one call."""
+    t, c = time.perf_counter(), time.process_time()
     fn(x)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def bench_pair(static_fn, dyn_fn, x, warmup: int, repeats: int):
-    """Alternate static / dynamic runs; medians in ms."""
+    """Alternate static / dynamic runs after warm-up.
+
+    Returns:
+        (static ms, dynamic ms, CPU-time ratio static / dynamic): wall-clock
+        medians, and the ratio of median process CPU times (robust to other
+        processes sharing the cores; see docs/benchmarks.md).
+    """
     with torch.no_grad():
         for _ in range(warmup):
             static_fn(x)
@@ -118,7 +132,9 @@ def bench_pair(static_fn, dyn_fn, x, warmup: int, repeats: int):
         for _ in range(repeats):
             ts.append(timed(static_fn, x))
             td.append(timed(dyn_fn, x))
-    return statistics.median(ts) * 1e3, statistics.median(td) * 1e3
+    med = statistics.median
+    return (med(t[0] for t in ts) * 1e3, med(t[0] for t in td) * 1e3,
+            med(t[1] for t in ts) / max(med(t[1] for t in td), 1e-9))
 
 
 def build(depth: int, paradigm: str, seed: int = 0) -> LAUDResNet:
@@ -149,13 +165,14 @@ def run(args) -> List[Dict]:
                         b = dynamic_forward(net, stem, x)
                     if a is not None:
                         assert (a - b).abs().max() <= 1e-3 * a.abs().max()
-                    st, dy = bench_pair(
+                    st, dy, cpu = bench_pair(
                         lambda t: static_forward(net, stem, t),
                         lambda t: dynamic_forward(net, stem, t), x,
                         args.warmup, args.repeats)
                     row = dict(depth=depth, size=size, batch=n, hw=hw,
                                paradigm=paradigm, rate=rate, gate_mean=real,
-                               static_ms=st, dynamic_ms=dy, speedup=st / dy)
+                               static_ms=st, dynamic_ms=dy, speedup=st / dy,
+                               cpu_speedup=cpu)
                     rows.append(row)
                     print(fmt_row(row), flush=True)
     return rows
@@ -177,11 +194,12 @@ def per_block(args) -> List[Dict]:
                 inputs.append(t)
                 t = static_bottleneck_forward(blk, t)
         for blk, xin in zip(net.blocks, inputs):
-            st, dy = bench_pair(lambda t: static_bottleneck_forward(blk, t),
-                                blk, xin, 1, args.repeats)
+            st, dy, cpu = bench_pair(
+                lambda t: static_bottleneck_forward(blk, t), blk, xin, 1,
+                args.repeats)
             out.append(dict(paradigm=paradigm, block=f'{blk.stage}.{blk.index}',
                             in_shape=tuple(xin.shape), static_ms=st,
-                            dynamic_ms=dy, speedup=st / dy))
+                            dynamic_ms=dy, speedup=st / dy, cpu_speedup=cpu))
     return out
 
 
@@ -189,14 +207,15 @@ def fmt_row(r) -> str:
     return (f"| R{r['depth']} | {r['batch']}x{r['hw'][0]}x{r['hw'][1]} | "
             f"{r['paradigm']} | {r['rate']:.2f} | {r['static_ms']:.1f} | "
             f"{r['dynamic_ms']:.1f} | {r['speedup']:.2f}x | "
-            f"{1 / max(r['rate'], 1e-9):.2f}x |")
+            f"{r['cpu_speedup']:.2f}x | {1 / max(r['rate'], 1e-9):.2f}x |")
 
 
 HEADER = ('| backbone | input | paradigm | r | static ms | dynamic ms | '
-          'speedup | ideal 1/r |\n|---|---|---|---|---|---|---|---|')
+          'speedup (wall) | speedup (CPU time) | ideal 1/r |\n'
+          '|---|---|---|---|---|---|---|---|---|')
 
 
-def plot(rows, path):
+def plot(rows, path, key='speedup'):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -208,7 +227,7 @@ def plot(rows, path):
         rates = sorted({r['rate'] for r in sub})
         ax.plot(rates, [1 / r for r in rates], 'k--', label='ideal 1/r')
         for p in PARADIGMS:
-            pts = sorted((r['rate'], r['speedup']) for r in sub
+            pts = sorted((r['rate'], r[key]) for r in sub
                          if r['paradigm'] == p)
             if pts:
                 ax.plot(*zip(*pts), 'o-', label=p)
@@ -216,7 +235,7 @@ def plot(rows, path):
         n, hw = sub[0]['batch'], sub[0]['hw']
         ax.set_title(f'LAUD-R{depth}, {n}x3x{hw[0]}x{hw[1]}')
         ax.set_xlabel('activation rate r')
-        ax.set_ylabel('speedup over static (BN folded)')
+        ax.set_ylabel(f'{key} over static (BN folded)')
         ax.set_ylim(0, min(6, max(1 / min(rates), 2) + 0.5))
         ax.legend()
     fig.tight_layout()
@@ -260,17 +279,20 @@ def main(argv=None):
     if args.plot:
         os.makedirs(osp.dirname(osp.abspath(args.plot)), exist_ok=True)
         plot(rows, args.plot)
-        print(f'plot: {args.plot}')
+        cpu_path = args.plot.replace('.png', '_cpu.png')
+        plot(rows, cpu_path, key='cpu_speedup')
+        print(f'plots: {args.plot} (wall), {cpu_path} (CPU time)')
     blocks = per_block(args) if args.per_block else []
     if blocks:
         print(f'\n## per block (R{args.depths[0]}, {args.batch}x224x224, '
               f'r={args.block_rate})\n')
-        print('| paradigm | block | input | static ms | dynamic ms | speedup |'
-              '\n|---|---|---|---|---|---|')
+        print('| paradigm | block | input | static ms | dynamic ms | speedup '
+              '(wall) | speedup (CPU time) |\n|---|---|---|---|---|---|---|')
         for b in blocks:
             print(f"| {b['paradigm']} | {b['block']} | "
                   f"{'x'.join(map(str, b['in_shape']))} | {b['static_ms']:.2f}"
-                  f" | {b['dynamic_ms']:.2f} | {b['speedup']:.2f}x |")
+                  f" | {b['dynamic_ms']:.2f} | {b['speedup']:.2f}x | "
+                  f"{b['cpu_speedup']:.2f}x |")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(rows=rows, blocks=blocks), f, indent=1)

@@ -16,6 +16,12 @@ Usage:
     # loads the classifier checkpoint directly, masker weights kept.
     python tools/convert_checkpoint.py cls2backbone epoch_100.pth backbone.pth
 
+    # any checkpoint -> weights only, keys unchanged (e.g. a Runner checkpoint
+    # saved without laud_mm imported, which torch >= 2.6 refuses under
+    # weights_only because it pickles getattr; --trusted unpickles it fully:
+    # only for files from a trusted source)
+    python tools/convert_checkpoint.py strip --trusted epoch_3.pth weights.pth
+
 The output is ``{'state_dict': ..., 'meta': {'converted_from': ...,
 'mode': ...}}`` with tensors only (loads under torch's ``weights_only``).
 Without a network, ``torchvision://`` needs the file in torch hub's cache.
@@ -36,21 +42,26 @@ import laud_mm  # noqa: E402,F401  (schemes, safe globals)
 from laud_mm.models.checkpoint_convert import (  # noqa: E402
     classifier_to_backbone, load_state_dict_file, torchvision_to_mmpretrain)
 
-MODES = ('tv2cls', 'cls2backbone')
+MODES = ('tv2cls', 'cls2backbone', 'strip')
 
 
-def convert(mode: str, src: str, dst: str) -> int:
+def convert(mode: str, src: str, dst: str, trusted: bool = False) -> int:
     """Convert ``src`` to ``dst``; return the number of tensors written.
+    ``trusted``: unpickle ``src`` fully (``weights_only=False``).
 
     Raises:
         ValueError: unknown ``mode``, missing ``src`` or wrong key layout.
     """
     if mode not in MODES:
         raise ValueError(f'mode={mode!r} must be one of {MODES}')
-    sd = load_state_dict_file(src)
+    sd = load_state_dict_file(src, trusted=trusted)
     try:
-        out = torchvision_to_mmpretrain(sd) if mode == 'tv2cls' else \
-            classifier_to_backbone(sd)
+        if mode == 'tv2cls':
+            out = torchvision_to_mmpretrain(sd)
+        elif mode == 'cls2backbone':
+            out = classifier_to_backbone(sd)
+        else:
+            out = sd
     except ValueError as e:
         raise ValueError(f'{src}: {e}') from e
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
@@ -63,13 +74,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('mode', choices=MODES,
                         help='tv2cls: torchvision ResNet -> mmpretrain '
-                        'classifier; cls2backbone: classifier -> backbone')
+                        'classifier; cls2backbone: classifier -> backbone; '
+                        'strip: weights only, keys unchanged')
+    parser.add_argument('--trusted', action='store_true',
+                        help='unpickle SRC with weights_only=False (only for '
+                        'files from a trusted source)')
     parser.add_argument('src', help='input checkpoint (path or URL such as '
                         'torchvision://resnet50)')
     parser.add_argument('dst', help='output .pth path')
     args = parser.parse_args(argv)
     try:
-        n = convert(args.mode, args.src, args.dst)
+        n = convert(args.mode, args.src, args.dst, trusted=args.trusted)
     except ValueError as e:
         print(f'convert_checkpoint: error: {e}', file=sys.stderr)
         return 1

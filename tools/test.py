@@ -59,6 +59,9 @@ def main(argv=None):
         cfg.test_evaluator = list(cfg.test_evaluator) if isinstance(
             cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
         cfg.test_evaluator.append(dict(type='DumpResults', out_file_path=args.out))
+    # CPU-only machines: gloo process group, DDP without device_ids
+    from laud_mm.engine.dist import setup_cpu_distributed
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
     runner.test()

@@ -79,6 +79,9 @@ def build_cfg(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
+    # CPU-only machines: gloo process group, DDP without device_ids
+    from laud_mm.engine.dist import setup_cpu_distributed
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
     runner.train()

@@ -14,7 +14,9 @@ from .hardware import (KNOWN_HARDWARE, HardwareSpec, get_hardware,
 from .operators import ConvOp, OpLatency, conv_latency
 from .predictor import (BackboneLatency, LatencyPredictor, RESNET_DEPTHS,
                         resnet_geometries)
+from .regnet import regnety_geometries  # noqa: E402 (RegNetY blocks)
 
 __all__ = ['HardwareSpec', 'KNOWN_HARDWARE', 'get_hardware', 'load_hardware',
            'save_hardware', 'LatencyPredictor', 'BackboneLatency', 'ConvOp',
-           'OpLatency', 'conv_latency', 'resnet_geometries', 'RESNET_DEPTHS']
+           'OpLatency', 'conv_latency', 'resnet_geometries', 'RESNET_DEPTHS',
+           'regnety_geometries']

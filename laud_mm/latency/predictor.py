@@ -23,6 +23,7 @@ BN folded into the convolutions, ReLU fused into their epilogues:
 
 Source: paper appendix A, METHOD_NOTES section 4.
 """
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
@@ -250,7 +251,12 @@ class LatencyPredictor:
     # ------------------------------------------------------------ blocks
     def stem_ops(self, stem: StemGeometry, batch: int) -> List[OpLatency]:
         """Kernels of the ResNet stem: 7x7/2 conv (+BN+ReLU) and 3x3/2
-        max-pool."""
+        max-pool. A :class:`~laud_mm.models.geometry.RegNetStemGeometry`
+        gets the RegNet stem (one 3x3/2 conv, :mod:`laud_mm.latency.regnet`).
+        """
+        if getattr(stem, 'kind', 'resnet') == 'regnet':
+            from .regnet import regnet_stem_ops
+            return regnet_stem_ops(self.hw, stem, batch)
         hw = self.hw
         conv = _conv(hw, 'stem_conv', batch, stem.in_channels,
                      stem.out_channels, stem.conv_hw, stem.in_hw, k=7,
@@ -479,11 +485,15 @@ class LatencyPredictor:
 
     def block_ops(self, g: BlockGeometry, batch: int,
                   density: Optional[float]) -> List[OpLatency]:
-        """Kernels of one block (dispatch on ``g.paradigm``).
+        """Kernels of one block (dispatch on ``g.paradigm``; RegNetY blocks,
+        ``g.kind == 'regnety'``, go to :mod:`laud_mm.latency.regnet`).
 
         Raises:
             ValueError: for an unknown paradigm.
         """
+        if g.kind == 'regnety':
+            from .regnet import regnety_block_ops
+            return regnety_block_ops(self, g, batch, density)
         if g.paradigm is None:
             return self._downsample(g, batch) + \
                 self.static_block_ops(g, batch)
@@ -568,9 +578,7 @@ class LatencyPredictor:
         """Latency of the same network without maskers (every block
         static, BN folded). Same arguments and errors as
         :meth:`predict_backbone` (without densities)."""
-        static = [BlockGeometry(g.stage, g.index, g.in_channels, g.width,
-                                g.out_channels, g.stride, g.in_hw, g.out_hw,
-                                g.has_downsample, None, None, g.dilation,
-                                g.kind) for g in geometries]
+        static = [dataclasses.replace(g, paradigm=None, granularity=None)
+                  for g in geometries]
         return self.predict_backbone(static, [None] * len(static),
                                      batch_size, stem)

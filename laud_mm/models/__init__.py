@@ -1,4 +1,5 @@
 from .backbones import LAUDResNet
+from .backbones import LAUDRegNetY  # noqa: F401
 from .blocks import LAUDBottleneck
 from .detectors import LAUDDetector, LAUDDetectorMixin
 from .losses import DistillationLoss, SparsityLoss

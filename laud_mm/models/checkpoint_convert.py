@@ -24,6 +24,7 @@ so ``init_cfg=dict(type='Pretrained', checkpoint='torchvision-cls://resnet50')``
 initialises a whole classifier (backbone and fc) from torchvision.
 """
 import os.path as osp
+import pickle
 import re
 from collections import OrderedDict
 from typing import Dict, List, Tuple
@@ -69,19 +70,40 @@ def _unwrap(checkpoint) -> 'OrderedDict[str, torch.Tensor]':
     return out
 
 
-def load_state_dict_file(filename: str) -> 'OrderedDict[str, torch.Tensor]':
+def load_state_dict_file(filename: str, trusted: bool = False
+                         ) -> 'OrderedDict[str, torch.Tensor]':
     """Read a state dict from a path or an mmengine checkpoint URL
     (``torchvision://``, ``open-mmlab://``, ``http(s)://``, ...) on the CPU.
 
     Runner checkpoints load with torch's ``weights_only`` default (laud_mm
     allow-lists their non-tensor types, :mod:`laud_mm.engine.safe_load`).
 
+    Args:
+        filename: path or URL.
+        trusted: unpickle a local file with ``weights_only=False`` (arbitrary
+            code: only for files from a trusted source, e.g. Runner
+            checkpoints saved without laud_mm imported, which pickle
+            ``getattr``).
+
     Raises:
-        ValueError: ``filename`` is a missing local file, or holds no tensors.
+        ValueError: ``filename`` is a missing local file, holds no tensors,
+            or is refused by ``weights_only`` (and ``trusted`` is False).
     """
     if '://' not in filename and not osp.isfile(filename):
         raise ValueError(f'checkpoint={filename!r}: no such file')
-    return _unwrap(_load_checkpoint(filename, map_location='cpu'))
+    if trusted and '://' not in filename:
+        return _unwrap(torch.load(filename, map_location='cpu',
+                                  weights_only=False))
+    try:
+        ckpt = _load_checkpoint(filename, map_location='cpu')
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1][:200]
+        raise ValueError(
+            f'checkpoint={filename!r} does not load with weights_only=True '
+            f'({first}); if it comes from a trusted source, re-save it with '
+            f'`python tools/convert_checkpoint.py strip --trusted SRC DST`'
+        ) from e
+    return _unwrap(ckpt)
 
 
 def is_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> bool:

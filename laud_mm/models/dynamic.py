@@ -14,11 +14,13 @@ rounding, while skipping the masked-out work:
   (sample and location recorded per patch), conv2 (valid, stride) and conv3
   run on the gathered patches only, and a fused scatter-add + ReLU writes them
   into the shortcut.
-- channel: per group of samples with an identical gate pattern (often one
-  sample), conv1 computes only the kept channels, conv2 / conv3 use weights
-  gathered for the kept channels (a sample with every group off outputs
-  relu(shortcut + bn3 shift): the masked-dense block masks after bn1 / bn2,
-  so bn3's shift remains).
+- channel: weights gathered per sample for its kept channels (counts padded
+  with zero channels to a common multiple of 8), so the batch runs as one
+  batched GEMM (conv1 to the kept channels), one grouped conv (conv2, a group
+  per sample) and one batched GEMM (conv3 from the kept channels), then the
+  fused add + ReLU (a sample with every group off outputs relu(shortcut +
+  bn3 shift): the masked-dense block masks after bn1 / bn2, so bn3's shift
+  remains).
 - layer: the block runs only on the samples whose gate is on; the others
   output relu(shortcut).
 
@@ -39,7 +41,10 @@ from .geometry import BlockGeometry
 # Spatial blocks: above this fraction of active patches, computing conv2/conv3
 # densely and masking is faster than gather -> conv -> scatter on CPU
 # (measured with tools/benchmark_latency.py; both are exact).
-SPATIAL_DENSE_THRESHOLD = 0.95
+SPATIAL_DENSE_THRESHOLD = 0.6
+# pixel-level (S = 1) blocks on maps below this many pixels (7 x 7 at 224 px)
+# always compute densely and mask: a 3x3 halo per pixel costs more than it saves
+SPATIAL_DENSE_MAX_PIXELS_S1 = 100
 
 
 # ----------------------------------------------------------------- folding
@@ -117,6 +122,7 @@ class FoldedBottleneck:
         self.padding = c2.padding[0]
         self.w1m = self.w1.flatten(1)
         self.w3m = self.w3.flatten(1)
+        self._padded = None
         self.wd = self.bd = self.ds_module = None
         self.ds_stride = 1
         ds = block.downsample
@@ -136,6 +142,19 @@ class FoldedBottleneck:
             bm = m.conv.bias.detach()
             self.w1x = torch.cat([self.w1, (wm[KEEP] - wm[SKIP])[None]], 0)
             self.b1x = torch.cat([self.b1, (bm[KEEP] - bm[SKIP]).view(1)], 0)
+
+    def padded(self) -> Tuple[torch.Tensor, ...]:
+        """Channel blocks: (w1 (width+1, C_in), b1 (width+1,), w2 (width+1,
+        width+1, 3, 3), b2, w3 transposed (width+1, C_out)) with a zero
+        padding channel at index ``width`` (computed once)."""
+        if self._padded is None:
+            w1 = F.pad(self.w1m, (0, 0, 0, 1))
+            b1 = F.pad(self.b1, (0, 1))
+            w2 = F.pad(self.w2, (0, 0, 0, 0, 0, 1, 0, 1))
+            b2 = F.pad(self.b2, (0, 1))
+            w3t = F.pad(self.w3m, (0, 1)).t().contiguous()
+            self._padded = (w1, b1, w2, b2, w3t)
+        return self._padded
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         """Identity or folded downsample of the block input x (N, C_in, H, W)."""
@@ -249,7 +268,9 @@ def _spatial_forward(block, x, geom):
     def conv1():
         return F.conv2d(x, fb.w1, fb.b1) if t is None else t
 
-    if n_act >= SPATIAL_DENSE_THRESHOLD * total:
+    tiny = s == 1 and geom.out_hw[0] * geom.out_hw[1] < \
+        SPATIAL_DENSE_MAX_PIXELS_S1
+    if n_act >= SPATIAL_DENSE_THRESHOLD * total or tiny:
         h = conv1()[:, :width].relu()
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
                      fb.dilation).relu_()
@@ -285,53 +306,84 @@ def _sample_gate(block, x, shape):
     return masker(x)
 
 
+# kept-channel counts are padded up to a multiple of this (zero weights), so
+# that a batch is one batched GEMM / grouped conv and the backends see few
+# distinct shapes (oneDNN creates a primitive per shape)
+CHANNEL_PAD = 8
+# below this many pixels per sample (e.g. 7 x 7 at 224 px), per-sample 1x1
+# GEMMs are too thin: conv1 / conv3 run dense and the kept rows are gathered
+# / scattered instead (exact either way; measured on CPU)
+CHANNEL_DENSE_1X1_PIXELS = 100
+# ... and above this activation rate such blocks compute masked-dense
+CHANNEL_DENSE_RATE = 0.4
+
+
+def _kept_channels(keep_ch: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, k_pad) indices of each sample's kept channels, ascending, padded
+    with ``width`` (the index of an all-zero padding channel)."""
+    n = keep_ch.shape[0]
+    counts = keep_ch.sum(1)
+    k = int(counts.max())
+    k_pad = min(width, -(-k // CHANNEL_PAD) * CHANNEL_PAD)
+    order = torch.sort((~keep_ch).to(torch.uint8), dim=1, stable=True)[1]
+    chs = order[:, :k_pad]
+    pos = torch.arange(k_pad, device=keep_ch.device).expand(n, -1)
+    return torch.where(pos < counts[:, None], chs,
+                       torch.full_like(chs, width))
+
+
 def _channel_forward(block, x, geom):
     fb = folded(block)
-    n = x.shape[0]
+    n, c_in, h, w = x.shape
     gate = _sample_gate(block, x, (n, geom.num_groups))
-    g = block.granularity
     keep = gate > 0.5
     ident = fb.shortcut(x)
     if bool(keep.all()):
         return fb.branch(x).add_(ident).relu_(), gate
+    width = fb.w1.shape[0]
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
-    # samples grouped by identical gate pattern; conv3 outputs (with bn3's
-    # shift, also for all-off samples) are written to consecutive rows of ys
-    pats, inv = torch.unique(keep, dim=0, return_inverse=True)
-    order, chunks = [], []
-    for u in range(pats.shape[0]):
-        samples = (inv == u).nonzero()[:, 0]
-        order.append(samples)
-        chunks.append((pats[u], samples))
-    order = torch.cat(order)
-    ys = torch.empty(n, c_out, ho * wo, dtype=x.dtype, device=x.device)
-    row = 0
-    for pat, samples in chunks:
-        k = samples.numel()
-        dst = ys.narrow(0, row, k)
-        row += k
-        if not bool(pat.any()):
-            dst.copy_(fb.b3.view(1, -1, 1).expand_as(dst))
-            continue
-        xs = _rows(x, samples)
-        if bool(pat.all()):
-            w1, b1, w2, b2, w3 = fb.w1, fb.b1, fb.w2, fb.b2, fb.w3m
-        else:
-            ch = pat.repeat_interleave(g).nonzero()[:, 0]
-            w1 = fb.w1.index_select(0, ch)
-            b1 = fb.b1.index_select(0, ch)
-            w2 = fb.w2.index_select(0, ch).index_select(1, ch)
-            b2 = fb.b2.index_select(0, ch)
-            w3 = fb.w3m.index_select(1, ch)
-        h = F.conv2d(xs, w1, b1).relu_()
-        h = F.conv2d(h, w2, b2, fb.stride, fb.padding, fb.dilation).relu_()
-        torch.baddbmm(fb.b3.view(1, -1, 1).expand(k, -1, ho * wo),
-                      w3.expand(k, -1, -1), h.flatten(2), out=dst)
-    idx = torch.stack([order, torch.zeros_like(order), torch.zeros_like(order)],
-                      1)
-    out = _scatter(ident, ys.view(n, c_out, ho, wo), idx, (ho, wo),
-                   ident is not x)
+    keep_ch = keep.repeat_interleave(block.granularity, dim=1)  # (N, width)
+    if h * w < CHANNEL_DENSE_1X1_PIXELS and \
+            float(keep.float().mean()) > CHANNEL_DENSE_RATE:
+        # tiny maps at high rates: per-sample weights cost more than they
+        # save; masked dense compute with folded BN (same function)
+        m = keep_ch.to(x.dtype)[:, :, None, None]
+        h1 = F.conv2d(x, fb.w1, fb.b1).relu_().mul_(m)
+        h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
+                      fb.dilation).relu_().mul_(m)
+        return F.conv2d(h2, fb.w3, fb.b3).add_(ident).relu_(), gate
+    chs = _kept_channels(keep_ch, width)  # (N, k)
+    k = chs.shape[1]
+    if k == 0:
+        y = fb.b3.view(1, -1, 1).expand(n, -1, ho * wo)
+    else:
+        w1p, b1p, w2p, b2p, w3tp = fb.padded()
+        dense_1x1 = h * w < CHANNEL_DENSE_1X1_PIXELS
+        if dense_1x1:  # small maps: dense conv1, keep each sample's rows
+            h1 = torch.addmm(b1p[:, None], w1p, x.reshape(n, c_in, h * w)
+                             .transpose(0, 1).reshape(c_in, n * h * w))
+            h1 = h1.view(-1, n, h * w).transpose(0, 1).relu_()
+            h1 = torch.gather(h1, 1, chs[:, :, None].expand(-1, -1, h * w))
+        else:  # conv1 for the kept channels only: per-sample weights, one bmm
+            h1 = torch.baddbmm(b1p[chs].unsqueeze(2), w1p[chs],
+                               x.reshape(n, c_in, h * w)).relu_()
+        # conv2 on kept -> kept channels: one grouped conv (a group per sample)
+        w2s = w2p[chs[:, :, None], chs[:, None, :]]  # (N, k, k, 3, 3)
+        h2 = F.conv2d(h1.reshape(1, n * k, h, w), w2s.view(n * k, k, 3, 3),
+                      b2p[chs].view(-1), fb.stride, fb.padding, fb.dilation,
+                      groups=n).relu_().view(n, k, ho * wo)
+        if dense_1x1:  # scatter the kept rows back, dense conv3
+            full = h2.new_zeros(n, width + 1, ho * wo)
+            full.scatter_(1, chs[:, :, None].expand(-1, -1, ho * wo), h2)
+            y = torch.matmul(w3tp.t(), full).add_(fb.b3.view(1, -1, 1))
+        else:  # conv3 from the kept channels (bn3 shift for every sample)
+            y = torch.baddbmm(fb.b3.view(1, -1, 1),
+                              w3tp[chs].transpose(1, 2), h2)
+    idx = torch.zeros(n, 3, dtype=torch.int64, device=x.device)
+    idx[:, 0] = torch.arange(n, device=x.device)
+    out = _scatter(ident, y.reshape(n, c_out, ho, wo).contiguous(), idx,
+                   (ho, wo), ident is not x)
     return out, gate
 
 

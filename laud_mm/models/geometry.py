@@ -8,6 +8,7 @@ Source: the ResNet bottleneck (He et al. 2016) as used by LAUDNet (paper sec. 3.
 METHOD_NOTES section 1), torchvision / mmdet ``style='pytorch'``: the 3x3 conv2
 carries the stride, conv1 runs at the input resolution.
 """
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -59,7 +60,13 @@ class BlockGeometry:
         granularity: S (spatial, patch side in output pixels) or G (channel,
             channels per group); None for layer skipping and static blocks.
         dilation: dilation of conv2 (1 for standard ResNets).
-        kind: block family, 'bottleneck' for ResNet.
+        kind: block family, 'bottleneck' for ResNet, 'regnety' for the
+            RegNetY block (:mod:`laud_mm.models.regnet_blocks`: grouped 3x3
+            conv2, squeeze-and-excitation before conv3, expansion 1).
+        groups: number of conv groups of conv2 (1 for ResNet; RegNetY:
+            width / group width).
+        se_channels: hidden width of the squeeze-and-excitation module (0:
+            no SE, ResNet; RegNetY: round(0.25 * in_channels)).
     """
     stage: int
     index: int
@@ -74,6 +81,13 @@ class BlockGeometry:
     granularity: Optional[int] = None
     dilation: int = 1
     kind: str = 'bottleneck'
+    groups: int = 1
+    se_channels: int = 0
+
+    @property
+    def group_width(self) -> int:
+        """Channels per conv group of conv2 (``width // groups``)."""
+        return self.width // self.groups
 
     @property
     def patch_grid(self) -> Tuple[int, int]:
@@ -107,12 +121,9 @@ class BlockGeometry:
 
     def with_input(self, in_hw: Tuple[int, int]) -> 'BlockGeometry':
         """The same block at another input size (recomputes out_hw)."""
-        return BlockGeometry(
-            self.stage, self.index, self.in_channels, self.width,
-            self.out_channels, self.stride, tuple(in_hw),
-            block_out_hw(in_hw, self.stride, self.dilation),
-            self.has_downsample, self.paradigm, self.granularity,
-            self.dilation, self.kind)
+        return dataclasses.replace(
+            self, in_hw=tuple(in_hw),
+            out_hw=block_out_hw(in_hw, self.stride, self.dilation))
 
 
 def block_out_hw(in_hw: Tuple[int, int], stride: int,
@@ -144,3 +155,23 @@ class StemGeometry:
                         conv_out_size(self.in_hw[1], 7, 2, 3))
         self.out_hw = (conv_out_size(self.conv_hw[0], 3, 2, 1),
                        conv_out_size(self.conv_hw[1], 3, 2, 1))
+
+
+@dataclass
+class RegNetStemGeometry(StemGeometry):
+    """Shape of the RegNet stem (per sample): one 3x3 stride-2 conv (padding
+    1) + BN + ReLU, no max-pool (torchvision ``SimpleStemIN``).
+
+    Attributes: as :class:`StemGeometry`; ``out_hw == conv_hw``;
+    ``kind == 'regnet'`` and ``kernel == 3`` (class attributes).
+
+    Source: Radosavovic et al. 2020 (RegNet), torchvision
+    ``models/regnet.py``; METHOD_NOTES section 1.
+    """
+    kind = 'regnet'
+    kernel = 3
+
+    def __post_init__(self):
+        self.conv_hw = (conv_out_size(self.in_hw[0], 3, 2, 1),
+                        conv_out_size(self.in_hw[1], 3, 2, 1))
+        self.out_hw = self.conv_hw

@@ -41,7 +41,9 @@ class MaskerBase(nn.Module):
             if tuple(f.shape) != tuple(shape):
                 raise ValueError(f'forced_gate has shape {tuple(f.shape)}, '
                                  f'the gates have shape {tuple(shape)}')
-            return f.to(logits.dtype)
+            # + 0 * logits: keep the masker in the graph (DDP with
+            # find_unused_parameters=False needs every parameter used)
+            return f.to(logits) + 0 * logits[..., 0]
         # keep the graph connected so that DDP sees the masker as used
         return logits.new_full(shape, float(f)) + 0 * logits[..., 0]
 

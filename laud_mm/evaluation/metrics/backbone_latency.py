@@ -75,6 +75,10 @@ class BackboneLatencyMetric(BaseMetric):
             self.results.append(stats)
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+        if not results:
+            # otherwise 0 / 0: a nan rate and a ZeroDivisionError in speedup
+            raise ValueError('BackboneLatencyMetric: no images were evaluated '
+                             '(empty validation / test set?)')
         flops = np.array([r['flops'] for r in results], dtype=np.float64)
         dense = np.array([r['dense_flops'] for r in results], dtype=np.float64)
         groups = defaultdict(list)

@@ -3,6 +3,8 @@
 Source: paper sec. 3.2 and 4.1 (LAUD-ResNet-50/101), METHOD_NOTES section 1
 (paradigms, granularities 4-4-2-1 / 2-2-2-2 / layer).
 """
+import re
+from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -54,6 +56,60 @@ def _validate(depth, paradigm, granularity, num_stages,
     return None
 
 
+_BLOCK_KEY = re.compile(r'^layer(\d+)\.(\d+)\.')
+
+
+def _check_checkpoint_structure(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook of :class:`LAUDResNet`: refuse a checkpoint
+    whose stages hold another number of blocks (another depth: e.g. an R101
+    checkpoint would fill an R50 with its first 6 of 23 layer3 blocks and
+    drop the rest, only warning about unexpected keys) or whose tensors have
+    other shapes (another width / granularity). Keys missing altogether (a
+    static checkpoint without maskers, a detector without backbone weights)
+    stay mmengine's business (reported as missing keys).
+
+    Raises:
+        ValueError: naming the offending key, its checkpoint and model values.
+    """
+    ours = {k[len(prefix):]: v for k, v in state_dict.items()
+            if k.startswith(prefix)}
+    blocks = defaultdict(set)
+    for k in ours:
+        m = _BLOCK_KEY.match(k)
+        if m:
+            blocks[int(m.group(1))].add(int(m.group(2)))
+    if not blocks:
+        return
+    model_counts = tuple(len(getattr(module, n)) for n in module.res_layers)
+    ckpt_counts = tuple(max(blocks[s + 1]) + 1 if blocks.get(s + 1) else 0
+                        for s in range(len(module.res_layers)))
+    if ckpt_counts != model_counts or \
+            any(s > len(module.res_layers) for s in blocks):
+        depth = [d for d, (_, c) in LAUDResNet.arch_settings.items()
+                 if tuple(c) == ckpt_counts]
+        bad = next(s for s in range(len(model_counts))
+                   if ckpt_counts[s] != model_counts[s]) \
+            if ckpt_counts != model_counts else len(model_counts)
+        raise ValueError(
+            f'LAUDResNet(depth={module.depth}): the checkpoint has '
+            f'{ckpt_counts} blocks per stage (key prefix {prefix!r}), the '
+            f'model {model_counts}: stage {prefix}layer{bad + 1} differs. '
+            f'This is a checkpoint of another depth'
+            f'{" (depth=%d)" % depth[0] if depth else ""}; set depth to '
+            f"match or load another checkpoint (it would half-load)")
+    own = module.state_dict()
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in ours.items()
+           if k in own and hasattr(v, 'shape') and
+           tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        k, got, want = bad[0]
+        raise ValueError(
+            f'LAUDResNet(depth={module.depth}, paradigm={module.paradigm!r}, '
+            f'granularity={module.granularity!r}): checkpoint tensor '
+            f'{prefix}{k} has shape {got}, the model {want} ({len(bad)} '
+            f'tensors differ): a checkpoint of another architecture')
+
+
 @MODELS.register_module()
 class LAUDResNet(ResNet):
     """Latency-aware unified dynamic ResNet (bottleneck depths 50/101/152).
@@ -102,6 +158,10 @@ class LAUDResNet(ResNet):
                 block.stage, block.index = s, i
                 self.blocks.append(block)
         self.dynamic_inference = dynamic_inference
+        # a checkpoint of another depth / width must not half-load silently
+        # (mmengine's Pretrained init and load_from use strict=False)
+        self._register_load_state_dict_pre_hook(_check_checkpoint_structure,
+                                                with_module=True)
 
     def make_res_layer(self, **kwargs):
         """Build one stage of :class:`LAUDBottleneck` (mmdet hook method)."""
@@ -153,6 +213,13 @@ class LAUDResNet(ResNet):
 
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        c = self.stem[0].in_channels if self.deep_stem else \
+            self.conv1.in_channels
+        if x.dim() != 4 or x.shape[1] != c:
+            raise ValueError(
+                f'LAUDResNet: input of shape {tuple(x.shape)}, expected '
+                f'(N, {c}, H, W) (in_channels={c}); load grayscale images as '
+                f"color (LoadImageFromFile color_type='color')")
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         self._batch = int(x.shape[0])
         return super().forward(x)

@@ -1,0 +1,504 @@
+"""LAUD-RegNetY: RegNetY-400MF / 800MF with mask-and-compute blocks, and the
+torchvision -> laud_mm checkpoint key mapping.
+
+Neither mmdet nor mmpretrain has RegNetY (they have RegNetX only), so the
+network is built here, op for op as torchvision's ``regnet_y_400mf`` /
+``regnet_y_800mf`` (same results bit for bit with the same weights, tested):
+
+- stem: 3x3 stride-2 conv (3 -> 32) + BN + ReLU (``conv1``, ``bn1``);
+- four stages ``layer1`` .. ``layer4`` of :class:`LAUDRegNetYBlock`, stride 2
+  in the first block of every stage (output strides 4, 8, 16, 32);
+- 400MF: widths [48, 104, 208, 440], depths [1, 3, 6, 6], group width 8;
+  800MF: widths [64, 144, 320, 784], depths [1, 3, 8, 2], group width 16;
+  bottleneck ratio 1; SE squeeze = round(0.25 x block input width).
+
+**Checkpoint keys.** torchvision -> laud_mm (:func:`torchvision_regnety_key`,
+:func:`convert_torchvision_regnety`)::
+
+    stem.0.*                                  -> conv1.*
+    stem.1.*                                  -> bn1.*
+    trunk_output.block{s}.block{s}-{i}.proj.0.* -> layer{s}.{i}.downsample.0.*
+    trunk_output.block{s}.block{s}-{i}.proj.1.* -> layer{s}.{i}.downsample.1.*
+    trunk_output.block{s}.block{s}-{i}.f.a.0.*  -> layer{s}.{i}.conv1.*
+    trunk_output.block{s}.block{s}-{i}.f.a.1.*  -> layer{s}.{i}.bn1.*
+    trunk_output.block{s}.block{s}-{i}.f.b.0.*  -> layer{s}.{i}.conv2.*
+    trunk_output.block{s}.block{s}-{i}.f.b.1.*  -> layer{s}.{i}.bn2.*
+    trunk_output.block{s}.block{s}-{i}.f.se.fc1.* -> layer{s}.{i}.se.fc1.*
+    trunk_output.block{s}.block{s}-{i}.f.se.fc2.* -> layer{s}.{i}.se.fc2.*
+    trunk_output.block{s}.block{s}-{i}.f.c.0.*  -> layer{s}.{i}.conv3.*
+    trunk_output.block{s}.block{s}-{i}.f.c.1.*  -> layer{s}.{i}.bn3.*
+    fc.*                                      -> head.fc.* (classifier layout)
+
+(s = 1..4, i = 0-based block index). The checkpoint scheme
+``torchvision-regnety://<file or arch>`` (registered on import) loads a
+torchvision RegNetY state dict in mmpretrain's classifier layout
+(``backbone.*``, ``head.fc.*``): use it as a classifier's ``init_cfg``, a
+teacher's ``checkpoint``, or with ``prefix='backbone.'`` for a bare backbone
+(mmdet). The LAUD maskers are not in torchvision checkpoints: they stay at
+their keep-biased initialisation (reported as missing keys).
+
+Source: paper sec. 4.2 (LAUD-RegNetY-400MF / 800MF; layer skipping skips the
+SE too); METHOD_NOTES section 1 (widths, depths, group widths, SE ratio,
+granularities S = 4-4-2-1 / 4-4-7-1, G = 2-2-2-2, layer); Radosavovic et al.
+2020; torchvision ``models/regnet.py``.
+"""
+import os.path as osp
+import re
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
+                                        load_from_torchvision)
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...registry import MODELS
+from .. import flops as flops_lib
+from ..geometry import PARADIGMS, BlockGeometry, RegNetStemGeometry
+from ..regnet_blocks import LAUDRegNetYBlock
+
+#: architecture settings (torchvision's regnet_y_400mf / regnet_y_800mf)
+REGNETY_ARCHS: Dict[str, dict] = {
+    'regnety_400mf': dict(widths=(48, 104, 208, 440), depths=(1, 3, 6, 6),
+                          group_width=8, stem_channels=32, se_ratio=0.25),
+    'regnety_800mf': dict(widths=(64, 144, 320, 784), depths=(1, 3, 8, 2),
+                          group_width=16, stem_channels=32, se_ratio=0.25),
+}
+_ARCH_KEYS = ('widths', 'depths', 'group_width', 'stem_channels', 'se_ratio')
+
+
+def _arch(arch: Union[str, dict]) -> dict:
+    """Resolve ``arch`` (name or dict) to a validated settings dict.
+
+    Raises:
+        ValueError: unknown name, missing / unknown keys, or inconsistent
+            values (the message names the key and value).
+    """
+    if isinstance(arch, str):
+        if arch not in REGNETY_ARCHS:
+            raise ValueError(f'LAUDRegNetY: arch={arch!r} is not one of '
+                             f'{sorted(REGNETY_ARCHS)} (or a dict with keys '
+                             f'{_ARCH_KEYS})')
+        return dict(REGNETY_ARCHS[arch])
+    if not isinstance(arch, dict):
+        raise ValueError(f'LAUDRegNetY: arch={arch!r} must be a name or a dict')
+    arch = dict(arch)
+    arch.setdefault('stem_channels', 32)
+    arch.setdefault('se_ratio', 0.25)
+    missing = [k for k in _ARCH_KEYS if k not in arch]
+    unknown = sorted(set(arch) - set(_ARCH_KEYS))
+    if missing or unknown:
+        raise ValueError(f'LAUDRegNetY: arch={arch!r}: missing keys {missing},'
+                         f' unknown keys {unknown}')
+    widths, depths = tuple(arch['widths']), tuple(arch['depths'])
+    if len(widths) != len(depths) or not widths:
+        raise ValueError(f'LAUDRegNetY: arch widths={widths!r} and depths='
+                         f'{depths!r} must have the same (non-zero) length')
+    for w in widths:
+        if w % arch['group_width']:
+            raise ValueError(f"LAUDRegNetY: arch group_width="
+                             f"{arch['group_width']!r} does not divide the "
+                             f'width {w}')
+    arch['widths'], arch['depths'] = widths, depths
+    return arch
+
+
+def _check_checkpoint_shapes(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook of :class:`LAUDRegNetY`: refuse checkpoint
+    tensors whose shapes differ from the model's (another arch, e.g. a
+    400MF checkpoint into an 800MF model, or a raw torchvision state dict
+    whose keys were not converted is only reported as missing keys).
+
+    Raises:
+        ValueError: naming the first offending key and both shapes.
+    """
+    own = module.state_dict()
+    for k, v in state_dict.items():
+        if not k.startswith(prefix):
+            continue
+        name = k[len(prefix):]
+        if name in own and hasattr(v, 'shape') and \
+                tuple(v.shape) != tuple(own[name].shape):
+            raise ValueError(
+                f'LAUDRegNetY(arch={module.arch_name!r}): checkpoint tensor '
+                f'{k} has shape {tuple(v.shape)}, the model '
+                f'{tuple(own[name].shape)}: a checkpoint of another '
+                f'architecture')
+
+
+@MODELS.register_module()
+class LAUDRegNetY(BaseModule):
+    """Latency-aware unified dynamic RegNetY (400MF / 800MF), for mmpretrain
+    (classification) and mmdet (detection; ``out_channels`` feeds FPN).
+
+    Args:
+        arch: 'regnety_400mf', 'regnety_800mf', or a dict with ``widths``,
+            ``depths``, ``group_width`` (and optional ``stem_channels`` 32,
+            ``se_ratio`` 0.25).
+        paradigm: 'spatial', 'channel', 'layer' or None (static RegNetY).
+        granularity: per stage, S (spatial, patch side in output pixels,
+            e.g. (4, 4, 2, 1) or (4, 4, 7, 1)) or G (channel, channels per
+            gate, e.g. (2, 2, 2, 2)); None for 'layer' and static.
+        out_indices: stages whose outputs are returned (0-based).
+        frozen_stages: stages (and the stem) to freeze, -1: none.
+        norm_eval: keep BN layers in eval mode during training.
+        with_cp: gradient checkpointing of the residual branches.
+        dynamic_inference: in eval mode, skip the masked-out work
+            (:mod:`laud_mm.models.regnet_dynamic`, same function as the
+            masked-dense model). Default False: masked-dense evaluation.
+        in_channels: image channels (3).
+        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained',
+            checkpoint='torchvision-regnety:///path/regnet_y_800mf.pth',
+            prefix='backbone.')``. None: torchvision's initialisation
+            (Kaiming normal fan-out convs, BN 1/0), maskers keep-biased.
+
+    Attributes:
+        blocks: all :class:`LAUDRegNetYBlock` in forward order.
+        stage_widths: output channels of each stage.
+        out_channels: output channels of the returned stages (FPN
+            ``in_channels``).
+
+    Shapes:
+        forward: (N, 3, H, W) -> tuple of (N, widths[i], ~H / 2^(i+2),
+        ~W / 2^(i+2)) for i in ``out_indices``. Any H, W >= 1 works.
+
+    Raises:
+        ValueError: bad ``arch``, ``paradigm``, ``granularity``,
+            ``out_indices`` or ``frozen_stages`` (names the key and value).
+    """
+
+    def __init__(self, arch: Union[str, dict] = 'regnety_800mf',
+                 paradigm: Optional[str] = None,
+                 granularity: Optional[Sequence[int]] = None,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, norm_eval: bool = False,
+                 with_cp: bool = False, dynamic_inference: bool = False,
+                 in_channels: int = 3, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_name = arch if isinstance(arch, str) else 'custom'
+        self.arch = _arch(arch)
+        n_stages = len(self.arch['widths'])
+        self.paradigm, self.granularity = self._validate(
+            paradigm, granularity, n_stages)
+        out_indices = tuple(out_indices) if not isinstance(out_indices, int) \
+            else (out_indices,)
+        if not out_indices or any(
+                isinstance(i, bool) or not isinstance(i, int) or
+                not 0 <= i < n_stages for i in out_indices):
+            raise ValueError(f'LAUDRegNetY: out_indices={out_indices!r} must '
+                             f'hold stage indices in [0, {n_stages})')
+        if isinstance(frozen_stages, bool) or \
+                not isinstance(frozen_stages, int) or \
+                not -1 <= frozen_stages <= n_stages:
+            raise ValueError(f'LAUDRegNetY: frozen_stages={frozen_stages!r} '
+                             f'must be an integer in [-1, {n_stages}]')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        stem = self.arch['stem_channels']
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem, eps=1e-5, momentum=0.1)
+        self.relu = nn.ReLU(inplace=True)
+        self.res_layers: List[str] = []
+        self.blocks: List[LAUDRegNetYBlock] = []
+        cin = stem
+        for s, (w, d) in enumerate(zip(self.arch['widths'],
+                                       self.arch['depths'])):
+            layer = []
+            for i in range(d):
+                blk = LAUDRegNetYBlock(
+                    cin, w, stride=2 if i == 0 else 1,
+                    group_width=self.arch['group_width'],
+                    se_ratio=self.arch['se_ratio'], paradigm=self.paradigm,
+                    granularity=None if self.granularity is None
+                    else self.granularity[s], with_cp=with_cp)
+                blk.stage, blk.index = s, i
+                layer.append(blk)
+                self.blocks.append(blk)
+                cin = w
+            name = f'layer{s + 1}'
+            self.add_module(name, nn.Sequential(*layer))
+            self.res_layers.append(name)
+        self.stage_widths = tuple(self.arch['widths'])
+        self.out_channels = tuple(self.stage_widths[i] for i in out_indices)
+        self.dynamic_inference = dynamic_inference
+        self._input_hw: Optional[Tuple[int, int]] = None
+        self._freeze_stages()
+        # a checkpoint of another arch must not half-load silently
+        # (mmengine's Pretrained init and load_from use strict=False)
+        self._register_load_state_dict_pre_hook(_check_checkpoint_shapes,
+                                                with_module=True)
+
+    @staticmethod
+    def _validate(paradigm, granularity, n_stages):
+        if paradigm is not None and paradigm not in PARADIGMS:
+            raise ValueError(f'LAUDRegNetY: paradigm={paradigm!r} is unknown; '
+                             f'use one of {PARADIGMS} or None for the static '
+                             f'network')
+        if paradigm in ('spatial', 'channel'):
+            if granularity is None or isinstance(granularity, (int, str)) or \
+                    len(tuple(granularity)) != n_stages:
+                raise ValueError(
+                    f'LAUDRegNetY: granularity={granularity!r} must give one '
+                    f'{"S" if paradigm == "spatial" else "G"} per stage '
+                    f'({n_stages} entries) for paradigm={paradigm!r}')
+            granularity = tuple(granularity)
+            for g in granularity:
+                if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                    raise ValueError(f'LAUDRegNetY: granularity='
+                                     f'{granularity!r} must hold positive '
+                                     f'integers')
+            return paradigm, granularity
+        if granularity is not None:
+            raise ValueError(f'LAUDRegNetY: granularity={granularity!r} is '
+                             f"only used with paradigm 'spatial' or "
+                             f"'channel', not paradigm={paradigm!r}; leave it "
+                             f'None')
+        return paradigm, None
+
+    # -------------------------------------------------------------- init
+    def init_weights(self) -> None:
+        """torchvision's RegNet initialisation (conv: Kaiming normal,
+        fan-out; BN: weight 1, bias 0; SE convs: Kaiming normal fan-out, bias
+        PyTorch default) and keep-biased maskers, then mmengine's ``init_cfg`` (e.g. a
+        pretrained checkpoint)."""
+        pretrained = isinstance(self.init_cfg, dict) and \
+            self.init_cfg.get('type') == 'Pretrained'
+        if not pretrained:
+            for name, m in self.named_modules():
+                if 'masker' in name:
+                    continue
+                if isinstance(m, nn.Conv2d):
+                    fan_out = m.kernel_size[0] * m.kernel_size[1] * \
+                        m.out_channels
+                    nn.init.normal_(m.weight, 0., (2. / fan_out) ** 0.5)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+            for m in self.maskers():
+                m.init_weights()
+        super().init_weights()
+
+    # ---------------------------------------------------------- switches
+    @property
+    def dynamic_inference(self) -> bool:
+        """Whether eval-mode forward runs the dynamic (skip-the-work) path."""
+        return self._dynamic_inference
+
+    @dynamic_inference.setter
+    def dynamic_inference(self, value: bool) -> None:
+        self._dynamic_inference = bool(value)
+        for b in self.blocks:
+            b.dynamic_inference = bool(value)
+
+    def maskers(self) -> List[nn.Module]:
+        """The maskers of all dynamic blocks, in forward order."""
+        return [b.masker for b in self.blocks if b.masker is not None]
+
+    def set_tau(self, tau: float) -> None:
+        """Set the Gumbel temperature of every masker.
+
+        Raises:
+            ValueError: if ``tau <= 0``.
+        """
+        if not tau > 0:
+            raise ValueError(f'Gumbel temperature tau must be > 0, got {tau}')
+        for m in self.maskers():
+            m.tau = float(tau)
+
+    def force_gates(self, value) -> None:
+        """Impose every gate: None (learned gates), 1.0 (all on) or 0.0."""
+        for m in self.maskers():
+            m.forced_gate = value
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            for m in (self.conv1, self.bn1):
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+        for i in range(1, self.frozen_stages + 1):
+            m = getattr(self, f'layer{i}')
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'LAUDRegNetY':
+        """``nn.Module.train`` keeping frozen stages in eval and, with
+        ``norm_eval``, every BN layer in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ----------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4:
+            raise ValueError(f'LAUDRegNetY: input must be (N, C, H, W), got '
+                             f'{tuple(x.shape)}')
+        self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
+        x = self.relu(self.bn1(self.conv1(x)))
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    # ------------------------------------------------------------- stats
+    def stem_geometry(self, in_hw: Tuple[int, int]) -> RegNetStemGeometry:
+        """Geometry of the stem for an image size (H, W)."""
+        return RegNetStemGeometry(self.conv1.in_channels,
+                                  self.conv1.out_channels, tuple(in_hw))
+
+    def block_geometries(self, in_hw: Tuple[int, int]) -> List[BlockGeometry]:
+        """Geometry (``kind='regnety'``) of every block for an image size
+        (H, W), forward order."""
+        hw = self.stem_geometry(in_hw).out_hw
+        out = []
+        for b in self.blocks:
+            g = b.geometry(hw)
+            out.append(g)
+            hw = g.out_hw
+        return out
+
+    def activation_stats(self) -> Dict[str, object]:
+        """Statistics of the last forward pass (same keys as
+        :meth:`laud_mm.LAUDResNet.activation_stats`).
+
+        Returns:
+            dict with 'block_flops' (list of (N,)), 'block_dense_flops'
+            (list of floats), 'block_density' (list of (N,)), 'stem_flops',
+            'flops' (N,), 'dense_flops', 'activation_rate' (N,),
+            'geometries', 'input_hw'.
+
+        Raises:
+            RuntimeError: if called before any forward.
+        """
+        if self._input_hw is None or any(b.last_stats is None
+                                         for b in self.blocks):
+            raise RuntimeError('activation_stats() needs a forward pass first')
+        stem = float(flops_lib.stem_flops(self.stem_geometry(self._input_hw)))
+        block_flops = [b.last_stats['flops'] for b in self.blocks]
+        dense = [b.last_stats['dense'] for b in self.blocks]
+        total = stem + sum(block_flops)
+        dense_total = stem + sum(dense)
+        return dict(
+            block_flops=block_flops, block_dense_flops=dense,
+            block_density=[b.last_stats['density'] for b in self.blocks],
+            stem_flops=stem, flops=total, dense_flops=dense_total,
+            activation_rate=total / dense_total,
+            geometries=[b.last_stats['geometry'] for b in self.blocks],
+            input_hw=self._input_hw)
+
+
+# ------------------------------------------------------ checkpoint mapping
+TORCHVISION_REGNETY_SCHEME = 'torchvision-regnety://'
+
+_TV_BLOCK = re.compile(r'^trunk_output\.block(\d+)\.block\1-(\d+)\.(.+)$')
+_TV_PARTS = [('proj.0.', 'downsample.0.'), ('proj.1.', 'downsample.1.'),
+             ('f.a.0.', 'conv1.'), ('f.a.1.', 'bn1.'), ('f.b.0.', 'conv2.'),
+             ('f.b.1.', 'bn2.'), ('f.se.fc1.', 'se.fc1.'),
+             ('f.se.fc2.', 'se.fc2.'), ('f.c.0.', 'conv3.'),
+             ('f.c.1.', 'bn3.')]
+
+
+def torchvision_regnety_key(key: str) -> Optional[str]:
+    """laud_mm backbone key of one torchvision RegNetY key (see the module
+    docstring's table); None for the classifier ``fc.*`` keys.
+
+    Raises:
+        ValueError: for a key that is not a torchvision RegNetY key.
+    """
+    if key.startswith('fc.'):
+        return None
+    if key.startswith('stem.0.'):
+        return 'conv1.' + key[len('stem.0.'):]
+    if key.startswith('stem.1.'):
+        return 'bn1.' + key[len('stem.1.'):]
+    m = _TV_BLOCK.match(key)
+    if m:
+        stage, idx, rest = m.groups()
+        for src, dst in _TV_PARTS:
+            if rest.startswith(src):
+                return f'layer{stage}.{idx}.{dst}{rest[len(src):]}'
+    raise ValueError(f'key={key!r} is not a torchvision RegNetY key')
+
+
+def is_torchvision_regnety(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """True if the keys look like torchvision's RegNetY (``stem.0.weight``
+    and ``trunk_output.*.f.se.*`` at the top level)."""
+    return 'stem.0.weight' in state_dict and any(
+        k.startswith('trunk_output.') and '.f.se.' in k for k in state_dict)
+
+
+def convert_torchvision_regnety(state_dict: Dict[str, torch.Tensor],
+                                layout: str = 'backbone'
+                                ) -> 'OrderedDict[str, torch.Tensor]':
+    """torchvision RegNetY state dict -> laud_mm keys (tensors not copied).
+
+    Args:
+        state_dict: ``torchvision.models.regnet_y_400mf().state_dict()`` or
+            the like (a ``module.`` prefix is dropped).
+        layout: 'backbone' (keys of :class:`LAUDRegNetY`; ``fc.*`` dropped)
+            or 'classifier' (mmpretrain ``ImageClassifier`` /
+            :class:`laud_mm.LAUDImageClassifier`: ``backbone.*`` and
+            ``head.fc.*``).
+
+    Returns:
+        OrderedDict with the mapped keys (maskers absent).
+
+    Raises:
+        ValueError: unknown ``layout``, or keys that are not torchvision
+            RegNetY's (names the first offending key).
+    """
+    if layout not in ('backbone', 'classifier'):
+        raise ValueError(f"layout={layout!r} must be 'backbone' or "
+                         f"'classifier'")
+    sd = OrderedDict((re.sub(r'^module\.', '', k), v)
+                     for k, v in state_dict.items())
+    if not is_torchvision_regnety(sd):
+        raise ValueError(f'not a torchvision RegNetY state dict (expected '
+                         f"'stem.0.weight' and 'trunk_output.*.f.se.*'); "
+                         f'first keys: {list(sd)[:4]}')
+    out = OrderedDict()
+    for k, v in sd.items():
+        new = torchvision_regnety_key(k)
+        if new is None:
+            if layout == 'classifier':
+                out['head.' + k] = v
+            continue
+        out[('backbone.' + new) if layout == 'classifier' else new] = v
+    return out
+
+
+@CheckpointLoader.register_scheme(prefixes=TORCHVISION_REGNETY_SCHEME,
+                                  force=True)
+def load_torchvision_regnety(filename: str, map_location=None) -> dict:
+    """mmengine checkpoint loader for ``torchvision-regnety://<file|arch>``.
+
+    ``torchvision-regnety:///path/regnet_y_800mf-xxx.pth`` reads a local
+    torchvision state dict; ``torchvision-regnety://regnet_y_800mf`` reads
+    torchvision's ImageNet weights like ``torchvision://`` (download or torch
+    hub cache).
+
+    Returns:
+        ``{'state_dict': <classifier layout>}`` (``backbone.*``,
+        ``head.fc.*``; use ``prefix='backbone.'`` for a bare backbone).
+
+    Raises:
+        ValueError: the weights are not a torchvision RegNetY's.
+    """
+    name = filename[len(TORCHVISION_REGNETY_SCHEME):]
+    if osp.isfile(name):
+        ckpt = _load_checkpoint(name, map_location=map_location)
+    else:
+        ckpt = load_from_torchvision('torchvision://' + name, map_location)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
+        ckpt = ckpt['state_dict']
+    return {'state_dict': convert_torchvision_regnety(ckpt, 'classifier')}

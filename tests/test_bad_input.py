@@ -1,0 +1,339 @@
+"""Invalid configs and inputs: each gets a clear error naming the offending
+key and value, or is handled correctly (checked against an independent
+computation). One test per row of the table in docs/reliability.md."""
+import json
+import os.path as osp
+
+import mmcv
+import numpy as np
+import pytest
+import torch
+
+from conftest import COCO_TINY, load_coco_images
+from laud_mm import (BackboneLatencyMetric, GumbelTemperatureHook, LAUDResNet,
+                     SparsityLoss)
+from reliability_helpers import fast_cfg, mixed_gates
+
+torch.set_num_threads(2)
+
+
+# ------------------------------------------------------------ config rows
+@pytest.mark.parametrize('build, match', [
+    # wrong granularity lengths / types
+    (lambda: LAUDResNet(50, 'spatial', (4, 4, 2)),
+     r"granularity=\(4, 4, 2\) must give one S per stage \(4 entries\)"),
+    (lambda: LAUDResNet(50, 'spatial', (4, 4, 2, 1, 1)),
+     r"granularity=\(4, 4, 2, 1, 1\)"),
+    (lambda: LAUDResNet(50, 'channel', 2), r"granularity=2 must give one G"),
+    (lambda: LAUDResNet(50, 'spatial', None), r"granularity=None"),
+    (lambda: LAUDResNet(50, 'spatial', (4, 4, 2.5, 1)),
+     r"granularity=\(4, 4, 2.5, 1\) must hold positive integers"),
+    # zero or negative values
+    (lambda: LAUDResNet(50, 'spatial', (4, 0, 2, 1)),
+     r"granularity=\(4, 0, 2, 1\) must hold positive integers"),
+    (lambda: LAUDResNet(50, 'channel', (2, -2, 2, 2)),
+     r"granularity=\(2, -2, 2, 2\) must hold positive integers"),
+    (lambda: LAUDResNet(50, 'channel', (3, 2, 2, 2)),
+     r"G=3 does not divide the stage-0 bottleneck width 64"),
+    (lambda: LAUDResNet(50, 'layer', (4, 4, 2, 1)),
+     r"granularity=\(4, 4, 2, 1\) is only used with paradigm"),
+    (lambda: GumbelTemperatureHook(tau0=0.0), r"tau0=0.0 must be a number > 0"),
+    (lambda: GumbelTemperatureHook(tau0=5.0, tau1=-0.1),
+     r"tau1=-0.1 must be a number > 0"),
+    (lambda: LAUDResNet(50, 'layer').set_tau(0), r"tau must be > 0, got 0"),
+    (lambda: SparsityLoss(0.5, loss_weight=-1.0), r"loss_weight=-1.0"),
+    (lambda: BackboneLatencyMetric('v100', batch_size=0), r"batch_size=0"),
+    # target rate outside (0, 1]
+    (lambda: SparsityLoss(0.0), r"target_rate=0.0 must lie in \(0, 1\]"),
+    (lambda: SparsityLoss(-0.3), r"target_rate=-0.3 must lie in \(0, 1\]"),
+    (lambda: SparsityLoss(1.5), r"target_rate=1.5 must lie in \(0, 1\]"),
+    (lambda: SparsityLoss('0.5'), r"target_rate='0.5' must lie in \(0, 1\]"),
+    # unknown hardware / paradigm / depth / precision
+    (lambda: BackboneLatencyMetric('tpu-v9'), r"hardware='tpu-v9'"),
+    (lambda: LAUDResNet(50, 'pixel', (4, 4, 2, 1)), r"paradigm='pixel' is unknown"),
+    (lambda: LAUDResNet(34, 'layer'), r"depth=34 is not supported"),
+    (lambda: __import__('laud_mm').CPUAmpOptimWrapper(
+        dtype='int8', optimizer=torch.optim.SGD([torch.nn.Parameter(
+            torch.zeros(1))], lr=0.1)), r"dtype='int8'"),
+], ids=lambda v: v if isinstance(v, str) else '')
+def test_invalid_config_raises_naming_key_and_value(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_target_rate_one_is_valid_and_gives_zero_loss_for_dense_net():
+    """Boundary: t = 1 is allowed; the all-on network has zero loss."""
+    net = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).eval()
+    net.force_gates(1.0)
+    with torch.no_grad():
+        net(load_coco_images(n=1, size=(96, 128)))
+    loss = SparsityLoss(1.0)(net.activation_stats(), progress=1.0)
+    assert float(loss['loss_sparsity']) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_forced_gate_of_wrong_shape_is_refused():
+    net = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).eval()
+    net.blocks[0].masker.forced_gate = torch.ones(1, 3, 3)
+    with pytest.raises(ValueError, match=r'forced_gate has shape \(1, 3, 3\)'):
+        net(load_coco_images(n=1, size=(96, 128)))
+
+
+def test_forced_gate_tensor_keeps_the_masker_in_the_graph():
+    """A tensor gate override (benchmarks, tests) must not detach the masker:
+    DDP with find_unused_parameters=False needs every parameter used."""
+    net = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).train()
+    x = load_coco_images(n=1, size=(96, 128))
+    masker = net.blocks[3].masker
+    geom = net.block_geometries((96, 128))[3]
+    masker.forced_gate = torch.zeros(1, *geom.patch_grid)
+    sum(o.sum() for o in net(x)).backward()
+    assert masker.conv.weight.grad is not None
+    assert masker.conv.weight.grad.abs().sum() == 0  # connected, no effect
+
+
+# ------------------------------------------------ S larger than the map
+def test_patch_larger_than_feature_map_covers_the_whole_map():
+    x = load_coco_images(n=2, size=(160, 256))
+    big = LAUDResNet(50, 'spatial', (64, 64, 64, 64)).eval()
+    ref = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).eval()
+    ref.load_state_dict(big.state_dict())  # maskers have the same shapes
+    # one gate per block and sample: per block, on or off on the whole map
+    on = [1.0 if i % 3 else 0.0 for i in range(16)]
+    for b, g in zip(big.blocks, on):
+        b.masker.forced_gate = g
+    for b, g in zip(ref.blocks, on):
+        b.masker.forced_gate = g
+    with torch.no_grad():
+        out_big, out_ref = big(x), ref(x)
+    for b in big.blocks:
+        assert b.last_stats['gate'].shape == (2, 1, 1)
+    for a, r in zip(out_big, out_ref):
+        torch.testing.assert_close(a, r, rtol=0, atol=0)
+    sa, sr = big.activation_stats(), ref.activation_stats()
+    # FLOPs differ only by the maskers' own cost: a 1 x 1 grid (C_in x 2
+    # MACs) instead of ceil(H/S) x ceil(W/S) cells
+    def masker(net):
+        return sum(b.op_flops(b.last_stats['geometry'].in_hw)['masker']
+                   for b in net.blocks)
+    for b in big.blocks:
+        assert b.op_flops(b.last_stats['geometry'].in_hw)['masker'] == \
+            b.conv1.in_channels * 2 + b.conv1.in_channels * np.prod(
+                b.last_stats['geometry'].in_hw)  # pool + 1x1 conv on 1 cell
+    torch.testing.assert_close(sa['flops'] - sr['flops'], torch.full_like(
+        sa['flops'], float(masker(big) - masker(ref))), rtol=0, atol=1e3)
+    # (float32 FLOPs of ~2e9: a few ulps of 256)
+    assert [float(d[0]) for d in sa['block_density']] == on
+    # learned gates: the dynamic path and the latency predictor agree too
+    for b in big.blocks:
+        b.masker.forced_gate = None
+    mixed_gates(big)
+    with torch.no_grad():
+        dense = big(x)
+        big.dynamic_inference = True
+        dyn = big(x)
+    for a, r in zip(dense, dyn):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+    metric = BackboneLatencyMetric('v100')
+    geoms = big.block_geometries((160, 256))
+    dens = [float(d.mean()) for d in big.activation_stats()['block_density']]
+    pred = metric.predictor.predict_backbone(
+        geoms, dens, 8, stem=big.stem_geometry((160, 256))).per_image_ms
+    static = metric.predictor.predict_static(
+        geoms, 8, stem=big.stem_geometry((160, 256))).per_image_ms
+    assert 0 < pred <= static * (1 + 1e-6) and np.isfinite(pred)
+
+
+# ----------------------------------------------- checkpoints of other depth
+@pytest.fixture(scope='module')
+def r101_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp('ck') / 'laud_r101.pth'
+    net = LAUDResNet(101, 'spatial', (4, 4, 2, 1))
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in
+                               net.state_dict().items()},
+                'meta': {}}, path)
+    return str(path)
+
+
+def test_other_depth_checkpoint_via_pretrained_init_is_refused(r101_ckpt):
+    net = LAUDResNet(50, 'spatial', (4, 4, 2, 1), init_cfg=dict(
+        type='Pretrained', prefix='backbone.', checkpoint=r101_ckpt))
+    with pytest.raises(ValueError, match=r'depth=50.*\(3, 4, 23, 3\).*'
+                       r'\(3, 4, 6, 3\).*layer3.*depth=101'):
+        net.init_weights()
+
+
+def test_other_depth_checkpoint_via_load_from_is_refused(r101_ckpt):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.runner.checkpoint import load_checkpoint
+    register_all_modules()
+    cfg = fast_cfg('/tmp/unused')
+    model = MODELS.build(cfg.model)
+    with pytest.raises(ValueError, match=r"key prefix 'backbone.'.*depth=101"):
+        load_checkpoint(model, r101_ckpt, map_location='cpu')  # = load_from
+
+
+def test_other_granularity_and_static_checkpoints(tmp_path):
+    """A channel checkpoint of another G differs in masker shapes: refused.
+    A static mmdet ResNet-50 checkpoint loads (maskers stay initialised)."""
+    from mmdet.models.backbones import ResNet
+    from mmengine.runner.checkpoint import load_checkpoint
+    p = tmp_path / 'g4.pth'
+    torch.save({'state_dict': LAUDResNet(50, 'channel', (4, 4, 4, 4))
+                .state_dict()}, p)
+    with pytest.raises(ValueError, match=r'layer1.0.masker.fc2.weight has '
+                       r'shape \(32, 16\), the model \(64, 16\)'):
+        load_checkpoint(LAUDResNet(50, 'channel', (2, 2, 2, 2)), str(p))
+    static = ResNet(50)
+    p2 = tmp_path / 'static.pth'
+    torch.save({'state_dict': static.state_dict()}, p2)
+    net = LAUDResNet(50, 'spatial', (4, 4, 2, 1))
+    bias = net.blocks[0].masker.conv.bias.clone()
+    load_checkpoint(net, str(p2))
+    torch.testing.assert_close(net.layer3[5].conv2.weight,
+                               static.layer3[5].conv2.weight)
+    torch.testing.assert_close(net.blocks[0].masker.conv.bias, bias)
+
+
+# -------------------------------------------------- detector-level inputs
+@pytest.fixture(scope='module')
+def detector():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    cfg = fast_cfg('/tmp/unused')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    mixed_gates(model.backbone)
+    return model, cfg
+
+
+def _dataset(cfg, ann_file, img_dir, pipeline_key='train_dataloader', **kw):
+    from mmdet.registry import DATASETS
+    ds_cfg = cfg[pipeline_key].dataset.copy()
+    ds_cfg.update(data_root='', ann_file=ann_file,
+                  data_prefix=dict(img=img_dir), indices=None, **kw)
+    return DATASETS.build(ds_cfg)
+
+
+def _empty_ann_file(tmp_path):
+    """A COCO annotation file with 2 real coco_tiny images, the first one
+    without any annotation."""
+    src = json.load(open(osp.join(COCO_TINY,
+                                  'annotations/instances_train2017.json')))
+    imgs = src['images'][:2]
+    anns = [a for a in src['annotations'] if a['image_id'] == imgs[1]['id']]
+    out = dict(src, images=imgs, annotations=anns)
+    p = tmp_path / 'empty.json'
+    json.dump(out, open(p, 'w'))
+    return str(p), imgs[0]['id']
+
+
+def test_image_without_annotations_trains(detector, tmp_path):
+    from mmengine.dataset import pseudo_collate
+    model, cfg = detector
+    ann, empty_id = _empty_ann_file(tmp_path)
+    ds = _dataset(cfg, ann, osp.join(COCO_TINY, 'train2017') + '/',
+                  filter_cfg=dict(filter_empty_gt=False))
+    assert len(ds) == 2
+    item = ds[0]
+    assert item['data_samples'].img_id == empty_id
+    assert len(item['data_samples'].gt_instances) == 0
+    model.train()
+    torch.manual_seed(0)
+    data = model.data_preprocessor(pseudo_collate([item, ds[1]]), True)
+    losses = model(**data, mode='loss')
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    assert torch.isfinite(losses['loss_sparsity'])
+    total.backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # with the empty image alone: only background terms, still finite
+    model.zero_grad()
+    data = model.data_preprocessor(pseudo_collate([item]), True)
+    losses = model(**data, mode='loss')
+    assert float(losses['loss_bbox']) == 0.0  # no positive box
+    assert all(torch.isfinite(torch.as_tensor(v)).all()
+               for k, v in losses.items() if 'loss' in k)
+
+
+def _predict(model, cfg, img_path, scale=(256, 160), color_type='color'):
+    from mmcv.transforms import Compose
+    from mmengine.dataset import pseudo_collate
+    pipe = [dict(type='LoadImageFromFile', color_type=color_type),
+            dict(type='Resize', scale=scale, keep_ratio=True),
+            dict(type='PackDetInputs', meta_keys=(
+                'img_id', 'img_path', 'ori_shape', 'img_shape',
+                'scale_factor'))]
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    data = Compose(pipe)(dict(img_path=img_path, img_id=0))
+    model.eval()
+    with torch.no_grad():
+        return model.test_step(pseudo_collate([data]))
+
+
+def _first_image(split='val2017'):
+    import os
+    return osp.join(COCO_TINY, split, sorted(os.listdir(
+        osp.join(COCO_TINY, split)))[0])
+
+
+def test_image_smaller_than_the_stride(detector, tmp_path):
+    """A 20 x 20 image (backbone stride 32): the preprocessor pads it to
+    32 x 32; every block has at least one output pixel, the geometry the
+    FLOPs use is the real one, and the metric is finite."""
+    model, cfg = detector
+    img = mmcv.imread(_first_image())
+    small = tmp_path / 'small.jpg'
+    mmcv.imwrite(mmcv.imresize(img, (20, 20)), str(small))
+    out = _predict(model, cfg, str(small), scale=(20, 20))
+    st = out[0].metainfo['laud_stats']
+    assert st['stem'].in_hw == (32, 32)
+    feats = model.backbone(torch.zeros(1, 3, 32, 32))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(8, 8), (4, 4), (2, 2),
+                                                    (1, 1)]
+    assert st['geometries'][-1].out_hw == (1, 1)
+    assert 0 < st['flops'] <= st['dense_flops']
+    metric = BackboneLatencyMetric('v100')
+    metric.process(None, out)
+    res = metric.compute_metrics(metric.results)
+    assert all(np.isfinite(v) and v > 0 for v in res.values())
+    # below the preprocessor: the bare backbone on 20 x 20 and 1 x 1 inputs
+    for hw in ((20, 20), (1, 1)):
+        feats = model.backbone(torch.zeros(1, 3, *hw))
+        geoms = model.backbone.block_geometries(hw)
+        assert tuple(feats[-1].shape[-2:]) == geoms[-1].out_hw
+
+
+def test_grayscale_image(detector, tmp_path):
+    """A grayscale JPEG: loaded as color by default (3 equal channels), it
+    gives the prediction of the same gray image stored as RGB. Loaded with
+    color_type='grayscale' it is a clear error."""
+    model, cfg = detector
+    img = mmcv.imread(_first_image())
+    gray = mmcv.bgr2gray(img)
+    p_gray, p_rgb = tmp_path / 'gray.png', tmp_path / 'gray_rgb.png'
+    mmcv.imwrite(gray, str(p_gray))
+    mmcv.imwrite(np.stack([gray] * 3, -1), str(p_rgb))
+    assert mmcv.imread(str(p_gray), flag='unchanged').ndim == 2
+    a = _predict(model, cfg, str(p_gray))[0]
+    b = _predict(model, cfg, str(p_rgb))[0]
+    torch.testing.assert_close(a.pred_instances.bboxes, b.pred_instances.bboxes)
+    assert a.metainfo['laud_stats']['flops'] == b.metainfo['laud_stats']['flops']
+    with pytest.raises(AssertionError, match=r'\(3, H, W\)'):
+        _predict(model, cfg, str(p_gray), color_type='grayscale')
+    with pytest.raises(ValueError, match=r'input of shape \(1, 1, 64, 64\), '
+                       r'expected \(N, 3, H, W\)'):
+        model.backbone(torch.zeros(1, 1, 64, 64))
+
+
+def test_metric_on_no_images_and_on_non_laud_samples():
+    metric = BackboneLatencyMetric('v100')
+    with pytest.raises(ValueError, match='no images were evaluated'):
+        metric.compute_metrics([])
+    from mmdet.structures import DetDataSample
+    with pytest.raises(KeyError, match="no 'laud_stats'"):
+        metric.process(None, [DetDataSample()])

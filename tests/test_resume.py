@@ -1,0 +1,187 @@
+"""Resume after a crash: a training process SIGKILLed mid-run and resumed
+with ``tools/train.py --resume`` continues with the same iteration, tau,
+learning rate, optimizer state, Gumbel noise, data order and augmentation,
+so its per-iteration losses equal those of an uninterrupted run with the
+same seed. Checkpoints load with ``torch.load(weights_only=True)`` while a
+checkpoint carrying a non-allowlisted global is still refused.
+
+All three runs are ``tools/train.py`` subprocesses with one thread each (the
+same float summation order). The gates start mixed (equal keep/skip biases)
+so that the Gumbel noise decides many gates: a resumed run that re-seeded the
+noise instead of restoring it would differ at once.
+"""
+import os
+import pickle
+import random
+
+import numpy as np
+
+import pytest
+import torch
+
+from reliability_helpers import (dump_cfg, fast_cfg, read_json_log,
+                                 read_records, run_tool)
+
+MAX_ITERS = 5
+KILL_AT = 3  # 0-based: killed at the start of the 4th iteration
+
+
+def _cfg(work_dir):
+    cfg = fast_cfg(work_dir, max_iters=MAX_ITERS, n_train=4, batch=2,
+                   flip=True, tau=(5.0, 0.1))
+    # lr changes every iteration, so a wrong scheduler state shows
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1,
+                                by_epoch=False, begin=0, end=MAX_ITERS)]
+    cfg.default_hooks.checkpoint.interval = 2
+    return cfg
+
+
+HOOKS = [dict(type='MixedGatesHook'), dict(type='RecordTrainHook')]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('resume')
+    ref = dump_cfg(_cfg(root / 'ref'), root / 'ref.py', HOOKS)
+    run_tool(['tools/train.py', ref], timeout=900)
+    crash = dump_cfg(_cfg(root / 'crash'), root / 'crash.py',
+                     HOOKS + [dict(type='KillAtIterHook', at=KILL_AT)])
+    killed = run_tool(['tools/train.py', crash], timeout=900, check=False)
+    ckpts_at_kill = sorted(f for f in os.listdir(root / 'crash')
+                           if f.endswith('.pth'))
+    resume = dump_cfg(_cfg(root / 'crash'), root / 'resume.py', HOOKS)
+    resumed = run_tool(['tools/train.py', resume, '--resume'], timeout=900)
+    return dict(root=root, killed=killed, ckpts_at_kill=ckpts_at_kill,
+                resumed=resumed)
+
+
+def test_process_was_killed_after_iter_2_checkpoint(runs):
+    assert runs['killed'].returncode == -9  # SIGKILL, no clean-up
+    assert runs['ckpts_at_kill'] == ['iter_2.pth']
+    recs = read_records(runs['root'] / 'crash')
+    # the killed run trained iteration 3 (lost: no checkpoint), then the
+    # resumed run started again at iteration 3
+    assert [r['iter'] for r in recs] == [1, 2, 3, 3, 4, 5]
+    assert 'resumed epoch: 1, iter: 2' in runs['resumed'].stdout + \
+        runs['resumed'].stderr
+
+
+def test_resumed_loss_curve_matches_uninterrupted_run(runs):
+    ref = {r['iter']: r for r in read_records(runs['root'] / 'ref')}
+    recs = read_records(runs['root'] / 'crash')
+    killed, resumed = recs[:3], recs[3:]
+    assert sorted(ref) == [1, 2, 3, 4, 5]
+    for r in killed + resumed:
+        a = ref[r['iter']]
+        assert r['img_ids'] == a['img_ids'], r['iter']  # same data order
+        assert r['tau'] == pytest.approx(a['tau'], rel=1e-12)
+        assert r['lr'] == pytest.approx(a['lr'], rel=1e-12)
+        # the noise decided the same gates
+        assert r['density'] == pytest.approx(a['density'], abs=1e-6)
+        for k, v in a['losses'].items():
+            assert r['losses'][k] == pytest.approx(v, rel=1e-5, abs=1e-7), \
+                (r['iter'], k)
+        assert r['finite']
+    # tau and lr really change along the run (the comparison is not trivial)
+    assert len({round(ref[i]['tau'], 9) for i in ref}) == MAX_ITERS
+    assert len({round(ref[i]['lr'], 12) for i in ref}) == MAX_ITERS
+    # mmengine's json log (smoothed losses over its window, restored from
+    # the MessageHub) agrees after the resume too
+    log_ref = {x['iter']: x for x in read_json_log(runs['root'] / 'ref')
+               if 'loss' in x}
+    log_res = [x for x in read_json_log(runs['root'] / 'crash')
+               if 'loss' in x]
+    assert [x['iter'] for x in log_res] == [1, 2, 3, 3, 4, 5]
+    for x in log_res[3:]:
+        for k in ('loss', 'gumbel_tau', 'lr', 'act_rate', 'loss_sparsity'):
+            assert x[k] == pytest.approx(log_ref[x['iter']][k], rel=1e-5), \
+                (x['iter'], k)
+
+
+def test_resumed_checkpoint_equals_uninterrupted(runs):
+    a = torch.load(runs['root'] / 'ref' / 'iter_4.pth', map_location='cpu',
+                   weights_only=True)
+    b = torch.load(runs['root'] / 'crash' / 'iter_4.pth', map_location='cpu',
+                   weights_only=True)
+    assert a['meta']['iter'] == b['meta']['iter'] == 4
+    for k, v in a['state_dict'].items():
+        torch.testing.assert_close(b['state_dict'][k], v, rtol=1e-5,
+                                   atol=1e-7, msg=lambda m: f'{k}: {m}')
+    # optimizer state: SGD momentum buffers of every parameter
+    sa, sb = a['optimizer']['state'], b['optimizer']['state']
+    assert sa.keys() == sb.keys() and len(sa) > 100
+    for i in sa:
+        torch.testing.assert_close(sb[i]['momentum_buffer'],
+                                   sa[i]['momentum_buffer'], rtol=1e-5,
+                                   atol=1e-7)
+    assert a['param_schedulers'] == b['param_schedulers']
+    # the random states are part of the checkpoint (one entry per rank)
+    assert len(a['laud_rng_state']) == 1
+    assert torch.equal(a['laud_rng_state'][0]['torch'],
+                       b['laud_rng_state'][0]['torch'])
+
+
+def test_checkpoint_loads_with_weights_only_and_unsafe_one_is_refused(
+        runs, tmp_path):
+    path = runs['root'] / 'ref' / 'iter_4.pth'
+    ck = torch.load(path, map_location='cpu', weights_only=True)
+    assert {'meta', 'state_dict', 'optimizer', 'message_hub',
+            'param_schedulers'} <= set(ck)
+    # mmengine's loader (load_from, resume, Pretrained) uses torch's default
+    from mmengine.runner.checkpoint import _load_checkpoint
+    assert _load_checkpoint(str(path), map_location='cpu')['meta']['iter'] == 4
+    # weights_only is not weakened globally: no getattr / eval / os in the
+    # allow-list, and a checkpoint with any other global is refused
+    names = {f'{getattr(g, "__module__", "")}.{getattr(g, "__name__", g)}'
+             if not isinstance(g, tuple) else g[1]
+             for g in torch.serialization.get_safe_globals()}
+    assert not any(n.split('.')[-1] in ('getattr', 'eval', 'exec', 'system')
+                   for n in names), names
+    marker = tmp_path / 'pwned'
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f'touch {marker}',))
+
+    evil = tmp_path / 'evil.pth'
+    with open(evil, 'wb') as f:
+        torch.save({'state_dict': {}, 'meta': {'x': Evil()}}, f)
+    with pytest.raises(pickle.UnpicklingError, match='system'):
+        torch.load(evil, map_location='cpu')
+    with pytest.raises(pickle.UnpicklingError):
+        _load_checkpoint(str(evil), map_location='cpu')
+    assert not marker.exists()
+    import collections
+    odd = tmp_path / 'counter.pth'
+    torch.save({'state_dict': {}, 'meta': collections.Counter(a=1)}, odd)
+    with pytest.raises(pickle.UnpicklingError, match='Counter'):
+        torch.load(odd, map_location='cpu')
+
+
+def test_load_from_does_not_restore_rng_but_resume_does(tmp_path):
+    """The RNG states are restored only by a resume (fine-tuning from a
+    checkpoint with load_from keeps the config's seed)."""
+    from laud_mm.engine import rng_state
+    from laud_mm.engine.hooks.gumbel_temperature import GumbelTemperatureHook
+
+    class FakeRunner:
+        _resume = False
+
+    hook = GumbelTemperatureHook(0.1, 0.1)
+    ck = {rng_state.KEY: [rng_state.capture_rng_state()]}
+    hook.after_load_checkpoint(FakeRunner(), ck)
+    assert hook._resume_states is None
+    FakeRunner._resume = True
+    hook.after_load_checkpoint(FakeRunner(), ck)
+    assert hook._resume_states is ck[rng_state.KEY]
+    # capture -> apply round trip through weights_only serialisation
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    p = tmp_path / 's.pth'
+    torch.save(ck | {rng_state.KEY: [rng_state.capture_rng_state()]}, p)
+    expect = (torch.rand(3), np.random.rand(3), random.random())
+    rng_state.apply_rng_state(torch.load(p, weights_only=True)[rng_state.KEY][0])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expect[0], got[0])
+    assert np.array_equal(expect[1], got[1]) and expect[2] == got[2]
