@@ -161,6 +161,12 @@ class RecordTrainHook(Hook):
         with open(osp.join(runner.work_dir, f'env_rank{get_rank()}.json'),
                   'w') as f:
             json.dump(info, f)
+        # the dtype the backbone computes in (autocast shows here)
+        self._dtype = None
+
+        def grab(module, args, out):
+            self._dtype = str(out[0].dtype)
+        unwrap(runner).backbone.register_forward_hook(grab)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
@@ -170,7 +176,8 @@ class RecordTrainHook(Hook):
                  if b.last_stats['gate'] is not None]
         rec = dict(
             iter=runner.iter + 1, rank=get_rank(),
-            losses={k: float(v) for k, v in (outputs or {}).items()},
+            losses={k: float(torch.as_tensor(v).detach())
+                    for k, v in (outputs or {}).items()},
             tau=float(bb.maskers()[0].tau),
             lr=float(runner.optim_wrapper.get_lr()['lr'][0]),
             act_rate=st['activation_rate'].detach().float().tolist(),
@@ -178,8 +185,9 @@ class RecordTrainHook(Hook):
                      for d in st['block_density']],
             finite=bool(all(torch.isfinite(g).all() for g in gates) and
                         torch.isfinite(st['activation_rate']).all() and
-                        all(torch.isfinite(torch.as_tensor(float(v)))
+                        all(torch.isfinite(torch.as_tensor(v).detach()).all()
                             for v in (outputs or {}).values())),
+            feat_dtype=getattr(self, '_dtype', None),
             img_ids=[ds.metainfo.get('img_id') for ds in
                      data_batch['data_samples']] if data_batch else None)
         with open(osp.join(runner.work_dir, f'records_rank{get_rank()}.jsonl'),

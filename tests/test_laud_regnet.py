@@ -276,8 +276,8 @@ def test_skipped_layer_skips_se_and_channel_conv_groups():
         cb(torch.randn(1, 16, 5, 5))
     f = cb.op_flops((5, 5))
     d, a = 3 / 16, 2 / 4
-    expect = f['masker'] + f['downsample'] + d * (f['conv1'] + f['se_pool'] + f['se_fc'] +
-                                f['conv3']) + a * f['conv2']
+    expect = f['masker'] + f['downsample'] + a * f['conv2'] + \
+        d * (f['conv1'] + f['se_pool'] + f['se_fc'] + f['conv3'])
     assert math.isclose(cb.last_stats['flops'].item(), expect, rel_tol=1e-6)
     assert math.isclose(expected_active_conv_groups(
         cb.geometry((5, 5)), 0.5), 1 - 0.5 ** 4)

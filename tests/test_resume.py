@@ -31,7 +31,7 @@ def _cfg(work_dir):
                    flip=True, tau=(5.0, 0.1))
     # lr changes every iteration, so a wrong scheduler state shows
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1,
-                                by_epoch=False, begin=0, end=MAX_ITERS)]
+                                by_epoch=False, begin=0, end=MAX_ITERS + 1)]
     cfg.default_hooks.checkpoint.interval = 2
     return cfg
 
@@ -62,7 +62,7 @@ def test_process_was_killed_after_iter_2_checkpoint(runs):
     # the killed run trained iteration 3 (lost: no checkpoint), then the
     # resumed run started again at iteration 3
     assert [r['iter'] for r in recs] == [1, 2, 3, 3, 4, 5]
-    assert 'resumed epoch: 1, iter: 2' in runs['resumed'].stdout + \
+    assert 'resumed epoch: 0, iter: 2' in runs['resumed'].stdout + \
         runs['resumed'].stderr
 
 

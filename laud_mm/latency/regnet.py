@@ -30,7 +30,7 @@ import math
 from typing import List, Optional, Sequence, Tuple
 
 from ..models.geometry import (PARADIGMS, BlockGeometry, RegNetStemGeometry,
-                               block_out_hw, ceil_div)
+                               block_out_hw)
 from .hardware import HardwareSpec
 from .operators import (ConvOp, OpLatency, conv_latency, elementwise_latency,
                         pool_latency, se_latency)

@@ -47,6 +47,37 @@ class LAUDDetectorMixin:
         self.sparsity_loss = MODELS.build(sparsity_loss) \
             if sparsity_loss is not None else None
 
+    def _check_image_channels(self, data) -> None:
+        """Refuse images whose channel count is not the backbone's (a
+        grayscale image loaded with ``color_type='grayscale'`` otherwise
+        fails deep in the data preprocessor with an IndexError)."""
+        inputs = data.get('inputs') if isinstance(data, dict) else None
+        if not isinstance(inputs, (list, tuple)):
+            return
+        bb = self.backbone
+        c = bb.stem[0].in_channels if getattr(bb, 'deep_stem', False) \
+            else bb.conv1.in_channels
+        for i, img in enumerate(inputs):
+            if isinstance(img, torch.Tensor) and (img.dim() != 3 or
+                                                  img.shape[0] != c):
+                raise ValueError(
+                    f'LAUDDetector: image {i} of the batch has shape '
+                    f'{tuple(img.shape)}, expected ({c}, H, W); load '
+                    f"grayscale images as color (LoadImageFromFile "
+                    f"color_type='color', the default)")
+
+    def train_step(self, data, optim_wrapper):
+        self._check_image_channels(data)
+        return super().train_step(data, optim_wrapper)
+
+    def val_step(self, data):
+        self._check_image_channels(data)
+        return super().val_step(data)
+
+    def test_step(self, data):
+        self._check_image_channels(data)
+        return super().test_step(data)
+
     def loss(self, batch_inputs: torch.Tensor, batch_data_samples):
         losses = super().loss(batch_inputs, batch_data_samples)
         stats = self.backbone.activation_stats()

@@ -197,8 +197,8 @@ class LAUDRegNetYBlock(nn.Module):
         self.conv3, self.bn3 = _conv_bn(w, out_channels, 1)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(*_conv_bn(in_channels, out_channels,
-                                                      1, stride))
+            self.downsample = nn.Sequential(
+                *_conv_bn(in_channels, out_channels, 1, stride))
         self.relu = nn.ReLU(inplace=True)
         self.stride = stride
         self.group_width = group_width

@@ -83,7 +83,8 @@ def _arch(arch: Union[str, dict]) -> dict:
                              f'{_ARCH_KEYS})')
         return dict(REGNETY_ARCHS[arch])
     if not isinstance(arch, dict):
-        raise ValueError(f'LAUDRegNetY: arch={arch!r} must be a name or a dict')
+        raise ValueError(f'LAUDRegNetY: arch={arch!r} must be a name or a '
+                         f'dict')
     arch = dict(arch)
     arch.setdefault('stem_channels', 32)
     arch.setdefault('se_ratio', 0.25)
@@ -260,10 +261,10 @@ class LAUDRegNetY(BaseModule):
 
     # -------------------------------------------------------------- init
     def init_weights(self) -> None:
-        """torchvision's RegNet initialisation (conv: Kaiming normal,
-        fan-out; BN: weight 1, bias 0; SE convs: Kaiming normal fan-out, bias
-        PyTorch default) and keep-biased maskers, then mmengine's ``init_cfg`` (e.g. a
-        pretrained checkpoint)."""
+        """torchvision's RegNet initialisation (conv: normal with std
+        sqrt(2 / (k * k * C_out)); BN: weight 1, bias 0; conv biases: PyTorch
+        default) and keep-biased maskers, then mmengine's ``init_cfg`` (e.g.
+        a pretrained checkpoint)."""
         pretrained = isinstance(self.init_cfg, dict) and \
             self.init_cfg.get('type') == 'Pretrained'
         if not pretrained:
