@@ -18,10 +18,11 @@ register_safe_globals()
 from . import engine, evaluation, models  # noqa: E402,F401
 from .engine import CPUAmpOptimWrapper, GumbelTemperatureHook  # noqa: E402
 from .evaluation import BackboneLatencyMetric  # noqa: E402
-from .models import (LAUDBottleneck, LAUDDetector, LAUDResNet,  # noqa: E402
-                     SparsityLoss)
+from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
+                     LAUDDetector, LAUDImageClassifier, LAUDRegNetY,
+                     LAUDResNet, SparsityLoss)
 
-__all__ = ['LAUDResNet', 'LAUDBottleneck', 'LAUDDetector', 'SparsityLoss',
+__all__ = ['LAUDResNet', 'LAUDRegNetY', 'LAUDBottleneck', 'LAUDDetector',
+           'LAUDImageClassifier', 'SparsityLoss', 'DistillationLoss',
            'GumbelTemperatureHook', 'BackboneLatencyMetric',
            'CPUAmpOptimWrapper', 'register_safe_globals']
-from .models import LAUDRegNetY  # noqa: E402,F401

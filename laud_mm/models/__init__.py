@@ -1,10 +1,10 @@
-from .backbones import LAUDResNet
-from .backbones import LAUDRegNetY  # noqa: F401
+from . import checkpoint_convert  # noqa: F401  (torchvision-cls:// scheme)
+from .backbones import LAUDRegNetY, LAUDResNet
 from .blocks import LAUDBottleneck
+from .classifiers import LAUDImageClassifier
 from .detectors import LAUDDetector, LAUDDetectorMixin
 from .losses import DistillationLoss, SparsityLoss
-from . import checkpoint_convert  # noqa: F401  (torchvision-cls:// scheme)
-from .classifiers import LAUDImageClassifier
 
-__all__ = ['LAUDResNet', 'LAUDBottleneck', 'LAUDDetector', 'LAUDDetectorMixin',
-           'SparsityLoss', 'DistillationLoss', 'LAUDImageClassifier']
+__all__ = ['LAUDResNet', 'LAUDRegNetY', 'LAUDBottleneck', 'LAUDDetector',
+           'LAUDDetectorMixin', 'SparsityLoss', 'DistillationLoss',
+           'LAUDImageClassifier']

@@ -271,7 +271,7 @@ def _spatial_forward(block, x, geom):
     tiny = s == 1 and geom.out_hw[0] * geom.out_hw[1] < \
         SPATIAL_DENSE_MAX_PIXELS_S1
     if n_act >= SPATIAL_DENSE_THRESHOLD * total or tiny:
-        h = conv1()[:, :width].relu()
+        h = conv1()[:, :width].relu_()  # t is ours: ReLU in place
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
                      fb.dilation).relu_()
         y = F.conv2d(h, fb.w3, fb.b3)
