@@ -2,5 +2,3 @@
 # temperature at 0.1 (paper sec. 4.3 / METHOD_NOTES section 3).
 custom_imports = dict(imports=['laud_mm'], allow_failed_imports=False)
 custom_hooks = [dict(type='laud_mm.GumbelTemperatureHook', tau0=0.1, tau1=0.1)]
-# Hardware the evaluation's predicted backbone latency refers to.
-latency_hardware = 'v100'

@@ -78,8 +78,40 @@ class LAUDDetectorMixin:
         self._check_image_channels(data)
         return super().test_step(data)
 
+    # ---- CPU mixed precision: mmcv's CPU kernels (nms, RoIAlign, ...) take
+    # float32 only, so under torch.autocast('cpu') (laud_mm.CPUAmpOptimWrapper)
+    # the backbone and neck run autocast and the heads run in float32.
+    _cpu_amp_dtype = None
+
+    @staticmethod
+    def _cpu_autocast_dtype(batch_inputs):
+        if batch_inputs.device.type == 'cpu' and \
+                torch.is_autocast_enabled('cpu'):
+            return torch.get_autocast_dtype('cpu')
+        return None
+
+    def extract_feat(self, batch_inputs: torch.Tensor):
+        dtype = self._cpu_amp_dtype
+        if dtype is None:
+            return super().extract_feat(batch_inputs)
+        with torch.autocast('cpu', dtype=dtype):
+            feats = super().extract_feat(batch_inputs)
+        return tuple(f.float() for f in feats)
+
+    def _heads_fp32(self, fn, batch_inputs, *args, **kwargs):
+        dtype = self._cpu_autocast_dtype(batch_inputs)
+        if dtype is None:
+            return fn(batch_inputs, *args, **kwargs)
+        self._cpu_amp_dtype = dtype
+        try:
+            with torch.autocast('cpu', enabled=False):
+                return fn(batch_inputs, *args, **kwargs)
+        finally:
+            self._cpu_amp_dtype = None
+
     def loss(self, batch_inputs: torch.Tensor, batch_data_samples):
-        losses = super().loss(batch_inputs, batch_data_samples)
+        losses = self._heads_fp32(super().loss, batch_inputs,
+                                  batch_data_samples)
         stats = self.backbone.activation_stats()
         if self.sparsity_loss is not None:
             losses.update(self.sparsity_loss(stats))
@@ -88,8 +120,8 @@ class LAUDDetectorMixin:
 
     def predict(self, batch_inputs: torch.Tensor, batch_data_samples,
                 rescale: bool = True):
-        results = super().predict(batch_inputs, batch_data_samples,
-                                  rescale=rescale)
+        results = self._heads_fp32(super().predict, batch_inputs,
+                                   batch_data_samples, rescale=rescale)
         attach_laud_stats(self.backbone, results)
         return results
 
