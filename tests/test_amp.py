@@ -99,3 +99,24 @@ def test_dynamic_inference_under_autocast_matches_masked_dense(
     print(f'{paradigm} {dtype}: {agree:.4f} of the gates agree, {on:.2f} on')
     assert 0.05 < on < 0.95  # mixed: the comparison is not trivial
     assert agree > 0.97, agree
+
+
+@pytest.mark.parametrize('paradigm, gran', [('spatial', (4, 4, 2, 1)),
+                                            ('channel', (2, 2, 2, 2)),
+                                            ('layer', None), (None, None)])
+def test_activation_stats_do_not_overflow_in_float16(paradigm, gran):
+    """FLOPs (~1e9 per block) overflow float16 (max 65504): under fp16
+    autocast the sparsity loss used to be inf at every iteration (GradScaler
+    then skips every step). The statistics are computed in float32."""
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm, gran).eval()
+    x = load_coco_images(n=1, size=(96, 128))
+    with torch.no_grad():
+        net(x)
+        ref = net.activation_stats()
+        with torch.autocast('cpu', dtype=torch.float16):
+            net(x)
+        st = net.activation_stats()
+    assert st['flops'].dtype == torch.float32
+    assert torch.isfinite(st['flops']).all()
+    torch.testing.assert_close(st['flops'], ref['flops'], rtol=1e-3, atol=0)

@@ -121,9 +121,10 @@ class LAUDBottleneck(Bottleneck):
         if self.paradigm is None:
             out = super().forward(x)
             dense = float(sum(op_flops.values()))
-            self.last_stats = dict(
-                flops=x.new_full((n,), dense), dense=dense,
-                density=x.new_ones(n), gate=None, geometry=geom)
+            self.last_stats = dict(  # float32: FLOPs overflow float16
+                flops=torch.full((n,), dense, device=x.device),
+                dense=dense, density=torch.ones(n, device=x.device),
+                gate=None, geometry=geom)
             return out
 
         if self.dynamic_inference and not self.training:
@@ -158,6 +159,9 @@ class LAUDBottleneck(Bottleneck):
 
     def _record_stats(self, gate: torch.Tensor, geom: BlockGeometry,
                       op_flops: Dict[str, int]) -> None:
+        # FLOPs (~1e9) overflow float16 (max 65504): under autocast the gates
+        # come in half precision, the statistics are computed in float32
+        gate = gate.float()
         if self.paradigm == 'spatial':
             mask = expand_spatial_gate(gate, self.granularity, geom.out_hw)
             density = mask.mean(dim=(1, 2, 3))

@@ -55,8 +55,11 @@ class LAUDDetectorMixin:
         if not isinstance(inputs, (list, tuple)):
             return
         bb = self.backbone
-        c = bb.stem[0].in_channels if getattr(bb, 'deep_stem', False) \
-            else bb.conv1.in_channels
+        first = bb.stem[0] if getattr(bb, 'deep_stem', False) \
+            else getattr(bb, 'conv1', None)
+        c = getattr(first, 'in_channels', None)
+        if c is None:
+            return
         for i, img in enumerate(inputs):
             if isinstance(img, torch.Tensor) and (img.dim() != 3 or
                                                   img.shape[0] != c):

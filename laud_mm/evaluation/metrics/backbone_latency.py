@@ -5,7 +5,7 @@ Source: paper sec. 4 (average backbone FLOPs and latency over the validation
 set, predicted by the latency model of sec. 3.3 / appendix A).
 """
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from mmengine.evaluator import BaseMetric

@@ -1,4 +1,5 @@
+from .base import LAUDBackboneMixin
+from .laud_regnet import LAUDRegNetY
 from .laud_resnet import LAUDResNet
-from .laud_regnet import LAUDRegNetY  # noqa: F401  (+ torchvision-regnety://)
 
-__all__ = ['LAUDResNet']
+__all__ = ['LAUDBackboneMixin', 'LAUDResNet', 'LAUDRegNetY']

@@ -55,9 +55,9 @@ from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import MODELS
-from .. import flops as flops_lib
-from ..geometry import PARADIGMS, BlockGeometry, RegNetStemGeometry
+from ..geometry import PARADIGMS, RegNetStemGeometry
 from ..regnet_blocks import LAUDRegNetYBlock
+from .base import LAUDBackboneMixin
 
 #: architecture settings (torchvision's regnet_y_400mf / regnet_y_800mf)
 REGNETY_ARCHS: Dict[str, dict] = {
@@ -130,7 +130,7 @@ def _check_checkpoint_shapes(module, state_dict, prefix, *args) -> None:
 
 
 @MODELS.register_module()
-class LAUDRegNetY(BaseModule):
+class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
     """Latency-aware unified dynamic RegNetY (400MF / 800MF), for mmpretrain
     (classification) and mmdet (detection; ``out_channels`` feeds FPN).
 
@@ -282,38 +282,6 @@ class LAUDRegNetY(BaseModule):
                 m.init_weights()
         super().init_weights()
 
-    # ---------------------------------------------------------- switches
-    @property
-    def dynamic_inference(self) -> bool:
-        """Whether eval-mode forward runs the dynamic (skip-the-work) path."""
-        return self._dynamic_inference
-
-    @dynamic_inference.setter
-    def dynamic_inference(self, value: bool) -> None:
-        self._dynamic_inference = bool(value)
-        for b in self.blocks:
-            b.dynamic_inference = bool(value)
-
-    def maskers(self) -> List[nn.Module]:
-        """The maskers of all dynamic blocks, in forward order."""
-        return [b.masker for b in self.blocks if b.masker is not None]
-
-    def set_tau(self, tau: float) -> None:
-        """Set the Gumbel temperature of every masker.
-
-        Raises:
-            ValueError: if ``tau <= 0``.
-        """
-        if not tau > 0:
-            raise ValueError(f'Gumbel temperature tau must be > 0, got {tau}')
-        for m in self.maskers():
-            m.tau = float(tau)
-
-    def force_gates(self, value) -> None:
-        """Impose every gate: None (learned gates), 1.0 (all on) or 0.0."""
-        for m in self.maskers():
-            m.forced_gate = value
-
     def _freeze_stages(self) -> None:
         if self.frozen_stages >= 0:
             for m in (self.conv1, self.bn1):
@@ -356,46 +324,6 @@ class LAUDRegNetY(BaseModule):
         """Geometry of the stem for an image size (H, W)."""
         return RegNetStemGeometry(self.conv1.in_channels,
                                   self.conv1.out_channels, tuple(in_hw))
-
-    def block_geometries(self, in_hw: Tuple[int, int]) -> List[BlockGeometry]:
-        """Geometry (``kind='regnety'``) of every block for an image size
-        (H, W), forward order."""
-        hw = self.stem_geometry(in_hw).out_hw
-        out = []
-        for b in self.blocks:
-            g = b.geometry(hw)
-            out.append(g)
-            hw = g.out_hw
-        return out
-
-    def activation_stats(self) -> Dict[str, object]:
-        """Statistics of the last forward pass (same keys as
-        :meth:`laud_mm.LAUDResNet.activation_stats`).
-
-        Returns:
-            dict with 'block_flops' (list of (N,)), 'block_dense_flops'
-            (list of floats), 'block_density' (list of (N,)), 'stem_flops',
-            'flops' (N,), 'dense_flops', 'activation_rate' (N,),
-            'geometries', 'input_hw'.
-
-        Raises:
-            RuntimeError: if called before any forward.
-        """
-        if self._input_hw is None or any(b.last_stats is None
-                                         for b in self.blocks):
-            raise RuntimeError('activation_stats() needs a forward pass first')
-        stem = float(flops_lib.stem_flops(self.stem_geometry(self._input_hw)))
-        block_flops = [b.last_stats['flops'] for b in self.blocks]
-        dense = [b.last_stats['dense'] for b in self.blocks]
-        total = stem + sum(block_flops)
-        dense_total = stem + sum(dense)
-        return dict(
-            block_flops=block_flops, block_dense_flops=dense,
-            block_density=[b.last_stats['density'] for b in self.blocks],
-            stem_flops=stem, flops=total, dense_flops=dense_total,
-            activation_rate=total / dense_total,
-            geometries=[b.last_stats['geometry'] for b in self.blocks],
-            input_hw=self._input_hw)
 
 
 # ------------------------------------------------------ checkpoint mapping

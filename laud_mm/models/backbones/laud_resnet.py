@@ -5,15 +5,15 @@ Source: paper sec. 3.2 and 4.1 (LAUD-ResNet-50/101), METHOD_NOTES section 1
 """
 import re
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmdet.models.backbones.resnet import ResNet
 
 from ...registry import MODELS
-from .. import flops as flops_lib
 from ..blocks import LAUDBottleneck
-from ..geometry import PARADIGMS, BlockGeometry, StemGeometry
+from .base import LAUDBackboneMixin
+from ..geometry import PARADIGMS, StemGeometry
 
 
 def _validate(depth, paradigm, granularity, num_stages,
@@ -111,7 +111,7 @@ def _check_checkpoint_structure(module, state_dict, prefix, *args) -> None:
 
 
 @MODELS.register_module()
-class LAUDResNet(ResNet):
+class LAUDResNet(LAUDBackboneMixin, ResNet):
     """Latency-aware unified dynamic ResNet (bottleneck depths 50/101/152).
 
     Takes every argument of mmdet's ``ResNet`` (``out_indices``,
@@ -173,38 +173,6 @@ class LAUDResNet(ResNet):
             else self.granularity[stage]
         return super().make_res_layer(**kwargs)
 
-    # ------------------------------------------------------------ switches
-    @property
-    def dynamic_inference(self) -> bool:
-        """Whether eval-mode forward runs the dynamic (skip-the-work) path."""
-        return self._dynamic_inference
-
-    @dynamic_inference.setter
-    def dynamic_inference(self, value: bool) -> None:
-        self._dynamic_inference = bool(value)
-        for b in self.blocks:
-            b.dynamic_inference = bool(value)
-
-    def maskers(self) -> List[torch.nn.Module]:
-        """The maskers of all dynamic blocks, in forward order."""
-        return [b.masker for b in self.blocks if b.masker is not None]
-
-    def set_tau(self, tau: float) -> None:
-        """Set the Gumbel temperature of every masker.
-
-        Raises:
-            ValueError: if ``tau <= 0``.
-        """
-        if not tau > 0:
-            raise ValueError(f'Gumbel temperature tau must be > 0, got {tau}')
-        for m in self.maskers():
-            m.tau = float(tau)
-
-    def force_gates(self, value) -> None:
-        """Impose every gate: None (learned gates), 1.0 (all on) or 0.0."""
-        for m in self.maskers():
-            m.forced_gate = value
-
     def train(self, mode: bool = True) -> 'LAUDResNet':
         """mmdet's ``train`` (frozen stages, ``norm_eval``), returning self
         like ``nn.Module.train`` (mmdet's returns None)."""
@@ -231,48 +199,3 @@ class LAUDResNet(ResNet):
                             else self.stem[0].in_channels,
                             self.stem_channels if hasattr(self, 'stem_channels')
                             else 64, tuple(in_hw))
-
-    def block_geometries(self, in_hw: Tuple[int, int]) -> List[BlockGeometry]:
-        """Geometry of every block for an image size (H, W), forward order.
-
-        Raises:
-            ValueError: if the image is too small for the stem.
-        """
-        hw = self.stem_geometry(in_hw).out_hw
-        out = []
-        for b in self.blocks:
-            g = b.geometry(hw)
-            out.append(g)
-            hw = g.out_hw
-        return out
-
-    def activation_stats(self) -> Dict[str, object]:
-        """Statistics of the last forward pass.
-
-        Returns:
-            dict with
-            'block_flops': list of (N,) FLOPs per block and sample;
-            'block_dense_flops': list of floats, dense FLOPs per block;
-            'block_density': list of (N,) mask densities per block;
-            'stem_flops': float; 'flops': (N,) backbone FLOPs per sample;
-            'dense_flops': float; 'activation_rate': (N,) flops / dense;
-            'geometries': list of :class:`BlockGeometry`;
-            'input_hw': (H, W) of the batch.
-
-        Raises:
-            RuntimeError: if called before any forward.
-        """
-        if any(b.last_stats is None for b in self.blocks):
-            raise RuntimeError('activation_stats() needs a forward pass first')
-        stem = float(flops_lib.stem_flops(self.stem_geometry(self._input_hw)))
-        block_flops = [b.last_stats['flops'] for b in self.blocks]
-        dense = [b.last_stats['dense'] for b in self.blocks]
-        total = stem + sum(block_flops)
-        dense_total = stem + sum(dense)
-        return dict(
-            block_flops=block_flops, block_dense_flops=dense,
-            block_density=[b.last_stats['density'] for b in self.blocks],
-            stem_flops=stem, flops=total, dense_flops=dense_total,
-            activation_rate=total / dense_total,
-            geometries=[b.last_stats['geometry'] for b in self.blocks],
-            input_hw=self._input_hw)
