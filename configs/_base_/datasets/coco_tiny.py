@@ -3,7 +3,7 @@
 # Demo configs pull these into their own keys with {{_base_.tiny_*}}, so they
 # can sit beside a detector config that defines the COCO dataloaders.
 tiny_data_root = '../shared/data/coco_tiny/'
-tiny_scale = (512, 320)
+tiny_scale = (320, 192)  # long side 320 px: ~3 s per batch of 2 on 2 cores
 tiny_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
