@@ -6,6 +6,7 @@ weights intact), torchvision conversion, the distillation loss by hand and
 configuration errors."""
 import math
 import os.path as osp
+import uuid
 
 import pytest
 import torch
@@ -29,8 +30,12 @@ TRAIN_IDX, VAL_IDX = [0, 50, 100, 150], [0, 20, 40, 60]
 
 
 def _build(model_cfg):
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
-    return MODELS.build(model_cfg)
+
+    # other tests leave mmdet as the current default scope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return MODELS.build(model_cfg)
 
 
 def small_cfg(config, work_dir, teacher_ckpt, max_iters=2):
@@ -38,6 +43,9 @@ def small_cfg(config, work_dir, teacher_ckpt, max_iters=2):
     64 px, batch 2, no worker processes."""
     cfg = Config.fromfile(config)
     cfg.work_dir = str(work_dir)
+    # a unique experiment name: mmengine shares its Visualizer / MessageHub
+    # instances between Runners of the same name (config name + second)
+    cfg.experiment_name = f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex}'
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                          val_interval=10 ** 6)
     cfg.param_scheduler = []

@@ -2,6 +2,7 @@
 train steps with the sparsity loss and the temperature hook, evaluation with
 COCO mAP and the backbone latency metric, checkpoint save and resume."""
 import os.path as osp
+import uuid
 
 import pytest
 import torch
@@ -19,6 +20,9 @@ def small_cfg(work_dir, max_iters=2, n_train=4, n_val=4, config=DEMO,
     """The demo config cut to a few iterations on a few real images."""
     cfg = Config.fromfile(config)
     cfg.work_dir = str(work_dir)
+    # a unique experiment name: mmengine shares its Visualizer / MessageHub
+    # instances between Runners of the same name (config name + second)
+    cfg.experiment_name = f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex}'
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                          val_interval=10 ** 6)
     cfg.param_scheduler = []

@@ -23,13 +23,13 @@ test_dataloader = val_dataloader
 val_evaluator = {{_base_.tiny_val_evaluator}}
 test_evaluator = val_evaluator
 
-max_epochs = 3  # README command 1 must finish within 15 min on 2 cores
+# README command 1 must finish within 15 min on 2 cores: 2 epochs of 40
+# iterations (measured ~6 s per iteration with another job on the machine)
+max_epochs = 2
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=40),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[2], gamma=0.1),
 ]
 default_hooks = dict(logger=dict(interval=10),
                      checkpoint=dict(interval=max_epochs))

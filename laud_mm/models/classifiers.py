@@ -15,6 +15,7 @@ import warnings
 from typing import Dict, List, Optional, Union
 
 import torch
+from mmengine.registry import DefaultScope
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import load_checkpoint
@@ -115,7 +116,8 @@ def build_teacher(teacher: dict) -> torch.nn.Module:
     model_cfg = _teacher_model_cfg(teacher['config'])
     import mmpretrain.models  # noqa: F401  (registers mmpretrain's models)
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
-    model = PRETRAIN_MODELS.build(model_cfg)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = PRETRAIN_MODELS.build(model_cfg)
     logger = MMLogger.get_current_instance()
     if ckpt is None:
         # PyTorch's default initialisation; init_weights() is skipped (it
@@ -190,10 +192,13 @@ class LAUDImageClassifier(ImageClassifier):
                  train_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
-        super().__init__(backbone=backbone, neck=neck, head=head,
-                         pretrained=pretrained, train_cfg=train_cfg,
-                         data_preprocessor=data_preprocessor,
-                         init_cfg=init_cfg)
+        # mmpretrain's parts (ClsDataPreprocessor, heads) must resolve in
+        # mmpretrain's registry even when another scope (mmdet) is current
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            super().__init__(backbone=backbone, neck=neck, head=head,
+                             pretrained=pretrained, train_cfg=train_cfg,
+                             data_preprocessor=data_preprocessor,
+                             init_cfg=init_cfg)
         if not hasattr(self.backbone, 'activation_stats'):
             raise TypeError(
                 f'LAUDImageClassifier needs a LAUD backbone (e.g. '
