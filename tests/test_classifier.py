@@ -46,6 +46,10 @@ def small_cfg(config, work_dir, teacher_ckpt, max_iters=2):
     # a unique experiment name: mmengine shares its Visualizer / MessageHub
     # instances between Runners of the same name (config name + second)
     cfg.experiment_name = f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex}'
+    if cfg.get('visualizer') is not None:
+        # mmdet/mmpretrain name their visualizer 'visualizer': a second Runner
+        # in the process would reuse the first one and log into its work dir
+        cfg.visualizer.name = cfg.experiment_name
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                          val_interval=10 ** 6)
     cfg.param_scheduler = []

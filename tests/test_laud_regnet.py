@@ -111,15 +111,18 @@ def test_gates_on_match_static_and_torchvision_classifier_loads(tmp_path):
     ref = tv_model('regnet_y_400mf', 3)
     path = str(tmp_path / 'regnet_y_400mf.pth')
     torch.save(ref.state_dict(), path)
-    cls = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='laud_mm.LAUDRegNetY', arch='regnety_400mf',
-                      paradigm='spatial', granularity=(4, 4, 2, 1),
-                      out_indices=(3, )),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=1000, in_channels=440),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint=TORCHVISION_REGNETY_SCHEME + path)))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # not mmdet's
+        cls = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='laud_mm.LAUDRegNetY', arch='regnety_400mf',
+                          paradigm='spatial', granularity=(4, 4, 2, 1),
+                          out_indices=(3, )),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=1000,
+                      in_channels=440),
+            init_cfg=dict(type='Pretrained',
+                          checkpoint=TORCHVISION_REGNETY_SCHEME + path)))
     cls.init_weights()
     cls.eval()
     cls.backbone.force_gates(1.0)
@@ -342,7 +345,9 @@ def test_retinanet_config_builds_and_feeds_fpn():
         ROOT, 'configs/retinanet/'
         'retinanet_laud-regnety-800mf-channel-g2_t0.5_fpn_1x_coco.py'))
     cfg.model.backbone.init_cfg = None
-    det = MODELS.build(cfg.model)
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        det = MODELS.build(cfg.model)
     assert type(det).__name__ == 'LAUDRetinaNet'
     assert list(det.backbone.out_channels) == cfg.model.neck.in_channels
     det.eval()

@@ -281,8 +281,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Command-line entry point (returns the exit code)."""
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
+    # no_grad as a context: main() is also called in-process by the tests
+    with torch.no_grad():
+        return _run(args)
+
+
+def _run(args) -> int:
     files = list_images(args.images, args.max_images)
     model, pipeline = build_model_and_pipeline(args.config, args.checkpoint,
                                                args.cfg_options)
