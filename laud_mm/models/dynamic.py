@@ -28,7 +28,7 @@ Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
 "Fusing gather and dynamic convolution", "Fusing scatter and add") and its
 appendix on scheduling; METHOD_NOTES sections 1 and 4.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -230,18 +230,35 @@ def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
         ValueError: unknown paradigm, a block in training mode, or a forced
             gate of the wrong shape.
     """
+    return run_dynamic_path(block, x, geom, dict(
+        spatial=_spatial_forward, channel=_channel_forward,
+        layer=_layer_forward))
+
+
+def run_dynamic_path(block, x: torch.Tensor, geom, paths: dict):
+    """Check the call and run ``paths[block.paradigm](block, x, geom)``
+    without autograd; shared by the ResNet and RegNetY dynamic blocks.
+
+    Args:
+        block: an eval-mode LAUD block.
+        x: (N, C, H, W) block input.
+        geom: the block's :class:`BlockGeometry` for ``x``.
+        paths: paradigm name -> function(block, x, geom) -> (out, gate).
+
+    Raises:
+        ValueError: a block in training mode, x not 4-D, or a paradigm
+            without a dynamic path.
+    """
     if block.training:
         raise ValueError('dynamic inference needs block.eval()')
     if x.dim() != 4:
         raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
+    fn = paths.get(block.paradigm)
+    if fn is None:
+        raise ValueError(
+            f'block.paradigm={block.paradigm!r} has no dynamic path')
     with torch.no_grad():
-        if block.paradigm == 'spatial':
-            return _spatial_forward(block, x, geom)
-        if block.paradigm == 'channel':
-            return _channel_forward(block, x, geom)
-        if block.paradigm == 'layer':
-            return _layer_forward(block, x, geom)
-    raise ValueError(f'block.paradigm={block.paradigm!r} has no dynamic path')
+        return fn(block, x, geom)
 
 
 # ---------------------------------------------------------------- spatial

@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.patches import _gather, _scatter
-from .dynamic import fold_conv_bn
+from .dynamic import fold_conv_bn, run_dynamic_path
 from .gates import KEEP, SKIP
 from .geometry import BlockGeometry
 from .maskers import expand_channel_gate, expand_spatial_gate
@@ -200,18 +200,8 @@ def dynamic_regnety_forward(block: nn.Module, x: torch.Tensor,
     Raises:
         ValueError: a block in training mode, a static block, or x not 4-D.
     """
-    if block.training:
-        raise ValueError('dynamic inference needs block.eval()')
-    if x.dim() != 4:
-        raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
-    with torch.no_grad():
-        if block.paradigm == 'spatial':
-            return _spatial(block, x, geom)
-        if block.paradigm == 'channel':
-            return _channel(block, x, geom)
-        if block.paradigm == 'layer':
-            return _layer(block, x, geom)
-    raise ValueError(f'block.paradigm={block.paradigm!r} has no dynamic path')
+    return run_dynamic_path(block, x, geom, dict(
+        spatial=_spatial, channel=_channel, layer=_layer))
 
 
 # ---------------------------------------------------------------- spatial
