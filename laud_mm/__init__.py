@@ -20,9 +20,10 @@ from .engine import CPUAmpOptimWrapper, GumbelTemperatureHook  # noqa: E402
 from .evaluation import BackboneLatencyMetric  # noqa: E402
 from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
                      LAUDDetector, LAUDImageClassifier, LAUDRegNetY,
-                     LAUDResNet, SparsityLoss)
+                     LAUDResNet, LAUDT2TViT, SparsityLoss)
 
-__all__ = ['LAUDResNet', 'LAUDRegNetY', 'LAUDBottleneck', 'LAUDDetector',
+__all__ = ['LAUDResNet', 'LAUDRegNetY', 'LAUDT2TViT', 'LAUDBottleneck',
+           'LAUDDetector',
            'LAUDImageClassifier', 'SparsityLoss', 'DistillationLoss',
            'GumbelTemperatureHook', 'BackboneLatencyMetric',
            'CPUAmpOptimWrapper', 'register_safe_globals']

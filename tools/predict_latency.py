@@ -7,16 +7,20 @@ Usage::
         [--batch-size N] [--input-size H W] [--target T]
         [--num-images K] [--ops] [--sweep] [--search] [--out-dir DIR]
 
-CONFIG is an mmdet / mmpretrain config holding a ``laud_mm.LAUDResNet``
-backbone, or a shortcut ``resnet50`` / ``resnet101`` (with ``--paradigm`` and
-``--granularity``). Activation rates: with ``--checkpoint`` they are measured
-on ``--num-images`` images of the config's test set (mean mask density per
-block); otherwise every block gets the uniform mask density whose FLOPs rate
+CONFIG is an mmdet / mmpretrain config holding a ``laud_mm.LAUDResNet``,
+``laud_mm.LAUDRegNetY`` or ``laud_mm.LAUDT2TViT`` backbone, or a shortcut
+``resnet50`` / ``resnet101`` (with ``--paradigm`` and ``--granularity``) or
+``t2t-vit-t-14`` / ``-19`` / ``-24`` (with ``--paradigm``). Activation rates:
+with ``--checkpoint`` they are measured on ``--num-images`` images of the
+config's test set (mean mask density per block; detector configs only);
+otherwise every block gets the uniform mask density whose FLOPs rate
 equals the config's target rate (``target_rate`` / the sparsity loss'
 ``target_rate``, or ``--target``).
 
 Prints a per-stage table (dense and dynamic GFLOPs per image, activation rate,
-predicted ms, static ms, speedup) and the whole backbone; ``--ops`` adds the
+predicted ms, static ms, speedup) and the whole backbone; for a T2T-ViT also
+the per-layer table and the milliseconds per operator category (qkv,
+attention, proj, MLP, masker, gather / scatter, ...); ``--ops`` adds the
 per-kernel breakdown, ``--sweep`` writes PNG plots of latency vs activation
 rate per paradigm and granularity (paper Figs. 6-7), ``--search`` ranks S and
 G per stage by predicted latency (paper sec. 4.2).
@@ -31,11 +35,13 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 SHORTCUTS = {'resnet50': 50, 'resnet101': 101, 'resnet152': 152}
+LAUD_BACKBONES = ('LAUDResNet', 'LAUDRegNetY', 'LAUDT2TViT')
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config', help='config file, or resnet50 / resnet101')
+    p.add_argument('config', help='config file, or resnet50 / resnet101 / '
+                   't2t-vit-t-14 / t2t-vit-t-19 / t2t-vit-t-24')
     p.add_argument('--checkpoint', help='checkpoint: measure activation '
                    'rates on the config test set')
     p.add_argument('--hardware', default='v100',
@@ -49,7 +55,7 @@ def parse_args(argv=None):
                    help='target activation (FLOPs) rate, overrides config')
     p.add_argument('--paradigm', default=None,
                    choices=['spatial', 'channel', 'layer'],
-                   help='paradigm for the resnet shortcuts')
+                   help='paradigm for the resnet / t2t-vit shortcuts')
     p.add_argument('--granularity', type=int, nargs=4, default=None,
                    help='S or G per stage for the resnet shortcuts')
     p.add_argument('--num-images', type=int, default=8,
@@ -92,7 +98,8 @@ def uniform_density_for_rate(geometries, rate, stem=None):
             if g.paradigm is None:
                 t += sum(o.values())
             else:
-                t += float(dynamic_flops(o, op_densities(g.paradigm, d)))
+                t += float(dynamic_flops(o, op_densities(
+                    g.paradigm, d, geometry=g)))
         return t / dense
     lo, hi = 0., 1.
     if total(0.) >= rate:
@@ -117,7 +124,7 @@ def block_flops_table(geometries, densities):
         o = block_op_flops(g)
         dense = sum(v for k, v in o.items() if k != 'masker')
         dyn = sum(o.values()) if g.paradigm is None else \
-            float(dynamic_flops(o, op_densities(g.paradigm, d)))
+            float(dynamic_flops(o, op_densities(g.paradigm, d, geometry=g)))
         out.append((dense, dyn))
     return out
 
@@ -140,17 +147,20 @@ def load_config(args):
 
 
 def find_backbone_cfg(cfg):
-    """The LAUDResNet config dict inside a detector / classifier config.
+    """The LAUD backbone config dict (:data:`LAUD_BACKBONES`) inside a
+    detector / classifier config.
 
     Raises:
-        ValueError: if the config has no laud_mm.LAUDResNet backbone.
+        ValueError: if the config has no LAUD backbone (names the type).
     """
     model = cfg.get('model', {})
     for cand in (model.get('backbone'), model):
-        if cand is not None and 'LAUDResNet' in str(cand.get('type', '')):
+        if cand is not None and any(b in str(cand.get('type', ''))
+                                    for b in LAUD_BACKBONES):
             return cand
-    raise ValueError(f'config {cfg.filename!r}: model.backbone.type is not '
-                     f'laud_mm.LAUDResNet')
+    bb = (model.get('backbone') or {}).get('type')
+    raise ValueError(f'config {cfg.filename!r}: model.backbone.type={bb!r} '
+                     f'is not one of laud_mm.{LAUD_BACKBONES}')
 
 
 def config_target(cfg):
@@ -215,6 +225,19 @@ def stage_table(geoms, dens, rep, static):
     return '\n'.join(lines)
 
 
+def vit_tables(rep, static, ops=False):
+    """T2T-ViT: the per-layer table (per kernel with ``ops``) and the
+    milliseconds per operator category, dynamic and static
+    (:func:`laud_mm.latency.vit.vit_op_breakdown`)."""
+    from laud_mm.latency.vit import vit_op_breakdown
+    dyn, st = vit_op_breakdown(rep), vit_op_breakdown(static)
+    lines = [rep.table(ops=ops), '',
+             f'{"operators (all layers)":<32}{"pred ms":>11}{"static ms":>11}']
+    for k in dyn:
+        lines.append(f'{k:<32}{dyn[k]:>11.3f}{st[k]:>11.3f}')
+    return '\n'.join(lines)
+
+
 def sweep_plot(pred, geoms, stem, batch, out_dir, title):
     """Latency / static per stage vs mask density for every paradigm and
     granularity (paper Figs. 6-7). Returns the PNG path."""
@@ -262,7 +285,8 @@ def sweep_plot(pred, geoms, stem, batch, out_dir, title):
 
 def main(argv=None):
     args = parse_args(argv)
-    from laud_mm.latency import LatencyPredictor, resnet_geometries
+    from laud_mm.latency import (T2T_VIT_ARCHS, LatencyPredictor,
+                                 resnet_geometries, t2t_vit_geometries)
     pred = LatencyPredictor(args.hardware)
     batch = args.batch_size or pred.hw.default_batch
     in_hw = tuple(args.input_size) if args.input_size else (224, 224)
@@ -270,6 +294,11 @@ def main(argv=None):
         geoms, stem = resnet_geometries(SHORTCUTS[args.config], in_hw,
                                         args.paradigm, args.granularity)
         target = args.target if args.target is not None else 0.5
+        name = args.config
+        dens = [uniform_density_for_rate(geoms, target, stem)] * len(geoms)
+    elif args.config in T2T_VIT_ARCHS:
+        geoms, stem = t2t_vit_geometries(args.config, in_hw, args.paradigm)
+        target = args.target if args.target is not None else 0.7
         name = args.config
         dens = [uniform_density_for_rate(geoms, target, stem)] * len(geoms)
     else:
@@ -305,8 +334,15 @@ def main(argv=None):
     print(f'backbone: {rep.total_ms:.3f} ms per batch, {rep.per_image_ms:.4f}'
           f' ms per image (static {static.per_image_ms:.4f} ms per image, '
           f'speedup {static.total_ms / rep.total_ms:.3f})')
-    if args.ops:
+    vit = getattr(geoms[0], 'kind', None) == 'vit'
+    if vit:
+        print(vit_tables(rep, static, args.ops))
+    elif args.ops:
         print(rep.table(ops=True))
+    if vit and (args.sweep or args.search):
+        raise ValueError('--sweep / --search choose CNN granularities; a '
+                         'T2T-ViT has none (tokens, heads and layers are '
+                         'single gates)')
     if args.sweep:
         path = sweep_plot(pred, geoms, stem, batch, args.out_dir,
                           f'{name}: {pred.hw.name}, batch {batch}')

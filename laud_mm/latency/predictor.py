@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
 from ..models.geometry import (PARADIGMS, BlockGeometry, StemGeometry,
-                               block_out_hw, ceil_div)
+                               TokenLayerGeometry, block_out_hw, ceil_div)
 from .hardware import HardwareSpec, get_hardware
 from .operators import (ConvOp, OpLatency, conv_latency, elementwise_latency,
                         pool_latency)
@@ -104,7 +104,8 @@ class BackboneLatency:
         batch_size: the batch.
         hardware: device name.
         block_ops: per block, the list of :class:`OpLatency` of its kernels.
-        block_names: per block, ``'s{stage}.b{index}'``.
+        block_names: per block, ``'s{stage}.b{index}'`` (transformer
+            layers: ``'layer{index}'``).
         stem_ops: the stem's kernels.
         densities: the densities used (None entries for static blocks).
         paradigms: per block paradigm (None = static).
@@ -252,8 +253,13 @@ class LatencyPredictor:
     def stem_ops(self, stem: StemGeometry, batch: int) -> List[OpLatency]:
         """Kernels of the ResNet stem: 7x7/2 conv (+BN+ReLU) and 3x3/2
         max-pool. A :class:`~laud_mm.models.geometry.RegNetStemGeometry`
-        gets the RegNet stem (one 3x3/2 conv, :mod:`laud_mm.latency.regnet`).
+        gets the RegNet stem (one 3x3/2 conv, :mod:`laud_mm.latency.regnet`),
+        a :class:`~laud_mm.models.geometry.T2TStemGeometry` the T2T-ViT
+        Tokens-to-Token module (:mod:`laud_mm.latency.vit`).
         """
+        if getattr(stem, 'kind', 'resnet') == 't2t':
+            from .vit import t2t_stem_ops
+            return t2t_stem_ops(self.hw, stem, batch, self.eager)
         if getattr(stem, 'kind', 'resnet') == 'regnet':
             from .regnet import regnet_stem_ops
             return regnet_stem_ops(self.hw, stem, batch)
@@ -486,11 +492,16 @@ class LatencyPredictor:
     def block_ops(self, g: BlockGeometry, batch: int,
                   density: Optional[float]) -> List[OpLatency]:
         """Kernels of one block (dispatch on ``g.paradigm``; RegNetY blocks,
-        ``g.kind == 'regnety'``, go to :mod:`laud_mm.latency.regnet`).
+        ``g.kind == 'regnety'``, go to :mod:`laud_mm.latency.regnet`,
+        transformer layers, ``g.kind == 'vit'``, to
+        :mod:`laud_mm.latency.vit`).
 
         Raises:
             ValueError: for an unknown paradigm.
         """
+        if g.kind == 'vit':
+            from .vit import vit_layer_ops
+            return vit_layer_ops(self, g, batch, density)
         if g.kind == 'regnety':
             from .regnet import regnety_block_ops
             return regnety_block_ops(self, g, batch, density)
@@ -514,7 +525,8 @@ class LatencyPredictor:
         """Whole-batch latency of a (dynamic) backbone.
 
         Args:
-            geometries: per block :class:`BlockGeometry` (forward order).
+            geometries: per block :class:`BlockGeometry` (forward order), or
+                per transformer layer :class:`TokenLayerGeometry`.
             densities: per block mask density in [0, 1] (spatial: fraction
                 of output pixels kept; channel: of channel groups; layer: of
                 samples run); ignored (may be None) for static blocks.
@@ -530,10 +542,11 @@ class LatencyPredictor:
                 integer) or ``geometries`` (empty / wrong type).
         """
         geometries = list(geometries)
-        if not geometries or not all(isinstance(g, BlockGeometry)
-                                     for g in geometries):
+        if not geometries or not all(
+                isinstance(g, (BlockGeometry, TokenLayerGeometry))
+                for g in geometries):
             raise ValueError('geometries must be a non-empty list of '
-                             'BlockGeometry')
+                             'BlockGeometry or TokenLayerGeometry')
         if isinstance(batch_size, bool) or int(batch_size) != batch_size \
                 or batch_size < 1:
             raise ValueError(f'batch_size={batch_size!r} must be a positive '
@@ -569,7 +582,8 @@ class LatencyPredictor:
         return BackboneLatency(
             total, total / batch_size, per_block, per_stage, stem_ms,
             batch_size, self.hw.name, block_ops,
-            [f's{g.stage}.b{g.index}' for g in geometries], stem_ops, dens,
+            [f'layer{g.index}' if g.kind == 'vit' else
+             f's{g.stage}.b{g.index}' for g in geometries], stem_ops, dens,
             [g.paradigm for g in geometries])
 
     def predict_static(self, geometries: Sequence[BlockGeometry],

@@ -175,3 +175,109 @@ class RegNetStemGeometry(StemGeometry):
         self.conv_hw = (conv_out_size(self.in_hw[0], 3, 2, 1),
                         conv_out_size(self.in_hw[1], 3, 2, 1))
         self.out_hw = self.conv_hw
+
+
+# ------------------------------------------------------------------- T2T-ViT
+@dataclass(frozen=True)
+class TokenLayerGeometry:
+    """Shape of one transformer encoder layer for one token count (per
+    sample): the ViT counterpart of :class:`BlockGeometry`.
+
+    The layer is ``x + attn(ln1(x))`` then ``x + ffn(ln2(x))`` on (L, D)
+    tokens: qkv Linear(D, 3D), H heads of ``head_dims = D / H``, QK^T,
+    softmax, AV, proj Linear(D, D), FFN Linear(D, F) - GELU - Linear(F, D).
+
+    Attributes:
+        stage: 0 (the encoder is one stage; kept for the predictor's
+            per-stage table).
+        index: layer index in the encoder, 0-based.
+        num_tokens: L, tokens per sample including the extra (class) tokens.
+        embed_dims: D.
+        num_heads: H (divides D).
+        ffn_channels: F, hidden width of the FFN.
+        paradigm: 'spatial' (token skipping), 'channel' (head skipping),
+            'layer' or None (static layer).
+        granularity: always None: a token, a head and a layer are each one
+            gate (kept so that the predictor's ``predict_static`` can reset
+            it like a CNN block's).
+        num_extra_tokens: leading tokens that are never skipped (1 with a
+            class token).
+        kind: ``'vit'`` (dispatch key of the FLOPs count and the latency
+            predictor).
+
+    Source: paper sec. 3.2 ("Generalization in Transformer architectures":
+    token skipping = spatial, head skipping = channel, layer skipping, after
+    AdaViT); T2T-ViT (Yuan et al. 2021).
+    """
+    stage: int
+    index: int
+    num_tokens: int
+    embed_dims: int
+    num_heads: int
+    ffn_channels: int
+    paradigm: Optional[str] = None
+    granularity: Optional[int] = None
+    num_extra_tokens: int = 1
+    kind: str = 'vit'
+
+    @property
+    def head_dims(self) -> int:
+        """Channels per head, ``embed_dims // num_heads``."""
+        return self.embed_dims // self.num_heads
+
+    @property
+    def num_patch_tokens(self) -> int:
+        """Tokens a token masker gates: ``num_tokens - num_extra_tokens``."""
+        return self.num_tokens - self.num_extra_tokens
+
+    @property
+    def channel_masker_hidden(self) -> int:
+        """Hidden width of the head masker MLP, ``max(H // 16, 16)`` (the
+        channel masker's rule with one group per head)."""
+        return max(self.num_heads // 16, 16)
+
+
+@dataclass
+class T2TStemGeometry:
+    """Shape of the Tokens-to-Token module of T2T-ViT (per sample), the
+    ViT's "stem" (always dense).
+
+    soft split 0: unfold 7x7, stride 4, padding 2 of the image
+    (C_in * 49-dim tokens on ``hw0``); T2T layer 1 (1 head, ``token_dims``);
+    soft split 1: unfold 3x3/2/1 (``token_dims * 9``-dim tokens on ``hw1``);
+    T2T layer 2; soft split 2: unfold 3x3/2/1 on ``out_hw``; linear projection
+    ``token_dims * 9 -> embed_dims``.
+
+    Attributes:
+        in_channels: image channels (3).
+        token_dims: width of the T2T layers (64 for T2T-ViT-t-14).
+        embed_dims: D of the encoder.
+        in_hw: image size (H, W) in pixels.
+        hw0, hw1: token grids after soft splits 0 and 1.
+        out_hw: the patch-token grid after soft split 2 (stride 16).
+        kind: ``'t2t'`` (class attribute).
+
+    Raises:
+        ValueError: (on construction) if the image is too small for an
+            unfold.
+
+    Source: T2T-ViT (Yuan et al. 2021), mmpretrain ``T2TModule``.
+    """
+    in_channels: int
+    token_dims: int
+    embed_dims: int
+    in_hw: Tuple[int, int]
+    hw0: Tuple[int, int] = field(init=False)
+    hw1: Tuple[int, int] = field(init=False)
+    out_hw: Tuple[int, int] = field(init=False)
+    kind = 't2t'
+
+    def __post_init__(self):
+        self.hw0 = tuple(conv_out_size(s, 7, 4, 2) for s in self.in_hw)
+        self.hw1 = tuple(conv_out_size(s, 3, 2, 1) for s in self.hw0)
+        self.out_hw = tuple(conv_out_size(s, 3, 2, 1) for s in self.hw1)
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens entering the encoder (without the class token)."""
+        return self.out_hw[0] * self.out_hw[1]

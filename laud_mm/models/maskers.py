@@ -228,3 +228,107 @@ def expand_channel_gate(gate: torch.Tensor, granularity: int) -> torch.Tensor:
         (N, n_groups * G, 1, 1) mask.
     """
     return gate.repeat_interleave(granularity, dim=1)[:, :, None, None]
+
+
+# ------------------------------------------------------------ token maskers
+class TokenMasker(MaskerBase):
+    """Token-skipping masker (the spatial paradigm of a vision transformer):
+    a Linear(D, 2) on every patch token gives its (keep, skip) logits. The
+    leading extra tokens (the class token) are never gated.
+
+    Args:
+        embed_dims: D, the token width.
+        num_extra_tokens: leading tokens that are always kept (1 with a class
+            token).
+
+    Shapes:
+        forward(x (N, L, D)) -> gate (N, L - num_extra_tokens), one gate per
+        patch token.
+
+    Source: paper sec. 3.2 (token skipping = spatial-wise dynamic computation
+    in vision Transformers, after AdaViT); METHOD_NOTES section 1
+    (keep-biased init: keep +5, skip 0, as the spatial masker).
+    """
+
+    def __init__(self, embed_dims: int, num_extra_tokens: int = 1):
+        super().__init__()
+        self.num_extra_tokens = num_extra_tokens
+        self.fc = nn.Linear(embed_dims, 2)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init (keep +5, skip 0)."""
+        init_keep_bias(self.fc, keep=5., skip=0.)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L - extra, 2) keep/skip logits of the patch tokens."""
+        return self.fc(x[:, self.num_extra_tokens:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._gate(self.logits(x))
+
+
+class HeadMasker(ChannelMasker):
+    """Head-skipping masker (the channel paradigm of a vision transformer):
+    the channel masker's MLP (Linear(D, h), ReLU, Linear(h, 2H), h =
+    max(H // 16, 16)) on the mean of all tokens, one gate per attention head.
+
+    Args:
+        embed_dims: D, the token width.
+        num_heads: H, attention heads of the layer.
+
+    Shapes:
+        forward(x (N, L, D)) -> gate (N, H).
+
+    Source: paper sec. 3.2 (head skipping = channel skipping, after AdaViT);
+    METHOD_NOTES section 1 (channel masker, keep +2 / skip -2).
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int):
+        super().__init__(embed_dims, num_heads)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H, 2) keep/skip logits from the token mean."""
+        h = F.relu(self.fc1(x.mean(dim=1)))
+        return self.fc2(h).view(x.shape[0], self.num_groups, 2)
+
+
+class TokenLayerMasker(LayerMasker):
+    """Layer-skipping masker of a transformer layer: Linear(D, 2) on the
+    mean of all tokens, one gate per sample.
+
+    Args:
+        embed_dims: D, the token width.
+
+    Shapes:
+        forward(x (N, L, D)) -> gate (N,).
+
+    Source: paper sec. 3.2 (layer skipping), METHOD_NOTES section 1
+    (keep +5, skip 0).
+    """
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2) keep/skip logits from the token mean."""
+        return self.fc(x.mean(dim=1))
+
+
+def build_token_masker(paradigm: str, embed_dims: int, num_heads: int,
+                       num_extra_tokens: int = 1) -> MaskerBase:
+    """Masker of a transformer layer for a paradigm.
+
+    Args:
+        paradigm: 'spatial' (tokens), 'channel' (heads) or 'layer'.
+        embed_dims: D.
+        num_heads: H (channel paradigm).
+        num_extra_tokens: tokens never gated (spatial paradigm).
+
+    Raises:
+        ValueError: for an unknown paradigm.
+    """
+    if paradigm == 'spatial':
+        return TokenMasker(embed_dims, num_extra_tokens)
+    if paradigm == 'channel':
+        return HeadMasker(embed_dims, num_heads)
+    if paradigm == 'layer':
+        return TokenLayerMasker(embed_dims)
+    raise ValueError(f'unknown paradigm {paradigm!r}')
