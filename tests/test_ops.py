@@ -142,3 +142,60 @@ def test_backend_reporting():
         assert ops.backend() == 'pytorch'
         with pytest.raises(RuntimeError):
             ops.set_backend('cpp')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('s', [1, 2, 3, 4, 5])
+def test_relu_keeps_nan_and_signed_zero_like_torch(backend, s):
+    """The compiled kernels' branch-free ReLU (SSE max) is torch.relu's
+    function: NaN stays NaN, -0 / +0 and negatives as torch.relu; every patch
+    width (specialised and runtime) and both dtypes."""
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(s)
+        feat = torch.randn(2, 3, 11, 9, generator=g, dtype=dtype)
+        feat[0, 0, 1, 1], feat[1, 2, 3, 3], feat[0, 1, 2, 2] = \
+            float('nan'), -0.0, 0.0
+        gate = torch.ones(2, -(-11 // s), -(-9 // s))
+        gate[0, 0, 0] = 0
+        idx = ops.patch_indices(gate)
+        ident = torch.randn(2, 3, 11, 9, generator=g, dtype=dtype)
+        ident[1, 0, 0, 0] = float('nan')
+        y = torch.randn(idx.shape[0], 3, s, s, generator=g, dtype=dtype)
+        with ops.use_backend(backend):
+            win = ops.gather_patches(feat, idx, s, relu=True)
+            out = ops.scatter_add_relu(ident, y, idx, s)
+        ref_win = ops.gather_patches_reference(feat, idx, s, relu=True)
+        ref = ops.scatter_add_relu_reference(ident, y, idx, s)
+        assert torch.equal(win.isnan(), ref_win.isnan())
+        assert torch.equal(torch.nan_to_num(win), torch.nan_to_num(ref_win))
+        assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+        assert torch.allclose(torch.nan_to_num(out), torch.nan_to_num(ref))
+
+
+def test_cpu_allocator_tuning(monkeypatch):
+    """tune_cpu_allocator: idempotent, True on glibc, validated arguments,
+    and dynamic inference on CPU switches it on."""
+    import platform
+
+    from laud_mm.ops import allocator
+    with pytest.raises(ValueError, match='threshold_bytes'):
+        allocator.tune_cpu_allocator(0)
+    with pytest.raises(ValueError, match='threshold_bytes'):
+        allocator.tune_cpu_allocator(2 ** 31)
+    monkeypatch.setattr(allocator, '_state', None)
+    monkeypatch.setenv('LAUD_MM_MALLOPT', 'yes')
+    with pytest.raises(ValueError, match='LAUD_MM_MALLOPT'):
+        allocator.tune_cpu_allocator()
+    monkeypatch.setenv('LAUD_MM_MALLOPT', '0')
+    assert allocator.tune_cpu_allocator() is False
+    monkeypatch.setattr(allocator, '_state', None)
+    monkeypatch.setenv('LAUD_MM_MALLOPT', '1')
+    from laud_mm.models import LAUDResNet
+    net = LAUDResNet(50, paradigm='layer', dynamic_inference=True,
+                     num_stages=1, strides=(1,), dilations=(1,),
+                     out_indices=(0,)).eval()
+    with torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
+        assert allocator.allocator_tuned()
+        assert allocator.tune_cpu_allocator() is True

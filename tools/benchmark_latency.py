@@ -5,10 +5,14 @@
 For each backbone (LAUD-ResNet-50 / 101), input size (224 px classification
 batch, detection-sized batch) and paradigm (layer; channel G = 2-2-2-2;
 spatial S = 4-4-2-1), the gates of every block are forced to random patterns
-at activation rate r (exactly round(r * gates) gates on per sample and block;
-layer skipping: round(r * N) samples per block, or for batches below 4
-round(r * N * blocks) of the (sample, block) gates), and the
-whole backbone (BN-folded stem + 16 / 33 blocks) is timed:
+at activation rate r: by default the paper's FLOPs-based per-block rate r_i
+(FLOPs computed / dense FLOPs of the block including the masker and the dense
+downsample; METHOD_NOTES sec. 2), so each block keeps the number of patches /
+channel groups per sample (samples for layer skipping) whose r_i is closest
+to r; ``--rate-mode density`` uses the mask density instead. The table gives
+the realised mean r_i and the ideal speedup (static / dynamic FLOPs of the
+whole backbone, stem included). The whole backbone (BN-folded stem + 16 / 33
+blocks) is timed:
 
 - static: every block dense with BN folded (``static_bottleneck_forward``);
 - dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's real
@@ -75,38 +79,108 @@ def dynamic_forward(net, stem, x):
     return x
 
 
-def force_random_gates(net: LAUDResNet, rate: float, n: int, hw, seed: int
-                       ) -> float:
-    """Force random gates at ``rate`` in every block; returns the realised
-    mean gate."""
+def _block_rate(blk, gate: torch.Tensor, geom) -> float:
+    """FLOPs-based activation rate r_i of one block for a gate pattern:
+    FLOPs computed / dense FLOPs, batch mean, incl. masker and downsample
+    (METHOD_NOTES sec. 2; the block's own statistics code)."""
+    blk._record_stats(gate, geom, blk.op_flops(geom.in_hw))
+    st = blk.last_stats
+    return float(st['flops'].mean()) / st['dense']
+
+
+def _patterns(n: int, m: int, g: torch.Generator):
+    """Per-sample random orders of m gates: gate k of sample i is on iff
+    its rank < the kept count."""
+    return torch.stack([torch.randperm(m, generator=g) for _ in range(n)])
+
+
+def force_random_gates(net: LAUDResNet, rate: float, n: int, hw, seed: int,
+                       mode: str = 'flops') -> float:
+    """Force random gates at activation rate ``rate`` in every block.
+
+    mode 'flops' (default): the paper's FLOPs-based rate r_i (FLOPs computed
+    / dense FLOPs of the block, incl. masker and dense downsample, conv1 with
+    the dilated mask, conv2 with the squared channel density; METHOD_NOTES
+    sec. 2): in each block the kept count (patches / groups per sample;
+    samples for layer skipping) whose r_i is closest to ``rate``. mode
+    'density': the mask density itself (round(rate * gates) kept).
+
+    Layer skipping with batches below 4: (block, sample) gates are switched
+    on in random order until the blocks' FLOPs reach ``rate``.
+
+    Returns:
+        the realised mean over blocks of r_i ('flops') or of the density.
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    if mode not in ('flops', 'density'):
+        raise ValueError(f"mode={mode!r} must be 'flops' or 'density'")
     g = torch.Generator().manual_seed(seed)
     geoms = net.block_geometries(hw)
-    on = total = 0
-    if net.paradigm == 'layer':
+    realised = []
+    if net.paradigm == 'layer' and n < 4:
         nb = len(net.blocks)
-        if n >= 4:  # exactly round(r * N) samples on in every block
-            gates = torch.zeros(nb, n)
-            for i in range(nb):
-                gates[i, torch.randperm(n, generator=g)[:round(rate * n)]] = 1
-        else:  # small batches: round(r * N * blocks) of all (block, sample)
-            k = nb * n
-            flat = torch.zeros(k)
-            flat[torch.randperm(k, generator=g)[:round(rate * k)]] = 1
-            gates = flat.view(nb, n)
-        for blk, gate in zip(net.blocks, gates):
+        order = torch.randperm(nb * n, generator=g)
+        gates = torch.zeros(nb * n)
+        if mode == 'density':
+            gates[order[:round(rate * nb * n)]] = 1
+        else:
+            fl = [blk.op_flops(geo.in_hw) for blk, geo in zip(net.blocks,
+                                                              geoms)]
+            dense = n * sum(sum(f.values()) for f in fl)
+            fixed = n * sum(f['masker'] + f.get('downsample', 0) for f in fl)
+            done = fixed
+            for k in order.tolist():
+                if done >= rate * dense:
+                    break
+                f = fl[k // n]
+                res = f['conv1'] + f['conv2'] + f['conv3']
+                # stop at the count closest to the target
+                if abs(done + res - rate * dense) > abs(done - rate * dense):
+                    break
+                gates[k] = 1
+                done += res
+        gates = gates.view(nb, n)
+        for blk, gate, geo in zip(net.blocks, gates, geoms):
             blk.masker.forced_gate = gate.clone()
-        return float(gates.mean())
-    for blk, geom in zip(net.blocks, geoms):
-        shape = geom.patch_grid if net.paradigm == 'spatial' \
-            else (geom.num_groups,)
-        m = int(torch.tensor(shape).prod())
-        gate = torch.zeros(n, m)
-        for i in range(n):
-            gate[i, torch.randperm(m, generator=g)[:round(rate * m)]] = 1
-        blk.masker.forced_gate = gate.view(n, *shape)
-        on += float(gate.sum())
-        total += gate.numel()
-    return on / total
+            realised.append(_block_rate(blk, gate, geo) if mode == 'flops'
+                            else float(gate.mean()))
+        return sum(realised) / len(realised)
+    for blk, geo in zip(net.blocks, geoms):
+        if net.paradigm == 'layer':
+            shape, m = (n,), n
+            ranks = torch.randperm(n, generator=g)[None]  # (1, N)
+        else:
+            shape = geo.patch_grid if net.paradigm == 'spatial' \
+                else (geo.num_groups,)
+            m = int(torch.tensor(shape).prod())
+            ranks = _patterns(n, m, g)  # (N, m)
+
+        def make(k):
+            gate = (ranks < k).float()
+            return gate.view(n) if net.paradigm == 'layer' \
+                else gate.view(n, *shape)
+        if mode == 'density':
+            k = round(rate * m)
+        else:
+            k = min(range(m + 1),
+                    key=lambda j: abs(_block_rate(blk, make(j), geo) - rate))
+        gate = make(k)
+        blk.masker.forced_gate = gate
+        realised.append(_block_rate(blk, gate, geo) if mode == 'flops'
+                        else float(gate.mean()))
+    return sum(realised) / len(realised)
+
+
+def backbone_flops_ratio(net: LAUDResNet, hw) -> float:
+    """Dynamic / static FLOPs of the whole backbone (stem + blocks) after a
+    forward (blocks' ``last_stats``); its inverse is the ideal speedup."""
+    from laud_mm.models import flops as flops_lib
+    stem = float(flops_lib.stem_flops(net.stem_geometry(hw)))
+    dyn = stem + sum(float(b.last_stats['flops'].mean()) for b in net.blocks)
+    dense = stem + sum(b.last_stats['dense'] for b in net.blocks)
+    return dyn / dense
 
 
 def timed(fn, x):
@@ -158,19 +232,22 @@ def run(args) -> List[Dict]:
                 net = build(depth, paradigm)
                 stem = folded_stem(net)
                 for rate in args.rates:
-                    real = force_random_gates(net, rate, n, hw, seed=1)
+                    real = force_random_gates(net, rate, n, hw, seed=1,
+                                              mode=args.rate_mode)
                     with torch.no_grad():  # exactness spot check
                         a = static_forward(net, stem, x) if rate == 1.0 \
                             else None
                         b = dynamic_forward(net, stem, x)
                     if a is not None:
                         assert (a - b).abs().max() <= 1e-3 * a.abs().max()
+                    ratio = backbone_flops_ratio(net, hw)
                     st, dy, cpu = bench_pair(
                         lambda t: static_forward(net, stem, t),
                         lambda t: dynamic_forward(net, stem, t), x,
                         args.warmup, args.repeats)
                     row = dict(depth=depth, size=size, batch=n, hw=hw,
-                               paradigm=paradigm, rate=rate, gate_mean=real,
+                               paradigm=paradigm, rate=rate, rate_real=real,
+                               flops_ratio=ratio, rate_mode=args.rate_mode,
                                static_ms=st, dynamic_ms=dy, speedup=st / dy,
                                cpu_speedup=cpu)
                     rows.append(row)
@@ -187,7 +264,7 @@ def per_block(args) -> List[Dict]:
     for paradigm in args.paradigms:
         net = build(depth, paradigm)
         stem = folded_stem(net)
-        force_random_gates(net, rate, n, hw, seed=1)
+        force_random_gates(net, rate, n, hw, seed=1, mode=args.rate_mode)
         with torch.no_grad():
             inputs, t = [], stem(x)
             for blk in net.blocks:
@@ -205,14 +282,15 @@ def per_block(args) -> List[Dict]:
 
 def fmt_row(r) -> str:
     return (f"| R{r['depth']} | {r['batch']}x{r['hw'][0]}x{r['hw'][1]} | "
-            f"{r['paradigm']} | {r['rate']:.2f} | {r['static_ms']:.1f} | "
-            f"{r['dynamic_ms']:.1f} | {r['speedup']:.2f}x | "
-            f"{r['cpu_speedup']:.2f}x | {1 / max(r['rate'], 1e-9):.2f}x |")
+            f"{r['paradigm']} | {r['rate']:.2f} | {r['rate_real']:.3f} | "
+            f"{r['static_ms']:.1f} | {r['dynamic_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
+            f"{1 / r['flops_ratio']:.2f}x |")
 
 
-HEADER = ('| backbone | input | paradigm | r | static ms | dynamic ms | '
-          'speedup (wall) | speedup (CPU time) | ideal 1/r |\n'
-          '|---|---|---|---|---|---|---|---|---|')
+HEADER = ('| backbone | input | paradigm | r | realised mean r_i | static ms '
+          '| dynamic ms | speedup (wall) | speedup (CPU time) | ideal '
+          '(static / dynamic FLOPs) |\n|---|---|---|---|---|---|---|---|---|---|')
 
 
 def plot(rows, path, key='speedup'):
@@ -225,12 +303,15 @@ def plot(rows, path, key='speedup'):
     for ax, (depth, size) in zip(axes[0], confs):
         sub = [r for r in rows if (r['depth'], r['size']) == (depth, size)]
         rates = sorted({r['rate'] for r in sub})
-        ax.plot(rates, [1 / r for r in rates], 'k--', label='ideal 1/r')
-        for p in PARADIGMS:
-            pts = sorted((r['rate'], r[key]) for r in sub
-                         if r['paradigm'] == p)
+        ax.plot(rates, [1 / r for r in rates], 'k--', lw=0.8, label='1/r')
+        for i, p in enumerate(PARADIGMS):
+            pts = sorted((r['rate'], r[key], 1 / r['flops_ratio'])
+                         for r in sub if r['paradigm'] == p)
             if pts:
-                ax.plot(*zip(*pts), 'o-', label=p)
+                xs, ys, ideal = zip(*pts)
+                ax.plot(xs, ys, 'o-', color=f'C{i}', label=p)
+                ax.plot(xs, ideal, ':', color=f'C{i}',
+                        label=f'{p} ideal (FLOPs)')
         ax.axhline(1.0, color='grey', lw=0.5)
         n, hw = sub[0]['batch'], sub[0]['hw']
         ax.set_title(f'LAUD-R{depth}, {n}x3x{hw[0]}x{hw[1]}')
@@ -256,6 +337,9 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--rate-mode', default='flops', choices=['flops', 'density'],
+                   help="'flops': r is the paper's FLOPs-based per-block "
+                   "activation rate r_i (default); 'density': the mask density")
     p.add_argument('--per-block', action='store_true')
     p.add_argument('--block-rate', type=float, default=0.5)
     p.add_argument('--quick', action='store_true',

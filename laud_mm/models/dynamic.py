@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.allocator import tune_cpu_allocator
 from ..ops.patches import _gather, _scatter
 from .gates import KEEP, SKIP
 from .geometry import BlockGeometry
@@ -237,7 +238,10 @@ def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
 
 def run_dynamic_path(block, x: torch.Tensor, geom, paths: dict):
     """Check the call and run ``paths[block.paradigm](block, x, geom)``
-    without autograd; shared by the ResNet and RegNetY dynamic blocks.
+    without autograd; shared by the ResNet and RegNetY dynamic blocks. On
+    CPU it first tunes the heap once (:func:`~laud_mm.ops.allocator.
+    tune_cpu_allocator`: gate-dependent tensor sizes otherwise pay an mmap
+    and page faults per tensor).
 
     Args:
         block: an eval-mode LAUD block.
@@ -257,6 +261,8 @@ def run_dynamic_path(block, x: torch.Tensor, geom, paths: dict):
     if fn is None:
         raise ValueError(
             f'block.paradigm={block.paradigm!r} has no dynamic path')
+    if x.device.type == 'cpu':  # gate-dependent sizes: no mmap per tensor
+        tune_cpu_allocator()
     with torch.no_grad():
         return fn(block, x, geom)
 
