@@ -2,9 +2,11 @@
 cases, the spec loader and its errors, whole-backbone predictions against the
 paper's figures (METHOD_NOTES sections 4-5) and the prediction speed."""
 import json
+import os.path as osp
 import time
 
 import pytest
+import torch
 
 from laud_mm.latency import (BackboneLatency, ConvOp, HardwareSpec,
                              LatencyPredictor, conv_latency, get_hardware,
@@ -12,6 +14,9 @@ from laud_mm.latency import (BackboneLatency, ConvOp, HardwareSpec,
 from laud_mm.latency.operators import (access_efficiency, elementwise_latency,
                                        tile_candidates)
 from laud_mm.latency.search import format_search, search_granularity
+from laud_mm.models.gates import KEEP
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # A toy device for hand computation: 1 PE of 4 FP32 units at 1 MHz,
 # 1 GB/s off-chip, L2 4 GB/s, 4-cycle FMA, 32-byte transactions, 8 us launch.
@@ -325,3 +330,40 @@ def test_matches_laud_resnet_geometry():
     ours, stem = resnet_geometries(50, (193, 257), 'spatial', (4, 4, 2, 1))
     assert m.block_geometries((193, 257)) == ours
     assert m.stem_geometry((193, 257)).out_hw == stem.out_hw
+
+
+def test_predict_latency_measures_checkpoint_densities(tmp_path, capsys):
+    """--checkpoint: the tool loads a trained classifier checkpoint, runs its
+    backbone on real imagenette test images and predicts from the measured
+    per-block densities (a block whose masker was set to skip measures 0)."""
+    import sys
+
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    import laud_mm  # noqa: F401
+    from laud_mm.registry import MODELS
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import predict_latency
+    cfg_path = osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py')
+    cfg = Config.fromfile(cfg_path)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    with torch.no_grad():  # input-independent gates: keep (init bias), but
+        for blk in model.backbone.blocks:  # block 2 always skips
+            blk.masker.fc.weight.zero_()
+        fc = model.backbone.blocks[2].masker.fc
+        fc.bias.fill_(10.)
+        fc.bias[KEEP] = -10.
+    ckpt = tmp_path / 'epoch_1.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(epoch=1)), ckpt)
+    dens, hw = predict_latency.measure_densities(cfg, str(ckpt), 2)
+    assert len(dens) == 16 and dens[2] == 0.0
+    assert all(d == 1.0 for i, d in enumerate(dens) if i != 2)
+    rep = predict_latency.main([cfg_path, '--checkpoint', str(ckpt),
+                                '--num-images', '2', '--hardware', 'tx2'])
+    out = capsys.readouterr().out
+    assert 'measured on 2 images' in out and f'{hw[0]}x{hw[1]}' in out
+    assert rep.per_block_ms[2] < 0.2 * rep.per_block_ms[1]
+    with pytest.raises(ValueError, match='num-images'):
+        predict_latency.measure_densities(cfg, str(ckpt), 0)

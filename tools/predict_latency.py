@@ -12,7 +12,8 @@ CONFIG is an mmdet / mmpretrain config holding a ``laud_mm.LAUDResNet``,
 ``resnet50`` / ``resnet101`` (with ``--paradigm`` and ``--granularity``) or
 ``t2t-vit-t-14`` / ``-19`` / ``-24`` (with ``--paradigm``). Activation rates:
 with ``--checkpoint`` they are measured on ``--num-images`` images of the
-config's test set (mean mask density per block; detector configs only);
+config's test set (mean mask density per block; detector and classifier
+configs);
 otherwise every block gets the uniform mask density whose FLOPs rate
 equals the config's target rate (``target_rate`` / the sparsity loss'
 ``target_rate``, or ``--target``).
@@ -173,18 +174,40 @@ def config_target(cfg):
 
 
 def measure_densities(cfg, checkpoint, num_images):
-    """Mean per-block mask densities and the most common input size over
-    ``num_images`` test images of a detector config."""
+    """Mean per-block mask densities of a trained model on real images.
+
+    Builds ``cfg.model`` (a detector or a classifier with a LAUD backbone) in
+    the config's default scope, loads ``checkpoint`` (an mmengine Runner
+    checkpoint or a bare state dict), runs the backbone in eval mode on the
+    first ``num_images`` images of ``cfg.test_dataloader.dataset`` through
+    the model's data preprocessor, one image at a time, and averages each
+    block's mask density (``activation_stats()['block_density']``).
+
+    Returns:
+        (densities, (H, W)): list of per-block mean densities in [0, 1]
+        and the most common backbone input size.
+
+    Raises:
+        ValueError: ``num_images`` < 1, or a model without a LAUD backbone.
+    """
     import collections
 
     import torch
-    from mmdet.apis import init_detector
     from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DATASETS, init_default_scope
+    from mmengine.registry import DATASETS, MODELS, init_default_scope
+    from mmengine.runner import load_checkpoint
+
+    import laud_mm  # noqa: F401  (registers the LAUD models, safe loading)
+    if num_images < 1:
+        raise ValueError(f'--num-images={num_images} must be >= 1')
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = init_detector(cfg, checkpoint, device='cpu')
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     model.eval()
-    backbone = model.backbone if hasattr(model, 'backbone') else model
+    backbone = getattr(model, 'backbone', model)
+    if not hasattr(backbone, 'activation_stats'):
+        raise ValueError(f'model.backbone.type={type(backbone).__name__!r} '
+                         f'is not a LAUD backbone (no activation_stats)')
     ds = DATASETS.build(cfg.test_dataloader.dataset)
     sums, n, sizes = None, 0, collections.Counter()
     with torch.no_grad():
