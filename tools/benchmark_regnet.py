@@ -5,9 +5,10 @@ ratio for comparison.
 
 For each arch (RegNetY-400MF / 800MF) and paradigm (layer; channel G =
 2-2-2-2; spatial S = 4-4-2-1), the gates of every block are forced to random
-patterns at activation rate r (exactly round(r * gates) gates on per sample
-and block; layer skipping: round(r * N * blocks) of the (sample, block)
-gates), and the whole backbone (BN-folded stem + blocks) is timed:
+patterns at activation rate r (the paper's FLOPs-based per-block rate r_i by
+default, as in ``tools/benchmark_latency.py``, whose gate forcing, timing
+loop and FLOPs ratio this tool shares), and the whole backbone (BN-folded
+stem + blocks) is timed:
 
 - static: every block dense with BN folded
   (:func:`laud_mm.models.regnet_dynamic.static_regnety_forward`);
@@ -15,8 +16,8 @@ gates), and the whole backbone (BN-folded stem + blocks) is timed:
   path, incl. its per-block statistics).
 
 Static and dynamic runs alternate after warm-up; medians are reported. The
-'pred. v100' column is the latency predictor's dynamic / static ratio
-(fused kernels, batch 128) at the realised gate rate.
+last column is the latency predictor's static / dynamic ratio (fused
+kernels, V100, batch 128) at the realised per-block mask densities.
 
 Usage:
     python tools/benchmark_regnet.py                      # full table
@@ -29,9 +30,7 @@ import json
 import os
 import os.path as osp
 import platform
-import statistics
 import sys
-import time
 from typing import Dict, List
 
 import torch
@@ -43,6 +42,10 @@ from laud_mm import LAUDRegNetY, ops  # noqa: E402
 from laud_mm.latency import LatencyPredictor  # noqa: E402
 from laud_mm.models.dynamic import fold_conv_bn  # noqa: E402
 from laud_mm.models.regnet_dynamic import static_regnety_forward  # noqa: E402
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from benchmark_latency import (backbone_flops_ratio,  # noqa: E402
+                               bench_pair, force_random_gates)
 
 PARADIGMS = {'layer': None, 'channel': (2, 2, 2, 2), 'spatial': (4, 4, 2, 1)}
 
@@ -67,50 +70,6 @@ def dynamic_forward(net, stem, x):
     return x
 
 
-def force_random_gates(net: LAUDRegNetY, rate: float, n: int, hw,
-                       seed: int) -> List[float]:
-    """Force random gates at ``rate`` in every block; returns the realised
-    mask density per block (fraction of pixels / channels / samples)."""
-    g = torch.Generator().manual_seed(seed)
-    geoms = net.block_geometries(hw)
-    if net.paradigm == 'layer':
-        k = len(net.blocks) * n
-        flat = torch.zeros(k)
-        flat[torch.randperm(k, generator=g)[:round(rate * k)]] = 1
-        gates = flat.view(len(net.blocks), n)
-        for blk, gate in zip(net.blocks, gates):
-            blk.masker.forced_gate = gate.clone()
-        return [float(gt.mean()) for gt in gates]
-    dens = []
-    for blk, geom in zip(net.blocks, geoms):
-        shape = geom.patch_grid if net.paradigm == 'spatial' \
-            else (geom.num_groups,)
-        m = int(torch.tensor(shape).prod())
-        gate = torch.zeros(n, m)
-        for i in range(n):
-            gate[i, torch.randperm(m, generator=g)[:round(rate * m)]] = 1
-        blk.masker.forced_gate = gate.view(n, *shape)
-        dens.append(float(gate.mean()))
-    return dens
-
-
-def bench_pair(static_fn, dyn_fn, x, warmup: int, repeats: int):
-    """Alternate static / dynamic runs; medians in ms."""
-    def timed(fn):
-        t = time.perf_counter()
-        fn(x)
-        return time.perf_counter() - t
-    with torch.no_grad():
-        for _ in range(warmup):
-            static_fn(x)
-            dyn_fn(x)
-        ts, td = [], []
-        for _ in range(repeats):
-            ts.append(timed(static_fn))
-            td.append(timed(dyn_fn))
-    return statistics.median(ts) * 1e3, statistics.median(td) * 1e3
-
-
 def run(args) -> List[Dict]:
     rows = []
     pred = LatencyPredictor('v100')
@@ -127,21 +86,27 @@ def run(args) -> List[Dict]:
             sgeom = net.stem_geometry(hw)
             p_static = pred.predict_static(geoms, 128, sgeom).total_ms
             for rate in args.rates:
-                dens = force_random_gates(net, rate, args.batch, hw, seed=1)
-                if rate == 1.0:  # exactness spot check
-                    with torch.no_grad():
-                        a = static_forward(net, stem, x)
-                        b = dynamic_forward(net, stem, x)
+                real = force_random_gates(net, rate, args.batch, hw, seed=1,
+                                          mode=args.rate_mode)
+                with torch.no_grad():  # exactness spot check at r = 1
+                    a = static_forward(net, stem, x) if rate == 1.0 \
+                        else None
+                    b = dynamic_forward(net, stem, x)
+                if a is not None:
                     assert (a - b).abs().max() <= 1e-3 * a.abs().max()
-                st, dy = bench_pair(lambda t: static_forward(net, stem, t),
-                                    lambda t: dynamic_forward(net, stem, t),
-                                    x, args.warmup, args.repeats)
+                ratio = backbone_flops_ratio(net, hw)
+                dens = [float(blk.last_stats['density'].float().mean())
+                        for blk in net.blocks]
+                st, dy, cpu = bench_pair(
+                    lambda t: static_forward(net, stem, t),
+                    lambda t: dynamic_forward(net, stem, t), x, args.warmup,
+                    args.repeats)
                 p_dyn = pred.predict_backbone(geoms, dens, 128,
                                               sgeom).total_ms
                 row = dict(arch=arch, batch=args.batch, size=args.size,
-                           paradigm=paradigm, rate=rate,
-                           gate_mean=sum(dens) / len(dens), static_ms=st,
-                           dynamic_ms=dy, speedup=st / dy,
+                           paradigm=paradigm, rate=rate, rate_real=real,
+                           flops_ratio=ratio, static_ms=st, dynamic_ms=dy,
+                           speedup=st / dy, cpu_speedup=cpu,
                            predicted_ratio=p_dyn / p_static)
                 rows.append(row)
                 print(fmt_row(row), flush=True)
@@ -150,14 +115,16 @@ def run(args) -> List[Dict]:
 
 def fmt_row(r) -> str:
     return (f"| {r['arch']} | {r['batch']}x{r['size']}x{r['size']} | "
-            f"{r['paradigm']} | {r['rate']:.2f} | {r['static_ms']:.1f} | "
-            f"{r['dynamic_ms']:.1f} | {r['dynamic_ms'] / r['static_ms']:.2f} |"
-            f" {r['predicted_ratio']:.2f} |")
+            f"{r['paradigm']} | {r['rate']:.2f} | {r['rate_real']:.3f} | "
+            f"{r['static_ms']:.1f} | {r['dynamic_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
+            f"{1 / r['flops_ratio']:.2f}x | {1 / r['predicted_ratio']:.2f}x |")
 
 
-HEADER = ('| backbone | input | paradigm | r | static ms | dynamic ms | '
-          'measured dyn/static | pred. v100 dyn/static |\n'
-          '|---|---|---|---|---|---|---|---|')
+HEADER = ('| backbone | input | paradigm | r | realised mean r_i | static ms | '
+          'dynamic ms | speedup (wall) | speedup (CPU time) | ideal (FLOPs) | '
+          'predicted speedup (v100, batch 128) |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|')
 
 
 def main(argv=None):
@@ -174,6 +141,9 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--rate-mode', default='flops', choices=['flops', 'density'],
+                   help="'flops': r is the paper's FLOPs-based per-block "
+                   "activation rate r_i (default); 'density': mask density")
     p.add_argument('--json', default=None, help='write the rows as JSON')
     args = p.parse_args(argv)
     for name in ('threads', 'repeats', 'batch', 'size'):
@@ -191,6 +161,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rows, f, indent=1)
+    return rows
 
 
 if __name__ == '__main__':

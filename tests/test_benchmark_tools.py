@@ -1,0 +1,69 @@
+"""The benchmark tools' gate forcing: the paper's FLOPs-based per-block
+activation rate r_i (METHOD_NOTES sec. 2) is what they impose, and the
+RegNetY benchmark shares the ResNet benchmark's machinery.
+
+Source: issue 3 (benchmark at uniform activation rate r in every block)."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from laud_mm.models import LAUDResNet
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import benchmark_latency  # noqa: E402
+import benchmark_regnet  # noqa: E402
+
+
+@pytest.mark.parametrize('paradigm', ['spatial', 'channel', 'layer'])
+def test_flops_rate_forcing_matches_block_statistics(paradigm):
+    """After forcing rate r, a real dynamic forward records per-block FLOPs
+    rates r_i whose mean is the returned realised rate, close to r; the
+    density mode keeps round(r * gates)."""
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm=paradigm,
+                     granularity=benchmark_latency.PARADIGMS[paradigm],
+                     dynamic_inference=True).eval()
+    stem = benchmark_latency.folded_stem(net)
+    n, hw = 4, (96, 96)
+    x = torch.randn(n, 3, *hw)
+    real = benchmark_latency.force_random_gates(net, 0.5, n, hw, seed=1)
+    with torch.no_grad():
+        benchmark_latency.dynamic_forward(net, stem, x)
+    r_i = [float(b.last_stats['flops'].mean()) / b.last_stats['dense']
+           for b in net.blocks]
+    assert abs(sum(r_i) / len(r_i) - real) < 1e-6
+    assert abs(real - 0.5) < 0.1
+    ratio = benchmark_latency.backbone_flops_ratio(net, hw)
+    assert 0.4 < ratio < 0.65  # the dense stem keeps it above 0.5
+    benchmark_latency.force_random_gates(net, 0.5, n, hw, seed=1,
+                                         mode='density')
+    with torch.no_grad():
+        benchmark_latency.dynamic_forward(net, stem, x)
+    dens = [float(b.last_stats['density'].float().mean()) for b in net.blocks]
+    assert all(abs(d - 0.5) <= 0.13 for d in dens), dens
+    with pytest.raises(ValueError, match='mode'):
+        benchmark_latency.force_random_gates(net, 0.5, n, hw, 1, mode='x')
+
+
+def test_layer_rate_forcing_small_batch():
+    """Batch 1 (detection input): (block, sample) gates are switched on
+    until the blocks' FLOPs reach the rate."""
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm='layer', dynamic_inference=True).eval()
+    real = benchmark_latency.force_random_gates(net, 0.3, 1, (64, 64), 2)
+    gates = torch.stack([b.masker.forced_gate for b in net.blocks])
+    assert 0 < float(gates.sum()) < len(net.blocks) and 0.15 < real < 0.45
+
+
+def test_regnet_benchmark_runs_and_checks_exactness():
+    rows = benchmark_regnet.main([
+        '--archs', 'regnety_400mf', '--paradigms', 'channel', '--rates',
+        '0.5', '1.0', '--batch', '2', '--size', '64', '--repeats', '1',
+        '--warmup', '0'])
+    assert [r['rate'] for r in rows] == [0.5, 1.0]
+    assert abs(rows[0]['rate_real'] - 0.5) < 0.15
+    assert rows[1]['flops_ratio'] == pytest.approx(1.0)
+    assert all(r['static_ms'] > 0 and r['dynamic_ms'] > 0 for r in rows)
