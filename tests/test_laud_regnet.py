@@ -339,21 +339,24 @@ def test_training_iterations_on_imagenette(imagenette, tmp_path, paradigm,
     assert any('se.fc1' in k for k in changed)
 
 
-def test_retinanet_config_builds_and_feeds_fpn():
+@pytest.mark.parametrize('cfg_name,det_type,widths', [
+    ('retinanet/retinanet_laud-regnety-800mf-channel-g2_t0.5_fpn_1x_coco.py',
+     'LAUDRetinaNet', [16, 8, 4, 2, 1]),  # P3-P7
+    ('faster_rcnn/faster-rcnn_laud-regnety-400mf-layer_t0.5_fpn_1x_coco.py',
+     'LAUDFasterRCNN', [32, 16, 8, 4, 2])])  # P2-P6
+def test_detection_configs_build_and_feed_fpn(cfg_name, det_type, widths):
     from mmdet.registry import MODELS
-    cfg = Config.fromfile(osp.join(
-        ROOT, 'configs/retinanet/'
-        'retinanet_laud-regnety-800mf-channel-g2_t0.5_fpn_1x_coco.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', cfg_name))
     cfg.model.backbone.init_cfg = None
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope('mmdet'):
         det = MODELS.build(cfg.model)
-    assert type(det).__name__ == 'LAUDRetinaNet'
+    assert type(det).__name__ == det_type
     assert list(det.backbone.out_channels) == cfg.model.neck.in_channels
     det.eval()
     with torch.no_grad():
         feats = det.extract_feat(torch.randn(1, 3, 96, 128))
-    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2, 1]
+    assert [f.shape[-1] for f in feats] == widths
     assert det.backbone.activation_stats()['flops'].shape == (1, )
 
 
