@@ -13,6 +13,7 @@ from laud_mm.latency import (BackboneLatency, ConvOp, HardwareSpec,
                              resnet_geometries, save_hardware)
 from laud_mm.latency.operators import (access_efficiency, elementwise_latency,
                                        tile_candidates)
+from laud_mm.latency.predictor import channel_kept_padded
 from laud_mm.latency.search import format_search, search_granularity
 from laud_mm.models.gates import KEEP
 
@@ -112,6 +113,25 @@ def test_scattered_runs_cost_more():
     # 1 dense read + 2 scattered at 4 / 32 efficiency
     assert s1.offchip_bytes == pytest.approx(4e6 + 2 * 4e6 * 8)
     assert s1.ms > s8.ms > dense.ms
+
+
+def test_max_tile_batch_re_reads_weights_per_image():
+    """max_tile_batch = 1 (a CPU: PyTorch's kernels run image by image):
+    4 images of the 8 -> 4 conv above give 4 tiles of 16 outputs instead
+    of one tile spanning the images; same compute (32 cycles per tile at
+    full pipeline), but each tile reads the 32 weights again from the L2:
+    3 x 32 x 4 B more on-chip traffic."""
+    op = ConvOp(4, 8, 4, 2, 2, 2, 2)
+    free = conv_latency(TOY, op)
+    per_image = conv_latency(TOY.replace(max_tile_batch=1), op)
+    assert free.tile == (4, 4, 2, 2)
+    assert per_image.tile == (1, 4, 2, 2) and per_image.n_tiles == 4
+    assert per_image.compute_ms == pytest.approx(free.compute_ms)
+    assert per_image.onchip_bytes - free.onchip_bytes == pytest.approx(
+        3 * 32 * 4)
+    assert TOY.max_tile_batch == 0
+    with pytest.raises(ValueError, match='max_tile_batch=-1'):
+        TOY.replace(max_tile_batch=-1)
 
 
 def test_conv_errors():
@@ -290,6 +310,186 @@ def test_predictor_errors():
         LatencyPredictor('gtx')
     with pytest.raises(ValueError, match='granularity'):
         resnet_geometries(50, (224, 224), 'spatial', (4, 4))
+
+
+# ------------------------------------------------------------ eager model
+def _eager():
+    """The eager model as tools/validate_predictor.py runs it."""
+    return LatencyPredictor('cpu', implementation='eager',
+                            spatial_dense_threshold=0.6, forced_gates=True)
+
+
+def _by_name(ops):
+    names = [o.name for o in ops]
+    assert len(set(names)) == len(names), names
+    return names, {o.name: o for o in ops}
+
+
+BOOKKEEPING = ('gate', 'gate_checks', 'gate_count', 'repeat_interleave',
+               'rate_check', 'kept_channels', 'bookkeeping', 'mask_prep',
+               'slice', 'expand_mask')
+
+
+def _launch_count(p, ops):
+    t = sum(o.ms for o in ops if o.name in BOOKKEEPING)
+    return t / (p.hw.launch_us * 1e-3)
+
+
+def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
+    """R50 s1.b0 (downsample, 56 -> 28 px) at batch 4 with 2 kept samples:
+    the forced-gate calls, the downsample, the branch (conv1, ReLU, conv2,
+    ReLU, conv3) of the static block on 2 samples, ``x[samples]`` copied
+    with probability 1 - 3 / C(4, 2) = 1/2 (a view when the kept samples are
+    consecutive), then one scatter-add + ReLU pass over the 4 outputs
+    reading the identity and the 2 branch rows."""
+    p = _eager()
+    hw = p.hw
+    g = resnet_geometries(50, (224, 224), 'layer')[0][3]
+    in_e = g.in_channels * 56 * 56
+    out_e = g.out_channels * 28 * 28
+    names, by = _by_name(p.layer_block_ops(g, 4, 0.5))
+    assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
+                     'row_gather', 'conv1', 'relu1', 'conv2', 'relu2',
+                     'conv3', 'scatter_add_relu']
+    static2 = {o.name: o for o in p.static_block_ops(g, 2)}
+    for k in ('conv1', 'relu1', 'conv2', 'relu2', 'conv3'):
+        assert by[k].ms == pytest.approx(static2[k].ms)
+    assert by['row_gather'].ms == pytest.approx(0.5 * elementwise_latency(
+        hw, 'row_gather', 2 * in_e, 1, 1).ms)
+    sc = by['scatter_add_relu']
+    assert sc.ms == pytest.approx(elementwise_latency(
+        hw, 'scatter_add_relu', 4 * out_e, 1.5, 1).ms)
+    # bytes: identity (4 rows) + branch (2 rows) read, 4 rows written
+    assert sc.onchip_bytes == pytest.approx((4 + 2 + 4) * out_e * 4)
+    assert _launch_count(p, p.layer_block_ops(g, 4, 0.5)) == \
+        pytest.approx(5 + 3 + 16)
+    # one kept sample is always a view; all on: the static block; none on:
+    # relu(shortcut), the same pass without branch rows
+    assert 'row_gather' not in _by_name(p.layer_block_ops(g, 4, 0.25))[0]
+    full = [o.name for o in p.layer_block_ops(g, 4, 1.)]
+    assert full == ['gate', 'downsample', 'gate_count'] + \
+        [o.name for o in p.static_block_ops(g, 4)]
+    names, by = _by_name(p.layer_block_ops(g, 4, 0.))
+    assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
+                     'scatter_add_relu']
+    assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
+        hw, 'scatter_add_relu', 4 * out_e, 1, 1).ms)
+    ts = [sum(o.ms for o in p.layer_block_ops(g, 4, n / 4))
+          for n in range(5)]
+    assert all(a < b for a, b in zip(ts, ts[1:])), ts
+
+
+def test_channel_kept_padded():
+    """k of ``_kept_channels``: the largest per-sample kept count padded up
+    to CHANNEL_PAD = 8 (s1.b0, width 128, G = 2: 64 groups)."""
+    g = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][3]
+    assert channel_kept_padded(g, 2, 0.25) == 32   # 16 groups, 32 channels
+    assert channel_kept_padded(g, 2, 0.1) == 16    # 6 groups, 12 -> 16
+    assert channel_kept_padded(g, 2, 0.) == 0
+    assert channel_kept_padded(g, 2, 1.) == 128
+    # free gates: the expected largest of 4 binomial counts, 16 + 1.029 x
+    # sqrt(64 x 0.25 x 0.75) = 19.6 -> 20 groups = 40 channels
+    assert channel_kept_padded(g, 4, 0.25, forced_gates=False) == 40
+    assert channel_kept_padded(g, 1, 0.25, forced_gates=False) == 32
+
+
+def test_eager_channel_kernels():
+    """s1.b0 (C_in 256, width 128, C_out 512, 56 -> 28 px), G = 2, batch 2,
+    a quarter of the groups kept: k = 32 channels per sample; conv1 one
+    batched GEMM (2 x (32 x 256) @ (256 x 3136)), conv2 one grouped conv
+    (2 groups of 32), conv3 one batched GEMM, then the scatter pass."""
+    p = _eager()
+    hw = p.hw
+    g = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][3]
+    k = 32
+    ops = p.channel_block_ops(g, 2, 0.25)
+    names, by = _by_name(ops)
+    assert names == ['gate', 'downsample', 'gate_checks', 'repeat_interleave',
+                     'kept_channels', 'bookkeeping', 'w1_gather', 'bias1',
+                     'conv1', 'relu1', 'w2_gather', 'conv2', 'relu2',
+                     'w3_gather', 'bias3', 'conv3', 'scatter_add_relu']
+    assert by['conv1'].macs == 2 * k * 256 * 56 * 56
+    assert by['conv2'].macs == 2 * k * k * 9 * 28 * 28
+    assert by['conv3'].macs == 2 * 512 * k * 28 * 28
+    assert by['w1_gather'].onchip_bytes == 2 * (2 * k * 256) * 4
+    assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
+        hw, 'scatter_add_relu', 2 * 512 * 28 * 28, 2, 1).ms)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 1 + 13 + 24)
+    full = [o.name for o in p.channel_block_ops(g, 2, 1.)]
+    assert full == ['gate', 'downsample', 'gate_checks'] + \
+        [o.name for o in p.static_block_ops(g, 2)]
+    # 7 x 7 maps (s3.b1, width 512, C_in = C_out = 2048): dense conv1 to the
+    # padded width 513, kept rows gathered, conv2 on k = 128, rows scattered
+    # back, dense conv3
+    g3 = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][14]
+    names, by = _by_name(p.channel_block_ops(g3, 2, 0.25))
+    assert names[5:] == ['bookkeeping', 'x_transpose', 'bias1', 'conv1',
+                         'relu1', 'row_gather', 'w2_gather', 'conv2',
+                         'relu2', 'zeros', 'row_scatter', 'conv3', 'bias3',
+                         'scatter_add_relu']
+    assert by['conv1'].macs == 2 * 513 * 2048 * 49
+    assert by['conv2'].macs == 2 * 128 * 128 * 9 * 49
+    assert by['conv3'].macs == 2 * 2048 * 513 * 49
+    assert 'x_transpose' not in _by_name(p.channel_block_ops(g3, 1, 0.25))[0]
+    # ... and above CHANNEL_DENSE_RATE (0.4) masked dense
+    names, by = _by_name(p.channel_block_ops(g3, 2, 0.5))
+    assert names[2:] == ['repeat_interleave', 'rate_check', 'mask_prep',
+                         'conv1', 'relu1', 'mask1', 'conv2', 'relu2', 'mask2',
+                         'conv3', 'add', 'relu3']
+    static = {o.name: o for o in p.static_block_ops(g3, 2)}
+    for c in ('conv1', 'conv2', 'conv3'):
+        assert by[c].ms == pytest.approx(static[c].ms)
+
+
+def test_eager_spatial_kernels():
+    """s3.b1 (7 x 7 output, width 512), S = 4: a 2 x 2 patch grid with
+    partial edge patches. At batch 2 with half the patches kept, 4 patches
+    run whole (4 x 4 outputs) on 6 x 6 conv1 windows: conv1 dense, the
+    gather kernel, conv2 (valid) on the windows, ReLU, conv3 on the patches
+    and one scatter-add + ReLU pass over the output."""
+    p = _eager()
+    hw = p.hw
+    geoms = resnet_geometries(50, (224, 224), 'spatial', (4,) * 4)[0]
+    g = geoms[14]
+    ops = p.spatial_block_ops(g, 2, 0.5)
+    names, by = _by_name(ops)
+    assert names == ['gate', 'gate_count', 'conv1', 'bookkeeping', 'gather',
+                     'conv2', 'relu2', 'conv3', 'scatter_add_relu']
+    assert by['conv2'].macs == 4 * 16 * 512 * 512 * 9
+    assert by['conv3'].macs == 4 * 16 * 512 * 2048
+    assert by['conv1'].ms == pytest.approx(
+        p.static_block_ops(g, 2)[0].ms)
+    assert by['gather'].ms == pytest.approx(elementwise_latency(
+        hw, 'gather', 4 * 512 * 36, 1, 1, run_elems=6.,
+        contiguous_reads=1).ms)
+    assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
+        hw, 'scatter_add_relu', 2 * 2048 * 49, 1.5, 1).ms)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 10)
+    # from the threshold (0.6 of the patches) on: dense block times the mask
+    names = [o.name for o in p.spatial_block_ops(g, 2, 0.75)]
+    assert names == ['gate', 'gate_count', 'conv1', 'relu1', 'conv2', 'relu2',
+                     'conv3', 'slice', 'expand_mask', 'mask_mul', 'add',
+                     'relu3']
+    assert [o.name for o in p.spatial_block_ops(g, 2, 0.)] == \
+        ['gate', 'gate_count', 'relu']
+    # S = 1 on maps under 100 px (7 x 7) always dense, gathered on 14 x 14
+    g1 = resnet_geometries(50, (224, 224), 'spatial', (1,) * 4)[0]
+    assert 'gather' not in [o.name for o in p.spatial_block_ops(g1[14], 1,
+                                                                0.2)]
+    assert 'gather' in [o.name for o in p.spatial_block_ops(g1[8], 1, 0.2)]
+
+
+def test_time_fn_clock():
+    """The validation timer: thread CPU time for one CPU thread."""
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    from calibrate_hardware import _clock, time_fn
+    cpu = torch.device('cpu')
+    assert time_fn(lambda: sum(range(100)), cpu, min_time=1e-3,
+                   clock='cpu') > 0
+    assert _clock(cpu, 'wall') is time.perf_counter
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        _clock(cpu, 'gpu')
 
 
 def test_whole_backbone_speed():

@@ -43,6 +43,12 @@ class HardwareSpec:
         max_tile_outputs: most output elements one tile may hold (register
             file bound: 128 x 128 accumulators per PE on the GPUs).
         dtype_bytes: bytes per element (4, FP32).
+        max_tile_batch: most samples (images, patches) one tile may span;
+            0 (default) = no limit (GPU implicit-GEMM kernels tile the batch
+            with the pixels). PyTorch's CPU kernels run image by image
+            (oneDNN direct convolutions, the per-image GEMMs of 1x1
+            convolutions, batched GEMMs), so each image re-reads the
+            weights: ``tools/calibrate_hardware.py`` writes 1 for a CPU.
 
     Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
     (bytes/s).
@@ -63,6 +69,7 @@ class HardwareSpec:
     default_batch: int = 1
     max_tile_outputs: int = 16384
     dtype_bytes: int = 4
+    max_tile_batch: int = 0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -73,17 +80,18 @@ class HardwareSpec:
                 continue
             v = getattr(self, f.name)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if f.name == 'launch_us':
+            zero_ok = f.name in ('launch_us', 'max_tile_batch')
+            if zero_ok:
                 ok = ok and v >= 0
             else:
                 ok = ok and v > 0
             if not ok:
                 raise ValueError(
                     f'HardwareSpec {self.name!r}: {f.name}={v!r} must be a '
-                    f'{"non-negative" if f.name == "launch_us" else "positive"}'
+                    f'{"non-negative" if zero_ok else "positive"}'
                     f' number')
         for key in ('num_pe', 'transaction_bytes', 'default_batch',
-                    'max_tile_outputs', 'dtype_bytes'):
+                    'max_tile_outputs', 'dtype_bytes', 'max_tile_batch'):
             if int(getattr(self, key)) != getattr(self, key):
                 raise ValueError(f'HardwareSpec {self.name!r}: {key}='
                                  f'{getattr(self, key)!r} must be an integer')

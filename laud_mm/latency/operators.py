@@ -24,7 +24,9 @@ into tiles ``TP x TC x TS1 x TS2``; each tile runs on one processing engine
 
 and keeps the fastest tile shape. Tile sides are powers of two plus the
 divisors ``3, 5, 6, 7, 12, 14, 28, 56`` and the full dimension, none larger
-than the dimension; tiles hold at most ``hw.max_tile_outputs`` outputs.
+than the dimension; tiles hold at most ``hw.max_tile_outputs`` outputs and
+span at most ``hw.max_tile_batch`` samples (when set: 1 on a CPU, whose
+PyTorch kernels run image by image and re-read the weights per image).
 Searches are cached (:func:`functools.lru_cache`) on the hashable
 :class:`ConvOp` and :class:`HardwareSpec`.
 
@@ -239,8 +241,12 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     db = hw.dtype_bytes
     T_tr = hw.transaction_bytes
     P = hw.fp32_per_pe
-    tp_c = np.array((1,) if op.per_sample_channels
-                    else tile_candidates(math.ceil(B)), float)
+    if op.per_sample_channels or hw.max_tile_batch == 1:
+        tp_c = np.array((1,), float)
+    else:
+        tp_c = np.array(tile_candidates(math.ceil(B)), float)
+        if hw.max_tile_batch > 1:
+            tp_c = tp_c[tp_c <= hw.max_tile_batch]
     tc_c = np.array(tile_candidates(math.ceil(C)), float)
     th_c = np.array(tile_candidates(H), float)
     tw_c = np.array(tile_candidates(W), float)

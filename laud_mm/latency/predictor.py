@@ -21,6 +21,10 @@ BN folded into the convolutions, ReLU fused into their epilogues:
   the d * N kept samples (expectation, linear between the neighbouring
   integer batch sizes; at batch 1 the block runs with probability d).
 
+``implementation='eager'`` instead lists the kernels that
+:mod:`laud_mm.models.dynamic` runs on CPU/GPU with PyTorch (see
+:class:`LatencyPredictor` and ``docs/latency_predictor.md``).
+
 Source: paper appendix A, METHOD_NOTES section 4.
 """
 import dataclasses
@@ -32,7 +36,7 @@ from ..models.geometry import (PARADIGMS, BlockGeometry, StemGeometry,
                                TokenLayerGeometry, block_out_hw, ceil_div)
 from .hardware import HardwareSpec, get_hardware
 from .operators import (ConvOp, OpLatency, conv_latency, elementwise_latency,
-                        pool_latency)
+                        linear_latency, pool_latency)
 
 __all__ = ['LatencyPredictor', 'BackboneLatency', 'resnet_geometries',
            'RESNET_DEPTHS']
@@ -155,6 +159,52 @@ class BackboneLatency:
         return '\n'.join(lines)
 
 
+#: bookkeeping calls of ``_forced_gate`` (zeros, cast, select, mul, add);
+#: the validation imposes the gates through ``masker.forced_gate``
+EAGER_FORCED_GATE_LAUNCHES = 5
+
+# expected maximum of n standard normal variables (n = 1 .. 8)
+_MAX_NORMAL = (0., 0., 0.5642, 0.8463, 1.0294, 1.1630, 1.2672, 1.3522, 1.4236)
+
+
+def _expected_max_normal(n: int) -> float:
+    if n < len(_MAX_NORMAL):
+        return _MAX_NORMAL[n]
+    a = math.sqrt(2. * math.log(n))
+    return a - (math.log(math.log(n)) + math.log(4 * math.pi)) / (2. * a)
+
+
+def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
+                        forced_gates: bool = True) -> int:
+    """Kept channels k per sample of the eager channel path
+    (``laud_mm.models.dynamic._kept_channels``): the largest per-sample
+    count of kept channels, padded up to a multiple of ``CHANNEL_PAD``, at
+    most the width.
+
+    Args:
+        g: a channel block's geometry (G = ``g.granularity``).
+        batch: samples.
+        d: fraction of channel groups kept.
+        forced_gates: every sample keeps ``round(d * groups)`` groups (the
+            validation's exact-density gates); else the expected largest of
+            ``batch`` binomial counts (normal approximation).
+
+    Returns:
+        k (0 when no sample keeps a group).
+    """
+    from ..models.dynamic import CHANNEL_PAD
+    n_groups = g.num_groups
+    if forced_gates:
+        groups = int(round(d * n_groups))
+    else:
+        mean = d * n_groups
+        std = math.sqrt(n_groups * d * (1. - d))
+        groups = min(n_groups, int(math.ceil(
+            mean + std * _expected_max_normal(int(batch)) - 1e-9)))
+    kmax = groups * int(g.granularity)
+    return min(g.width, -(-kmax // CHANNEL_PAD) * CHANNEL_PAD)
+
+
 def _conv(hw, name, batch, cin, cout, out_hw, in_hw, k=1, stride=1, **kw):
     return conv_latency(hw, ConvOp(
         float(batch), cin, cout, int(out_hw[0]), int(out_hw[1]),
@@ -208,16 +258,27 @@ class LatencyPredictor:
             and ReLU fused into the convolutions, gather fused into conv2,
             scatter fused with the add, one kernel per operator for the whole
             batch. ``'eager'``: this project's PyTorch dynamic path
-            (:mod:`laud_mm.models.dynamic`): separate ReLU / add kernels, a
-            separate gather kernel before conv2, channel blocks run per
-            distinct gate pattern (per sample) with gathered weights, layer
-            blocks index_select / index_copy the kept samples. Used to
-            validate the model against measured CPU latency.
+            (:mod:`laud_mm.models.dynamic`), kernel by kernel: separate
+            ReLU kernels; spatial: dense conv1, gather kernel (K x K windows,
+            conv1's ReLU fused), conv2 on the windows, conv3 on the patches,
+            one fused scatter-add + ReLU pass (dense fallbacks as in
+            ``_spatial_forward``); channel: per-sample weights gathered,
+            conv1 / conv3 one batched GEMM each and conv2 one grouped conv
+            over the kept channels padded to ``CHANNEL_PAD`` (dense 1x1 /
+            masked-dense variants on small maps), fused scatter-add + ReLU;
+            layer: the branch on the kept samples, one fused scatter-add +
+            ReLU pass; plus the Python bookkeeping calls of each path
+            (counted as launches). Used to validate the model against
+            measured CPU latency (``tools/validate_predictor.py``).
         spatial_dense_threshold: spatial blocks whose fraction of active
             patches reaches this value run densely and multiply by the mask
             (the eager path does so at
             ``laud_mm.models.dynamic.SPATIAL_DENSE_THRESHOLD``); None: always
             gather.
+        forced_gates: eager only: the gates are imposed
+            (``masker.forced_gate``, as the validation does), so no masker
+            runs and every channel-block sample keeps the same count;
+            else the maskers' kernels are counted.
 
     Raises:
         ValueError: for an unknown device (see :func:`get_hardware`),
@@ -307,24 +368,17 @@ class LatencyPredictor:
                           d: float) -> List[OpLatency]:
         """Kernels of a spatial block at density ``d`` (fraction of output
         pixels kept) with patch side S = ``g.granularity``."""
+        if self.eager:
+            return self._spatial_eager(g, batch, d)
         hw = self.hw
         S = int(g.granularity)
         ho, wo = g.out_hw
         hi, wi = g.in_hw
-        gh, gw = ceil_div(ho, S), ceil_div(wo, S)
-        if self.eager and self.forced_gates:
-            if d <= 0:
-                return self._downsample(g, batch) + [elementwise_latency(
-                    hw, 'relu', float(batch * g.out_channels * ho * wo), 1,
-                    1)]
-            ops = [_conv(hw, 'conv1', batch, g.in_channels, g.width,
-                         g.in_hw, g.in_hw), _launches(hw, 'mask_index', 4)]
-        else:
-            ops = [_conv(hw, 'masker_conv1', batch, g.in_channels,
-                         g.width + 2, g.in_hw, g.in_hw),
-                   elementwise_latency(hw, 'mask_index',
-                                       float(batch * 2 * hi * wi), 1, 0,
-                                       ops_per_elem=2.)]
+        ops = [_conv(hw, 'masker_conv1', batch, g.in_channels,
+                     g.width + 2, g.in_hw, g.in_hw),
+               elementwise_latency(hw, 'mask_index',
+                                   float(batch * 2 * hi * wi), 1, 0,
+                                   ops_per_elem=2.)]
         ops += self._downsample(g, batch)
         sh, sw = min(S, ho), min(S, wo)
         # expected number of active patches; the kernels are evaluated at
@@ -344,29 +398,15 @@ class LatencyPredictor:
             return ops + rest + [elementwise_latency(
                 hw, 'mask_mul', float(batch * g.out_channels * ho * wo), 2,
                 1)]
-        winh = (sh - 1) * g.stride + 2 * g.dilation + 1
-        winw = (sw - 1) * g.stride + 2 * g.dilation + 1
 
         def patch_ops(n):
             if n <= 0:
                 return []
-            if self.eager:
-                # separate gather (+ReLU of conv1) kernel, conv2 on windows
-                conv2 = [
-                    elementwise_latency(
-                        hw, 'gather', float(n * g.width * winh * winw), 1, 1,
-                        run_elems=float(winw), contiguous_reads=0),
-                    _conv(hw, 'conv2', n, g.width, g.width, (sh, sw),
-                          (winh, winw), k=3, stride=g.stride,
-                          dilation=g.dilation),
-                    elementwise_latency(hw, 'relu2', float(
-                        n * g.width * sh * sw), 1, 1)]
-            else:
-                conv2 = [_conv(hw, 'gather_conv2', n, g.width, g.width,
-                               (sh, sw), g.in_hw, k=3, stride=g.stride,
-                               dilation=g.dilation, gathered=True,
-                               in_coverage=coverage,
-                               source_batch=float(batch))]
+            conv2 = [_conv(hw, 'gather_conv2', n, g.width, g.width,
+                           (sh, sw), g.in_hw, k=3, stride=g.stride,
+                           dilation=g.dilation, gathered=True,
+                           in_coverage=coverage,
+                           source_batch=float(batch))]
             return conv2 + [
                 _conv(hw, 'conv3', n, g.width, g.out_channels, (sh, sw),
                       (sh, sw)),
@@ -398,10 +438,9 @@ class LatencyPredictor:
                          pool.compute_ms + mlp1.compute_ms + mlp2.compute_ms,
                          pool.memory_ms + mlp1.memory_ms + mlp2.memory_ms,
                          launch, pool.macs + mlp1.macs + mlp2.macs)]
+        if self.eager:
+            return self._channel_eager(g, batch, d, ops[0])
         ops += self._downsample(g, batch)
-        if self.eager:  # pool, linear, relu, linear, compare: 4 more
-            return ops + [_launches(hw, 'masker_steps', 4)] + \
-                self._channel_eager(g, batch, d)
         if act > 0:
             ops.append(_conv(
                 hw, 'conv1', batch, g.in_channels, act, g.in_hw, g.in_hw,
@@ -421,73 +460,228 @@ class LatencyPredictor:
                              g.out_hw[1]), 2, 1))
         return ops
 
-    def _channel_eager(self, g: BlockGeometry, batch: int,
-                       d: float) -> List[OpLatency]:
-        """Eager channel path: one sub-batch per distinct gate pattern
-        (random patterns: one per sample), weights gathered per pattern."""
+    def _channel_eager(self, g: BlockGeometry, batch: int, d: float,
+                       masker: OpLatency) -> List[OpLatency]:
+        """Eager channel path (``_channel_forward`` of
+        :mod:`laud_mm.models.dynamic`), whole batch at once: per-sample
+        weights of the k kept channels (k = the largest per-sample count,
+        padded to a multiple of ``CHANNEL_PAD`` with zero channels) gathered
+        by indexing, conv1 as one batched GEMM (N x (k x C_in) @ (C_in x
+        HW), bias broadcast first), ReLU, conv2 as one grouped conv (a group
+        of k channels per sample), ReLU, conv3 as one batched GEMM, then the
+        fused scatter-add + ReLU pass. Maps under
+        ``CHANNEL_DENSE_1X1_PIXELS`` run conv1 / conv3 densely (gather /
+        scatter of the kept rows), and above ``CHANNEL_DENSE_RATE`` masked
+        dense; every group on: the static block."""
+        from ..models import dynamic as dyn
         hw = self.hw
-        out_e = float(batch * g.out_channels * g.out_hw[0] * g.out_hw[1])
-        if d >= 1.:
-            return self.static_block_ops(g, batch)
-        if d <= 0.:
-            return [elementwise_latency(hw, 'relu', out_e, 1, 1)]
-        act = d * g.width
-        per = []
-        if batch > 1:
-            per.append(elementwise_latency(
-                hw, 'index_select', float(g.in_channels * g.in_hw[0] *
-                                          g.in_hw[1]), 1, 1))
-        w_e = float(act * (g.in_channels + act * 9 + g.out_channels))
-        per.append(elementwise_latency(hw, 'weight_gather', w_e, 1, 1))
-        per += [_conv(hw, 'conv1', 1, g.in_channels, act, g.in_hw, g.in_hw),
-                elementwise_latency(hw, 'relu1', float(
-                    act * g.in_hw[0] * g.in_hw[1]), 1, 1),
-                _conv(hw, 'conv2', 1, act, act, g.out_hw, g.in_hw, k=3,
+        n = float(batch)
+        c_in, c_out, width = g.in_channels, g.out_channels, g.width
+        hi, wi = g.in_hw
+        ho, wo = g.out_hw
+        in_px, out_px = hi * wi, ho * wo
+        out_e = n * c_out * out_px
+        if self.forced_gates:  # _forced_gate: zeros, cast, select, mul, add
+            ops = [_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
+        else:  # pool + MLP (one op above), relu, view, gate
+            ops = [masker, _launches(hw, 'masker_steps', 4)]
+        ops += self._downsample(g, batch)
+        ops.append(_launches(hw, 'gate_checks', 3))  # gt, all, item
+        if d >= 1.:  # every group on: the static block
+            return ops + self.static_block_ops(g, batch)
+        ops.append(_launches(hw, 'repeat_interleave', 1))
+        small = in_px < dyn.CHANNEL_DENSE_1X1_PIXELS
+        if small:  # the rate test: cast, mean, item
+            ops.append(_launches(hw, 'rate_check', 3))
+            if d > dyn.CHANNEL_DENSE_RATE:  # masked dense, folded BN
+                mid_in = n * width * in_px
+                mid_out = n * width * out_px
+                return ops + [
+                    _launches(hw, 'mask_prep', 3),
+                    _conv(hw, 'conv1', batch, c_in, width, g.in_hw, g.in_hw),
+                    elementwise_latency(hw, 'relu1', mid_in, 1, 1),
+                    elementwise_latency(hw, 'mask1', mid_in, 1, 1),
+                    _conv(hw, 'conv2', batch, width, width, g.out_hw,
+                          g.in_hw, k=3, stride=g.stride,
+                          dilation=g.dilation),
+                    elementwise_latency(hw, 'relu2', mid_out, 1, 1),
+                    elementwise_latency(hw, 'mask2', mid_out, 1, 1),
+                    _conv(hw, 'conv3', batch, width, c_out, g.out_hw,
+                          g.out_hw),
+                    elementwise_latency(hw, 'add', out_e, 2, 1),
+                    elementwise_latency(hw, 'relu3', out_e, 1, 1)]
+        # kept channel indices (sum, max, sort, where, ...)
+        ops.append(_launches(hw, 'kept_channels', 13))
+        k = channel_kept_padded(g, batch, d, self.forced_gates)
+        scatter = elementwise_latency(hw, 'scatter_add_relu', out_e, 2, 1)
+        if k <= 0:  # every sample off: relu(shortcut + bn3 shift)
+            return ops + [_launches(hw, 'bookkeeping', 14),
+                          elementwise_latency(hw, 'bias_fill', out_e, 0, 1),
+                          scatter]
+        nk = n * k
+        # conv2: w2[chs_i, chs_j] (runs of 9), b2[chs]; grouped conv
+        conv2 = [
+            elementwise_latency(hw, 'w2_gather', nk * k * 9, 1, 1,
+                                run_elems=9., contiguous_reads=1),
+            _conv(hw, 'conv2', 1, nk, nk, g.out_hw, g.in_hw, k=3,
+                  stride=g.stride, dilation=g.dilation, groups=batch),
+            elementwise_latency(hw, 'relu2', nk * out_px, 1, 1)]
+        if small:  # dense conv1 / conv3 on the padded width
+            w1 = width + 1
+            ops += [_launches(hw, 'bookkeeping', 31)]
+            if batch > 1:  # (N, C_in, HW) -> (C_in, N HW) copy
+                ops.append(elementwise_latency(hw, 'x_transpose',
+                                               n * c_in * in_px, 1, 1))
+            ops += [
+                elementwise_latency(hw, 'bias1', n * w1 * in_px, 0, 1),
+                _conv(hw, 'conv1', batch, c_in, w1, g.in_hw, g.in_hw),
+                elementwise_latency(hw, 'relu1', n * w1 * in_px, 1, 1),
+                elementwise_latency(hw, 'row_gather', nk * in_px, 1, 1)]
+            ops += conv2
+            return ops + [
+                elementwise_latency(hw, 'zeros', n * w1 * out_px, 0, 1),
+                elementwise_latency(hw, 'row_scatter', nk * out_px, 1, 1),
+                _conv(hw, 'conv3', batch, w1, c_out, g.out_hw, g.out_hw),
+                elementwise_latency(hw, 'bias3', out_e, 1, 1),
+                scatter]
+        # per-sample weights: one GEMM per sample, tiles never span samples
+        ops += [_launches(hw, 'bookkeeping', 24),
+                elementwise_latency(hw, 'w1_gather', nk * c_in, 1, 1),
+                elementwise_latency(hw, 'bias1', nk * in_px, 0, 1),
+                _conv(hw, 'conv1', batch, c_in, k, g.in_hw, g.in_hw,
+                      per_sample_channels=True, weight_elems=nk * c_in),
+                elementwise_latency(hw, 'relu1', nk * in_px, 1, 1)]
+        ops += conv2
+        return ops + [
+            elementwise_latency(hw, 'w3_gather', nk * c_out, 1, 1),
+            elementwise_latency(hw, 'bias3', out_e, 0, 1),
+            _conv(hw, 'conv3', batch, k, c_out, g.out_hw, g.out_hw,
+                  per_sample_channels=True, weight_elems=nk * c_out),
+            scatter]
+
+    def _spatial_eager(self, g: BlockGeometry, batch: int,
+                       d: float) -> List[OpLatency]:
+        """Eager spatial path (``_spatial_forward`` of
+        :mod:`laud_mm.models.dynamic`): conv1 dense (with the masker's
+        logit as an extra output unless the gates are forced), then either
+        the gather path - gather kernel (K x K windows of the active patches,
+        conv1's ReLU fused), conv2 (valid) on the windows, ReLU, conv3 on the
+        patches, fused scatter-add + ReLU over the whole output - or, from
+        ``spatial_dense_threshold`` of the patches on (and for S = 1 on maps
+        under ``SPATIAL_DENSE_MAX_PIXELS_S1`` pixels), the dense block times
+        the mask. The patches are counted on the patch grid (partial edge
+        patches are computed whole); a random patch set keeps on average
+        the same fraction of pixels as of patches, so ``d`` is both."""
+        from ..models import dynamic as dyn
+        hw = self.hw
+        S = int(g.granularity)
+        ho, wo = g.out_hw
+        gh, gw = ceil_div(ho, S), ceil_div(wo, S)
+        n = float(batch)
+        width, c_out = g.width, g.out_channels
+        out_e = n * c_out * ho * wo
+        if self.forced_gates:  # _forced_gate; conv1 alone
+            ops = [_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
+            c1 = width
+        else:  # masker fused into conv1: pool its logit, compare
+            ops = [elementwise_latency(hw, 'mask_pool',
+                                       n * g.in_hw[0] * g.in_hw[1], 1, 0),
+                   _launches(hw, 'mask_steps', 4)]
+            c1 = width + 1
+        conv1 = _conv(hw, 'conv1', batch, g.in_channels, c1, g.in_hw,
+                      g.in_hw)
+        ops.append(_launches(hw, 'gate_count', 3))  # gt, sum, item
+        if d <= 0.:  # relu(shortcut)
+            return ops + self._downsample(g, batch) + [
+                elementwise_latency(hw, 'relu', out_e, 1, 1)]
+        thr = self.spatial_dense_threshold
+        tiny = S == 1 and ho * wo < dyn.SPATIAL_DENSE_MAX_PIXELS_S1
+        if (thr is not None and d >= thr) or tiny or d >= 1.:
+            dense = self.static_block_ops(g, batch)
+            ops += [conv1 if o.name == 'conv1' else o for o in dense
+                    if o.name not in ('add', 'relu3')]
+            ops.append(_launches(hw, 'slice', 1))
+            if d < 1.:  # expand_spatial_gate, y *= mask
+                ops += [_launches(hw, 'expand_mask', 3),
+                        elementwise_latency(hw, 'mask_mul', out_e, 1, 1)]
+            return ops + self._downsample(g, batch) + [
+                elementwise_latency(hw, 'add', out_e, 2, 1),
+                elementwise_latency(hw, 'relu3', out_e, 1, 1)]
+        sh, sw = min(S, ho), min(S, wo)
+        k = (S - 1) * g.stride + 2 * g.dilation + 1  # window side
+        ops += [conv1, _launches(hw, 'bookkeeping', 10)]
+
+        def patch_ops(p):
+            if p <= 0:
+                return []
+            return [
+                # one K x K window per patch and channel; ReLU fused
+                elementwise_latency(hw, 'gather', p * width * k * k, 1, 1,
+                                    run_elems=float(k), contiguous_reads=1),
+                _conv(hw, 'conv2', p, width, width, (sh, sw), (k, k), k=3,
                       stride=g.stride, dilation=g.dilation),
-                elementwise_latency(hw, 'relu2', float(
-                    act * g.out_hw[0] * g.out_hw[1]), 1, 1),
-                _conv(hw, 'conv3', 1, act, g.out_channels, g.out_hw,
-                      g.out_hw),
-                elementwise_latency(hw, 'add_relu', out_e / batch, 2, 1),
-                elementwise_latency(hw, 'relu3', out_e / batch, 1, 1)]
-        if batch > 1:
-            per.append(elementwise_latency(hw, 'index_copy', out_e / batch,
-                                           1, 1))
-        # the weight gather is 6 index_select kernels per pattern: 5 more
-        # launches, plus the pattern bookkeeping (unique, nonzero)
-        return [o.scaled(batch) for o in per] + [
-            _launches(hw, 'gather_bookkeeping', 5 * batch + 3)]
+                elementwise_latency(hw, 'relu2', p * width * sh * sw, 1, 1),
+                _conv(hw, 'conv3', p, width, c_out, (sh, sw), (sh, sw))]
+        ops += _expected_ops(patch_ops, d * n * gh * gw)
+        ops += self._downsample(g, batch)
+        # one pass over the output: identity and out streamed, the active
+        # patches read (a fraction d of the output)
+        return ops + [elementwise_latency(hw, 'scatter_add_relu', out_e,
+                                          1 + d, 1)]
+
+    def _layer_eager(self, g: BlockGeometry, batch: int,
+                     d: float) -> List[OpLatency]:
+        """Eager layer path (``_layer_forward`` of
+        :mod:`laud_mm.models.dynamic`): the branch (conv1, ReLU, conv2, ReLU,
+        conv3) on the kept samples (``x[samples]`` copies them unless they
+        are consecutive), then one fused scatter-add + ReLU pass over the
+        whole output (identity of every sample, branch rows of the kept
+        ones); every sample on: the static block; none: relu(shortcut)."""
+        hw = self.hw
+        in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
+        out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
+        if self.forced_gates:
+            ops = [_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
+        else:  # mean, linear, gate
+            ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
+                                (1, 1), g.in_hw[0] * g.in_hw[1]),
+                   linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
+                   _launches(hw, 'masker_steps', 1)]
+        ops += self._downsample(g, batch)
+        ops.append(_launches(hw, 'gate_count', 3))  # gt, sum, item
+
+        def eager(n):
+            if n >= batch:
+                return self.static_block_ops(g, batch)
+            if n <= 0:
+                return [_launches(hw, 'bookkeeping', 12),
+                        elementwise_latency(hw, 'scatter_add_relu',
+                                            out_e * batch, 1, 1)]
+            # random kept set: consecutive (a view) with probability
+            # (N - n + 1) / C(N, n), else gathered
+            p_copy = 1. - (batch - n + 1) / math.comb(batch, n)
+            res = [_launches(hw, 'bookkeeping', 16)]
+            if p_copy > 0:
+                res.append(elementwise_latency(hw, 'row_gather', in_e * n,
+                                               1, 1).scaled(p_copy))
+            res += [o for o in self.static_block_ops(g, n)
+                    if o.name not in ('add', 'relu3')]
+            return res + [elementwise_latency(
+                hw, 'scatter_add_relu', out_e * batch, 1 + n / batch, 1)]
+        return ops + _expected_ops(eager, d * batch, with_zero=True)
 
     def layer_block_ops(self, g: BlockGeometry, batch: int,
                         d: float) -> List[OpLatency]:
         """Kernels of a layer-skipping block: ``d`` = fraction of samples
         that run the residual branch."""
+        if self.eager:
+            return self._layer_eager(g, batch, d)
         hw = self.hw
         ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
                             (1, 1), g.in_hw[0] * g.in_hw[1])]
         ops += self._downsample(g, batch)
-        if not self.eager:
-            return ops + _expected_ops(
-                lambda n: self.static_block_ops(g, n), d * batch)
-        ops.append(_launches(hw, 'masker_steps', 3))
-        out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
-        in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
-
-        def eager(n):
-            if n >= batch:
-                return self.static_block_ops(g, batch)
-            res = [elementwise_latency(hw, 'relu_identity', out_e * batch,
-                                       1, 1)]
-            if n > 0:
-                res += [elementwise_latency(hw, 'index_select', in_e * n,
-                                            1, 1)]
-                res += self.static_block_ops(g, n)
-                res += [elementwise_latency(hw, 'index_select_id', out_e * n,
-                                            1, 1),
-                        elementwise_latency(hw, 'index_copy', out_e * n, 1,
-                                            1)]
-            return res
-        return ops + _expected_ops(eager, d * batch, with_zero=True)
+        return ops + _expected_ops(
+            lambda n: self.static_block_ops(g, n), d * batch)
 
     def block_ops(self, g: BlockGeometry, batch: int,
                   density: Optional[float]) -> List[OpLatency]:
