@@ -567,3 +567,20 @@ def test_predict_latency_measures_checkpoint_densities(tmp_path, capsys):
     assert rep.per_block_ms[2] < 0.2 * rep.per_block_ms[1]
     with pytest.raises(ValueError, match='num-images'):
         predict_latency.measure_densities(cfg, str(ckpt), 0)
+    # the config's top-level data_preprocessor (mmpretrain) is merged into
+    # the model as the Runner does: the masks are measured on normalised
+    # pixels, as in tools/test.py
+    from mmengine.registry import MODELS as MM_MODELS
+    built, build = [], MM_MODELS.build
+
+    def spy(*a, **k):
+        m = build(*a, **k)
+        built.append(m)
+        return m
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MM_MODELS, 'build', spy)
+        predict_latency.measure_densities(cfg, str(ckpt), 1)
+    dp = built[0].data_preprocessor
+    assert dp.mean.flatten().tolist() == \
+        pytest.approx(cfg.data_preprocessor['mean'])
+    assert 'data_preprocessor' not in cfg.model   # the caller's cfg is intact

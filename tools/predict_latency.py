@@ -191,6 +191,7 @@ def measure_densities(cfg, checkpoint, num_images):
         ValueError: ``num_images`` < 1, or a model without a LAUD backbone.
     """
     import collections
+    import copy
 
     import torch
     from mmengine.dataset import pseudo_collate
@@ -201,7 +202,13 @@ def measure_densities(cfg, checkpoint, num_images):
     if num_images < 1:
         raise ValueError(f'--num-images={num_images} must be >= 1')
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = MODELS.build(cfg.model)
+    model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor') is not None:
+        # mmpretrain configs keep the data preprocessor (mean / std, BGR to
+        # RGB) at the top level and mmengine's Runner merges it into the
+        # model; without it a classifier would see unnormalised pixels
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     model.eval()
     backbone = getattr(model, 'backbone', model)

@@ -91,7 +91,13 @@ def build_model_and_pipeline(config: str, checkpoint: str, cfg_options=None):
     importlib.import_module(f'{scope}.utils').register_all_modules(
         init_default_scope=False)
     init_default_scope(scope)
-    model = MODELS.build(cfg.model)
+    model_cfg = cfg.model
+    if cfg.get('data_preprocessor') is not None:
+        # mmpretrain configs keep the data preprocessor (mean / std, BGR to
+        # RGB) at the top level and mmengine's Runner merges it into the
+        # model; without it a classifier would see unnormalised pixels
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
     if str(checkpoint).lower() != 'none':
         if not osp.isfile(checkpoint):
             raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
