@@ -45,7 +45,8 @@ from laud_mm.models.regnet_dynamic import static_regnety_forward  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from benchmark_latency import (backbone_flops_ratio,  # noqa: E402
-                               bench_pair, force_random_gates)
+                               bench_pair, dynamic_forward,
+                               force_random_gates)
 
 PARADIGMS = {'layer': None, 'channel': (2, 2, 2, 2), 'spatial': (4, 4, 2, 1)}
 
@@ -60,13 +61,6 @@ def static_forward(net, stem, x):
     x = stem(x)
     for blk in net.blocks:
         x = static_regnety_forward(blk, x)
-    return x
-
-
-def dynamic_forward(net, stem, x):
-    x = stem(x)
-    for blk in net.blocks:
-        x = blk(x)
     return x
 
 

@@ -174,19 +174,30 @@ class FoldedBottleneck:
         return F.conv2d(h, self.w3, self.b3)
 
 
-def folded(block: nn.Module) -> FoldedBottleneck:
-    """BN-folded weights of ``block``, cached on it as ``_laud_folded`` and
-    recomputed when any parameter or buffer changed (``_version``, identity,
-    dtype or device)."""
+def cached_fold(block: nn.Module, cls, attr: str):
+    """``cls(block)`` (BN-folded, detached weights), cached on the block as
+    ``attr`` and rebuilt when any parameter or buffer changed (``_version``,
+    identity, dtype or device); shared by the ResNet and RegNetY blocks.
+
+    Args:
+        block: an eval-mode LAUD block.
+        cls: the folded-weights class, called as ``cls(block)``.
+        attr: attribute name of the cache on the block.
+    """
     key = _cache_key(block)
-    cache = getattr(block, '_laud_folded', None)
+    cache = getattr(block, attr, None)
     if cache is None or cache[0] != key:
         with torch.no_grad():
-            fb = FoldedBottleneck(block)
+            fb = cls(block)
         # bypass nn.Module.__setattr__: the cache is not module state
-        object.__setattr__(block, '_laud_folded', (key, fb))
+        object.__setattr__(block, attr, (key, fb))
         return fb
     return cache[1]
+
+
+def folded(block: nn.Module) -> FoldedBottleneck:
+    """BN-folded weights of a bottleneck, cached (:func:`cached_fold`)."""
+    return cached_fold(block, FoldedBottleneck, '_laud_folded')
 
 
 def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

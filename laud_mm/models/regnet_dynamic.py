@@ -41,14 +41,15 @@ Source: paper sec. 3.4 (fused masker + conv1, gather + conv, scatter + add)
 and sec. 4.2 (RegNetY: layer skipping also skips the memory-bound SE);
 METHOD_NOTES sections 1 and 4.
 """
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.patches import _gather, _scatter
-from .dynamic import fold_conv_bn, run_dynamic_path
+from .dynamic import _forced_gate, _sample_gate as _gate
+from .dynamic import cached_fold, fold_conv_bn, run_dynamic_path
 from .gates import KEEP, SKIP
 from .geometry import BlockGeometry
 from .maskers import expand_channel_gate, expand_spatial_gate
@@ -56,11 +57,6 @@ from .maskers import expand_channel_gate, expand_spatial_gate
 #: spatial blocks at or above this fraction of active patches compute conv2
 #: / conv3 densely and mask (faster on CPU; both exact)
 SPATIAL_DENSE_THRESHOLD = 0.95
-
-
-def _cache_key(block: nn.Module) -> tuple:
-    ts: List[torch.Tensor] = list(block.parameters()) + list(block.buffers())
-    return tuple((id(t), t._version, t.dtype, t.device) for t in ts)
 
 
 class FoldedRegNetY:
@@ -142,16 +138,9 @@ class FoldedRegNetY:
 
 
 def folded_regnety(block: nn.Module) -> FoldedRegNetY:
-    """BN-folded weights of ``block``, cached on it and recomputed when any
-    parameter or buffer changed (``_version``, identity, dtype, device)."""
-    key = _cache_key(block)
-    cache = getattr(block, '_laud_folded_regnety', None)
-    if cache is None or cache[0] != key:
-        with torch.no_grad():
-            fb = FoldedRegNetY(block)
-        object.__setattr__(block, '_laud_folded_regnety', (key, fb))
-        return fb
-    return cache[1]
+    """BN-folded weights of a RegNetY block, cached (:func:`~laud_mm.models.
+    dynamic.cached_fold`)."""
+    return cached_fold(block, FoldedRegNetY, '_laud_folded_regnety')
 
 
 def static_regnety_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -168,17 +157,6 @@ def static_regnety_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     fb = folded_regnety(block)
     with torch.no_grad():
         return fb.branch(x).add_(fb.shortcut(x)).relu_()
-
-
-def _forced_gate(masker: nn.Module, shape: Tuple[int, ...],
-                 x: torch.Tensor) -> torch.Tensor:
-    return masker._gate(x.new_zeros(*shape, 2))
-
-
-def _gate(block, x, shape):
-    if block.masker.forced_gate is not None:
-        return _forced_gate(block.masker, shape, x)
-    return block.masker(x)
 
 
 def dynamic_regnety_forward(block: nn.Module, x: torch.Tensor,
