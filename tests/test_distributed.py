@@ -178,3 +178,38 @@ def test_cpu_distributed_setup_errors():
         os.environ.update(saved)
     assert osp.isfile(osp.join(osp.dirname(osp.dirname(__file__)),
                                'tools', 'dist_train.sh'))
+
+
+@pytest.mark.parametrize('main_process', [True, False])
+def test_test_json_written_by_main_process_only(tmp_path, monkeypatch,
+                                                main_process):
+    """Under dist_test.sh every rank runs LoggerHook.after_test_epoch with
+    the same timestamp; only the main process may write ``{ts}.json`` (two
+    concurrent 'w' writes of different lengths left invalid json)."""
+    import json
+    from types import SimpleNamespace
+
+    from mmengine.hooks import LoggerHook
+
+    import laud_mm.engine.dist_test_log as dtl
+    monkeypatch.setattr(dtl, 'is_main_process', lambda: main_process)
+    logged = []
+    tag = {'coco/bbox_mAP': 0.5, 'laud/speedup': 1.25}
+    runner = SimpleNamespace(
+        test_dataloader=[0, 1, 2], log_dir=str(tmp_path),
+        logger=SimpleNamespace(info=logged.append),
+        log_processor=SimpleNamespace(
+            get_log_after_epoch=lambda r, n, mode, with_non_scalar: (
+                dict(tag), f'{mode} {n} images')))
+    hook = LoggerHook()
+    hook.json_log_path = 'ts.json'
+    assert getattr(LoggerHook.after_test_epoch, dtl._PATCHED, False)
+    hook.after_test_epoch(runner)
+    assert logged == ['test 3 images']  # every rank logs the line
+    out = tmp_path / 'ts.json'
+    if main_process:
+        assert json.loads(out.read_text()) == tag
+    else:
+        assert not out.exists()
+    dtl.patch_test_json_dump()  # idempotent
+    assert LoggerHook.after_test_epoch is dtl._after_test_epoch
