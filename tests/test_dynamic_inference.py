@@ -7,6 +7,7 @@ Source: paper sec. 3.4 (dynamic inference with fused operators); issue 3."""
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -242,3 +243,24 @@ def test_whole_laud_resnet50(paradigm, gran, n, hw):
         results[pattern] = torch.cat([g.flatten() for g in gates]).mean()
     # the test exercises skipping, not just the all-on path
     assert 0 < results['random'] < 1
+
+
+@pytest.mark.parametrize('s,stride', [(1, 1), (1, 2), (2, 1), (4, 2)])
+@pytest.mark.parametrize('p', [3, 15, 16, 40])
+def test_spatial_patch_convs_paths(s, stride, p):
+    """conv2 + conv3 of gathered windows: the GEMM paths (S = 1; conv3 under
+    SPATIAL_CONV3_GEMM_MAX_PATCHES patches) equal the convolutions."""
+    from laud_mm.models.dynamic import (SPATIAL_CONV3_GEMM_MAX_PATCHES,
+                                        folded, spatial_patch_convs)
+    assert SPATIAL_CONV3_GEMM_MAX_PATCHES == 16
+    block = make_block('spatial', 16, 8, stride, s, seed=p)
+    fb = folded(block)
+    k = (s - 1) * stride + 3
+    win = torch.rand(p, 8, k, k, generator=torch.Generator().manual_seed(p))
+    with torch.no_grad():
+        ref = F.conv2d(F.conv2d(win, fb.w2, fb.b2, stride).relu(),
+                       fb.w3, fb.b3)
+        out = spatial_patch_convs(fb, win, s)
+    assert out.shape == ref.shape == (p, 32, s, s)
+    assert out.is_contiguous()
+    assert (out - ref).abs().max() <= 1e-5

@@ -445,8 +445,10 @@ def test_eager_spatial_kernels():
     """s3.b1 (7 x 7 output, width 512), S = 4: a 2 x 2 patch grid with
     partial edge patches. At batch 2 with half the patches kept, 4 patches
     run whole (4 x 4 outputs) on 6 x 6 conv1 windows: conv1 dense, the
-    gather kernel, conv2 (valid) on the windows, ReLU, conv3 on the patches
-    and one scatter-add + ReLU pass over the output."""
+    gather kernel, conv2 (valid) on the windows, ReLU, conv3 as one GEMM
+    over the 64 patch pixels (under 16 patches: transposes in and out, bias
+    written first) and one scatter-add + ReLU pass over the output; from 16
+    patches on (batch 16) conv3 is the 1x1 convolution of the patches."""
     p = _eager()
     hw = p.hw
     geoms = resnet_geometries(50, (224, 224), 'spatial', (4,) * 4)[0]
@@ -454,9 +456,14 @@ def test_eager_spatial_kernels():
     ops = p.spatial_block_ops(g, 2, 0.5)
     names, by = _by_name(ops)
     assert names == ['gate', 'gate_count', 'conv1', 'bookkeeping', 'gather',
-                     'conv2', 'relu2', 'conv3', 'scatter_add_relu']
+                     'conv2', 'relu2', 'h_transpose', 'bias3', 'conv3',
+                     'y_transpose', 'scatter_add_relu']
     assert by['conv2'].macs == 4 * 16 * 512 * 512 * 9
     assert by['conv3'].macs == 4 * 16 * 512 * 2048
+    assert by['conv3'].ms == pytest.approx(conv_latency(hw, ConvOp(
+        1., 512, 2048, 64, 1, 64, 1, 1, 1, name='conv3')).ms)
+    assert by['y_transpose'].ms == pytest.approx(elementwise_latency(
+        hw, 'y_transpose', 64 * 2048, 1, 1).ms)
     assert by['conv1'].ms == pytest.approx(
         p.static_block_ops(g, 2)[0].ms)
     assert by['gather'].ms == pytest.approx(elementwise_latency(
@@ -465,6 +472,10 @@ def test_eager_spatial_kernels():
     assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
         hw, 'scatter_add_relu', 2 * 2048 * 49, 1.5, 1).ms)
     assert _launch_count(p, ops) == pytest.approx(5 + 3 + 10)
+    names, by = _by_name(p.spatial_block_ops(g, 16, 0.5))  # 32 patches
+    assert names[-3:] == ['relu2', 'conv3', 'scatter_add_relu']
+    assert by['conv3'].ms == pytest.approx(conv_latency(hw, ConvOp(
+        32., 512, 2048, 4, 4, 4, 4, 1, 1, name='conv3')).ms)
     # from the threshold (0.6 of the patches) on: dense block times the mask
     names = [o.name for o in p.spatial_block_ops(g, 2, 0.75)]
     assert names == ['gate', 'gate_count', 'conv1', 'relu1', 'conv2', 'relu2',
@@ -472,11 +483,16 @@ def test_eager_spatial_kernels():
                      'relu3']
     assert [o.name for o in p.spatial_block_ops(g, 2, 0.)] == \
         ['gate', 'gate_count', 'relu']
-    # S = 1 on maps under 100 px (7 x 7) always dense, gathered on 14 x 14
+    # S = 1 (7 x 7 map, 98 pixels, 20 % kept): conv2 and conv3 as GEMMs
+    # over the gathered pixels (conv2's K = 9 x 512 im2col rows)
     g1 = resnet_geometries(50, (224, 224), 'spatial', (1,) * 4)[0]
-    assert 'gather' not in [o.name for o in p.spatial_block_ops(g1[14], 1,
-                                                                0.2)]
-    assert 'gather' in [o.name for o in p.spatial_block_ops(g1[8], 1, 0.2)]
+    ops = p.spatial_block_ops(g1[14], 2, 0.2)
+    names, by = _by_name(ops)
+    assert names[4:] == ['gather', 'bias2', 'conv2', 'relu2', 'bias3',
+                         'conv3', 'scatter_add_relu']
+    rows = 2 * 49 * 0.2
+    assert by['conv2'].macs == pytest.approx(rows * 512 * 9 * 512)
+    assert by['conv3'].macs == pytest.approx(rows * 512 * 2048)
 
 
 def test_time_fn_clock():

@@ -566,10 +566,10 @@ class LatencyPredictor:
         logit as an extra output unless the gates are forced), then either
         the gather path - gather kernel (K x K windows of the active patches,
         conv1's ReLU fused), conv2 (valid) on the windows, ReLU, conv3 on the
-        patches, fused scatter-add + ReLU over the whole output - or, from
-        ``spatial_dense_threshold`` of the patches on (and for S = 1 on maps
-        under ``SPATIAL_DENSE_MAX_PIXELS_S1`` pixels), the dense block times
-        the mask. The patches are counted on the patch grid (partial edge
+        patches (``spatial_patch_convs``: GEMMs for S = 1, conv3 as one GEMM
+        under ``SPATIAL_CONV3_GEMM_MAX_PATCHES`` patches), fused scatter-add
+        + ReLU over the whole output - or, from ``spatial_dense_threshold``
+        of the patches on, the dense block times the mask. The patches are counted on the patch grid (partial edge
         patches are computed whole); a random patch set keeps on average
         the same fraction of pixels as of patches, so ``d`` is both."""
         from ..models import dynamic as dyn
@@ -595,8 +595,7 @@ class LatencyPredictor:
             return ops + self._downsample(g, batch) + [
                 elementwise_latency(hw, 'relu', out_e, 1, 1)]
         thr = self.spatial_dense_threshold
-        tiny = S == 1 and ho * wo < dyn.SPATIAL_DENSE_MAX_PIXELS_S1
-        if (thr is not None and d >= thr) or tiny or d >= 1.:
+        if (thr is not None and d >= thr) or d >= 1.:
             dense = self.static_block_ops(g, batch)
             ops += [conv1 if o.name == 'conv1' else o for o in dense
                     if o.name not in ('add', 'relu3')]
@@ -611,17 +610,34 @@ class LatencyPredictor:
         k = (S - 1) * g.stride + 2 * g.dilation + 1  # window side
         ops += [conv1, _launches(hw, 'bookkeeping', 10)]
 
+        def gemm(name, rows, cin, cout):  # one GEMM over all the rows
+            return _conv(hw, name, 1, cin, cout, (rows, 1), (rows, 1))
+
         def patch_ops(p):
             if p <= 0:
                 return []
-            return [
-                # one K x K window per patch and channel; ReLU fused
-                elementwise_latency(hw, 'gather', p * width * k * k, 1, 1,
-                                    run_elems=float(k), contiguous_reads=1),
-                _conv(hw, 'conv2', p, width, width, (sh, sw), (k, k), k=3,
-                      stride=g.stride, dilation=g.dilation),
-                elementwise_latency(hw, 'relu2', p * width * sh * sw, 1, 1),
-                _conv(hw, 'conv3', p, width, c_out, (sh, sw), (sh, sw))]
+            # one K x K window per patch and channel; ReLU fused
+            ops = [elementwise_latency(hw, 'gather', p * width * k * k, 1, 1,
+                                       run_elems=float(k), contiguous_reads=1)]
+            if S == 1:  # spatial_patch_convs: two GEMMs, bias written first
+                return ops + [
+                    elementwise_latency(hw, 'bias2', p * width, 0, 1),
+                    gemm('conv2', p, width * 9, width),
+                    elementwise_latency(hw, 'relu2', p * width, 1, 1),
+                    elementwise_latency(hw, 'bias3', p * c_out, 0, 1),
+                    gemm('conv3', p, width, c_out)]
+            px = p * sh * sw
+            ops += [_conv(hw, 'conv2', p, width, width, (sh, sw), (k, k), k=3,
+                          stride=g.stride, dilation=g.dilation),
+                    elementwise_latency(hw, 'relu2', px * width, 1, 1)]
+            if p >= dyn.SPATIAL_CONV3_GEMM_MAX_PATCHES:
+                return ops + [_conv(hw, 'conv3', p, width, c_out, (sh, sw),
+                                    (sh, sw))]
+            return ops + [  # transpose in, bias, GEMM, transpose out
+                elementwise_latency(hw, 'h_transpose', px * width, 1, 1),
+                elementwise_latency(hw, 'bias3', px * c_out, 0, 1),
+                gemm('conv3', px, width, c_out),
+                elementwise_latency(hw, 'y_transpose', px * c_out, 1, 1)]
         ops += _expected_ops(patch_ops, d * n * gh * gw)
         ops += self._downsample(g, batch)
         # one pass over the output: identity and out streamed, the active

@@ -42,10 +42,10 @@ from .geometry import BlockGeometry
 # Spatial blocks: above this fraction of active patches, computing conv2/conv3
 # densely and masking is faster than gather -> conv -> scatter on CPU
 # (measured with tools/benchmark_latency.py; both are exact).
-SPATIAL_DENSE_THRESHOLD = 0.6
-# pixel-level (S = 1) blocks on maps below this many pixels (7 x 7 at 224 px)
-# always compute densely and mask: a 3x3 halo per pixel costs more than it saves
-SPATIAL_DENSE_MAX_PIXELS_S1 = 100
+SPATIAL_DENSE_THRESHOLD = 0.8
+# fewer gathered patches than this: conv3 runs as one GEMM over all patches
+# instead of a 1x1 convolution (see :func:`spatial_patch_convs`)
+SPATIAL_CONV3_GEMM_MAX_PATCHES = 16
 
 
 # ----------------------------------------------------------------- folding
@@ -111,7 +111,9 @@ class FoldedBottleneck:
         w1x, b1x: spatial blocks: conv1 with the masker's logit difference
             as an extra output (width + 1, C_in, 1, 1), (width + 1,).
         w1m, w3m: conv1 / conv3 weights as matrices (width, C_in),
-            (C_out, width) (channel blocks gather rows / columns of these).
+            (C_out, width) (channel blocks gather rows / columns of these);
+            w3m_t, w2m_t: (width, C_out) and (width * 9, width) transposed
+            views (spatial patch GEMMs).
     """
 
     def __init__(self, block: nn.Module):
@@ -123,6 +125,8 @@ class FoldedBottleneck:
         self.padding = c2.padding[0]
         self.w1m = self.w1.flatten(1)
         self.w3m = self.w3.flatten(1)
+        self.w3m_t = self.w3m.t()
+        self.w2m_t = self.w2.flatten(1).t()  # (width * 9, width)
         self._padded = None
         self.wd = self.bd = self.ds_module = None
         self.ds_stride = 1
@@ -302,9 +306,7 @@ def _spatial_forward(block, x, geom):
     def conv1():
         return F.conv2d(x, fb.w1, fb.b1) if t is None else t
 
-    tiny = s == 1 and geom.out_hw[0] * geom.out_hw[1] < \
-        SPATIAL_DENSE_MAX_PIXELS_S1
-    if n_act >= SPATIAL_DENSE_THRESHOLD * total or tiny:
+    if n_act >= SPATIAL_DENSE_THRESHOLD * total:
         h = conv1()[:, :width].relu_()  # t is ours: ReLU in place
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
                      fb.dilation).relu_()
@@ -316,11 +318,48 @@ def _spatial_forward(block, x, geom):
 
     idx = (gate > 0.5).nonzero()
     win = _gather(conv1(), idx, s, fb.stride, fb.dilation, width, True)
-    h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
-    y = F.conv2d(h, fb.w3, fb.b3)
+    y = spatial_patch_convs(fb, win, s)
     ident = fb.shortcut(x)
     out = _scatter(ident, y, idx, (s, s), ident is not x)
     return out, gate
+
+
+def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
+                        s: int) -> torch.Tensor:
+    """conv2 (+ReLU) and conv3 of the gathered windows as GEMMs where the
+    convolution primitives are slow on such small maps (measured on CPU).
+
+    - S = 1: a window is exactly conv2's receptive field, so conv2 is one
+      GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
+      (P, width) x (width, C_out): 2x (conv2) and 2.5x (conv3) faster than
+      oneDNN's 3x3 / 1x1 convolutions on 1 x 1 outputs.
+    - S > 1: conv2 is the 3x3 convolution; conv3 the 1x1 convolution, or,
+      below :data:`SPATIAL_CONV3_GEMM_MAX_PATCHES` patches, one GEMM
+      (C_out, width) x (width, P * S * S) over all patches (oneDNN runs a
+      1x1 convolution of a batch under 16 as per-image GEMMs only S * S
+      wide: up to 11x slower, e.g. 14 patches of 512 x 2 x 2; from 16
+      patches on it is as fast as the GEMM and needs no transposes).
+
+    Args:
+        fb: the block's folded weights.
+        win: (P, width, K, K) gathered, ReLU'd conv1 windows.
+        s: granularity S.
+
+    Returns:
+        (P, C_out, S, S) conv3 output (bias included, no ReLU), contiguous.
+    """
+    p = win.shape[0]
+    c_out = fb.w3m.shape[0]
+    if s == 1:
+        h = torch.addmm(fb.b2, win.reshape(p, -1), fb.w2m_t).relu_()
+        return torch.addmm(fb.b3, h, fb.w3m_t).view(p, c_out, 1, 1)
+    h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
+    if p >= SPATIAL_CONV3_GEMM_MAX_PATCHES:
+        return F.conv2d(h, fb.w3, fb.b3)
+    width = h.shape[1]
+    cols = h.transpose(0, 1).reshape(width, p * s * s)
+    y = torch.addmm(fb.b3[:, None], fb.w3m, cols)  # (C_out, P * S * S)
+    return y.view(c_out, p, s, s).transpose(0, 1).contiguous()
 
 
 # ---------------------------------------------------------------- channel
