@@ -11,7 +11,11 @@ at::Tensor gather_patches_cpu(const at::Tensor& feat, const at::Tensor& idx,
 void scatter_add_relu_cpu(at::Tensor& out, const at::Tensor& identity,
                           const at::Tensor& patches, const at::Tensor& pmap,
                           int64_t Sh, int64_t Sw);
+at::Tensor gather_kept_weights_cpu(const at::Tensor& weight,
+                                   const at::Tensor& chs);
 #ifdef WITH_CUDA
+at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
+                                    const at::Tensor& chs);
 at::Tensor gather_patches_cuda(const at::Tensor& feat, const at::Tensor& idx,
                                int64_t S, int64_t stride, int64_t dilation,
                                int64_t channels, bool relu);
@@ -58,11 +62,24 @@ void scatter_add_relu(at::Tensor out, const at::Tensor& identity,
   scatter_add_relu_cpu(out, identity, patches, pmap, Sh, Sw);
 }
 
+at::Tensor gather_kept_weights(const at::Tensor& weight, const at::Tensor& chs) {
+  TORCH_CHECK(weight.device() == chs.device(),
+              "weight and chs on different devices");
+  if (weight.is_cuda()) {
+#ifdef WITH_CUDA
+    return gather_kept_weights_cuda(weight, chs);
+#else
+    TORCH_CHECK(false, "laud_mm._ext was built without CUDA");
+#endif
+  }
+  return gather_kept_weights_cpu(weight, chs);
+}
+
 }  // namespace laud_mm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "laud_mm dynamic-inference kernels (gather with halo, "
-            "fused scatter-add + ReLU)";
+            "fused scatter-add + ReLU, kept-channel weight gather)";
   m.def("gather_patches", &laud_mm::gather_patches,
         "gather_patches(feat (N,C,H,W), idx (P,3) int64, S, stride, dilation, "
         "channels, relu) -> (P, channels, K, K), K = (S-1)*stride + 2*dilation + 1",
@@ -74,6 +91,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "scatter(patches)) in one pass; out may alias identity",
         py::arg("out"), py::arg("identity"), py::arg("patches"),
         py::arg("pmap"), py::arg("Sh"), py::arg("Sw"));
+  m.def("gather_kept_weights", &laud_mm::gather_kept_weights,
+        "gather_kept_weights(weight (C_out, C_in, kh, kw), chs (N, k) int64) "
+        "-> (N, k, k, kh, kw): weight[chs[n, i], chs[n, j]]",
+        py::arg("weight"), py::arg("chs"));
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

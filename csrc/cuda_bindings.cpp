@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include "cuda/channel_weights_cuda.h"
 #include "cuda/patches_cuda.h"
 
 namespace laud_mm {
@@ -64,6 +65,31 @@ void scatter_add_relu_cuda(at::Tensor& out, const at::Tensor& identity,
     TORCH_CHECK(err == cudaSuccess, "scatter_add_relu_cuda: ",
                 cudaGetErrorString(err));
   });
+}
+
+at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
+                                    const at::Tensor& chs) {
+  TORCH_CHECK(weight.is_cuda() && chs.is_cuda(), "tensors must be on CUDA");
+  TORCH_CHECK(weight.dim() == 4 && weight.is_contiguous(),
+              "weight must be a contiguous (C_out, C_in, kh, kw) tensor");
+  TORCH_CHECK(chs.dim() == 2 && chs.scalar_type() == at::kLong &&
+                  chs.is_contiguous(),
+              "chs must be a contiguous int64 (N, k) tensor");
+  c10::cuda::CUDAGuard guard(weight.device());
+  const int64_t N = chs.size(0), k = chs.size(1);
+  auto out = at::empty({N, k, k, weight.size(2), weight.size(3)},
+                       weight.options());
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "gather_kept_weights_cuda",
+                             [&] {
+    auto err = cuda::gather_kept_weights<scalar_t>(
+        weight.data_ptr<scalar_t>(), chs.data_ptr<int64_t>(),
+        out.data_ptr<scalar_t>(), N, k, weight.size(1),
+        weight.size(2) * weight.size(3), stream);
+    TORCH_CHECK(err == cudaSuccess, "gather_kept_weights_cuda: ",
+                cudaGetErrorString(err));
+  });
+  return out;
 }
 
 }  // namespace laud_mm

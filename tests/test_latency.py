@@ -418,21 +418,18 @@ def test_eager_channel_kernels():
     full = [o.name for o in p.channel_block_ops(g, 2, 1.)]
     assert full == ['gate', 'downsample', 'gate_checks'] + \
         [o.name for o in p.static_block_ops(g, 2)]
-    # 7 x 7 maps (s3.b1, width 512, C_in = C_out = 2048): dense conv1 to the
-    # padded width 513, kept rows gathered, conv2 on k = 128, rows scattered
-    # back, dense conv3
+    # 7 x 7 maps (s3.b1, width 512, C_in = C_out = 2048): the same
+    # per-sample kernels up to CHANNEL_DENSE_RATE (0.7) of the groups
     g3 = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][14]
-    names, by = _by_name(p.channel_block_ops(g3, 2, 0.25))
-    assert names[5:] == ['bookkeeping', 'x_transpose', 'bias1', 'conv1',
-                         'relu1', 'row_gather', 'w2_gather', 'conv2',
-                         'relu2', 'zeros', 'row_scatter', 'conv3', 'bias3',
-                         'scatter_add_relu']
-    assert by['conv1'].macs == 2 * 513 * 2048 * 49
-    assert by['conv2'].macs == 2 * 128 * 128 * 9 * 49
-    assert by['conv3'].macs == 2 * 2048 * 513 * 49
-    assert 'x_transpose' not in _by_name(p.channel_block_ops(g3, 1, 0.25))[0]
-    # ... and above CHANNEL_DENSE_RATE (0.4) masked dense
-    names, by = _by_name(p.channel_block_ops(g3, 2, 0.5))
+    for d in (0.25, 0.5):
+        names, by = _by_name(p.channel_block_ops(g3, 2, d))
+        assert names[3:] == ['rate_check', 'kept_channels', 'bookkeeping',
+                             'w1_gather', 'bias1', 'conv1', 'relu1',
+                             'w2_gather', 'conv2', 'relu2', 'w3_gather',
+                             'bias3', 'conv3', 'scatter_add_relu']
+    assert by['conv1'].macs == 2 * 256 * 2048 * 49  # k = 256 at d = 0.5
+    # ... and above it masked dense
+    names, by = _by_name(p.channel_block_ops(g3, 2, 0.75))
     assert names[2:] == ['repeat_interleave', 'rate_check', 'mask_prep',
                          'conv1', 'relu1', 'mask1', 'conv2', 'relu2', 'mask2',
                          'conv3', 'add', 'relu3']

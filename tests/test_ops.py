@@ -199,3 +199,39 @@ def test_cpu_allocator_tuning(monkeypatch):
     if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
         assert allocator.allocator_tuned()
         assert allocator.tune_cpu_allocator() is True
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('kh,kw', [(3, 3), (1, 1), (2, 3)])
+def test_gather_kept_weights_kernel_equals_reference(dtype, kh, kw):
+    """Per-sample conv2 weights of the kept channels: the compiled kernel
+    (when built) equals advanced indexing, bit for bit, padding index
+    included (a zero channel at index C)."""
+    from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference
+    g = torch.Generator().manual_seed(kh * 10 + kw)
+    w = torch.randn(17, 17, kh, kw, generator=g, dtype=dtype)
+    chs = torch.stack([torch.randperm(17, generator=g)[:6].sort()[0]
+                       for _ in range(5)])
+    chs[1, 4:] = 16  # padding channel, repeated
+    ref = gather_kept_weights_reference(w, chs)
+    assert ref.shape == (5, 6, 6, kh, kw)
+    assert torch.equal(ref[2, 3, 1], w[chs[2, 3], chs[2, 1]])
+    for name in ['pytorch'] + (['cpp'] if ops.extension() is not None
+                               else []):
+        with ops.use_backend(name):
+            assert torch.equal(gather_kept_weights(w, chs), ref), name
+    empty = gather_kept_weights(w, chs[:, :0])
+    assert empty.shape == (5, 0, 0, kh, kw)
+
+
+def test_gather_kept_weights_errors():
+    from laud_mm.ops import gather_kept_weights
+    w = torch.randn(8, 8, 3, 3)
+    with pytest.raises(ValueError, match='weight must be a 4-D'):
+        gather_kept_weights(w[0], torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match='chs must be an int64'):
+        gather_kept_weights(w, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r'outside \[0, 8\)'):
+        gather_kept_weights(w, torch.tensor([[0, 8]]))
+    with pytest.raises(ValueError, match=r'outside \[0, 8\)'):
+        gather_kept_weights(w, torch.tensor([[-1, 2]]))

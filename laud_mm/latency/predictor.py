@@ -470,9 +470,8 @@ class LatencyPredictor:
         HW), bias broadcast first), ReLU, conv2 as one grouped conv (a group
         of k channels per sample), ReLU, conv3 as one batched GEMM, then the
         fused scatter-add + ReLU pass. Maps under
-        ``CHANNEL_DENSE_1X1_PIXELS`` run conv1 / conv3 densely (gather /
-        scatter of the kept rows), and above ``CHANNEL_DENSE_RATE`` masked
-        dense; every group on: the static block."""
+        ``CHANNEL_SMALL_MAP_PIXELS`` above ``CHANNEL_DENSE_RATE`` kept groups:
+        masked dense; every group on: the static block."""
         from ..models import dynamic as dyn
         hw = self.hw
         n = float(batch)
@@ -490,8 +489,8 @@ class LatencyPredictor:
         if d >= 1.:  # every group on: the static block
             return ops + self.static_block_ops(g, batch)
         ops.append(_launches(hw, 'repeat_interleave', 1))
-        small = in_px < dyn.CHANNEL_DENSE_1X1_PIXELS
-        if small:  # the rate test: cast, mean, item
+        if in_px < dyn.CHANNEL_SMALL_MAP_PIXELS:
+            # the rate test: cast, mean, item
             ops.append(_launches(hw, 'rate_check', 3))
             if d > dyn.CHANNEL_DENSE_RATE:  # masked dense, folded BN
                 mid_in = n * width * in_px
@@ -519,40 +518,21 @@ class LatencyPredictor:
                           elementwise_latency(hw, 'bias_fill', out_e, 0, 1),
                           scatter]
         nk = n * k
-        # conv2: w2[chs_i, chs_j] (runs of 9), b2[chs]; grouped conv
-        conv2 = [
+        # per-sample weights (index_select row copies; conv2's from the
+        # gather kernel, runs of 9): one GEMM per sample, tiles never span
+        # samples; conv2 one grouped conv (a group of k channels per sample)
+        return ops + [
+            _launches(hw, 'bookkeeping', 24),
+            elementwise_latency(hw, 'w1_gather', nk * c_in, 1, 1),
+            elementwise_latency(hw, 'bias1', nk * in_px, 0, 1),
+            _conv(hw, 'conv1', batch, c_in, k, g.in_hw, g.in_hw,
+                  per_sample_channels=True, weight_elems=nk * c_in),
+            elementwise_latency(hw, 'relu1', nk * in_px, 1, 1),
             elementwise_latency(hw, 'w2_gather', nk * k * 9, 1, 1,
                                 run_elems=9., contiguous_reads=1),
             _conv(hw, 'conv2', 1, nk, nk, g.out_hw, g.in_hw, k=3,
                   stride=g.stride, dilation=g.dilation, groups=batch),
-            elementwise_latency(hw, 'relu2', nk * out_px, 1, 1)]
-        if small:  # dense conv1 / conv3 on the padded width
-            w1 = width + 1
-            ops += [_launches(hw, 'bookkeeping', 31)]
-            if batch > 1:  # (N, C_in, HW) -> (C_in, N HW) copy
-                ops.append(elementwise_latency(hw, 'x_transpose',
-                                               n * c_in * in_px, 1, 1))
-            ops += [
-                elementwise_latency(hw, 'bias1', n * w1 * in_px, 0, 1),
-                _conv(hw, 'conv1', batch, c_in, w1, g.in_hw, g.in_hw),
-                elementwise_latency(hw, 'relu1', n * w1 * in_px, 1, 1),
-                elementwise_latency(hw, 'row_gather', nk * in_px, 1, 1)]
-            ops += conv2
-            return ops + [
-                elementwise_latency(hw, 'zeros', n * w1 * out_px, 0, 1),
-                elementwise_latency(hw, 'row_scatter', nk * out_px, 1, 1),
-                _conv(hw, 'conv3', batch, w1, c_out, g.out_hw, g.out_hw),
-                elementwise_latency(hw, 'bias3', out_e, 1, 1),
-                scatter]
-        # per-sample weights: one GEMM per sample, tiles never span samples
-        ops += [_launches(hw, 'bookkeeping', 24),
-                elementwise_latency(hw, 'w1_gather', nk * c_in, 1, 1),
-                elementwise_latency(hw, 'bias1', nk * in_px, 0, 1),
-                _conv(hw, 'conv1', batch, c_in, k, g.in_hw, g.in_hw,
-                      per_sample_channels=True, weight_elems=nk * c_in),
-                elementwise_latency(hw, 'relu1', nk * in_px, 1, 1)]
-        ops += conv2
-        return ops + [
+            elementwise_latency(hw, 'relu2', nk * out_px, 1, 1),
             elementwise_latency(hw, 'w3_gather', nk * c_out, 1, 1),
             elementwise_latency(hw, 'bias3', out_e, 0, 1),
             _conv(hw, 'conv3', batch, k, c_out, g.out_hw, g.out_hw,

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.allocator import tune_cpu_allocator
+from ..ops.channel_weights import _gather_kept
 from ..ops.patches import _gather, _scatter
 from .gates import KEEP, SKIP
 from .geometry import BlockGeometry
@@ -383,12 +384,13 @@ def _sample_gate(block, x, shape):
 # that a batch is one batched GEMM / grouped conv and the backends see few
 # distinct shapes (oneDNN creates a primitive per shape)
 CHANNEL_PAD = 8
-# below this many pixels per sample (e.g. 7 x 7 at 224 px), per-sample 1x1
-# GEMMs are too thin: conv1 / conv3 run dense and the kept rows are gathered
-# / scattered instead (exact either way; measured on CPU)
-CHANNEL_DENSE_1X1_PIXELS = 100
-# ... and above this activation rate such blocks compute masked-dense
-CHANNEL_DENSE_RATE = 0.4
+# on maps under this many pixels (7 x 7 at 224 px) above CHANNEL_DENSE_RATE
+# kept groups, the per-sample weights cost more than they save: such blocks
+# compute masked-dense with folded BN (same function; measured on CPU:
+# per-sample 1.9x / 1.06x at rate 0.25 / 0.5, 0.74x at 0.75 where masked
+# dense is 0.98x)
+CHANNEL_SMALL_MAP_PIXELS = 100
+CHANNEL_DENSE_RATE = 0.7
 
 
 def _kept_channels(keep_ch: torch.Tensor, width: int) -> torch.Tensor:
@@ -417,10 +419,9 @@ def _channel_forward(block, x, geom):
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
     keep_ch = keep.repeat_interleave(block.granularity, dim=1)  # (N, width)
-    if h * w < CHANNEL_DENSE_1X1_PIXELS and \
+    if h * w < CHANNEL_SMALL_MAP_PIXELS and \
             float(keep.float().mean()) > CHANNEL_DENSE_RATE:
-        # tiny maps at high rates: per-sample weights cost more than they
-        # save; masked dense compute with folded BN (same function)
+        # small maps at high rates: masked dense compute with folded BN
         m = keep_ch.to(x.dtype)[:, :, None, None]
         h1 = F.conv2d(x, fb.w1, fb.b1).relu_().mul_(m)
         h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
@@ -432,27 +433,21 @@ def _channel_forward(block, x, geom):
         y = fb.b3.view(1, -1, 1).expand(n, -1, ho * wo)
     else:
         w1p, b1p, w2p, b2p, w3tp = fb.padded()
-        dense_1x1 = h * w < CHANNEL_DENSE_1X1_PIXELS
-        if dense_1x1:  # small maps: dense conv1, keep each sample's rows
-            h1 = torch.addmm(b1p[:, None], w1p, x.reshape(n, c_in, h * w)
-                             .transpose(0, 1).reshape(c_in, n * h * w))
-            h1 = h1.view(-1, n, h * w).transpose(0, 1).relu_()
-            h1 = torch.gather(h1, 1, chs[:, :, None].expand(-1, -1, h * w))
-        else:  # conv1 for the kept channels only: per-sample weights, one bmm
-            h1 = torch.baddbmm(b1p[chs].unsqueeze(2), w1p[chs],
-                               x.reshape(n, c_in, h * w)).relu_()
-        # conv2 on kept -> kept channels: one grouped conv (a group per sample)
-        w2s = w2p[chs[:, :, None], chs[:, None, :]]  # (N, k, k, 3, 3)
+        flat = chs.reshape(-1)  # index_select: row copies (5x aten::index)
+        # conv1 for the kept channels only: per-sample weights, one bmm
+        h1 = torch.baddbmm(b1p.index_select(0, flat).view(n, k, 1),
+                           w1p.index_select(0, flat).view(n, k, c_in),
+                           x.reshape(n, c_in, h * w)).relu_()
+        # conv2 on kept -> kept channels: one grouped conv (a group per
+        # sample), weights from the compiled gather kernel
+        w2s = _gather_kept(w2p, chs)  # (N, k, k, 3, 3)
         h2 = F.conv2d(h1.reshape(1, n * k, h, w), w2s.view(n * k, k, 3, 3),
-                      b2p[chs].view(-1), fb.stride, fb.padding, fb.dilation,
-                      groups=n).relu_().view(n, k, ho * wo)
-        if dense_1x1:  # scatter the kept rows back, dense conv3
-            full = h2.new_zeros(n, width + 1, ho * wo)
-            full.scatter_(1, chs[:, :, None].expand(-1, -1, ho * wo), h2)
-            y = torch.matmul(w3tp.t(), full).add_(fb.b3.view(1, -1, 1))
-        else:  # conv3 from the kept channels (bn3 shift for every sample)
-            y = torch.baddbmm(fb.b3.view(1, -1, 1),
-                              w3tp[chs].transpose(1, 2), h2)
+                      b2p.index_select(0, flat), fb.stride, fb.padding,
+                      fb.dilation, groups=n).relu_().view(n, k, ho * wo)
+        # conv3 from the kept channels (bn3 shift for every sample)
+        y = torch.baddbmm(fb.b3.view(1, -1, 1),
+                          w3tp.index_select(0, flat).view(n, k, c_out)
+                          .transpose(1, 2), h2)
     idx = torch.zeros(n, 3, dtype=torch.int64, device=x.device)
     idx[:, 0] = torch.arange(n, device=x.device)
     out = _scatter(ident, y.reshape(n, c_out, ho, wo).contiguous(), idx,

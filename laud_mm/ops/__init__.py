@@ -9,6 +9,8 @@ Source: paper sec. 3.4 and appendix (operator fusion for dynamic inference).
 """
 from ._backend import (backend, extension, has_cuda_kernels, set_backend,
                        use_backend)
+from .channel_weights import (gather_kept_weights,
+                              gather_kept_weights_reference)
 from .patches import (gather_patches, gather_patches_reference, patch_indices,
                       patch_map, scatter_add_relu, scatter_add_relu_reference,
                       window_size)
@@ -16,5 +18,6 @@ from .patches import (gather_patches, gather_patches_reference, patch_indices,
 __all__ = [
     'backend', 'extension', 'has_cuda_kernels', 'set_backend', 'use_backend',
     'gather_patches', 'gather_patches_reference', 'patch_indices', 'patch_map',
-    'scatter_add_relu', 'scatter_add_relu_reference', 'window_size'
+    'scatter_add_relu', 'scatter_add_relu_reference', 'window_size',
+    'gather_kept_weights', 'gather_kept_weights_reference'
 ]
