@@ -597,3 +597,35 @@ def test_predict_latency_measures_checkpoint_densities(tmp_path, capsys):
     assert dp.mean.flatten().tolist() == \
         pytest.approx(cfg.data_preprocessor['mean'])
     assert 'data_preprocessor' not in cfg.model   # the caller's cfg is intact
+
+
+def test_weight_reorder_term():
+    """A CPU spec charges oneDNN's per-call weight reorder (read + write of
+    the weights at weight_reorder_gbs) to direct convolutions (3x3; 1x1 from
+    16 images on) whose weights reach weight_reorder_min_mb; not to MKL
+    GEMMs (1x1 under 16 images, per-sample batched GEMMs) nor to weights
+    that stay in cache."""
+    from laud_mm.latency.operators import reorders_weights
+    base = get_hardware('cpu').replace(max_tile_batch=1)
+    spec = base.replace(weight_reorder_gbs=10., weight_reorder_min_mb=4.)
+
+    def extra(op):
+        conv_latency.cache_clear()
+        return conv_latency(spec, op).ms - conv_latency(base, op).ms
+
+    big3 = ConvOp(1., 512, 512, 7, 7, 7, 7, 3, 1, name='c')  # 9.44 MB
+    assert reorders_weights(big3)
+    assert extra(big3) == pytest.approx(2 * 512 * 512 * 9 * 4 / 10e9 * 1e3)
+    small3 = ConvOp(1., 256, 256, 14, 14, 14, 14, 3, 1, name='c')  # 2.4 MB
+    assert extra(small3) == pytest.approx(0.)
+    gemm = ConvOp(8., 2048, 512, 7, 7, 7, 7, 1, 1, name='c')  # 4.2 MB
+    assert not reorders_weights(gemm) and extra(gemm) == pytest.approx(0.)
+    big1 = ConvOp(16., 2048, 512, 7, 7, 7, 7, 1, 1, name='c')
+    assert reorders_weights(big1)
+    assert extra(big1) == pytest.approx(2 * 2048 * 512 * 4 / 10e9 * 1e3)
+    per_sample = ConvOp(16., 2048, 512, 7, 7, 7, 7, 1, 1, name='c',
+                        per_sample_channels=True)
+    assert not reorders_weights(per_sample)
+    assert get_hardware('v100').weight_reorder_gbs == 0  # GPUs: never
+    with pytest.raises(ValueError, match='weight_reorder_gbs=-1'):
+        base.replace(weight_reorder_gbs=-1)

@@ -143,9 +143,21 @@ def microbench(device):
         w = torch.rand(cout, cin, k, k, device=dev)
         t = time_fn(lambda: F.conv2d(x, w, padding=k // 2), dev)
         rates.append(n * cin * cout * hw * hw * k * k / t)
+    reorder = 0.
+    if dev.type == 'cpu':
+        # a direct convolution whose work is mostly its weights: 512 -> 512
+        # 3x3 on one 3 x 3 image (padding 1: oneDNN's direct kernel), which
+        # re-lays out the 9.4 MB of weights on each call (read + write);
+        # its 21 MMAC at the best convolution rate are subtracted
+        x = torch.rand(1, 512, 3, 3)
+        w = torch.rand(512, 512, 3, 3)
+        t = time_fn(lambda: F.conv2d(x, w, padding=1), dev) - launch_conv \
+            - 512 * 512 * 9 * 9 / max(rates)
+        reorder = 2 * w.numel() * 4 / max(t, 1e-9) / 1e9
     return dict(launch_us=launch * 1e6, launch_add_us=launch_add * 1e6,
                 launch_conv_us=launch_conv * 1e6, bandwidth_gbs=big / 1e9,
-                cache_gbs=small / 1e9, macs=max(rates), conv_rates=rates)
+                cache_gbs=small / 1e9, macs=max(rates), conv_rates=rates,
+                weight_reorder_gbs=reorder)
 
 
 def static_block_fn(g, batch, device):
@@ -253,7 +265,9 @@ def main(argv=None):
           f'{m["launch_conv_us"]:.1f}), bandwidth {m["bandwidth_gbs"]:.1f} '
           f'GB/s, cache {m["cache_gbs"]:.1f} GB/s, compute '
           f'{m["macs"] / 1e9:.1f} GMAC/s (convs: '
-          + ', '.join(f'{r / 1e9:.1f}' for r in m['conv_rates']) + ')')
+          + ', '.join(f'{r / 1e9:.1f}' for r in m['conv_rates']) + ')'
+          + (f', weight reorder {m["weight_reorder_gbs"]:.1f} GB/s'
+             if m['weight_reorder_gbs'] else ''))
     spec = HardwareSpec(
         name=name, num_pe=n_pe,
         fp32_per_pe=m['macs'] / (n_pe * clock * 1e6), clock_mhz=clock,
@@ -261,7 +275,8 @@ def main(argv=None):
         l2_factor=max(1.0, m['cache_gbs'] / m['bandwidth_gbs']),
         launch_us=m['launch_us'], transaction_bytes=tr,
         max_tile_outputs=max_tile, default_batch=1,
-        max_tile_batch=tile_batch)
+        max_tile_batch=tile_batch,
+        weight_reorder_gbs=m['weight_reorder_gbs'])
     if args.fit:
         geoms, _ = resnet_geometries(50, (224, 224))
         uniq = {}

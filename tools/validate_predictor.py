@@ -290,7 +290,8 @@ def metrics(meas, pred):
 
 
 def fit_on_cases(spec, cases, idx):
-    """Fit fp32_per_pe, bandwidth_gbs, launch_us (within 10x of ``spec``)
+    """Fit fp32_per_pe, bandwidth_gbs, launch_us and, for a spec with a
+    weight reorder (CPU), weight_reorder_gbs (within 10x of ``spec``)
     on the cases ``idx``: the loss is the reported metric, the mean
     absolute percentage error (Nelder-Mead from the spec and from two
     starts with 1.35x the compute rate / 2x the bandwidth; the best
@@ -298,6 +299,8 @@ def fit_on_cases(spec, cases, idx):
     import numpy as np
     from scipy.optimize import minimize
     keys = ('fp32_per_pe', 'bandwidth_gbs', 'launch_us')
+    if spec.weight_reorder_gbs > 0:  # CPU specs (calibrate_hardware.py)
+        keys += ('weight_reorder_gbs',)
     sub = [cases[i] for i in idx]
     meas = np.array([c['measured_ms'] for c in sub])
     x_start = np.log([max(getattr(spec, k), 1e-3) for k in keys])
@@ -312,6 +315,7 @@ def fit_on_cases(spec, cases, idx):
         return float(np.mean(np.abs(p / meas - 1.)))
     best = None
     for shift in ((0., 0., 0.), (0.3, 0., 0.), (0., 0.7, 0.)):
+        shift = shift + (0.,) * (len(keys) - 3)
         res = minimize(loss, x_start + np.array(shift), method='Nelder-Mead',
                        options=dict(maxiter=400, xatol=1e-3, fatol=1e-6))
         if best is None or res.fun < best.fun:

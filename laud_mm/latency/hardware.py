@@ -49,6 +49,20 @@ class HardwareSpec:
             (oneDNN direct convolutions, the per-image GEMMs of 1x1
             convolutions, batched GEMMs), so each image re-reads the
             weights: ``tools/calibrate_hardware.py`` writes 1 for a CPU.
+        weight_reorder_gbs: GB/s at which every call of a direct
+            convolution re-lays out its weights (0, default: never). PyTorch's
+            CPU convolutions (oneDNN: 3x3 convolutions, 1x1 convolutions of
+            16 images or more) reorder the dense OIHW weights into oneDNN's
+            blocked layout on every call: a read and a write of the weights,
+            1.4 - 3.5 ms per call for the 9.4 MB of a 512 -> 512 3x3
+            convolution on this CPU (against pre-packed weights), while
+            weights that stay in cache (<= 2.4 MB: 0 - 0.2 ms) cost nothing
+            measurable: the term applies to weights of at least
+            ``weight_reorder_min_mb``. The 1x1 convolutions of fewer than 16
+            images and the GEMMs (``addmm``, ``baddbmm``) run MKL without it.
+            ``tools/calibrate_hardware.py`` measures it on a CPU.
+        weight_reorder_min_mb: smallest weight size (MB, 1e6 bytes) whose
+            reorder is charged (default 4).
 
     Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
     (bytes/s).
@@ -70,6 +84,8 @@ class HardwareSpec:
     max_tile_outputs: int = 16384
     dtype_bytes: int = 4
     max_tile_batch: int = 0
+    weight_reorder_gbs: float = 0.
+    weight_reorder_min_mb: float = 4.
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -80,7 +96,9 @@ class HardwareSpec:
                 continue
             v = getattr(self, f.name)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            zero_ok = f.name in ('launch_us', 'max_tile_batch')
+            zero_ok = f.name in ('launch_us', 'max_tile_batch',
+                                  'weight_reorder_gbs',
+                                  'weight_reorder_min_mb')
             if zero_ok:
                 ok = ok and v >= 0
             else:

@@ -211,6 +211,22 @@ def _expected_ceil(mean: float, std: float, tile: np.ndarray) -> np.ndarray:
     return 0.5 * (np.ceil(lo / tile - 1e-9) + np.ceil(hi / tile - 1e-9))
 
 
+#: PyTorch's CPU 1x1 convolutions below this many images run as per-image
+#: MKL GEMMs (no weight reorder); from it on, oneDNN's direct convolution
+ONEDNN_MIN_1X1_BATCH = 16
+
+
+def reorders_weights(op: ConvOp) -> bool:
+    """Whether a CPU eager call of ``op`` goes to oneDNN's direct
+    convolution, which re-lays out the weights on every call
+    (``HardwareSpec.weight_reorder_gbs``): kernels larger than 1x1, and 1x1
+    convolutions of :data:`ONEDNN_MIN_1X1_BATCH` images or more; not the
+    per-sample batched GEMMs (``per_sample_channels``)."""
+    if op.per_sample_channels:
+        return False
+    return op.kernel > 1 or op.batch >= ONEDNN_MIN_1X1_BATCH
+
+
 @lru_cache(maxsize=65536)
 def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     """Latency of one convolution-like kernel, fastest tile shape.
@@ -304,6 +320,11 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     out_elems = B * C * H * W
     offchip = in_off + (w_elems + out_elems) * db
     t_mem = offchip / hw.bandwidth + onchip / hw.l2_bandwidth
+    w_bytes = w_elems * db
+    if hw.weight_reorder_gbs > 0 and reorders_weights(op) and \
+            w_bytes >= hw.weight_reorder_min_mb * 1e6:
+        # the per-call weight reorder of a CPU direct convolution
+        t_mem = t_mem + 2. * w_bytes / (hw.weight_reorder_gbs * 1e9)
     launch = hw.launch_us * 1e-6
     total = t_compute + t_mem + launch
     i = int(np.argmin(total))
