@@ -629,3 +629,34 @@ def test_weight_reorder_term():
     assert get_hardware('v100').weight_reorder_gbs == 0  # GPUs: never
     with pytest.raises(ValueError, match='weight_reorder_gbs=-1'):
         base.replace(weight_reorder_gbs=-1)
+
+
+def test_vector_width_and_llc_terms():
+    """vector_width: an MKL GEMM over the pixels of a 7 x 7 map costs
+    ceil(49 / 16) * 16 = 64 pixels of compute (not the oneDNN convs, not
+    the GEMMs over gathered rows); llc_mb: a streaming kernel whose bytes
+    fit in the last-level cache runs at the on-chip bandwidth only."""
+    base = get_hardware('cpu').replace(max_tile_batch=1)
+    vec = base.replace(vector_width=16)
+    conv_latency.cache_clear()
+    gemm7 = ConvOp(2., 2048, 512, 7, 7, 7, 7, 1, 1, name='c')
+    a, b = conv_latency(base, gemm7), conv_latency(vec, gemm7)
+    assert b.compute_ms == pytest.approx(a.compute_ms * 64 / 49)
+    assert b.memory_ms == pytest.approx(a.memory_ms)
+    gemm56 = ConvOp(2., 256, 64, 56, 56, 56, 56, 1, 1, name='c')  # 3136 px
+    assert conv_latency(vec, gemm56).ms == pytest.approx(
+        conv_latency(base, gemm56).ms)
+    for op in (ConvOp(2., 512, 512, 7, 7, 7, 7, 3, 1, name='c'),  # oneDNN
+               ConvOp(1., 4608, 512, 5, 1, 5, 1, 1, 1, name='c')):  # rows
+        assert conv_latency(vec, op).ms == pytest.approx(
+            conv_latency(base, op).ms)
+    llc = base.replace(llc_mb=8.)
+    small = elementwise_latency(llc, 'add', 1e5, 2, 1)  # 1.2 MB moved
+    assert small.memory_ms == pytest.approx(1.2e6 / llc.l2_bandwidth * 1e3)
+    big = elementwise_latency(llc, 'add', 1e6, 2, 1)  # 12 MB: DRAM
+    assert big.ms == pytest.approx(elementwise_latency(base, 'add', 1e6, 2,
+                                                       1).ms)
+    with pytest.raises(ValueError, match='vector_width=1.5'):
+        base.replace(vector_width=1.5)
+    with pytest.raises(ValueError, match='llc_mb=-2'):
+        base.replace(llc_mb=-2)

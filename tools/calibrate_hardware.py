@@ -116,6 +116,35 @@ def cpu_clock_mhz():
     return 2000.
 
 
+def cpu_llc_mb() -> float:
+    """Size of the CPU's last-level (highest) unified cache in MB (1e6
+    bytes) from sysfs; 0 if unknown."""
+    import glob
+    best = (0, 0.)
+    for d in glob.glob('/sys/devices/system/cpu/cpu0/cache/index*'):
+        try:
+            with open(osp.join(d, 'type')) as f:
+                if f.read().strip() not in ('Unified', 'Data'):
+                    continue
+            with open(osp.join(d, 'level')) as f:
+                level = int(f.read())
+            with open(osp.join(d, 'size')) as f:
+                size = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        mult = {'K': 1024, 'M': 1024 ** 2, 'G': 1024 ** 3}.get(size[-1:], 1)
+        num = size[:-1] if size[-1:] in 'KMG' else size
+        best = max(best, (level, float(num) * mult / 1e6))
+    return best[1]
+
+
+def cpu_vector_width() -> int:
+    """FP32 SIMD lanes PyTorch's CPU kernels use (16 AVX-512, 8 AVX2, 4
+    otherwise), from ``torch.backends.cpu.get_cpu_capability()``."""
+    cap = torch.backends.cpu.get_cpu_capability().upper()
+    return 16 if 'AVX512' in cap else 8 if 'AVX2' in cap else 4
+
+
 def microbench(device):
     """Launch (us), bandwidth (GB/s), cache bandwidth (GB/s) and compute
     rate (MAC/s) of ``device``."""
@@ -276,7 +305,9 @@ def main(argv=None):
         launch_us=m['launch_us'], transaction_bytes=tr,
         max_tile_outputs=max_tile, default_batch=1,
         max_tile_batch=tile_batch,
-        weight_reorder_gbs=m['weight_reorder_gbs'])
+        weight_reorder_gbs=m['weight_reorder_gbs'],
+        vector_width=cpu_vector_width() if device.type == 'cpu' else 0,
+        llc_mb=cpu_llc_mb() if device.type == 'cpu' else 0.)
     if args.fit:
         geoms, _ = resnet_geometries(50, (224, 224))
         uniq = {}

@@ -63,6 +63,18 @@ class HardwareSpec:
             ``tools/calibrate_hardware.py`` measures it on a CPU.
         weight_reorder_min_mb: smallest weight size (MB, 1e6 bytes) whose
             reorder is charged (default 4).
+        vector_width: FP32 lanes of the CPU's SIMD registers (16 with
+            AVX-512, 8 with AVX2; 0, default: not modelled, GPUs). The MKL
+            GEMMs of PyTorch's 1x1 convolutions (under 16 images) and of the
+            batched per-sample GEMMs vectorise along the pixels of an image,
+            so a map of HW pixels costs ceil(HW / vector_width) vectors: a
+            7 x 7 map runs at 49 / 64 of the rate (measured: 30 vs 39 - 49
+            GMAC/s).
+        llc_mb: last-level cache in MB (1e6 bytes; 0, default: not
+            modelled). A streaming kernel (add, ReLU, gather, scatter) whose
+            bytes moved fit in it is served from the cache at the on-chip
+            bandwidth: on a CPU the activations of a block of one or two
+            images stay in the L3 between kernels (32 MB here).
 
     Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
     (bytes/s).
@@ -86,6 +98,8 @@ class HardwareSpec:
     max_tile_batch: int = 0
     weight_reorder_gbs: float = 0.
     weight_reorder_min_mb: float = 4.
+    vector_width: int = 0
+    llc_mb: float = 0.
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -98,7 +112,8 @@ class HardwareSpec:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
             zero_ok = f.name in ('launch_us', 'max_tile_batch',
                                   'weight_reorder_gbs',
-                                  'weight_reorder_min_mb')
+                                  'weight_reorder_min_mb', 'vector_width',
+                                  'llc_mb')
             if zero_ok:
                 ok = ok and v >= 0
             else:
@@ -109,7 +124,8 @@ class HardwareSpec:
                     f'{"non-negative" if zero_ok else "positive"}'
                     f' number')
         for key in ('num_pe', 'transaction_bytes', 'default_batch',
-                    'max_tile_outputs', 'dtype_bytes', 'max_tile_batch'):
+                    'max_tile_outputs', 'dtype_bytes', 'max_tile_batch',
+                    'vector_width'):
             if int(getattr(self, key)) != getattr(self, key):
                 raise ValueError(f'HardwareSpec {self.name!r}: {key}='
                                  f'{getattr(self, key)!r} must be an integer')

@@ -283,6 +283,12 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     cycles_per_k = np.maximum(per_unit, hw.cycles_per_op)
     util = tile_out / (P * cycles_per_k)
     t_compute = waves * K * cycles_per_k / hw.clock_hz
+    v = hw.vector_width
+    if v > 0 and op.kernel == 1 and W > 1 and not reorders_weights(op):
+        # MKL GEMM vectorised along the pixels of an image (not the single
+        # GEMMs over gathered rows, modelled as a (rows x 1) map: those
+        # vectorise along the output channels)
+        t_compute = t_compute * (math.ceil(H * W / v) * v) / (H * W)
 
     # ---- on-chip traffic per tile (elements), halo included
     k_eff = (op.kernel - 1) * op.dilation + 1
@@ -379,7 +385,10 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
         moved = dense * elems * db + scattered * elems * db / eff
     # streaming kernels are served from DRAM; the L2 pass (one read and one
     # write per useful byte) adds the on-chip term.
-    t_mem = moved / hw.bandwidth + useful / hw.l2_bandwidth
+    if moved <= hw.llc_mb * 1e6:  # resident in the last-level cache
+        t_mem = moved / hw.l2_bandwidth
+    else:
+        t_mem = moved / hw.bandwidth + useful / hw.l2_bandwidth
     t_comp = elems * ops_per_elem / hw.peak_macs
     launch = hw.launch_us * 1e-6
     total = t_comp + t_mem + launch
