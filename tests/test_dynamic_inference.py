@@ -264,3 +264,58 @@ def test_spatial_patch_convs_paths(s, stride, p):
     assert out.shape == ref.shape == (p, 32, s, s)
     assert out.is_contiguous()
     assert (out - ref).abs().max() <= 1e-5
+
+
+def test_layer_block_writes_into_owned_input():
+    """Inside owned_block_inputs (what LAUDResNet.forward uses) an identity
+    layer block adds its kept samples' branch into its (non-negative) input
+    in place and leaves the skipped samples untouched; the result equals
+    the masked-dense block. Outside the context the input is not modified,
+    and the flag is reset on exit."""
+    from laud_mm.models.dynamic import OWNED_INPUT_ATTR, owned_block_inputs
+    block = make_block('layer', 32, 8, 1, None, seed=5)
+    ds_block = make_block('layer', 16, 8, 2, None, seed=6)
+    x = torch.rand(5, 32, 9, 7)  # non-negative, like a block output
+    forced = torch.tensor([1., 0., 0., 1., 1.])
+    block.masker.forced_gate = forced
+    with torch.no_grad():
+        block.dynamic_inference = False
+        ref = block(x.clone())
+        block.dynamic_inference = True
+        mine = x.clone()
+        with owned_block_inputs([block, ds_block]):
+            assert getattr(block, OWNED_INPUT_ATTR)
+            assert not getattr(ds_block, OWNED_INPUT_ATTR, False)
+            out = block(mine)
+        assert not getattr(block, OWNED_INPUT_ATTR)
+        assert out.data_ptr() == mine.data_ptr()  # in place
+        assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])
+        assert (out - ref).abs().max() <= TOL
+        kept = x.clone()
+        out2 = block(kept)  # outside the context: a new tensor
+        assert out2.data_ptr() != kept.data_ptr() and torch.equal(kept, x)
+        assert (out2 - ref).abs().max() <= TOL
+
+
+def test_backbone_forward_keeps_caller_input():
+    """LAUDResNet's dynamic forward (identity blocks writing into their
+    inputs) leaves the image tensor and the returned stage outputs intact:
+    they equal the masked-dense backbone."""
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm='layer', out_indices=(0, 1, 2, 3))
+    net.eval()
+    randomize(net, 0, masker_std=0.3)
+    x = torch.randn(2, 3, 64, 48)
+    x0 = x.clone()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        net.dynamic_inference = False
+        net(x)
+        for b in net.blocks:
+            b.masker.forced_gate = (torch.rand(2, generator=g) < 0.5).float()
+        ref = net(x)
+        net.dynamic_inference = True
+        out = net(x)
+    assert torch.equal(x, x0)
+    for o, r in zip(out, ref):
+        assert (o - r).abs().max() <= TOL * max(1., r.abs().max().item())

@@ -327,7 +327,7 @@ def _by_name(ops):
 
 BOOKKEEPING = ('gate', 'gate_checks', 'gate_count', 'repeat_interleave',
                'rate_check', 'kept_channels', 'bookkeeping', 'mask_prep',
-               'slice', 'expand_mask')
+               'slice', 'expand_mask', 'skipped_relu')
 
 
 def _launch_count(p, ops):
@@ -337,46 +337,51 @@ def _launch_count(p, ops):
 
 def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     """R50 s1.b0 (downsample, 56 -> 28 px) at batch 4 with 2 kept samples:
-    the forced-gate calls, the downsample, the branch (conv1, ReLU, conv2,
-    ReLU, conv3) of the static block on 2 samples, ``x[samples]`` copied
-    with probability 1 - 3 / C(4, 2) = 1/2 (a view when the kept samples are
-    consecutive), then one scatter-add + ReLU pass over the 4 outputs
-    reading the identity and the 2 branch rows."""
+    the forced-gate calls, the downsample, the branch of the static block on
+    2 samples (conv1 as per-image GEMMs on their rows of x: no row copy),
+    then per kept sample the bias pass, conv3 accumulated into the shortcut
+    row and a ReLU pass; the 2 skipped rows of the downsample output get a
+    ReLU. An identity block inside a backbone writes into its input (the
+    skipped rows cost nothing); called alone, its input is copied first."""
     p = _eager()
     hw = p.hw
     g = resnet_geometries(50, (224, 224), 'layer')[0][3]
-    in_e = g.in_channels * 56 * 56
     out_e = g.out_channels * 28 * 28
-    names, by = _by_name(p.layer_block_ops(g, 4, 0.5))
+    ops = p.layer_block_ops(g, 4, 0.5)
+    names, by = _by_name(ops)
     assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
-                     'row_gather', 'conv1', 'relu1', 'conv2', 'relu2',
-                     'conv3', 'scatter_add_relu']
+                     'conv1', 'relu1', 'conv2', 'relu2', 'bias3', 'conv3',
+                     'relu3', 'skipped_relu', 'relu_skipped']
     static2 = {o.name: o for o in p.static_block_ops(g, 2)}
     for k in ('conv1', 'relu1', 'conv2', 'relu2', 'conv3'):
         assert by[k].ms == pytest.approx(static2[k].ms)
-    assert by['row_gather'].ms == pytest.approx(0.5 * elementwise_latency(
-        hw, 'row_gather', 2 * in_e, 1, 1).ms)
-    sc = by['scatter_add_relu']
-    assert sc.ms == pytest.approx(elementwise_latency(
-        hw, 'scatter_add_relu', 4 * out_e, 1.5, 1).ms)
-    # bytes: identity (4 rows) + branch (2 rows) read, 4 rows written
-    assert sc.onchip_bytes == pytest.approx((4 + 2 + 4) * out_e * 4)
-    assert _launch_count(p, p.layer_block_ops(g, 4, 0.5)) == \
-        pytest.approx(5 + 3 + 16)
-    # one kept sample is always a view; all on: the static block; none on:
-    # relu(shortcut), the same pass without branch rows
-    assert 'row_gather' not in _by_name(p.layer_block_ops(g, 4, 0.25))[0]
+    for k in ('bias3', 'relu3', 'relu_skipped'):  # 2 rows each
+        assert by[k].ms == pytest.approx(elementwise_latency(
+            hw, k, 2 * out_e, 1, 1).ms)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 16 + 2)
     full = [o.name for o in p.layer_block_ops(g, 4, 1.)]
     assert full == ['gate', 'downsample', 'gate_count'] + \
         [o.name for o in p.static_block_ops(g, 4)]
     names, by = _by_name(p.layer_block_ops(g, 4, 0.))
     assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
-                     'scatter_add_relu']
-    assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
-        hw, 'scatter_add_relu', 4 * out_e, 1, 1).ms)
+                     'skipped_relu', 'relu_skipped']
     ts = [sum(o.ms for o in p.layer_block_ops(g, 4, n / 4))
           for n in range(5)]
     assert all(a < b for a, b in zip(ts, ts[1:])), ts
+    # identity block (s1.b1): in a backbone nothing for the skipped rows;
+    # alone, a copy of the input first and the skipped rows' ReLU
+    gi = resnet_geometries(50, (224, 224), 'layer')[0][4]
+    assert not gi.has_downsample
+    names = _by_name(p.layer_block_ops(gi, 4, 0.5))[0]
+    assert names[2:] == ['bookkeeping', 'conv1', 'relu1', 'conv2', 'relu2',
+                         'bias3', 'conv3', 'relu3']
+    alone = LatencyPredictor(p.hw, implementation='eager', forced_gates=True,
+                             owned_block_inputs=False)
+    names, by = _by_name(alone.layer_block_ops(gi, 4, 0.5))
+    assert names[2:4] == ['bookkeeping', 'clone']
+    assert names[-2:] == ['skipped_relu', 'relu_skipped']
+    assert by['clone'].ms == pytest.approx(elementwise_latency(
+        hw, 'clone', 4 * out_e, 1, 1).ms)
 
 
 def test_channel_kept_padded():

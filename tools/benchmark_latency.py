@@ -73,9 +73,14 @@ def static_forward(net, stem, x):
 
 
 def dynamic_forward(net, stem, x):
+    """Folded stem, then every block's dynamic forward, as
+    ``LAUDResNet.forward`` runs them (identity blocks own their input:
+    :func:`~laud_mm.models.dynamic.owned_block_inputs`)."""
+    from laud_mm.models.dynamic import owned_block_inputs
     x = stem(x)
-    for blk in net.blocks:
-        x = blk(x)
+    with owned_block_inputs(net.blocks):
+        for blk in net.blocks:
+            x = blk(x)
     return x
 
 

@@ -236,13 +236,15 @@ def backbone_forward(model, x, geoms, dynamic):
     kernels the predictor models, without the backbone's FLOPs / gate
     statistics bookkeeping."""
     from laud_mm.models.dynamic import (dynamic_bottleneck_forward,
+                                        owned_block_inputs,
                                         static_bottleneck_forward)
     h = model.maxpool(model.relu(model.norm1(model.conv1(x))))
-    for blk, g in zip(model.blocks, geoms):
-        if dynamic:
-            h = dynamic_bottleneck_forward(blk, h, g)[0]
-        else:
-            h = static_bottleneck_forward(blk, h)
+    with owned_block_inputs(model.blocks if dynamic else []):
+        for blk, g in zip(model.blocks, geoms):
+            if dynamic:
+                h = dynamic_bottleneck_forward(blk, h, g)[0]
+            else:
+                h = static_bottleneck_forward(blk, h)
     return h
 
 
@@ -253,6 +255,10 @@ def predict_cases(cases, spec):
     pred = LatencyPredictor(spec, implementation='eager',
                             spatial_dense_threshold=SPATIAL_DENSE_THRESHOLD,
                             forced_gates=True)
+    # blocks are timed alone (their input is never written into)
+    alone = LatencyPredictor(spec, implementation='eager',
+                             spatial_dense_threshold=SPATIAL_DENSE_THRESHOLD,
+                             forced_gates=True, owned_block_inputs=False)
     out = []
     for c in cases:
         par = None if c['paradigm'] == 'static' else c['paradigm']
@@ -265,8 +271,8 @@ def predict_cases(cases, spec):
             if par is None:
                 ms = pred.predict_static([g], c['batch']).total_ms
             else:
-                ms = pred.predict_backbone([g], [c['density']],
-                                           c['batch']).total_ms
+                ms = alone.predict_backbone([g], [c['density']],
+                                            c['batch']).total_ms
         else:
             gran = None if c['granularity'] is None else \
                 tuple(int(v) for v in c['granularity'].split('-'))

@@ -264,10 +264,11 @@ class LatencyPredictor:
             one fused scatter-add + ReLU pass (dense fallbacks as in
             ``_spatial_forward``); channel: per-sample weights gathered,
             conv1 / conv3 one batched GEMM each and conv2 one grouped conv
-            over the kept channels padded to ``CHANNEL_PAD`` (dense 1x1 /
-            masked-dense variants on small maps), fused scatter-add + ReLU;
-            layer: the branch on the kept samples, one fused scatter-add +
-            ReLU pass; plus the Python bookkeeping calls of each path
+            over the kept channels padded to ``CHANNEL_PAD`` (masked-dense
+            on small maps at high rates), fused scatter-add + ReLU;
+            layer: the branch on the kept samples (per-image GEMMs), conv3
+            accumulated into the shortcut rows; plus the Python bookkeeping
+            calls of each path
             (counted as launches). Used to validate the model against
             measured CPU latency (``tools/validate_predictor.py``).
         spatial_dense_threshold: spatial blocks whose fraction of active
@@ -279,6 +280,10 @@ class LatencyPredictor:
             (``masker.forced_gate``, as the validation does), so no masker
             runs and every channel-block sample keeps the same count;
             else the maskers' kernels are counted.
+        owned_block_inputs: eager only: identity blocks run as inside a
+            backbone (``laud_mm.models.dynamic.owned_block_inputs``: a layer
+            block writes into its input, default); False: as blocks called
+            alone (the input is copied first; the validation's block cases).
 
     Raises:
         ValueError: for an unknown device (see :func:`get_hardware`),
@@ -296,9 +301,11 @@ class LatencyPredictor:
     def __init__(self, hardware: Union[str, HardwareSpec] = 'v100',
                  implementation: str = 'fused',
                  spatial_dense_threshold: Optional[float] = None,
-                 forced_gates: bool = False):
+                 forced_gates: bool = False,
+                 owned_block_inputs: bool = True):
         self.hw = get_hardware(hardware)
         self.forced_gates = bool(forced_gates)
+        self.owned_block_inputs = bool(owned_block_inputs)
         if implementation not in self.IMPLEMENTATIONS:
             raise ValueError(f'implementation={implementation!r} is not one '
                              f'of {self.IMPLEMENTATIONS}')
@@ -628,13 +635,16 @@ class LatencyPredictor:
     def _layer_eager(self, g: BlockGeometry, batch: int,
                      d: float) -> List[OpLatency]:
         """Eager layer path (``_layer_forward`` of
-        :mod:`laud_mm.models.dynamic`): the branch (conv1, ReLU, conv2, ReLU,
-        conv3) on the kept samples (``x[samples]`` copies them unless they
-        are consecutive), then one fused scatter-add + ReLU pass over the
-        whole output (identity of every sample, branch rows of the kept
-        ones); every sample on: the static block; none: relu(shortcut)."""
+        :mod:`laud_mm.models.dynamic`): conv1 as per-image GEMMs on the kept
+        samples' rows of x (no row copy), ReLU, conv2, ReLU, then per kept
+        sample the shortcut row gets the bias (one pass), conv3 accumulated
+        in place (GEMM) and a ReLU pass. The output is the shortcut itself:
+        for an identity block inside a backbone
+        (``owned_block_inputs``, ``self.owned_block_inputs``) the input, so
+        skipped samples cost nothing; otherwise a copy of the input (identity
+        block called alone) or the downsample's output, and the skipped rows
+        get a ReLU pass. Every sample on: the static block."""
         hw = self.hw
-        in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
         out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
         if self.forced_gates:
             ops = [_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
@@ -645,25 +655,27 @@ class LatencyPredictor:
                    _launches(hw, 'masker_steps', 1)]
         ops += self._downsample(g, batch)
         ops.append(_launches(hw, 'gate_count', 3))  # gt, sum, item
+        inplace = self.owned_block_inputs and not g.has_downsample
 
         def eager(n):
             if n >= batch:
                 return self.static_block_ops(g, batch)
-            if n <= 0:
-                return [_launches(hw, 'bookkeeping', 12),
-                        elementwise_latency(hw, 'scatter_add_relu',
-                                            out_e * batch, 1, 1)]
-            # random kept set: consecutive (a view) with probability
-            # (N - n + 1) / C(N, n), else gathered
-            p_copy = 1. - (batch - n + 1) / math.comb(batch, n)
-            res = [_launches(hw, 'bookkeeping', 16)]
-            if p_copy > 0:
-                res.append(elementwise_latency(hw, 'row_gather', in_e * n,
-                                               1, 1).scaled(p_copy))
-            res += [o for o in self.static_block_ops(g, n)
-                    if o.name not in ('add', 'relu3')]
-            return res + [elementwise_latency(
-                hw, 'scatter_add_relu', out_e * batch, 1 + n / batch, 1)]
+            res = [_launches(hw, 'bookkeeping', 6 + 5 * n)]
+            if not g.has_downsample and not inplace:
+                res.append(elementwise_latency(hw, 'clone', out_e * batch,
+                                               1, 1))
+            if n > 0:
+                res += [o for o in self.static_block_ops(g, n)
+                        if o.name in ('conv1', 'relu1', 'conv2', 'relu2')]
+                res += [elementwise_latency(hw, 'bias3', out_e * n, 1, 1),
+                        next(o for o in self.static_block_ops(g, n)
+                             if o.name == 'conv3'),
+                        elementwise_latency(hw, 'relu3', out_e * n, 1, 1)]
+            if not inplace and n < batch:  # relu of the skipped rows
+                res += [_launches(hw, 'skipped_relu', batch - n),
+                        elementwise_latency(hw, 'relu_skipped',
+                                            out_e * (batch - n), 1, 1)]
+            return res
         return ops + _expected_ops(eager, d * batch, with_zero=True)
 
     def layer_block_ops(self, g: BlockGeometry, batch: int,

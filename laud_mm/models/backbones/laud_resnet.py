@@ -190,6 +190,13 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
                 f"color (LoadImageFromFile color_type='color')")
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         self._batch = int(x.shape[0])
+        if self.paradigm is not None and self.dynamic_inference and \
+                not self.training:
+            # identity blocks may write into their input (the previous
+            # block's output, read by nobody else): see owned_block_inputs
+            from ..dynamic import owned_block_inputs
+            with owned_block_inputs(self.blocks):
+                return super().forward(x)
         return super().forward(x)
 
     # --------------------------------------------------------------- stats
