@@ -483,6 +483,15 @@ def owned_block_inputs(blocks):
             object.__setattr__(b, OWNED_INPUT_ATTR, False)
 
 
+def _autocast(x: torch.Tensor) -> bool:
+    """Whether autocast is on for x's device type."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if x.device.type == 'cpu' \
+            else torch.is_autocast_enabled()
+
+
 def _layer_forward(block, x, geom):
     fb = folded(block)
     n = x.shape[0]
@@ -502,7 +511,14 @@ def _layer_forward(block, x, geom):
     else:
         out = ident.contiguous()
     kept = on.nonzero()[:, 0].tolist()
-    if kept:
+    if kept and (_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype):
+        # mixed precision: the branch on the kept rows as autocast runs it,
+        # added into the shortcut rows in its dtype
+        idx = on.nonzero()[:, 0]
+        rows = out.index_select(0, idx)
+        res = fb.branch(x.index_select(0, idx))
+        out.index_copy_(0, idx, torch.relu(rows + res).to(out.dtype))
+    elif kept:
         c_in, h, w = x.shape[1:]
         c_out, ho, wo = out.shape[1:]
         width = fb.w1.shape[0]
