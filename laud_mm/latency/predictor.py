@@ -665,11 +665,11 @@ class LatencyPredictor:
                 res.append(elementwise_latency(hw, 'clone', out_e * batch,
                                                1, 1))
             if n > 0:
-                res += [o for o in self.static_block_ops(g, n)
-                        if o.name in ('conv1', 'relu1', 'conv2', 'relu2')]
+                branch = {o.name: o for o in self.static_block_ops(g, n)}
+                res += [branch[k] for k in ('conv1', 'relu1', 'conv2',
+                                            'relu2')]
                 res += [elementwise_latency(hw, 'bias3', out_e * n, 1, 1),
-                        next(o for o in self.static_block_ops(g, n)
-                             if o.name == 'conv3'),
+                        branch['conv3'],
                         elementwise_latency(hw, 'relu3', out_e * n, 1, 1)]
             if not inplace and n < batch:  # relu of the skipped rows
                 res += [_launches(hw, 'skipped_relu', batch - n),

@@ -510,11 +510,11 @@ def _layer_forward(block, x, geom):
         out = x.clone(memory_format=torch.contiguous_format)
     else:
         out = ident.contiguous()
-    kept = on.nonzero()[:, 0].tolist()
+    idx = on.nonzero()[:, 0]
+    kept = idx.tolist()
     if kept and (_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype):
         # mixed precision: the branch on the kept rows as autocast runs it,
         # added into the shortcut rows in its dtype
-        idx = on.nonzero()[:, 0]
         rows = out.index_select(0, idx)
         res = fb.branch(x.index_select(0, idx))
         out.index_copy_(0, idx, torch.relu(rows + res).to(out.dtype))
