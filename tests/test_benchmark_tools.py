@@ -67,3 +67,25 @@ def test_regnet_benchmark_runs_and_checks_exactness():
     assert abs(rows[0]['rate_real'] - 0.5) < 0.15
     assert rows[1]['flops_ratio'] == pytest.approx(1.0)
     assert all(r['static_ms'] > 0 and r['dynamic_ms'] > 0 for r in rows)
+
+
+def test_kernel_benchmark_rows_compare_equal_results():
+    """tools/benchmark_kernels.py times pairs that compute the same thing:
+    the kept-weight gather rows report bit-equal results and positive
+    times."""
+    import benchmark_kernels
+    rows = benchmark_kernels.kept_weight_rows()
+    assert len(rows) == 3
+    for kernel, _, _, ta, _, tb, note in rows:
+        assert kernel == 'kept_weights' and note == 'equal'
+        assert ta > 0 and tb > 0
+
+
+def test_spatial_dense_threshold_option():
+    """--spatial-dense-threshold overrides the module constant; a
+    non-positive value is refused, naming the option."""
+    from laud_mm.models import dynamic
+    with pytest.raises(ValueError, match='--spatial-dense-threshold'):
+        benchmark_latency.main(['--spatial-dense-threshold', '0', '--quick',
+                                '--rates', '1.0', '--plot', ''])
+    assert dynamic.SPATIAL_DENSE_THRESHOLD == 0.8

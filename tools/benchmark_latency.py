@@ -347,6 +347,10 @@ def main(argv=None):
                    "activation rate r_i (default); 'density': the mask density")
     p.add_argument('--per-block', action='store_true')
     p.add_argument('--block-rate', type=float, default=0.5)
+    p.add_argument('--spatial-dense-threshold', type=float, default=None,
+                   help='override laud_mm.models.dynamic.'
+                   'SPATIAL_DENSE_THRESHOLD (fraction of active patches from '
+                   'which spatial blocks compute densely; > 1: never)')
     p.add_argument('--quick', action='store_true',
                    help='R50, 224 px only')
     p.add_argument('--plot', default='docs/benchmark_speedup.png')
@@ -357,6 +361,12 @@ def main(argv=None):
             raise ValueError(f'--{name} must be >= 1')
     if any(not 0 <= r <= 1 for r in args.rates):
         raise ValueError(f'--rates must lie in [0, 1], got {args.rates}')
+    if args.spatial_dense_threshold is not None:
+        if args.spatial_dense_threshold <= 0:
+            raise ValueError('--spatial-dense-threshold must be > 0, got '
+                             f'{args.spatial_dense_threshold}')
+        from laud_mm.models import dynamic
+        dynamic.SPATIAL_DENSE_THRESHOLD = args.spatial_dense_threshold
     if args.quick:
         args.depths, args.sizes = [50], ['224']
     torch.set_num_threads(args.threads)

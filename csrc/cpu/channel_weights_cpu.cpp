@@ -6,7 +6,7 @@
 //   chs (N, k): the weights of one grouped convolution (a group of k -> k
 //   channels per sample) in one pass of kh * kw element copies. PyTorch's
 //   advanced indexing (weight[chs[:, :, None], chs[:, None, :]]) runs the
-//   same copy 3x slower (measured: 2.6 ms vs 0.8 ms for 8 x 160 x 160 x 9).
+//   same copy 3.8-7x slower (tools/benchmark_kernels.py, 'kept_weights').
 //
 // Source: LAUDNet paper sec. 3.2 (channel skipping) and 3.4 (scheduling);
 // Python API and reference in laud_mm/ops/channel_weights.py.

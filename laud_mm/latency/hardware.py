@@ -54,10 +54,11 @@ class HardwareSpec:
             CPU convolutions (oneDNN: 3x3 convolutions, 1x1 convolutions of
             16 images or more) reorder the dense OIHW weights into oneDNN's
             blocked layout on every call: a read and a write of the weights,
-            1.4 - 3.5 ms per call for the 9.4 MB of a 512 -> 512 3x3
+            1.4 - 1.9 ms per call for the 9.4 MB of a 512 -> 512 3x3
             convolution on this CPU (against pre-packed weights), while
-            weights that stay in cache (<= 2.4 MB: 0 - 0.2 ms) cost nothing
-            measurable: the term applies to weights of at least
+            weights that stay in cache (<= 2.4 MB: ~0.2 ms) cost little
+            (``tools/benchmark_kernels.py``): the term applies to weights of
+            at least
             ``weight_reorder_min_mb``. The 1x1 convolutions of fewer than 16
             images and the GEMMs (``addmm``, ``baddbmm``) run MKL without it.
             ``tools/calibrate_hardware.py`` measures it on a CPU.
@@ -68,8 +69,8 @@ class HardwareSpec:
             GEMMs of PyTorch's 1x1 convolutions (under 16 images) and of the
             batched per-sample GEMMs vectorise along the pixels of an image,
             so a map of HW pixels costs ceil(HW / vector_width) vectors: a
-            7 x 7 map runs at 49 / 64 of the rate (measured: 30 vs 39 - 49
-            GMAC/s).
+            7 x 7 map runs at 49 / 64 of the rate (measured: 32.6 vs 38.6
+            GMAC/s for 56 x 56, ``tools/benchmark_kernels.py``).
         llc_mb: last-level cache in MB (1e6 bytes; 0, default: not
             modelled). A streaming kernel (add, ReLU, gather, scatter) whose
             bytes moved fit in it is served from the cache at the on-chip

@@ -335,13 +335,13 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
 
     - S = 1: a window is exactly conv2's receptive field, so conv2 is one
       GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
-      (P, width) x (width, C_out): 2x (conv2) and 2.5x (conv3) faster than
-      oneDNN's 3x3 / 1x1 convolutions on 1 x 1 outputs.
+      (P, width) x (width, C_out): 2.4x faster than oneDNN's 3x3 / 1x1
+      convolutions on 1 x 1 outputs (``tools/benchmark_kernels.py``).
     - S > 1: conv2 is the 3x3 convolution; conv3 the 1x1 convolution, or,
       below :data:`SPATIAL_CONV3_GEMM_MAX_PATCHES` patches, one GEMM
       (C_out, width) x (width, P * S * S) over all patches (oneDNN runs a
       1x1 convolution of a batch under 16 as per-image GEMMs only S * S
-      wide: up to 11x slower, e.g. 14 patches of 512 x 2 x 2; from 16
+      wide: conv2 + conv3 3.3x slower for 14 patches of 512 x 2 x 2; from 16
       patches on it is as fast as the GEMM and needs no transposes).
 
     Args:

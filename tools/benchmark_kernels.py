@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Micro-benchmarks behind the dynamic-inference kernel choices of
+``laud_mm/models/dynamic.py`` and the CPU terms of the latency predictor.
+
+Each row times two ways of computing the same thing, side by side in one
+run (median process CPU time of repeated calls after warm-up), on the
+shapes of LAUD-ResNet-50 at 224 px, batch 8:
+
+- ``patch_convs``: conv2 / conv3 of gathered spatial windows,
+  :func:`~laud_mm.models.dynamic.spatial_patch_convs` (GEMMs for S = 1 and
+  under ``SPATIAL_CONV3_GEMM_MAX_PATCHES`` patches) against oneDNN's
+  ``F.conv2d`` on the same windows;
+- ``kept_weights``: per-sample kept -> kept conv2 weights,
+  :func:`~laud_mm.ops.gather_kept_weights` (the compiled kernel) against
+  PyTorch's advanced indexing;
+- ``weight_reorder``: a 3x3 convolution with dense weights (oneDNN re-lays
+  them out on every call) against pre-packed weights (oneDNN's blocked
+  layout, prepared once), the term ``HardwareSpec.weight_reorder_gbs``
+  models;
+- ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
+  7 x 7 vs a 56 x 56 map, in GMAC/s (the ``vector_width`` term).
+
+Usage::
+
+    OMP_WAIT_POLICY=PASSIVE taskset -c 0 python tools/benchmark_kernels.py --threads 1
+
+Prints a markdown table (``docs/benchmarks.md``, "Kernel micro-benchmarks").
+Source: paper sec. 3.4 (scheduling of the dynamic operators); issues 3, 4.
+"""
+import argparse
+import os.path as osp
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from laud_mm.models.dynamic import folded, spatial_patch_convs  # noqa: E402
+from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference  # noqa: E402,E501
+from laud_mm.ops.allocator import tune_cpu_allocator  # noqa: E402
+
+
+def cpu_ms(fn, warmup: int = 2, repeats: int = 9) -> float:
+    """Median process CPU time of ``fn()`` in ms."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        c = time.process_time()
+        fn()
+        ts.append(time.process_time() - c)
+    return statistics.median(ts) * 1e3
+
+
+def _block(width: int, stride: int, s: int):
+    from laud_mm.models import LAUDBottleneck
+    torch.manual_seed(0)
+    cin = width * 4 if stride == 1 else width * 2
+    ds = None
+    if stride != 1 or cin != width * 4:
+        ds = torch.nn.Sequential(
+            torch.nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+            torch.nn.BatchNorm2d(width * 4))
+    return LAUDBottleneck(cin, width, stride=stride, downsample=ds,
+                          paradigm='spatial', granularity=s).eval()
+
+
+def patch_conv_rows():
+    rows = []
+    # (width, S, patches): stage-3 S = 1 at ~35 % of 8 x 7 x 7 pixels;
+    # stage-2 S = 2 with few / many patches; stage-0 S = 4
+    for width, s, p in ((512, 1, 137), (256, 2, 12), (512, 2, 14),
+                        (256, 2, 152), (64, 4, 696)):
+        fb = folded(_block(width, 1, s))
+        win = torch.rand(p, width, s + 2, s + 2)
+
+        def ref():
+            h = F.conv2d(win, fb.w2, fb.b2).relu_()
+            return F.conv2d(h, fb.w3, fb.b3)
+        with torch.no_grad():
+            err = (spatial_patch_convs(fb, win, s) - ref()).abs().max()
+            a = cpu_ms(ref)
+            b = cpu_ms(lambda: spatial_patch_convs(fb, win, s))
+        rows.append(('patch_convs', f'S={s}, {p} patches of {width} ch',
+                     'F.conv2d x2', a, 'spatial_patch_convs', b,
+                     f'max diff {float(err):.1e}'))
+    return rows
+
+
+def kept_weight_rows():
+    rows = []
+    for width, k in ((64, 40), (256, 160), (512, 312)):
+        w = torch.randn(width + 1, width + 1, 3, 3)
+        g = torch.Generator().manual_seed(width)
+        chs = torch.stack([torch.randperm(width, generator=g)[:k].sort()[0]
+                           for _ in range(8)])
+        same = torch.equal(gather_kept_weights(w, chs),
+                           gather_kept_weights_reference(w, chs))
+        rows.append(('kept_weights', f'8 x {k} of {width} channels',
+                     'w[chs_i, chs_j]',
+                     cpu_ms(lambda: gather_kept_weights_reference(w, chs)),
+                     'gather_kept_weights',
+                     cpu_ms(lambda: gather_kept_weights(w, chs)),
+                     'equal' if same else 'DIFFERENT'))
+    return rows
+
+
+def reorder_rows():
+    rows = []
+    if not hasattr(torch.ops.mkldnn, '_convolution_pointwise'):
+        return rows
+    for c, hw, n in ((512, 7, 1), (512, 7, 2), (512, 14, 1), (256, 14, 1),
+                     (64, 56, 1)):
+        x = torch.rand(n, c, hw, hw)
+        w = torch.rand(c, c, 3, 3)
+        wp = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.to_mkldnn(), [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+
+        def packed():
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, wp, None, [1, 1], [1, 1], [1, 1], 1, 'none', [], '')
+        rows.append(('weight_reorder',
+                     f'{n} x {c} ch {hw}x{hw}, 3x3 ({w.numel() * 4 / 1e6:.1f}'
+                     ' MB weights)', 'dense weights',
+                     cpu_ms(lambda: F.conv2d(x, w, padding=1)),
+                     'pre-packed', cpu_ms(packed), ''))
+    return rows
+
+
+def pixel_rows():
+    rows = []
+    for cin, cout, hw in ((2048, 512, 7), (256, 64, 56)):
+        x = torch.rand(2, cin, hw, hw)
+        w = torch.rand(cout, cin, 1, 1)
+        t = cpu_ms(lambda: F.conv2d(x, w))
+        rows.append(('pixels', f'1x1 {cin}->{cout}, 2 x {hw}x{hw}',
+                     'F.conv2d', t, '', float('nan'),
+                     f'{2 * cin * cout * hw * hw / t / 1e6:.1f} GMAC/s'))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--threads', type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tune_cpu_allocator()
+    print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads')
+    print('| kernel | shape | A | A ms | B | B ms | A / B | note |')
+    print('|---|---|---|---|---|---|---|---|')
+    with torch.no_grad():
+        for rows in (patch_conv_rows, kept_weight_rows, reorder_rows,
+                     pixel_rows):
+            for k, shape, a, ta, b, tb, note in rows():
+                ratio = f'{ta / tb:.2f}x' if tb == tb else ''
+                tb_s = f'{tb:.3f}' if tb == tb else ''
+                print(f'| {k} | {shape} | {a} | {ta:.3f} | {b} | {tb_s} | '
+                      f'{ratio} | {note} |', flush=True)
+
+
+if __name__ == '__main__':
+    main()
