@@ -213,3 +213,12 @@ def test_test_json_written_by_main_process_only(tmp_path, monkeypatch,
         assert not out.exists()
     dtl.patch_test_json_dump()  # idempotent
     assert LoggerHook.after_test_epoch is dtl._after_test_epoch
+
+
+def test_finish_distributed_without_process_group_is_a_no_op():
+    """tools/train.py and tools/test.py call it last; in a single-process
+    run (no process group) it must return, not end the process."""
+    import torch.distributed as torch_dist
+    from laud_mm.engine.dist import finish_distributed
+    assert not torch_dist.is_initialized()
+    assert finish_distributed() is None

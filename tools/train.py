@@ -85,13 +85,10 @@ def main(argv=None):
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
     runner.train()
-    # tear the process group down before exit: gloo's threads otherwise can
-    # abort a rank at interpreter shutdown ('terminate called without an
-    # active exception') after the work is done
-    import torch.distributed as torch_dist
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.barrier()
-        torch_dist.destroy_process_group()
+    # barrier, destroy the process group; a gloo rank leaves at once (its
+    # threads can abort the interpreter's shutdown)
+    from laud_mm.engine.dist import finish_distributed
+    finish_distributed()
 
 
 if __name__ == '__main__':
