@@ -79,6 +79,8 @@ def test_kernel_benchmark_rows_compare_equal_results():
     for kernel, _, _, ta, _, tb, note in rows:
         assert kernel == 'kept_weights' and note == 'equal'
         assert ta > 0 and tb > 0
+    (kernel, _, _, ta, _, tb, note), = benchmark_kernels.max_pool_rows()
+    assert kernel == 'max_pool' and note == 'equal' and ta > 0 and tb > 0
 
 
 def test_spatial_dense_threshold_option():

@@ -235,3 +235,40 @@ def test_gather_kept_weights_errors():
         gather_kept_weights(w, torch.tensor([[0, 8]]))
     with pytest.raises(ValueError, match=r'outside \[0, 8\)'):
         gather_kept_weights(w, torch.tensor([[-1, 2]]))
+
+
+# ------------------------------------------------------------- stem max-pool
+@pytest.mark.parametrize('shape', [(2, 64, 112, 112), (3, 5, 17, 22),
+                                   (1, 3, 2, 3)])
+def test_stem_max_pool_equals_pytorch(shape):
+    """oneDNN's pool (``ops.max_pool2d``) returns F.max_pool2d's values,
+    negatives and borders included (padding excluded from the max)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) - 0.5
+    assert ops.max_pool.uses_onednn(x) == torch.backends.mkldnn.is_available()
+    got = ops.max_pool2d(x, 3, 2, 1)
+    assert got.is_contiguous()
+    assert torch.equal(got, F.max_pool2d(x, 3, 2, 1))
+    # tensors oneDNN is not used for give the same too
+    xs = x.transpose(2, 3)
+    assert not ops.max_pool.uses_onednn(xs)
+    assert torch.equal(ops.max_pool2d(xs, 3, 2, 1), F.max_pool2d(xs, 3, 2, 1))
+
+
+def test_stem_max_pool_module_and_errors():
+    """LAUDResNet's stem pool: eval output equals nn.MaxPool2d's, training
+    uses nn.MaxPool2d (gradients), bad arguments name the key."""
+    from laud_mm.models import LAUDResNet
+    net = LAUDResNet(50, paradigm='layer')
+    assert isinstance(net.maxpool, ops.MaxPool2d)
+    ref = torch.nn.MaxPool2d(3, 2, 1)
+    x = torch.randn(2, 64, 15, 16, requires_grad=True)
+    net.maxpool.eval()
+    with torch.no_grad():
+        assert torch.equal(net.maxpool(x), ref(x))
+    net.maxpool.train()
+    net.maxpool(x).sum().backward()
+    assert x.grad is not None and float(x.grad.sum()) > 0
+    with pytest.raises(ValueError, match='padding=2'):
+        ops.max_pool2d(x.detach(), 3, 2, 2)
+    with pytest.raises(ValueError, match='stride='):
+        ops.max_pool2d(x.detach(), 3, -1, 1)

@@ -17,6 +17,8 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
   them out on every call) against pre-packed weights (oneDNN's blocked
   layout, prepared once), the term ``HardwareSpec.weight_reorder_gbs``
   models;
+- ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
+  (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
   7 x 7 vs a 56 x 56 map, in GMAC/s (the ``vector_width`` term).
 
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from laud_mm.models.dynamic import folded, spatial_patch_convs  # noqa: E402
 from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference  # noqa: E402,E501
+from laud_mm.ops import max_pool2d  # noqa: E402
 from laud_mm.ops.allocator import tune_cpu_allocator  # noqa: E402
 
 
@@ -129,6 +132,15 @@ def reorder_rows():
     return rows
 
 
+def max_pool_rows():
+    x = torch.randn(8, 64, 112, 112).relu_()
+    same = torch.equal(max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
+    return [('max_pool', '8 x 64 x 112 x 112, 3x3 / 2', 'F.max_pool2d',
+             cpu_ms(lambda: F.max_pool2d(x, 3, 2, 1)), 'ops.max_pool2d',
+             cpu_ms(lambda: max_pool2d(x, 3, 2, 1)),
+             'equal' if same else 'DIFFERENT')]
+
+
 def pixel_rows():
     rows = []
     for cin, cout, hw in ((2048, 512, 7), (256, 64, 56)):
@@ -153,7 +165,7 @@ def main(argv=None):
     print('|---|---|---|---|---|---|---|---|')
     with torch.no_grad():
         for rows in (patch_conv_rows, kept_weight_rows, reorder_rows,
-                     pixel_rows):
+                     max_pool_rows, pixel_rows):
             for k, shape, a, ta, b, tb, note in rows():
                 ratio = f'{ta / tb:.2f}x' if tb == tb else ''
                 tb_s = f'{tb:.3f}' if tb == tb else ''

@@ -46,6 +46,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from laud_mm import ops  # noqa: E402
 from laud_mm.models import LAUDResNet  # noqa: E402
+from laud_mm.ops.max_pool import max_pool2d  # noqa: E402
 from laud_mm.models.dynamic import (fold_conv_bn,  # noqa: E402
                                     static_bottleneck_forward)
 
@@ -54,14 +55,15 @@ SIZES = {'224': (8, (224, 224)), 'det': (1, (800, 1216))}
 
 
 def folded_stem(net: LAUDResNet):
-    """BN-folded stem (conv 7x7 s2 + ReLU + max-pool) of a ResNet."""
+    """BN-folded stem (conv 7x7 s2 + ReLU + max-pool) of a ResNet; the pool
+    is the model's own (:func:`laud_mm.ops.max_pool.max_pool2d`)."""
     if net.deep_stem:
         raise ValueError('deep_stem is not supported by the benchmark')
     w, b = fold_conv_bn(net.conv1, net.norm1)
 
     def stem(x):
         x = F.conv2d(x, w, b, 2, 3).relu_()
-        return F.max_pool2d(x, 3, 2, 1)
+        return max_pool2d(x, 3, 2, 1)
     return stem
 
 

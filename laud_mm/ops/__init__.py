@@ -11,6 +11,7 @@ from ._backend import (backend, extension, has_cuda_kernels, set_backend,
                        use_backend)
 from .channel_weights import (gather_kept_weights,
                               gather_kept_weights_reference)
+from .max_pool import MaxPool2d, max_pool2d
 from .patches import (gather_patches, gather_patches_reference, patch_indices,
                       patch_map, scatter_add_relu, scatter_add_relu_reference,
                       window_size)
@@ -19,5 +20,6 @@ __all__ = [
     'backend', 'extension', 'has_cuda_kernels', 'set_backend', 'use_backend',
     'gather_patches', 'gather_patches_reference', 'patch_indices', 'patch_map',
     'scatter_add_relu', 'scatter_add_relu_reference', 'window_size',
-    'gather_kept_weights', 'gather_kept_weights_reference'
+    'gather_kept_weights', 'gather_kept_weights_reference', 'MaxPool2d',
+    'max_pool2d'
 ]

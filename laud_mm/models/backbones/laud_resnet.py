@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from mmdet.models.backbones.resnet import ResNet
 
+from ...ops.max_pool import MaxPool2d
 from ...registry import MODELS
 from ..blocks import LAUDBottleneck
 from .base import LAUDBackboneMixin
@@ -162,6 +163,13 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         # (mmengine's Pretrained init and load_from use strict=False)
         self._register_load_state_dict_pre_hook(_check_checkpoint_structure,
                                                 with_module=True)
+
+    def _make_stem_layer(self, in_channels: int, stem_channels: int):
+        """mmdet's stem, with the max-pool on oneDNN's kernel at inference
+        (:class:`laud_mm.ops.max_pool.MaxPool2d`: same values, 49 -> 6 ms
+        for 8 x 64 x 112 x 112 on one CPU thread)."""
+        super()._make_stem_layer(in_channels, stem_channels)
+        self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def make_res_layer(self, **kwargs):
         """Build one stage of :class:`LAUDBottleneck` (mmdet hook method)."""
