@@ -297,6 +297,36 @@ def test_layer_block_writes_into_owned_input():
         assert (out2 - ref).abs().max() <= TOL
 
 
+@pytest.mark.parametrize('paradigm', ['spatial', 'channel'])
+def test_spatial_channel_blocks_write_into_owned_input(paradigm):
+    """Inside owned_block_inputs an identity spatial / channel block writes
+    its output into its (non-negative) input and equals the masked-dense
+    block; with every gate off a spatial block returns its input itself;
+    outside the context the input is untouched."""
+    from laud_mm.models.dynamic import owned_block_inputs
+    block = make_block(paradigm, 32, 8, 1, 2, seed=7)
+    x = torch.rand(3, 32, 9, 7)  # non-negative, like a block output
+    for pattern in ('random', 'off'):
+        block.masker.forced_gate = None
+        forced = _forced(pattern, block, x, 4)
+        block.masker.forced_gate = forced
+        with torch.no_grad():
+            block.dynamic_inference = False
+            ref = block(x.clone())
+            block.dynamic_inference = True
+            mine = x.clone()
+            with owned_block_inputs([block]):
+                out = block(mine)
+            assert out.data_ptr() == mine.data_ptr()  # in place
+            assert (out - ref).abs().max() <= TOL
+            if pattern == 'off' and paradigm == 'spatial':
+                assert out is mine and torch.equal(out, x)
+            kept = x.clone()
+            out2 = block(kept)
+            assert out2.data_ptr() != kept.data_ptr() and torch.equal(kept, x)
+            assert (out2 - ref).abs().max() <= TOL
+
+
 def test_backbone_forward_keeps_caller_input():
     """LAUDResNet's dynamic forward (identity blocks writing into their
     inputs) leaves the image tensor and the returned stage outputs intact:
