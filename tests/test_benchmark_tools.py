@@ -91,3 +91,20 @@ def test_spatial_dense_threshold_option():
         benchmark_latency.main(['--spatial-dense-threshold', '0', '--quick',
                                 '--rates', '1.0', '--plot', ''])
     assert dynamic.SPATIAL_DENSE_THRESHOLD == 0.8
+
+
+def test_spatial_breakdown_rows():
+    """--spatial-breakdown: one row per sparse-path spatial block of R50,
+    with its granularity S of 4-4-2-1, the active-patch fraction the forced
+    gates give, and positive times for every step."""
+    args = benchmark_latency.argparse.Namespace(
+        depths=[50], batch=1, block_rate=0.5, rate_mode='flops', repeats=1)
+    rows = benchmark_latency.spatial_breakdown(args)
+    assert rows, 'no spatial block ran the sparse path at r = 0.5'
+    stage_s = dict(zip('0123', benchmark_latency.PARADIGMS['spatial']))
+    for r in rows:
+        assert r['S'] == stage_s[r['block'][0]]
+        assert 0 < r['density'] < 0.8
+        for k in ('static_conv1', 'static_conv23', 'static_block', 'conv1',
+                  'gather', 'patch_convs', 'scatter', 'dynamic_block'):
+            assert r[k] > 0, (r['block'], k)

@@ -20,7 +20,9 @@ blocks) is timed:
 
 Static and dynamic runs alternate (after warm-up) and the median of the
 repeats is reported, so the ratios are robust to load on shared machines.
-``--per-block`` adds a per-block table for one configuration.
+``--per-block`` adds a per-block table for one configuration;
+``--spatial-breakdown`` splits each spatial block's dynamic time into its
+steps (conv1, gather, patch convolutions, scatter).
 
 Usage:
     python tools/benchmark_latency.py                       # full table + plot
@@ -287,6 +289,78 @@ def per_block(args) -> List[Dict]:
     return out
 
 
+def _cpu_ms(fn, repeats: int) -> float:
+    """Median process CPU time of ``fn()`` in ms, after one warm-up call."""
+    fn()
+    ts = []
+    for _ in range(repeats):
+        c = time.process_time()
+        fn()
+        ts.append(time.process_time() - c)
+    return statistics.median(ts) * 1e3
+
+
+def spatial_breakdown(args) -> List[Dict]:
+    """Where a spatial block's dynamic time goes: per R50 block (224 px,
+    ``--block-rate``), the CPU time of each step of the sparse path (conv1
+    dense with the masker fused, gather with halo, conv2 + conv3 of the
+    patches, fused scatter-add + ReLU) next to the static block's conv1 and
+    conv2 + conv3. Blocks the dense fallback runs are skipped.
+
+    Returns:
+        one dict per block: block, S, density (active patch fraction),
+        static / dynamic step and block times in ms.
+    """
+    from laud_mm.models.dynamic import (SPATIAL_DENSE_THRESHOLD, _gather,
+                                        _scatter, folded, spatial_patch_convs)
+    n, hw = args.batch, SIZES['224'][1]
+    net = build(args.depths[0], 'spatial')
+    stem = folded_stem(net)
+    force_random_gates(net, args.block_rate, n, hw, seed=1,
+                       mode=args.rate_mode)
+    rep = args.repeats
+    out = []
+    with torch.no_grad():
+        t = stem(torch.randn(n, 3, *hw))
+        for blk in net.blocks:
+            x = t
+            t = static_bottleneck_forward(blk, x)
+            gate = blk.masker.forced_gate
+            d = float((gate > 0.5).float().mean())
+            if d == 0 or d >= SPATIAL_DENSE_THRESHOLD:
+                continue
+            fb, s = folded(blk), blk.granularity
+            width = fb.w1.shape[0]
+            idx = (gate > 0.5).nonzero()
+            h1 = F.conv2d(x, fb.w1, fb.b1)
+            h1r = torch.relu(h1)
+            h2 = F.conv2d(h1r, fb.w2, fb.b2, fb.stride, fb.padding,
+                          fb.dilation).relu_()
+            win = _gather(h1, idx, s, fb.stride, fb.dilation, width, True)
+            y = spatial_patch_convs(fb, win, s)
+            ident = fb.shortcut(x)
+            row = dict(
+                block=f'{blk.stage}.{blk.index}', S=s, density=d,
+                static_conv1=_cpu_ms(
+                    lambda: F.conv2d(x, fb.w1, fb.b1).relu_(), rep),
+                static_conv23=_cpu_ms(lambda: F.conv2d(F.conv2d(
+                    h1r, fb.w2, fb.b2, fb.stride, fb.padding,
+                    fb.dilation).relu_(), fb.w3, fb.b3), rep),
+                static_block=_cpu_ms(
+                    lambda: static_bottleneck_forward(blk, x), rep),
+                conv1=_cpu_ms(lambda: F.conv2d(x, fb.w1, fb.b1), rep),
+                gather=_cpu_ms(lambda: _gather(h1, idx, s, fb.stride,
+                                               fb.dilation, width, True), rep),
+                patch_convs=_cpu_ms(lambda: spatial_patch_convs(fb, win, s),
+                                    rep),
+                scatter=_cpu_ms(lambda: _scatter(ident, y, idx, (s, s),
+                                                 False), rep),
+                dynamic_block=_cpu_ms(lambda: blk(x), rep))
+            del h2
+            out.append(row)
+    return out
+
+
 def fmt_row(r) -> str:
     return (f"| R{r['depth']} | {r['batch']}x{r['hw'][0]}x{r['hw'][1]} | "
             f"{r['paradigm']} | {r['rate']:.2f} | {r['rate_real']:.3f} | "
@@ -349,6 +423,10 @@ def main(argv=None):
                    "activation rate r_i (default); 'density': the mask density")
     p.add_argument('--per-block', action='store_true')
     p.add_argument('--block-rate', type=float, default=0.5)
+    p.add_argument('--spatial-breakdown', action='store_true',
+                   help='per spatial block (first depth, 224 px, '
+                   '--block-rate): CPU time of each step of the sparse path '
+                   'against the static convolutions')
     p.add_argument('--spatial-dense-threshold', type=float, default=None,
                    help='override laud_mm.models.dynamic.'
                    'SPATIAL_DENSE_THRESHOLD (fraction of active patches from '
@@ -394,9 +472,25 @@ def main(argv=None):
                   f"{'x'.join(map(str, b['in_shape']))} | {b['static_ms']:.2f}"
                   f" | {b['dynamic_ms']:.2f} | {b['speedup']:.2f}x | "
                   f"{b['cpu_speedup']:.2f}x |")
+    split = spatial_breakdown(args) if args.spatial_breakdown else []
+    if split:
+        print(f'\n## spatial steps (R{args.depths[0]}, {args.batch}x224x224, '
+              f'r={args.block_rate}, CPU ms)\n')
+        print('| block | S | active patches | static conv1 | static conv2+3 '
+              '| static block | conv1 (dense) | gather | conv2+3 (patches) | '
+              'scatter | dynamic block | conv1 / dynamic |\n'
+              '|---|---|---|---|---|---|---|---|---|---|---|---|')
+        for r in split:
+            print(f"| {r['block']} | {r['S']} | {r['density']:.2f} | "
+                  f"{r['static_conv1']:.2f} | {r['static_conv23']:.2f} | "
+                  f"{r['static_block']:.2f} | {r['conv1']:.2f} | "
+                  f"{r['gather']:.2f} | {r['patch_convs']:.2f} | "
+                  f"{r['scatter']:.2f} | {r['dynamic_block']:.2f} | "
+                  f"{r['conv1'] / r['dynamic_block']:.0%} |")
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(rows=rows, blocks=blocks), f, indent=1)
+            json.dump(dict(rows=rows, blocks=blocks, spatial_steps=split), f,
+                      indent=1)
 
 
 if __name__ == '__main__':
