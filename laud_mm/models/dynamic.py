@@ -18,9 +18,9 @@ rounding, while skipping the masked-out work:
   with zero channels to a common multiple of 8), so the batch runs as one
   batched GEMM (conv1 to the kept channels), one grouped conv (conv2, a group
   per sample) and one batched GEMM (conv3 from the kept channels,
-  accumulated into the shortcut), then bn3's shift and the ReLU (a sample with every group off outputs relu(shortcut +
-  bn3 shift): the masked-dense block masks after bn1 / bn2, so bn3's shift
-  remains).
+  accumulated into the shortcut), then bn3's shift and the ReLU (a sample
+  with every group off outputs relu(shortcut + bn3 shift): the masked-dense
+  block masks after bn1 / bn2, so bn3's shift remains).
 - layer: the block runs only on the samples whose gate is on (conv1 as
   per-image GEMMs on their rows of x, conv3 accumulated into the shortcut
   rows); the others output relu(shortcut). Inside a backbone
