@@ -349,3 +349,40 @@ def test_backbone_forward_keeps_caller_input():
     assert torch.equal(x, x0)
     for o, r in zip(out, ref):
         assert (o - r).abs().max() <= TOL * max(1., r.abs().max().item())
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('gran,hw', [(1, (15, 12)), (2, (13, 11)),
+                                     (4, (17, 18))])
+def test_window_conv1_equals_gathered_dense_conv1(backend, gran, hw):
+    """Stride-2 spatial blocks: conv1 on the gathered input windows equals
+    the windows of the dense conv1 output (ReLU'd, zero outside the image,
+    border patches included), and a sparse gate takes that path in a block
+    whose output equals the masked-dense block."""
+    from laud_mm.models import dynamic
+    block = make_block('spatial', 16, 8, 2, gran, seed=11)
+    x = torch.randn(3, 16, *hw)
+    fb = dynamic.folded(block)
+    grid = gate_shape(block, x)
+    gate = torch.zeros(grid)  # few patches, corners: outside pixels
+    gate[0, 0, 0] = gate[1, grid[1] // 2, grid[2] // 2] = 1.
+    gate[2, -1, -1] = gate[2, 0, -1] = 1.
+    idx = (gate > 0.5).nonzero()
+    with torch.no_grad(), ops.use_backend(backend):
+        want = ops.gather_patches(F.conv2d(x, fb.w1, fb.b1), idx, gran, 2,
+                                  1, channels=8, relu=True)
+        got = dynamic.window_conv1(fb, x, idx, gran)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-5
+    k = (gran - 1) * 2 + 3
+    assert idx.shape[0] * k * k < \
+        dynamic.SPATIAL_WINDOW_CONV1_MAX_FRACTION * x.shape[0] * hw[0] * hw[1]
+    calls = []
+    real = dynamic.window_conv1
+    dynamic.window_conv1 = lambda *a: calls.append(1) or real(*a)
+    try:
+        with ops.use_backend(backend):
+            check(block, x, gate)
+    finally:
+        dynamic.window_conv1 = real
+    assert calls == [1]

@@ -497,6 +497,38 @@ def test_eager_spatial_kernels():
     assert by['conv3'].macs == pytest.approx(rows * 512 * 2048)
 
 
+def test_eager_spatial_window_conv1_kernels():
+    """Stride-2 spatial block s1.b0 (56 x 56 input, S = 4, 9 x 9 windows):
+    with few patches conv1 runs on the gathered input windows (the model of
+    ``window_conv1``: input gather, conv1 on P windows, ReLU), with many
+    the dense conv1 precedes the window gather; the masker runs on its own
+    (pool of the input) unless the gates are forced."""
+    from laud_mm.models import dynamic
+    p = _eager()
+    hw = p.hw
+    g = resnet_geometries(50, (224, 224), 'spatial', (4, 4, 2, 1))[0][3]
+    assert g.stride == 2 and g.in_hw == (56, 56)
+    # batch 2, 7 x 7 grid: 10 % of the 98 patches -> 9.8 expected patches
+    names, by = _by_name(p.spatial_block_ops(g, 2, 0.1))
+    assert names[:6] == ['gate', 'gate_count', 'bookkeeping', 'gather_x',
+                         'conv1', 'relu1']
+    assert 'gather' not in names
+    assert by['conv1'].macs == pytest.approx(9.8 * 81 * 256 * 128)
+    assert by['gather_x'].ms == pytest.approx(elementwise_latency(
+        hw, 'gather_x', 9.8 * 256 * 81, 1, 1, run_elems=9.,
+        contiguous_reads=1).ms, rel=0.02)
+    # the windows of half the patches cover more than the threshold: dense
+    cover = 0.5 * 98 * 81 / (2 * 56 * 56)
+    assert cover > dynamic.SPATIAL_WINDOW_CONV1_MAX_FRACTION
+    names, by = _by_name(p.spatial_block_ops(g, 2, 0.5))
+    assert names[3:5] == ['conv1', 'gather'] and 'gather_x' not in names
+    assert by['conv1'].ms == pytest.approx(p.static_block_ops(g, 2)[0].ms)
+    free = LatencyPredictor(p.hw, implementation='eager',
+                            spatial_dense_threshold=0.8)
+    names = [o.name for o in free.spatial_block_ops(g, 2, 0.1)]
+    assert names[:2] == ['mask_pool', 'mask_steps']
+
+
 def test_time_fn_clock():
     """The validation timer: thread CPU time for one CPU thread."""
     import sys

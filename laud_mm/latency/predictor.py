@@ -550,7 +550,10 @@ class LatencyPredictor:
                        d: float) -> List[OpLatency]:
         """Eager spatial path (``_spatial_forward`` of
         :mod:`laud_mm.models.dynamic`): conv1 dense (with the masker's
-        logit as an extra output unless the gates are forced), then either
+        logit as an extra output unless the gates are forced; stride-2
+        blocks: the masker on its own, and conv1 on the gathered input
+        windows when they cover under ``SPATIAL_WINDOW_CONV1_MAX_FRACTION``
+        of the map, ``window_conv1``), then either
         the gather path - gather kernel (K x K windows of the active patches,
         conv1's ReLU fused), conv2 (valid) on the windows, ReLU, conv3 on the
         patches (``spatial_patch_convs``: GEMMs for S = 1, conv3 as one GEMM
@@ -567,12 +570,17 @@ class LatencyPredictor:
         n = float(batch)
         width, c_out = g.width, g.out_channels
         out_e = n * c_out * ho * wo
+        in_px = n * g.in_hw[0] * g.in_hw[1]
         if self.forced_gates:  # _forced_gate; conv1 alone
             ops = [_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
             c1 = width
-        else:  # masker fused into conv1: pool its logit, compare
+        elif g.stride > 1:  # the masker on its own: pool x, 1x1 conv
             ops = [elementwise_latency(hw, 'mask_pool',
-                                       n * g.in_hw[0] * g.in_hw[1], 1, 0),
+                                       in_px * g.in_channels, 1, 0),
+                   _launches(hw, 'mask_steps', 6)]
+            c1 = width
+        else:  # masker fused into conv1: pool its logit, compare
+            ops = [elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
                    _launches(hw, 'mask_steps', 4)]
             c1 = width + 1
         conv1 = _conv(hw, 'conv1', batch, g.in_channels, c1, g.in_hw,
@@ -595,7 +603,8 @@ class LatencyPredictor:
                 elementwise_latency(hw, 'relu3', out_e, 1, 1)]
         sh, sw = min(S, ho), min(S, wo)
         k = (S - 1) * g.stride + 2 * g.dilation + 1  # window side
-        ops += [conv1, _launches(hw, 'bookkeeping', 10)]
+        ops += ([conv1] if g.stride == 1 else []) + [
+            _launches(hw, 'bookkeeping', 10)]
 
         def gemm(name, rows, cin, cout):  # one GEMM over all the rows
             return _conv(hw, name, 1, cin, cout, (rows, 1), (rows, 1))
@@ -603,9 +612,25 @@ class LatencyPredictor:
         def patch_ops(p):
             if p <= 0:
                 return []
-            # one K x K window per patch and channel; ReLU fused
-            ops = [elementwise_latency(hw, 'gather', p * width * k * k, 1, 1,
-                                       run_elems=float(k), contiguous_reads=1)]
+            if g.stride > 1 and p * k * k < \
+                    dyn.SPATIAL_WINDOW_CONV1_MAX_FRACTION * in_px:
+                # window_conv1: gather the input windows, conv1 on them,
+                # ReLU, re-zero the outside pixels
+                ops = [elementwise_latency(
+                           hw, 'gather_x', p * g.in_channels * k * k, 1, 1,
+                           run_elems=float(k), contiguous_reads=1),
+                       _conv(hw, 'conv1', p, g.in_channels, width, (k, k),
+                             (k, k)),
+                       elementwise_latency(hw, 'relu1', p * width * k * k,
+                                           1, 1),
+                       _launches(hw, 'outside', 8)]
+            else:
+                # dense conv1 (stride 2: after the masker), then one K x K
+                # window per patch and channel; ReLU fused
+                ops = ([conv1] if g.stride > 1 else []) + [
+                    elementwise_latency(hw, 'gather', p * width * k * k, 1,
+                                        1, run_elems=float(k),
+                                        contiguous_reads=1)]
             if S == 1:  # spatial_patch_convs: two GEMMs, bias written first
                 return ops + [
                     elementwise_latency(hw, 'bias2', p * width, 0, 1),
