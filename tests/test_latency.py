@@ -402,7 +402,9 @@ def test_eager_channel_kernels():
     """s1.b0 (C_in 256, width 128, C_out 512, 56 -> 28 px), G = 2, batch 2,
     a quarter of the groups kept: k = 32 channels per sample; conv1 one
     batched GEMM (2 x (32 x 256) @ (256 x 3136)), conv2 one grouped conv
-    (2 groups of 32), conv3 one batched GEMM, then the scatter pass."""
+    (2 groups of 32), conv3 one batched GEMM accumulated into the
+    shortcut (reading it), then bn3's shift and the ReLU; an identity block
+    timed alone (not owning its input) copies it first (s3.b1 below)."""
     p = _eager()
     hw = p.hw
     g = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][3]
@@ -412,13 +414,15 @@ def test_eager_channel_kernels():
     assert names == ['gate', 'downsample', 'gate_checks', 'repeat_interleave',
                      'kept_channels', 'bookkeeping', 'w1_gather', 'bias1',
                      'conv1', 'relu1', 'w2_gather', 'conv2', 'relu2',
-                     'w3_gather', 'bias3', 'conv3', 'scatter_add_relu']
+                     'w3_gather', 'conv3', 'conv3_acc', 'bias3', 'relu3']
     assert by['conv1'].macs == 2 * k * 256 * 56 * 56
     assert by['conv2'].macs == 2 * k * k * 9 * 28 * 28
     assert by['conv3'].macs == 2 * 512 * k * 28 * 28
     assert by['w1_gather'].onchip_bytes == 2 * (2 * k * 256) * 4
-    assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
-        hw, 'scatter_add_relu', 2 * 512 * 28 * 28, 2, 1).ms)
+    assert by['conv3_acc'].ms == pytest.approx(elementwise_latency(
+        hw, 'conv3_acc', 2 * 512 * 28 * 28, 1, 0).ms)
+    assert by['relu3'].ms == pytest.approx(elementwise_latency(
+        hw, 'relu3', 2 * 512 * 28 * 28, 1, 1).ms)
     assert _launch_count(p, ops) == pytest.approx(5 + 3 + 1 + 13 + 24)
     full = [o.name for o in p.channel_block_ops(g, 2, 1.)]
     assert full == ['gate', 'downsample', 'gate_checks'] + \
@@ -431,7 +435,13 @@ def test_eager_channel_kernels():
         assert names[3:] == ['rate_check', 'kept_channels', 'bookkeeping',
                              'w1_gather', 'bias1', 'conv1', 'relu1',
                              'w2_gather', 'conv2', 'relu2', 'w3_gather',
-                             'bias3', 'conv3', 'scatter_add_relu']
+                             'conv3', 'conv3_acc', 'bias3', 'relu3']
+    # timed alone (not owning its input) the identity block copies it first
+    alone = LatencyPredictor('cpu', implementation='eager',
+                             spatial_dense_threshold=0.6, forced_gates=True,
+                             owned_block_inputs=False)
+    names = [o.name for o in alone.channel_block_ops(g3, 2, d)]
+    assert names[-5:] == ['clone', 'conv3', 'conv3_acc', 'bias3', 'relu3']
     assert by['conv1'].macs == 2 * 256 * 2048 * 49  # k = 256 at d = 0.5
     # ... and above it masked dense
     names, by = _by_name(p.channel_block_ops(g3, 2, 0.75))

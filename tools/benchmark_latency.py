@@ -303,16 +303,21 @@ def _cpu_ms(fn, repeats: int) -> float:
 def spatial_breakdown(args) -> List[Dict]:
     """Where a spatial block's dynamic time goes: per R50 block (224 px,
     ``--block-rate``), the CPU time of each step of the sparse path (conv1
-    dense with the masker fused, gather with halo, conv2 + conv3 of the
-    patches, fused scatter-add + ReLU) next to the static block's conv1 and
-    conv2 + conv3. Blocks the dense fallback runs are skipped.
+    dense, gather with halo - or, in stride-2 blocks with few patches, conv1
+    on the gathered input windows, ``window_conv1``, both in one step -,
+    conv2 + conv3 of the patches, fused scatter-add + ReLU) next to the
+    static block's conv1 and conv2 + conv3. Blocks the dense fallback runs
+    are skipped.
 
     Returns:
         one dict per block: block, S, density (active patch fraction),
-        static / dynamic step and block times in ms.
+        windows (window_conv1 used), static / dynamic step and block times
+        in ms.
     """
+    from laud_mm.models import dynamic
     from laud_mm.models.dynamic import (SPATIAL_DENSE_THRESHOLD, _gather,
-                                        _scatter, folded, spatial_patch_convs)
+                                        _scatter, folded, spatial_patch_convs,
+                                        window_conv1)
     n, hw = args.batch, SIZES['224'][1]
     net = build(args.depths[0], 'spatial')
     stem = folded_stem(net)
@@ -339,8 +344,20 @@ def spatial_breakdown(args) -> List[Dict]:
             win = _gather(h1, idx, s, fb.stride, fb.dilation, width, True)
             y = spatial_patch_convs(fb, win, s)
             ident = fb.shortcut(x)
+            k = (s - 1) * fb.stride + 2 * fb.dilation + 1
+            windows = fb.stride > 1 and idx.shape[0] * k * k < \
+                dynamic.SPATIAL_WINDOW_CONV1_MAX_FRACTION * n * x[0, 0].numel()
+            if windows:  # window_conv1: conv1 and the gather in one step
+                conv1 = _cpu_ms(lambda: window_conv1(fb, x, idx, s), rep)
+                gather = 0.
+            else:
+                conv1 = _cpu_ms(lambda: F.conv2d(x, fb.w1, fb.b1), rep)
+                gather = _cpu_ms(lambda: _gather(h1, idx, s, fb.stride,
+                                                 fb.dilation, width, True),
+                                 rep)
             row = dict(
                 block=f'{blk.stage}.{blk.index}', S=s, density=d,
+                windows=windows,
                 static_conv1=_cpu_ms(
                     lambda: F.conv2d(x, fb.w1, fb.b1).relu_(), rep),
                 static_conv23=_cpu_ms(lambda: F.conv2d(F.conv2d(
@@ -348,9 +365,7 @@ def spatial_breakdown(args) -> List[Dict]:
                     fb.dilation).relu_(), fb.w3, fb.b3), rep),
                 static_block=_cpu_ms(
                     lambda: static_bottleneck_forward(blk, x), rep),
-                conv1=_cpu_ms(lambda: F.conv2d(x, fb.w1, fb.b1), rep),
-                gather=_cpu_ms(lambda: _gather(h1, idx, s, fb.stride,
-                                               fb.dilation, width, True), rep),
+                conv1=conv1, gather=gather,
                 patch_convs=_cpu_ms(lambda: spatial_patch_convs(fb, win, s),
                                     rep),
                 scatter=_cpu_ms(lambda: _scatter(ident, y, idx, (s, s),
@@ -477,14 +492,17 @@ def main(argv=None):
         print(f'\n## spatial steps (R{args.depths[0]}, {args.batch}x224x224, '
               f'r={args.block_rate}, CPU ms)\n')
         print('| block | S | active patches | static conv1 | static conv2+3 '
-              '| static block | conv1 (dense) | gather | conv2+3 (patches) | '
+              '| static block | conv1 | gather | conv2+3 (patches) | '
               'scatter | dynamic block | conv1 / dynamic |\n'
               '|---|---|---|---|---|---|---|---|---|---|---|---|')
         for r in split:
+            c1 = f"{r['conv1']:.2f} (windows)" if r['windows'] \
+                else f"{r['conv1']:.2f}"
+            g = '(in conv1)' if r['windows'] else f"{r['gather']:.2f}"
             print(f"| {r['block']} | {r['S']} | {r['density']:.2f} | "
                   f"{r['static_conv1']:.2f} | {r['static_conv23']:.2f} | "
-                  f"{r['static_block']:.2f} | {r['conv1']:.2f} | "
-                  f"{r['gather']:.2f} | {r['patch_convs']:.2f} | "
+                  f"{r['static_block']:.2f} | {c1} | "
+                  f"{g} | {r['patch_convs']:.2f} | "
                   f"{r['scatter']:.2f} | {r['dynamic_block']:.2f} | "
                   f"{r['conv1'] / r['dynamic_block']:.0%} |")
     if args.json:

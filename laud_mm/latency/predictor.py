@@ -475,8 +475,9 @@ class LatencyPredictor:
         padded to a multiple of ``CHANNEL_PAD`` with zero channels) gathered
         by indexing, conv1 as one batched GEMM (N x (k x C_in) @ (C_in x
         HW), bias broadcast first), ReLU, conv2 as one grouped conv (a group
-        of k channels per sample), ReLU, conv3 as one batched GEMM, then the
-        fused scatter-add + ReLU pass. Maps under
+        of k channels per sample), ReLU, conv3 as one batched GEMM
+        accumulated into the shortcut (a copy of the input unless
+        ``owned_block_inputs``), then bn3's shift and the ReLU. Maps under
         ``CHANNEL_SMALL_MAP_PIXELS`` above ``CHANNEL_DENSE_RATE`` kept groups:
         masked dense; every group on: the static block."""
         from ..models import dynamic as dyn
@@ -519,11 +520,15 @@ class LatencyPredictor:
         # kept channel indices (sum, max, sort, where, ...)
         ops.append(_launches(hw, 'kept_channels', 13))
         k = channel_kept_padded(g, batch, d, self.forced_gates)
-        scatter = elementwise_latency(hw, 'scatter_add_relu', out_e, 2, 1)
+        # conv3 is accumulated into the shortcut: the input itself when the
+        # backbone owns it, else a copy of it (or the downsample's output),
+        # then bn3's shift and the ReLU (a pass each)
+        out = [] if (self.owned_block_inputs or g.has_downsample) else [
+            elementwise_latency(hw, 'clone', out_e, 1, 1)]
+        tail = [elementwise_latency(hw, 'bias3', out_e, 1, 1),
+                elementwise_latency(hw, 'relu3', out_e, 1, 1)]
         if k <= 0:  # every sample off: relu(shortcut + bn3 shift)
-            return ops + [_launches(hw, 'bookkeeping', 14),
-                          elementwise_latency(hw, 'bias_fill', out_e, 0, 1),
-                          scatter]
+            return ops + [_launches(hw, 'bookkeeping', 14)] + out + tail
         nk = n * k
         # per-sample weights (index_select row copies; conv2's from the
         # gather kernel, runs of 9): one GEMM per sample, tiles never span
@@ -540,11 +545,11 @@ class LatencyPredictor:
             _conv(hw, 'conv2', 1, nk, nk, g.out_hw, g.in_hw, k=3,
                   stride=g.stride, dilation=g.dilation, groups=batch),
             elementwise_latency(hw, 'relu2', nk * out_px, 1, 1),
-            elementwise_latency(hw, 'w3_gather', nk * c_out, 1, 1),
-            elementwise_latency(hw, 'bias3', out_e, 0, 1),
+            elementwise_latency(hw, 'w3_gather', nk * c_out, 1, 1)] + out + [
             _conv(hw, 'conv3', batch, k, c_out, g.out_hw, g.out_hw,
                   per_sample_channels=True, weight_elems=nk * c_out),
-            scatter]
+            # the GEMM reads the shortcut it accumulates into
+            elementwise_latency(hw, 'conv3_acc', out_e, 1, 0)] + tail
 
     def _spatial_eager(self, g: BlockGeometry, batch: int,
                        d: float) -> List[OpLatency]:
