@@ -266,6 +266,29 @@ def test_spatial_patch_convs_paths(s, stride, p):
     assert (out - ref).abs().max() <= 1e-5
 
 
+def _owned_then_alone(block, x):
+    """Run the identity ``block`` (forced gate set) dynamically on a copy of
+    the non-negative ``x`` inside ``owned_block_inputs`` and on another
+    outside it: the first writes in place, the second leaves its input
+    untouched; both equal the masked-dense block. Returns the in-place
+    output."""
+    from laud_mm.models.dynamic import owned_block_inputs
+    with torch.no_grad():
+        block.dynamic_inference = False
+        ref = block(x.clone())
+        block.dynamic_inference = True
+        mine = x.clone()
+        with owned_block_inputs([block]):
+            out = block(mine)
+        assert out.data_ptr() == mine.data_ptr()  # in place
+        assert (out - ref).abs().max() <= TOL
+        kept = x.clone()
+        out2 = block(kept)  # outside the context: a new tensor
+        assert out2.data_ptr() != kept.data_ptr() and torch.equal(kept, x)
+        assert (out2 - ref).abs().max() <= TOL
+    return out
+
+
 def test_layer_block_writes_into_owned_input():
     """Inside owned_block_inputs (what LAUDResNet.forward uses) an identity
     layer block adds its kept samples' branch into its (non-negative) input
@@ -278,23 +301,12 @@ def test_layer_block_writes_into_owned_input():
     x = torch.rand(5, 32, 9, 7)  # non-negative, like a block output
     forced = torch.tensor([1., 0., 0., 1., 1.])
     block.masker.forced_gate = forced
-    with torch.no_grad():
-        block.dynamic_inference = False
-        ref = block(x.clone())
-        block.dynamic_inference = True
-        mine = x.clone()
-        with owned_block_inputs([block, ds_block]):
-            assert getattr(block, OWNED_INPUT_ATTR)
-            assert not getattr(ds_block, OWNED_INPUT_ATTR, False)
-            out = block(mine)
-        assert not getattr(block, OWNED_INPUT_ATTR)
-        assert out.data_ptr() == mine.data_ptr()  # in place
-        assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])
-        assert (out - ref).abs().max() <= TOL
-        kept = x.clone()
-        out2 = block(kept)  # outside the context: a new tensor
-        assert out2.data_ptr() != kept.data_ptr() and torch.equal(kept, x)
-        assert (out2 - ref).abs().max() <= TOL
+    with owned_block_inputs([block, ds_block]):
+        assert getattr(block, OWNED_INPUT_ATTR)
+        assert not getattr(ds_block, OWNED_INPUT_ATTR, False)
+    assert not getattr(block, OWNED_INPUT_ATTR)
+    out = _owned_then_alone(block, x)
+    assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])
 
 
 @pytest.mark.parametrize('paradigm', ['spatial', 'channel'])
@@ -303,28 +315,15 @@ def test_spatial_channel_blocks_write_into_owned_input(paradigm):
     its output into its (non-negative) input and equals the masked-dense
     block; with every gate off a spatial block returns its input itself;
     outside the context the input is untouched."""
-    from laud_mm.models.dynamic import owned_block_inputs
     block = make_block(paradigm, 32, 8, 1, 2, seed=7)
     x = torch.rand(3, 32, 9, 7)  # non-negative, like a block output
     for pattern in ('random', 'off'):
         block.masker.forced_gate = None
         forced = _forced(pattern, block, x, 4)
         block.masker.forced_gate = forced
-        with torch.no_grad():
-            block.dynamic_inference = False
-            ref = block(x.clone())
-            block.dynamic_inference = True
-            mine = x.clone()
-            with owned_block_inputs([block]):
-                out = block(mine)
-            assert out.data_ptr() == mine.data_ptr()  # in place
-            assert (out - ref).abs().max() <= TOL
-            if pattern == 'off' and paradigm == 'spatial':
-                assert out is mine and torch.equal(out, x)
-            kept = x.clone()
-            out2 = block(kept)
-            assert out2.data_ptr() != kept.data_ptr() and torch.equal(kept, x)
-            assert (out2 - ref).abs().max() <= TOL
+        out = _owned_then_alone(block, x)
+        if pattern == 'off' and paradigm == 'spatial':
+            assert torch.equal(out, x)  # the input itself, untouched
 
 
 def test_backbone_forward_keeps_caller_input():

@@ -289,17 +289,6 @@ def per_block(args) -> List[Dict]:
     return out
 
 
-def _cpu_ms(fn, repeats: int) -> float:
-    """Median process CPU time of ``fn()`` in ms, after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(repeats):
-        c = time.process_time()
-        fn()
-        ts.append(time.process_time() - c)
-    return statistics.median(ts) * 1e3
-
-
 def spatial_breakdown(args) -> List[Dict]:
     """Where a spatial block's dynamic time goes: per R50 block (224 px,
     ``--block-rate``), the CPU time of each step of the sparse path (conv1
@@ -314,16 +303,18 @@ def spatial_breakdown(args) -> List[Dict]:
         windows (window_conv1 used), static / dynamic step and block times
         in ms.
     """
-    from laud_mm.models import dynamic
+    from benchmark_kernels import cpu_ms
     from laud_mm.models.dynamic import (SPATIAL_DENSE_THRESHOLD, _gather,
                                         _scatter, folded, spatial_patch_convs,
-                                        window_conv1)
+                                        uses_window_conv1, window_conv1)
     n, hw = args.batch, SIZES['224'][1]
     net = build(args.depths[0], 'spatial')
     stem = folded_stem(net)
     force_random_gates(net, args.block_rate, n, hw, seed=1,
                        mode=args.rate_mode)
-    rep = args.repeats
+
+    def ms(fn):
+        return cpu_ms(fn, warmup=1, repeats=args.repeats)
     out = []
     with torch.no_grad():
         t = stem(torch.randn(n, 3, *hw))
@@ -339,39 +330,30 @@ def spatial_breakdown(args) -> List[Dict]:
             idx = (gate > 0.5).nonzero()
             h1 = F.conv2d(x, fb.w1, fb.b1)
             h1r = torch.relu(h1)
-            h2 = F.conv2d(h1r, fb.w2, fb.b2, fb.stride, fb.padding,
-                          fb.dilation).relu_()
             win = _gather(h1, idx, s, fb.stride, fb.dilation, width, True)
             y = spatial_patch_convs(fb, win, s)
             ident = fb.shortcut(x)
-            k = (s - 1) * fb.stride + 2 * fb.dilation + 1
-            windows = fb.stride > 1 and idx.shape[0] * k * k < \
-                dynamic.SPATIAL_WINDOW_CONV1_MAX_FRACTION * n * x[0, 0].numel()
+            windows = uses_window_conv1(s, fb.stride, fb.dilation,
+                                        idx.shape[0], n * x[0, 0].numel())
             if windows:  # window_conv1: conv1 and the gather in one step
-                conv1 = _cpu_ms(lambda: window_conv1(fb, x, idx, s), rep)
+                conv1 = ms(lambda: window_conv1(fb, x, idx, s))
                 gather = 0.
             else:
-                conv1 = _cpu_ms(lambda: F.conv2d(x, fb.w1, fb.b1), rep)
-                gather = _cpu_ms(lambda: _gather(h1, idx, s, fb.stride,
-                                                 fb.dilation, width, True),
-                                 rep)
+                conv1 = ms(lambda: F.conv2d(x, fb.w1, fb.b1))
+                gather = ms(lambda: _gather(h1, idx, s, fb.stride,
+                                            fb.dilation, width, True))
             row = dict(
                 block=f'{blk.stage}.{blk.index}', S=s, density=d,
                 windows=windows,
-                static_conv1=_cpu_ms(
-                    lambda: F.conv2d(x, fb.w1, fb.b1).relu_(), rep),
-                static_conv23=_cpu_ms(lambda: F.conv2d(F.conv2d(
+                static_conv1=ms(lambda: F.conv2d(x, fb.w1, fb.b1).relu_()),
+                static_conv23=ms(lambda: F.conv2d(F.conv2d(
                     h1r, fb.w2, fb.b2, fb.stride, fb.padding,
-                    fb.dilation).relu_(), fb.w3, fb.b3), rep),
-                static_block=_cpu_ms(
-                    lambda: static_bottleneck_forward(blk, x), rep),
+                    fb.dilation).relu_(), fb.w3, fb.b3)),
+                static_block=ms(lambda: static_bottleneck_forward(blk, x)),
                 conv1=conv1, gather=gather,
-                patch_convs=_cpu_ms(lambda: spatial_patch_convs(fb, win, s),
-                                    rep),
-                scatter=_cpu_ms(lambda: _scatter(ident, y, idx, (s, s),
-                                                 False), rep),
-                dynamic_block=_cpu_ms(lambda: blk(x), rep))
-            del h2
+                patch_convs=ms(lambda: spatial_patch_convs(fb, win, s)),
+                scatter=ms(lambda: _scatter(ident, y, idx, (s, s), False)),
+                dynamic_block=ms(lambda: blk(x)))
             out.append(row)
     return out
 

@@ -617,8 +617,7 @@ class LatencyPredictor:
         def patch_ops(p):
             if p <= 0:
                 return []
-            if g.stride > 1 and p * k * k < \
-                    dyn.SPATIAL_WINDOW_CONV1_MAX_FRACTION * in_px:
+            if dyn.uses_window_conv1(S, g.stride, g.dilation, p, in_px):
                 # window_conv1: gather the input windows, conv1 on them,
                 # ReLU, re-zero the outside pixels
                 ops = [elementwise_latency(

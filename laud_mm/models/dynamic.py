@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from ..ops.allocator import tune_cpu_allocator
 from ..ops.channel_weights import _gather_kept
-from ..ops.patches import _gather, _scatter
+from ..ops.patches import _gather, _scatter, window_size
 from .gates import KEEP, SKIP
 from .geometry import BlockGeometry
 
@@ -332,9 +332,8 @@ def _spatial_forward(block, x, geom):
         return y.add_(fb.shortcut(x)).relu_(), gate
 
     idx = (gate > 0.5).nonzero()
-    k = (s - 1) * fb.stride + 2 * fb.dilation + 1  # window side
-    if fb.stride > 1 and n_act * k * k < \
-            SPATIAL_WINDOW_CONV1_MAX_FRACTION * x.shape[0] * x[0, 0].numel():
+    if uses_window_conv1(s, fb.stride, fb.dilation, n_act,
+                         n * x.shape[2] * x.shape[3]):
         win = window_conv1(fb, x, idx, s)
     else:
         win = _gather(conv1(), idx, s, fb.stride, fb.dilation, width, True)
@@ -342,6 +341,19 @@ def _spatial_forward(block, x, geom):
     ident = fb.shortcut(x)
     out = _scatter(ident, y, idx, (s, s), ident is not x or owned)
     return out, gate
+
+
+def uses_window_conv1(s: int, stride: int, dilation: int, n_act: float,
+                      in_pixels: float) -> bool:
+    """Whether a spatial block runs :func:`window_conv1`: a stride-2 block
+    whose ``n_act`` active K x K conv2 input windows (``window_size``) cover,
+    counted with overlaps, under ``SPATIAL_WINDOW_CONV1_MAX_FRACTION`` of
+    its ``in_pixels`` = N x H x W input pixels. Shared by the dynamic path
+    and the latency predictor's eager model (expected ``n_act``)."""
+    if stride == 1:
+        return False
+    k = window_size(s, stride, dilation)
+    return n_act * k * k < SPATIAL_WINDOW_CONV1_MAX_FRACTION * in_pixels
 
 
 def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
@@ -370,7 +382,7 @@ def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
         the dense conv1 output (``_gather(..., relu=True)``).
     """
     h, w = x.shape[-2:]
-    k = (s - 1) * fb.stride + 2 * fb.dilation + 1
+    k = window_size(s, fb.stride, fb.dilation)
     win = F.conv2d(_gather(x, idx, s, fb.stride, fb.dilation, x.shape[1],
                            False), fb.w1, fb.b1).relu_()
     # conv1's bias made the zero-filled outside pixels non-zero: re-zero
@@ -560,8 +572,7 @@ def owned_block_inputs(blocks):
 def _owns_input(block, x: torch.Tensor) -> bool:
     """Whether ``block`` may write into its input ``x`` (an identity block
     inside :func:`owned_block_inputs`; x contiguous)."""
-    return getattr(block, OWNED_INPUT_ATTR, False) and \
-        block.downsample is None and x.is_contiguous()
+    return getattr(block, OWNED_INPUT_ATTR, False) and x.is_contiguous()
 
 
 def _autocast(x: torch.Tensor) -> bool:
