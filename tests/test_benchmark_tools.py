@@ -111,3 +111,16 @@ def test_spatial_breakdown_rows():
         # window_conv1 (stride-2 blocks, few patches) includes the gather
         assert (r['gather'] == 0) == r['windows']
         assert not r['windows'] or r['block'].endswith('.0')
+
+
+def test_window_conv1_rows_compare_equal_results():
+    """benchmark_kernels' window_conv1 rows time window_conv1 against the
+    dense conv1 + gather on the same windows: equal up to float rounding."""
+    import benchmark_kernels
+    with torch.no_grad():
+        rows = benchmark_kernels.window_conv1_rows()
+    assert [r[1].split(',')[0] for r in rows] == ['stride 2'] * 3 + \
+        ['stride 1']
+    for kernel, _, _, ta, _, tb, note in rows:
+        assert kernel == 'window_conv1' and ta > 0 and tb > 0
+        assert float(note.split()[-1]) < 1e-4

@@ -17,6 +17,12 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
   them out on every call) against pre-packed weights (oneDNN's blocked
   layout, prepared once), the term ``HardwareSpec.weight_reorder_gbs``
   models;
+- ``window_conv1``: conv1 + window gather of a spatial block, dense conv1
+  then :func:`~laud_mm.ops.gather_patches` against
+  :func:`~laud_mm.models.dynamic.window_conv1` (conv1 on the gathered input
+  windows), at the patch densities of r_i = 0.5 in the stride-2 blocks
+  and of r_i = 0.25 in a stride-1 block (where the dynamic path keeps the
+  dense conv1);
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
@@ -39,7 +45,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from laud_mm.models.dynamic import folded, spatial_patch_convs  # noqa: E402
+from laud_mm.models.dynamic import (folded, spatial_patch_convs,  # noqa: E402
+                                    window_conv1)
+from laud_mm.ops.patches import _gather, window_size  # noqa: E402
 from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference  # noqa: E402,E501
 from laud_mm.ops import max_pool2d  # noqa: E402
 from laud_mm.ops.allocator import tune_cpu_allocator  # noqa: E402
@@ -132,6 +140,32 @@ def reorder_rows():
     return rows
 
 
+def window_conv1_rows():
+    rows = []
+    # (width, stride, S, input (C_in, H), density): the first blocks of
+    # stages 2-4 at r_i = 0.5 and a stage-1 identity block at r_i = 0.25
+    for width, stride, s, (cin, hw), d in (
+            (128, 2, 4, (256, 56), 0.29), (256, 2, 2, (512, 28), 0.27),
+            (512, 2, 1, (1024, 14), 0.24), (64, 1, 4, (256, 56), 0.21)):
+        fb = folded(_block(width, stride, s))
+        x = torch.rand(8, cin, hw, hw)
+        grid = -(-(hw // stride) // s)
+        g = torch.Generator().manual_seed(width)
+        idx = (torch.rand(8, grid, grid, generator=g) < d).nonzero()
+
+        def dense():
+            return _gather(F.conv2d(x, fb.w1, fb.b1), idx, s, stride, 1,
+                           width, True)
+        err = (window_conv1(fb, x, idx, s) - dense()).abs().max()
+        cover = idx.shape[0] * window_size(s, stride) ** 2 / (8 * hw * hw)
+        rows.append(('window_conv1', f'stride {stride}, S={s}, {cin} ch '
+                     f'{hw}x{hw}, {idx.shape[0]} patches (cover {cover:.2f})',
+                     'dense conv1 + gather', cpu_ms(dense), 'window_conv1',
+                     cpu_ms(lambda: window_conv1(fb, x, idx, s)),
+                     f'max diff {float(err):.1e}'))
+    return rows
+
+
 def max_pool_rows():
     x = torch.randn(8, 64, 112, 112).relu_()
     same = torch.equal(max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
@@ -164,8 +198,8 @@ def main(argv=None):
     print('| kernel | shape | A | A ms | B | B ms | A / B | note |')
     print('|---|---|---|---|---|---|---|---|')
     with torch.no_grad():
-        for rows in (patch_conv_rows, kept_weight_rows, reorder_rows,
-                     max_pool_rows, pixel_rows):
+        for rows in (patch_conv_rows, kept_weight_rows, window_conv1_rows,
+                     reorder_rows, max_pool_rows, pixel_rows):
             for k, shape, a, ta, b, tb, note in rows():
                 ratio = f'{ta / tb:.2f}x' if tb == tb else ''
                 tb_s = f'{tb:.3f}' if tb == tb else ''

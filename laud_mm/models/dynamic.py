@@ -55,7 +55,7 @@ SPATIAL_CONV3_GEMM_MAX_PATCHES = 16
 # stride-2 spatial blocks: when the active patches' conv2 input windows cover
 # less than this fraction of the input map (counted with overlaps), conv1
 # runs on the gathered input windows instead of the whole map
-# (:func:`window_conv1`; measured on CPU: a gain up to a 0.55 cover at least)
+# (:func:`window_conv1`; tools/benchmark_kernels.py: 1.5x at a 0.56 cover)
 SPATIAL_WINDOW_CONV1_MAX_FRACTION = 0.6
 
 
@@ -366,10 +366,11 @@ def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
     neighbours' by one pixel, so the windows of a fraction d of the patches
     cover ~d (K / 2S)^2 of the map: 1.27 d for S = 4, 1.56 d for S = 2,
     2.25 d for S = 1. Gathering the input windows (C_in channels) and
-    running conv1 on them costs 0.55 - 0.6 of the dense conv1 + window
-    gather at the 0.24 - 0.29 patch densities of r_i = 0.5 (R50, measured:
-    20.6 -> 11.4 ms in stage 2). Window pixels outside the image are zero,
-    as conv2's padding of the dense conv1 output.
+    running conv1 on them is 1.3 - 1.8x faster than the dense conv1 +
+    window gather at the 0.24 - 0.29 patch densities of r_i = 0.5 in R50
+    (``tools/benchmark_kernels.py``, 'window_conv1' rows; a stride-1 block
+    at r_i = 0.25 gains nothing there). Window pixels outside the image are
+    zero, as conv2's padding of the dense conv1 output.
 
     Args:
         fb: the block's folded weights (``fb.stride`` > 1).
@@ -511,7 +512,8 @@ def _channel_forward(block, x, geom):
     if not _autocast(x) and x.dtype == ident.dtype == fb.w1.dtype:
         # conv3 from the kept channels accumulated into the shortcut, then
         # bn3's shift (every sample) and the ReLU: no conv3 output buffer,
-        # no separate scatter pass (-0.7 to -1.4 ms per block, measured)
+        # no separate scatter pass (channel r = 0.25: 2.35x -> 2.6x,
+        # docs/benchmarks.md)
         if ident is not x:
             out = ident.contiguous()
         elif _owns_input(block, x):
