@@ -10,7 +10,7 @@ at::Tensor gather_patches_cpu(const at::Tensor& feat, const at::Tensor& idx,
                               int64_t channels, bool relu);
 void scatter_add_relu_cpu(at::Tensor& out, const at::Tensor& identity,
                           const at::Tensor& patches, const at::Tensor& pmap,
-                          int64_t Sh, int64_t Sw);
+                          int64_t Sh, int64_t Sw, bool identity_nonneg);
 at::Tensor gather_kept_weights_cpu(const at::Tensor& weight,
                                    const at::Tensor& chs);
 #ifdef WITH_CUDA
@@ -40,9 +40,13 @@ at::Tensor gather_patches(const at::Tensor& feat, const at::Tensor& idx,
   return gather_patches_cpu(feat, idx, S, stride, dilation, channels, relu);
 }
 
+// identity_nonneg: the caller guarantees identity >= 0 (a ReLU output), so
+// with out aliasing identity the inactive pixels are already their own ReLU
+// and the CPU kernel leaves them untouched; the CUDA kernel (one thread per
+// output element) gains nothing from it and ignores it: same result.
 void scatter_add_relu(at::Tensor out, const at::Tensor& identity,
                       const at::Tensor& patches, const at::Tensor& pmap,
-                      int64_t Sh, int64_t Sw) {
+                      int64_t Sh, int64_t Sw, bool identity_nonneg) {
   TORCH_CHECK(Sh >= 1 && Sw >= 1, "patch size must be >= 1");
   TORCH_CHECK(out.device() == identity.device() &&
                   out.device() == patches.device() &&
@@ -59,7 +63,7 @@ void scatter_add_relu(at::Tensor out, const at::Tensor& identity,
     TORCH_CHECK(false, "laud_mm._ext was built without CUDA");
 #endif
   }
-  scatter_add_relu_cpu(out, identity, patches, pmap, Sh, Sw);
+  scatter_add_relu_cpu(out, identity, patches, pmap, Sh, Sw, identity_nonneg);
 }
 
 at::Tensor gather_kept_weights(const at::Tensor& weight, const at::Tensor& chs) {
@@ -87,10 +91,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dilation"), py::arg("channels"), py::arg("relu"));
   m.def("scatter_add_relu", &laud_mm::scatter_add_relu,
         "scatter_add_relu(out, identity, patches (P,C,Sh,Sw), pmap (N,gh,gw) "
-        "int64 (-1 = inactive), Sh, Sw): out = relu(identity + "
-        "scatter(patches)) in one pass; out may alias identity",
+        "int64 (-1 = inactive), Sh, Sw, identity_nonneg=False): out = "
+        "relu(identity + scatter(patches)); out may alias identity; "
+        "identity_nonneg (identity >= 0 guaranteed by the caller) lets an "
+        "aliased call skip the inactive pixels",
         py::arg("out"), py::arg("identity"), py::arg("patches"),
-        py::arg("pmap"), py::arg("Sh"), py::arg("Sw"));
+        py::arg("pmap"), py::arg("Sh"), py::arg("Sw"),
+        py::arg("identity_nonneg") = false);
   m.def("gather_kept_weights", &laud_mm::gather_kept_weights,
         "gather_kept_weights(weight (C_out, C_in, kh, kw), chs (N, k) int64) "
         "-> (N, k, k, kh, kw): weight[chs[n, i], chs[n, j]]",

@@ -124,3 +124,19 @@ def test_window_conv1_rows_compare_equal_results():
     for kernel, _, _, ta, _, tb, note in rows:
         assert kernel == 'window_conv1' and ta > 0 and tb > 0
         assert float(note.split()[-1]) < 1e-4
+
+
+def test_scatter_rows_compare_equal_results():
+    """benchmark_kernels' scatter rows: the compiled in-place scatter with
+    identity_nonneg equals the PyTorch reference bit for bit at the R50
+    shapes of every stage (S = 4, 4, 2, 1), with the memory-speed floor in
+    the note; ``--only`` runs just the chosen rows."""
+    import benchmark_kernels
+    with torch.no_grad():
+        rows = benchmark_kernels.scatter_rows()
+    assert [r[1].split(',')[0] for r in rows] == ['S=4', 'S=4', 'S=2', 'S=1']
+    for kernel, _, _, ta, _, tb, note in rows:
+        assert kernel == 'scatter' and ta > 0 and tb > 0
+        assert note.startswith('equal;') and note.endswith(' ms')
+    with pytest.raises(SystemExit):
+        benchmark_kernels.main(['--only', 'nonsense'])

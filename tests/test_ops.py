@@ -100,6 +100,44 @@ def test_float64_and_empty_index(backend):
     assert torch.equal(out, F.relu(ident))
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('patch,h,w', [
+    ((1, 1), 7, 7), ((2, 2), 14, 14),   # tiled S = 1, 2 (specialised)
+    ((2, 2), 13, 15), ((1, 4), 9, 10),  # partial and rectangular patches
+    ((2, 1), 8, 7), ((4, 4), 13, 11),   # and the row kernel (Sh * Sw > 4)
+])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_scatter_add_relu_kernels_equal_reference(backend, patch, h, w,
+                                                  dtype):
+    """Every scatter kernel (one-pass rows; blocked over L1-sized channel
+    blocks for patches of <= 4 pixels, 43 channels of 32 x 32 planes make
+    partial blocks) equals the PyTorch reference bit for bit: out of place,
+    in place, and in place with ``identity_nonneg`` (inactive pixels left
+    untouched); a negative identity with the hint raises."""
+    g = torch.Generator().manual_seed(h * w)
+    sh, sw = patch
+    for n, c, hh, ww in ((2, 5, h, w), (2, 43, 32, 32)):
+        gh, gw = -(-hh // sh), -(-ww // sw)
+        idx = ops.patch_indices(
+            (torch.rand(n, gh, gw, generator=g) < 0.45).float())
+        ident = torch.randn(n, c, hh, ww, generator=g, dtype=dtype)
+        y = torch.randn(idx.shape[0], c, sh, sw, generator=g, dtype=dtype)
+        ref = ops.scatter_add_relu_reference(ident, y, idx, patch)
+        nonneg = ident.relu()
+        ref_nonneg = ops.scatter_add_relu_reference(nonneg, y, idx, patch)
+        with ops.use_backend(backend):
+            assert torch.equal(ops.scatter_add_relu(ident, y, idx, patch), ref)
+            assert torch.equal(ops.scatter_add_relu(
+                ident.clone(), y, idx, patch, inplace=True), ref)
+            out = nonneg.clone()
+            res = ops.scatter_add_relu(out, y, idx, patch, inplace=True,
+                                       identity_nonneg=True)
+            assert res is out and torch.equal(out, ref_nonneg)
+            with pytest.raises(ValueError, match='identity_nonneg'):
+                ops.scatter_add_relu(ident, y, idx, patch, inplace=True,
+                                     identity_nonneg=True)
+
+
 def test_patch_indices_records_sample_and_location():
     gate = torch.zeros(2, 3, 4)
     gate[0, 1, 2] = 1

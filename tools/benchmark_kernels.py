@@ -23,6 +23,13 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
   windows), at the patch densities of r_i = 0.5 in the stride-2 blocks
   and of r_i = 0.25 in a stride-1 block (where the dynamic path keeps the
   dense conv1);
+- ``scatter``: the fused scatter-add + ReLU of a spatial block's conv3
+  patches into its shortcut, in place with ``identity_nonneg`` (as in an
+  identity block inside the backbone),
+  :func:`~laud_mm.ops.scatter_add_relu` (the compiled kernel) against
+  :func:`~laud_mm.ops.scatter_add_relu_reference`, at the r_i = 0.5 patch
+  densities of the stride-1 blocks of each stage; the note gives a dense
+  ``add_`` + ``relu_`` of the whole map, the memory-speed floor;
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
@@ -47,7 +54,8 @@ import torch.nn.functional as F
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from laud_mm.models.dynamic import (folded, spatial_patch_convs,  # noqa: E402
                                     window_conv1)
-from laud_mm.ops.patches import _gather, window_size  # noqa: E402
+from laud_mm.ops.patches import (_gather, _scatter, patch_map,  # noqa: E402
+                                 scatter_add_relu_reference, window_size)
 from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference  # noqa: E402,E501
 from laud_mm.ops import max_pool2d  # noqa: E402
 from laud_mm.ops.allocator import tune_cpu_allocator  # noqa: E402
@@ -166,6 +174,34 @@ def window_conv1_rows():
     return rows
 
 
+def scatter_rows():
+    rows = []
+    # (C_out, H, S, density): a stride-1 block of each stage at r_i = 0.5
+    for c, hw, s, d in ((256, 56, 4, 0.44), (512, 28, 4, 0.45),
+                        (1024, 14, 2, 0.41), (2048, 7, 1, 0.37)):
+        g = torch.Generator().manual_seed(c)
+        idx = (torch.rand(8, hw // s, hw // s, generator=g) < d).nonzero()
+        ident = torch.randn(8, c, hw, hw, generator=g).relu_()
+        y = torch.randn(idx.shape[0], c, s, s, generator=g)
+        dense = torch.randn(8, c, hw, hw, generator=g)
+        pmap = patch_map(idx, 8, (hw // s, hw // s))
+        out = ident.clone()
+        same = torch.equal(
+            _scatter(ident.clone(), y, idx, (s, s), True, None, True),
+            scatter_add_relu_reference(ident, y, idx, s))
+        floor = cpu_ms(lambda: out.add_(dense).relu_())
+        rows.append(('scatter', f'S={s}, {c} ch {hw}x{hw}, {idx.shape[0]} '
+                     'patches, in place', 'scatter_add_relu_reference',
+                     cpu_ms(lambda: scatter_add_relu_reference(
+                         out, y, idx, s, inplace=True)),
+                     'scatter_add_relu',
+                     cpu_ms(lambda: _scatter(out, y, idx, (s, s), True,
+                                             pmap, True)),
+                     f'{"equal" if same else "DIFFERENT"}; dense add + ReLU '
+                     f'{floor:.3f} ms'))
+    return rows
+
+
 def max_pool_rows():
     x = torch.randn(8, 64, 112, 112).relu_()
     same = torch.equal(max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
@@ -190,6 +226,12 @@ def pixel_rows():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--threads', type=int, default=None)
+    groups = dict(patch_convs=patch_conv_rows, kept_weights=kept_weight_rows,
+                  window_conv1=window_conv1_rows, scatter=scatter_rows,
+                  weight_reorder=reorder_rows, max_pool=max_pool_rows,
+                  pixels=pixel_rows)
+    p.add_argument('--only', nargs='+', choices=sorted(groups),
+                   help='run only these rows (default: all)')
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,8 +240,9 @@ def main(argv=None):
     print('| kernel | shape | A | A ms | B | B ms | A / B | note |')
     print('|---|---|---|---|---|---|---|---|')
     with torch.no_grad():
-        for rows in (patch_conv_rows, kept_weight_rows, window_conv1_rows,
-                     reorder_rows, max_pool_rows, pixel_rows):
+        for name, rows in groups.items():
+            if args.only and name not in args.only:
+                continue
             for k, shape, a, ta, b, tb, note in rows():
                 ratio = f'{ta / tb:.2f}x' if tb == tb else ''
                 tb_s = f'{tb:.3f}' if tb == tb else ''

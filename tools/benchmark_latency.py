@@ -294,7 +294,8 @@ def spatial_breakdown(args) -> List[Dict]:
     ``--block-rate``), the CPU time of each step of the sparse path (conv1
     dense, gather with halo - or, in stride-2 blocks with few patches, conv1
     on the gathered input windows, ``window_conv1``, both in one step -,
-    conv2 + conv3 of the patches, fused scatter-add + ReLU) next to the
+    conv2 + conv3 of the patches, fused scatter-add + ReLU in place as in
+    the backbone) next to the
     static block's conv1 and conv2 + conv3. Blocks the dense fallback runs
     are skipped.
 
@@ -333,6 +334,7 @@ def spatial_breakdown(args) -> List[Dict]:
             win = _gather(h1, idx, s, fb.stride, fb.dilation, width, True)
             y = spatial_patch_convs(fb, win, s)
             ident = fb.shortcut(x)
+            buf = ident.clone()
             windows = uses_window_conv1(s, fb.stride, fb.dilation,
                                         idx.shape[0], n * x[0, 0].numel())
             if windows:  # window_conv1: conv1 and the gather in one step
@@ -352,7 +354,11 @@ def spatial_breakdown(args) -> List[Dict]:
                 static_block=ms(lambda: static_bottleneck_forward(blk, x)),
                 conv1=conv1, gather=gather,
                 patch_convs=ms(lambda: spatial_patch_convs(fb, win, s)),
-                scatter=ms(lambda: _scatter(ident, y, idx, (s, s), False)),
+                # in place, as in the backbone: into the downsample output,
+                # or into the owned input (identity_nonneg) of an identity
+                # block (a copy here, made once)
+                scatter=ms(lambda: _scatter(buf, y, idx, (s, s), True, None,
+                                            ident is x)),
                 dynamic_block=ms(lambda: blk(x)))
             out.append(row)
     return out

@@ -2,10 +2,13 @@
 //
 // gather_patches: conv2 input windows (3x3 halo, zero outside the image,
 //   optional fused ReLU of conv1) of the active S x S output patches.
-// scatter_add_relu: out = relu(identity + scatter(patches)) in one pass over
-//   the output (the fused scatter + residual add + ReLU of the paper);
-//   patches are Sh x Sw (Sh = Sw = S for spatial skipping, the whole map for
-//   layer skipping); out may alias identity.
+// scatter_add_relu: out = relu(identity + scatter(patches)) (the fused
+//   scatter + residual add + ReLU of the paper): one pass over the output
+//   for patches of more than 4 pixels, an L1-blocked two-step kernel for
+//   S = 1, 2; patches are Sh x Sw (Sh = Sw = S for spatial skipping, the
+//   whole map for layer skipping); out may alias identity, and with a
+//   non-negative identity (identity_nonneg) an aliased call touches the
+//   active patches only.
 //
 // Source: LAUDNet paper sec. 3.4 and appendix (operator fusion); the Python
 // API and reference implementation are in laud_mm/ops/patches.py.
@@ -14,6 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -147,10 +151,10 @@ void gather_kernel(const scalar_t* feat, const int64_t* idx, scalar_t* out,
 // row of `patches` for each active patch and -1 elsewhere. One task = one
 // (sample, channel) plane; each row is processed patch segment by segment.
 template <typename scalar_t>
-void scatter_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y,
+void scatter_rows_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y,
                     const int64_t* pmap, int64_t N, int64_t C, int64_t H,
                     int64_t W, int64_t Sh, int64_t Sw, int64_t gh,
-                    int64_t gw) {
+                    int64_t gw, bool skip_inactive) {
   const int64_t plane = H * W;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane));
   at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
@@ -163,6 +167,7 @@ void scatter_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y,
           const int64_t off = nc * plane + (gi * Sh + r) * W;
           for (int64_t gj = 0; gj < gw; ++gj) {
             const int64_t x0 = gj * Sw, p = mrow[gj];
+            if (p < 0 && skip_inactive) continue;
             const scalar_t* s =
                 p < 0 ? nullptr : y + ((p * C + c) * Sh + r) * Sw;
             add_relu_row<scalar_t>(out + off + x0, ident + off + x0, s,
@@ -172,6 +177,92 @@ void scatter_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y,
       }
     }
   });
+}
+
+// Patches of at most 4 pixels (S = 1, 2): rows of S floats are too short
+// for the one-pass kernel above (its per-segment calls ran 7-14x slower
+// than memory speed at S = 1, 2: tools/benchmark_kernels.py 'scatter'
+// rows). Here a task is one sample and a block of channels whose planes fit
+// in L1 (32 KiB), handled in two steps: a vectorised ReLU pass over the
+// planes and an add over the active patches (each patch's values for the
+// block are one contiguous run of `patches`). When out aliases identity the
+// add comes first (out = identity + patch; the ReLU pass then covers it),
+// else the ReLU pass first (out = relu(identity), then relu(identity +
+// patch) on the active pixels). pmap as above.
+template <typename scalar_t, int SC>
+void scatter_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y,
+                    const int64_t* pmap, int64_t N, int64_t C, int64_t H,
+                    int64_t W, int64_t Sh, int64_t Sw, int64_t gh,
+                    int64_t gw, bool skip_inactive) {
+  const int64_t plane = H * W;
+  const bool aliased = out == ident && !skip_inactive;
+  // a task = one sample and a block of channels whose planes fit in L1
+  // (32 KiB), so the patch values of a block are read as contiguous runs
+  const int64_t cb = std::max<int64_t>(
+      1, std::min<int64_t>(C, (32768 / int64_t(sizeof(scalar_t))) / plane));
+  const int64_t nblk = (C + cb - 1) / cb;
+  at::parallel_for(0, N * nblk, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> act;  // (patch row in y, offset in the plane)
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / nblk, c0 = (t % nblk) * cb;
+      const int64_t c1 = std::min<int64_t>(C, c0 + cb);
+      act.clear();
+      for (int64_t g = 0; g < gh * gw; ++g) {
+        const int64_t p = pmap[n * gh * gw + g];
+        if (p >= 0) {
+          act.push_back(p);
+          act.push_back((g / gw) * Sh * W + (g % gw) * Sw);
+        }
+      }
+      scalar_t* ob = out + (n * C + c0) * plane;
+      const scalar_t* ib = ident + (n * C + c0) * plane;
+      const int64_t len = (c1 - c0) * plane;
+      if (!aliased && !skip_inactive)
+        add_relu_row<scalar_t>(ob, ib, nullptr, len);
+      for (size_t a = 0; a < act.size(); a += 2) {
+        const int64_t p = act[a], off = act[a + 1];
+        const int64_t y0 = off / W, x0 = off % W;
+        const int64_t rows = SC > 0 ? SC : std::min<int64_t>(Sh, H - y0);
+        const int64_t cols = SC > 0 ? SC : std::min<int64_t>(Sw, W - x0);
+        const scalar_t* yp = y + (p * C + c0) * Sh * Sw;
+        for (int64_t c = 0; c < c1 - c0; ++c) {
+          const scalar_t* s = yp + c * Sh * Sw;
+          scalar_t* o = ob + c * plane + off;
+          const scalar_t* id = ib + c * plane + off;
+          for (int64_t r = 0; r < rows; ++r) {
+            scalar_t* orow = o + r * W;
+            const scalar_t* irow = id + r * W;
+            const scalar_t* srow = s + r * Sw;
+            if (aliased) {
+              for (int64_t q = 0; q < cols; ++q) orow[q] = irow[q] + srow[q];
+            } else {
+              for (int64_t q = 0; q < cols; ++q)
+                orow[q] = relu_of(irow[q] + srow[q]);
+            }
+          }
+        }
+      }
+      if (aliased) add_relu_row<scalar_t>(ob, ob, nullptr, len);
+      // skip_inactive: out is identity, already its own ReLU; the active
+      // pixels got relu(identity + patch) above
+    }
+  });
+}
+
+template <typename scalar_t>
+void scatter_dispatch(scalar_t* out, const scalar_t* ident, const scalar_t* y,
+                      const int64_t* pmap, int64_t N, int64_t C, int64_t H,
+                      int64_t W, int64_t Sh, int64_t Sw, int64_t gh,
+                      int64_t gw, bool skip_inactive) {
+  if (Sh * Sw > 4)
+    return scatter_rows_kernel<scalar_t>(out, ident, y, pmap, N, C, H, W, Sh,
+                                         Sw, gh, gw, skip_inactive);
+  const bool tiled = H % Sh == 0 && W % Sw == 0;
+  if (tiled && Sh == 1 && Sw == 1)
+    return scatter_kernel<scalar_t, 1>(out, ident, y, pmap, N, C, H, W, Sh, Sw, gh, gw, skip_inactive);
+  if (tiled && Sh == 2 && Sw == 2)
+    return scatter_kernel<scalar_t, 2>(out, ident, y, pmap, N, C, H, W, Sh, Sw, gh, gw, skip_inactive);
+  return scatter_kernel<scalar_t, 0>(out, ident, y, pmap, N, C, H, W, Sh, Sw, gh, gw, skip_inactive);
 }
 
 // Compile-time window sizes of the common granularities (K = (S - 1) *
@@ -230,7 +321,7 @@ at::Tensor gather_patches_cpu(const at::Tensor& feat, const at::Tensor& idx,
 
 void scatter_add_relu_cpu(at::Tensor& out, const at::Tensor& identity,
                           const at::Tensor& patches, const at::Tensor& pmap,
-                          int64_t Sh, int64_t Sw) {
+                          int64_t Sh, int64_t Sw, bool identity_nonneg) {
   TORCH_CHECK(out.dim() == 4 && out.is_contiguous() &&
                   identity.is_contiguous() && patches.is_contiguous(),
               "out, identity and patches must be contiguous");
@@ -247,11 +338,12 @@ void scatter_add_relu_cpu(at::Tensor& out, const at::Tensor& identity,
               "patches must be (P, C, Sh, Sw)");
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "scatter_add_relu_cpu", [&] {
-    scatter_kernel<scalar_t>(out.data_ptr<scalar_t>(),
+    scatter_dispatch<scalar_t>(out.data_ptr<scalar_t>(),
                              identity.data_ptr<scalar_t>(),
                              patches.data_ptr<scalar_t>(),
                              pmap.data_ptr<int64_t>(), N, C, H, W, Sh, Sw, gh,
-                             gw);
+                             gw,
+                             identity_nonneg && out.data_ptr() == identity.data_ptr());
   });
 }
 

@@ -174,10 +174,14 @@ def patch_map(idx: torch.Tensor, n: int, grid: Tuple[int, int]
 
 def scatter_add_relu(identity: torch.Tensor, patches: torch.Tensor,
                      idx: torch.Tensor, granularity,
-                     inplace: bool = False) -> torch.Tensor:
+                     inplace: bool = False,
+                     identity_nonneg: bool = False) -> torch.Tensor:
     """Fused scatter + residual add + ReLU: ``relu(identity + scatter(patches))``
     where positions of inactive patches get ``relu(identity)``; the compiled
-    kernels make one pass over the output.
+    CPU kernels make one pass over the output (patches of more than 4
+    pixels) or two passes over L1-sized channel blocks (S = 1, 2: 2.5 - 6x
+    faster than the one-pass kernel there, ``tools/benchmark_kernels.py``
+    'scatter' rows).
 
     Args:
         identity: (N, C, H_out, W_out) shortcut (identity or downsample).
@@ -187,13 +191,19 @@ def scatter_add_relu(identity: torch.Tensor, patches: torch.Tensor,
         granularity: S (square patches) or (Sh, Sw); layer skipping uses the
             whole map (H_out, W_out) with a 1 x 1 patch grid.
         inplace: overwrite ``identity`` (it must not be needed afterwards).
+        identity_nonneg: ``identity`` is >= 0 everywhere (a ReLU output),
+            so with ``inplace`` its inactive pixels are already the result
+            and the CPU kernel skips them (the result is the same; inside a
+            backbone an identity block's input is the previous block's ReLU
+            output). Checked here: a negative value raises.
 
     Returns:
         (N, C, H_out, W_out) block output (``identity`` itself if inplace).
 
     Raises:
         ValueError: shape / dtype / device mismatch or patches outside the
-            grid (names the argument).
+            grid (names the argument); ``identity_nonneg=True`` with a
+            negative ``identity``.
     """
     sh, sw = _patch_size(granularity)
     if not isinstance(identity, torch.Tensor) or identity.dim() != 4:
@@ -208,12 +218,18 @@ def scatter_add_relu(identity: torch.Tensor, patches: torch.Tensor,
         raise ValueError('patches and identity need the same dtype and device')
     grid = (-(-h // sh), -(-w // sw))
     _check_idx(idx, n, grid, identity.device)
-    return _scatter(identity, patches, idx, (sh, sw), inplace)
+    if identity_nonneg and identity.numel() and bool((identity < 0).any()):
+        raise ValueError('identity_nonneg=True but identity has negative '
+                         f'values (min {float(identity.min())})')
+    return _scatter(identity, patches, idx, (sh, sw), inplace,
+                    identity_nonneg=identity_nonneg)
 
 
-def _scatter(identity, patches, idx, patch_hw, inplace, pmap=None):
+def _scatter(identity, patches, idx, patch_hw, inplace, pmap=None,
+             identity_nonneg=False):
     """:func:`scatter_add_relu` without argument checks (internal fast
-    path); ``pmap`` may be given precomputed (:func:`patch_map`)."""
+    path); ``pmap`` may be given precomputed (:func:`patch_map`);
+    ``identity_nonneg`` is trusted."""
     n, c, h, w = identity.shape
     sh, sw = patch_hw
     grid = (-(-h // sh), -(-w // sw))
@@ -224,7 +240,7 @@ def _scatter(identity, patches, idx, patch_hw, inplace, pmap=None):
         if pmap is None:
             pmap = patch_map(idx, n, grid)
         extension().scatter_add_relu(out, ident, patches.contiguous(), pmap,
-                                     sh, sw)
+                                     sh, sw, identity_nonneg)
         if inplace and out is not identity:
             identity.copy_(out)
             return identity
