@@ -180,9 +180,9 @@ void scatter_rows_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y
 }
 
 // Patches of at most 4 pixels (S = 1, 2): rows of S floats are too short
-// for the one-pass kernel above (its per-segment calls ran 7-14x slower
-// than memory speed at S = 1, 2: tools/benchmark_kernels.py 'scatter'
-// rows). Here a task is one sample and a block of channels whose planes fit
+// for the one-pass kernel above (its per-segment calls ran 7-15x slower
+// than a dense add + ReLU of the map at S = 1, 2: tools/benchmark_kernels.py
+// 'scatter' rows). Here a task is one sample and a block of channels whose planes fit
 // in L1 (32 KiB), handled in two steps: a vectorised ReLU pass over the
 // planes and an add over the active patches (each patch's values for the
 // block are one contiguous run of `patches`). When out aliases identity the
@@ -201,19 +201,22 @@ void scatter_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y,
   const int64_t cb = std::max<int64_t>(
       1, std::min<int64_t>(C, (32768 / int64_t(sizeof(scalar_t))) / plane));
   const int64_t nblk = (C + cb - 1) / cb;
+  // per sample, once: (patch row in y, offset in the plane) of its active
+  // patches, shared by all its channel blocks
+  std::vector<std::vector<int64_t>> acts(N);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < gh * gw; ++g) {
+      const int64_t p = pmap[n * gh * gw + g];
+      if (p >= 0) {
+        acts[n].push_back(p);
+        acts[n].push_back((g / gw) * Sh * W + (g % gw) * Sw);
+      }
+    }
   at::parallel_for(0, N * nblk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> act;  // (patch row in y, offset in the plane)
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nblk, c0 = (t % nblk) * cb;
       const int64_t c1 = std::min<int64_t>(C, c0 + cb);
-      act.clear();
-      for (int64_t g = 0; g < gh * gw; ++g) {
-        const int64_t p = pmap[n * gh * gw + g];
-        if (p >= 0) {
-          act.push_back(p);
-          act.push_back((g / gw) * Sh * W + (g % gw) * Sw);
-        }
-      }
+      const std::vector<int64_t>& act = acts[n];
       scalar_t* ob = out + (n * C + c0) * plane;
       const scalar_t* ib = ident + (n * C + c0) * plane;
       const int64_t len = (c1 - c0) * plane;

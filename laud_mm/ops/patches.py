@@ -179,7 +179,7 @@ def scatter_add_relu(identity: torch.Tensor, patches: torch.Tensor,
     """Fused scatter + residual add + ReLU: ``relu(identity + scatter(patches))``
     where positions of inactive patches get ``relu(identity)``; the compiled
     CPU kernels make one pass over the output (patches of more than 4
-    pixels) or two passes over L1-sized channel blocks (S = 1, 2: 2.5 - 6x
+    pixels) or two passes over L1-sized channel blocks (S = 1, 2: 3 - 7x
     faster than the one-pass kernel there, ``tools/benchmark_kernels.py``
     'scatter' rows).
 
