@@ -13,6 +13,15 @@ void scatter_add_relu_cpu(at::Tensor& out, const at::Tensor& identity,
                           int64_t Sh, int64_t Sw, bool identity_nonneg);
 at::Tensor gather_kept_weights_cpu(const at::Tensor& weight,
                                    const at::Tensor& chs);
+void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
+                                 const at::Tensor& chs,
+                                 const at::Tensor& counts,
+                                 const at::Tensor& w1t, const at::Tensor& b1,
+                                 const at::Tensor& w2t, const at::Tensor& b2,
+                                 const at::Tensor& w3t, const at::Tensor& b3,
+                                 int64_t stride, int64_t padding,
+                                 int64_t dilation, bool force_generic);
+std::string channel_branch_isa();
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -79,6 +88,24 @@ at::Tensor gather_kept_weights(const at::Tensor& weight, const at::Tensor& chs) 
   return gather_kept_weights_cpu(weight, chs);
 }
 
+// CPU only: on CUDA the channel path keeps the batched GEMMs (cuBLAS) and
+// the gather_kept_weights kernel.
+void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
+                             const at::Tensor& chs, const at::Tensor& counts,
+                             const at::Tensor& w1t, const at::Tensor& b1,
+                             const at::Tensor& w2t, const at::Tensor& b2,
+                             const at::Tensor& w3t, const at::Tensor& b3,
+                             int64_t stride, int64_t padding,
+                             int64_t dilation, bool force_generic) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &chs, &counts, &w1t, &b1, &w2t, &b2,
+                              &w3t, &b3})
+    TORCH_CHECK(t->device().is_cpu(),
+                "channel_branch_add_relu is a CPU kernel: every tensor must "
+                "be on the CPU");
+  channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3,
+                              stride, padding, dilation, force_generic);
+}
+
 }  // namespace laud_mm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -102,6 +129,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "gather_kept_weights(weight (C_out, C_in, kh, kw), chs (N, k) int64) "
         "-> (N, k, k, kh, kw): weight[chs[n, i], chs[n, j]]",
         py::arg("weight"), py::arg("chs"));
+  m.def("channel_branch_add_relu", &laud_mm::channel_branch_add_relu,
+        "channel_branch_add_relu(out (N,C_out,Ho,Wo), x (N,C_in,H,W), "
+        "chs (N,k) int64, counts (N,) int64, w1t (C_in,width+1), b1 "
+        "(width+1,), w2t (9,width+1,width+1), b2 (width+1,), w3t "
+        "(width+1,C_out), b3 (C_out,), stride, padding, dilation): out = "
+        "relu(out + conv3(relu(conv2(relu(conv1(x))))) + b3) over each "
+        "sample's kept channels chs[n, :counts[n]] (float32, CPU, in place); "
+        "force_generic: the plain-loop tiles even with AVX-512 (tests)",
+        py::arg("out"), py::arg("x"), py::arg("chs"), py::arg("counts"),
+        py::arg("w1t"), py::arg("b1"), py::arg("w2t"), py::arg("b2"),
+        py::arg("w3t"), py::arg("b3"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("force_generic") = false);
+  m.def("channel_branch_isa", &laud_mm::channel_branch_isa,
+        "instruction set of channel_branch_add_relu's tile kernel on this "
+        "CPU: 'avx512f' or 'generic'");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
 #else

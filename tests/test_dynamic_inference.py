@@ -385,3 +385,31 @@ def test_window_conv1_equals_gathered_dense_conv1(backend, gran, hw):
     finally:
         dynamic.window_conv1 = real
     assert calls == [1]
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_channel_fused_kernel_path(monkeypatch, fused, stride):
+    """Channel blocks with a small output map run the fused CPU kernel
+    (laud_mm.ops.channel_branch_add_relu) when it is the fast one, else the
+    batched GEMMs; both equal the masked-dense block, per-sample gates."""
+    import laud_mm.models.dynamic as dyn
+    monkeypatch.setattr(dyn, 'CHANNEL_FUSED_CPU', fused)
+    calls = []
+    real = dyn._ops_extension
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(real(), name)
+            if name == 'channel_branch_add_relu':
+                calls.append(name)
+            return fn
+
+    monkeypatch.setattr(dyn, '_ops_extension', lambda: Spy())
+    inplanes = 64 if stride == 1 else 32
+    block = make_block('channel', inplanes, 16, stride, 2, seed=5)
+    x = torch.randn(4, inplanes, 7 * stride, 7 * stride).relu_()
+    gate, _ = check(block, x, _forced('random', block, x, 2))
+    assert 0 < gate.float().mean() < 1
+    expect = fused and ops.fast_channel_branch(x)
+    assert bool(calls) == expect

@@ -275,6 +275,108 @@ def test_gather_kept_weights_errors():
         gather_kept_weights(w, torch.tensor([[-1, 2]]))
 
 
+# ------------------------------------------------- fused channel branch
+def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2):
+    """Random folded weights in the kernel's layouts and kept channels in
+    runs of ``g2`` (the gate's G), one sample with none kept."""
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(width, c_in, generator=g) / c_in ** 0.5
+    w2 = torch.randn(width, width, 3, 3, generator=g) / (9 * width) ** 0.5
+    w3 = torch.randn(c_out, width, generator=g) / width ** 0.5
+    b1, b2, b3 = (torch.randn(m, generator=g) * 0.1
+                  for m in (width, width, c_out))
+    w1t = torch.cat([w1, torch.zeros(1, c_in)]).t().contiguous()
+    w2p = F.pad(w2, (0, 0, 0, 0, 0, 1, 0, 1))
+    w2t = w2p.permute(2, 3, 1, 0).reshape(9, width + 1, width + 1).contiguous()
+    w3t = torch.cat([w3.t(), torch.zeros(1, c_out)]).contiguous()
+    b1p, b2p = F.pad(b1, (0, 1)), F.pad(b2, (0, 1))
+    groups = width // g2
+    kmax = 0
+    kept = []
+    for i in range(n):
+        kg = 0 if i == 1 else int(torch.randint(1, groups + 1, (1,),
+                                                generator=g))
+        sel = torch.randperm(groups, generator=g)[:kg].sort()[0]
+        ch = (sel[:, None] * g2 + torch.arange(g2)).flatten()
+        kept.append(ch)
+        kmax = max(kmax, ch.numel())
+    chs = torch.full((n, kmax + 3), width, dtype=torch.int64)
+    for i, ch in enumerate(kept):
+        chs[i, :ch.numel()] = ch
+    counts = torch.tensor([ch.numel() for ch in kept])
+    x = torch.randn(n, c_in, h, w, generator=g).relu_()
+    ho = (h + 2 * dil - 2 * dil - 1) // stride + 1
+    wo = (w + 2 * dil - 2 * dil - 1) // stride + 1
+    ident = torch.randn(n, c_out, ho, wo, generator=g)
+    # the masked-dense block: every channel computed, dropped ones zeroed
+    mask = torch.zeros(n, width)
+    for i, ch in enumerate(kept):
+        mask[i, ch] = 1
+    h1 = F.conv2d(x, w1[:, :, None, None], b1).relu_() * mask[:, :, None, None]
+    h2 = F.conv2d(h1, w2, b2, stride, dil, dil).relu_() * \
+        mask[:, :, None, None]
+    dense = (ident + F.conv2d(h2, w3[:, :, None, None], b3)).relu_()
+    return (x, chs, counts, w1t, b1p, w2t, b2p, w3t, b3, stride, dil,
+            dil), ident, dense
+
+
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride,dil,g2', [
+    (3, 40, 24, 32, 7, 7, 1, 1, 2),     # stage-4 like, 7 pixels per row
+    (2, 24, 40, 64, 9, 6, 2, 1, 2),     # stride 2, odd sizes
+    (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1 (odd counts)
+    (4, 72, 70, 16, 3, 11, 1, 1, 2),    # panels of 64 + 6, a 1-wide row
+])
+def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
+                                                   w, stride, dil, g2):
+    """The fused channel-skipping branch (AVX-512 tiles, the generic tiles
+    and the PyTorch reference) returns the masked-dense block: per-sample
+    kept channels in runs of G, a sample with none kept, padding entries of
+    chs beyond counts ignored, stride / dilation, panels wider than 64."""
+    from laud_mm.ops import (channel_branch_add_relu,
+                             channel_branch_add_relu_reference)
+    args, ident, dense = _channel_case(7, n, c_in, width, c_out, h, w,
+                                       stride, dil, g2)
+    ref = channel_branch_add_relu_reference(ident.clone(), *args)
+    assert (ref - dense).abs().max() <= 1e-5
+    with ops.use_backend('pytorch'):
+        out = channel_branch_add_relu(ident.clone(), *args)
+    assert (out - dense).abs().max() <= 1e-5
+    if ops.extension() is None:
+        return
+    out = ident.clone()
+    assert channel_branch_add_relu(out, *args) is out
+    assert (out - dense).abs().max() <= 1e-5
+    # the sample with no kept channel: relu(identity + b3)
+    assert torch.equal(out[1], (ident[1] + args[8][:, None, None]).relu())
+    gen = ident.clone()
+    ops.extension().channel_branch_add_relu(gen, *args, force_generic=True)
+    assert (gen - dense).abs().max() <= 1e-5
+    assert ops.channel_branch_isa() in ('avx512f', 'generic')
+
+
+def test_channel_branch_errors():
+    from laud_mm.ops import channel_branch_add_relu
+    args, ident, _ = _channel_case(1, 2, 8, 8, 16, 5, 5, 1, 1, 2)
+    (x, chs, counts, w1t, b1, w2t, b2, w3t, b3, st, pad, dil) = args
+    with pytest.raises(ValueError, match='x must be a float32 CPU tensor'):
+        channel_branch_add_relu(ident, x.double(), *args[1:])
+    with pytest.raises(ValueError, match=r'w2t must have shape \(9, 9, 9\)'):
+        channel_branch_add_relu(ident, x, chs, counts, w1t, b1, w2t[:8],
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='counts must lie in'):
+        channel_branch_add_relu(ident, x, chs, counts + 100, w1t, b1, w2t,
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='chs must lie in'):
+        channel_branch_add_relu(ident, x, chs + 100, counts, w1t, b1, w2t,
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='chs must be an int64'):
+        channel_branch_add_relu(ident, x, chs.int(), counts, w1t, b1, w2t,
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='conv2 .* gives'):
+        channel_branch_add_relu(ident, x, chs, counts, w1t, b1, w2t, b2,
+                                w3t, b3, 2, pad, dil)
+
+
 # ------------------------------------------------------------- stem max-pool
 @pytest.mark.parametrize('shape', [(2, 64, 112, 112), (3, 5, 17, 22),
                                    (1, 3, 2, 3)])

@@ -530,6 +530,27 @@ class LatencyPredictor:
         if k <= 0:  # every sample off: relu(shortcut + bn3 shift)
             return ops + [_launches(hw, 'bookkeeping', 14)] + out + tail
         nk = n * k
+        if dyn.CHANNEL_FUSED_CPU and out_px < dyn.CHANNEL_SMALL_MAP_PIXELS \
+                and hw.vector_width >= 16 and c_out % 16 == 0:
+            # the fused AVX-512 kernel (laud_mm.ops.channel_branch_add_relu;
+            # a CPU spec with 16-lane vectors stands for AVX-512): conv1 and
+            # conv2 panels gathered once per call, then per sample three
+            # GEMMs over the pixels as rows (output channels on the lanes:
+            # no pixel-vector rounding), conv3's epilogue adding into the
+            # shortcut (one pass with bn3's shift and the ReLU)
+            kq = -(-k // 16) * 16
+            rows_in, rows_out = (in_px, 1), (out_px, 1)
+            return ops + [
+                _launches(hw, 'bookkeeping', 6),
+                elementwise_latency(hw, 'w1_panels', n * kq * c_in, 1, 1),
+                elementwise_latency(hw, 'w2_panels', n * kq * k * 9, 1, 1),
+                _conv(hw, 'conv1', batch, c_in, kq, rows_in, rows_in,
+                      per_sample_channels=True, weight_elems=n * kq * c_in),
+                _conv(hw, 'conv2', batch, 9 * k, kq, rows_out, rows_out,
+                      per_sample_channels=True, weight_elems=n * kq * k * 9),
+                _conv(hw, 'conv3', batch, k, c_out, rows_out, rows_out,
+                      per_sample_channels=True, weight_elems=nk * c_out)
+            ] + out + [elementwise_latency(hw, 'add_relu3', out_e, 2, 1)]
         # per-sample weights (index_select row copies; conv2's from the
         # gather kernel, runs of 9): one GEMM per sample, tiles never span
         # samples; conv2 one grouped conv (a group of k channels per sample)

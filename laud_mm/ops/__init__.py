@@ -9,6 +9,9 @@ Source: paper sec. 3.4 and appendix (operator fusion for dynamic inference).
 """
 from ._backend import (backend, extension, has_cuda_kernels, set_backend,
                        use_backend)
+from .channel_conv import (channel_branch_add_relu,
+                           channel_branch_add_relu_reference,
+                           channel_branch_isa, fast_channel_branch)
 from .channel_weights import (gather_kept_weights,
                               gather_kept_weights_reference)
 from .max_pool import MaxPool2d, max_pool2d
@@ -21,5 +24,7 @@ __all__ = [
     'gather_patches', 'gather_patches_reference', 'patch_indices', 'patch_map',
     'scatter_add_relu', 'scatter_add_relu_reference', 'window_size',
     'gather_kept_weights', 'gather_kept_weights_reference', 'MaxPool2d',
+    'channel_branch_add_relu', 'channel_branch_add_relu_reference',
+    'channel_branch_isa', 'fast_channel_branch',
     'max_pool2d'
 ]
