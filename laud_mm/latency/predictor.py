@@ -542,8 +542,13 @@ class LatencyPredictor:
             rows_in, rows_out = (in_px, 1), (out_px, 1)
             return ops + [
                 _launches(hw, 'bookkeeping', 6),
-                elementwise_latency(hw, 'w1_panels', n * kq * c_in, 1, 1),
-                elementwise_latency(hw, 'w2_panels', n * kq * k * 9, 1, 1),
+                # the panel gathers read whole weight rows once per call (all
+                # of w1, the kept rows of w2: what dominates at small
+                # batches) and write each sample's panels
+                elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0),
+                elementwise_latency(hw, 'w2_rows', 9 * k * (width + 1), 1, 0),
+                elementwise_latency(hw, 'w1_panels', n * kq * c_in, 0, 1),
+                elementwise_latency(hw, 'w2_panels', n * kq * k * 9, 0, 1),
                 _conv(hw, 'conv1', batch, c_in, kq, rows_in, rows_in,
                       per_sample_channels=True, weight_elems=n * kq * c_in),
                 _conv(hw, 'conv2', batch, 9 * k, kq, rows_out, rows_out,
