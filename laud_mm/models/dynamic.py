@@ -39,9 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops._backend import extension as _ops_extension
 from ..ops.allocator import tune_cpu_allocator
-from ..ops.channel_conv import fast_channel_branch
+from ..ops.channel_conv import _channel_branch, fast_channel_branch
 from ..ops.channel_weights import _gather_kept
 from ..ops.patches import _gather, _scatter, window_size
 from .gates import KEEP, SKIP
@@ -499,6 +498,18 @@ def _kept_channels(keep_ch: torch.Tensor, width: int) -> torch.Tensor:
                        torch.full_like(chs, width))
 
 
+def _residual_target(block, x: torch.Tensor,
+                     ident: torch.Tensor) -> torch.Tensor:
+    """The contiguous tensor a channel block accumulates its conv3 into:
+    the downsample's output, else the input itself when the backbone owns
+    it (``owned_block_inputs``), else a copy of the input."""
+    if ident is not x:
+        return ident.contiguous()
+    if _owns_input(block, x):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
 def _channel_forward(block, x, geom):
     fb = folded(block)
     n, c_in, h, w = x.shape
@@ -526,16 +537,9 @@ def _channel_forward(block, x, geom):
             fb.w2.shape[1:] == (width, 3, 3):
         # the fused kernel: conv1 -> conv2 -> conv3 per sample, accumulated
         # into the shortcut with bn3's shift and the ReLU
-        if ident is not x:
-            out = ident.contiguous()
-        elif _owns_input(block, x):
-            out = x
-        else:
-            out = x.clone(memory_format=torch.contiguous_format)
-        ext = _ops_extension()
-        ext.channel_branch_add_relu(
-            out, x.contiguous(), chs, keep_ch.sum(1), *fb.channel_packed(),
-            fb.stride, fb.padding, fb.dilation)
+        out = _residual_target(block, x, ident)
+        _channel_branch(out, x, chs, keep_ch.sum(1), fb.channel_packed(),
+                        fb.stride, fb.padding, fb.dilation)
         return out, gate
     k = chs.shape[1]
     if k:
@@ -558,12 +562,7 @@ def _channel_forward(block, x, geom):
         # bn3's shift (every sample) and the ReLU: no conv3 output buffer,
         # no separate scatter pass (channel r = 0.25: 2.35x -> 2.6x,
         # docs/benchmarks.md)
-        if ident is not x:
-            out = ident.contiguous()
-        elif _owns_input(block, x):
-            out = x
-        else:
-            out = x.clone(memory_format=torch.contiguous_format)
+        out = _residual_target(block, x, ident)
         o = out.view(n, c_out, ho * wo)
         if k:
             o.baddbmm_(w3s, h2)

@@ -40,7 +40,16 @@ def channel_branch_isa() -> Optional[str]:
 
 def fast_channel_branch(x: torch.Tensor) -> bool:
     """Whether :func:`channel_branch_add_relu` runs the AVX-512 kernel for
-    tensors like ``x`` (CPU, float32, compiled backend active)."""
+    tensors like ``x`` (CPU, float32, compiled backend active).
+
+    Args:
+        x: any tensor of the call, e.g. the (N, C_in, H, W) block input.
+
+    Returns:
+        True only where the kernel is the fast path (the dynamic channel
+        path's condition, ``laud_mm.models.dynamic.CHANNEL_FUSED_CPU``).
+        Source: paper sec. 3.4 (hardware-specific scheduling).
+    """
     return (x.device.type == 'cpu' and x.dtype == torch.float32
             and use_kernels(x) and channel_branch_isa() == 'avx512f')
 
@@ -124,19 +133,26 @@ def channel_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
     """
     _check(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3, stride, padding,
            dilation)
+    return _channel_branch(out, x, chs, counts,
+                           (w1t, b1, w2t, b2, w3t, b3), stride, padding,
+                           dilation)
+
+
+def _channel_branch(out, x, chs, counts, packed, stride, padding, dilation):
+    """:func:`channel_branch_add_relu` without argument checks (internal;
+    ``packed`` = (w1t, b1, w2t, b2, w3t, b3)): the compiled kernel when
+    built and C_out is a multiple of 16, else the reference."""
     if channel_branch_isa() is not None and use_kernels(x) and \
             out.shape[1] % 16 == 0:
-        tensors = [t.contiguous() for t in (x, chs, counts, w1t, b1, w2t, b2,
-                                            w3t, b3)]
+        tensors = [t.contiguous() for t in (x, chs, counts) + tuple(packed)]
         target = out if out.is_contiguous() else out.contiguous()
         extension().channel_branch_add_relu(target, *tensors, stride,
                                             padding, dilation)
         if target is not out:
             out.copy_(target)
         return out
-    return channel_branch_add_relu_reference(out, x, chs, counts, w1t, b1,
-                                             w2t, b2, w3t, b3, stride,
-                                             padding, dilation)
+    return channel_branch_add_relu_reference(out, x, chs, counts, *packed,
+                                             stride, padding, dilation)
 
 
 def channel_branch_add_relu_reference(out, x, chs, counts, w1t, b1, w2t, b2,
