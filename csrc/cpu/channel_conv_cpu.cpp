@@ -12,10 +12,10 @@
 //   which is the masked-dense block (a dropped channel's activations are 0).
 //
 // Why a kernel: the per-sample products are thin. At 7 x 7 (ResNet stage 4)
-// a sample's conv1 is a (k x C_in) x (C_in x 49) GEMM; MKL runs it at ~30
-// GMAC/s on this CPU (one thread), against ~48 for the static network's
-// batched GEMMs, so channel skipping barely paid there (1.07x per block at
-// r = 0.5). This kernel puts the *output channels* on the vector lanes: a
+// a sample's conv1 is a (k x C_in) x (C_in x 49) GEMM, which MKL runs far
+// below the efficiency of the static network's batched GEMMs, so channel
+// skipping barely paid there (1.06 - 1.08x per block at r = 0.5 with the
+// batched-GEMM path: docs/benchmarks.md, per-block table). This kernel puts the *output channels* on the vector lanes: a
 // tile is 7 output pixels x 64 kept output channels (28 AVX-512
 // accumulators); the pixels' input values are broadcast, so any pixel set
 // and input layout (NCHW input for conv1, the zero-bordered pixel-major
@@ -24,11 +24,9 @@
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
 // shared by all samples (gather_all; a pass per sample read the weights
-// eight times and cost a third of the block). The tiles run at ~56 GMAC/s
-// on the stage-4 shapes (perf,
-// one thread); a stage-4 block at r = 0.5 went from 37 to 28 ms and the
-// R50 backbone's channel r = 0.5 speedup from 1.47x to 1.56x
-// (tools/benchmark_latency.py --quick, docs/benchmarks.md).
+// eight times). With this kernel the R50 backbone's channel r = 0.5
+// speedup went from 1.47x to 1.56x (tools/benchmark_latency.py --quick;
+// per block: --per-block; both in docs/benchmarks.md).
 //
 // The AVX-512 tile kernel is compiled with a target attribute and chosen at
 // run time; without AVX-512F the same loops run on plain arrays (the
@@ -180,13 +178,13 @@ struct Geometry {
 // Gathers the kept columns of K weight rows into the panel layout of the
 // tile kernel: panel[j][q][l] = src[row(q) + cols[64 j + l]] for q < K and
 // l < 64 (the last panel kp - 64 j wide), in one pass over the rows (a pass
-// per panel re-read the whole matrix: 3x slower). Columns from k on are
+// per panel re-read the whole matrix). Columns from k on are
 // padding: zero weights, written as zeros. With pairs (every cols[2i + 1] ==
 // cols[2i] + 1 below k: kept channels come in runs of the gate's G = 2, 4,
 // ... channels) a pair is one 8-byte move. The rows two ahead (row_len
 // floats each) are prefetched: the kept rows are increasing but irregular,
 // which the hardware prefetcher misses. (A 16-lane AVX-512 gather
-// instruction instead was 3x slower on this CPU: measured.)
+// instruction instead made the block slower on this CPU.)
 template <typename RowFn>
 void gather_panels(const float* src, int64_t K, int64_t q_begin,
                    int64_t q_end, RowFn row, const int32_t* cols, int64_t k,
@@ -302,7 +300,7 @@ void sample_branch(const Geometry& g, const float* x, const SamplePlan& pl,
 
   // ---- conv1: rows = input pixels, A = x (channel-major), K = c_in.
   // All panels are gathered in one pass over the kept weights (a pass per
-  // panel re-read the whole matrix: 3x slower).
+  // panel re-read the whole matrix).
   for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = c * p_in;
   for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
     const int nv = static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);

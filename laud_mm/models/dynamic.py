@@ -478,9 +478,11 @@ CHANNEL_DENSE_RATE = 0.7
 # on CPUs with AVX-512, blocks whose *output* map is under
 # CHANNEL_SMALL_MAP_PIXELS (ResNet stage 4 at 224 px, its stride-2 first
 # block included) run the fused kernel laud_mm.ops.channel_branch_add_relu
-# (measured, R50 8 x 224 x 224 at r = 0.5: stage-4 identity blocks 37 ->
-# 28 ms, the stride-2 block 44 -> 40 ms; on the 14 x 14 and larger maps of
-# stages 1 - 3 the batched GEMMs below are as fast or faster); False: never
+# (R50 8 x 224 x 224, r = 0.5, tools/benchmark_latency.py --per-block:
+# stage-4 identity blocks 36.8 -> 27.0 / 28.5 ms, 1.07x -> 1.39 - 1.44x,
+# the stride-2 block 3.0 1.49x -> 1.67x; on the 14 x 14 and larger maps of
+# stages 1 - 3 the batched GEMMs below were as fast or faster in a
+# throwaway timing script); False: never
 CHANNEL_FUSED_CPU = True
 
 
