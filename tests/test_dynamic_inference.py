@@ -388,11 +388,14 @@ def test_window_conv1_equals_gathered_dense_conv1(backend, gran, hw):
 
 
 @pytest.mark.parametrize('fused', [True, False])
-@pytest.mark.parametrize('stride', [1, 2])
-def test_channel_fused_kernel_path(monkeypatch, fused, stride):
-    """Channel blocks with a small output map run the fused CPU kernel
-    (laud_mm.ops.channel_branch_add_relu) when it is the fast one, else the
-    batched GEMMs; both equal the masked-dense block, per-sample gates."""
+@pytest.mark.parametrize('stride,size,threads', [
+    (1, 7, 1), (2, 14, 1), (1, 15, 1), (1, 7, 8)])
+def test_channel_fused_kernel_path(monkeypatch, fused, stride, size,
+                                   threads):
+    """Channel blocks run the fused CPU kernel
+    (laud_mm.ops.channel_branch_add_relu) when it is the fast one (AVX-512,
+    at least as many samples as threads), else the batched GEMMs; both
+    equal the masked-dense block, per-sample gates, any map size."""
     import laud_mm.models.dynamic as dyn
     monkeypatch.setattr(dyn, 'CHANNEL_FUSED_CPU', fused)
     calls = []
@@ -405,8 +408,13 @@ def test_channel_fused_kernel_path(monkeypatch, fused, stride):
     monkeypatch.setattr(dyn, '_channel_branch', spy)
     inplanes = 64 if stride == 1 else 32
     block = make_block('channel', inplanes, 16, stride, 2, seed=5)
-    x = torch.randn(4, inplanes, 7 * stride, 7 * stride).relu_()
-    gate, _ = check(block, x, _forced('random', block, x, 2))
+    x = torch.randn(4, inplanes, size, size).relu_()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gate, _ = check(block, x, _forced('random', block, x, 2))
+    finally:
+        torch.set_num_threads(prev)
     assert 0 < gate.float().mean() < 1
-    expect = fused and ops.fast_channel_branch(x)
+    expect = fused and ops.fast_channel_branch(x) and threads <= 4
     assert bool(calls) == expect

@@ -24,9 +24,13 @@
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
 // shared by all samples (gather_all; a pass per sample read the weights
-// eight times). With this kernel the R50 backbone's channel r = 0.5
-// speedup went from 1.47x to 1.56x (tools/benchmark_latency.py --quick;
-// per block: --per-block; both in docs/benchmarks.md).
+// eight times). conv3 runs per 64-channel panel over all pixels into a
+// pixel-major buffer, then one pass adds it into out's channel rows with
+// 8 x 8 in-register transposes (add_relu_transposed_avx2; a scalar
+// epilogue per tile was memory- and branch-bound). With the kernel on every
+// map size the R50 backbone's channel r = 0.5 speedup went from 1.47x to
+// 1.65x (tools/benchmark_latency.py --quick; per block: --per-block; both
+// in docs/benchmarks.md).
 //
 // The AVX-512 tile kernel is compiled with a target attribute and chosen at
 // run time; without AVX-512F the same loops run on plain arrays (the
@@ -37,6 +41,8 @@
 // Source: LAUDNet paper sec. 3.2 (channel skipping), sec. 3.4 (scheduling:
 // weights gathered per sample, conv3 fused with the residual add); Python API
 // and reference in laud_mm/ops/channel_conv.py.
+#include "relu.h"
+
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -165,6 +171,74 @@ bool cpu_avx512f() {
 #endif
 }
 
+#ifdef LAUD_X86
+// In-register transpose of 8 x 8 floats (rows r[i] -> columns r[j]).
+__attribute__((target("avx2"))) inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
+  const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);
+  const __m256 t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]);
+  const __m256 t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]);
+  const __m256 t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// conv3's epilogue, vectorised: o[l][p] = relu(o[l][p] + tmp[p][l] +
+// bias[l]) for pixels p < p_out and channels l < wdt (a multiple of 8),
+// o[l] = out + l * p_out; tmp has p_out rows of kPanel, rounded up to 8.
+// Blocks of 8 pixels x 8 channels of tmp are transposed in registers, so
+// each channel row of out is read and written in 8-float runs; a pass per
+// panel, not per 7-pixel tile, keeps 8 sequential streams (the scalar loop
+// per tile took a fifth of an R50 stage-3 block at r = 0.25: perf).
+__attribute__((target("avx2"))) void add_relu_transposed_avx2(
+    const float* tmp, int64_t p_out, int wdt, const float* bias, float* out) {
+  const int64_t tail = p_out % 8;
+  alignas(32) int32_t lanes[8];
+  for (int i = 0; i < 8; ++i) lanes[i] = i < tail ? -1 : 0;
+  const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+  const __m256 zero = _mm256_setzero_ps();
+  for (int l0 = 0; l0 < wdt; l0 += 8) {
+    __m256 b[8];
+    for (int l = 0; l < 8; ++l) b[l] = _mm256_set1_ps(bias[l0 + l]);
+    for (int64_t p0 = 0; p0 < p_out; p0 += 8) {
+      __m256 col[8];
+      for (int i = 0; i < 8; ++i)
+        col[i] = _mm256_loadu_ps(tmp + (p0 + i) * kPanel + l0);
+      transpose8x8(col);
+      const bool full = p0 + 8 <= p_out;
+      for (int l = 0; l < 8; ++l) {
+        float* o = out + (l0 + l) * p_out + p0;
+        const __m256 v0 = full ? _mm256_loadu_ps(o) : _mm256_maskload_ps(o, mask);
+        // max(0, v): NaN stays NaN, as relu_of
+        const __m256 v = _mm256_max_ps(
+            zero, _mm256_add_ps(_mm256_add_ps(v0, col[l]), b[l]));
+        if (full)
+          _mm256_storeu_ps(o, v);
+        else
+          _mm256_maskstore_ps(o, mask, v);
+      }
+    }
+  }
+}
+#endif
+
 // Thread-local scratch that only grows (no allocation per call).
 float* scratch(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.resize(n);
@@ -290,7 +364,9 @@ void sample_branch(const Geometry& g, const float* x, const SamplePlan& pl,
   const int64_t kmax = std::max<int64_t>({g.c_in, 9 * k, k});
   float* panel = scratch(panel_buf, static_cast<size_t>(k * kPanel));
   const int32_t* cols = pl.cols.data();
-  float* tmp = scratch(tmp_buf, static_cast<size_t>(kRows * kPanel));
+  // conv3 results of a panel, pixel-major, rows rounded up to 8 (the
+  // transposed epilogue reads blocks of 8 rows)
+  float* tmp = scratch(tmp_buf, static_cast<size_t>((p_out + 7) / 8 * 8 * kPanel));
   int64_t* aoff = aoff_buf.size() < static_cast<size_t>(kmax)
                       ? (aoff_buf.resize(kmax), aoff_buf.data())
                       : aoff_buf.data();
@@ -348,20 +424,29 @@ void sample_branch(const Geometry& g, const float* x, const SamplePlan& pl,
     for (int64_t c = 0; c < k; ++c)
       std::memcpy(panel + c * wdt, w3t + kept[c] * g.c_out + j0,
                   sizeof(float) * wdt);
-    for (int64_t p0 = 0; p0 < p_out; p0 += kRows) {
-      const int r = static_cast<int>(std::min<int64_t>(kRows, p_out - p0));
-      if (k > 0) {
+    // the panel's conv3 for every pixel into tmp (pixel-major, p_out x 64),
+    // then one add + ReLU pass into out's channel rows
+    if (k > 0) {
+      for (int64_t p0 = 0; p0 < p_out; p0 += kRows) {
+        const int r = static_cast<int>(std::min<int64_t>(kRows, p_out - p0));
         for (int i = 0; i < r; ++i) a[i] = h2 + (p0 + i) * kp;
-        pick<kTile>(r, nv, avx512)(a, aoff, panel, k, nullptr, y, tmp);
+        pick<kTile>(r, nv, avx512)(a, aoff, panel, k, nullptr, y,
+                                   tmp + p0 * kPanel);
       }
-      for (int l = 0; l < wdt; ++l) {
-        float* o = out + (j0 + l) * p_out + p0;
-        const float bl = b3[j0 + l];
-        for (int i = 0; i < r; ++i) {
-          const float v = o[i] + (k > 0 ? tmp[i * kPanel + l] : 0.f) + bl;
-          o[i] = std::max(v, 0.f);  // branch-free (a branch mispredicts)
-        }
-      }
+    } else {
+      std::fill(tmp, tmp + p_out * kPanel, 0.f);
+    }
+#ifdef LAUD_X86
+    if (avx512) {  // AVX-512F implies AVX2
+      add_relu_transposed_avx2(tmp, p_out, wdt, b3 + j0, out + j0 * p_out);
+      continue;
+    }
+#endif
+    for (int l = 0; l < wdt; ++l) {
+      float* o = out + (j0 + l) * p_out;
+      const float bl = b3[j0 + l];
+      for (int64_t p = 0; p < p_out; ++p)
+        o[p] = relu_of(o[p] + tmp[p * kPanel + l] + bl);
     }
   }
 }

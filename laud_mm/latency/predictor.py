@@ -530,14 +530,15 @@ class LatencyPredictor:
         if k <= 0:  # every sample off: relu(shortcut + bn3 shift)
             return ops + [_launches(hw, 'bookkeeping', 14)] + out + tail
         nk = n * k
-        if dyn.CHANNEL_FUSED_CPU and out_px < dyn.CHANNEL_SMALL_MAP_PIXELS \
+        if dyn.CHANNEL_FUSED_CPU and batch >= hw.num_pe \
                 and hw.vector_width >= 16 and c_out % 16 == 0:
             # the fused AVX-512 kernel (laud_mm.ops.channel_branch_add_relu;
-            # a CPU spec with 16-lane vectors stands for AVX-512): conv1 and
-            # conv2 panels gathered once per call, then per sample three
-            # GEMMs over the pixels as rows (output channels on the lanes:
-            # no pixel-vector rounding), conv3's epilogue adding into the
-            # shortcut (one pass with bn3's shift and the ReLU)
+            # a CPU spec with 16-lane vectors stands for AVX-512; a thread
+            # per sample, so batch >= N_PE): conv1 and conv2 panels gathered
+            # once per call, then per sample three GEMMs over the pixels as
+            # rows (output channels on the lanes: no pixel-vector rounding),
+            # conv3 into a per-panel buffer added into the shortcut (one
+            # pass with bn3's shift and the ReLU)
             kq = -(-k // 16) * 16
             rows_in, rows_out = (in_px, 1), (out_px, 1)
             return ops + [

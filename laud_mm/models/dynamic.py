@@ -475,14 +475,12 @@ CHANNEL_PAD = 8
 # dense is 0.98x)
 CHANNEL_SMALL_MAP_PIXELS = 100
 CHANNEL_DENSE_RATE = 0.7
-# on CPUs with AVX-512, blocks whose *output* map is under
-# CHANNEL_SMALL_MAP_PIXELS (ResNet stage 4 at 224 px, its stride-2 first
-# block included) run the fused kernel laud_mm.ops.channel_branch_add_relu
-# (R50 8 x 224 x 224, r = 0.5, tools/benchmark_latency.py --per-block:
-# stage-4 identity blocks 36.8 -> 27.0 / 28.5 ms, 1.07x -> 1.39 - 1.44x,
-# the stride-2 block 3.0 1.49x -> 1.67x; on the 14 x 14 and larger maps of
-# stages 1 - 3 the batched GEMMs below were as fast or faster in a
-# throwaway timing script); False: never
+# on CPUs with AVX-512, channel blocks run the fused kernel
+# laud_mm.ops.channel_branch_add_relu instead of the batched GEMMs below
+# when the batch has at least as many samples as torch has threads (the
+# kernel runs a thread per sample). R50 at r = 0.25 and 0.5, 8 x 224 px and
+# 1 x 800 x 1216 px: every block as fast or faster, stage 3-4 blocks by
+# 10-30 % (docs/benchmarks.md, "Seventh round"); False: never
 CHANNEL_FUSED_CPU = True
 
 
@@ -533,7 +531,7 @@ def _channel_forward(block, x, geom):
                       fb.dilation).relu_().mul_(m)
         return F.conv2d(h2, fb.w3, fb.b3).add_(ident).relu_(), gate
     chs = _kept_channels(keep_ch, width)  # (N, k)
-    if CHANNEL_FUSED_CPU and ho * wo < CHANNEL_SMALL_MAP_PIXELS and \
+    if CHANNEL_FUSED_CPU and n >= torch.get_num_threads() and \
             not _autocast(x) and fast_channel_branch(x) and \
             x.dtype == ident.dtype == fb.w1.dtype and c_out % 16 == 0 and \
             fb.w2.shape[1:] == (width, 3, 3):
