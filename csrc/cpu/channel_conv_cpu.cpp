@@ -29,8 +29,8 @@
 // 8 x 8 in-register transposes (add_relu_transposed_avx2; a scalar
 // epilogue per tile was memory- and branch-bound). With the kernel on every
 // map size the R50 backbone's channel r = 0.5 speedup went from 1.47x to
-// 1.65x (tools/benchmark_latency.py --quick; per block: --per-block; both
-// in docs/benchmarks.md).
+// 1.67x (tools/benchmark_latency.py, full run; per block: --per-block;
+// both in docs/benchmarks.md, "Seventh round").
 //
 // The AVX-512 tile kernel is compiled with a target attribute and chosen at
 // run time; without AVX-512F the same loops run on plain arrays (the

@@ -478,9 +478,10 @@ CHANNEL_DENSE_RATE = 0.7
 # on CPUs with AVX-512, channel blocks run the fused kernel
 # laud_mm.ops.channel_branch_add_relu instead of the batched GEMMs below
 # when the batch has at least as many samples as torch has threads (the
-# kernel runs a thread per sample). R50 at r = 0.25 and 0.5, 8 x 224 px and
-# 1 x 800 x 1216 px: every block as fast or faster, stage 3-4 blocks by
-# 10-30 % (docs/benchmarks.md, "Seventh round"); False: never
+# kernel runs a thread per sample). R50 8 x 224 px, r = 0.5
+# (tools/benchmark_latency.py --per-block): stage-3 blocks 1.39 - 1.48x ->
+# 1.68 - 1.75x, backbone 1.47x -> 1.67x (docs/benchmarks.md, "Seventh
+# round", with the A/B against the GEMMs per block); False: never
 CHANNEL_FUSED_CPU = True
 
 

@@ -11,11 +11,11 @@ which is the masked-dense block (a dropped channel's activations are zero).
 :func:`channel_branch_add_relu` runs it with the compiled kernel
 (``csrc/cpu/channel_conv_cpu.cpp``: output channels on the AVX-512 lanes, 7
 pixels x 64 channels per tile, per-sample weight panels gathered once per
-call, conv3 added into the output with in-register transposes). It is
-faster than the batched per-sample GEMMs on every R50 block (most on the
-thin GEMMs of 14 x 14 and 7 x 7 maps): R50 channel r = 0.5 1.47x -> 1.65x
-(``tools/benchmark_latency.py --quick``; per block ``--per-block``;
-docs/benchmarks.md).
+call, conv3 added into the output with in-register transposes), in place
+of the batched per-sample GEMMs: R50 channel r = 0.5 1.47x -> 1.67x
+(``tools/benchmark_latency.py``, full run; per block ``--per-block``:
+stage-3 blocks 1.39 - 1.48x -> 1.68 - 1.75x; docs/benchmarks.md,
+"Seventh round").
 :func:`channel_branch_add_relu_reference` is the same in PyTorch.
 
 Source: paper sec. 3.2 (channel skipping), sec. 3.4 (scheduling: weights
