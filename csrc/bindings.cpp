@@ -22,6 +22,14 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  int64_t stride, int64_t padding,
                                  int64_t dilation, bool force_generic);
 std::string channel_branch_isa();
+void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
+                                 const at::Tensor& identity,
+                                 const at::Tensor& idx, const at::Tensor& w1p,
+                                 const at::Tensor& b1, const at::Tensor& w2p,
+                                 const at::Tensor& b2, const at::Tensor& w3p,
+                                 const at::Tensor& b3, int64_t S,
+                                 int64_t stride, int64_t dilation,
+                                 bool identity_nonneg, bool force_generic);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -106,6 +114,24 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
                               stride, padding, dilation, force_generic);
 }
 
+// CPU only: on CUDA the spatial path keeps gather / convolutions / scatter.
+void spatial_branch_add_relu(at::Tensor out, const at::Tensor& x,
+                             const at::Tensor& identity, const at::Tensor& idx,
+                             const at::Tensor& w1p, const at::Tensor& b1,
+                             const at::Tensor& w2p, const at::Tensor& b2,
+                             const at::Tensor& w3p, const at::Tensor& b3,
+                             int64_t S, int64_t stride, int64_t dilation,
+                             bool identity_nonneg, bool force_generic) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{
+           &out, &x, &identity, &idx, &w1p, &b1, &w2p, &b2, &w3p, &b3})
+    TORCH_CHECK(t->device().is_cpu(),
+                "spatial_branch_add_relu is a CPU kernel: every tensor must "
+                "be on the CPU");
+  spatial_branch_add_relu_cpu(out, x, identity, idx, w1p, b1, w2p, b2, w3p,
+                              b3, S, stride, dilation, identity_nonneg,
+                              force_generic);
+}
+
 }  // namespace laud_mm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -141,6 +167,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w1t"), py::arg("b1"), py::arg("w2t"), py::arg("b2"),
         py::arg("w3t"), py::arg("b3"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("force_generic") = false);
+  m.def("spatial_branch_add_relu", &laud_mm::spatial_branch_add_relu,
+        "spatial_branch_add_relu(out (N,C_out,Ho,Wo), x (N,C_in,H,W), "
+        "identity (like out, may alias out), idx (P,3) int64 active patches "
+        "sorted by sample, w1p, b1 (width,), w2p, b2 (width,), w3p, b3 "
+        "(C_out,), S, stride, dilation, identity_nonneg=False): out = "
+        "relu(identity + mask * conv3(relu(conv2(relu(conv1(x)))))), conv1 "
+        "on the dilated mask only; weights packed in 64-column panels "
+        "(laud_mm.ops.pack_panels); float32, CPU; force_generic: the "
+        "plain-loop tiles even with AVX-512 (tests)",
+        py::arg("out"), py::arg("x"), py::arg("identity"), py::arg("idx"),
+        py::arg("w1p"), py::arg("b1"), py::arg("w2p"), py::arg("b2"),
+        py::arg("w3p"), py::arg("b3"), py::arg("S"), py::arg("stride"),
+        py::arg("dilation"), py::arg("identity_nonneg") = false,
+        py::arg("force_generic") = false);
   m.def("channel_branch_isa", &laud_mm::channel_branch_isa,
         "instruction set of channel_branch_add_relu's tile kernel on this "
         "CPU: 'avx512f' or 'generic'");

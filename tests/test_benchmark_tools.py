@@ -96,7 +96,8 @@ def test_spatial_dense_threshold_option():
 def test_spatial_breakdown_rows():
     """--spatial-breakdown: one row per sparse-path spatial block of R50,
     with its granularity S of 4-4-2-1, the active-patch fraction the forced
-    gates give, and positive times for every step."""
+    gates give, and positive times for every step (the gather / scatter
+    path's, the fused kernel's and the masker's)."""
     args = benchmark_latency.argparse.Namespace(
         depths=[50], batch=1, block_rate=0.5, rate_mode='flops', repeats=1)
     rows = benchmark_latency.spatial_breakdown(args)
@@ -106,7 +107,8 @@ def test_spatial_breakdown_rows():
         assert r['S'] == stage_s[r['block'][0]]
         assert 0 < r['density'] < 0.8
         for k in ('static_conv1', 'static_conv23', 'static_block', 'conv1',
-                  'patch_convs', 'scatter', 'dynamic_block'):
+                  'patch_convs', 'scatter', 'gather_block', 'masker',
+                  'fused', 'dynamic_block'):
             assert r[k] > 0, (r['block'], k)
         # window_conv1 (stride-2 blocks, few patches) includes the gather
         assert (r['gather'] == 0) == r['windows']

@@ -309,14 +309,16 @@ def test_layer_block_writes_into_owned_input():
     assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])
 
 
-@pytest.mark.parametrize('paradigm', ['spatial', 'channel'])
-def test_spatial_channel_blocks_write_into_owned_input(paradigm):
+@pytest.mark.parametrize('paradigm,planes', [('spatial', 8), ('channel', 8),
+                                             ('spatial', 16)])
+def test_spatial_channel_blocks_write_into_owned_input(paradigm, planes):
     """Inside owned_block_inputs an identity spatial / channel block writes
     its output into its (non-negative) input and equals the masked-dense
     block; with every gate off a spatial block returns its input itself;
-    outside the context the input is untouched."""
-    block = make_block(paradigm, 32, 8, 1, 2, seed=7)
-    x = torch.rand(3, 32, 9, 7)  # non-negative, like a block output
+    outside the context the input is untouched (planes 16: width 16, the
+    fused spatial kernel with identity_nonneg)."""
+    block = make_block(paradigm, 4 * planes, planes, 1, 2, seed=7)
+    x = torch.rand(3, 4 * planes, 9, 7)  # non-negative, like a block output
     for pattern in ('random', 'off'):
         block.masker.forced_gate = None
         forced = _forced(pattern, block, x, 4)
@@ -385,6 +387,48 @@ def test_window_conv1_equals_gathered_dense_conv1(backend, gran, hw):
     finally:
         dynamic.window_conv1 = real
     assert calls == [1]
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('gran,stride,hw,threads', [
+    (4, 1, (15, 13), 1), (2, 2, (14, 11), 1), (1, 1, (7, 7), 1),
+    (3, 2, (16, 16), 1), (2, 1, (9, 9), 8)])
+@pytest.mark.parametrize('pattern', PATTERNS)
+def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
+                                   threads, pattern):
+    """Spatial blocks run the fused CPU kernel
+    (laud_mm.ops.spatial_branch_add_relu) when it is the fast one (AVX-512,
+    at least as many samples as threads, width and C_out multiples of 16),
+    else gather / convolutions / scatter; both equal the masked-dense block
+    (gates from the masker or forced: per sample, all on, all off; odd
+    sizes, stride 2, partial patches)."""
+    import laud_mm.models.dynamic as dyn
+    monkeypatch.setattr(dyn, 'SPATIAL_FUSED_CPU', fused)
+    calls = []
+    real = dyn._spatial_branch
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dyn, '_spatial_branch', spy)
+    inplanes = 64 if stride == 1 else 32
+    block = make_block('spatial', inplanes, 16, stride, gran, seed=12)
+    x = torch.randn(4, inplanes, *hw,
+                    generator=torch.Generator().manual_seed(12))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gate, _ = check(block, x, _forced(pattern, block, x, 3))
+    finally:
+        torch.set_num_threads(prev)
+    if pattern in ('learned', 'random'):
+        assert 0 < gate.float().mean() < dyn.SPATIAL_DENSE_THRESHOLD
+    # every density (all on included) runs the kernel, all off returns
+    # relu(shortcut) without it
+    expect = fused and ops.fast_spatial_branch(x, 16, 64) and threads <= 4 \
+        and pattern != 'off'
+    assert bool(calls) == expect
 
 
 @pytest.mark.parametrize('fused', [True, False])

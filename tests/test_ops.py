@@ -377,6 +377,142 @@ def test_channel_branch_errors():
                                 w3t, b3, 2, pad, dil)
 
 
+# ------------------------------------------------ fused spatial branch
+def _spatial_case(seed, n, c_in, width, c_out, h, w, s, stride, dil,
+                  density):
+    """Random folded weights, input, identity and per-sample patch gates;
+    the masked-dense block computed with plain convolutions."""
+    from laud_mm.ops import spatial_packed_weights
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(width, c_in, 1, 1, generator=g) / c_in ** 0.5
+    w2 = torch.randn(width, width, 3, 3, generator=g) / (9 * width) ** 0.5
+    w3 = torch.randn(c_out, width, 1, 1, generator=g) / width ** 0.5
+    b1, b2, b3 = (torch.randn(c, generator=g) * 0.1
+                  for c in (width, width, c_out))
+    x = torch.randn(n, c_in, h, w, generator=g)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    gh, gw = -(-ho // s), -(-wo // s)
+    gate = (torch.rand(n, gh, gw, generator=g) < density).float()
+    gate[0] = 0  # a sample without active patches
+    if n > 2:
+        gate[2] = 1  # and one with every patch active
+    ident = torch.randn(n, c_out, ho, wo, generator=g)
+    mask = gate.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :ho, :wo]
+    y = F.conv2d(F.conv2d(F.conv2d(x, w1, b1).relu(), w2, b2, stride, dil,
+                          dil).relu(), w3, b3)
+    dense = (ident + y * mask[:, None]).relu()
+    w1p, w2p, w3p = spatial_packed_weights(w1, w2, w3)
+    idx = (gate > 0.5).nonzero().contiguous()
+    return x, ident, idx, (w1p, b1, w2p, b2, w3p, b3), dense, y * mask[:, None]
+
+
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride,dil', [
+    (3, 24, 16, 32, 13, 11, 2, 1, 1),    # odd sizes, partial patches
+    (3, 16, 32, 64, 15, 12, 4, 2, 1),    # stride 2, runs of 4
+    (2, 48, 80, 16, 9, 10, 1, 1, 2),     # S = 1, dilation 2, 64 + 16 panel
+    (3, 32, 16, 80, 14, 14, 3, 1, 1),    # S = 3 (scalar epilogue runs)
+    (2, 16, 16, 16, 7, 7, 8, 1, 1),      # S = 8 > map: one clipped patch
+    (3, 16, 16, 32, 16, 16, 4, 1, 1),    # full runs of 4 and 8
+])
+def test_spatial_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
+                                                   w, s, stride, dil):
+    """The fused spatial branch (AVX-512 tiles, the generic tiles and the
+    PyTorch reference) returns the masked-dense block, out of place, in
+    place into the identity, and in place with identity_nonneg (inactive
+    pixels untouched, bit for bit); samples with no / every patch active."""
+    from laud_mm.ops import (spatial_branch_add_relu,
+                             spatial_branch_add_relu_reference)
+    x, ident, idx, packed, dense, ym = _spatial_case(
+        11, n, c_in, width, c_out, h, w, s, stride, dil, 0.4)
+    args = (idx,) + packed + (s, stride, dil)
+    ref = spatial_branch_add_relu_reference(torch.empty_like(ident), x,
+                                            ident, *args)
+    assert (ref - dense).abs().max() <= 1e-5
+    with ops.use_backend('pytorch'):
+        out = spatial_branch_add_relu(torch.empty_like(ident), x, ident,
+                                      *args)
+    assert (out - dense).abs().max() <= 1e-5
+    if ops.extension() is None:
+        return
+    out = torch.empty_like(ident)
+    assert spatial_branch_add_relu(out, x, ident, *args) is out
+    assert (out - dense).abs().max() <= 1e-5
+    assert torch.equal(out[0], ident[0].relu())  # no active patch
+    inpl = ident.clone()
+    spatial_branch_add_relu(inpl, x, inpl, *args)
+    assert (inpl - dense).abs().max() <= 1e-5
+    # a non-negative identity updated in place: only active pixels written
+    nonneg = ident.relu()
+    inpl = nonneg.clone()
+    spatial_branch_add_relu(inpl, x, inpl, *args, identity_nonneg=True)
+    assert (inpl - (nonneg + ym).relu()).abs().max() <= 1e-5
+    active = torch.zeros_like(inpl, dtype=torch.bool)
+    for i, gi, gj in idx.tolist():
+        active[i, :, gi * s:(gi + 1) * s, gj * s:(gj + 1) * s] = True
+    assert torch.equal(inpl[~active], nonneg[~active])
+    gen = torch.empty_like(ident)
+    ops.extension().spatial_branch_add_relu(gen, x, ident, *args,
+                                            force_generic=True)
+    assert (gen - dense).abs().max() <= 1e-5
+
+
+def test_spatial_branch_inplace_nonneg_values():
+    """identity_nonneg in place: active pixels get relu(identity + branch)
+    exactly as out of place; identity aliasing x (an identity block inside
+    the backbone) reads x before writing it."""
+    from laud_mm.ops import spatial_branch_add_relu
+    x, ident, idx, packed, _, _ = _spatial_case(
+        3, 3, 64, 16, 64, 12, 12, 2, 1, 1, 0.5)
+    x = x.relu_()
+    expect = torch.empty_like(x)
+    spatial_branch_add_relu(expect, x, x, idx, *packed, 2)
+    inpl = x.clone()
+    spatial_branch_add_relu(inpl, inpl, inpl, idx, *packed, 2,
+                            identity_nonneg=True)
+    assert (inpl - expect).abs().max() <= 1e-6
+    assert not torch.equal(inpl, x)
+
+
+def test_spatial_pack_panels_roundtrip():
+    from laud_mm.ops import pack_panels, unpack_panels
+    m = torch.randn(9, 150)
+    flat = pack_panels(m)
+    assert flat.shape == (9 * 150,)
+    assert torch.equal(flat[:9 * 64].view(9, 64), m[:, :64])
+    assert torch.equal(unpack_panels(flat, 9, 150), m)
+    with pytest.raises(ValueError, match='wt must be a'):
+        pack_panels(torch.randn(2, 3, 4))
+
+
+def test_spatial_branch_errors():
+    from laud_mm.ops import spatial_branch_add_relu
+    x, ident, idx, packed, _, _ = _spatial_case(1, 2, 16, 16, 16, 6, 6, 2,
+                                                1, 1, 0.5)
+    w1p, b1, w2p, b2, w3p, b3 = packed
+    out = torch.empty_like(ident)
+    with pytest.raises(ValueError, match='x must be a float32 CPU tensor'):
+        spatial_branch_add_relu(out, x.double(), ident, idx, *packed, 2)
+    with pytest.raises(ValueError, match='w2p must be 1-D with 2304'):
+        spatial_branch_add_relu(out, x, ident, idx, w1p, b1, w2p[:10], b2,
+                                w3p, b3, 2)
+    bad = idx.clone()
+    bad[:, 1] += 5
+    with pytest.raises(ValueError, match='idx column 1 must lie in'):
+        spatial_branch_add_relu(out, x, ident, bad, *packed, 2)
+    with pytest.raises(ValueError, match='sorted by sample'):
+        spatial_branch_add_relu(out, x, ident, torch.tensor([[1, 0, 0],
+                                                             [0, 0, 0]]),
+                                *packed, 2)
+    with pytest.raises(ValueError, match='S=0 must be an int'):
+        spatial_branch_add_relu(out, x, ident, idx, *packed, 0)
+    with pytest.raises(ValueError, match='conv2 .* gives'):
+        spatial_branch_add_relu(out, x, ident, idx, *packed, 2, 2)
+    neg = ident.clone()
+    with pytest.raises(ValueError, match='identity_nonneg'):
+        spatial_branch_add_relu(neg, x, neg, idx, *packed, 2,
+                                identity_nonneg=True)
+
+
 # ------------------------------------------------------------- stem max-pool
 @pytest.mark.parametrize('shape', [(2, 64, 112, 112), (3, 5, 17, 22),
                                    (1, 3, 2, 3)])

@@ -296,17 +296,24 @@ def spatial_breakdown(args) -> List[Dict]:
     on the gathered input windows, ``window_conv1``, both in one step -,
     conv2 + conv3 of the patches, fused scatter-add + ReLU in place as in
     the backbone) next to the
-    static block's conv1 and conv2 + conv3. Blocks the dense fallback runs
-    are skipped.
+    static block's conv1 and conv2 + conv3, the block on that path
+    (``SPATIAL_FUSED_CPU`` off), the fused CPU kernel's call alone
+    (``laud_mm.ops.spatial_branch_add_relu``, in place as in the backbone)
+    with the masker it runs on its own, and the block as the dynamic path
+    runs it. Blocks the dense fallback runs are skipped.
 
     Returns:
         one dict per block: block, S, density (active patch fraction),
         windows (window_conv1 used), static / dynamic step and block times
-        in ms.
+        in ms (gather_block: the gather / scatter path; masker, fused: the
+        fused path's steps; dynamic_block: the block as it runs).
     """
     from benchmark_kernels import cpu_ms
+    import laud_mm.models.dynamic as dyn
     from laud_mm.models.dynamic import (SPATIAL_DENSE_THRESHOLD, _gather,
-                                        _scatter, folded, spatial_patch_convs,
+                                        _scatter, _spatial_branch,
+                                        _spatial_gate, folded,
+                                        spatial_patch_convs,
                                         uses_window_conv1, window_conv1)
     n, hw = args.batch, SIZES['224'][1]
     net = build(args.depths[0], 'spatial')
@@ -358,8 +365,22 @@ def spatial_breakdown(args) -> List[Dict]:
                 # or into the owned input (identity_nonneg) of an identity
                 # block (a copy here, made once)
                 scatter=ms(lambda: _scatter(buf, y, idx, (s, s), True, None,
-                                            ident is x)),
-                dynamic_block=ms(lambda: blk(x)))
+                                            ident is x)))
+            prev = dyn.SPATIAL_FUSED_CPU
+            try:  # the same block on the gather / scatter path
+                dyn.SPATIAL_FUSED_CPU = False
+                row['gather_block'] = ms(lambda: blk(x))
+            finally:
+                dyn.SPATIAL_FUSED_CPU = prev
+            # the fused kernel (when the block uses it), in place as in the
+            # backbone, and the masker it runs on its own
+            row['masker'] = ms(lambda: _spatial_gate(fb, blk.masker, x,
+                                                     tuple(gate.shape)))
+            fbuf = (x if ident is x else ident).clone()
+            row['fused'] = ms(lambda: _spatial_branch(
+                fbuf, x, fbuf, idx.contiguous(), fb.spatial_packed(), s,
+                fb.stride, fb.dilation, identity_nonneg=ident is x))
+            row['dynamic_block'] = ms(lambda: blk(x))
             out.append(row)
     return out
 
@@ -433,7 +454,9 @@ def main(argv=None):
     p.add_argument('--spatial-dense-threshold', type=float, default=None,
                    help='override laud_mm.models.dynamic.'
                    'SPATIAL_DENSE_THRESHOLD (fraction of active patches from '
-                   'which spatial blocks compute densely; > 1: never)')
+                   'which spatial blocks on the gather / scatter path compute '
+                   'densely; > 1: never; the fused CPU kernel has no '
+                   'fallback)')
     p.add_argument('--quick', action='store_true',
                    help='R50, 224 px only')
     p.add_argument('--plot', default='docs/benchmark_speedup.png')
@@ -481,8 +504,9 @@ def main(argv=None):
               f'r={args.block_rate}, CPU ms)\n')
         print('| block | S | active patches | static conv1 | static conv2+3 '
               '| static block | conv1 | gather | conv2+3 (patches) | '
-              'scatter | dynamic block | conv1 / dynamic |\n'
-              '|---|---|---|---|---|---|---|---|---|---|---|---|')
+              'scatter | gather-path block | masker | fused kernel | '
+              'dynamic block | static / dynamic |\n'
+              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
         for r in split:
             c1 = f"{r['conv1']:.2f} (windows)" if r['windows'] \
                 else f"{r['conv1']:.2f}"
@@ -491,8 +515,10 @@ def main(argv=None):
                   f"{r['static_conv1']:.2f} | {r['static_conv23']:.2f} | "
                   f"{r['static_block']:.2f} | {c1} | "
                   f"{g} | {r['patch_convs']:.2f} | "
-                  f"{r['scatter']:.2f} | {r['dynamic_block']:.2f} | "
-                  f"{r['conv1'] / r['dynamic_block']:.0%} |")
+                  f"{r['scatter']:.2f} | {r['gather_block']:.2f} | "
+                  f"{r['masker']:.2f} | {r['fused']:.2f} | "
+                  f"{r['dynamic_block']:.2f} | "
+                  f"{r['static_block'] / r['dynamic_block']:.2f}x |")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(rows=rows, blocks=blocks, spatial_steps=split), f,

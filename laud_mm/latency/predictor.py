@@ -603,6 +603,10 @@ class LatencyPredictor:
         width, c_out = g.width, g.out_channels
         out_e = n * c_out * ho * wo
         in_px = n * g.in_hw[0] * g.in_hw[1]
+        fused = dyn.SPATIAL_FUSED_CPU and batch >= hw.num_pe and \
+            hw.vector_width >= 16 and width % 16 == 0 and c_out % 16 == 0
+        if fused:
+            return self._spatial_fused(g, batch, d)
         if self.forced_gates:  # _forced_gate; conv1 alone
             ops = [_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
             c1 = width
@@ -687,6 +691,63 @@ class LatencyPredictor:
         # patches read (a fraction d of the output)
         return ops + [elementwise_latency(hw, 'scatter_add_relu', out_e,
                                           1 + d, 1)]
+
+    def _spatial_fused(self, g: BlockGeometry, batch: int,
+                       d: float) -> List[OpLatency]:
+        """Fused CPU spatial path (``laud_mm.ops.spatial_branch_add_relu``,
+        used by ``_spatial_forward`` on AVX-512 CPUs when batch >= threads;
+        a CPU spec with 16-lane vectors stands for AVX-512 and N_PE for the
+        threads): the masker's logit difference as a one-channel 1x1 conv
+        of x, pooled (also with forced gates); then per sample, one thread
+        each, three GEMMs with the pixels as rows (output channels on the
+        lanes): conv1 at the input pixels the active patches' conv2 windows
+        cover (expected fraction 1 - (1 - d)^cells, ``cells`` = patch cells
+        whose windows contain a pixel), conv2 (K = 9 width) and conv3 at
+        the active output pixels; conv3's output is added into the shortcut
+        at those pixels (runs of S). Outside a backbone's owned identity
+        blocks the shortcut's other pixels get a ReLU pass. The kernel runs
+        at every density (``spatial_dense_threshold`` is the gather path's)."""
+        from ..models import dynamic as dyn
+        hw = self.hw
+        S = int(g.granularity)
+        ho, wo = g.out_hw
+        hi, wi = g.in_hw
+        n = float(batch)
+        width, c_out, c_in = g.width, g.out_channels, g.in_channels
+        out_e = n * c_out * ho * wo
+        in_px = n * hi * wi
+        ops = [elementwise_latency(hw, 'mask_conv', in_px * c_in, 1, 0),
+               elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
+               _launches(hw, 'mask_steps', 4)]
+        if self.forced_gates:
+            ops.append(_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
+        ops.append(_launches(hw, 'gate_count', 3))  # gt, sum, item
+        if d <= 0.:  # the owned input itself, else relu(shortcut)
+            inplace = self.owned_block_inputs and not g.has_downsample
+            return ops + self._downsample(g, batch) + (
+                [] if inplace else
+                [elementwise_latency(hw, 'relu', out_e, 1, 1)])
+        # the kernel runs at every density (no dense fallback)
+        sh, sw = min(S, ho), min(S, wo)
+        win = ((sh - 1) * g.stride + 2 * g.dilation + 1) * \
+            ((sw - 1) * g.stride + 2 * g.dilation + 1)
+        cells = win / float(sh * sw * g.stride * g.stride)
+        cover = 1. - (1. - d) ** cells  # input pixels conv1 computes
+        ops.append(_launches(hw, 'bookkeeping', 4))  # nonzero, contiguous
+
+        def gemm(name, k, cout):  # r rows (pixels) per sample
+            return lambda r: [] if r <= 0 else [_conv(
+                hw, name, batch, k, cout, (r, 1), (r, 1),
+                per_sample_channels=True, weight_elems=n * k * cout)]
+        ops += _expected_ops(gemm('conv1', c_in, width), cover * hi * wi)
+        ops += _expected_ops(gemm('conv2', 9 * width, width), d * ho * wo)
+        ops += _expected_ops(gemm('conv3', width, c_out), d * ho * wo)
+        ops += self._downsample(g, batch)
+        ops.append(elementwise_latency(hw, 'add_relu3', d * out_e, 2, 1,
+                                       run_elems=float(sw)))
+        if g.has_downsample or not self.owned_block_inputs:
+            ops.append(elementwise_latency(hw, 'relu', out_e, 1, 1))
+        return ops
 
     def _layer_eager(self, g: BlockGeometry, batch: int,
                      d: float) -> List[OpLatency]:

@@ -15,7 +15,12 @@ rounding, while skipping the masked-out work:
   input windows instead, :func:`window_conv1`, the masker on its own)
   (sample and location recorded per patch), conv2 (valid, stride) and conv3
   run on the gathered patches only, and a fused scatter-add + ReLU writes them
-  into the shortcut.
+  into the shortcut. On CPUs with AVX-512 (batch >= threads) one compiled
+  kernel does the whole branch instead (:data:`SPATIAL_FUSED_CPU`,
+  :func:`laud_mm.ops.spatial_branch_add_relu`): conv1 at the input pixels
+  the active patches' conv2 windows need (the dilated mask), conv2 and
+  conv3 at the active output pixels, read in place, conv3 added into the
+  shortcut; the masker then runs on its own (:func:`_spatial_gate`).
 - channel: weights gathered per sample for its kept channels (counts padded
   with zero channels to a common multiple of 8), so the batch runs as one
   batched GEMM (conv1 to the kept channels), one grouped conv (conv2, a group
@@ -43,12 +48,16 @@ from ..ops.allocator import tune_cpu_allocator
 from ..ops.channel_conv import _channel_branch, fast_channel_branch
 from ..ops.channel_weights import _gather_kept
 from ..ops.patches import _gather, _scatter, window_size
+from ..ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
+                                spatial_packed_weights)
 from .gates import KEEP, SKIP
 from .geometry import BlockGeometry
 
-# Spatial blocks: above this fraction of active patches, computing conv2/conv3
-# densely and masking is faster than gather -> conv -> scatter on CPU
-# (measured with tools/benchmark_latency.py; both are exact).
+# Spatial blocks on the gather / scatter path: above this fraction of active
+# patches, computing conv2/conv3 densely and masking is faster than gather ->
+# conv -> scatter on CPU (measured with tools/benchmark_latency.py; both are
+# exact). The fused CPU kernel (SPATIAL_FUSED_CPU) runs at every density: it
+# is not slower than the static block even with every patch active.
 SPATIAL_DENSE_THRESHOLD = 0.8
 # fewer gathered patches than this: conv3 runs as one GEMM over all patches
 # instead of a 1x1 convolution (see :func:`spatial_patch_convs`)
@@ -58,6 +67,14 @@ SPATIAL_CONV3_GEMM_MAX_PATCHES = 16
 # runs on the gathered input windows instead of the whole map
 # (:func:`window_conv1`; tools/benchmark_kernels.py: 1.5x at a 0.56 cover)
 SPATIAL_WINDOW_CONV1_MAX_FRACTION = 0.6
+# on CPUs with AVX-512, spatial blocks run the fused kernel
+# laud_mm.ops.spatial_branch_add_relu (conv1 on the dilated mask, conv2 and
+# conv3 on the active pixels read in place, conv3 added into the shortcut)
+# instead of gather -> convolutions -> scatter when the batch has at least
+# as many samples as torch has threads (a thread per sample); the masker
+# then pools the input itself (conv1 no longer covers the whole map).
+# R50 8 x 224 px, r = 0.5: docs/benchmarks.md, "Eighth round"; False: never
+SPATIAL_FUSED_CPU = True
 
 
 # ----------------------------------------------------------------- folding
@@ -188,6 +205,18 @@ class FoldedBottleneck:
                 w3t, self.b3.contiguous())
         return self._channel_packed
 
+    def spatial_packed(self) -> Tuple[torch.Tensor, ...]:
+        """Spatial blocks, the fused CPU kernel's layouts
+        (:func:`laud_mm.ops.spatial_branch_add_relu`): (w1p, b1, w2p, b2,
+        w3p, b3), conv weights in 64-column panels
+        (:func:`laud_mm.ops.spatial_packed_weights`; computed once)."""
+        if getattr(self, '_spatial_packed', None) is None:
+            w1p, w2p, w3p = spatial_packed_weights(self.w1, self.w2, self.w3)
+            self._spatial_packed = (w1p, self.b1.contiguous(), w2p,
+                                    self.b2.contiguous(), w3p,
+                                    self.b3.contiguous())
+        return self._spatial_packed
+
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         """Identity or folded downsample of the block input x (N, C_in, H, W)."""
         if self.ds_module is not None:
@@ -317,14 +346,20 @@ def _spatial_forward(block, x, geom):
     n = x.shape[0]
     width = fb.w1.shape[0]
     masker = block.masker
-    if masker.forced_gate is None and fb.stride == 1:
+    fused = SPATIAL_FUSED_CPU and n >= torch.get_num_threads() and \
+        not _autocast(x) and fast_spatial_branch(x, width, fb.w3.shape[0]) \
+        and x.dtype == fb.w1.dtype and fb.w2.shape[1:] == (width, 3, 3) \
+        and fb.padding == fb.dilation
+    if fused:  # the masker on its own: conv1 no longer covers the map
+        gate = _spatial_gate(fb, masker, x, (n, gh, gw))
+        t = None
+    elif masker.forced_gate is None and fb.stride == 1:
         # masker fused into conv1: one read of x for both
         t = F.conv2d(x, fb.w1x, fb.b1x)
         diff = F.adaptive_avg_pool2d(t[:, width:], (gh, gw))[:, 0]
         gate = (diff >= 0).to(x.dtype)
     else:  # stride 2: conv1 may run on the windows only (below)
-        gate = _forced_gate(masker, (n, gh, gw), x) \
-            if masker.forced_gate is not None else masker(x, geom.out_hw)
+        gate = _spatial_gate(fb, masker, x, (n, gh, gw))
         t = None
     n_act = int((gate > 0.5).sum())
     total = gate.numel()
@@ -337,7 +372,7 @@ def _spatial_forward(block, x, geom):
     def conv1():
         return F.conv2d(x, fb.w1, fb.b1) if t is None else t
 
-    if n_act >= SPATIAL_DENSE_THRESHOLD * total:
+    if not fused and n_act >= SPATIAL_DENSE_THRESHOLD * total:
         h = conv1()[:, :width].relu_()  # t is ours: ReLU in place
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
                      fb.dilation).relu_()
@@ -348,6 +383,15 @@ def _spatial_forward(block, x, geom):
         return y.add_(fb.shortcut(x)).relu_(), gate
 
     idx = (gate > 0.5).nonzero()
+    if fused:
+        ident = fb.shortcut(x)
+        # into the downsample output, or into the input when the backbone
+        # owns it (its inactive pixels are already their own ReLU)
+        target = ident if ident is not x or owned else torch.empty_like(x)
+        _spatial_branch(target, x, ident, idx, fb.spatial_packed(), s,
+                        fb.stride, fb.dilation,
+                        identity_nonneg=owned and ident is x)
+        return target, gate
     if uses_window_conv1(s, fb.stride, fb.dilation, n_act,
                          n * x.shape[2] * x.shape[3]):
         win = window_conv1(fb, x, idx, s)
@@ -360,6 +404,25 @@ def _spatial_forward(block, x, geom):
     out = _scatter(ident, y, idx, (s, s), ident is not x or owned,
                    identity_nonneg=owned and ident is x)
     return out, gate
+
+
+def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
+                  x: torch.Tensor, shape: Tuple[int, int, int]
+                  ) -> torch.Tensor:
+    """Eval gate (N, gh, gw) of a spatial block whose masker does not share
+    conv1: its keep - skip logit difference as a one-channel 1x1 conv of x
+    (``fb.w1x``'s last row), average-pooled to the patch grid: the masker's
+    pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling all C_in
+    channels first (``F.adaptive_avg_pool2d`` on CPU: 3 - 6 ms for R50
+    maps at batch 8, the one-channel conv + pool 0.1 - 1.3 ms). A forced
+    gate (tests, benchmarks) replaces the decision, not the cost: the
+    logits are still computed. Source: paper sec. 3.1 (spatial masker)."""
+    width = fb.w1.shape[0]
+    diff = F.adaptive_avg_pool2d(
+        F.conv2d(x, fb.w1x[width:], fb.b1x[width:]), shape[1:])[:, 0]
+    if masker.forced_gate is not None:
+        return _forced_gate(masker, shape, x)
+    return (diff >= 0).to(x.dtype)
 
 
 def uses_window_conv1(s: int, stride: int, dilation: int, n_act: float,

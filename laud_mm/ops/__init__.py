@@ -18,6 +18,10 @@ from .max_pool import MaxPool2d, max_pool2d
 from .patches import (gather_patches, gather_patches_reference, patch_indices,
                       patch_map, scatter_add_relu, scatter_add_relu_reference,
                       window_size)
+from .spatial_conv import (fast_spatial_branch, pack_panels,
+                           spatial_branch_add_relu,
+                           spatial_branch_add_relu_reference,
+                           spatial_packed_weights, unpack_panels)
 
 __all__ = [
     'backend', 'extension', 'has_cuda_kernels', 'set_backend', 'use_backend',
@@ -26,5 +30,8 @@ __all__ = [
     'gather_kept_weights', 'gather_kept_weights_reference', 'MaxPool2d',
     'channel_branch_add_relu', 'channel_branch_add_relu_reference',
     'channel_branch_isa', 'fast_channel_branch',
+    'spatial_branch_add_relu', 'spatial_branch_add_relu_reference',
+    'spatial_packed_weights', 'pack_panels', 'unpack_panels',
+    'fast_spatial_branch',
     'max_pool2d'
 ]

@@ -89,3 +89,20 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
 def use_kernels(t: torch.Tensor) -> bool:
     """Whether the compiled kernels handle tensors like ``t``."""
     return backend(t.device) != 'pytorch'
+
+
+def check_float32_cpu(tensors: dict) -> None:
+    """Argument check of the CPU-only fused kernels.
+
+    Args:
+        tensors: argument name -> value.
+
+    Raises:
+        ValueError: a value that is not a float32 CPU tensor (names it).
+    """
+    for k, v in tensors.items():
+        if not isinstance(v, torch.Tensor) or v.dtype != torch.float32 or \
+                v.device.type != 'cpu':
+            raise ValueError(f'{k} must be a float32 CPU tensor, got '
+                             f'{getattr(v, "dtype", type(v))} on '
+                             f'{getattr(v, "device", None)}')

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._backend import extension, use_kernels
+from ._backend import check_float32_cpu, extension, use_kernels
 
 
 def channel_branch_isa() -> Optional[str]:
@@ -58,12 +58,7 @@ def fast_channel_branch(x: torch.Tensor) -> bool:
 def _check(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3, stride, padding,
            dilation):
     names = dict(out=out, x=x, w1t=w1t, b1=b1, w2t=w2t, b2=b2, w3t=w3t, b3=b3)
-    for k, v in names.items():
-        if not isinstance(v, torch.Tensor) or v.dtype != torch.float32 or \
-                v.device.type != 'cpu':
-            raise ValueError(f'{k} must be a float32 CPU tensor, got '
-                             f'{getattr(v, "dtype", type(v))} on '
-                             f'{getattr(v, "device", None)}')
+    check_float32_cpu(names)
     if x.dim() != 4 or out.dim() != 4 or out.shape[0] != x.shape[0]:
         raise ValueError(f'x {tuple(x.shape)} and out {tuple(out.shape)} must '
                          f'be 4-D with the same batch size')

@@ -1,0 +1,179 @@
+// Register-tiled matrix kernels shared by the fused CPU branch kernels
+// (channel_conv_cpu.cpp: channel skipping; spatial_conv_cpu.cpp: spatial
+// skipping).
+//
+// A tile computes R <= 7 output pixels x 16 V (V <= 4) output channels of a
+// product with K terms: acc[i][l] = sum_q a[i][aoff[q]] * b[q * 16 V + l].
+// The pixels' inputs are broadcast (pointer a[i] plus the shared offsets
+// aoff[q]), so any pixel set and any input layout (NCHW rows, the
+// pixel-major zero-bordered conv1 output with conv2's nine shifted taps)
+// costs the same; the output channels lie on the vector lanes, the weights
+// b are one 64-channel panel (K rows of 16 V floats, contiguous). 7 x 4
+// AVX-512 accumulators keep the FMA units busy with the panel streamed
+// from L2. Without AVX-512F the same loops run on plain arrays (the
+// compiler's vectorisation; correct, not tuned).
+//
+// Source: LAUDNet paper sec. 3.4 (dynamic operators); used by
+// laud_mm/ops/channel_conv.py and laud_mm/ops/spatial_conv.py.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define LAUD_X86 1
+#endif
+
+namespace laud_mm {
+namespace tile {
+constexpr int kRows = 7;     // output pixels per tile
+constexpr int kLanes = 16;   // fp32 lanes of a 512-bit vector
+constexpr int kPanel = 64;   // output channels per panel (4 vectors)
+
+// Epilogue of a tile: kStoreRelu writes relu(acc + bias) to the pixel rows
+// y[i] (pixel-major, 16 V channels each); kTile writes acc to tmp[R][64].
+enum Mode { kStoreRelu = 0, kTile = 1 };
+
+// acc[i][l] = sum_q a[i][aoff[q]] * b[q * 16V + l], i < R, l < 16 V.
+template <int R, int V, int M>
+void tile_generic(const float* const* a, const int64_t* aoff, const float* b,
+                  int64_t K, const float* bias, float* const* y, float* tmp) {
+  float acc[R][kLanes * V];
+  for (int i = 0; i < R; ++i)
+    for (int l = 0; l < kLanes * V; ++l) acc[i][l] = 0.f;
+  for (int64_t q = 0; q < K; ++q) {
+    const float* bq = b + q * kLanes * V;
+    const int64_t o = aoff[q];
+    for (int i = 0; i < R; ++i) {
+      const float av = a[i][o];
+      for (int l = 0; l < kLanes * V; ++l) acc[i][l] += av * bq[l];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int l = 0; l < kLanes * V; ++l) {
+      if (M == kStoreRelu) {
+        const float v = acc[i][l] + bias[l];
+        y[i][l] = v > 0.f ? v : 0.f;
+      } else {
+        tmp[i * kPanel + l] = acc[i][l];
+      }
+    }
+}
+
+#ifdef LAUD_X86
+template <int R, int V, int M>
+__attribute__((target("avx512f"))) void tile_avx512(
+    const float* const* a, const int64_t* aoff, const float* b, int64_t K,
+    const float* bias, float* const* y, float* tmp) {
+  __m512 acc[R][V];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < K; ++q) {
+    const float* bq = b + q * kLanes * V;
+    const int64_t o = aoff[q];
+    __m512 bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(bq + kLanes * v);
+    for (int i = 0; i < R; ++i) {
+      const __m512 av = _mm512_set1_ps(a[i][o]);
+      for (int v = 0; v < V; ++v)
+        acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+    }
+  }
+  if (M == kStoreRelu) {
+    const __m512 z = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) {
+      const __m512 bb = _mm512_loadu_ps(bias + kLanes * v);
+      for (int i = 0; i < R; ++i)
+        _mm512_storeu_ps(y[i] + kLanes * v,
+                         _mm512_max_ps(z, _mm512_add_ps(acc[i][v], bb)));
+    }
+  } else {
+    for (int i = 0; i < R; ++i)
+      for (int v = 0; v < V; ++v)
+        _mm512_storeu_ps(tmp + i * kPanel + kLanes * v, acc[i][v]);
+  }
+}
+#endif
+
+using TileFn = void (*)(const float* const*, const int64_t*, const float*,
+                        int64_t, const float*, float* const*, float*);
+
+template <int R, int V, int M>
+TileFn pick_one(bool avx512) {
+#ifdef LAUD_X86
+  if (avx512) return &tile_avx512<R, V, M>;
+#endif
+  (void)avx512;
+  return &tile_generic<R, V, M>;
+}
+
+template <int R, int M>
+TileFn pick_v(int v, bool avx512) {
+  switch (v) {
+    case 1: return pick_one<R, 1, M>(avx512);
+    case 2: return pick_one<R, 2, M>(avx512);
+    case 3: return pick_one<R, 3, M>(avx512);
+    default: return pick_one<R, 4, M>(avx512);
+  }
+}
+
+template <int M>
+TileFn pick(int r, int v, bool avx512) {
+  switch (r) {
+    case 1: return pick_v<1, M>(v, avx512);
+    case 2: return pick_v<2, M>(v, avx512);
+    case 3: return pick_v<3, M>(v, avx512);
+    case 4: return pick_v<4, M>(v, avx512);
+    case 5: return pick_v<5, M>(v, avx512);
+    case 6: return pick_v<6, M>(v, avx512);
+    default: return pick_v<7, M>(v, avx512);
+  }
+}
+
+inline bool cpu_avx512f() {
+#if defined(LAUD_X86) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+#ifdef LAUD_X86
+// In-register transpose of 8 x 8 floats (rows r[i] -> columns r[j]).
+__attribute__((target("avx2"))) inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
+  const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);
+  const __m256 t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]);
+  const __m256 t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]);
+  const __m256 t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif
+
+// Thread-local scratch that only grows (no allocation per call).
+inline float* scratch(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+}  // namespace tile
+}  // namespace laud_mm
