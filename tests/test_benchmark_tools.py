@@ -115,6 +115,19 @@ def test_spatial_breakdown_rows():
         assert not r['windows'] or r['block'].endswith('.0')
 
 
+def test_masker_rows_compare_equal_logits():
+    """benchmark_kernels' masker rows time the masker module's order (pool
+    all channels, then the 1x1 conv) against the dynamic path's one-channel
+    conv + pool: the logit differences agree up to float rounding."""
+    import benchmark_kernels
+    with torch.no_grad():
+        rows = benchmark_kernels.masker_rows()
+    assert len(rows) == 4
+    for kernel, _, _, ta, _, tb, note in rows:
+        assert kernel == 'masker' and ta > 0 and tb > 0
+        assert float(note.split()[-1]) <= 1e-4
+
+
 def test_window_conv1_rows_compare_equal_results():
     """benchmark_kernels' window_conv1 rows time window_conv1 against the
     dense conv1 + gather on the same windows: equal up to float rounding."""

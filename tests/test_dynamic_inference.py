@@ -389,6 +389,20 @@ def test_window_conv1_equals_gathered_dense_conv1(backend, gran, hw):
     assert calls == [1]
 
 
+def _spy(monkeypatch, module, name):
+    """Replace ``module.name`` by a wrapper that records its calls; returns
+    the list the calls are appended to."""
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('gran,stride,hw,threads', [
     (4, 1, (15, 13), 1), (2, 2, (14, 11), 1), (1, 1, (7, 7), 1),
@@ -404,14 +418,7 @@ def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
     sizes, stride 2, partial patches)."""
     import laud_mm.models.dynamic as dyn
     monkeypatch.setattr(dyn, 'SPATIAL_FUSED_CPU', fused)
-    calls = []
-    real = dyn._spatial_branch
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(dyn, '_spatial_branch', spy)
+    calls = _spy(monkeypatch, dyn, '_spatial_branch')
     inplanes = 64 if stride == 1 else 32
     block = make_block('spatial', inplanes, 16, stride, gran, seed=12)
     x = torch.randn(4, inplanes, *hw,
@@ -442,14 +449,7 @@ def test_channel_fused_kernel_path(monkeypatch, fused, stride, size,
     equal the masked-dense block, per-sample gates, any map size."""
     import laud_mm.models.dynamic as dyn
     monkeypatch.setattr(dyn, 'CHANNEL_FUSED_CPU', fused)
-    calls = []
-    real = dyn._channel_branch
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(dyn, '_channel_branch', spy)
+    calls = _spy(monkeypatch, dyn, '_channel_branch')
     inplanes = 64 if stride == 1 else 32
     block = make_block('channel', inplanes, 16, stride, 2, seed=5)
     x = torch.randn(4, inplanes, size, size).relu_()

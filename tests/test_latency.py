@@ -467,17 +467,20 @@ def test_eager_spatial_kernels():
     g = geoms[14]
     ops = p.spatial_block_ops(g, 2, 0.5)
     names, by = _by_name(ops)
-    assert names == ['gate', 'gate_count', 'conv1', 'bookkeeping', 'gather',
-                     'conv2', 'relu2', 'h_transpose', 'bias3', 'conv3',
-                     'y_transpose', 'scatter_add_relu']
+    assert names == ['mask_pool', 'mask_steps', 'gate', 'gate_count',
+                     'conv1', 'bookkeeping', 'gather', 'conv2', 'relu2',
+                     'h_transpose', 'bias3', 'conv3', 'y_transpose',
+                     'scatter_add_relu']
     assert by['conv2'].macs == 4 * 16 * 512 * 512 * 9
     assert by['conv3'].macs == 4 * 16 * 512 * 2048
     assert by['conv3'].ms == pytest.approx(conv_latency(hw, ConvOp(
         1., 512, 2048, 64, 1, 64, 1, 1, 1, name='conv3')).ms)
     assert by['y_transpose'].ms == pytest.approx(elementwise_latency(
         hw, 'y_transpose', 64 * 2048, 1, 1).ms)
-    assert by['conv1'].ms == pytest.approx(
-        p.static_block_ops(g, 2)[0].ms)
+    # conv1 with the masker's logit as an extra output (forced gates too)
+    assert by['conv1'].ms == pytest.approx(conv_latency(hw, ConvOp(
+        2., g.in_channels, g.width + 1, *g.in_hw, *g.in_hw, 1, 1,
+        name='conv1')).ms)
     assert by['gather'].ms == pytest.approx(elementwise_latency(
         hw, 'gather', 4 * 512 * 36, 1, 1, run_elems=6.,
         contiguous_reads=1).ms)
@@ -490,17 +493,17 @@ def test_eager_spatial_kernels():
         32., 512, 2048, 4, 4, 4, 4, 1, 1, name='conv3')).ms)
     # from the threshold (0.6 of the patches) on: dense block times the mask
     names = [o.name for o in p.spatial_block_ops(g, 2, 0.75)]
-    assert names == ['gate', 'gate_count', 'conv1', 'relu1', 'conv2', 'relu2',
-                     'conv3', 'slice', 'expand_mask', 'mask_mul', 'add',
-                     'relu3']
+    assert names == ['mask_pool', 'mask_steps', 'gate', 'gate_count',
+                     'conv1', 'relu1', 'conv2', 'relu2', 'conv3', 'slice',
+                     'expand_mask', 'mask_mul', 'add', 'relu3']
     assert [o.name for o in p.spatial_block_ops(g, 2, 0.)] == \
-        ['gate', 'gate_count', 'relu']
+        ['mask_pool', 'mask_steps', 'gate', 'gate_count', 'relu']
     # S = 1 (7 x 7 map, 98 pixels, 20 % kept): conv2 and conv3 as GEMMs
     # over the gathered pixels (conv2's K = 9 x 512 im2col rows)
     g1 = resnet_geometries(50, (224, 224), 'spatial', (1,) * 4)[0]
     ops = p.spatial_block_ops(g1[14], 2, 0.2)
     names, by = _by_name(ops)
-    assert names[4:] == ['gather', 'bias2', 'conv2', 'relu2', 'bias3',
+    assert names[6:] == ['gather', 'bias2', 'conv2', 'relu2', 'bias3',
                          'conv3', 'scatter_add_relu']
     rows = 2 * 49 * 0.2
     assert by['conv2'].macs == pytest.approx(rows * 512 * 9 * 512)
@@ -512,7 +515,7 @@ def test_eager_spatial_window_conv1_kernels():
     with few patches conv1 runs on the gathered input windows (the model of
     ``window_conv1``: input gather, conv1 on P windows, ReLU), with many
     the dense conv1 precedes the window gather; the masker runs on its own
-    (pool of the input) unless the gates are forced."""
+    (a one-channel conv of the input, pooled), forced gates included."""
     from laud_mm.models import dynamic
     p = _eager()
     hw = p.hw
@@ -520,8 +523,9 @@ def test_eager_spatial_window_conv1_kernels():
     assert g.stride == 2 and g.in_hw == (56, 56)
     # batch 2, 7 x 7 grid: 10 % of the 98 patches -> 9.8 expected patches
     names, by = _by_name(p.spatial_block_ops(g, 2, 0.1))
-    assert names[:6] == ['gate', 'gate_count', 'bookkeeping', 'gather_x',
-                         'conv1', 'relu1']
+    assert names[:9] == ['mask_conv', 'mask_pool', 'mask_steps', 'gate',
+                         'gate_count', 'bookkeeping', 'gather_x', 'conv1',
+                         'relu1']
     assert 'gather' not in names
     assert by['conv1'].macs == pytest.approx(9.8 * 81 * 256 * 128)
     assert by['gather_x'].ms == pytest.approx(elementwise_latency(
@@ -531,12 +535,13 @@ def test_eager_spatial_window_conv1_kernels():
     cover = 0.5 * 98 * 81 / (2 * 56 * 56)
     assert cover > dynamic.SPATIAL_WINDOW_CONV1_MAX_FRACTION
     names, by = _by_name(p.spatial_block_ops(g, 2, 0.5))
-    assert names[3:5] == ['conv1', 'gather'] and 'gather_x' not in names
+    assert names[6:8] == ['conv1', 'gather'] and 'gather_x' not in names
     assert by['conv1'].ms == pytest.approx(p.static_block_ops(g, 2)[0].ms)
     free = LatencyPredictor(p.hw, implementation='eager',
                             spatial_dense_threshold=0.8)
     names = [o.name for o in free.spatial_block_ops(g, 2, 0.1)]
-    assert names[:2] == ['mask_pool', 'mask_steps']
+    assert names[:4] == ['mask_conv', 'mask_pool', 'mask_steps',
+                         'gate_count']
 
 
 def test_time_fn_clock():

@@ -30,6 +30,12 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
   :func:`~laud_mm.ops.scatter_add_relu_reference`, at the r_i = 0.5 patch
   densities of the stride-1 blocks of each stage; the note gives a dense
   ``add_`` + ``relu_`` of the whole map, the memory-speed floor;
+- ``masker``: a spatial masker's keep - skip logit difference on the patch
+  grid, the module's order (``F.adaptive_avg_pool2d`` of all C_in channels,
+  then the 1x1 conv) against the dynamic path's
+  (:func:`~laud_mm.models.dynamic._spatial_gate`: the one-channel 1x1 conv,
+  then the pool; equal by linearity), on the inputs of R50's stride-1
+  spatial blocks;
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
@@ -202,6 +208,31 @@ def scatter_rows():
     return rows
 
 
+def masker_rows():
+    from laud_mm.models.gates import KEEP, SKIP
+    rows = []
+    for width, s, hw in ((64, 4, 56), (128, 4, 28), (256, 2, 14),
+                         (512, 1, 7)):
+        blk = _block(width, 1, s)
+        fb = folded(blk)
+        x = torch.randn(8, width * 4, hw, hw)
+        grid = blk.masker.grid((hw, hw))
+
+        def module():
+            lg = blk.masker.logits(x, (hw, hw))
+            return lg[..., KEEP] - lg[..., SKIP]
+
+        def fused():
+            return F.adaptive_avg_pool2d(F.conv2d(
+                x, fb.w1x[width:], fb.b1x[width:]), grid)[:, 0]
+        diff = float((module() - fused()).abs().max())
+        rows.append(('masker', f'{width * 4} ch {hw}x{hw}, grid {grid[0]}x'
+                     f'{grid[1]}', 'pool C_in, 1x1 conv', cpu_ms(module),
+                     '1-channel conv, pool', cpu_ms(fused),
+                     f'max diff {diff:.1e}'))
+    return rows
+
+
 def max_pool_rows():
     x = torch.randn(8, 64, 112, 112).relu_()
     same = torch.equal(max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
@@ -228,7 +259,8 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None)
     groups = dict(patch_convs=patch_conv_rows, kept_weights=kept_weight_rows,
                   window_conv1=window_conv1_rows, scatter=scatter_rows,
-                  weight_reorder=reorder_rows, max_pool=max_pool_rows,
+                  weight_reorder=reorder_rows, masker=masker_rows,
+                  max_pool=max_pool_rows,
                   pixels=pixel_rows)
     p.add_argument('--only', nargs='+', choices=sorted(groups),
                    help='run only these rows (default: all)')

@@ -376,9 +376,9 @@ def spatial_breakdown(args) -> List[Dict]:
             # backbone, and the masker it runs on its own
             row['masker'] = ms(lambda: _spatial_gate(fb, blk.masker, x,
                                                      tuple(gate.shape)))
-            fbuf = (x if ident is x else ident).clone()
+            fbuf = ident.clone()
             row['fused'] = ms(lambda: _spatial_branch(
-                fbuf, x, fbuf, idx.contiguous(), fb.spatial_packed(), s,
+                fbuf, x, fbuf, idx, fb.spatial_packed(), s,
                 fb.stride, fb.dilation, identity_nonneg=ident is x))
             row['dynamic_block'] = ms(lambda: blk(x))
             out.append(row)

@@ -28,8 +28,8 @@
 // a zero-bordered pixel-major buffer; conv2 reads its nine taps from that
 // buffer; conv3 writes a 64-channel panel of A_n's pixels to a small
 // pixel-major buffer that one pass adds into out's channel rows (8 x 8
-// in-register transposes, the patch rows' runs of 4 / 2 pixels as 128- /
-// 64-bit moves). One thread per sample; the caller (dynamic.py) uses the
+// in-register transposes, runs of 8 / 4 adjacent pixels as 256- / 128-bit
+// moves, shorter runs (S = 1, 2) per pixel). One thread per sample; the caller (dynamic.py) uses the
 // kernel when batch >= threads.
 //
 // Source: LAUDNet paper sec. 3.1 (spatial masker, granularity S), sec. 3.4
@@ -58,8 +58,8 @@ struct SpatialGeometry {
 
 // Run kind of 8 consecutive output pixels of the pixel list (offsets poff
 // in the output plane): kRun8 one run of 8 adjacent pixels, kRun4 two runs
-// of 4, kRun2 four runs of 2, kScalar anything else (and the list's tail).
-enum RunKind : uint8_t { kScalar = 0, kRun2 = 2, kRun4 = 4, kRun8 = 8 };
+// of 4, kScalar anything else (and the list's tail): per pixel.
+enum RunKind : uint8_t { kScalar = 0, kRun4 = 4, kRun8 = 8 };
 
 bool runs_of(const int64_t* poff, int len) {
   for (int k = 1; k < len; ++k)
@@ -71,9 +71,6 @@ RunKind run_kind(const int64_t* poff, int64_t count) {
   if (count < 8) return kScalar;
   if (runs_of(poff, 8)) return kRun8;
   if (runs_of(poff, 4) && runs_of(poff + 4, 4)) return kRun4;
-  if (runs_of(poff, 2) && runs_of(poff + 2, 2) && runs_of(poff + 4, 2) &&
-      runs_of(poff + 6, 2))
-    return kRun2;
   return kScalar;
 }
 

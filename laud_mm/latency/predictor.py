@@ -582,7 +582,7 @@ class LatencyPredictor:
                        d: float) -> List[OpLatency]:
         """Eager spatial path (``_spatial_forward`` of
         :mod:`laud_mm.models.dynamic`): conv1 dense (with the masker's
-        logit as an extra output unless the gates are forced; stride-2
+        logit as an extra output, forced gates included; stride-2
         blocks: the masker on its own, and conv1 on the gathered input
         windows when they cover under ``SPATIAL_WINDOW_CONV1_MAX_FRACTION``
         of the map, ``window_conv1``), then either
@@ -607,17 +607,14 @@ class LatencyPredictor:
             hw.vector_width >= 16 and width % 16 == 0 and c_out % 16 == 0
         if fused:
             return self._spatial_fused(g, batch, d)
-        if self.forced_gates:  # _forced_gate; conv1 alone
-            ops = [_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
-            c1 = width
-        elif g.stride > 1:  # the masker on its own: pool x, 1x1 conv
-            ops = [elementwise_latency(hw, 'mask_pool',
-                                       in_px * g.in_channels, 1, 0),
-                   _launches(hw, 'mask_steps', 6)]
+        if g.stride > 1:  # the masker on its own (_spatial_gate)
+            ops = self._spatial_gate_ops(g, batch)
             c1 = width
         else:  # masker fused into conv1: pool its logit, compare
             ops = [elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
                    _launches(hw, 'mask_steps', 4)]
+            if self.forced_gates:  # the logit is computed, then replaced
+                ops.append(_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
             c1 = width + 1
         conv1 = _conv(hw, 'conv1', batch, g.in_channels, c1, g.in_hw,
                       g.in_hw)
@@ -692,6 +689,22 @@ class LatencyPredictor:
         return ops + [elementwise_latency(hw, 'scatter_add_relu', out_e,
                                           1 + d, 1)]
 
+    def _spatial_gate_ops(self, g: BlockGeometry,
+                          batch: int) -> List[OpLatency]:
+        """The masker on its own (``_spatial_gate`` of
+        :mod:`laud_mm.models.dynamic`): its logit difference as a
+        one-channel 1x1 conv of x (a read of x), pooled to the patch grid,
+        compared; forced gates compute it too, then replace it."""
+        hw = self.hw
+        in_px = float(batch) * g.in_hw[0] * g.in_hw[1]
+        ops = [elementwise_latency(hw, 'mask_conv', in_px * g.in_channels,
+                                   1, 0),
+               elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
+               _launches(hw, 'mask_steps', 4)]
+        if self.forced_gates:
+            ops.append(_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
+        return ops
+
     def _spatial_fused(self, g: BlockGeometry, batch: int,
                        d: float) -> List[OpLatency]:
         """Fused CPU spatial path (``laud_mm.ops.spatial_branch_add_relu``,
@@ -707,7 +720,6 @@ class LatencyPredictor:
         at those pixels (runs of S). Outside a backbone's owned identity
         blocks the shortcut's other pixels get a ReLU pass. The kernel runs
         at every density (``spatial_dense_threshold`` is the gather path's)."""
-        from ..models import dynamic as dyn
         hw = self.hw
         S = int(g.granularity)
         ho, wo = g.out_hw
@@ -715,12 +727,7 @@ class LatencyPredictor:
         n = float(batch)
         width, c_out, c_in = g.width, g.out_channels, g.in_channels
         out_e = n * c_out * ho * wo
-        in_px = n * hi * wi
-        ops = [elementwise_latency(hw, 'mask_conv', in_px * c_in, 1, 0),
-               elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
-               _launches(hw, 'mask_steps', 4)]
-        if self.forced_gates:
-            ops.append(_launches(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
+        ops = self._spatial_gate_ops(g, batch)
         ops.append(_launches(hw, 'gate_count', 3))  # gt, sum, item
         if d <= 0.:  # the owned input itself, else relu(shortcut)
             inplace = self.owned_block_inputs and not g.has_downsample

@@ -350,17 +350,16 @@ def _spatial_forward(block, x, geom):
         not _autocast(x) and fast_spatial_branch(x, width, fb.w3.shape[0]) \
         and x.dtype == fb.w1.dtype and fb.w2.shape[1:] == (width, 3, 3) \
         and fb.padding == fb.dilation
-    if fused:  # the masker on its own: conv1 no longer covers the map
+    if fused or fb.stride > 1:
+        # the masker on its own: the fused kernel computes conv1 on the
+        # dilated mask only; stride 2: conv1 may run on the windows only
         gate = _spatial_gate(fb, masker, x, (n, gh, gw))
         t = None
-    elif masker.forced_gate is None and fb.stride == 1:
-        # masker fused into conv1: one read of x for both
+    else:  # masker fused into conv1: one read of x for both
         t = F.conv2d(x, fb.w1x, fb.b1x)
         diff = F.adaptive_avg_pool2d(t[:, width:], (gh, gw))[:, 0]
-        gate = (diff >= 0).to(x.dtype)
-    else:  # stride 2: conv1 may run on the windows only (below)
-        gate = _spatial_gate(fb, masker, x, (n, gh, gw))
-        t = None
+        gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
+            else _forced_gate(masker, (n, gh, gw), x)
     n_act = int((gate > 0.5).sum())
     total = gate.numel()
     # an owned non-negative input (owned_block_inputs) is its own relu, and
@@ -414,9 +413,22 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     (``fb.w1x``'s last row), average-pooled to the patch grid: the masker's
     pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling all C_in
     channels first (``F.adaptive_avg_pool2d`` on CPU: 3 - 6 ms for R50
-    maps at batch 8, the one-channel conv + pool 0.1 - 1.3 ms). A forced
-    gate (tests, benchmarks) replaces the decision, not the cost: the
-    logits are still computed. Source: paper sec. 3.1 (spatial masker)."""
+    maps at batch 8, the one-channel conv + pool 0.1 - 1.2 ms;
+    ``tools/benchmark_kernels.py --only masker``). A forced gate (tests,
+    benchmarks) replaces the decision, not the cost: the logits are still
+    computed. Source: paper sec. 3.1 (spatial masker).
+
+    Args:
+        fb: the block's folded weights; masker: its ``SpatialMasker``.
+        x: (N, C_in, H, W) block input.
+        shape: (N, gh, gw) patch grid.
+
+    Returns:
+        (N, gh, gw) gate of x's dtype (1 = keep).
+
+    Raises:
+        ValueError: a forced gate of the wrong shape (the masker's check).
+    """
     width = fb.w1.shape[0]
     diff = F.adaptive_avg_pool2d(
         F.conv2d(x, fb.w1x[width:], fb.b1x[width:]), shape[1:])[:, 0]
