@@ -11,6 +11,7 @@ mmdet ``projects/`` plugin layout.
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='laud_mm',
@@ -19,8 +20,6 @@ HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='laud_mm',
                  locations=['laud_mm.engine'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='laud_mm',
                    locations=['laud_mm.evaluation'])
-
-from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS  # noqa
 
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS,
                           scope='laud_mm', locations=['laud_mm.engine'])

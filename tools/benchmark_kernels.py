@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Micro-benchmarks behind the dynamic-inference kernel choices of
-``laud_mm/models/dynamic.py`` and the CPU terms of the latency predictor.
+``laud_mm/models/resnet/dynamic.py`` and the CPU terms of the latency predictor.
 
 Each row times two ways of computing the same thing, side by side in one
 run (median process CPU time of repeated calls after warm-up), on the
 shapes of LAUD-ResNet-50 at 224 px, batch 8:
 
 - ``patch_convs``: conv2 / conv3 of gathered spatial windows,
-  :func:`~laud_mm.models.dynamic.spatial_patch_convs` (GEMMs for S = 1 and
+  :func:`~laud_mm.models.resnet.dynamic.spatial_patch_convs` (GEMMs for S = 1 and
   under ``SPATIAL_CONV3_GEMM_MAX_PATCHES`` patches) against oneDNN's
   ``F.conv2d`` on the same windows;
 - ``kept_weights``: per-sample kept -> kept conv2 weights,
@@ -19,7 +19,7 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
   models;
 - ``window_conv1``: conv1 + window gather of a spatial block, dense conv1
   then :func:`~laud_mm.ops.gather_patches` against
-  :func:`~laud_mm.models.dynamic.window_conv1` (conv1 on the gathered input
+  :func:`~laud_mm.models.resnet.dynamic.window_conv1` (conv1 on the gathered input
   windows), at the patch densities of r_i = 0.5 in the stride-2 blocks
   and of r_i = 0.25 in a stride-1 block (where the dynamic path keeps the
   dense conv1);
@@ -33,7 +33,7 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
 - ``masker``: a spatial masker's keep - skip logit difference on the patch
   grid, the module's order (``F.adaptive_avg_pool2d`` of all C_in channels,
   then the 1x1 conv) against the dynamic path's
-  (:func:`~laud_mm.models.dynamic._spatial_gate`: the one-channel 1x1 conv,
+  (:func:`~laud_mm.models.resnet.dynamic._spatial_gate`: the one-channel 1x1 conv,
   then the pool; equal by linearity), on the inputs of R50's stride-1
   spatial blocks;
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from laud_mm.models.dynamic import (folded, spatial_patch_convs,  # noqa: E402
-                                    window_conv1)
+from laud_mm.models.resnet.dynamic import (  # noqa: E402
+    folded, spatial_patch_convs, window_conv1)
 from laud_mm.ops.patches import (_gather, _scatter, patch_map,  # noqa: E402
                                  scatter_add_relu_reference, window_size)
 from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference  # noqa: E402,E501
@@ -209,7 +209,7 @@ def scatter_rows():
 
 
 def masker_rows():
-    from laud_mm.models.gates import KEEP, SKIP
+    from laud_mm.models.layers.gates import KEEP, SKIP
     rows = []
     for width, s, hw in ((64, 4, 56), (128, 4, 28), (256, 2, 14),
                          (512, 1, 7)):

@@ -7,7 +7,7 @@ batch, detection-sized batch) and paradigm (layer; channel G = 2-2-2-2;
 spatial S = 4-4-2-1), the gates of every block are forced to random patterns
 at activation rate r: by default the paper's FLOPs-based per-block rate r_i
 (FLOPs computed / dense FLOPs of the block including the masker and the dense
-downsample; METHOD_NOTES sec. 2), so each block keeps the number of patches /
+downsample; docs/method.md sec. 2), so each block keeps the number of patches /
 channel groups per sample (samples for layer skipping) whose r_i is closest
 to r; ``--rate-mode density`` uses the mask density instead. The table gives
 the realised mean r_i and the ideal speedup (static / dynamic FLOPs of the
@@ -49,8 +49,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from laud_mm import ops  # noqa: E402
 from laud_mm.models import LAUDResNet  # noqa: E402
 from laud_mm.ops.max_pool import max_pool2d  # noqa: E402
-from laud_mm.models.dynamic import (fold_conv_bn,  # noqa: E402
-                                    static_bottleneck_forward)
+from laud_mm.models.layers.folding import fold_conv_bn  # noqa: E402
+from laud_mm.models.resnet.dynamic import \
+    static_bottleneck_forward  # noqa: E402
 
 PARADIGMS = {'layer': None, 'channel': (2, 2, 2, 2), 'spatial': (4, 4, 2, 1)}
 SIZES = {'224': (8, (224, 224)), 'det': (1, (800, 1216))}
@@ -79,8 +80,8 @@ def static_forward(net, stem, x):
 def dynamic_forward(net, stem, x):
     """Folded stem, then every block's dynamic forward, as
     ``LAUDResNet.forward`` runs them (identity blocks own their input:
-    :func:`~laud_mm.models.dynamic.owned_block_inputs`)."""
-    from laud_mm.models.dynamic import owned_block_inputs
+    :func:`~laud_mm.models.layers.dynamic.owned_block_inputs`)."""
+    from laud_mm.models.layers.dynamic import owned_block_inputs
     x = stem(x)
     with owned_block_inputs(net.blocks):
         for blk in net.blocks:
@@ -91,7 +92,7 @@ def dynamic_forward(net, stem, x):
 def _block_rate(blk, gate: torch.Tensor, geom) -> float:
     """FLOPs-based activation rate r_i of one block for a gate pattern:
     FLOPs computed / dense FLOPs, batch mean, incl. masker and downsample
-    (METHOD_NOTES sec. 2; the block's own statistics code)."""
+    (docs/method.md sec. 2; the block's own statistics code)."""
     blk._record_stats(gate, geom, blk.op_flops(geom.in_hw))
     st = blk.last_stats
     return float(st['flops'].mean()) / st['dense']
@@ -109,7 +110,7 @@ def force_random_gates(net: LAUDResNet, rate: float, n: int, hw, seed: int,
 
     mode 'flops' (default): the paper's FLOPs-based rate r_i (FLOPs computed
     / dense FLOPs of the block, incl. masker and dense downsample, conv1 with
-    the dilated mask, conv2 with the squared channel density; METHOD_NOTES
+    the dilated mask, conv2 with the squared channel density; docs/method.md
     sec. 2): in each block the kept count (patches / groups per sample;
     samples for layer skipping) whose r_i is closest to ``rate``. mode
     'density': the mask density itself (round(rate * gates) kept).
@@ -185,7 +186,7 @@ def force_random_gates(net: LAUDResNet, rate: float, n: int, hw, seed: int,
 def backbone_flops_ratio(net: LAUDResNet, hw) -> float:
     """Dynamic / static FLOPs of the whole backbone (stem + blocks) after a
     forward (blocks' ``last_stats``); its inverse is the ideal speedup."""
-    from laud_mm.models import flops as flops_lib
+    from laud_mm.structures import flops as flops_lib
     stem = float(flops_lib.stem_flops(net.stem_geometry(hw)))
     dyn = stem + sum(float(b.last_stats['flops'].mean()) for b in net.blocks)
     dense = stem + sum(b.last_stats['dense'] for b in net.blocks)
@@ -309,12 +310,13 @@ def spatial_breakdown(args) -> List[Dict]:
         fused path's steps; dynamic_block: the block as it runs).
     """
     from benchmark_kernels import cpu_ms
-    import laud_mm.models.dynamic as dyn
-    from laud_mm.models.dynamic import (SPATIAL_DENSE_THRESHOLD, _gather,
-                                        _scatter, _spatial_branch,
-                                        _spatial_gate, folded,
-                                        spatial_patch_convs,
-                                        uses_window_conv1, window_conv1)
+    import laud_mm.ops.policy as dyn
+    from laud_mm.models.resnet.dynamic import (_gather, _scatter,
+                                               _spatial_branch, _spatial_gate,
+                                               folded, spatial_patch_convs,
+                                               window_conv1)
+    from laud_mm.ops.policy import (SPATIAL_DENSE_THRESHOLD,
+                                    uses_window_conv1)
     n, hw = args.batch, SIZES['224'][1]
     net = build(args.depths[0], 'spatial')
     stem = folded_stem(net)
@@ -452,7 +454,7 @@ def main(argv=None):
                    '--block-rate): CPU time of each step of the sparse path '
                    'against the static convolutions')
     p.add_argument('--spatial-dense-threshold', type=float, default=None,
-                   help='override laud_mm.models.dynamic.'
+                   help='override laud_mm.models.resnet.dynamic.'
                    'SPATIAL_DENSE_THRESHOLD (fraction of active patches from '
                    'which spatial blocks on the gather / scatter path compute '
                    'densely; > 1: never; the fused CPU kernel has no '
@@ -471,8 +473,8 @@ def main(argv=None):
         if args.spatial_dense_threshold <= 0:
             raise ValueError('--spatial-dense-threshold must be > 0, got '
                              f'{args.spatial_dense_threshold}')
-        from laud_mm.models import dynamic
-        dynamic.SPATIAL_DENSE_THRESHOLD = args.spatial_dense_threshold
+        from laud_mm.ops import policy
+        policy.SPATIAL_DENSE_THRESHOLD = args.spatial_dense_threshold
     if args.quick:
         args.depths, args.sizes = [50], ['224']
     torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ loop and FLOPs ratio this tool shares), and the whole backbone (BN-folded
 stem + blocks) is timed:
 
 - static: every block dense with BN folded
-  (:func:`laud_mm.models.regnet_dynamic.static_regnety_forward`);
+  (:func:`laud_mm.models.regnet.dynamic.static_regnety_forward`);
 - dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's eval
   path, incl. its per-block statistics).
 
@@ -40,8 +40,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from laud_mm import LAUDRegNetY, ops  # noqa: E402
 from laud_mm.latency import LatencyPredictor  # noqa: E402
-from laud_mm.models.dynamic import fold_conv_bn  # noqa: E402
-from laud_mm.models.regnet_dynamic import static_regnety_forward  # noqa: E402
+from laud_mm.models.layers.folding import fold_conv_bn  # noqa: E402
+from laud_mm.models.regnet.dynamic import \
+    static_regnety_forward  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from benchmark_latency import (backbone_flops_ratio,  # noqa: E402

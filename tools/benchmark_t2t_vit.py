@@ -48,8 +48,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from laud_mm import LAUDT2TViT  # noqa: E402
-from laud_mm.latency import LatencyPredictor, T2T_VIT_ARCHS  # noqa: E402
-from laud_mm.models.vit_dynamic import \
+from laud_mm.latency import LatencyPredictor  # noqa: E402
+from laud_mm.models.t2t_vit import T2T_VIT_ARCHS  # noqa: E402
+from laud_mm.models.t2t_vit.dynamic import \
     static_t2t_layer_forward  # noqa: E402
 
 from benchmark_latency import bench_pair  # noqa: E402  (shared timing)

@@ -20,13 +20,13 @@ Micro-benchmarks (PyTorch, fp32):
 ``--fit`` then refines ``fp32_per_pe`` and ``bandwidth_gbs`` (within 10x of
 the micro-benchmarks; the launch cost stays measured) by least squares on the
 log latency of the static ResNet-50 bottleneck blocks (batch 1 and 2, 224 px,
-the eager BN-folded path of :mod:`laud_mm.models.dynamic`) against the
+the eager BN-folded path of :mod:`laud_mm.models.resnet.dynamic`) against the
 predictor (``implementation='eager'``). With one CPU thread the timings are
 the thread's CPU time (``--clock``, :func:`time_fn`). Dynamic blocks are never used for the fit, so
 ``tools/validate_predictor.py`` validates out of sample.
 
-Source: paper appendix A (hardware properties of the model), METHOD_NOTES
-section 4.
+Source: paper appendix A (hardware properties of the model), docs/method.md
+sec. 4.
 """
 import argparse
 import math
@@ -191,7 +191,7 @@ def microbench(device):
 
 def static_block_fn(g, batch, device):
     """The eager BN-folded static bottleneck of
-    ``laud_mm.models.dynamic.static_bottleneck_forward`` with random weights
+    ``laud_mm.models.resnet.dynamic.static_bottleneck_forward`` with random weights
     for a :class:`BlockGeometry`; returns a no-argument callable."""
     x = torch.rand(batch, g.in_channels, *g.in_hw, device=device)
     w1 = torch.rand(g.width, g.in_channels, 1, 1, device=device) * 0.01
@@ -269,7 +269,8 @@ def main(argv=None):
                    help="timer of the static blocks (see time_fn): 'auto' = "
                    "the thread's CPU time with one CPU thread, else wall")
     args = p.parse_args(argv)
-    from laud_mm.latency import HardwareSpec, resnet_geometries, save_hardware
+    from laud_mm.latency import HardwareSpec, save_hardware
+    from laud_mm.models import resnet_geometries
     device = torch.device(args.device)
     if device.type == 'cuda':
         if not torch.cuda.is_available():

@@ -39,8 +39,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch  # noqa: E402
 
 import laud_mm  # noqa: E402,F401  (schemes, safe globals)
-from laud_mm.models.checkpoint_convert import (  # noqa: E402
-    classifier_to_backbone, load_state_dict_file, torchvision_to_mmpretrain)
+from laud_mm.models.layers.checkpoint import (  # noqa: E402
+    classifier_to_backbone, load_state_dict_file)
+from laud_mm.models.resnet.convert import torchvision_to_mmpretrain  # noqa: E402
 
 MODES = ('tv2cls', 'cls2backbone', 'strip')
 

@@ -20,7 +20,7 @@ if ! pyok "import torch"; then
 fi
 # mmpretrain imports torchvision; PyPI has only CUDA builds of it, so take the
 # one matching torch without its CUDA dependencies (laud_mm makes it import
-# on CPU torch: see laud_mm/utils_torchvision.py)
+# on CPU torch: see laud_mm/compat/torchvision_ops.py)
 if ! pyok "import importlib.util as u, sys; sys.exit(u.find_spec('torchvision') is None)"; then
   tv=$("$PY" -c "import torch; v = '.'.join(torch.__version__.split('+')[0].split('.')[:2]); print({'2.13': '0.28.0', '2.12': '0.27.1', '2.11': '0.26.0', '2.10': '0.25.0', '2.9': '0.24.1', '2.8': '0.23.0', '2.7': '0.22.1', '2.6': '0.21.0'}.get(v, ''))")
   if [ -z "$tv" ]; then echo "[install] no known torchvision for this torch: install the matching one" >&2; exit 1; fi

@@ -26,7 +26,7 @@ per-kernel breakdown, ``--sweep`` writes PNG plots of latency vs activation
 rate per paradigm and granularity (paper Figs. 6-7), ``--search`` ranks S and
 G per stage by predicted latency (paper sec. 4.2).
 
-Source: paper appendix A, METHOD_NOTES section 4.
+Source: paper appendix A, docs/method.md sec. 4.
 """
 import argparse
 import os
@@ -77,14 +77,14 @@ def parse_args(argv=None):
 def uniform_density_for_rate(geometries, rate, stem=None):
     """The uniform mask density d whose backbone FLOPs rate equals ``rate``.
 
-    Uses :mod:`laud_mm.models.flops` (the same count as the sparsity loss);
+    Uses :mod:`laud_mm.structures.flops` (the same count as the sparsity loss);
     bisection on d in [0, 1]. Returns 1.0 for a static backbone.
 
     Raises:
         ValueError: if ``rate`` is outside (0, 1].
     """
-    from laud_mm.models.flops import (block_op_flops, dynamic_flops,
-                                      op_densities, stem_flops)
+    from laud_mm.structures.flops import (block_op_flops, dynamic_flops,
+                                          op_densities, stem_flops)
     if not 0 < rate <= 1:
         raise ValueError(f'target rate={rate!r} must be in (0, 1]')
     if all(g.paradigm is None for g in geometries):
@@ -99,8 +99,7 @@ def uniform_density_for_rate(geometries, rate, stem=None):
             if g.paradigm is None:
                 t += sum(o.values())
             else:
-                t += float(dynamic_flops(o, op_densities(
-                    g.paradigm, d, geometry=g)))
+                t += float(dynamic_flops(o, op_densities(g, d)))
         return t / dense
     lo, hi = 0., 1.
     if total(0.) >= rate:
@@ -118,14 +117,14 @@ def uniform_density_for_rate(geometries, rate, stem=None):
 
 def block_flops_table(geometries, densities):
     """Per-block (dense, dynamic) FLOPs per image."""
-    from laud_mm.models.flops import (block_op_flops, dynamic_flops,
-                                      op_densities)
+    from laud_mm.structures.flops import (block_op_flops, dynamic_flops,
+                                          op_densities)
     out = []
     for g, d in zip(geometries, densities):
         o = block_op_flops(g)
         dense = sum(v for k, v in o.items() if k != 'masker')
         dyn = sum(o.values()) if g.paradigm is None else \
-            float(dynamic_flops(o, op_densities(g.paradigm, d, geometry=g)))
+            float(dynamic_flops(o, op_densities(g, d)))
         out.append((dense, dyn))
     return out
 
@@ -258,8 +257,8 @@ def stage_table(geoms, dens, rep, static):
 def vit_tables(rep, static, ops=False):
     """T2T-ViT: the per-layer table (per kernel with ``ops``) and the
     milliseconds per operator category, dynamic and static
-    (:func:`laud_mm.latency.vit.vit_op_breakdown`)."""
-    from laud_mm.latency.vit import vit_op_breakdown
+    (:func:`laud_mm.latency.blocks.t2t_vit.vit_op_breakdown`)."""
+    from laud_mm.latency.blocks.t2t_vit import vit_op_breakdown
     dyn, st = vit_op_breakdown(rep), vit_op_breakdown(static)
     lines = [rep.table(ops=ops), '',
              f'{"operators (all layers)":<32}{"pred ms":>11}{"static ms":>11}']
@@ -315,8 +314,9 @@ def sweep_plot(pred, geoms, stem, batch, out_dir, title):
 
 def main(argv=None):
     args = parse_args(argv)
-    from laud_mm.latency import (T2T_VIT_ARCHS, LatencyPredictor,
-                                 resnet_geometries, t2t_vit_geometries)
+    from laud_mm.latency import LatencyPredictor
+    from laud_mm.models import resnet_geometries, t2t_vit_geometries
+    from laud_mm.models.t2t_vit import T2T_VIT_ARCHS
     pred = LatencyPredictor(args.hardware)
     batch = args.batch_size or pred.hw.default_batch
     in_hw = tuple(args.input_size) if args.input_size else (224, 224)

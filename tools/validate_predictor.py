@@ -9,7 +9,7 @@ Usage::
         [--reuse work_dirs/validate_predictor/results.json]
 
 Measures (PyTorch, fp32, BN folded) the latency of ResNet-50 bottleneck blocks
-on the dynamic-inference path (``laud_mm.models.dynamic.
+on the dynamic-inference path (``laud_mm.models.resnet.dynamic.
 dynamic_bottleneck_forward``; gates imposed through ``masker.forced_gate``
 with random patterns of an exact density) across paradigms and
 granularities (spatial S in 1, 2, 4, 7; channel G in 1, 2, 4; layer),
@@ -116,14 +116,14 @@ def realised_density(block, geom, gate):
     pixels kept (partial edge patches), channel = of groups, layer = of
     samples."""
     if block.paradigm == 'spatial':
-        from laud_mm.models.maskers import expand_spatial_gate
+        from laud_mm.models.layers.masks import expand_spatial_gate
         return float(expand_spatial_gate(gate, block.granularity,
                                          geom.out_hw).float().mean())
     return float(gate.float().mean())
 
 
 def build(paradigm, gran, device):
-    from laud_mm.models.backbones.laud_resnet import LAUDResNet
+    from laud_mm.models.resnet.backbone import LAUDResNet
     m = LAUDResNet(50, paradigm=paradigm, granularity=gran,
                    dynamic_inference=True, init_cfg=None)
     m.eval()
@@ -137,8 +137,8 @@ def measure_cases(args, device):
     ``args.repeats`` sweeps over all cases and keep each case's fastest
     sweep (sweeps minutes apart: a burst of load from other processes
     inflates one sweep, not all)."""
-    from laud_mm.models.dynamic import (dynamic_bottleneck_forward,
-                                        static_bottleneck_forward)
+    from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
+                                               static_bottleneck_forward)
     gen = torch.Generator().manual_seed(args.seed)
     blocks = BLOCKS_QUICK if args.quick else BLOCKS_FULL
     rates = (0.1, 0.4, 0.7, 1.0) if args.quick else \
@@ -235,9 +235,9 @@ def backbone_forward(model, x, geoms, dynamic):
     """Stem, then every block's BN-folded path (dynamic or static): the
     kernels the predictor models, without the backbone's FLOPs / gate
     statistics bookkeeping."""
-    from laud_mm.models.dynamic import (dynamic_bottleneck_forward,
-                                        owned_block_inputs,
-                                        static_bottleneck_forward)
+    from laud_mm.models.layers.dynamic import owned_block_inputs
+    from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
+                                               static_bottleneck_forward)
     h = model.maxpool(model.relu(model.norm1(model.conv1(x))))
     with owned_block_inputs(model.blocks if dynamic else []):
         for blk, g in zip(model.blocks, geoms):
@@ -250,8 +250,9 @@ def backbone_forward(model, x, geoms, dynamic):
 
 # ------------------------------------------------------------- prediction
 def predict_cases(cases, spec):
-    from laud_mm.latency import LatencyPredictor, resnet_geometries
-    from laud_mm.models.dynamic import SPATIAL_DENSE_THRESHOLD
+    from laud_mm.latency import LatencyPredictor
+    from laud_mm.models import resnet_geometries
+    from laud_mm.ops.policy import SPATIAL_DENSE_THRESHOLD
     pred = LatencyPredictor(spec, implementation='eager',
                             spatial_dense_threshold=SPATIAL_DENSE_THRESHOLD,
                             forced_gates=True)

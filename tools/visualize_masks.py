@@ -169,7 +169,7 @@ def stage_pixel_maps(record: Dict) -> List[np.ndarray]:
     """
     import torch.nn.functional as F
 
-    from laud_mm.models.maskers import expand_spatial_gate
+    from laud_mm.models.layers.masks import expand_spatial_gate
     h, w = record['image'].shape[:2]
     ph, pw = record['input_hw']
     maps: Dict[int, List[np.ndarray]] = {}

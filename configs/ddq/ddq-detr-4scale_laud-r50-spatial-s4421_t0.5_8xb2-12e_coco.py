@@ -1,7 +1,7 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, DDQ-DETR
 # 4-scale on COCO (mmdet layout data/coco/), 12 epochs, AdamW lr 2e-4 (batch
 # 8 x 2), backbone lr multiplier 0.1, tau fixed at 0.1, sparsity term
-# (F_dyn / F_static - t)^2 with weight 1 (METHOD_NOTES section 3).
+# (F_dyn / F_static - t)^2 with weight 1 (docs/method.md sec. 3).
 _base_ = [
     'mmdet::ddq/ddq-detr-4scale_r50_8xb2-12e_coco.py',
     '../_base_/laud_detection_runtime.py',

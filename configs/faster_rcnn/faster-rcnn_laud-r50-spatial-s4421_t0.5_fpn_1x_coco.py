@@ -1,7 +1,7 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, Faster R-CNN
 # FPN 1x on COCO (mmdet layout data/coco/). Backbone lr multiplier 0.5, tau
 # fixed at 0.1 (runtime base), sparsity term (F_dyn / F_static - t)^2 with
-# weight 1 (paper sec. 4.3, METHOD_NOTES section 3).
+# weight 1 (paper sec. 4.3, docs/method.md sec. 3).
 _base_ = [
     'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',

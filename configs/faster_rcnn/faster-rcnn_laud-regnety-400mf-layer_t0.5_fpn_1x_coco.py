@@ -1,7 +1,7 @@
 # LAUD-RegNetY-400MF, layer skipping (skips the block's SE too), target 0.5,
 # Faster R-CNN FPN 1x on COCO. Backbone lr multiplier 0.5, tau fixed at 0.1,
 # sparsity term (F_dyn / F_static - t)^2 with weight 1 (paper sec. 4.3,
-# METHOD_NOTES section 3). The FPN reads the stage outputs of widths
+# docs/method.md sec. 3). The FPN reads the stage outputs of widths
 # 48 / 104 / 208 / 440 (LAUDRegNetY.out_channels). RGB input normalisation
 # of the faster-rcnn_r50 base = torchvision's, which the RegNetY weights expect.
 _base_ = [

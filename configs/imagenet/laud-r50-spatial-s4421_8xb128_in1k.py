@@ -1,6 +1,6 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), ImageNet-1k fine-tuning from
 # torchvision's static ResNet-50 with distillation from it (paper sec. 3.5,
-# METHOD_NOTES section 2). 8 GPUs x 128 images = batch 1024, lr 0.08
+# docs/method.md sec. 2). 8 GPUs x 128 images = batch 1024, lr 0.08
 # (= 0.01 x 1024 / 128), SGD Nesterov, cosine, 100 epochs, wd 5e-5 (the
 # authors' release; the paper's text gives 1e-4).
 #

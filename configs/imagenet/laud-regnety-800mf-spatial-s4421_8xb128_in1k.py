@@ -1,6 +1,6 @@
 # LAUD-RegNetY-800MF, spatial skipping (S = 4-4-2-1), ImageNet-1k fine-tuning
 # from torchvision's static RegNetY-800MF with distillation from it (paper
-# sec. 4.2 RegNet results, sec. 3.5 objective; METHOD_NOTES sections 1-2).
+# sec. 4.2 RegNet results, sec. 3.5 objective; docs/method.md sec. 1-2).
 # 8 GPUs x 128 = batch 1024, lr 0.08 (= 0.01 x 1024 / 128), SGD Nesterov,
 # cosine, 100 epochs, wd 5e-5 (the authors' release).
 #
@@ -11,7 +11,7 @@
 #
 # Weights: torchvision's regnet_y_800mf state dict, mapped to laud_mm's keys on
 # load by the 'torchvision-regnety://' checkpoint scheme
-# (laud_mm/models/backbones/laud_regnet.py: convert_torchvision_regnety):
+# (laud_mm/models/regnet/backbone.py: convert_torchvision_regnety):
 # 'torchvision-regnety://regnet_y_800mf' downloads torchvision's weights
 # (or reads torch hub's cache); offline, download regnet_y_800mf-*.pth
 # elsewhere and use 'torchvision-regnety:///path/regnet_y_800mf-....pth' for

@@ -2,8 +2,8 @@
 # Mask2Former instance segmentation on COCO (mmdet layout data/coco/): large
 # scale jitter at 1024 x 1024, 50 epochs (368750 iterations at batch 8 x 2,
 # mmdet's schedule), AdamW 1e-4, backbone lr multiplier 0.1, tau fixed at 0.1,
-# sparsity term (F_dyn / F_static - t)^2 with weight 1 (METHOD_NOTES
-# section 3). Reports box and mask AP.
+# sparsity term (F_dyn / F_static - t)^2 with weight 1 (docs/method.md
+# sec. 3). Reports box and mask AP.
 _base_ = [
     'mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
     '../_base_/laud_detection_runtime.py',

@@ -1,8 +1,8 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, Mask R-CNN
 # FPN 1x on COCO (mmdet layout data/coco/): box and mask AP. Backbone lr
 # multiplier 0.5 (paper; the authors' released config uses 0.3), tau fixed at
-# 0.1, sparsity term (F_dyn / F_static - t)^2 with weight 1 (METHOD_NOTES
-# section 3).
+# 0.1, sparsity term (F_dyn / F_static - t)^2 with weight 1 (docs/method.md
+# sec. 3).
 _base_ = [
     'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',

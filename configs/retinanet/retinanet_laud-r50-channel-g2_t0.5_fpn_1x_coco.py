@@ -1,6 +1,6 @@
 # LAUD-ResNet-50, channel skipping (G = 2-2-2-2), target 0.5, RetinaNet FPN 1x
 # on COCO. Backbone lr multiplier 0.2, tau fixed at 0.1, sparsity term
-# (F_dyn / F_static - t)^2 with weight 1 (METHOD_NOTES section 3).
+# (F_dyn / F_static - t)^2 with weight 1 (docs/method.md sec. 3).
 _base_ = [
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',

@@ -1,7 +1,7 @@
 # LAUD-RegNetY-800MF, channel skipping (G = 2-2-2-2), target 0.5, RetinaNet FPN
 # 1x on COCO. Backbone lr multiplier 0.2, tau fixed at 0.1, sparsity term
-# (F_dyn / F_static - t)^2 with weight 1 (paper sec. 4.3, METHOD_NOTES
-# section 3). The FPN reads the stage outputs of widths 144 / 320 / 784
+# (F_dyn / F_static - t)^2 with weight 1 (paper sec. 4.3, docs/method.md
+# sec. 3). The FPN reads the stage outputs of widths 144 / 320 / 784
 # (strides 8 / 16 / 32; LAUDRegNetY.out_channels). RGB input normalisation of
 # the retinanet_r50 base = torchvision's, which the RegNetY weights expect.
 _base_ = [

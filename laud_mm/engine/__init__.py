@@ -1,7 +1,9 @@
+"""Training and evaluation plumbing registered with mmengine: hooks
+(:mod:`.hooks`), the CPU mixed-precision optimizer wrapper (:mod:`.amp`)
+and CPU distributed set-up (:mod:`.dist`)."""
 from .amp import CPUAmpOptimWrapper
-from .hooks import GumbelTemperatureHook
-from .safe_load import register_safe_globals
-from .dist_test_log import patch_test_json_dump
+from .hooks import (GumbelTemperatureHook, MainProcessLoggerHook,
+                    RNGStateHook, WeightsOnlyCheckpointHook)
 
-__all__ = ['CPUAmpOptimWrapper', 'GumbelTemperatureHook', 'register_safe_globals',
-           'patch_test_json_dump']
+__all__ = ['CPUAmpOptimWrapper', 'GumbelTemperatureHook', 'RNGStateHook',
+           'MainProcessLoggerHook', 'WeightsOnlyCheckpointHook']

@@ -6,7 +6,7 @@ off-chip DRAM (bandwidth ``BW``), an on-chip global level (L2 cache, bandwidth
 ``l2_factor * BW``) and the in-PE level (registers / shared memory, not
 modelled as a bottleneck).
 
-Source: paper appendix A and Tab. IV, METHOD_NOTES section 4 (the figures of
+Source: paper appendix A and Tab. IV, docs/method.md sec. 4 (the figures of
 the paper's five devices). H200, A100 and ``cpu`` are this project's
 additions (public data sheets; ``cpu`` is a placeholder for this 2-core
 machine, to be replaced by ``tools/calibrate_hardware.py``'s measurement).
@@ -167,7 +167,7 @@ def _spec(name, n_pe, p, mhz, bw, l2, batch, **kw):
                         **kw)
 
 
-#: The known devices. First five: METHOD_NOTES section 4 (paper Tab. IV).
+#: The known devices. First five: docs/method.md sec. 4 (paper Tab. IV).
 #: a100 / h200: data sheets (108 / 132 SMs, 64 / 128 FP32 per SM, boost
 #: clock, HBM bandwidth), L2 factor 4 like the V100. cpu: this 2-core
 #: machine with AVX2 FMA (2 FMA ports x 8 lanes = 16 FP32 MACs per cycle),

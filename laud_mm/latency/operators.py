@@ -6,7 +6,7 @@ into tiles ``TP x TC x TS1 x TS2``; each tile runs on one processing engine
 
 * ``T_compute = waves * K * max(ceil(tile_out / P), cycles_per_op) / f`` with
   ``waves = ceil(n_tiles / N_PE)`` and ``K`` the multiply-accumulates per
-  output element. This is METHOD_NOTES section 4's
+  output element. This is docs/method.md sec. 4's
   ``(MACs per tile / (f * P)) / PE utilisation * ceil(n_tiles / N_PE)`` with
   the PE utilisation ``tile_out / (P * max(ceil(tile_out / P),
   cycles_per_op))``: lanes left idle by a tile that is not a multiple of P,
@@ -44,7 +44,7 @@ the contiguous runs. Dynamic operators (paper sec. 3.4, Fig. 2):
 * layer: the dense operators on the gathered kept samples.
 
 Units: seconds inside, milliseconds in :class:`OpLatency`. FLOPs = MACs.
-Source: paper appendix A and sec. 3.3-3.4, METHOD_NOTES section 4.
+Source: paper appendix A and sec. 3.3-3.4, docs/method.md sec. 4.
 """
 import math
 from dataclasses import dataclass
@@ -55,8 +55,9 @@ import numpy as np
 
 from .hardware import HardwareSpec
 
-__all__ = ['ConvOp', 'OpLatency', 'conv_latency', 'elementwise_latency',
-           'pool_latency', 'linear_latency', 'se_latency', 'tile_candidates',
+__all__ = ['ConvOp', 'OpLatency', 'conv_latency', 'conv_op',
+           'elementwise_latency', 'pool_latency', 'linear_latency',
+           'se_latency', 'launch_latency', 'tile_candidates',
            'access_efficiency', 'TILE_DIVISORS']
 
 #: non-power-of-two tile sides tried in addition to powers of two
@@ -456,3 +457,33 @@ def se_latency(hw: HardwareSpec, batch: float, channels: int, hw_size:
                                 batch * channels * hw_size[0] * hw_size[1],
                                 reads=1, writes=1)
     return pool, fc, scale
+
+
+def conv_op(hw: HardwareSpec, name: str, batch: float, cin: float,
+            cout: float, out_hw, in_hw, k: int = 1, stride: int = 1,
+            **kw) -> OpLatency:
+    """:func:`conv_latency` of a k x k convolution given by its sizes.
+
+    Args:
+        hw: the device.
+        name: operator name in the report.
+        batch: samples (may be fractional: expected counts).
+        cin, cout: input / output channels (may be fractional).
+        out_hw, in_hw: (H, W) of output and input, pixels.
+        k, stride: kernel side and stride.
+        **kw: further :class:`ConvOp` fields (``dilation``, ``groups``,
+            ``per_sample_channels``, ``gathered``, ...).
+
+    Returns:
+        :class:`OpLatency` (milliseconds).
+    """
+    return conv_latency(hw, ConvOp(
+        float(batch), cin, cout, int(out_hw[0]), int(out_hw[1]),
+        int(in_hw[0]), int(in_hw[1]), k, stride, name=name, **kw))
+
+
+def launch_latency(hw: HardwareSpec, name: str, n: float) -> OpLatency:
+    """``n`` tiny kernels whose cost is their launch (eager bookkeeping:
+    index building, small gathers, masker MLP steps): ``n * launch_us``."""
+    t = n * hw.launch_us * 1e-3
+    return OpLatency(name, t, launch_ms=t)

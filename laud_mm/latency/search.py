@@ -7,13 +7,13 @@ density equal to the target rate, and the candidates are ranked by latency.
 Layer skipping (one "patch" per map) is ranked beside them as a reference.
 
 Source: paper sec. 4.2 (Figs. 6-7: latency vs S and G per stage),
-METHOD_NOTES sections 1 and 4.
+docs/method.md sec. 1 and 4.
 """
 import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..models.geometry import BlockGeometry, StemGeometry
+from ..structures.geometry import BlockGeometry, StemGeometry
 from .predictor import LatencyPredictor
 
 __all__ = ['StageCandidate', 'search_granularity', 'format_search',

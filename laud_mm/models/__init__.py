@@ -1,11 +1,16 @@
-from . import checkpoint_convert  # noqa: F401  (torchvision-cls:// scheme)
-from .backbones import LAUDRegNetY, LAUDResNet, LAUDT2TViT
-from .blocks import LAUDBottleneck
+"""LAUD models: shared layers (:mod:`.layers`), one sub-package per model
+family (:mod:`.resnet`, :mod:`.regnet`, :mod:`.t2t_vit`), losses, and small
+mixins over the upstream task models (:mod:`.detectors` for mmdet,
+:mod:`.classifiers` for mmpretrain)."""
 from .classifiers import LAUDImageClassifier
 from .detectors import LAUDDetector, LAUDDetectorMixin
 from .losses import DistillationLoss, SparsityLoss
+from .regnet import LAUDRegNetY, LAUDRegNetYBlock, regnety_geometries
+from .resnet import LAUDBottleneck, LAUDResNet, resnet_geometries
+from .t2t_vit import LAUDT2TLayer, LAUDT2TViT, t2t_vit_geometries
 
 __all__ = ['LAUDResNet', 'LAUDRegNetY', 'LAUDT2TViT', 'LAUDBottleneck',
-           'LAUDDetector',
+           'LAUDRegNetYBlock', 'LAUDT2TLayer', 'LAUDDetector',
            'LAUDDetectorMixin', 'SparsityLoss', 'DistillationLoss',
-           'LAUDImageClassifier']
+           'LAUDImageClassifier', 'resnet_geometries', 'regnety_geometries',
+           't2t_vit_geometries']

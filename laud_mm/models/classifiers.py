@@ -1,7 +1,7 @@
 """LAUD image classifier: mmpretrain's ``ImageClassifier`` with the sparsity
 loss and distillation from a frozen static teacher (ImageNet pretraining).
 
-Source: paper sec. 3.5 (training objective), METHOD_NOTES section 2:
+Source: paper sec. 3.5 (training objective), docs/method.md sec. 2:
 
     L = CE(z, y) + alpha * L_sparse + beta * T^2 * KL(softmax(z_t / T) || softmax(z / T))
 
@@ -22,8 +22,8 @@ from mmengine.runner.checkpoint import load_checkpoint
 from mmpretrain.models.classifiers import ImageClassifier
 
 from ..registry import MODELS
-from .checkpoint_convert import CLASSIFIER_REVISE_KEYS
-from .detectors import attach_laud_stats
+from .layers.checkpoint import CLASSIFIER_REVISE_KEYS
+from .layers.stats import attach_laud_stats
 
 _TEACHER_KEYS = ('config', 'checkpoint')
 

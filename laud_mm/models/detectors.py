@@ -8,13 +8,14 @@ of the model config (backbone, neck, heads, train/test cfg, preprocessor) is
 passed to the mmdet class unchanged, and the state-dict keys stay mmdet's.
 
 Source: paper sec. 4.3 (LAUD backbones replace the detector's ResNet; extra
-sparsity loss, tau fixed at 0.1), METHOD_NOTES section 3.
+sparsity loss, tau fixed at 0.1), docs/method.md sec. 3.
 """
 from typing import Dict, Optional, Type
 
 import torch
 
 from ..registry import MODELS
+from .layers.stats import attach_laud_stats
 
 _CLASSES: Dict[type, type] = {}
 
@@ -127,25 +128,6 @@ class LAUDDetectorMixin:
                                    batch_data_samples, rescale=rescale)
         attach_laud_stats(self.backbone, results)
         return results
-
-
-def attach_laud_stats(backbone, data_samples) -> None:
-    """Write the backbone's last activation statistics into each data
-    sample's metainfo under ``laud_stats`` (see :class:`LAUDDetectorMixin`).
-
-    Raises:
-        RuntimeError: if the backbone has not run a forward pass.
-    """
-    stats = backbone.activation_stats()
-    flops = stats['flops'].detach().float().cpu().tolist()
-    dens = torch.stack([d.detach().float().reshape(-1) for d in
-                        stats['block_density']], 1).cpu().tolist()
-    stem = backbone.stem_geometry(stats['input_hw'])
-    for i, ds in enumerate(data_samples):
-        ds.set_metainfo(dict(laud_stats=dict(
-            flops=flops[i], dense_flops=stats['dense_flops'],
-            block_density=dens[i], geometries=stats['geometries'],
-            stem=stem, batch_size=len(data_samples))))
 
 
 def laud_detector_class(base: Type) -> Type:

@@ -7,7 +7,7 @@ reports which one is used; :func:`use_backend` forces one (tests compare them).
 
 Source: paper sec. 3.4 and appendix (operator fusion for dynamic inference).
 """
-from ._backend import (backend, extension, has_cuda_kernels, set_backend,
+from .dispatch import (backend, extension, has_cuda_kernels, set_backend,
                        use_backend)
 from .channel_conv import (channel_branch_add_relu,
                            channel_branch_add_relu_reference,

@@ -13,7 +13,7 @@ comparison is unfair to the dynamic network.
 
 :func:`tune_cpu_allocator` fixes both thresholds with ``mallopt`` so freed
 memory stays in the process heap and is reused. It is called once, the first
-time a dynamic block runs on a CPU tensor (``laud_mm.models.dynamic``), and
+time a dynamic block runs on a CPU tensor (``laud_mm.models.resnet.dynamic``), and
 can be disabled with the environment variable ``LAUD_MM_MALLOPT=0``. Memory
 freed by the model is then kept by the process (its peak resident size does
 not shrink) rather than returned to the OS.

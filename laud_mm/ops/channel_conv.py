@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._backend import check_float32_cpu, extension, use_kernels
+from .dispatch import check_float32_cpu, extension, use_kernels
 
 
 def channel_branch_isa() -> Optional[str]:
@@ -48,7 +48,7 @@ def fast_channel_branch(x: torch.Tensor) -> bool:
 
     Returns:
         True only where the kernel is the fast path (the dynamic channel
-        path's condition, ``laud_mm.models.dynamic.CHANNEL_FUSED_CPU``).
+        path's condition, ``laud_mm.ops.policy.CHANNEL_FUSED_CPU``).
         Source: paper sec. 3.4 (hardware-specific scheduling).
     """
     return (x.device.type == 'cpu' and x.dtype == torch.float32

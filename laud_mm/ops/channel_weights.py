@@ -2,7 +2,7 @@
 
 A channel-skipping bottleneck keeps, per sample, its own set of k channel
 indices ``chs[n]`` (padded to a common k with the index of an all-zero
-padding channel, see ``laud_mm.models.dynamic``). conv2 then maps kept to
+padding channel, see ``laud_mm.models.resnet.dynamic``). conv2 then maps kept to
 kept channels: one grouped convolution whose group n uses
 ``weight[chs[n, i], chs[n, j]]``. :func:`gather_kept_weights` builds those
 weights with the compiled kernel (``csrc/cpu/channel_weights_cpu.cpp``,
@@ -14,7 +14,7 @@ of the gate) and sec. 3.4 (scheduling of the dynamic operators).
 """
 import torch
 
-from ._backend import extension, use_kernels
+from .dispatch import extension, use_kernels
 
 
 def gather_kept_weights(weight: torch.Tensor, chs: torch.Tensor

@@ -2,7 +2,7 @@
 bottlenecks, with a pure-PyTorch reference and the compiled kernels of
 ``csrc/`` (C++ on CPU, CUDA on GPU) behind one API.
 
-Geometry (shared with :func:`laud_mm.models.maskers.expand_spatial_gate`):
+Geometry (shared with :func:`laud_mm.models.layers.masks.expand_spatial_gate`):
 the output map (H_out, W_out) is split into S x S patches, patch (gi, gj)
 covering output rows gi*S .. gi*S+S-1 (the last row / column of patches may be
 partial). A 3x3 conv2 with stride s and dilation d (padding d) reads, for that
@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import extension, use_kernels
+from .dispatch import extension, use_kernels
 
 
 def window_size(granularity: int, stride: int, dilation: int = 1) -> int:

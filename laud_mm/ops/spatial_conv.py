@@ -22,7 +22,7 @@ conv3 as (width, C_out), each cut into 64-column panels stored one after
 the other.
 
 Source: paper sec. 3.1 (spatial masker, granularity S), sec. 3.4 and
-appendix (gather / scatter-add fused with the convolutions); METHOD_NOTES
+appendix (gather / scatter-add fused with the convolutions); docs/method.md
 sec. 2 (conv1 FLOPs on the dilated mask).
 """
 from typing import Tuple
@@ -30,7 +30,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import check_float32_cpu, extension, use_kernels
+from .dispatch import check_float32_cpu, extension, use_kernels
 from .channel_conv import channel_branch_isa
 
 PANEL = 64  # output channels per panel of the tile kernels (csrc/cpu/tile.h)
@@ -94,7 +94,7 @@ def fast_spatial_branch(x: torch.Tensor, width: int, c_out: int) -> bool:
 
     Returns:
         True only where the kernel is the fast path (the dynamic spatial
-        path's condition with ``laud_mm.models.dynamic.SPATIAL_FUSED_CPU``).
+        path's condition with ``laud_mm.ops.policy.SPATIAL_FUSED_CPU``).
         Source: paper sec. 3.4 (hardware-specific scheduling).
     """
     return (x.device.type == 'cpu' and x.dtype == torch.float32

@@ -1,3 +1,9 @@
+"""Hooks laud_mm registers, one job each, named in the LAUD configs."""
 from .gumbel_temperature import GumbelTemperatureHook
+from .logger import MainProcessLoggerHook
+from .rng_state import RNGStateHook
+from .weights_only_checkpoint import (WeightsOnlyCheckpointHook,
+                                      WeightsOnlyHistoryBuffer)
 
-__all__ = ['GumbelTemperatureHook']
+__all__ = ['GumbelTemperatureHook', 'RNGStateHook', 'MainProcessLoggerHook',
+           'WeightsOnlyCheckpointHook', 'WeightsOnlyHistoryBuffer']

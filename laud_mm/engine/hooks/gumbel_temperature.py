@@ -1,14 +1,15 @@
 """Gumbel temperature schedule for every masker of the model.
 
-Source: paper appendix B (tau decays exponentially from 5 to 0.1 during
-ImageNet training), METHOD_NOTES section 2 and 3 (detection: fixed 0.1).
+Source: paper appendix B.2 (tau decays exponentially from 5 to 0.1 during
+ImageNet training) and B.3 (detection: fixed 0.1); docs/method.md sec. 2-3.
 """
+import math
+
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from ...models.maskers import MaskerBase
+from ...models.layers.maskers import MaskerBase
 from ...registry import HOOKS
-from .. import rng_state
 
 
 @HOOKS.register_module()
@@ -18,34 +19,37 @@ class GumbelTemperatureHook(Hook):
     ``train/gumbel_tau``.
 
     tau is a function of ``runner.iter`` alone, so a resumed run continues
-    the schedule exactly where it stopped. With ``restore_rng`` the hook also
-    saves every rank's random-generator states in the checkpoints and
-    restores them on ``resume`` (:mod:`laud_mm.engine.rng_state`), so the
-    Gumbel noise after a resume is the noise of the uninterrupted run.
+    the schedule exactly where it stopped (the Gumbel noise itself continues
+    with :class:`laud_mm.RNGStateHook`).
+
+    Note:
+        Runs at priority NORMAL, before the training iteration, so the
+        maskers see the new temperature in that iteration's forward.
 
     Args:
-        tau0: temperature at iteration 0 (> 0). Paper: 5.0.
-        tau1: temperature at the last iteration (> 0). Paper: 0.1;
-            detection: tau0 = tau1 = 0.1.
-        restore_rng: save / restore the generator states (default True).
+        tau0: temperature at iteration 0 (finite, > 0). Paper: 5.0.
+        tau1: temperature at the last iteration (finite, > 0, <= tau0).
+            Paper: 0.1; detection: tau0 = tau1 = 0.1.
 
     Raises:
-        ValueError: tau0 or tau1 not > 0.
+        ValueError: tau0 or tau1 not a finite number > 0, or tau1 > tau0
+            (the message names the key and value).
         RuntimeError: (before training) the model has no maskers.
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, tau0: float = 5.0, tau1: float = 0.1,
-                 restore_rng: bool = True):
+    def __init__(self, tau0: float = 5.0, tau1: float = 0.1):
         for key, v in (('tau0', tau0), ('tau1', tau1)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not math.isfinite(v) or not v > 0:
                 raise ValueError(f'GumbelTemperatureHook: {key}={v!r} must be '
-                                 f'a number > 0')
+                                 f'a finite number > 0')
+        if tau1 > tau0:
+            raise ValueError(f'GumbelTemperatureHook: tau1={tau1!r} > '
+                             f'tau0={tau0!r}: the temperature anneals down '
+                             f'(tau0 = tau1 for a fixed temperature)')
         self.tau0, self.tau1 = float(tau0), float(tau1)
-        self.restore_rng = bool(restore_rng)
-        self._rng_states = None  # per-rank states after the last iteration
-        self._resume_states = None  # loaded by resume, applied in before_train
 
     def tau_at(self, it: int, max_iters: int) -> float:
         """Temperature at iteration ``it`` of ``max_iters``."""
@@ -59,36 +63,25 @@ class GumbelTemperatureHook(Hook):
         return [m for m in model.modules() if isinstance(m, MaskerBase)]
 
     def before_train(self, runner) -> None:
+        """Find the maskers.
+
+        Args:
+            runner: the mmengine Runner.
+
+        Raises:
+            RuntimeError: if the model has no maskers.
+        """
         self._cached = self._maskers(runner)
         if not self._cached:
             raise RuntimeError('GumbelTemperatureHook: the model has no '
                                'maskers (is the backbone static, paradigm=None?)')
-        if self._resume_states is not None:
-            rng_state.install_restore(runner, rng_state.select_rank_state(
-                self._resume_states, runner.logger))
-            self._resume_states = None
-
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
-                         outputs=None) -> None:
-        # checkpoints are written by rank 0 alone (Runner.save_checkpoint is
-        # master_only): gather every rank's state here, on all ranks
-        if self.restore_rng and runner.world_size > 1:
-            self._rng_states = rng_state.gather_rng_states()
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        if not self.restore_rng:
-            return
-        checkpoint[rng_state.KEY] = self._rng_states \
-            if runner.world_size > 1 and self._rng_states is not None \
-            else [rng_state.capture_rng_state()]
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        # only a resume continues the random streams (load_from fine-tunes)
-        if self.restore_rng and getattr(runner, '_resume', False) and \
-                rng_state.KEY in checkpoint:
-            self._resume_states = checkpoint[rng_state.KEY]
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        """Set and log the temperature of this iteration.
+
+        Args:
+            runner: the mmengine Runner; the other arguments are unused.
+        """
         tau = self.tau_at(runner.iter, runner.max_iters)
         maskers = getattr(self, '_cached', None) or self._maskers(runner)
         for m in maskers:

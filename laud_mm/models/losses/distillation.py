@@ -1,6 +1,6 @@
 """Knowledge distillation from a frozen static teacher (soft targets).
 
-Source: paper sec. 3.5 (ImageNet training objective); METHOD_NOTES section 2:
+Source: paper sec. 3.5 (ImageNet training objective); docs/method.md sec. 2:
 
     L = CE(z, y) + alpha * L_sparse + beta * T^2 * KL(softmax(z_t / T) || softmax(z / T))
 

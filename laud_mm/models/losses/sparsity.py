@@ -1,7 +1,7 @@
 """FLOPs-based sparsity loss with per-block bounds relaxing over the first
 part of training and a global term pulling the whole network to the target.
 
-Source: paper sec. 3.5, eq. (2); METHOD_NOTES section 2:
+Source: paper sec. 3.5, eq. (2); docs/method.md sec. 2:
 
     prog  = cos^2(pi/2 * clip(p, 0, 1)),  p = progress / warmup_fraction
     upper = 1 - prog * (1 - t),  lower = prog * t

@@ -1,0 +1,585 @@
+"""Latency block of the ResNet bottleneck (``kind='bottleneck'``) and of
+the ResNet stem: the kernels each paradigm runs, in the paper's fused
+scheduling (``implementation='fused'``) and as this project's PyTorch / C++
+dynamic path runs them on CPU (``'eager'``).
+
+Kernels of each block (paper sec. 3.4 and Fig. 2, docs/method.md sec. 4),
+BN folded into the convolutions, ReLU fused into their epilogues:
+
+* static: conv1 (1x1), conv2 (3x3, stride), conv3 (1x1), [downsample (1x1,
+  stride)], add+ReLU;
+* spatial (S, density d = fraction of output pixels kept): fused
+  masker+conv1 (dense 1x1 conv Cin -> width + 2 logits), mask (pool the
+  logits to the patch grid, compare, build the patch index), gather-conv2
+  (3x3 on the active patches read from the dense conv1 output, halo
+  re-read), conv3 on the gathered patches, [downsample], scatter-add+ReLU
+  into the shortcut at the active positions;
+* channel (G, density d = fraction of channel groups kept): masker (global
+  pool + fused 2-layer MLP), conv1 to the active channels, conv2 and conv3
+  on the active channels (weights gathered per sample), [downsample],
+  add+ReLU;
+* layer (density d = fraction of samples whose gate is on): masker (global
+  pool + fused linear gate), [downsample], and conv1, conv2, conv3, add on
+  the d * N kept samples (expectation, linear between the neighbouring
+  integer batch sizes; at batch 1 the block runs with probability d).
+
+The eager models follow :mod:`laud_mm.models.resnet.dynamic` kernel by
+kernel; the thresholds that choose its paths are read from
+:mod:`laud_mm.ops.policy`, the same module the dynamic path reads.
+
+Source: paper appendix A, docs/method.md sec. 4.
+"""
+import math
+from typing import List, Optional
+
+from ...ops import policy
+from ...structures.geometry import (PARADIGMS, BlockGeometry, StemGeometry,
+                                    ceil_div)
+from ..expectation import expected_max_normal, expected_ops
+from ..operators import (OpLatency, conv_op, elementwise_latency,
+                         launch_latency, linear_latency, pool_latency)
+from . import register_block_latency, register_stem_latency
+from .common import channel_masker_op, downsample_ops
+
+#: bookkeeping calls of ``_forced_gate`` (zeros, cast, select, mul, add);
+#: the validation imposes the gates through ``masker.forced_gate``
+EAGER_FORCED_GATE_LAUNCHES = 5
+
+def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
+                        forced_gates: bool = True) -> int:
+    """Kept channels k per sample of the eager channel path
+    (``laud_mm.models.resnet.dynamic._kept_channels``): the largest per-sample
+    count of kept channels, padded up to a multiple of ``CHANNEL_PAD``, at
+    most the width.
+
+    Args:
+        g: a channel block's geometry (G = ``g.granularity``).
+        batch: samples.
+        d: fraction of channel groups kept.
+        forced_gates: every sample keeps ``round(d * groups)`` groups (the
+            validation's exact-density gates); else the expected largest of
+            ``batch`` binomial counts (normal approximation).
+
+    Returns:
+        k (0 when no sample keeps a group).
+    """
+    n_groups = g.num_groups
+    if forced_gates:
+        groups = int(round(d * n_groups))
+    else:
+        mean = d * n_groups
+        std = math.sqrt(n_groups * d * (1. - d))
+        groups = min(n_groups, int(math.ceil(
+            mean + std * expected_max_normal(int(batch)) - 1e-9)))
+    kmax = groups * int(g.granularity)
+    return min(g.width, -(-kmax // policy.CHANNEL_PAD) * policy.CHANNEL_PAD)
+
+
+# ------------------------------------------------------------ blocks
+@register_stem_latency('resnet')
+def stem_ops(pred, stem: StemGeometry, batch: int) -> List[OpLatency]:
+    """Kernels of the ResNet stem: 7x7/2 conv (+BN+ReLU) and 3x3/2
+    max-pool."""
+    hw = pred.hw
+    conv = conv_op(hw, 'stem_conv', batch, stem.in_channels,
+                   stem.out_channels, stem.conv_hw, stem.in_hw, k=7,
+                   stride=2)
+    pool = pool_latency(hw, 'stem_pool', batch, stem.out_channels,
+                        stem.conv_hw, stem.out_hw, 9)
+    return [conv, pool]
+
+
+def static_block_ops(pred, g: BlockGeometry, batch: float,
+                     prefix: str = '') -> List[OpLatency]:
+    """Kernels of a dense bottleneck on ``batch`` samples."""
+    hw = pred.hw
+    if batch <= 0:
+        return []
+    ops = [
+        conv_op(hw, prefix + 'conv1', batch, g.in_channels, g.width,
+                g.in_hw, g.in_hw),
+        conv_op(hw, prefix + 'conv2', batch, g.width, g.width, g.out_hw,
+                g.in_hw, k=3, stride=g.stride, dilation=g.dilation),
+        conv_op(hw, prefix + 'conv3', batch, g.width, g.out_channels,
+                g.out_hw, g.out_hw),
+    ]
+    out_e = float(batch * g.out_channels * g.out_hw[0] * g.out_hw[1])
+    ops.append(elementwise_latency(hw, prefix + 'add', out_e, 2, 1))
+    if pred.eager:  # separate ReLU kernels (in place)
+        ops.insert(1, elementwise_latency(
+            hw, prefix + 'relu1', float(batch * g.width * g.in_hw[0] *
+                                        g.in_hw[1]), 1, 1))
+        ops.insert(3, elementwise_latency(
+            hw, prefix + 'relu2', float(batch * g.width * g.out_hw[0] *
+                                        g.out_hw[1]), 1, 1))
+        ops.append(elementwise_latency(hw, prefix + 'relu3', out_e, 1, 1))
+    return ops
+
+
+def spatial_block_ops(pred, g: BlockGeometry, batch: int,
+                      d: float) -> List[OpLatency]:
+    """Kernels of a spatial block at density ``d`` (fraction of output
+    pixels kept) with patch side S = ``g.granularity``."""
+    if pred.eager:
+        return _spatial_eager(pred, g, batch, d)
+    hw = pred.hw
+    S = int(g.granularity)
+    ho, wo = g.out_hw
+    hi, wi = g.in_hw
+    ops = [conv_op(hw, 'masker_conv1', batch, g.in_channels,
+                   g.width + 2, g.in_hw, g.in_hw),
+           elementwise_latency(hw, 'mask_index',
+                               float(batch * 2 * hi * wi), 1, 0,
+                               ops_per_elem=2.)]
+    ops += downsample_ops(pred, g, batch)
+    sh, sw = min(S, ho), min(S, wo)
+    # expected number of active patches; the kernels are evaluated at
+    # the neighbouring integer counts and blended linearly
+    patches = d * batch * ho * wo / float(sh * sw)
+    win = ((sh - 1) * g.stride + 3) * ((sw - 1) * g.stride + 3)
+    # patch cells whose windows cover a source pixel, on average
+    cells = win / float(sh * sw * g.stride * g.stride)
+    coverage = 1. - (1. - d) ** cells
+
+    thr = pred.spatial_dense_threshold
+    if thr is not None and d >= thr:
+        # dense conv2 / conv3, output multiplied by the mask
+        dense = static_block_ops(pred, g, batch)
+        rest = [o for o in dense if o.name != 'conv1' and
+                o.name != 'relu1']
+        return ops + rest + [elementwise_latency(
+            hw, 'mask_mul', float(batch * g.out_channels * ho * wo), 2,
+            1)]
+
+    def patch_ops(n):
+        if n <= 0:
+            return []
+        conv2 = [conv_op(hw, 'gather_conv2', n, g.width, g.width,
+                         (sh, sw), g.in_hw, k=3, stride=g.stride,
+                         dilation=g.dilation, gathered=True,
+                         in_coverage=coverage,
+                         source_batch=float(batch))]
+        return conv2 + [
+            conv_op(hw, 'conv3', n, g.width, g.out_channels, (sh, sw),
+                    (sh, sw)),
+            elementwise_latency(
+                hw, 'scatter_add', float(n * sh * sw * g.out_channels),
+                2, 1, run_elems=float(sw), contiguous_reads=1)]
+    return ops + expected_ops(patch_ops, patches)
+
+
+def channel_block_ops(pred, g: BlockGeometry, batch: int,
+                      d: float) -> List[OpLatency]:
+    """Kernels of a channel block at density ``d`` (fraction of the
+    ``width / G`` channel groups kept), per-sample channel sets."""
+    hw = pred.hw
+    G = int(g.granularity)
+    n = g.num_groups
+    act = d * g.width
+    std = G * math.sqrt(n * d * (1. - d))
+    # weights read off-chip: the union of the samples' channel sets
+    union = 1. - (1. - d) ** batch
+    ops = [channel_masker_op(pred, g, batch)]
+    if pred.eager:
+        return _channel_eager(pred, g, batch, d, ops[0])
+    ops += downsample_ops(pred, g, batch)
+    if act > 0:
+        ops.append(conv_op(
+            hw, 'conv1', batch, g.in_channels, act, g.in_hw, g.in_hw,
+            per_sample_channels=True, cout_std=std,
+            weight_elems=union * g.width * g.in_channels))
+        ops.append(conv_op(
+            hw, 'conv2', batch, act, act, g.out_hw, g.in_hw, k=3,
+            stride=g.stride, dilation=g.dilation,
+            per_sample_channels=True, cout_std=std,
+            weight_elems=union ** 2 * g.width * g.width * 9))
+        ops.append(conv_op(
+            hw, 'conv3', batch, act, g.out_channels, g.out_hw, g.out_hw,
+            per_sample_channels=True,
+            weight_elems=union * g.width * g.out_channels))
+    ops.append(elementwise_latency(
+        hw, 'add', float(batch * g.out_channels * g.out_hw[0] *
+                         g.out_hw[1]), 2, 1))
+    return ops
+
+
+def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
+                   masker: OpLatency) -> List[OpLatency]:
+    """Eager channel path (``_channel_forward`` of
+    :mod:`laud_mm.models.resnet.dynamic`), whole batch at once: per-sample
+    weights of the k kept channels (k = the largest per-sample count,
+    padded to a multiple of ``CHANNEL_PAD`` with zero channels) gathered
+    by indexing, conv1 as one batched GEMM (N x (k x C_in) @ (C_in x
+    HW), bias broadcast first), ReLU, conv2 as one grouped conv (a group
+    of k channels per sample), ReLU, conv3 as one batched GEMM
+    accumulated into the shortcut (a copy of the input unless
+    ``owned_block_inputs``), then bn3's shift and the ReLU. Maps under
+    ``CHANNEL_SMALL_MAP_PIXELS`` above ``CHANNEL_DENSE_RATE`` kept groups:
+    masked dense; every group on: the static block."""
+    hw = pred.hw
+    n = float(batch)
+    c_in, c_out, width = g.in_channels, g.out_channels, g.width
+    hi, wi = g.in_hw
+    ho, wo = g.out_hw
+    in_px, out_px = hi * wi, ho * wo
+    out_e = n * c_out * out_px
+    if pred.forced_gates:  # _forced_gate: zeros, cast, select, mul, add
+        ops = [launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
+    else:  # pool + MLP (one op above), relu, view, gate
+        ops = [masker, launch_latency(hw, 'masker_steps', 4)]
+    ops += downsample_ops(pred, g, batch)
+    ops.append(launch_latency(hw, 'gate_checks', 3))  # gt, all, item
+    if d >= 1.:  # every group on: the static block
+        return ops + static_block_ops(pred, g, batch)
+    ops.append(launch_latency(hw, 'repeat_interleave', 1))
+    if in_px < policy.CHANNEL_SMALL_MAP_PIXELS:
+        # the rate test: cast, mean, item
+        ops.append(launch_latency(hw, 'rate_check', 3))
+        if d > policy.CHANNEL_DENSE_RATE:  # masked dense, folded BN
+            mid_in = n * width * in_px
+            mid_out = n * width * out_px
+            return ops + [
+                launch_latency(hw, 'mask_prep', 3),
+                conv_op(hw, 'conv1', batch, c_in, width, g.in_hw, g.in_hw),
+                elementwise_latency(hw, 'relu1', mid_in, 1, 1),
+                elementwise_latency(hw, 'mask1', mid_in, 1, 1),
+                conv_op(hw, 'conv2', batch, width, width, g.out_hw,
+                        g.in_hw, k=3, stride=g.stride,
+                        dilation=g.dilation),
+                elementwise_latency(hw, 'relu2', mid_out, 1, 1),
+                elementwise_latency(hw, 'mask2', mid_out, 1, 1),
+                conv_op(hw, 'conv3', batch, width, c_out, g.out_hw,
+                        g.out_hw),
+                elementwise_latency(hw, 'add', out_e, 2, 1),
+                elementwise_latency(hw, 'relu3', out_e, 1, 1)]
+    # kept channel indices (sum, max, sort, where, ...)
+    ops.append(launch_latency(hw, 'kept_channels', 13))
+    k = channel_kept_padded(g, batch, d, pred.forced_gates)
+    # conv3 is accumulated into the shortcut: the input itself when the
+    # backbone owns it, else a copy of it (or the downsample's output),
+    # then bn3's shift and the ReLU (a pass each)
+    out = [] if (pred.owned_block_inputs or g.has_downsample) else [
+        elementwise_latency(hw, 'clone', out_e, 1, 1)]
+    tail = [elementwise_latency(hw, 'bias3', out_e, 1, 1),
+            elementwise_latency(hw, 'relu3', out_e, 1, 1)]
+    if k <= 0:  # every sample off: relu(shortcut + bn3 shift)
+        return ops + [launch_latency(hw, 'bookkeeping', 14)] + out + tail
+    nk = n * k
+    if policy.CHANNEL_FUSED_CPU and batch >= hw.num_pe \
+            and hw.vector_width >= 16 and c_out % 16 == 0:
+        # the fused AVX-512 kernel (laud_mm.ops.channel_branch_add_relu;
+        # a CPU spec with 16-lane vectors stands for AVX-512; a thread
+        # per sample, so batch >= N_PE): conv1 and conv2 panels gathered
+        # once per call, then per sample three GEMMs over the pixels as
+        # rows (output channels on the lanes: no pixel-vector rounding),
+        # conv3 into a per-panel buffer added into the shortcut (one
+        # pass with bn3's shift and the ReLU)
+        kq = -(-k // 16) * 16
+        rows_in, rows_out = (in_px, 1), (out_px, 1)
+        return ops + [
+            launch_latency(hw, 'bookkeeping', 6),
+            # the panel gathers read whole weight rows once per call (all
+            # of w1, the kept rows of w2: what dominates at small
+            # batches) and write each sample's panels
+            elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0),
+            elementwise_latency(hw, 'w2_rows', 9 * k * (width + 1), 1, 0),
+            elementwise_latency(hw, 'w1_panels', n * kq * c_in, 0, 1),
+            elementwise_latency(hw, 'w2_panels', n * kq * k * 9, 0, 1),
+            conv_op(hw, 'conv1', batch, c_in, kq, rows_in, rows_in,
+                    per_sample_channels=True, weight_elems=n * kq * c_in),
+            conv_op(hw, 'conv2', batch, 9 * k, kq, rows_out, rows_out,
+                    per_sample_channels=True, weight_elems=n * kq * k * 9),
+            conv_op(hw, 'conv3', batch, k, c_out, rows_out, rows_out,
+                    per_sample_channels=True, weight_elems=nk * c_out)
+        ] + out + [elementwise_latency(hw, 'add_relu3', out_e, 2, 1)]
+    # per-sample weights (index_select row copies; conv2's from the
+    # gather kernel, runs of 9): one GEMM per sample, tiles never span
+    # samples; conv2 one grouped conv (a group of k channels per sample)
+    return ops + [
+        launch_latency(hw, 'bookkeeping', 24),
+        elementwise_latency(hw, 'w1_gather', nk * c_in, 1, 1),
+        elementwise_latency(hw, 'bias1', nk * in_px, 0, 1),
+        conv_op(hw, 'conv1', batch, c_in, k, g.in_hw, g.in_hw,
+                per_sample_channels=True, weight_elems=nk * c_in),
+        elementwise_latency(hw, 'relu1', nk * in_px, 1, 1),
+        elementwise_latency(hw, 'w2_gather', nk * k * 9, 1, 1,
+                            run_elems=9., contiguous_reads=1),
+        conv_op(hw, 'conv2', 1, nk, nk, g.out_hw, g.in_hw, k=3,
+                stride=g.stride, dilation=g.dilation, groups=batch),
+        elementwise_latency(hw, 'relu2', nk * out_px, 1, 1),
+        elementwise_latency(hw, 'w3_gather', nk * c_out, 1, 1)] + out + [
+        conv_op(hw, 'conv3', batch, k, c_out, g.out_hw, g.out_hw,
+                per_sample_channels=True, weight_elems=nk * c_out),
+        # the GEMM reads the shortcut it accumulates into
+        elementwise_latency(hw, 'conv3_acc', out_e, 1, 0)] + tail
+
+
+def _spatial_eager(pred, g: BlockGeometry, batch: int,
+                   d: float) -> List[OpLatency]:
+    """Eager spatial path (``_spatial_forward`` of
+    :mod:`laud_mm.models.resnet.dynamic`): conv1 dense (with the masker's
+    logit as an extra output, forced gates included; stride-2
+    blocks: the masker on its own, and conv1 on the gathered input
+    windows when they cover under ``SPATIAL_WINDOW_CONV1_MAX_FRACTION``
+    of the map, ``window_conv1``), then either
+    the gather path - gather kernel (K x K windows of the active patches,
+    conv1's ReLU fused), conv2 (valid) on the windows, ReLU, conv3 on the
+    patches (``spatial_patch_convs``: GEMMs for S = 1, conv3 as one GEMM
+    under ``SPATIAL_CONV3_GEMM_MAX_PATCHES`` patches), fused scatter-add
+    + ReLU over the whole output - or, from ``spatial_dense_threshold``
+    of the patches on, the dense block times the mask. The patches are counted on the patch grid (partial edge
+    patches are computed whole); a random patch set keeps on average
+    the same fraction of pixels as of patches, so ``d`` is both."""
+    hw = pred.hw
+    S = int(g.granularity)
+    ho, wo = g.out_hw
+    gh, gw = ceil_div(ho, S), ceil_div(wo, S)
+    n = float(batch)
+    width, c_out = g.width, g.out_channels
+    out_e = n * c_out * ho * wo
+    in_px = n * g.in_hw[0] * g.in_hw[1]
+    fused = policy.SPATIAL_FUSED_CPU and batch >= hw.num_pe and \
+        hw.vector_width >= 16 and width % 16 == 0 and c_out % 16 == 0
+    if fused:
+        return _spatial_fused(pred, g, batch, d)
+    if g.stride > 1:  # the masker on its own (_spatial_gate)
+        ops = _spatial_gate_ops(pred, g, batch)
+        c1 = width
+    else:  # masker fused into conv1: pool its logit, compare
+        ops = [elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
+               launch_latency(hw, 'mask_steps', 4)]
+        if pred.forced_gates:  # the logit is computed, then replaced
+            ops.append(launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
+        c1 = width + 1
+    conv1 = conv_op(hw, 'conv1', batch, g.in_channels, c1, g.in_hw,
+                    g.in_hw)
+    ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
+    if d <= 0.:  # relu(shortcut)
+        return ops + downsample_ops(pred, g, batch) + [
+            elementwise_latency(hw, 'relu', out_e, 1, 1)]
+    thr = pred.spatial_dense_threshold
+    if (thr is not None and d >= thr) or d >= 1.:
+        dense = static_block_ops(pred, g, batch)
+        ops += [conv1 if o.name == 'conv1' else o for o in dense
+                if o.name not in ('add', 'relu3')]
+        ops.append(launch_latency(hw, 'slice', 1))
+        if d < 1.:  # expand_spatial_gate, y *= mask
+            ops += [launch_latency(hw, 'expand_mask', 3),
+                    elementwise_latency(hw, 'mask_mul', out_e, 1, 1)]
+        return ops + downsample_ops(pred, g, batch) + [
+            elementwise_latency(hw, 'add', out_e, 2, 1),
+            elementwise_latency(hw, 'relu3', out_e, 1, 1)]
+    sh, sw = min(S, ho), min(S, wo)
+    k = (S - 1) * g.stride + 2 * g.dilation + 1  # window side
+    ops += ([conv1] if g.stride == 1 else []) + [
+        launch_latency(hw, 'bookkeeping', 10)]
+
+    def gemm(name, rows, cin, cout):  # one GEMM over all the rows
+        return conv_op(hw, name, 1, cin, cout, (rows, 1), (rows, 1))
+
+    def patch_ops(p):
+        if p <= 0:
+            return []
+        if policy.uses_window_conv1(S, g.stride, g.dilation, p, in_px):
+            # window_conv1: gather the input windows, conv1 on them,
+            # ReLU, re-zero the outside pixels
+            ops = [elementwise_latency(
+                       hw, 'gather_x', p * g.in_channels * k * k, 1, 1,
+                       run_elems=float(k), contiguous_reads=1),
+                   conv_op(hw, 'conv1', p, g.in_channels, width, (k, k),
+                           (k, k)),
+                   elementwise_latency(hw, 'relu1', p * width * k * k,
+                                       1, 1),
+                   launch_latency(hw, 'outside', 8)]
+        else:
+            # dense conv1 (stride 2: after the masker), then one K x K
+            # window per patch and channel; ReLU fused
+            ops = ([conv1] if g.stride > 1 else []) + [
+                elementwise_latency(hw, 'gather', p * width * k * k, 1,
+                                    1, run_elems=float(k),
+                                    contiguous_reads=1)]
+        if S == 1:  # spatial_patch_convs: two GEMMs, bias written first
+            return ops + [
+                elementwise_latency(hw, 'bias2', p * width, 0, 1),
+                gemm('conv2', p, width * 9, width),
+                elementwise_latency(hw, 'relu2', p * width, 1, 1),
+                elementwise_latency(hw, 'bias3', p * c_out, 0, 1),
+                gemm('conv3', p, width, c_out)]
+        px = p * sh * sw
+        ops += [conv_op(hw, 'conv2', p, width, width, (sh, sw), (k, k), k=3,
+                        stride=g.stride, dilation=g.dilation),
+                elementwise_latency(hw, 'relu2', px * width, 1, 1)]
+        if p >= policy.SPATIAL_CONV3_GEMM_MAX_PATCHES:
+            return ops + [conv_op(hw, 'conv3', p, width, c_out, (sh, sw),
+                                  (sh, sw))]
+        return ops + [  # transpose in, bias, GEMM, transpose out
+            elementwise_latency(hw, 'h_transpose', px * width, 1, 1),
+            elementwise_latency(hw, 'bias3', px * c_out, 0, 1),
+            gemm('conv3', px, width, c_out),
+            elementwise_latency(hw, 'y_transpose', px * c_out, 1, 1)]
+    ops += expected_ops(patch_ops, d * n * gh * gw)
+    ops += downsample_ops(pred, g, batch)
+    # one pass over the output: identity and out streamed, the active
+    # patches read (a fraction d of the output)
+    return ops + [elementwise_latency(hw, 'scatter_add_relu', out_e,
+                                      1 + d, 1)]
+
+
+def _spatial_gate_ops(pred, g: BlockGeometry,
+                      batch: int) -> List[OpLatency]:
+    """The masker on its own (``_spatial_gate`` of
+    :mod:`laud_mm.models.resnet.dynamic`): its logit difference as a
+    one-channel 1x1 conv of x (a read of x), pooled to the patch grid,
+    compared; forced gates compute it too, then replace it."""
+    hw = pred.hw
+    in_px = float(batch) * g.in_hw[0] * g.in_hw[1]
+    ops = [elementwise_latency(hw, 'mask_conv', in_px * g.in_channels,
+                               1, 0),
+           elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
+           launch_latency(hw, 'mask_steps', 4)]
+    if pred.forced_gates:
+        ops.append(launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
+    return ops
+
+
+def _spatial_fused(pred, g: BlockGeometry, batch: int,
+                   d: float) -> List[OpLatency]:
+    """Fused CPU spatial path (``laud_mm.ops.spatial_branch_add_relu``,
+    used by ``_spatial_forward`` on AVX-512 CPUs when batch >= threads;
+    a CPU spec with 16-lane vectors stands for AVX-512 and N_PE for the
+    threads): the masker's logit difference as a one-channel 1x1 conv
+    of x, pooled (also with forced gates); then per sample, one thread
+    each, three GEMMs with the pixels as rows (output channels on the
+    lanes): conv1 at the input pixels the active patches' conv2 windows
+    cover (expected fraction 1 - (1 - d)^cells, ``cells`` = patch cells
+    whose windows contain a pixel), conv2 (K = 9 width) and conv3 at
+    the active output pixels; conv3's output is added into the shortcut
+    at those pixels (runs of S). Outside a backbone's owned identity
+    blocks the shortcut's other pixels get a ReLU pass. The kernel runs
+    at every density (``spatial_dense_threshold`` is the gather path's)."""
+    hw = pred.hw
+    S = int(g.granularity)
+    ho, wo = g.out_hw
+    hi, wi = g.in_hw
+    n = float(batch)
+    width, c_out, c_in = g.width, g.out_channels, g.in_channels
+    out_e = n * c_out * ho * wo
+    ops = _spatial_gate_ops(pred, g, batch)
+    ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
+    if d <= 0.:  # the owned input itself, else relu(shortcut)
+        inplace = pred.owned_block_inputs and not g.has_downsample
+        return ops + downsample_ops(pred, g, batch) + (
+            [] if inplace else
+            [elementwise_latency(hw, 'relu', out_e, 1, 1)])
+    # the kernel runs at every density (no dense fallback)
+    sh, sw = min(S, ho), min(S, wo)
+    win = ((sh - 1) * g.stride + 2 * g.dilation + 1) * \
+        ((sw - 1) * g.stride + 2 * g.dilation + 1)
+    cells = win / float(sh * sw * g.stride * g.stride)
+    cover = 1. - (1. - d) ** cells  # input pixels conv1 computes
+    ops.append(launch_latency(hw, 'bookkeeping', 4))  # nonzero, contiguous
+
+    def gemm(name, k, cout):  # r rows (pixels) per sample
+        return lambda r: [] if r <= 0 else [conv_op(
+            hw, name, batch, k, cout, (r, 1), (r, 1),
+            per_sample_channels=True, weight_elems=n * k * cout)]
+    ops += expected_ops(gemm('conv1', c_in, width), cover * hi * wi)
+    ops += expected_ops(gemm('conv2', 9 * width, width), d * ho * wo)
+    ops += expected_ops(gemm('conv3', width, c_out), d * ho * wo)
+    ops += downsample_ops(pred, g, batch)
+    ops.append(elementwise_latency(hw, 'add_relu3', d * out_e, 2, 1,
+                                   run_elems=float(sw)))
+    if g.has_downsample or not pred.owned_block_inputs:
+        ops.append(elementwise_latency(hw, 'relu', out_e, 1, 1))
+    return ops
+
+
+def _layer_eager(pred, g: BlockGeometry, batch: int,
+                 d: float) -> List[OpLatency]:
+    """Eager layer path (``_layer_forward`` of
+    :mod:`laud_mm.models.resnet.dynamic`): conv1 as per-image GEMMs on the kept
+    samples' rows of x (no row copy), ReLU, conv2, ReLU, then per kept
+    sample the shortcut row gets the bias (one pass), conv3 accumulated
+    in place (GEMM) and a ReLU pass. The output is the shortcut itself:
+    for an identity block inside a backbone
+    (``owned_block_inputs``, ``pred.owned_block_inputs``) the input, so
+    skipped samples cost nothing; otherwise a copy of the input (identity
+    block called alone) or the downsample's output, and the skipped rows
+    get a ReLU pass. Every sample on: the static block."""
+    hw = pred.hw
+    out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
+    if pred.forced_gates:
+        ops = [launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
+    else:  # mean, linear, gate
+        ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
+                            (1, 1), g.in_hw[0] * g.in_hw[1]),
+               linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
+               launch_latency(hw, 'masker_steps', 1)]
+    ops += downsample_ops(pred, g, batch)
+    ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
+    inplace = pred.owned_block_inputs and not g.has_downsample
+
+    def eager(n):
+        if n >= batch:
+            return static_block_ops(pred, g, batch)
+        res = [launch_latency(hw, 'bookkeeping', 6 + 5 * n)]
+        if not g.has_downsample and not inplace:
+            res.append(elementwise_latency(hw, 'clone', out_e * batch,
+                                           1, 1))
+        if n > 0:
+            branch = {o.name: o for o in static_block_ops(pred, g, n)}
+            res += [branch[k] for k in ('conv1', 'relu1', 'conv2',
+                                        'relu2')]
+            res += [elementwise_latency(hw, 'bias3', out_e * n, 1, 1),
+                    branch['conv3'],
+                    elementwise_latency(hw, 'relu3', out_e * n, 1, 1)]
+        if not inplace and n < batch:  # relu of the skipped rows
+            res += [launch_latency(hw, 'skipped_relu', batch - n),
+                    elementwise_latency(hw, 'relu_skipped',
+                                        out_e * (batch - n), 1, 1)]
+        return res
+    return ops + expected_ops(eager, d * batch, with_zero=True)
+
+
+def layer_block_ops(pred, g: BlockGeometry, batch: int,
+                    d: float) -> List[OpLatency]:
+    """Kernels of a layer-skipping block: ``d`` = fraction of samples
+    that run the residual branch."""
+    if pred.eager:
+        return _layer_eager(pred, g, batch, d)
+    hw = pred.hw
+    ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
+                        (1, 1), g.in_hw[0] * g.in_hw[1])]
+    ops += downsample_ops(pred, g, batch)
+    return ops + expected_ops(
+        lambda n: static_block_ops(pred, g, n), d * batch)
+
+
+@register_block_latency('bottleneck')
+def block_ops(pred, g: BlockGeometry, batch: int,
+              density: Optional[float]) -> List[OpLatency]:
+    """Kernels of one ResNet bottleneck (dispatch on ``g.paradigm``).
+
+    Args:
+        pred: the :class:`~laud_mm.latency.LatencyPredictor`.
+        g: the block geometry (``kind='bottleneck'``).
+        batch: samples in the batch.
+        density: mask density in [0, 1] (ignored for static blocks).
+
+    Returns:
+        list of :class:`OpLatency` (whole batch).
+
+    Raises:
+        ValueError: for an unknown paradigm.
+    """
+    if g.paradigm is None:
+        return downsample_ops(pred, g, batch) + \
+            static_block_ops(pred, g, batch)
+    if g.paradigm == 'spatial':
+        return spatial_block_ops(pred, g, batch, density)
+    if g.paradigm == 'channel':
+        return channel_block_ops(pred, g, batch, density)
+    if g.paradigm == 'layer':
+        return layer_block_ops(pred, g, batch, density)
+    raise ValueError(f'block s{g.stage}.b{g.index}: paradigm='
+                     f'{g.paradigm!r} is not one of {PARADIGMS} or None')

@@ -1,0 +1,356 @@
+"""Latency-predictor kernels of transformer encoder layers
+(:class:`~laud_mm.structures.geometry.TokenLayerGeometry`, ``kind='vit'``) and
+of the T2T-ViT Tokens-to-Token module.
+
+Layout: tokens are rows, (N, L, D) row-major. A linear layer on L tokens is a
+1x1 "convolution" whose output width is the token axis
+(:class:`~laud_mm.latency.operators.ConvOp` ``(batch=N, cin, cout, 1, L)``),
+so the tile search of :mod:`laud_mm.latency.operators` applies unchanged.
+The attention products are batched GEMMs with per-(sample, head) operands:
+QK^T is ``ConvOp(N*H, cin=dh, cout=L_keys, 1, L_queries)`` and AV is
+``ConvOp(N*H, cin=L_keys, cout=dh, 1, L_queries)``, with the keys / values
+as per-item weights (``per_sample_channels``: a tile cannot span two
+(sample, head) pairs; their bytes counted off-chip).
+
+Kernels of a layer (LayerNorm, softmax and the residual adds are streaming
+kernels; GELU is fused into fc1's epilogue, ``implementation='eager'`` adds
+it as a separate kernel):
+
+* static: ln1, qkv (D -> 3D), attn_qk, softmax (N*H*L*L), attn_av, proj
+  (D -> D), add, ln2, fc1 (D -> F), fc2 (F -> D), add;
+* spatial / token skipping (density d = fraction of patch tokens kept; the
+  class token always): masker (Linear(D, 2) on the L - 1 patch tokens,
+  compare, index), **gather** of the k = 1 + d (L - 1) kept token rows
+  (runs of D contiguous floats), the whole layer on k tokens per sample
+  (qkv / proj / FFN scale with k, QK^T / softmax / AV with k^2), **scatter**
+  of the k rows back (``eager`` adds the copy of the whole input the PyTorch
+  path writes into). A fractional k is blended between the neighbouring
+  integers;
+* channel / head skipping (density d = fraction of heads kept): masker
+  (token mean + 2-layer MLP, one kernel), qkv to the d*H kept heads' 3 * d *
+  D outputs and proj from their d * D inputs with per-sample weight sets
+  (load imbalance: the kept-head count per sample is binomial, std
+  ``sqrt(H d (1 - d))`` heads, as the channel groups of a CNN channel block;
+  weights read off-chip: the union of the samples' heads), attention for d*H
+  heads per sample; ln / adds / FFN dense;
+* layer (density d = fraction of samples run): masker (token mean + linear)
+  and the static layer on the d * N kept samples (expected, blended between
+  integer counts; ``eager`` adds the index_select / index_copy of the kept
+  samples).
+
+Source: paper sec. 3.2 ("Generalization in Transformer architectures":
+token indexing and selection instead of pixel gathering), sec. 3.3 /
+appendix A (the latency model) and "Experiments on vision Transformers";
+docs/method.md sec. 4.
+"""
+import math
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+from ...structures.geometry import (PARADIGMS, T2TStemGeometry,
+                                    TokenLayerGeometry)
+from ..expectation import expected_ops
+from ..hardware import HardwareSpec
+from ..operators import (ConvOp, OpLatency, conv_latency, elementwise_latency,
+                         pool_latency)
+from . import register_block_latency, register_stem_latency
+from .common import fused_op
+
+__all__ = ['vit_layer_ops', 't2t_stem_ops', 'transformer_ops',
+           'attention_ops', 'linear_tokens_latency', 'vit_op_breakdown']
+
+#: arithmetic operations per element of the streaming kernels
+LAYERNORM_OPS = 5.
+SOFTMAX_OPS = 4.
+GELU_OPS = 8.
+
+
+# ------------------------------------------------------------------ kernels
+def linear_tokens_latency(hw: HardwareSpec, name: str, batch: float,
+                          tokens: int, cin: float, cout: float,
+                          **kw) -> OpLatency:
+    """A Linear(cin, cout) applied to ``tokens`` tokens of each of
+    ``batch`` samples (a 1x1 conv with the tokens as the output width).
+
+    Args:
+        hw: the device.
+        name: operator name.
+        batch: samples (may be fractional: an expectation).
+        tokens: tokens per sample (integer).
+        cin, cout: input / output features (may be fractional: expected
+            kept heads' features).
+        **kw: further :class:`ConvOp` fields (``per_sample_channels``,
+            ``cout_std``, ``weight_elems``).
+
+    Returns:
+        :class:`OpLatency`; zero when there is no work.
+    """
+    t = int(tokens)
+    return conv_latency(hw, ConvOp(float(batch), cin, cout, 1, t, 1, t,
+                                   name=name, **kw))
+
+
+def attention_ops(hw: HardwareSpec, pairs: float, tokens: int,
+                  head_dims: int, prefix: str = '') -> List[OpLatency]:
+    """QK^T, softmax and AV of ``pairs`` (sample, head) pairs of
+    ``tokens`` tokens each.
+
+    Args:
+        hw: the device.
+        pairs: N * heads (may be fractional: expected kept heads).
+        tokens: L, tokens per sample (queries = keys).
+        head_dims: dh.
+        prefix: prepended to the operator names.
+
+    Returns:
+        [attn_qk (MACs pairs * L^2 * dh), softmax (pairs * L^2 elements),
+        attn_av (pairs * L^2 * dh)].
+    """
+    t = int(tokens)
+    if pairs <= 0 or t <= 0:
+        return []
+    kv = float(pairs * t * head_dims)
+    qk = conv_latency(hw, ConvOp(float(pairs), head_dims, t, 1, t, 1, t,
+                                 per_sample_channels=True, weight_elems=kv,
+                                 name=prefix + 'attn_qk'))
+    sm = elementwise_latency(hw, prefix + 'softmax', float(pairs * t * t),
+                             1, 1, ops_per_elem=SOFTMAX_OPS)
+    av = conv_latency(hw, ConvOp(float(pairs), t, head_dims, 1, t, 1, t,
+                                 per_sample_channels=True, weight_elems=kv,
+                                 name=prefix + 'attn_av'))
+    return [qk, sm, av]
+
+
+def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
+                    in_dims: int, embed_dims: int, heads: float,
+                    head_dims: int, ffn_channels: int, eager: bool = False,
+                    prefix: str = '', qkv_kw: Optional[dict] = None,
+                    proj_kw: Optional[dict] = None) -> List[OpLatency]:
+    """Kernels of one transformer layer on ``batch`` samples of ``tokens``
+    tokens (see the module docstring).
+
+    Args:
+        hw: the device.
+        batch: samples (>= 0, may be fractional).
+        tokens: tokens per sample.
+        in_dims: input token width (ln1, qkv input).
+        embed_dims: D (output width, residual).
+        heads: heads computed per sample (may be fractional: expected kept
+            heads).
+        head_dims: dh.
+        ffn_channels: F.
+        eager: GELU as a separate kernel.
+        prefix: prepended to the operator names.
+        qkv_kw, proj_kw: extra :class:`ConvOp` fields of qkv / proj
+            (per-sample weights of head skipping).
+
+    Returns:
+        list of :class:`OpLatency` (whole batch); empty for ``batch <= 0``.
+    """
+    if batch <= 0:
+        return []
+    t = int(tokens)
+    p = prefix
+    elems = float(batch * t * embed_dims)
+    hd = heads * head_dims
+    ops = [elementwise_latency(hw, p + 'ln1', float(batch * t * in_dims), 1,
+                               1, ops_per_elem=LAYERNORM_OPS),
+           linear_tokens_latency(hw, p + 'qkv', batch, t, in_dims, 3 * hd,
+                                 **(qkv_kw or {}))]
+    ops += attention_ops(hw, batch * heads, t, head_dims, p)
+    ops += [linear_tokens_latency(hw, p + 'proj', batch, t, hd, embed_dims,
+                                  **(proj_kw or {})),
+            elementwise_latency(hw, p + 'add1', elems, 2, 1),
+            elementwise_latency(hw, p + 'ln2', elems, 1, 1,
+                                ops_per_elem=LAYERNORM_OPS),
+            linear_tokens_latency(hw, p + 'fc1', batch, t, embed_dims,
+                                  ffn_channels)]
+    if eager:
+        ops.append(elementwise_latency(hw, p + 'gelu', float(
+            batch * t * ffn_channels), 1, 1, ops_per_elem=GELU_OPS))
+    ops += [linear_tokens_latency(hw, p + 'fc2', batch, t, ffn_channels,
+                                  embed_dims),
+            elementwise_latency(hw, p + 'add2', elems, 2, 1)]
+    return [o for o in ops if o.ms > 0]
+
+
+def _static(pred, g: TokenLayerGeometry, batch: float,
+            tokens: Optional[int] = None) -> List[OpLatency]:
+    return transformer_ops(
+        pred.hw, batch, g.num_tokens if tokens is None else tokens,
+        g.embed_dims, g.embed_dims, g.num_heads, g.head_dims,
+        g.ffn_channels, pred.eager)
+
+
+def _masker_pool_mlp(hw, g: TokenLayerGeometry, batch: int,
+                     outs: List[int]) -> OpLatency:
+    """One kernel: mean of the L tokens, then Linear layers of widths
+    ``outs`` (head masker: [h, 2H]; layer masker: [2])."""
+    pool = pool_latency(hw, 'masker', batch, g.embed_dims, (1, g.num_tokens),
+                        (1, 1), g.num_tokens)
+    parts, cin = [pool], g.embed_dims
+    for c in outs:
+        parts.append(conv_latency(hw, ConvOp(float(batch), cin, c, 1, 1, 1,
+                                             1, name='masker_fc')))
+        cin = c
+    return fused_op(hw, 'masker', parts)
+
+
+@register_block_latency('vit')
+def vit_layer_ops(pred, g: TokenLayerGeometry, batch: int,
+                  density: Optional[float]) -> List[OpLatency]:
+    """Kernels of one LAUD transformer layer (see the module docstring).
+
+    Args:
+        pred: the :class:`~laud_mm.latency.LatencyPredictor` (hardware,
+            ``eager``).
+        g: the layer geometry (``kind='vit'``).
+        batch: samples in the batch.
+        density: spatial: fraction of patch tokens kept; channel: of heads;
+            layer: of samples run; ignored for a static layer.
+
+    Returns:
+        list of :class:`OpLatency` (whole batch).
+
+    Raises:
+        ValueError: for a geometry of another kind or an unknown paradigm.
+    """
+    if getattr(g, 'kind', None) != 'vit':
+        raise ValueError(f'vit_layer_ops: kind={getattr(g, "kind", None)!r} '
+                         f"is not 'vit'")
+    hw = pred.hw
+    if g.paradigm is None:
+        return _static(pred, g, batch)
+    d = float(density)
+    L, D, e = g.num_tokens, g.embed_dims, g.num_extra_tokens
+    if g.paradigm == 'spatial':
+        ops = [linear_tokens_latency(hw, 'masker', batch, g.num_patch_tokens,
+                                     D, 2),
+               elementwise_latency(hw, 'mask_index', float(batch * L), 1, 0,
+                                   ops_per_elem=2.)]
+        if d >= 1.:  # every token kept: the static layer, no gather
+            return ops + _static(pred, g, batch)
+        k = e + d * g.num_patch_tokens  # expected kept tokens per sample
+        rows = float(batch * k * D)
+        ops.append(elementwise_latency(hw, 'gather', rows, 1, 1,
+                                       run_elems=float(D)))
+        if pred.eager:  # the output is a copy of the input, then indexed
+            ops.append(elementwise_latency(hw, 'copy', float(batch * L * D),
+                                           1, 1))
+        ops += expected_ops(lambda t: _static(pred, g, batch, t), k)
+        ops.append(elementwise_latency(hw, 'scatter', rows, 1, 1,
+                                       run_elems=float(D),
+                                       contiguous_reads=1))
+        return ops
+    if g.paradigm == 'channel':
+        H, dh = g.num_heads, g.head_dims
+        ops = [_masker_pool_mlp(hw, g, batch,
+                                [g.channel_masker_hidden, 2 * H])]
+        if d >= 1.:
+            return ops + _static(pred, g, batch)
+        heads = d * H
+        std = dh * math.sqrt(H * d * (1. - d))
+        union = 1. - (1. - d) ** batch
+        if pred.eager:  # one sub-batch per gate pattern (random: a sample)
+            per = transformer_ops(
+                hw, 1, L, D, D, heads, dh, g.ffn_channels, True)
+            attn = [o.scaled(batch) for o in per
+                    if o.name in ('qkv', 'attn_qk', 'softmax', 'attn_av',
+                                  'proj')]
+            rest = [o for o in _static(pred, g, batch)
+                    if o.name not in ('qkv', 'attn_qk', 'softmax',
+                                      'attn_av', 'proj')]
+            wg = elementwise_latency(hw, 'weight_gather', float(
+                batch * heads * dh * 4 * D), 1, 1)
+            return ops + [wg] + attn + rest
+        return ops + transformer_ops(
+            hw, batch, L, D, D, heads, dh, g.ffn_channels, False,
+            qkv_kw=dict(per_sample_channels=True, cout_std=3 * std,
+                        weight_elems=union * 3 * D * D),
+            proj_kw=dict(per_sample_channels=True,
+                         weight_elems=union * D * D))
+    if g.paradigm == 'layer':
+        ops = [_masker_pool_mlp(hw, g, batch, [2])]
+        if not pred.eager:
+            return ops + expected_ops(lambda n: _static(pred, g, n),
+                                      d * batch)
+        row = float(L * D)
+
+        def eager(n):
+            if n >= batch:
+                return _static(pred, g, batch)
+            if n <= 0:
+                return []
+            return [elementwise_latency(hw, 'index_select', row * n, 1, 1),
+                    elementwise_latency(hw, 'copy', row * batch, 1, 1)] + \
+                _static(pred, g, n) + \
+                [elementwise_latency(hw, 'index_copy', row * n, 1, 1)]
+        return ops + expected_ops(eager, d * batch, with_zero=True)
+    raise ValueError(f'layer {g.index}: paradigm={g.paradigm!r} is not one of '
+                     f'{PARADIGMS} or None')
+
+
+@register_stem_latency('t2t')
+def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
+                 ) -> List[OpLatency]:
+    """Kernels of the Tokens-to-Token module (always dense): soft split 0
+    (unfold 7x7/4), T2T layer 1 (one head, width ``token_dims``, value
+    shortcut), soft split 1, T2T layer 2, soft split 2, the projection to
+    ``embed_dims``, class token + position embedding."""
+    hw, eager = pred.hw, pred.eager
+    td = stem.token_dims
+    l0 = stem.hw0[0] * stem.hw0[1]
+    l1 = stem.hw1[0] * stem.hw1[1]
+    l2 = stem.num_patches
+    c0 = stem.in_channels * 49
+    ops = [elementwise_latency(hw, 'soft_split0', float(batch * c0 * l0),
+                               1, 1)]
+    ops += transformer_ops(hw, batch, l0, c0, td, 1, td, td, eager,
+                           prefix='t2t1.')
+    ops.append(elementwise_latency(hw, 'soft_split1',
+                                   float(batch * td * 9 * l1), 1, 1))
+    ops += transformer_ops(hw, batch, l1, td * 9, td, 1, td, td, eager,
+                           prefix='t2t2.')
+    ops.append(elementwise_latency(hw, 'soft_split2',
+                                   float(batch * td * 9 * l2), 1, 1))
+    ops.append(linear_tokens_latency(hw, 'project', batch, l2, td * 9,
+                                     stem.embed_dims))
+    ops.append(elementwise_latency(hw, 'cls_pos_embed', float(
+        batch * (l2 + 1) * stem.embed_dims), 2, 1))
+    return ops
+
+
+#: operator-name categories of :func:`vit_op_breakdown`, first match wins
+_CATEGORIES = (('masker', ('masker', 'mask_index')),
+               ('gather / scatter', ('gather', 'scatter', 'copy',
+                                     'index_select', 'index_copy')),
+               ('layernorm', ('ln1', 'ln2')),
+               ('qkv', ('qkv',)),
+               ('attention (QK^T, softmax, AV)', ('attn_qk', 'softmax',
+                                                  'attn_av')),
+               ('proj', ('proj',)),
+               ('mlp (fc1, GELU, fc2)', ('fc1', 'fc2', 'gelu')),
+               ('residual add', ('add1', 'add2')))
+
+
+def vit_op_breakdown(rep) -> 'OrderedDict[str, float]':
+    """Milliseconds per operator category, summed over the encoder layers of
+    a :class:`~laud_mm.latency.BackboneLatency` (the T2T module: its
+    ``stem_ms``, reported as ``'T2T module (dense)'``).
+
+    Returns:
+        OrderedDict category -> ms (whole batch), categories of
+        :data:`_CATEGORIES` plus ``'other'`` and the T2T module.
+    """
+    out: Dict[str, float] = OrderedDict((c, 0.) for c, _ in _CATEGORIES)
+    out['other'] = 0.
+    for ops in rep.block_ops:
+        for o in ops:
+            for cat, keys in _CATEGORIES:
+                if any(o.name == k or o.name.startswith(k) for k in keys):
+                    out[cat] += o.ms
+                    break
+            else:
+                out['other'] += o.ms
+    out['T2T module (dense)'] = rep.stem_ms
+    return out

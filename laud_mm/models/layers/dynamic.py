@@ -1,0 +1,138 @@
+"""What every family's dynamic-inference path shares: the call check and
+no-grad wrapper, the eval gate (learned or forced), the autocast test, and
+the owned-input protocol that lets identity blocks write into their input.
+
+A family's dynamic path (``laud_mm.models.<family>.dynamic``) provides one
+function per paradigm, ``fn(block, x, geom) -> (out, gate)``, and calls
+:func:`run_dynamic_path` with them.
+
+Source: paper sec. 3.4 (gather -> compute -> scatter-add scheduling) and
+appendix B.1 (operator fusion).
+"""
+import contextlib
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from ...ops.allocator import tune_cpu_allocator
+
+
+#: input layouts of the families' blocks: convolutional maps, token sequences
+LAYOUTS = {4: '(N, C, H, W)', 3: '(N, L, D)'}
+
+
+def run_dynamic_path(block, x: torch.Tensor, geom, paths: dict,
+                     rank: int = 4):
+    """Check the call and run ``paths[block.paradigm](block, x, geom)``
+    without autograd. On CPU it first tunes the heap once
+    (:func:`~laud_mm.ops.allocator.tune_cpu_allocator`: gate-dependent
+    tensor sizes otherwise pay an mmap and page faults per tensor).
+
+    Args:
+        block: an eval-mode LAUD block.
+        x: (N, C, H, W) block input (a transformer layer: (N, L, D)).
+        geom: the block's geometry for ``x``.
+        paths: paradigm name -> function(block, x, geom) -> (out, gate).
+        rank: x's number of dimensions, 4 (N, C, H, W) or 3 (N, L, D).
+
+    Returns:
+        ``(out, gate)`` of the paradigm's path.
+
+    Raises:
+        ValueError: a block in training mode, x of the wrong rank, or a
+            paradigm without a dynamic path.
+    """
+    if block.training:
+        raise ValueError('dynamic inference needs block.eval()')
+    if x.dim() != rank:
+        raise ValueError(f'x must be {LAYOUTS[rank]}, got {tuple(x.shape)}')
+    fn = paths.get(block.paradigm)
+    if fn is None:
+        raise ValueError(
+            f'block.paradigm={block.paradigm!r} has no dynamic path')
+    if x.device.type == 'cpu':  # gate-dependent sizes: no mmap per tensor
+        tune_cpu_allocator()
+    with torch.no_grad():
+        return fn(block, x, geom)
+
+
+def forced_gate(masker: nn.Module, shape: Tuple[int, ...],
+                x: torch.Tensor) -> torch.Tensor:
+    """The masker's forced gate (``masker.forced_gate``) for gates of
+    ``shape``, in x's dtype, validated by the masker itself.
+
+    Raises:
+        ValueError: a forced gate tensor of another shape.
+    """
+    return masker._gate(x.new_zeros(*shape, 2))
+
+
+def sample_gate(block, x: torch.Tensor, shape: Tuple[int, ...]
+                ) -> torch.Tensor:
+    """Eval gate of ``block`` for input x: its forced gate when set, else
+    the masker's deterministic decision (``logit_keep >= logit_skip``).
+
+    Args:
+        block: a LAUD block with a ``masker``.
+        x: the block input (the masker's input).
+        shape: the gates' shape (for a forced gate).
+
+    Returns:
+        gate of ``shape`` in {0, 1}.
+    """
+    masker = block.masker
+    if masker.forced_gate is not None:
+        return forced_gate(masker, shape, x)
+    return masker(x)
+
+
+def is_autocast(x: torch.Tensor) -> bool:
+    """Whether autocast is on for x's device type."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if x.device.type == 'cpu' \
+            else torch.is_autocast_enabled()
+
+
+OWNED_INPUT_ATTR = '_dynamic_input_owned'
+
+
+@contextlib.contextmanager
+def owned_block_inputs(blocks):
+    """Within the context, the identity-shortcut blocks among ``blocks``
+    (``downsample is None``) may overwrite their input in dynamic inference,
+    like ``nn.ReLU(inplace=True)``.
+
+    The caller guarantees that each such block's input is non-negative (the
+    ReLU output of the previous block) and read by nobody after the block:
+    true inside a backbone's forward, where every identity block's input is
+    the previous block's output and the stage outputs are the inputs of
+    downsample blocks only (``LAUDResNet.forward`` uses this). A layer
+    skipping block then adds the branch of its kept samples into its input
+    in place and leaves the skipped samples untouched: no row gather, no copy
+    of the skipped samples. Spatial and channel blocks write their fused
+    scatter-add + ReLU into the input (no output allocation; a spatial
+    block's scatter touches its active patches only, ``identity_nonneg``);
+    a spatial block with every patch off returns its input.
+    Forward hooks that keep a block's output see it updated by the next
+    block. Blocks called outside the context never modify their input.
+
+    Args:
+        blocks: iterable of LAUD blocks.
+    """
+    owned = [b for b in blocks if getattr(b, 'downsample', 0) is None]
+    for b in owned:
+        object.__setattr__(b, OWNED_INPUT_ATTR, True)
+    try:
+        yield
+    finally:
+        for b in owned:
+            object.__setattr__(b, OWNED_INPUT_ATTR, False)
+
+
+def owns_input(block, x: torch.Tensor) -> bool:
+    """Whether ``block`` may write into its input ``x`` (an identity block
+    inside :func:`owned_block_inputs`; x contiguous)."""
+    return getattr(block, OWNED_INPUT_ATTR, False) and x.is_contiguous()

@@ -1,0 +1,81 @@
+"""BN folding for dynamic inference: eval-mode BatchNorm folded into the
+preceding convolution, and a per-block cache of the folded weights that
+follows parameter and statistic updates.
+
+Source: standard inference-time BN folding; the paper's dynamic operators
+(sec. 3.4) run convolution + BN + ReLU as one kernel.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding convolution.
+
+    Args:
+        conv: nn.Conv2d (weight (C_out, C_in / groups, k, k), optional bias).
+        bn: BatchNorm with running statistics, or None.
+
+    Returns:
+        (weight, bias): weight * gamma / sqrt(var + eps) and
+        beta + (bias - mean) * gamma / sqrt(var + eps), shapes of the conv
+        weight and (C_out,), in the conv's dtype (folded in float64).
+
+    Raises:
+        ValueError: if ``bn`` has no running statistics (cannot be folded).
+    """
+    w = conv.weight.detach()
+    b = conv.bias.detach() if conv.bias is not None else None
+    if bn is None:
+        return w, (b if b is not None else w.new_zeros(w.shape[0]))
+    if getattr(bn, 'running_mean', None) is None:
+        raise ValueError(f'bn={bn!r} has no running statistics; BN can only '
+                         f'be folded with track_running_stats=True')
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    if b is not None:
+        shift = shift + b.double() * scale
+    wf = (w.double() * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+    return wf.contiguous(), shift.to(w.dtype)
+
+
+def _tensors(block: nn.Module) -> List[torch.Tensor]:
+    return list(block.parameters()) + list(block.buffers())
+
+
+def _cache_key(block: nn.Module) -> tuple:
+    return tuple((id(t), t._version, t.dtype, t.device)
+                 for t in _tensors(block))
+
+
+def cached_fold(block: nn.Module, cls, attr: str):
+    """``cls(block)`` (BN-folded, detached weights), cached on the block as
+    ``attr`` and rebuilt when any parameter or buffer changed (``_version``,
+    identity, dtype or device); shared by every family's dynamic path.
+
+    Args:
+        block: an eval-mode LAUD block.
+        cls: the folded-weights class, called as ``cls(block)``.
+        attr: attribute name of the cache on the block.
+
+    Returns:
+        The (possibly cached) ``cls`` instance.
+    """
+    key = _cache_key(block)
+    cache = getattr(block, attr, None)
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            fb = cls(block)
+        # bypass nn.Module.__setattr__: the cache is not module state
+        object.__setattr__(block, attr, (key, fb))
+        return fb
+    return cache[1]

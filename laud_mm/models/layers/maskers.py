@@ -1,0 +1,276 @@
+"""Maskers: the small networks that decide, per sample, what a block computes
+(the gate-to-mask expansion is :mod:`laud_mm.models.layers.masks`).
+
+Source: paper sec. 3.2 and fig. 2; docs/method.md sec. 1 (masker inputs and
+architectures, keep-biased initialisation).
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...structures.geometry import ceil_div
+from .gates import gumbel_gate, init_keep_bias
+
+GateOverride = Optional[Union[float, torch.Tensor]]
+
+
+class MaskerBase(nn.Module):
+    """Common part: Gumbel temperature, gate override, the gate call.
+
+    Attributes:
+        tau: Gumbel temperature used in training (set by
+            :class:`laud_mm.GumbelTemperatureHook`).
+        forced_gate: None (gates come from the logits), a float in {0, 1}
+            broadcast to every gate, or a tensor of the gate shape. Used by
+            tests and benchmarks to impose activation patterns.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.tau = 1.0
+        self.forced_gate: GateOverride = None
+
+    def _gate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.forced_gate is None:
+            return gumbel_gate(logits, self.tau, self.training)
+        shape = logits.shape[:-1]
+        f = self.forced_gate
+        if isinstance(f, torch.Tensor):
+            if tuple(f.shape) != tuple(shape):
+                raise ValueError(f'forced_gate has shape {tuple(f.shape)}, '
+                                 f'the gates have shape {tuple(shape)}')
+            # + 0 * logits: keep the masker in the graph (DDP with
+            # find_unused_parameters=False needs every parameter used)
+            return f.to(logits) + 0 * logits[..., 0]
+        # keep the graph connected so that DDP sees the masker as used
+        return logits.new_full(shape, float(f)) + 0 * logits[..., 0]
+
+
+class SpatialMasker(MaskerBase):
+    """Patch-level spatial masker: adaptive average pool of the block input to
+    a grid of ceil(H_out/S) x ceil(W_out/S) cells, then a 1x1 conv to
+    (keep, skip) logits per cell.
+
+    Args:
+        in_channels: C_in of the block input.
+        granularity: S, patch side in output pixels (>= 1).
+
+    Shapes:
+        forward(x (N, C_in, H_in, W_in), out_hw) -> gate (N, gh, gw), gh =
+        ceil(H_out / S), gw = ceil(W_out / S).
+    """
+
+    def __init__(self, in_channels: int, granularity: int):
+        super().__init__()
+        self.granularity = granularity
+        self.conv = nn.Conv2d(in_channels, 2, 1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init (keep +5, skip 0). Called again by mmengine's
+        ``init_weights`` after the backbone's Kaiming init of all convs."""
+        init_keep_bias(self.conv, keep=5., skip=0.)
+
+    def grid(self, out_hw: Tuple[int, int]) -> Tuple[int, int]:
+        """Patch grid (gh, gw) for an output size."""
+        s = self.granularity
+        return ceil_div(out_hw[0], s), ceil_div(out_hw[1], s)
+
+    def logits(self, x: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+        """(N, gh, gw, 2) keep/skip logits."""
+        pooled = F.adaptive_avg_pool2d(x, self.grid(out_hw))
+        return self.conv(pooled).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+        return self._gate(self.logits(x, out_hw))
+
+
+class ChannelMasker(MaskerBase):
+    """Channel-group masker: global average pool, Linear(C_in, h), ReLU,
+    Linear(h, 2 * n_groups), h = max(n_groups // 16, 16).
+
+    Args:
+        in_channels: C_in of the block input.
+        num_groups: number of channel groups of the bottleneck width.
+
+    Shapes:
+        forward(x (N, C_in, H, W)) -> gate (N, n_groups).
+    """
+
+    def __init__(self, in_channels: int, num_groups: int):
+        super().__init__()
+        self.num_groups = num_groups
+        hidden = max(num_groups // 16, 16)
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, 2 * num_groups)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init of the last layer (keep +2, skip -2)."""
+        init_keep_bias(self.fc2, keep=2., skip=-2.)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n_groups, 2) keep/skip logits."""
+        h = F.relu(self.fc1(x.mean(dim=(2, 3))))
+        return self.fc2(h).view(x.shape[0], self.num_groups, 2)
+
+    def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
+        return self._gate(self.logits(x))
+
+
+class LayerMasker(MaskerBase):
+    """Layer-skipping masker: global average pool, Linear(C_in, 2).
+
+    Args:
+        in_channels: C_in of the block input.
+
+    Shapes:
+        forward(x (N, C_in, H, W)) -> gate (N,).
+    """
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, 2)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init (keep +5, skip 0)."""
+        init_keep_bias(self.fc, keep=5., skip=0.)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2) keep/skip logits."""
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
+        return self._gate(self.logits(x))
+
+
+def build_masker(paradigm: str, in_channels: int, width: int,
+                 granularity: Optional[int]) -> nn.Module:
+    """Masker for a paradigm.
+
+    Args:
+        paradigm: 'spatial', 'channel' or 'layer'.
+        in_channels: C_in of the block input.
+        width: bottleneck width (channel paradigm: split into groups of G).
+        granularity: S (spatial) or G (channel); ignored for 'layer'.
+
+    Raises:
+        ValueError: unknown paradigm, or G that does not divide the width.
+    """
+    if paradigm == 'spatial':
+        return SpatialMasker(in_channels, granularity)
+    if paradigm == 'channel':
+        if width % granularity:
+            raise ValueError(f'granularity G={granularity} must divide the '
+                             f'bottleneck width {width}')
+        return ChannelMasker(in_channels, width // granularity)
+    if paradigm == 'layer':
+        return LayerMasker(in_channels)
+    raise ValueError(f'unknown paradigm {paradigm!r}')
+
+
+# ------------------------------------------------------------ token maskers
+class TokenMasker(MaskerBase):
+    """Token-skipping masker (the spatial paradigm of a vision transformer):
+    a Linear(D, 2) on every patch token gives its (keep, skip) logits. The
+    leading extra tokens (the class token) are never gated.
+
+    Args:
+        embed_dims: D, the token width.
+        num_extra_tokens: leading tokens that are always kept (1 with a class
+            token).
+
+    Shapes:
+        forward(x (N, L, D)) -> gate (N, L - num_extra_tokens), one gate per
+        patch token.
+
+    Source: paper sec. 3.2 (token skipping = spatial-wise dynamic computation
+    in vision Transformers, after AdaViT); docs/method.md sec. 1
+    (keep-biased init: keep +5, skip 0, as the spatial masker).
+    """
+
+    def __init__(self, embed_dims: int, num_extra_tokens: int = 1):
+        super().__init__()
+        self.num_extra_tokens = num_extra_tokens
+        self.fc = nn.Linear(embed_dims, 2)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Keep-biased init (keep +5, skip 0)."""
+        init_keep_bias(self.fc, keep=5., skip=0.)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L - extra, 2) keep/skip logits of the patch tokens."""
+        return self.fc(x[:, self.num_extra_tokens:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._gate(self.logits(x))
+
+
+class HeadMasker(ChannelMasker):
+    """Head-skipping masker (the channel paradigm of a vision transformer):
+    the channel masker's MLP (Linear(D, h), ReLU, Linear(h, 2H), h =
+    max(H // 16, 16)) on the mean of all tokens, one gate per attention head.
+
+    Args:
+        embed_dims: D, the token width.
+        num_heads: H, attention heads of the layer.
+
+    Shapes:
+        forward(x (N, L, D)) -> gate (N, H).
+
+    Source: paper sec. 3.2 (head skipping = channel skipping, after AdaViT);
+    docs/method.md sec. 1 (channel masker, keep +2 / skip -2).
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int):
+        super().__init__(embed_dims, num_heads)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H, 2) keep/skip logits from the token mean."""
+        h = F.relu(self.fc1(x.mean(dim=1)))
+        return self.fc2(h).view(x.shape[0], self.num_groups, 2)
+
+
+class TokenLayerMasker(LayerMasker):
+    """Layer-skipping masker of a transformer layer: Linear(D, 2) on the
+    mean of all tokens, one gate per sample.
+
+    Args:
+        embed_dims: D, the token width.
+
+    Shapes:
+        forward(x (N, L, D)) -> gate (N,).
+
+    Source: paper sec. 3.2 (layer skipping), docs/method.md sec. 1
+    (keep +5, skip 0).
+    """
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2) keep/skip logits from the token mean."""
+        return self.fc(x.mean(dim=1))
+
+
+def build_token_masker(paradigm: str, embed_dims: int, num_heads: int,
+                       num_extra_tokens: int = 1) -> MaskerBase:
+    """Masker of a transformer layer for a paradigm.
+
+    Args:
+        paradigm: 'spatial' (tokens), 'channel' (heads) or 'layer'.
+        embed_dims: D.
+        num_heads: H (channel paradigm).
+        num_extra_tokens: tokens never gated (spatial paradigm).
+
+    Raises:
+        ValueError: for an unknown paradigm.
+    """
+    if paradigm == 'spatial':
+        return TokenMasker(embed_dims, num_extra_tokens)
+    if paradigm == 'channel':
+        return HeadMasker(embed_dims, num_heads)
+    if paradigm == 'layer':
+        return TokenLayerMasker(embed_dims)
+    raise ValueError(f'unknown paradigm {paradigm!r}')

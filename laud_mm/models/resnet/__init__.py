@@ -1,0 +1,8 @@
+"""LAUD-ResNet: block (:mod:`.block`), dynamic-inference path
+(:mod:`.dynamic`), backbone (:mod:`.backbone`), checkpoint conversion
+(:mod:`.convert`) and FLOPs count (:mod:`.flops`)."""
+from .backbone import RESNET_ARCHS, LAUDResNet, resnet_geometries
+from .block import LAUDBottleneck
+
+__all__ = ['LAUDResNet', 'LAUDBottleneck', 'RESNET_ARCHS',
+           'resnet_geometries']

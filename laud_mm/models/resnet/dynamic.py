@@ -1,0 +1,537 @@
+"""Dynamic inference of LAUD bottlenecks: compute only what the gates keep.
+
+:func:`dynamic_bottleneck_forward` returns the same function as the
+masked-dense eval block (``LAUDBottleneck._masked_dense``), up to float
+rounding, while skipping the masked-out work:
+
+- BN is folded into the convolutions (cached on the block, refreshed when a
+  parameter or BN statistic changes: keyed by the tensors' ``_version``).
+- spatial: the masker is fused into conv1 (one 1x1 conv with width + 1
+  outputs; the extra output (w_keep - w_skip).x + (b_keep - b_skip) is
+  average-pooled to the patch grid, exact by linearity of pool and 1x1 conv);
+  the conv2 input windows (3x3 halo, zero outside the image) of the active
+  S x S output patches are gathered from conv1's output for the whole batch
+  (stride-2 blocks with few active patches: conv1 runs on the gathered
+  input windows instead, :func:`window_conv1`, the masker on its own)
+  (sample and location recorded per patch), conv2 (valid, stride) and conv3
+  run on the gathered patches only, and a fused scatter-add + ReLU writes them
+  into the shortcut. On CPUs with AVX-512 (batch >= threads) one compiled
+  kernel does the whole branch instead (:data:`SPATIAL_FUSED_CPU`,
+  :func:`laud_mm.ops.spatial_branch_add_relu`): conv1 at the input pixels
+  the active patches' conv2 windows need (the dilated mask), conv2 and
+  conv3 at the active output pixels, read in place, conv3 added into the
+  shortcut; the masker then runs on its own (:func:`_spatial_gate`).
+- channel: weights gathered per sample for its kept channels (counts padded
+  with zero channels to a common multiple of 8), so the batch runs as one
+  batched GEMM (conv1 to the kept channels), one grouped conv (conv2, a group
+  per sample) and one batched GEMM (conv3 from the kept channels,
+  accumulated into the shortcut), then bn3's shift and the ReLU (a sample
+  with every group off outputs relu(shortcut + bn3 shift): the masked-dense
+  block masks after bn1 / bn2, so bn3's shift remains).
+- layer: the block runs only on the samples whose gate is on (conv1 as
+  per-image GEMMs on their rows of x, conv3 accumulated into the shortcut
+  rows); the others output relu(shortcut). Inside a backbone
+  (:func:`owned_block_inputs`) identity blocks write into their input.
+
+Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
+"Fusing gather and dynamic convolution", "Fusing scatter and add") and its
+appendix on scheduling; docs/method.md sec. 1 and 4.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...ops import policy
+from ...ops.channel_conv import _channel_branch, fast_channel_branch
+from ...ops.channel_weights import _gather_kept
+from ...ops.patches import _gather, _scatter, window_size
+from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
+                                 spatial_packed_weights)
+from ...structures.geometry import BlockGeometry
+from ..layers.dynamic import (forced_gate, is_autocast, owns_input,
+                              run_dynamic_path, sample_gate)
+from ..layers.folding import cached_fold, fold_conv_bn
+from ..layers.gates import KEEP, SKIP
+from ..layers.masks import expand_spatial_gate
+
+
+# ----------------------------------------------------------------- folding
+class FoldedBottleneck:
+    """BN-folded weights of one bottleneck (all tensors detached).
+
+    Attributes:
+        w1, b1: conv1 (width, C_in, 1, 1), (width,).
+        w2, b2: conv2 (width, width, 3, 3), (width,); stride / dilation /
+            padding in ``stride``, ``dilation``, ``padding``.
+        w3, b3: conv3 (C_out, width, 1, 1), (C_out,).
+        wd, bd: downsample conv (C_out, C_in, 1, 1), (C_out,) or None;
+            ``ds_stride``; ``ds_module`` the unfoldable downsample (called
+            as is) or None.
+        w1x, b1x: spatial blocks: conv1 with the masker's logit difference
+            as an extra output (width + 1, C_in, 1, 1), (width + 1,).
+        w1m, w3m: conv1 / conv3 weights as matrices (width, C_in),
+            (C_out, width) (channel blocks gather rows / columns of these);
+            w3m_t, w2m_t: (width, C_out) and (width * 9, width) transposed
+            views (spatial patch GEMMs).
+    """
+
+    def __init__(self, block: nn.Module):
+        self.w1, self.b1 = fold_conv_bn(block.conv1, block.norm1)
+        self.w2, self.b2 = fold_conv_bn(block.conv2, block.norm2)
+        self.w3, self.b3 = fold_conv_bn(block.conv3, block.norm3)
+        c2 = block.conv2
+        self.stride, self.dilation = c2.stride[0], c2.dilation[0]
+        self.padding = c2.padding[0]
+        self.w1m = self.w1.flatten(1)
+        self.w3m = self.w3.flatten(1)
+        self.w3m_t = self.w3m.t()
+        self.w2m_t = self.w2.flatten(1).t()  # (width * 9, width)
+        self._padded = None
+        self.wd = self.bd = self.ds_module = None
+        self.ds_stride = 1
+        ds = block.downsample
+        if ds is not None:
+            mods = list(ds) if isinstance(ds, nn.Sequential) else [ds]
+            if len(mods) == 2 and isinstance(mods[0], nn.Conv2d) and \
+                    isinstance(mods[1], nn.modules.batchnorm._BatchNorm) and \
+                    mods[0].kernel_size == (1, 1) and mods[0].padding == (0, 0):
+                self.wd, self.bd = fold_conv_bn(mods[0], mods[1])
+                self.ds_stride = mods[0].stride[0]
+            else:  # e.g. avg_down (AvgPool + conv + BN): run it as is
+                self.ds_module = ds
+        m = getattr(block, 'masker', None)
+        self.w1x = self.b1x = None
+        if m is not None and block.paradigm == 'spatial':
+            wm = m.conv.weight.detach()[:, :, :1, :1]
+            bm = m.conv.bias.detach()
+            self.w1x = torch.cat([self.w1, (wm[KEEP] - wm[SKIP])[None]], 0)
+            self.b1x = torch.cat([self.b1, (bm[KEEP] - bm[SKIP]).view(1)], 0)
+
+    def padded(self) -> Tuple[torch.Tensor, ...]:
+        """Channel blocks: (w1 (width+1, C_in), b1 (width+1,), w2 (width+1,
+        width+1, 3, 3), b2, w3 transposed (width+1, C_out)) with a zero
+        padding channel at index ``width`` (computed once)."""
+        if self._padded is None:
+            w1 = F.pad(self.w1m, (0, 0, 0, 1))
+            b1 = F.pad(self.b1, (0, 1))
+            w2 = F.pad(self.w2, (0, 0, 0, 0, 0, 1, 0, 1))
+            b2 = F.pad(self.b2, (0, 1))
+            w3t = F.pad(self.w3m, (0, 1)).t().contiguous()
+            self._padded = (w1, b1, w2, b2, w3t)
+        return self._padded
+
+    def channel_packed(self) -> Tuple[torch.Tensor, ...]:
+        """Channel blocks, the fused CPU kernel's layouts
+        (:func:`laud_mm.ops.channel_branch_add_relu`): (w1t (C_in, width+1),
+        b1 (width+1,), w2t (9, width+1, width+1) as [tap, in, out], b2,
+        w3t (width+1, C_out), b3 (C_out,)), padding channel ``width`` zero
+        (computed once)."""
+        if getattr(self, '_channel_packed', None) is None:
+            w1, b1, w2, b2, w3t = self.padded()
+            wp = w2.shape[0]
+            self._channel_packed = (
+                w1.t().contiguous(), b1,
+                w2.permute(2, 3, 1, 0).reshape(9, wp, wp).contiguous(), b2,
+                w3t, self.b3.contiguous())
+        return self._channel_packed
+
+    def spatial_packed(self) -> Tuple[torch.Tensor, ...]:
+        """Spatial blocks, the fused CPU kernel's layouts
+        (:func:`laud_mm.ops.spatial_branch_add_relu`): (w1p, b1, w2p, b2,
+        w3p, b3), conv weights in 64-column panels
+        (:func:`laud_mm.ops.spatial_packed_weights`; computed once)."""
+        if getattr(self, '_spatial_packed', None) is None:
+            w1p, w2p, w3p = spatial_packed_weights(self.w1, self.w2, self.w3)
+            self._spatial_packed = (w1p, self.b1.contiguous(), w2p,
+                                    self.b2.contiguous(), w3p,
+                                    self.b3.contiguous())
+        return self._spatial_packed
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity or folded downsample of the block input x (N, C_in, H, W)."""
+        if self.ds_module is not None:
+            return self.ds_module(x)
+        if self.wd is None:
+            return x
+        return F.conv2d(x, self.wd, self.bd, self.ds_stride)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1-relu-conv2-relu-conv3 (folded, no final ReLU):
+        (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+        h = F.conv2d(x, self.w1, self.b1).relu_()
+        h = F.conv2d(h, self.w2, self.b2, self.stride, self.padding,
+                     self.dilation).relu_()
+        return F.conv2d(h, self.w3, self.b3)
+
+
+def folded(block: nn.Module) -> FoldedBottleneck:
+    """BN-folded weights of a bottleneck, cached (:func:`cached_fold`)."""
+    return cached_fold(block, FoldedBottleneck, '_laud_folded')
+
+
+def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The dense (static) block with BN folded: relu(branch(x) + shortcut(x)).
+
+    Args:
+        block: a ResNet ``Bottleneck`` (pytorch style) in eval mode.
+        x: (N, C_in, H, W).
+
+    Returns:
+        (N, C_out, H_out, W_out), equal to ``block(x)`` with every gate on.
+    """
+    fb = folded(block)
+    out = fb.branch(x)
+    return out.add_(fb.shortcut(x)).relu_()
+
+
+# ------------------------------------------------------------------ gates
+def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
+                               geom: BlockGeometry
+                               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic (skip-the-work) forward of a :class:`LAUDBottleneck` in eval.
+
+    Args:
+        block: the LAUD bottleneck (eval mode, paradigm set).
+        x: (N, C_in, H, W) block input.
+        geom: ``block.geometry((H, W))``.
+
+    Returns:
+        (out, gate): out (N, C_out, H_out, W_out) equal (fp32 max abs diff
+        ~1e-6 relative, from BN folding) to ``block._masked_dense(x, gate,
+        geom)``; gate as the masker returns it in eval: spatial (N, gh, gw),
+        channel (N, n_groups), layer (N,), honouring ``masker.forced_gate``.
+
+    Raises:
+        ValueError: unknown paradigm, a block in training mode, or a forced
+            gate of the wrong shape.
+    """
+    return run_dynamic_path(block, x, geom, dict(
+        spatial=_spatial_forward, channel=_channel_forward,
+        layer=_layer_forward))
+
+
+# ---------------------------------------------------------------- spatial
+def _spatial_forward(block, x, geom):
+    fb = folded(block)
+    s = block.granularity
+    gh, gw = geom.patch_grid
+    n = x.shape[0]
+    width = fb.w1.shape[0]
+    masker = block.masker
+    fused = policy.SPATIAL_FUSED_CPU and n >= torch.get_num_threads() and \
+        not is_autocast(x) and fast_spatial_branch(x, width, fb.w3.shape[0]) \
+        and x.dtype == fb.w1.dtype and fb.w2.shape[1:] == (width, 3, 3) \
+        and fb.padding == fb.dilation
+    if fused or fb.stride > 1:
+        # the masker on its own: the fused kernel computes conv1 on the
+        # dilated mask only; stride 2: conv1 may run on the windows only
+        gate = _spatial_gate(fb, masker, x, (n, gh, gw))
+        t = None
+    else:  # masker fused into conv1: one read of x for both
+        t = F.conv2d(x, fb.w1x, fb.b1x)
+        diff = F.adaptive_avg_pool2d(t[:, width:], (gh, gw))[:, 0]
+        gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
+            else forced_gate(masker, (n, gh, gw), x)
+    n_act = int((gate > 0.5).sum())
+    total = gate.numel()
+    # an owned non-negative input (owned_block_inputs) is its own relu, and
+    # the fused scatter may write into it
+    owned = owns_input(block, x)
+    if n_act == 0:
+        return (x if owned else torch.relu(fb.shortcut(x))), gate
+
+    def conv1():
+        return F.conv2d(x, fb.w1, fb.b1) if t is None else t
+
+    if not fused and n_act >= policy.SPATIAL_DENSE_THRESHOLD * total:
+        h = conv1()[:, :width].relu_()  # t is ours: ReLU in place
+        h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
+                     fb.dilation).relu_()
+        y = F.conv2d(h, fb.w3, fb.b3)
+        if n_act < total:
+            y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
+        return y.add_(fb.shortcut(x)).relu_(), gate
+
+    idx = (gate > 0.5).nonzero()
+    if fused:
+        ident = fb.shortcut(x)
+        # into the downsample output, or into the input when the backbone
+        # owns it (its inactive pixels are already their own ReLU)
+        target = ident if ident is not x or owned else torch.empty_like(x)
+        _spatial_branch(target, x, ident, idx, fb.spatial_packed(), s,
+                        fb.stride, fb.dilation,
+                        identity_nonneg=owned and ident is x)
+        return target, gate
+    if policy.uses_window_conv1(s, fb.stride, fb.dilation, n_act,
+                         n * x.shape[2] * x.shape[3]):
+        win = window_conv1(fb, x, idx, s)
+    else:
+        win = _gather(conv1(), idx, s, fb.stride, fb.dilation, width, True)
+    y = spatial_patch_convs(fb, win, s)
+    ident = fb.shortcut(x)
+    # an owned input is the previous block's ReLU output: the scatter then
+    # touches the active patches only
+    out = _scatter(ident, y, idx, (s, s), ident is not x or owned,
+                   identity_nonneg=owned and ident is x)
+    return out, gate
+
+
+def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
+                  x: torch.Tensor, shape: Tuple[int, int, int]
+                  ) -> torch.Tensor:
+    """Eval gate (N, gh, gw) of a spatial block whose masker does not share
+    conv1: its keep - skip logit difference as a one-channel 1x1 conv of x
+    (``fb.w1x``'s last row), average-pooled to the patch grid: the masker's
+    pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling all C_in
+    channels first (``F.adaptive_avg_pool2d`` on CPU: 3 - 6 ms for R50
+    maps at batch 8, the one-channel conv + pool 0.1 - 1.2 ms;
+    ``tools/benchmark_kernels.py --only masker``). A forced gate (tests,
+    benchmarks) replaces the decision, not the cost: the logits are still
+    computed. Source: paper sec. 3.1 (spatial masker).
+
+    Args:
+        fb: the block's folded weights; masker: its ``SpatialMasker``.
+        x: (N, C_in, H, W) block input.
+        shape: (N, gh, gw) patch grid.
+
+    Returns:
+        (N, gh, gw) gate of x's dtype (1 = keep).
+
+    Raises:
+        ValueError: a forced gate of the wrong shape (the masker's check).
+    """
+    width = fb.w1.shape[0]
+    diff = F.adaptive_avg_pool2d(
+        F.conv2d(x, fb.w1x[width:], fb.b1x[width:]), shape[1:])[:, 0]
+    if masker.forced_gate is not None:
+        return forced_gate(masker, shape, x)
+    return (diff >= 0).to(x.dtype)
+
+
+def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
+                 s: int) -> torch.Tensor:
+    """conv1 (+ReLU) of a stride-2 spatial block on the conv2 input windows
+    of the active patches only, instead of the whole map.
+
+    In a stride-2 block conv1 runs at the input resolution, and the K x K
+    window of an S x S output patch (K = 2S + 1 at dilation 1) overlaps its
+    neighbours' by one pixel, so the windows of a fraction d of the patches
+    cover ~d (K / 2S)^2 of the map: 1.27 d for S = 4, 1.56 d for S = 2,
+    2.25 d for S = 1. Gathering the input windows (C_in channels) and
+    running conv1 on them is 1.3 - 1.8x faster than the dense conv1 +
+    window gather at the 0.24 - 0.29 patch densities of r_i = 0.5 in R50
+    (``tools/benchmark_kernels.py``, 'window_conv1' rows; a stride-1 block
+    at r_i = 0.25 gains nothing there). Window pixels outside the image are
+    zero, as conv2's padding of the dense conv1 output.
+
+    Args:
+        fb: the block's folded weights (``fb.stride`` > 1).
+        x: (N, C_in, H, W) block input.
+        idx: (P, 3) active patches (sample, patch row, patch column).
+        s: granularity S.
+
+    Returns:
+        (P, width, K, K) ReLU'd conv1 windows, equal to gathering them from
+        the dense conv1 output (``_gather(..., relu=True)``).
+    """
+    h, w = x.shape[-2:]
+    k = window_size(s, fb.stride, fb.dilation)
+    win = F.conv2d(_gather(x, idx, s, fb.stride, fb.dilation, x.shape[1],
+                           False), fb.w1, fb.b1).relu_()
+    # conv1's bias made the zero-filled outside pixels non-zero: re-zero
+    step = s * fb.stride
+    off = torch.arange(k, device=x.device) - fb.dilation
+    ys = idx[:, 1:2] * step + off  # (P, K) input rows of the windows
+    xs = idx[:, 2:3] * step + off
+    if bool((ys[:, 0] < 0).any() | (ys[:, -1] >= h).any()
+            | (xs[:, 0] < 0).any() | (xs[:, -1] >= w).any()):
+        inside = ((ys >= 0) & (ys < h))[:, :, None] & \
+            ((xs >= 0) & (xs < w))[:, None, :]
+        win.mul_(inside[:, None].to(win.dtype))
+    return win
+
+
+def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
+                        s: int) -> torch.Tensor:
+    """conv2 (+ReLU) and conv3 of the gathered windows as GEMMs where the
+    convolution primitives are slow on such small maps (measured on CPU).
+
+    - S = 1: a window is exactly conv2's receptive field, so conv2 is one
+      GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
+      (P, width) x (width, C_out): 2.4x faster than oneDNN's 3x3 / 1x1
+      convolutions on 1 x 1 outputs (``tools/benchmark_kernels.py``).
+    - S > 1: conv2 is the 3x3 convolution; conv3 the 1x1 convolution, or,
+      below :data:`SPATIAL_CONV3_GEMM_MAX_PATCHES` patches, one GEMM
+      (C_out, width) x (width, P * S * S) over all patches (oneDNN runs a
+      1x1 convolution of a batch under 16 as per-image GEMMs only S * S
+      wide: conv2 + conv3 3.3x slower for 14 patches of 512 x 2 x 2; from 16
+      patches on it is as fast as the GEMM and needs no transposes).
+
+    Args:
+        fb: the block's folded weights.
+        win: (P, width, K, K) gathered, ReLU'd conv1 windows.
+        s: granularity S.
+
+    Returns:
+        (P, C_out, S, S) conv3 output (bias included, no ReLU), contiguous.
+    """
+    p = win.shape[0]
+    c_out = fb.w3m.shape[0]
+    if s == 1:
+        h = torch.addmm(fb.b2, win.reshape(p, -1), fb.w2m_t).relu_()
+        return torch.addmm(fb.b3, h, fb.w3m_t).view(p, c_out, 1, 1)
+    h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
+    if p >= policy.SPATIAL_CONV3_GEMM_MAX_PATCHES:
+        return F.conv2d(h, fb.w3, fb.b3)
+    width = h.shape[1]
+    cols = h.transpose(0, 1).reshape(width, p * s * s)
+    y = torch.addmm(fb.b3[:, None], fb.w3m, cols)  # (C_out, P * S * S)
+    return y.view(c_out, p, s, s).transpose(0, 1).contiguous()
+
+
+# ---------------------------------------------------------------- channel
+def _kept_channels(keep_ch: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, k_pad) indices of each sample's kept channels, ascending, padded
+    with ``width`` (the index of an all-zero padding channel)."""
+    n = keep_ch.shape[0]
+    counts = keep_ch.sum(1)
+    k = int(counts.max())
+    k_pad = min(width, -(-k // policy.CHANNEL_PAD) * policy.CHANNEL_PAD)
+    order = torch.sort((~keep_ch).to(torch.uint8), dim=1, stable=True)[1]
+    chs = order[:, :k_pad]
+    pos = torch.arange(k_pad, device=keep_ch.device).expand(n, -1)
+    return torch.where(pos < counts[:, None], chs,
+                       torch.full_like(chs, width))
+
+
+def _residual_target(block, x: torch.Tensor,
+                     ident: torch.Tensor) -> torch.Tensor:
+    """The contiguous tensor a channel block accumulates its conv3 into:
+    the downsample's output, else the input itself when the backbone owns
+    it (``owned_block_inputs``), else a copy of the input."""
+    if ident is not x:
+        return ident.contiguous()
+    if owns_input(block, x):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def _channel_forward(block, x, geom):
+    fb = folded(block)
+    n, c_in, h, w = x.shape
+    gate = sample_gate(block, x, (n, geom.num_groups))
+    keep = gate > 0.5
+    ident = fb.shortcut(x)
+    if bool(keep.all()):
+        return fb.branch(x).add_(ident).relu_(), gate
+    width = fb.w1.shape[0]
+    ho, wo = ident.shape[-2:]
+    c_out = ident.shape[1]
+    keep_ch = keep.repeat_interleave(block.granularity, dim=1)  # (N, width)
+    if h * w < policy.CHANNEL_SMALL_MAP_PIXELS and \
+            float(keep.float().mean()) > policy.CHANNEL_DENSE_RATE:
+        # small maps at high rates: masked dense compute with folded BN
+        m = keep_ch.to(x.dtype)[:, :, None, None]
+        h1 = F.conv2d(x, fb.w1, fb.b1).relu_().mul_(m)
+        h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
+                      fb.dilation).relu_().mul_(m)
+        return F.conv2d(h2, fb.w3, fb.b3).add_(ident).relu_(), gate
+    chs = _kept_channels(keep_ch, width)  # (N, k)
+    if policy.CHANNEL_FUSED_CPU and n >= torch.get_num_threads() and \
+            not is_autocast(x) and fast_channel_branch(x) and \
+            x.dtype == ident.dtype == fb.w1.dtype and c_out % 16 == 0 and \
+            fb.w2.shape[1:] == (width, 3, 3):
+        # the fused kernel: conv1 -> conv2 -> conv3 per sample, accumulated
+        # into the shortcut with bn3's shift and the ReLU
+        out = _residual_target(block, x, ident)
+        _channel_branch(out, x, chs, keep_ch.sum(1), fb.channel_packed(),
+                        fb.stride, fb.padding, fb.dilation)
+        return out, gate
+    k = chs.shape[1]
+    if k:
+        w1p, b1p, w2p, b2p, w3tp = fb.padded()
+        flat = chs.reshape(-1)  # index_select: row copies (5x aten::index)
+        # conv1 for the kept channels only: per-sample weights, one bmm
+        h1 = torch.baddbmm(b1p.index_select(0, flat).view(n, k, 1),
+                           w1p.index_select(0, flat).view(n, k, c_in),
+                           x.reshape(n, c_in, h * w)).relu_()
+        # conv2 on kept -> kept channels: one grouped conv (a group per
+        # sample), weights from the compiled gather kernel
+        w2s = _gather_kept(w2p, chs)  # (N, k, k, 3, 3)
+        h2 = F.conv2d(h1.reshape(1, n * k, h, w), w2s.view(n * k, k, 3, 3),
+                      b2p.index_select(0, flat), fb.stride, fb.padding,
+                      fb.dilation, groups=n).relu_().view(n, k, ho * wo)
+        w3s = w3tp.index_select(0, flat).view(n, k, c_out).transpose(1, 2)
+    b3 = fb.b3.view(1, -1, 1)
+    if not is_autocast(x) and x.dtype == ident.dtype == fb.w1.dtype:
+        # conv3 from the kept channels accumulated into the shortcut, then
+        # bn3's shift (every sample) and the ReLU: no conv3 output buffer,
+        # no separate scatter pass (channel r = 0.25: 2.35x -> 2.6x,
+        # docs/benchmarks.md)
+        out = _residual_target(block, x, ident)
+        o = out.view(n, c_out, ho * wo)
+        if k:
+            o.baddbmm_(w3s, h2)
+        o.add_(b3).relu_()
+        return out, gate
+    # mixed precision: conv3 as autocast runs it, then the fused add + ReLU
+    y = b3.expand(n, -1, ho * wo) if k == 0 else torch.baddbmm(b3, w3s, h2)
+    idx = torch.zeros(n, 3, dtype=torch.int64, device=x.device)
+    idx[:, 0] = torch.arange(n, device=x.device)
+    out = _scatter(ident, y.reshape(n, c_out, ho, wo).contiguous(), idx,
+                   (ho, wo), ident is not x)
+    return out, gate
+
+
+# ------------------------------------------------------------------ layer
+def _layer_forward(block, x, geom):
+    fb = folded(block)
+    n = x.shape[0]
+    gate = sample_gate(block, x, (n,))  # (N,)
+    on = gate > 0.5
+    ident = fb.shortcut(x)
+    n_on = int(on.sum())
+    if n_on == n:
+        return fb.branch(x).add_(ident).relu_(), gate
+    # the output is written into the shortcut: the input itself when the
+    # caller owns it (non-negative: the skipped samples stay as they are),
+    # else a copy of it, or the downsample's output
+    nonneg_inplace = ident is x and owns_input(block, x)
+    if ident is x and not nonneg_inplace:
+        out = x.clone(memory_format=torch.contiguous_format)
+    else:
+        out = ident.contiguous()
+    idx = on.nonzero()[:, 0]
+    kept = idx.tolist()
+    if kept and (is_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype):
+        # mixed precision: the branch on the kept rows as autocast runs it,
+        # added into the shortcut rows in its dtype
+        rows = out.index_select(0, idx)
+        res = fb.branch(x.index_select(0, idx))
+        out.index_copy_(0, idx, torch.relu(rows + res).to(out.dtype))
+    elif kept:
+        c_in, h, w = x.shape[1:]
+        c_out, ho, wo = out.shape[1:]
+        width = fb.w1.shape[0]
+        xr = x.reshape(n, c_in, h * w)
+        # conv1 per kept image straight from its rows of x: PyTorch runs a
+        # 1x1 convolution of < 16 images as these per-image GEMMs anyway,
+        # so this saves the x[samples] copy
+        h1 = x.new_empty(len(kept), width, h * w)
+        b1 = fb.b1[:, None]
+        for j, s in enumerate(kept):
+            torch.addmm(b1, fb.w1m, xr[s], out=h1[j])
+        h1 = h1.view(-1, width, h, w).relu_()
+        h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
+                      fb.dilation).relu_().view(len(kept), width, ho * wo)
+        # conv3 accumulated into the shortcut rows: relu(ident + b3 + W3 h)
+        o = out.view(n, c_out, ho * wo)
+        b3 = fb.b3[:, None]
+        for j, s in enumerate(kept):
+            o[s].add_(b3).addmm_(fb.w3m, h2[j]).relu_()
+    if not nonneg_inplace:  # skipped samples: relu(shortcut)
+        for s in (~on).nonzero()[:, 0].tolist():
+            out[s].relu_()
+    return out, gate

@@ -1,0 +1,73 @@
+"""Attention arithmetic shared by the LAUD T2T-ViT layer's masked-dense
+forward and its dynamic path: the logit divisor mmpretrain really uses,
+and the softmax restricted to the kept keys (token skipping).
+
+**Attention scale.** mmpretrain 1.2.0's T2T layers always pass ``qk_scale``
+(``(input_dims // num_heads) ** -0.5``), which routes ``MultiheadAttention``
+to its Python attention that *divides* the logits by that value (so the
+logits are ``q.k * sqrt(head_dims)``). :func:`attention_logit_divisor`
+reads the divisor the module really uses, so a LAUD layer computes what
+mmpretrain's layer computes with the same weights.
+
+Source: paper sec. 3.2 (token skipping: skipped tokens are neither queries
+nor keys), mmpretrain 1.2.0 ``models/utils/attention.py``.
+"""
+import functools
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmpretrain.models.utils.attention import \
+    scaled_dot_product_attention_pyimpl
+
+
+def attention_logit_divisor(attn: nn.Module) -> float:
+    """The number mmpretrain's ``MultiheadAttention`` divides q.k^T by.
+
+    Args:
+        attn: an mmpretrain ``MultiheadAttention``.
+
+    Returns:
+        ``scale`` for the Python attention (``partial(
+        scaled_dot_product_attention_pyimpl, scale=scale)``, what T2T layers
+        use: it divides by ``scale``), else ``sqrt(head_dims)`` (PyTorch's
+        ``scaled_dot_product_attention`` multiplies by ``head_dims ** -0.5``).
+    """
+    fn = getattr(attn, 'scaled_dot_product_attention', None)
+    if isinstance(fn, functools.partial) and \
+            fn.func is scaled_dot_product_attention_pyimpl:
+        return fn.keywords.get('scale') or attn.head_dims ** 0.5
+    return attn.head_dims ** 0.5
+
+
+def masked_softmax(logits: torch.Tensor,
+                   key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Softmax over the last axis restricted to the kept keys.
+
+    Args:
+        logits: (N, H, L_q, L_k) attention logits.
+        key_mask: (N, L_k) key gates in {0, 1} (differentiable, e.g. a
+            straight-through Gumbel gate), at least one 1 per sample (the
+            class token), or None for the plain softmax.
+
+    Returns:
+        (N, H, L_q, L_k): ``exp(l - m) * k / sum(exp(l - m) * k)`` with
+        ``m`` the largest *kept* logit per row: equal to ``softmax`` over
+        the kept keys (0 for skipped keys), and differentiable w.r.t.
+        ``key_mask``. Skipped keys' exponents are clamped at 0, so a skipped
+        logit above every kept one cannot overflow (its weight is 0 anyway).
+
+    Raises:
+        ValueError: if the shapes do not match.
+    """
+    if key_mask is None:
+        return torch.softmax(logits, dim=-1)
+    if key_mask.dim() != 2 or key_mask.shape[0] != logits.shape[0] or \
+            key_mask.shape[1] != logits.shape[-1]:
+        raise ValueError(f'key_mask {tuple(key_mask.shape)} must be (N, L_k) '
+                         f'for logits {tuple(logits.shape)}')
+    km = key_mask[:, None, None, :].to(logits.dtype)
+    top = logits.detach().masked_fill(km == 0, float('-inf')).amax(
+        dim=-1, keepdim=True)
+    e = torch.exp((logits - top).clamp_max(0.)) * km
+    return e / e.sum(dim=-1, keepdim=True)

@@ -1,0 +1,189 @@
+"""Dynamic inference of LAUD T2T-ViT encoder layers: compute only what the
+gates keep.
+
+:func:`dynamic_t2t_layer_forward` returns the same function as the
+masked-dense eval layer (``LAUDT2TLayer.masked_dense``, defined in
+:mod:`laud_mm.models.t2t_vit.block`), up to float rounding (max abs diff <= 1e-4
+in fp32, tested), while skipping the masked work:
+
+- spatial (token skipping): the kept tokens of the whole batch (class token
+  always, then the patch tokens whose gate is on) are gathered by index into
+  one packed (T, D) matrix - no padding - and ln1, qkv, proj, ln2 and the FFN
+  run on it as single GEMMs. The attention runs per sample over its kept
+  tokens only (queries and keys): one batched call when every sample keeps
+  the same number of tokens, else one call per sample. The results are
+  written back by index into a copy of the input; skipped tokens pass
+  through unchanged (they are their own residual).
+- channel (head skipping): per distinct gate pattern of the batch (random
+  patterns: per sample), the rows of the qkv weight of the kept heads and
+  the matching input columns of proj are sliced; q, k, v, the attention and
+  proj run on the kept heads only (``proj.bias`` is added once, so a sample
+  with every head off adds just the bias). ln1, the residual adds, ln2 and
+  the FFN are dense.
+- layer: the layer (mmpretrain's own forward) runs only for the samples
+  whose gate is on; the others pass through unchanged. All gates on: the
+  static layer for the whole batch; all off: the input itself.
+
+A layer whose gates are all on runs mmpretrain's ``T2TTransformerLayer``
+forward (bit for bit the static layer).
+
+Source: paper sec. 3.2 ("spatial-wise dynamic computation can be efficiently
+executed through token indexing and selection") and "Experiments on vision
+Transformers" (token / head / layer skipping after AdaViT).
+"""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmpretrain.models.backbones.t2t_vit import T2TTransformerLayer
+
+from ...structures.geometry import TokenLayerGeometry
+from ..layers.dynamic import run_dynamic_path, sample_gate
+from .attention import attention_logit_divisor
+
+
+def static_t2t_layer_forward(layer: nn.Module, x: torch.Tensor
+                             ) -> torch.Tensor:
+    """mmpretrain's ``T2TTransformerLayer.forward`` of ``layer`` (the dense
+    static layer, masker ignored): (N, L, D) -> (N, L, D)."""
+    return T2TTransformerLayer.forward(layer, x)
+
+
+def dynamic_t2t_layer_forward(layer: nn.Module, x: torch.Tensor,
+                              geom: TokenLayerGeometry
+                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic (skip-the-work) forward of a
+    :class:`~laud_mm.models.t2t_vit.block.LAUDT2TLayer` (the transformer
+    counterpart of :func:`laud_mm.models.layers.dynamic.run_dynamic_path`).
+
+    Args:
+        layer: the layer (eval mode, paradigm set).
+        x: (N, L, D) tokens, the class token first.
+        geom: ``layer.geometry(L)``.
+
+    Returns:
+        (out, gate): out (N, L, D), equal up to float rounding to
+        ``layer.masked_dense(x, gate)``; gate as the masker returns it in
+        eval (spatial (N, L - extra), channel (N, H), layer (N,)), honouring
+        ``masker.forced_gate``.
+
+    Raises:
+        ValueError: a layer in training mode, x not (N, L, D), or a layer
+            without a paradigm.
+    """
+    return run_dynamic_path(layer, x, geom, dict(
+        spatial=_tokens, channel=_heads, layer=_layer), rank=3)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            divisor: float) -> torch.Tensor:
+    """softmax(q k^T / divisor) v over the last two axes."""
+    return torch.softmax(q @ k.transpose(-2, -1) / divisor, dim=-1) @ v
+
+
+# ---------------------------------------------------------------- tokens
+def packed_attention(qkv: torch.Tensor, counts: torch.Tensor, num_heads: int,
+                     divisor: float) -> torch.Tensor:
+    """Self-attention of packed variable-length token sequences.
+
+    Args:
+        qkv: (T, 3 * D) q, k, v of the kept tokens of every sample, sample
+            after sample (T = counts.sum()).
+        counts: (N,) kept tokens per sample (each >= 1).
+        num_heads: H.
+        divisor: the logit divisor (:func:`attention_logit_divisor`).
+
+    Returns:
+        (T, D) attention output (heads concatenated), each sample attending
+        to its own tokens only: one batched call if every count is equal,
+        else one call per sample (no padding).
+    """
+    t, d3 = qkv.shape
+    d = d3 // 3
+    dh = d // num_heads
+    cl = counts.tolist()
+    if min(cl) == max(cl):
+        n, k = len(cl), cl[0]
+        q, kk, v = qkv.view(n, k, 3, num_heads, dh).permute(2, 0, 3, 1, 4)
+        return _attend(q, kk, v, divisor).transpose(1, 2).reshape(t, d)
+    outs = []
+    for part in torch.split(qkv, cl):
+        q, kk, v = part.view(-1, 3, num_heads, dh).permute(1, 2, 0, 3)
+        outs.append(_attend(q, kk, v, divisor).transpose(0, 1)
+                    .reshape(-1, d))
+    return torch.cat(outs, 0)
+
+
+def _tokens(layer, x, geom):
+    n, L, D = x.shape
+    e = geom.num_extra_tokens
+    gate = sample_gate(layer, x, (n, L - e))
+    keep = torch.cat([torch.ones(n, e, dtype=torch.bool, device=x.device),
+                      gate > 0.5], 1)
+    if bool(keep.all()):
+        return static_t2t_layer_forward(layer, x), gate
+    attn = layer.attn
+    flat = keep.reshape(-1).nonzero()[:, 0]  # sample-major token indices
+    xf = x.reshape(n * L, D)
+    xs = xf.index_select(0, flat)  # (T, D) kept tokens, packed
+    qkv = attn.qkv(layer.ln1(xs))
+    o = packed_attention(qkv, keep.sum(1), attn.num_heads,
+                         attention_logit_divisor(attn))
+    xs = xs + attn.out_drop(attn.gamma1(attn.proj_drop(attn.proj(o))))
+    xs = xs + layer.ffn_branch(layer.ln2(xs))
+    out = xf.clone().index_copy_(0, flat, xs)
+    return out.view(n, L, D), gate
+
+
+# ----------------------------------------------------------------- heads
+def _heads(layer, x, geom):
+    n, L, D = x.shape
+    attn = layer.attn
+    nh, dh = attn.num_heads, attn.head_dims
+    gate = sample_gate(layer, x, (n, nh))
+    keep = gate > 0.5
+    if bool(keep.all()):
+        return static_t2t_layer_forward(layer, x), gate
+    h = layer.ln1(x)
+    wqkv = attn.qkv.weight.view(3, nh, dh, -1)
+    bqkv = None if attn.qkv.bias is None else attn.qkv.bias.view(3, nh, dh)
+    wp = attn.proj.weight.view(D, nh, dh)
+    bp = attn.proj.bias
+    div = attention_logit_divisor(attn)
+    a = torch.empty_like(x)
+    pats, inv = torch.unique(keep, dim=0, return_inverse=True)
+    for u in range(pats.shape[0]):
+        samples = (inv == u).nonzero()[:, 0]
+        heads = pats[u].nonzero()[:, 0]
+        kh = heads.numel()
+        ns = samples.numel()
+        if kh == 0:  # every head off: proj of zeros
+            y = x.new_zeros(ns, L, D) if bp is None else \
+                bp.expand(ns, L, D)
+        else:
+            w = wqkv.index_select(1, heads).reshape(3 * kh * dh, -1)
+            b = None if bqkv is None else \
+                bqkv.index_select(1, heads).reshape(-1)
+            qkv = F.linear(h.index_select(0, samples), w, b)
+            q, k, v = qkv.view(ns, L, 3, kh, dh).permute(2, 0, 3, 1, 4)
+            o = _attend(q, k, v, div).transpose(1, 2).reshape(ns, L, kh * dh)
+            y = F.linear(o, wp.index_select(1, heads).reshape(D, kh * dh),
+                         bp)
+        a.index_copy_(0, samples, y)
+    x = x + attn.out_drop(attn.gamma1(attn.proj_drop(a)))
+    return x + layer.ffn_branch(layer.ln2(x)), gate
+
+
+# ----------------------------------------------------------------- layer
+def _layer(layer, x, geom):
+    gate = sample_gate(layer, x, (x.shape[0],))
+    on = gate > 0.5
+    n_on = int(on.sum())
+    if n_on == x.shape[0]:
+        return static_t2t_layer_forward(layer, x), gate
+    if n_on == 0:
+        return x, gate
+    samples = on.nonzero()[:, 0]
+    res = static_t2t_layer_forward(layer, x.index_select(0, samples))
+    return x.clone().index_copy_(0, samples, res), gate

@@ -1,0 +1,78 @@
+"""When the dynamic-inference paths take which kernel: the thresholds and
+switches shared by the families' dynamic paths and the latency predictor's
+eager model (which must make the same choices to price them).
+
+The values are measured on CPU (``docs/benchmarks.md`` gives the commands
+and tables); every path they select computes the same function, so they
+only move time. The ``*_FUSED_CPU`` switches are read at call time: set them
+to False (``laud_mm.ops.policy.SPATIAL_FUSED_CPU = False``) to force the
+gather / batched-GEMM paths, as the benchmarks' breakdowns and the tests do.
+
+Source: paper sec. 3.4 (scheduling of the dynamic operators is chosen by
+measured or predicted latency, not by FLOPs).
+"""
+from .patches import window_size
+
+# ------------------------------------------------------------------ spatial
+#: ResNet spatial blocks on the gather / scatter path: from this fraction of
+#: active patches on, conv2 / conv3 run densely and the output is masked
+#: (faster on CPU than gather -> conv -> scatter; both exact). The fused CPU
+#: kernel (:data:`SPATIAL_FUSED_CPU`) runs at every density.
+SPATIAL_DENSE_THRESHOLD = 0.8
+#: RegNetY spatial blocks: the same threshold (their grouped conv2 and SE
+#: make the gathered path pay off up to higher densities)
+REGNETY_SPATIAL_DENSE_THRESHOLD = 0.95
+#: fewer gathered patches than this: conv3 runs as one GEMM over all patches
+#: instead of a 1x1 convolution (oneDNN runs a 1x1 convolution of a batch
+#: under 16 as per-image GEMMs only S * S wide)
+SPATIAL_CONV3_GEMM_MAX_PATCHES = 16
+#: stride-2 spatial blocks: when the active patches' conv2 input windows
+#: cover less than this fraction of the input map (counted with overlaps),
+#: conv1 runs on the gathered input windows instead of the whole map
+#: (``benchmark_kernels --only window_conv1``)
+SPATIAL_WINDOW_CONV1_MAX_FRACTION = 0.6
+#: on CPUs with AVX-512, spatial blocks run the fused kernel
+#: :func:`laud_mm.ops.spatial_branch_add_relu` (conv1 on the dilated mask,
+#: conv2 and conv3 on the active pixels read in place, conv3 added into the
+#: shortcut) instead of gather -> convolutions -> scatter when the batch has
+#: at least as many samples as torch has threads (a thread per sample)
+SPATIAL_FUSED_CPU = True
+
+# ------------------------------------------------------------------ channel
+#: kept-channel counts are padded up to a multiple of this (zero weights),
+#: so that a batch is one batched GEMM / grouped conv and the backends see
+#: few distinct shapes (oneDNN creates a primitive per shape)
+CHANNEL_PAD = 8
+#: on maps under this many pixels (7 x 7 at 224 px) above
+#: :data:`CHANNEL_DENSE_RATE` kept groups the per-sample weights cost more
+#: than they save: such blocks compute masked-dense with folded BN
+CHANNEL_SMALL_MAP_PIXELS = 100
+CHANNEL_DENSE_RATE = 0.7
+#: on CPUs with AVX-512, channel blocks run the fused kernel
+#: :func:`laud_mm.ops.channel_branch_add_relu` instead of the batched GEMMs
+#: when the batch has at least as many samples as torch has threads
+CHANNEL_FUSED_CPU = True
+
+
+def uses_window_conv1(s: int, stride: int, dilation: int, n_act: float,
+                      in_pixels: float) -> bool:
+    """Whether a spatial block runs conv1 on the gathered input windows
+    (``laud_mm.models.resnet.dynamic.window_conv1``): a stride-2 block whose
+    ``n_act`` active K x K conv2 input windows (:func:`window_size`) cover,
+    counted with overlaps, under :data:`SPATIAL_WINDOW_CONV1_MAX_FRACTION`
+    of its ``in_pixels`` = N x H x W input pixels. Shared by the dynamic path
+    and the latency predictor's eager model (with the expected ``n_act``).
+
+    Args:
+        s: granularity S (output pixels per patch side).
+        stride, dilation: conv2's.
+        n_act: active patches of the batch (may be fractional: expected).
+        in_pixels: N x H_in x W_in.
+
+    Returns:
+        True for the window path.
+    """
+    if stride == 1:
+        return False
+    k = window_size(s, stride, dilation)
+    return n_act * k * k < SPATIAL_WINDOW_CONV1_MAX_FRACTION * in_pixels

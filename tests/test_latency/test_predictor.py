@@ -1,0 +1,716 @@
+"""Tests of the latency predictor (laud_mm.latency): hand-computed operator
+cases, the spec loader and its errors, whole-backbone predictions against the
+paper's figures (docs/method.md sec. 4-5) and the prediction speed."""
+import json
+import os.path as osp
+import time
+
+import pytest
+import torch
+
+from laud_mm.latency import (BackboneLatency, ConvOp, HardwareSpec,
+                             LatencyPredictor, conv_latency, get_hardware,
+                             save_hardware)
+from laud_mm.models import resnet_geometries
+from laud_mm.latency.operators import (access_efficiency, elementwise_latency,
+                                       tile_candidates)
+from laud_mm.latency.blocks import resnet as resnet_latency
+from laud_mm.latency.blocks.resnet import channel_kept_padded
+from laud_mm.latency.search import format_search, search_granularity
+from laud_mm.models.layers.gates import KEEP
+
+from conftest import ROOT  # noqa: E402  (the repository root)
+
+# A toy device for hand computation: 1 PE of 4 FP32 units at 1 MHz,
+# 1 GB/s off-chip, L2 4 GB/s, 4-cycle FMA, 32-byte transactions, 8 us launch.
+TOY = HardwareSpec('toy', num_pe=1, fp32_per_pe=4, clock_mhz=1,
+                   bandwidth_gbs=1, l2_factor=4)
+
+
+# ------------------------------------------------------------- operators
+def test_tile_candidates_and_efficiency():
+    assert tile_candidates(56) == (1, 2, 3, 4, 5, 6, 7, 8, 12, 14, 16, 28,
+                                   32, 56)
+    assert tile_candidates(1) == (1,)
+    assert tile_candidates(10) == (1, 2, 3, 4, 5, 6, 7, 8, 10)
+    # aligned: 16 B of a 32 B transaction are useful
+    assert access_efficiency(16, 32, True) == pytest.approx(0.5)
+    assert access_efficiency(64, 32, True) == pytest.approx(1.0)
+    # unaligned 12-byte run: 1 + 8/32 transactions on average
+    assert access_efficiency(12, 32, False) == pytest.approx(12 / 40)
+    with pytest.raises(ValueError, match='dim=0'):
+        tile_candidates(0)
+
+
+def test_single_tile_hand_computed():
+    """1x1 conv, 8 -> 4 channels on a 2x2 map: one tile of 16 outputs.
+
+    compute: 16 outputs / 4 units = 4 per unit = the 4-cycle pipeline, so
+    K = 8 steps x 4 cycles = 32 cycles at 1 MHz = 32 us (utilisation 1).
+    off-chip: (input 32 + weights 32 + output 16) x 4 B = 320 B at 1 GB/s
+    = 0.32 us. on-chip: the input window (8 ch x 2 x 2, one 16-byte run per
+    channel plane = half a transaction) costs 64 elements, weights 32,
+    output (16-byte runs) 32: 128 x 4 B = 512 B at 4 GB/s = 0.128 us.
+    launch 8 us. Total 40.448 us.
+    """
+    r = conv_latency(TOY, ConvOp(1, 8, 4, 2, 2, 2, 2))
+    assert r.tile == (1, 4, 2, 2)
+    assert r.n_tiles == 1
+    assert r.utilisation == pytest.approx(1.0)
+    assert r.compute_ms == pytest.approx(0.032)
+    assert r.offchip_bytes == pytest.approx(320)
+    assert r.onchip_bytes == pytest.approx(512)
+    assert r.memory_ms == pytest.approx(0.00032 + 0.000128)
+    assert r.ms == pytest.approx(0.040448)
+    assert r.macs == 8 * 4 * 4
+
+
+def test_pipeline_underfilled_tile():
+    """Same conv with 4 outputs only (1 channel, 2x2): one output per unit,
+    but the 4-cycle FMA latency still costs 4 cycles per reduction step:
+    utilisation 1/4, compute 8 x 4 cycles = 32 us for a quarter of the work.
+    """
+    r = conv_latency(TOY, ConvOp(1, 8, 1, 2, 2, 2, 2))
+    assert r.utilisation == pytest.approx(0.25)
+    assert r.compute_ms == pytest.approx(0.032)
+
+
+def test_compute_bound_op_hand_computed():
+    """1x1 conv 64 -> 4 on a 2x2 map: 1024 MACs, 4 per unit and step:
+    64 steps x 4 cycles = 256 us of compute against ~2.6 us of memory.
+    off-chip: (256 + 256 + 16) x 4 B = 2112 B -> 2.112 us; on-chip: input
+    64 planes of 16 B runs (2 x 256 elements) + 256 weights + 32 output
+    = 800 elements x 4 B = 3200 B at 4 GB/s = 0.8 us."""
+    r = conv_latency(TOY, ConvOp(1, 64, 4, 2, 2, 2, 2))
+    assert r.compute_ms == pytest.approx(0.256)
+    assert r.memory_ms == pytest.approx(0.002112 + 0.0008)
+    assert r.ms == pytest.approx(0.256 + 0.002912 + 0.008)
+    assert r.compute_ms > 50 * r.memory_ms
+
+
+def test_memory_bound_op_hand_computed():
+    """Residual add of 1e6 FP32 elements on the V100: 3 x 4 MB moved at
+    700 GB/s = 17.143 us off-chip, 12 MB at 2800 GB/s = 4.286 us on-chip,
+    1e6 ops at 7.68 TMAC/s = 0.13 us, launch 8 us."""
+    v100 = get_hardware('v100')
+    r = elementwise_latency(v100, 'add', 1e6, 2, 1)
+    assert r.memory_ms == pytest.approx(12e6 / 700e9 * 1e3 +
+                                        12e6 / 2800e9 * 1e3)
+    assert r.compute_ms == pytest.approx(1e6 / 7.68e12 * 1e3)
+    assert r.ms == pytest.approx(0.017143 + 0.004286 + 0.00013 + 0.008,
+                                 rel=1e-3)
+    assert r.compute_ms < 0.01 * r.memory_ms
+
+
+def test_scattered_runs_cost_more():
+    """A scatter-add with 1-element runs moves ~7.25x the bytes of the
+    dense add for the scattered tensors (4 B of a 32 B transaction plus the
+    misalignment): S = 1 pays for short scattered runs."""
+    v100 = get_hardware('v100')
+    dense = elementwise_latency(v100, 'a', 1e6, 2, 1)
+    s1 = elementwise_latency(v100, 's', 1e6, 2, 1, run_elems=1.,
+                             contiguous_reads=1)
+    s8 = elementwise_latency(v100, 's', 1e6, 2, 1, run_elems=8.,
+                             contiguous_reads=1)
+    # 1 dense read + 2 scattered at 4 / 32 efficiency
+    assert s1.offchip_bytes == pytest.approx(4e6 + 2 * 4e6 * 8)
+    assert s1.ms > s8.ms > dense.ms
+
+
+def test_max_tile_batch_re_reads_weights_per_image():
+    """max_tile_batch = 1 (a CPU: PyTorch's kernels run image by image):
+    4 images of the 8 -> 4 conv above give 4 tiles of 16 outputs instead
+    of one tile spanning the images; same compute (32 cycles per tile at
+    full pipeline), but each tile reads the 32 weights again from the L2:
+    3 x 32 x 4 B more on-chip traffic."""
+    op = ConvOp(4, 8, 4, 2, 2, 2, 2)
+    free = conv_latency(TOY, op)
+    per_image = conv_latency(TOY.replace(max_tile_batch=1), op)
+    assert free.tile == (4, 4, 2, 2)
+    assert per_image.tile == (1, 4, 2, 2) and per_image.n_tiles == 4
+    assert per_image.compute_ms == pytest.approx(free.compute_ms)
+    assert per_image.onchip_bytes - free.onchip_bytes == pytest.approx(
+        3 * 32 * 4)
+    assert TOY.max_tile_batch == 0
+    with pytest.raises(ValueError, match='max_tile_batch=-1'):
+        TOY.replace(max_tile_batch=-1)
+
+
+def test_conv_errors():
+    with pytest.raises(ValueError, match='groups=3'):
+        conv_latency(TOY, ConvOp(1, 8, 4, 2, 2, 2, 2, groups=3))
+    with pytest.raises(ValueError, match='cin=-1'):
+        conv_latency(TOY, ConvOp(1, -1, 4, 2, 2, 2, 2))
+    assert conv_latency(TOY, ConvOp(0, 8, 4, 2, 2, 2, 2)).ms == 0
+
+
+def test_grouped_conv_cheaper_than_dense():
+    v100 = get_hardware('v100')
+    dense = conv_latency(v100, ConvOp(8, 128, 128, 28, 28, 28, 28, 3))
+    grouped = conv_latency(v100, ConvOp(8, 128, 128, 28, 28, 28, 28, 3,
+                                        groups=16))
+    assert grouped.macs == dense.macs / 16
+    assert grouped.ms < dense.ms
+
+
+# ------------------------------------------------------------- hardware
+def test_known_devices_match_method_notes():
+    v100 = get_hardware('v100')
+    assert (v100.num_pe, v100.fp32_per_pe, v100.clock_mhz,
+            v100.bandwidth_gbs, v100.l2_factor, v100.default_batch) == \
+        (80, 64, 1500, 700, 4, 128)
+    tx2 = get_hardware('Jetson-TX2')
+    assert (tx2.num_pe, tx2.fp32_per_pe, tx2.clock_mhz, tx2.bandwidth_gbs,
+            tx2.default_batch) == (2, 128, 1300, 59.7, 1)
+    assert get_hardware('rtx3090').l2_factor == 1
+    assert get_hardware('nano').bandwidth_gbs == 25.6
+    assert get_hardware('rtx3060').num_pe == 28
+    for name in ('h200', 'a100', 'cpu'):
+        assert get_hardware(name).name == name
+    assert v100.cycles_per_op == 4 and v100.transaction_bytes == 32 \
+        and v100.launch_us == 8
+    assert v100.peak_macs == pytest.approx(80 * 64 * 1.5e9)
+
+
+def test_spec_files_roundtrip(tmp_path):
+    spec = get_hardware('tx2').replace(name='my_tx2', bandwidth_gbs=50.)
+    for ext in ('.yaml', '.json'):
+        p = str(tmp_path / ('dev' + ext))
+        save_hardware(spec, p)
+        assert get_hardware(p) == spec
+        assert LatencyPredictor(p).hw == spec
+    p = tmp_path / 'wrapped.yaml'
+    p.write_text('hardware:\n  name: w\n  num_pe: 4\n  fp32_per_pe: 32\n'
+                 '  clock_mhz: 1000\n  bandwidth_gbs: 20\n')
+    hw = get_hardware(str(p))
+    assert hw.num_pe == 4 and hw.l2_factor == 4.0 and hw.launch_us == 8.0
+
+
+def test_spec_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"hardware='v99'.*'v100'"):
+        get_hardware('v99')
+    with pytest.raises(ValueError, match='does not exist'):
+        get_hardware(str(tmp_path / 'missing.yaml'))
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(dict(name='x', num_pe=2, fp32_per_pe=8,
+                                   clock_mhz=100, bandwidth_gbs=-3)))
+    with pytest.raises(ValueError, match='bandwidth_gbs=-3'):
+        get_hardware(str(bad))
+    bad.write_text(json.dumps(dict(name='x', num_pe=2, fp32_per_pe=8,
+                                   clock_mhz=100, bandwidth_gbs=3, speed=1)))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['speed'\]"):
+        get_hardware(str(bad))
+    bad.write_text(json.dumps(dict(name='x', num_pe=2)))
+    with pytest.raises(ValueError, match='missing key.*bandwidth_gbs'):
+        get_hardware(str(bad))
+    bad.write_text('{not json')
+    with pytest.raises(ValueError, match='does not parse'):
+        get_hardware(str(bad))
+    with pytest.raises(ValueError, match='num_pe=2.5'):
+        HardwareSpec('x', 2.5, 8, 100, 3)
+    with pytest.raises(ValueError, match='hardware=3'):
+        get_hardware(3)
+
+
+# ------------------------------------------------------------- predictor
+def _pred(dev, depth, paradigm=None, gran=None, d=0.5, batch=None):
+    p = LatencyPredictor(dev)
+    b = batch or p.hw.default_batch
+    g, st = resnet_geometries(depth, (224, 224), paradigm, gran)
+    static = p.predict_static(g, b, st)
+    dyn = p.predict_backbone(g, [d] * len(g), b, st) if paradigm else None
+    return static, dyn
+
+
+@pytest.mark.parametrize('dev,depth,paper_ms', [
+    ('v100', 50, 116.2), ('v100', 101, 214.7),
+    ('tx2', 50, 17.2), ('tx2', 101, 32.2)])
+def test_paper_static_figures(dev, depth, paper_ms):
+    """docs/method.md sec. 4/5: static ResNet latency within 10 %."""
+    static, _ = _pred(dev, depth)
+    assert abs(static.total_ms / paper_ms - 1) < 0.10, static.total_ms
+
+
+@pytest.mark.parametrize('dev,paradigm,gran,paper', [
+    ('v100', 'layer', None, 0.56), ('v100', 'channel', (2, 2, 2, 2), 0.53),
+    ('v100', 'spatial', (4, 4, 2, 1), 0.83),
+    ('tx2', 'layer', None, 0.55), ('tx2', 'channel', (2, 2, 2, 2), 0.49),
+    ('tx2', 'spatial', (4, 4, 2, 1), 0.67)])
+def test_paper_ratio_figures(dev, paradigm, gran, paper):
+    """R101 dynamic / static at r = 0.5 near the authors' model (docs/method.md
+    sec. 4 table): within 0.12 absolute."""
+    static, dyn = _pred(dev, 101, paradigm, gran)
+    ratio = dyn.total_ms / static.total_ms
+    assert abs(ratio - paper) < 0.12, ratio
+
+
+def test_paper_findings():
+    # layer skipping ahead of spatial on the V100 (R101, r = 0.5)
+    s, layer = _pred('v100', 101, 'layer')
+    _, spatial = _pred('v100', 101, 'spatial', (4, 4, 2, 1))
+    assert layer.total_ms < spatial.total_ms
+    # S = 1 is no faster than static on server GPUs
+    for dev in ('v100', 'rtx3090'):
+        s, s1 = _pred(dev, 101, 'spatial', (1, 1, 1, 1))
+        assert s1.total_ms >= 0.98 * s.total_ms, dev
+    # larger S helps (4 beats 1, 2)
+    t = {S: _pred('v100', 101, 'spatial', (S, S, S, 1))[1].total_ms
+         for S in (1, 2, 4)}
+    assert t[4] < t[2] < t[1]
+    # per-image latency falls with batch on the V100 and plateaus
+    p = LatencyPredictor('v100')
+    g, st = resnet_geometries(50, (224, 224))
+    per = {b: p.predict_static(g, b, st).per_image_ms for b in (1, 16, 128,
+                                                                 256)}
+    assert per[1] > per[16] > per[128]
+    assert abs(per[256] / per[128] - 1) < 0.1
+
+
+def test_density_monotone_and_extremes():
+    p = LatencyPredictor('v100')
+    for par, gran in (('layer', None), ('channel', (2, 2, 2, 2)),
+                      ('spatial', (4, 4, 2, 1))):
+        g, st = resnet_geometries(50, (224, 224), par, gran)
+        ts = [p.predict_backbone(g, [d] * len(g), 32, st).total_ms
+              for d in (0., 0.25, 0.5, 0.75, 1.)]
+        assert all(a < b for a, b in zip(ts, ts[1:])), (par, ts)
+    # layer skipping at density 0: only stem, maskers and downsamples
+    g, st = resnet_geometries(50, (224, 224), 'layer')
+    r = p.predict_backbone(g, [0.] * len(g), 32, st)
+    names = {o.name for ops in r.block_ops for o in ops}
+    assert names == {'masker', 'downsample'}
+    # at batch 1 a layer block at density d costs masker + d x block
+    one = p.predict_backbone(g[1:2], [1.], 1)
+    half = p.predict_backbone(g[1:2], [0.5], 1)
+    masker = one.block_ops[0][0].ms
+    assert half.total_ms == pytest.approx(masker + 0.5 * (one.total_ms -
+                                                          masker))
+
+
+def test_report_structure():
+    p = LatencyPredictor('tx2')
+    g, st = resnet_geometries(101, (224, 224), 'channel', (2, 2, 2, 2))
+    r = p.predict_backbone(g, [0.6] * len(g), 1, st)
+    assert isinstance(r, BackboneLatency)
+    assert len(r.per_block_ms) == 33 and len(r.per_stage_ms) == 4
+    assert r.total_ms == pytest.approx(sum(r.per_stage_ms) + r.stem_ms)
+    assert r.per_image_ms == r.total_ms
+    text = r.table(ops=True)
+    assert 'stage 2' in text and 'conv2' in text and 'total' in text
+
+
+def test_predictor_errors():
+    p = LatencyPredictor('v100')
+    g, st = resnet_geometries(50, (224, 224), 'layer')
+    with pytest.raises(ValueError, match='densities has 3 entries'):
+        p.predict_backbone(g, [0.5] * 3, 8)
+    with pytest.raises(ValueError, match=r'densities\[2\]=1.5'):
+        p.predict_backbone(g, [0.5, 0.5, 1.5] + [0.5] * 13, 8)
+    with pytest.raises(ValueError, match='batch_size=0'):
+        p.predict_backbone(g, [0.5] * 16, 0)
+    with pytest.raises(ValueError, match="hardware='gtx'"):
+        LatencyPredictor('gtx')
+    with pytest.raises(ValueError, match='granularity'):
+        resnet_geometries(50, (224, 224), 'spatial', (4, 4))
+
+
+# ------------------------------------------------------------ eager model
+def _eager():
+    """The eager model as tools/validate_predictor.py runs it."""
+    return LatencyPredictor('cpu', implementation='eager',
+                            spatial_dense_threshold=0.6, forced_gates=True)
+
+
+def _by_name(ops):
+    names = [o.name for o in ops]
+    assert len(set(names)) == len(names), names
+    return names, {o.name: o for o in ops}
+
+
+BOOKKEEPING = ('gate', 'gate_checks', 'gate_count', 'repeat_interleave',
+               'rate_check', 'kept_channels', 'bookkeeping', 'mask_prep',
+               'slice', 'expand_mask', 'skipped_relu')
+
+
+def _launch_count(p, ops):
+    t = sum(o.ms for o in ops if o.name in BOOKKEEPING)
+    return t / (p.hw.launch_us * 1e-3)
+
+
+def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
+    """R50 s1.b0 (downsample, 56 -> 28 px) at batch 4 with 2 kept samples:
+    the forced-gate calls, the downsample, the branch of the static block on
+    2 samples (conv1 as per-image GEMMs on their rows of x: no row copy),
+    then per kept sample the bias pass, conv3 accumulated into the shortcut
+    row and a ReLU pass; the 2 skipped rows of the downsample output get a
+    ReLU. An identity block inside a backbone writes into its input (the
+    skipped rows cost nothing); called alone, its input is copied first."""
+    p = _eager()
+    hw = p.hw
+    g = resnet_geometries(50, (224, 224), 'layer')[0][3]
+    out_e = g.out_channels * 28 * 28
+    ops = resnet_latency.layer_block_ops(p, g, 4, 0.5)
+    names, by = _by_name(ops)
+    assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
+                     'conv1', 'relu1', 'conv2', 'relu2', 'bias3', 'conv3',
+                     'relu3', 'skipped_relu', 'relu_skipped']
+    static2 = {o.name: o for o in resnet_latency.static_block_ops(p, g, 2)}
+    for k in ('conv1', 'relu1', 'conv2', 'relu2', 'conv3'):
+        assert by[k].ms == pytest.approx(static2[k].ms)
+    for k in ('bias3', 'relu3', 'relu_skipped'):  # 2 rows each
+        assert by[k].ms == pytest.approx(elementwise_latency(
+            hw, k, 2 * out_e, 1, 1).ms)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 16 + 2)
+    full = [o.name for o in resnet_latency.layer_block_ops(p, g, 4, 1.)]
+    assert full == ['gate', 'downsample', 'gate_count'] + \
+        [o.name for o in resnet_latency.static_block_ops(p, g, 4)]
+    names, by = _by_name(resnet_latency.layer_block_ops(p, g, 4, 0.))
+    assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
+                     'skipped_relu', 'relu_skipped']
+    ts = [sum(o.ms for o in resnet_latency.layer_block_ops(p, g, 4, n / 4))
+          for n in range(5)]
+    assert all(a < b for a, b in zip(ts, ts[1:])), ts
+    # identity block (s1.b1): in a backbone nothing for the skipped rows;
+    # alone, a copy of the input first and the skipped rows' ReLU
+    gi = resnet_geometries(50, (224, 224), 'layer')[0][4]
+    assert not gi.has_downsample
+    names = _by_name(resnet_latency.layer_block_ops(p, gi, 4, 0.5))[0]
+    assert names[2:] == ['bookkeeping', 'conv1', 'relu1', 'conv2', 'relu2',
+                         'bias3', 'conv3', 'relu3']
+    alone = LatencyPredictor(p.hw, implementation='eager', forced_gates=True,
+                             owned_block_inputs=False)
+    names, by = _by_name(resnet_latency.layer_block_ops(alone, gi, 4, 0.5))
+    assert names[2:4] == ['bookkeeping', 'clone']
+    assert names[-2:] == ['skipped_relu', 'relu_skipped']
+    assert by['clone'].ms == pytest.approx(elementwise_latency(
+        hw, 'clone', 4 * out_e, 1, 1).ms)
+
+
+def test_channel_kept_padded():
+    """k of ``_kept_channels``: the largest per-sample kept count padded up
+    to CHANNEL_PAD = 8 (s1.b0, width 128, G = 2: 64 groups)."""
+    g = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][3]
+    assert channel_kept_padded(g, 2, 0.25) == 32   # 16 groups, 32 channels
+    assert channel_kept_padded(g, 2, 0.1) == 16    # 6 groups, 12 -> 16
+    assert channel_kept_padded(g, 2, 0.) == 0
+    assert channel_kept_padded(g, 2, 1.) == 128
+    # free gates: the expected largest of 4 binomial counts, 16 + 1.029 x
+    # sqrt(64 x 0.25 x 0.75) = 19.6 -> 20 groups = 40 channels
+    assert channel_kept_padded(g, 4, 0.25, forced_gates=False) == 40
+    assert channel_kept_padded(g, 1, 0.25, forced_gates=False) == 32
+
+
+def test_eager_channel_kernels():
+    """s1.b0 (C_in 256, width 128, C_out 512, 56 -> 28 px), G = 2, batch 2,
+    a quarter of the groups kept: k = 32 channels per sample; conv1 one
+    batched GEMM (2 x (32 x 256) @ (256 x 3136)), conv2 one grouped conv
+    (2 groups of 32), conv3 one batched GEMM accumulated into the
+    shortcut (reading it), then bn3's shift and the ReLU; an identity block
+    timed alone (not owning its input) copies it first (s3.b1 below)."""
+    p = _eager()
+    hw = p.hw
+    g = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][3]
+    k = 32
+    ops = resnet_latency.channel_block_ops(p, g, 2, 0.25)
+    names, by = _by_name(ops)
+    assert names == ['gate', 'downsample', 'gate_checks', 'repeat_interleave',
+                     'kept_channels', 'bookkeeping', 'w1_gather', 'bias1',
+                     'conv1', 'relu1', 'w2_gather', 'conv2', 'relu2',
+                     'w3_gather', 'conv3', 'conv3_acc', 'bias3', 'relu3']
+    assert by['conv1'].macs == 2 * k * 256 * 56 * 56
+    assert by['conv2'].macs == 2 * k * k * 9 * 28 * 28
+    assert by['conv3'].macs == 2 * 512 * k * 28 * 28
+    assert by['w1_gather'].onchip_bytes == 2 * (2 * k * 256) * 4
+    assert by['conv3_acc'].ms == pytest.approx(elementwise_latency(
+        hw, 'conv3_acc', 2 * 512 * 28 * 28, 1, 0).ms)
+    assert by['relu3'].ms == pytest.approx(elementwise_latency(
+        hw, 'relu3', 2 * 512 * 28 * 28, 1, 1).ms)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 1 + 13 + 24)
+    full = [o.name for o in resnet_latency.channel_block_ops(p, g, 2, 1.)]
+    assert full == ['gate', 'downsample', 'gate_checks'] + \
+        [o.name for o in resnet_latency.static_block_ops(p, g, 2)]
+    # 7 x 7 maps (s3.b1, width 512, C_in = C_out = 2048): the same
+    # per-sample kernels up to CHANNEL_DENSE_RATE (0.7) of the groups
+    g3 = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][14]
+    for d in (0.25, 0.5):
+        names, by = _by_name(resnet_latency.channel_block_ops(p, g3, 2, d))
+        assert names[3:] == ['rate_check', 'kept_channels', 'bookkeeping',
+                             'w1_gather', 'bias1', 'conv1', 'relu1',
+                             'w2_gather', 'conv2', 'relu2', 'w3_gather',
+                             'conv3', 'conv3_acc', 'bias3', 'relu3']
+    # timed alone (not owning its input) the identity block copies it first
+    alone = LatencyPredictor('cpu', implementation='eager',
+                             spatial_dense_threshold=0.6, forced_gates=True,
+                             owned_block_inputs=False)
+    names = [o.name for o in resnet_latency.channel_block_ops(alone, g3, 2, d)]
+    assert names[-5:] == ['clone', 'conv3', 'conv3_acc', 'bias3', 'relu3']
+    assert by['conv1'].macs == 2 * 256 * 2048 * 49  # k = 256 at d = 0.5
+    # ... and above it masked dense
+    names, by = _by_name(resnet_latency.channel_block_ops(p, g3, 2, 0.75))
+    assert names[2:] == ['repeat_interleave', 'rate_check', 'mask_prep',
+                         'conv1', 'relu1', 'mask1', 'conv2', 'relu2', 'mask2',
+                         'conv3', 'add', 'relu3']
+    static = {o.name: o for o in resnet_latency.static_block_ops(p, g3, 2)}
+    for c in ('conv1', 'conv2', 'conv3'):
+        assert by[c].ms == pytest.approx(static[c].ms)
+
+
+def test_eager_spatial_kernels():
+    """s3.b1 (7 x 7 output, width 512), S = 4: a 2 x 2 patch grid with
+    partial edge patches. At batch 2 with half the patches kept, 4 patches
+    run whole (4 x 4 outputs) on 6 x 6 conv1 windows: conv1 dense, the
+    gather kernel, conv2 (valid) on the windows, ReLU, conv3 as one GEMM
+    over the 64 patch pixels (under 16 patches: transposes in and out, bias
+    written first) and one scatter-add + ReLU pass over the output; from 16
+    patches on (batch 16) conv3 is the 1x1 convolution of the patches."""
+    p = _eager()
+    hw = p.hw
+    geoms = resnet_geometries(50, (224, 224), 'spatial', (4,) * 4)[0]
+    g = geoms[14]
+    ops = resnet_latency.spatial_block_ops(p, g, 2, 0.5)
+    names, by = _by_name(ops)
+    assert names == ['mask_pool', 'mask_steps', 'gate', 'gate_count',
+                     'conv1', 'bookkeeping', 'gather', 'conv2', 'relu2',
+                     'h_transpose', 'bias3', 'conv3', 'y_transpose',
+                     'scatter_add_relu']
+    assert by['conv2'].macs == 4 * 16 * 512 * 512 * 9
+    assert by['conv3'].macs == 4 * 16 * 512 * 2048
+    assert by['conv3'].ms == pytest.approx(conv_latency(hw, ConvOp(
+        1., 512, 2048, 64, 1, 64, 1, 1, 1, name='conv3')).ms)
+    assert by['y_transpose'].ms == pytest.approx(elementwise_latency(
+        hw, 'y_transpose', 64 * 2048, 1, 1).ms)
+    # conv1 with the masker's logit as an extra output (forced gates too)
+    assert by['conv1'].ms == pytest.approx(conv_latency(hw, ConvOp(
+        2., g.in_channels, g.width + 1, *g.in_hw, *g.in_hw, 1, 1,
+        name='conv1')).ms)
+    assert by['gather'].ms == pytest.approx(elementwise_latency(
+        hw, 'gather', 4 * 512 * 36, 1, 1, run_elems=6.,
+        contiguous_reads=1).ms)
+    assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
+        hw, 'scatter_add_relu', 2 * 2048 * 49, 1.5, 1).ms)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 10)
+    names, by = _by_name(resnet_latency.spatial_block_ops(p, g, 16, 0.5))  # 32 patches
+    assert names[-3:] == ['relu2', 'conv3', 'scatter_add_relu']
+    assert by['conv3'].ms == pytest.approx(conv_latency(hw, ConvOp(
+        32., 512, 2048, 4, 4, 4, 4, 1, 1, name='conv3')).ms)
+    # from the threshold (0.6 of the patches) on: dense block times the mask
+    names = [o.name for o in resnet_latency.spatial_block_ops(p, g, 2, 0.75)]
+    assert names == ['mask_pool', 'mask_steps', 'gate', 'gate_count',
+                     'conv1', 'relu1', 'conv2', 'relu2', 'conv3', 'slice',
+                     'expand_mask', 'mask_mul', 'add', 'relu3']
+    assert [o.name for o in resnet_latency.spatial_block_ops(p, g, 2, 0.)] == \
+        ['mask_pool', 'mask_steps', 'gate', 'gate_count', 'relu']
+    # S = 1 (7 x 7 map, 98 pixels, 20 % kept): conv2 and conv3 as GEMMs
+    # over the gathered pixels (conv2's K = 9 x 512 im2col rows)
+    g1 = resnet_geometries(50, (224, 224), 'spatial', (1,) * 4)[0]
+    ops = resnet_latency.spatial_block_ops(p, g1[14], 2, 0.2)
+    names, by = _by_name(ops)
+    assert names[6:] == ['gather', 'bias2', 'conv2', 'relu2', 'bias3',
+                         'conv3', 'scatter_add_relu']
+    rows = 2 * 49 * 0.2
+    assert by['conv2'].macs == pytest.approx(rows * 512 * 9 * 512)
+    assert by['conv3'].macs == pytest.approx(rows * 512 * 2048)
+
+
+def test_eager_spatial_window_conv1_kernels():
+    """Stride-2 spatial block s1.b0 (56 x 56 input, S = 4, 9 x 9 windows):
+    with few patches conv1 runs on the gathered input windows (the model of
+    ``window_conv1``: input gather, conv1 on P windows, ReLU), with many
+    the dense conv1 precedes the window gather; the masker runs on its own
+    (a one-channel conv of the input, pooled), forced gates included."""
+    from laud_mm.ops import policy as dynamic
+    p = _eager()
+    hw = p.hw
+    g = resnet_geometries(50, (224, 224), 'spatial', (4, 4, 2, 1))[0][3]
+    assert g.stride == 2 and g.in_hw == (56, 56)
+    # batch 2, 7 x 7 grid: 10 % of the 98 patches -> 9.8 expected patches
+    names, by = _by_name(resnet_latency.spatial_block_ops(p, g, 2, 0.1))
+    assert names[:9] == ['mask_conv', 'mask_pool', 'mask_steps', 'gate',
+                         'gate_count', 'bookkeeping', 'gather_x', 'conv1',
+                         'relu1']
+    assert 'gather' not in names
+    assert by['conv1'].macs == pytest.approx(9.8 * 81 * 256 * 128)
+    assert by['gather_x'].ms == pytest.approx(elementwise_latency(
+        hw, 'gather_x', 9.8 * 256 * 81, 1, 1, run_elems=9.,
+        contiguous_reads=1).ms, rel=0.02)
+    # the windows of half the patches cover more than the threshold: dense
+    cover = 0.5 * 98 * 81 / (2 * 56 * 56)
+    assert cover > dynamic.SPATIAL_WINDOW_CONV1_MAX_FRACTION
+    names, by = _by_name(resnet_latency.spatial_block_ops(p, g, 2, 0.5))
+    assert names[6:8] == ['conv1', 'gather'] and 'gather_x' not in names
+    assert by['conv1'].ms == pytest.approx(resnet_latency.static_block_ops(p, g, 2)[0].ms)
+    free = LatencyPredictor(p.hw, implementation='eager',
+                            spatial_dense_threshold=0.8)
+    names = [o.name for o in resnet_latency.spatial_block_ops(free, g, 2, 0.1)]
+    assert names[:4] == ['mask_conv', 'mask_pool', 'mask_steps',
+                         'gate_count']
+
+
+def test_time_fn_clock():
+    """The validation timer: thread CPU time for one CPU thread."""
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    from calibrate_hardware import _clock, time_fn
+    cpu = torch.device('cpu')
+    assert time_fn(lambda: sum(range(100)), cpu, min_time=1e-3,
+                   clock='cpu') > 0
+    assert _clock(cpu, 'wall') is time.perf_counter
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        _clock(cpu, 'gpu')
+
+
+def test_whole_backbone_speed():
+    """A whole ResNet-101 prediction (cold tile-search cache) < 1 s."""
+    conv_latency.cache_clear()
+    elementwise_latency.cache_clear()
+    p = LatencyPredictor('v100')
+    g, st = resnet_geometries(101, (800, 1216), 'spatial', (4, 4, 7, 1))
+    t = time.perf_counter()
+    p.predict_backbone(g, [0.37] * len(g), 128, st)
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    p.predict_backbone(g, [0.37] * len(g), 128, st)
+    warm = time.perf_counter() - t
+    assert cold < 1.0 and warm < 0.1, (cold, warm)
+
+
+def test_granularity_search():
+    p = LatencyPredictor('v100')
+    g, _ = resnet_geometries(101, (224, 224))
+    res = search_granularity(p, g, 0.5, 128)
+    assert sorted(res) == [0, 1, 2, 3]
+    for cands in res.values():
+        assert [c.ms for c in cands] == sorted(c.ms for c in cands)
+    # S = 1 ranks last among the spatial candidates of every stage
+    for s in range(3):
+        spatial = [c for c in res[s] if c.paradigm == 'spatial']
+        assert spatial[-1].granularity == 1
+    assert 'recommended spatial granularity' in format_search(res)
+    with pytest.raises(ValueError, match='target=0'):
+        search_granularity(p, g, 0, 128)
+
+
+def test_matches_laud_resnet_geometry():
+    """resnet_geometries() agrees with LAUDResNet.block_geometries()."""
+    from laud_mm.models.resnet.backbone import LAUDResNet
+    m = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1))
+    ours, stem = resnet_geometries(50, (193, 257), 'spatial', (4, 4, 2, 1))
+    assert m.block_geometries((193, 257)) == ours
+    assert m.stem_geometry((193, 257)).out_hw == stem.out_hw
+
+
+def test_predict_latency_measures_checkpoint_densities(tmp_path, capsys):
+    """--checkpoint: the tool loads a trained classifier checkpoint, runs its
+    backbone on real imagenette test images and predicts from the measured
+    per-block densities (a block whose masker was set to skip measures 0)."""
+    import sys
+
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    import laud_mm  # noqa: F401
+    from laud_mm.registry import MODELS
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import predict_latency
+    cfg_path = osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py')
+    cfg = Config.fromfile(cfg_path)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    with torch.no_grad():  # input-independent gates: keep (init bias), but
+        for blk in model.backbone.blocks:  # block 2 always skips
+            blk.masker.fc.weight.zero_()
+        fc = model.backbone.blocks[2].masker.fc
+        fc.bias.fill_(10.)
+        fc.bias[KEEP] = -10.
+    ckpt = tmp_path / 'epoch_1.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(epoch=1)), ckpt)
+    dens, hw = predict_latency.measure_densities(cfg, str(ckpt), 2)
+    assert len(dens) == 16 and dens[2] == 0.0
+    assert all(d == 1.0 for i, d in enumerate(dens) if i != 2)
+    rep = predict_latency.main([cfg_path, '--checkpoint', str(ckpt),
+                                '--num-images', '2', '--hardware', 'tx2'])
+    out = capsys.readouterr().out
+    assert 'measured on 2 images' in out and f'{hw[0]}x{hw[1]}' in out
+    assert rep.per_block_ms[2] < 0.2 * rep.per_block_ms[1]
+    with pytest.raises(ValueError, match='num-images'):
+        predict_latency.measure_densities(cfg, str(ckpt), 0)
+    # the config's top-level data_preprocessor (mmpretrain) is merged into
+    # the model as the Runner does: the masks are measured on normalised
+    # pixels, as in tools/test.py
+    from mmengine.registry import MODELS as MM_MODELS
+    built, build = [], MM_MODELS.build
+
+    def spy(*a, **k):
+        m = build(*a, **k)
+        built.append(m)
+        return m
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MM_MODELS, 'build', spy)
+        predict_latency.measure_densities(cfg, str(ckpt), 1)
+    dp = built[0].data_preprocessor
+    assert dp.mean.flatten().tolist() == \
+        pytest.approx(cfg.data_preprocessor['mean'])
+    assert 'data_preprocessor' not in cfg.model   # the caller's cfg is intact
+
+
+def test_weight_reorder_term():
+    """A CPU spec charges oneDNN's per-call weight reorder (read + write of
+    the weights at weight_reorder_gbs) to direct convolutions (3x3; 1x1 from
+    16 images on) whose weights reach weight_reorder_min_mb; not to MKL
+    GEMMs (1x1 under 16 images, per-sample batched GEMMs) nor to weights
+    that stay in cache."""
+    from laud_mm.latency.operators import reorders_weights
+    base = get_hardware('cpu').replace(max_tile_batch=1)
+    spec = base.replace(weight_reorder_gbs=10., weight_reorder_min_mb=4.)
+
+    def extra(op):
+        conv_latency.cache_clear()
+        return conv_latency(spec, op).ms - conv_latency(base, op).ms
+
+    big3 = ConvOp(1., 512, 512, 7, 7, 7, 7, 3, 1, name='c')  # 9.44 MB
+    assert reorders_weights(big3)
+    assert extra(big3) == pytest.approx(2 * 512 * 512 * 9 * 4 / 10e9 * 1e3)
+    small3 = ConvOp(1., 256, 256, 14, 14, 14, 14, 3, 1, name='c')  # 2.4 MB
+    assert extra(small3) == pytest.approx(0.)
+    gemm = ConvOp(8., 2048, 512, 7, 7, 7, 7, 1, 1, name='c')  # 4.2 MB
+    assert not reorders_weights(gemm) and extra(gemm) == pytest.approx(0.)
+    big1 = ConvOp(16., 2048, 512, 7, 7, 7, 7, 1, 1, name='c')
+    assert reorders_weights(big1)
+    assert extra(big1) == pytest.approx(2 * 2048 * 512 * 4 / 10e9 * 1e3)
+    per_sample = ConvOp(16., 2048, 512, 7, 7, 7, 7, 1, 1, name='c',
+                        per_sample_channels=True)
+    assert not reorders_weights(per_sample)
+    assert get_hardware('v100').weight_reorder_gbs == 0  # GPUs: never
+    with pytest.raises(ValueError, match='weight_reorder_gbs=-1'):
+        base.replace(weight_reorder_gbs=-1)
+
+
+def test_vector_width_and_llc_terms():
+    """vector_width: an MKL GEMM over the pixels of a 7 x 7 map costs
+    ceil(49 / 16) * 16 = 64 pixels of compute (not the oneDNN convs, not
+    the GEMMs over gathered rows); llc_mb: a streaming kernel whose bytes
+    fit in the last-level cache runs at the on-chip bandwidth only."""
+    base = get_hardware('cpu').replace(max_tile_batch=1)
+    vec = base.replace(vector_width=16)
+    conv_latency.cache_clear()
+    gemm7 = ConvOp(2., 2048, 512, 7, 7, 7, 7, 1, 1, name='c')
+    a, b = conv_latency(base, gemm7), conv_latency(vec, gemm7)
+    assert b.compute_ms == pytest.approx(a.compute_ms * 64 / 49)
+    assert b.memory_ms == pytest.approx(a.memory_ms)
+    gemm56 = ConvOp(2., 256, 64, 56, 56, 56, 56, 1, 1, name='c')  # 3136 px
+    assert conv_latency(vec, gemm56).ms == pytest.approx(
+        conv_latency(base, gemm56).ms)
+    for op in (ConvOp(2., 512, 512, 7, 7, 7, 7, 3, 1, name='c'),  # oneDNN
+               ConvOp(1., 4608, 512, 5, 1, 5, 1, 1, 1, name='c')):  # rows
+        assert conv_latency(vec, op).ms == pytest.approx(
+            conv_latency(base, op).ms)
+    llc = base.replace(llc_mb=8.)
+    small = elementwise_latency(llc, 'add', 1e5, 2, 1)  # 1.2 MB moved
+    assert small.memory_ms == pytest.approx(1.2e6 / llc.l2_bandwidth * 1e3)
+    big = elementwise_latency(llc, 'add', 1e6, 2, 1)  # 12 MB: DRAM
+    assert big.ms == pytest.approx(elementwise_latency(base, 'add', 1e6, 2,
+                                                       1).ms)
+    with pytest.raises(ValueError, match='vector_width=1.5'):
+        base.replace(vector_width=1.5)
+    with pytest.raises(ValueError, match='llc_mb=-2'):
+        base.replace(llc_mb=-2)

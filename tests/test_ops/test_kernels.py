@@ -1,0 +1,550 @@
+"""laud_mm.ops: gather with halo and fused scatter-add + ReLU, compiled
+kernels against the PyTorch reference and against dense convolution.
+
+Source: paper sec. 3.4 / appendix (fused gather-conv3x3 and scatter-add)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from laud_mm import ops
+from laud_mm.models.layers.masks import expand_spatial_gate
+
+BACKENDS = ['pytorch'] + (['cpp'] if ops.extension() is not None else [])
+
+
+def _case(n, c, h, w, s, stride, dil, p_on, seed, cout=5):
+    g = torch.Generator().manual_seed(seed)
+    feat = torch.randn(n, c + 1, h, w, generator=g)  # + a masker channel
+    w2 = torch.randn(cout, c, 3, 3, generator=g)
+    dense = F.conv2d(F.relu(feat[:, :c]), w2, None, stride, dil, dil)
+    ho, wo = dense.shape[-2:]
+    gate = (torch.rand(n, -(-ho // s), -(-wo // s), generator=g)
+            < p_on).float()
+    ident = torch.randn(n, cout, ho, wo, generator=g)
+    return feat, w2, dense, gate, ident
+
+
+def _sparse_block(feat, w2, gate, ident, s, stride, dil, c, inplace=False):
+    idx = ops.patch_indices(gate)
+    win = ops.gather_patches(feat, idx, s, stride, dil, channels=c, relu=True)
+    k = ops.window_size(s, stride, dil)
+    assert win.shape == (idx.shape[0], c, k, k)
+    y = F.conv2d(win, w2, None, stride, 0, dil)
+    assert y.shape[-2:] == (s, s)
+    return ops.scatter_add_relu(ident.clone() if inplace else ident, y, idx,
+                                s, inplace=inplace)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('n,c,h,w,s,stride,dil', [
+    (2, 6, 13, 11, 4, 1, 1),    # odd size, partial patches
+    (2, 5, 14, 15, 2, 2, 1),    # stride-2 block
+    (3, 4, 7, 7, 1, 1, 1),      # pixel-level S = 1
+    (1, 3, 9, 10, 3, 2, 2),     # dilation 2
+    (2, 3, 8, 8, 7, 1, 1),      # one patch covers (almost) the map
+])
+@pytest.mark.parametrize('p_on', [0.0, 0.5, 1.0])
+def test_gather_conv_scatter_equals_masked_dense_conv(
+        backend, n, c, h, w, s, stride, dil, p_on):
+    feat, w2, dense, gate, ident = _case(n, c, h, w, s, stride, dil, p_on, 0)
+    mask = expand_spatial_gate(gate, s, dense.shape[-2:])
+    expected = F.relu(ident + dense * mask)
+    with ops.use_backend(backend):
+        assert ops.backend(feat.device) == backend
+        out = _sparse_block(feat, w2, gate, ident, s, stride, dil, c)
+        out_inplace = _sparse_block(feat, w2, gate, ident, s, stride, dil, c,
+                                    inplace=True)
+    assert (out - expected).abs().max() <= 1e-4
+    assert torch.equal(out, out_inplace)
+    # skipped positions are exactly relu(identity)
+    assert torch.equal(out[mask.expand_as(out) == 0],
+                       F.relu(ident)[mask.expand_as(out) == 0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 6), h=st.integers(3, 17),
+       w=st.integers(3, 17), s=st.integers(1, 5), stride=st.integers(1, 2),
+       dil=st.integers(1, 2), p_on=st.floats(0, 1), seed=st.integers(0, 99))
+def test_property_kernels_match_reference_and_dense(n, c, h, w, s, stride, dil,
+                                                    p_on, seed):
+    feat, w2, dense, gate, ident = _case(n, c, h, w, s, stride, dil, p_on, seed)
+    mask = expand_spatial_gate(gate, s, dense.shape[-2:])
+    expected = F.relu(ident + dense * mask)
+    idx = ops.patch_indices(gate)
+    outs = []
+    for backend in BACKENDS:
+        with ops.use_backend(backend):
+            outs.append(_sparse_block(feat, w2, gate, ident, s, stride, dil, c))
+            win = ops.gather_patches(feat, idx, s, stride, dil, channels=c)
+            ref = ops.gather_patches_reference(feat, idx, s, stride, dil, c)
+            assert torch.equal(win, ref)
+    for out in outs:
+        assert (out - expected).abs().max() <= 1e-4
+    # windows are bit-identical; conv may pick another algorithm per layout
+    assert all((outs[0] - o).abs().max() <= 1e-5 for o in outs[1:])
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_float64_and_empty_index(backend):
+    feat = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    idx = torch.zeros(0, 3, dtype=torch.int64)
+    with ops.use_backend(backend):
+        win = ops.gather_patches(feat, idx, 2)
+        assert win.shape == (0, 3, 4, 4) and win.dtype == torch.float64
+        ident = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+        out = ops.scatter_add_relu(ident, torch.zeros(0, 4, 2, 2,
+                                                      dtype=torch.float64),
+                                   idx, 2)
+    assert torch.equal(out, F.relu(ident))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('patch,h,w', [
+    ((1, 1), 7, 7), ((2, 2), 14, 14),   # tiled S = 1, 2 (specialised)
+    ((2, 2), 13, 15), ((1, 4), 9, 10),  # partial and rectangular patches
+    ((2, 1), 8, 7), ((4, 4), 13, 11),   # and the row kernel (Sh * Sw > 4)
+])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_scatter_add_relu_kernels_equal_reference(backend, patch, h, w,
+                                                  dtype):
+    """Every scatter kernel (one-pass rows; blocked over L1-sized channel
+    blocks for patches of <= 4 pixels, 43 channels of 32 x 32 planes make
+    partial blocks) equals the PyTorch reference bit for bit: out of place,
+    in place, and in place with ``identity_nonneg`` (inactive pixels left
+    untouched); a negative identity with the hint raises."""
+    g = torch.Generator().manual_seed(h * w)
+    sh, sw = patch
+    for n, c, hh, ww in ((2, 5, h, w), (2, 43, 32, 32)):
+        gh, gw = -(-hh // sh), -(-ww // sw)
+        idx = ops.patch_indices(
+            (torch.rand(n, gh, gw, generator=g) < 0.45).float())
+        ident = torch.randn(n, c, hh, ww, generator=g, dtype=dtype)
+        y = torch.randn(idx.shape[0], c, sh, sw, generator=g, dtype=dtype)
+        ref = ops.scatter_add_relu_reference(ident, y, idx, patch)
+        nonneg = ident.relu()
+        ref_nonneg = ops.scatter_add_relu_reference(nonneg, y, idx, patch)
+        with ops.use_backend(backend):
+            assert torch.equal(ops.scatter_add_relu(ident, y, idx, patch), ref)
+            assert torch.equal(ops.scatter_add_relu(
+                ident.clone(), y, idx, patch, inplace=True), ref)
+            out = nonneg.clone()
+            res = ops.scatter_add_relu(out, y, idx, patch, inplace=True,
+                                       identity_nonneg=True)
+            assert res is out and torch.equal(out, ref_nonneg)
+            with pytest.raises(ValueError, match='identity_nonneg'):
+                ops.scatter_add_relu(ident, y, idx, patch, inplace=True,
+                                     identity_nonneg=True)
+
+
+def test_patch_indices_records_sample_and_location():
+    gate = torch.zeros(2, 3, 4)
+    gate[0, 1, 2] = 1
+    gate[1, 2, 0] = 1
+    assert ops.patch_indices(gate).tolist() == [[0, 1, 2], [1, 2, 0]]
+    with pytest.raises(ValueError, match='gate'):
+        ops.patch_indices(torch.zeros(2, 3))
+
+
+def test_bad_arguments_raise_value_error_naming_them():
+    feat = torch.randn(1, 4, 8, 8)
+    idx = torch.tensor([[0, 0, 0]])
+    with pytest.raises(ValueError, match='granularity'):
+        ops.gather_patches(feat, idx, 0)
+    with pytest.raises(ValueError, match='stride'):
+        ops.gather_patches(feat, idx, 2, stride=0)
+    with pytest.raises(ValueError, match='channels'):
+        ops.gather_patches(feat, idx, 2, channels=5)
+    with pytest.raises(ValueError, match='feat'):
+        ops.gather_patches(feat[0], idx, 2)
+    with pytest.raises(ValueError, match='idx'):
+        ops.gather_patches(feat, idx.int(), 2)
+    ident = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match='patches'):
+        ops.scatter_add_relu(ident, torch.randn(1, 4, 3, 3), idx, 2)
+    with pytest.raises(ValueError, match='idx'):
+        ops.scatter_add_relu(ident, torch.randn(1, 4, 2, 2),
+                             torch.tensor([[0, 4, 0]]), 2)
+    with pytest.raises(ValueError, match='name'):
+        ops.set_backend('tpu')
+
+
+def test_backend_reporting():
+    assert ops.backend() in ('cpp', 'cuda', 'pytorch')
+    with ops.use_backend('pytorch'):
+        assert ops.backend() == 'pytorch'
+    if ops.extension() is not None:
+        assert ops.backend(torch.device('cpu')) == 'cpp'
+    else:
+        assert ops.backend() == 'pytorch'
+        with pytest.raises(RuntimeError):
+            ops.set_backend('cpp')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('s', [1, 2, 3, 4, 5])
+def test_relu_keeps_nan_and_signed_zero_like_torch(backend, s):
+    """The compiled kernels' branch-free ReLU (SSE max) is torch.relu's
+    function: NaN stays NaN, -0 / +0 and negatives as torch.relu; every patch
+    width (specialised and runtime) and both dtypes."""
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(s)
+        feat = torch.randn(2, 3, 11, 9, generator=g, dtype=dtype)
+        feat[0, 0, 1, 1], feat[1, 2, 3, 3], feat[0, 1, 2, 2] = \
+            float('nan'), -0.0, 0.0
+        gate = torch.ones(2, -(-11 // s), -(-9 // s))
+        gate[0, 0, 0] = 0
+        idx = ops.patch_indices(gate)
+        ident = torch.randn(2, 3, 11, 9, generator=g, dtype=dtype)
+        ident[1, 0, 0, 0] = float('nan')
+        y = torch.randn(idx.shape[0], 3, s, s, generator=g, dtype=dtype)
+        with ops.use_backend(backend):
+            win = ops.gather_patches(feat, idx, s, relu=True)
+            out = ops.scatter_add_relu(ident, y, idx, s)
+        ref_win = ops.gather_patches_reference(feat, idx, s, relu=True)
+        ref = ops.scatter_add_relu_reference(ident, y, idx, s)
+        assert torch.equal(win.isnan(), ref_win.isnan())
+        assert torch.equal(torch.nan_to_num(win), torch.nan_to_num(ref_win))
+        assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+        assert torch.allclose(torch.nan_to_num(out), torch.nan_to_num(ref))
+
+
+def test_cpu_allocator_tuning(monkeypatch):
+    """tune_cpu_allocator: idempotent, True on glibc, validated arguments,
+    and dynamic inference on CPU switches it on."""
+    import platform
+
+    from laud_mm.ops import allocator
+    with pytest.raises(ValueError, match='threshold_bytes'):
+        allocator.tune_cpu_allocator(0)
+    with pytest.raises(ValueError, match='threshold_bytes'):
+        allocator.tune_cpu_allocator(2 ** 31)
+    monkeypatch.setattr(allocator, '_state', None)
+    monkeypatch.setenv('LAUD_MM_MALLOPT', 'yes')
+    with pytest.raises(ValueError, match='LAUD_MM_MALLOPT'):
+        allocator.tune_cpu_allocator()
+    monkeypatch.setenv('LAUD_MM_MALLOPT', '0')
+    assert allocator.tune_cpu_allocator() is False
+    monkeypatch.setattr(allocator, '_state', None)
+    monkeypatch.setenv('LAUD_MM_MALLOPT', '1')
+    from laud_mm.models import LAUDResNet
+    net = LAUDResNet(50, paradigm='layer', dynamic_inference=True,
+                     num_stages=1, strides=(1,), dilations=(1,),
+                     out_indices=(0,)).eval()
+    with torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
+        assert allocator.allocator_tuned()
+        assert allocator.tune_cpu_allocator() is True
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('kh,kw', [(3, 3), (1, 1), (2, 3)])
+def test_gather_kept_weights_kernel_equals_reference(dtype, kh, kw):
+    """Per-sample conv2 weights of the kept channels: the compiled kernel
+    (when built) equals advanced indexing, bit for bit, padding index
+    included (a zero channel at index C)."""
+    from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference
+    g = torch.Generator().manual_seed(kh * 10 + kw)
+    w = torch.randn(17, 17, kh, kw, generator=g, dtype=dtype)
+    chs = torch.stack([torch.randperm(17, generator=g)[:6].sort()[0]
+                       for _ in range(5)])
+    chs[1, 4:] = 16  # padding channel, repeated
+    ref = gather_kept_weights_reference(w, chs)
+    assert ref.shape == (5, 6, 6, kh, kw)
+    assert torch.equal(ref[2, 3, 1], w[chs[2, 3], chs[2, 1]])
+    for name in ['pytorch'] + (['cpp'] if ops.extension() is not None
+                               else []):
+        with ops.use_backend(name):
+            assert torch.equal(gather_kept_weights(w, chs), ref), name
+    empty = gather_kept_weights(w, chs[:, :0])
+    assert empty.shape == (5, 0, 0, kh, kw)
+
+
+def test_gather_kept_weights_errors():
+    from laud_mm.ops import gather_kept_weights
+    w = torch.randn(8, 8, 3, 3)
+    with pytest.raises(ValueError, match='weight must be a 4-D'):
+        gather_kept_weights(w[0], torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match='chs must be an int64'):
+        gather_kept_weights(w, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r'outside \[0, 8\)'):
+        gather_kept_weights(w, torch.tensor([[0, 8]]))
+    with pytest.raises(ValueError, match=r'outside \[0, 8\)'):
+        gather_kept_weights(w, torch.tensor([[-1, 2]]))
+
+
+# ------------------------------------------------- fused channel branch
+def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2):
+    """Random folded weights in the kernel's layouts and kept channels in
+    runs of ``g2`` (the gate's G), one sample with none kept."""
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(width, c_in, generator=g) / c_in ** 0.5
+    w2 = torch.randn(width, width, 3, 3, generator=g) / (9 * width) ** 0.5
+    w3 = torch.randn(c_out, width, generator=g) / width ** 0.5
+    b1, b2, b3 = (torch.randn(m, generator=g) * 0.1
+                  for m in (width, width, c_out))
+    w1t = torch.cat([w1, torch.zeros(1, c_in)]).t().contiguous()
+    w2p = F.pad(w2, (0, 0, 0, 0, 0, 1, 0, 1))
+    w2t = w2p.permute(2, 3, 1, 0).reshape(9, width + 1, width + 1).contiguous()
+    w3t = torch.cat([w3.t(), torch.zeros(1, c_out)]).contiguous()
+    b1p, b2p = F.pad(b1, (0, 1)), F.pad(b2, (0, 1))
+    groups = width // g2
+    kmax = 0
+    kept = []
+    for i in range(n):
+        kg = 0 if i == 1 else int(torch.randint(1, groups + 1, (1,),
+                                                generator=g))
+        sel = torch.randperm(groups, generator=g)[:kg].sort()[0]
+        ch = (sel[:, None] * g2 + torch.arange(g2)).flatten()
+        kept.append(ch)
+        kmax = max(kmax, ch.numel())
+    chs = torch.full((n, kmax + 3), width, dtype=torch.int64)
+    for i, ch in enumerate(kept):
+        chs[i, :ch.numel()] = ch
+    counts = torch.tensor([ch.numel() for ch in kept])
+    x = torch.randn(n, c_in, h, w, generator=g).relu_()
+    ho = (h + 2 * dil - 2 * dil - 1) // stride + 1
+    wo = (w + 2 * dil - 2 * dil - 1) // stride + 1
+    ident = torch.randn(n, c_out, ho, wo, generator=g)
+    # the masked-dense block: every channel computed, dropped ones zeroed
+    mask = torch.zeros(n, width)
+    for i, ch in enumerate(kept):
+        mask[i, ch] = 1
+    h1 = F.conv2d(x, w1[:, :, None, None], b1).relu_() * mask[:, :, None, None]
+    h2 = F.conv2d(h1, w2, b2, stride, dil, dil).relu_() * \
+        mask[:, :, None, None]
+    dense = (ident + F.conv2d(h2, w3[:, :, None, None], b3)).relu_()
+    return (x, chs, counts, w1t, b1p, w2t, b2p, w3t, b3, stride, dil,
+            dil), ident, dense
+
+
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride,dil,g2', [
+    (3, 40, 24, 32, 7, 7, 1, 1, 2),     # stage-4 like, 7 pixels per row
+    (2, 24, 40, 64, 9, 6, 2, 1, 2),     # stride 2, odd sizes
+    (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1 (odd counts)
+    (4, 72, 70, 16, 3, 11, 1, 1, 2),    # panels of 64 + 6, a 1-wide row
+])
+def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
+                                                   w, stride, dil, g2):
+    """The fused channel-skipping branch (AVX-512 tiles, the generic tiles
+    and the PyTorch reference) returns the masked-dense block: per-sample
+    kept channels in runs of G, a sample with none kept, padding entries of
+    chs beyond counts ignored, stride / dilation, panels wider than 64."""
+    from laud_mm.ops import (channel_branch_add_relu,
+                             channel_branch_add_relu_reference)
+    args, ident, dense = _channel_case(7, n, c_in, width, c_out, h, w,
+                                       stride, dil, g2)
+    ref = channel_branch_add_relu_reference(ident.clone(), *args)
+    assert (ref - dense).abs().max() <= 1e-5
+    with ops.use_backend('pytorch'):
+        out = channel_branch_add_relu(ident.clone(), *args)
+    assert (out - dense).abs().max() <= 1e-5
+    if ops.extension() is None:
+        return
+    out = ident.clone()
+    assert channel_branch_add_relu(out, *args) is out
+    assert (out - dense).abs().max() <= 1e-5
+    # the sample with no kept channel: relu(identity + b3)
+    assert torch.equal(out[1], (ident[1] + args[8][:, None, None]).relu())
+    gen = ident.clone()
+    ops.extension().channel_branch_add_relu(gen, *args, force_generic=True)
+    assert (gen - dense).abs().max() <= 1e-5
+    assert ops.channel_branch_isa() in ('avx512f', 'generic')
+
+
+def test_channel_branch_errors():
+    from laud_mm.ops import channel_branch_add_relu
+    args, ident, _ = _channel_case(1, 2, 8, 8, 16, 5, 5, 1, 1, 2)
+    (x, chs, counts, w1t, b1, w2t, b2, w3t, b3, st, pad, dil) = args
+    with pytest.raises(ValueError, match='x must be a float32 CPU tensor'):
+        channel_branch_add_relu(ident, x.double(), *args[1:])
+    with pytest.raises(ValueError, match=r'w2t must have shape \(9, 9, 9\)'):
+        channel_branch_add_relu(ident, x, chs, counts, w1t, b1, w2t[:8],
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='counts must lie in'):
+        channel_branch_add_relu(ident, x, chs, counts + 100, w1t, b1, w2t,
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='chs must lie in'):
+        channel_branch_add_relu(ident, x, chs + 100, counts, w1t, b1, w2t,
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='chs must be an int64'):
+        channel_branch_add_relu(ident, x, chs.int(), counts, w1t, b1, w2t,
+                                b2, w3t, b3, st, pad, dil)
+    with pytest.raises(ValueError, match='conv2 .* gives'):
+        channel_branch_add_relu(ident, x, chs, counts, w1t, b1, w2t, b2,
+                                w3t, b3, 2, pad, dil)
+
+
+# ------------------------------------------------ fused spatial branch
+def _spatial_case(seed, n, c_in, width, c_out, h, w, s, stride, dil,
+                  density):
+    """Random folded weights, input, identity and per-sample patch gates;
+    the masked-dense block computed with plain convolutions."""
+    from laud_mm.ops import spatial_packed_weights
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(width, c_in, 1, 1, generator=g) / c_in ** 0.5
+    w2 = torch.randn(width, width, 3, 3, generator=g) / (9 * width) ** 0.5
+    w3 = torch.randn(c_out, width, 1, 1, generator=g) / width ** 0.5
+    b1, b2, b3 = (torch.randn(c, generator=g) * 0.1
+                  for c in (width, width, c_out))
+    x = torch.randn(n, c_in, h, w, generator=g)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    gh, gw = -(-ho // s), -(-wo // s)
+    gate = (torch.rand(n, gh, gw, generator=g) < density).float()
+    gate[0] = 0  # a sample without active patches
+    if n > 2:
+        gate[2] = 1  # and one with every patch active
+    ident = torch.randn(n, c_out, ho, wo, generator=g)
+    mask = gate.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :ho, :wo]
+    y = F.conv2d(F.conv2d(F.conv2d(x, w1, b1).relu(), w2, b2, stride, dil,
+                          dil).relu(), w3, b3)
+    dense = (ident + y * mask[:, None]).relu()
+    w1p, w2p, w3p = spatial_packed_weights(w1, w2, w3)
+    idx = (gate > 0.5).nonzero().contiguous()
+    return x, ident, idx, (w1p, b1, w2p, b2, w3p, b3), dense, y * mask[:, None]
+
+
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride,dil', [
+    (3, 24, 16, 32, 13, 11, 2, 1, 1),    # odd sizes, partial patches
+    (3, 16, 32, 64, 15, 12, 4, 2, 1),    # stride 2, runs of 4
+    (2, 48, 80, 16, 9, 10, 1, 1, 2),     # S = 1, dilation 2, 64 + 16 panel
+    (3, 32, 16, 80, 14, 14, 3, 1, 1),    # S = 3 (scalar epilogue runs)
+    (2, 16, 16, 16, 7, 7, 8, 1, 1),      # S = 8 > map: one clipped patch
+    (3, 16, 16, 32, 16, 16, 4, 1, 1),    # full runs of 4 and 8
+])
+def test_spatial_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
+                                                   w, s, stride, dil):
+    """The fused spatial branch (AVX-512 tiles, the generic tiles and the
+    PyTorch reference) returns the masked-dense block, out of place, in
+    place into the identity, and in place with identity_nonneg (inactive
+    pixels untouched, bit for bit); samples with no / every patch active."""
+    from laud_mm.ops import (spatial_branch_add_relu,
+                             spatial_branch_add_relu_reference)
+    x, ident, idx, packed, dense, ym = _spatial_case(
+        11, n, c_in, width, c_out, h, w, s, stride, dil, 0.4)
+    args = (idx,) + packed + (s, stride, dil)
+    ref = spatial_branch_add_relu_reference(torch.empty_like(ident), x,
+                                            ident, *args)
+    assert (ref - dense).abs().max() <= 1e-5
+    with ops.use_backend('pytorch'):
+        out = spatial_branch_add_relu(torch.empty_like(ident), x, ident,
+                                      *args)
+    assert (out - dense).abs().max() <= 1e-5
+    if ops.extension() is None:
+        return
+    out = torch.empty_like(ident)
+    assert spatial_branch_add_relu(out, x, ident, *args) is out
+    assert (out - dense).abs().max() <= 1e-5
+    assert torch.equal(out[0], ident[0].relu())  # no active patch
+    inpl = ident.clone()
+    spatial_branch_add_relu(inpl, x, inpl, *args)
+    assert (inpl - dense).abs().max() <= 1e-5
+    # a non-negative identity updated in place: only active pixels written
+    nonneg = ident.relu()
+    inpl = nonneg.clone()
+    spatial_branch_add_relu(inpl, x, inpl, *args, identity_nonneg=True)
+    assert (inpl - (nonneg + ym).relu()).abs().max() <= 1e-5
+    active = torch.zeros_like(inpl, dtype=torch.bool)
+    for i, gi, gj in idx.tolist():
+        active[i, :, gi * s:(gi + 1) * s, gj * s:(gj + 1) * s] = True
+    assert torch.equal(inpl[~active], nonneg[~active])
+    gen = torch.empty_like(ident)
+    ops.extension().spatial_branch_add_relu(gen, x, ident, *args,
+                                            force_generic=True)
+    assert (gen - dense).abs().max() <= 1e-5
+
+
+def test_spatial_branch_inplace_nonneg_values():
+    """identity_nonneg in place: active pixels get relu(identity + branch)
+    exactly as out of place; identity aliasing x (an identity block inside
+    the backbone) reads x before writing it."""
+    from laud_mm.ops import spatial_branch_add_relu
+    x, ident, idx, packed, _, _ = _spatial_case(
+        3, 3, 64, 16, 64, 12, 12, 2, 1, 1, 0.5)
+    x = x.relu_()
+    expect = torch.empty_like(x)
+    spatial_branch_add_relu(expect, x, x, idx, *packed, 2)
+    inpl = x.clone()
+    spatial_branch_add_relu(inpl, inpl, inpl, idx, *packed, 2,
+                            identity_nonneg=True)
+    assert (inpl - expect).abs().max() <= 1e-6
+    assert not torch.equal(inpl, x)
+
+
+def test_spatial_pack_panels_roundtrip():
+    from laud_mm.ops import pack_panels, unpack_panels
+    m = torch.randn(9, 150)
+    flat = pack_panels(m)
+    assert flat.shape == (9 * 150,)
+    assert torch.equal(flat[:9 * 64].view(9, 64), m[:, :64])
+    assert torch.equal(unpack_panels(flat, 9, 150), m)
+    with pytest.raises(ValueError, match='wt must be a'):
+        pack_panels(torch.randn(2, 3, 4))
+
+
+def test_spatial_branch_errors():
+    from laud_mm.ops import spatial_branch_add_relu
+    x, ident, idx, packed, _, _ = _spatial_case(1, 2, 16, 16, 16, 6, 6, 2,
+                                                1, 1, 0.5)
+    w1p, b1, w2p, b2, w3p, b3 = packed
+    out = torch.empty_like(ident)
+    with pytest.raises(ValueError, match='x must be a float32 CPU tensor'):
+        spatial_branch_add_relu(out, x.double(), ident, idx, *packed, 2)
+    with pytest.raises(ValueError, match='w2p must be 1-D with 2304'):
+        spatial_branch_add_relu(out, x, ident, idx, w1p, b1, w2p[:10], b2,
+                                w3p, b3, 2)
+    bad = idx.clone()
+    bad[:, 1] += 5
+    with pytest.raises(ValueError, match='idx column 1 must lie in'):
+        spatial_branch_add_relu(out, x, ident, bad, *packed, 2)
+    with pytest.raises(ValueError, match='sorted by sample'):
+        spatial_branch_add_relu(out, x, ident, torch.tensor([[1, 0, 0],
+                                                             [0, 0, 0]]),
+                                *packed, 2)
+    with pytest.raises(ValueError, match='S=0 must be an int'):
+        spatial_branch_add_relu(out, x, ident, idx, *packed, 0)
+    with pytest.raises(ValueError, match='conv2 .* gives'):
+        spatial_branch_add_relu(out, x, ident, idx, *packed, 2, 2)
+    neg = ident.clone()
+    with pytest.raises(ValueError, match='identity_nonneg'):
+        spatial_branch_add_relu(neg, x, neg, idx, *packed, 2,
+                                identity_nonneg=True)
+
+
+# ------------------------------------------------------------- stem max-pool
+@pytest.mark.parametrize('shape', [(2, 64, 112, 112), (3, 5, 17, 22),
+                                   (1, 3, 2, 3)])
+def test_stem_max_pool_equals_pytorch(shape):
+    """oneDNN's pool (``ops.max_pool2d``) returns F.max_pool2d's values,
+    negatives and borders included (padding excluded from the max)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) - 0.5
+    assert ops.max_pool.uses_onednn(x) == torch.backends.mkldnn.is_available()
+    got = ops.max_pool2d(x, 3, 2, 1)
+    assert got.is_contiguous()
+    assert torch.equal(got, F.max_pool2d(x, 3, 2, 1))
+    # tensors oneDNN is not used for give the same too
+    xs = x.transpose(2, 3)
+    assert not ops.max_pool.uses_onednn(xs)
+    assert torch.equal(ops.max_pool2d(xs, 3, 2, 1), F.max_pool2d(xs, 3, 2, 1))
+
+
+def test_stem_max_pool_module_and_errors():
+    """LAUDResNet's stem pool: eval output equals nn.MaxPool2d's, training
+    uses nn.MaxPool2d (gradients), bad arguments name the key."""
+    from laud_mm.models import LAUDResNet
+    net = LAUDResNet(50, paradigm='layer')
+    assert isinstance(net.maxpool, ops.MaxPool2d)
+    ref = torch.nn.MaxPool2d(3, 2, 1)
+    x = torch.randn(2, 64, 15, 16, requires_grad=True)
+    net.maxpool.eval()
+    with torch.no_grad():
+        assert torch.equal(net.maxpool(x), ref(x))
+    net.maxpool.train()
+    net.maxpool(x).sum().backward()
+    assert x.grad is not None and float(x.grad.sum()) > 0
+    with pytest.raises(ValueError, match='padding=2'):
+        ops.max_pool2d(x.detach(), 3, 2, 2)
+    with pytest.raises(ValueError, match='stride='):
+        ops.max_pool2d(x.detach(), 3, -1, 1)
