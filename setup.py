@@ -1,20 +1,59 @@
 """Build and install laud_mm (an OpenMMLab plugin for LAUDNet).
 
-Install torch first (the README pins torch==2.13.0), then
-``pip install --no-build-isolation -e .``. The extension ``laud_mm._ext``
-(C++ CPU kernels from csrc/cpu) is always built; the CUDA kernels
-(csrc/cuda/*.cu + csrc/cuda_bindings.cpp) are added when torch has CUDA and a
-CUDA toolkit is found, or when FORCE_CUDA=1. Set LAUD_MM_NO_EXT=1 to install
-the pure-Python package only (laud_mm.ops then uses its PyTorch reference).
-torch is deliberately not in install_requires so pip never replaces it.
+Install torch first (the README pins torch==2.13.0), then ``pip install -e .``
+or ``pip install .`` (with or without ``--no-build-isolation``; old and new
+pip). The extension ``laud_mm._ext`` (C++ CPU kernels from csrc/cpu) is always
+built, against the torch installed in the environment (its C++ standard and
+ABI), with ninja when available and without debug information; the CUDA
+kernels (csrc/cuda/*.cu + csrc/cuda_bindings.cpp) are added when torch has
+CUDA and a CUDA toolkit is found, or when FORCE_CUDA=1. Set LAUD_MM_NO_EXT=1
+to install the pure-Python package only (laud_mm.ops then uses its PyTorch
+reference), LAUD_MM_DEBUG=1 to keep debug information. torch is deliberately
+neither in install_requires nor a build requirement, so pip never replaces it.
 """
 import glob
 import os
 import re
+import site
+import sys
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def import_installed_torch():
+    """The environment's torch, also from an isolated build environment.
+
+    pip's build isolation hides the environment's site-packages; the
+    extension must nevertheless link against the torch that will import it
+    (a torch fetched into the isolated environment may have another C++
+    ABI), so its site-packages are searched as a fallback.
+
+    Raises:
+        RuntimeError: no torch installed (install it first, or set
+            LAUD_MM_NO_EXT=1 for the pure-Python package).
+    """
+    try:
+        import torch
+        return torch
+    except ImportError:
+        pass
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE and site.getusersitepackages():
+        dirs.append(site.getusersitepackages())
+    for d in dirs:
+        if os.path.isdir(os.path.join(d, 'torch')) and d not in sys.path:
+            sys.path.append(d)
+    try:
+        import torch
+        return torch
+    except ImportError as e:
+        raise RuntimeError(
+            'laud_mm builds its C++ extension against the installed torch, '
+            'and none was found: install torch first (pip install '
+            'torch==2.13.0), or set LAUD_MM_NO_EXT=1 to install the '
+            'pure-Python package (PyTorch reference ops)') from e
 
 
 def get_version() -> str:
@@ -28,12 +67,19 @@ def get_version() -> str:
 def get_extensions():
     if os.environ.get('LAUD_MM_NO_EXT', '0') == '1':
         return [], {}
-    import torch
+    torch = import_installed_torch()
     from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension,
                                            CppExtension, CUDAExtension)
     sources = ['csrc/bindings.cpp'] + sorted(glob.glob('csrc/cpu/*.cpp'))
-    cxx = ['-O3', '-std=c++17']
-    define_macros = []
+    # no -std: torch's BuildExtension adds the standard its headers need
+    # (C++20 for torch 2.13, C++17 before); -g0 after Python's -g drops the
+    # debug information (~20 MB) unless LAUD_MM_DEBUG=1
+    debug = os.environ.get('LAUD_MM_DEBUG', '0') == '1'
+    cxx = ['-O3'] + ([] if debug else ['-g0'])
+    nvcc = ['-O3'] + (['-lineinfo'] if debug else [])
+    # the version the extension was compiled against, checked on import
+    define_macros = [('LAUD_MM_TORCH_VERSION',
+                      '"%s"' % torch.__version__.split('+')[0])]
     force_cuda = os.environ.get('FORCE_CUDA', '0') == '1'
     with_cuda = force_cuda or (torch.version.cuda is not None
                                and CUDA_HOME is not None)
@@ -43,13 +89,14 @@ def get_extensions():
         ext = CUDAExtension(
             'laud_mm._ext', sources, define_macros=define_macros,
             include_dirs=[os.path.join(HERE, 'csrc')],
-            extra_compile_args={'cxx': cxx, 'nvcc': ['-O3']})
+            extra_compile_args={'cxx': cxx, 'nvcc': nvcc})
     else:
         ext = CppExtension(
             'laud_mm._ext', sources, define_macros=define_macros,
             include_dirs=[os.path.join(HERE, 'csrc')],
             extra_compile_args={'cxx': cxx})
-    return [ext], {'build_ext': BuildExtension.with_options(use_ninja=False)}
+    # ninja (parallel compilation) when installed, else setuptools' own
+    return [ext], {'build_ext': BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = get_extensions()

@@ -189,4 +189,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+#ifdef LAUD_MM_TORCH_VERSION
+  m.attr("torch_version") = LAUD_MM_TORCH_VERSION;
+#endif
 }

@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 
 import torch
+from mmengine.config import Config
 from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -23,13 +25,46 @@ from mmengine.registry import HOOKS
 
 HERE = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(HERE)
+DEMO = osp.join(ROOT, 'configs/demo/faster-rcnn_laud-r50-spatial_coco-tiny.py')
+
+
+def small_cfg(work_dir, max_iters=2, n_train=4, n_val=4, config=DEMO,
+              tau=(5.0, 0.1)):
+    """The demo config cut to a few iterations on a few real images."""
+    cfg = Config.fromfile(config)
+    cfg.work_dir = str(work_dir)
+    # a unique experiment name: mmengine shares its Visualizer / MessageHub
+    # instances between Runners of the same name (config name + second)
+    cfg.experiment_name = f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex}'
+    if cfg.get('visualizer') is not None:
+        # mmdet/mmpretrain name their visualizer 'visualizer': a second Runner
+        # in the process would reuse the first one and log into its work dir
+        cfg.visualizer.name = cfg.experiment_name
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
+                         val_interval=10 ** 6)
+    cfg.param_scheduler = []
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1,
+                                        by_epoch=False)
+    cfg.default_hooks.logger.interval = 1
+    cfg.custom_hooks = [dict(type='laud_mm.GumbelTemperatureHook',
+                             tau0=tau[0], tau1=tau[1])]
+    for key, n in (('train_dataloader', n_train), ('val_dataloader', n_val)):
+        dl = cfg[key]
+        dl.num_workers = 0
+        dl.persistent_workers = False
+        dl.dataset.indices = n
+        dl.dataset.pipeline[1 if key == 'val_dataloader' else 2] = dict(
+            type='Resize', scale=(256, 160), keep_ratio=True)
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.randomness = dict(seed=0)
+    return cfg
 
 
 def fast_cfg(work_dir, max_iters=2, n_train=4, n_val=4, scale=(256, 160),
              batch=2, val_batch=1, flip=False, tau=(5.0, 0.1),
              config=None):
-    """``small_cfg`` of test_detector_e2e (the demo Faster R-CNN LAUD-R50
-    spatial config on a few real coco_tiny images) with CPU-time knobs.
+    """:func:`small_cfg` (the demo Faster R-CNN LAUD-R50 spatial config on
+    a few real coco_tiny images) with CPU-time knobs.
 
     Only cost knobs change: RPN proposals and RoI samples per image (the RoI
     head dominates CPU time at this image size), no random flip by default
@@ -37,7 +72,6 @@ def fast_cfg(work_dir, max_iters=2, n_train=4, n_val=4, scale=(256, 160),
     different process layouts need the same pixels), batch sizes, scale.
     The backbone, gates, sparsity loss and temperature hook are the demo's.
     """
-    from test_detector_e2e import small_cfg
     kwargs = {} if config is None else dict(config=config)
     cfg = small_cfg(work_dir, max_iters=max_iters, n_train=n_train,
                     n_val=n_val, tau=tau, **kwargs)

@@ -9,14 +9,11 @@ Usage:
 import argparse
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import laud_mm  # noqa: E402,F401  (registers laud_mm, checkpoint loading)
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+import laud_mm  # noqa: F401  (registers laud_mm, checkpoint loading)
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
 
 def parse_args(argv=None):

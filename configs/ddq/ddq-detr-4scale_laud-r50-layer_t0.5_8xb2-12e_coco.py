@@ -2,5 +2,4 @@
 _base_ = './ddq-detr-4scale_laud-r50-spatial-s4421_t0.5_8xb2-12e_coco.py'
 laud_pretrained = 'work_dirs/laud-r50-layer_8xb128_in1k/epoch_100.pth'
 model = dict(backbone=dict(
-    paradigm='layer', granularity=None,
-    init_cfg=dict(checkpoint=laud_pretrained)))
+    _base_.laud_layer, init_cfg=dict(checkpoint=laud_pretrained)))

@@ -1,7 +1,8 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, DDQ-DETR
 # 4-scale on COCO (mmdet layout data/coco/), 12 epochs, AdamW lr 2e-4 (batch
-# 8 x 2), backbone lr multiplier 0.1, tau fixed at 0.1, sparsity term
-# (F_dyn / F_static - t)^2 with weight 1 (docs/method.md sec. 3).
+# 8 x 2), backbone lr multiplier 0.1 (paper appendix B.3). Sparsity term
+# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, hooks and
+# evaluators from ../_base_/laud_detection_runtime.py (docs/method.md sec. 3).
 _base_ = [
     'mmdet::ddq/ddq-detr-4scale_r50_8xb2-12e_coco.py',
     '../_base_/laud_detection_runtime.py',
@@ -13,10 +14,8 @@ laud_pretrained = 'work_dirs/laud-r50-spatial-s4421_8xb128_in1k/epoch_100.pth'
 model = dict(
     type='laud_mm.LAUDDetector',
     detector='DDQDETR',
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=1.0, block_bounds=False),
-    backbone=dict(type='laud_mm.LAUDResNet', paradigm='spatial',
-                  granularity=(4, 4, 2, 1),
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
+    backbone=dict(_base_.laud_spatial_s4421, type='laud_mm.LAUDResNet',
                   init_cfg=dict(type='Pretrained', prefix='backbone.',
                                 checkpoint=laud_pretrained)))
 # mmdet's DDQ-DETR recipe, restated so that the LAUD settings are visible
@@ -25,10 +24,6 @@ optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.1)}))
 max_epochs = 12
 train_cfg = dict(max_epochs=max_epochs)
-val_evaluator = [
-    dict(type='CocoMetric',
-         ann_file='data/coco/annotations/instances_val2017.json',
-         metric='bbox', format_only=False, backend_args=None),
-    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
-]
+val_evaluator = _base_.laud_bbox_evaluator
 test_evaluator = val_evaluator
+default_hooks = _base_.laud_default_hooks

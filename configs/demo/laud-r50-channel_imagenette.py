@@ -1,4 +1,4 @@
 # Demo: LAUD-ResNet-50, channel skipping (G = 2-2-2-2), target rate 0.5, on
 # imagenette_subset; teacher / initialisation as laud-r50-spatial_imagenette.py.
 _base_ = ['./laud-r50-spatial_imagenette.py']
-model = dict(backbone=dict(paradigm='channel', granularity=(2, 2, 2, 2)))
+model = dict(backbone=dict(_base_.laud_channel_g2))

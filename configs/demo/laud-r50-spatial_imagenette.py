@@ -16,14 +16,12 @@ _base_ = ['./resnet50_static_imagenette.py']
 target_rate = 0.5
 teacher_checkpoint = None
 model = dict(
-    backbone=dict(paradigm='spatial', granularity=(4, 4, 2, 1)),
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=10.0),
+    backbone=dict(_base_.laud_spatial_s4421),
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
     # the teacher is the static demo model (same architecture, no maskers)
     teacher=dict(config={{_base_.model}}, checkpoint=teacher_checkpoint),
-    distill_loss=dict(type='laud_mm.DistillationLoss', temperature=4.0,
-                      loss_weight=0.5))
-custom_hooks = [dict(type='laud_mm.GumbelTemperatureHook', tau0=5.0, tau1=0.1)]
+    distill_loss=_base_.laud_distill_loss)
+custom_hooks = [_base_.laud_gumbel_hook]
 
 # 2 epochs of fine-tuning (64 iterations; the per-block sparsity bounds relax
 # over the first third). The lr of the static run is kept: the paper's

@@ -28,12 +28,10 @@ model = dict(
     backbone=dict(_delete_=True, type='laud_mm.LAUDRegNetY', arch=arch,
                   paradigm='layer', out_indices=(3, )),
     head=dict(in_channels=440),
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=10.0),
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
     teacher=dict(config=static_model, checkpoint=None),
-    distill_loss=dict(type='laud_mm.DistillationLoss', temperature=4.0,
-                      loss_weight=0.5))
-custom_hooks = [dict(type='laud_mm.GumbelTemperatureHook', tau0=5.0, tau1=0.1)]
+    distill_loss=_base_.laud_distill_loss)
+custom_hooks = [_base_.laud_gumbel_hook]
 
 max_epochs = 2
 param_scheduler = [

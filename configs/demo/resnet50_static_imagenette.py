@@ -6,8 +6,10 @@
 # (laud-r50-{spatial,channel,layer}_imagenette.py), as torchvision's ResNet-50
 # is for the ImageNet configs. Expect a low top-1: 3 epochs on 500 images.
 # Run from the repository root (data_root is relative to it).
-_base_ = ['mmpretrain::_base_/default_runtime.py']
-custom_imports = dict(imports=['laud_mm'], allow_failed_imports=False)
+_base_ = [
+    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/laud_classification_runtime.py',
+]
 
 data_root = '../shared/data/imagenette_subset'
 crop = 128
@@ -51,10 +53,7 @@ val_dataloader = dict(
                  pipeline=test_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=False))
 test_dataloader = val_dataloader
-val_evaluator = [
-    dict(type='Accuracy', topk=(1, 5)),
-    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
-]
+val_evaluator = _base_.laud_evaluator
 test_evaluator = val_evaluator
 
 # from scratch: a larger lr than the fine-tuning rule 0.01 x batch / 128
@@ -71,7 +70,10 @@ param_scheduler = [
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict()
 test_cfg = dict()
-default_hooks = dict(logger=dict(type='LoggerHook', interval=8),
+# no maskers here, so no Gumbel temperature hook (the LAUD demos add it)
+default_hooks = dict(_base_.laud_default_hooks,
+                     logger=dict(type='laud_mm.MainProcessLoggerHook',
+                                 interval=8),
                      checkpoint=dict(type='CheckpointHook',
                                      interval=max_epochs))
 randomness = dict(seed=0)

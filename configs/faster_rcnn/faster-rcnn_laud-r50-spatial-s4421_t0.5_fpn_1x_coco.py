@@ -1,7 +1,8 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, Faster R-CNN
-# FPN 1x on COCO (mmdet layout data/coco/). Backbone lr multiplier 0.5, tau
-# fixed at 0.1 (runtime base), sparsity term (F_dyn / F_static - t)^2 with
-# weight 1 (paper sec. 4.3, docs/method.md sec. 3).
+# FPN 1x on COCO (mmdet layout data/coco/), backbone lr multiplier 0.5 (paper
+# appendix B.3). From ../_base_/laud_detection_runtime.py: the sparsity term
+# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, the laud_mm hooks
+# and the COCO AP + latency evaluators (paper sec. 4.5, docs/method.md sec. 3).
 _base_ = [
     'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',
@@ -16,18 +17,12 @@ model = dict(
     type='laud_mm.LAUDDetector',
     detector='FasterRCNN',
     # authors' detection recipe: only the global term (F_dyn/F_static - t)^2
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=1.0, block_bounds=False),
-    backbone=dict(type='laud_mm.LAUDResNet', paradigm='spatial',
-                  granularity=(4, 4, 2, 1),
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
+    backbone=dict(_base_.laud_spatial_s4421, type='laud_mm.LAUDResNet',
                   init_cfg=dict(type='Pretrained', prefix='backbone.',
                                 checkpoint=laud_pretrained)))
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)}))
-val_evaluator = [
-    dict(type='CocoMetric',
-         ann_file='data/coco/annotations/instances_val2017.json',
-         metric='bbox', format_only=False, backend_args=None),
-    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
-]
+val_evaluator = _base_.laud_bbox_evaluator
 test_evaluator = val_evaluator
+default_hooks = _base_.laud_default_hooks

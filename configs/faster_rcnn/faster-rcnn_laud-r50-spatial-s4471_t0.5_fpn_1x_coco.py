@@ -3,4 +3,4 @@
 # feature maps), target rate 0.5. The masker weights do not depend on S, so
 # the 4-4-2-1 ImageNet checkpoint loads unchanged.
 _base_ = './faster-rcnn_laud-r50-spatial-s4421_t0.5_fpn_1x_coco.py'
-model = dict(backbone=dict(granularity=(4, 4, 7, 1)))
+model = dict(backbone=dict(_base_.laud_spatial_s4471))

@@ -1,7 +1,7 @@
 # LAUD-RegNetY-400MF, layer skipping (skips the block's SE too), target 0.5,
-# Faster R-CNN FPN 1x on COCO. Backbone lr multiplier 0.5, tau fixed at 0.1,
-# sparsity term (F_dyn / F_static - t)^2 with weight 1 (paper sec. 4.3,
-# docs/method.md sec. 3). The FPN reads the stage outputs of widths
+# Faster R-CNN FPN 1x on COCO. Backbone lr multiplier 0.5; sparsity term,
+# tau 0.1, hooks and evaluators from ../_base_/laud_detection_runtime.py
+# (paper sec. 4.5, docs/method.md sec. 3). The FPN reads the stage outputs of widths
 # 48 / 104 / 208 / 440 (LAUDRegNetY.out_channels). RGB input normalisation
 # of the faster-rcnn_r50 base = torchvision's, which the RegNetY weights expect.
 _base_ = [
@@ -19,10 +19,9 @@ laud_pretrained = 'work_dirs/laud-regnety-400mf-layer_8xb128_in1k/epoch_100.pth'
 model = dict(
     type='laud_mm.LAUDDetector',
     detector='FasterRCNN',
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=1.0, block_bounds=False),
-    backbone=dict(_delete_=True, type='laud_mm.LAUDRegNetY',
-                  arch='regnety_400mf', paradigm='layer', granularity=None,
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
+    backbone=dict(_base_.laud_layer, _delete_=True,
+                  type='laud_mm.LAUDRegNetY', arch='regnety_400mf',
                   out_indices=(0, 1, 2, 3), frozen_stages=1, norm_eval=True,
                   init_cfg=dict(type='Pretrained', prefix='backbone.',
                                 checkpoint=laud_pretrained)),
@@ -30,10 +29,6 @@ model = dict(
 optim_wrapper = dict(
     optimizer=dict(weight_decay=5e-5),
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)}))
-val_evaluator = [
-    dict(type='CocoMetric',
-         ann_file='data/coco/annotations/instances_val2017.json',
-         metric='bbox', format_only=False, backend_args=None),
-    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
-]
+val_evaluator = _base_.laud_bbox_evaluator
 test_evaluator = val_evaluator
+default_hooks = _base_.laud_default_hooks

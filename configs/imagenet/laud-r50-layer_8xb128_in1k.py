@@ -1,8 +1,5 @@
 # LAUD-ResNet-50, layer skipping (one gate per block and image), ImageNet-1k;
-# schedule, teacher, weights and target-rate override as in
+# schedule, teacher, weights and target rate as in
 # laud-r50-spatial-s4421_8xb128_in1k.py.
 _base_ = ['./laud-r50-spatial-s4421_8xb128_in1k.py']
-target_rate = 0.5
-model = dict(
-    backbone=dict(paradigm='layer', granularity=None),
-    sparsity_loss=dict(target_rate=target_rate))
+model = dict(backbone=dict(_base_.laud_layer))

@@ -3,4 +3,4 @@
 # their channels is kept, see laud_mm/models/regnet/dynamic.py), ImageNet-1k.
 # Schedule, weights and teacher as laud-regnety-800mf-spatial-s4421_8xb128_in1k.py.
 _base_ = ['./laud-regnety-800mf-spatial-s4421_8xb128_in1k.py']
-model = dict(backbone=dict(paradigm='channel', granularity=(2, 2, 2, 2)))
+model = dict(backbone=dict(_base_.laud_channel_g2))

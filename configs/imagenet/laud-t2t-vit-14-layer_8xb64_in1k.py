@@ -3,6 +3,4 @@
 # weights and target-rate override as in
 # laud-t2t-vit-14-spatial_8xb64_in1k.py.
 _base_ = ['./laud-t2t-vit-14-spatial_8xb64_in1k.py']
-target_rate = 0.7
-model = dict(backbone=dict(paradigm='layer'),
-             sparsity_loss=dict(target_rate=target_rate))
+model = dict(backbone=dict(paradigm='layer'))

@@ -19,8 +19,10 @@
 # initialisation). Offline, download it elsewhere and pass the local path to
 # both: --cfg-options model.init_cfg.checkpoint=PATH
 # model.teacher.checkpoint=PATH
-_base_ = ['mmpretrain::t2t_vit/t2t-vit-t-14_8xb64_in1k.py']
-custom_imports = dict(imports=['laud_mm'], allow_failed_imports=False)
+_base_ = [
+    'mmpretrain::t2t_vit/t2t-vit-t-14_8xb64_in1k.py',
+    '../_base_/laud_classification_runtime.py',
+]
 
 target_rate = 0.7
 t2t_checkpoint = ('https://download.openmmlab.com/mmclassification/v0/'
@@ -31,15 +33,12 @@ model = dict(
     # the rest of the backbone (embed 384, 14 layers, 6 heads, MLP ratio 3,
     # T2T token_dims 64, drop path 0.1) comes from mmpretrain's config
     backbone=dict(type='laud_mm.LAUDT2TViT', paradigm='spatial'),
-    # alpha = 10, per-layer bounds relaxing over the first third of training
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=10.0, warmup_fraction=0.33,
-                       block_bounds=True),
+    # the paper's objective; the per-block bounds apply per encoder layer
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
     # frozen static teacher: mmpretrain's T2T-ViT-t-14, its own config
     teacher=dict(config='mmpretrain::t2t_vit/t2t-vit-t-14_8xb64_in1k.py',
                  checkpoint=t2t_checkpoint),
-    distill_loss=dict(type='laud_mm.DistillationLoss', temperature=4.0,
-                      loss_weight=0.5),
+    distill_loss=_base_.laud_distill_loss,
     init_cfg=dict(type='Pretrained', checkpoint=t2t_checkpoint))
 
 optim_wrapper = dict(optimizer=dict(lr=1e-4))
@@ -51,17 +50,14 @@ param_scheduler = [
 ]
 train_cfg = dict(by_epoch=True, max_epochs=100, val_interval=1)
 
-# mmpretrain's EMA, and the Gumbel temperature 5 -> 0.1 every iteration
+# mmpretrain's EMA (its recipe's custom_hooks, restated: lists are replaced,
+# not merged), and the Gumbel temperature 5 -> 0.1
 custom_hooks = [
     dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL'),
-    dict(type='laud_mm.GumbelTemperatureHook', tau0=5.0, tau1=0.1),
+    _base_.laud_gumbel_hook,
 ]
 
-val_evaluator = [
-    dict(type='Accuracy', topk=(1, 5)),
-    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
-]
+val_evaluator = _base_.laud_evaluator
 test_evaluator = val_evaluator
-default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3,
-                    save_best='accuracy/top1', rule='greater'))
+default_hooks = dict(_base_.laud_default_hooks,
+                     checkpoint=_base_.laud_checkpoint_hook)

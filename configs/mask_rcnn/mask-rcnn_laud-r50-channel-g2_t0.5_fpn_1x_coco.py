@@ -2,5 +2,4 @@
 _base_ = './mask-rcnn_laud-r50-spatial-s4421_t0.5_fpn_1x_coco.py'
 laud_pretrained = 'work_dirs/laud-r50-channel-g2_8xb128_in1k/epoch_100.pth'
 model = dict(backbone=dict(
-    paradigm='channel', granularity=(2, 2, 2, 2),
-    init_cfg=dict(checkpoint=laud_pretrained)))
+    _base_.laud_channel_g2, init_cfg=dict(checkpoint=laud_pretrained)))

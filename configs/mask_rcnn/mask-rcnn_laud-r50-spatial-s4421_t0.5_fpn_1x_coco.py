@@ -1,8 +1,9 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, Mask R-CNN
 # FPN 1x on COCO (mmdet layout data/coco/): box and mask AP. Backbone lr
-# multiplier 0.5 (paper; the authors' released config uses 0.3), tau fixed at
-# 0.1, sparsity term (F_dyn / F_static - t)^2 with weight 1 (docs/method.md
-# sec. 3).
+# multiplier 0.5 (paper appendix B.3; the authors' released config uses 0.3).
+# Sparsity term (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1,
+# hooks and evaluators from ../_base_/laud_detection_runtime.py
+# (docs/method.md sec. 3).
 _base_ = [
     'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',
@@ -14,18 +15,12 @@ laud_pretrained = 'work_dirs/laud-r50-spatial-s4421_8xb128_in1k/epoch_100.pth'
 model = dict(
     type='laud_mm.LAUDDetector',
     detector='MaskRCNN',
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=1.0, block_bounds=False),
-    backbone=dict(type='laud_mm.LAUDResNet', paradigm='spatial',
-                  granularity=(4, 4, 2, 1),
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
+    backbone=dict(_base_.laud_spatial_s4421, type='laud_mm.LAUDResNet',
                   init_cfg=dict(type='Pretrained', prefix='backbone.',
                                 checkpoint=laud_pretrained)))
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)}))
-val_evaluator = [
-    dict(type='CocoMetric',
-         ann_file='data/coco/annotations/instances_val2017.json',
-         metric=['bbox', 'segm'], format_only=False, backend_args=None),
-    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
-]
+val_evaluator = _base_.laud_instance_evaluator
 test_evaluator = val_evaluator
+default_hooks = _base_.laud_default_hooks

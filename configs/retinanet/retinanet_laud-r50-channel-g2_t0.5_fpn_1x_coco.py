@@ -1,6 +1,7 @@
 # LAUD-ResNet-50, channel skipping (G = 2-2-2-2), target 0.5, RetinaNet FPN 1x
-# on COCO. Backbone lr multiplier 0.2, tau fixed at 0.1, sparsity term
-# (F_dyn / F_static - t)^2 with weight 1 (docs/method.md sec. 3).
+# on COCO, backbone lr multiplier 0.2 (paper appendix B.3). Sparsity term
+# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, hooks and
+# evaluators from ../_base_/laud_detection_runtime.py (docs/method.md sec. 3).
 _base_ = [
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',
@@ -12,18 +13,12 @@ laud_pretrained = 'work_dirs/laud-r50-channel-g2_8xb128_in1k/epoch_100.pth'
 model = dict(
     type='laud_mm.LAUDDetector',
     detector='RetinaNet',
-    sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=target_rate,
-                       loss_weight=1.0, block_bounds=False),
-    backbone=dict(type='laud_mm.LAUDResNet', paradigm='channel',
-                  granularity=(2, 2, 2, 2),
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
+    backbone=dict(_base_.laud_channel_g2, type='laud_mm.LAUDResNet',
                   init_cfg=dict(type='Pretrained', prefix='backbone.',
                                 checkpoint=laud_pretrained)))
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.2)}))
-val_evaluator = [
-    dict(type='CocoMetric',
-         ann_file='data/coco/annotations/instances_val2017.json',
-         metric='bbox', format_only=False, backend_args=None),
-    dict(type='laud_mm.BackboneLatencyMetric', hardware='v100'),
-]
+val_evaluator = _base_.laud_bbox_evaluator
 test_evaluator = val_evaluator
+default_hooks = _base_.laud_default_hooks

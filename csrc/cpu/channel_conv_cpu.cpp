@@ -14,8 +14,10 @@
 // Why a kernel: the per-sample products are thin. At 7 x 7 (ResNet stage 4)
 // a sample's conv1 is a (k x C_in) x (C_in x 49) GEMM, which MKL runs far
 // below the efficiency of the static network's batched GEMMs, so channel
-// skipping barely paid there (1.06 - 1.08x per block at r = 0.5 with the
-// batched-GEMM path: docs/benchmarks.md, per-block table). This kernel puts the *output channels* on the vector lanes: a
+// skipping barely pays there with batched GEMMs (1.06 - 1.08x for the 7 x 7
+// blocks at r = 0.5: docs/benchmarks.md, "Per block" table, channel
+// column, tools/analysis_tools/benchmark_latency.py --per-block). This
+// kernel puts the *output channels* on the vector lanes: a
 // tile is 7 output pixels x 64 kept output channels (28 AVX-512
 // accumulators); the pixels' input values are broadcast, so any pixel set
 // and input layout (NCHW input for conv1, the zero-bordered pixel-major
@@ -23,19 +25,19 @@
 // the same, and 49 pixels are exactly seven tiles. The kept weights of
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
-// shared by all samples (gather_all; a pass per sample read the weights
-// eight times). conv3 runs per 64-channel panel over all pixels into a
-// pixel-major buffer, then one pass adds it into out's channel rows with
-// 8 x 8 in-register transposes (add_relu_transposed_avx2; a scalar
-// epilogue per tile was memory- and branch-bound). With the kernel on every
-// map size the R50 backbone's channel r = 0.5 speedup went from 1.47x to
-// 1.67x (tools/benchmark_latency.py, full run; per block: --per-block;
-// both in docs/benchmarks.md, "Seventh round").
+// shared by all samples (gather_all; a pass per sample would read the
+// weights once per sample). conv3 runs per 64-channel panel over all pixels
+// into a pixel-major buffer, then one pass adds it into out's channel rows
+// with 8 x 8 in-register transposes (add_relu_transposed_avx2; a scalar
+// epilogue per tile is memory- and branch-bound). The kernel is used on
+// every map size; the R50 backbone at channel r = 0.5 runs 1.68x faster
+// than static in CPU time (docs/benchmarks.md, "LAUD-ResNet-50,
+// 8 x 3 x 224 x 224" table, tools/analysis_tools/benchmark_latency.py).
 //
 // The AVX-512 tile kernel is compiled with a target attribute and chosen at
 // run time; without AVX-512F the same loops run on plain arrays (the
 // compiler's vectorisation; correct, not tuned): laud_mm.ops reports which
-// (channel_branch_isa) and laud_mm/models/dynamic.py uses this kernel only
+// (channel_branch_isa) and laud_mm/models/resnet/dynamic.py uses this kernel only
 // where it is the fast one.
 //
 // Source: LAUDNet paper sec. 3.2 (channel skipping), sec. 3.4 (scheduling:
@@ -63,8 +65,9 @@ using namespace tile;
 // o[l] = out + l * p_out; tmp has p_out rows of kPanel, rounded up to 8.
 // Blocks of 8 pixels x 8 channels of tmp are transposed in registers, so
 // each channel row of out is read and written in 8-float runs; a pass per
-// panel, not per 7-pixel tile, keeps 8 sequential streams (the scalar loop
-// per tile took a fifth of an R50 stage-3 block at r = 0.25: perf).
+// panel, not per 7-pixel tile, keeps 8 sequential streams (a scalar loop
+// per tile costs about a fifth of an R50 stage-3 block at r = 0.25, by
+// perf).
 __attribute__((target("avx2"))) void add_relu_transposed_avx2(
     const float* tmp, int64_t p_out, int wdt, const float* bias, float* out) {
   const int64_t tail = p_out % 8;
@@ -158,7 +161,8 @@ struct SamplePlan {
 // Phase 1: every sample's conv1 and conv2 weight panels, gathered in blocks
 // of source rows shared by all samples (a row block stays in L2 while each
 // sample takes its columns): the weights are read once per block call, not
-// once per sample (R50 stage 4, 8 x 7 x 7, r = 0.5: 30 -> 28 ms a block).
+// once per sample (R50 stage 4, 8 x 7 x 7, r = 0.5: 28 ms a block, 30 ms
+// with a pass per sample).
 void gather_all(const Geometry& g, std::vector<SamplePlan>& plans,
                 const float* w1t, const float* w2t) {
   const int64_t wp1 = g.width + 1;

@@ -6,7 +6,8 @@
 //   chs (N, k): the weights of one grouped convolution (a group of k -> k
 //   channels per sample) in one pass of kh * kw element copies. PyTorch's
 //   advanced indexing (weight[chs[:, :, None], chs[:, None, :]]) runs the
-//   same copy 3.8-7x slower (tools/benchmark_kernels.py, 'kept_weights').
+//   same copy 3.8-7x slower (tools/analysis_tools/benchmark_kernels.py,
+//   'kept_weights').
 //
 // Source: LAUDNet paper sec. 3.2 (channel skipping) and 3.4 (scheduling);
 // Python API and reference in laud_mm/ops/channel_weights.py.

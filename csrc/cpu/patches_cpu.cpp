@@ -166,12 +166,13 @@ void scatter_rows_kernel(scalar_t* out, const scalar_t* ident, const scalar_t* y
 }
 
 // Patches of at most 4 pixels (S = 1, 2): rows of S floats are too short
-// for the one-pass kernel above (its per-segment calls ran 7-15x slower
-// than a dense add + ReLU of the map at S = 1, 2: tools/benchmark_kernels.py
-// 'scatter' rows). Here a task is one sample and a block of channels whose planes fit
-// in L1 (32 KiB), handled in two steps: a vectorised ReLU pass over the
-// planes and an add over the active patches (each patch's values for the
-// block are one contiguous run of `patches`). When out aliases identity the
+// for the one-pass kernel above (its per-segment calls run 7-15x slower
+// than a dense add + ReLU of the map at S = 1, 2:
+// tools/analysis_tools/benchmark_kernels.py 'scatter' rows). Here a task is
+// one sample and a block of channels whose planes fit in L1 (32 KiB),
+// handled in two steps: a vectorised ReLU pass over the planes and an add
+// over the active patches (each patch's values for the block are one
+// contiguous run of `patches`). When out aliases identity the
 // add comes first (out = identity + patch; the ReLU pass then covers it),
 // else the ReLU pass first (out = relu(identity), then relu(identity +
 // patch) on the active pixels). pmap as above.

@@ -2,9 +2,10 @@
 //
 // relu(NaN) = NaN and relu(-0) = -0 as in torch.relu. A conditional
 // (v > 0 ? v : 0, or std::max(v, 0.f)) compiled to a compare and jump in
-// these kernels, mispredicted half the time on activations: the scatter was
-// 5x slower (patches_cpu.cpp) and the fused channel kernel's conv3 epilogue
-// took as long as its three convolutions (channel_conv_cpu.cpp; perf).
+// these kernels, mispredicted half the time on activations: it makes the
+// scatter (patches_cpu.cpp) about 5x slower and the fused channel kernel's
+// conv3 epilogue (channel_conv_cpu.cpp) as slow as its three convolutions
+// (measured with perf).
 #pragma once
 #if defined(__SSE2__)
 #include <immintrin.h>

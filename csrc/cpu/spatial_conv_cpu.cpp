@@ -15,27 +15,30 @@
 //             relu(identity_n) elsewhere
 //   which is the masked-dense block: a skipped pixel's branch output is 0.
 //
-// Why a kernel: the gather / convolution / scatter path (dynamic.py) ran
-// the convolutions at the static network's efficiency but paid for the
-// data movement around them: conv1 on the whole map (the paper's FLOPs
-// count it on the dilated mask only), a copy of every active patch's K x K
-// conv1 window, conv3's output written to a patch buffer and read back by
-// the scatter. perf of the R50 backbone at r = 0.5 (8 x 224 px): gather
-// and scatter 10 % of the time, while the convolutions alone were 1.73x
-// faster than static and the whole backbone 1.45x. Here the register tiles
+// Why a kernel: the gather / convolution / scatter path
+// (laud_mm/models/resnet/dynamic.py) runs the convolutions at the static
+// network's efficiency but pays for the data movement around them: conv1
+// on the whole map (the paper's FLOPs count it on the dilated mask only), a
+// copy of every active patch's K x K conv1 window, conv3's output written
+// to a patch buffer and read back by the scatter. On that path, perf of the
+// R50 backbone at r = 0.5 (8 x 224 px) puts gather and scatter at 10 % of
+// the time, with the convolutions alone 1.73x faster than static but the
+// whole backbone 1.45x (docs/benchmarks.md, "What the profile showed").
+// Here the register tiles
 // of tile.h (7 pixels x 64 output channels, inputs broadcast) read any
 // pixel set in place: conv1 reads the NCHW input at D_n's pixels and writes
 // a zero-bordered pixel-major buffer; conv2 reads its nine taps from that
 // buffer; conv3 writes a 64-channel panel of A_n's pixels to a small
 // pixel-major buffer that one pass adds into out's channel rows (8 x 8
 // in-register transposes, runs of 8 / 4 adjacent pixels as 256- / 128-bit
-// moves, shorter runs (S = 1, 2) per pixel). One thread per sample; the caller (dynamic.py) uses the
-// kernel when batch >= threads.
+// moves, shorter runs (S = 1, 2) per pixel). One thread per sample; the
+// caller (laud_mm/models/resnet/dynamic.py) uses the kernel when
+// batch >= threads.
 //
 // Source: LAUDNet paper sec. 3.1 (spatial masker, granularity S), sec. 3.4
-// and appendix (gather / scatter-add fused with the convolutions), METHOD
-// NOTES sec. 2 (conv1 FLOPs on the dilated mask); Python API and reference
-// in laud_mm/ops/spatial_conv.py.
+// and appendix B.1 (gather / scatter-add fused with the convolutions),
+// docs/method.md sec. 2 (conv1 FLOPs on the dilated mask); Python API and
+// reference in laud_mm/ops/spatial_conv.py.
 #include "relu.h"
 #include "tile.h"
 

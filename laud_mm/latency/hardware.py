@@ -9,7 +9,8 @@ modelled as a bottleneck).
 Source: paper appendix A and Tab. IV, docs/method.md sec. 4 (the figures of
 the paper's five devices). H200, A100 and ``cpu`` are this project's
 additions (public data sheets; ``cpu`` is a placeholder for this 2-core
-machine, to be replaced by ``tools/calibrate_hardware.py``'s measurement).
+machine, to be replaced by the measurement of
+``tools/analysis_tools/calibrate_hardware.py``).
 """
 import dataclasses
 import json
@@ -48,7 +49,8 @@ class HardwareSpec:
             with the pixels). PyTorch's CPU kernels run image by image
             (oneDNN direct convolutions, the per-image GEMMs of 1x1
             convolutions, batched GEMMs), so each image re-reads the
-            weights: ``tools/calibrate_hardware.py`` writes 1 for a CPU.
+            weights: ``tools/analysis_tools/calibrate_hardware.py`` writes 1
+            for a CPU.
         weight_reorder_gbs: GB/s at which every call of a direct
             convolution re-lays out its weights (0, default: never). PyTorch's
             CPU convolutions (oneDNN: 3x3 convolutions, 1x1 convolutions of
@@ -57,11 +59,10 @@ class HardwareSpec:
             1.4 - 1.9 ms per call for the 9.4 MB of a 512 -> 512 3x3
             convolution on this CPU (against pre-packed weights), while
             weights that stay in cache (<= 2.4 MB: ~0.2 ms) cost little
-            (``tools/benchmark_kernels.py``): the term applies to weights of
-            at least
-            ``weight_reorder_min_mb``. The 1x1 convolutions of fewer than 16
+            (``tools/analysis_tools/benchmark_kernels.py``): the term applies
+            to weights of at least ``weight_reorder_min_mb``. The 1x1 convolutions of fewer than 16
             images and the GEMMs (``addmm``, ``baddbmm``) run MKL without it.
-            ``tools/calibrate_hardware.py`` measures it on a CPU.
+            ``tools/analysis_tools/calibrate_hardware.py`` measures it on a CPU.
         weight_reorder_min_mb: smallest weight size (MB, 1e6 bytes) whose
             reorder is charged (default 4).
         vector_width: FP32 lanes of the CPU's SIMD registers (16 with
@@ -70,7 +71,7 @@ class HardwareSpec:
             batched per-sample GEMMs vectorise along the pixels of an image,
             so a map of HW pixels costs ceil(HW / vector_width) vectors: a
             7 x 7 map runs at 49 / 64 of the rate (measured: 32.6 vs 38.6
-            GMAC/s for 56 x 56, ``tools/benchmark_kernels.py``).
+            GMAC/s for 56 x 56, ``tools/analysis_tools/benchmark_kernels.py``).
         llc_mb: last-level cache in MB (1e6 bytes; 0, default: not
             modelled). A streaming kernel (add, ReLU, gather, scatter) whose
             bytes moved fit in it is served from the cache at the on-chip
@@ -172,7 +173,7 @@ def _spec(name, n_pe, p, mhz, bw, l2, batch, **kw):
 #: clock, HBM bandwidth), L2 factor 4 like the V100. cpu: this 2-core
 #: machine with AVX2 FMA (2 FMA ports x 8 lanes = 16 FP32 MACs per cycle),
 #: ~10 GB/s DRAM and a slow "launch" (PyTorch op dispatch ~ 10 us);
-#: re-measure with tools/calibrate_hardware.py.
+#: re-measure with tools/analysis_tools/calibrate_hardware.py.
 KNOWN_HARDWARE: Dict[str, HardwareSpec] = {
     s.name: s for s in [
         _spec('v100', 80, 64, 1500, 700, 4, 128),

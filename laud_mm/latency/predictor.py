@@ -108,9 +108,9 @@ class LatencyPredictor:
             on small maps at high rates), fused scatter-add + ReLU;
             layer: the branch on the kept samples (per-image GEMMs), conv3
             accumulated into the shortcut rows; plus the Python bookkeeping
-            calls of each path
-            (counted as launches). Used to validate the model against
-            measured CPU latency (``tools/validate_predictor.py``).
+            calls of each path (counted as launches). Used to validate the
+            model against measured CPU latency
+            (``tools/analysis_tools/validate_predictor.py``).
         spatial_dense_threshold: spatial blocks whose fraction of active
             patches reaches this value run densely and multiply by the mask
             (the eager path does so at

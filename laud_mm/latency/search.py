@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..structures.geometry import BlockGeometry, StemGeometry
+from ..structures.geometry import BlockGeometry
 from .predictor import LatencyPredictor
 
 __all__ = ['StageCandidate', 'search_granularity', 'format_search',

@@ -7,8 +7,9 @@ mmdet's class with :class:`LAUDDetectorMixin` in front of it. Every other key
 of the model config (backbone, neck, heads, train/test cfg, preprocessor) is
 passed to the mmdet class unchanged, and the state-dict keys stay mmdet's.
 
-Source: paper sec. 4.3 (LAUD backbones replace the detector's ResNet; extra
-sparsity loss, tau fixed at 0.1), docs/method.md sec. 3.
+Source: paper sec. 4.5 and appendix B.3 (LAUD backbones replace the
+detector's ResNet; extra sparsity loss, tau fixed at 0.1), docs/method.md
+sec. 3.
 """
 from typing import Dict, Optional, Type
 

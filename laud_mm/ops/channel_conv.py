@@ -12,10 +12,11 @@ which is the masked-dense block (a dropped channel's activations are zero).
 (``csrc/cpu/channel_conv_cpu.cpp``: output channels on the AVX-512 lanes, 7
 pixels x 64 channels per tile, per-sample weight panels gathered once per
 call, conv3 added into the output with in-register transposes), in place
-of the batched per-sample GEMMs: R50 channel r = 0.5 1.47x -> 1.67x
-(``tools/benchmark_latency.py``, full run; per block ``--per-block``:
-stage-3 blocks 1.39 - 1.48x -> 1.68 - 1.75x; docs/benchmarks.md,
-"Seventh round").
+of the batched per-sample GEMMs, which run a sample's small conv1 GEMM far
+below the static network's efficiency. The backbone figure: R50 channel
+r = 0.5, 1.68x CPU-time speedup over the folded static network
+(docs/benchmarks.md, "LAUD-ResNet-50, 8 x 3 x 224 x 224" table, from
+``tools/analysis_tools/benchmark_latency.py``).
 :func:`channel_branch_add_relu_reference` is the same in PyTorch.
 
 Source: paper sec. 3.2 (channel skipping), sec. 3.4 (scheduling: weights

@@ -7,7 +7,8 @@ kept channels: one grouped convolution whose group n uses
 ``weight[chs[n, i], chs[n, j]]``. :func:`gather_kept_weights` builds those
 weights with the compiled kernel (``csrc/cpu/channel_weights_cpu.cpp``,
 ``csrc/cuda/channel_weights_cuda.cu``), 3.8-7x faster on CPU than
-PyTorch's advanced indexing (``tools/benchmark_kernels.py``), which :func:`gather_kept_weights_reference` uses.
+PyTorch's advanced indexing (``tools/analysis_tools/benchmark_kernels.py``),
+which :func:`gather_kept_weights_reference` uses.
 
 Source: paper sec. 3.2 (channel skipping: a group of G channels is a unit
 of the gate) and sec. 3.4 (scheduling of the dynamic operators).

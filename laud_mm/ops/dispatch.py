@@ -2,20 +2,48 @@
 (``laud_mm._ext``, built from ``csrc/`` by ``setup.py``) when present, else the
 pure-PyTorch reference implementation.
 
-Source: paper sec. 3.4 (operator fusion for dynamic inference); issue 3.
+Source: paper sec. 3.4 (operator fusion for dynamic inference).
 """
 import contextlib
+import importlib.util
 import os
+import warnings
 from typing import Iterator, Optional
 
 import torch
 
 _BACKENDS = ('cpp', 'cuda', 'pytorch')
 
-try:  # built by `pip install --no-build-isolation -e .`
-    from .. import _ext  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the build
-    _ext = None
+
+def _load_extension():
+    """``laud_mm._ext`` when it was built for this torch, else None.
+
+    No extension file (``LAUD_MM_NO_EXT=1`` install): None, silently. A file
+    that does not import, or that was compiled against another torch
+    version (its C++ ABI differs): None with a warning saying how to
+    rebuild, so the slow reference path is never taken unannounced.
+    """
+    if importlib.util.find_spec('laud_mm._ext') is None:
+        return None
+    fix = ('rebuild it against the installed torch: pip install '
+           '--no-build-isolation -e . (or tools/install.sh)')
+    try:
+        from .. import _ext as ext  # type: ignore[attr-defined]
+    except ImportError as e:
+        warnings.warn(f'laud_mm: the compiled extension does not import '
+                      f'({e}); using the PyTorch reference ops. {fix}')
+        return None
+    built = getattr(ext, 'torch_version', None)
+    running = torch.__version__.split('+')[0]
+    if built is not None and built != running:
+        warnings.warn(f'laud_mm: the compiled extension was built against '
+                      f'torch {built}, this is torch {running}; using the '
+                      f'PyTorch reference ops. {fix}')
+        return None
+    return ext
+
+
+_ext = _load_extension()
 
 _forced: Optional[str] = os.environ.get('LAUD_MM_OPS_BACKEND') or None
 

@@ -5,9 +5,9 @@ loop that also computes the argmax indices: on the stem output of a batch
 of 8 images at 224 px (8 x 64 x 112 x 112 fp32) it takes 48 - 49 ms on
 one thread here, 6 % of the whole static ResNet-50, while oneDNN's pooling
 primitive takes 5.7 - 6.2 ms including the conversions to and from its
-tensor format (``tools/benchmark_kernels.py``, 'max_pool' row). The pooled
-values are the same:
-a max is exact in any order, and both exclude the padding.
+tensor format (``tools/analysis_tools/benchmark_kernels.py``, 'max_pool'
+row). The pooled values are the same: a max is exact in any order, and both
+exclude the padding.
 
 It is not part of the dynamic computation: the static and the dynamic
 backbone share the stem, so this changes their latency by the same

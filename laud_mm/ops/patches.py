@@ -180,8 +180,8 @@ def scatter_add_relu(identity: torch.Tensor, patches: torch.Tensor,
     where positions of inactive patches get ``relu(identity)``; the compiled
     CPU kernels make one pass over the output (patches of more than 4
     pixels) or two passes over L1-sized channel blocks (S = 1, 2: 3 - 7x
-    faster than the one-pass kernel there, ``tools/benchmark_kernels.py``
-    'scatter' rows).
+    faster than the one-pass kernel there,
+    ``tools/analysis_tools/benchmark_kernels.py`` 'scatter' rows).
 
     Args:
         identity: (N, C, H_out, W_out) shortcut (identity or downsample).

@@ -29,7 +29,7 @@ SPATIAL_CONV3_GEMM_MAX_PATCHES = 16
 #: stride-2 spatial blocks: when the active patches' conv2 input windows
 #: cover less than this fraction of the input map (counted with overlaps),
 #: conv1 runs on the gathered input windows instead of the whole map
-#: (``benchmark_kernels --only window_conv1``)
+#: (``tools/analysis_tools/benchmark_kernels.py --only window_conv1``)
 SPATIAL_WINDOW_CONV1_MAX_FRACTION = 0.6
 #: on CPUs with AVX-512, spatial blocks run the fused kernel
 #: :func:`laud_mm.ops.spatial_branch_add_relu` (conv1 on the dilated mask,

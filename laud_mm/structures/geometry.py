@@ -56,7 +56,7 @@ def check_paradigm(owner: str, paradigm: Optional[str], granularity,
                 if width % g:
                     raise ValueError(
                         f'{owner}: granularity={granularity!r}: G={g} does '
-                        f'not divide the stage-{i} width {width}')
+                        f'not divide the stage-{i} bottleneck width {width}')
         return granularity
     if granularity is not None:
         raise ValueError(f'{owner}: granularity={granularity!r} is only used '

@@ -1,20 +1,24 @@
-"""The benchmark tools' gate forcing: the paper's FLOPs-based per-block
-activation rate r_i (docs/method.md sec. 2) is what they impose, and the
-RegNetY benchmark shares the ResNet benchmark's machinery.
+"""The benchmarks of :mod:`laud_mm.analysis` (behind
+``tools/analysis_tools/benchmark_*.py``): the gate forcing imposes the
+paper's FLOPs-based per-block activation rate r_i (docs/method.md sec. 2),
+the RegNetY benchmark shares the ResNet benchmark's machinery, and the
+kernel micro-benchmarks compare equal results.
 
-Source: issue 3 (benchmark at uniform activation rate r in every block)."""
-import os.path as osp
+Source: paper sec. 3.4 and 4 (benchmarks at a uniform activation rate r in
+every block)."""
+import subprocess
 import sys
 
 import pytest
 import torch
 
+from laud_mm.analysis import kernels
+from laud_mm.analysis.benchmark import common, regnet, resnet
+from laud_mm.analysis.benchmark.spatial_steps import spatial_breakdown
+from laud_mm.analysis.forced_gates import force_random_gates
 from laud_mm.models import LAUDResNet
 
-from conftest import ROOT  # noqa: E402  (the repository root)
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import benchmark_latency  # noqa: E402
-import benchmark_regnet  # noqa: E402
+from conftest import ROOT
 
 
 @pytest.mark.parametrize('paradigm', ['spatial', 'channel', 'layer'])
@@ -24,28 +28,27 @@ def test_flops_rate_forcing_matches_block_statistics(paradigm):
     density mode keeps round(r * gates)."""
     torch.manual_seed(0)
     net = LAUDResNet(50, paradigm=paradigm,
-                     granularity=benchmark_latency.PARADIGMS[paradigm],
+                     granularity=common.PARADIGMS[paradigm],
                      dynamic_inference=True).eval()
-    stem = benchmark_latency.folded_stem(net)
+    stem = resnet.folded_stem(net)
     n, hw = 4, (96, 96)
     x = torch.randn(n, 3, *hw)
-    real = benchmark_latency.force_random_gates(net, 0.5, n, hw, seed=1)
+    real = force_random_gates(net, 0.5, n, hw, seed=1)
     with torch.no_grad():
-        benchmark_latency.dynamic_forward(net, stem, x)
+        common.dynamic_forward(net, stem, x)
     r_i = [float(b.last_stats['flops'].mean()) / b.last_stats['dense']
            for b in net.blocks]
     assert abs(sum(r_i) / len(r_i) - real) < 1e-6
     assert abs(real - 0.5) < 0.1
-    ratio = benchmark_latency.backbone_flops_ratio(net, hw)
+    ratio = common.backbone_flops_ratio(net, hw)
     assert 0.4 < ratio < 0.65  # the dense stem keeps it above 0.5
-    benchmark_latency.force_random_gates(net, 0.5, n, hw, seed=1,
-                                         mode='density')
+    force_random_gates(net, 0.5, n, hw, seed=1, mode='density')
     with torch.no_grad():
-        benchmark_latency.dynamic_forward(net, stem, x)
+        common.dynamic_forward(net, stem, x)
     dens = [float(b.last_stats['density'].float().mean()) for b in net.blocks]
     assert all(abs(d - 0.5) <= 0.13 for d in dens), dens
     with pytest.raises(ValueError, match='mode'):
-        benchmark_latency.force_random_gates(net, 0.5, n, hw, 1, mode='x')
+        force_random_gates(net, 0.5, n, hw, 1, mode='x')
 
 
 def test_layer_rate_forcing_small_batch():
@@ -53,16 +56,15 @@ def test_layer_rate_forcing_small_batch():
     until the blocks' FLOPs reach the rate."""
     torch.manual_seed(0)
     net = LAUDResNet(50, paradigm='layer', dynamic_inference=True).eval()
-    real = benchmark_latency.force_random_gates(net, 0.3, 1, (64, 64), 2)
+    real = force_random_gates(net, 0.3, 1, (64, 64), 2)
     gates = torch.stack([b.masker.forced_gate for b in net.blocks])
     assert 0 < float(gates.sum()) < len(net.blocks) and 0.15 < real < 0.45
 
 
 def test_regnet_benchmark_runs_and_checks_exactness():
-    rows = benchmark_regnet.main([
-        '--archs', 'regnety_400mf', '--paradigms', 'channel', '--rates',
-        '0.5', '1.0', '--batch', '2', '--size', '64', '--repeats', '1',
-        '--warmup', '0'])
+    rows = regnet.benchmark_regnet(
+        archs=['regnety_400mf'], paradigms=['channel'], rates=[0.5, 1.0],
+        batch=2, size=64, repeats=1, warmup=0)
     assert [r['rate'] for r in rows] == [0.5, 1.0]
     assert abs(rows[0]['rate_real'] - 0.5) < 0.15
     assert rows[1]['flops_ratio'] == pytest.approx(1.0)
@@ -70,16 +72,15 @@ def test_regnet_benchmark_runs_and_checks_exactness():
 
 
 def test_kernel_benchmark_rows_compare_equal_results():
-    """tools/benchmark_kernels.py times pairs that compute the same thing:
+    """The kernel micro-benchmarks time pairs that compute the same thing:
     the kept-weight gather rows report bit-equal results and positive
     times."""
-    import benchmark_kernels
-    rows = benchmark_kernels.kept_weight_rows()
+    rows = kernels.kept_weight_rows()
     assert len(rows) == 3
     for kernel, _, _, ta, _, tb, note in rows:
         assert kernel == 'kept_weights' and note == 'equal'
         assert ta > 0 and tb > 0
-    (kernel, _, _, ta, _, tb, note), = benchmark_kernels.max_pool_rows()
+    (kernel, _, _, ta, _, tb, note), = kernels.max_pool_rows()
     assert kernel == 'max_pool' and note == 'equal' and ta > 0 and tb > 0
 
 
@@ -88,8 +89,8 @@ def test_spatial_dense_threshold_option():
     non-positive value is refused, naming the option."""
     from laud_mm.ops import policy as dynamic
     with pytest.raises(ValueError, match='--spatial-dense-threshold'):
-        benchmark_latency.main(['--spatial-dense-threshold', '0', '--quick',
-                                '--rates', '1.0', '--plot', ''])
+        resnet.benchmark_resnet(spatial_dense_threshold=0, quick=True,
+                                rates=[1.0], plot_path='')
     assert dynamic.SPATIAL_DENSE_THRESHOLD == 0.8
 
 
@@ -98,11 +99,11 @@ def test_spatial_breakdown_rows():
     with its granularity S of 4-4-2-1, the active-patch fraction the forced
     gates give, and positive times for every step (the gather / scatter
     path's, the fused kernel's and the masker's)."""
-    args = benchmark_latency.argparse.Namespace(
-        depths=[50], batch=1, block_rate=0.5, rate_mode='flops', repeats=1)
-    rows = benchmark_latency.spatial_breakdown(args)
+    net = resnet.build(50, 'spatial')
+    rows = spatial_breakdown(net, resnet.folded_stem(net), batch=1,
+                             block_rate=0.5, rate_mode='flops', repeats=1)
     assert rows, 'no spatial block ran the sparse path at r = 0.5'
-    stage_s = dict(zip('0123', benchmark_latency.PARADIGMS['spatial']))
+    stage_s = dict(zip('0123', common.PARADIGMS['spatial']))
     for r in rows:
         assert r['S'] == stage_s[r['block'][0]]
         assert 0 < r['density'] < 0.8
@@ -116,12 +117,12 @@ def test_spatial_breakdown_rows():
 
 
 def test_masker_rows_compare_equal_logits():
-    """benchmark_kernels' masker rows time the masker module's order (pool
-    all channels, then the 1x1 conv) against the dynamic path's one-channel
-    conv + pool: the logit differences agree up to float rounding."""
-    import benchmark_kernels
+    """The kernel benchmarks' masker rows time the masker module's order
+    (pool all channels, then the 1x1 conv) against the dynamic path's
+    one-channel conv + pool: the logit differences agree up to float
+    rounding."""
     with torch.no_grad():
-        rows = benchmark_kernels.masker_rows()
+        rows = kernels.masker_rows()
     assert len(rows) == 4
     for kernel, _, _, ta, _, tb, note in rows:
         assert kernel == 'masker' and ta > 0 and tb > 0
@@ -129,11 +130,11 @@ def test_masker_rows_compare_equal_logits():
 
 
 def test_window_conv1_rows_compare_equal_results():
-    """benchmark_kernels' window_conv1 rows time window_conv1 against the
-    dense conv1 + gather on the same windows: equal up to float rounding."""
-    import benchmark_kernels
+    """The kernel benchmarks' window_conv1 rows time window_conv1 against
+    the dense conv1 + gather on the same windows: equal up to float
+    rounding."""
     with torch.no_grad():
-        rows = benchmark_kernels.window_conv1_rows()
+        rows = kernels.window_conv1_rows()
     assert [r[1].split(',')[0] for r in rows] == ['stride 2'] * 3 + \
         ['stride 1']
     for kernel, _, _, ta, _, tb, note in rows:
@@ -142,16 +143,21 @@ def test_window_conv1_rows_compare_equal_results():
 
 
 def test_scatter_rows_compare_equal_results():
-    """benchmark_kernels' scatter rows: the compiled in-place scatter with
-    identity_nonneg equals the PyTorch reference bit for bit at the R50
+    """The kernel benchmarks' scatter rows: the compiled in-place scatter
+    with identity_nonneg equals the PyTorch reference bit for bit at the R50
     shapes of every stage (S = 4, 4, 2, 1), with the memory-speed floor in
-    the note; ``--only`` runs just the chosen rows."""
-    import benchmark_kernels
+    the note; ``--only`` runs just the chosen rows (the command line refuses
+    an unknown row name, naming the option)."""
     with torch.no_grad():
-        rows = benchmark_kernels.scatter_rows()
+        rows = kernels.scatter_rows()
     assert [r[1].split(',')[0] for r in rows] == ['S=4', 'S=4', 'S=2', 'S=1']
     for kernel, _, _, ta, _, tb, note in rows:
         assert kernel == 'scatter' and ta > 0 and tb > 0
         assert note.startswith('equal;') and note.endswith(' ms')
-    with pytest.raises(SystemExit):
-        benchmark_kernels.main(['--only', 'nonsense'])
+    with pytest.raises(ValueError, match='--only'):
+        kernels.benchmark_kernels(only=['nonsense'])
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis_tools/benchmark_kernels.py',
+         '--only', 'nonsense'], cwd=ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2 and '--only' in proc.stderr, proc.stderr

@@ -1,21 +1,19 @@
-"""tools/plot_tradeoff.py (mmengine evaluation logs -> trade-off PNG) and
-tools/visualize_masks.py (gates of a LAUD detector on real coco_tiny images)."""
+"""The trade-off plot (mmengine evaluation logs -> trade-off PNG,
+:mod:`laud_mm.analysis.tradeoff`) and the gate pictures (gates of a LAUD
+detector on real coco_tiny images, :mod:`laud_mm.analysis.visualization`)
+behind ``tools/analysis_tools/{plot_tradeoff,visualize_masks}.py``."""
 import json
 import os
 import os.path as osp
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import COCO_TINY
+from laud_mm.analysis import tradeoff as plot_tradeoff
+from laud_mm.analysis import visualization as visualize_masks
 
-from conftest import ROOT  # noqa: E402  (the repository root)
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-
-import plot_tradeoff  # noqa: E402
-import visualize_masks  # noqa: E402
+from conftest import COCO_TINY, ROOT
 
 
 def _fake_run(root, name, paradigm, records, test_record=None):
@@ -63,7 +61,8 @@ def test_plot_tradeoff_reads_runs_and_writes_png(tmp_path):
     assert pts[0]['value'] == 0.30 and pts[0]['latency_ms'] == 0.8
     assert pts[2]['value'] == 0.33 and pts[2]['gflops'] == 45
     out = str(tmp_path / 'fig' / 'tradeoff.png')
-    assert plot_tradeoff.main(runs + ['--out', out, '--annotate']) == 0
+    assert len(plot_tradeoff.plot_tradeoff(runs, out=out, annotate=True)) \
+        == 5
     import matplotlib.image as mpimg
     img = mpimg.imread(out)
     assert img.shape[0] > 200 and img.shape[1] > 600   # two panels
@@ -107,11 +106,10 @@ def test_visualize_masks_on_real_images(tmp_path, coco_tiny):
     for s in summary:
         assert 0 <= s['flops_ratio_mean'] <= 1 + 1e-6
     out = tmp_path / 'vis'
-    rc = visualize_masks.main([cfg, 'none', files[0], '--out-dir', str(out),
-                               '--cfg-options',
-                               'test_dataloader.dataset.pipeline.1.scale='
-                               '(256,160)'])
-    assert rc == 0
+    written = visualize_masks.visualize_masks(cfg, 'none', [files[0]],
+                                              out_dir=str(out),
+                                              cfg_options=opts)
+    assert len(written) == 3
     names = sorted(os.listdir(out))
     assert 'block_activation.png' in names and 'block_activation.json' in names
     assert any(n.endswith('_spatial_gates.png') for n in names)
@@ -130,6 +128,8 @@ def test_visualize_masks_rejects_bad_input(tmp_path):
             osp.join(ROOT, 'configs/demo/'
                      'faster-rcnn_laud-r50-spatial_coco-tiny.py'),
             str(tmp_path / 'missing.pth'))
+    with pytest.raises(ValueError, match='--max-images=0'):
+        visualize_masks.visualize_masks('unused.py', 'none', [], max_images=0)
 
 
 def test_visualize_masks_classifier_gets_the_top_level_preprocessor(

@@ -162,13 +162,12 @@ def test_checkpoint_loads_with_weights_only_and_unsafe_one_is_refused(
 def test_load_from_does_not_restore_rng_but_resume_does(tmp_path):
     """The RNG states are restored only by a resume (fine-tuning from a
     checkpoint with load_from keeps the config's seed)."""
-    from laud_mm.engine import rng_state
-    from laud_mm.engine.hooks.gumbel_temperature import GumbelTemperatureHook
+    from laud_mm.engine.hooks import rng_state
 
     class FakeRunner:
         _resume = False
 
-    hook = GumbelTemperatureHook(0.1, 0.1)
+    hook = rng_state.RNGStateHook()
     ck = {rng_state.KEY: [rng_state.capture_rng_state()]}
     hook.after_load_checkpoint(FakeRunner(), ck)
     assert hook._resume_states is None

@@ -2,7 +2,6 @@
 cases, the spec loader and its errors, whole-backbone predictions against the
 paper's figures (docs/method.md sec. 4-5) and the prediction speed."""
 import json
-import os.path as osp
 import time
 
 import pytest
@@ -17,9 +16,6 @@ from laud_mm.latency.operators import (access_efficiency, elementwise_latency,
 from laud_mm.latency.blocks import resnet as resnet_latency
 from laud_mm.latency.blocks.resnet import channel_kept_padded
 from laud_mm.latency.search import format_search, search_granularity
-from laud_mm.models.layers.gates import KEEP
-
-from conftest import ROOT  # noqa: E402  (the repository root)
 
 # A toy device for hand computation: 1 PE of 4 FP32 units at 1 MHz,
 # 1 GB/s off-chip, L2 4 GB/s, 4-cycle FMA, 32-byte transactions, 8 us launch.
@@ -316,7 +312,7 @@ def test_predictor_errors():
 
 # ------------------------------------------------------------ eager model
 def _eager():
-    """The eager model as tools/validate_predictor.py runs it."""
+    """The eager model as tools/analysis_tools/validate_predictor.py runs it."""
     return LatencyPredictor('cpu', implementation='eager',
                             spatial_dense_threshold=0.6, forced_gates=True)
 
@@ -547,16 +543,15 @@ def test_eager_spatial_window_conv1_kernels():
 
 
 def test_time_fn_clock():
-    """The validation timer: thread CPU time for one CPU thread."""
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    from calibrate_hardware import _clock, time_fn
+    """The calibration and validation timer: thread CPU time for one CPU
+    thread."""
+    from laud_mm.latency.calibration import select_clock, time_fn
     cpu = torch.device('cpu')
     assert time_fn(lambda: sum(range(100)), cpu, min_time=1e-3,
                    clock='cpu') > 0
-    assert _clock(cpu, 'wall') is time.perf_counter
+    assert select_clock(cpu, 'wall') is time.perf_counter
     with pytest.raises(ValueError, match="clock='gpu'"):
-        _clock(cpu, 'gpu')
+        select_clock(cpu, 'gpu')
 
 
 def test_whole_backbone_speed():
@@ -597,60 +592,6 @@ def test_matches_laud_resnet_geometry():
     ours, stem = resnet_geometries(50, (193, 257), 'spatial', (4, 4, 2, 1))
     assert m.block_geometries((193, 257)) == ours
     assert m.stem_geometry((193, 257)).out_hw == stem.out_hw
-
-
-def test_predict_latency_measures_checkpoint_densities(tmp_path, capsys):
-    """--checkpoint: the tool loads a trained classifier checkpoint, runs its
-    backbone on real imagenette test images and predicts from the measured
-    per-block densities (a block whose masker was set to skip measures 0)."""
-    import sys
-
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-
-    import laud_mm  # noqa: F401
-    from laud_mm.registry import MODELS
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import predict_latency
-    cfg_path = osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py')
-    cfg = Config.fromfile(cfg_path)
-    with DefaultScope.overwrite_default_scope('mmpretrain'):
-        model = MODELS.build(cfg.model)
-    with torch.no_grad():  # input-independent gates: keep (init bias), but
-        for blk in model.backbone.blocks:  # block 2 always skips
-            blk.masker.fc.weight.zero_()
-        fc = model.backbone.blocks[2].masker.fc
-        fc.bias.fill_(10.)
-        fc.bias[KEEP] = -10.
-    ckpt = tmp_path / 'epoch_1.pth'
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(epoch=1)), ckpt)
-    dens, hw = predict_latency.measure_densities(cfg, str(ckpt), 2)
-    assert len(dens) == 16 and dens[2] == 0.0
-    assert all(d == 1.0 for i, d in enumerate(dens) if i != 2)
-    rep = predict_latency.main([cfg_path, '--checkpoint', str(ckpt),
-                                '--num-images', '2', '--hardware', 'tx2'])
-    out = capsys.readouterr().out
-    assert 'measured on 2 images' in out and f'{hw[0]}x{hw[1]}' in out
-    assert rep.per_block_ms[2] < 0.2 * rep.per_block_ms[1]
-    with pytest.raises(ValueError, match='num-images'):
-        predict_latency.measure_densities(cfg, str(ckpt), 0)
-    # the config's top-level data_preprocessor (mmpretrain) is merged into
-    # the model as the Runner does: the masks are measured on normalised
-    # pixels, as in tools/test.py
-    from mmengine.registry import MODELS as MM_MODELS
-    built, build = [], MM_MODELS.build
-
-    def spy(*a, **k):
-        m = build(*a, **k)
-        built.append(m)
-        return m
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(MM_MODELS, 'build', spy)
-        predict_latency.measure_densities(cfg, str(ckpt), 1)
-    dp = built[0].data_preprocessor
-    assert dp.mean.flatten().tolist() == \
-        pytest.approx(cfg.data_preprocessor['mean'])
-    assert 'data_preprocessor' not in cfg.model   # the caller's cfg is intact
 
 
 def test_weight_reorder_term():

@@ -201,12 +201,16 @@ def test_channel_and_layer_checkpoints_load_into_detectors(
 
 
 def test_cls2backbone_conversion(trained, tmp_path):
+    """The converter behind tools/model_converters/convert_checkpoint.py;
+    its command line exits 1 naming the file for a wrong layout."""
+    import subprocess
     import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import convert_checkpoint
+
+    from laud_mm.models.resnet.convert import convert_checkpoint
     out = str(tmp_path / 'backbone.pth')
-    assert convert_checkpoint.main(['cls2backbone', trained['ckpt'], out]) == 0
+    n = convert_checkpoint('cls2backbone', trained['ckpt'], out)
     conv = torch.load(out, map_location='cpu')['state_dict']
+    assert n == len(conv)
     saved = torch.load(trained['ckpt'], map_location='cpu')['state_dict']
     assert set(conv) == {k[9:] for k in saved if k.startswith('backbone.')}
     assert torch.equal(conv['layer1.0.masker.conv.weight'],
@@ -214,26 +218,28 @@ def test_cls2backbone_conversion(trained, tmp_path):
     # a non-classifier input is refused with the file named
     bad = str(tmp_path / 'bad.pth')
     torch.save({'state_dict': {'foo.weight': torch.zeros(1)}}, bad)
-    assert convert_checkpoint.main(['cls2backbone', bad, out]) == 1
+    proc = subprocess.run(
+        [sys.executable, 'tools/model_converters/convert_checkpoint.py',
+         'cls2backbone', bad, out], cwd=ROOT, capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 1 and 'bad.pth' in proc.stderr, proc.stderr
     with pytest.raises(ValueError, match='bad.pth'):
-        convert_checkpoint.convert('cls2backbone', bad, out)
+        convert_checkpoint('cls2backbone', bad, out)
 
 
 def test_strip_resaves_untrusted_pickles_only_when_trusted(tmp_path):
     """A checkpoint pickling ``getattr`` (as Runner checkpoints saved without
     laud_mm do) is refused under weights_only, with the remedy named, and
     ``strip --trusted`` re-saves its tensors loadable under weights_only."""
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import convert_checkpoint
+    from laud_mm.models.resnet.convert import convert_checkpoint
     src = str(tmp_path / 'legacy.pth')
     w = torch.arange(6.).reshape(2, 3)
     torch.save({'state_dict': {'backbone.conv1.weight': w},
                 'hook': torch.nn.Module.train}, src)  # pickles getattr
     out = str(tmp_path / 'weights.pth')
     with pytest.raises(ValueError, match='strip --trusted'):
-        convert_checkpoint.convert('strip', src, out)
-    assert convert_checkpoint.main(['strip', '--trusted', src, out]) == 0
+        convert_checkpoint('strip', src, out)
+    assert convert_checkpoint('strip', src, out, trusted=True) == 1
     sd = torch.load(out, map_location='cpu')['state_dict']  # weights_only
     assert list(sd) == ['backbone.conv1.weight']
     assert torch.equal(sd['backbone.conv1.weight'], w)
@@ -289,16 +295,14 @@ def _cls_cfg(paradigm=None, granularity=None, num_classes=1000, **kw):
 
 
 def test_torchvision_weights_initialise_student_and_teacher(tmp_path):
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import convert_checkpoint
+    from laud_mm.models.resnet.convert import convert_checkpoint
     tv = torchvision_resnet50_state_dict()
     tv_file = str(tmp_path / 'resnet50_tv.pth')
     torch.save(tv, tv_file)  # a bare state dict, as torchvision ships it
     # 1) the conversion tool: every key mapped, strict load into a static
     # LAUD classifier
     out = str(tmp_path / 'resnet50_cls.pth')
-    assert convert_checkpoint.main(['tv2cls', tv_file, out]) == 0
+    assert convert_checkpoint('tv2cls', tv_file, out) == len(tv)
     static = _build(_cls_cfg())
     load_checkpoint(static, out, map_location='cpu', strict=True)
     assert torch.equal(static.head.fc.weight, tv['fc.weight'])

@@ -2,49 +2,17 @@
 train steps with the sparsity loss and the temperature hook, evaluation with
 COCO mAP and the backbone latency metric, checkpoint save and resume."""
 import os.path as osp
-import uuid
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.runner import Runner
 
 import laud_mm  # noqa: F401
 
-from conftest import ROOT  # noqa: E402  (the repository root)
-DEMO = osp.join(ROOT, 'configs/demo/faster-rcnn_laud-r50-spatial_coco-tiny.py')
+from mmengine.config import Config  # noqa: E402
 
-
-def small_cfg(work_dir, max_iters=2, n_train=4, n_val=4, config=DEMO,
-              tau=(5.0, 0.1)):
-    """The demo config cut to a few iterations on a few real images."""
-    cfg = Config.fromfile(config)
-    cfg.work_dir = str(work_dir)
-    # a unique experiment name: mmengine shares its Visualizer / MessageHub
-    # instances between Runners of the same name (config name + second)
-    cfg.experiment_name = f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex}'
-    if cfg.get('visualizer') is not None:
-        # mmdet/mmpretrain name their visualizer 'visualizer': a second Runner
-        # in the process would reuse the first one and log into its work dir
-        cfg.visualizer.name = cfg.experiment_name
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
-                         val_interval=10 ** 6)
-    cfg.param_scheduler = []
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1,
-                                        by_epoch=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
-    cfg.custom_hooks = [dict(type='laud_mm.GumbelTemperatureHook',
-                             tau0=tau[0], tau1=tau[1])]
-    for key, n in (('train_dataloader', n_train), ('val_dataloader', n_val)):
-        dl = cfg[key]
-        dl.num_workers = 0
-        dl.persistent_workers = False
-        dl.dataset.indices = n
-        dl.dataset.pipeline[1 if key == 'val_dataloader' else 2] = dict(
-            type='Resize', scale=(256, 160), keep_ratio=True)
-    cfg.test_dataloader = cfg.val_dataloader
-    cfg.randomness = dict(seed=0)
-    return cfg
+from conftest import ROOT  # noqa: E402
+from reliability_helpers import small_cfg  # noqa: E402
 
 
 def test_train_evaluate_and_resume(tmp_path):

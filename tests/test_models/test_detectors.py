@@ -63,7 +63,7 @@ DEMO = {
     'mask2former': 'mask2former_laud-r50-spatial_coco-tiny.py',
 }
 # paradigm of the CI step per framework: all three paradigms are covered,
-# and none repeats the (framework, paradigm) of tests/test_detector_e2e.py
+# and none repeats the (framework, paradigm) of tests/test_models/test_detector_e2e.py
 CI_CASES = [('faster_rcnn', 'channel-g2'), ('retinanet', 'spatial-s4421'),
             ('mask_rcnn', 'layer'), ('ddq', 'spatial-s4421'),
             ('mask2former', 'channel-g2')]

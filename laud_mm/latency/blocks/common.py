@@ -5,9 +5,10 @@ pool + 2-layer MLP in one kernel).
 Source: paper appendix A and sec. 3.4 (fused operators), appendix C.1
 (the channel masker's 2-layer MLP).
 """
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 from ...structures.geometry import BlockGeometry
+from ..expectation import expected_ops
 from ..operators import OpLatency, conv_op, pool_latency
 
 
@@ -62,3 +63,27 @@ def channel_masker_op(pred, g: BlockGeometry, batch: float) -> OpLatency:
     mlp2 = conv_op(hw, 'masker_mlp2', batch, hid, 2 * g.num_groups, (1, 1),
                    (1, 1))
     return fused_op(hw, 'masker', [pool, mlp1, mlp2])
+
+
+def layer_skip_ops(pred, g: BlockGeometry, batch: int, d: float,
+                   branch_ops: Callable[[int], List[OpLatency]]
+                   ) -> List[OpLatency]:
+    """A layer-skipping CNN block in the fused scheduling: the masker
+    (global pool + linear gate, one kernel), the dense shortcut, and the
+    residual branch on the ``d * batch`` kept samples (expected, blended
+    between integer counts).
+
+    Args:
+        pred: the :class:`~laud_mm.latency.LatencyPredictor`.
+        g: the block geometry.
+        batch: samples.
+        d: fraction of samples that run the branch.
+        branch_ops: ``n -> kernels`` of the dense branch on ``n`` samples.
+
+    Returns:
+        list of :class:`OpLatency` (whole batch).
+    """
+    ops = [pool_latency(pred.hw, 'masker', batch, g.in_channels, g.in_hw,
+                        (1, 1), g.in_hw[0] * g.in_hw[1])]
+    return ops + downsample_ops(pred, g, batch) + \
+        expected_ops(branch_ops, d * batch)

@@ -18,13 +18,13 @@ Kernels per block (BN folded, ReLU fused, as for the ResNet bottleneck in
   channels, add;
 * layer (density d = fraction of samples run): masker (pool + linear),
   [downsample], and conv1, conv2, SE, conv3, add on the d * N kept samples:
-  **the SE is skipped with the layer** (paper sec. 4.2).
+  **the SE is skipped with the layer** (paper sec. 4.3.2).
 
 ``implementation='eager'`` adds the separate ReLU kernels of the PyTorch
 path; the dynamic kernels are otherwise the fused ones (the eager RegNetY
 path has not been calibrated against measurements).
 
-Source: paper appendix A and sec. 4.2, docs/method.md sec. 1 and 4.
+Source: paper appendix A, sec. 4.2 and 4.3.2, docs/method.md sec. 1 and 4.
 """
 import math
 from typing import List, Optional
@@ -35,7 +35,8 @@ from ..expectation import expected_ops
 from ..operators import (OpLatency, conv_op, elementwise_latency,
                          pool_latency, se_latency)
 from . import register_block_latency, register_stem_latency
-from .common import channel_masker_op, downsample_ops, fused_op
+from .common import (channel_masker_op, downsample_ops, fused_op,
+                     layer_skip_ops)
 
 __all__ = ['regnety_block_ops', 'regnet_stem_ops']
 
@@ -104,16 +105,12 @@ def regnety_block_ops(pred, g: BlockGeometry, batch: int,
     if g.kind != 'regnety':
         raise ValueError(f'regnety_block_ops: kind={g.kind!r} is not '
                          f"'regnety'")
-    hw = pred.hw
     if g.paradigm is None:
         return downsample_ops(pred, g, batch) + _static_ops(pred, g, batch)
     d = float(density)
     if g.paradigm == 'layer':
-        ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
-                            (1, 1), g.in_hw[0] * g.in_hw[1])]
-        ops += downsample_ops(pred, g, batch)
-        return ops + expected_ops(lambda n: _static_ops(pred, g, n),
-                                  d * batch)
+        return layer_skip_ops(pred, g, batch, d,
+                              lambda n: _static_ops(pred, g, n))
     if g.paradigm == 'channel':
         return _channel_ops(pred, g, batch, d)
     if g.paradigm == 'spatial':

@@ -39,7 +39,7 @@ from ..expectation import expected_max_normal, expected_ops
 from ..operators import (OpLatency, conv_op, elementwise_latency,
                          launch_latency, linear_latency, pool_latency)
 from . import register_block_latency, register_stem_latency
-from .common import channel_masker_op, downsample_ops
+from .common import channel_masker_op, downsample_ops, layer_skip_ops
 
 #: bookkeeping calls of ``_forced_gate`` (zeros, cast, select, mul, add);
 #: the validation imposes the gates through ``masker.forced_gate``
@@ -547,12 +547,8 @@ def layer_block_ops(pred, g: BlockGeometry, batch: int,
     that run the residual branch."""
     if pred.eager:
         return _layer_eager(pred, g, batch, d)
-    hw = pred.hw
-    ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
-                        (1, 1), g.in_hw[0] * g.in_hw[1])]
-    ops += downsample_ops(pred, g, batch)
-    return ops + expected_ops(
-        lambda n: static_block_ops(pred, g, n), d * batch)
+    return layer_skip_ops(pred, g, batch, d,
+                          lambda n: static_block_ops(pred, g, n))
 
 
 @register_block_latency('bottleneck')

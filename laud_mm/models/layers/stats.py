@@ -3,8 +3,8 @@ the per-image FLOPs and mask densities of the last forward, written into
 each data sample so that metrics (``laud_mm.BackboneLatencyMetric``) read
 them in any task (mmdet, mmpretrain).
 
-Source: paper sec. 4.3 (average backbone FLOPs and latency over the
-validation set).
+Source: paper sec. 4.5 (average backbone FLOPs and latency over the
+validation set), docs/method.md sec. 3.
 """
 import torch
 

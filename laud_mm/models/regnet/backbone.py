@@ -14,7 +14,7 @@ network is built here, op for op as torchvision's ``regnet_y_400mf`` /
 Checkpoint keys and the ``torchvision-regnety://`` scheme:
 :mod:`laud_mm.models.regnet.convert`.
 
-Source: paper sec. 4.2 (LAUD-RegNetY-400MF / 800MF; layer skipping skips the
+Source: paper sec. 4.3.2 (LAUD-RegNetY-400MF / 800MF; layer skipping skips the
 SE too); docs/method.md sec. 1 (widths, depths, group widths, SE ratio,
 granularities S = 4-4-2-1 / 4-4-7-1, G = 2-2-2-2, layer); Radosavovic et al.
 2020; torchvision ``models/regnet.py``.

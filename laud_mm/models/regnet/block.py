@@ -38,7 +38,7 @@ Where the LAUD masks act (the same places as in the ResNet bottleneck,
   channels' excitations are used.
 - layer: skipped with the block.
 
-Source: paper sec. 4.2 (LAUD-RegNetY-400MF / 800MF: layer skipping also skips
+Source: paper sec. 4.3.2 (LAUD-RegNetY-400MF / 800MF: layer skipping also skips
 the memory-bound SE), docs/method.md sec. 1 (stage widths, depths, group
 widths, SE squeeze 0.25 x block input width, bottleneck ratio 1).
 """

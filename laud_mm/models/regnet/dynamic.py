@@ -38,7 +38,7 @@ when a parameter or BN statistic changes).
   the others output ``relu(shortcut)``.
 
 Source: paper sec. 3.4 (fused masker + conv1, gather + conv, scatter + add)
-and sec. 4.2 (RegNetY: layer skipping also skips the memory-bound SE);
+and sec. 4.3.2 (RegNetY: layer skipping also skips the memory-bound SE);
 docs/method.md sec. 1 and 4.
 """
 from typing import Optional, Tuple

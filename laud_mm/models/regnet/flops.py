@@ -1,7 +1,7 @@
 """FLOPs of the RegNetY block (``BlockGeometry.kind == 'regnety'``) and of
 the RegNet stem, registered with :mod:`laud_mm.structures.flops`.
 
-Source: paper sec. 4.2 (RegNetY results), docs/method.md sec. 1-2.
+Source: paper sec. 4.3.2 (RegNetY results), docs/method.md sec. 1-2.
 """
 from typing import Dict
 
@@ -32,7 +32,7 @@ def regnety_block_op_flops(g: BlockGeometry) -> Dict[str, int]:
     Raises:
         ValueError: for an unknown paradigm or a geometry of another kind.
 
-    Source: paper sec. 4.2 (RegNetY results), docs/method.md sec. 1.
+    Source: paper sec. 4.3.2 (RegNetY results), docs/method.md sec. 1.
     """
     if g.kind != 'regnety':
         raise ValueError(f'regnety_block_op_flops: geometry kind={g.kind!r} '

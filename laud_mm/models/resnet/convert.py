@@ -23,6 +23,7 @@ torchvision ``.pth`` file) and returns them in mmpretrain's classifier layout,
 so ``init_cfg=dict(type='Pretrained', checkpoint='torchvision-cls://resnet50')``
 initialises a whole classifier (backbone and fc) from torchvision.
 """
+import os
 import os.path as osp
 from collections import OrderedDict
 from typing import Dict
@@ -30,7 +31,8 @@ from typing import Dict
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader, load_from_torchvision
 
-from ..layers.checkpoint import unwrap_state_dict
+from ..layers.checkpoint import (classifier_to_backbone,
+                                 load_state_dict_file, unwrap_state_dict)
 
 TORCHVISION_CLS_SCHEME = 'torchvision-cls://'
 
@@ -88,3 +90,51 @@ def load_torchvision_as_classifier(filename: str, map_location=None) -> dict:
     else:
         ckpt = load_from_torchvision('torchvision://' + name, map_location)
     return {'state_dict': torchvision_to_mmpretrain(unwrap_state_dict(ckpt))}
+
+
+#: modes of :func:`convert_checkpoint`
+CONVERT_MODES = ('tv2cls', 'cls2backbone', 'strip')
+
+
+def convert_checkpoint(mode: str, src: str, dst: str,
+                       trusted: bool = False) -> int:
+    """Convert the checkpoint ``src`` and save it to ``dst`` as
+    ``{'state_dict': ..., 'meta': {'converted_from': src, 'mode': mode}}``
+    with tensors only (loads under torch's ``weights_only``).
+
+    Modes: 'tv2cls' torchvision ResNet -> mmpretrain classifier
+    (:func:`torchvision_to_mmpretrain`); 'cls2backbone' classifier ->
+    backbone keys (:func:`~laud_mm.models.layers.checkpoint.
+    classifier_to_backbone`); 'strip' weights only, keys unchanged. Command
+    line: ``tools/model_converters/convert_checkpoint.py``.
+
+    Args:
+        mode: one of :data:`CONVERT_MODES`.
+        src: input checkpoint (path or URL such as ``torchvision://resnet50``).
+        dst: output .pth path (its directory is created).
+        trusted: unpickle ``src`` fully (``weights_only=False``; only for
+            files from a trusted source).
+
+    Returns:
+        the number of tensors written.
+
+    Raises:
+        ValueError: unknown ``mode``, missing ``src`` or wrong key layout
+            (names the file).
+    """
+    if mode not in CONVERT_MODES:
+        raise ValueError(f'mode={mode!r} must be one of {CONVERT_MODES}')
+    sd = load_state_dict_file(src, trusted=trusted)
+    try:
+        if mode == 'tv2cls':
+            out = torchvision_to_mmpretrain(sd)
+        elif mode == 'cls2backbone':
+            out = classifier_to_backbone(sd)
+        else:
+            out = sd
+    except ValueError as e:
+        raise ValueError(f'{src}: {e}') from e
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    torch.save({'state_dict': out,
+                'meta': {'converted_from': src, 'mode': mode}}, dst)
+    return len(out)

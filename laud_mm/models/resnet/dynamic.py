@@ -287,9 +287,9 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling all C_in
     channels first (``F.adaptive_avg_pool2d`` on CPU: 3 - 6 ms for R50
     maps at batch 8, the one-channel conv + pool 0.1 - 1.2 ms;
-    ``tools/benchmark_kernels.py --only masker``). A forced gate (tests,
-    benchmarks) replaces the decision, not the cost: the logits are still
-    computed. Source: paper sec. 3.1 (spatial masker).
+    ``tools/analysis_tools/benchmark_kernels.py --only masker``). A forced
+    gate (tests, benchmarks) replaces the decision, not the cost: the logits
+    are still computed. Source: paper sec. 3.1 (spatial masker).
 
     Args:
         fb: the block's folded weights; masker: its ``SpatialMasker``.
@@ -322,8 +322,8 @@ def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
     2.25 d for S = 1. Gathering the input windows (C_in channels) and
     running conv1 on them is 1.3 - 1.8x faster than the dense conv1 +
     window gather at the 0.24 - 0.29 patch densities of r_i = 0.5 in R50
-    (``tools/benchmark_kernels.py``, 'window_conv1' rows; a stride-1 block
-    at r_i = 0.25 gains nothing there). Window pixels outside the image are
+    (``tools/analysis_tools/benchmark_kernels.py``, 'window_conv1' rows; a
+    stride-1 block at r_i = 0.25 gains nothing there). Window pixels outside the image are
     zero, as conv2's padding of the dense conv1 output.
 
     Args:
@@ -361,7 +361,8 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
     - S = 1: a window is exactly conv2's receptive field, so conv2 is one
       GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
       (P, width) x (width, C_out): 2.4x faster than oneDNN's 3x3 / 1x1
-      convolutions on 1 x 1 outputs (``tools/benchmark_kernels.py``).
+      convolutions on 1 x 1 outputs
+      (``tools/analysis_tools/benchmark_kernels.py``).
     - S > 1: conv2 is the 3x3 convolution; conv3 the 1x1 convolution, or,
       below :data:`SPATIAL_CONV3_GEMM_MAX_PATCHES` patches, one GEMM
       (C_out, width) x (width, P * S * S) over all patches (oneDNN runs a
@@ -468,8 +469,9 @@ def _channel_forward(block, x, geom):
     if not is_autocast(x) and x.dtype == ident.dtype == fb.w1.dtype:
         # conv3 from the kept channels accumulated into the shortcut, then
         # bn3's shift (every sample) and the ReLU: no conv3 output buffer,
-        # no separate scatter pass (channel r = 0.25: 2.35x -> 2.6x,
-        # docs/benchmarks.md)
+        # no separate scatter pass over the output (docs/benchmarks.md,
+        # "Channel: conv3 accumulated into the shortcut", measured with
+        # tools/analysis_tools/benchmark_latency.py --quick)
         out = _residual_target(block, x, ident)
         o = out.view(n, c_out, ho * wo)
         if k:

@@ -1,8 +1,11 @@
-"""LAUD-T2T-ViT: static equality with mmpretrain's T2T-ViT, checkpoint
-loading, dynamic inference == masked-dense eval for token / head / layer
-skipping, the masked-dense definitions by hand, statistics and FLOPs, the tau
-hook, training on real imagenette images, configuration errors, and the
-latency predictor's transformer kernels on hand-computed cases.
+"""LAUD-T2T-ViT: mmpretrain checkpoint loading, dynamic inference ==
+masked-dense per layer and the packed attention, the masked-dense
+definitions by hand, statistics and FLOPs, the tau hook, training on real
+imagenette images, configuration errors, and the latency predictor's
+transformer kernels on hand-computed cases. Equality with mmpretrain's
+T2T-ViT, whole-model dynamic == masked-dense, gradients and refused
+checkpoints are clauses of the family contract
+(tests/test_models/test_family_contract.py).
 
 Small models (embed 64, 2 layers, 64 px: 16 patch tokens + the class token)
 keep the module fast. Source: paper sec. 3.2 and "Experiments on vision
@@ -35,11 +38,10 @@ from laud_mm.models.t2t_vit.dynamic import (  # noqa: E402
     dynamic_t2t_layer_forward, packed_attention)
 
 from conftest import ROOT  # noqa: E402  (the repository root)
-TOL = 1e-4
 TINY = dict(img_size=64, embed_dims=64, num_layers=2,
             t2t_cfg=dict(token_dims=16),
             layer_cfgs=dict(num_heads=4, feedforward_channels=128))
-N_PATCH, N_HEADS = 16, 4  # 64 px: a 4 x 4 token grid
+N_PATCH = 16  # 64 px: a 4 x 4 token grid
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -66,80 +68,12 @@ def reference(seed=0, **kw):
     return ref
 
 
-def gate_shape(paradigm, n):
-    return {'spatial': (n, N_PATCH), 'channel': (n, N_HEADS),
-            'layer': (n,)}[paradigm]
-
-
-def force(net, kind, n, seed=1):
-    """Force the gates of every layer: 'on', 'off', 'random' (per sample
-    and layer, different masks per sample), 'equal' (random, the same
-    count per sample) or None (learned; maskers randomised so that the
-    gates are mixed)."""
-    g = torch.Generator().manual_seed(seed)
-    for lay in net.blocks:
-        m = lay.masker
-        if kind is None:
-            m.forced_gate = None
-            with torch.no_grad():
-                for p in m.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            continue
-        shape = gate_shape(net.paradigm, n)
-        if kind == 'on':
-            m.forced_gate = 1.0
-        elif kind == 'off':
-            m.forced_gate = 0.0
-        elif kind == 'random':
-            m.forced_gate = (torch.rand(shape, generator=g) > 0.5).float()
-        elif len(shape) == 1:  # equal: half of the samples run the layer
-            gate = torch.zeros(shape)
-            gate[torch.randperm(n, generator=g)[:n // 2]] = 1
-            m.forced_gate = gate
-        else:  # equal: half of the tokens / heads of every sample
-            gate = torch.zeros(shape)
-            for i in range(n):
-                gate[i, torch.randperm(shape[1], generator=g)[
-                    :shape[1] // 2]] = 1
-            m.forced_gate = gate
-
-
 def images(n=3, seed=2):
     return torch.randn(n, 3, 64, 64, generator=torch.Generator()
                        .manual_seed(seed))
 
 
-# ------------------------------------------------------------ static, ckpt
-def test_static_equals_mmpretrain_bit_for_bit():
-    ref = reference(out_type='raw')
-    net = tiny(None, out_type='raw')
-    net.load_state_dict(ref.state_dict(), strict=True)
-    x = images()
-    with torch.no_grad():
-        assert torch.equal(ref(x)[0], net(x)[0])
-        net.dynamic_inference = True  # no paradigm: still mmpretrain's
-        assert torch.equal(ref(x)[0], net(x)[0])
-    st = net.activation_stats()
-    assert torch.equal(st['activation_rate'], torch.ones(3))
-
-
-@pytest.mark.parametrize('paradigm', ['spatial', 'channel', 'layer'])
-def test_all_gates_on_equals_mmpretrain(paradigm):
-    ref = reference(out_type='raw')
-    net = tiny(paradigm, out_type='raw')
-    missing, unexpected = net.load_state_dict(ref.state_dict(), strict=False)
-    assert unexpected == [] and all('masker' in k for k in missing)
-    force(net, 'on', 3)
-    x = images()
-    with torch.no_grad():
-        a = ref(x)[0]
-        md = net(x)[0]  # masked-dense with every gate on
-        net.dynamic_inference = True
-        dy = net(x)[0]  # dynamic: the static layers, bit for bit
-    assert (a - md).abs().max() <= 1e-6 * max(1., a.abs().max())
-    assert torch.equal(a, dy)
-
-
+# ------------------------------------------------------------------- ckpt
 def test_mmpretrain_checkpoint_loads_unchanged(tmp_path):
     """A classifier checkpoint of mmpretrain's T2T-ViT (backbone.*, head.*)
     loads into LAUDT2TViT through mmengine's Pretrained init: static weights
@@ -174,42 +108,7 @@ def test_init_weights_keeps_maskers_keep_biased():
         assert torch.all(b[:, 0] == 2.) and torch.all(b[:, 1] == -2.)
 
 
-def test_checkpoint_of_another_architecture_is_refused():
-    other = T2T_ViT(**dict(TINY, num_layers=3))
-    with pytest.raises(ValueError, match='encoder layers'):
-        tiny('layer').load_state_dict(other.state_dict(), strict=False)
-    wider = T2T_ViT(**dict(TINY, embed_dims=96, layer_cfgs=dict(
-        num_heads=4, feedforward_channels=128)))
-    with pytest.raises(ValueError, match='shape'):
-        tiny('layer').load_state_dict(wider.state_dict(), strict=False)
-
-
 # ---------------------------------------------------------------- exactness
-@pytest.mark.parametrize('paradigm', ['spatial', 'channel', 'layer'])
-@pytest.mark.parametrize('gates', ['off', 'on', 'random', 'equal', None])
-def test_dynamic_equals_masked_dense(paradigm, gates):
-    kw = dict(out_type='raw')
-    if paradigm == 'channel':  # exercise the sliced qkv bias
-        kw['layer_cfgs'] = dict(TINY['layer_cfgs'], qkv_bias=True)
-    net = tiny(paradigm, **kw)
-    n = 4
-    force(net, gates, n)
-    x = images(n)
-    with torch.no_grad():
-        md = net(x)[0]
-        md_stats = net.activation_stats()
-        net.dynamic_inference = True
-        dy = net(x)[0]
-        dy_stats = net.activation_stats()
-    assert (md - dy).abs().max() <= TOL, (md - dy).abs().max()
-    assert torch.allclose(md_stats['flops'], dy_stats['flops'])
-    dens = torch.stack(dy_stats['block_density'])
-    if gates is None:  # learned gates: mixed, and per sample different
-        assert 0 < float(dens.mean()) < 1
-    if gates == 'random' and paradigm != 'layer':
-        assert len({tuple(r) for r in dens.T.tolist()}) > 1
-
-
 def test_dynamic_layer_by_layer_and_both_attention_paths():
     """Per layer on random tokens: unequal kept counts (per-sample
     attention) and equal counts (one batched call)."""
@@ -302,21 +201,6 @@ def test_masked_softmax():
         assert torch.all(w[i][..., ~kept] == 0)
     (w * torch.randn_like(w)).sum().backward()
     assert torch.isfinite(mask.grad).all() and mask.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize('paradigm', ['spatial', 'channel', 'layer'])
-def test_gradients_reach_maskers(paradigm):
-    net = tiny(paradigm, drop_path_rate=0.1)
-    net.train()
-    net.set_tau(1.0)
-    out = net(images(2))[0]
-    stats = net.activation_stats()
-    (out.square().mean() + stats['flops'].mean() / stats['dense_flops']
-     ).backward()
-    for lay in net.blocks:
-        grads = [p.grad for p in lay.masker.parameters()]
-        assert all(g is not None and torch.isfinite(g).all() for g in grads)
-        assert any(g.abs().sum() > 0 for g in grads)
 
 
 # ----------------------------------------------------------- stats, FLOPs
@@ -532,10 +416,9 @@ def test_layer_kernels_count_the_flops():
 
 def test_predictor_whole_t2t_vit():
     pred = LatencyPredictor('v100')
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    from benchmark_t2t_vit import arch_kwargs
-    net = LAUDT2TViT(paradigm='channel', **arch_kwargs('t2t-vit-t-14'))
+    from laud_mm.models.t2t_vit import t2t_vit_arch_kwargs
+    net = LAUDT2TViT(paradigm='channel',
+                     **t2t_vit_arch_kwargs('t2t-vit-t-14'))
     g, s = t2t_vit_geometries('t2t-vit-t-14', (224, 240), 'channel')
     assert net.block_geometries((224, 240)) == g
     assert net.stem_geometry((224, 240)) == s
@@ -563,20 +446,19 @@ def test_predictor_whole_t2t_vit():
 
 
 def test_predict_latency_tool_and_benchmark_smoke(capsys):
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import predict_latency
-    predict_latency.main([osp.join(
+    """The prediction and the benchmark behind
+    tools/analysis_tools/{predict_latency,benchmark_t2t_vit}.py."""
+    from laud_mm.analysis import prediction
+    from laud_mm.analysis.benchmark import t2t_vit as t2t_bench
+    prediction.predict_latency(osp.join(
         ROOT, 'configs/imagenet/laud-t2t-vit-14-layer_8xb64_in1k.py'),
-        '--hardware', 'tx2'])
+        hardware='tx2')
     out = capsys.readouterr().out
     assert 'layer13' in out and 'T2T module' in out and 'stage' in out
-    predict_latency.main(['t2t-vit-t-14', '--paradigm', 'spatial',
-                          '--target', '0.6'])
+    prediction.predict_latency('t2t-vit-t-14', paradigm='spatial',
+                               target=0.6)
     assert 'spatial' in capsys.readouterr().out
-    import benchmark_t2t_vit
-    rows = benchmark_t2t_vit.main(['--tiny', '--rates', '0.5', '1.0',
-                                   '--repeats', '1', '--warmup', '0',
-                                   '--paradigms', 'spatial', '--threads',
-                                   '1'])
+    rows = t2t_bench.benchmark_t2t_vit(tiny=True, rates=[0.5, 1.0],
+                                       repeats=1, warmup=0,
+                                       paradigms=['spatial'], threads=1)
     assert len(rows) == 2 and rows[0]['flops_rate'] < 1.

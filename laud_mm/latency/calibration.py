@@ -1,12 +1,7 @@
-"""Measure this machine (CPU, or the lent GPU) and write a HardwareSpec file.
+"""Measure this machine (CPU, or a GPU) and build a :class:`HardwareSpec`
+for the latency predictor (paper appendix A, docs/method.md sec. 4).
 
-Usage::
-
-    python tools/calibrate_hardware.py [--device cpu|cuda] [--threads N]
-        [--out work_dirs/hardware/cpu_calibrated.yaml] [--fit] [--name NAME]
-        [--clock auto|cpu|wall]
-
-Micro-benchmarks (PyTorch, fp32):
+Micro-benchmarks (:func:`microbench`, PyTorch, fp32):
 
 * launch cost: a tiny ``add`` and a tiny ``conv2d`` (mean of the two), us;
 * off-chip bandwidth: ``torch.add(a, b, out=c)`` on 64 MB tensors
@@ -17,39 +12,51 @@ Micro-benchmarks (PyTorch, fp32):
   compute bound), MAC/s, turned into ``fp32_per_pe = rate / (N_PE * f)``
   with N_PE the threads (CPU) or SMs (GPU) and f the nominal clock.
 
-``--fit`` then refines ``fp32_per_pe`` and ``bandwidth_gbs`` (within 10x of
-the micro-benchmarks; the launch cost stays measured) by least squares on the
-log latency of the static ResNet-50 bottleneck blocks (batch 1 and 2, 224 px,
-the eager BN-folded path of :mod:`laud_mm.models.resnet.dynamic`) against the
-predictor (``implementation='eager'``). With one CPU thread the timings are
-the thread's CPU time (``--clock``, :func:`time_fn`). Dynamic blocks are never used for the fit, so
-``tools/validate_predictor.py`` validates out of sample.
+:func:`fit_spec` then refines ``fp32_per_pe`` and ``bandwidth_gbs`` (within
+10x of the micro-benchmarks; the launch cost stays measured) by least
+squares on the log latency of the static ResNet-50 bottleneck blocks (batch
+1 and 2, 224 px, the eager BN-folded path of
+:mod:`laud_mm.models.resnet.dynamic`) against the predictor
+(``implementation='eager'``). With one CPU thread the timings are the
+thread's CPU time (:func:`time_fn`). Dynamic blocks are never used for the
+fit, so the predictor validation (:mod:`laud_mm.analysis.validation`)
+validates out of sample.
+
+:func:`time_fn` is also the timer of that validation. Command line:
+``tools/analysis_tools/calibrate_hardware.py``.
 
 Source: paper appendix A (hardware properties of the model), docs/method.md
 sec. 4.
 """
-import argparse
 import math
 import os
 import os.path as osp
-import sys
 import time
+from typing import Optional
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from .hardware import HardwareSpec, save_hardware
 
 
-def _sync(device):
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if device.type == 'cuda':
         torch.cuda.synchronize()
 
 
-def _clock(device, clock):
+def select_clock(device: torch.device, clock: str):
     """The timer of :func:`time_fn`: ``'cpu'`` = CPU time of the calling
     thread (``time.thread_time``), ``'wall'`` = ``time.perf_counter``;
-    ``'auto'`` = CPU time for single-threaded CPU runs, else wall."""
+    ``'auto'`` = CPU time for single-threaded CPU runs, else wall.
+
+    Returns:
+        a no-argument function returning seconds.
+
+    Raises:
+        ValueError: an unknown ``clock``, or ``'cpu'`` on a GPU.
+    """
     if clock not in ('auto', 'cpu', 'wall'):
         raise ValueError(f"clock={clock!r} is not one of 'auto', 'cpu', "
                          f"'wall'")
@@ -62,22 +69,24 @@ def _clock(device, clock):
     return time.thread_time if clock == 'cpu' else time.perf_counter
 
 
-def time_fn(fn, device, min_time=0.2, warmup=2, max_iter=2000, rounds=7,
-            clock='auto', min_calls=10):
-    """Seconds per call of ``fn``, robust to other processes sharing the
-    cores: calls slower than 1 ms are timed one by one (at least
-    ``min_calls`` calls, ``min_time`` in all) and the fastest is kept;
+def time_fn(fn, device: torch.device, min_time: float = 0.2,
+            warmup: int = 2, max_iter: int = 2000, rounds: int = 7,
+            clock: str = 'auto', min_calls: int = 10) -> float:
+    """Seconds per call of ``fn()`` on ``device``, robust to other
+    processes sharing the cores: calls slower than 1 ms are timed one by
+    one (at least ``min_calls`` calls, ``min_time`` in all) and the fastest
+    is kept;
     faster calls are timed in ``rounds`` batches and the fastest batch mean
     is kept.
 
-    ``clock`` (see :func:`_clock`): with one thread on the CPU the default
-    times the thread's CPU time, so that time slices given to other
+    ``clock`` (see :func:`select_clock`): with one thread on the CPU the
+    default times the thread's CPU time, so that time slices given to other
     processes on the same core are not counted (on a core shared 50/50,
     wall-clock medians were 2x the CPU time and wall-clock minima varied by
     up to 30 % between repeats, CPU-time minima by 3-6 %); the cache
     pollution by the other processes is still counted, which the minimum
     over the calls reduces."""
-    timer = _clock(device, clock)
+    timer = select_clock(device, clock)
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -104,7 +113,7 @@ def time_fn(fn, device, min_time=0.2, warmup=2, max_iter=2000, rounds=7,
     return min(samples)
 
 
-def cpu_clock_mhz():
+def cpu_clock_mhz() -> float:
     """Nominal clock from /proc/cpuinfo (MHz), 2000 if unknown."""
     try:
         with open('/proc/cpuinfo') as f:
@@ -145,9 +154,16 @@ def cpu_vector_width() -> int:
     return 16 if 'AVX512' in cap else 8 if 'AVX2' in cap else 4
 
 
-def microbench(device):
-    """Launch (us), bandwidth (GB/s), cache bandwidth (GB/s) and compute
-    rate (MAC/s) of ``device``."""
+def microbench(device: torch.device) -> dict:
+    """Micro-benchmarks of ``device`` (see the module docstring).
+
+    Returns:
+        dict: launch_us (mean of add and conv), launch_add_us,
+        launch_conv_us, bandwidth_gbs (off-chip), cache_gbs (on-chip),
+        macs (best convolution rate, MAC/s), conv_rates (each
+        convolution's, MAC/s), weight_reorder_gbs (CPU: oneDNN's per-call
+        weight re-layout, GB/s; 0 on a GPU).
+    """
     dev = device
     a1 = torch.ones(1, device=dev)
     x1 = torch.ones(1, 1, 1, 1, device=dev)
@@ -189,10 +205,11 @@ def microbench(device):
                 weight_reorder_gbs=reorder)
 
 
-def static_block_fn(g, batch, device):
+def static_block_fn(g, batch: int, device: torch.device):
     """The eager BN-folded static bottleneck of
-    ``laud_mm.models.resnet.dynamic.static_bottleneck_forward`` with random weights
-    for a :class:`BlockGeometry`; returns a no-argument callable."""
+    ``laud_mm.models.resnet.dynamic.static_bottleneck_forward`` with random
+    weights for a ResNet :class:`BlockGeometry` ``g`` and a batch of
+    ``batch``; returns a no-argument callable."""
     x = torch.rand(batch, g.in_channels, *g.in_hw, device=device)
     w1 = torch.rand(g.width, g.in_channels, 1, 1, device=device) * 0.01
     w2 = torch.rand(g.width, g.width, 3, 3, device=device) * 0.01
@@ -211,7 +228,8 @@ def static_block_fn(g, batch, device):
     return fn
 
 
-def fit_spec(spec, samples, verbose=True):
+def fit_spec(spec: HardwareSpec, samples, verbose: bool = True
+             ) -> HardwareSpec:
     """Least-squares fit (log latency) of fp32_per_pe and bandwidth_gbs
     (each within 10x of the micro-benchmark value) to measured static
     blocks. ``l2_factor`` and ``launch_us`` stay measured: a static block
@@ -228,11 +246,9 @@ def fit_spec(spec, samples, verbose=True):
     import numpy as np
     from scipy.optimize import minimize
 
-    from laud_mm.latency import LatencyPredictor
+    from .predictor import LatencyPredictor
     keys = ('fp32_per_pe', 'bandwidth_gbs')
-    x0 = np.log([max(getattr(spec, k), 1e-3) for k in keys])
     meas = np.log([m for _, _, m in samples])
-
     x_start = np.log([max(getattr(spec, k), 1e-3) for k in keys])
 
     def make(x):
@@ -245,52 +261,65 @@ def fit_spec(spec, samples, verbose=True):
         pred = np.log([p.predict_static([g], b).total_ms
                        for g, b, _ in samples])
         return float(np.mean((pred - meas) ** 2))
-    res = minimize(loss, x0, method='Nelder-Mead',
+    res = minimize(loss, x_start, method='Nelder-Mead',
                    options=dict(maxiter=300, xatol=1e-3, fatol=1e-6))
     out = make(res.x)
     if verbose:
-        print(f'fit: rms log error {math.sqrt(loss(x0)):.3f} -> '
+        print(f'fit: rms log error {math.sqrt(loss(x_start)):.3f} -> '
               f'{math.sqrt(res.fun):.3f} ({res.nfev} evaluations)')
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--threads', type=int, default=None,
-                   help='CPU threads (default: all cores)')
-    p.add_argument('--name', default=None, help='spec name')
-    p.add_argument('--out', default=None,
-                   help='output .yaml/.json (default work_dirs/hardware/'
-                   '<name>.yaml)')
-    p.add_argument('--fit', action='store_true',
-                   help='refine on measured static ResNet-50 blocks')
-    p.add_argument('--clock', default='auto', choices=['auto', 'cpu', 'wall'],
-                   help="timer of the static blocks (see time_fn): 'auto' = "
-                   "the thread's CPU time with one CPU thread, else wall")
-    args = p.parse_args(argv)
-    from laud_mm.latency import HardwareSpec, save_hardware
+def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
+                       name: Optional[str] = None, out: Optional[str] = None,
+                       fit: bool = False, clock: str = 'auto'
+                       ) -> HardwareSpec:
+    """Measure ``device`` (:func:`microbench`), optionally fit the spec on
+    static ResNet-50 blocks (:func:`fit_spec`), write it and print what was
+    measured.
+
+    Args:
+        device: 'cpu' or 'cuda' (GPU 0).
+        threads: CPU threads (default: torch's current number).
+        name: spec name (default ``cpu<threads>_calib`` / ``<gpu
+            name>_calib``).
+        out: output .yaml / .json (default
+            ``work_dirs/hardware/<name>.yaml``).
+        fit: refine on measured static ResNet-50 blocks.
+        clock: timer of the static blocks (:func:`select_clock`).
+
+    Returns:
+        the written :class:`HardwareSpec`.
+
+    Raises:
+        ValueError: an unknown ``device`` or ``clock``, ``threads`` < 1.
+        RuntimeError: ``device='cuda'`` without a CUDA device.
+    """
     from laud_mm.models import resnet_geometries
-    device = torch.device(args.device)
-    if device.type == 'cuda':
+    if device not in ('cpu', 'cuda'):
+        raise ValueError(f"--device={device!r} must be 'cpu' or 'cuda'")
+    if threads is not None and threads < 1:
+        raise ValueError(f'--threads={threads} must be >= 1')
+    dev = torch.device(device)
+    if dev.type == 'cuda':
         if not torch.cuda.is_available():
-            raise SystemExit('--device cuda: no CUDA device available')
+            raise RuntimeError('--device cuda: no CUDA device available')
         props = torch.cuda.get_device_properties(0)
         n_pe = props.multi_processor_count
-        clock = float(getattr(props, 'clock_rate', 0) or 0) / 1e3 or 1500.
-        name = args.name or props.name.lower().replace(' ', '_') + '_calib'
+        clock_mhz = float(getattr(props, 'clock_rate', 0) or 0) / 1e3 or 1500.
+        name = name or props.name.lower().replace(' ', '_') + '_calib'
         max_tile, tr = 16384, 32
     else:
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        if threads:
+            torch.set_num_threads(threads)
         n_pe = torch.get_num_threads()
-        clock = cpu_clock_mhz()
-        name = args.name or f'cpu{n_pe}_calib'
+        clock_mhz = cpu_clock_mhz()
+        name = name or f'cpu{n_pe}_calib'
         max_tile, tr = 4096, 64
     # PyTorch's CPU kernels run image by image: tiles never span samples
-    tile_batch = 1 if device.type == 'cpu' else 0
-    m = microbench(device)
-    print(f'device {device} ({n_pe} PE, {clock:.0f} MHz): launch '
+    tile_batch = 1 if dev.type == 'cpu' else 0
+    m = microbench(dev)
+    print(f'device {dev} ({n_pe} PE, {clock_mhz:.0f} MHz): launch '
           f'{m["launch_us"]:.1f} us (add {m["launch_add_us"]:.1f}, conv '
           f'{m["launch_conv_us"]:.1f}), bandwidth {m["bandwidth_gbs"]:.1f} '
           f'GB/s, cache {m["cache_gbs"]:.1f} GB/s, compute '
@@ -300,16 +329,16 @@ def main(argv=None):
              if m['weight_reorder_gbs'] else ''))
     spec = HardwareSpec(
         name=name, num_pe=n_pe,
-        fp32_per_pe=m['macs'] / (n_pe * clock * 1e6), clock_mhz=clock,
+        fp32_per_pe=m['macs'] / (n_pe * clock_mhz * 1e6), clock_mhz=clock_mhz,
         bandwidth_gbs=m['bandwidth_gbs'],
         l2_factor=max(1.0, m['cache_gbs'] / m['bandwidth_gbs']),
         launch_us=m['launch_us'], transaction_bytes=tr,
         max_tile_outputs=max_tile, default_batch=1,
         max_tile_batch=tile_batch,
         weight_reorder_gbs=m['weight_reorder_gbs'],
-        vector_width=cpu_vector_width() if device.type == 'cpu' else 0,
-        llc_mb=cpu_llc_mb() if device.type == 'cpu' else 0.)
-    if args.fit:
+        vector_width=cpu_vector_width() if dev.type == 'cpu' else 0,
+        llc_mb=cpu_llc_mb() if dev.type == 'cpu' else 0.)
+    if fit:
         geoms, _ = resnet_geometries(50, (224, 224))
         uniq = {}
         for g in geoms:
@@ -317,20 +346,16 @@ def main(argv=None):
         samples = []
         for g in uniq.values():
             for b in (1, 2):
-                t = time_fn(static_block_fn(g, b, device), device,
-                            min_time=0.3, clock=args.clock)
+                t = time_fn(static_block_fn(g, b, dev), dev,
+                            min_time=0.3, clock=clock)
                 samples.append((g, b, t * 1e3))
                 print(f'  static block s{g.stage}.b{g.index} batch {b}: '
                       f'{t * 1e3:.3f} ms')
         spec = fit_spec(spec, samples)
-    out = args.out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
+    out = out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
     os.makedirs(osp.dirname(out) or '.', exist_ok=True)
     save_hardware(spec, out)
     print('spec: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else
                                f'{k}={v}' for k, v in spec.to_dict().items()))
     print(f'written: {out}')
     return spec
-
-
-if __name__ == '__main__':
-    main()

@@ -2,18 +2,13 @@
 spatial gates of each stage keep computing on real images, and how often each
 block (layer skipping) or its channel groups (channel skipping) are active.
 
-Usage:
-    python tools/visualize_masks.py CONFIG CHECKPOINT IMG_OR_DIR [...]
-        [--out-dir DIR] [--max-images N] [--cfg-options k=v ...]
+Works for any config whose model has a dynamic LAUD backbone (LAUD
+detectors and classifiers): the images go through the config's own test
+pipeline (annotation loading removed) and ``model.test_step``; the gates are
+read from each block's ``last_stats['gate']`` and the FLOPs from
+``backbone.activation_stats()``. :func:`visualize_masks` writes into its
+output directory:
 
-CHECKPOINT may be 'none' (the freshly initialised model: every gate keeps,
-which is only useful to try the tool). Works for any config whose model has a
-``laud_mm.LAUDResNet`` backbone (LAUD detectors and classifiers): the images
-go through the config's own test pipeline (annotation loading removed) and
-``model.test_step``; the gates are read from each block's
-``last_stats['gate']`` and the FLOPs from ``backbone.activation_stats()``.
-
-Writes into ``--out-dir``:
 - ``<image>_spatial_gates.png`` (spatial paradigm): the input image and, per
   stage, the fraction of the stage's blocks that compute each pixel, drawn
   over the image;
@@ -21,19 +16,20 @@ Writes into ``--out-dir``:
   (kept pixels / channel groups / fraction of images running the block) with
   its spread, and the block's FLOPs ratio (computed / dense);
 - ``block_activation.json``: the same numbers.
+
+Command line: ``tools/analysis_tools/visualize_masks.py``.
 """
-import argparse
 import json
 import os
 import os.path as osp
-import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from .configs import CfgOptions, build_model, load_config
 
+#: file extensions taken from an image directory
 IMG_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 
@@ -58,13 +54,16 @@ def list_images(paths: Sequence[str], max_images: int) -> List[str]:
     return files[:max_images]
 
 
-def build_model_and_pipeline(config: str, checkpoint: str, cfg_options=None):
+def build_model_and_pipeline(config: str, checkpoint: str,
+                              cfg_options: CfgOptions = None):
     """Build the model of a config (eval mode, CPU) and its test pipeline.
 
     Args:
         config: config file path.
-        checkpoint: checkpoint path, or 'none' to keep the initial weights.
-        cfg_options: dict merged into the config.
+        checkpoint: checkpoint path, or 'none' to keep the initial weights
+            (loaded non-strictly).
+        cfg_options: overrides merged into the config (see
+            :func:`~laud_mm.analysis.configs.load_config`).
 
     Returns:
         (model, pipeline): the pipeline maps dict(img_path=...) to the packed
@@ -73,36 +72,12 @@ def build_model_and_pipeline(config: str, checkpoint: str, cfg_options=None):
     Raises:
         FileNotFoundError: missing config or checkpoint.
         TypeError: the model's backbone is not a dynamic LAUD backbone.
+        KeyError: the config has no test / val dataloader.
     """
-    import importlib
-
-    from mmengine.config import Config
     from mmengine.dataset import Compose
-    from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner import load_checkpoint
-
-    import laud_mm  # noqa: F401
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config {config!r} does not exist')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    scope = cfg.get('default_scope', 'mmdet')
-    importlib.import_module(f'{scope}.utils').register_all_modules(
-        init_default_scope=False)
-    init_default_scope(scope)
-    model_cfg = cfg.model
-    if cfg.get('data_preprocessor') is not None:
-        # mmpretrain configs keep the data preprocessor (mean / std, BGR to
-        # RGB) at the top level and mmengine's Runner merges it into the
-        # model; without it a classifier would see unnormalised pixels
-        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
-    if str(checkpoint).lower() != 'none':
-        if not osp.isfile(checkpoint):
-            raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=False)
-    model.eval()
+    cfg = load_config(config, cfg_options)
+    ckpt = None if str(checkpoint).lower() == 'none' else checkpoint
+    model = build_model(cfg, ckpt, strict=False)
     backbone = getattr(model, 'backbone', None)
     if not hasattr(backbone, 'blocks') or \
             not getattr(backbone, 'paradigm', None):
@@ -204,7 +179,8 @@ def plot_spatial(record: Dict, out_file: str) -> str:
     for s, (ax, m) in enumerate(zip(axes[1:], maps)):
         dens = [b['density'] for b in record['blocks'] if b['stage'] == s]
         S = [b['granularity'] for b in record['blocks'] if b['stage'] == s][0]
-        # skipped pixels dimmed, kept pixels tinted by how many blocks keep them
+        # skipped pixels dimmed, kept pixels tinted by how many blocks
+        # keep them
         ax.imshow(img * (0.3 + 0.7 * m[..., None]))
         im = ax.imshow(m, cmap='viridis', vmin=0, vmax=1, alpha=0.35)
         ax.set_title(f'stage {s + 1} (S={S})\nmean density '
@@ -267,54 +243,46 @@ def plot_blocks(summary: Sequence[Dict], paradigm: str, granularity,
     return out_file
 
 
-def parse_args(argv=None):
-    from mmengine.config import DictAction
-    parser = argparse.ArgumentParser(
-        description='Draw the gates of a LAUD model on images')
-    parser.add_argument('config')
-    parser.add_argument('checkpoint', help="checkpoint, or 'none'")
-    parser.add_argument('images', nargs='+', help='image files or dirs')
-    parser.add_argument('--out-dir', default='mask_vis')
-    parser.add_argument('--max-images', type=int, default=8)
-    parser.add_argument('--max-overlays', type=int, default=4,
-                        help='spatial overlays to draw (the chart uses all '
-                        'images)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args(argv)
-    if args.max_images < 1:
-        parser.error(f'--max-images={args.max_images} must be >= 1')
-    return args
+def visualize_masks(config: str, checkpoint: str, images: Sequence[str],
+                    out_dir: str = 'mask_vis', max_images: int = 8,
+                    max_overlays: int = 4, cfg_options: CfgOptions = None
+                    ) -> List[str]:
+    """Run up to ``max_images`` images (files or directories) through the
+    model of ``config`` / ``checkpoint`` ('none': initial weights), write the
+    spatial overlays of the first ``max_overlays`` images (spatial models),
+    the per-block chart and its JSON into ``out_dir``, and print a summary.
 
+    Returns:
+        the written paths.
 
-def main(argv=None) -> int:
-    """Command-line entry point (returns the exit code)."""
-    args = parse_args(argv)
-    # no_grad as a context: main() is also called in-process by the tests
+    Raises:
+        ValueError: ``max_images`` < 1 (names the option and value).
+        FileNotFoundError, TypeError, KeyError: see :func:`list_images` and
+            :func:`build_model_and_pipeline`.
+    """
+    if max_images < 1:
+        raise ValueError(f'--max-images={max_images} must be >= 1')
     with torch.no_grad():
-        return _run(args)
-
-
-def _run(args) -> int:
-    files = list_images(args.images, args.max_images)
-    model, pipeline = build_model_and_pipeline(args.config, args.checkpoint,
-                                               args.cfg_options)
-    records = run_images(model, pipeline, files)
-    os.makedirs(args.out_dir, exist_ok=True)
+        files = list_images(images, max_images)
+        model, pipeline = build_model_and_pipeline(config, checkpoint,
+                                                   cfg_options)
+        records = run_images(model, pipeline, files)
+    os.makedirs(out_dir, exist_ok=True)
     bb = model.backbone
     written = []
     if bb.paradigm == 'spatial':
-        for r in records[:args.max_overlays]:
+        for r in records[:max_overlays]:
             stem = osp.splitext(osp.basename(r['file']))[0]
             written.append(plot_spatial(
-                r, osp.join(args.out_dir, f'{stem}_spatial_gates.png')))
+                r, osp.join(out_dir, f'{stem}_spatial_gates.png')))
     summary = block_summary(records)
     act = float(np.mean([r['activation_rate'] for r in records]))
     written.append(plot_blocks(summary, bb.paradigm, bb.granularity, act,
                                len(records),
-                               osp.join(args.out_dir, 'block_activation.png')))
-    js = osp.join(args.out_dir, 'block_activation.json')
+                               osp.join(out_dir, 'block_activation.png')))
+    js = osp.join(out_dir, 'block_activation.json')
     with open(js, 'w') as f:
-        json.dump(dict(config=args.config, checkpoint=args.checkpoint,
+        json.dump(dict(config=config, checkpoint=checkpoint,
                        paradigm=bb.paradigm,
                        granularity=bb.granularity, activation_rate=act,
                        images=[r['file'] for r in records],
@@ -325,8 +293,4 @@ def _run(args) -> int:
               f'{s["block"]}={s["density_mean"]:.2f}' for s in summary))
     for w in written:
         print(f'wrote {w}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+    return written

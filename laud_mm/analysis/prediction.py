@@ -1,80 +1,32 @@
-"""Predict the latency of a LAUD backbone on a device.
+"""Predicted latency of a LAUD backbone on a device (paper appendix A,
+docs/method.md sec. 4), from a config or an architecture shortcut.
 
-Usage::
-
-    python tools/predict_latency.py CONFIG [--checkpoint CKPT]
-        [--hardware v100|rtx3090|rtx3060|tx2|nano|a100|h200|cpu|spec.yaml]
-        [--batch-size N] [--input-size H W] [--target T]
-        [--num-images K] [--ops] [--sweep] [--search] [--out-dir DIR]
-
-CONFIG is an mmdet / mmpretrain config holding a ``laud_mm.LAUDResNet``,
-``laud_mm.LAUDRegNetY`` or ``laud_mm.LAUDT2TViT`` backbone, or a shortcut
-``resnet50`` / ``resnet101`` (with ``--paradigm`` and ``--granularity``) or
-``t2t-vit-t-14`` / ``-19`` / ``-24`` (with ``--paradigm``). Activation rates:
-with ``--checkpoint`` they are measured on ``--num-images`` images of the
-config's test set (mean mask density per block; detector and classifier
-configs);
-otherwise every block gets the uniform mask density whose FLOPs rate
-equals the config's target rate (``target_rate`` / the sparsity loss'
-``target_rate``, or ``--target``).
-
-Prints a per-stage table (dense and dynamic GFLOPs per image, activation rate,
-predicted ms, static ms, speedup) and the whole backbone; for a T2T-ViT also
-the per-layer table and the milliseconds per operator category (qkv,
-attention, proj, MLP, masker, gather / scatter, ...); ``--ops`` adds the
-per-kernel breakdown, ``--sweep`` writes PNG plots of latency vs activation
-rate per paradigm and granularity (paper Figs. 6-7), ``--search`` ranks S and
-G per stage by predicted latency (paper sec. 4.2).
+Activation rates: measured on images of the config's test set with a
+checkpoint (:func:`measure_densities`), otherwise the uniform mask density
+whose FLOPs rate equals the target rate (:func:`uniform_density_for_rate`).
+:func:`predict_latency` prints the per-stage table (dense and dynamic GFLOPs
+per image, activation rate, predicted ms, static ms, speedup) and the whole
+backbone; for a T2T-ViT also the per-layer table and the milliseconds per
+operator category; on request the per-kernel table, plots of latency against
+activation rate per paradigm and granularity (paper Figs. 6-7) and the
+granularity search (paper sec. 4.2). Command line:
+``tools/analysis_tools/predict_latency.py``.
 
 Source: paper appendix A, docs/method.md sec. 4.
 """
-import argparse
 import os
 import os.path as osp
-import sys
+from typing import List, Optional, Sequence, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from .configs import CfgOptions, build_model, load_config
 
+#: ResNet shortcuts of :func:`predict_latency` (name -> depth)
 SHORTCUTS = {'resnet50': 50, 'resnet101': 101, 'resnet152': 152}
+#: backbone types a config must hold
 LAUD_BACKBONES = ('LAUDResNet', 'LAUDRegNetY', 'LAUDT2TViT')
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config', help='config file, or resnet50 / resnet101 / '
-                   't2t-vit-t-14 / t2t-vit-t-19 / t2t-vit-t-24')
-    p.add_argument('--checkpoint', help='checkpoint: measure activation '
-                   'rates on the config test set')
-    p.add_argument('--hardware', default='v100',
-                   help='device name or .yaml/.json spec (default v100)')
-    p.add_argument('--batch-size', type=int, default=None,
-                   help='batch (default: the device default)')
-    p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
-                   default=None, help='input size (default 224 224, or the '
-                   'measured images)')
-    p.add_argument('--target', type=float, default=None,
-                   help='target activation (FLOPs) rate, overrides config')
-    p.add_argument('--paradigm', default=None,
-                   choices=['spatial', 'channel', 'layer'],
-                   help='paradigm for the resnet / t2t-vit shortcuts')
-    p.add_argument('--granularity', type=int, nargs=4, default=None,
-                   help='S or G per stage for the resnet shortcuts')
-    p.add_argument('--num-images', type=int, default=8,
-                   help='images used to measure activation rates')
-    p.add_argument('--ops', action='store_true', help='per-kernel table')
-    p.add_argument('--sweep', action='store_true',
-                   help='plot latency vs activation rate (PNG)')
-    p.add_argument('--search', action='store_true',
-                   help='rank granularities per stage by predicted latency')
-    p.add_argument('--out-dir', default='work_dirs/latency',
-                   help='where --sweep writes its plots')
-    p.add_argument('--cfg-options', nargs='+', default=None,
-                   help='key=value overrides of the config')
-    return p.parse_args(argv)
-
-
-# ---------------------------------------------------------------- helpers
-def uniform_density_for_rate(geometries, rate, stem=None):
+def uniform_density_for_rate(geometries, rate: float, stem=None) -> float:
     """The uniform mask density d whose backbone FLOPs rate equals ``rate``.
 
     Uses :mod:`laud_mm.structures.flops` (the same count as the sparsity loss);
@@ -115,8 +67,9 @@ def uniform_density_for_rate(geometries, rate, stem=None):
     return (lo + hi) / 2
 
 
-def block_flops_table(geometries, densities):
-    """Per-block (dense, dynamic) FLOPs per image."""
+def block_flops_table(geometries, densities) -> List[Tuple[float, float]]:
+    """Per-block (dense, dynamic) FLOPs per image at the blocks' mask
+    densities (dense without the masker; a static block computes all)."""
     from laud_mm.structures.flops import (block_op_flops, dynamic_flops,
                                           op_densities)
     out = []
@@ -129,24 +82,7 @@ def block_flops_table(geometries, densities):
     return out
 
 
-def load_config(args):
-    from mmengine.config import Config
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        opts = {}
-        for kv in args.cfg_options:
-            k, v = kv.split('=', 1)
-            try:
-                import ast
-                v = ast.literal_eval(v)
-            except (ValueError, SyntaxError):
-                pass
-            opts[k] = v
-        cfg.merge_from_dict(opts)
-    return cfg
-
-
-def find_backbone_cfg(cfg):
+def find_backbone_cfg(cfg) -> dict:
     """The LAUD backbone config dict (:data:`LAUD_BACKBONES`) inside a
     detector / classifier config.
 
@@ -163,7 +99,9 @@ def find_backbone_cfg(cfg):
                      f'is not one of laud_mm.{LAUD_BACKBONES}')
 
 
-def config_target(cfg):
+def config_target(cfg) -> Optional[float]:
+    """The config's target activation rate: top-level ``target_rate``, else
+    ``model.sparsity_loss.target_rate``, else None."""
     t = cfg.get('target_rate', None)
     if t is None:
         sl = cfg.get('model', {}).get('sparsity_loss', None)
@@ -172,15 +110,18 @@ def config_target(cfg):
     return t
 
 
-def measure_densities(cfg, checkpoint, num_images):
+def measure_densities(cfg, checkpoint: str, num_images: int
+                      ) -> Tuple[List[float], Tuple[int, int]]:
     """Mean per-block mask densities of a trained model on real images.
 
-    Builds ``cfg.model`` (a detector or a classifier with a LAUD backbone) in
-    the config's default scope, loads ``checkpoint`` (an mmengine Runner
-    checkpoint or a bare state dict), runs the backbone in eval mode on the
-    first ``num_images`` images of ``cfg.test_dataloader.dataset`` through
-    the model's data preprocessor, one image at a time, and averages each
-    block's mask density (``activation_stats()['block_density']``).
+    Builds ``cfg.model`` (a detector or a classifier with a LAUD backbone)
+    as the Runner does (:func:`~laud_mm.analysis.configs.build_model`, the
+    top-level data preprocessor merged), loads ``checkpoint`` (an mmengine
+    Runner checkpoint or a bare state dict, strictly), runs the backbone in
+    eval mode on the first ``num_images`` images of
+    ``cfg.test_dataloader.dataset`` through the model's data preprocessor,
+    one image at a time, and averages each block's mask density
+    (``activation_stats()['block_density']``).
 
     Returns:
         (densities, (H, W)): list of per-block mean densities in [0, 1]
@@ -190,26 +131,13 @@ def measure_densities(cfg, checkpoint, num_images):
         ValueError: ``num_images`` < 1, or a model without a LAUD backbone.
     """
     import collections
-    import copy
 
     import torch
     from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DATASETS, MODELS, init_default_scope
-    from mmengine.runner import load_checkpoint
-
-    import laud_mm  # noqa: F401  (registers the LAUD models, safe loading)
+    from mmengine.registry import DATASETS
     if num_images < 1:
         raise ValueError(f'--num-images={num_images} must be >= 1')
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model_cfg = copy.deepcopy(cfg.model)
-    if cfg.get('data_preprocessor') is not None:
-        # mmpretrain configs keep the data preprocessor (mean / std, BGR to
-        # RGB) at the top level and mmengine's Runner merges it into the
-        # model; without it a classifier would see unnormalised pixels
-        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    model.eval()
+    model = build_model(cfg, checkpoint, strict=True)
     backbone = getattr(model, 'backbone', model)
     if not hasattr(backbone, 'activation_stats'):
         raise ValueError(f'model.backbone.type={type(backbone).__name__!r} '
@@ -230,7 +158,15 @@ def measure_densities(cfg, checkpoint, num_images):
     return [s / n for s in sums], sizes.most_common(1)[0][0]
 
 
-def stage_table(geoms, dens, rep, static):
+def stage_table(geoms, dens, rep, static) -> str:
+    """Per-stage table: dense and dynamic GFLOPs per image, rate, predicted
+    and static ms per batch, speedup; then the stem and the total.
+
+    Args:
+        geoms, dens: block geometries and their mask densities.
+        rep, static: :class:`~laud_mm.latency.BackboneLatency` of the
+            dynamic and the static backbone.
+    """
     fl = block_flops_table(geoms, dens)
     n_st = len(rep.per_stage_ms)
     lines = [f'{"stage":<7}{"dense GFLOPs":>13}{"dyn GFLOPs":>12}'
@@ -254,7 +190,7 @@ def stage_table(geoms, dens, rep, static):
     return '\n'.join(lines)
 
 
-def vit_tables(rep, static, ops=False):
+def vit_tables(rep, static, ops: bool = False) -> str:
     """T2T-ViT: the per-layer table (per kernel with ``ops``) and the
     milliseconds per operator category, dynamic and static
     (:func:`laud_mm.latency.blocks.t2t_vit.vit_op_breakdown`)."""
@@ -267,9 +203,11 @@ def vit_tables(rep, static, ops=False):
     return '\n'.join(lines)
 
 
-def sweep_plot(pred, geoms, stem, batch, out_dir, title):
+def sweep_plot(pred, geoms, stem, batch: int, out_dir: str, title: str
+               ) -> str:
     """Latency / static per stage vs mask density for every paradigm and
-    granularity (paper Figs. 6-7). Returns the PNG path."""
+    granularity (paper Figs. 6-7), written as
+    ``<out_dir>/sweep_<device>_b<batch>.png``. Returns the PNG path."""
     import dataclasses
 
     import matplotlib
@@ -292,7 +230,8 @@ def sweep_plot(pred, geoms, stem, batch, out_dir, title):
                   for b in blocks]
             ys = [pred.predict_backbone(gs, [r] * len(gs), batch).total_ms
                   / st for r in rates]
-            ax.plot(rates, ys, marker='.', color=colors[(par, gran)], ls='-' if par == 'spatial' else
+            ax.plot(rates, ys, marker='.', color=colors[(par, gran)],
+                    ls='-' if par == 'spatial' else
                     '--' if par == 'channel' else ':',
                     label=f'{par}' + (f' {"S" if par == "spatial" else "G"}'
                                       f'={gran}' if gran else ''))
@@ -312,34 +251,76 @@ def sweep_plot(pred, geoms, stem, batch, out_dir, title):
     return path
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def predict_latency(config: str, checkpoint: Optional[str] = None,
+                    hardware: str = 'v100', batch_size: Optional[int] = None,
+                    input_size: Optional[Sequence[int]] = None,
+                    target: Optional[float] = None,
+                    paradigm: Optional[str] = None,
+                    granularity: Optional[Sequence[int]] = None,
+                    num_images: int = 8, ops: bool = False,
+                    sweep: bool = False, search: bool = False,
+                    out_dir: str = 'work_dirs/latency',
+                    cfg_options: CfgOptions = None):
+    """Predict and print the latency of a LAUD backbone.
+
+    Args:
+        config: an mmdet / mmpretrain config holding a
+            :data:`LAUD_BACKBONES` backbone, a ResNet shortcut
+            (:data:`SHORTCUTS`, with ``paradigm`` and ``granularity``) or a
+            T2T-ViT arch (``t2t-vit-t-14`` / ``-19`` / ``-24``, with
+            ``paradigm``).
+        checkpoint: measure the activation rates on ``num_images`` images of
+            the config's test set (configs only).
+        hardware: device name or .yaml / .json spec.
+        batch_size: batch (default: the device's default batch).
+        input_size: (H, W) (default 224 x 224, or the measured images).
+        target: target activation (FLOPs) rate, overrides the config's
+            (shortcut defaults: 0.5 ResNet, 0.7 T2T-ViT; configs without
+            one: 1.0).
+        paradigm, granularity: of the shortcuts.
+        num_images: images used to measure activation rates.
+        ops: add the per-kernel table.
+        sweep: write PNG plots of latency against activation rate per
+            paradigm and granularity into ``out_dir``.
+        search: rank granularities per stage by predicted latency.
+        out_dir: where ``sweep`` writes.
+        cfg_options: config overrides (see
+            :func:`~laud_mm.analysis.configs.load_config`).
+
+    Returns:
+        the :class:`~laud_mm.latency.BackboneLatency` of the dynamic
+        backbone.
+
+    Raises:
+        ValueError: a config without a LAUD backbone, a target rate outside
+            (0, 1], ``num_images`` < 1, or ``sweep`` / ``search`` for a
+            T2T-ViT.
+    """
     from laud_mm.latency import LatencyPredictor
     from laud_mm.models import resnet_geometries, t2t_vit_geometries
     from laud_mm.models.t2t_vit import T2T_VIT_ARCHS
-    pred = LatencyPredictor(args.hardware)
-    batch = args.batch_size or pred.hw.default_batch
-    in_hw = tuple(args.input_size) if args.input_size else (224, 224)
-    if args.config in SHORTCUTS:
-        geoms, stem = resnet_geometries(SHORTCUTS[args.config], in_hw,
-                                        args.paradigm, args.granularity)
-        target = args.target if args.target is not None else 0.5
-        name = args.config
+    pred = LatencyPredictor(hardware)
+    batch = batch_size or pred.hw.default_batch
+    in_hw = tuple(input_size) if input_size else (224, 224)
+    if config in SHORTCUTS:
+        geoms, stem = resnet_geometries(SHORTCUTS[config], in_hw, paradigm,
+                                        granularity)
+        target = target if target is not None else 0.5
+        name = config
         dens = [uniform_density_for_rate(geoms, target, stem)] * len(geoms)
-    elif args.config in T2T_VIT_ARCHS:
-        geoms, stem = t2t_vit_geometries(args.config, in_hw, args.paradigm)
-        target = args.target if args.target is not None else 0.7
-        name = args.config
+    elif config in T2T_VIT_ARCHS:
+        geoms, stem = t2t_vit_geometries(config, in_hw, paradigm)
+        target = target if target is not None else 0.7
+        name = config
         dens = [uniform_density_for_rate(geoms, target, stem)] * len(geoms)
     else:
-        import laud_mm  # noqa: F401  (registers LAUDResNet)
         from laud_mm.registry import MODELS
-        cfg = load_config(args)
-        name = osp.basename(args.config)
-        if args.checkpoint:
-            dens, measured_hw = measure_densities(cfg, args.checkpoint,
-                                                  args.num_images)
-            if args.input_size is None:
+        cfg = load_config(config, cfg_options)
+        name = osp.basename(config)
+        if checkpoint:
+            dens, measured_hw = measure_densities(cfg, checkpoint,
+                                                  num_images)
+            if input_size is None:
                 in_hw = measured_hw
             target = None
         bb_cfg = dict(find_backbone_cfg(cfg))
@@ -347,16 +328,16 @@ def main(argv=None):
         backbone = MODELS.build(bb_cfg)
         geoms = backbone.block_geometries(in_hw)
         stem = backbone.stem_geometry(in_hw)
-        if not args.checkpoint:
-            target = args.target if args.target is not None else \
-                config_target(cfg)
+        if not checkpoint:
+            if target is None:
+                target = config_target(cfg)
             if target is None:
                 target = 1.0
             dens = [uniform_density_for_rate(geoms, target, stem)] * \
                 len(geoms)
     rep = pred.predict_backbone(geoms, dens, batch, stem)
     static = pred.predict_static(geoms, batch, stem)
-    src = 'measured on %d images' % args.num_images if args.checkpoint \
+    src = 'measured on %d images' % num_images if checkpoint \
         else f'uniform density {dens[0]:.3f} for target rate {target}'
     print(f'{name} on {pred.hw.name}, batch {batch}, input {in_hw[0]}x'
           f'{in_hw[1]}, paradigm {geoms[0].paradigm}, activation: {src}')
@@ -366,25 +347,21 @@ def main(argv=None):
           f'speedup {static.total_ms / rep.total_ms:.3f})')
     vit = getattr(geoms[0], 'kind', None) == 'vit'
     if vit:
-        print(vit_tables(rep, static, args.ops))
-    elif args.ops:
+        print(vit_tables(rep, static, ops))
+    elif ops:
         print(rep.table(ops=True))
-    if vit and (args.sweep or args.search):
+    if vit and (sweep or search):
         raise ValueError('--sweep / --search choose CNN granularities; a '
                          'T2T-ViT has none (tokens, heads and layers are '
                          'single gates)')
-    if args.sweep:
-        path = sweep_plot(pred, geoms, stem, batch, args.out_dir,
+    if sweep:
+        path = sweep_plot(pred, geoms, stem, batch, out_dir,
                           f'{name}: {pred.hw.name}, batch {batch}')
         print(f'sweep plot: {path}')
-    if args.search:
+    if search:
         from laud_mm.latency.search import format_search, search_granularity
         t = target if target is not None else sum(dens) / len(dens)
         res = search_granularity(pred, geoms, t, batch)
         print(f'granularity search at density {t:.3f}:')
         print(format_search(res, top=6))
     return rep
-
-
-if __name__ == '__main__':
-    main()

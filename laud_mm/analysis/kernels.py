@@ -1,15 +1,16 @@
-#!/usr/bin/env python
 """Micro-benchmarks behind the dynamic-inference kernel choices of
-``laud_mm/models/resnet/dynamic.py`` and the CPU terms of the latency predictor.
+:mod:`laud_mm.models.resnet.dynamic` and the CPU terms of the latency
+predictor.
 
 Each row times two ways of computing the same thing, side by side in one
-run (median process CPU time of repeated calls after warm-up), on the
-shapes of LAUD-ResNet-50 at 224 px, batch 8:
+run (median process CPU time of repeated calls after warm-up,
+:func:`~laud_mm.analysis.timing.cpu_ms`), on the shapes of LAUD-ResNet-50 at
+224 px, batch 8:
 
 - ``patch_convs``: conv2 / conv3 of gathered spatial windows,
-  :func:`~laud_mm.models.resnet.dynamic.spatial_patch_convs` (GEMMs for S = 1 and
-  under ``SPATIAL_CONV3_GEMM_MAX_PATCHES`` patches) against oneDNN's
-  ``F.conv2d`` on the same windows;
+  :func:`~laud_mm.models.resnet.dynamic.spatial_patch_convs` (GEMMs for
+  S = 1 and under ``SPATIAL_CONV3_GEMM_MAX_PATCHES`` patches) against
+  oneDNN's ``F.conv2d`` on the same windows;
 - ``kept_weights``: per-sample kept -> kept conv2 weights,
   :func:`~laud_mm.ops.gather_kept_weights` (the compiled kernel) against
   PyTorch's advanced indexing;
@@ -19,10 +20,10 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
   models;
 - ``window_conv1``: conv1 + window gather of a spatial block, dense conv1
   then :func:`~laud_mm.ops.gather_patches` against
-  :func:`~laud_mm.models.resnet.dynamic.window_conv1` (conv1 on the gathered input
-  windows), at the patch densities of r_i = 0.5 in the stride-2 blocks
-  and of r_i = 0.25 in a stride-1 block (where the dynamic path keeps the
-  dense conv1);
+  :func:`~laud_mm.models.resnet.dynamic.window_conv1` (conv1 on the
+  gathered input windows), at the patch densities of r_i = 0.5 in the
+  stride-2 blocks and of r_i = 0.25 in a stride-1 block (where the dynamic
+  path keeps the dense conv1);
 - ``scatter``: the fused scatter-add + ReLU of a spatial block's conv3
   patches into its shortcut, in place with ``identity_nonneg`` (as in an
   identity block inside the backbone),
@@ -33,54 +34,45 @@ shapes of LAUD-ResNet-50 at 224 px, batch 8:
 - ``masker``: a spatial masker's keep - skip logit difference on the patch
   grid, the module's order (``F.adaptive_avg_pool2d`` of all C_in channels,
   then the 1x1 conv) against the dynamic path's
-  (:func:`~laud_mm.models.resnet.dynamic._spatial_gate`: the one-channel 1x1 conv,
-  then the pool; equal by linearity), on the inputs of R50's stride-1
-  spatial blocks;
+  (:func:`~laud_mm.models.resnet.dynamic._spatial_gate`: the one-channel
+  1x1 conv, then the pool; equal by linearity), on the inputs of R50's
+  stride-1 spatial blocks;
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
   7 x 7 vs a 56 x 56 map, in GMAC/s (the ``vector_width`` term).
 
-Usage::
+Every ``*_rows`` function returns tuples (kernel, shape, A, A ms, B, B ms,
+note); :func:`benchmark_kernels` prints them as the markdown table of
+``docs/benchmarks.md`` ("Kernel micro-benchmarks"). Command line:
+``tools/analysis_tools/benchmark_kernels.py``.
 
-    OMP_WAIT_POLICY=PASSIVE taskset -c 0 python tools/benchmark_kernels.py --threads 1
-
-Prints a markdown table (``docs/benchmarks.md``, "Kernel micro-benchmarks").
-Source: paper sec. 3.4 (scheduling of the dynamic operators); issues 3, 4.
+Source: paper sec. 3.4 (scheduling of the dynamic operators).
 """
-import argparse
-import os.path as osp
-import statistics
-import sys
-import time
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from laud_mm.models.resnet.dynamic import (  # noqa: E402
-    folded, spatial_patch_convs, window_conv1)
-from laud_mm.ops.patches import (_gather, _scatter, patch_map,  # noqa: E402
+from laud_mm.models import LAUDBottleneck
+from laud_mm.models.layers.gates import KEEP, SKIP
+from laud_mm.models.resnet.dynamic import (folded, spatial_patch_convs,
+                                           window_conv1)
+from laud_mm.ops import (gather_kept_weights, gather_kept_weights_reference,
+                         max_pool2d)
+from laud_mm.ops.allocator import tune_cpu_allocator
+from laud_mm.ops.patches import (_gather, _scatter, patch_map,
                                  scatter_add_relu_reference, window_size)
-from laud_mm.ops import gather_kept_weights, gather_kept_weights_reference  # noqa: E402,E501
-from laud_mm.ops import max_pool2d  # noqa: E402
-from laud_mm.ops.allocator import tune_cpu_allocator  # noqa: E402
 
+from .timing import cpu_ms
 
-def cpu_ms(fn, warmup: int = 2, repeats: int = 9) -> float:
-    """Median process CPU time of ``fn()`` in ms."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        c = time.process_time()
-        fn()
-        ts.append(time.process_time() - c)
-    return statistics.median(ts) * 1e3
+#: one row: (kernel, shape, A, A ms, B, B ms, note)
+Row = Tuple[str, str, str, float, str, float, str]
 
 
 def _block(width: int, stride: int, s: int):
-    from laud_mm.models import LAUDBottleneck
+    """A spatial LAUD bottleneck of ``width`` (eval, seed 0), C_in = 4 x
+    width (stride 1) or 2 x width (stride 2), with its downsample."""
     torch.manual_seed(0)
     cin = width * 4 if stride == 1 else width * 2
     ds = None
@@ -92,7 +84,9 @@ def _block(width: int, stride: int, s: int):
                           paradigm='spatial', granularity=s).eval()
 
 
-def patch_conv_rows():
+def patch_conv_rows() -> List[Row]:
+    """``patch_convs``: :func:`spatial_patch_convs` against two
+    ``F.conv2d`` on the same gathered windows (note: max difference)."""
     rows = []
     # (width, S, patches): stage-3 S = 1 at ~35 % of 8 x 7 x 7 pixels;
     # stage-2 S = 2 with few / many patches; stage-0 S = 4
@@ -114,7 +108,9 @@ def patch_conv_rows():
     return rows
 
 
-def kept_weight_rows():
+def kept_weight_rows() -> List[Row]:
+    """``kept_weights``: the compiled kept -> kept weight gather against
+    advanced indexing, 8 samples (note: 'equal' when bit-equal)."""
     rows = []
     for width, k in ((64, 40), (256, 160), (512, 312)):
         w = torch.randn(width + 1, width + 1, 3, 3)
@@ -132,7 +128,10 @@ def kept_weight_rows():
     return rows
 
 
-def reorder_rows():
+def reorder_rows() -> List[Row]:
+    """``weight_reorder``: a 3x3 convolution with dense against pre-packed
+    oneDNN weights; no rows where torch lacks
+    ``mkldnn._convolution_pointwise``."""
     rows = []
     if not hasattr(torch.ops.mkldnn, '_convolution_pointwise'):
         return rows
@@ -154,7 +153,9 @@ def reorder_rows():
     return rows
 
 
-def window_conv1_rows():
+def window_conv1_rows() -> List[Row]:
+    """``window_conv1``: dense conv1 + window gather against
+    :func:`window_conv1` (note: max difference)."""
     rows = []
     # (width, stride, S, input (C_in, H), density): the first blocks of
     # stages 2-4 at r_i = 0.5 and a stage-1 identity block at r_i = 0.25
@@ -180,7 +181,10 @@ def window_conv1_rows():
     return rows
 
 
-def scatter_rows():
+def scatter_rows() -> List[Row]:
+    """``scatter``: the compiled in-place scatter-add + ReLU against its
+    PyTorch reference (note: 'equal' when bit-equal, and the dense
+    add + ReLU floor in ms)."""
     rows = []
     # (C_out, H, S, density): a stride-1 block of each stage at r_i = 0.5
     for c, hw, s, d in ((256, 56, 4, 0.44), (512, 28, 4, 0.45),
@@ -208,8 +212,9 @@ def scatter_rows():
     return rows
 
 
-def masker_rows():
-    from laud_mm.models.layers.gates import KEEP, SKIP
+def masker_rows() -> List[Row]:
+    """``masker``: the spatial masker module's keep - skip logits against
+    the dynamic path's one-channel conv + pool (note: max difference)."""
     rows = []
     for width, s, hw in ((64, 4, 56), (128, 4, 28), (256, 2, 14),
                          (512, 1, 7)):
@@ -233,7 +238,10 @@ def masker_rows():
     return rows
 
 
-def max_pool_rows():
+def max_pool_rows() -> List[Row]:
+    """``max_pool``: :func:`laud_mm.ops.max_pool2d` against
+    ``F.max_pool2d`` on the R50 stem's output (note: 'equal' when
+    bit-equal)."""
     x = torch.randn(8, 64, 112, 112).relu_()
     same = torch.equal(max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
     return [('max_pool', '8 x 64 x 112 x 112, 3x3 / 2', 'F.max_pool2d',
@@ -242,7 +250,9 @@ def max_pool_rows():
              'equal' if same else 'DIFFERENT')]
 
 
-def pixel_rows():
+def pixel_rows() -> List[Row]:
+    """``pixels``: a 1x1 convolution of 2 images on a 7 x 7 and a 56 x 56
+    map (no B; note: GMAC/s)."""
     rows = []
     for cin, cout, hw in ((2048, 512, 7), (256, 64, 56)):
         x = torch.rand(2, cin, hw, hw)
@@ -254,33 +264,58 @@ def pixel_rows():
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--threads', type=int, default=None)
-    groups = dict(patch_convs=patch_conv_rows, kept_weights=kept_weight_rows,
-                  window_conv1=window_conv1_rows, scatter=scatter_rows,
-                  weight_reorder=reorder_rows, masker=masker_rows,
-                  max_pool=max_pool_rows,
-                  pixels=pixel_rows)
-    p.add_argument('--only', nargs='+', choices=sorted(groups),
-                   help='run only these rows (default: all)')
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+#: row groups by name (``--only`` of the command line), in table order
+KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
+                     kept_weights=kept_weight_rows,
+                     window_conv1=window_conv1_rows, scatter=scatter_rows,
+                     weight_reorder=reorder_rows, masker=masker_rows,
+                     max_pool=max_pool_rows, pixels=pixel_rows)
+
+
+def format_row(row: Row) -> str:
+    """One markdown row: A / B as a ratio; rows without a B (``nan`` ms)
+    leave the B time and the ratio empty."""
+    k, shape, a, ta, b, tb, note = row
+    ratio = f'{ta / tb:.2f}x' if tb == tb else ''
+    tb_s = f'{tb:.3f}' if tb == tb else ''
+    return (f'| {k} | {shape} | {a} | {ta:.3f} | {b} | {tb_s} | '
+            f'{ratio} | {note} |')
+
+
+def benchmark_kernels(only: Optional[Sequence[str]] = None,
+                      threads: Optional[int] = None) -> List[Row]:
+    """Run the row groups (all, or those named in ``only``) under
+    ``torch.no_grad`` with the tuned CPU allocator; prints the machine line
+    and the markdown table row by row.
+
+    Args:
+        only: names of :data:`KERNEL_GROUPS` to run (default: all).
+        threads: torch threads (default: unchanged).
+
+    Returns:
+        every row printed.
+
+    Raises:
+        ValueError: an unknown group in ``only`` or ``threads`` < 1 (names
+            the option and value).
+    """
+    bad = sorted(set(only or ()) - set(KERNEL_GROUPS))
+    if bad:
+        raise ValueError(f'--only={bad} must be among {sorted(KERNEL_GROUPS)}')
+    if threads is not None and threads < 1:
+        raise ValueError(f'--threads={threads} must be >= 1')
+    if threads:
+        torch.set_num_threads(threads)
     tune_cpu_allocator()
     print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads')
     print('| kernel | shape | A | A ms | B | B ms | A / B | note |')
     print('|---|---|---|---|---|---|---|---|')
+    out = []
     with torch.no_grad():
-        for name, rows in groups.items():
-            if args.only and name not in args.only:
+        for name, rows in KERNEL_GROUPS.items():
+            if only and name not in only:
                 continue
-            for k, shape, a, ta, b, tb, note in rows():
-                ratio = f'{ta / tb:.2f}x' if tb == tb else ''
-                tb_s = f'{tb:.3f}' if tb == tb else ''
-                print(f'| {k} | {shape} | {a} | {ta:.3f} | {b} | {tb_s} | '
-                      f'{ratio} | {note} |', flush=True)
-
-
-if __name__ == '__main__':
-    main()
+            for row in rows():
+                out.append(row)
+                print(format_row(row), flush=True)
+    return out

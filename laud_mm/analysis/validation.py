@@ -1,128 +1,58 @@
-"""Validate the latency predictor against measured latency on this machine.
+"""Validation of the latency predictor against latency measured on this
+machine (paper sec. 3.3 "Empirical validation" and Fig. 5).
 
-Usage::
-
-    python tools/validate_predictor.py [--hardware SPEC.yaml|cpu]
-        [--device cpu|cuda] [--threads 2] [--quick] [--fit]
-        [--out-dir work_dirs/validate_predictor] [--no-backbone]
-        [--repeats 3] [--min-time 0.05] [--clock auto|cpu|wall]
-        [--reuse work_dirs/validate_predictor/results.json]
-
-Measures (PyTorch, fp32, BN folded) the latency of ResNet-50 bottleneck blocks
-on the dynamic-inference path (``laud_mm.models.resnet.dynamic.
+:func:`measure_cases` times (PyTorch, fp32, BN folded) ResNet-50 bottleneck
+blocks on the dynamic-inference path (``laud_mm.models.resnet.dynamic.
 dynamic_bottleneck_forward``; gates imposed through ``masker.forced_gate``
-with random patterns of an exact density) across paradigms and
+with random patterns of an exact density,
+:func:`~laud_mm.analysis.forced_gates.random_gate`) across paradigms and
 granularities (spatial S in 1, 2, 4, 7; channel G in 1, 2, 4; layer),
 activation rates 0.1 ... 1.0 and batch sizes, plus the static blocks
 (``static_bottleneck_forward``) and whole backbones (stem + the blocks'
-paths, without the backbone's FLOPs statistics), and compares with the
-predictor (``implementation='eager'``, the same device spec): mean absolute
-percentage error (MAPE) and Spearman rank correlation, overall and per
-paradigm. With ``--fit`` the spec's compute rate, bandwidth and launch cost
-are first fitted (loss: the MAPE) on a random 30 % of the measured cases
-(the calibration split) and the metrics are reported on the other 70 %
-(held out) as well.
+paths, without the backbone's FLOPs statistics); :func:`predict_cases`
+predicts them (``implementation='eager'``, the same device spec) and
+:func:`report` gives the mean absolute percentage error (MAPE) and Spearman
+rank correlation, overall and per paradigm. With ``fit`` the spec's compute
+rate, bandwidth and launch cost are first fitted (:func:`fit_on_cases`,
+loss: the MAPE) on a random 30 % of the measured cases (the calibration
+split) and the metrics are reported on the other 70 % (held out) as well.
 
-Timing (:func:`tools.calibrate_hardware.time_fn`): every case is timed in
-``--repeats`` sweeps over all cases (each the fastest of >= 10 calls) and
+Timing (:func:`laud_mm.latency.calibration.time_fn`): every case is timed
+in ``repeats`` sweeps over all cases (each the fastest of >= 10 calls) and
 keeps its fastest sweep; with one CPU thread the clock is the thread's CPU
-time, so time slices that other processes take on the core are not counted.
-``--reuse`` re-predicts the cases of an earlier ``results.json`` (after a
-model change) without measuring.
+time, so time slices that other processes take on the core are not
+counted. ``reuse`` re-predicts the cases of an earlier ``results.json``
+(after a model change) without measuring.
 
-Writes ``results.json``, ``table.md`` (the table of
-``docs/latency_predictor.md``), ``pred_vs_measured.png`` (like the paper's
-Fig. 5: scatter, and latency vs activation rate of one block per paradigm).
+:func:`validate_predictor` writes ``results.json``, ``table.md`` (the table
+of ``docs/latency_predictor.md``) and ``pred_vs_measured.png`` (like the
+paper's Fig. 5: scatter, and latency vs activation rate of one block per
+paradigm). Command line: ``tools/analysis_tools/validate_predictor.py``.
 
 Source: paper sec. 3.3 "Empirical validation" and Fig. 5.
 """
-import argparse
 import json
 import math
 import os
 import os.path as osp
 import random
-import sys
 from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
+from laud_mm.latency.calibration import time_fn
 
-from tools.calibrate_hardware import time_fn  # noqa: E402
+from .forced_gates import gate_shape, random_gate, realised_density
 
+#: (stage, index) of the timed ResNet-50 blocks
 BLOCKS_FULL = ((0, 1), (1, 0), (1, 1), (2, 1), (3, 1))
 BLOCKS_QUICK = ((0, 1), (1, 0), (2, 1), (3, 1))
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--hardware', default='cpu',
-                   help='device spec name or .yaml/.json (calibrated)')
-    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--quick', action='store_true',
-                   help='fewer blocks / rates / batches (~3 min on 2 cores)')
-    p.add_argument('--fit', action='store_true',
-                   help='fit the spec on 30 %% of the cases first')
-    p.add_argument('--no-backbone', action='store_true',
-                   help='skip the whole-backbone cases')
-    p.add_argument('--min-time', type=float, default=0.05,
-                   help='seconds per timing batch')
-    p.add_argument('--repeats', type=int, default=3,
-                   help='sweeps over all cases; each case keeps its '
-                   'fastest sweep')
-    p.add_argument('--clock', default='auto', choices=['auto', 'cpu', 'wall'],
-                   help="timer: 'cpu' = the thread's CPU time (excludes "
-                   "time slices of other processes); 'auto' = cpu with one "
-                   "CPU thread, else wall")
-    p.add_argument('--reuse', default=None, metavar='RESULTS_JSON',
-                   help='re-predict the measured cases of an earlier '
-                   'results.json instead of measuring again (model changes)')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out-dir', default='work_dirs/validate_predictor')
-    return p.parse_args(argv)
-
-
-# ------------------------------------------------------------------ gates
-def random_gate(shape, density, gen):
-    """A {0,1} gate tensor of ``shape`` with exactly round(density * n)
-    ones per sample (channel/spatial) or over the batch (layer)."""
-    if len(shape) == 1:  # layer: (N,)
-        n = shape[0]
-        k = int(round(density * n))
-        g = torch.zeros(n)
-        g[torch.randperm(n, generator=gen)[:k]] = 1
-        return g
-    n = shape[0]
-    per = int(torch.tensor(shape[1:]).prod())
-    k = int(round(density * per))
-    g = torch.zeros(n, per)
-    for i in range(n):
-        g[i, torch.randperm(per, generator=gen)[:k]] = 1
-    return g.view(*shape)
-
-
-def gate_shape(block, geom, n):
-    if block.paradigm == 'spatial':
-        return (n, *geom.patch_grid)
-    if block.paradigm == 'channel':
-        return (n, geom.num_groups)
-    return (n,)
-
-
-def realised_density(block, geom, gate):
-    """The density the predictor takes: spatial = fraction of output
-    pixels kept (partial edge patches), channel = of groups, layer = of
-    samples."""
-    if block.paradigm == 'spatial':
-        from laud_mm.models.layers.masks import expand_spatial_gate
-        return float(expand_spatial_gate(gate, block.granularity,
-                                         geom.out_hw).float().mean())
-    return float(gate.float().mean())
-
-
-def build(paradigm, gran, device):
+def build(paradigm: Optional[str], gran, device: torch.device):
+    """LAUD-ResNet-50 of ``paradigm`` / granularity ``gran`` (per stage),
+    dynamic inference, eval mode, on ``device``."""
     from laud_mm.models.resnet.backbone import LAUDResNet
     m = LAUDResNet(50, paradigm=paradigm, granularity=gran,
                    dynamic_inference=True, init_cfg=None)
@@ -131,19 +61,37 @@ def build(paradigm, gran, device):
     return m
 
 
-# ------------------------------------------------------------------ cases
-def measure_cases(args, device):
+def measure_cases(device: torch.device, quick: bool = False,
+                  min_time: float = 0.05, repeats: int = 3,
+                  clock: str = 'auto', seed: int = 0, backbone: bool = True
+                  ) -> List[Dict]:
     """Build every case (model, input, forced gates), then time them in
-    ``args.repeats`` sweeps over all cases and keep each case's fastest
-    sweep (sweeps minutes apart: a burst of load from other processes
-    inflates one sweep, not all)."""
+    ``repeats`` sweeps over all cases and keep each case's fastest sweep
+    (sweeps minutes apart: a burst of load from other processes inflates
+    one sweep, not all).
+
+    Args:
+        device: where to run.
+        quick: fewer blocks, rates and batches.
+        min_time: seconds per timing batch (x 4 for whole backbones).
+        repeats: sweeps.
+        clock: timer (:func:`laud_mm.latency.calibration.select_clock`).
+        seed: seed of the gate patterns.
+        backbone: add the whole-backbone cases.
+
+    Returns:
+        one dict per case: kind ('block' / 'backbone'), block, j (block
+        index), paradigm ('static' or the paradigm), granularity, batch,
+        density (realised; a list per block for backbones), measured_ms
+        (fastest sweep), sweeps_ms.
+    """
     from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
                                                static_bottleneck_forward)
-    gen = torch.Generator().manual_seed(args.seed)
-    blocks = BLOCKS_QUICK if args.quick else BLOCKS_FULL
-    rates = (0.1, 0.4, 0.7, 1.0) if args.quick else \
+    gen = torch.Generator().manual_seed(seed)
+    blocks = BLOCKS_QUICK if quick else BLOCKS_FULL
+    rates = (0.1, 0.4, 0.7, 1.0) if quick else \
         (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
-    batches = (1, 2) if args.quick else (1, 2, 4)
+    batches = (1, 2) if quick else (1, 2, 4)
     configs = [('spatial', S) for S in (1, 2, 4, 7)] + \
         [('channel', G) for G in (1, 2, 4)] + [('layer', None)]
     in_hw = (224, 224)
@@ -164,7 +112,7 @@ def measure_cases(args, device):
                               paradigm='static', granularity=None, batch=b,
                               density=None), [],
                          partial(static_bottleneck_forward, static.blocks[j],
-                                 x), args.min_time))
+                                 x), min_time))
     for par, gran in configs:
         model = build(par, None if gran is None else (gran,) * 4, device)
         geoms = model.block_geometries(in_hw)
@@ -186,8 +134,8 @@ def measure_cases(args, device):
                                           blk, geom, gate)),
                                  [(blk.masker, gate.to(device))],
                                  partial(dynamic_bottleneck_forward, blk, x,
-                                         geom), args.min_time))
-    if not args.no_backbone:
+                                         geom), min_time))
+    if backbone:
         for par, gran in [(None, None), ('spatial', (4, 4, 2, 1)),
                           ('channel', (2, 2, 2, 2)), ('layer', None)]:
             model = build(par, gran, device)
@@ -212,16 +160,16 @@ def measure_cases(args, device):
                                   density=None if par is None else dens),
                              gates, partial(backbone_forward, model, x,
                                             geoms, par is not None),
-                             args.min_time * 4))
+                             min_time * 4))
     sweeps = [[] for _ in jobs]
-    for rep in range(args.repeats):
+    for rep in range(repeats):
         for k, (case, gates, fn, min_time) in enumerate(jobs):
             for masker, gate in gates:
                 masker.forced_gate = gate
             with torch.no_grad():
-                t = time_fn(fn, device, min_time=min_time, clock=args.clock)
+                t = time_fn(fn, device, min_time=min_time, clock=clock)
             sweeps[k].append(t * 1e3)
-        print(f'  sweep {rep + 1}/{args.repeats}: {len(jobs)} cases',
+        print(f'  sweep {rep + 1}/{repeats}: {len(jobs)} cases',
               flush=True)
     cases = []
     for (case, gates, _, _), ts in zip(jobs, sweeps):
@@ -231,7 +179,8 @@ def measure_cases(args, device):
     return cases
 
 
-def backbone_forward(model, x, geoms, dynamic):
+def backbone_forward(model, x: torch.Tensor, geoms, dynamic: bool
+                     ) -> torch.Tensor:
     """Stem, then every block's BN-folded path (dynamic or static): the
     kernels the predictor models, without the backbone's FLOPs / gate
     statistics bookkeeping."""
@@ -248,8 +197,11 @@ def backbone_forward(model, x, geoms, dynamic):
     return h
 
 
-# ------------------------------------------------------------- prediction
-def predict_cases(cases, spec):
+def predict_cases(cases: Sequence[Dict], spec) -> List[float]:
+    """Predicted ms of each case of :func:`measure_cases` for the device
+    ``spec`` (eager implementation, the dynamic path's dense-fallback
+    threshold, forced gates; single blocks without owned inputs, as they
+    are timed)."""
     from laud_mm.latency import LatencyPredictor
     from laud_mm.models import resnet_geometries
     from laud_mm.ops.policy import SPATIAL_DENSE_THRESHOLD
@@ -287,7 +239,8 @@ def predict_cases(cases, spec):
     return out
 
 
-def metrics(meas, pred):
+def metrics(meas: Sequence[float], pred: Sequence[float]
+            ) -> Tuple[float, float]:
     """(MAPE %, Spearman rho) of two equal-length lists."""
     from scipy.stats import spearmanr
     mape = 100. * sum(abs(p - m) / m for m, p in zip(meas, pred)) / len(meas)
@@ -296,17 +249,21 @@ def metrics(meas, pred):
     return mape, rho
 
 
-def fit_on_cases(spec, cases, idx):
+def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
     """Fit fp32_per_pe, bandwidth_gbs, launch_us and, for a spec with a
     weight reorder (CPU), weight_reorder_gbs (within 10x of ``spec``)
     on the cases ``idx``: the loss is the reported metric, the mean
     absolute percentage error (Nelder-Mead from the spec and from two
     starts with 1.35x the compute rate / 2x the bandwidth; the best
-    wins)."""
+    wins).
+
+    Returns:
+        the fitted :class:`~laud_mm.latency.HardwareSpec`.
+    """
     import numpy as np
     from scipy.optimize import minimize
     keys = ('fp32_per_pe', 'bandwidth_gbs', 'launch_us')
-    if spec.weight_reorder_gbs > 0:  # CPU specs (calibrate_hardware.py)
+    if spec.weight_reorder_gbs > 0:  # CPU specs (latency.calibration)
         keys += ('weight_reorder_gbs',)
     sub = [cases[i] for i in idx]
     meas = np.array([c['measured_ms'] for c in sub])
@@ -330,7 +287,12 @@ def fit_on_cases(spec, cases, idx):
     return make(best.x)
 
 
-def report(cases, preds, idx_sets, out_dir, spec):
+def report(cases: Sequence[Dict], preds: Sequence[float],
+           idx_sets: Dict[str, List[int]], out_dir: str, spec) -> str:
+    """Markdown table of MAPE and Spearman rho per (kind, paradigm,
+    granularity), per paradigm of the held-out split, per index set
+    (``idx_sets``: name -> case indices), and the timing noise of the
+    sweeps; written to ``<out_dir>/table.md`` and returned."""
     groups = {}
     for c, p in zip(cases, preds):
         key = (c['kind'], c['paradigm'], c['granularity'])
@@ -367,7 +329,12 @@ def report(cases, preds, idx_sets, out_dir, spec):
     return table
 
 
-def plot(cases, preds, out_dir):
+def plot(cases: Sequence[Dict], preds: Sequence[float], out_dir: str
+         ) -> str:
+    """Predicted against measured ms (log-log, by paradigm), and latency
+    against activation rate of block s2.b1 at batch 2 per paradigm (paper
+    Fig. 5); written to ``<out_dir>/pred_vs_measured.png``, path
+    returned."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -420,41 +387,75 @@ def plot(cases, preds, out_dir):
     return path
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
+                       threads: int = 2, quick: bool = False,
+                       fit: bool = False, no_backbone: bool = False,
+                       min_time: float = 0.05, repeats: int = 3,
+                       clock: str = 'auto', reuse: Optional[str] = None,
+                       seed: int = 0,
+                       out_dir: str = 'work_dirs/validate_predictor'
+                       ) -> Tuple[float, float]:
+    """Measure (or reuse) the cases, optionally fit the spec, predict, and
+    write ``results.json``, ``table.md`` (printed), ``pred_vs_measured.png``
+    and, with ``fit``, ``fitted_spec.yaml`` into ``out_dir``.
+
+    Args:
+        hardware: device spec name or .yaml / .json (calibrated).
+        device: 'cpu' or 'cuda'.
+        threads: torch threads.
+        quick: fewer blocks / rates / batches (~3 min on 2 cores).
+        fit: fit the spec on 30 % of the cases first.
+        no_backbone: skip the whole-backbone cases.
+        min_time: seconds per timing batch.
+        repeats: sweeps over all cases; each case keeps its fastest.
+        clock: timer (:func:`laud_mm.latency.calibration.select_clock`).
+        reuse: an earlier ``results.json`` whose measured cases are
+            re-predicted instead of measured.
+        seed: seed of the gates and of the calibration split.
+        out_dir: output directory.
+
+    Returns:
+        (MAPE %, Spearman rho) over all cases.
+
+    Raises:
+        ValueError: ``threads`` or ``repeats`` < 1, ``min_time`` <= 0
+            (names the option and value).
+    """
+    for name, v in (('threads', threads), ('repeats', repeats)):
+        if v < 1:
+            raise ValueError(f'--{name}={v} must be >= 1')
+    if min_time <= 0:
+        raise ValueError(f'--min-time={min_time} must be > 0')
+    torch.set_num_threads(threads)
     from laud_mm.latency import get_hardware
-    spec = get_hardware(args.hardware)
-    device = torch.device(args.device)
-    os.makedirs(args.out_dir, exist_ok=True)
-    if args.reuse:
-        with open(args.reuse) as f:
+    spec = get_hardware(hardware)
+    dev = torch.device(device)
+    os.makedirs(out_dir, exist_ok=True)
+    if reuse:
+        with open(reuse) as f:
             cases = [{k: v for k, v in c.items() if k != 'predicted_ms'}
                      for c in json.load(f)['cases']]
-        print(f'{len(cases)} measured cases from {args.reuse}')
+        print(f'{len(cases)} measured cases from {reuse}')
     else:
-        cases = measure_cases(args, device)
+        cases = measure_cases(dev, quick=quick, min_time=min_time,
+                              repeats=repeats, clock=clock, seed=seed,
+                              backbone=not no_backbone)
     idx_all = list(range(len(cases)))
     idx_sets = {'all cases': idx_all}
-    if args.fit:
-        rnd = random.Random(args.seed)
+    if fit:
+        rnd = random.Random(seed)
         calib = sorted(rnd.sample(idx_all, max(3, int(0.3 * len(cases)))))
         held = [i for i in idx_all if i not in set(calib)]
         spec = fit_on_cases(spec, cases, calib)
         idx_sets = {'calibration 30%': calib, 'held out 70%': held,
                     'all cases': idx_all}
         from laud_mm.latency import save_hardware
-        save_hardware(spec, osp.join(args.out_dir, 'fitted_spec.yaml'))
+        save_hardware(spec, osp.join(out_dir, 'fitted_spec.yaml'))
     preds = predict_cases(cases, spec)
     for c, p in zip(cases, preds):
         c['predicted_ms'] = p
-    with open(osp.join(args.out_dir, 'results.json'), 'w') as f:
+    with open(osp.join(out_dir, 'results.json'), 'w') as f:
         json.dump(dict(spec=spec.to_dict(), cases=cases), f, indent=1)
-    print(report(cases, preds, idx_sets, args.out_dir, spec))
-    print('plot:', plot(cases, preds, args.out_dir))
-    m, rho = metrics([c['measured_ms'] for c in cases], preds)
-    return m, rho
-
-
-if __name__ == '__main__':
-    main()
+    print(report(cases, preds, idx_sets, out_dir, spec))
+    print('plot:', plot(cases, preds, out_dir))
+    return metrics([c['measured_ms'] for c in cases], preds)

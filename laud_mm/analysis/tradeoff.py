@@ -6,36 +6,31 @@ Reads the evaluation records that mmengine writes into a work dir:
 ``<work_dir>/<timestamp>/vis_data/scalars.json`` (one JSON record per line,
 validation during training) and ``<work_dir>/<timestamp>/<timestamp>.json``
 (the metrics of ``tools/test.py``). For each run the most recent record that
-holds both the accuracy metric and ``laud/latency_ms`` is used.
-
-Usage:
-    python tools/plot_tradeoff.py RUN [RUN ...] [--metric coco/bbox_mAP]
-        [--paradigm spatial channel ...] [--labels A B ...]
-        [--out tradeoff.png] [--title TEXT] [--annotate]
-
-RUN is a work dir, a timestamp dir, or one of the JSON files above. The
-paradigm of a run ('spatial', 'channel', 'layer' or 'static') comes from
-``--paradigm``, else from the config mmengine saved in the run
-(``model.backbone.paradigm``), else from the path name.
+holds both the accuracy metric and ``laud/latency_ms`` is used. A run is a
+work dir, a timestamp dir, or one of the JSON files above; its paradigm
+('spatial', 'channel', 'layer' or 'static') is given, else read from the
+config mmengine saved in the run (``model.backbone.paradigm``), else from
+the path name. Command line: ``tools/analysis_tools/plot_tradeoff.py``.
 
 Source: paper sec. 4 / fig. 10 (accuracy against latency and FLOPs per
 paradigm); the logged keys are those of :class:`laud_mm.BackboneLatencyMetric`.
 """
-import argparse
 import glob
 import json
 import os
 import os.path as osp
 import re
-import sys
 from typing import Dict, List, Optional, Sequence
 
+#: series of the figure, in legend order
 PARADIGMS = ('spatial', 'channel', 'layer', 'static')
+#: logged keys of :class:`laud_mm.BackboneLatencyMetric`
 LATENCY_KEY = 'laud/latency_ms'
 FLOPS_KEY = 'laud/backbone_GFLOPs'
 # tried in this order when --metric is not given
 DEFAULT_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP', 'accuracy/top1')
 _TIMESTAMP_JSON = re.compile(r'^\d{8}_\d{6}\.json$')
+#: (colour, marker) per paradigm
 STYLE = {'spatial': ('tab:blue', 'o'), 'channel': ('tab:orange', 's'),
          'layer': ('tab:green', '^'), 'static': ('black', '*')}
 
@@ -277,39 +272,36 @@ def plot(points: Sequence[Dict[str, object]], out: str,
     return out
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Plot mAP / top-1 against predicted latency and FLOPs')
-    parser.add_argument('runs', nargs='+',
-                        help='work dirs, timestamp dirs or log JSON files')
-    parser.add_argument('--metric', default=None,
-                        help=f'accuracy key (default: first of '
-                        f'{", ".join(DEFAULT_METRICS)} found)')
-    parser.add_argument('--paradigm', nargs='+', default=None,
-                        choices=PARADIGMS, help='one per run')
-    parser.add_argument('--labels', nargs='+', default=None,
-                        help='one per run (default: directory names)')
-    parser.add_argument('--out', default='tradeoff.png', help='PNG to write')
-    parser.add_argument('--title', default=None)
-    parser.add_argument('--annotate', action='store_true',
-                        help='write each run label beside its point')
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    points = collect(args.runs, args.metric, args.paradigm, args.labels)
-    print(f'{"run":40s} {"paradigm":8s} {points[0]["metric"]:>15s} '
-          f'{"latency_ms":>10s} {"GFLOPs":>8s} {"act_rate":>8s}')
+def format_points(points: Sequence[Dict[str, object]]) -> str:
+    """Text table of :func:`collect` points: run label, paradigm, metric,
+    latency ms, GFLOPs and activation rate ('-' where not logged)."""
+    lines = [f'{"run":40s} {"paradigm":8s} {points[0]["metric"]:>15s} '
+             f'{"latency_ms":>10s} {"GFLOPs":>8s} {"act_rate":>8s}']
     for p in points:
         g = '-' if p['gflops'] is None else f'{p["gflops"]:.2f}'
         a = '-' if p['activation_rate'] is None \
             else f'{p["activation_rate"]:.3f}'
-        print(f'{str(p["label"])[:40]:40s} {p["paradigm"]:8s} '
-              f'{p["value"]:15.4f} {p["latency_ms"]:10.3f} {g:>8s} {a:>8s}')
-    print(f'wrote {plot(points, args.out, args.title, args.annotate)}')
-    return 0
+        lines.append(f'{str(p["label"])[:40]:40s} {p["paradigm"]:8s} '
+                     f'{p["value"]:15.4f} {p["latency_ms"]:10.3f} {g:>8s} '
+                     f'{a:>8s}')
+    return '\n'.join(lines)
 
 
-if __name__ == '__main__':
-    sys.exit(main())
+def plot_tradeoff(runs: Sequence[str], metric: Optional[str] = None,
+                  paradigms: Optional[Sequence[str]] = None,
+                  labels: Optional[Sequence[str]] = None,
+                  out: str = 'tradeoff.png', title: Optional[str] = None,
+                  annotate: bool = False) -> List[Dict[str, object]]:
+    """Collect one point per run (:func:`collect`), print the table
+    (:func:`format_points`) and write the figure (:func:`plot`).
+
+    Returns:
+        the points.
+
+    Raises:
+        see :func:`collect` and :func:`plot`.
+    """
+    points = collect(runs, metric, paradigms, labels)
+    print(format_points(points))
+    print(f'wrote {plot(points, out, title, annotate)}')
+    return points

@@ -1,0 +1,33 @@
+# What every LAUD config shares, whatever the task: laud_mm registered, the
+# laud_mm hooks and metric, and the paradigm variables of
+# models/laud_paradigms.py.
+#
+# Only `custom_imports` is a config key here (no mmdet / mmpretrain base sets
+# it); the rest are variables. mmengine refuses a key defined by two bases of
+# one `_base_` list, and lists replace rather than merge, so this file can sit
+# beside any upstream base while the config that joins them binds the
+# variables, e.g.
+#   default_hooks = _base_.laud_default_hooks
+# A dict assigned to `default_hooks` merges into the upstream runtime's, so
+# the logger keeps the upstream interval and type changes only; mmengine's
+# Runner registers the extra keys (rng_state, weights_only_checkpoint) as
+# hooks too. To leave one out, remove its key (cfg.default_hooks.pop(...)):
+# mmengine accepts None only for its own default-hook names.
+_base_ = ['./models/laud_paradigms.py']
+
+custom_imports = dict(imports=['laud_mm'], allow_failed_imports=False)
+
+laud_default_hooks = dict(
+    # mmengine's LoggerHook, but the test-metrics json is written by the
+    # main process only (all ranks wrote one file under dist_test.sh)
+    logger=dict(type='laud_mm.MainProcessLoggerHook'),
+    # random-generator states saved in checkpoints and restored on --resume,
+    # so a resumed run draws the Gumbel noise of an uninterrupted one
+    rng_state=dict(type='laud_mm.RNGStateHook'),
+    # checkpoints that load with torch.load(weights_only=True)
+    weights_only_checkpoint=dict(type='laud_mm.WeightsOnlyCheckpointHook'))
+
+# backbone activation rate, GFLOPs and predicted latency on a V100
+# (docs/method.md sec. 4), evaluated beside the task metric
+laud_latency_metric = dict(type='laud_mm.BackboneLatencyMetric',
+                           hardware='v100')

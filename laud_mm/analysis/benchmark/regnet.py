@@ -1,0 +1,125 @@
+"""Measured CPU latency of LAUD-RegNetY dynamic inference against the static
+(BN-folded) RegNetY, side by side in one run, with the latency predictor's
+ratio for comparison.
+
+For each arch (RegNetY-400MF / 800MF) and paradigm (layer; channel G =
+2-2-2-2; spatial S = 4-4-2-1), the gates of every block are forced to random
+patterns at activation rate r (the paper's FLOPs-based per-block rate r_i by
+default, the gate forcing, timing loop and FLOPs ratio of the LAUD-ResNet
+benchmark, :mod:`.common`), and the whole backbone (BN-folded stem + blocks)
+is timed:
+
+- static: every block dense with BN folded
+  (:func:`laud_mm.models.regnet.dynamic.static_regnety_forward`);
+- dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's eval
+  path, incl. its per-block statistics).
+
+Static and dynamic runs alternate after warm-up; medians are reported. The
+last column is the latency predictor's static / dynamic ratio (fused
+kernels, V100, batch 128) at the realised per-block mask densities.
+Command line: ``tools/analysis_tools/benchmark_regnet.py``.
+
+Source: paper sec. 3.4 and 4.2 (RegNetY latency).
+"""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from laud_mm.latency import LatencyPredictor
+from laud_mm.models import LAUDRegNetY
+from laud_mm.models.layers.folding import fold_conv_bn
+from laud_mm.models.regnet.dynamic import static_regnety_forward
+
+from .common import PARADIGMS, check_options, time_forced_rate, timing_table
+
+#: the benchmarked architectures
+ARCHS = ('regnety_400mf', 'regnety_800mf')
+
+HEADER = ('| backbone | input | paradigm | r | realised mean r_i | static ms '
+          '| dynamic ms | speedup (wall) | speedup (CPU time) | ideal (FLOPs) '
+          '| predicted speedup (v100, batch 128) |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|')
+
+
+def folded_stem(net: LAUDRegNetY):
+    """BN-folded RegNet stem (3x3/2 conv + ReLU), as a callable."""
+    w, b = fold_conv_bn(net.conv1, net.bn1)
+    return lambda x: F.conv2d(x, w, b, 2, 1).relu_()
+
+
+def run(archs: Sequence[str], paradigms: Sequence[str],
+        rates: Sequence[float], batch: int, size: int, rate_mode: str,
+        warmup: int, repeats: int) -> List[Dict]:
+    """Time every (arch, paradigm, rate) on ``batch`` x ``size`` x ``size``
+    inputs; prints each row (:func:`fmt_row`) as it is measured.
+
+    Returns:
+        one dict per row: arch, batch, size, paradigm, rate, rate_real,
+        flops_ratio, static_ms, dynamic_ms, speedup, cpu_speedup,
+        predicted_ratio (dynamic / static, V100, batch 128).
+    """
+    rows = []
+    pred = LatencyPredictor('v100')
+    hw = (size, size)
+    x = torch.randn(batch, 3, *hw)
+    for arch in archs:
+        for paradigm in paradigms:
+            torch.manual_seed(0)
+            net = LAUDRegNetY(arch, paradigm=paradigm,
+                              granularity=PARADIGMS[paradigm],
+                              dynamic_inference=True).eval()
+            stem = folded_stem(net)
+            geoms = net.block_geometries(hw)
+            sgeom = net.stem_geometry(hw)
+            p_static = pred.predict_static(geoms, 128, sgeom).total_ms
+            for rate in rates:
+                real, ratio, st, dy, cpu = time_forced_rate(
+                    net, stem, static_regnety_forward, x, rate, rate_mode,
+                    warmup, repeats)
+                dens = [float(blk.last_stats['density'].float().mean())
+                        for blk in net.blocks]
+                p_dyn = pred.predict_backbone(geoms, dens, 128,
+                                              sgeom).total_ms
+                row = dict(arch=arch, batch=batch, size=size,
+                           paradigm=paradigm, rate=rate, rate_real=real,
+                           flops_ratio=ratio, static_ms=st, dynamic_ms=dy,
+                           speedup=st / dy, cpu_speedup=cpu,
+                           predicted_ratio=p_dyn / p_static)
+                rows.append(row)
+                print(fmt_row(row), flush=True)
+    return rows
+
+
+def fmt_row(r: Dict) -> str:
+    """One markdown row of :data:`HEADER` for a row of :func:`run`."""
+    return (f"| {r['arch']} | {r['batch']}x{r['size']}x{r['size']} | "
+            f"{r['paradigm']} | {r['rate']:.2f} | {r['rate_real']:.3f} | "
+            f"{r['static_ms']:.1f} | {r['dynamic_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
+            f"{1 / r['flops_ratio']:.2f}x | {1 / r['predicted_ratio']:.2f}x |")
+
+
+def benchmark_regnet(archs: Sequence[str] = ARCHS,
+                     paradigms: Sequence[str] = tuple(PARADIGMS),
+                     rates: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+                     batch: int = 8, size: int = 224, threads: int = 1,
+                     warmup: int = 2, repeats: int = 7,
+                     rate_mode: str = 'flops',
+                     json_path: Optional[str] = None) -> List[Dict]:
+    """The LAUD-RegNetY benchmark of the command line: :func:`run` as a
+    printed table (machine line with the load average) and, with
+    ``json_path``, a JSON file of its rows.
+
+    Raises:
+        ValueError: an option out of range or an unknown arch (names the
+            option and value).
+    """
+    check_options(rates, warmup=warmup, threads=threads, repeats=repeats,
+                  batch=batch, size=size)
+    bad = [a for a in archs if a not in ARCHS]
+    if bad:
+        raise ValueError(f'--archs={bad} must be among {list(ARCHS)}')
+    return timing_table(
+        lambda: run(archs, paradigms, rates, batch, size, rate_mode, warmup,
+                    repeats), HEADER, threads, json_path)

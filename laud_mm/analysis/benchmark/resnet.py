@@ -1,0 +1,309 @@
+"""Measured latency of LAUD-ResNet dynamic inference against the static
+(BN-folded) backbone, side by side in one run.
+
+For each backbone (LAUD-ResNet-50 / 101), input size (224 px classification
+batch, detection-sized batch) and paradigm (layer; channel G = 2-2-2-2;
+spatial S = 4-4-2-1), the gates of every block are forced to random patterns
+at activation rate r: by default the paper's FLOPs-based per-block rate r_i
+(FLOPs computed / dense FLOPs of the block including the masker and the dense
+downsample; docs/method.md sec. 2), so each block keeps the number of patches /
+channel groups per sample (samples for layer skipping) whose r_i is closest
+to r; ``rate_mode='density'`` uses the mask density instead. The table gives
+the realised mean r_i and the ideal speedup (static / dynamic FLOPs of the
+whole backbone, stem included). The whole backbone (BN-folded stem + 16 / 33
+blocks) is timed:
+
+- static: every block dense with BN folded (``static_bottleneck_forward``);
+- dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's real
+  eval path, incl. its per-block statistics).
+
+Static and dynamic runs alternate (after warm-up) and the median of the
+repeats is reported, so the ratios are robust to load on shared machines.
+:func:`per_block` times each block alone for one configuration;
+:mod:`.spatial_steps` splits each spatial block's dynamic time into its
+steps. Command line: ``tools/analysis_tools/benchmark_latency.py``.
+
+Source: paper sec. 3.4 and sec. 4 (latency of LAUD-ResNet).
+"""
+import json
+import os
+import os.path as osp
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from laud_mm.models import LAUDResNet
+from laud_mm.models.layers.folding import fold_conv_bn
+from laud_mm.models.resnet.dynamic import static_bottleneck_forward
+from laud_mm.ops.max_pool import max_pool2d
+
+from ..forced_gates import force_random_gates
+from ..timing import bench_pair, machine_line
+from . import spatial_steps
+from .common import PARADIGMS, check_options, time_forced_rate
+
+#: input of each size key: (batch, (H, W)); the 224 px batch is
+#: ``batch`` of :func:`benchmark_resnet`
+SIZES = {'224': (8, (224, 224)), 'det': (1, (800, 1216))}
+
+HEADER = ('| backbone | input | paradigm | r | realised mean r_i | static ms '
+          '| dynamic ms | speedup (wall) | speedup (CPU time) | ideal '
+          '(static / dynamic FLOPs) |\n'
+          '|---|---|---|---|---|---|---|---|---|---|')
+
+
+def folded_stem(net: LAUDResNet):
+    """BN-folded stem (conv 7x7 s2 + ReLU + max-pool) of a ResNet, as a
+    callable; the pool is the model's own
+    (:func:`laud_mm.ops.max_pool.max_pool2d`).
+
+    Raises:
+        ValueError: ``net.deep_stem`` is set.
+    """
+    if net.deep_stem:
+        raise ValueError('deep_stem is not supported by the benchmark')
+    w, b = fold_conv_bn(net.conv1, net.norm1)
+
+    def stem(x):
+        x = F.conv2d(x, w, b, 2, 3).relu_()
+        return max_pool2d(x, 3, 2, 1)
+    return stem
+
+
+def build(depth: int, paradigm: str, seed: int = 0) -> LAUDResNet:
+    """LAUD-ResNet-``depth`` of ``paradigm`` (granularity of
+    :data:`~.common.PARADIGMS`), dynamic inference, eval mode, weights from
+    ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    net = LAUDResNet(depth, paradigm=paradigm,
+                     granularity=PARADIGMS[paradigm],
+                     dynamic_inference=True)
+    net.eval()  # mmdet's ResNet.train() returns None: no chaining
+    return net
+
+
+def run(depths: Sequence[int], sizes: Sequence[str],
+        paradigms: Sequence[str], rates: Sequence[float], batch: int,
+        rate_mode: str, warmup: int, repeats: int) -> List[Dict]:
+    """Time every (depth, size, paradigm, rate); prints each row
+    (:func:`fmt_row`) as it is measured.
+
+    Returns:
+        one dict per row: depth, size, batch, hw, paradigm, rate,
+        rate_real, flops_ratio, rate_mode, static_ms, dynamic_ms, speedup
+        (wall), cpu_speedup.
+    """
+    rows = []
+    for depth in depths:
+        for size in sizes:
+            n, hw = SIZES[size]
+            if size == '224':
+                n = batch
+            x = torch.randn(n, 3, *hw)
+            for paradigm in paradigms:
+                net = build(depth, paradigm)
+                stem = folded_stem(net)
+                for rate in rates:
+                    real, ratio, st, dy, cpu = time_forced_rate(
+                        net, stem, static_bottleneck_forward, x, rate,
+                        rate_mode, warmup, repeats)
+                    row = dict(depth=depth, size=size, batch=n, hw=hw,
+                               paradigm=paradigm, rate=rate, rate_real=real,
+                               flops_ratio=ratio, rate_mode=rate_mode,
+                               static_ms=st, dynamic_ms=dy, speedup=st / dy,
+                               cpu_speedup=cpu)
+                    rows.append(row)
+                    print(fmt_row(row), flush=True)
+    return rows
+
+
+def per_block(depth: int, paradigms: Sequence[str], batch: int,
+              block_rate: float, rate_mode: str, repeats: int
+              ) -> List[Dict]:
+    """Per-block static vs dynamic at one rate (``depth``, 224 px).
+
+    Returns:
+        one dict per (paradigm, block): paradigm, block ('stage.index'),
+        in_shape, static_ms, dynamic_ms, speedup, cpu_speedup.
+    """
+    hw = SIZES['224'][1]
+    x = torch.randn(batch, 3, *hw)
+    out = []
+    for paradigm in paradigms:
+        net = build(depth, paradigm)
+        stem = folded_stem(net)
+        force_random_gates(net, block_rate, batch, hw, seed=1,
+                           mode=rate_mode)
+        with torch.no_grad():
+            inputs, t = [], stem(x)
+            for blk in net.blocks:
+                inputs.append(t)
+                t = static_bottleneck_forward(blk, t)
+        for blk, xin in zip(net.blocks, inputs):
+            st, dy, cpu = bench_pair(
+                lambda t: static_bottleneck_forward(blk, t), blk, xin, 1,
+                repeats)
+            out.append(dict(paradigm=paradigm,
+                            block=f'{blk.stage}.{blk.index}',
+                            in_shape=tuple(xin.shape), static_ms=st,
+                            dynamic_ms=dy, speedup=st / dy, cpu_speedup=cpu))
+    return out
+
+
+def fmt_row(r: Dict) -> str:
+    """One markdown row of :data:`HEADER` for a row of :func:`run`."""
+    return (f"| R{r['depth']} | {r['batch']}x{r['hw'][0]}x{r['hw'][1]} | "
+            f"{r['paradigm']} | {r['rate']:.2f} | {r['rate_real']:.3f} | "
+            f"{r['static_ms']:.1f} | {r['dynamic_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
+            f"{1 / r['flops_ratio']:.2f}x |")
+
+
+def format_blocks(blocks: Sequence[Dict]) -> str:
+    """Markdown table of :func:`per_block` rows."""
+    lines = ['| paradigm | block | input | static ms | dynamic ms | speedup '
+             '(wall) | speedup (CPU time) |\n|---|---|---|---|---|---|---|']
+    for b in blocks:
+        lines.append(
+            f"| {b['paradigm']} | {b['block']} | "
+            f"{'x'.join(map(str, b['in_shape']))} | {b['static_ms']:.2f}"
+            f" | {b['dynamic_ms']:.2f} | {b['speedup']:.2f}x | "
+            f"{b['cpu_speedup']:.2f}x |")
+    return '\n'.join(lines)
+
+
+def plot(rows: Sequence[Dict], path: str, key: str = 'speedup') -> str:
+    """Speedup (``key``: 'speedup' wall, 'cpu_speedup' CPU time) against the
+    activation rate, one panel per (depth, size), one line per paradigm with
+    its FLOPs ideal and 1/r; writes a PNG and returns ``path``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    confs = sorted({(r['depth'], r['size']) for r in rows})
+    fig, axes = plt.subplots(1, len(confs), figsize=(5 * len(confs), 4),
+                             squeeze=False)
+    for ax, (depth, size) in zip(axes[0], confs):
+        sub = [r for r in rows if (r['depth'], r['size']) == (depth, size)]
+        rates = sorted({r['rate'] for r in sub})
+        ax.plot(rates, [1 / r for r in rates], 'k--', lw=0.8, label='1/r')
+        for i, p in enumerate(PARADIGMS):
+            pts = sorted((r['rate'], r[key], 1 / r['flops_ratio'])
+                         for r in sub if r['paradigm'] == p)
+            if pts:
+                xs, ys, ideal = zip(*pts)
+                ax.plot(xs, ys, 'o-', color=f'C{i}', label=p)
+                ax.plot(xs, ideal, ':', color=f'C{i}',
+                        label=f'{p} ideal (FLOPs)')
+        ax.axhline(1.0, color='grey', lw=0.5)
+        n, hw = sub[0]['batch'], sub[0]['hw']
+        ax.set_title(f'LAUD-R{depth}, {n}x3x{hw[0]}x{hw[1]}')
+        ax.set_xlabel('activation rate r')
+        ax.set_ylabel(f'{key} over static (BN folded)')
+        ax.set_ylim(0, min(6, max(1 / min(rates), 2) + 0.5))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def benchmark_resnet(depths: Sequence[int] = (50, 101),
+                     sizes: Sequence[str] = ('224', 'det'),
+                     paradigms: Sequence[str] = tuple(PARADIGMS),
+                     rates: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 1.0),
+                     batch: int = 8, threads: int = 2, warmup: int = 2,
+                     repeats: int = 7, rate_mode: str = 'flops',
+                     per_block_table: bool = False, block_rate: float = 0.5,
+                     spatial_breakdown: bool = False,
+                     spatial_dense_threshold: Optional[float] = None,
+                     quick: bool = False,
+                     plot_path: Optional[str] = 'docs/benchmark_speedup.png',
+                     json_path: Optional[str] = None) -> Dict[str, list]:
+    """The whole LAUD-ResNet benchmark: prints the machine line and the
+    table, writes the plots, the per-block and spatial-step tables on
+    request, and the JSON.
+
+    Args:
+        depths, sizes, paradigms, rates: the grid (``sizes`` keys of
+            :data:`SIZES`).
+        batch: batch of the 224 px input (detection input: 1).
+        threads: torch threads.
+        warmup, repeats: see :func:`~laud_mm.analysis.timing.bench_pair`.
+        rate_mode: 'flops' (the paper's per-block r_i) or 'density'.
+        per_block_table: add the per-block table (first depth, 224 px,
+            ``block_rate``).
+        block_rate: rate of the per-block and spatial-step tables.
+        spatial_breakdown: add the spatial-step table
+            (:func:`~.spatial_steps.spatial_breakdown`).
+        spatial_dense_threshold: override of
+            ``laud_mm.ops.policy.SPATIAL_DENSE_THRESHOLD`` during the run
+            (> 0; > 1: never dense).
+        quick: R50, 224 px only.
+        plot_path: PNG of the wall-clock speedups (``*_cpu.png`` beside it:
+            CPU time); falsy: no plot.
+        json_path: where to write rows, blocks and spatial steps as JSON.
+
+    Returns:
+        dict(rows=..., blocks=..., spatial_steps=...) (see :func:`run`,
+        :func:`per_block`, :func:`~.spatial_steps.spatial_breakdown`).
+
+    Raises:
+        ValueError: an option out of range (names the option and value).
+    """
+    check_options(rates, warmup=warmup, threads=threads, repeats=repeats,
+                  batch=batch)
+    if spatial_dense_threshold is not None and spatial_dense_threshold <= 0:
+        raise ValueError('--spatial-dense-threshold must be > 0, got '
+                         f'{spatial_dense_threshold}')
+    if quick:
+        depths, sizes = [50], ['224']
+    from laud_mm.ops import policy
+    prev = policy.SPATIAL_DENSE_THRESHOLD
+    if spatial_dense_threshold is not None:
+        policy.SPATIAL_DENSE_THRESHOLD = spatial_dense_threshold
+    try:
+        return _benchmark(depths, sizes, paradigms, rates, batch, threads,
+                          warmup, repeats, rate_mode, per_block_table,
+                          block_rate, spatial_breakdown, plot_path,
+                          json_path)
+    finally:
+        policy.SPATIAL_DENSE_THRESHOLD = prev
+
+
+def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
+               repeats, rate_mode, per_block_table, block_rate,
+               spatial_breakdown, plot_path, json_path):
+    """:func:`benchmark_resnet` after its option checks."""
+    torch.set_num_threads(threads)
+    print(machine_line())
+    print(HEADER)
+    rows = run(depths, sizes, paradigms, rates, batch, rate_mode, warmup,
+               repeats)
+    if plot_path:
+        os.makedirs(osp.dirname(osp.abspath(plot_path)), exist_ok=True)
+        plot(rows, plot_path)
+        cpu_path = plot_path.replace('.png', '_cpu.png')
+        plot(rows, cpu_path, key='cpu_speedup')
+        print(f'plots: {plot_path} (wall), {cpu_path} (CPU time)')
+    blocks = per_block(depths[0], paradigms, batch, block_rate, rate_mode,
+                       repeats) if per_block_table else []
+    if blocks:
+        print(f'\n## per block (R{depths[0]}, {batch}x224x224, '
+              f'r={block_rate})\n')
+        print(format_blocks(blocks))
+    split = []
+    if spatial_breakdown:
+        net = build(depths[0], 'spatial')
+        split = spatial_steps.spatial_breakdown(
+            net, folded_stem(net), batch, block_rate, rate_mode, repeats,
+            SIZES['224'][1])
+    if split:
+        print(f'\n## spatial steps (R{depths[0]}, {batch}x224x224, '
+              f'r={block_rate}, CPU ms)\n')
+        print(spatial_steps.format_spatial_steps(split))
+    result = dict(rows=rows, blocks=blocks, spatial_steps=split)
+    if json_path:
+        with open(json_path, 'w') as f:
+            json.dump(result, f, indent=1)
+    return result

@@ -1,0 +1,173 @@
+"""Measured CPU latency of LAUD-T2T-ViT dynamic inference against the static
+T2T-ViT, side by side in one run, with the latency predictor's ratio.
+
+For each paradigm (token skipping = spatial, head skipping = channel, layer
+skipping) the gates of every encoder layer are forced to random patterns at
+activation rate r (:func:`~laud_mm.analysis.forced_gates.
+force_random_token_gates`). The encoder runs on the Tokens-to-Token module's
+output (computed once, the T2T module is dense and the same in both):
+
+- static: mmpretrain's ``T2TTransformerLayer.forward`` in every layer;
+- dynamic: ``layer(x)`` with ``dynamic_inference=True`` (the model's eval
+  path: gather / scatter of kept tokens, kept heads only, kept samples only,
+  incl. its per-layer statistics).
+
+Timing: :func:`~laud_mm.analysis.timing.bench_pair` (static and dynamic runs
+alternate after warm-up; wall-clock medians and the ratio of median process
+CPU times, robust on a shared machine). The T2T module is timed separately
+(median), so "whole" = T2T module + encoder. 'pred. v100' is the latency
+predictor's encoder-only dynamic / static ratio (fused kernels, batch 128)
+at the realised gate rate; 'FLOPs' the encoder's FLOPs ratio. Command line:
+``tools/analysis_tools/benchmark_t2t_vit.py``.
+
+Source: paper sec. 3.2 and "Experiments on vision Transformers" (token
+skipping by indexing, head and layer skipping).
+"""
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from laud_mm.latency import LatencyPredictor
+from laud_mm.models import LAUDT2TViT
+from laud_mm.models.t2t_vit import T2T_VIT_ARCHS, t2t_vit_arch_kwargs
+from laud_mm.models.t2t_vit.dynamic import static_t2t_layer_forward
+
+from ..forced_gates import force_random_token_gates
+from ..timing import bench_pair, wall_ms
+from .common import check_exact, check_options, timing_table
+
+#: the paradigms of a T2T-ViT (token, head and layer skipping)
+PARADIGMS = ('layer', 'channel', 'spatial')
+#: a 2-layer, 64-dim model on 64 px (smoke test, ``tiny=True``)
+TINY = dict(img_size=64, embed_dims=64, num_layers=2,
+            t2t_cfg=dict(token_dims=16),
+            layer_cfgs=dict(num_heads=4, feedforward_channels=128))
+
+HEADER = ('| backbone | input | paradigm | r | encoder FLOPs | T2T module ms '
+          '| static encoder ms | dynamic encoder ms | encoder speedup (wall) '
+          '| encoder speedup (CPU time) | whole-backbone speedup (wall) | '
+          'pred. v100 encoder dyn/static |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|')
+
+
+def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
+    """The encoder input (N, tokens, C): T2T module, class token, position
+    embedding (mmpretrain's ``T2T_ViT.forward`` up to the encoder)."""
+    from mmpretrain.models.utils import resize_pos_embed
+    t, hw = net.tokens_to_token(x)
+    if net.cls_token is not None:
+        t = torch.cat((net.cls_token.expand(x.shape[0], -1, -1), t), dim=1)
+    return t + resize_pos_embed(net.pos_embed, net.patch_resolution, hw,
+                                mode=net.interpolate_mode,
+                                num_extra_tokens=net.num_extra_tokens)
+
+
+def static_encoder(net: LAUDT2TViT, t: torch.Tensor) -> torch.Tensor:
+    """Every encoder layer's static forward, then the final norm."""
+    for lay in net.blocks:
+        t = static_t2t_layer_forward(lay, t)
+    return net.norm(t)
+
+
+def dynamic_encoder(net: LAUDT2TViT, t: torch.Tensor) -> torch.Tensor:
+    """Every encoder layer's dynamic forward, then the final norm."""
+    for lay in net.blocks:
+        t = lay(t)
+    return net.norm(t)
+
+
+def encoder_flops_rate(net: LAUDT2TViT) -> float:
+    """Encoder FLOPs ratio (dynamic / dense, maskers included) of the last
+    forward."""
+    f = sum(float(b.last_stats['flops'].mean()) for b in net.blocks)
+    return f / sum(b.last_stats['dense'] for b in net.blocks)
+
+
+def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
+        batch: int, size: int, warmup: int, repeats: int, tiny: bool = False
+        ) -> List[Dict]:
+    """Time every (paradigm, rate) of ``arch`` (or :data:`TINY`) on
+    ``batch`` images; prints each row (:func:`fmt_row`) as it is measured.
+
+    Returns:
+        one dict per row: arch, batch, size, paradigm, rate, gate_mean,
+        flops_rate, stem_ms, static_ms, dynamic_ms, speedup, cpu_speedup,
+        whole_speedup, predicted_ratio.
+    """
+    rows = []
+    pred = LatencyPredictor('v100')
+    kw = dict(TINY) if tiny else dict(t2t_vit_arch_kwargs(arch),
+                                      img_size=size)
+    size = kw['img_size']
+    x = torch.randn(batch, 3, size, size)
+    name = 'tiny' if tiny else arch
+    for paradigm in paradigms:
+        torch.manual_seed(0)
+        net = LAUDT2TViT(paradigm=paradigm, dynamic_inference=True, **kw)
+        net.eval()
+        with torch.no_grad():
+            stem_ms = statistics.median(
+                wall_ms(lambda: stem_tokens(net, x))
+                for _ in range(max(1, repeats // 2)))
+            t = stem_tokens(net, x)
+        tokens = t.shape[1]
+        geoms = net.block_geometries((size, size))
+        p_static = pred.predict_static(geoms, 128).total_ms
+        for rate in rates:
+            dens = force_random_token_gates(net, rate, batch, tokens, seed=1)
+            if rate == 1.0:  # exactness spot check: the static layers
+                with torch.no_grad():
+                    check_exact(static_encoder(net, t),
+                                dynamic_encoder(net, t), 1e-4)
+            st, dy, cpu = bench_pair(lambda u: static_encoder(net, u),
+                                     lambda u: dynamic_encoder(net, u), t,
+                                     warmup, repeats)
+            with torch.no_grad():
+                dynamic_encoder(net, t)
+            p_dyn = pred.predict_backbone(geoms, dens, 128).total_ms
+            row = dict(arch=name, batch=batch, size=size,
+                       paradigm=paradigm, rate=rate,
+                       gate_mean=sum(dens) / len(dens),
+                       flops_rate=encoder_flops_rate(net), stem_ms=stem_ms,
+                       static_ms=st, dynamic_ms=dy, speedup=st / dy,
+                       cpu_speedup=cpu,
+                       whole_speedup=(stem_ms + st) / (stem_ms + dy),
+                       predicted_ratio=p_dyn / p_static)
+            rows.append(row)
+            print(fmt_row(row), flush=True)
+    return rows
+
+
+def fmt_row(r: Dict) -> str:
+    """One markdown row of :data:`HEADER` for a row of :func:`run`."""
+    return (f"| {r['arch']} | {r['batch']}x{r['size']}x{r['size']} | "
+            f"{r['paradigm']} | {r['rate']:.2f} | {r['flops_rate']:.2f} | "
+            f"{r['stem_ms']:.0f} | {r['static_ms']:.0f} | "
+            f"{r['dynamic_ms']:.0f} | {r['speedup']:.2f}x | "
+            f"{r['cpu_speedup']:.2f}x | {r['whole_speedup']:.2f}x | "
+            f"{r['predicted_ratio']:.2f} |")
+
+
+def benchmark_t2t_vit(arch: str = 't2t-vit-t-14',
+                      paradigms: Sequence[str] = PARADIGMS,
+                      rates: Sequence[float] = (0.25, 0.5, 1.0),
+                      batch: int = 8, size: int = 224, threads: int = 2,
+                      warmup: int = 1, repeats: int = 5, tiny: bool = False,
+                      json_path: Optional[str] = None) -> List[Dict]:
+    """The LAUD-T2T-ViT benchmark of the command line (``tiny``: the
+    :data:`TINY` model instead of ``arch``): :func:`run` as a printed table
+    and, with ``json_path``, a JSON file of its rows.
+
+    Raises:
+        ValueError: an option out of range or an unknown arch (names the
+            option and value).
+    """
+    check_options(rates, warmup=warmup, threads=threads, repeats=repeats,
+                  batch=batch, size=size)
+    if not tiny and arch not in T2T_VIT_ARCHS:
+        raise ValueError(f'--arch={arch!r} is not one of '
+                         f'{sorted(T2T_VIT_ARCHS)}')
+    return timing_table(
+        lambda: run(arch, paradigms, rates, batch, size, warmup, repeats,
+                    tiny), HEADER, threads, json_path, backend=False)

@@ -1,0 +1,95 @@
+"""Timing helpers shared by the benchmarks of :mod:`laud_mm.analysis`.
+
+- :func:`timed`: wall-clock and process CPU seconds of one call;
+- :func:`bench_pair`: a static and a dynamic function timed alternately
+  after warm-up (medians), as every backbone benchmark compares them;
+- :func:`cpu_ms`: median process CPU time of repeated calls (kernel
+  micro-benchmarks, per-step breakdowns);
+- :func:`wall_ms`: wall-clock milliseconds of one call;
+- :func:`machine_line`: the ``# torch ...`` line above a timing table.
+
+The predictor calibration and validation time with
+:func:`laud_mm.latency.calibration.time_fn` instead (fastest of many calls,
+the thread's CPU time with one thread).
+
+Process CPU time is robust to other processes sharing the cores: a time
+slice given to another process is not counted (see docs/benchmarks.md).
+"""
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Tuple
+
+import torch
+
+
+def timed(fn: Callable, x) -> Tuple[float, float]:
+    """Run ``fn(x)`` once.
+
+    Returns:
+        (wall seconds, process CPU seconds) of the call.
+    """
+    t, c = time.perf_counter(), time.process_time()
+    fn(x)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def bench_pair(static_fn: Callable, dyn_fn: Callable, x, warmup: int,
+               repeats: int) -> Tuple[float, float, float]:
+    """Time ``static_fn(x)`` and ``dyn_fn(x)`` alternately under
+    ``torch.no_grad``: ``warmup`` calls of each first, then ``repeats``
+    alternating pairs.
+
+    Returns:
+        (static ms, dynamic ms, CPU-time ratio static / dynamic): wall-clock
+        medians, and the ratio of median process CPU times (robust to other
+        processes sharing the cores; see docs/benchmarks.md).
+    """
+    with torch.no_grad():
+        for _ in range(warmup):
+            static_fn(x)
+            dyn_fn(x)
+        ts, td = [], []
+        for _ in range(repeats):
+            ts.append(timed(static_fn, x))
+            td.append(timed(dyn_fn, x))
+    med = statistics.median
+    return (med(t[0] for t in ts) * 1e3, med(t[0] for t in td) * 1e3,
+            med(t[1] for t in ts) / max(med(t[1] for t in td), 1e-9))
+
+
+def cpu_ms(fn: Callable, warmup: int = 2, repeats: int = 9) -> float:
+    """Median process CPU time of ``fn()`` in ms over ``repeats`` calls,
+    after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        c = time.process_time()
+        fn()
+        ts.append(time.process_time() - c)
+    return statistics.median(ts) * 1e3
+
+
+def wall_ms(fn: Callable) -> float:
+    """Wall-clock milliseconds of one call ``fn()``."""
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def machine_line(backend: bool = True, load: bool = False) -> str:
+    """The header line of a timing table: torch version, threads, (with
+    ``backend``) the :mod:`laud_mm.ops` backend, processor and logical CPUs,
+    (with ``load``) the 1-minute load average."""
+    parts = [f'# torch {torch.__version__}, {torch.get_num_threads()} '
+             f'threads']
+    if backend:
+        from laud_mm import ops
+        parts.append(f'ops backend {ops.backend()}')
+    parts.append(f'{platform.processor() or "cpu"} ({os.cpu_count()} logical '
+                 f'CPUs)')
+    if load:
+        parts.append(f'load average {os.getloadavg()[0]:.1f}')
+    return ', '.join(parts)

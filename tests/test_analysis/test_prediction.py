@@ -1,0 +1,63 @@
+"""Latency prediction of a config or an architecture
+(:mod:`laud_mm.analysis.prediction`, behind
+``tools/analysis_tools/predict_latency.py``): activation rates measured on
+real images with a checkpoint."""
+import os.path as osp
+
+import pytest
+import torch
+
+from laud_mm.analysis import prediction as predict_latency
+from laud_mm.models.layers.gates import KEEP
+
+from conftest import ROOT
+
+
+def test_predict_latency_measures_checkpoint_densities(tmp_path, capsys):
+    """--checkpoint: the prediction loads a trained classifier checkpoint,
+    runs its backbone on real imagenette test images and predicts from the
+    measured per-block densities (a block whose masker was set to skip
+    measures 0)."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from laud_mm.registry import MODELS
+    cfg_path = osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py')
+    cfg = Config.fromfile(cfg_path)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    with torch.no_grad():  # input-independent gates: keep (init bias), but
+        for blk in model.backbone.blocks:  # block 2 always skips
+            blk.masker.fc.weight.zero_()
+        fc = model.backbone.blocks[2].masker.fc
+        fc.bias.fill_(10.)
+        fc.bias[KEEP] = -10.
+    ckpt = tmp_path / 'epoch_1.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(epoch=1)), ckpt)
+    dens, hw = predict_latency.measure_densities(cfg, str(ckpt), 2)
+    assert len(dens) == 16 and dens[2] == 0.0
+    assert all(d == 1.0 for i, d in enumerate(dens) if i != 2)
+    rep = predict_latency.predict_latency(cfg_path, checkpoint=str(ckpt),
+                                          num_images=2, hardware='tx2')
+    out = capsys.readouterr().out
+    assert 'measured on 2 images' in out and f'{hw[0]}x{hw[1]}' in out
+    assert rep.per_block_ms[2] < 0.2 * rep.per_block_ms[1]
+    with pytest.raises(ValueError, match='num-images'):
+        predict_latency.measure_densities(cfg, str(ckpt), 0)
+    # the config's top-level data_preprocessor (mmpretrain) is merged into
+    # the model as the Runner does: the masks are measured on normalised
+    # pixels, as in tools/test.py
+    from mmengine.registry import MODELS as MM_MODELS
+    built, build = [], MM_MODELS.build
+
+    def spy(*a, **k):
+        m = build(*a, **k)
+        built.append(m)
+        return m
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MM_MODELS, 'build', spy)
+        predict_latency.measure_densities(cfg, str(ckpt), 1)
+    dp = built[0].data_preprocessor
+    assert dp.mean.flatten().tolist() == \
+        pytest.approx(cfg.data_preprocessor['mean'])
+    assert 'data_preprocessor' not in cfg.model   # the caller's cfg is intact
