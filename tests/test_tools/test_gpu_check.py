@@ -72,3 +72,27 @@ def test_gpu_report_format(tmp_path):
     for block in md.split('\n\n'):
         rows = [ln for ln in block.splitlines() if ln.startswith('|')]
         assert len({ln.count('|') for ln in rows}) <= 1, block
+
+
+def test_gpu_benchmark_smoke_on_cpu(tmp_path, monkeypatch):
+    """The whole benchmark run (gates forced at r, exactness at r = 1,
+    FLOPs ratio, predictor, goals, report) on a tiny CPU input, through the
+    CUDA path's logic (policy.DEVICE_PATH_ON_CPU): what gpu_check.sh runs
+    on a GPU, minus the GPU."""
+    from laud_mm.analysis.benchmark.gpu import run, write_report
+    from laud_mm.ops import policy
+    monkeypatch.setattr(policy, 'DEVICE_PATH_ON_CPU', True)
+    res = run(depths=(50,), paradigms=('spatial',),
+              rates={50: (0.5, 1.0)}, batch=2, size=64, warmup=0, repeats=1,
+              log=lambda s: None, device='cpu')
+    assert [(r['paradigm'], r['rate']) for r in res['rows']] == [
+        ('spatial', 0.5), ('spatial', 1.0)]
+    for r in res['rows']:
+        assert r['dynamic_ms'] > 0 and r['predicted_ms'] > 0
+        if r['rate'] == 1.0:
+            assert r['max_rel_err'] <= 1e-4
+        else:
+            assert r['flops_ratio'] < 1
+    assert res['validation']['cases'] == 3  # one static + two dynamic
+    assert res['goals'][-1]['what'] == 'predictor MAPE (h200)'
+    write_report(res, str(tmp_path))

@@ -64,12 +64,19 @@ def require_gpu() -> str:
     return torch.cuda.get_device_name(0)
 
 
-def cuda_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
-    """Median milliseconds of ``fn()`` between two CUDA events."""
+def cuda_ms(fn: Callable[[], object], warmup: int, repeats: int,
+            cuda: bool = True) -> float:
+    """Median milliseconds of ``fn()`` between two CUDA events (wall clock
+    with ``cuda=False``: the CPU smoke test of :func:`run`)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        if not cuda:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+            continue
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
         a.record()
@@ -93,10 +100,15 @@ def run(depths: Sequence[int] = (50, 101),
         rates: Dict[int, Sequence[float]] = None, batch: int = 128,
         size: int = 224, dtype: str = 'float32', warmup: int = 3,
         repeats: int = 10, hardware: str = 'h200',
-        log: Callable[[str], None] = print) -> Dict:
+        log: Callable[[str], None] = print, device: str = 'cuda') -> Dict:
     """Time every (depth, paradigm, rate) and the static networks; returns
     the result dict written by :func:`write_report` (rows, validation,
-    goals, machine)."""
+    goals, machine). ``device='cpu'`` is a smoke test of the whole run
+    (tests; wall-clock timing, no GPU needed).
+
+    Raises:
+        NoGPUError: ``device='cuda'`` without a GPU or the CUDA kernels.
+    """
     from laud_mm.analysis.benchmark.common import (PARADIGMS,
                                                    backbone_flops_ratio,
                                                    dynamic_forward,
@@ -106,15 +118,17 @@ def run(depths: Sequence[int] = (50, 101),
     from laud_mm.analysis.validation import metrics
     from laud_mm.latency import LatencyPredictor
     from laud_mm.models.resnet.dynamic import static_bottleneck_forward
-    gpu = require_gpu()
+    cuda = device == 'cuda'
+    gpu = require_gpu() if cuda else f'{device} (smoke test)'
     rates = rates or {50: (0.25, 0.5, 1.0), 101: (0.25, 0.4, 0.5, 1.0)}
     dt = getattr(torch, dtype)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
+    if cuda:  # FP32 units, as the predictor models them
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
     pred = LatencyPredictor(hardware)
     hw = (size, size)
-    dev = torch.device('cuda')
+    dev = torch.device(device)
     x = torch.randn(batch, 3, *hw, device=dev, dtype=dt)
     rows: List[Dict] = []
     statics: Dict[int, Dict] = {}
@@ -132,8 +146,8 @@ def run(depths: Sequence[int] = (50, 101),
             with torch.no_grad():
                 if depth not in statics:
                     xl = x.contiguous(memory_format=torch.channels_last)
-                    nchw = cuda_ms(static, warmup, repeats)
-                    cl = cuda_ms(lambda: static(xl), warmup, repeats)
+                    nchw = cuda_ms(static, warmup, repeats, cuda)
+                    cl = cuda_ms(lambda: static(xl), warmup, repeats, cuda)
                     p_st = pred.predict_static(geoms, batch, sgeom).total_ms
                     statics[depth] = dict(depth=depth, nchw_ms=nchw,
                                           channels_last_ms=cl,
@@ -143,9 +157,10 @@ def run(depths: Sequence[int] = (50, 101),
                         f'channels_last {cl:.2f} ms, predicted '
                         f'{p_st:.2f} ms')
                 st = statics[depth]
-                for rate in rates[depth]:
+                for rate in rates.get(depth, (0.25, 0.5, 1.0)):
                     real = force_random_gates(net, rate, batch, hw, seed=1)
-                    _cuda_gates(net)
+                    if cuda:
+                        _cuda_gates(net)
                     out = dynamic_forward(net, stem, x)
                     if rate == 1.0:  # exactness spot check
                         ref = static()
@@ -157,8 +172,8 @@ def run(depths: Sequence[int] = (50, 101),
                     dens = [float(b.last_stats['density'].float().mean())
                             for b in net.blocks]
                     dyn = cuda_ms(lambda: dynamic_forward(net, stem, x),
-                                  warmup, repeats)
-                    st_now = cuda_ms(static, 1, max(3, repeats // 3))
+                                  warmup, repeats, cuda)
+                    st_now = cuda_ms(static, 1, max(3, repeats // 3), cuda)
                     p_dyn = pred.predict_backbone(geoms, dens, batch,
                                                   sgeom).total_ms
                     row = dict(depth=depth, paradigm=paradigm, rate=rate,
@@ -172,7 +187,8 @@ def run(depths: Sequence[int] = (50, 101),
                     rows.append(row)
                     log(fmt_row(row))
             del net
-            torch.cuda.empty_cache()
+            if cuda:
+                torch.cuda.empty_cache()
     meas = [s['nchw_ms'] for s in statics.values()] + \
         [r['dynamic_ms'] for r in rows]
     preds = [s['predicted_ms'] for s in statics.values()] + \
