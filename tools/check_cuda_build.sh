@@ -76,7 +76,7 @@ fi
 # a clean copy of the tree (tracked + untracked, not ignored)
 mkdir -p "$WORK/src"
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
-  xargs -0 tar -c --no-recursion 2>/dev/null) | tar -x -C "$WORK/src"
+  tar -c --no-recursion --null -T - 2>/dev/null) | tar -x -C "$WORK/src"
 t1=$SECONDS
 log "building with FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=$ARCH"
 if ! (cd "$WORK/src" && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="${MAX_JOBS:-2}" \

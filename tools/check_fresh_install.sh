@@ -17,7 +17,8 @@
 # extension is built against the torch the user has); laud_mm is installed
 # --no-deps. Cost on 2 cores: ~10 s for the venv, one full extension build
 # (~2 min of two compile jobs with ninja; 3.6 min CPU) per mode: ~2.5 min by
-# default on an idle machine, ~10 min with --all.
+# default on an idle machine, ~10 min with --all (measured here with other
+# jobs' builds on the same 2 cores, load 8-12: 10-21 min per mode).
 # Needs the package index for pip 23.2.1 / setuptools 81 / wheel (and, with
 # build isolation, setuptools / wheel / ninja). Exit status non-zero on any
 # failure; the log of a failed step is printed.
@@ -46,7 +47,7 @@ copy_tree() {  # a clean copy: tracked (and untracked, not ignored) files only
     (cd "$SRC_IN" && tar -c --exclude=build --exclude='*.so' --exclude='*.egg-info' .) | tar -x -C "$dst"
   else
     (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
-      xargs -0 tar -c --no-recursion 2>/dev/null) | tar -x -C "$dst"
+      tar -c --no-recursion --null -T - 2>/dev/null) | tar -x -C "$dst"
   fi
 }
 
