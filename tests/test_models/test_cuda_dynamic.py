@@ -28,6 +28,19 @@ TOL = 1e-4
 AMP_TOL = {torch.float16: 5e-2, torch.bfloat16: 1.5e-1}
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """fp32 means fp32: cuDNN's default TF32 convolutions (10-bit
+    mantissa) would differ from the masked-dense model by ~1e-3."""
+    prev = (torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, \
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 def _to_cuda_gates(net):
     for b in net.blocks:
         f = b.masker.forced_gate
