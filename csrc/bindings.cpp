@@ -3,6 +3,7 @@
 // Source: LAUDNet paper sec. 3.4 (operator fusion); Python API in
 // laud_mm/ops/patches.py.
 #include <torch/extension.h>
+#include <torch/library.h>
 
 namespace laud_mm {
 at::Tensor gather_patches_cpu(const at::Tensor& feat, const at::Tensor& idx,
@@ -36,9 +37,13 @@ at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
 at::Tensor gather_patches_cuda(const at::Tensor& feat, const at::Tensor& idx,
                                int64_t S, int64_t stride, int64_t dilation,
                                int64_t channels, bool relu);
-void scatter_add_relu_cuda(at::Tensor& out, const at::Tensor& identity,
+void scatter_add_relu_cuda(const at::Tensor& out, const at::Tensor& identity,
                            const at::Tensor& patches, const at::Tensor& pmap,
                            int64_t Sh, int64_t Sw);
+void scatter_patches_add_relu_cuda(const at::Tensor& out,
+                                   const at::Tensor& patches,
+                                   const at::Tensor& idx, int64_t Sh,
+                                   int64_t Sw);
 #endif
 
 at::Tensor gather_patches(const at::Tensor& feat, const at::Tensor& idx,
@@ -132,7 +137,36 @@ void spatial_branch_add_relu(at::Tensor out, const at::Tensor& x,
                               force_generic);
 }
 
+namespace {
+void scatter_add_relu_cpu_op(const at::Tensor& out, const at::Tensor& identity,
+                             const at::Tensor& patches, const at::Tensor& pmap,
+                             int64_t Sh, int64_t Sw, bool identity_nonneg) {
+  scatter_add_relu(out, identity, patches, pmap, Sh, Sw, identity_nonneg);
+}
+}  // namespace
+
 }  // namespace laud_mm
+
+// The ops as torch operators (torch.ops.laud_mm.<op>): CPU kernels here, CUDA
+// kernels in csrc/cuda_bindings.cpp (tools/check_cuda_build.sh checks each
+// CUDA registration; laud_mm/ops/cuda_ops.py lists them). The Python API
+// calls the CUDA kernels through these, the CPU kernels through the pybind
+// functions below.
+TORCH_LIBRARY(laud_mm, m) {
+  m.def("gather_patches(Tensor feat, Tensor idx, int S, int stride, "
+        "int dilation, int channels, bool relu) -> Tensor");
+  m.def("scatter_add_relu(Tensor(a!) out, Tensor identity, Tensor patches, "
+        "Tensor pmap, int Sh, int Sw, bool identity_nonneg=False) -> ()");
+  m.def("scatter_patches_add_relu(Tensor(a!) out, Tensor patches, "
+        "Tensor idx, int Sh, int Sw) -> ()");
+  m.def("gather_kept_weights(Tensor weight, Tensor chs) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(laud_mm, CPU, m) {
+  m.impl("gather_patches", &laud_mm::gather_patches);
+  m.impl("scatter_add_relu", &laud_mm::scatter_add_relu_cpu_op);
+  m.impl("gather_kept_weights", &laud_mm::gather_kept_weights);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "laud_mm dynamic-inference kernels (gather with halo, "
@@ -185,6 +219,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "instruction set of channel_branch_add_relu's tile kernel on this "
         "CPU: 'avx512f' or 'generic'");
 #ifdef WITH_CUDA
+  m.def("scatter_patches_add_relu", &laud_mm::scatter_patches_add_relu_cuda,
+        "scatter_patches_add_relu(out (N,C,H,W), patches (P,C,Sh,Sw), idx "
+        "(P,3) int64, Sh, Sw): out = relu(out + patch) at the active "
+        "patches' pixels only (CUDA; out already >= 0 elsewhere)",
+        py::arg("out"), py::arg("patches"), py::arg("idx"), py::arg("Sh"),
+        py::arg("Sw"));
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;

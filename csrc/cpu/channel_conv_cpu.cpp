@@ -68,7 +68,7 @@ using namespace tile;
 // panel, not per 7-pixel tile, keeps 8 sequential streams (a scalar loop
 // per tile costs about a fifth of an R50 stage-3 block at r = 0.25, by
 // perf).
-__attribute__((target("avx2"))) void add_relu_transposed_avx2(
+LAUD_TARGET("avx2") void add_relu_transposed_avx2(
     const float* tmp, int64_t p_out, int wdt, const float* bias, float* out) {
   const int64_t tail = p_out % 8;
   alignas(32) int32_t lanes[8];

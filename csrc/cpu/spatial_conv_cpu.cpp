@@ -105,7 +105,7 @@ void add_relu_scattered_generic(const float* tmp, const int64_t* poff,
 }
 
 #ifdef LAUD_X86
-__attribute__((target("avx2"))) void add_relu_scattered_avx2(
+LAUD_TARGET("avx2") void add_relu_scattered_avx2(
     const float* tmp, const int64_t* poff, const uint8_t* kinds,
     int64_t count, int wdt, const float* bias, const float* ident,
     float* out, int64_t plane) {

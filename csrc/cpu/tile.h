@@ -20,10 +20,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define LAUD_X86 1
-#endif
+
+#include "isa.h"  // LAUD_X86, LAUD_TARGET, the run-time ISA choice
 
 namespace laud_mm {
 namespace tile {
@@ -63,7 +61,7 @@ void tile_generic(const float* const* a, const int64_t* aoff, const float* b,
 
 #ifdef LAUD_X86
 template <int R, int V, int M>
-__attribute__((target("avx512f"))) void tile_avx512(
+LAUD_TARGET("avx512f") void tile_avx512(
     const float* const* a, const int64_t* aoff, const float* b, int64_t K,
     const float* bias, float* const* y, float* tmp) {
   __m512 acc[R][V];
@@ -131,17 +129,11 @@ TileFn pick(int r, int v, bool avx512) {
   }
 }
 
-inline bool cpu_avx512f() {
-#if defined(LAUD_X86) && (defined(__GNUC__) || defined(__clang__))
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-#else
-  return false;
-#endif
-}
+// AVX-512 tiles in use (isa.h: CPU support, LAUD_MM_CPU_ISA)
+inline bool cpu_avx512f() { return isa::cpu_avx512f(); }
 #ifdef LAUD_X86
 // In-register transpose of 8 x 8 floats (rows r[i] -> columns r[j]).
-__attribute__((target("avx2"))) inline void transpose8x8(__m256 r[8]) {
+LAUD_TARGET("avx2") inline void transpose8x8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
   const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);

@@ -1,7 +1,9 @@
 // CUDA kernel of the channel-skipping weight gather; see
-// channel_weights_cuda.h. One thread per output element (coalesced writes).
+// channel_weights_cuda.h. One thread per output element (coalesced writes);
+// float, double, __half, __nv_bfloat16; on the caller's stream.
 // Source: LAUDNet paper sec. 3.2 (channel skipping), 3.4 (scheduling).
 #include "cuda/channel_weights_cuda.h"
+#include "cuda/scalar_traits.cuh"
 
 namespace laud_mm {
 namespace cuda {
@@ -43,13 +45,15 @@ cudaError_t gather_kept_weights(const scalar_t* weight, const int64_t* chs,
   return cudaGetLastError();
 }
 
-template cudaError_t gather_kept_weights<float>(const float*, const int64_t*,
-                                                float*, int64_t, int64_t,
-                                                int64_t, int64_t, cudaStream_t);
-template cudaError_t gather_kept_weights<double>(const double*, const int64_t*,
-                                                 double*, int64_t, int64_t,
-                                                 int64_t, int64_t,
-                                                 cudaStream_t);
+#define LAUD_INSTANTIATE(T)                                                \
+  template cudaError_t gather_kept_weights<T>(const T*, const int64_t*, T*, \
+                                              int64_t, int64_t, int64_t,    \
+                                              int64_t, cudaStream_t);
+LAUD_INSTANTIATE(float)
+LAUD_INSTANTIATE(double)
+LAUD_INSTANTIATE(__half)
+LAUD_INSTANTIATE(__nv_bfloat16)
+#undef LAUD_INSTANTIATE
 
 }  // namespace cuda
 }  // namespace laud_mm

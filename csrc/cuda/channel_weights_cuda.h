@@ -10,7 +10,8 @@ namespace laud_mm {
 namespace cuda {
 
 // out (N, k, k, R) <- weight (C_out, C_in, R) at [chs[n, i], chs[n, j]]:
-// per-sample weights of the kept -> kept channels (R = kh * kw).
+// per-sample weights of the kept -> kept channels (R = kh * kw). scalar_t:
+// float, double, __half, __nv_bfloat16; launched on `stream`.
 template <typename scalar_t>
 cudaError_t gather_kept_weights(const scalar_t* weight, const int64_t* chs,
                                 scalar_t* out, int64_t N, int64_t k,

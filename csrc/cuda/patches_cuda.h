@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
+// scalar_t: float, double, __half, __nv_bfloat16 (instantiated in
+// patches_cuda.cu); tensors NCHW-contiguous; launches on `stream`.
+
 namespace laud_mm {
 namespace cuda {
 
@@ -28,6 +31,17 @@ cudaError_t scatter_add_relu(scalar_t* out, const scalar_t* identity,
                              const scalar_t* patches, const int64_t* pmap,
                              int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t Sh, int64_t Sw, cudaStream_t stream);
+
+// Active patches only: out (N, C, H, W) at the pixels of every patch row
+// (n, gi, gj) of idx (P, 3), inside the map, becomes relu(out + patch);
+// every other pixel is left as it is (the caller guarantees it is already
+// its own ReLU: a non-negative identity written in place). patches
+// (P, C, Sh, Sw); distinct idx rows (no two threads write one pixel).
+template <typename scalar_t>
+cudaError_t scatter_patches_add_relu(scalar_t* out, const scalar_t* patches,
+                                     const int64_t* idx, int64_t P, int64_t C,
+                                     int64_t H, int64_t W, int64_t Sh,
+                                     int64_t Sw, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace laud_mm

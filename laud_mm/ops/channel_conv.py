@@ -32,8 +32,14 @@ from .dispatch import check_float32_cpu, extension, use_kernels
 
 def channel_branch_isa() -> Optional[str]:
     """Instruction set of the compiled kernel's tiles on this CPU:
-    'avx512f' (the fast one), 'generic' (plain loops: correct, not tuned) or
-    None (``laud_mm._ext`` not built)."""
+    'avx512f' (the fast one), 'generic' (plain loops: correct, not tuned;
+    also on an AVX-512 CPU when the environment variable
+    ``LAUD_MM_CPU_ISA=generic`` selects the portable kernels, read once per
+    process: ``csrc/cpu/isa.h``) or None (``laud_mm._ext`` not built).
+
+    Raises:
+        ValueError: ``LAUD_MM_CPU_ISA`` is neither 'auto' nor 'generic'.
+    """
     ext = extension()
     if ext is None or not hasattr(ext, 'channel_branch_isa'):
         return None

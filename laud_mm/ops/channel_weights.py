@@ -15,7 +15,8 @@ of the gate) and sec. 3.4 (scheduling of the dynamic operators).
 """
 import torch
 
-from .dispatch import extension, use_kernels
+from .cuda_ops import cuda_op
+from .dispatch import extension, use_cuda_kernels, use_kernels
 
 
 def gather_kept_weights(weight: torch.Tensor, chs: torch.Tensor
@@ -23,8 +24,9 @@ def gather_kept_weights(weight: torch.Tensor, chs: torch.Tensor
     """``weight[chs[n, i], chs[n, j]]`` for every sample n.
 
     Args:
-        weight: (C_out, C_in, kh, kw) conv weight (fp32 / fp64 use the
-            compiled kernel; other dtypes the reference).
+        weight: (C_out, C_in, kh, kw) conv weight (the compiled kernel
+            for fp32 / fp64, and on CUDA fp16 / bf16 too; other dtypes the
+            reference).
         chs: (N, k) int64 kept channel indices per sample, each in
             [0, min(C_out, C_in)).
 
@@ -55,6 +57,9 @@ def gather_kept_weights(weight: torch.Tensor, chs: torch.Tensor
 
 def _gather_kept(weight: torch.Tensor, chs: torch.Tensor) -> torch.Tensor:
     """:func:`gather_kept_weights` without argument checks (internal)."""
+    if use_cuda_kernels(weight):
+        return cuda_op('gather_kept_weights')(weight.contiguous(),
+                                              chs.contiguous())
     if use_kernels(weight) and weight.dtype in (torch.float32, torch.float64) \
             and hasattr(extension(), 'gather_kept_weights'):
         return extension().gather_kept_weights(weight.contiguous(),

@@ -119,6 +119,15 @@ def use_kernels(t: torch.Tensor) -> bool:
     return backend(t.device) != 'pytorch'
 
 
+def use_cuda_kernels(t: torch.Tensor) -> bool:
+    """Whether ``t`` goes to a CUDA kernel (``torch.ops.laud_mm``): a CUDA
+    tensor of a dtype the kernels take, CUDA kernels built, backend not
+    forced to 'pytorch'."""
+    from .cuda_ops import CUDA_DTYPES
+    return t.is_cuda and t.dtype in CUDA_DTYPES and \
+        backend(t.device) == 'cuda'
+
+
 def check_float32_cpu(tensors: dict) -> None:
     """Argument check of the CPU-only fused kernels.
 

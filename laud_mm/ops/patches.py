@@ -20,7 +20,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import extension, use_kernels
+from .cuda_ops import cuda_op
+from .dispatch import extension, use_cuda_kernels, use_kernels
 
 
 def window_size(granularity: int, stride: int, dilation: int = 1) -> int:
@@ -115,6 +116,10 @@ def gather_patches(feat: torch.Tensor, idx: torch.Tensor, granularity: int,
 
 def _gather(feat, idx, granularity, stride, dilation, channels, relu):
     """:func:`gather_patches` without argument checks (internal fast path)."""
+    if use_cuda_kernels(feat):
+        return cuda_op('gather_patches')(feat.contiguous(), idx.contiguous(),
+                                         granularity, stride, dilation,
+                                         channels, relu)
     if use_kernels(feat) and feat.dtype in (torch.float32, torch.float64):
         return extension().gather_patches(feat.contiguous(), idx.contiguous(),
                                           granularity, stride, dilation,
@@ -233,20 +238,40 @@ def _scatter(identity, patches, idx, patch_hw, inplace, pmap=None,
     n, c, h, w = identity.shape
     sh, sw = patch_hw
     grid = (-(-h // sh), -(-w // sw))
-    if use_kernels(identity) and identity.dtype in (torch.float32,
-                                                    torch.float64):
+    cuda = use_cuda_kernels(identity)
+    if cuda or use_kernels(identity) and identity.dtype in (torch.float32,
+                                                            torch.float64):
         ident = identity.contiguous()
         out = ident if inplace else torch.empty_like(ident)
         if pmap is None:
             pmap = patch_map(idx, n, grid)
-        extension().scatter_add_relu(out, ident, patches.contiguous(), pmap,
-                                     sh, sw, identity_nonneg)
+        fn = cuda_op('scatter_add_relu') if cuda else \
+            extension().scatter_add_relu
+        fn(out, ident, patches.contiguous(), pmap, sh, sw, identity_nonneg)
         if inplace and out is not identity:
             identity.copy_(out)
             return identity
         return out
     return scatter_add_relu_reference(identity, patches, idx, (sh, sw),
                                       inplace)
+
+
+def _scatter_patches(out, patches, idx, patch_hw):
+    """``out = relu(out + scatter(patches))`` in place, touching the active
+    patches only: ``out`` must be contiguous and already >= 0 everywhere (a
+    ReLU output owned by the caller), ``idx`` distinct rows. The CUDA kernel
+    launches one thread per active-patch element (no pass over the map);
+    elsewhere the scatter with ``identity_nonneg`` (same result).
+
+    Args:
+        out: (N, C, H, W) non-negative, contiguous; updated and returned.
+        patches: (P, C, Sh, Sw); idx: (P, 3) int64; patch_hw: (Sh, Sw).
+    """
+    if use_cuda_kernels(out) and patches.dtype == out.dtype:
+        cuda_op('scatter_patches_add_relu')(out, patches.contiguous(),
+                                            idx.contiguous(), *patch_hw)
+        return out
+    return _scatter(out, patches, idx, patch_hw, True, identity_nonneg=True)
 
 
 def scatter_add_relu_reference(identity: torch.Tensor, patches: torch.Tensor,

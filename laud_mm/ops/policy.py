@@ -76,3 +76,28 @@ def uses_window_conv1(s: int, stride: int, dilation: int, n_act: float,
         return False
     k = window_size(s, stride, dilation)
     return n_act * k * k < SPATIAL_WINDOW_CONV1_MAX_FRACTION * in_pixels
+
+
+# -------------------------------------------------------------------- CUDA
+#: the CUDA variant of the dynamic paths (``laud_mm.models.<family>.
+#: dynamic_cuda``: device-side index lists, one deferred host read per block,
+#: batched per-sample GEMMs, the CUDA gather / scatter kernels) runs for
+#: CUDA tensors; set this to True to run it on CPU tensors too (the tests
+#: check its logic without a GPU: the CPU kernels and PyTorch references
+#: stand in for the CUDA ones)
+DEVICE_PATH_ON_CPU = False
+#: ResNet / RegNetY spatial blocks on CUDA: from this fraction of active
+#: patches on, conv2 / conv3 run densely (cuDNN) and the output is masked;
+#: below, gather -> conv2 / conv3 on the patches -> scatter. Not measured on
+#: a GPU yet (tools/gpu_check.sh times both sides of it); every choice is
+#: exact.
+SPATIAL_DENSE_THRESHOLD_CUDA = 0.7
+#: channel blocks on CUDA: kept-channel counts padded to a multiple of this
+#: (tensor-core friendly GEMM sizes, few distinct shapes for cuBLAS / cuDNN)
+CHANNEL_PAD_CUDA = 8
+
+
+def device_path(x) -> bool:
+    """Whether a dynamic block with input ``x`` takes the CUDA variant of
+    its path: x on a CUDA device, or :data:`DEVICE_PATH_ON_CPU`."""
+    return x.is_cuda or DEVICE_PATH_ON_CPU

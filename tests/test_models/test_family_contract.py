@@ -11,7 +11,7 @@ c. forward + backward in train mode: every trainable parameter (maskers
 d. eval is deterministic, training is stochastic (Gumbel noise);
 e. dynamic inference == masked-dense evaluation (1e-4 relative, fp32) with
    learned (mixed), forced off / on, random per-sample and equal-count
-   gates, on both op backends;
+   gates, on both op backends, and the CUDA path's logic run on CPU;
 f. the latency predictor prices it;
 g. a ``weights_only`` checkpoint round trip gives identical outputs, the
    backbone API is there, and ``train()`` / ``eval()`` return the model;
@@ -412,9 +412,20 @@ def test_d_eval_is_deterministic_and_training_is_stochastic(fam, paradigm):
     assert 0 < float(torch.cat(draws).mean()) < 1
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
+#: the CUDA variant of the dynamic paths (laud_mm.models.<family>.
+#: dynamic_cuda), run on CPU tensors (policy.DEVICE_PATH_ON_CPU) with the CPU
+#: kernels standing in for the CUDA ones: its logic is checked without a GPU
+#: (tests/test_models/test_cuda_dynamic.py runs it on a GPU)
+DEVICE_PATH = 'cuda-path-on-cpu'
+
+
+@pytest.mark.parametrize('backend', BACKENDS + [DEVICE_PATH])
 @pytest.mark.parametrize('fam,paradigm,overrides', EXACT_CASES)
-def test_e_dynamic_equals_masked_dense(fam, paradigm, overrides, backend):
+def test_e_dynamic_equals_masked_dense(fam, paradigm, overrides, backend,
+                                       monkeypatch):
+    if backend == DEVICE_PATH:
+        monkeypatch.setattr(ops.policy, 'DEVICE_PATH_ON_CPU', True)
+        backend = BACKENDS[-1]
     net = build(fam, paradigm, **overrides)
     randomize(net, 1)
     net.eval()

@@ -548,3 +548,31 @@ def test_stem_max_pool_module_and_errors():
         ops.max_pool2d(x.detach(), 3, 2, 2)
     with pytest.raises(ValueError, match='stride='):
         ops.max_pool2d(x.detach(), 3, -1, 1)
+
+
+# ------------------------------------------------ portable kernels switch
+@pytest.mark.skipif(ops.extension() is None, reason='laud_mm._ext not built')
+def test_cpu_isa_switch():
+    """LAUD_MM_CPU_ISA=generic makes the same build run the portable
+    kernels (CI runs the kernel and dynamic-path tests that way); another
+    value is refused by name."""
+    import os
+    import subprocess
+    import sys
+    if os.environ.get('LAUD_MM_CPU_ISA') == 'generic':
+        assert ops.channel_branch_isa() == 'generic'
+    # the extension alone (importing laud_mm costs ~15 s a process)
+    code = ('import importlib.util as u, sys, torch; '
+            's = u.spec_from_file_location("laud_mm._ext", sys.argv[1]); '
+            'm = u.module_from_spec(s); s.loader.exec_module(m); '
+            'print(m.channel_branch_isa())')
+    so = ops.extension().__file__
+    env = dict(os.environ, LAUD_MM_CPU_ISA='generic')
+    out = subprocess.run([sys.executable, '-c', code, so], env=env,
+                         text=True, capture_output=True, check=True)
+    assert out.stdout.strip() == 'generic'
+    env['LAUD_MM_CPU_ISA'] = 'avx9000'
+    bad = subprocess.run([sys.executable, '-c', code, so], env=env,
+                         text=True, capture_output=True)
+    assert bad.returncode != 0
+    assert "LAUD_MM_CPU_ISA=avx9000 is not 'auto' or 'generic'" in bad.stderr

@@ -13,6 +13,7 @@ from conftest import ROOT
 
 TOOLS = osp.join(ROOT, 'tools')
 ANALYSIS = ('benchmark_latency', 'benchmark_kernels', 'benchmark_regnet',
+            'benchmark_gpu',
             'benchmark_t2t_vit', 'predict_latency', 'calibrate_hardware',
             'validate_predictor', 'plot_tradeoff', 'visualize_masks')
 WRAPPERS = [f'analysis_tools/{n}.py' for n in ANALYSIS] + \

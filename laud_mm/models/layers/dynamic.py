@@ -136,3 +136,48 @@ def owns_input(block, x: torch.Tensor) -> bool:
     """Whether ``block`` may write into its input ``x`` (an identity block
     inside :func:`owned_block_inputs`; x contiguous)."""
     return getattr(block, OWNED_INPUT_ATTR, False) and x.is_contiguous()
+
+
+# ------------------------------------------------ CUDA paths: dtype handling
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a CUDA dynamic path computes in: autocast's (float16 /
+    bfloat16) when autocast is on for x's device, else x's dtype."""
+    if is_autocast(x):
+        try:
+            return torch.get_autocast_dtype(x.device.type)
+        except AttributeError:  # torch < 2.4
+            return torch.get_autocast_gpu_dtype() if x.is_cuda \
+                else torch.get_autocast_cpu_dtype()
+    return x.dtype
+
+
+def no_autocast(x: torch.Tensor):
+    """Context with autocast off for x's device: the CUDA paths run their
+    folded weights explicitly in :func:`compute_dtype`."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def cast_folded(folded, dtype: torch.dtype):
+    """A copy of a folded-weights object (``FoldedBottleneck``,
+    ``FoldedRegNetY``) with every floating tensor attribute in ``dtype``,
+    cached on it per dtype (the object itself is refreshed when the block's
+    parameters change, and with it the cache). The object itself when its
+    weights already have that dtype.
+    """
+    w = getattr(folded, 'w1', None)
+    if w is None or w.dtype == dtype:
+        return folded
+    cache = folded.__dict__.setdefault('_dtype_cache', {})
+    if dtype not in cache:
+        import copy
+        c = copy.copy(folded)
+        c.__dict__.pop('_dtype_cache', None)
+        for k, v in list(vars(c).items()):
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                setattr(c, k, v.to(dtype))
+            elif isinstance(v, tuple) and v and all(
+                    isinstance(t, torch.Tensor) for t in v):
+                setattr(c, k, tuple(t.to(dtype) if t.is_floating_point()
+                                    else t for t in v))
+        cache[dtype] = c
+    return cache[dtype]

@@ -55,6 +55,11 @@ from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_channel_gate, expand_spatial_gate
 
+#: the CUDA variant of each paradigm's path (device-side indices, one
+#: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
+#: the package imports
+CUDA_PATHS: dict = {}
+
 
 class FoldedRegNetY:
     """BN-folded, detached weights of one :class:`LAUDRegNetYBlock`.
@@ -175,8 +180,11 @@ def dynamic_regnety_forward(block: nn.Module, x: torch.Tensor,
     Raises:
         ValueError: a block in training mode, a static block, or x not 4-D.
     """
-    return run_dynamic_path(block, x, geom, dict(
-        spatial=_spatial, channel=_channel, layer=_layer))
+    if policy.device_path(x):  # CUDA (or its logic on CPU, tests)
+        paths = CUDA_PATHS
+    else:
+        paths = dict(spatial=_spatial, channel=_channel, layer=_layer)
+    return run_dynamic_path(block, x, geom, paths)
 
 
 # ---------------------------------------------------------------- spatial

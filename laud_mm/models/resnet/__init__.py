@@ -2,6 +2,7 @@
 (:mod:`.dynamic`), backbone (:mod:`.backbone`), checkpoint conversion
 (:mod:`.convert`) and FLOPs count (:mod:`.flops`)."""
 from .backbone import RESNET_ARCHS, LAUDResNet, resnet_geometries
+from . import dynamic_cuda  # noqa: F401  (registers the CUDA paths)
 from .block import LAUDBottleneck
 
 __all__ = ['LAUDResNet', 'LAUDBottleneck', 'RESNET_ARCHS',

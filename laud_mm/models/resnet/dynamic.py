@@ -56,6 +56,11 @@ from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate
 
+#: the CUDA variant of each paradigm's path (device-side indices, one
+#: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
+#: the package imports
+CUDA_PATHS: dict = {}
+
 
 # ----------------------------------------------------------------- folding
 class FoldedBottleneck:
@@ -207,9 +212,12 @@ def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
         ValueError: unknown paradigm, a block in training mode, or a forced
             gate of the wrong shape.
     """
-    return run_dynamic_path(block, x, geom, dict(
-        spatial=_spatial_forward, channel=_channel_forward,
-        layer=_layer_forward))
+    if policy.device_path(x):  # CUDA (or its logic on CPU, tests)
+        paths = CUDA_PATHS
+    else:
+        paths = dict(spatial=_spatial_forward, channel=_channel_forward,
+                     layer=_layer_forward)
+    return run_dynamic_path(block, x, geom, paths)
 
 
 # ---------------------------------------------------------------- spatial

@@ -38,9 +38,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmpretrain.models.backbones.t2t_vit import T2TTransformerLayer
 
+from ...ops import policy
 from ...structures.geometry import TokenLayerGeometry
 from ..layers.dynamic import run_dynamic_path, sample_gate
 from .attention import attention_logit_divisor
+
+#: the CUDA variant of each paradigm's path (device-side indices, one
+#: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
+#: the package imports
+CUDA_PATHS: dict = {}
 
 
 def static_t2t_layer_forward(layer: nn.Module, x: torch.Tensor
@@ -72,8 +78,11 @@ def dynamic_t2t_layer_forward(layer: nn.Module, x: torch.Tensor,
         ValueError: a layer in training mode, x not (N, L, D), or a layer
             without a paradigm.
     """
-    return run_dynamic_path(layer, x, geom, dict(
-        spatial=_tokens, channel=_heads, layer=_layer), rank=3)
+    if policy.device_path(x):  # CUDA (or its logic on CPU, tests)
+        paths = CUDA_PATHS
+    else:
+        paths = dict(spatial=_tokens, channel=_heads, layer=_layer)
+    return run_dynamic_path(layer, x, geom, paths, rank=3)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

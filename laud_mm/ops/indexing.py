@@ -1,0 +1,117 @@
+"""Device-side index lists and deferred host reads: what lets the CUDA
+dynamic paths (``laud_mm.models.<family>.dynamic_cuda``) build the indices of
+the kept patches / channels / samples / tokens without a host
+synchronisation, and read the one count per block that fixes a tensor size
+(the gathered patches, the padded kept channels, the kept samples) with a
+single wait placed behind independent work.
+
+- :func:`active_index`: the coordinates of the True entries of a mask (as
+  ``mask.nonzero()``) in a tensor of the mask's size, each entry's row in
+  that list, and their count - from a prefix sum on the device, no host
+  wait (``nonzero`` waits for the device to learn its output size).
+- :func:`kept_index`: per row of a 2-D mask, the indices of its True
+  entries, ascending, padded to a given width: per-sample kept channels /
+  heads, no host wait once the width is known.
+- :class:`HostRead`: a few device integers copied to pinned host memory
+  without blocking; :meth:`HostRead.get` waits for that copy only (a CUDA
+  event), so kernels queued between the two keep the device busy.
+
+On CPU tensors the same functions run eagerly (tests run the CUDA paths'
+logic on CPU with them).
+
+Source: paper sec. 3.4 (the masker's output is turned into indices for the
+gather / scatter operators); engineering of that step for GPUs.
+"""
+from typing import List, Tuple
+
+import torch
+
+
+def active_index(mask: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index list of the True entries of ``mask``, on its device, with no
+    host synchronisation.
+
+    Args:
+        mask: bool tensor of any shape (M entries, D dimensions).
+
+    Returns:
+        (idx, pos, count): idx (M, D) int64 whose first ``count`` rows are
+        the coordinates of the True entries in row-major order (what
+        ``mask.nonzero()`` returns; the rows after them are zero); pos
+        (mask's shape) int64, the row of each True entry in idx, -1 for a
+        False one (the patch map of :func:`laud_mm.ops.patches.patch_map`
+        for a spatial gate); count: 0-dim int64 tensor.
+    """
+    flat = mask.reshape(-1)
+    m = flat.numel()
+    csum = torch.cumsum(flat, 0)  # int64
+    pos = torch.where(flat, csum - 1, torch.full_like(csum, -1))
+    count = csum[-1] if m else csum.new_zeros(())
+    coords = torch.stack(torch.unravel_index(
+        torch.arange(m, device=mask.device), tuple(mask.shape)), 1) \
+        if mask.dim() else flat.new_zeros(m, 0, dtype=torch.int64)
+    # False entries write into a spare last row (dropped)
+    target = torch.where(flat, pos, torch.full_like(pos, m))
+    idx = coords.new_zeros(m + 1, coords.shape[1]).index_copy_(
+        0, target, coords)[:m]
+    return idx, pos.view(mask.shape), count
+
+
+def kept_index(mask: torch.Tensor, width: int, pad_value: int
+               ) -> torch.Tensor:
+    """Per row of ``mask`` the indices of its True entries, ascending,
+    padded with ``pad_value`` to ``width`` columns (no host wait).
+
+    Args:
+        mask: (N, C) bool.
+        width: columns of the result (>= the largest count of a row;
+            entries beyond it are dropped).
+        pad_value: the index written after a row's True entries.
+
+    Returns:
+        (N, width) int64.
+    """
+    n, c = mask.shape
+    width = min(width, c)
+    # a stable sort puts a row's True entries first, in index order
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True)[1]
+    chs = order[:, :width]
+    cnt = mask.sum(1, keepdim=True)
+    slot = torch.arange(width, device=mask.device).expand(n, -1)
+    return torch.where(slot < cnt, chs, torch.full_like(chs, pad_value))
+
+
+class HostRead:
+    """Integer values of small device tensors, read on the host later.
+
+    The values are copied now, without blocking, into pinned host memory,
+    and a CUDA event is recorded behind the copy on the current stream;
+    :meth:`get` waits for that event only. Queue work that does not need
+    the values between the two (a dense conv1, the shortcut) and the wait
+    costs little or nothing: this is the documented host synchronisation
+    of a CUDA dynamic block (one per block). CPU tensors are read at once.
+
+    Args:
+        *tensors: 0-dim (or one-element) integer / bool tensors on one
+            device.
+    """
+
+    def __init__(self, *tensors: torch.Tensor):
+        vals = torch.stack([t.reshape(()).to(torch.int64) for t in tensors])
+        self._event = None
+        if vals.is_cuda:
+            host = torch.empty(vals.shape, dtype=torch.int64,
+                               pin_memory=True)
+            host.copy_(vals, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            self._vals = host
+        else:
+            self._vals = vals
+
+    def get(self) -> List[int]:
+        """The values (waits for the copy on CUDA)."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._vals.tolist()

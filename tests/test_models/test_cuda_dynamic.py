@@ -1,0 +1,144 @@
+"""The CUDA dynamic paths on a GPU: every family and paradigm equals the
+masked-dense model (fp32: 1e-4 relative, the CPU contract), under autocast
+(float16, bfloat16: forced gates, loose bounds: the masked-dense model runs
+BN unfolded), and the dynamic blocks make no host synchronisation beyond
+their one documented wait (``torch.cuda.set_sync_debug_mode('error')``).
+
+Skipped without a CUDA GPU or without the CUDA kernels
+(``FORCE_CUDA=1`` build); ``tools/gpu_check.sh`` runs this module. The same
+paths' logic runs on CPU in every CI run (test_family_contract.py,
+``cuda-path-on-cpu``).
+
+Source: paper sec. 3.4; docs/method.md sec. 1.
+"""
+import pytest
+import torch
+
+from laud_mm import ops
+
+HAS_GPU = torch.cuda.is_available() and ops.has_cuda_kernels()
+pytestmark = pytest.mark.skipif(
+    not HAS_GPU, reason='needs a CUDA GPU and laud_mm._ext built with CUDA '
+    '(FORCE_CUDA=1; tools/gpu_check.sh builds it and runs this module)')
+
+from test_family_contract import (EXACT_CASES, FAMILIES, PARADIGMS,  # noqa
+                                  build, force, images, randomize, rel_diff)
+
+TOL = 1e-4
+AMP_TOL = {torch.float16: 5e-2, torch.bfloat16: 1.5e-1}
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """fp32 means fp32: cuDNN's default TF32 convolutions (10-bit
+    mantissa) would differ from the masked-dense model by ~1e-3."""
+    prev = (torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, \
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def _to_cuda_gates(net):
+    for b in net.blocks:
+        f = b.masker.forced_gate
+        if isinstance(f, torch.Tensor):
+            b.masker.forced_gate = f.cuda()
+
+
+def _pair(net, x, dtype=None):
+    """(masked-dense outputs, dynamic outputs) of net on x, autocast in
+    ``dtype`` when given."""
+    ctx = torch.autocast('cuda', dtype=dtype, enabled=dtype is not None)
+    with torch.no_grad(), ctx:
+        net.dynamic_inference = False
+        ref = net(x)
+        ref_gates = [b.last_stats['gate'] for b in net.blocks]
+        net.dynamic_inference = True
+        out = net(x)
+    return ref, out, ref_gates
+
+
+@pytest.mark.parametrize('fam,paradigm,overrides', EXACT_CASES)
+def test_cuda_dynamic_equals_masked_dense_fp32(fam, paradigm, overrides):
+    net = build(fam, paradigm, **overrides)
+    randomize(net, 1)
+    net.eval().cuda()
+    for k, (n, hw) in enumerate(fam.exact_inputs()):
+        x = images(fam, hw, n, seed=k).cuda()
+        for pattern in (None, 'off', 'on', 'random', 'equal'):
+            force(net, pattern, seed=k)
+            _to_cuda_gates(net)
+            ref, out, ref_gates = _pair(net, x)
+            for a, b in zip(out, ref):
+                assert a.shape == b.shape
+                assert rel_diff(a, b) <= TOL, (n, hw, pattern, rel_diff(a, b))
+            for blk, g in zip(net.blocks, ref_gates):
+                assert torch.equal(blk.last_stats['gate'], g), pattern
+        force(net, None)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('fam', FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize('paradigm', PARADIGMS)
+def test_cuda_dynamic_autocast(fam, paradigm, dtype):
+    net = build(fam, paradigm)
+    randomize(net, 1)
+    net.eval().cuda()
+    x = images(fam).cuda()
+    with torch.no_grad():
+        net(x)  # gate shapes
+    force(net, 'random', seed=3)
+    _to_cuda_gates(net)
+    ref, out, _ = _pair(net, x, dtype)
+    for a, b in zip(out, ref):
+        assert a.shape == b.shape
+        assert torch.isfinite(a).all()
+        assert rel_diff(a.float(), b.float()) <= AMP_TOL[dtype], \
+            rel_diff(a.float(), b.float())
+    force(net, None)
+
+
+@pytest.mark.parametrize('fam', FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize('paradigm', PARADIGMS)
+def test_cuda_dynamic_blocks_do_not_synchronise(fam, paradigm):
+    """Each dynamic block's path, with learned gates, under
+    set_sync_debug_mode('error'): a hidden .item() / nonzero() / blocking
+    copy raises; the one deferred read (HostRead: a non-blocking copy to
+    pinned memory and an event wait) does not."""
+    net = build(fam, paradigm)
+    randomize(net, 1)
+    net.eval().cuda()
+    x = images(fam).cuda()
+    inputs = []
+    hooks = [b.register_forward_pre_hook(
+        lambda m, a: inputs.append((m, a[0].clone()))) for b in net.blocks]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    torch.cuda.synchronize()
+    for blk, xin in inputs:
+        geom = blk.geometry(tuple(xin.shape[2:])) if xin.dim() == 4 \
+            else blk.geometry(xin.shape[1])
+        fn = _dynamic_fn(fam)
+        prev = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            with torch.no_grad():
+                fn(blk, xin, geom)
+        finally:
+            torch.cuda.set_sync_debug_mode(prev)
+
+
+def _dynamic_fn(fam):
+    if fam.name.startswith('resnet'):
+        from laud_mm.models.resnet.dynamic import dynamic_bottleneck_forward
+        return dynamic_bottleneck_forward
+    if fam.name.startswith('regnet'):
+        from laud_mm.models.regnet.dynamic import dynamic_regnety_forward
+        return dynamic_regnety_forward
+    from laud_mm.models.t2t_vit.dynamic import dynamic_t2t_layer_forward
+    return dynamic_t2t_layer_forward
