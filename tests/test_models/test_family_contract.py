@@ -178,11 +178,7 @@ EXCLUDE_GRANULARITY_REFUSAL = {('resnet50', 'spatial'),
 
 #: (family, clause) -> a package bug the contract found (a strict xfail:
 #: the test fails once the bug is fixed, so that the entry goes).
-KNOWN_BUGS = {
-    ('t2t_vit', 'train_returns_self'):
-        "LAUDT2TViT.train() / .eval() return None (mmpretrain's "
-        "BaseBackbone.train), unlike nn.Module, LAUDResNet and LAUDRegNetY",
-}
+KNOWN_BUGS: Dict[Tuple[str, str], str] = {}
 
 #: the relative price of the work a full-density dynamic network adds to
 #: the static one (its maskers; spatial: also the patch index and the

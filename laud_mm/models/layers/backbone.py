@@ -32,6 +32,14 @@ class LAUDBackboneMixin:
         for b in self.blocks:
             b.dynamic_inference = bool(value)
 
+    def train(self, mode: bool = True):
+        """The upstream backbone's ``train`` (mmdet's frozen stages and
+        ``norm_eval``, mmpretrain's ``BaseBackbone.train``), returning the
+        backbone as ``nn.Module.train`` does (those return None), so that
+        ``model = MODELS.build(cfg).eval()`` works for every family."""
+        super().train(mode)
+        return self
+
     def maskers(self) -> List[torch.nn.Module]:
         """The maskers of all dynamic blocks, in forward order."""
         return [b.masker for b in self.blocks if b.masker is not None]

@@ -162,12 +162,6 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
             else self.granularity[stage]
         return super().make_res_layer(**kwargs)
 
-    def train(self, mode: bool = True) -> 'LAUDResNet':
-        """mmdet's ``train`` (frozen stages, ``norm_eval``), returning self
-        like ``nn.Module.train`` (mmdet's returns None)."""
-        super().train(mode)
-        return self
-
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         c = self.stem[0].in_channels if self.deep_stem else \

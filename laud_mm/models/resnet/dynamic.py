@@ -50,7 +50,9 @@ from ...ops.patches import _gather, _scatter, window_size
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
 from ...structures.geometry import BlockGeometry
-from ..layers.dynamic import (forced_gate, is_autocast, owns_input,
+from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
+                              owns_input,
+                              promote_residual, residual_add_relu_,
                               run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
@@ -252,7 +254,7 @@ def _spatial_forward(block, x, geom):
         y = F.conv2d(h, fb.w3, fb.b3)
         if n_act < total:
             y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
-        return y.add_(fb.shortcut(x)).relu_(), gate
+        return residual_add_relu_(y, fb.shortcut(x)), gate
 
     idx = (gate > 0.5).nonzero()
     if fused:
@@ -269,8 +271,7 @@ def _spatial_forward(block, x, geom):
         win = window_conv1(fb, x, idx, s)
     else:
         win = _gather(conv1(), idx, s, fb.stride, fb.dilation, width, True)
-    y = spatial_patch_convs(fb, win, s)
-    ident = fb.shortcut(x)
+    ident, y = promote_residual(fb.shortcut(x), spatial_patch_convs(fb, win, s))
     # an owned input is the previous block's ReLU output: the scatter then
     # touches the active patches only
     out = _scatter(ident, y, idx, (s, s), ident is not x or owned,
@@ -358,8 +359,9 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
     """conv2 (+ReLU) and conv3 of the gathered windows as GEMMs where the
     convolution primitives are slow on such small maps (measured on CPU).
 
-    - S = 1: a window is exactly conv2's receptive field, so conv2 is one
-      GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
+    - S = 1: conv2's receptive field is the window's 3 x 3 taps (rows and
+      columns 0, d, 2d of the (2d + 1)-pixel window at dilation d), so conv2
+      is one GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
       (P, width) x (width, C_out): 2.4x faster than oneDNN's 3x3 / 1x1
       convolutions on 1 x 1 outputs
       (``tools/analysis_tools/benchmark_kernels.py``).
@@ -381,6 +383,8 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
     p = win.shape[0]
     c_out = fb.w3m.shape[0]
     if s == 1:
+        if fb.dilation > 1:  # the taps of a dilated 3x3 kernel
+            win = win[:, :, ::fb.dilation, ::fb.dilation]
         h = torch.addmm(fb.b2, win.reshape(p, -1), fb.w2m_t).relu_()
         return torch.addmm(fb.b3, h, fb.w3m_t).view(p, c_out, 1, 1)
     h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
@@ -426,7 +430,7 @@ def _channel_forward(block, x, geom):
     keep = gate > 0.5
     ident = fb.shortcut(x)
     if bool(keep.all()):
-        return fb.branch(x).add_(ident).relu_(), gate
+        return residual_add_relu_(fb.branch(x), ident), gate
     width = fb.w1.shape[0]
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
@@ -438,7 +442,7 @@ def _channel_forward(block, x, geom):
         h1 = F.conv2d(x, fb.w1, fb.b1).relu_().mul_(m)
         h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
                       fb.dilation).relu_().mul_(m)
-        return F.conv2d(h2, fb.w3, fb.b3).add_(ident).relu_(), gate
+        return residual_add_relu_(F.conv2d(h2, fb.w3, fb.b3), ident), gate
     chs = _kept_channels(keep_ch, width)  # (N, k)
     if policy.CHANNEL_FUSED_CPU and n >= torch.get_num_threads() and \
             not is_autocast(x) and fast_channel_branch(x) and \
@@ -478,12 +482,18 @@ def _channel_forward(block, x, geom):
             o.baddbmm_(w3s, h2)
         o.add_(b3).relu_()
         return out, gate
-    # mixed precision: conv3 as autocast runs it, then the fused add + ReLU
-    y = b3.expand(n, -1, ho * wo) if k == 0 else torch.baddbmm(b3, w3s, h2)
+    # mixed precision: conv3 as autocast runs it (bn3's shift alone, in the
+    # autocast dtype as the masked-dense bn3 output, when no channel is
+    # kept), then the fused add + ReLU
+    if k == 0:
+        y = b3.expand(n, -1, ho * wo)
+        y = y.to(autocast_dtype(x)) if is_autocast(x) else y
+    else:
+        y = torch.baddbmm(b3, w3s, h2)
     idx = torch.zeros(n, 3, dtype=torch.int64, device=x.device)
     idx[:, 0] = torch.arange(n, device=x.device)
-    out = _scatter(ident, y.reshape(n, c_out, ho, wo).contiguous(), idx,
-                   (ho, wo), ident is not x)
+    res, y = promote_residual(ident, y.reshape(n, c_out, ho, wo).contiguous())
+    out = _scatter(res, y, idx, (ho, wo), res is not x)
     return out, gate
 
 
@@ -496,7 +506,7 @@ def _layer_forward(block, x, geom):
     ident = fb.shortcut(x)
     n_on = int(on.sum())
     if n_on == n:
-        return fb.branch(x).add_(ident).relu_(), gate
+        return residual_add_relu_(fb.branch(x), ident), gate
     # the output is written into the shortcut: the input itself when the
     # caller owns it (non-negative: the skipped samples stay as they are),
     # else a copy of it, or the downsample's output
