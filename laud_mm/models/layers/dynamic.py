@@ -42,9 +42,21 @@ def run_dynamic_path(block, x: torch.Tensor, geom, paths: dict,
     Raises:
         ValueError: a block in training mode, x of the wrong rank, or a
             paradigm without a dynamic path.
+        RuntimeError: called with gradients enabled and a tensor that
+            requires them (x or a parameter of the block): dynamic
+            inference computes no gradients (it runs under ``no_grad``, on
+            BN-folded weights), so its outputs would silently carry none.
     """
     if block.training:
         raise ValueError('dynamic inference needs block.eval()')
+    if torch.is_grad_enabled() and (x.requires_grad or any(
+            p.requires_grad for p in block.parameters())):
+        raise RuntimeError(
+            'dynamic inference computes no gradients (BN-folded weights, '
+            'no autograd graph): call it under torch.no_grad() or '
+            'torch.inference_mode(), as mmengine\'s val / test loops do, or '
+            'set dynamic_inference=False (masked-dense evaluation) for '
+            'gradients')
     if x.dim() != rank:
         raise ValueError(f'x must be {LAYOUTS[rank]}, got {tuple(x.shape)}')
     fn = paths.get(block.paradigm)

@@ -37,7 +37,7 @@ Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
 "Fusing gather and dynamic convolution", "Fusing scatter and add") and its
 appendix on scheduling; docs/method.md sec. 1 and 4.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -188,6 +188,30 @@ def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor
     return out.add_(fb.shortcut(x)).relu_()
 
 
+def unfoldable_reason(block: nn.Module) -> Optional[str]:
+    """Why a bottleneck's branch cannot run on BN-folded plain
+    convolutions, or None: mmdet's DCN as conv2 (``dcn``), ``plugins``, a
+    convolution that is not a plain ``nn.Conv2d`` (``conv_cfg``, e.g.
+    weight standardisation) or a normalisation that is not a BatchNorm with
+    running statistics (``norm_cfg``, e.g. GN).
+
+    Returns:
+        the offending option as ``key=value`` text, or None.
+    """
+    if getattr(block, 'with_dcn', False):
+        return f'dcn={block.dcn!r}'
+    if getattr(block, 'with_plugins', False):
+        return f'plugins={block.plugins!r}'
+    for conv in (block.conv1, block.conv2, block.conv3):
+        if type(conv) is not nn.Conv2d:
+            return f'conv_cfg={block.conv_cfg!r}'
+    for norm in (block.norm1, block.norm2, block.norm3):
+        if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or \
+                not norm.track_running_stats:
+            return f'norm_cfg={block.norm_cfg!r}'
+    return None
+
+
 # ------------------------------------------------------------------ gates
 def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
                                geom: BlockGeometry
@@ -206,9 +230,18 @@ def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
         channel (N, n_groups), layer (N,), honouring ``masker.forced_gate``.
 
     Raises:
-        ValueError: unknown paradigm, a block in training mode, or a forced
-            gate of the wrong shape.
+        ValueError: unknown paradigm, a block in training mode, a forced
+            gate of the wrong shape, or a spatial / channel block that
+            cannot be BN-folded (:func:`unfoldable_reason`; a layer block
+            then runs its own modules on the kept samples).
     """
+    reason = unfoldable_reason(block) if block.paradigm != 'layer' else None
+    if reason is not None:
+        raise ValueError(
+            f'{reason} with paradigm={block.paradigm!r} supports '
+            f'masked-dense evaluation only: dynamic inference runs BN '
+            f'folded into plain convolutions on the kept pixels / channels; '
+            f"set dynamic_inference=False, or use paradigm='layer'")
     return run_dynamic_path(block, x, geom, dict(
         spatial=_spatial_forward, channel=_channel_forward,
         layer=_layer_forward))
@@ -498,10 +531,30 @@ def _channel_forward(block, x, geom):
 
 
 # ------------------------------------------------------------------ layer
+def _layer_unfolded(block, x, gate):
+    """A layer block that cannot be BN-folded (:func:`unfoldable_reason`:
+    DCN, plugins, GN, ...): its own modules (``block._branch``) on the kept
+    samples, added to their shortcut; the skipped samples output
+    relu(shortcut)."""
+    ident = x if block.downsample is None else block.downsample(x)
+    kept = (gate > 0.5).nonzero()[:, 0]
+    if kept.numel() == 0:
+        return torch.relu(ident)
+    if kept.numel() == x.shape[0]:
+        return residual_add_relu_(block._branch(x, None), ident)
+    res = block._branch(x.index_select(0, kept), None)
+    ident, res = promote_residual(ident, res)
+    out = ident.clone() if ident is x else ident
+    out.index_copy_(0, kept, out.index_select(0, kept) + res)
+    return out.relu_()
+
+
 def _layer_forward(block, x, geom):
-    fb = folded(block)
     n = x.shape[0]
     gate = sample_gate(block, x, (n,))  # (N,)
+    if unfoldable_reason(block) is not None:
+        return _layer_unfolded(block, x, gate), gate
+    fb = folded(block)
     on = gate > 0.5
     ident = fb.shortcut(x)
     n_on = int(on.sum())

@@ -348,7 +348,8 @@ def test_bad_config_values(kw, match):
 
 def test_bad_inputs_and_gates():
     net = tiny('spatial')
-    with pytest.raises(ValueError, match=r'\(N, C, H, W\)'):
+    with pytest.raises(ValueError, match=r'input of shape \(3, 64, 64\), '
+                       r'expected \(N, 3, H, W\)'):
         net(torch.zeros(3, 64, 64))
     net.blocks[0].masker.forced_gate = torch.ones(2, 5)
     with pytest.raises(ValueError, match='forced_gate'):
