@@ -211,8 +211,8 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         self.blocks: List[LAUDT2TLayer] = list(self.encoder)
         self.dynamic_inference = dynamic_inference
         self._input_hw: Optional[Tuple[int, int]] = None
-        # another paradigm / granularity is refused by name (before the
-        # shape checks; a spatial masker has the same tensors for every S)
+        # another paradigm is refused by name (before the shape checks; the
+        # token and layer maskers have the same keys and shapes)
         record_paradigm(self, 'LAUDT2TViT', self.paradigm, None,
                         0)
         self._register_load_state_dict_pre_hook(_check_checkpoint_shapes,
