@@ -1,6 +1,7 @@
 """What every family's dynamic-inference path shares: the call check and
 no-grad wrapper, the eval gate (learned or forced), the autocast test, the
-dtype of the residual add, and the owned-input protocol that lets identity blocks write into their input.
+dtype of the residual add, and the owned-input protocol that lets identity
+blocks write into their input.
 
 A family's dynamic path (``laud_mm.models.<family>.dynamic``) provides one
 function per paradigm, ``fn(block, x, geom) -> (out, gate)``, and calls

@@ -304,7 +304,8 @@ def _spatial_forward(block, x, geom):
         win = window_conv1(fb, x, idx, s)
     else:
         win = _gather(conv1(), idx, s, fb.stride, fb.dilation, width, True)
-    ident, y = promote_residual(fb.shortcut(x), spatial_patch_convs(fb, win, s))
+    ident, y = promote_residual(fb.shortcut(x),
+                                spatial_patch_convs(fb, win, s))
     # an owned input is the previous block's ReLU output: the scatter then
     # touches the active patches only
     out = _scatter(ident, y, idx, (s, s), ident is not x or owned,
