@@ -144,6 +144,37 @@ def threads(n: int):
         torch.set_num_threads(prev)
 
 
+@contextlib.contextmanager
+def masker_inputs(net):
+    """Record each masker's inputs of its first call (the masked-dense
+    pass): {masker: args}."""
+    seen, handles = {}, []
+
+    def hook(masker, args, out):  # returns None: the output is unchanged
+        seen.setdefault(masker, args)
+    for b in net.blocks:
+        handles.append(b.masker.register_forward_hook(hook))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def assert_near_ties(net, seen, ref_gates, rel: float = 1e-4) -> None:
+    """Every gate on which the dynamic pass differs from masked-dense is a
+    near-tie of the masker's keep - skip logits (relative to the block's
+    largest difference)."""
+    for b, g in zip(net.blocks, ref_gates):
+        differ = b.last_stats['gate'] != g
+        if not differ.any():
+            continue
+        logits = b.masker.logits(*seen[b.masker]).float()
+        diff = (logits[..., 0] - logits[..., 1]).abs()
+        assert (diff[differ] <= rel * diff.max().clamp_min(1.)).all(), \
+            (diff[differ], diff.max())
+
+
 _COCO = {}
 
 
@@ -188,14 +219,26 @@ def test_dynamic_equals_masked_dense(model, data):
         force(net, pattern, seed + 1)
         autocast = torch.autocast('cpu', dtype=dtype,
                                   enabled=dtype != torch.float32)
-        with autocast:
+        with autocast, masker_inputs(net) as seen:
             net.dynamic_inference = False
             ref = net(x)
             ref_gates = [b.last_stats['gate'] for b in net.blocks]
             net.dynamic_inference = True
             out = net(x)
-        assert all(torch.equal(b.last_stats['gate'], g)
-                   for b, g in zip(net.blocks, ref_gates))
+        if not all(torch.equal(b.last_stats['gate'], g)
+                   for b, g in zip(net.blocks, ref_gates)):
+            # the dynamic spatial path computes the masker's logit fused
+            # into conv1 (conv, then pool): a near-tie may round the other
+            # way. Check that every differing gate is one, then compare
+            # with the masked-dense gates imposed.
+            assert_near_ties(net, seen, ref_gates)
+            for b, g in zip(net.blocks, ref_gates):
+                b.masker.forced_gate = g.float()
+            with autocast:
+                net.dynamic_inference = False
+                ref = net(x)
+                net.dynamic_inference = True
+                out = net(x)
         assert [o.shape for o in out] == [r.shape for r in ref]
         if dtype == torch.float32:
             for a, r in zip(out, ref):
