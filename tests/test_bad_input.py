@@ -40,6 +40,33 @@ torch.set_num_threads(2)
     (lambda: GumbelTemperatureHook(tau0=0.0), r"tau0=0.0 must be a finite number > 0"),
     (lambda: GumbelTemperatureHook(tau0=5.0, tau1=-0.1),
      r"tau1=-0.1 must be a finite number > 0"),
+    (lambda: GumbelTemperatureHook(tau0=float('inf')),
+     r"tau0=inf must be a finite number > 0"),
+    (lambda: GumbelTemperatureHook(tau0=float('nan')),
+     r"tau0=nan must be a finite number > 0"),
+    (lambda: GumbelTemperatureHook(tau0=5.0, tau1=float('inf')),
+     r"tau1=inf must be a finite number > 0"),
+    (lambda: GumbelTemperatureHook(tau0=0.1, tau1=5.0),
+     r"tau1=5.0 > tau0=0.1: the temperature anneals down"),
+    # mmdet ResNet options a paradigm does not support (LAUDResNet's table)
+    (lambda: LAUDResNet(50, 'spatial', (4, 4, 2, 1), style='caffe'),
+     r"style='caffe' is not supported with paradigm='spatial'"),
+    (lambda: LAUDResNet(50, 'channel', (2, 2, 2, 2), dcn=dict(
+        type='DCNv2', deform_groups=1), stage_with_dcn=(False, True, True,
+                                                        True)),
+     r"dcn=\{'type': 'DCNv2', 'deform_groups': 1\} is not supported with "
+     r"paradigm='channel'"),
+    (lambda: LAUDResNet(50, 'spatial', (4, 4, 2, 1), norm_cfg=dict(
+        type='GN', num_groups=8), dynamic_inference=True),
+     r"norm_cfg=\{'type': 'GN', 'num_groups': 8\} with paradigm='spatial' "
+     r"supports masked-dense evaluation only"),
+    # gates that would make masked-dense and dynamic evaluation differ
+    (lambda: LAUDResNet(50, 'layer').force_gates(0.5),
+     r"forced_gate=0.5 must be None, 0 or 1"),
+    (lambda: LAUDResNet(50, 'spatial', (4, 4, 2, 1)).force_gates(0.7),
+     r"forced_gate=0.7 must be None, 0 or 1"),
+    (lambda: LAUDResNet(50, 'channel', (2, 2, 2, 2)).force_gates(
+        torch.tensor([[1., 0.5]])), r"got values \[0.5\]"),
     (lambda: LAUDResNet(50, 'layer').set_tau(0), r"tau must be > 0, got 0"),
     (lambda: SparsityLoss(0.5, loss_weight=-1.0), r"loss_weight=-1.0"),
     (lambda: BackboneLatencyMetric('v100', batch_size=0), r"batch_size=0"),
@@ -96,7 +123,10 @@ def test_patch_larger_than_feature_map_covers_the_whole_map():
     x = load_coco_images(n=2, size=(160, 256))
     big = LAUDResNet(50, 'spatial', (64, 64, 64, 64)).eval()
     ref = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).eval()
-    ref.load_state_dict(big.state_dict())  # maskers have the same shapes
+    # the same weights (maskers have the same shapes for every S); the
+    # record of the granularity is each model's own
+    ref.load_state_dict(dict(big.state_dict(),
+                             laud_paradigm=ref.laud_paradigm))
     # one gate per block and sample: per block, on or off on the whole map
     on = [1.0 if i % 3 else 0.0 for i in range(16)]
     for b, g in zip(big.blocks, on):
@@ -174,16 +204,25 @@ def test_other_depth_checkpoint_via_load_from_is_refused(r101_ckpt):
 
 
 def test_other_granularity_and_static_checkpoints(tmp_path):
-    """A channel checkpoint of another G differs in masker shapes: refused.
-    A static mmdet ResNet-50 checkpoint loads (maskers stay initialised)."""
+    """A channel checkpoint of another G: refused by the recorded paradigm
+    and granularity, naming both. A static mmdet ResNet-50 checkpoint loads
+    (maskers stay initialised)."""
     from mmdet.models.backbones import ResNet
     from mmengine.runner.checkpoint import load_checkpoint
     p = tmp_path / 'g4.pth'
     torch.save({'state_dict': LAUDResNet(50, 'channel', (4, 4, 4, 4))
                 .state_dict()}, p)
+    with pytest.raises(ValueError, match=r"granularity=\(2, 2, 2, 2\)\): "
+                       r"the checkpoint was saved with paradigm='channel', "
+                       r"granularity=\(4, 4, 4, 4\)"):
+        load_checkpoint(LAUDResNet(50, 'channel', (2, 2, 2, 2)), str(p))
+    # without the record (a checkpoint saved before laud_mm wrote it) the
+    # masker shapes still tell the G apart
+    sd = LAUDResNet(50, 'channel', (4, 4, 4, 4)).state_dict()
+    del sd['laud_paradigm']
     with pytest.raises(ValueError, match=r'layer1.0.masker.fc2.weight has '
                        r'shape \(32, 16\), the model \(64, 16\)'):
-        load_checkpoint(LAUDResNet(50, 'channel', (2, 2, 2, 2)), str(p))
+        LAUDResNet(50, 'channel', (2, 2, 2, 2)).load_state_dict(sd, False)
     static = ResNet(50)
     p2 = tmp_path / 'static.pth'
     torch.save({'state_dict': static.state_dict()}, p2)
@@ -338,3 +377,153 @@ def test_metric_on_no_images_and_on_non_laud_samples():
     from mmdet.structures import DetDataSample
     with pytest.raises(KeyError, match="no 'laud_stats'"):
         metric.process(None, [DetDataSample()])
+
+
+# ------------------------------------------------------ unknown config keys
+@pytest.mark.parametrize('cfg,match', [
+    (dict(type='laud_mm.LAUDResNet', depth=50),
+     r"LAUDResNet: unknown config key paradim='spatial'; did you mean "
+     r"'paradigm'\?"),
+    (dict(type='laud_mm.LAUDRegNetY', arch='regnety_400mf'),
+     r"unexpected keyword argument 'paradim'"),
+    (dict(type='laud_mm.LAUDT2TViT', img_size=64, embed_dims=32,
+          num_layers=1), r"unexpected keyword argument 'paradim'")])
+def test_unknown_key_is_named_before_granularity(cfg, match):
+    """A typo ``paradim=`` beside ``granularity=`` names the unknown key
+    (it reported a granularity problem: granularity with no paradigm)."""
+    from laud_mm.registry import MODELS
+    with pytest.raises(TypeError, match=match):
+        MODELS.build(dict(cfg, paradim='spatial', granularity=(4, 4, 2, 1)))
+
+
+# ------------------------------------------------------------- bad inputs
+def _families():
+    from laud_mm import LAUDRegNetY, LAUDT2TViT
+    return [LAUDResNet(50, 'spatial', (4, 4, 2, 1), base_channels=8),
+            LAUDRegNetY(dict(widths=(8, 16, 24, 32), depths=(1, 1, 1, 1),
+                             group_width=8), 'channel', (2, 2, 2, 2)),
+            LAUDT2TViT(img_size=64, embed_dims=32, num_layers=1,
+                       t2t_cfg=dict(token_dims=8), paradigm='layer',
+                       layer_cfgs=dict(num_heads=2,
+                                       feedforward_channels=64))]
+
+
+@pytest.mark.parametrize('dynamic', [False, True])
+def test_non_finite_uint8_and_wrong_channel_inputs_are_refused(dynamic):
+    """Every family refuses, in masked-dense and dynamic evaluation alike: a
+    NaN or inf pixel (a masked-out NaN is 0 in dynamic inference and NaN in
+    masked-dense evaluation, so the two would differ for that sample), a
+    uint8 image (not normalised), and a 1-channel image (e.g. grayscale
+    into T2T-ViT, which failed inside its unfold)."""
+    x = load_coco_images(n=2, size=(64, 64))
+    nan, inf = x.clone(), x.clone()
+    nan[1, 0, 5, 5] = float('nan')
+    inf[0, 2, 0, 0] = float('inf')
+    u8 = (x * 50 + 120).clamp(0, 255).to(torch.uint8)
+    for net in _families():
+        net.eval()
+        net.dynamic_inference = dynamic
+        name = type(net).__name__
+        with torch.no_grad():
+            with pytest.raises(ValueError, match=name + r': input samples '
+                               r'\[1\] hold NaN / inf'):
+                net(nan)
+            with pytest.raises(ValueError, match=r'input samples \[0\]'):
+                net(inf)
+            with pytest.raises(ValueError, match=name + r': input of dtype '
+                               r'torch.uint8, expected floating point'):
+                net(u8)
+            with pytest.raises(ValueError, match=name + r': input of shape '
+                               r'\(2, 1, 64, 64\), expected \(N, 3, H, W\)'):
+                net(x[:, :1])
+            assert all(torch.isfinite(o).all() for o in net(x))
+
+
+def test_dynamic_inference_under_grad_is_refused():
+    """Dynamic inference computes no gradients: called with gradients
+    enabled (the parameters require them) it raises instead of returning
+    tensors without grad_fn; under no_grad it runs, and masked-dense
+    evaluation under grad keeps its graph."""
+    x = load_coco_images(n=1, size=(64, 64))
+    for net in _families():
+        net.eval()
+        out = net(x)  # masked-dense: differentiable
+        assert all(o.grad_fn is not None for o in out)
+        net.dynamic_inference = True
+        with pytest.raises(RuntimeError, match='computes no gradients'):
+            net(x)
+        with torch.no_grad():
+            net(x)
+        with torch.inference_mode():
+            net(x)
+
+
+# ------------------------------------------ paradigm / granularity records
+def test_checkpoint_of_another_paradigm_or_granularity(tmp_path, capsys):
+    """The backbone's paradigm and granularity are recorded in its state
+    dict (``laud_paradigm``): a channel G = 2 checkpoint into a spatial
+    model (it only warned about mismatched keys) and a spatial checkpoint
+    of another S (it loaded silently: same masker tensors) are refused
+    naming both; static weights load into a dynamic model (LAUD models
+    start from them); a LAUD checkpoint without the record loads with a
+    warning that its maskers were not checked."""
+    from mmengine.runner.checkpoint import load_checkpoint
+    spatial = LAUDResNet(50, 'spatial', (4, 4, 2, 1))
+    for other, match in (
+            (LAUDResNet(50, 'channel', (2, 2, 2, 2)),
+             r"saved with paradigm='channel', granularity=\(2, 2, 2, 2\)"),
+            (LAUDResNet(50, 'spatial', (2, 2, 2, 2)),
+             r"saved with paradigm='spatial', granularity=\(2, 2, 2, 2\)")):
+        p = tmp_path / 'other.pth'
+        torch.save({'state_dict': other.state_dict()}, p)
+        with pytest.raises(ValueError, match=r"LAUDResNet\(paradigm="
+                           r"'spatial', granularity=\(4, 4, 2, 1\)\): the "
+                           r"checkpoint was " + match):
+            load_checkpoint(spatial, str(p))
+    static = LAUDResNet(50, None)
+    assert spatial.load_state_dict(static.state_dict(), strict=False)
+    with pytest.raises(ValueError, match=r"LAUDResNet\(paradigm=None.*saved "
+                       r"with paradigm='spatial'"):
+        static.load_state_dict(spatial.state_dict(), strict=False)
+    old = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).state_dict()
+    del old['laud_paradigm']
+    capsys.readouterr()
+    spatial.load_state_dict(old, strict=True)  # mmengine's logger: stdout
+    assert 'records no paradigm / granularity' in capsys.readouterr().out
+    torch.testing.assert_close(spatial.blocks[0].masker.conv.weight,
+                               old['layer1.0.masker.conv.weight'])
+
+
+# ------------------------------------------------------- checkpoint files
+@pytest.mark.parametrize('content,what', [
+    (bytes(range(7, 250)) * 9, 'random bytes'),
+    (b'{"not": "a checkpoint"}\n', 'a text file')])
+def test_files_that_are_not_checkpoints(tmp_path, content, what):
+    """Random bytes (torch: an IndexError, or a ``weights_only`` message
+    suggesting ``weights_only=False``) and a text file (torch: ``KeyError:
+    101``) are refused before anything unpickles them, naming the argument
+    and the path: reading a state dict, ``tools/test.py CHECKPOINT`` and a
+    config's ``load_from`` (WeightsOnlyCheckpointHook.before_run)."""
+    import types
+
+    from laud_mm import WeightsOnlyCheckpointHook
+    from laud_mm.models.layers.checkpoint import load_state_dict_file
+    p = tmp_path / 'model.pth'
+    p.write_bytes(content)
+    msg = r'is not a PyTorch checkpoint \(neither a torch.save zip archive ' \
+        r'nor a pickle'
+    with pytest.raises(ValueError, match=r"checkpoint='.*model.pth' " + msg):
+        load_state_dict_file(str(p))
+    with pytest.raises(ValueError, match=r"load_from='.*model.pth' " + msg):
+        WeightsOnlyCheckpointHook().before_run(
+            types.SimpleNamespace(_load_from=str(p)))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'laud_test_tool', osp.join(osp.dirname(osp.dirname(
+            osp.abspath(__file__))), 'tools', 'test.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                   'configs/demo/laud-r50-layer_imagenette.py')
+    with pytest.raises(ValueError, match=r"CHECKPOINT='.*model.pth' " + msg):
+        tool.main([cfg, str(p), '--work-dir', str(tmp_path)])

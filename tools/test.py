@@ -49,6 +49,10 @@ def main(argv=None):
                                 osp.splitext(osp.basename(args.config))[0])
     if args.dynamic_inference:
         cfg.model.backbone.dynamic_inference = True
+    # a file that is not a PyTorch checkpoint is named before the Runner
+    # is built (torch's own error for one does not say what is wrong)
+    from laud_mm.models.layers.checkpoint import check_checkpoint_file
+    check_checkpoint_file(args.checkpoint, 'CHECKPOINT')
     cfg.load_from = args.checkpoint
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -68,6 +68,8 @@ def build_cfg(args) -> Config:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
+        from laud_mm.models.layers.checkpoint import check_checkpoint_file
+        check_checkpoint_file(args.resume, '--resume')
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg

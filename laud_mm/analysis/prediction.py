@@ -158,20 +158,26 @@ def measure_densities(cfg, checkpoint: str, num_images: int
     return [s / n for s in sums], sizes.most_common(1)[0][0]
 
 
-def stage_table(geoms, dens, rep, static) -> str:
+def stage_table(geoms, dens, rep, static, stem=None) -> str:
     """Per-stage table: dense and dynamic GFLOPs per image, rate, predicted
-    and static ms per batch, speedup; then the stem and the total.
+    and static ms per batch, speedup; then the stem (static: its FLOPs in
+    both columns) and the total, whose rate is the backbone's FLOPs rate
+    with the stem counted, as the sparsity loss and
+    :func:`uniform_density_for_rate` count it (docs/method.md sec. 2).
 
     Args:
         geoms, dens: block geometries and their mask densities.
         rep, static: :class:`~laud_mm.latency.BackboneLatency` of the
             dynamic and the static backbone.
+        stem: the stem geometry (None: no stem FLOPs, e.g. blocks only).
     """
+    from laud_mm.structures.flops import stem_flops
     fl = block_flops_table(geoms, dens)
     n_st = len(rep.per_stage_ms)
     lines = [f'{"stage":<7}{"dense GFLOPs":>13}{"dyn GFLOPs":>12}'
              f'{"rate":>7}{"pred ms":>11}{"static ms":>11}{"speedup":>9}']
-    tot_d = tot_y = 0.
+    stem_fl = float(stem_flops(stem)) if stem is not None else 0.
+    tot_d = tot_y = stem_fl
     for s in range(n_st):
         d = sum(f[0] for g, f in zip(geoms, fl) if g.stage == s)
         y = sum(f[1] for g, f in zip(geoms, fl) if g.stage == s)
@@ -181,7 +187,9 @@ def stage_table(geoms, dens, rep, static) -> str:
                      f'{rep.per_stage_ms[s]:>11.3f}'
                      f'{static.per_stage_ms[s]:>11.3f}'
                      f'{static.per_stage_ms[s] / rep.per_stage_ms[s]:>9.3f}')
-    lines.append(f'{"stem":<7}{"":>13}{"":>12}{"":>7}{rep.stem_ms:>11.3f}'
+    stem_cols = f'{stem_fl / 1e9:>13.3f}{stem_fl / 1e9:>12.3f}{1.:>7.3f}' \
+        if stem is not None else f'{"":>13}{"":>12}{"":>7}'
+    lines.append(f'{"stem":<7}{stem_cols}{rep.stem_ms:>11.3f}'
                  f'{static.stem_ms:>11.3f}')
     lines.append(f'{"total":<7}{tot_d / 1e9:>13.3f}{tot_y / 1e9:>12.3f}'
                  f'{tot_y / tot_d:>7.3f}{rep.total_ms:>11.3f}'
@@ -293,12 +301,25 @@ def predict_latency(config: str, checkpoint: Optional[str] = None,
 
     Raises:
         ValueError: a config without a LAUD backbone, a target rate outside
-            (0, 1], ``num_images`` < 1, or ``sweep`` / ``search`` for a
-            T2T-ViT.
+            (0, 1], ``num_images`` < 1, ``sweep`` / ``search`` for a
+            T2T-ViT, a paradigm / granularity the model cannot be built with
+            (e.g. a G not dividing a stage width), or ``paradigm`` /
+            ``granularity`` where they are not used (configs; granularity
+            of a T2T-ViT).
     """
     from laud_mm.latency import LatencyPredictor
     from laud_mm.models import resnet_geometries, t2t_vit_geometries
     from laud_mm.models.t2t_vit import T2T_VIT_ARCHS
+    if config not in SHORTCUTS and granularity is not None:
+        raise ValueError(
+            f'--granularity {" ".join(map(str, granularity))}: only the '
+            f'ResNet shortcuts {sorted(SHORTCUTS)} take it (a config sets '
+            f'model.backbone.granularity; a T2T-ViT has none)')
+    if config not in SHORTCUTS and config not in T2T_VIT_ARCHS and \
+            paradigm is not None:
+        raise ValueError(f'--paradigm {paradigm}: only the shortcuts '
+                         f'{sorted(SHORTCUTS) + sorted(T2T_VIT_ARCHS)} take '
+                         f'it (a config sets model.backbone.paradigm)')
     pred = LatencyPredictor(hardware)
     batch = batch_size or pred.hw.default_batch
     in_hw = tuple(input_size) if input_size else (224, 224)
@@ -341,7 +362,7 @@ def predict_latency(config: str, checkpoint: Optional[str] = None,
         else f'uniform density {dens[0]:.3f} for target rate {target}'
     print(f'{name} on {pred.hw.name}, batch {batch}, input {in_hw[0]}x'
           f'{in_hw[1]}, paradigm {geoms[0].paradigm}, activation: {src}')
-    print(stage_table(geoms, dens, rep, static))
+    print(stage_table(geoms, dens, rep, static, stem))
     print(f'backbone: {rep.total_ms:.3f} ms per batch, {rep.per_image_ms:.4f}'
           f' ms per image (static {static.per_image_ms:.4f} ms per image, '
           f'speedup {static.total_ms / rep.total_ms:.3f})')

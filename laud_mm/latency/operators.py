@@ -18,8 +18,10 @@ into tiles ``TP x TC x TS1 x TS2``; each tile runs on one processing engine
   on-chip bytes are, per tile, its input window *including the k-1 halo*, its
   weights and its output, each divided by the memory-access efficiency of its
   contiguous runs (a run of L bytes costs whole ``transaction_bytes``
-  transactions; short scattered runs - patch rows of a gathered window,
-  scatter targets - waste most of each transaction);
+  transactions: NCHW rows of tiles narrower than the map). A dense
+  streaming kernel (add, ReLU, pooling) reuses nothing: its on-chip traffic
+  is its off-chip traffic passing through, so it pays the off-chip term
+  only;
 * ``T_op = T_compute + T_memory + launch``,
 
 and keeps the fastest tile shape. Tile sides are powers of two plus the
@@ -33,11 +35,15 @@ Searches are cached (:func:`functools.lru_cache`) on the hashable
 Memory layout: NCHW FP32 (PyTorch's default), so rows of a feature map are
 the contiguous runs. Dynamic operators (paper sec. 3.4, Fig. 2):
 
-* spatial: ``gather-conv`` reads each active patch's input window (S-1) *
-  stride + k pixels wide out of the dense map (halo re-read per patch, short
-  runs); ``conv on gathered patches`` treats the patch buffer as a batch of
-  S x S images; ``scatter-add`` adds the gathered output into the shortcut at
-  the active positions (short runs);
+* spatial (``ConvOp.patch_loop``): ``gather-conv`` reads each active patch's
+  input window (S-1) * stride + k pixels wide out of the dense map, halo
+  included, and ``conv on gathered patches`` the patch buffer; a PE runs its
+  channel x pixel tile for every active patch in turn (the patch count is
+  data-dependent, the tiling fixed), so every channel tile re-reads every
+  patch's window; accesses move a pixel's channels (the fused kernels'
+  channels-last layout), at full efficiency. ``scatter-add``
+  (:func:`scatter_add_latency`) reads the residual map and writes the output
+  whole, adding the patches at their positions;
 * channel: each sample has its own active channel set, so a tile cannot span
   samples (TP = 1, weights gathered per sample) and the number of channel
   tiles varies with the per-sample count (binomial load imbalance);
@@ -127,8 +133,18 @@ class ConvOp:
             channel set, so tiles do not span samples (TP = 1).
         cout_std: standard deviation of the per-sample active output
             channels (load imbalance), 0 for static.
+        cout_max: the most output channels a sample can keep (the full
+            width; None: unbounded): caps the spread ``cout + cout_std``
+            of the load imbalance, so that the channel tiles never exceed
+            those of the whole width.
         weight_elems: weight elements read off-chip (defaults to the dense
             ``cout * cin / groups * k * k``).
+        patch_loop: the batch is the list of active patches (a spatial
+            block's gather-conv and conv on gathered patches, paper sec.
+            3.4): every tile spans all of them (TP = batch; the PE loops
+            over the patches, the tile cap applies to one patch's part),
+            and the tile's reads and writes run at full access efficiency
+            (a pixel's contiguous channels).
         name: operator name.
     """
     batch: float
@@ -147,7 +163,9 @@ class ConvOp:
     source_batch: Optional[float] = None
     per_sample_channels: bool = False
     cout_std: float = 0.
+    cout_max: Optional[float] = None
     weight_elems: Optional[float] = None
+    patch_loop: bool = False
     name: str = 'conv'
 
     @property
@@ -203,12 +221,16 @@ def access_efficiency(run_bytes, transaction_bytes: int, aligned: bool):
     return np.minimum(1., L / (T * n))
 
 
-def _expected_ceil(mean: float, std: float, tile: np.ndarray) -> np.ndarray:
-    """E[ceil(X / tile)] for X ~ (mean, std), by two-point quadrature."""
+def _expected_ceil(mean: float, std: float, tile: np.ndarray,
+                   cap: Optional[float] = None) -> np.ndarray:
+    """E[ceil(X / tile)] for X ~ (mean, std) in [0, cap], by two-point
+    quadrature (mean - std, mean + std), each point clipped to the range:
+    a sample keeps between 0 and ``cap`` (the width) channels, so near
+    full density the spread cannot add a channel tile."""
     if std <= 0:
         return np.ceil(mean / tile - 1e-9)
     lo = max(mean - std, 0.)
-    hi = mean + std
+    hi = mean + std if cap is None else min(mean + std, float(cap))
     return 0.5 * (np.ceil(lo / tile - 1e-9) + np.ceil(hi / tile - 1e-9))
 
 
@@ -258,7 +280,9 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     db = hw.dtype_bytes
     T_tr = hw.transaction_bytes
     P = hw.fp32_per_pe
-    if op.per_sample_channels or hw.max_tile_batch == 1:
+    if op.patch_loop:  # every tile loops over all the active patches
+        tp_c = np.array((B,), float)
+    elif op.per_sample_channels or hw.max_tile_batch == 1:
         tp_c = np.array((1,), float)
     else:
         tp_c = np.array(tile_candidates(math.ceil(B)), float)
@@ -270,14 +294,15 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     TP, TC, TH, TW = (a.ravel() for a in np.meshgrid(
         tp_c, tc_c, th_c, tw_c, indexing='ij'))
     tile_out = TP * TC * TH * TW
-    keep = tile_out <= hw.max_tile_outputs
+    keep = (tile_out / TP if op.patch_loop else tile_out) <= \
+        hw.max_tile_outputs
     if not keep.any():  # a single output row larger than the cap
         keep = tile_out == tile_out.min()
     TP, TC, TH, TW, tile_out = TP[keep], TC[keep], TH[keep], TW[keep], \
         tile_out[keep]
 
     # ---- tiles and compute
-    n_c = _expected_ceil(C, op.cout_std, TC)
+    n_c = _expected_ceil(C, op.cout_std, TC, op.cout_max)
     n_tiles = np.ceil(B / TP - 1e-9) * n_c * np.ceil(H / TH) * np.ceil(W / TW)
     waves = np.ceil(n_tiles / hw.num_pe - 1e-9)
     per_unit = np.ceil(tile_out / P - 1e-9)
@@ -311,6 +336,9 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
                       access_efficiency(in_run, T_tr, False))
     out_run = np.where(TW >= W, TH * W, TW) * db
     eff_out = access_efficiency(out_run, T_tr, True)
+    if op.patch_loop:  # a pixel's contiguous channels per access
+        eff_in = np.ones_like(eff_in)
+        eff_out = np.ones_like(eff_out)
     onchip = n_tiles * (in_tile / eff_in + w_tile + tile_out / eff_out) * db
 
     # ---- off-chip traffic (tile independent except for the input runs)
@@ -318,10 +346,7 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     in_elems = src_b * op.cin * op.in_h * op.in_w
     if op.gathered:
         in_elems = in_elems * op.in_coverage
-        in_off = in_elems * db / float(access_efficiency(
-            ((min(H, op.in_h) - 1) * op.stride + k_eff) * db, T_tr, False))
-    else:
-        in_off = in_elems * db
+    in_off = in_elems * db
     w_elems = op.weight_elems if op.weight_elems is not None \
         else op.cout * K
     out_elems = B * C * H * W
@@ -363,7 +388,9 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
             given.
 
     Returns:
-        :class:`OpLatency`; zero when ``elems`` is 0.
+        :class:`OpLatency` (``offchip_bytes`` the bytes moved in whole
+        transactions, ``onchip_bytes`` the useful bytes); zero when
+        ``elems`` is 0.
 
     Raises:
         ValueError: if ``elems < 0``.
@@ -384,10 +411,14 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
         scattered = reads + writes - dense
         useful = (reads + writes) * elems * db
         moved = dense * elems * db + scattered * elems * db / eff
-    # streaming kernels are served from DRAM; the L2 pass (one read and one
-    # write per useful byte) adds the on-chip term.
+    # a dense streaming kernel reuses nothing: its bytes come from DRAM
+    # once and the on-chip level only passes them through. Short scattered
+    # runs (the eager CPU path's gather / scatter kernels) move whole cache
+    # lines from DRAM, then their useful bytes through the on-chip level.
     if moved <= hw.llc_mb * 1e6:  # resident in the last-level cache
         t_mem = moved / hw.l2_bandwidth
+    elif run_elems is None:
+        t_mem = useful / hw.bandwidth
     else:
         t_mem = moved / hw.bandwidth + useful / hw.l2_bandwidth
     t_comp = elems * ops_per_elem / hw.peak_macs
@@ -395,6 +426,38 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
     total = t_comp + t_mem + launch
     return OpLatency(name, total * 1e3, t_comp * 1e3, t_mem * 1e3,
                      launch * 1e3, 0., moved, useful)
+
+
+def scatter_add_latency(hw: HardwareSpec, name: str, map_elems: float,
+                        patch_elems: float) -> OpLatency:
+    """The fused scatter-add (+ ReLU) of a spatial block: the residual map
+    read and the block output written whole (the inactive positions pass
+    the residual through the final ReLU), the gathered patch buffer read
+    and added at the active positions.
+
+    Args:
+        hw: the device.
+        name: operator name.
+        map_elems: elements of the block output (whole batch).
+        patch_elems: elements of the active patches (whole batch).
+
+    Returns:
+        :class:`OpLatency`: off-chip the two maps and the patches; on-chip
+        the active positions' three accesses (patch, residual, output),
+        each a pixel's contiguous channels (the fused kernels' channels-last
+        layout), so at full access efficiency.
+    """
+    if map_elems < 0 or patch_elems < 0:
+        raise ValueError(f'{name}: map_elems={map_elems!r}, patch_elems='
+                         f'{patch_elems!r} must be >= 0')
+    db = hw.dtype_bytes
+    off = (2. * map_elems + patch_elems) * db
+    on = 3. * patch_elems * db
+    t_mem = off / hw.bandwidth + on / hw.l2_bandwidth
+    t_comp = (map_elems + patch_elems) / hw.peak_macs
+    launch = hw.launch_us * 1e-6
+    return OpLatency(name, (t_comp + t_mem + launch) * 1e3, t_comp * 1e3,
+                     t_mem * 1e3, launch * 1e3, 0., off, on)
 
 
 def pool_latency(hw: HardwareSpec, name: str, batch: float, channels: float,
@@ -409,15 +472,19 @@ def pool_latency(hw: HardwareSpec, name: str, batch: float, channels: float,
             global pooling).
 
     Returns:
-        :class:`OpLatency` (reads the input once, writes the output).
+        :class:`OpLatency` (reads the input once, writes the output: the
+        off-chip term only, as every streaming kernel of
+        :func:`elementwise_latency`; an input resident in the last-level
+        cache at the on-chip bandwidth).
     """
     in_e = batch * channels * in_hw[0] * in_hw[1]
     out_e = batch * channels * out_hw[0] * out_hw[1]
-    # elementwise_latency counts (reads + writes) * elems; express as
-    # in_e reads plus out_e writes with ops = window per output.
     db = hw.dtype_bytes
     moved = (in_e + out_e) * db
-    t_mem = moved / hw.bandwidth + moved / hw.l2_bandwidth
+    if moved <= hw.llc_mb * 1e6:
+        t_mem = moved / hw.l2_bandwidth
+    else:
+        t_mem = moved / hw.bandwidth
     t_comp = out_e * window / hw.peak_macs
     launch = hw.launch_us * 1e-6
     total = t_comp + t_mem + launch

@@ -15,14 +15,14 @@ e. dynamic inference == masked-dense evaluation (1e-4 relative, fp32) with
 f. the latency predictor prices it;
 g. a ``weights_only`` checkpoint round trip gives identical outputs, the
    backbone API is there, and ``train()`` / ``eval()`` return the model;
-h. a checkpoint of another architecture / granularity is refused
-   (ValueError of the family's load_state_dict pre-hook).
+h. a checkpoint of another architecture, paradigm or granularity is
+   refused (ValueError of the family's load_state_dict pre-hooks; the
+   paradigm and granularity are recorded in the state dict).
 
 A new family is one more :class:`Family` entry in :data:`FAMILIES`. Known
 gaps are the explicit lists below, each entry with its reason, never a skip
-inside a test: ``GATES_ON_NOT_BITWISE`` (b: compared to 1e-6 instead),
-``EXCLUDE_GRANULARITY_REFUSAL`` (h: no case generated) and ``KNOWN_BUGS``
-(package bugs: strict xfail).
+inside a test: ``GATES_ON_NOT_BITWISE`` (b: compared to 1e-6 instead) and
+``KNOWN_BUGS`` (package bugs: strict xfail).
 
 Models are tiny but real (LAUD-ResNet-50, LAUD-RegNetY-400MF at about 60 px,
 a 2-layer T2T-ViT at 64 px) so that the module runs in well under a minute
@@ -169,20 +169,9 @@ GATES_ON_NOT_BITWISE.update({
 GATES_ON_NOT_BITWISE[('t2t_vit', 'spatial', 'masked-dense')] = \
     'masked softmax over the kept keys (exp(l - max) * m / sum)'
 
-#: (family, paradigm) whose checkpoint of another granularity loads:
-#: the spatial masker (a 1x1 conv C_in -> 2 logits on the pooled patch
-#: grid) has the same tensors for every patch side S, and a state dict
-#: records no S.
-EXCLUDE_GRANULARITY_REFUSAL = {('resnet50', 'spatial'),
-                               ('regnety_400mf', 'spatial')}
-
 #: (family, clause) -> a package bug the contract found (a strict xfail:
 #: the test fails once the bug is fixed, so that the entry goes).
-KNOWN_BUGS = {
-    ('t2t_vit', 'train_returns_self'):
-        "LAUDT2TViT.train() / .eval() return None (mmpretrain's "
-        "BaseBackbone.train), unlike nn.Module, LAUDResNet and LAUDRegNetY",
-}
+KNOWN_BUGS: Dict[Tuple[str, str], str] = {}
 
 #: the relative price of the work a full-density dynamic network adds to
 #: the static one (its maskers; spatial: also the patch index and the
@@ -211,10 +200,12 @@ REFUSE_CASES = [
     pytest.param(f, p, kw, match, id=f'{f.name}-{p}-' + '-'.join(
         f'{k}{v}' for k, v in kw.items()).replace(' ', ''))
     for f in FAMILIES for p in PARADIGMS for kw, match in f.other_archs] + [
-    pytest.param(f, p, dict(granularity=g), 'shape',
-                 id=f'{f.name}-{p}-granularity')
-    for f in FAMILIES for p, g in f.other_granularity.items()
-    if (f.name, p) not in EXCLUDE_GRANULARITY_REFUSAL]
+    pytest.param(f, p, dict(granularity=g), r'saved with paradigm='
+                 f"'{p}', granularity=", id=f'{f.name}-{p}-granularity')
+    for f in FAMILIES for p, g in f.other_granularity.items()] + [
+    pytest.param(f, p, dict(paradigm=q), f"saved with paradigm='{q}'",
+                 id=f'{f.name}-{p}-from-{q}')
+    for f in FAMILIES for p in PARADIGMS for q in PARADIGMS if q != p]
 
 
 # ------------------------------------------------------------------ helpers
@@ -560,7 +551,9 @@ def test_g_train_and_eval_return_the_model(fam):
 @pytest.mark.parametrize('fam,paradigm,overrides,match', REFUSE_CASES)
 def test_h_checkpoint_of_another_architecture_is_refused(fam, paradigm,
                                                          overrides, match):
-    other = build(fam, paradigm, **overrides).state_dict()
+    overrides = dict(overrides)
+    other = build(fam, overrides.pop('paradigm', paradigm),
+                  **overrides).state_dict()
     net = build(fam, paradigm)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(ValueError, match=match):

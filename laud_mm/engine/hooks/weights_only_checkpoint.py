@@ -24,6 +24,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 
+from ...models.layers.checkpoint import check_checkpoint_file
 from ...registry import HOOKS
 
 
@@ -71,6 +72,18 @@ class WeightsOnlyCheckpointHook(Hook):
     """
 
     priority = 'VERY_LOW'
+
+    def before_run(self, runner) -> None:
+        """Refuse a ``load_from`` file that is not a PyTorch checkpoint
+        before the Runner unpickles it
+        (:func:`laud_mm.models.layers.checkpoint.check_checkpoint_file`).
+
+        Raises:
+            ValueError: naming ``load_from`` and the path.
+        """
+        load_from = getattr(runner, '_load_from', None)
+        if isinstance(load_from, str):
+            check_checkpoint_file(load_from, 'load_from')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Convert ``checkpoint['message_hub']['log_scalars']``.

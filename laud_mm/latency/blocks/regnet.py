@@ -7,10 +7,12 @@ Kernels per block (BN folded, ReLU fused, as for the ResNet bottleneck in
 * static: conv1 (1x1), conv2 (3x3 grouped, ``g.groups`` groups, stride), SE
   (global pool - memory-bound, it reads the whole conv2 output -, the two
   FCs in one kernel, channel-wise scale), conv3 (1x1), [downsample], add;
-* spatial (density d = fraction of output pixels kept): fused masker+conv1
-  (dense), mask/index, [downsample], gather-conv2 (grouped) on the active
-  patches, SE pool over the gathered patches, SE FCs (dense, per sample),
-  SE scale of the patches, conv3 on the patches, scatter-add;
+* spatial (density d = fraction of output pixels kept): the masker with
+  conv1 (fused, or on its own with conv1 on the covered pixels, whichever
+  is faster), mask/index, [downsample], gather-conv2 (grouped) on the
+  active patches, SE pool over the gathered patches, SE FCs (dense, per
+  sample), SE scale of the patches, conv3 on the patches, scatter-add (the
+  ResNet bottleneck's kernels, :mod:`laud_mm.latency.blocks.common`);
 * channel (density d = fraction of channels kept): masker (pool + MLP),
   [downsample], conv1 to the d * w kept channels, conv2 on the active conv
   groups (a = 1 - (1 - d) ** (gw / G) of them for G < group width gw, a = d
@@ -35,8 +37,9 @@ from ..expectation import expected_ops
 from ..operators import (OpLatency, conv_op, elementwise_latency,
                          pool_latency, se_latency)
 from . import register_block_latency, register_stem_latency
-from .common import (channel_masker_op, downsample_ops, fused_op,
-                     layer_skip_ops)
+from .common import (active_patches, channel_masker_op, downsample_ops,
+                     fused_op, gathered_conv_op, layer_skip_ops,
+                     spatial_masker_ops, spatial_scatter_op)
 
 __all__ = ['regnety_block_ops', 'regnet_stem_ops']
 
@@ -132,7 +135,8 @@ def _channel_ops(pred, g, batch, d):
         n_act = max(1, int(round(a * g.groups)))
         c2 = n_act * g.group_width
         ops.append(conv_op(hw, 'conv1', batch, g.in_channels, act, g.in_hw,
-                           g.in_hw, per_sample_channels=True, cout_std=std))
+                           g.in_hw, per_sample_channels=True, cout_std=std,
+                           cout_max=g.width))
         ops.append(conv_op(hw, 'conv2', batch, c2, c2, g.out_hw, g.in_hw, 3,
                            g.stride, groups=n_act, per_sample_channels=True))
         if g.se_channels > 0:
@@ -152,43 +156,34 @@ def _channel_ops(pred, g, batch, d):
 
 def _spatial_ops(pred, g, batch, d):
     hw = pred.hw
-    S = int(g.granularity)
     ho, wo = g.out_hw
-    hi, wi = g.in_hw
-    ops = [conv_op(hw, 'masker_conv1', batch, g.in_channels, g.width + 2,
-                   g.in_hw, g.in_hw),
-           elementwise_latency(hw, 'mask_index', float(batch * 2 * hi * wi),
-                               1, 0, ops_per_elem=2.)]
-    ops += downsample_ops(pred, g, batch)
+    patches = active_patches(g, batch, d)
     thr = pred.spatial_dense_threshold
     if thr is not None and d >= thr:
         dense = _static_ops(pred, g, batch)
-        return ops + [o for o in dense if o.name != 'conv1'] + [
-            elementwise_latency(hw, 'mask_mul', float(
-                batch * g.out_channels * ho * wo), 2, 1)]
-    sh, sw = min(S, ho), min(S, wo)
-    patches = d * batch * ho * wo / float(sh * sw)
-    win = ((sh - 1) * g.stride + 3) * ((sw - 1) * g.stride + 3)
-    cells = win / float(sh * sw * g.stride * g.stride)
-    coverage = 1. - (1. - d) ** cells
+        return spatial_masker_ops(pred, g, batch, 1., patches) + \
+            downsample_ops(pred, g, batch) + \
+            [o for o in dense if o.name != 'conv1'] + [
+                elementwise_latency(hw, 'mask_mul', float(
+                    batch * g.out_channels * ho * wo), 2, 1)]
+    sh, sw = patches.patch
 
     def patch_ops(n):
         if n <= 0:
             return []
-        res = [conv_op(hw, 'gather_conv2', n, g.width, g.width, (sh, sw),
-                       g.in_hw, 3, g.stride, groups=g.groups, gathered=True,
-                       in_coverage=coverage, source_batch=float(batch))]
+        res = [gathered_conv_op(pred, 'gather_conv2', n, g, g.width,
+                                g.width, patches, batch, k=3,
+                                groups=g.groups)]
         if g.se_channels > 0:
             res.append(pool_latency(hw, 'se_pool', n, g.width, (sh, sw),
                                     (1, 1), sh * sw))
             res.append(_se_fc(hw, batch, g.width, g.se_channels))
             res.append(elementwise_latency(
                 hw, 'se_scale', float(n * g.width * sh * sw), 1, 1))
-        return res + [
-            conv_op(hw, 'conv3', n, g.width, g.out_channels, (sh, sw),
-                    (sh, sw)),
-            elementwise_latency(
-                hw, 'scatter_add', float(n * sh * sw * g.out_channels), 2, 1,
-                run_elems=float(sw), contiguous_reads=1)]
+        return res + [gathered_conv_op(pred, 'conv3', n, g, g.width,
+                                       g.out_channels, patches, batch),
+                      spatial_scatter_op(pred, g, n, batch, patches)]
 
-    return ops + expected_ops(patch_ops, patches)
+    return spatial_masker_ops(pred, g, batch, d, patches) + \
+        downsample_ops(pred, g, batch) + \
+        expected_ops(patch_ops, patches.count)

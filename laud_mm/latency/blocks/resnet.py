@@ -8,12 +8,14 @@ BN folded into the convolutions, ReLU fused into their epilogues:
 
 * static: conv1 (1x1), conv2 (3x3, stride), conv3 (1x1), [downsample (1x1,
   stride)], add+ReLU;
-* spatial (S, density d = fraction of output pixels kept): fused
-  masker+conv1 (dense 1x1 conv Cin -> width + 2 logits), mask (pool the
-  logits to the patch grid, compare, build the patch index), gather-conv2
-  (3x3 on the active patches read from the dense conv1 output, halo
-  re-read), conv3 on the gathered patches, [downsample], scatter-add+ReLU
-  into the shortcut at the active positions;
+* spatial (S, density d = fraction of output pixels kept): the masker
+  with conv1 (fused masker+conv1, a dense 1x1 conv Cin -> width + 1, or
+  the masker alone and conv1 on the covered pixels, whichever is faster),
+  mask (pool the logit to the patch grid, compare, build the patch index),
+  gather-conv2 (3x3 on the active patches read from the conv1 output, halo
+  re-read by every channel tile), conv3 on the gathered patches,
+  [downsample], scatter-add+ReLU into the shortcut
+  (:mod:`laud_mm.latency.blocks.common`);
 * channel (G, density d = fraction of channel groups kept): masker (global
   pool + fused 2-layer MLP), conv1 to the active channels, conv2 and conv3
   on the active channels (weights gathered per sample), [downsample],
@@ -39,7 +41,9 @@ from ..expectation import expected_max_normal, expected_ops
 from ..operators import (OpLatency, conv_op, elementwise_latency,
                          launch_latency, linear_latency, pool_latency)
 from . import register_block_latency, register_stem_latency
-from .common import channel_masker_op, downsample_ops, layer_skip_ops
+from .common import (active_patches, channel_masker_op, downsample_ops,
+                     gathered_conv_op, layer_skip_ops, spatial_masker_ops,
+                     spatial_scatter_op)
 
 #: bookkeeping calls of ``_forced_gate`` (zeros, cast, select, mul, add);
 #: the validation imposes the gates through ``masker.forced_gate``
@@ -119,53 +123,38 @@ def static_block_ops(pred, g: BlockGeometry, batch: float,
 def spatial_block_ops(pred, g: BlockGeometry, batch: int,
                       d: float) -> List[OpLatency]:
     """Kernels of a spatial block at density ``d`` (fraction of output
-    pixels kept) with patch side S = ``g.granularity``."""
+    pixels kept) with patch side S = ``g.granularity``: the masker with
+    conv1 (:func:`~laud_mm.latency.blocks.common.spatial_masker_ops`),
+    [downsample], gather-conv2 and conv3 on the active patches
+    (:func:`~laud_mm.latency.blocks.common.gathered_conv_op`), the
+    scatter-add; from ``pred.spatial_dense_threshold`` on, dense conv2 /
+    conv3 and the output multiplied by the mask."""
     if pred.eager:
         return _spatial_eager(pred, g, batch, d)
     hw = pred.hw
-    S = int(g.granularity)
     ho, wo = g.out_hw
-    hi, wi = g.in_hw
-    ops = [conv_op(hw, 'masker_conv1', batch, g.in_channels,
-                   g.width + 2, g.in_hw, g.in_hw),
-           elementwise_latency(hw, 'mask_index',
-                               float(batch * 2 * hi * wi), 1, 0,
-                               ops_per_elem=2.)]
-    ops += downsample_ops(pred, g, batch)
-    sh, sw = min(S, ho), min(S, wo)
-    # expected number of active patches; the kernels are evaluated at
-    # the neighbouring integer counts and blended linearly
-    patches = d * batch * ho * wo / float(sh * sw)
-    win = ((sh - 1) * g.stride + 3) * ((sw - 1) * g.stride + 3)
-    # patch cells whose windows cover a source pixel, on average
-    cells = win / float(sh * sw * g.stride * g.stride)
-    coverage = 1. - (1. - d) ** cells
-
+    patches = active_patches(g, batch, d)
     thr = pred.spatial_dense_threshold
     if thr is not None and d >= thr:
-        # dense conv2 / conv3, output multiplied by the mask
         dense = static_block_ops(pred, g, batch)
         rest = [o for o in dense if o.name != 'conv1' and
                 o.name != 'relu1']
-        return ops + rest + [elementwise_latency(
-            hw, 'mask_mul', float(batch * g.out_channels * ho * wo), 2,
-            1)]
+        return spatial_masker_ops(pred, g, batch, 1., patches) + \
+            downsample_ops(pred, g, batch) + rest + [
+                elementwise_latency(hw, 'mask_mul', float(
+                    batch * g.out_channels * ho * wo), 2, 1)]
 
     def patch_ops(n):
         if n <= 0:
             return []
-        conv2 = [conv_op(hw, 'gather_conv2', n, g.width, g.width,
-                         (sh, sw), g.in_hw, k=3, stride=g.stride,
-                         dilation=g.dilation, gathered=True,
-                         in_coverage=coverage,
-                         source_batch=float(batch))]
-        return conv2 + [
-            conv_op(hw, 'conv3', n, g.width, g.out_channels, (sh, sw),
-                    (sh, sw)),
-            elementwise_latency(
-                hw, 'scatter_add', float(n * sh * sw * g.out_channels),
-                2, 1, run_elems=float(sw), contiguous_reads=1)]
-    return ops + expected_ops(patch_ops, patches)
+        return [gathered_conv_op(pred, 'gather_conv2', n, g, g.width,
+                                 g.width, patches, batch, k=3),
+                gathered_conv_op(pred, 'conv3', n, g, g.width,
+                                 g.out_channels, patches, batch),
+                spatial_scatter_op(pred, g, n, batch, patches)]
+    return spatial_masker_ops(pred, g, batch, d, patches) + \
+        downsample_ops(pred, g, batch) + \
+        expected_ops(patch_ops, patches.count)
 
 
 def channel_block_ops(pred, g: BlockGeometry, batch: int,
@@ -186,12 +175,12 @@ def channel_block_ops(pred, g: BlockGeometry, batch: int,
     if act > 0:
         ops.append(conv_op(
             hw, 'conv1', batch, g.in_channels, act, g.in_hw, g.in_hw,
-            per_sample_channels=True, cout_std=std,
+            per_sample_channels=True, cout_std=std, cout_max=g.width,
             weight_elems=union * g.width * g.in_channels))
         ops.append(conv_op(
             hw, 'conv2', batch, act, act, g.out_hw, g.in_hw, k=3,
             stride=g.stride, dilation=g.dilation,
-            per_sample_channels=True, cout_std=std,
+            per_sample_channels=True, cout_std=std, cout_max=g.width,
             weight_elems=union ** 2 * g.width * g.width * 9))
         ops.append(conv_op(
             hw, 'conv3', batch, act, g.out_channels, g.out_hw, g.out_hw,

@@ -266,6 +266,7 @@ def vit_layer_ops(pred, g: TokenLayerGeometry, batch: int,
         return ops + transformer_ops(
             hw, batch, L, D, D, heads, dh, g.ffn_channels, False,
             qkv_kw=dict(per_sample_channels=True, cout_std=3 * std,
+                        cout_max=3 * D,
                         weight_elems=union * 3 * D * D),
             proj_kw=dict(per_sample_channels=True,
                          weight_elems=union * D * D))

@@ -10,7 +10,9 @@ mask-and-compute blocks in forward order, each with ``masker``,
 Source: paper sec. 3.2 (mask-and-compute blocks), docs/method.md sec. 2
 (FLOPs-based activation rates incl. the static stem).
 """
-from typing import Dict, List, Tuple
+import difflib
+import inspect
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 
@@ -18,19 +20,108 @@ from ...structures import flops as flops_lib
 from ...structures.geometry import BlockGeometry
 
 
+def reject_unknown_keys(owner: str, kwargs: Dict[str, object],
+                        upstream, own: Iterable[str] = ()) -> None:
+    """Refuse config keys that neither a LAUD backbone nor the upstream
+    class it passes ``**kwargs`` to takes, before any other check (a typo
+    such as ``paradim=`` would otherwise surface as a complaint about
+    another key, or be swallowed).
+
+    Args:
+        owner: the class named in the message (e.g. ``'LAUDResNet'``).
+        kwargs: the keyword arguments passed on to ``upstream``.
+        upstream: the class whose ``__init__`` receives them.
+        own: the LAUD backbone's own keys (suggested for typos too).
+
+    Raises:
+        TypeError: naming the unknown key, its value and the closest known
+            key (as Python does for an unexpected keyword argument).
+    """
+    params = inspect.signature(upstream.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    known = sorted(set(k for k in params if k != 'self') | set(own))
+    for key, value in kwargs.items():
+        if key not in params:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ''
+            raise TypeError(f'{owner}: unknown config key {key}={value!r}'
+                            f'{hint} (keys: {known})')
+
+
 class LAUDBackboneMixin:
     """Gate switches and statistics over ``self.blocks`` (see module doc)."""
 
     @property
     def dynamic_inference(self) -> bool:
-        """Whether eval-mode forward runs the dynamic (skip-the-work) path."""
+        """Whether eval-mode forward runs the dynamic (skip-the-work) path.
+
+        Setting it True checks that every block has a dynamic path
+        (:meth:`check_dynamic_inference`)."""
         return self._dynamic_inference
 
     @dynamic_inference.setter
     def dynamic_inference(self, value: bool) -> None:
+        if value:
+            self.check_dynamic_inference()
         self._dynamic_inference = bool(value)
         for b in self.blocks:
             b.dynamic_inference = bool(value)
+
+    def check_input(self, x, in_channels: int) -> None:
+        """Refuse an input batch the backbone cannot take, naming what is
+        wrong (called first by every LAUD backbone's ``forward``).
+
+        Args:
+            x: the image batch, expected (N, in_channels, H, W) floating
+                point and finite.
+            in_channels: the image channels of the stem.
+
+        Raises:
+            ValueError: not a 4-D tensor of ``in_channels`` channels (e.g. a
+                grayscale image), an integer dtype (uint8 pixels not
+                normalised), or NaN / inf values: a masked-out NaN is 0 in
+                dynamic inference and NaN in masked-dense evaluation (0 x
+                NaN), so the two modes would differ for that sample.
+        """
+        owner = type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or \
+                x.shape[1] != in_channels:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else \
+                type(x).__name__
+            raise ValueError(
+                f'{owner}: input of shape {shape}, expected (N, '
+                f'{in_channels}, H, W) (in_channels={in_channels}); load '
+                f"grayscale images as color (LoadImageFromFile "
+                f"color_type='color')")
+        if not x.is_floating_point():
+            raise ValueError(
+                f'{owner}: input of dtype {x.dtype}, expected floating point: '
+                f'normalise the pixels first (the data preprocessor\'s mean / '
+                f'std, or x.float())')
+        finite = torch.isfinite(x).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()[:, 0].tolist()
+            raise ValueError(
+                f'{owner}: input samples {bad[:8]} hold NaN / inf values; '
+                f'the backbone refuses them (a masked-out NaN is 0 in '
+                f'dynamic inference and NaN in masked-dense evaluation)')
+
+    def check_dynamic_inference(self) -> None:
+        """Raise if a block cannot run dynamic inference (family method;
+        default: every block can).
+
+        Raises:
+            ValueError: naming the config key and value that prevent it.
+        """
+
+    def train(self, mode: bool = True):
+        """The upstream backbone's ``train`` (mmdet's frozen stages and
+        ``norm_eval``, mmpretrain's ``BaseBackbone.train``), returning the
+        backbone as ``nn.Module.train`` does (those return None), so that
+        ``model = MODELS.build(cfg).eval()`` works for every family."""
+        super().train(mode)
+        return self
 
     def maskers(self) -> List[torch.nn.Module]:
         """The maskers of all dynamic blocks, in forward order."""
@@ -49,7 +140,15 @@ class LAUDBackboneMixin:
 
     def force_gates(self, value) -> None:
         """Impose every gate: None (learned gates), 1.0 (all on), 0.0 (all
-        off); a tensor is applied to every masker and must fit each."""
+        off); a tensor of 0s and 1s is applied to every masker and must fit
+        each.
+
+        Raises:
+            ValueError: any other value (see
+                :attr:`~laud_mm.models.layers.maskers.MaskerBase.forced_gate`:
+                a gate of 0.5 would make masked-dense evaluation and
+                dynamic inference differ).
+        """
         for m in self.maskers():
             m.forced_gate = value
 

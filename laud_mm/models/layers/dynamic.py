@@ -1,6 +1,7 @@
 """What every family's dynamic-inference path shares: the call check and
-no-grad wrapper, the eval gate (learned or forced), the autocast test, and
-the owned-input protocol that lets identity blocks write into their input.
+no-grad wrapper, the eval gate (learned or forced), the autocast test, the
+dtype of the residual add, and the owned-input protocol that lets identity
+blocks write into their input.
 
 A family's dynamic path (``laud_mm.models.<family>.dynamic``) provides one
 function per paradigm, ``fn(block, x, geom) -> (out, gate)``, and calls
@@ -42,9 +43,21 @@ def run_dynamic_path(block, x: torch.Tensor, geom, paths: dict,
     Raises:
         ValueError: a block in training mode, x of the wrong rank, or a
             paradigm without a dynamic path.
+        RuntimeError: called with gradients enabled and a tensor that
+            requires them (x or a parameter of the block): dynamic
+            inference computes no gradients (it runs under ``no_grad``, on
+            BN-folded weights), so its outputs would silently carry none.
     """
     if block.training:
         raise ValueError('dynamic inference needs block.eval()')
+    if torch.is_grad_enabled() and (x.requires_grad or any(
+            p.requires_grad for p in block.parameters())):
+        raise RuntimeError(
+            'dynamic inference computes no gradients (BN-folded weights, '
+            'no autograd graph): call it under torch.no_grad() or '
+            'torch.inference_mode(), as mmengine\'s val / test loops do, or '
+            'set dynamic_inference=False (masked-dense evaluation) for '
+            'gradients')
     if x.dim() != rank:
         raise ValueError(f'x must be {LAYOUTS[rank]}, got {tuple(x.shape)}')
     fn = paths.get(block.paradigm)
@@ -87,6 +100,40 @@ def sample_gate(block, x: torch.Tensor, shape: Tuple[int, ...]
     return masker(x)
 
 
+def residual_add_relu_(branch: torch.Tensor,
+                       identity: torch.Tensor) -> torch.Tensor:
+    """``relu(branch + identity)`` in the dtype of the masked-dense block's
+    ``relu(identity + out)`` (torch's type promotion of the two: under CPU
+    autocast a block called on a float32 input adds its low-precision
+    branch to a float32 shortcut), in place into ``branch`` when it has
+    that dtype.
+
+    Args:
+        branch: (N, C, H, W) the residual branch's output (no ReLU).
+        identity: the shortcut, same shape.
+
+    Returns:
+        the block output (``branch`` itself when computed in place).
+    """
+    if torch.promote_types(branch.dtype, identity.dtype) == branch.dtype:
+        return branch.add_(identity).relu_()
+    return torch.add(identity, branch).relu_()
+
+
+def promote_residual(identity: torch.Tensor, patches: torch.Tensor
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``identity`` and the branch output ``patches`` in one dtype, the
+    promotion of the two (see :func:`residual_add_relu_`), before a fused
+    scatter-add, which takes a single dtype. Only the lower-precision one
+    is cast (a copy, so a cast identity may be written in place).
+
+    Returns:
+        (identity, patches).
+    """
+    dtype = torch.promote_types(identity.dtype, patches.dtype)
+    return identity.to(dtype), patches.to(dtype)
+
+
 def is_autocast(x: torch.Tensor) -> bool:
     """Whether autocast is on for x's device type."""
     try:
@@ -94,6 +141,16 @@ def is_autocast(x: torch.Tensor) -> bool:
     except TypeError:  # torch < 2.4
         return torch.is_autocast_cpu_enabled() if x.device.type == 'cpu' \
             else torch.is_autocast_enabled()
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The low-precision dtype autocast runs x's device type in (call only
+    when :func:`is_autocast`)."""
+    try:
+        return torch.get_autocast_dtype(x.device.type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if x.device.type == 'cpu' \
+            else torch.get_autocast_gpu_dtype()
 
 
 OWNED_INPUT_ATTR = '_dynamic_input_owned'

@@ -22,15 +22,53 @@ class MaskerBase(nn.Module):
     Attributes:
         tau: Gumbel temperature used in training (set by
             :class:`laud_mm.GumbelTemperatureHook`).
-        forced_gate: None (gates come from the logits), a float in {0, 1}
-            broadcast to every gate, or a tensor of the gate shape. Used by
-            tests and benchmarks to impose activation patterns.
+        forced_gate: None (gates come from the logits), 0 or 1 broadcast to
+            every gate, or a tensor of the gate shape holding 0s and 1s.
+            Used by tests and benchmarks to impose activation patterns.
+            Other values are refused (ValueError): masked-dense evaluation
+            multiplies the block's output by the gate while dynamic
+            inference keeps or skips the work (gate > 0.5), so a gate of
+            0.5 or 0.7 would make the two modes differ.
     """
 
     def __init__(self):
         super().__init__()
         self.tau = 1.0
-        self.forced_gate: GateOverride = None
+        self.forced_gate = None
+
+    @property
+    def forced_gate(self) -> GateOverride:
+        """The imposed gate (see the class attributes), validated when set.
+
+        Raises:
+            ValueError: a value other than None, 0, 1 or a tensor of 0s and
+                1s.
+        """
+        return self._forced_gate
+
+    @forced_gate.setter
+    def forced_gate(self, value: GateOverride) -> None:
+        if value is None:
+            self._forced_gate = None
+            return
+        if isinstance(value, torch.Tensor):
+            if value.is_complex() or not bool(((value == 0) |
+                                               (value == 1)).all()):
+                bad = value[(value != 0) & (value != 1)].flatten()[:3]
+                raise ValueError(
+                    f'forced_gate: a tensor of gates must hold 0s and 1s '
+                    f'(keep / skip), got values {bad.tolist()}: masked-dense '
+                    f'evaluation multiplies by a gate and dynamic inference '
+                    f'thresholds it at 0.5, so other values make them differ')
+            self._forced_gate = value
+            return
+        if not isinstance(value, (int, float)) or value not in (0, 1):
+            raise ValueError(
+                f'forced_gate={value!r} must be None, 0 or 1 (or a tensor of '
+                f'0s and 1s): masked-dense evaluation multiplies by a gate '
+                f'and dynamic inference thresholds it at 0.5, so other '
+                f'values make them differ')
+        self._forced_gate = float(value)
 
     def _gate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.forced_gate is None:

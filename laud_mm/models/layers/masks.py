@@ -94,3 +94,34 @@ def conv_gate_densities(gate: torch.Tensor, geom
     if geom.paradigm == 'channel':
         return gate.mean(dim=1), None
     return gate, None
+
+
+def masked_avg_pool(h: torch.Tensor, mask: Optional[torch.Tensor]
+                    ) -> torch.Tensor:
+    """Mean of ``h`` over the pixels where ``mask`` is 1 (the spatial SE
+    squeeze over the active region).
+
+    Args:
+        h: (N, C, H, W) features.
+        mask: (N, 1, H, W) mask in {0, 1} (differentiable, e.g. a
+            straight-through Gumbel gate), or None for the plain mean.
+
+    Returns:
+        (N, C, 1, 1) of h's dtype: ``sum(h * mask) / max(1, sum(mask))`` per
+        sample and channel (0 for a sample without kept pixels), summed and
+        counted in float32 whatever h's dtype (a bfloat16 count is not exact
+        beyond 256 pixels); with ``mask=None`` ``F.adaptive_avg_pool2d(h,
+        1)`` (torchvision's SE, bit for bit).
+
+    Raises:
+        ValueError: if the shapes do not match.
+    """
+    if mask is None:
+        return F.adaptive_avg_pool2d(h, 1)
+    if mask.dim() != 4 or mask.shape[1] != 1 or \
+            mask.shape[0] != h.shape[0] or mask.shape[2:] != h.shape[2:]:
+        raise ValueError(f'mask {tuple(mask.shape)} must be (N, 1, H, W) for '
+                         f'features {tuple(h.shape)}')
+    num = (h * mask).sum(dim=(2, 3), keepdim=True, dtype=torch.float32)
+    den = mask.sum(dim=(2, 3), keepdim=True, dtype=torch.float32)
+    return (num / den.clamp_min(1.)).to(h.dtype)

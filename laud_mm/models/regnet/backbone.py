@@ -30,6 +30,7 @@ from ...registry import MODELS
 from ...structures.geometry import (BlockGeometry, RegNetStemGeometry,
                                     block_out_hw, check_paradigm)
 from ..layers.backbone import LAUDBackboneMixin
+from ..layers.checkpoint import record_paradigm
 from . import convert  # noqa: F401  (registers torchvision-regnety://)
 from .block import LAUDRegNetYBlock
 
@@ -141,7 +142,9 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
 
     Raises:
         ValueError: bad ``arch``, ``paradigm``, ``granularity``,
-            ``out_indices`` or ``frozen_stages`` (names the key and value).
+            ``out_indices`` or ``frozen_stages`` (names the key and value);
+            in forward, an input that is not a finite floating-point (N, 3,
+            H, W) batch (``LAUDBackboneMixin.check_input``).
     """
 
     def __init__(self, arch: Union[str, dict] = 'regnety_800mf',
@@ -203,6 +206,10 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
         self.dynamic_inference = dynamic_inference
         self._input_hw: Optional[Tuple[int, int]] = None
         self._freeze_stages()
+        # another paradigm / granularity is refused by name (before the
+        # shape checks; a spatial masker has the same tensors for every S)
+        record_paradigm(self, 'LAUDRegNetY', self.paradigm, self.granularity,
+                        n_stages)
         # a checkpoint of another arch must not half-load silently
         # (mmengine's Pretrained init and load_from use strict=False)
         self._register_load_state_dict_pre_hook(_check_checkpoint_shapes,
@@ -256,9 +263,7 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
 
     # ----------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        if x.dim() != 4:
-            raise ValueError(f'LAUDRegNetY: input must be (N, C, H, W), got '
-                             f'{tuple(x.shape)}')
+        self.check_input(x, self.conv1.in_channels)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         x = self.relu(self.bn1(self.conv1(x)))
         outs = []

@@ -53,37 +53,9 @@ from ...structures.geometry import PARADIGMS, BlockGeometry, block_out_hw
 from ..layers.block import LAUDBlockMixin
 from ..layers.maskers import build_masker
 from ..layers.masks import (conv_gate_densities, expand_channel_gate,
-                            expand_spatial_gate)
+                            expand_spatial_gate, masked_avg_pool)
 from . import flops  # noqa: F401  (registers the RegNetY FLOPs count)
 from .dynamic import dynamic_regnety_forward
-
-
-def masked_avg_pool(h: torch.Tensor, mask: Optional[torch.Tensor]
-                    ) -> torch.Tensor:
-    """Mean of ``h`` over the pixels where ``mask`` is 1 (the spatial SE
-    squeeze over the active region).
-
-    Args:
-        h: (N, C, H, W) features.
-        mask: (N, 1, H, W) mask in {0, 1} (differentiable, e.g. a
-            straight-through Gumbel gate), or None for the plain mean.
-
-    Returns:
-        (N, C, 1, 1): ``sum(h * mask) / max(1, sum(mask))`` per sample and
-        channel (0 for a sample without kept pixels); with ``mask=None``
-        ``F.adaptive_avg_pool2d(h, 1)`` (torchvision's SE, bit for bit).
-
-    Raises:
-        ValueError: if the shapes do not match.
-    """
-    if mask is None:
-        return F.adaptive_avg_pool2d(h, 1)
-    if mask.dim() != 4 or mask.shape[1] != 1 or \
-            mask.shape[0] != h.shape[0] or mask.shape[2:] != h.shape[2:]:
-        raise ValueError(f'mask {tuple(mask.shape)} must be (N, 1, H, W) for '
-                         f'features {tuple(h.shape)}')
-    num = (h * mask).sum(dim=(2, 3), keepdim=True)
-    return num / mask.sum(dim=(2, 3), keepdim=True).clamp_min(1.)
 
 
 class SqueezeExcitation(nn.Module):

@@ -15,7 +15,7 @@ when a parameter or BN statistic changes).
   on the gathered windows. **SE over the kept pixels**: the squeeze of
   sample n is the sum of its active patches' conv2 outputs over the pixels
   inside the map, divided by their count (the masked mean of
-  :func:`laud_mm.models.regnet.block.masked_avg_pool`); the two SE FCs run
+  :func:`laud_mm.models.layers.masks.masked_avg_pool`); the two SE FCs run
   once per sample, the excitation rescales the gathered patches, conv3 runs
   on them, and a fused scatter-add + ReLU writes them into the shortcut.
   Above :data:`laud_mm.ops.policy.REGNETY_SPATIAL_DENSE_THRESHOLD` active patches the block computes
@@ -50,10 +50,13 @@ import torch.nn.functional as F
 from ...ops import policy
 from ...ops.patches import _gather, _scatter
 from ...structures.geometry import BlockGeometry
-from ..layers.dynamic import forced_gate, run_dynamic_path, sample_gate
+from ..layers.dynamic import (forced_gate, promote_residual,
+                              residual_add_relu_, run_dynamic_path,
+                              sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
-from ..layers.masks import expand_channel_gate, expand_spatial_gate
+from ..layers.masks import (expand_channel_gate, expand_spatial_gate,
+                            masked_avg_pool)
 
 #: the CUDA variant of each paradigm's path (device-side indices, one
 #: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
@@ -212,32 +215,34 @@ def _spatial(block, x, geom):
         h = fb.conv2(h1[:, :w].relu())
         if n_act < gate.numel():
             mask = expand_spatial_gate(gate, s, geom.out_hw)
-            z = (h * mask).sum(dim=(2, 3)) / \
-                mask.sum(dim=(2, 3)).clamp_min(1.)
+            z = masked_avg_pool(h, mask)[:, :, 0, 0]
         else:
             mask, z = None, h.mean(dim=(2, 3))
         h.mul_(fb.excite(z)[:, :, None, None])
         y = F.conv2d(h, fb.w3, fb.b3)
         if mask is not None:
             y.mul_(mask)
-        return y.add_(ident).relu_(), gate
+        return residual_add_relu_(y, ident), gate
 
     idx = (gate > 0.5).nonzero()  # (P, 3) sample, patch row, patch column
     win = _gather(h1, idx, s, fb.stride, 1, w, True)
     h = fb.conv2(win, padding=0)  # (P, w, S, S)
     sample = idx[:, 0]
     if fb.se1 is not None:
+        # the masked mean over the kept pixels inside the map, summed and
+        # counted in float32 whatever the activation dtype (a bfloat16 sum
+        # of ones stops at 256), as masked_avg_pool does
         ar = torch.arange(s, device=x.device)
         rows = (idx[:, 1:2] * s + ar) < ho  # (P, S)
         cols = (idx[:, 2:3] * s + ar) < wo
-        valid = (rows[:, :, None] & cols[:, None, :]).to(h.dtype)  # (P,S,S)
-        psum = torch.einsum('pchw,phw->pc', h, valid)
-        z = h.new_zeros(n, w).index_add_(0, sample, psum)
-        cnt = h.new_zeros(n).index_add_(0, sample, valid.sum(dim=(1, 2)))
-        z = z / cnt.clamp_min(1.)[:, None]
+        valid = (rows[:, :, None] & cols[:, None, :]).float()  # (P, S, S)
+        psum = torch.einsum('pchw,phw->pc', h.float(), valid)
+        z = psum.new_zeros(n, w).index_add_(0, sample, psum)
+        cnt = valid.new_zeros(n).index_add_(0, sample, valid.sum(dim=(1, 2)))
+        z = (z / cnt.clamp_min(1.)[:, None]).to(h.dtype)
         h.mul_(fb.excite(z).index_select(0, sample)[:, :, None, None])
-    y = F.conv2d(h, fb.w3, fb.b3)
-    out = _scatter(ident, y, idx, (s, s), ident is not x)
+    res, y = promote_residual(ident, F.conv2d(h, fb.w3, fb.b3))
+    out = _scatter(res, y, idx, (s, s), res is not x)
     return out, gate
 
 
@@ -249,8 +254,8 @@ def _channel(block, x, geom):
     keep = expand_channel_gate(gate, block.granularity)[:, :, 0, 0] > 0.5
     ident = fb.shortcut(x)
     if bool(keep.all()):
-        return fb.branch(x).add_(ident).relu_(), gate
-    out = torch.empty_like(ident)
+        return residual_add_relu_(fb.branch(x), ident), gate
+    parts = []  # (samples, their output) per gate pattern
     pats, inv = torch.unique(keep, dim=0, return_inverse=True)
     gw, groups = fb.gw, fb.groups
     for u in range(pats.shape[0]):
@@ -259,8 +264,7 @@ def _channel(block, x, geom):
         xs = x.index_select(0, samples)
         ids = ident.index_select(0, samples)
         if not bool(pat.any()):
-            y = ids.add_(fb.b3.view(1, -1, 1, 1)).relu_()
-            out.index_copy_(0, samples, y)
+            parts.append((samples, ids.add_(fb.b3.view(1, -1, 1, 1)).relu_()))
             continue
         ch = pat.nonzero()[:, 0]  # kept channels (k,)
         act = pat.view(groups, gw).any(dim=1).nonzero()[:, 0]  # (A,)
@@ -278,7 +282,15 @@ def _channel(block, x, geom):
         if fb.se1 is not None:
             h2.mul_(fb.excite(h2.mean(dim=(2, 3)), ch)[:, :, None, None])
         y = F.conv2d(h2, fb.w3.index_select(1, ch), fb.b3)
-        out.index_copy_(0, samples, y.add_(ids).relu_())
+        parts.append((samples, residual_add_relu_(y, ids)))
+    # under autocast a float32 shortcut promotes the output (see
+    # residual_add_relu_), whatever each pattern's branch ran in
+    dtype = ident.dtype
+    for _, y in parts:
+        dtype = torch.promote_types(dtype, y.dtype)
+    out = ident.new_empty(ident.shape, dtype=dtype)
+    for samples, y in parts:
+        out.index_copy_(0, samples, y.to(dtype))
     return out, gate
 
 
@@ -290,7 +302,7 @@ def _layer(block, x, geom):
     ident = fb.shortcut(x)
     n_on = int(on.sum())
     if n_on == x.shape[0]:
-        return fb.branch(x).add_(ident).relu_(), gate
+        return residual_add_relu_(fb.branch(x), ident), gate
     samples = on.nonzero()[:, 0]
     if n_on == 0:
         res = ident.new_zeros(0, *ident.shape[1:])
@@ -298,5 +310,6 @@ def _layer(block, x, geom):
         res = fb.branch(x.index_select(0, samples))
     idx = torch.stack([samples, torch.zeros_like(samples),
                        torch.zeros_like(samples)], 1)
+    ident, res = promote_residual(ident, res)
     out = _scatter(ident, res, idx, tuple(ident.shape[-2:]), ident is not x)
     return out, gate

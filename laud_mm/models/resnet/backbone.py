@@ -14,7 +14,8 @@ from ...ops.max_pool import MaxPool2d
 from ...registry import MODELS
 from ...structures.geometry import (BlockGeometry, StemGeometry, block_out_hw,
                                     check_paradigm)
-from ..layers.backbone import LAUDBackboneMixin
+from ..layers.backbone import LAUDBackboneMixin, reject_unknown_keys
+from ..layers.checkpoint import record_paradigm
 from ..layers.dynamic import owned_block_inputs
 from . import convert  # noqa: F401  (registers torchvision-cls://)
 from .block import LAUDBottleneck
@@ -22,6 +23,35 @@ from .block import LAUDBottleneck
 #: blocks per stage of the bottleneck ResNets: mmdet's own table
 RESNET_ARCHS = {d: tuple(stages) for d, (block, stages) in
                 ResNet.arch_settings.items() if d >= 50}
+
+
+def _check_options(paradigm: Optional[str], kwargs: dict) -> None:
+    """Refuse the mmdet ``ResNet`` options a paradigm does not support (the
+    table of :class:`LAUDResNet`), when the model is built.
+
+    Raises:
+        ValueError: naming the option, its value and the paradigm.
+    """
+    if paradigm is None:
+        return
+    style = kwargs.get('style', 'pytorch')
+    if style != 'pytorch':
+        raise ValueError(f"LAUDResNet: style={style!r} is not supported with "
+                         f"paradigm={paradigm!r}: LAUD blocks need "
+                         f"style='pytorch' (conv2 carries the stride, as "
+                         f"their FLOPs count and latency model assume)")
+    if paradigm == 'layer':
+        return
+    dcn, stages = kwargs.get('dcn'), kwargs.get('stage_with_dcn', (True,))
+    if dcn is not None and any(stages):
+        raise ValueError(f'LAUDResNet: dcn={dcn!r} is not supported with '
+                         f"paradigm={paradigm!r} (only with paradigm='layer',"
+                         f' which computes a block whole or skips it)')
+    if kwargs.get('plugins'):
+        raise ValueError(f"LAUDResNet: plugins={kwargs['plugins']!r} is not "
+                         f'supported with paradigm={paradigm!r} (only with '
+                         f"paradigm='layer', which computes a block whole or "
+                         f'skips it)')
 
 
 def _validate(depth, paradigm, granularity, num_stages,
@@ -95,11 +125,36 @@ def _check_checkpoint_structure(module, state_dict, prefix, *args) -> None:
 class LAUDResNet(LAUDBackboneMixin, ResNet):
     """Latency-aware unified dynamic ResNet (bottleneck depths 50/101/152).
 
-    Takes every argument of mmdet's ``ResNet`` (``out_indices``,
-    ``frozen_stages``, ``norm_eval``, ``norm_cfg``, ``init_cfg``, ...), and
-    keeps its parameter names, so mmdet / mmpretrain / torchvision ResNet
-    checkpoints load (the maskers stay freshly initialised and are reported
-    as missing keys).
+    Takes mmdet's ``ResNet`` arguments and keeps its parameter names, so
+    mmdet / mmpretrain / torchvision ResNet checkpoints load (the maskers
+    stay freshly initialised and are reported as missing keys). Which mmdet
+    options each paradigm supports ("masked-dense" = training and
+    masked-dense evaluation, not ``dynamic_inference``); unsupported
+    combinations are refused when the model is built:
+
+    ======================================  ======  ============  ===========
+    mmdet ``ResNet`` option                 static  layer         spatial,
+                                                                  channel
+    ======================================  ======  ============  ===========
+    in_channels, stem_channels,             yes     yes           yes
+    base_channels, num_stages, strides,
+    dilations, out_indices, deep_stem,
+    avg_down, frozen_stages, norm_eval,
+    with_cp, zero_init_residual,
+    pretrained, init_cfg
+    norm_cfg BN / SyncBN                    yes     yes           yes
+    norm_cfg GN, LN, ... (not foldable)     yes     yes           masked-dense
+    conv_cfg other than a plain Conv2d      yes     yes           masked-dense
+    dcn (+ stage_with_dcn)                  yes     yes           no
+    plugins                                 yes     yes           no
+    style='caffe'                           yes     no            no
+    ======================================  ======  ============  ===========
+
+    A layer block with DCN, plugins or an unfoldable norm / conv runs its
+    own modules on the kept samples in dynamic inference (no BN folding);
+    FLOPs and latency count the bottleneck's three convolutions (not the
+    DCN offsets or the plugins). ``style='caffe'`` puts the stride on conv1,
+    which the FLOPs count and the latency model do not describe.
 
     Args:
         depth: 50, 101 or 152.
@@ -109,16 +164,25 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
             (2, 2, 2, 2)); None for 'layer' and static.
         dynamic_inference: in eval mode, skip the masked-out work with the
             dynamic kernels of :mod:`laud_mm.ops` (same function as the
-            masked-dense model). Default False: masked-dense evaluation.
-        **kwargs: mmdet ``ResNet`` arguments.
+            masked-dense model; computes no gradients). Default False:
+            masked-dense evaluation.
+        **kwargs: mmdet ``ResNet`` arguments (see the table).
 
     Shapes:
-        forward: (N, 3, H, W) -> tuple of (N, 256 * 2^i, ~H / 2^(i+2), ...)
-        for i in ``out_indices``. Any H, W >= 32 pixels works.
+        forward: (N, 3, H, W) float, finite -> tuple of (N, 256 * 2^i,
+        ~H / 2^(i+2), ...) for i in ``out_indices``. Any H, W >= 32 pixels
+        works.
 
     Raises:
+        TypeError: an unknown config key (named with its value and the
+            closest known key).
         ValueError: bad ``depth``, ``paradigm`` or ``granularity`` (the
-            message names the key and value), or G not dividing a stage width.
+            message names the key and value), G not dividing a stage width,
+            an option the paradigm does not support (the table), or
+            ``dynamic_inference=True`` with a masked-dense-only option; in
+            forward, an input that is not a finite floating-point (N,
+            in_channels, H, W) batch.
+        RuntimeError: dynamic inference called with gradients enabled.
     """
 
     arch_settings = {k: v for k, v in ResNet.arch_settings.items() if k >= 50}
@@ -126,6 +190,9 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
     def __init__(self, depth: int, paradigm: Optional[str] = None,
                  granularity: Optional[Sequence[int]] = None,
                  dynamic_inference: bool = False, **kwargs):
+        reject_unknown_keys('LAUDResNet', kwargs, ResNet, own=(
+            'depth', 'paradigm', 'granularity', 'dynamic_inference'))
+        _check_options(paradigm, kwargs)
         num_stages = kwargs.get('num_stages', 4)
         granularity = _validate(depth, paradigm, granularity, num_stages,
                                 kwargs.get('base_channels', 64))
@@ -139,10 +206,37 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
                 block.stage, block.index = s, i
                 self.blocks.append(block)
         self.dynamic_inference = dynamic_inference
+        # another paradigm / granularity is refused by name (before the
+        # shape checks; a spatial masker has the same tensors for every S)
+        record_paradigm(self, 'LAUDResNet', self.paradigm, self.granularity,
+                        num_stages)
         # a checkpoint of another depth / width must not half-load silently
         # (mmengine's Pretrained init and load_from use strict=False)
         self._register_load_state_dict_pre_hook(_check_checkpoint_structure,
                                                 with_module=True)
+
+    def check_dynamic_inference(self) -> None:
+        """Spatial and channel blocks run dynamically on BN-folded plain
+        convolutions: refuse ``norm_cfg`` / ``conv_cfg`` that cannot be
+        folded (GN, weight standardisation, ...), which support masked-dense
+        evaluation only; layer blocks run their own modules.
+
+        Raises:
+            ValueError: naming the option, its value and the paradigm.
+        """
+        from .dynamic import unfoldable_reason
+        if self.paradigm not in ('spatial', 'channel'):
+            return
+        for b in self.blocks:
+            reason = unfoldable_reason(b)
+            if reason is not None:
+                raise ValueError(
+                    f'LAUDResNet: {reason} with paradigm={self.paradigm!r} '
+                    f'supports masked-dense evaluation only '
+                    f'(dynamic_inference=False): dynamic inference runs BN '
+                    f'folded into plain convolutions on the kept pixels / '
+                    f"channels; use norm_cfg=dict(type='BN') (or 'SyncBN') "
+                    f"or paradigm='layer'")
 
     def _make_stem_layer(self, in_channels: int, stem_channels: int):
         """mmdet's stem, with the max-pool on oneDNN's kernel at inference
@@ -162,21 +256,10 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
             else self.granularity[stage]
         return super().make_res_layer(**kwargs)
 
-    def train(self, mode: bool = True) -> 'LAUDResNet':
-        """mmdet's ``train`` (frozen stages, ``norm_eval``), returning self
-        like ``nn.Module.train`` (mmdet's returns None)."""
-        super().train(mode)
-        return self
-
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        c = self.stem[0].in_channels if self.deep_stem else \
-            self.conv1.in_channels
-        if x.dim() != 4 or x.shape[1] != c:
-            raise ValueError(
-                f'LAUDResNet: input of shape {tuple(x.shape)}, expected '
-                f'(N, {c}, H, W) (in_channels={c}); load grayscale images as '
-                f"color (LoadImageFromFile color_type='color')")
+        self.check_input(x, self.stem[0].in_channels if self.deep_stem
+                         else self.conv1.in_channels)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         self._batch = int(x.shape[0])
         if self.paradigm is not None and self.dynamic_inference and \

@@ -48,8 +48,10 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
             (skip-the-work) path of :mod:`laud_mm.models.resnet.dynamic`.
 
     Raises:
-        ValueError: unsupported combination (paradigm with style='caffe',
-            DCN or plugins; unknown paradigm; G not dividing the width).
+        ValueError: unsupported combination (a paradigm with
+            style='caffe'; spatial / channel with DCN or plugins; unknown
+            paradigm; G not dividing the width), see the options table of
+            :class:`~laud_mm.models.resnet.backbone.LAUDResNet`.
     """
 
     def __init__(self, inplanes: int, planes: int, *args,
@@ -60,10 +62,16 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
             raise ValueError(f'paradigm={paradigm!r} is not one of {PARADIGMS}')
         if paradigm is not None:
             if self.style != 'pytorch':
-                raise ValueError(f"LAUD blocks need style='pytorch' (conv2 "
-                                 f"carries the stride), got style={self.style!r}")
-            if self.with_dcn or self.with_plugins:
-                raise ValueError('LAUD blocks do not support dcn or plugins')
+                raise ValueError(
+                    f"style={self.style!r} is not supported with "
+                    f"paradigm={paradigm!r}: LAUD blocks need "
+                    f"style='pytorch' (conv2 carries the stride)")
+            if paradigm != 'layer' and (self.with_dcn or self.with_plugins):
+                key = 'dcn' if self.with_dcn else 'plugins'
+                raise ValueError(
+                    f'{key}={getattr(self, key)!r} is not supported with '
+                    f'paradigm={paradigm!r} (only with paradigm=\'layer\', '
+                    f'which computes a block whole or skips it)')
         self.init_laud_block(paradigm, granularity, None if paradigm is None
                              else build_masker(paradigm, inplanes, planes,
                                                granularity))
@@ -89,15 +97,24 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
     # -------------------------------------------------------------- forward
     def _branch(self, x: torch.Tensor, channel_mask: Optional[torch.Tensor]
                 ) -> torch.Tensor:
-        """conv1-bn1-relu-conv2-bn2-relu-conv3-bn3, masking the bottleneck
-        width with ``channel_mask`` (N, width, 1, 1) when given."""
+        """conv1-bn1-relu-conv2-bn2-relu-conv3-bn3 (with mmdet's plugins
+        after conv1 / conv2 / conv3, and its DCN as conv2, when configured),
+        masking the bottleneck width with ``channel_mask`` (N, width, 1, 1)
+        when given."""
         out = self.relu(self.norm1(self.conv1(x)))
+        if self.with_plugins:  # layer paradigm only (see __init__)
+            out = self.forward_plugin(out, self.after_conv1_plugin_names)
         if channel_mask is not None:
             out = out * channel_mask
         out = self.relu(self.norm2(self.conv2(out)))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv2_plugin_names)
         if channel_mask is not None:
             out = out * channel_mask
-        return self.norm3(self.conv3(out))
+        out = self.norm3(self.conv3(out))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv3_plugin_names)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_hw = tuple(x.shape[-2:])

@@ -37,7 +37,7 @@ Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
 "Fusing gather and dynamic convolution", "Fusing scatter and add") and its
 appendix on scheduling; docs/method.md sec. 1 and 4.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -50,7 +50,9 @@ from ...ops.patches import _gather, _scatter, window_size
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
 from ...structures.geometry import BlockGeometry
-from ..layers.dynamic import (forced_gate, is_autocast, owns_input,
+from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
+                              owns_input,
+                              promote_residual, residual_add_relu_,
                               run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
@@ -191,6 +193,30 @@ def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor
     return out.add_(fb.shortcut(x)).relu_()
 
 
+def unfoldable_reason(block: nn.Module) -> Optional[str]:
+    """Why a bottleneck's branch cannot run on BN-folded plain
+    convolutions, or None: mmdet's DCN as conv2 (``dcn``), ``plugins``, a
+    convolution that is not a plain ``nn.Conv2d`` (``conv_cfg``, e.g.
+    weight standardisation) or a normalisation that is not a BatchNorm with
+    running statistics (``norm_cfg``, e.g. GN).
+
+    Returns:
+        the offending option as ``key=value`` text, or None.
+    """
+    if getattr(block, 'with_dcn', False):
+        return f'dcn={block.dcn!r}'
+    if getattr(block, 'with_plugins', False):
+        return f'plugins={block.plugins!r}'
+    for conv in (block.conv1, block.conv2, block.conv3):
+        if type(conv) is not nn.Conv2d:
+            return f'conv_cfg={block.conv_cfg!r}'
+    for norm in (block.norm1, block.norm2, block.norm3):
+        if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or \
+                not norm.track_running_stats:
+            return f'norm_cfg={block.norm_cfg!r}'
+    return None
+
+
 # ------------------------------------------------------------------ gates
 def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
                                geom: BlockGeometry
@@ -209,14 +235,25 @@ def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
         channel (N, n_groups), layer (N,), honouring ``masker.forced_gate``.
 
     Raises:
-        ValueError: unknown paradigm, a block in training mode, or a forced
-            gate of the wrong shape.
+        ValueError: unknown paradigm, a block in training mode, a forced
+            gate of the wrong shape, or a spatial / channel block that
+            cannot be BN-folded (:func:`unfoldable_reason`; a layer block
+            then runs its own modules on the kept samples).
     """
-    if policy.device_path(x):  # CUDA (or its logic on CPU, tests)
+    reason = unfoldable_reason(block) if block.paradigm != 'layer' else None
+    if reason is not None:
+        raise ValueError(
+            f'{reason} with paradigm={block.paradigm!r} supports '
+            f'masked-dense evaluation only: dynamic inference runs BN '
+            f'folded into plain convolutions on the kept pixels / channels; '
+            f"set dynamic_inference=False, or use paradigm='layer'")
+    paths = dict(spatial=_spatial_forward, channel=_channel_forward,
+                 layer=_layer_forward)
+    # CUDA (or its logic on CPU, tests); a layer block that cannot be
+    # BN-folded runs its own modules on the kept samples on any device
+    if policy.device_path(x) and (block.paradigm != 'layer'
+                                  or unfoldable_reason(block) is None):
         paths = CUDA_PATHS
-    else:
-        paths = dict(spatial=_spatial_forward, channel=_channel_forward,
-                     layer=_layer_forward)
     return run_dynamic_path(block, x, geom, paths)
 
 
@@ -260,7 +297,7 @@ def _spatial_forward(block, x, geom):
         y = F.conv2d(h, fb.w3, fb.b3)
         if n_act < total:
             y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
-        return y.add_(fb.shortcut(x)).relu_(), gate
+        return residual_add_relu_(y, fb.shortcut(x)), gate
 
     idx = (gate > 0.5).nonzero()
     if fused:
@@ -277,8 +314,8 @@ def _spatial_forward(block, x, geom):
         win = window_conv1(fb, x, idx, s)
     else:
         win = _gather(conv1(), idx, s, fb.stride, fb.dilation, width, True)
-    y = spatial_patch_convs(fb, win, s)
-    ident = fb.shortcut(x)
+    ident, y = promote_residual(fb.shortcut(x),
+                                spatial_patch_convs(fb, win, s))
     # an owned input is the previous block's ReLU output: the scatter then
     # touches the active patches only
     out = _scatter(ident, y, idx, (s, s), ident is not x or owned,
@@ -366,8 +403,9 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
     """conv2 (+ReLU) and conv3 of the gathered windows as GEMMs where the
     convolution primitives are slow on such small maps (measured on CPU).
 
-    - S = 1: a window is exactly conv2's receptive field, so conv2 is one
-      GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
+    - S = 1: conv2's receptive field is the window's 3 x 3 taps (rows and
+      columns 0, d, 2d of the (2d + 1)-pixel window at dilation d), so conv2
+      is one GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
       (P, width) x (width, C_out): 2.4x faster than oneDNN's 3x3 / 1x1
       convolutions on 1 x 1 outputs
       (``tools/analysis_tools/benchmark_kernels.py``).
@@ -389,6 +427,8 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
     p = win.shape[0]
     c_out = fb.w3m.shape[0]
     if s == 1:
+        if fb.dilation > 1:  # the taps of a dilated 3x3 kernel
+            win = win[:, :, ::fb.dilation, ::fb.dilation]
         h = torch.addmm(fb.b2, win.reshape(p, -1), fb.w2m_t).relu_()
         return torch.addmm(fb.b3, h, fb.w3m_t).view(p, c_out, 1, 1)
     h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
@@ -434,7 +474,7 @@ def _channel_forward(block, x, geom):
     keep = gate > 0.5
     ident = fb.shortcut(x)
     if bool(keep.all()):
-        return fb.branch(x).add_(ident).relu_(), gate
+        return residual_add_relu_(fb.branch(x), ident), gate
     width = fb.w1.shape[0]
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
@@ -446,7 +486,7 @@ def _channel_forward(block, x, geom):
         h1 = F.conv2d(x, fb.w1, fb.b1).relu_().mul_(m)
         h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
                       fb.dilation).relu_().mul_(m)
-        return F.conv2d(h2, fb.w3, fb.b3).add_(ident).relu_(), gate
+        return residual_add_relu_(F.conv2d(h2, fb.w3, fb.b3), ident), gate
     chs = _kept_channels(keep_ch, width)  # (N, k)
     if policy.CHANNEL_FUSED_CPU and n >= torch.get_num_threads() and \
             not is_autocast(x) and fast_channel_branch(x) and \
@@ -486,25 +526,51 @@ def _channel_forward(block, x, geom):
             o.baddbmm_(w3s, h2)
         o.add_(b3).relu_()
         return out, gate
-    # mixed precision: conv3 as autocast runs it, then the fused add + ReLU
-    y = b3.expand(n, -1, ho * wo) if k == 0 else torch.baddbmm(b3, w3s, h2)
+    # mixed precision: conv3 as autocast runs it (bn3's shift alone, in the
+    # autocast dtype as the masked-dense bn3 output, when no channel is
+    # kept), then the fused add + ReLU
+    if k == 0:
+        y = b3.expand(n, -1, ho * wo)
+        y = y.to(autocast_dtype(x)) if is_autocast(x) else y
+    else:
+        y = torch.baddbmm(b3, w3s, h2)
     idx = torch.zeros(n, 3, dtype=torch.int64, device=x.device)
     idx[:, 0] = torch.arange(n, device=x.device)
-    out = _scatter(ident, y.reshape(n, c_out, ho, wo).contiguous(), idx,
-                   (ho, wo), ident is not x)
+    res, y = promote_residual(ident, y.reshape(n, c_out, ho, wo).contiguous())
+    out = _scatter(res, y, idx, (ho, wo), res is not x)
     return out, gate
 
 
 # ------------------------------------------------------------------ layer
+def _layer_unfolded(block, x, gate):
+    """A layer block that cannot be BN-folded (:func:`unfoldable_reason`:
+    DCN, plugins, GN, ...): its own modules (``block._branch``) on the kept
+    samples, added to their shortcut; the skipped samples output
+    relu(shortcut)."""
+    ident = x if block.downsample is None else block.downsample(x)
+    kept = (gate > 0.5).nonzero()[:, 0]
+    if kept.numel() == 0:
+        return torch.relu(ident)
+    if kept.numel() == x.shape[0]:
+        return residual_add_relu_(block._branch(x, None), ident)
+    res = block._branch(x.index_select(0, kept), None)
+    ident, res = promote_residual(ident, res)
+    out = ident.clone() if ident is x else ident
+    out.index_copy_(0, kept, out.index_select(0, kept) + res)
+    return out.relu_()
+
+
 def _layer_forward(block, x, geom):
-    fb = folded(block)
     n = x.shape[0]
     gate = sample_gate(block, x, (n,))  # (N,)
+    if unfoldable_reason(block) is not None:
+        return _layer_unfolded(block, x, gate), gate
+    fb = folded(block)
     on = gate > 0.5
     ident = fb.shortcut(x)
     n_on = int(on.sum())
     if n_on == n:
-        return fb.branch(x).add_(ident).relu_(), gate
+        return residual_add_relu_(fb.branch(x), ident), gate
     # the output is written into the shortcut: the input itself when the
     # caller owns it (non-negative: the skipped samples stay as they are),
     # else a copy of it, or the downsample's output

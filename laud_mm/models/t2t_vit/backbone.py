@@ -36,6 +36,7 @@ from ...registry import MODELS
 from ...structures.geometry import (PARADIGMS, T2TStemGeometry,
                                     TokenLayerGeometry)
 from ..layers.backbone import LAUDBackboneMixin
+from ..layers.checkpoint import record_paradigm
 from .block import LAUDT2TLayer
 
 #: mmpretrain's T2T-ViT-t variants: embed_dims, num_layers, num_heads, FFN
@@ -135,7 +136,9 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         ValueError: bad ``paradigm``, ``num_layers``, ``out_indices``,
             ``layer_cfgs`` (a list of the wrong length, ``num_heads`` not
             dividing the width, ``input_dims`` set), or ``paradigm='spatial'``
-            without a class token (messages name the key and value).
+            without a class token (messages name the key and value); in
+            forward, an input that is not a finite floating-point (N,
+            in_channels, H, W) batch (``LAUDBackboneMixin.check_input``).
     """
 
     def __init__(self,
@@ -208,6 +211,10 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         self.blocks: List[LAUDT2TLayer] = list(self.encoder)
         self.dynamic_inference = dynamic_inference
         self._input_hw: Optional[Tuple[int, int]] = None
+        # another paradigm is refused by name (before the shape checks; the
+        # token and layer maskers have the same keys and shapes)
+        record_paradigm(self, 'LAUDT2TViT', self.paradigm, None,
+                        0)
         self._register_load_state_dict_pre_hook(_check_checkpoint_shapes,
                                                 with_module=True)
 
@@ -253,9 +260,8 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """mmpretrain's ``T2T_ViT.forward`` (the LAUD layers record their
         statistics)."""
-        if x.dim() != 4:
-            raise ValueError(f'LAUDT2TViT: input must be (N, C, H, W), got '
-                             f'{tuple(x.shape)}')
+        self.check_input(x, self.tokens_to_token.attention1.attn.input_dims
+                         // 49)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         return super().forward(x)
 

@@ -179,7 +179,9 @@ def _heads(layer, x, geom):
             o = _attend(q, k, v, div).transpose(1, 2).reshape(ns, L, kh * dh)
             y = F.linear(o, wp.index_select(1, heads).reshape(D, kh * dh),
                          bp)
-        a.index_copy_(0, samples, y)
+        # under autocast proj runs in the low-precision dtype, the bias
+        # alone (every head off) and the residual stream in float32
+        a.index_copy_(0, samples, y.to(a.dtype))
     x = x + attn.out_drop(attn.gamma1(attn.proj_drop(a)))
     return x + layer.ffn_branch(layer.ln2(x)), gate
 

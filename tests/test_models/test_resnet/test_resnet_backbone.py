@@ -124,3 +124,114 @@ def test_init_weights_keeps_the_keep_bias_of_maskers():
     net.init_weights()  # mmdet's Kaiming init touches every Conv2d first
     for m in net.maskers():
         assert m.conv.bias.tolist() == [5.0, 0.0]
+
+
+# ------------------------------------------ mmdet ResNet options by paradigm
+#: the options of LAUDResNet's table that are not on for every paradigm
+DCN = dict(dcn=dict(type='DCNv2', deform_groups=1, fallback_on_stride=False),
+           stage_with_dcn=(False, True, True, True))
+PLUGINS = dict(plugins=[dict(cfg=dict(type='ContextBlock', ratio=1. / 4),
+                             stages=(False, True, True, True),
+                             position='after_conv3')])
+GN = dict(norm_cfg=dict(type='GN', num_groups=4, requires_grad=True))
+#: weight standardisation, with GN as mmdet's GN+WS configs use it (with BN
+#: at its initial statistics the standardised activations overflow)
+CONV_WS = dict(conv_cfg=dict(type='ConvWS'), **GN)
+
+
+def _random_layer_gates(net, x):
+    with torch.no_grad():
+        net(x)
+    g = torch.Generator().manual_seed(0)
+    for b in net.blocks:
+        b.masker.forced_gate = (torch.rand(x.shape[0], generator=g) <
+                                0.5).float()
+
+
+@pytest.mark.parametrize('label,options', [
+    ('dcn', DCN), ('plugins', PLUGINS), ('gn', GN), ('conv_ws', CONV_WS),
+    ('all', dict(**DCN, **PLUGINS, **GN))])
+def test_layer_paradigm_supports_dcn_plugins_and_any_norm(label, options):
+    """The layer paradigm computes a block whole or skips it: with mmdet's
+    DCN, plugins, GN or weight-standardised convs its dynamic inference runs
+    the block's own modules on the kept samples (no BN folding) and equals
+    the masked-dense model; the masked-dense model with every gate on is
+    mmdet's ResNet with the same options, bit for bit."""
+    torch.manual_seed(0)
+    ref = ResNet(50, base_channels=16, **copy.deepcopy(options))
+    net = LAUDResNet(50, 'layer', base_channels=16, dynamic_inference=True,
+                     **copy.deepcopy(options))
+    net.load_state_dict(ref.state_dict(), strict=False)
+    net.eval()
+    ref.eval()
+    x = load_coco_images(n=3, size=(64, 64))
+    net.force_gates(1.0)
+    with torch.no_grad():
+        net.dynamic_inference = False
+        assert all(torch.equal(a, b) for a, b in zip(net(x), ref(x)))
+    _random_layer_gates(net, x)
+    with torch.no_grad():
+        dense = net(x)
+        net.dynamic_inference = True
+        dyn = net(x)
+    assert 0 < float(torch.cat([b.last_stats['gate']
+                                for b in net.blocks]).mean()) < 1
+    for a, b in zip(dyn, dense):
+        assert (a - b).abs().max() <= 1e-5 * max(1., b.abs().max())
+
+
+@pytest.mark.parametrize('paradigm,gran', PARADIGMS[:2])
+@pytest.mark.parametrize('label,options,key', [
+    ('dcn', DCN, r'dcn=\{.*DCNv2.*\} is not supported with paradigm='),
+    ('plugins', PLUGINS, r'plugins=\[.*ContextBlock.*\] is not supported '
+     r'with paradigm=')])
+def test_spatial_channel_refuse_dcn_and_plugins(paradigm, gran, label,
+                                                options, key):
+    with pytest.raises(ValueError, match=key + repr(paradigm)):
+        LAUDResNet(50, paradigm, gran, **copy.deepcopy(options))
+
+
+@pytest.mark.parametrize('paradigm,gran', PARADIGMS[:2])
+@pytest.mark.parametrize('label,options,key', [
+    ('gn', GN, r"norm_cfg=\{'type': 'GN'"),
+    ('conv_ws', dict(conv_cfg=dict(type='ConvWS')),
+     r"conv_cfg=\{'type': 'ConvWS'\}")])
+def test_unfoldable_options_are_masked_dense_only(paradigm, gran, label,
+                                                  options, key):
+    """GN or weight standardisation with spatial / channel skipping: trains
+    and evaluates masked-dense; dynamic inference (BN folded into plain
+    convolutions) is refused when built or switched on, naming the option
+    (it used to fail at the first dynamic forward with a BN-folding
+    message)."""
+    match = key + r'.* supports masked-dense evaluation only'
+    with pytest.raises(ValueError, match=match):
+        LAUDResNet(50, paradigm, gran, base_channels=16,
+                   dynamic_inference=True, **copy.deepcopy(options))
+    net = LAUDResNet(50, paradigm, gran, base_channels=16,
+                     **copy.deepcopy(options))
+    net.eval()
+    with torch.no_grad():
+        outs = net(load_coco_images(n=1, size=(64, 64)))
+    assert all(torch.isfinite(o).all() for o in outs)
+    with pytest.raises(ValueError, match=match):
+        net.dynamic_inference = True
+    assert net.dynamic_inference is False
+
+
+@pytest.mark.parametrize('paradigm,gran', PARADIGMS)
+def test_caffe_style_is_refused_by_every_paradigm(paradigm, gran):
+    """style='caffe' puts the stride on conv1, which the FLOPs count and the
+    latency model do not describe: refused when built; static (paradigm
+    None) it is mmdet's ResNet."""
+    with pytest.raises(ValueError, match=r"style='caffe' is not supported "
+                       r'with paradigm=' + repr(paradigm)):
+        LAUDResNet(50, paradigm, gran, style='caffe')
+    torch.manual_seed(0)
+    ref = ResNet(50, base_channels=16, style='caffe')
+    net = LAUDResNet(50, None, base_channels=16, style='caffe')
+    net.load_state_dict(ref.state_dict())
+    net.eval()
+    ref.eval()
+    x = load_coco_images(n=1, size=(64, 64))
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(net(x), ref(x)))

@@ -181,10 +181,15 @@ def test_errors():
     block = make_block('spatial', 32, 8, 1, 2)
     x = torch.randn(2, 32, 8, 8)
     geom = block.geometry((8, 8))
-    with pytest.raises(ValueError, match='forced_gate'):
+    with pytest.raises(ValueError, match='forced_gate'), torch.no_grad():
         block.masker.forced_gate = torch.ones(2, 3, 3)
         dynamic_bottleneck_forward(block, x, geom)
     block.masker.forced_gate = None
+    # no gradients: refused under grad (parameters or input requiring it)
+    with pytest.raises(RuntimeError, match='computes no gradients'):
+        dynamic_bottleneck_forward(block, x, geom)
+    with torch.no_grad():
+        dynamic_bottleneck_forward(block, x, geom)
     block.train()
     with pytest.raises(ValueError, match='eval'):
         dynamic_bottleneck_forward(block, x, geom)

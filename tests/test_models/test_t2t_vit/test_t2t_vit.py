@@ -348,7 +348,8 @@ def test_bad_config_values(kw, match):
 
 def test_bad_inputs_and_gates():
     net = tiny('spatial')
-    with pytest.raises(ValueError, match=r'\(N, C, H, W\)'):
+    with pytest.raises(ValueError, match=r'input of shape \(3, 64, 64\), '
+                       r'expected \(N, 3, H, W\)'):
         net(torch.zeros(3, 64, 64))
     net.blocks[0].masker.forced_gate = torch.ones(2, 5)
     with pytest.raises(ValueError, match='forced_gate'):
@@ -375,8 +376,9 @@ def test_softmax_and_attention_kernels_hand_computed():
     1 MAC per cycle at 1 MHz, 1 GB/s, no launch cost)."""
     qk, sm, av = attention_ops(TOY, 1, 2, 1)
     # softmax: 4 elements, 4 ops each at 1e6 op/s = 16 us; 4 B read + 4 B
-    # written per element, DRAM and L2 at 1 GB/s: 2 x 32 B / 1e9 = 64 ns
-    assert math.isclose(sm.ms, (16e-6 + 64e-9) * 1e3, rel_tol=1e-9)
+    # written per element from DRAM at 1 GB/s: 32 B / 1e9 = 32 ns (a
+    # streaming kernel: no on-chip term beyond the off-chip pass)
+    assert math.isclose(sm.ms, (16e-6 + 32e-9) * 1e3, rel_tol=1e-9)
     assert qk.macs == 4 and av.macs == 4  # L^2 x dh each
     # QK^T on 1 PE with P = 1: 4 outputs x 1 MAC, 1 cycle each at 1 MHz
     assert math.isclose(qk.compute_ms, 4e-3, rel_tol=1e-9)
