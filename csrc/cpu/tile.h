@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -168,6 +169,23 @@ __attribute__((target("avx2"))) inline void transpose8x8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 #endif
+
+// Zeroes the border of width d (conv2's padding) of a pixel-major,
+// zero-bordered conv1 buffer of hp x wpx pixels of `channels` floats; the
+// interior is written by conv1.
+inline void zero_border(float* buf, int64_t hp, int64_t wpx, int64_t d,
+                        int64_t channels) {
+  for (int64_t r = 0; r < hp; ++r) {
+    float* row = buf + r * wpx * channels;
+    if (r < d || r >= hp - d) {
+      std::memset(row, 0, sizeof(float) * wpx * channels);
+    } else {
+      std::memset(row, 0, sizeof(float) * d * channels);
+      std::memset(row + (wpx - d) * channels, 0,
+                  sizeof(float) * d * channels);
+    }
+  }
+}
 
 // Thread-local scratch that only grows (no allocation per call).
 inline float* scratch(std::vector<float>& v, size_t n) {
