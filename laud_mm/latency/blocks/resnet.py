@@ -265,15 +265,16 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     if k <= 0:  # every sample off: relu(shortcut + bn3 shift)
         return ops + [launch_latency(hw, 'bookkeeping', 14)] + out + tail
     nk = n * k
-    if policy.CHANNEL_FUSED_CPU and batch >= hw.num_pe \
-            and hw.vector_width >= 16 and c_out % 16 == 0:
+    if policy.CHANNEL_FUSED_CPU and hw.vector_width >= 16 and \
+            c_out % 16 == 0:
         # the fused AVX-512 kernel (laud_mm.ops.channel_branch_add_relu;
-        # a CPU spec with 16-lane vectors stands for AVX-512; a thread
-        # per sample, so batch >= N_PE): conv1 and conv2 panels gathered
-        # once per call, then per sample three GEMMs over the pixels as
-        # rows (output channels on the lanes: no pixel-vector rounding),
-        # conv3 into a per-panel buffer added into the shortcut (one
-        # pass with bn3's shift and the ReLU)
+        # a CPU spec with 16-lane vectors stands for AVX-512; any batch:
+        # its pixels are split over the N_PE threads, a GEMM's tiles over
+        # the PEs here): conv1 and conv2 panels gathered once per call,
+        # then per sample three GEMMs over the pixels as rows (output
+        # channels on the lanes: no pixel-vector rounding), conv3 into a
+        # per-panel buffer added into the shortcut (one pass with bn3's
+        # shift and the ReLU)
         kq = -(-k // 16) * 16
         rows_in, rows_out = (in_px, 1), (out_px, 1)
         return ops + [
@@ -338,8 +339,8 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     width, c_out = g.width, g.out_channels
     out_e = n * c_out * ho * wo
     in_px = n * g.in_hw[0] * g.in_hw[1]
-    fused = policy.SPATIAL_FUSED_CPU and batch >= hw.num_pe and \
-        hw.vector_width >= 16 and width % 16 == 0 and c_out % 16 == 0
+    fused = policy.SPATIAL_FUSED_CPU and hw.vector_width >= 16 and \
+        width % 16 == 0 and c_out % 16 == 0
     if fused:
         return _spatial_fused(pred, g, batch, d)
     if g.stride > 1:  # the masker on its own (_spatial_gate)
@@ -445,12 +446,13 @@ def _spatial_gate_ops(pred, g: BlockGeometry,
 def _spatial_fused(pred, g: BlockGeometry, batch: int,
                    d: float) -> List[OpLatency]:
     """Fused CPU spatial path (``laud_mm.ops.spatial_branch_add_relu``,
-    used by ``_spatial_forward`` on AVX-512 CPUs when batch >= threads;
-    a CPU spec with 16-lane vectors stands for AVX-512 and N_PE for the
-    threads): the masker's logit difference as a one-channel 1x1 conv
-    of x, pooled (also with forced gates); then per sample, one thread
-    each, three GEMMs with the pixels as rows (output channels on the
-    lanes): conv1 at the input pixels the active patches' conv2 windows
+    used by ``_spatial_forward`` on AVX-512 CPUs at any batch; a CPU spec
+    with 16-lane vectors stands for AVX-512 and N_PE for the threads, over
+    which the kernel splits the batch's pixels: a GEMM's tiles spread over
+    the PEs here): the masker's logit difference as a one-channel 1x1 conv
+    of x, pooled (also with forced gates); then three GEMMs with the
+    pixels as rows (output channels on the lanes): conv1 at the input
+    pixels the active patches' conv2 windows
     cover (expected fraction 1 - (1 - d)^cells, ``cells`` = patch cells
     whose windows contain a pixel), conv2 (K = 9 width) and conv3 at
     the active output pixels; conv3's output is added into the shortcut
@@ -497,10 +499,12 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
 def _layer_eager(pred, g: BlockGeometry, batch: int,
                  d: float) -> List[OpLatency]:
     """Eager layer path (``_layer_forward`` of
-    :mod:`laud_mm.models.resnet.dynamic`): conv1 as per-image GEMMs on the kept
-    samples' rows of x (no row copy), ReLU, conv2, ReLU, then per kept
-    sample the shortcut row gets the bias (one pass), conv3 accumulated
-    in place (GEMM) and a ReLU pass. The output is the shortcut itself:
+    :mod:`laud_mm.models.resnet.dynamic`): conv1 as GEMMs on the kept
+    samples' rows of x (no row copy, ``laud_mm.ops.sample_gemm``: the
+    kept samples' columns split over the PEs, ReLU fused), conv2, ReLU,
+    then conv3 accumulated into the kept shortcut rows in place (the same
+    kernel: a bias pass, the GEMM, a ReLU pass). The output is the
+    shortcut itself:
     for an identity block inside a backbone
     (``owned_block_inputs``, ``pred.owned_block_inputs``) the input, so
     skipped samples cost nothing; otherwise a copy of the input (identity
@@ -522,7 +526,8 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     def eager(n):
         if n >= batch:
             return static_block_ops(pred, g, batch)
-        res = [launch_latency(hw, 'bookkeeping', 6 + 5 * n)]
+        # nonzero, tolist, new_empty, arange, the two kernel calls, ...
+        res = [launch_latency(hw, 'bookkeeping', 9)]
         if not g.has_downsample and not inplace:
             res.append(elementwise_latency(hw, 'clone', out_e * batch,
                                            1, 1))

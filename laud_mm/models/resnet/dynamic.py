@@ -15,8 +15,8 @@ rounding, while skipping the masked-out work:
   input windows instead, :func:`window_conv1`, the masker on its own)
   (sample and location recorded per patch), conv2 (valid, stride) and conv3
   run on the gathered patches only, and a fused scatter-add + ReLU writes them
-  into the shortcut. On CPUs with AVX-512 (batch >= threads) one compiled
-  kernel does the whole branch instead (:data:`SPATIAL_FUSED_CPU`,
+  into the shortcut. On CPUs with AVX-512 one compiled kernel does the
+  whole branch instead (its pixels split over torch's threads) (:data:`SPATIAL_FUSED_CPU`,
   :func:`laud_mm.ops.spatial_branch_add_relu`): conv1 at the input pixels
   the active patches' conv2 windows need (the dilated mask), conv2 and
   conv3 at the active output pixels, read in place, conv3 added into the
@@ -29,8 +29,9 @@ rounding, while skipping the masked-out work:
   with every group off outputs relu(shortcut + bn3 shift): the masked-dense
   block masks after bn1 / bn2, so bn3's shift remains).
 - layer: the block runs only on the samples whose gate is on (conv1 as
-  per-image GEMMs on their rows of x, conv3 accumulated into the shortcut
-  rows); the others output relu(shortcut). Inside a backbone
+  GEMMs on their rows of x, conv3 accumulated into the shortcut rows, the
+  columns of all kept samples split over the threads:
+  :func:`laud_mm.ops.sample_gemm`); the others output relu(shortcut). Inside a backbone
   (:func:`owned_block_inputs`) identity blocks write into their input.
 
 Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
@@ -47,6 +48,7 @@ from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
 from ...ops.patches import _gather, _scatter, window_size
+from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
 from ...structures.geometry import BlockGeometry
@@ -220,7 +222,7 @@ def _spatial_forward(block, x, geom):
     n = x.shape[0]
     width = fb.w1.shape[0]
     masker = block.masker
-    fused = policy.SPATIAL_FUSED_CPU and n >= torch.get_num_threads() and \
+    fused = policy.SPATIAL_FUSED_CPU and policy.fused_cpu_threads() and \
         not is_autocast(x) and fast_spatial_branch(x, width, fb.w3.shape[0]) \
         and x.dtype == fb.w1.dtype and fb.w2.shape[1:] == (width, 3, 3) \
         and fb.padding == fb.dilation
@@ -440,7 +442,7 @@ def _channel_forward(block, x, geom):
                       fb.dilation).relu_().mul_(m)
         return F.conv2d(h2, fb.w3, fb.b3).add_(ident).relu_(), gate
     chs = _kept_channels(keep_ch, width)  # (N, k)
-    if policy.CHANNEL_FUSED_CPU and n >= torch.get_num_threads() and \
+    if policy.CHANNEL_FUSED_CPU and policy.fused_cpu_threads() and \
             not is_autocast(x) and fast_channel_branch(x) and \
             x.dtype == ident.dtype == fb.w1.dtype and c_out % 16 == 0 and \
             fb.w2.shape[1:] == (width, 3, 3):
@@ -518,21 +520,18 @@ def _layer_forward(block, x, geom):
         c_out, ho, wo = out.shape[1:]
         width = fb.w1.shape[0]
         xr = x.reshape(n, c_in, h * w)
-        # conv1 per kept image straight from its rows of x: PyTorch runs a
-        # 1x1 convolution of < 16 images as these per-image GEMMs anyway,
-        # so this saves the x[samples] copy
+        # conv1 of the kept images straight from their rows of x (no
+        # x[samples] copy), GEMMs whose columns are split over the threads
+        # (laud_mm.ops.sample_gemm), ReLU fused
         h1 = x.new_empty(len(kept), width, h * w)
-        b1 = fb.b1[:, None]
-        for j, s in enumerate(kept):
-            torch.addmm(b1, fb.w1m, xr[s], out=h1[j])
-        h1 = h1.view(-1, width, h, w).relu_()
-        h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
-                      fb.dilation).relu_().view(len(kept), width, ho * wo)
+        seq = torch.arange(len(kept))
+        _sample_gemm(h1, fb.w1m, xr, idx, seq, fb.b1, relu=True)
+        h2 = F.conv2d(h1.view(-1, width, h, w), fb.w2, fb.b2, fb.stride,
+                      fb.padding, fb.dilation).relu_()
         # conv3 accumulated into the shortcut rows: relu(ident + b3 + W3 h)
-        o = out.view(n, c_out, ho * wo)
-        b3 = fb.b3[:, None]
-        for j, s in enumerate(kept):
-            o[s].add_(b3).addmm_(fb.w3m, h2[j]).relu_()
+        _sample_gemm(out.view(n, c_out, ho * wo), fb.w3m,
+                     h2.view(len(kept), width, ho * wo), seq, idx, fb.b3,
+                     accumulate=True, relu=True)
     if not nonneg_inplace:  # skipped samples: relu(shortcut)
         for s in (~on).nonzero()[:, 0].tolist():
             out[s].relu_()
