@@ -19,9 +19,14 @@ from .patches import window_size
 # ------------------------------------------------------------------ spatial
 #: ResNet spatial blocks on the gather / scatter path: from this fraction of
 #: active patches on, conv2 / conv3 run densely and the output is masked
-#: (faster on CPU than gather -> conv -> scatter; both exact). The fused CPU
-#: kernel (:data:`SPATIAL_FUSED_CPU`) runs at every density.
+#: (faster on CPU than gather -> conv -> scatter; both exact).
 SPATIAL_DENSE_THRESHOLD = 0.8
+#: the same for the fused CPU kernel (:data:`SPATIAL_FUSED_CPU`): with
+#: every patch active oneDNN's dense convolutions beat the kernel's tiles
+#: at 2 threads (R50 8 x 224 px r = 1: 0.88x wall, 0.95x CPU time, a quick
+#: run of tools/analysis_tools/benchmark_latency.py under load), and there
+#: the dense block is the static one
+SPATIAL_FUSED_DENSE_THRESHOLD = 1.0
 #: RegNetY spatial blocks: the same threshold (their grouped conv2 and SE
 #: make the gathered path pay off up to higher densities)
 REGNETY_SPATIAL_DENSE_THRESHOLD = 0.95

@@ -336,10 +336,10 @@ def _launch_count(p, ops):
 def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     """R50 s1.b0 (downsample, 56 -> 28 px) at batch 4 with 2 kept samples:
     the forced-gate calls, the downsample, the branch of the static block on
-    2 samples (conv1 as per-image GEMMs on their rows of x: no row copy),
-    then per kept sample the bias pass, conv3 accumulated into the shortcut
-    row and a ReLU pass; the 2 skipped rows of the downsample output get a
-    ReLU. An identity block inside a backbone writes into its input (the
+    2 samples (conv1 as GEMMs on their rows of x, ops.sample_gemm: no row
+    copy), then the bias pass, conv3 accumulated into the kept shortcut
+    rows and a ReLU pass (the same kernel, one call); the 2 skipped rows of
+    the downsample output get a ReLU. An identity block inside a backbone writes into its input (the
     skipped rows cost nothing); called alone, its input is copied first."""
     p = _eager()
     hw = p.hw
@@ -356,7 +356,7 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     for k in ('bias3', 'relu3', 'relu_skipped'):  # 2 rows each
         assert by[k].ms == pytest.approx(elementwise_latency(
             hw, k, 2 * out_e, 1, 1).ms)
-    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 16 + 2)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 9 + 2)
     full = [o.name for o in resnet_latency.layer_block_ops(p, g, 4, 1.)]
     assert full == ['gate', 'downsample', 'gate_count'] + \
         [o.name for o in resnet_latency.static_block_ops(p, g, 4)]

@@ -318,7 +318,9 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
 def _spatial_eager(pred, g: BlockGeometry, batch: int,
                    d: float) -> List[OpLatency]:
     """Eager spatial path (``_spatial_forward`` of
-    :mod:`laud_mm.models.resnet.dynamic`): conv1 dense (with the masker's
+    :mod:`laud_mm.models.resnet.dynamic`): the fused CPU kernel where the
+    path takes it (:func:`_spatial_fused`), else :func:`_spatial_gather`:
+    conv1 dense (with the masker's
     logit as an extra output, forced gates included; stride-2
     blocks: the masker on its own, and conv1 on the gathered input
     windows when they cover under ``SPATIAL_WINDOW_CONV1_MAX_FRACTION``
@@ -331,6 +333,22 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     of the patches on, the dense block times the mask. The patches are counted on the patch grid (partial edge
     patches are computed whole); a random patch set keeps on average
     the same fraction of pixels as of patches, so ``d`` is both."""
+    fused = policy.SPATIAL_FUSED_CPU and pred.hw.vector_width >= 16 and \
+        g.width % 16 == 0 and g.out_channels % 16 == 0
+    if fused:
+        return _spatial_fused(pred, g, batch, d)
+    return _spatial_gather(pred, g, batch, d)
+
+
+def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
+                    gate_ops: Optional[List[OpLatency]] = None,
+                    dense_threshold: Optional[float] = None
+                    ) -> List[OpLatency]:
+    """:func:`_spatial_eager` on the gather / scatter path, or, from
+    ``dense_threshold`` (default ``pred.spatial_dense_threshold``) of the
+    patches on, the dense block times the mask; ``gate_ops``: the fused
+    path's masker ops, kept when it falls back to the dense block (its
+    conv1 then has no logit output)."""
     hw = pred.hw
     S = int(g.granularity)
     ho, wo = g.out_hw
@@ -339,11 +357,9 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     width, c_out = g.width, g.out_channels
     out_e = n * c_out * ho * wo
     in_px = n * g.in_hw[0] * g.in_hw[1]
-    fused = policy.SPATIAL_FUSED_CPU and hw.vector_width >= 16 and \
-        width % 16 == 0 and c_out % 16 == 0
-    if fused:
-        return _spatial_fused(pred, g, batch, d)
-    if g.stride > 1:  # the masker on its own (_spatial_gate)
+    if gate_ops is not None:  # the fused path's masker
+        ops, c1 = list(gate_ops), width
+    elif g.stride > 1:  # the masker on its own (_spatial_gate)
         ops = _spatial_gate_ops(pred, g, batch)
         c1 = width
     else:  # masker fused into conv1: pool its logit, compare
@@ -358,7 +374,8 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     if d <= 0.:  # relu(shortcut)
         return ops + downsample_ops(pred, g, batch) + [
             elementwise_latency(hw, 'relu', out_e, 1, 1)]
-    thr = pred.spatial_dense_threshold
+    thr = pred.spatial_dense_threshold if dense_threshold is None \
+        else dense_threshold
     if (thr is not None and d >= thr) or d >= 1.:
         dense = static_block_ops(pred, g, batch)
         ops += [conv1 if o.name == 'conv1' else o for o in dense
@@ -458,7 +475,9 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     the active output pixels; conv3's output is added into the shortcut
     at those pixels (runs of S). Outside a backbone's owned identity
     blocks the shortcut's other pixels get a ReLU pass. The kernel runs
-    at every density (``spatial_dense_threshold`` is the gather path's)."""
+    below ``SPATIAL_FUSED_DENSE_THRESHOLD`` active patches (from there on
+    the dense block times the mask; ``spatial_dense_threshold`` is the
+    gather path's)."""
     hw = pred.hw
     S = int(g.granularity)
     ho, wo = g.out_hw
@@ -466,14 +485,17 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     n = float(batch)
     width, c_out, c_in = g.width, g.out_channels, g.in_channels
     out_e = n * c_out * ho * wo
-    ops = _spatial_gate_ops(pred, g, batch)
-    ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
+    gate = _spatial_gate_ops(pred, g, batch)
+    if d >= policy.SPATIAL_FUSED_DENSE_THRESHOLD:  # the dense block
+        return _spatial_gather(
+            pred, g, batch, d, gate_ops=gate,
+            dense_threshold=policy.SPATIAL_FUSED_DENSE_THRESHOLD)
+    ops = gate + [launch_latency(hw, 'gate_count', 3)]  # gt, sum, item
     if d <= 0.:  # the owned input itself, else relu(shortcut)
         inplace = pred.owned_block_inputs and not g.has_downsample
         return ops + downsample_ops(pred, g, batch) + (
             [] if inplace else
             [elementwise_latency(hw, 'relu', out_e, 1, 1)])
-    # the kernel runs at every density (no dense fallback)
     sh, sw = min(S, ho), min(S, wo)
     win = ((sh - 1) * g.stride + 2 * g.dilation + 1) * \
         ((sw - 1) * g.stride + 2 * g.dilation + 1)

@@ -247,7 +247,9 @@ def _spatial_forward(block, x, geom):
     def conv1():
         return F.conv2d(x, fb.w1, fb.b1) if t is None else t
 
-    if not fused and n_act >= policy.SPATIAL_DENSE_THRESHOLD * total:
+    dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD if fused else \
+        policy.SPATIAL_DENSE_THRESHOLD
+    if n_act >= dense_from * total:
         h = conv1()[:, :width].relu_()  # t is ours: ReLU in place
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
                      fb.dilation).relu_()

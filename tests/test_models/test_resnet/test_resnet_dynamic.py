@@ -404,10 +404,12 @@ def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
     assert threads_ok == (threads == 1 or ops.parallel_kernels())
     if pattern in ('learned', 'random'):
         assert 0 < gate.float().mean() < dyn.policy.SPATIAL_DENSE_THRESHOLD
-    # every density (all on included) runs the kernel, all off returns
-    # relu(shortcut) without it
+    # every density below SPATIAL_FUSED_DENSE_THRESHOLD (1: all on runs
+    # the dense block) runs the kernel, all off returns relu(shortcut)
+    # without it
+    assert dyn.policy.SPATIAL_FUSED_DENSE_THRESHOLD == 1.0
     expect = fused and ops.fast_spatial_branch(x, 16, 64) and threads_ok \
-        and pattern != 'off'
+        and pattern not in ('off', 'on')
     assert bool(calls) == expect
 
 
