@@ -366,11 +366,7 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
     const int64_t m = std::min(sub, p1 - q0);
     if (k > 0) {
       // ---- conv2: rows = output pixels, A = h1 (nine shifted taps), K = 9 k
-      int64_t q = 0;
-      for (int64_t dy = 0; dy < 3; ++dy)
-        for (int64_t dx = 0; dx < 3; ++dx)
-          for (int64_t c = 0; c < k; ++c)
-            aoff[q++] = ((dy * g.dil) * wpx + dx * g.dil) * kp + c;
+      tap_offsets(aoff, g.dil, wpx, kp, k);
       for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
         const int nv =
             static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);

@@ -10,19 +10,17 @@
 //   epi = ReLU when relu, else identity; bias (M,) broadcast over P.
 //
 // Why a kernel: the kept samples are rows of the batch, not a batch of
-// their own, so the dynamic path ran one torch.addmm per kept sample (no
-// copy of the rows); each call threads one small GEMM over the pool and
-// waits for it, while the static network's convolution splits the whole
-// batch at once (a third of the layer path's time at 2 threads on R50
-// stage 1; docs/benchmarks.md). Here the columns of all the kept samples'
-// GEMMs are cut into one contiguous range per thread (partition.h: n P
-// columns, ranges of whole 16-column vectors), each range into pieces whose
-// output (M x columns) stays in L2, each piece a single-threaded GEMM
-// (at::addmm_out: MKL / the BLAS torch uses, inside the parallel region)
-// between a bias pass and a ReLU pass. The K-sum of an output element is
-// one GEMM call whatever the partition; the BLAS may order it differently
-// for another column count, so results agree with one thread to fp32
-// rounding (tested at 1e-5 relative).
+// their own; a torch.addmm per kept sample (no copy of the rows) threads
+// each small GEMM over the pool and waits for it, while the static
+// network's convolution splits the whole batch at once. Here the columns of all the kept samples' GEMMs are cut
+// into one contiguous range per thread (partition.h: n P columns, ranges
+// of whole 16-column vectors where there are enough), each range into
+// pieces whose output (M x columns) stays in L2, each piece a
+// single-threaded GEMM (at::addmm_out: MKL / the BLAS torch uses, inside
+// the parallel region) between a bias pass and a ReLU pass. The K-sum of
+// an output element is one GEMM call whatever the partition; the BLAS may
+// order it differently for another column count, so results agree with
+// one thread to fp32 rounding (tested at 1e-5 relative).
 //
 // Source: LAUDNet paper sec. 3.2 (layer skipping), sec. 3.4 (scheduling);
 // Python API in laud_mm/ops/sample_gemm.py.
@@ -35,16 +33,18 @@
 
 #include <algorithm>
 #include <vector>
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
 
 namespace laud_mm {
 
 namespace {
 
-// Columns per thread-range boundary: a 512-bit vector of floats.
+// Columns per thread-range boundary: a 512-bit vector of floats, unless
+// the columns are too few for every thread to get 4 vectors (small maps,
+// many threads: any column).
 constexpr int64_t kColAlign = 16;
+inline int64_t col_align(int64_t columns, int64_t threads) {
+  return columns >= 4 * kColAlign * threads ? kColAlign : 1;
+}
 
 // o[m][c] = (acc ? o[m][c] : 0) + bias[m] for m < M, c < cols (row stride
 // ld); bias may be null (then 0).
@@ -62,16 +62,7 @@ void bias_pass(float* o, int64_t ld, int64_t M, int64_t cols,
 }
 
 void relu_pass(float* o, int64_t ld, int64_t M, int64_t cols) {
-  for (int64_t m = 0; m < M; ++m) {
-    float* r = o + m * ld;
-    int64_t c = 0;
-#if defined(__SSE2__)
-    const __m128 z = _mm_setzero_ps();
-    for (; c + 4 <= cols; c += 4)
-      _mm_storeu_ps(r + c, _mm_max_ps(z, _mm_loadu_ps(r + c)));
-#endif
-    for (; c < cols; ++c) r[c] = relu_of(r[c]);
-  }
+  for (int64_t m = 0; m < M; ++m) relu_copy(o + m * ld, o + m * ld, cols);
 }
 
 }  // namespace
@@ -83,7 +74,7 @@ std::vector<int64_t> sample_gemm_bounds(int64_t n, int64_t P,
   std::vector<int64_t> counts(n, P), bounds(threads + 1);
   std::vector<double> costs(n, 1.);
   partition::balanced_bounds(counts.data(), costs.data(), n, threads,
-                             kColAlign, bounds.data());
+                             col_align(n * P, threads), bounds.data());
   return bounds;
 }
 

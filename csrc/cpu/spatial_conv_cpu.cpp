@@ -94,17 +94,6 @@ RunKind run_kind(const int64_t* poff, int64_t count) {
   return kScalar;
 }
 
-// o[q] = relu(a[q]) for q < n (vectorised; o may alias a).
-void relu_copy(float* o, const float* a, int64_t n) {
-  int64_t q = 0;
-#if defined(__SSE2__)
-  const __m128 z = _mm_setzero_ps();
-  for (; q + 4 <= n; q += 4)
-    _mm_storeu_ps(o + q, _mm_max_ps(z, _mm_loadu_ps(a + q)));
-#endif
-  for (; q < n; ++q) o[q] = relu_of(a[q]);
-}
-
 // conv3's epilogue at scattered pixels: out[l][poff[p]] = relu(ident[l]
 // [poff[p]] + tmp[p][l] + bias[l]) for p < count, l < wdt (a multiple of 8);
 // out[l] = out + l * plane, likewise ident (may alias out); poff holds
@@ -399,11 +388,7 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       ++off;
     }
     // ---- conv2: A = h1 (nine shifted taps), K = 9 width
-    int64_t q = 0;
-    for (int64_t dy = 0; dy < 3; ++dy)
-      for (int64_t dx = 0; dx < 3; ++dx)
-        for (int64_t c = 0; c < width; ++c)
-          aoff[q++] = ((dy * g.dil) * wpx + dx * g.dil) * width + c;
+    tap_offsets(aoff, g.dil, wpx, width, width);
     for (int64_t j0 = 0; j0 < width; j0 += kPanel) {
       const int nv =
           static_cast<int>(std::min<int64_t>(kPanel, width - j0) / kLanes);

@@ -170,6 +170,18 @@ __attribute__((target("avx2"))) inline void transpose8x8(__m256 r[8]) {
 }
 #endif
 
+// The A offsets of conv2's K = 9 k terms in a pixel-major conv1 buffer
+// (wpx pixels a row, `stride` floats a pixel): tap (dy, dx), channel c at
+// ((dy d) wpx + dx d) stride + c, taps in row-major order.
+inline void tap_offsets(int64_t* aoff, int64_t d, int64_t wpx,
+                        int64_t stride, int64_t k) {
+  int64_t q = 0;
+  for (int64_t dy = 0; dy < 3; ++dy)
+    for (int64_t dx = 0; dx < 3; ++dx)
+      for (int64_t c = 0; c < k; ++c)
+        aoff[q++] = ((dy * d) * wpx + dx * d) * stride + c;
+}
+
 // Zeroes the border of width d (conv2's padding) of a pixel-major,
 // zero-bordered conv1 buffer of hp x wpx pixels of `channels` floats; the
 // interior is written by conv1.

@@ -97,6 +97,18 @@ def timing_columns(what: str = '', ms: str = '.1f') -> List[Column]:
 THREADS = Column('threads', lambda r: str(r['threads']))
 
 
+def leading_columns(backbone: Callable[[Dict], str],
+                    image: Callable[[Dict], str] = lambda r:
+                    f"{r['batch']}x{r['size']}x{r['size']}"
+                    ) -> List[Column]:
+    """The columns every backbone table starts with: backbone, input,
+    paradigm, threads, r (rows carry ``paradigm``, ``threads``, ``rate``;
+    by default ``batch`` and a square ``size``)."""
+    return [Column('backbone', backbone), Column('input', image),
+            Column('paradigm', lambda r: r['paradigm']), THREADS,
+            Column('r', lambda r: f"{r['rate']:.2f}")]
+
+
 def thread_counts(threads: Union[int, Sequence[int], None]) -> List[int]:
     """The ``--threads`` list: an int or a sequence, None = [1, all logical
     CPUs] (one thread and every core, the two settings a table reports).

@@ -31,20 +31,15 @@ from laud_mm.models import LAUDRegNetY
 from laud_mm.models.layers.folding import fold_conv_bn
 from laud_mm.models.regnet.dynamic import static_regnety_forward
 
-from .common import (PARADIGMS, THREADS, Column, check_options, header,
-                     table_row, time_forced_rate, timing_columns,
-                     timing_table)
+from .common import (PARADIGMS, Column, check_options, header,
+                     leading_columns, table_row, time_forced_rate,
+                     timing_columns, timing_table)
 
 #: the benchmarked architectures
 ARCHS = ('regnety_400mf', 'regnety_800mf')
 
 #: the columns of the table (rows of :func:`run`)
-COLUMNS = [
-    Column('backbone', lambda r: r['arch']),
-    Column('input', lambda r: f"{r['batch']}x{r['size']}x{r['size']}"),
-    Column('paradigm', lambda r: r['paradigm']),
-    THREADS,
-    Column('r', lambda r: f"{r['rate']:.2f}"),
+COLUMNS = leading_columns(lambda r: r['arch']) + [
     Column('realised mean r_i', lambda r: f"{r['rate_real']:.3f}"),
     *timing_columns(),
     Column('ideal (FLOPs)', lambda r: f"{1 / r['flops_ratio']:.2f}x"),

@@ -42,20 +42,17 @@ from ..forced_gates import force_random_gates
 from ..timing import bench_pair
 from . import spatial_steps
 from .common import (PARADIGMS, THREADS, Column, check_options, header,
-                     table_row, thread_counts, time_forced_rate,
-                     timing_columns, timing_table)
+                     leading_columns, table_row, thread_counts,
+                     time_forced_rate, timing_columns, timing_table)
 
 #: input of each size key: (batch, (H, W)); the 224 px batch is
 #: ``batch`` of :func:`benchmark_resnet`
 SIZES = {'224': (8, (224, 224)), 'det': (1, (800, 1216))}
 
 #: the columns of the backbone table (rows of :func:`run`)
-COLUMNS = [
-    Column('backbone', lambda r: f"R{r['depth']}"),
-    Column('input', lambda r: f"{r['batch']}x{r['hw'][0]}x{r['hw'][1]}"),
-    Column('paradigm', lambda r: r['paradigm']),
-    THREADS,
-    Column('r', lambda r: f"{r['rate']:.2f}"),
+COLUMNS = leading_columns(
+    lambda r: f"R{r['depth']}",
+    lambda r: f"{r['batch']}x{r['hw'][0]}x{r['hw'][1]}") + [
     Column('realised mean r_i', lambda r: f"{r['rate_real']:.3f}"),
     *timing_columns(),
     Column('ideal (static / dynamic FLOPs)',

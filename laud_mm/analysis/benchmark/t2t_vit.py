@@ -35,8 +35,9 @@ from laud_mm.models.t2t_vit.dynamic import static_t2t_layer_forward
 
 from ..forced_gates import force_random_token_gates
 from ..timing import bench_pair, wall_ms
-from .common import (THREADS, Column, check_exact, check_options, header,
-                     table_row, timing_columns, timing_table)
+from .common import (Column, check_exact, check_options, header,
+                     leading_columns, table_row, timing_columns,
+                     timing_table)
 
 #: the paradigms of a T2T-ViT (token, head and layer skipping)
 PARADIGMS = ('layer', 'channel', 'spatial')
@@ -46,12 +47,7 @@ TINY = dict(img_size=64, embed_dims=64, num_layers=2,
             layer_cfgs=dict(num_heads=4, feedforward_channels=128))
 
 #: the columns of the table (rows of :func:`run`)
-COLUMNS = [
-    Column('backbone', lambda r: r['arch']),
-    Column('input', lambda r: f"{r['batch']}x{r['size']}x{r['size']}"),
-    Column('paradigm', lambda r: r['paradigm']),
-    THREADS,
-    Column('r', lambda r: f"{r['rate']:.2f}"),
+COLUMNS = leading_columns(lambda r: r['arch']) + [
     Column('encoder FLOPs', lambda r: f"{r['flops_rate']:.2f}"),
     Column('T2T module ms', lambda r: f"{r['stem_ms']:.0f}"),
     *timing_columns('encoder ', ms='.0f'),
