@@ -14,8 +14,9 @@
 // each small GEMM over the pool and waits for it, while the static
 // network's convolution splits the whole batch at once. Here the columns of all the kept samples' GEMMs are cut
 // into one contiguous range per thread (partition.h: n P columns, ranges
-// of whole 16-column vectors where there are enough), each range into
-// pieces whose output (M x columns) stays in L2, each piece a
+// of equal column counts: a few columns on 7 x 7 maps cost as much as
+// whole vectors), each range into pieces whose output (M x columns) stays
+// in L2 (a multiple of 16 columns), each piece a
 // single-threaded GEMM (at::addmm_out: MKL / the BLAS torch uses, inside
 // the parallel region) between a bias pass and a ReLU pass. The K-sum of
 // an output element is one GEMM call whatever the partition; the BLAS may
@@ -37,14 +38,6 @@
 namespace laud_mm {
 
 namespace {
-
-// Columns per thread-range boundary: a 512-bit vector of floats, unless
-// the columns are too few for every thread to get 4 vectors (small maps,
-// many threads: any column).
-constexpr int64_t kColAlign = 16;
-inline int64_t col_align(int64_t columns, int64_t threads) {
-  return columns >= 4 * kColAlign * threads ? kColAlign : 1;
-}
 
 // o[m][c] = (acc ? o[m][c] : 0) + bias[m] for m < M, c < cols (row stride
 // ld); bias may be null (then 0).
@@ -73,8 +66,8 @@ std::vector<int64_t> sample_gemm_bounds(int64_t n, int64_t P,
                                         int64_t threads) {
   std::vector<int64_t> counts(n, P), bounds(threads + 1);
   std::vector<double> costs(n, 1.);
-  partition::balanced_bounds(counts.data(), costs.data(), n, threads,
-                             col_align(n * P, threads), bounds.data());
+  partition::balanced_bounds(counts.data(), costs.data(), n, threads, 1,
+                             bounds.data());
   return bounds;
 }
 
@@ -117,8 +110,7 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
   const std::vector<int64_t> bounds = sample_gemm_bounds(n, P, parts);
   // columns per piece: the piece's output stays within 1 MiB (L2)
   const int64_t piece = std::max<int64_t>(
-      kColAlign, (1024 * 1024 / 4 / std::max<int64_t>(M, 1)) / kColAlign *
-                     kColAlign);
+      16, (1024 * 1024 / 4 / std::max<int64_t>(M, 1)) / 16 * 16);
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   // the workers run ATen's GEMM: they take the caller's inference mode

@@ -12,7 +12,8 @@ compiled kernel (``csrc/cpu/sample_gemm_cpu.cpp``: the n P columns split
 over torch's threads, one single-threaded GEMM per piece, the kept rows
 read and written in place) instead of a torch.addmm per sample, each of
 which threads one small GEMM and waits for it;
-:func:`sample_gemm_reference` is that loop.
+:func:`sample_gemm_reference` is one batched GEMM over copies of the rows
+(what other devices run: an operation per batch, not per sample).
 
 Source: paper sec. 3.2 (layer skipping), sec. 3.4 (scheduling).
 """
@@ -76,7 +77,9 @@ def _sample_gemm(out, w, x, rows_x, rows_out, bias=None, accumulate=False,
     reference."""
     ext = extension()
     if ext is not None and hasattr(ext, 'sample_gemm') and \
-            use_kernels(out) and out.is_contiguous() and \
+            out.device.type == 'cpu' and use_kernels(out) and \
+            out.dtype == w.dtype == x.dtype == torch.float32 and \
+            out.is_contiguous() and \
             w.is_contiguous() and x.is_contiguous() and \
             (bias is None or bias.is_contiguous()):
         ext.sample_gemm(out, w, x, rows_x.contiguous(),
@@ -89,18 +92,18 @@ def _sample_gemm(out, w, x, rows_x, rows_out, bias=None, accumulate=False,
 def sample_gemm_reference(out, w, x, rows_x, rows_out, bias=None,
                           accumulate=False, relu=False) -> torch.Tensor:
     """Pure-PyTorch :func:`sample_gemm` (same arguments and result up to
-    float rounding; no argument checks): a torch.addmm per sample."""
-    b = None if bias is None else bias[:, None]
-    for sx, so in zip(rows_x.tolist(), rows_out.tolist()):
-        o = out[so]
-        if accumulate:
-            if b is not None:
-                o.add_(b)
-            o.addmm_(w, x[sx])
-        elif b is not None:
-            torch.addmm(b, w, x[sx], out=o)
-        else:
-            torch.mm(w, x[sx], out=o)
-        if relu:
-            o.relu_()
-    return out
+    float rounding; no argument checks), on any device: one batched GEMM
+    over the rows (a launch per operation for the whole batch, not per
+    sample, on a GPU), the rows read with ``index_select`` and written back
+    with ``index_copy_``."""
+    y = torch.matmul(w, x.index_select(0, rows_x))  # (n, M, P)
+    if accumulate:
+        base = out.index_select(0, rows_out)
+        if bias is not None:
+            base = base + bias[:, None]
+        y = base.add_(y)
+    elif bias is not None:
+        y = y.add_(bias[:, None])
+    if relu:
+        y = y.relu_()
+    return out.index_copy_(0, rows_out, y.to(out.dtype))
