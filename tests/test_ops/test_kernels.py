@@ -511,6 +511,9 @@ def test_spatial_branch_errors():
     with pytest.raises(ValueError, match='identity_nonneg'):
         spatial_branch_add_relu(neg, x, neg, idx, *packed, 2,
                                 identity_nonneg=True)
+    xs = torch.randn(2, 16, 6, 6)
+    with pytest.raises(ValueError, match='out may alias x only'):
+        spatial_branch_add_relu(xs, xs, ident, idx, *packed, 2)
 
 
 # ------------------------------------------------- threads and partition
