@@ -535,6 +535,10 @@ def _layer_forward(block, x, geom):
                      h2.view(len(kept), width, ho * wo), seq, idx, fb.b3,
                      accumulate=True, relu=True)
     if not nonneg_inplace:  # skipped samples: relu(shortcut)
-        for s in (~on).nonzero()[:, 0].tolist():
-            out[s].relu_()
+        skipped = (~on).nonzero()[:, 0]
+        if out.device.type == 'cpu':  # in place, row by row
+            for s in skipped.tolist():
+                out[s].relu_()
+        elif skipped.numel():  # one operation for the batch on a GPU
+            out.index_copy_(0, skipped, out.index_select(0, skipped).relu_())
     return out, gate
