@@ -508,6 +508,66 @@ def test_eager_spatial_kernels():
     assert by['conv3'].macs == pytest.approx(rows * 512 * 2048)
 
 
+def test_eager_fused_kernels_at_any_batch():
+    """A CPU spec with 16-lane vectors (AVX-512): the fused spatial and
+    channel kernels are modelled at batch 1 on 2 PEs (they split the
+    batch's pixels over the threads; a GEMM's tiles over the PEs here, so
+    2 PEs run the fused spatial GEMMs faster than 1); with every patch
+    active the spatial path is the dense block after the masker
+    (SPATIAL_FUSED_DENSE_THRESHOLD = 1)."""
+    spec = get_hardware('cpu').replace(vector_width=16)
+    assert spec.num_pe == 2
+    p = LatencyPredictor(spec, implementation='eager',
+                         spatial_dense_threshold=0.8, forced_gates=True)
+    g = resnet_geometries(50, (224, 224), 'spatial', (4, 4, 2, 1))[0][1]
+    names, by = _by_name(resnet_latency.spatial_block_ops(p, g, 1, 0.5))
+    assert names == ['mask_conv', 'mask_pool', 'mask_steps', 'gate',
+                     'gate_count', 'bookkeeping', 'conv1', 'conv2', 'conv3',
+                     'add_relu3']
+    one = LatencyPredictor(spec.replace(num_pe=1), implementation='eager',
+                           spatial_dense_threshold=0.8, forced_gates=True)
+    by1 = _by_name(resnet_latency.spatial_block_ops(one, g, 1, 0.5))[1]
+    for k in ('conv1', 'conv2', 'conv3'):
+        assert by[k].ms < 0.8 * by1[k].ms, k
+    names = [o.name for o in resnet_latency.spatial_block_ops(p, g, 1, 1.)]
+    assert names == ['mask_conv', 'mask_pool', 'mask_steps', 'gate',
+                     'gate_count', 'conv1', 'relu1', 'conv2', 'relu2',
+                     'conv3', 'slice', 'add', 'relu3']
+    gc = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][1]
+    names = [o.name for o in resnet_latency.channel_block_ops(p, gc, 1, 0.5)]
+    assert names[-5:] == ['w2_panels', 'conv1', 'conv2', 'conv3',
+                          'add_relu3']
+
+
+def test_calibration_spec_models_its_thread_count(monkeypatch, tmp_path):
+    """calibrate_hardware --threads N writes a spec of N PEs (cpu<N>_calib;
+    the compute rate per PE from the N-thread convolutions) and bounds the
+    on-chip factor (a noisy bandwidth slope gave 2.7e5 under load); the
+    validation refuses a spec of another thread count, naming both."""
+    from laud_mm.analysis.validation import validate_predictor
+    from laud_mm.latency import calibration
+    prev = torch.get_num_threads()
+    monkeypatch.setattr(calibration, 'microbench', lambda dev: dict(
+        launch_us=5., launch_add_us=4., launch_conv_us=6.,
+        bandwidth_gbs=2., cache_gbs=5e5, macs=1e11, conv_rates=[1e11],
+        weight_reorder_gbs=8.))
+    try:
+        spec = calibration.calibrate_hardware(
+            threads=2, out=str(tmp_path / 'cpu2.yaml'))
+    finally:
+        torch.set_num_threads(prev)
+    assert spec.name == 'cpu2_calib' and spec.num_pe == 2
+    assert spec.l2_factor == calibration.L2_FACTOR_MAX
+    assert spec.fp32_per_pe == pytest.approx(
+        1e11 / (2 * spec.clock_mhz * 1e6))
+    assert get_hardware(str(tmp_path / 'cpu2.yaml')) == spec
+    with pytest.raises(ValueError, match=r'num_pe=2 threads but '
+                       r'--threads=1'):
+        validate_predictor(hardware=str(tmp_path / 'cpu2.yaml'), threads=1,
+                           out_dir=str(tmp_path / 'v'))
+    torch.set_num_threads(prev)
+
+
 def test_eager_spatial_window_conv1_kernels():
     """Stride-2 spatial block s1.b0 (56 x 56 input, S = 4, 9 x 9 windows):
     with few patches conv1 runs on the gathered input windows (the model of
