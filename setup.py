@@ -64,6 +64,15 @@ def get_version() -> str:
     return m.group(1)
 
 
+def openmp_backend(torch) -> bool:
+    """Whether torch's intra-op thread pool is OpenMP (its Linux wheels),
+    so the extension must be compiled with -fopenmp (GCC / Clang on
+    Linux; elsewhere the kernels are built serial)."""
+    info = torch.__config__.parallel_info()
+    return sys.platform.startswith('linux') and \
+        'ATen parallel backend: OpenMP' in info
+
+
 def get_extensions():
     if os.environ.get('LAUD_MM_NO_EXT', '0') == '1':
         return [], {}
@@ -76,6 +85,14 @@ def get_extensions():
     # debug information (~20 MB) unless LAUD_MM_DEBUG=1
     debug = os.environ.get('LAUD_MM_DEBUG', '0') == '1'
     cxx = ['-O3'] + ([] if debug else ['-g0'])
+    # torch's at::parallel_for is a header template: with torch's OpenMP
+    # backend it only runs in parallel in code compiled with -fopenmp
+    # (without it, every at::parallel_for of csrc/cpu runs serially).
+    # Linking -fopenmp resolves to the libgomp.so.1 torch has loaded.
+    link = []
+    if openmp_backend(torch):
+        cxx.append('-fopenmp')
+        link.append('-fopenmp')
     nvcc = ['-O3'] + (['-lineinfo'] if debug else [])
     # the version the extension was compiled against, checked on import
     define_macros = [('LAUD_MM_TORCH_VERSION',
@@ -89,12 +106,13 @@ def get_extensions():
         ext = CUDAExtension(
             'laud_mm._ext', sources, define_macros=define_macros,
             include_dirs=[os.path.join(HERE, 'csrc')],
-            extra_compile_args={'cxx': cxx, 'nvcc': nvcc})
+            extra_compile_args={'cxx': cxx, 'nvcc': nvcc},
+            extra_link_args=link)
     else:
         ext = CppExtension(
             'laud_mm._ext', sources, define_macros=define_macros,
             include_dirs=[os.path.join(HERE, 'csrc')],
-            extra_compile_args={'cxx': cxx})
+            extra_compile_args={'cxx': cxx}, extra_link_args=link)
     # ninja (parallel compilation) when installed, else setuptools' own
     return [ext], {'build_ext': BuildExtension.with_options(use_ninja=True)}
 

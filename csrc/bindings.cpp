@@ -31,6 +31,22 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& b3, int64_t S,
                                  int64_t stride, int64_t dilation,
                                  bool identity_nonneg, bool force_generic);
+at::Tensor spatial_partition_work(const at::Tensor& idx, int64_t n,
+                                  int64_t c_in, int64_t h, int64_t w,
+                                  int64_t width, int64_t c_out, int64_t S,
+                                  int64_t stride, int64_t dilation,
+                                  int64_t threads);
+at::Tensor channel_partition_work(const at::Tensor& chs,
+                                  const at::Tensor& counts, int64_t c_in,
+                                  int64_t h, int64_t w, int64_t width,
+                                  int64_t c_out, int64_t stride,
+                                  int64_t padding, int64_t dilation,
+                                  int64_t threads);
+void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
+                     const at::Tensor& x, const at::Tensor& rows_x,
+                     const at::Tensor& rows_out, const at::Tensor& bias,
+                     bool accumulate, bool relu);
+at::Tensor sample_gemm_partition(int64_t n, int64_t P, int64_t threads);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -117,6 +133,16 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
                 "be on the CPU");
   channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3,
                               stride, padding, dilation, force_generic);
+}
+
+// CPU only: on CUDA the layer path keeps its per-sample GEMMs (cuBLAS
+// queues them).
+void sample_gemm(at::Tensor out, const at::Tensor& w, const at::Tensor& x,
+                 const at::Tensor& rows_x, const at::Tensor& rows_out,
+                 const c10::optional<at::Tensor>& bias, bool accumulate,
+                 bool relu) {
+  sample_gemm_cpu(out, w, x, rows_x, rows_out,
+                  bias.has_value() ? *bias : at::Tensor(), accumulate, relu);
 }
 
 // CPU only: on CUDA the spatial path keeps gather / convolutions / scatter.
@@ -215,6 +241,37 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w3p"), py::arg("b3"), py::arg("S"), py::arg("stride"),
         py::arg("dilation"), py::arg("identity_nonneg") = false,
         py::arg("force_generic") = false);
+  m.def("sample_gemm", &laud_mm::sample_gemm,
+        "sample_gemm(out (N_o,M,P), w (M,K), x (N_x,K,P), rows_x (n,) int64, "
+        "rows_out (n,) int64, bias (M,) or None, accumulate, relu): "
+        "out[rows_out[j]] = epi((out[rows_out[j]] if accumulate else 0) + "
+        "bias + w @ x[rows_x[j]]), epi = ReLU if relu; the n P columns "
+        "split over torch's threads (float32, CPU, in place)",
+        py::arg("out"), py::arg("w"), py::arg("x"), py::arg("rows_x"),
+        py::arg("rows_out"), py::arg("bias"), py::arg("accumulate"),
+        py::arg("relu"));
+  m.def("sample_gemm_partition", &laud_mm::sample_gemm_partition,
+        "sample_gemm_partition(n, P, threads) -> (threads,) int64: the "
+        "columns each thread runs in sample_gemm for n samples of P columns",
+        py::arg("n"), py::arg("P"), py::arg("threads"));
+  m.def("spatial_partition_work", &laud_mm::spatial_partition_work,
+        "spatial_partition_work(idx (P,3) int64, n, c_in, h, w, width, "
+        "c_out, S, stride, dilation, threads) -> (2, threads) float64: the "
+        "MACs each thread runs in spatial_branch_add_relu's two phases "
+        "(conv1; conv2 + conv3) for `threads` threads, from the same plan "
+        "(csrc/cpu/partition.h), without running it",
+        py::arg("idx"), py::arg("n"), py::arg("c_in"), py::arg("h"),
+        py::arg("w"), py::arg("width"), py::arg("c_out"), py::arg("S"),
+        py::arg("stride"), py::arg("dilation"), py::arg("threads"));
+  m.def("channel_partition_work", &laud_mm::channel_partition_work,
+        "channel_partition_work(chs (N,k) int64, counts (N,) int64, c_in, "
+        "h, w, width, c_out, stride, padding, dilation, threads) -> "
+        "(2, threads) float64: the cost (MAC-equivalents) each thread runs "
+        "in channel_branch_add_relu's two convolution phases for `threads` "
+        "threads, from the same plan, without running it",
+        py::arg("chs"), py::arg("counts"), py::arg("c_in"), py::arg("h"),
+        py::arg("w"), py::arg("width"), py::arg("c_out"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("threads"));
   m.def("channel_branch_isa", &laud_mm::channel_branch_isa,
         "instruction set of channel_branch_add_relu's tile kernel on this "
         "CPU: 'avx512f' or 'generic'");
@@ -228,6 +285,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;
+#endif
+  // whether at::parallel_for runs the kernels on torch's OpenMP pool (the
+  // extension compiled with -fopenmp) or serially
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
 #endif
 #ifdef LAUD_MM_TORCH_VERSION
   m.attr("torch_version") = LAUD_MM_TORCH_VERSION;

@@ -26,13 +26,27 @@
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
 // shared by all samples (gather_all; a pass per sample would read the
-// weights once per sample). conv3 runs per 64-channel panel over all pixels
-// into a pixel-major buffer, then one pass adds it into out's channel rows
-// with 8 x 8 in-register transposes (add_relu_transposed_avx2; a scalar
-// epilogue per tile is memory- and branch-bound). The kernel is used on
-// every map size; the R50 backbone at channel r = 0.5 runs 1.68x faster
-// than static in CPU time (docs/benchmarks.md, "LAUD-ResNet-50,
-// 8 x 3 x 224 x 224" table, tools/analysis_tools/benchmark_latency.py).
+// weights once per sample). conv3 runs per 64-channel panel over the
+// pixels into a pixel-major buffer, then one pass adds it into out's
+// channel rows with 8 x 8 in-register transposes (add_relu_transposed_avx2;
+// a scalar epilogue per tile is memory- and branch-bound).
+//
+// Threads (partition.h): three phases over the whole batch, separated by
+// barriers:
+//   0. the panel gathers, over blocks of 16 weight rows (conv1) and (tap,
+//      16-channel block) pairs (conv2), every sample's panels per item;
+//   1. conv1 over the batch's input pixels (sample-major), cut into one
+//      contiguous range per thread of near-equal cost (a sample's pixel
+//      costs C_in x its padded kept count); with it the conv1 buffers'
+//      zero border;
+//   2. conv2, conv3 and the add over the output pixels, cost per pixel
+//      9 k kp + k C_out + the epilogue's kEpilogueMacs C_out, in
+//      sub-ranges whose conv2 output stays in L2.
+// A range may span samples and a sample may span ranges, so one sample
+// (batch 1) splits over all threads. Every pixel's sums run in the same
+// order whatever the partition: the result is the same bit for bit at any
+// thread count. The serial work is O(N k) bookkeeping (plan_channel);
+// buffers only grow. channel_partition_work exposes the same plan.
 //
 // The AVX-512 tile kernel is compiled with a target attribute and chosen at
 // run time; without AVX-512F the same loops run on plain arrays (the
@@ -43,6 +57,7 @@
 // Source: LAUDNet paper sec. 3.2 (channel skipping), sec. 3.4 (scheduling:
 // weights gathered per sample, conv3 fused with the residual add); Python API
 // and reference in laud_mm/ops/channel_conv.py.
+#include "partition.h"
 #include "relu.h"
 #include "tile.h"
 
@@ -59,18 +74,31 @@ namespace {
 
 using namespace tile;
 
+// cost of conv3's epilogue per output element, in MACs of the tiles (a
+// transposed load, a read-modify-write of out: about a cycle an element
+// against 32 MACs a cycle for the FMAs); only weighs samples with
+// different kept counts against each other
+constexpr double kEpilogueMacs = 16.;
+// the threads' ranges start at any pixel (a sample's pixels cost up to
+// 9 k kp + k C_out MACs each: coarser ranges would unbalance a sample that
+// keeps many channels; a range's last tile and epilogue block may be
+// partial)
+constexpr int64_t kAlign1 = 1;
+constexpr int64_t kAlign2 = 1;
+
 #ifdef LAUD_X86
 // conv3's epilogue, vectorised: o[l][p] = relu(o[l][p] + tmp[p][l] +
-// bias[l]) for pixels p < p_out and channels l < wdt (a multiple of 8),
-// o[l] = out + l * p_out; tmp has p_out rows of kPanel, rounded up to 8.
+// bias[l]) for pixels p < count and channels l < wdt (a multiple of 8),
+// o[l] = out + l * stride; tmp has count rows of kPanel, rounded up to 8.
 // Blocks of 8 pixels x 8 channels of tmp are transposed in registers, so
 // each channel row of out is read and written in 8-float runs; a pass per
 // panel, not per 7-pixel tile, keeps 8 sequential streams (a scalar loop
 // per tile costs about a fifth of an R50 stage-3 block at r = 0.25, by
 // perf).
 LAUD_TARGET("avx2") void add_relu_transposed_avx2(
-    const float* tmp, int64_t p_out, int wdt, const float* bias, float* out) {
-  const int64_t tail = p_out % 8;
+    const float* tmp, int64_t count, int wdt, const float* bias, float* out,
+    int64_t stride) {
+  const int64_t tail = count % 8;
   alignas(32) int32_t lanes[8];
   for (int i = 0; i < 8; ++i) lanes[i] = i < tail ? -1 : 0;
   const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
@@ -78,14 +106,14 @@ LAUD_TARGET("avx2") void add_relu_transposed_avx2(
   for (int l0 = 0; l0 < wdt; l0 += 8) {
     __m256 b[8];
     for (int l = 0; l < 8; ++l) b[l] = _mm256_set1_ps(bias[l0 + l]);
-    for (int64_t p0 = 0; p0 < p_out; p0 += 8) {
+    for (int64_t p0 = 0; p0 < count; p0 += 8) {
       __m256 col[8];
       for (int i = 0; i < 8; ++i)
         col[i] = _mm256_loadu_ps(tmp + (p0 + i) * kPanel + l0);
       transpose8x8(col);
-      const bool full = p0 + 8 <= p_out;
+      const bool full = p0 + 8 <= count;
       for (int l = 0; l < 8; ++l) {
-        float* o = out + (l0 + l) * p_out + p0;
+        float* o = out + (l0 + l) * stride + p0;
         const __m256 v0 = full ? _mm256_loadu_ps(o) : _mm256_maskload_ps(o, mask);
         // max(0, v): NaN stays NaN, as relu_of
         const __m256 v = _mm256_max_ps(
@@ -102,7 +130,9 @@ LAUD_TARGET("avx2") void add_relu_transposed_avx2(
 
 
 struct Geometry {
-  int64_t c_in, h, w, width, c_out, ho, wo, stride, pad, dil;
+  int64_t n, c_in, h, w, width, c_out, ho, wo, stride, pad, dil;
+  int64_t hp() const { return h + 2 * pad; }
+  int64_t wpx() const { return w + 2 * pad; }
 };
 
 // Gathers the kept columns of K weight rows into the panel layout of the
@@ -147,165 +177,281 @@ void gather_panels(const float* src, int64_t K, int64_t q_begin,
   }
 }
 
-// A sample's kept channels: cols[m] = kept[m] for m < k, then the padding
-// channel (width) up to kp = k rounded up to 16; pairs: see gather_panels.
-struct SamplePlan {
-  const int64_t* kept;
-  int64_t k, kp;
+// The work of one call, a pure function of (counts, kept channels,
+// geometry, threads). Per sample n: k[n] kept channels (kept + n * kk,
+// ascending), kp[n] = k rounded up to 16, cols (kp entries: the kept
+// channels, then the zero padding channel `width`), pairs (see
+// gather_panels), the offsets of its conv1 / conv2 panels in the panel
+// buffer and of its conv1 output in the h1 buffer. b1 / b2: the threads'
+// ranges of the phase-1 sequence (n * H * W + input pixel) and the phase-2
+// sequence (n * Ho * Wo + output pixel).
+struct ChannelPlan {
+  const int64_t* kept = nullptr;
+  int64_t kk = 0, kpmax = 0, panel_total = 0, h1_total = 0, parts = 1;
+  std::vector<int64_t> k, kp, w1off, w2off, h1off, b1, b2, count1, count2;
   std::vector<int32_t> cols;
-  bool pairs;
-  float* w1p;  // (c_in, kp) conv1 panels
-  float* w2p;  // (9 k, kp) conv2 panels
+  std::vector<uint8_t> pairs;
+  std::vector<double> cost1, cost2;
 };
 
-// Phase 1: every sample's conv1 and conv2 weight panels, gathered in blocks
-// of source rows shared by all samples (a row block stays in L2 while each
-// sample takes its columns): the weights are read once per block call, not
+void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
+                  int64_t kk, int64_t parts, ChannelPlan& pl) {
+  const int64_t n = g.n;
+  pl.kept = kept;
+  pl.kk = kk;
+  pl.parts = parts;
+  for (auto* v : {&pl.k, &pl.kp, &pl.w1off, &pl.w2off, &pl.h1off,
+                  &pl.count1, &pl.count2})
+    v->resize(n);
+  pl.pairs.resize(n);
+  pl.cost1.resize(n);
+  pl.cost2.resize(n);
+  pl.kpmax = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    pl.k[s] = cnt[s];
+    pl.kp[s] = (cnt[s] + kLanes - 1) / kLanes * kLanes;
+    pl.kpmax = std::max(pl.kpmax, pl.kp[s]);
+  }
+  pl.cols.resize(std::max<int64_t>(1, n * pl.kpmax));
+  int64_t panels = 0, h1 = 0;
+  const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t k = pl.k[s], kp = pl.kp[s];
+    const int64_t* ks = kept + s * kk;
+    int32_t* cols = pl.cols.data() + s * pl.kpmax;
+    for (int64_t m = 0; m < kp; ++m)
+      cols[m] = static_cast<int32_t>(m < k ? ks[m] : g.width);
+    bool pairs = k % 2 == 0;  // runs of >= 2 channels: 8-byte moves
+    for (int64_t m = 0; pairs && m < k; m += 2)
+      pairs = cols[m + 1] == cols[m] + 1;
+    pl.pairs[s] = pairs;
+    pl.w1off[s] = panels;
+    pl.w2off[s] = panels + g.c_in * kp;
+    panels += (g.c_in + 9 * k) * kp;
+    pl.h1off[s] = h1;
+    h1 += g.hp() * g.wpx() * kp;
+    pl.count1[s] = p_in;
+    pl.count2[s] = p_out;
+    pl.cost1[s] = static_cast<double>(g.c_in * kp);
+    pl.cost2[s] = static_cast<double>(9 * k * kp + k * g.c_out) +
+                  kEpilogueMacs * static_cast<double>(g.c_out);
+  }
+  pl.panel_total = panels;
+  pl.h1_total = h1;
+  pl.b1.resize(parts + 1);
+  pl.b2.resize(parts + 1);
+  partition::balanced_bounds(pl.count1.data(), pl.cost1.data(), n, parts,
+                             kAlign1, pl.b1.data());
+  partition::balanced_bounds(pl.count2.data(), pl.cost2.data(), n, parts,
+                             kAlign2, pl.b2.data());
+}
+
+// Phase 0: every sample's conv1 and conv2 weight panels. Items: blocks of
+// 16 source rows of w1t, then (tap, 16-channel block) pairs of w2t; an item
+// gathers its rows for all samples (a row block stays in L2 while each
+// sample takes its columns), so the weights are read once per call, not
 // once per sample (R50 stage 4, 8 x 7 x 7, r = 0.5: 28 ms a block, 30 ms
 // with a pass per sample).
-void gather_all(const Geometry& g, std::vector<SamplePlan>& plans,
-                const float* w1t, const float* w2t) {
+void gather_all(const Geometry& g, const ChannelPlan& pl, const float* w1t,
+                const float* w2t, float* panels) {
   const int64_t wp1 = g.width + 1;
   constexpr int64_t kBlock = 16;
   const int64_t nb1 = (g.c_in + kBlock - 1) / kBlock;
-  at::parallel_for(0, nb1, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t q0 = b * kBlock, q1 = std::min(g.c_in, q0 + kBlock);
-      for (auto& pl : plans)
-        if (pl.k > 0)
+  const int64_t nbw = (g.width + kBlock - 1) / kBlock;
+  at::parallel_for(0, nb1 + 9 * nbw, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; ++it) {
+      for (int64_t s = 0; s < g.n; ++s) {
+        const int64_t k = pl.k[s];
+        if (k == 0) continue;
+        const int32_t* cols = pl.cols.data() + s * pl.kpmax;
+        if (it < nb1) {
+          const int64_t q0 = it * kBlock;
+          const int64_t q1 = std::min(g.c_in, q0 + kBlock);
           gather_panels(w1t, g.c_in, q0, q1,
-                        [&](int64_t q) { return q * wp1; }, pl.cols.data(),
-                        pl.k, pl.kp, wp1, pl.pairs, pl.w1p);
-    }
-  });
-  at::parallel_for(0, 9, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<int64_t> lo(plans.size());
-    for (int64_t t = t0; t < t1; ++t) {
-      std::fill(lo.begin(), lo.end(), 0);
-      for (int64_t ch0 = 0; ch0 < g.width; ch0 += kBlock) {
-        for (size_t i = 0; i < plans.size(); ++i) {
-          SamplePlan& pl = plans[i];
-          int64_t hi = lo[i];
-          while (hi < pl.k && pl.kept[hi] < ch0 + kBlock) ++hi;
-          if (hi > lo[i]) {
-            const int64_t k = pl.k;
-            const int64_t* kept = pl.kept;
+                        [&](int64_t q) { return q * wp1; }, cols, k,
+                        pl.kp[s], wp1, pl.pairs[s],
+                        panels + pl.w1off[s]);
+        } else {
+          const int64_t t = (it - nb1) / nbw;
+          const int64_t ch0 = (it - nb1 - t * nbw) * kBlock;
+          const int64_t* kept = pl.kept + s * pl.kk;
+          const int64_t lo = std::lower_bound(kept, kept + k, ch0) - kept;
+          const int64_t hi =
+              std::lower_bound(kept, kept + k, ch0 + kBlock) - kept;
+          if (hi > lo)
             gather_panels(
-                w2t, 9 * k, t * k + lo[i], t * k + hi,
+                w2t, 9 * k, t * k + lo, t * k + hi,
                 [&](int64_t q) { return (q / k * wp1 + kept[q % k]) * wp1; },
-                pl.cols.data(), k, pl.kp, wp1, pl.pairs, pl.w2p);
-          }
-          lo[i] = hi;
+                cols, k, pl.kp[s], wp1, pl.pairs[s], panels + pl.w2off[s]);
         }
       }
     }
   });
 }
 
-// Phase 2: one sample's branch from its panels; out_n (c_out, ho, wo)
-// updated in place.
-void sample_branch(const Geometry& g, const float* x, const SamplePlan& pl,
-                   const float* b1, const float* b2, const float* w3t,
-                   const float* b3, float* out, bool avx512) {
-  const int64_t* kept = pl.kept;
-  const int64_t k = pl.k;
-  thread_local std::vector<float> h1_buf, h2_buf, panel_buf, tmp_buf;
+// Calls fn(sample, first pixel, end pixel) for the pieces of the global
+// range [b, e) of a sample-major sequence of `per` pixels per sample.
+template <typename Fn>
+void for_pieces(int64_t b, int64_t e, int64_t per, Fn fn) {
+  while (b < e) {
+    const int64_t s = b / per, p0 = b - s * per;
+    const int64_t p1 = std::min(per, p0 + (e - b));
+    fn(s, p0, p1);
+    b += p1 - p0;
+  }
+}
+
+// Phase 1, pixels [p0, p1) of sample s: conv1 (+ ReLU) into its
+// zero-bordered pixel-major buffer h1s (hp x wpx x kp).
+void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
+                 int64_t p0, int64_t p1, const float* x, const float* b1,
+                 const float* panels, float* h1s, bool avx512) {
+  const int64_t kp = pl.kp[s];
+  if (kp == 0 || p0 >= p1) return;
   thread_local std::vector<int64_t> aoff_buf;
-  const int64_t kp = pl.kp;
-  const int64_t hp = g.h + 2 * g.pad, wpx = g.w + 2 * g.pad;
-  const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
-  // conv1 output, zero border of conv2's padding, pixel-major (hp*wpx, kp)
-  float* h1 = scratch(h1_buf, static_cast<size_t>(hp * wpx * kp));
-  std::memset(h1, 0, sizeof(float) * hp * wpx * kp);
-  float* h2 = scratch(h2_buf, static_cast<size_t>(p_out * kp));
-  const int64_t kmax = std::max<int64_t>({g.c_in, 9 * k, k});
-  float* panel = scratch(panel_buf, static_cast<size_t>(k * kPanel));
-  const int32_t* cols = pl.cols.data();
-  // conv3 results of a panel, pixel-major, rows rounded up to 8 (the
-  // transposed epilogue reads blocks of 8 rows)
-  float* tmp = scratch(tmp_buf, static_cast<size_t>((p_out + 7) / 8 * 8 * kPanel));
-  int64_t* aoff = aoff_buf.size() < static_cast<size_t>(kmax)
-                      ? (aoff_buf.resize(kmax), aoff_buf.data())
-                      : aoff_buf.data();
+  if (aoff_buf.size() < static_cast<size_t>(g.c_in)) aoff_buf.resize(g.c_in);
+  int64_t* aoff = aoff_buf.data();
+  const int64_t p_in = g.h * g.w, wpx = g.wpx();
+  for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = c * p_in;
+  const int32_t* cols = pl.cols.data() + s * pl.kpmax;
+  const float* xs = x + s * g.c_in * p_in;
   float bias[kPanel];
   const float* a[kRows];
   float* y[kRows];
-
-  // ---- conv1: rows = input pixels, A = x (channel-major), K = c_in.
-  // All panels are gathered in one pass over the kept weights (a pass per
-  // panel re-read the whole matrix).
-  for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = c * p_in;
   for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
     const int nv = static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
     for (int l = 0; l < nv * kLanes; ++l) bias[l] = b1[cols[j0 + l]];
-    const float* pj = pl.w1p + g.c_in * j0;
-    for (int64_t p0 = 0; p0 < p_in; p0 += kRows) {
-      const int r = static_cast<int>(std::min<int64_t>(kRows, p_in - p0));
+    const float* pj = panels + pl.w1off[s] + g.c_in * j0;
+    for (int64_t q0 = p0; q0 < p1; q0 += kRows) {
+      const int r = static_cast<int>(std::min<int64_t>(kRows, p1 - q0));
       for (int i = 0; i < r; ++i) {
-        const int64_t p = p0 + i, yy = p / g.w, xx = p - yy * g.w;
-        a[i] = x + p;
-        y[i] = h1 + ((yy + g.pad) * wpx + xx + g.pad) * kp + j0;
+        const int64_t p = q0 + i, yy = p / g.w, xx = p - yy * g.w;
+        a[i] = xs + p;
+        y[i] = h1s + ((yy + g.pad) * wpx + xx + g.pad) * kp + j0;
       }
-      pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, g.c_in, bias, y, tmp);
+      pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, g.c_in, bias, y, nullptr);
     }
   }
-  if (k > 0) {
-    // ---- conv2: rows = output pixels, A = h1 (nine shifted taps), K = 9 k
-    int64_t q = 0;
-    for (int64_t dy = 0; dy < 3; ++dy)
-      for (int64_t dx = 0; dx < 3; ++dx)
-        for (int64_t c = 0; c < k; ++c)
-          aoff[q++] = ((dy * g.dil) * wpx + dx * g.dil) * kp + c;
-    for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
-      const int nv =
-          static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
-      const int wdt = nv * kLanes;
-      const float* pj = pl.w2p + 9 * k * j0;
-      for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
-      for (int64_t p0 = 0; p0 < p_out; p0 += kRows) {
-        const int r = static_cast<int>(std::min<int64_t>(kRows, p_out - p0));
-        for (int i = 0; i < r; ++i) {
-          const int64_t p = p0 + i, yo = p / g.wo, xo = p - yo * g.wo;
-          a[i] = h1 + ((yo * g.stride) * wpx + xo * g.stride) * kp;
-          y[i] = h2 + p * kp + j0;
-        }
-        pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, 9 * k, bias, y, tmp);
-      }
-    }
-  }
-  // ---- conv3: rows = output pixels, A = h2, K = k; accumulated into out
-  for (int64_t c = 0; c < k; ++c) aoff[c] = c;
-  for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
-    const int wdt = static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
-    const int nv = wdt / kLanes;
-    for (int64_t c = 0; c < k; ++c)
-      std::memcpy(panel + c * wdt, w3t + kept[c] * g.c_out + j0,
-                  sizeof(float) * wdt);
-    // the panel's conv3 for every pixel into tmp (pixel-major, p_out x 64),
-    // then one add + ReLU pass into out's channel rows
+}
+
+// Phase 2, output pixels [p0, p1) of sample s: conv2 (+ ReLU), conv3 per
+// 64-channel panel, added into out_s with bn3's shift and the ReLU; in
+// sub-ranges whose conv2 output (pixels x kp) stays within 256 KiB.
+void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
+                  int64_t p0, int64_t p1, const float* h1s, const float* b2,
+                  const float* w3t, const float* b3, const float* panels,
+                  float* outs, bool avx512) {
+  if (p0 >= p1) return;
+  const int64_t k = pl.k[s], kp = pl.kp[s];
+  const int64_t p_out = g.ho * g.wo, wpx = g.wpx();
+  const int64_t sub = std::max<int64_t>(
+      56, std::min<int64_t>(1024, (65536 / std::max<int64_t>(kp, 1)) / 8 * 8));
+  const int64_t cap = std::min(sub, p1 - p0);
+  thread_local std::vector<float> h2_buf, panel_buf, tmp_buf;
+  thread_local std::vector<int64_t> aoff_buf;
+  float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, cap * kp)));
+  float* panel = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, k * kPanel)));
+  // conv3 results of a panel, pixel-major, rows rounded up to 8 (the
+  // transposed epilogue reads blocks of 8 rows)
+  float* tmp = scratch(tmp_buf, static_cast<size_t>((cap + 7) / 8 * 8 * kPanel));
+  const int64_t kmax = std::max<int64_t>(9 * k, 1);
+  if (aoff_buf.size() < static_cast<size_t>(kmax)) aoff_buf.resize(kmax);
+  int64_t* aoff = aoff_buf.data();
+  const int32_t* cols = pl.cols.data() + s * pl.kpmax;
+  const int64_t* kept = pl.kept + s * pl.kk;
+  float bias[kPanel];
+  const float* a[kRows];
+  float* y[kRows];
+  for (int64_t q0 = p0; q0 < p1; q0 += sub) {
+    const int64_t m = std::min(sub, p1 - q0);
     if (k > 0) {
-      for (int64_t p0 = 0; p0 < p_out; p0 += kRows) {
-        const int r = static_cast<int>(std::min<int64_t>(kRows, p_out - p0));
-        for (int i = 0; i < r; ++i) a[i] = h2 + (p0 + i) * kp;
-        pick<kTile>(r, nv, avx512)(a, aoff, panel, k, nullptr, y,
-                                   tmp + p0 * kPanel);
+      // ---- conv2: rows = output pixels, A = h1 (nine shifted taps), K = 9 k
+      tap_offsets(aoff, g.dil, wpx, kp, k);
+      for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
+        const int nv =
+            static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
+        const int wdt = nv * kLanes;
+        const float* pj = panels + pl.w2off[s] + 9 * k * j0;
+        for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
+        for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+          const int r = static_cast<int>(std::min<int64_t>(kRows, m - r0));
+          for (int i = 0; i < r; ++i) {
+            const int64_t p = q0 + r0 + i, yo = p / g.wo, xo = p - yo * g.wo;
+            a[i] = h1s + ((yo * g.stride) * wpx + xo * g.stride) * kp;
+            y[i] = h2 + (r0 + i) * kp + j0;
+          }
+          pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, 9 * k, bias, y,
+                                          nullptr);
+        }
       }
-    } else {
-      std::fill(tmp, tmp + p_out * kPanel, 0.f);
+      for (int64_t c = 0; c < k; ++c) aoff[c] = c;
     }
+    // ---- conv3: rows = output pixels, A = h2, K = k; accumulated into out
+    for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
+      const int wdt =
+          static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
+      const int nv = wdt / kLanes;
+      if (k > 0) {
+        for (int64_t c = 0; c < k; ++c)
+          std::memcpy(panel + c * wdt, w3t + kept[c] * g.c_out + j0,
+                      sizeof(float) * wdt);
+        for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+          const int r = static_cast<int>(std::min<int64_t>(kRows, m - r0));
+          for (int i = 0; i < r; ++i) a[i] = h2 + (r0 + i) * kp;
+          pick<kTile>(r, nv, avx512)(a, aoff, panel, k, nullptr, y,
+                                     tmp + r0 * kPanel);
+        }
+      } else {
+        std::fill(tmp, tmp + m * kPanel, 0.f);
+      }
+      float* o0 = outs + j0 * p_out + q0;
 #ifdef LAUD_X86
-    if (avx512) {  // AVX-512F implies AVX2
-      add_relu_transposed_avx2(tmp, p_out, wdt, b3 + j0, out + j0 * p_out);
-      continue;
-    }
+      if (avx512) {  // AVX-512F implies AVX2
+        add_relu_transposed_avx2(tmp, m, wdt, b3 + j0, o0, p_out);
+        continue;
+      }
 #endif
-    for (int l = 0; l < wdt; ++l) {
-      float* o = out + (j0 + l) * p_out;
-      const float bl = b3[j0 + l];
-      for (int64_t p = 0; p < p_out; ++p)
-        o[p] = relu_of(o[p] + tmp[p * kPanel + l] + bl);
+      for (int l = 0; l < wdt; ++l) {
+        float* o = o0 + l * p_out;
+        const float bl = b3[j0 + l];
+        for (int64_t p = 0; p < m; ++p)
+          o[p] = relu_of(o[p] + tmp[p * kPanel + l] + bl);
+      }
     }
   }
+}
+
+Geometry channel_geometry(int64_t n, int64_t c_in, int64_t h, int64_t w,
+                          int64_t width, int64_t c_out, int64_t stride,
+                          int64_t padding, int64_t dilation) {
+  TORCH_CHECK(stride >= 1 && dilation >= 1 && padding >= 0,
+              "stride, dilation >= 1 and padding >= 0 required");
+  Geometry g;
+  g.n = n; g.c_in = c_in; g.h = h; g.w = w;
+  g.width = width; g.c_out = c_out;
+  g.ho = (h + 2 * padding - 2 * dilation - 1) / stride + 1;
+  g.wo = (w + 2 * padding - 2 * dilation - 1) / stride + 1;
+  g.stride = stride; g.pad = padding; g.dil = dilation;
+  TORCH_CHECK(g.ho >= 1 && g.wo >= 1, "conv2's output would be empty");
+  return g;
+}
+
+void check_counts(const at::Tensor& chs, const at::Tensor& counts,
+                  int64_t n, int64_t width) {
+  TORCH_CHECK(chs.scalar_type() == at::kLong && chs.dim() == 2 &&
+                  chs.is_contiguous() && counts.scalar_type() == at::kLong &&
+                  counts.dim() == 1 && counts.is_contiguous(),
+              "chs (N, k) and counts (N,) must be contiguous int64");
+  TORCH_CHECK(chs.size(0) == n && counts.size(0) == n,
+              "chs and counts must have x's batch size");
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(cnt[i] >= 0 && cnt[i] <= chs.size(1),
+                "counts must lie in [0, chs.size(1)]");
+  const int64_t* kept = chs.data_ptr<int64_t>();
+  for (int64_t i = 0; i < chs.numel(); ++i)
+    TORCH_CHECK(kept[i] >= 0 && kept[i] <= width,
+                "chs indices must lie in [0, width]");
 }
 
 }  // namespace
@@ -323,21 +469,12 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &w1t, &b1, &w2t, &b2, &w3t, &b3})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "channel_branch_add_relu: float32 contiguous tensors only");
-  TORCH_CHECK(chs.scalar_type() == at::kLong && chs.dim() == 2 &&
-                  chs.is_contiguous() && counts.scalar_type() == at::kLong &&
-                  counts.dim() == 1 && counts.is_contiguous(),
-              "chs (N, k) and counts (N,) must be contiguous int64");
   TORCH_CHECK(x.dim() == 4 && out.dim() == 4, "x and out must be 4-D");
-  Geometry g;
-  const int64_t n = x.size(0);
-  g.c_in = x.size(1); g.h = x.size(2); g.w = x.size(3);
-  g.width = b1.size(0) - 1;
-  g.c_out = out.size(1); g.ho = out.size(2); g.wo = out.size(3);
-  g.stride = stride; g.pad = padding; g.dil = dilation;
-  TORCH_CHECK(stride >= 1 && dilation >= 1 && padding >= 0,
-              "stride, dilation >= 1 and padding >= 0 required");
-  TORCH_CHECK(out.size(0) == n && chs.size(0) == n && counts.size(0) == n,
-              "out, chs and counts must have x's batch size");
+  const Geometry g = channel_geometry(x.size(0), x.size(1), x.size(2),
+                                      x.size(3), b1.size(0) - 1, out.size(1),
+                                      stride, padding, dilation);
+  TORCH_CHECK(out.size(0) == g.n, "out must have x's batch size");
+  check_counts(chs, counts, g.n, g.width);
   TORCH_CHECK(w1t.dim() == 2 && w1t.size(0) == g.c_in &&
                   w1t.size(1) == g.width + 1,
               "w1t must be (C_in, width + 1)");
@@ -350,52 +487,91 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   TORCH_CHECK(b2.size(0) == g.width + 1 && b3.size(0) == g.c_out,
               "b2 must be (width + 1,), b3 (C_out,)");
   TORCH_CHECK(g.c_out % kLanes == 0, "C_out must be a multiple of 16");
-  TORCH_CHECK((g.h + 2 * padding - 2 * dilation - 1) / stride + 1 == g.ho &&
-                  (g.w + 2 * padding - 2 * dilation - 1) / stride + 1 == g.wo,
+  TORCH_CHECK(out.size(2) == g.ho && out.size(3) == g.wo,
               "out's spatial size does not match conv2's output");
-  const int64_t* cnt = counts.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i)
-    TORCH_CHECK(cnt[i] >= 0 && cnt[i] <= chs.size(1),
-                "counts must lie in [0, chs.size(1)]");
-  const int64_t* kept = chs.data_ptr<int64_t>();
-  for (int64_t i = 0; i < chs.numel(); ++i)
-    TORCH_CHECK(kept[i] >= 0 && kept[i] <= g.width,
-                "chs indices must lie in [0, width]");
-  if (n == 0) return;
+  TORCH_CHECK(out.data_ptr() != x.data_ptr() || (g.h == g.ho && g.w == g.wo &&
+                                                 g.c_in == g.c_out),
+              "out may alias x only for an identity block");
+  if (g.n == 0) return;
   const bool avx512 = cpu_avx512f() && !force_generic;
+  const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
+  // the caller's plan and buffers: reused between calls, only grow
+  // (a thread_local named in the lambdas below would be each worker's own:
+  // they use this reference to the caller's)
+  thread_local ChannelPlan caller_plan;
+  ChannelPlan& pl = caller_plan;
+  thread_local std::vector<float> panel_buf, h1_buf;
+  plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
+               chs.size(1), parts, pl);
+  float* panels = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, pl.panel_total)));
+  float* h1 = scratch(h1_buf, static_cast<size_t>(std::max<int64_t>(1, pl.h1_total)));
+  gather_all(g, pl, w1t.data_ptr<float>(), w2t.data_ptr<float>(), panels);
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t kk = chs.size(1);
-  std::vector<SamplePlan> plans(n);
-  int64_t total = 0;
-  for (int64_t s = 0; s < n; ++s) {
-    SamplePlan& pl = plans[s];
-    pl.kept = kept + s * kk;
-    pl.k = cnt[s];
-    pl.kp = (pl.k + kLanes - 1) / kLanes * kLanes;
-    pl.cols.resize(pl.kp);
-    for (int64_t m = 0; m < pl.kp; ++m)
-      pl.cols[m] = static_cast<int32_t>(m < pl.k ? pl.kept[m] : g.width);
-    pl.pairs = pl.k % 2 == 0;  // runs of >= 2 channels: 8-byte moves
-    for (int64_t m = 0; pl.pairs && m < pl.k; m += 2)
-      pl.pairs = pl.cols[m + 1] == pl.cols[m] + 1;
-    total += (g.c_in + 9 * pl.k) * pl.kp;
-  }
-  at::Tensor buf = at::empty({std::max<int64_t>(total, 1)}, x.options());
-  float* bp = buf.data_ptr<float>();
-  for (auto& pl : plans) {
-    pl.w1p = bp;
-    pl.w2p = bp + g.c_in * pl.kp;
-    bp += (g.c_in + 9 * pl.k) * pl.kp;
-  }
-  gather_all(g, plans, w1t.data_ptr<float>(), w2t.data_ptr<float>());
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s)
-      sample_branch(g, xp + s * g.c_in * g.h * g.w, plans[s],
-                    b1.data_ptr<float>(), b2.data_ptr<float>(),
-                    w3t.data_ptr<float>(), b3.data_ptr<float>(),
-                    op + s * g.c_out * g.ho * g.wo, avx512);
+  const float* b1p = b1.data_ptr<float>();
+  const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
+  // phase 1: conv1 (and the conv1 buffers' border)
+  at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t s = t; s < g.n; s += parts)
+        if (pl.kp[s] > 0)
+          zero_border(h1 + pl.h1off[s], g.hp(), g.wpx(), g.pad, pl.kp[s]);
+      for_pieces(pl.b1[t], pl.b1[t + 1], p_in,
+                 [&](int64_t s, int64_t q0, int64_t q1) {
+                   conv1_piece(g, pl, s, q0, q1, xp, b1p, panels,
+                               h1 + pl.h1off[s], avx512);
+                 });
+    }
   });
+  // phase 2: conv2, conv3, the add into out
+  const float* b2p = b2.data_ptr<float>();
+  const float* w3p = w3t.data_ptr<float>();
+  const float* b3p = b3.data_ptr<float>();
+  at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for_pieces(pl.b2[t], pl.b2[t + 1], p_out,
+                 [&](int64_t s, int64_t q0, int64_t q1) {
+                   conv23_piece(g, pl, s, q0, q1, h1 + pl.h1off[s], b2p, w3p,
+                                b3p, panels, op + s * g.c_out * p_out,
+                                avx512);
+                 });
+  });
+}
+
+// Per-thread work of channel_branch_add_relu_cpu's plan for `threads`
+// threads, without running it: a (2, threads) float64 tensor, row 0 the
+// cost of phase 1 (C_in x kp MACs per input pixel of a sample), row 1 that
+// of phase 2 (9 k kp + k C_out MACs + kEpilogueMacs C_out per output
+// pixel), in the units the partition balances. The gather phase (equal
+// items of 16 weight rows, a static contiguous split) is not included.
+at::Tensor channel_partition_work(const at::Tensor& chs,
+                                  const at::Tensor& counts, int64_t c_in,
+                                  int64_t h, int64_t w, int64_t width,
+                                  int64_t c_out, int64_t stride,
+                                  int64_t padding, int64_t dilation,
+                                  int64_t threads) {
+  TORCH_CHECK(threads >= 1, "threads must be >= 1");
+  TORCH_CHECK(c_in >= 1 && h >= 1 && w >= 1 && width >= 1 && c_out >= 1,
+              "sizes must be positive");
+  const Geometry g = channel_geometry(counts.size(0), c_in, h, w, width,
+                                      c_out, stride, padding, dilation);
+  check_counts(chs, counts, g.n, width);
+  ChannelPlan pl;
+  plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
+               chs.size(1), threads, pl);
+  at::Tensor res = at::zeros({2, threads}, at::kDouble);
+  double* r = res.data_ptr<double>();
+  const int64_t per[2] = {g.h * g.w, g.ho * g.wo};
+  const std::vector<int64_t>* bounds[2] = {&pl.b1, &pl.b2};
+  const std::vector<double>* costs[2] = {&pl.cost1, &pl.cost2};
+  for (int ph = 0; ph < 2; ++ph)
+    for (int64_t t = 0; t < threads; ++t)
+      for_pieces((*bounds[ph])[t], (*bounds[ph])[t + 1], per[ph],
+                 [&](int64_t s, int64_t q0, int64_t q1) {
+                   r[ph * threads + t] +=
+                       (*costs[ph])[s] * static_cast<double>(q1 - q0);
+                 });
+  return res;
 }
 
 }  // namespace laud_mm

@@ -7,6 +7,7 @@
 // conv3 epilogue (channel_conv_cpu.cpp) as slow as its three convolutions
 // (measured with perf).
 #pragma once
+#include <cstdint>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -26,5 +27,16 @@ inline scalar_t relu_of(scalar_t v) {
   return v < scalar_t(0) ? scalar_t(0) : v;
 }
 #endif
+
+// o[q] = relu(a[q]) for q < n, 4 lanes at a time (o may alias a).
+inline void relu_copy(float* o, const float* a, int64_t n) {
+  int64_t q = 0;
+#if defined(__SSE2__)
+  const __m128 z = _mm_setzero_ps();
+  for (; q + 4 <= n; q += 4)
+    _mm_storeu_ps(o + q, _mm_max_ps(z, _mm_loadu_ps(a + q)));
+#endif
+  for (; q < n; ++q) o[q] = relu_of(a[q]);
+}
 
 }  // namespace laud_mm

@@ -24,21 +24,36 @@
 // R50 backbone at r = 0.5 (8 x 224 px) puts gather and scatter at 10 % of
 // the time, with the convolutions alone 1.73x faster than static but the
 // whole backbone 1.45x (docs/benchmarks.md, "What the profile showed").
-// Here the register tiles
-// of tile.h (7 pixels x 64 output channels, inputs broadcast) read any
-// pixel set in place: conv1 reads the NCHW input at D_n's pixels and writes
-// a zero-bordered pixel-major buffer; conv2 reads its nine taps from that
-// buffer; conv3 writes a 64-channel panel of A_n's pixels to a small
-// pixel-major buffer that one pass adds into out's channel rows (8 x 8
-// in-register transposes, runs of 8 / 4 adjacent pixels as 256- / 128-bit
-// moves, shorter runs (S = 1, 2) per pixel). One thread per sample; the
-// caller (laud_mm/models/resnet/dynamic.py) uses the kernel when
-// batch >= threads.
+// Here the register tiles of tile.h (7 pixels x 64 output channels, inputs
+// broadcast) read any pixel set in place: conv1 reads the NCHW input at
+// D_n's pixels and writes a zero-bordered pixel-major buffer; conv2 reads
+// its nine taps from that buffer; conv3 writes a 64-channel panel of A_n's
+// pixels to a small pixel-major buffer that one pass adds into out's
+// channel rows (8 x 8 in-register transposes, runs of 8 / 4 adjacent pixels
+// as 256- / 128-bit moves, shorter runs (S = 1, 2) per pixel).
+//
+// Threads (partition.h): two phases over the whole batch, each cut into
+// one contiguous range of pixels per thread of the intra-op pool:
+//   1. conv1 at the dilated mask's input pixels of every sample (rows of the
+//      input in raster order, their needed column intervals); with it the
+//      zero border of the conv1 buffer and, out of place,
+//      out = relu(identity);
+//   2. conv2, conv3 and the add at the active output pixels (patch by
+//      patch, sample by sample; with S >= 4 ranges of whole 8-pixel
+//      epilogue blocks), each range in sub-ranges whose conv2 output stays
+//      in L2;
+//   3. in place with an identity that may be negative: the final ReLU pass.
+// Every pixel's sums run in the same order whatever the partition, so the
+// result is the same bit for bit at any thread count and batch size. The
+// only serial work is O(active patches + N x H) integer bookkeeping
+// (plan_spatial); scratch buffers only grow (no allocation per call once
+// warm). spatial_partition_work exposes the same plan's per-thread work.
 //
 // Source: LAUDNet paper sec. 3.1 (spatial masker, granularity S), sec. 3.4
 // and appendix B.1 (gather / scatter-add fused with the convolutions),
 // docs/method.md sec. 2 (conv1 FLOPs on the dilated mask); Python API and
 // reference in laud_mm/ops/spatial_conv.py.
+#include "partition.h"
 #include "relu.h"
 #include "tile.h"
 
@@ -56,12 +71,14 @@ namespace {
 using namespace tile;
 
 struct SpatialGeometry {
-  int64_t c_in, h, w, width, c_out, ho, wo, stride, dil, S, gh, gw;
+  int64_t n, c_in, h, w, width, c_out, ho, wo, stride, dil, S, gh, gw;
+  int64_t hp() const { return h + 2 * dil; }
+  int64_t wpx() const { return w + 2 * dil; }
 };
 
 // Run kind of 8 consecutive output pixels of the pixel list (offsets poff
-// in the output plane): kRun8 one run of 8 adjacent pixels, kRun4 two runs
-// of 4, kScalar anything else (and the list's tail): per pixel.
+// in the output): kRun8 one run of 8 adjacent pixels, kRun4 two runs of 4,
+// kScalar anything else (and the list's tail): per pixel.
 enum RunKind : uint8_t { kScalar = 0, kRun4 = 4, kRun8 = 8 };
 
 bool runs_of(const int64_t* poff, int len) {
@@ -77,21 +94,11 @@ RunKind run_kind(const int64_t* poff, int64_t count) {
   return kScalar;
 }
 
-// o[q] = relu(a[q]) for q < n (vectorised; o may alias a).
-void relu_copy(float* o, const float* a, int64_t n) {
-  int64_t q = 0;
-#if defined(__SSE2__)
-  const __m128 z = _mm_setzero_ps();
-  for (; q + 4 <= n; q += 4)
-    _mm_storeu_ps(o + q, _mm_max_ps(z, _mm_loadu_ps(a + q)));
-#endif
-  for (; q < n; ++q) o[q] = relu_of(a[q]);
-}
-
 // conv3's epilogue at scattered pixels: out[l][poff[p]] = relu(ident[l]
 // [poff[p]] + tmp[p][l] + bias[l]) for p < count, l < wdt (a multiple of 8);
-// out[l] = out + l * plane, likewise ident (may alias out). tmp has count
-// rows of kPanel, rounded up to 8.
+// out[l] = out + l * plane, likewise ident (may alias out); poff holds
+// offsets from sample 0 (n * C_out * plane + pixel). tmp has count rows of
+// kPanel, rounded up to 8.
 void add_relu_scattered_generic(const float* tmp, const int64_t* poff,
                                 int64_t count, int wdt, const float* bias,
                                 const float* ident, float* out,
@@ -153,140 +160,307 @@ struct Weights {
   const float *w1p, *b1, *w2p, *b2, *w3p, *b3;
 };
 
-// One sample. patches: its active patches as (gi, gj) pairs, count np.
-void sample_spatial(const SpatialGeometry& g, const float* x,
-                    const float* ident, float* out, const int64_t* patches,
-                    int64_t np, const Weights& wt, bool relu_before,
-                    bool relu_after, bool avx512) {
-  const int64_t plane_in = g.h * g.w, plane_out = g.ho * g.wo;
-  if (relu_before) relu_copy(out, ident, g.c_out * plane_out);
-  if (np > 0) {
-    thread_local std::vector<float> h1_buf, h2_buf, tmp_buf;
-    thread_local std::vector<int64_t> opix_buf, ipix_buf, aoff_buf;
-    thread_local std::vector<uint8_t> need_buf, kind_buf;
-    const int64_t S = g.S, d = g.dil, st = g.stride, width = g.width;
-    const int64_t hp = g.h + 2 * d, wpx = g.w + 2 * d;
+// The work of one call, a pure function of (idx, geometry, threads):
+//   patches: (sample, gi, gj) of idx; pstart: prefix of their output pixels
+//   (edge patches may be partial): the phase-2 sequence, patch by patch;
+//   rows: per (sample, input row) the merged column intervals the active
+//   patches' conv2 windows need (iv, niv) and row_start, the prefix of their
+//   pixels: the phase-1 sequence, sample by sample in raster order;
+//   b1 / b2: the threads' ranges of the two sequences.
+struct SpatialPlan {
+  std::vector<int64_t> patches, pstart, row_start, b1, b2;
+  std::vector<uint8_t> act;
+  std::vector<int32_t> iv, niv;
+  int64_t parts = 1;
+  int64_t in_pixels() const { return row_start.back(); }
+  int64_t out_pixels() const { return pstart.back(); }
+};
 
-    // output pixels of the active patches (offsets in the output plane),
-    // patch by patch and row by row; the conv2 input pixels they need
-    std::vector<int64_t>& opix = opix_buf;
-    opix.clear();
-    if (need_buf.size() < static_cast<size_t>(plane_in))
-      need_buf.resize(plane_in);
-    uint8_t* need = need_buf.data();
-    std::memset(need, 0, plane_in);
-    for (int64_t a = 0; a < np; ++a) {
-      const int64_t gi = patches[2 * a], gj = patches[2 * a + 1];
-      const int64_t y0 = gi * S, y1 = std::min(g.ho, y0 + S);
-      const int64_t x0 = gj * S, x1 = std::min(g.wo, x0 + S);
-      for (int64_t yo = y0; yo < y1; ++yo)
-        for (int64_t xo = x0; xo < x1; ++xo) opix.push_back(yo * g.wo + xo);
-      const int64_t iy0 = std::max<int64_t>(0, y0 * st - d);
-      const int64_t iy1 = std::min<int64_t>(g.h, (y1 - 1) * st + d + 1);
-      const int64_t ix0 = std::max<int64_t>(0, x0 * st - d);
-      const int64_t ix1 = std::min<int64_t>(g.w, (x1 - 1) * st + d + 1);
-      for (int64_t iy = iy0; iy < iy1; ++iy)
-        std::memset(need + iy * g.w + ix0, 1, ix1 - ix0);
-    }
-    std::vector<int64_t>& ipix = ipix_buf;
-    ipix.clear();
-    for (int64_t p = 0; p < plane_in; ++p)
-      if (need[p]) ipix.push_back(p);
-    const int64_t p_in = static_cast<int64_t>(ipix.size());
-    const int64_t p_out = static_cast<int64_t>(opix.size());
-    const int64_t p_out8 = (p_out + 7) / 8 * 8;
+// Alignment of the threads' ranges (pixels). conv1: any pixel (a range's
+// last tile may be partial). Phase 2 with S >= 4: whole 8-pixel blocks of
+// the epilogue, which then hold runs of 4 / 8 adjacent pixels (two rows of
+// a 4 x 4 patch) and take the vector moves; S = 1, 2 runs are shorter and
+// go per pixel anyway, so any pixel (small maps split finer: 7 x 7 maps of
+// stage 4 have a few dozen active pixels).
+constexpr int64_t kAlign1 = 1;
+inline int64_t phase2_align(int64_t S) { return S >= 4 ? 8 : 1; }
 
-    // conv1 output, pixel-major (hp x wpx, width), zero on the border of
-    // conv2's padding; pixels outside D_n are never read
-    float* h1 = scratch(h1_buf, static_cast<size_t>(hp * wpx * width));
-    for (int64_t r = 0; r < hp; ++r) {
-      float* row = h1 + r * wpx * width;
-      if (r < d || r >= hp - d) {
-        std::memset(row, 0, sizeof(float) * wpx * width);
-      } else {
-        std::memset(row, 0, sizeof(float) * d * width);
-        std::memset(row + (wpx - d) * width, 0, sizeof(float) * d * width);
-      }
-    }
-    float* h2 = scratch(h2_buf, static_cast<size_t>(p_out * width));
-    float* tmp = scratch(tmp_buf, static_cast<size_t>(p_out8 * kPanel));
-    const int64_t kmax = std::max<int64_t>(g.c_in, 9 * width);
-    if (aoff_buf.size() < static_cast<size_t>(kmax)) aoff_buf.resize(kmax);
-    int64_t* aoff = aoff_buf.data();
-    const float* a[kRows];
-    float* y[kRows];
-
-    // ---- conv1 at D_n: rows = input pixels, A = x (NCHW), K = c_in
-    for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = c * plane_in;
-    for (int64_t j0 = 0; j0 < width; j0 += kPanel) {
-      const int nv =
-          static_cast<int>(std::min<int64_t>(kPanel, width - j0) / kLanes);
-      const float* pj = wt.w1p + g.c_in * j0;
-      for (int64_t p0 = 0; p0 < p_in; p0 += kRows) {
-        const int r = static_cast<int>(std::min<int64_t>(kRows, p_in - p0));
-        for (int i = 0; i < r; ++i) {
-          const int64_t p = ipix[p0 + i], yy = p / g.w, xx = p - yy * g.w;
-          a[i] = x + p;
-          y[i] = h1 + ((yy + d) * wpx + xx + d) * width + j0;
+// Fills `pl` for `parts` threads. Rows are planned in parallel; the rest is
+// O(P + N x H).
+void plan_spatial(const SpatialGeometry& g, const int64_t* ix, int64_t P,
+                  int64_t parts, SpatialPlan& pl) {
+  const int64_t S = g.S, st = g.stride, d = g.dil;
+  pl.parts = parts;
+  pl.patches.resize(3 * P);
+  pl.pstart.resize(P + 1);
+  pl.act.assign(g.n * g.gh * g.gw, 0);
+  pl.pstart[0] = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t s = ix[3 * p], gi = ix[3 * p + 1], gj = ix[3 * p + 2];
+    pl.patches[3 * p] = s;
+    pl.patches[3 * p + 1] = gi;
+    pl.patches[3 * p + 2] = gj;
+    pl.act[(s * g.gh + gi) * g.gw + gj] = 1;
+    const int64_t ph = std::min(g.ho, gi * S + S) - gi * S;
+    const int64_t pw = std::min(g.wo, gj * S + S) - gj * S;
+    pl.pstart[p + 1] = pl.pstart[p] + ph * pw;
+  }
+  const int64_t rows = g.n * g.h;
+  pl.iv.resize(rows * 2 * g.gw);
+  pl.niv.resize(rows);
+  pl.row_start.resize(rows + 1);
+  const int64_t step = S * st;
+  // last output row of patch row gi, as an input row reach (inclusive)
+  auto reach = [&](int64_t gi) {
+    return (std::min(g.ho, gi * S + S) - 1) * st + d;
+  };
+  int64_t* rcount = pl.row_start.data() + 1;
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.h, iy = r - n * g.h;
+      int32_t* out_iv = pl.iv.data() + r * 2 * g.gw;
+      int32_t m = 0;
+      int64_t cnt = 0;
+      const int64_t gi_hi = std::min(g.gh - 1, (iy + d) / step);
+      int64_t gi_lo = gi_hi + 1;
+      while (gi_lo > 0 && reach(gi_lo - 1) >= iy) --gi_lo;
+      if (gi_lo <= gi_hi) {
+        const uint8_t* a0 = pl.act.data() + n * g.gh * g.gw;
+        int64_t cur0 = -1, cur1 = -1;
+        for (int64_t gj = 0; gj < g.gw; ++gj) {
+          bool on = false;
+          for (int64_t gi = gi_lo; gi <= gi_hi && !on; ++gi)
+            on = a0[gi * g.gw + gj] != 0;
+          if (!on) continue;
+          const int64_t x0 = gj * S, x1 = std::min(g.wo, x0 + S);
+          const int64_t ix0 = std::max<int64_t>(0, x0 * st - d);
+          const int64_t ix1 = std::min<int64_t>(g.w, (x1 - 1) * st + d + 1);
+          if (cur1 >= ix0) {
+            cur1 = std::max(cur1, ix1);
+          } else {
+            if (cur1 > cur0) {
+              out_iv[2 * m] = static_cast<int32_t>(cur0);
+              out_iv[2 * m + 1] = static_cast<int32_t>(cur1);
+              ++m;
+              cnt += cur1 - cur0;
+            }
+            cur0 = ix0;
+            cur1 = ix1;
+          }
         }
-        pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, g.c_in, wt.b1 + j0, y,
-                                        tmp);
+        if (cur1 > cur0) {
+          out_iv[2 * m] = static_cast<int32_t>(cur0);
+          out_iv[2 * m + 1] = static_cast<int32_t>(cur1);
+          ++m;
+          cnt += cur1 - cur0;
+        }
+      }
+      pl.niv[r] = m;
+      rcount[r] = cnt;
+    }
+  });
+  pl.row_start[0] = 0;
+  for (int64_t r = 0; r < rows; ++r) pl.row_start[r + 1] += pl.row_start[r];
+  pl.b1.resize(parts + 1);
+  pl.b2.resize(parts + 1);
+  partition::even_bounds(pl.in_pixels(), parts, kAlign1, pl.b1.data());
+  partition::even_bounds(pl.out_pixels(), parts, phase2_align(S),
+                         pl.b2.data());
+}
+
+// Phase 1, one thread's range [b, e) of the input-pixel sequence: conv1
+// (+ ReLU) into the pixel-major, zero-bordered buffer h1 (per sample
+// hp x wpx x width floats, h1_stride apart).
+void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
+                 int64_t e, const float* x, const Weights& wt, float* h1,
+                 int64_t h1_stride, bool avx512) {
+  if (b >= e) return;
+  thread_local std::vector<int64_t> xo_buf, ho_buf, aoff_buf;
+  const int64_t plane_in = g.h * g.w, wpx = g.wpx(), d = g.dil;
+  const int64_t width = g.width, m = e - b;
+  if (xo_buf.size() < static_cast<size_t>(m)) {
+    xo_buf.resize(m);
+    ho_buf.resize(m);
+  }
+  int64_t* xo = xo_buf.data();
+  int64_t* hof = ho_buf.data();
+  // the range's pixels: x offsets and h1 offsets
+  const int64_t rows = g.n * g.h;
+  int64_t r = std::upper_bound(pl.row_start.begin(),
+                               pl.row_start.begin() + rows + 1, b) -
+              pl.row_start.begin() - 1;
+  int64_t k = 0, skip = b - pl.row_start[r];
+  for (; k < m && r < rows; ++r) {
+    const int64_t n = r / g.h, iy = r - n * g.h;
+    const int32_t* iv = pl.iv.data() + r * 2 * g.gw;
+    for (int32_t q = 0; q < pl.niv[r] && k < m; ++q) {
+      int64_t x0 = iv[2 * q];
+      const int64_t x1 = iv[2 * q + 1];
+      if (skip >= x1 - x0) {
+        skip -= x1 - x0;
+        continue;
+      }
+      x0 += skip;
+      skip = 0;
+      for (int64_t ixx = x0; ixx < x1 && k < m; ++ixx, ++k) {
+        xo[k] = n * g.c_in * plane_in + iy * g.w + ixx;
+        hof[k] = n * h1_stride + ((iy + d) * wpx + ixx + d) * width;
       }
     }
-    // ---- conv2 at A_n's pixels: A = h1 (nine shifted taps), K = 9 width
-    int64_t q = 0;
-    for (int64_t dy = 0; dy < 3; ++dy)
-      for (int64_t dx = 0; dx < 3; ++dx)
-        for (int64_t c = 0; c < width; ++c)
-          aoff[q++] = ((dy * d) * wpx + dx * d) * width + c;
+  }
+  if (aoff_buf.size() < static_cast<size_t>(g.c_in)) aoff_buf.resize(g.c_in);
+  int64_t* aoff = aoff_buf.data();
+  for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = c * plane_in;
+  const float* a[kRows];
+  float* y[kRows];
+  for (int64_t j0 = 0; j0 < width; j0 += kPanel) {
+    const int nv =
+        static_cast<int>(std::min<int64_t>(kPanel, width - j0) / kLanes);
+    const float* pj = wt.w1p + g.c_in * j0;
+    for (int64_t p0 = 0; p0 < m; p0 += kRows) {
+      const int r7 = static_cast<int>(std::min<int64_t>(kRows, m - p0));
+      for (int i = 0; i < r7; ++i) {
+        a[i] = x + xo[p0 + i];
+        y[i] = h1 + hof[p0 + i] + j0;
+      }
+      pick<kStoreRelu>(r7, nv, avx512)(a, aoff, pj, g.c_in, wt.b1 + j0, y,
+                                       nullptr);
+    }
+  }
+}
+
+// Output pixels per sub-range of phase 2: conv2's output of a sub-range
+// (pixels x width floats) stays within 256 KiB (L2), a multiple of 8.
+int64_t sub_range(int64_t width) {
+  const int64_t px = (256 * 1024 / 4) / std::max<int64_t>(width, 1);
+  return std::max<int64_t>(56, std::min<int64_t>(1024, px / 8 * 8));
+}
+
+// Phase 2, one thread's range [b, e) of the output-pixel sequence: conv2,
+// conv3 and the add into out, in sub-ranges.
+void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
+                  int64_t e, const float* h1, int64_t h1_stride,
+                  const Weights& wt, const float* ident, float* out,
+                  bool avx512) {
+  if (b >= e) return;
+  thread_local std::vector<float> h2_buf, tmp_buf;
+  thread_local std::vector<int64_t> hoff_buf, poff_buf, aoff_buf;
+  thread_local std::vector<uint8_t> kind_buf;
+  const int64_t width = g.width, wpx = g.wpx(), st = g.stride, S = g.S;
+  const int64_t plane_out = g.ho * g.wo;
+  const int64_t sub = sub_range(width);
+  const int64_t cap = std::min(sub, e - b);
+  const int64_t cap8 = (cap + 7) / 8 * 8;
+  float* h2 = scratch(h2_buf, static_cast<size_t>(cap * width));
+  float* tmp = scratch(tmp_buf, static_cast<size_t>(cap8 * kPanel));
+  if (hoff_buf.size() < static_cast<size_t>(cap8)) {
+    hoff_buf.resize(cap8);
+    poff_buf.resize(cap8);
+    kind_buf.resize(cap8 / 8);
+  }
+  const int64_t kmax = std::max<int64_t>(9 * width, width);
+  if (aoff_buf.size() < static_cast<size_t>(kmax)) aoff_buf.resize(kmax);
+  int64_t* aoff = aoff_buf.data();
+  int64_t* hoff = hoff_buf.data();
+  int64_t* poff = poff_buf.data();
+  uint8_t* kinds = kind_buf.data();
+  const float* a[kRows];
+  float* y[kRows];
+  // patch cursor
+  const int64_t P = static_cast<int64_t>(pl.pstart.size()) - 1;
+  int64_t p = std::upper_bound(pl.pstart.begin(), pl.pstart.end(), b) -
+              pl.pstart.begin() - 1;
+  int64_t off = b - pl.pstart[p];
+  for (int64_t s0 = b; s0 < e; s0 += sub) {
+    const int64_t m = std::min(sub, e - s0);
+    // the sub-range's pixels: h1 window origins and output offsets
+    for (int64_t k = 0; k < m; ++k) {
+      while (off >= pl.pstart[p + 1] - pl.pstart[p] && p < P - 1) {
+        off -= pl.pstart[p + 1] - pl.pstart[p];
+        ++p;
+      }
+      const int64_t n = pl.patches[3 * p], gi = pl.patches[3 * p + 1],
+                    gj = pl.patches[3 * p + 2];
+      const int64_t pw = std::min(g.wo, gj * S + S) - gj * S;
+      const int64_t yo = gi * S + off / pw, xo = gj * S + off % pw;
+      hoff[k] = n * h1_stride + ((yo * st) * wpx + xo * st) * width;
+      poff[k] = n * g.c_out * plane_out + yo * g.wo + xo;
+      ++off;
+    }
+    // ---- conv2: A = h1 (nine shifted taps), K = 9 width
+    tap_offsets(aoff, g.dil, wpx, width, width);
     for (int64_t j0 = 0; j0 < width; j0 += kPanel) {
       const int nv =
           static_cast<int>(std::min<int64_t>(kPanel, width - j0) / kLanes);
       const float* pj = wt.w2p + 9 * width * j0;
-      for (int64_t p0 = 0; p0 < p_out; p0 += kRows) {
-        const int r = static_cast<int>(std::min<int64_t>(kRows, p_out - p0));
-        for (int i = 0; i < r; ++i) {
-          const int64_t p = opix[p0 + i], yo = p / g.wo, xo = p - yo * g.wo;
-          a[i] = h1 + ((yo * st) * wpx + xo * st) * width;
+      for (int64_t p0 = 0; p0 < m; p0 += kRows) {
+        const int r7 = static_cast<int>(std::min<int64_t>(kRows, m - p0));
+        for (int i = 0; i < r7; ++i) {
+          a[i] = h1 + hoff[p0 + i];
           y[i] = h2 + (p0 + i) * width + j0;
         }
-        pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, 9 * width, wt.b2 + j0,
-                                        y, tmp);
+        pick<kStoreRelu>(r7, nv, avx512)(a, aoff, pj, 9 * width,
+                                         wt.b2 + j0, y, nullptr);
       }
     }
-    // ---- conv3 at A_n's pixels, per 64-channel panel into tmp, then added
-    // into out at the scattered pixels
-    if (kind_buf.size() < static_cast<size_t>(p_out8 / 8))
-      kind_buf.resize(p_out8 / 8);
-    uint8_t* kinds = kind_buf.data();
-    for (int64_t p0 = 0; p0 < p_out; p0 += 8)
-      kinds[p0 / 8] = run_kind(opix.data() + p0, p_out - p0);
+    // ---- conv3 per 64-channel panel into tmp, added into out
+    for (int64_t p0 = 0; p0 < m; p0 += 8)
+      kinds[p0 / 8] = run_kind(poff + p0, m - p0);
     for (int64_t c = 0; c < width; ++c) aoff[c] = c;
     for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
       const int wdt =
           static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
       const int nv = wdt / kLanes;
       const float* pj = wt.w3p + width * j0;
-      for (int64_t p0 = 0; p0 < p_out; p0 += kRows) {
-        const int r = static_cast<int>(std::min<int64_t>(kRows, p_out - p0));
-        for (int i = 0; i < r; ++i) a[i] = h2 + (p0 + i) * width;
-        pick<kTile>(r, nv, avx512)(a, aoff, pj, width, nullptr, y,
-                                   tmp + p0 * kPanel);
+      for (int64_t p0 = 0; p0 < m; p0 += kRows) {
+        const int r7 = static_cast<int>(std::min<int64_t>(kRows, m - p0));
+        for (int i = 0; i < r7; ++i) a[i] = h2 + (p0 + i) * width;
+        pick<kTile>(r7, nv, avx512)(a, aoff, pj, width, nullptr, y,
+                                    tmp + p0 * kPanel);
       }
 #ifdef LAUD_X86
       if (avx512) {  // AVX-512F implies AVX2
-        add_relu_scattered_avx2(tmp, opix.data(), kinds, p_out, wdt,
-                                wt.b3 + j0, ident + j0 * plane_out,
+        add_relu_scattered_avx2(tmp, poff, kinds, m, wdt, wt.b3 + j0,
+                                ident + j0 * plane_out,
                                 out + j0 * plane_out, plane_out);
         continue;
       }
 #endif
-      add_relu_scattered_generic(tmp, opix.data(), p_out, wdt, wt.b3 + j0,
+      add_relu_scattered_generic(tmp, poff, m, wdt, wt.b3 + j0,
                                  ident + j0 * plane_out,
                                  out + j0 * plane_out, plane_out);
     }
   }
-  if (relu_after) relu_copy(out, out, g.c_out * plane_out);
+}
+
+void check_idx(const at::Tensor& idx, const SpatialGeometry& g) {
+  TORCH_CHECK(idx.scalar_type() == at::kLong && idx.dim() == 2 &&
+                  idx.size(1) == 3 && idx.is_contiguous(),
+              "idx must be a contiguous int64 (P, 3) tensor");
+  const int64_t P = idx.size(0);
+  const int64_t* ix = idx.data_ptr<int64_t>();
+  for (int64_t p = 0; p < P; ++p) {
+    TORCH_CHECK(ix[3 * p] >= 0 && ix[3 * p] < g.n && ix[3 * p + 1] >= 0 &&
+                    ix[3 * p + 1] < g.gh && ix[3 * p + 2] >= 0 &&
+                    ix[3 * p + 2] < g.gw,
+                "idx row ", p, " lies outside the (N, gh, gw) patch grid");
+    TORCH_CHECK(p == 0 || ix[3 * p] >= ix[3 * (p - 1)],
+                "idx must be sorted by sample (as nonzero() returns it)");
+  }
+}
+
+SpatialGeometry geometry(int64_t n, int64_t c_in, int64_t h, int64_t w,
+                         int64_t width, int64_t c_out, int64_t S,
+                         int64_t stride, int64_t dilation) {
+  TORCH_CHECK(S >= 1 && stride >= 1 && dilation >= 1,
+              "S, stride and dilation must be >= 1");
+  SpatialGeometry g;
+  g.n = n; g.c_in = c_in; g.h = h; g.w = w;
+  g.width = width; g.c_out = c_out;
+  g.ho = (h - 1) / stride + 1; g.wo = (w - 1) / stride + 1;
+  g.stride = stride; g.dil = dilation; g.S = S;
+  g.gh = (g.ho + S - 1) / S; g.gw = (g.wo + S - 1) / S;
+  return g;
 }
 
 }  // namespace
@@ -307,19 +481,10 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
               "x, identity and out must be 4-D");
   TORCH_CHECK(identity.sizes() == out.sizes(),
               "identity and out must have the same shape");
-  TORCH_CHECK(idx.scalar_type() == at::kLong && idx.dim() == 2 &&
-                  idx.size(1) == 3 && idx.is_contiguous(),
-              "idx must be a contiguous int64 (P, 3) tensor");
-  TORCH_CHECK(S >= 1 && stride >= 1 && dilation >= 1,
-              "S, stride and dilation must be >= 1");
-  SpatialGeometry g;
-  const int64_t n = x.size(0);
-  g.c_in = x.size(1); g.h = x.size(2); g.w = x.size(3);
-  g.width = b1.size(0); g.c_out = out.size(1);
-  g.ho = out.size(2); g.wo = out.size(3);
-  g.stride = stride; g.dil = dilation; g.S = S;
-  g.gh = (g.ho + S - 1) / S; g.gw = (g.wo + S - 1) / S;
-  TORCH_CHECK(out.size(0) == n, "out must have x's batch size");
+  const SpatialGeometry g =
+      geometry(x.size(0), x.size(1), x.size(2), x.size(3), b1.size(0),
+               out.size(1), S, stride, dilation);
+  TORCH_CHECK(out.size(0) == g.n, "out must have x's batch size");
   TORCH_CHECK(g.width % kLanes == 0 && g.c_out % kLanes == 0,
               "width and C_out must be multiples of 16");
   TORCH_CHECK(w1p.numel() == g.c_in * g.width &&
@@ -328,28 +493,23 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                   b3.numel() == g.c_out,
               "packed weights must hold C_in x width, 9 width x width and "
               "width x C_out floats, b2 width and b3 C_out");
-  TORCH_CHECK((g.h - 1) / stride + 1 == g.ho && (g.w - 1) / stride + 1 == g.wo,
+  TORCH_CHECK(out.size(2) == g.ho && out.size(3) == g.wo,
               "out's spatial size does not match conv2's output");
-  const int64_t P = idx.size(0);
-  const int64_t* ix = idx.data_ptr<int64_t>();
-  for (int64_t p = 0; p < P; ++p) {
-    TORCH_CHECK(ix[3 * p] >= 0 && ix[3 * p] < n && ix[3 * p + 1] >= 0 &&
-                    ix[3 * p + 1] < g.gh && ix[3 * p + 2] >= 0 &&
-                    ix[3 * p + 2] < g.gw,
-                "idx row ", p, " lies outside the (N, gh, gw) patch grid");
-    TORCH_CHECK(p == 0 || ix[3 * p] >= ix[3 * (p - 1)],
-                "idx must be sorted by sample (as nonzero() returns it)");
-  }
-  if (n == 0) return;
-  // per sample: its active patches as (gi, gj) pairs
-  std::vector<int64_t> pairs(2 * P), start(n + 1, 0);
-  for (int64_t p = 0; p < P; ++p) {
-    pairs[2 * p] = ix[3 * p + 1];
-    pairs[2 * p + 1] = ix[3 * p + 2];
-    ++start[ix[3 * p] + 1];
-  }
-  for (int64_t s = 0; s < n; ++s) start[s + 1] += start[s];
   const bool aliased = out.data_ptr() == identity.data_ptr();
+  TORCH_CHECK(aliased || out.data_ptr() != x.data_ptr(),
+              "out may alias x only together with identity (an identity "
+              "block written in place)");
+  check_idx(idx, g);
+  if (g.n == 0) return;
+  const int64_t P = idx.size(0);
+  const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
+  // the caller's plan and conv1 buffer: reused between calls, only grow
+  // (a thread_local named in the lambdas below would be each worker's own:
+  // they use this reference to the caller's)
+  thread_local SpatialPlan caller_plan;
+  SpatialPlan& pl = caller_plan;
+  thread_local std::vector<float> h1_buf;
+  plan_spatial(g, idx.data_ptr<int64_t>(), P, parts, pl);
   const bool relu_before = !aliased;
   const bool relu_after = aliased && !identity_nonneg;
   const bool avx512 = cpu_avx512f() && !force_generic;
@@ -359,14 +519,75 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   const float* xp = x.data_ptr<float>();
   const float* ip = identity.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t out_n = g.c_out * g.ho * g.wo;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s)
-      sample_spatial(g, xp + s * g.c_in * g.h * g.w, ip + s * out_n,
-                     op + s * out_n, pairs.data() + 2 * start[s],
-                     start[s + 1] - start[s], wt, relu_before, relu_after,
-                     avx512);
+  const int64_t total_out = g.n * g.c_out * g.ho * g.wo;
+  const int64_t h1_stride = g.hp() * g.wpx() * g.width;
+  float* h1 = P > 0 ? scratch(h1_buf, static_cast<size_t>(g.n * h1_stride))
+                    : nullptr;
+  // phase 1: conv1 on the dilated mask, the buffer's border, relu(identity)
+  at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (P > 0) {
+        for (int64_t s = t; s < g.n; s += parts)
+          zero_border(h1 + s * h1_stride, g.hp(), g.wpx(), g.dil, g.width);
+        conv1_range(g, pl, pl.b1[t], pl.b1[t + 1], xp, wt, h1, h1_stride,
+                    avx512);
+      }
+      if (relu_before) {
+        const int64_t e0 = total_out * t / parts;
+        const int64_t e1 = total_out * (t + 1) / parts;
+        relu_copy(op + e0, ip + e0, e1 - e0);
+      }
+    }
   });
+  // phase 2: conv2, conv3 and the add at the active pixels
+  if (P > 0) {
+    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        conv23_range(g, pl, pl.b2[t], pl.b2[t + 1], h1, h1_stride, wt, ip,
+                     op, avx512);
+    });
+  }
+  // phase 3: the ReLU of an in-place identity that may be negative
+  if (relu_after) {
+    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t e0 = total_out * t / parts;
+        const int64_t e1 = total_out * (t + 1) / parts;
+        relu_copy(op + e0, op + e0, e1 - e0);
+      }
+    });
+  }
+}
+
+// Per-thread work of spatial_branch_add_relu_cpu's plan for `threads`
+// threads, without running it: a (2, threads) float64 tensor, row 0 the
+// MACs of phase 1 (c_in x width per conv1 input pixel), row 1 those of
+// phase 2 (9 width^2 + width C_out per active output pixel). The phases are
+// separated by a barrier, so the kernel's time is bounded by the sum over
+// the phases of the busiest thread's work.
+at::Tensor spatial_partition_work(const at::Tensor& idx, int64_t n,
+                                  int64_t c_in, int64_t h, int64_t w,
+                                  int64_t width, int64_t c_out, int64_t S,
+                                  int64_t stride, int64_t dilation,
+                                  int64_t threads) {
+  TORCH_CHECK(threads >= 1, "threads must be >= 1");
+  TORCH_CHECK(n >= 0 && c_in >= 1 && h >= 1 && w >= 1 && width >= 1 &&
+                  c_out >= 1,
+              "sizes must be positive (n >= 0)");
+  const SpatialGeometry g =
+      geometry(n, c_in, h, w, width, c_out, S, stride, dilation);
+  check_idx(idx, g);
+  SpatialPlan pl;
+  plan_spatial(g, idx.data_ptr<int64_t>(), idx.size(0), threads, pl);
+  at::Tensor res = at::zeros({2, threads}, at::kDouble);
+  double* r = res.data_ptr<double>();
+  const double mac1 = 1. * c_in * width;
+  const double mac2 = 9. * width * width + 1. * width * c_out;
+  for (int64_t t = 0; t < threads; ++t) {
+    r[t] = mac1 * static_cast<double>(pl.b1[t + 1] - pl.b1[t]);
+    r[threads + t] = mac2 * static_cast<double>(pl.b2[t + 1] - pl.b2[t]);
+  }
+  return res;
 }
 
 }  // namespace laud_mm

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "isa.h"  // LAUD_X86, LAUD_TARGET, the run-time ISA choice
@@ -160,6 +161,35 @@ LAUD_TARGET("avx2") inline void transpose8x8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 #endif
+
+// The A offsets of conv2's K = 9 k terms in a pixel-major conv1 buffer
+// (wpx pixels a row, `stride` floats a pixel): tap (dy, dx), channel c at
+// ((dy d) wpx + dx d) stride + c, taps in row-major order.
+inline void tap_offsets(int64_t* aoff, int64_t d, int64_t wpx,
+                        int64_t stride, int64_t k) {
+  int64_t q = 0;
+  for (int64_t dy = 0; dy < 3; ++dy)
+    for (int64_t dx = 0; dx < 3; ++dx)
+      for (int64_t c = 0; c < k; ++c)
+        aoff[q++] = ((dy * d) * wpx + dx * d) * stride + c;
+}
+
+// Zeroes the border of width d (conv2's padding) of a pixel-major,
+// zero-bordered conv1 buffer of hp x wpx pixels of `channels` floats; the
+// interior is written by conv1.
+inline void zero_border(float* buf, int64_t hp, int64_t wpx, int64_t d,
+                        int64_t channels) {
+  for (int64_t r = 0; r < hp; ++r) {
+    float* row = buf + r * wpx * channels;
+    if (r < d || r >= hp - d) {
+      std::memset(row, 0, sizeof(float) * wpx * channels);
+    } else {
+      std::memset(row, 0, sizeof(float) * d * channels);
+      std::memset(row + (wpx - d) * channels, 0,
+                  sizeof(float) * d * channels);
+    }
+  }
+}
 
 // Thread-local scratch that only grows (no allocation per call).
 inline float* scratch(std::vector<float>& v, size_t n) {

@@ -10,6 +10,8 @@ Modules (one concept each):
   (:mod:`.benchmark.resnet`, :mod:`.benchmark.spatial_steps`,
   :mod:`.benchmark.regnet`, :mod:`.benchmark.t2t_vit`);
 - :mod:`.kernels`: kernel micro-benchmarks of the dynamic path;
+- :mod:`.load_balance`: the fused kernels' thread partition at 2 - 64
+  threads for random masks, computed without running them;
 - :mod:`.configs`: a config's model built as mmengine's Runner builds it;
 - :mod:`.prediction`: predicted latency of a config or an architecture;
 - :mod:`.validation`: the predictor against measured latency;

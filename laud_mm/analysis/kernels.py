@@ -56,7 +56,8 @@ import torch.nn.functional as F
 
 from laud_mm.models import LAUDBottleneck
 from laud_mm.models.layers.gates import KEEP, SKIP
-from laud_mm.models.resnet.dynamic import (folded, spatial_patch_convs,
+from laud_mm.models.resnet.dynamic import (folded, spatial_logit,
+                                           spatial_patch_convs,
                                            window_conv1)
 from laud_mm.ops import (gather_kept_weights, gather_kept_weights_reference,
                          max_pool2d)
@@ -214,7 +215,9 @@ def scatter_rows() -> List[Row]:
 
 def masker_rows() -> List[Row]:
     """``masker``: the spatial masker module's keep - skip logits against
-    the dynamic path's one-channel conv + pool (note: max difference)."""
+    the dynamic path's one-channel GEMV + pool
+    (:func:`~laud_mm.models.resnet.dynamic.spatial_logit`; note: max
+    difference)."""
     rows = []
     for width, s, hw in ((64, 4, 56), (128, 4, 28), (256, 2, 14),
                          (512, 1, 7)):
@@ -228,12 +231,11 @@ def masker_rows() -> List[Row]:
             return lg[..., KEEP] - lg[..., SKIP]
 
         def fused():
-            return F.adaptive_avg_pool2d(F.conv2d(
-                x, fb.w1x[width:], fb.b1x[width:]), grid)[:, 0]
+            return F.adaptive_avg_pool2d(spatial_logit(fb, x), grid)[:, 0]
         diff = float((module() - fused()).abs().max())
         rows.append(('masker', f'{width * 4} ch {hw}x{hw}, grid {grid[0]}x'
                      f'{grid[1]}', 'pool C_in, 1x1 conv', cpu_ms(module),
-                     '1-channel conv, pool', cpu_ms(fused),
+                     '1-channel GEMV, pool', cpu_ms(fused),
                      f'max diff {diff:.1e}'))
     return rows
 

@@ -19,7 +19,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -79,17 +79,25 @@ def wall_ms(fn: Callable) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def machine_line(backend: bool = True, load: bool = False) -> str:
-    """The header line of a timing table: torch version, threads, (with
-    ``backend``) the :mod:`laud_mm.ops` backend, processor and logical CPUs,
-    (with ``load``) the 1-minute load average."""
-    parts = [f'# torch {torch.__version__}, {torch.get_num_threads()} '
-             f'threads']
+def machine_line(backend: bool = True, load: bool = False,
+                 threads: Optional[Sequence[int]] = None) -> str:
+    """The header line of a timing table: torch version, threads (torch's
+    current count, or the ``threads`` a table runs at), (with ``backend``)
+    the :mod:`laud_mm.ops` backend and whether its kernels use the thread
+    pool, processor and logical CPUs, (with ``load``) the 1-, 5- and
+    15-minute load averages (other processes share the cores: see
+    docs/benchmarks.md)."""
+    t = torch.get_num_threads() if threads is None else \
+        '/'.join(str(v) for v in threads)
+    parts = [f'# torch {torch.__version__}, {t} threads']
     if backend:
         from laud_mm import ops
-        parts.append(f'ops backend {ops.backend()}')
+        parts.append(f'ops backend {ops.backend()}' +
+                     (' (parallel kernels)' if ops.parallel_kernels()
+                      else ''))
     parts.append(f'{platform.processor() or "cpu"} ({os.cpu_count()} logical '
                  f'CPUs)')
     if load:
-        parts.append(f'load average {os.getloadavg()[0]:.1f}')
+        parts.append('load average ' + ' / '.join(
+            f'{v:.1f}' for v in os.getloadavg()))
     return ', '.join(parts)

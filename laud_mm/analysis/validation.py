@@ -418,8 +418,9 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
         (MAPE %, Spearman rho) over all cases.
 
     Raises:
-        ValueError: ``threads`` or ``repeats`` < 1, ``min_time`` <= 0
-            (names the option and value).
+        ValueError: ``threads`` or ``repeats`` < 1, ``min_time`` <= 0, or
+            a CPU spec whose ``num_pe`` is not ``threads`` (names the
+            option and value).
     """
     for name, v in (('threads', threads), ('repeats', repeats)):
         if v < 1:
@@ -430,6 +431,12 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
     from laud_mm.latency import get_hardware
     spec = get_hardware(hardware)
     dev = torch.device(device)
+    if dev.type == 'cpu' and spec.num_pe != threads:
+        # a CPU spec's N_PE is the thread count it was calibrated at
+        raise ValueError(f'--hardware {hardware!r} models num_pe='
+                         f'{spec.num_pe} threads but --threads={threads}: '
+                         f'calibrate a spec with calibrate_hardware.py '
+                         f'--threads {threads}')
     os.makedirs(out_dir, exist_ok=True)
     if reuse:
         with open(reuse) as f:

@@ -7,10 +7,13 @@ Micro-benchmarks (:func:`microbench`, PyTorch, fp32):
 * off-chip bandwidth: ``torch.add(a, b, out=c)`` on 64 MB tensors
   (3 tensors moved per call), GB/s;
 * on-chip factor: the same between 256 KB and 1 MB tensors (cache
-  resident), divided by the off-chip figure;
+  resident), divided by the off-chip figure (at most
+  :data:`L2_FACTOR_MAX`);
 * compute rate: the fastest of a few large convolutions (3x3 and 1x1,
   compute bound), MAC/s, turned into ``fp32_per_pe = rate / (N_PE * f)``
-  with N_PE the threads (CPU) or SMs (GPU) and f the nominal clock.
+  with N_PE the threads (CPU: ``threads``, so a spec models one thread
+  count; the eager model splits a kernel's tiles over them) or SMs (GPU)
+  and f the nominal clock.
 
 :func:`fit_spec` then refines ``fp32_per_pe`` and ``bandwidth_gbs`` (within
 10x of the micro-benchmarks; the launch cost stays measured) by least
@@ -38,6 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from .hardware import HardwareSpec, save_hardware
+
+
+#: upper bound of the on-chip / off-chip bandwidth ratio of a calibrated
+#: spec: the two bandwidths are slopes between two sizes, and a time slice
+#: lost to another process between them can make the ratio absurd (2.7e5
+#: on this 2-core machine at load 9); caches are within ~10x of DRAM
+L2_FACTOR_MAX = 16.
 
 
 def _sync(device: torch.device) -> None:
@@ -331,7 +341,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         name=name, num_pe=n_pe,
         fp32_per_pe=m['macs'] / (n_pe * clock_mhz * 1e6), clock_mhz=clock_mhz,
         bandwidth_gbs=m['bandwidth_gbs'],
-        l2_factor=max(1.0, m['cache_gbs'] / m['bandwidth_gbs']),
+        l2_factor=min(L2_FACTOR_MAX,
+                      max(1.0, m['cache_gbs'] / m['bandwidth_gbs'])),
         launch_us=m['launch_us'], transaction_bytes=tr,
         max_tile_outputs=max_tile, default_batch=1,
         max_tile_batch=tile_batch,

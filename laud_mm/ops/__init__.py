@@ -7,14 +7,17 @@ reports which one is used; :func:`use_backend` forces one (tests compare them).
 
 Source: paper sec. 3.4 and appendix (operator fusion for dynamic inference).
 """
-from .dispatch import (backend, extension, has_cuda_kernels, set_backend,
-                       use_backend)
+from .dispatch import (backend, extension, has_cuda_kernels,
+                       parallel_kernels, set_backend, use_backend)
 from .channel_conv import (channel_branch_add_relu,
                            channel_branch_add_relu_reference,
                            channel_branch_isa, fast_channel_branch)
 from .channel_weights import (gather_kept_weights,
                               gather_kept_weights_reference)
 from .max_pool import MaxPool2d, max_pool2d
+from .partition import (channel_partition_work, imbalance,
+                        sample_gemm_partition, spatial_partition_work)
+from .sample_gemm import sample_gemm, sample_gemm_reference
 from .patches import (gather_patches, gather_patches_reference, patch_indices,
                       patch_map, scatter_add_relu, scatter_add_relu_reference,
                       window_size)
@@ -24,7 +27,10 @@ from .spatial_conv import (fast_spatial_branch, pack_panels,
                            spatial_packed_weights, unpack_panels)
 
 __all__ = [
-    'backend', 'extension', 'has_cuda_kernels', 'set_backend', 'use_backend',
+    'backend', 'extension', 'has_cuda_kernels', 'parallel_kernels',
+    'set_backend', 'use_backend', 'spatial_partition_work',
+    'channel_partition_work', 'imbalance', 'sample_gemm_partition',
+    'sample_gemm', 'sample_gemm_reference',
     'gather_patches', 'gather_patches_reference', 'patch_indices', 'patch_map',
     'scatter_add_relu', 'scatter_add_relu_reference', 'window_size',
     'gather_kept_weights', 'gather_kept_weights_reference', 'MaxPool2d',

@@ -58,6 +58,20 @@ def has_cuda_kernels() -> bool:
     return _ext is not None and bool(getattr(_ext, 'with_cuda', False))
 
 
+def parallel_kernels() -> bool:
+    """Whether the compiled CPU kernels split their work over torch's
+    intra-op threads (``torch.set_num_threads``): the extension built with
+    OpenMP when torch's pool is OpenMP (``setup.py`` adds -fopenmp), or
+    torch's native pool (at::parallel_for then calls into libtorch). False
+    without the extension."""
+    if _ext is None:
+        return False
+    if bool(getattr(_ext, 'openmp', False)):
+        return True
+    return 'ATen parallel backend: OpenMP' not in \
+        torch.__config__.parallel_info()
+
+
 def backend(device: Optional[torch.device] = None) -> str:
     """Backend that :mod:`laud_mm.ops` uses.
 

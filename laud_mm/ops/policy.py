@@ -11,14 +11,22 @@ gather / batched-GEMM paths, as the benchmarks' breakdowns and the tests do.
 Source: paper sec. 3.4 (scheduling of the dynamic operators is chosen by
 measured or predicted latency, not by FLOPs).
 """
+import torch
+
+from .dispatch import parallel_kernels
 from .patches import window_size
 
 # ------------------------------------------------------------------ spatial
 #: ResNet spatial blocks on the gather / scatter path: from this fraction of
 #: active patches on, conv2 / conv3 run densely and the output is masked
-#: (faster on CPU than gather -> conv -> scatter; both exact). The fused CPU
-#: kernel (:data:`SPATIAL_FUSED_CPU`) runs at every density.
+#: (faster on CPU than gather -> conv -> scatter; both exact).
 SPATIAL_DENSE_THRESHOLD = 0.8
+#: the same for the fused CPU kernel (:data:`SPATIAL_FUSED_CPU`): with
+#: every patch active oneDNN's dense convolutions beat the kernel's tiles
+#: at 2 threads (R50 8 x 224 px r = 1: 0.88x wall, 0.95x CPU time, a quick
+#: run of tools/analysis_tools/benchmark_latency.py under load), and there
+#: the dense block is the static one
+SPATIAL_FUSED_DENSE_THRESHOLD = 1.0
 #: RegNetY spatial blocks: the same threshold (their grouped conv2 and SE
 #: make the gathered path pay off up to higher densities)
 REGNETY_SPATIAL_DENSE_THRESHOLD = 0.95
@@ -34,8 +42,8 @@ SPATIAL_WINDOW_CONV1_MAX_FRACTION = 0.6
 #: on CPUs with AVX-512, spatial blocks run the fused kernel
 #: :func:`laud_mm.ops.spatial_branch_add_relu` (conv1 on the dilated mask,
 #: conv2 and conv3 on the active pixels read in place, conv3 added into the
-#: shortcut) instead of gather -> convolutions -> scatter when the batch has
-#: at least as many samples as torch has threads (a thread per sample)
+#: shortcut) instead of gather -> convolutions -> scatter, at any batch size
+#: (its pixels are split over torch's threads, :func:`fused_cpu_threads`)
 SPATIAL_FUSED_CPU = True
 
 # ------------------------------------------------------------------ channel
@@ -49,9 +57,22 @@ CHANNEL_PAD = 8
 CHANNEL_SMALL_MAP_PIXELS = 100
 CHANNEL_DENSE_RATE = 0.7
 #: on CPUs with AVX-512, channel blocks run the fused kernel
-#: :func:`laud_mm.ops.channel_branch_add_relu` instead of the batched GEMMs
-#: when the batch has at least as many samples as torch has threads
+#: :func:`laud_mm.ops.channel_branch_add_relu` instead of the batched GEMMs,
+#: at any batch size (:func:`fused_cpu_threads`)
 CHANNEL_FUSED_CPU = True
+
+
+def fused_cpu_threads() -> bool:
+    """Whether the fused CPU kernels may run at torch's current thread
+    count: they split every batch (batch 1 included) over the intra-op
+    threads when the extension runs on torch's pool
+    (:func:`laud_mm.ops.parallel_kernels`); an extension built without it
+    runs them on one thread, which only pays with one thread.
+
+    Returns:
+        True with one thread or parallel kernels.
+    """
+    return torch.get_num_threads() == 1 or parallel_kernels()
 
 
 def uses_window_conv1(s: int, stride: int, dilation: int, n_act: float,

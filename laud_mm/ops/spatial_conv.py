@@ -145,6 +145,11 @@ def _check(out, x, identity, idx, packed, s, stride, dilation,
         if bool((idx[1:, 0] < idx[:-1, 0]).any()):
             raise ValueError('idx must be sorted by sample (as nonzero() '
                              'returns it)')
+    if out.data_ptr() == x.data_ptr() and \
+            identity.data_ptr() != out.data_ptr():
+        # conv1 reads x while out = relu(identity) is written
+        raise ValueError('out may alias x only together with identity (an '
+                         'identity block written in place)')
     if identity_nonneg and identity.data_ptr() == out.data_ptr() and \
             bool((identity < 0).any()):
         raise ValueError('identity_nonneg=True but identity has negative '

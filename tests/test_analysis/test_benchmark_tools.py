@@ -16,6 +16,7 @@ from laud_mm.analysis import kernels
 from laud_mm.analysis.benchmark import common, regnet, resnet
 from laud_mm.analysis.benchmark.spatial_steps import spatial_breakdown
 from laud_mm.analysis.forced_gates import force_random_gates
+from laud_mm import ops
 from laud_mm.models import LAUDResNet
 
 from conftest import ROOT
@@ -62,13 +63,49 @@ def test_layer_rate_forcing_small_batch():
 
 
 def test_regnet_benchmark_runs_and_checks_exactness():
+    """Every row at each --threads count (one table), wall-clock speedup
+    and CPU-time speedup beside it; torch's thread count restored."""
+    prev = torch.get_num_threads()
     rows = regnet.benchmark_regnet(
         archs=['regnety_400mf'], paradigms=['channel'], rates=[0.5, 1.0],
-        batch=2, size=64, repeats=1, warmup=0)
+        batch=2, size=64, repeats=1, warmup=0, threads=[1, 2])
+    assert torch.get_num_threads() == prev
+    assert [(r['threads'], r['rate']) for r in rows] == \
+        [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)]
+    rows = rows[:2]
     assert [r['rate'] for r in rows] == [0.5, 1.0]
     assert abs(rows[0]['rate_real'] - 0.5) < 0.15
     assert rows[1]['flops_ratio'] == pytest.approx(1.0)
     assert all(r['static_ms'] > 0 and r['dynamic_ms'] > 0 for r in rows)
+
+
+def test_table_columns_written_once():
+    """The three backbone benchmarks build their tables from the shared
+    columns: threads, then static / dynamic ms, speedup (wall) and speedup
+    (CPU time) beside it; --threads lists default to 1 and every CPU."""
+    import os
+    from laud_mm.analysis.benchmark import t2t_vit
+    for mod, timing in ((resnet, 'static ms | dynamic ms | speedup (wall) | '
+                                 'speedup (CPU time)'),
+                        (regnet, 'static ms | dynamic ms | speedup (wall) | '
+                                 'speedup (CPU time)'),
+                        (t2t_vit, 'static encoder ms | dynamic encoder ms | '
+                                  'encoder speedup (wall) | encoder speedup '
+                                  '(CPU time)')):
+        head = mod.HEADER.split('\n')[0]
+        assert '| threads |' in head and timing in head, mod.__name__
+        assert mod.HEADER.split('\n')[1].count('---') == len(mod.COLUMNS)
+    row = dict(depth=50, batch=8, hw=(224, 224), paradigm='spatial',
+               threads=2, rate=0.5, rate_real=0.5, static_ms=400.,
+               dynamic_ms=200., speedup=2., cpu_speedup=1.9,
+               flops_ratio=0.5)
+    assert resnet.fmt_row(row) == ('| R50 | 8x224x224 | spatial | 2 | 0.50 | '
+                                   '0.500 | 400.0 | 200.0 | 2.00x | 1.90x | '
+                                   '2.00x |')
+    assert common.thread_counts(None) == sorted({1, os.cpu_count()})
+    assert common.thread_counts(3) == [3]
+    with pytest.raises(ValueError, match='--threads'):
+        common.thread_counts([2, 0])
 
 
 def test_kernel_benchmark_rows_compare_equal_results():
@@ -161,3 +198,30 @@ def test_scatter_rows_compare_equal_results():
          '--only', 'nonsense'], cwd=ROOT, capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == 2 and '--only' in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(ops.extension() is None, reason='laud_mm._ext not built')
+def test_load_balance_simulation():
+    """simulate_load_balance: the kernels' own partition over every block
+    of R50 for random masks; at 2 threads every paradigm is within 3 % of
+    an even split, at 64 threads the small stage-4 maps leave threads idle
+    (> 1) but the figure stays below the thread count; bad options are
+    refused by name."""
+    from laud_mm.analysis import load_balance
+    rows = load_balance.simulate(sizes=['224'], rates=[0.5],
+                                 threads=[2, 64], seeds=1)
+    assert {(r['paradigm'], r['threads']) for r in rows} == {
+        (p, t) for p in ('spatial', 'channel', 'layer') for t in (2, 64)}
+    for r in rows:
+        assert r['blocks'] > 0 and 1.0 <= r['backbone'] <= r['worst_block']
+        if r['threads'] == 2:
+            assert r['backbone'] < 1.03, r
+        else:
+            assert r['backbone'] < 64, r
+    table = load_balance.format_table(rows)
+    assert '| 8x224x224 | spatial | 0.50 |' in table
+    assert '2 threads | 64 threads | worst block at 64 |' in table
+    with pytest.raises(ValueError, match='--paradigms'):
+        load_balance.simulate(paradigms=['x'])
+    with pytest.raises(ValueError, match='--threads'):
+        load_balance.simulate(threads=[0])

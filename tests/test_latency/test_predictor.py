@@ -441,10 +441,10 @@ def _launch_count(p, ops):
 def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     """R50 s1.b0 (downsample, 56 -> 28 px) at batch 4 with 2 kept samples:
     the forced-gate calls, the downsample, the branch of the static block on
-    2 samples (conv1 as per-image GEMMs on their rows of x: no row copy),
-    then per kept sample the bias pass, conv3 accumulated into the shortcut
-    row and a ReLU pass; the 2 skipped rows of the downsample output get a
-    ReLU. An identity block inside a backbone writes into its input (the
+    2 samples (conv1 as GEMMs on their rows of x, ops.sample_gemm: no row
+    copy), then the bias pass, conv3 accumulated into the kept shortcut
+    rows and a ReLU pass (the same kernel, one call); the 2 skipped rows of
+    the downsample output get a ReLU. An identity block inside a backbone writes into its input (the
     skipped rows cost nothing); called alone, its input is copied first."""
     p = _eager()
     hw = p.hw
@@ -461,7 +461,7 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     for k in ('bias3', 'relu3', 'relu_skipped'):  # 2 rows each
         assert by[k].ms == pytest.approx(elementwise_latency(
             hw, k, 2 * out_e, 1, 1).ms)
-    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 16 + 2)
+    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 9 + 2)
     full = [o.name for o in resnet_latency.layer_block_ops(p, g, 4, 1.)]
     assert full == ['gate', 'downsample', 'gate_count'] + \
         [o.name for o in resnet_latency.static_block_ops(p, g, 4)]
@@ -611,6 +611,66 @@ def test_eager_spatial_kernels():
     rows = 2 * 49 * 0.2
     assert by['conv2'].macs == pytest.approx(rows * 512 * 9 * 512)
     assert by['conv3'].macs == pytest.approx(rows * 512 * 2048)
+
+
+def test_eager_fused_kernels_at_any_batch():
+    """A CPU spec with 16-lane vectors (AVX-512): the fused spatial and
+    channel kernels are modelled at batch 1 on 2 PEs (they split the
+    batch's pixels over the threads; a GEMM's tiles over the PEs here, so
+    2 PEs run the fused spatial GEMMs faster than 1); with every patch
+    active the spatial path is the dense block after the masker
+    (SPATIAL_FUSED_DENSE_THRESHOLD = 1)."""
+    spec = get_hardware('cpu').replace(vector_width=16)
+    assert spec.num_pe == 2
+    p = LatencyPredictor(spec, implementation='eager',
+                         spatial_dense_threshold=0.8, forced_gates=True)
+    g = resnet_geometries(50, (224, 224), 'spatial', (4, 4, 2, 1))[0][1]
+    names, by = _by_name(resnet_latency.spatial_block_ops(p, g, 1, 0.5))
+    assert names == ['mask_conv', 'mask_pool', 'mask_steps', 'gate',
+                     'gate_count', 'bookkeeping', 'conv1', 'conv2', 'conv3',
+                     'add_relu3']
+    one = LatencyPredictor(spec.replace(num_pe=1), implementation='eager',
+                           spatial_dense_threshold=0.8, forced_gates=True)
+    by1 = _by_name(resnet_latency.spatial_block_ops(one, g, 1, 0.5))[1]
+    for k in ('conv1', 'conv2', 'conv3'):
+        assert by[k].ms < 0.8 * by1[k].ms, k
+    names = [o.name for o in resnet_latency.spatial_block_ops(p, g, 1, 1.)]
+    assert names == ['mask_conv', 'mask_pool', 'mask_steps', 'gate',
+                     'gate_count', 'conv1', 'relu1', 'conv2', 'relu2',
+                     'conv3', 'slice', 'add', 'relu3']
+    gc = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][1]
+    names = [o.name for o in resnet_latency.channel_block_ops(p, gc, 1, 0.5)]
+    assert names[-5:] == ['w2_panels', 'conv1', 'conv2', 'conv3',
+                          'add_relu3']
+
+
+def test_calibration_spec_models_its_thread_count(monkeypatch, tmp_path):
+    """calibrate_hardware --threads N writes a spec of N PEs (cpu<N>_calib;
+    the compute rate per PE from the N-thread convolutions) and bounds the
+    on-chip factor (a noisy bandwidth slope gave 2.7e5 under load); the
+    validation refuses a spec of another thread count, naming both."""
+    from laud_mm.analysis.validation import validate_predictor
+    from laud_mm.latency import calibration
+    prev = torch.get_num_threads()
+    monkeypatch.setattr(calibration, 'microbench', lambda dev: dict(
+        launch_us=5., launch_add_us=4., launch_conv_us=6.,
+        bandwidth_gbs=2., cache_gbs=5e5, macs=1e11, conv_rates=[1e11],
+        weight_reorder_gbs=8.))
+    try:
+        spec = calibration.calibrate_hardware(
+            threads=2, out=str(tmp_path / 'cpu2.yaml'))
+    finally:
+        torch.set_num_threads(prev)
+    assert spec.name == 'cpu2_calib' and spec.num_pe == 2
+    assert spec.l2_factor == calibration.L2_FACTOR_MAX
+    assert spec.fp32_per_pe == pytest.approx(
+        1e11 / (2 * spec.clock_mhz * 1e6))
+    assert get_hardware(str(tmp_path / 'cpu2.yaml')) == spec
+    with pytest.raises(ValueError, match=r'num_pe=2 threads but '
+                       r'--threads=1'):
+        validate_predictor(hardware=str(tmp_path / 'cpu2.yaml'), threads=1,
+                           out_dir=str(tmp_path / 'v'))
+    torch.set_num_threads(prev)
 
 
 def test_eager_spatial_window_conv1_kernels():

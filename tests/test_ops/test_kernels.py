@@ -511,6 +511,281 @@ def test_spatial_branch_errors():
     with pytest.raises(ValueError, match='identity_nonneg'):
         spatial_branch_add_relu(neg, x, neg, idx, *packed, 2,
                                 identity_nonneg=True)
+    xs = torch.randn(2, 16, 6, 6)
+    with pytest.raises(ValueError, match='out may alias x only'):
+        spatial_branch_add_relu(xs, xs, ident, idx, *packed, 2)
+
+
+# ------------------------------------------------- threads and partition
+needs_ext = pytest.mark.skipif(ops.extension() is None,
+                               reason='laud_mm._ext not built')
+
+
+def _with_threads(threads, fn):
+    """fn() with ``threads`` intra-op threads (restored afterwards)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(prev)
+
+
+@needs_ext
+def test_kernels_run_on_torch_thread_pool():
+    """The extension is built so that at::parallel_for uses torch's pool:
+    with torch's OpenMP backend it must be compiled with OpenMP (without
+    it every kernel ran on one thread, whatever torch.set_num_threads
+    said)."""
+    info = torch.__config__.parallel_info()
+    if 'ATen parallel backend: OpenMP' in info:
+        assert ops.extension().openmp
+    assert ops.parallel_kernels()
+
+
+@needs_ext
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride,dil,density', [
+    (1, 32, 16, 64, 23, 19, 4, 1, 1, 0.5),   # batch 1: pixels split
+    (1, 16, 32, 32, 17, 16, 2, 2, 1, 0.3),   # batch 1, stride 2
+    (4, 24, 16, 32, 9, 10, 1, 1, 2, 0.4),    # S = 1, dilation 2
+    (3, 16, 80, 16, 12, 12, 4, 1, 1, 0.05),  # almost empty, 64 + 16 panel
+])
+def test_spatial_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
+                                                 w, s, stride, dil,
+                                                 density):
+    """The fused spatial kernel splits the batch's pixels over threads (a
+    sample over several threads at batch 1): the result is the same bit
+    for bit with 1, 2, 3 and 7 threads (every pixel's sums run in the same
+    order), out of place, in place and in place over a non-negative
+    identity, and equals the masked-dense block; a sample without active
+    patches included (sample 0 of _spatial_case)."""
+    from laud_mm.ops import spatial_branch_add_relu
+    x, ident, idx, packed, dense, ym = _spatial_case(
+        5, n, c_in, width, c_out, h, w, s, stride, dil, density)
+    args = (idx,) + packed + (s, stride, dil)
+    nonneg = ident.relu()
+
+    def run():
+        a = torch.empty_like(ident)
+        spatial_branch_add_relu(a, x, ident, *args)
+        b = ident.clone()
+        spatial_branch_add_relu(b, x, b, *args)
+        c = nonneg.clone()
+        spatial_branch_add_relu(c, x, c, *args, identity_nonneg=True)
+        return a, b, c
+    one = _with_threads(1, run)
+    assert (one[0] - dense).abs().max() <= 1e-5
+    assert (one[2] - (nonneg + ym).relu()).abs().max() <= 1e-5
+    for threads in (2, 3, 7):
+        more = _with_threads(threads, run)
+        for u, v in zip(one, more):
+            assert torch.equal(u, v), threads
+
+
+@needs_ext
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride,dil,g2', [
+    (1, 40, 32, 32, 13, 11, 1, 1, 2),   # batch 1: pixels split
+    (1, 24, 40, 64, 9, 6, 2, 1, 2),     # batch 1, stride 2
+    (5, 72, 70, 16, 7, 7, 1, 1, 2),     # kept counts differ, 64 + 6 panel
+    (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1
+])
+def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
+                                                 w, stride, dil, g2):
+    """The fused channel kernel splits the batch's pixels over threads,
+    weighed by each sample's kept count: the same bit for bit with 1, 2, 3
+    and 7 threads, equal to the masked-dense block (a sample with no kept
+    channel when the batch has two or more: _channel_case's sample 1; at
+    batch 1 a sample with some)."""
+    from laud_mm.ops import channel_branch_add_relu
+    args, ident, dense = _channel_case(9, n, c_in, width, c_out, h, w,
+                                       stride, dil, g2)
+
+    def run():
+        out = ident.clone()
+        channel_branch_add_relu(out, *args)
+        return out
+    one = _with_threads(1, run)
+    assert (one - dense).abs().max() <= 1e-5
+    for threads in (2, 3, 7):
+        assert torch.equal(one, _with_threads(threads, run)), threads
+
+
+@needs_ext
+@pytest.mark.parametrize('s', [1, 2, 4])
+def test_gather_scatter_same_at_any_thread_count(s):
+    """The gather and scatter-add kernels (the non-fused spatial path) are
+    split over threads too: the same bit for bit with 1 and 3 threads."""
+    feat, w2, dense, gate, ident = _case(3, 6, 14, 13, s, 1, 1, 0.5, 4)
+    run = lambda: _sparse_block(feat, w2, gate, ident, s, 1, 1, 6)  # noqa
+    assert torch.equal(_with_threads(1, run), _with_threads(3, run))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('n_x,rows,m,k,p', [
+    (8, [1, 4, 6, 7], 64, 48, 100),   # some samples of a batch
+    (1, [0], 32, 16, 3041),           # batch 1, columns split
+    (3, [2, 0], 16, 24, 7),           # fewer columns than threads x 16
+])
+def test_sample_gemm_equals_per_sample_addmm(backend, n_x, rows, m, k, p):
+    """ops.sample_gemm (the layer path's conv1 / conv3 of the kept samples,
+    columns split over threads) equals a torch.addmm per sample, in place
+    into the listed rows only, with 1 and 3 threads (fp32 rounding of the
+    BLAS: 1e-5 relative), accumulating or not, with and without the ReLU
+    and the bias."""
+    g = torch.Generator().manual_seed(n_x + p)
+    x = torch.randn(n_x, k, p, generator=g)
+    w = torch.randn(m, k, generator=g)
+    b = torch.randn(m, generator=g)
+    rx = torch.tensor(rows)
+    ro = torch.arange(len(rows))
+    base = torch.randn(n_x, m, p, generator=g)
+    for acc, relu, bias in ((False, True, b), (True, True, b),
+                            (True, False, None)):
+        want = base.clone()
+        ops.sample_gemm_reference(want, w, x, rx, rx, bias, acc, relu)
+        expect = base.clone()
+        for r in rows:
+            y = w @ x[r] + (0 if bias is None else bias[:, None])
+            expect[r] = (expect[r] + y) if acc else y
+            if relu:
+                expect[r] = expect[r].relu()
+        assert (want - expect).abs().max() <= 1e-4 * expect.abs().max()
+        for threads in (1, 3):
+            with ops.use_backend(backend):
+                got = _with_threads(threads, lambda: ops.sample_gemm(
+                    base.clone(), w, x, rx, rx, bias, acc, relu))
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+            untouched = [i for i in range(n_x) if i not in rows]
+            assert torch.equal(got[untouched], base[untouched])
+    # rows of x into other rows of out (conv1 into its buffer)
+    out = torch.empty(len(rows), m, p)
+    ops.sample_gemm(out, w, x, rx, ro, b, relu=True)
+    assert (out - (w @ x[rx] + b[:, None]).relu()).abs().max() <= \
+        1e-4 * out.abs().max()
+
+
+def test_sample_gemm_errors():
+    x, w = torch.randn(2, 4, 5), torch.randn(3, 4)
+    rows = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match='do not match'):
+        ops.sample_gemm(torch.empty(2, 3, 6), w, x, rows, rows)
+    with pytest.raises(ValueError, match='rows_out must lie in'):
+        ops.sample_gemm(torch.empty(1, 3, 5), w, x, rows, rows)
+    with pytest.raises(ValueError, match='rows_x must be an int64'):
+        ops.sample_gemm(torch.empty(2, 3, 5), w, x, rows.int(), rows)
+    with pytest.raises(ValueError, match='bias must be'):
+        ops.sample_gemm(torch.empty(2, 3, 5), w, x, rows, rows,
+                        torch.ones(4))
+    with pytest.raises(ValueError, match='x must be a float32'):
+        ops.sample_gemm(torch.empty(2, 3, 5), w, x.double(), rows, rows)
+
+
+@needs_ext
+def test_sample_gemm_partition_splits_columns_evenly():
+    """Columns per thread: within one column of even for any sample
+    count and map size; a single sample splits too."""
+    for n, p, t in ((4, 3136, 2), (1, 60800, 64), (3, 49, 8), (7, 196, 5)):
+        cols = ops.sample_gemm_partition(n, p, t)
+        assert cols.shape == (t,) and int(cols.sum()) == n * p
+        assert int(cols.max()) - n * p / t <= 1, (n, p, t)
+
+
+def _random_idx(n, gh, gw, density, seed, empty=()):
+    g = torch.Generator().manual_seed(seed)
+    gate = (torch.rand(n, gh, gw, generator=g) < density).float()
+    for i in empty:
+        gate[i] = 0
+    return gate, (gate > 0.5).nonzero().contiguous()
+
+
+@needs_ext
+def test_spatial_partition_counts_the_kernels_work_and_balances():
+    """ops.spatial_partition_work: the per-thread MACs of the kernel's own
+    plan. Over the threads they add up to the dilated mask's conv1 and the
+    active pixels' conv2 + conv3 (counted here from the expanded gate);
+    every phase is balanced within a 7- or 8-pixel tile per boundary even
+    when the active patches sit in one sample of eight (the ranges span
+    samples) or the batch is one image; too little work leaves threads
+    idle (the imbalance approaches the thread count)."""
+    n, c_in, width, c_out, h, w, s = 8, 64, 32, 128, 28, 28, 4
+    gate, idx = _random_idx(n, 7, 7, 0.45, 1)
+    mask = gate.repeat_interleave(s, 1).repeat_interleave(s, 2)
+    # conv1 input pixels: the mask dilated by conv2's 3 x 3 window
+    need = F.max_pool2d(mask[:, None], 3, 1, 1)[:, 0] > 0
+    work = ops.spatial_partition_work(idx, n, c_in, (h, w), width, c_out,
+                                      s, 1, 1, 4)
+    assert work.shape == (2, 4)
+    assert float(work[0].sum()) == int(need.sum()) * c_in * width
+    assert float(work[1].sum()) == int(mask.sum()) *         (9 * width * width + width * c_out)
+    assert ops.imbalance(work) < 1.01
+    # all the work in one sample of eight: still even
+    one, idx1 = _random_idx(n, 7, 7, 0.9, 2, empty=range(1, 8))
+    work = ops.spatial_partition_work(idx1, n, c_in, (h, w), width, c_out,
+                                      s, 1, 1, 8)
+    assert ops.imbalance(work) < 1.1
+    per = work.sum(0)
+    assert float(per.min()) > 0.9 * float(per.mean())
+    # batch 1, a 200 x 304 map: 64 threads within 1 %
+    gate1, idx1 = _random_idx(1, 50, 76, 0.5, 3)
+    work = ops.spatial_partition_work(idx1, 1, 256, (200, 304), 64, 256, 4,
+                                      1, 1, 64)
+    assert ops.imbalance(work) < 1.01
+    # 3 active pixels (S = 1: ranges of single pixels) for 8 threads: 3
+    # threads busy in phase 2; with S = 4 ranges of whole 8-pixel blocks
+    tiny = torch.tensor([[0, 1, 1], [0, 3, 3], [0, 5, 5]])
+    work = ops.spatial_partition_work(tiny, 1, 64, (7, 7), 32, 64, 1, 1, 1,
+                                      8)
+    assert int((work[1] > 0).sum()) == 3
+    assert ops.imbalance(work) > 1.5
+    work = ops.spatial_partition_work(tiny[:1], 1, 64, (28, 28), 32, 64, 4,
+                                      1, 1, 8)
+    assert sorted(work[1].tolist())[-3:] == [0., 8 * 11264., 8 * 11264.]
+    with pytest.raises(ValueError, match='threads=0'):
+        ops.spatial_partition_work(idx, n, c_in, (h, w), width, c_out, s,
+                                   1, 1, 0)
+
+
+@needs_ext
+def test_channel_partition_weighs_kept_counts():
+    """ops.channel_partition_work: the per-thread cost of the kernel's
+    plan. With kept counts that differ between samples (one sample keeps
+    every channel, the others few or none) the split weighs them: within
+    a few percent at 2 - 16 threads, where one thread per sample would be
+    about N / 2 x slower than even."""
+    n, c_in, width, c_out, hw = 8, 256, 64, 256, (14, 14)
+    counts = torch.tensor([64, 4, 0, 8, 4, 2, 6, 4])
+    chs = torch.arange(width).expand(n, width).contiguous()
+    for threads in (2, 4, 8, 16):
+        work = ops.channel_partition_work(chs, counts, c_in, hw, width,
+                                          c_out, 1, 1, 1, threads)
+        assert work.shape == (2, threads)
+        assert ops.imbalance(work) < 1.05, threads
+    # the totals are the plan's costs: conv1 C_in x kp per input pixel
+    kp = (counts + 15) // 16 * 16
+    work = ops.channel_partition_work(chs, counts, c_in, hw, width, c_out, 1,
+                                      1, 1, 3)
+    assert float(work[0].sum()) == float((kp * c_in).sum()) * 196
+    # per sample (the old thread-per-sample schedule) on 8 threads
+    per_sample = (kp * c_in).double() * 196
+    assert float(per_sample.max() / per_sample.mean()) > 3
+    # batch 1 over 8 threads
+    work = ops.channel_partition_work(chs[:1], counts[:1], c_in, hw, width,
+                                      c_out, 1, 1, 1, 8)
+    assert ops.imbalance(work) < 1.3
+    with pytest.raises(ValueError, match='threads=0'):
+        ops.channel_partition_work(chs, counts, c_in, hw, width, c_out, 1,
+                                   1, 1, 0)
+
+
+def test_imbalance():
+    """max / mean of each phase, summed: 1 for an even split, T when one of
+    T threads does everything; phases add."""
+    assert ops.imbalance(torch.ones(2, 4)) == 1.0
+    assert ops.imbalance(torch.tensor([[4., 0, 0, 0]])) == 4.0
+    assert ops.imbalance(torch.tensor([[4., 0], [1., 1]])) == 5 / 3
+    assert ops.imbalance(torch.zeros(2, 3)) == 1.0
+    with pytest.raises(ValueError, match='phases, threads'):
+        ops.imbalance(torch.ones(3))
 
 
 # ------------------------------------------------------------- stem max-pool

@@ -15,7 +15,8 @@ TOOLS = osp.join(ROOT, 'tools')
 ANALYSIS = ('benchmark_latency', 'benchmark_kernels', 'benchmark_regnet',
             'benchmark_gpu',
             'benchmark_t2t_vit', 'predict_latency', 'calibrate_hardware',
-            'validate_predictor', 'plot_tradeoff', 'visualize_masks')
+            'validate_predictor', 'plot_tradeoff', 'visualize_masks',
+            'simulate_load_balance')
 WRAPPERS = [f'analysis_tools/{n}.py' for n in ANALYSIS] + \
     ['model_converters/convert_checkpoint.py']
 

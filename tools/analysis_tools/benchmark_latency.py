@@ -34,7 +34,9 @@ def parse_args(argv=None):
                    default=[0.1, 0.25, 0.5, 0.75, 1.0])
     p.add_argument('--batch', type=int, default=8,
                    help='batch of the 224 px input (detection input: 1)')
-    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--threads', type=int, nargs='+', default=None,
+                   help='torch thread counts, every row measured at each '
+                   '(default: 1 and every logical CPU)')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--rate-mode', default='flops', choices=['flops', 'density'],

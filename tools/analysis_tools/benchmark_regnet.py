@@ -25,7 +25,9 @@ def parse_args(argv=None):
                    default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument('--batch', type=int, default=8)
     p.add_argument('--size', type=int, default=224)
-    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--threads', type=int, nargs='+', default=None,
+                   help='torch thread counts, every row measured at each '
+                   '(default: 1 and every logical CPU)')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--rate-mode', default='flops', choices=['flops', 'density'],

@@ -1,10 +1,14 @@
 """What the backbone benchmarks share: the option checks, the exactness
-check, printing and saving a timing table (every family); for the CNN
-backbones (LAUD-ResNet, LAUD-RegNetY) also the default granularity per
-paradigm, the whole-backbone static and dynamic forwards, the backbone FLOPs
-ratio and one timed comparison at a forced activation rate."""
+check, the table columns (:class:`Column`: the timing columns, wall-clock
+speedup first, are written once here), printing and saving a timing table
+over a list of thread counts (every family); for the CNN backbones
+(LAUD-ResNet, LAUD-RegNetY) also the default granularity per paradigm, the
+whole-backbone static and dynamic forwards, the backbone FLOPs ratio and one
+timed comparison at a forced activation rate."""
 import json
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -48,6 +52,80 @@ def backbone_flops_ratio(net, hw: Tuple[int, int]) -> float:
     return dyn / dense
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of a benchmark table.
+
+    Attributes:
+        title: the header cell.
+        cell: row dict -> the cell's text.
+    """
+    title: str
+    cell: Callable[[Dict], str]
+
+
+def header(columns: Sequence[Column]) -> str:
+    """The markdown header (title line and separator) of ``columns``."""
+    return ('| ' + ' | '.join(c.title for c in columns) + ' |\n' +
+            '|' + '---|' * len(columns))
+
+
+def table_row(columns: Sequence[Column], row: Dict) -> str:
+    """One markdown row of ``columns`` for a row dict."""
+    return '| ' + ' | '.join(c.cell(row) for c in columns) + ' |'
+
+
+def timing_columns(what: str = '', ms: str = '.1f') -> List[Column]:
+    """The timing columns every backbone table has, in this order: static
+    ms, dynamic ms, speedup (wall) - the headline -, speedup (CPU time)
+    beside it. Rows carry ``static_ms``, ``dynamic_ms`` (wall-clock
+    medians), ``speedup`` (their ratio) and ``cpu_speedup`` (ratio of
+    median process CPU times, :func:`~laud_mm.analysis.timing.bench_pair`).
+
+    Args:
+        what: the timed part in the titles (e.g. ``'encoder '``).
+        ms: format of the milliseconds.
+    """
+    sp = f'{what}speedup' if what else 'speedup'
+    return [Column(f'static {what}ms', lambda r: f"{r['static_ms']:{ms}}"),
+            Column(f'dynamic {what}ms', lambda r: f"{r['dynamic_ms']:{ms}}"),
+            Column(f'{sp} (wall)', lambda r: f"{r['speedup']:.2f}x"),
+            Column(f'{sp} (CPU time)', lambda r: f"{r['cpu_speedup']:.2f}x")]
+
+
+#: the thread-count column (rows carry ``threads``)
+THREADS = Column('threads', lambda r: str(r['threads']))
+
+
+def leading_columns(backbone: Callable[[Dict], str],
+                    image: Callable[[Dict], str] = lambda r:
+                    f"{r['batch']}x{r['size']}x{r['size']}"
+                    ) -> List[Column]:
+    """The columns every backbone table starts with: backbone, input,
+    paradigm, threads, r (rows carry ``paradigm``, ``threads``, ``rate``;
+    by default ``batch`` and a square ``size``)."""
+    return [Column('backbone', backbone), Column('input', image),
+            Column('paradigm', lambda r: r['paradigm']), THREADS,
+            Column('r', lambda r: f"{r['rate']:.2f}")]
+
+
+def thread_counts(threads: Union[int, Sequence[int], None]) -> List[int]:
+    """The ``--threads`` list: an int or a sequence, None = [1, all logical
+    CPUs] (one thread and every core, the two settings a table reports).
+
+    Raises:
+        ValueError: a count < 1 (naming the option).
+    """
+    if threads is None:
+        threads = sorted({1, os.cpu_count() or 1})
+    elif isinstance(threads, int):
+        threads = [threads]
+    threads = [int(t) for t in threads]
+    if not threads or any(t < 1 for t in threads):
+        raise ValueError(f'--threads={threads} must be counts >= 1')
+    return threads
+
+
 def check_options(rates: Sequence[float], warmup: int = 0, **counts: int
                   ) -> None:
     """Refuse benchmark options out of range.
@@ -85,22 +163,33 @@ def check_exact(static_out: torch.Tensor, dynamic_out: torch.Tensor,
                            f'|static| ({scale:.3g})')
 
 
-def timing_table(run: Callable[[], List[Dict]], header: str, threads: int,
+def timing_table(run: Callable[[int], List[Dict]], columns: Sequence[Column],
+                 threads: Union[int, Sequence[int], None],
                  json_path: Optional[str] = None, backend: bool = True,
                  load: bool = True) -> List[Dict]:
-    """Set ``threads`` torch threads, print the machine line
-    (:func:`~laud_mm.analysis.timing.machine_line` with ``backend`` /
-    ``load``) and the table ``header``, call ``run()`` (which prints its
-    rows as it measures them) and write its rows as JSON to ``json_path``
-    if given.
+    """Print the machine line (:func:`~laud_mm.analysis.timing.machine_line`
+    with ``backend`` / ``load``) and the table header, then for each thread
+    count set torch's threads and call ``run(threads)`` (which prints its
+    rows, ``table_row(columns, row)``, as it measures them and puts
+    ``threads`` in each); write all rows as JSON to ``json_path`` if given.
+    The thread count is restored afterwards.
 
     Returns:
-        the rows ``run()`` returned.
+        the rows of every ``run``, in order.
     """
-    torch.set_num_threads(threads)
-    print(machine_line(backend=backend, load=load))
-    print(header)
-    rows = run()
+    counts = thread_counts(threads)
+    prev = torch.get_num_threads()
+    rows = []
+    try:
+        torch.set_num_threads(counts[0])
+        print(machine_line(backend=backend, load=load,
+                           threads=counts))
+        print(header(columns))
+        for t in counts:
+            torch.set_num_threads(t)
+            rows += run(t)
+    finally:
+        torch.set_num_threads(prev)
     if json_path:
         with open(json_path, 'w') as f:
             json.dump(rows, f, indent=1)

@@ -21,7 +21,7 @@ Command line: ``tools/analysis_tools/benchmark_regnet.py``.
 
 Source: paper sec. 3.4 and 4.2 (RegNetY latency).
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +31,21 @@ from laud_mm.models import LAUDRegNetY
 from laud_mm.models.layers.folding import fold_conv_bn
 from laud_mm.models.regnet.dynamic import static_regnety_forward
 
-from .common import PARADIGMS, check_options, time_forced_rate, timing_table
+from .common import (PARADIGMS, Column, check_options, header,
+                     leading_columns, table_row, time_forced_rate,
+                     timing_columns, timing_table)
 
 #: the benchmarked architectures
 ARCHS = ('regnety_400mf', 'regnety_800mf')
 
-HEADER = ('| backbone | input | paradigm | r | realised mean r_i | static ms '
-          '| dynamic ms | speedup (wall) | speedup (CPU time) | ideal (FLOPs) '
-          '| predicted speedup (v100, batch 128) |\n'
-          '|---|---|---|---|---|---|---|---|---|---|---|')
+#: the columns of the table (rows of :func:`run`)
+COLUMNS = leading_columns(lambda r: r['arch']) + [
+    Column('realised mean r_i', lambda r: f"{r['rate_real']:.3f}"),
+    *timing_columns(),
+    Column('ideal (FLOPs)', lambda r: f"{1 / r['flops_ratio']:.2f}x"),
+    Column('predicted speedup (v100, batch 128)',
+           lambda r: f"{1 / r['predicted_ratio']:.2f}x")]
+HEADER = header(COLUMNS)
 
 
 def folded_stem(net: LAUDRegNetY):
@@ -52,10 +58,12 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
         rates: Sequence[float], batch: int, size: int, rate_mode: str,
         warmup: int, repeats: int) -> List[Dict]:
     """Time every (arch, paradigm, rate) on ``batch`` x ``size`` x ``size``
-    inputs; prints each row (:func:`fmt_row`) as it is measured.
+    inputs at torch's current thread count; prints each row
+    (:func:`fmt_row`) as it is measured.
 
     Returns:
-        one dict per row: arch, batch, size, paradigm, rate, rate_real,
+        one dict per row: arch, batch, size, paradigm, threads, rate,
+        rate_real,
         flops_ratio, static_ms, dynamic_ms, speedup, cpu_speedup,
         predicted_ratio (dynamic / static, V100, batch 128).
     """
@@ -82,7 +90,9 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
                 p_dyn = pred.predict_backbone(geoms, dens, 128,
                                               sgeom).total_ms
                 row = dict(arch=arch, batch=batch, size=size,
-                           paradigm=paradigm, rate=rate, rate_real=real,
+                           paradigm=paradigm,
+                           threads=torch.get_num_threads(), rate=rate,
+                           rate_real=real,
                            flops_ratio=ratio, static_ms=st, dynamic_ms=dy,
                            speedup=st / dy, cpu_speedup=cpu,
                            predicted_ratio=p_dyn / p_static)
@@ -93,33 +103,31 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
 
 def fmt_row(r: Dict) -> str:
     """One markdown row of :data:`HEADER` for a row of :func:`run`."""
-    return (f"| {r['arch']} | {r['batch']}x{r['size']}x{r['size']} | "
-            f"{r['paradigm']} | {r['rate']:.2f} | {r['rate_real']:.3f} | "
-            f"{r['static_ms']:.1f} | {r['dynamic_ms']:.1f} | "
-            f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
-            f"{1 / r['flops_ratio']:.2f}x | {1 / r['predicted_ratio']:.2f}x |")
+    return table_row(COLUMNS, r)
 
 
 def benchmark_regnet(archs: Sequence[str] = ARCHS,
                      paradigms: Sequence[str] = tuple(PARADIGMS),
                      rates: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-                     batch: int = 8, size: int = 224, threads: int = 1,
+                     batch: int = 8, size: int = 224,
+                     threads: Union[int, Sequence[int], None] = None,
                      warmup: int = 2, repeats: int = 7,
                      rate_mode: str = 'flops',
                      json_path: Optional[str] = None) -> List[Dict]:
-    """The LAUD-RegNetY benchmark of the command line: :func:`run` as a
-    printed table (machine line with the load average) and, with
-    ``json_path``, a JSON file of its rows.
+    """The LAUD-RegNetY benchmark of the command line: :func:`run` at each
+    thread count of ``threads`` (an int or a list; None: 1 and every
+    logical CPU) as one printed table (machine line with the load average)
+    and, with ``json_path``, a JSON file of its rows.
 
     Raises:
         ValueError: an option out of range or an unknown arch (names the
             option and value).
     """
-    check_options(rates, warmup=warmup, threads=threads, repeats=repeats,
-                  batch=batch, size=size)
+    check_options(rates, warmup=warmup, repeats=repeats, batch=batch,
+                  size=size)
     bad = [a for a in archs if a not in ARCHS]
     if bad:
         raise ValueError(f'--archs={bad} must be among {list(ARCHS)}')
     return timing_table(
-        lambda: run(archs, paradigms, rates, batch, size, rate_mode, warmup,
-                    repeats), HEADER, threads, json_path)
+        lambda t: run(archs, paradigms, rates, batch, size, rate_mode,
+                      warmup, repeats), COLUMNS, threads, json_path)

@@ -28,7 +28,7 @@ Source: paper sec. 3.4 and sec. 4 (latency of LAUD-ResNet).
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +39,31 @@ from laud_mm.models.resnet.dynamic import static_bottleneck_forward
 from laud_mm.ops.max_pool import max_pool2d
 
 from ..forced_gates import force_random_gates
-from ..timing import bench_pair, machine_line
+from ..timing import bench_pair
 from . import spatial_steps
-from .common import PARADIGMS, check_options, time_forced_rate
+from .common import (PARADIGMS, THREADS, Column, check_options, header,
+                     leading_columns, table_row, thread_counts,
+                     time_forced_rate, timing_columns, timing_table)
 
 #: input of each size key: (batch, (H, W)); the 224 px batch is
 #: ``batch`` of :func:`benchmark_resnet`
 SIZES = {'224': (8, (224, 224)), 'det': (1, (800, 1216))}
 
-HEADER = ('| backbone | input | paradigm | r | realised mean r_i | static ms '
-          '| dynamic ms | speedup (wall) | speedup (CPU time) | ideal '
-          '(static / dynamic FLOPs) |\n'
-          '|---|---|---|---|---|---|---|---|---|---|')
+#: the columns of the backbone table (rows of :func:`run`)
+COLUMNS = leading_columns(
+    lambda r: f"R{r['depth']}",
+    lambda r: f"{r['batch']}x{r['hw'][0]}x{r['hw'][1]}") + [
+    Column('realised mean r_i', lambda r: f"{r['rate_real']:.3f}"),
+    *timing_columns(),
+    Column('ideal (static / dynamic FLOPs)',
+           lambda r: f"{1 / r['flops_ratio']:.2f}x")]
+HEADER = header(COLUMNS)
+#: the columns of the per-block table (rows of :func:`per_block`)
+BLOCK_COLUMNS = [
+    Column('paradigm', lambda b: b['paradigm']), THREADS,
+    Column('block', lambda b: b['block']),
+    Column('input', lambda b: 'x'.join(map(str, b['in_shape']))),
+    *timing_columns(ms='.2f')]
 
 
 def folded_stem(net: LAUDResNet):
@@ -86,11 +99,11 @@ def build(depth: int, paradigm: str, seed: int = 0) -> LAUDResNet:
 def run(depths: Sequence[int], sizes: Sequence[str],
         paradigms: Sequence[str], rates: Sequence[float], batch: int,
         rate_mode: str, warmup: int, repeats: int) -> List[Dict]:
-    """Time every (depth, size, paradigm, rate); prints each row
-    (:func:`fmt_row`) as it is measured.
+    """Time every (depth, size, paradigm, rate) at torch's current thread
+    count; prints each row (:func:`fmt_row`) as it is measured.
 
     Returns:
-        one dict per row: depth, size, batch, hw, paradigm, rate,
+        one dict per row: depth, size, batch, hw, paradigm, threads, rate,
         rate_real, flops_ratio, rate_mode, static_ms, dynamic_ms, speedup
         (wall), cpu_speedup.
     """
@@ -109,9 +122,11 @@ def run(depths: Sequence[int], sizes: Sequence[str],
                         net, stem, static_bottleneck_forward, x, rate,
                         rate_mode, warmup, repeats)
                     row = dict(depth=depth, size=size, batch=n, hw=hw,
-                               paradigm=paradigm, rate=rate, rate_real=real,
-                               flops_ratio=ratio, rate_mode=rate_mode,
-                               static_ms=st, dynamic_ms=dy, speedup=st / dy,
+                               paradigm=paradigm,
+                               threads=torch.get_num_threads(), rate=rate,
+                               rate_real=real, flops_ratio=ratio,
+                               rate_mode=rate_mode, static_ms=st,
+                               dynamic_ms=dy, speedup=st / dy,
                                cpu_speedup=cpu)
                     rows.append(row)
                     print(fmt_row(row), flush=True)
@@ -124,8 +139,9 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
     """Per-block static vs dynamic at one rate (``depth``, 224 px).
 
     Returns:
-        one dict per (paradigm, block): paradigm, block ('stage.index'),
-        in_shape, static_ms, dynamic_ms, speedup, cpu_speedup.
+        one dict per (paradigm, block): paradigm, threads, block
+        ('stage.index'), in_shape, static_ms, dynamic_ms, speedup,
+        cpu_speedup.
     """
     hw = SIZES['224'][1]
     x = torch.randn(batch, 3, *hw)
@@ -145,6 +161,7 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
                 lambda t: static_bottleneck_forward(blk, t), blk, xin, 1,
                 repeats)
             out.append(dict(paradigm=paradigm,
+                            threads=torch.get_num_threads(),
                             block=f'{blk.stage}.{blk.index}',
                             in_shape=tuple(xin.shape), static_ms=st,
                             dynamic_ms=dy, speedup=st / dy, cpu_speedup=cpu))
@@ -153,30 +170,20 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
 
 def fmt_row(r: Dict) -> str:
     """One markdown row of :data:`HEADER` for a row of :func:`run`."""
-    return (f"| R{r['depth']} | {r['batch']}x{r['hw'][0]}x{r['hw'][1]} | "
-            f"{r['paradigm']} | {r['rate']:.2f} | {r['rate_real']:.3f} | "
-            f"{r['static_ms']:.1f} | {r['dynamic_ms']:.1f} | "
-            f"{r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
-            f"{1 / r['flops_ratio']:.2f}x |")
+    return table_row(COLUMNS, r)
 
 
 def format_blocks(blocks: Sequence[Dict]) -> str:
     """Markdown table of :func:`per_block` rows."""
-    lines = ['| paradigm | block | input | static ms | dynamic ms | speedup '
-             '(wall) | speedup (CPU time) |\n|---|---|---|---|---|---|---|']
-    for b in blocks:
-        lines.append(
-            f"| {b['paradigm']} | {b['block']} | "
-            f"{'x'.join(map(str, b['in_shape']))} | {b['static_ms']:.2f}"
-            f" | {b['dynamic_ms']:.2f} | {b['speedup']:.2f}x | "
-            f"{b['cpu_speedup']:.2f}x |")
-    return '\n'.join(lines)
+    return '\n'.join([header(BLOCK_COLUMNS)] +
+                     [table_row(BLOCK_COLUMNS, b) for b in blocks])
 
 
 def plot(rows: Sequence[Dict], path: str, key: str = 'speedup') -> str:
     """Speedup (``key``: 'speedup' wall, 'cpu_speedup' CPU time) against the
-    activation rate, one panel per (depth, size), one line per paradigm with
-    its FLOPs ideal and 1/r; writes a PNG and returns ``path``."""
+    activation rate, one panel per (depth, size), one line per paradigm and
+    thread count (the most threads solid) with the paradigm's FLOPs ideal
+    and 1/r; writes a PNG and returns ``path``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -187,14 +194,21 @@ def plot(rows: Sequence[Dict], path: str, key: str = 'speedup') -> str:
         sub = [r for r in rows if (r['depth'], r['size']) == (depth, size)]
         rates = sorted({r['rate'] for r in sub})
         ax.plot(rates, [1 / r for r in rates], 'k--', lw=0.8, label='1/r')
+        counts = sorted({r.get('threads', 1) for r in sub})
         for i, p in enumerate(PARADIGMS):
-            pts = sorted((r['rate'], r[key], 1 / r['flops_ratio'])
-                         for r in sub if r['paradigm'] == p)
-            if pts:
+            for j, t in enumerate(counts):
+                pts = sorted((r['rate'], r[key], 1 / r['flops_ratio'])
+                             for r in sub if r['paradigm'] == p and
+                             r.get('threads', 1) == t)
+                if not pts:
+                    continue
                 xs, ys, ideal = zip(*pts)
-                ax.plot(xs, ys, 'o-', color=f'C{i}', label=p)
-                ax.plot(xs, ideal, ':', color=f'C{i}',
-                        label=f'{p} ideal (FLOPs)')
+                # the most threads solid, fewer dashed
+                ax.plot(xs, ys, 'o-' if t == counts[-1] else 's--',
+                        color=f'C{i}', label=f'{p}, {t} thr.')
+                if j == 0:
+                    ax.plot(xs, ideal, ':', color=f'C{i}',
+                            label=f'{p} ideal (FLOPs)')
         ax.axhline(1.0, color='grey', lw=0.5)
         n, hw = sub[0]['batch'], sub[0]['hw']
         ax.set_title(f'LAUD-R{depth}, {n}x3x{hw[0]}x{hw[1]}')
@@ -212,8 +226,10 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
                      sizes: Sequence[str] = ('224', 'det'),
                      paradigms: Sequence[str] = tuple(PARADIGMS),
                      rates: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 1.0),
-                     batch: int = 8, threads: int = 2, warmup: int = 2,
-                     repeats: int = 7, rate_mode: str = 'flops',
+                     batch: int = 8,
+                     threads: Union[int, Sequence[int], None] = None,
+                     warmup: int = 2, repeats: int = 7,
+                     rate_mode: str = 'flops',
                      per_block_table: bool = False, block_rate: float = 0.5,
                      spatial_breakdown: bool = False,
                      spatial_dense_threshold: Optional[float] = None,
@@ -221,14 +237,15 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
                      plot_path: Optional[str] = 'docs/benchmark_speedup.png',
                      json_path: Optional[str] = None) -> Dict[str, list]:
     """The whole LAUD-ResNet benchmark: prints the machine line and the
-    table, writes the plots, the per-block and spatial-step tables on
-    request, and the JSON.
+    table (every configuration at each thread count), writes the plots, the
+    per-block and spatial-step tables on request, and the JSON.
 
     Args:
         depths, sizes, paradigms, rates: the grid (``sizes`` keys of
             :data:`SIZES`).
         batch: batch of the 224 px input (detection input: 1).
-        threads: torch threads.
+        threads: torch thread counts (an int or a list; None: 1 and every
+            logical CPU), each row measured at each.
         warmup, repeats: see :func:`~laud_mm.analysis.timing.bench_pair`.
         rate_mode: 'flops' (the paper's per-block r_i) or 'density'.
         per_block_table: add the per-block table (first depth, 224 px,
@@ -251,8 +268,8 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
     Raises:
         ValueError: an option out of range (names the option and value).
     """
-    check_options(rates, warmup=warmup, threads=threads, repeats=repeats,
-                  batch=batch)
+    check_options(rates, warmup=warmup, repeats=repeats, batch=batch)
+    threads = thread_counts(threads)
     if spatial_dense_threshold is not None and spatial_dense_threshold <= 0:
         raise ValueError('--spatial-dense-threshold must be > 0, got '
                          f'{spatial_dense_threshold}')
@@ -275,29 +292,34 @@ def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
                repeats, rate_mode, per_block_table, block_rate,
                spatial_breakdown, plot_path, json_path):
     """:func:`benchmark_resnet` after its option checks."""
-    torch.set_num_threads(threads)
-    print(machine_line())
-    print(HEADER)
-    rows = run(depths, sizes, paradigms, rates, batch, rate_mode, warmup,
-               repeats)
+    rows = timing_table(
+        lambda t: run(depths, sizes, paradigms, rates, batch, rate_mode,
+                      warmup, repeats), COLUMNS, threads)
     if plot_path:
         os.makedirs(osp.dirname(osp.abspath(plot_path)), exist_ok=True)
         plot(rows, plot_path)
         cpu_path = plot_path.replace('.png', '_cpu.png')
         plot(rows, cpu_path, key='cpu_speedup')
         print(f'plots: {plot_path} (wall), {cpu_path} (CPU time)')
-    blocks = per_block(depths[0], paradigms, batch, block_rate, rate_mode,
-                       repeats) if per_block_table else []
+    blocks, split = [], []
+    prev = torch.get_num_threads()
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            if per_block_table:
+                blocks += per_block(depths[0], paradigms, batch, block_rate,
+                                    rate_mode, repeats)
+            if spatial_breakdown:
+                net = build(depths[0], 'spatial')
+                split += spatial_steps.spatial_breakdown(
+                    net, folded_stem(net), batch, block_rate, rate_mode,
+                    repeats, SIZES['224'][1])
+    finally:
+        torch.set_num_threads(prev)
     if blocks:
         print(f'\n## per block (R{depths[0]}, {batch}x224x224, '
               f'r={block_rate})\n')
         print(format_blocks(blocks))
-    split = []
-    if spatial_breakdown:
-        net = build(depths[0], 'spatial')
-        split = spatial_steps.spatial_breakdown(
-            net, folded_stem(net), batch, block_rate, rate_mode, repeats,
-            SIZES['224'][1])
     if split:
         print(f'\n## spatial steps (R{depths[0]}, {batch}x224x224, '
               f'r={block_rate}, CPU ms)\n')

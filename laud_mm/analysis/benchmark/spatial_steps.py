@@ -38,10 +38,11 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
         hw: input size (H, W).
 
     Returns:
-        one dict per block: block, S, density (active patch fraction),
-        windows (window_conv1 used), static / dynamic step and block times
-        in ms (gather_block: the gather / scatter path; masker, fused: the
-        fused path's steps; dynamic_block: the block as it runs).
+        one dict per block: block, threads (torch's), S, density (active
+        patch fraction), windows (window_conv1 used), static / dynamic step
+        and block times in ms (gather_block: the gather / scatter path;
+        masker, fused: the fused path's steps; dynamic_block: the block as
+        it runs).
     """
     import laud_mm.ops.policy as policy
     from laud_mm.models.resnet.dynamic import (_gather, _scatter,
@@ -83,7 +84,8 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
                 gather = ms(lambda: _gather(h1, idx, s, fb.stride,
                                             fb.dilation, width, True))
             row = dict(
-                block=f'{blk.stage}.{blk.index}', S=s, density=d,
+                block=f'{blk.stage}.{blk.index}',
+                threads=torch.get_num_threads(), S=s, density=d,
                 windows=windows,
                 static_conv1=ms(lambda: F.conv2d(x, fb.w1, fb.b1).relu_()),
                 static_conv23=ms(lambda: F.conv2d(F.conv2d(
@@ -119,17 +121,20 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
 def format_spatial_steps(rows: Sequence[Dict]) -> str:
     """Markdown table of :func:`spatial_breakdown` rows (CPU ms; the last
     column: static / dynamic block)."""
-    lines = ['| block | S | active patches | static conv1 | static conv2+3 '
+    lines = ['| block | threads | S | active patches | static conv1 | '
+             'static conv2+3 '
              '| static block | conv1 | gather | conv2+3 (patches) | '
              'scatter | gather-path block | masker | fused kernel | '
              'dynamic block | static / dynamic |\n'
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
+             '---|']
     for r in rows:
         c1 = f"{r['conv1']:.2f} (windows)" if r['windows'] \
             else f"{r['conv1']:.2f}"
         g = '(in conv1)' if r['windows'] else f"{r['gather']:.2f}"
         lines.append(
-            f"| {r['block']} | {r['S']} | {r['density']:.2f} | "
+            f"| {r['block']} | {r['threads']} | {r['S']} | "
+            f"{r['density']:.2f} | "
             f"{r['static_conv1']:.2f} | {r['static_conv23']:.2f} | "
             f"{r['static_block']:.2f} | {c1} | "
             f"{g} | {r['patch_convs']:.2f} | "

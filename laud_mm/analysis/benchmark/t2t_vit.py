@@ -24,7 +24,7 @@ Source: paper sec. 3.2 and "Experiments on vision Transformers" (token
 skipping by indexing, head and layer skipping).
 """
 import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -35,7 +35,9 @@ from laud_mm.models.t2t_vit.dynamic import static_t2t_layer_forward
 
 from ..forced_gates import force_random_token_gates
 from ..timing import bench_pair, wall_ms
-from .common import check_exact, check_options, timing_table
+from .common import (Column, check_exact, check_options, header,
+                     leading_columns, table_row, timing_columns,
+                     timing_table)
 
 #: the paradigms of a T2T-ViT (token, head and layer skipping)
 PARADIGMS = ('layer', 'channel', 'spatial')
@@ -44,11 +46,16 @@ TINY = dict(img_size=64, embed_dims=64, num_layers=2,
             t2t_cfg=dict(token_dims=16),
             layer_cfgs=dict(num_heads=4, feedforward_channels=128))
 
-HEADER = ('| backbone | input | paradigm | r | encoder FLOPs | T2T module ms '
-          '| static encoder ms | dynamic encoder ms | encoder speedup (wall) '
-          '| encoder speedup (CPU time) | whole-backbone speedup (wall) | '
-          'pred. v100 encoder dyn/static |\n'
-          '|---|---|---|---|---|---|---|---|---|---|---|---|')
+#: the columns of the table (rows of :func:`run`)
+COLUMNS = leading_columns(lambda r: r['arch']) + [
+    Column('encoder FLOPs', lambda r: f"{r['flops_rate']:.2f}"),
+    Column('T2T module ms', lambda r: f"{r['stem_ms']:.0f}"),
+    *timing_columns('encoder ', ms='.0f'),
+    Column('whole-backbone speedup (wall)',
+           lambda r: f"{r['whole_speedup']:.2f}x"),
+    Column('pred. v100 encoder dyn/static',
+           lambda r: f"{r['predicted_ratio']:.2f}")]
+HEADER = header(COLUMNS)
 
 
 def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
@@ -88,10 +95,11 @@ def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
         batch: int, size: int, warmup: int, repeats: int, tiny: bool = False
         ) -> List[Dict]:
     """Time every (paradigm, rate) of ``arch`` (or :data:`TINY`) on
-    ``batch`` images; prints each row (:func:`fmt_row`) as it is measured.
+    ``batch`` images at torch's current thread count; prints each row (:func:`fmt_row`) as it is measured.
 
     Returns:
-        one dict per row: arch, batch, size, paradigm, rate, gate_mean,
+        one dict per row: arch, batch, size, paradigm, threads, rate,
+        gate_mean,
         flops_rate, stem_ms, static_ms, dynamic_ms, speedup, cpu_speedup,
         whole_speedup, predicted_ratio.
     """
@@ -127,7 +135,8 @@ def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
                 dynamic_encoder(net, t)
             p_dyn = pred.predict_backbone(geoms, dens, 128).total_ms
             row = dict(arch=name, batch=batch, size=size,
-                       paradigm=paradigm, rate=rate,
+                       paradigm=paradigm, threads=torch.get_num_threads(),
+                       rate=rate,
                        gate_mean=sum(dens) / len(dens),
                        flops_rate=encoder_flops_rate(net), stem_ms=stem_ms,
                        static_ms=st, dynamic_ms=dy, speedup=st / dy,
@@ -141,33 +150,30 @@ def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
 
 def fmt_row(r: Dict) -> str:
     """One markdown row of :data:`HEADER` for a row of :func:`run`."""
-    return (f"| {r['arch']} | {r['batch']}x{r['size']}x{r['size']} | "
-            f"{r['paradigm']} | {r['rate']:.2f} | {r['flops_rate']:.2f} | "
-            f"{r['stem_ms']:.0f} | {r['static_ms']:.0f} | "
-            f"{r['dynamic_ms']:.0f} | {r['speedup']:.2f}x | "
-            f"{r['cpu_speedup']:.2f}x | {r['whole_speedup']:.2f}x | "
-            f"{r['predicted_ratio']:.2f} |")
+    return table_row(COLUMNS, r)
 
 
 def benchmark_t2t_vit(arch: str = 't2t-vit-t-14',
                       paradigms: Sequence[str] = PARADIGMS,
                       rates: Sequence[float] = (0.25, 0.5, 1.0),
-                      batch: int = 8, size: int = 224, threads: int = 2,
+                      batch: int = 8, size: int = 224,
+                      threads: Union[int, Sequence[int], None] = None,
                       warmup: int = 1, repeats: int = 5, tiny: bool = False,
                       json_path: Optional[str] = None) -> List[Dict]:
     """The LAUD-T2T-ViT benchmark of the command line (``tiny``: the
-    :data:`TINY` model instead of ``arch``): :func:`run` as a printed table
-    and, with ``json_path``, a JSON file of its rows.
+    :data:`TINY` model instead of ``arch``): :func:`run` at each thread
+    count of ``threads`` (an int or a list; None: 1 and every logical CPU)
+    as one printed table and, with ``json_path``, a JSON file of its rows.
 
     Raises:
         ValueError: an option out of range or an unknown arch (names the
             option and value).
     """
-    check_options(rates, warmup=warmup, threads=threads, repeats=repeats,
-                  batch=batch, size=size)
+    check_options(rates, warmup=warmup, repeats=repeats, batch=batch,
+                  size=size)
     if not tiny and arch not in T2T_VIT_ARCHS:
         raise ValueError(f'--arch={arch!r} is not one of '
                          f'{sorted(T2T_VIT_ARCHS)}')
     return timing_table(
-        lambda: run(arch, paradigms, rates, batch, size, warmup, repeats,
-                    tiny), HEADER, threads, json_path, backend=False)
+        lambda t: run(arch, paradigms, rates, batch, size, warmup, repeats,
+                      tiny), COLUMNS, threads, json_path, backend=False)

@@ -254,15 +254,16 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     if k <= 0:  # every sample off: relu(shortcut + bn3 shift)
         return ops + [launch_latency(hw, 'bookkeeping', 14)] + out + tail
     nk = n * k
-    if policy.CHANNEL_FUSED_CPU and batch >= hw.num_pe \
-            and hw.vector_width >= 16 and c_out % 16 == 0:
+    if policy.CHANNEL_FUSED_CPU and hw.vector_width >= 16 and \
+            c_out % 16 == 0:
         # the fused AVX-512 kernel (laud_mm.ops.channel_branch_add_relu;
-        # a CPU spec with 16-lane vectors stands for AVX-512; a thread
-        # per sample, so batch >= N_PE): conv1 and conv2 panels gathered
-        # once per call, then per sample three GEMMs over the pixels as
-        # rows (output channels on the lanes: no pixel-vector rounding),
-        # conv3 into a per-panel buffer added into the shortcut (one
-        # pass with bn3's shift and the ReLU)
+        # a CPU spec with 16-lane vectors stands for AVX-512; any batch:
+        # its pixels are split over the N_PE threads, a GEMM's tiles over
+        # the PEs here): conv1 and conv2 panels gathered once per call,
+        # then per sample three GEMMs over the pixels as rows (output
+        # channels on the lanes: no pixel-vector rounding), conv3 into a
+        # per-panel buffer added into the shortcut (one pass with bn3's
+        # shift and the ReLU)
         kq = -(-k // 16) * 16
         rows_in, rows_out = (in_px, 1), (out_px, 1)
         return ops + [
@@ -306,7 +307,9 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
 def _spatial_eager(pred, g: BlockGeometry, batch: int,
                    d: float) -> List[OpLatency]:
     """Eager spatial path (``_spatial_forward`` of
-    :mod:`laud_mm.models.resnet.dynamic`): conv1 dense (with the masker's
+    :mod:`laud_mm.models.resnet.dynamic`): the fused CPU kernel where the
+    path takes it (:func:`_spatial_fused`), else :func:`_spatial_gather`:
+    conv1 dense (with the masker's
     logit as an extra output, forced gates included; stride-2
     blocks: the masker on its own, and conv1 on the gathered input
     windows when they cover under ``SPATIAL_WINDOW_CONV1_MAX_FRACTION``
@@ -319,6 +322,22 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     of the patches on, the dense block times the mask. The patches are counted on the patch grid (partial edge
     patches are computed whole); a random patch set keeps on average
     the same fraction of pixels as of patches, so ``d`` is both."""
+    fused = policy.SPATIAL_FUSED_CPU and pred.hw.vector_width >= 16 and \
+        g.width % 16 == 0 and g.out_channels % 16 == 0
+    if fused:
+        return _spatial_fused(pred, g, batch, d)
+    return _spatial_gather(pred, g, batch, d)
+
+
+def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
+                    gate_ops: Optional[List[OpLatency]] = None,
+                    dense_threshold: Optional[float] = None
+                    ) -> List[OpLatency]:
+    """:func:`_spatial_eager` on the gather / scatter path, or, from
+    ``dense_threshold`` (default ``pred.spatial_dense_threshold``) of the
+    patches on, the dense block times the mask; ``gate_ops``: the fused
+    path's masker ops, kept when it falls back to the dense block (its
+    conv1 then has no logit output)."""
     hw = pred.hw
     S = int(g.granularity)
     ho, wo = g.out_hw
@@ -327,11 +346,9 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     width, c_out = g.width, g.out_channels
     out_e = n * c_out * ho * wo
     in_px = n * g.in_hw[0] * g.in_hw[1]
-    fused = policy.SPATIAL_FUSED_CPU and batch >= hw.num_pe and \
-        hw.vector_width >= 16 and width % 16 == 0 and c_out % 16 == 0
-    if fused:
-        return _spatial_fused(pred, g, batch, d)
-    if g.stride > 1:  # the masker on its own (_spatial_gate)
+    if gate_ops is not None:  # the fused path's masker
+        ops, c1 = list(gate_ops), width
+    elif g.stride > 1:  # the masker on its own (_spatial_gate)
         ops = _spatial_gate_ops(pred, g, batch)
         c1 = width
     else:  # masker fused into conv1: pool its logit, compare
@@ -346,7 +363,8 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     if d <= 0.:  # relu(shortcut)
         return ops + downsample_ops(pred, g, batch) + [
             elementwise_latency(hw, 'relu', out_e, 1, 1)]
-    thr = pred.spatial_dense_threshold
+    thr = pred.spatial_dense_threshold if dense_threshold is None \
+        else dense_threshold
     if (thr is not None and d >= thr) or d >= 1.:
         dense = static_block_ops(pred, g, batch)
         ops += [conv1 if o.name == 'conv1' else o for o in dense
@@ -434,18 +452,21 @@ def _spatial_gate_ops(pred, g: BlockGeometry,
 def _spatial_fused(pred, g: BlockGeometry, batch: int,
                    d: float) -> List[OpLatency]:
     """Fused CPU spatial path (``laud_mm.ops.spatial_branch_add_relu``,
-    used by ``_spatial_forward`` on AVX-512 CPUs when batch >= threads;
-    a CPU spec with 16-lane vectors stands for AVX-512 and N_PE for the
-    threads): the masker's logit difference as a one-channel 1x1 conv
-    of x, pooled (also with forced gates); then per sample, one thread
-    each, three GEMMs with the pixels as rows (output channels on the
-    lanes): conv1 at the input pixels the active patches' conv2 windows
+    used by ``_spatial_forward`` on AVX-512 CPUs at any batch; a CPU spec
+    with 16-lane vectors stands for AVX-512 and N_PE for the threads, over
+    which the kernel splits the batch's pixels: a GEMM's tiles spread over
+    the PEs here): the masker's logit difference as a one-channel 1x1 conv
+    of x, pooled (also with forced gates); then three GEMMs with the
+    pixels as rows (output channels on the lanes): conv1 at the input
+    pixels the active patches' conv2 windows
     cover (expected fraction 1 - (1 - d)^cells, ``cells`` = patch cells
     whose windows contain a pixel), conv2 (K = 9 width) and conv3 at
     the active output pixels; conv3's output is added into the shortcut
     at those pixels (runs of S). Outside a backbone's owned identity
     blocks the shortcut's other pixels get a ReLU pass. The kernel runs
-    at every density (``spatial_dense_threshold`` is the gather path's)."""
+    below ``SPATIAL_FUSED_DENSE_THRESHOLD`` active patches (from there on
+    the dense block times the mask; ``spatial_dense_threshold`` is the
+    gather path's)."""
     hw = pred.hw
     S = int(g.granularity)
     ho, wo = g.out_hw
@@ -453,14 +474,17 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     n = float(batch)
     width, c_out, c_in = g.width, g.out_channels, g.in_channels
     out_e = n * c_out * ho * wo
-    ops = _spatial_gate_ops(pred, g, batch)
-    ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
+    gate = _spatial_gate_ops(pred, g, batch)
+    if d >= policy.SPATIAL_FUSED_DENSE_THRESHOLD:  # the dense block
+        return _spatial_gather(
+            pred, g, batch, d, gate_ops=gate,
+            dense_threshold=policy.SPATIAL_FUSED_DENSE_THRESHOLD)
+    ops = gate + [launch_latency(hw, 'gate_count', 3)]  # gt, sum, item
     if d <= 0.:  # the owned input itself, else relu(shortcut)
         inplace = pred.owned_block_inputs and not g.has_downsample
         return ops + downsample_ops(pred, g, batch) + (
             [] if inplace else
             [elementwise_latency(hw, 'relu', out_e, 1, 1)])
-    # the kernel runs at every density (no dense fallback)
     sh, sw = min(S, ho), min(S, wo)
     win = ((sh - 1) * g.stride + 2 * g.dilation + 1) * \
         ((sw - 1) * g.stride + 2 * g.dilation + 1)
@@ -486,10 +510,12 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
 def _layer_eager(pred, g: BlockGeometry, batch: int,
                  d: float) -> List[OpLatency]:
     """Eager layer path (``_layer_forward`` of
-    :mod:`laud_mm.models.resnet.dynamic`): conv1 as per-image GEMMs on the kept
-    samples' rows of x (no row copy), ReLU, conv2, ReLU, then per kept
-    sample the shortcut row gets the bias (one pass), conv3 accumulated
-    in place (GEMM) and a ReLU pass. The output is the shortcut itself:
+    :mod:`laud_mm.models.resnet.dynamic`): conv1 as GEMMs on the kept
+    samples' rows of x (no row copy, ``laud_mm.ops.sample_gemm``: the
+    kept samples' columns split over the PEs, ReLU fused), conv2, ReLU,
+    then conv3 accumulated into the kept shortcut rows in place (the same
+    kernel: a bias pass, the GEMM, a ReLU pass). The output is the
+    shortcut itself:
     for an identity block inside a backbone
     (``owned_block_inputs``, ``pred.owned_block_inputs``) the input, so
     skipped samples cost nothing; otherwise a copy of the input (identity
@@ -511,7 +537,8 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     def eager(n):
         if n >= batch:
             return static_block_ops(pred, g, batch)
-        res = [launch_latency(hw, 'bookkeeping', 6 + 5 * n)]
+        # nonzero, tolist, new_empty, arange, the two kernel calls, ...
+        res = [launch_latency(hw, 'bookkeeping', 9)]
         if not g.has_downsample and not inplace:
             res.append(elementwise_latency(hw, 'clone', out_e * batch,
                                            1, 1))

@@ -15,8 +15,8 @@ rounding, while skipping the masked-out work:
   input windows instead, :func:`window_conv1`, the masker on its own)
   (sample and location recorded per patch), conv2 (valid, stride) and conv3
   run on the gathered patches only, and a fused scatter-add + ReLU writes them
-  into the shortcut. On CPUs with AVX-512 (batch >= threads) one compiled
-  kernel does the whole branch instead (:data:`SPATIAL_FUSED_CPU`,
+  into the shortcut. On CPUs with AVX-512 one compiled kernel does the
+  whole branch instead (its pixels split over torch's threads) (:data:`SPATIAL_FUSED_CPU`,
   :func:`laud_mm.ops.spatial_branch_add_relu`): conv1 at the input pixels
   the active patches' conv2 windows need (the dilated mask), conv2 and
   conv3 at the active output pixels, read in place, conv3 added into the
@@ -29,8 +29,9 @@ rounding, while skipping the masked-out work:
   with every group off outputs relu(shortcut + bn3 shift): the masked-dense
   block masks after bn1 / bn2, so bn3's shift remains).
 - layer: the block runs only on the samples whose gate is on (conv1 as
-  per-image GEMMs on their rows of x, conv3 accumulated into the shortcut
-  rows); the others output relu(shortcut). Inside a backbone
+  GEMMs on their rows of x, conv3 accumulated into the shortcut rows, the
+  columns of all kept samples split over the threads:
+  :func:`laud_mm.ops.sample_gemm`); the others output relu(shortcut). Inside a backbone
   (:func:`owned_block_inputs`) identity blocks write into their input.
 
 Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
@@ -47,6 +48,7 @@ from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
 from ...ops.patches import _gather, _scatter, window_size
+from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
 from ...structures.geometry import BlockGeometry
@@ -265,7 +267,7 @@ def _spatial_forward(block, x, geom):
     n = x.shape[0]
     width = fb.w1.shape[0]
     masker = block.masker
-    fused = policy.SPATIAL_FUSED_CPU and n >= torch.get_num_threads() and \
+    fused = policy.SPATIAL_FUSED_CPU and policy.fused_cpu_threads() and \
         not is_autocast(x) and fast_spatial_branch(x, width, fb.w3.shape[0]) \
         and x.dtype == fb.w1.dtype and fb.w2.shape[1:] == (width, 3, 3) \
         and fb.padding == fb.dilation
@@ -290,7 +292,9 @@ def _spatial_forward(block, x, geom):
     def conv1():
         return F.conv2d(x, fb.w1, fb.b1) if t is None else t
 
-    if not fused and n_act >= policy.SPATIAL_DENSE_THRESHOLD * total:
+    dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD if fused else \
+        policy.SPATIAL_DENSE_THRESHOLD
+    if n_act >= dense_from * total:
         h = conv1()[:, :width].relu_()  # t is ours: ReLU in place
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
                      fb.dilation).relu_()
@@ -328,7 +332,8 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
                   ) -> torch.Tensor:
     """Eval gate (N, gh, gw) of a spatial block whose masker does not share
     conv1: its keep - skip logit difference as a one-channel 1x1 conv of x
-    (``fb.w1x``'s last row), average-pooled to the patch grid: the masker's
+    (``fb.w1x``'s last row, a GEMV: :func:`spatial_logit`), average-pooled
+    to the patch grid: the masker's
     pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling all C_in
     channels first (``F.adaptive_avg_pool2d`` on CPU: 3 - 6 ms for R50
     maps at batch 8, the one-channel conv + pool 0.1 - 1.2 ms;
@@ -347,12 +352,34 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     Raises:
         ValueError: a forced gate of the wrong shape (the masker's check).
     """
-    width = fb.w1.shape[0]
-    diff = F.adaptive_avg_pool2d(
-        F.conv2d(x, fb.w1x[width:], fb.b1x[width:]), shape[1:])[:, 0]
+    diff = F.adaptive_avg_pool2d(spatial_logit(fb, x), shape[1:])[:, 0]
     if masker.forced_gate is not None:
         return forced_gate(masker, shape, x)
     return (diff >= 0).to(x.dtype)
+
+
+def spatial_logit(fb: 'FoldedBottleneck', x: torch.Tensor) -> torch.Tensor:
+    """The spatial masker's keep - skip logit difference at every pixel, a
+    one-channel 1x1 convolution of x (``fb.w1x``'s last row), as a GEMV
+    over the channels: oneDNN runs a convolution with one output channel
+    7 - 10x slower with 2 threads than with 1 (R50 maps at batch 8: 8.0
+    vs 1.2 ms for 256 x 56 x 56), the GEMV 1.1 - 1.5 ms
+    (``tools/analysis_tools/benchmark_kernels.py --only masker``).
+
+    Args:
+        fb: the block's folded weights; x: (N, C_in, H, W) block input.
+
+    Returns:
+        (N, 1, H, W) logit difference (the convolution's result up to float
+        rounding).
+    """
+    width = fb.w1.shape[0]
+    w, b = fb.w1x[width:], fb.b1x[width:]
+    if not x.is_contiguous() or is_autocast(x):
+        return F.conv2d(x, w, b)
+    n, c, h, wd = x.shape
+    y = torch.matmul(w.view(1, c), x.view(n, c, h * wd))  # (N, 1, HW)
+    return y.add_(b.view(1, 1, 1)).view(n, 1, h, wd)
 
 
 def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
@@ -488,7 +515,7 @@ def _channel_forward(block, x, geom):
                       fb.dilation).relu_().mul_(m)
         return residual_add_relu_(F.conv2d(h2, fb.w3, fb.b3), ident), gate
     chs = _kept_channels(keep_ch, width)  # (N, k)
-    if policy.CHANNEL_FUSED_CPU and n >= torch.get_num_threads() and \
+    if policy.CHANNEL_FUSED_CPU and policy.fused_cpu_threads() and \
             not is_autocast(x) and fast_channel_branch(x) and \
             x.dtype == ident.dtype == fb.w1.dtype and c_out % 16 == 0 and \
             fb.w2.shape[1:] == (width, 3, 3):
@@ -592,22 +619,23 @@ def _layer_forward(block, x, geom):
         c_out, ho, wo = out.shape[1:]
         width = fb.w1.shape[0]
         xr = x.reshape(n, c_in, h * w)
-        # conv1 per kept image straight from its rows of x: PyTorch runs a
-        # 1x1 convolution of < 16 images as these per-image GEMMs anyway,
-        # so this saves the x[samples] copy
+        # conv1 of the kept images straight from their rows of x (no
+        # x[samples] copy), GEMMs whose columns are split over the threads
+        # (laud_mm.ops.sample_gemm), ReLU fused
         h1 = x.new_empty(len(kept), width, h * w)
-        b1 = fb.b1[:, None]
-        for j, s in enumerate(kept):
-            torch.addmm(b1, fb.w1m, xr[s], out=h1[j])
-        h1 = h1.view(-1, width, h, w).relu_()
-        h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
-                      fb.dilation).relu_().view(len(kept), width, ho * wo)
+        seq = torch.arange(len(kept))
+        _sample_gemm(h1, fb.w1m, xr, idx, seq, fb.b1, relu=True)
+        h2 = F.conv2d(h1.view(-1, width, h, w), fb.w2, fb.b2, fb.stride,
+                      fb.padding, fb.dilation).relu_()
         # conv3 accumulated into the shortcut rows: relu(ident + b3 + W3 h)
-        o = out.view(n, c_out, ho * wo)
-        b3 = fb.b3[:, None]
-        for j, s in enumerate(kept):
-            o[s].add_(b3).addmm_(fb.w3m, h2[j]).relu_()
+        _sample_gemm(out.view(n, c_out, ho * wo), fb.w3m,
+                     h2.view(len(kept), width, ho * wo), seq, idx, fb.b3,
+                     accumulate=True, relu=True)
     if not nonneg_inplace:  # skipped samples: relu(shortcut)
-        for s in (~on).nonzero()[:, 0].tolist():
-            out[s].relu_()
+        skipped = (~on).nonzero()[:, 0]
+        if out.device.type == 'cpu':  # in place, row by row
+            for s in skipped.tolist():
+                out[s].relu_()
+        elif skipped.numel():  # one operation for the batch on a GPU
+            out.index_copy_(0, skipped, out.index_select(0, skipped).relu_())
     return out, gate

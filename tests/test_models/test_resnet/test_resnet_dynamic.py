@@ -387,10 +387,11 @@ def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
                                    threads, pattern):
     """Spatial blocks run the fused CPU kernel
     (laud_mm.ops.spatial_branch_add_relu) when it is the fast one (AVX-512,
-    at least as many samples as threads, width and C_out multiples of 16),
-    else gather / convolutions / scatter; both equal the masked-dense block
-    (gates from the masker or forced: per sample, all on, all off; odd
-    sizes, stride 2, partial patches)."""
+    width and C_out multiples of 16; any batch, also with more threads than
+    samples when the kernels run on torch's pool), else gather /
+    convolutions / scatter; both equal the masked-dense block (gates from
+    the masker or forced: per sample, all on, all off; odd sizes, stride 2,
+    partial patches)."""
     import laud_mm.models.resnet.dynamic as dyn
     monkeypatch.setattr(dyn.policy, 'SPATIAL_FUSED_CPU', fused)
     calls = _spy(monkeypatch, dyn, '_spatial_branch')
@@ -402,14 +403,18 @@ def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
     torch.set_num_threads(threads)
     try:
         gate, _ = check(block, x, _forced(pattern, block, x, 3))
+        threads_ok = dyn.policy.fused_cpu_threads()
     finally:
         torch.set_num_threads(prev)
+    assert threads_ok == (threads == 1 or ops.parallel_kernels())
     if pattern in ('learned', 'random'):
         assert 0 < gate.float().mean() < dyn.policy.SPATIAL_DENSE_THRESHOLD
-    # every density (all on included) runs the kernel, all off returns
-    # relu(shortcut) without it
-    expect = fused and ops.fast_spatial_branch(x, 16, 64) and threads <= 4 \
-        and pattern != 'off'
+    # every density below SPATIAL_FUSED_DENSE_THRESHOLD (1: all on runs
+    # the dense block) runs the kernel, all off returns relu(shortcut)
+    # without it
+    assert dyn.policy.SPATIAL_FUSED_DENSE_THRESHOLD == 1.0
+    expect = fused and ops.fast_spatial_branch(x, 16, 64) and threads_ok \
+        and pattern not in ('off', 'on')
     assert bool(calls) == expect
 
 
@@ -419,9 +424,10 @@ def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
 def test_channel_fused_kernel_path(monkeypatch, fused, stride, size,
                                    threads):
     """Channel blocks run the fused CPU kernel
-    (laud_mm.ops.channel_branch_add_relu) when it is the fast one (AVX-512,
-    at least as many samples as threads), else the batched GEMMs; both
-    equal the masked-dense block, per-sample gates, any map size."""
+    (laud_mm.ops.channel_branch_add_relu) when it is the fast one (AVX-512;
+    any batch, also with more threads than samples when the kernels run on
+    torch's pool), else the batched GEMMs; both equal the masked-dense
+    block, per-sample gates, any map size."""
     import laud_mm.models.resnet.dynamic as dyn
     monkeypatch.setattr(dyn.policy, 'CHANNEL_FUSED_CPU', fused)
     calls = _spy(monkeypatch, dyn, '_channel_branch')
@@ -432,8 +438,9 @@ def test_channel_fused_kernel_path(monkeypatch, fused, stride, size,
     torch.set_num_threads(threads)
     try:
         gate, _ = check(block, x, _forced('random', block, x, 2))
+        threads_ok = dyn.policy.fused_cpu_threads()
     finally:
         torch.set_num_threads(prev)
     assert 0 < gate.float().mean() < 1
-    expect = fused and ops.fast_channel_branch(x) and threads <= 4
+    expect = fused and ops.fast_channel_branch(x) and threads_ok
     assert bool(calls) == expect
