@@ -358,9 +358,10 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
     """conv2 (+ReLU) and conv3 of the gathered windows as GEMMs where the
     convolution primitives are slow on such small maps (measured on CPU).
 
-    - S = 1: a window is exactly conv2's receptive field, so conv2 is one
-      GEMM (P, width * 9) x (width * 9, width) and conv3 one GEMM
-      (P, width) x (width, C_out): 2.4x faster than oneDNN's 3x3 / 1x1
+    - S = 1 at dilation 1: a window is exactly conv2's receptive field
+      (3 x 3; at dilation d it is 2d + 1 wide and takes the path of S > 1),
+      so conv2 is one GEMM (P, width * 9) x (width * 9, width) and conv3
+      one GEMM (P, width) x (width, C_out): 2.4x faster than oneDNN's 3x3 / 1x1
       convolutions on 1 x 1 outputs
       (``tools/analysis_tools/benchmark_kernels.py``).
     - S > 1: conv2 is the 3x3 convolution; conv3 the 1x1 convolution, or,
@@ -380,7 +381,7 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
     """
     p = win.shape[0]
     c_out = fb.w3m.shape[0]
-    if s == 1:
+    if s == 1 and fb.dilation == 1:
         h = torch.addmm(fb.b2, win.reshape(p, -1), fb.w2m_t).relu_()
         return torch.addmm(fb.b3, h, fb.w3m_t).view(p, c_out, 1, 1)
     h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
