@@ -365,6 +365,9 @@ def test_demo_config_uses_coco_tiny_and_the_stage1_backbone():
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         ds = cfg[key].dataset
         assert ds.type == 'laud_mm.COCOSemanticDataset'
+        assert ds.data_root is None   # nothing left of the ADE20K recipe
+        assert set(ds) - {'_scope_'} == {'type', 'data_root', 'data_prefix',
+                                         'coco_ann_file', 'pipeline'}
         assert ds.data_prefix.img_path.startswith(
             '../shared/data/coco_tiny/')
         assert ds.data_prefix.seg_map_path.startswith(

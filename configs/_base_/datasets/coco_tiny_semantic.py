@@ -4,7 +4,7 @@
 # work_dirs/coco_tiny_semantic/ (never committed) by
 # laud_mm.COCOSemanticDataset the first time it finds them missing (the same
 # conversion as tools/dataset_converters/coco_semantic.py). Sized for a
-# 2-core CPU: test images at short side 192 px, 160 x 160 training crops
+# 2-core CPU: test images at short side 192 px, 128 x 128 training crops
 # (mmseg's ADE20K recipe at 512 px scaled down).
 # Configs pull these into their own keys with {{_base_.tiny_sem_*}} (the
 # dataloaders carry _delete_ so nothing of an upstream recipe's data set
@@ -13,7 +13,7 @@ tiny_sem_data_root = '../shared/data/coco_tiny/'
 tiny_sem_label_root = 'work_dirs/coco_tiny_semantic/'
 tiny_sem_num_classes = 81
 tiny_sem_scale = (320, 192)   # Resize scale (long, short), keep_ratio
-tiny_sem_crop = (160, 160)    # training crops (H, W)
+tiny_sem_crop = (128, 128)    # training crops (H, W)
 tiny_sem_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -36,7 +36,7 @@ tiny_sem_train_dataloader = dict(
     batch_size=4, num_workers=2, persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
-        type='laud_mm.COCOSemanticDataset',
+        type='laud_mm.COCOSemanticDataset', data_root=None,
         data_prefix=dict(img_path=tiny_sem_data_root + 'train2017',
                          seg_map_path=tiny_sem_label_root + 'train2017'),
         coco_ann_file=tiny_sem_data_root +
@@ -47,7 +47,7 @@ tiny_sem_val_dataloader = dict(
     batch_size=1, num_workers=2, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        type='laud_mm.COCOSemanticDataset',
+        type='laud_mm.COCOSemanticDataset', data_root=None,
         data_prefix=dict(img_path=tiny_sem_data_root + 'val2017',
                          seg_map_path=tiny_sem_label_root + 'val2017'),
         coco_ann_file=tiny_sem_data_root +
