@@ -1,8 +1,9 @@
-"""laud_mm: latency-aware unified dynamic networks (LAUDNet) for MMDetection
-and MMPretrain.
+"""laud_mm: latency-aware unified dynamic networks (LAUDNet) for MMDetection,
+MMSegmentation and MMPretrain.
 
 Importing the package registers every laud_mm class in its child registries
-(scope 'laud_mm': use ``type='laud_mm.X'`` from mmdet / mmpretrain configs).
+(scope 'laud_mm': use ``type='laud_mm.X'`` from mmdet / mmseg / mmpretrain
+configs).
 Before the models are imported it applies the version workarounds of
 :mod:`laud_mm.compat` (see there: torchvision's operator schemas beside a
 CPU torch, the ``weights_only`` allow-list of Runner checkpoints).
@@ -21,10 +22,12 @@ from .engine import (CPUAmpOptimWrapper, GumbelTemperatureHook,  # noqa: E402
 from .evaluation import BackboneLatencyMetric  # noqa: E402
 from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
                      LAUDDetector, LAUDImageClassifier, LAUDRegNetY,
-                     LAUDResNet, LAUDT2TViT, SparsityLoss)
+                     LAUDResNet, LAUDResNetV1c, LAUDSegmentor,
+                     LAUDT2TViT, SparsityLoss)
 
-__all__ = ['LAUDResNet', 'LAUDRegNetY', 'LAUDT2TViT', 'LAUDBottleneck',
-           'LAUDDetector', 'LAUDImageClassifier', 'SparsityLoss',
+__all__ = ['LAUDResNet', 'LAUDResNetV1c', 'LAUDRegNetY', 'LAUDT2TViT',
+           'LAUDBottleneck', 'LAUDDetector', 'LAUDSegmentor',
+           'LAUDImageClassifier', 'SparsityLoss',
            'DistillationLoss', 'GumbelTemperatureHook', 'RNGStateHook',
            'MainProcessLoggerHook', 'WeightsOnlyCheckpointHook',
            'BackboneLatencyMetric', 'CPUAmpOptimWrapper']

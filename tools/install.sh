@@ -2,7 +2,8 @@
 # Install whatever laud_mm needs that is missing; a re-run skips what is there.
 #   torch (the one already installed, else 2.13.0), setuptools >=77.0.3,<82,
 #   mmengine 0.10.7, mmcv 2.1.0 built with ops (~9 min on 2 cores, cached by
-#   pip afterwards), mmdet 3.3.0, mmpretrain 1.2.0, test/plot tools, and
+#   pip afterwards), mmdet 3.3.0, mmpretrain 1.2.0, mmsegmentation 1.2.2 with
+#   the ftfy / regex / prettytable its utils import, test/plot tools, and
 #   laud_mm itself (editable, with its C++ extension).
 set -eo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,15 @@ fi
 if ! pyok "import mmpretrain, sys; sys.exit(mmpretrain.__version__ != '1.2.0')"; then
   log 'mmpretrain 1.2.0'; $PIP mmpretrain==1.2.0
 fi
+# mmsegmentation 1.2.2 accepts mmcv >= 2.0.0rc4, < 2.2.0 (our 2.1.0 build);
+# its wheel requires neither torch nor mmcv, so pip replaces neither.
+# `import mmseg.utils` also needs ftfy, regex and prettytable
+if ! pyok "import mmseg, sys; sys.exit(mmseg.__version__ != '1.2.2')"; then
+  log 'mmsegmentation 1.2.2'; $PIP mmsegmentation==1.2.2
+fi
+for mod in ftfy regex prettytable; do
+  if ! pyok "import $mod"; then log "$mod"; $PIP "$mod"; fi
+done
 for mod in numpy pytest hypothesis matplotlib pycocotools yaml; do
   if ! pyok "import $mod"; then
     pkg=$mod; [ "$mod" = yaml ] && pkg=pyyaml
@@ -53,4 +63,4 @@ if ! pyok "import laud_mm" || [ ! -f "$stamp" ] || \
   $PIP --no-build-isolation --no-deps -e .
   mkdir -p build && touch "$stamp"
 fi
-log "ready: $("$PY" -c 'import torch, mmcv, mmdet, mmpretrain, laud_mm, laud_mm.ops as o; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, laud_mm {laud_mm.__version__}, ops backend {o.backend()}")')"
+log "ready: $("$PY" -c 'import torch, mmcv, mmdet, mmpretrain, laud_mm, laud_mm.ops as o, mmseg.utils, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, mmseg {mmseg.__version__}, laud_mm {laud_mm.__version__}, ops backend {o.backend()}")')"

@@ -1,6 +1,6 @@
-"""Evaluate a checkpoint of a LAUD detector or classifier: accuracy metrics
-(e.g. coco/bbox_mAP) with the backbone's activation rate, FLOPs and predicted
-latency on one line.
+"""Evaluate a checkpoint of a LAUD detector, segmentor or classifier:
+accuracy metrics (e.g. coco/bbox_mAP, mIoU) with the backbone's activation
+rate, FLOPs and predicted latency on one line.
 
 Usage:
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]

@@ -1,5 +1,5 @@
-"""Train a detector or classifier with a LAUD backbone (mmdet's / mmpretrain's
-tools/train.py with laud_mm registered).
+"""Train a detector, segmentor or classifier with a LAUD backbone (mmdet's /
+mmseg's / mmpretrain's tools/train.py with laud_mm registered).
 
 Usage:
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]

@@ -10,6 +10,8 @@
 # which a sibling base could not repeat.)
 _base_ = ['./laud_runtime.py']
 
+custom_imports = _base_.laud_custom_imports
+
 # alpha = 10; per-block bounds relaxing to [0, 1] over the first third of
 # training while the whole-network FLOPs ratio is pulled to the target
 laud_sparsity_loss = dict(type='laud_mm.SparsityLoss', loss_weight=10.0,

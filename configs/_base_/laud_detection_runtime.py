@@ -11,6 +11,8 @@
 #   val_evaluator = _base_.laud_bbox_evaluator
 _base_ = ['./laud_runtime.py']
 
+custom_imports = _base_.laud_custom_imports
+
 laud_gumbel_hook = dict(type='laud_mm.GumbelTemperatureHook', tau0=0.1,
                         tau1=0.1)
 custom_hooks = [laud_gumbel_hook]

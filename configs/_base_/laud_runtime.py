@@ -1,12 +1,13 @@
-# What every LAUD config shares, whatever the task: laud_mm registered, the
-# laud_mm hooks and metric, and the paradigm variables of
+# What every LAUD config shares, whatever the task: the import of laud_mm,
+# the laud_mm hooks and metric, and the paradigm variables of
 # models/laud_paradigms.py.
 #
-# Only `custom_imports` is a config key here (no mmdet / mmpretrain base sets
-# it); the rest are variables. mmengine refuses a key defined by two bases of
-# one `_base_` list, and lists replace rather than merge, so this file can sit
-# beside any upstream base while the config that joins them binds the
+# Variables only, no config key: mmengine refuses a key defined by two bases
+# of one `_base_` list, and lists replace rather than merge, so this file can
+# sit beside any upstream base (mmseg's Mask2Former sets `custom_imports`
+# itself) while the config (or task runtime) that joins them binds the
 # variables, e.g.
+#   custom_imports = _base_.laud_custom_imports
 #   default_hooks = _base_.laud_default_hooks
 # A dict assigned to `default_hooks` merges into the upstream runtime's, so
 # the logger keeps the upstream interval and type changes only; mmengine's
@@ -15,7 +16,7 @@
 # mmengine accepts None only for its own default-hook names.
 _base_ = ['./models/laud_paradigms.py']
 
-custom_imports = dict(imports=['laud_mm'], allow_failed_imports=False)
+laud_custom_imports = dict(imports=['laud_mm'], allow_failed_imports=False)
 
 laud_default_hooks = dict(
     # mmengine's LoggerHook, but the test-metrics json is written by the

@@ -21,6 +21,38 @@ from .layers.stats import attach_laud_stats
 _CLASSES: Dict[type, type] = {}
 
 
+def check_image_channels(owner: str, backbone, data) -> None:
+    """Refuse images whose channel count is not the backbone's (a
+    grayscale image loaded with ``color_type='grayscale'`` otherwise fails
+    deep in the data preprocessor with an IndexError).
+
+    Args:
+        owner: the model class named in the message.
+        backbone: the LAUD backbone (its first conv: ``conv1``, or
+            ``stem[0]`` with a deep stem).
+        data: the dataloader batch (``inputs``: list of (C, H, W) tensors).
+
+    Raises:
+        ValueError: naming the image's index and shape.
+    """
+    inputs = data.get('inputs') if isinstance(data, dict) else None
+    if not isinstance(inputs, (list, tuple)):
+        return
+    first = backbone.stem[0] if getattr(backbone, 'deep_stem', False) \
+        else getattr(backbone, 'conv1', None)
+    c = getattr(first, 'in_channels', None)
+    if c is None:
+        return
+    for i, img in enumerate(inputs):
+        if isinstance(img, torch.Tensor) and (img.dim() != 3 or
+                                              img.shape[0] != c):
+            raise ValueError(
+                f'{owner}: image {i} of the batch has shape '
+                f'{tuple(img.shape)}, expected ({c}, H, W); load '
+                f"grayscale images as color (LoadImageFromFile "
+                f"color_type='color', the default)")
+
+
 class LAUDDetectorMixin:
     """Adds the backbone's sparsity loss and activation statistics.
 
@@ -50,26 +82,9 @@ class LAUDDetectorMixin:
             if sparsity_loss is not None else None
 
     def _check_image_channels(self, data) -> None:
-        """Refuse images whose channel count is not the backbone's (a
-        grayscale image loaded with ``color_type='grayscale'`` otherwise
-        fails deep in the data preprocessor with an IndexError)."""
-        inputs = data.get('inputs') if isinstance(data, dict) else None
-        if not isinstance(inputs, (list, tuple)):
-            return
-        bb = self.backbone
-        first = bb.stem[0] if getattr(bb, 'deep_stem', False) \
-            else getattr(bb, 'conv1', None)
-        c = getattr(first, 'in_channels', None)
-        if c is None:
-            return
-        for i, img in enumerate(inputs):
-            if isinstance(img, torch.Tensor) and (img.dim() != 3 or
-                                                  img.shape[0] != c):
-                raise ValueError(
-                    f'LAUDDetector: image {i} of the batch has shape '
-                    f'{tuple(img.shape)}, expected ({c}, H, W); load '
-                    f"grayscale images as color (LoadImageFromFile "
-                    f"color_type='color', the default)")
+        """Refuse images whose channel count is not the backbone's (see
+        :func:`check_image_channels`)."""
+        check_image_channels('LAUDDetector', self.backbone, data)
 
     def train_step(self, data, optim_wrapper):
         self._check_image_channels(data)

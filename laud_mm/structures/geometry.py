@@ -211,6 +211,35 @@ class StemGeometry:
 
 
 @dataclass
+class DeepStemGeometry(StemGeometry):
+    """Shape of the deep ResNet stem (ResNetV1c, mmdet / mmseg
+    ``deep_stem=True``), per sample: three 3x3 convolutions (+ BN + ReLU),
+    ``in_channels -> out_channels / 2`` at stride 2, ``out_channels / 2 ->
+    out_channels / 2`` and ``out_channels / 2 -> out_channels`` at stride 1
+    (padding 1 each), then the 3x3/2 max-pool.
+
+    Attributes: as :class:`StemGeometry` (``conv_hw``: after the three
+    convolutions, the same size as after the 7x7/2 conv); ``kind ==
+    'resnet_deep'`` (class attribute).
+
+    Source: He et al. 2019 ("Bag of Tricks", ResNet-C), mmdet / mmseg
+    ``ResNet._make_stem_layer``.
+    """
+    kind = 'resnet_deep'
+
+    def __post_init__(self):
+        self.conv_hw = (conv_out_size(self.in_hw[0], 3, 2, 1),
+                        conv_out_size(self.in_hw[1], 3, 2, 1))
+        self.out_hw = (conv_out_size(self.conv_hw[0], 3, 2, 1),
+                       conv_out_size(self.conv_hw[1], 3, 2, 1))
+
+    @property
+    def mid_channels(self) -> int:
+        """Width of the first two convolutions, ``out_channels // 2``."""
+        return self.out_channels // 2
+
+
+@dataclass
 class RegNetStemGeometry(StemGeometry):
     """Shape of the RegNet stem (per sample): one 3x3 stride-2 conv (padding
     1) + BN + ReLU, no max-pool (torchvision ``SimpleStemIN``).

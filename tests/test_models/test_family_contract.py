@@ -134,7 +134,14 @@ FAMILIES = [
            other_archs=((dict(depth=101), 'another depth'),
                         (dict(base_channels=32), 'another architecture')),
            other_granularity={'spatial': (2, 2, 2, 2),
-                              'channel': (4, 4, 4, 4)}),
+                              'channel': (4, 4, 4, 4)},
+           # mmseg's ResNetV1c at output stride 8 (semantic segmentation):
+           # deep stem, stages 3 and 4 dilated 2 and 4, their first blocks
+           # at 1 and 2 (contract_dilation); spatial S = 2 and 1 there
+           variants=tuple(('v1c-d8', p, dict(
+               type='laud_mm.LAUDResNetV1c', strides=(1, 2, 1, 1),
+               dilations=(1, 1, 2, 4), contract_dilation=True))
+               for p in PARADIGMS)),
     Family('regnety_400mf',
            dict(type='laud_mm.LAUDRegNetY', arch='regnety_400mf'),
            {'spatial': (4, 4, 2, 1), 'channel': (2, 2, 2, 2), 'layer': None},

@@ -1,6 +1,7 @@
 """tools/ in mmdet's layout, checked statically: train.py / test.py and the
 launchers at the top, the analysis command lines in tools/analysis_tools/,
-the checkpoint converter in tools/model_converters/; each of those is a thin
+the checkpoint converter in tools/model_converters/, the data set converter
+in tools/dataset_converters/; each of those is a thin
 wrapper (a usage docstring, ``parse_args`` and ``main`` calling into
 ``laud_mm``) that imports no other tool."""
 import ast
@@ -18,7 +19,8 @@ ANALYSIS = ('benchmark_latency', 'benchmark_kernels', 'benchmark_regnet',
             'validate_predictor', 'plot_tradeoff', 'visualize_masks',
             'simulate_load_balance')
 WRAPPERS = [f'analysis_tools/{n}.py' for n in ANALYSIS] + \
-    ['model_converters/convert_checkpoint.py']
+    ['model_converters/convert_checkpoint.py',
+     'dataset_converters/coco_semantic.py']
 
 
 def _tool_files():
@@ -33,7 +35,7 @@ def test_layout():
         assert osp.isfile(osp.join(TOOLS, name)), name
     for rel in WRAPPERS:
         assert osp.isfile(osp.join(TOOLS, rel)), rel
-    stray = [n for n in ANALYSIS + ('convert_checkpoint',)
+    stray = [n for n in ANALYSIS + ('convert_checkpoint', 'coco_semantic')
              if osp.exists(osp.join(TOOLS, n + '.py'))]
     assert not stray, f'tools at the top that belong in a sub-folder: {stray}'
 

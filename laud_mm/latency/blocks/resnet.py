@@ -35,8 +35,8 @@ import math
 from typing import List, Optional
 
 from ...ops import policy
-from ...structures.geometry import (PARADIGMS, BlockGeometry, StemGeometry,
-                                    ceil_div)
+from ...structures.geometry import (PARADIGMS, BlockGeometry,
+                                    DeepStemGeometry, StemGeometry, ceil_div)
 from ..expectation import expected_max_normal, expected_ops
 from ..operators import (OpLatency, conv_op, elementwise_latency,
                          launch_latency, linear_latency, pool_latency)
@@ -91,6 +91,24 @@ def stem_ops(pred, stem: StemGeometry, batch: int) -> List[OpLatency]:
     pool = pool_latency(hw, 'stem_pool', batch, stem.out_channels,
                         stem.conv_hw, stem.out_hw, 9)
     return [conv, pool]
+
+
+@register_stem_latency('resnet_deep')
+def deep_stem_ops(pred, stem: DeepStemGeometry,
+                  batch: int) -> List[OpLatency]:
+    """Kernels of the deep (ResNetV1c) stem: three 3x3 convs (+BN+ReLU),
+    the first at stride 2, and the 3x3/2 max-pool."""
+    hw = pred.hw
+    m, c = stem.mid_channels, stem.out_channels
+    return [
+        conv_op(hw, 'stem_conv1', batch, stem.in_channels, m, stem.conv_hw,
+                stem.in_hw, k=3, stride=2),
+        conv_op(hw, 'stem_conv2', batch, m, m, stem.conv_hw, stem.conv_hw,
+                k=3),
+        conv_op(hw, 'stem_conv3', batch, m, c, stem.conv_hw, stem.conv_hw,
+                k=3),
+        pool_latency(hw, 'stem_pool', batch, c, stem.conv_hw, stem.out_hw, 9),
+    ]
 
 
 def static_block_ops(pred, g: BlockGeometry, batch: float,
@@ -405,7 +423,8 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
                 elementwise_latency(hw, 'gather', p * width * k * k, 1,
                                     1, run_elems=float(k),
                                     contiguous_reads=1)]
-        if S == 1:  # spatial_patch_convs: two GEMMs, bias written first
+        if S == 1 and g.dilation == 1:
+            # spatial_patch_convs: two GEMMs, bias written first
             return ops + [
                 elementwise_latency(hw, 'bias2', p * width, 0, 1),
                 gemm('conv2', p, width * 9, width),

@@ -1,7 +1,11 @@
-"""LAUD-ResNet: mmdet's ResNet with mask-and-compute bottlenecks.
+"""LAUD-ResNet: mmdet's ResNet with mask-and-compute bottlenecks, and the
+dilated (output stride 8 / 16) settings of semantic segmentation
+(``contract_dilation``, the deep stem of ResNetV1c, as mmseg's ResNet).
 
 Source: paper sec. 3.2 and 4.1 (LAUD-ResNet-50/101), docs/method.md sec. 1
-(paradigms, granularities 4-4-2-1 / 2-2-2-2 / layer).
+(paradigms, granularities 4-4-2-1 / 2-2-2-2 / layer); dilated ResNets for
+segmentation: Chen et al. 2017 (DeepLab: atrous convolution, output stride
+8), mmseg ``ResNet`` / ``ResNetV1c`` (``contract_dilation``, deep stem).
 """
 import re
 from collections import defaultdict
@@ -12,7 +16,8 @@ from mmdet.models.backbones.resnet import ResNet
 
 from ...ops.max_pool import MaxPool2d
 from ...registry import MODELS
-from ...structures.geometry import (BlockGeometry, StemGeometry, block_out_hw,
+from ...structures.geometry import (BlockGeometry, DeepStemGeometry,
+                                    StemGeometry, block_out_hw,
                                     check_paradigm)
 from ..layers.backbone import LAUDBackboneMixin, reject_unknown_keys
 from ..layers.checkpoint import record_paradigm
@@ -66,6 +71,75 @@ def _validate(depth, paradigm, granularity, num_stages,
                          f'use one of {sorted(RESNET_ARCHS)}')
     return check_paradigm('LAUDResNet', paradigm, granularity, num_stages,
                           [base_channels * 2 ** i for i in range(num_stages)])
+
+
+def stage_block_settings(num_blocks: Sequence[int], strides: Sequence[int],
+                         dilations: Sequence[int],
+                         contract_dilation: bool = False
+                         ) -> List[List[Tuple[int, int]]]:
+    """(stride, dilation) of conv2 in every block, per stage.
+
+    The first block of a stage carries the stage's stride; every block the
+    stage's dilation, except that with ``contract_dilation`` the first block
+    of a stage whose dilation d > 1 uses d // 2 (mmseg's ``ResLayer``:
+    DeepLab's output-stride-8 ResNet has dilations 1-1-2-4 with the first
+    blocks of stages 3 and 4 at 1 and 2).
+
+    Args:
+        num_blocks: blocks per stage.
+        strides, dilations: one per stage (mmdet / mmseg ``ResNet``).
+        contract_dilation: halve the first block's dilation where d > 1.
+
+    Returns:
+        per stage, a list of (stride, dilation) per block.
+
+    Raises:
+        ValueError: naming ``strides``, ``dilations`` or
+            ``contract_dilation`` and the value (lengths other than the
+            number of stages, values < 1, a non-bool flag).
+    """
+    n = len(num_blocks)
+    for key, val in (('strides', strides), ('dilations', dilations)):
+        if isinstance(val, (int, str)) or len(tuple(val)) != n or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1
+                for v in val):
+            raise ValueError(f'LAUDResNet: {key}={val!r} must give one '
+                             f'positive integer per stage ({n} entries)')
+    if not isinstance(contract_dilation, bool):
+        raise ValueError(f'LAUDResNet: contract_dilation='
+                         f'{contract_dilation!r} must be True or False')
+    out = []
+    for blocks, stride, d in zip(num_blocks, strides, dilations):
+        first = d // 2 if contract_dilation and d > 1 else d
+        out.append([(stride, first)] + [(1, d)] * (blocks - 1))
+    return out
+
+
+class _StageBlocks:
+    """Block factory for mmdet's ``ResLayer`` that gives each block its own
+    conv2 dilation (mmdet passes one ``dilation`` to every block of a
+    stage; ``contract_dilation`` needs another one for the first block).
+
+    Args:
+        dilations: conv2 dilation of each block of the stage, in order.
+
+    Raises:
+        RuntimeError: if called for more blocks than ``dilations`` holds.
+    """
+
+    expansion = LAUDBottleneck.expansion
+
+    def __init__(self, dilations: Sequence[int]):
+        self.dilations = list(dilations)
+        self.built = 0
+
+    def __call__(self, **kwargs) -> LAUDBottleneck:
+        if self.built >= len(self.dilations):
+            raise RuntimeError(f'_StageBlocks: block {self.built} requested, '
+                               f'{len(self.dilations)} planned')
+        kwargs['dilation'] = self.dilations[self.built]
+        self.built += 1
+        return LAUDBottleneck(**kwargs)
 
 
 _BLOCK_KEY = re.compile(r'^layer(\d+)\.(\d+)\.')
@@ -166,19 +240,29 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
             dynamic kernels of :mod:`laud_mm.ops` (same function as the
             masked-dense model; computes no gradients). Default False:
             masked-dense evaluation.
+        contract_dilation: mmseg's ``ResNet`` option: the first block of a
+            stage with dilation d > 1 uses d // 2 (see
+            :func:`stage_block_settings`). With mmdet's ``strides`` /
+            ``dilations`` / ``deep_stem`` this builds mmseg's dilated
+            ResNets (``ResNetV1c``, DeepLab output stride 8: ``strides=(1,
+            2, 1, 1), dilations=(1, 1, 2, 4)``) with the same parameter
+            names; geometry, FLOPs and predicted latency follow the blocks
+            as built (dilated conv2, larger maps, deep stem).
         **kwargs: mmdet ``ResNet`` arguments (see the table).
 
     Shapes:
         forward: (N, 3, H, W) float, finite -> tuple of (N, 256 * 2^i,
-        ~H / 2^(i+2), ...) for i in ``out_indices``. Any H, W >= 32 pixels
-        works.
+        ~H / r_i, ...) for i in ``out_indices``, r_i = 4 x the product of
+        ``strides[:i + 1]`` (4, 8, 16, 32 by default; 4, 8, 8, 8 at output
+        stride 8). Any H, W >= 32 pixels works.
 
     Raises:
         TypeError: an unknown config key (named with its value and the
             closest known key).
-        ValueError: bad ``depth``, ``paradigm`` or ``granularity`` (the
-            message names the key and value), G not dividing a stage width,
-            an option the paradigm does not support (the table), or
+        ValueError: bad ``depth``, ``paradigm``, ``granularity``,
+            ``strides``, ``dilations`` or ``contract_dilation`` (the message
+            names the key and value), G not dividing a stage width, an
+            option the paradigm does not support (the table), or
             ``dynamic_inference=True`` with a masked-dense-only option; in
             forward, an input that is not a finite floating-point (N,
             in_channels, H, W) batch.
@@ -189,15 +273,23 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
 
     def __init__(self, depth: int, paradigm: Optional[str] = None,
                  granularity: Optional[Sequence[int]] = None,
-                 dynamic_inference: bool = False, **kwargs):
+                 dynamic_inference: bool = False,
+                 contract_dilation: bool = False, **kwargs):
         reject_unknown_keys('LAUDResNet', kwargs, ResNet, own=(
-            'depth', 'paradigm', 'granularity', 'dynamic_inference'))
+            'depth', 'paradigm', 'granularity', 'dynamic_inference',
+            'contract_dilation'))
         _check_options(paradigm, kwargs)
         num_stages = kwargs.get('num_stages', 4)
         granularity = _validate(depth, paradigm, granularity, num_stages,
                                 kwargs.get('base_channels', 64))
         self.paradigm = paradigm
         self.granularity = granularity
+        self.contract_dilation = contract_dilation
+        self._block_settings = stage_block_settings(
+            RESNET_ARCHS[depth][:num_stages],
+            kwargs.get('strides', (1, 2, 2, 2)),
+            kwargs.get('dilations', (1, 1, 1, 1)),
+            contract_dilation)
         self._stage_counter = 0
         super().__init__(depth, **kwargs)
         self.blocks: List[LAUDBottleneck] = []
@@ -247,14 +339,19 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def make_res_layer(self, **kwargs):
-        """Build one stage of :class:`LAUDBottleneck` (mmdet hook method)."""
+        """Build one stage of :class:`LAUDBottleneck` (mmdet hook method),
+        each block with its conv2 dilation of :func:`stage_block_settings`
+        (``contract_dilation``)."""
         stage = self._stage_counter
         self._stage_counter += 1
-        kwargs['block'] = LAUDBottleneck
+        kwargs['block'] = _StageBlocks(
+            [d for _, d in self._block_settings[stage]])
         kwargs['paradigm'] = self.paradigm
         kwargs['granularity'] = None if self.granularity is None \
             else self.granularity[stage]
-        return super().make_res_layer(**kwargs)
+        layer = super().make_res_layer(**kwargs)
+        layer.block = LAUDBottleneck  # ResLayer's record of its block type
+        return layer
 
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -272,43 +369,88 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
 
     # --------------------------------------------------------------- stats
     def stem_geometry(self, in_hw: Tuple[int, int]) -> StemGeometry:
-        """Geometry of the stem for an image size (H, W)."""
-        return StemGeometry(self.conv1.in_channels if not self.deep_stem
-                            else self.stem[0].in_channels,
-                            self.stem_channels if hasattr(self, 'stem_channels')
-                            else 64, tuple(in_hw))
+        """Geometry of the stem for an image size (H, W): the 7x7 stem
+        (:class:`StemGeometry`) or, with ``deep_stem=True``, the three 3x3
+        convolutions of ResNetV1c (:class:`DeepStemGeometry`)."""
+        if self.deep_stem:
+            return DeepStemGeometry(self.stem[0].in_channels,
+                                    self.stem_channels, tuple(in_hw))
+        return StemGeometry(self.conv1.in_channels, self.stem_channels,
+                            tuple(in_hw))
+
+
+@MODELS.register_module()
+class LAUDResNetV1c(LAUDResNet):
+    """LAUD-ResNetV1c: :class:`LAUDResNet` with mmseg's ``ResNetV1c``
+    preset (``deep_stem=True``: three 3x3 convolutions replace the 7x7 stem;
+    ``avg_down=False``), so that mmseg's configs (and their ResNetV1c
+    checkpoints, e.g. ``open-mmlab://resnet50_v1c``) take a LAUD backbone
+    by changing ``type`` only.
+
+    Args:
+        **kwargs: as :class:`LAUDResNet` (``deep_stem`` and ``avg_down`` are
+            set by the preset).
+
+    Raises:
+        ValueError: ``deep_stem`` or ``avg_down`` given (names the key), or
+            any error of :class:`LAUDResNet`.
+
+    Source: mmseg ``ResNetV1c`` (Bag of Tricks, He et al. 2019, ResNet-C).
+    """
+
+    def __init__(self, **kwargs):
+        for key in ('deep_stem', 'avg_down'):
+            if key in kwargs:
+                raise ValueError(
+                    f'LAUDResNetV1c: {key}={kwargs[key]!r} is set by the '
+                    f"preset (deep_stem=True, avg_down=False); use type="
+                    f"'laud_mm.LAUDResNet' to choose it")
+        super().__init__(deep_stem=True, avg_down=False, **kwargs)
 
 
 def resnet_geometries(depth: int, in_hw: Tuple[int, int],
                       paradigm: Optional[str] = None,
                       granularity: Optional[Sequence[int]] = None,
+                      strides: Sequence[int] = (1, 2, 2, 2),
+                      dilations: Sequence[int] = (1, 1, 1, 1),
+                      contract_dilation: bool = False,
+                      deep_stem: bool = False,
                       ) -> Tuple[List[BlockGeometry], StemGeometry]:
     """Block and stem geometry of a bottleneck ResNet without building it
-    (the same numbers as ``LAUDResNet.block_geometries`` with mmdet's
-    defaults: ``style='pytorch'``, the stride on conv2, no dilation).
+    (the same numbers as ``LAUDResNet.block_geometries`` /
+    ``stem_geometry`` with ``style='pytorch'``: the stride on conv2).
 
     Args:
         depth: 50, 101 or 152.
         in_hw: image size (H, W), pixels.
         paradigm: 'spatial', 'channel', 'layer' or None.
         granularity: S or G per stage (4 values) for spatial / channel.
+        strides, dilations, contract_dilation, deep_stem: as
+            :class:`LAUDResNet` (defaults: the classification ResNet;
+            DeepLab's output stride 8 is ``strides=(1, 2, 1, 1),
+            dilations=(1, 1, 2, 4), contract_dilation=True``).
 
     Returns:
-        (list of :class:`BlockGeometry`, :class:`StemGeometry`).
+        (list of :class:`BlockGeometry`, :class:`StemGeometry` or
+        :class:`DeepStemGeometry`).
 
     Raises:
-        ValueError: naming ``depth``, ``paradigm`` or ``granularity``.
+        ValueError: naming ``depth``, ``paradigm``, ``granularity``,
+            ``strides``, ``dilations`` or ``contract_dilation``.
     """
     gran = _validate(depth, paradigm, granularity, 4)
-    stem = StemGeometry(3, 64, tuple(in_hw))
+    settings = stage_block_settings(RESNET_ARCHS[depth], strides, dilations,
+                                    contract_dilation)
+    stem = (DeepStemGeometry if deep_stem else StemGeometry)(
+        3, 64, tuple(in_hw))
     hw, cin, out = stem.out_hw, 64, []
-    for s, n in enumerate(RESNET_ARCHS[depth]):
+    for s, blocks in enumerate(settings):
         width = 64 * 2 ** s
-        for i in range(n):
-            stride = 2 if (i == 0 and s > 0) else 1
-            ohw = block_out_hw(hw, stride)
+        for i, (stride, dil) in enumerate(blocks):
+            ohw = block_out_hw(hw, stride, dil)
             out.append(BlockGeometry(
-                s, i, cin, width, width * 4, stride, tuple(hw), ohw, i == 0,
-                paradigm, None if gran is None else gran[s]))
+                s, i, cin, width, width * 4, stride, tuple(hw), ohw,
+                i == 0 and (stride != 1 or cin != width * 4),
+                paradigm, None if gran is None else gran[s], dilation=dil))
             cin, hw = width * 4, ohw
     return out, stem

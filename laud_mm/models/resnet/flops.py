@@ -9,7 +9,8 @@ from typing import Dict
 
 from ...structures.flops import (Density, conv_masker_flops,
                                  register_block_flops, register_stem_flops)
-from ...structures.geometry import BlockGeometry, StemGeometry
+from ...structures.geometry import (BlockGeometry, DeepStemGeometry,
+                                    StemGeometry)
 
 
 def bottleneck_op_flops(g: BlockGeometry) -> Dict[str, int]:
@@ -80,6 +81,16 @@ def resnet_stem_flops(stem: StemGeometry) -> int:
         + stem.out_channels * h * w
 
 
+def resnet_deep_stem_flops(stem: DeepStemGeometry) -> int:
+    """Per-sample FLOPs of the deep (ResNetV1c) stem: three 3x3 convs
+    (C_in -> C/2 at stride 2, C/2 -> C/2, C/2 -> C) at the stride-2 size and
+    the max-pool (one operation per input element)."""
+    h, w = stem.conv_hw
+    c, m = stem.out_channels, stem.mid_channels
+    return (stem.in_channels * m + m * m + m * c) * 9 * h * w + c * h * w
+
+
 register_block_flops('bottleneck', bottleneck_op_flops,
                      bottleneck_op_densities)
 register_stem_flops('resnet', resnet_stem_flops)
+register_stem_flops('resnet_deep', resnet_deep_stem_flops)

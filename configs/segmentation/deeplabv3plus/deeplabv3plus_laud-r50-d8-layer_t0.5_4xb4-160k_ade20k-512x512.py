@@ -1,0 +1,38 @@
+# LAUD-ResNet-50, layer skipping, target rate 0.5, DeepLabV3+ on ADE20K (mmseg
+# layout data/ade/ADEChallengeData2016, 150 classes): mmseg's recipe (160k
+# iterations at batch 4 x 4, 512 x 512 crops, SGD lr 0.01, poly decay; output
+# stride 8: mmseg's strides (1, 2, 1, 1), dilations (1, 1, 2, 4),
+# contract_dilation=True kept), the backbone replaced by the LAUD one.
+# From ../../_base_/laud_segmentation_runtime.py: the sparsity term
+# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, the laud_mm hooks
+# and mIoU + latency on one line (docs/segmentation.md, docs/method.md sec. 3).
+_base_ = [
+    'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-160k_ade20k-512x512.py',
+    '../../_base_/laud_segmentation_runtime.py',
+]
+custom_imports = _base_.laud_custom_imports
+target_rate = 0.5
+# LAUD ImageNet checkpoint of the same backbone (configs/imagenet/); the
+# classifier's keys are 'backbone.*', maskers included. Change it here (and in
+# the init_cfg line of the configs that inherit this one) or on the command
+# line: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+laud_pretrained = 'work_dirs/laud-r50-layer_8xb128_in1k/epoch_100.pth'
+model = dict(
+    type='laud_mm.LAUDSegmentor',
+    segmentor='EncoderDecoder',
+    # mmseg's open-mmlab://resnet50_v1c is a static deep-stem network; the
+    # LAUD ImageNet checkpoint has the 7x7 stem (laud_mm.LAUDResNet, as
+    # mmseg's r50b configs)
+    pretrained=None,
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
+    backbone=dict(_base_.laud_layer, type='laud_mm.LAUDResNet',
+                  init_cfg=dict(type='Pretrained', prefix='backbone.',
+                                checkpoint=laud_pretrained)))
+# backbone lr multiplier 0.5, as the paper's SGD detectors (Faster / Mask
+# R-CNN, appendix B.3): a project choice, the paper has no semantic
+# segmentation recipe
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)}))
+val_evaluator = _base_.laud_miou_evaluator
+test_evaluator = val_evaluator
+default_hooks = _base_.laud_default_hooks

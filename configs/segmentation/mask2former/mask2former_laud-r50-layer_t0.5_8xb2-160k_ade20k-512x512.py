@@ -1,0 +1,35 @@
+# LAUD-ResNet-50, layer skipping, target rate 0.5, Mask2Former (semantic) on
+# ADE20K (mmseg layout data/ade/ADEChallengeData2016, 150 classes): mmseg's
+# recipe (160k iterations at batch 8 x 2, 512 x 512 crops, AdamW 1e-4, poly
+# decay, frozen BN affine; output stride 32), the backbone replaced by the LAUD
+# one.
+# From ../../_base_/laud_segmentation_runtime.py: the sparsity term
+# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, the laud_mm hooks
+# and mIoU + latency on one line (docs/segmentation.md, docs/method.md sec. 3).
+_base_ = [
+    'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py',
+    '../../_base_/laud_segmentation_runtime.py',
+]
+# mmseg's recipe imports mmdet's models (its pixel decoder); laud_mm too
+custom_imports = dict(_base_.laud_custom_imports,
+                      imports=['mmdet.models', 'laud_mm'])
+target_rate = 0.5
+# LAUD ImageNet checkpoint of the same backbone (configs/imagenet/); the
+# classifier's keys are 'backbone.*', maskers included. Change it here (and in
+# the init_cfg line of the configs that inherit this one) or on the command
+# line: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+laud_pretrained = 'work_dirs/laud-r50-layer_8xb128_in1k/epoch_100.pth'
+model = dict(
+    type='laud_mm.LAUDSegmentor',
+    segmentor='EncoderDecoder',
+    sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
+    backbone=dict(_base_.laud_layer, type='laud_mm.LAUDResNet',
+                  # mmseg's ResNet default (mmdet's, LAUDResNet's, is True)
+                  norm_eval=False,
+                  init_cfg=dict(type='Pretrained', prefix='backbone.',
+                                checkpoint=laud_pretrained)))
+# mmseg's recipe: backbone lr multiplier 0.1 (also the paper's for
+# Mask2Former, appendix B.3), kept
+val_evaluator = _base_.laud_miou_evaluator
+test_evaluator = val_evaluator
+default_hooks = _base_.laud_default_hooks

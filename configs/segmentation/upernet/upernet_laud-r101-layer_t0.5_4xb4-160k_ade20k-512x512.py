@@ -1,0 +1,9 @@
+# LAUD-ResNet-101 version of
+#   upernet_laud-r50-layer_t0.5_4xb4-160k_ade20k-512x512.py
+# (same paradigm, granularity, target rate and recipe): depth 101 and the
+# LAUD-R101 ImageNet checkpoint, the work dir of
+# configs/imagenet/laud-r101-layer_8xb128_in1k.py.
+_base_ = './upernet_laud-r50-layer_t0.5_4xb4-160k_ade20k-512x512.py'
+laud_pretrained = 'work_dirs/laud-r101-layer_8xb128_in1k/epoch_100.pth'
+model = dict(backbone=dict(depth=101,
+                           init_cfg=dict(checkpoint=laud_pretrained)))
