@@ -16,9 +16,9 @@ compat.register_safe_globals()
 
 from . import registry  # noqa: E402,F401
 from . import engine, evaluation, models  # noqa: E402,F401
-from .engine import (CPUAmpOptimWrapper, GumbelTemperatureHook,  # noqa: E402
-                     MainProcessLoggerHook, RNGStateHook,
-                     WeightsOnlyCheckpointHook)
+from .engine import (BackboneSpeedHook, CPUAmpOptimWrapper,  # noqa: E402
+                     GumbelTemperatureHook, MainProcessLoggerHook,
+                     RNGStateHook, WeightsOnlyCheckpointHook)
 from .evaluation import BackboneLatencyMetric  # noqa: E402
 from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
                      LAUDDetector, LAUDImageClassifier, LAUDRegNetY,
@@ -28,6 +28,6 @@ from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
 __all__ = ['LAUDResNet', 'LAUDResNetV1c', 'LAUDRegNetY', 'LAUDT2TViT',
            'LAUDBottleneck', 'LAUDDetector', 'LAUDSegmentor',
            'LAUDImageClassifier', 'SparsityLoss',
-           'DistillationLoss', 'GumbelTemperatureHook', 'RNGStateHook',
+           'DistillationLoss', 'BackboneSpeedHook', 'GumbelTemperatureHook', 'RNGStateHook',
            'MainProcessLoggerHook', 'WeightsOnlyCheckpointHook',
            'BackboneLatencyMetric', 'CPUAmpOptimWrapper']

@@ -29,6 +29,7 @@ laud_default_hooks = dict(
     weights_only_checkpoint=dict(type='laud_mm.WeightsOnlyCheckpointHook'))
 
 # backbone activation rate, GFLOPs and predicted latency on a V100
-# (docs/method.md sec. 4), evaluated beside the task metric
+# (docs/method.md sec. 4), evaluated beside the task metric: per image at
+# the input sizes evaluated (batch 1; classification configs: 128)
 laud_latency_metric = dict(type='laud_mm.BackboneLatencyMetric',
-                           hardware='v100')
+                           hardware='v100', batch_size=1)

@@ -7,7 +7,12 @@ _base_ = [
     '../mask2former/mask2former_laud-r50-spatial-s4421_t0.5_8xb2-lsj-50e_coco.py',
     '../_base_/datasets/coco_tiny.py',
 ]
+# the stage-1 checkpoint of this paradigm (tools/run_detection_demos.sh
+# writes it: configs/demo/laud-r50-spatial_imagenette.py); None: a backbone
+# from scratch with the temperature annealed
+laud_weights = 'work_dirs/demo/stage1_spatial_t0.5.pth'
 model = dict(
+    laud_weights=laud_weights,
     data_preprocessor=dict(batch_augments={{_base_.tiny_lsj_batch_augments}}),
     backbone=dict(init_cfg=None, frozen_stages=-1,
                   norm_cfg=dict(type='BN', requires_grad=True)))

@@ -1,13 +1,18 @@
 # Demo: LAUD-R50 (layer skipping, t = 0.5) RetinaNet on the real coco_tiny
-# images at a CPU-friendly scale, backbone from scratch.
+# images at a CPU-friendly scale, backbone from the demo's stage-1 LAUD-R50.
 _base_ = [
     '../retinanet/retinanet_laud-r50-layer_t0.5_fpn_1x_coco.py',
     '../_base_/datasets/coco_tiny.py',
 ]
+# the stage-1 checkpoint of this paradigm (tools/run_detection_demos.sh
+# writes it: configs/demo/laud-r50-layer_imagenette.py); None: a backbone
+# from scratch with the temperature annealed
+laud_weights = 'work_dirs/demo/stage1_layer_t0.5.pth'
 # from scratch, the focal-loss scores stay near the 0.01 prior for long: keep
 # low-score boxes so that COCO evaluation has detections to score (mmdet's
 # default threshold is 0.05)
-model = dict(backbone=dict(init_cfg=None, frozen_stages=-1),
+model = dict(laud_weights=laud_weights,
+             backbone=dict(init_cfg=None, frozen_stages=-1),
              test_cfg=dict(score_thr=0.001))
 train_dataloader = {{_base_.tiny_train_dataloader}}
 val_dataloader = {{_base_.tiny_val_dataloader}}

@@ -1,26 +1,27 @@
 # LAUD-ResNet-50, spatial skipping (S = 4-4-2-1), target rate 0.5, Faster R-CNN
 # FPN 1x on COCO (mmdet layout data/coco/), backbone lr multiplier 0.5 (paper
 # appendix B.3). From ../_base_/laud_detection_runtime.py: the sparsity term
-# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, the laud_mm hooks
+# (F_dyn / F_static - t)^2 with weight 1, tau by the weights route, the laud_mm hooks
 # and the COCO AP + latency evaluators (paper sec. 4.5, docs/method.md sec. 3).
 _base_ = [
     'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',
 ]
+# Backbone weights (docs/model_zoo.md, "Backbone weights"): a LAUD ImageNet
+# checkpoint (configs/imagenet/, maskers included; the temperature stays
+# at 0.1), e.g.
+#   laud_weights = 'work_dirs/laud-r50-spatial-s4421_8xb128_in1k/epoch_100.pth'
+# or None: static ImageNet weights (the backbone's init_cfg) with the
+# temperature annealed 5 -> 0.1 while the gates leave the dense start.
+laud_weights = None
 target_rate = 0.5
-# LAUD ImageNet checkpoint of the same backbone (configs/imagenet/); the
-# classifier's keys are 'backbone.*', maskers included. Change it here (and in
-# the init_cfg line of the configs that inherit this one) or on the command
-# line: --cfg-options model.backbone.init_cfg.checkpoint=PATH
-laud_pretrained = 'work_dirs/laud-r50-spatial-s4421_8xb128_in1k/epoch_100.pth'
 model = dict(
+    laud_weights=laud_weights,
     type='laud_mm.LAUDDetector',
     detector='FasterRCNN',
     # authors' detection recipe: only the global term (F_dyn/F_static - t)^2
     sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
-    backbone=dict(_base_.laud_spatial_s4421, type='laud_mm.LAUDResNet',
-                  init_cfg=dict(type='Pretrained', prefix='backbone.',
-                                checkpoint=laud_pretrained)))
+    backbone=dict(_base_.laud_spatial_s4421, type='laud_mm.LAUDResNet'))
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.5)}))
 val_evaluator = _base_.laud_bbox_evaluator

@@ -1,5 +1,13 @@
 # LAUD-ResNet-50, layer skipping, target rate 0.5, Mask2Former.
 _base_ = './mask2former_laud-r50-spatial-s4421_t0.5_8xb2-lsj-50e_coco.py'
-laud_pretrained = 'work_dirs/laud-r50-layer_8xb128_in1k/epoch_100.pth'
-model = dict(backbone=dict(
-    _base_.laud_layer, init_cfg=dict(checkpoint=laud_pretrained)))
+# Backbone weights (docs/model_zoo.md, "Backbone weights"): a LAUD ImageNet
+# checkpoint (configs/imagenet/, maskers included; the temperature stays
+# at 0.1), e.g.
+#   laud_weights = 'work_dirs/laud-r50-layer_8xb128_in1k/epoch_100.pth'
+# or None: static ImageNet weights (the backbone's init_cfg) with the
+# temperature annealed 5 -> 0.1 while the gates leave the dense start.
+laud_weights = None
+model = dict(
+    laud_weights=laud_weights,
+    backbone=dict(
+    _base_.laud_layer))

@@ -1,22 +1,25 @@
 # LAUD-ResNet-50, channel skipping (G = 2-2-2-2), target 0.5, RetinaNet FPN 1x
 # on COCO, backbone lr multiplier 0.2 (paper appendix B.3). Sparsity term
-# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, hooks and
+# (F_dyn / F_static - t)^2 with weight 1, tau by the weights route, hooks and
 # evaluators from ../_base_/laud_detection_runtime.py (docs/method.md sec. 3).
 _base_ = [
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',
 ]
+# Backbone weights (docs/model_zoo.md, "Backbone weights"): a LAUD ImageNet
+# checkpoint (configs/imagenet/, maskers included; the temperature stays
+# at 0.1), e.g.
+#   laud_weights = 'work_dirs/laud-r50-channel-g2_8xb128_in1k/epoch_100.pth'
+# or None: static ImageNet weights (the backbone's init_cfg) with the
+# temperature annealed 5 -> 0.1 while the gates leave the dense start.
+laud_weights = None
 target_rate = 0.5
-# LAUD ImageNet checkpoint of the same backbone (configs/imagenet/); override
-# with --cfg-options model.backbone.init_cfg.checkpoint=PATH
-laud_pretrained = 'work_dirs/laud-r50-channel-g2_8xb128_in1k/epoch_100.pth'
 model = dict(
+    laud_weights=laud_weights,
     type='laud_mm.LAUDDetector',
     detector='RetinaNet',
     sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
-    backbone=dict(_base_.laud_channel_g2, type='laud_mm.LAUDResNet',
-                  init_cfg=dict(type='Pretrained', prefix='backbone.',
-                                checkpoint=laud_pretrained)))
+    backbone=dict(_base_.laud_channel_g2, type='laud_mm.LAUDResNet'))
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.2)}))
 val_evaluator = _base_.laud_bbox_evaluator

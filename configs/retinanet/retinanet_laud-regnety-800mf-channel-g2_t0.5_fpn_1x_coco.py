@@ -1,21 +1,23 @@
 # LAUD-RegNetY-800MF, channel skipping (G = 2-2-2-2), target 0.5, RetinaNet FPN
-# 1x on COCO. Backbone lr multiplier 0.2; sparsity term, tau 0.1, hooks and
-# evaluators from ../_base_/laud_detection_runtime.py (paper sec. 4.5,
-# docs/method.md sec. 3). The FPN reads the stage outputs of widths 144 / 320 / 784
+# 1x on COCO. Backbone lr multiplier 0.2; sparsity term, tau by the weights
+# route, hooks and evaluators from ../_base_/laud_detection_runtime.py (paper
+# sec. 4.5, docs/method.md sec. 3). The FPN reads the stage outputs of widths 144 / 320 / 784
 # (strides 8 / 16 / 32; LAUDRegNetY.out_channels). RGB input normalisation of
 # the retinanet_r50 base = torchvision's, which the RegNetY weights expect.
 _base_ = [
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     '../_base_/laud_detection_runtime.py',
 ]
+# Backbone weights (docs/model_zoo.md, "Backbone weights"): a LAUD ImageNet
+# checkpoint (configs/imagenet/, maskers included; the temperature stays
+# at 0.1), e.g.
+#   laud_weights = 'work_dirs/laud-regnety-800mf-channel-g2_8xb128_in1k/epoch_100.pth'
+# or None: static ImageNet weights (the backbone's init_cfg) with the
+# temperature annealed 5 -> 0.1 while the gates leave the dense start.
+laud_weights = None
 target_rate = 0.5
-# LAUD ImageNet checkpoint of the same backbone
-# (configs/imagenet/laud-regnety-800mf-channel-g2_8xb128_in1k.py); override
-# with --cfg-options model.backbone.init_cfg.checkpoint=PATH. For a static
-# torchvision start use 'torchvision-regnety://regnet_y_800mf' (maskers
-# keep-biased).
-laud_pretrained = 'work_dirs/laud-regnety-800mf-channel-g2_8xb128_in1k/epoch_100.pth'
 model = dict(
+    laud_weights=laud_weights,
     type='laud_mm.LAUDDetector',
     detector='RetinaNet',
     sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
@@ -23,7 +25,7 @@ model = dict(
                   type='laud_mm.LAUDRegNetY', arch='regnety_800mf',
                   out_indices=(0, 1, 2, 3), frozen_stages=1, norm_eval=True,
                   init_cfg=dict(type='Pretrained', prefix='backbone.',
-                                checkpoint=laud_pretrained)),
+                                checkpoint='torchvision-regnety://regnet_y_800mf')),
     neck=dict(in_channels=[64, 144, 320, 784]))
 optim_wrapper = dict(
     optimizer=dict(weight_decay=5e-5),

@@ -6,8 +6,9 @@ Reads the evaluation records that mmengine writes into a work dir:
 ``<work_dir>/<timestamp>/vis_data/scalars.json`` (one JSON record per line,
 validation during training) and ``<work_dir>/<timestamp>/<timestamp>.json``
 (the metrics of ``tools/test.py``). For each run the most recent record that
-holds both the accuracy metric and ``laud/latency_ms`` is used. A run is a
-work dir, a timestamp dir, or one of the JSON files above; its paradigm
+holding both the accuracy metric and ``laud/latency_ms`` is plotted; a run
+must hold exactly one (:func:`run_record`). A run is a work dir, a timestamp
+dir, or one of the JSON files above; its paradigm
 ('spatial', 'channel', 'layer' or 'static') is given, else read from the
 config mmengine saved in the run (``model.backbone.paradigm``), else from
 the path name. Command line: ``tools/analysis_tools/plot_tradeoff.py``.
@@ -27,6 +28,7 @@ PARADIGMS = ('spatial', 'channel', 'layer', 'static')
 #: logged keys of :class:`laud_mm.BackboneLatencyMetric`
 LATENCY_KEY = 'laud/latency_ms'
 FLOPS_KEY = 'laud/backbone_GFLOPs'
+MEASURED_KEY = 'laud/measured_ms'
 # tried in this order when --metric is not given
 DEFAULT_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP', 'accuracy/top1')
 _TIMESTAMP_JSON = re.compile(r'^\d{8}_\d{6}\.json$')
@@ -98,9 +100,14 @@ def load_records(file: str) -> List[dict]:
     return records
 
 
-def latest_record(path: str, metric: Optional[str]) -> Dict[str, object]:
-    """The most recent evaluation record of a run holding ``metric`` and
-    ``laud/latency_ms``.
+def run_record(path: str, metric: Optional[str]) -> Dict[str, object]:
+    """The one evaluation record of a run holding ``metric`` and
+    ``laud/latency_ms``, with the config and checkpoint it evaluated.
+
+    A run must resolve to exactly one such record: a work dir holding several
+    (validation during training, several ``tools/test.py`` runs) is refused
+    with the list of candidates, so that the evaluation plotted is the one
+    named (pass its ``<timestamp>.json`` file), never silently the latest.
 
     Args:
         path: a run (see :func:`find_metric_files`).
@@ -109,33 +116,70 @@ def latest_record(path: str, metric: Optional[str]) -> Dict[str, object]:
 
     Returns:
         dict with 'metric' (key), 'value' (float, as logged: COCO mAP in
-        [0, 1], top-1 in %), 'latency_ms', 'gflops' (None if not logged),
-        'activation_rate' (None if not logged), 'file'.
+        [0, 1], top-1 in %), 'latency_ms', 'gflops', 'activation_rate',
+        'measured_ms' (``laud/measured_ms``, None where not logged),
+        'config' (the config file name the run saved, or None),
+        'checkpoint' (the ``load_from`` of the evaluation, or None) and
+        'file'.
 
     Raises:
         FileNotFoundError: see :func:`find_metric_files`.
         KeyError: no record holds the metric together with the latency
             (names the run and the keys that were found).
+        ValueError: several records do (names them).
     """
-    seen = set()
-    for file in reversed(find_metric_files(path)):
-        for rec in reversed(load_records(file)):
+    seen, found = set(), []
+    for file in find_metric_files(path):
+        for i, rec in enumerate(load_records(file)):
             seen.update(rec)
             if LATENCY_KEY not in rec:
                 continue
             keys = [metric] if metric else \
                 [k for k in DEFAULT_METRICS if k in rec]
-            for key in keys:
-                if key in rec:
-                    return dict(metric=key, value=float(rec[key]),
-                                latency_ms=float(rec[LATENCY_KEY]),
-                                gflops=_opt_float(rec.get(FLOPS_KEY)),
-                                activation_rate=_opt_float(
-                                    rec.get('laud/activation_rate')),
-                                file=file)
-    want = metric or ' or '.join(DEFAULT_METRICS)
-    raise KeyError(f'run {path!r}: no evaluation record with {want!r} and '
-                   f'{LATENCY_KEY!r}; keys found: {sorted(seen)}')
+            key = next((k for k in keys if k in rec), None)
+            if key is not None:
+                found.append((file, i, key, rec))
+    if not found:
+        want = metric or ' or '.join(DEFAULT_METRICS)
+        raise KeyError(f'run {path!r}: no evaluation record with {want!r} '
+                       f'and {LATENCY_KEY!r}; keys found: {sorted(seen)}')
+    if len(found) > 1:
+        names = [f'{f} (record {i + 1}, {k}={r[k]})' for f, i, k, r in found]
+        raise ValueError(f'run {path!r} holds {len(found)} evaluation '
+                         f'records; give the file of the one to plot (e.g. '
+                         f'the <timestamp>.json of tools/test.py): '
+                         f'{names}')
+    file, _, key, rec = found[0]
+    config, checkpoint = _run_config(file)
+    return dict(metric=key, value=float(rec[key]),
+                latency_ms=float(rec[LATENCY_KEY]),
+                gflops=_opt_float(rec.get(FLOPS_KEY)),
+                activation_rate=_opt_float(rec.get('laud/activation_rate')),
+                measured_ms=_opt_float(rec.get(MEASURED_KEY)),
+                config=config, checkpoint=checkpoint, file=file)
+
+
+def _run_config(log_file: str):
+    """(config file name, ``load_from``) of the run that wrote ``log_file``:
+    mmengine saves the config as ``<work_dir>/<name>.py`` and
+    ``<work_dir>/<timestamp>/vis_data/config.py``."""
+    ts = osp.dirname(log_file)
+    if osp.basename(ts) == 'vis_data':
+        ts = osp.dirname(ts)
+    work = osp.dirname(ts)
+    names = sorted(osp.basename(f) for f in glob.glob(osp.join(work, '*.py')))
+    checkpoint = None
+    for c in (osp.join(ts, 'vis_data', 'config.py'),
+              *(osp.join(work, n) for n in names)):
+        try:
+            with open(c) as f:
+                m = re.search(r"^load_from\s*=\s*'([^']+)'", f.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            checkpoint = m.group(1)
+            break
+    return (names[0] if names else None), checkpoint
 
 
 def _opt_float(v) -> Optional[float]:
@@ -191,8 +235,8 @@ def _paradigm_from_config(file: str) -> Optional[str]:
 def collect(runs: Sequence[str], metric: Optional[str] = None,
             paradigms: Optional[Sequence[str]] = None,
             labels: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
-    """One point per run (see :func:`latest_record`) with 'paradigm' and
-    'label' added.
+    """One point per run (see :func:`run_record`) with 'paradigm' and
+    'label' (default: the run's config and checkpoint) added.
 
     Raises:
         ValueError: ``paradigms`` / ``labels`` of the wrong length, or an
@@ -204,13 +248,17 @@ def collect(runs: Sequence[str], metric: Optional[str] = None,
                              f'{len(runs)} runs')
     points = []
     for i, run in enumerate(runs):
-        rec = latest_record(run, metric)
+        rec = run_record(run, metric)
         par = paradigms[i] if paradigms else infer_paradigm(run)
         if par not in PARADIGMS:
             raise ValueError(f'paradigm {par!r} of run {run!r} is not one of '
                              f'{PARADIGMS}')
-        rec.update(paradigm=par, run=run, label=labels[i] if labels else
-                   osp.basename(osp.normpath(run)))
+        default = ' / '.join(
+            str(x) for x in (rec['config'], rec['checkpoint'] and
+                             osp.basename(rec['checkpoint'])) if x) or \
+            osp.basename(osp.normpath(run))
+        rec.update(paradigm=par, run=run,
+                   label=labels[i] if labels else default)
         points.append(rec)
     keys = {p['metric'] for p in points}
     if len(keys) > 1:
@@ -221,8 +269,11 @@ def collect(runs: Sequence[str], metric: Optional[str] = None,
 
 def plot(points: Sequence[Dict[str, object]], out: str,
          title: Optional[str] = None, annotate: bool = False) -> str:
-    """Two panels, metric against predicted latency (ms) and against backbone
-    GFLOPs, one line per paradigm (points sorted by x). Writes a PNG.
+    """One panel per x quantity logged by every run: metric against the
+    predicted latency (ms), the measured CPU latency (ms,
+    ``laud/measured_ms``) and the backbone GFLOPs; one line per paradigm
+    (points sorted by x), each point labelled with its run (``annotate``).
+    Writes a PNG.
 
     Returns:
         ``out``.
@@ -239,6 +290,9 @@ def plot(points: Sequence[Dict[str, object]], out: str,
     scale = 100.0 if metric.startswith('coco/') else 1.0
     ylabel = f'{metric} (%)' if scale == 100.0 else metric
     panels = [('latency_ms', 'predicted backbone latency (ms / image)')]
+    if all(p.get('measured_ms') is not None for p in points):
+        panels.append(('measured_ms',
+                       'measured backbone latency, this CPU (ms / image)'))
     if all(p['gflops'] is not None for p in points):
         panels.append(('gflops', 'backbone GFLOPs (per image)'))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4),
@@ -273,17 +327,19 @@ def plot(points: Sequence[Dict[str, object]], out: str,
 
 
 def format_points(points: Sequence[Dict[str, object]]) -> str:
-    """Text table of :func:`collect` points: run label, paradigm, metric,
-    latency ms, GFLOPs and activation rate ('-' where not logged)."""
-    lines = [f'{"run":40s} {"paradigm":8s} {points[0]["metric"]:>15s} '
-             f'{"latency_ms":>10s} {"GFLOPs":>8s} {"act_rate":>8s}']
+    """Markdown table of :func:`collect` points: run label (config /
+    checkpoint), paradigm, metric, activation rate, predicted latency ms,
+    measured latency ms and GFLOPs ('-' where not logged)."""
+    def f(v, fmt):
+        return '-' if v is None else format(v, fmt)
+    lines = [f'| run | paradigm | {points[0]["metric"]} | activation rate | '
+             f'predicted ms | measured ms (CPU) | GFLOPs |',
+             '|---|---|---|---|---|---|---|']
     for p in points:
-        g = '-' if p['gflops'] is None else f'{p["gflops"]:.2f}'
-        a = '-' if p['activation_rate'] is None \
-            else f'{p["activation_rate"]:.3f}'
-        lines.append(f'{str(p["label"])[:40]:40s} {p["paradigm"]:8s} '
-                     f'{p["value"]:15.4f} {p["latency_ms"]:10.3f} {g:>8s} '
-                     f'{a:>8s}')
+        lines.append(f'| {p["label"]} | {p["paradigm"]} | '
+                     f'{p["value"]:.4f} | {f(p["activation_rate"], ".3f")} | '
+                     f'{p["latency_ms"]:.3f} | {f(p.get("measured_ms"), ".1f")} '
+                     f'| {f(p["gflops"], ".2f")} |')
     return '\n'.join(lines)
 
 

@@ -2,8 +2,10 @@
 (:mod:`.hooks`), the CPU mixed-precision optimizer wrapper (:mod:`.amp`)
 and CPU distributed set-up (:mod:`.dist`)."""
 from .amp import CPUAmpOptimWrapper
-from .hooks import (GumbelTemperatureHook, MainProcessLoggerHook,
-                    RNGStateHook, WeightsOnlyCheckpointHook)
+from .hooks import (BackboneSpeedHook, GumbelTemperatureHook,
+                    MainProcessLoggerHook, RNGStateHook,
+                    WeightsOnlyCheckpointHook)
 
-__all__ = ['CPUAmpOptimWrapper', 'GumbelTemperatureHook', 'RNGStateHook',
-           'MainProcessLoggerHook', 'WeightsOnlyCheckpointHook']
+__all__ = ['CPUAmpOptimWrapper', 'BackboneSpeedHook', 'GumbelTemperatureHook',
+           'RNGStateHook', 'MainProcessLoggerHook',
+           'WeightsOnlyCheckpointHook']

@@ -75,7 +75,7 @@ def _teacher_model_cfg(config) -> dict:
     return cfg
 
 
-def build_teacher(teacher: dict) -> torch.nn.Module:
+def build_teacher(teacher: dict, load: bool = True) -> torch.nn.Module:
     """Build the frozen static teacher (paper sec. 3.5).
 
     Args:
@@ -88,6 +88,11 @@ def build_teacher(teacher: dict) -> torch.nn.Module:
             checkpoint (strict loading). ``checkpoint=None`` keeps the
             teacher randomly initialised (a warning is logged): only for
             smoke tests and offline demos.
+        load: read the checkpoint now; False: only check that a local file
+            exists (nothing is downloaded), and leave the loading to
+            :func:`load_teacher_weights` (the classifier does it when
+            training starts, so building, inspecting and testing a config
+            work offline).
 
     Returns:
         The teacher in eval mode with ``requires_grad=False`` on the CPU.
@@ -118,6 +123,26 @@ def build_teacher(teacher: dict) -> torch.nn.Module:
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = PRETRAIN_MODELS.build(model_cfg)
+    model.eval()
+    model.requires_grad_(False)
+    model.laud_teacher_checkpoint = ckpt
+    model.laud_teacher_loaded = False
+    if load:
+        load_teacher_weights(model)
+    return model
+
+
+def load_teacher_weights(model: torch.nn.Module) -> None:
+    """Load a teacher built by :func:`build_teacher` from its checkpoint
+    (once; a teacher without a checkpoint keeps PyTorch's initialisation,
+    with a warning).
+
+    Raises:
+        ValueError: the checkpoint does not match the teacher (names it).
+    """
+    if model.laud_teacher_loaded:
+        return
+    ckpt = model.laud_teacher_checkpoint
     logger = MMLogger.get_current_instance()
     if ckpt is None:
         # PyTorch's default initialisation; init_weights() is skipped (it
@@ -134,9 +159,7 @@ def build_teacher(teacher: dict) -> torch.nn.Module:
         except (RuntimeError, KeyError, ValueError) as e:
             raise ValueError(f'LAUDImageClassifier: teacher.checkpoint={ckpt!r}'
                              f' does not match the teacher model: {e}') from e
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    model.laud_teacher_loaded = True
 
 
 @MODELS.register_module()
@@ -219,9 +242,19 @@ class LAUDImageClassifier(ImageClassifier):
                 raise ValueError('LAUDImageClassifier: teacher is set but '
                                  'distill_loss=None')
             self.distill_loss = MODELS.build(distill_loss)
-            self._teacher.append(build_teacher(teacher))
+            # the weights are read when training starts (init_weights or
+            # the first teacher forward): no download at build time
+            self._teacher.append(build_teacher(teacher, load=False))
 
     # ------------------------------------------------------------ teacher
+    def init_weights(self) -> None:
+        """mmengine's weight initialisation (the student's ``init_cfg``),
+        then the teacher's checkpoint: both happen when a Runner starts
+        training, never while a config is loaded or the model is built."""
+        super().init_weights()
+        if self._teacher:
+            load_teacher_weights(self._teacher[0])
+
     @property
     def teacher(self) -> Optional[torch.nn.Module]:
         """The frozen teacher (not a submodule), or None."""
@@ -250,6 +283,7 @@ class LAUDImageClassifier(ImageClassifier):
         if not self._teacher:
             raise RuntimeError('LAUDImageClassifier: no teacher configured')
         t = self._teacher[0]
+        load_teacher_weights(t)
         t.eval()
         with torch.no_grad():
             out = t(inputs, mode='tensor')

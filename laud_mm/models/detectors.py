@@ -17,6 +17,7 @@ import torch
 
 from ..registry import MODELS
 from .layers.stats import attach_laud_stats
+from .layers.weights import apply_weights_route
 
 _CLASSES: Dict[type, type] = {}
 
@@ -61,14 +62,16 @@ class LAUDDetectorMixin:
     not a loss: mmengine sums only keys containing 'loss').
 
     Prediction (``predict``): writes ``laud_stats`` into each returned data
-    sample's metainfo: {'flops': backbone FLOPs of this image (float),
-    'dense_flops': static backbone FLOPs, 'block_density': list of floats
-    (mask density per block), 'geometries': list of BlockGeometry at the
-    batch's padded input size, 'stem': StemGeometry, 'batch_size': int}.
-    :class:`laud_mm.BackboneLatencyMetric` reads it.
+    sample's metainfo, the image's backbone FLOPs and per-block densities at
+    its own input size (:func:`laud_mm.models.layers.stats.
+    attach_laud_stats`), which :class:`laud_mm.BackboneLatencyMetric` reads.
+
+    Weights: ``laud_weights`` selects the backbone's weights route and the
+    Gumbel temperature schedule (:mod:`laud_mm.models.layers.weights`).
     """
 
-    def __init__(self, *args, sparsity_loss: Optional[dict] = None, **kwargs):
+    def __init__(self, *args, sparsity_loss: Optional[dict] = None,
+                 laud_weights: Optional[str] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if not hasattr(self.backbone, 'activation_stats'):
             raise TypeError(
@@ -80,6 +83,7 @@ class LAUDDetectorMixin:
                              'backbone has paradigm=None (static)')
         self.sparsity_loss = MODELS.build(sparsity_loss) \
             if sparsity_loss is not None else None
+        apply_weights_route(self, laud_weights, 'LAUDDetector')
 
     def _check_image_channels(self, data) -> None:
         """Refuse images whose channel count is not the backbone's (see
@@ -158,7 +162,7 @@ def laud_detector_class(base: Type) -> Type:
 
 @MODELS.register_module()
 def LAUDDetector(detector: str, sparsity_loss: Optional[dict] = None,
-                 **kwargs):
+                 laud_weights: Optional[str] = None, **kwargs):
     """Build mmdet's ``detector`` class with a LAUD backbone.
 
     Args:
@@ -166,13 +170,18 @@ def LAUDDetector(detector: str, sparsity_loss: Optional[dict] = None,
             'MaskRCNN', 'DDQDETR', 'Mask2Former'.
         sparsity_loss: config of :class:`laud_mm.SparsityLoss` (None: no
             sparsity term, e.g. for a static backbone).
+        laud_weights: the backbone's weights route
+            (:mod:`laud_mm.models.layers.weights`): a LAUD ImageNet
+            checkpoint, or None for the static ImageNet weights of the
+            backbone's ``init_cfg`` with the temperature annealed.
         **kwargs: the mmdet detector's own arguments.
 
     Returns:
         An instance of ``LAUD<detector>`` (a subclass of mmdet's class).
 
     Raises:
-        ValueError: if ``detector`` is not a registered mmdet model.
+        ValueError: if ``detector`` is not a registered mmdet model, or
+            ``laud_weights`` names a missing local file.
     """
     import mmdet.models  # noqa: F401  (registers mmdet's detectors)
     from mmdet.registry import MODELS as MMDET_MODELS
@@ -180,4 +189,5 @@ def LAUDDetector(detector: str, sparsity_loss: Optional[dict] = None,
     if base is None:
         raise ValueError(f'LAUDDetector: detector={detector!r} is not an mmdet '
                          f"model type (e.g. 'FasterRCNN')")
-    return laud_detector_class(base)(sparsity_loss=sparsity_loss, **kwargs)
+    return laud_detector_class(base)(sparsity_loss=sparsity_loss,
+                                     laud_weights=laud_weights, **kwargs)

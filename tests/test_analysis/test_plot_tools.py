@@ -49,8 +49,8 @@ def test_plot_tradeoff_reads_runs_and_writes_png(tmp_path):
         _fake_run(tmp_path, 'spatial_t0.5', 'spatial',
                   [{'loss': 1.0, 'step': 1}, _rec(0.30, 0.8, 50, 12)]),
         _fake_run(tmp_path, 'spatial_t0.7', 'spatial', [_rec(0.35, 1.0, 60)]),
-        # the later test record wins over the training-time validation
-        _fake_run(tmp_path, 'channel_t0.5', 'channel', [_rec(0.1, 9, 9)],
+        # a loss record without the metric is no evaluation record
+        _fake_run(tmp_path, 'channel_t0.5', 'channel', [{'loss': 2.0}],
                   test_record=_rec(0.33, 0.6, 45)),
         _fake_run(tmp_path, 'layer_t0.5', 'layer', [_rec(0.31, 0.55, 40)]),
         _fake_run(tmp_path, 'r50_static', 'static', [_rec(0.37, 1.2, 80)]),
@@ -75,6 +75,27 @@ def test_plot_tradeoff_reads_runs_and_writes_png(tmp_path):
         plot_tradeoff.collect(runs[:2], paradigms=['layer'])
     with pytest.raises(FileNotFoundError, match='does not exist'):
         plot_tradeoff.collect([str(tmp_path / 'missing')])
+    # several evaluation records: refused, never the latest silently; the
+    # test json of the run, given explicitly, is plotted
+    both = _fake_run(tmp_path, 'two_evals', 'layer', [_rec(0.1, 9, 9)],
+                     test_record=_rec(0.33, 0.6, 45))
+    with pytest.raises(ValueError, match='2 evaluation records'):
+        plot_tradeoff.collect([both])
+    test_json = osp.join(both, '20240102_000000', '20240102_000000.json')
+    pts = plot_tradeoff.collect([test_json])
+    assert pts[0]['value'] == 0.33
+    # the label names the config and checkpoint the run evaluated
+    with open(osp.join(both, '20240102_000000', 'config.py'), 'w'):
+        pass
+    os.makedirs(osp.join(both, '20240102_000000', 'vis_data'))
+    with open(osp.join(both, '20240102_000000', 'vis_data', 'config.py'),
+              'w') as f:
+        f.write("load_from = 'work_dirs/x/epoch_4.pth'\n")
+    pt = plot_tradeoff.collect([test_json])[0]
+    assert pt['checkpoint'] == 'work_dirs/x/epoch_4.pth'
+    assert pt['label'] == 'two_evals.py / epoch_4.pth'
+    assert '| two_evals.py / epoch_4.pth | layer | 0.3300 |' in \
+        plot_tradeoff.format_points([pt])
 
 
 def test_visualize_masks_on_real_images(tmp_path, coco_tiny):

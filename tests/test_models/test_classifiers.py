@@ -55,7 +55,7 @@ def small_cfg(config, work_dir, teacher_ckpt, max_iters=2):
     cfg.param_scheduler = []
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
                                         interval=max_iters, by_epoch=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.default_hooks.logger.interval = 1
     for key, idx in (('train_dataloader', TRAIN_IDX),
                      ('val_dataloader', VAL_IDX)):
         dl = cfg[key]
@@ -69,8 +69,12 @@ def small_cfg(config, work_dir, teacher_ckpt, max_iters=2):
             elif t['type'] == 'CenterCrop':
                 t['crop_size'] = CROP
     cfg.test_dataloader = cfg.val_dataloader
-    if 'teacher' in cfg.model:
-        cfg.model.teacher.checkpoint = teacher_ckpt
+    if teacher_ckpt is not None and cfg.model.get('sparsity_loss'):
+        # the paper's third term: distillation from the static demo model
+        cfg.model.teacher = dict(
+            config=Config.fromfile(STATIC).model.to_dict(),
+            checkpoint=teacher_ckpt)
+        cfg.model.distill_loss = cfg.laud_distill_loss
     cfg.randomness = dict(seed=0)
     return cfg
 
@@ -152,16 +156,18 @@ def test_evaluation_reports_accuracy_and_latency(trained):
 
 
 def _det_backbone_matches(det_config, ckpt, prefix='backbone.'):
-    """Build a detector whose backbone loads ``ckpt`` with
-    init_cfg=Pretrained(prefix='backbone.'); return the number of masker
-    tensors compared (all backbone tensors must equal the checkpoint's)."""
+    """Build a detector whose backbone loads ``ckpt`` through the config's
+    ``laud_weights`` (init_cfg=Pretrained(prefix='backbone.')); return the
+    number of masker tensors compared (every backbone tensor, every masker
+    tensor included, must equal the checkpoint's)."""
     from mmdet.registry import MODELS as DET_MODELS
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
     cfg = Config.fromfile(det_config)
-    cfg.model.backbone.init_cfg = dict(type='Pretrained', prefix=prefix,
-                                       checkpoint=ckpt)
+    # the configs' weights route 1: a LAUD ImageNet checkpoint
+    cfg.model.laud_weights = ckpt
     det = DET_MODELS.build(cfg.model)
+    assert det.laud_tau_schedule == (0.1, 0.1)
     det.init_weights()
     saved = torch.load(ckpt, map_location='cpu')['state_dict']
     n_masker = 0
@@ -318,9 +324,16 @@ def test_torchvision_weights_initialise_student_and_teacher(tmp_path):
     assert torch.equal(student.head.fc.bias, tv['fc.bias'])
     keep_bias = student.backbone.layer2[0].masker.conv.bias
     assert keep_bias[0].item() == pytest.approx(5.0)  # keep logit bias
-    # 3) a teacher given the raw torchvision file maps the keys on load
+    # 3) a teacher given the raw torchvision file maps the keys on load; it
+    # is read when training starts (init_weights), not when the model is
+    # built (building a config never reads or downloads weights)
     model = _build(_cls_cfg('layer', None, teacher=dict(
         config=_cls_cfg(), checkpoint=tv_file)))
+    assert not model.teacher.laud_teacher_loaded
+    assert not torch.equal(model.teacher.backbone.conv1.weight,
+                           tv['conv1.weight'])
+    model.init_weights()
+    assert model.teacher.laud_teacher_loaded
     assert torch.equal(model.teacher.backbone.conv1.weight, tv['conv1.weight'])
     assert torch.equal(model.teacher.head.fc.weight, tv['fc.weight'])
     # the converted file and the raw file give the same teacher
@@ -428,10 +441,12 @@ def test_bad_configs_raise_errors_naming_the_key(tmp_path):
     # a checkpoint of another network: strict loading refuses it
     bad = str(tmp_path / 'other.pth')
     torch.save({'state_dict': {'foo.weight': torch.zeros(2)}}, bad)
+    # (when the weights are read: at the start of training)
+    model = _build(_cls_cfg('layer', None, teacher=dict(config=_cls_cfg(),
+                                                        checkpoint=bad)))
     with pytest.raises(ValueError, match=r'teacher\.checkpoint=.*other\.pth'
                        r'.*does not match'):
-        _build(_cls_cfg('layer', None, teacher=dict(config=_cls_cfg(),
-                                                    checkpoint=bad)))
+        model.init_weights()
     with pytest.raises(ValueError, match='temperature=0'):
         _build(_cls_cfg('layer', None, teacher=dict(
             config=_cls_cfg(), checkpoint=None),

@@ -30,16 +30,23 @@ class GumbelTemperatureHook(Hook):
         tau0: temperature at iteration 0 (finite, > 0). Paper: 5.0.
         tau1: temperature at the last iteration (finite, > 0, <= tau0).
             Paper: 0.1; detection: tau0 = tau1 = 0.1.
+            Both None: the model's ``laud_tau_schedule``, set by its weights
+            route (:mod:`laud_mm.models.layers.weights`: fixed 0.1 from a
+            LAUD ImageNet checkpoint, 5 -> 0.1 from static weights).
 
     Raises:
-        ValueError: tau0 or tau1 not a finite number > 0, or tau1 > tau0
-            (the message names the key and value).
-        RuntimeError: (before training) the model has no maskers.
+        ValueError: tau0 or tau1 not a finite number > 0, tau1 > tau0, or
+            only one of them None (the message names the key and value).
+        RuntimeError: (before training) the model has no maskers, or no
+            ``laud_tau_schedule`` when tau0 and tau1 are None.
     """
 
     priority = 'NORMAL'
 
     def __init__(self, tau0: float = 5.0, tau1: float = 0.1):
+        if tau0 is None and tau1 is None:
+            self.tau0 = self.tau1 = None  # from the model's weights route
+            return
         for key, v in (('tau0', tau0), ('tau1', tau1)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or \
                     not math.isfinite(v) or not v > 0:
@@ -53,8 +60,9 @@ class GumbelTemperatureHook(Hook):
 
     def tau_at(self, it: int, max_iters: int) -> float:
         """Temperature at iteration ``it`` of ``max_iters``."""
+        tau0, tau1 = self._taus()
         frac = min(max(it / max(max_iters, 1), 0.), 1.)
-        return self.tau0 * (self.tau1 / self.tau0) ** frac
+        return tau0 * (tau1 / tau0) ** frac
 
     @staticmethod
     def _maskers(runner):
@@ -63,18 +71,36 @@ class GumbelTemperatureHook(Hook):
         return [m for m in model.modules() if isinstance(m, MaskerBase)]
 
     def before_train(self, runner) -> None:
-        """Find the maskers.
+        """Find the maskers (and the schedule, when it is the model's).
 
         Args:
             runner: the mmengine Runner.
 
         Raises:
-            RuntimeError: if the model has no maskers.
+            RuntimeError: if the model has no maskers, or no schedule.
         """
         self._cached = self._maskers(runner)
         if not self._cached:
             raise RuntimeError('GumbelTemperatureHook: the model has no '
                                'maskers (is the backbone static, paradigm=None?)')
+        if self.tau0 is None:
+            model = runner.model.module if is_model_wrapper(runner.model) \
+                else runner.model
+            schedule = getattr(model, 'laud_tau_schedule', None)
+            if schedule is None:
+                raise RuntimeError(
+                    'GumbelTemperatureHook(tau0=None, tau1=None) takes the '
+                    'schedule from the model\'s weights route, and '
+                    f'{type(model).__name__} has none; give tau0 and tau1')
+            self._schedule = tuple(schedule)
+            runner.logger.info(
+                f'GumbelTemperatureHook: tau {schedule[0]} -> {schedule[1]} '
+                f'({getattr(model, "laud_weights_route", "the model")})')
+
+    def _taus(self):
+        if self.tau0 is not None:
+            return self.tau0, self.tau1
+        return self._schedule
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         """Set and log the temperature of this iteration.

@@ -18,36 +18,45 @@ from ...registry import METRICS
 class BackboneLatencyMetric(BaseMetric):
     """Mean activation rate, backbone GFLOPs and predicted backbone latency.
 
-    Reads the ``laud_stats`` that :class:`laud_mm.LAUDDetector` (or the LAUD
-    classifier) writes into every predicted data sample. Per-block mask
-    densities are averaged over the images evaluated at the same padded input
-    size, the latency predictor gives the batch latency for each such size,
-    and the per-image latencies are averaged over all images. Distributed
-    evaluation gathers the per-image records of every rank first
-    (mmengine's ``BaseMetric``), so the result equals the single-process one.
+    Reads the ``laud_stats`` that the LAUD task models (detector, segmentor,
+    classifier) write into every predicted data sample: each image's FLOPs
+    and per-block mask densities *at its own input size* (before batch
+    padding, :func:`laud_mm.models.layers.stats.attach_laud_stats`). Images
+    of the same size are grouped, their per-block densities averaged, and
+    the latency predictor prices ``batch_size`` images of that size; the
+    per-image latencies are averaged over all images (the paper's "average
+    backbone latency on the validation set"). The figures therefore depend
+    neither on the test batch size nor on padding. Distributed evaluation
+    gathers the per-image records of every rank first (mmengine's
+    ``BaseMetric``), so the result equals the single-process one.
 
     Output keys (prefix ``laud/``): ``activation_rate`` (dynamic / static
-    backbone FLOPs), ``backbone_GFLOPs`` (mean per image, 1e9
-    multiply-accumulates), ``latency_ms`` (predicted per-image latency at
-    ``batch_size`` on ``hardware``, ms), ``static_latency_ms`` (the same
-    backbone without maskers) and ``speedup`` (static / dynamic).
+    backbone FLOPs, mean over images), ``backbone_GFLOPs`` (mean per image,
+    1e9 multiply-accumulates), ``latency_ms`` (predicted per-image latency,
+    ms), ``static_latency_ms`` (the same backbone without maskers),
+    ``speedup`` (static / dynamic), and what the prediction assumed:
+    ``pred_hardware`` (device name), ``pred_batch`` (images per predicted
+    batch) and ``pred_input`` (``'HxW'``, the mean evaluated input size, with
+    the number of distinct sizes); the assumptions are also logged once.
 
     Args:
         hardware: device name ('v100', 'rtx3090', 'rtx3060', 'tx2', 'nano',
             'a100', 'h200', 'cpu'), a YAML/JSON spec file, or a HardwareSpec.
-        batch_size: batch for the prediction; None: the device's default
-            (128 on server GPUs, 1 on Jetson boards, as in the paper).
+        batch_size: images per predicted batch, all of one evaluated size
+            (default 1: the latency of one image as a detector or segmentor
+            runs it; the ImageNet configs set 128, the paper's
+            classification batch on server GPUs).
         collect_device, prefix: as mmengine's BaseMetric.
 
     Raises:
         ValueError: unknown hardware (names the value) or batch_size < 1.
         KeyError: a data sample without ``laud_stats`` (model is not a LAUD
-            detector / classifier).
+            task model).
     """
 
     default_prefix = 'laud'
 
-    def __init__(self, hardware='v100', batch_size: Optional[int] = None,
+    def __init__(self, hardware='v100', batch_size: int = 1,
                  collect_device: str = 'cpu', prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         from ...latency import LatencyPredictor
@@ -56,25 +65,36 @@ class BackboneLatencyMetric(BaseMetric):
         except ValueError as e:
             raise ValueError(f'BackboneLatencyMetric: hardware={hardware!r}: '
                              f'{e}') from e
-        if batch_size is not None and (isinstance(batch_size, bool) or
-                                       not isinstance(batch_size, int) or
-                                       batch_size < 1):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+                or batch_size < 1:
             raise ValueError(f'BackboneLatencyMetric: batch_size={batch_size!r} '
-                             f'must be a positive integer or None')
+                             f'must be a positive integer')
         self.batch_size = batch_size
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        """Keep each data sample's ``laud_stats``.
+
+        Raises:
+            KeyError: a data sample without them.
+        """
         for ds in data_samples:
             stats = ds.get('laud_stats') if isinstance(ds, dict) else \
                 ds.metainfo.get('laud_stats')
             if stats is None:
                 raise KeyError(
                     "BackboneLatencyMetric: data sample has no 'laud_stats'; "
-                    "the model must be a laud_mm LAUD detector/classifier "
-                    "(type='laud_mm.LAUDDetector' / 'laud_mm.LAUDImageClassifier')")
+                    "the model must be a laud_mm LAUD task model "
+                    "(type='laud_mm.LAUDDetector', 'laud_mm.LAUDSegmentor' "
+                    "or 'laud_mm.LAUDImageClassifier')")
             self.results.append(stats)
 
-    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+    def compute_metrics(self, results: List[dict]) -> Dict[str, object]:
+        """The ``laud/`` figures of all evaluated images (see the class
+        docstring).
+
+        Raises:
+            ValueError: no image was evaluated.
+        """
         if not results:
             # otherwise 0 / 0: a nan rate and a ZeroDivisionError in speedup
             raise ValueError('BackboneLatencyMetric: no images were evaluated '
@@ -83,9 +103,10 @@ class BackboneLatencyMetric(BaseMetric):
         dense = np.array([r['dense_flops'] for r in results], dtype=np.float64)
         groups = defaultdict(list)
         for r in results:
-            groups[tuple(r['stem'].in_hw)].append(r)
+            hw = r.get('input_hw') or r['stem'].in_hw
+            groups[tuple(hw)].append(r)
         hw = self.predictor.hw
-        batch = self.batch_size or hw.default_batch
+        batch = self.batch_size
         dyn_ms, static_ms, counts = [], [], []
         for key in sorted(groups):
             rs = groups[key]
@@ -99,10 +120,17 @@ class BackboneLatencyMetric(BaseMetric):
         w = np.array(counts, dtype=np.float64) / sum(counts)
         lat = float(np.dot(w, dyn_ms))
         lat_static = float(np.dot(w, static_ms))
+        sizes = np.array([k for k in sorted(groups)], dtype=np.float64)
+        mean_hw = np.dot(w, sizes)
+        pred_input = f'{mean_hw[0]:.0f}x{mean_hw[1]:.0f}' + (
+            f' (mean of {len(groups)} sizes)' if len(groups) > 1 else '')
         MMLogger.get_current_instance().info(
-            f'BackboneLatencyMetric: {len(results)} images, {len(groups)} '
-            f'input sizes, predicted on {hw.name} at batch {batch}')
+            f'BackboneLatencyMetric: {len(results)} images; latency '
+            f'predicted on {hw.name} for batches of {batch} image(s) of '
+            f'each evaluated input size ({len(groups)} sizes, mean '
+            f'{mean_hw[0]:.0f}x{mean_hw[1]:.0f} px), per image')
         return dict(activation_rate=float(np.mean(flops / dense)),
                     backbone_GFLOPs=float(flops.mean() / 1e9),
                     latency_ms=lat, static_latency_ms=lat_static,
-                    speedup=lat_static / lat)
+                    speedup=lat_static / lat, pred_hardware=hw.name,
+                    pred_batch=batch, pred_input=pred_input)

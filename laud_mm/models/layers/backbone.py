@@ -10,9 +10,10 @@ mask-and-compute blocks in forward order, each with ``masker``,
 Source: paper sec. 3.2 (mask-and-compute blocks), docs/method.md sec. 2
 (FLOPs-based activation rates incl. the static stem).
 """
+import contextlib
 import difflib
 import inspect
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Tuple
 
 import torch
 
@@ -151,6 +152,43 @@ class LAUDBackboneMixin:
         """
         for m in self.maskers():
             m.forced_gate = value
+
+    @contextlib.contextmanager
+    def static_blocks(self) -> Iterator[None]:
+        """Within the context every block runs its static forward (dense, no
+        masker, BN folded) and leaves its statistics of the last dynamic or
+        masked-dense forward untouched."""
+        for b in self.blocks:
+            b.static_mode = True
+        try:
+            yield
+        finally:
+            for b in self.blocks:
+                b.static_mode = False
+
+    def static_forward(self, x: torch.Tensor):
+        """The static network of the same weights on ``x`` (eval mode, no
+        autograd): the backbone's own forward with every block dense and its
+        masker ignored, BN folded into the convolutions as dynamic inference
+        does: the reference dynamic inference is timed against.
+
+        Args:
+            x: (N, C, H, W) images.
+
+        Returns:
+            what ``forward`` returns.
+
+        Raises:
+            ValueError: in training mode (BN cannot be folded).
+        """
+        if self.training:
+            raise ValueError('static_forward needs the backbone in eval mode '
+                             '(BN is folded)')
+        input_hw = getattr(self, '_input_hw', None)
+        with torch.no_grad(), self.static_blocks():
+            out = self.forward(x)
+        self._input_hw = input_hw  # the statistics stay the last forward's
+        return out
 
     def block_geometries(self, in_hw: Tuple[int, int]) -> List[BlockGeometry]:
         """Geometry of every block for an image size (H, W), forward order.

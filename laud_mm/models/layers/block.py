@@ -28,6 +28,8 @@ class LAUDBlockMixin:
         stage, index: position in the backbone (set by the backbone).
         dynamic_inference: when True and not training, run the family's
             dynamic (skip-the-work) path.
+        static_mode: when True, ``forward`` is :meth:`static_forward` (set
+            by :meth:`LAUDBackboneMixin.static_blocks`).
         last_stats: after each forward, a dict with 'flops' (N,) FLOPs
             computed per sample (float32, differentiable in training),
             'dense' (float) the dense FLOPs per sample, 'density' (N,) the
@@ -49,6 +51,14 @@ class LAUDBlockMixin:
         self.last_stats: Optional[Dict] = None
         self._geometry_cache: Dict[Hashable, object] = {}
         self._flops_cache: Dict[Hashable, Dict[str, int]] = {}
+        self.static_mode = False
+
+    def static_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense block without its masker, BN folded, statistics left
+        untouched (family method; eval mode): the static network of the
+        same weights, what dynamic inference is timed against
+        (:meth:`LAUDBackboneMixin.static_forward`)."""
+        raise NotImplementedError
 
     def make_geometry(self, key):
         """The block's geometry for input size ``key`` (family method)."""

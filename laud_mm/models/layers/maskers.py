@@ -125,21 +125,62 @@ class SpatialMasker(MaskerBase):
         return self._gate(self.logits(x, out_hw))
 
 
+class _ScaleGrad(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, p, scale):
+        ctx.scale = scale
+        return p.view_as(p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_grad(p: torch.Tensor, scale: float) -> torch.Tensor:
+    """``p`` itself in the forward pass (bit for bit), ``scale * dL/dp`` in
+    the backward pass: an optimizer step on a parameter used through it is
+    ``scale`` times larger, while the gradient flowing to the tensors it
+    multiplies is unchanged."""
+    if scale == 1:
+        return p
+    return _ScaleGrad.apply(p, float(scale))
+
+
 class ChannelMasker(MaskerBase):
     """Channel-group masker: global average pool, Linear(C_in, h), ReLU,
     Linear(h, 2 * n_groups), h = max(n_groups // 16, 16).
 
+    **Gradient per gate.** The spatial and layer maskers apply shared weights
+    to every gate of a block, so a block's sparsity (and task) gradient
+    reaches their parameters whole. Here each group has its own row of
+    ``fc2`` (weight and bias), and a group is ~1/n_groups of the block's
+    FLOPs, so its row receives ~1/n_groups of the gradient a spatial or
+    layer masker's parameters receive (measured: 6e-4 against 1e-2 on the
+    first block of LAUD-R50): with one learning rate for all paradigms the
+    channel gates barely move. ``fc2``'s parameters are therefore used with
+    their gradient multiplied by n_groups (:func:`scale_grad`; the
+    forward pass and the gradient to ``fc1`` are unchanged), which puts a
+    group's gate on the footing of a spatial cell or a layer gate.
+
     Args:
         in_channels: C_in of the block input.
         num_groups: number of channel groups of the bottleneck width.
+        group_grad_scale: multiply fc2's gradient by ``num_groups`` (see
+            above); False: plain Linear layers.
 
     Shapes:
         forward(x (N, C_in, H, W)) -> gate (N, n_groups).
+
+    Source: paper sec. 3.2 and appendix C.1 (the 2-layer channel masker);
+    docs/method.md sec. 1-2.
     """
 
-    def __init__(self, in_channels: int, num_groups: int):
+    def __init__(self, in_channels: int, num_groups: int,
+                 group_grad_scale: bool = True):
         super().__init__()
         self.num_groups = num_groups
+        self.group_grad_scale = bool(group_grad_scale)
         hidden = max(num_groups // 16, 16)
         self.fc1 = nn.Linear(in_channels, hidden)
         self.fc2 = nn.Linear(hidden, 2 * num_groups)
@@ -149,10 +190,19 @@ class ChannelMasker(MaskerBase):
         """Keep-biased init of the last layer (keep +2, skip -2)."""
         init_keep_bias(self.fc2, keep=2., skip=-2.)
 
+    def _fc2(self, h: torch.Tensor) -> torch.Tensor:
+        """``fc2(h)`` with the per-group gradient scale in training."""
+        if not (self.training and self.group_grad_scale and
+                torch.is_grad_enabled()):
+            return self.fc2(h)
+        n = float(self.num_groups)
+        return F.linear(h, scale_grad(self.fc2.weight, n),
+                        scale_grad(self.fc2.bias, n))
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_groups, 2) keep/skip logits."""
         h = F.relu(self.fc1(x.mean(dim=(2, 3))))
-        return self.fc2(h).view(x.shape[0], self.num_groups, 2)
+        return self._fc2(h).view(x.shape[0], self.num_groups, 2)
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
         return self._gate(self.logits(x))
@@ -270,7 +320,7 @@ class HeadMasker(ChannelMasker):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, 2) keep/skip logits from the token mean."""
         h = F.relu(self.fc1(x.mean(dim=1)))
-        return self.fc2(h).view(x.shape[0], self.num_groups, 2)
+        return self._fc2(h).view(x.shape[0], self.num_groups, 2)
 
 
 class TokenLayerMasker(LayerMasker):

@@ -55,7 +55,7 @@ from ..layers.maskers import build_masker
 from ..layers.masks import (conv_gate_densities, expand_channel_gate,
                             expand_spatial_gate, masked_avg_pool)
 from . import flops  # noqa: F401  (registers the RegNetY FLOPs count)
-from .dynamic import dynamic_regnety_forward
+from .dynamic import dynamic_regnety_forward, static_regnety_forward
 
 
 class SqueezeExcitation(nn.Module):
@@ -223,7 +223,14 @@ class LAUDRegNetYBlock(LAUDBlockMixin, nn.Module):
             out = self.se(out, pixel_mask)
         return self.bn3(self.conv3(out))
 
+    def static_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense block, masker ignored, BN folded (eval; statistics
+        untouched): :func:`static_regnety_forward`."""
+        return static_regnety_forward(self, x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static_mode:
+            return self.static_forward(x)
         if x.dim() != 4:
             raise ValueError(f'LAUDRegNetYBlock: x must be (N, C, H, W), got '
                              f'{tuple(x.shape)}')

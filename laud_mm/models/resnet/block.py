@@ -22,7 +22,7 @@ from ..layers.maskers import build_masker
 from ..layers.masks import (conv_gate_densities, expand_channel_gate,
                             expand_spatial_gate)
 from . import flops  # noqa: F401  (registers the bottleneck's FLOPs count)
-from .dynamic import dynamic_bottleneck_forward
+from .dynamic import dynamic_bottleneck_forward, static_bottleneck_forward
 
 
 class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
@@ -116,7 +116,14 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
             out = self.forward_plugin(out, self.after_conv3_plugin_names)
         return out
 
+    def static_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense block, masker ignored, BN folded (eval; statistics
+        untouched): :func:`static_bottleneck_forward`."""
+        return static_bottleneck_forward(self, x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static_mode:
+            return self.static_forward(x)
         in_hw = tuple(x.shape[-2:])
         geom = self.geometry(in_hw)
         op_flops = self.op_flops(in_hw)

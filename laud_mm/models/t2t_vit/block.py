@@ -46,7 +46,7 @@ from ..layers.block import LAUDBlockMixin
 from ..layers.maskers import build_token_masker
 from . import flops  # noqa: F401  (registers the layer's FLOPs count)
 from .attention import attention_logit_divisor, masked_softmax
-from .dynamic import dynamic_t2t_layer_forward
+from .dynamic import dynamic_t2t_layer_forward, static_t2t_layer_forward
 
 
 class LAUDT2TLayer(LAUDBlockMixin, T2TTransformerLayer):
@@ -162,7 +162,14 @@ class LAUDT2TLayer(LAUDBlockMixin, T2TTransformerLayer):
         return f.dropout_layer(f.gamma2(f.layers(h)))
 
     # -------------------------------------------------------------- forward
+    def static_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense block, masker ignored, BN folded (eval; statistics
+        untouched): :func:`static_t2t_layer_forward`."""
+        return static_t2t_layer_forward(self, x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static_mode:
+            return self.static_forward(x)
         if x.dim() != 3:
             raise ValueError(f'LAUDT2TLayer: x must be (N, L, D), got '
                              f'{tuple(x.shape)}')

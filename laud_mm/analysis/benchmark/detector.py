@@ -1,0 +1,230 @@
+"""What a detection practitioner feels: the cost of a LAUD training
+iteration against the static backbone's, and whole-detector inference of a
+LAUD detector with dynamic inference against the static detector, both on
+real COCO images, measured side by side in one process.
+
+- Training: Faster R-CNN (FPN) with a LAUD-R50 backbone (masked-dense
+  training: dense compute times the masks, plus the maskers and the sparsity
+  loss) against the same detector with a static ResNet-50 (``paradigm=None``,
+  no sparsity loss): forward, backward and SGD step on the same batch
+  (real coco_tiny train images with their boxes), alternately, medians.
+- Inference: the LAUD detector with ``dynamic_inference=True`` and its gates
+  forced to random patterns at the activation rate r (the benchmarks'
+  FLOPs-based per-block rate, :func:`~laud_mm.analysis.forced_gates.
+  force_random_gates`) against the same detector whose backbone runs its
+  static network (dense, no maskers, BN folded: ``static_blocks``), the
+  whole ``predict`` (backbone, FPN, RPN, RoI head, NMS), batch 1 at the
+  paper's 800 x 1333 scale; the backbone alone timed beside it.
+
+Wall clock with all the threads given is the headline; process CPU time
+beside it (docs/benchmarks.md).
+
+Source: paper sec. 4.5 (LAUD backbones in Faster R-CNN, backbone latency),
+appendix B.3 (training recipe).
+"""
+import copy
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from ..forced_gates import force_random_gates
+from ..timing import bench_pair, machine_line
+from .common import PARADIGMS
+
+#: the Faster R-CNN config each paradigm's row builds (weights: random, as
+#: timing does not depend on them; no download)
+CONFIGS = {
+    'spatial': 'configs/faster_rcnn/'
+               'faster-rcnn_laud-r50-spatial-s4421_t0.5_fpn_1x_coco.py',
+    'channel': 'configs/faster_rcnn/'
+               'faster-rcnn_laud-r50-channel-g2_t0.5_fpn_1x_coco.py',
+    'layer': 'configs/faster_rcnn/faster-rcnn_laud-r50-layer_t0.5_fpn_1x_coco.py',
+}
+TINY = 'configs/_base_/datasets/coco_tiny.py'
+
+
+def _detector(paradigm, root: str = '.'):
+    """Faster R-CNN R50-FPN with a LAUD backbone of ``paradigm`` (None: the
+    static ResNet-50 and no sparsity loss), random weights."""
+    import os.path as osp
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    register_all_modules(init_default_scope=True)
+    cfg = Config.fromfile(osp.join(root, CONFIGS[paradigm or 'layer']))
+    m = copy.deepcopy(cfg.model)
+    m.backbone.init_cfg = None
+    if paradigm is None:
+        m.backbone.paradigm, m.backbone.granularity = None, None
+        m.sparsity_loss = None
+    torch.manual_seed(0)
+    det = MODELS.build(m)
+    return det
+
+
+def _coco_batch(det, split: str, n: int, scale: Tuple[int, int],
+                root: str = '.'):
+    """``n`` real coco_tiny images of ``split`` through mmdet's pipeline at
+    ``scale`` (keep ratio), as the detector's data preprocessor returns
+    them (inputs, data samples with boxes)."""
+    import os.path as osp
+
+    from mmdet.registry import DATASETS
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    tiny = Config.fromfile(osp.join(root, TINY))
+    key = 'tiny_train_dataloader' if split == 'train' else \
+        'tiny_val_dataloader'
+    ds_cfg = copy.deepcopy(tiny[key].dataset)
+    ds_cfg.data_root = osp.join(root, ds_cfg.data_root)
+    if not osp.isabs(tiny.tiny_data_root):
+        ds_cfg.data_root = osp.normpath(ds_cfg.data_root)
+    for t in ds_cfg.pipeline:
+        if t['type'] == 'Resize':
+            t['scale'] = tuple(scale)
+        if t['type'] == 'RandomFlip':
+            t['prob'] = 0.
+    dataset = DATASETS.build(ds_cfg)
+    data = pseudo_collate([dataset[i] for i in range(n)])
+    return det.data_preprocessor(data, split == 'train')
+
+
+def time_training(paradigm: str, batch: int, scale: Tuple[int, int],
+                  warmup: int, repeats: int, root: str = '.') -> Dict:
+    """A training iteration (forward, losses, backward, SGD step) of the
+    LAUD detector against the static one, alternately on the same batch.
+
+    Returns:
+        dict(laud_ms, static_ms, ratio (laud / static, wall), cpu_ratio).
+    """
+    dets = {k: _detector(p, root) for k, p in
+            (('laud', paradigm), ('static', None))}
+    data = _coco_batch(dets['laud'], 'train', batch, scale, root)
+    opts = {k: torch.optim.SGD(d.parameters(), lr=1e-4, momentum=0.9)
+            for k, d in dets.items()}
+
+    def step(key):
+        def fn(_):
+            det = dets[key]
+            det.train()
+            with torch.enable_grad():
+                losses = det.loss(data['inputs'], data['data_samples'])
+                loss, _ = det.parse_losses(losses)
+                opts[key].zero_grad()
+                loss.backward()
+                opts[key].step()
+        return fn
+
+    st, ld, cpu = bench_pair(step('static'), step('laud'), None, warmup,
+                             repeats)
+    return dict(laud_ms=ld, static_ms=st, ratio=ld / st, cpu_ratio=1 / cpu)
+
+
+def time_inference(paradigm: str, rate: float, scale: Tuple[int, int],
+                   warmup: int, repeats: int, root: str = '.') -> Dict:
+    """Whole-detector ``predict`` (batch 1) with dynamic inference at
+    activation rate ``rate`` against the static detector, and the backbone
+    alone.
+
+    Returns:
+        dict(rate_real, static_ms, dynamic_ms, speedup (wall), cpu_speedup,
+        backbone_static_ms, backbone_dynamic_ms, backbone_speedup,
+        input_hw).
+    """
+    det = _detector(paradigm, root).eval()
+    bb = det.backbone
+    bb.dynamic_inference = True
+    data = _coco_batch(det, 'val', 1, scale, root)
+    x, samples = data['inputs'], data['data_samples']
+    hw = tuple(x.shape[-2:])
+    real = force_random_gates(bb, rate, 1, hw, seed=1)
+
+    def predict(_):
+        det.predict(x, samples)
+
+    def predict_static(_):
+        with bb.static_blocks():
+            det.predict(x, samples)
+
+    st, dy, cpu = bench_pair(predict_static, predict, None, warmup, repeats)
+    bst, bdy, _ = bench_pair(bb.static_forward, bb, x, warmup, repeats)
+    return dict(rate_real=real, static_ms=st, dynamic_ms=dy,
+                speedup=st / dy, cpu_speedup=cpu, backbone_static_ms=bst,
+                backbone_dynamic_ms=bdy, backbone_speedup=bst / bdy,
+                input_hw=hw)
+
+
+def benchmark_detector(paradigms: Sequence[str] = tuple(PARADIGMS),
+                       rate: float = 0.5,
+                       scale: Tuple[int, int] = (1333, 800),
+                       train_scale: Tuple[int, int] = (1333, 800),
+                       train_batch: int = 2, threads: int = 2,
+                       warmup: int = 1, repeats: int = 3,
+                       parts: Sequence[str] = ('train', 'infer'),
+                       root: str = '.') -> List[Dict]:
+    """Print and return the training and inference tables (see the module
+    docstring).
+
+    Args:
+        paradigms: LAUD paradigms of the rows.
+        rate: activation rate of the inference rows.
+        scale, train_scale: mmdet ``Resize`` scales (long, short side).
+        train_batch: images per training iteration.
+        threads: torch threads.
+        warmup, repeats: untimed and timed alternating pairs.
+        parts: 'train' and / or 'infer'.
+        root: the repository root (configs and ../shared/data).
+
+    Returns:
+        one dict per row (``part`` 'train' or 'infer').
+
+    Raises:
+        ValueError: naming an option out of range.
+    """
+    bad = [p for p in paradigms if p not in PARADIGMS]
+    if bad:
+        raise ValueError(f'--paradigms={list(paradigms)}: unknown {bad}')
+    if not 0 <= rate <= 1:
+        raise ValueError(f'--rate={rate} must lie in [0, 1]')
+    for name, v in (('threads', threads), ('repeats', repeats),
+                    ('train-batch', train_batch)):
+        if v < 1:
+            raise ValueError(f'--{name}={v} must be >= 1')
+    if warmup < 0:
+        raise ValueError(f'--warmup={warmup} must be >= 0')
+    torch.set_num_threads(threads)
+    print(machine_line(backend=True, load=True))
+    rows = []
+    if 'train' in parts:
+        print(f'\nTraining iteration, Faster R-CNN R50-FPN, batch '
+              f'{train_batch}, scale {train_scale} (LAUD masked-dense + '
+              f'sparsity loss vs static):')
+        print('| paradigm | static ms | LAUD ms | LAUD / static (wall) | '
+              'LAUD / static (CPU time) |')
+        print('|---|---|---|---|---|')
+        for p in paradigms:
+            r = time_training(p, train_batch, train_scale, warmup, repeats,
+                              root)
+            r.update(part='train', paradigm=p)
+            rows.append(r)
+            print(f"| {p} | {r['static_ms']:.0f} | {r['laud_ms']:.0f} | "
+                  f"{r['ratio']:.3f}x | {r['cpu_ratio']:.3f}x |", flush=True)
+    if 'infer' in parts:
+        print(f'\nInference, whole Faster R-CNN R50-FPN, batch 1, scale '
+              f'{scale}, dynamic inference at r = {rate} vs static:')
+        print('| paradigm | input | realised r | static ms | dynamic ms | '
+              'speedup (wall) | speedup (CPU time) | backbone static ms | '
+              'backbone dynamic ms | backbone speedup |')
+        print('|---|---|---|---|---|---|---|---|---|---|')
+        for p in paradigms:
+            r = time_inference(p, rate, scale, warmup, repeats, root)
+            r.update(part='infer', paradigm=p)
+            rows.append(r)
+            print(f"| {p} | {r['input_hw'][0]}x{r['input_hw'][1]} | "
+                  f"{r['rate_real']:.3f} | {r['static_ms']:.0f} | "
+                  f"{r['dynamic_ms']:.0f} | {r['speedup']:.2f}x | "
+                  f"{r['cpu_speedup']:.2f}x | {r['backbone_static_ms']:.0f} | "
+                  f"{r['backbone_dynamic_ms']:.0f} | "
+                  f"{r['backbone_speedup']:.2f}x |", flush=True)
+    return rows

@@ -1,0 +1,43 @@
+"""The channel masker's per-group gradient scale: the forward pass is
+unchanged, fc2's parameters receive n_groups times their plain gradient,
+fc1 and the input the plain one (laud_mm/models/layers/maskers.py)."""
+import torch
+
+from laud_mm.models.layers.maskers import ChannelMasker, scale_grad
+
+
+def _grads(masker, x):
+    masker.zero_grad()
+    x = x.clone().requires_grad_(True)
+    logits = masker.logits(x)
+    (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum() \
+        .backward()
+    return logits.detach(), {n: p.grad.clone()
+                             for n, p in masker.named_parameters()}, x.grad
+
+
+def test_channel_masker_scales_fc2_gradient_by_the_group_count():
+    torch.manual_seed(0)
+    scaled = ChannelMasker(24, 32)
+    plain = ChannelMasker(24, 32, group_grad_scale=False)
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.randn(3, 24, 5, 4)
+    ls, gs, xs = _grads(scaled.train(), x)
+    lp, gp, xp = _grads(plain.train(), x)
+    assert torch.equal(ls, lp)
+    for n in ('fc2.weight', 'fc2.bias'):
+        assert torch.allclose(gs[n], 32 * gp[n], rtol=1e-5, atol=1e-7)
+    for n in ('fc1.weight', 'fc1.bias'):
+        assert torch.allclose(gs[n], gp[n], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(xs, xp, rtol=1e-5, atol=1e-7)
+    # eval: plain Linear layers, the same logits
+    assert torch.equal(scaled.eval().logits(x), plain.eval().logits(x))
+
+
+def test_scale_grad_value_and_gradient():
+    p = torch.tensor([1.5, -2.], requires_grad=True)
+    y = scale_grad(p, 4.)
+    assert torch.equal(y.detach(), p.detach())
+    (y * torch.tensor([1., 3.])).sum().backward()
+    assert torch.equal(p.grad, torch.tensor([4., 12.]))
+    assert scale_grad(p, 1) is p
