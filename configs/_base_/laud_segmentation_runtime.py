@@ -1,10 +1,12 @@
 # The LAUD settings of every semantic segmentation config (mmseg UPerNet,
 # DeepLabV3+, Mask2Former): the LAUD backbone replaces the segmentor's ResNet
 # and is fine-tuned with the sparsity term (F_dyn / F_static - t)^2 at weight
-# 1 and the Gumbel temperature fixed at 0.1, the recipe the authors use for
-# detection and instance segmentation (paper sec. 4.5 and appendix B.3,
-# docs/method.md sec. 3; semantic segmentation is this repository's
-# addition, docs/segmentation.md).
+# 1, the recipe the authors use for detection and instance segmentation
+# (paper sec. 4.5 and appendix B.3, docs/method.md sec. 3; semantic
+# segmentation is this repository's addition, docs/segmentation.md). The
+# Gumbel temperature follows the config's weights route (`laud_weights`,
+# laud_mm/models/layers/weights.py), as for detection: fixed at 0.1 from a
+# LAUD ImageNet checkpoint, annealed 5 -> 0.1 from static ImageNet weights.
 #
 # custom_hooks is set here (no mmseg recipe sets it); the other settings are
 # variables, bound by the configs that join this file with an mmseg recipe
@@ -15,8 +17,9 @@
 #   val_evaluator = _base_.laud_miou_evaluator
 _base_ = ['./laud_runtime.py']
 
-laud_gumbel_hook = dict(type='laud_mm.GumbelTemperatureHook', tau0=0.1,
-                        tau1=0.1)
+# tau0 = tau1 = None: the schedule of the model's weights route
+laud_gumbel_hook = dict(type='laud_mm.GumbelTemperatureHook', tau0=None,
+                        tau1=None)
 custom_hooks = [laud_gumbel_hook]
 
 laud_sparsity_loss = dict(type='laud_mm.SparsityLoss', loss_weight=1.0,

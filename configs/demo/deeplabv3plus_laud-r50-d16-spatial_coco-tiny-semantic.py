@@ -8,26 +8,30 @@
 #
 # The backbone starts from the stage-1 ImageNet-subset checkpoint of the main
 # demo (the LAUD-R50 spatial classifier trained on imagenette, keys
-# 'backbone.*' with its maskers): the dilated network has the classifier's
-# weights (dilation changes no tensor shape). Evaluation prints mIoU with the
-# backbone's activation rate, GFLOPs and predicted latency on one line.
+# 'backbone.*' with its maskers) through the weights route `laud_weights`
+# (docs/model_zoo.md, "Backbone weights"; Gumbel temperature fixed at 0.1):
+# the dilated network has the classifier's weights (dilation changes no
+# tensor shape). Evaluation prints mIoU with the backbone's activation rate,
+# GFLOPs and predicted latency on one line.
 _base_ = [
     '../segmentation/deeplabv3plus/'
     'deeplabv3plus_laud-r50-d8-spatial-s4421_t0.5_4xb4-160k_ade20k-512x512.py',
     '../_base_/datasets/coco_tiny_semantic.py',
 ]
-laud_pretrained = 'work_dirs/demo/stage1_spatial_t0.5.pth'
+# the stage-1 checkpoint (tools/run_demo.sh writes it); None: a backbone from
+# scratch with the temperature annealed (no ImageNet weights offline)
+laud_weights = 'work_dirs/demo/stage1_spatial_t0.5.pth'
 # one CPU process: plain BN instead of the recipe's SyncBN
 norm_cfg = dict(type='BN', requires_grad=True)
 crop = {{_base_.tiny_sem_crop}}
 num_classes = {{_base_.tiny_sem_num_classes}}
 model = dict(
+    laud_weights=laud_weights,
     data_preprocessor=dict(size=crop),
     # CPU budget: output stride 16 (a third of the backbone FLOPs of output
     # stride 8 at these sizes)
     backbone=dict(strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),
-                  norm_cfg=norm_cfg,
-                  init_cfg=dict(checkpoint=laud_pretrained)),
+                  norm_cfg=norm_cfg, init_cfg=None),
     # CPU budget: 128 decoder channels (mmseg: 512) and a 64-channel
     # auxiliary head (mmseg: 256); ASPP dilations 1-2-4-6 for the 8 x 8 to
     # 12 x 16 maps of 128 px crops and 192 px test images at stride 16

@@ -23,6 +23,7 @@ from mmengine.registry import DefaultScope
 from ..registry import MODELS
 from .detectors import check_image_channels
 from .layers.stats import attach_laud_stats
+from .layers.weights import apply_weights_route
 
 _CLASSES: Dict[type, type] = {}
 
@@ -42,15 +43,31 @@ class LAUDSegmentorMixin:
     the batch's padded input size), read by
     :class:`laud_mm.BackboneLatencyMetric`.
 
+    Weights: ``laud_weights`` selects the backbone's weights route and the
+    Gumbel temperature schedule ``laud_tau_schedule``, as for detection
+    (:mod:`laud_mm.models.layers.weights`).
+
+    Args:
+        sparsity_loss: config of :class:`laud_mm.SparsityLoss` (None: no
+            sparsity term).
+        laud_weights: a LAUD ImageNet checkpoint (path or URL, maskers
+            included; loaded with ``prefix='backbone.'``, tau fixed at 0.1),
+            or None for the static ImageNet weights of the backbone's
+            ``init_cfg`` with tau annealed 5 -> 0.1. Read in
+            ``init_weights``, not at construction.
+
     Raises:
         TypeError: (construction) the backbone is not a LAUD backbone.
         ValueError: (construction) ``sparsity_loss`` with a static
-            backbone; (prediction) ``test_cfg.mode='slide'`` (the backbone
-            then runs once per crop, while ``laud_stats`` describes one
-            forward per image).
+            backbone, or ``laud_weights`` neither a string nor None, or a
+            local file that does not exist (the message names
+            ``laud_weights``); (prediction) ``test_cfg.mode='slide'`` (the
+            backbone then runs once per crop, while ``laud_stats``
+            describes one forward per image).
     """
 
-    def __init__(self, *args, sparsity_loss: Optional[dict] = None, **kwargs):
+    def __init__(self, *args, sparsity_loss: Optional[dict] = None,
+                 laud_weights: Optional[str] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if not hasattr(self.backbone, 'activation_stats'):
             raise TypeError(
@@ -62,6 +79,7 @@ class LAUDSegmentorMixin:
                              'backbone has paradigm=None (static)')
         self.sparsity_loss = MODELS.build(sparsity_loss) \
             if sparsity_loss is not None else None
+        apply_weights_route(self, laud_weights, 'LAUDSegmentor')
 
     def train_step(self, data, optim_wrapper):
         check_image_channels('LAUDSegmentor', self.backbone, data)
@@ -120,7 +138,8 @@ def laud_segmentor_class(base: Type) -> Type:
 
 @MODELS.register_module()
 def LAUDSegmentor(segmentor: str = 'EncoderDecoder',
-                  sparsity_loss: Optional[dict] = None, **kwargs):
+                  sparsity_loss: Optional[dict] = None,
+                  laud_weights: Optional[str] = None, **kwargs):
     """Build mmseg's ``segmentor`` class with a LAUD backbone.
 
     Args:
@@ -129,6 +148,10 @@ def LAUDSegmentor(segmentor: str = 'EncoderDecoder',
             'EncoderDecoder', 'CascadeEncoderDecoder'.
         sparsity_loss: config of :class:`laud_mm.SparsityLoss` (None: no
             sparsity term, e.g. for a static backbone).
+        laud_weights: the backbone's weights route
+            (:mod:`laud_mm.models.layers.weights`): a LAUD ImageNet
+            checkpoint, or None for the static ImageNet weights of the
+            backbone's ``init_cfg`` with the temperature annealed.
         **kwargs: the mmseg segmentor's own arguments.
 
     Returns:
@@ -138,7 +161,8 @@ def LAUDSegmentor(segmentor: str = 'EncoderDecoder',
 
     Raises:
         ValueError: if ``segmentor`` is not an mmseg ``EncoderDecoder``
-            type (names the value).
+            type (names the value), or ``laud_weights`` names a missing
+            local file (names ``laud_weights`` and both routes).
     """
     import mmseg.models  # noqa: F401  (registers mmseg's segmentors)
     from mmseg.models.segmentors import EncoderDecoder
@@ -149,4 +173,4 @@ def LAUDSegmentor(segmentor: str = 'EncoderDecoder',
                          f"mmseg EncoderDecoder type (e.g. 'EncoderDecoder')")
     with DefaultScope.overwrite_default_scope('mmseg'):
         return laud_segmentor_class(base)(sparsity_loss=sparsity_loss,
-                                          **kwargs)
+                                          laud_weights=laud_weights, **kwargs)

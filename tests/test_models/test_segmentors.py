@@ -12,8 +12,14 @@ label maps into a temporary directory).
   logits to 1e-4) at output stride 8 in each paradigm, with mixed gates;
 - mmseg's Mask2Former (semantic) from its LAUD config: a training step and a
   prediction;
-- every segmentation config parses, follows the recipe its name states and
-  one UPerNet config builds and predicts offline; config errors name the key.
+- every segmentation config parses, follows the recipe its name states
+  (weights route ``laud_weights=None``: torchvision's ResNet of its depth,
+  temperature from the route) and one UPerNet config builds and predicts
+  offline; config errors name the key;
+- the weights route (``laud_weights``, laud_mm/models/layers/weights.py) of
+  the segmentor: a LAUD checkpoint file loads into the backbone, maskers
+  included, with tau fixed at 0.1; None keeps the static init_cfg with tau
+  annealed 5 -> 0.1; a missing file is refused naming ``laud_weights``.
 
 The backbones start from random weights (the LAUD ImageNet checkpoints are
 not available offline). Source: docs/segmentation.md.
@@ -22,6 +28,8 @@ import glob
 import os.path as osp
 import random
 import re
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -94,9 +102,9 @@ def _batch(dl_cfg, label_root, n=2, scale=None):
 def _demo_model_cfg(**backbone):
     cfg = Config.fromfile(DEMO)
     mcfg = cfg.model
-    assert mcfg.backbone.init_cfg.checkpoint == \
-        'work_dirs/demo/stage1_spatial_t0.5.pth'
-    mcfg.backbone.init_cfg = None      # no stage-1 checkpoint in CI
+    assert mcfg.laud_weights == 'work_dirs/demo/stage1_spatial_t0.5.pth'
+    assert mcfg.backbone.init_cfg is None
+    mcfg.laud_weights = None      # no stage-1 checkpoint in CI
     mcfg.backbone.update(backbone)
     return cfg, mcfg
 
@@ -260,9 +268,18 @@ def test_mmseg_mask2former_train_step_and_prediction(
     assert out[0].pred_sem_seg.data.max() <= 80
 
 
-def test_segmentor_errors_name_the_key(mmseg_scope):
+def test_segmentor_errors_name_the_key(mmseg_scope, tmp_path):
     from mmseg.registry import MODELS
     _, mcfg = _demo_model_cfg()
+    missing = str(tmp_path / 'no_such.pth')
+    with pytest.raises(ValueError) as e:
+        MODELS.build(dict(mcfg, laud_weights=missing))
+    msg = str(e.value)
+    assert msg.startswith('LAUDSegmentor: laud_weights=') and \
+        'no_such.pth' in msg and 'no such file' in msg
+    assert 'LAUD ImageNet checkpoint' in msg and 'laud_weights=None' in msg
+    with pytest.raises(ValueError, match='laud_weights=3'):
+        MODELS.build(dict(mcfg, laud_weights=3))
     with pytest.raises(ValueError, match=r"segmentor='FCNHead' is not an "
                                          r'mmseg EncoderDecoder'):
         MODELS.build(dict(mcfg, segmentor='FCNHead'))
@@ -276,6 +293,77 @@ def test_segmentor_errors_name_the_key(mmseg_scope):
     with pytest.raises(ValueError, match=r"test_cfg.mode='slide'"):
         with torch.no_grad():
             model.predict(torch.zeros(1, 3, 64, 64))
+
+
+# --------------------------------------------------------- weights route
+def _tau_hook_on(model):
+    """The runtime's GumbelTemperatureHook (tau0 = tau1 = None) after
+    ``before_train`` on ``model``, and what it logged."""
+    from laud_mm import GumbelTemperatureHook
+    hook_cfg = Config.fromfile(DEMO).custom_hooks
+    hook_cfg = [h for h in hook_cfg
+                if h.type == 'laud_mm.GumbelTemperatureHook']
+    assert len(hook_cfg) == 1
+    assert hook_cfg[0].tau0 is None and hook_cfg[0].tau1 is None
+    logged = []
+    runner = SimpleNamespace(model=model,
+                             logger=SimpleNamespace(info=logged.append))
+    hook = GumbelTemperatureHook(tau0=None, tau1=None)
+    hook.before_train(runner)
+    return hook, logged
+
+
+def test_static_route_keeps_the_init_cfg_and_anneals_tau(mmseg_scope):
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(osp.join(
+        SEG, 'upernet',
+        'upernet_laud-r50-layer_t0.5_4xb4-160k_ade20k-512x512.py'))
+    assert cfg.model.laud_weights is None
+    model = MODELS.build(cfg.model)   # nothing downloaded at build time
+    assert model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint='torchvision://resnet50')
+    assert model.laud_weights_route == 'static ImageNet weights'
+    assert model.laud_tau_schedule == (5.0, 0.1)
+    hook, logged = _tau_hook_on(model)
+    assert hook.tau_at(0, 10) == pytest.approx(5.0)
+    assert hook.tau_at(10, 10) == pytest.approx(0.1)
+    assert 'static ImageNet weights' in logged[0]
+
+
+def test_laud_checkpoint_route_loads_the_backbone_maskers_included(
+        mmseg_scope, tmp_path):
+    """A LAUD ImageNet checkpoint as the classifier writes it (keys
+    'backbone.*' and the classifier's head) in a local file: every
+    backbone tensor of the segmentor, maskers included, becomes the
+    file's; the heads keep their own initialisation."""
+    from mmseg.registry import MODELS
+    _seed(0)
+    _, mcfg = _demo_model_cfg()
+    ref = {k: torch.randn_like(v) if v.is_floating_point() else v
+           for k, v in MODELS.build(mcfg).backbone.state_dict().items()}
+    ckpt = str(tmp_path / 'laud_in1k.pth')
+    torch.save({'state_dict': dict(
+        {'backbone.' + k: v for k, v in ref.items()},
+        **{'head.fc.weight': torch.randn(10, 2048),
+           'head.fc.bias': torch.randn(10)}), 'meta': {}}, ckpt)
+    model = MODELS.build(dict(mcfg, laud_weights=ckpt))
+    assert model.laud_weights_route == 'LAUD ImageNet checkpoint'
+    assert model.laud_tau_schedule == (0.1, 0.1)
+    assert model.backbone.init_cfg == dict(type='Pretrained',
+                                           prefix='backbone.',
+                                           checkpoint=ckpt)
+    masker_keys = [k for k in ref if '.masker.' in k]
+    assert masker_keys
+    k = masker_keys[0]
+    assert not torch.equal(model.backbone.state_dict()[k], ref[k])
+    model.init_weights()
+    loaded = model.backbone.state_dict()
+    assert torch.equal(loaded[k], ref[k])   # a masker weight: the file's
+    for key, v in loaded.items():
+        assert torch.equal(v, ref[key]), key
+    hook, logged = _tau_hook_on(model)
+    assert hook.tau_at(0, 10) == hook.tau_at(10, 10) == pytest.approx(0.1)
+    assert 'LAUD ImageNet checkpoint' in logged[0]
 
 
 # --------------------------------------------------------------- configs
@@ -324,15 +412,23 @@ def test_config_follows_its_recipe(path):
     sl = model.sparsity_loss
     assert (sl.type, sl.target_rate, sl.loss_weight, sl.block_bounds) == \
         ('laud_mm.SparsityLoss', target, 1.0, False)
+    # the temperature schedule of the model's weights route
     hooks = [h for h in cfg.custom_hooks
              if h.type == 'laud_mm.GumbelTemperatureHook']
-    assert len(hooks) == 1 and hooks[0].tau0 == hooks[0].tau1 == 0.1
+    assert len(hooks) == 1 and hooks[0].tau0 is None and \
+        hooks[0].tau1 is None
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['backbone'].lr_mult \
         == FRAMEWORKS[fw][1]
-    init = bb.init_cfg
-    assert init.type == 'Pretrained' and init.prefix == 'backbone.'
-    assert init.checkpoint == cfg.laud_pretrained == \
-        f'work_dirs/laud-r{depth}-{tag}_8xb128_in1k/epoch_100.pth'
+    # weights route: laud_weights=None, static torchvision weights of the
+    # config's depth (LAUDResNet has torchvision's 7x7 stem)
+    assert cfg.laud_weights is None and model.laud_weights is None
+    assert bb.init_cfg.to_dict() == dict(
+        type='Pretrained', checkpoint=f'torchvision://resnet{depth}')
+    # the LAUD ImageNet checkpoint of the same depth and paradigm, named
+    # in the file's comment
+    ck = f'work_dirs/laud-r{depth}-{tag}_8xb128_in1k/epoch_100.pth'
+    with open(path) as f:
+        assert f"#   laud_weights = '{ck}'" in f.read()
     assert osp.isfile(osp.join(ROOT, 'configs/imagenet',
                                f'laud-r{depth}-{tag}_8xb128_in1k.py'))
     for ev in (cfg.val_evaluator, cfg.test_evaluator):
@@ -350,17 +446,52 @@ def test_a_upernet_config_builds_and_predicts_offline(mmseg_scope,
         'upernet_laud-r101-channel-g2_t0.5_4xb2-80k_cityscapes-512x1024.py'))
     model = MODELS.build(cfg.model).eval()   # no download at build time
     assert model.backbone.depth == 101
-    assert model.backbone.init_cfg['checkpoint'] == cfg.laud_pretrained
+    assert model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint='torchvision://resnet101')
+    assert model.laud_tau_schedule == (5.0, 0.1)
     with torch.no_grad():
         out = model.predict(torch.randn(1, 3, 64, 96))
     assert out[0].pred_sem_seg.data.shape[-2:] == (64, 96)
     assert len(out[0].metainfo['laud_stats']['block_density']) == 33
 
 
+@pytest.mark.parametrize('name', ['upernet_laud-r101-channel-g2_t0.5_4xb2'
+                                  '-80k_cityscapes-512x1024.py',
+                                  'mask2former_laud-r101-layer_t0.5_8xb2'
+                                  '-160k_ade20k-512x512.py'])
+def test_laud_weights_set_in_an_r101_config_reaches_the_model(name,
+                                                               tmp_path):
+    """mmengine resolves a variable where the file that uses it is, so
+    the R101 configs re-state ``model.laud_weights``: a value set in the
+    R101 file (not in its R50 parent) reaches the model."""
+    fw = name.split('_', 1)[0]
+    src = osp.join(SEG, fw, name)
+    with open(src) as f:
+        text = f.read()
+    parent = re.search(r"_base_ = '\./([^']+)'", text).group(1)
+    root = tmp_path / 'configs'
+    shutil.copytree(osp.join(ROOT, 'configs/_base_'), root / '_base_')
+    (root / 'segmentation' / fw).mkdir(parents=True)
+    shutil.copy(osp.join(SEG, fw, parent), root / 'segmentation' / fw)
+    assert text.count('\nlaud_weights = None\n') == 1
+    ck = 'work_dirs/laud-r101-x_8xb128_in1k/epoch_100.pth'
+    child = root / 'segmentation' / fw / name
+    child.write_text(text.replace('\nlaud_weights = None\n',
+                                  f"\nlaud_weights = '{ck}'\n"))
+    cfg = Config.fromfile(str(child))
+    assert cfg.laud_weights == cfg.model.laud_weights == ck
+    assert cfg.model.backbone.depth == 101
+    assert cfg.model.backbone.init_cfg.checkpoint == \
+        'torchvision://resnet101'
+
+
 def test_demo_config_uses_coco_tiny_and_the_stage1_backbone():
     cfg = Config.fromfile(DEMO)
-    assert cfg.model.backbone.init_cfg.checkpoint == cfg.laud_pretrained \
+    # the stage-1 checkpoint through the weights route (tau fixed at 0.1);
+    # no static weights offline
+    assert cfg.model.laud_weights == cfg.laud_weights \
         == 'work_dirs/demo/stage1_spatial_t0.5.pth'
+    assert cfg.model.backbone.init_cfg is None
     assert cfg.model.decode_head.num_classes == 81
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         ds = cfg[key].dataset

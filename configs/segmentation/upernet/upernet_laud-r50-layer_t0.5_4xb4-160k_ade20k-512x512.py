@@ -3,30 +3,36 @@
 # iterations at batch 4 x 4, 512 x 512 crops, SGD lr 0.01, poly decay; output
 # stride 32 (no dilation)), the backbone replaced by the LAUD one.
 # From ../../_base_/laud_segmentation_runtime.py: the sparsity term
-# (F_dyn / F_static - t)^2 with weight 1, tau fixed at 0.1, the laud_mm hooks
-# and mIoU + latency on one line (docs/segmentation.md, docs/method.md sec. 3).
+# (F_dyn / F_static - t)^2 with weight 1, tau by the weights route, the
+# laud_mm hooks and mIoU + latency on one line (docs/segmentation.md,
+# docs/method.md sec. 3).
 _base_ = [
     'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py',
     '../../_base_/laud_segmentation_runtime.py',
 ]
 custom_imports = _base_.laud_custom_imports
 target_rate = 0.5
-# LAUD ImageNet checkpoint of the same backbone (configs/imagenet/); the
-# classifier's keys are 'backbone.*', maskers included. Change it here (and in
-# the init_cfg line of the configs that inherit this one) or on the command
-# line: --cfg-options model.backbone.init_cfg.checkpoint=PATH
-laud_pretrained = 'work_dirs/laud-r50-layer_8xb128_in1k/epoch_100.pth'
+# Backbone weights (docs/model_zoo.md, "Backbone weights"): a LAUD ImageNet
+# checkpoint (configs/imagenet/, maskers included; the temperature stays
+# at 0.1), e.g.
+#   laud_weights = 'work_dirs/laud-r50-layer_8xb128_in1k/epoch_100.pth'
+# or None: static ImageNet weights (the backbone's init_cfg) with the
+# temperature annealed 5 -> 0.1 while the gates leave the dense start.
+laud_weights = None
 model = dict(
+    laud_weights=laud_weights,
     type='laud_mm.LAUDSegmentor',
     segmentor='EncoderDecoder',
-    # mmseg's open-mmlab://resnet50_v1c is a static deep-stem network; the
-    # LAUD ImageNet checkpoint has the 7x7 stem (laud_mm.LAUDResNet, as
-    # mmseg's r50b configs)
+    # mmseg's open-mmlab://resnet50_v1c is a static deep-stem network;
+    # laud_mm.LAUDResNet has the 7x7 stem of torchvision's ResNet and of the
+    # LAUD ImageNet checkpoints (as mmseg's r50b configs)
     pretrained=None,
     sparsity_loss=dict(_base_.laud_sparsity_loss, target_rate=target_rate),
     backbone=dict(_base_.laud_layer, type='laud_mm.LAUDResNet',
-                  init_cfg=dict(type='Pretrained', prefix='backbone.',
-                                checkpoint=laud_pretrained)))
+                  # the static route's weights (laud_weights=None); a LAUD
+                  # checkpoint in laud_weights replaces this init_cfg
+                  init_cfg=dict(type='Pretrained',
+                                checkpoint='torchvision://resnet50')))
 # backbone lr multiplier 0.5, as the paper's SGD detectors (Faster / Mask
 # R-CNN, appendix B.3): a project choice, the paper has no semantic
 # segmentation recipe
