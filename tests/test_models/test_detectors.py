@@ -260,20 +260,23 @@ def test_config_follows_the_paper_recipe(path):
     sl = model.sparsity_loss
     assert (sl.type, sl.target_rate, sl.loss_weight, sl.block_bounds) == \
         ('laud_mm.SparsityLoss', target, 1.0, False)
-    # tau fixed at 0.1
+    # the temperature follows the weights route (tau0 = tau1 = None: read
+    # from the model, laud_mm.models.layers.weights)
     hooks = [h for h in cfg.custom_hooks
              if h.type == 'laud_mm.GumbelTemperatureHook']
-    assert len(hooks) == 1 and hooks[0].tau0 == hooks[0].tau1 == 0.1
+    assert len(hooks) == 1 and hooks[0].tau0 is None and \
+        hooks[0].tau1 is None
     # backbone lr multiplier
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['backbone'].lr_mult \
         == FRAMEWORKS[fw][2]
-    # LAUD ImageNet checkpoint of the same depth and paradigm
+    # weights route: laud_weights at the top, None by default (static
+    # torchvision weights of the same depth through the backbone's init_cfg;
+    # a LAUD ImageNet checkpoint of configs/imagenet/ when set)
+    assert cfg.laud_weights is None and model.laud_weights is None
     init = bb.init_cfg
-    assert init.type == 'Pretrained' and init.prefix == 'backbone.'
+    assert init.type == 'Pretrained' and \
+        init.checkpoint == f'torchvision://resnet{depth}'
     ck_tag = tag if tag != 'spatial-s4471' else 'spatial-s4421'
-    assert init.checkpoint == \
-        f'work_dirs/laud-r{depth}-{ck_tag}_8xb128_in1k/epoch_100.pth'
-    assert cfg.laud_pretrained == init.checkpoint
     assert osp.isfile(osp.join(ROOT, 'configs/imagenet',
                                f'laud-r{depth}-{ck_tag}_8xb128_in1k.py'))
     # evaluators: COCO box (+ mask) AP and the latency metric
