@@ -19,13 +19,17 @@ val_dataloader = {{_base_.tiny_val_dataloader}}
 test_dataloader = val_dataloader
 val_evaluator = {{_base_.tiny_val_evaluator}}
 test_evaluator = val_evaluator
-max_epochs = 6
+custom_hooks = [_base_.laud_gumbel_hook,
+                dict(type='laud_mm.BackboneSpeedHook', phases=('test', ))]
+
+# the demo scale of tools/run_demo.sh: 4 epochs of the 80 images
+max_epochs = 4
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 optim_wrapper = dict(optimizer=dict(lr=0.005), clip_grad=dict(max_norm=10.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=40),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[5], gamma=0.1),
+         milestones=[3], gamma=0.1),
 ]
 default_hooks = dict(logger=dict(interval=10),
                      checkpoint=dict(interval=max_epochs))
