@@ -17,7 +17,7 @@ import torch
 
 from ..registry import MODELS
 from .layers.stats import attach_laud_stats
-from .layers.weights import apply_weights_route
+from .layers.weights import apply_weights_route, check_weights_file
 
 _CLASSES: Dict[type, type] = {}
 
@@ -89,6 +89,18 @@ class LAUDDetectorMixin:
         """Refuse images whose channel count is not the backbone's (see
         :func:`check_image_channels`)."""
         check_image_channels('LAUDDetector', self.backbone, data)
+
+    def init_weights(self) -> None:
+        """The upstream initialisation (the backbone's ``init_cfg``: the
+        weights route), after refusing a ``laud_weights`` file that does
+        not exist (:func:`~laud_mm.models.layers.weights.
+        check_weights_file`).
+
+        Raises:
+            ValueError: ``laud_weights`` names a missing local file.
+        """
+        check_weights_file(self, 'LAUDDetector')
+        super().init_weights()
 
     def train_step(self, data, optim_wrapper):
         self._check_image_channels(data)
@@ -181,7 +193,8 @@ def LAUDDetector(detector: str, sparsity_loss: Optional[dict] = None,
 
     Raises:
         ValueError: if ``detector`` is not a registered mmdet model, or
-            ``laud_weights`` names a missing local file.
+            ``laud_weights`` is neither a string nor None (a missing local
+            file is refused by ``init_weights``).
     """
     import mmdet.models  # noqa: F401  (registers mmdet's detectors)
     from mmdet.registry import MODELS as MMDET_MODELS

@@ -23,7 +23,7 @@ from mmengine.registry import DefaultScope
 from ..registry import MODELS
 from .detectors import check_image_channels
 from .layers.stats import attach_laud_stats
-from .layers.weights import apply_weights_route
+from .layers.weights import apply_weights_route, check_weights_file
 
 _CLASSES: Dict[type, type] = {}
 
@@ -80,6 +80,18 @@ class LAUDSegmentorMixin:
         self.sparsity_loss = MODELS.build(sparsity_loss) \
             if sparsity_loss is not None else None
         apply_weights_route(self, laud_weights, 'LAUDSegmentor')
+
+    def init_weights(self) -> None:
+        """The upstream initialisation (the backbone's ``init_cfg``: the
+        weights route), after refusing a ``laud_weights`` file that does
+        not exist (:func:`~laud_mm.models.layers.weights.
+        check_weights_file`).
+
+        Raises:
+            ValueError: ``laud_weights`` names a missing local file.
+        """
+        check_weights_file(self, 'LAUDSegmentor')
+        super().init_weights()
 
     def train_step(self, data, optim_wrapper):
         check_image_channels('LAUDSegmentor', self.backbone, data)
@@ -161,8 +173,9 @@ def LAUDSegmentor(segmentor: str = 'EncoderDecoder',
 
     Raises:
         ValueError: if ``segmentor`` is not an mmseg ``EncoderDecoder``
-            type (names the value), or ``laud_weights`` names a missing
-            local file (names ``laud_weights`` and both routes).
+            type (names the value), or ``laud_weights`` is neither a string
+            nor None (a missing local file is refused by ``init_weights``,
+            naming ``laud_weights`` and both routes).
     """
     import mmseg.models  # noqa: F401  (registers mmseg's segmentors)
     from mmseg.models.segmentors import EncoderDecoder

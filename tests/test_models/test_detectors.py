@@ -129,8 +129,9 @@ def test_train_step_and_coco_evaluation(fw, tag, coco_tiny, mmdet_scope):
     demo = Config.fromfile(osp.join(ROOT, 'configs/demo', DEMO[fw]))
     paradigm, gran = TAGS[tag]
     mcfg = cfg.model
-    # the config points at the LAUD ImageNet checkpoint; none offline
-    assert mcfg.backbone.init_cfg.checkpoint.endswith('epoch_100.pth')
+    # laud_weights = None: static torchvision weights, none offline
+    assert cfg.laud_weights is None and \
+        mcfg.backbone.init_cfg.checkpoint == 'torchvision://resnet50'
     mcfg.backbone.init_cfg = None
     if fw == 'ddq':
         mcfg.num_queries = 100          # 900 in the config (CPU time)

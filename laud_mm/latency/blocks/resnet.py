@@ -423,8 +423,9 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
                 elementwise_latency(hw, 'gather', p * width * k * k, 1,
                                     1, run_elems=float(k),
                                     contiguous_reads=1)]
-        if S == 1 and g.dilation == 1:
-            # spatial_patch_convs: two GEMMs, bias written first
+        if S == 1:
+            # spatial_patch_convs: two GEMMs, bias written first (at
+            # dilation d the 3 x 3 taps of the gathered window)
             return ops + [
                 elementwise_latency(hw, 'bias2', p * width, 0, 1),
                 gemm('conv2', p, width * 9, width),

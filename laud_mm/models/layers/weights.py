@@ -14,8 +14,10 @@ weights, chosen by one config value, ``laud_weights``:
    loss pulls the rate to the target.
 
 Nothing is read or downloaded while a config is loaded or a model is built:
-the weights load in ``init_weights`` (when a Runner starts training). A
-local checkpoint file is checked at build time.
+the weights load in ``init_weights`` (when a Runner starts training), and a
+missing local checkpoint file is reported there (:func:`check_weights_file`),
+so that building, inspecting and testing a config with a trained checkpoint
+work without the ImageNet checkpoint.
 
 Source: paper sec. 4.5 and appendix B.2-B.3; docs/method.md sec. 2-3.
 """
@@ -43,18 +45,39 @@ def apply_weights_route(model, laud_weights: Optional[str],
         the route's (tau0, tau1).
 
     Raises:
-        ValueError: ``laud_weights`` not a string or None, or a local file
-            that does not exist (the message names ``laud_weights`` and both
-            routes).
+        ValueError: ``laud_weights`` not a string or None.
     """
     if laud_weights is None:
+        model.laud_weights = None
         model.laud_weights_route = 'static ImageNet weights'
         model.laud_tau_schedule = TAU_FROM_STATIC_WEIGHTS
         return model.laud_tau_schedule
     if not isinstance(laud_weights, str) or not laud_weights:
         raise ValueError(f'{owner}: laud_weights={laud_weights!r} must be a '
                          f'checkpoint path / URL or None')
-    if '://' not in laud_weights and not osp.isfile(laud_weights):
+    model.backbone.init_cfg = dict(type='Pretrained', prefix='backbone.',
+                                   checkpoint=laud_weights)
+    model.laud_weights = laud_weights
+    model.laud_weights_route = 'LAUD ImageNet checkpoint'
+    model.laud_tau_schedule = TAU_FROM_LAUD_CHECKPOINT
+    return model.laud_tau_schedule
+
+
+def check_weights_file(model, owner: str) -> None:
+    """Before ``init_weights`` loads them: refuse a ``laud_weights`` local
+    file that does not exist, naming the key and both routes.
+
+    Args:
+        model: a task model after :func:`apply_weights_route`.
+        owner: the class named in the message.
+
+    Raises:
+        ValueError: ``model.laud_weights`` is a local path that is not a
+            file.
+    """
+    laud_weights = getattr(model, 'laud_weights', None)
+    if laud_weights is not None and '://' not in laud_weights and \
+            not osp.isfile(laud_weights):
         raise ValueError(
             f'{owner}: laud_weights={laud_weights!r}: no such file. Either '
             f'(1) point laud_weights at a LAUD ImageNet checkpoint (trained '
@@ -62,8 +85,3 @@ def apply_weights_route(model, laud_weights: Optional[str],
             f'laud_weights=None to start from static ImageNet weights (the '
             f"backbone's init_cfg) with the Gumbel temperature annealed "
             f'during fine-tuning (docs/model_zoo.md, "Backbone weights")')
-    model.backbone.init_cfg = dict(type='Pretrained', prefix='backbone.',
-                                   checkpoint=laud_weights)
-    model.laud_weights_route = 'LAUD ImageNet checkpoint'
-    model.laud_tau_schedule = TAU_FROM_LAUD_CHECKPOINT
-    return model.laud_tau_schedule

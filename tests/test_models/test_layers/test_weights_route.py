@@ -55,8 +55,9 @@ def test_laud_route_loads_every_backbone_tensor(tmp_path):
 
 def test_missing_checkpoint_names_the_key_and_both_routes(tmp_path):
     missing = str(tmp_path / 'no_such.pth')
+    det = _build(missing)  # building, inspecting, testing: no file needed
     with pytest.raises(ValueError) as e:
-        _build(missing)
+        det.init_weights()  # training start
     msg = str(e.value)
     assert 'laud_weights' in msg and 'no_such.pth' in msg
     assert 'LAUD ImageNet checkpoint' in msg and 'laud_weights=None' in msg
