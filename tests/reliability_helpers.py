@@ -33,6 +33,10 @@ def small_cfg(work_dir, max_iters=2, n_train=4, n_val=4, config=DEMO,
     """The demo config cut to a few iterations on a few real images."""
     cfg = Config.fromfile(config)
     cfg.work_dir = str(work_dir)
+    if 'laud_weights' in cfg.model:
+        # the demo's stage-1 checkpoint is not in a fresh clone: the static
+        # route (the demo backbone's init_cfg is None: nothing downloaded)
+        cfg.model.laud_weights = None
     # a unique experiment name: mmengine shares its Visualizer / MessageHub
     # instances between Runners of the same name (config name + second)
     cfg.experiment_name = f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex}'
