@@ -17,44 +17,12 @@ import torch
 
 from ..registry import MODELS
 from .layers.stats import attach_laud_stats
-from .layers.weights import apply_weights_route, check_weights_file
+from .layers.task import LAUDTaskMixin, cached_task_class
 
 _CLASSES: Dict[type, type] = {}
 
 
-def check_image_channels(owner: str, backbone, data) -> None:
-    """Refuse images whose channel count is not the backbone's (a
-    grayscale image loaded with ``color_type='grayscale'`` otherwise fails
-    deep in the data preprocessor with an IndexError).
-
-    Args:
-        owner: the model class named in the message.
-        backbone: the LAUD backbone (its first conv: ``conv1``, or
-            ``stem[0]`` with a deep stem).
-        data: the dataloader batch (``inputs``: list of (C, H, W) tensors).
-
-    Raises:
-        ValueError: naming the image's index and shape.
-    """
-    inputs = data.get('inputs') if isinstance(data, dict) else None
-    if not isinstance(inputs, (list, tuple)):
-        return
-    first = backbone.stem[0] if getattr(backbone, 'deep_stem', False) \
-        else getattr(backbone, 'conv1', None)
-    c = getattr(first, 'in_channels', None)
-    if c is None:
-        return
-    for i, img in enumerate(inputs):
-        if isinstance(img, torch.Tensor) and (img.dim() != 3 or
-                                              img.shape[0] != c):
-            raise ValueError(
-                f'{owner}: image {i} of the batch has shape '
-                f'{tuple(img.shape)}, expected ({c}, H, W); load '
-                f"grayscale images as color (LoadImageFromFile "
-                f"color_type='color', the default)")
-
-
-class LAUDDetectorMixin:
+class LAUDDetectorMixin(LAUDTaskMixin):
     """Adds the backbone's sparsity loss and activation statistics.
 
     Training (``loss``): adds ``loss_sparsity`` (when a sparsity loss is
@@ -70,49 +38,7 @@ class LAUDDetectorMixin:
     Gumbel temperature schedule (:mod:`laud_mm.models.layers.weights`).
     """
 
-    def __init__(self, *args, sparsity_loss: Optional[dict] = None,
-                 laud_weights: Optional[str] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not hasattr(self.backbone, 'activation_stats'):
-            raise TypeError(
-                f'LAUDDetector needs a LAUD backbone (e.g. '
-                f"type='laud_mm.LAUDResNet'), got {type(self.backbone).__name__}")
-        dynamic = bool(getattr(self.backbone, 'paradigm', None))
-        if sparsity_loss is not None and not dynamic:
-            raise ValueError('LAUDDetector: sparsity_loss is set but the '
-                             'backbone has paradigm=None (static)')
-        self.sparsity_loss = MODELS.build(sparsity_loss) \
-            if sparsity_loss is not None else None
-        apply_weights_route(self, laud_weights, 'LAUDDetector')
-
-    def _check_image_channels(self, data) -> None:
-        """Refuse images whose channel count is not the backbone's (see
-        :func:`check_image_channels`)."""
-        check_image_channels('LAUDDetector', self.backbone, data)
-
-    def init_weights(self) -> None:
-        """The upstream initialisation (the backbone's ``init_cfg``: the
-        weights route), after refusing a ``laud_weights`` file that does
-        not exist (:func:`~laud_mm.models.layers.weights.
-        check_weights_file`).
-
-        Raises:
-            ValueError: ``laud_weights`` names a missing local file.
-        """
-        check_weights_file(self, 'LAUDDetector')
-        super().init_weights()
-
-    def train_step(self, data, optim_wrapper):
-        self._check_image_channels(data)
-        return super().train_step(data, optim_wrapper)
-
-    def val_step(self, data):
-        self._check_image_channels(data)
-        return super().val_step(data)
-
-    def test_step(self, data):
-        self._check_image_channels(data)
-        return super().test_step(data)
+    laud_owner = 'LAUDDetector'
 
     # ---- CPU mixed precision: mmcv's CPU kernels (nms, RoIAlign, ...) take
     # float32 only, so under torch.autocast('cpu') (laud_mm.CPUAmpOptimWrapper)
@@ -148,11 +74,7 @@ class LAUDDetectorMixin:
     def loss(self, batch_inputs: torch.Tensor, batch_data_samples):
         losses = self._heads_fp32(super().loss, batch_inputs,
                                   batch_data_samples)
-        stats = self.backbone.activation_stats()
-        if self.sparsity_loss is not None:
-            losses.update(self.sparsity_loss(stats))
-        losses['act_rate'] = stats['activation_rate'].detach().mean()
-        return losses
+        return self.add_laud_losses(losses)
 
     def predict(self, batch_inputs: torch.Tensor, batch_data_samples,
                 rescale: bool = True):
@@ -164,12 +86,7 @@ class LAUDDetectorMixin:
 
 def laud_detector_class(base: Type) -> Type:
     """The cached subclass ``LAUD<base>`` with :class:`LAUDDetectorMixin`."""
-    cls = _CLASSES.get(base)
-    if cls is None:
-        cls = type(f'LAUD{base.__name__}', (LAUDDetectorMixin, base),
-                   {'__module__': __name__, '__doc__': base.__doc__})
-        _CLASSES[base] = cls
-    return cls
+    return cached_task_class(LAUDDetectorMixin, base, _CLASSES)
 
 
 @MODELS.register_module()

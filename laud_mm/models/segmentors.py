@@ -21,14 +21,13 @@ import torch
 from mmengine.registry import DefaultScope
 
 from ..registry import MODELS
-from .detectors import check_image_channels
 from .layers.stats import attach_laud_stats
-from .layers.weights import apply_weights_route, check_weights_file
+from .layers.task import LAUDTaskMixin, cached_task_class
 
 _CLASSES: Dict[type, type] = {}
 
 
-class LAUDSegmentorMixin:
+class LAUDSegmentorMixin(LAUDTaskMixin):
     """Adds the backbone's sparsity loss and activation statistics to an
     mmseg ``EncoderDecoder``.
 
@@ -40,7 +39,7 @@ class LAUDSegmentorMixin:
     Prediction (``predict``): writes ``laud_stats`` into each returned
     ``SegDataSample``'s metainfo exactly as :class:`LAUDDetectorMixin` does
     (per-image backbone FLOPs, mask densities, block and stem geometry at
-    the batch's padded input size), read by
+    the image's own input size), read by
     :class:`laud_mm.BackboneLatencyMetric`.
 
     Weights: ``laud_weights`` selects the backbone's weights route and the
@@ -59,51 +58,14 @@ class LAUDSegmentorMixin:
     Raises:
         TypeError: (construction) the backbone is not a LAUD backbone.
         ValueError: (construction) ``sparsity_loss`` with a static
-            backbone, or ``laud_weights`` neither a string nor None, or a
-            local file that does not exist (the message names
-            ``laud_weights``); (prediction) ``test_cfg.mode='slide'`` (the
+            backbone, or ``laud_weights`` neither a string nor None;
+            (``init_weights``) a local ``laud_weights`` file that does not
+            exist (the message names ``laud_weights``); (prediction) ``test_cfg.mode='slide'`` (the
             backbone then runs once per crop, while ``laud_stats``
             describes one forward per image).
     """
 
-    def __init__(self, *args, sparsity_loss: Optional[dict] = None,
-                 laud_weights: Optional[str] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not hasattr(self.backbone, 'activation_stats'):
-            raise TypeError(
-                f"LAUDSegmentor needs a LAUD backbone (e.g. type="
-                f"'laud_mm.LAUDResNet'), got {type(self.backbone).__name__}")
-        dynamic = bool(getattr(self.backbone, 'paradigm', None))
-        if sparsity_loss is not None and not dynamic:
-            raise ValueError('LAUDSegmentor: sparsity_loss is set but the '
-                             'backbone has paradigm=None (static)')
-        self.sparsity_loss = MODELS.build(sparsity_loss) \
-            if sparsity_loss is not None else None
-        apply_weights_route(self, laud_weights, 'LAUDSegmentor')
-
-    def init_weights(self) -> None:
-        """The upstream initialisation (the backbone's ``init_cfg``: the
-        weights route), after refusing a ``laud_weights`` file that does
-        not exist (:func:`~laud_mm.models.layers.weights.
-        check_weights_file`).
-
-        Raises:
-            ValueError: ``laud_weights`` names a missing local file.
-        """
-        check_weights_file(self, 'LAUDSegmentor')
-        super().init_weights()
-
-    def train_step(self, data, optim_wrapper):
-        check_image_channels('LAUDSegmentor', self.backbone, data)
-        return super().train_step(data, optim_wrapper)
-
-    def val_step(self, data):
-        check_image_channels('LAUDSegmentor', self.backbone, data)
-        return super().val_step(data)
-
-    def test_step(self, data):
-        check_image_channels('LAUDSegmentor', self.backbone, data)
-        return super().test_step(data)
+    laud_owner = 'LAUDSegmentor'
 
     def loss(self, inputs: torch.Tensor, data_samples) -> dict:
         """mmseg's losses, ``loss_sparsity`` and ``act_rate``.
@@ -113,11 +75,7 @@ class LAUDSegmentorMixin:
             data_samples: ``SegDataSample`` list with ``gt_sem_seg``.
         """
         losses = super().loss(inputs, data_samples)
-        stats = self.backbone.activation_stats()
-        if self.sparsity_loss is not None:
-            losses.update(self.sparsity_loss(stats))
-        losses['act_rate'] = stats['activation_rate'].detach().mean()
-        return losses
+        return self.add_laud_losses(losses)
 
     def predict(self, inputs: torch.Tensor, data_samples=None):
         """mmseg's prediction (``pred_sem_seg``, ``seg_logits``) plus
@@ -140,12 +98,7 @@ class LAUDSegmentorMixin:
 
 def laud_segmentor_class(base: Type) -> Type:
     """The cached subclass ``LAUD<base>`` with :class:`LAUDSegmentorMixin`."""
-    cls = _CLASSES.get(base)
-    if cls is None:
-        cls = type(f'LAUD{base.__name__}', (LAUDSegmentorMixin, base),
-                   {'__module__': __name__, '__doc__': base.__doc__})
-        _CLASSES[base] = cls
-    return cls
+    return cached_task_class(LAUDSegmentorMixin, base, _CLASSES)
 
 
 @MODELS.register_module()
