@@ -46,6 +46,35 @@ SPATIAL_WINDOW_CONV1_MAX_FRACTION = 0.6
 #: (its pixels are split over torch's threads, :func:`fused_cpu_threads`)
 SPATIAL_FUSED_CPU = True
 
+# -------------------------------------------------------------------- layer
+#: layer blocks whose input map has fewer pixels than this (7 x 7 at 224 px)
+#: run their kept samples through oneDNN's convolutions on a gathered copy
+#: (index_select -> conv1-conv2-conv3 -> add into the shortcut rows) when
+#: torch has more than one thread: the per-sample GEMM kernel
+#: (:func:`laud_mm.ops.sample_gemm`, no row copies) splits only n x H x W
+#: columns over the threads there (R50 8 x 224 px, 4 of 8 samples kept,
+#: 2 threads: 12.0 - 13.4 ms per 2048 x 7 x 7 block against 11.2 -
+#: 12.0 ms gathered; equal at 14 x 14; one thread: the kernel 0.5 ms
+#: faster)
+LAYER_GATHER_MAX_PIXELS = 196
+
+
+def layer_sample_gemm(in_pixels: int, threads: int) -> bool:
+    """Whether a layer block's kept samples run on the per-sample GEMM
+    kernel (no row copies) rather than gathered into oneDNN's
+    convolutions (:data:`LAYER_GATHER_MAX_PIXELS`). Shared by the dynamic
+    path and the latency predictor's eager model.
+
+    Args:
+        in_pixels: H x W of the block input.
+        threads: intra-op threads (torch's, or the hardware spec's PEs).
+
+    Returns:
+        True for the per-sample GEMM kernel.
+    """
+    return threads <= 1 or in_pixels >= LAYER_GATHER_MAX_PIXELS
+
+
 # ------------------------------------------------------------------ channel
 #: kept-channel counts are padded up to a multiple of this (zero weights),
 #: so that a batch is one batched GEMM / grouped conv and the backends see

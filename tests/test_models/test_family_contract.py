@@ -467,6 +467,42 @@ def test_e_dynamic_equals_masked_dense(fam, paradigm, overrides, backend,
 
 
 @pytest.mark.parametrize('fam,paradigm', CASES)
+def test_e_statistics_are_counted_when_read(fam, paradigm, monkeypatch):
+    """Inference leaves the FLOPs count of each block to the first read of
+    its statistics (BlockStats), once; training counts them in the forward,
+    in the autograd graph the sparsity loss differentiates."""
+    net = build(fam, paradigm)
+    randomize(net, 2)
+    cls = type(net.blocks[0])
+    counted = []
+    real = cls.gate_densities
+
+    def spy(self, gate, geom):
+        counted.append(self)
+        return real(self, gate, geom)
+
+    monkeypatch.setattr(cls, 'gate_densities', spy)
+    x = images(fam)
+    for dynamic in (True, False):
+        net.eval()
+        net.dynamic_inference = dynamic
+        counted.clear()
+        with torch.no_grad():
+            net(x)
+        assert counted == []
+        first = net.activation_stats()['flops']
+        assert len(counted) == len(net.blocks)
+        assert torch.equal(net.activation_stats()['flops'], first)
+        assert len(counted) == len(net.blocks)
+    net.train()
+    counted.clear()
+    net(x)
+    assert len(counted) == len(net.blocks)
+    assert net.activation_stats()['flops'].requires_grad
+    assert len(counted) == len(net.blocks)
+
+
+@pytest.mark.parametrize('fam,paradigm', CASES)
 def test_f_latency_predictor_prices_it(fam, paradigm):
     net = build(fam, paradigm)
     pred = LatencyPredictor('v100')

@@ -15,7 +15,8 @@ blocks) is timed:
 
 - static: every block dense with BN folded (``static_bottleneck_forward``);
 - dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's real
-  eval path, incl. its per-block statistics).
+  eval path; its per-block statistics are counted when read, after the
+  timing: :class:`laud_mm.models.layers.BlockStats`).
 
 Static and dynamic runs alternate (after warm-up) and the median of the
 repeats is reported, so the ratios are robust to load on shared machines.

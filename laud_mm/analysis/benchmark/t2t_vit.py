@@ -10,7 +10,8 @@ output (computed once, the T2T module is dense and the same in both):
 - static: mmpretrain's ``T2TTransformerLayer.forward`` in every layer;
 - dynamic: ``layer(x)`` with ``dynamic_inference=True`` (the model's eval
   path: gather / scatter of kept tokens, kept heads only, kept samples only,
-  incl. its per-layer statistics).
+  its per-layer statistics are counted when read, after the timing:
+  :class:`laud_mm.models.layers.BlockStats`).
 
 Timing: :func:`~laud_mm.analysis.timing.bench_pair` (static and dynamic runs
 alternate after warm-up; wall-clock medians and the ratio of median process

@@ -534,7 +534,10 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     samples' rows of x (no row copy, ``laud_mm.ops.sample_gemm``: the
     kept samples' columns split over the PEs, ReLU fused), conv2, ReLU,
     then conv3 accumulated into the kept shortcut rows in place (the same
-    kernel: a bias pass, the GEMM, a ReLU pass). The output is the
+    kernel: a bias pass, the GEMM, a ReLU pass); on maps under
+    ``policy.LAYER_GATHER_MAX_PIXELS`` with more than one PE, the kept
+    rows gathered, the static branch on them, added into the shortcut rows
+    and copied back (``policy.layer_sample_gemm``). The output is the
     shortcut itself:
     for an identity block inside a backbone
     (``owned_block_inputs``, ``pred.owned_block_inputs``) the input, so
@@ -543,6 +546,11 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     get a ReLU pass. Every sample on: the static block."""
     hw = pred.hw
     out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
+    in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
+    # CPU (vector_width set), small maps, several threads: the kept rows
+    # gathered into oneDNN
+    gathered = hw.vector_width > 0 and not policy.layer_sample_gemm(
+        g.in_hw[0] * g.in_hw[1], hw.num_pe)
     if pred.forced_gates:
         ops = [launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
     else:  # mean, linear, gate
@@ -562,7 +570,18 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
         if not g.has_downsample and not inplace:
             res.append(elementwise_latency(hw, 'clone', out_e * batch,
                                            1, 1))
-        if n > 0:
+        if n > 0 and gathered:
+            # index_select of the kept rows, the branch, the shortcut rows
+            # added (ReLU) and copied back
+            branch = {o.name: o for o in static_block_ops(pred, g, n)}
+            res += [elementwise_latency(hw, 'gather_rows', in_e * n, 1, 1),
+                    *(branch[k] for k in ('conv1', 'relu1', 'conv2',
+                                          'relu2', 'conv3')),
+                    elementwise_latency(hw, 'shortcut_rows', out_e * n, 1,
+                                        1),
+                    elementwise_latency(hw, 'add_relu', out_e * n, 2, 1),
+                    elementwise_latency(hw, 'copy_rows', out_e * n, 1, 1)]
+        elif n > 0:
             branch = {o.name: o for o in static_block_ops(pred, g, n)}
             res += [branch[k] for k in ('conv1', 'relu1', 'conv2',
                                         'relu2')]

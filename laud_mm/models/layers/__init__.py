@@ -4,7 +4,7 @@ plumbing, activation statistics and checkpoint helpers. A family imports
 only these names, never another family's.
 """
 from .backbone import LAUDBackboneMixin
-from .block import LAUDBlockMixin
+from .block import BlockStats, LAUDBlockMixin
 from .checkpoint import (CLASSIFIER_REVISE_KEYS, classifier_to_backbone,
                          load_state_dict_file, unwrap_state_dict)
 from .dynamic import (forced_gate, is_autocast, owned_block_inputs,
@@ -19,7 +19,7 @@ from .masks import (conv1_needed_mask, conv_gate_densities,
 from .stats import attach_laud_stats
 
 __all__ = [
-    'LAUDBackboneMixin', 'LAUDBlockMixin', 'CLASSIFIER_REVISE_KEYS',
+    'BlockStats', 'LAUDBackboneMixin', 'LAUDBlockMixin', 'CLASSIFIER_REVISE_KEYS',
     'classifier_to_backbone', 'load_state_dict_file', 'unwrap_state_dict',
     'forced_gate', 'is_autocast', 'owned_block_inputs', 'owns_input',
     'run_dynamic_path', 'sample_gate', 'cached_fold', 'fold_conv_bn', 'KEEP',

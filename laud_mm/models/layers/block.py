@@ -11,11 +11,62 @@ needs).
 Source: paper sec. 3.2 (mask-and-compute), docs/method.md sec. 2
 (FLOPs-based activation rates).
 """
-from typing import Dict, Hashable, Optional, Tuple
+from collections.abc import Mapping
+from typing import Dict, Hashable, Iterator, Optional, Tuple
 
 import torch
 
 from ...structures import flops as flops_lib
+
+
+class BlockStats(Mapping):
+    """A dynamic block's ``last_stats``: the gates of the last forward, and
+    the per-sample FLOPs and mask densities they imply.
+
+    Keys: 'flops' (N,) FLOPs computed per sample (float32), 'dense' (float)
+    the block's dense FLOPs per sample, 'density' (N,) the mask density
+    (kept fraction of pixels / channel groups / tokens / heads, or the layer
+    gate), 'gate' the raw gates (float32) and 'geometry' the block geometry.
+
+    'flops' and 'density' are computed from the gates when first read
+    (:meth:`LAUDBlockMixin.gate_densities`, then
+    :func:`laud_mm.structures.flops.dynamic_flops`) and kept: dynamic
+    inference does not pay for them when nothing reads them (a deployed
+    model), the evaluation's metrics read them after the forward. Gates that
+    require gradients (training: the sparsity loss differentiates the FLOPs)
+    are counted at once, inside the forward's autograd graph.
+
+    Source: docs/method.md sec. 2 (FLOPs-based activation rate r_i).
+    """
+    KEYS = ('flops', 'dense', 'density', 'gate', 'geometry')
+
+    def __init__(self, block: 'LAUDBlockMixin', gate: torch.Tensor, geom,
+                 op_flops: Dict[str, int]):
+        self._block, self._op_flops = block, op_flops
+        self._values = dict(dense=float(sum(op_flops.values())),
+                            gate=gate.float(), geometry=geom)
+        if gate.requires_grad:
+            self._count()
+
+    def _count(self) -> None:
+        gate, geom = self._values['gate'], self._values['geometry']
+        density, conv1, conv2 = self._block.gate_densities(gate, geom)
+        dens = flops_lib.op_densities(geom, density, conv1, conv2)
+        self._values.update(flops=flops_lib.dynamic_flops(self._op_flops,
+                                                          dens),
+                            density=density)
+        self._block = None  # no reference cycle through the block
+
+    def __getitem__(self, key: str):
+        if key not in self._values and key in ('flops', 'density'):
+            self._count()
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.KEYS)
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
 
 
 class LAUDBlockMixin:
@@ -30,12 +81,13 @@ class LAUDBlockMixin:
             dynamic (skip-the-work) path.
         static_mode: when True, ``forward`` is :meth:`static_forward` (set
             by :meth:`LAUDBackboneMixin.static_blocks`).
-        last_stats: after each forward, a dict with 'flops' (N,) FLOPs
-            computed per sample (float32, differentiable in training),
-            'dense' (float) the dense FLOPs per sample, 'density' (N,) the
-            mask density (kept fraction of pixels / channel groups / tokens /
-            heads, or the layer gate), 'gate' the raw gates (float32) and
-            'geometry' the block geometry.
+        last_stats: after each forward, a mapping (a dict for a static
+            block, a :class:`BlockStats` for a dynamic one) with 'flops'
+            (N,) FLOPs computed per sample (float32, differentiable in
+            training), 'dense' (float) the dense FLOPs per sample,
+            'density' (N,) the mask density (kept fraction of pixels /
+            channel groups / tokens / heads, or the layer gate), 'gate' the
+            raw gates (float32) and 'geometry' the block geometry.
     """
 
     def init_laud_block(self, paradigm: Optional[str],
@@ -108,13 +160,14 @@ class LAUDBlockMixin:
 
     def record_stats(self, gate: torch.Tensor, geom,
                      op_flops: Dict[str, int]) -> None:
-        """``last_stats`` of a dynamic block from its gates, in float32
-        whatever the activation dtype (FLOPs ~1e9 overflow float16, and a
-        bfloat16 count stops being exact at 256)."""
-        gate = gate.float()
-        density, conv1, conv2 = self.gate_densities(gate, geom)
-        dens = flops_lib.op_densities(geom, density, conv1, conv2)
-        self.last_stats = dict(
-            flops=flops_lib.dynamic_flops(op_flops, dens),
-            dense=float(sum(op_flops.values())), density=density,
-            gate=gate, geometry=geom)
+        """``last_stats`` of a dynamic block from its gates
+        (:class:`BlockStats`, FLOPs counted when read), in float32 whatever
+        the activation dtype (FLOPs ~1e9 overflow float16, and a bfloat16
+        count stops being exact at 256).
+
+        Args:
+            gate: the forward's gates, (N, ...) as the masker returns them.
+            geom: the block geometry of the forward's input size.
+            op_flops: dense per-sample FLOPs per operator
+                (:meth:`op_flops`)."""
+        self.last_stats = BlockStats(self, gate, geom, op_flops)

@@ -608,9 +608,12 @@ def _layer_forward(block, x, geom):
         out = ident.contiguous()
     idx = on.nonzero()[:, 0]
     kept = idx.tolist()
-    if kept and (is_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype):
-        # mixed precision: the branch on the kept rows as autocast runs it,
-        # added into the shortcut rows in its dtype
+    if kept and (is_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype
+                 or not policy.layer_sample_gemm(x.shape[2] * x.shape[3],
+                                                 torch.get_num_threads())):
+        # the branch on a gathered copy of the kept rows (mixed precision:
+        # as autocast runs it; small maps with threads: oneDNN's
+        # convolutions), added into the shortcut rows in their dtype
         rows = out.index_select(0, idx)
         res = fb.branch(x.index_select(0, idx))
         out.index_copy_(0, idx, torch.relu(rows + res).to(out.dtype))

@@ -418,6 +418,34 @@ def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
     assert bool(calls) == expect
 
 
+@pytest.mark.parametrize('stride,size,threads', [
+    (1, 7, 1), (1, 7, 2), (1, 14, 2), (2, 14, 2), (1, 15, 1), (1, 15, 2)])
+@pytest.mark.parametrize('pattern', PATTERNS)
+def test_layer_kernel_path(monkeypatch, stride, size, threads, pattern):
+    """Layer blocks run their kept samples on the per-sample GEMM kernel
+    (laud_mm.ops.sample_gemm) with one thread or on maps of at least
+    policy.LAYER_GATHER_MAX_PIXELS pixels, else gathered into oneDNN's
+    convolutions; both equal the masked-dense block (per-sample gates, all
+    on, all off, the masker's own)."""
+    import laud_mm.models.resnet.dynamic as dyn
+    calls = _spy(monkeypatch, dyn, '_sample_gemm')
+    inplanes = 64 if stride == 1 else 32
+    block = make_block('layer', inplanes, 16, stride, seed=7)
+    x = torch.randn(4, inplanes, size, size).relu_()
+    forced = torch.tensor([1., 0., 1., 1.]) if pattern == 'random' else \
+        _forced(pattern, block, x, 2)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gate, _ = check(block, x, forced)
+    finally:
+        torch.set_num_threads(prev)
+    partial = 0 < int(gate.sum()) < 4
+    kernel = threads == 1 or size * size >= dyn.policy.LAYER_GATHER_MAX_PIXELS
+    assert dyn.policy.layer_sample_gemm(size * size, threads) == kernel
+    assert bool(calls) == (partial and kernel)
+
+
 @pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('stride,size,threads', [
     (1, 7, 1), (2, 14, 1), (1, 15, 1), (1, 7, 8)])
