@@ -2,7 +2,9 @@
 
 - :func:`timed`: wall-clock and process CPU seconds of one call;
 - :func:`bench_pair`: a static and a dynamic function timed alternately
-  after warm-up (medians), as every backbone benchmark compares them;
+  after warm-up (:class:`PairTiming`: medians, and the speedup as the
+  median of the per-pair ratios), as every backbone benchmark compares
+  them;
 - :func:`cpu_ms`: median process CPU time of repeated calls (kernel
   micro-benchmarks, per-step breakdowns);
 - :func:`wall_ms`: wall-clock milliseconds of one call;
@@ -19,7 +21,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,16 +37,36 @@ def timed(fn: Callable, x) -> Tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
+class PairTiming(NamedTuple):
+    """What :func:`bench_pair` measured.
+
+    Attributes:
+        static_ms, dynamic_ms: median wall-clock milliseconds of each.
+        speedup: median over the repeats of the pair's wall-clock ratio
+            static / dynamic.
+        cpu_speedup: the same with process CPU time (robust to other
+            processes sharing the cores; see docs/benchmarks.md).
+    """
+    static_ms: float
+    dynamic_ms: float
+    speedup: float
+    cpu_speedup: float
+
+
 def bench_pair(static_fn: Callable, dyn_fn: Callable, x, warmup: int,
-               repeats: int) -> Tuple[float, float, float]:
+               repeats: int) -> PairTiming:
     """Time ``static_fn(x)`` and ``dyn_fn(x)`` alternately under
     ``torch.no_grad``: ``warmup`` calls of each first, then ``repeats``
-    alternating pairs.
+    pairs (static, then dynamic).
+
+    The speedups are medians of the per-pair ratios: the two calls of a
+    pair run a second or less apart, so a slow spell of the machine (other
+    processes, frequency changes: two runs of the same static network differ
+    by up to 20 % on the 2-core machine of docs/benchmarks.md) slows both
+    and cancels in their ratio, where a ratio of separate medians keeps it.
 
     Returns:
-        (static ms, dynamic ms, CPU-time ratio static / dynamic): wall-clock
-        medians, and the ratio of median process CPU times (robust to other
-        processes sharing the cores; see docs/benchmarks.md).
+        :class:`PairTiming` (ms, and ratios static / dynamic).
     """
     with torch.no_grad():
         for _ in range(warmup):
@@ -55,8 +77,10 @@ def bench_pair(static_fn: Callable, dyn_fn: Callable, x, warmup: int,
             ts.append(timed(static_fn, x))
             td.append(timed(dyn_fn, x))
     med = statistics.median
-    return (med(t[0] for t in ts) * 1e3, med(t[0] for t in td) * 1e3,
-            med(t[1] for t in ts) / max(med(t[1] for t in td), 1e-9))
+    return PairTiming(
+        med(t[0] for t in ts) * 1e3, med(t[0] for t in td) * 1e3,
+        med(s[0] / max(d[0], 1e-12) for s, d in zip(ts, td)),
+        med(s[1] / max(d[1], 1e-9) for s, d in zip(ts, td)))
 
 
 def cpu_ms(fn: Callable, warmup: int = 2, repeats: int = 9) -> float:

@@ -225,3 +225,28 @@ def test_load_balance_simulation():
         load_balance.simulate(paradigms=['x'])
     with pytest.raises(ValueError, match='--threads'):
         load_balance.simulate(threads=[0])
+
+
+def test_bench_pair_speedup_is_the_median_pair_ratio(monkeypatch):
+    """A slow spell of the machine that hits both calls of a pair cancels in
+    the pair's ratio: the speedup is the median of the per-pair ratios, not
+    the ratio of two medians a drift can pull apart."""
+    from laud_mm.analysis import timing
+    # (wall s, CPU s) per timed call, static then dynamic: dynamic is 2x
+    # faster within every pair; a 3x slower spell starts between the two
+    # calls of pair 3 (a ratio of medians would say 0.2 / 0.3 = 0.67x)
+    slow_static, slow_dynamic = (1, 1, 1, 3, 3), (1, 1, 3, 3, 3)
+    script = []
+    for ks, kd in zip(slow_static, slow_dynamic):
+        script += [(0.2 * ks, 0.2 * ks), (0.1 * kd, 0.1 * kd)]
+    calls = iter(script)
+    monkeypatch.setattr(timing, 'timed', lambda fn, x: next(calls))
+    warm = []
+    tm = timing.bench_pair(warm.append, warm.append, 'x', warmup=1,
+                           repeats=5)
+    assert warm == ['x', 'x']  # one untimed call of each
+    assert tm.speedup == pytest.approx(2.0)
+    assert tm.cpu_speedup == pytest.approx(2.0)
+    assert tm.static_ms == pytest.approx(200.) and \
+        tm.dynamic_ms == pytest.approx(300.)
+    assert next(calls, None) is None

@@ -79,8 +79,9 @@ def timing_columns(what: str = '', ms: str = '.1f') -> List[Column]:
     """The timing columns every backbone table has, in this order: static
     ms, dynamic ms, speedup (wall) - the headline -, speedup (CPU time)
     beside it. Rows carry ``static_ms``, ``dynamic_ms`` (wall-clock
-    medians), ``speedup`` (their ratio) and ``cpu_speedup`` (ratio of
-    median process CPU times, :func:`~laud_mm.analysis.timing.bench_pair`).
+    medians), ``speedup`` and ``cpu_speedup`` (medians of the per-pair
+    ratios of wall-clock and of process CPU time,
+    :func:`~laud_mm.analysis.timing.bench_pair`).
 
     Args:
         what: the timed part in the titles (e.g. ``'encoder '``).
@@ -217,8 +218,8 @@ def time_forced_rate(net, stem: Callable, static_block: Callable,
         warmup, repeats: see :func:`~laud_mm.analysis.timing.bench_pair`.
 
     Returns:
-        (realised rate, FLOPs ratio dynamic / static, static ms, dynamic
-        ms, CPU-time speedup).
+        (realised rate, FLOPs ratio dynamic / static,
+        :class:`~laud_mm.analysis.timing.PairTiming`).
     """
     n, hw = x.shape[0], tuple(x.shape[-2:])
     real = force_random_gates(net, rate, n, hw, seed=1, mode=rate_mode)
@@ -227,7 +228,7 @@ def time_forced_rate(net, stem: Callable, static_block: Callable,
         if rate == 1.0:
             check_exact(static_forward(net, stem, x, static_block), b, 1e-3)
     ratio = backbone_flops_ratio(net, hw)
-    st, dy, cpu = bench_pair(
+    timing = bench_pair(
         lambda t: static_forward(net, stem, t, static_block),
         lambda t: dynamic_forward(net, stem, t), x, warmup, repeats)
-    return real, ratio, st, dy, cpu
+    return real, ratio, timing

@@ -116,9 +116,9 @@ def time_training(paradigm: str, batch: int, scale: Tuple[int, int],
                 opts[key].step()
         return fn
 
-    st, ld, cpu = bench_pair(step('static'), step('laud'), None, warmup,
-                             repeats)
-    return dict(laud_ms=ld, static_ms=st, ratio=ld / st, cpu_ratio=1 / cpu)
+    tm = bench_pair(step('static'), step('laud'), None, warmup, repeats)
+    return dict(laud_ms=tm.dynamic_ms, static_ms=tm.static_ms,
+                ratio=1 / tm.speedup, cpu_ratio=1 / tm.cpu_speedup)
 
 
 def time_inference(paradigm: str, rate: float, scale: Tuple[int, int],
@@ -147,11 +147,14 @@ def time_inference(paradigm: str, rate: float, scale: Tuple[int, int],
         with bb.static_blocks():
             det.predict(x, samples)
 
-    st, dy, cpu = bench_pair(predict_static, predict, None, warmup, repeats)
-    bst, bdy, _ = bench_pair(bb.static_forward, bb, x, warmup, repeats)
-    return dict(rate_real=real, static_ms=st, dynamic_ms=dy,
-                speedup=st / dy, cpu_speedup=cpu, backbone_static_ms=bst,
-                backbone_dynamic_ms=bdy, backbone_speedup=bst / bdy,
+    tm = bench_pair(predict_static, predict, None, warmup, repeats)
+    bb_tm = bench_pair(bb.static_forward, bb, x, warmup, repeats)
+    return dict(rate_real=real, static_ms=tm.static_ms,
+                dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
+                cpu_speedup=tm.cpu_speedup,
+                backbone_static_ms=bb_tm.static_ms,
+                backbone_dynamic_ms=bb_tm.dynamic_ms,
+                backbone_speedup=bb_tm.speedup,
                 input_hw=hw)
 
 

@@ -83,7 +83,7 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
             sgeom = net.stem_geometry(hw)
             p_static = pred.predict_static(geoms, 128, sgeom).total_ms
             for rate in rates:
-                real, ratio, st, dy, cpu = time_forced_rate(
+                real, ratio, tm = time_forced_rate(
                     net, stem, static_regnety_forward, x, rate, rate_mode,
                     warmup, repeats)
                 dens = [float(blk.last_stats['density'].float().mean())
@@ -94,8 +94,9 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
                            paradigm=paradigm,
                            threads=torch.get_num_threads(), rate=rate,
                            rate_real=real,
-                           flops_ratio=ratio, static_ms=st, dynamic_ms=dy,
-                           speedup=st / dy, cpu_speedup=cpu,
+                           flops_ratio=ratio, static_ms=tm.static_ms,
+                           dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
+                           cpu_speedup=tm.cpu_speedup,
                            predicted_ratio=p_dyn / p_static)
                 rows.append(row)
                 print(fmt_row(row), flush=True)

@@ -119,16 +119,16 @@ def run(depths: Sequence[int], sizes: Sequence[str],
                 net = build(depth, paradigm)
                 stem = folded_stem(net)
                 for rate in rates:
-                    real, ratio, st, dy, cpu = time_forced_rate(
+                    real, ratio, tm = time_forced_rate(
                         net, stem, static_bottleneck_forward, x, rate,
                         rate_mode, warmup, repeats)
                     row = dict(depth=depth, size=size, batch=n, hw=hw,
                                paradigm=paradigm,
                                threads=torch.get_num_threads(), rate=rate,
                                rate_real=real, flops_ratio=ratio,
-                               rate_mode=rate_mode, static_ms=st,
-                               dynamic_ms=dy, speedup=st / dy,
-                               cpu_speedup=cpu)
+                               rate_mode=rate_mode, static_ms=tm.static_ms,
+                               dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
+                               cpu_speedup=tm.cpu_speedup)
                     rows.append(row)
                     print(fmt_row(row), flush=True)
     return rows
@@ -158,14 +158,15 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
                 inputs.append(t)
                 t = static_bottleneck_forward(blk, t)
         for blk, xin in zip(net.blocks, inputs):
-            st, dy, cpu = bench_pair(
+            tm = bench_pair(
                 lambda t: static_bottleneck_forward(blk, t), blk, xin, 1,
                 repeats)
             out.append(dict(paradigm=paradigm,
                             threads=torch.get_num_threads(),
                             block=f'{blk.stage}.{blk.index}',
-                            in_shape=tuple(xin.shape), static_ms=st,
-                            dynamic_ms=dy, speedup=st / dy, cpu_speedup=cpu))
+                            in_shape=tuple(xin.shape), static_ms=tm.static_ms,
+                            dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
+                            cpu_speedup=tm.cpu_speedup))
     return out
 
 

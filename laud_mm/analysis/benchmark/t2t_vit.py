@@ -14,8 +14,9 @@ output (computed once, the T2T module is dense and the same in both):
   :class:`laud_mm.models.layers.BlockStats`).
 
 Timing: :func:`~laud_mm.analysis.timing.bench_pair` (static and dynamic runs
-alternate after warm-up; wall-clock medians and the ratio of median process
-CPU times, robust on a shared machine). The T2T module is timed separately
+alternate after warm-up; wall-clock medians, speedups as medians of the
+per-pair ratios of wall-clock and of process CPU times, robust on a shared
+machine). The T2T module is timed separately
 (median), so "whole" = T2T module + encoder. 'pred. v100' is the latency
 predictor's encoder-only dynamic / static ratio (fused kernels, batch 128)
 at the realised gate rate; 'FLOPs' the encoder's FLOPs ratio. Command line:
@@ -129,9 +130,10 @@ def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
                 with torch.no_grad():
                     check_exact(static_encoder(net, t),
                                 dynamic_encoder(net, t), 1e-4)
-            st, dy, cpu = bench_pair(lambda u: static_encoder(net, u),
-                                     lambda u: dynamic_encoder(net, u), t,
-                                     warmup, repeats)
+            tm = bench_pair(lambda u: static_encoder(net, u),
+                            lambda u: dynamic_encoder(net, u), t, warmup,
+                            repeats)
+            st, dy = tm.static_ms, tm.dynamic_ms
             with torch.no_grad():
                 dynamic_encoder(net, t)
             p_dyn = pred.predict_backbone(geoms, dens, 128).total_ms
@@ -140,8 +142,8 @@ def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
                        rate=rate,
                        gate_mean=sum(dens) / len(dens),
                        flops_rate=encoder_flops_rate(net), stem_ms=stem_ms,
-                       static_ms=st, dynamic_ms=dy, speedup=st / dy,
-                       cpu_speedup=cpu,
+                       static_ms=st, dynamic_ms=dy, speedup=tm.speedup,
+                       cpu_speedup=tm.cpu_speedup,
                        whole_speedup=(stem_ms + st) / (stem_ms + dy),
                        predicted_ratio=p_dyn / p_static)
             rows.append(row)
