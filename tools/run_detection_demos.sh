@@ -9,7 +9,7 @@
 #             stage 2 on coco_tiny, dynamic-inference test with the measured
 #             backbone speed-up) at target rates 0.3, 0.5, 0.7 for each
 #             paradigm, plus the static baseline with the same schedule, and
-#             the trade-off figure docs/images/tradeoff_demo.png.
+#             the trade-off figure docs/images/tradeoff_faster_rcnn.png.
 # Usage: bash tools/run_detection_demos.sh {demos|tradeoff|all}
 # A stage-1 checkpoint that exists is reused. Logs: $WORK/*.log.
 set -eo pipefail
@@ -82,7 +82,7 @@ if [ "$WHAT" = tradeoff ] || [ "$WHAT" = all ]; then
   stage23 tradeoff_static configs/demo/faster-rcnn_r50-static_coco-tiny.py "$ck"
   runs+=("$(ls "$WORK/tradeoff_static"/test_dynamic/*/*.json | tail -n 1)")
   python3 tools/analysis_tools/plot_tradeoff.py "${runs[@]}" --annotate \
-    --out docs/images/tradeoff_demo.png \
+    --out docs/images/tradeoff_faster_rcnn.png \
     --title "Faster R-CNN on coco_tiny (demo scale): mAP against backbone latency" \
     | tee "$WORK/tradeoff_table.md"
 fi

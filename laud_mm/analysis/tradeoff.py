@@ -23,6 +23,8 @@ import os.path as osp
 import re
 from typing import Dict, List, Optional, Sequence
 
+from mmengine.config import Config
+
 #: series of the figure, in legend order
 PARADIGMS = ('spatial', 'channel', 'layer', 'static')
 #: logged keys of :class:`laud_mm.BackboneLatencyMetric`
@@ -216,20 +218,24 @@ def infer_paradigm(path: str) -> str:
 
 
 def _paradigm_from_config(file: str) -> Optional[str]:
-    """``model.backbone.paradigm`` read from a saved config (text search, so
-    that no module has to be imported), or None if the file has none."""
+    """``model.backbone.paradigm`` of a saved config, read with mmengine's
+    ``Config`` (a dumped config also holds the base files' variables, e.g.
+    ``laud_channel_g2 = dict(paradigm='channel', ...)``, so the first
+    ``paradigm=`` of the text is not the model's): 'static' for a LAUD
+    backbone with ``paradigm=None``; None when the file does not parse or
+    has no LAUD backbone."""
     try:
-        with open(file) as f:
-            text = f.read()
-    except OSError:
+        cfg = Config.fromfile(file)
+    except Exception:  # not a config (or one that needs its repository)
         return None
-    if 'LAUD' not in text and 'laud' not in text:
+    model = cfg.get('model')
+    backbone = model.get('backbone') if isinstance(model, dict) else None
+    if not isinstance(backbone, dict) or \
+            'laud' not in str(backbone.get('type', '')).lower() or \
+            'paradigm' not in backbone:
         return None
-    m = re.search(r"paradigm\s*[=:]\s*(?:'(\w+)'|\"(\w+)\"|None)", text)
-    if m is None:
-        return None
-    p = m.group(1) or m.group(2)
-    return 'static' if p is None else p
+    p = backbone['paradigm']
+    return 'static' if p is None else str(p)
 
 
 def collect(runs: Sequence[str], metric: Optional[str] = None,
@@ -253,9 +259,11 @@ def collect(runs: Sequence[str], metric: Optional[str] = None,
         if par not in PARADIGMS:
             raise ValueError(f'paradigm {par!r} of run {run!r} is not one of '
                              f'{PARADIGMS}')
+        ckpt = rec['checkpoint'] and osp.join(   # its run dir / file
+            osp.basename(osp.dirname(rec['checkpoint'])),
+            osp.basename(rec['checkpoint']))
         default = ' / '.join(
-            str(x) for x in (rec['config'], rec['checkpoint'] and
-                             osp.basename(rec['checkpoint'])) if x) or \
+            str(x) for x in (rec['config'], ckpt) if x) or \
             osp.basename(osp.normpath(run))
         rec.update(paradigm=par, run=run,
                    label=labels[i] if labels else default)
@@ -272,8 +280,9 @@ def plot(points: Sequence[Dict[str, object]], out: str,
     """One panel per x quantity logged by every run: metric against the
     predicted latency (ms), the measured CPU latency (ms,
     ``laud/measured_ms``) and the backbone GFLOPs; one line per paradigm
-    (points sorted by x), each point labelled with its run (``annotate``).
-    Writes a PNG.
+    (points sorted by x); with ``annotate`` each point carries its number,
+    the row of :func:`format_points` that names its config and checkpoint
+    (full labels would crowd the panels). Writes a PNG.
 
     Returns:
         ``out``.
@@ -297,6 +306,7 @@ def plot(points: Sequence[Dict[str, object]], out: str,
         panels.append(('gflops', 'backbone GFLOPs (per image)'))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4),
                              squeeze=False)
+    number = {id(p): i + 1 for i, p in enumerate(points)}
     for ax, (key, xlabel) in zip(axes[0], panels):
         for par in PARADIGMS:
             pts = sorted((p for p in points if p['paradigm'] == par),
@@ -311,7 +321,7 @@ def plot(points: Sequence[Dict[str, object]], out: str,
                     markersize=10 if par == 'static' else 6)
             if annotate:
                 for p, x, y in zip(pts, xs, ys):
-                    ax.annotate(str(p['label']), (x, y), fontsize=7,
+                    ax.annotate(str(number[id(p)]), (x, y), fontsize=8,
                                 xytext=(3, 3), textcoords='offset points')
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -327,16 +337,17 @@ def plot(points: Sequence[Dict[str, object]], out: str,
 
 
 def format_points(points: Sequence[Dict[str, object]]) -> str:
-    """Markdown table of :func:`collect` points: run label (config /
-    checkpoint), paradigm, metric, activation rate, predicted latency ms,
-    measured latency ms and GFLOPs ('-' where not logged)."""
+    """Markdown table of :func:`collect` points: number (the figure's
+    point labels), run label (config / checkpoint), paradigm, metric,
+    activation rate, predicted latency ms, measured latency ms and GFLOPs
+    ('-' where not logged)."""
     def f(v, fmt):
         return '-' if v is None else format(v, fmt)
-    lines = [f'| run | paradigm | {points[0]["metric"]} | activation rate | '
-             f'predicted ms | measured ms (CPU) | GFLOPs |',
-             '|---|---|---|---|---|---|---|']
-    for p in points:
-        lines.append(f'| {p["label"]} | {p["paradigm"]} | '
+    lines = [f'| # | run | paradigm | {points[0]["metric"]} | '
+             f'activation rate | predicted ms | measured ms (CPU) | GFLOPs |',
+             '|---|---|---|---|---|---|---|---|']
+    for i, p in enumerate(points):
+        lines.append(f'| {i + 1} | {p["label"]} | {p["paradigm"]} | '
                      f'{p["value"]:.4f} | {f(p["activation_rate"], ".3f")} | '
                      f'{p["latency_ms"]:.3f} | {f(p.get("measured_ms"), ".1f")} '
                      f'| {f(p["gflops"], ".2f")} |')

@@ -17,15 +17,17 @@ from conftest import COCO_TINY, ROOT
 
 
 def _fake_run(root, name, paradigm, records, test_record=None):
-    """A work dir as mmengine writes it: the saved config, the validation
-    records in vis_data/scalars.json (JSON lines), the test metrics in
-    <timestamp>.json."""
+    """A work dir as mmengine writes it: the saved config (with a base
+    file's variable that names another paradigm before the model, as a
+    dumped config has), the validation records in vis_data/scalars.json
+    (JSON lines), the test metrics in <timestamp>.json."""
     run = osp.join(root, name)
     ts = osp.join(run, '20240101_000000')
     os.makedirs(osp.join(ts, 'vis_data'))
     with open(osp.join(run, f'{name}.py'), 'w') as f:
         p = 'None' if paradigm == 'static' else repr(paradigm)
-        f.write(f"model = dict(type='laud_mm.LAUDDetector', backbone=dict("
+        f.write("laud_channel_g2 = dict(granularity=2, paradigm='channel')\n"
+                f"model = dict(type='laud_mm.LAUDDetector', backbone=dict("
                 f"type='laud_mm.LAUDResNet', paradigm={p}))\n")
     with open(osp.join(ts, 'vis_data', 'scalars.json'), 'w') as f:
         for r in records:
@@ -84,7 +86,8 @@ def test_plot_tradeoff_reads_runs_and_writes_png(tmp_path):
     test_json = osp.join(both, '20240102_000000', '20240102_000000.json')
     pts = plot_tradeoff.collect([test_json])
     assert pts[0]['value'] == 0.33
-    # the label names the config and checkpoint the run evaluated
+    # the label names the config and checkpoint (its run dir and file) the
+    # run evaluated
     with open(osp.join(both, '20240102_000000', 'config.py'), 'w'):
         pass
     os.makedirs(osp.join(both, '20240102_000000', 'vis_data'))
@@ -93,8 +96,8 @@ def test_plot_tradeoff_reads_runs_and_writes_png(tmp_path):
         f.write("load_from = 'work_dirs/x/epoch_4.pth'\n")
     pt = plot_tradeoff.collect([test_json])[0]
     assert pt['checkpoint'] == 'work_dirs/x/epoch_4.pth'
-    assert pt['label'] == 'two_evals.py / epoch_4.pth'
-    assert '| two_evals.py / epoch_4.pth | layer | 0.3300 |' in \
+    assert pt['label'] == 'two_evals.py / x/epoch_4.pth'
+    assert '| 1 | two_evals.py / x/epoch_4.pth | layer | 0.3300 |' in \
         plot_tradeoff.format_points([pt])
 
 
