@@ -37,6 +37,12 @@ run (median process CPU time of repeated calls after warm-up,
   (:func:`~laud_mm.models.resnet.dynamic._spatial_gate`: the one-channel
   1x1 conv, then the pool; equal by linearity), on the inputs of R50's
   stride-1 spatial blocks;
+- ``layer``: a layer-skipping identity block with 4 of its 8 samples kept,
+  the kept samples on the per-sample GEMM kernel
+  (:func:`~laud_mm.ops.sample_gemm`) against gathered into oneDNN's
+  convolutions, the choice of :func:`laud_mm.ops.policy.layer_sample_gemm`
+  (wall-clock medians: the choice is about how the threads share the work;
+  run it with ``--threads 2``);
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
@@ -51,21 +57,24 @@ Source: paper sec. 3.4 (scheduling of the dynamic operators).
 """
 from typing import List, Optional, Sequence, Tuple
 
+import statistics
+
 import torch
 import torch.nn.functional as F
 
 from laud_mm.models import LAUDBottleneck
 from laud_mm.models.layers.gates import KEEP, SKIP
-from laud_mm.models.resnet.dynamic import (folded, spatial_logit,
+from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
+                                           folded, spatial_logit,
                                            spatial_patch_convs,
                                            window_conv1)
 from laud_mm.ops import (gather_kept_weights, gather_kept_weights_reference,
-                         max_pool2d)
+                         max_pool2d, policy)
 from laud_mm.ops.allocator import tune_cpu_allocator
 from laud_mm.ops.patches import (_gather, _scatter, patch_map,
                                  scatter_add_relu_reference, window_size)
 
-from .timing import cpu_ms
+from .timing import cpu_ms, wall_ms
 
 #: one row: (kernel, shape, A, A ms, B, B ms, note)
 Row = Tuple[str, str, str, float, str, float, str]
@@ -240,6 +249,44 @@ def masker_rows() -> List[Row]:
     return rows
 
 
+def layer_rows() -> List[Row]:
+    """``layer``: a layer identity block (C_in = 4 x width, 4 of 8 samples
+    kept) on the per-sample GEMM kernel against gathered into oneDNN
+    (``policy.layer_sample_gemm``'s answer forced either way; median
+    wall-clock ms of 9 calls after 2; note: max difference and the path
+    the policy takes at the current thread count)."""
+    rows = []
+    for width, hw in ((256, 14), (512, 7)):
+        torch.manual_seed(0)
+        blk = LAUDBottleneck(width * 4, width, paradigm='layer').eval()
+        blk.masker.forced_gate = torch.tensor([1., 0, 1, 0, 0, 1, 1, 0])
+        x = torch.rand(8, width * 4, hw, hw)
+        geom = blk.geometry((hw, hw))
+        choose = policy.layer_sample_gemm
+
+        def run(gather: bool):
+            # the dynamic path asks the policy at call time: force its answer
+            policy.layer_sample_gemm = lambda px, threads: not gather
+            try:
+                return dynamic_bottleneck_forward(blk, x, geom)[0]
+            finally:
+                policy.layer_sample_gemm = choose
+
+        def ms(gather: bool) -> float:
+            for _ in range(2):
+                run(gather)
+            return statistics.median(wall_ms(lambda: run(gather))
+                                     for _ in range(9))
+        diff = float((run(False) - run(True)).abs().max())
+        chosen = 'kernel' if choose(hw * hw, torch.get_num_threads()) \
+            else 'gathered'
+        rows.append(('layer', f'{width * 4} ch {hw}x{hw}, 4 of 8 kept',
+                     'sample_gemm kernel (wall)', ms(False),
+                     'gathered, oneDNN (wall)', ms(True),
+                     f'max diff {diff:.1e}; policy: {chosen}'))
+    return rows
+
+
 def max_pool_rows() -> List[Row]:
     """``max_pool``: :func:`laud_mm.ops.max_pool2d` against
     ``F.max_pool2d`` on the R50 stem's output (note: 'equal' when
@@ -271,7 +318,8 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      kept_weights=kept_weight_rows,
                      window_conv1=window_conv1_rows, scatter=scatter_rows,
                      weight_reorder=reorder_rows, masker=masker_rows,
-                     max_pool=max_pool_rows, pixels=pixel_rows)
+                     layer=layer_rows, max_pool=max_pool_rows,
+                     pixels=pixel_rows)
 
 
 def format_row(row: Row) -> str:

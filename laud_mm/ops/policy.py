@@ -52,10 +52,10 @@ SPATIAL_FUSED_CPU = True
 #: (index_select -> conv1-conv2-conv3 -> add into the shortcut rows) when
 #: torch has more than one thread: the per-sample GEMM kernel
 #: (:func:`laud_mm.ops.sample_gemm`, no row copies) splits only n x H x W
-#: columns over the threads there (R50 8 x 224 px, 4 of 8 samples kept,
-#: 2 threads: 12.0 - 13.4 ms per 2048 x 7 x 7 block against 11.2 -
-#: 12.0 ms gathered; equal at 14 x 14; one thread: the kernel 0.5 ms
-#: faster)
+#: columns over the threads there (4 of 8 samples kept, 2 threads: a
+#: 2048 x 7 x 7 block 1.03 - 1.08x faster gathered, a 1024 x 14 x 14 one
+#: 0.85 - 0.91x; one thread: the kernel faster on both;
+#: ``tools/analysis_tools/benchmark_kernels.py --only layer --threads 2``)
 LAYER_GATHER_MAX_PIXELS = 196
 
 

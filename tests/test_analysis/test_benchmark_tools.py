@@ -250,3 +250,36 @@ def test_bench_pair_speedup_is_the_median_pair_ratio(monkeypatch):
     assert tm.static_ms == pytest.approx(200.) and \
         tm.dynamic_ms == pytest.approx(300.)
     assert next(calls, None) is None
+
+
+def test_layer_rows_compare_equal_results(monkeypatch):
+    """The kernel benchmarks' layer rows time the per-sample GEMM kernel
+    against the gathered oneDNN path on the same block and input (equal up
+    to float rounding, both paths really taken) and name the path the policy
+    takes; the policy is restored afterwards."""
+    import laud_mm.models.resnet.dynamic as dyn
+    from laud_mm.ops import policy
+    calls = []
+    real = dyn._sample_gemm
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dyn, '_sample_gemm', spy)
+    choose = policy.layer_sample_gemm
+    with torch.no_grad():
+        rows = kernels.layer_rows()
+    assert policy.layer_sample_gemm is choose
+    assert [r[1] for r in rows] == ['1024 ch 14x14, 4 of 8 kept',
+                                    '2048 ch 7x7, 4 of 8 kept']
+    # 2 rows x (2 warm-up + 9 timed + 1 compared) kernel calls x conv1, conv3
+    assert len(calls) == 2 * 12 * 2
+    threads = torch.get_num_threads()
+    for (kernel, _, _, ta, _, tb, note), hw in zip(rows, (14, 7)):
+        assert kernel == 'layer' and ta > 0 and tb > 0
+        diff, chosen = note.split('; policy: ')
+        assert float(diff.split()[-1]) < 1e-4
+        assert chosen == ('kernel' if policy.layer_sample_gemm(hw * hw,
+                                                              threads)
+                          else 'gathered')
