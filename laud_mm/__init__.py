@@ -17,7 +17,8 @@ compat.register_safe_globals()
 from . import registry  # noqa: E402,F401
 from . import engine, evaluation, models  # noqa: E402,F401
 from .engine import (BackboneSpeedHook, CPUAmpOptimWrapper,  # noqa: E402
-                     GumbelTemperatureHook, MainProcessLoggerHook,
+                     GumbelNoiseHook, GumbelTemperatureHook,
+                     MainProcessLoggerHook,
                      RNGStateHook, WeightsOnlyCheckpointHook)
 from .evaluation import BackboneLatencyMetric  # noqa: E402
 from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
@@ -28,6 +29,7 @@ from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
 __all__ = ['LAUDResNet', 'LAUDResNetV1c', 'LAUDRegNetY', 'LAUDT2TViT',
            'LAUDBottleneck', 'LAUDDetector', 'LAUDSegmentor',
            'LAUDImageClassifier', 'SparsityLoss',
-           'DistillationLoss', 'BackboneSpeedHook', 'GumbelTemperatureHook', 'RNGStateHook',
+           'DistillationLoss', 'BackboneSpeedHook', 'GumbelNoiseHook',
+           'GumbelTemperatureHook', 'RNGStateHook',
            'MainProcessLoggerHook', 'WeightsOnlyCheckpointHook',
            'BackboneLatencyMetric', 'CPUAmpOptimWrapper']

@@ -55,12 +55,17 @@ for mod in numpy pytest hypothesis matplotlib pycocotools yaml; do
     log "$pkg"; $PIP "$pkg"
   fi
 done
-# laud_mm: editable install; rebuild when a csrc/ file is newer than the build
+# laud_mm: editable install of this checkout; re-install when the installed
+# one is another checkout (checked outside the repository, where the current
+# directory cannot stand in for the install), or a csrc/ file is newer than
+# the build
 stamp=build/.laud_mm_built
-if ! pyok "import laud_mm" || [ ! -f "$stamp" ] || \
+here=$(pwd -P)
+if ! (cd / && pyok "import laud_mm, os, sys; sys.exit(os.path.realpath(os.path.dirname(os.path.dirname(laud_mm.__file__))) != '$here')") || \
+   [ ! -f "$stamp" ] || \
    [ -n "$(find csrc setup.py -newer "$stamp" 2>/dev/null | head -n 1)" ]; then
   log 'laud_mm (editable, C++ extension)'
   $PIP --no-build-isolation --no-deps -e .
   mkdir -p build && touch "$stamp"
 fi
-log "ready: $("$PY" -c 'import torch, mmcv, mmdet, mmpretrain, laud_mm, laud_mm.ops as o, mmseg.utils, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, mmseg {mmseg.__version__}, laud_mm {laud_mm.__version__}, ops backend {o.backend()}")')"
+log "ready: $(cd / && "$PY" -c 'import torch, mmcv, mmdet, mmpretrain, laud_mm, laud_mm.ops as o, mmseg.utils, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, mmseg {mmseg.__version__}, laud_mm {laud_mm.__version__}, ops backend {o.backend()}")')"

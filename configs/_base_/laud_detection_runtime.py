@@ -19,6 +19,12 @@ custom_imports = _base_.laud_custom_imports
 laud_gumbel_hook = dict(type='laud_mm.GumbelTemperatureHook', tau0=None,
                         tau1=None)
 custom_hooks = [laud_gumbel_hook]
+# Training gates annealed to the inference gates (Gumbel noise scale 1 ->
+# 0.1, docs/method.md sec. 2 "Training gates and inference gates"): for
+# short fine-tunings, whose gate logits stay near 0 (the coco_tiny demos
+# name it); the full configs keep the paper's Gumbel noise (scale 1).
+laud_gumbel_noise_hook = dict(type='laud_mm.GumbelNoiseHook', scale0=1.0,
+                              scale1=0.1)
 
 laud_sparsity_loss = dict(type='laud_mm.SparsityLoss', loss_weight=1.0,
                           block_bounds=False)

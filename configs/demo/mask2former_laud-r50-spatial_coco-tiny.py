@@ -21,6 +21,8 @@ val_dataloader = {{_base_.tiny_val_dataloader}}
 test_dataloader = val_dataloader
 val_evaluator = {{_base_.tiny_instance_val_evaluator}}
 test_evaluator = val_evaluator
+custom_hooks = [_base_.laud_gumbel_hook, _base_.laud_gumbel_noise_hook,
+                dict(type='laud_mm.BackboneSpeedHook', phases=('test', ))]
 
 max_iters = 200
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop',

@@ -19,7 +19,7 @@ val_dataloader = {{_base_.tiny_val_dataloader}}
 test_dataloader = val_dataloader
 val_evaluator = {{_base_.tiny_val_evaluator}}
 test_evaluator = val_evaluator
-custom_hooks = [_base_.laud_gumbel_hook,
+custom_hooks = [_base_.laud_gumbel_hook, _base_.laud_gumbel_noise_hook,
                 dict(type='laud_mm.BackboneSpeedHook', phases=('test', ))]
 
 # the demo scale of tools/run_demo.sh: 4 epochs of the 80 images

@@ -318,3 +318,13 @@ def test_demo_configs_use_coco_tiny(name):
         assert ev[1].type == 'laud_mm.BackboneLatencyMetric'
         if name.startswith(('mask-rcnn', 'mask2former')):
             assert list(ev[0].metric) == ['bbox', 'segm']
+    # the pipeline's stage 2 / 3 (docs/detection_demos.md): temperature of
+    # the weights route, training gates annealed to the inference gates,
+    # measured backbone speed-up at test time
+    hooks = {h.type: h for h in cfg.custom_hooks}
+    assert list(hooks) == ['laud_mm.GumbelTemperatureHook',
+                           'laud_mm.GumbelNoiseHook',
+                           'laud_mm.BackboneSpeedHook'], name
+    assert hooks['laud_mm.GumbelTemperatureHook'].tau0 is None
+    assert (hooks['laud_mm.GumbelNoiseHook'].scale0,
+            hooks['laud_mm.GumbelNoiseHook'].scale1) == (1.0, 0.1)

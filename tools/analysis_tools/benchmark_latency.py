@@ -55,7 +55,10 @@ def parse_args(argv=None):
                    'the fused CPU kernel has no fallback)')
     p.add_argument('--quick', action='store_true',
                    help='R50, 224 px only')
-    p.add_argument('--plot', default='docs/benchmark_speedup.png')
+    p.add_argument('--plot', default=None,
+                   help='write the speedup-vs-rate plots here (PNG; a second '
+                   'one with the suffix _cpu for CPU time); default: none, so '
+                   'that a partial run never replaces the figures in docs/')
     p.add_argument('--json', default=None, help='write the rows as JSON')
     return p.parse_args(argv)
 

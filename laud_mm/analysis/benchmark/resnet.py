@@ -236,7 +236,7 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
                      spatial_breakdown: bool = False,
                      spatial_dense_threshold: Optional[float] = None,
                      quick: bool = False,
-                     plot_path: Optional[str] = 'docs/benchmark_speedup.png',
+                     plot_path: Optional[str] = None,
                      json_path: Optional[str] = None) -> Dict[str, list]:
     """The whole LAUD-ResNet benchmark: prints the machine line and the
     table (every configuration at each thread count), writes the plots, the

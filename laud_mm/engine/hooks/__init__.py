@@ -1,10 +1,11 @@
 """Hooks laud_mm registers, one job each, named in the LAUD configs."""
 from .backbone_speed import BackboneSpeedHook
+from .gumbel_noise import GumbelNoiseHook
 from .gumbel_temperature import GumbelTemperatureHook
 from .logger import MainProcessLoggerHook
 from .rng_state import RNGStateHook
 from .weights_only_checkpoint import (WeightsOnlyCheckpointHook,
                                       WeightsOnlyHistoryBuffer)
 
-__all__ = ['BackboneSpeedHook', 'GumbelTemperatureHook', 'RNGStateHook', 'MainProcessLoggerHook',
+__all__ = ['BackboneSpeedHook', 'GumbelNoiseHook', 'GumbelTemperatureHook', 'RNGStateHook', 'MainProcessLoggerHook',
            'WeightsOnlyCheckpointHook', 'WeightsOnlyHistoryBuffer']

@@ -12,6 +12,14 @@ from ...models.layers.maskers import MaskerBase
 from ...registry import HOOKS
 
 
+def model_maskers(runner) -> list:
+    """Every :class:`~laud_mm.models.layers.maskers.MaskerBase` of the
+    runner's model (unwrapped from DDP)."""
+    model = runner.model.module if is_model_wrapper(runner.model) \
+        else runner.model
+    return [m for m in model.modules() if isinstance(m, MaskerBase)]
+
+
 @HOOKS.register_module()
 class GumbelTemperatureHook(Hook):
     """Set tau = tau0 * (tau1 / tau0) ** (iter / max_iters) before every
@@ -64,12 +72,6 @@ class GumbelTemperatureHook(Hook):
         frac = min(max(it / max(max_iters, 1), 0.), 1.)
         return tau0 * (tau1 / tau0) ** frac
 
-    @staticmethod
-    def _maskers(runner):
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
-        return [m for m in model.modules() if isinstance(m, MaskerBase)]
-
     def before_train(self, runner) -> None:
         """Find the maskers (and the schedule, when it is the model's).
 
@@ -79,7 +81,7 @@ class GumbelTemperatureHook(Hook):
         Raises:
             RuntimeError: if the model has no maskers, or no schedule.
         """
-        self._cached = self._maskers(runner)
+        self._cached = model_maskers(runner)
         if not self._cached:
             raise RuntimeError('GumbelTemperatureHook: the model has no '
                                'maskers (is the backbone static, paradigm=None?)')
@@ -109,7 +111,7 @@ class GumbelTemperatureHook(Hook):
             runner: the mmengine Runner; the other arguments are unused.
         """
         tau = self.tau_at(runner.iter, runner.max_iters)
-        maskers = getattr(self, '_cached', None) or self._maskers(runner)
+        maskers = getattr(self, '_cached', None) or model_maskers(runner)
         for m in maskers:
             m.tau = tau
         runner.message_hub.update_scalar('train/gumbel_tau', tau)

@@ -22,6 +22,9 @@ class MaskerBase(nn.Module):
     Attributes:
         tau: Gumbel temperature used in training (set by
             :class:`laud_mm.GumbelTemperatureHook`).
+        noise_scale: factor on the training gates' Gumbel noise (1: the
+            paper's; set by :class:`laud_mm.GumbelNoiseHook`; see
+            :func:`~laud_mm.models.layers.gates.gumbel_gate`).
         forced_gate: None (gates come from the logits), 0 or 1 broadcast to
             every gate, or a tensor of the gate shape holding 0s and 1s.
             Used by tests and benchmarks to impose activation patterns.
@@ -34,6 +37,7 @@ class MaskerBase(nn.Module):
     def __init__(self):
         super().__init__()
         self.tau = 1.0
+        self.noise_scale = 1.0
         self.forced_gate = None
 
     @property
@@ -72,7 +76,8 @@ class MaskerBase(nn.Module):
 
     def _gate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.forced_gate is None:
-            return gumbel_gate(logits, self.tau, self.training)
+            return gumbel_gate(logits, self.tau, self.training,
+                               noise_scale=self.noise_scale)
         shape = logits.shape[:-1]
         f = self.forced_gate
         if isinstance(f, torch.Tensor):

@@ -46,3 +46,31 @@ def test_keep_bias_layout():
     fc = torch.nn.Linear(8, 6)
     init_keep_bias(fc, keep=2., skip=-2.)
     assert fc.bias.tolist() == [2., -2.] * 3
+
+
+@pytest.mark.parametrize('scale', [0.5, 0.2])
+def test_noise_scale_sets_the_keep_probability(scale):
+    # P(keep) of the hard sample = sigmoid(d / noise_scale)
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.3, 0.0]]).expand(40000, 2)
+    g = gumbel_gate(logits, tau=0.1, training=True, noise_scale=scale)
+    p = torch.sigmoid(torch.tensor(0.3 / scale)).item()
+    assert g.mean().item() == pytest.approx(p, abs=0.01)
+    # the paper's scale 1 gives sigmoid(d), visibly another rate
+    assert abs(p - torch.sigmoid(torch.tensor(0.3)).item()) > 0.05
+
+
+def test_zero_noise_trains_the_inference_gate():
+    logits = torch.randn(500, 2).requires_grad_()
+    g = gumbel_gate(logits, tau=0.5, training=True, noise_scale=0.0)
+    assert torch.equal(g.detach(), gumbel_gate(logits.detach(), 0.5, False))
+    g.sum().backward()  # straight-through gradient of sigmoid(d / tau)
+    d = (logits[:, 0] - logits[:, 1]).detach()
+    s = torch.sigmoid(d / 0.5)
+    assert torch.allclose(logits.grad[:, 0], s * (1 - s) / 0.5, atol=1e-5)
+
+
+@pytest.mark.parametrize('bad', [-0.1, float('nan'), float('inf')])
+def test_bad_noise_scale(bad):
+    with pytest.raises(ValueError, match='noise_scale'):
+        gumbel_gate(torch.zeros(3, 2), 1.0, True, noise_scale=bad)

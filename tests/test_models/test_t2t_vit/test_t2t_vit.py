@@ -26,7 +26,7 @@ from mmpretrain.models.backbones.t2t_vit import \
 
 from laud_mm import LAUDT2TViT  # noqa: E402
 from laud_mm.engine.hooks.gumbel_temperature import \
-    GumbelTemperatureHook  # noqa: E402
+    model_maskers  # noqa: E402
 from laud_mm.latency import HardwareSpec, LatencyPredictor  # noqa: E402
 from laud_mm.latency.blocks.t2t_vit import (  # noqa: E402
     attention_ops, transformer_ops, vit_layer_ops, vit_op_breakdown)
@@ -248,7 +248,7 @@ def test_tau_hook_and_metric_see_the_vit():
                       in_channels=64),
             sparsity_loss=dict(type='laud_mm.SparsityLoss', target_rate=0.7))
     runner = types.SimpleNamespace(model=clf)
-    maskers = GumbelTemperatureHook._maskers(runner)
+    maskers = model_maskers(runner)
     assert len(maskers) == 2
     clf.eval()
     from mmpretrain.structures import DataSample
