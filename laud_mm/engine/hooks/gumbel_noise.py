@@ -13,12 +13,10 @@ target (docs/method.md sec. 3, "Training gates and inference gates").
 
 Source: paper eq. (1) (s = 1); the annealing is ours (docs/method.md).
 """
-import math
-
 from mmengine.hooks import Hook
 
 from ...registry import HOOKS
-from .gumbel_temperature import model_maskers
+from .gumbel_temperature import check_annealing, exponential, model_maskers
 
 
 @HOOKS.register_module()
@@ -45,21 +43,13 @@ class GumbelNoiseHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self, scale0: float = 1.0, scale1: float = 0.1):
-        for key, v in (('scale0', scale0), ('scale1', scale1)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
-                    not math.isfinite(v) or not v > 0:
-                raise ValueError(f'GumbelNoiseHook: {key}={v!r} must be a '
-                                 f'finite number > 0')
-        if scale1 > scale0:
-            raise ValueError(f'GumbelNoiseHook: scale1={scale1!r} > '
-                             f'scale0={scale0!r}: the noise anneals down '
-                             f'(scale0 = scale1 for a fixed scale)')
+        check_annealing('GumbelNoiseHook', ('scale0', scale0),
+                        ('scale1', scale1), 'the noise')
         self.scale0, self.scale1 = float(scale0), float(scale1)
 
     def scale_at(self, it: int, max_iters: int) -> float:
         """Noise scale at iteration ``it`` of ``max_iters``."""
-        frac = min(max(it / max(max_iters, 1), 0.), 1.)
-        return self.scale0 * (self.scale1 / self.scale0) ** frac
+        return exponential(self.scale0, self.scale1, it, max_iters)
 
     def before_train(self, runner) -> None:
         """Find the maskers.

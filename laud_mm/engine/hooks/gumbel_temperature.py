@@ -20,6 +20,32 @@ def model_maskers(runner) -> list:
     return [m for m in model.modules() if isinstance(m, MaskerBase)]
 
 
+def check_annealing(hook: str, start: tuple, end: tuple, what: str) -> None:
+    """Validate the two ends ``(key, value)`` of an annealed quantity.
+
+    Raises:
+        ValueError: a value that is not a finite number > 0 (bool
+            included), or end > start; the message names hook, key and
+            value.
+    """
+    for key, v in (start, end):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                not math.isfinite(v) or not v > 0:
+            raise ValueError(f'{hook}: {key}={v!r} must be a finite number '
+                             f'> 0')
+    if end[1] > start[1]:
+        raise ValueError(f'{hook}: {end[0]}={end[1]!r} > {start[0]}='
+                         f'{start[1]!r}: {what} anneals down ({start[0]} = '
+                         f'{end[0]} for a fixed value)')
+
+
+def exponential(v0: float, v1: float, it: int, max_iters: int) -> float:
+    """v0 * (v1 / v0) ** (it / max_iters), ``it`` clipped to [0,
+    max_iters]: the exponential annealing of paper appendix B.2."""
+    frac = min(max(it / max(max_iters, 1), 0.), 1.)
+    return v0 * (v1 / v0) ** frac
+
+
 @HOOKS.register_module()
 class GumbelTemperatureHook(Hook):
     """Set tau = tau0 * (tau1 / tau0) ** (iter / max_iters) before every
@@ -55,22 +81,13 @@ class GumbelTemperatureHook(Hook):
         if tau0 is None and tau1 is None:
             self.tau0 = self.tau1 = None  # from the model's weights route
             return
-        for key, v in (('tau0', tau0), ('tau1', tau1)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
-                    not math.isfinite(v) or not v > 0:
-                raise ValueError(f'GumbelTemperatureHook: {key}={v!r} must be '
-                                 f'a finite number > 0')
-        if tau1 > tau0:
-            raise ValueError(f'GumbelTemperatureHook: tau1={tau1!r} > '
-                             f'tau0={tau0!r}: the temperature anneals down '
-                             f'(tau0 = tau1 for a fixed temperature)')
+        check_annealing('GumbelTemperatureHook', ('tau0', tau0),
+                        ('tau1', tau1), 'the temperature')
         self.tau0, self.tau1 = float(tau0), float(tau1)
 
     def tau_at(self, it: int, max_iters: int) -> float:
         """Temperature at iteration ``it`` of ``max_iters``."""
-        tau0, tau1 = self._taus()
-        frac = min(max(it / max(max_iters, 1), 0.), 1.)
-        return tau0 * (tau1 / tau0) ** frac
+        return exponential(*self._taus(), it, max_iters)
 
     def before_train(self, runner) -> None:
         """Find the maskers (and the schedule, when it is the model's).
