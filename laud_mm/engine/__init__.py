@@ -2,10 +2,10 @@
 (:mod:`.hooks`), the CPU mixed-precision optimizer wrapper (:mod:`.amp`)
 and CPU distributed set-up (:mod:`.dist`)."""
 from .amp import CPUAmpOptimWrapper
-from .hooks import (BackboneSpeedHook, GumbelNoiseHook, GumbelTemperatureHook,
-                    MainProcessLoggerHook, RNGStateHook,
-                    WeightsOnlyCheckpointHook)
+from .hooks import (BackboneSpeedHook, GumbelNoiseHook,
+                    GumbelTemperatureHook, MainProcessLoggerHook,
+                    RNGStateHook, WeightsOnlyCheckpointHook)
 
-__all__ = ['CPUAmpOptimWrapper', 'BackboneSpeedHook', 'GumbelNoiseHook', 'GumbelTemperatureHook',
-           'RNGStateHook', 'MainProcessLoggerHook',
+__all__ = ['CPUAmpOptimWrapper', 'BackboneSpeedHook', 'GumbelNoiseHook',
+           'GumbelTemperatureHook', 'RNGStateHook', 'MainProcessLoggerHook',
            'WeightsOnlyCheckpointHook']

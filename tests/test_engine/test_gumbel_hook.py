@@ -4,9 +4,11 @@ import math
 import os.path as osp
 
 import pytest
+import torch
 
 import laud_mm  # noqa: F401
 from laud_mm import GumbelNoiseHook, GumbelTemperatureHook
+from laud_mm.models.layers.gates import gumbel_gate
 
 from conftest import ROOT  # noqa: E402
 
@@ -72,6 +74,10 @@ def test_noise_hook_in_a_runner(tmp_path):
     maskers = [m for m in runner.model.modules() if isinstance(m, MaskerBase)]
     assert maskers and all(m.noise_scale == pytest.approx(last)
                            for m in maskers)
+    # in eval the gate is the deterministic one whatever the noise scale
+    m = maskers[0].eval()
+    logits = torch.randn(1000, 2)
+    assert torch.equal(m._gate(logits), gumbel_gate(logits, 1.0, False))
 
 
 def test_noise_hook_needs_maskers(tmp_path):

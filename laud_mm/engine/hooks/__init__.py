@@ -7,5 +7,6 @@ from .rng_state import RNGStateHook
 from .weights_only_checkpoint import (WeightsOnlyCheckpointHook,
                                       WeightsOnlyHistoryBuffer)
 
-__all__ = ['BackboneSpeedHook', 'GumbelNoiseHook', 'GumbelTemperatureHook', 'RNGStateHook', 'MainProcessLoggerHook',
+__all__ = ['BackboneSpeedHook', 'GumbelNoiseHook', 'GumbelTemperatureHook',
+           'RNGStateHook', 'MainProcessLoggerHook',
            'WeightsOnlyCheckpointHook', 'WeightsOnlyHistoryBuffer']

@@ -4,12 +4,12 @@ gates that end as the inference gates.
 In training a gate with keep - skip logit difference d is on with
 probability sigmoid(d / s) (s: the noise scale; the paper's Gumbel-softmax
 has s = 1), at inference when d >= 0. The sparsity loss sees the training
-gates, so logits left small and positive after a short fine-tuning are
-counted as partly off by the loss and as on by inference: the demo's
-channel and layer detectors ended at rates 0.57 - 0.91 for targets 0.5 -
-0.7. Annealing s towards 0 makes the training gates converge to the
-inference gates while the sparsity loss still holds the rate at its
-target (docs/method.md sec. 3, "Training gates and inference gates").
+gates, so logits left small and positive after a short fine-tuning count as
+partly off for the loss and as on for inference, and the inference rate
+exceeds the target. Annealing s towards 0 makes the training gates converge
+to the inference gates while the sparsity loss still holds the rate at its
+target (docs/method.md sec. 2, "Training gates and inference gates";
+measurements in docs/detection_demos.md).
 
 Source: paper eq. (1) (s = 1); the annealing is ours (docs/method.md).
 """

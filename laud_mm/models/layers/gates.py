@@ -24,7 +24,7 @@ def gumbel_gate(logits: torch.Tensor, tau: float, training: bool,
     With the paper's noise_scale = 1 a logit d = 1.5 is kept in 82 % of the
     training passes and in every inference pass, so the sparsity loss, which
     sees the training gates, can settle on a rate that inference exceeds
-    (docs/method.md sec. 3, "Training gates and inference gates");
+    (docs/method.md sec. 2, "Training gates and inference gates");
     :class:`laud_mm.GumbelNoiseHook` anneals the scale so that the two
     agree at the end of training.
 
