@@ -11,7 +11,9 @@
 #             paradigm, plus the static baseline with the same schedule, and
 #             the trade-off figure docs/images/tradeoff_faster_rcnn.png.
 # Usage: bash tools/run_detection_demos.sh {demos|tradeoff|all}
-# A stage-1 checkpoint that exists is reused. Logs: $WORK/*.log.
+# A stage-1 checkpoint that exists is reused, and so is a stage-2/3 run that
+# finished (its test_dynamic JSON log exists): delete its directory to re-run
+# it after a config change. Logs: $WORK/*.log.
 set -eo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}
@@ -43,6 +45,11 @@ stage1() {
 stage23() {
   local name=$1 cfg=$2 ckpt=$3; shift 3
   local dir=$WORK/$name
+  if ls "$dir"/test_dynamic/*/*.json > /dev/null 2>&1; then
+    echo "[demos] $name: reusing the finished run $dir (delete it to re-run)" >&2
+    grep -E "Epoch\(test\)" "$dir.test.log" | tail -n 1
+    return
+  fi
   echo "[demos] $name: $cfg from $ckpt"
   /usr/bin/time -f "train $name: %e s" -a -o "$WORK/times.txt" \
     python3 tools/train.py "$cfg" --work-dir "$dir" \
@@ -69,8 +76,15 @@ if [ "$WHAT" = tradeoff ] || [ "$WHAT" = all ]; then
     for t in 0.3 0.5 0.7; do
       ck=$(stage1 "$p" "$t" | tail -n 1)
       name=tradeoff_${p}_t${t}
-      if [ "$p" = spatial ] && [ "$t" = 0.5 ] && [ -d "$WORK/faster-rcnn_spatial/test_dynamic" ]; then
-        name=faster-rcnn_spatial   # the demo run above is this point
+      # this point is the Faster R-CNN spatial demo: the run above or
+      # tools/run_demo.sh's, when one of them finished
+      demo=
+      for d in faster-rcnn_spatial faster_rcnn_spatial; do
+        ls "$WORK/$d"/test_dynamic/*/*.json > /dev/null 2>&1 && demo=$d
+      done
+      if [ "$p" = spatial ] && [ "$t" = 0.5 ] && [ -n "$demo" ]; then
+        name=$demo
+        echo "[demos] spatial t = 0.5: the demo run $WORK/$name" >&2
       else
         stage23 "$name" "configs/demo/faster-rcnn_laud-r50-${p}_coco-tiny.py" "$ck" \
           model.sparsity_loss.target_rate="$t"
