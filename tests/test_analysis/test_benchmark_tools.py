@@ -283,3 +283,32 @@ def test_layer_rows_compare_equal_results(monkeypatch):
         assert chosen == ('kernel' if policy.layer_sample_gemm(hw * hw,
                                                               threads)
                           else 'gathered')
+
+
+def test_detector_benchmark_pairs_share_weights_and_roi_work():
+    """The training-iteration comparison (docs/benchmarks.md, issue #17):
+    both Faster R-CNNs sample RoIAlign at a fixed ratio, the LAUD one holds
+    the static one's weights (maskers aside), so their proposals agree; one
+    timed pair on a real coco_tiny image runs."""
+    from laud_mm.analysis.benchmark import detector as bd
+    dets = bd.paired_detectors('spatial', root=str(ROOT))
+    sd_l, sd_s = dets['laud'].state_dict(), dets['static'].state_dict()
+    assert set(sd_s) < set(sd_l)
+    assert all('.masker.' in k for k in set(sd_l) - set(sd_s))
+    assert all(torch.equal(sd_l[k], v) for k, v in sd_s.items()
+               if k != 'backbone.laud_paradigm')
+    for det in dets.values():
+        roi = det.roi_head.bbox_roi_extractor.roi_layers[0]
+        assert roi.sampling_ratio == bd.ROI_SAMPLING_RATIO
+    # the same image through both (eval): the same RPN proposals while
+    # every gate keeps (the maskers' keep-biased init)
+    data = bd._coco_batch(dets['static'], 'val', 1, (320, 192), str(ROOT))
+    props = []
+    for det in dets.values():
+        det.eval()
+        with torch.no_grad():
+            feats = det.extract_feat(data['inputs'])
+            props.append(det.rpn_head.predict(feats, data['data_samples'])[0])
+    assert torch.allclose(props[0].bboxes, props[1].bboxes, atol=1e-3)
+    r = bd.time_training('spatial', 1, (320, 192), 0, 1, root=str(ROOT))
+    assert r['laud_ms'] > 0 and r['static_ms'] > 0

@@ -7,7 +7,9 @@ real COCO images, measured side by side in one process.
   training: dense compute times the masks, plus the maskers and the sparsity
   loss) against the same detector with a static ResNet-50 (``paradigm=None``,
   no sparsity loss): forward, backward and SGD step on the same batch
-  (real coco_tiny train images with their boxes), alternately, medians.
+  (real coco_tiny train images with their boxes), alternately, medians;
+  the LAUD detector starts from the static one's weights (its maskers
+  from their init).
 - Inference: the LAUD detector with ``dynamic_inference=True`` and its gates
   forced to random patterns at the activation rate r (the benchmarks'
   FLOPs-based per-block rate, :func:`~laud_mm.analysis.forced_gates.
@@ -15,6 +17,9 @@ real COCO images, measured side by side in one process.
   static network (dense, no maskers, BN folded: ``static_blocks``), the
   whole ``predict`` (backbone, FPN, RPN, RoI head, NMS), batch 1 at the
   paper's 800 x 1333 scale; the backbone alone timed beside it.
+- Both: RoIAlign samples a fixed 2 x 2 points per bin
+  (:data:`ROI_SAMPLING_RATIO`; mmdet's adaptive default makes the RoI
+  head's cost follow the random proposals' sizes).
 
 Wall clock with all the threads given is the headline; process CPU time
 beside it (docs/benchmarks.md).
@@ -31,8 +36,8 @@ from ..forced_gates import force_random_gates
 from ..timing import bench_pair, machine_line
 from .common import PARADIGMS
 
-#: the Faster R-CNN config each paradigm's row builds (weights: random, as
-#: timing does not depend on them; no download)
+#: the Faster R-CNN config each paradigm's row builds (random weights, no
+#: download; the RoI head's sampling fixed, :data:`ROI_SAMPLING_RATIO`)
 CONFIGS = {
     'spatial': 'configs/faster_rcnn/'
                'faster-rcnn_laud-r50-spatial-s4421_t0.5_fpn_1x_coco.py',
@@ -41,6 +46,9 @@ CONFIGS = {
     'layer': 'configs/faster_rcnn/faster-rcnn_laud-r50-layer_t0.5_fpn_1x_coco.py',
 }
 TINY = 'configs/_base_/datasets/coco_tiny.py'
+#: RoIAlign sampling points per bin side in the benchmarked detectors
+#: (mmdet's configs: 0, adaptive), see :func:`_detector`
+ROI_SAMPLING_RATIO = 2
 
 
 def _detector(paradigm, root: str = '.'):
@@ -55,12 +63,38 @@ def _detector(paradigm, root: str = '.'):
     cfg = Config.fromfile(osp.join(root, CONFIGS[paradigm or 'layer']))
     m = copy.deepcopy(cfg.model)
     m.backbone.init_cfg = None
+    # RoIAlign with sampling_ratio=0 samples ceil(roi side / 7) points per
+    # bin: its cost follows the proposals' sizes, which random weights (and
+    # static against dynamic features) make differ between the two sides
+    # of a comparison. A fixed ratio gives both the same RoI-head work.
+    m.roi_head.bbox_roi_extractor.roi_layer.sampling_ratio = \
+        ROI_SAMPLING_RATIO
     if paradigm is None:
         m.backbone.paradigm, m.backbone.granularity = None, None
         m.sparsity_loss = None
     torch.manual_seed(0)
     det = MODELS.build(m)
     return det
+
+
+def paired_detectors(paradigm: str, root: str = '.') -> Dict:
+    """The training comparison's two Faster R-CNNs: ``'static'`` (static
+    ResNet-50, no sparsity loss) and ``'laud'`` (LAUD-R50 of
+    ``paradigm``) holding the static one's weights, its maskers at their
+    init, so that both start from the same proposals and RoI-head work.
+
+    Raises:
+        RuntimeError: a static weight the LAUD detector has no place for.
+    """
+    dets = {'laud': _detector(paradigm, root), 'static': _detector(None, root)}
+    weights = {k: v for k, v in dets['static'].state_dict().items()
+               if not k.endswith('laud_paradigm')}  # each keeps its tag
+    unexpected = dets['laud'].load_state_dict(
+        weights, strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f'static weights the LAUD detector lacks: '
+                           f'{unexpected[:5]}')
+    return dets
 
 
 def _coco_batch(det, split: str, n: int, scale: Tuple[int, int],
@@ -98,8 +132,7 @@ def time_training(paradigm: str, batch: int, scale: Tuple[int, int],
     Returns:
         dict(laud_ms, static_ms, ratio (laud / static, wall), cpu_ratio).
     """
-    dets = {k: _detector(p, root) for k, p in
-            (('laud', paradigm), ('static', None))}
+    dets = paired_detectors(paradigm, root)
     data = _coco_batch(dets['laud'], 'train', batch, scale, root)
     opts = {k: torch.optim.SGD(d.parameters(), lr=1e-4, momentum=0.9)
             for k, d in dets.items()}
