@@ -287,12 +287,47 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
     return make(best.x)
 
 
+#: density bands of :func:`bias_table`: (label, low, high), low <= d < high
+DENSITY_BANDS = (('0', 0., 1e-9), ('(0, 0.25)', 1e-9, 0.25),
+                 ('[0.25, 1)', 0.25, 1.), ('1', 1., 2.))
+
+
+def bias_table(cases: Sequence[Dict], preds: Sequence[float]) -> str:
+    """Markdown table of the blocks' mean signed error, predicted /
+    measured - 1 in %, per (paradigm, S/G) and density band
+    (:data:`DENSITY_BANDS`, the case's realised density): a systematic
+    model error shows as a bias of one sign in a band, timing noise as a
+    spread of both signs (static blocks: one band, '-')."""
+    acc = {}
+    for c, p in zip(cases, preds):
+        if c['kind'] != 'block':
+            continue
+        d = c['density']
+        band = '-' if d is None else next(
+            lab for lab, lo, hi in DENSITY_BANDS if lo <= d < hi)
+        key = (c['paradigm'], c['granularity'] or '-')
+        acc.setdefault(key, {}).setdefault(band, []).append(
+            p / c['measured_ms'] - 1.)
+    labels = ['-'] + [b[0] for b in DENSITY_BANDS]
+    lines = ['Blocks: mean signed error % (predicted / measured - 1; n) '
+             'per density band', '',
+             '| paradigm | S/G | ' + ' | '.join(
+                 f'd = {b}' if b != '-' else 'static' for b in labels) + ' |',
+             '|---|---|' + '---|' * len(labels)]
+    for (par, gran), bands in sorted(acc.items(), key=str):
+        cells = [f'{100 * sum(v) / len(v):+.1f} ({len(v)})'
+                 if (v := bands.get(b)) else '' for b in labels]
+        lines.append(f'| {par} | {gran} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def report(cases: Sequence[Dict], preds: Sequence[float],
            idx_sets: Dict[str, List[int]], out_dir: str, spec) -> str:
     """Markdown table of MAPE and Spearman rho per (kind, paradigm,
     granularity), per paradigm of the held-out split, per index set
-    (``idx_sets``: name -> case indices), and the timing noise of the
-    sweeps; written to ``<out_dir>/table.md`` and returned."""
+    (``idx_sets``: name -> case indices), the blocks' signed error per
+    density band (:func:`bias_table`) and the timing noise of the sweeps;
+    written to ``<out_dir>/table.md`` and returned."""
     groups = {}
     for c, p in zip(cases, preds):
         key = (c['kind'], c['paradigm'], c['granularity'])
@@ -316,6 +351,7 @@ def report(cases: Sequence[Dict], preds: Sequence[float],
                          [preds[i] for i in idx])
         lines.append(f'| **{name}** | all | - | {len(idx)} | **{m:.1f}** | '
                      f'**{rho:.3f}** |')
+    lines += ['', bias_table(cases, preds)]
     spread = sorted(max(c['sweeps_ms']) / min(c['sweeps_ms']) - 1.
                     for c in cases if len(c.get('sweeps_ms', ())) > 1)
     if spread:

@@ -820,3 +820,23 @@ def test_vector_width_and_llc_terms():
         base.replace(vector_width=1.5)
     with pytest.raises(ValueError, match='llc_mb=-2'):
         base.replace(llc_mb=-2)
+
+
+def test_validation_bias_table_signs_per_density_band():
+    """validate_predictor's bias table: the blocks' mean signed error per
+    (paradigm, S/G) and density band, so that a model error of one sign in
+    a band is told from noise; backbones are left out."""
+    from laud_mm.analysis.validation import bias_table
+    cases = [dict(kind='block', paradigm='spatial', granularity=4,
+                  density=d, measured_ms=10.) for d in (0., 0.1, 0.5, 0.7, 1.)]
+    cases += [dict(kind='block', paradigm='static', granularity=None,
+                   density=None, measured_ms=4.),
+              dict(kind='backbone', paradigm='spatial', granularity='4-4-2-1',
+                   density=0.5, measured_ms=100.)]
+    preds = [5., 11., 12., 14., 10., 5., 500.]
+    rows = {ln.split(' | ')[0].strip('| '): ln for ln in
+            bias_table(cases, preds).splitlines() if ln.startswith('| s')}
+    assert rows['spatial'] == ('| spatial | 4 |  | -50.0 (1) | +10.0 (1) | '
+                               '+30.0 (2) | +0.0 (1) |')
+    assert rows['static'].startswith('| static | - | +25.0 (1) |')
+    assert len(rows) == 2  # the backbone case is not a block
