@@ -106,7 +106,9 @@ def run_record(path: str, metric: Optional[str]) -> Dict[str, object]:
     """The one evaluation record of a run holding ``metric`` and
     ``laud/latency_ms``, with the config and checkpoint it evaluated.
 
-    A run must resolve to exactly one such record: a work dir holding several
+    A run must resolve to exactly one such record (the copies mmengine
+    writes of one record to ``vis_data/scalars.json`` and
+    ``vis_data/<timestamp>.json`` count once): a work dir holding several
     (validation during training, several ``tools/test.py`` runs) is refused
     with the list of candidates, so that the evaluation plotted is the one
     named (pass its ``<timestamp>.json`` file), never silently the latest.
@@ -130,12 +132,18 @@ def run_record(path: str, metric: Optional[str]) -> Dict[str, object]:
             (names the run and the keys that were found).
         ValueError: several records do (names them).
     """
-    seen, found = set(), []
+    seen, found, copies = set(), [], set()
     for file in find_metric_files(path):
         for i, rec in enumerate(load_records(file)):
             seen.update(rec)
             if LATENCY_KEY not in rec:
                 continue
+            # mmengine writes each record to vis_data/scalars.json and to
+            # vis_data/<timestamp>.json: one evaluation, two copies
+            copy = (osp.dirname(file), json.dumps(rec, sort_keys=True))
+            if copy in copies:
+                continue
+            copies.add(copy)
             keys = [metric] if metric else \
                 [k for k in DEFAULT_METRICS if k in rec]
             key = next((k for k in keys if k in rec), None)

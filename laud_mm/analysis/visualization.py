@@ -226,7 +226,7 @@ def plot_blocks(summary: Sequence[Dict], paradigm: str, granularity,
             label='FLOPs ratio (computed / dense)')
     ax.set_xticks(x)
     ax.set_xticklabels([s['block'] for s in summary], rotation=90, fontsize=7)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.3)  # room for the legend above the bars
     ax.set_xlabel('block (stage.index)')
     what = {'layer': 'fraction of images running the block',
             'channel': 'fraction of channel groups kept',
@@ -235,7 +235,7 @@ def plot_blocks(summary: Sequence[Dict], paradigm: str, granularity,
     g = '' if granularity is None else f' {"-".join(map(str, granularity))}'
     ax.set_title(f'{paradigm}{g}: backbone activation rate {act_rate:.3f} '
                  f'({n_images} images)', fontsize=9)
-    ax.legend(fontsize=7, loc='lower right')
+    ax.legend(fontsize=7, loc='upper center', ncol=2)
     ax.grid(axis='y', alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_file, dpi=90)

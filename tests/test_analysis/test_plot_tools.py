@@ -20,7 +20,8 @@ def _fake_run(root, name, paradigm, records, test_record=None):
     """A work dir as mmengine writes it: the saved config (with a base
     file's variable that names another paradigm before the model, as a
     dumped config has), the validation records in vis_data/scalars.json
-    (JSON lines), the test metrics in <timestamp>.json."""
+    and vis_data/<timestamp>.json (JSON lines), the test metrics in
+    <timestamp>.json."""
     run = osp.join(root, name)
     ts = osp.join(run, '20240101_000000')
     os.makedirs(osp.join(ts, 'vis_data'))
@@ -29,9 +30,12 @@ def _fake_run(root, name, paradigm, records, test_record=None):
         f.write("laud_channel_g2 = dict(granularity=2, paradigm='channel')\n"
                 f"model = dict(type='laud_mm.LAUDDetector', backbone=dict("
                 f"type='laud_mm.LAUDResNet', paradigm={p}))\n")
-    with open(osp.join(ts, 'vis_data', 'scalars.json'), 'w') as f:
-        for r in records:
-            f.write(json.dumps(r) + '\n')
+    # mmengine writes every record twice: scalars.json (visualizer) and
+    # <timestamp>.json (logger), both under vis_data
+    for log in ('scalars.json', '20240101_000000.json'):
+        with open(osp.join(ts, 'vis_data', log), 'w') as f:
+            for r in records:
+                f.write(json.dumps(r) + '\n')
     if test_record is not None:
         ts2 = osp.join(run, '20240102_000000')
         os.makedirs(ts2)
