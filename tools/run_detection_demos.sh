@@ -47,7 +47,6 @@ stage23() {
   local dir=$WORK/$name
   if ls "$dir"/test_dynamic/*/*.json > /dev/null 2>&1; then
     echo "[demos] $name: reusing the finished run $dir (delete it to re-run)" >&2
-    grep -E "Epoch\(test\)" "$dir.test.log" | tail -n 1
     return
   fi
   echo "[demos] $name: $cfg from $ckpt"
@@ -63,7 +62,8 @@ stage23() {
 
 if [ "$WHAT" = demos ] || [ "$WHAT" = all ]; then
   for p in spatial channel layer; do stage1 "$p" 0.5 > /dev/null; done
-  stage23 faster-rcnn_spatial configs/demo/faster-rcnn_laud-r50-spatial_coco-tiny.py "$WORK/stage1_spatial_t0.5.pth"
+  # tools/run_demo.sh writes the same run (same directory: reused)
+  stage23 faster_rcnn_spatial configs/demo/faster-rcnn_laud-r50-spatial_coco-tiny.py "$WORK/stage1_spatial_t0.5.pth"
   stage23 retinanet_layer configs/demo/retinanet_laud-r50-layer_coco-tiny.py "$WORK/stage1_layer_t0.5.pth"
   stage23 mask-rcnn_channel configs/demo/mask-rcnn_laud-r50-channel_coco-tiny.py "$WORK/stage1_channel_t0.5.pth"
   stage23 ddq_layer configs/demo/ddq-detr-4scale_laud-r50-layer_coco-tiny.py "$WORK/stage1_layer_t0.5.pth"
@@ -76,19 +76,11 @@ if [ "$WHAT" = tradeoff ] || [ "$WHAT" = all ]; then
     for t in 0.3 0.5 0.7; do
       ck=$(stage1 "$p" "$t" | tail -n 1)
       name=tradeoff_${p}_t${t}
-      # this point is the Faster R-CNN spatial demo: the run above or
-      # tools/run_demo.sh's, when one of them finished
-      demo=
-      for d in faster-rcnn_spatial faster_rcnn_spatial; do
-        ls "$WORK/$d"/test_dynamic/*/*.json > /dev/null 2>&1 && demo=$d
-      done
-      if [ "$p" = spatial ] && [ "$t" = 0.5 ] && [ -n "$demo" ]; then
-        name=$demo
-        echo "[demos] spatial t = 0.5: the demo run $WORK/$name" >&2
-      else
-        stage23 "$name" "configs/demo/faster-rcnn_laud-r50-${p}_coco-tiny.py" "$ck" \
-          model.sparsity_loss.target_rate="$t"
-      fi
+      # this point is the Faster R-CNN spatial demo (tools/run_demo.sh's
+      # run, or the demos above): reused when finished
+      if [ "$p" = spatial ] && [ "$t" = 0.5 ]; then name=faster_rcnn_spatial; fi
+      stage23 "$name" "configs/demo/faster-rcnn_laud-r50-${p}_coco-tiny.py" "$ck" \
+        model.sparsity_loss.target_rate="$t"
       runs+=("$(ls "$WORK/$name"/test_dynamic/*/*.json | tail -n 1)")
     done
   done
