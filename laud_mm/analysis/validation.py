@@ -297,14 +297,26 @@ def bias_table(cases: Sequence[Dict], preds: Sequence[float]) -> str:
     measured - 1 in %, per (paradigm, S/G) and density band
     (:data:`DENSITY_BANDS`, the case's realised density): a systematic
     model error shows as a bias of one sign in a band, timing noise as a
-    spread of both signs (static blocks: one band, '-')."""
+    spread of both signs (static blocks: one band, '-').
+
+    Args:
+        cases: :func:`measure_cases` dicts ('kind', 'paradigm',
+            'granularity', 'density', 'measured_ms' in ms).
+        preds: predicted ms, one per case.
+
+    Raises:
+        ValueError: a block case's density outside [0, 1].
+    """
     acc = {}
     for c, p in zip(cases, preds):
         if c['kind'] != 'block':
             continue
         d = c['density']
         band = '-' if d is None else next(
-            lab for lab, lo, hi in DENSITY_BANDS if lo <= d < hi)
+            (lab for lab, lo, hi in DENSITY_BANDS if lo <= d < hi), None)
+        if band is None:
+            raise ValueError(f'bias_table: case density={d!r} is outside '
+                             f'[0, 1]')
         key = (c['paradigm'], c['granularity'] or '-')
         acc.setdefault(key, {}).setdefault(band, []).append(
             p / c['measured_ms'] - 1.)

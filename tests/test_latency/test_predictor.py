@@ -840,3 +840,5 @@ def test_validation_bias_table_signs_per_density_band():
                                '+30.0 (2) | +0.0 (1) |')
     assert rows['static'].startswith('| static | - | +25.0 (1) |')
     assert len(rows) == 2  # the backbone case is not a block
+    with pytest.raises(ValueError, match=r'density=-0.1 is outside'):
+        bias_table([dict(cases[0], density=-0.1)], [1.])
