@@ -21,9 +21,11 @@ squares on the log latency of the static ResNet-50 bottleneck blocks (batch
 1 and 2, 224 px, the eager BN-folded path of
 :mod:`laud_mm.models.resnet.dynamic`) against the predictor
 (``implementation='eager'``). With one CPU thread the timings are the
-thread's CPU time (:func:`time_fn`). Dynamic blocks are never used for the
-fit, so the predictor validation (:mod:`laud_mm.analysis.validation`)
-validates out of sample.
+thread's CPU time (:func:`time_fn`). On a CPU, :func:`dynamic_path_terms`
+then measures the eager dynamic path's host cost per bookkeeping call and
+the fused kernels' GEMM speed on three dynamic blocks of one geometry
+(``host_call_us``, ``fused_gemm_speed``); the predictor validation
+(:mod:`laud_mm.analysis.validation`) times 274 other cases.
 
 :func:`time_fn` is also the timer of that validation. Command line:
 ``tools/analysis_tools/calibrate_hardware.py``.
@@ -238,6 +240,149 @@ def static_block_fn(g, batch: int, device: torch.device):
     return fn
 
 
+#: the block of LAUD-ResNet-50 (224 px) that :func:`dynamic_path_terms`
+#: times: stage 2 (14 x 14, 1024 -> 256 -> 1024), block 1
+DYNAMIC_CALIB_BLOCK = (2, 1)
+
+
+def _dynamic_block(paradigm: str, granularity: int, device: torch.device):
+    """(block, geometry, input) of :data:`DYNAMIC_CALIB_BLOCK` of a random
+    LAUD-ResNet-50 of ``paradigm`` (dynamic inference, eval), batch 1."""
+    from laud_mm.models.resnet.backbone import LAUDResNet
+    model = LAUDResNet(50, paradigm=paradigm, granularity=(granularity,) * 4,
+                       dynamic_inference=True, init_cfg=None).eval()
+    model.to(device)
+    geoms = model.block_geometries((224, 224))
+    j = [k for k, g in enumerate(geoms)
+         if (g.stage, g.index) == DYNAMIC_CALIB_BLOCK][0]
+    g = geoms[j]
+    x = torch.rand(1, g.in_channels, *g.in_hw, device=device)
+    return model.blocks[j], g, x
+
+
+def _half_gate(n_gates: int, shape, device: torch.device) -> torch.Tensor:
+    """A gate of ``shape`` with the first ``n_gates // 2`` of a fixed
+    random order on (1s and 0s)."""
+    order = torch.randperm(n_gates, generator=torch.Generator().manual_seed(0))
+    gate = torch.zeros(n_gates)
+    gate[order[:n_gates // 2]] = 1.
+    return gate.view(shape).to(device)
+
+
+def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
+                       clock: str = 'auto', verbose: bool = True
+                       ) -> HardwareSpec:
+    """Measure the two terms of the eager dynamic path that micro-benchmarks
+    of single library kernels miss, on :data:`DYNAMIC_CALIB_BLOCK` of
+    LAUD-ResNet-50 at batch 1 (gates imposed through
+    ``masker.forced_gate``):
+
+    * ``host_call_us``: the block with every gate off (spatial, S = 2)
+      computes nothing but its masker and shortcut; its time less the
+      model's kernels, divided by the bookkeeping calls the model counts
+      for it, is the host cost of one call (us);
+    * ``fused_gemm_speed``: the spatial (S = 2) and channel (G = 2) blocks
+      with half their gates on run the fused CPU kernels; the model's
+      compute time of their GEMMs divided by what the measured times leave
+      for them (the rest as modelled) is the kernels' speed relative to
+      the modelled rate (both blocks pooled).
+
+    Either term keeps its value in ``spec`` when it cannot be measured
+    here (a GPU; no fused kernels at this thread count or ISA; a
+    measurement that leaves no time for the modelled part, printed).
+
+    Args:
+        spec: the spec whose other terms model the kernels.
+        device: where to time.
+        clock: timer (:func:`select_clock`).
+        verbose: print the measurements.
+
+    Returns:
+        ``spec`` with the measured terms.
+    """
+    from laud_mm.models.resnet.dynamic import dynamic_bottleneck_forward
+    from laud_mm.ops import policy
+
+    from .predictor import LatencyPredictor
+    if device.type != 'cpu':
+        return spec
+
+    def run(paradigm, gran, gate_of):
+        blk, g, x = _dynamic_block(paradigm, gran, device)
+        gate = gate_of(blk, g)
+        blk.masker.forced_gate = gate
+        try:
+            with torch.no_grad():
+                t = time_fn(lambda: dynamic_bottleneck_forward(blk, x, g),
+                            device, min_time=0.3, clock=clock)
+        finally:
+            blk.masker.forced_gate = None
+        if paradigm == 'spatial':
+            from laud_mm.models.layers.masks import expand_spatial_gate
+            d = float(expand_spatial_gate(gate, g.granularity,
+                                          g.out_hw).float().mean())
+        else:
+            d = float(gate.float().mean())
+        return g, d, t * 1e3
+
+    def ops_of(sp, g, d):
+        pred = LatencyPredictor(sp, implementation='eager',
+                                spatial_dense_threshold=policy.
+                                SPATIAL_DENSE_THRESHOLD, forced_gates=True,
+                                owned_block_inputs=False)
+        return pred.predict_backbone([g], [d], 1).block_ops[0]
+
+    # host calls: every patch off
+    g, d, t = run('spatial', 2, lambda blk, g: torch.zeros(
+        1, *g.patch_grid, device=device))
+    unit = spec.replace(host_call_us=1.)
+    ops = ops_of(unit, g, d)
+    calls = sum(o.launch_ms for o in ops
+                if o.compute_ms == 0 and o.memory_ms == 0) * 1e3
+    rest = sum(o.ms for o in ops if o.compute_ms or o.memory_ms)
+    if calls > 0 and t > rest:
+        spec = spec.replace(host_call_us=(t - rest) / calls * 1e3)
+        if verbose:
+            print(f'  empty spatial block: {t:.3f} ms, kernels {rest:.3f} '
+                  f'ms, {calls:.0f} host calls: {spec.host_call_us:.1f} '
+                  f'us per call')
+    elif verbose:
+        print(f'  empty spatial block: {t:.3f} ms, not above its modelled '
+              f'kernels ({rest:.3f} ms): host_call_us kept at '
+              f'{spec.host_call_us}')
+    fused = policy.SPATIAL_FUSED_CPU and policy.CHANNEL_FUSED_CPU and \
+        policy.fused_cpu_threads() and spec.vector_width >= 16
+    if not fused:
+        if verbose:
+            print('  no fused CPU kernels at this thread count / ISA: '
+                  f'fused_gemm_speed kept at {spec.fused_gemm_speed}')
+        return spec
+    gemm = left = 0.
+    for paradigm, shape_of in (
+            ('spatial', lambda g: (1, *g.patch_grid)),
+            ('channel', lambda g: (1, g.num_groups))):
+        g, d, t = run(paradigm, 2, lambda blk, g: _half_gate(
+            math.prod(shape_of(g)), shape_of(g), device))
+        ops = ops_of(spec.replace(fused_gemm_speed=1.), g, d)
+        c = sum(o.compute_ms for o in ops
+                if o.name in ('conv1', 'conv2', 'conv3'))
+        gemm += c
+        left += t - (sum(o.ms for o in ops) - c)
+        if verbose:
+            print(f'  {paradigm} block at density {d:.3f}: {t:.3f} ms, '
+                  f'modelled GEMM compute {c:.3f} ms')
+    if gemm > 0 and left > 0.1 * gemm:
+        spec = spec.replace(fused_gemm_speed=gemm / left)
+        if verbose:
+            print(f'  fused GEMMs: {spec.fused_gemm_speed:.2f}x the '
+                  f'modelled rate')
+    elif verbose:
+        print(f'  the measured blocks leave {left:.3f} ms for {gemm:.3f} ms '
+              f'of modelled GEMMs: fused_gemm_speed kept at '
+              f'{spec.fused_gemm_speed}')
+    return spec
+
+
 def fit_spec(spec: HardwareSpec, samples, verbose: bool = True
              ) -> HardwareSpec:
     """Least-squares fit (log latency) of fp32_per_pe and bandwidth_gbs
@@ -285,8 +430,9 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
                        fit: bool = False, clock: str = 'auto'
                        ) -> HardwareSpec:
     """Measure ``device`` (:func:`microbench`), optionally fit the spec on
-    static ResNet-50 blocks (:func:`fit_spec`), write it and print what was
-    measured.
+    static ResNet-50 blocks (:func:`fit_spec`), measure the eager dynamic
+    path's terms on a CPU (:func:`dynamic_path_terms`), write the spec and
+    print what was measured.
 
     Args:
         device: 'cpu' or 'cuda' (GPU 0).
@@ -363,6 +509,7 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
                 print(f'  static block s{g.stage}.b{g.index} batch {b}: '
                       f'{t * 1e3:.3f} ms')
         spec = fit_spec(spec, samples)
+    spec = dynamic_path_terms(spec, dev, clock=clock)
     out = out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
     os.makedirs(osp.dirname(out) or '.', exist_ok=True)
     save_hardware(spec, out)

@@ -77,6 +77,21 @@ class HardwareSpec:
             bytes moved fit in it is served from the cache at the on-chip
             bandwidth: on a CPU the activations of a block of one or two
             images stay in the L3 between kernels (32 MB here).
+        host_call_us: host-side cost of one bookkeeping call of the eager
+            dynamic path, microseconds (index building, ``.item()``
+            syncs, views, the Python around them; ``launch_latency``
+            counts them). 0 (default): the same as ``launch_us`` (the
+            paper's GPU specs, whose model has one launch term). On a CPU
+            a call costs several times a bare kernel launch:
+            ``tools/analysis_tools/calibrate_hardware.py`` measures it from
+            an empty dynamic block (every gate off).
+        fused_gemm_speed: compute rate of this repository's fused dynamic
+            CPU kernels (``spatial_branch_add_relu``,
+            ``channel_branch_add_relu``: AVX-512 GEMMs over the kept pixels
+            or channels) as a multiple of the rate the model gives the
+            library convolutions (> 0; 1, default: the same).
+            ``calibrate_hardware.py`` measures it on the fused spatial
+            kernel with every patch active.
 
     Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
     (bytes/s).
@@ -102,6 +117,8 @@ class HardwareSpec:
     weight_reorder_min_mb: float = 4.
     vector_width: int = 0
     llc_mb: float = 0.
+    host_call_us: float = 0.
+    fused_gemm_speed: float = 1.
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -115,7 +132,7 @@ class HardwareSpec:
             zero_ok = f.name in ('launch_us', 'max_tile_batch',
                                   'weight_reorder_gbs',
                                   'weight_reorder_min_mb', 'vector_width',
-                                  'llc_mb')
+                                  'llc_mb', 'host_call_us')
             if zero_ok:
                 ok = ok and v >= 0
             else:

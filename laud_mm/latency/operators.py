@@ -145,6 +145,9 @@ class ConvOp:
             over the patches, the tile cap applies to one patch's part),
             and the tile's reads and writes run at full access efficiency
             (a pixel's contiguous channels).
+        fused_gemm: a GEMM of the fused dynamic CPU kernels: its compute
+            runs at ``HardwareSpec.fused_gemm_speed`` times the modelled
+            rate.
         name: operator name.
     """
     batch: float
@@ -166,6 +169,7 @@ class ConvOp:
     cout_max: Optional[float] = None
     weight_elems: Optional[float] = None
     patch_loop: bool = False
+    fused_gemm: bool = False
     name: str = 'conv'
 
     @property
@@ -315,6 +319,8 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
         # GEMMs over gathered rows, modelled as a (rows x 1) map: those
         # vectorise along the output channels)
         t_compute = t_compute * (math.ceil(H * W / v) * v) / (H * W)
+    if op.fused_gemm:
+        t_compute = t_compute / hw.fused_gemm_speed
 
     # ---- on-chip traffic per tile (elements), halo included
     k_eff = (op.kernel - 1) * op.dilation + 1
@@ -550,7 +556,19 @@ def conv_op(hw: HardwareSpec, name: str, batch: float, cin: float,
 
 
 def launch_latency(hw: HardwareSpec, name: str, n: float) -> OpLatency:
-    """``n`` tiny kernels whose cost is their launch (eager bookkeeping:
-    index building, small gathers, masker MLP steps): ``n * launch_us``."""
-    t = n * hw.launch_us * 1e-3
+    """``n`` tiny kernels or host calls whose cost is their launch (eager
+    bookkeeping: index building, small gathers, ``.item()`` syncs, masker
+    MLP steps).
+
+    Args:
+        hw: the device: ``host_call_us`` per call, or ``launch_us`` where
+            that is 0.
+        name: the entry's name.
+        n: calls (>= 0).
+
+    Returns:
+        :class:`OpLatency` of ``n`` calls, milliseconds, all launch.
+    """
+    per_call = hw.host_call_us if hw.host_call_us > 0 else hw.launch_us
+    t = n * per_call * 1e-3
     return OpLatency(name, t, launch_ms=t)

@@ -842,3 +842,99 @@ def test_validation_bias_table_signs_per_density_band():
     assert len(rows) == 2  # the backbone case is not a block
     with pytest.raises(ValueError, match=r'density=-0.1 is outside'):
         bias_table([dict(cases[0], density=-0.1)], [1.])
+
+
+def test_host_call_and_fused_gemm_terms():
+    """HardwareSpec.host_call_us prices the eager path's bookkeeping calls
+    (launch_us where it is 0, the paper's GPU specs); fused_gemm_speed
+    divides the compute time of the fused CPU kernels' GEMMs only: the
+    fused spatial / channel blocks get faster, their dense fallbacks, the
+    static block and library convolutions do not."""
+    from laud_mm.latency.operators import launch_latency
+    cpu = get_hardware('cpu').replace(vector_width=16)
+    assert cpu.host_call_us == 0 and cpu.fused_gemm_speed == 1
+    assert launch_latency(cpu, 'b', 10).ms == pytest.approx(
+        10 * cpu.launch_us * 1e-3)
+    assert launch_latency(cpu.replace(host_call_us=20.), 'b', 10).ms == \
+        pytest.approx(0.2)
+    fast = cpu.replace(fused_gemm_speed=2.)
+    conv_latency.cache_clear()
+    op = ConvOp(1., 2304, 256, 98, 1, 98, 1, 1, 1, per_sample_channels=True,
+                name='conv2')
+    fop = dataclasses.replace(op, fused_gemm=True)
+    assert conv_latency(fast, fop).compute_ms == pytest.approx(
+        conv_latency(cpu, fop).compute_ms / 2)
+    assert conv_latency(fast, op) == conv_latency(cpu, op)
+    p1 = LatencyPredictor(cpu, implementation='eager', forced_gates=True)
+    p2 = LatencyPredictor(fast, implementation='eager', forced_gates=True)
+    for par, gran in (('spatial', 2), ('channel', 2)):
+        g = resnet_geometries(50, (224, 224), par, (gran,) * 4)[0][8]
+        a = {o.name: o for o in p1.block_ops(g, 1, 0.5)}
+        b = {o.name: o for o in p2.block_ops(g, 1, 0.5)}
+        for k in ('conv1', 'conv2', 'conv3'):  # a's tile at half compute
+            assert b[k].ms <= a[k].ms - a[k].compute_ms / 2 + 1e-9, k
+        assert b['add_relu3'] == a['add_relu3']
+        assert p2.block_ops(g, 1, 1.) == p1.block_ops(g, 1, 1.)  # dense
+    g = resnet_geometries(50, (224, 224))[0][8]
+    assert p2.predict_static([g], 1).total_ms == \
+        p1.predict_static([g], 1).total_ms
+    with pytest.raises(ValueError, match='host_call_us=-1'):
+        cpu.replace(host_call_us=-1)
+    with pytest.raises(ValueError, match='fused_gemm_speed=0'):
+        cpu.replace(fused_gemm_speed=0)
+
+
+def test_validation_fit_recovers_host_and_fused_terms():
+    """fit_on_cases recovers a spec from cases it predicted itself: the
+    fused GEMM speed and host call cost are identifiable from dynamic
+    blocks at several densities (Nelder-Mead stalled at a speed of 1.0)."""
+    from laud_mm.analysis.validation import (fit_on_cases, metrics,
+                                             predict_cases)
+    # this machine's calibrated terms (docs/latency_predictor.md)
+    base = get_hardware('cpu').replace(
+        vector_width=16, weight_reorder_gbs=8., bandwidth_gbs=70.,
+        l2_factor=3., launch_us=2., clock_mhz=2600.)
+    true = base.replace(host_call_us=15., fused_gemm_speed=1.5,
+                        fp32_per_pe=13.)
+    cases = [dict(kind='block', j=j, paradigm=par, granularity=gran,
+                  batch=b, density=d)
+             for j in (8,) for b in (1, 2)
+             for par, gran in (('spatial', 2), ('channel', 2))
+             for d in (0., 0.4, 0.7)]
+    cases += [dict(kind='block', j=j, paradigm='static', granularity=None,
+                   batch=1, density=None) for j in (1, 8, 14)]
+    for c, m in zip(cases, predict_cases(cases, true)):
+        c['measured_ms'] = m
+    idx = list(range(len(cases)))
+    fitted = fit_on_cases(base, cases, idx)
+    mape, _ = metrics([c['measured_ms'] for c in cases],
+                      predict_cases(cases, fitted))
+    assert mape < 2.
+    assert fitted.fused_gemm_speed == pytest.approx(1.5, rel=0.1)
+    assert fitted.host_call_us == pytest.approx(15., rel=0.1)
+    assert fitted.launch_us == base.launch_us  # stays measured
+
+
+def test_calibration_measures_dynamic_path_terms():
+    """calibrate_hardware's dynamic-path terms, timed here on real blocks:
+    an empty spatial block gives the host cost of a bookkeeping call, the
+    half-on fused spatial / channel blocks the fused GEMM speed; the other
+    terms are left as they were, and a GPU device leaves the spec as is."""
+    from laud_mm.latency.calibration import dynamic_path_terms
+    from laud_mm.ops import policy
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = get_hardware('cpu').replace(  # this machine's, 1 thread
+            num_pe=1, vector_width=16, bandwidth_gbs=30., l2_factor=3.,
+            launch_us=2., clock_mhz=2600.)
+        out = dynamic_path_terms(spec, torch.device('cpu'), verbose=False)
+    finally:
+        torch.set_num_threads(prev)
+    assert out.host_call_us > 0
+    assert dataclasses.replace(out, host_call_us=0., fused_gemm_speed=1.) \
+        == spec
+    if policy.fused_cpu_threads() and torch.backends.cpu \
+            .get_cpu_capability().upper().startswith('AVX512'):
+        assert out.fused_gemm_speed != 1.
+    assert dynamic_path_terms(spec, torch.device('meta')) is spec

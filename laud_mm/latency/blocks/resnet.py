@@ -294,11 +294,14 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
             elementwise_latency(hw, 'w1_panels', n * kq * c_in, 0, 1),
             elementwise_latency(hw, 'w2_panels', n * kq * k * 9, 0, 1),
             conv_op(hw, 'conv1', batch, c_in, kq, rows_in, rows_in,
-                    per_sample_channels=True, weight_elems=n * kq * c_in),
+                    per_sample_channels=True, fused_gemm=True,
+                    weight_elems=n * kq * c_in),
             conv_op(hw, 'conv2', batch, 9 * k, kq, rows_out, rows_out,
-                    per_sample_channels=True, weight_elems=n * kq * k * 9),
+                    per_sample_channels=True, fused_gemm=True,
+                    weight_elems=n * kq * k * 9),
             conv_op(hw, 'conv3', batch, k, c_out, rows_out, rows_out,
-                    per_sample_channels=True, weight_elems=nk * c_out)
+                    per_sample_channels=True, fused_gemm=True,
+                    weight_elems=nk * c_out)
         ] + out + [elementwise_latency(hw, 'add_relu3', out_e, 2, 1)]
     # per-sample weights (index_select row copies; conv2's from the
     # gather kernel, runs of 9): one GEMM per sample, tiles never span
@@ -515,7 +518,8 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     def gemm(name, k, cout):  # r rows (pixels) per sample
         return lambda r: [] if r <= 0 else [conv_op(
             hw, name, batch, k, cout, (r, 1), (r, 1),
-            per_sample_channels=True, weight_elems=n * k * cout)]
+            per_sample_channels=True, fused_gemm=True,
+            weight_elems=n * k * cout)]
     ops += expected_ops(gemm('conv1', c_in, width), cover * hi * wi)
     ops += expected_ops(gemm('conv2', 9 * width, width), d * ho * wo)
     ops += expected_ops(gemm('conv3', width, c_out), d * ho * wo)
