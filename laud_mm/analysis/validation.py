@@ -258,8 +258,7 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
     :func:`laud_mm.latency.calibration.fit_spec`: the host calls around
     the kernels are the fitted ``host_call_us``. The loss is the reported
     metric, the mean absolute percentage error, minimised by Powell's
-    method (Nelder-Mead stalled with five terms: a fused-kernel speed of
-    1.0 and a bandwidth at its bound, 13 % against 9 % on the same cases).
+    method with restarts (docs/latency_predictor.md, "Fourth round").
 
     Returns:
         the fitted :class:`~laud_mm.latency.HardwareSpec`.

@@ -90,8 +90,8 @@ class HardwareSpec:
             ``channel_branch_add_relu``: AVX-512 GEMMs over the kept pixels
             or channels) as a multiple of the rate the model gives the
             library convolutions (> 0; 1, default: the same).
-            ``calibrate_hardware.py`` measures it on the fused spatial
-            kernel with every patch active.
+            ``calibrate_hardware.py`` measures it on a fused spatial and
+            a fused channel block with half their gates on.
 
     Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
     (bytes/s).
