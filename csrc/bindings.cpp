@@ -47,6 +47,8 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
                      const at::Tensor& rows_out, const at::Tensor& bias,
                      bool accumulate, bool relu);
 at::Tensor sample_gemm_partition(int64_t n, int64_t P, int64_t threads);
+at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
+                                  double b, int64_t gh, int64_t gw);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -250,6 +252,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out"), py::arg("w"), py::arg("x"), py::arg("rows_x"),
         py::arg("rows_out"), py::arg("bias"), py::arg("accumulate"),
         py::arg("relu"));
+  m.def("spatial_logit_pool", &laud_mm::spatial_logit_pool_cpu,
+        "spatial_logit_pool(x (N,C,H,W), w (C,), b, gh, gw) -> (N,gh,gw): "
+        "b + the mean over each adaptive-pool cell of sum_c w[c] x[:, c] "
+        "(a spatial masker's keep - skip logit on the patch grid), one pass "
+        "over x split over torch's threads (float32, CPU)",
+        py::arg("x"), py::arg("w"), py::arg("b"), py::arg("gh"),
+        py::arg("gw"));
   m.def("sample_gemm_partition", &laud_mm::sample_gemm_partition,
         "sample_gemm_partition(n, P, threads) -> (threads,) int64: the "
         "columns each thread runs in sample_gemm for n samples of P columns",

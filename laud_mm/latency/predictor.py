@@ -117,9 +117,11 @@ class LatencyPredictor:
             ``laud_mm.ops.policy.SPATIAL_DENSE_THRESHOLD``); None: always
             gather.
         forced_gates: eager only: the gates are imposed
-            (``masker.forced_gate``, as the validation does), so no masker
-            runs and every channel-block sample keeps the same count;
-            else the maskers' kernels are counted.
+            (``masker.forced_gate``, as the validation does): every
+            channel-block sample keeps the same count, and spatial blocks
+            count the forced gate's bookkeeping calls. The maskers' kernels
+            are counted either way (a forced gate replaces the masker's
+            decision, not its cost).
         owned_block_inputs: eager only: identity blocks run as inside a
             backbone (``laud_mm.models.layers.dynamic.owned_block_inputs``: a layer
             block writes into its input, default); False: as blocks called

@@ -21,6 +21,8 @@ from .sample_gemm import sample_gemm, sample_gemm_reference
 from .patches import (gather_patches, gather_patches_reference, patch_indices,
                       patch_map, scatter_add_relu, scatter_add_relu_reference,
                       window_size)
+from .spatial_logit import (spatial_logit_pool,
+                            spatial_logit_pool_reference)
 from .spatial_conv import (fast_spatial_branch, pack_panels,
                            spatial_branch_add_relu,
                            spatial_branch_add_relu_reference,
@@ -38,6 +40,7 @@ __all__ = [
     'channel_branch_isa', 'fast_channel_branch',
     'spatial_branch_add_relu', 'spatial_branch_add_relu_reference',
     'spatial_packed_weights', 'pack_panels', 'unpack_panels',
-    'fast_spatial_branch',
+    'fast_spatial_branch', 'spatial_logit_pool',
+    'spatial_logit_pool_reference',
     'max_pool2d'
 ]

@@ -13,8 +13,10 @@ from laud_mm.latency import (BackboneLatency, ConvOp, HardwareSpec,
                              save_hardware)
 from laud_mm.models import resnet_geometries
 from laud_mm.latency.operators import (access_efficiency, elementwise_latency,
-                                       scatter_add_latency, tile_candidates)
+                                       pool_latency, scatter_add_latency,
+                                       tile_candidates)
 from laud_mm.latency.blocks import resnet as resnet_latency
+from laud_mm.latency.blocks.common import channel_masker_op
 from laud_mm.latency.blocks.resnet import channel_kept_padded
 from laud_mm.latency.search import format_search, search_granularity
 
@@ -452,22 +454,28 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     out_e = g.out_channels * 28 * 28
     ops = resnet_latency.layer_block_ops(p, g, 4, 0.5)
     names, by = _by_name(ops)
-    assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
-                     'conv1', 'relu1', 'conv2', 'relu2', 'bias3', 'conv3',
-                     'relu3', 'skipped_relu', 'relu_skipped']
+    assert names == ['masker', 'masker_fc', 'gate', 'downsample',
+                     'gate_count', 'bookkeeping', 'conv1', 'relu1', 'conv2',
+                     'relu2', 'bias3', 'conv3', 'relu3', 'skipped_relu',
+                     'relu_skipped']
+    # forced gates: the masker still runs (global pool of x, linear)
+    assert by['masker'].ms == pytest.approx(pool_latency(
+        hw, 'masker', 4, 256, (56, 56), (1, 1), 56 * 56).ms)
     static2 = {o.name: o for o in resnet_latency.static_block_ops(p, g, 2)}
     for k in ('conv1', 'relu1', 'conv2', 'relu2', 'conv3'):
         assert by[k].ms == pytest.approx(static2[k].ms)
     for k in ('bias3', 'relu3', 'relu_skipped'):  # 2 rows each
         assert by[k].ms == pytest.approx(elementwise_latency(
             hw, k, 2 * out_e, 1, 1).ms)
-    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 9 + 2)
+    assert _launch_count(p, ops) == pytest.approx(4 + 3 + 9 + 2)
     full = [o.name for o in resnet_latency.layer_block_ops(p, g, 4, 1.)]
-    assert full == ['gate', 'downsample', 'gate_count'] + \
+    assert full == ['masker', 'masker_fc', 'gate', 'downsample',
+                    'gate_count'] + \
         [o.name for o in resnet_latency.static_block_ops(p, g, 4)]
     names, by = _by_name(resnet_latency.layer_block_ops(p, g, 4, 0.))
-    assert names == ['gate', 'downsample', 'gate_count', 'bookkeeping',
-                     'skipped_relu', 'relu_skipped']
+    assert names == ['masker', 'masker_fc', 'gate', 'downsample',
+                     'gate_count', 'bookkeeping', 'skipped_relu',
+                     'relu_skipped']
     ts = [sum(o.ms for o in resnet_latency.layer_block_ops(p, g, 4, n / 4))
           for n in range(5)]
     assert all(a < b for a, b in zip(ts, ts[1:])), ts
@@ -476,12 +484,12 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     gi = resnet_geometries(50, (224, 224), 'layer')[0][4]
     assert not gi.has_downsample
     names = _by_name(resnet_latency.layer_block_ops(p, gi, 4, 0.5))[0]
-    assert names[2:] == ['bookkeeping', 'conv1', 'relu1', 'conv2', 'relu2',
+    assert names[4:] == ['bookkeeping', 'conv1', 'relu1', 'conv2', 'relu2',
                          'bias3', 'conv3', 'relu3']
     alone = LatencyPredictor(p.hw, implementation='eager', forced_gates=True,
                              owned_block_inputs=False)
     names, by = _by_name(resnet_latency.layer_block_ops(alone, gi, 4, 0.5))
-    assert names[2:4] == ['bookkeeping', 'clone']
+    assert names[4:6] == ['bookkeeping', 'clone']
     assert names[-2:] == ['skipped_relu', 'relu_skipped']
     assert by['clone'].ms == pytest.approx(elementwise_latency(
         hw, 'clone', 4 * out_e, 1, 1).ms)
@@ -514,7 +522,8 @@ def test_eager_channel_kernels():
     k = 32
     ops = resnet_latency.channel_block_ops(p, g, 2, 0.25)
     names, by = _by_name(ops)
-    assert names == ['gate', 'downsample', 'gate_checks', 'repeat_interleave',
+    assert names == ['masker', 'masker_steps', 'gate', 'downsample',
+                     'gate_checks', 'repeat_interleave',
                      'kept_channels', 'bookkeeping', 'w1_gather', 'bias1',
                      'conv1', 'relu1', 'w2_gather', 'conv2', 'relu2',
                      'w3_gather', 'conv3', 'conv3_acc', 'bias3', 'relu3']
@@ -526,16 +535,20 @@ def test_eager_channel_kernels():
         hw, 'conv3_acc', 2 * 512 * 28 * 28, 1, 0).ms)
     assert by['relu3'].ms == pytest.approx(elementwise_latency(
         hw, 'relu3', 2 * 512 * 28 * 28, 1, 1).ms)
-    assert _launch_count(p, ops) == pytest.approx(5 + 3 + 1 + 13 + 24)
+    # forced gates: the masker still runs (pool + MLP, one op)
+    assert by['masker'].ms == pytest.approx(
+        channel_masker_op(p, g, 2).ms)
+    assert _launch_count(p, ops) == pytest.approx(4 + 3 + 1 + 13 + 24)
     full = [o.name for o in resnet_latency.channel_block_ops(p, g, 2, 1.)]
-    assert full == ['gate', 'downsample', 'gate_checks'] + \
+    assert full == ['masker', 'masker_steps', 'gate', 'downsample',
+                    'gate_checks'] + \
         [o.name for o in resnet_latency.static_block_ops(p, g, 2)]
     # 7 x 7 maps (s3.b1, width 512, C_in = C_out = 2048): the same
     # per-sample kernels up to CHANNEL_DENSE_RATE (0.7) of the groups
     g3 = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][14]
     for d in (0.25, 0.5):
         names, by = _by_name(resnet_latency.channel_block_ops(p, g3, 2, d))
-        assert names[3:] == ['rate_check', 'kept_channels', 'bookkeeping',
+        assert names[5:] == ['rate_check', 'kept_channels', 'bookkeeping',
                              'w1_gather', 'bias1', 'conv1', 'relu1',
                              'w2_gather', 'conv2', 'relu2', 'w3_gather',
                              'conv3', 'conv3_acc', 'bias3', 'relu3']
@@ -548,7 +561,7 @@ def test_eager_channel_kernels():
     assert by['conv1'].macs == 2 * 256 * 2048 * 49  # k = 256 at d = 0.5
     # ... and above it masked dense
     names, by = _by_name(resnet_latency.channel_block_ops(p, g3, 2, 0.75))
-    assert names[2:] == ['repeat_interleave', 'rate_check', 'mask_prep',
+    assert names[4:] == ['repeat_interleave', 'rate_check', 'mask_prep',
                          'conv1', 'relu1', 'mask1', 'conv2', 'relu2', 'mask2',
                          'conv3', 'add', 'relu3']
     static = {o.name: o for o in resnet_latency.static_block_ops(p, g3, 2)}

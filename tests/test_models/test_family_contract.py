@@ -11,7 +11,8 @@ c. forward + backward in train mode: every trainable parameter (maskers
 d. eval is deterministic, training is stochastic (Gumbel noise);
 e. dynamic inference == masked-dense evaluation (1e-4 relative, fp32) with
    learned (mixed), forced off / on, random per-sample and equal-count
-   gates, on both op backends, and the CUDA path's logic run on CPU;
+   gates, on both op backends, and the CUDA path's logic run on CPU; a
+   forced gate replaces the masker's decision, not its cost;
 f. the latency predictor prices it;
 g. a ``weights_only`` checkpoint round trip gives identical outputs, the
    backbone API is there, and ``train()`` / ``eval()`` return the model;
@@ -35,6 +36,8 @@ from typing import Callable, Dict, Optional, Tuple
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import laud_mm  # noqa: F401  (first: registers, torchvision compat)
 import torchvision  # noqa: E402
@@ -464,6 +467,62 @@ def test_e_dynamic_equals_masked_dense(fam, paradigm, overrides, backend,
                 dens = torch.stack(stats['block_density'])  # (blocks, N)
                 assert (dens != dens[:, :1]).any(), where
         force(net, None)
+
+
+class _PooledLogits(TorchFunctionMode):
+    """Counts the one-channel maps average-pooled to a patch grid: a CNN
+    spatial block's keep - skip logit (its masker runs as a slice of conv1,
+    or on folded weights, not as a module call; the compiled one-pass
+    kernel is counted by the test's wrapper)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.adaptive_avg_pool2d and args[0].dim() == 4 and \
+                args[0].shape[1] == 1:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('fam,paradigm', CASES)
+def test_e_forced_gates_still_run_the_masker(fam, paradigm, backend,
+                                            monkeypatch):
+    """Benchmarks and the predictor's validation impose gates through
+    ``masker.forced_gate``: the dynamic path must still pay for every
+    block's masker (module call, or the spatial logit pooled to the patch
+    grid), exactly as with the gates the masker decides itself."""
+    ext = ops.extension()
+    kernel_calls = []
+    if ext is not None:
+        real = ext.spatial_logit_pool
+
+        def spy(*args):
+            kernel_calls.append(1)
+            return real(*args)
+        monkeypatch.setattr(ext, 'spatial_logit_pool', spy)
+    net = build(fam, paradigm)
+    randomize(net, 1)
+    net.eval()
+    net.dynamic_inference = True
+    x = images(fam)
+    called = []
+    for b in net.blocks:
+        b.masker.register_forward_hook(lambda m, i, o: called.append(m))
+    runs = []
+    for pattern in (None, 'random', 'on'):
+        force(net, pattern)
+        called.clear()
+        kernel_calls.clear()
+        with ops.use_backend(backend), torch.no_grad(), \
+                _PooledLogits() as pooled:
+            net(x)
+        runs.append((len(called), pooled.count + len(kernel_calls)))
+    assert sum(runs[0]) == len(net.blocks), runs
+    assert runs[1] == runs[0] and runs[2] == runs[0], runs
+    force(net, None)
 
 
 @pytest.mark.parametrize('fam,paradigm', CASES)

@@ -851,3 +851,53 @@ def test_cpu_isa_switch():
                          text=True, capture_output=True)
     assert bad.returncode != 0
     assert "LAUD_MM_CPU_ISA=avx9000 is not 'auto' or 'generic'" in bad.stderr
+
+
+# ------------------------------------------------------ spatial masker logit
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('n,c,h,w,grid', [
+    (8, 64, 56, 56, (14, 14)),   # R50 s1, S = 4: whole samples per thread
+    (1, 37, 23, 19, (6, 5)),     # batch 1: bands of cell rows; C % 4 != 0
+    (3, 8, 13, 17, (4, 5)),      # grid not dividing the map: shared rows
+    (2, 5, 7, 7, (7, 7)),        # S = 1: a cell per pixel
+    (1, 3, 9, 11, (1, 1)),       # one cell: the global mean
+])
+def test_spatial_logit_pool_equals_masker_module_order(backend, n, c, h, w,
+                                                       grid):
+    """The spatial masker's keep - skip logit difference on the patch grid
+    in one pass over x equals the masker module's order (adaptive average
+    pool of every channel, then the 1x1 conv) to fp32 rounding, on the
+    compiled kernel and the reference, and does not depend on the thread
+    count (bit for bit)."""
+    g = torch.Generator().manual_seed(n * 100 + c)
+    x = torch.randn(n, c, h, w, generator=g)
+    wt = torch.randn(c, generator=g) / c ** 0.5
+    b = 0.37
+    ref = F.conv2d(F.adaptive_avg_pool2d(x, grid), wt.view(1, c, 1, 1),
+                   torch.tensor([b]))[:, 0]
+    prev = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            with ops.use_backend(backend):
+                outs.append(ops.spatial_logit_pool(x, wt, b, grid))
+    finally:
+        torch.set_num_threads(prev)
+    assert outs[0].shape == (n, *grid) and outs[0].dtype == torch.float32
+    assert (outs[0] - ref).abs().max() <= 1e-5 * max(1., ref.abs().max())
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_spatial_logit_pool_errors():
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(ValueError, match='x must be a float32 CPU tensor'):
+        ops.spatial_logit_pool(x.double(), torch.randn(4), 0., (2, 2))
+    with pytest.raises(ValueError, match=r'x must be \(N, C, H, W\)'):
+        ops.spatial_logit_pool(x[0], torch.randn(4), 0., (2, 2))
+    with pytest.raises(ValueError, match=r'w must be \(C,\) = \(4,\)'):
+        ops.spatial_logit_pool(x, torch.randn(5), 0., (2, 2))
+    with pytest.raises(ValueError, match=r'grid=\(9, 2\) must lie in'):
+        ops.spatial_logit_pool(x, torch.randn(4), 0., (9, 2))
+    with pytest.raises(ValueError, match=r'grid=\(2, 0\) must lie in'):
+        ops.spatial_logit_pool(x, torch.randn(4), 0., (2, 0))

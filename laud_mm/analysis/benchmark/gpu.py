@@ -12,8 +12,8 @@ measurements.
 - Dynamic: every block's CUDA dynamic path
   (:mod:`laud_mm.models.resnet.dynamic_cuda`) with random gates forced at
   the FLOPs-based activation rate r (per-block r_i, as the CPU benchmark:
-  docs/benchmarks.md); forced gates skip the channel / layer maskers' global
-  pool + FC (small), the spatial masker still runs.
+  docs/benchmarks.md); every masker still runs (a forced gate replaces
+  its decision, not its cost).
 - Timing: CUDA events around each forward, ``warmup`` untimed runs, the
   median of ``repeats``; static and dynamic alternate.
 - Predictor: ``LatencyPredictor(hardware)`` (fused implementation, the

@@ -45,9 +45,15 @@ from .common import (active_patches, channel_masker_op, downsample_ops,
                      gathered_conv_op, layer_skip_ops, spatial_masker_ops,
                      spatial_scatter_op)
 
-#: bookkeeping calls of ``_forced_gate`` (zeros, cast, select, mul, add);
-#: the validation imposes the gates through ``masker.forced_gate``
+#: bookkeeping calls of a spatial block's forced gate
+#: (``laud_mm.models.layers.dynamic.forced_gate``: zeros, cast, select,
+#: mul, add) after its logit; the validation imposes the gates through
+#: ``masker.forced_gate``
 EAGER_FORCED_GATE_LAUNCHES = 5
+#: host calls of a channel / layer masker's decision on its logits
+#: (``laud_mm.models.layers.gates.gumbel_gate`` in eval: select, select,
+#: compare, cast; a forced gate: cast, select, mul, add)
+EAGER_GATE_DECISION_LAUNCHES = 4
 
 def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
                         forced_gates: bool = True) -> int:
@@ -230,10 +236,10 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     ho, wo = g.out_hw
     in_px, out_px = hi * wi, ho * wo
     out_e = n * c_out * out_px
-    if pred.forced_gates:  # _forced_gate: zeros, cast, select, mul, add
-        ops = [launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
-    else:  # pool + MLP (one op above), relu, view, gate
-        ops = [masker, launch_latency(hw, 'masker_steps', 4)]
+    # pool + MLP (one op above), relu, view; the decision (a forced gate
+    # replaces it, the masker still runs)
+    ops = [masker, launch_latency(hw, 'masker_steps', 2),
+           launch_latency(hw, 'gate', EAGER_GATE_DECISION_LAUNCHES)]
     ops += downsample_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'gate_checks', 3))  # gt, all, item
     if d >= 1.:  # every group on: the static block
@@ -555,13 +561,12 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     # gathered into oneDNN
     gathered = hw.vector_width > 0 and not policy.layer_sample_gemm(
         g.in_hw[0] * g.in_hw[1], hw.num_pe)
-    if pred.forced_gates:
-        ops = [launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES)]
-    else:  # mean, linear, gate
-        ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
-                            (1, 1), g.in_hw[0] * g.in_hw[1]),
-               linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
-               launch_latency(hw, 'masker_steps', 1)]
+    # mean, linear; the decision (a forced gate replaces it, the masker
+    # still runs)
+    ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
+                        (1, 1), g.in_hw[0] * g.in_hw[1]),
+           linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
+           launch_latency(hw, 'gate', EAGER_GATE_DECISION_LAUNCHES)]
     ops += downsample_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
     inplace = pred.owned_block_inputs and not g.has_downsample

@@ -81,23 +81,30 @@ def forced_gate(masker: nn.Module, shape: Tuple[int, ...],
     return masker._gate(x.new_zeros(*shape, 2))
 
 
-def sample_gate(block, x: torch.Tensor, shape: Tuple[int, ...]
-                ) -> torch.Tensor:
-    """Eval gate of ``block`` for input x: its forced gate when set, else
-    the masker's deterministic decision (``logit_keep >= logit_skip``).
+def sample_gate(block, x: torch.Tensor) -> torch.Tensor:
+    """Eval gate of ``block`` for input x: the masker's deterministic
+    decision (``logit_keep >= logit_skip``), or its forced gate when set.
+
+    A forced gate replaces the masker's decision, not its cost: the masker
+    runs either way (global pool and MLP of a channel / layer masker, the
+    token masker's linear layer), so that benchmarks and the latency
+    predictor's validation, which impose gates, time what a trained model
+    runs. Source: paper sec. 3.2 (maskers), sec. 3.4 (the masker is part
+    of every dynamic block's latency).
 
     Args:
         block: a LAUD block with a ``masker``.
         x: the block input (the masker's input).
-        shape: the gates' shape (for a forced gate).
 
     Returns:
-        gate of ``shape`` in {0, 1}.
+        gate in {0, 1}, the masker's gate shape ((N, n_groups) channel,
+        (N,) layer, (N, L) tokens, (N, heads) heads).
+
+    Raises:
+        ValueError: a forced gate tensor of another shape (the masker's
+            check).
     """
-    masker = block.masker
-    if masker.forced_gate is not None:
-        return forced_gate(masker, shape, x)
-    return masker(x)
+    return block.masker(x)
 
 
 def residual_add_relu_(branch: torch.Tensor,

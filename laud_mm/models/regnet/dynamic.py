@@ -199,18 +199,17 @@ def _spatial(block, x, geom):
     n = x.shape[0]
     w = fb.width
     masker = block.masker
-    if masker.forced_gate is None:
-        t = F.conv2d(x, fb.w1x, fb.b1x)  # masker fused into conv1
-        diff = F.adaptive_avg_pool2d(t[:, w:], (gh, gw))[:, 0]
-        gate = (diff >= 0).to(x.dtype)
-    else:
-        gate = forced_gate(masker, (n, gh, gw), x)
-        t = None
+    # masker fused into conv1 (a forced gate replaces its decision, not
+    # its cost: the logit is computed either way)
+    t = F.conv2d(x, fb.w1x, fb.b1x)
+    diff = F.adaptive_avg_pool2d(t[:, w:], (gh, gw))[:, 0]
+    gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
+        else forced_gate(masker, (n, gh, gw), x)
     n_act = int((gate > 0.5).sum())
     ident = fb.shortcut(x)
     if n_act == 0:
         return torch.relu(ident), gate
-    h1 = F.conv2d(x, fb.w1, fb.b1) if t is None else t
+    h1 = t
     if n_act >= policy.REGNETY_SPATIAL_DENSE_THRESHOLD * gate.numel():
         h = fb.conv2(h1[:, :w].relu())
         if n_act < gate.numel():
@@ -250,7 +249,7 @@ def _spatial(block, x, geom):
 def _channel(block, x, geom):
     fb = folded_regnety(block)
     n = x.shape[0]
-    gate = sample_gate(block, x, (n, geom.num_groups))
+    gate = sample_gate(block, x)
     keep = expand_channel_gate(gate, block.granularity)[:, :, 0, 0] > 0.5
     ident = fb.shortcut(x)
     if bool(keep.all()):
@@ -297,7 +296,7 @@ def _channel(block, x, geom):
 # ------------------------------------------------------------------ layer
 def _layer(block, x, geom):
     fb = folded_regnety(block)
-    gate = sample_gate(block, x, (x.shape[0],))
+    gate = sample_gate(block, x)
     on = gate > 0.5
     ident = fb.shortcut(x)
     n_on = int(on.sum())

@@ -61,12 +61,12 @@ def _spatial(block, x, fb, geom):
     n = x.shape[0]
     w = fb.width
     masker = block.masker
-    if masker.forced_gate is None:  # keep - skip logit, pooled (linear)
-        diff = F.adaptive_avg_pool2d(
-            F.conv2d(x, fb.w1x[w:], fb.b1x[w:]), (gh, gw))[:, 0]
-        gate = (diff >= 0).to(x.dtype)
-    else:
-        gate = forced_gate(masker, (n, gh, gw), x)
+    # keep - skip logit, pooled (linear); a forced gate replaces the
+    # decision, not the cost
+    diff = F.adaptive_avg_pool2d(
+        F.conv2d(x, fb.w1x[w:], fb.b1x[w:]), (gh, gw))[:, 0]
+    gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
+        else forced_gate(masker, (n, gh, gw), x)
     idx_all, pmap, count = active_index(gate > 0.5)
     pending = HostRead(count)
     ident = fb.shortcut(x)
@@ -108,7 +108,7 @@ def _spatial(block, x, fb, geom):
 
 def channel(block, x, geom):
     """CUDA channel path (see the module docstring)."""
-    gate = sample_gate(block, x, (x.shape[0], geom.num_groups))
+    gate = sample_gate(block, x)
     fb, xc = _prepare(block, x)
     with no_autocast(x):
         return _channel(block, xc, fb, gate)
@@ -161,7 +161,7 @@ def _channel(block, x, fb, gate):
 
 def layer(block, x, geom):
     """CUDA layer path (see the module docstring)."""
-    gate = sample_gate(block, x, (x.shape[0],))
+    gate = sample_gate(block, x)
     fb, xc = _prepare(block, x)
     with no_autocast(x):
         return _layer(xc, fb, gate)

@@ -51,6 +51,7 @@ from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
+from ...ops.spatial_logit import _spatial_logit_pool
 from ...structures.geometry import BlockGeometry
 from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               owns_input,
@@ -79,7 +80,9 @@ class FoldedBottleneck:
             ``ds_stride``; ``ds_module`` the unfoldable downsample (called
             as is) or None.
         w1x, b1x: spatial blocks: conv1 with the masker's logit difference
-            as an extra output (width + 1, C_in, 1, 1), (width + 1,).
+            as an extra output (width + 1, C_in, 1, 1), (width + 1,);
+            ``logit_w`` (C_in,) and ``logit_b`` (a float) that difference
+            alone (:func:`laud_mm.ops.spatial_logit_pool`).
         w1m, w3m: conv1 / conv3 weights as matrices (width, C_in),
             (C_out, width) (channel blocks gather rows / columns of these);
             w3m_t, w2m_t: (width, C_out) and (width * 9, width) transposed
@@ -117,6 +120,8 @@ class FoldedBottleneck:
             bm = m.conv.bias.detach()
             self.w1x = torch.cat([self.w1, (wm[KEEP] - wm[SKIP])[None]], 0)
             self.b1x = torch.cat([self.b1, (bm[KEEP] - bm[SKIP]).view(1)], 0)
+            self.logit_w = self.w1x[-1].flatten().contiguous()
+            self.logit_b = float(self.b1x[-1])
 
     def padded(self) -> Tuple[torch.Tensor, ...]:
         """Channel blocks: (w1 (width+1, C_in), b1 (width+1,), w2 (width+1,
@@ -332,12 +337,12 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
                   ) -> torch.Tensor:
     """Eval gate (N, gh, gw) of a spatial block whose masker does not share
     conv1: its keep - skip logit difference as a one-channel 1x1 conv of x
-    (``fb.w1x``'s last row, a GEMV: :func:`spatial_logit`), average-pooled
-    to the patch grid: the masker's
-    pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling all C_in
-    channels first (``F.adaptive_avg_pool2d`` on CPU: 3 - 6 ms for R50
-    maps at batch 8, the one-channel conv + pool 0.1 - 1.2 ms;
-    ``tools/analysis_tools/benchmark_kernels.py --only masker``). A forced
+    (``fb.w1x``'s last row), average-pooled to the patch grid, in one pass
+    over x (:func:`laud_mm.ops.spatial_logit_pool`; under autocast or in
+    another dtype the GEMV :func:`spatial_logit`, then the pool): the
+    masker's pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling
+    all C_in channels first
+    (``tools/analysis_tools/benchmark_kernels.py --only masker``). A forced
     gate (tests, benchmarks) replaces the decision, not the cost: the logits
     are still computed. Source: paper sec. 3.1 (spatial masker).
 
@@ -352,7 +357,10 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     Raises:
         ValueError: a forced gate of the wrong shape (the masker's check).
     """
-    diff = F.adaptive_avg_pool2d(spatial_logit(fb, x), shape[1:])[:, 0]
+    if is_autocast(x) or x.dtype != fb.logit_w.dtype:
+        diff = F.adaptive_avg_pool2d(spatial_logit(fb, x), shape[1:])[:, 0]
+    else:  # one pass over x (the compiled kernel on CPU)
+        diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
     if masker.forced_gate is not None:
         return forced_gate(masker, shape, x)
     return (diff >= 0).to(x.dtype)
@@ -497,7 +505,7 @@ def _residual_target(block, x: torch.Tensor,
 def _channel_forward(block, x, geom):
     fb = folded(block)
     n, c_in, h, w = x.shape
-    gate = sample_gate(block, x, (n, geom.num_groups))
+    gate = sample_gate(block, x)
     keep = gate > 0.5
     ident = fb.shortcut(x)
     if bool(keep.all()):
@@ -589,7 +597,7 @@ def _layer_unfolded(block, x, gate):
 
 def _layer_forward(block, x, geom):
     n = x.shape[0]
-    gate = sample_gate(block, x, (n,))  # (N,)
+    gate = sample_gate(block, x)  # (N,)
     if unfoldable_reason(block) is not None:
         return _layer_unfolded(block, x, gate), gate
     fb = folded(block)

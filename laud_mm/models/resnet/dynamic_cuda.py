@@ -124,7 +124,7 @@ def _spatial(block, x_in, x, fb, geom, ac):
 def channel(block, x, geom):
     """CUDA channel path (see the module docstring)."""
     n = x.shape[0]
-    gate = sample_gate(block, x, (n, geom.num_groups))  # as masked-dense
+    gate = sample_gate(block, x)  # as masked-dense
     fb, xc, ac = _prepare(block, x)
     with no_autocast(x):
         return _channel(block, x, xc, fb, gate, ac)
@@ -172,7 +172,7 @@ def _channel(block, x_in, x, fb, gate, ac):
 def layer(block, x, geom):
     """CUDA layer path (see the module docstring)."""
     n = x.shape[0]
-    gate = sample_gate(block, x, (n,))  # as masked-dense
+    gate = sample_gate(block, x)  # as masked-dense
     fb, xc, ac = _prepare(block, x)
     with no_autocast(x):
         return _layer(block, x, xc, fb, gate, ac)

@@ -127,7 +127,7 @@ def packed_attention(qkv: torch.Tensor, counts: torch.Tensor, num_heads: int,
 def _tokens(layer, x, geom):
     n, L, D = x.shape
     e = geom.num_extra_tokens
-    gate = sample_gate(layer, x, (n, L - e))
+    gate = sample_gate(layer, x)
     keep = torch.cat([torch.ones(n, e, dtype=torch.bool, device=x.device),
                       gate > 0.5], 1)
     if bool(keep.all()):
@@ -150,7 +150,7 @@ def _heads(layer, x, geom):
     n, L, D = x.shape
     attn = layer.attn
     nh, dh = attn.num_heads, attn.head_dims
-    gate = sample_gate(layer, x, (n, nh))
+    gate = sample_gate(layer, x)
     keep = gate > 0.5
     if bool(keep.all()):
         return static_t2t_layer_forward(layer, x), gate
@@ -188,7 +188,7 @@ def _heads(layer, x, geom):
 
 # ----------------------------------------------------------------- layer
 def _layer(layer, x, geom):
-    gate = sample_gate(layer, x, (x.shape[0],))
+    gate = sample_gate(layer, x)
     on = gate > 0.5
     n_on = int(on.sum())
     if n_on == x.shape[0]:

@@ -37,7 +37,7 @@ def tokens(layer, x, geom):
     """CUDA token-skipping path (see the module docstring)."""
     n, L, D = x.shape
     e = geom.num_extra_tokens
-    gate = sample_gate(layer, x, (n, L - e))
+    gate = sample_gate(layer, x)
     keep = torch.cat([torch.ones(n, e, dtype=torch.bool, device=x.device),
                       gate > 0.5], 1)
     counts = keep.sum(1)
@@ -80,7 +80,7 @@ def heads(layer, x, geom):
     n, L, D = x.shape
     attn = layer.attn
     nh, dh = attn.num_heads, attn.head_dims
-    gate = sample_gate(layer, x, (n, nh))
+    gate = sample_gate(layer, x)
     keep = gate > 0.5
     counts = keep.sum(1)
     k_max, k_min = HostRead(counts.max(), counts.min()).get()
@@ -120,7 +120,7 @@ def heads(layer, x, geom):
 def layer(layer_, x, geom):
     """CUDA layer-skipping path (see the module docstring)."""
     n = x.shape[0]
-    gate = sample_gate(layer_, x, (n,))
+    gate = sample_gate(layer_, x)
     idx_all, _, count = active_index(gate > 0.5)
     (n_on,) = HostRead(count).get()
     if n_on == n:

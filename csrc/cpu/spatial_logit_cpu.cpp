@@ -1,0 +1,163 @@
+// C++ CPU kernel of the spatial masker's decision input in eval: the
+// keep - skip logit difference of every input pixel (the masker's 1x1
+// convolution reduced to one output channel: a weighted sum over the
+// channels) average-pooled to the patch grid, in one pass over x.
+//
+// spatial_logit_pool_cpu(x (N, C, H, W), w (C,), b, gh, gw) -> (N, gh, gw):
+//   out[n, i, j] = b + mean over the adaptive-pool cell (i, j) of
+//                  sum_c w[c] x[n, c, y, x]
+// with cell rows [floor(i H / gh), ceil((i + 1) H / gh)) and columns
+// likewise (F.adaptive_avg_pool2d's cells), equal by linearity to the
+// masker's pool -> 1x1 conv (paper sec. 3.1) up to float rounding.
+//
+// Why a kernel: the same sum as a GEMV (torch.matmul of the (1, C) weight
+// row with x as (N, C, H W)) reads x at a fraction of the memory bandwidth a
+// plain pass over x reaches, and its logit map is then pooled by a second
+// call. Here a work item is one sample (or, when the batch is smaller than
+// twice the threads, one band of its cell rows): its channels are streamed
+// in order, four at a time, into an accumulator of the item's pixels that
+// stays in L1 / L2, then pooled into the item's cells. Items split over
+// torch's threads; every pixel's and every cell's sum runs in the same
+// order whatever the split, so the result does not depend on the thread
+// count.
+//
+// Source: LAUDNet paper sec. 3.1 (spatial masker), sec. 3.4 (operator
+// fusion: "Fusing the masker and the first convolution"); Python API in
+// laud_mm/ops/spatial_logit.py.
+#include "isa.h"
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace laud_mm {
+
+namespace {
+
+// acc[p] (+)= sum of w[c] x_c[p] over 4 channels, p < len
+inline void accumulate4(float* acc, const float* x0, int64_t hw,
+                        const float* w, int64_t len, bool first) {
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  const float* x1 = x0 + hw;
+  const float* x2 = x1 + hw;
+  const float* x3 = x2 + hw;
+  if (first) {
+    for (int64_t p = 0; p < len; ++p)
+      acc[p] = w0 * x0[p] + w1 * x1[p] + w2 * x2[p] + w3 * x3[p];
+  } else {
+    for (int64_t p = 0; p < len; ++p)
+      acc[p] += w0 * x0[p] + w1 * x1[p] + w2 * x2[p] + w3 * x3[p];
+  }
+}
+
+inline void accumulate1(float* acc, const float* x0, float w0, int64_t len,
+                        bool first) {
+  if (first) {
+    for (int64_t p = 0; p < len; ++p) acc[p] = w0 * x0[p];
+  } else {
+    for (int64_t p = 0; p < len; ++p) acc[p] += w0 * x0[p];
+  }
+}
+
+#ifdef LAUD_X86
+// accumulate4 with AVX-512 FMAs (16 pixels a vector, masked tail)
+LAUD_TARGET("avx512f")
+void accumulate4_avx512(float* acc, const float* x0, int64_t hw,
+                        const float* w, int64_t len, bool first) {
+  const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(w[1]);
+  const __m512 w2 = _mm512_set1_ps(w[2]), w3 = _mm512_set1_ps(w[3]);
+  const float* x1 = x0 + hw;
+  const float* x2 = x1 + hw;
+  const float* x3 = x2 + hw;
+  for (int64_t p = 0; p < len; p += 16) {
+    const __mmask16 m = len - p >= 16
+        ? static_cast<__mmask16>(0xFFFF)
+        : static_cast<__mmask16>((1u << (len - p)) - 1u);
+    __m512 a = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, acc + p);
+    a = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x0 + p), a);
+    a = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m, x1 + p), a);
+    a = _mm512_fmadd_ps(w2, _mm512_maskz_loadu_ps(m, x2 + p), a);
+    a = _mm512_fmadd_ps(w3, _mm512_maskz_loadu_ps(m, x3 + p), a);
+    _mm512_mask_storeu_ps(acc + p, m, a);
+  }
+}
+#endif
+
+}  // namespace
+
+at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
+                                  double b, int64_t gh, int64_t gw) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() &&
+                  x.device().is_cpu() && x.dim() == 4,
+              "spatial_logit_pool: x must be a contiguous float32 CPU "
+              "(N, C, H, W) tensor");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() &&
+                  w.device().is_cpu() && w.numel() == C,
+              "spatial_logit_pool: w must be a contiguous float32 CPU tensor "
+              "of C = ", C, " weights");
+  TORCH_CHECK(gh >= 1 && gw >= 1 && gh <= H && gw <= W,
+              "spatial_logit_pool: the grid (", gh, ", ", gw,
+              ") must lie in [1, (H, W) = (", H, ", ", W, ")]");
+  TORCH_CHECK(C >= 1, "spatial_logit_pool: x has no channels");
+  at::Tensor out = at::empty({N, gh, gw}, x.options());
+  if (N == 0) return out;
+  const int64_t HW = H * W;
+  // bands of cell rows per sample: whole samples (x[n] read in address
+  // order) when the batch alone gives every thread two, else as many as
+  // that takes, at most one cell row each
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t bands = std::min<int64_t>(
+      gh, std::max<int64_t>(1, (2 * threads + N - 1) / N));
+  int64_t band_rows = 0;
+  for (int64_t k = 0; k < bands; ++k) {
+    const int64_t i0 = k * gh / bands, i1 = (k + 1) * gh / bands;
+    band_rows = std::max(band_rows,
+                         (i1 * H + gh - 1) / gh - (i0 * H) / gh);
+  }
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float bias = static_cast<float>(b);
+  const bool avx512 = isa::cpu_avx512f();
+  at::parallel_for(0, N * bands, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> acc(band_rows * W);  // one buffer per thread's range
+    for (int64_t item = t0; item < t1; ++item) {
+      const int64_t n = item / bands, k = item - n * bands;
+      const int64_t i0 = k * gh / bands, i1 = (k + 1) * gh / bands;
+      // the band's input rows: its cells' rows (adjacent cells may share
+      // a row when gh does not divide H)
+      const int64_t r0 = (i0 * H) / gh, r1 = (i1 * H + gh - 1) / gh;
+      const int64_t len = (r1 - r0) * W;
+      const float* xs = xp + n * C * HW + r0 * W;
+      float* a = acc.data();
+      int64_t c = 0;
+      for (; c + 4 <= C; c += 4) {
+#ifdef LAUD_X86
+        if (avx512) {
+          accumulate4_avx512(a, xs + c * HW, HW, wp + c, len, c == 0);
+          continue;
+        }
+#endif
+        accumulate4(a, xs + c * HW, HW, wp + c, len, c == 0);
+      }
+      for (; c < C; ++c) accumulate1(a, xs + c * HW, wp[c], len, c == 0);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t y0 = (i * H) / gh, y1 = ((i + 1) * H + gh - 1) / gh;
+        for (int64_t j = 0; j < gw; ++j) {
+          const int64_t c0 = (j * W) / gw, c1 = ((j + 1) * W + gw - 1) / gw;
+          float s = 0.f;
+          for (int64_t y = y0; y < y1; ++y)
+            for (int64_t q = c0; q < c1; ++q) s += a[(y - r0) * W + q];
+          op[(n * gh + i) * gw + j] =
+              s / static_cast<float>((y1 - y0) * (c1 - c0)) + bias;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace laud_mm

@@ -1,0 +1,92 @@
+"""The spatial masker's eval input to its decision: the keep - skip logit
+difference on the patch grid, from the block input in one pass.
+
+For x (N, C, H, W), weights w (C,) and bias b (the masker's 1x1 conv reduced
+to the keep - skip difference)::
+
+    out[n, i, j] = b + mean over cell (i, j) of sum_c w[c] x[n, c]
+
+with ``F.adaptive_avg_pool2d``'s cells on the (gh, gw) grid: by linearity
+the masker module's pool -> 1x1 conv, up to float rounding.
+:func:`spatial_logit_pool` runs it with the compiled kernel
+(``csrc/cpu/spatial_logit_cpu.cpp``: each sample's channels streamed in
+address order into an accumulator that stays in cache, then pooled; the
+samples, or bands of cell rows when the batch is small, split over torch's
+threads; AVX-512 FMAs where available) instead of a GEMV of the weight row
+with x followed by a pool of the logit map, which reads x at a fraction of
+the memory bandwidth (``tools/analysis_tools/benchmark_kernels.py --only
+masker``). :func:`spatial_logit_pool_reference` is that GEMV and pool (any
+device).
+
+Source: paper sec. 3.1 (spatial masker), sec. 3.4 ("Fusing the masker and
+the first convolution": the masker's cost is part of every spatial block's
+latency).
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import check_float32_cpu, extension, use_kernels
+
+
+def spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
+                       grid: Tuple[int, int]) -> torch.Tensor:
+    """The keep - skip logit difference on the patch grid (module
+    docstring), with argument checks.
+
+    Args:
+        x: (N, C, H, W) float32 CPU block input.
+        w: (C,) float32 weights (keep row - skip row of the masker's conv).
+        b: the bias difference.
+        grid: (gh, gw) patch grid, 1 <= gh <= H, 1 <= gw <= W.
+
+    Returns:
+        (N, gh, gw) float32 logit differences (keep where >= 0).
+
+    Raises:
+        ValueError: a tensor that is not float32 on the CPU, x not 4-D, w
+            not (C,), or a grid outside [1, (H, W)] (names the argument).
+    """
+    check_float32_cpu(dict(x=x, w=w))
+    if x.dim() != 4:
+        raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
+    if tuple(w.shape) != (x.shape[1],):
+        raise ValueError(f'w must be (C,) = ({x.shape[1]},), got '
+                         f'{tuple(w.shape)}')
+    gh, gw = (int(v) for v in grid)
+    if not (1 <= gh <= x.shape[2] and 1 <= gw <= x.shape[3]):
+        raise ValueError(f'grid={tuple(grid)} must lie in [1, (H, W) = '
+                         f'{tuple(x.shape[2:])}]')
+    return _spatial_logit_pool(x, w, float(b), (gh, gw))
+
+
+def _spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
+                        grid: Tuple[int, int]) -> torch.Tensor:
+    """:func:`spatial_logit_pool` without argument checks (internal): the
+    compiled kernel when built and x, w are contiguous float32 CPU tensors,
+    else the reference."""
+    ext = extension()
+    if ext is not None and hasattr(ext, 'spatial_logit_pool') and \
+            x.device.type == 'cpu' and use_kernels(x) and \
+            x.dtype == w.dtype == torch.float32 and x.is_contiguous() and \
+            w.is_contiguous():
+        return ext.spatial_logit_pool(x, w, b, grid[0], grid[1])
+    return spatial_logit_pool_reference(x, w, b, grid)
+
+
+def spatial_logit_pool_reference(x: torch.Tensor, w: torch.Tensor, b: float,
+                                 grid: Tuple[int, int]) -> torch.Tensor:
+    """Pure-PyTorch :func:`spatial_logit_pool` (same arguments and result up
+    to float rounding; no argument checks), on any device and dtype: the
+    one-channel 1x1 convolution as a GEMV over the channels (a convolution
+    with one output channel runs 7 - 10x slower in oneDNN with 2 threads
+    than with 1), then ``F.adaptive_avg_pool2d``."""
+    n, c, h, wd = x.shape
+    if x.is_contiguous():
+        y = torch.matmul(w.view(1, c).to(x.dtype), x.view(n, c, h * wd))
+        y = y.add_(b).view(n, 1, h, wd)
+    else:
+        y = F.conv2d(x, w.view(1, c, 1, 1).to(x.dtype),
+                     x.new_full((1,), b))
+    return F.adaptive_avg_pool2d(y, tuple(grid))[:, 0]
