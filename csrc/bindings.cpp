@@ -49,6 +49,7 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
 at::Tensor sample_gemm_partition(int64_t n, int64_t P, int64_t threads);
 at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                                   double b, int64_t gh, int64_t gw);
+at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -259,6 +260,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "over x split over torch's threads (float32, CPU)",
         py::arg("x"), py::arg("w"), py::arg("b"), py::arg("gh"),
         py::arg("gw"));
+  m.def("add_relu_mean", &laud_mm::add_relu_mean_cpu,
+        "add_relu_mean(out (N,C,H,W), identity (N,C,H,W)) -> (N,C): out = "
+        "relu(out + identity) in place, returns its mean over H x W, one "
+        "pass (float32, CPU; rows (n, c) over torch's threads)",
+        py::arg("out"), py::arg("identity"));
   m.def("sample_gemm_partition", &laud_mm::sample_gemm_partition,
         "sample_gemm_partition(n, P, threads) -> (threads,) int64: the "
         "columns each thread runs in sample_gemm for n samples of P columns",

@@ -655,6 +655,16 @@ def test_eager_fused_kernels_at_any_batch():
     names = [o.name for o in resnet_latency.channel_block_ops(p, gc, 1, 0.5)]
     assert names[-5:] == ['w2_panels', 'conv1', 'conv2', 'conv3',
                           'add_relu3']
+    # every gate on (layer, channel): the static block whose add, ReLU and
+    # channel means for the next masker are one pass (ops.add_relu_mean_)
+    gl = resnet_geometries(50, (224, 224), 'layer')[0][1]
+    for ops_ in (resnet_latency.channel_block_ops(p, gc, 2, 1.),
+                 resnet_latency.layer_block_ops(p, gl, 2, 1.)):
+        names, by = _by_name(ops_)
+        assert names[-6:] == ['conv1', 'relu1', 'conv2', 'relu2', 'conv3',
+                              'add_relu3']
+        assert by['add_relu3'].ms == pytest.approx(elementwise_latency(
+            spec, 'add_relu3', 2 * 256 * 56 * 56, 2, 1).ms)
 
 
 def test_calibration_spec_models_its_thread_count(monkeypatch, tmp_path):

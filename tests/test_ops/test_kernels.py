@@ -901,3 +901,49 @@ def test_spatial_logit_pool_errors():
         ops.spatial_logit_pool(x, torch.randn(4), 0., (9, 2))
     with pytest.raises(ValueError, match=r'grid=\(2, 0\) must lie in'):
         ops.spatial_logit_pool(x, torch.randn(4), 0., (2, 0))
+
+
+# ------------------------------------------------- epilogue with channel mean
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('shape', [(8, 64, 14, 14), (2, 5, 7, 9),
+                                   (1, 3, 1, 17), (3, 2, 33, 1)])
+def test_add_relu_mean_equals_add_relu_then_mean(backend, shape):
+    """out = relu(out + identity) in place and its channel means in one
+    pass: equal to add_ / relu_ (bit for bit) and mean (fp32 rounding), NaN
+    kept as torch.relu keeps it, and the same at 1, 2 and 3 threads (bit
+    for bit)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    a = torch.randn(*shape, generator=g)
+    ident = torch.randn(*shape, generator=g)
+    a.view(-1)[0] = float('nan')
+    ref_out = torch.relu(a + ident)
+    ref_mean = ref_out.mean(dim=(2, 3))
+    prev = torch.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            out = a.clone()
+            with ops.use_backend(backend):
+                mean = ops.add_relu_mean_(out, ident)
+            res.append((out, mean))
+    finally:
+        torch.set_num_threads(prev)
+    out, mean = res[0]
+    assert torch.allclose(out, ref_out, rtol=0, atol=0, equal_nan=True)
+    assert mean.shape == shape[:2] and torch.isnan(mean.view(-1)[0])
+    assert torch.allclose(mean, ref_mean, rtol=1e-5, atol=1e-6,
+                          equal_nan=True)
+    for o, m in res[1:]:
+        assert torch.equal(o.nan_to_num(), out.nan_to_num())
+        assert torch.equal(m.nan_to_num(), mean.nan_to_num())
+
+
+def test_add_relu_mean_errors():
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match='out must be a float32 CPU tensor'):
+        ops.add_relu_mean_(x.double(), x)
+    with pytest.raises(ValueError, match='of one shape'):
+        ops.add_relu_mean_(x, x[:1])
+    with pytest.raises(ValueError, match='another tensor than out'):
+        ops.add_relu_mean_(x, x)

@@ -144,6 +144,22 @@ def static_block_ops(pred, g: BlockGeometry, batch: float,
     return ops
 
 
+def pooled_static_block_ops(pred, g: BlockGeometry,
+                            batch: float) -> List[OpLatency]:
+    """The static block as a layer / channel block with every gate on runs
+    it in the eager path: on a CPU spec (``vector_width`` set: the compiled
+    epilogue :func:`laud_mm.ops.add_relu_mean_`) the residual add, the ReLU
+    and the channel means for the next block's masker are one pass
+    (``add_relu3``: two reads, one write); elsewhere
+    :func:`static_block_ops`."""
+    ops = static_block_ops(pred, g, batch)
+    if not (pred.eager and pred.hw.vector_width > 0) or batch <= 0:
+        return ops
+    out_e = float(batch * g.out_channels * g.out_hw[0] * g.out_hw[1])
+    return [o for o in ops if o.name not in ('add', 'relu3')] + [
+        elementwise_latency(pred.hw, 'add_relu3', out_e, 2, 1)]
+
+
 def spatial_block_ops(pred, g: BlockGeometry, batch: int,
                       d: float) -> List[OpLatency]:
     """Kernels of a spatial block at density ``d`` (fraction of output
@@ -242,8 +258,8 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
            launch_latency(hw, 'gate', EAGER_GATE_DECISION_LAUNCHES)]
     ops += downsample_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'gate_checks', 3))  # gt, all, item
-    if d >= 1.:  # every group on: the static block
-        return ops + static_block_ops(pred, g, batch)
+    if d >= 1.:  # every group on: the static block, pooled epilogue
+        return ops + pooled_static_block_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'repeat_interleave', 1))
     if in_px < policy.CHANNEL_SMALL_MAP_PIXELS:
         # the rate test: cast, mean, item
@@ -572,8 +588,8 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     inplace = pred.owned_block_inputs and not g.has_downsample
 
     def eager(n):
-        if n >= batch:
-            return static_block_ops(pred, g, batch)
+        if n >= batch:  # the static block, pooled epilogue
+            return pooled_static_block_ops(pred, g, batch)
         # nonzero, tolist, new_empty, arange, the two kernel calls, ...
         res = [launch_latency(hw, 'bookkeeping', 9)]
         if not g.has_downsample and not inplace:

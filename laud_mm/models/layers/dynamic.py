@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from ...ops.allocator import tune_cpu_allocator
+from ...ops.epilogue import _add_relu_mean_
+from .channel_mean import record_channel_mean
 
 
 #: input layouts of the families' blocks: convolutional maps, token sequences
@@ -125,6 +127,32 @@ def residual_add_relu_(branch: torch.Tensor,
     if torch.promote_types(branch.dtype, identity.dtype) == branch.dtype:
         return branch.add_(identity).relu_()
     return torch.add(identity, branch).relu_()
+
+
+def residual_add_relu_pooled_(branch: torch.Tensor,
+                              identity: torch.Tensor) -> torch.Tensor:
+    """:func:`residual_add_relu_` that also records the output's channel
+    means for the next block's layer / channel masker
+    (:mod:`~laud_mm.models.layers.channel_mean`), in the same pass
+    (:func:`laud_mm.ops.add_relu_mean_`) when both are contiguous float32
+    CPU tensors outside autocast; otherwise exactly
+    :func:`residual_add_relu_` (nothing recorded).
+
+    Args:
+        branch: (N, C, H, W) the residual branch's output (no ReLU).
+        identity: the shortcut, same shape, another tensor.
+
+    Returns:
+        the block output (``branch`` itself when computed in place).
+    """
+    if branch.device.type == 'cpu' and not is_autocast(branch) and \
+            branch.dtype == identity.dtype == torch.float32 and \
+            branch is not identity and branch.is_contiguous() and \
+            identity.is_contiguous() and branch.shape == identity.shape and \
+            branch.dim() == 4:
+        record_channel_mean(branch, _add_relu_mean_(branch, identity))
+        return branch
+    return residual_add_relu_(branch, identity)
 
 
 def promote_residual(identity: torch.Tensor, patches: torch.Tensor

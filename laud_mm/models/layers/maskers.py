@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...structures.geometry import ceil_div
+from .channel_mean import channel_mean
 from .gates import gumbel_gate, init_keep_bias
 
 GateOverride = Optional[Union[float, torch.Tensor]]
@@ -206,7 +207,7 @@ class ChannelMasker(MaskerBase):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_groups, 2) keep/skip logits."""
-        h = F.relu(self.fc1(x.mean(dim=(2, 3))))
+        h = F.relu(self.fc1(channel_mean(x)))
         return self._fc2(h).view(x.shape[0], self.num_groups, 2)
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
@@ -234,7 +235,7 @@ class LayerMasker(MaskerBase):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 2) keep/skip logits."""
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.fc(channel_mean(x))
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
         return self._gate(self.logits(x))

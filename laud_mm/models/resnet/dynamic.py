@@ -56,6 +56,7 @@ from ...structures.geometry import BlockGeometry
 from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               owns_input,
                               promote_residual, residual_add_relu_,
+                              residual_add_relu_pooled_,
                               run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
@@ -508,8 +509,9 @@ def _channel_forward(block, x, geom):
     gate = sample_gate(block, x)
     keep = gate > 0.5
     ident = fb.shortcut(x)
-    if bool(keep.all()):
-        return residual_add_relu_(fb.branch(x), ident), gate
+    if bool(keep.all()):  # the static block; its output pooled for the
+        # next block's masker in the epilogue
+        return residual_add_relu_pooled_(fb.branch(x), ident), gate
     width = fb.w1.shape[0]
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
@@ -604,8 +606,8 @@ def _layer_forward(block, x, geom):
     on = gate > 0.5
     ident = fb.shortcut(x)
     n_on = int(on.sum())
-    if n_on == n:
-        return residual_add_relu_(fb.branch(x), ident), gate
+    if n_on == n:  # the static block, output pooled (as channel blocks)
+        return residual_add_relu_pooled_(fb.branch(x), ident), gate
     # the output is written into the shortcut: the input itself when the
     # caller owns it (non-negative: the skipped samples stay as they are),
     # else a copy of it, or the downsample's output

@@ -1,0 +1,66 @@
+"""A dense residual block's epilogue that also pools its output for the next
+block's masker: ``out = relu(out + identity)`` in place, and the mean of the
+new ``out`` over H x W, in one pass.
+
+:func:`add_relu_mean_` runs it with the compiled kernel
+(``csrc/cpu/epilogue_cpu.cpp``: rows (n, c) over torch's threads, AVX-512
+where available, the same result at any thread count) instead of torch's
+``add_`` and ``relu_`` (two passes over the output) followed by the next
+layer / channel masker's ``x.mean(dim=(2, 3))`` (a third);
+:func:`add_relu_mean_reference` is those three operations (any device and
+dtype).
+
+Source: paper sec. 3.2 (the layer and channel maskers pool their input
+globally), sec. 3.4 (operator fusion: "Fusing scatter and add").
+"""
+import torch
+
+from .dispatch import check_float32_cpu, extension, use_kernels
+
+
+def add_relu_mean_(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """``out = relu(out + identity)`` in place; returns the mean of the new
+    ``out`` over its last two dimensions, with argument checks.
+
+    Args:
+        out: (N, C, H, W) float32 CPU tensor, written in place.
+        identity: (N, C, H, W) float32 CPU tensor, another tensor than out.
+
+    Returns:
+        (N, C) float32 channel means of the new ``out``.
+
+    Raises:
+        ValueError: a tensor that is not float32 on the CPU, shapes that
+            are not (N, C, H, W) or differ, or ``identity`` being ``out``
+            (names the argument).
+    """
+    check_float32_cpu(dict(out=out, identity=identity))
+    if out.dim() != 4 or out.shape != identity.shape:
+        raise ValueError(f'out and identity must be (N, C, H, W) of one '
+                         f'shape, got {tuple(out.shape)} and '
+                         f'{tuple(identity.shape)}')
+    if out is identity:
+        raise ValueError('identity must be another tensor than out')
+    return _add_relu_mean_(out, identity)
+
+
+def _add_relu_mean_(out: torch.Tensor, identity: torch.Tensor
+                    ) -> torch.Tensor:
+    """:func:`add_relu_mean_` without argument checks (internal): the
+    compiled kernel for contiguous float32 CPU tensors, else the
+    reference."""
+    ext = extension()
+    if ext is not None and hasattr(ext, 'add_relu_mean') and \
+            out.device.type == 'cpu' and use_kernels(out) and \
+            out.dtype == identity.dtype == torch.float32 and \
+            out.is_contiguous() and identity.is_contiguous():
+        return ext.add_relu_mean(out, identity)
+    return add_relu_mean_reference(out, identity)
+
+
+def add_relu_mean_reference(out: torch.Tensor, identity: torch.Tensor
+                            ) -> torch.Tensor:
+    """Pure-PyTorch :func:`add_relu_mean_` (same arguments and result up to
+    float rounding; no argument checks): ``add_``, ``relu_``, ``mean``."""
+    out.add_(identity).relu_()
+    return out.mean(dim=(2, 3))

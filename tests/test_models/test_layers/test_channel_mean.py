@@ -1,0 +1,78 @@
+"""The channel means a dense block's epilogue hands to the next block's
+layer / channel masker (laud_mm.models.layers.channel_mean): used only while
+the tensor is unchanged and no gradient is needed, and giving the masker the
+decisions it makes from the tensor itself."""
+import pytest
+import torch
+
+import laud_mm  # noqa: F401
+from laud_mm import ops
+from laud_mm.models import LAUDResNet
+from laud_mm.models.layers import channel_mean as cm
+
+
+def test_recorded_mean_is_used_until_the_tensor_changes():
+    x = torch.rand(2, 3, 4, 5)
+    mean = x.mean(dim=(2, 3))
+    cm.record_channel_mean(x, mean)
+    assert cm.channel_mean(x) is mean
+    x.mul_(2)  # an in-place write invalidates the record
+    got = cm.channel_mean(x)
+    assert got is not mean and torch.equal(got, x.mean(dim=(2, 3)))
+    # another shape's record (not this tensor's) is never used
+    y = torch.rand(2, 3, 4, 5)
+    cm.record_channel_mean(y, torch.zeros(3, 2))
+    assert torch.equal(cm.channel_mean(y), y.mean(dim=(2, 3)))
+
+
+def test_recorded_mean_is_ignored_when_gradients_are_needed():
+    x = torch.rand(2, 3, 4, 5, requires_grad=True)
+    with torch.no_grad():
+        cm.record_channel_mean(x, torch.zeros(2, 3))
+    m = cm.channel_mean(x)
+    assert m.requires_grad and torch.equal(m, x.mean(dim=(2, 3)))
+    m.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 1 / 20))
+
+
+@pytest.mark.parametrize('paradigm', ['layer', 'channel'])
+def test_backbone_maskers_decide_from_the_recorded_means(paradigm,
+                                                         monkeypatch):
+    """LAUD-R50 with its maskers' learned gates (keep-biased init plus
+    random weights: most blocks keep everything, so their dense epilogue
+    records the means): each recorded mean is used by the next block's
+    masker, and dynamic inference keeps the masked-dense model's gates and
+    output."""
+    torch.manual_seed(0)
+    kw = dict(granularity=(2, 2, 2, 2)) if paradigm == 'channel' else {}
+    net = LAUDResNet(50, paradigm=paradigm, **kw).eval()
+    with torch.no_grad():
+        for b in net.blocks:
+            for m in b.masker.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.weight.normal_(0, 0.05)
+    x = torch.randn(2, 3, 64, 64)
+    used = []
+    real = cm.channel_mean
+
+    def spy(t):
+        rec = getattr(t, cm._ATTR, None)
+        out = real(t)
+        used.append(rec is not None and out is rec[1])
+        return out
+    monkeypatch.setattr(cm, 'channel_mean', spy)
+    monkeypatch.setattr(laud_mm.models.layers.maskers, 'channel_mean', spy)
+    with torch.no_grad():
+        net.dynamic_inference = False
+        ref = net(x)
+        ref_gates = [b.last_stats['gate'].clone() for b in net.blocks]
+        used.clear()
+        net.dynamic_inference = True
+        out = net(x)
+    assert len(used) == len(net.blocks)
+    if ops.extension() is not None:
+        assert sum(used) >= len(net.blocks) // 2, used
+    for b, g in zip(net.blocks, ref_gates):
+        assert torch.equal(b.last_stats['gate'], g)
+    for a, r in zip(out, ref):
+        assert (a - r).abs().max() <= 1e-4 * max(1., r.abs().max())
