@@ -95,17 +95,30 @@ constexpr int64_t kAlign2 = 1;
 // panel, not per 7-pixel tile, keeps 8 sequential streams (a scalar loop
 // per tile costs about a fifth of an R50 stage-3 block at r = 0.25, by
 // perf).
+LAUD_TARGET("avx2") inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// ... and with csum non-null, csum[l] += the sum over the count pixels of
+// the new o[l] (the output's channel sums, for the next block's masker).
 LAUD_TARGET("avx2") void add_relu_transposed_avx2(
     const float* tmp, int64_t count, int wdt, const float* bias, float* out,
-    int64_t stride) {
+    int64_t stride, float* csum) {
   const int64_t tail = count % 8;
   alignas(32) int32_t lanes[8];
   for (int i = 0; i < 8; ++i) lanes[i] = i < tail ? -1 : 0;
   const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+  const __m256 fmask = _mm256_castsi256_ps(mask);
   const __m256 zero = _mm256_setzero_ps();
   for (int l0 = 0; l0 < wdt; l0 += 8) {
-    __m256 b[8];
-    for (int l = 0; l < 8; ++l) b[l] = _mm256_set1_ps(bias[l0 + l]);
+    __m256 b[8], acc[8];
+    for (int l = 0; l < 8; ++l) {
+      b[l] = _mm256_set1_ps(bias[l0 + l]);
+      acc[l] = zero;
+    }
     for (int64_t p0 = 0; p0 < count; p0 += 8) {
       __m256 col[8];
       for (int i = 0; i < 8; ++i)
@@ -122,8 +135,13 @@ LAUD_TARGET("avx2") void add_relu_transposed_avx2(
           _mm256_storeu_ps(o, v);
         else
           _mm256_maskstore_ps(o, mask, v);
+        // lanes past count hold tmp's padding rows: not summed
+        if (csum != nullptr)
+          acc[l] = _mm256_add_ps(acc[l], full ? v : _mm256_and_ps(v, fmask));
       }
     }
+    if (csum != nullptr)
+      for (int l = 0; l < 8; ++l) csum[l0 + l] += hsum_avx2(acc[l]);
   }
 }
 #endif
@@ -340,7 +358,7 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
 void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                   int64_t p0, int64_t p1, const float* h1s, const float* b2,
                   const float* w3t, const float* b3, const float* panels,
-                  float* outs, bool avx512) {
+                  float* outs, float* psum, bool avx512) {
   if (p0 >= p1) return;
   const int64_t k = pl.k[s], kp = pl.kp[s];
   const int64_t p_out = g.ho * g.wo, wpx = g.wpx();
@@ -407,15 +425,20 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
       float* o0 = outs + j0 * p_out + q0;
 #ifdef LAUD_X86
       if (avx512) {  // AVX-512F implies AVX2
-        add_relu_transposed_avx2(tmp, m, wdt, b3 + j0, o0, p_out);
+        add_relu_transposed_avx2(tmp, m, wdt, b3 + j0, o0, p_out,
+                                 psum != nullptr ? psum + j0 : nullptr);
         continue;
       }
 #endif
       for (int l = 0; l < wdt; ++l) {
         float* o = o0 + l * p_out;
         const float bl = b3[j0 + l];
-        for (int64_t p = 0; p < m; ++p)
+        float cs = 0.f;
+        for (int64_t p = 0; p < m; ++p) {
           o[p] = relu_of(o[p] + tmp[p * kPanel + l] + bl);
+          cs += o[p];
+        }
+        if (psum != nullptr) psum[j0 + l] += cs;
       }
     }
   }
@@ -465,7 +488,8 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& w2t, const at::Tensor& b2,
                                  const at::Tensor& w3t, const at::Tensor& b3,
                                  int64_t stride, int64_t padding,
-                                 int64_t dilation, bool force_generic) {
+                                 int64_t dilation, bool force_generic,
+                                 const at::Tensor& sums) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &w1t, &b1, &w2t, &b2, &w3t, &b3})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "channel_branch_add_relu: float32 contiguous tensors only");
@@ -492,6 +516,11 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   TORCH_CHECK(out.data_ptr() != x.data_ptr() || (g.h == g.ho && g.w == g.wo &&
                                                  g.c_in == g.c_out),
               "out may alias x only for an identity block");
+  if (sums.defined())
+    TORCH_CHECK(sums.scalar_type() == at::kFloat && sums.is_contiguous() &&
+                    sums.dim() == 2 && sums.size(0) == out.size(0) &&
+                    sums.size(1) == out.size(1),
+                "sums must be a contiguous float32 (N, C_out) tensor");
   if (g.n == 0) return;
   const bool avx512 = cpu_avx512f() && !force_generic;
   const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
@@ -523,19 +552,39 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                  });
     }
   });
-  // phase 2: conv2, conv3, the add into out
+  // phase 2: conv2, conv3, the add into out (and, with sums, each
+  // thread's channel sums of its pixels, added up below in thread order)
   const float* b2p = b2.data_ptr<float>();
   const float* w3p = w3t.data_ptr<float>();
   const float* b3p = b3.data_ptr<float>();
+  const bool with_sums = sums.defined();
+  thread_local std::vector<float> part_buf;
+  float* part = nullptr;
+  if (with_sums) {
+    const size_t np = static_cast<size_t>(parts * g.n * g.c_out);
+    part = scratch(part_buf, np);
+    std::fill(part, part + np, 0.f);
+  }
   at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
       for_pieces(pl.b2[t], pl.b2[t + 1], p_out,
                  [&](int64_t s, int64_t q0, int64_t q1) {
                    conv23_piece(g, pl, s, q0, q1, h1 + pl.h1off[s], b2p, w3p,
                                 b3p, panels, op + s * g.c_out * p_out,
+                                with_sums ? part + (t * g.n + s) * g.c_out
+                                          : nullptr,
                                 avx512);
                  });
   });
+  if (with_sums) {
+    float* sp = sums.data_ptr<float>();
+    const int64_t nc = g.n * g.c_out;
+    for (int64_t i = 0; i < nc; ++i) {
+      float v = 0.f;
+      for (int64_t t = 0; t < parts; ++t) v += part[t * nc + i];
+      sp[i] = v;
+    }
+  }
 }
 
 // Per-thread work of channel_branch_add_relu_cpu's plan for `threads`

@@ -141,21 +141,28 @@ def channel_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
                            dilation)
 
 
-def _channel_branch(out, x, chs, counts, packed, stride, padding, dilation):
+def _channel_branch(out, x, chs, counts, packed, stride, padding, dilation,
+                    sums=None):
     """:func:`channel_branch_add_relu` without argument checks (internal;
     ``packed`` = (w1t, b1, w2t, b2, w3t, b3)): the compiled kernel when
-    built and C_out is a multiple of 16, else the reference."""
+    built and C_out is a multiple of 16, else the reference. ``sums``: a
+    contiguous float32 (N, C_out) tensor filled with the channel sums of
+    the new ``out`` (by the kernel's output pass; the reference sums
+    ``out`` afterwards), or None."""
     if channel_branch_isa() is not None and use_kernels(x) and \
             out.shape[1] % 16 == 0:
         tensors = [t.contiguous() for t in (x, chs, counts) + tuple(packed)]
         target = out if out.is_contiguous() else out.contiguous()
         extension().channel_branch_add_relu(target, *tensors, stride,
-                                            padding, dilation)
+                                            padding, dilation, sums=sums)
         if target is not out:
             out.copy_(target)
         return out
-    return channel_branch_add_relu_reference(out, x, chs, counts, *packed,
-                                             stride, padding, dilation)
+    channel_branch_add_relu_reference(out, x, chs, counts, *packed,
+                                      stride, padding, dilation)
+    if sums is not None:
+        sums.copy_(out.sum(dim=(2, 3)))
+    return out
 
 
 def channel_branch_add_relu_reference(out, x, chs, counts, w1t, b1, w2t, b2,

@@ -352,6 +352,27 @@ def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
     ops.extension().channel_branch_add_relu(gen, *args, force_generic=True)
     assert (gen - dense).abs().max() <= 1e-5
     assert ops.channel_branch_isa() in ('avx512f', 'generic')
+    # with sums: the output unchanged, the channel sums of the new output
+    # from its output pass (AVX2 epilogue and generic tiles, 1 - 3 threads;
+    # the tail lanes of a pixel block past the map not summed)
+    ref_sums = dense.sum(dim=(2, 3))
+    prev = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            for generic in (False, True):
+                o = ident.clone()
+                sums = torch.full((n, c_out), float('nan'))
+                ops.extension().channel_branch_add_relu(
+                    o, *args, force_generic=generic, sums=sums)
+                assert (o - dense).abs().max() <= 1e-5
+                assert torch.allclose(sums, ref_sums, rtol=1e-5, atol=1e-4), \
+                    (t, generic, (sums - ref_sums).abs().max())
+    finally:
+        torch.set_num_threads(prev)
+    with pytest.raises(RuntimeError, match='sums must be a contiguous'):
+        ops.extension().channel_branch_add_relu(
+            ident.clone(), *args, sums=torch.zeros(n, c_out + 1))
 
 
 def test_channel_branch_errors():

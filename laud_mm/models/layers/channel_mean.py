@@ -7,8 +7,19 @@ output values (:func:`laud_mm.ops.add_relu_mean_`) records their means on
 the output tensor (:func:`record_channel_mean`); the next block's masker
 takes them from there (:func:`channel_mean`) instead of reading the tensor
 again. A record is only used while the tensor is unchanged: it carries the
-tensor's version counter (any in-place write bumps it), its shape and
-dtype, and is ignored when gradients are needed.
+tensor's version counter (any in-place write through torch bumps it), its
+shape and dtype, and is ignored when gradients are needed. Under
+``torch.inference_mode`` tensors keep no version counter, so nothing is
+recorded there (``torch.no_grad`` keeps the hand-off). Writes that
+bypass torch (through ``tensor.numpy()`` or ``.data``) do not bump the
+counter; the tensors that carry records are the backbone's own block
+inputs and outputs, which nothing outside it writes.
+
+Producers: :func:`laud_mm.models.layers.dynamic.residual_add_relu_pooled_`
+(blocks with every gate on), the fused channel kernel's output pass, and a
+layer block writing into its input (the skipped samples keep the input's
+means). The masker's own computation records too, so that such a layer
+block finds its input's means.
 
 Source: paper sec. 3.2 (masker inputs), sec. 3.4 (operator fusion).
 """
@@ -19,21 +30,39 @@ _ATTR = '_laud_channel_mean'
 
 def record_channel_mean(x: torch.Tensor, mean: torch.Tensor) -> None:
     """Record ``mean`` (N, C), the mean of x (N, C, H, W) over H x W, on x
-    for the next masker (valid while x is not modified in place)."""
-    setattr(x, _ATTR, (x._version, mean))
+    for the next masker (valid while x is not modified in place). Inference
+    tensors (``torch.inference_mode``) keep no version counter: nothing is
+    recorded on them."""
+    if not x.is_inference():
+        setattr(x, _ATTR, (x._version, mean))
+
+
+def recorded_channel_mean(x: torch.Tensor):
+    """The mean recorded on x when still valid (x unchanged since, the
+    record's shape and dtype, no gradient needed), else None."""
+    rec = getattr(x, _ATTR, None)
+    if rec is None or x.is_inference() or rec[0] != x._version or \
+            (torch.is_grad_enabled() and x.requires_grad):
+        return None
+    mean = rec[1]
+    if mean.shape != x.shape[:2] or mean.dtype != x.dtype:
+        return None
+    return mean
 
 
 def channel_mean(x: torch.Tensor) -> torch.Tensor:
     """The mean of x (N, C, H, W) over H x W: the recorded one when valid
-    (x unchanged since, same shape, no gradient needed), else computed.
+    (:func:`recorded_channel_mean`), else computed (and, without autograd,
+    recorded: a layer block that writes into its input derives its
+    output's means from it).
 
     Returns:
         (N, C) tensor (the computed one in autograd when x requires grad).
     """
-    rec = getattr(x, _ATTR, None)
-    if rec is not None and rec[0] == x._version and \
-            not (torch.is_grad_enabled() and x.requires_grad):
-        mean = rec[1]
-        if mean.shape == x.shape[:2] and mean.dtype == x.dtype:
-            return mean
-    return x.mean(dim=(2, 3))
+    mean = recorded_channel_mean(x)
+    if mean is not None:
+        return mean
+    mean = x.mean(dim=(2, 3))
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        record_channel_mean(x, mean)
+    return mean

@@ -58,6 +58,8 @@ from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               promote_residual, residual_add_relu_,
                               residual_add_relu_pooled_,
                               run_dynamic_path, sample_gate)
+from ..layers.channel_mean import (record_channel_mean,
+                                   recorded_channel_mean)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate
@@ -531,9 +533,13 @@ def _channel_forward(block, x, geom):
             fb.w2.shape[1:] == (width, 3, 3):
         # the fused kernel: conv1 -> conv2 -> conv3 per sample, accumulated
         # into the shortcut with bn3's shift and the ReLU
+        # (and the output's channel sums from its output pass, recorded
+        # for the next block's masker)
         out = _residual_target(block, x, ident)
+        sums = out.new_empty(n, c_out)
         _channel_branch(out, x, chs, keep_ch.sum(1), fb.channel_packed(),
-                        fb.stride, fb.padding, fb.dilation)
+                        fb.stride, fb.padding, fb.dilation, sums=sums)
+        record_channel_mean(out, sums.div_(ho * wo))
         return out, gate
     k = chs.shape[1]
     if k:
@@ -618,6 +624,10 @@ def _layer_forward(block, x, geom):
         out = ident.contiguous()
     idx = on.nonzero()[:, 0]
     kept = idx.tolist()
+    # written into its input: the skipped samples' channel means are the
+    # input's (recorded by the masker), the kept ones' are taken below
+    means = recorded_channel_mean(x) if nonneg_inplace else None
+    new_rows = None
     if kept and (is_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype
                  or not policy.layer_sample_gemm(x.shape[2] * x.shape[3],
                                                  torch.get_num_threads())):
@@ -626,7 +636,8 @@ def _layer_forward(block, x, geom):
         # convolutions), added into the shortcut rows in their dtype
         rows = out.index_select(0, idx)
         res = fb.branch(x.index_select(0, idx))
-        out.index_copy_(0, idx, torch.relu(rows + res).to(out.dtype))
+        new_rows = torch.relu(rows + res).to(out.dtype)
+        out.index_copy_(0, idx, new_rows)
     elif kept:
         c_in, h, w = x.shape[1:]
         c_out, ho, wo = out.shape[1:]
@@ -644,6 +655,11 @@ def _layer_forward(block, x, geom):
         _sample_gemm(out.view(n, c_out, ho * wo), fb.w3m,
                      h2.view(len(kept), width, ho * wo), seq, idx, fb.b3,
                      accumulate=True, relu=True)
+    if means is not None and kept:  # for the next block's masker (no
+        # sample kept: the input's record stands, the tensor is unchanged)
+        kept_means = new_rows.mean(dim=(2, 3)) if new_rows is not None \
+            else torch.stack([out[s].mean(dim=(1, 2)) for s in kept])
+        record_channel_mean(out, means.index_copy(0, idx, kept_means))
     if not nonneg_inplace:  # skipped samples: relu(shortcut)
         skipped = (~on).nonzero()[:, 0]
         if out.device.type == 'cpu':  # in place, row by row

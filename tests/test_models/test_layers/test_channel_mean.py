@@ -25,6 +25,16 @@ def test_recorded_mean_is_used_until_the_tensor_changes():
     assert torch.equal(cm.channel_mean(y), y.mean(dim=(2, 3)))
 
 
+def test_no_record_on_inference_tensors():
+    """Inference tensors keep no version counter: nothing is recorded, the
+    mean is computed."""
+    with torch.inference_mode():
+        x = torch.rand(2, 3, 4, 5)
+        cm.record_channel_mean(x, torch.zeros(2, 3))
+        assert cm.recorded_channel_mean(x) is None
+        assert torch.equal(cm.channel_mean(x), x.mean(dim=(2, 3)))
+
+
 def test_recorded_mean_is_ignored_when_gradients_are_needed():
     x = torch.rand(2, 3, 4, 5, requires_grad=True)
     with torch.no_grad():
@@ -35,14 +45,16 @@ def test_recorded_mean_is_ignored_when_gradients_are_needed():
     assert torch.allclose(x.grad, torch.full_like(x, 1 / 20))
 
 
+@pytest.mark.parametrize('gates', ['learned', 'half'])
 @pytest.mark.parametrize('paradigm', ['layer', 'channel'])
-def test_backbone_maskers_decide_from_the_recorded_means(paradigm,
+def test_backbone_maskers_decide_from_the_recorded_means(paradigm, gates,
                                                          monkeypatch):
     """LAUD-R50 with its maskers' learned gates (keep-biased init plus
     random weights: most blocks keep everything, so their dense epilogue
-    records the means): each recorded mean is used by the next block's
-    masker, and dynamic inference keeps the masked-dense model's gates and
-    output."""
+    records the means) or half the gates forced off (the channel kernel's
+    output pass, the layer path writing into its input): the next block's
+    masker uses the recorded means, which are the means of its input, and
+    dynamic inference keeps the masked-dense model's gates and output."""
     torch.manual_seed(0)
     kw = dict(granularity=(2, 2, 2, 2)) if paradigm == 'channel' else {}
     net = LAUDResNet(50, paradigm=paradigm, **kw).eval()
@@ -51,17 +63,28 @@ def test_backbone_maskers_decide_from_the_recorded_means(paradigm,
             for m in b.masker.modules():
                 if isinstance(m, torch.nn.Linear):
                     m.weight.normal_(0, 0.05)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(4, 3, 64, 64)
+    if gates == 'half':
+        with torch.no_grad():
+            net(x)
+        g = torch.Generator().manual_seed(0)
+        for b in net.blocks:
+            shape = b.last_stats['gate'].shape
+            b.masker.forced_gate = (torch.rand(shape, generator=g)
+                                    < 0.5).float()
     used = []
-    real = cm.channel_mean
+    real_record, real_mean = cm.recorded_channel_mean, cm.channel_mean
 
-    def spy(t):
-        rec = getattr(t, cm._ATTR, None)
-        out = real(t)
-        used.append(rec is not None and out is rec[1])
+    def spy_mean(t):  # the maskers' call: was a valid record used?
+        rec = real_record(t)
+        if rec is not None:
+            assert torch.allclose(rec, t.mean(dim=(2, 3)), rtol=1e-5,
+                                  atol=1e-6)
+        out = real_mean(t)
+        used.append(rec is not None and out is rec)
         return out
-    monkeypatch.setattr(cm, 'channel_mean', spy)
-    monkeypatch.setattr(laud_mm.models.layers.maskers, 'channel_mean', spy)
+    monkeypatch.setattr(laud_mm.models.layers.maskers, 'channel_mean',
+                        spy_mean)
     with torch.no_grad():
         net.dynamic_inference = False
         ref = net(x)
