@@ -142,6 +142,16 @@ def use_cuda_kernels(t: torch.Tensor) -> bool:
         backend(t.device) == 'cuda'
 
 
+def is_autocast(x: torch.Tensor) -> bool:
+    """Whether autocast is on for x's device type (the dynamic paths then
+    run the operations autocast runs, not the float32 kernels)."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if x.device.type == 'cpu' \
+            else torch.is_autocast_enabled()
+
+
 def check_float32_cpu(tensors: dict) -> None:
     """Argument check of the CPU-only fused kernels.
 

@@ -27,7 +27,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import check_float32_cpu, extension, use_kernels
+from .dispatch import check_float32_cpu, extension, is_autocast, use_kernels
 
 
 def spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
@@ -64,11 +64,12 @@ def spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
 def _spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
                         grid: Tuple[int, int]) -> torch.Tensor:
     """:func:`spatial_logit_pool` without argument checks (internal): the
-    compiled kernel when built and x, w are contiguous float32 CPU tensors,
-    else the reference."""
+    compiled kernel when built and x, w are contiguous float32 CPU tensors
+    outside autocast, else the reference (any device, dtype, autocast)."""
     ext = extension()
     if ext is not None and hasattr(ext, 'spatial_logit_pool') and \
             x.device.type == 'cpu' and use_kernels(x) and \
+            not is_autocast(x) and \
             x.dtype == w.dtype == torch.float32 and x.is_contiguous() and \
             w.is_contiguous():
         return ext.spatial_logit_pool(x, w, b, grid[0], grid[1])
@@ -81,9 +82,11 @@ def spatial_logit_pool_reference(x: torch.Tensor, w: torch.Tensor, b: float,
     to float rounding; no argument checks), on any device and dtype: the
     one-channel 1x1 convolution as a GEMV over the channels (a convolution
     with one output channel runs 7 - 10x slower in oneDNN with 2 threads
-    than with 1), then ``F.adaptive_avg_pool2d``."""
+    than with 1), then ``F.adaptive_avg_pool2d``; under autocast (or for a
+    non-contiguous x) the convolution itself, which autocast runs in the
+    masked-dense masker's precision."""
     n, c, h, wd = x.shape
-    if x.is_contiguous():
+    if x.is_contiguous() and not is_autocast(x):
         y = torch.matmul(w.view(1, c).to(x.dtype), x.view(n, c, h * wd))
         y = y.add_(b).view(n, 1, h, wd)
     else:

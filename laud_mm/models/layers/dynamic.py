@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ...ops.allocator import tune_cpu_allocator
+from ...ops.dispatch import is_autocast
 from ...ops.epilogue import _add_relu_mean_
 from .channel_mean import record_channel_mean
 
@@ -167,15 +168,6 @@ def promote_residual(identity: torch.Tensor, patches: torch.Tensor
     """
     dtype = torch.promote_types(identity.dtype, patches.dtype)
     return identity.to(dtype), patches.to(dtype)
-
-
-def is_autocast(x: torch.Tensor) -> bool:
-    """Whether autocast is on for x's device type."""
-    try:
-        return torch.is_autocast_enabled(x.device.type)
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() if x.device.type == 'cpu' \
-            else torch.is_autocast_enabled()
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype:

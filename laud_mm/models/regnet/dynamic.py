@@ -201,15 +201,14 @@ def _spatial(block, x, geom):
     masker = block.masker
     # masker fused into conv1 (a forced gate replaces its decision, not
     # its cost: the logit is computed either way)
-    t = F.conv2d(x, fb.w1x, fb.b1x)
-    diff = F.adaptive_avg_pool2d(t[:, w:], (gh, gw))[:, 0]
+    h1 = F.conv2d(x, fb.w1x, fb.b1x)
+    diff = F.adaptive_avg_pool2d(h1[:, w:], (gh, gw))[:, 0]
     gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
         else forced_gate(masker, (n, gh, gw), x)
     n_act = int((gate > 0.5).sum())
     ident = fb.shortcut(x)
     if n_act == 0:
         return torch.relu(ident), gate
-    h1 = t
     if n_act >= policy.REGNETY_SPATIAL_DENSE_THRESHOLD * gate.numel():
         h = fb.conv2(h1[:, :w].relu())
         if n_act < gate.numel():

@@ -341,10 +341,10 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     """Eval gate (N, gh, gw) of a spatial block whose masker does not share
     conv1: its keep - skip logit difference as a one-channel 1x1 conv of x
     (``fb.w1x``'s last row), average-pooled to the patch grid, in one pass
-    over x (:func:`laud_mm.ops.spatial_logit_pool`; under autocast or in
-    another dtype the GEMV :func:`spatial_logit`, then the pool): the
-    masker's pool -> 1x1 conv by linearity, 5 - 60x cheaper than pooling
-    all C_in channels first
+    over x (:func:`laud_mm.ops.spatial_logit_pool`; under autocast, on
+    other devices or dtypes its reference, a GEMV or convolution and a
+    pool): the masker's pool -> 1x1 conv by linearity, 5 - 60x cheaper than
+    pooling all C_in channels first
     (``tools/analysis_tools/benchmark_kernels.py --only masker``). A forced
     gate (tests, benchmarks) replaces the decision, not the cost: the logits
     are still computed. Source: paper sec. 3.1 (spatial masker).
@@ -360,37 +360,10 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     Raises:
         ValueError: a forced gate of the wrong shape (the masker's check).
     """
-    if is_autocast(x) or x.dtype != fb.logit_w.dtype:
-        diff = F.adaptive_avg_pool2d(spatial_logit(fb, x), shape[1:])[:, 0]
-    else:  # one pass over x (the compiled kernel on CPU)
-        diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
+    diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
     if masker.forced_gate is not None:
         return forced_gate(masker, shape, x)
     return (diff >= 0).to(x.dtype)
-
-
-def spatial_logit(fb: 'FoldedBottleneck', x: torch.Tensor) -> torch.Tensor:
-    """The spatial masker's keep - skip logit difference at every pixel, a
-    one-channel 1x1 convolution of x (``fb.w1x``'s last row), as a GEMV
-    over the channels: oneDNN runs a convolution with one output channel
-    7 - 10x slower with 2 threads than with 1 (R50 maps at batch 8: 8.0
-    vs 1.2 ms for 256 x 56 x 56), the GEMV 1.1 - 1.5 ms
-    (``tools/analysis_tools/benchmark_kernels.py --only masker``).
-
-    Args:
-        fb: the block's folded weights; x: (N, C_in, H, W) block input.
-
-    Returns:
-        (N, 1, H, W) logit difference (the convolution's result up to float
-        rounding).
-    """
-    width = fb.w1.shape[0]
-    w, b = fb.w1x[width:], fb.b1x[width:]
-    if not x.is_contiguous() or is_autocast(x):
-        return F.conv2d(x, w, b)
-    n, c, h, wd = x.shape
-    y = torch.matmul(w.view(1, c), x.view(n, c, h * wd))  # (N, 1, HW)
-    return y.add_(b.view(1, 1, 1)).view(n, 1, h, wd)
 
 
 def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
