@@ -23,6 +23,8 @@ block finds its input's means.
 
 Source: paper sec. 3.2 (masker inputs), sec. 3.4 (operator fusion).
 """
+from typing import Optional
+
 import torch
 
 _ATTR = '_laud_channel_mean'
@@ -32,14 +34,23 @@ def record_channel_mean(x: torch.Tensor, mean: torch.Tensor) -> None:
     """Record ``mean`` (N, C), the mean of x (N, C, H, W) over H x W, on x
     for the next masker (valid while x is not modified in place). Inference
     tensors (``torch.inference_mode``) keep no version counter: nothing is
-    recorded on them."""
+    recorded on them. The caller guarantees that ``mean`` is x's (no check:
+    this runs on the dynamic path)."""
     if not x.is_inference():
         setattr(x, _ATTR, (x._version, mean))
 
 
-def recorded_channel_mean(x: torch.Tensor):
-    """The mean recorded on x when still valid (x unchanged since, the
-    record's shape and dtype, no gradient needed), else None."""
+def recorded_channel_mean(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The mean recorded on x when still valid, else None.
+
+    Args:
+        x: (N, C, H, W) tensor.
+
+    Returns:
+        the recorded (N, C) mean of x over H x W when x is unchanged since
+        it was recorded (same version counter), the record has x's (N, C)
+        shape and dtype, and no gradient is needed; else None.
+    """
     rec = getattr(x, _ATTR, None)
     if rec is None or x.is_inference() or rec[0] != x._version or \
             (torch.is_grad_enabled() and x.requires_grad):
