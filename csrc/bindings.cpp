@@ -46,11 +46,12 @@ at::Tensor channel_partition_work(const at::Tensor& chs,
 void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
                      const at::Tensor& x, const at::Tensor& rows_x,
                      const at::Tensor& rows_out, const at::Tensor& bias,
-                     bool accumulate, bool relu);
+                     bool accumulate, bool relu, const at::Tensor& sums);
 at::Tensor sample_gemm_partition(int64_t n, int64_t P, int64_t threads);
 at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                                   double b, int64_t gh, int64_t gw);
 at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity);
+at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -146,9 +147,10 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
 void sample_gemm(at::Tensor out, const at::Tensor& w, const at::Tensor& x,
                  const at::Tensor& rows_x, const at::Tensor& rows_out,
                  const c10::optional<at::Tensor>& bias, bool accumulate,
-                 bool relu) {
+                 bool relu, const c10::optional<at::Tensor>& sums) {
   sample_gemm_cpu(out, w, x, rows_x, rows_out,
-                  bias.has_value() ? *bias : at::Tensor(), accumulate, relu);
+                  bias.has_value() ? *bias : at::Tensor(), accumulate, relu,
+                  sums.has_value() ? *sums : at::Tensor());
 }
 
 // CPU only: on CUDA the spatial path keeps gather / convolutions / scatter.
@@ -255,10 +257,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "rows_out (n,) int64, bias (M,) or None, accumulate, relu): "
         "out[rows_out[j]] = epi((out[rows_out[j]] if accumulate else 0) + "
         "bias + w @ x[rows_x[j]]), epi = ReLU if relu; the n P columns "
-        "split over torch's threads (float32, CPU, in place)",
+        "split over torch's threads (float32, CPU, in place); sums (n, M), "
+        "when given, gets each written row's sum over P",
         py::arg("out"), py::arg("w"), py::arg("x"), py::arg("rows_x"),
         py::arg("rows_out"), py::arg("bias"), py::arg("accumulate"),
-        py::arg("relu"));
+        py::arg("relu"), py::arg("sums") = py::none());
   m.def("spatial_logit_pool", &laud_mm::spatial_logit_pool_cpu,
         "spatial_logit_pool(x (N,C,H,W), w (C,), b, gh, gw) -> (N,gh,gw): "
         "b + the mean over each adaptive-pool cell of sum_c w[c] x[:, c] "
@@ -271,6 +274,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "relu(out + identity) in place, returns its mean over H x W, one "
         "pass (float32, CPU; rows (n, c) over torch's threads)",
         py::arg("out"), py::arg("identity"));
+  m.def("relu_mean_rows", &laud_mm::relu_mean_rows_cpu,
+        "relu_mean_rows(out (N,C,H,W), rows (n,) int64) -> (n,C): "
+        "out[rows[j]] = relu(out[rows[j]]) in place, returns their means "
+        "over H x W, one pass (float32, CPU; rows (j, c) over torch's "
+        "threads)",
+        py::arg("out"), py::arg("rows"));
   m.def("sample_gemm_partition", &laud_mm::sample_gemm_partition,
         "sample_gemm_partition(n, P, threads) -> (threads,) int64: the "
         "columns each thread runs in sample_gemm for n samples of P columns",

@@ -1,24 +1,29 @@
-// C++ CPU kernel of a dense residual block's epilogue that also pools its
-// output for the next block's masker.
+// C++ CPU kernels of a residual block's epilogue that also pool its output
+// for the next block's masker.
 //
 // add_relu_mean_cpu(out (N, C, H, W), identity (N, C, H, W)) -> (N, C):
 //   out = relu(out + identity)              (in place)
 //   returns mean over H x W of the new out  (per sample and channel)
+// relu_mean_rows_cpu(out (N, C, H, W), rows (n,) int64) -> (n, C):
+//   out[rows[j]] = relu(out[rows[j]])       (in place)
+//   returns mean over H x W of the new out[rows[j]]
+//   (the samples a downsampling layer-skipping block skips: their output
+//   is relu(shortcut))
 //
-// Why a kernel: torch runs the epilogue as two passes over the output
+// Why kernels: torch runs the epilogue as two passes over the output
 // (add_, relu_), and a layer / channel masker of the next block reads the
 // whole output once more for its global average pool (paper sec. 3.2: the
-// masker's input is the pooled block input). Here one pass reads out and
-// identity, writes out and keeps the channel sums in registers. Rows (n, c)
-// of H x W contiguous pixels split over torch's threads; each row's sum runs
-// in one thread in a fixed order, so the result does not depend on the
-// thread count.
+// masker's input is the pooled block input). Here one pass reads out (and
+// identity), writes out and keeps the channel sums in registers
+// (row_epilogue.h). Rows (n, c) of H x W contiguous pixels split over
+// torch's threads; each row's sum runs in one thread in a fixed order, so
+// the result does not depend on the thread count.
 //
 // Source: LAUDNet paper sec. 3.2 (channel / layer maskers: global average
 // pool, then the gate), sec. 3.4 (operator fusion: "Fusing scatter and
 // add"); Python API in laud_mm/ops/epilogue.py.
 #include "isa.h"
-#include "relu.h"
+#include "row_epilogue.h"
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -30,35 +35,26 @@ namespace laud_mm {
 
 namespace {
 
-// o[q] = relu(o[q] + a[q]) for q < n; returns the sum of the new o.
-float add_relu_sum_generic(float* o, const float* a, int64_t n) {
-  float s = 0.f;
-  for (int64_t q = 0; q < n; ++q) {
-    const float v = relu_of(o[q] + a[q]);
-    o[q] = v;
-    s += v;
-  }
-  return s;
+// For r < count rows of HW pixels, row r at out + row_off(r) (and identity
+// + row_off(r) unless identity is null): o = relu(o (+ a)), mean[r] = the
+// mean of the new row. Rows split over torch's threads.
+template <typename RowOffset>
+void relu_mean_rows(float* out, const float* identity, int64_t count,
+                    int64_t HW, RowOffset row_off, float* mean) {
+  const bool avx512 = isa::cpu_avx512f();
+  // rows of at least ~16k pixels per task: fewer, larger tasks on small maps
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1));
+  at::parallel_for(0, count, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t off = row_off(r);
+      const float s = row_epilogue::epilogue_sum(
+          out + off, identity ? identity + off : nullptr, HW, 0.f, true,
+          avx512);
+      mean[r] = HW > 0 ? s / static_cast<float>(HW)
+                       : std::numeric_limits<float>::quiet_NaN();
+    }
+  });
 }
-
-#ifdef LAUD_X86
-LAUD_TARGET("avx512f")
-float add_relu_sum_avx512(float* o, const float* a, int64_t n) {
-  const __m512 z = _mm512_setzero_ps();
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t q = 0; q < n; q += 16) {
-    const __mmask16 m = n - q >= 16
-        ? static_cast<__mmask16>(0xFFFF)
-        : static_cast<__mmask16>((1u << (n - q)) - 1u);
-    const __m512 v = _mm512_max_ps(
-        z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + q),
-                         _mm512_maskz_loadu_ps(m, a + q)));
-    _mm512_mask_storeu_ps(o + q, m, v);
-    acc = _mm512_add_ps(acc, v);  // masked-off lanes add relu(0 + 0) = 0
-  }
-  return _mm512_reduce_add_ps(acc);
-}
-#endif
 
 }  // namespace
 
@@ -78,26 +74,32 @@ at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity) {
   const int64_t HW = out.size(2) * out.size(3);
   at::Tensor mean = at::empty({N, C}, out.options());
   if (N * C == 0) return mean;
-  float* op = out.data_ptr<float>();
-  const float* ip = identity.data_ptr<float>();
-  float* mp = mean.data_ptr<float>();
-  const bool avx512 = isa::cpu_avx512f();
-  // rows of at least ~16k pixels per task: fewer, larger tasks on small maps
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1));
-  at::parallel_for(0, N * C, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* o = op + r * HW;
-      const float* a = ip + r * HW;
-#ifdef LAUD_X86
-      const float s = avx512 ? add_relu_sum_avx512(o, a, HW)
-                             : add_relu_sum_generic(o, a, HW);
-#else
-      const float s = add_relu_sum_generic(o, a, HW);
-#endif
-      mp[r] = HW > 0 ? s / static_cast<float>(HW)
-                     : std::numeric_limits<float>::quiet_NaN();
-    }
-  });
+  relu_mean_rows(out.data_ptr<float>(), identity.data_ptr<float>(), N * C,
+                 HW, [HW](int64_t r) { return r * HW; },
+                 mean.data_ptr<float>());
+  return mean;
+}
+
+at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() &&
+                  out.device().is_cpu() && out.dim() == 4,
+              "relu_mean_rows: out must be a contiguous float32 CPU "
+              "(N, C, H, W) tensor");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1 &&
+                  rows.is_contiguous() && rows.device().is_cpu(),
+              "relu_mean_rows: rows must be a contiguous int64 (n,) CPU "
+              "tensor");
+  const int64_t N = out.size(0), C = out.size(1);
+  const int64_t HW = out.size(2) * out.size(3), n = rows.size(0);
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  for (int64_t j = 0; j < n; ++j)
+    TORCH_CHECK(rp[j] >= 0 && rp[j] < N, "relu_mean_rows: rows entry ", j,
+                " = ", rp[j], " outside [0, ", N, ")");
+  at::Tensor mean = at::empty({n, C}, out.options());
+  if (n * C == 0) return mean;
+  relu_mean_rows(out.data_ptr<float>(), nullptr, n * C, HW,
+                 [rp, C, HW](int64_t r) { return (rp[r / C] * C + r % C) * HW; },
+                 mean.data_ptr<float>());
   return mean;
 }
 

@@ -2,12 +2,16 @@
 // samples a layer-skipping block keeps, as GEMMs read and written in place
 // in the batch's tensors.
 //
-// sample_gemm_cpu(out, w, x, rows_x, rows_out, bias, accumulate, relu):
+// sample_gemm_cpu(out, w, x, rows_x, rows_out, bias, accumulate, relu,
+//                 sums):
 //   for j < len(rows_x), o = out[rows_out[j]] (M x P), a = x[rows_x[j]]
 //   (K x P):
 //     accumulate: o = epi(o + bias + w a)      (conv3 into the shortcut)
 //     else:       o = epi(bias + w a)          (conv1 into its buffer)
 //   epi = ReLU when relu, else identity; bias (M,) broadcast over P.
+//   sums (n, M), when defined: sums[j][m] = the sum over P of the new
+//   o[m] (the block output's channel sums for the next block's masker,
+//   taken in the epilogue pass instead of a second read of the rows).
 //
 // Why a kernel: the kept samples are rows of the batch, not a batch of
 // their own; a torch.addmm per kept sample (no copy of the rows) threads
@@ -18,15 +22,22 @@
 // whole vectors), each range into pieces whose output (M x columns) stays
 // in L2 (a multiple of 16 columns), each piece a
 // single-threaded GEMM (at::addmm_out: MKL / the BLAS torch uses, inside
-// the parallel region) between a bias pass and a ReLU pass. The K-sum of
+// the parallel region; beta 0 unless accumulating) followed by one
+// epilogue pass that adds the bias, applies the ReLU and (with sums) sums
+// the rows (row_epilogue.h). The K-sum of
 // an output element is one GEMM call whatever the partition; the BLAS may
 // order it differently for another column count, so results agree with
-// one thread to fp32 rounding (tested at 1e-5 relative).
+// one thread to fp32 rounding (tested at 1e-5 relative). With sums, each
+// thread sums its pieces' rows into its own (n, M) partials, added up in
+// thread order after the parallel region.
 //
 // Source: LAUDNet paper sec. 3.2 (layer skipping), sec. 3.4 (scheduling);
 // Python API in laud_mm/ops/sample_gemm.py.
+#include "isa.h"
 #include "partition.h"
 #include "relu.h"
+#include "row_epilogue.h"
+#include "tile.h"
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -39,23 +50,25 @@ namespace laud_mm {
 
 namespace {
 
-// o[m][c] = (acc ? o[m][c] : 0) + bias[m] for m < M, c < cols (row stride
-// ld); bias may be null (then 0).
-void bias_pass(float* o, int64_t ld, int64_t M, int64_t cols,
-               const float* bias, bool acc) {
+// The epilogue of a piece after its GEMM: o[m][c] = epi(o[m][c] + bias[m])
+// for m < M, c < cols (row stride ld; bias may be null), epi = ReLU when
+// relu; with sum non-null, sum[m] += the new o[m][0..cols). One pass over
+// the piece (in L2), whatever the combination.
+void epilogue_pass(float* o, int64_t ld, int64_t M, int64_t cols,
+                   const float* bias, bool relu, float* sum, bool avx512) {
   for (int64_t m = 0; m < M; ++m) {
     float* r = o + m * ld;
     const float b = bias ? bias[m] : 0.f;
-    if (acc) {
-      for (int64_t c = 0; c < cols; ++c) r[c] += b;
+    if (sum != nullptr || avx512) {
+      const float s =
+          row_epilogue::epilogue_sum(r, nullptr, cols, b, relu, avx512);
+      if (sum != nullptr) sum[m] += s;
     } else {
-      std::fill(r, r + cols, b);
+      if (b != 0.f)
+        for (int64_t c = 0; c < cols; ++c) r[c] += b;
+      if (relu) relu_copy(r, r, cols);
     }
   }
-}
-
-void relu_pass(float* o, int64_t ld, int64_t M, int64_t cols) {
-  for (int64_t m = 0; m < M; ++m) relu_copy(o + m * ld, o + m * ld, cols);
 }
 
 }  // namespace
@@ -74,7 +87,7 @@ std::vector<int64_t> sample_gemm_bounds(int64_t n, int64_t P,
 void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
                      const at::Tensor& x, const at::Tensor& rows_x,
                      const at::Tensor& rows_out, const at::Tensor& bias,
-                     bool accumulate, bool relu) {
+                     bool accumulate, bool relu, const at::Tensor& sums) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &w, &x})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
                     t->device().is_cpu(),
@@ -98,6 +111,13 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
                     bias.numel() == M,
                 "sample_gemm: bias must be a contiguous float32 (M,) tensor");
   const int64_t n = rows_x.size(0);
+  const bool with_sums = sums.defined();
+  if (with_sums)
+    TORCH_CHECK(sums.scalar_type() == at::kFloat && sums.is_contiguous() &&
+                    sums.device().is_cpu() && sums.dim() == 2 &&
+                    sums.size(0) == n && sums.size(1) == M,
+                "sample_gemm: sums must be a contiguous float32 (n, M) CPU "
+                "tensor");
   const int64_t* rx = rows_x.data_ptr<int64_t>();
   const int64_t* ro = rows_out.data_ptr<int64_t>();
   for (int64_t j = 0; j < n; ++j)
@@ -105,6 +125,7 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
                     ro[j] < out.size(0),
                 "sample_gemm: rows_x / rows_out entry ", j,
                 " outside x / out");
+  if (with_sums) sums.zero_();
   if (n == 0 || P == 0 || M == 0) return;
   const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
   const std::vector<int64_t> bounds = sample_gemm_bounds(n, P, parts);
@@ -116,6 +137,14 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
   // the workers run ATen's GEMM: they take the caller's inference mode
   // (in-place writes into inference tensors are refused outside it)
   const bool inference = c10::InferenceMode::is_enabled();
+  const bool avx512 = isa::cpu_avx512f();
+  thread_local std::vector<float> part_buf;
+  float* part = nullptr;
+  if (with_sums) {
+    const size_t np = static_cast<size_t>(parts * n * M);
+    part = tile::scratch(part_buf, np);
+    std::fill(part, part + np, 0.f);
+  }
   at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode guard(inference);
     at::NoGradGuard no_grad;
@@ -127,15 +156,26 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
         const int64_t c1 = std::min({P, c0 + piece, c0 + (e - b)});
         const int64_t cols = c1 - c0;
         float* o = op + (ro[j] * M) * P + c0;
-        bias_pass(o, P, M, cols, bp, accumulate);
         at::Tensor ov = out.select(0, ro[j]).narrow(1, c0, cols);
         at::Tensor xv = x.select(0, rx[j]).narrow(1, c0, cols);
-        at::addmm_out(ov, ov, w, xv);
-        if (relu) relu_pass(o, P, M, cols);
+        // beta 0: the BLAS does not read the rows (conv1's buffer)
+        at::addmm_out(ov, ov, w, xv, accumulate ? 1 : 0, 1);
+        if (bp != nullptr || relu || with_sums)
+          epilogue_pass(o, P, M, cols, bp, relu,
+                        with_sums ? part + (t * n + j) * M : nullptr, avx512);
         b += cols;
       }
     }
   });
+  if (with_sums) {
+    float* sp = sums.data_ptr<float>();
+    const int64_t nm = n * M;
+    for (int64_t i = 0; i < nm; ++i) {
+      float v = 0.f;
+      for (int64_t t = 0; t < parts; ++t) v += part[t * nm + i];
+      sp[i] = v;
+    }
+  }
 }
 
 // Per-thread columns of sample_gemm_cpu's partition for n samples of P

@@ -14,7 +14,8 @@ from .channel_conv import (channel_branch_add_relu,
                            channel_branch_isa, fast_channel_branch)
 from .channel_weights import (gather_kept_weights,
                               gather_kept_weights_reference)
-from .epilogue import add_relu_mean_, add_relu_mean_reference
+from .epilogue import (add_relu_mean_, add_relu_mean_reference,
+                       relu_mean_rows_, relu_mean_rows_reference)
 from .max_pool import MaxPool2d, max_pool2d
 from .partition import (channel_partition_work, imbalance,
                         sample_gemm_partition, spatial_partition_work)
@@ -43,6 +44,6 @@ __all__ = [
     'spatial_packed_weights', 'pack_panels', 'unpack_panels',
     'fast_spatial_branch', 'spatial_logit_pool',
     'spatial_logit_pool_reference', 'add_relu_mean_',
-    'add_relu_mean_reference',
+    'add_relu_mean_reference', 'relu_mean_rows_', 'relu_mean_rows_reference',
     'max_pool2d'
 ]

@@ -1,6 +1,8 @@
-"""A dense residual block's epilogue that also pools its output for the next
+"""A residual block's epilogue that also pools its output for the next
 block's masker: ``out = relu(out + identity)`` in place, and the mean of the
-new ``out`` over H x W, in one pass.
+new ``out`` over H x W, in one pass; :func:`relu_mean_rows_` is the same
+for some samples of ``out`` without an addend (the samples a downsampling
+layer-skipping block skips output ``relu(shortcut)``).
 
 :func:`add_relu_mean_` runs it with the compiled kernel
 (``csrc/cpu/epilogue_cpu.cpp``: rows (n, c) over torch's threads, AVX-512
@@ -64,3 +66,63 @@ def add_relu_mean_reference(out: torch.Tensor, identity: torch.Tensor
     float rounding; no argument checks): ``add_``, ``relu_``, ``mean``."""
     out.add_(identity).relu_()
     return out.mean(dim=(2, 3))
+
+
+def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out[rows[j]] = relu(out[rows[j]])`` in place; returns the mean of
+    each new ``out[rows[j]]`` over its last two dimensions, with argument
+    checks.
+
+    Args:
+        out: (N, C, H, W) float32 CPU tensor, written in place.
+        rows: (n,) int64 distinct sample indices in [0, N).
+
+    Returns:
+        (n, C) float32 channel means of the rectified samples.
+
+    Raises:
+        ValueError: ``out`` not a float32 CPU (N, C, H, W) tensor, or
+            ``rows`` not distinct int64 (n,) indices of ``out``'s samples
+            (names the argument).
+    """
+    check_float32_cpu(dict(out=out))
+    if out.dim() != 4:
+        raise ValueError(f'out must be (N, C, H, W), got {tuple(out.shape)}')
+    if not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or \
+            rows.dim() != 1:
+        raise ValueError(f'rows must be an int64 (n,) tensor, got '
+                         f'{getattr(rows, "dtype", type(rows))} '
+                         f'{tuple(getattr(rows, "shape", ()))}')
+    if rows.numel() and (int(rows.min()) < 0 or
+                         int(rows.max()) >= out.shape[0]):
+        raise ValueError(f'rows must lie in [0, {out.shape[0]}), got '
+                         f'[{int(rows.min())}, {int(rows.max())}]')
+    if rows.unique().numel() != rows.numel():
+        raise ValueError(f'rows must be distinct, got {rows.tolist()}')
+    return _relu_mean_rows_(out, rows)
+
+
+def _relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`relu_mean_rows_` without argument checks (internal): the
+    compiled kernel for a contiguous float32 CPU ``out``, else the
+    reference."""
+    ext = extension()
+    if ext is not None and hasattr(ext, 'relu_mean_rows') and \
+            out.device.type == 'cpu' and use_kernels(out) and \
+            out.dtype == torch.float32 and out.is_contiguous():
+        return ext.relu_mean_rows(out, rows.contiguous())
+    return relu_mean_rows_reference(out, rows)
+
+
+def relu_mean_rows_reference(out: torch.Tensor, rows: torch.Tensor
+                             ) -> torch.Tensor:
+    """Pure-PyTorch :func:`relu_mean_rows_` (same arguments and result up
+    to float rounding; no argument checks), any device and dtype: the rows'
+    ``relu_`` one sample at a time (in place, no copy of the batch), then
+    their ``mean``."""
+    means = []
+    for s in rows.tolist():
+        means.append(out[s].relu_().mean(dim=(1, 2)))
+    if not means:
+        return out.new_empty(0, out.shape[1])
+    return torch.stack(means)

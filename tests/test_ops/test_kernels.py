@@ -685,6 +685,41 @@ def test_sample_gemm_equals_per_sample_addmm(backend, n_x, rows, m, k, p):
         1e-4 * out.abs().max()
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('p', [3041, 49, 7])
+def test_sample_gemm_sums_are_the_written_rows_sums(backend, p):
+    """With ``sums``, ops.sample_gemm also returns each written row's sum
+    over P, taken in its epilogue pass (per-thread partials added in
+    thread order): equal to a torch sum of the written rows (fp32
+    rounding) at 1, 2 and 3 threads, identical from call to call at one
+    thread count, with and without the ReLU and the bias, accumulating or
+    not; the rows it writes are the same as without sums."""
+    g = torch.Generator().manual_seed(p)
+    n_x, m, k, rows = 5, 24, 40, [4, 0, 3]
+    x = torch.randn(n_x, k, p, generator=g)
+    w = torch.randn(m, k, generator=g)
+    b = torch.randn(m, generator=g)
+    rx = torch.tensor(rows)
+    base = torch.randn(n_x, m, p, generator=g)
+    for acc, relu, bias in ((True, True, b), (False, True, b),
+                            (True, False, None), (False, False, b)):
+        for threads in (1, 2, 3):
+            def run():
+                out, sums = base.clone(), torch.full((len(rows), m), 7.)
+                plain = base.clone()
+                with ops.use_backend(backend):
+                    ops.sample_gemm(out, w, x, rx, rx, bias, acc, relu,
+                                    sums=sums)
+                    ops.sample_gemm(plain, w, x, rx, rx, bias, acc, relu)
+                return out, sums, plain
+            out, sums, plain = _with_threads(threads, run)
+            assert torch.equal(out, plain)
+            want = out[rx].sum(dim=2)
+            assert torch.allclose(sums, want, rtol=1e-5,
+                                  atol=1e-5 * float(want.abs().max()))
+            assert torch.equal(sums, _with_threads(threads, run)[1])
+
+
 def test_sample_gemm_errors():
     x, w = torch.randn(2, 4, 5), torch.randn(3, 4)
     rows = torch.tensor([0, 1])
@@ -699,6 +734,12 @@ def test_sample_gemm_errors():
                         torch.ones(4))
     with pytest.raises(ValueError, match='x must be a float32'):
         ops.sample_gemm(torch.empty(2, 3, 5), w, x.double(), rows, rows)
+    with pytest.raises(ValueError, match=r'sums must be a contiguous \(n, M\)'):
+        ops.sample_gemm(torch.empty(2, 3, 5), w, x, rows, rows,
+                        sums=torch.empty(3, 2))
+    with pytest.raises(ValueError, match='sums must be a float32'):
+        ops.sample_gemm(torch.empty(2, 3, 5), w, x, rows, rows,
+                        sums=torch.empty(2, 3, dtype=torch.float64))
 
 
 @needs_ext
@@ -968,3 +1009,54 @@ def test_add_relu_mean_errors():
         ops.add_relu_mean_(x, x[:1])
     with pytest.raises(ValueError, match='another tensor than out'):
         ops.add_relu_mean_(x, x)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('shape,rows', [((8, 64, 14, 14), [6, 1, 3]),
+                                        ((3, 5, 7, 9), [2]),
+                                        ((2, 3, 1, 17), [0, 1]),
+                                        ((4, 2, 33, 1), [])])
+def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows):
+    """out[rows] = relu(out[rows]) in place and their channel means in one
+    pass (the samples a downsampling layer block skips): the rows equal
+    relu_ bit for bit (NaN kept), the other samples untouched, the means
+    torch's up to fp32 rounding, and the same at 1, 2 and 3 threads."""
+    g = torch.Generator().manual_seed(sum(shape))
+    a = torch.randn(*shape, generator=g)
+    if rows:
+        a[rows[0]].view(-1)[0] = float('nan')
+    r = torch.tensor(rows, dtype=torch.int64)
+    ref = a.clone()
+    ref[r] = ref[r].relu()
+    ref_mean = ref[r].mean(dim=(2, 3))
+    res = []
+    for t in (1, 2, 3):
+        def run():
+            out = a.clone()
+            with ops.use_backend(backend):
+                return out, ops.relu_mean_rows_(out, r)
+        res.append(_with_threads(t, run))
+    out, mean = res[0]
+    assert torch.allclose(out, ref, rtol=0, atol=0, equal_nan=True)
+    assert mean.shape == (len(rows), shape[1])
+    assert torch.allclose(mean, ref_mean, rtol=1e-5, atol=1e-6,
+                          equal_nan=True)
+    if rows:
+        assert torch.isnan(mean[0, 0])
+    for o, m in res[1:]:
+        assert torch.equal(o.nan_to_num(), out.nan_to_num())
+        assert torch.equal(m.nan_to_num(), mean.nan_to_num())
+
+
+def test_relu_mean_rows_errors():
+    x = torch.randn(3, 4, 2, 2)
+    with pytest.raises(ValueError, match='out must be a float32 CPU tensor'):
+        ops.relu_mean_rows_(x.double(), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r'out must be \(N, C, H, W\)'):
+        ops.relu_mean_rows_(x[0], torch.tensor([0]))
+    with pytest.raises(ValueError, match='rows must be an int64'):
+        ops.relu_mean_rows_(x, torch.tensor([0], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r'rows must lie in \[0, 3\)'):
+        ops.relu_mean_rows_(x, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match='rows must be distinct'):
+        ops.relu_mean_rows_(x, torch.tensor([1, 1]))

@@ -52,22 +52,39 @@ def fused_op(hw, name: str, parts: Sequence[OpLatency]) -> OpLatency:
                      sum(o.macs for o in parts))
 
 
+def masker_input_pooled(pred, g: BlockGeometry) -> bool:
+    """Whether a layer / channel block's masker finds its input's channel
+    means already recorded (:mod:`laud_mm.models.layers.channel_mean`) and
+    skips its global pool: the eager path on a CPU spec (``vector_width``
+    set: the compiled epilogues that record them) for every block but the
+    backbone's first (stage 0, block 0), whose input is the stem's output.
+    Every layer block records its output's means on that path, and so do
+    channel blocks but for masked-dense 7 x 7 blocks above
+    ``policy.CHANNEL_DENSE_RATE`` (their successor's pool, 2048 x 49 values
+    per image, is left out). Source: paper sec. 3.2 (the masker pools its
+    input), sec. 3.4 (operator fusion)."""
+    return bool(pred.eager and pred.hw.vector_width > 0 and
+                not (g.stage == 0 and g.index == 0))
+
+
 def channel_masker_op(pred, g: BlockGeometry, batch: float) -> OpLatency:
-    """The channel masker as one kernel: global pool of x, Linear(C_in, h),
-    ReLU, Linear(h, 2 n_groups) (h = ``g.channel_masker_hidden``).
+    """The channel masker as one kernel: global pool of x (unless its means
+    are recorded, :func:`masker_input_pooled`), Linear(C_in, h), ReLU,
+    Linear(h, 2 n_groups) (h = ``g.channel_masker_hidden``).
 
     Returns:
         :class:`OpLatency` named ``'masker'``.
     """
     hw = pred.hw
     hid = g.channel_masker_hidden
-    pool = pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
-                        g.in_hw[0] * g.in_hw[1])
-    mlp1 = conv_op(hw, 'masker_mlp', batch, g.in_channels, hid, (1, 1),
-                   (1, 1))
-    mlp2 = conv_op(hw, 'masker_mlp2', batch, hid, 2 * g.num_groups, (1, 1),
-                   (1, 1))
-    return fused_op(hw, 'masker', [pool, mlp1, mlp2])
+    parts = [] if masker_input_pooled(pred, g) else [
+        pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
+                     g.in_hw[0] * g.in_hw[1])]
+    parts += [conv_op(hw, 'masker_mlp', batch, g.in_channels, hid, (1, 1),
+                      (1, 1)),
+              conv_op(hw, 'masker_mlp2', batch, hid, 2 * g.num_groups,
+                      (1, 1), (1, 1))]
+    return fused_op(hw, 'masker', parts)
 
 
 def layer_skip_ops(pred, g: BlockGeometry, batch: int, d: float,

@@ -42,8 +42,8 @@ from ..operators import (OpLatency, conv_op, elementwise_latency,
                          launch_latency, linear_latency, pool_latency)
 from . import register_block_latency, register_stem_latency
 from .common import (active_patches, channel_masker_op, downsample_ops,
-                     gathered_conv_op, layer_skip_ops, spatial_masker_ops,
-                     spatial_scatter_op)
+                     gathered_conv_op, layer_skip_ops, masker_input_pooled,
+                     spatial_masker_ops, spatial_scatter_op)
 
 #: bookkeeping calls of a spatial block's forced gate
 #: (``laud_mm.models.layers.dynamic.forced_gate``: zeros, cast, select,
@@ -569,7 +569,11 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     (``owned_block_inputs``, ``pred.owned_block_inputs``) the input, so
     skipped samples cost nothing; otherwise a copy of the input (identity
     block called alone) or the downsample's output, and the skipped rows
-    get a ReLU pass. Every sample on: the static block."""
+    get a ReLU pass. Every sample on: the static block. On a CPU spec
+    the masker takes its input's recorded channel means
+    (:func:`~laud_mm.latency.blocks.common.masker_input_pooled`) and the
+    passes that write the output record its means (the kernel epilogues:
+    no extra pass)."""
     hw = pred.hw
     out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
     in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
@@ -577,12 +581,13 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     # gathered into oneDNN
     gathered = hw.vector_width > 0 and not policy.layer_sample_gemm(
         g.in_hw[0] * g.in_hw[1], hw.num_pe)
-    # mean, linear; the decision (a forced gate replaces it, the masker
-    # still runs)
-    ops = [pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw,
-                        (1, 1), g.in_hw[0] * g.in_hw[1]),
-           linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
-           launch_latency(hw, 'gate', EAGER_GATE_DECISION_LAUNCHES)]
+    # mean (unless recorded by the previous block), linear; the decision
+    # (a forced gate replaces it, the masker still runs)
+    ops = [] if masker_input_pooled(pred, g) else [
+        pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
+                     g.in_hw[0] * g.in_hw[1])]
+    ops += [linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
+            launch_latency(hw, 'gate', EAGER_GATE_DECISION_LAUNCHES)]
     ops += downsample_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
     inplace = pred.owned_block_inputs and not g.has_downsample

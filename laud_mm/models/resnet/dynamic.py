@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
+from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
@@ -597,10 +598,19 @@ def _layer_forward(block, x, geom):
         out = ident.contiguous()
     idx = on.nonzero()[:, 0]
     kept = idx.tolist()
-    # written into its input: the skipped samples' channel means are the
-    # input's (recorded by the masker), the kept ones' are taken below
-    means = recorded_channel_mean(x) if nonneg_inplace else None
-    new_rows = None
+    # the output's channel means for the next block's masker
+    # (layers.channel_mean), from the passes that write the output: the
+    # kept rows' epilogue, the skipped rows' ReLU (a copy or downsample
+    # output) or, written into the input, the input's record (the masker
+    # made it) for the untouched skipped samples. float32 CPU outside
+    # autocast, where those passes are the compiled kernels.
+    pooled = out.device.type == 'cpu' and not is_autocast(x) and \
+        x.dtype == out.dtype == fb.w1.dtype == torch.float32
+    means = None
+    if pooled:
+        means = recorded_channel_mean(x) if nonneg_inplace else \
+            out.new_empty(n, out.shape[1])
+    kept_means = None
     if kept and (is_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype
                  or not policy.layer_sample_gemm(x.shape[2] * x.shape[3],
                                                  torch.get_num_threads())):
@@ -609,7 +619,11 @@ def _layer_forward(block, x, geom):
         # convolutions), added into the shortcut rows in their dtype
         rows = out.index_select(0, idx)
         res = fb.branch(x.index_select(0, idx))
-        new_rows = torch.relu(rows + res).to(out.dtype)
+        if pooled:  # add, ReLU and means in one pass
+            kept_means = _add_relu_mean_(res, rows)
+            new_rows = res
+        else:
+            new_rows = torch.relu(rows + res).to(out.dtype)
         out.index_copy_(0, idx, new_rows)
     elif kept:
         c_in, h, w = x.shape[1:]
@@ -624,20 +638,27 @@ def _layer_forward(block, x, geom):
         _sample_gemm(h1, fb.w1m, xr, idx, seq, fb.b1, relu=True)
         h2 = F.conv2d(h1.view(-1, width, h, w), fb.w2, fb.b2, fb.stride,
                       fb.padding, fb.dilation).relu_()
-        # conv3 accumulated into the shortcut rows: relu(ident + b3 + W3 h)
+        # conv3 accumulated into the shortcut rows: relu(ident + b3 + W3 h),
+        # the rows' channel sums taken in the same pass
+        sums = out.new_empty(len(kept), c_out) if means is not None \
+            else None
         _sample_gemm(out.view(n, c_out, ho * wo), fb.w3m,
                      h2.view(len(kept), width, ho * wo), seq, idx, fb.b3,
-                     accumulate=True, relu=True)
-    if means is not None and kept:  # for the next block's masker (no
-        # sample kept: the input's record stands, the tensor is unchanged)
-        kept_means = new_rows.mean(dim=(2, 3)) if new_rows is not None \
-            else torch.stack([out[s].mean(dim=(1, 2)) for s in kept])
-        record_channel_mean(out, means.index_copy(0, idx, kept_means))
+                     accumulate=True, relu=True, sums=sums)
+        if sums is not None:
+            kept_means = sums.div_(ho * wo)
     if not nonneg_inplace:  # skipped samples: relu(shortcut)
         skipped = (~on).nonzero()[:, 0]
-        if out.device.type == 'cpu':  # in place, row by row
+        if means is not None:  # in place, their means in the same pass
+            means.index_copy_(0, skipped, _relu_mean_rows_(out, skipped))
+        elif out.device.type == 'cpu':  # in place, row by row
             for s in skipped.tolist():
                 out[s].relu_()
         elif skipped.numel():  # one operation for the batch on a GPU
             out.index_copy_(0, skipped, out.index_select(0, skipped).relu_())
+    if means is not None and kept:  # (no sample kept, written into the
+        # input: its record stands, the tensor is unchanged)
+        record_channel_mean(out, means.index_copy(0, idx, kept_means))
+    elif means is not None and not nonneg_inplace:
+        record_channel_mean(out, means)
     return out, gate

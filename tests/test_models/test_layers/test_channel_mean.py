@@ -45,33 +45,23 @@ def test_recorded_mean_is_ignored_when_gradients_are_needed():
     assert torch.allclose(x.grad, torch.full_like(x, 1 / 20))
 
 
-@pytest.mark.parametrize('gates', ['learned', 'half'])
-@pytest.mark.parametrize('paradigm', ['layer', 'channel'])
-def test_backbone_maskers_decide_from_the_recorded_means(paradigm, gates,
-                                                         monkeypatch):
-    """LAUD-R50 with its maskers' learned gates (keep-biased init plus
-    random weights: most blocks keep everything, so their dense epilogue
-    records the means) or half the gates forced off (the channel kernel's
-    output pass, the layer path writing into its input): the next block's
-    masker uses the recorded means, which are the means of its input, and
-    dynamic inference keeps the masked-dense model's gates and output."""
-    torch.manual_seed(0)
-    kw = dict(granularity=(2, 2, 2, 2)) if paradigm == 'channel' else {}
-    net = LAUDResNet(50, paradigm=paradigm, **kw).eval()
+def _half_forced_gates(net, x):
+    """Force about half of every block's gates off (seeded)."""
     with torch.no_grad():
-        for b in net.blocks:
-            for m in b.masker.modules():
-                if isinstance(m, torch.nn.Linear):
-                    m.weight.normal_(0, 0.05)
-    x = torch.randn(4, 3, 64, 64)
-    if gates == 'half':
-        with torch.no_grad():
-            net(x)
-        g = torch.Generator().manual_seed(0)
-        for b in net.blocks:
-            shape = b.last_stats['gate'].shape
-            b.masker.forced_gate = (torch.rand(shape, generator=g)
-                                    < 0.5).float()
+        net(x)
+    g = torch.Generator().manual_seed(0)
+    for b in net.blocks:
+        shape = b.last_stats['gate'].shape
+        b.masker.forced_gate = (torch.rand(shape, generator=g)
+                                < 0.5).float()
+
+
+def _run_with_mean_spy(net, x, monkeypatch):
+    """Masked-dense, then dynamic inference of ``net`` on x, the maskers'
+    ``channel_mean`` spied on during the dynamic forward: every valid record
+    must equal its tensor's means. Returns (used: per masker call whether a
+    record was used, masked-dense gates, masked-dense outputs, dynamic
+    outputs)."""
     used = []
     real_record, real_mean = cm.recorded_channel_mean, cm.channel_mean
 
@@ -92,10 +82,67 @@ def test_backbone_maskers_decide_from_the_recorded_means(paradigm, gates,
         used.clear()
         net.dynamic_inference = True
         out = net(x)
-    assert len(used) == len(net.blocks)
-    if ops.extension() is not None:
-        assert sum(used) >= len(net.blocks) // 2, used
+    return used, ref_gates, ref, out
+
+
+def _check_same_function(net, ref_gates, ref, out):
     for b, g in zip(net.blocks, ref_gates):
         assert torch.equal(b.last_stats['gate'], g)
     for a, r in zip(out, ref):
         assert (a - r).abs().max() <= 1e-4 * max(1., r.abs().max())
+
+
+@pytest.mark.parametrize('gates', ['learned', 'half'])
+@pytest.mark.parametrize('paradigm', ['layer', 'channel'])
+def test_backbone_maskers_decide_from_the_recorded_means(paradigm, gates,
+                                                         monkeypatch):
+    """LAUD-R50 with its maskers' learned gates (keep-biased init plus
+    random weights: most blocks keep everything, so their dense epilogue
+    records the means) or half the gates forced off (the channel kernel's
+    output pass, the layer path writing into its input): the next block's
+    masker uses the recorded means, which are the means of its input, and
+    dynamic inference keeps the masked-dense model's gates and output."""
+    torch.manual_seed(0)
+    kw = dict(granularity=(2, 2, 2, 2)) if paradigm == 'channel' else {}
+    net = LAUDResNet(50, paradigm=paradigm, **kw).eval()
+    with torch.no_grad():
+        for b in net.blocks:
+            for m in b.masker.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.weight.normal_(0, 0.05)
+    x = torch.randn(4, 3, 64, 64)
+    if gates == 'half':
+        _half_forced_gates(net, x)
+    used, ref_gates, ref, out = _run_with_mean_spy(net, x, monkeypatch)
+    assert len(used) == len(net.blocks)
+    if ops.extension() is not None:
+        assert sum(used) >= len(net.blocks) // 2, used
+    _check_same_function(net, ref_gates, ref, out)
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+def test_every_layer_block_hands_its_means_on(threads, monkeypatch):
+    """Layer skipping at 128 px with half the samples skipped: every block
+    records its output's means for the next masker, whichever path wrote
+    the output (the per-sample GEMM kernel's epilogue on 32 x 32 and
+    16 x 16 maps; with 2 threads the gathered oneDNN branch's one-pass
+    add on 8 x 8 and 4 x 4 maps; the skipped samples' ReLU pass in
+    downsampling blocks; the input's record for samples an identity block
+    skips). So every masker after the first reads no tensor, and dynamic
+    inference still computes the masked-dense model's gates and output."""
+    if ops.extension() is None:
+        pytest.skip('the records come from the compiled kernels')
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        net = LAUDResNet(50, paradigm='layer').eval()
+        x = torch.randn(4, 3, 128, 128)
+        _half_forced_gates(net, x)
+        assert any(0 < float(b.masker.forced_gate.sum()) < 4
+                   for b in net.blocks if b.downsample is not None)
+        used, ref_gates, ref, out = _run_with_mean_spy(net, x, monkeypatch)
+    finally:
+        torch.set_num_threads(prev)
+    assert used == [False] + [True] * (len(net.blocks) - 1)
+    _check_same_function(net, ref_gates, ref, out)

@@ -1,0 +1,73 @@
+// One pass over a row of output values that applies a block's epilogue and
+// sums what it writes: the channel sums a dynamic block hands to the next
+// block's layer / channel masker (its global average pool, paper sec. 3.2)
+// without a second read of the output. Shared by the dense epilogue
+// (epilogue_cpu.cpp) and the per-sample GEMMs of layer skipping
+// (sample_gemm_cpu.cpp).
+//
+// epilogue_sum(o, a, n, bias, relu, avx512):
+//   o[q] = epi(o[q] + a[q] + bias) for q < n (a may be null: no addend;
+//   bias 0: not added; epi = ReLU when relu, else identity), returns the
+//   sum of the new o[0..n).
+// The sum's order is fixed by n and the path (16 lanes, then one
+// reduction, with AVX-512; left to right otherwise): the same row gives
+// the same sum in every thread.
+//
+// Source: LAUDNet paper sec. 3.2 (maskers pool their input), sec. 3.4
+// (operator fusion).
+#pragma once
+#include "isa.h"
+#include "relu.h"
+
+#include <cstdint>
+
+namespace laud_mm {
+namespace row_epilogue {
+
+inline float epilogue_sum_generic(float* o, const float* a, int64_t n,
+                                  float bias, bool relu) {
+  float s = 0.f;
+  for (int64_t q = 0; q < n; ++q) {
+    float v = a ? o[q] + a[q] : o[q];
+    if (bias != 0.f) v += bias;
+    if (relu) v = relu_of(v);
+    o[q] = v;
+    s += v;
+  }
+  return s;
+}
+
+#ifdef LAUD_X86
+LAUD_TARGET("avx512f")
+inline float epilogue_sum_avx512(float* o, const float* a, int64_t n,
+                                 float bias, bool relu) {
+  const __m512 z = _mm512_setzero_ps();
+  const __m512 b = _mm512_set1_ps(bias);
+  const bool with_bias = bias != 0.f;
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t q = 0; q < n; q += 16) {
+    const __mmask16 m = n - q >= 16
+        ? static_cast<__mmask16>(0xFFFF)
+        : static_cast<__mmask16>((1u << (n - q)) - 1u);
+    __m512 v = _mm512_maskz_loadu_ps(m, o + q);
+    if (a) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, a + q));
+    if (with_bias) v = _mm512_maskz_add_ps(m, v, b);
+    if (relu) v = _mm512_max_ps(z, v);  // max(0, NaN) = NaN, max(0, -0) = -0
+    _mm512_mask_storeu_ps(o + q, m, v);
+    acc = _mm512_add_ps(acc, v);  // masked-off lanes hold 0
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#endif
+
+inline float epilogue_sum(float* o, const float* a, int64_t n, float bias,
+                          bool relu, bool avx512) {
+#ifdef LAUD_X86
+  if (avx512) return epilogue_sum_avx512(o, a, n, bias, relu);
+#endif
+  (void)avx512;
+  return epilogue_sum_generic(o, a, n, bias, relu);
+}
+
+}  // namespace row_epilogue
+}  // namespace laud_mm
