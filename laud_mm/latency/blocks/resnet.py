@@ -602,14 +602,16 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
                                            1, 1))
         if n > 0 and gathered:
             # index_select of the kept rows, the branch, the shortcut rows
-            # added (ReLU) and copied back
+            # (gathered apart unless the shortcut is the input) added
+            # (ReLU) and copied back
             branch = {o.name: o for o in static_block_ops(pred, g, n)}
             res += [elementwise_latency(hw, 'gather_rows', in_e * n, 1, 1),
                     *(branch[k] for k in ('conv1', 'relu1', 'conv2',
-                                          'relu2', 'conv3')),
-                    elementwise_latency(hw, 'shortcut_rows', out_e * n, 1,
-                                        1),
-                    elementwise_latency(hw, 'add_relu', out_e * n, 2, 1),
+                                          'relu2', 'conv3'))]
+            if not inplace:
+                res.append(elementwise_latency(hw, 'shortcut_rows',
+                                               out_e * n, 1, 1))
+            res += [elementwise_latency(hw, 'add_relu', out_e * n, 2, 1),
                     elementwise_latency(hw, 'copy_rows', out_e * n, 1, 1)]
         elif n > 0:
             branch = {o.name: o for o in static_block_ops(pred, g, n)}

@@ -617,8 +617,10 @@ def _layer_forward(block, x, geom):
         # the branch on a gathered copy of the kept rows (mixed precision:
         # as autocast runs it; small maps with threads: oneDNN's
         # convolutions), added into the shortcut rows in their dtype
-        rows = out.index_select(0, idx)
-        res = fb.branch(x.index_select(0, idx))
+        xs = x.index_select(0, idx)
+        # (written into its input, the shortcut rows are those rows)
+        rows = xs if out is x else out.index_select(0, idx)
+        res = fb.branch(xs)
         if pooled:  # add, ReLU and means in one pass
             kept_means = _add_relu_mean_(res, rows)
             new_rows = res
