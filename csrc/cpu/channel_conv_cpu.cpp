@@ -26,7 +26,9 @@
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
 // shared by all samples (gather_all; a pass per sample would read the
-// weights once per sample). conv3 runs per 64-channel panel over the
+// weights once per sample); on maps of at most kOnDemandMaxPixels input
+// pixels (7 x 7) each panel block is instead gathered by the thread that
+// uses it, just before its tiles (gather_block). conv3 runs per 64-channel panel over the
 // pixels into a pixel-major buffer, then one pass adds it into out's
 // channel rows with 8 x 8 in-register transposes (add_relu_transposed_avx2;
 // a scalar epilogue per tile is memory- and branch-bound).
@@ -34,7 +36,8 @@
 // Threads (partition.h): three phases over the whole batch, separated by
 // barriers:
 //   0. the panel gathers, over blocks of 16 weight rows (conv1) and (tap,
-//      16-channel block) pairs (conv2), every sample's panels per item;
+//      16-channel block) pairs (conv2), every sample's panels per item
+//      (none on maps gathered block by block in phases 1 and 2);
 //   1. conv1 over the batch's input pixels (sample-major), cut into one
 //      contiguous range per thread of near-equal cost (a sample's pixel
 //      costs C_in x its padded kept count); with it the conv1 buffers'
@@ -85,6 +88,18 @@ constexpr double kEpilogueMacs = 16.;
 // partial)
 constexpr int64_t kAlign1 = 1;
 constexpr int64_t kAlign2 = 1;
+// Input maps of at most this many pixels gather each sample's weight panels
+// one 64-channel block at a time, right before the tiles use it, into a
+// thread-local buffer that stays in L2 (gather_block), instead of every
+// sample's panels up front (gather_all). On small maps a panel block
+// serves few tiles (7 on a 7 x 7 map) and the whole batch's panels
+// (N (C_in + 9 k) kp floats: 36 MB at R50 stage 4, batch 8, r = 0.5)
+// would go out to DRAM and back; the source weights (17 MB there) are
+// read once per sample instead, from L3. Measured on R50's 7 x 7 blocks
+// (batch 8, r = 0.5, 2 threads): 1.23 - 1.30x against the static block
+// where gather_all gave 1.08 - 1.17x; on 14 x 14 maps no difference
+// (docs/benchmarks.md, eighth round).
+constexpr int64_t kOnDemandMaxPixels = 49;
 
 #ifdef LAUD_X86
 // conv3's epilogue, vectorised: o[l][p] = relu(o[l][p] + tmp[p][l] +
@@ -163,6 +178,22 @@ struct Geometry {
 // floats each) are prefetched: the kept rows are increasing but irregular,
 // which the hardware prefetcher misses. (A 16-lane AVX-512 gather
 // instruction instead made the block slower on this CPU.)
+// d[l] = s[cj[l]] for l < kv, 0 for kv <= l < wdt (pairs: cj[l + 1] ==
+// cj[l] + 1 for even l < kv, a pair one 8-byte move).
+inline void copy_cols(float* d, const float* s, const int32_t* cj,
+                      int64_t kv, int64_t wdt, bool pairs) {
+  if (pairs) {
+    for (int64_t l = 0; l < kv; l += 2) {
+      uint64_t v;
+      std::memcpy(&v, s + cj[l], 8);
+      std::memcpy(d + l, &v, 8);
+    }
+  } else {
+    for (int64_t l = 0; l < kv; ++l) d[l] = s[cj[l]];
+  }
+  for (int64_t l = kv; l < wdt; ++l) d[l] = 0.f;
+}
+
 template <typename RowFn>
 void gather_panels(const float* src, int64_t K, int64_t q_begin,
                    int64_t q_end, RowFn row, const int32_t* cols, int64_t k,
@@ -179,19 +210,29 @@ void gather_panels(const float* src, int64_t K, int64_t q_begin,
     for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
       const int64_t wdt = std::min<int64_t>(kPanel, kp - j0);
       const int64_t kv = std::max<int64_t>(0, std::min(wdt, k - j0));
-      float* d = panel + K * j0 + q * wdt;
-      const int32_t* cj = cols + j0;
-      if (pairs) {
-        for (int64_t l = 0; l < kv; l += 2) {
-          uint64_t v;
-          std::memcpy(&v, s + cj[l], 8);
-          std::memcpy(d + l, &v, 8);
-        }
-      } else {
-        for (int64_t l = 0; l < kv; ++l) d[l] = s[cj[l]];
-      }
-      for (int64_t l = kv; l < wdt; ++l) d[l] = 0.f;
+      copy_cols(panel + K * j0 + q * wdt, s, cols + j0, kv, wdt, pairs);
     }
+  }
+}
+
+// One panel block of gather_panels' layout, for a single sample's columns
+// cols[0, wdt) (kv of them kept, the rest padding): dst[q * wdt + l] =
+// src[row(q) + cols[l]] for q < K. The span of the block's columns in the
+// row two ahead is prefetched (the whole row is not needed).
+template <typename RowFn>
+void gather_block(const float* src, int64_t K, RowFn row, const int32_t* cols,
+                  int64_t kv, int64_t wdt, bool pairs, float* dst) {
+  const int64_t c0 = kv > 0 ? cols[0] : 0;
+  const int64_t span = kv > 0 ? (cols[kv - 1] - c0 + 1) * 4 : 0;
+  for (int64_t q = 0; q < K; ++q) {
+#ifdef LAUD_X86
+    if (q + 2 < K) {
+      const char* nx = reinterpret_cast<const char*>(src + row(q + 2) + c0);
+      for (int64_t b = 0; b < span; b += 64)
+        _mm_prefetch(nx + b, _MM_HINT_T0);
+    }
+#endif
+    copy_cols(dst + q * wdt, src + row(q), cols, kv, wdt, pairs);
   }
 }
 
@@ -206,6 +247,7 @@ void gather_panels(const float* src, int64_t K, int64_t q_begin,
 struct ChannelPlan {
   const int64_t* kept = nullptr;
   int64_t kk = 0, kpmax = 0, panel_total = 0, h1_total = 0, parts = 1;
+  bool on_demand = false;  // panels gathered per block (kOnDemandMaxPixels)
   std::vector<int64_t> k, kp, w1off, w2off, h1off, b1, b2, count1, count2;
   std::vector<int32_t> cols;
   std::vector<uint8_t> pairs;
@@ -254,7 +296,8 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
     pl.cost2[s] = static_cast<double>(9 * k * kp + k * g.c_out) +
                   kEpilogueMacs * static_cast<double>(g.c_out);
   }
-  pl.panel_total = panels;
+  pl.on_demand = p_in <= kOnDemandMaxPixels;
+  pl.panel_total = pl.on_demand ? 0 : panels;
   pl.h1_total = h1;
   pl.b1.resize(parts + 1);
   pl.b2.resize(parts + 1);
@@ -323,9 +366,15 @@ void for_pieces(int64_t b, int64_t e, int64_t per, Fn fn) {
 // zero-bordered pixel-major buffer h1s (hp x wpx x kp).
 void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                  int64_t p0, int64_t p1, const float* x, const float* b1,
-                 const float* panels, float* h1s, bool avx512) {
+                 const float* panels, const float* w1t, float* h1s,
+                 bool avx512) {
   const int64_t kp = pl.kp[s];
   if (kp == 0 || p0 >= p1) return;
+  thread_local std::vector<float> block_buf;
+  float* block = pl.on_demand ? scratch(block_buf, static_cast<size_t>(
+                                             g.c_in * kPanel))
+                              : nullptr;
+  const int64_t wp1 = g.width + 1;
   thread_local std::vector<int64_t> aoff_buf;
   if (aoff_buf.size() < static_cast<size_t>(g.c_in)) aoff_buf.resize(g.c_in);
   int64_t* aoff = aoff_buf.data();
@@ -340,6 +389,13 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
     const int nv = static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
     for (int l = 0; l < nv * kLanes; ++l) bias[l] = b1[cols[j0 + l]];
     const float* pj = panels + pl.w1off[s] + g.c_in * j0;
+    if (pl.on_demand) {
+      const int64_t wdt = nv * kLanes;
+      gather_block(w1t, g.c_in, [wp1](int64_t q) { return q * wp1; },
+                   cols + j0, std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)),
+                   wdt, pl.pairs[s], block);
+      pj = block;
+    }
     for (int64_t q0 = p0; q0 < p1; q0 += kRows) {
       const int r = static_cast<int>(std::min<int64_t>(kRows, p1 - q0));
       for (int i = 0; i < r; ++i) {
@@ -358,8 +414,9 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
 void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                   int64_t p0, int64_t p1, const float* h1s, const float* b2,
                   const float* w3t, const float* b3, const float* panels,
-                  float* outs, float* psum, bool avx512) {
+                  const float* w2t, float* outs, float* psum, bool avx512) {
   if (p0 >= p1) return;
+  const int64_t wp1 = g.width + 1;
   const int64_t k = pl.k[s], kp = pl.kp[s];
   const int64_t p_out = g.ho * g.wo, wpx = g.wpx();
   const int64_t sub = std::max<int64_t>(
@@ -390,6 +447,17 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
             static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
         const int wdt = nv * kLanes;
         const float* pj = panels + pl.w2off[s] + 9 * k * j0;
+        if (pl.on_demand) {
+          thread_local std::vector<float> block_buf;
+          float* block = scratch(block_buf,
+                                 static_cast<size_t>(9 * k * kPanel));
+          gather_block(
+              w2t, 9 * k,
+              [&](int64_t q) { return (q / k * wp1 + kept[q % k]) * wp1; },
+              cols + j0, std::max<int64_t>(0, std::min<int64_t>(wdt, k - j0)),
+              wdt, pl.pairs[s], block);
+          pj = block;
+        }
         for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
         for (int64_t r0 = 0; r0 < m; r0 += kRows) {
           const int r = static_cast<int>(std::min<int64_t>(kRows, m - r0));
@@ -534,7 +602,8 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                chs.size(1), parts, pl);
   float* panels = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, pl.panel_total)));
   float* h1 = scratch(h1_buf, static_cast<size_t>(std::max<int64_t>(1, pl.h1_total)));
-  gather_all(g, pl, w1t.data_ptr<float>(), w2t.data_ptr<float>(), panels);
+  if (!pl.on_demand)
+    gather_all(g, pl, w1t.data_ptr<float>(), w2t.data_ptr<float>(), panels);
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float* b1p = b1.data_ptr<float>();
@@ -548,6 +617,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
       for_pieces(pl.b1[t], pl.b1[t + 1], p_in,
                  [&](int64_t s, int64_t q0, int64_t q1) {
                    conv1_piece(g, pl, s, q0, q1, xp, b1p, panels,
+                               w1t.data_ptr<float>(),
                                h1 + pl.h1off[s], avx512);
                  });
     }
@@ -570,7 +640,8 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
       for_pieces(pl.b2[t], pl.b2[t + 1], p_out,
                  [&](int64_t s, int64_t q0, int64_t q1) {
                    conv23_piece(g, pl, s, q0, q1, h1 + pl.h1off[s], b2p, w3p,
-                                b3p, panels, op + s * g.c_out * p_out,
+                                b3p, panels, w2t.data_ptr<float>(),
+                                op + s * g.c_out * p_out,
                                 with_sums ? part + (t * g.n + s) * g.c_out
                                           : nullptr,
                                 avx512);
