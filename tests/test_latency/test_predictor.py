@@ -444,8 +444,8 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     """R50 s1.b0 (downsample, 56 -> 28 px) at batch 4 with 2 kept samples:
     the forced-gate calls, the downsample, the branch of the static block on
     2 samples (conv1 as GEMMs on their rows of x, ops.sample_gemm: no row
-    copy), then the bias pass, conv3 accumulated into the kept shortcut
-    rows and a ReLU pass (the same kernel, one call); the 2 skipped rows of
+    copy), then conv3 accumulated into the kept shortcut rows and one pass
+    for the bias and the ReLU (the same kernel, one call); the 2 skipped rows of
     the downsample output get a ReLU. An identity block inside a backbone writes into its input (the
     skipped rows cost nothing); called alone, its input is copied first."""
     p = _eager()
@@ -456,7 +456,7 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     names, by = _by_name(ops)
     assert names == ['masker', 'masker_fc', 'gate', 'downsample',
                      'gate_count', 'bookkeeping', 'conv1', 'relu1', 'conv2',
-                     'relu2', 'bias3', 'conv3', 'relu3', 'skipped_relu',
+                     'relu2', 'conv3', 'relu3', 'skipped_relu',
                      'relu_skipped']
     # forced gates: the masker still runs (global pool of x, linear)
     assert by['masker'].ms == pytest.approx(pool_latency(
@@ -464,7 +464,7 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     static2 = {o.name: o for o in resnet_latency.static_block_ops(p, g, 2)}
     for k in ('conv1', 'relu1', 'conv2', 'relu2', 'conv3'):
         assert by[k].ms == pytest.approx(static2[k].ms)
-    for k in ('bias3', 'relu3', 'relu_skipped'):  # 2 rows each
+    for k in ('relu3', 'relu_skipped'):  # 2 rows each
         assert by[k].ms == pytest.approx(elementwise_latency(
             hw, k, 2 * out_e, 1, 1).ms)
     assert _launch_count(p, ops) == pytest.approx(4 + 3 + 9 + 2)
@@ -485,7 +485,7 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     assert not gi.has_downsample
     names = _by_name(resnet_latency.layer_block_ops(p, gi, 4, 0.5))[0]
     assert names[4:] == ['bookkeeping', 'conv1', 'relu1', 'conv2', 'relu2',
-                         'bias3', 'conv3', 'relu3']
+                         'conv3', 'relu3']
     alone = LatencyPredictor(p.hw, implementation='eager', forced_gates=True,
                              owned_block_inputs=False)
     names, by = _by_name(resnet_latency.layer_block_ops(alone, gi, 4, 0.5))
@@ -493,6 +493,36 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
     assert names[-2:] == ['skipped_relu', 'relu_skipped']
     assert by['clone'].ms == pytest.approx(elementwise_latency(
         hw, 'clone', 4 * out_e, 1, 1).ms)
+
+
+def test_eager_masker_pool_left_out_where_the_means_are_recorded():
+    """On a CPU spec (the compiled epilogues record every block's output
+    channel means) a layer or channel block's masker pools nothing but in
+    the backbone's first block, whose input is the stem's; elsewhere (no
+    vector_width: no records) every masker pools its input."""
+    geoms = resnet_geometries(50, (224, 224), 'layer')[0]
+    cgeoms = resnet_geometries(50, (224, 224), 'channel', (2, 2, 2, 2))[0]
+    cpu = LatencyPredictor(get_hardware('cpu').replace(vector_width=16),
+                           implementation='eager', forced_gates=True)
+    plain = _eager()
+    assert plain.hw.vector_width == 0
+    for g, fn in ((geoms, resnet_latency.layer_block_ops),
+                  (cgeoms, resnet_latency.channel_block_ops)):
+        first, later = g[0], g[4]
+        assert (first.stage, first.index) == (0, 0)
+        for pred, blk, pooled in ((cpu, first, True), (cpu, later, False),
+                                  (plain, later, True)):
+            ops = fn(pred, blk, 8, 0.5)
+            masker = [o for o in ops if o.name == 'masker']
+            # layer: the pool is the 'masker' op; channel: fused into it
+            pool = pool_latency(pred.hw, 'masker', 8, blk.in_channels,
+                                blk.in_hw, (1, 1),
+                                blk.in_hw[0] * blk.in_hw[1])
+            if fn is resnet_latency.layer_block_ops:
+                assert bool(masker) == pooled
+            else:
+                with_pool = masker[0].memory_ms >= pool.memory_ms
+                assert with_pool == pooled
 
 
 def test_channel_kept_padded():

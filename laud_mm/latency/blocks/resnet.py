@@ -560,7 +560,8 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     samples' rows of x (no row copy, ``laud_mm.ops.sample_gemm``: the
     kept samples' columns split over the PEs, ReLU fused), conv2, ReLU,
     then conv3 accumulated into the kept shortcut rows in place (the same
-    kernel: a bias pass, the GEMM, a ReLU pass); on maps under
+    kernel: the GEMM, then one pass for the bias, the ReLU and the rows'
+    channel sums); on maps under
     ``policy.LAYER_GATHER_MAX_PIXELS`` with more than one PE, the kept
     rows gathered, the static branch on them, added into the shortcut rows
     and copied back (``policy.layer_sample_gemm``). The output is the
@@ -617,8 +618,9 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
             branch = {o.name: o for o in static_block_ops(pred, g, n)}
             res += [branch[k] for k in ('conv1', 'relu1', 'conv2',
                                         'relu2')]
-            res += [elementwise_latency(hw, 'bias3', out_e * n, 1, 1),
-                    branch['conv3'],
+            # conv3 accumulated into the rows (no bias pass before it),
+            # then one pass: bias, ReLU and the rows' sums
+            res += [branch['conv3'],
                     elementwise_latency(hw, 'relu3', out_e * n, 1, 1)]
         if not inplace and n < batch:  # relu of the skipped rows
             res += [launch_latency(hw, 'skipped_relu', batch - n),
