@@ -28,8 +28,9 @@
 // shared by all samples (gather_all; a pass per sample would read the
 // weights once per sample); on maps of at most kOnDemandMaxPixels input
 // pixels (7 x 7) each panel block is instead gathered by the thread that
-// uses it, just before its tiles (gather_block). conv3 runs per 64-channel panel over the
-// pixels into a pixel-major buffer, then one pass adds it into out's
+// uses it, just before its tiles (gather_block). conv3 runs per 64-channel
+// panel over the pixels into a pixel-major buffer, then one pass adds it
+// into out's
 // channel rows with 8 x 8 in-register transposes (add_relu_transposed_avx2;
 // a scalar epilogue per tile is memory- and branch-bound).
 //
@@ -62,6 +63,7 @@
 // and reference in laud_mm/ops/channel_conv.py.
 #include "partition.h"
 #include "relu.h"
+#include "row_epilogue.h"
 #include "tile.h"
 
 #include <ATen/Parallel.h>
@@ -168,16 +170,6 @@ struct Geometry {
   int64_t wpx() const { return w + 2 * pad; }
 };
 
-// Gathers the kept columns of K weight rows into the panel layout of the
-// tile kernel: panel[j][q][l] = src[row(q) + cols[64 j + l]] for q < K and
-// l < 64 (the last panel kp - 64 j wide), in one pass over the rows (a pass
-// per panel re-read the whole matrix). Columns from k on are
-// padding: zero weights, written as zeros. With pairs (every cols[2i + 1] ==
-// cols[2i] + 1 below k: kept channels come in runs of the gate's G = 2, 4,
-// ... channels) a pair is one 8-byte move. The rows two ahead (row_len
-// floats each) are prefetched: the kept rows are increasing but irregular,
-// which the hardware prefetcher misses. (A 16-lane AVX-512 gather
-// instruction instead made the block slower on this CPU.)
 // d[l] = s[cj[l]] for l < kv, 0 for kv <= l < wdt (pairs: cj[l + 1] ==
 // cj[l] + 1 for even l < kv, a pair one 8-byte move).
 inline void copy_cols(float* d, const float* s, const int32_t* cj,
@@ -194,6 +186,16 @@ inline void copy_cols(float* d, const float* s, const int32_t* cj,
   for (int64_t l = kv; l < wdt; ++l) d[l] = 0.f;
 }
 
+// Gathers the kept columns of K weight rows into the panel layout of the
+// tile kernel: panel[j][q][l] = src[row(q) + cols[64 j + l]] for q < K and
+// l < 64 (the last panel kp - 64 j wide), in one pass over the rows (a pass
+// per panel re-read the whole matrix). Columns from k on are
+// padding: zero weights, written as zeros. With pairs (every cols[2i + 1] ==
+// cols[2i] + 1 below k: kept channels come in runs of the gate's G = 2, 4,
+// ... channels) a pair is one 8-byte move. The rows two ahead (row_len
+// floats each) are prefetched: the kept rows are increasing but irregular,
+// which the hardware prefetcher misses. (A 16-lane AVX-512 gather
+// instruction instead made the block slower on this CPU.)
 template <typename RowFn>
 void gather_panels(const float* src, int64_t K, int64_t q_begin,
                    int64_t q_end, RowFn row, const int32_t* cols, int64_t k,
@@ -388,13 +390,14 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
   for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
     const int nv = static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
     for (int l = 0; l < nv * kLanes; ++l) bias[l] = b1[cols[j0 + l]];
-    const float* pj = panels + pl.w1off[s] + g.c_in * j0;
+    const float* pj = block;
     if (pl.on_demand) {
       const int64_t wdt = nv * kLanes;
       gather_block(w1t, g.c_in, [wp1](int64_t q) { return q * wp1; },
                    cols + j0, std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)),
                    wdt, pl.pairs[s], block);
-      pj = block;
+    } else {
+      pj = panels + pl.w1off[s] + g.c_in * j0;
     }
     for (int64_t q0 = p0; q0 < p1; q0 += kRows) {
       const int r = static_cast<int>(std::min<int64_t>(kRows, p1 - q0));
@@ -446,7 +449,7 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
         const int nv =
             static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
         const int wdt = nv * kLanes;
-        const float* pj = panels + pl.w2off[s] + 9 * k * j0;
+        const float* pj;
         if (pl.on_demand) {
           thread_local std::vector<float> block_buf;
           float* block = scratch(block_buf,
@@ -457,6 +460,8 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
               cols + j0, std::max<int64_t>(0, std::min<int64_t>(wdt, k - j0)),
               wdt, pl.pairs[s], block);
           pj = block;
+        } else {
+          pj = panels + pl.w2off[s] + 9 * k * j0;
         }
         for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
         for (int64_t r0 = 0; r0 < m; r0 += kRows) {
@@ -629,12 +634,9 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   const float* b3p = b3.data_ptr<float>();
   const bool with_sums = sums.defined();
   thread_local std::vector<float> part_buf;
-  float* part = nullptr;
-  if (with_sums) {
-    const size_t np = static_cast<size_t>(parts * g.n * g.c_out);
-    part = scratch(part_buf, np);
-    std::fill(part, part + np, 0.f);
-  }
+  float* part = with_sums ? row_epilogue::zeroed_partials(
+                                part_buf, parts * g.n * g.c_out)
+                          : nullptr;
   at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
       for_pieces(pl.b2[t], pl.b2[t + 1], p_out,
@@ -647,15 +649,9 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                 avx512);
                  });
   });
-  if (with_sums) {
-    float* sp = sums.data_ptr<float>();
-    const int64_t nc = g.n * g.c_out;
-    for (int64_t i = 0; i < nc; ++i) {
-      float v = 0.f;
-      for (int64_t t = 0; t < parts; ++t) v += part[t * nc + i];
-      sp[i] = v;
-    }
-  }
+  if (with_sums)
+    row_epilogue::add_partials(part, parts, g.n * g.c_out,
+                               sums.data_ptr<float>());
 }
 
 // Per-thread work of channel_branch_add_relu_cpu's plan for `threads`

@@ -13,13 +13,20 @@
 // reduction, with AVX-512; left to right otherwise): the same row gives
 // the same sum in every thread.
 //
+// Kernels that split an output over threads keep one row of partial sums
+// per thread (zeroed_partials) and add them up in thread order afterwards
+// (add_partials): the sums depend on the thread count only through that
+// fixed order.
+//
 // Source: LAUDNet paper sec. 3.2 (maskers pool their input), sec. 3.4
 // (operator fusion).
 #pragma once
 #include "isa.h"
 #include "relu.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace laud_mm {
 namespace row_epilogue {
@@ -67,6 +74,27 @@ inline float epilogue_sum(float* o, const float* a, int64_t n, float bias,
 #endif
   (void)avx512;
   return epilogue_sum_generic(o, a, n, bias, relu);
+}
+
+// `count` zeroed floats in buf (parts x the per-thread row: thread t's
+// partials at t x that row; buf is thread-local scratch that only grows,
+// so a warm call allocates nothing).
+inline float* zeroed_partials(std::vector<float>& buf, int64_t count) {
+  const size_t n = static_cast<size_t>(std::max<int64_t>(count, 1));
+  if (buf.size() < n) buf.resize(n);
+  std::fill(buf.begin(), buf.begin() + n, 0.f);
+  return buf.data();
+}
+
+// out[i] = part[0 * count + i] + part[1 * count + i] + ... (thread order)
+// for i < count, the partials of zeroed_partials for `parts` threads.
+inline void add_partials(const float* part, int64_t parts, int64_t count,
+                         float* out) {
+  for (int64_t i = 0; i < count; ++i) {
+    float v = 0.f;
+    for (int64_t t = 0; t < parts; ++t) v += part[t * count + i];
+    out[i] = v;
+  }
 }
 
 }  // namespace row_epilogue

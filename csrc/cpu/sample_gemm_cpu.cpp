@@ -37,7 +37,6 @@
 #include "partition.h"
 #include "relu.h"
 #include "row_epilogue.h"
-#include "tile.h"
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -139,12 +138,9 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
   const bool inference = c10::InferenceMode::is_enabled();
   const bool avx512 = isa::cpu_avx512f();
   thread_local std::vector<float> part_buf;
-  float* part = nullptr;
-  if (with_sums) {
-    const size_t np = static_cast<size_t>(parts * n * M);
-    part = tile::scratch(part_buf, np);
-    std::fill(part, part + np, 0.f);
-  }
+  float* part = with_sums ? row_epilogue::zeroed_partials(part_buf,
+                                                          parts * n * M)
+                          : nullptr;
   at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode guard(inference);
     at::NoGradGuard no_grad;
@@ -167,15 +163,8 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
       }
     }
   });
-  if (with_sums) {
-    float* sp = sums.data_ptr<float>();
-    const int64_t nm = n * M;
-    for (int64_t i = 0; i < nm; ++i) {
-      float v = 0.f;
-      for (int64_t t = 0; t < parts; ++t) v += part[t * nm + i];
-      sp[i] = v;
-    }
-  }
+  if (with_sums)
+    row_epilogue::add_partials(part, parts, n * M, sums.data_ptr<float>());
 }
 
 // Per-thread columns of sample_gemm_cpu's partition for n samples of P
