@@ -16,7 +16,8 @@ from laud_mm.latency.operators import (access_efficiency, elementwise_latency,
                                        pool_latency, scatter_add_latency,
                                        tile_candidates)
 from laud_mm.latency.blocks import resnet as resnet_latency
-from laud_mm.latency.blocks.common import channel_masker_op
+from laud_mm.latency.blocks.common import (channel_masker_op,
+                                          masker_input_pooled)
 from laud_mm.latency.blocks.resnet import channel_kept_padded
 from laud_mm.latency.search import format_search, search_granularity
 
@@ -496,10 +497,12 @@ def test_eager_layer_block_is_static_on_kept_samples_plus_one_scatter():
 
 
 def test_eager_masker_pool_left_out_where_the_means_are_recorded():
-    """On a CPU spec (the compiled epilogues record every block's output
-    channel means) a layer or channel block's masker pools nothing but in
-    the backbone's first block, whose input is the stem's; elsewhere (no
-    vector_width: no records) every masker pools its input."""
+    """On a CPU spec (the compiled epilogues record every ResNet block's
+    output channel means) a layer or channel block's masker pools nothing
+    but in the backbone's first block, whose input is the stem's;
+    elsewhere every masker pools its input: no vector_width (no records),
+    a channel block without the AVX-512 fused kernel (vector_width 8), a
+    RegNetY block (its dynamic path records nothing)."""
     geoms = resnet_geometries(50, (224, 224), 'layer')[0]
     cgeoms = resnet_geometries(50, (224, 224), 'channel', (2, 2, 2, 2))[0]
     cpu = LatencyPredictor(get_hardware('cpu').replace(vector_width=16),
@@ -523,6 +526,18 @@ def test_eager_masker_pool_left_out_where_the_means_are_recorded():
             else:
                 with_pool = masker[0].memory_ms >= pool.memory_ms
                 assert with_pool == pooled
+    avx2 = LatencyPredictor(get_hardware('cpu').replace(vector_width=8),
+                            implementation='eager', forced_gates=True)
+    assert resnet_latency.channel_block_ops(
+        avx2, cgeoms[4], 8, 0.5)[0].memory_ms >= pool_latency(
+            avx2.hw, 'masker', 8, cgeoms[4].in_channels, cgeoms[4].in_hw,
+            (1, 1), cgeoms[4].in_hw[0] * cgeoms[4].in_hw[1]).memory_ms
+    assert not any(o.name == 'masker' for o in resnet_latency.layer_block_ops(
+        avx2, geoms[4], 8, 0.5))
+    from laud_mm.models.regnet import regnety_geometries
+    rg = regnety_geometries('regnety_400mf', (224, 224), 'channel',
+                            (2, 2, 2, 2))[0][4]
+    assert not masker_input_pooled(cpu, rg)
 
 
 def test_channel_kept_padded():

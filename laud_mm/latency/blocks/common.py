@@ -55,15 +55,19 @@ def fused_op(hw, name: str, parts: Sequence[OpLatency]) -> OpLatency:
 def masker_input_pooled(pred, g: BlockGeometry) -> bool:
     """Whether a layer / channel block's masker finds its input's channel
     means already recorded (:mod:`laud_mm.models.layers.channel_mean`) and
-    skips its global pool: the eager path on a CPU spec (``vector_width``
-    set: the compiled epilogues that record them) for every block but the
-    backbone's first (stage 0, block 0), whose input is the stem's output.
-    Every layer block records its output's means on that path, and so do
-    channel blocks but for masked-dense 7 x 7 blocks above
-    ``policy.CHANNEL_DENSE_RATE`` (their successor's pool, 2048 x 49 values
-    per image, is left out). Source: paper sec. 3.2 (the masker pools its
-    input), sec. 3.4 (operator fusion)."""
-    return bool(pred.eager and pred.hw.vector_width > 0 and
+    skips its global pool: the eager path of a ResNet bottleneck
+    (``g.kind == 'bottleneck'``; the RegNetY blocks record nothing) on a
+    CPU spec, for every block but the backbone's first (stage 0, block 0),
+    whose input is the stem's output. Layer blocks record their output's
+    means on any CPU spec (``vector_width`` set: the compiled epilogues);
+    channel blocks where the fused kernel runs (``vector_width >= 16``,
+    AVX-512) and with every group on, except masked-dense 7 x 7 blocks
+    above ``policy.CHANNEL_DENSE_RATE`` (their successor's pool, 2048 x 49
+    values per image, is left out). Source: paper sec. 3.2 (the masker
+    pools its input), sec. 3.4 (operator fusion)."""
+    lanes = 16 if g.paradigm == 'channel' else 1
+    return bool(pred.eager and g.kind == 'bottleneck' and
+                pred.hw.vector_width >= lanes and
                 not (g.stage == 0 and g.index == 0))
 
 
