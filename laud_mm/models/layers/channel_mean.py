@@ -15,10 +15,14 @@ bypass torch (through ``tensor.numpy()`` or ``.data``) do not bump the
 counter; the tensors that carry records are the backbone's own block
 inputs and outputs, which nothing outside it writes.
 
-Producers: :func:`laud_mm.models.layers.dynamic.residual_add_relu_pooled_`
-(blocks with every gate on), the fused channel kernel's output pass, and a
-layer block writing into its input (the skipped samples keep the input's
-means). The masker's own computation records too, so that such a layer
+Producers (ResNet blocks): :func:`laud_mm.models.layers.dynamic.
+residual_add_relu_pooled_` (blocks with every gate on), the fused channel
+kernel's output pass, and every layer block: the per-sample GEMM kernel's
+epilogue (:func:`laud_mm.ops.sample_gemm` with ``sums``) or the gathered
+path's :func:`laud_mm.ops.add_relu_mean_` for the kept samples;
+:func:`laud_mm.ops.relu_mean_rows_` for the skipped samples of a copied or
+downsampled shortcut, the input's record for those of a block writing into
+its input. The masker's own computation records too, so that such a layer
 block finds its input's means.
 
 Source: paper sec. 3.2 (masker inputs), sec. 3.4 (operator fusion).
