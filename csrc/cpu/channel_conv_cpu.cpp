@@ -97,10 +97,9 @@ constexpr int64_t kAlign2 = 1;
 // serves few tiles (7 on a 7 x 7 map) and the whole batch's panels
 // (N (C_in + 9 k) kp floats: 36 MB at R50 stage 4, batch 8, r = 0.5)
 // would go out to DRAM and back; the source weights (17 MB there) are
-// read once per sample instead, from L3. Measured on R50's 7 x 7 blocks
-// (batch 8, r = 0.5, 2 threads): 1.23 - 1.30x against the static block
-// where gather_all gave 1.08 - 1.17x; on 14 x 14 maps no difference
-// (docs/benchmarks.md, eighth round).
+// read once per sample instead, from L3. Larger maps reuse a panel over
+// enough tiles that the up-front gather costs nothing extra (the
+// measurements: docs/benchmarks.md, eighth round).
 constexpr int64_t kOnDemandMaxPixels = 49;
 
 #ifdef LAUD_X86
