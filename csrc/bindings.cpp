@@ -51,6 +51,9 @@ at::Tensor sample_gemm_partition(int64_t n, int64_t P, int64_t threads);
 at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                                   double b, int64_t gh, int64_t gw);
 at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity);
+at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
+                                   const at::Tensor& w, double b, int64_t gh,
+                                   int64_t gw);
 at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
@@ -269,6 +272,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "over x split over torch's threads (float32, CPU)",
         py::arg("x"), py::arg("w"), py::arg("b"), py::arg("gh"),
         py::arg("gw"));
+  m.def("add_relu_logit_pool", &laud_mm::add_relu_logit_pool_cpu,
+        "add_relu_logit_pool(out (N,C,H,W), identity (N,C,H,W), w (C,), b, "
+        "gh, gw) -> (N,gh,gw): out = relu(out + identity) in place, returns "
+        "spatial_logit_pool of the new out (bit-equal), one pass (float32, "
+        "CPU)",
+        py::arg("out"), py::arg("identity"), py::arg("w"), py::arg("b"),
+        py::arg("gh"), py::arg("gw"));
   m.def("add_relu_mean", &laud_mm::add_relu_mean_cpu,
         "add_relu_mean(out (N,C,H,W), identity (N,C,H,W)) -> (N,C): out = "
         "relu(out + identity) in place, returns its mean over H x W, one "

@@ -21,10 +21,20 @@
 // order whatever the split, so the result does not depend on the thread
 // count.
 //
+// add_relu_logit_pool_cpu(out, identity, w, b, gh, gw) -> (N, gh, gw):
+//   out = relu(out + identity) in place (a residual block's epilogue), and
+//   the logit pool above of the new out, in the same pass: a block that
+//   computes its output densely hands the next spatial block its masker's
+//   decision input without a second read of the output. Each group of four
+//   channels is added, rectified and stored, then summed into the pixel
+//   accumulator in exactly spatial_logit_pool_cpu's order, so the logits
+//   equal spatial_logit_pool_cpu(new out) bit for bit.
+//
 // Source: LAUDNet paper sec. 3.1 (spatial masker), sec. 3.4 (operator
-// fusion: "Fusing the masker and the first convolution"); Python API in
-// laud_mm/ops/spatial_logit.py.
+// fusion: "Fusing the masker and the first convolution", "Fusing scatter
+// and add"); Python API in laud_mm/ops/spatial_logit.py.
 #include "isa.h"
+#include "relu.h"
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -85,31 +95,100 @@ void accumulate4_avx512(float* acc, const float* x0, int64_t hw,
 }
 #endif
 
-}  // namespace
+// o_k = relu(o_k + i_k) in place for the 4 channels at o0 / i0 (stride
+// hw), then acc as accumulate4 over the new o_k (same expression)
+inline void add_relu_accumulate4(float* acc, float* o0, const float* i0,
+                                 int64_t hw, const float* w, int64_t len,
+                                 bool first) {
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  float* o1 = o0 + hw;
+  float* o2 = o1 + hw;
+  float* o3 = o2 + hw;
+  const float* i1 = i0 + hw;
+  const float* i2 = i1 + hw;
+  const float* i3 = i2 + hw;
+  for (int64_t p = 0; p < len; ++p) {
+    const float v0 = relu_of(o0[p] + i0[p]), v1 = relu_of(o1[p] + i1[p]);
+    const float v2 = relu_of(o2[p] + i2[p]), v3 = relu_of(o3[p] + i3[p]);
+    o0[p] = v0;
+    o1[p] = v1;
+    o2[p] = v2;
+    o3[p] = v3;
+    if (first)
+      acc[p] = w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3;
+    else
+      acc[p] += w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3;
+  }
+}
 
-at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
-                                  double b, int64_t gh, int64_t gw) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() &&
-                  x.device().is_cpu() && x.dim() == 4,
-              "spatial_logit_pool: x must be a contiguous float32 CPU "
-              "(N, C, H, W) tensor");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() &&
-                  w.device().is_cpu() && w.numel() == C,
-              "spatial_logit_pool: w must be a contiguous float32 CPU tensor "
-              "of C = ", C, " weights");
-  TORCH_CHECK(gh >= 1 && gw >= 1 && gh <= H && gw <= W,
-              "spatial_logit_pool: the grid (", gh, ", ", gw,
-              ") must lie in [1, (H, W) = (", H, ", ", W, ")]");
-  TORCH_CHECK(C >= 1, "spatial_logit_pool: x has no channels");
-  at::Tensor out = at::empty({N, gh, gw}, x.options());
-  if (N == 0) return out;
-  const int64_t HW = H * W;
+inline void add_relu_accumulate1(float* acc, float* o0, const float* i0,
+                                 float w0, int64_t len, bool first) {
+  for (int64_t p = 0; p < len; ++p) {
+    const float v = relu_of(o0[p] + i0[p]);
+    o0[p] = v;
+    if (first)
+      acc[p] = w0 * v;
+    else
+      acc[p] += w0 * v;
+  }
+}
+
+#ifdef LAUD_X86
+// add_relu_accumulate4 with AVX-512 (accumulate4_avx512's FMA order)
+LAUD_TARGET("avx512f")
+void add_relu_accumulate4_avx512(float* acc, float* o0, const float* i0,
+                                 int64_t hw, const float* w, int64_t len,
+                                 bool first) {
+  const __m512 z = _mm512_setzero_ps();
+  const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(w[1]);
+  const __m512 w2 = _mm512_set1_ps(w[2]), w3 = _mm512_set1_ps(w[3]);
+  for (int64_t p = 0; p < len; p += 16) {
+    const __mmask16 m = len - p >= 16
+        ? static_cast<__mmask16>(0xFFFF)
+        : static_cast<__mmask16>((1u << (len - p)) - 1u);
+    // max(0, NaN) = NaN, max(0, -0) = -0, as relu_of
+    const __m512 v0 = _mm512_max_ps(
+        z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o0 + p),
+                         _mm512_maskz_loadu_ps(m, i0 + p)));
+    const __m512 v1 = _mm512_max_ps(
+        z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o0 + hw + p),
+                         _mm512_maskz_loadu_ps(m, i0 + hw + p)));
+    const __m512 v2 = _mm512_max_ps(
+        z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o0 + 2 * hw + p),
+                         _mm512_maskz_loadu_ps(m, i0 + 2 * hw + p)));
+    const __m512 v3 = _mm512_max_ps(
+        z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o0 + 3 * hw + p),
+                         _mm512_maskz_loadu_ps(m, i0 + 3 * hw + p)));
+    _mm512_mask_storeu_ps(o0 + p, m, v0);
+    _mm512_mask_storeu_ps(o0 + hw + p, m, v1);
+    _mm512_mask_storeu_ps(o0 + 2 * hw + p, m, v2);
+    _mm512_mask_storeu_ps(o0 + 3 * hw + p, m, v3);
+    __m512 a = first ? z : _mm512_maskz_loadu_ps(m, acc + p);
+    a = _mm512_fmadd_ps(w0, v0, a);
+    a = _mm512_fmadd_ps(w1, v1, a);
+    a = _mm512_fmadd_ps(w2, v2, a);
+    a = _mm512_fmadd_ps(w3, v3, a);
+    _mm512_mask_storeu_ps(acc + p, m, a);
+  }
+}
+#endif
+
+// The pass both kernels share: work items (sample, band of cell rows) over
+// torch's threads; channels(acc, n, c, xs_off, len, first) adds channels
+// c (4, or 1 at the tail: `four`) of sample n, input rows from the band's
+// first row (element offset xs_off within the channel), into acc; then acc
+// is pooled into the band's cells, + bias. disjoint_rows: bands may not
+// share an input row (a pass that writes its input in place); when the
+// cells' rows overlap (gh does not divide H) a sample is then one band.
+template <typename Channels>
+void logit_pool_pass(int64_t N, int64_t C, int64_t H, int64_t W, int64_t gh,
+                     int64_t gw, float bias, float* op, bool disjoint_rows,
+                     Channels channels) {
   // bands of cell rows per sample: whole samples (x[n] read in address
   // order) when the batch alone gives every thread two, else as many as
   // that takes, at most one cell row each
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t bands = std::min<int64_t>(
+  const int64_t bands = disjoint_rows && H % gh != 0 ? 1 : std::min<int64_t>(
       gh, std::max<int64_t>(1, (2 * threads + N - 1) / N));
   int64_t band_rows = 0;
   for (int64_t k = 0; k < bands; ++k) {
@@ -117,11 +196,6 @@ at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
     band_rows = std::max(band_rows,
                          (i1 * H + gh - 1) / gh - (i0 * H) / gh);
   }
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const float bias = static_cast<float>(b);
-  const bool avx512 = isa::cpu_avx512f();
   at::parallel_for(0, N * bands, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> acc(band_rows * W);  // one buffer per thread's range
     for (int64_t item = t0; item < t1; ++item) {
@@ -131,19 +205,10 @@ at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
       // a row when gh does not divide H)
       const int64_t r0 = (i0 * H) / gh, r1 = (i1 * H + gh - 1) / gh;
       const int64_t len = (r1 - r0) * W;
-      const float* xs = xp + n * C * HW + r0 * W;
       float* a = acc.data();
       int64_t c = 0;
-      for (; c + 4 <= C; c += 4) {
-#ifdef LAUD_X86
-        if (avx512) {
-          accumulate4_avx512(a, xs + c * HW, HW, wp + c, len, c == 0);
-          continue;
-        }
-#endif
-        accumulate4(a, xs + c * HW, HW, wp + c, len, c == 0);
-      }
-      for (; c < C; ++c) accumulate1(a, xs + c * HW, wp[c], len, c == 0);
+      for (; c + 4 <= C; c += 4) channels(a, n, c, r0 * W, len, true, c == 0);
+      for (; c < C; ++c) channels(a, n, c, r0 * W, len, false, c == 0);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t y0 = (i * H) / gh, y1 = ((i + 1) * H + gh - 1) / gh;
         for (int64_t j = 0; j < gw; ++j) {
@@ -157,7 +222,94 @@ at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
       }
     }
   });
+}
+
+// the argument checks both kernels share
+void check_logit_args(const char* op, const at::Tensor& x,
+                      const at::Tensor& w, int64_t gh, int64_t gw) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() &&
+                  w.device().is_cpu() && w.numel() == C,
+              op, ": w must be a contiguous float32 CPU tensor of C = ", C,
+              " weights");
+  TORCH_CHECK(gh >= 1 && gw >= 1 && gh <= H && gw <= W, op, ": the grid (",
+              gh, ", ", gw, ") must lie in [1, (H, W) = (", H, ", ", W,
+              ")]");
+  TORCH_CHECK(C >= 1, op, ": x has no channels");
+}
+
+}  // namespace
+
+at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
+                                  double b, int64_t gh, int64_t gw) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() &&
+                  x.device().is_cpu() && x.dim() == 4,
+              "spatial_logit_pool: x must be a contiguous float32 CPU "
+              "(N, C, H, W) tensor");
+  check_logit_args("spatial_logit_pool", x, w, gh, gw);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor out = at::empty({N, gh, gw}, x.options());
+  if (N == 0) return out;
+  const int64_t HW = H * W;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const bool avx512 = isa::cpu_avx512f();
+  logit_pool_pass(
+      N, C, H, W, gh, gw, static_cast<float>(b), out.data_ptr<float>(),
+      false, [=](float* a, int64_t n, int64_t c, int64_t off, int64_t len,
+          bool four, bool first) {
+        const float* xs = xp + (n * C + c) * HW + off;
+        if (!four) return accumulate1(a, xs, wp[c], len, first);
+#ifdef LAUD_X86
+        if (avx512) return accumulate4_avx512(a, xs, HW, wp + c, len, first);
+#endif
+        (void)avx512;
+        accumulate4(a, xs, HW, wp + c, len, first);
+      });
   return out;
+}
+
+at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
+                                   const at::Tensor& w, double b, int64_t gh,
+                                   int64_t gw) {
+  for (const at::Tensor* t :
+       std::initializer_list<const at::Tensor*>{&out, &identity})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                    t->device().is_cpu() && t->dim() == 4,
+                "add_relu_logit_pool: out and identity must be contiguous "
+                "float32 CPU (N, C, H, W) tensors");
+  TORCH_CHECK(out.sizes() == identity.sizes(), "add_relu_logit_pool: out ",
+              out.sizes(), " and identity ", identity.sizes(),
+              " differ in shape");
+  TORCH_CHECK(!out.is_same(identity),
+              "add_relu_logit_pool: out and identity must be different "
+              "tensors");
+  check_logit_args("add_relu_logit_pool", out, w, gh, gw);
+  const int64_t N = out.size(0), C = out.size(1), H = out.size(2),
+                W = out.size(3);
+  at::Tensor logit = at::empty({N, gh, gw}, out.options());
+  if (N == 0) return logit;
+  const int64_t HW = H * W;
+  float* o = out.data_ptr<float>();
+  const float* ip = identity.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const bool avx512 = isa::cpu_avx512f();
+  logit_pool_pass(
+      N, C, H, W, gh, gw, static_cast<float>(b), logit.data_ptr<float>(),
+      true, [=](float* a, int64_t n, int64_t c, int64_t off, int64_t len,
+          bool four, bool first) {
+        const int64_t at = (n * C + c) * HW + off;
+        if (!four)
+          return add_relu_accumulate1(a, o + at, ip + at, wp[c], len, first);
+#ifdef LAUD_X86
+        if (avx512)
+          return add_relu_accumulate4_avx512(a, o + at, ip + at, HW, wp + c,
+                                             len, first);
+#endif
+        (void)avx512;
+        add_relu_accumulate4(a, o + at, ip + at, HW, wp + c, len, first);
+      });
+  return logit;
 }
 
 }  // namespace laud_mm

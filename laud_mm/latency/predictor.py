@@ -12,7 +12,7 @@ Source: paper appendix A, docs/method.md sec. 4.
 """
 import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from ..structures.geometry import BlockGeometry, TokenLayerGeometry
 from .blocks import block_latency, stem_latency
@@ -158,6 +158,9 @@ class LatencyPredictor:
         self.implementation = implementation
         self.eager = implementation == 'eager'
         self.spatial_dense_threshold = spatial_dense_threshold
+        # (geometries, densities, index) while predict_backbone prices a
+        # block: its neighbours (:meth:`neighbour`)
+        self._chain = None
 
     # ------------------------------------------------------------ blocks
     def stem_ops(self, stem, batch: int) -> List[OpLatency]:
@@ -178,6 +181,23 @@ class LatencyPredictor:
                 paradigm.
         """
         return block_latency(g.kind)(self, g, batch, density)
+
+    def neighbour(self, offset: int) -> Optional[Tuple[object, float]]:
+        """While :meth:`predict_backbone` prices a block: the (geometry,
+        density) of the block ``offset`` places after it (-1: the block
+        before), None past either end or for a block priced on its own
+        (:meth:`block_ops` called directly). Blocks of a backbone hand
+        their successor data in the eager path (a dense spatial block its
+        successor's masker logits,
+        :mod:`laud_mm.models.layers.spatial_logit_record`), which a block
+        run alone does not."""
+        if self._chain is None:
+            return None
+        geoms, dens, j = self._chain
+        k = j + offset
+        if not 0 <= k < len(geoms):
+            return None
+        return geoms[k], dens[k]
 
     # ---------------------------------------------------------- backbone
     def predict_backbone(self, geometries: Sequence[BlockGeometry],
@@ -232,8 +252,13 @@ class LatencyPredictor:
             if not (0. <= d <= 1.):
                 raise ValueError(f'densities[{j}]={d!r} is outside [0, 1]')
             dens.append(d)
-        block_ops = [self.block_ops(g, batch_size, d)
-                     for g, d in zip(geometries, dens)]
+        block_ops = []
+        try:
+            for j, (g, d) in enumerate(zip(geometries, dens)):
+                self._chain = (geometries, dens, j)
+                block_ops.append(self.block_ops(g, batch_size, d))
+        finally:
+            self._chain = None
         per_block = [sum(o.ms for o in ops) for ops in block_ops]
         n_stages = max(g.stage for g in geometries) + 1
         per_stage = [0.] * n_stages

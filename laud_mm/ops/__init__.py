@@ -23,7 +23,9 @@ from .sample_gemm import sample_gemm, sample_gemm_reference
 from .patches import (gather_patches, gather_patches_reference, patch_indices,
                       patch_map, scatter_add_relu, scatter_add_relu_reference,
                       window_size)
-from .spatial_logit import (spatial_logit_pool,
+from .spatial_logit import (add_relu_logit_pool_,
+                            add_relu_logit_pool_reference,
+                            spatial_logit_pool,
                             spatial_logit_pool_reference)
 from .spatial_conv import (fast_spatial_branch, pack_panels,
                            spatial_branch_add_relu,
@@ -43,7 +45,8 @@ __all__ = [
     'spatial_branch_add_relu', 'spatial_branch_add_relu_reference',
     'spatial_packed_weights', 'pack_panels', 'unpack_panels',
     'fast_spatial_branch', 'spatial_logit_pool',
-    'spatial_logit_pool_reference', 'add_relu_mean_',
+    'spatial_logit_pool_reference', 'add_relu_logit_pool_',
+    'add_relu_logit_pool_reference', 'add_relu_mean_',
     'add_relu_mean_reference', 'relu_mean_rows_', 'relu_mean_rows_reference',
     'max_pool2d'
 ]

@@ -18,9 +18,17 @@ the memory bandwidth (``tools/analysis_tools/benchmark_kernels.py --only
 masker``). :func:`spatial_logit_pool_reference` is that GEMV and pool (any
 device).
 
+:func:`add_relu_logit_pool_` is a residual block's epilogue
+``out = relu(out + identity)`` that returns the logits of the new ``out``
+for the next block's spatial masker in the same pass (bit-equal to
+:func:`spatial_logit_pool` of it): a block computed densely hands them on
+(:mod:`laud_mm.models.layers.spatial_logit_record`) and the next block
+skips its own read of x. :func:`add_relu_logit_pool_reference` is
+``add_``, ``relu_`` and the reference pool.
+
 Source: paper sec. 3.1 (spatial masker), sec. 3.4 ("Fusing the masker and
 the first convolution": the masker's cost is part of every spatial block's
-latency).
+latency; "Fusing scatter and add").
 """
 from typing import Tuple
 
@@ -28,6 +36,20 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import check_float32_cpu, extension, is_autocast, use_kernels
+
+
+def _check_grid(grid: Tuple[int, int], hw: Tuple[int, int]
+                ) -> Tuple[int, int]:
+    gh, gw = (int(v) for v in grid)
+    if not (1 <= gh <= hw[0] and 1 <= gw <= hw[1]):
+        raise ValueError(f'grid={tuple(grid)} must lie in [1, (H, W) = '
+                         f'{tuple(hw)}]')
+    return gh, gw
+
+
+def _check_weights(w: torch.Tensor, c: int) -> None:
+    if tuple(w.shape) != (c,):
+        raise ValueError(f'w must be (C,) = ({c},), got {tuple(w.shape)}')
 
 
 def spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
@@ -51,14 +73,8 @@ def spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
     check_float32_cpu(dict(x=x, w=w))
     if x.dim() != 4:
         raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
-    if tuple(w.shape) != (x.shape[1],):
-        raise ValueError(f'w must be (C,) = ({x.shape[1]},), got '
-                         f'{tuple(w.shape)}')
-    gh, gw = (int(v) for v in grid)
-    if not (1 <= gh <= x.shape[2] and 1 <= gw <= x.shape[3]):
-        raise ValueError(f'grid={tuple(grid)} must lie in [1, (H, W) = '
-                         f'{tuple(x.shape[2:])}]')
-    return _spatial_logit_pool(x, w, float(b), (gh, gw))
+    _check_weights(w, x.shape[1])
+    return _spatial_logit_pool(x, w, float(b), _check_grid(grid, x.shape[2:]))
 
 
 def _spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
@@ -93,3 +109,65 @@ def spatial_logit_pool_reference(x: torch.Tensor, w: torch.Tensor, b: float,
         y = F.conv2d(x, w.view(1, c, 1, 1).to(x.dtype),
                      x.new_full((1,), b))
     return F.adaptive_avg_pool2d(y, tuple(grid))[:, 0]
+
+
+def add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
+                         w: torch.Tensor, b: float, grid: Tuple[int, int]
+                         ) -> torch.Tensor:
+    """``out = relu(out + identity)`` in place; returns
+    :func:`spatial_logit_pool` of the new ``out`` (bit-equal with the
+    compiled kernels), in one pass over out, with argument checks.
+
+    Args:
+        out: (N, C, H, W) float32 CPU residual branch output, written in
+            place.
+        identity: (N, C, H, W) float32 CPU shortcut, another tensor.
+        w: (C,) float32 keep - skip weights of the next block's spatial
+            masker; b: its bias difference.
+        grid: (gh, gw) the next block's patch grid, 1 <= gh <= H,
+            1 <= gw <= W.
+
+    Returns:
+        (N, gh, gw) float32 logit differences of the new ``out``.
+
+    Raises:
+        ValueError: a tensor that is not float32 on the CPU, shapes that
+            are not (N, C, H, W) or differ, ``identity`` being ``out``, w
+            not (C,), or a grid outside [1, (H, W)] (names the argument).
+    """
+    check_float32_cpu(dict(out=out, identity=identity, w=w))
+    if out.dim() != 4 or out.shape != identity.shape:
+        raise ValueError(f'out and identity must be (N, C, H, W) of one '
+                         f'shape, got {tuple(out.shape)} and '
+                         f'{tuple(identity.shape)}')
+    if out is identity:
+        raise ValueError('identity must be another tensor than out')
+    _check_weights(w, out.shape[1])
+    return _add_relu_logit_pool_(out, identity, w, float(b),
+                                 _check_grid(grid, out.shape[2:]))
+
+
+def _add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
+                          w: torch.Tensor, b: float, grid: Tuple[int, int]
+                          ) -> torch.Tensor:
+    """:func:`add_relu_logit_pool_` without argument checks (internal): the
+    compiled kernel for contiguous float32 CPU tensors, else the
+    reference."""
+    ext = extension()
+    if ext is not None and hasattr(ext, 'add_relu_logit_pool') and \
+            out.device.type == 'cpu' and use_kernels(out) and \
+            out.dtype == identity.dtype == w.dtype == torch.float32 and \
+            out.is_contiguous() and identity.is_contiguous() and \
+            w.is_contiguous():
+        return ext.add_relu_logit_pool(out, identity, w, b, grid[0], grid[1])
+    return add_relu_logit_pool_reference(out, identity, w, b, grid)
+
+
+def add_relu_logit_pool_reference(out: torch.Tensor, identity: torch.Tensor,
+                                  w: torch.Tensor, b: float,
+                                  grid: Tuple[int, int]) -> torch.Tensor:
+    """Pure-PyTorch :func:`add_relu_logit_pool_` (same arguments and result
+    up to float rounding; no argument checks): ``add_``, ``relu_``, then
+    :func:`spatial_logit_pool_reference`."""
+    out.add_(identity).relu_()
+    return spatial_logit_pool_reference(out, w, b, grid)

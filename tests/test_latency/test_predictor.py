@@ -540,6 +540,49 @@ def test_eager_masker_pool_left_out_where_the_means_are_recorded():
     assert not masker_input_pooled(cpu, rg)
 
 
+@pytest.mark.parametrize('vector_width', [16, 8])
+def test_eager_spatial_logits_handed_on_by_dense_blocks(vector_width):
+    """In a backbone on a CPU spec, a spatial block that computes densely
+    (every patch on) adds, rectifies and computes its successor's masker
+    logits in one pass, and that successor reads no tensor for them: at
+    density 1 only the first block has the masker's logit pass and every
+    block but the last ends with 'add_relu_logit'; at 0.5 nothing is
+    handed on; a block priced alone, the same blocks at 1 without the
+    next block's (half) density changing, and a spec without vectors
+    (no compiled kernels) keep the logit pass. With 8-lane vectors (the
+    gather path) the stride-1 blocks' conv1 loses the extra output."""
+    geoms = resnet_geometries(50, (224, 224), 'spatial', (4, 4, 2, 1))[0]
+    cpu = LatencyPredictor(
+        get_hardware('cpu').replace(vector_width=vector_width),
+        implementation='eager', forced_gates=True)
+
+    def names(rep, j):
+        return [o.name for o in rep.block_ops[j]]
+    full = cpu.predict_backbone(geoms, [1.] * len(geoms), 8)
+    half = cpu.predict_backbone(geoms, [.5] * len(geoms), 8)
+    n = len(geoms)
+    for j in range(n):
+        logit_pass = {'mask_conv', 'mask_pool'} & set(names(full, j))
+        assert bool(logit_pass) == (j == 0)
+        assert names(full, j)[-1] == ('add_relu_logit' if j < n - 1
+                                      else 'relu3')
+        assert 'mask_pool' in names(half, j)
+        assert 'add_relu_logit' not in names(half, j)
+    if vector_width == 8:  # conv1 with the logit as an extra output
+        c1 = [o for o in cpu.block_ops(geoms[1], 8, 1.) if o.name == 'conv1']
+        c1r = [o for o in full.block_ops[1] if o.name == 'conv1']
+        assert c1[0].macs > c1r[0].macs
+    # block 2 at 1 after block 1 at 0.5: block 1 hands nothing on
+    mixed = cpu.predict_backbone(geoms, [1., .5] + [1.] * (n - 2), 8)
+    assert 'mask_pool' in names(mixed, 2)
+    assert names(mixed, 0)[-1] == 'add_relu_logit'
+    assert 'mask_pool' in [o.name for o in cpu.block_ops(geoms[3], 8, 1.)]
+    plain = _eager().predict_backbone(geoms, [1.] * n, 8)
+    assert all('mask_pool' in names(plain, j) and
+               'add_relu_logit' not in names(plain, j) for j in range(n))
+    assert cpu.neighbour(-1) is None  # only while a backbone is priced
+
+
 def test_channel_kept_padded():
     """k of ``_kept_channels``: the largest per-sample kept count padded up
     to CHANNEL_PAD = 8 (s1.b0, width 128, G = 2: 64 groups)."""

@@ -965,6 +965,67 @@ def test_spatial_logit_pool_errors():
         ops.spatial_logit_pool(x, torch.randn(4), 0., (2, 0))
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('n,c,h,w,grid', [
+    (8, 64, 28, 28, (7, 7)),     # whole samples per thread
+    (1, 37, 24, 19, (6, 5)),     # batch 1: bands of cell rows; C % 4 != 0
+    (1, 8, 13, 17, (4, 5)),      # cells share rows: one band per sample
+    (2, 5, 7, 7, (7, 7)),        # S = 1
+])
+def test_add_relu_logit_pool_is_the_epilogue_then_the_logit_pool(
+        backend, n, c, h, w, grid):
+    """out = relu(out + identity) in place and the next spatial masker's
+    logits in one pass: the output equals add_ / relu_ bit for bit (NaN
+    kept), and the logits equal spatial_logit_pool of the new output (bit
+    for bit with the compiled kernels, fp32 rounding on the reference), at
+    1, 2 and 3 threads: the handed-on logits make the decisions the masker
+    makes from the tensor itself."""
+    g = torch.Generator().manual_seed(n * 100 + c)
+    out0 = torch.randn(n, c, h, w, generator=g)
+    out0[0, 0, 0, 0] = float('nan')
+    ident = torch.randn(n, c, h, w, generator=g)
+    wt = torch.randn(c, generator=g) / c ** 0.5
+    b = -0.21
+    want = torch.relu(out0 + ident)
+    prev = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            with ops.use_backend(backend):
+                out = out0.clone()
+                logit = ops.add_relu_logit_pool_(out, ident, wt, b, grid)
+                pooled = ops.spatial_logit_pool(want, wt, b, grid)
+            assert torch.equal(out.nan_to_num(7.), want.nan_to_num(7.))
+            assert out[0, 0, 0, 0].isnan()
+            assert logit.shape == (n, *grid)
+            if backend == 'cpp':
+                assert torch.equal(logit.nan_to_num(7.),
+                                   pooled.nan_to_num(7.))
+            else:
+                fin = pooled.isfinite()
+                assert torch.equal(fin, logit.isfinite())
+                assert (logit - pooled)[fin].abs().max() <= 1e-5 * max(
+                    1., pooled[fin].abs().max())
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_add_relu_logit_pool_errors():
+    x, i = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    w = torch.randn(4)
+    with pytest.raises(ValueError, match='identity must be a float32 CPU'):
+        ops.add_relu_logit_pool_(x, i.double(), w, 0., (2, 2))
+    with pytest.raises(ValueError, match=r'of one shape, got \(2, 4, 8, 8\) '
+                       r'and \(2, 4, 8, 7\)'):
+        ops.add_relu_logit_pool_(x, i[..., :7], w, 0., (2, 2))
+    with pytest.raises(ValueError, match='another tensor than out'):
+        ops.add_relu_logit_pool_(x, x, w, 0., (2, 2))
+    with pytest.raises(ValueError, match=r'w must be \(C,\) = \(4,\)'):
+        ops.add_relu_logit_pool_(x, i, torch.randn(3), 0., (2, 2))
+    with pytest.raises(ValueError, match=r'grid=\(2, 9\) must lie in'):
+        ops.add_relu_logit_pool_(x, i, w, 0., (2, 9))
+
+
 # ------------------------------------------------- epilogue with channel mean
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('shape', [(8, 64, 14, 14), (2, 5, 7, 9),

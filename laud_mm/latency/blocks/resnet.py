@@ -32,7 +32,7 @@ kernel; the thresholds that choose its paths are read from
 Source: paper appendix A, docs/method.md sec. 4.
 """
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ...ops import policy
 from ...structures.geometry import (PARADIGMS, BlockGeometry,
@@ -347,6 +347,46 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
         elementwise_latency(hw, 'conv3_acc', out_e, 1, 0)] + tail
 
 
+def _spatial_fused_path(pred, g: BlockGeometry) -> bool:
+    """Whether the eager spatial path of block ``g`` takes the fused CPU
+    kernel (``SPATIAL_FUSED_CPU``, 16-lane vectors, widths multiples of
+    16)."""
+    return policy.SPATIAL_FUSED_CPU and pred.hw.vector_width >= 16 and \
+        g.width % 16 == 0 and g.out_channels % 16 == 0
+
+
+def _spatial_dense(pred, g: BlockGeometry, d: float) -> bool:
+    """Whether the eager spatial block ``g`` at density ``d`` computes
+    densely (``_spatial_forward``'s dense branch: from
+    ``SPATIAL_FUSED_DENSE_THRESHOLD`` on the fused path, else from
+    ``pred.spatial_dense_threshold``, and with every patch on)."""
+    thr = policy.SPATIAL_FUSED_DENSE_THRESHOLD \
+        if _spatial_fused_path(pred, g) else pred.spatial_dense_threshold
+    return d > 0. and (d >= 1. or (thr is not None and d >= thr))
+
+
+def _hands_logits_to(pred, g: BlockGeometry,
+                     nxt: Optional[Tuple[BlockGeometry, float]]) -> bool:
+    """Whether eager block ``g`` computed densely hands its successor
+    ``nxt`` = (geometry, density) the masker logits in its epilogue
+    (``_dense_epilogue`` of :mod:`laud_mm.models.resnet.dynamic`): both
+    spatial bottlenecks, on a CPU spec (``vector_width`` set: the compiled
+    :func:`laud_mm.ops.add_relu_logit_pool_`)."""
+    return bool(pred.eager and nxt is not None and pred.hw.vector_width > 0
+                and g.kind == 'bottleneck' and g.paradigm == 'spatial'
+                and nxt[0].kind == 'bottleneck'
+                and nxt[0].paradigm == 'spatial')
+
+
+def _logits_recorded(pred, g: BlockGeometry) -> bool:
+    """Whether eager spatial block ``g`` finds its masker logits recorded
+    on its input: the block before it (:meth:`LatencyPredictor.neighbour`)
+    computes densely and hands them on (:func:`_hands_logits_to`)."""
+    prev = pred.neighbour(-1)
+    return prev is not None and _spatial_dense(pred, prev[0], prev[1]) and \
+        _hands_logits_to(pred, prev[0], (g, 0.))
+
+
 def _spatial_eager(pred, g: BlockGeometry, batch: int,
                    d: float) -> List[OpLatency]:
     """Eager spatial path (``_spatial_forward`` of
@@ -356,7 +396,9 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     logit as an extra output, forced gates included; stride-2
     blocks: the masker on its own, and conv1 on the gathered input
     windows when they cover under ``SPATIAL_WINDOW_CONV1_MAX_FRACTION``
-    of the map, ``window_conv1``), then either
+    of the map, ``window_conv1``; a block whose logits the block before
+    recorded, :func:`_logits_recorded`: the masker's decision only, conv1
+    without the extra output), then either
     the gather path - gather kernel (K x K windows of the active patches,
     conv1's ReLU fused), conv2 (valid) on the windows, ReLU, conv3 on the
     patches (``spatial_patch_convs``: GEMMs for S = 1, conv3 as one GEMM
@@ -365,9 +407,7 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
     of the patches on, the dense block times the mask. The patches are counted on the patch grid (partial edge
     patches are computed whole); a random patch set keeps on average
     the same fraction of pixels as of patches, so ``d`` is both."""
-    fused = policy.SPATIAL_FUSED_CPU and pred.hw.vector_width >= 16 and \
-        g.width % 16 == 0 and g.out_channels % 16 == 0
-    if fused:
+    if _spatial_fused_path(pred, g):
         return _spatial_fused(pred, g, batch, d)
     return _spatial_gather(pred, g, batch, d)
 
@@ -391,7 +431,8 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
     in_px = n * g.in_hw[0] * g.in_hw[1]
     if gate_ops is not None:  # the fused path's masker
         ops, c1 = list(gate_ops), width
-    elif g.stride > 1:  # the masker on its own (_spatial_gate)
+    elif g.stride > 1 or _logits_recorded(pred, g):
+        # the masker on its own (_spatial_gate)
         ops = _spatial_gate_ops(pred, g, batch)
         c1 = width
     else:  # masker fused into conv1: pool its logit, compare
@@ -416,9 +457,13 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
         if d < 1.:  # expand_spatial_gate, y *= mask
             ops += [launch_latency(hw, 'expand_mask', 3),
                     elementwise_latency(hw, 'mask_mul', out_e, 1, 1)]
-        return ops + downsample_ops(pred, g, batch) + [
-            elementwise_latency(hw, 'add', out_e, 2, 1),
-            elementwise_latency(hw, 'relu3', out_e, 1, 1)]
+        ops += downsample_ops(pred, g, batch)
+        if _hands_logits_to(pred, g, pred.neighbour(1)):
+            # add, ReLU and the next masker's logits: one pass
+            return ops + [
+                elementwise_latency(hw, 'add_relu_logit', out_e, 2, 1)]
+        return ops + [elementwise_latency(hw, 'add', out_e, 2, 1),
+                      elementwise_latency(hw, 'relu3', out_e, 1, 1)]
     sh, sw = min(S, ho), min(S, wo)
     k = (S - 1) * g.stride + 2 * g.dilation + 1  # window side
     ops += ([conv1] if g.stride == 1 else []) + [
@@ -482,13 +527,15 @@ def _spatial_gate_ops(pred, g: BlockGeometry,
     """The masker on its own (``_spatial_gate`` of
     :mod:`laud_mm.models.resnet.dynamic`): its logit difference as a
     one-channel 1x1 conv of x (a read of x), pooled to the patch grid,
-    compared; forced gates compute it too, then replace it."""
+    compared; forced gates compute it too, then replace it. Logits the
+    block before recorded (:func:`_logits_recorded`) leave the decision
+    only."""
     hw = pred.hw
     in_px = float(batch) * g.in_hw[0] * g.in_hw[1]
-    ops = [elementwise_latency(hw, 'mask_conv', in_px * g.in_channels,
-                               1, 0),
-           elementwise_latency(hw, 'mask_pool', in_px, 1, 0),
-           launch_latency(hw, 'mask_steps', 4)]
+    ops = [] if _logits_recorded(pred, g) else [
+        elementwise_latency(hw, 'mask_conv', in_px * g.in_channels, 1, 0),
+        elementwise_latency(hw, 'mask_pool', in_px, 1, 0)]
+    ops.append(launch_latency(hw, 'mask_steps', 4))
     if pred.forced_gates:
         ops.append(launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
     return ops

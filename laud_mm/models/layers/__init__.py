@@ -7,8 +7,9 @@ from .backbone import LAUDBackboneMixin
 from .block import BlockStats, LAUDBlockMixin
 from .checkpoint import (CLASSIFIER_REVISE_KEYS, classifier_to_backbone,
                          load_state_dict_file, unwrap_state_dict)
-from .dynamic import (forced_gate, is_autocast, owned_block_inputs,
-                      owns_input, run_dynamic_path, sample_gate)
+from .dynamic import (forced_gate, is_autocast, next_block,
+                      owned_block_inputs, owns_input, run_dynamic_path,
+                      sample_gate)
 from .folding import cached_fold, fold_conv_bn
 from .gates import KEEP, SKIP, gumbel_gate, init_keep_bias
 from .maskers import (ChannelMasker, HeadMasker, LayerMasker, MaskerBase,
@@ -21,7 +22,8 @@ from .stats import attach_laud_stats
 __all__ = [
     'BlockStats', 'LAUDBackboneMixin', 'LAUDBlockMixin', 'CLASSIFIER_REVISE_KEYS',
     'classifier_to_backbone', 'load_state_dict_file', 'unwrap_state_dict',
-    'forced_gate', 'is_autocast', 'owned_block_inputs', 'owns_input',
+    'forced_gate', 'is_autocast', 'next_block', 'owned_block_inputs',
+    'owns_input',
     'run_dynamic_path', 'sample_gate', 'cached_fold', 'fold_conv_bn', 'KEEP',
     'SKIP', 'gumbel_gate', 'init_keep_bias', 'MaskerBase', 'SpatialMasker',
     'ChannelMasker', 'LayerMasker', 'TokenMasker', 'HeadMasker',

@@ -11,7 +11,7 @@ Source: paper sec. 3.4 (gather -> compute -> scatter-add scheduling) and
 appendix B.1 (operator fusion).
 """
 import contextlib
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -181,39 +181,56 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 OWNED_INPUT_ATTR = '_dynamic_input_owned'
+NEXT_BLOCK_ATTR = '_dynamic_next_block'
 
 
 @contextlib.contextmanager
 def owned_block_inputs(blocks):
     """Within the context, the identity-shortcut blocks among ``blocks``
     (``downsample is None``) may overwrite their input in dynamic inference,
-    like ``nn.ReLU(inplace=True)``.
+    like ``nn.ReLU(inplace=True)``, and every block knows the block after
+    it in ``blocks`` (:func:`next_block`).
 
-    The caller guarantees that each such block's input is non-negative (the
-    ReLU output of the previous block) and read by nobody after the block:
-    true inside a backbone's forward, where every identity block's input is
-    the previous block's output and the stage outputs are the inputs of
-    downsample blocks only (``LAUDResNet.forward`` uses this). A layer
+    The caller guarantees that ``blocks`` run in this order, each on the
+    previous block's output, that each identity block's input is
+    non-negative (the ReLU output of the previous block) and read by nobody
+    after the block: true inside a backbone's forward, where the stage
+    outputs are the inputs of downsample blocks only (``LAUDResNet.forward``
+    uses this). A layer
     skipping block then adds the branch of its kept samples into its input
     in place and leaves the skipped samples untouched: no row gather, no copy
     of the skipped samples. Spatial and channel blocks write their fused
     scatter-add + ReLU into the input (no output allocation; a spatial
     block's scatter touches its active patches only, ``identity_nonneg``);
-    a spatial block with every patch off returns its input.
+    a spatial block with every patch off returns its input. A block that
+    computes its output densely may hand the next block's masker its
+    decision input (:mod:`~laud_mm.models.layers.spatial_logit_record`).
     Forward hooks that keep a block's output see it updated by the next
     block. Blocks called outside the context never modify their input.
 
     Args:
-        blocks: iterable of LAUD blocks.
+        blocks: sequence of LAUD blocks in forward order.
     """
+    blocks = list(blocks)
     owned = [b for b in blocks if getattr(b, 'downsample', 0) is None]
     for b in owned:
         object.__setattr__(b, OWNED_INPUT_ATTR, True)
+    for b, nxt in zip(blocks, blocks[1:] + [None]):
+        object.__setattr__(b, NEXT_BLOCK_ATTR, nxt)
     try:
         yield
     finally:
         for b in owned:
             object.__setattr__(b, OWNED_INPUT_ATTR, False)
+        for b in blocks:
+            object.__setattr__(b, NEXT_BLOCK_ATTR, None)
+
+
+def next_block(block) -> Optional[torch.nn.Module]:
+    """The block that runs on ``block``'s output inside
+    :func:`owned_block_inputs`, else None (outside it, or the last
+    block)."""
+    return getattr(block, NEXT_BLOCK_ATTR, None)
 
 
 def owns_input(block, x: torch.Tensor) -> bool:

@@ -21,6 +21,10 @@ rounding, while skipping the masked-out work:
   the active patches' conv2 windows need (the dilated mask), conv2 and
   conv3 at the active output pixels, read in place, conv3 added into the
   shortcut; the masker then runs on its own (:func:`_spatial_gate`).
+  A block with every patch on computes densely; inside a backbone its
+  epilogue (add, ReLU) also computes the next spatial block's masker
+  logits, so that block does not read its input for them
+  (:func:`_dense_epilogue`).
 - channel: weights gathered per sample for its kept channels (counts padded
   with zero channels to a common multiple of 8), so the batch runs as one
   batched GEMM (conv1 to the kept channels), one grouped conv (conv2, a group
@@ -52,10 +56,10 @@ from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
-from ...ops.spatial_logit import _spatial_logit_pool
+from ...ops.spatial_logit import _add_relu_logit_pool_, _spatial_logit_pool
 from ...structures.geometry import BlockGeometry
 from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
-                              owns_input,
+                              next_block, owns_input,
                               promote_residual, residual_add_relu_,
                               residual_add_relu_pooled_,
                               run_dynamic_path, sample_gate)
@@ -64,6 +68,8 @@ from ..layers.channel_mean import (record_channel_mean,
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate
+from ..layers.spatial_logit_record import (record_spatial_logit,
+                                           recorded_spatial_logit)
 
 #: the CUDA variant of each paradigm's path (device-side indices, one
 #: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
@@ -280,9 +286,12 @@ def _spatial_forward(block, x, geom):
         not is_autocast(x) and fast_spatial_branch(x, width, fb.w3.shape[0]) \
         and x.dtype == fb.w1.dtype and fb.w2.shape[1:] == (width, 3, 3) \
         and fb.padding == fb.dilation
-    if fused or fb.stride > 1:
+    if fused or fb.stride > 1 or \
+            recorded_spatial_logit(x, fb.logit_w, fb.logit_b,
+                                   (gh, gw)) is not None:
         # the masker on its own: the fused kernel computes conv1 on the
-        # dilated mask only; stride 2: conv1 may run on the windows only
+        # dilated mask only; stride 2: conv1 may run on the windows only;
+        # the previous block may have handed the logits on
         gate = _spatial_gate(fb, masker, x, (n, gh, gw))
         t = None
     else:  # masker fused into conv1: one read of x for both
@@ -310,7 +319,7 @@ def _spatial_forward(block, x, geom):
         y = F.conv2d(h, fb.w3, fb.b3)
         if n_act < total:
             y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
-        return residual_add_relu_(y, fb.shortcut(x)), gate
+        return _dense_epilogue(block, y, fb.shortcut(x)), gate
 
     idx = (gate > 0.5).nonzero()
     if fused:
@@ -336,6 +345,43 @@ def _spatial_forward(block, x, geom):
     return out, gate
 
 
+def _dense_epilogue(block, y: torch.Tensor,
+                    identity: torch.Tensor) -> torch.Tensor:
+    """``relu(y + identity)`` of a spatial block computed densely
+    (:func:`residual_add_relu_`); when the next block
+    (:func:`next_block`) is a foldable spatial block of the same family and
+    y, identity are contiguous float32 CPU tensors outside autocast and
+    autograd, in one pass with that block's masker logits, which it
+    records on the output for :func:`_spatial_gate`
+    (:func:`laud_mm.ops.add_relu_logit_pool_`; the next block then skips
+    its read of the output). Source: paper sec. 3.1, sec. 3.4 (operator
+    fusion).
+
+    Args:
+        block: the producing block; y: (N, C, H, W) its branch output
+            (written in place when it can hold the result); identity: the
+            shortcut, same shape.
+
+    Returns:
+        (N, C, H, W) the block output.
+    """
+    nxt = next_block(block)
+    if nxt is None or type(nxt) is not type(block) or \
+            getattr(nxt, 'paradigm', None) != 'spatial' or \
+            y is identity or y.device.type != 'cpu' or is_autocast(y) or \
+            not (y.dtype == identity.dtype == torch.float32) or \
+            not (y.is_contiguous() and identity.is_contiguous()) or \
+            (torch.is_grad_enabled() and (y.requires_grad or
+                                          identity.requires_grad)) or \
+            unfoldable_reason(nxt) is not None:
+        return residual_add_relu_(y, identity)
+    fn = folded(nxt)
+    grid = nxt.geometry(tuple(y.shape[-2:])).patch_grid
+    logit = _add_relu_logit_pool_(y, identity, fn.logit_w, fn.logit_b, grid)
+    record_spatial_logit(y, fn.logit_w, fn.logit_b, grid, logit)
+    return y
+
+
 def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
                   x: torch.Tensor, shape: Tuple[int, int, int]
                   ) -> torch.Tensor:
@@ -346,9 +392,11 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     other devices or dtypes its reference, a GEMV or convolution and a
     pool): the masker's pool -> 1x1 conv by linearity, 5 - 60x cheaper than
     pooling all C_in channels first
-    (``tools/analysis_tools/benchmark_kernels.py --only masker``). A forced
-    gate (tests, benchmarks) replaces the decision, not the cost: the logits
-    are still computed. Source: paper sec. 3.1 (spatial masker).
+    (``tools/analysis_tools/benchmark_kernels.py --only masker``), or the
+    logits the previous block computed in its epilogue and recorded on x
+    (:func:`_dense_epilogue`, bit-equal). A forced gate (tests, benchmarks)
+    replaces the decision, not the cost: the logits are still computed.
+    Source: paper sec. 3.1 (spatial masker).
 
     Args:
         fb: the block's folded weights; masker: its ``SpatialMasker``.
@@ -361,7 +409,9 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     Raises:
         ValueError: a forced gate of the wrong shape (the masker's check).
     """
-    diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
+    diff = recorded_spatial_logit(x, fb.logit_w, fb.logit_b, shape[1:])
+    if diff is None:
+        diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
     if masker.forced_gate is not None:
         return forced_gate(masker, shape, x)
     return (diff >= 0).to(x.dtype)

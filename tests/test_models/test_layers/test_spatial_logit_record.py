@@ -1,0 +1,114 @@
+"""The spatial masker logits a dense block's epilogue hands to the next
+spatial block (laud_mm.models.layers.spatial_logit_record): used only for
+the masker they were computed for and while the tensor is unchanged, and
+giving that masker the decisions it makes from the tensor itself."""
+import pytest
+import torch
+
+import laud_mm  # noqa: F401
+from laud_mm import ops
+from laud_mm.models import LAUDResNet
+from laud_mm.models.layers import spatial_logit_record as sr
+from laud_mm.models.resnet import dynamic as D
+
+from conftest import load_coco_images
+
+
+def test_record_is_used_only_for_its_masker_until_the_tensor_changes():
+    x = torch.rand(2, 3, 8, 8)
+    w, grid = torch.randn(3), (2, 2)
+    logit = ops.spatial_logit_pool(x, w, 0.5, grid)
+    sr.record_spatial_logit(x, w, 0.5, grid, logit)
+    assert sr.recorded_spatial_logit(x, w, 0.5, grid) is logit
+    # another masker's weights (an equal copy too), bias or grid: not used
+    assert sr.recorded_spatial_logit(x, w.clone(), 0.5, grid) is None
+    assert sr.recorded_spatial_logit(x, w, 0.4, grid) is None
+    assert sr.recorded_spatial_logit(x, w, 0.5, (4, 4)) is None
+    x.mul_(2)  # an in-place write invalidates the record
+    assert sr.recorded_spatial_logit(x, w, 0.5, grid) is None
+
+
+def test_no_record_on_inference_tensors_or_with_gradients():
+    w = torch.randn(3)
+    with torch.inference_mode():
+        x = torch.rand(2, 3, 4, 4)
+        sr.record_spatial_logit(x, w, 0., (2, 2), torch.zeros(2, 2, 2))
+        assert sr.recorded_spatial_logit(x, w, 0., (2, 2)) is None
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        sr.record_spatial_logit(x, w, 0., (2, 2), torch.zeros(2, 2, 2))
+        assert sr.recorded_spatial_logit(x, w, 0., (2, 2)) is not None
+    assert sr.recorded_spatial_logit(x, w, 0., (2, 2)) is None
+
+
+def _net(gates):
+    """LAUD-R50 spatial (S = 4, 4, 2, 1), eval. 'on': every patch forced
+    on (every block computes densely); 'learned': the maskers' own
+    decisions, their keep bias lowered and weights widened so that some
+    blocks switch patches off and others keep all."""
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1)).eval()
+    with torch.no_grad():
+        for j, b in enumerate(net.blocks):
+            if gates == 'on':
+                b.masker.forced_gate = 1
+            elif j % 3 == 1:
+                b.masker.conv.weight.normal_(0, 0.05)
+                b.masker.conv.bias[0] = 0.
+    return net
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+@pytest.mark.parametrize('gates', ['on', 'learned'])
+def test_dense_blocks_hand_the_next_masker_its_logits(gates, threads,
+                                                      monkeypatch):
+    """Two real COCO images at 160 x 224 px: a block that computes densely
+    records the next block's masker logits in its epilogue; the next block
+    uses them (they equal the logits of its input, bit for bit with the
+    compiled kernels) instead of reading its input; and dynamic inference
+    still computes the masked-dense model's gates and output."""
+    x = load_coco_images(n=2, size=(160, 224))
+    net = _net(gates)
+    used = {}
+    real_gate = D._spatial_gate
+
+    def spy_gate(fb, masker, t, shape):
+        rec = sr.recorded_spatial_logit(t, fb.logit_w, fb.logit_b,
+                                        shape[1:])
+        if rec is not None:
+            with ops.use_backend('cpp' if ops.extension() else 'pytorch'):
+                want = ops.spatial_logit_pool(t, fb.logit_w, fb.logit_b,
+                                              shape[1:])
+            assert torch.equal(rec, want)
+        used[id(masker)] = rec is not None
+        return real_gate(fb, masker, t, shape)
+    monkeypatch.setattr(D, '_spatial_gate', spy_gate)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            net.dynamic_inference = False
+            ref = net(x)
+            ref_gates = [b.last_stats['gate'].clone() for b in net.blocks]
+            net.dynamic_inference = True
+            out = net(x)
+    finally:
+        torch.set_num_threads(prev)
+    for b, g in zip(net.blocks, ref_gates):
+        assert torch.equal(b.last_stats['gate'], g)
+    for a, r in zip(out, ref):
+        assert (a - r).abs().max() <= 1e-4 * max(1., r.abs().max())
+    got = [used.get(id(b.masker), False) for b in net.blocks]
+    all_on = [bool(g.min() > 0.5) for g in ref_gates]
+    # a record wherever the block before kept every patch, and only there
+    # (the gather path's dense fallback below every patch is not taken on
+    # these maps' patch counts with the fused kernel; see policy)
+    assert got[0] is False
+    for j in range(1, len(got)):
+        if all_on[j - 1]:
+            assert got[j], j
+    if gates == 'on':
+        assert got == [False] + [True] * (len(got) - 1)
+    else:
+        assert 0 < sum(all_on) < len(all_on), all_on
+        assert sum(got) < len(got) - 1
