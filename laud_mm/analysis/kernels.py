@@ -45,6 +45,13 @@ run (median process CPU time of repeated calls after warm-up,
   convolutions, the choice of :func:`laud_mm.ops.policy.layer_sample_gemm`
   (wall-clock medians: the choice is about how the threads share the work;
   run it with ``--threads 2``);
+- ``handoff``: a dense spatial block's epilogue when the next block is
+  spatial: torch's ``add_`` and ``relu_``, then the next masker's logit
+  pass (:func:`~laud_mm.ops.spatial_logit_pool`) against one pass for all
+  three (:func:`~laud_mm.ops.add_relu_logit_pool_`), on R50's block outputs;
+  then the whole LAUD-R50 spatial backbone at r = 1 (every patch on, 8 x
+  224 px) with ``policy.SPATIAL_LOGIT_HANDOFF`` off and on, alternating
+  (wall-clock medians; run it with ``--threads 2``);
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
@@ -69,9 +76,9 @@ from laud_mm.models.layers.gates import KEEP, SKIP
 from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
                                            folded, spatial_patch_convs,
                                            window_conv1)
-from laud_mm.ops import (gather_kept_weights, gather_kept_weights_reference,
-                         max_pool2d, policy, spatial_logit_pool,
-                         spatial_logit_pool_reference)
+from laud_mm.ops import (add_relu_logit_pool_, gather_kept_weights,
+                         gather_kept_weights_reference, max_pool2d, policy,
+                         spatial_logit_pool, spatial_logit_pool_reference)
 from laud_mm.ops.allocator import tune_cpu_allocator
 from laud_mm.ops.patches import (_gather, _scatter, patch_map,
                                  scatter_add_relu_reference, window_size)
@@ -296,6 +303,72 @@ def layer_rows() -> List[Row]:
     return rows
 
 
+def handoff_rows(batch: int = 8, size: int = 224) -> List[Row]:
+    """``handoff``: the dense spatial epilogue with the next masker's
+    logits, torch's two passes plus the logit pass against
+    :func:`~laud_mm.ops.add_relu_logit_pool_` (median CPU ms; note:
+    whether the outputs and logits are bit-equal), on R50's block outputs
+    at 224 px, batch 8, the next block's patch grid; then the R50 spatial
+    backbone at r = 1 with ``policy.SPATIAL_LOGIT_HANDOFF`` off / on
+    (median wall-clock ms of 9 alternating pairs after 2; note: the static
+    backbone's median and both speedups over it) on ``batch`` images of
+    ``size`` px."""
+    from .benchmark.common import dynamic_forward, static_forward
+    from .benchmark.resnet import build, folded_stem
+    from laud_mm.models.resnet.dynamic import static_bottleneck_forward
+    rows = []
+    for c, hw, grid in ((256, 56, 14), (512, 28, 7), (1024, 14, 7),
+                        (2048, 7, 7)):
+        g = torch.Generator().manual_seed(c)
+        y0 = torch.randn(8, c, hw, hw, generator=g)
+        ident = torch.randn(8, c, hw, hw, generator=g).relu_()
+        w = torch.randn(c, generator=g) / c ** 0.5
+        y1, y2 = y0.clone(), y0.clone()
+
+        def torch_passes():
+            y1.add_(ident).relu_()
+            return spatial_logit_pool(y1, w, 0.1, (grid, grid))
+
+        def one_pass():
+            return add_relu_logit_pool_(y2, ident, w, 0.1, (grid, grid))
+        same = torch.equal(torch_passes(), one_pass()) and torch.equal(y1, y2)
+        rows.append(('handoff', f'8 x {c} x {hw}x{hw}, grid {grid}x{grid}',
+                     'add_, relu_, spatial_logit_pool', cpu_ms(torch_passes),
+                     'add_relu_logit_pool_', cpu_ms(one_pass),
+                     'bit-equal' if same else 'DIFFERENT'))
+    net = build(50, 'spatial')
+    for b in net.blocks:
+        b.masker.forced_gate = 1
+    stem = folded_stem(net)
+    x = torch.randn(batch, 3, size, size,
+                    generator=torch.Generator().manual_seed(0))
+    switch = policy.SPATIAL_LOGIT_HANDOFF
+
+    def dynamic(on: bool):
+        policy.SPATIAL_LOGIT_HANDOFF = on
+        try:
+            return dynamic_forward(net, stem, x)
+        finally:
+            policy.SPATIAL_LOGIT_HANDOFF = switch
+    fns = dict(static=lambda: static_forward(net, stem, x,
+                                             static_bottleneck_forward),
+               off=lambda: dynamic(False), on=lambda: dynamic(True))
+    ts = {k: [] for k in fns}
+    for rep in range(11):
+        for k, f in fns.items():
+            t = wall_ms(f)
+            if rep >= 2:
+                ts[k].append(t)
+    med = {k: statistics.median(v) for k, v in ts.items()}
+    rows.append(('handoff', f'R50 spatial {batch} x {size}, r = 1',
+                 'off (wall)',
+                 med['off'], 'on (wall)', med['on'],
+                 f"static {med['static']:.1f} ms: off "
+                 f"{med['static'] / med['off']:.3f}x, on "
+                 f"{med['static'] / med['on']:.3f}x"))
+    return rows
+
+
 def max_pool_rows() -> List[Row]:
     """``max_pool``: :func:`laud_mm.ops.max_pool2d` against
     ``F.max_pool2d`` on the R50 stem's output (note: 'equal' when
@@ -327,7 +400,8 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      kept_weights=kept_weight_rows,
                      window_conv1=window_conv1_rows, scatter=scatter_rows,
                      weight_reorder=reorder_rows, masker=masker_rows,
-                     layer=layer_rows, max_pool=max_pool_rows,
+                     handoff=handoff_rows, layer=layer_rows,
+                     max_pool=max_pool_rows,
                      pixels=pixel_rows)
 
 

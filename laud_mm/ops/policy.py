@@ -45,6 +45,13 @@ SPATIAL_WINDOW_CONV1_MAX_FRACTION = 0.6
 #: shortcut) instead of gather -> convolutions -> scatter, at any batch size
 #: (its pixels are split over torch's threads, :func:`fused_cpu_threads`)
 SPATIAL_FUSED_CPU = True
+#: inside a backbone, a spatial block that computes densely (every patch
+#: on) computes the next spatial block's masker logits in its epilogue
+#: (:func:`laud_mm.ops.add_relu_logit_pool_`: add, ReLU and logits in one
+#: pass over its output) and the next block skips its own read of its
+#: input for them (``tools/analysis_tools/benchmark_kernels.py --only
+#: handoff --threads 2`` times both ways)
+SPATIAL_LOGIT_HANDOFF = True
 
 # -------------------------------------------------------------------- layer
 #: layer blocks whose input map has fewer pixels than this (7 x 7 at 224 px)

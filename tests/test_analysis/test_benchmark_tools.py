@@ -285,6 +285,37 @@ def test_layer_rows_compare_equal_results(monkeypatch):
                           else 'gathered')
 
 
+def test_handoff_rows_compare_equal_results(monkeypatch):
+    """The kernel benchmarks' handoff rows: the one-pass epilogue with the
+    next masker's logits equals torch's add_ / relu_ and the logit pass
+    bit for bit at every R50 stage's shape (compiled kernels; the
+    reference path rounds the logits differently), and the backbone row
+    runs the spatial backbone with the hand-off really off, then on (the
+    next blocks' logits computed, then taken from the records); the policy
+    switch is restored afterwards."""
+    import laud_mm.models.resnet.dynamic as dyn
+    from laud_mm.ops import policy
+    computed = []
+    real = dyn._spatial_logit_pool
+    monkeypatch.setattr(dyn, '_spatial_logit_pool',
+                        lambda *a: computed.append(1) or real(*a))
+    with torch.no_grad():
+        rows = kernels.handoff_rows(batch=1, size=64)
+    assert policy.SPATIAL_LOGIT_HANDOFF is True
+    assert [r[1] for r in rows] == [
+        '8 x 256 x 56x56, grid 14x14', '8 x 512 x 28x28, grid 7x7',
+        '8 x 1024 x 14x14, grid 7x7', '8 x 2048 x 7x7, grid 7x7',
+        'R50 spatial 1 x 64, r = 1']
+    for kernel, _, _, ta, _, tb, note in rows:
+        assert kernel == 'handoff' and ta > 0 and tb > 0
+    if ops.extension() is not None:
+        assert all(r[-1] == 'bit-equal' for r in rows[:4])
+        # 11 forwards each way: off computes every block's logits (16 per
+        # forward on the fused path), on only the first block's
+        assert len(computed) == 11 * 16 + 11 * 1, len(computed)
+    assert rows[4][-1].startswith('static ')
+
+
 def test_detector_benchmark_pairs_share_weights_and_roi_work():
     """The training-iteration comparison (docs/benchmarks.md, issue #17):
     both Faster R-CNNs sample RoIAlign at a fixed ratio, the LAUD one holds

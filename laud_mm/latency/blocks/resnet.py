@@ -371,8 +371,10 @@ def _hands_logits_to(pred, g: BlockGeometry,
     ``nxt`` = (geometry, density) the masker logits in its epilogue
     (``_dense_epilogue`` of :mod:`laud_mm.models.resnet.dynamic`): both
     spatial bottlenecks, on a CPU spec (``vector_width`` set: the compiled
-    :func:`laud_mm.ops.add_relu_logit_pool_`)."""
-    return bool(pred.eager and nxt is not None and pred.hw.vector_width > 0
+    :func:`laud_mm.ops.add_relu_logit_pool_`), with
+    ``policy.SPATIAL_LOGIT_HANDOFF``."""
+    return bool(policy.SPATIAL_LOGIT_HANDOFF and pred.eager and
+                nxt is not None and pred.hw.vector_width > 0
                 and g.kind == 'bottleneck' and g.paradigm == 'spatial'
                 and nxt[0].kind == 'bottleneck'
                 and nxt[0].paradigm == 'spatial')

@@ -348,7 +348,8 @@ def _spatial_forward(block, x, geom):
 def _dense_epilogue(block, y: torch.Tensor,
                     identity: torch.Tensor) -> torch.Tensor:
     """``relu(y + identity)`` of a spatial block computed densely
-    (:func:`residual_add_relu_`); when the next block
+    (:func:`residual_add_relu_`); with ``policy.SPATIAL_LOGIT_HANDOFF``,
+    when the next block
     (:func:`next_block`) is a foldable spatial block of the same family and
     y, identity are contiguous float32 CPU tensors outside autocast and
     autograd, in one pass with that block's masker logits, which it
@@ -366,7 +367,8 @@ def _dense_epilogue(block, y: torch.Tensor,
         (N, C, H, W) the block output.
     """
     nxt = next_block(block)
-    if nxt is None or type(nxt) is not type(block) or \
+    if not policy.SPATIAL_LOGIT_HANDOFF or nxt is None or \
+            type(nxt) is not type(block) or \
             getattr(nxt, 'paradigm', None) != 'spatial' or \
             y is identity or y.device.type != 'cpu' or is_autocast(y) or \
             not (y.dtype == identity.dtype == torch.float32) or \
