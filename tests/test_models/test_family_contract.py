@@ -493,16 +493,20 @@ def test_e_forced_gates_still_run_the_masker(fam, paradigm, backend,
     """Benchmarks and the predictor's validation impose gates through
     ``masker.forced_gate``: the dynamic path must still pay for every
     block's masker (module call, or the spatial logit pooled to the patch
-    grid), exactly as with the gates the masker decides itself."""
+    grid, or computed for it by the previous block's dense epilogue),
+    exactly as with the gates the masker decides itself."""
     ext = ops.extension()
     kernel_calls = []
     if ext is not None:
-        real = ext.spatial_logit_pool
-
-        def spy(*args):
-            kernel_calls.append(1)
-            return real(*args)
-        monkeypatch.setattr(ext, 'spatial_logit_pool', spy)
+        # the masker's one-pass logit kernel, and the dense epilogue that
+        # computes the next block's logits for it (a forced gate of all
+        # ones makes every block dense: each hands its successor the
+        # logits, which are then not computed again)
+        for name in ('spatial_logit_pool', 'add_relu_logit_pool'):
+            def spy(*args, real=getattr(ext, name)):
+                kernel_calls.append(1)
+                return real(*args)
+            monkeypatch.setattr(ext, name, spy)
     net = build(fam, paradigm)
     randomize(net, 1)
     net.eval()
