@@ -36,6 +36,7 @@
 #include "isa.h"
 #include "relu.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -284,6 +285,8 @@ at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
   TORCH_CHECK(!out.is_same(identity),
               "add_relu_logit_pool: out and identity must be different "
               "tensors");
+  // threads write out in place while reading identity: no shared memory
+  at::assert_no_partial_overlap(out, identity);
   check_logit_args("add_relu_logit_pool", out, w, gh, gw);
   const int64_t N = out.size(0), C = out.size(1), H = out.size(2),
                 W = out.size(3);

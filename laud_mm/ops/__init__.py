@@ -25,6 +25,7 @@ from .patches import (gather_patches, gather_patches_reference, patch_indices,
                       window_size)
 from .spatial_logit import (add_relu_logit_pool_,
                             add_relu_logit_pool_reference,
+                            fast_add_relu_logit_pool,
                             spatial_logit_pool,
                             spatial_logit_pool_reference)
 from .spatial_conv import (fast_spatial_branch, pack_panels,
@@ -46,7 +47,8 @@ __all__ = [
     'spatial_packed_weights', 'pack_panels', 'unpack_panels',
     'fast_spatial_branch', 'spatial_logit_pool',
     'spatial_logit_pool_reference', 'add_relu_logit_pool_',
-    'add_relu_logit_pool_reference', 'add_relu_mean_',
+    'add_relu_logit_pool_reference', 'fast_add_relu_logit_pool',
+    'add_relu_mean_',
     'add_relu_mean_reference', 'relu_mean_rows_', 'relu_mean_rows_reference',
     'max_pool2d'
 ]

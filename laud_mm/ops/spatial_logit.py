@@ -130,10 +130,15 @@ def add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
     Returns:
         (N, gh, gw) float32 logit differences of the new ``out``.
 
+    Non-contiguous tensors run the reference
+    (:func:`add_relu_logit_pool_reference`).
+
     Raises:
         ValueError: a tensor that is not float32 on the CPU, shapes that
             are not (N, C, H, W) or differ, ``identity`` being ``out``, w
             not (C,), or a grid outside [1, (H, W)] (names the argument).
+        RuntimeError: from the kernel, ``out`` and ``identity`` partially
+            overlapping in memory, or no channels (C = 0).
     """
     check_float32_cpu(dict(out=out, identity=identity, w=w))
     if out.dim() != 4 or out.shape != identity.shape:
@@ -145,6 +150,26 @@ def add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
     _check_weights(w, out.shape[1])
     return _add_relu_logit_pool_(out, identity, w, float(b),
                                  _check_grid(grid, out.shape[2:]))
+
+
+def fast_add_relu_logit_pool(out: torch.Tensor) -> bool:
+    """Whether :func:`add_relu_logit_pool_` runs the compiled one-pass
+    kernel for an output like ``out`` (a contiguous float32 CPU tensor
+    outside autocast, the kernel built and the backend not forced to
+    'pytorch'); elsewhere it runs the reference, a second read of the
+    output, which a dense block should not pay for its successor.
+
+    Args:
+        out: the (N, C, H, W) block output to be.
+
+    Returns:
+        True where the kernel runs. Source: paper sec. 3.4 (operator
+        fusion).
+    """
+    return (out.device.type == 'cpu' and out.dtype == torch.float32 and
+            out.is_contiguous() and not is_autocast(out) and
+            use_kernels(out) and
+            hasattr(extension(), 'add_relu_logit_pool'))
 
 
 def _add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
@@ -166,8 +191,17 @@ def _add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
 def add_relu_logit_pool_reference(out: torch.Tensor, identity: torch.Tensor,
                                   w: torch.Tensor, b: float,
                                   grid: Tuple[int, int]) -> torch.Tensor:
-    """Pure-PyTorch :func:`add_relu_logit_pool_` (same arguments and result
-    up to float rounding; no argument checks): ``add_``, ``relu_``, then
-    :func:`spatial_logit_pool_reference`."""
+    """Pure-PyTorch :func:`add_relu_logit_pool_`, on any device and dtype
+    (no argument checks): ``add_``, ``relu_``, then
+    :func:`spatial_logit_pool_reference` of the new ``out``.
+
+    Args:
+        out: (N, C, H, W), written in place; identity: same shape.
+        w: (C,) keep - skip weights; b: bias difference; grid: (gh, gw).
+
+    Returns:
+        (N, gh, gw) logits, equal to the kernel's up to float rounding.
+        Source: paper sec. 3.1 (spatial masker).
+    """
     out.add_(identity).relu_()
     return spatial_logit_pool_reference(out, w, b, grid)

@@ -581,6 +581,12 @@ def test_eager_spatial_logits_handed_on_by_dense_blocks(vector_width):
     assert all('mask_pool' in names(plain, j) and
                'add_relu_logit' not in names(plain, j) for j in range(n))
     assert cpu.neighbour(-1) is None  # only while a backbone is priced
+    # blocks run outside a backbone's context know no successor
+    alone = LatencyPredictor(
+        get_hardware('cpu').replace(vector_width=vector_width),
+        implementation='eager', forced_gates=True, owned_block_inputs=False)
+    rep = alone.predict_backbone(geoms, [1.] * n, 8)
+    assert not any('add_relu_logit' in names(rep, j) for j in range(n))
 
 
 def test_channel_kept_padded():

@@ -1024,6 +1024,10 @@ def test_add_relu_logit_pool_errors():
         ops.add_relu_logit_pool_(x, i, torch.randn(3), 0., (2, 2))
     with pytest.raises(ValueError, match=r'grid=\(2, 9\) must lie in'):
         ops.add_relu_logit_pool_(x, i, w, 0., (2, 9))
+    if ops.extension() is not None:  # overlapping views race
+        buf = torch.randn(3, 4, 8, 8)
+        with pytest.raises(RuntimeError, match='single memory location'):
+            ops.add_relu_logit_pool_(buf[1:], buf[:2], w, 0., (2, 2))
 
 
 # ------------------------------------------------- epilogue with channel mean

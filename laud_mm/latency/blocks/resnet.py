@@ -371,9 +371,12 @@ def _hands_logits_to(pred, g: BlockGeometry,
     ``nxt`` = (geometry, density) the masker logits in its epilogue
     (``_dense_epilogue`` of :mod:`laud_mm.models.resnet.dynamic`): both
     spatial bottlenecks, on a CPU spec (``vector_width`` set: the compiled
-    :func:`laud_mm.ops.add_relu_logit_pool_`), with
-    ``policy.SPATIAL_LOGIT_HANDOFF``."""
+    :func:`laud_mm.ops.add_relu_logit_pool_`), inside a backbone
+    (``pred.owned_block_inputs``: the blocks know their successor), with
+    ``policy.SPATIAL_LOGIT_HANDOFF``; the model assumes ``torch.no_grad``
+    (under ``torch.inference_mode`` nothing is handed on)."""
     return bool(policy.SPATIAL_LOGIT_HANDOFF and pred.eager and
+                pred.owned_block_inputs and
                 nxt is not None and pred.hw.vector_width > 0
                 and g.kind == 'bottleneck' and g.paradigm == 'spatial'
                 and nxt[0].kind == 'bottleneck'
@@ -385,8 +388,9 @@ def _logits_recorded(pred, g: BlockGeometry) -> bool:
     on its input: the block before it (:meth:`LatencyPredictor.neighbour`)
     computes densely and hands them on (:func:`_hands_logits_to`)."""
     prev = pred.neighbour(-1)
-    return prev is not None and _spatial_dense(pred, prev[0], prev[1]) and \
-        _hands_logits_to(pred, prev[0], (g, 0.))
+    return prev is not None and \
+        _hands_logits_to(pred, prev[0], (g, 0.)) and \
+        _spatial_dense(pred, prev[0], prev[1])
 
 
 def _spatial_eager(pred, g: BlockGeometry, batch: int,

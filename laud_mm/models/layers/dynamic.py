@@ -212,24 +212,34 @@ def owned_block_inputs(blocks):
         blocks: sequence of LAUD blocks in forward order.
     """
     blocks = list(blocks)
-    owned = [b for b in blocks if getattr(b, 'downsample', 0) is None]
-    for b in owned:
-        object.__setattr__(b, OWNED_INPUT_ATTR, True)
+    # restored on exit: a nested context leaves the outer one's settings
+    saved = [(b, getattr(b, OWNED_INPUT_ATTR, False),
+              getattr(b, NEXT_BLOCK_ATTR, None)) for b in blocks]
+    for b in blocks:
+        if getattr(b, 'downsample', 0) is None:
+            object.__setattr__(b, OWNED_INPUT_ATTR, True)
     for b, nxt in zip(blocks, blocks[1:] + [None]):
         object.__setattr__(b, NEXT_BLOCK_ATTR, nxt)
     try:
         yield
     finally:
-        for b in owned:
-            object.__setattr__(b, OWNED_INPUT_ATTR, False)
-        for b in blocks:
-            object.__setattr__(b, NEXT_BLOCK_ATTR, None)
+        for b, owned, nxt in saved:
+            object.__setattr__(b, OWNED_INPUT_ATTR, owned)
+            object.__setattr__(b, NEXT_BLOCK_ATTR, nxt)
 
 
 def next_block(block) -> Optional[torch.nn.Module]:
-    """The block that runs on ``block``'s output inside
-    :func:`owned_block_inputs`, else None (outside it, or the last
-    block)."""
+    """The block that runs next, on ``block``'s output.
+
+    Args:
+        block: a LAUD block.
+
+    Returns:
+        the next block of the sequence given to the innermost enclosing
+        :func:`owned_block_inputs`; None outside the context or for its
+        last block. Source: paper sec. 3.4 (operator fusion across a
+        block boundary).
+    """
     return getattr(block, NEXT_BLOCK_ATTR, None)
 
 

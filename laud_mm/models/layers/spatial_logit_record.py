@@ -13,13 +13,16 @@ to the masker's own computation) and record them on its output
 producer learns its successor from
 :func:`~laud_mm.models.layers.dynamic.next_block`.
 
-A record is only used while it fits: the tensor's version counter (any
+A record is only used while it fits: the tensor's version counter (an
 in-place write through torch bumps it), the very weight tensor the
 consumer's masker uses (its folded keep - skip row, so a refolded block
 never takes a stale record), the bias and the patch grid; it is ignored
 when gradients are needed. Under ``torch.inference_mode`` tensors keep no
 version counter, so nothing is recorded there (the same rule as
-:mod:`~laud_mm.models.layers.channel_mean`).
+:mod:`~laud_mm.models.layers.channel_mean`). The compiled kernels write
+into a block's input without bumping the counter, so the consumer clears
+the record once it has used it (:func:`clear_spatial_logit`), before it
+may write into the tensor.
 
 Source: paper sec. 3.1 (spatial masker), sec. 3.4 (operator fusion).
 """
@@ -32,11 +35,19 @@ _ATTR = '_laud_spatial_logit'
 
 def record_spatial_logit(x: torch.Tensor, w: torch.Tensor, b: float,
                          grid: Tuple[int, int], logit: torch.Tensor) -> None:
-    """Record ``logit`` (N, gh, gw), the logit pool of x (N, C, H, W) with
-    weights ``w`` (C,), bias ``b`` on ``grid`` = (gh, gw), on x for the
-    next block's spatial masker (valid while x is not modified in place).
-    Nothing is recorded on inference tensors. The caller guarantees that
-    ``logit`` is x's (no check: this runs on the dynamic path)."""
+    """Record the next block's spatial masker logits on x (valid while x
+    is not modified in place). Nothing is recorded on inference tensors.
+    The caller guarantees that ``logit`` is x's (no check: this runs on
+    the dynamic path).
+
+    Args:
+        x: (N, C, H, W) block output.
+        w: (C,) the next masker's keep - skip weights (kept by identity).
+        b: its bias difference.
+        grid: (gh, gw) its patch grid.
+        logit: (N, gh, gw) the logit pool of x with w, b on grid
+            (:func:`laud_mm.ops.spatial_logit_pool`).
+    """
     if not x.is_inference():
         setattr(x, _ATTR, (x._version, w, float(b),
                            (int(grid[0]), int(grid[1])), logit))
@@ -68,3 +79,11 @@ def recorded_spatial_logit(x: torch.Tensor, w: torch.Tensor, b: float,
     if logit.shape[0] != x.shape[0] or logit.dtype != x.dtype:
         return None
     return logit
+
+
+def clear_spatial_logit(x: torch.Tensor) -> None:
+    """Drop the record on x (N, C, H, W), if any: its consumer has used it
+    and may now write into x through a kernel that does not bump the
+    version counter."""
+    if getattr(x, _ATTR, None) is not None:
+        setattr(x, _ATTR, None)

@@ -56,7 +56,8 @@ from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
-from ...ops.spatial_logit import _add_relu_logit_pool_, _spatial_logit_pool
+from ...ops.spatial_logit import (_add_relu_logit_pool_, _spatial_logit_pool,
+                                  fast_add_relu_logit_pool)
 from ...structures.geometry import BlockGeometry
 from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               next_block, owns_input,
@@ -68,7 +69,8 @@ from ..layers.channel_mean import (record_channel_mean,
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate
-from ..layers.spatial_logit_record import (record_spatial_logit,
+from ..layers.spatial_logit_record import (clear_spatial_logit,
+                                           record_spatial_logit,
                                            recorded_spatial_logit)
 
 #: the CUDA variant of each paradigm's path (device-side indices, one
@@ -349,11 +351,13 @@ def _dense_epilogue(block, y: torch.Tensor,
                     identity: torch.Tensor) -> torch.Tensor:
     """``relu(y + identity)`` of a spatial block computed densely
     (:func:`residual_add_relu_`); with ``policy.SPATIAL_LOGIT_HANDOFF``,
-    when the next block
-    (:func:`next_block`) is a foldable spatial block of the same family and
-    y, identity are contiguous float32 CPU tensors outside autocast and
-    autograd, in one pass with that block's masker logits, which it
-    records on the output for :func:`_spatial_gate`
+    when the next block (:func:`next_block`) is a foldable spatial block
+    of the same family whose masker takes y's channels on y's device, and
+    the compiled one-pass kernel runs (:func:`laud_mm.ops.
+    fast_add_relu_logit_pool`: contiguous float32 CPU tensors outside
+    autocast) outside autograd and ``torch.inference_mode`` (whose tensors
+    take no record), in one pass with that block's masker logits, which
+    it records on the output for :func:`_spatial_gate`
     (:func:`laud_mm.ops.add_relu_logit_pool_`; the next block then skips
     its read of the output). Source: paper sec. 3.1, sec. 3.4 (operator
     fusion).
@@ -370,14 +374,17 @@ def _dense_epilogue(block, y: torch.Tensor,
     if not policy.SPATIAL_LOGIT_HANDOFF or nxt is None or \
             type(nxt) is not type(block) or \
             getattr(nxt, 'paradigm', None) != 'spatial' or \
-            y is identity or y.device.type != 'cpu' or is_autocast(y) or \
-            not (y.dtype == identity.dtype == torch.float32) or \
-            not (y.is_contiguous() and identity.is_contiguous()) or \
+            y is identity or y.is_inference() or \
+            not fast_add_relu_logit_pool(y) or \
+            identity.dtype != y.dtype or not identity.is_contiguous() or \
             (torch.is_grad_enabled() and (y.requires_grad or
                                           identity.requires_grad)) or \
             unfoldable_reason(nxt) is not None:
         return residual_add_relu_(y, identity)
     fn = folded(nxt)
+    if fn.logit_w.shape != (y.shape[1],) or fn.logit_w.device != y.device \
+            or fn.logit_w.dtype != y.dtype:
+        return residual_add_relu_(y, identity)
     grid = nxt.geometry(tuple(y.shape[-2:])).patch_grid
     logit = _add_relu_logit_pool_(y, identity, fn.logit_w, fn.logit_b, grid)
     record_spatial_logit(y, fn.logit_w, fn.logit_b, grid, logit)
@@ -414,6 +421,8 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     diff = recorded_spatial_logit(x, fb.logit_w, fb.logit_b, shape[1:])
     if diff is None:
         diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
+    else:  # used once: this block may write into x without torch seeing it
+        clear_spatial_logit(x)
     if masker.forced_gate is not None:
         return forced_gate(masker, shape, x)
     return (diff >= 0).to(x.dtype)
