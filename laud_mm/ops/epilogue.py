@@ -36,14 +36,33 @@ def add_relu_mean_(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
             are not (N, C, H, W) or differ, or ``identity`` being ``out``
             (names the argument).
     """
-    check_float32_cpu(dict(out=out, identity=identity))
+    check_epilogue_args(out, identity)
+    return _add_relu_mean_(out, identity)
+
+
+def check_epilogue_args(out: torch.Tensor, identity: torch.Tensor,
+                        **others: torch.Tensor) -> None:
+    """The argument checks of an in-place residual epilogue
+    ``out = relu(out + identity)`` (:func:`add_relu_mean_`,
+    :func:`laud_mm.ops.add_relu_logit_pool_`).
+
+    Args:
+        out, identity: (N, C, H, W) float32 CPU tensors, two tensors.
+        **others: further tensors that must be float32 on the CPU, by
+            argument name.
+
+    Raises:
+        ValueError: a tensor that is not float32 on the CPU, shapes that
+            are not (N, C, H, W) or differ, or ``identity`` being ``out``
+            (names the argument).
+    """
+    check_float32_cpu(dict(out=out, identity=identity, **others))
     if out.dim() != 4 or out.shape != identity.shape:
         raise ValueError(f'out and identity must be (N, C, H, W) of one '
                          f'shape, got {tuple(out.shape)} and '
                          f'{tuple(identity.shape)}')
     if out is identity:
         raise ValueError('identity must be another tensor than out')
-    return _add_relu_mean_(out, identity)
 
 
 def _add_relu_mean_(out: torch.Tensor, identity: torch.Tensor

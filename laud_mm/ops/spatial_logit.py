@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import check_float32_cpu, extension, is_autocast, use_kernels
+from .epilogue import check_epilogue_args
 
 
 def _check_grid(grid: Tuple[int, int], hw: Tuple[int, int]
@@ -140,13 +141,7 @@ def add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
         RuntimeError: from the kernel, ``out`` and ``identity`` partially
             overlapping in memory, or no channels (C = 0).
     """
-    check_float32_cpu(dict(out=out, identity=identity, w=w))
-    if out.dim() != 4 or out.shape != identity.shape:
-        raise ValueError(f'out and identity must be (N, C, H, W) of one '
-                         f'shape, got {tuple(out.shape)} and '
-                         f'{tuple(identity.shape)}')
-    if out is identity:
-        raise ValueError('identity must be another tensor than out')
+    check_epilogue_args(out, identity, w=w)
     _check_weights(w, out.shape[1])
     return _add_relu_logit_pool_(out, identity, w, float(b),
                                  _check_grid(grid, out.shape[2:]))
@@ -176,15 +171,13 @@ def _add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
                           w: torch.Tensor, b: float, grid: Tuple[int, int]
                           ) -> torch.Tensor:
     """:func:`add_relu_logit_pool_` without argument checks (internal): the
-    compiled kernel for contiguous float32 CPU tensors, else the
-    reference."""
-    ext = extension()
-    if ext is not None and hasattr(ext, 'add_relu_logit_pool') and \
-            out.device.type == 'cpu' and use_kernels(out) and \
-            out.dtype == identity.dtype == w.dtype == torch.float32 and \
-            out.is_contiguous() and identity.is_contiguous() and \
-            w.is_contiguous():
-        return ext.add_relu_logit_pool(out, identity, w, b, grid[0], grid[1])
+    compiled kernel where :func:`fast_add_relu_logit_pool` says it runs
+    and identity, w are contiguous float32 too, else the reference."""
+    if fast_add_relu_logit_pool(out) and \
+            identity.dtype == w.dtype == torch.float32 and \
+            identity.is_contiguous() and w.is_contiguous():
+        return extension().add_relu_logit_pool(out, identity, w, b, grid[0],
+                                               grid[1])
     return add_relu_logit_pool_reference(out, identity, w, b, grid)
 
 

@@ -419,12 +419,11 @@ def _spatial_eager(pred, g: BlockGeometry, batch: int,
 
 
 def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
-                    gate_ops: Optional[List[OpLatency]] = None,
-                    dense_threshold: Optional[float] = None
+                    gate_ops: Optional[List[OpLatency]] = None
                     ) -> List[OpLatency]:
-    """:func:`_spatial_eager` on the gather / scatter path, or, from
-    ``dense_threshold`` (default ``pred.spatial_dense_threshold``) of the
-    patches on, the dense block times the mask; ``gate_ops``: the fused
+    """:func:`_spatial_eager` on the gather / scatter path, or, where the
+    block computes densely (:func:`_spatial_dense`: from the fused or the
+    gather path's threshold on), the dense block times the mask; ``gate_ops``: the fused
     path's masker ops, kept when it falls back to the dense block (its
     conv1 then has no logit output)."""
     hw = pred.hw
@@ -453,9 +452,7 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
     if d <= 0.:  # relu(shortcut)
         return ops + downsample_ops(pred, g, batch) + [
             elementwise_latency(hw, 'relu', out_e, 1, 1)]
-    thr = pred.spatial_dense_threshold if dense_threshold is None \
-        else dense_threshold
-    if (thr is not None and d >= thr) or d >= 1.:
+    if _spatial_dense(pred, g, d):
         dense = static_block_ops(pred, g, batch)
         ops += [conv1 if o.name == 'conv1' else o for o in dense
                 if o.name not in ('add', 'relu3')]
@@ -573,10 +570,8 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     width, c_out, c_in = g.width, g.out_channels, g.in_channels
     out_e = n * c_out * ho * wo
     gate = _spatial_gate_ops(pred, g, batch)
-    if d >= policy.SPATIAL_FUSED_DENSE_THRESHOLD:  # the dense block
-        return _spatial_gather(
-            pred, g, batch, d, gate_ops=gate,
-            dense_threshold=policy.SPATIAL_FUSED_DENSE_THRESHOLD)
+    if _spatial_dense(pred, g, d):  # the dense block
+        return _spatial_gather(pred, g, batch, d, gate_ops=gate)
     ops = gate + [launch_latency(hw, 'gate_count', 3)]  # gt, sum, item
     if d <= 0.:  # the owned input itself, else relu(shortcut)
         inplace = pred.owned_block_inputs and not g.has_downsample
