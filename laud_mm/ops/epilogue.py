@@ -55,6 +55,8 @@ def check_epilogue_args(out: torch.Tensor, identity: torch.Tensor,
         ValueError: a tensor that is not float32 on the CPU, shapes that
             are not (N, C, H, W) or differ, or ``identity`` being ``out``
             (names the argument).
+
+    Source: paper sec. 3.4 ("Fusing scatter and add").
     """
     check_float32_cpu(dict(out=out, identity=identity, **others))
     if out.dim() != 4 or out.shape != identity.shape:
