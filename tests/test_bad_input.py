@@ -14,6 +14,7 @@ from mmengine.logging import MMLogger
 from conftest import COCO_TINY, load_coco_images
 from laud_mm import (BackboneLatencyMetric, GumbelTemperatureHook, LAUDResNet,
                      SparsityLoss)
+from laud_mm.models.resnet.block import LAUDBottleneck
 from reliability_helpers import fast_cfg, mixed_gates
 
 torch.set_num_threads(2)
@@ -37,6 +38,11 @@ torch.set_num_threads(2)
      r"granularity=\(2, -2, 2, 2\) must hold positive integers"),
     (lambda: LAUDResNet(50, 'channel', (3, 2, 2, 2)),
      r"G=3 does not divide the stage-0 bottleneck width 64"),
+    # a single block (LAUDBottleneck) without its S / G
+    (lambda: LAUDBottleneck(256, 64, paradigm='channel'),
+     r"granularity=None: paradigm='channel' needs the granularity G"),
+    (lambda: LAUDBottleneck(256, 64, paradigm='spatial', granularity=0),
+     r"granularity=0: paradigm='spatial' needs the granularity S"),
     (lambda: LAUDResNet(50, 'layer', (4, 4, 2, 1)),
      r"granularity=\(4, 4, 2, 1\) is only used with paradigm"),
     (lambda: GumbelTemperatureHook(tau0=0.0), r"tau0=0.0 must be a finite number > 0"),

@@ -169,10 +169,81 @@ struct Geometry {
   int64_t wpx() const { return w + 2 * pad; }
 };
 
+// The kept columns of one panel block, cols[0, kv) (strictly ascending),
+// as chunks of 16 source columns counted from c0 = cols[0]: chunk i covers
+// src[c0 + 16 chunk[i], + 16), mask[i] marks its kept lanes, which land,
+// compressed, at dst[off[i], off[i] + count). A row is then n masked
+// loads, register compresses and masked stores instead of kv / 2 pair
+// moves (kv scalar moves): on R50 stage 4 at r = 0.5 (G = 2) a 64-wide
+// block spans about 110 source columns, 7 chunks against 32 moves, and the
+// moves' per-element loads were the gathers' cost (perf: the 8-byte copy
+// loop, a quarter of the 7 x 7 kernel's time). n = 0: not used (no
+// AVX-512, columns not ascending, or chunks no cheaper than the moves).
+struct ColChunks {
+  int64_t c0 = 0;
+  int n = 0;
+  int32_t chunk[kPanel];
+  int32_t off[kPanel];
+  uint16_t mask[kPanel];
+  uint16_t store[kPanel];  // (1 << count) - 1: the compressed lanes
+};
+
+inline void build_chunks(const int32_t* cols, int64_t kv, bool pairs,
+                         ColChunks& p) {
+  p.n = 0;
+  if (kv <= 0 || kv > kPanel) return;
+  for (int64_t l = 1; l < kv; ++l)
+    if (cols[l] <= cols[l - 1]) return;
+  p.c0 = cols[0];
+  int n = 0;
+  int32_t cur = -1;
+  for (int64_t l = 0; l < kv; ++l) {
+    const int32_t c = cols[l] - static_cast<int32_t>(p.c0);
+    if ((c >> 4) != cur) {
+      cur = c >> 4;
+      p.chunk[n] = cur;
+      p.off[n] = static_cast<int32_t>(l);
+      p.mask[n] = 0;
+      ++n;
+    }
+    p.mask[n - 1] = static_cast<uint16_t>(p.mask[n - 1] | (1u << (c & 15)));
+  }
+  for (int i = 0; i < n; ++i) {
+    const int32_t count = (i + 1 < n ? p.off[i + 1] : static_cast<int32_t>(kv)) - p.off[i];
+    p.store[i] = static_cast<uint16_t>((1u << count) - 1u);
+  }
+  // three instructions a chunk against two a pair move (one a scalar move)
+  if (3 * n <= (pairs ? kv : 2 * kv)) p.n = n;
+}
+
+#ifdef LAUD_X86
+// d[off[i] ...] = the kept lanes of src chunk i, for every chunk of p
+// (p.n > 0). Masked-off lanes are neither read nor written (a chunk may
+// reach past the end of the source matrix).
+LAUD_TARGET("avx512f")
+void copy_chunks_avx512(float* d, const float* s, const ColChunks& p) {
+  const float* b = s + p.c0;
+  for (int i = 0; i < p.n; ++i) {
+    const __mmask16 m = p.mask[i];
+    const __m512 v = _mm512_maskz_compress_ps(
+        m, _mm512_maskz_loadu_ps(m, b + 16 * static_cast<int64_t>(p.chunk[i])));
+    _mm512_mask_storeu_ps(d + p.off[i], p.store[i], v);
+  }
+}
+#endif
+
 // d[l] = s[cj[l]] for l < kv, 0 for kv <= l < wdt (pairs: cj[l + 1] ==
-// cj[l] + 1 for even l < kv, a pair one 8-byte move).
+// cj[l] + 1 for even l < kv, a pair one 8-byte move; ch: the columns'
+// chunks, used when ch->n > 0, which build_chunks allows only with
+// AVX-512).
 inline void copy_cols(float* d, const float* s, const int32_t* cj,
-                      int64_t kv, int64_t wdt, bool pairs) {
+                      int64_t kv, int64_t wdt, bool pairs,
+                      const ColChunks* ch) {
+#ifdef LAUD_X86
+  if (ch != nullptr && ch->n > 0) {
+    copy_chunks_avx512(d, s, *ch);
+  } else
+#endif
   if (pairs) {
     for (int64_t l = 0; l < kv; l += 2) {
       uint64_t v;
@@ -198,7 +269,8 @@ inline void copy_cols(float* d, const float* s, const int32_t* cj,
 template <typename RowFn>
 void gather_panels(const float* src, int64_t K, int64_t q_begin,
                    int64_t q_end, RowFn row, const int32_t* cols, int64_t k,
-                   int64_t kp, int64_t row_len, bool pairs, float* panel) {
+                   int64_t kp, int64_t row_len, bool pairs,
+                   const ColChunks* chunks, float* panel) {
   for (int64_t q = q_begin; q < q_end; ++q) {
     const float* s = src + row(q);
 #ifdef LAUD_X86
@@ -211,7 +283,8 @@ void gather_panels(const float* src, int64_t K, int64_t q_begin,
     for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
       const int64_t wdt = std::min<int64_t>(kPanel, kp - j0);
       const int64_t kv = std::max<int64_t>(0, std::min(wdt, k - j0));
-      copy_cols(panel + K * j0 + q * wdt, s, cols + j0, kv, wdt, pairs);
+      copy_cols(panel + K * j0 + q * wdt, s, cols + j0, kv, wdt, pairs,
+                chunks + j0 / kPanel);
     }
   }
 }
@@ -222,7 +295,8 @@ void gather_panels(const float* src, int64_t K, int64_t q_begin,
 // row two ahead is prefetched (the whole row is not needed).
 template <typename RowFn>
 void gather_block(const float* src, int64_t K, RowFn row, const int32_t* cols,
-                  int64_t kv, int64_t wdt, bool pairs, float* dst) {
+                  int64_t kv, int64_t wdt, bool pairs, const ColChunks* ch,
+                  float* dst) {
   const int64_t c0 = kv > 0 ? cols[0] : 0;
   const int64_t span = kv > 0 ? (cols[kv - 1] - c0 + 1) * 4 : 0;
   for (int64_t q = 0; q < K; ++q) {
@@ -233,7 +307,7 @@ void gather_block(const float* src, int64_t K, RowFn row, const int32_t* cols,
         _mm_prefetch(nx + b, _MM_HINT_T0);
     }
 #endif
-    copy_cols(dst + q * wdt, src + row(q), cols, kv, wdt, pairs);
+    copy_cols(dst + q * wdt, src + row(q), cols, kv, wdt, pairs, ch);
   }
 }
 
@@ -253,10 +327,17 @@ struct ChannelPlan {
   std::vector<int32_t> cols;
   std::vector<uint8_t> pairs;
   std::vector<double> cost1, cost2;
+  // per sample, per 64-channel panel block (npmax of them): the kept
+  // columns' chunks for the AVX-512 gathers (ColChunks)
+  int64_t npmax = 0;
+  std::vector<ColChunks> chunks;
+  const ColChunks* chunks_of(int64_t s) const {
+    return chunks.data() + s * npmax;
+  }
 };
 
 void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
-                  int64_t kk, int64_t parts, ChannelPlan& pl) {
+                  int64_t kk, int64_t parts, bool avx512, ChannelPlan& pl) {
   const int64_t n = g.n;
   pl.kept = kept;
   pl.kk = kk;
@@ -274,6 +355,9 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
     pl.kpmax = std::max(pl.kpmax, pl.kp[s]);
   }
   pl.cols.resize(std::max<int64_t>(1, n * pl.kpmax));
+  pl.npmax = (pl.kpmax + kPanel - 1) / kPanel;
+  if (pl.chunks.size() < static_cast<size_t>(std::max<int64_t>(1, n * pl.npmax)))
+    pl.chunks.resize(std::max<int64_t>(1, n * pl.npmax));
   int64_t panels = 0, h1 = 0;
   const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
   for (int64_t s = 0; s < n; ++s) {
@@ -286,6 +370,16 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
     for (int64_t m = 0; pairs && m < k; m += 2)
       pairs = cols[m + 1] == cols[m] + 1;
     pl.pairs[s] = pairs;
+    for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
+      ColChunks& ch = pl.chunks[s * pl.npmax + j0 / kPanel];
+      ch.n = 0;
+      if (avx512)
+        build_chunks(cols + j0,
+                     std::max<int64_t>(0, std::min<int64_t>(
+                                              std::min<int64_t>(kPanel, kp - j0),
+                                              k - j0)),
+                     pairs, ch);
+    }
     pl.w1off[s] = panels;
     pl.w2off[s] = panels + g.c_in * kp;
     panels += (g.c_in + 9 * k) * kp;
@@ -331,7 +425,7 @@ void gather_all(const Geometry& g, const ChannelPlan& pl, const float* w1t,
           const int64_t q1 = std::min(g.c_in, q0 + kBlock);
           gather_panels(w1t, g.c_in, q0, q1,
                         [&](int64_t q) { return q * wp1; }, cols, k,
-                        pl.kp[s], wp1, pl.pairs[s],
+                        pl.kp[s], wp1, pl.pairs[s], pl.chunks_of(s),
                         panels + pl.w1off[s]);
         } else {
           const int64_t t = (it - nb1) / nbw;
@@ -344,7 +438,8 @@ void gather_all(const Geometry& g, const ChannelPlan& pl, const float* w1t,
             gather_panels(
                 w2t, 9 * k, t * k + lo, t * k + hi,
                 [&](int64_t q) { return (q / k * wp1 + kept[q % k]) * wp1; },
-                cols, k, pl.kp[s], wp1, pl.pairs[s], panels + pl.w2off[s]);
+                cols, k, pl.kp[s], wp1, pl.pairs[s], pl.chunks_of(s),
+                panels + pl.w2off[s]);
         }
       }
     }
@@ -394,7 +489,7 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
       const int64_t wdt = nv * kLanes;
       gather_block(w1t, g.c_in, [wp1](int64_t q) { return q * wp1; },
                    cols + j0, std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)),
-                   wdt, pl.pairs[s], block);
+                   wdt, pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
     } else {
       pj = panels + pl.w1off[s] + g.c_in * j0;
     }
@@ -457,7 +552,7 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
               w2t, 9 * k,
               [&](int64_t q) { return (q / k * wp1 + kept[q % k]) * wp1; },
               cols + j0, std::max<int64_t>(0, std::min<int64_t>(wdt, k - j0)),
-              wdt, pl.pairs[s], block);
+              wdt, pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
           pj = block;
         } else {
           pj = panels + pl.w2off[s] + 9 * k * j0;
@@ -603,7 +698,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   ChannelPlan& pl = caller_plan;
   thread_local std::vector<float> panel_buf, h1_buf;
   plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
-               chs.size(1), parts, pl);
+               chs.size(1), parts, avx512, pl);
   float* panels = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, pl.panel_total)));
   float* h1 = scratch(h1_buf, static_cast<size_t>(std::max<int64_t>(1, pl.h1_total)));
   if (!pl.on_demand)
@@ -673,7 +768,7 @@ at::Tensor channel_partition_work(const at::Tensor& chs,
   check_counts(chs, counts, g.n, width);
   ChannelPlan pl;
   plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
-               chs.size(1), threads, pl);
+               chs.size(1), threads, false, pl);
   at::Tensor res = at::zeros({2, threads}, at::kDouble);
   double* r = res.data_ptr<double>();
   const int64_t per[2] = {g.h * g.w, g.ho * g.wo};

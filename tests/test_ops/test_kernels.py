@@ -276,9 +276,11 @@ def test_gather_kept_weights_errors():
 
 
 # ------------------------------------------------- fused channel branch
-def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2):
+def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
+                  kept=None):
     """Random folded weights in the kernel's layouts and kept channels in
-    runs of ``g2`` (the gate's G), one sample with none kept."""
+    runs of ``g2`` (the gate's G), one sample with none kept; or, with
+    ``kept``, those (n,) lists of kept channels in the given order."""
     g = torch.Generator().manual_seed(seed)
     w1 = torch.randn(width, c_in, generator=g) / c_in ** 0.5
     w2 = torch.randn(width, width, 3, 3, generator=g) / (9 * width) ** 0.5
@@ -291,9 +293,10 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2):
     w3t = torch.cat([w3.t(), torch.zeros(1, c_out)]).contiguous()
     b1p, b2p = F.pad(b1, (0, 1)), F.pad(b2, (0, 1))
     groups = width // g2
-    kmax = 0
-    kept = []
-    for i in range(n):
+    kmax = max((len(k) for k in kept), default=0) if kept else 0
+    kept = [torch.tensor(k, dtype=torch.int64) for k in kept] if kept \
+        else []
+    for i in range(n if not kept else 0):
         kg = 0 if i == 1 else int(torch.randint(1, groups + 1, (1,),
                                                 generator=g))
         sel = torch.randperm(groups, generator=g)[:kg].sort()[0]
@@ -373,6 +376,41 @@ def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
     with pytest.raises(RuntimeError, match='sums must be a contiguous'):
         ops.extension().channel_branch_add_relu(
             ident.clone(), *args, sums=torch.zeros(n, c_out + 1))
+
+
+@pytest.mark.parametrize('h,w', [(7, 7), (9, 8)])  # panels gathered per
+# block (<= 49 input pixels) / for the whole batch up front
+def test_channel_branch_kept_patterns(h, w):
+    """Kept-channel patterns that take each of the panel gathers' copies
+    (AVX-512 chunks of 16 source columns, compressed; 8-byte pair moves;
+    scalar moves): every channel kept, so that the last chunk of a row
+    reaches past the weight matrix's end; the last channels only; every
+    fourth channel (too sparse for chunks); odd runs; a dense block beside
+    a sparse one in one sample; channels not in ascending order (no
+    chunks). Each sample's result is the masked-dense block's, at 1 and 2
+    threads, AVX-512 and generic tiles."""
+    from laud_mm.ops import channel_branch_add_relu
+    width = 140  # panels of 64 + 64 + 12
+    kept = [list(range(width)), list(range(width - 6, width)),
+            list(range(0, width, 4)), [1, 2, 3, 7, 8, 9, 10, 50, 51, 139],
+            list(range(0, 70)) + list(range(72, width, 6)),
+            [131, 130, 5, 4, 77, 76, 20, 21]]
+    args, ident, dense = _channel_case(11, len(kept), 40, width, 32, h, w,
+                                       1, 1, 2, kept=kept)
+    prev = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            for generic in (False, True):
+                out = ident.clone()
+                if ops.extension() is None:
+                    channel_branch_add_relu(out, *args)
+                else:
+                    ops.extension().channel_branch_add_relu(
+                        out, *args, force_generic=generic)
+                assert (out - dense).abs().max() <= 1e-5, (t, generic)
+    finally:
+        torch.set_num_threads(prev)
 
 
 def test_channel_branch_errors():

@@ -252,8 +252,16 @@ def build_masker(paradigm: str, in_channels: int, width: int,
         granularity: S (spatial) or G (channel); ignored for 'layer'.
 
     Raises:
-        ValueError: unknown paradigm, or G that does not divide the width.
+        ValueError: unknown paradigm, S or G that is not a positive
+            integer (``granularity``), or G that does not divide the width.
     """
+    if paradigm in ('spatial', 'channel') and (
+            isinstance(granularity, bool) or
+            not isinstance(granularity, int) or granularity < 1):
+        name = 'S' if paradigm == 'spatial' else 'G'
+        raise ValueError(f'granularity={granularity!r}: paradigm='
+                         f'{paradigm!r} needs the granularity {name} as a '
+                         f'positive integer')
     if paradigm == 'spatial':
         return SpatialMasker(in_channels, granularity)
     if paradigm == 'channel':
