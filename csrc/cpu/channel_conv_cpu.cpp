@@ -28,7 +28,10 @@
 // shared by all samples (gather_all; a pass per sample would read the
 // weights once per sample); on maps of at most kOnDemandMaxPixels input
 // pixels (7 x 7) each panel block is instead gathered by the thread that
-// uses it, just before its tiles (gather_block). conv3 runs per 64-channel
+// uses it, just before its tiles (gather_block). With AVX-512 a row's kept
+// columns are copied as chunks of 16 source columns, compressed in a
+// register (ColChunks), where that takes fewer instructions than moving
+// them one by one (or pair by pair). conv3 runs per 64-channel
 // panel over the pixels into a pixel-major buffer, then one pass adds it
 // into out's
 // channel rows with 8 x 8 in-register transposes (add_relu_transposed_avx2;
