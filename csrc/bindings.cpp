@@ -46,7 +46,9 @@ at::Tensor channel_partition_work(const at::Tensor& chs,
 void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
                      const at::Tensor& x, const at::Tensor& rows_x,
                      const at::Tensor& rows_out, const at::Tensor& bias,
-                     bool accumulate, bool relu, const at::Tensor& sums);
+                     bool accumulate, bool relu, const at::Tensor& sums,
+                     bool blas);
+std::string sample_gemm_backend();
 at::Tensor sample_gemm_partition(int64_t n, int64_t P, int64_t threads);
 at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                                   double b, int64_t gh, int64_t gw);
@@ -150,10 +152,11 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
 void sample_gemm(at::Tensor out, const at::Tensor& w, const at::Tensor& x,
                  const at::Tensor& rows_x, const at::Tensor& rows_out,
                  const c10::optional<at::Tensor>& bias, bool accumulate,
-                 bool relu, const c10::optional<at::Tensor>& sums) {
+                 bool relu, const c10::optional<at::Tensor>& sums,
+                 bool blas) {
   sample_gemm_cpu(out, w, x, rows_x, rows_out,
                   bias.has_value() ? *bias : at::Tensor(), accumulate, relu,
-                  sums.has_value() ? *sums : at::Tensor());
+                  sums.has_value() ? *sums : at::Tensor(), blas);
 }
 
 // CPU only: on CUDA the spatial path keeps gather / convolutions / scatter.
@@ -261,10 +264,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "out[rows_out[j]] = epi((out[rows_out[j]] if accumulate else 0) + "
         "bias + w @ x[rows_x[j]]), epi = ReLU if relu; the n P columns "
         "split over torch's threads (float32, CPU, in place); sums (n, M), "
-        "when given, gets each written row's sum over P",
+        "when given, gets each written row's sum over P; each piece's GEMM "
+        "on oneDNN (sample_gemm_backend()), or torch's BLAS with blas=True",
         py::arg("out"), py::arg("w"), py::arg("x"), py::arg("rows_x"),
         py::arg("rows_out"), py::arg("bias"), py::arg("accumulate"),
-        py::arg("relu"), py::arg("sums") = py::none());
+        py::arg("relu"), py::arg("sums") = py::none(),
+        py::arg("blas") = false);
+  m.def("sample_gemm_backend", &laud_mm::sample_gemm_backend,
+        "'onednn' when sample_gemm's pieces run oneDNN's matmul (torch "
+        "exports at::native::mkldnn_matmul), else 'blas' (at::addmm_out)");
   m.def("spatial_logit_pool", &laud_mm::spatial_logit_pool_cpu,
         "spatial_logit_pool(x (N,C,H,W), w (C,), b, gh, gw) -> (N,gh,gw): "
         "b + the mean over each adaptive-pool cell of sum_c w[c] x[:, c] "

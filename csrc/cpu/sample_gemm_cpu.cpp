@@ -21,10 +21,15 @@
 // of equal column counts: a few columns on 7 x 7 maps cost as much as
 // whole vectors), each range into pieces whose output (M x columns) stays
 // in L2 (a multiple of 16 columns), each piece a
-// single-threaded GEMM (at::addmm_out: MKL / the BLAS torch uses, inside
-// the parallel region; beta 0 unless accumulating) followed by one
-// epilogue pass that adds the bias, applies the ReLU and (with sums) sums
-// the rows (row_epilogue.h). The K-sum of
+// single-threaded GEMM inside the parallel region (beta 0 unless
+// accumulating) followed by one epilogue pass that adds the bias, applies
+// the ReLU and (with sums) sums the rows (row_epilogue.h). The GEMM is
+// oneDNN's matmul, the library behind the static network's convolutions,
+// where torch exports it (at::native::mkldnn_matmul, looked up at run time,
+// so that a torch without it still loads the extension); else, or with
+// blas, at::addmm_out (MKL / the BLAS torch uses). On this AMD CPU oneDNN's
+// JIT kernels ran R50's per-sample 1x1 GEMMs 1.02 - 1.27x faster than MKL
+// (docs/benchmarks.md, tenth round). The K-sum of
 // an output element is one GEMM call whatever the partition; the BLAS may
 // order it differently for another column count, so results agree with
 // one thread to fp32 rounding (tested at 1e-5 relative). With sums, each
@@ -45,9 +50,32 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+
 namespace laud_mm {
 
 namespace {
+
+// at::native::mkldnn_matmul(mat1, mat2, result, beta, alpha): result =
+// beta result + alpha mat1 mat2 on oneDNN (float32 included), exported by
+// libtorch_cpu but declared in no installed header.
+using OnednnMatmul = void (*)(const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, float, float);
+
+OnednnMatmul onednn_matmul() {
+  static const OnednnMatmul fn = []() -> OnednnMatmul {
+#if defined(__linux__) || defined(__APPLE__)
+    if (!at::hasMKLDNN()) return nullptr;
+    return reinterpret_cast<OnednnMatmul>(dlsym(
+        RTLD_DEFAULT, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+#else
+    return nullptr;
+#endif
+  }();
+  return fn;
+}
 
 // The epilogue of a piece after its GEMM: o[m][c] = epi(o[m][c] + bias[m])
 // for m < M, c < cols (row stride ld; bias may be null), epi = ReLU when
@@ -83,10 +111,15 @@ std::vector<int64_t> sample_gemm_bounds(int64_t n, int64_t P,
   return bounds;
 }
 
+std::string sample_gemm_backend() {
+  return onednn_matmul() != nullptr ? "onednn" : "blas";
+}
+
 void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
                      const at::Tensor& x, const at::Tensor& rows_x,
                      const at::Tensor& rows_out, const at::Tensor& bias,
-                     bool accumulate, bool relu, const at::Tensor& sums) {
+                     bool accumulate, bool relu, const at::Tensor& sums,
+                     bool blas) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &w, &x})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
                     t->device().is_cpu(),
@@ -137,6 +170,7 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
   // (in-place writes into inference tensors are refused outside it)
   const bool inference = c10::InferenceMode::is_enabled();
   const bool avx512 = isa::cpu_avx512f();
+  const OnednnMatmul matmul = blas ? nullptr : onednn_matmul();
   thread_local std::vector<float> part_buf;
   float* part = with_sums ? row_epilogue::zeroed_partials(part_buf,
                                                           parts * n * M)
@@ -154,8 +188,11 @@ void sample_gemm_cpu(at::Tensor& out, const at::Tensor& w,
         float* o = op + (ro[j] * M) * P + c0;
         at::Tensor ov = out.select(0, ro[j]).narrow(1, c0, cols);
         at::Tensor xv = x.select(0, rx[j]).narrow(1, c0, cols);
-        // beta 0: the BLAS does not read the rows (conv1's buffer)
-        at::addmm_out(ov, ov, w, xv, accumulate ? 1 : 0, 1);
+        // beta 0: the GEMM does not read the rows (conv1's buffer)
+        if (matmul != nullptr)
+          matmul(w, xv, ov, accumulate ? 1.f : 0.f, 1.f);
+        else
+          at::addmm_out(ov, ov, w, xv, accumulate ? 1 : 0, 1);
         if (bp != nullptr || relu || with_sums)
           epilogue_pass(o, P, M, cols, bp, relu,
                         with_sums ? part + (t * n + j) * M : nullptr, avx512);

@@ -14,7 +14,10 @@ pass: a layer block's output channel sums for the next block's masker
 compiled kernel (``csrc/cpu/sample_gemm_cpu.cpp``: the n P columns split
 over torch's threads, one single-threaded GEMM per piece, the kept rows
 read and written in place) instead of a torch.addmm per sample, each of
-which threads one small GEMM and waits for it;
+which threads one small GEMM and waits for it. A piece's GEMM is oneDNN's
+matmul where torch exports it (``_ext.sample_gemm_backend()``:
+``'onednn'``; the library of the static network's convolutions, faster
+than MKL's GEMM on AMD CPUs), else torch's BLAS;
 :func:`sample_gemm_reference` is one batched GEMM over copies of the rows
 (what other devices run: an operation per batch, not per sample).
 

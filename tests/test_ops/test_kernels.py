@@ -758,6 +758,47 @@ def test_sample_gemm_sums_are_the_written_rows_sums(backend, p):
             assert torch.equal(sums, _with_threads(threads, run)[1])
 
 
+@pytest.mark.skipif(ops.extension() is None, reason='needs the extension')
+def test_sample_gemm_gemm_routes():
+    """The compiled sample_gemm runs each piece's GEMM on oneDNN's matmul
+    where torch exports it (this build: ``sample_gemm_backend()``), else
+    on torch's BLAS (``blas=True``): both give the per-sample result
+    (fp32 rounding), at 1 and 2 threads, in place into the listed rows of
+    a strided piece; without accumulation neither reads the rows it
+    overwrites (NaN there stays out of the result)."""
+    import torch.backends.mkldnn as mkldnn
+    ext = ops.extension()
+    backend = ext.sample_gemm_backend()
+    assert backend in ('onednn', 'blas')
+    if mkldnn.is_available():
+        assert backend == 'onednn'
+    g = torch.Generator().manual_seed(3)
+    n_x, m, k, p, rows = 4, 48, 72, 49, [3, 1]
+    x = torch.randn(n_x, k, p, generator=g)
+    w = torch.randn(m, k, generator=g)
+    b = torch.randn(m, generator=g)
+    rx = torch.tensor(rows)
+    ro = torch.tensor([0, 2])
+    base = torch.randn(n_x, m, p, generator=g)
+    for acc in (False, True):
+        start = base.clone()
+        if not acc:
+            start[ro] = float('nan')
+        want = base.clone()
+        for r_x, r_o in zip(rows, ro.tolist()):
+            y = w @ x[r_x] + b[:, None]
+            want[r_o] = ((base[r_o] + y) if acc else y).relu()
+        want[[1, 3]] = start[[1, 3]]
+        for threads in (1, 2):
+            for blas in (False, True):
+                got = start.clone()
+                _with_threads(threads, lambda: ext.sample_gemm(
+                    got, w, x, rx, ro, b, acc, True, None, blas))
+                assert torch.isfinite(got[ro]).all()
+                assert (got - want).abs().max() <= \
+                    1e-5 * want.abs().max(), (acc, threads, blas)
+
+
 def test_sample_gemm_errors():
     x, w = torch.randn(2, 4, 5), torch.randn(3, 4)
     rows = torch.tensor([0, 1])
