@@ -90,6 +90,9 @@ def get_extensions():
     # (without it, every at::parallel_for of csrc/cpu runs serially).
     # Linking -fopenmp resolves to the libgomp.so.1 torch has loaded.
     link = []
+    # dlsym (csrc/cpu/sample_gemm_cpu.cpp): libdl before glibc 2.34
+    if sys.platform.startswith('linux'):
+        link.append('-ldl')
     if openmp_backend(torch):
         cxx.append('-fopenmp')
         link.append('-fopenmp')

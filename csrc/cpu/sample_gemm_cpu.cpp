@@ -26,8 +26,11 @@
 // the ReLU and (with sums) sums the rows (row_epilogue.h). The GEMM is
 // oneDNN's matmul, the library behind the static network's convolutions,
 // where torch exports it (at::native::mkldnn_matmul, looked up at run time,
-// so that a torch without it still loads the extension); else, or with
-// blas, at::addmm_out (MKL / the BLAS torch uses). On this AMD CPU oneDNN's
+// so that a torch without it still loads the extension, and checked once
+// on a small product: torch refuses float32 there on CPUs without
+// AVX-512BW); else, or with blas (the caller passes it when torch's
+// oneDNN is disabled or allowed reduced-precision float32 matmuls),
+// at::addmm_out (MKL / the BLAS torch uses). On this AMD CPU oneDNN's
 // JIT kernels ran R50's per-sample 1x1 GEMMs 1.02 - 1.27x faster than MKL
 // (docs/benchmarks.md, tenth round). The K-sum of
 // an output element is one GEMM call whatever the partition; the BLAS may
@@ -48,6 +51,8 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
+#include <exception>
 #include <vector>
 
 #if defined(__linux__) || defined(__APPLE__)
@@ -64,12 +69,33 @@ namespace {
 using OnednnMatmul = void (*)(const at::Tensor&, const at::Tensor&,
                               const at::Tensor&, float, float);
 
+// Whether fn computes a float32 GEMM into a strided view of a NaN-filled
+// tensor as sample_gemm needs it (beta 0: the NaN not read; the columns
+// outside the view untouched). torch refuses float32 in mkldnn_matmul on
+// CPUs without AVX-512BW / AVX-NE-CONVERT (and in older versions
+// everywhere): it throws, and the BLAS is used.
+bool onednn_matmul_works(OnednnMatmul fn) {
+  try {
+    at::NoGradGuard no_grad;
+    const at::Tensor a = at::arange(6, at::kFloat).view({2, 3});
+    const at::Tensor b = at::arange(15, at::kFloat).view({3, 5}).narrow(1, 0, 4);
+    at::Tensor r = at::full({2, 5}, NAN, at::kFloat);
+    at::Tensor rv = r.narrow(1, 0, 4);
+    fn(a, b, rv, 0.f, 1.f);
+    return at::equal(rv, at::mm(a, b)) &&
+           r.narrow(1, 4, 1).isnan().all().item<bool>();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 OnednnMatmul onednn_matmul() {
   static const OnednnMatmul fn = []() -> OnednnMatmul {
 #if defined(__linux__) || defined(__APPLE__)
     if (!at::hasMKLDNN()) return nullptr;
-    return reinterpret_cast<OnednnMatmul>(dlsym(
+    const auto f = reinterpret_cast<OnednnMatmul>(dlsym(
         RTLD_DEFAULT, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+    return f != nullptr && onednn_matmul_works(f) ? f : nullptr;
 #else
     return nullptr;
 #endif

@@ -17,7 +17,8 @@ read and written in place) instead of a torch.addmm per sample, each of
 which threads one small GEMM and waits for it. A piece's GEMM is oneDNN's
 matmul where torch exports it (``_ext.sample_gemm_backend()``:
 ``'onednn'``; the library of the static network's convolutions, faster
-than MKL's GEMM on AMD CPUs), else torch's BLAS;
+than MKL's GEMM on AMD CPUs) when torch computes float32 exactly there
+(:func:`onednn_fp32_exact`), else torch's BLAS;
 :func:`sample_gemm_reference` is one batched GEMM over copies of the rows
 (what other devices run: an operation per batch, not per sample).
 
@@ -102,10 +103,32 @@ def _sample_gemm(out, w, x, rows_x, rows_out, bias=None, accumulate=False,
             (bias is None or bias.is_contiguous()) and \
             (sums is None or sums.is_contiguous()):
         ext.sample_gemm(out, w, x, rows_x.contiguous(),
-                        rows_out.contiguous(), bias, accumulate, relu, sums)
+                        rows_out.contiguous(), bias, accumulate, relu, sums,
+                        not onednn_fp32_exact())
         return out
     return sample_gemm_reference(out, w, x, rows_x, rows_out, bias,
                                  accumulate, relu, sums)
+
+
+def onednn_fp32_exact() -> bool:
+    """Whether torch lets oneDNN run float32 matmuls in float32: its
+    oneDNN enabled (``torch.backends.mkldnn.enabled``), float32 matmul
+    precision ``'highest'`` and no reduced oneDNN float32 precision
+    (``torch.backends.mkldnn[.matmul].fp32_precision`` 'none' or 'ieee',
+    where torch has them). Otherwise torch's oneDNN matmul would compute
+    in bfloat16 / TF32, and :func:`sample_gemm`'s pieces use the BLAS.
+
+    Returns:
+        True when the compiled kernel may use oneDNN's matmul.
+    """
+    mk = torch.backends.mkldnn
+    if not (mk.is_available() and mk.enabled) or \
+            torch.get_float32_matmul_precision() != 'highest':
+        return False
+    for owner in (mk, getattr(mk, 'matmul', None)):
+        if getattr(owner, 'fp32_precision', 'none') not in ('none', 'ieee'):
+            return False
+    return True
 
 
 def sample_gemm_reference(out, w, x, rows_x, rows_out, bias=None,

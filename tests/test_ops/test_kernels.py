@@ -382,17 +382,22 @@ def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
 # block (<= 49 input pixels) / for the whole batch up front
 def test_channel_branch_kept_patterns(h, w):
     """Kept-channel patterns that take each of the panel gathers' copies
-    (AVX-512 chunks of 16 source columns, compressed; 8-byte pair moves;
-    scalar moves): every channel kept, so that the last chunk of a row
-    reaches past the weight matrix's end; the last channels only; every
-    fourth channel (too sparse for chunks); odd runs; a dense block beside
-    a sparse one in one sample; channels not in ascending order (no
-    chunks). Each sample's result is the masked-dense block's, at 1 and 2
-    threads, AVX-512 and generic tiles."""
+    (with AVX-512, chunks of 16 source columns, compressed, where they
+    take fewer instructions; else 8-byte pair moves or scalar moves):
+    every channel kept, so that the last chunk of a row reaches past the
+    weight matrix's end (chunks); the last channels only (chunks); every
+    fourth channel (chunks); every sixteenth channel (scalar moves: a
+    chunk per channel); pairs every sixteen channels (pair moves); odd
+    runs; a dense block beside a sparse one in one sample; channels not
+    in ascending order (no chunks). Each sample's result is the
+    masked-dense block's, at 1 and 2 threads, AVX-512 and generic
+    tiles."""
     from laud_mm.ops import channel_branch_add_relu
     width = 140  # panels of 64 + 64 + 12
     kept = [list(range(width)), list(range(width - 6, width)),
-            list(range(0, width, 4)), [1, 2, 3, 7, 8, 9, 10, 50, 51, 139],
+            list(range(0, width, 4)), list(range(3, width, 16)),
+            [c + d for c in range(0, width - 1, 16) for d in (0, 1)],
+            [1, 2, 3, 7, 8, 9, 10, 50, 51, 139],
             list(range(0, 70)) + list(range(72, width, 6)),
             [131, 130, 5, 4, 77, 76, 20, 21]]
     args, ident, dense = _channel_case(11, len(kept), 40, width, 32, h, w,
@@ -766,12 +771,22 @@ def test_sample_gemm_gemm_routes():
     (fp32 rounding), at 1 and 2 threads, in place into the listed rows of
     a strided piece; without accumulation neither reads the rows it
     overwrites (NaN there stays out of the result)."""
-    import torch.backends.mkldnn as mkldnn
+    from laud_mm.ops.sample_gemm import onednn_fp32_exact
     ext = ops.extension()
     backend = ext.sample_gemm_backend()
     assert backend in ('onednn', 'blas')
-    if mkldnn.is_available():
+    if torch.backends.mkldnn.is_available() and \
+            torch.backends.cpu.get_cpu_capability() == 'AVX512':
+        # torch runs float32 oneDNN matmuls on AVX-512BW CPUs
         assert backend == 'onednn'
+    # reduced-precision float32 matmuls allowed: the BLAS
+    assert onednn_fp32_exact()
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision('medium')
+        assert not onednn_fp32_exact()
+    finally:
+        torch.set_float32_matmul_precision(prev)
     g = torch.Generator().manual_seed(3)
     n_x, m, k, p, rows = 4, 48, 72, 49, [3, 1]
     x = torch.randn(n_x, k, p, generator=g)
