@@ -177,11 +177,11 @@ struct Geometry {
 // src[c0 + 16 chunk[i], + 16), mask[i] marks its kept lanes, which land,
 // compressed, at dst[off[i], off[i] + count). A row is then n masked
 // loads, register compresses and masked stores instead of kv / 2 pair
-// moves (kv scalar moves): on R50 stage 4 at r = 0.5 (G = 2) a 64-wide
-// block spans about 110 source columns, 7 chunks against 32 moves, and the
-// moves' per-element loads were the gathers' cost (perf: the 8-byte copy
-// loop, a quarter of the 7 x 7 kernel's time). n = 0: not used (no
-// AVX-512, columns not ascending, or chunks no cheaper than the moves).
+// moves (kv scalar moves), each of which loads on its own: a 64-wide block
+// of R50 stage 4 at r = 0.5 (G = 2) spans about 110 source columns, 7
+// chunks against 32 moves (docs/benchmarks.md, tenth round). n = 0: not
+// used (no AVX-512, columns not ascending, or chunks no cheaper than the
+// moves).
 struct ColChunks {
   int64_t c0 = 0;
   int n = 0;

@@ -30,9 +30,9 @@
 // on a small product: torch refuses float32 there on CPUs without
 // AVX-512BW); else, or with blas (the caller passes it when torch's
 // oneDNN is disabled or allowed reduced-precision float32 matmuls),
-// at::addmm_out (MKL / the BLAS torch uses). On this AMD CPU oneDNN's
-// JIT kernels ran R50's per-sample 1x1 GEMMs 1.02 - 1.27x faster than MKL
-// (docs/benchmarks.md, tenth round). The K-sum of
+// at::addmm_out (MKL / the BLAS torch uses). oneDNN's JIT kernels beat
+// MKL's GEMM at these shapes on AMD CPUs (docs/benchmarks.md, tenth
+// round). The K-sum of
 // an output element is one GEMM call whatever the partition; the BLAS may
 // order it differently for another column count, so results agree with
 // one thread to fp32 rounding (tested at 1e-5 relative). With sums, each

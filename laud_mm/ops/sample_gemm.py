@@ -119,7 +119,9 @@ def onednn_fp32_exact() -> bool:
     in bfloat16 / TF32, and :func:`sample_gemm`'s pieces use the BLAS.
 
     Returns:
-        True when the compiled kernel may use oneDNN's matmul.
+        True when the compiled kernel may use oneDNN's matmul (reads
+        torch's settings at each call, about 2 us). Source: paper sec. 3.4
+        (the dynamic operators use the static network's libraries).
     """
     mk = torch.backends.mkldnn
     if not (mk.is_available() and mk.enabled) or \

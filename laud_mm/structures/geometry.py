@@ -15,6 +15,14 @@ from typing import Optional, Sequence, Tuple
 PARADIGMS = ('spatial', 'channel', 'layer')
 
 
+def is_granularity(value) -> bool:
+    """Whether ``value`` is a valid S or G: a positive ``int`` (not a
+    bool). Source: paper sec. 3.1 (S x S patches), sec. 3.2 (groups of G
+    channels)."""
+    return isinstance(value, int) and not isinstance(value, bool) and \
+        value >= 1
+
+
 def check_paradigm(owner: str, paradigm: Optional[str], granularity,
                    num_stages: int,
                    widths: Optional[Sequence[int]] = None
@@ -48,7 +56,7 @@ def check_paradigm(owner: str, paradigm: Optional[str], granularity,
                 f'({num_stages} entries) for paradigm={paradigm!r}')
         granularity = tuple(granularity)
         for g in granularity:
-            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            if not is_granularity(g):
                 raise ValueError(f'{owner}: granularity={granularity!r} '
                                  f'must hold positive integers')
         if paradigm == 'channel' and widths is not None:

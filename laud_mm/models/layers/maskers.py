@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...structures.geometry import ceil_div
+from ...structures.geometry import ceil_div, is_granularity
 from .channel_mean import channel_mean
 from .gates import gumbel_gate, init_keep_bias
 
@@ -255,9 +255,8 @@ def build_masker(paradigm: str, in_channels: int, width: int,
         ValueError: unknown paradigm, S or G that is not a positive
             integer (``granularity``), or G that does not divide the width.
     """
-    if paradigm in ('spatial', 'channel') and (
-            isinstance(granularity, bool) or
-            not isinstance(granularity, int) or granularity < 1):
+    if paradigm in ('spatial', 'channel') and \
+            not is_granularity(granularity):
         name = 'S' if paradigm == 'spatial' else 'G'
         raise ValueError(f'granularity={granularity!r}: paradigm='
                          f'{paradigm!r} needs the granularity {name} as a '
