@@ -20,9 +20,10 @@
 // kernel puts the *output channels* on the vector lanes: a
 // tile is 7 output pixels x 64 kept output channels (28 AVX-512
 // accumulators); the pixels' input values are broadcast, so any pixel set
-// and input layout (NCHW input for conv1, the zero-bordered pixel-major
-// conv1 output for conv2's nine taps, stride and dilation included) costs
-// the same, and 49 pixels are exactly seven tiles. The kept weights of
+// and input layout (conv1's input, transposed to pixel-major in L2-sized
+// chunks on maps larger than 7 x 7; the zero-bordered pixel-major conv1
+// output for conv2's nine taps, stride and dilation included) is read the
+// same way, and 49 pixels are exactly seven tiles. The kept weights of
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
 // shared by all samples (gather_all; a pass per sample would read the
@@ -462,48 +463,71 @@ void for_pieces(int64_t b, int64_t e, int64_t per, Fn fn) {
 }
 
 // Phase 1, pixels [p0, p1) of sample s: conv1 (+ ReLU) into its
-// zero-bordered pixel-major buffer h1s (hp x wpx x kp).
+// zero-bordered pixel-major buffer h1s (hp x wpx x kp). With AVX-512, on
+// maps of at least kPixelMajorMinPixels pixels, the piece is taken in
+// chunks of at most kChunkFloats input values, each transposed to
+// pixel-major (to_pixel_major_avx2) into a buffer that stays in L2 and
+// read there by every panel block's tiles: x is read once, in sequential
+// streams. Otherwise the tiles read x's NCHW rows in place.
 void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                  int64_t p0, int64_t p1, const float* x, const float* b1,
                  const float* panels, const float* w1t, float* h1s,
                  bool avx512) {
   const int64_t kp = pl.kp[s];
   if (kp == 0 || p0 >= p1) return;
-  thread_local std::vector<float> block_buf;
+  thread_local std::vector<float> block_buf, xt_buf;
   float* block = pl.on_demand ? scratch(block_buf, static_cast<size_t>(
                                              g.c_in * kPanel))
                               : nullptr;
   const int64_t wp1 = g.width + 1;
+  const int64_t p_in = g.h * g.w, wpx = g.wpx();
+  const bool pixel_major = avx512 && p_in >= kPixelMajorMinPixels;
+  const int64_t chunk =
+      pixel_major
+          ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)
+          : p1 - p0;
+  float* xt = pixel_major
+                  ? scratch(xt_buf, static_cast<size_t>(
+                                        std::min(chunk, p1 - p0) * g.c_in))
+                  : nullptr;
   thread_local std::vector<int64_t> aoff_buf;
   if (aoff_buf.size() < static_cast<size_t>(g.c_in)) aoff_buf.resize(g.c_in);
   int64_t* aoff = aoff_buf.data();
-  const int64_t p_in = g.h * g.w, wpx = g.wpx();
-  for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = c * p_in;
+  for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = pixel_major ? c : c * p_in;
   const int32_t* cols = pl.cols.data() + s * pl.kpmax;
   const float* xs = x + s * g.c_in * p_in;
   float bias[kPanel];
   const float* a[kRows];
   float* y[kRows];
-  for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
-    const int nv = static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
-    for (int l = 0; l < nv * kLanes; ++l) bias[l] = b1[cols[j0 + l]];
-    const float* pj = block;
-    if (pl.on_demand) {
-      const int64_t wdt = nv * kLanes;
-      gather_block(w1t, g.c_in, [wp1](int64_t q) { return q * wp1; },
-                   cols + j0, std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)),
-                   wdt, pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
-    } else {
-      pj = panels + pl.w1off[s] + g.c_in * j0;
-    }
-    for (int64_t q0 = p0; q0 < p1; q0 += kRows) {
-      const int r = static_cast<int>(std::min<int64_t>(kRows, p1 - q0));
-      for (int i = 0; i < r; ++i) {
-        const int64_t p = q0 + i, yy = p / g.w, xx = p - yy * g.w;
-        a[i] = xs + p;
-        y[i] = h1s + ((yy + g.pad) * wpx + xx + g.pad) * kp + j0;
+  for (int64_t c0 = p0; c0 < p1; c0 += chunk) {
+    const int64_t c1 = std::min(p1, c0 + chunk);
+#ifdef LAUD_X86
+    if (pixel_major) to_pixel_major_avx2(xs + c0, p_in, g.c_in, c1 - c0, xt);
+#endif
+    for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
+      const int nv =
+          static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
+      for (int l = 0; l < nv * kLanes; ++l) bias[l] = b1[cols[j0 + l]];
+      const float* pj = block;
+      if (pl.on_demand) {
+        const int64_t wdt = nv * kLanes;
+        gather_block(w1t, g.c_in, [wp1](int64_t q) { return q * wp1; },
+                     cols + j0,
+                     std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)), wdt,
+                     pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
+      } else {
+        pj = panels + pl.w1off[s] + g.c_in * j0;
       }
-      pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, g.c_in, bias, y, nullptr);
+      for (int64_t q0 = c0; q0 < c1; q0 += kRows) {
+        const int r = static_cast<int>(std::min<int64_t>(kRows, c1 - q0));
+        for (int i = 0; i < r; ++i) {
+          const int64_t p = q0 + i, yy = p / g.w, xx = p - yy * g.w;
+          a[i] = pixel_major ? xt + (p - c0) * g.c_in : xs + p;
+          y[i] = h1s + ((yy + g.pad) * wpx + xx + g.pad) * kp + j0;
+        }
+        pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, g.c_in, bias, y,
+                                        nullptr);
+      }
     }
   }
 }

@@ -25,8 +25,10 @@
 // the time, with the convolutions alone 1.73x faster than static but the
 // whole backbone 1.45x (docs/benchmarks.md, "What the profile showed").
 // Here the register tiles of tile.h (7 pixels x 64 output channels, inputs
-// broadcast) read any pixel set in place: conv1 reads the NCHW input at
-// D_n's pixels and writes a zero-bordered pixel-major buffer; conv2 reads
+// broadcast) read any pixel set in place: conv1 reads the input at D_n's
+// pixels (transposed to pixel-major in L2-sized chunks where two or more
+// panel blocks read them, else the NCHW rows in place) and writes a
+// zero-bordered pixel-major buffer; conv2 reads
 // its nine taps from that buffer; conv3 writes a 64-channel panel of A_n's
 // pixels to a small pixel-major buffer that one pass adds into out's
 // channel rows (8 x 8 in-register transposes, runs of 8 / 4 adjacent pixels
@@ -308,23 +310,54 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       }
     }
   }
+  // With AVX-512, two or more panel blocks and a map of at least
+  // kPixelMajorMinPixels pixels, the range is taken in chunks of at most
+  // kChunkFloats input values, each transposed run by run to pixel-major
+  // (to_pixel_major_avx2) into a buffer that stays in L2 and read there by
+  // every panel block's tiles: x is read once, in sequential streams.
+  // Otherwise the tiles read x's NCHW rows in place (with one panel block
+  // they read it once anyway: transposing the short runs of 56 x 56 maps
+  // cost more than it saved, docs/benchmarks.md, eleventh round).
+  const bool pixel_major = avx512 && width > kPanel &&
+                           plane_in >= kPixelMajorMinPixels;
+  const int64_t chunk =
+      pixel_major
+          ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)
+          : m;
+  thread_local std::vector<float> xt_buf;
+  float* xt = pixel_major ? scratch(xt_buf, static_cast<size_t>(
+                                                std::min(chunk, m) * g.c_in))
+                          : nullptr;
   if (aoff_buf.size() < static_cast<size_t>(g.c_in)) aoff_buf.resize(g.c_in);
   int64_t* aoff = aoff_buf.data();
-  for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = c * plane_in;
+  for (int64_t c = 0; c < g.c_in; ++c)
+    aoff[c] = pixel_major ? c : c * plane_in;
   const float* a[kRows];
   float* y[kRows];
-  for (int64_t j0 = 0; j0 < width; j0 += kPanel) {
-    const int nv =
-        static_cast<int>(std::min<int64_t>(kPanel, width - j0) / kLanes);
-    const float* pj = wt.w1p + g.c_in * j0;
-    for (int64_t p0 = 0; p0 < m; p0 += kRows) {
-      const int r7 = static_cast<int>(std::min<int64_t>(kRows, m - p0));
-      for (int i = 0; i < r7; ++i) {
-        a[i] = x + xo[p0 + i];
-        y[i] = h1 + hof[p0 + i] + j0;
+  for (int64_t c0 = 0; c0 < m; c0 += chunk) {
+    const int64_t c1 = std::min(m, c0 + chunk);
+#ifdef LAUD_X86
+    if (pixel_major)  // run by run: xo is consecutive within a row's interval
+      for (int64_t k0 = c0, k1; k0 < c1; k0 = k1) {
+        for (k1 = k0 + 1; k1 < c1 && xo[k1] == xo[k0] + (k1 - k0); ++k1) {
+        }
+        to_pixel_major_avx2(x + xo[k0], plane_in, g.c_in, k1 - k0,
+                            xt + (k0 - c0) * g.c_in);
       }
-      pick<kStoreRelu>(r7, nv, avx512)(a, aoff, pj, g.c_in, wt.b1 + j0, y,
-                                       nullptr);
+#endif
+    for (int64_t j0 = 0; j0 < width; j0 += kPanel) {
+      const int nv =
+          static_cast<int>(std::min<int64_t>(kPanel, width - j0) / kLanes);
+      const float* pj = wt.w1p + g.c_in * j0;
+      for (int64_t p0 = c0; p0 < c1; p0 += kRows) {
+        const int r7 = static_cast<int>(std::min<int64_t>(kRows, c1 - p0));
+        for (int i = 0; i < r7; ++i) {
+          a[i] = pixel_major ? xt + (p0 + i - c0) * g.c_in : x + xo[p0 + i];
+          y[i] = h1 + hof[p0 + i] + j0;
+        }
+        pick<kStoreRelu>(r7, nv, avx512)(a, aoff, pj, g.c_in, wt.b1 + j0, y,
+                                         nullptr);
+      }
     }
   }
 }

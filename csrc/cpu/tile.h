@@ -5,10 +5,12 @@
 // A tile computes R <= 7 output pixels x 16 V (V <= 4) output channels of a
 // product with K terms: acc[i][l] = sum_q a[i][aoff[q]] * b[q * 16 V + l].
 // The pixels' inputs are broadcast (pointer a[i] plus the shared offsets
-// aoff[q]), so any pixel set and any input layout (NCHW rows, the
-// pixel-major zero-bordered conv1 output with conv2's nine shifted taps)
-// costs the same; the output channels lie on the vector lanes, the weights
-// b are one 64-channel panel (K rows of 16 V floats, contiguous). 7 x 4
+// aoff[q]), so any pixel set and any input layout (NCHW rows, pixel-major
+// rows, the zero-bordered conv1 output with conv2's nine shifted taps) is
+// read the same way (at the same cost from cache; from memory, pixel-major
+// rows stream better: to_pixel_major_avx2); the output channels lie on the
+// vector lanes, the weights b are one 64-channel panel (K rows of 16 V
+// floats, contiguous). 7 x 4
 // AVX-512 accumulators keep the FMA units busy with the panel streamed
 // from L2. Without AVX-512F the same loops run on plain arrays (the
 // compiler's vectorisation; correct, not tuned).
@@ -29,6 +31,14 @@ namespace tile {
 constexpr int kRows = 7;     // output pixels per tile
 constexpr int kLanes = 16;   // fp32 lanes of a 512-bit vector
 constexpr int kPanel = 64;   // output channels per panel (4 vectors)
+// conv1's input, transposed to pixel-major (to_pixel_major_avx2), in
+// chunks of at most this many floats (128 KiB, so that a chunk stays in L2
+// beside a panel block), at least one tile of pixels
+constexpr int64_t kChunkFloats = 32768;
+// ... only on maps of at least this many pixels: on a 7 x 7 map a sample's
+// NCHW input (C_in x 49 floats) stays in L2 across the panel blocks, and
+// transposing it gained nothing (docs/benchmarks.md, eleventh round)
+constexpr int64_t kPixelMajorMinPixels = 50;
 
 // Epilogue of a tile: kStoreRelu writes relu(acc + bias) to the pixel rows
 // y[i] (pixel-major, 16 V channels each); kTile writes acc to tmp[R][64].
@@ -159,6 +169,43 @@ LAUD_TARGET("avx2") inline void transpose8x8(__m256 r[8]) {
   r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
   r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// dst[p * c + ch] = src[ch * plane + p] for pixels p < np and channels
+// ch < c: np consecutive pixels of one sample's channel-major (NCHW) map,
+// as pixel-major rows of c floats, in 8 x 8 blocks transposed in
+// registers (masked loads for the last pixels; a scalar tail for c % 8
+// channels). The tiles then read a pixel's inputs as one sequential
+// stream, where in NCHW every input channel is a new cache line, 784 B
+// (14 x 14) to 12.5 KB (56 x 56) from the last: under the memory traffic
+// of both cores the tiles ran about a third slower on NCHW input
+// (docs/benchmarks.md, eleventh round).
+LAUD_TARGET("avx2") inline void to_pixel_major_avx2(
+    const float* src, int64_t plane, int64_t c, int64_t np, float* dst) {
+  const int64_t c8 = c / 8 * 8, tail = np % 8, full = np - tail;
+  alignas(32) int32_t lanes[8];
+  for (int i = 0; i < 8; ++i) lanes[i] = i < tail ? -1 : 0;
+  const __m256i mask =
+      _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+  // 8 channel rows at a time, read as 8 sequential streams
+  for (int64_t c0 = 0; c0 < c8; c0 += 8) {
+    const float* s = src + c0 * plane;
+    for (int64_t p0 = 0; p0 < np; p0 += 8) {
+      __m256 r[8];
+      if (p0 < full) {
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * plane + p0);
+      } else {
+        for (int i = 0; i < 8; ++i)
+          r[i] = _mm256_maskload_ps(s + i * plane + p0, mask);
+      }
+      transpose8x8(r);
+      const int64_t w = p0 < full ? 8 : tail;
+      for (int64_t i = 0; i < w; ++i)
+        _mm256_storeu_ps(dst + (p0 + i) * c + c0, r[i]);
+    }
+  }
+  for (int64_t ch = c8; ch < c; ++ch)
+    for (int64_t p = 0; p < np; ++p) dst[p * c + ch] = src[ch * plane + p];
 }
 #endif
 
