@@ -105,6 +105,9 @@ constexpr int64_t kAlign2 = 1;
 // enough tiles that the up-front gather costs nothing extra (the
 // measurements: docs/benchmarks.md, eighth round).
 constexpr int64_t kOnDemandMaxPixels = 49;
+// maps gathered block by block read x in NCHW (conv1_piece)
+static_assert(kOnDemandMaxPixels < kPixelMajorMinPixels,
+              "on-demand panels are gathered once per piece, not per chunk");
 
 #ifdef LAUD_X86
 // conv3's epilogue, vectorised: o[l][p] = relu(o[l][p] + tmp[p][l] +
@@ -481,7 +484,8 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                               : nullptr;
   const int64_t wp1 = g.width + 1;
   const int64_t p_in = g.h * g.w, wpx = g.wpx();
-  const bool pixel_major = avx512 && p_in >= kPixelMajorMinPixels;
+  const bool pixel_major =
+      avx512 && p_in >= kPixelMajorMinPixels && g.c_in > 0;
   const int64_t chunk =
       pixel_major
           ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)

@@ -319,7 +319,7 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   // they read it once anyway: transposing the short runs of 56 x 56 maps
   // cost more than it saved, docs/benchmarks.md, eleventh round).
   const bool pixel_major = avx512 && width > kPanel &&
-                           plane_in >= kPixelMajorMinPixels;
+                           plane_in >= kPixelMajorMinPixels && g.c_in > 0;
   const int64_t chunk =
       pixel_major
           ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)
@@ -337,7 +337,7 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   for (int64_t c0 = 0; c0 < m; c0 += chunk) {
     const int64_t c1 = std::min(m, c0 + chunk);
 #ifdef LAUD_X86
-    if (pixel_major)  // run by run: xo is consecutive within a row's interval
+    if (pixel_major)  // run by run: maximal stretches of consecutive offsets
       for (int64_t k0 = c0, k1; k0 < c1; k0 = k1) {
         for (k1 = k0 + 1; k1 < c1 && xo[k1] == xo[k0] + (k1 - k0); ++k1) {
         }

@@ -328,9 +328,10 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     (2, 24, 40, 64, 9, 6, 2, 1, 2),     # stride 2, odd sizes
     (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1 (odd counts)
     (4, 72, 70, 16, 3, 11, 1, 1, 2),    # panels of 64 + 6, a 1-wide row
-    (2, 1100, 24, 32, 9, 8, 1, 1, 2),   # conv1's input transposed in
-    # chunks of 28 pixels (AVX-512), C_in % 8 = 4: a scalar channel tail
-    (2, 1100, 24, 32, 7, 7, 1, 1, 2),   # one chunk per sample (7 x 7)
+    (2, 1100, 140, 32, 9, 8, 1, 1, 2),  # conv1's input transposed in
+    # chunks of 28 pixels (AVX-512), C_in % 8 = 4: a scalar channel tail;
+    # each chunk read by two panel blocks (114 kept channels: 64 + 64)
+    (2, 1100, 24, 32, 7, 7, 1, 1, 2),   # 7 x 7: NCHW reads, panels on demand
 ])
 def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, stride, dil, g2):
@@ -658,7 +659,8 @@ def test_spatial_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
     (1, 24, 40, 64, 9, 6, 2, 1, 2),     # batch 1, stride 2
     (5, 72, 70, 16, 7, 7, 1, 1, 2),     # kept counts differ, 64 + 6 panel
     (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1
-    (1, 1100, 40, 32, 9, 8, 1, 1, 2),   # pieces cut across conv1's chunks
+    (1, 1100, 140, 32, 9, 8, 1, 1, 2),  # pieces cut across conv1's
+    # chunks, two panel blocks (116 kept channels)
 ])
 def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
                                                  w, stride, dil, g2):
