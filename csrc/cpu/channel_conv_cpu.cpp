@@ -467,7 +467,8 @@ void for_pieces(int64_t b, int64_t e, int64_t per, Fn fn) {
 
 // Phase 1, pixels [p0, p1) of sample s: conv1 (+ ReLU) into its
 // zero-bordered pixel-major buffer h1s (hp x wpx x kp). With AVX-512, on
-// maps of at least kPixelMajorMinPixels pixels, the piece is taken in
+// maps of at least kPixelMajorMinPixels pixels and for pieces of at least
+// kPixelMajorMinFloats input values, the piece is taken in
 // chunks of at most kChunkFloats input values, each transposed to
 // pixel-major (to_pixel_major_avx2) into a buffer that stays in L2 and
 // read there by every panel block's tiles: x is read once, in sequential
@@ -484,8 +485,9 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                               : nullptr;
   const int64_t wp1 = g.width + 1;
   const int64_t p_in = g.h * g.w, wpx = g.wpx();
-  const bool pixel_major =
-      avx512 && p_in >= kPixelMajorMinPixels && g.c_in > 0;
+  const bool pixel_major = avx512 && p_in >= kPixelMajorMinPixels &&
+                           g.c_in > 0 &&
+                           (p1 - p0) * g.c_in >= kPixelMajorMinFloats;
   const int64_t chunk =
       pixel_major
           ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)

@@ -310,8 +310,9 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       }
     }
   }
-  // With AVX-512, two or more panel blocks and a map of at least
-  // kPixelMajorMinPixels pixels, the range is taken in chunks of at most
+  // With AVX-512, two or more panel blocks, a map of at least
+  // kPixelMajorMinPixels pixels and a range of at least
+  // kPixelMajorMinFloats input values, the range is taken in chunks of at most
   // kChunkFloats input values, each transposed run by run to pixel-major
   // (to_pixel_major_avx2) into a buffer that stays in L2 and read there by
   // every panel block's tiles: x is read once, in sequential streams.
@@ -319,7 +320,8 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   // they read it once anyway: transposing the short runs of 56 x 56 maps
   // cost more than it saved, docs/benchmarks.md, eleventh round).
   const bool pixel_major = avx512 && width > kPanel &&
-                           plane_in >= kPixelMajorMinPixels && g.c_in > 0;
+                           plane_in >= kPixelMajorMinPixels && g.c_in > 0 &&
+                           m * g.c_in >= kPixelMajorMinFloats;
   const int64_t chunk =
       pixel_major
           ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)

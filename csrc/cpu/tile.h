@@ -39,6 +39,12 @@ constexpr int64_t kChunkFloats = 32768;
 // NCHW input (C_in x 49 floats) stays in L2 across the panel blocks, and
 // transposing it gained nothing (docs/benchmarks.md, eleventh round)
 constexpr int64_t kPixelMajorMinPixels = 50;
+// ... and only when the input one thread's conv1 reads (its pixels x C_in
+// floats) is at least this large (512 KiB): a smaller one stays in L2
+// between the panel blocks, where the two layouts read alike and the
+// transposition is pure cost (batch 1 at 224 px: 1 - 3 % slower with it,
+// docs/benchmarks.md, eleventh round)
+constexpr int64_t kPixelMajorMinFloats = 4 * kChunkFloats;
 
 // Epilogue of a tile: kStoreRelu writes relu(acc + bias) to the pixel rows
 // y[i] (pixel-major, 16 V channels each); kTile writes acc to tmp[R][64].

@@ -328,10 +328,10 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     (2, 24, 40, 64, 9, 6, 2, 1, 2),     # stride 2, odd sizes
     (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1 (odd counts)
     (4, 72, 70, 16, 3, 11, 1, 1, 2),    # panels of 64 + 6, a 1-wide row
-    (2, 1100, 140, 32, 9, 8, 1, 1, 2),  # conv1's input transposed in
-    # chunks of 28 pixels (AVX-512), C_in % 8 = 4: a scalar channel tail;
+    (2, 2100, 140, 32, 11, 10, 1, 1, 2),  # conv1's input transposed in
+    # chunks of 14 pixels (AVX-512), C_in % 8 = 4: a scalar channel tail;
     # each chunk read by two panel blocks (114 kept channels: 64 + 64)
-    (2, 1100, 24, 32, 7, 7, 1, 1, 2),   # 7 x 7: NCHW reads, panels on demand
+    (2, 2100, 24, 32, 7, 7, 1, 1, 2),   # 7 x 7: NCHW reads, panels on demand
 ])
 def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, stride, dil, g2):
@@ -481,8 +481,8 @@ def _spatial_case(seed, n, c_in, width, c_out, h, w, s, stride, dil,
     (3, 32, 16, 80, 14, 14, 3, 1, 1),    # S = 3 (scalar epilogue runs)
     (2, 16, 16, 16, 7, 7, 8, 1, 1),      # S = 8 > map: one clipped patch
     (3, 16, 16, 32, 16, 16, 4, 1, 1),    # full runs of 4 and 8
-    (2, 1100, 80, 16, 11, 10, 2, 1, 1),  # conv1's input transposed run by
-    # run in chunks of 28 pixels (AVX-512), C_in % 8 = 4
+    (3, 2100, 80, 16, 16, 14, 2, 1, 1),  # conv1's input transposed run by
+    # run in chunks of 14 pixels (AVX-512), C_in % 8 = 4
 ])
 def test_spatial_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, s, stride, dil):
@@ -619,7 +619,8 @@ def test_kernels_run_on_torch_thread_pool():
     (1, 16, 32, 32, 17, 16, 2, 2, 1, 0.3),   # batch 1, stride 2
     (4, 24, 16, 32, 9, 10, 1, 1, 2, 0.4),    # S = 1, dilation 2
     (3, 16, 80, 16, 12, 12, 4, 1, 1, 0.05),  # almost empty, 64 + 16 panel
-    (1, 1100, 80, 32, 13, 11, 4, 1, 1, 0.5),  # ranges cut across chunks
+    (2, 2100, 80, 32, 16, 14, 4, 1, 1, 0.5),  # ranges cut across chunks;
+    # transposed at 1 - 2 threads, NCHW at 7: the same bits
 ])
 def test_spatial_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
                                                  w, s, stride, dil,
@@ -659,8 +660,9 @@ def test_spatial_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
     (1, 24, 40, 64, 9, 6, 2, 1, 2),     # batch 1, stride 2
     (5, 72, 70, 16, 7, 7, 1, 1, 2),     # kept counts differ, 64 + 6 panel
     (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1
-    (1, 1100, 140, 32, 9, 8, 1, 1, 2),  # pieces cut across conv1's
-    # chunks, two panel blocks (116 kept channels)
+    (1, 2100, 140, 32, 11, 10, 1, 1, 2),  # pieces cut across conv1's
+    # chunks, two panel blocks; transposed at 1 - 2 threads, NCHW at 7:
+    # the same bits
 ])
 def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
                                                  w, stride, dil, g2):
