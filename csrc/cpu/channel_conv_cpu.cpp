@@ -485,13 +485,8 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                               : nullptr;
   const int64_t wp1 = g.width + 1;
   const int64_t p_in = g.h * g.w, wpx = g.wpx();
-  const bool pixel_major = avx512 && p_in >= kPixelMajorMinPixels &&
-                           g.c_in > 0 &&
-                           (p1 - p0) * g.c_in >= kPixelMajorMinFloats;
-  const int64_t chunk =
-      pixel_major
-          ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)
-          : p1 - p0;
+  const bool pixel_major = pixel_major_input(avx512, p_in, g.c_in, p1 - p0);
+  const int64_t chunk = pixel_major ? pixel_major_chunk(g.c_in) : p1 - p0;
   float* xt = pixel_major
                   ? scratch(xt_buf, static_cast<size_t>(
                                         std::min(chunk, p1 - p0) * g.c_in))

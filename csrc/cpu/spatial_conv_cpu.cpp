@@ -319,13 +319,9 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   // Otherwise the tiles read x's NCHW rows in place (with one panel block
   // they read it once anyway: transposing the short runs of 56 x 56 maps
   // cost more than it saved, docs/benchmarks.md, eleventh round).
-  const bool pixel_major = avx512 && width > kPanel &&
-                           plane_in >= kPixelMajorMinPixels && g.c_in > 0 &&
-                           m * g.c_in >= kPixelMajorMinFloats;
-  const int64_t chunk =
-      pixel_major
-          ? std::max<int64_t>(kRows, kChunkFloats / g.c_in / kRows * kRows)
-          : m;
+  const bool pixel_major =
+      width > kPanel && pixel_major_input(avx512, plane_in, g.c_in, m);
+  const int64_t chunk = pixel_major ? pixel_major_chunk(g.c_in) : m;
   thread_local std::vector<float> xt_buf;
   float* xt = pixel_major ? scratch(xt_buf, static_cast<size_t>(
                                                 std::min(chunk, m) * g.c_in))

@@ -46,6 +46,20 @@ constexpr int64_t kPixelMajorMinPixels = 50;
 // docs/benchmarks.md, eleventh round)
 constexpr int64_t kPixelMajorMinFloats = 4 * kChunkFloats;
 
+// Whether conv1 reads np pixels of a plane-pixel map with c_in channels
+// as pixel-major chunks (the three rules above; AVX-512 tiles only).
+inline bool pixel_major_input(bool avx512, int64_t plane, int64_t c_in,
+                              int64_t np) {
+  return avx512 && plane >= kPixelMajorMinPixels && c_in > 0 &&
+         np * c_in >= kPixelMajorMinFloats;
+}
+
+// Pixels per pixel-major chunk of c_in channels (>= 1): at most
+// kChunkFloats values, whole tiles, at least one tile.
+inline int64_t pixel_major_chunk(int64_t c_in) {
+  return std::max<int64_t>(kRows, kChunkFloats / c_in / kRows * kRows);
+}
+
 // Epilogue of a tile: kStoreRelu writes relu(acc + bias) to the pixel rows
 // y[i] (pixel-major, 16 V channels each); kTile writes acc to tmp[R][64].
 enum Mode { kStoreRelu = 0, kTile = 1 };
