@@ -25,8 +25,12 @@
 # Needs torch with CUDA, nvcc, and laud_mm's Python dependencies (mmengine,
 # mmdet, mmpretrain, mmcv, scipy) importable; set LAUD_MM_WHEELS=DIR to
 # install wheels from DIR first (pip --no-index --target /tmp/laud_site: for
-# a machine without a package index). Exit status: 0 all passed, 1 a build
-# or test failure, 3 refused (no GPU), 4 a missing dependency.
+# a machine without a package index). Source archives in DIR (*.tar.gz: the
+# mmcv 2.1.0 sdist, since no mmcv wheel matches a given torch) are built
+# there with the GPU hidden, while laud_mm builds: mmcv then compiles its
+# CPU operators only (mmdet imports them; laud_mm's GPU path calls none).
+# Exit status: 0 all passed, 1 a build or test failure, 3 refused (no GPU),
+# 4 a missing dependency.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT_DIR="${1:-}"
@@ -68,12 +72,64 @@ fi
 log "GPU: $gpu; nvcc $("$NVCC" --version | tail -n 1)"
 mkdir -p "$OUT_DIR"
 
-# 2. dependencies
+# 2. dependencies (wheels now; source archives built beside step 3).
+# mmpretrain 1.2.0 imports its multimodal models whenever transformers >=
+# 4.28 is installed, and with transformers 5 they fail to import (seen with
+# 5.17.0: "TypeError: NoneType takes no arguments"), and laud_mm with them
+tf5="$("$PY" -c 'import importlib.metadata as m
+try:
+    v = m.version("transformers")
+except m.PackageNotFoundError:
+    v = ""
+print(v if v and int(v.split(".")[0]) >= 5 else "")' 2>/dev/null)"
+if [ -n "$tf5" ]; then
+  echo "gpu_check: transformers $tf5 is installed: mmpretrain 1.2.0 then imports" \
+       "its multimodal models, which fail with transformers 5; uninstall it" \
+       "(pip uninstall transformers) or install transformers<5" >&2
+  exit 4
+fi
+SITE=/tmp/laud_site
+sdist_pid=
 if [ -n "${LAUD_MM_WHEELS:-}" ]; then
-  log "installing wheels from $LAUD_MM_WHEELS into /tmp/laud_site"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/laud_site "$LAUD_MM_WHEELS"/*.whl || exit 4
-  export PYTHONPATH="/tmp/laud_site${PYTHONPATH:+:$PYTHONPATH}"
+  shopt -s nullglob
+  wheels=("$LAUD_MM_WHEELS"/*.whl)
+  sdists=("$LAUD_MM_WHEELS"/*.tar.gz)
+  shopt -u nullglob
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  if [ ${#wheels[@]} -gt 0 ]; then
+    log "installing ${#wheels[@]} wheels from $LAUD_MM_WHEELS into $SITE"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target "$SITE" "${wheels[@]}" || exit 4
+  fi
+  if [ ${#sdists[@]} -gt 0 ]; then
+    log "building ${#sdists[@]} source archives (GPU hidden: CPU operators only) into $SITE"
+    CUDA_VISIBLE_DEVICES= MAX_JOBS=$(( ($(nproc) + 1) / 2 )) CFLAGS="${CFLAGS:-} -g0" \
+      "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
+      --no-compile --no-cache-dir --target "$SITE" "${sdists[@]}" \
+      >"$OUT_DIR/sdist_build.log" 2>&1 &
+    sdist_pid=$!
+  fi
+fi
+
+# 3. build the extension with the CUDA kernels, for this GPU
+arch="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))')"
+jobs=$(nproc); [ -n "$sdist_pid" ] && jobs=$(( ($(nproc) + 1) / 2 ))
+log "building laud_mm._ext (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=$arch)"
+if ! FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
+     MAX_JOBS="${MAX_JOBS:-$jobs}" "$PY" setup.py build_ext --inplace \
+     >"$OUT_DIR/build.log" 2>&1; then
+  tail -n 40 "$OUT_DIR/build.log"
+  echo "gpu_check: FAILED: the CUDA build (log: $OUT_DIR/build.log)" >&2
+  exit 1
+fi
+log "built laud_mm._ext"
+if [ -n "$sdist_pid" ]; then
+  if ! wait "$sdist_pid"; then
+    tail -n 40 "$OUT_DIR/sdist_build.log"
+    echo "gpu_check: FAILED: building the source archives in $LAUD_MM_WHEELS (log: $OUT_DIR/sdist_build.log)" >&2
+    exit 4
+  fi
+  log "built the source archives"
 fi
 missing="$("$PY" -c 'import importlib.util as u
 print(" ".join(m for m in ("mmengine", "mmcv", "mmdet", "mmpretrain", "scipy", "pytest") if u.find_spec(m) is None))')"
@@ -81,26 +137,15 @@ if [ -n "$missing" ]; then
   echo "gpu_check: missing Python packages: $missing (install them, or give their wheels with LAUD_MM_WHEELS=DIR)" >&2
   exit 4
 fi
-
-# 3. build the extension with the CUDA kernels, for this GPU
-arch="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))')"
-log "building laud_mm._ext (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=$arch)"
-if ! FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
-     MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace \
-     >"$OUT_DIR/build.log" 2>&1; then
-  tail -n 40 "$OUT_DIR/build.log"
-  echo "gpu_check: FAILED: the CUDA build (log: $OUT_DIR/build.log)" >&2
-  exit 1
-fi
 "$PY" -c 'import laud_mm.ops as o, sys
 sys.exit(0 if o.has_cuda_kernels() else "laud_mm._ext built without its CUDA kernels")' || exit 1
-log "built"
+log "laud_mm imports with its CUDA kernels"
 status=0
 
 # 4. CUDA tests
 if [ "$SKIP_TESTS" = 0 ]; then
   log "CUDA tests"
-  if ! PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" timeout 240 "$PY" -m pytest -q -p no:cacheprovider \
+  if ! PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" timeout 240 "$PY" -m pytest -q -rA -p no:cacheprovider \
        tests/test_ops/test_cuda_kernels.py tests/test_models/test_cuda_dynamic.py \
        2>&1 | tee "$OUT_DIR/cuda_tests.txt" | tail -n 15; then
     echo "gpu_check: CUDA tests FAILED (see $OUT_DIR/cuda_tests.txt)" >&2

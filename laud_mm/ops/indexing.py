@@ -22,6 +22,7 @@ logic on CPU with them).
 Source: paper sec. 3.4 (the masker's output is turned into indices for the
 gather / scatter operators); engineering of that step for GPUs.
 """
+import math
 from typing import List, Tuple
 
 import torch
@@ -48,8 +49,12 @@ def active_index(mask: torch.Tensor
     csum = torch.cumsum(flat, 0)  # int64
     pos = torch.where(flat, csum - 1, torch.full_like(csum, -1))
     count = csum[-1] if m else csum.new_zeros(())
-    coords = torch.stack(torch.unravel_index(
-        torch.arange(m, device=mask.device), tuple(mask.shape)), 1) \
+    # row-major coordinates from Python-int strides: torch.unravel_index
+    # copies its strides to the device from pageable memory, a host wait
+    ar = torch.arange(m, device=mask.device)
+    strides = [math.prod(mask.shape[d + 1:]) for d in range(mask.dim())]
+    coords = torch.stack([torch.div(ar, st, rounding_mode='floor') % sz
+                          for st, sz in zip(strides, mask.shape)], 1) \
         if mask.dim() else flat.new_zeros(m, 0, dtype=torch.int64)
     # False entries write into a spare last row (dropped)
     target = torch.where(flat, pos, torch.full_like(pos, m))

@@ -1,8 +1,10 @@
 """The CUDA dynamic paths on a GPU: every family and paradigm equals the
 masked-dense model (fp32: 1e-4 relative, the CPU contract), under autocast
 (float16, bfloat16: forced gates, loose bounds: the masked-dense model runs
-BN unfolded), and the dynamic blocks make no host synchronisation beyond
-their one documented wait (``torch.cuda.set_sync_debug_mode('error')``).
+BN unfolded), the dynamic blocks make no host synchronisation beyond
+their one documented wait (``torch.cuda.set_sync_debug_mode('error')``),
+and they launch per batch, not per sample: a batch four times larger
+dispatches no more operators and launches laud_mm's kernels as often.
 
 Skipped without a CUDA GPU or without the CUDA kernels
 (``FORCE_CUDA=1`` build); ``tools/gpu_check.sh`` runs this module. The same
@@ -11,8 +13,13 @@ paths' logic runs on CPU in every CI run (test_family_contract.py,
 
 Source: paper sec. 3.4; docs/method.md sec. 1.
 """
+import re
+from collections import Counter
+
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from laud_mm import ops
 
@@ -107,7 +114,9 @@ def test_cuda_dynamic_blocks_do_not_synchronise(fam, paradigm):
     """Each dynamic block's path, with learned gates, under
     set_sync_debug_mode('error'): a hidden .item() / nonzero() / blocking
     copy raises; the one deferred read (HostRead: a non-blocking copy to
-    pinned memory and an event wait) does not."""
+    pinned memory and an event wait) does not. One call before: the BN
+    fold is made once per block and cached (it reads the spatial masker's
+    logit bias to the host)."""
     net = build(fam, paradigm)
     randomize(net, 1)
     net.eval().cuda()
@@ -124,6 +133,9 @@ def test_cuda_dynamic_blocks_do_not_synchronise(fam, paradigm):
         geom = blk.geometry(tuple(xin.shape[2:])) if xin.dim() == 4 \
             else blk.geometry(xin.shape[1])
         fn = _dynamic_fn(fam)
+        with torch.no_grad():
+            fn(blk, xin.clone(), geom)  # the cached fold
+        torch.cuda.synchronize()
         prev = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode('error')
         try:
@@ -142,3 +154,70 @@ def _dynamic_fn(fam):
         return dynamic_regnety_forward
     from laud_mm.models.t2t_vit.dynamic import dynamic_t2t_layer_forward
     return dynamic_t2t_layer_forward
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen / laud_mm operators dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _launches(net, x):
+    """(operators dispatched, laud_mm kernel launches by name, all CUDA
+    kernel launches) of one dynamic forward. The RegNetY channel and
+    T2T-ViT paths run on torch's operators alone (no laud_mm kernel)."""
+    with torch.no_grad():
+        net(x)  # warm-up: cuDNN / cuBLAS handles, pinned memory
+        torch.cuda.synchronize()
+        with _OpCounter() as counter:
+            net(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            net(x)
+            torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    # csrc/cuda's kernels live in namespace laud_mm::cuda
+    ours = Counter(re.search(r'(\w+)<', name[name.index('laud_mm::'):])[1]
+                   for name in kernels if 'laud_mm::' in name)
+    return counter.ops, ours, len(kernels)
+
+
+@pytest.mark.parametrize('fam', FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize('paradigm', PARADIGMS)
+def test_cuda_dynamic_launches_per_batch_not_per_sample(fam, paradigm):
+    """Issue 22 item 5: one launch per operator per batch. Random gates
+    (half on) for a batch of n, the same gates repeated for the batch of
+    the n samples repeated four times: every block takes the same branch,
+    so a per-sample loop anywhere would dispatch more operators (and
+    launch more laud_mm kernels) for 4n. The operators may differ where
+    the path picks its dense routine by size (conv3 of few active patches
+    as one GEMM, of many as a convolution: ``spatial_patch_convs``), never
+    in number upwards."""
+    net = build(fam, paradigm)
+    randomize(net, 1)
+    net.eval().cuda()
+    x = images(fam).cuda()
+    with torch.no_grad():
+        net(x)  # gate shapes
+    force(net, 'random', seed=3)
+    gates = [b.masker.forced_gate for b in net.blocks]
+    _to_cuda_gates(net)
+    net.dynamic_inference = True
+    ops_n, ours_n, all_n = _launches(net, x)
+    for b, g in zip(net.blocks, gates):
+        b.masker.forced_gate = torch.cat([g] * 4).cuda()
+    ops_4n, ours_4n, all_4n = _launches(net, torch.cat([x] * 4))
+    force(net, None)
+    assert sum(ops_4n.values()) <= sum(ops_n.values()), \
+        (ops_4n - ops_n, ops_n - ops_4n)
+    assert ours_4n == ours_n, (ours_n, ours_4n)
+    print(f'{fam.name}-{paradigm}: {sum(ops_n.values())} operators, '
+          f'laud_mm kernels {dict(ours_n)}, CUDA kernels {all_n} (n) / '
+          f'{all_4n} (4n)')

@@ -95,10 +95,10 @@ def test_kernels_run_on_the_current_stream_without_sync():
         feat = torch.randn(8, 65, 56, 56, device='cuda')
         gate = torch.rand(8, 14, 14, device='cuda') < 0.5
         from laud_mm.ops.indexing import active_index
-        idx_all, pmap, _ = active_index(gate)
         prev = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode('error')
         try:
+            idx_all, pmap, _ = active_index(gate)
             win = torch.ops.laud_mm.gather_patches(feat, idx_all, 4, 1, 1,
                                                    64, True)
             ident = feat[:, :64].contiguous()

@@ -147,6 +147,31 @@ def test_patch_indices_records_sample_and_location():
         ops.patch_indices(torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize('shape', [(3, 4, 3), (2, 1, 7, 1), (5,), (1,),
+                                   (0, 3), (4, 0)])
+def test_active_and_kept_index_equal_nonzero(shape):
+    """The device-side index lists of the CUDA paths (no host wait) are
+    ``nonzero``'s coordinates in row-major order, zero-padded, with the
+    patch map and count; kept_index lists each row's True columns."""
+    from laud_mm.ops.indexing import active_index, kept_index
+    g = torch.Generator().manual_seed(len(shape))
+    for _ in range(4):
+        mask = torch.rand(shape, generator=g) < 0.4
+        idx, pos, count = active_index(mask)
+        nz = mask.nonzero()
+        p = nz.shape[0]
+        assert int(count) == p and idx.shape == (mask.numel(), mask.dim())
+        assert torch.equal(idx[:p], nz) and not idx[p:].any()
+        assert torch.equal(pos[mask], torch.arange(p))
+        assert (pos[~mask] == -1).all()
+        if mask.dim() == 2 and mask.numel():
+            kept = kept_index(mask, shape[1], -1)
+            for row, k in zip(mask, kept):
+                cols = row.nonzero().flatten()
+                assert torch.equal(k[:len(cols)], cols)
+                assert (k[len(cols):] == -1).all()
+
+
 def test_bad_arguments_raise_value_error_naming_them():
     feat = torch.randn(1, 4, 8, 8)
     idx = torch.tensor([[0, 0, 0]])
