@@ -46,8 +46,13 @@ Per paradigm:
   their rows of the shortcut with the scatter kernel; the other samples
   output relu(shortcut) (or stay as they are in an owned input).
 
-Not tuned on a GPU yet: no GPU was lent when this was written (see
-docs/benchmarks.md, "CUDA"); ``tools/gpu_check.sh`` measures it.
+Run on an H200 once (docs/benchmarks.md, "CUDA"): equal to masked-dense,
+each operator dispatched once per batch (cuDNN itself runs the channel
+path's grouped conv2 as about one kernel per group, i.e. per sample), but
+host-bound (35 - 57 Python-dispatched operators per block) and slower than
+the static network except for layer and spatial skipping at low rates;
+the thresholds are not tuned yet.
+``tools/gpu_check.sh`` measures it.
 
 Source: paper sec. 3.4 and appendix B (gather -> compute -> scatter-add
 with fused operators); docs/method.md sec. 1.
