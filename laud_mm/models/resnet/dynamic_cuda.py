@@ -38,20 +38,22 @@ Per paradigm:
   a mask.
 - channel: per-sample kept channels padded to a multiple of
   :data:`~laud_mm.ops.policy.CHANNEL_PAD_CUDA` with a zero channel, conv1
-  as one batched GEMM of per-sample weight rows, conv2 as one grouped conv
-  (a group per sample; weights from the kept-weight gather kernel), conv3
-  as one batched GEMM accumulated into the shortcut, then bn3's shift and
-  the ReLU.
+  as one batched GEMM of per-sample weight rows, conv2 as one batched GEMM
+  over the unfolded 3 x 3 windows (weights from the kept-weight gather
+  kernel), conv3 as one batched GEMM accumulated into the shortcut, then
+  bn3's shift and the ReLU.
 - layer: the dense branch on the kept samples (gathered rows), added into
   their rows of the shortcut with the scatter kernel; the other samples
   output relu(shortcut) (or stay as they are in an owned input).
 
 Run on an H200 once (docs/benchmarks.md, "CUDA"): equal to masked-dense,
-each operator dispatched once per batch (cuDNN itself runs the channel
-path's grouped conv2 as about one kernel per group, i.e. per sample), but
-host-bound (35 - 57 Python-dispatched operators per block) and slower than
-the static network except for layer and spatial skipping at low rates;
-the thresholds are not tuned yet.
+each operator dispatched once per batch, but host-bound (35 - 57
+Python-dispatched operators per block) and slower than the static network
+except for layer and spatial skipping at low rates; the thresholds are not
+tuned yet. The channel path's conv2 was a grouped conv with a group per
+sample then, which cuDNN ran as about one kernel per group (2780 kernels
+per R50 forward at batch 128); it is now one batched GEMM over unfolded
+windows, not yet timed on a GPU.
 ``tools/gpu_check.sh`` measures it.
 
 Source: paper sec. 3.4 and appendix B (gather -> compute -> scatter-add
@@ -164,10 +166,13 @@ def _channel(block, x_in, x, fb, gate, ac):
         h1 = torch.baddbmm(b1p.index_select(0, flat).view(n, k, 1),
                            w1p.index_select(0, flat).view(n, k, c_in),
                            x.reshape(n, c_in, h * w)).relu_()
-        w2s = _gather_kept(w2p, chs)  # (N, k, k, 3, 3)
-        h2 = F.conv2d(h1.view(1, n * k, h, w), w2s.view(n * k, k, 3, 3),
-                      b2p.index_select(0, flat), fb.stride, fb.padding,
-                      fb.dilation, groups=n).relu_().view(n, k, ho * wo)
+        w2s = _gather_kept(w2p, chs)  # (N, k, k, kh, kw)
+        # one batched GEMM over the unfolded windows: a grouped conv with a
+        # group per sample runs in cuDNN as about one kernel per group
+        cols = F.unfold(h1.view(n, k, h, w), w2s.shape[-2:], fb.dilation,
+                        fb.padding, fb.stride)  # (N, k * kh * kw, Ho * Wo)
+        h2 = torch.baddbmm(b2p.index_select(0, flat).view(n, k, 1),
+                           w2s.view(n, k, -1), cols).relu_()
         w3s = w3tp.index_select(0, flat).view(n, k, c_out).transpose(1, 2)
         o.baddbmm_(w3s, h2)
     o.add_(fb.b3.view(1, -1, 1)).relu_()
