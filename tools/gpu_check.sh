@@ -72,7 +72,32 @@ fi
 log "GPU: $gpu; nvcc $("$NVCC" --version | tail -n 1)"
 mkdir -p "$OUT_DIR"
 
-# 2. dependencies (wheels now; source archives built beside step 3).
+# 2. dependencies: wheels now, source archives built beside step 3
+SITE=/tmp/laud_site
+sdist_pid=
+sdists=()
+if [ -n "${LAUD_MM_WHEELS:-}" ]; then
+  shopt -s nullglob
+  wheels=("$LAUD_MM_WHEELS"/*.whl)
+  sdists=("$LAUD_MM_WHEELS"/*.tar.gz)
+  shopt -u nullglob
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  if [ ${#wheels[@]} -gt 0 ]; then
+    log "installing ${#wheels[@]} wheels from $LAUD_MM_WHEELS into $SITE"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target "$SITE" "${wheels[@]}" || exit 4
+  fi
+fi
+missing_of() {
+  "$PY" -c 'import importlib.util as u, sys
+print(" ".join(m for m in sys.argv[1:] if u.find_spec(m) is None))' "$@"
+}
+# mmcv may still be a source archive: checked after step 3
+missing="$(missing_of mmengine mmdet mmpretrain scipy pytest)"
+if [ -n "$missing" ]; then
+  echo "gpu_check: missing Python packages: $missing (install them, or give their wheels with LAUD_MM_WHEELS=DIR)" >&2
+  exit 4
+fi
 # mmpretrain 1.2.0 imports its multimodal models whenever transformers >=
 # 4.28 is installed, and with transformers 5 they fail to import (seen with
 # 5.17.0: "TypeError: NoneType takes no arguments"), and laud_mm with them
@@ -88,27 +113,15 @@ if [ -n "$tf5" ]; then
        "(pip uninstall transformers) or install transformers<5" >&2
   exit 4
 fi
-SITE=/tmp/laud_site
-sdist_pid=
-if [ -n "${LAUD_MM_WHEELS:-}" ]; then
-  shopt -s nullglob
-  wheels=("$LAUD_MM_WHEELS"/*.whl)
-  sdists=("$LAUD_MM_WHEELS"/*.tar.gz)
-  shopt -u nullglob
-  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-  if [ ${#wheels[@]} -gt 0 ]; then
-    log "installing ${#wheels[@]} wheels from $LAUD_MM_WHEELS into $SITE"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target "$SITE" "${wheels[@]}" || exit 4
-  fi
-  if [ ${#sdists[@]} -gt 0 ]; then
-    log "building ${#sdists[@]} source archives (GPU hidden: CPU operators only) into $SITE"
-    CUDA_VISIBLE_DEVICES= MAX_JOBS=$(( ($(nproc) + 1) / 2 )) CFLAGS="${CFLAGS:-} -g0" \
-      "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
-      --no-compile --no-cache-dir --target "$SITE" "${sdists[@]}" \
-      >"$OUT_DIR/sdist_build.log" 2>&1 &
-    sdist_pid=$!
-  fi
+if [ ${#sdists[@]} -gt 0 ]; then
+  log "building ${#sdists[@]} source archives (GPU hidden: CPU operators only) into $SITE"
+  # its own process group, ended with this script (a failed step 3)
+  CUDA_VISIBLE_DEVICES= FORCE_CUDA=0 MAX_JOBS=$(( ($(nproc) + 1) / 2 )) \
+    CFLAGS="${CFLAGS:-} -g0" setsid -w "$PY" -m pip install -q --no-index \
+    --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "${sdists[@]}" >"$OUT_DIR/sdist_build.log" 2>&1 &
+  sdist_pid=$!
+  trap '[ -n "$sdist_pid" ] && kill -- -"$sdist_pid" 2>/dev/null' EXIT
 fi
 
 # 3. build the extension with the CUDA kernels, for this GPU
@@ -124,17 +137,17 @@ if ! FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
 fi
 log "built laud_mm._ext"
 if [ -n "$sdist_pid" ]; then
-  if ! wait "$sdist_pid"; then
+  wait "$sdist_pid"; rc=$?
+  sdist_pid=
+  if [ $rc -ne 0 ]; then
     tail -n 40 "$OUT_DIR/sdist_build.log"
     echo "gpu_check: FAILED: building the source archives in $LAUD_MM_WHEELS (log: $OUT_DIR/sdist_build.log)" >&2
     exit 4
   fi
   log "built the source archives"
 fi
-missing="$("$PY" -c 'import importlib.util as u
-print(" ".join(m for m in ("mmengine", "mmcv", "mmdet", "mmpretrain", "scipy", "pytest") if u.find_spec(m) is None))')"
-if [ -n "$missing" ]; then
-  echo "gpu_check: missing Python packages: $missing (install them, or give their wheels with LAUD_MM_WHEELS=DIR)" >&2
+if [ -n "$(missing_of mmcv)" ]; then
+  echo "gpu_check: missing Python package: mmcv (install mmcv 2.1.0, or put its sdist or wheel in LAUD_MM_WHEELS=DIR)" >&2
   exit 4
 fi
 "$PY" -c 'import laud_mm.ops as o, sys

@@ -168,10 +168,16 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+#: (family, paradigm) whose CUDA path launches laud_mm kernels; the others
+#: (RegNetY channel, T2T-ViT) run on torch's operators alone
+LAUD_KERNEL_PATHS = {('resnet50', 'spatial'), ('resnet50', 'channel'),
+                     ('resnet50', 'layer'), ('regnety_400mf', 'spatial'),
+                     ('regnety_400mf', 'layer')}
+
+
 def _launches(net, x):
     """(operators dispatched, laud_mm kernel launches by name, all CUDA
-    kernel launches) of one dynamic forward. The RegNetY channel and
-    T2T-ViT paths run on torch's operators alone (no laud_mm kernel)."""
+    kernel launches) of one dynamic forward."""
     with torch.no_grad():
         net(x)  # warm-up: cuDNN / cuBLAS handles, pinned memory
         torch.cuda.synchronize()
@@ -199,7 +205,11 @@ def test_cuda_dynamic_launches_per_batch_not_per_sample(fam, paradigm):
     launch more laud_mm kernels) for 4n. The operators may differ where
     the path picks its dense routine by size (conv3 of few active patches
     as one GEMM, of many as a convolution: ``spatial_patch_convs``), never
-    in number upwards."""
+    in number upwards. Kernels that cuDNN / cuBLAS / ATen launch inside an
+    operator are printed, not asserted: their algorithms change with the
+    batch (RegNetY's own grouped convolutions: 835 vs 1072 kernels per
+    forward at n = 2 vs 8 on the H200), and that is where the grouped conv2
+    of the channel path used to launch per sample (707 vs 773)."""
     net = build(fam, paradigm)
     randomize(net, 1)
     net.eval().cuda()
@@ -218,6 +228,8 @@ def test_cuda_dynamic_launches_per_batch_not_per_sample(fam, paradigm):
     assert sum(ops_4n.values()) <= sum(ops_n.values()), \
         (ops_4n - ops_n, ops_n - ops_4n)
     assert ours_4n == ours_n, (ours_n, ours_4n)
+    # the sparse path ran (not a dense fallback) where it has laud_mm kernels
+    assert bool(ours_n) == ((fam.name, paradigm) in LAUD_KERNEL_PATHS), ours_n
     print(f'{fam.name}-{paradigm}: {sum(ops_n.values())} operators, '
           f'laud_mm kernels {dict(ours_n)}, CUDA kernels {all_n} (n) / '
           f'{all_4n} (4n)')

@@ -39,9 +39,10 @@ Per paradigm:
 - channel: per-sample kept channels padded to a multiple of
   :data:`~laud_mm.ops.policy.CHANNEL_PAD_CUDA` with a zero channel, conv1
   as one batched GEMM of per-sample weight rows, conv2 as one batched GEMM
-  over the unfolded 3 x 3 windows (weights from the kept-weight gather
-  kernel), conv3 as one batched GEMM accumulated into the shortcut, then
-  bn3's shift and the ReLU.
+  over the 3 x 3 windows (im2col as one gather for the batch; weights from
+  the kept-weight gather kernel; the columns take 9x conv1's output),
+  conv3 as one batched GEMM accumulated into the shortcut, then bn3's
+  shift and the ReLU.
 - layer: the dense branch on the kept samples (gathered rows), added into
   their rows of the shortcut with the scatter kernel; the other samples
   output relu(shortcut) (or stay as they are in an owned input).
@@ -52,13 +53,15 @@ Python-dispatched operators per block) and slower than the static network
 except for layer and spatial skipping at low rates; the thresholds are not
 tuned yet. The channel path's conv2 was a grouped conv with a group per
 sample then, which cuDNN ran as about one kernel per group (2780 kernels
-per R50 forward at batch 128); it is now one batched GEMM over unfolded
-windows, not yet timed on a GPU.
+per R50 forward at batch 128); it is now one batched GEMM over windows
+gathered for the whole batch, not yet timed on a GPU.
 ``tools/gpu_check.sh`` measures it.
 
 Source: paper sec. 3.4 and appendix B (gather -> compute -> scatter-add
 with fused operators); docs/method.md sec. 1.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -128,6 +131,27 @@ def _spatial(block, x_in, x, fb, geom, ac):
     return out, gate
 
 
+def _im2col_index(fb, h: int, w: int, kh: int, kw: int,
+                  device: torch.device) -> torch.Tensor:
+    """Flat positions, in the zero-padded (H + 2p) x (W + 2p) map, of every
+    tap of conv2's kh x kw windows: (kh * kw * Ho * Wo,) int64, tap-major
+    (the order of ``F.unfold``'s rows within a channel), for conv2's
+    stride, padding and dilation; cached on the folded block per input
+    size and device (source: im2col, as a gather index).
+    """
+    cache = fb.__dict__.setdefault('_im2col_index', {})
+    key = (h, w, kh, kw, device)
+    if key not in cache:
+        p, st, d = fb.padding, fb.stride, fb.dilation
+        ho = (h + 2 * p - d * (kh - 1) - 1) // st + 1
+        wo = (w + 2 * p - d * (kw - 1) - 1) // st + 1
+        ar = functools.partial(torch.arange, device=device)
+        rows = ar(kh).view(kh, 1, 1, 1) * d + ar(ho).view(1, 1, ho, 1) * st
+        cols = ar(kw).view(1, kw, 1, 1) * d + ar(wo).view(1, 1, 1, wo) * st
+        cache[key] = (rows * (w + 2 * p) + cols).reshape(-1)
+    return cache[key]
+
+
 def channel(block, x, geom):
     """CUDA channel path (see the module docstring)."""
     n = x.shape[0]
@@ -167,10 +191,15 @@ def _channel(block, x_in, x, fb, gate, ac):
                            w1p.index_select(0, flat).view(n, k, c_in),
                            x.reshape(n, c_in, h * w)).relu_()
         w2s = _gather_kept(w2p, chs)  # (N, k, k, kh, kw)
-        # one batched GEMM over the unfolded windows: a grouped conv with a
-        # group per sample runs in cuDNN as about one kernel per group
-        cols = F.unfold(h1.view(n, k, h, w), w2s.shape[-2:], fb.dilation,
-                        fb.padding, fb.stride)  # (N, k * kh * kw, Ho * Wo)
+        kh, kw = w2s.shape[-2:]
+        # conv2 as one batched GEMM over the windows, gathered for the whole
+        # batch: a grouped conv with a group per sample runs in cuDNN as
+        # about one kernel per group, and F.unfold loops over the samples
+        p = fb.padding
+        hp = F.pad(h1.view(n, k, h, w), (p, p, p, p)) if p else h1
+        taps = _im2col_index(fb, h, w, kh, kw, x.device)
+        cols = hp.reshape(n, k, -1).index_select(2, taps).view(
+            n, k * kh * kw, ho * wo)
         h2 = torch.baddbmm(b2p.index_select(0, flat).view(n, k, 1),
                            w2s.view(n, k, -1), cols).relu_()
         w3s = w3tp.index_select(0, flat).view(n, k, c_out).transpose(1, 2)
