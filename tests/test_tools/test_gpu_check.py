@@ -49,12 +49,14 @@ def test_gpu_report_format(tmp_path):
     row = dict(depth=101, paradigm='layer', rate=0.4, rate_real=0.41,
                flops_ratio=0.45, static_ms=60.0, static_nchw_ms_now=61.0,
                dynamic_ms=25.0, speedup=2.4, ideal=2.2, predicted_ms=26.0,
-               predicted_speedup=2.3, max_rel_err=None)
+               predicted_speedup=2.3, max_rel_err=None, gpu_activities=576,
+               gpu_busy_ms=16.03)
     res = dict(gpu='NVIDIA H200', torch='2.13.0', cuda='13.0', batch=128,
                size=224, dtype='float32', tf32=False, warmup=3, repeats=10,
                hardware='h200',
                statics=[dict(depth=101, nchw_ms=60.0, channels_last_ms=62.0,
-                             best_ms=60.0, predicted_ms=58.0)],
+                             best_ms=60.0, predicted_ms=58.0,
+                             gpu_activities=209, gpu_busy_ms=35.16)],
                rows=[row, dict(row, rate=1.0, max_rel_err=2e-6)],
                validation=dict(mape=4.2, spearman=0.99, cases=3),
                goals=[dict(what='R101 layer r = 0.4', goal='>= 2.2x',
@@ -66,6 +68,9 @@ def test_gpu_report_format(tmp_path):
     md = open(paths['markdown']).read()
     assert md == markdown(res)
     assert '| R101 | layer | 0.4 | 0.410 | 60.00 | 25.00 | 2.40x |' in md
+    assert '| 2.30x |  | 576 | 16.03 |' in md  # r = 0.4: no error cell
+    assert '| 2.0e-06 | 576 | 16.03 |' in md
+    assert '| 58.00 | 209 | 35.16 |' in md
     assert 'MAPE 4.2 %, Spearman 0.990' in md
     assert '| R101 layer r = 0.4 | >= 2.2x | 2.40x | yes |' in md
     # every table row has as many cells as its header
@@ -89,6 +94,7 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path, monkeypatch):
         ('spatial', 0.5), ('spatial', 1.0)]
     for r in res['rows']:
         assert r['dynamic_ms'] > 0 and r['predicted_ms'] > 0
+        assert r['gpu_activities'] is None  # profiled on a GPU only
         if r['rate'] == 1.0:
             assert r['max_rel_err'] <= 1e-4
         else:

@@ -16,6 +16,10 @@ measurements.
   its decision, not its cost).
 - Timing: CUDA events around each forward, ``warmup`` untimed runs, the
   median of ``repeats``; static and dynamic alternate.
+- Profile: one more forward of each configuration under ``torch.profiler``
+  (:func:`kernel_profile`): the GPU activities it launches and the sum of
+  their times, beside the wall clock (host-bound paths: busy << wall;
+  launches per sample: activities that grow with the batch).
 - Predictor: ``LatencyPredictor(hardware)`` (fused implementation, the
   paper's) at the realised per-block densities and the batch: MAPE and
   Spearman rho of predicted vs measured ms over every timed configuration
@@ -31,7 +35,7 @@ import json
 import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -85,6 +89,24 @@ def cuda_ms(fn: Callable[[], object], warmup: int, repeats: int,
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def kernel_profile(fn: Callable[[], object]) -> Tuple[int, float]:
+    """(GPU activities, GPU busy ms) of one call of ``fn``: the CUDA
+    activities ``torch.profiler`` records (kernels, copies, fills) and the
+    sum of their durations in ms (overlapping ones count twice). The
+    call's wall time minus its busy time is the GPU's idle time, i.e. time
+    the path spends waiting on its host (Python dispatch, host reads); a
+    count that grows with the batch is a launch per sample (docs/
+    benchmarks.md, "CUDA")."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    acts = [e for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(acts), sum(e.time_range.elapsed_us() for e in acts) / 1e3
 
 
 def _cuda_gates(net) -> None:
@@ -149,10 +171,14 @@ def run(depths: Sequence[int] = (50, 101),
                     nchw = cuda_ms(static, warmup, repeats, cuda)
                     cl = cuda_ms(lambda: static(xl), warmup, repeats, cuda)
                     p_st = pred.predict_static(geoms, batch, sgeom).total_ms
+                    acts, busy = kernel_profile(static) if cuda else \
+                        (None, None)
                     statics[depth] = dict(depth=depth, nchw_ms=nchw,
                                           channels_last_ms=cl,
                                           best_ms=min(nchw, cl),
-                                          predicted_ms=p_st)
+                                          predicted_ms=p_st,
+                                          gpu_activities=acts,
+                                          gpu_busy_ms=busy)
                     log(f'R{depth} static: NCHW {nchw:.2f} ms, '
                         f'channels_last {cl:.2f} ms, predicted '
                         f'{p_st:.2f} ms')
@@ -174,6 +200,9 @@ def run(depths: Sequence[int] = (50, 101),
                     dyn = cuda_ms(lambda: dynamic_forward(net, stem, x),
                                   warmup, repeats, cuda)
                     st_now = cuda_ms(static, 1, max(3, repeats // 3), cuda)
+                    acts, busy = kernel_profile(
+                        lambda: dynamic_forward(net, stem, x)) if cuda else \
+                        (None, None)
                     p_dyn = pred.predict_backbone(geoms, dens, batch,
                                                   sgeom).total_ms
                     row = dict(depth=depth, paradigm=paradigm, rate=rate,
@@ -183,7 +212,8 @@ def run(depths: Sequence[int] = (50, 101),
                                speedup=st['best_ms'] / dyn,
                                ideal=1 / ratio, predicted_ms=p_dyn,
                                predicted_speedup=st['predicted_ms'] / p_dyn,
-                               max_rel_err=err)
+                               max_rel_err=err, gpu_activities=acts,
+                               gpu_busy_ms=busy)
                     rows.append(row)
                     log(fmt_row(row))
             del net
@@ -213,13 +243,20 @@ def run(depths: Sequence[int] = (50, 101),
                 goals=goals, seconds=time.time() - t_start)
 
 
+def _cell(v, fmt: str) -> str:
+    return '' if v is None else format(v, fmt)
+
+
 def fmt_row(r: Dict) -> str:
-    err = '' if r['max_rel_err'] is None else f" | {r['max_rel_err']:.1e}"
+    """One row of the dynamic table (:func:`markdown`)."""
     return (f"| R{r['depth']} | {r['paradigm']} | {r['rate']} | "
             f"{r['rate_real']:.3f} | {r['static_ms']:.2f} | "
             f"{r['dynamic_ms']:.2f} | {r['speedup']:.2f}x | "
             f"{r['ideal']:.2f}x | {r['predicted_ms']:.2f} | "
-            f"{r['predicted_speedup']:.2f}x{err} |")
+            f"{r['predicted_speedup']:.2f}x | "
+            f"{_cell(r['max_rel_err'], '.1e')} | "
+            f"{_cell(r.get('gpu_activities'), 'd')} | "
+            f"{_cell(r.get('gpu_busy_ms'), '.2f')} |")
 
 
 def markdown(res: Dict) -> str:
@@ -229,22 +266,23 @@ def markdown(res: Dict) -> str:
              f"{res['size']}, {res['dtype']} (TF32 off), CUDA events, "
              f"{res['warmup']} warm-up runs, median of {res['repeats']}; "
              f"static = the faster of NCHW and channels_last; predictor "
-             f"`{res['hardware']}`.", '',
-             '| static | NCHW ms | channels_last ms | predicted ms |',
-             '|---|---|---|---|']
+             f"`{res['hardware']}`; GPU activities / busy ms: one profiled "
+             f"forward (kernels, copies; the sum of their times).", '',
+             '| static | NCHW ms | channels_last ms | predicted ms | '
+             'GPU activities | GPU busy ms |',
+             '|---|---|---|---|---|---|']
     for s in res['statics']:
         lines.append(f"| R{s['depth']} | {s['nchw_ms']:.2f} | "
                      f"{s['channels_last_ms']:.2f} | "
-                     f"{s['predicted_ms']:.2f} |")
+                     f"{s['predicted_ms']:.2f} | "
+                     f"{_cell(s.get('gpu_activities'), 'd')} | "
+                     f"{_cell(s.get('gpu_busy_ms'), '.2f')} |")
     lines += ['', '| backbone | paradigm | r | realised r_i | static ms | '
               'dynamic ms | speedup | ideal (FLOPs) | predicted ms | '
-              'predicted speedup | max rel. err (r = 1) |',
-              '|---|---|---|---|---|---|---|---|---|---|---|']
-    for r in res['rows']:
-        line = fmt_row(r)
-        if r['max_rel_err'] is None:
-            line = line[:-1] + '| |'
-        lines.append(line)
+              'predicted speedup | max rel. err (r = 1) | GPU activities | '
+              'GPU busy ms |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    lines += [fmt_row(r) for r in res['rows']]
     v = res['validation']
     lines += ['', f"Predictor `{res['hardware']}` vs measured ms over "
               f"{v['cases']} configurations: MAPE {v['mape']:.1f} %, "
