@@ -52,10 +52,12 @@ def active_index(mask: torch.Tensor
     # row-major coordinates from Python-int strides: torch.unravel_index
     # copies its strides to the device from pageable memory, a host wait
     ar = torch.arange(m, device=mask.device)
-    strides = [math.prod(mask.shape[d + 1:]) for d in range(mask.dim())]
-    coords = torch.stack([torch.div(ar, st, rounding_mode='floor') % sz
-                          for st, sz in zip(strides, mask.shape)], 1) \
-        if mask.dim() else flat.new_zeros(m, 0, dtype=torch.int64)
+    cols = []
+    for d in range(mask.dim()):
+        c = torch.div(ar, math.prod(mask.shape[d + 1:]), rounding_mode='floor')
+        cols.append(c % mask.shape[d] if d else c)  # the first needs no wrap
+    coords = torch.stack(cols, 1) if cols else \
+        flat.new_zeros(m, 0, dtype=torch.int64)
     # False entries write into a spare last row (dropped)
     target = torch.where(flat, pos, torch.full_like(pos, m))
     idx = coords.new_zeros(m + 1, coords.shape[1]).index_copy_(

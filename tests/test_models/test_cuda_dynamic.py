@@ -87,10 +87,9 @@ def test_cuda_dynamic_equals_masked_dense_fp32(fam, paradigm, overrides):
         force(net, None)
 
 
-@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize('fam', FAMILIES, ids=lambda f: f.name)
-@pytest.mark.parametrize('paradigm', PARADIGMS)
-def test_cuda_dynamic_autocast(fam, paradigm, dtype):
+def _random_gated(fam, paradigm):
+    """(net on the GPU with random forced gates, its input batch, the gates
+    as forced on CPU)."""
     net = build(fam, paradigm)
     randomize(net, 1)
     net.eval().cuda()
@@ -98,7 +97,16 @@ def test_cuda_dynamic_autocast(fam, paradigm, dtype):
     with torch.no_grad():
         net(x)  # gate shapes
     force(net, 'random', seed=3)
+    gates = [b.masker.forced_gate for b in net.blocks]
     _to_cuda_gates(net)
+    return net, x, gates
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('fam', FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize('paradigm', PARADIGMS)
+def test_cuda_dynamic_autocast(fam, paradigm, dtype):
+    net, x, _ = _random_gated(fam, paradigm)
     ref, out, _ = _pair(net, x, dtype)
     for a, b in zip(out, ref):
         assert a.shape == b.shape
@@ -210,15 +218,7 @@ def test_cuda_dynamic_launches_per_batch_not_per_sample(fam, paradigm):
     batch (RegNetY's own grouped convolutions: 835 vs 1072 kernels per
     forward at n = 2 vs 8 on the H200), and that is where the grouped conv2
     of the channel path used to launch per sample (707 vs 773)."""
-    net = build(fam, paradigm)
-    randomize(net, 1)
-    net.eval().cuda()
-    x = images(fam).cuda()
-    with torch.no_grad():
-        net(x)  # gate shapes
-    force(net, 'random', seed=3)
-    gates = [b.masker.forced_gate for b in net.blocks]
-    _to_cuda_gates(net)
+    net, x, gates = _random_gated(fam, paradigm)
     net.dynamic_inference = True
     ops_n, ours_n, all_n = _launches(net, x)
     for b, g in zip(net.blocks, gates):
