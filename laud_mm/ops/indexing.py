@@ -6,9 +6,10 @@ synchronisation, and read the one count per block that fixes a tensor size
 single wait placed behind independent work.
 
 - :func:`active_index`: the coordinates of the True entries of a mask (as
-  ``mask.nonzero()``) in a tensor of the mask's size, each entry's row in
-  that list, and their count - from a prefix sum on the device, no host
-  wait (``nonzero`` waits for the device to learn its output size).
+  ``mask.nonzero()``) in a tensor of the mask's size
+  (``torch.nonzero_static``), each entry's row in that list and their
+  count (a prefix sum): no host wait (``nonzero`` waits for the device to
+  learn its output size).
 - :func:`kept_index`: per row of a 2-D mask, the indices of its True
   entries, ascending, padded to a given width: per-sample kept channels /
   heads, no host wait once the width is known.
@@ -22,7 +23,6 @@ logic on CPU with them).
 Source: paper sec. 3.4 (the masker's output is turned into indices for the
 gather / scatter operators); engineering of that step for GPUs.
 """
-import math
 from typing import List, Tuple
 
 import torch
@@ -47,21 +47,14 @@ def active_index(mask: torch.Tensor
     flat = mask.reshape(-1)
     m = flat.numel()
     csum = torch.cumsum(flat, 0)  # int64
-    pos = torch.where(flat, csum - 1, torch.full_like(csum, -1))
+    pos = torch.where(flat, csum - 1, -1)
     count = csum[-1] if m else csum.new_zeros(())
-    # row-major coordinates from Python-int strides: torch.unravel_index
-    # copies its strides to the device from pageable memory, a host wait
-    ar = torch.arange(m, device=mask.device)
-    cols = []
-    for d in range(mask.dim()):
-        c = torch.div(ar, math.prod(mask.shape[d + 1:]), rounding_mode='floor')
-        cols.append(c % mask.shape[d] if d else c)  # the first needs no wrap
-    coords = torch.stack(cols, 1) if cols else \
-        flat.new_zeros(m, 0, dtype=torch.int64)
-    # False entries write into a spare last row (dropped)
-    target = torch.where(flat, pos, torch.full_like(pos, m))
-    idx = coords.new_zeros(m + 1, coords.shape[1]).index_copy_(
-        0, target, coords)[:m]
+    # nonzero_static: the coordinates in one operator with a size fixed in
+    # advance, so no host wait for the count (unlike nonzero; its CUDA
+    # version is a few kernels over a device-side prefix sum); the padding
+    # rows are 0. Made contiguous once here: on CUDA its rows are strided,
+    # and the gather / scatter kernels take contiguous (P, D) rows.
+    idx = torch.nonzero_static(mask, size=m, fill_value=0).contiguous()
     return idx, pos.view(mask.shape), count
 
 
@@ -105,7 +98,10 @@ class HostRead:
     """
 
     def __init__(self, *tensors: torch.Tensor):
-        vals = torch.stack([t.reshape(()).to(torch.int64) for t in tensors])
+        # one operator fewer for a single value (the spatial and layer
+        # paths' count): each one is host time on a GPU
+        vals = tensors[0].reshape(1).to(torch.int64) if len(tensors) == 1 \
+            else torch.stack([t.reshape(()).to(torch.int64) for t in tensors])
         self._event = None
         if vals.is_cuda:
             host = torch.empty(vals.shape, dtype=torch.int64,

@@ -345,3 +345,32 @@ def test_detector_benchmark_pairs_share_weights_and_roi_work():
     assert torch.allclose(props[0].bboxes, props[1].bboxes, atol=1e-3)
     r = bd.time_training('spatial', 1, (320, 192), 0, 1, root=str(ROOT))
     assert r['laud_ms'] > 0 and r['static_ms'] > 0
+
+
+def test_count_dispatch_tool():
+    """tools/analysis_tools/count_dispatch.py: operators dispatched per
+    block by both dynamic paths and the static block. With every gate on
+    a CUDA-path block dispatches the static block's convolutions plus its
+    masker, index and host-read operators (so more, and a bounded number);
+    the static reference is the same for both paths; bad options name
+    themselves."""
+    from laud_mm.analysis.benchmark.dispatch import (count_dispatch,
+                                                     format_dispatch)
+    rows = count_dispatch(50, ['spatial'], [1.0], batch=1, size=32,
+                          repeats=1)
+    assert [r['path'] for r in rows] == ['cpu', 'cuda']
+    assert rows[0]['static_all_ops'] == rows[1]['static_all_ops'] > 0
+    for r in rows:
+        assert r['static_top_ops'] < r['top_ops'] < 4 * r['static_top_ops']
+    table = format_dispatch(rows)
+    assert 'CUDA (logic on CPU)' in table and table.count('\n') == 3
+    for kw, msg in [(dict(paths=['gpu']), 'paths'),
+                    (dict(batch=0), 'batch'), (dict(rates=[1.5]), 'rate')]:
+        with pytest.raises(ValueError, match=msg):
+            count_dispatch(50, ['spatial'], **kw)
+    out = subprocess.run(
+        [sys.executable, 'tools/analysis_tools/count_dispatch.py',
+         '--paradigms', 'layer', '--rates', '1.0', '--paths', 'cuda',
+         '--batch', '1', '--size', '32', '--repeats', '1'],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert '| layer | CUDA (logic on CPU) | 1.00 |' in out

@@ -161,6 +161,7 @@ def test_active_and_kept_index_equal_nonzero(shape):
         nz = mask.nonzero()
         p = nz.shape[0]
         assert int(count) == p and idx.shape == (mask.numel(), mask.dim())
+        assert idx.is_contiguous()  # the gather / scatter kernels' rows
         assert torch.equal(idx[:p], nz) and not idx[p:].any()
         assert torch.equal(pos[mask], torch.arange(p))
         assert (pos[~mask] == -1).all()

@@ -81,13 +81,21 @@ class MaskerBase(nn.Module):
                                noise_scale=self.noise_scale)
         shape = logits.shape[:-1]
         f = self.forced_gate
+        # the "+ 0 * logits" below only keeps the masker in the autograd
+        # graph: without one, the forced gate alone (one operator, not
+        # four: dynamic inference is host-bound on small inputs and GPUs)
+        graph = torch.is_grad_enabled() and logits.requires_grad
         if isinstance(f, torch.Tensor):
             if tuple(f.shape) != tuple(shape):
                 raise ValueError(f'forced_gate has shape {tuple(f.shape)}, '
                                  f'the gates have shape {tuple(shape)}')
+            if not graph:
+                return f.to(logits, copy=True)
             # + 0 * logits: keep the masker in the graph (DDP with
             # find_unused_parameters=False needs every parameter used)
             return f.to(logits) + 0 * logits[..., 0]
+        if not graph:
+            return logits.new_full(shape, float(f))
         # keep the graph connected so that DDP sees the masker as used
         return logits.new_full(shape, float(f)) + 0 * logits[..., 0]
 

@@ -166,7 +166,8 @@ def _channel(block, x_in, x, fb, gate, ac):
     width = fb.w1.shape[0]
     keep_ch = (gate > 0.5).repeat_interleave(block.granularity, dim=1)
     counts = keep_ch.sum(1)
-    pending = HostRead(counts.max(), counts.min())
+    k_lo, k_hi = torch.aminmax(counts)  # one operator for both
+    pending = HostRead(k_hi, k_lo)
     ident = _shortcut(fb, x, ac)
     k_max, k_min = pending.get()  # the block's host synchronisation
     if k_min == width:

@@ -42,7 +42,8 @@ def tokens(layer, x, geom):
                       gate > 0.5], 1)
     counts = keep.sum(1)
     idx_all, _, total = active_index(keep)
-    t, l_max, l_min = HostRead(total, counts.max(), counts.min()).get()
+    l_min, l_max = torch.aminmax(counts)
+    t, l_max, l_min = HostRead(total, l_max, l_min).get()
     if l_min == L:
         return static_t2t_layer_forward(layer, x), gate
     attn = layer.attn
@@ -83,7 +84,8 @@ def heads(layer, x, geom):
     gate = sample_gate(layer, x)
     keep = gate > 0.5
     counts = keep.sum(1)
-    k_max, k_min = HostRead(counts.max(), counts.min()).get()
+    k_min, k_max = torch.aminmax(counts)  # one operator for both
+    k_max, k_min = HostRead(k_max, k_min).get()
     if k_min == nh:
         return static_t2t_layer_forward(layer, x), gate
     h = layer.ln1(x)

@@ -164,6 +164,19 @@ def test_bn_folding_and_cache_invalidation():
     with torch.no_grad():
         block.conv1.weight.add_(0.1)
     check(block, x, _forced('random', block, x, 3))
+    # replaced parameters and submodules, dtype changes: refolded too
+    fb = folded(block)
+    block.norm1.weight = nn.Parameter(block.norm1.weight.detach() * 2)
+    assert folded(block) is not fb
+    check(block, x, _forced('random', block, x, 4))
+    fb = folded(block)
+    conv3 = nn.Conv2d(8, 32, 1, bias=False)
+    block.conv3 = conv3
+    assert folded(block) is not fb and \
+        torch.equal(folded(block).w3, fold_conv_bn(conv3, block.norm3)[0])
+    check(block, x, _forced('random', block, x, 5))
+    block.double()
+    assert folded(block).w1.dtype == torch.float64
 
 
 def test_static_forward_equals_all_on_block():
