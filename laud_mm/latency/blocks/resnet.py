@@ -46,14 +46,24 @@ from .common import (active_patches, channel_masker_op, downsample_ops,
                      spatial_masker_ops, spatial_scatter_op)
 
 #: bookkeeping calls of a spatial block's forced gate
-#: (``laud_mm.models.layers.dynamic.forced_gate``: zeros, cast, select,
-#: mul, add) after its logit; the validation imposes the gates through
+#: (``laud_mm.models.layers.dynamic.forced_gate`` without autograd: zeros,
+#: copy) after its logit; the validation imposes the gates through
 #: ``masker.forced_gate``
-EAGER_FORCED_GATE_LAUNCHES = 5
+EAGER_FORCED_GATE_LAUNCHES = 2
 #: host calls of a channel / layer masker's decision on its logits
 #: (``laud_mm.models.layers.gates.gumbel_gate`` in eval: select, select,
-#: compare, cast; a forced gate: cast, select, mul, add)
+#: compare, cast)
 EAGER_GATE_DECISION_LAUNCHES = 4
+#: ... and of a forced gate without autograd, which replaces it (one copy:
+#: ``MaskerBase._gate``), as the validation imposes them
+EAGER_FORCED_DECISION_LAUNCHES = 1
+
+
+def _decision_launches(pred) -> int:
+    """Host calls of a channel / layer block's gate decision: a forced
+    gate's (the validation) or the masker's own."""
+    return EAGER_FORCED_DECISION_LAUNCHES if pred.forced_gates \
+        else EAGER_GATE_DECISION_LAUNCHES
 
 def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
                         forced_gates: bool = True) -> int:
@@ -255,7 +265,7 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     # pool + MLP (one op above), relu, view; the decision (a forced gate
     # replaces it, the masker still runs)
     ops = [masker, launch_latency(hw, 'masker_steps', 2),
-           launch_latency(hw, 'gate', EAGER_GATE_DECISION_LAUNCHES)]
+           launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'gate_checks', 3))  # gt, all, item
     if d >= 1.:  # every group on: the static block, pooled epilogue
@@ -281,8 +291,9 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
                         g.out_hw),
                 elementwise_latency(hw, 'add', out_e, 2, 1),
                 elementwise_latency(hw, 'relu3', out_e, 1, 1)]
-    # kept channel indices (sum, max, sort, where, ...)
-    ops.append(launch_latency(hw, 'kept_channels', 13))
+    # kept channel indices (sum, max, item, cast, sort, 2 slices, eq,
+    # masked_fill: _kept_channels / ops.indexing.kept_index)
+    ops.append(launch_latency(hw, 'kept_channels', 9))
     k = channel_kept_padded(g, batch, d, pred.forced_gates)
     # conv3 is accumulated into the shortcut: the input itself when the
     # backbone owns it, else a copy of it (or the downsample's output),
@@ -636,7 +647,7 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
         pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
                      g.in_hw[0] * g.in_hw[1])]
     ops += [linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
-            launch_latency(hw, 'gate', EAGER_GATE_DECISION_LAUNCHES)]
+            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
     inplace = pred.owned_block_inputs and not g.has_downsample

@@ -52,6 +52,7 @@ from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
+from ...ops.indexing import kept_index
 from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
@@ -514,18 +515,14 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
 
 
 # ---------------------------------------------------------------- channel
-def _kept_channels(keep_ch: torch.Tensor, width: int) -> torch.Tensor:
+def _kept_channels(keep_ch: torch.Tensor, width: int,
+                   counts: torch.Tensor) -> torch.Tensor:
     """(N, k_pad) indices of each sample's kept channels, ascending, padded
-    with ``width`` (the index of an all-zero padding channel)."""
-    n = keep_ch.shape[0]
-    counts = keep_ch.sum(1)
+    with ``width`` (the index of an all-zero padding channel); ``counts``
+    (N,) the kept channels per sample (``keep_ch.sum(1)``)."""
     k = int(counts.max())
     k_pad = min(width, -(-k // policy.CHANNEL_PAD) * policy.CHANNEL_PAD)
-    order = torch.sort((~keep_ch).to(torch.uint8), dim=1, stable=True)[1]
-    chs = order[:, :k_pad]
-    pos = torch.arange(k_pad, device=keep_ch.device).expand(n, -1)
-    return torch.where(pos < counts[:, None], chs,
-                       torch.full_like(chs, width))
+    return kept_index(keep_ch, k_pad, width)
 
 
 def _residual_target(block, x: torch.Tensor,
@@ -561,7 +558,8 @@ def _channel_forward(block, x, geom):
         h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
                       fb.dilation).relu_().mul_(m)
         return residual_add_relu_(F.conv2d(h2, fb.w3, fb.b3), ident), gate
-    chs = _kept_channels(keep_ch, width)  # (N, k)
+    counts = keep_ch.sum(1)
+    chs = _kept_channels(keep_ch, width, counts)  # (N, k)
     if policy.CHANNEL_FUSED_CPU and policy.fused_cpu_threads() and \
             not is_autocast(x) and fast_channel_branch(x) and \
             x.dtype == ident.dtype == fb.w1.dtype and c_out % 16 == 0 and \
@@ -572,7 +570,7 @@ def _channel_forward(block, x, geom):
         # for the next block's masker)
         out = _residual_target(block, x, ident)
         sums = out.new_empty(n, c_out)
-        _channel_branch(out, x, chs, keep_ch.sum(1), fb.channel_packed(),
+        _channel_branch(out, x, chs, counts, fb.channel_packed(),
                         fb.stride, fb.padding, fb.dilation, sums=sums)
         record_channel_mean(out, sums.div_(ho * wo))
         return out, gate
