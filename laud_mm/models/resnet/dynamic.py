@@ -67,7 +67,7 @@ from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               run_dynamic_path, sample_gate)
 from ..layers.channel_mean import (record_channel_mean,
                                    recorded_channel_mean)
-from ..layers.folding import cached_fold, fold_conv_bn
+from ..layers.folding import cached_fold, fold_conv_bn, peek_fold
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate
 from ..layers.spatial_logit_record import (clear_spatial_logit,
@@ -193,9 +193,13 @@ class FoldedBottleneck:
         return F.conv2d(h, self.w3, self.b3)
 
 
+#: the attribute the folded weights are cached in on a block
+FOLD_ATTR = '_laud_folded'
+
+
 def folded(block: nn.Module) -> FoldedBottleneck:
     """BN-folded weights of a bottleneck, cached (:func:`cached_fold`)."""
-    return cached_fold(block, FoldedBottleneck, '_laud_folded')
+    return cached_fold(block, FoldedBottleneck, FOLD_ATTR)
 
 
 def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -379,10 +383,16 @@ def _dense_epilogue(block, y: torch.Tensor,
             not fast_add_relu_logit_pool(y) or \
             identity.dtype != y.dtype or not identity.is_contiguous() or \
             (torch.is_grad_enabled() and (y.requires_grad or
-                                          identity.requires_grad)) or \
-            unfoldable_reason(nxt) is not None:
+                                          identity.requires_grad)):
         return residual_add_relu_(y, identity)
-    fn = folded(nxt)
+    # the successor's fold as cached, not revalidated (host time): a stale
+    # one only costs a hand-off the successor ignores, since the record is
+    # keyed by its fold's own logit weights; its first forward folds it
+    fn = peek_fold(nxt, FOLD_ATTR)
+    if getattr(fn, 'logit_w', None) is None:  # none yet (or not spatial)
+        if unfoldable_reason(nxt) is not None:
+            return residual_add_relu_(y, identity)
+        fn = folded(nxt)
     if fn.logit_w.shape != (y.shape[1],) or fn.logit_w.device != y.device \
             or fn.logit_w.dtype != y.dtype:
         return residual_add_relu_(y, identity)

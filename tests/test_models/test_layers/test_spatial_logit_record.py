@@ -151,3 +151,43 @@ def test_record_is_used_once_and_not_under_inference_mode():
     for t in outs[0]:
         assert getattr(t, sr._ATTR, None) is None or \
             sr.recorded_spatial_logit(t, torch.zeros(1), 0., (1, 1)) is None
+
+
+def test_stale_successor_fold_costs_a_handoff_not_a_wrong_result(
+        monkeypatch):
+    """A dense block computes its successor's logits with the successor's
+    fold as cached, without revalidating it (host time). After the
+    successor's masker changes in place, that fold is stale: the record it
+    produces is keyed by the stale logit weights, so the successor (which
+    refolds) ignores it, computes its own logits, and the output is the
+    masked-dense model's; the forward after uses the hand-off again."""
+    if ops.extension() is None:
+        pytest.skip('the hand-off needs the compiled epilogue')
+    net = _net('on')
+    x = load_coco_images(n=1, size=(64, 96))
+    used = []
+    real_gate = D._spatial_gate
+
+    def spy_gate(fb, masker, t, shape):
+        if masker is net.blocks[2].masker:
+            used.append(sr.recorded_spatial_logit(
+                t, fb.logit_w, fb.logit_b, shape[1:]) is not None)
+        return real_gate(fb, masker, t, shape)
+    monkeypatch.setattr(D, '_spatial_gate', spy_gate)
+    with torch.no_grad():
+        net.dynamic_inference = True
+        net(x)  # every fold cached
+        stale = D.peek_fold(net.blocks[2], D.FOLD_ATTR)
+        net.blocks[2].masker.conv.weight.mul_(1.5)  # in place: refold due
+        used.clear()
+        out = net(x)
+        assert used == [False]  # the stale record was not taken
+        assert D.folded(net.blocks[2]) is not stale
+        net.dynamic_inference = False
+        ref = net(x)
+        net.dynamic_inference = True
+        used.clear()
+        net(x)
+        assert used == [True]
+    for a, r in zip(out, ref):
+        assert (a - r).abs().max() <= 1e-4 * max(1., r.abs().max())
