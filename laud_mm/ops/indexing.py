@@ -93,13 +93,21 @@ class HostRead:
     Args:
         *tensors: 0-dim (or one-element) integer / bool tensors on one
             device.
+
+    Raises:
+        ValueError: no tensor given.
     """
 
     def __init__(self, *tensors: torch.Tensor):
+        if not tensors:
+            raise ValueError('HostRead needs at least one tensor to read')
         # one operator fewer for a single value (the spatial and layer
-        # paths' count): each one is host time on a GPU
-        vals = tensors[0].reshape(1).to(torch.int64) if len(tensors) == 1 \
-            else torch.stack([t.reshape(()).to(torch.int64) for t in tensors])
+        # paths' count; a copy, as stack makes: read at once on CPU, the
+        # value must not follow later writes to the tensor): each operator
+        # is host time on a GPU
+        vals = tensors[0].reshape(1).to(torch.int64, copy=True) \
+            if len(tensors) == 1 else \
+            torch.stack([t.reshape(()).to(torch.int64) for t in tensors])
         self._event = None
         if vals.is_cuda:
             host = torch.empty(vals.shape, dtype=torch.int64,

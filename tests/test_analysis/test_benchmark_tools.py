@@ -365,9 +365,11 @@ def test_count_dispatch_tool():
     table = format_dispatch(rows)
     assert 'CUDA (logic on CPU)' in table and table.count('\n') == 3
     for kw, msg in [(dict(paths=['gpu']), 'paths'),
-                    (dict(batch=0), 'batch'), (dict(rates=[1.5]), 'rate')]:
+                    (dict(paradigms=['token']), 'paradigms'),
+                    (dict(batch=0), 'batch'), (dict(batch=True), 'batch'),
+                    (dict(rates=[1.5]), 'rate')]:
         with pytest.raises(ValueError, match=msg):
-            count_dispatch(50, ['spatial'], **kw)
+            count_dispatch(50, **{'paradigms': ['spatial'], **kw})
     out = subprocess.run(
         [sys.executable, 'tools/analysis_tools/count_dispatch.py',
          '--paradigms', 'layer', '--rates', '1.0', '--paths', 'cuda',

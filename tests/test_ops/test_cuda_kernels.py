@@ -112,3 +112,33 @@ def test_kernels_run_on_the_current_stream_without_sync():
     with ops.use_backend('pytorch'):
         ref = ops.gather_patches(feat, gate.nonzero(), 4, 1, 1, 64, True)
     assert torch.equal(win[:n], ref)
+
+
+@pytest.mark.parametrize('shape', [(8, 14, 14), (32,), (4, 64), (3, 0)])
+def test_device_index_lists_equal_nonzero_and_are_contiguous(shape):
+    """On the GPU the index lists of the CUDA paths (torch.nonzero_static,
+    whose CUDA output is column-major, made contiguous once; a stable
+    descending sort for the kept lists) are nonzero's rows, zero-padded,
+    in the contiguous (P, D) layout the gather / scatter kernels read,
+    and building them does not synchronise the host."""
+    from laud_mm.ops.indexing import active_index, kept_index
+    g = torch.Generator(device='cuda').manual_seed(len(shape))
+    mask = torch.rand(shape, generator=g, device='cuda') < 0.4
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        idx, pos, count = active_index(mask)
+        kept = kept_index(mask, shape[-1], -1) if mask.dim() == 2 else None
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)
+    nz = mask.nonzero()
+    p = nz.shape[0]
+    assert idx.is_contiguous() and idx.shape == (mask.numel(), mask.dim())
+    assert int(count) == p and torch.equal(idx[:p], nz)
+    assert not idx[p:].any()
+    assert torch.equal(pos[mask], torch.arange(p, device='cuda'))
+    if kept is not None:
+        for row, k in zip(mask, kept):
+            cols = row.nonzero().flatten()
+            assert torch.equal(k[:len(cols)], cols)
+            assert (k[len(cols):] == -1).all()

@@ -161,7 +161,6 @@ def test_active_and_kept_index_equal_nonzero(shape):
         nz = mask.nonzero()
         p = nz.shape[0]
         assert int(count) == p and idx.shape == (mask.numel(), mask.dim())
-        assert idx.is_contiguous()  # the gather / scatter kernels' rows
         assert torch.equal(idx[:p], nz) and not idx[p:].any()
         assert torch.equal(pos[mask], torch.arange(p))
         assert (pos[~mask] == -1).all()
@@ -171,6 +170,21 @@ def test_active_and_kept_index_equal_nonzero(shape):
                 cols = row.nonzero().flatten()
                 assert torch.equal(k[:len(cols)], cols)
                 assert (k[len(cols):] == -1).all()
+
+
+def test_host_read_values_are_read_when_made():
+    """HostRead copies its values when made (on CPU: at once), one tensor
+    or several: later writes to the tensors do not change what get()
+    returns; no tensor is an error."""
+    from laud_mm.ops.indexing import HostRead
+    c = torch.tensor(5)
+    d = torch.tensor([7])
+    one, two = HostRead(c), HostRead(c, d)
+    c.add_(1)
+    d.add_(1)
+    assert one.get() == [5] and two.get() == [5, 7]
+    with pytest.raises(ValueError, match='at least one tensor'):
+        HostRead()
 
 
 def test_bad_arguments_raise_value_error_naming_them():

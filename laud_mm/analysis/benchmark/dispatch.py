@@ -1,9 +1,9 @@
 """Host cost of the dynamic paths: operators dispatched per block.
 
 On a GPU the dynamic paths are host-bound (docs/benchmarks.md, "CUDA": 20 -
-31 ms of host time per R50 forward at batch 128 on an H200, against 34 ms of
-GPU work), and on a CPU a small input (batch 1 at 224 px) pays the same
-per-operator cost. Every operator the Python side dispatches costs host
+31 ms of host time per R50 forward at batch 128 on an H200, more than the
+16 ms of GPU work of layer skipping at r = 0.25), and on a CPU a small
+input (batch 1 at 224 px) pays the same per-operator cost. Every operator the Python side dispatches costs host
 time whatever its size, so the count of dispatched operators per block is
 the machine-independent measure of that cost, and it can be taken without a
 GPU: the CUDA paths' logic runs on CPU tensors with
@@ -15,9 +15,14 @@ launch).
 :func:`count_dispatch` runs a LAUD-ResNet's blocks one by one on the
 backbone's own intermediate inputs (random gates forced at the FLOPs-based
 rate r, as every benchmark) and counts, under ``torch.profiler``, the ATen
-operators each block dispatches: the top-level ones (one Python -> C++ call
-each) and all of them (including the operators they call in turn; on a GPU
-each is dispatcher work, and most launch a kernel). The static BN-folded
+operators each block dispatches: the top-level ones (those without an ATen
+caller: the Python side's, plus the few that laud_mm's compiled kernels
+call themselves, such as an output allocation, and ``tolist``'s
+conjugate / negation checks) and all of them (including the operators
+they call in turn; on a GPU each is dispatcher work, and most launch a
+kernel). The calls into laud_mm's kernels are not ATen operators and are
+not counted; with the CUDA logic on CPU tensors the CPU stand-ins'
+internal calls are, so those rows are approximate. The static BN-folded
 block is the reference. The wall time per block (median of ``repeats``
 calls, one thread) is printed beside the counts; on the tiny input used
 by default it is mostly host time.
@@ -32,7 +37,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..forced_gates import force_random_gates
-from .common import Column, header, table_row
+from .common import PARADIGMS, Column, header, table_row
 from .resnet import build, folded_stem
 
 #: the dynamic paths counted: the CPU path, and the CUDA path's logic on CPU
@@ -95,16 +100,20 @@ def count_dispatch(depth: int = 50,
         (median wall microseconds per block, 1 thread).
 
     Raises:
-        ValueError: an unknown path, a rate outside [0, 1], batch, size or
-            repeats below 1.
+        ValueError: an unknown path or paradigm, a rate outside [0, 1],
+            batch, size or repeats not an int >= 1 (naming the option).
     """
     from ...models.resnet.dynamic import static_bottleneck_forward
     from ...ops import policy
     bad = sorted(set(paths) - set(PATHS))
     if bad:
         raise ValueError(f'paths={bad} must be among {list(PATHS)}')
+    bad = sorted(set(paradigms) - set(PARADIGMS))
+    if bad:
+        raise ValueError(f'paradigms={bad} must be among '
+                         f'{sorted(PARADIGMS)}')
     for name, v in dict(batch=batch, size=size, repeats=repeats).items():
-        if not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f'{name}={v!r} must be an int >= 1')
     for r in rates:
         if not 0.0 <= r <= 1.0:

@@ -65,6 +65,7 @@ def _decision_launches(pred) -> int:
     return EAGER_FORCED_DECISION_LAUNCHES if pred.forced_gates \
         else EAGER_GATE_DECISION_LAUNCHES
 
+
 def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
                         forced_gates: bool = True) -> int:
     """Kept channels k per sample of the eager channel path

@@ -82,8 +82,10 @@ class MaskerBase(nn.Module):
         shape = logits.shape[:-1]
         f = self.forced_gate
         # the "+ 0 * logits" below only keeps the masker in the autograd
-        # graph: without one, the forced gate alone (one operator, not
-        # four: dynamic inference is host-bound on small inputs and GPUs)
+        # graph (zero even for inf / NaN logits: the gate is the forced one
+        # either way): without a graph, the forced gate alone (one
+        # operator, not four: dynamic inference is host-bound on small
+        # inputs and GPUs)
         graph = torch.is_grad_enabled() and logits.requires_grad
         if isinstance(f, torch.Tensor):
             if tuple(f.shape) != tuple(shape):
@@ -93,11 +95,19 @@ class MaskerBase(nn.Module):
                 return f.to(logits, copy=True)
             # + 0 * logits: keep the masker in the graph (DDP with
             # find_unused_parameters=False needs every parameter used)
-            return f.to(logits) + 0 * logits[..., 0]
+            return f.to(logits) + _zero_like_gate(logits)
         if not graph:
             return logits.new_full(shape, float(f))
         # keep the graph connected so that DDP sees the masker as used
-        return logits.new_full(shape, float(f)) + 0 * logits[..., 0]
+        return logits.new_full(shape, float(f)) + _zero_like_gate(logits)
+
+
+def _zero_like_gate(logits: torch.Tensor) -> torch.Tensor:
+    """Zeros of the gate shape (logits (..., 2) -> (...)) connected to the
+    logits in the autograd graph (zero gradient), also where a logit is inf
+    or NaN (``0 * inf`` is NaN)."""
+    return torch.nan_to_num(0 * logits[..., 0], nan=0., posinf=0.,
+                            neginf=0.)
 
 
 class SpatialMasker(MaskerBase):

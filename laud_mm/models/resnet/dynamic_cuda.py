@@ -49,9 +49,11 @@ Per paradigm:
 
 Run on an H200 once (docs/benchmarks.md, "CUDA"): equal to masked-dense,
 each operator dispatched once per batch, but host-bound (35 - 57
-Python-dispatched operators per block then, 23 - 56 since the index lists
-use ``torch.nonzero_static``: ``tools/analysis_tools/count_dispatch.py``
-counts them without a GPU) and slower than the static network
+Python-dispatched operators per block then, R50 at batch 128; since, the
+index lists use ``torch.nonzero_static`` and the kept-channel lists a
+sort: 23 - 52 top-level operators per block instead of 29 - 60,
+``tools/analysis_tools/count_dispatch.py`` on 2 x 3 x 64 x 64) and
+slower than the static network
 except for layer and spatial skipping at low rates; the thresholds are not
 tuned yet. The channel path's conv2 was a grouped conv with a group per
 sample then, which cuDNN ran as about one kernel per group (2780 kernels

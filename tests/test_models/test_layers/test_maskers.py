@@ -41,3 +41,29 @@ def test_scale_grad_value_and_gradient():
     (y * torch.tensor([1., 3.])).sum().backward()
     assert torch.equal(p.grad, torch.tensor([4., 12.]))
     assert scale_grad(p, 1) is p
+
+
+def test_forced_gate_is_the_gate_with_or_without_a_graph():
+    """A forced gate is exactly the imposed gate: without autograd it is
+    the gate alone (a copy, not the caller's tensor), with a graph it stays
+    connected to the masker (zero gradient, for DDP) and stays exact even
+    where a logit overflows to inf or is NaN."""
+    m = ChannelMasker(16, 4).eval()
+    f = torch.tensor([[1., 0., 1., 1.], [0., 0., 1., 0.]])
+    m.forced_gate = f
+    logits = torch.randn(2, 4, 2)
+    logits[0, 1, 0] = float('inf')
+    logits[1, 2, 1] = float('nan')
+    with torch.no_grad():
+        g = m._gate(logits)
+    assert torch.equal(g, f) and g is not f
+    lg = logits.clone().requires_grad_()
+    g = m._gate(lg)
+    assert torch.equal(g, f) and g.requires_grad
+    g.sum().backward()
+    assert torch.equal(lg.grad, torch.zeros_like(lg))
+    m.forced_gate = 1
+    g = m._gate(lg)
+    assert torch.equal(g, torch.ones(2, 4)) and g.requires_grad
+    with torch.no_grad():
+        assert torch.equal(m._gate(logits), torch.ones(2, 4))
