@@ -17,6 +17,7 @@ compat.register_safe_globals()
 from . import registry  # noqa: E402,F401
 from . import engine, evaluation, models  # noqa: E402,F401
 from .engine import (BackboneSpeedHook, CPUAmpOptimWrapper,  # noqa: E402
+                     FoldCacheResetHook,
                      GumbelNoiseHook, GumbelTemperatureHook,
                      MainProcessLoggerHook,
                      RNGStateHook, WeightsOnlyCheckpointHook)
@@ -29,7 +30,8 @@ from .models import (DistillationLoss, LAUDBottleneck,  # noqa: E402
 __all__ = ['LAUDResNet', 'LAUDResNetV1c', 'LAUDRegNetY', 'LAUDT2TViT',
            'LAUDBottleneck', 'LAUDDetector', 'LAUDSegmentor',
            'LAUDImageClassifier', 'SparsityLoss',
-           'DistillationLoss', 'BackboneSpeedHook', 'GumbelNoiseHook',
+           'DistillationLoss', 'BackboneSpeedHook', 'FoldCacheResetHook',
+           'GumbelNoiseHook',
            'GumbelTemperatureHook', 'RNGStateHook',
            'MainProcessLoggerHook', 'WeightsOnlyCheckpointHook',
            'BackboneLatencyMetric', 'CPUAmpOptimWrapper']

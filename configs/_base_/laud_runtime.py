@@ -26,7 +26,10 @@ laud_default_hooks = dict(
     # so a resumed run draws the Gumbel noise of an uninterrupted one
     rng_state=dict(type='laud_mm.RNGStateHook'),
     # checkpoints that load with torch.load(weights_only=True)
-    weights_only_checkpoint=dict(type='laud_mm.WeightsOnlyCheckpointHook'))
+    weights_only_checkpoint=dict(type='laud_mm.WeightsOnlyCheckpointHook'),
+    # dynamic inference's BN folds refolded before every val / test epoch
+    # (EMAHook swaps weights through .data, which the fold cache cannot see)
+    fold_cache=dict(type='laud_mm.FoldCacheResetHook'))
 
 # backbone activation rate, GFLOPs and predicted latency on a V100
 # (docs/method.md sec. 4), evaluated beside the task metric: per image at

@@ -48,6 +48,10 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
     return wf.contiguous(), shift.to(w.dtype)
 
 
+#: the attributes :func:`cached_fold` has cached folds in (per family)
+FOLD_ATTRS = set()
+
+
 def _cache_key(block: nn.Module) -> tuple:
     """(identity, ``_version``, dtype, device) of every parameter and buffer
     of ``block`` and its submodules, read from the modules' own tables:
@@ -77,6 +81,7 @@ def cached_fold(block: nn.Module, cls, attr: str):
     Returns:
         The (possibly cached) ``cls`` instance.
     """
+    FOLD_ATTRS.add(attr)
     key = _cache_key(block)
     cache = getattr(block, attr, None)
     if cache is None or cache[0] != key:
@@ -106,3 +111,26 @@ def peek_fold(block: nn.Module, attr: str):
     """
     cache = getattr(block, attr, None)
     return None if cache is None else cache[1]
+
+
+def clear_folds(model: nn.Module) -> int:
+    """Drop every fold :func:`cached_fold` cached in ``model``'s modules, so
+    that the next dynamic forward folds the current weights. The cache key
+    follows every write through torch (``_version``), but not a write
+    through ``.data`` (``p.data.copy_(...)``), which bumps no version
+    counter: mmengine's ``EMAHook`` swaps the averaged weights in that way
+    before each validation (:class:`laud_mm.FoldCacheResetHook` calls this
+    after the swap).
+
+    Args:
+        model: any nn.Module.
+
+    Returns:
+        the number of folds dropped.
+    """
+    n = 0
+    for m in model.modules():
+        for attr in FOLD_ATTRS:
+            if m.__dict__.pop(attr, None) is not None:
+                n += 1
+    return n
