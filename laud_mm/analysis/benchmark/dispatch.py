@@ -3,10 +3,10 @@
 On a GPU the dynamic paths are host-bound (docs/benchmarks.md, "CUDA": 20 -
 31 ms of host time per R50 forward at batch 128 on an H200, more than the
 16 ms of GPU work of layer skipping at r = 0.25), and on a CPU a small
-input (batch 1 at 224 px) pays the same per-operator cost. Every operator the Python side dispatches costs host
-time whatever its size, so the count of dispatched operators per block is
-the machine-independent measure of that cost, and it can be taken without a
-GPU: the CUDA paths' logic runs on CPU tensors with
+input (batch 1 at 224 px) pays the same per-operator cost. Every operator
+the Python side dispatches costs host time whatever its size, so the count
+of dispatched operators per block is the machine-independent measure of
+that cost, and it can be taken without a GPU: the CUDA paths' logic runs on CPU tensors with
 ``laud_mm.ops.policy.DEVICE_PATH_ON_CPU`` (the CPU kernels and PyTorch
 references stand in for the CUDA kernels; a compiled laud_mm kernel is not
 an ATen operator and is not counted, exactly as its CUDA twin is one
@@ -31,12 +31,12 @@ Source: engineering of the paper's sec. 3.4 operators (the fused CUDA
 operators it assumes dispatch one kernel per operator and block).
 """
 import statistics
-import time
 from typing import Dict, List, Sequence
 
 import torch
 
 from ..forced_gates import force_random_gates
+from ..timing import wall_ms
 from .common import PARADIGMS, Column, header, table_row
 from .resnet import build, folded_stem
 
@@ -66,15 +66,6 @@ def _ops(fn) -> tuple:
         fn()
     events = [e for e in prof.events() if e.name.startswith('aten::')]
     return sum(e.cpu_parent is None for e in events), len(events)
-
-
-def _median_us(fn, repeats: int) -> float:
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e6
 
 
 def count_dispatch(depth: int = 50,
@@ -150,8 +141,10 @@ def count_dispatch(depth: int = 50,
                             acc['all_ops'] += every
                             acc['static_top_ops'] += s_top
                             acc['static_all_ops'] += s_every
-                            acc['us'] += _median_us(dyn, repeats)
-                            acc['static_us'] += _median_us(static, repeats)
+                            acc['us'] += 1e3 * statistics.median(
+                                wall_ms(dyn) for _ in range(repeats))
+                            acc['static_us'] += 1e3 * statistics.median(
+                                wall_ms(static) for _ in range(repeats))
                             t = static_bottleneck_forward(blk, t)
                     nb = len(net.blocks)
                     rows.append(dict(depth=depth, paradigm=paradigm,

@@ -8,6 +8,7 @@ from .rng_state import RNGStateHook
 from .weights_only_checkpoint import (WeightsOnlyCheckpointHook,
                                       WeightsOnlyHistoryBuffer)
 
-__all__ = ['BackboneSpeedHook', 'FoldCacheResetHook', 'GumbelNoiseHook', 'GumbelTemperatureHook',
+__all__ = ['BackboneSpeedHook', 'FoldCacheResetHook', 'GumbelNoiseHook',
+           'GumbelTemperatureHook',
            'RNGStateHook', 'MainProcessLoggerHook',
            'WeightsOnlyCheckpointHook', 'WeightsOnlyHistoryBuffer']

@@ -57,8 +57,8 @@ def _cache_key(block: nn.Module) -> tuple:
     of ``block`` and its submodules, read from the modules' own tables:
     ``block.parameters()`` deduplicates through a set of tensors, whose
     Python-level ``Tensor.__hash__`` made this key about 30 us a block, paid
-    on every dynamic forward (about half of that this way; a tensor shared by two
-    submodules simply appears twice)."""
+    on every dynamic forward (about half of that this way; a tensor shared
+    by two submodules simply appears twice)."""
     key = []
     for m in block.modules():
         for table in (m._parameters, m._buffers):
