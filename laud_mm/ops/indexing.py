@@ -102,25 +102,23 @@ class HostRead:
         if not tensors:
             raise ValueError('HostRead needs at least one tensor to read')
         # one operator fewer for a single value (the spatial and layer
-        # paths' count; a copy, as stack makes: read at once on CPU, the
-        # value must not follow later writes to the tensor): each operator
-        # is host time on a GPU
-        vals = tensors[0].reshape(1).to(torch.int64, copy=True) \
-            if len(tensors) == 1 else \
-            torch.stack([t.reshape(()).to(torch.int64) for t in tensors])
+        # paths' count): each operator is host time on a GPU
+        vals = tensors[0].reshape(1).to(torch.int64) if len(tensors) == 1 \
+            else torch.stack([t.reshape(()).to(torch.int64) for t in tensors])
         self._event = None
-        if vals.is_cuda:
+        if vals.is_cuda:  # the copy to pinned memory is the snapshot
             host = torch.empty(vals.shape, dtype=torch.int64,
                                pin_memory=True)
             host.copy_(vals, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
             self._vals = host
-        else:
-            self._vals = vals
+        else:  # read now: vals may be a view of a tensor written later
+            self._vals = vals.tolist()
 
     def get(self) -> List[int]:
         """The values (waits for the copy on CUDA)."""
-        if self._event is not None:
-            self._event.synchronize()
+        if self._event is None:
+            return list(self._vals)
+        self._event.synchronize()
         return self._vals.tolist()
