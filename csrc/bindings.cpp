@@ -24,6 +24,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  int64_t dilation, bool force_generic,
                                  const at::Tensor& sums);
 std::string channel_branch_isa();
+std::vector<int64_t> channel_blocked_max_pixels();
 void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& identity,
                                  const at::Tensor& idx, const at::Tensor& w1p,
@@ -320,6 +321,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("chs"), py::arg("counts"), py::arg("c_in"), py::arg("h"),
         py::arg("w"), py::arg("width"), py::arg("c_out"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("threads"));
+  m.def("channel_blocked_max_pixels", &laud_mm::channel_blocked_max_pixels,
+        "[conv1's input pixels, conv2's output pixels] up to which "
+        "channel_branch_add_relu runs those phases row-blocked (their "
+        "weight panels never written for the whole batch)");
   m.def("channel_branch_isa", &laud_mm::channel_branch_isa,
         "instruction set of channel_branch_add_relu's tile kernel on this "
         "CPU: 'avx512f' or 'generic'");

@@ -27,9 +27,13 @@
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
 // shared by all samples (gather_all; a pass per sample would read the
-// weights once per sample); on maps of at most kOnDemandMaxPixels input
-// pixels (7 x 7) each panel block is instead gathered by the thread that
-// uses it, just before its tiles (gather_block). With AVX-512 a row's kept
+// weights once per sample). On small maps (conv1 on input maps of at most
+// kBlockedMaxPixels1 pixels, conv2 and conv3 on output maps of at most
+// kBlockedMaxPixels2) a phase instead runs row-blocked: the weight rows in
+// blocks of about 256 KB, each block's panel gathered by every sample of
+// the thread just before its tiles, while the block sits in L2, the sums
+// split over the blocks in their unsplit order (conv1_blocked,
+// conv23_blocked). With AVX-512 a row's kept
 // columns are copied as chunks of 16 source columns, compressed in a
 // register (ColChunks), where that takes fewer instructions than moving
 // them one by one (or pair by pair). conv3 runs per 64-channel
@@ -42,14 +46,15 @@
 // barriers:
 //   0. the panel gathers, over blocks of 16 weight rows (conv1) and (tap,
 //      16-channel block) pairs (conv2), every sample's panels per item
-//      (none on maps gathered block by block in phases 1 and 2);
+//      (only for the phases that are not row-blocked);
 //   1. conv1 over the batch's input pixels (sample-major), cut into one
 //      contiguous range per thread of near-equal cost (a sample's pixel
 //      costs C_in x its padded kept count); with it the conv1 buffers'
 //      zero border;
 //   2. conv2, conv3 and the add over the output pixels, cost per pixel
 //      9 k kp + k C_out + the epilogue's kEpilogueMacs C_out, in
-//      sub-ranges whose conv2 output stays in L2.
+//      sub-ranges whose conv2 output stays in L2 (row-blocked: all of the
+//      thread's pixels at once, at most 49 a sample).
 // A range may span samples and a sample may span ranges, so one sample
 // (batch 1) splits over all threads. Every pixel's sums run in the same
 // order whatever the partition: the result is the same bit for bit at any
@@ -94,20 +99,20 @@ constexpr double kEpilogueMacs = 16.;
 // partial)
 constexpr int64_t kAlign1 = 1;
 constexpr int64_t kAlign2 = 1;
-// Input maps of at most this many pixels gather each sample's weight panels
-// one 64-channel block at a time, right before the tiles use it, into a
-// thread-local buffer that stays in L2 (gather_block), instead of every
-// sample's panels up front (gather_all). On small maps a panel block
-// serves few tiles (7 on a 7 x 7 map) and the whole batch's panels
-// (N (C_in + 9 k) kp floats: 36 MB at R50 stage 4, batch 8, r = 0.5)
-// would go out to DRAM and back; the source weights (17 MB there) are
-// read once per sample instead, from L3. Larger maps reuse a panel over
-// enough tiles that the up-front gather costs nothing extra (the
-// measurements: docs/benchmarks.md, eighth round).
-constexpr int64_t kOnDemandMaxPixels = 49;
-// maps gathered block by block read x in NCHW (conv1_piece)
-static_assert(kOnDemandMaxPixels < kPixelMajorMinPixels,
-              "on-demand panels are gathered once per piece, not per chunk");
+// Phases that run row-blocked (conv1_blocked, conv23_blocked) instead of
+// on panels gathered up front for the whole batch (gather_all): conv1 on
+// input maps of at most kBlockedMaxPixels1 pixels, conv2 and conv3 on
+// output maps of at most kBlockedMaxPixels2. On such maps a panel block
+// serves few tiles (7 on a 7 x 7 map, 28 on 14 x 14), and the batch's
+// panels (N C_in kp floats for conv1, N 9 k kp for conv2: 40 MB at R50
+// stage 4, batch 8, r = 0.5) would go out to DRAM and back. R50 batch 8,
+// r = 0.5, 2 threads, block by block against the static block
+// (docs/benchmarks.md, thirteenth round): 14 x 14 blocks 1.63x against
+// 1.56x with conv1 row-blocked, 28 x 28 blocks within 1 %; the stride-2
+// block 3.0 (14 x 14 in, 7 x 7 out) 1.57x against 1.53x with conv2 and
+// conv3 row-blocked, 14 x 14 outputs 1 % slower row-blocked.
+constexpr int64_t kBlockedMaxPixels1 = 196;
+constexpr int64_t kBlockedMaxPixels2 = 49;
 
 #ifdef LAUD_X86
 // conv3's epilogue, vectorised: o[l][p] = relu(o[l][p] + tmp[p][l] +
@@ -329,7 +334,9 @@ void gather_block(const float* src, int64_t K, RowFn row, const int32_t* cols,
 struct ChannelPlan {
   const int64_t* kept = nullptr;
   int64_t kk = 0, kpmax = 0, panel_total = 0, h1_total = 0, parts = 1;
-  bool on_demand = false;  // panels gathered per block (kOnDemandMaxPixels)
+  // phases run row-blocked (kBlockedMaxPixels1 / 2): conv1 (blocked1),
+  // conv2 and conv3 (blocked2); the others' panels come from gather_all
+  bool blocked1 = false, blocked2 = false;
   std::vector<int64_t> k, kp, w1off, w2off, h1off, b1, b2, count1, count2;
   std::vector<int32_t> cols;
   std::vector<uint8_t> pairs;
@@ -342,6 +349,21 @@ struct ChannelPlan {
     return chunks.data() + s * npmax;
   }
 };
+
+// The entries [lo, hi) of sample s's kept list that conv2 takes for the
+// source channels [c_lo, c_hi) of a tap: the channels in that range when
+// the list is ascending (as the callers pass it). Both ends are binary
+// searches over the whole list, and a binary search's result never
+// decreases as the value grows, whatever the order, so consecutive ranges
+// tile the list: every entry once, in list order, as in the unsplit sum
+// (a list out of order only gathers from rows outside the range).
+inline void kept_range(const ChannelPlan& pl, int64_t s, int64_t c_lo,
+                       int64_t c_hi, int64_t& lo, int64_t& hi) {
+  const int64_t k = pl.k[s];
+  const int64_t* kept = pl.kept + s * pl.kk;
+  lo = std::lower_bound(kept, kept + k, c_lo) - kept;
+  hi = std::lower_bound(kept, kept + k, c_hi) - kept;
+}
 
 void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
                   int64_t kk, int64_t parts, bool avx512, ChannelPlan& pl) {
@@ -367,6 +389,8 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
     pl.chunks.resize(std::max<int64_t>(1, n * pl.npmax));
   int64_t panels = 0, h1 = 0;
   const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
+  pl.blocked1 = p_in <= kBlockedMaxPixels1;
+  pl.blocked2 = p_out <= kBlockedMaxPixels2;
   for (int64_t s = 0; s < n; ++s) {
     const int64_t k = pl.k[s], kp = pl.kp[s];
     const int64_t* ks = kept + s * kk;
@@ -388,8 +412,9 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
                      pairs, ch);
     }
     pl.w1off[s] = panels;
-    pl.w2off[s] = panels + g.c_in * kp;
-    panels += (g.c_in + 9 * k) * kp;
+    if (!pl.blocked1) panels += g.c_in * kp;
+    pl.w2off[s] = panels;
+    if (!pl.blocked2) panels += 9 * k * kp;
     pl.h1off[s] = h1;
     h1 += g.hp() * g.wpx() * kp;
     pl.count1[s] = p_in;
@@ -398,8 +423,7 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
     pl.cost2[s] = static_cast<double>(9 * k * kp + k * g.c_out) +
                   kEpilogueMacs * static_cast<double>(g.c_out);
   }
-  pl.on_demand = p_in <= kOnDemandMaxPixels;
-  pl.panel_total = pl.on_demand ? 0 : panels;
+  pl.panel_total = panels;
   pl.h1_total = h1;
   pl.b1.resize(parts + 1);
   pl.b2.resize(parts + 1);
@@ -419,8 +443,8 @@ void gather_all(const Geometry& g, const ChannelPlan& pl, const float* w1t,
                 const float* w2t, float* panels) {
   const int64_t wp1 = g.width + 1;
   constexpr int64_t kBlock = 16;
-  const int64_t nb1 = (g.c_in + kBlock - 1) / kBlock;
-  const int64_t nbw = (g.width + kBlock - 1) / kBlock;
+  const int64_t nb1 = pl.blocked1 ? 0 : (g.c_in + kBlock - 1) / kBlock;
+  const int64_t nbw = pl.blocked2 ? 0 : (g.width + kBlock - 1) / kBlock;
   at::parallel_for(0, nb1 + 9 * nbw, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t it = i0; it < i1; ++it) {
       for (int64_t s = 0; s < g.n; ++s) {
@@ -438,9 +462,8 @@ void gather_all(const Geometry& g, const ChannelPlan& pl, const float* w1t,
           const int64_t t = (it - nb1) / nbw;
           const int64_t ch0 = (it - nb1 - t * nbw) * kBlock;
           const int64_t* kept = pl.kept + s * pl.kk;
-          const int64_t lo = std::lower_bound(kept, kept + k, ch0) - kept;
-          const int64_t hi =
-              std::lower_bound(kept, kept + k, ch0 + kBlock) - kept;
+          int64_t lo, hi;
+          kept_range(pl, s, ch0, ch0 + kBlock, lo, hi);
           if (hi > lo)
             gather_panels(
                 w2t, 9 * k, t * k + lo, t * k + hi,
@@ -475,15 +498,10 @@ void for_pieces(int64_t b, int64_t e, int64_t per, Fn fn) {
 // streams. Otherwise the tiles read x's NCHW rows in place.
 void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                  int64_t p0, int64_t p1, const float* x, const float* b1,
-                 const float* panels, const float* w1t, float* h1s,
-                 bool avx512) {
+                 const float* panels, float* h1s, bool avx512) {
   const int64_t kp = pl.kp[s];
   if (kp == 0 || p0 >= p1) return;
-  thread_local std::vector<float> block_buf, xt_buf;
-  float* block = pl.on_demand ? scratch(block_buf, static_cast<size_t>(
-                                             g.c_in * kPanel))
-                              : nullptr;
-  const int64_t wp1 = g.width + 1;
+  thread_local std::vector<float> xt_buf;
   const int64_t p_in = g.h * g.w, wpx = g.wpx();
   const bool pixel_major = pixel_major_input(avx512, p_in, g.c_in, p1 - p0);
   const int64_t chunk = pixel_major ? pixel_major_chunk(g.c_in) : p1 - p0;
@@ -509,16 +527,7 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
       const int nv =
           static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
       for (int l = 0; l < nv * kLanes; ++l) bias[l] = b1[cols[j0 + l]];
-      const float* pj = block;
-      if (pl.on_demand) {
-        const int64_t wdt = nv * kLanes;
-        gather_block(w1t, g.c_in, [wp1](int64_t q) { return q * wp1; },
-                     cols + j0,
-                     std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)), wdt,
-                     pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
-      } else {
-        pj = panels + pl.w1off[s] + g.c_in * j0;
-      }
+      const float* pj = panels + pl.w1off[s] + g.c_in * j0;
       for (int64_t q0 = c0; q0 < c1; q0 += kRows) {
         const int r = static_cast<int>(std::min<int64_t>(kRows, c1 - q0));
         for (int i = 0; i < r; ++i) {
@@ -533,15 +542,59 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
   }
 }
 
+// conv3 of m output pixels for output channels [j0, j0 + wdt): tmp[p][l]
+// = sum_c h2[p * kp + c] * W3t[kept[c]][j0 + l] (kept rows of w3t copied
+// into panel, k x wdt); zeros when k = 0. aoff[c] = c for c < k.
+void conv3_panel(const float* h2, int64_t kp, int64_t m, const int64_t* kept,
+                 int64_t k, const float* w3t, int64_t c_out, int64_t j0,
+                 int wdt, float* panel, const int64_t* aoff, float* tmp,
+                 bool avx512) {
+  if (k == 0) {
+    std::fill(tmp, tmp + m * kPanel, 0.f);
+    return;
+  }
+  for (int64_t c = 0; c < k; ++c)
+    std::memcpy(panel + c * wdt, w3t + kept[c] * c_out + j0,
+                sizeof(float) * wdt);
+  const float* a[kRows];
+  for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+    const int r = static_cast<int>(std::min<int64_t>(kRows, m - r0));
+    for (int i = 0; i < r; ++i) a[i] = h2 + (r0 + i) * kp;
+    pick<kTile>(r, wdt / kLanes, avx512)(a, aoff, panel, k, nullptr, nullptr,
+                                         tmp + r0 * kPanel);
+  }
+}
+
+// out's channel rows o0 + l * p_out (l < wdt), pixels [0, m): o = relu(o +
+// tmp[p][l] + bias[l]); with csum non-null, csum[l] += the new values' sum.
+void add_conv3(const float* tmp, int64_t m, int wdt, const float* bias,
+               float* o0, int64_t p_out, float* csum, bool avx512) {
+#ifdef LAUD_X86
+  if (avx512) {  // AVX-512F implies AVX2
+    add_relu_transposed_avx2(tmp, m, wdt, bias, o0, p_out, csum);
+    return;
+  }
+#endif
+  (void)avx512;
+  for (int l = 0; l < wdt; ++l) {
+    float* o = o0 + l * p_out;
+    float cs = 0.f;
+    for (int64_t p = 0; p < m; ++p) {
+      o[p] = relu_of(o[p] + tmp[p * kPanel + l] + bias[l]);
+      cs += o[p];
+    }
+    if (csum != nullptr) csum[l] += cs;
+  }
+}
+
 // Phase 2, output pixels [p0, p1) of sample s: conv2 (+ ReLU), conv3 per
 // 64-channel panel, added into out_s with bn3's shift and the ReLU; in
 // sub-ranges whose conv2 output (pixels x kp) stays within 256 KiB.
 void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                   int64_t p0, int64_t p1, const float* h1s, const float* b2,
                   const float* w3t, const float* b3, const float* panels,
-                  const float* w2t, float* outs, float* psum, bool avx512) {
+                  float* outs, float* psum, bool avx512) {
   if (p0 >= p1) return;
-  const int64_t wp1 = g.width + 1;
   const int64_t k = pl.k[s], kp = pl.kp[s];
   const int64_t p_out = g.ho * g.wo, wpx = g.wpx();
   const int64_t sub = std::max<int64_t>(
@@ -571,20 +624,7 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
         const int nv =
             static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
         const int wdt = nv * kLanes;
-        const float* pj;
-        if (pl.on_demand) {
-          thread_local std::vector<float> block_buf;
-          float* block = scratch(block_buf,
-                                 static_cast<size_t>(9 * k * kPanel));
-          gather_block(
-              w2t, 9 * k,
-              [&](int64_t q) { return (q / k * wp1 + kept[q % k]) * wp1; },
-              cols + j0, std::max<int64_t>(0, std::min<int64_t>(wdt, k - j0)),
-              wdt, pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
-          pj = block;
-        } else {
-          pj = panels + pl.w2off[s] + 9 * k * j0;
-        }
+        const float* pj = panels + pl.w2off[s] + 9 * k * j0;
         for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
         for (int64_t r0 = 0; r0 < m; r0 += kRows) {
           const int r = static_cast<int>(std::min<int64_t>(kRows, m - r0));
@@ -603,38 +643,187 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
     for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
       const int wdt =
           static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
-      const int nv = wdt / kLanes;
-      if (k > 0) {
-        for (int64_t c = 0; c < k; ++c)
-          std::memcpy(panel + c * wdt, w3t + kept[c] * g.c_out + j0,
-                      sizeof(float) * wdt);
-        for (int64_t r0 = 0; r0 < m; r0 += kRows) {
-          const int r = static_cast<int>(std::min<int64_t>(kRows, m - r0));
-          for (int i = 0; i < r; ++i) a[i] = h2 + (r0 + i) * kp;
-          pick<kTile>(r, nv, avx512)(a, aoff, panel, k, nullptr, y,
-                                     tmp + r0 * kPanel);
+      conv3_panel(h2, kp, m, kept, k, w3t, g.c_out, j0, wdt, panel, aoff,
+                  tmp, avx512);
+      add_conv3(tmp, m, wdt, b3 + j0, outs + j0 * p_out + q0, p_out,
+                psum != nullptr ? psum + j0 : nullptr, avx512);
+    }
+  }
+}
+
+// Row-blocked phases (kBlockedMaxPixels1 / 2). Sample by sample, every
+// sample would stream the whole of w1t and its rows of w2t (R50 stage 4:
+// 4 MB + about 6 MB a sample), its gathers stalling on those loads. Here
+// the weight rows are taken in blocks (kRowBlock1 rows of w1t;
+// kChannelBlock2 source channels of one tap of w2t: 256 KB at width 512)
+// and every sample of the thread's range gathers its panel blocks from a
+// block while it sits in L2, its tiles adding that block's terms to the
+// sums kept in the output buffer (tile modes kFirst / kMiddle / kLast).
+// conv3 runs per 64-channel panel over all the thread's samples, so a
+// strip of w3t (its 64 columns, 128 KB at width 512) is likewise read once
+// per thread. The terms of every sum run in the order of the unsplit
+// tiles: the results are the same bit for bit as with panels gathered up
+// front, at any thread count.
+constexpr int64_t kRowBlock1 = 128;
+constexpr int64_t kChannelBlock2 = 128;
+
+
+// A thread's piece of a phase: pixels [p0, p1) of sample s.
+struct Piece {
+  int64_t s, p0, p1;
+};
+
+inline void collect_pieces(int64_t b, int64_t e, int64_t per,
+                           std::vector<Piece>& out) {
+  out.clear();
+  for_pieces(b, e, per, [&](int64_t s, int64_t p0, int64_t p1) {
+    out.push_back(Piece{s, p0, p1});
+  });
+}
+
+inline Mode split_mode(bool first, bool last) {
+  return first ? (last ? kStoreRelu : kFirst) : (last ? kLast : kMiddle);
+}
+
+// Phase 1, row-blocked (blocked1): conv1 (+ ReLU) of the thread's pieces
+// of the input-pixel sequence [b, e), x read in NCHW.
+void conv1_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
+                   int64_t e, const float* x, const float* b1,
+                   const float* w1t, float* h1, bool avx512) {
+  thread_local std::vector<Piece> pieces;
+  const int64_t p_in = g.h * g.w, wp1 = g.width + 1, wpx = g.wpx();
+  collect_pieces(b, e, p_in, pieces);
+  thread_local std::vector<float> block_buf;
+  float* block = scratch(block_buf, kRowBlock1 * kPanel);
+  int64_t aoff[kRowBlock1];
+  float bias[kPanel];
+  const float* a[kRows];
+  float* y[kRows];
+  for (int64_t q0 = 0; q0 < g.c_in; q0 += kRowBlock1) {
+    const int64_t nq = std::min(kRowBlock1, g.c_in - q0);
+    const bool last = q0 + nq == g.c_in;
+    const Mode mode = split_mode(q0 == 0, last);
+    for (int64_t c = 0; c < nq; ++c) aoff[c] = (q0 + c) * p_in;
+    for (const Piece& pc : pieces) {
+      const int64_t s = pc.s, kp = pl.kp[s];
+      if (kp == 0) continue;
+      const int32_t* cols = pl.cols.data() + s * pl.kpmax;
+      const float* xs = x + s * g.c_in * p_in;
+      float* h1s = h1 + pl.h1off[s];
+      for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
+        const int nv =
+            static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
+        const int64_t wdt = nv * kLanes;
+        gather_block(w1t + q0 * wp1, nq, [wp1](int64_t q) { return q * wp1; },
+                     cols + j0,
+                     std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)), wdt,
+                     pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
+        if (last)
+          for (int l = 0; l < wdt; ++l) bias[l] = b1[cols[j0 + l]];
+        const TileFn full = pick_mode(mode, kRows, nv, avx512);
+        for (int64_t p = pc.p0; p < pc.p1; p += kRows) {
+          const int r = static_cast<int>(std::min<int64_t>(kRows, pc.p1 - p));
+          for (int i = 0; i < r; ++i) {
+            const int64_t pp = p + i, yy = pp / g.w, xx = pp - yy * g.w;
+            a[i] = xs + pp;
+            y[i] = h1s + ((yy + g.pad) * wpx + xx + g.pad) * kp + j0;
+          }
+          (r == kRows ? full : pick_mode(mode, r, nv, avx512))(
+              a, aoff, block, nq, bias, y, nullptr);
         }
-      } else {
-        std::fill(tmp, tmp + m * kPanel, 0.f);
       }
-      float* o0 = outs + j0 * p_out + q0;
-#ifdef LAUD_X86
-      if (avx512) {  // AVX-512F implies AVX2
-        add_relu_transposed_avx2(tmp, m, wdt, b3 + j0, o0, p_out,
-                                 psum != nullptr ? psum + j0 : nullptr);
-        continue;
-      }
-#endif
-      for (int l = 0; l < wdt; ++l) {
-        float* o = o0 + l * p_out;
-        const float bl = b3[j0 + l];
-        float cs = 0.f;
-        for (int64_t p = 0; p < m; ++p) {
-          o[p] = relu_of(o[p] + tmp[p * kPanel + l] + bl);
-          cs += o[p];
+    }
+  }
+}
+
+// Phase 2, row-blocked (blocked2): conv2 (+ ReLU), conv3 and the add into out
+// for the thread's pieces of the output-pixel sequence [b, e); part: the
+// thread's (N, C_out) channel sums, or null.
+void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
+                    int64_t e, const float* h1, const float* b2,
+                    const float* w2t, const float* w3t, const float* b3,
+                    float* out, float* part, bool avx512) {
+  thread_local std::vector<Piece> pieces;
+  const int64_t p_out = g.ho * g.wo, wp1 = g.width + 1, wpx = g.wpx();
+  collect_pieces(b, e, p_out, pieces);
+  if (pieces.empty()) return;
+  thread_local std::vector<int64_t> h2off_buf, aoff_buf;
+  h2off_buf.resize(pieces.size());
+  int64_t h2_total = 0, kmax = 0, mmax = 0;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const Piece& pc = pieces[i];
+    h2off_buf[i] = h2_total;
+    h2_total += (pc.p1 - pc.p0) * pl.kp[pc.s];
+    kmax = std::max(kmax, pl.k[pc.s]);
+    mmax = std::max(mmax, pc.p1 - pc.p0);
+  }
+  thread_local std::vector<float> h2_buf, block_buf, panel_buf, tmp_buf;
+  float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, h2_total)));
+  float* block = scratch(block_buf, kChannelBlock2 * kPanel);
+  float* panel = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, kmax * kPanel)));
+  float* tmp = scratch(tmp_buf, static_cast<size_t>((mmax + 7) / 8 * 8 * kPanel));
+  if (aoff_buf.size() < static_cast<size_t>(std::max(kmax, kChannelBlock2)))
+    aoff_buf.resize(std::max(kmax, kChannelBlock2));
+  int64_t* aoff = aoff_buf.data();
+  float bias[kPanel];
+  const float* a[kRows];
+  float* y[kRows];
+  // ---- conv2, tap by tap, kChannelBlock2 source channels at a time
+  for (int64_t t = 0; t < 9; ++t) {
+    const int64_t dy = t / 3, dx = t % 3;
+    for (int64_t c_lo = 0; c_lo < g.width; c_lo += kChannelBlock2) {
+      for (size_t i = 0; i < pieces.size(); ++i) {
+        const Piece& pc = pieces[i];
+        const int64_t s = pc.s, k = pl.k[s], kp = pl.kp[s];
+        if (k == 0) continue;
+        const int64_t* kept = pl.kept + s * pl.kk;
+        int64_t lo, hi;
+        kept_range(pl, s, c_lo, c_lo + kChannelBlock2, lo, hi);
+        if (hi == lo) continue;
+        const bool last = t == 8 && hi == k;
+        const Mode mode = split_mode(t == 0 && lo == 0, last);
+        const int64_t base = (dy * g.dil * wpx + dx * g.dil) * kp + lo;
+        for (int64_t c = 0; c < hi - lo; ++c) aoff[c] = base + c;
+        const int32_t* cols = pl.cols.data() + s * pl.kpmax;
+        const float* h1s = h1 + pl.h1off[s];
+        float* h2p = h2 + h2off_buf[i];
+        for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
+          const int nv =
+              static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
+          const int64_t wdt = nv * kLanes;
+          gather_block(
+              w2t, hi - lo,
+              [&](int64_t q) { return (t * wp1 + kept[lo + q]) * wp1; },
+              cols + j0, std::max<int64_t>(0, std::min(wdt, k - j0)), wdt,
+              pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
+          if (last)
+            for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
+          for (int64_t p = pc.p0; p < pc.p1; p += kRows) {
+            const int r = static_cast<int>(std::min<int64_t>(kRows, pc.p1 - p));
+            for (int i2 = 0; i2 < r; ++i2) {
+              const int64_t pp = p + i2, yo = pp / g.wo, xo = pp - yo * g.wo;
+              a[i2] = h1s + ((yo * g.stride) * wpx + xo * g.stride) * kp;
+              y[i2] = h2p + (pp - pc.p0) * kp + j0;
+            }
+            pick_mode(mode, r, nv, avx512)(a, aoff, block, hi - lo, bias, y,
+                                           nullptr);
+          }
         }
-        if (psum != nullptr) psum[j0 + l] += cs;
       }
+    }
+  }
+  // ---- conv3 and the add, one 64-channel panel of w3t at a time
+  for (int64_t c = 0; c < kmax; ++c) aoff[c] = c;
+  for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
+    const int wdt = static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const Piece& pc = pieces[i];
+      const int64_t s = pc.s, m = pc.p1 - pc.p0;
+      conv3_panel(h2 + h2off_buf[i], pl.kp[s], m, pl.kept + s * pl.kk,
+                  pl.k[s], w3t, g.c_out, j0, wdt, panel, aoff, tmp, avx512);
+      add_conv3(tmp, m, wdt, b3 + j0,
+                out + (s * g.c_out + j0) * p_out + pc.p0, p_out,
+                part != nullptr ? part + s * g.c_out + j0 : nullptr, avx512);
     }
   }
 }
@@ -675,6 +864,10 @@ void check_counts(const at::Tensor& chs, const at::Tensor& counts,
 }  // namespace
 
 std::string channel_branch_isa() { return cpu_avx512f() ? "avx512f" : "generic"; }
+
+std::vector<int64_t> channel_blocked_max_pixels() {
+  return {kBlockedMaxPixels1, kBlockedMaxPixels2};
+}
 
 void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& chs,
@@ -729,7 +922,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                chs.size(1), parts, avx512, pl);
   float* panels = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, pl.panel_total)));
   float* h1 = scratch(h1_buf, static_cast<size_t>(std::max<int64_t>(1, pl.h1_total)));
-  if (!pl.on_demand)
+  if (pl.panel_total > 0)
     gather_all(g, pl, w1t.data_ptr<float>(), w2t.data_ptr<float>(), panels);
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -741,12 +934,15 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
       for (int64_t s = t; s < g.n; s += parts)
         if (pl.kp[s] > 0)
           zero_border(h1 + pl.h1off[s], g.hp(), g.wpx(), g.pad, pl.kp[s]);
-      for_pieces(pl.b1[t], pl.b1[t + 1], p_in,
-                 [&](int64_t s, int64_t q0, int64_t q1) {
-                   conv1_piece(g, pl, s, q0, q1, xp, b1p, panels,
-                               w1t.data_ptr<float>(),
-                               h1 + pl.h1off[s], avx512);
-                 });
+      if (pl.blocked1)
+        conv1_blocked(g, pl, pl.b1[t], pl.b1[t + 1], xp, b1p,
+                      w1t.data_ptr<float>(), h1, avx512);
+      else
+        for_pieces(pl.b1[t], pl.b1[t + 1], p_in,
+                   [&](int64_t s, int64_t q0, int64_t q1) {
+                     conv1_piece(g, pl, s, q0, q1, xp, b1p, panels,
+                                 h1 + pl.h1off[s], avx512);
+                   });
     }
   });
   // phase 2: conv2, conv3, the add into out (and, with sums, each
@@ -761,15 +957,21 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                           : nullptr;
   at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
-      for_pieces(pl.b2[t], pl.b2[t + 1], p_out,
-                 [&](int64_t s, int64_t q0, int64_t q1) {
-                   conv23_piece(g, pl, s, q0, q1, h1 + pl.h1off[s], b2p, w3p,
-                                b3p, panels, w2t.data_ptr<float>(),
-                                op + s * g.c_out * p_out,
-                                with_sums ? part + (t * g.n + s) * g.c_out
-                                          : nullptr,
-                                avx512);
-                 });
+      if (pl.blocked2)
+        conv23_blocked(g, pl, pl.b2[t], pl.b2[t + 1], h1, b2p,
+                       w2t.data_ptr<float>(), w3p, b3p, op,
+                       with_sums ? part + t * g.n * g.c_out : nullptr,
+                       avx512);
+      else
+        for_pieces(pl.b2[t], pl.b2[t + 1], p_out,
+                   [&](int64_t s, int64_t q0, int64_t q1) {
+                     conv23_piece(g, pl, s, q0, q1, h1 + pl.h1off[s], b2p,
+                                  w3p, b3p, panels,
+                                  op + s * g.c_out * p_out,
+                                  with_sums ? part + (t * g.n + s) * g.c_out
+                                            : nullptr,
+                                  avx512);
+                   });
   });
   if (with_sums)
     row_epilogue::add_partials(part, parts, g.n * g.c_out,

@@ -60,9 +60,16 @@ inline int64_t pixel_major_chunk(int64_t c_in) {
   return std::max<int64_t>(kRows, kChunkFloats / c_in / kRows * kRows);
 }
 
-// Epilogue of a tile: kStoreRelu writes relu(acc + bias) to the pixel rows
-// y[i] (pixel-major, 16 V channels each); kTile writes acc to tmp[R][64].
-enum Mode { kStoreRelu = 0, kTile = 1 };
+// Start and epilogue of a tile: kStoreRelu writes relu(acc + bias) to the
+// pixel rows y[i] (pixel-major, 16 V channels each); kTile writes acc to
+// tmp[R][64]. The other modes split a product's K terms over several calls
+// (the weight rows in blocks: channel_conv_cpu.cpp, row-blocked panels):
+// kFirst writes the raw sums to y[i], kMiddle adds its terms to y[i] (the
+// accumulators start from y[i]), kLast does so and then writes
+// relu(acc + bias). The sums run in the order of one unsplit call (an
+// fp32 store and reload is exact), so a split product equals the unsplit
+// one bit for bit.
+enum Mode { kStoreRelu = 0, kTile = 1, kFirst = 2, kMiddle = 3, kLast = 4 };
 
 // acc[i][l] = sum_q a[i][aoff[q]] * b[q * 16V + l], i < R, l < 16 V.
 template <int R, int V, int M>
@@ -70,7 +77,8 @@ void tile_generic(const float* const* a, const int64_t* aoff, const float* b,
                   int64_t K, const float* bias, float* const* y, float* tmp) {
   float acc[R][kLanes * V];
   for (int i = 0; i < R; ++i)
-    for (int l = 0; l < kLanes * V; ++l) acc[i][l] = 0.f;
+    for (int l = 0; l < kLanes * V; ++l)
+      acc[i][l] = (M == kMiddle || M == kLast) ? y[i][l] : 0.f;
   for (int64_t q = 0; q < K; ++q) {
     const float* bq = b + q * kLanes * V;
     const int64_t o = aoff[q];
@@ -81,11 +89,13 @@ void tile_generic(const float* const* a, const int64_t* aoff, const float* b,
   }
   for (int i = 0; i < R; ++i)
     for (int l = 0; l < kLanes * V; ++l) {
-      if (M == kStoreRelu) {
+      if (M == kStoreRelu || M == kLast) {
         const float v = acc[i][l] + bias[l];
         y[i][l] = v > 0.f ? v : 0.f;
-      } else {
+      } else if (M == kTile) {
         tmp[i * kPanel + l] = acc[i][l];
+      } else {
+        y[i][l] = acc[i][l];
       }
     }
 }
@@ -97,7 +107,10 @@ LAUD_TARGET("avx512f") void tile_avx512(
     const float* bias, float* const* y, float* tmp) {
   __m512 acc[R][V];
   for (int i = 0; i < R; ++i)
-    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v)
+      acc[i][v] = (M == kMiddle || M == kLast)
+                      ? _mm512_loadu_ps(y[i] + kLanes * v)
+                      : _mm512_setzero_ps();
   for (int64_t q = 0; q < K; ++q) {
     const float* bq = b + q * kLanes * V;
     const int64_t o = aoff[q];
@@ -109,7 +122,7 @@ LAUD_TARGET("avx512f") void tile_avx512(
         acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
     }
   }
-  if (M == kStoreRelu) {
+  if (M == kStoreRelu || M == kLast) {
     const __m512 z = _mm512_setzero_ps();
     for (int v = 0; v < V; ++v) {
       const __m512 bb = _mm512_loadu_ps(bias + kLanes * v);
@@ -117,10 +130,14 @@ LAUD_TARGET("avx512f") void tile_avx512(
         _mm512_storeu_ps(y[i] + kLanes * v,
                          _mm512_max_ps(z, _mm512_add_ps(acc[i][v], bb)));
     }
-  } else {
+  } else if (M == kTile) {
     for (int i = 0; i < R; ++i)
       for (int v = 0; v < V; ++v)
         _mm512_storeu_ps(tmp + i * kPanel + kLanes * v, acc[i][v]);
+  } else {
+    for (int i = 0; i < R; ++i)
+      for (int v = 0; v < V; ++v)
+        _mm512_storeu_ps(y[i] + kLanes * v, acc[i][v]);
   }
 }
 #endif
@@ -157,6 +174,17 @@ TileFn pick(int r, int v, bool avx512) {
     case 5: return pick_v<5, M>(v, avx512);
     case 6: return pick_v<6, M>(v, avx512);
     default: return pick_v<7, M>(v, avx512);
+  }
+}
+
+// pick<M> for a mode chosen at run time
+inline TileFn pick_mode(Mode m, int r, int v, bool avx512) {
+  switch (m) {
+    case kStoreRelu: return pick<kStoreRelu>(r, v, avx512);
+    case kTile: return pick<kTile>(r, v, avx512);
+    case kFirst: return pick<kFirst>(r, v, avx512);
+    case kMiddle: return pick<kMiddle>(r, v, avx512);
+    default: return pick<kLast>(r, v, avx512);
   }
 }
 

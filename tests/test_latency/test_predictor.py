@@ -750,6 +750,16 @@ def test_eager_fused_kernels_at_any_batch():
     names = [o.name for o in resnet_latency.channel_block_ops(p, gc, 1, 0.5)]
     assert names[-5:] == ['w2_panels', 'conv1', 'conv2', 'conv3',
                           'add_relu3']
+    assert 'w1_panels' in names
+    # the phases the kernel runs row-blocked write no panels: conv1 on
+    # 14 x 14 inputs (R50 stage 3), conv2 / conv3 on 7 x 7 outputs (the
+    # stride-2 block 3.0 and stage 4)
+    geoms = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0]
+    for i, panels in ((8, ['w2_panels']), (13, []), (14, [])):
+        assert geoms[i].in_hw[0] * geoms[i].in_hw[1] <= 196, i
+        names = [o.name for o in
+                 resnet_latency.channel_block_ops(p, geoms[i], 1, 0.5)]
+        assert [n for n in names if n.endswith('_panels')] == panels, i
     # every gate on (layer, channel): the static block whose add, ReLU and
     # channel means for the next masker are one pass (ops.add_relu_mean_)
     gl = resnet_geometries(50, (224, 224), 'layer')[0][1]

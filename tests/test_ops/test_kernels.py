@@ -371,7 +371,13 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     (2, 2100, 140, 32, 11, 10, 1, 1, 2),  # conv1's input transposed in
     # chunks of 14 pixels (AVX-512), C_in % 8 = 4: a scalar channel tail;
     # each chunk read by two panel blocks (114 kept channels: 64 + 64)
-    (2, 2100, 24, 32, 7, 7, 1, 1, 2),   # 7 x 7: NCHW reads, panels on demand
+    (2, 2100, 24, 32, 7, 7, 1, 1, 2),   # 7 x 7: every phase row-blocked,
+    # conv1's sums split over 16 blocks of 128 weight rows and one of 52
+    (2, 300, 140, 32, 14, 14, 2, 1, 2),  # conv1 row-blocked (196 input
+    # pixels, 3 row blocks), conv2 / conv3 row-blocked (7 x 7 output, two
+    # channel blocks of w2t)
+    (2, 300, 140, 32, 21, 21, 3, 1, 2),  # conv1 on panels gathered up front
+    # (441 input pixels), conv2 / conv3 row-blocked (7 x 7 output)
 ])
 def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, stride, dil, g2):
@@ -422,8 +428,21 @@ def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
             ident.clone(), *args, sums=torch.zeros(n, c_out + 1))
 
 
-@pytest.mark.parametrize('h,w', [(7, 7), (9, 8)])  # panels gathered per
-# block (<= 49 input pixels) / for the whole batch up front
+def test_channel_row_blocked_thresholds_match_policy():
+    """The latency model prices the channel kernel's panel writes from
+    ``policy.CHANNEL_BLOCKED_MAX_IN_PIXELS`` / ``_OUT_PIXELS``: the same
+    thresholds as the kernel's row-blocked phases."""
+    from laud_mm.ops import policy
+    if ops.extension() is None:
+        pytest.skip('laud_mm._ext is not built')
+    assert list(ops.extension().channel_blocked_max_pixels()) == [
+        policy.CHANNEL_BLOCKED_MAX_IN_PIXELS,
+        policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS]
+
+
+@pytest.mark.parametrize('h,w', [(7, 7), (9, 8), (15, 14)])  # every phase
+# row-blocked (<= 49 pixels) / conv1 row-blocked, conv2 on panels gathered
+# up front / both on panels gathered up front (> 196 pixels)
 def test_channel_branch_kept_patterns(h, w):
     """Kept-channel patterns that take each of the panel gathers' copies
     (with AVX-512, chunks of 16 source columns, compressed, where they
@@ -433,8 +452,9 @@ def test_channel_branch_kept_patterns(h, w):
     fourth channel (chunks); every sixteenth channel (scalar moves: a
     chunk per channel); pairs every sixteen channels (pair moves); odd
     runs; a dense block beside a sparse one in one sample; channels not
-    in ascending order (no chunks). Each sample's result is the
-    masked-dense block's, at 1 and 2 threads, AVX-512 and generic
+    in ascending order (no chunks; the row-blocked conv2's channel
+    ranges still take every entry once), descending. Each sample's result
+    is the masked-dense block's, at 1 and 2 threads, AVX-512 and generic
     tiles."""
     from laud_mm.ops import channel_branch_add_relu
     width = 140  # panels of 64 + 64 + 12
@@ -443,7 +463,8 @@ def test_channel_branch_kept_patterns(h, w):
             [c + d for c in range(0, width - 1, 16) for d in (0, 1)],
             [1, 2, 3, 7, 8, 9, 10, 50, 51, 139],
             list(range(0, 70)) + list(range(72, width, 6)),
-            [131, 130, 5, 4, 77, 76, 20, 21]]
+            [131, 130, 5, 4, 77, 76, 20, 21],
+            list(range(width - 1, -1, -5))]
     args, ident, dense = _channel_case(11, len(kept), 40, width, 32, h, w,
                                        1, 1, 2, kept=kept)
     prev = torch.get_num_threads()
@@ -703,6 +724,10 @@ def test_spatial_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
     (1, 2100, 140, 32, 11, 10, 1, 1, 2),  # pieces cut across conv1's
     # chunks, two panel blocks; transposed at 1 - 2 threads, NCHW at 7:
     # the same bits
+    (3, 300, 140, 32, 7, 7, 1, 1, 2),   # row-blocked phases, samples
+    # shared and split between threads
+    (1, 300, 140, 32, 14, 14, 2, 1, 2),  # batch 1, row-blocked phases:
+    # one sample's pixels over all threads
 ])
 def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
                                                  w, stride, dil, g2):

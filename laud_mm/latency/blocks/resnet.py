@@ -318,15 +318,22 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
         # shift and the ReLU)
         kq = -(-k // 16) * 16
         rows_in, rows_out = (in_px, 1), (out_px, 1)
+        # the panel gathers read whole weight rows once per call (all of
+        # w1, the kept rows of w2: what dominates at small batches) and
+        # write each sample's panels, except in the phases the kernel
+        # runs row-blocked on small maps (their panels stay in L2)
+        panels = []
+        if in_px > policy.CHANNEL_BLOCKED_MAX_IN_PIXELS:
+            panels.append(elementwise_latency(hw, 'w1_panels',
+                                              n * kq * c_in, 0, 1))
+        if out_px > policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS:
+            panels.append(elementwise_latency(hw, 'w2_panels',
+                                              n * kq * k * 9, 0, 1))
         return ops + [
             launch_latency(hw, 'bookkeeping', 6),
-            # the panel gathers read whole weight rows once per call (all
-            # of w1, the kept rows of w2: what dominates at small
-            # batches) and write each sample's panels
             elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0),
             elementwise_latency(hw, 'w2_rows', 9 * k * (width + 1), 1, 0),
-            elementwise_latency(hw, 'w1_panels', n * kq * c_in, 0, 1),
-            elementwise_latency(hw, 'w2_panels', n * kq * k * 9, 0, 1),
+            *panels,
             conv_op(hw, 'conv1', batch, c_in, kq, rows_in, rows_in,
                     per_sample_channels=True, fused_gemm=True,
                     weight_elems=n * kq * c_in),
