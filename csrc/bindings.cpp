@@ -24,6 +24,8 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  int64_t dilation, bool force_generic,
                                  const at::Tensor& sums);
 std::string channel_branch_isa();
+std::tuple<at::Tensor, at::Tensor, int64_t> channel_kept_lists_cpu(
+    const at::Tensor& gate, int64_t granularity, int64_t pad);
 std::vector<int64_t> channel_blocked_max_pixels();
 void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& identity,
@@ -321,6 +323,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("chs"), py::arg("counts"), py::arg("c_in"), py::arg("h"),
         py::arg("w"), py::arg("width"), py::arg("c_out"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("threads"));
+  m.def("channel_kept_lists", &laud_mm::channel_kept_lists_cpu,
+        "channel_kept_lists(gate (N, groups) float32, granularity, pad) -> "
+        "(chs (N, k_pad) int64, counts (N,) int64, kept groups): each "
+        "sample's kept channels (gate > 0.5), ascending, padded with "
+        "groups * granularity to a multiple of pad (CPU)",
+        py::arg("gate"), py::arg("granularity"), py::arg("pad"));
   m.def("channel_blocked_max_pixels", &laud_mm::channel_blocked_max_pixels,
         "[conv1's input pixels, conv2's output pixels] up to which "
         "channel_branch_add_relu runs those phases row-blocked (their "

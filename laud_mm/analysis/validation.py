@@ -290,8 +290,11 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
         p = np.array(predict_cases(sub, make(x)))
         return float(np.mean(np.abs(p / meas - 1.)))
     x = x_start
+    lo, hi = x_start - math.log(10), x_start + math.log(10)
     for _ in range(3):  # restarts reset the search directions
-        res = minimize(loss, x, method='Powell',
+        # bounded: past the box's edge a coordinate has no effect on the
+        # loss (make clips it), and the search stalled there
+        res = minimize(loss, x, method='Powell', bounds=list(zip(lo, hi)),
                        options=dict(maxiter=20, xtol=1e-3, ftol=1e-6))
         if np.allclose(res.x, x, atol=1e-3):
             break

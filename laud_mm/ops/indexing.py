@@ -13,6 +13,9 @@ single wait placed behind independent work.
 - :func:`kept_index`: per row of a 2-D mask, the indices of its True
   entries, ascending, padded to a given width: per-sample kept channels /
   heads, no host wait once the width is known.
+- :func:`channel_kept_lists`: a channel gate's per-sample kept-channel
+  lists and counts, padded (the fused CPU channel branch's input), in one
+  compiled pass on CPU.
 - :class:`HostRead`: a few device integers copied to pinned host memory
   without blocking; :meth:`HostRead.get` waits for that copy only (a CUDA
   event), so kernels queued between the two keep the device busy.
@@ -26,6 +29,8 @@ gather / scatter operators); engineering of that step for GPUs.
 from typing import List, Tuple
 
 import torch
+
+from .dispatch import extension, use_kernels
 
 
 def active_index(mask: torch.Tensor
@@ -78,6 +83,58 @@ def kept_index(mask: torch.Tensor, width: int, pad_value: int
     vals, order = torch.sort(mask.to(torch.uint8), dim=1, descending=True,
                              stable=True)
     return order[:, :width].masked_fill(vals[:, :width] == 0, pad_value)
+
+
+def channel_kept_lists(gate: torch.Tensor, granularity: int, pad: int
+                       ) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Each sample's kept channels from a channel gate (paper sec. 3.2: a
+    gate per group of ``granularity`` channels), as the channel paths take
+    them: on CPU with the compiled extension one pass
+    (``csrc/cpu/channel_lists_cpu.cpp``), else
+    :func:`channel_kept_lists_reference`, which dispatches about a dozen
+    operators (host time per block).
+
+    Args:
+        gate: (N, n_groups) float gate; a group is kept where > 0.5.
+        granularity: G, channels per group (>= 1).
+        pad: the padded list length is a multiple of this (>= 1), capped at
+            the width n_groups G.
+
+    Returns:
+        (chs, counts, kept): chs (N, k_pad) int64, row n the kept channels
+        of sample n ascending, then the padding index n_groups G;
+        counts (N,) int64 kept channels per sample; kept (int) the kept
+        groups of the whole batch.
+
+    Raises:
+        ValueError: gate not 2-D, granularity or pad < 1 (naming it).
+    """
+    if gate.dim() != 2:
+        raise ValueError(f'gate must be (N, n_groups), got '
+                         f'{tuple(gate.shape)}')
+    if granularity < 1 or pad < 1:
+        raise ValueError(f'granularity and pad must be >= 1, got '
+                         f'granularity={granularity}, pad={pad}')
+    ext = extension()
+    if ext is not None and gate.device.type == 'cpu' and \
+            gate.dtype == torch.float32 and use_kernels(gate):
+        return ext.channel_kept_lists(gate.contiguous(), int(granularity),
+                                      int(pad))
+    return channel_kept_lists_reference(gate, granularity, pad)
+
+
+def channel_kept_lists_reference(gate: torch.Tensor, granularity: int,
+                                 pad: int
+                                 ) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """PyTorch reference of :func:`channel_kept_lists` (any device and
+    float dtype; :func:`kept_index` for the lists)."""
+    keep = gate > 0.5
+    keep_ch = keep.repeat_interleave(granularity, dim=1)
+    counts = keep_ch.sum(1)
+    width = keep_ch.shape[1]
+    k = int(counts.max()) if counts.numel() else 0
+    k_pad = min(width, -(-k // pad) * pad)
+    return kept_index(keep_ch, k_pad, width), counts, int(keep.sum())
 
 
 class HostRead:

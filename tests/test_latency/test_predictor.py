@@ -432,7 +432,8 @@ def _by_name(ops):
 
 
 BOOKKEEPING = ('gate', 'gate_checks', 'gate_count', 'repeat_interleave',
-               'rate_check', 'kept_channels', 'bookkeeping', 'mask_prep',
+               'rate_check', 'kept_channels', 'kept_lists', 'bookkeeping',
+               'mask_prep',
                'slice', 'expand_mask', 'skipped_relu')
 
 
@@ -618,8 +619,7 @@ def test_eager_channel_kernels():
     ops = resnet_latency.channel_block_ops(p, g, 2, 0.25)
     names, by = _by_name(ops)
     assert names == ['masker', 'masker_steps', 'gate', 'downsample',
-                     'gate_checks', 'repeat_interleave',
-                     'kept_channels', 'bookkeeping', 'w1_gather', 'bias1',
+                     'kept_lists', 'bookkeeping', 'w1_gather', 'bias1',
                      'conv1', 'relu1', 'w2_gather', 'conv2', 'relu2',
                      'w3_gather', 'conv3', 'conv3_acc', 'bias3', 'relu3']
     assert by['conv1'].macs == 2 * k * 256 * 56 * 56
@@ -633,17 +633,17 @@ def test_eager_channel_kernels():
     # forced gates: the masker still runs (pool + MLP, one op)
     assert by['masker'].ms == pytest.approx(
         channel_masker_op(p, g, 2).ms)
-    assert _launch_count(p, ops) == pytest.approx(1 + 3 + 1 + 9 + 24)
+    assert _launch_count(p, ops) == pytest.approx(1 + 1 + 24)
     full = [o.name for o in resnet_latency.channel_block_ops(p, g, 2, 1.)]
     assert full == ['masker', 'masker_steps', 'gate', 'downsample',
-                    'gate_checks'] + \
+                    'kept_lists'] + \
         [o.name for o in resnet_latency.static_block_ops(p, g, 2)]
     # 7 x 7 maps (s3.b1, width 512, C_in = C_out = 2048): the same
     # per-sample kernels up to CHANNEL_DENSE_RATE (0.7) of the groups
     g3 = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][14]
     for d in (0.25, 0.5):
         names, by = _by_name(resnet_latency.channel_block_ops(p, g3, 2, d))
-        assert names[5:] == ['rate_check', 'kept_channels', 'bookkeeping',
+        assert names[3:] == ['kept_lists', 'bookkeeping',
                              'w1_gather', 'bias1', 'conv1', 'relu1',
                              'w2_gather', 'conv2', 'relu2', 'w3_gather',
                              'conv3', 'conv3_acc', 'bias3', 'relu3']
@@ -656,7 +656,7 @@ def test_eager_channel_kernels():
     assert by['conv1'].macs == 2 * 256 * 2048 * 49  # k = 256 at d = 0.5
     # ... and above it masked dense
     names, by = _by_name(resnet_latency.channel_block_ops(p, g3, 2, 0.75))
-    assert names[4:] == ['repeat_interleave', 'rate_check', 'mask_prep',
+    assert names[3:] == ['kept_lists', 'mask_prep',
                          'conv1', 'relu1', 'mask1', 'conv2', 'relu2', 'mask2',
                          'conv3', 'add', 'relu3']
     static = {o.name: o for o in resnet_latency.static_block_ops(p, g3, 2)}

@@ -172,6 +172,44 @@ def test_active_and_kept_index_equal_nonzero(shape):
                 assert (k[len(cols):] == -1).all()
 
 
+@pytest.mark.parametrize('n,groups,g2,pad', [(8, 256, 2, 8), (3, 10, 1, 8),
+                                               (2, 5, 4, 16), (0, 4, 2, 8)])
+def test_channel_kept_lists_compiled_equals_reference(n, groups, g2, pad):
+    """The compiled kept-channel lists equal the reference (gt,
+    repeat_interleave, sum, stable sort, padding): random gates, a sample
+    with none kept, one with all kept, NaN (skipped, as torch's `>`), a
+    batch with every group kept (the padded length capped at the width)
+    and with none (an empty list); the kept-group total."""
+    from laud_mm.ops import channel_kept_lists, channel_kept_lists_reference
+    g = torch.Generator().manual_seed(groups)
+    gates = [torch.rand(n, groups, generator=g), torch.ones(n, groups),
+             torch.zeros(n, groups)]
+    if n >= 3:
+        gates[0][1] = 0.
+        gates[0][2] = 1.
+        gates[0][0, 0] = float('nan')
+    width = groups * g2
+    for gate in gates:
+        ref = channel_kept_lists_reference(gate, g2, pad)
+        got = channel_kept_lists(gate, g2, pad)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+        assert got[2] == ref[2] == int((gate > 0.5).sum())
+        if ops.extension() is not None:  # the compiled pass itself
+            ext = ops.extension().channel_kept_lists(gate, g2, pad)
+            assert torch.equal(ext[0], ref[0]) and ext[2] == ref[2]
+        for row, cnt in zip(got[0], got[1]):
+            assert (row[cnt:] == width).all()
+        assert got[0].shape[1] <= width and got[0].shape[1] % pad in (
+            0, width % pad)
+    with pytest.raises(ValueError, match='granularity=0'):
+        channel_kept_lists(gates[0], 0, pad)
+    with pytest.raises(ValueError, match='gate must be'):
+        channel_kept_lists(gates[0][None], g2, pad)
+    if ops.extension() is not None:
+        with pytest.raises(RuntimeError, match='float32'):
+            ops.extension().channel_kept_lists(gates[0].double(), g2, pad)
+
+
 def test_host_read_values_are_read_when_made():
     """HostRead copies its values when made (on CPU: at once), one tensor
     or several: later writes to the tensors do not change what get()

@@ -268,18 +268,19 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     ops = [masker, launch_latency(hw, 'masker_steps', 2),
            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
-    ops.append(launch_latency(hw, 'gate_checks', 3))  # gt, all, item
+    # the kept-channel lists, their counts and the batch's kept groups:
+    # one compiled pass (ops.channel_kept_lists); the static-block and
+    # rate tests read its count
+    ops.append(launch_latency(hw, 'kept_lists', 1))
     if d >= 1.:  # every group on: the static block, pooled epilogue
         return ops + pooled_static_block_ops(pred, g, batch)
-    ops.append(launch_latency(hw, 'repeat_interleave', 1))
     if in_px < policy.CHANNEL_SMALL_MAP_PIXELS:
-        # the rate test: cast, mean, item
-        ops.append(launch_latency(hw, 'rate_check', 3))
         if d > policy.CHANNEL_DENSE_RATE:  # masked dense, folded BN
             mid_in = n * width * in_px
             mid_out = n * width * out_px
             return ops + [
-                launch_latency(hw, 'mask_prep', 3),
+                # gt, repeat_interleave, cast, two views
+                launch_latency(hw, 'mask_prep', 5),
                 conv_op(hw, 'conv1', batch, c_in, width, g.in_hw, g.in_hw),
                 elementwise_latency(hw, 'relu1', mid_in, 1, 1),
                 elementwise_latency(hw, 'mask1', mid_in, 1, 1),
@@ -292,9 +293,6 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
                         g.out_hw),
                 elementwise_latency(hw, 'add', out_e, 2, 1),
                 elementwise_latency(hw, 'relu3', out_e, 1, 1)]
-    # kept channel indices (sum, max, item, cast, sort, 2 slices, eq,
-    # masked_fill: _kept_channels / ops.indexing.kept_index)
-    ops.append(launch_latency(hw, 'kept_channels', 9))
     k = channel_kept_padded(g, batch, d, pred.forced_gates)
     # conv3 is accumulated into the shortcut: the input itself when the
     # backbone owns it, else a copy of it (or the downsample's output),

@@ -52,7 +52,7 @@ from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
-from ...ops.indexing import kept_index
+from ...ops.indexing import channel_kept_lists
 from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
@@ -525,16 +525,6 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
 
 
 # ---------------------------------------------------------------- channel
-def _kept_channels(keep_ch: torch.Tensor, width: int,
-                   counts: torch.Tensor) -> torch.Tensor:
-    """(N, k_pad) indices of each sample's kept channels, ascending, padded
-    with ``width`` (the index of an all-zero padding channel); ``counts``
-    (N,) the kept channels per sample (``keep_ch.sum(1)``)."""
-    k = int(counts.max())
-    k_pad = min(width, -(-k // policy.CHANNEL_PAD) * policy.CHANNEL_PAD)
-    return kept_index(keep_ch, k_pad, width)
-
-
 def _residual_target(block, x: torch.Tensor,
                      ident: torch.Tensor) -> torch.Tensor:
     """The contiguous tensor a channel block accumulates its conv3 into:
@@ -551,25 +541,27 @@ def _channel_forward(block, x, geom):
     fb = folded(block)
     n, c_in, h, w = x.shape
     gate = sample_gate(block, x)
-    keep = gate > 0.5
+    # (N, k) each sample's kept channels, ascending, padded with the zero
+    # channel `width` to a multiple of CHANNEL_PAD; (N,) their counts; the
+    # batch's kept groups (one compiled pass on CPU)
+    chs, counts, kept = channel_kept_lists(gate, block.granularity,
+                                           policy.CHANNEL_PAD)
     ident = fb.shortcut(x)
-    if bool(keep.all()):  # the static block; its output pooled for the
-        # next block's masker in the epilogue
+    if kept == gate.numel():  # the static block; its output pooled for
+        # the next block's masker in the epilogue
         return residual_add_relu_pooled_(fb.branch(x), ident), gate
     width = fb.w1.shape[0]
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
-    keep_ch = keep.repeat_interleave(block.granularity, dim=1)  # (N, width)
     if h * w < policy.CHANNEL_SMALL_MAP_PIXELS and \
-            float(keep.float().mean()) > policy.CHANNEL_DENSE_RATE:
+            kept > policy.CHANNEL_DENSE_RATE * gate.numel():
         # small maps at high rates: masked dense compute with folded BN
+        keep_ch = (gate > 0.5).repeat_interleave(block.granularity, dim=1)
         m = keep_ch.to(x.dtype)[:, :, None, None]
         h1 = F.conv2d(x, fb.w1, fb.b1).relu_().mul_(m)
         h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
                       fb.dilation).relu_().mul_(m)
         return residual_add_relu_(F.conv2d(h2, fb.w3, fb.b3), ident), gate
-    counts = keep_ch.sum(1)
-    chs = _kept_channels(keep_ch, width, counts)  # (N, k)
     if policy.CHANNEL_FUSED_CPU and policy.fused_cpu_threads() and \
             not is_autocast(x) and fast_channel_branch(x) and \
             x.dtype == ident.dtype == fb.w1.dtype and c_out % 16 == 0 and \
