@@ -22,7 +22,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& w3t, const at::Tensor& b3,
                                  int64_t stride, int64_t padding,
                                  int64_t dilation, bool force_generic,
-                                 const at::Tensor& sums);
+                                 const at::Tensor& sums, bool force_unblocked);
 std::string channel_branch_isa();
 std::tuple<at::Tensor, at::Tensor, int64_t> channel_kept_lists_cpu(
     const at::Tensor& gate, int64_t granularity, int64_t pad);
@@ -139,7 +139,8 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
                              const at::Tensor& w3t, const at::Tensor& b3,
                              int64_t stride, int64_t padding,
                              int64_t dilation, bool force_generic,
-                             const c10::optional<at::Tensor>& sums) {
+                             const c10::optional<at::Tensor>& sums,
+                             bool force_unblocked) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &chs, &counts, &w1t, &b1, &w2t, &b2,
                               &w3t, &b3})
     TORCH_CHECK(t->device().is_cpu(),
@@ -147,7 +148,8 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
                 "be on the CPU");
   channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3,
                               stride, padding, dilation, force_generic,
-                              sums.has_value() ? *sums : at::Tensor());
+                              sums.has_value() ? *sums : at::Tensor(),
+                              force_unblocked);
 }
 
 // CPU only: on CUDA the layer path keeps its per-sample GEMMs (cuBLAS
@@ -241,12 +243,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "sample's kept channels chs[n, :counts[n]] (float32, CPU, in place); "
         "force_generic: the plain-loop tiles even with AVX-512 (tests); "
         "sums ((N, C_out) float32) or None: filled with the channel sums of "
-        "the new out (for the next block's masker)",
+        "the new out (for the next block's masker); force_unblocked: panels "
+        "gathered up front even where the phases run row-blocked (tests: the "
+        "two give the same bits)",
         py::arg("out"), py::arg("x"), py::arg("chs"), py::arg("counts"),
         py::arg("w1t"), py::arg("b1"), py::arg("w2t"), py::arg("b2"),
         py::arg("w3t"), py::arg("b3"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("force_generic") = false,
-        py::arg("sums") = py::none());
+        py::arg("sums") = py::none(), py::arg("force_unblocked") = false);
   m.def("spatial_branch_add_relu", &laud_mm::spatial_branch_add_relu,
         "spatial_branch_add_relu(out (N,C_out,Ho,Wo), x (N,C_in,H,W), "
         "identity (like out, may alias out), idx (P,3) int64 active patches "

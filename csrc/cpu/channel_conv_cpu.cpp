@@ -20,10 +20,11 @@
 // kernel puts the *output channels* on the vector lanes: a
 // tile is 7 output pixels x 64 kept output channels (28 AVX-512
 // accumulators); the pixels' input values are broadcast, so any pixel set
-// and input layout (conv1's input, transposed to pixel-major in L2-sized
-// chunks on maps larger than 7 x 7; the zero-bordered pixel-major conv1
-// output for conv2's nine taps, stride and dilation included) is read the
-// same way, and 49 pixels are exactly seven tiles. The kept weights of
+// and input layout (conv1's input in NCHW, or transposed to pixel-major
+// in L2-sized chunks on maps larger than the row-blocked ones; the
+// zero-bordered pixel-major conv1 output for conv2's nine taps, stride and
+// dilation included) is read the same way, and 49 pixels are exactly seven
+// tiles. The kept weights of
 // conv1 and conv2 are first gathered into per-sample panels (64 output
 // channels wide, contiguous for the tiles) in one pass over the weights
 // shared by all samples (gather_all; a pass per sample would read the
@@ -366,7 +367,8 @@ inline void kept_range(const ChannelPlan& pl, int64_t s, int64_t c_lo,
 }
 
 void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
-                  int64_t kk, int64_t parts, bool avx512, ChannelPlan& pl) {
+                  int64_t kk, int64_t parts, bool avx512, bool row_blocked,
+                  ChannelPlan& pl) {
   const int64_t n = g.n;
   pl.kept = kept;
   pl.kk = kk;
@@ -389,8 +391,11 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
     pl.chunks.resize(std::max<int64_t>(1, n * pl.npmax));
   int64_t panels = 0, h1 = 0;
   const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
-  pl.blocked1 = p_in <= kBlockedMaxPixels1;
-  pl.blocked2 = p_out <= kBlockedMaxPixels2;
+  // with fewer samples than threads a sample's pixels split over threads,
+  // each of which would gather the whole of its panels: up front instead
+  const bool rb = row_blocked && n >= parts;
+  pl.blocked1 = rb && p_in <= kBlockedMaxPixels1;
+  pl.blocked2 = rb && p_out <= kBlockedMaxPixels2;
   for (int64_t s = 0; s < n; ++s) {
     const int64_t k = pl.k[s], kp = pl.kp[s];
     const int64_t* ks = kept + s * kk;
@@ -444,7 +449,9 @@ void gather_all(const Geometry& g, const ChannelPlan& pl, const float* w1t,
   const int64_t wp1 = g.width + 1;
   constexpr int64_t kBlock = 16;
   const int64_t nb1 = pl.blocked1 ? 0 : (g.c_in + kBlock - 1) / kBlock;
-  const int64_t nbw = pl.blocked2 ? 0 : (g.width + kBlock - 1) / kBlock;
+  // source channels 0 .. width: an entry `width` (the zero padding
+  // channel) within a sample's count is gathered like any other
+  const int64_t nbw = pl.blocked2 ? 0 : (wp1 + kBlock - 1) / kBlock;
   at::parallel_for(0, nb1 + 9 * nbw, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t it = i0; it < i1; ++it) {
       for (int64_t s = 0; s < g.n; ++s) {
@@ -771,7 +778,7 @@ void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
   // ---- conv2, tap by tap, kChannelBlock2 source channels at a time
   for (int64_t t = 0; t < 9; ++t) {
     const int64_t dy = t / 3, dx = t % 3;
-    for (int64_t c_lo = 0; c_lo < g.width; c_lo += kChannelBlock2) {
+    for (int64_t c_lo = 0; c_lo < wp1; c_lo += kChannelBlock2) {
       for (size_t i = 0; i < pieces.size(); ++i) {
         const Piece& pc = pieces[i];
         const int64_t s = pc.s, k = pl.k[s], kp = pl.kp[s];
@@ -779,34 +786,40 @@ void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
         const int64_t* kept = pl.kept + s * pl.kk;
         int64_t lo, hi;
         kept_range(pl, s, c_lo, c_lo + kChannelBlock2, lo, hi);
-        if (hi == lo) continue;
-        const bool last = t == 8 && hi == k;
-        const Mode mode = split_mode(t == 0 && lo == 0, last);
-        const int64_t base = (dy * g.dil * wpx + dx * g.dil) * kp + lo;
-        for (int64_t c = 0; c < hi - lo; ++c) aoff[c] = base + c;
         const int32_t* cols = pl.cols.data() + s * pl.kpmax;
         const float* h1s = h1 + pl.h1off[s];
         float* h2p = h2 + h2off_buf[i];
-        for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
-          const int nv =
-              static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
-          const int64_t wdt = nv * kLanes;
-          gather_block(
-              w2t, hi - lo,
-              [&](int64_t q) { return (t * wp1 + kept[lo + q]) * wp1; },
-              cols + j0, std::max<int64_t>(0, std::min(wdt, k - j0)), wdt,
-              pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
-          if (last)
-            for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
-          for (int64_t p = pc.p0; p < pc.p1; p += kRows) {
-            const int r = static_cast<int>(std::min<int64_t>(kRows, pc.p1 - p));
-            for (int i2 = 0; i2 < r; ++i2) {
-              const int64_t pp = p + i2, yo = pp / g.wo, xo = pp - yo * g.wo;
-              a[i2] = h1s + ((yo * g.stride) * wpx + xo * g.stride) * kp;
-              y[i2] = h2p + (pp - pc.p0) * kp + j0;
+        // entries [e0, e1) of the list at a time, at most a block's rows
+        // (more only when the list is out of order or repeats channels)
+        for (int64_t e0 = lo; e0 < hi; e0 += kChannelBlock2) {
+          const int64_t e1 = std::min(hi, e0 + kChannelBlock2);
+          const bool last = t == 8 && e1 == k;
+          const Mode mode = split_mode(t == 0 && e0 == 0, last);
+          const int64_t base = (dy * g.dil * wpx + dx * g.dil) * kp + e0;
+          for (int64_t c = 0; c < e1 - e0; ++c) aoff[c] = base + c;
+          for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
+            const int nv =
+                static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
+            const int64_t wdt = nv * kLanes;
+            gather_block(
+                w2t, e1 - e0,
+                [&](int64_t q) { return (t * wp1 + kept[e0 + q]) * wp1; },
+                cols + j0, std::max<int64_t>(0, std::min(wdt, k - j0)), wdt,
+                pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
+            if (last)
+              for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
+            for (int64_t p = pc.p0; p < pc.p1; p += kRows) {
+              const int r =
+                  static_cast<int>(std::min<int64_t>(kRows, pc.p1 - p));
+              for (int i2 = 0; i2 < r; ++i2) {
+                const int64_t pp = p + i2, yo = pp / g.wo,
+                              xo = pp - yo * g.wo;
+                a[i2] = h1s + ((yo * g.stride) * wpx + xo * g.stride) * kp;
+                y[i2] = h2p + (pp - pc.p0) * kp + j0;
+              }
+              pick_mode(mode, r, nv, avx512)(a, aoff, block, e1 - e0, bias,
+                                             y, nullptr);
             }
-            pick_mode(mode, r, nv, avx512)(a, aoff, block, hi - lo, bias, y,
-                                           nullptr);
           }
         }
       }
@@ -833,6 +846,8 @@ Geometry channel_geometry(int64_t n, int64_t c_in, int64_t h, int64_t w,
                           int64_t padding, int64_t dilation) {
   TORCH_CHECK(stride >= 1 && dilation >= 1 && padding >= 0,
               "stride, dilation >= 1 and padding >= 0 required");
+  TORCH_CHECK(c_in >= 1 && width >= 1, "channel_branch_add_relu: C_in and "
+              "width must be >= 1, got C_in=", c_in, ", width=", width);
   Geometry g;
   g.n = n; g.c_in = c_in; g.h = h; g.w = w;
   g.width = width; g.c_out = c_out;
@@ -877,7 +892,8 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& w3t, const at::Tensor& b3,
                                  int64_t stride, int64_t padding,
                                  int64_t dilation, bool force_generic,
-                                 const at::Tensor& sums) {
+                                 const at::Tensor& sums,
+                                 bool force_unblocked) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &w1t, &b1, &w2t, &b2, &w3t, &b3})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "channel_branch_add_relu: float32 contiguous tensors only");
@@ -919,7 +935,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   ChannelPlan& pl = caller_plan;
   thread_local std::vector<float> panel_buf, h1_buf;
   plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
-               chs.size(1), parts, avx512, pl);
+               chs.size(1), parts, avx512, !force_unblocked, pl);
   float* panels = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, pl.panel_total)));
   float* h1 = scratch(h1_buf, static_cast<size_t>(std::max<int64_t>(1, pl.h1_total)));
   if (pl.panel_total > 0)
@@ -998,7 +1014,7 @@ at::Tensor channel_partition_work(const at::Tensor& chs,
   check_counts(chs, counts, g.n, width);
   ChannelPlan pl;
   plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
-               chs.size(1), threads, false, pl);
+               chs.size(1), threads, false, true, pl);
   at::Tensor res = at::zeros({2, threads}, at::kDouble);
   double* r = res.data_ptr<double>();
   const int64_t per[2] = {g.h * g.w, g.ho * g.wo};

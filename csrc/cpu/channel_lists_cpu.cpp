@@ -27,7 +27,9 @@ std::tuple<at::Tensor, at::Tensor, int64_t> channel_kept_lists_cpu(
   TORCH_CHECK(gate.device().is_cpu() && gate.scalar_type() == at::kFloat &&
                   gate.dim() == 2 && gate.is_contiguous(),
               "channel_kept_lists: gate must be a contiguous float32 "
-              "(N, groups) CPU tensor");
+              "(N, groups) CPU tensor, got ", gate.scalar_type(), " ",
+              gate.sizes(), " on ", gate.device(),
+              gate.is_contiguous() ? "" : " (not contiguous)");
   TORCH_CHECK(granularity >= 1, "channel_kept_lists: granularity must be "
               ">= 1, got ", granularity);
   TORCH_CHECK(pad >= 1, "channel_kept_lists: pad must be >= 1, got ", pad);

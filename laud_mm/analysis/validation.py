@@ -258,7 +258,8 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
     :func:`laud_mm.latency.calibration.fit_spec`: the host calls around
     the kernels are the fitted ``host_call_us``. The loss is the reported
     metric, the mean absolute percentage error, minimised by Powell's
-    method with restarts (docs/latency_predictor.md, "Fourth round").
+    method, bounded to that box, with restarts
+    (docs/latency_predictor.md, "Fourth round").
 
     Returns:
         the fitted :class:`~laud_mm.latency.HardwareSpec`.

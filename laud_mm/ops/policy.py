@@ -96,12 +96,13 @@ CHANNEL_DENSE_RATE = 0.7
 #: :func:`laud_mm.ops.channel_branch_add_relu` instead of the batched GEMMs,
 #: at any batch size (:func:`fused_cpu_threads`)
 CHANNEL_FUSED_CPU = True
-#: the fused kernel runs conv1 row-blocked on input maps of at most this
-#: many pixels, conv2 / conv3 on output maps of at most
-#: :data:`CHANNEL_BLOCKED_MAX_OUT_PIXELS`: those phases' weight panels are
-#: gathered block by block in L2, never written for the whole batch (the
-#: kernel's kBlockedMaxPixels1 / 2 in ``csrc/cpu/channel_conv_cpu.cpp``,
-#: which the latency model follows; docs/benchmarks.md, thirteenth round)
+#: with at least a sample per thread, the fused kernel runs conv1
+#: row-blocked on input maps of at most this many pixels, conv2 / conv3 on
+#: output maps of at most :data:`CHANNEL_BLOCKED_MAX_OUT_PIXELS`: those
+#: phases' weight panels are gathered block by block in L2, never written
+#: for the whole batch (the kernel's kBlockedMaxPixels1 / 2 in
+#: ``csrc/cpu/channel_conv_cpu.cpp``, which the latency model follows;
+#: docs/benchmarks.md, thirteenth round)
 CHANNEL_BLOCKED_MAX_IN_PIXELS = 196
 CHANNEL_BLOCKED_MAX_OUT_PIXELS = 49
 

@@ -431,8 +431,7 @@ def _by_name(ops):
     return names, {o.name: o for o in ops}
 
 
-BOOKKEEPING = ('gate', 'gate_checks', 'gate_count', 'repeat_interleave',
-               'rate_check', 'kept_channels', 'kept_lists', 'bookkeeping',
+BOOKKEEPING = ('gate', 'gate_count', 'kept_lists', 'bookkeeping',
                'mask_prep',
                'slice', 'expand_mask', 'skipped_relu')
 
@@ -592,8 +591,8 @@ def test_eager_spatial_logits_handed_on_by_dense_blocks(vector_width):
 
 
 def test_channel_kept_padded():
-    """k of ``_kept_channels``: the largest per-sample kept count padded up
-    to CHANNEL_PAD = 8 (s1.b0, width 128, G = 2: 64 groups)."""
+    """k of ``ops.channel_kept_lists``: the largest per-sample kept count
+    padded up to CHANNEL_PAD = 8 (s1.b0, width 128, G = 2: 64 groups)."""
     g = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][3]
     assert channel_kept_padded(g, 2, 0.25) == 32   # 16 groups, 32 channels
     assert channel_kept_padded(g, 2, 0.1) == 16    # 6 groups, 12 -> 16
@@ -751,15 +750,18 @@ def test_eager_fused_kernels_at_any_batch():
     assert names[-5:] == ['w2_panels', 'conv1', 'conv2', 'conv3',
                           'add_relu3']
     assert 'w1_panels' in names
-    # the phases the kernel runs row-blocked write no panels: conv1 on
-    # 14 x 14 inputs (R50 stage 3), conv2 / conv3 on 7 x 7 outputs (the
-    # stride-2 block 3.0 and stage 4)
+    # with a sample per thread, the phases the kernel runs row-blocked
+    # write no panels: conv1 on 14 x 14 inputs (R50 stage 3), conv2 /
+    # conv3 on 7 x 7 outputs (the stride-2 block 3.0 and stage 4); batch 1
+    # on 2 threads gathers them up front
     geoms = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0]
     for i, panels in ((8, ['w2_panels']), (13, []), (14, [])):
         assert geoms[i].in_hw[0] * geoms[i].in_hw[1] <= 196, i
-        names = [o.name for o in
-                 resnet_latency.channel_block_ops(p, geoms[i], 1, 0.5)]
-        assert [n for n in names if n.endswith('_panels')] == panels, i
+        for batch, want in ((2, panels), (1, ['w1_panels', 'w2_panels'])):
+            names = [o.name for o in resnet_latency.channel_block_ops(
+                p, geoms[i], batch, 0.5)]
+            assert [n for n in names if n.endswith('_panels')] == want, \
+                (i, batch)
     # every gate on (layer, channel): the static block whose add, ReLU and
     # channel means for the next masker are one pass (ops.add_relu_mean_)
     gl = resnet_geometries(50, (224, 224), 'layer')[0][1]

@@ -789,6 +789,65 @@ def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
 
 
 @needs_ext
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride', [
+    (3, 300, 140, 32, 7, 7, 1),     # every phase row-blocked, tail row
+    # blocks of w1t (44 rows) and of w2t's channels (12)
+    (2, 300, 140, 32, 14, 14, 2),   # conv1 and conv2 / conv3 row-blocked
+    (2, 300, 256, 32, 14, 13, 1),   # conv1 row-blocked only
+])
+def test_channel_row_blocked_phases_equal_up_front_panels(n, c_in, width,
+                                                          c_out, h, w,
+                                                          stride):
+    """The row-blocked phases split each sum over blocks of weight rows
+    in its unsplit order: the same bits as panels gathered up front
+    (force_unblocked), at 1 and 2 threads, with channel sums."""
+    args, ident, dense = _channel_case(13, n, c_in, width, c_out, h, w,
+                                       stride, 1, 2)
+
+    def run(unblocked):
+        out = ident.clone()
+        sums = torch.zeros(n, c_out)
+        ops.extension().channel_branch_add_relu(
+            out, *args, sums=sums, force_unblocked=unblocked)
+        return out, sums
+    for threads in (1, 2):
+        blocked = _with_threads(threads, lambda: run(False))
+        unblocked = _with_threads(threads, lambda: run(True))
+        assert torch.equal(blocked[0], unblocked[0]), threads
+        assert torch.equal(blocked[1], unblocked[1]), threads
+        assert (blocked[0] - dense).abs().max() <= 1e-5
+
+
+@needs_ext
+def test_channel_row_blocked_lists_out_of_order_or_padded():
+    """Lists the row blocks do not cut by channel range: a 7 x 7 map
+    (row-blocked conv2) with width 256 (a multiple of the 128-channel
+    blocks), one sample keeping every channel in the order 128 .. 255,
+    0 .. 127 (all 256 entries fall in one binary-search range: taken in
+    pieces of at most a block's rows), one keeping channels 0 .. 127 then
+    the zero padding channel 256 within its count (the padding channel
+    is in the last range). Both give the masked-dense / padding-free
+    result, row-blocked and with panels gathered up front."""
+    width = 256
+    order = list(range(128, 256)) + list(range(128))
+    args, ident, dense = _channel_case(
+        17, 2, 24, width, 32, 7, 7, 1, 1, 2,
+        kept=[order, list(range(128))])
+    ref = dense.clone()
+    x, chs, counts = args[:3]
+    chs2 = torch.full((2, chs.shape[1] + 8), width, dtype=torch.int64)
+    chs2[:, :chs.shape[1]] = chs
+    counts2 = counts.clone()
+    counts2[1] += 1  # the padding channel 256 kept: a zero channel
+    for unblocked in (False, True):
+        for c, k in ((chs, counts), (chs2, counts2)):
+            out = ident.clone()
+            ops.extension().channel_branch_add_relu(
+                out, x, c, k, *args[3:], force_unblocked=unblocked)
+            assert (out - ref).abs().max() <= 1e-5, (unblocked, k)
+
+
+@needs_ext
 @pytest.mark.parametrize('s', [1, 2, 4])
 def test_gather_scatter_same_at_any_thread_count(s):
     """The gather and scatter-add kernels (the non-fused spatial path) are

@@ -69,7 +69,7 @@ def _decision_launches(pred) -> int:
 def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
                         forced_gates: bool = True) -> int:
     """Kept channels k per sample of the eager channel path
-    (``laud_mm.models.resnet.dynamic._kept_channels``): the largest per-sample
+    (``laud_mm.ops.channel_kept_lists``): the largest per-sample
     count of kept channels, padded up to a multiple of ``CHANNEL_PAD``, at
     most the width.
 
@@ -319,12 +319,15 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
         # the panel gathers read whole weight rows once per call (all of
         # w1, the kept rows of w2: what dominates at small batches) and
         # write each sample's panels, except in the phases the kernel
-        # runs row-blocked on small maps (their panels stay in L2)
+        # runs row-blocked on small maps when the batch has a sample per
+        # thread or more (their panels stay in L2)
+        blocked = batch >= hw.num_pe
         panels = []
-        if in_px > policy.CHANNEL_BLOCKED_MAX_IN_PIXELS:
+        if not (blocked and in_px <= policy.CHANNEL_BLOCKED_MAX_IN_PIXELS):
             panels.append(elementwise_latency(hw, 'w1_panels',
                                               n * kq * c_in, 0, 1))
-        if out_px > policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS:
+        if not (blocked and
+                out_px <= policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS):
             panels.append(elementwise_latency(hw, 'w2_panels',
                                               n * kq * k * 9, 0, 1))
         return ops + [
