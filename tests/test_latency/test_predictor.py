@@ -13,8 +13,8 @@ from laud_mm.latency import (BackboneLatency, ConvOp, HardwareSpec,
                              save_hardware)
 from laud_mm.models import resnet_geometries
 from laud_mm.latency.operators import (access_efficiency, elementwise_latency,
-                                       pool_latency, scatter_add_latency,
-                                       tile_candidates)
+                                       launch_latency, pool_latency,
+                                       scatter_add_latency, tile_candidates)
 from laud_mm.latency.blocks import resnet as resnet_latency
 from laud_mm.latency.blocks.common import (channel_masker_op,
                                           masker_input_pooled)
@@ -762,6 +762,13 @@ def test_eager_fused_kernels_at_any_batch():
                 p, geoms[i], batch, 0.5)]
             assert [n for n in names if n.endswith('_panels')] == want, \
                 (i, batch)
+    # host calls of the fused kernel: 6, and a pool wake-up per parallel
+    # phase (up-front gathers, conv1, conv2 - conv3) on 2 threads
+    for batch, calls in ((1, 6 + 3), (2, 6 + 2)):
+        by = _by_name(resnet_latency.channel_block_ops(p, geoms[14], batch,
+                                                       0.5))[1]
+        assert by['bookkeeping'].ms == pytest.approx(
+            launch_latency(spec, 'b', calls).ms), batch
     # every gate on (layer, channel): the static block whose add, ReLU and
     # channel means for the next masker are one pass (ops.add_relu_mean_)
     gl = resnet_geometries(50, (224, 224), 'layer')[0][1]

@@ -263,9 +263,12 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     ho, wo = g.out_hw
     in_px, out_px = hi * wi, ho * wo
     out_e = n * c_out * out_px
-    # pool + MLP (one op above), relu, view; the decision (a forced gate
+    # pool + MLP (one op above), relu, view; on several threads each of
+    # the MLP's two library calls also wakes the thread pool, a host call
+    # each (docs/latency_predictor.md); the decision (a forced gate
     # replaces it, the masker still runs)
-    ops = [masker, launch_latency(hw, 'masker_steps', 2),
+    ops = [masker, launch_latency(hw, 'masker_steps',
+                                  4 if hw.num_pe > 1 else 2),
            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
     # the kept-channel lists, their counts and the batch's kept groups:
@@ -330,8 +333,11 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
                 out_px <= policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS):
             panels.append(elementwise_latency(hw, 'w2_panels',
                                               n * kq * k * 9, 0, 1))
+        # on several threads each parallel phase (the up-front gathers,
+        # conv1, conv2 - conv3) starts by waking the pool: a host call
+        regions = 2 + (1 if panels else 0) if hw.num_pe > 1 else 0
         return ops + [
-            launch_latency(hw, 'bookkeeping', 6),
+            launch_latency(hw, 'bookkeeping', 6 + regions),
             elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0),
             elementwise_latency(hw, 'w2_rows', 9 * k * (width + 1), 1, 0),
             *panels,
