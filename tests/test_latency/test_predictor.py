@@ -763,12 +763,23 @@ def test_eager_fused_kernels_at_any_batch():
             assert [n for n in names if n.endswith('_panels')] == want, \
                 (i, batch)
     # host calls of the fused kernel: 6, and a pool wake-up per parallel
-    # phase (up-front gathers, conv1, conv2 - conv3) on 2 threads
+    # phase (up-front gathers, conv1, conv2 - conv3) on 2 threads; the
+    # masker's two library calls wake it too (not on one PE, not on a GPU
+    # spec)
     for batch, calls in ((1, 6 + 3), (2, 6 + 2)):
         by = _by_name(resnet_latency.channel_block_ops(p, geoms[14], batch,
                                                        0.5))[1]
         assert by['bookkeeping'].ms == pytest.approx(
             launch_latency(spec, 'b', calls).ms), batch
+        assert by['masker_steps'].ms == pytest.approx(
+            launch_latency(spec, 'm', 4).ms)
+    for other in (spec.replace(num_pe=1), get_hardware('h200')):
+        q = LatencyPredictor(other, implementation='eager',
+                             forced_gates=True)
+        by = _by_name(resnet_latency.channel_block_ops(q, geoms[14], 2,
+                                                       0.5))[1]
+        assert by['masker_steps'].ms == pytest.approx(
+            launch_latency(other, 'm', 2).ms), other.name
     # every gate on (layer, channel): the static block whose add, ReLU and
     # channel means for the next masker are one pass (ops.add_relu_mean_)
     gl = resnet_geometries(50, (224, 224), 'layer')[0][1]

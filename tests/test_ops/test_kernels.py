@@ -839,12 +839,24 @@ def test_channel_row_blocked_lists_out_of_order_or_padded():
     chs2[:, :chs.shape[1]] = chs
     counts2 = counts.clone()
     counts2[1] += 1  # the padding channel 256 kept: a zero channel
-    for unblocked in (False, True):
-        for c, k in ((chs, counts), (chs2, counts2)):
-            out = ident.clone()
-            ops.extension().channel_branch_add_relu(
-                out, x, c, k, *args[3:], force_unblocked=unblocked)
-            assert (out - ref).abs().max() <= 1e-5, (unblocked, k)
+    # (a list longer than a block overflowed the block buffer before it
+    # was taken in pieces: an error only a sanitizer build would report,
+    # the values read back being the ones just written)
+    for threads in (1, 2):
+        for unblocked in (False, True):
+            for c, k in ((chs, counts), (chs2, counts2)):
+                out = ident.clone()
+                _with_threads(threads, lambda: ops.extension()
+                              .channel_branch_add_relu(
+                                  out, x, c, k, *args[3:],
+                                  force_unblocked=unblocked))
+                assert (out - ref).abs().max() <= 1e-5, (threads,
+                                                          unblocked, k)
+    # no input channel: rejected (conv1 would leave its output unwritten)
+    with pytest.raises(RuntimeError, match='C_in=0'):
+        ops.extension().channel_branch_add_relu(
+            ident.clone(), x[:, :0].contiguous(), chs, counts,
+            args[3][:0].contiguous(), *args[4:])
 
 
 @needs_ext

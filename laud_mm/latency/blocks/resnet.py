@@ -263,12 +263,15 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     ho, wo = g.out_hw
     in_px, out_px = hi * wi, ho * wo
     out_e = n * c_out * out_px
-    # pool + MLP (one op above), relu, view; on several threads each of
-    # the MLP's two library calls also wakes the thread pool, a host call
-    # each (docs/latency_predictor.md); the decision (a forced gate
-    # replaces it, the masker still runs)
+    # pool + MLP (one op above), relu, view; on a CPU spec (vector_width
+    # set) with several threads each of the MLP's two library calls also
+    # wakes the thread pool, a host call each (docs/latency_predictor.md,
+    # thirteenth round; the layer masker's one linear layer is left
+    # uncharged, its blocks already predicted high); the decision (a
+    # forced gate replaces it, the masker still runs)
+    pool_wakeups = hw.vector_width > 0 and hw.num_pe > 1
     ops = [masker, launch_latency(hw, 'masker_steps',
-                                  4 if hw.num_pe > 1 else 2),
+                                  4 if pool_wakeups else 2),
            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
     # the kept-channel lists, their counts and the batch's kept groups:
@@ -335,7 +338,7 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
                                               n * kq * k * 9, 0, 1))
         # on several threads each parallel phase (the up-front gathers,
         # conv1, conv2 - conv3) starts by waking the pool: a host call
-        regions = 2 + (1 if panels else 0) if hw.num_pe > 1 else 0
+        regions = 2 + (1 if panels else 0) if pool_wakeups else 0
         return ops + [
             launch_latency(hw, 'bookkeeping', 6 + regions),
             elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0),
