@@ -106,12 +106,10 @@ constexpr int64_t kAlign2 = 1;
 // output maps of at most kBlockedMaxPixels2. On such maps a panel block
 // serves few tiles (7 on a 7 x 7 map, 28 on 14 x 14), and the batch's
 // panels (N C_in kp floats for conv1, N 9 k kp for conv2: 40 MB at R50
-// stage 4, batch 8, r = 0.5) would go out to DRAM and back. R50 batch 8,
-// r = 0.5, 2 threads, block by block against the static block
-// (docs/benchmarks.md, thirteenth round): 14 x 14 blocks 1.63x against
-// 1.56x with conv1 row-blocked, 28 x 28 blocks within 1 %; the stride-2
-// block 3.0 (14 x 14 in, 7 x 7 out) 1.57x against 1.53x with conv2 and
-// conv3 row-blocked, 14 x 14 outputs 1 % slower row-blocked.
+// stage 4, batch 8, r = 0.5) would go out to DRAM and back. Larger maps
+// reuse a panel over enough tiles that the up-front gather pays (the
+// measurements behind both thresholds: docs/benchmarks.md, thirteenth
+// round).
 constexpr int64_t kBlockedMaxPixels1 = 196;
 constexpr int64_t kBlockedMaxPixels2 = 49;
 
