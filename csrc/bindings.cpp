@@ -27,6 +27,9 @@ std::string channel_branch_isa();
 std::tuple<at::Tensor, at::Tensor, int64_t> channel_kept_lists_cpu(
     const at::Tensor& gate, int64_t granularity, int64_t pad);
 std::vector<int64_t> channel_blocked_max_pixels();
+std::tuple<at::Tensor, at::Tensor> masker_gate_cpu(
+    const at::Tensor& pooled, const at::Tensor& w1, const at::Tensor& b1,
+    const std::optional<at::Tensor>& w2, const std::optional<at::Tensor>& b2);
 void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& identity,
                                  const at::Tensor& idx, const at::Tensor& w1p,
@@ -333,6 +336,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "sample's kept channels (gate > 0.5), ascending, padded with "
         "groups * granularity to a multiple of pad (CPU)",
         py::arg("gate"), py::arg("granularity"), py::arg("pad"));
+  m.def("masker_gate", &laud_mm::masker_gate_cpu,
+        "masker_gate(pooled (N, C), w1 (H, C), b1 (H,), w2 (O, H) or "
+        "None, b2 (O,) or None) float32 -> (gate (N, O/2), logits (N, "
+        "O)): a layer / channel masker's linear layers (ReLU between "
+        "two) and its inference gate (keep >= skip), one single-threaded "
+        "call (CPU)",
+        py::arg("pooled"), py::arg("w1"), py::arg("b1"), py::arg("w2"),
+        py::arg("b2"));
   m.def("channel_blocked_max_pixels", &laud_mm::channel_blocked_max_pixels,
         "[conv1's input pixels, conv2's output pixels] up to which "
         "channel_branch_add_relu runs those phases row-blocked (their "

@@ -52,6 +52,12 @@ run (median process CPU time of repeated calls after warm-up,
   then the whole LAUD-R50 spatial backbone at r = 1 (every patch on, 8 x
   224 px) with ``policy.SPATIAL_LOGIT_HANDOFF`` off and on, alternating
   (wall-clock medians; run it with ``--threads 2``);
+- ``masker_gate``: a channel / layer masker's inference gate, the
+  module's operators against one compiled call
+  (:func:`~laud_mm.ops.masker_gate`), each call right after a 64 MB copy
+  (as after a block's convolutions: cold caches, a sleeping thread pool;
+  wall-clock medians; run it with ``--threads 2``), and ``torch.empty(3)``
+  after such a copy against back to back;
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
@@ -369,6 +375,67 @@ def handoff_rows(batch: int = 8, size: int = 224) -> List[Row]:
     return rows
 
 
+def _after_eviction_ms(fn, evict, repeats: int = 101) -> float:
+    """Median wall-clock ms of ``fn()`` called right after ``evict()``
+    (``repeats`` times after 5 warm-up pairs), or back to back when
+    ``evict`` is None."""
+    ts = []
+    for rep in range(repeats + 5):
+        if evict is not None:
+            evict()
+        t = wall_ms(fn)
+        if rep >= 5:
+            ts.append(t)
+    return statistics.median(ts)
+
+
+def masker_gate_rows() -> List[Row]:
+    """``masker_gate``: the inference gate of a channel (G = 2) and a layer
+    masker of LAUD-R50 on a batch of 8 block inputs at 224 px, their
+    channel means recorded as inside the backbone: the module's operators
+    (the PyTorch backend: torch's linear layers, ReLU, the decision)
+    against one compiled call (:func:`~laud_mm.ops.masker_gate`); median
+    wall-clock ms, each call right after a 64 MB copy, which evicts the
+    caches and lets the thread pool fall asleep as a block's convolutions
+    do (note: the same back to back, and whether the gates are equal).
+    A last row times ``torch.empty(3)`` the same two ways: the cost of any
+    operator after a large kernel."""
+    from .benchmark.resnet import build
+    from laud_mm.models.layers.channel_mean import record_channel_mean
+    from laud_mm.ops import use_backend
+    src = torch.randn(16 * 2 ** 20)
+    dst = torch.empty_like(src)
+
+    def evict():
+        dst.copy_(src)
+    rows = []
+    for paradigm in ('channel', 'layer'):
+        net = build(50, paradigm)
+        for stage, c, hw in (('layer1', 256, 56), ('layer2', 512, 28),
+                             ('layer3', 1024, 14), ('layer4', 2048, 7)):
+            m = getattr(net, stage)[1].masker
+            x = torch.rand(8, c, hw, hw,
+                           generator=torch.Generator().manual_seed(c))
+            record_channel_mean(x, x.mean((2, 3)))
+            with use_backend('pytorch'):
+                ref = m(x)
+                a = _after_eviction_ms(lambda: m(x), evict)
+                a_warm = _after_eviction_ms(lambda: m(x), None)
+            same = torch.equal(m(x), ref)
+            b = _after_eviction_ms(lambda: m(x), evict)
+            b_warm = _after_eviction_ms(lambda: m(x), None)
+            rows.append(('masker_gate', f'{paradigm}, 8 x {c} x {hw}x{hw}',
+                         'module operators (wall)', a,
+                         'ops.masker_gate (wall)', b,
+                         f'back to back {a_warm:.3f} / {b_warm:.3f} ms; '
+                         f'gates {"equal" if same else "DIFFERENT"}'))
+    rows.append(('masker_gate', 'torch.empty(3)', 'after a 64 MB copy',
+                 _after_eviction_ms(lambda: torch.empty(3), evict),
+                 'back to back', _after_eviction_ms(lambda: torch.empty(3),
+                                                    None), ''))
+    return rows
+
+
 def max_pool_rows() -> List[Row]:
     """``max_pool``: :func:`laud_mm.ops.max_pool2d` against
     ``F.max_pool2d`` on the R50 stem's output (note: 'equal' when
@@ -401,6 +468,7 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      window_conv1=window_conv1_rows, scatter=scatter_rows,
                      weight_reorder=reorder_rows, masker=masker_rows,
                      handoff=handoff_rows, layer=layer_rows,
+                     masker_gate=masker_gate_rows,
                      max_pool=max_pool_rows,
                      pixels=pixel_rows)
 

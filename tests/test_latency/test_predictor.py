@@ -763,23 +763,41 @@ def test_eager_fused_kernels_at_any_batch():
             assert [n for n in names if n.endswith('_panels')] == want, \
                 (i, batch)
     # host calls of the fused kernel: 6, and a pool wake-up per parallel
-    # phase (up-front gathers, conv1, conv2 - conv3) on 2 threads; the
-    # masker's two library calls wake it too (not on one PE, not on a GPU
-    # spec)
+    # phase (up-front gathers, conv1, conv2 - conv3) on 2 threads, none on
+    # one PE; on a CPU spec the masker's MLP and decision are its one
+    # compiled call (ops.masker_gate: no relu / view calls, no wake-up),
+    # on a GPU spec its operators (relu, view; the decision's 4 calls
+    # unless forced)
     for batch, calls in ((1, 6 + 3), (2, 6 + 2)):
         by = _by_name(resnet_latency.channel_block_ops(p, geoms[14], batch,
                                                        0.5))[1]
         assert by['bookkeeping'].ms == pytest.approx(
             launch_latency(spec, 'b', calls).ms), batch
-        assert by['masker_steps'].ms == pytest.approx(
-            launch_latency(spec, 'm', 4).ms)
-    for other in (spec.replace(num_pe=1), get_hardware('h200')):
-        q = LatencyPredictor(other, implementation='eager',
-                             forced_gates=True)
+        assert by['masker_steps'].ms == 0.
+    one = LatencyPredictor(spec.replace(num_pe=1), implementation='eager',
+                           forced_gates=True)
+    by = _by_name(resnet_latency.channel_block_ops(one, geoms[14], 2,
+                                                   0.5))[1]
+    assert by['bookkeeping'].ms == pytest.approx(
+        launch_latency(one.hw, 'b', 6).ms)
+    gpu = get_hardware('h200')
+    for forced, gate_calls in ((True, 1), (False, 4)):
+        q = LatencyPredictor(gpu, implementation='eager',
+                             forced_gates=forced)
         by = _by_name(resnet_latency.channel_block_ops(q, geoms[14], 2,
                                                        0.5))[1]
         assert by['masker_steps'].ms == pytest.approx(
-            launch_latency(other, 'm', 2).ms), other.name
+            launch_latency(gpu, 'm', 2).ms)
+        assert by['gate'].ms == pytest.approx(
+            launch_latency(gpu, 'g', gate_calls).ms)
+    layer_g = resnet_geometries(50, (224, 224), 'layer')[0][14]
+    for forced, gate_calls in ((True, 1), (False, 0)):
+        q = LatencyPredictor(spec, implementation='eager',
+                             forced_gates=forced)
+        for ops_ in (resnet_latency.channel_block_ops(q, geoms[14], 2, 0.5),
+                     resnet_latency.layer_block_ops(q, layer_g, 2, 0.5)):
+            assert _by_name(ops_)[1]['gate'].ms == pytest.approx(
+                launch_latency(spec, 'g', gate_calls).ms), forced
     # every gate on (layer, channel): the static block whose add, ReLU and
     # channel means for the next masker are one pass (ops.add_relu_mean_)
     gl = resnet_geometries(50, (224, 224), 'layer')[0][1]

@@ -210,6 +210,88 @@ def test_channel_kept_lists_compiled_equals_reference(n, groups, g2, pad):
             ops.extension().channel_kept_lists(gates[0].double(), g2, pad)
 
 
+@pytest.mark.parametrize('n,c,h,o', [(8, 2048, 16, 512), (3, 256, 16, 64),
+                                     (2, 37, 5, 6), (4, 1024, 2, None),
+                                     (1, 5, 2, None), (0, 64, 16, 32)])
+def test_masker_gate_compiled_equals_reference(n, c, h, o):
+    """The compiled masker gate (ops.masker_gate: a channel masker's MLP,
+    or a layer masker's linear layer when o is None) against the
+    reference (F.linear, ReLU, F.linear, keep >= skip): logits equal to
+    float rounding, each gate its own logits' decision and the
+    reference's wherever the two logits do not tie to rounding, a NaN
+    input giving NaN logits and gate 0 as in torch, the same bits at 1 and
+    2 threads; lengths that are not a multiple of the 16 partial sums."""
+    from laud_mm.ops import masker_gate, masker_gate_reference
+    g = torch.Generator().manual_seed(c + h)
+    pooled = torch.rand(n, c, generator=g)
+    w1 = torch.randn(h, c, generator=g) / c ** 0.5
+    b1 = torch.randn(h, generator=g)
+    w2 = b2 = None
+    if o is not None:
+        w2 = torch.randn(o, h, generator=g) / h ** 0.5
+        b2 = torch.randn(o, generator=g) * 0.1
+    if n >= 2:
+        pooled[1, 3] = float('nan')
+    ref_gate, ref_logits = masker_gate_reference(pooled, w1, b1, w2, b2)
+    prev = torch.get_num_threads()
+    got = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got.append(masker_gate(pooled, w1, b1, w2, b2))
+    finally:
+        torch.set_num_threads(prev)
+    (gate, logits), (gate2, logits2) = got
+    out = h if o is None else o
+    assert gate.shape == (n, out // 2) and logits.shape == (n, out)
+    assert torch.equal(gate, gate2)
+    torch.testing.assert_close(logits, logits2, rtol=0, atol=0,
+                               equal_nan=True)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5,
+                               equal_nan=True)
+    pairs = logits.view(n, out // 2, 2)
+    assert torch.equal(gate, (pairs[..., 0] >= pairs[..., 1]).float())
+    if n >= 2:
+        assert logits[1].isnan().all() and not gate[1].any()
+    ref_pairs = ref_logits.view(n, out // 2, 2)
+    clear = (ref_pairs[..., 0] - ref_pairs[..., 1]).abs() > 1e-4
+    assert torch.equal(gate[clear], ref_gate[clear])
+    if ops.extension() is not None and n:
+        assert ops.fast_masker_gate(pooled, w1, b1)
+        with pytest.raises(RuntimeError, match='float32'):
+            ops.extension().masker_gate(pooled.double(), w1, b1, None, None)
+
+
+def test_masker_gate_bad_arguments_and_fallbacks():
+    """Shapes that do not chain, w2 without b2 and an odd output count are
+    ValueErrors naming them; inputs that need a gradient, autocast, other
+    dtypes or the forced reference backend take the reference (logits
+    with autograd)."""
+    from laud_mm.ops import fast_masker_gate, masker_gate
+    pooled, w1, b1 = torch.rand(2, 8), torch.randn(4, 8), torch.randn(4)
+    w2, b2 = torch.randn(6, 4), torch.randn(6)
+    with pytest.raises(ValueError, match='do not match'):
+        masker_gate(pooled, w1[:, :7], b1)
+    with pytest.raises(ValueError, match='given together'):
+        masker_gate(pooled, w1, b1, w2, None)
+    with pytest.raises(ValueError, match='do not follow'):
+        masker_gate(pooled, w1, b1, w2[:, :3], b2)
+    with pytest.raises(ValueError, match='3 outputs'):
+        masker_gate(pooled, w1[:3], b1[:3])
+    wg = w1.clone().requires_grad_()
+    assert not fast_masker_gate(pooled, wg, b1)
+    gate, logits = masker_gate(pooled, wg, b1, w2, b2)
+    assert logits.grad_fn is not None
+    with torch.no_grad():
+        assert fast_masker_gate(pooled, wg, b1) == \
+            (ops.extension() is not None)
+    assert not fast_masker_gate(pooled.double(), w1.double(), b1.double())
+    with ops.use_backend('pytorch'):
+        assert not fast_masker_gate(pooled, w1, b1)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not fast_masker_gate(pooled, w1, b1)
+
+
 def test_host_read_values_are_read_when_made():
     """HostRead copies its values when made (on CPU: at once), one tensor
     or several: later writes to the tensors do not change what get()

@@ -59,11 +59,21 @@ EAGER_GATE_DECISION_LAUNCHES = 4
 EAGER_FORCED_DECISION_LAUNCHES = 1
 
 
+def _compiled_masker(pred) -> bool:
+    """Whether an eager channel / layer masker decides in one compiled
+    call (``laud_mm.ops.masker_gate``: the linear layers and the decision
+    on the calling thread, no thread-pool wake-up): on a CPU spec
+    (``vector_width`` set; the float32 CPU path)."""
+    return pred.hw.vector_width > 0
+
+
 def _decision_launches(pred) -> int:
     """Host calls of a channel / layer block's gate decision: a forced
-    gate's (the validation) or the masker's own."""
-    return EAGER_FORCED_DECISION_LAUNCHES if pred.forced_gates \
-        else EAGER_GATE_DECISION_LAUNCHES
+    gate's (the validation) or the masker's own (none apart from the
+    compiled masker call, :func:`_compiled_masker`)."""
+    if pred.forced_gates:
+        return EAGER_FORCED_DECISION_LAUNCHES
+    return 0 if _compiled_masker(pred) else EAGER_GATE_DECISION_LAUNCHES
 
 
 def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
@@ -263,15 +273,12 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     ho, wo = g.out_hw
     in_px, out_px = hi * wi, ho * wo
     out_e = n * c_out * out_px
-    # pool + MLP (one op above), relu, view; on a CPU spec (vector_width
-    # set) with several threads each of the MLP's two library calls also
-    # wakes the thread pool, a host call each (docs/latency_predictor.md,
-    # thirteenth round; the layer masker's one linear layer is left
-    # uncharged, its blocks already predicted high); the decision (a
-    # forced gate replaces it, the masker still runs)
-    pool_wakeups = hw.vector_width > 0 and hw.num_pe > 1
+    # pool + MLP (one op above); on a CPU spec the MLP and the decision
+    # are that one compiled call (ops.masker_gate), elsewhere relu and
+    # view follow, then the decision (a forced gate replaces it, the
+    # masker still runs)
     ops = [masker, launch_latency(hw, 'masker_steps',
-                                  4 if pool_wakeups else 2),
+                                  0 if _compiled_masker(pred) else 2),
            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
     # the kept-channel lists, their counts and the batch's kept groups:
@@ -338,7 +345,7 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
                                               n * kq * k * 9, 0, 1))
         # on several threads each parallel phase (the up-front gathers,
         # conv1, conv2 - conv3) starts by waking the pool: a host call
-        regions = 2 + (1 if panels else 0) if pool_wakeups else 0
+        regions = 2 + (1 if panels else 0) if hw.num_pe > 1 else 0
         return ops + [
             launch_latency(hw, 'bookkeeping', 6 + regions),
             elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0),
@@ -660,7 +667,8 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     gathered = hw.vector_width > 0 and not policy.layer_sample_gemm(
         g.in_hw[0] * g.in_hw[1], hw.num_pe)
     # mean (unless recorded by the previous block), linear; the decision
-    # (a forced gate replaces it, the masker still runs)
+    # (one compiled call with the linear layer on a CPU spec; a forced
+    # gate replaces it, the masker still runs)
     ops = [] if masker_input_pooled(pred, g) else [
         pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
                      g.in_hw[0] * g.in_hw[1])]

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops.masker_gate import masker_gate
 from ...structures.geometry import ceil_div, is_granularity
 from .channel_mean import channel_mean
 from .gates import gumbel_gate, init_keep_bias
@@ -223,13 +224,30 @@ class ChannelMasker(MaskerBase):
         return F.linear(h, scale_grad(self.fc2.weight, n),
                         scale_grad(self.fc2.bias, n))
 
+    def masker_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in) the global average pool of x (N, C_in, H, W)
+        (:func:`~laud_mm.models.layers.channel_mean.channel_mean`: the
+        previous block's record when valid)."""
+        return channel_mean(x)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_groups, 2) keep/skip logits."""
-        h = F.relu(self.fc1(channel_mean(x)))
+        h = F.relu(self.fc1(self.masker_input(x)))
         return self._fc2(h).view(x.shape[0], self.num_groups, 2)
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
-        return self._gate(self.logits(x))
+        if self.training:
+            return self._gate(self.logits(x))
+        # inference: the MLP and the decision (keep >= skip) in one call
+        # where the compiled kernel takes them (ops.masker_gate: float32
+        # CPU, no autograd), else these operators; a forced gate replaces
+        # the decision, not the cost
+        fc1, fc2 = self.fc1, self.fc2
+        gate, logits = masker_gate(self.masker_input(x), fc1.weight,
+                                   fc1.bias, fc2.weight, fc2.bias)
+        if self.forced_gate is None:
+            return gate
+        return self._gate(logits.view(x.shape[0], self.num_groups, 2))
 
 
 class LayerMasker(MaskerBase):
@@ -251,12 +269,25 @@ class LayerMasker(MaskerBase):
         """Keep-biased init (keep +5, skip 0)."""
         init_keep_bias(self.fc, keep=5., skip=0.)
 
+    def masker_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in) the global average pool of x (N, C_in, H, W)
+        (:func:`~laud_mm.models.layers.channel_mean.channel_mean`)."""
+        return channel_mean(x)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 2) keep/skip logits."""
-        return self.fc(channel_mean(x))
+        return self.fc(self.masker_input(x))
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
-        return self._gate(self.logits(x))
+        if self.training:
+            return self._gate(self.logits(x))
+        # inference: the linear layer and the decision in one call where
+        # the compiled kernel takes them (as ChannelMasker.forward)
+        gate, logits = masker_gate(self.masker_input(x), self.fc.weight,
+                                   self.fc.bias)
+        if self.forced_gate is None:
+            return gate.view(-1)
+        return self._gate(logits)
 
 
 def build_masker(paradigm: str, in_channels: int, width: int,
@@ -348,10 +379,9 @@ class HeadMasker(ChannelMasker):
     def __init__(self, embed_dims: int, num_heads: int):
         super().__init__(embed_dims, num_heads)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H, 2) keep/skip logits from the token mean."""
-        h = F.relu(self.fc1(x.mean(dim=1)))
-        return self._fc2(h).view(x.shape[0], self.num_groups, 2)
+    def masker_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) the mean of the tokens of x (N, L, D)."""
+        return x.mean(dim=1)
 
 
 class TokenLayerMasker(LayerMasker):
@@ -368,9 +398,9 @@ class TokenLayerMasker(LayerMasker):
     (keep +5, skip 0).
     """
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 2) keep/skip logits from the token mean."""
-        return self.fc(x.mean(dim=1))
+    def masker_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) the mean of the tokens of x (N, L, D)."""
+        return x.mean(dim=1)
 
 
 def build_token_masker(paradigm: str, embed_dims: int, num_heads: int,

@@ -1,6 +1,7 @@
 """The channel masker's per-group gradient scale: the forward pass is
 unchanged, fc2's parameters receive n_groups times their plain gradient,
 fc1 and the input the plain one (laud_mm/models/layers/maskers.py)."""
+import pytest
 import torch
 
 from laud_mm.models.layers.maskers import ChannelMasker, scale_grad
@@ -67,3 +68,52 @@ def test_forced_gate_is_the_gate_with_or_without_a_graph():
     assert torch.equal(g, torch.ones(2, 4)) and g.requires_grad
     with torch.no_grad():
         assert torch.equal(m._gate(logits), torch.ones(2, 4))
+
+
+@pytest.mark.parametrize('paradigm', ['channel', 'layer'])
+def test_inference_gate_one_call_equals_module_operators(paradigm):
+    """At inference a layer / channel masker decides in one compiled call
+    (ops.masker_gate) where the kernel takes its tensors: on the inputs of
+    every block of LAUD-R50 for two real COCO images, its gate equals the
+    one the module's own operators give (the PyTorch backend), with and
+    without autograd; a forced gate is still returned exactly."""
+    from conftest import load_coco_images
+    from laud_mm import ops
+    from laud_mm.models import LAUDResNet
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm=paradigm,
+                     granularity=(2, 2, 2, 2) if paradigm == 'channel'
+                     else None)
+    net.eval()
+    for blk in net.blocks:  # spread the logits around the decision
+        fc = blk.masker.fc2 if paradigm == 'channel' else blk.masker.fc
+        torch.nn.init.normal_(fc.weight, 0., 1.)
+        torch.nn.init.zeros_(fc.bias)
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+             for b in net.blocks]
+    with torch.no_grad():
+        net(load_coco_images(n=2, size=(128, 160)))
+    for h in hooks:
+        h.remove()
+    assert len(inputs) == 16
+    kept = []
+    for blk, x in zip(net.blocks, inputs):
+        m = blk.masker
+        with torch.no_grad():
+            fast = m(x)
+            with ops.use_backend('pytorch'):
+                ref = m(x)
+        assert torch.equal(fast, ref), (blk.stage, blk.index)
+        assert torch.equal(m(x), ref)  # autograd on: the module's operators
+        kept.append(float(fast.mean()))
+        m.forced_gate = torch.ones_like(ref)
+        with torch.no_grad():
+            assert torch.equal(m(x), torch.ones_like(ref))
+        m.forced_gate = None
+    assert 0 < sum(kept) / len(kept) < 1  # gates on and off were compared
+    if ops.extension() is not None:
+        m = net.blocks[0].masker
+        params = [p for p in m.parameters()]
+        with torch.no_grad():
+            assert ops.fast_masker_gate(inputs[0].mean((2, 3)), *params)
