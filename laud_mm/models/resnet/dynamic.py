@@ -306,7 +306,9 @@ def _spatial_forward(block, x, geom):
         diff = F.adaptive_avg_pool2d(t[:, width:], (gh, gw))[:, 0]
         gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
             else forced_gate(masker, (n, gh, gw), x)
-    n_act = int((gate > 0.5).sum())
+    # gates are exactly 0 or 1 (the decision, or a forced gate the masker
+    # validated): one counting operator instead of a compare and a sum
+    n_act = int(gate.count_nonzero())
     total = gate.numel()
     # an owned non-negative input (owned_block_inputs) is its own relu, and
     # the fused scatter may write into it
@@ -320,7 +322,8 @@ def _spatial_forward(block, x, geom):
     dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD if fused else \
         policy.SPATIAL_DENSE_THRESHOLD
     if n_act >= dense_from * total:
-        h = conv1()[:, :width].relu_()  # t is ours: ReLU in place
+        # t is ours: ReLU in place (conv1 alone has width channels)
+        h = (conv1() if t is None else t[:, :width]).relu_()
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
                      fb.dilation).relu_()
         y = F.conv2d(h, fb.w3, fb.b3)
