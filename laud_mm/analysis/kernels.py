@@ -399,7 +399,13 @@ def masker_gate_rows() -> List[Row]:
     caches and lets the thread pool fall asleep as a block's convolutions
     do (note: the same back to back, and whether the gates are equal).
     A last row times ``torch.empty(3)`` the same two ways: the cost of any
-    operator after a large kernel."""
+    operator after a large kernel.
+
+    Returns:
+        the rows (kernel, shape, A, A ms, B, B ms, note). Source: paper
+        sec. 3.2 (maskers), sec. 3.4 (the masker is part of a dynamic
+        block's latency).
+    """
     from .benchmark.resnet import build
     from laud_mm.models.layers.channel_mean import record_channel_mean
     from laud_mm.ops import use_backend

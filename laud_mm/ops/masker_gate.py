@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import policy
 from .dispatch import extension, is_autocast, use_kernels
 
 #: index of the keep / skip logit in each (keep, skip) pair (as
@@ -32,15 +33,23 @@ def fast_masker_gate(pooled: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether :func:`masker_gate` runs the compiled kernel for these
     tensors: the extension is built and not disabled
     (``LAUD_MM_OPS_BACKEND``), every tensor is float32 on the CPU, autocast
-    is off (autocast runs the linear layers in its dtype, as in training)
-    and no gradient is needed (the kernel has no backward).
+    is off (autocast runs the linear layers in its dtype, as in training),
+    no gradient is needed (the kernel has no backward), and the dynamic
+    paths do not run their CUDA logic on CPU tensors
+    (``policy.DEVICE_PATH_ON_CPU``: a GPU has no such kernel, its masker
+    runs the reference's operators).
 
     Args:
         pooled: (N, C) masker input; params: the linear layers' weights and
             biases.
+
+    Returns:
+        True where the compiled kernel runs. Source: paper sec. 3.4
+        (scheduling of the dynamic operators).
     """
     tensors = (pooled,) + params
-    if extension() is None or not use_kernels(pooled) or is_autocast(pooled):
+    if extension() is None or not use_kernels(pooled) or \
+            is_autocast(pooled) or policy.DEVICE_PATH_ON_CPU:
         return False
     if any(t.device.type != 'cpu' or t.dtype != torch.float32
            for t in tensors):
@@ -78,6 +87,10 @@ def masker_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
         ValueError: shapes that do not chain, w2 without b2 (or the
             reverse), or an odd number of outputs (names the argument).
     """
+    for name, t in (('pooled', pooled), ('w1', w1), ('b1', b1)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f'{name} must be a tensor, got {t!r} (a masker '
+                             f'layer without a bias has no gate offsets)')
     if pooled.dim() != 2 or w1.dim() != 2 or w1.shape[1] != pooled.shape[1] \
             or tuple(b1.shape) != (w1.shape[0],):
         raise ValueError(f'pooled (N, C) {tuple(pooled.shape)}, w1 (H, C) '
@@ -114,8 +127,25 @@ def masker_gate_reference(pooled: torch.Tensor, w1: torch.Tensor,
                           w2: Optional[torch.Tensor] = None,
                           b2: Optional[torch.Tensor] = None
                           ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch reference of :func:`masker_gate` (any device and dtype,
-    autograd through the logits; the gate is the inference decision)."""
+    """PyTorch reference of :func:`masker_gate`: the same logits and gate
+    with torch's operators (any device and dtype, autograd through the
+    logits; the gate is the inference decision, as
+    ``laud_mm.models.layers.gates.gumbel_gate`` in eval).
+
+    Args:
+        pooled: (N, C); w1: (H, C); b1: (H,); w2: (O, H) or None; b2: (O,)
+            or None.
+
+    Returns:
+        (gate (N, O / 2), logits (N, O)).
+
+    Raises:
+        RuntimeError: shapes that do not chain (``F.linear``) or an odd
+            number of outputs (the pair view); :func:`masker_gate` checks
+            these first and raises ValueError.
+
+    Source: paper sec. 3.2 (keep if logit_keep >= logit_skip at inference).
+    """
     logits = F.linear(pooled, w1, b1)
     if w2 is not None:
         logits = F.linear(F.relu(logits), w2, b2)

@@ -696,7 +696,7 @@ def test_eager_spatial_kernels():
         contiguous_reads=1).ms)
     assert by['scatter_add_relu'].ms == pytest.approx(elementwise_latency(
         hw, 'scatter_add_relu', 2 * 2048 * 49, 1.5, 1).ms)
-    assert _launch_count(p, ops) == pytest.approx(2 + 3 + 10)
+    assert _launch_count(p, ops) == pytest.approx(2 + 2 + 10)
     names, by = _by_name(resnet_latency.spatial_block_ops(p, g, 16, 0.5))  # 32 patches
     assert names[-3:] == ['relu2', 'conv3', 'scatter_add_relu']
     assert by['conv3'].ms == pytest.approx(conv_latency(hw, ConvOp(
@@ -744,7 +744,7 @@ def test_eager_fused_kernels_at_any_batch():
     names = [o.name for o in resnet_latency.spatial_block_ops(p, g, 1, 1.)]
     assert names == ['mask_conv', 'mask_pool', 'mask_steps', 'gate',
                      'gate_count', 'conv1', 'relu1', 'conv2', 'relu2',
-                     'conv3', 'slice', 'add', 'relu3']
+                     'conv3', 'add', 'relu3']
     gc = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][1]
     names = [o.name for o in resnet_latency.channel_block_ops(p, gc, 1, 0.5)]
     assert names[-5:] == ['w2_panels', 'conv1', 'conv2', 'conv3',
@@ -773,7 +773,9 @@ def test_eager_fused_kernels_at_any_batch():
                                                        0.5))[1]
         assert by['bookkeeping'].ms == pytest.approx(
             launch_latency(spec, 'b', calls).ms), batch
-        assert by['masker_steps'].ms == 0.
+        # the forced gate's view of the call's logits
+        assert by['masker_steps'].ms == pytest.approx(
+            launch_latency(spec, 'm', 1).ms)
     one = LatencyPredictor(spec.replace(num_pe=1), implementation='eager',
                            forced_gates=True)
     by = _by_name(resnet_latency.channel_block_ops(one, geoms[14], 2,
@@ -798,6 +800,9 @@ def test_eager_fused_kernels_at_any_batch():
                      resnet_latency.layer_block_ops(q, layer_g, 2, 0.5)):
             assert _by_name(ops_)[1]['gate'].ms == pytest.approx(
                 launch_latency(spec, 'g', gate_calls).ms), forced
+        assert _by_name(resnet_latency.channel_block_ops(
+            q, geoms[14], 2, 0.5))[1]['masker_steps'].ms == pytest.approx(
+                launch_latency(spec, 'm', gate_calls).ms), forced
     # every gate on (layer, channel): the static block whose add, ReLU and
     # channel means for the next masker are one pass (ops.add_relu_mean_)
     gl = resnet_geometries(50, (224, 224), 'layer')[0][1]
@@ -1091,8 +1096,11 @@ def test_calibration_measures_dynamic_path_terms():
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        spec = get_hardware('cpu').replace(  # this machine's, 1 thread
-            num_pe=1, vector_width=16, bandwidth_gbs=30., l2_factor=3.,
+        # about this machine's at 1 thread (calibrate_hardware measures
+        # some 90 GB/s here); a lower bandwidth would model the empty
+        # block's one pass over its input slower than the block runs
+        spec = get_hardware('cpu').replace(
+            num_pe=1, vector_width=16, bandwidth_gbs=90., l2_factor=3.,
             launch_us=2., clock_mhz=2600.)
         out = dynamic_path_terms(spec, torch.device('cpu'), verbose=False)
     finally:

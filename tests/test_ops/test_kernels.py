@@ -210,6 +210,7 @@ def test_channel_kept_lists_compiled_equals_reference(n, groups, g2, pad):
             ops.extension().channel_kept_lists(gates[0].double(), g2, pad)
 
 
+@pytest.mark.skipif(ops.extension() is None, reason='laud_mm._ext not built')
 @pytest.mark.parametrize('n,c,h,o', [(8, 2048, 16, 512), (3, 256, 16, 64),
                                      (2, 37, 5, 6), (4, 1024, 2, None),
                                      (1, 5, 2, None), (0, 64, 16, 32)])
@@ -220,7 +221,9 @@ def test_masker_gate_compiled_equals_reference(n, c, h, o):
     float rounding, each gate its own logits' decision and the
     reference's wherever the two logits do not tie to rounding, a NaN
     input giving NaN logits and gate 0 as in torch, the same bits at 1 and
-    2 threads; lengths that are not a multiple of the 16 partial sums."""
+    2 threads; lengths that are not a multiple of the 16 partial sums;
+    a non-contiguous input (copied for the kernel, which itself refuses
+    one)."""
     from laud_mm.ops import masker_gate, masker_gate_reference
     g = torch.Generator().manual_seed(c + h)
     pooled = torch.rand(n, c, generator=g)
@@ -236,17 +239,22 @@ def test_masker_gate_compiled_equals_reference(n, c, h, o):
     prev = torch.get_num_threads()
     got = []
     try:
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            got.append(masker_gate(pooled, w1, b1, w2, b2))
+        with ops.use_backend('cpp'):
+            assert ops.fast_masker_gate(pooled, w1, b1)
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                got.append(masker_gate(pooled, w1, b1, w2, b2))
+            strided = torch.stack([pooled, pooled], 2)[..., 0]
+            got.append(masker_gate(strided, w1, b1, w2, b2))
     finally:
         torch.set_num_threads(prev)
-    (gate, logits), (gate2, logits2) = got
     out = h if o is None else o
+    (gate, logits) = got[0]
     assert gate.shape == (n, out // 2) and logits.shape == (n, out)
-    assert torch.equal(gate, gate2)
-    torch.testing.assert_close(logits, logits2, rtol=0, atol=0,
-                               equal_nan=True)
+    for other_gate, other_logits in got[1:]:
+        assert torch.equal(gate, other_gate)
+        torch.testing.assert_close(logits, other_logits, rtol=0, atol=0,
+                                   equal_nan=True)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5,
                                equal_nan=True)
     pairs = logits.view(n, out // 2, 2)
@@ -256,18 +264,20 @@ def test_masker_gate_compiled_equals_reference(n, c, h, o):
     ref_pairs = ref_logits.view(n, out // 2, 2)
     clear = (ref_pairs[..., 0] - ref_pairs[..., 1]).abs() > 1e-4
     assert torch.equal(gate[clear], ref_gate[clear])
-    if ops.extension() is not None and n:
-        assert ops.fast_masker_gate(pooled, w1, b1)
+    if n:
         with pytest.raises(RuntimeError, match='float32'):
             ops.extension().masker_gate(pooled.double(), w1, b1, None, None)
+        with pytest.raises(RuntimeError, match='not contiguous'):
+            ops.extension().masker_gate(strided, w1, b1, None, None)
 
 
 def test_masker_gate_bad_arguments_and_fallbacks():
-    """Shapes that do not chain, w2 without b2 and an odd output count are
-    ValueErrors naming them; inputs that need a gradient, autocast, other
-    dtypes or the forced reference backend take the reference (logits
-    with autograd)."""
-    from laud_mm.ops import fast_masker_gate, masker_gate
+    """Shapes that do not chain, w2 without b2, an odd output count and a
+    missing bias are ValueErrors naming them; inputs that need a gradient,
+    autocast, other dtypes, the forced reference backend or the CUDA
+    path's logic on CPU (count_dispatch) take the reference (logits with
+    autograd)."""
+    from laud_mm.ops import fast_masker_gate, masker_gate, policy
     pooled, w1, b1 = torch.rand(2, 8), torch.randn(4, 8), torch.randn(4)
     w2, b2 = torch.randn(6, 4), torch.randn(6)
     with pytest.raises(ValueError, match='do not match'):
@@ -278,13 +288,21 @@ def test_masker_gate_bad_arguments_and_fallbacks():
         masker_gate(pooled, w1, b1, w2[:, :3], b2)
     with pytest.raises(ValueError, match='3 outputs'):
         masker_gate(pooled, w1[:3], b1[:3])
+    with pytest.raises(ValueError, match='b1 must be a tensor'):
+        masker_gate(pooled, w1, None)
     wg = w1.clone().requires_grad_()
     assert not fast_masker_gate(pooled, wg, b1)
     gate, logits = masker_gate(pooled, wg, b1, w2, b2)
     assert logits.grad_fn is not None
-    with torch.no_grad():
+    with torch.no_grad(), ops.use_backend(None):
         assert fast_masker_gate(pooled, wg, b1) == \
             (ops.extension() is not None)
+        saved = policy.DEVICE_PATH_ON_CPU
+        policy.DEVICE_PATH_ON_CPU = True
+        try:
+            assert not fast_masker_gate(pooled, w1, b1)
+        finally:
+            policy.DEVICE_PATH_ON_CPU = saved
     assert not fast_masker_gate(pooled.double(), w1.double(), b1.double())
     with ops.use_backend('pytorch'):
         assert not fast_masker_gate(pooled, w1, b1)

@@ -50,9 +50,9 @@ from .common import (active_patches, channel_masker_op, downsample_ops,
 #: copy) after its logit; the validation imposes the gates through
 #: ``masker.forced_gate``
 EAGER_FORCED_GATE_LAUNCHES = 2
-#: host calls of a channel / layer masker's decision on its logits
-#: (``laud_mm.models.layers.gates.gumbel_gate`` in eval: select, select,
-#: compare, cast)
+#: host calls of a channel / layer masker's decision on its logits where
+#: it is not the compiled call (``laud_mm.models.layers.gates.gumbel_gate``
+#: in eval: select, select, compare, cast)
 EAGER_GATE_DECISION_LAUNCHES = 4
 #: ... and of a forced gate without autograd, which replaces it (one copy:
 #: ``MaskerBase._gate``), as the validation imposes them
@@ -274,11 +274,11 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     in_px, out_px = hi * wi, ho * wo
     out_e = n * c_out * out_px
     # pool + MLP (one op above); on a CPU spec the MLP and the decision
-    # are that one compiled call (ops.masker_gate), elsewhere relu and
-    # view follow, then the decision (a forced gate replaces it, the
-    # masker still runs)
-    ops = [masker, launch_latency(hw, 'masker_steps',
-                                  0 if _compiled_masker(pred) else 2),
+    # are that one compiled call (ops.masker_gate; a forced gate then
+    # views its logits), elsewhere relu and view follow, then the decision
+    # (a forced gate replaces it, the masker still runs)
+    steps = (1 if pred.forced_gates else 0) if _compiled_masker(pred) else 2
+    ops = [masker, launch_latency(hw, 'masker_steps', steps),
            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
     # the kept-channel lists, their counts and the batch's kept groups:
@@ -484,7 +484,8 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
         c1 = width + 1
     conv1 = conv_op(hw, 'conv1', batch, g.in_channels, c1, g.in_hw,
                     g.in_hw)
-    ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
+    # count_nonzero, item
+    ops.append(launch_latency(hw, 'gate_count', 2))
     if d <= 0.:  # relu(shortcut)
         return ops + downsample_ops(pred, g, batch) + [
             elementwise_latency(hw, 'relu', out_e, 1, 1)]
@@ -492,7 +493,8 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
         dense = static_block_ops(pred, g, batch)
         ops += [conv1 if o.name == 'conv1' else o for o in dense
                 if o.name not in ('add', 'relu3')]
-        ops.append(launch_latency(hw, 'slice', 1))
+        if c1 > width:  # conv1's output without the masker's channel
+            ops.append(launch_latency(hw, 'slice', 1))
         if d < 1.:  # expand_spatial_gate, y *= mask
             ops += [launch_latency(hw, 'expand_mask', 3),
                     elementwise_latency(hw, 'mask_mul', out_e, 1, 1)]
@@ -608,7 +610,7 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     gate = _spatial_gate_ops(pred, g, batch)
     if _spatial_dense(pred, g, d):  # the dense block
         return _spatial_gather(pred, g, batch, d, gate_ops=gate)
-    ops = gate + [launch_latency(hw, 'gate_count', 3)]  # gt, sum, item
+    ops = gate + [launch_latency(hw, 'gate_count', 2)]  # count_nonzero, item
     if d <= 0.:  # the owned input itself, else relu(shortcut)
         inplace = pred.owned_block_inputs and not g.has_downsample
         return ops + downsample_ops(pred, g, batch) + (

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...ops.masker_gate import masker_gate
+from ...ops.masker_gate import fast_masker_gate, masker_gate
 from ...structures.geometry import ceil_div, is_granularity
 from .channel_mean import channel_mean
 from .gates import gumbel_gate, init_keep_bias
@@ -66,7 +66,9 @@ class MaskerBase(nn.Module):
                     f'(keep / skip), got values {bad.tolist()}: masked-dense '
                     f'evaluation multiplies by a gate and dynamic inference '
                     f'thresholds it at 0.5, so other values make them differ')
-            self._forced_gate = value
+            # a copy: a later in-place write to the caller's tensor would
+            # bypass this check
+            self._forced_gate = value.detach().clone()
             return
         if not isinstance(value, (int, float)) or value not in (0, 1):
             raise ValueError(
@@ -172,6 +174,34 @@ def scale_grad(p: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGrad.apply(p, float(scale))
 
 
+def compiled_gate(pooled: torch.Tensor, layers: Tuple[nn.Module, ...]
+                  ) -> bool:
+    """Whether an eval layer / channel masker decides with the compiled
+    call (:func:`laud_mm.ops.masker_gate`) rather than its modules: its
+    linear layers have biases and no forward hooks (pruning, weight norm or
+    a hook-based counter read or rewrite them in their forward, which the
+    call would bypass), and the tensors qualify
+    (:func:`laud_mm.ops.fast_masker_gate`: float32 CPU, no autograd, no
+    autocast). A subclass that overrides ``logits`` keeps its operators
+    (the maskers' ``forward`` checks that); one that only changes the
+    pooled input overrides ``masker_input``.
+
+    Args:
+        pooled: (N, C_in) the masker's input; layers: its nn.Linear layers
+            in order.
+
+    Returns:
+        True for the compiled call. Source: paper sec. 3.2 (maskers),
+        sec. 3.4 (scheduling).
+    """
+    params = []
+    for m in layers:
+        if m.bias is None or m._forward_hooks or m._forward_pre_hooks:
+            return False
+        params += (m.weight, m.bias)
+    return fast_masker_gate(pooled, *params)
+
+
 class ChannelMasker(MaskerBase):
     """Channel-group masker: global average pool, Linear(C_in, h), ReLU,
     Linear(h, 2 * n_groups), h = max(n_groups // 16, 16).
@@ -227,24 +257,28 @@ class ChannelMasker(MaskerBase):
     def masker_input(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in) the global average pool of x (N, C_in, H, W)
         (:func:`~laud_mm.models.layers.channel_mean.channel_mean`: the
-        previous block's record when valid)."""
+        previous block's record when valid). The input a subclass changes
+        (paper sec. 3.2: the masker's pooled input)."""
         return channel_mean(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_groups, 2) keep/skip logits."""
-        h = F.relu(self.fc1(self.masker_input(x)))
-        return self._fc2(h).view(x.shape[0], self.num_groups, 2)
+        return self._logits_of(self.masker_input(x))
+
+    def _logits_of(self, pooled: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.fc1(pooled))
+        return self._fc2(h).view(pooled.shape[0], self.num_groups, 2)
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
-        if self.training:
+        if self.training or type(self).logits is not ChannelMasker.logits:
             return self._gate(self.logits(x))
-        # inference: the MLP and the decision (keep >= skip) in one call
-        # where the compiled kernel takes them (ops.masker_gate: float32
-        # CPU, no autograd), else these operators; a forced gate replaces
-        # the decision, not the cost
-        fc1, fc2 = self.fc1, self.fc2
-        gate, logits = masker_gate(self.masker_input(x), fc1.weight,
-                                   fc1.bias, fc2.weight, fc2.bias)
+        pooled = self.masker_input(x)
+        if not compiled_gate(pooled, (self.fc1, self.fc2)):
+            return self._gate(self._logits_of(pooled))
+        # the MLP and the decision (keep >= skip) in one call; a forced
+        # gate replaces the decision, not the cost
+        gate, logits = masker_gate(pooled, self.fc1.weight, self.fc1.bias,
+                                   self.fc2.weight, self.fc2.bias)
         if self.forced_gate is None:
             return gate
         return self._gate(logits.view(x.shape[0], self.num_groups, 2))
@@ -271,7 +305,8 @@ class LayerMasker(MaskerBase):
 
     def masker_input(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in) the global average pool of x (N, C_in, H, W)
-        (:func:`~laud_mm.models.layers.channel_mean.channel_mean`)."""
+        (:func:`~laud_mm.models.layers.channel_mean.channel_mean`). The
+        input a subclass changes (paper sec. 3.2)."""
         return channel_mean(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,12 +314,14 @@ class LayerMasker(MaskerBase):
         return self.fc(self.masker_input(x))
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
-        if self.training:
+        if self.training or type(self).logits is not LayerMasker.logits:
             return self._gate(self.logits(x))
-        # inference: the linear layer and the decision in one call where
-        # the compiled kernel takes them (as ChannelMasker.forward)
-        gate, logits = masker_gate(self.masker_input(x), self.fc.weight,
-                                   self.fc.bias)
+        pooled = self.masker_input(x)
+        if not compiled_gate(pooled, (self.fc,)):
+            return self._gate(self.fc(pooled))
+        # the linear layer and the decision in one call (as
+        # ChannelMasker.forward)
+        gate, logits = masker_gate(pooled, self.fc.weight, self.fc.bias)
         if self.forced_gate is None:
             return gate.view(-1)
         return self._gate(logits)

@@ -1,8 +1,11 @@
-"""The channel masker's per-group gradient scale: the forward pass is
-unchanged, fc2's parameters receive n_groups times their plain gradient,
-fc1 and the input the plain one (laud_mm/models/layers/maskers.py)."""
+"""The maskers (laud_mm/models/layers/maskers.py): the channel masker's
+per-group gradient scale (the forward pass unchanged, fc2's parameters
+receiving n_groups times their plain gradient, fc1 and the input the plain
+one), forced gates, and the inference gate in one compiled call
+(ops.masker_gate) against the modules' own operators."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from laud_mm.models.layers.maskers import ChannelMasker, scale_grad
 
@@ -70,16 +73,39 @@ def test_forced_gate_is_the_gate_with_or_without_a_graph():
         assert torch.equal(m._gate(logits), torch.ones(2, 4))
 
 
+def _count_kernel_calls(monkeypatch):
+    """Patch the compiled masker_gate to count its calls (the extension as
+    ops.masker_gate's module sees it); returns the counter list."""
+    import sys
+    import types
+    from laud_mm import ops
+    mod = sys.modules['laud_mm.ops.masker_gate']
+    ext = ops.extension()
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return ext.masker_gate(*args)
+    monkeypatch.setattr(mod, 'extension', lambda: types.SimpleNamespace(
+        masker_gate=counted))
+    return calls
+
+
+@pytest.mark.skipif(__import__('laud_mm').ops.extension() is None,
+                    reason='laud_mm._ext not built')
 @pytest.mark.parametrize('paradigm', ['channel', 'layer'])
-def test_inference_gate_one_call_equals_module_operators(paradigm):
+def test_inference_gate_one_call_equals_module_operators(paradigm,
+                                                         monkeypatch):
     """At inference a layer / channel masker decides in one compiled call
     (ops.masker_gate) where the kernel takes its tensors: on the inputs of
-    every block of LAUD-R50 for two real COCO images, its gate equals the
-    one the module's own operators give (the PyTorch backend), with and
-    without autograd; a forced gate is still returned exactly."""
+    every block of LAUD-R50 for two real COCO images, the call runs once
+    per block and its gate equals the module's own operators' (its
+    ``logits`` and the eval decision of ``gumbel_gate``); with autograd on
+    the module runs its operators (no call); a forced gate is still
+    returned exactly (the logits computed)."""
     from conftest import load_coco_images
-    from laud_mm import ops
     from laud_mm.models import LAUDResNet
+    from laud_mm.models.layers.gates import gumbel_gate
     torch.manual_seed(0)
     net = LAUDResNet(50, paradigm=paradigm,
                      granularity=(2, 2, 2, 2) if paradigm == 'channel'
@@ -97,23 +123,78 @@ def test_inference_gate_one_call_equals_module_operators(paradigm):
     for h in hooks:
         h.remove()
     assert len(inputs) == 16
+    calls = _count_kernel_calls(monkeypatch)
     kept = []
-    for blk, x in zip(net.blocks, inputs):
+    for i, (blk, x) in enumerate(zip(net.blocks, inputs)):
         m = blk.masker
         with torch.no_grad():
             fast = m(x)
-            with ops.use_backend('pytorch'):
-                ref = m(x)
+            assert len(calls) == i + 1
+            ref = gumbel_gate(m.logits(x), m.tau, False)
         assert torch.equal(fast, ref), (blk.stage, blk.index)
         assert torch.equal(m(x), ref)  # autograd on: the module's operators
+        assert len(calls) == i + 1
         kept.append(float(fast.mean()))
         m.forced_gate = torch.ones_like(ref)
         with torch.no_grad():
             assert torch.equal(m(x), torch.ones_like(ref))
         m.forced_gate = None
+        calls.pop()
     assert 0 < sum(kept) / len(kept) < 1  # gates on and off were compared
-    if ops.extension() is not None:
-        m = net.blocks[0].masker
-        params = [p for p in m.parameters()]
+
+
+@pytest.mark.skipif(__import__('laud_mm').ops.extension() is None,
+                    reason='laud_mm._ext not built')
+def test_inference_gate_keeps_module_operators_where_they_matter(
+        imagenette, monkeypatch):
+    """The compiled call also serves the transformer maskers (head and
+    layer skipping: the mean of the tokens as input), with gates equal to
+    their operators', on tokens of real ImageNet images (8 x 8 patches);
+    a forward hook on a linear layer (pruning, weight norm, counters), a
+    subclass that overrides ``logits`` or a channel / layer masker whose
+    layer has no bias keeps the module's operators."""
+    import glob
+    import os.path as osp
+
+    import numpy as np
+    from PIL import Image
+
+    from laud_mm.models.layers.gates import gumbel_gate
+    from laud_mm.models.layers.maskers import (HeadMasker, LayerMasker,
+                                               TokenLayerMasker)
+    files = sorted(glob.glob(osp.join(imagenette, '**', '*.JPEG'),
+                             recursive=True))[:2]
+    imgs = [torch.from_numpy(np.asarray(Image.open(f).convert('RGB')
+                                        .resize((64, 64)), np.float32))
+            for f in files]
+    x = torch.stack(imgs).permute(0, 3, 1, 2) / 255.
+    tokens = F.unfold(x, 8, stride=8).transpose(1, 2)  # (2, 64, 192)
+    torch.manual_seed(0)
+    calls = _count_kernel_calls(monkeypatch)
+    for m in (HeadMasker(192, 6), TokenLayerMasker(192)):
+        m.eval()
+        last = m.fc2 if isinstance(m, HeadMasker) else m.fc
+        torch.nn.init.normal_(last.weight, 0., 1.)
+        torch.nn.init.zeros_(last.bias)
         with torch.no_grad():
-            assert ops.fast_masker_gate(inputs[0].mean((2, 3)), *params)
+            fast = m(tokens)
+            ref = gumbel_gate(m.logits(tokens), m.tau, False)
+        assert calls.pop() == 1 and torch.equal(fast, ref)
+
+    class Counted(LayerMasker):
+        def logits(self, x):
+            return super().logits(x) + 1.
+
+    feats = F.avg_pool2d(x, 4).repeat(1, 8, 1, 1)  # (2, 24, 16, 16)
+    for m in (LayerMasker(24), Counted(24)):
+        m.eval()
+        seen = []
+        if type(m) is LayerMasker:
+            m.fc.register_forward_hook(lambda mod, a, out: seen.append(1))
+        with torch.no_grad():
+            m(feats)
+        assert not calls and (seen == [1] or type(m) is Counted)
+    nobias = LayerMasker(24).eval()
+    nobias.fc.bias = None
+    with torch.no_grad():
+        assert nobias(feats).shape == (2,) and not calls
