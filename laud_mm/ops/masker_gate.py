@@ -109,11 +109,18 @@ def masker_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
         raise ValueError(f'the last layer has {out} outputs: it needs '
                          f'(keep, skip) pairs, an even, positive number')
     if fast_masker_gate(pooled, w1, b1, *(() if w2 is None else (w2, b2))):
-        return extension().masker_gate(
-            _contiguous(pooled), _contiguous(w1), _contiguous(b1),
-            None if w2 is None else _contiguous(w2),
-            None if b2 is None else _contiguous(b2))
+        return _masker_gate(pooled, w1, b1, w2, b2)
     return masker_gate_reference(pooled, w1, b1, w2, b2)
+
+
+def _masker_gate(pooled, w1, b1, w2=None, b2=None):
+    """:func:`masker_gate`'s compiled call without its argument checks
+    (internal: for callers that checked :func:`fast_masker_gate`, as the
+    maskers' inference path does once per block)."""
+    return extension().masker_gate(
+        _contiguous(pooled), _contiguous(w1), _contiguous(b1),
+        None if w2 is None else _contiguous(w2),
+        None if b2 is None else _contiguous(b2))
 
 
 def _contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...ops.masker_gate import fast_masker_gate, masker_gate
+from ...ops.masker_gate import _masker_gate, fast_masker_gate
 from ...structures.geometry import ceil_div, is_granularity
 from .channel_mean import channel_mean
 from .gates import gumbel_gate, init_keep_bias
@@ -177,7 +177,8 @@ def scale_grad(p: torch.Tensor, scale: float) -> torch.Tensor:
 def compiled_gate(pooled: torch.Tensor, layers: Tuple[nn.Module, ...]
                   ) -> bool:
     """Whether an eval layer / channel masker decides with the compiled
-    call (:func:`laud_mm.ops.masker_gate`) rather than its modules: its
+    call (:func:`laud_mm.ops.masker_gate`, whose checks this replaces on
+    the masker's path) rather than its modules: its
     linear layers have biases and no forward hooks (pruning, weight norm or
     a hook-based counter read or rewrite them in their forward, which the
     call would bypass), and the tensors qualify
@@ -277,8 +278,8 @@ class ChannelMasker(MaskerBase):
             return self._gate(self._logits_of(pooled))
         # the MLP and the decision (keep >= skip) in one call; a forced
         # gate replaces the decision, not the cost
-        gate, logits = masker_gate(pooled, self.fc1.weight, self.fc1.bias,
-                                   self.fc2.weight, self.fc2.bias)
+        gate, logits = _masker_gate(pooled, self.fc1.weight, self.fc1.bias,
+                                    self.fc2.weight, self.fc2.bias)
         if self.forced_gate is None:
             return gate
         return self._gate(logits.view(x.shape[0], self.num_groups, 2))
@@ -321,7 +322,7 @@ class LayerMasker(MaskerBase):
             return self._gate(self.fc(pooled))
         # the linear layer and the decision in one call (as
         # ChannelMasker.forward)
-        gate, logits = masker_gate(pooled, self.fc.weight, self.fc.bias)
+        gate, logits = _masker_gate(pooled, self.fc.weight, self.fc.bias)
         if self.forced_gate is None:
             return gate.view(-1)
         return self._gate(logits)
