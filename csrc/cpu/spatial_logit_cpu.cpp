@@ -28,7 +28,10 @@
 //   decision input without a second read of the output. Each group of four
 //   channels is added, rectified and stored, then summed into the pixel
 //   accumulator in exactly spatial_logit_pool_cpu's order, so the logits
-//   equal spatial_logit_pool_cpu(new out) bit for bit.
+//   equal spatial_logit_pool_cpu(new out) bit for bit. When an item is a
+//   whole sample (batches of at least twice the threads) the group's
+//   channels are visited one after the other, in address order, with the
+//   same per-pixel sums (add_relu_accumulate4_inorder_avx512).
 //
 // Source: LAUDNet paper sec. 3.1 (spatial masker), sec. 3.4 (operator
 // fusion: "Fusing the masker and the first convolution", "Fusing scatter
@@ -174,6 +177,43 @@ void add_relu_accumulate4_avx512(float* acc, float* o0, const float* i0,
 }
 #endif
 
+#ifdef LAUD_X86
+// add_relu_accumulate4_avx512 one channel after the other: the same FMAs
+// in the same order for every pixel (bit-equal results), but the sample's
+// memory is read and written in address order. The four-channel order
+// keeps eight read streams and four write streams open at once, which
+// streams as short as one plane of a 14 x 14 or 28 x 28 map do not keep
+// fed; in address order there are two read streams and one write stream.
+// For whole-sample items with planes of at least 64 pixels (see
+// add_relu_logit_pool_cpu); the accumulator, one plane, is re-read per
+// channel and stays in L1 / L2.
+LAUD_TARGET("avx512f")
+void add_relu_accumulate4_inorder_avx512(float* acc, float* o0,
+                                         const float* i0, int64_t hw,
+                                         const float* w, int64_t len,
+                                         bool first) {
+  const __m512 z = _mm512_setzero_ps();
+  for (int k = 0; k < 4; ++k) {
+    const __m512 wk = _mm512_set1_ps(w[k]);
+    float* o = o0 + k * hw;
+    const float* in = i0 + k * hw;
+    const bool zero = first && k == 0;
+    for (int64_t p = 0; p < len; p += 16) {
+      const __mmask16 m = len - p >= 16
+          ? static_cast<__mmask16>(0xFFFF)
+          : static_cast<__mmask16>((1u << (len - p)) - 1u);
+      // max(0, NaN) = NaN, max(0, -0) = -0, as relu_of
+      const __m512 v = _mm512_max_ps(
+          z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + p),
+                           _mm512_maskz_loadu_ps(m, in + p)));
+      _mm512_mask_storeu_ps(o + p, m, v);
+      const __m512 a = zero ? z : _mm512_maskz_loadu_ps(m, acc + p);
+      _mm512_mask_storeu_ps(acc + p, m, _mm512_fmadd_ps(wk, v, a));
+    }
+  }
+}
+#endif
+
 // The pass both kernels share: work items (sample, band of cell rows) over
 // torch's threads; channels(acc, n, c, xs_off, len, first) adds channels
 // c (4, or 1 at the tail: `four`) of sample n, input rows from the band's
@@ -305,6 +345,11 @@ at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
         if (!four)
           return add_relu_accumulate1(a, o + at, ip + at, wp[c], len, first);
 #ifdef LAUD_X86
+        // a whole sample (one band) with planes of at least four cache
+        // lines: address order
+        if (avx512 && len == HW && HW >= 64)
+          return add_relu_accumulate4_inorder_avx512(a, o + at, ip + at, HW,
+                                                     wp + c, len, first);
         if (avx512)
           return add_relu_accumulate4_avx512(a, o + at, ip + at, HW, wp + c,
                                              len, first);

@@ -376,3 +376,113 @@ def test_count_dispatch_tool():
          '--batch', '1', '--size', '32', '--repeats', '1'],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert '| layer | CUDA (logic on CPU) | 1.00 |' in out
+
+
+class _Clock:
+    """A scripted clock for :mod:`laud_mm.analysis.benchmark.in_network`:
+    wall and CPU time advance only when a part of the fake network runs."""
+
+    def __init__(self):
+        self.now = 0.
+
+    def perf_counter(self):
+        return self.now
+
+    def process_time(self):
+        return self.now / 2  # two threads busy: half the CPU seconds
+
+
+def test_in_network_block_times_arithmetic(monkeypatch):
+    """--per-block in-network: each part's time is the difference of the
+    stamps around it within one forward, the speedups are medians of the
+    per-pair ratios, and 'total' spans the stem and every block. A fake
+    network whose static blocks take 3 units (2 in the third timed pair:
+    its ratio 2 is outvoted by the median), dynamic ones 1 and the stem 2
+    in both, on a scripted clock."""
+    from laud_mm.analysis.benchmark import in_network
+    clock = _Clock()
+    monkeypatch.setattr(in_network, 'time', clock)
+    runs = []
+
+    class Block:
+        downsample = None
+
+        def __init__(self, stage, index):
+            self.stage, self.index = stage, index
+
+        def __call__(self, t):  # the dynamic forward
+            runs.append('dynamic')
+            clock.now += 1
+            return t
+
+    def static_block(blk, t):
+        runs.append('static')
+        # calls 15 and 16: the third timed pair's static forward (after
+        # the shape pass, 2 calls, and four earlier forwards of 2 + 2)
+        clock.now += 2 if len(runs) in (15, 16) else 3
+        return t
+
+    def stem(x):
+        clock.now += 2
+        return x
+
+    net = type('Net', (), {})()
+    net.blocks = [Block(0, 0), Block(0, 1)]
+    rows = in_network.block_times_in_network(
+        net, stem, static_block, torch.zeros(1, 3, 8, 8), warmup=1,
+        repeats=3)
+    # one shape pass (2 static calls), then 1 warm-up pair and 3 timed pairs
+    assert runs[:2] == ['static'] * 2 and len(runs) == 2 + 4 * 2 * 2
+    assert [r['block'] for r in rows] == ['stem', '0.0', '0.1', 'total']
+    stem_row, b0, b1, total = rows
+    assert stem_row['static_ms'] == stem_row['dynamic_ms'] == 2e3
+    assert stem_row['speedup'] == stem_row['cpu_speedup'] == 1.0
+    assert total['cpu_speedup'] == pytest.approx(2.0)
+    for r in (b0, b1):  # per-pair ratios 3, 3, 2: median 3
+        assert r['static_ms'] == 3e3 and r['dynamic_ms'] == 1e3
+        assert r['speedup'] == pytest.approx(3.0)
+        assert r['cpu_speedup'] == pytest.approx(3.0)
+    assert total['static_ms'] == 8e3 and total['dynamic_ms'] == 4e3
+    assert total['speedup'] == pytest.approx(2.0)
+    assert total['in_shape'] == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match='--repeats=0'):
+        in_network.block_times_in_network(net, stem, static_block,
+                                          torch.zeros(1), 0, 0)
+    with pytest.raises(ValueError, match='--warmup=-1'):
+        in_network.block_times_in_network(net, stem, static_block,
+                                          torch.zeros(1), -1, 1)
+
+
+def test_in_network_per_block_rows_on_r50():
+    """--per-block in-network on a real LAUD-ResNet-50 (spatial, forced
+    gates at r = 1): a stem row, the 16 blocks with the input shapes of the
+    static network's activations, and a total row; the dynamic forward ran
+    as the backbone runs it (every block counted its statistics) and its
+    output is the static network's (r = 1); an unknown mode is refused,
+    naming the option."""
+    from laud_mm.analysis.benchmark import in_network
+    net = resnet.build(50, 'spatial')
+    stem = resnet.folded_stem(net)
+    x = torch.randn(1, 3, 64, 64)
+    force_random_gates(net, 1.0, 1, (64, 64), seed=1, mode='flops')
+    rows = in_network.block_times_in_network(
+        net, stem, resnet.static_bottleneck_forward, x, 0, 1)
+    names = [r['block'] for r in rows]
+    assert names[0] == 'stem' and names[-1] == 'total' and len(rows) == 18
+    assert names[1:-1] == [f'{b.stage}.{b.index}' for b in net.blocks]
+    assert rows[1]['in_shape'] == (1, 64, 16, 16)
+    assert rows[-2]['in_shape'] == (1, 2048, 2, 2)
+    for r in rows:
+        assert r['static_ms'] > 0 and r['dynamic_ms'] > 0 and r['speedup'] > 0
+    assert all(float(b.last_stats['density'].min()) == 1.0
+               for b in net.blocks)
+    with torch.no_grad():
+        want = common.static_forward(net, stem, x,
+                                     resnet.static_bottleneck_forward)
+        got = common.dynamic_forward(net, stem, x)
+    common.check_exact(want, got, 1e-3)
+    with pytest.raises(ValueError, match="--per-block='bad'"):
+        resnet.per_block(50, ['spatial'], 1, 1.0, 'flops', 1, mode='bad')
+    with pytest.raises(ValueError, match="--per-block='bad'"):
+        resnet.benchmark_resnet(quick=True, rates=[1.0], plot_path='',
+                                per_block_table=True, per_block_mode='bad')

@@ -1347,6 +1347,8 @@ def test_spatial_logit_pool_errors():
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('n,c,h,w,grid', [
     (8, 64, 28, 28, (7, 7)),     # whole samples per thread
+    (6, 11, 10, 13, (5, 13)),    # whole samples in address order: planes
+                                 # of 130 pixels (masked tail), C % 4 != 0
     (1, 37, 24, 19, (6, 5)),     # batch 1: bands of cell rows; C % 4 != 0
     (1, 8, 13, 17, (4, 5)),      # cells share rows: one band per sample
     (2, 5, 7, 7, (7, 7)),        # S = 1

@@ -42,7 +42,13 @@ def parse_args(argv=None):
     p.add_argument('--rate-mode', default='flops', choices=['flops', 'density'],
                    help="'flops': r is the paper's FLOPs-based per-block "
                    "activation rate r_i (default); 'density': the mask density")
-    p.add_argument('--per-block', action='store_true')
+    p.add_argument('--per-block', nargs='?', const='alone', default=None,
+                   choices=['alone', 'in-network'],
+                   help='add the per-block table (first depth, 224 px, '
+                   "--block-rate): 'alone' (default) times each block on its "
+                   "own input; 'in-network' stamps every block within the "
+                   'whole static and dynamic forwards (owned inputs, logit '
+                   'hand-offs and caches as the backbone runs them)')
     p.add_argument('--block-rate', type=float, default=0.5)
     p.add_argument('--spatial-breakdown', action='store_true',
                    help='per spatial block (first depth, 224 px, '
@@ -69,7 +75,8 @@ def main(argv=None):
         depths=args.depths, sizes=args.sizes, paradigms=args.paradigms,
         rates=args.rates, batch=args.batch, threads=args.threads,
         warmup=args.warmup, repeats=args.repeats, rate_mode=args.rate_mode,
-        per_block_table=args.per_block, block_rate=args.block_rate,
+        per_block_table=args.per_block is not None,
+        per_block_mode=args.per_block or 'alone', block_rate=args.block_rate,
         spatial_breakdown=args.spatial_breakdown,
         spatial_dense_threshold=args.spatial_dense_threshold,
         quick=args.quick, plot_path=args.plot, json_path=args.json)

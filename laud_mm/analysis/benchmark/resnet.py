@@ -42,6 +42,7 @@ from laud_mm.ops.max_pool import max_pool2d
 from ..forced_gates import force_random_gates
 from ..timing import bench_pair
 from . import spatial_steps
+from .in_network import block_times_in_network
 from .common import (PARADIGMS, THREADS, Column, check_options, header,
                      leading_columns, table_row, thread_counts,
                      time_forced_rate, timing_columns, timing_table)
@@ -135,15 +136,28 @@ def run(depths: Sequence[int], sizes: Sequence[str],
 
 
 def per_block(depth: int, paradigms: Sequence[str], batch: int,
-              block_rate: float, rate_mode: str, repeats: int
-              ) -> List[Dict]:
+              block_rate: float, rate_mode: str, repeats: int,
+              mode: str = 'alone', warmup: int = 2) -> List[Dict]:
     """Per-block static vs dynamic at one rate (``depth``, 224 px).
+
+    Args:
+        mode: 'alone': each block timed on its own input (the static
+            network's activations), 1 warm-up pair; 'in-network': every
+            block stamped within the whole forwards
+            (:func:`~.in_network.block_times_in_network`, ``warmup``
+            pairs), with a 'stem' and a 'total' row.
 
     Returns:
         one dict per (paradigm, block): paradigm, threads, block
         ('stage.index'), in_shape, static_ms, dynamic_ms, speedup,
         cpu_speedup.
+
+    Raises:
+        ValueError: an unknown ``mode`` (naming ``--per-block``).
     """
+    if mode not in ('alone', 'in-network'):
+        raise ValueError(f"--per-block={mode!r} must be 'alone' or "
+                         "'in-network'")
     hw = SIZES['224'][1]
     x = torch.randn(batch, 3, *hw)
     out = []
@@ -152,6 +166,13 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
         stem = folded_stem(net)
         force_random_gates(net, block_rate, batch, hw, seed=1,
                            mode=rate_mode)
+        if mode == 'in-network':
+            for r in block_times_in_network(
+                    net, stem, static_bottleneck_forward, x, warmup,
+                    repeats):
+                out.append(dict(r, paradigm=paradigm,
+                                threads=torch.get_num_threads()))
+            continue
         with torch.no_grad():
             inputs, t = [], stem(x)
             for blk in net.blocks:
@@ -232,7 +253,8 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
                      threads: Union[int, Sequence[int], None] = None,
                      warmup: int = 2, repeats: int = 7,
                      rate_mode: str = 'flops',
-                     per_block_table: bool = False, block_rate: float = 0.5,
+                     per_block_table: bool = False,
+                     per_block_mode: str = 'alone', block_rate: float = 0.5,
                      spatial_breakdown: bool = False,
                      spatial_dense_threshold: Optional[float] = None,
                      quick: bool = False,
@@ -252,6 +274,7 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
         rate_mode: 'flops' (the paper's per-block r_i) or 'density'.
         per_block_table: add the per-block table (first depth, 224 px,
             ``block_rate``).
+        per_block_mode: 'alone' or 'in-network' (see :func:`per_block`).
         block_rate: rate of the per-block and spatial-step tables.
         spatial_breakdown: add the spatial-step table
             (:func:`~.spatial_steps.spatial_breakdown`).
@@ -275,6 +298,9 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
     if spatial_dense_threshold is not None and spatial_dense_threshold <= 0:
         raise ValueError('--spatial-dense-threshold must be > 0, got '
                          f'{spatial_dense_threshold}')
+    if per_block_mode not in ('alone', 'in-network'):
+        raise ValueError(f"--per-block={per_block_mode!r} must be 'alone' "
+                         "or 'in-network'")
     if quick:
         depths, sizes = [50], ['224']
     from laud_mm.ops import policy
@@ -284,15 +310,15 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
     try:
         return _benchmark(depths, sizes, paradigms, rates, batch, threads,
                           warmup, repeats, rate_mode, per_block_table,
-                          block_rate, spatial_breakdown, plot_path,
-                          json_path)
+                          per_block_mode, block_rate, spatial_breakdown,
+                          plot_path, json_path)
     finally:
         policy.SPATIAL_DENSE_THRESHOLD = prev
 
 
 def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
-               repeats, rate_mode, per_block_table, block_rate,
-               spatial_breakdown, plot_path, json_path):
+               repeats, rate_mode, per_block_table, per_block_mode,
+               block_rate, spatial_breakdown, plot_path, json_path):
     """:func:`benchmark_resnet` after its option checks."""
     rows = timing_table(
         lambda t: run(depths, sizes, paradigms, rates, batch, rate_mode,
@@ -310,7 +336,8 @@ def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
             torch.set_num_threads(t)
             if per_block_table:
                 blocks += per_block(depths[0], paradigms, batch, block_rate,
-                                    rate_mode, repeats)
+                                    rate_mode, repeats, per_block_mode,
+                                    warmup)
             if spatial_breakdown:
                 net = build(depths[0], 'spatial')
                 split += spatial_steps.spatial_breakdown(
@@ -319,8 +346,8 @@ def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
     finally:
         torch.set_num_threads(prev)
     if blocks:
-        print(f'\n## per block (R{depths[0]}, {batch}x224x224, '
-              f'r={block_rate})\n')
+        print(f'\n## per block, {per_block_mode} (R{depths[0]}, '
+              f'{batch}x224x224, r={block_rate})\n')
         print(format_blocks(blocks))
     if split:
         print(f'\n## spatial steps (R{depths[0]}, {batch}x224x224, '

@@ -1,0 +1,119 @@
+"""Per-block latency of a LAUD CNN backbone measured inside the whole
+forward, static and dynamic side by side.
+
+:func:`~.resnet.per_block` times each block alone on a fresh copy of its
+input. Inside the backbone a block runs under different conditions: an
+identity block owns its input and writes into it
+(:func:`~laud_mm.models.layers.dynamic.owned_block_inputs`), a dense
+spatial block hands the next block's masker its logits
+(:mod:`~laud_mm.models.layers.spatial_logit_record`), and each block finds
+the caches as the previous one left them. :func:`block_times_in_network`
+times the whole static and dynamic forwards alternately (as
+:func:`~laud_mm.analysis.timing.bench_pair` does) and takes a time stamp
+after the stem and after every block, so the per-block times add up to the
+forward that the backbone table reports, and their ratios show where the
+backbone's speedup is won or lost.
+
+Source: paper sec. 3.4 (the latency of each block adds up to the
+backbone's).
+"""
+import statistics
+import time
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+
+def _stamped_forward(blocks: Sequence, stem: Callable, x: torch.Tensor,
+                     block_fn: Callable) -> List[tuple]:
+    """Run ``stem`` then ``block_fn(i, block, t)`` for each block, taking
+    (wall s, process CPU s) after the input and after each step.
+
+    Returns:
+        ``len(blocks) + 2`` time stamps (before the stem, after the stem,
+        after each block).
+    """
+    stamps = [(time.perf_counter(), time.process_time())]
+    t = stem(x)
+    stamps.append((time.perf_counter(), time.process_time()))
+    for blk in blocks:
+        t = block_fn(blk, t)
+        stamps.append((time.perf_counter(), time.process_time()))
+    return stamps
+
+
+def block_times_in_network(net, stem: Callable, static_block: Callable,
+                           x: torch.Tensor, warmup: int, repeats: int
+                           ) -> List[Dict]:
+    """Time every block of ``net`` within the whole static and dynamic
+    forwards.
+
+    The static forward runs ``static_block(block, t)`` on every block
+    after ``stem``; the dynamic forward runs ``block(t)`` inside
+    :func:`~laud_mm.models.layers.dynamic.owned_block_inputs`, as the
+    backbone's own ``forward`` does. After ``warmup`` untimed pairs,
+    ``repeats`` pairs (static, then dynamic) run under ``torch.no_grad``,
+    each stamped after the stem and every block. Forced gates (tests,
+    benchmarks) set on the blocks' maskers beforehand apply.
+
+    Args:
+        net: a LAUD CNN backbone (``blocks``) with
+            ``dynamic_inference=True``, eval mode.
+        stem: the BN-folded stem (callable, (N, 3, H, W) -> the first
+            block's input).
+        static_block: ``fn(block, x)``, the BN-folded static block forward.
+        x: (N, 3, H, W) input.
+        warmup: untimed pairs, >= 0.
+        repeats: timed pairs, >= 1.
+
+    Returns:
+        one dict per part, the stem first (``block='stem'``), then each
+        block (``'stage.index'``), then the whole forward
+        (``block='total'``): block, in_shape (the part's input shape),
+        static_ms, dynamic_ms (median wall-clock ms), speedup and
+        cpu_speedup (medians of the per-pair ratios of wall-clock and of
+        process CPU time).
+
+    Raises:
+        ValueError: ``warmup`` < 0 or ``repeats`` < 1 (naming them).
+    """
+    from laud_mm.models.layers.dynamic import owned_block_inputs
+    if warmup < 0:
+        raise ValueError(f'--warmup={warmup} must be >= 0')
+    if repeats < 1:
+        raise ValueError(f'--repeats={repeats} must be >= 1')
+    blocks = list(net.blocks)
+
+    def static():
+        return _stamped_forward(blocks, stem, x, static_block)
+
+    def dynamic():
+        with owned_block_inputs(blocks):
+            return _stamped_forward(blocks, stem, x, lambda b, t: b(t))
+
+    shapes = [tuple(x.shape)]
+    with torch.no_grad():
+        t = stem(x)
+        for blk in blocks:
+            shapes.append(tuple(t.shape))
+            t = static_block(blk, t)
+        for _ in range(warmup):
+            static()
+            dynamic()
+        pairs = [(static(), dynamic()) for _ in range(repeats)]
+    names = ['stem'] + [f'{b.stage}.{b.index}' for b in blocks]
+    # part i spans stamps i .. i + 1; 'total' spans the first and last
+    spans = [(i, i + 1) for i in range(len(names))] + [(0, len(names))]
+    shapes.append(tuple(x.shape))
+    med = statistics.median
+    out = []
+    for name, shape, (a, b) in zip(names + ['total'], shapes, spans):
+        s = [(st[b][0] - st[a][0], st[b][1] - st[a][1]) for st, _ in pairs]
+        d = [(dy[b][0] - dy[a][0], dy[b][1] - dy[a][1]) for _, dy in pairs]
+        out.append(dict(
+            block=name, in_shape=shape,
+            static_ms=med(v[0] for v in s) * 1e3,
+            dynamic_ms=med(v[0] for v in d) * 1e3,
+            speedup=med(p[0] / max(q[0], 1e-12) for p, q in zip(s, d)),
+            cpu_speedup=med(p[1] / max(q[1], 1e-9) for p, q in zip(s, d))))
+    return out
