@@ -202,6 +202,11 @@ void add_relu_accumulate4_inorder_avx512(float* acc, float* o0,
       const __mmask16 m = len - p >= 16
           ? static_cast<__mmask16>(0xFFFF)
           : static_cast<__mmask16>((1u << (len - p)) - 1u);
+      // the shortcut is read here for the last time: fetched non-temporally
+      // (8 lines ahead), it does not displace the output from the caches,
+      // which the next block's conv1 reads next
+      _mm_prefetch(reinterpret_cast<const char*>(in + p + 128),
+                   _MM_HINT_NTA);
       // max(0, NaN) = NaN, max(0, -0) = -0, as relu_of
       const __m512 v = _mm512_max_ps(
           z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + p),
