@@ -15,7 +15,8 @@
 // whole output once more for its global average pool (paper sec. 3.2: the
 // masker's input is the pooled block input). Here one pass reads out (and
 // identity), writes out and keeps the channel sums in registers
-// (row_epilogue.h). Rows (n, c) of H x W contiguous pixels split over
+// (row_epilogue.h); identity, read for the last time, is fetched
+// non-temporally. Rows (n, c) of H x W contiguous pixels split over
 // torch's threads; each row's sum runs in one thread in a fixed order, so
 // the result does not depend on the thread count.
 //
@@ -49,7 +50,7 @@ void relu_mean_rows(float* out, const float* identity, int64_t count,
       const int64_t off = row_off(r);
       const float s = row_epilogue::epilogue_sum(
           out + off, identity ? identity + off : nullptr, HW, 0.f, true,
-          avx512);
+          avx512, /*last_read_a=*/true);
       mean[r] = HW > 0 ? s / static_cast<float>(HW)
                        : std::numeric_limits<float>::quiet_NaN();
     }

@@ -5,10 +5,12 @@
 // (epilogue_cpu.cpp) and the per-sample GEMMs of layer skipping
 // (sample_gemm_cpu.cpp).
 //
-// epilogue_sum(o, a, n, bias, relu, avx512):
+// epilogue_sum(o, a, n, bias, relu, avx512, last_read_a = false):
 //   o[q] = epi(o[q] + a[q] + bias) for q < n (a may be null: no addend;
 //   bias 0: not added; epi = ReLU when relu, else identity), returns the
-//   sum of the new o[0..n).
+//   sum of the new o[0..n). last_read_a: a is read for the last time (a
+//   residual block's shortcut): it is fetched non-temporally with AVX-512,
+//   so that it does not displace o from the caches.
 // The sum's order is fixed by n and the path (16 lanes, then one
 // reduction, with AVX-512; left to right otherwise): the same row gives
 // the same sum in every thread.
@@ -47,7 +49,8 @@ inline float epilogue_sum_generic(float* o, const float* a, int64_t n,
 #ifdef LAUD_X86
 LAUD_TARGET("avx512f")
 inline float epilogue_sum_avx512(float* o, const float* a, int64_t n,
-                                 float bias, bool relu) {
+                                 float bias, bool relu,
+                                 bool last_read_a = false) {
   const __m512 z = _mm512_setzero_ps();
   const __m512 b = _mm512_set1_ps(bias);
   const bool with_bias = bias != 0.f;
@@ -57,6 +60,10 @@ inline float epilogue_sum_avx512(float* o, const float* a, int64_t n,
         ? static_cast<__mmask16>(0xFFFF)
         : static_cast<__mmask16>((1u << (n - q)) - 1u);
     __m512 v = _mm512_maskz_loadu_ps(m, o + q);
+    // an addend read for the last time (8 lines ahead, non-temporally)
+    // does not displace the output, which the next block reads
+    if (a && last_read_a)
+      _mm_prefetch(reinterpret_cast<const char*>(a + q + 128), _MM_HINT_NTA);
     if (a) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, a + q));
     if (with_bias) v = _mm512_maskz_add_ps(m, v, b);
     if (relu) v = _mm512_max_ps(z, v);  // max(0, NaN) = NaN, max(0, -0) = -0
@@ -68,9 +75,9 @@ inline float epilogue_sum_avx512(float* o, const float* a, int64_t n,
 #endif
 
 inline float epilogue_sum(float* o, const float* a, int64_t n, float bias,
-                          bool relu, bool avx512) {
+                          bool relu, bool avx512, bool last_read_a = false) {
 #ifdef LAUD_X86
-  if (avx512) return epilogue_sum_avx512(o, a, n, bias, relu);
+  if (avx512) return epilogue_sum_avx512(o, a, n, bias, relu, last_read_a);
 #endif
   (void)avx512;
   return epilogue_sum_generic(o, a, n, bias, relu);
