@@ -63,7 +63,9 @@ inline float epilogue_sum_avx512(float* o, const float* a, int64_t n,
     // an addend read for the last time (8 lines ahead, non-temporally)
     // does not displace the output, which the next block reads
     if (a && last_read_a)
-      _mm_prefetch(reinterpret_cast<const char*>(a + q + 128), _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(
+                       reinterpret_cast<std::uintptr_t>(a + q) + 512),
+                   _MM_HINT_NTA);
     if (a) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, a + q));
     if (with_bias) v = _mm512_maskz_add_ps(m, v, b);
     if (relu) v = _mm512_max_ps(z, v);  // max(0, NaN) = NaN, max(0, -0) = -0

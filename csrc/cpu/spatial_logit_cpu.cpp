@@ -29,9 +29,11 @@
 //   channels is added, rectified and stored, then summed into the pixel
 //   accumulator in exactly spatial_logit_pool_cpu's order, so the logits
 //   equal spatial_logit_pool_cpu(new out) bit for bit. When an item is a
-//   whole sample (batches of at least twice the threads) the group's
-//   channels are visited one after the other, in address order, with the
-//   same per-pixel sums (add_relu_accumulate4_inorder_avx512).
+//   whole sample (logit_pool_pass: batches of at least twice the threads,
+//   a one-row grid, or cell rows that share input rows) with planes of
+//   64 to 4096 pixels, the group's channels are visited one after the
+//   other, in address order, with the same per-pixel sums
+//   (add_relu_accumulate4_inorder_avx512).
 //
 // Source: LAUDNet paper sec. 3.1 (spatial masker), sec. 3.4 (operator
 // fusion: "Fusing the masker and the first convolution", "Fusing scatter
@@ -44,6 +46,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 namespace laud_mm {
@@ -184,9 +187,10 @@ void add_relu_accumulate4_avx512(float* acc, float* o0, const float* i0,
 // keeps eight read streams and four write streams open at once, which
 // streams as short as one plane of a 14 x 14 or 28 x 28 map do not keep
 // fed; in address order there are two read streams and one write stream.
-// For whole-sample items with planes of at least 64 pixels (see
-// add_relu_logit_pool_cpu); the accumulator, one plane, is re-read per
-// channel and stays in L1 / L2.
+// For whole-sample items with planes of 64 to 4096 pixels (see
+// add_relu_logit_pool_cpu): the accumulator, one plane, is re-read per
+// channel and stays in L1 up to 16 KB; larger planes (detection-size
+// maps) keep the four-channel order, which re-reads it a quarter as often.
 LAUD_TARGET("avx512f")
 void add_relu_accumulate4_inorder_avx512(float* acc, float* o0,
                                          const float* i0, int64_t hw,
@@ -204,8 +208,11 @@ void add_relu_accumulate4_inorder_avx512(float* acc, float* o0,
           : static_cast<__mmask16>((1u << (len - p)) - 1u);
       // the shortcut is read here for the last time: fetched non-temporally
       // (8 lines ahead), it does not displace the output from the caches,
-      // which the next block's conv1 reads next
-      _mm_prefetch(reinterpret_cast<const char*>(in + p + 128),
+      // which the next block's conv1 reads next (the address is computed
+      // as an integer: near the end it lies past the tensor, where a
+      // prefetch may reach but a pointer may not point)
+      _mm_prefetch(reinterpret_cast<const char*>(
+                       reinterpret_cast<std::uintptr_t>(in + p) + 512),
                    _MM_HINT_NTA);
       // max(0, NaN) = NaN, max(0, -0) = -0, as relu_of
       const __m512 v = _mm512_max_ps(
@@ -350,9 +357,9 @@ at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
         if (!four)
           return add_relu_accumulate1(a, o + at, ip + at, wp[c], len, first);
 #ifdef LAUD_X86
-        // a whole sample (one band) with planes of at least four cache
-        // lines: address order
-        if (avx512 && len == HW && HW >= 64)
+        // a whole sample (one band) with planes of 4 to 256 cache lines:
+        // address order
+        if (avx512 && len == HW && HW >= 64 && HW <= 4096)
           return add_relu_accumulate4_inorder_avx512(a, o + at, ip + at, HW,
                                                      wp + c, len, first);
         if (avx512)

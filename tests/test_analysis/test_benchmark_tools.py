@@ -380,29 +380,39 @@ def test_count_dispatch_tool():
 
 class _Clock:
     """A scripted clock for :mod:`laud_mm.analysis.benchmark.in_network`:
-    wall and CPU time advance only when a part of the fake network runs."""
+    wall and CPU time advance only when a part of the fake network runs,
+    each by its own amount."""
 
     def __init__(self):
-        self.now = 0.
+        self.wall = self.cpu = 0.
+
+    def tick(self, wall, cpu):
+        self.wall += wall
+        self.cpu += cpu
 
     def perf_counter(self):
-        return self.now
+        return self.wall
 
     def process_time(self):
-        return self.now / 2  # two threads busy: half the CPU seconds
+        return self.cpu
 
 
 def test_in_network_block_times_arithmetic(monkeypatch):
     """--per-block in-network: each part's time is the difference of the
     stamps around it within one forward, the speedups are medians of the
-    per-pair ratios, and 'total' spans the stem and every block. A fake
-    network whose static blocks take 3 units (2 in the third timed pair:
-    its ratio 2 is outvoted by the median), dynamic ones 1 and the stem 2
-    in both, on a scripted clock."""
+    per-pair ratios (not ratios of medians), the CPU speedup comes from
+    CPU time, and 'total' spans the stem and every block within each
+    forward (not the sum of the parts' medians). A fake network on a
+    scripted clock: wall units per timed pair, static / dynamic, stem 2 / 2,
+    block 0.0 3, 3, 6 / 1, 2, 2 (ratios 3, 1.5, 3: median 3, ratio of the
+    medians 1.5), block 0.1 4, 4, 4 / 2, 2, 1; static blocks burn two
+    CPU seconds a wall second, the rest one."""
     from laud_mm.analysis.benchmark import in_network
     clock = _Clock()
     monkeypatch.setattr(in_network, 'time', clock)
-    runs = []
+    static_wall = {0: (3, 3, 6), 1: (4, 4, 4)}
+    dynamic_wall = {0: (1, 2, 2), 1: (2, 2, 1)}
+    calls = {'static': 0, 'dynamic': 0}
 
     class Block:
         downsample = None
@@ -411,19 +421,23 @@ def test_in_network_block_times_arithmetic(monkeypatch):
             self.stage, self.index = stage, index
 
         def __call__(self, t):  # the dynamic forward
-            runs.append('dynamic')
-            clock.now += 1
+            # forward 0 is the warm-up, 1 - 3 the timed pairs
+            pair = calls['dynamic'] // 2 - 1
+            calls['dynamic'] += 1
+            w = dynamic_wall[self.index][pair] if pair >= 0 else 1
+            clock.tick(w, w)
             return t
 
     def static_block(blk, t):
-        runs.append('static')
-        # calls 15 and 16: the third timed pair's static forward (after
-        # the shape pass, 2 calls, and four earlier forwards of 2 + 2)
-        clock.now += 2 if len(runs) in (15, 16) else 3
+        # forward 0 is the shape pass, 1 the warm-up, 2 - 4 the timed pairs
+        pair = calls['static'] // 2 - 2
+        calls['static'] += 1
+        w = static_wall[blk.index][pair] if pair >= 0 else 1
+        clock.tick(w, 2 * w)
         return t
 
     def stem(x):
-        clock.now += 2
+        clock.tick(2, 2)
         return x
 
     net = type('Net', (), {})()
@@ -431,19 +445,22 @@ def test_in_network_block_times_arithmetic(monkeypatch):
     rows = in_network.block_times_in_network(
         net, stem, static_block, torch.zeros(1, 3, 8, 8), warmup=1,
         repeats=3)
-    # one shape pass (2 static calls), then 1 warm-up pair and 3 timed pairs
-    assert runs[:2] == ['static'] * 2 and len(runs) == 2 + 4 * 2 * 2
+    assert calls == {'static': 2 * 5, 'dynamic': 2 * 4}
     assert [r['block'] for r in rows] == ['stem', '0.0', '0.1', 'total']
     stem_row, b0, b1, total = rows
     assert stem_row['static_ms'] == stem_row['dynamic_ms'] == 2e3
     assert stem_row['speedup'] == stem_row['cpu_speedup'] == 1.0
-    assert total['cpu_speedup'] == pytest.approx(2.0)
-    for r in (b0, b1):  # per-pair ratios 3, 3, 2: median 3
-        assert r['static_ms'] == 3e3 and r['dynamic_ms'] == 1e3
-        assert r['speedup'] == pytest.approx(3.0)
-        assert r['cpu_speedup'] == pytest.approx(3.0)
-    assert total['static_ms'] == 8e3 and total['dynamic_ms'] == 4e3
-    assert total['speedup'] == pytest.approx(2.0)
+    assert (b0['static_ms'], b0['dynamic_ms']) == (3e3, 2e3)
+    assert b0['speedup'] == pytest.approx(3.0)      # not 3 / 2
+    assert b0['cpu_speedup'] == pytest.approx(6.0)  # CPU time, not wall
+    assert (b1['static_ms'], b1['dynamic_ms']) == (4e3, 2e3)
+    assert b1['speedup'] == pytest.approx(2.0)
+    # totals per pair: static 9, 9, 12, dynamic 5, 6, 5 (the parts'
+    # medians would add up to 6 for dynamic)
+    assert (total['static_ms'], total['dynamic_ms']) == (9e3, 5e3)
+    assert total['speedup'] == pytest.approx(1.8)
+    # CPU per pair: static 2 + 2 x 7, 2 + 2 x 7, 2 + 2 x 10; dynamic 5, 6, 5
+    assert total['cpu_speedup'] == pytest.approx(16 / 5)
     assert total['in_shape'] == (1, 3, 8, 8)
     with pytest.raises(ValueError, match='--repeats=0'):
         in_network.block_times_in_network(net, stem, static_block,
@@ -457,30 +474,37 @@ def test_in_network_per_block_rows_on_r50():
     """--per-block in-network on a real LAUD-ResNet-50 (spatial, forced
     gates at r = 1): a stem row, the 16 blocks with the input shapes of the
     static network's activations, and a total row; the dynamic forward ran
-    as the backbone runs it (every block counted its statistics) and its
-    output is the static network's (r = 1); an unknown mode is refused,
-    naming the option."""
+    as the backbone runs it (inside owned_block_inputs: every block knows
+    its successor; every block counted its statistics); an unknown mode is
+    refused, naming the option."""
     from laud_mm.analysis.benchmark import in_network
+    from laud_mm.models.layers.dynamic import next_block
     net = resnet.build(50, 'spatial')
     stem = resnet.folded_stem(net)
     x = torch.randn(1, 3, 64, 64)
     force_random_gates(net, 1.0, 1, (64, 64), seed=1, mode='flops')
-    rows = in_network.block_times_in_network(
-        net, stem, resnet.static_bottleneck_forward, x, 0, 1)
+    blocks = list(net.blocks)
+    seen = []
+    handle = blocks[0].register_forward_pre_hook(
+        lambda m, args: seen.append(next_block(m)))
+    try:
+        rows = in_network.block_times_in_network(
+            net, stem, resnet.static_bottleneck_forward, x, 0, 1)
+    finally:
+        handle.remove()
+    assert seen == [blocks[1]]  # the one dynamic forward, in the context
+    assert next_block(blocks[0]) is None  # and the context was left
     names = [r['block'] for r in rows]
     assert names[0] == 'stem' and names[-1] == 'total' and len(rows) == 18
-    assert names[1:-1] == [f'{b.stage}.{b.index}' for b in net.blocks]
+    assert names[1:-1] == [f'{b.stage}.{b.index}' for b in blocks]
     assert rows[1]['in_shape'] == (1, 64, 16, 16)
     assert rows[-2]['in_shape'] == (1, 2048, 2, 2)
     for r in rows:
         assert r['static_ms'] > 0 and r['dynamic_ms'] > 0 and r['speedup'] > 0
-    assert all(float(b.last_stats['density'].min()) == 1.0
-               for b in net.blocks)
-    with torch.no_grad():
-        want = common.static_forward(net, stem, x,
-                                     resnet.static_bottleneck_forward)
-        got = common.dynamic_forward(net, stem, x)
-    common.check_exact(want, got, 1e-3)
+    assert all(float(b.last_stats['density'].min()) == 1.0 for b in blocks)
+    rows = resnet.per_block(50, ['layer'], 1, 0.5, 'flops', 1,
+                            mode='in-network', warmup=0)
+    assert {r['mode'] for r in rows} == {'in-network'} and len(rows) == 18
     with pytest.raises(ValueError, match="--per-block='bad'"):
         resnet.per_block(50, ['spatial'], 1, 1.0, 'flops', 1, mode='bad')
     with pytest.raises(ValueError, match="--per-block='bad'"):

@@ -8,7 +8,9 @@ batch) and paradigm, the gates of every block are forced to random patterns
 at activation rate r (the paper's FLOPs-based per-block rate r_i, or the
 mask density with ``--rate-mode density``) and the whole backbone is timed,
 static and dynamic runs alternating; medians are reported.
-``--per-block`` adds a per-block table for one configuration;
+``--per-block`` adds a per-block table for one configuration (each block
+alone on its input; ``--per-block in-network``: every block stamped within
+the whole static and dynamic forwards);
 ``--spatial-breakdown`` splits each spatial block's dynamic time into its
 steps (conv1, gather, patch convolutions, scatter, fused kernel).
 
@@ -19,8 +21,8 @@ Usage:
 """
 import argparse
 
-from laud_mm.analysis.benchmark.resnet import (PARADIGMS, SIZES,
-                                               benchmark_resnet)
+from laud_mm.analysis.benchmark.resnet import (PARADIGMS, PER_BLOCK_MODES,
+                                               SIZES, benchmark_resnet)
 
 
 def parse_args(argv=None):
@@ -43,7 +45,7 @@ def parse_args(argv=None):
                    help="'flops': r is the paper's FLOPs-based per-block "
                    "activation rate r_i (default); 'density': the mask density")
     p.add_argument('--per-block', nargs='?', const='alone', default=None,
-                   choices=['alone', 'in-network'],
+                   choices=PER_BLOCK_MODES,
                    help='add the per-block table (first depth, 224 px, '
                    "--block-rate): 'alone' (default) times each block on its "
                    "own input; 'in-network' stamps every block within the "

@@ -10,9 +10,9 @@ spatial block hands the next block's masker its logits
 the caches as the previous one left them. :func:`block_times_in_network`
 times the whole static and dynamic forwards alternately (as
 :func:`~laud_mm.analysis.timing.bench_pair` does) and takes a time stamp
-after the stem and after every block, so the per-block times add up to the
-forward that the backbone table reports, and their ratios show where the
-backbone's speedup is won or lost.
+after the stem and after every block, so within each forward the parts add
+up to the whole (the table's medians per part need not), and their ratios
+show where the backbone's speedup is won or lost.
 
 Source: paper sec. 3.4 (the latency of each block adds up to the
 backbone's).
@@ -26,7 +26,7 @@ import torch
 
 def _stamped_forward(blocks: Sequence, stem: Callable, x: torch.Tensor,
                      block_fn: Callable) -> List[tuple]:
-    """Run ``stem`` then ``block_fn(i, block, t)`` for each block, taking
+    """Run ``stem`` then ``block_fn(block, t)`` for each block, taking
     (wall s, process CPU s) after the input and after each step.
 
     Returns:

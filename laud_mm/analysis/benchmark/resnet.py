@@ -60,6 +60,8 @@ COLUMNS = leading_columns(
     Column('ideal (static / dynamic FLOPs)',
            lambda r: f"{1 / r['flops_ratio']:.2f}x")]
 HEADER = header(COLUMNS)
+#: how :func:`per_block` times the blocks (``--per-block``)
+PER_BLOCK_MODES = ('alone', 'in-network')
 #: the columns of the per-block table (rows of :func:`per_block`)
 BLOCK_COLUMNS = [
     Column('paradigm', lambda b: b['paradigm']), THREADS,
@@ -135,6 +137,17 @@ def run(depths: Sequence[int], sizes: Sequence[str],
     return rows
 
 
+def _check_per_block_mode(mode: str) -> None:
+    """Refuse a ``--per-block`` mode outside :data:`PER_BLOCK_MODES`.
+
+    Raises:
+        ValueError: naming the option and the value.
+    """
+    if mode not in PER_BLOCK_MODES:
+        raise ValueError(f'--per-block={mode!r} must be one of '
+                         f'{PER_BLOCK_MODES}')
+
+
 def per_block(depth: int, paradigms: Sequence[str], batch: int,
               block_rate: float, rate_mode: str, repeats: int,
               mode: str = 'alone', warmup: int = 2) -> List[Dict]:
@@ -148,16 +161,14 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
             pairs), with a 'stem' and a 'total' row.
 
     Returns:
-        one dict per (paradigm, block): paradigm, threads, block
+        one dict per (paradigm, block): paradigm, threads, mode, block
         ('stage.index'), in_shape, static_ms, dynamic_ms, speedup,
         cpu_speedup.
 
     Raises:
         ValueError: an unknown ``mode`` (naming ``--per-block``).
     """
-    if mode not in ('alone', 'in-network'):
-        raise ValueError(f"--per-block={mode!r} must be 'alone' or "
-                         "'in-network'")
+    _check_per_block_mode(mode)
     hw = SIZES['224'][1]
     x = torch.randn(batch, 3, *hw)
     out = []
@@ -170,7 +181,7 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
             for r in block_times_in_network(
                     net, stem, static_bottleneck_forward, x, warmup,
                     repeats):
-                out.append(dict(r, paradigm=paradigm,
+                out.append(dict(r, paradigm=paradigm, mode=mode,
                                 threads=torch.get_num_threads()))
             continue
         with torch.no_grad():
@@ -182,7 +193,7 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
             tm = bench_pair(
                 lambda t: static_bottleneck_forward(blk, t), blk, xin, 1,
                 repeats)
-            out.append(dict(paradigm=paradigm,
+            out.append(dict(paradigm=paradigm, mode=mode,
                             threads=torch.get_num_threads(),
                             block=f'{blk.stage}.{blk.index}',
                             in_shape=tuple(xin.shape), static_ms=tm.static_ms,
@@ -298,9 +309,7 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
     if spatial_dense_threshold is not None and spatial_dense_threshold <= 0:
         raise ValueError('--spatial-dense-threshold must be > 0, got '
                          f'{spatial_dense_threshold}')
-    if per_block_mode not in ('alone', 'in-network'):
-        raise ValueError(f"--per-block={per_block_mode!r} must be 'alone' "
-                         "or 'in-network'")
+    _check_per_block_mode(per_block_mode)
     if quick:
         depths, sizes = [50], ['224']
     from laud_mm.ops import policy
