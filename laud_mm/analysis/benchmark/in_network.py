@@ -23,6 +23,8 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
+from .common import check_options
+
 
 def _stamped_forward(blocks: Sequence, stem: Callable, x: torch.Tensor,
                      block_fn: Callable) -> List[tuple]:
@@ -78,10 +80,7 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
         ValueError: ``warmup`` < 0 or ``repeats`` < 1 (naming them).
     """
     from laud_mm.models.layers.dynamic import owned_block_inputs
-    if warmup < 0:
-        raise ValueError(f'--warmup={warmup} must be >= 0')
-    if repeats < 1:
-        raise ValueError(f'--repeats={repeats} must be >= 1')
+    check_options([], warmup=warmup, repeats=repeats)
     blocks = list(net.blocks)
 
     def static():
