@@ -16,6 +16,16 @@ import torch
 from .dispatch import parallel_kernels
 from .patches import window_size
 
+# ----------------------------------------------------------------- backbone
+#: inside a backbone forward (``owned_block_inputs``) the first block's call
+#: plans every block's host-side choices (folds validated, kernels chosen,
+#: hand-off targets) in one loop before the convolutions
+#: (:mod:`laud_mm.models.layers.forward_plan`); False: each block makes its
+#: own at its call, between the previous block's kernels and its own
+#: (``tools/analysis_tools/benchmark_latency.py --compare-unplanned`` times
+#: both ways). Read when the context is entered.
+FORWARD_PLAN = True
+
 # ------------------------------------------------------------------ spatial
 #: ResNet spatial blocks on the gather / scatter path: from this fraction of
 #: active patches on, conv2 / conv3 run densely and the output is masked

@@ -131,6 +131,32 @@ def test_spatial_dense_threshold_option():
     assert dynamic.SPATIAL_DENSE_THRESHOLD == 0.8
 
 
+def test_compare_unplanned_adds_the_unplanned_path(monkeypatch):
+    """--compare-unplanned: each row also times the dynamic path with the
+    per-forward plan off (no sequence planned during those forwards, the
+    policy restored after), and the table gets its two columns."""
+    from laud_mm.models.layers import forward_plan
+    from laud_mm.ops import policy
+    builds = []
+    real = forward_plan.SequencePlan.build
+
+    def spy(self, x):
+        builds.append(policy.FORWARD_PLAN)
+        return real(self, x)
+    monkeypatch.setattr(forward_plan.SequencePlan, 'build', spy)
+    row, = resnet.run([50], ['224'], ['layer'], [1.0], 1, 'flops', 0, 1,
+                      compare_unplanned=True)
+    # planned: the exactness check and one timed pair; unplanned: none
+    assert builds == [True, True]
+    assert policy.FORWARD_PLAN is True
+    assert row['unplanned_ms'] > 0 and row['unplanned_speedup'] > 0 and \
+        row['unplanned_cpu_speedup'] > 0
+    cols = resnet.table_columns(True)
+    assert len(cols) == len(resnet.COLUMNS) + 2
+    assert resnet.fmt_row(row).count('|') == len(cols) + 1
+    assert 'unplanned speedup (wall)' in common.header(cols)
+
+
 def test_spatial_breakdown_rows():
     """--spatial-breakdown: one row per sparse-path spatial block of R50,
     with its granularity S of 4-4-2-1, the active-patch fraction the forced

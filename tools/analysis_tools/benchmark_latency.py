@@ -12,7 +12,9 @@ static and dynamic runs alternating; medians are reported.
 alone on its input; ``--per-block in-network``: every block stamped within
 the whole static and dynamic forwards);
 ``--spatial-breakdown`` splits each spatial block's dynamic time into its
-steps (conv1, gather, patch convolutions, scatter, fused kernel).
+steps (conv1, gather, patch convolutions, scatter, fused kernel);
+``--compare-unplanned`` adds the dynamic path without the per-forward plan
+to every row.
 
 Usage:
     python tools/analysis_tools/benchmark_latency.py              # full table + plot
@@ -61,6 +63,12 @@ def parse_args(argv=None):
                    '(fraction of active patches from which spatial blocks on '
                    'the gather / scatter path compute densely; > 1: never; '
                    'the fused CPU kernel has no fallback)')
+    p.add_argument('--compare-unplanned', action='store_true',
+                   help='add to every row the dynamic path without the '
+                   'per-forward plan (laud_mm.ops.policy.FORWARD_PLAN off: '
+                   'each block makes its host-side choices at its own '
+                   'call), timed against the static network in its own '
+                   'pairs')
     p.add_argument('--quick', action='store_true',
                    help='R50, 224 px only')
     p.add_argument('--plot', default=None,
@@ -81,7 +89,7 @@ def main(argv=None):
         per_block_mode=args.per_block or 'alone', block_rate=args.block_rate,
         spatial_breakdown=args.spatial_breakdown,
         spatial_dense_threshold=args.spatial_dense_threshold,
-        quick=args.quick, plot_path=args.plot, json_path=args.json)
+        compare_unplanned=args.compare_unplanned, quick=args.quick, plot_path=args.plot, json_path=args.json)
 
 
 if __name__ == '__main__':

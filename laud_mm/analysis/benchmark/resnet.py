@@ -60,6 +60,14 @@ COLUMNS = leading_columns(
     Column('ideal (static / dynamic FLOPs)',
            lambda r: f"{1 / r['flops_ratio']:.2f}x")]
 HEADER = header(COLUMNS)
+#: the columns :func:`run` adds with ``compare_unplanned``: the dynamic
+#: path without the per-forward plan (``policy.FORWARD_PLAN`` off), timed
+#: against the static network in its own pairs
+UNPLANNED_COLUMNS = [
+    Column('unplanned speedup (wall)',
+           lambda r: f"{r['unplanned_speedup']:.2f}x"),
+    Column('unplanned speedup (CPU time)',
+           lambda r: f"{r['unplanned_cpu_speedup']:.2f}x")]
 #: how :func:`per_block` times the blocks (``--per-block``)
 PER_BLOCK_MODES = ('alone', 'in-network')
 #: the columns of the per-block table (rows of :func:`per_block`)
@@ -102,14 +110,23 @@ def build(depth: int, paradigm: str, seed: int = 0) -> LAUDResNet:
 
 def run(depths: Sequence[int], sizes: Sequence[str],
         paradigms: Sequence[str], rates: Sequence[float], batch: int,
-        rate_mode: str, warmup: int, repeats: int) -> List[Dict]:
+        rate_mode: str, warmup: int, repeats: int,
+        compare_unplanned: bool = False) -> List[Dict]:
     """Time every (depth, size, paradigm, rate) at torch's current thread
     count; prints each row (:func:`fmt_row`) as it is measured.
+
+    Args:
+        compare_unplanned: after each row's pairs, time the same gates
+            again with ``laud_mm.ops.policy.FORWARD_PLAN`` off (every
+            block makes its host-side choices at its own call,
+            :mod:`laud_mm.models.layers.forward_plan`), each dynamic
+            forward paired with a static one as in the row.
 
     Returns:
         one dict per row: depth, size, batch, hw, paradigm, threads, rate,
         rate_real, flops_ratio, rate_mode, static_ms, dynamic_ms, speedup
-        (wall), cpu_speedup.
+        (wall), cpu_speedup; with ``compare_unplanned`` also unplanned_ms,
+        unplanned_speedup, unplanned_cpu_speedup.
     """
     rows = []
     for depth in depths:
@@ -132,9 +149,29 @@ def run(depths: Sequence[int], sizes: Sequence[str],
                                rate_mode=rate_mode, static_ms=tm.static_ms,
                                dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
                                cpu_speedup=tm.cpu_speedup)
+                    if compare_unplanned:
+                        row.update(_time_unplanned(net, stem, x, rate,
+                                                   rate_mode, warmup,
+                                                   repeats))
                     rows.append(row)
                     print(fmt_row(row), flush=True)
     return rows
+
+
+def _time_unplanned(net, stem, x, rate, rate_mode, warmup, repeats
+                    ) -> Dict[str, float]:
+    """:func:`time_forced_rate` with ``policy.FORWARD_PLAN`` off: the row
+    keys of ``run(compare_unplanned=True)``."""
+    from laud_mm.ops import policy
+    prev = policy.FORWARD_PLAN
+    policy.FORWARD_PLAN = False
+    try:
+        _, _, tm = time_forced_rate(net, stem, static_bottleneck_forward, x,
+                                    rate, rate_mode, warmup, repeats)
+    finally:
+        policy.FORWARD_PLAN = prev
+    return dict(unplanned_ms=tm.dynamic_ms, unplanned_speedup=tm.speedup,
+                unplanned_cpu_speedup=tm.cpu_speedup)
 
 
 def _check_per_block_mode(mode: str) -> None:
@@ -202,9 +239,17 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
     return out
 
 
+def table_columns(compare_unplanned: bool = False) -> List[Column]:
+    """The backbone table's columns: :data:`COLUMNS`, with
+    :data:`UNPLANNED_COLUMNS` after them when ``compare_unplanned``."""
+    return COLUMNS + (UNPLANNED_COLUMNS if compare_unplanned else [])
+
+
 def fmt_row(r: Dict) -> str:
-    """One markdown row of :data:`HEADER` for a row of :func:`run`."""
-    return table_row(COLUMNS, r)
+    """One markdown row of the backbone table for a row of :func:`run`
+    (:data:`HEADER`'s columns, plus the unplanned ones when the row has
+    them)."""
+    return table_row(table_columns('unplanned_speedup' in r), r)
 
 
 def format_blocks(blocks: Sequence[Dict]) -> str:
@@ -268,6 +313,7 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
                      per_block_mode: str = 'alone', block_rate: float = 0.5,
                      spatial_breakdown: bool = False,
                      spatial_dense_threshold: Optional[float] = None,
+                     compare_unplanned: bool = False,
                      quick: bool = False,
                      plot_path: Optional[str] = None,
                      json_path: Optional[str] = None) -> Dict[str, list]:
@@ -292,6 +338,8 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
         spatial_dense_threshold: override of
             ``laud_mm.ops.policy.SPATIAL_DENSE_THRESHOLD`` during the run
             (> 0; > 1: never dense).
+        compare_unplanned: add the dynamic path without the per-forward
+            plan to every row (:func:`run`).
         quick: R50, 224 px only.
         plot_path: PNG of the wall-clock speedups (``*_cpu.png`` beside it:
             CPU time); falsy: no plot.
@@ -320,18 +368,20 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
         return _benchmark(depths, sizes, paradigms, rates, batch, threads,
                           warmup, repeats, rate_mode, per_block_table,
                           per_block_mode, block_rate, spatial_breakdown,
-                          plot_path, json_path)
+                          compare_unplanned, plot_path, json_path)
     finally:
         policy.SPATIAL_DENSE_THRESHOLD = prev
 
 
 def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
                repeats, rate_mode, per_block_table, per_block_mode,
-               block_rate, spatial_breakdown, plot_path, json_path):
+               block_rate, spatial_breakdown, compare_unplanned, plot_path,
+               json_path):
     """:func:`benchmark_resnet` after its option checks."""
     rows = timing_table(
         lambda t: run(depths, sizes, paradigms, rates, batch, rate_mode,
-                      warmup, repeats), COLUMNS, threads)
+                      warmup, repeats, compare_unplanned),
+        table_columns(compare_unplanned), threads)
     if plot_path:
         os.makedirs(osp.dirname(osp.abspath(plot_path)), exist_ok=True)
         plot(rows, plot_path)

@@ -20,6 +20,7 @@ from ...ops.allocator import tune_cpu_allocator
 from ...ops.dispatch import is_autocast
 from ...ops.epilogue import _add_relu_mean_
 from .channel_mean import record_channel_mean
+from .forward_plan import SEQUENCE_ATTR, SequencePlan
 
 
 #: input layouts of the families' blocks: convolutional maps, token sequences
@@ -208,24 +209,33 @@ def owned_block_inputs(blocks):
     Forward hooks that keep a block's output see it updated by the next
     block. Blocks called outside the context never modify their input.
 
+    Each call of the first block plans the pass: every block's host-side
+    decisions (folded weights validated, kernel choices, hand-off targets)
+    are made then, in one loop (:mod:`~laud_mm.models.layers.forward_plan`;
+    a parameter changed during the pass takes effect from the next one).
+
     Args:
         blocks: sequence of LAUD blocks in forward order.
     """
     blocks = list(blocks)
+    seq = SequencePlan(blocks)
     # restored on exit: a nested context leaves the outer one's settings
     saved = [(b, getattr(b, OWNED_INPUT_ATTR, False),
-              getattr(b, NEXT_BLOCK_ATTR, None)) for b in blocks]
+              getattr(b, NEXT_BLOCK_ATTR, None),
+              b.__dict__.get(SEQUENCE_ATTR)) for b in blocks]
     for b in blocks:
         if getattr(b, 'downsample', 0) is None:
             object.__setattr__(b, OWNED_INPUT_ATTR, True)
-    for b, nxt in zip(blocks, blocks[1:] + [None]):
+    for i, (b, nxt) in enumerate(zip(blocks, blocks[1:] + [None])):
         object.__setattr__(b, NEXT_BLOCK_ATTR, nxt)
+        object.__setattr__(b, SEQUENCE_ATTR, (seq, i))
     try:
         yield
     finally:
-        for b, owned, nxt in saved:
+        for b, owned, nxt, entry in saved:
             object.__setattr__(b, OWNED_INPUT_ATTR, owned)
             object.__setattr__(b, NEXT_BLOCK_ATTR, nxt)
+            object.__setattr__(b, SEQUENCE_ATTR, entry)
 
 
 def next_block(block) -> Optional[torch.nn.Module]:

@@ -93,26 +93,6 @@ def cached_fold(block: nn.Module, cls, attr: str):
     return cache[1]
 
 
-def peek_fold(block: nn.Module, attr: str):
-    """The folded weights cached on ``block`` as ``attr`` by
-    :func:`cached_fold`, *without* checking that they are current, or None
-    when there are none. Only for a consumer that tolerates a stale value:
-    a block's epilogue computing its successor's masker logits keys the
-    record with the successor's fold's own tensors, which a refolded
-    successor does not match (:mod:`.spatial_logit_record`), so a stale
-    fold costs a hand-off the successor ignores, not a wrong result; the
-    staleness check is about 15 us of host time per call.
-
-    Args:
-        block: an nn.Module; attr: the cache attribute.
-
-    Returns:
-        The cached instance or None.
-    """
-    cache = getattr(block, attr, None)
-    return None if cache is None else cache[1]
-
-
 def clear_folds(model: nn.Module) -> int:
     """Drop every fold :func:`cached_fold` cached in ``model``'s modules, so
     that the next dynamic forward folds the current weights. The cache key

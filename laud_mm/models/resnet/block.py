@@ -22,7 +22,9 @@ from ..layers.maskers import build_masker
 from ..layers.masks import (conv_gate_densities, expand_channel_gate,
                             expand_spatial_gate)
 from . import flops  # noqa: F401  (registers the bottleneck's FLOPs count)
-from .dynamic import dynamic_bottleneck_forward, static_bottleneck_forward
+from ..layers.forward_plan import block_plan
+from .dynamic import (BottleneckPlan, dynamic_bottleneck_forward,
+                      sequence_plan, static_bottleneck_forward)
 
 
 class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
@@ -121,7 +123,18 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
         untouched): :func:`static_bottleneck_forward`."""
         return static_bottleneck_forward(self, x)
 
+    def sequence_plan(self, in_shape: Tuple[int, ...], like: torch.Tensor,
+                      nxt) -> Optional[BottleneckPlan]:
+        """This block's plan inside a planned block sequence
+        (:func:`laud_mm.models.resnet.dynamic.sequence_plan`)."""
+        return sequence_plan(self, in_shape, like, nxt)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = block_plan(self, x)
+        if plan is not None:  # dynamic inference planned for the forward
+            out, gate = plan.path(self, x, plan)
+            self.record_stats(gate, plan.geom, plan.op_flops)
+            return out
         if self.static_mode:
             return self.static_forward(x)
         in_hw = tuple(x.shape[-2:])

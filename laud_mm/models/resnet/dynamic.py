@@ -67,7 +67,7 @@ from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               run_dynamic_path, sample_gate)
 from ..layers.channel_mean import (record_channel_mean,
                                    recorded_channel_mean)
-from ..layers.folding import cached_fold, fold_conv_bn, peek_fold
+from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate
 from ..layers.spatial_logit_record import (clear_spatial_logit,
@@ -241,7 +241,141 @@ def unfoldable_reason(block: nn.Module) -> Optional[str]:
     return None
 
 
-# ------------------------------------------------------------------ gates
+# ------------------------------------------------------------------- plan
+class BottleneckPlan:
+    """How a bottleneck's dynamic CPU path runs on inputs of one shape and
+    dtype: every decision that depends on the block, the input's metadata,
+    the thread count, the policy (:mod:`laud_mm.ops.policy`) and the next
+    block, but not on the gates (:func:`plan_bottleneck`).
+
+    Attributes:
+        in_shape: (N, C_in, H, W) of the input it was made for; dtype its
+            dtype.
+        geom: the block's :class:`BlockGeometry`; op_flops its dense
+            per-sample FLOPs per operator.
+        fb: the BN-folded weights, validated when the plan was made (None
+            for a layer block that cannot be folded, which runs its own
+            modules).
+        path: the paradigm's function ``path(block, x, plan) -> (out,
+            gate)``.
+        fused: spatial / channel: the compiled AVX-512 branch kernel runs
+            (channel: when the shortcut also has ``dtype``).
+        dense_from: spatial: the fraction of active patches from which the
+            block computes densely.
+        handoff: spatial: (the next block's fold, its patch grid) when a
+            dense epilogue computes the next block's masker logits
+            (:func:`_dense_epilogue`), else None.
+        small_map: channel: H x W below
+            ``policy.CHANNEL_SMALL_MAP_PIXELS``.
+        sample_gemm: layer: the kept samples run on the per-sample GEMM
+            kernel (when the output also has ``dtype``).
+
+    Source: paper sec. 3.4 (scheduling; the host side of operator fusion).
+    """
+    __slots__ = ('in_shape', 'dtype', 'geom', 'op_flops', 'fb', 'path',
+                 'fused', 'dense_from', 'handoff', 'small_map',
+                 'sample_gemm')
+
+
+def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
+                    like: torch.Tensor, geom: BlockGeometry,
+                    nxt: Optional[nn.Module]) -> BottleneckPlan:
+    """The :class:`BottleneckPlan` of a bottleneck whose dynamic forward
+    takes the CPU paths (not ``policy.device_path``; a spatial / channel
+    block foldable), for inputs of ``in_shape`` with ``like``'s dtype and
+    device under the current autocast state, thread count and policy.
+
+    Args:
+        block: the LAUD bottleneck (eval mode, paradigm set).
+        in_shape: (N, C_in, H, W) of its input.
+        like: a tensor with the input's dtype and device (e.g. the input
+            of the first block of the forward).
+        geom: ``block.geometry((H, W))``.
+        nxt: the block that runs next on this block's output
+            (:func:`next_block`), or None.
+
+    Returns:
+        the plan; it folds the block's weights (and a spatial successor's)
+        if their cached folds are stale (:func:`folded`).
+    """
+    plan = BottleneckPlan()
+    plan.in_shape, plan.dtype = torch.Size(in_shape), like.dtype
+    plan.geom = geom
+    plan.op_flops = block.op_flops(geom.in_hw)
+    plan.path = CPU_PATHS[block.paradigm]
+    plan.fused = False
+    plan.dense_from = 1.0
+    plan.handoff = None
+    plan.small_map = plan.sample_gemm = False
+    foldable = unfoldable_reason(block) is None
+    fb = plan.fb = folded(block) if foldable else None
+    if fb is None:  # a layer block running its own modules
+        return plan
+    width, c_out = fb.w1.shape[0], fb.w3.shape[0]
+    h, w = in_shape[2:]
+    direct = not is_autocast(like) and like.dtype == fb.w1.dtype
+    if block.paradigm == 'spatial':
+        plan.fused = policy.SPATIAL_FUSED_CPU and direct and \
+            policy.fused_cpu_threads() and \
+            fast_spatial_branch(like, width, c_out) and \
+            fb.w2.shape[1:] == (width, 3, 3) and fb.padding == fb.dilation
+        plan.dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD \
+            if plan.fused else policy.SPATIAL_DENSE_THRESHOLD
+        plan.handoff = _handoff(block, nxt, like, c_out, geom.out_hw)
+    elif block.paradigm == 'channel':
+        plan.small_map = h * w < policy.CHANNEL_SMALL_MAP_PIXELS
+        plan.fused = policy.CHANNEL_FUSED_CPU and direct and \
+            policy.fused_cpu_threads() and fast_channel_branch(like) and \
+            c_out % 16 == 0 and fb.w2.shape[1:] == (width, 3, 3)
+    else:
+        plan.sample_gemm = direct and policy.layer_sample_gemm(
+            h * w, torch.get_num_threads())
+    return plan
+
+
+def _handoff(block, nxt, like: torch.Tensor, c_out: int,
+             out_hw: Tuple[int, int]):
+    """(fold, patch grid) of the next block when ``block``'s dense
+    epilogue computes its masker logits (see :func:`_dense_epilogue`),
+    else None."""
+    if not policy.SPATIAL_LOGIT_HANDOFF or nxt is None or \
+            type(nxt) is not type(block) or \
+            getattr(nxt, 'paradigm', None) != 'spatial' or \
+            torch.is_inference_mode_enabled() or \
+            like.device.type != 'cpu' or like.dtype != torch.float32 or \
+            is_autocast(like) or not fast_add_relu_logit_pool(like) or \
+            unfoldable_reason(nxt) is not None:
+        return None
+    fn = folded(nxt)
+    if fn.logit_w.shape != (c_out,) or fn.logit_w.device != like.device \
+            or fn.logit_w.dtype != like.dtype:
+        return None
+    return fn, nxt.geometry(out_hw).patch_grid
+
+
+def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
+                  like: torch.Tensor, nxt: Optional[nn.Module]
+                  ) -> Optional[BottleneckPlan]:
+    """The plan of a bottleneck inside a planned block sequence
+    (:mod:`laud_mm.models.layers.forward_plan`): :func:`plan_bottleneck`
+    where the block's forward takes a CPU dynamic path that needs no
+    per-call checks (eval, dynamic inference on, paradigm set, not static,
+    gradients off, not ``policy.device_path``, a spatial / channel block
+    foldable), else None (the block's forward then runs as unplanned).
+
+    Args:
+        block, in_shape, like, nxt: as :func:`plan_bottleneck`.
+    """
+    if block.paradigm is None or block.static_mode or block.training or \
+            not block.dynamic_inference or torch.is_grad_enabled() or \
+            policy.device_path(like) or len(in_shape) != 4:
+        return None
+    if block.paradigm != 'layer' and unfoldable_reason(block) is not None:
+        return None
+    return plan_bottleneck(block, in_shape, like,
+                           block.geometry(in_shape[2:]), nxt)
+
+
 def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
                                geom: BlockGeometry
                                ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -271,28 +405,32 @@ def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
             f'masked-dense evaluation only: dynamic inference runs BN '
             f'folded into plain convolutions on the kept pixels / channels; '
             f"set dynamic_inference=False, or use paradigm='layer'")
-    paths = dict(spatial=_spatial_forward, channel=_channel_forward,
-                 layer=_layer_forward)
     # CUDA (or its logic on CPU, tests); a layer block that cannot be
     # BN-folded runs its own modules on the kept samples on any device
     if policy.device_path(x) and (block.paradigm != 'layer'
                                   or unfoldable_reason(block) is None):
-        paths = CUDA_PATHS
-    return run_dynamic_path(block, x, geom, paths)
+        return run_dynamic_path(block, x, geom, CUDA_PATHS)
+    return run_dynamic_path(block, x, geom, _PLAN_AND_RUN)
+
+
+def _plan_and_run(block, x, geom):
+    """A call outside a planned sequence: the block's plan for this call,
+    then its path."""
+    plan = plan_bottleneck(block, x.shape, x, geom, next_block(block))
+    return plan.path(block, x, plan)
+
+
+_PLAN_AND_RUN = dict.fromkeys(('spatial', 'channel', 'layer'), _plan_and_run)
 
 
 # ---------------------------------------------------------------- spatial
-def _spatial_forward(block, x, geom):
-    fb = folded(block)
+def _spatial_forward(block, x, plan):
+    fb, geom, fused = plan.fb, plan.geom, plan.fused
     s = block.granularity
     gh, gw = geom.patch_grid
     n = x.shape[0]
     width = fb.w1.shape[0]
     masker = block.masker
-    fused = policy.SPATIAL_FUSED_CPU and policy.fused_cpu_threads() and \
-        not is_autocast(x) and fast_spatial_branch(x, width, fb.w3.shape[0]) \
-        and x.dtype == fb.w1.dtype and fb.w2.shape[1:] == (width, 3, 3) \
-        and fb.padding == fb.dilation
     if fused or fb.stride > 1 or \
             recorded_spatial_logit(x, fb.logit_w, fb.logit_b,
                                    (gh, gw)) is not None:
@@ -319,9 +457,7 @@ def _spatial_forward(block, x, geom):
     def conv1():
         return F.conv2d(x, fb.w1, fb.b1) if t is None else t
 
-    dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD if fused else \
-        policy.SPATIAL_DENSE_THRESHOLD
-    if n_act >= dense_from * total:
+    if n_act >= plan.dense_from * total:
         # t is ours: ReLU in place (conv1 alone has width channels)
         h = (conv1() if t is None else t[:, :width]).relu_()
         h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
@@ -329,7 +465,7 @@ def _spatial_forward(block, x, geom):
         y = F.conv2d(h, fb.w3, fb.b3)
         if n_act < total:
             y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
-        return _dense_epilogue(block, y, fb.shortcut(x)), gate
+        return _dense_epilogue(y, fb.shortcut(x), plan.handoff), gate
 
     idx = (gate > 0.5).nonzero()
     if fused:
@@ -355,51 +491,35 @@ def _spatial_forward(block, x, geom):
     return out, gate
 
 
-def _dense_epilogue(block, y: torch.Tensor,
-                    identity: torch.Tensor) -> torch.Tensor:
+def _dense_epilogue(y: torch.Tensor, identity: torch.Tensor,
+                    handoff) -> torch.Tensor:
     """``relu(y + identity)`` of a spatial block computed densely
-    (:func:`residual_add_relu_`); with ``policy.SPATIAL_LOGIT_HANDOFF``,
-    when the next block (:func:`next_block`) is a foldable spatial block
-    of the same family whose masker takes y's channels on y's device, and
-    the compiled one-pass kernel runs (:func:`laud_mm.ops.
-    fast_add_relu_logit_pool`: contiguous float32 CPU tensors outside
-    autocast) outside autograd and ``torch.inference_mode`` (whose tensors
-    take no record), in one pass with that block's masker logits, which
-    it records on the output for :func:`_spatial_gate`
+    (:func:`residual_add_relu_`); with a hand-off (the plan's, made when
+    ``policy.SPATIAL_LOGIT_HANDOFF`` is on and the next block is a
+    foldable spatial block of the same family whose masker takes y's
+    channels, on a float32 CPU tensor outside autocast, autograd and
+    ``torch.inference_mode``, whose tensors take no record) and the
+    compiled one-pass kernel running (contiguous y and identity of one
+    dtype), in one pass with that block's masker logits, which it records
+    on the output for :func:`_spatial_gate`
     (:func:`laud_mm.ops.add_relu_logit_pool_`; the next block then skips
     its read of the output). Source: paper sec. 3.1, sec. 3.4 (operator
     fusion).
 
     Args:
-        block: the producing block; y: (N, C, H, W) its branch output
-            (written in place when it can hold the result); identity: the
-            shortcut, same shape.
+        y: (N, C, H, W) the block's branch output (written in place when
+            it can hold the result); identity: the shortcut, same shape.
+        handoff: (the next block's :class:`FoldedBottleneck`, its patch
+            grid (gh, gw)), or None.
 
     Returns:
         (N, C, H, W) the block output.
     """
-    nxt = next_block(block)
-    if not policy.SPATIAL_LOGIT_HANDOFF or nxt is None or \
-            type(nxt) is not type(block) or \
-            getattr(nxt, 'paradigm', None) != 'spatial' or \
-            y is identity or y.is_inference() or \
-            not fast_add_relu_logit_pool(y) or \
+    if handoff is None or y is identity or y.is_inference() or \
             identity.dtype != y.dtype or not identity.is_contiguous() or \
-            (torch.is_grad_enabled() and (y.requires_grad or
-                                          identity.requires_grad)):
+            not y.is_contiguous():
         return residual_add_relu_(y, identity)
-    # the successor's fold as cached, not revalidated (host time): a stale
-    # one only costs a hand-off the successor ignores, since the record is
-    # keyed by its fold's own logit weights; its first forward folds it
-    fn = peek_fold(nxt, FOLD_ATTR)
-    if getattr(fn, 'logit_w', None) is None:  # none yet (or not spatial)
-        if unfoldable_reason(nxt) is not None:
-            return residual_add_relu_(y, identity)
-        fn = folded(nxt)
-    if fn.logit_w.shape != (y.shape[1],) or fn.logit_w.device != y.device \
-            or fn.logit_w.dtype != y.dtype:
-        return residual_add_relu_(y, identity)
-    grid = nxt.geometry(tuple(y.shape[-2:])).patch_grid
+    fn, grid = handoff
     logit = _add_relu_logit_pool_(y, identity, fn.logit_w, fn.logit_b, grid)
     record_spatial_logit(y, fn.logit_w, fn.logit_b, grid, logit)
     return y
@@ -540,8 +660,8 @@ def _residual_target(block, x: torch.Tensor,
     return x.clone(memory_format=torch.contiguous_format)
 
 
-def _channel_forward(block, x, geom):
-    fb = folded(block)
+def _channel_forward(block, x, plan):
+    fb = plan.fb
     n, c_in, h, w = x.shape
     gate = sample_gate(block, x)
     # (N, k) each sample's kept channels, ascending, padded with the zero
@@ -553,11 +673,9 @@ def _channel_forward(block, x, geom):
     if kept == gate.numel():  # the static block; its output pooled for
         # the next block's masker in the epilogue
         return residual_add_relu_pooled_(fb.branch(x), ident), gate
-    width = fb.w1.shape[0]
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
-    if h * w < policy.CHANNEL_SMALL_MAP_PIXELS and \
-            kept > policy.CHANNEL_DENSE_RATE * gate.numel():
+    if plan.small_map and kept > policy.CHANNEL_DENSE_RATE * gate.numel():
         # small maps at high rates: masked dense compute with folded BN
         keep_ch = (gate > 0.5).repeat_interleave(block.granularity, dim=1)
         m = keep_ch.to(x.dtype)[:, :, None, None]
@@ -565,10 +683,7 @@ def _channel_forward(block, x, geom):
         h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
                       fb.dilation).relu_().mul_(m)
         return residual_add_relu_(F.conv2d(h2, fb.w3, fb.b3), ident), gate
-    if policy.CHANNEL_FUSED_CPU and policy.fused_cpu_threads() and \
-            not is_autocast(x) and fast_channel_branch(x) and \
-            x.dtype == ident.dtype == fb.w1.dtype and c_out % 16 == 0 and \
-            fb.w2.shape[1:] == (width, 3, 3):
+    if plan.fused and ident.dtype == x.dtype:
         # the fused kernel: conv1 -> conv2 -> conv3 per sample, accumulated
         # into the shortcut with bn3's shift and the ReLU
         # (and the output's channel sums from its output pass, recorded
@@ -641,12 +756,12 @@ def _layer_unfolded(block, x, gate):
     return out.relu_()
 
 
-def _layer_forward(block, x, geom):
+def _layer_forward(block, x, plan):
     n = x.shape[0]
     gate = sample_gate(block, x)  # (N,)
-    if unfoldable_reason(block) is not None:
+    fb = plan.fb
+    if fb is None:
         return _layer_unfolded(block, x, gate), gate
-    fb = folded(block)
     on = gate > 0.5
     ident = fb.shortcut(x)
     n_on = int(on.sum())
@@ -675,9 +790,7 @@ def _layer_forward(block, x, geom):
         means = recorded_channel_mean(x) if nonneg_inplace else \
             out.new_empty(n, out.shape[1])
     kept_means = None
-    if kept and (is_autocast(x) or not x.dtype == out.dtype == fb.w1.dtype
-                 or not policy.layer_sample_gemm(x.shape[2] * x.shape[3],
-                                                 torch.get_num_threads())):
+    if kept and not (plan.sample_gemm and out.dtype == x.dtype):
         # the branch on a gathered copy of the kept rows (mixed precision:
         # as autocast runs it; small maps with threads: oneDNN's
         # convolutions), added into the shortcut rows in their dtype
@@ -728,3 +841,8 @@ def _layer_forward(block, x, geom):
     elif means is not None and not nonneg_inplace:
         record_channel_mean(out, means)
     return out, gate
+
+
+#: each paradigm's CPU path, ``path(block, x, plan) -> (out, gate)``
+CPU_PATHS = dict(spatial=_spatial_forward, channel=_channel_forward,
+                 layer=_layer_forward)

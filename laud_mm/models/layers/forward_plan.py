@@ -1,0 +1,104 @@
+"""Per-forward plans of a block sequence: the host-side decisions of every
+block's dynamic path, made once per backbone forward, before the first
+block's convolutions.
+
+A dynamic block decides, besides its gates, which kernels run: whether its
+folded weights are current (a walk over its parameters' version counters),
+whether the compiled kernels take its input's dtype and device at the
+current thread count, whether its dense epilogue computes the next block's
+masker logits. Made between the convolutions, this host code runs with its
+code and data evicted by them: a few tenths of a millisecond per block
+where the same code takes tens of microseconds in a loop. Inside
+:func:`~laud_mm.models.layers.dynamic.owned_block_inputs` the first
+block's call plans the whole sequence in one loop: the input shapes follow
+from the block geometries, the dtype and device from the first input.
+Each block then checks its input against its plan (shape, dtype, gradient
+mode) and runs the plan, or, on any mismatch, plans its own call as
+outside the context.
+
+Parameters and buffers are read when the first block is called: a change
+made during the forward (by a hook of an earlier block) takes effect from
+the next forward. ``laud_mm.ops.policy.FORWARD_PLAN = False`` turns the
+plans off (each block then plans its own call).
+
+A family opts in with a block method ``sequence_plan(in_shape, like,
+nxt)`` returning its plan (an object with ``in_shape`` and ``dtype``) or
+None where the block runs unplanned, and a ``geometry(in_hw)`` whose
+result has ``out_channels`` and ``out_hw``.
+
+Source: paper sec. 3.4 (latency-aware scheduling of the dynamic
+operators; the host side of the fused block).
+"""
+from typing import List, Optional, Sequence
+
+import torch
+
+from ...ops import policy
+from ...ops.allocator import tune_cpu_allocator
+
+#: the attribute a block in a planned sequence holds (sequence, index) in
+SEQUENCE_ATTR = '_dynamic_sequence'
+
+
+class SequencePlan:
+    """The plans of one pass through a block sequence (see module doc).
+
+    Args:
+        blocks: the blocks in forward order, each run on the previous
+            block's output.
+
+    Attributes:
+        plans: one plan (or None) per block, made by :meth:`build` when the
+            first block is called; None before.
+    """
+
+    def __init__(self, blocks: Sequence[torch.nn.Module]):
+        self.blocks = list(blocks)
+        self.plans: Optional[List] = None
+        # every block must plan, and its geometry give the next input
+        self.enabled = policy.FORWARD_PLAN and all(
+            callable(getattr(b, 'sequence_plan', None)) for b in self.blocks)
+
+    def build(self, x: torch.Tensor) -> None:
+        """Plan every block for the first block's input ``x`` (N, C, H, W):
+        block i + 1's input shape is (N, out_channels, *out_hw) of block
+        i's geometry, its dtype and device x's."""
+        if x.device.type == 'cpu':  # gate-dependent sizes: no mmap each
+            tune_cpu_allocator()
+        plans = []
+        shape = tuple(x.shape)
+        blocks = self.blocks
+        for i, block in enumerate(blocks):
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            plans.append(block.sequence_plan(shape, x, nxt))
+            geom = block.geometry(shape[2:])
+            shape = (shape[0], geom.out_channels) + tuple(geom.out_hw)
+        self.plans = plans
+
+
+def block_plan(block: torch.nn.Module, x: torch.Tensor):
+    """The plan of ``block`` for its input ``x`` inside a planned sequence,
+    or None (outside one, a block without a plan, or x not the input it
+    was planned for: another shape or dtype, or gradients enabled). The
+    sequence's first block plans the sequence on every call.
+
+    Args:
+        block: a LAUD block; x: its input.
+
+    Returns:
+        the block's plan, or None.
+    """
+    entry = block.__dict__.get(SEQUENCE_ATTR)
+    if entry is None:
+        return None
+    seq, i = entry
+    if i == 0 and seq.enabled:
+        seq.build(x)
+    plans = seq.plans
+    if plans is None:
+        return None
+    plan = plans[i]
+    if plan is None or x.shape != plan.in_shape or \
+            x.dtype != plan.dtype or torch.is_grad_enabled():
+        return None
+    return plan
