@@ -22,7 +22,8 @@ the next forward. ``laud_mm.ops.policy.FORWARD_PLAN = False`` turns the
 plans off (each block then plans its own call).
 
 A family opts in with a block method ``sequence_plan(in_shape, like,
-nxt)`` returning its plan (an object with ``in_shape`` and ``dtype``) or
+nxt, nxt_plan)`` (``nxt`` the next block and ``nxt_plan`` its plan, or
+None) returning its plan (an object with ``in_shape`` and ``dtype``) or
 None where the block runs unplanned, and a ``geometry(in_hw)`` whose
 result has ``out_channels`` and ``out_hw``.
 
@@ -62,17 +63,22 @@ class SequencePlan:
     def build(self, x: torch.Tensor) -> None:
         """Plan every block for the first block's input ``x`` (N, C, H, W):
         block i + 1's input shape is (N, out_channels, *out_hw) of block
-        i's geometry, its dtype and device x's."""
+        i's geometry, its dtype and device x's. The blocks are planned
+        last to first, so that a block's plan can take what it needs of
+        its successor from the successor's plan (a fold validated once)."""
         if x.device.type == 'cpu':  # gate-dependent sizes: no mmap each
             tune_cpu_allocator()
-        plans = []
-        shape = tuple(x.shape)
         blocks = self.blocks
-        for i, block in enumerate(blocks):
-            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-            plans.append(block.sequence_plan(shape, x, nxt))
+        shapes = [tuple(x.shape)]
+        for block in blocks[:-1]:
+            shape = shapes[-1]
             geom = block.geometry(shape[2:])
-            shape = (shape[0], geom.out_channels) + tuple(geom.out_hw)
+            shapes.append((shape[0], geom.out_channels) + tuple(geom.out_hw))
+        plans = [None] * len(blocks)
+        nxt = nxt_plan = None
+        for i in range(len(blocks) - 1, -1, -1):
+            plans[i] = blocks[i].sequence_plan(shapes[i], x, nxt, nxt_plan)
+            nxt, nxt_plan = blocks[i], plans[i]
         self.plans = plans
 
 

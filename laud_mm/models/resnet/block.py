@@ -124,19 +124,19 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
         return static_bottleneck_forward(self, x)
 
     def sequence_plan(self, in_shape: Tuple[int, ...], like: torch.Tensor,
-                      nxt) -> Optional[BottleneckPlan]:
+                      nxt, nxt_plan) -> Optional[BottleneckPlan]:
         """This block's plan inside a planned block sequence
         (:func:`laud_mm.models.resnet.dynamic.sequence_plan`)."""
-        return sequence_plan(self, in_shape, like, nxt)
+        return sequence_plan(self, in_shape, like, nxt, nxt_plan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static_mode:
+            return self.static_forward(x)
         plan = block_plan(self, x)
         if plan is not None:  # dynamic inference planned for the forward
             out, gate = plan.path(self, x, plan)
             self.record_stats(gate, plan.geom, plan.op_flops)
             return out
-        if self.static_mode:
-            return self.static_forward(x)
         in_hw = tuple(x.shape[-2:])
         geom = self.geometry(in_hw)
         op_flops = self.op_flops(in_hw)

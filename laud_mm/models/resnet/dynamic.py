@@ -279,7 +279,9 @@ class BottleneckPlan:
 
 def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
                     like: torch.Tensor, geom: BlockGeometry,
-                    nxt: Optional[nn.Module]) -> BottleneckPlan:
+                    nxt: Optional[nn.Module],
+                    nxt_plan: Optional[BottleneckPlan] = None
+                    ) -> BottleneckPlan:
     """The :class:`BottleneckPlan` of a bottleneck whose dynamic forward
     takes the CPU paths (not ``policy.device_path``; a spatial / channel
     block foldable), for inputs of ``in_shape`` with ``like``'s dtype and
@@ -293,10 +295,19 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
         geom: ``block.geometry((H, W))``.
         nxt: the block that runs next on this block's output
             (:func:`next_block`), or None.
+        nxt_plan: ``nxt``'s plan for this pass when it has one (its fold
+            is then taken as validated), else None.
 
     Returns:
-        the plan; it folds the block's weights (and a spatial successor's)
-        if their cached folds are stale (:func:`folded`).
+        the plan; it folds the block's weights (and a spatial successor's
+        without a plan) if their cached folds are stale (:func:`folded`).
+
+    Raises:
+        KeyError: ``block.paradigm`` has no CPU path (callers check the
+            paradigm first: :func:`dynamic_bottleneck_forward` through
+            :func:`run_dynamic_path`, :func:`sequence_plan`).
+
+    Source: paper sec. 3.4 (the dynamic operators' scheduling).
     """
     plan = BottleneckPlan()
     plan.in_shape, plan.dtype = torch.Size(in_shape), like.dtype
@@ -321,7 +332,8 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
             fb.w2.shape[1:] == (width, 3, 3) and fb.padding == fb.dilation
         plan.dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD \
             if plan.fused else policy.SPATIAL_DENSE_THRESHOLD
-        plan.handoff = _handoff(block, nxt, like, c_out, geom.out_hw)
+        plan.handoff = _handoff(block, nxt, nxt_plan, like, c_out,
+                                geom.out_hw)
     elif block.paradigm == 'channel':
         plan.small_map = h * w < policy.CHANNEL_SMALL_MAP_PIXELS
         plan.fused = policy.CHANNEL_FUSED_CPU and direct and \
@@ -333,7 +345,7 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
     return plan
 
 
-def _handoff(block, nxt, like: torch.Tensor, c_out: int,
+def _handoff(block, nxt, nxt_plan, like: torch.Tensor, c_out: int,
              out_hw: Tuple[int, int]):
     """(fold, patch grid) of the next block when ``block``'s dense
     epilogue computes its masker logits (see :func:`_dense_epilogue`),
@@ -342,11 +354,14 @@ def _handoff(block, nxt, like: torch.Tensor, c_out: int,
             type(nxt) is not type(block) or \
             getattr(nxt, 'paradigm', None) != 'spatial' or \
             torch.is_inference_mode_enabled() or \
-            like.device.type != 'cpu' or like.dtype != torch.float32 or \
-            is_autocast(like) or not fast_add_relu_logit_pool(like) or \
-            unfoldable_reason(nxt) is not None:
+            not fast_add_relu_logit_pool(like):
         return None
-    fn = folded(nxt)
+    if nxt_plan is not None:
+        fn = nxt_plan.fb
+    elif unfoldable_reason(nxt) is None:
+        fn = folded(nxt)
+    else:
+        return None
     if fn.logit_w.shape != (c_out,) or fn.logit_w.device != like.device \
             or fn.logit_w.dtype != like.dtype:
         return None
@@ -354,26 +369,34 @@ def _handoff(block, nxt, like: torch.Tensor, c_out: int,
 
 
 def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
-                  like: torch.Tensor, nxt: Optional[nn.Module]
+                  like: torch.Tensor, nxt: Optional[nn.Module],
+                  nxt_plan: Optional[BottleneckPlan] = None
                   ) -> Optional[BottleneckPlan]:
     """The plan of a bottleneck inside a planned block sequence
     (:mod:`laud_mm.models.layers.forward_plan`): :func:`plan_bottleneck`
     where the block's forward takes a CPU dynamic path that needs no
     per-call checks (eval, dynamic inference on, paradigm set, not static,
     gradients off, not ``policy.device_path``, a spatial / channel block
-    foldable), else None (the block's forward then runs as unplanned).
+    foldable, a 4-D input).
 
     Args:
-        block, in_shape, like, nxt: as :func:`plan_bottleneck`.
+        block, in_shape, like, nxt, nxt_plan: as :func:`plan_bottleneck`.
+
+    Returns:
+        the plan, or None (the block's forward then plans its own call,
+        with that path's checks and errors).
+
+    Source: paper sec. 3.4.
     """
-    if block.paradigm is None or block.static_mode or block.training or \
-            not block.dynamic_inference or torch.is_grad_enabled() or \
-            policy.device_path(like) or len(in_shape) != 4:
+    if block.paradigm not in CPU_PATHS or block.static_mode or \
+            block.training or not block.dynamic_inference or \
+            torch.is_grad_enabled() or policy.device_path(like) or \
+            len(in_shape) != 4:
         return None
     if block.paradigm != 'layer' and unfoldable_reason(block) is not None:
         return None
     return plan_bottleneck(block, in_shape, like,
-                           block.geometry(in_shape[2:]), nxt)
+                           block.geometry(in_shape[2:]), nxt, nxt_plan)
 
 
 def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,

@@ -57,7 +57,7 @@ def test_every_block_runs_the_plan_made_before_its_convolutions(
         out = net(x)
         gates = [b.last_stats['gate'].clone() for b in blocks]
     hook.remove()
-    assert made == blocks  # one plan per block, in order
+    assert made == blocks[::-1]  # one plan per block, last to first
     assert before_second == [len(blocks)]  # all before block 1 ran
     made.clear()
     _unplanned(monkeypatch)
