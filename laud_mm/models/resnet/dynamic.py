@@ -6,6 +6,10 @@ rounding, while skipping the masked-out work:
 
 - BN is folded into the convolutions (cached on the block, refreshed when a
   parameter or BN statistic changes: keyed by the tensors' ``_version``).
+- The host-side choices (the fold checked, which kernels run, the logit
+  hand-off) form the block's :class:`BottleneckPlan`, made at its call,
+  or, inside a backbone, for every block at the first block's call
+  (:func:`sequence_plan`, :mod:`laud_mm.models.layers.forward_plan`).
 - spatial: the masker is fused into conv1 (one 1x1 conv with width + 1
   outputs; the extra output (w_keep - w_skip).x + (b_keep - b_skip) is
   average-pooled to the patch grid, exact by linearity of pool and 1x1 conv);
