@@ -147,7 +147,8 @@ def add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
                                  _check_grid(grid, out.shape[2:]))
 
 
-def fast_add_relu_logit_pool(out: torch.Tensor) -> bool:
+def fast_add_relu_logit_pool(out: torch.Tensor, layout: bool = True
+                             ) -> bool:
     """Whether :func:`add_relu_logit_pool_` runs the compiled one-pass
     kernel for an output like ``out`` (a contiguous float32 CPU tensor
     outside autocast, the kernel built and the backend not forced to
@@ -155,15 +156,19 @@ def fast_add_relu_logit_pool(out: torch.Tensor) -> bool:
     output, which a dense block should not pay for its successor.
 
     Args:
-        out: the (N, C, H, W) block output to be.
+        out: the (N, C, H, W) block output to be, or (``layout=False``)
+            any tensor of its dtype and device.
+        layout: also require ``out`` contiguous; False: dtype, device,
+            autocast and backend only (a decision made before the output
+            exists, its layout checked when it does).
 
     Returns:
         True where the kernel runs. Source: paper sec. 3.4 (operator
         fusion).
     """
     return (out.device.type == 'cpu' and out.dtype == torch.float32 and
-            out.is_contiguous() and not is_autocast(out) and
-            use_kernels(out) and
+            (not layout or out.is_contiguous()) and not is_autocast(out)
+            and use_kernels(out) and
             hasattr(extension(), 'add_relu_logit_pool'))
 
 

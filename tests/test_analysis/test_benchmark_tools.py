@@ -141,13 +141,14 @@ def test_compare_unplanned_adds_the_unplanned_path(monkeypatch):
     real = forward_plan.SequencePlan.build
 
     def spy(self, x):
-        builds.append(policy.FORWARD_PLAN)
+        builds.append(x.shape)
         return real(self, x)
     monkeypatch.setattr(forward_plan.SequencePlan, 'build', spy)
     row, = resnet.run([50], ['224'], ['layer'], [1.0], 1, 'flops', 0, 1,
                       compare_unplanned=True)
-    # planned: the exactness check and one timed pair; unplanned: none
-    assert builds == [True, True]
+    # planned: the exactness check and one timed pair (no warm-up); the
+    # unplanned timing (as many dynamic forwards) builds no plan
+    assert len(builds) == 2
     assert policy.FORWARD_PLAN is True
     assert row['unplanned_ms'] > 0 and row['unplanned_speedup'] > 0 and \
         row['unplanned_cpu_speedup'] > 0

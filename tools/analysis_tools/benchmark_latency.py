@@ -89,7 +89,8 @@ def main(argv=None):
         per_block_mode=args.per_block or 'alone', block_rate=args.block_rate,
         spatial_breakdown=args.spatial_breakdown,
         spatial_dense_threshold=args.spatial_dense_threshold,
-        compare_unplanned=args.compare_unplanned, quick=args.quick, plot_path=args.plot, json_path=args.json)
+        compare_unplanned=args.compare_unplanned, quick=args.quick,
+        plot_path=args.plot, json_path=args.json)
 
 
 if __name__ == '__main__':

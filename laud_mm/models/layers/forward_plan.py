@@ -7,14 +7,16 @@ folded weights are current (a walk over its parameters' version counters),
 whether the compiled kernels take its input's dtype and device at the
 current thread count, whether its dense epilogue computes the next block's
 masker logits. Made between the convolutions, this host code runs with its
-code and data evicted by them: a few tenths of a millisecond per block
-where the same code takes tens of microseconds in a loop. Inside
+code and data evicted by them, several times slower than in a loop
+(docs/benchmarks.md, fourteenth round). Inside
 :func:`~laud_mm.models.layers.dynamic.owned_block_inputs` the first
 block's call plans the whole sequence in one loop: the input shapes follow
 from the block geometries, the dtype and device from the first input.
-Each block then checks its input against its plan (shape, dtype, gradient
-mode) and runs the plan, or, on any mismatch, plans its own call as
-outside the context.
+Each block then checks its input against its plan (shape, dtype, device,
+gradient mode) and runs the plan, once: a plan serves one call, so a pass
+that does not start at the first block (whose call makes the plans) runs
+unplanned. Where a block has no plan it plans its own call, as outside
+the context.
 
 Parameters and buffers are read when the first block is called: a change
 made during the forward (by a hook of an earlier block) takes effect from
@@ -23,9 +25,11 @@ plans off (each block then plans its own call).
 
 A family opts in with a block method ``sequence_plan(in_shape, like,
 nxt, nxt_plan)`` (``nxt`` the next block and ``nxt_plan`` its plan, or
-None) returning its plan (an object with ``in_shape`` and ``dtype``) or
-None where the block runs unplanned, and a ``geometry(in_hw)`` whose
-result has ``out_channels`` and ``out_hw``.
+None) returning its plan (an object with ``in_shape``, ``dtype`` and
+``device``) or None where the block runs unplanned, a ``geometry(in_hw)``
+whose result has ``out_channels`` and ``out_hw``, and a forward that
+calls :func:`block_plan` first on its dynamic path (the first block's
+call makes the pass's plans). The sequences are of (N, C, H, W) maps.
 
 Source: paper sec. 3.4 (latency-aware scheduling of the dynamic
 operators; the host side of the fused block).
@@ -49,8 +53,13 @@ class SequencePlan:
             block's output.
 
     Attributes:
+        blocks: that list.
+        enabled: whether the sequence is planned at all
+            (``policy.FORWARD_PLAN`` when the context was entered, and every
+            block has a ``sequence_plan`` method).
         plans: one plan (or None) per block, made by :meth:`build` when the
-            first block is called; None before.
+            first block is called; a block's entry is cleared when handed
+            out (:func:`block_plan`); None before the first build.
     """
 
     def __init__(self, blocks: Sequence[torch.nn.Module]):
@@ -65,7 +74,13 @@ class SequencePlan:
         block i + 1's input shape is (N, out_channels, *out_hw) of block
         i's geometry, its dtype and device x's. The blocks are planned
         last to first, so that a block's plan can take what it needs of
-        its successor from the successor's plan (a fold validated once)."""
+        its successor from the successor's plan (a fold validated once).
+        On CPU it tunes the heap once first
+        (:func:`~laud_mm.ops.allocator.tune_cpu_allocator`). An x that is
+        not 4-D plans nothing (its blocks' own checks refuse it)."""
+        self.plans = None
+        if x.dim() != 4:
+            return
         if x.device.type == 'cpu':  # gate-dependent sizes: no mmap each
             tune_cpu_allocator()
         blocks = self.blocks
@@ -84,9 +99,10 @@ class SequencePlan:
 
 def block_plan(block: torch.nn.Module, x: torch.Tensor):
     """The plan of ``block`` for its input ``x`` inside a planned sequence,
-    or None (outside one, a block without a plan, or x not the input it
-    was planned for: another shape or dtype, or gradients enabled). The
-    sequence's first block plans the sequence on every call.
+    or None (outside one, a block without a plan, a plan already used, or
+    x not the input it was planned for: another shape, dtype or device,
+    or gradients enabled). The sequence's first block plans the sequence
+    on every call; each plan is handed out once.
 
     Args:
         block: a LAUD block; x: its input.
@@ -103,8 +119,9 @@ def block_plan(block: torch.nn.Module, x: torch.Tensor):
     plans = seq.plans
     if plans is None:
         return None
-    plan = plans[i]
+    plan, plans[i] = plans[i], None
     if plan is None or x.shape != plan.in_shape or \
-            x.dtype != plan.dtype or torch.is_grad_enabled():
+            x.dtype != plan.dtype or x.device != plan.device or \
+            torch.is_grad_enabled():
         return None
     return plan

@@ -130,9 +130,10 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
         return sequence_plan(self, in_shape, like, nxt, nxt_plan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # first: the first block's call plans the pass, even a static one
+        plan = block_plan(self, x)
         if self.static_mode:
             return self.static_forward(x)
-        plan = block_plan(self, x)
         if plan is not None:  # dynamic inference planned for the forward
             out, gate = plan.path(self, x, plan)
             self.record_stats(gate, plan.geom, plan.op_flops)

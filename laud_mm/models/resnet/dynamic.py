@@ -253,8 +253,8 @@ class BottleneckPlan:
     block, but not on the gates (:func:`plan_bottleneck`).
 
     Attributes:
-        in_shape: (N, C_in, H, W) of the input it was made for; dtype its
-            dtype.
+        in_shape: (N, C_in, H, W) of the input it was made for; dtype and
+            device its dtype and device.
         geom: the block's :class:`BlockGeometry`; op_flops its dense
             per-sample FLOPs per operator.
         fb: the BN-folded weights, validated when the plan was made (None
@@ -268,7 +268,9 @@ class BottleneckPlan:
             block computes densely.
         handoff: spatial: (the next block's fold, its patch grid) when a
             dense epilogue computes the next block's masker logits
-            (:func:`_dense_epilogue`), else None.
+            (:func:`_dense_epilogue`), else None; :data:`HANDOFF_AT_USE`
+            in a plan for one call, which decides it only if the block
+            computes densely.
         small_map: channel: H x W below
             ``policy.CHANNEL_SMALL_MAP_PIXELS``.
         sample_gemm: layer: the kept samples run on the per-sample GEMM
@@ -276,16 +278,20 @@ class BottleneckPlan:
 
     Source: paper sec. 3.4 (scheduling; the host side of operator fusion).
     """
-    __slots__ = ('in_shape', 'dtype', 'geom', 'op_flops', 'fb', 'path',
-                 'fused', 'dense_from', 'handoff', 'small_map',
+    __slots__ = ('in_shape', 'dtype', 'device', 'geom', 'op_flops', 'fb',
+                 'path', 'fused', 'dense_from', 'handoff', 'small_map',
                  'sample_gemm')
+
+
+#: a per-call plan's hand-off, decided when the dense epilogue needs it
+HANDOFF_AT_USE = object()
 
 
 def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
                     like: torch.Tensor, geom: BlockGeometry,
                     nxt: Optional[nn.Module],
-                    nxt_plan: Optional[BottleneckPlan] = None
-                    ) -> BottleneckPlan:
+                    nxt_plan: Optional[BottleneckPlan] = None,
+                    handoff_at_use: bool = False) -> BottleneckPlan:
     """The :class:`BottleneckPlan` of a bottleneck whose dynamic forward
     takes the CPU paths (not ``policy.device_path``; a spatial / channel
     block foldable), for inputs of ``in_shape`` with ``like``'s dtype and
@@ -301,6 +307,9 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
             (:func:`next_block`), or None.
         nxt_plan: ``nxt``'s plan for this pass when it has one (its fold
             is then taken as validated), else None.
+        handoff_at_use: leave a spatial block's hand-off to its dense
+            epilogue (:data:`HANDOFF_AT_USE`; a plan for one call, where
+            a sparse block never needs it).
 
     Returns:
         the plan; it folds the block's weights (and a spatial successor's
@@ -315,6 +324,7 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
     """
     plan = BottleneckPlan()
     plan.in_shape, plan.dtype = torch.Size(in_shape), like.dtype
+    plan.device = like.device
     plan.geom = geom
     plan.op_flops = block.op_flops(geom.in_hw)
     plan.path = CPU_PATHS[block.paradigm]
@@ -336,8 +346,8 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
             fb.w2.shape[1:] == (width, 3, 3) and fb.padding == fb.dilation
         plan.dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD \
             if plan.fused else policy.SPATIAL_DENSE_THRESHOLD
-        plan.handoff = _handoff(block, nxt, nxt_plan, like, c_out,
-                                geom.out_hw)
+        plan.handoff = HANDOFF_AT_USE if handoff_at_use else _handoff(
+            block, nxt, nxt_plan, like, c_out, geom.out_hw)
     elif block.paradigm == 'channel':
         plan.small_map = h * w < policy.CHANNEL_SMALL_MAP_PIXELS
         plan.fused = policy.CHANNEL_FUSED_CPU and direct and \
@@ -358,7 +368,7 @@ def _handoff(block, nxt, nxt_plan, like: torch.Tensor, c_out: int,
             type(nxt) is not type(block) or \
             getattr(nxt, 'paradigm', None) != 'spatial' or \
             torch.is_inference_mode_enabled() or \
-            not fast_add_relu_logit_pool(like):
+            not fast_add_relu_logit_pool(like, layout=False):
         return None
     if nxt_plan is not None:
         fn = nxt_plan.fb
@@ -441,9 +451,11 @@ def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
 
 
 def _plan_and_run(block, x, geom):
-    """A call outside a planned sequence: the block's plan for this call,
-    then its path."""
-    plan = plan_bottleneck(block, x.shape, x, geom, next_block(block))
+    """A call outside a planned sequence: the block's plan for this call
+    (a spatial hand-off decided only if the block computes densely), then
+    its path."""
+    plan = plan_bottleneck(block, x.shape, x, geom, next_block(block),
+                           handoff_at_use=True)
     return plan.path(block, x, plan)
 
 
@@ -492,7 +504,11 @@ def _spatial_forward(block, x, plan):
         y = F.conv2d(h, fb.w3, fb.b3)
         if n_act < total:
             y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
-        return _dense_epilogue(y, fb.shortcut(x), plan.handoff), gate
+        handoff = plan.handoff
+        if handoff is HANDOFF_AT_USE:
+            handoff = _handoff(block, next_block(block), None, x,
+                               fb.w3.shape[0], geom.out_hw)
+        return _dense_epilogue(y, fb.shortcut(x), handoff), gate
 
     idx = (gate > 0.5).nonzero()
     if fused:

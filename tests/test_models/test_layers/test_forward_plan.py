@@ -45,9 +45,9 @@ def test_every_block_runs_the_plan_made_before_its_convolutions(
     made = []
     real = D.plan_bottleneck
 
-    def spy(block, *args):
+    def spy(block, *args, **kwargs):
         made.append(block)
-        return real(block, *args)
+        return real(block, *args, **kwargs)
     monkeypatch.setattr(D, 'plan_bottleneck', spy)
     blocks = list(net.blocks)
     before_second = []
@@ -78,7 +78,8 @@ def test_every_block_runs_the_plan_made_before_its_convolutions(
 
 def test_calls_the_plan_was_not_made_for_run_unplanned():
     """Outside a sequence, before its first block ran, on another input
-    shape or dtype, or with gradients enabled, a block has no plan."""
+    shape, dtype or device, with gradients enabled, or a second time in a
+    pass, a block has no plan."""
     net = _net('spatial')
     blocks = list(net.blocks)
     x = load_coco_images(n=1, size=(64, 96))
@@ -87,12 +88,26 @@ def test_calls_the_plan_was_not_made_for_run_unplanned():
         assert FP.block_plan(blocks[0], t) is None  # no sequence
         with owned_block_inputs(blocks):
             t1 = blocks[0](t.clone())
-            # block 1 with its own input: planned by block 0's call
+            # block 1 with its own input: planned by block 0's call, once
             assert FP.block_plan(blocks[1], t1) is not None
-            assert FP.block_plan(blocks[1], t1[:, :, 1:]) is None
-            assert FP.block_plan(blocks[1], t1.double()) is None
-            with torch.enable_grad():
-                assert FP.block_plan(blocks[1], t1) is None
+            assert FP.block_plan(blocks[1], t1) is None
+            for other in (t1[:, :, 1:], t1.double(), t1.to('meta'), t1):
+                blocks[0](t.clone())  # a new pass: fresh plans
+                if other is t1:
+                    with torch.enable_grad():
+                        assert FP.block_plan(blocks[1], t1) is None
+                else:
+                    assert FP.block_plan(blocks[1], other) is None
+            # a pass whose first block runs statically plans the others
+            # anew: no block takes a plan of an earlier pass
+            blocks[0](t.clone())
+            seq = blocks[1].__dict__[FP.SEQUENCE_ATTR][0]
+            earlier = seq.plans[1]
+            blocks[0].static_mode = True
+            blocks[0](t.clone())
+            blocks[0].static_mode = False
+            assert seq.plans[0] is None  # a static block has no plan
+            assert seq.plans[1] is not None and seq.plans[1] is not earlier
         with owned_block_inputs(blocks):  # a new pass, block 0 not called
             assert FP.block_plan(blocks[1], t1) is None
             out = blocks[1](t1.clone())

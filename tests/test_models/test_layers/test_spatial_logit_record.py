@@ -153,15 +153,18 @@ def test_record_is_used_once_and_not_under_inference_mode():
             sr.recorded_spatial_logit(t, torch.zeros(1), 0., (1, 1)) is None
 
 
+@pytest.mark.parametrize('planned', [True, False])
 def test_successor_changed_between_forwards_hands_off_its_new_logits(
-        monkeypatch):
+        planned, monkeypatch):
     """A dense block computes its successor's logits with the successor's
-    fold, validated when the forward is planned. After the successor's
-    masker changes in place, the next forward refolds it: the hand-off
-    carries the new logit weights, the successor takes it, and the output
-    is the masked-dense model's with the changed masker."""
+    fold, validated when the forward is planned (or, unplanned, at the
+    epilogue). After the successor's masker changes in place, the next
+    forward refolds it: the hand-off carries the new logit weights, the
+    successor takes it, and the output is the masked-dense model's with
+    the changed masker."""
     if ops.extension() is None:
         pytest.skip('the hand-off needs the compiled epilogue')
+    monkeypatch.setattr(policy, 'FORWARD_PLAN', planned)
     net = _net('on')
     x = load_coco_images(n=1, size=(64, 96))
     used = []
