@@ -334,7 +334,8 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
     plan.small_map = plan.sample_gemm = False
     foldable = unfoldable_reason(block) is None
     fb = plan.fb = folded(block) if foldable else None
-    if fb is None:  # a layer block running its own modules
+    if fb is None:  # a layer block running its own modules (spatial /
+        # channel: refused by the callers)
         return plan
     width, c_out = fb.w1.shape[0], fb.w3.shape[0]
     h, w = in_shape[2:]
@@ -407,10 +408,11 @@ def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
             torch.is_grad_enabled() or policy.device_path(like) or \
             len(in_shape) != 4:
         return None
-    if block.paradigm != 'layer' and unfoldable_reason(block) is not None:
-        return None
-    return plan_bottleneck(block, in_shape, like,
+    plan = plan_bottleneck(block, in_shape, like,
                            block.geometry(in_shape[2:]), nxt, nxt_plan)
+    # an unfoldable spatial / channel block refuses dynamic inference at
+    # its own call
+    return None if plan.fb is None and block.paradigm != 'layer' else plan
 
 
 def dynamic_bottleneck_forward(block: nn.Module, x: torch.Tensor,
