@@ -4,6 +4,9 @@ for the latency predictor (paper appendix A, docs/method.md sec. 4).
 Micro-benchmarks (:func:`microbench`, PyTorch, fp32):
 
 * launch cost: a tiny ``add`` and a tiny ``conv2d`` (mean of the two), us;
+* parallel region (CPU, several threads): an ``add`` just above ATen's
+  grain at the thread count against one thread (:func:`parallel_region_us`),
+  us;
 * off-chip bandwidth: ``torch.add(a, b, out=c)`` on 64 MB tensors
   (3 tensors moved per call), GB/s;
 * on-chip factor: the same between 256 KB and 1 MB tensors (cache
@@ -174,7 +177,8 @@ def microbench(device: torch.device) -> dict:
         launch_conv_us, bandwidth_gbs (off-chip), cache_gbs (on-chip),
         macs (best convolution rate, MAC/s), conv_rates (each
         convolution's, MAC/s), weight_reorder_gbs (CPU: oneDNN's per-call
-        weight re-layout, GB/s; 0 on a GPU).
+        weight re-layout, GB/s; 0 on a GPU), region_us
+        (:func:`parallel_region_us`).
     """
     dev = device
     a1 = torch.ones(1, device=dev)
@@ -214,7 +218,35 @@ def microbench(device: torch.device) -> dict:
     return dict(launch_us=launch * 1e6, launch_add_us=launch_add * 1e6,
                 launch_conv_us=launch_conv * 1e6, bandwidth_gbs=big / 1e9,
                 cache_gbs=small / 1e9, macs=max(rates), conv_rates=rates,
-                weight_reorder_gbs=reorder)
+                weight_reorder_gbs=reorder, region_us=parallel_region_us(dev))
+
+
+def parallel_region_us(device: torch.device) -> float:
+    """Cost of one parallel region at torch's thread count
+    (``HardwareSpec.region_us``): an ``add`` of twice
+    :data:`~laud_mm.latency.operators.PARALLEL_GRAIN` elements (split over
+    the threads) timed at that count and at one thread, both by the wall
+    clock; the first less the second's share per thread.
+
+    Args:
+        device: the device (0 for a GPU).
+
+    Returns:
+        microseconds (>= 0; 0 with one thread).
+    """
+    from .operators import PARALLEL_GRAIN
+    threads = torch.get_num_threads()
+    if device.type != 'cpu' or threads == 1:
+        return 0.
+    a = torch.rand(2 * PARALLEL_GRAIN)
+    c = torch.empty_like(a)
+    t_n = time_fn(lambda: torch.add(a, a, out=c), device, clock='wall')
+    torch.set_num_threads(1)
+    try:
+        t_1 = time_fn(lambda: torch.add(a, a, out=c), device, clock='wall')
+    finally:
+        torch.set_num_threads(threads)
+    return max(0., t_n - t_1 / threads) * 1e6
 
 
 def static_block_fn(g, batch: int, device: torch.device):
@@ -335,11 +367,12 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
     # host calls: every patch off
     g, d, t = run('spatial', 2, lambda blk, g: torch.zeros(
         1, *g.patch_grid, device=device))
-    unit = spec.replace(host_call_us=1.)
-    ops = ops_of(unit, g, d)
-    calls = sum(o.launch_ms for o in ops
-                if o.compute_ms == 0 and o.memory_ms == 0) * 1e3
-    rest = sum(o.ms for o in ops if o.compute_ms or o.memory_ms)
+    # the model at 1 and 2 us per host call: the difference counts the
+    # calls, the rest is the kernels (parallel regions included)
+    one = sum(o.ms for o in ops_of(spec.replace(host_call_us=1.), g, d))
+    two = sum(o.ms for o in ops_of(spec.replace(host_call_us=2.), g, d))
+    calls = (two - one) * 1e3
+    rest = one - calls * 1e-3
     if calls > 0 and t > rest:
         spec = spec.replace(host_call_us=(t - rest) / calls * 1e3)
         if verbose:
@@ -482,7 +515,9 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
           f'{m["macs"] / 1e9:.1f} GMAC/s (convs: '
           + ', '.join(f'{r / 1e9:.1f}' for r in m['conv_rates']) + ')'
           + (f', weight reorder {m["weight_reorder_gbs"]:.1f} GB/s'
-             if m['weight_reorder_gbs'] else ''))
+             if m['weight_reorder_gbs'] else '')
+          + (f', parallel region {m["region_us"]:.1f} us'
+             if m['region_us'] else ''))
     spec = HardwareSpec(
         name=name, num_pe=n_pe,
         fp32_per_pe=m['macs'] / (n_pe * clock_mhz * 1e6), clock_mhz=clock_mhz,
@@ -494,7 +529,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         max_tile_batch=tile_batch,
         weight_reorder_gbs=m['weight_reorder_gbs'],
         vector_width=cpu_vector_width() if dev.type == 'cpu' else 0,
-        llc_mb=cpu_llc_mb() if dev.type == 'cpu' else 0.)
+        llc_mb=cpu_llc_mb() if dev.type == 'cpu' else 0.,
+        region_us=m['region_us'])
     if fit:
         geoms, _ = resnet_geometries(50, (224, 224))
         uniq = {}

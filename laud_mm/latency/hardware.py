@@ -85,6 +85,18 @@ class HardwareSpec:
             a call costs several times a bare kernel launch:
             ``tools/analysis_tools/calibrate_hardware.py`` measures it from
             an empty dynamic block (every gate off).
+        region_us: cost of one parallel region over the ``num_pe``
+            threads of a CPU, microseconds: handing the work to the
+            intra-op pool's sleeping threads and joining them (0, default:
+            none; GPUs, one thread). Every library convolution, every
+            ATen elementwise kernel over more than
+            :data:`~laud_mm.latency.operators.PARALLEL_GRAIN` elements and
+            each phase of the fused kernels pays it. It depends on the
+            OpenMP wait policy: about 40 us per region on this 2-core
+            machine with ``OMP_WAIT_POLICY=PASSIVE``, 2 us with spinning
+            threads. ``tools/analysis_tools/calibrate_hardware.py``
+            measures it (an add just above the grain at N threads against
+            its one-thread time).
         fused_gemm_speed: compute rate of this repository's fused dynamic
             CPU kernels (``spatial_branch_add_relu``,
             ``channel_branch_add_relu``: AVX-512 GEMMs over the kept pixels
@@ -119,6 +131,7 @@ class HardwareSpec:
     llc_mb: float = 0.
     host_call_us: float = 0.
     fused_gemm_speed: float = 1.
+    region_us: float = 0.
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -132,7 +145,7 @@ class HardwareSpec:
             zero_ok = f.name in ('launch_us', 'max_tile_batch',
                                   'weight_reorder_gbs',
                                   'weight_reorder_min_mb', 'vector_width',
-                                  'llc_mb', 'host_call_us')
+                                  'llc_mb', 'host_call_us', 'region_us')
             if zero_ok:
                 ok = ok and v >= 0
             else:

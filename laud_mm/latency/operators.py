@@ -55,7 +55,7 @@ Source: paper appendix A and sec. 3.3-3.4, docs/method.md sec. 4.
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -63,11 +63,23 @@ from .hardware import HardwareSpec
 
 __all__ = ['ConvOp', 'OpLatency', 'conv_latency', 'conv_op',
            'elementwise_latency', 'pool_latency', 'linear_latency',
-           'se_latency', 'launch_latency', 'tile_candidates',
-           'access_efficiency', 'TILE_DIVISORS']
+           'se_latency', 'launch_latency', 'region_ops',
+           'tile_candidates', 'access_efficiency', 'TILE_DIVISORS',
+           'PARALLEL_GRAIN']
 
 #: non-power-of-two tile sides tried in addition to powers of two
 TILE_DIVISORS = (3, 5, 6, 7, 12, 14, 28, 56)
+#: ATen's intra-op grain (``at::internal::GRAIN_SIZE``): an elementwise
+#: kernel over more elements than this splits over the threads, a parallel
+#: region (``HardwareSpec.region_us``); one over fewer runs on the calling
+#: thread
+PARALLEL_GRAIN = 32768
+
+
+def _region_s(hw: HardwareSpec, parallel: bool) -> float:
+    """Seconds of one parallel region (``hw.region_us``) if ``parallel``
+    and the device has more than one PE, else 0."""
+    return hw.region_us * 1e-6 if parallel and hw.num_pe > 1 else 0.
 
 
 @dataclass
@@ -363,7 +375,13 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
             w_bytes >= hw.weight_reorder_min_mb * 1e6:
         # the per-call weight reorder of a CPU direct convolution
         t_mem = t_mem + 2. * w_bytes / (hw.weight_reorder_gbs * 1e9)
-    launch = hw.launch_us * 1e-6
+    # a library convolution or GEMM is a parallel region, except a GEMV-
+    # sized linear layer (1 x 1 maps: MKL runs it on the calling thread);
+    # the fused kernels' GEMMs are phases their paths count
+    # (:func:`region_ops`)
+    linear = op.out_h * op.out_w == 1 and op.in_h * op.in_w == 1
+    launch = hw.launch_us * 1e-6 + _region_s(
+        hw, not op.fused_gemm and not linear)
     total = t_compute + t_mem + launch
     i = int(np.argmin(total))
     return OpLatency(
@@ -378,7 +396,9 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
 def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
                         reads: int = 2, writes: int = 1, ops_per_elem: float = 1.,
                         run_elems: Optional[float] = None,
-                        contiguous_reads: int = 0) -> OpLatency:
+                        contiguous_reads: int = 0,
+                        density: Optional[float] = None,
+                        parallel: Optional[bool] = None) -> OpLatency:
     """A streaming (memory-bound) kernel: add, scatter-add, ReLU, scale.
 
     Args:
@@ -392,6 +412,20 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
         contiguous_reads: how many of the ``reads`` are dense (e.g. the
             gathered patch buffer of a scatter-add) when ``run_elems`` is
             given.
+        density: with ``run_elems``, the fraction in (0, 1] of the
+            scattered tensors that the runs cover, the runs placed
+            independently at random (a random patch mask): a transaction
+            shared by several runs moves once, so a scattered tensor moves
+            ``elems / density * (1 - (1 - density) ** k)`` elements' bytes
+            with ``k = 1 / efficiency`` the transactions' bytes per useful
+            byte of a lone run (``elems / efficiency`` as ``density -> 0``,
+            the whole tensor once at density 1). None: runs share no
+            transaction.
+        parallel: whether the kernel is a parallel region of its own
+            (``hw.region_us``); None: as ATen's kernels, when ``elems``
+            exceeds :data:`PARALLEL_GRAIN`. False for a pass inside a
+            fused kernel, whose phases the caller counts
+            (:func:`region_ops`).
 
     Returns:
         :class:`OpLatency` (``offchip_bytes`` the bytes moved in whole
@@ -399,10 +433,12 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
         ``elems`` is 0.
 
     Raises:
-        ValueError: if ``elems < 0``.
+        ValueError: if ``elems < 0`` or ``density`` is outside (0, 1].
     """
     if elems < 0:
         raise ValueError(f'{name}: elems={elems!r} < 0')
+    if density is not None and not 0. < density <= 1.:
+        raise ValueError(f'{name}: density={density!r} is not in (0, 1]')
     if elems == 0:
         return OpLatency(name, 0.)
     db = hw.dtype_bytes
@@ -416,7 +452,14 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
         dense = contiguous_reads
         scattered = reads + writes - dense
         useful = (reads + writes) * elems * db
-        moved = dense * elems * db + scattered * elems * db / eff
+        if density is None:  # each run's transactions its own
+            per_tensor = elems / eff
+        elif density < 1.:  # E[transactions touched] of the whole tensor
+            per_tensor = elems / density * \
+                -math.expm1(math.log1p(-density) / eff)
+        else:
+            per_tensor = elems
+        moved = dense * elems * db + scattered * per_tensor * db
     # a dense streaming kernel reuses nothing: its bytes come from DRAM
     # once and the on-chip level only passes them through. Short scattered
     # runs (the eager CPU path's gather / scatter kernels) move whole cache
@@ -428,7 +471,8 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
     else:
         t_mem = moved / hw.bandwidth + useful / hw.l2_bandwidth
     t_comp = elems * ops_per_elem / hw.peak_macs
-    launch = hw.launch_us * 1e-6
+    launch = hw.launch_us * 1e-6 + _region_s(
+        hw, elems > PARALLEL_GRAIN if parallel is None else parallel)
     total = t_comp + t_mem + launch
     return OpLatency(name, total * 1e3, t_comp * 1e3, t_mem * 1e3,
                      launch * 1e3, 0., moved, useful)
@@ -461,7 +505,7 @@ def scatter_add_latency(hw: HardwareSpec, name: str, map_elems: float,
     on = 3. * patch_elems * db
     t_mem = off / hw.bandwidth + on / hw.l2_bandwidth
     t_comp = (map_elems + patch_elems) / hw.peak_macs
-    launch = hw.launch_us * 1e-6
+    launch = hw.launch_us * 1e-6 + _region_s(hw, map_elems > PARALLEL_GRAIN)
     return OpLatency(name, (t_comp + t_mem + launch) * 1e3, t_comp * 1e3,
                      t_mem * 1e3, launch * 1e3, 0., off, on)
 
@@ -492,7 +536,7 @@ def pool_latency(hw: HardwareSpec, name: str, batch: float, channels: float,
     else:
         t_mem = moved / hw.bandwidth
     t_comp = out_e * window / hw.peak_macs
-    launch = hw.launch_us * 1e-6
+    launch = hw.launch_us * 1e-6 + _region_s(hw, in_e > PARALLEL_GRAIN)
     total = t_comp + t_mem + launch
     return OpLatency(name, total * 1e3, t_comp * 1e3, t_mem * 1e3,
                      launch * 1e3, out_e * window, moved, moved)
@@ -572,3 +616,22 @@ def launch_latency(hw: HardwareSpec, name: str, n: float) -> OpLatency:
     per_call = hw.host_call_us if hw.host_call_us > 0 else hw.launch_us
     t = n * per_call * 1e-3
     return OpLatency(name, t, launch_ms=t)
+
+
+def region_ops(hw: HardwareSpec, name: str, n: float) -> List[OpLatency]:
+    """``n`` parallel regions of a fused CPU kernel (its phases, one
+    ``at::parallel_for`` each, ``csrc/cpu/partition.h``): the thread pool
+    started and joined ``n`` times (``hw.region_us`` each). The phases'
+    work is in the kernel's other entries.
+
+    Args:
+        hw: the device.
+        name: the entry's name.
+        n: regions (>= 0).
+
+    Returns:
+        ``[OpLatency]`` (milliseconds, all launch), or ``[]`` where a
+        region costs nothing (``region_us`` 0, one PE).
+    """
+    t = n * _region_s(hw, True) * 1e3
+    return [OpLatency(name, t, launch_ms=t)] if t > 0 else []

@@ -762,26 +762,46 @@ def test_eager_fused_kernels_at_any_batch():
                 p, geoms[i], batch, 0.5)]
             assert [n for n in names if n.endswith('_panels')] == want, \
                 (i, batch)
-    # host calls of the fused kernel: 6, and a pool wake-up per parallel
-    # phase (up-front gathers, conv1, conv2 - conv3) on 2 threads, none on
-    # one PE; on a CPU spec the masker's MLP and decision are its one
-    # compiled call (ops.masker_gate: no relu / view calls, no wake-up),
-    # on a GPU spec its operators (relu, view; the decision's 4 calls
-    # unless forced)
-    for batch, calls in ((1, 6 + 3), (2, 6 + 2)):
-        by = _by_name(resnet_latency.channel_block_ops(p, geoms[14], batch,
-                                                       0.5))[1]
-        assert by['bookkeeping'].ms == pytest.approx(
-            launch_latency(spec, 'b', calls).ms), batch
-        # the forced gate's view of the call's logits
-        assert by['masker_steps'].ms == pytest.approx(
-            launch_latency(spec, 'm', 1).ms)
-    one = LatencyPredictor(spec.replace(num_pe=1), implementation='eager',
-                           forced_gates=True)
-    by = _by_name(resnet_latency.channel_block_ops(one, geoms[14], 2,
-                                                   0.5))[1]
+    # host calls of the fused kernel: 6, and with a parallel region's cost
+    # (region_us) one region per phase (up-front gathers, conv1, conv2 -
+    # conv3) on 2 threads, none on one PE; on a CPU spec the masker's MLP
+    # and decision are its one compiled call (ops.masker_gate: no relu /
+    # view calls, no region), on a GPU spec its operators (relu, view; the
+    # decision's 4 calls unless forced)
+    pr = LatencyPredictor(spec.replace(region_us=40.), implementation='eager',
+                          forced_gates=True)
+    for batch, phases in ((1, 3), (2, 2)):
+        for q in (p, pr):
+            by = _by_name(resnet_latency.channel_block_ops(
+                q, geoms[14], batch, 0.5))[1]
+            assert by['bookkeeping'].ms == pytest.approx(
+                launch_latency(spec, 'b', 6).ms), batch
+            # the forced gate's view of the call's logits
+            assert by['masker_steps'].ms == pytest.approx(
+                launch_latency(spec, 'm', 1).ms)
+        assert 'phases' not in _by_name(resnet_latency.channel_block_ops(
+            p, geoms[14], batch, 0.5))[1]
+        assert by['phases'].ms == pytest.approx(phases * 0.040), batch
+        # the kernel's passes open no region of their own
+        for k in ('w1_rows', 'conv1', 'conv3', 'add_relu3') + (
+                ('w1_panels',) if batch == 1 else ()):
+            assert by[k].launch_ms == pytest.approx(spec.launch_us * 1e-3), k
+    one = LatencyPredictor(spec.replace(num_pe=1, region_us=40.),
+                           implementation='eager', forced_gates=True)
+    names, by = _by_name(resnet_latency.channel_block_ops(one, geoms[14], 2,
+                                                          0.5))
     assert by['bookkeeping'].ms == pytest.approx(
         launch_latency(one.hw, 'b', 6).ms)
+    assert 'phases' not in names
+    # the fused spatial kernel's regions: its plan (more than 16 input
+    # rows), conv1, conv2 - conv3, and a last ReLU written into a
+    # downsample's output
+    gs = resnet_geometries(50, (224, 224), 'spatial', (2,) * 4)[0]
+    for i, batch, phases in ((1, 1, 3), (3, 1, 4), (14, 2, 2), (14, 4, 3)):
+        by = _by_name(resnet_latency.spatial_block_ops(pr, gs[i], batch,
+                                                       0.5))[1]
+        assert by['phases'].ms == pytest.approx(phases * 0.040), (i, batch)
+        assert by['conv2'].launch_ms == pytest.approx(spec.launch_us * 1e-3)
     gpu = get_hardware('h200')
     for forced, gate_calls in ((True, 1), (False, 4)):
         q = LatencyPredictor(gpu, implementation='eager',
@@ -826,13 +846,14 @@ def test_calibration_spec_models_its_thread_count(monkeypatch, tmp_path):
     monkeypatch.setattr(calibration, 'microbench', lambda dev: dict(
         launch_us=5., launch_add_us=4., launch_conv_us=6.,
         bandwidth_gbs=2., cache_gbs=5e5, macs=1e11, conv_rates=[1e11],
-        weight_reorder_gbs=8.))
+        weight_reorder_gbs=8., region_us=30.))
     try:
         spec = calibration.calibrate_hardware(
             threads=2, out=str(tmp_path / 'cpu2.yaml'))
     finally:
         torch.set_num_threads(prev)
     assert spec.name == 'cpu2_calib' and spec.num_pe == 2
+    assert spec.region_us == 30.
     assert spec.l2_factor == calibration.L2_FACTOR_MAX
     assert spec.fp32_per_pe == pytest.approx(
         1e11 / (2 * spec.clock_mhz * 1e6))
@@ -1112,3 +1133,105 @@ def test_calibration_measures_dynamic_path_terms():
             .get_cpu_capability().upper().startswith('AVX512'):
         assert out.fused_gemm_speed != 1.
     assert dynamic_path_terms(spec, torch.device('meta')) is spec
+
+
+def test_parallel_regions():
+    """HardwareSpec.region_us prices a parallel region over the PEs: every
+    library convolution but a GEMV-sized linear layer, every ATen
+    elementwise / pooling kernel over more than PARALLEL_GRAIN elements,
+    and each phase of a fused kernel (region_ops), whose GEMMs and passes
+    open none of their own; nothing with one PE or a cost of 0 (the GPU
+    specs, this spec's default). fused_op keeps the largest launch of its
+    parts. On a CPU spec the layer path relus its skipped rows in one
+    compiled pass (no call per row)."""
+    from laud_mm.latency.blocks.common import fused_op
+    from laud_mm.latency.calibration import parallel_region_us
+    from laud_mm.latency.operators import (PARALLEL_GRAIN, conv_op,
+                                           linear_latency, region_ops)
+    cpu = get_hardware('cpu').replace(vector_width=16)
+    assert cpu.region_us == 0 and cpu.num_pe == 2
+    r = cpu.replace(region_us=40.)
+    one = r.replace(num_pe=1)
+    base, region = cpu.launch_us * 1e-3, 0.040
+    for hw, want in ((cpu, 0.), (r, region), (one, 0.)):
+        assert elementwise_latency(hw, 'a', PARALLEL_GRAIN + 1, 1, 1) \
+            .launch_ms == pytest.approx(base + want)
+        assert elementwise_latency(hw, 'a', PARALLEL_GRAIN, 1, 1) \
+            .launch_ms == pytest.approx(base)
+        assert elementwise_latency(hw, 'a', 8, 1, 1, parallel=True) \
+            .launch_ms == pytest.approx(base + want)
+        assert elementwise_latency(hw, 'a', 1e7, 1, 1, parallel=False) \
+            .launch_ms == pytest.approx(base)
+        assert conv_op(hw, 'c', 1, 64, 64, (8, 8), (8, 8)).launch_ms == \
+            pytest.approx(base + want)
+        assert conv_op(hw, 'c', 1, 64, 64, (8, 8), (8, 8), fused_gemm=True) \
+            .launch_ms == pytest.approx(base)
+        assert linear_latency(hw, 'fc', 8, 2048, 128).launch_ms == \
+            pytest.approx(base)
+        assert pool_latency(hw, 'p', 1, 256, (56, 56), (1, 1), 56 * 56) \
+            .launch_ms == pytest.approx(base + want)
+        ops = region_ops(hw, 'phases', 3)
+        assert [o.ms for o in ops] == ([pytest.approx(3 * want)] if want
+                                       else [])
+    parts = [elementwise_latency(r, 'a', 1e6, 1, 1),
+             elementwise_latency(r, 'b', 1e6, 1, 1)]
+    f = fused_op(r, 'f', parts)
+    assert f.launch_ms == pytest.approx(base + region)
+    assert f.ms == pytest.approx(sum(o.ms for o in parts) - base - region)
+    with pytest.raises(ValueError, match='region_us=-1'):
+        cpu.replace(region_us=-1)
+    # the layer path, every sample skipped, the input not owned: a copy of
+    # it and one ReLU pass (with the means) over the skipped rows
+    g = resnet_geometries(50, (224, 224), 'layer')[0][1]
+    alone = LatencyPredictor(r, implementation='eager', forced_gates=True,
+                             owned_block_inputs=False)
+    names, by = _by_name(resnet_latency.layer_block_ops(alone, g, 2, 0.))
+    assert 'skipped_relu' not in names
+    assert by['relu_skipped'].launch_ms == pytest.approx(base + region)
+    gpu = LatencyPredictor(get_hardware('h200'), implementation='eager',
+                           forced_gates=True, owned_block_inputs=False)
+    assert 'skipped_relu' in _by_name(
+        resnet_latency.layer_block_ops(gpu, g, 2, 0.))[0]
+    # measured only with several threads on a CPU
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert parallel_region_us(torch.device('cpu')) == 0.
+    finally:
+        torch.set_num_threads(prev)
+    assert parallel_region_us(torch.device('meta')) == 0.
+
+
+def test_scattered_runs_share_transactions():
+    """elementwise_latency's ``density``: randomly placed runs of a
+    scattered tensor share the transactions they touch, so the bytes moved
+    grow as 1 - (1 - d)^k of the whole tensor (k = 1 / efficiency), from a
+    lone run's (d -> 0) to the dense tensor once (d = 1); the fused spatial
+    kernel's add at S = 1 (runs of one pixel) moves at most the whole map
+    where a lone run's cost would have moved 6.4 times it at d = 0.4."""
+    cpu = get_hardware('cpu').replace(vector_width=16, transaction_bytes=64)
+    n = 1e6  # elements of the whole tensor
+    lone = elementwise_latency(cpu, 'a', 1e-4 * n, 2, 1, run_elems=1.)
+    tiny = elementwise_latency(cpu, 'a', 1e-4 * n, 2, 1, run_elems=1.,
+                               density=1e-4)
+    assert tiny.offchip_bytes == pytest.approx(lone.offchip_bytes, rel=1e-3)
+    full = elementwise_latency(cpu, 'a', n, 2, 1, run_elems=1., density=1.)
+    assert full.offchip_bytes == pytest.approx(3 * n * 4)
+    prev = 0.
+    for d in (0.05, 0.2, 0.4, 0.7, 0.99):
+        o = elementwise_latency(cpu, 'a', d * n, 2, 1, run_elems=1.,
+                                density=d)
+        k = 64 / 4  # a 4-byte run moves one 64-byte transaction
+        assert o.offchip_bytes == pytest.approx(3 * n * 4 * (1 - (1 - d) ** k))
+        assert prev < o.offchip_bytes <= 3 * n * 4 + 1e-6
+        prev = o.offchip_bytes
+    for bad in (0., 1.5, -0.1):
+        with pytest.raises(ValueError, match=f'density={bad}'):
+            elementwise_latency(cpu, 'a', n, 2, 1, run_elems=1., density=bad)
+    p = LatencyPredictor(get_hardware('cpu').replace(vector_width=16),
+                         implementation='eager', forced_gates=True)
+    g = resnet_geometries(50, (224, 224), 'spatial', (1,) * 4)[0][1]
+    by = _by_name(resnet_latency.spatial_block_ops(p, g, 2, 0.4))[1]
+    map_bytes = 2 * 256 * 56 * 56 * 4
+    assert by['add_relu3'].offchip_bytes <= 3 * map_bytes
+    assert by['add_relu3'].offchip_bytes > 2.9 * map_bytes

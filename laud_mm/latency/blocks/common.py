@@ -35,19 +35,21 @@ def downsample_ops(pred, g: BlockGeometry, batch: float) -> List[OpLatency]:
 
 
 def fused_op(hw, name: str, parts: Sequence[OpLatency]) -> OpLatency:
-    """Several kernels run as one: their times summed with a single launch.
+    """Several kernels run as one: their times summed with a single launch
+    (the largest of the parts': a parallel region if any part opens one,
+    ``HardwareSpec.region_us``).
 
     Args:
-        hw: the device (``launch_us``).
+        hw: the device.
         name: the fused operator's name.
         parts: the kernels fused.
 
     Returns:
         :class:`OpLatency` (milliseconds).
     """
-    launch = hw.launch_us * 1e-3
-    return OpLatency(name, sum(o.ms for o in parts) - (len(parts) - 1) *
-                     launch, sum(o.compute_ms for o in parts),
+    launch = max((o.launch_ms for o in parts), default=0.)
+    return OpLatency(name, sum(o.ms - o.launch_ms for o in parts) + launch,
+                     sum(o.compute_ms for o in parts),
                      sum(o.memory_ms for o in parts), launch,
                      sum(o.macs for o in parts))
 

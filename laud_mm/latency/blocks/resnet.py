@@ -39,7 +39,8 @@ from ...structures.geometry import (PARADIGMS, BlockGeometry,
                                     DeepStemGeometry, StemGeometry, ceil_div)
 from ..expectation import expected_max_normal, expected_ops
 from ..operators import (OpLatency, conv_op, elementwise_latency,
-                         launch_latency, linear_latency, pool_latency)
+                         launch_latency, linear_latency, pool_latency,
+                         region_ops)
 from . import register_block_latency, register_stem_latency
 from .common import (active_patches, channel_masker_op, downsample_ops,
                      gathered_conv_op, layer_skip_ops, masker_input_pooled,
@@ -338,18 +339,22 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
         panels = []
         if not (blocked and in_px <= policy.CHANNEL_BLOCKED_MAX_IN_PIXELS):
             panels.append(elementwise_latency(hw, 'w1_panels',
-                                              n * kq * c_in, 0, 1))
+                                              n * kq * c_in, 0, 1,
+                                              parallel=False))
         if not (blocked and
                 out_px <= policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS):
             panels.append(elementwise_latency(hw, 'w2_panels',
-                                              n * kq * k * 9, 0, 1))
-        # on several threads each parallel phase (the up-front gathers,
-        # conv1, conv2 - conv3) starts by waking the pool: a host call
-        regions = 2 + (1 if panels else 0) if hw.num_pe > 1 else 0
+                                              n * kq * k * 9, 0, 1,
+                                              parallel=False))
+        # the kernel's parallel phases: the up-front gathers (when there
+        # are panels to write), conv1, conv2 - conv3 with the epilogue
         return ops + [
-            launch_latency(hw, 'bookkeeping', 6 + regions),
-            elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0),
-            elementwise_latency(hw, 'w2_rows', 9 * k * (width + 1), 1, 0),
+            launch_latency(hw, 'bookkeeping', 6),
+            *region_ops(hw, 'phases', 2 + (1 if panels else 0)),
+            elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0,
+                                parallel=False),
+            elementwise_latency(hw, 'w2_rows', 9 * k * (width + 1), 1, 0,
+                                parallel=False),
             *panels,
             conv_op(hw, 'conv1', batch, c_in, kq, rows_in, rows_in,
                     per_sample_channels=True, fused_gemm=True,
@@ -360,7 +365,8 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
             conv_op(hw, 'conv3', batch, k, c_out, rows_out, rows_out,
                     per_sample_channels=True, fused_gemm=True,
                     weight_elems=nk * c_out)
-        ] + out + [elementwise_latency(hw, 'add_relu3', out_e, 2, 1)]
+        ] + out + [elementwise_latency(hw, 'add_relu3', out_e, 2, 1,
+                                       parallel=False)]
     # per-sample weights (index_select row copies; conv2's from the
     # gather kernel, runs of 9): one GEMM per sample, tiles never span
     # samples; conv2 one grouped conv (a group of k channels per sample)
@@ -595,7 +601,9 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     cover (expected fraction 1 - (1 - d)^cells, ``cells`` = patch cells
     whose windows contain a pixel), conv2 (K = 9 width) and conv3 at
     the active output pixels; conv3's output is added into the shortcut
-    at those pixels (runs of S). Outside a backbone's owned identity
+    at those pixels (runs of S; neighbouring patches share cache lines,
+    :func:`~laud_mm.latency.operators.elementwise_latency`'s
+    ``density``). Outside a backbone's owned identity
     blocks the shortcut's other pixels get a ReLU pass. The kernel runs
     below ``SPATIAL_FUSED_DENSE_THRESHOLD`` active patches (from there on
     the dense block times the mask; ``spatial_dense_threshold`` is the
@@ -622,6 +630,13 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     cells = win / float(sh * sw * g.stride * g.stride)
     cover = 1. - (1. - d) ** cells  # input pixels conv1 computes
     ops.append(launch_latency(hw, 'bookkeeping', 4))  # nonzero, contiguous
+    # the kernel's parallel regions: its plan (the dilated mask's input
+    # rows, 16 a thread at least), conv1 (with relu(shortcut) out of
+    # place), conv2 - conv3 with the add, and a last ReLU pass written
+    # into a downsample's output
+    regions = 2 + (1 if batch * hi > 16 else 0) + \
+        (1 if g.has_downsample else 0)
+    ops += region_ops(hw, 'phases', regions)
 
     def gemm(name, k, cout):  # r rows (pixels) per sample
         return lambda r: [] if r <= 0 else [conv_op(
@@ -632,10 +647,14 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
     ops += expected_ops(gemm('conv2', 9 * width, width), d * ho * wo)
     ops += expected_ops(gemm('conv3', width, c_out), d * ho * wo)
     ops += downsample_ops(pred, g, batch)
+    # the active patches' rows (runs of sw pixels per channel) of the
+    # output: neighbouring patches share cache lines
     ops.append(elementwise_latency(hw, 'add_relu3', d * out_e, 2, 1,
-                                   run_elems=float(sw)))
+                                   run_elems=float(sw), density=min(d, 1.),
+                                   parallel=False))
     if g.has_downsample or not pred.owned_block_inputs:
-        ops.append(elementwise_latency(hw, 'relu', out_e, 1, 1))
+        ops.append(elementwise_latency(hw, 'relu', out_e, 1, 1,
+                                       parallel=False))
     return ops
 
 
@@ -709,10 +728,13 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
             # then one pass: bias, ReLU and the rows' sums
             res += [branch['conv3'],
                     elementwise_latency(hw, 'relu3', out_e * n, 1, 1)]
-        if not inplace and n < batch:  # relu of the skipped rows
-            res += [launch_latency(hw, 'skipped_relu', batch - n),
-                    elementwise_latency(hw, 'relu_skipped',
-                                        out_e * (batch - n), 1, 1)]
+        if not inplace and n < batch:  # relu of the skipped rows: one
+            # compiled pass with their means on a CPU spec, else a call
+            # per row
+            if hw.vector_width == 0:
+                res.append(launch_latency(hw, 'skipped_relu', batch - n))
+            res.append(elementwise_latency(hw, 'relu_skipped',
+                                           out_e * (batch - n), 1, 1))
         return res
     return ops + expected_ops(eager, d * batch, with_zero=True)
 
