@@ -254,7 +254,7 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
     weight reorder), weight_reorder_gbs, host_call_us and
     fused_gemm_speed, each within 10x of ``spec``'s value (a
     ``host_call_us`` of 0 starts from ``launch_us``), on the cases
-    ``idx``. ``launch_us`` stays measured, as in
+    ``idx``. ``launch_us`` and ``region_us`` stay measured, as in
     :func:`laud_mm.latency.calibration.fit_spec`: the host calls around
     the kernels are the fitted ``host_call_us``. The loss is the reported
     metric, the mean absolute percentage error, minimised by Powell's
