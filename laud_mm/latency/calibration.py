@@ -4,9 +4,9 @@ for the latency predictor (paper appendix A, docs/method.md sec. 4).
 Micro-benchmarks (:func:`microbench`, PyTorch, fp32):
 
 * launch cost: a tiny ``add`` and a tiny ``conv2d`` (mean of the two), us;
-* parallel region (CPU, several threads): an ``add`` just above ATen's
-  grain at the thread count against one thread (:func:`parallel_region_us`),
-  us;
+* parallel region (CPU, several threads): an ``add`` of a grain per
+  thread at the thread count against one thread
+  (:func:`parallel_region_us`), us;
 * off-chip bandwidth: ``torch.add(a, b, out=c)`` on 64 MB tensors
   (3 tensors moved per call), GB/s;
 * on-chip factor: the same between 256 KB and 1 MB tensors (cache
@@ -222,23 +222,30 @@ def microbench(device: torch.device) -> dict:
 
 
 def parallel_region_us(device: torch.device) -> float:
-    """Cost of one parallel region at torch's thread count
-    (``HardwareSpec.region_us``): an ``add`` of twice
-    :data:`~laud_mm.latency.operators.PARALLEL_GRAIN` elements (split over
-    the threads) timed at that count and at one thread, both by the wall
-    clock; the first less the second's share per thread.
+    """Cost of one parallel region at torch's thread count N
+    (``HardwareSpec.region_us``): an ``add`` of N x
+    :data:`~laud_mm.latency.operators.PARALLEL_GRAIN` elements (a grain per
+    thread) timed at N threads and at one, both by the wall clock; the
+    first less the second's share per thread.
 
     Args:
-        device: the device (0 for a GPU).
+        device: the device.
 
     Returns:
-        microseconds (>= 0; 0 with one thread).
+        microseconds (>= 0); 0 with one thread or on a device other than
+        the CPU.
+
+    Raises:
+        Nothing of its own (timing errors of :func:`time_fn` propagate).
+
+    Source: docs/latency_predictor.md, "Parallel regions" (the term the
+    paper's GPU model has no need of: its launch covers the SMs).
     """
     from .operators import PARALLEL_GRAIN
     threads = torch.get_num_threads()
     if device.type != 'cpu' or threads == 1:
         return 0.
-    a = torch.rand(2 * PARALLEL_GRAIN)
+    a = torch.rand(threads * PARALLEL_GRAIN)
     c = torch.empty_like(a)
     t_n = time_fn(lambda: torch.add(a, a, out=c), device, clock='wall')
     torch.set_num_threads(1)

@@ -92,10 +92,11 @@ class HardwareSpec:
             ATen elementwise kernel over more than
             :data:`~laud_mm.latency.operators.PARALLEL_GRAIN` elements and
             each phase of the fused kernels pays it. It depends on the
-            OpenMP wait policy: 33 - 41 us per region on this 2-core
-            machine with ``OMP_WAIT_POLICY=PASSIVE``, about 2 us with
-            spinning threads. ``tools/analysis_tools/calibrate_hardware.py``
-            measures it (an add just above the grain at N threads against
+            OpenMP wait policy (tens of microseconds when the pool's
+            threads sleep between regions, ``OMP_WAIT_POLICY=PASSIVE``;
+            a few when they spin; docs/latency_predictor.md, "Parallel
+            regions"). ``tools/analysis_tools/calibrate_hardware.py``
+            measures it (an add of a grain per thread at N threads against
             its one-thread time).
         fused_gemm_speed: compute rate of this repository's fused dynamic
             CPU kernels (``spatial_branch_add_relu``,

@@ -72,7 +72,9 @@ TILE_DIVISORS = (3, 5, 6, 7, 12, 14, 28, 56)
 #: ATen's intra-op grain (``at::internal::GRAIN_SIZE``): an elementwise
 #: kernel over more elements than this splits over the threads, a parallel
 #: region (``HardwareSpec.region_us``); one over fewer runs on the calling
-#: thread
+#: thread. This repository's compiled epilogues and gathers split from
+#: about 16 384 elements; the model takes ATen's grain for them too (the
+#: two differ on maps of 16 - 32 K elements only)
 PARALLEL_GRAIN = 32768
 
 
@@ -160,6 +162,13 @@ class ConvOp:
         fused_gemm: a GEMM of the fused dynamic CPU kernels: its compute
             runs at ``HardwareSpec.fused_gemm_speed`` times the modelled
             rate.
+        parallel: whether the operator is a parallel region of its own
+            (``HardwareSpec.region_us``). None: a library convolution or
+            GEMM is one, except a GEMV (a linear layer of one row: MKL
+            runs it on the calling thread) and a fused kernel's GEMM
+            (``fused_gemm``: the kernel's phases are counted by its path,
+            :func:`region_ops`). False: a call that stays on the calling
+            thread (e.g. the compiled masker, ``laud_mm.ops.masker_gate``).
         name: operator name.
     """
     batch: float
@@ -182,6 +191,7 @@ class ConvOp:
     weight_elems: Optional[float] = None
     patch_loop: bool = False
     fused_gemm: bool = False
+    parallel: Optional[bool] = None
     name: str = 'conv'
 
     @property
@@ -275,8 +285,12 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
         op: the operator (see :class:`ConvOp`).
 
     Returns:
-        :class:`OpLatency` of the best tile shape; a zero-cost entry when
-        the operator has no work (``batch`` or ``cout`` is 0).
+        :class:`OpLatency` of the best tile shape (milliseconds; the
+        launch term is ``launch_us``, plus one parallel region,
+        ``region_us``, on several PEs where ``op`` is one,
+        :attr:`ConvOp.parallel`); a
+        zero-cost entry when the operator has no work (``batch`` or
+        ``cout`` is 0).
 
     Raises:
         ValueError: for negative sizes or a groups value that does not
@@ -375,13 +389,14 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
             w_bytes >= hw.weight_reorder_min_mb * 1e6:
         # the per-call weight reorder of a CPU direct convolution
         t_mem = t_mem + 2. * w_bytes / (hw.weight_reorder_gbs * 1e9)
-    # a library convolution or GEMM is a parallel region, except a GEMV-
-    # sized linear layer (1 x 1 maps: MKL runs it on the calling thread);
-    # the fused kernels' GEMMs are phases their paths count
-    # (:func:`region_ops`)
-    linear = op.out_h * op.out_w == 1 and op.in_h * op.in_w == 1
-    launch = hw.launch_us * 1e-6 + _region_s(
-        hw, not op.fused_gemm and not linear)
+    # a library convolution or GEMM is a parallel region, except a GEMV
+    # (one row on 1 x 1 maps: MKL runs it on the calling thread); the
+    # fused kernels' GEMMs are phases their paths count (region_ops)
+    gemv = op.out_h * op.out_w == 1 and op.in_h * op.in_w == 1 and \
+        op.batch <= 1
+    parallel = (not op.fused_gemm and not gemv) if op.parallel is None \
+        else op.parallel
+    launch = hw.launch_us * 1e-6 + _region_s(hw, parallel)
     total = t_compute + t_mem + launch
     i = int(np.argmin(total))
     return OpLatency(
@@ -433,12 +448,16 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
         ``elems`` is 0.
 
     Raises:
-        ValueError: if ``elems < 0`` or ``density`` is outside (0, 1].
+        ValueError: if ``elems < 0``, ``density`` is outside (0, 1] or
+            given without ``run_elems``.
     """
     if elems < 0:
         raise ValueError(f'{name}: elems={elems!r} < 0')
     if density is not None and not 0. < density <= 1.:
         raise ValueError(f'{name}: density={density!r} is not in (0, 1]')
+    if density is not None and run_elems is None:
+        raise ValueError(f'{name}: density={density!r} needs run_elems '
+                         f'(the runs it places)')
     if elems == 0:
         return OpLatency(name, 0.)
     db = hw.dtype_bytes
@@ -543,10 +562,13 @@ def pool_latency(hw: HardwareSpec, name: str, batch: float, channels: float,
 
 
 def linear_latency(hw: HardwareSpec, name: str, batch: float, fin: float,
-                   fout: float) -> OpLatency:
+                   fout: float, parallel: Optional[bool] = None
+                   ) -> OpLatency:
     """A fully connected layer (N, fin) -> (N, fout) as a 1x1 conv on 1x1
-    maps (tile search included)."""
-    return conv_latency(hw, ConvOp(batch, fin, fout, 1, 1, 1, 1, name=name))
+    maps (tile search included); ``parallel`` as :attr:`ConvOp.parallel`
+    (None: a parallel region from two rows on)."""
+    return conv_latency(hw, ConvOp(batch, fin, fout, 1, 1, 1, 1,
+                                   parallel=parallel, name=name))
 
 
 def se_latency(hw: HardwareSpec, batch: float, channels: int, hw_size:
@@ -631,7 +653,12 @@ def region_ops(hw: HardwareSpec, name: str, n: float) -> List[OpLatency]:
 
     Returns:
         ``[OpLatency]`` (milliseconds, all launch), or ``[]`` where a
-        region costs nothing (``region_us`` 0, one PE).
+        region costs nothing (``region_us`` 0, one PE, ``n`` 0).
+
+    Raises:
+        ValueError: if ``n < 0``.
     """
+    if n < 0:
+        raise ValueError(f'{name}: n={n!r} regions < 0')
     t = n * _region_s(hw, True) * 1e3
     return [OpLatency(name, t, launch_ms=t)] if t > 0 else []

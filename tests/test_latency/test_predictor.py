@@ -1166,8 +1166,13 @@ def test_parallel_regions():
             pytest.approx(base + want)
         assert conv_op(hw, 'c', 1, 64, 64, (8, 8), (8, 8), fused_gemm=True) \
             .launch_ms == pytest.approx(base)
-        assert linear_latency(hw, 'fc', 8, 2048, 128).launch_ms == \
+        # a GEMV runs on the calling thread, a GEMM of 8 rows does not
+        assert linear_latency(hw, 'fc', 1, 2048, 128).launch_ms == \
             pytest.approx(base)
+        assert linear_latency(hw, 'fc', 8, 2048, 128).launch_ms == \
+            pytest.approx(base + want)
+        assert linear_latency(hw, 'fc', 8, 2048, 128, parallel=False) \
+            .launch_ms == pytest.approx(base)
         assert pool_latency(hw, 'p', 1, 256, (56, 56), (1, 1), 56 * 56) \
             .launch_ms == pytest.approx(base + want)
         ops = region_ops(hw, 'phases', 3)
@@ -1180,6 +1185,21 @@ def test_parallel_regions():
     assert f.ms == pytest.approx(sum(o.ms for o in parts) - base - region)
     with pytest.raises(ValueError, match='region_us=-1'):
         cpu.replace(region_us=-1)
+    with pytest.raises(ValueError, match='n=-1'):
+        region_ops(r, 'phases', -1)
+    # the compiled maskers (ops.masker_gate) decide on the calling thread
+    pr = LatencyPredictor(r, implementation='eager', forced_gates=True)
+    gc = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][5]
+    gl = resnet_geometries(50, (224, 224), 'layer')[0][5]
+    by = _by_name(resnet_latency.channel_block_ops(pr, gc, 2, 0.5))[1]
+    assert by['masker'].launch_ms == pytest.approx(base)
+    names, by = _by_name(resnet_latency.layer_block_ops(pr, gl, 4, 0.5))
+    assert by['masker_fc'].launch_ms == pytest.approx(base)
+    # the layer path's GEMM kernel (ops.sample_gemm) keeps conv1's ReLU
+    # and conv3's bias / ReLU / sums pass inside its one region
+    assert 'relu1' not in names
+    assert by['relu3'].launch_ms == pytest.approx(base)
+    assert by['conv3'].launch_ms == pytest.approx(base + region)
     # the layer path, every sample skipped, the input not owned: a copy of
     # it and one ReLU pass (with the means) over the skipped rows
     g = resnet_geometries(50, (224, 224), 'layer')[0][1]
@@ -1200,6 +1220,31 @@ def test_parallel_regions():
     finally:
         torch.set_num_threads(prev)
     assert parallel_region_us(torch.device('meta')) == 0.
+    # with N threads: the N-thread time less the one-thread time's share
+    # per thread, of an add of a grain per thread
+    from laud_mm.latency import calibration
+    sizes = []
+
+    def fake_time_fn(fn, device, clock='auto', **kw):
+        assert clock == 'wall'
+        fn()
+        return 50e-6 if torch.get_num_threads() == 2 else 20e-6
+    real_add = torch.add
+
+    def add(a, b, out=None):
+        sizes.append(a.numel())
+        return real_add(a, b, out=out)
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(calibration, 'time_fn', fake_time_fn)
+            mp.setattr(torch, 'add', add)
+            assert calibration.parallel_region_us(torch.device('cpu')) == \
+                pytest.approx(40.)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
+    assert sizes == [2 * PARALLEL_GRAIN] * 2
 
 
 def test_scattered_runs_share_transactions():
@@ -1228,6 +1273,8 @@ def test_scattered_runs_share_transactions():
     for bad in (0., 1.5, -0.1):
         with pytest.raises(ValueError, match=f'density={bad}'):
             elementwise_latency(cpu, 'a', n, 2, 1, run_elems=1., density=bad)
+    with pytest.raises(ValueError, match='needs run_elems'):
+        elementwise_latency(cpu, 'a', n, 2, 1, density=0.5)
     p = LatencyPredictor(get_hardware('cpu').replace(vector_width=16),
                          implementation='eager', forced_gates=True)
     g = resnet_geometries(50, (224, 224), 'spatial', (1,) * 4)[0][1]

@@ -86,10 +86,13 @@ def channel_masker_op(pred, g: BlockGeometry, batch: float) -> OpLatency:
     parts = [] if masker_input_pooled(pred, g) else [
         pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
                      g.in_hw[0] * g.in_hw[1])]
+    # on a CPU spec the MLP and the decision are one compiled call on the
+    # calling thread (laud_mm.ops.masker_gate): no parallel region
+    on_caller = False if hw.vector_width > 0 else None
     parts += [conv_op(hw, 'masker_mlp', batch, g.in_channels, hid, (1, 1),
-                      (1, 1)),
+                      (1, 1), parallel=on_caller),
               conv_op(hw, 'masker_mlp2', batch, hid, 2 * g.num_groups,
-                      (1, 1), (1, 1))]
+                      (1, 1), (1, 1), parallel=on_caller)]
     return fused_op(hw, 'masker', parts)
 
 

@@ -581,7 +581,7 @@ def _spatial_gate_ops(pred, g: BlockGeometry,
     in_px = float(batch) * g.in_hw[0] * g.in_hw[1]
     ops = [] if _logits_recorded(pred, g) else [
         elementwise_latency(hw, 'mask_conv', in_px * g.in_channels, 1, 0),
-        elementwise_latency(hw, 'mask_pool', in_px, 1, 0)]
+        elementwise_latency(hw, 'mask_pool', in_px, 1, 0, parallel=False)]
     ops.append(launch_latency(hw, 'mask_steps', 4))
     if pred.forced_gates:
         ops.append(launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
@@ -693,7 +693,9 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     ops = [] if masker_input_pooled(pred, g) else [
         pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
                      g.in_hw[0] * g.in_hw[1])]
-    ops += [linear_latency(hw, 'masker_fc', batch, g.in_channels, 2),
+    ops += [linear_latency(hw, 'masker_fc', batch, g.in_channels, 2,
+                           parallel=False if _compiled_masker(pred)
+                           else None),
             launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
     ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
@@ -722,15 +724,21 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
                     elementwise_latency(hw, 'copy_rows', out_e * n, 1, 1)]
         elif n > 0:
             branch = {o.name: o for o in static_block_ops(pred, g, n)}
-            res += [branch[k] for k in ('conv1', 'relu1', 'conv2',
-                                        'relu2')]
+            # on a CPU spec (laud_mm.ops.sample_gemm) conv1's ReLU runs in
+            # its kernel, on each piece of the output while it is cached
+            cpu = hw.vector_width > 0
+            res += [branch[k] for k in (('conv1', 'conv2', 'relu2') if cpu
+                                        else ('conv1', 'relu1', 'conv2',
+                                              'relu2'))]
             # conv3 accumulated into the rows (no bias pass before it),
-            # then one pass: bias, ReLU and the rows' sums
+            # then one pass: bias, ReLU and the rows' sums (in conv3's
+            # parallel region on a CPU spec)
             res += [branch['conv3'],
-                    elementwise_latency(hw, 'relu3', out_e * n, 1, 1)]
+                    elementwise_latency(hw, 'relu3', out_e * n, 1, 1,
+                                        parallel=False if cpu else None)]
         if not inplace and n < batch:  # relu of the skipped rows: one
-            # compiled pass with their means on a CPU spec, else a call
-            # per row
+            # compiled pass with their means on a CPU spec; elsewhere
+            # counted as a call per row
             if hw.vector_width == 0:
                 res.append(launch_latency(hw, 'skipped_relu', batch - n))
             res.append(elementwise_latency(hw, 'relu_skipped',
