@@ -657,6 +657,9 @@ def region_ops(hw: HardwareSpec, name: str, n: float) -> List[OpLatency]:
 
     Raises:
         ValueError: if ``n < 0``.
+
+    Source: the launch term of paper appendix A, on a CPU's thread pool
+    (docs/latency_predictor.md, "Parallel regions").
     """
     if n < 0:
         raise ValueError(f'{name}: n={n!r} regions < 0')
