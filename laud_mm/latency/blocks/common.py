@@ -73,6 +73,15 @@ def masker_input_pooled(pred, g: BlockGeometry) -> bool:
                 not (g.stage == 0 and g.index == 0))
 
 
+def compiled_masker(pred) -> bool:
+    """Whether an eager channel / layer masker decides in one compiled
+    call (``laud_mm.ops.masker_gate``: the linear layers and the decision
+    on the calling thread, no parallel region): on a CPU spec
+    (``vector_width`` set; the float32 CPU path). Source: paper sec. 3.2
+    (maskers), sec. 3.4 (operator fusion)."""
+    return pred.hw.vector_width > 0
+
+
 def channel_masker_op(pred, g: BlockGeometry, batch: float) -> OpLatency:
     """The channel masker as one kernel: global pool of x (unless its means
     are recorded, :func:`masker_input_pooled`), Linear(C_in, h), ReLU,
@@ -86,9 +95,8 @@ def channel_masker_op(pred, g: BlockGeometry, batch: float) -> OpLatency:
     parts = [] if masker_input_pooled(pred, g) else [
         pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
                      g.in_hw[0] * g.in_hw[1])]
-    # on a CPU spec the MLP and the decision are one compiled call on the
-    # calling thread (laud_mm.ops.masker_gate): no parallel region
-    on_caller = False if hw.vector_width > 0 else None
+    # the compiled call runs the MLP on the calling thread
+    on_caller = False if compiled_masker(pred) else None
     parts += [conv_op(hw, 'masker_mlp', batch, g.in_channels, hid, (1, 1),
                       (1, 1), parallel=on_caller),
               conv_op(hw, 'masker_mlp2', batch, hid, 2 * g.num_groups,

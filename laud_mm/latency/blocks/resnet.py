@@ -42,9 +42,10 @@ from ..operators import (OpLatency, conv_op, elementwise_latency,
                          launch_latency, linear_latency, pool_latency,
                          region_ops)
 from . import register_block_latency, register_stem_latency
-from .common import (active_patches, channel_masker_op, downsample_ops,
-                     gathered_conv_op, layer_skip_ops, masker_input_pooled,
-                     spatial_masker_ops, spatial_scatter_op)
+from .common import (active_patches, channel_masker_op, compiled_masker,
+                     downsample_ops, gathered_conv_op, layer_skip_ops,
+                     masker_input_pooled, spatial_masker_ops,
+                     spatial_scatter_op)
 
 #: bookkeeping calls of a spatial block's forced gate
 #: (``laud_mm.models.layers.dynamic.forced_gate`` without autograd: zeros,
@@ -60,21 +61,14 @@ EAGER_GATE_DECISION_LAUNCHES = 4
 EAGER_FORCED_DECISION_LAUNCHES = 1
 
 
-def _compiled_masker(pred) -> bool:
-    """Whether an eager channel / layer masker decides in one compiled
-    call (``laud_mm.ops.masker_gate``: the linear layers and the decision
-    on the calling thread, no thread-pool wake-up): on a CPU spec
-    (``vector_width`` set; the float32 CPU path)."""
-    return pred.hw.vector_width > 0
-
-
 def _decision_launches(pred) -> int:
     """Host calls of a channel / layer block's gate decision: a forced
     gate's (the validation) or the masker's own (none apart from the
-    compiled masker call, :func:`_compiled_masker`)."""
+    compiled masker call,
+    :func:`~laud_mm.latency.blocks.common.compiled_masker`)."""
     if pred.forced_gates:
         return EAGER_FORCED_DECISION_LAUNCHES
-    return 0 if _compiled_masker(pred) else EAGER_GATE_DECISION_LAUNCHES
+    return 0 if compiled_masker(pred) else EAGER_GATE_DECISION_LAUNCHES
 
 
 def channel_kept_padded(g: BlockGeometry, batch: int, d: float,
@@ -278,7 +272,7 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     # are that one compiled call (ops.masker_gate; a forced gate then
     # views its logits), elsewhere relu and view follow, then the decision
     # (a forced gate replaces it, the masker still runs)
-    steps = (1 if pred.forced_gates else 0) if _compiled_masker(pred) else 2
+    steps = (1 if pred.forced_gates else 0) if compiled_masker(pred) else 2
     ops = [masker, launch_latency(hw, 'masker_steps', steps),
            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
@@ -694,7 +688,7 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
         pool_latency(hw, 'masker', batch, g.in_channels, g.in_hw, (1, 1),
                      g.in_hw[0] * g.in_hw[1])]
     ops += [linear_latency(hw, 'masker_fc', batch, g.in_channels, 2,
-                           parallel=False if _compiled_masker(pred)
+                           parallel=False if compiled_masker(pred)
                            else None),
             launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
