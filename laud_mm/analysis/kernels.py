@@ -61,7 +61,12 @@ run (median process CPU time of repeated calls after warm-up,
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
-  7 x 7 vs a 56 x 56 map, in GMAC/s (the ``vector_width`` term).
+  7 x 7 vs a 56 x 56 map, in GMAC/s (the ``vector_width`` term);
+- ``regions``: small operators at one thread against torch's thread count
+  (wall clock): what a parallel region of the thread pool costs
+  (``HardwareSpec.region_us``), which operators open one, and the fixed
+  per-call cost of oneDNN's convolutions on 7 x 7 maps (run it with
+  ``--threads 2``; the cost depends on ``OMP_WAIT_POLICY``).
 
 Every ``*_rows`` function returns tuples (kernel, shape, A, A ms, B, B ms,
 note); :func:`benchmark_kernels` prints them as the markdown table of
@@ -73,6 +78,7 @@ Source: paper sec. 3.4 (scheduling of the dynamic operators).
 from typing import List, Optional, Sequence, Tuple
 
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -468,6 +474,99 @@ def pixel_rows() -> List[Row]:
     return rows
 
 
+def _per_call_ms(fn, calls: int, rounds: int = 5) -> float:
+    """Wall-clock ms per call of ``fn()``: the fastest of ``rounds`` loops
+    of ``calls`` calls, after ``calls // 10 + 3`` warm-up calls (for
+    operators of microseconds, which one timed call cannot resolve)."""
+    for _ in range(calls // 10 + 3):
+        fn()
+    best = float('inf')
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best * 1e3
+
+
+def region_rows() -> List[Row]:
+    """``regions``: each operator timed at one thread (A) and at torch's
+    thread count N (B), wall clock (:func:`_per_call_ms`); the note gives
+    both in microseconds. Rows: gate-sized operators (an 8-element compare,
+    sum and ``item``), ReLU just under and just over ATen's grain
+    (:data:`~laud_mm.latency.operators.PARALLEL_GRAIN`), an add of a grain
+    per thread (what ``calibrate_hardware.py`` times for ``region_us``), a
+    small 1x1 convolution, a linear layer of 1 and of 8 rows, and oneDNN's
+    3x3 512 -> 512 (1 - 8 images) and 1x1 2048 -> 512 (4, 8 images)
+    convolutions on 7 x 7 maps, whose note at 8 images gives the fixed
+    per-call part, 2 t(4) - t(8), at N threads.
+
+    Returns:
+        the rows (kernel, shape, A, A ms, B, B ms, note); torch's thread
+        count is restored. Source: docs/latency_predictor.md, "Parallel
+        regions" (the launch term of paper appendix A on a CPU).
+    """
+    from laud_mm.latency.operators import PARALLEL_GRAIN
+    threads = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+    g8 = (rand(8) > 0).float()
+    cases = []
+    cases.append(('gate ops', '8 floats', 'gt',
+                  lambda: g8 > 0.5, 20000))
+    cases.append(('gate ops', '8 floats', 'sum + item',
+                  lambda: int(g8.sum()), 20000))
+    for n in (PARALLEL_GRAIN, PARALLEL_GRAIN + 1):
+        a, o = rand(n), torch.empty(n)
+        cases.append(('relu', f'{n} floats', 'clamp_min(out=)',
+                      lambda a=a, o=o: torch.clamp_min(a, 0, out=o), 5000))
+    a = rand(max(threads, 2) * PARALLEL_GRAIN)
+    o = torch.empty_like(a)
+    cases.append(('add', f'{a.numel()} floats', 'add(out=)',
+                  lambda: torch.add(a, a, out=o), 5000))
+    x, w = rand(1, 64, 8, 8), rand(64, 64, 1, 1)
+    cases.append(('conv', '1x1 64 -> 64, 1 x 8x8', 'F.conv2d',
+                  lambda: F.conv2d(x, w), 3000))
+    for rows in (1, 8):
+        xl, wl, bl = rand(rows, 2048), rand(128, 2048), rand(128)
+        cases.append(('linear', f'{rows} x 2048 -> 128', 'F.linear',
+                      lambda xl=xl, wl=wl, bl=bl: F.linear(xl, wl, bl),
+                      3000))
+    w3, b3 = rand(512, 512, 3, 3), rand(512)
+    for n in (1, 2, 4, 8):
+        x3 = rand(n, 512, 7, 7)
+        cases.append(('conv 7x7', f'3x3 512 -> 512, {n} x 7x7', 'F.conv2d',
+                      lambda x3=x3: F.conv2d(x3, w3, b3, 1, 1), 30))
+    w1 = rand(512, 2048, 1, 1)
+    for n in (4, 8):
+        x1 = rand(n, 2048, 7, 7)
+        cases.append(('conv 7x7', f'1x1 2048 -> 512, {n} x 7x7', 'F.conv2d',
+                      lambda x1=x1: F.conv2d(x1, w1), 30))
+    rows_out, at_n = [], {}
+    try:
+        for kernel, shape, what, fn, calls in cases:
+            torch.set_num_threads(1)
+            t1 = _per_call_ms(fn, calls)
+            torch.set_num_threads(threads)
+            tn = _per_call_ms(fn, calls)
+            at_n[shape] = tn
+            note = f'{t1 * 1e3:.1f} / {tn * 1e3:.1f} us'
+            for big, small in (('3x3 512 -> 512, 8 x 7x7',
+                                '3x3 512 -> 512, 4 x 7x7'),
+                               ('1x1 2048 -> 512, 8 x 7x7',
+                                '1x1 2048 -> 512, 4 x 7x7')):
+                if shape == big:
+                    note = (f'fixed per call at {threads} threads: '
+                            f'{2 * at_n[small] - tn:.3f} ms')
+            rows_out.append((kernel, shape, f'{what}, 1 thread', t1,
+                             f'{threads} threads', tn, note))
+    finally:
+        torch.set_num_threads(threads)
+    return rows_out
+
+
 #: row groups by name (``--only`` of the command line), in table order
 KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      kept_weights=kept_weight_rows,
@@ -476,7 +575,7 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      handoff=handoff_rows, layer=layer_rows,
                      masker_gate=masker_gate_rows,
                      max_pool=max_pool_rows,
-                     pixels=pixel_rows)
+                     pixels=pixel_rows, regions=region_rows)
 
 
 def format_row(row: Row) -> str:
