@@ -48,11 +48,12 @@ def fast_masker_gate(pooled: torch.Tensor, *params: torch.Tensor) -> bool:
         (scheduling of the dynamic operators).
     """
     tensors = (pooled,) + params
+    # (Tensor.is_cpu: no torch.device object per tensor; this runs once per
+    # block on the dynamic path)
+    if not all(t.is_cpu and t.dtype == torch.float32 for t in tensors):
+        return False
     if extension() is None or not use_kernels(pooled) or \
             is_autocast(pooled) or policy.DEVICE_PATH_ON_CPU:
-        return False
-    if any(t.device.type != 'cpu' or t.dtype != torch.float32
-           for t in tensors):
         return False
     return not (torch.is_grad_enabled() and
                 any(t.requires_grad for t in tensors))

@@ -692,14 +692,14 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
                            else None),
             launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)
-    ops.append(launch_latency(hw, 'gate_count', 3))  # gt, sum, item
+    ops.append(launch_latency(hw, 'gate_count', 1))  # tolist
     inplace = pred.owned_block_inputs and not g.has_downsample
 
     def eager(n):
         if n >= batch:  # the static block, pooled epilogue
             return pooled_static_block_ops(pred, g, batch)
-        # nonzero, tolist, new_empty, arange, the two kernel calls, ...
-        res = [launch_latency(hw, 'bookkeeping', 9)]
+        # gt, nonzero, tolist, new_empty, arange, the two kernel calls, ...
+        res = [launch_latency(hw, 'bookkeeping', 10)]
         if not g.has_downsample and not inplace:
             res.append(elementwise_latency(hw, 'clone', out_e * batch,
                                            1, 1))

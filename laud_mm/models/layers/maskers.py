@@ -197,9 +197,14 @@ def compiled_gate(pooled: torch.Tensor, layers: Tuple[nn.Module, ...]
     """
     params = []
     for m in layers:
-        if m.bias is None or m._forward_hooks or m._forward_pre_hooks:
+        # the modules' own tables (nn.Module.__getattr__ is a slow path); a
+        # weight that is not a parameter there (torch's parametrizations
+        # compute it on access) takes the modules' path
+        w, b = m._parameters.get('weight'), m._parameters.get('bias')
+        if w is None or b is None or m._forward_hooks or \
+                m._forward_pre_hooks:
             return False
-        params += (m.weight, m.bias)
+        params += (w, b)
     return fast_masker_gate(pooled, *params)
 
 

@@ -198,3 +198,24 @@ def test_inference_gate_keeps_module_operators_where_they_matter(
     nobias.fc.bias = None
     with torch.no_grad():
         assert nobias(feats).shape == (2,) and not calls
+
+    # a parametrized weight (computed on access, not in the layer's
+    # parameter table): the module's operators, with the parametrized
+    # weight
+    class Negate(torch.nn.Module):
+        def forward(self, w):
+            return -w
+
+    from torch.nn.utils import parametrize
+    par = LayerMasker(24).eval()
+    torch.nn.init.normal_(par.fc.weight, 0., 1.)
+    torch.nn.init.zeros_(par.fc.bias)
+    with torch.no_grad():
+        plain = par(feats)
+    assert calls.pop() == 1
+    parametrize.register_parametrization(par.fc, 'weight', Negate())
+    with torch.no_grad():
+        flipped = par(feats)
+        ref = gumbel_gate(par.logits(feats), par.tau, False)
+    assert not calls and torch.equal(flipped, ref)
+    assert not torch.equal(flipped, plain)
