@@ -269,10 +269,11 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
     in_px, out_px = hi * wi, ho * wo
     out_e = n * c_out * out_px
     # pool + MLP (one op above); on a CPU spec the MLP and the decision
-    # are that one compiled call (ops.masker_gate; a forced gate then
-    # views its logits), elsewhere relu and view follow, then the decision
-    # (a forced gate replaces it, the masker still runs)
-    steps = (1 if pred.forced_gates else 0) if compiled_masker(pred) else 2
+    # are that one compiled call (ops.masker_gate; a forced gate is then
+    # copied into its gate tensor: the 'gate' call), elsewhere relu and
+    # view follow, then the decision (a forced gate replaces it, the
+    # masker still runs)
+    steps = 0 if compiled_masker(pred) else 2
     ops = [masker, launch_latency(hw, 'masker_steps', steps),
            launch_latency(hw, 'gate', _decision_launches(pred))]
     ops += downsample_ops(pred, g, batch)

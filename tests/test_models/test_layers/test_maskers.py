@@ -135,11 +135,23 @@ def test_inference_gate_one_call_equals_module_operators(paradigm,
         assert torch.equal(m(x), ref)  # autograd on: the module's operators
         assert len(calls) == i + 1
         kept.append(float(fast.mean()))
-        m.forced_gate = torch.ones_like(ref)
+        # forced gates (a tensor, a number) written into the call's gate;
+        # the stored gate is not handed out; a wrong shape is refused
+        forced = 1. - ref
+        m.forced_gate = forced
         with torch.no_grad():
-            assert torch.equal(m(x), torch.ones_like(ref))
+            g = m(x)
+            assert torch.equal(g, forced) and g is not m.forced_gate
+            g.fill_(0.5)
+            assert torch.equal(m(x), forced)
+            m.forced_gate = 0
+            assert torch.equal(m(x), torch.zeros_like(ref))
+            m.forced_gate = torch.ones(ref.shape[0] + 1, *ref.shape[1:])
+            with pytest.raises(ValueError, match='forced_gate has shape'):
+                m(x)
+        assert len(calls) == i + 5
         m.forced_gate = None
-        calls.pop()
+        del calls[i + 1:]
     assert 0 < sum(kept) / len(kept) < 1  # gates on and off were compared
 
 
