@@ -577,9 +577,9 @@ def _spatial_gate_ops(pred, g: BlockGeometry,
     ops = [] if _logits_recorded(pred, g) else [
         elementwise_latency(hw, 'mask_conv', in_px * g.in_channels, 1, 0),
         elementwise_latency(hw, 'mask_pool', in_px, 1, 0, parallel=False)]
-    ops.append(launch_latency(hw, 'mask_steps', 4))
-    if pred.forced_gates:
-        ops.append(launch_latency(hw, 'gate', EAGER_FORCED_GATE_LAUNCHES))
+    # the logit call's bookkeeping, then the decision written into its
+    # logits in place, or a forced gate copied into them
+    ops.append(launch_latency(hw, 'mask_steps', 3))
     return ops
 
 

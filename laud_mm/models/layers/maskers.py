@@ -208,21 +208,23 @@ def compiled_gate(pooled: torch.Tensor, layers: Tuple[nn.Module, ...]
     return fast_masker_gate(pooled, *params)
 
 
-def _forced_into(gate: torch.Tensor, forced: GateOverride) -> bool:
-    """On the compiled inference call (no autograd): write the forced gate
-    into the call's own gate tensor, in place, and return True; False
-    where the masker's ``_gate`` must decide (a forced gate tensor of
-    another shape, which it refuses naming both shapes). Without a forced
-    gate: True, the call's gate stands. One operator instead of a view,
-    an allocation and a copy: the benchmarks impose gates, and what they
-    time should be what a trained masker runs (the same MLP call).
+def write_forced_gate(gate: torch.Tensor, forced: GateOverride) -> bool:
+    """Write a forced gate (``masker.forced_gate``, not None) into the
+    inference gate tensor a compiled call returned (no autograd), in place:
+    one operator instead of a new tensor and a copy. The benchmarks impose
+    gates, and what they time should be what a trained masker runs.
 
     Args:
-        gate: the compiled call's (N, n_groups) or (N,) float32 gate.
-        forced: the masker's ``forced_gate``.
+        gate: the call's gate, float, of the gates' shape ((N, n_groups)
+            channel, (N,) layer, (N, gh, gw) spatial).
+        forced: a tensor of 0s and 1s, or 0 / 1.
+
+    Returns:
+        True when written; False for a forced tensor of another shape (the
+        masker's ``_gate`` then refuses it, naming both shapes).
+
+    Source: paper sec. 3.2 (the inference gate).
     """
-    if forced is None:
-        return True
     if isinstance(forced, torch.Tensor):
         if forced.shape != gate.shape:
             return False
@@ -309,7 +311,8 @@ class ChannelMasker(MaskerBase):
         # gate replaces the decision, not the cost
         gate, logits = _masker_gate(pooled, self.fc1.weight, self.fc1.bias,
                                     self.fc2.weight, self.fc2.bias)
-        if _forced_into(gate, self.forced_gate):
+        forced = self.forced_gate
+        if forced is None or write_forced_gate(gate, forced):
             return gate
         return self._gate(logits.view(x.shape[0], self.num_groups, 2))
 
@@ -352,8 +355,8 @@ class LayerMasker(MaskerBase):
         # the linear layer and the decision in one call (as
         # ChannelMasker.forward)
         gate, logits = _masker_gate(pooled, self.fc.weight, self.fc.bias)
-        gate = gate.view(-1)
-        if _forced_into(gate, self.forced_gate):
+        gate, forced = gate.view(-1), self.forced_gate
+        if forced is None or write_forced_gate(gate, forced):
             return gate
         return self._gate(logits)
 

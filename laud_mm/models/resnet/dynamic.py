@@ -73,6 +73,7 @@ from ..layers.channel_mean import (record_channel_mean,
                                    recorded_channel_mean)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
+from ..layers.maskers import write_forced_gate
 from ..layers.masks import expand_spatial_gate
 from ..layers.spatial_logit_record import (clear_spatial_logit,
                                            record_spatial_logit,
@@ -602,9 +603,17 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
         diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
     else:  # used once: this block may write into x without torch seeing it
         clear_spatial_logit(x)
-    if masker.forced_gate is not None:
-        return forced_gate(masker, shape, x)
-    return (diff >= 0).to(x.dtype)
+    forced = masker.forced_gate
+    if diff.dtype != x.dtype:  # (a reference's logits under autocast)
+        return (diff >= 0).to(x.dtype) if forced is None else \
+            forced_gate(masker, shape, x)
+    # the logits are this call's own tensor: the decision or the forced
+    # gate written into it, one operator
+    if forced is None:
+        return diff.ge_(0)
+    if write_forced_gate(diff, forced):
+        return diff
+    return forced_gate(masker, shape, x)  # (its shape error)
 
 
 def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,
