@@ -106,10 +106,17 @@ def test_target_rate_one_is_valid_and_gives_zero_loss_for_dense_net():
     assert float(loss['loss_sparsity']) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_forced_gate_of_wrong_shape_is_refused():
+@pytest.mark.parametrize('dynamic', [False, True])
+@pytest.mark.parametrize('block', [0, 3])
+def test_forced_gate_of_wrong_shape_is_refused(dynamic, block):
+    """Masked-dense and dynamic inference, a stride-1 block and the first
+    stride-2 block (whose dynamic path computes the masker on its own on
+    every CPU: ``_spatial_gate``)."""
     net = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).eval()
-    net.blocks[0].masker.forced_gate = torch.ones(1, 3, 3)
-    with pytest.raises(ValueError, match=r'forced_gate has shape \(1, 3, 3\)'):
+    net.dynamic_inference = dynamic
+    net.blocks[block].masker.forced_gate = torch.ones(1, 9, 9)
+    with torch.no_grad(), pytest.raises(
+            ValueError, match=r'forced_gate has shape \(1, 9, 9\)'):
         net(load_coco_images(n=1, size=(96, 128)))
 
 

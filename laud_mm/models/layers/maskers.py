@@ -181,7 +181,9 @@ def compiled_gate(pooled: torch.Tensor, layers: Tuple[nn.Module, ...]
     the masker's path) rather than its modules: its
     linear layers have biases and no forward hooks (pruning, weight norm or
     a hook-based counter read or rewrite them in their forward, which the
-    call would bypass), and the tensors qualify
+    call would bypass), their weight and bias are registered parameters
+    (a parametrized weight, computed on access, keeps the modules), and
+    the tensors qualify
     (:func:`laud_mm.ops.fast_masker_gate`: float32 CPU, no autograd, no
     autocast). A subclass that overrides ``logits`` keeps its operators
     (the maskers' ``forward`` checks that); one that only changes the
@@ -209,19 +211,23 @@ def compiled_gate(pooled: torch.Tensor, layers: Tuple[nn.Module, ...]
 
 
 def write_forced_gate(gate: torch.Tensor, forced: GateOverride) -> bool:
-    """Write a forced gate (``masker.forced_gate``, not None) into the
-    inference gate tensor a compiled call returned (no autograd), in place:
-    one operator instead of a new tensor and a copy. The benchmarks impose
-    gates, and what they time should be what a trained masker runs.
+    """Write a forced gate (``masker.forced_gate``, not None) in place into
+    a gate-shaped tensor the dynamic path owns and reads no more (the gate
+    a compiled masker call returned, or a spatial block's logits of this
+    call, on any device and float dtype; without autograd): one operator
+    instead of a new tensor and a copy. The benchmarks impose gates, and
+    what they time should be what a trained masker runs.
 
     Args:
-        gate: the call's gate, float, of the gates' shape ((N, n_groups)
-            channel, (N,) layer, (N, gh, gw) spatial).
-        forced: a tensor of 0s and 1s, or 0 / 1.
+        gate: float tensor of the gates' shape ((N, n_groups) channel, (N,)
+            layer, (N, gh, gw) spatial), overwritten.
+        forced: a tensor of 0s and 1s (converted to ``gate``'s dtype and
+            device), or 0 / 1.
 
     Returns:
-        True when written; False for a forced tensor of another shape (the
-        masker's ``_gate`` then refuses it, naming both shapes).
+        True when written; False for a forced tensor of another shape
+        (``gate`` untouched: the masker's ``_gate`` then refuses it, naming
+        both shapes). Raises nothing itself.
 
     Source: paper sec. 3.2 (the inference gate).
     """

@@ -607,8 +607,9 @@ def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
     if diff.dtype != x.dtype:  # (a reference's logits under autocast)
         return (diff >= 0).to(x.dtype) if forced is None else \
             forced_gate(masker, shape, x)
-    # the logits are this call's own tensor: the decision or the forced
-    # gate written into it, one operator
+    # the logits are this call's own tensor (computed here, or a record
+    # used once and cleared above): the decision or the forced gate
+    # written into it, one operator
     if forced is None:
         return diff.ge_(0)
     if write_forced_gate(diff, forced):

@@ -231,3 +231,19 @@ def test_inference_gate_keeps_module_operators_where_they_matter(
         ref = gumbel_gate(par.logits(feats), par.tau, False)
     assert not calls and torch.equal(flipped, ref)
     assert not torch.equal(flipped, plain)
+
+
+def test_write_forced_gate_in_place():
+    """``write_forced_gate`` overwrites the gate-shaped tensor with a
+    forced tensor (converted to its dtype) or number and reports True; a
+    forced tensor of another shape leaves it untouched and reports False
+    (the masker's ``_gate`` then raises)."""
+    from laud_mm.models.layers.maskers import write_forced_gate
+    gate = torch.full((2, 3), 0.25)
+    forced = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.float64)
+    assert write_forced_gate(gate, forced)
+    assert gate.dtype == torch.float32 and torch.equal(gate, forced.float())
+    assert write_forced_gate(gate, 0.) and torch.equal(gate,
+                                                       torch.zeros(2, 3))
+    assert not write_forced_gate(gate, torch.ones(3, 2))
+    assert torch.equal(gate, torch.zeros(2, 3))
