@@ -42,9 +42,11 @@ run (median process CPU time of repeated calls after warm-up,
 - ``layer``: a layer-skipping identity block with 4 of its 8 samples kept,
   the kept samples on the per-sample GEMM kernel
   (:func:`~laud_mm.ops.sample_gemm`) against gathered into oneDNN's
-  convolutions, the choice of :func:`laud_mm.ops.policy.layer_sample_gemm`
-  (wall-clock medians: the choice is about how the threads share the work;
-  run it with ``--threads 2``);
+  convolutions (the choice of :func:`laud_mm.ops.policy.layer_sample_gemm`),
+  then on the fused spatial kernel, a patch per kept sample
+  (``policy.LAYER_FUSED_CPU``), against the choice without it (wall-clock
+  medians: the choices are about how the threads share the work; run it
+  with ``--threads 2``);
 - ``handoff``: a dense spatial block's epilogue when the next block is
   spatial: torch's ``add_`` and ``relu_``, then the next masker's logit
   pass (:func:`~laud_mm.ops.spatial_logit_pool`) against one pass for all
@@ -88,9 +90,10 @@ from laud_mm.models.layers.gates import KEEP, SKIP
 from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
                                            folded, spatial_patch_convs,
                                            window_conv1)
-from laud_mm.ops import (add_relu_logit_pool_, gather_kept_weights,
-                         gather_kept_weights_reference, max_pool2d, policy,
-                         spatial_logit_pool, spatial_logit_pool_reference)
+from laud_mm.ops import (add_relu_logit_pool_, fast_spatial_branch,
+                         gather_kept_weights, gather_kept_weights_reference,
+                         max_pool2d, policy, spatial_logit_pool,
+                         spatial_logit_pool_reference)
 from laud_mm.ops.allocator import tune_cpu_allocator
 from laud_mm.ops.patches import (_gather, _scatter, patch_map,
                                  scatter_add_relu_reference, window_size)
@@ -279,10 +282,13 @@ def masker_rows() -> List[Row]:
 
 def layer_rows() -> List[Row]:
     """``layer``: a layer identity block (C_in = 4 x width, 4 of 8 samples
-    kept) on the per-sample GEMM kernel against gathered into oneDNN
-    (``policy.layer_sample_gemm``'s answer forced either way; median
-    wall-clock ms of 9 calls after 2; note: max difference and the path
-    the policy takes at the current thread count)."""
+    kept), two rows per shape: the per-sample GEMM kernel against gathered
+    into oneDNN (``policy.layer_sample_gemm``'s answer forced either way,
+    the fused kernel off), then the fused spatial kernel
+    (``policy.LAYER_FUSED_CPU``) against the way the policy takes without
+    it. Median wall-clock ms of 9 calls after 2; note: max difference to
+    the first path of the row and the path the policy takes at the current
+    thread count ('fused', 'kernel' or 'gathered')."""
     rows = []
     for width, hw in ((256, 14), (512, 7)):
         torch.manual_seed(0)
@@ -290,28 +296,35 @@ def layer_rows() -> List[Row]:
         blk.masker.forced_gate = torch.tensor([1., 0, 1, 0, 0, 1, 1, 0])
         x = torch.rand(8, width * 4, hw, hw)
         geom = blk.geometry((hw, hw))
-        choose = policy.layer_sample_gemm
+        choose, fused = policy.layer_sample_gemm, policy.LAYER_FUSED_CPU
+        threads = torch.get_num_threads()
+        unfused = 'kernel' if choose(hw * hw, threads) else 'gathered'
 
-        def run(gather: bool):
-            # the dynamic path asks the policy at call time: force its answer
-            policy.layer_sample_gemm = lambda px, threads: not gather
+        def run(path: str):
+            # the dynamic path asks the policy at call time: force it
+            policy.LAYER_FUSED_CPU = path == 'fused'
+            policy.layer_sample_gemm = lambda px, t: path == 'kernel'
             try:
                 return dynamic_bottleneck_forward(blk, x, geom)[0]
             finally:
                 policy.layer_sample_gemm = choose
+                policy.LAYER_FUSED_CPU = fused
 
-        def ms(gather: bool) -> float:
+        def ms(path: str) -> float:
             for _ in range(2):
-                run(gather)
-            return statistics.median(wall_ms(lambda: run(gather))
+                run(path)
+            return statistics.median(wall_ms(lambda: run(path))
                                      for _ in range(9))
-        diff = float((run(False) - run(True)).abs().max())
-        chosen = 'kernel' if choose(hw * hw, torch.get_num_threads()) \
-            else 'gathered'
-        rows.append(('layer', f'{width * 4} ch {hw}x{hw}, 4 of 8 kept',
-                     'sample_gemm kernel (wall)', ms(False),
-                     'gathered, oneDNN (wall)', ms(True),
-                     f'max diff {diff:.1e}; policy: {chosen}'))
+        chosen = 'fused' if fused and fast_spatial_branch(x, width,
+                                                          width * 4)             else unfused
+        case = f'{width * 4} ch {hw}x{hw}, 4 of 8 kept'
+        names = dict(fused='fused spatial kernel (wall)',
+                     kernel='sample_gemm kernel (wall)',
+                     gathered='gathered, oneDNN (wall)')
+        for a, b in (('kernel', 'gathered'), ('fused', unfused)):
+            diff = float((run(a) - run(b)).abs().max())
+            rows.append(('layer', case, names[a], ms(a), names[b], ms(b),
+                         f'max diff {diff:.1e}; policy: {chosen}'))
     return rows
 
 

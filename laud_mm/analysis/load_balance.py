@@ -15,9 +15,10 @@ figure is (sum over blocks and phases of the busiest thread's work) /
 of T threads does everything. Channel blocks the dynamic path computes
 masked-dense (small maps above ``CHANNEL_DENSE_RATE``) are left out (oneDNN
 runs them), so are the static convolutions around the kernels (downsample,
-masker) and the layer path's conv2 (oneDNN on the kept samples); the layer
-path's conv1 and conv3 are its two phases (:func:`laud_mm.ops.sample_gemm`,
-the kept samples' columns split).
+masker). Layer blocks run the fused spatial kernel with a patch per kept
+sample (``policy.LAYER_FUSED_CPU``; without it, conv1 and conv3 on
+:func:`laud_mm.ops.sample_gemm`, the kept samples' columns split, are the
+two phases and conv2 runs on oneDNN).
 
 Command line: ``tools/analysis_tools/simulate_load_balance.py``; table in
 docs/benchmarks.md ("Load balance beyond two cores").
@@ -51,13 +52,23 @@ def block_work(g, n: int, rate: float, threads: int,
 
     Returns:
         ((phases, threads) work of :func:`laud_mm.ops.spatial_partition_work`
-        / :func:`~laud_mm.ops.channel_partition_work` / the MACs of
+        (spatial; layer with ``policy.LAYER_FUSED_CPU``) /
+        :func:`~laud_mm.ops.channel_partition_work` / the MACs of
         :func:`~laud_mm.ops.sample_gemm_partition`'s columns (conv1, conv3),
         or an empty (0, threads) tensor where the kernel does not run; the
         mask's density).
     """
     if g.paradigm == 'layer':
-        kept = int((torch.rand(n, generator=gen) < rate).sum())
+        on = torch.rand(n, generator=gen) < rate
+        kept = int(on.sum())
+        if policy.LAYER_FUSED_CPU:  # the fused spatial kernel, a patch
+            # (S = the map's side) per kept sample
+            idx = torch.zeros(kept, 3, dtype=torch.int64)
+            idx[:, 0] = on.nonzero()[:, 0]
+            work = ops.spatial_partition_work(
+                idx, n, g.in_channels, g.in_hw, g.width, g.out_channels,
+                max(g.out_hw), g.stride, g.dilation, threads)
+            return work, kept / n
         p_in, p_out = (g.in_hw[0] * g.in_hw[1], g.out_hw[0] * g.out_hw[1])
         work = torch.stack([
             ops.sample_gemm_partition(kept, p_in, threads).double() *

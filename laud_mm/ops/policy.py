@@ -64,8 +64,9 @@ SPATIAL_FUSED_CPU = True
 SPATIAL_LOGIT_HANDOFF = True
 
 # -------------------------------------------------------------------- layer
-#: layer blocks whose input map has fewer pixels than this (7 x 7 at 224 px)
-#: run their kept samples through oneDNN's convolutions on a gathered copy
+#: layer blocks off the fused kernel (:data:`LAYER_FUSED_CPU`) whose input
+#: map has fewer pixels than this (7 x 7 at 224 px) run their kept samples
+#: through oneDNN's convolutions on a gathered copy
 #: (index_select -> conv1-conv2-conv3 -> add into the shortcut rows) when
 #: torch has more than one thread: the per-sample GEMM kernel
 #: (:func:`laud_mm.ops.sample_gemm`, no row copies) splits only n x H x W
@@ -74,10 +75,20 @@ SPATIAL_LOGIT_HANDOFF = True
 #: 0.85 - 0.91x; one thread: the kernel faster on both;
 #: ``tools/analysis_tools/benchmark_kernels.py --only layer --threads 2``)
 LAYER_GATHER_MAX_PIXELS = 196
+#: on CPUs where the fused spatial kernel is the fast path
+#: (:func:`laud_mm.ops.fast_spatial_branch`: AVX-512, widths multiples of
+#: 16), a layer block's kept samples run through it, each kept sample one
+#: active patch that covers its whole map: conv1 - conv2 - conv3 and the
+#: add into the shortcut rows in one call, the pixels of all kept samples
+#: split over the threads (balanced at any kept count), no row copies and
+#: no oneDNN call on a batch smaller than the static network's (the
+#: per-sample GEMMs and the gathered path above are the other CPUs')
+LAYER_FUSED_CPU = True
 
 
 def layer_sample_gemm(in_pixels: int, threads: int) -> bool:
-    """Whether a layer block's kept samples run on the per-sample GEMM
+    """Whether a layer block off the fused kernel
+    (:data:`LAYER_FUSED_CPU`) runs its kept samples on the per-sample GEMM
     kernel (no row copies) rather than gathered into oneDNN's
     convolutions (:data:`LAYER_GATHER_MAX_PIXELS`). Shared by the dynamic
     path and the latency predictor's eager model.

@@ -254,6 +254,42 @@ def test_load_balance_simulation():
         load_balance.simulate(threads=[0])
 
 
+@pytest.mark.skipif(ops.extension() is None, reason='laud_mm._ext not built')
+@pytest.mark.parametrize('fused', [True, False])
+def test_load_balance_layer_blocks_follow_the_path(monkeypatch, fused):
+    """A layer block's simulated work is the partition of the kernel its
+    path runs: the fused spatial kernel with a patch (S = the map's side)
+    per kept sample (policy.LAYER_FUSED_CPU), else the per-sample GEMM
+    kernel's columns of conv1 and conv3, for the same drawn gates."""
+    from laud_mm.analysis import load_balance
+    from laud_mm.ops import policy
+    from laud_mm.models import resnet_geometries
+    monkeypatch.setattr(policy, 'LAYER_FUSED_CPU', fused)
+    geoms, _ = resnet_geometries(50, (224, 224), 'layer', None)
+    g = next(b for b in geoms if b.stride == 2)
+    work, dens = load_balance.block_work(
+        g, 8, 0.5, 4, torch.Generator().manual_seed(3))
+    on = torch.rand(8, generator=torch.Generator().manual_seed(3)) < 0.5
+    kept = int(on.sum())
+    assert 0 < kept < 8 and dens == kept / 8
+    if fused:
+        idx = torch.stack([on.nonzero()[:, 0], torch.zeros(kept).long(),
+                           torch.zeros(kept).long()], 1).contiguous()
+        expect = ops.spatial_partition_work(
+            idx, 8, g.in_channels, g.in_hw, g.width, g.out_channels,
+            max(g.out_hw), g.stride, g.dilation, 4)
+    else:
+        px_in, px_out = g.in_hw[0] * g.in_hw[1], g.out_hw[0] * g.out_hw[1]
+        expect = torch.stack([
+            ops.sample_gemm_partition(kept, px_in, 4).double() *
+            g.in_channels * g.width,
+            ops.sample_gemm_partition(kept, px_out, 4).double() *
+            g.width * g.out_channels])
+    assert torch.equal(work, expect)
+    # the fused kernel's phases hold every kept pixel's MACs
+    assert float(work.sum()) > 0
+
+
 def test_bench_pair_speedup_is_the_median_pair_ratio(monkeypatch):
     """A slow spell of the machine that hits both calls of a pair cancels in
     the pair's ratio: the speedup is the median of the per-pair ratios, not
@@ -281,35 +317,52 @@ def test_bench_pair_speedup_is_the_median_pair_ratio(monkeypatch):
 
 def test_layer_rows_compare_equal_results(monkeypatch):
     """The kernel benchmarks' layer rows time the per-sample GEMM kernel
-    against the gathered oneDNN path on the same block and input (equal up
-    to float rounding, both paths really taken) and name the path the policy
-    takes; the policy is restored afterwards."""
+    against the gathered oneDNN path, then the fused spatial kernel against
+    the way the policy takes without it, on the same block and input
+    (equal up to float rounding, every path really taken) and name the
+    path the policy takes; the policy is restored afterwards."""
     import laud_mm.models.resnet.dynamic as dyn
     from laud_mm.ops import policy
-    calls = []
-    real = dyn._sample_gemm
+    calls = dict(gemm=0, fused=0)
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapped
 
-    monkeypatch.setattr(dyn, '_sample_gemm', spy)
-    choose = policy.layer_sample_gemm
+    monkeypatch.setattr(dyn, '_sample_gemm', spy('gemm', dyn._sample_gemm))
+    monkeypatch.setattr(dyn, '_spatial_branch',
+                        spy('fused', dyn._spatial_branch))
+    choose, fused = policy.layer_sample_gemm, policy.LAYER_FUSED_CPU
+    threads = torch.get_num_threads()
     with torch.no_grad():
         rows = kernels.layer_rows()
     assert policy.layer_sample_gemm is choose
-    assert [r[1] for r in rows] == ['1024 ch 14x14, 4 of 8 kept',
-                                    '2048 ch 7x7, 4 of 8 kept']
-    # 2 rows x (2 warm-up + 9 timed + 1 compared) kernel calls x conv1, conv3
-    assert len(calls) == 2 * 12 * 2
-    threads = torch.get_num_threads()
-    for (kernel, _, _, ta, _, tb, note), hw in zip(rows, (14, 7)):
+    assert policy.LAYER_FUSED_CPU is fused
+    cases = ['1024 ch 14x14, 4 of 8 kept', '2048 ch 7x7, 4 of 8 kept']
+    assert [r[1] for r in rows] == [c for c in cases for _ in range(2)]
+    # per shape: 2 warm-up + 9 timed calls per timed path, 2 per compared
+    # pair; the GEMM kernel runs conv1 and conv3 (2 calls per forward),
+    # the fused kernel the whole branch (1)
+    unfused = ['kernel' if choose(hw * hw, threads) else 'gathered'
+               for hw in (14, 7)]
+    fast = ops.fast_spatial_branch(torch.zeros(1, 1024, 7, 7), 256, 1024)
+    forwards = {'kernel': 0, 'fused': 0}
+    for u in unfused:
+        forwards['kernel'] += 12 + (12 if u == 'kernel' else 0)
+        forwards['fused'] += 12
+    assert calls['gemm'] == 2 * forwards['kernel']
+    assert calls['fused'] == (forwards['fused'] if fast else 0)
+    names = ['fused spatial kernel (wall)', 'sample_gemm kernel (wall)',
+             'gathered, oneDNN (wall)']
+    for (kernel, _, a, ta, b, tb, note), u in zip(rows, [
+            v for v in unfused for _ in range(2)]):
         assert kernel == 'layer' and ta > 0 and tb > 0
+        assert a in names and b in names and a != b
         diff, chosen = note.split('; policy: ')
         assert float(diff.split()[-1]) < 1e-4
-        assert chosen == ('kernel' if policy.layer_sample_gemm(hw * hw,
-                                                              threads)
-                          else 'gathered')
+        assert chosen == ('fused' if fused and fast else u)
 
 
 def test_handoff_rows_compare_equal_results(monkeypatch):

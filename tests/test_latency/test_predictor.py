@@ -1138,7 +1138,7 @@ def test_calibration_measures_dynamic_path_terms():
     assert dynamic_path_terms(spec, torch.device('meta')) is spec
 
 
-def test_parallel_regions():
+def test_parallel_regions(monkeypatch):
     """HardwareSpec.region_us prices a parallel region over the PEs: every
     library convolution but a GEMV-sized linear layer, every ATen
     elementwise / pooling kernel over more than PARALLEL_GRAIN elements,
@@ -1148,6 +1148,7 @@ def test_parallel_regions():
     parts. On a CPU spec the layer path relus its skipped rows in one
     compiled pass (no call per row)."""
     from laud_mm.latency.blocks.common import fused_op
+    from laud_mm.ops import policy
     from laud_mm.latency.calibration import parallel_region_us
     from laud_mm.latency.operators import (PARALLEL_GRAIN, conv_op,
                                            linear_latency, region_ops)
@@ -1198,11 +1199,24 @@ def test_parallel_regions():
     assert by['masker'].launch_ms == pytest.approx(base)
     names, by = _by_name(resnet_latency.layer_block_ops(pr, gl, 4, 0.5))
     assert by['masker_fc'].launch_ms == pytest.approx(base)
-    # the layer path's GEMM kernel (ops.sample_gemm) keeps conv1's ReLU
-    # and conv3's bias / ReLU / sums pass inside its one region
-    assert 'relu1' not in names
+    # the layer path on the fused spatial kernel (policy.LAYER_FUSED_CPU,
+    # a 16-lane spec): its three regions (plan, conv1, conv2 - conv3 with
+    # the add); the GEMMs and the add run inside them, the kept rows'
+    # means (ops.relu_mean_rows) are a region of their own
+    assert policy.LAYER_FUSED_CPU
+    assert by['phases'].launch_ms == pytest.approx(3 * region)
+    for k in ('conv1', 'conv2', 'conv3', 'add_relu3'):
+        assert by[k].launch_ms == pytest.approx(base), k
+    assert by['mean_rows'].launch_ms == pytest.approx(base + region)
+    assert not {'relu1', 'relu2', 'relu3'} & set(names)
+    # off it, the GEMM kernel (ops.sample_gemm) keeps conv1's ReLU and
+    # conv3's bias / ReLU / sums pass inside its one region
+    monkeypatch.setattr(policy, 'LAYER_FUSED_CPU', False)
+    names, by = _by_name(resnet_latency.layer_block_ops(pr, gl, 4, 0.5))
+    assert 'relu1' not in names and 'phases' not in names
     assert by['relu3'].launch_ms == pytest.approx(base)
     assert by['conv3'].launch_ms == pytest.approx(base + region)
+    monkeypatch.undo()
     # the layer path, every sample skipped, the input not owned: a copy of
     # it and one ReLU pass (with the means) over the skipped rows
     g = resnet_geometries(50, (224, 224), 'layer')[0][1]

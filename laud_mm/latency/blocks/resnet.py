@@ -656,7 +656,13 @@ def _spatial_fused(pred, g: BlockGeometry, batch: int,
 def _layer_eager(pred, g: BlockGeometry, batch: int,
                  d: float) -> List[OpLatency]:
     """Eager layer path (``_layer_forward`` of
-    :mod:`laud_mm.models.resnet.dynamic`): conv1 as GEMMs on the kept
+    :mod:`laud_mm.models.resnet.dynamic`): where the fused spatial kernel
+    runs (``policy.LAYER_FUSED_CPU``; a CPU spec with 16-lane vectors
+    stands for AVX-512, as :func:`_spatial_fused_path`), the kept samples
+    as one call of it, a patch per sample: its parallel regions, three
+    GEMMs with the kept samples' pixels as rows, conv3's output added
+    into the shortcut rows, then a pass for the kept rows' channel means;
+    elsewhere conv1 as GEMMs on the kept
     samples' rows of x (no row copy, ``laud_mm.ops.sample_gemm``: the
     kept samples' columns split over the PEs, ReLU fused), conv2, ReLU,
     then conv3 accumulated into the kept shortcut rows in place (the same
@@ -682,6 +688,7 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     # gathered into oneDNN
     gathered = hw.vector_width > 0 and not policy.layer_sample_gemm(
         g.in_hw[0] * g.in_hw[1], hw.num_pe)
+    fused = policy.LAYER_FUSED_CPU and _spatial_fused_path(pred, g)
     # mean (unless recorded by the previous block), linear; the decision
     # (one compiled call with the linear layer on a CPU spec; a forced
     # gate replaces it, the masker still runs)
@@ -704,7 +711,27 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
         if not g.has_downsample and not inplace:
             res.append(elementwise_latency(hw, 'clone', out_e * batch,
                                            1, 1))
-        if n > 0 and gathered:
+        if n > 0 and fused:
+            hi, wi = g.in_hw
+            ho, wo = g.out_hw
+            # the kernel's regions: its plan over the batch's input rows,
+            # conv1, conv2 - conv3 with the add (no ReLU pass: the skipped
+            # rows are the pass below)
+            res += region_ops(hw, 'phases',
+                              2 + (1 if batch * hi > 16 else 0))
+            for name, k, cout, px in (
+                    ('conv1', g.in_channels, g.width, hi * wi),
+                    ('conv2', 9 * g.width, g.width, ho * wo),
+                    ('conv3', g.width, g.out_channels, ho * wo)):
+                res.append(conv_op(hw, name, n, k, cout, (px, 1), (px, 1),
+                                   per_sample_channels=True, fused_gemm=True,
+                                   weight_elems=float(n * k * cout)))
+            # conv3's output added into the kept rows (whole rows of the
+            # map), then their channel means (relu_mean_rows)
+            res += [elementwise_latency(hw, 'add_relu3', out_e * n, 2, 1,
+                                        parallel=False),
+                    elementwise_latency(hw, 'mean_rows', out_e * n, 1, 1)]
+        elif n > 0 and gathered:
             # index_select of the kept rows, the branch, the shortcut rows
             # (gathered apart unless the shortcut is the input) added
             # (ReLU) and copied back

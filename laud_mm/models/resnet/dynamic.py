@@ -36,10 +36,14 @@ rounding, while skipping the masked-out work:
   accumulated into the shortcut), then bn3's shift and the ReLU (a sample
   with every group off outputs relu(shortcut + bn3 shift): the masked-dense
   block masks after bn1 / bn2, so bn3's shift remains).
-- layer: the block runs only on the samples whose gate is on (conv1 as
-  GEMMs on their rows of x, conv3 accumulated into the shortcut rows, the
-  columns of all kept samples split over the threads:
-  :func:`laud_mm.ops.sample_gemm`); the others output relu(shortcut). Inside a backbone
+- layer: the block runs only on the samples whose gate is on; the others
+  output relu(shortcut). On CPUs with AVX-512 the fused spatial kernel
+  runs the kept samples, each one active patch covering its map
+  (:data:`LAYER_FUSED_CPU`: conv1 - conv2 - conv3 added into the shortcut
+  rows in one call, the kept samples' pixels split over the threads);
+  elsewhere conv1 runs as GEMMs on their rows of x and conv3 accumulates
+  into the shortcut rows, the columns of all kept samples split over the
+  threads (:func:`laud_mm.ops.sample_gemm`). Inside a backbone
   (:func:`owned_block_inputs`) identity blocks write into their input.
 
 Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
@@ -264,7 +268,10 @@ class BottleneckPlan:
         path: the paradigm's function ``path(block, x, plan) -> (out,
             gate)``.
         fused: spatial / channel: the compiled AVX-512 branch kernel runs
-            (channel: when the shortcut also has ``dtype``).
+            (channel: when the shortcut also has ``dtype``); layer: the
+            kept samples run on the fused spatial kernel, a patch per
+            sample (``policy.LAYER_FUSED_CPU``; when the output also has
+            ``dtype``).
         dense_from: spatial: the fraction of active patches from which the
             block computes densely.
         handoff: spatial: (the next block's fold, its patch grid) when a
@@ -274,8 +281,8 @@ class BottleneckPlan:
             computes densely.
         small_map: channel: H x W below
             ``policy.CHANNEL_SMALL_MAP_PIXELS``.
-        sample_gemm: layer: the kept samples run on the per-sample GEMM
-            kernel (when the output also has ``dtype``).
+        sample_gemm: layer, not ``fused``: the kept samples run on the
+            per-sample GEMM kernel (when the output also has ``dtype``).
 
     Source: paper sec. 3.4 (scheduling; the host side of operator fusion).
     """
@@ -356,6 +363,10 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
             policy.fused_cpu_threads() and fast_channel_branch(like) and \
             c_out % 16 == 0 and fb.w2.shape[1:] == (width, 3, 3)
     else:
+        plan.fused = policy.LAYER_FUSED_CPU and direct and \
+            policy.fused_cpu_threads() and \
+            fast_spatial_branch(like, width, c_out) and \
+            fb.w2.shape[1:] == (width, 3, 3) and fb.padding == fb.dilation
         plan.sample_gemm = direct and policy.layer_sample_gemm(
             h * w, torch.get_num_threads())
     return plan
@@ -848,7 +859,20 @@ def _layer_forward(block, x, plan):
         means = recorded_channel_mean(x) if nonneg_inplace else \
             out.new_empty(n, out.shape[1])
     kept_means = None
-    if kept and not (plan.sample_gemm and out.dtype == x.dtype):
+    if kept and plan.fused and out.dtype == x.dtype:
+        # the kept samples as a spatially masked block whose active patches
+        # (S = the map's side) are those samples' whole maps: the fused
+        # kernel adds their branch into their shortcut rows of out;
+        # identity_nonneg leaves the other rows to the pass below
+        ho, wo = out.shape[2:]
+        patches = idx.new_zeros(len(kept), 3)
+        patches[:, 0] = idx
+        _spatial_branch(out, x, out, patches, fb.spatial_packed(),
+                        max(ho, wo), fb.stride, fb.dilation,
+                        identity_nonneg=True)
+        if pooled:  # the kept rows are rectified: their means alone
+            kept_means = _relu_mean_rows_(out, idx)
+    elif kept and not (plan.sample_gemm and out.dtype == x.dtype):
         # the branch on a gathered copy of the kept rows (mixed precision:
         # as autocast runs it; small maps with threads: oneDNN's
         # convolutions), added into the shortcut rows in their dtype

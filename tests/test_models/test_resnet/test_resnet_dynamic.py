@@ -431,17 +431,24 @@ def test_spatial_fused_kernel_path(monkeypatch, fused, gran, stride, hw,
     assert bool(calls) == expect
 
 
+@pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('stride,size,threads', [
     (1, 7, 1), (1, 7, 2), (1, 14, 2), (2, 14, 2), (1, 15, 1), (1, 15, 2)])
 @pytest.mark.parametrize('pattern', PATTERNS)
-def test_layer_kernel_path(monkeypatch, stride, size, threads, pattern):
-    """Layer blocks run their kept samples on the per-sample GEMM kernel
-    (laud_mm.ops.sample_gemm) with one thread or on maps of at least
+def test_layer_kernel_path(monkeypatch, fused, stride, size, threads,
+                           pattern):
+    """Layer blocks run their kept samples on the fused spatial kernel, a
+    patch per kept sample (policy.LAYER_FUSED_CPU, where that kernel is the
+    fast one: AVX-512, widths multiples of 16), else on the per-sample GEMM
+    kernel (laud_mm.ops.sample_gemm) with one thread or on maps of at least
     policy.LAYER_GATHER_MAX_PIXELS pixels, else gathered into oneDNN's
-    convolutions; both equal the masked-dense block (per-sample gates, all
-    on, all off, the masker's own)."""
+    convolutions; every way equals the masked-dense block (per-sample
+    gates, all on, all off, the masker's own; stride 2 with a downsample,
+    odd map sizes)."""
     import laud_mm.models.resnet.dynamic as dyn
-    calls = _spy(monkeypatch, dyn, '_sample_gemm')
+    monkeypatch.setattr(dyn.policy, 'LAYER_FUSED_CPU', fused)
+    gemm_calls = _spy(monkeypatch, dyn, '_sample_gemm')
+    fused_calls = _spy(monkeypatch, dyn, '_spatial_branch')
     inplanes = 64 if stride == 1 else 32
     block = make_block('layer', inplanes, 16, stride, seed=7)
     x = torch.randn(4, inplanes, size, size).relu_()
@@ -451,12 +458,15 @@ def test_layer_kernel_path(monkeypatch, stride, size, threads, pattern):
     torch.set_num_threads(threads)
     try:
         gate, _ = check(block, x, forced)
+        threads_ok = dyn.policy.fused_cpu_threads()
     finally:
         torch.set_num_threads(prev)
     partial = 0 < int(gate.sum()) < 4
+    on_fused = fused and threads_ok and ops.fast_spatial_branch(x, 16, 64)
     kernel = threads == 1 or size * size >= dyn.policy.LAYER_GATHER_MAX_PIXELS
     assert dyn.policy.layer_sample_gemm(size * size, threads) == kernel
-    assert bool(calls) == (partial and kernel)
+    assert bool(fused_calls) == (partial and on_fused)
+    assert bool(gemm_calls) == (partial and kernel and not on_fused)
 
 
 @pytest.mark.parametrize('fused', [True, False])
