@@ -181,11 +181,18 @@ struct SpatialPlan {
 // Alignment of the threads' ranges (pixels). conv1: any pixel (a range's
 // last tile may be partial). Phase 2 with S >= 4: whole 8-pixel blocks of
 // the epilogue, which then hold runs of 4 / 8 adjacent pixels (two rows of
-// a 4 x 4 patch) and take the vector moves; S = 1, 2 runs are shorter and
-// go per pixel anyway, so any pixel (small maps split finer: 7 x 7 maps of
-// stage 4 have a few dozen active pixels).
+// a 4 x 4 patch) and take the vector moves, when every thread gets at
+// least kAlign2MinPixels pixels (a boundary then moves by at most 4 of
+// them); with fewer (many threads on a small map: a layer block's 7 x 7
+// maps, a patch per kept sample) whole blocks would leave threads idle, so
+// any pixel, as for S = 1, 2, whose runs are shorter and go per pixel
+// anyway. The result does not depend on the alignment (every pixel's sums
+// run in the same order).
 constexpr int64_t kAlign1 = 1;
-inline int64_t phase2_align(int64_t S) { return S >= 4 ? 8 : 1; }
+constexpr int64_t kAlign2MinPixels = 64;
+inline int64_t phase2_align(int64_t S, int64_t pixels, int64_t parts) {
+  return S >= 4 && pixels >= kAlign2MinPixels * parts ? 8 : 1;
+}
 
 // Fills `pl` for `parts` threads. Rows are planned in parallel; the rest is
 // O(P + N x H).
@@ -266,7 +273,8 @@ void plan_spatial(const SpatialGeometry& g, const int64_t* ix, int64_t P,
   pl.b1.resize(parts + 1);
   pl.b2.resize(parts + 1);
   partition::even_bounds(pl.in_pixels(), parts, kAlign1, pl.b1.data());
-  partition::even_bounds(pl.out_pixels(), parts, phase2_align(S),
+  partition::even_bounds(pl.out_pixels(), parts,
+                         phase2_align(S, pl.out_pixels(), parts),
                          pl.b2.data());
 }
 

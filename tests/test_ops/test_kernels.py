@@ -820,6 +820,10 @@ def test_kernels_run_on_torch_thread_pool():
     (3, 16, 80, 16, 12, 12, 4, 1, 1, 0.05),  # almost empty, 64 + 16 panel
     (2, 2100, 80, 32, 16, 14, 4, 1, 1, 0.5),  # ranges cut across chunks;
     # transposed at 1 - 2 threads, NCHW at 7: the same bits
+    (2, 16, 32, 32, 40, 40, 4, 1, 1, 0.6),  # 64+ pixels a thread: ranges
+    # of whole 8-pixel blocks
+    (5, 64, 16, 64, 7, 7, 7, 1, 1, 0.6),  # a patch per sample (the layer
+    # path's call)
 ])
 def test_spatial_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
                                                  w, s, stride, dil,
@@ -1172,15 +1176,27 @@ def test_spatial_partition_counts_the_kernels_work_and_balances():
                                       1, 1, 64)
     assert ops.imbalance(work) < 1.01
     # 3 active pixels (S = 1: ranges of single pixels) for 8 threads: 3
-    # threads busy in phase 2; with S = 4 ranges of whole 8-pixel blocks
+    # threads busy in phase 2
     tiny = torch.tensor([[0, 1, 1], [0, 3, 3], [0, 5, 5]])
     work = ops.spatial_partition_work(tiny, 1, 64, (7, 7), 32, 64, 1, 1, 1,
                                       8)
     assert int((work[1] > 0).sum()) == 3
     assert ops.imbalance(work) > 1.5
+    # S = 4: ranges of whole 8-pixel epilogue blocks only with 64 pixels a
+    # thread or more. One patch (16 pixels) for 8 threads: 2 each
+    per_px = 9 * 32 * 32 + 32 * 64
     work = ops.spatial_partition_work(tiny[:1], 1, 64, (28, 28), 32, 64, 4,
                                       1, 1, 8)
-    assert sorted(work[1].tolist())[-3:] == [0., 8 * 11264., 8 * 11264.]
+    assert work[1].tolist() == [2. * per_px] * 8
+    # every patch of a 28 x 28 map (784 pixels, 98 a thread): whole blocks
+    grid = torch.arange(7)
+    full = torch.stack([torch.zeros(49, dtype=torch.int64),
+                        grid.repeat_interleave(7), grid.repeat(7)], 1)
+    work = ops.spatial_partition_work(full, 1, 64, (28, 28), 32, 64, 4,
+                                      1, 1, 8)
+    pixels = [v / per_px for v in work[1].tolist()]
+    assert sum(pixels) == 784 and all(p % 8 == 0 for p in pixels), pixels
+    assert ops.imbalance(work) < 1.1
     with pytest.raises(ValueError, match='threads=0'):
         ops.spatial_partition_work(idx, n, c_in, (h, w), width, c_out, s,
                                    1, 1, 0)
