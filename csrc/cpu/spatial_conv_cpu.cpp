@@ -41,9 +41,9 @@
 //      zero border of the conv1 buffer and, out of place,
 //      out = relu(identity);
 //   2. conv2, conv3 and the add at the active output pixels (patch by
-//      patch, sample by sample; with S >= 4 ranges of whole 8-pixel
-//      epilogue blocks), each range in sub-ranges whose conv2 output stays
-//      in L2;
+//      patch, sample by sample; with S >= 4 and 64 pixels a thread or
+//      more, ranges of whole 8-pixel epilogue blocks), each range in
+//      sub-ranges whose conv2 output stays in L2;
 //   3. in place with an identity that may be negative: the final ReLU pass.
 // Every pixel's sums run in the same order whatever the partition, so the
 // result is the same bit for bit at any thread count and batch size. The

@@ -282,11 +282,12 @@ def masker_rows() -> List[Row]:
 
 def layer_rows() -> List[Row]:
     """``layer``: a layer identity block (C_in = 4 x width, 4 of 8 samples
-    kept), two rows per shape: the per-sample GEMM kernel against gathered
-    into oneDNN (``policy.layer_sample_gemm``'s answer forced either way,
-    the fused kernel off), then the fused spatial kernel
-    (``policy.LAYER_FUSED_CPU``) against the way the policy takes without
-    it. Median wall-clock ms of 9 calls after 2; note: max difference to
+    kept), per shape: the per-sample GEMM kernel against gathered into
+    oneDNN (``policy.layer_sample_gemm``'s answer forced either way, the
+    fused kernel off), then, where the dynamic path can take it (AVX-512,
+    :func:`laud_mm.ops.policy.fused_cpu_threads`), the fused spatial
+    kernel (``policy.LAYER_FUSED_CPU``) against the way the policy takes
+    without it. Median wall-clock ms of 9 calls after 2; note: max difference to
     the first path of the row and the path the policy takes at the current
     thread count ('fused', 'kernel' or 'gathered')."""
     rows = []
@@ -315,13 +316,17 @@ def layer_rows() -> List[Row]:
                 run(path)
             return statistics.median(wall_ms(lambda: run(path))
                                      for _ in range(9))
-        chosen = 'fused' if fused and fast_spatial_branch(x, width,
-                                                          width * 4)             else unfused
+        # the fused kernel's row only where the dynamic path can take it
+        fast = fast_spatial_branch(x, width, width * 4) and \
+            policy.fused_cpu_threads()
+        chosen = 'fused' if fused and fast else unfused
         case = f'{width * 4} ch {hw}x{hw}, 4 of 8 kept'
         names = dict(fused='fused spatial kernel (wall)',
                      kernel='sample_gemm kernel (wall)',
                      gathered='gathered, oneDNN (wall)')
-        for a, b in (('kernel', 'gathered'), ('fused', unfused)):
+        pairs = [('kernel', 'gathered')] + ([('fused', unfused)] if fast
+                                            else [])
+        for a, b in pairs:
             diff = float((run(a) - run(b)).abs().max())
             rows.append(('layer', case, names[a], ms(a), names[b], ms(b),
                          f'max diff {diff:.1e}; policy: {chosen}'))

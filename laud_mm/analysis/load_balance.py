@@ -18,7 +18,9 @@ runs them), so are the static convolutions around the kernels (downsample,
 masker). Layer blocks run the fused spatial kernel with a patch per kept
 sample (``policy.LAYER_FUSED_CPU``; without it, conv1 and conv3 on
 :func:`laud_mm.ops.sample_gemm`, the kept samples' columns split, are the
-two phases and conv2 runs on oneDNN).
+two phases and conv2 runs on oneDNN); a layer block with every sample
+kept runs the static block and one with none computes nothing, so both
+are left out: at batch 1 every layer block is (the table prints ``-``).
 
 Command line: ``tools/analysis_tools/simulate_load_balance.py``; table in
 docs/benchmarks.md ("Load balance beyond two cores").
@@ -61,6 +63,8 @@ def block_work(g, n: int, rate: float, threads: int,
     if g.paradigm == 'layer':
         on = torch.rand(n, generator=gen) < rate
         kept = int(on.sum())
+        if kept in (0, n):  # the static block, or nothing to compute
+            return torch.zeros(0, threads, dtype=torch.float64), kept / n
         if policy.LAYER_FUSED_CPU:  # the fused spatial kernel, a patch
             # (S = the map's side) per kept sample
             idx = torch.zeros(kept, 3, dtype=torch.int64)
@@ -190,9 +194,10 @@ def format_table(rows: Sequence[Dict]) -> str:
         sel = {r['threads']: r for r in rows
                if (r['size'], r['paradigm'], r['rate']) == k}
         r0 = next(iter(sel.values()))
-        cells = [f"{sel[t]['backbone']:.2f} / {sel[t]['worst_block']:.2f}"
-                 if t in sel else '' for t in counts]
-        last = sel.get(counts[-1], {}).get('worst', '')
+        cells = ['' if t not in sel else '-' if not sel[t]['blocks'] else
+                 f"{sel[t]['backbone']:.2f} / {sel[t]['worst_block']:.2f}"
+                 for t in counts]
+        last = sel.get(counts[-1], {}).get('worst', '') or '-'
         lines.append(f"| {r0['batch']}x{r0['hw'][0]}x{r0['hw'][1]} | "
                      f"{k[1]} | {k[2]:.2f} | " + ' | '.join(cells) +
                      f' | {last} |')

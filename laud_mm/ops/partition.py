@@ -7,7 +7,9 @@ partition, not a re-implementation of it).
 Each kernel runs in phases separated by barriers (spatial: conv1 at the
 dilated mask; conv2 + conv3 + the add at the active pixels. channel:
 conv1; conv2 + conv3 + the add); a phase's pixels are cut into one
-contiguous range per thread of near-equal cost. The layer path's GEMMs
+contiguous range per thread of near-equal cost. The layer path runs the
+spatial kernel with a patch per kept sample on AVX-512 CPUs
+(``policy.LAYER_FUSED_CPU``); elsewhere its GEMMs
 (:func:`laud_mm.ops.sample_gemm`) cut the kept samples' columns likewise
 (:func:`sample_gemm_partition`). A block's time is bounded
 by the sum over its phases of the busiest thread's work, so

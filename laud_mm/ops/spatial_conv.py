@@ -199,10 +199,14 @@ def spatial_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
 
 
 def _spatial_branch(out, x, identity, idx, packed, s, stride, dilation,
-                    identity_nonneg=False):
+                    identity_nonneg=False, leave_inactive=False):
     """:func:`spatial_branch_add_relu` without argument checks (internal):
     the compiled kernel when built and width, C_out are multiples of 16,
-    else the reference."""
+    else the reference. ``leave_inactive`` (``out`` aliasing ``identity``,
+    which may be negative): only the active pixels are written, the
+    others keep the identity's values, for a caller that rectifies them
+    itself (the layer path: its skipped samples' rows). For the kernel
+    that is what ``identity_nonneg`` does without the sign condition."""
     ext = extension()
     if ext is not None and hasattr(ext, 'spatial_branch_add_relu') and \
             use_kernels(x) and packed[1].shape[0] % 16 == 0 and \
@@ -210,18 +214,22 @@ def _spatial_branch(out, x, identity, idx, packed, s, stride, dilation,
         # identity.contiguous() is out itself when the call is in place
         tensors = [t.contiguous() for t in (x, identity, idx) + tuple(packed)]
         ext.spatial_branch_add_relu(out, *tensors, s, stride, dilation,
-                                    identity_nonneg)
+                                    identity_nonneg or leave_inactive)
         return out
     return spatial_branch_add_relu_reference(out, x, identity, idx, *packed,
-                                             s, stride, dilation)
+                                             s, stride, dilation,
+                                             leave_inactive=leave_inactive)
 
 
 def spatial_branch_add_relu_reference(out, x, identity, idx, w1p, b1, w2p,
                                       b2, w3p, b3, s, stride=1, dilation=1,
-                                      identity_nonneg=False) -> torch.Tensor:
+                                      identity_nonneg=False,
+                                      leave_inactive=False) -> torch.Tensor:
     """Pure-PyTorch :func:`spatial_branch_add_relu` (same arguments and
     result up to float rounding; no argument checks): the dense branch,
-    multiplied by the expanded patch mask, added to the identity."""
+    multiplied by the expanded patch mask, added to the identity.
+    ``leave_inactive``: as :func:`_spatial_branch`'s (the inactive pixels
+    keep the identity's values)."""
     n, c_in = x.shape[:2]
     width, c_out = b1.shape[0], out.shape[1]
     w1 = unpack_panels(w1p, c_in, width).t()[:, :, None, None]
@@ -237,5 +245,7 @@ def spatial_branch_add_relu_reference(out, x, identity, idx, w1p, b1, w2p,
         gate[idx[:, 0], idx[:, 1], idx[:, 2]] = 1
     mask = gate.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :ho, :wo]
     res = (identity + y * mask[:, None]).relu_()
+    if leave_inactive:
+        res = torch.where(mask[:, None] > 0, res, identity)
     out.copy_(res)
     return out

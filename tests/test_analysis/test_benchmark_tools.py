@@ -260,7 +260,8 @@ def test_load_balance_layer_blocks_follow_the_path(monkeypatch, fused):
     """A layer block's simulated work is the partition of the kernel its
     path runs: the fused spatial kernel with a patch (S = the map's side)
     per kept sample (policy.LAYER_FUSED_CPU), else the per-sample GEMM
-    kernel's columns of conv1 and conv3, for the same drawn gates."""
+    kernel's columns of conv1 and conv3, for the same drawn gates; none
+    where every sample or none is kept (the static block, or nothing)."""
     from laud_mm.analysis import load_balance
     from laud_mm.ops import policy
     from laud_mm.models import resnet_geometries
@@ -286,8 +287,18 @@ def test_load_balance_layer_blocks_follow_the_path(monkeypatch, fused):
             ops.sample_gemm_partition(kept, px_out, 4).double() *
             g.width * g.out_channels])
     assert torch.equal(work, expect)
-    # the fused kernel's phases hold every kept pixel's MACs
     assert float(work.sum()) > 0
+    # every sample kept (the static block) or none: no kernel work; at
+    # batch 1 that is every layer block, which the table prints as '-'
+    for rate in (0., 1.):
+        work, dens = load_balance.block_work(
+            g, 8, rate, 4, torch.Generator().manual_seed(3))
+        assert work.shape == (0, 4) and dens == rate
+    rows = load_balance.simulate(sizes=['det'], paradigms=['layer'],
+                                 rates=[0.5], threads=[2], seeds=1)
+    assert rows[0]['blocks'] == 0
+    assert '| 1x800x1216 | layer | 0.50 | - | - |' in \
+        load_balance.format_table(rows)
 
 
 def test_bench_pair_speedup_is_the_median_pair_ratio(monkeypatch):
@@ -340,24 +351,27 @@ def test_layer_rows_compare_equal_results(monkeypatch):
         rows = kernels.layer_rows()
     assert policy.layer_sample_gemm is choose
     assert policy.LAYER_FUSED_CPU is fused
+    # the fused kernel's row only where the dynamic path can take it
+    fast = ops.fast_spatial_branch(torch.zeros(1, 1024, 7, 7), 256,
+                                   1024) and policy.fused_cpu_threads()
+    per = 2 if fast else 1
     cases = ['1024 ch 14x14, 4 of 8 kept', '2048 ch 7x7, 4 of 8 kept']
-    assert [r[1] for r in rows] == [c for c in cases for _ in range(2)]
-    # per shape: 2 warm-up + 9 timed calls per timed path, 2 per compared
+    assert [r[1] for r in rows] == [c for c in cases for _ in range(per)]
+    # per shape: 2 warm-up + 9 timed calls per timed path, 1 per compared
     # pair; the GEMM kernel runs conv1 and conv3 (2 calls per forward),
     # the fused kernel the whole branch (1)
     unfused = ['kernel' if choose(hw * hw, threads) else 'gathered'
                for hw in (14, 7)]
-    fast = ops.fast_spatial_branch(torch.zeros(1, 1024, 7, 7), 256, 1024)
     forwards = {'kernel': 0, 'fused': 0}
     for u in unfused:
-        forwards['kernel'] += 12 + (12 if u == 'kernel' else 0)
-        forwards['fused'] += 12
+        forwards['kernel'] += 12 + (12 if fast and u == 'kernel' else 0)
+        forwards['fused'] += 12 if fast else 0
     assert calls['gemm'] == 2 * forwards['kernel']
-    assert calls['fused'] == (forwards['fused'] if fast else 0)
+    assert calls['fused'] == forwards['fused']
     names = ['fused spatial kernel (wall)', 'sample_gemm kernel (wall)',
              'gathered, oneDNN (wall)']
     for (kernel, _, a, ta, b, tb, note), u in zip(rows, [
-            v for v in unfused for _ in range(2)]):
+            v for v in unfused for _ in range(per)]):
         assert kernel == 'layer' and ta > 0 and tb > 0
         assert a in names and b in names and a != b
         diff, chosen = note.split('; policy: ')

@@ -673,6 +673,33 @@ def _spatial_case(seed, n, c_in, width, c_out, h, w, s, stride, dil,
     return x, ident, idx, (w1p, b1, w2p, b2, w3p, b3), dense, y * mask[:, None]
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('s', [7, 2])
+def test_spatial_branch_leave_inactive_keeps_a_negative_identity(backend, s):
+    """_spatial_branch(..., leave_inactive=True) in place over an identity
+    with negative values (the layer path's call: a patch per kept sample
+    over a downsample output or a copy of the input): the active pixels
+    get relu(identity + branch), the others keep the identity's values
+    unrectified (the caller's own pass rectifies them), with the kernel and
+    with the reference."""
+    from laud_mm.ops.spatial_conv import _spatial_branch
+    x, ident, idx, packed, dense, _ = _spatial_case(
+        11, 4, 32, 16, 32, 7, 7, s, 1, 1, 0.5)
+    assert bool((ident < 0).any())
+    ho, wo = ident.shape[2:]
+    gate = torch.zeros(4, -(-ho // s), -(-wo // s))
+    gate[idx[:, 0], idx[:, 1], idx[:, 2]] = 1
+    mask = gate.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :ho, :wo]
+    active = mask[:, None].expand_as(ident) > 0
+    assert 0 < int(active.sum()) < active.numel()
+    out = ident.clone()
+    with ops.use_backend(backend):
+        _spatial_branch(out, x, out, idx, packed, s, 1, 1,
+                        leave_inactive=True)
+    assert (out[active] - dense[active]).abs().max() <= 1e-5
+    assert torch.equal(out[~active], ident[~active])
+
+
 @pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride,dil', [
     (3, 24, 16, 32, 13, 11, 2, 1, 1),    # odd sizes, partial patches
     (3, 16, 32, 64, 15, 12, 4, 2, 1),    # stride 2, runs of 4

@@ -392,6 +392,15 @@ def _spatial_fused_path(pred, g: BlockGeometry) -> bool:
         g.width % 16 == 0 and g.out_channels % 16 == 0
 
 
+def _layer_fused_path(pred, g: BlockGeometry) -> bool:
+    """Whether the eager layer path of block ``g`` runs its kept samples
+    on the fused spatial kernel (``LAYER_FUSED_CPU``, 16-lane vectors,
+    widths multiples of 16; the dynamic path reads that flag, not
+    ``SPATIAL_FUSED_CPU``)."""
+    return policy.LAYER_FUSED_CPU and pred.hw.vector_width >= 16 and \
+        g.width % 16 == 0 and g.out_channels % 16 == 0
+
+
 def _spatial_dense(pred, g: BlockGeometry, d: float) -> bool:
     """Whether the eager spatial block ``g`` at density ``d`` computes
     densely (``_spatial_forward``'s dense branch: from
@@ -679,8 +688,9 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     get a ReLU pass. Every sample on: the static block. On a CPU spec
     the masker takes its input's recorded channel means
     (:func:`~laud_mm.latency.blocks.common.masker_input_pooled`) and the
-    passes that write the output record its means (the kernel epilogues:
-    no extra pass)."""
+    passes that write the output record its means (the GEMM kernel's
+    epilogue, the gathered path's add: no extra pass; on the fused kernel
+    the means pass above)."""
     hw = pred.hw
     out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
     in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
@@ -688,7 +698,7 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     # gathered into oneDNN
     gathered = hw.vector_width > 0 and not policy.layer_sample_gemm(
         g.in_hw[0] * g.in_hw[1], hw.num_pe)
-    fused = policy.LAYER_FUSED_CPU and _spatial_fused_path(pred, g)
+    fused = _layer_fused_path(pred, g)
     # mean (unless recorded by the previous block), linear; the decision
     # (one compiled call with the linear layer on a CPU spec; a forced
     # gate replaces it, the masker still runs)

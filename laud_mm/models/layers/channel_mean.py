@@ -17,9 +17,11 @@ inputs and outputs, which nothing outside it writes.
 
 Producers (ResNet blocks): :func:`laud_mm.models.layers.dynamic.
 residual_add_relu_pooled_` (blocks with every gate on), the fused channel
-kernel's output pass, and every layer block: the per-sample GEMM kernel's
-epilogue (:func:`laud_mm.ops.sample_gemm` with ``sums``) or the gathered
-path's :func:`laud_mm.ops.add_relu_mean_` for the kept samples;
+kernel's output pass, and every layer block: for the kept samples a
+:func:`laud_mm.ops.relu_mean_rows_` pass after the fused spatial kernel
+(AVX-512 CPUs), elsewhere the per-sample GEMM kernel's epilogue
+(:func:`laud_mm.ops.sample_gemm` with ``sums``) or the gathered path's
+:func:`laud_mm.ops.add_relu_mean_`;
 :func:`laud_mm.ops.relu_mean_rows_` for the skipped samples of a copied or
 downsampled shortcut, the input's record for those of a block writing into
 its input. The masker's own computation records too, so that such a layer

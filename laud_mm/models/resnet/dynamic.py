@@ -848,9 +848,10 @@ def _layer_forward(block, x, plan):
     kept = idx.tolist()
     # the output's channel means for the next block's masker
     # (layers.channel_mean), from the passes that write the output: the
-    # kept rows' epilogue, the skipped rows' ReLU (a copy or downsample
-    # output) or, written into the input, the input's record (the masker
-    # made it) for the untouched skipped samples. float32 CPU outside
+    # kept rows' epilogue (on the fused kernel a pass over those rows),
+    # the skipped rows' ReLU (a copy or downsample output) or, written into
+    # the input, the input's record (the masker made it) for the untouched
+    # skipped samples. float32 CPU outside
     # autocast, where those passes are the compiled kernels.
     pooled = out.device.type == 'cpu' and not is_autocast(x) and \
         x.dtype == out.dtype == fb.w1.dtype == torch.float32
@@ -862,15 +863,16 @@ def _layer_forward(block, x, plan):
     if kept and plan.fused and out.dtype == x.dtype:
         # the kept samples as a spatially masked block whose active patches
         # (S = the map's side) are those samples' whole maps: the fused
-        # kernel adds their branch into their shortcut rows of out;
-        # identity_nonneg leaves the other rows to the pass below
+        # kernel writes relu(shortcut + branch) into their rows of out; the
+        # other rows, which may be negative (a copy or a downsample output),
+        # stay for the pass below (leave_inactive)
         ho, wo = out.shape[2:]
         patches = idx.new_zeros(len(kept), 3)
         patches[:, 0] = idx
         _spatial_branch(out, x, out, patches, fb.spatial_packed(),
                         max(ho, wo), fb.stride, fb.dilation,
-                        identity_nonneg=True)
-        if pooled:  # the kept rows are rectified: their means alone
+                        leave_inactive=True)
+        if means is not None:  # the kept rows are rectified: their means
             kept_means = _relu_mean_rows_(out, idx)
     elif kept and not (plan.sample_gemm and out.dtype == x.dtype):
         # the branch on a gathered copy of the kept rows (mixed precision:

@@ -120,18 +120,23 @@ def test_backbone_maskers_decide_from_the_recorded_means(paradigm, gates,
     _check_same_function(net, ref_gates, ref, out)
 
 
+@pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('threads', [1, 2])
-def test_every_layer_block_hands_its_means_on(threads, monkeypatch):
+def test_every_layer_block_hands_its_means_on(threads, fused, monkeypatch):
     """Layer skipping at 128 px with half the samples skipped: every block
     records its output's means for the next masker, whichever path wrote
-    the output (the per-sample GEMM kernel's epilogue on 32 x 32 and
-    16 x 16 maps; with 2 threads the gathered oneDNN branch's one-pass
-    add on 8 x 8 and 4 x 4 maps; the skipped samples' ReLU pass in
-    downsampling blocks; the input's record for samples an identity block
-    skips). So every masker after the first reads no tensor, and dynamic
-    inference still computes the masked-dense model's gates and output."""
+    the output (on AVX-512 CPUs the fused spatial kernel and a means pass
+    over the kept rows, policy.LAYER_FUSED_CPU; off it the per-sample
+    GEMM kernel's epilogue on 32 x 32 and 16 x 16 maps and, with 2
+    threads, the gathered oneDNN branch's one-pass add on 8 x 8 and 4 x 4
+    maps; the skipped samples' ReLU pass in downsampling blocks; the
+    input's record for samples an identity block skips). So every masker
+    after the first reads no tensor, and dynamic inference still computes
+    the masked-dense model's gates and output."""
     if ops.extension() is None:
         pytest.skip('the records come from the compiled kernels')
+    from laud_mm.ops import policy
+    monkeypatch.setattr(policy, 'LAYER_FUSED_CPU', fused)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
