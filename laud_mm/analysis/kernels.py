@@ -287,9 +287,9 @@ def layer_rows() -> List[Row]:
     fused kernel off), then, where the dynamic path can take it (AVX-512,
     :func:`laud_mm.ops.policy.fused_cpu_threads`), the fused spatial
     kernel (``policy.LAYER_FUSED_CPU``) against the way the policy takes
-    without it. Median wall-clock ms of 9 calls after 2; note: max difference to
-    the first path of the row and the path the policy takes at the current
-    thread count ('fused', 'kernel' or 'gathered')."""
+    without it. Median wall-clock ms of 9 calls after 2; note: max
+    difference to the first path of the row and the path the policy takes
+    at the current thread count ('fused', 'kernel' or 'gathered')."""
     rows = []
     for width, hw in ((256, 14), (512, 7)):
         torch.manual_seed(0)
