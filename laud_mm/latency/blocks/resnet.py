@@ -384,21 +384,25 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
         elementwise_latency(hw, 'conv3_acc', out_e, 1, 0)] + tail
 
 
+def _spatial_kernel_fits(pred, g: BlockGeometry) -> bool:
+    """Whether the fused spatial kernel can run block ``g`` on the spec
+    (16-lane vectors stand for AVX-512; widths multiples of 16)."""
+    return pred.hw.vector_width >= 16 and g.width % 16 == 0 and \
+        g.out_channels % 16 == 0
+
+
 def _spatial_fused_path(pred, g: BlockGeometry) -> bool:
     """Whether the eager spatial path of block ``g`` takes the fused CPU
-    kernel (``SPATIAL_FUSED_CPU``, 16-lane vectors, widths multiples of
-    16)."""
-    return policy.SPATIAL_FUSED_CPU and pred.hw.vector_width >= 16 and \
-        g.width % 16 == 0 and g.out_channels % 16 == 0
+    kernel (``SPATIAL_FUSED_CPU`` and :func:`_spatial_kernel_fits`)."""
+    return policy.SPATIAL_FUSED_CPU and _spatial_kernel_fits(pred, g)
 
 
 def _layer_fused_path(pred, g: BlockGeometry) -> bool:
     """Whether the eager layer path of block ``g`` runs its kept samples
-    on the fused spatial kernel (``LAYER_FUSED_CPU``, 16-lane vectors,
-    widths multiples of 16; the dynamic path reads that flag, not
+    on the fused spatial kernel (``LAYER_FUSED_CPU`` and
+    :func:`_spatial_kernel_fits`; the dynamic path reads that flag, not
     ``SPATIAL_FUSED_CPU``)."""
-    return policy.LAYER_FUSED_CPU and pred.hw.vector_width >= 16 and \
-        g.width % 16 == 0 and g.out_channels % 16 == 0
+    return policy.LAYER_FUSED_CPU and _spatial_kernel_fits(pred, g)
 
 
 def _spatial_dense(pred, g: BlockGeometry, d: float) -> bool:

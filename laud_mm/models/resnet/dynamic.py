@@ -348,11 +348,14 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
     width, c_out = fb.w1.shape[0], fb.w3.shape[0]
     h, w = in_shape[2:]
     direct = not is_autocast(like) and like.dtype == fb.w1.dtype
+    # the fused spatial kernel can run this block (spatial blocks; layer
+    # blocks with a patch per kept sample)
+    spatial_kernel = block.paradigm != 'channel' and direct and \
+        policy.fused_cpu_threads() and \
+        fast_spatial_branch(like, width, c_out) and \
+        fb.w2.shape[1:] == (width, 3, 3) and fb.padding == fb.dilation
     if block.paradigm == 'spatial':
-        plan.fused = policy.SPATIAL_FUSED_CPU and direct and \
-            policy.fused_cpu_threads() and \
-            fast_spatial_branch(like, width, c_out) and \
-            fb.w2.shape[1:] == (width, 3, 3) and fb.padding == fb.dilation
+        plan.fused = policy.SPATIAL_FUSED_CPU and spatial_kernel
         plan.dense_from = policy.SPATIAL_FUSED_DENSE_THRESHOLD \
             if plan.fused else policy.SPATIAL_DENSE_THRESHOLD
         plan.handoff = HANDOFF_AT_USE if handoff_at_use else _handoff(
@@ -363,10 +366,7 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
             policy.fused_cpu_threads() and fast_channel_branch(like) and \
             c_out % 16 == 0 and fb.w2.shape[1:] == (width, 3, 3)
     else:
-        plan.fused = policy.LAYER_FUSED_CPU and direct and \
-            policy.fused_cpu_threads() and \
-            fast_spatial_branch(like, width, c_out) and \
-            fb.w2.shape[1:] == (width, 3, 3) and fb.padding == fb.dilation
+        plan.fused = policy.LAYER_FUSED_CPU and spatial_kernel
         plan.sample_gemm = direct and policy.layer_sample_gemm(
             h * w, torch.get_num_threads())
     return plan
