@@ -247,8 +247,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "force_generic: the plain-loop tiles even with AVX-512 (tests); "
         "sums ((N, C_out) float32) or None: filled with the channel sums of "
         "the new out (for the next block's masker); force_unblocked: panels "
-        "gathered up front even where the phases run row-blocked (tests: the "
-        "two give the same bits)",
+        "gathered up front and pixels split even where the phases run "
+        "row-blocked or the columns split (tests, benchmarks: the same "
+        "bits)",
         py::arg("out"), py::arg("x"), py::arg("chs"), py::arg("counts"),
         py::arg("w1t"), py::arg("b1"), py::arg("w2t"), py::arg("b2"),
         py::arg("w3t"), py::arg("b3"), py::arg("stride"), py::arg("padding"),
@@ -324,9 +325,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_partition_work", &laud_mm::channel_partition_work,
         "channel_partition_work(chs (N,k) int64, counts (N,) int64, c_in, "
         "h, w, width, c_out, stride, padding, dilation, threads) -> "
-        "(2, threads) float64: the cost (MAC-equivalents) each thread runs "
-        "in channel_branch_add_relu's two convolution phases for `threads` "
-        "threads, from the same plan, without running it",
+        "(3, threads) float64: the cost (MAC-equivalents) each thread runs "
+        "in channel_branch_add_relu's convolution phases for `threads` "
+        "threads, from the same plan, without running it (rows: conv1, "
+        "conv2 - conv3, zeros; with the column split conv1, conv2, conv3)",
         py::arg("chs"), py::arg("counts"), py::arg("c_in"), py::arg("h"),
         py::arg("w"), py::arg("width"), py::arg("c_out"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("threads"));
@@ -347,7 +349,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_blocked_max_pixels", &laud_mm::channel_blocked_max_pixels,
         "[conv1's input pixels, conv2's output pixels] up to which "
         "channel_branch_add_relu runs those phases row-blocked (their "
-        "weight panels never written for the whole batch)");
+        "weight panels never written for the whole batch), and the "
+        "units of 16 kept columns per thread from which it splits "
+        "columns instead of pixels with fewer samples than threads");
   m.def("channel_branch_isa", &laud_mm::channel_branch_isa,
         "instruction set of channel_branch_add_relu's tile kernel on this "
         "CPU: 'avx512f' or 'generic'");

@@ -57,10 +57,23 @@
 //      sub-ranges whose conv2 output stays in L2 (row-blocked: all of the
 //      thread's pixels at once, at most 49 a sample).
 // A range may span samples and a sample may span ranges, so one sample
-// (batch 1) splits over all threads. Every pixel's sums run in the same
-// order whatever the partition: the result is the same bit for bit at any
-// thread count. The serial work is O(N k) bookkeeping (plan_channel);
-// buffers only grow. channel_partition_work exposes the same plan.
+// (batch 1) splits over all threads.
+// Column split (fewer samples than threads, output maps of at most
+// kBlockedMaxPixels2 pixels, conv1's input of at most kBlockedMaxPixels1):
+// split by pixels, every thread would need the whole of its samples'
+// panels (gathered up front, then read by each thread). Instead the
+// threads split each sample's columns, in units of 16, every phase
+// row-blocked, each thread gathering only its own columns' panels:
+//   1. conv1 over (sample, kept output channels) units, all pixels;
+//   2. conv2 likewise, into a buffer all threads share;
+//   3. conv3 and the add over (sample, output channels) units, cost
+//      p_out (k + kEpilogueMacs) per channel.
+// A channel's sums then run over all of its pixels in one thread, so the
+// output channel sums (sums) are the one-thread result as well.
+// Every pixel's sums run in the same order whatever the partition: the
+// result is the same bit for bit at any thread count. The serial work is
+// O(N k) bookkeeping (plan_channel); buffers only grow.
+// channel_partition_work exposes the same plan.
 //
 // The AVX-512 tile kernel is compiled with a target attribute and chosen at
 // run time; without AVX-512F the same loops run on plain arrays (the
@@ -112,6 +125,10 @@ constexpr int64_t kAlign2 = 1;
 // round).
 constexpr int64_t kBlockedMaxPixels1 = 196;
 constexpr int64_t kBlockedMaxPixels2 = 49;
+// The column split (ChannelPlan::colsplit) needs at least this many units
+// of 16 kept columns per thread, summed over the batch: fewer leave
+// threads idle in conv1 and conv2.
+constexpr int64_t kColUnits = 4;
 
 #ifdef LAUD_X86
 // conv3's epilogue, vectorised: o[l][p] = relu(o[l][p] + tmp[p][l] +
@@ -329,17 +346,31 @@ void gather_block(const float* src, int64_t K, RowFn row, const int32_t* cols,
 // gather_panels), the offsets of its conv1 / conv2 panels in the panel
 // buffer and of its conv1 output in the h1 buffer. b1 / b2: the threads'
 // ranges of the phase-1 sequence (n * H * W + input pixel) and the phase-2
-// sequence (n * Ho * Wo + output pixel).
+// sequence (n * Ho * Wo + output pixel), count1 / count2 (pixels a sample)
+// and cost1 / cost2 (per pixel) the segments they cut. With the column
+// split (colsplit) the sequences are units of 16 columns instead: count1
+// = count2 = kp / 16 kept-channel units (conv1, conv2), count3 = C_out /
+// 16 output-channel units (conv3, b3 its ranges), each unit over all the
+// sample's pixels, and h2off / h2_total place conv2's output (Ho Wo kp a
+// sample) in the buffer the threads share.
 struct ChannelPlan {
   const int64_t* kept = nullptr;
-  int64_t kk = 0, kpmax = 0, panel_total = 0, h1_total = 0, parts = 1;
+  int64_t kk = 0, kpmax = 0, panel_total = 0, h1_total = 0, h2_total = 0,
+          parts = 1;
+  bool avx512 = false;
   // phases run row-blocked (kBlockedMaxPixels1 / 2): conv1 (blocked1),
   // conv2 and conv3 (blocked2); the others' panels come from gather_all
   bool blocked1 = false, blocked2 = false;
-  std::vector<int64_t> k, kp, w1off, w2off, h1off, b1, b2, count1, count2;
+  // fewer samples than threads on a small map (column split, below): the
+  // phases split each sample's columns, not its pixels; three phases
+  // (conv1; conv2; conv3 and the add), every one row-blocked, conv2's
+  // output in a buffer shared by the threads (h2off, h2_total)
+  bool colsplit = false;
+  std::vector<int64_t> k, kp, w1off, w2off, h1off, h2off, b1, b2, b3, count1,
+      count2, count3;
   std::vector<int32_t> cols;
   std::vector<uint8_t> pairs;
-  std::vector<double> cost1, cost2;
+  std::vector<double> cost1, cost2, cost3;
   // per sample, per 64-channel panel block (npmax of them): the kept
   // columns' chunks for the AVX-512 gathers (ColChunks)
   int64_t npmax = 0;
@@ -371,12 +402,14 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
   pl.kept = kept;
   pl.kk = kk;
   pl.parts = parts;
-  for (auto* v : {&pl.k, &pl.kp, &pl.w1off, &pl.w2off, &pl.h1off,
-                  &pl.count1, &pl.count2})
+  pl.avx512 = avx512;
+  for (auto* v : {&pl.k, &pl.kp, &pl.w1off, &pl.w2off, &pl.h1off, &pl.h2off,
+                  &pl.count1, &pl.count2, &pl.count3})
     v->resize(n);
   pl.pairs.resize(n);
   pl.cost1.resize(n);
   pl.cost2.resize(n);
+  pl.cost3.resize(n);
   pl.kpmax = 0;
   for (int64_t s = 0; s < n; ++s) {
     pl.k[s] = cnt[s];
@@ -387,13 +420,20 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
   pl.npmax = (pl.kpmax + kPanel - 1) / kPanel;
   if (pl.chunks.size() < static_cast<size_t>(std::max<int64_t>(1, n * pl.npmax)))
     pl.chunks.resize(std::max<int64_t>(1, n * pl.npmax));
-  int64_t panels = 0, h1 = 0;
+  int64_t panels = 0, h1 = 0, h2 = 0;
   const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
-  // with fewer samples than threads a sample's pixels split over threads,
-  // each of which would gather the whole of its panels: up front instead
+  // with fewer samples than threads a sample's pixels would split over
+  // threads, each of which would gather the whole of its panels: on small
+  // maps the threads split the columns instead (each gathers its own, all
+  // row-blocked), with enough column units for every thread (kColUnits),
+  // elsewhere the panels are gathered up front
+  int64_t units = 0;
+  for (int64_t s = 0; s < n; ++s) units += pl.kp[s] / kLanes;
+  pl.colsplit = row_blocked && n < parts && p_in <= kBlockedMaxPixels1 &&
+                p_out <= kBlockedMaxPixels2 && units >= kColUnits * parts;
   const bool rb = row_blocked && n >= parts;
-  pl.blocked1 = rb && p_in <= kBlockedMaxPixels1;
-  pl.blocked2 = rb && p_out <= kBlockedMaxPixels2;
+  pl.blocked1 = pl.colsplit || (rb && p_in <= kBlockedMaxPixels1);
+  pl.blocked2 = pl.colsplit || (rb && p_out <= kBlockedMaxPixels2);
   for (int64_t s = 0; s < n; ++s) {
     const int64_t k = pl.k[s], kp = pl.kp[s];
     const int64_t* ks = kept + s * kk;
@@ -420,20 +460,41 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
     if (!pl.blocked2) panels += 9 * k * kp;
     pl.h1off[s] = h1;
     h1 += g.hp() * g.wpx() * kp;
-    pl.count1[s] = p_in;
-    pl.count2[s] = p_out;
-    pl.cost1[s] = static_cast<double>(g.c_in * kp);
-    pl.cost2[s] = static_cast<double>(9 * k * kp + k * g.c_out) +
-                  kEpilogueMacs * static_cast<double>(g.c_out);
+    pl.h2off[s] = h2;
+    if (pl.colsplit) {
+      // units of 16 columns: conv1's and conv2's kept output channels,
+      // conv3's output channels (C_out % 16 == 0), each over every pixel
+      h2 += p_out * kp;
+      pl.count1[s] = pl.count2[s] = kp / kLanes;
+      pl.count3[s] = g.c_out / kLanes;
+      pl.cost1[s] = static_cast<double>(p_in * g.c_in * kLanes);
+      pl.cost2[s] = static_cast<double>(p_out * 9 * k * kLanes);
+      pl.cost3[s] = static_cast<double>(p_out * kLanes) *
+                    (static_cast<double>(k) + kEpilogueMacs);
+    } else {
+      pl.count1[s] = p_in;
+      pl.count2[s] = p_out;
+      pl.count3[s] = 0;
+      pl.cost1[s] = static_cast<double>(g.c_in * kp);
+      pl.cost2[s] = static_cast<double>(9 * k * kp + k * g.c_out) +
+                    kEpilogueMacs * static_cast<double>(g.c_out);
+      pl.cost3[s] = 0.;
+    }
   }
   pl.panel_total = panels;
   pl.h1_total = h1;
+  pl.h2_total = h2;
   pl.b1.resize(parts + 1);
   pl.b2.resize(parts + 1);
+  pl.b3.resize(parts + 1);
+  const int64_t align1 = pl.colsplit ? 1 : kAlign1;
+  const int64_t align2 = pl.colsplit ? 1 : kAlign2;
   partition::balanced_bounds(pl.count1.data(), pl.cost1.data(), n, parts,
-                             kAlign1, pl.b1.data());
+                             align1, pl.b1.data());
   partition::balanced_bounds(pl.count2.data(), pl.cost2.data(), n, parts,
-                             kAlign2, pl.b2.data());
+                             align2, pl.b2.data());
+  partition::balanced_bounds(pl.count3.data(), pl.cost3.data(), n, parts, 1,
+                             pl.b3.data());
 }
 
 // Phase 0: every sample's conv1 and conv2 weight panels. Items: blocks of
@@ -673,17 +734,67 @@ constexpr int64_t kRowBlock1 = 128;
 constexpr int64_t kChannelBlock2 = 128;
 
 
-// A thread's piece of a phase: pixels [p0, p1) of sample s.
+// A thread's piece of a phase: pixels [p0, p1) of sample s, columns
+// [j0, j1) (conv1 / conv2: of its kept-channel list; conv3: output
+// channels), multiples of 16.
 struct Piece {
-  int64_t s, p0, p1;
+  int64_t s, p0, p1, j0, j1;
 };
 
-inline void collect_pieces(int64_t b, int64_t e, int64_t per,
+// The pieces of the range [b, e) of the pixel sequence (`per` pixels a
+// sample), each over all the sample's columns: kp (conv1, conv2:
+// cols_all < 0) or cols_all (conv3: C_out).
+inline void collect_pieces(const ChannelPlan& pl, int64_t b, int64_t e,
+                           int64_t per, int64_t cols_all,
                            std::vector<Piece>& out) {
   out.clear();
   for_pieces(b, e, per, [&](int64_t s, int64_t p0, int64_t p1) {
-    out.push_back(Piece{s, p0, p1});
+    out.push_back(Piece{s, p0, p1, 0, cols_all < 0 ? pl.kp[s] : cols_all});
   });
+}
+
+// The pieces of the range [b, e) of a column-unit sequence (counts[s]
+// units of 16 columns for sample s; ChannelPlan::colsplit), each over
+// all `per` pixels of its sample.
+inline void collect_column_pieces(const std::vector<int64_t>& counts,
+                                  int64_t b, int64_t e, int64_t per,
+                                  std::vector<Piece>& out) {
+  out.clear();
+  int64_t start = 0;
+  for (size_t s = 0; s < counts.size() && start < e; ++s) {
+    const int64_t end = start + counts[s];
+    const int64_t u0 = std::max(b, start), u1 = std::min(e, end);
+    if (u0 < u1)
+      out.push_back(Piece{static_cast<int64_t>(s), 0, per,
+                          (u0 - start) * kLanes, (u1 - start) * kLanes});
+    start = end;
+  }
+}
+
+// The column chunks of sample s's kept columns [j0, j0 + wdt) (wdt <=
+// 64): the plan's when they are one of its panel blocks, else built into
+// `local` (a panel of a column-split piece).
+inline const ColChunks* piece_chunks(const ChannelPlan& pl, int64_t s,
+                                     int64_t j0, int64_t wdt,
+                                     ColChunks& local) {
+  const int64_t kp = pl.kp[s];
+  if (j0 % kPanel == 0 && wdt == std::min<int64_t>(kPanel, kp - j0))
+    return pl.chunks_of(s) + j0 / kPanel;
+  local.n = 0;
+  if (pl.avx512)
+    build_chunks(pl.cols.data() + s * pl.kpmax + j0,
+                 std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)),
+                 pl.pairs[s], local);
+  return &local;
+}
+
+// Calls fn(a, b) for the panels of the columns [j0, j1) of a piece: 64
+// columns from j0 on, the last one narrower (with j0 = 0 the plan's panel
+// blocks; a column-split piece that starts inside a block takes full-width
+// panels of its own, whose chunks piece_chunks builds).
+template <typename Fn>
+void for_panel_parts(int64_t j0, int64_t j1, Fn fn) {
+  for (int64_t a = j0; a < j1; a += kPanel) fn(a, std::min(j1, a + kPanel));
 }
 
 inline Mode split_mode(bool first, bool last) {
@@ -691,19 +802,19 @@ inline Mode split_mode(bool first, bool last) {
 }
 
 // Phase 1, row-blocked (blocked1): conv1 (+ ReLU) of the thread's pieces
-// of the input-pixel sequence [b, e), x read in NCHW.
-void conv1_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
-                   int64_t e, const float* x, const float* b1,
-                   const float* w1t, float* h1, bool avx512) {
-  thread_local std::vector<Piece> pieces;
+// (pixels and kept columns of a sample), x read in NCHW.
+void conv1_blocked(const Geometry& g, const ChannelPlan& pl,
+                   const std::vector<Piece>& pieces, const float* x,
+                   const float* b1, const float* w1t, float* h1,
+                   bool avx512) {
   const int64_t p_in = g.h * g.w, wp1 = g.width + 1, wpx = g.wpx();
-  collect_pieces(b, e, p_in, pieces);
   thread_local std::vector<float> block_buf;
   float* block = scratch(block_buf, kRowBlock1 * kPanel);
   int64_t aoff[kRowBlock1];
   float bias[kPanel];
   const float* a[kRows];
   float* y[kRows];
+  ColChunks local;
   for (int64_t q0 = 0; q0 < g.c_in; q0 += kRowBlock1) {
     const int64_t nq = std::min(kRowBlock1, g.c_in - q0);
     const bool last = q0 + nq == g.c_in;
@@ -715,14 +826,13 @@ void conv1_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
       const int32_t* cols = pl.cols.data() + s * pl.kpmax;
       const float* xs = x + s * g.c_in * p_in;
       float* h1s = h1 + pl.h1off[s];
-      for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
-        const int nv =
-            static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
-        const int64_t wdt = nv * kLanes;
+      for_panel_parts(pc.j0, pc.j1, [&](int64_t j0, int64_t j1) {
+        const int64_t wdt = j1 - j0;
+        const int nv = static_cast<int>(wdt / kLanes);
         gather_block(w1t + q0 * wp1, nq, [wp1](int64_t q) { return q * wp1; },
                      cols + j0,
                      std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)), wdt,
-                     pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
+                     pl.pairs[s], piece_chunks(pl, s, j0, wdt, local), block);
         if (last)
           for (int l = 0; l < wdt; ++l) bias[l] = b1[cols[j0 + l]];
         const TileFn full = pick_mode(mode, kRows, nv, avx512);
@@ -736,44 +846,27 @@ void conv1_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
           (r == kRows ? full : pick_mode(mode, r, nv, avx512))(
               a, aoff, block, nq, bias, y, nullptr);
         }
-      }
+      });
     }
   }
 }
 
-// Phase 2, row-blocked (blocked2): conv2 (+ ReLU), conv3 and the add into out
-// for the thread's pieces of the output-pixel sequence [b, e); part: the
-// thread's (N, C_out) channel sums, or null.
-void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
-                    int64_t e, const float* h1, const float* b2,
-                    const float* w2t, const float* w3t, const float* b3,
-                    float* out, float* part, bool avx512) {
-  thread_local std::vector<Piece> pieces;
-  const int64_t p_out = g.ho * g.wo, wp1 = g.width + 1, wpx = g.wpx();
-  collect_pieces(b, e, p_out, pieces);
-  if (pieces.empty()) return;
-  thread_local std::vector<int64_t> h2off_buf, aoff_buf;
-  h2off_buf.resize(pieces.size());
-  int64_t h2_total = 0, kmax = 0, mmax = 0;
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    const Piece& pc = pieces[i];
-    h2off_buf[i] = h2_total;
-    h2_total += (pc.p1 - pc.p0) * pl.kp[pc.s];
-    kmax = std::max(kmax, pl.k[pc.s]);
-    mmax = std::max(mmax, pc.p1 - pc.p0);
-  }
-  thread_local std::vector<float> h2_buf, block_buf, panel_buf, tmp_buf;
-  float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, h2_total)));
+// conv2 (+ ReLU), row-blocked, of the pieces (pixels and kept columns of
+// a sample): piece i's output pixel p (from its p0), kept column j, at
+// h2[h2off[i] + (p - p0) * kp + j].
+void conv2_blocked(const Geometry& g, const ChannelPlan& pl,
+                   const std::vector<Piece>& pieces, const int64_t* h2off,
+                   const float* h1, const float* b2, const float* w2t,
+                   float* h2, bool avx512) {
+  const int64_t wp1 = g.width + 1, wpx = g.wpx();
+  thread_local std::vector<float> block_buf;
   float* block = scratch(block_buf, kChannelBlock2 * kPanel);
-  float* panel = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, kmax * kPanel)));
-  float* tmp = scratch(tmp_buf, static_cast<size_t>((mmax + 7) / 8 * 8 * kPanel));
-  if (aoff_buf.size() < static_cast<size_t>(std::max(kmax, kChannelBlock2)))
-    aoff_buf.resize(std::max(kmax, kChannelBlock2));
-  int64_t* aoff = aoff_buf.data();
+  int64_t aoff[kChannelBlock2];
   float bias[kPanel];
   const float* a[kRows];
   float* y[kRows];
-  // ---- conv2, tap by tap, kChannelBlock2 source channels at a time
+  ColChunks local;
+  // tap by tap, kChannelBlock2 source channels at a time
   for (int64_t t = 0; t < 9; ++t) {
     const int64_t dy = t / 3, dx = t % 3;
     for (int64_t c_lo = 0; c_lo < wp1; c_lo += kChannelBlock2) {
@@ -786,7 +879,7 @@ void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
         kept_range(pl, s, c_lo, c_lo + kChannelBlock2, lo, hi);
         const int32_t* cols = pl.cols.data() + s * pl.kpmax;
         const float* h1s = h1 + pl.h1off[s];
-        float* h2p = h2 + h2off_buf[i];
+        float* h2p = h2 + h2off[i];
         // entries [e0, e1) of the list at a time, at most a block's rows
         // (more only when the list is out of order or repeats channels)
         for (int64_t e0 = lo; e0 < hi; e0 += kChannelBlock2) {
@@ -795,15 +888,14 @@ void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
           const Mode mode = split_mode(t == 0 && e0 == 0, last);
           const int64_t base = (dy * g.dil * wpx + dx * g.dil) * kp + e0;
           for (int64_t c = 0; c < e1 - e0; ++c) aoff[c] = base + c;
-          for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
-            const int nv =
-                static_cast<int>(std::min<int64_t>(kPanel, kp - j0) / kLanes);
-            const int64_t wdt = nv * kLanes;
+          for_panel_parts(pc.j0, pc.j1, [&](int64_t j0, int64_t j1) {
+            const int64_t wdt = j1 - j0;
+            const int nv = static_cast<int>(wdt / kLanes);
             gather_block(
                 w2t, e1 - e0,
                 [&](int64_t q) { return (t * wp1 + kept[e0 + q]) * wp1; },
                 cols + j0, std::max<int64_t>(0, std::min(wdt, k - j0)), wdt,
-                pl.pairs[s], pl.chunks_of(s) + j0 / kPanel, block);
+                pl.pairs[s], piece_chunks(pl, s, j0, wdt, local), block);
             if (last)
               for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
             for (int64_t p = pc.p0; p < pc.p1; p += kRows) {
@@ -818,25 +910,82 @@ void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
               pick_mode(mode, r, nv, avx512)(a, aoff, block, e1 - e0, bias,
                                              y, nullptr);
             }
-          }
+          });
         }
       }
     }
   }
-  // ---- conv3 and the add, one 64-channel panel of w3t at a time
+}
+
+// conv3 and the add into out for the pieces (pixels and output channels of
+// a sample; conv2's output of piece i at h2 + h2off[i], as conv2_blocked
+// writes it), one 64-channel panel block of w3t at a time over all the
+// pieces, so that a strip of w3t (its 64 columns, 128 KB at width 512) is
+// read once per thread; part: the thread's (N, C_out) channel sums, or
+// null.
+void conv3_add(const Geometry& g, const ChannelPlan& pl,
+               const std::vector<Piece>& pieces, const int64_t* h2off,
+               const float* h2, const float* w3t, const float* b3,
+               float* out, float* part, bool avx512) {
+  if (pieces.empty()) return;
+  const int64_t p_out = g.ho * g.wo;
+  int64_t kmax = 0, mmax = 0;
+  for (const Piece& pc : pieces) {
+    kmax = std::max(kmax, pl.k[pc.s]);
+    mmax = std::max(mmax, pc.p1 - pc.p0);
+  }
+  thread_local std::vector<float> panel_buf, tmp_buf;
+  thread_local std::vector<int64_t> aoff_buf;
+  float* panel = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, kmax * kPanel)));
+  // conv3 results of a panel, pixel-major, rows rounded up to 8 (the
+  // transposed epilogue reads blocks of 8 rows)
+  float* tmp = scratch(tmp_buf, static_cast<size_t>((mmax + 7) / 8 * 8 * kPanel));
+  if (aoff_buf.size() < static_cast<size_t>(std::max<int64_t>(1, kmax)))
+    aoff_buf.resize(std::max<int64_t>(1, kmax));
+  int64_t* aoff = aoff_buf.data();
   for (int64_t c = 0; c < kmax; ++c) aoff[c] = c;
-  for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
-    const int wdt = static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
+  for (int64_t b0 = 0; b0 < g.c_out; b0 += kPanel) {
     for (size_t i = 0; i < pieces.size(); ++i) {
       const Piece& pc = pieces[i];
+      const int64_t j0 = std::max(b0, pc.j0);
+      const int64_t j1 = std::min(b0 + kPanel, pc.j1);
+      if (j0 >= j1) continue;
       const int64_t s = pc.s, m = pc.p1 - pc.p0;
-      conv3_panel(h2 + h2off_buf[i], pl.kp[s], m, pl.kept + s * pl.kk,
-                  pl.k[s], w3t, g.c_out, j0, wdt, panel, aoff, tmp, avx512);
+      const int wdt = static_cast<int>(j1 - j0);
+      conv3_panel(h2 + h2off[i], pl.kp[s], m, pl.kept + s * pl.kk, pl.k[s],
+                  w3t, g.c_out, j0, wdt, panel, aoff, tmp, avx512);
       add_conv3(tmp, m, wdt, b3 + j0,
                 out + (s * g.c_out + j0) * p_out + pc.p0, p_out,
                 part != nullptr ? part + s * g.c_out + j0 : nullptr, avx512);
     }
   }
+}
+
+// Phase 2, row-blocked (blocked2): conv2 (+ ReLU), conv3 and the add into
+// out for the thread's pieces of the output-pixel sequence [b, e), conv2's
+// output in the thread's buffer; part: the thread's (N, C_out) channel
+// sums, or null.
+void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
+                    int64_t e, const float* h1, const float* b2,
+                    const float* w2t, const float* w3t, const float* b3,
+                    float* out, float* part, bool avx512) {
+  thread_local std::vector<Piece> pieces, pieces3;
+  const int64_t p_out = g.ho * g.wo;
+  collect_pieces(pl, b, e, p_out, -1, pieces);
+  if (pieces.empty()) return;
+  collect_pieces(pl, b, e, p_out, g.c_out, pieces3);
+  thread_local std::vector<int64_t> h2off_buf;
+  h2off_buf.resize(pieces.size());
+  int64_t h2_total = 0;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    h2off_buf[i] = h2_total;
+    h2_total += (pieces[i].p1 - pieces[i].p0) * pl.kp[pieces[i].s];
+  }
+  thread_local std::vector<float> h2_buf;
+  float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, h2_total)));
+  conv2_blocked(g, pl, pieces, h2off_buf.data(), h1, b2, w2t, h2, avx512);
+  conv3_add(g, pl, pieces3, h2off_buf.data(), h2, w3t, b3, out, part,
+            avx512);
 }
 
 Geometry channel_geometry(int64_t n, int64_t c_in, int64_t h, int64_t w,
@@ -879,7 +1028,7 @@ void check_counts(const at::Tensor& chs, const at::Tensor& counts,
 std::string channel_branch_isa() { return cpu_avx512f() ? "avx512f" : "generic"; }
 
 std::vector<int64_t> channel_blocked_max_pixels() {
-  return {kBlockedMaxPixels1, kBlockedMaxPixels2};
+  return {kBlockedMaxPixels1, kBlockedMaxPixels2, kColUnits};
 }
 
 void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
@@ -931,7 +1080,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   // they use this reference to the caller's)
   thread_local ChannelPlan caller_plan;
   ChannelPlan& pl = caller_plan;
-  thread_local std::vector<float> panel_buf, h1_buf;
+  thread_local std::vector<float> panel_buf, h1_buf, h2_buf;
   plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
                chs.size(1), parts, avx512, !force_unblocked, pl);
   float* panels = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, pl.panel_total)));
@@ -944,14 +1093,20 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   const int64_t p_in = g.h * g.w, p_out = g.ho * g.wo;
   // phase 1: conv1 (and the conv1 buffers' border)
   at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<Piece> pieces;
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t s = t; s < g.n; s += parts)
         if (pl.kp[s] > 0)
           zero_border(h1 + pl.h1off[s], g.hp(), g.wpx(), g.pad, pl.kp[s]);
-      if (pl.blocked1)
-        conv1_blocked(g, pl, pl.b1[t], pl.b1[t + 1], xp, b1p,
-                      w1t.data_ptr<float>(), h1, avx512);
-      else
+      if (pl.blocked1) {
+        if (pl.colsplit)
+          collect_column_pieces(pl.count1, pl.b1[t], pl.b1[t + 1], p_in,
+                                pieces);
+        else
+          collect_pieces(pl, pl.b1[t], pl.b1[t + 1], p_in, -1, pieces);
+        conv1_blocked(g, pl, pieces, xp, b1p, w1t.data_ptr<float>(), h1,
+                      avx512);
+      } else
         for_pieces(pl.b1[t], pl.b1[t + 1], p_in,
                    [&](int64_t s, int64_t q0, int64_t q1) {
                      conv1_piece(g, pl, s, q0, q1, xp, b1p, panels,
@@ -969,6 +1124,41 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   float* part = with_sums ? row_epilogue::zeroed_partials(
                                 part_buf, parts * g.n * g.c_out)
                           : nullptr;
+  if (pl.colsplit) {
+    // column split: conv2 into the shared buffer, then (all of each
+    // sample's conv2 output written) conv3 and the add
+    float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, pl.h2_total)));
+    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+      thread_local std::vector<Piece> pieces;
+      thread_local std::vector<int64_t> h2off;
+      for (int64_t t = t0; t < t1; ++t) {
+        collect_column_pieces(pl.count2, pl.b2[t], pl.b2[t + 1], p_out,
+                              pieces);
+        h2off.resize(pieces.size());
+        for (size_t i = 0; i < pieces.size(); ++i)
+          h2off[i] = pl.h2off[pieces[i].s];
+        conv2_blocked(g, pl, pieces, h2off.data(), h1, b2p,
+                      w2t.data_ptr<float>(), h2, avx512);
+      }
+    });
+    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+      thread_local std::vector<Piece> pieces;
+      thread_local std::vector<int64_t> h2off;
+      for (int64_t t = t0; t < t1; ++t) {
+        collect_column_pieces(pl.count3, pl.b3[t], pl.b3[t + 1], p_out,
+                              pieces);
+        h2off.resize(pieces.size());
+        for (size_t i = 0; i < pieces.size(); ++i)
+          h2off[i] = pl.h2off[pieces[i].s];
+        conv3_add(g, pl, pieces, h2off.data(), h2, w3p, b3p, op,
+                  with_sums ? part + t * g.n * g.c_out : nullptr, avx512);
+      }
+    });
+    if (with_sums)
+      row_epilogue::add_partials(part, parts, g.n * g.c_out,
+                                 sums.data_ptr<float>());
+    return;
+  }
   at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
       if (pl.blocked2)
@@ -993,10 +1183,12 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
 }
 
 // Per-thread work of channel_branch_add_relu_cpu's plan for `threads`
-// threads, without running it: a (2, threads) float64 tensor, row 0 the
+// threads, without running it: a (3, threads) float64 tensor, row 0 the
 // cost of phase 1 (C_in x kp MACs per input pixel of a sample), row 1 that
 // of phase 2 (9 k kp + k C_out MACs + kEpilogueMacs C_out per output
-// pixel), in the units the partition balances. The gather phase (equal
+// pixel), row 2 zeros; with the column split row 1 conv2 alone (9 k kp
+// per output pixel) and row 2 conv3 with the epilogue, the same totals.
+// In the units the partition balances. The up-front gather phase (equal
 // items of 16 weight rows, a static contiguous split) is not included.
 at::Tensor channel_partition_work(const at::Tensor& chs,
                                   const at::Tensor& counts, int64_t c_in,
@@ -1007,24 +1199,34 @@ at::Tensor channel_partition_work(const at::Tensor& chs,
   TORCH_CHECK(threads >= 1, "threads must be >= 1");
   TORCH_CHECK(c_in >= 1 && h >= 1 && w >= 1 && width >= 1 && c_out >= 1,
               "sizes must be positive");
+  TORCH_CHECK(c_out % kLanes == 0, "C_out must be a multiple of 16");
   const Geometry g = channel_geometry(counts.size(0), c_in, h, w, width,
                                       c_out, stride, padding, dilation);
   check_counts(chs, counts, g.n, width);
   ChannelPlan pl;
   plan_channel(g, counts.data_ptr<int64_t>(), chs.data_ptr<int64_t>(),
                chs.size(1), threads, false, true, pl);
-  at::Tensor res = at::zeros({2, threads}, at::kDouble);
+  at::Tensor res = at::zeros({3, threads}, at::kDouble);
   double* r = res.data_ptr<double>();
-  const int64_t per[2] = {g.h * g.w, g.ho * g.wo};
-  const std::vector<int64_t>* bounds[2] = {&pl.b1, &pl.b2};
-  const std::vector<double>* costs[2] = {&pl.cost1, &pl.cost2};
-  for (int ph = 0; ph < 2; ++ph)
-    for (int64_t t = 0; t < threads; ++t)
-      for_pieces((*bounds[ph])[t], (*bounds[ph])[t + 1], per[ph],
-                 [&](int64_t s, int64_t q0, int64_t q1) {
-                   r[ph * threads + t] +=
-                       (*costs[ph])[s] * static_cast<double>(q1 - q0);
-                 });
+  const std::vector<int64_t>* bounds[3] = {&pl.b1, &pl.b2, &pl.b3};
+  const std::vector<int64_t>* counts3[3] = {&pl.count1, &pl.count2,
+                                            &pl.count3};
+  const std::vector<double>* costs[3] = {&pl.cost1, &pl.cost2, &pl.cost3};
+  // each phase's units (pixels, or column units with colsplit) in their
+  // per-sample segments, costs[s] each
+  for (int ph = 0; ph < 3; ++ph)
+    for (int64_t t = 0; t < threads; ++t) {
+      const int64_t b = (*bounds[ph])[t], e = (*bounds[ph])[t + 1];
+      int64_t start = 0;
+      for (int64_t s = 0; s < g.n && start < e; ++s) {
+        const int64_t end = start + (*counts3[ph])[s];
+        const int64_t u0 = std::max(b, start), u1 = std::min(e, end);
+        if (u0 < u1)
+          r[ph * threads + t] +=
+              (*costs[ph])[s] * static_cast<double>(u1 - u0);
+        start = end;
+      }
+    }
   return res;
 }
 

@@ -47,6 +47,10 @@ run (median process CPU time of repeated calls after warm-up,
   (``policy.LAYER_FUSED_CPU``), against the choice without it (wall-clock
   medians: the choices are about how the threads share the work; run it
   with ``--threads 2``);
+- ``channel_split``: the fused channel kernel on R50's 7 x 7-output
+  blocks at batch 1, with fewer samples than threads: each sample's
+  columns split over the threads against its panels gathered up front
+  and its pixels split (wall-clock medians; run it with ``--threads 2``);
 - ``handoff``: a dense spatial block's epilogue when the next block is
   spatial: torch's ``add_`` and ``relu_``, then the next masker's logit
   pass (:func:`~laud_mm.ops.spatial_logit_pool`) against one pass for all
@@ -333,6 +337,69 @@ def layer_rows() -> List[Row]:
     return rows
 
 
+def channel_split_rows(batch: int = 1, rate: float = 0.6) -> List[Row]:
+    """``channel_split``: the fused channel kernel
+    (:func:`~laud_mm.ops.channel_branch_add_relu`) on R50's 7 x 7-output
+    channel blocks (the stride-2 block 3.0 and an identity block of stage
+    4, G = 2, each group kept with probability ``rate``, seed 0) at
+    ``batch``: with fewer samples than threads the kernel splits each
+    sample's columns over the threads (every phase row-blocked) against
+    its panels gathered up front and the pixels split
+    (``force_unblocked``: its path at such batches before the column
+    split). Median wall-clock ms of 21 calls after 3, each accumulating
+    into the same shortcut; note: whether the outputs are bit-equal (run
+    it with ``--threads 2``; at one thread, or with a sample per thread,
+    both run the pixel split).
+
+    Raises:
+        RuntimeError: without the compiled extension.
+    """
+    from laud_mm.ops import channel_kept_lists, extension
+    from laud_mm.ops.partition import channel_partition_work
+    ext = extension()
+    if ext is None:
+        raise RuntimeError('channel_split: laud_mm._ext is not built')
+    rows = []
+    for c_in, hw, stride in ((1024, 14, 2), (2048, 7, 1)):
+        torch.manual_seed(0)
+        ds = torch.nn.Sequential(
+            torch.nn.Conv2d(c_in, 2048, 1, stride, bias=False),
+            torch.nn.BatchNorm2d(2048)) if c_in != 2048 else None
+        blk = LAUDBottleneck(c_in, 512, stride=stride, downsample=ds,
+                             paradigm='channel', granularity=2).eval()
+        fb = folded(blk)
+        gate = (torch.rand(batch, 256) < rate).float()
+        chs, counts, _ = channel_kept_lists(gate, 2, policy.CHANNEL_PAD)
+        x = torch.rand(batch, c_in, hw, hw)
+        out = torch.rand(batch, 2048, 7, 7)
+        packed = fb.channel_packed()
+
+        def run(unblocked: bool, o=None):
+            o = out.clone() if o is None else o
+            ext.channel_branch_add_relu(o, x, chs, counts, *packed, stride,
+                                        1, 1, force_unblocked=unblocked)
+            return o
+
+        def ms(unblocked: bool) -> float:
+            buf = out.clone()
+            for _ in range(3):
+                run(unblocked, buf)
+            return statistics.median(wall_ms(lambda: run(unblocked, buf))
+                                     for _ in range(21))
+        columns = float(channel_partition_work(
+            chs, counts, c_in, (hw, hw), 512, 2048, stride, 1, 1,
+            torch.get_num_threads())[2].sum()) > 0
+        equal = torch.equal(run(False), run(True))
+        rows.append((
+            'channel_split',
+            f'{c_in} ch {hw}x{hw} -> 7x7, batch {batch}, '
+            f'{int(counts.float().mean())} of 512 kept',
+            'columns split (wall)' if columns else 'pixels split (wall)',
+            ms(False), 'panels up front, pixels split (wall)', ms(True),
+            f'bit-equal: {equal}'))
+    return rows
+
+
 def handoff_rows(batch: int = 8, size: int = 224) -> List[Row]:
     """``handoff``: the dense spatial epilogue with the next masker's
     logits, torch's two passes plus the logit pass against
@@ -591,6 +658,7 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      window_conv1=window_conv1_rows, scatter=scatter_rows,
                      weight_reorder=reorder_rows, masker=masker_rows,
                      handoff=handoff_rows, layer=layer_rows,
+                     channel_split=channel_split_rows,
                      masker_gate=masker_gate_rows,
                      max_pool=max_pool_rows,
                      pixels=pixel_rows, regions=region_rows)

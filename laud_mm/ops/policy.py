@@ -117,15 +117,23 @@ CHANNEL_DENSE_RATE = 0.7
 #: :func:`laud_mm.ops.channel_branch_add_relu` instead of the batched GEMMs,
 #: at any batch size (:func:`fused_cpu_threads`)
 CHANNEL_FUSED_CPU = True
-#: with at least a sample per thread, the fused kernel runs conv1
-#: row-blocked on input maps of at most this many pixels, conv2 / conv3 on
-#: output maps of at most :data:`CHANNEL_BLOCKED_MAX_OUT_PIXELS`: those
+#: with at least a sample per thread (fewer: the column split below), the
+#: fused kernel runs conv1 row-blocked on input maps of at most this many
+#: pixels, conv2 / conv3 on output maps of at most
+#: :data:`CHANNEL_BLOCKED_MAX_OUT_PIXELS`: those
 #: phases' weight panels are gathered block by block in L2, never written
 #: for the whole batch (the kernel's kBlockedMaxPixels1 / 2 in
 #: ``csrc/cpu/channel_conv_cpu.cpp``, which the latency model follows;
 #: docs/benchmarks.md, thirteenth round)
 CHANNEL_BLOCKED_MAX_IN_PIXELS = 196
 CHANNEL_BLOCKED_MAX_OUT_PIXELS = 49
+#: with fewer samples than threads, on maps within both thresholds above,
+#: the fused kernel splits each sample's kept columns over the threads
+#: (every phase row-blocked, three phases) instead of its pixels, when the
+#: batch has at least this many units of 16 kept columns per thread (the
+#: kernel's kColUnits, which the latency model follows; docs/benchmarks.md,
+#: twentieth round)
+CHANNEL_COLUMN_UNITS = 4
 
 
 def fused_cpu_threads() -> bool:

@@ -604,3 +604,28 @@ def test_in_network_per_block_rows_on_r50():
     with pytest.raises(ValueError, match="--per-block='bad'"):
         resnet.benchmark_resnet(quick=True, rates=[1.0], plot_path='',
                                 per_block_table=True, per_block_mode='bad')
+
+
+def test_channel_split_rows_name_the_split_and_match():
+    """The kernel benchmarks' channel_split rows time the fused channel
+    kernel's column split against its panels gathered up front at batch
+    1: at 2 threads the plan splits columns (the row says so) and the two
+    give the same bits; at one thread both split pixels."""
+    if ops.extension() is None:
+        pytest.skip('laud_mm._ext is not built')
+    prev = torch.get_num_threads()
+    try:
+        for threads, first in ((2, 'columns split (wall)'),
+                               (1, 'pixels split (wall)')):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                rows = kernels.channel_split_rows()
+            assert [r[1].split(',')[0] for r in rows] == [
+                '1024 ch 14x14 -> 7x7', '2048 ch 7x7 -> 7x7']
+            for kernel, _, a, ta, b, tb, note in rows:
+                assert kernel == 'channel_split' and ta > 0 and tb > 0
+                assert a == first, threads
+                assert b == 'panels up front, pixels split (wall)'
+                assert note == 'bit-equal: True'
+    finally:
+        torch.set_num_threads(prev)

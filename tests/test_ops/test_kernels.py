@@ -567,15 +567,17 @@ def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
 
 
 def test_channel_row_blocked_thresholds_match_policy():
-    """The latency model prices the channel kernel's panel writes from
-    ``policy.CHANNEL_BLOCKED_MAX_IN_PIXELS`` / ``_OUT_PIXELS``: the same
-    thresholds as the kernel's row-blocked phases."""
+    """The latency model prices the channel kernel's panel writes and
+    phases from ``policy.CHANNEL_BLOCKED_MAX_IN_PIXELS`` / ``_OUT_PIXELS``
+    and ``CHANNEL_COLUMN_UNITS``: the same thresholds as the kernel's
+    row-blocked phases and its column split."""
     from laud_mm.ops import policy
     if ops.extension() is None:
         pytest.skip('laud_mm._ext is not built')
     assert list(ops.extension().channel_blocked_max_pixels()) == [
         policy.CHANNEL_BLOCKED_MAX_IN_PIXELS,
-        policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS]
+        policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS,
+        policy.CHANNEL_COLUMN_UNITS]
 
 
 @pytest.mark.parametrize('h,w', [(7, 7), (9, 8), (15, 14)])  # every phase
@@ -920,6 +922,69 @@ def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
 
 
 @needs_ext
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride,kept', [
+    (1, 300, 300, 32, 7, 7, 1, [list(range(2, 258))]),  # batch 1, 7 x 7
+    (1, 300, 300, 48, 14, 14, 2, [list(range(50, 250))]),  # stride 2
+    (2, 200, 300, 64, 7, 7, 1,              # every other channel: pairs
+     [list(range(37, 237)), list(range(1, 300, 2))]),  # off; samples
+    # split between threads
+])
+def test_channel_column_split_equals_one_thread(n, c_in, width, c_out, h,
+                                                w, stride, kept):
+    """With fewer samples than threads on outputs of at most 49 pixels
+    (inputs of at most 196), and at least
+    policy.CHANNEL_COLUMN_UNITS units of 16 kept columns per thread, the
+    kernel splits each sample's columns (kept channels in conv1 / conv2,
+    output channels in conv3) over the threads instead of its pixels,
+    pieces starting inside 64-column panel blocks (chunks built for
+    them): the plan takes that split (a third phase in
+    channel_partition_work, the same totals per phase), and the output
+    and its channel sums are the one-thread result bit for bit at 2 - 7
+    threads, AVX-512 and generic tiles, equal to the masked-dense
+    block."""
+    args, ident, dense = _channel_case(19, n, c_in, width, c_out, h, w,
+                                       stride, 1, 2, kept=kept)
+    x, chs, counts = args[:3]
+
+    def run(generic):
+        out = ident.clone()
+        sums = torch.zeros(n, c_out)
+        ops.extension().channel_branch_add_relu(
+            out, *args, force_generic=generic, sums=sums)
+        return out, sums
+    for generic in (False, True):
+        one = _with_threads(1, lambda: run(generic))
+        assert (one[0] - dense).abs().max() <= 1e-5
+        assert torch.allclose(one[1], dense.sum(dim=(2, 3)), rtol=1e-5,
+                              atol=1e-4)
+        split = 0
+        for threads in (2, 3, 5, 7):
+            work = ops.channel_partition_work(
+                chs, counts, c_in, (h, w), width, c_out, stride, 1, 1,
+                threads)
+            pixels = ops.channel_partition_work(
+                chs, counts, c_in, (h, w), width, c_out, stride, 1, 1, n)
+            # conv1's total, then conv2 + conv3 + the epilogue's, as the
+            # pixel split's (one thread per sample: no column split)
+            assert float(work[0].sum()) == float(pixels[0].sum())
+            assert float(work[1:].sum()) == float(pixels[1:].sum())
+            assert float(pixels[2].sum()) == 0.
+            columns = float(work[2].sum()) > 0
+            split += columns
+            more = _with_threads(threads, lambda: run(generic))
+            assert torch.equal(one[0], more[0]), (threads, generic)
+            if columns:  # each channel's sum over all pixels by one
+                # thread, as at one thread (a pixel split adds the
+                # threads' partial sums: the fp32 reduction-order
+                # tolerance)
+                assert torch.equal(one[1], more[1]), (threads, generic)
+            else:
+                assert torch.allclose(one[1], more[1], rtol=1e-6,
+                                      atol=1e-5), (threads, generic)
+        assert split >= 2  # the column split ran at two thread counts
+
+
+@needs_ext
 @pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride', [
     (3, 300, 140, 32, 7, 7, 1),     # every phase row-blocked, tail row
     # blocks of w1t (44 rows) and of w2t's channels (12)
@@ -1242,7 +1307,9 @@ def test_channel_partition_weighs_kept_counts():
     for threads in (2, 4, 8, 16):
         work = ops.channel_partition_work(chs, counts, c_in, hw, width,
                                           c_out, 1, 1, 1, threads)
-        assert work.shape == (2, threads)
+        assert work.shape == (3, threads)
+        # 14 x 14 output: pixels split, conv3 in phase 2 (no third phase)
+        assert float(work[2].abs().sum()) == 0.
         assert ops.imbalance(work) < 1.05, threads
     # the totals are the plan's costs: conv1 C_in x kp per input pixel
     kp = (counts + 15) // 16 * 16
