@@ -752,20 +752,29 @@ def test_eager_fused_kernels_at_any_batch():
                           'add_relu3']
     assert 'w1_panels' in names
     # with a sample per thread, the phases the kernel runs row-blocked
-    # write no panels: conv1 on 14 x 14 inputs (R50 stage 3), conv2 /
+    # write no panels up front: conv1 on 14 x 14 inputs (R50 stage 3), conv2 /
     # conv3 on 7 x 7 outputs (the stride-2 block 3.0 and stage 4); batch 1
-    # on 2 threads gathers them up front
+    # on 2 threads gathers them up front on 14 x 14 outputs and splits
+    # columns, every phase row-blocked, on 7 x 7 outputs
     geoms = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0]
-    for i, panels in ((8, ['w2_panels']), (13, []), (14, [])):
+    for i, panels, one in ((8, ['w2_panels'], ['w1_panels', 'w2_panels']),
+                           (13, [], []), (14, [], [])):
         assert geoms[i].in_hw[0] * geoms[i].in_hw[1] <= 196, i
-        for batch, want in ((2, panels), (1, ['w1_panels', 'w2_panels'])):
+        for batch, want in ((2, panels), (1, one)):
             names = [o.name for o in resnet_latency.channel_block_ops(
                 p, geoms[i], batch, 0.5)]
             assert [n for n in names if n.endswith('_panels')] == want, \
                 (i, batch)
+            # the row-blocked phases' gathers: the same writes, block by
+            # block
+            assert [n for n in names if n.endswith('_blocks')] == [
+                w for w in ('w1_blocks', 'w2_blocks')
+                if w.replace('_blocks', '_panels') not in want], (i, batch)
     # host calls of the fused kernel: 6, and with a parallel region's cost
-    # (region_us) one region per phase (up-front gathers, conv1, conv2 -
-    # conv3) on 2 threads, none on one PE; on a CPU spec the masker's MLP
+    # (region_us) one region per phase on 2 threads (batch 2: conv1, conv2
+    # - conv3; batch 1, column split: conv1, conv2, conv3; batch 1 on
+    # stage 3: up-front gathers, conv1, conv2 - conv3), none on one PE; on
+    # a CPU spec the masker's MLP
     # and decision are its one compiled call (ops.masker_gate: no relu /
     # view calls, no region), on a GPU spec its operators (relu, view; the
     # decision's 4 calls unless forced)
@@ -784,9 +793,11 @@ def test_eager_fused_kernels_at_any_batch():
             p, geoms[14], batch, 0.5))[1]
         assert by['phases'].ms == pytest.approx(phases * 0.040), batch
         # the kernel's passes open no region of their own
-        for k in ('w1_rows', 'conv1', 'conv3', 'add_relu3') + (
-                ('w1_panels',) if batch == 1 else ()):
+        for k in ('w1_rows', 'conv1', 'conv3', 'add_relu3'):
             assert by[k].launch_ms == pytest.approx(spec.launch_us * 1e-3), k
+    by = _by_name(resnet_latency.channel_block_ops(pr, geoms[8], 1, 0.5))[1]
+    assert by['phases'].ms == pytest.approx(3 * 0.040)
+    assert by['w1_panels'].launch_ms == pytest.approx(spec.launch_us * 1e-3)
     one = LatencyPredictor(spec.replace(num_pe=1, region_us=40.),
                            implementation='eager', forced_gates=True)
     names, by = _by_name(resnet_latency.channel_block_ops(one, geoms[14], 2,

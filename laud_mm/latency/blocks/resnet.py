@@ -317,7 +317,8 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
             c_out % 16 == 0:
         # the fused AVX-512 kernel (laud_mm.ops.channel_branch_add_relu;
         # a CPU spec with 16-lane vectors stands for AVX-512; any batch:
-        # its pixels are split over the N_PE threads, a GEMM's tiles over
+        # its pixels, or with fewer samples than PEs on small maps its
+        # columns, are split over the N_PE threads, a GEMM's tiles over
         # the PEs here): conv1 and conv2 panels gathered once per call,
         # then per sample three GEMMs over the pixels as rows (output
         # channels on the lanes: no pixel-vector rounding), conv3 into a
@@ -327,25 +328,36 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
         rows_in, rows_out = (in_px, 1), (out_px, 1)
         # the panel gathers read whole weight rows once per call (all of
         # w1, the kept rows of w2: what dominates at small batches) and
-        # write each sample's panels, except in the phases the kernel
-        # runs row-blocked on small maps when the batch has a sample per
-        # thread or more (their panels stay in L2)
+        # write each sample's panels: up front for the whole batch
+        # ('_panels', a phase of their own), or block by block in the
+        # phases the kernel runs row-blocked ('_blocks': the same writes,
+        # into L2): on small maps when the batch has a sample per thread
+        # or more, and, with fewer samples than threads on 7 x 7 outputs,
+        # every phase (the column split)
+        small_in = in_px <= policy.CHANNEL_BLOCKED_MAX_IN_PIXELS
+        small_out = out_px <= policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS
         blocked = batch >= hw.num_pe
-        panels = []
-        if not (blocked and in_px <= policy.CHANNEL_BLOCKED_MAX_IN_PIXELS):
-            panels.append(elementwise_latency(hw, 'w1_panels',
-                                              n * kq * c_in, 0, 1,
-                                              parallel=False))
-        if not (blocked and
-                out_px <= policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS):
-            panels.append(elementwise_latency(hw, 'w2_panels',
-                                              n * kq * k * 9, 0, 1,
-                                              parallel=False))
+        # the kernel counts each sample's units of 16 kept columns: a
+        # typical sample's count (exact with forced gates, where every
+        # sample keeps the same; else the mean)
+        k1 = channel_kept_padded(g, 1, d, pred.forced_gates)
+        columns = not blocked and small_in and small_out and \
+            batch * -(-k1 // 16) >= policy.CHANNEL_COLUMN_UNITS * hw.num_pe
+        row_blocked = (columns or (blocked and small_in),
+                       columns or (blocked and small_out))
+        panels = [
+            elementwise_latency(hw, ('w1', 'w2')[i] + (
+                '_blocks' if row_blocked[i] else '_panels'), elems, 0, 1,
+                parallel=False)
+            for i, elems in enumerate((n * kq * c_in, n * kq * k * 9))]
         # the kernel's parallel phases: the up-front gathers (when there
-        # are panels to write), conv1, conv2 - conv3 with the epilogue
+        # are panels to write up front), conv1, conv2 - conv3 with the
+        # epilogue; with the column split conv1, conv2, conv3 with the
+        # epilogue
+        phases = 3 if columns else 2 + (0 if all(row_blocked) else 1)
         return ops + [
             launch_latency(hw, 'bookkeeping', 6),
-            *region_ops(hw, 'phases', 2 + (1 if panels else 0)),
+            *region_ops(hw, 'phases', phases),
             elementwise_latency(hw, 'w1_rows', c_in * (width + 1), 1, 0,
                                 parallel=False),
             elementwise_latency(hw, 'w2_rows', 9 * k * (width + 1), 1, 0,
