@@ -771,31 +771,72 @@ inline void collect_column_pieces(const std::vector<int64_t>& counts,
   }
 }
 
-// The column chunks of sample s's kept columns [j0, j0 + wdt) (wdt <=
-// 64): the plan's when they are one of its panel blocks, else built into
-// `local` (a panel of a column-split piece).
-inline const ColChunks* piece_chunks(const ChannelPlan& pl, int64_t s,
-                                     int64_t j0, int64_t wdt,
-                                     ColChunks& local) {
-  const int64_t kp = pl.kp[s];
-  if (j0 % kPanel == 0 && wdt == std::min<int64_t>(kPanel, kp - j0))
-    return pl.chunks_of(s) + j0 / kPanel;
-  local.n = 0;
-  if (pl.avx512)
-    build_chunks(pl.cols.data() + s * pl.kpmax + j0,
-                 std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)),
-                 pl.pairs[s], local);
-  return &local;
-}
-
-// Calls fn(a, b) for the panels of the columns [j0, j1) of a piece: 64
-// columns from j0 on, the last one narrower (with j0 = 0 the plan's panel
-// blocks; a column-split piece that starts inside a block takes full-width
-// panels of its own, whose chunks piece_chunks builds).
+// Calls fn(a, b, i) for the panels of the columns [j0, j1) of a piece: 64
+// columns from j0 on, the last one narrower, i counting them from 0 (with
+// j0 = 0 the plan's panel blocks; a column-split piece that starts inside
+// a block takes full-width panels of its own).
 template <typename Fn>
 void for_panel_parts(int64_t j0, int64_t j1, Fn fn) {
-  for (int64_t a = j0; a < j1; a += kPanel) fn(a, std::min(j1, a + kPanel));
+  for (int64_t a = j0, i = 0; a < j1; a += kPanel, ++i)
+    fn(a, std::min(j1, a + kPanel), i);
 }
+
+// The column chunks of every panel of the pieces, once per phase:
+// chunks[first[i] + p] for panel p of piece i (for_panel_parts). The
+// plan's where a panel is one of its blocks, else built into `built` (the
+// panels of a column-split piece that starts inside a block), which the
+// row-block loops then reuse.
+struct PieceChunks {
+  std::vector<ColChunks> built;
+  std::vector<const ColChunks*> chunks;
+  std::vector<int64_t> first;
+
+  void build(const ChannelPlan& pl, const std::vector<Piece>& pieces) {
+    first.resize(pieces.size());
+    int64_t total = 0, own = 0;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      first[i] = total;
+      for_panel_parts(pieces[i].j0, pieces[i].j1,
+                      [&](int64_t a, int64_t b, int64_t) {
+                        ++total;
+                        own += !plans(pl, pieces[i].s, a, b - a);
+                      });
+    }
+    if (built.size() < static_cast<size_t>(own)) built.resize(own);
+    chunks.resize(total);
+    own = 0;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const int64_t s = pieces[i].s;
+      for_panel_parts(pieces[i].j0, pieces[i].j1,
+                      [&](int64_t a, int64_t b, int64_t p) {
+        if (plans(pl, s, a, b - a)) {
+          chunks[first[i] + p] = pl.chunks_of(s) + a / kPanel;
+          return;
+        }
+        ColChunks& c = built[own++];
+        c.n = 0;
+        if (pl.avx512)
+          build_chunks(pl.cols.data() + s * pl.kpmax + a,
+                       std::max<int64_t>(0, std::min(b - a, pl.k[s] - a)),
+                       pl.pairs[s], c);
+        chunks[first[i] + p] = &c;
+      });
+    }
+  }
+
+  const ColChunks* of(size_t piece, int64_t panel) const {
+    return chunks[first[piece] + panel];
+  }
+
+ private:
+  // whether sample s's columns [j0, j0 + wdt) are one of the plan's
+  // 64-column panel blocks
+  static bool plans(const ChannelPlan& pl, int64_t s, int64_t j0,
+                    int64_t wdt) {
+    return j0 % kPanel == 0 &&
+           wdt == std::min<int64_t>(kPanel, pl.kp[s] - j0);
+  }
+};
 
 inline Mode split_mode(bool first, bool last) {
   return first ? (last ? kStoreRelu : kFirst) : (last ? kLast : kMiddle);
@@ -814,25 +855,28 @@ void conv1_blocked(const Geometry& g, const ChannelPlan& pl,
   float bias[kPanel];
   const float* a[kRows];
   float* y[kRows];
-  ColChunks local;
+  thread_local PieceChunks pchunks;
+  pchunks.build(pl, pieces);
   for (int64_t q0 = 0; q0 < g.c_in; q0 += kRowBlock1) {
     const int64_t nq = std::min(kRowBlock1, g.c_in - q0);
     const bool last = q0 + nq == g.c_in;
     const Mode mode = split_mode(q0 == 0, last);
     for (int64_t c = 0; c < nq; ++c) aoff[c] = (q0 + c) * p_in;
-    for (const Piece& pc : pieces) {
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const Piece& pc = pieces[i];
       const int64_t s = pc.s, kp = pl.kp[s];
       if (kp == 0) continue;
       const int32_t* cols = pl.cols.data() + s * pl.kpmax;
       const float* xs = x + s * g.c_in * p_in;
       float* h1s = h1 + pl.h1off[s];
-      for_panel_parts(pc.j0, pc.j1, [&](int64_t j0, int64_t j1) {
+      for_panel_parts(pc.j0, pc.j1, [&](int64_t j0, int64_t j1,
+                                        int64_t panel) {
         const int64_t wdt = j1 - j0;
         const int nv = static_cast<int>(wdt / kLanes);
         gather_block(w1t + q0 * wp1, nq, [wp1](int64_t q) { return q * wp1; },
                      cols + j0,
                      std::max<int64_t>(0, std::min(wdt, pl.k[s] - j0)), wdt,
-                     pl.pairs[s], piece_chunks(pl, s, j0, wdt, local), block);
+                     pl.pairs[s], pchunks.of(i, panel), block);
         if (last)
           for (int l = 0; l < wdt; ++l) bias[l] = b1[cols[j0 + l]];
         const TileFn full = pick_mode(mode, kRows, nv, avx512);
@@ -865,7 +909,8 @@ void conv2_blocked(const Geometry& g, const ChannelPlan& pl,
   float bias[kPanel];
   const float* a[kRows];
   float* y[kRows];
-  ColChunks local;
+  thread_local PieceChunks pchunks;
+  pchunks.build(pl, pieces);
   // tap by tap, kChannelBlock2 source channels at a time
   for (int64_t t = 0; t < 9; ++t) {
     const int64_t dy = t / 3, dx = t % 3;
@@ -888,14 +933,15 @@ void conv2_blocked(const Geometry& g, const ChannelPlan& pl,
           const Mode mode = split_mode(t == 0 && e0 == 0, last);
           const int64_t base = (dy * g.dil * wpx + dx * g.dil) * kp + e0;
           for (int64_t c = 0; c < e1 - e0; ++c) aoff[c] = base + c;
-          for_panel_parts(pc.j0, pc.j1, [&](int64_t j0, int64_t j1) {
+          for_panel_parts(pc.j0, pc.j1, [&](int64_t j0, int64_t j1,
+                                            int64_t panel) {
             const int64_t wdt = j1 - j0;
             const int nv = static_cast<int>(wdt / kLanes);
             gather_block(
                 w2t, e1 - e0,
                 [&](int64_t q) { return (t * wp1 + kept[e0 + q]) * wp1; },
                 cols + j0, std::max<int64_t>(0, std::min(wdt, k - j0)), wdt,
-                pl.pairs[s], piece_chunks(pl, s, j0, wdt, local), block);
+                pl.pairs[s], pchunks.of(i, panel), block);
             if (last)
               for (int l = 0; l < wdt; ++l) bias[l] = b2[cols[j0 + l]];
             for (int64_t p = pc.p0; p < pc.p1; p += kRows) {
@@ -1128,32 +1174,36 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
     // column split: conv2 into the shared buffer, then (all of each
     // sample's conv2 output written) conv3 and the add
     float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, pl.h2_total)));
-    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
-      thread_local std::vector<Piece> pieces;
-      thread_local std::vector<int64_t> h2off;
-      for (int64_t t = t0; t < t1; ++t) {
-        collect_column_pieces(pl.count2, pl.b2[t], pl.b2[t + 1], p_out,
-                              pieces);
-        h2off.resize(pieces.size());
-        for (size_t i = 0; i < pieces.size(); ++i)
-          h2off[i] = pl.h2off[pieces[i].s];
-        conv2_blocked(g, pl, pieces, h2off.data(), h1, b2p,
-                      w2t.data_ptr<float>(), h2, avx512);
-      }
-    });
-    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
-      thread_local std::vector<Piece> pieces;
-      thread_local std::vector<int64_t> h2off;
-      for (int64_t t = t0; t < t1; ++t) {
-        collect_column_pieces(pl.count3, pl.b3[t], pl.b3[t + 1], p_out,
-                              pieces);
-        h2off.resize(pieces.size());
-        for (size_t i = 0; i < pieces.size(); ++i)
-          h2off[i] = pl.h2off[pieces[i].s];
-        conv3_add(g, pl, pieces, h2off.data(), h2, w3p, b3p, op,
-                  with_sums ? part + t * g.n * g.c_out : nullptr, avx512);
-      }
-    });
+    // a phase over each thread's pieces of a unit sequence, conv2's
+    // output of piece i at h2 + h2off[i]
+    auto column_phase = [&](const std::vector<int64_t>& counts,
+                            const std::vector<int64_t>& bounds, auto fn) {
+      at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+        thread_local std::vector<Piece> pieces;
+        thread_local std::vector<int64_t> h2off;
+        for (int64_t t = t0; t < t1; ++t) {
+          collect_column_pieces(counts, bounds[t], bounds[t + 1], p_out,
+                                pieces);
+          h2off.resize(pieces.size());
+          for (size_t i = 0; i < pieces.size(); ++i)
+            h2off[i] = pl.h2off[pieces[i].s];
+          fn(t, pieces, h2off.data());
+        }
+      });
+    };
+    column_phase(pl.count2, pl.b2,
+                 [&](int64_t, const std::vector<Piece>& pieces,
+                     const int64_t* h2off) {
+                   conv2_blocked(g, pl, pieces, h2off, h1, b2p,
+                                 w2t.data_ptr<float>(), h2, avx512);
+                 });
+    column_phase(pl.count3, pl.b3,
+                 [&](int64_t t, const std::vector<Piece>& pieces,
+                     const int64_t* h2off) {
+                   conv3_add(g, pl, pieces, h2off, h2, w3p, b3p, op,
+                             with_sums ? part + t * g.n * g.c_out : nullptr,
+                             avx512);
+                 });
     if (with_sums)
       row_epilogue::add_partials(part, parts, g.n * g.c_out,
                                  sums.data_ptr<float>());
@@ -1199,7 +1249,8 @@ at::Tensor channel_partition_work(const at::Tensor& chs,
   TORCH_CHECK(threads >= 1, "threads must be >= 1");
   TORCH_CHECK(c_in >= 1 && h >= 1 && w >= 1 && width >= 1 && c_out >= 1,
               "sizes must be positive");
-  TORCH_CHECK(c_out % kLanes == 0, "C_out must be a multiple of 16");
+  TORCH_CHECK(c_out % kLanes == 0, "c_out must be a multiple of 16, got ",
+              c_out);
   const Geometry g = channel_geometry(counts.size(0), c_in, h, w, width,
                                       c_out, stride, padding, dilation);
   check_counts(chs, counts, g.n, width);

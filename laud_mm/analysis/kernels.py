@@ -94,7 +94,9 @@ from laud_mm.models.layers.gates import KEEP, SKIP
 from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
                                            folded, spatial_patch_convs,
                                            window_conv1)
-from laud_mm.ops import (add_relu_logit_pool_, fast_spatial_branch,
+from laud_mm.ops import (add_relu_logit_pool_, channel_kept_lists,
+                         channel_partition_work, extension,
+                         fast_spatial_branch,
                          gather_kept_weights, gather_kept_weights_reference,
                          max_pool2d, policy, spatial_logit_pool,
                          spatial_logit_pool_reference)
@@ -354,8 +356,6 @@ def channel_split_rows(batch: int = 1, rate: float = 0.6) -> List[Row]:
     Raises:
         RuntimeError: without the compiled extension.
     """
-    from laud_mm.ops import channel_kept_lists, extension
-    from laud_mm.ops.partition import channel_partition_work
     ext = extension()
     if ext is None:
         raise RuntimeError('channel_split: laud_mm._ext is not built')

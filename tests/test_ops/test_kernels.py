@@ -921,6 +921,15 @@ def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
         assert torch.equal(one, _with_threads(threads, run)), threads
 
 
+def _channel_kernel_with_sums(args, ident, **flags):
+    """The compiled channel kernel on a copy of ``ident`` with the output's
+    channel sums: (out (N, C_out, Ho, Wo), sums (N, C_out))."""
+    out = ident.clone()
+    sums = torch.zeros(ident.shape[:2])
+    ops.extension().channel_branch_add_relu(out, *args, sums=sums, **flags)
+    return out, sums
+
+
 @needs_ext
 @pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride,kept', [
     (1, 300, 300, 32, 7, 7, 1, [list(range(2, 258))]),  # batch 1, 7 x 7
@@ -947,11 +956,7 @@ def test_channel_column_split_equals_one_thread(n, c_in, width, c_out, h,
     x, chs, counts = args[:3]
 
     def run(generic):
-        out = ident.clone()
-        sums = torch.zeros(n, c_out)
-        ops.extension().channel_branch_add_relu(
-            out, *args, force_generic=generic, sums=sums)
-        return out, sums
+        return _channel_kernel_with_sums(args, ident, force_generic=generic)
     for generic in (False, True):
         one = _with_threads(1, lambda: run(generic))
         assert (one[0] - dense).abs().max() <= 1e-5
@@ -1001,11 +1006,8 @@ def test_channel_row_blocked_phases_equal_up_front_panels(n, c_in, width,
                                        stride, 1, 2)
 
     def run(unblocked):
-        out = ident.clone()
-        sums = torch.zeros(n, c_out)
-        ops.extension().channel_branch_add_relu(
-            out, *args, sums=sums, force_unblocked=unblocked)
-        return out, sums
+        return _channel_kernel_with_sums(args, ident,
+                                         force_unblocked=unblocked)
     for threads in (1, 2):
         blocked = _with_threads(threads, lambda: run(False))
         unblocked = _with_threads(threads, lambda: run(True))
@@ -1326,6 +1328,10 @@ def test_channel_partition_weighs_kept_counts():
     with pytest.raises(ValueError, match='threads=0'):
         ops.channel_partition_work(chs, counts, c_in, hw, width, c_out, 1,
                                    1, 1, 0)
+    # the kernel's C_out rule (its conv3 units are 16 channels)
+    with pytest.raises(RuntimeError, match='multiple of 16, got 20'):
+        ops.channel_partition_work(chs, counts, c_in, hw, width, 20, 1, 1,
+                                   1, 2)
 
 
 def test_imbalance():
