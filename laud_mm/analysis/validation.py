@@ -21,8 +21,11 @@ Timing (:func:`laud_mm.latency.calibration.time_fn`): every case is timed
 in ``repeats`` sweeps over all cases (each the fastest of >= 10 calls) and
 keeps its fastest sweep; with one CPU thread the clock is the thread's CPU
 time, so time slices that other processes take on the core are not
-counted. ``reuse`` re-predicts the cases of an earlier ``results.json``
-(after a model change) without measuring.
+counted. Each block call starts as inside a backbone forward
+(:func:`laud_mm.latency.calibration.cold_start`: its weights in DRAM, the
+host code warm, its input in cache; at most 30 calls), unless
+``warm_caches``. ``reuse`` re-predicts the cases of an earlier
+``results.json`` (after a model change) without measuring.
 
 :func:`validate_predictor` writes ``results.json``, ``table.md`` (the table
 of ``docs/latency_predictor.md``) and ``pred_vs_measured.png`` (like the
@@ -31,6 +34,7 @@ paradigm). Command line: ``tools/analysis_tools/validate_predictor.py``.
 
 Source: paper sec. 3.3 "Empirical validation" and Fig. 5.
 """
+import copy
 import json
 import math
 import os
@@ -41,7 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from laud_mm.latency.calibration import time_fn
+from laud_mm.latency.calibration import cache_evictor, cold_start, time_fn
 
 from .forced_gates import gate_shape, random_gate, realised_density
 
@@ -63,12 +67,19 @@ def build(paradigm: Optional[str], gran, device: torch.device):
 
 def measure_cases(device: torch.device, quick: bool = False,
                   min_time: float = 0.05, repeats: int = 3,
-                  clock: str = 'auto', seed: int = 0, backbone: bool = True
-                  ) -> List[Dict]:
+                  clock: str = 'auto', seed: int = 0, backbone: bool = True,
+                  warm_caches: bool = False) -> List[Dict]:
     """Build every case (model, input, forced gates), then time them in
     ``repeats`` sweeps over all cases and keep each case's fastest sweep
     (sweeps minutes apart: a burst of load from other processes inflates
-    one sweep, not all).
+    one sweep, not all). Unless ``warm_caches``, every timed call of a
+    block starts as inside a backbone forward, where each block's weights
+    were last read a forward earlier (:func:`~laud_mm.latency.calibration.
+    cold_start`): the caches evicted, then a twin of the block (a copy
+    with its own weights, the same gate) run on a copy of the input, then
+    the input read: the block's weights come from DRAM, the host code is
+    warm and the input in cache. The whole backbones are timed back to
+    back (a forward is its own such sequence).
 
     Args:
         device: where to run.
@@ -78,6 +89,8 @@ def measure_cases(device: torch.device, quick: bool = False,
         clock: timer (:func:`laud_mm.latency.calibration.select_clock`).
         seed: seed of the gate patterns.
         backbone: add the whole-backbone cases.
+        warm_caches: time the blocks' calls back to back instead (a
+            block's weights stay in cache from one call to the next).
 
     Returns:
         one dict per case: kind ('block' / 'backbone'), block, j (block
@@ -95,7 +108,9 @@ def measure_cases(device: torch.device, quick: bool = False,
     configs = [('spatial', S) for S in (1, 2, 4, 7)] + \
         [('channel', G) for G in (1, 2, 4)] + [('layer', None)]
     in_hw = (224, 224)
-    jobs = []  # (case dict, gates: [(masker, gate)], fn, min_time)
+    # (case dict, gates: [(masker, gate)], fn, min_time, twin's call or
+    # None, input)
+    jobs = []
 
     def block_index(geoms, s, i):
         return [k for k, g in enumerate(geoms) if g.stage == s and
@@ -105,6 +120,7 @@ def measure_cases(device: torch.device, quick: bool = False,
     sgeoms = static.block_geometries(in_hw)
     for (s, i) in blocks:
         j = block_index(sgeoms, s, i)
+        twin = copy.deepcopy(static.blocks[j])
         for b in batches:
             x = torch.randn(b, sgeoms[j].in_channels, *sgeoms[j].in_hw,
                             device=device)
@@ -112,7 +128,9 @@ def measure_cases(device: torch.device, quick: bool = False,
                               paradigm='static', granularity=None, batch=b,
                               density=None), [],
                          partial(static_bottleneck_forward, static.blocks[j],
-                                 x), min_time))
+                                 x), min_time,
+                         partial(static_bottleneck_forward, twin, x.clone()),
+                         x))
     for par, gran in configs:
         model = build(par, None if gran is None else (gran,) * 4, device)
         geoms = model.block_geometries(in_hw)
@@ -121,9 +139,11 @@ def measure_cases(device: torch.device, quick: bool = False,
             geom, blk = geoms[j], model.blocks[j]
             if par == 'spatial' and gran > max(geom.out_hw):
                 continue
+            twin = copy.deepcopy(blk)
             for b in batches:
                 x = torch.randn(b, geom.in_channels, *geom.in_hw,
                                 device=device)
+                x2 = x.clone()
                 for r in rates:
                     # (batch-1 layer gates round to 0 or 1: the realised
                     # density is what the predictor gets)
@@ -132,9 +152,12 @@ def measure_cases(device: torch.device, quick: bool = False,
                                       paradigm=par, granularity=gran,
                                       batch=b, density=realised_density(
                                           blk, geom, gate)),
-                                 [(blk.masker, gate.to(device))],
+                                 [(blk.masker, gate.to(device)),
+                                  (twin.masker, gate.to(device))],
                                  partial(dynamic_bottleneck_forward, blk, x,
-                                         geom), min_time))
+                                         geom), min_time,
+                                 partial(dynamic_bottleneck_forward, twin,
+                                         x2, geom), x))
     if backbone:
         for par, gran in [(None, None), ('spatial', (4, 4, 2, 1)),
                           ('channel', (2, 2, 2, 2)), ('layer', None)]:
@@ -160,19 +183,23 @@ def measure_cases(device: torch.device, quick: bool = False,
                                   density=None if par is None else dens),
                              gates, partial(backbone_forward, model, x,
                                             geoms, par is not None),
-                             min_time * 4))
+                             min_time * 4, None, x))
+    evict = None if warm_caches else cache_evictor(device)
     sweeps = [[] for _ in jobs]
     for rep in range(repeats):
-        for k, (case, gates, fn, min_time) in enumerate(jobs):
+        for k, (case, gates, fn, min_time, twin, x) in enumerate(jobs):
             for masker, gate in gates:
                 masker.forced_gate = gate
+            before = None if evict is None or twin is None else \
+                partial(cold_start, evict, twin, x)
             with torch.no_grad():
-                t = time_fn(fn, device, min_time=min_time, clock=clock)
+                t = time_fn(fn, device, min_time=min_time, clock=clock,
+                            before=before)
             sweeps[k].append(t * 1e3)
         print(f'  sweep {rep + 1}/{repeats}: {len(jobs)} cases',
               flush=True)
     cases = []
-    for (case, gates, _, _), ts in zip(jobs, sweeps):
+    for (case, gates, _, _, _, _), ts in zip(jobs, sweeps):
         for masker, _ in gates:
             masker.forced_gate = None
         cases.append(dict(case, measured_ms=min(ts), sweeps_ms=ts))
@@ -457,8 +484,8 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
                        min_time: float = 0.05, repeats: int = 3,
                        clock: str = 'auto', reuse: Optional[str] = None,
                        seed: int = 0,
-                       out_dir: str = 'work_dirs/validate_predictor'
-                       ) -> Tuple[float, float]:
+                       out_dir: str = 'work_dirs/validate_predictor',
+                       warm_caches: bool = False) -> Tuple[float, float]:
     """Measure (or reuse) the cases, optionally fit the spec, predict, and
     write ``results.json``, ``table.md`` (printed), ``pred_vs_measured.png``
     and, with ``fit``, ``fitted_spec.yaml`` into ``out_dir``.
@@ -477,6 +504,9 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
             re-predicted instead of measured.
         seed: seed of the gates and of the calibration split.
         out_dir: output directory.
+        warm_caches: time the blocks' calls back to back, their weights
+            in cache (:func:`measure_cases`; default: as inside a
+            forward).
 
     Returns:
         (MAPE %, Spearman rho) over all cases.
@@ -510,7 +540,8 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
     else:
         cases = measure_cases(dev, quick=quick, min_time=min_time,
                               repeats=repeats, clock=clock, seed=seed,
-                              backbone=not no_backbone)
+                              backbone=not no_backbone,
+                              warm_caches=warm_caches)
     idx_all = list(range(len(cases)))
     idx_sets = {'all cases': idx_all}
     if fit:

@@ -28,7 +28,9 @@ thread's CPU time (:func:`time_fn`). On a CPU, :func:`dynamic_path_terms`
 then measures the eager dynamic path's host cost per bookkeeping call and
 the fused kernels' GEMM speed on three dynamic blocks of one geometry
 (``host_call_us``, ``fused_gemm_speed``); the predictor validation
-(:mod:`laud_mm.analysis.validation`) times 274 other cases.
+(:mod:`laud_mm.analysis.validation`) times 274 other cases. Blocks are
+timed as they run inside a backbone forward (:func:`cold_start`: weights
+in DRAM, host code warm, input in cache), unless ``warm_caches``.
 
 :func:`time_fn` is also the timer of that validation. Command line:
 ``tools/analysis_tools/calibrate_hardware.py``.
@@ -36,11 +38,13 @@ the fused kernels' GEMM speed on three dynamic blocks of one geometry
 Source: paper appendix A (hardware properties of the model), docs/method.md
 sec. 4.
 """
+import copy
 import math
 import os
 import os.path as osp
 import time
-from typing import Optional
+from functools import partial
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -84,9 +88,58 @@ def select_clock(device: torch.device, clock: str):
     return time.thread_time if clock == 'cpu' else time.perf_counter
 
 
+#: most timed calls of :func:`time_fn` with a ``before`` callable
+MAX_CALLS_BEFORE = 30
+
+
+def cache_evictor(device: torch.device, llc_mb: Optional[float] = None
+                  ) -> Callable[[], object]:
+    """A callable that evicts the caches of ``device``: it reads a buffer
+    of twice the last-level cache (at least 64 MB; CPU: ``llc_mb`` or
+    :func:`cpu_llc_mb`; CUDA: the L2 size). Reads, not writes: no dirty
+    lines are left to be written back during the call timed next.
+
+    Why: inside a backbone forward each block's weights were last read a
+    whole forward earlier (ResNet-50: ~100 MB of weights against a 32 MB
+    L3), so a block runs with its weights in DRAM, while a block timed in a
+    loop finds them in cache (docs/latency_predictor.md, "Cold weights";
+    :func:`cold_start`).
+
+    Raises:
+        ValueError: ``llc_mb`` negative.
+    """
+    if llc_mb is not None and llc_mb < 0:
+        raise ValueError(f'llc_mb must be >= 0, got {llc_mb}')
+    if device.type == 'cuda':
+        size = torch.cuda.get_device_properties(device).L2_cache_size / 1e6
+    else:
+        size = cpu_llc_mb() if llc_mb is None else llc_mb
+    n = int(max(64., 2. * size) * 1e6) // 4
+    buf = torch.ones(n, device=device)
+    return lambda: buf.sum()
+
+
+def cold_start(evict: Callable[[], object],
+               twin: Optional[Callable[[], object]],
+               *inputs: torch.Tensor) -> None:
+    """The state a block starts in inside a backbone forward: its weights
+    in DRAM (last read a forward earlier), the host side warm and its
+    input in cache (the previous block has just run and written it).
+    ``evict()`` (:func:`cache_evictor`), then ``twin()`` (a copy of the
+    block with its own weights: it runs the same host code and library
+    calls, as the previous block of a forward does, without bringing
+    this block's weights back), then a read of ``inputs``."""
+    evict()
+    if twin is not None:
+        twin()
+    for x in inputs:
+        x.sum()
+
+
 def time_fn(fn, device: torch.device, min_time: float = 0.2,
             warmup: int = 2, max_iter: int = 2000, rounds: int = 7,
-            clock: str = 'auto', min_calls: int = 10) -> float:
+            clock: str = 'auto', min_calls: int = 10,
+            before: Optional[Callable[[], object]] = None) -> float:
     """Seconds per call of ``fn()`` on ``device``, robust to other
     processes sharing the cores: calls slower than 1 ms are timed one by
     one (at least ``min_calls`` calls, ``min_time`` in all) and the fastest
@@ -100,22 +153,34 @@ def time_fn(fn, device: torch.device, min_time: float = 0.2,
     wall-clock medians were 2x the CPU time and wall-clock minima varied by
     up to 30 % between repeats, CPU-time minima by 3-6 %); the cache
     pollution by the other processes is still counted, which the minimum
-    over the calls reduces."""
+    over the calls reduces.
+
+    ``before`` (untimed) runs before every timed call, which is then timed
+    alone: at least ``min_calls`` calls, ``min_time`` of them in all but
+    at most :data:`MAX_CALLS_BEFORE` (``before`` may cost more than the
+    call: :func:`cache_evictor` reads twice the last-level cache).
+
+    Returns:
+        seconds (the fastest call, or the fastest batch's mean)."""
     timer = select_clock(device, clock)
     for _ in range(warmup):
         fn()
     _sync(device)
-    t = timer()
-    fn()
-    _sync(device)
-    one = max(timer() - t, 1e-7)
-    if one >= 1e-3:
-        best = one
-        for _ in range(int(max(min_calls, min(200, min_time / one)))):
-            t = timer()
-            fn()
+
+    def call() -> float:
+        if before is not None:
+            before()
             _sync(device)
-            best = min(best, timer() - t)
+        t = timer()
+        fn()
+        _sync(device)
+        return timer() - t
+    one = max(call(), 1e-7)
+    if one >= 1e-3 or before is not None:
+        cap = 200 if before is None else MAX_CALLS_BEFORE
+        best = one
+        for _ in range(int(max(min_calls, min(cap, min_time / one)))):
+            best = min(best, call())
         return best
     reps = int(max(1, min(max_iter, min_time / rounds / one)))
     samples = []
@@ -260,7 +325,8 @@ def static_block_fn(g, batch: int, device: torch.device):
     """The eager BN-folded static bottleneck of
     ``laud_mm.models.resnet.dynamic.static_bottleneck_forward`` with random
     weights for a ResNet :class:`BlockGeometry` ``g`` and a batch of
-    ``batch``; returns a no-argument callable."""
+    ``batch``; returns a no-argument callable (its input tensor, (batch,
+    C_in, H, W), as its attribute ``input``)."""
     x = torch.rand(batch, g.in_channels, *g.in_hw, device=device)
     w1 = torch.rand(g.width, g.in_channels, 1, 1, device=device) * 0.01
     w2 = torch.rand(g.width, g.width, 3, 3, device=device) * 0.01
@@ -276,6 +342,7 @@ def static_block_fn(g, batch: int, device: torch.device):
         y = F.conv2d(h, w3, b3)
         s = F.conv2d(x, wd, b3, g.stride) if wd is not None else x
         return y.add_(s).relu_()
+    fn.input = x
     return fn
 
 
@@ -309,8 +376,8 @@ def _half_gate(n_gates: int, shape, device: torch.device) -> torch.Tensor:
 
 
 def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
-                       clock: str = 'auto', verbose: bool = True
-                       ) -> HardwareSpec:
+                       clock: str = 'auto', verbose: bool = True,
+                       warm_caches: bool = False) -> HardwareSpec:
     """Measure the two terms of the eager dynamic path that micro-benchmarks
     of single library kernels miss, on :data:`DYNAMIC_CALIB_BLOCK` of
     LAUD-ResNet-50 at batch 1 (gates imposed through
@@ -335,6 +402,9 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
         device: where to time.
         clock: timer (:func:`select_clock`).
         verbose: print the measurements.
+        warm_caches: time calls back to back; default: each call after
+            the caches are evicted and a twin block has run, its input
+            read (:func:`cold_start`).
 
     Returns:
         ``spec`` with the measured terms.
@@ -345,15 +415,22 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
     from .predictor import LatencyPredictor
     if device.type != 'cpu':
         return spec
+    evict = None if warm_caches else cache_evictor(device)
 
     def run(paradigm, gran, gate_of):
         blk, g, x = _dynamic_block(paradigm, gran, device)
         gate = gate_of(blk, g)
         blk.masker.forced_gate = gate
         try:
+            twin = copy.deepcopy(blk)
+            x2 = x.clone()
             with torch.no_grad():
                 t = time_fn(lambda: dynamic_bottleneck_forward(blk, x, g),
-                            device, min_time=0.3, clock=clock)
+                            device, min_time=0.3, clock=clock,
+                            before=None if evict is None else
+                            partial(cold_start, evict, partial(
+                                dynamic_bottleneck_forward, twin, x2, g),
+                                x))
         finally:
             blk.masker.forced_gate = None
         if paradigm == 'spatial':
@@ -467,8 +544,8 @@ def fit_spec(spec: HardwareSpec, samples, verbose: bool = True
 
 def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
                        name: Optional[str] = None, out: Optional[str] = None,
-                       fit: bool = False, clock: str = 'auto'
-                       ) -> HardwareSpec:
+                       fit: bool = False, clock: str = 'auto',
+                       warm_caches: bool = False) -> HardwareSpec:
     """Measure ``device`` (:func:`microbench`), optionally fit the spec on
     static ResNet-50 blocks (:func:`fit_spec`), measure the eager dynamic
     path's terms on a CPU (:func:`dynamic_path_terms`), write the spec and
@@ -483,6 +560,10 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
             ``work_dirs/hardware/<name>.yaml``).
         fit: refine on measured static ResNet-50 blocks.
         clock: timer of the static blocks (:func:`select_clock`).
+        warm_caches: time the blocks (``fit``, :func:`dynamic_path_terms`)
+            back to back; default: each call from cold caches with its
+            input read after a twin block (:func:`cold_start`), as
+            inside a backbone forward.
 
     Returns:
         the written :class:`HardwareSpec`.
@@ -544,15 +625,20 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         for g in geoms:
             uniq.setdefault((g.stage, g.has_downsample), g)
         samples = []
+        evict = None if warm_caches else cache_evictor(dev)
         for g in uniq.values():
             for b in (1, 2):
-                t = time_fn(static_block_fn(g, b, dev), dev,
-                            min_time=0.3, clock=clock)
+                fn = static_block_fn(g, b, dev)
+                t = time_fn(fn, dev, min_time=0.3, clock=clock,
+                            before=None if evict is None else
+                            partial(cold_start, evict,
+                                    static_block_fn(g, b, dev), fn.input))
                 samples.append((g, b, t * 1e3))
                 print(f'  static block s{g.stage}.b{g.index} batch {b}: '
                       f'{t * 1e3:.3f} ms')
         spec = fit_spec(spec, samples)
-    spec = dynamic_path_terms(spec, dev, clock=clock)
+    spec = dynamic_path_terms(spec, dev, clock=clock,
+                              warm_caches=warm_caches)
     out = out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
     os.makedirs(osp.dirname(out) or '.', exist_ok=True)
     save_hardware(spec, out)

@@ -922,6 +922,101 @@ def test_time_fn_clock():
         select_clock(cpu, 'gpu')
 
 
+def test_time_fn_before_runs_untimed_before_every_call():
+    """time_fn's ``before`` runs before every timed call and is not
+    counted: a 5 ms ``before`` around a call of microseconds; each call is
+    then timed alone, at least min_calls and at most MAX_CALLS_BEFORE of
+    them (after the warm-up and the first timed call)."""
+    from laud_mm.latency.calibration import MAX_CALLS_BEFORE, time_fn
+    cpu = torch.device('cpu')
+    log = []
+
+    def before():
+        log.append('before')
+        time.sleep(5e-3)
+    t = time_fn(lambda: log.append('call'), cpu, min_time=10.,
+                clock='wall', before=before, warmup=1)
+    assert t < 2.5e-3
+    assert log[0] == 'call'  # the warm-up call has no `before`
+    timed = log[1:]
+    assert timed == ['before', 'call'] * (len(timed) // 2)
+    assert len(timed) // 2 == 1 + MAX_CALLS_BEFORE
+    log.clear()
+    time_fn(lambda: log.append('call'), cpu, min_time=1e-9, clock='wall',
+            before=lambda: log.append('before'), warmup=0, min_calls=3)
+    assert log == ['before', 'call'] * 4
+
+
+def test_cache_evictor_reads_twice_the_llc(monkeypatch):
+    """cache_evictor reads (sums) a buffer of twice the last-level cache,
+    at least 64 MB; a negative size is refused, naming it; cold_start
+    evicts, runs the twin block, then reads the inputs."""
+    from laud_mm.latency import calibration
+    cpu = torch.device('cpu')
+    assert float(calibration.cache_evictor(cpu, llc_mb=1.)()) == 16e6
+    assert float(calibration.cache_evictor(cpu, llc_mb=33.)()) == 16.5e6
+    monkeypatch.setattr(calibration, 'cpu_llc_mb', lambda: 33.5)
+    assert float(calibration.cache_evictor(cpu)()) == 16.75e6
+    with pytest.raises(ValueError, match='llc_mb must be >= 0, got -1'):
+        calibration.cache_evictor(cpu, llc_mb=-1.)
+    order = []
+
+    class Seen(torch.Tensor):
+        def sum(self, *a, **k):
+            order.append('input')
+            return super().sum(*a, **k)
+    x = torch.ones(3).as_subclass(Seen)
+    calibration.cold_start(lambda: order.append('evict'),
+                           lambda: order.append('twin'), x, x)
+    assert order == ['evict', 'twin', 'input', 'input']
+    order.clear()
+    calibration.cold_start(lambda: order.append('evict'), None, x)
+    assert order == ['evict', 'input']
+
+
+def test_validation_times_every_block_from_cold_caches(monkeypatch):
+    """measure_cases times every block case as inside a forward: a
+    ``before`` that evicts the caches, runs the block's twin (its own
+    weights, the same forced gate: the twin's output equals the block's)
+    and reads the input; the whole backbones back to back; with
+    warm_caches nothing, and no eviction buffer is made."""
+    from laud_mm.analysis import validation
+    from laud_mm.latency import calibration
+    made, seen, twins = [], [], []
+
+    def evictor(device):
+        made.append(device)
+        return lambda: seen.append('evict')
+
+    def fake_time_fn(fn, device, before=None, **kw):
+        seen.append(before)
+        if before is not None:
+            before()
+            if len(twins) < 40:  # a spread of paradigms: compare outputs
+                twins.append((fn(), before.args[1]()))
+        return 1e-3
+    monkeypatch.setattr(validation, 'cache_evictor', evictor)
+    monkeypatch.setattr(validation, 'time_fn', fake_time_fn)
+    cases = validation.measure_cases(torch.device('cpu'), quick=True,
+                                     repeats=1)
+    befores = [b for b in seen if b != 'evict']
+    assert len(made) == 1 and len(befores) == len(cases) > 100
+    for c, b in zip(cases, befores):
+        assert (b is None) == (c['kind'] == 'backbone')
+        assert b is None or b.func is calibration.cold_start
+    assert seen.count('evict') == sum(c['kind'] == 'block' for c in cases)
+    assert all(c['measured_ms'] == 1. for c in cases)
+    for out, twin_out in twins:
+        out = out[0] if isinstance(out, tuple) else out
+        twin_out = twin_out[0] if isinstance(twin_out, tuple) else twin_out
+        assert torch.equal(out, twin_out)
+    made.clear()
+    seen.clear()
+    validation.measure_cases(torch.device('cpu'), quick=True, repeats=1,
+                             backbone=False, warm_caches=True)
+    assert made == [] and set(seen) == {None}
+
+
 def test_whole_backbone_speed():
     """A whole ResNet-101 prediction (cold tile-search cache) < 1 s."""
     conv_latency.cache_clear()

@@ -7,16 +7,20 @@ Usage::
         [--device cpu|cuda] [--threads 2] [--quick] [--fit]
         [--out-dir work_dirs/validate_predictor] [--no-backbone]
         [--repeats 3] [--min-time 0.05] [--clock auto|cpu|wall]
-        [--reuse work_dirs/validate_predictor/results.json]
+        [--reuse work_dirs/validate_predictor/results.json] [--warm-caches]
 
 Measures (PyTorch, fp32, BN folded) ResNet-50 bottleneck blocks on the
 dynamic-inference path at forced gates of exact densities across paradigms,
 granularities, activation rates and batch sizes, plus the static blocks and
 whole backbones, and compares with the predictor (``implementation='eager'``,
 the same device spec): MAPE and Spearman rank correlation, overall and per
-paradigm. ``--fit`` first fits the spec on a random 30 % of the cases and
-reports the other 70 % (held out) as well; ``--reuse`` re-predicts the cases
-of an earlier ``results.json`` without measuring.
+paradigm. Every timed block call starts as inside a backbone forward:
+caches evicted, a twin of the block (its own weights) run, the input read,
+so the block's weights come from DRAM (``--warm-caches``: calls back to
+back instead, weights in cache). ``--fit`` first fits the spec on a random
+30 % of the cases and reports the other 70 % (held out) as well;
+``--reuse`` re-predicts the cases of an earlier ``results.json`` without
+measuring.
 
 Writes ``results.json``, ``table.md`` (the table of
 ``docs/latency_predictor.md``), ``pred_vs_measured.png`` (like the paper's
@@ -51,6 +55,10 @@ def parse_args(argv=None):
     p.add_argument('--reuse', default=None, metavar='RESULTS_JSON',
                    help='re-predict the measured cases of an earlier '
                    'results.json instead of measuring again (model changes)')
+    p.add_argument('--warm-caches', action='store_true',
+                   help='time the blocks back to back (weights stay in '
+                   'cache) instead of as inside a forward (caches evicted, '
+                   'a twin block run, the input read before every call)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/validate_predictor')
     return p.parse_args(argv)
@@ -62,7 +70,8 @@ def main(argv=None):
         hardware=args.hardware, device=args.device, threads=args.threads,
         quick=args.quick, fit=args.fit, no_backbone=args.no_backbone,
         min_time=args.min_time, repeats=args.repeats, clock=args.clock,
-        reuse=args.reuse, seed=args.seed, out_dir=args.out_dir)
+        reuse=args.reuse, seed=args.seed, out_dir=args.out_dir,
+        warm_caches=args.warm_caches)
 
 
 if __name__ == '__main__':
