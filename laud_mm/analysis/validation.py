@@ -23,8 +23,8 @@ keeps its fastest sweep; with one CPU thread the clock is the thread's CPU
 time, so time slices that other processes take on the core are not
 counted. Each block call starts as inside a backbone forward
 (:func:`laud_mm.latency.calibration.cold_start`: its weights in DRAM, the
-host code warm, its input in cache; at most 30 calls), unless
-``warm_caches``. ``reuse`` re-predicts the cases of an earlier
+host code warm, its input in cache; the fastest of 10 - 30 calls) on a
+CPU, unless ``warm_caches``. ``reuse`` re-predicts the cases of an earlier
 ``results.json`` (after a model change) without measuring.
 
 :func:`validate_predictor` writes ``results.json``, ``table.md`` (the table
@@ -72,8 +72,8 @@ def measure_cases(device: torch.device, quick: bool = False,
     """Build every case (model, input, forced gates), then time them in
     ``repeats`` sweeps over all cases and keep each case's fastest sweep
     (sweeps minutes apart: a burst of load from other processes inflates
-    one sweep, not all). Unless ``warm_caches``, every timed call of a
-    block starts as inside a backbone forward, where each block's weights
+    one sweep, not all). On a CPU, unless ``warm_caches``, every timed
+    call of a block starts as inside a backbone forward, where each block's weights
     were last read a forward earlier (:func:`~laud_mm.latency.calibration.
     cold_start`): the caches evicted, then a twin of the block (a copy
     with its own weights, the same gate) run on a copy of the input, then
@@ -184,7 +184,8 @@ def measure_cases(device: torch.device, quick: bool = False,
                              gates, partial(backbone_forward, model, x,
                                             geoms, par is not None),
                              min_time * 4, None, x))
-    evict = None if warm_caches else cache_evictor(device)
+    evict = None if warm_caches or device.type != 'cpu' else \
+        cache_evictor(device)
     sweeps = [[] for _ in jobs]
     for rep in range(repeats):
         for k, (case, gates, fn, min_time, twin, x) in enumerate(jobs):

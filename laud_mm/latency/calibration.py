@@ -94,10 +94,10 @@ MAX_CALLS_BEFORE = 30
 
 def cache_evictor(device: torch.device, llc_mb: Optional[float] = None
                   ) -> Callable[[], object]:
-    """A callable that evicts the caches of ``device``: it reads a buffer
-    of twice the last-level cache (at least 64 MB; CPU: ``llc_mb`` or
-    :func:`cpu_llc_mb`; CUDA: the L2 size). Reads, not writes: no dirty
-    lines are left to be written back during the call timed next.
+    """A callable that evicts the CPU caches: it reads (sums) a buffer of
+    twice the last-level cache, ``llc_mb`` MB (default
+    :func:`cpu_llc_mb`), at least 64 MB. Reads, not writes: no dirty lines
+    are left to be written back during the call timed next.
 
     Why: inside a backbone forward each block's weights were last read a
     whole forward earlier (ResNet-50: ~100 MB of weights against a 32 MB
@@ -105,15 +105,19 @@ def cache_evictor(device: torch.device, llc_mb: Optional[float] = None
     loop finds them in cache (docs/latency_predictor.md, "Cold weights";
     :func:`cold_start`).
 
+    Returns:
+        a no-argument callable (returns the buffer's sum, a 0-d tensor).
+
     Raises:
-        ValueError: ``llc_mb`` negative.
+        ValueError: ``device`` is not a CPU (the GPU timings are not
+            validated with evicted caches), or ``llc_mb`` negative.
     """
+    if device.type != 'cpu':
+        raise ValueError(f'cache_evictor evicts CPU caches; got device '
+                         f'{device}')
     if llc_mb is not None and llc_mb < 0:
         raise ValueError(f'llc_mb must be >= 0, got {llc_mb}')
-    if device.type == 'cuda':
-        size = torch.cuda.get_device_properties(device).L2_cache_size / 1e6
-    else:
-        size = cpu_llc_mb() if llc_mb is None else llc_mb
+    size = cpu_llc_mb() if llc_mb is None else llc_mb
     n = int(max(64., 2. * size) * 1e6) // 4
     buf = torch.ones(n, device=device)
     return lambda: buf.sum()
@@ -128,7 +132,13 @@ def cold_start(evict: Callable[[], object],
     ``evict()`` (:func:`cache_evictor`), then ``twin()`` (a copy of the
     block with its own weights: it runs the same host code and library
     calls, as the previous block of a forward does, without bringing
-    this block's weights back), then a read of ``inputs``."""
+    this block's weights back), then a read of ``inputs``.
+
+    Args:
+        evict: the cache eviction (:func:`cache_evictor`).
+        twin: the twin block's call, or None.
+        inputs: tensors of any shape, each read once (``sum``).
+    """
     evict()
     if twin is not None:
         twin()
@@ -156,9 +166,10 @@ def time_fn(fn, device: torch.device, min_time: float = 0.2,
     over the calls reduces.
 
     ``before`` (untimed) runs before every timed call, which is then timed
-    alone: at least ``min_calls`` calls, ``min_time`` of them in all but
-    at most :data:`MAX_CALLS_BEFORE` (``before`` may cost more than the
-    call: :func:`cache_evictor` reads twice the last-level cache).
+    alone: ``min_calls`` calls or ``min_time`` of them in all, whichever
+    is more, but at most :data:`MAX_CALLS_BEFORE` (``before`` may cost
+    more than the call: :func:`cache_evictor` reads twice the last-level
+    cache).
 
     Returns:
         seconds (the fastest call, or the fastest batch's mean)."""
@@ -176,10 +187,12 @@ def time_fn(fn, device: torch.device, min_time: float = 0.2,
         _sync(device)
         return timer() - t
     one = max(call(), 1e-7)
-    if one >= 1e-3 or before is not None:
-        cap = 200 if before is None else MAX_CALLS_BEFORE
+    if before is not None:
+        calls = min(MAX_CALLS_BEFORE, max(min_calls, int(min_time / one)))
+        return min([one] + [call() for _ in range(calls - 1)])
+    if one >= 1e-3:
         best = one
-        for _ in range(int(max(min_calls, min(cap, min_time / one)))):
+        for _ in range(int(max(min_calls, min(200, min_time / one)))):
             best = min(best, call())
         return best
     reps = int(max(1, min(max_iter, min_time / rounds / one)))
@@ -561,9 +574,9 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         fit: refine on measured static ResNet-50 blocks.
         clock: timer of the static blocks (:func:`select_clock`).
         warm_caches: time the blocks (``fit``, :func:`dynamic_path_terms`)
-            back to back; default: each call from cold caches with its
-            input read after a twin block (:func:`cold_start`), as
-            inside a backbone forward.
+            back to back; default on a CPU: each call from cold caches
+            with its input read after a twin block (:func:`cold_start`),
+            as inside a backbone forward (a GPU: back to back).
 
     Returns:
         the written :class:`HardwareSpec`.
@@ -625,7 +638,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         for g in geoms:
             uniq.setdefault((g.stage, g.has_downsample), g)
         samples = []
-        evict = None if warm_caches else cache_evictor(dev)
+        evict = None if warm_caches or dev.type != 'cpu' else \
+            cache_evictor(dev)
         for g in uniq.values():
             for b in (1, 2):
                 fn = static_block_fn(g, b, dev)

@@ -925,8 +925,8 @@ def test_time_fn_clock():
 def test_time_fn_before_runs_untimed_before_every_call():
     """time_fn's ``before`` runs before every timed call and is not
     counted: a 5 ms ``before`` around a call of microseconds; each call is
-    then timed alone, at least min_calls and at most MAX_CALLS_BEFORE of
-    them (after the warm-up and the first timed call)."""
+    then timed alone, min_calls of them or min_time's worth, at most
+    MAX_CALLS_BEFORE (the warm-up calls have no ``before``)."""
     from laud_mm.latency.calibration import MAX_CALLS_BEFORE, time_fn
     cpu = torch.device('cpu')
     log = []
@@ -939,18 +939,22 @@ def test_time_fn_before_runs_untimed_before_every_call():
     assert t < 2.5e-3
     assert log[0] == 'call'  # the warm-up call has no `before`
     timed = log[1:]
-    assert timed == ['before', 'call'] * (len(timed) // 2)
-    assert len(timed) // 2 == 1 + MAX_CALLS_BEFORE
+    assert timed == ['before', 'call'] * MAX_CALLS_BEFORE
     log.clear()
     time_fn(lambda: log.append('call'), cpu, min_time=1e-9, clock='wall',
             before=lambda: log.append('before'), warmup=0, min_calls=3)
-    assert log == ['before', 'call'] * 4
+    assert log == ['before', 'call'] * 3
+    log.clear()
+    time_fn(lambda: log.append('call'), cpu, min_time=1e-9, clock='wall',
+            before=lambda: log.append('before'), warmup=0, min_calls=99)
+    assert log == ['before', 'call'] * MAX_CALLS_BEFORE
 
 
 def test_cache_evictor_reads_twice_the_llc(monkeypatch):
     """cache_evictor reads (sums) a buffer of twice the last-level cache,
-    at least 64 MB; a negative size is refused, naming it; cold_start
-    evicts, runs the twin block, then reads the inputs."""
+    at least 64 MB; a negative size or a device other than the CPU is
+    refused, naming it; cold_start evicts, runs the twin block, then reads
+    the inputs."""
     from laud_mm.latency import calibration
     cpu = torch.device('cpu')
     assert float(calibration.cache_evictor(cpu, llc_mb=1.)()) == 16e6
@@ -959,6 +963,8 @@ def test_cache_evictor_reads_twice_the_llc(monkeypatch):
     assert float(calibration.cache_evictor(cpu)()) == 16.75e6
     with pytest.raises(ValueError, match='llc_mb must be >= 0, got -1'):
         calibration.cache_evictor(cpu, llc_mb=-1.)
+    with pytest.raises(ValueError, match='CPU caches; got device meta'):
+        calibration.cache_evictor(torch.device('meta'))
     order = []
 
     class Seen(torch.Tensor):
@@ -976,45 +982,94 @@ def test_cache_evictor_reads_twice_the_llc(monkeypatch):
 
 def test_validation_times_every_block_from_cold_caches(monkeypatch):
     """measure_cases times every block case as inside a forward: a
-    ``before`` that evicts the caches, runs the block's twin (its own
-    weights, the same forced gate: the twin's output equals the block's)
-    and reads the input; the whole backbones back to back; with
+    ``before`` (cold_start) that evicts the caches, runs the block's twin
+    (another module, no storage shared with the block, the same forced
+    gate: its output equals the block's; run for every 7th case, every
+    paradigm) and reads the input; the whole backbones back to back; with
     warm_caches nothing, and no eviction buffer is made."""
     from laud_mm.analysis import validation
     from laud_mm.latency import calibration
-    made, seen, twins = [], [], []
+    made, seen, evicted, twins = [], [], [], []
 
     def evictor(device):
         made.append(device)
-        return lambda: seen.append('evict')
+        return lambda: evicted.append(1)
 
     def fake_time_fn(fn, device, before=None, **kw):
-        seen.append(before)
-        if before is not None:
+        seen.append((before, fn))
+        if before is not None and len(seen) % 7 == 0:
             before()
-            if len(twins) < 40:  # a spread of paradigms: compare outputs
-                twins.append((fn(), before.args[1]()))
+            twin = before.args[1]
+            assert twin.args[0] is not fn.args[0]
+            assert not {p.data_ptr() for p in twin.args[0].parameters()} \
+                & {p.data_ptr() for p in fn.args[0].parameters()}
+            twins.append((fn(), twin()))
         return 1e-3
     monkeypatch.setattr(validation, 'cache_evictor', evictor)
     monkeypatch.setattr(validation, 'time_fn', fake_time_fn)
     cases = validation.measure_cases(torch.device('cpu'), quick=True,
                                      repeats=1)
-    befores = [b for b in seen if b != 'evict']
-    assert len(made) == 1 and len(befores) == len(cases) > 100
-    for c, b in zip(cases, befores):
+    assert len(made) == 1 and len(seen) == len(cases) > 100
+    for c, (b, fn) in zip(cases, seen):
         assert (b is None) == (c['kind'] == 'backbone')
-        assert b is None or b.func is calibration.cold_start
-    assert seen.count('evict') == sum(c['kind'] == 'block' for c in cases)
+        if b is not None:  # (evict, twin's call, the block's input)
+            x, x2 = fn.args[1], b.args[1].args[1]
+            assert b.func is calibration.cold_start and b.args[2] is x
+            assert x2 is not x and torch.equal(x2, x)
+    assert len(evicted) == len(twins) > 30
     assert all(c['measured_ms'] == 1. for c in cases)
     for out, twin_out in twins:
         out = out[0] if isinstance(out, tuple) else out
         twin_out = twin_out[0] if isinstance(twin_out, tuple) else twin_out
-        assert torch.equal(out, twin_out)
+        torch.testing.assert_close(twin_out, out, rtol=1e-5, atol=1e-5)
     made.clear()
     seen.clear()
     validation.measure_cases(torch.device('cpu'), quick=True, repeats=1,
                              backbone=False, warm_caches=True)
-    assert made == [] and set(seen) == {None}
+    assert made == [] and {b for b, _ in seen} == {None}
+
+
+def test_calibration_fit_times_static_blocks_as_inside_a_forward(
+        monkeypatch, tmp_path):
+    """calibrate_hardware --fit times each static block after cold_start
+    with a twin block of its own weights and the block's input (the dynamic
+    path's terms likewise, see dynamic_path_terms); --warm-caches: back to
+    back."""
+    from laud_mm.latency import calibration
+    prev = torch.get_num_threads()
+    monkeypatch.setattr(calibration, 'microbench', lambda dev: dict(
+        launch_us=5., launch_add_us=4., launch_conv_us=6.,
+        bandwidth_gbs=2., cache_gbs=5., macs=1e11, conv_rates=[1e11],
+        weight_reorder_gbs=8., region_us=30.))
+    monkeypatch.setattr(calibration, 'fit_spec', lambda spec, samples: spec)
+    monkeypatch.setattr(calibration, 'cache_evictor',
+                        lambda dev: lambda: None)
+    terms = []
+    monkeypatch.setattr(calibration, 'dynamic_path_terms',
+                        lambda spec, dev, clock, warm_caches:
+                        terms.append(warm_caches) or spec)
+    seen = []
+
+    def fake_time_fn(fn, device, before=None, **kw):
+        seen.append((fn, before))
+        return 1e-3
+    monkeypatch.setattr(calibration, 'time_fn', fake_time_fn)
+    try:
+        calibration.calibrate_hardware(threads=1, fit=True,
+                                       out=str(tmp_path / 'a.yaml'))
+        assert len(seen) == 16 and terms == [False]
+        fn, before = seen[0]
+        assert before.func is calibration.cold_start
+        twin, x = before.args[1], before.args[2]
+        assert x is fn.input and twin is not fn
+        assert twin.input is not x and twin.input.shape == x.shape
+        assert twin().shape == fn().shape
+        seen.clear()
+        calibration.calibrate_hardware(threads=1, fit=True, warm_caches=True,
+                                       out=str(tmp_path / 'b.yaml'))
+        assert {b for _, b in seen} == {None} and terms == [False, True]
+    finally:
+        torch.set_num_threads(prev)
 
 
 def test_whole_backbone_speed():
