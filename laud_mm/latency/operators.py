@@ -413,7 +413,8 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
                         run_elems: Optional[float] = None,
                         contiguous_reads: int = 0,
                         density: Optional[float] = None,
-                        parallel: Optional[bool] = None) -> OpLatency:
+                        parallel: Optional[bool] = None,
+                        cold: bool = False) -> OpLatency:
     """A streaming (memory-bound) kernel: add, scatter-add, ReLU, scale.
 
     Args:
@@ -441,6 +442,11 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
             exceeds :data:`PARALLEL_GRAIN`. False for a pass inside a
             fused kernel, whose phases the caller counts
             (:func:`region_ops`).
+        cold: the bytes come from DRAM even when they would fit in the
+            last-level cache: weights, which a backbone forward last read a
+            forward earlier (docs/latency_predictor.md, "Cold weights").
+            False: resident when they fit (activations that the previous
+            kernel has just written).
 
     Returns:
         :class:`OpLatency` (``offchip_bytes`` the bytes moved in whole
@@ -483,7 +489,7 @@ def elementwise_latency(hw: HardwareSpec, name: str, elems: float,
     # once and the on-chip level only passes them through. Short scattered
     # runs (the eager CPU path's gather / scatter kernels) move whole cache
     # lines from DRAM, then their useful bytes through the on-chip level.
-    if moved <= hw.llc_mb * 1e6:  # resident in the last-level cache
+    if not cold and moved <= hw.llc_mb * 1e6:  # in the last-level cache
         t_mem = moved / hw.l2_bandwidth
     elif run_elems is None:
         t_mem = useful / hw.bandwidth

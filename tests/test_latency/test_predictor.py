@@ -795,6 +795,16 @@ def test_eager_fused_kernels_at_any_batch():
         # the kernel's passes open no region of their own
         for k in ('w1_rows', 'conv1', 'conv3', 'add_relu3'):
             assert by[k].launch_ms == pytest.approx(spec.launch_us * 1e-3), k
+        # the weight rows come from DRAM (cold in a forward) although
+        # w1t (4.2 MB) would fit in the last-level cache; the panels it
+        # writes stay on chip
+        w1 = geoms[14].in_channels * (geoms[14].width + 1) * 4
+        llc = LatencyPredictor(spec.replace(llc_mb=32.),
+                               implementation='eager', forced_gates=True)
+        rows = _by_name(resnet_latency.channel_block_ops(
+            llc, geoms[14], batch, 0.5))[1]['w1_rows']
+        assert w1 < 32e6 and rows.memory_ms == pytest.approx(
+            w1 / spec.bandwidth * 1e3)
     by = _by_name(resnet_latency.channel_block_ops(pr, geoms[8], 1, 0.5))[1]
     assert by['phases'].ms == pytest.approx(3 * 0.040)
     assert by['w1_panels'].launch_ms == pytest.approx(spec.launch_us * 1e-3)
@@ -1423,6 +1433,21 @@ def test_parallel_regions(monkeypatch):
     finally:
         torch.set_num_threads(prev)
     assert sizes == [2 * PARALLEL_GRAIN] * 2
+
+
+def test_cold_streaming_reads_come_from_dram():
+    """elementwise_latency(cold=True): bytes that would fit in the
+    last-level cache are priced at the off-chip bandwidth (weights, last
+    read a forward earlier); without it at the on-chip one."""
+    cpu = get_hardware('cpu').replace(llc_mb=32., l2_factor=4.)
+    n = 1e6  # 4 MB, read once
+    warm = elementwise_latency(cpu, 'w', n, 1, 0, parallel=False)
+    cold = elementwise_latency(cpu, 'w', n, 1, 0, parallel=False, cold=True)
+    assert warm.memory_ms == pytest.approx(4e6 / cpu.l2_bandwidth * 1e3)
+    assert cold.memory_ms == pytest.approx(4e6 / cpu.bandwidth * 1e3)
+    big = 1e8  # 400 MB: from DRAM either way
+    assert elementwise_latency(cpu, 'w', big, 1, 0, cold=True).ms == \
+        pytest.approx(elementwise_latency(cpu, 'w', big, 1, 0).ms)
 
 
 def test_scattered_runs_share_transactions():
