@@ -69,3 +69,21 @@ def test_wrapper_is_thin(rel):
     assert defs == ['parse_args', 'main'], f'{rel} defines {defs}'
     froms = [n.module for n in tree.body if isinstance(n, ast.ImportFrom)]
     assert any(m and m.startswith('laud_mm.') for m in froms), rel
+
+
+@pytest.mark.parametrize('rel,func', [
+    ('analysis_tools/validate_predictor.py', 'validate_predictor'),
+    ('analysis_tools/calibrate_hardware.py', 'calibrate_hardware')])
+def test_predictor_tools_pass_warm_caches(rel, func, monkeypatch):
+    """--warm-caches reaches the library call (default: blocks timed as
+    inside a forward, warm_caches=False)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        osp.basename(rel)[:-3], osp.join(TOOLS, rel))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    got = []
+    monkeypatch.setattr(mod, func, lambda **kw: got.append(kw['warm_caches']))
+    mod.main([])
+    mod.main(['--warm-caches'])
+    assert got == [False, True]

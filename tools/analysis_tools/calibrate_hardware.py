@@ -11,11 +11,11 @@ Usage::
         [--out work_dirs/hardware/cpu_calibrated.yaml] [--fit] [--name NAME]
         [--clock auto|cpu|wall] [--warm-caches]
 
-The blocks (``--fit`` and the dynamic path's terms) are timed as inside a
-backbone forward, where each block's weights were last read a forward
-earlier: before every call the caches are evicted, a twin of the block
-(its own weights) runs and the input is read (``--warm-caches``: calls back
-to back, weights in cache).
+On a CPU the blocks (``--fit`` and the dynamic path's terms) are timed as
+inside a backbone forward, where each block's weights were last read a
+forward earlier: before every call the caches are evicted, a twin of the
+block (its own weights) runs and the input is read (``--warm-caches``:
+calls back to back, weights in cache).
 """
 import argparse
 

@@ -14,10 +14,10 @@ dynamic-inference path at forced gates of exact densities across paradigms,
 granularities, activation rates and batch sizes, plus the static blocks and
 whole backbones, and compares with the predictor (``implementation='eager'``,
 the same device spec): MAPE and Spearman rank correlation, overall and per
-paradigm. Every timed block call starts as inside a backbone forward:
-caches evicted, a twin of the block (its own weights) run, the input read,
-so the block's weights come from DRAM (``--warm-caches``: calls back to
-back instead, weights in cache). ``--fit`` first fits the spec on a random
+paradigm. On a CPU every timed block call starts as inside a backbone
+forward: caches evicted, a twin of the block (its own weights) run, the
+input read, so the block's weights come from DRAM (``--warm-caches``:
+calls back to back instead, weights in cache). ``--fit`` first fits the spec on a random
 30 % of the cases and reports the other 70 % (held out) as well;
 ``--reuse`` re-predicts the cases of an earlier ``results.json`` without
 measuring.
