@@ -748,9 +748,16 @@ def test_eager_fused_kernels_at_any_batch():
                      'conv3', 'add', 'relu3']
     gc = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0][1]
     names = [o.name for o in resnet_latency.channel_block_ops(p, gc, 1, 0.5)]
-    assert names[-5:] == ['w2_panels', 'conv1', 'conv2', 'conv3',
-                          'add_relu3']
+    assert names[-7:] == ['w2_panels', 'w1_src', 'w2_src', 'conv1',
+                          'conv2', 'conv3', 'add_relu3']
     assert 'w1_panels' in names
+    # each sample's gathers read its source rows' span on chip: every
+    # column of all C_in rows of w1, of the 9 k kept rows of w2
+    by = _by_name(resnet_latency.channel_block_ops(p, gc, 2, 0.5))[1]
+    k = channel_kept_padded(gc, 2, 0.5, True)
+    for name, rows in (('w1_src', gc.in_channels), ('w2_src', 9 * k)):
+        assert by[name].onchip_bytes == pytest.approx(
+            2 * rows * (gc.width + 1) * 4), name
     # with a sample per thread, the phases the kernel runs row-blocked
     # write no panels up front: conv1 on 14 x 14 inputs (R50 stage 3), conv2 /
     # conv3 on 7 x 7 outputs (the stride-2 block 3.0 and stage 4); batch 1

@@ -350,6 +350,12 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
                 '_blocks' if row_blocked[i] else '_panels'), elems, 0, 1,
                 parallel=False)
             for i, elems in enumerate((n * kq * c_in, n * kq * k * 9))]
+        # each sample's gathers read the span of its source rows (about
+        # every column of a kept row) from on-chip copies
+        panels += [
+            elementwise_latency(hw, name, elems, 1, 0, parallel=False)
+            for name, elems in (('w1_src', n * c_in * (width + 1)),
+                                ('w2_src', n * 9 * k * (width + 1)))]
         # the kernel's parallel phases: the up-front gathers (when there
         # are panels to write up front), conv1, conv2 - conv3 with the
         # epilogue; with the column split conv1, conv2, conv3 with the
