@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from laud_mm.latency.calibration import cache_evictor, cold_start, time_fn
+from laud_mm.latency.calibration import block_evictor, cold_start, time_fn
 
 from .forced_gates import gate_shape, random_gate, realised_density
 
@@ -73,12 +73,13 @@ def measure_cases(device: torch.device, quick: bool = False,
     ``repeats`` sweeps over all cases and keep each case's fastest sweep
     (sweeps minutes apart: a burst of load from other processes inflates
     one sweep, not all). On a CPU, unless ``warm_caches``, every timed
-    call of a block starts as inside a backbone forward, where each block's weights
-    were last read a forward earlier (:func:`~laud_mm.latency.calibration.
-    cold_start`): the caches evicted, then a twin of the block (a copy
-    with its own weights, the same gate) run on a copy of the input, then
-    the input read: the block's weights come from DRAM, the host code is
-    warm and the input in cache. The whole backbones are timed back to
+    call of a block starts as inside a backbone forward, where each
+    block's weights were last read a forward earlier
+    (:func:`~laud_mm.latency.calibration.cold_start`): the caches
+    evicted, then a twin of the block (a copy with its own weights, the
+    same gate) run on a copy of the input, then the input read: the
+    block's weights come from DRAM, the host code is warm and the input in
+    cache. The whole backbones are timed back to
     back (a forward is its own such sequence).
 
     Args:
@@ -111,6 +112,10 @@ def measure_cases(device: torch.device, quick: bool = False,
     # (case dict, gates: [(masker, gate)], fn, min_time, twin's call or
     # None, input)
     jobs = []
+    evict = block_evictor(device, warm_caches)
+
+    def twin_of(block):  # a copy with its own weights, to time cold
+        return None if evict is None else copy.deepcopy(block)
 
     def block_index(geoms, s, i):
         return [k for k, g in enumerate(geoms) if g.stage == s and
@@ -120,7 +125,7 @@ def measure_cases(device: torch.device, quick: bool = False,
     sgeoms = static.block_geometries(in_hw)
     for (s, i) in blocks:
         j = block_index(sgeoms, s, i)
-        twin = copy.deepcopy(static.blocks[j])
+        twin = twin_of(static.blocks[j])
         for b in batches:
             x = torch.randn(b, sgeoms[j].in_channels, *sgeoms[j].in_hw,
                             device=device)
@@ -129,7 +134,8 @@ def measure_cases(device: torch.device, quick: bool = False,
                               density=None), [],
                          partial(static_bottleneck_forward, static.blocks[j],
                                  x), min_time,
-                         partial(static_bottleneck_forward, twin, x.clone()),
+                         None if twin is None else partial(
+                             static_bottleneck_forward, twin, x.clone()),
                          x))
     for par, gran in configs:
         model = build(par, None if gran is None else (gran,) * 4, device)
@@ -139,11 +145,11 @@ def measure_cases(device: torch.device, quick: bool = False,
             geom, blk = geoms[j], model.blocks[j]
             if par == 'spatial' and gran > max(geom.out_hw):
                 continue
-            twin = copy.deepcopy(blk)
+            twin = twin_of(blk)
             for b in batches:
                 x = torch.randn(b, geom.in_channels, *geom.in_hw,
                                 device=device)
-                x2 = x.clone()
+                x2 = None if twin is None else x.clone()
                 for r in rates:
                     # (batch-1 layer gates round to 0 or 1: the realised
                     # density is what the predictor gets)
@@ -152,12 +158,14 @@ def measure_cases(device: torch.device, quick: bool = False,
                                       paradigm=par, granularity=gran,
                                       batch=b, density=realised_density(
                                           blk, geom, gate)),
-                                 [(blk.masker, gate.to(device)),
-                                  (twin.masker, gate.to(device))],
+                                 [(blk.masker, gate.to(device))] + (
+                                     [(twin.masker, gate.to(device))]
+                                     if twin is not None else []),
                                  partial(dynamic_bottleneck_forward, blk, x,
                                          geom), min_time,
-                                 partial(dynamic_bottleneck_forward, twin,
-                                         x2, geom), x))
+                                 None if twin is None else partial(
+                                     dynamic_bottleneck_forward, twin, x2,
+                                     geom), x))
     if backbone:
         for par, gran in [(None, None), ('spatial', (4, 4, 2, 1)),
                           ('channel', (2, 2, 2, 2)), ('layer', None)]:
@@ -184,14 +192,12 @@ def measure_cases(device: torch.device, quick: bool = False,
                              gates, partial(backbone_forward, model, x,
                                             geoms, par is not None),
                              min_time * 4, None, x))
-    evict = None if warm_caches or device.type != 'cpu' else \
-        cache_evictor(device)
     sweeps = [[] for _ in jobs]
     for rep in range(repeats):
         for k, (case, gates, fn, min_time, twin, x) in enumerate(jobs):
             for masker, gate in gates:
                 masker.forced_gate = gate
-            before = None if evict is None or twin is None else \
+            before = None if twin is None else \
                 partial(cold_start, evict, twin, x)
             with torch.no_grad():
                 t = time_fn(fn, device, min_time=min_time, clock=clock,

@@ -123,6 +123,17 @@ def cache_evictor(device: torch.device, llc_mb: Optional[float] = None
     return lambda: buf.sum()
 
 
+def block_evictor(device: torch.device, warm_caches: bool = False
+                  ) -> Optional[Callable[[], object]]:
+    """The eviction of :func:`cold_start` where blocks are timed as inside
+    a forward: :func:`cache_evictor` on a CPU unless ``warm_caches``;
+    None (calls timed back to back) otherwise, a GPU included (its
+    evicted-cache timings are not validated)."""
+    if warm_caches or device.type != 'cpu':
+        return None
+    return cache_evictor(device)
+
+
 def cold_start(evict: Callable[[], object],
                twin: Optional[Callable[[], object]],
                *inputs: torch.Tensor) -> None:
@@ -428,22 +439,21 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
     from .predictor import LatencyPredictor
     if device.type != 'cpu':
         return spec
-    evict = None if warm_caches else cache_evictor(device)
+    evict = block_evictor(device, warm_caches)
 
     def run(paradigm, gran, gate_of):
         blk, g, x = _dynamic_block(paradigm, gran, device)
         gate = gate_of(blk, g)
         blk.masker.forced_gate = gate
         try:
-            twin = copy.deepcopy(blk)
-            x2 = x.clone()
+            before = None if evict is None else partial(
+                cold_start, evict, partial(dynamic_bottleneck_forward,
+                                           copy.deepcopy(blk), x.clone(), g),
+                x)
             with torch.no_grad():
                 t = time_fn(lambda: dynamic_bottleneck_forward(blk, x, g),
                             device, min_time=0.3, clock=clock,
-                            before=None if evict is None else
-                            partial(cold_start, evict, partial(
-                                dynamic_bottleneck_forward, twin, x2, g),
-                                x))
+                            before=before)
         finally:
             blk.masker.forced_gate = None
         if paradigm == 'spatial':
@@ -638,8 +648,7 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         for g in geoms:
             uniq.setdefault((g.stage, g.has_downsample), g)
         samples = []
-        evict = None if warm_caches or dev.type != 'cpu' else \
-            cache_evictor(dev)
+        evict = block_evictor(dev, warm_caches)
         for g in uniq.values():
             for b in (1, 2):
                 fn = static_block_fn(g, b, dev)

@@ -982,6 +982,10 @@ def test_cache_evictor_reads_twice_the_llc(monkeypatch):
         calibration.cache_evictor(cpu, llc_mb=-1.)
     with pytest.raises(ValueError, match='CPU caches; got device meta'):
         calibration.cache_evictor(torch.device('meta'))
+    # timed as inside a forward on a CPU only, unless warm_caches
+    assert calibration.block_evictor(cpu, warm_caches=True) is None
+    assert calibration.block_evictor(torch.device('meta')) is None
+    assert float(calibration.block_evictor(cpu)()) >= 16e6
     order = []
 
     class Seen(torch.Tensor):
@@ -1022,7 +1026,7 @@ def test_validation_times_every_block_from_cold_caches(monkeypatch):
                 & {p.data_ptr() for p in fn.args[0].parameters()}
             twins.append((fn(), twin()))
         return 1e-3
-    monkeypatch.setattr(validation, 'cache_evictor', evictor)
+    monkeypatch.setattr(calibration, 'cache_evictor', evictor)
     monkeypatch.setattr(validation, 'time_fn', fake_time_fn)
     cases = validation.measure_cases(torch.device('cpu'), quick=True,
                                      repeats=1)

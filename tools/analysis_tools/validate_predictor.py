@@ -17,8 +17,9 @@ the same device spec): MAPE and Spearman rank correlation, overall and per
 paradigm. On a CPU every timed block call starts as inside a backbone
 forward: caches evicted, a twin of the block (its own weights) run, the
 input read, so the block's weights come from DRAM (``--warm-caches``:
-calls back to back instead, weights in cache). ``--fit`` first fits the spec on a random
-30 % of the cases and reports the other 70 % (held out) as well;
+calls back to back instead, weights in cache). ``--fit`` first fits the
+spec on a random 30 % of the cases and reports the other 70 % (held out)
+as well;
 ``--reuse`` re-predicts the cases of an earlier ``results.json`` without
 measuring.
 
