@@ -2,8 +2,8 @@
 modules form no cycle (module-level and function-level imports alike), each
 layer imports only the layers below it (ops <- models.layers <- families <-
 latency <- evaluation / engine / datasets <- analysis), no sys.path edits in
-tools/ or tests/, no upstream class patched at import, and no citation of a
-document outside the repository."""
+tools/ or tests/, no upstream class patched at import, no citation of a
+document outside the repository, and every cited section of docs/ exists."""
 import ast
 import os
 import os.path as osp
@@ -179,4 +179,61 @@ def test_no_citation_of_documents_outside_the_repository():
                         bad.append(osp.relpath(path, ROOT))
     if outside in open(osp.join(ROOT, 'README.md')).read():
         bad.append('README.md')
+    assert not bad, bad
+
+
+def _doc_sections(path):
+    """Normalised titles a citation may name in a doc: its headings, the
+    bold openings of paragraphs and list items, and the rounds that open a
+    paragraph (``The thirteenth round ...``)."""
+    titles = set()
+    for line in open(path):
+        m = re.match(r'#+\s+(.*)', line) or \
+            re.match(r'\s*(?:- )?\*\*(.+?)\*\*', line) or \
+            re.match(r'The ((?:\w+-)?\w+ round)\b', line)
+        if m:
+            titles.add(_norm_title(m.group(1)))
+    return titles
+
+
+def _norm_title(text):
+    return ' '.join(text.lower().replace('`', '').split()).rstrip('.')
+
+
+def test_cited_doc_sections_exist():
+    """A citation of a section, ``docs/<doc>.md, "Title"`` or ``docs/<doc>.md,
+    thirteenth round`` (in code, comments or docs, across line breaks),
+    names a document that exists and a section of it: a heading, a bold
+    paragraph opening or a paragraph that opens with the round, which
+    starts with or contains the cited title. Catches citations left
+    behind when a section moves between documents."""
+    quoted = re.compile(
+        r'docs/(\w+\.md)`*\)?,?\s*(?:section\s*)?\(?"([^"]{2,80})"')
+    rounds = re.compile(r'docs/(\w+\.md)`*,\s*((?:\w+-)?\w+ round)\b')
+    prefix = re.compile(r'^\s*(#:|#|//|\*|--)\s?')
+    cites, bad, sections = [], [], {}
+    for folder in ('laud_mm', 'tools', 'csrc', 'docs', 'configs', 'tests'):
+        for dirpath, _, files in os.walk(osp.join(ROOT, folder)):
+            for f in files:
+                if not f.endswith(('.py', '.md', '.cpp', '.h', '.cu', '.sh')):
+                    continue
+                path = osp.join(dirpath, f)
+                # comment markers dropped, lines joined: a citation may wrap
+                text = ' '.join(prefix.sub('', line.rstrip('\n'))
+                                for line in open(path, errors='replace'))
+                for pattern in (quoted, rounds):
+                    for m in pattern.finditer(text):
+                        cites.append((osp.relpath(path, ROOT),) + m.groups())
+    for src, doc, title in cites:
+        path = osp.join(ROOT, 'docs', doc)
+        if not osp.isfile(path):
+            bad.append(f'{src}: docs/{doc} does not exist')
+            continue
+        if doc not in sections:
+            sections[doc] = _doc_sections(path)
+        t = _norm_title(title)
+        if not any(s.startswith(t) or t in s for s in sections[doc]):
+            bad.append(f'{src}: docs/{doc} has no section "{title}"')
+    # the scan itself works: the code cites docs by section in many places
+    assert len(cites) > 50, cites
     assert not bad, bad

@@ -15,7 +15,7 @@
 // a sample's conv1 is a (k x C_in) x (C_in x 49) GEMM, which MKL runs far
 // below the efficiency of the static network's batched GEMMs, so channel
 // skipping barely pays there with batched GEMMs (1.06 - 1.08x for the 7 x 7
-// blocks at r = 0.5: docs/benchmarks.md, "Per block" table, channel
+// blocks at r = 0.5: docs/benchmark_history.md, "Per block" table, channel
 // column, tools/analysis_tools/benchmark_latency.py --per-block). This
 // kernel puts the *output channels* on the vector lanes: a
 // tile is 7 output pixels x 64 kept output channels (28 AVX-512
@@ -121,7 +121,7 @@ constexpr int64_t kAlign2 = 1;
 // panels (N C_in kp floats for conv1, N 9 k kp for conv2: 40 MB at R50
 // stage 4, batch 8, r = 0.5) would go out to DRAM and back. Larger maps
 // reuse a panel over enough tiles that the up-front gather pays (the
-// measurements behind both thresholds: docs/benchmarks.md, thirteenth
+// measurements behind both thresholds: docs/benchmark_history.md, thirteenth
 // round).
 constexpr int64_t kBlockedMaxPixels1 = 196;
 constexpr int64_t kBlockedMaxPixels2 = 49;
@@ -204,7 +204,7 @@ struct Geometry {
 // loads, register compresses and masked stores instead of kv / 2 pair
 // moves (kv scalar moves), each of which loads on its own: a 64-wide block
 // of R50 stage 4 at r = 0.5 (G = 2) spans about 110 source columns, 7
-// chunks against 32 moves (docs/benchmarks.md, tenth round). n = 0: not
+// chunks against 32 moves (docs/benchmark_history.md, tenth round). n = 0: not
 // used (no AVX-512, columns not ascending, or chunks no cheaper than the
 // moves).
 struct ColChunks {

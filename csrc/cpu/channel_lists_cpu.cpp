@@ -11,7 +11,7 @@
 //   (channel_kept_lists_reference: gt, repeat_interleave, sum, max, a
 //   stable sort, slices, eq, masked_fill), which dispatches a dozen
 //   operators to do the same: host time the fused CPU branch pays per
-//   block (docs/benchmarks.md, thirteenth round).
+//   block (docs/benchmark_history.md, thirteenth round).
 //
 // Source: LAUDNet paper sec. 3.2 (channel skipping: a gate per group of G
 // channels) and sec. 3.4 (the gate turned into per-sample indices).

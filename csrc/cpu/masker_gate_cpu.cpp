@@ -16,8 +16,8 @@
 // torch's dispatcher and its BLAS, which on several threads wakes the
 // sleeping thread pool for every linear layer; between a block's large
 // kernels that host work dominated the masker's time
-// (docs/benchmarks.md, fourteenth round). Here the whole decision is one
-// call on the calling thread.
+// (docs/benchmark_history.md, fourteenth round). Here the whole decision is
+// one call on the calling thread.
 //
 // Numerics: every dot product keeps 16 partial sums (element i goes to sum
 // i mod 16, multiply then add, no fused multiply-add: the build targets

@@ -31,7 +31,7 @@
 // AVX-512BW); else, or with blas (the caller passes it when torch's
 // oneDNN is disabled or allowed reduced-precision float32 matmuls),
 // at::addmm_out (MKL / the BLAS torch uses). oneDNN's JIT kernels beat
-// MKL's GEMM at these shapes on AMD CPUs (docs/benchmarks.md, tenth
+// MKL's GEMM at these shapes on AMD CPUs (docs/benchmark_history.md, tenth
 // round). The K-sum of
 // an output element is one GEMM call whatever the partition; the BLAS may
 // order it differently for another column count, so results agree with

@@ -23,7 +23,7 @@
 // to a patch buffer and read back by the scatter. On that path, perf of the
 // R50 backbone at r = 0.5 (8 x 224 px) puts gather and scatter at 10 % of
 // the time, with the convolutions alone 1.73x faster than static but the
-// whole backbone 1.45x (docs/benchmarks.md, "What the profile showed").
+// whole backbone 1.45x (docs/benchmark_history.md, "What the profile showed").
 // Here the register tiles of tile.h (7 pixels x 64 output channels, inputs
 // broadcast) read any pixel set in place: conv1 reads the input at D_n's
 // pixels (transposed to pixel-major in L2-sized chunks where two or more
@@ -326,7 +326,7 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   // every panel block's tiles: x is read once, in sequential streams.
   // Otherwise the tiles read x's NCHW rows in place (with one panel block
   // they read it once anyway: transposing the short runs of 56 x 56 maps
-  // cost more than it saved, docs/benchmarks.md, eleventh round).
+  // cost more than it saved, docs/benchmark_history.md, eleventh round).
   const bool pixel_major =
       width > kPanel && pixel_major_input(avx512, plane_in, g.c_in, m);
   const int64_t chunk = pixel_major ? pixel_major_chunk(g.c_in) : m;

@@ -37,13 +37,13 @@ constexpr int kPanel = 64;   // output channels per panel (4 vectors)
 constexpr int64_t kChunkFloats = 32768;
 // ... only on maps of at least this many pixels: on a 7 x 7 map a sample's
 // NCHW input (C_in x 49 floats) stays in L2 across the panel blocks, and
-// transposing it gained nothing (docs/benchmarks.md, eleventh round)
+// transposing it gained nothing (docs/benchmark_history.md, eleventh round)
 constexpr int64_t kPixelMajorMinPixels = 50;
 // ... and only when the input one thread's conv1 reads (its pixels x C_in
 // floats) is at least this large (512 KiB): a smaller one stays in L2
 // between the panel blocks, where the two layouts read alike and the
 // transposition is pure cost (batch 1 at 224 px: 1 - 3 % slower with it,
-// docs/benchmarks.md, eleventh round)
+// docs/benchmark_history.md, eleventh round)
 constexpr int64_t kPixelMajorMinFloats = 4 * kChunkFloats;
 
 // Whether conv1 reads np pixels of a plane-pixel map with c_in channels
@@ -227,7 +227,7 @@ LAUD_TARGET("avx2") inline void transpose8x8(__m256 r[8]) {
 // stream, where in NCHW every input channel is a new cache line, 784 B
 // (14 x 14) to 12.5 KB (56 x 56) from the last: under the memory traffic
 // of both cores the tiles ran about a third slower on NCHW input
-// (docs/benchmarks.md, eleventh round).
+// (docs/benchmark_history.md, eleventh round).
 LAUD_TARGET("avx2") inline void to_pixel_major_avx2(
     const float* src, int64_t plane, int64_t c, int64_t np, float* dst) {
   const int64_t c8 = c / 8 * 8, tail = np % 8, full = np - tail;

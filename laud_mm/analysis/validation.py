@@ -293,7 +293,7 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
     the kernels are the fitted ``host_call_us``. The loss is the reported
     metric, the mean absolute percentage error, minimised by Powell's
     method, bounded to that box, with restarts
-    (docs/latency_predictor.md, "Fourth round").
+    (docs/latency_predictor_history.md, "Fourth round").
 
     Returns:
         the fitted :class:`~laud_mm.latency.HardwareSpec`.

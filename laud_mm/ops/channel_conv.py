@@ -15,7 +15,7 @@ call, conv3 added into the output with in-register transposes), in place
 of the batched per-sample GEMMs, which run a sample's small conv1 GEMM far
 below the static network's efficiency. The backbone figure: R50 channel
 r = 0.5, 1.68x CPU-time speedup over the folded static network
-(docs/benchmarks.md, "LAUD-ResNet-50, 8 x 3 x 224 x 224" table, from
+(docs/benchmark_history.md, "LAUD-ResNet-50, 8 x 3 x 224 x 224" table, from
 ``tools/analysis_tools/benchmark_latency.py``).
 :func:`channel_branch_add_relu_reference` is the same in PyTorch.
 

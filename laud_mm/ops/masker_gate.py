@@ -7,7 +7,7 @@ inference a gate is on where its keep logit is at least its skip logit
 operators it is five to eight dispatcher calls, and on several threads
 each linear layer wakes the sleeping thread pool of torch's BLAS: host
 time that a block pays between its large kernels
-(docs/benchmarks.md, fourteenth round). :func:`masker_gate` computes it
+(docs/benchmark_history.md, fourteenth round). :func:`masker_gate` computes it
 on the calling thread in one compiled call
 (``csrc/cpu/masker_gate_cpu.cpp``) where :func:`fast_masker_gate` allows,
 else with :func:`masker_gate_reference` (the same operators as the

@@ -124,15 +124,15 @@ CHANNEL_FUSED_CPU = True
 #: phases' weight panels are gathered block by block in L2, never written
 #: for the whole batch (the kernel's kBlockedMaxPixels1 / 2 in
 #: ``csrc/cpu/channel_conv_cpu.cpp``, which the latency model follows;
-#: docs/benchmarks.md, thirteenth round)
+#: docs/benchmark_history.md, thirteenth round)
 CHANNEL_BLOCKED_MAX_IN_PIXELS = 196
 CHANNEL_BLOCKED_MAX_OUT_PIXELS = 49
 #: with fewer samples than threads, on maps within both thresholds above,
 #: the fused kernel splits each sample's kept columns over the threads
 #: (every phase row-blocked, three phases) instead of its pixels, when the
 #: batch has at least this many units of 16 kept columns per thread (the
-#: kernel's kColUnits, which the latency model follows; docs/benchmarks.md,
-#: twentieth round)
+#: kernel's kColUnits, which the latency model follows;
+#: docs/benchmark_history.md, twentieth round)
 CHANNEL_COLUMN_UNITS = 4
 
 

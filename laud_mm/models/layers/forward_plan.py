@@ -8,7 +8,7 @@ whether the compiled kernels take its input's dtype and device at the
 current thread count, whether its dense epilogue computes the next block's
 masker logits. Made between the convolutions, this host code runs with its
 code and data evicted by them, several times slower than in a loop
-(docs/benchmarks.md, fourteenth round). Inside
+(docs/benchmark_history.md, fourteenth round). Inside
 :func:`~laud_mm.models.layers.dynamic.owned_block_inputs` the first
 block's call plans the whole sequence in one loop: the input shapes follow
 from the block geometries, the dtype and device from the first input.

@@ -779,7 +779,7 @@ def _channel_forward(block, x, plan):
     if not is_autocast(x) and x.dtype == ident.dtype == fb.w1.dtype:
         # conv3 from the kept channels accumulated into the shortcut, then
         # bn3's shift (every sample) and the ReLU: no conv3 output buffer,
-        # no separate scatter pass over the output (docs/benchmarks.md,
+        # no separate scatter pass over the output (docs/benchmark_history.md,
         # "Channel: conv3 accumulated into the shortcut", measured with
         # tools/analysis_tools/benchmark_latency.py --quick)
         out = _residual_target(block, x, ident)
