@@ -30,7 +30,9 @@ the fused kernels' GEMM speed on three dynamic blocks of one geometry
 (``host_call_us``, ``fused_gemm_speed``); the predictor validation
 (:mod:`laud_mm.analysis.validation`) times 274 other cases. Blocks are
 timed as they run inside a backbone forward (:func:`cold_start`: weights
-in DRAM, host code warm, input in cache), unless ``warm_caches``.
+in DRAM, host code warm, input in cache), unless ``warm_caches``, and all
+of them in the same rounds (:func:`time_cases`), so that the terms derived
+from different blocks see the machine in the same states.
 
 :func:`time_fn` is also the timer of that validation. Command line:
 ``tools/analysis_tools/calibrate_hardware.py``.
@@ -42,9 +44,10 @@ import copy
 import math
 import os
 import os.path as osp
+import statistics
 import time
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +218,52 @@ def time_fn(fn, device: torch.device, min_time: float = 0.2,
         _sync(device)
         samples.append((timer() - t) / reps)
     return min(samples)
+
+
+#: rounds of :func:`time_cases` over the calibration's blocks
+CALIB_ROUNDS = 5
+#: timed calls of each block per round (the fastest kept)
+CALIB_CALLS = 3
+
+
+def time_cases(cases: Sequence[Tuple[Callable, Optional[Callable]]],
+               device: torch.device, rounds: int = CALIB_ROUNDS,
+               calls: int = CALIB_CALLS, clock: str = 'auto'
+               ) -> List[float]:
+    """Seconds per call of each case, on a machine whose speed drifts:
+    ``rounds`` rounds over all the cases; in each round a case is timed
+    ``calls`` times by :func:`time_fn` (its ``before`` before each call;
+    the fastest kept: other processes only add time), and the median over
+    the rounds is kept. Every case thus samples the same stretch of time,
+    so that terms derived from different cases (the fit's static blocks,
+    the dynamic path's terms, which :func:`calibrate_hardware` divides
+    into each other) see the machine in the same states, and a fast or
+    slow stretch moves one round of a case, not the whole case
+    (docs/latency_predictor.md, "Calibration on a shared machine").
+
+    Args:
+        cases: ``(fn, before)`` pairs as :func:`time_fn` takes them
+            (``before`` None: calls back to back).
+        device: where they run.
+        rounds: rounds over all cases (>= 1).
+        calls: timed calls per case and round (>= 1).
+        clock: timer (:func:`select_clock`).
+
+    Returns:
+        seconds per call, one per case, in order.
+
+    Raises:
+        ValueError: ``rounds`` or ``calls`` < 1.
+    """
+    if rounds < 1 or calls < 1:
+        raise ValueError(f'rounds={rounds!r} and calls={calls!r} must be >= 1')
+    per: List[List[float]] = [[] for _ in cases]
+    for r in range(rounds):
+        for i, (fn, before) in enumerate(cases):
+            per[i].append(time_fn(fn, device, min_time=0., min_calls=calls,
+                                  warmup=2 if r == 0 else 0, clock=clock,
+                                  before=before))
+    return [statistics.median(v) for v in per]
 
 
 def cpu_clock_mhz() -> float:
@@ -399,13 +448,78 @@ def _half_gate(n_gates: int, shape, device: torch.device) -> torch.Tensor:
     return gate.view(shape).to(device)
 
 
+def _no_grad(fn: Callable) -> Callable:
+    """``fn`` run under ``torch.no_grad`` (inference, as timed)."""
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
+def dynamic_path_cases(spec: HardwareSpec, device: torch.device,
+                       warm_caches: bool = False) -> List[Dict]:
+    """The blocks that :func:`dynamic_path_terms` times, built and ready:
+    :data:`DYNAMIC_CALIB_BLOCK` of LAUD-ResNet-50 at batch 1 with its gate
+    imposed (``masker.forced_gate``, on the case's own model): ``'empty'``
+    (spatial, S = 2, every patch off) and, where the fused CPU kernels run
+    (``laud_mm.ops.policy`` switches, this thread count, 16-lane vectors in
+    ``spec``), ``'spatial'`` (S = 2) and ``'channel'`` (G = 2) with half
+    their gates on.
+
+    Args:
+        spec: the spec (its ``vector_width`` decides the fused cases).
+        device: where they run; not a CPU: no cases.
+        warm_caches: calls back to back (``before`` None); default: each
+            call after :func:`cold_start` with a twin of the block.
+
+    Returns:
+        dicts with ``name``, ``fn`` and ``before`` (no-argument callables,
+        as :func:`time_fn` takes them), ``g`` (the block's
+        :class:`BlockGeometry`) and ``d`` (its mask density: spatial, the
+        pixel fraction of the expanded mask; channel, the kept groups).
+    """
+    from laud_mm.models.layers.masks import expand_spatial_gate
+    from laud_mm.models.resnet.dynamic import dynamic_bottleneck_forward
+    from laud_mm.ops import policy
+    if device.type != 'cpu':
+        return []
+    evict = block_evictor(device, warm_caches)
+
+    def case(name, paradigm, gran, shape_of, half):
+        blk, g, x = _dynamic_block(paradigm, gran, device)
+        shape = shape_of(g)
+        gate = _half_gate(math.prod(shape), shape, device) if half else \
+            torch.zeros(*shape, device=device)
+        blk.masker.forced_gate = gate
+        d = float(expand_spatial_gate(gate, g.granularity, g.out_hw).float()
+                  .mean()) if paradigm == 'spatial' else float(gate.mean())
+        before = None if evict is None else partial(
+            cold_start, evict, _no_grad(partial(
+                dynamic_bottleneck_forward, copy.deepcopy(blk), x.clone(),
+                g)), x)
+        return dict(name=name, g=g, d=d, before=before, fn=_no_grad(
+            partial(dynamic_bottleneck_forward, blk, x, g)))
+
+    def grid(g):
+        return (1, *g.patch_grid)
+    cases = [case('empty', 'spatial', 2, grid, False)]
+    if policy.SPATIAL_FUSED_CPU and policy.CHANNEL_FUSED_CPU and \
+            policy.fused_cpu_threads() and spec.vector_width >= 16:
+        cases += [case('spatial', 'spatial', 2, grid, True),
+                  case('channel', 'channel', 2,
+                       lambda g: (1, g.num_groups), True)]
+    return cases
+
+
 def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
                        clock: str = 'auto', verbose: bool = True,
-                       warm_caches: bool = False) -> HardwareSpec:
+                       warm_caches: bool = False,
+                       cases: Optional[List[Dict]] = None,
+                       times: Optional[Sequence[float]] = None
+                       ) -> HardwareSpec:
     """Measure the two terms of the eager dynamic path that micro-benchmarks
-    of single library kernels miss, on :data:`DYNAMIC_CALIB_BLOCK` of
-    LAUD-ResNet-50 at batch 1 (gates imposed through
-    ``masker.forced_gate``):
+    of single library kernels miss, on the blocks of
+    :func:`dynamic_path_cases`:
 
     * ``host_call_us``: the block with every gate off (spatial, S = 2)
       computes nothing but its masker and shortcut; its time less the
@@ -429,40 +543,34 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
         warm_caches: time calls back to back; default: each call after
             the caches are evicted and a twin block has run, its input
             read (:func:`cold_start`).
+        cases, times: the cases of :func:`dynamic_path_cases` and their
+            seconds per call, timed by the caller
+            (:func:`calibrate_hardware` times them in the rounds of the
+            static blocks); None: built and timed here
+            (:func:`time_cases`).
 
     Returns:
         ``spec`` with the measured terms.
+
+    Raises:
+        ValueError: ``times`` without ``cases``, or of another length.
     """
-    from laud_mm.models.resnet.dynamic import dynamic_bottleneck_forward
     from laud_mm.ops import policy
 
     from .predictor import LatencyPredictor
     if device.type != 'cpu':
         return spec
-    evict = block_evictor(device, warm_caches)
-
-    def run(paradigm, gran, gate_of):
-        blk, g, x = _dynamic_block(paradigm, gran, device)
-        gate = gate_of(blk, g)
-        blk.masker.forced_gate = gate
-        try:
-            before = None if evict is None else partial(
-                cold_start, evict, partial(dynamic_bottleneck_forward,
-                                           copy.deepcopy(blk), x.clone(), g),
-                x)
-            with torch.no_grad():
-                t = time_fn(lambda: dynamic_bottleneck_forward(blk, x, g),
-                            device, min_time=0.3, clock=clock,
-                            before=before)
-        finally:
-            blk.masker.forced_gate = None
-        if paradigm == 'spatial':
-            from laud_mm.models.layers.masks import expand_spatial_gate
-            d = float(expand_spatial_gate(gate, g.granularity,
-                                          g.out_hw).float().mean())
-        else:
-            d = float(gate.float().mean())
-        return g, d, t * 1e3
+    if cases is None:
+        if times is not None:
+            raise ValueError('dynamic_path_terms: times given without cases')
+        cases = dynamic_path_cases(spec, device, warm_caches)
+        times = time_cases([(c['fn'], c['before']) for c in cases], device,
+                           clock=clock)
+    if times is None or len(times) != len(cases):
+        raise ValueError(f'dynamic_path_terms: {len(cases)} cases but '
+                         f'times={times!r}')
+    measured = {c['name']: (c['g'], c['d'], t * 1e3)
+                for c, t in zip(cases, times)}
 
     def ops_of(sp, g, d):
         pred = LatencyPredictor(sp, implementation='eager',
@@ -472,8 +580,7 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
         return pred.predict_backbone([g], [d], 1).block_ops[0]
 
     # host calls: every patch off
-    g, d, t = run('spatial', 2, lambda blk, g: torch.zeros(
-        1, *g.patch_grid, device=device))
+    g, d, t = measured['empty']
     # the model at 1 and 2 us per host call: the difference counts the
     # calls, the rest is the kernels (parallel regions included)
     one = sum(o.ms for o in ops_of(spec.replace(host_call_us=1.), g, d))
@@ -490,19 +597,14 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
         print(f'  empty spatial block: {t:.3f} ms, not above its modelled '
               f'kernels ({rest:.3f} ms): host_call_us kept at '
               f'{spec.host_call_us}')
-    fused = policy.SPATIAL_FUSED_CPU and policy.CHANNEL_FUSED_CPU and \
-        policy.fused_cpu_threads() and spec.vector_width >= 16
-    if not fused:
+    if 'spatial' not in measured:
         if verbose:
             print('  no fused CPU kernels at this thread count / ISA: '
                   f'fused_gemm_speed kept at {spec.fused_gemm_speed}')
         return spec
     gemm = left = 0.
-    for paradigm, shape_of in (
-            ('spatial', lambda g: (1, *g.patch_grid)),
-            ('channel', lambda g: (1, g.num_groups))):
-        g, d, t = run(paradigm, 2, lambda blk, g: _half_gate(
-            math.prod(shape_of(g)), shape_of(g), device))
+    for paradigm in ('spatial', 'channel'):
+        g, d, t = measured[paradigm]
         ops = ops_of(spec.replace(fused_gemm_speed=1.), g, d)
         c = sum(o.compute_ms for o in ops
                 if o.name in ('conv1', 'conv2', 'conv3'))
@@ -643,25 +745,37 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         llc_mb=cpu_llc_mb() if dev.type == 'cpu' else 0.,
         region_us=m['region_us'])
     if fit:
+        # the static blocks and the dynamic path's blocks timed in the same
+        # rounds (time_cases): the fused GEMM speed divides the latter by
+        # what the former's fit models
         geoms, _ = resnet_geometries(50, (224, 224))
         uniq = {}
         for g in geoms:
             uniq.setdefault((g.stage, g.has_downsample), g)
-        samples = []
         evict = block_evictor(dev, warm_caches)
+        static = []
         for g in uniq.values():
             for b in (1, 2):
                 fn = static_block_fn(g, b, dev)
-                t = time_fn(fn, dev, min_time=0.3, clock=clock,
-                            before=None if evict is None else
-                            partial(cold_start, evict,
-                                    static_block_fn(g, b, dev), fn.input))
-                samples.append((g, b, t * 1e3))
-                print(f'  static block s{g.stage}.b{g.index} batch {b}: '
-                      f'{t * 1e3:.3f} ms')
+                static.append((g, b, fn, None if evict is None else partial(
+                    cold_start, evict, static_block_fn(g, b, dev),
+                    fn.input)))
+        dyn = dynamic_path_cases(spec, dev, warm_caches)
+        times = time_cases([(fn, before) for _, _, fn, before in static] +
+                           [(c['fn'], c['before']) for c in dyn], dev,
+                           clock=clock)
+        samples = []
+        for (g, b, _, _), t in zip(static, times):
+            samples.append((g, b, t * 1e3))
+            print(f'  static block s{g.stage}.b{g.index} batch {b}: '
+                  f'{t * 1e3:.3f} ms')
         spec = fit_spec(spec, samples)
-    spec = dynamic_path_terms(spec, dev, clock=clock,
-                              warm_caches=warm_caches)
+        spec = dynamic_path_terms(spec, dev, clock=clock,
+                                  warm_caches=warm_caches, cases=dyn,
+                                  times=times[len(static):])
+    else:
+        spec = dynamic_path_terms(spec, dev, clock=clock,
+                                  warm_caches=warm_caches)
     out = out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
     os.makedirs(osp.dirname(out) or '.', exist_ok=True)
     save_hardware(spec, out)

@@ -129,3 +129,51 @@ def test_metric_batch_size_and_errors():
         BackboneLatencyMetric('v100', batch_size=0)
     with pytest.raises(ValueError, match='batch_size=None'):
         BackboneLatencyMetric('v100', batch_size=None)
+
+
+def test_eager_model_prices_the_cpu_path_of_each_family():
+    """implementation='eager': each evaluated size is priced by the eager
+    model of this project's CPU path (the one validate_predictor checks
+    against measured latency) with the family's dense-fallback threshold,
+    at the metric's batch size; not the fused model's figures. Errors name
+    the key."""
+    from laud_mm.latency import LatencyPredictor, get_hardware
+    from laud_mm.ops import policy
+    torch.manual_seed(1)
+    model = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1),
+                       base_channels=16).eval()
+    for m in model.maskers():  # mixed learned gates
+        torch.nn.init.normal_(m.conv.weight, 0., 0.5)
+        torch.nn.init.normal_(m.conv.bias, 0., 0.5)
+    stats = _evaluate(model, _images(), True)
+    spec = get_hardware('cpu')
+    metric = BackboneLatencyMetric(spec, batch_size=2,
+                                   implementation='eager')
+    metric.process(None, [dict(laud_stats=s) for s in stats])
+    got = metric.compute_metrics(metric.results)
+    pred = LatencyPredictor(spec, implementation='eager',
+                            spatial_dense_threshold=policy.
+                            SPATIAL_DENSE_THRESHOLD)
+    # one image per size: its own densities, batches of 2 of that size
+    dyn = [pred.predict_backbone(s['geometries'], s['block_density'], 2,
+                                 stem=s['stem']).per_image_ms for s in stats]
+    static = [pred.predict_static(s['geometries'], 2,
+                                  stem=s['stem']).per_image_ms
+              for s in stats]
+    assert got['latency_ms'] == pytest.approx(sum(dyn) / 2, rel=1e-9)
+    assert got['static_latency_ms'] == pytest.approx(sum(static) / 2,
+                                                     rel=1e-9)
+    assert got['pred_batch'] == 2 and got['pred_hardware'] == spec.name
+    fused = _metric(stats)
+    assert got['activation_rate'] == fused['activation_rate']
+    assert got['latency_ms'] != pytest.approx(fused['latency_ms'], rel=0.01)
+    # RegNetY blocks fall back at their own threshold
+    assert metric._predictor_for('regnety').spatial_dense_threshold == \
+        policy.REGNETY_SPATIAL_DENSE_THRESHOLD
+    with pytest.raises(ValueError, match="kind 'mlp'"):
+        metric._predictor_for('mlp')
+    with pytest.raises(ValueError, match="implementation='jit'"):
+        BackboneLatencyMetric('cpu', implementation='jit')
+    with pytest.raises(ValueError, match='calibrate_hardware.py --threads N '
+                       '--fit --out nowhere/cpu.yaml'):
+        BackboneLatencyMetric('nowhere/cpu.yaml', implementation='eager')

@@ -1053,32 +1053,52 @@ def test_validation_times_every_block_from_cold_caches(monkeypatch):
 def test_calibration_fit_times_static_blocks_as_inside_a_forward(
         monkeypatch, tmp_path):
     """calibrate_hardware --fit times each static block after cold_start
-    with a twin block of its own weights and the block's input (the dynamic
-    path's terms likewise, see dynamic_path_terms); --warm-caches: back to
-    back."""
+    with a twin block of its own weights and the block's input, in the same
+    rounds as the dynamic path's blocks (time_cases: every case once a
+    round, CALIB_ROUNDS rounds, the median kept), then fits the static
+    blocks' medians and hands the dynamic blocks' medians to
+    dynamic_path_terms; --warm-caches: back to back."""
     from laud_mm.latency import calibration
     prev = torch.get_num_threads()
     monkeypatch.setattr(calibration, 'microbench', lambda dev: dict(
         launch_us=5., launch_add_us=4., launch_conv_us=6.,
         bandwidth_gbs=2., cache_gbs=5., macs=1e11, conv_rates=[1e11],
         weight_reorder_gbs=8., region_us=30.))
-    monkeypatch.setattr(calibration, 'fit_spec', lambda spec, samples: spec)
+    fitted = []
+    monkeypatch.setattr(calibration, 'fit_spec',
+                        lambda spec, samples: fitted.append(samples) or spec)
     monkeypatch.setattr(calibration, 'cache_evictor',
                         lambda dev: lambda: None)
+    dyn = dict(name='empty', fn=lambda: None, before=None)
+    monkeypatch.setattr(calibration, 'dynamic_path_cases',
+                        lambda spec, dev, warm_caches: [dyn])
     terms = []
     monkeypatch.setattr(calibration, 'dynamic_path_terms',
-                        lambda spec, dev, clock, warm_caches:
-                        terms.append(warm_caches) or spec)
+                        lambda spec, dev, clock, warm_caches, cases=None,
+                        times=None: terms.append((warm_caches, cases, times))
+                        or spec)
     seen = []
 
     def fake_time_fn(fn, device, before=None, **kw):
         seen.append((fn, before))
-        return 1e-3
+        return 1e-3 * len(seen)  # every call another time
     monkeypatch.setattr(calibration, 'time_fn', fake_time_fn)
+    rounds = calibration.CALIB_ROUNDS
     try:
         calibration.calibrate_hardware(threads=1, fit=True,
                                        out=str(tmp_path / 'a.yaml'))
-        assert len(seen) == 16 and terms == [False]
+        n = 16 + 1  # static blocks, then the dynamic path's
+        assert len(seen) == n * rounds
+        # round after round over all the cases, in the same order
+        for r in range(1, rounds):
+            assert [f for f, _ in seen[r * n:(r + 1) * n]] == \
+                [f for f, _ in seen[:n]]
+        # case i's times are 1e-3 (i + 1 + k n): the median is round 2's
+        samples = fitted[0]
+        assert [t for _, _, t in samples] == pytest.approx(
+            [(i + 1 + (rounds // 2) * n) for i in range(16)])
+        assert terms[0][1] == [dyn] and terms[0][2] == pytest.approx(
+            [1e-3 * (n + (rounds // 2) * n)])
         fn, before = seen[0]
         assert before.func is calibration.cold_start
         twin, x = before.args[1], before.args[2]
@@ -1088,9 +1108,36 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
         seen.clear()
         calibration.calibrate_hardware(threads=1, fit=True, warm_caches=True,
                                        out=str(tmp_path / 'b.yaml'))
-        assert {b for _, b in seen} == {None} and terms == [False, True]
+        assert {b for _, b in seen} == {None}
+        assert [w for w, _, _ in terms] == [False, True]
     finally:
         torch.set_num_threads(prev)
+
+
+def test_time_cases_rounds_and_median(monkeypatch):
+    """time_cases: ``rounds`` rounds over all cases, each case's call to
+    time_fn asks for ``calls`` timed calls (and its warm-up only in the
+    first round), the median over the rounds is kept; bad counts raise."""
+    from laud_mm.latency import calibration
+    log = []
+    times = iter([5., 1., 3., 2., 4., 9.])  # a, b; a, b; a, b
+
+    def fake_time_fn(fn, device, min_time, min_calls, warmup, clock,
+                     before):
+        log.append((fn, before, min_calls, warmup))
+        return next(times)
+    monkeypatch.setattr(calibration, 'time_fn', fake_time_fn)
+    a, b, hook = object(), object(), object()
+    out = calibration.time_cases([(a, hook), (b, None)], torch.device('cpu'),
+                                 rounds=3, calls=4)
+    assert out == [4., 2.]  # medians of (5, 3, 4) and (1, 2, 9)
+    assert [(f, h) for f, h, _, _ in log] == [(a, hook), (b, None)] * 3
+    assert {c for _, _, c, _ in log} == {4}
+    assert [w for _, _, _, w in log] == [2, 2, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match='rounds=0'):
+        calibration.time_cases([(a, None)], torch.device('cpu'), rounds=0)
+    with pytest.raises(ValueError, match='calls=0'):
+        calibration.time_cases([(a, None)], torch.device('cpu'), calls=0)
 
 
 def test_whole_backbone_speed():
@@ -1318,6 +1365,11 @@ def test_calibration_measures_dynamic_path_terms():
             .get_cpu_capability().upper().startswith('AVX512'):
         assert out.fused_gemm_speed != 1.
     assert dynamic_path_terms(spec, torch.device('meta')) is spec
+    with pytest.raises(ValueError, match='times given without cases'):
+        dynamic_path_terms(spec, torch.device('cpu'), times=[1e-3])
+    with pytest.raises(ValueError, match='1 cases but times'):
+        dynamic_path_terms(spec, torch.device('cpu'), cases=[dict(
+            name='empty')], times=[1e-3, 2e-3])
 
 
 def test_parallel_regions(monkeypatch):

@@ -39,6 +39,19 @@ class BackboneLatencyMetric(BaseMetric):
     batch) and ``pred_input`` (``'HxW'``, the mean evaluated input size, with
     the number of distinct sizes); the assumptions are also logged once.
 
+    Two models of the dynamic backbone (``implementation``): ``'fused'``
+    prices the paper's fused operators on any device spec (the paper's
+    figures, sec. 3.3); ``'eager'`` prices what this project's
+    dynamic-inference path runs on a CPU, kernel by kernel (the model that
+    ``tools/analysis_tools/validate_predictor.py`` checks against measured
+    latency), with the dense fallback of spatial blocks at the paths'
+    thresholds (``laud_mm.ops.policy``). With a spec calibrated on the
+    evaluating machine (``tools/analysis_tools/calibrate_hardware.py
+    --threads N --fit``) and ``'eager'``, the predicted ``speedup`` is the
+    prediction of what :class:`laud_mm.BackboneSpeedHook` measures in the
+    same evaluation (``laud/measured_speedup``). Several instances with
+    different ``prefix`` report several devices on one line.
+
     Args:
         hardware: device name ('v100', 'rtx3090', 'rtx3060', 'tx2', 'nano',
             'a100', 'h200', 'cpu'), a YAML/JSON spec file, or a HardwareSpec.
@@ -46,10 +59,12 @@ class BackboneLatencyMetric(BaseMetric):
             (default 1: the latency of one image as a detector or segmentor
             runs it; the ImageNet configs set 128, the paper's
             classification batch on server GPUs).
+        implementation: ``'fused'`` (default) or ``'eager'`` (see above).
         collect_device, prefix: as mmengine's BaseMetric.
 
     Raises:
-        ValueError: unknown hardware (names the value) or batch_size < 1.
+        ValueError: unknown hardware (names the value), batch_size < 1 or an
+            unknown implementation (names the value).
         KeyError: a data sample without ``laud_stats`` (model is not a LAUD
             task model).
     """
@@ -57,19 +72,54 @@ class BackboneLatencyMetric(BaseMetric):
     default_prefix = 'laud'
 
     def __init__(self, hardware='v100', batch_size: int = 1,
+                 implementation: str = 'fused',
                  collect_device: str = 'cpu', prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         from ...latency import LatencyPredictor
+        from ...ops import policy
+        if implementation not in LatencyPredictor.IMPLEMENTATIONS:
+            raise ValueError(f'BackboneLatencyMetric: implementation='
+                             f'{implementation!r} is not one of '
+                             f'{LatencyPredictor.IMPLEMENTATIONS}')
+        self.implementation = implementation
         try:
             self.predictor = LatencyPredictor(hardware)
         except ValueError as e:
+            hint = ''
+            if isinstance(hardware, str) and hardware.endswith(
+                    ('.yaml', '.yml', '.json')):
+                hint = (' (a spec of this machine: tools/analysis_tools/'
+                        'calibrate_hardware.py --threads N --fit --out '
+                        f'{hardware})')
             raise ValueError(f'BackboneLatencyMetric: hardware={hardware!r}: '
-                             f'{e}') from e
+                             f'{e}{hint}') from e
+        # the eager model, per block kind: each family's dynamic path falls
+        # back to the dense block at its own threshold
+        self._eager = {kind: LatencyPredictor(
+            self.predictor.hw, implementation='eager',
+            spatial_dense_threshold=thr) for kind, thr in (
+                ('bottleneck', policy.SPATIAL_DENSE_THRESHOLD),
+                ('regnety', policy.REGNETY_SPATIAL_DENSE_THRESHOLD),
+                ('vit', None))} if implementation == 'eager' else {}
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
                 or batch_size < 1:
             raise ValueError(f'BackboneLatencyMetric: batch_size={batch_size!r} '
                              f'must be a positive integer')
         self.batch_size = batch_size
+
+    def _predictor_for(self, kind: str):
+        """The predictor that prices backbones of block kind ``kind``.
+
+        Raises:
+            ValueError: eager model, a kind without an eager path.
+        """
+        if not self._eager:
+            return self.predictor
+        if kind not in self._eager:
+            raise ValueError(f'BackboneLatencyMetric: implementation=\'eager\' '
+                             f'has no dynamic path for blocks of kind '
+                             f'{kind!r} (known: {sorted(self._eager)})')
+        return self._eager[kind]
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Keep each data sample's ``laud_stats``.
@@ -112,9 +162,10 @@ class BackboneLatencyMetric(BaseMetric):
             rs = groups[key]
             dens = np.mean([r['block_density'] for r in rs], axis=0).tolist()
             geoms, stem = rs[0]['geometries'], rs[0]['stem']
-            dyn_ms.append(self.predictor.predict_backbone(
+            pred = self._predictor_for(geoms[0].kind)
+            dyn_ms.append(pred.predict_backbone(
                 geoms, dens, batch, stem=stem).per_image_ms)
-            static_ms.append(self.predictor.predict_static(
+            static_ms.append(pred.predict_static(
                 geoms, batch, stem=stem).per_image_ms)
             counts.append(len(rs))
         w = np.array(counts, dtype=np.float64) / sum(counts)
@@ -126,7 +177,7 @@ class BackboneLatencyMetric(BaseMetric):
             f' (mean of {len(groups)} sizes)' if len(groups) > 1 else '')
         MMLogger.get_current_instance().info(
             f'BackboneLatencyMetric: {len(results)} images; latency '
-            f'predicted on {hw.name} for batches of {batch} image(s) of '
+            f'predicted ({self.implementation} model) on {hw.name} for batches of {batch} image(s) of '
             f'each evaluated input size ({len(groups)} sizes, mean '
             f'{mean_hw[0]:.0f}x{mean_hw[1]:.0f} px), per image')
         return dict(activation_rate=float(np.mean(flops / dense)),
