@@ -53,10 +53,16 @@ def test_demo_stage3_adds_the_cpu_prediction_run_demo_points_at(tmp_path):
     from laud_mm import BackboneLatencyMetric
     from laud_mm.latency import get_hardware, save_hardware
     cfg = Config.fromfile(osp.join(
-        ROOT, 'configs/demo/faster-rcnn_laud-r50-spatial_coco-tiny_cpu-latency.py'))
+        ROOT, 'configs/demo',
+        'faster-rcnn_laud-r50-spatial_coco-tiny_cpu-latency.py'))
     script = open(osp.join(ROOT, 'tools/run_demo.sh')).read()
     stage3 = re.search(r'^STAGE3_CFG=(\S+)$', script, re.M).group(1)
-    assert stage3 == 'configs/demo/faster-rcnn_laud-r50-spatial_coco-tiny_cpu-latency.py'
+    assert stage3 == ('configs/demo/'
+                      'faster-rcnn_laud-r50-spatial_coco-tiny_cpu-latency.py')
+    # the spec is calibrated where the evaluation of that config reads it
+    assert re.search(r'calibrate_hardware\.py --threads "\$THREADS" --fit'
+                     r'\s*\\?\s*--out "\$CPU_SPEC"', script)
+    assert 'tools/test.py "$STAGE3_CFG"' in script
     index = int(re.search(r'test_evaluator\.(\d+)\.hardware="\$CPU_SPEC"',
                           script).group(1))
     cpu = cfg.test_evaluator[index]

@@ -8,8 +8,8 @@
 #   2. that backbone, maskers included, fine-tuned in Faster R-CNN on
 #      ../shared/data/coco_tiny with the sparsity loss (tau 0.1);
 #   3. this CPU calibrated for the latency predictor (tools/analysis_tools/
-#      calibrate_hardware.py at the evaluation's thread count, about a
-#      minute), then the checkpoint evaluated with the dynamic-inference
+#      calibrate_hardware.py at the evaluation's thread count, about 30 s),
+#      then the checkpoint evaluated with the dynamic-inference
 #      kernels: COCO box mAP, the activation rate, the backbone latency and
 #      speed-up predicted on the paper's V100 model (laud/) and on this CPU
 #      (laud_cpu/), and the speed-up measured on the evaluated images

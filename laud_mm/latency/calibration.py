@@ -224,6 +224,9 @@ def time_fn(fn, device: torch.device, min_time: float = 0.2,
 CALIB_ROUNDS = 5
 #: timed calls of each block per round (the fastest kept)
 CALIB_CALLS = 3
+#: seconds of calls per case over all rounds where no ``before`` runs
+#: (warm caches, a GPU): :func:`time_fn`'s batches of back-to-back calls
+CALIB_MIN_TIME = 0.3
 
 
 def time_cases(cases: Sequence[Tuple[Callable, Optional[Callable]]],
@@ -232,14 +235,16 @@ def time_cases(cases: Sequence[Tuple[Callable, Optional[Callable]]],
                ) -> List[float]:
     """Seconds per call of each case, on a machine whose speed drifts:
     ``rounds`` rounds over all the cases; in each round a case is timed
-    ``calls`` times by :func:`time_fn` (its ``before`` before each call;
-    the fastest kept: other processes only add time), and the median over
-    the rounds is kept. Every case thus samples the same stretch of time,
-    so that terms derived from different cases (the fit's static blocks,
-    the dynamic path's terms, which :func:`calibrate_hardware` divides
-    into each other) see the machine in the same states, and a fast or
-    slow stretch moves one round of a case, not the whole case
-    (docs/latency_predictor.md, "Calibration on a shared machine").
+    by :func:`time_fn`, ``calls`` calls each after its ``before`` (without
+    a ``before``: back to back, :data:`CALIB_MIN_TIME` / ``rounds``
+    seconds of them, at least ``calls``), the fastest kept (other processes
+    only add time), and the median over the rounds is kept. Every case
+    thus samples the same stretch of time, so that terms derived from
+    different cases (the fit's static blocks, the dynamic path's terms,
+    which :func:`calibrate_hardware` divides into each other) see the
+    machine in the same states, and a fast or slow stretch moves one
+    round of a case, not the whole case (docs/latency_predictor.md,
+    "Calibration on a shared machine").
 
     Args:
         cases: ``(fn, before)`` pairs as :func:`time_fn` takes them
@@ -260,9 +265,10 @@ def time_cases(cases: Sequence[Tuple[Callable, Optional[Callable]]],
     per: List[List[float]] = [[] for _ in cases]
     for r in range(rounds):
         for i, (fn, before) in enumerate(cases):
-            per[i].append(time_fn(fn, device, min_time=0., min_calls=calls,
-                                  warmup=2 if r == 0 else 0, clock=clock,
-                                  before=before))
+            per[i].append(time_fn(
+                fn, device, min_calls=calls, warmup=2 if r == 0 else 0,
+                min_time=0. if before is not None else
+                CALIB_MIN_TIME / rounds, clock=clock, before=before))
     return [statistics.median(v) for v in per]
 
 
@@ -553,7 +559,9 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
         ``spec`` with the measured terms.
 
     Raises:
-        ValueError: ``times`` without ``cases``, or of another length.
+        ValueError: ``times`` without ``cases`` or of another length;
+            ``cases`` without ``'empty'``, or with one of ``'spatial'`` /
+            ``'channel'`` but not the other (names them).
     """
     from laud_mm.ops import policy
 
@@ -571,6 +579,10 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
                          f'times={times!r}')
     measured = {c['name']: (c['g'], c['d'], t * 1e3)
                 for c, t in zip(cases, times)}
+    fused_names = {'spatial', 'channel'} & set(measured)
+    if 'empty' not in measured or len(fused_names) == 1:
+        raise ValueError(f'dynamic_path_terms: cases {sorted(measured)} '
+                         f"need 'empty', and 'spatial' with 'channel'")
 
     def ops_of(sp, g, d):
         pred = LatencyPredictor(sp, implementation='eager',

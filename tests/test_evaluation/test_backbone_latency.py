@@ -164,7 +164,9 @@ def test_eager_model_prices_the_cpu_path_of_each_family():
     assert got['static_latency_ms'] == pytest.approx(sum(static) / 2,
                                                      rel=1e-9)
     assert got['pred_batch'] == 2 and got['pred_hardware'] == spec.name
-    fused = _metric(stats)
+    fused = BackboneLatencyMetric(spec, batch_size=2)  # same spec, batch
+    fused.process(None, [dict(laud_stats=s) for s in stats])
+    fused = fused.compute_metrics(fused.results)
     assert got['activation_rate'] == fused['activation_rate']
     assert got['latency_ms'] != pytest.approx(fused['latency_ms'], rel=0.01)
     # RegNetY blocks fall back at their own threshold

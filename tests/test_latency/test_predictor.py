@@ -1116,24 +1116,29 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
 
 def test_time_cases_rounds_and_median(monkeypatch):
     """time_cases: ``rounds`` rounds over all cases, each case's call to
-    time_fn asks for ``calls`` timed calls (and its warm-up only in the
-    first round), the median over the rounds is kept; bad counts raise."""
+    time_fn asks for ``calls`` timed calls (after its ``before``; without
+    one, a share of CALIB_MIN_TIME of calls back to back) and its warm-up
+    only in the first round, the median over the rounds is kept; bad
+    counts raise."""
     from laud_mm.latency import calibration
     log = []
     times = iter([5., 1., 3., 2., 4., 9.])  # a, b; a, b; a, b
 
     def fake_time_fn(fn, device, min_time, min_calls, warmup, clock,
                      before):
-        log.append((fn, before, min_calls, warmup))
+        log.append((fn, before, min_calls, warmup, min_time))
         return next(times)
     monkeypatch.setattr(calibration, 'time_fn', fake_time_fn)
     a, b, hook = object(), object(), object()
     out = calibration.time_cases([(a, hook), (b, None)], torch.device('cpu'),
                                  rounds=3, calls=4)
     assert out == [4., 2.]  # medians of (5, 3, 4) and (1, 2, 9)
-    assert [(f, h) for f, h, _, _ in log] == [(a, hook), (b, None)] * 3
-    assert {c for _, _, c, _ in log} == {4}
-    assert [w for _, _, _, w in log] == [2, 2, 0, 0, 0, 0]
+    assert [(f, h) for f, h, _, _, _ in log] == [(a, hook), (b, None)] * 3
+    assert {c for _, _, c, _, _ in log} == {4}
+    assert [w for _, _, _, w, _ in log] == [2, 2, 0, 0, 0, 0]
+    # after a `before`: exactly `calls` calls; back to back: a time budget
+    assert [t for _, _, _, _, t in log] == pytest.approx(
+        [0., calibration.CALIB_MIN_TIME / 3] * 3)
     with pytest.raises(ValueError, match='rounds=0'):
         calibration.time_cases([(a, None)], torch.device('cpu'), rounds=0)
     with pytest.raises(ValueError, match='calls=0'):
@@ -1370,6 +1375,11 @@ def test_calibration_measures_dynamic_path_terms():
     with pytest.raises(ValueError, match='1 cases but times'):
         dynamic_path_terms(spec, torch.device('cpu'), cases=[dict(
             name='empty')], times=[1e-3, 2e-3])
+    with pytest.raises(ValueError, match=r"\['empty', 'spatial'\] need"):
+        dynamic_path_terms(spec, torch.device('cpu'), cases=[
+            dict(name='empty', g=None, d=0.), dict(name='spatial', g=None,
+                                                   d=.5)],
+            times=[1e-3, 2e-3])
 
 
 def test_parallel_regions(monkeypatch):

@@ -4,6 +4,7 @@ latency, reported beside mmdet's / mmpretrain's accuracy metrics.
 Source: paper sec. 4 (average backbone FLOPs and latency over the validation
 set, predicted by the latency model of sec. 3.3 / appendix A).
 """
+import os.path as osp
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -41,16 +42,20 @@ class BackboneLatencyMetric(BaseMetric):
 
     Two models of the dynamic backbone (``implementation``): ``'fused'``
     prices the paper's fused operators on any device spec (the paper's
-    figures, sec. 3.3); ``'eager'`` prices what this project's
-    dynamic-inference path runs on a CPU, kernel by kernel (the model that
-    ``tools/analysis_tools/validate_predictor.py`` checks against measured
-    latency), with the dense fallback of spatial blocks at the paths'
-    thresholds (``laud_mm.ops.policy``). With a spec calibrated on the
-    evaluating machine (``tools/analysis_tools/calibrate_hardware.py
-    --threads N --fit``) and ``'eager'``, the predicted ``speedup`` is the
-    prediction of what :class:`laud_mm.BackboneSpeedHook` measures in the
-    same evaluation (``laud/measured_speedup``). Several instances with
-    different ``prefix`` report several devices on one line.
+    figures, sec. 3.3); ``'eager'`` prices this project's
+    dynamic-inference path kernel by kernel (on a CPU spec its CPU
+    kernels: the model that ``tools/analysis_tools/validate_predictor.py``
+    checks against measured latency), with the dense fallback of spatial
+    blocks at the paths' thresholds (``laud_mm.ops.policy``). With a spec
+    calibrated on the evaluating machine
+    (``tools/analysis_tools/calibrate_hardware.py --threads N --fit``),
+    ``'eager'`` and the test loader's batch size, ``speedup`` predicts
+    what :class:`laud_mm.BackboneSpeedHook` measures in the same
+    evaluation (``laud/measured_speedup``); the latencies differ by the
+    padding, which the hook times (a batch is padded to its largest
+    image) and the metric does not (each image priced at its own size).
+    Several instances with different ``prefix`` report several devices on
+    one line.
 
     Args:
         hardware: device name ('v100', 'rtx3090', 'rtx3060', 'tx2', 'nano',
@@ -86,8 +91,8 @@ class BackboneLatencyMetric(BaseMetric):
             self.predictor = LatencyPredictor(hardware)
         except ValueError as e:
             hint = ''
-            if isinstance(hardware, str) and hardware.endswith(
-                    ('.yaml', '.yml', '.json')):
+            if isinstance(hardware, str) and hardware.lower().endswith(
+                    ('.yaml', '.yml', '.json')) and not osp.isfile(hardware):
                 hint = (' (a spec of this machine: tools/analysis_tools/'
                         'calibrate_hardware.py --threads N --fit --out '
                         f'{hardware})')
@@ -116,9 +121,9 @@ class BackboneLatencyMetric(BaseMetric):
         if not self._eager:
             return self.predictor
         if kind not in self._eager:
-            raise ValueError(f'BackboneLatencyMetric: implementation=\'eager\' '
-                             f'has no dynamic path for blocks of kind '
-                             f'{kind!r} (known: {sorted(self._eager)})')
+            raise ValueError(f"BackboneLatencyMetric: implementation="
+                             f"'eager' has no dynamic path for blocks of kind "
+                             f"{kind!r} (known: {sorted(self._eager)})")
         return self._eager[kind]
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
@@ -177,7 +182,8 @@ class BackboneLatencyMetric(BaseMetric):
             f' (mean of {len(groups)} sizes)' if len(groups) > 1 else '')
         MMLogger.get_current_instance().info(
             f'BackboneLatencyMetric: {len(results)} images; latency '
-            f'predicted ({self.implementation} model) on {hw.name} for batches of {batch} image(s) of '
+            f'predicted ({self.implementation} model) on {hw.name} for '
+            f'batches of {batch} image(s) of '
             f'each evaluated input size ({len(groups)} sizes, mean '
             f'{mean_hw[0]:.0f}x{mean_hw[1]:.0f} px), per image')
         return dict(activation_rate=float(np.mean(flops / dense)),
