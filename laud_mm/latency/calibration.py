@@ -454,14 +454,6 @@ def _half_gate(n_gates: int, shape, device: torch.device) -> torch.Tensor:
     return gate.view(shape).to(device)
 
 
-def _no_grad(fn: Callable) -> Callable:
-    """``fn`` run under ``torch.no_grad`` (inference, as timed)."""
-    def run():
-        with torch.no_grad():
-            return fn()
-    return run
-
-
 def dynamic_path_cases(spec: HardwareSpec, device: torch.device,
                        warm_caches: bool = False) -> List[Dict]:
     """The blocks that :func:`dynamic_path_terms` times, built and ready:
@@ -499,11 +491,12 @@ def dynamic_path_cases(spec: HardwareSpec, device: torch.device,
         blk.masker.forced_gate = gate
         d = float(expand_spatial_gate(gate, g.granularity, g.out_hw).float()
                   .mean()) if paradigm == 'spatial' else float(gate.mean())
+        # both calls as inference runs them: without autograd
         before = None if evict is None else partial(
-            cold_start, evict, _no_grad(partial(
+            cold_start, evict, torch.no_grad()(partial(
                 dynamic_bottleneck_forward, copy.deepcopy(blk), x.clone(),
                 g)), x)
-        return dict(name=name, g=g, d=d, before=before, fn=_no_grad(
+        return dict(name=name, g=g, d=d, before=before, fn=torch.no_grad()(
             partial(dynamic_bottleneck_forward, blk, x, g)))
 
     def grid(g):
@@ -756,6 +749,7 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         vector_width=cpu_vector_width() if dev.type == 'cpu' else 0,
         llc_mb=cpu_llc_mb() if dev.type == 'cpu' else 0.,
         region_us=m['region_us'])
+    dyn = dyn_times = None  # dynamic_path_terms builds and times its own
     if fit:
         # the static blocks and the dynamic path's blocks timed in the same
         # rounds (time_cases): the fused GEMM speed divides the latter by
@@ -782,12 +776,9 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
             print(f'  static block s{g.stage}.b{g.index} batch {b}: '
                   f'{t * 1e3:.3f} ms')
         spec = fit_spec(spec, samples)
-        spec = dynamic_path_terms(spec, dev, clock=clock,
-                                  warm_caches=warm_caches, cases=dyn,
-                                  times=times[len(static):])
-    else:
-        spec = dynamic_path_terms(spec, dev, clock=clock,
-                                  warm_caches=warm_caches)
+        dyn_times = times[len(static):]
+    spec = dynamic_path_terms(spec, dev, clock=clock, warm_caches=warm_caches,
+                              cases=dyn, times=dyn_times)
     out = out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
     os.makedirs(osp.dirname(out) or '.', exist_ok=True)
     save_hardware(spec, out)
