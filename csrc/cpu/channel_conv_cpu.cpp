@@ -559,7 +559,7 @@ void for_pieces(int64_t b, int64_t e, int64_t per, Fn fn) {
 // maps of at least kPixelMajorMinPixels pixels and for pieces of at least
 // kPixelMajorMinFloats input values, the piece is taken in
 // chunks of at most kChunkFloats input values, each transposed to
-// pixel-major (to_pixel_major_avx2) into a buffer that stays in L2 and
+// pixel-major (to_pixel_major) into a buffer that stays in L2 and
 // read there by every panel block's tiles: x is read once, in sequential
 // streams. Otherwise the tiles read x's NCHW rows in place.
 void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
@@ -587,7 +587,7 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
   for (int64_t c0 = p0; c0 < p1; c0 += chunk) {
     const int64_t c1 = std::min(p1, c0 + chunk);
 #ifdef LAUD_X86
-    if (pixel_major) to_pixel_major_avx2(xs + c0, p_in, g.c_in, c1 - c0, xt);
+    if (pixel_major) to_pixel_major(xs + c0, p_in, g.c_in, c1 - c0, xt);
 #endif
     for (int64_t j0 = 0; j0 < kp; j0 += kPanel) {
       const int nv =

@@ -322,7 +322,7 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   // kPixelMajorMinPixels pixels and a range of at least
   // kPixelMajorMinFloats input values, the range is taken in chunks of at most
   // kChunkFloats input values, each transposed run by run to pixel-major
-  // (to_pixel_major_avx2) into a buffer that stays in L2 and read there by
+  // (to_pixel_major) into a buffer that stays in L2 and read there by
   // every panel block's tiles: x is read once, in sequential streams.
   // Otherwise the tiles read x's NCHW rows in place (with one panel block
   // they read it once anyway: transposing the short runs of 56 x 56 maps
@@ -347,7 +347,7 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       for (int64_t k0 = c0, k1; k0 < c1; k0 = k1) {
         for (k1 = k0 + 1; k1 < c1 && xo[k1] == xo[k0] + (k1 - k0); ++k1) {
         }
-        to_pixel_major_avx2(x + xo[k0], plane_in, g.c_in, k1 - k0,
+        to_pixel_major(x + xo[k0], plane_in, g.c_in, k1 - k0,
                             xt + (k0 - c0) * g.c_in);
       }
 #endif

@@ -8,7 +8,7 @@
 // aoff[q]), so any pixel set and any input layout (NCHW rows, pixel-major
 // rows, the zero-bordered conv1 output with conv2's nine shifted taps) is
 // read the same way (at the same cost from cache; from memory, pixel-major
-// rows stream better: to_pixel_major_avx2); the output channels lie on the
+// rows stream better: to_pixel_major); the output channels lie on the
 // vector lanes, the weights b are one 64-channel panel (K rows of 16 V
 // floats, contiguous). 7 x 4
 // AVX-512 accumulators keep the FMA units busy with the panel streamed
@@ -31,7 +31,7 @@ namespace tile {
 constexpr int kRows = 7;     // output pixels per tile
 constexpr int kLanes = 16;   // fp32 lanes of a 512-bit vector
 constexpr int kPanel = 64;   // output channels per panel (4 vectors)
-// conv1's input, transposed to pixel-major (to_pixel_major_avx2), in
+// conv1's input, transposed to pixel-major (to_pixel_major), in
 // chunks of at most this many floats (128 KiB, so that a chunk stays in L2
 // beside a panel block), at least one tile of pixels
 constexpr int64_t kChunkFloats = 32768;
@@ -219,41 +219,83 @@ LAUD_TARGET("avx2") inline void transpose8x8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
+// In-register transpose of 16 x 16 floats (rows r[i] -> columns r[j]):
+// pairs of rows interleaved, then quadruples within each 128-bit lane,
+// then the 128-bit lanes across rows (4 x 16 shuffles, a quarter of a
+// shuffle per float against three eighths for 8 x 8 blocks).
+LAUD_TARGET("avx512f") inline void transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+    r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+  }
+}
+
 // dst[p * c + ch] = src[ch * plane + p] for pixels p < np and channels
 // ch < c: np consecutive pixels of one sample's channel-major (NCHW) map,
-// as pixel-major rows of c floats, in 8 x 8 blocks transposed in
-// registers (masked loads for the last pixels; a scalar tail for c % 8
-// channels). The tiles then read a pixel's inputs as one sequential
-// stream, where in NCHW every input channel is a new cache line, 784 B
-// (14 x 14) to 12.5 KB (56 x 56) from the last: under the memory traffic
-// of both cores the tiles ran about a third slower on NCHW input
-// (docs/benchmark_history.md, eleventh round).
-LAUD_TARGET("avx2") inline void to_pixel_major_avx2(
+// as pixel-major rows of c floats. The tiles then read a pixel's inputs
+// as one sequential stream, where in NCHW every input channel is a new
+// cache line, 784 B (14 x 14) to 12.5 KB (56 x 56) from the last: under
+// the memory traffic of both cores the tiles ran about a third slower on
+// NCHW input (docs/benchmark_history.md, eleventh round).
+// Blocks of 16 pixels, within each 16 channels x 16 pixels transposed in
+// registers (masked loads for the last pixels), so each 16-float load
+// reads a whole cache line and the 16 destination rows are written front
+// to back; 8 channels left over as two 8 x 8 blocks, fewer one by one.
+// AVX-512F: callers check tile::cpu_avx512f (pixel_major_input).
+LAUD_TARGET("avx512f") inline void to_pixel_major(
     const float* src, int64_t plane, int64_t c, int64_t np, float* dst) {
-  const int64_t c8 = c / 8 * 8, tail = np % 8, full = np - tail;
+  const int64_t c16 = c / 16 * 16, c8 = c / 8 * 8;
   alignas(32) int32_t lanes[8];
-  for (int i = 0; i < 8; ++i) lanes[i] = i < tail ? -1 : 0;
-  const __m256i mask =
-      _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
-  // 8 channel rows at a time, read as 8 sequential streams
-  for (int64_t c0 = 0; c0 < c8; c0 += 8) {
-    const float* s = src + c0 * plane;
-    for (int64_t p0 = 0; p0 < np; p0 += 8) {
-      __m256 r[8];
-      if (p0 < full) {
-        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * plane + p0);
-      } else {
-        for (int i = 0; i < 8; ++i)
-          r[i] = _mm256_maskload_ps(s + i * plane + p0, mask);
-      }
-      transpose8x8(r);
-      const int64_t w = p0 < full ? 8 : tail;
-      for (int64_t i = 0; i < w; ++i)
-        _mm256_storeu_ps(dst + (p0 + i) * c + c0, r[i]);
+  for (int64_t p0 = 0; p0 < np; p0 += 16) {
+    const int64_t w = std::min<int64_t>(16, np - p0);
+    const __mmask16 m = static_cast<__mmask16>((1u << w) - 1);
+    float* d = dst + p0 * c;
+    for (int64_t c0 = 0; c0 < c16; c0 += 16) {
+      const float* s = src + c0 * plane + p0;
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = _mm512_maskz_loadu_ps(m, s + i * plane);
+      transpose16x16(r);
+      for (int64_t i = 0; i < w; ++i) _mm512_storeu_ps(d + i * c + c0, r[i]);
     }
+    if (c8 > c16) {  // 8 channels left: pixels h ... h + 7 at a time
+      const float* s = src + c16 * plane + p0;
+      for (int64_t h = 0; h < w; h += 8) {
+        const int64_t wh = std::min<int64_t>(8, w - h);
+        // the first wh lanes on
+        for (int i = 0; i < 8; ++i) lanes[i] = i < wh ? -1 : 0;
+        const __m256i mh =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i)
+          r[i] = _mm256_maskload_ps(s + i * plane + h, mh);
+        transpose8x8(r);
+        for (int64_t i = 0; i < wh; ++i)
+          _mm256_storeu_ps(d + (h + i) * c + c16, r[i]);
+      }
+    }
+    for (int64_t ch = c8; ch < c; ++ch)
+      for (int64_t i = 0; i < w; ++i) d[i * c + ch] = src[ch * plane + p0 + i];
   }
-  for (int64_t ch = c8; ch < c; ++ch)
-    for (int64_t p = 0; p < np; ++p) dst[p * c + ch] = src[ch * plane + p];
 }
 #endif
 

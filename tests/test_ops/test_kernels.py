@@ -507,8 +507,12 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1 (odd counts)
     (4, 72, 70, 16, 3, 11, 1, 1, 2),    # panels of 64 + 6, a 1-wide row
     (2, 2100, 140, 32, 11, 10, 1, 1, 2),  # conv1's input transposed in
-    # chunks of 14 pixels (AVX-512), C_in % 8 = 4: a scalar channel tail;
-    # each chunk read by two panel blocks (114 kept channels: 64 + 64)
+    # chunks of 14 pixels (AVX-512), C_in % 16 = 4: 16 x 16 blocks, a
+    # scalar channel tail; each chunk read by two panel blocks (114 kept
+    # channels: 64 + 64)
+    (2, 2108, 140, 32, 15, 14, 1, 1, 2),  # C_in % 16 = 12: an 8-channel
+    # block (8 + 6 pixels a chunk) before the scalar tail; 210 input
+    # pixels, so conv1 reads transposed chunks at 2 threads too
     (2, 2100, 24, 32, 7, 7, 1, 1, 2),   # 7 x 7: every phase row-blocked,
     # conv1's sums split over 16 blocks of 128 weight rows and one of 52
     (2, 300, 140, 32, 14, 14, 2, 1, 2),  # conv1 row-blocked (196 input
@@ -710,7 +714,9 @@ def test_spatial_branch_leave_inactive_keeps_a_negative_identity(backend, s):
     (2, 16, 16, 16, 7, 7, 8, 1, 1),      # S = 8 > map: one clipped patch
     (3, 16, 16, 32, 16, 16, 4, 1, 1),    # full runs of 4 and 8
     (3, 2100, 80, 16, 16, 14, 2, 1, 1),  # conv1's input transposed run by
-    # run in chunks of 14 pixels (AVX-512), C_in % 8 = 4
+    # run in chunks of 14 pixels (AVX-512), C_in % 16 = 4
+    (3, 2108, 80, 16, 16, 14, 2, 1, 1),  # C_in % 16 = 12: the 8-channel
+    # block of the transposition, then the scalar tail
 ])
 def test_spatial_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, s, stride, dil):
