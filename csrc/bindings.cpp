@@ -59,6 +59,8 @@ at::Tensor sample_gemm_partition(int64_t n, int64_t P, int64_t threads);
 at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                                   double b, int64_t gh, int64_t gw);
 at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity);
+at::Tensor max_pool2d_cpu(const at::Tensor& x, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t ph, int64_t pw);
 at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
                                    const at::Tensor& w, double b, int64_t gh,
                                    int64_t gw);
@@ -303,6 +305,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "relu(out + identity) in place, returns its mean over H x W, one "
         "pass (float32, CPU; rows (n, c) over torch's threads)",
         py::arg("out"), py::arg("identity"));
+  m.def("max_pool2d", &laud_mm::max_pool2d_cpu,
+        "max_pool2d(x (N,C,H,W), kh, kw, sh, sw, ph, pw) -> (N,C,Ho,Wo): "
+        "the max over each window's pixels inside the map (padding "
+        "excluded, NaN kept), as F.max_pool2d (float32 contiguous, CPU; "
+        "rows over torch's threads)",
+        py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"),
+        py::arg("sw"), py::arg("ph"), py::arg("pw"));
   m.def("relu_mean_rows", &laud_mm::relu_mean_rows_cpu,
         "relu_mean_rows(out (N,C,H,W), rows (n,) int64) -> (n,C): "
         "out[rows[j]] = relu(out[rows[j]]) in place, returns their means "

@@ -65,7 +65,8 @@ run (median process CPU time of repeated calls after warm-up,
   wall-clock medians; run it with ``--threads 2``), and ``torch.empty(3)``
   after such a copy against back to back;
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
-  (oneDNN, conversions included) against ``F.max_pool2d`` on NCHW;
+  (the compiled kernel) against ``F.max_pool2d`` on NCHW and against
+  oneDNN's pool (conversions included), at 224 px and 800 x 1216;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
   7 x 7 vs a 56 x 56 map, in GMAC/s (the ``vector_width`` term);
 - ``regions``: small operators at one thread against torch's thread count
@@ -534,15 +535,29 @@ def masker_gate_rows() -> List[Row]:
 
 
 def max_pool_rows() -> List[Row]:
-    """``max_pool``: :func:`laud_mm.ops.max_pool2d` against
-    ``F.max_pool2d`` on the R50 stem's output (note: 'equal' when
-    bit-equal)."""
-    x = torch.randn(8, 64, 112, 112).relu_()
-    same = torch.equal(max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))
-    return [('max_pool', '8 x 64 x 112 x 112, 3x3 / 2', 'F.max_pool2d',
-             cpu_ms(lambda: F.max_pool2d(x, 3, 2, 1)), 'ops.max_pool2d',
-             cpu_ms(lambda: max_pool2d(x, 3, 2, 1)),
-             'equal' if same else 'DIFFERENT')]
+    """``max_pool``: :func:`laud_mm.ops.max_pool2d` (the compiled kernel
+    where built) against ``F.max_pool2d`` and against oneDNN's pool
+    (conversions to and from its format included) on the R50 stem's output
+    at 224 px (batch 8) and for one 800 x 1216 image (note: 'equal' when
+    bit-equal to ``F.max_pool2d``)."""
+    rows = []
+    for shape in ((8, 64, 112, 112), (1, 64, 400, 608)):
+        x = torch.randn(*shape).relu_()
+        ref = F.max_pool2d(x, 3, 2, 1)
+        same = torch.equal(max_pool2d(x, 3, 2, 1), ref)
+        desc = ' x '.join(map(str, shape)) + ', 3x3 / 2'
+        ours = cpu_ms(lambda: max_pool2d(x, 3, 2, 1))
+        rows.append(('max_pool', desc, 'F.max_pool2d',
+                     cpu_ms(lambda: F.max_pool2d(x, 3, 2, 1)),
+                     'ops.max_pool2d', ours,
+                     'equal' if same else 'DIFFERENT'))
+        if torch.backends.mkldnn.is_available():
+            rows.append(('max_pool', desc, 'oneDNN pool',
+                         cpu_ms(lambda: torch.mkldnn_max_pool2d(
+                             x.to_mkldnn(), [3, 3], [2, 2],
+                             [1, 1]).to_dense()),
+                         'ops.max_pool2d', ours, ''))
+    return rows
 
 
 def pixel_rows() -> List[Row]:

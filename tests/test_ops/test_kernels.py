@@ -1353,19 +1353,67 @@ def test_imbalance():
 
 # ------------------------------------------------------------- stem max-pool
 @pytest.mark.parametrize('shape', [(2, 64, 112, 112), (3, 5, 17, 22),
-                                   (1, 3, 2, 3)])
+                                   (1, 3, 2, 3), (1, 4, 50, 76)])
 def test_stem_max_pool_equals_pytorch(shape):
-    """oneDNN's pool (``ops.max_pool2d``) returns F.max_pool2d's values,
-    negatives and borders included (padding excluded from the max)."""
+    """``ops.max_pool2d`` (the compiled kernel where built, else oneDNN's
+    pool) returns F.max_pool2d's values, negatives and borders included
+    (padding excluded from the max), at 1 - 3 threads; the reference
+    backend takes oneDNN's pool, which gives the same."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) - 0.5
-    assert ops.max_pool.uses_onednn(x) == torch.backends.mkldnn.is_available()
-    got = ops.max_pool2d(x, 3, 2, 1)
-    assert got.is_contiguous()
-    assert torch.equal(got, F.max_pool2d(x, 3, 2, 1))
-    # tensors oneDNN is not used for give the same too
+    built = ops.extension() is not None
+    assert ops.max_pool.uses_kernel(x) == built
+    assert ops.max_pool.uses_onednn(x) == (
+        not built and torch.backends.mkldnn.is_available())
+    ref = F.max_pool2d(x, 3, 2, 1)
+    prev = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            got = ops.max_pool2d(x, 3, 2, 1)
+            assert got.is_contiguous()
+            assert torch.equal(got, ref), t
+    finally:
+        torch.set_num_threads(prev)
+    with ops.use_backend('pytorch'):
+        assert not ops.max_pool.uses_kernel(x)
+        assert ops.max_pool.uses_onednn(x) == \
+            torch.backends.mkldnn.is_available()
+        assert torch.equal(ops.max_pool2d(x, 3, 2, 1), ref)
+    # tensors neither kernel is used for give the same too
     xs = x.transpose(2, 3)
+    assert not ops.max_pool.uses_kernel(xs)
     assert not ops.max_pool.uses_onednn(xs)
     assert torch.equal(ops.max_pool2d(xs, 3, 2, 1), F.max_pool2d(xs, 3, 2, 1))
+
+
+@needs_ext
+@pytest.mark.parametrize('k,s,p', [((3, 3), (2, 2), (1, 1)),
+                                   ((3, 3), (1, 1), (1, 1)),
+                                   ((2, 2), (2, 2), (0, 0)),
+                                   ((5, 3), (3, 2), (2, 0)),
+                                   ((3, 5), (2, 3), (0, 2))])
+def test_max_pool_kernel_windows_and_nan(k, s, p):
+    """The compiled max-pool for other kernels, strides (the stride-2
+    column path and the one-by-one path) and paddings, per axis, with
+    NaN inputs: the values and NaN positions of F.max_pool2d; a wrong
+    tensor or window is refused by name."""
+    x = torch.randn(2, 3, 23, 41, generator=torch.Generator().manual_seed(5))
+    x.view(-1)[::53] = float('nan')
+    ref = F.max_pool2d(x, k, s, p)
+    got = ops.max_pool2d(x, k, s, p)
+    assert got.shape == ref.shape
+    assert torch.equal(got.isnan(), ref.isnan())
+    assert ref.isnan().any()
+    assert torch.equal(got.nan_to_num(7.), ref.nan_to_num(7.))
+    ext = ops.extension()
+    with pytest.raises(RuntimeError, match='contiguous'):
+        ext.max_pool2d(x.double(), *k, *s, *p)
+    with pytest.raises(RuntimeError, match='stride must be positive'):
+        ext.max_pool2d(x, 3, 3, 0, 2, 1, 1)
+    with pytest.raises(RuntimeError, match='padding must be'):
+        ext.max_pool2d(x, 3, 3, 2, 2, 2, 1)
+    with pytest.raises(RuntimeError, match='smaller than the kernel'):
+        ext.max_pool2d(x[:, :, :2].contiguous(), 5, 5, 1, 1, 1, 1)
 
 
 def test_stem_max_pool_module_and_errors():
@@ -1386,6 +1434,10 @@ def test_stem_max_pool_module_and_errors():
         ops.max_pool2d(x.detach(), 3, 2, 2)
     with pytest.raises(ValueError, match='stride='):
         ops.max_pool2d(x.detach(), 3, -1, 1)
+    with pytest.raises(ValueError, match='stride=0 must be positive'):
+        ops.max_pool2d(x.detach(), 3, 0, 1)
+    with pytest.raises(ValueError, match='kernel_size=.0, 3. must be'):
+        ops.max_pool2d(x.detach(), (0, 3), 1, 0)
 
 
 # ------------------------------------------------ portable kernels switch
