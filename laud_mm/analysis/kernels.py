@@ -67,6 +67,9 @@ run (median process CPU time of repeated calls after warm-up,
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (the compiled kernel) against ``F.max_pool2d`` on NCHW and against
   oneDNN's pool (conversions included), at 224 px and 800 x 1216;
+- ``static_1x1``: 1x1 convolutions of the static R50 at 800 x 1216 and
+  at 224 px (batch 8), ``F.conv2d`` (oneDNN, what the static reference
+  runs) against MKL GEMMs on the same NCHW data;
 - ``pixels``: a 1x1 convolution of 2 images (per-image MKL GEMMs) on a
   7 x 7 vs a 56 x 56 map, in GMAC/s (the ``vector_width`` term);
 - ``regions``: small operators at one thread against torch's thread count
@@ -105,7 +108,7 @@ from laud_mm.ops.allocator import tune_cpu_allocator
 from laud_mm.ops.patches import (_gather, _scatter, patch_map,
                                  scatter_add_relu_reference, window_size)
 
-from .timing import cpu_ms, wall_ms
+from .timing import bench_pair, cpu_ms, wall_ms
 
 #: one row: (kernel, shape, A, A ms, B, B ms, note)
 Row = Tuple[str, str, str, float, str, float, str]
@@ -534,14 +537,16 @@ def masker_gate_rows() -> List[Row]:
     return rows
 
 
-def max_pool_rows() -> List[Row]:
+def max_pool_rows(shapes: Sequence[Tuple[int, ...]] = (
+        (8, 64, 112, 112), (1, 64, 400, 608))) -> List[Row]:
     """``max_pool``: :func:`laud_mm.ops.max_pool2d` (the compiled kernel
     where built) against ``F.max_pool2d`` and against oneDNN's pool
-    (conversions to and from its format included) on the R50 stem's output
-    at 224 px (batch 8) and for one 800 x 1216 image (note: 'equal' when
-    bit-equal to ``F.max_pool2d``)."""
+    (conversions to and from its format included), 3x3 / 2 with padding 1,
+    on ``shapes`` (N, C, H, W): by default the R50 stem's output at 224 px
+    (batch 8) and for one 800 x 1216 image (note: 'equal' when bit-equal
+    to ``F.max_pool2d``)."""
     rows = []
-    for shape in ((8, 64, 112, 112), (1, 64, 400, 608)):
+    for shape in shapes:
         x = torch.randn(*shape).relu_()
         ref = F.max_pool2d(x, 3, 2, 1)
         same = torch.equal(max_pool2d(x, 3, 2, 1), ref)
@@ -557,6 +562,66 @@ def max_pool_rows() -> List[Row]:
                              x.to_mkldnn(), [3, 3], [2, 2],
                              [1, 1]).to_dense()),
                          'ops.max_pool2d', ours, ''))
+    return rows
+
+
+def gemm_conv1x1(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                  stride: int) -> torch.Tensor:
+    """``F.conv2d(x, w, b, stride)`` for a 1x1 kernel as MKL GEMMs on NCHW
+    data: the strided input pixels (a copy for stride > 1), then ``addmm``
+    (batch 1) / ``baddbmm`` with the bias; what the ``static_1x1`` rows
+    time against ``F.conv2d``.
+
+    Args:
+        x: (N, C_in, H, W) float input.
+        w: (C_out, C_in, 1, 1) weight; b: (C_out,) bias.
+        stride: the convolution's stride (both axes), pixels.
+
+    Returns:
+        (N, C_out, ceil(H / stride), ceil(W / stride)), equal to
+        ``F.conv2d`` up to float rounding.
+    """
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride].contiguous()
+    n, c, h, w_ = x.shape
+    wm = w.view(w.shape[0], c)
+    if n == 1:
+        y = torch.addmm(b[:, None], wm, x.view(c, h * w_))
+    else:
+        y = torch.baddbmm(b[None, :, None], wm.expand(n, -1, -1),
+                          x.view(n, c, h * w_))
+    return y.view(n, -1, h, w_)
+
+
+def static_conv1x1_rows() -> List[Row]:
+    """``static_1x1``: 1x1 convolutions of the static R50 (BN folded, the
+    reference of every speed-up here) on ``F.conv2d`` (oneDNN, NCHW)
+    against MKL GEMMs on the same data (:func:`gemm_conv1x1`): how much
+    faster a static network hand-tuned this way could run: wall-clock
+    medians, the two alternating (:func:`~laud_mm.analysis.timing.
+    bench_pair`; note: the CPU-time ratio and the max difference)."""
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for n, c_in, c_out, hw, stride, what in (
+            (1, 256, 64, (200, 304), 1, 'stage 1 conv1'),
+            (1, 64, 256, (200, 304), 1, 'stage 1 conv3'),
+            (1, 256, 512, (200, 304), 2, 'stage 2 downsample'),
+            (1, 1024, 256, (50, 76), 1, 'stage 3 conv1'),
+            (8, 256, 64, (56, 56), 1, 'stage 1 conv1'),
+            (8, 1024, 256, (14, 14), 1, 'stage 3 conv1')):
+        x = torch.randn(n, c_in, *hw, generator=g).relu_()
+        w = torch.randn(c_out, c_in, 1, 1, generator=g) / c_in ** 0.5
+        b = torch.randn(c_out, generator=g)
+        diff = (F.conv2d(x, w, b, stride) -
+                gemm_conv1x1(x, w, b, stride)).abs().max().item()
+        tm = bench_pair(lambda t: F.conv2d(t, w, b, stride),
+                        lambda t: gemm_conv1x1(t, w, b, stride), x, 2, 9)
+        rows.append(('static_1x1',
+                     f'{what}, {n} x {c_in} x {hw[0]}x{hw[1]} -> {c_out}'
+                     + (f' / {stride}' if stride > 1 else ''),
+                     'F.conv2d', tm.static_ms, 'GEMM', tm.dynamic_ms,
+                     f'wall; CPU time {tm.cpu_speedup:.2f}x; max diff '
+                     f'{diff:.1e}'))
     return rows
 
 
@@ -676,6 +741,7 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      channel_split=channel_split_rows,
                      masker_gate=masker_gate_rows,
                      max_pool=max_pool_rows,
+                     static_1x1=static_conv1x1_rows,
                      pixels=pixel_rows, regions=region_rows)
 
 

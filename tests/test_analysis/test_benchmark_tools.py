@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from laud_mm.analysis import kernels
 from laud_mm.analysis.benchmark import common, regnet, resnet
@@ -117,8 +118,27 @@ def test_kernel_benchmark_rows_compare_equal_results():
     for kernel, _, _, ta, _, tb, note in rows:
         assert kernel == 'kept_weights' and note == 'equal'
         assert ta > 0 and tb > 0
-    (kernel, _, _, ta, _, tb, note), = kernels.max_pool_rows()
-    assert kernel == 'max_pool' and note == 'equal' and ta > 0 and tb > 0
+    rows = kernels.max_pool_rows(shapes=[(2, 8, 30, 41)])
+    assert [r[2] for r in rows] == ['F.max_pool2d', 'oneDNN pool'][
+        :1 + torch.backends.mkldnn.is_available()]
+    for kernel, shape, _, ta, b, tb, _ in rows:
+        assert kernel == 'max_pool' and shape == '2 x 8 x 30 x 41, 3x3 / 2'
+        assert b == 'ops.max_pool2d' and ta > 0 and tb > 0
+    assert rows[0][-1] == 'equal'
+
+
+def test_static_1x1_gemm_equals_conv2d():
+    """The GEMM form the static_1x1 rows time against F.conv2d computes the
+    same 1x1 convolution (stride 1 and 2, batch 1 and 2, odd sizes)."""
+    g = torch.Generator().manual_seed(0)
+    for n, stride in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        x = torch.randn(n, 12, 9, 14, generator=g)
+        w = torch.randn(20, 12, 1, 1, generator=g)
+        b = torch.randn(20, generator=g)
+        ref = F.conv2d(x, w, b, stride)
+        got = kernels.gemm_conv1x1(x, w, b, stride)
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (n, stride)
 
 
 def test_spatial_dense_threshold_option():
