@@ -309,7 +309,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "max_pool2d(x (N,C,H,W), kh, kw, sh, sw, ph, pw) -> (N,C,Ho,Wo): "
         "the max over each window's pixels inside the map (padding "
         "excluded, NaN kept), as F.max_pool2d (float32 contiguous, CPU; "
-        "rows over torch's threads)",
+        "rows over torch's threads). RuntimeError: another tensor, an "
+        "empty map, kernel or stride < 1, padding outside [0, kernel / 2], "
+        "a padded map smaller than the kernel",
         py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"),
         py::arg("sw"), py::arg("ph"), py::arg("pw"));
   m.def("relu_mean_rows", &laud_mm::relu_mean_rows_cpu,

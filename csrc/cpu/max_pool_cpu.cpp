@@ -4,7 +4,11 @@
 // max_pool2d_cpu(x (N, C, H, W), kh, kw, sh, sw, ph, pw) -> (N, C, Ho, Wo),
 //   Ho = (H + 2 ph - kh) / sh + 1 (floor), likewise Wo: each output the
 //   max of its window's pixels inside the map (the padding excluded),
-//   NaN when the window holds a NaN, as torch's F.max_pool2d.
+//   NaN when the window holds a NaN, as torch's F.max_pool2d (the same
+//   values; of a tie between +0 and -0 either may be kept).
+//   Raises (RuntimeError): x not a contiguous 4-D float32 CPU tensor, an
+//   empty map, a kernel_size or stride below 1, a padding outside
+//   [0, kernel_size / 2], a padded map smaller than the kernel.
 //
 // Why a kernel: torch's NCHW CPU max-pool also computes the argmax
 // indices, and oneDNN's pool needs a reorder to its blocked layout and
@@ -104,6 +108,8 @@ at::Tensor max_pool2d_cpu(const at::Tensor& x, int64_t kh, int64_t kw,
               "max_pool2d: padding must be in [0, kernel_size / 2], got (",
               ph, ", ", pw, ")");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(h > 0 && w > 0, "max_pool2d: the map must not be empty, got ",
+              h, " x ", w);
   TORCH_CHECK(h + 2 * ph >= kh && w + 2 * pw >= kw,
               "max_pool2d: the padded input (", h + 2 * ph, " x ", w + 2 * pw,
               ") is smaller than the kernel (", kh, " x ", kw, ")");
@@ -114,10 +120,10 @@ at::Tensor max_pool2d_cpu(const at::Tensor& x, int64_t kh, int64_t kw,
   float* op = out.data_ptr<float>();
   const bool avx512 = isa::cpu_avx512f();
   const float ninf = -std::numeric_limits<float>::infinity();
-  // the padded row: pw borders, the row, then -inf to the last window
-  // column any 16-output block reads
+  // the padded row: pw borders either side of the row; the stride-2 path
+  // reads on to the last window column of its last 16-output block
   const int64_t padw = std::max<int64_t>(
-      pw + w, sw * ((wo + 15) / 16 * 16) + kw + 16);
+      w + 2 * pw, sw == 2 ? 2 * ((wo + 15) / 16 * 16) + kw + 16 : 0);
   const int64_t rows = n * c * ho;
   // about 16k input values a task
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(kh * w, 1));

@@ -348,7 +348,7 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
         for (k1 = k0 + 1; k1 < c1 && xo[k1] == xo[k0] + (k1 - k0); ++k1) {
         }
         to_pixel_major(x + xo[k0], plane_in, g.c_in, k1 - k0,
-                            xt + (k0 - c0) * g.c_in);
+                       xt + (k0 - c0) * g.c_in);
       }
 #endif
     for (int64_t j0 = 0; j0 < width; j0 += kPanel) {

@@ -259,7 +259,8 @@ LAUD_TARGET("avx512f") inline void transpose16x16(__m512 r[16]) {
 // Blocks of 16 pixels, within each 16 channels x 16 pixels transposed in
 // registers (masked loads for the last pixels), so each 16-float load
 // reads a whole cache line and the 16 destination rows are written front
-// to back; 8 channels left over as two 8 x 8 blocks, fewer one by one.
+// to back; 8 channels left over in 8 x 8 blocks (masked loads for the
+// last pixels), fewer one by one.
 // AVX-512F: callers check tile::cpu_avx512f (pixel_major_input).
 LAUD_TARGET("avx512f") inline void to_pixel_major(
     const float* src, int64_t plane, int64_t c, int64_t np, float* dst) {

@@ -11,8 +11,9 @@ a batch of 8 images at 224 px (8 x 64 x 112 x 112 fp32) 50.8 ms, 6.1 ms
 (1 x 64 x 400 x 608) 124.4, 24.4 and 4.0 ms. The compiled kernel takes the
 max over each window's rows, then picks every second column with
 two-source permutes (AVX-512), reading the map once. The pooled values are
-the same: a max is exact in any order, and all three exclude the padding;
-the compiled kernel also keeps NaN as PyTorch does (oneDNN does not).
+the same (of a tie between +0 and -0 either may be kept): a max is exact
+in any order, and all three exclude the padding; the compiled kernel also
+keeps NaN as PyTorch does (oneDNN does not).
 
 It is not part of the dynamic computation: the static and the dynamic
 backbone share the stem, so this changes their latency by the same
@@ -85,6 +86,8 @@ def max_pool2d(x: torch.Tensor, kernel_size: _Int2, stride: _Int2,
         ValueError: a kernel_size / stride / padding that is not a
             non-negative int or pair, a zero kernel_size or stride, or
             padding above half the kernel (PyTorch's own rule), by key.
+        RuntimeError: an empty map or a padded map smaller than the kernel
+            (from the compiled kernel, or from ``F.max_pool2d``).
     """
     k = _pair(kernel_size, 'kernel_size')
     s = _pair(stride, 'stride')

@@ -507,12 +507,14 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     (2, 16, 36, 80, 6, 5, 1, 2, 1),     # dilation 2, G = 1 (odd counts)
     (4, 72, 70, 16, 3, 11, 1, 1, 2),    # panels of 64 + 6, a 1-wide row
     (2, 2100, 140, 32, 11, 10, 1, 1, 2),  # conv1's input transposed in
-    # chunks of 14 pixels (AVX-512), C_in % 16 = 4: 16 x 16 blocks, a
-    # scalar channel tail; each chunk read by two panel blocks (114 kept
-    # channels: 64 + 64)
+    # chunks of 14 pixels at 3 threads (AVX-512), C_in % 16 = 4: blocks of
+    # 16 channels x 14 pixels, a scalar channel tail; each chunk read by
+    # two panel blocks (114 kept channels: 64 + 64)
     (2, 2108, 140, 32, 15, 14, 1, 1, 2),  # C_in % 16 = 12: an 8-channel
     # block (8 + 6 pixels a chunk) before the scalar tail; 210 input
     # pixels, so conv1 reads transposed chunks at 2 threads too
+    (2, 408, 80, 32, 28, 28, 1, 1, 2),  # chunks of 77 pixels: full
+    # 16 x 16 blocks, then 13 pixels; C_in % 16 = 8
     (2, 2100, 24, 32, 7, 7, 1, 1, 2),   # 7 x 7: every phase row-blocked,
     # conv1's sums split over 16 blocks of 128 weight rows and one of 52
     (2, 300, 140, 32, 14, 14, 2, 1, 2),  # conv1 row-blocked (196 input
@@ -717,6 +719,8 @@ def test_spatial_branch_leave_inactive_keeps_a_negative_identity(backend, s):
     # run in chunks of 14 pixels (AVX-512), C_in % 16 = 4
     (3, 2108, 80, 16, 16, 14, 2, 1, 1),  # C_in % 16 = 12: the 8-channel
     # block of the transposition, then the scalar tail
+    (2, 408, 80, 16, 28, 28, 2, 1, 1),   # runs of up to 77 pixels: full
+    # 16 x 16 blocks of the transposition, C_in % 16 = 8
 ])
 def test_spatial_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, s, stride, dil):
@@ -1414,6 +1418,8 @@ def test_max_pool_kernel_windows_and_nan(k, s, p):
         ext.max_pool2d(x, 3, 3, 2, 2, 2, 1)
     with pytest.raises(RuntimeError, match='smaller than the kernel'):
         ext.max_pool2d(x[:, :, :2].contiguous(), 5, 5, 1, 1, 1, 1)
+    with pytest.raises(RuntimeError, match='must not be empty'):
+        ext.max_pool2d(x[:, :, :0].contiguous(), 2, 2, 1, 1, 1, 1)
 
 
 def test_stem_max_pool_module_and_errors():
