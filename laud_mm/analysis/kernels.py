@@ -543,8 +543,8 @@ def max_pool_rows(shapes: Sequence[Tuple[int, ...]] = (
     where built) against ``F.max_pool2d`` and against oneDNN's pool
     (conversions to and from its format included), 3x3 / 2 with padding 1,
     on ``shapes`` (N, C, H, W): by default the R50 stem's output at 224 px
-    (batch 8) and for one 800 x 1216 image (note: 'equal' when bit-equal
-    to ``F.max_pool2d``)."""
+    (batch 8) and for one 800 x 1216 image (note: 'equal' when
+    ``torch.equal`` to ``F.max_pool2d``)."""
     rows = []
     for shape in shapes:
         x = torch.randn(*shape).relu_()
