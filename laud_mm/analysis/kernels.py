@@ -580,6 +580,14 @@ def gemm_conv1x1(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     Returns:
         (N, C_out, ceil(H / stride), ceil(W / stride)), equal to
         ``F.conv2d`` up to float rounding.
+
+    Raises:
+        RuntimeError: from torch, for a weight that is not (C_out, C_in,
+            1, 1) with x's C_in.
+
+    Source: the static reference of every speed-up (paper sec. 4 compares
+    against the static network; docs/benchmarks.md, "The static
+    reference").
     """
     if stride > 1:
         x = x[:, :, ::stride, ::stride].contiguous()
@@ -599,7 +607,12 @@ def static_conv1x1_rows() -> List[Row]:
     against MKL GEMMs on the same data (:func:`gemm_conv1x1`): how much
     faster a static network hand-tuned this way could run: wall-clock
     medians, the two alternating (:func:`~laud_mm.analysis.timing.
-    bench_pair`; note: the CPU-time ratio and the max difference)."""
+    bench_pair`; note: the CPU-time ratio and the max difference).
+
+    Returns:
+        one row per convolution: (kernel, shape, 'F.conv2d', wall ms,
+        'GEMM', wall ms, note).
+    """
     rows = []
     g = torch.Generator().manual_seed(0)
     for n, c_in, c_out, hw, stride, what in (
