@@ -47,6 +47,9 @@ run (median process CPU time of repeated calls after warm-up,
   (``policy.LAYER_FUSED_CPU``), against the choice without it (wall-clock
   medians: the choices are about how the threads share the work; run it
   with ``--threads 2``);
+- ``channel_branch``: the fused channel kernel on an identity block of
+  each R50 stage at the mask density of r_i = 0.5 against the static block
+  (wall-clock medians; run it with ``--threads 2``);
 - ``channel_split``: the fused channel kernel on R50's 7 x 7-output
   blocks at batch 1, with fewer samples than threads: each sample's
   columns split over the threads against its panels gathered up front
@@ -97,9 +100,12 @@ from laud_mm.models import LAUDBottleneck
 from laud_mm.models.layers.gates import KEEP, SKIP
 from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
                                            folded, spatial_patch_convs,
+                                           static_bottleneck_forward,
                                            window_conv1)
-from laud_mm.ops import (add_relu_logit_pool_, channel_kept_lists,
-                         channel_partition_work, extension,
+from laud_mm.ops import (add_relu_logit_pool_,
+                         channel_branch_add_relu_reference,
+                         channel_kept_lists, channel_partition_work,
+                         extension,
                          fast_spatial_branch,
                          gather_kept_weights, gather_kept_weights_reference,
                          max_pool2d, policy, spatial_logit_pool,
@@ -340,6 +346,76 @@ def layer_rows() -> List[Row]:
             diff = float((run(a) - run(b)).abs().max())
             rows.append(('layer', case, names[a], ms(a), names[b], ms(b),
                          f'max diff {diff:.1e}; policy: {chosen}'))
+    return rows
+
+
+def channel_branch_rows(batch: int = 8, rate: float = 0.62) -> List[Row]:
+    """``channel_branch``: an identity channel block of each R50 stage (G =
+    2, each group kept with probability ``rate``, seed 0: the mask density
+    of r_i = 0.5 in these blocks) at ``batch`` x 224 px, the static block
+    (BN folded, :func:`~laud_mm.models.resnet.dynamic.
+    static_bottleneck_forward`: oneDNN's convolutions, the add and ReLU)
+    against the fused channel kernel
+    (:func:`~laud_mm.ops.channel_branch_add_relu`, accumulating into the
+    same shortcut every call, as on the input the backbone owns):
+    wall-clock medians, the two alternating (:func:`~laud_mm.analysis.
+    timing.bench_pair`); note: the block's FLOPs ratio r_i (its inverse,
+    the ideal speed-up), both sides' multiply-accumulates per second, the
+    CPU-time ratio and the kernel's largest difference from the PyTorch
+    reference (:func:`~laud_mm.ops.channel_branch_add_relu_reference`)
+    on a fresh shortcut.
+
+    Returns:
+        one row per stage: (kernel, shape, 'static block', wall ms,
+        'fused channel kernel', wall ms, note).
+
+    Raises:
+        ValueError: ``batch`` < 1 or ``rate`` outside (0, 1] (names the
+            argument and value).
+        RuntimeError: without the compiled extension.
+    """
+    if batch < 1:
+        raise ValueError(f'channel_branch: batch={batch} must be >= 1')
+    if not 0 < rate <= 1:
+        raise ValueError(f'channel_branch: rate={rate} must be in (0, 1]')
+    ext = extension()
+    if ext is None:
+        raise RuntimeError('channel_branch: laud_mm._ext is not built')
+    rows = []
+    for stage, width, hw in ((1, 64, 56), (2, 128, 28), (3, 256, 14),
+                             (4, 512, 7)):
+        torch.manual_seed(0)
+        c_in = 4 * width
+        blk = LAUDBottleneck(c_in, width, paradigm='channel',
+                             granularity=2).eval()
+        gate = (torch.rand(batch, width // 2) < rate).float()
+        chs, counts, _ = channel_kept_lists(gate, 2, policy.CHANNEL_PAD)
+        x = torch.rand(batch, c_in, hw, hw)
+        packed = folded(blk).channel_packed()
+        ref = channel_branch_add_relu_reference(x.clone(), x, chs, counts,
+                                                *packed)
+        out = x.clone()
+        ext.channel_branch_add_relu(out, x, chs, counts, *packed, 1, 1, 1)
+        diff = float((out - ref).abs().max())
+
+        def dyn(t, out=out, chs=chs, counts=counts, packed=packed):
+            ext.channel_branch_add_relu(out, t, chs, counts, *packed, 1, 1,
+                                        1)
+        k = counts.double()
+        pix = hw * hw
+        dense_macs = batch * pix * (2 * c_in * width + 9 * width * width)
+        macs = float((pix * (2 * c_in * k + 9 * k * k)).sum())
+        tm = bench_pair(lambda t, blk=blk: static_bottleneck_forward(blk, t),
+                        dyn, x, 2, 9)
+        rows.append((
+            'channel_branch',
+            f'stage {stage}, {batch} x {c_in} x {hw}x{hw}, '
+            f'{int(k.mean())} of {width} kept', 'static block',
+            tm.static_ms, 'fused channel kernel', tm.dynamic_ms,
+            f'wall; r_i {macs / dense_macs:.2f} (ideal '
+            f'{dense_macs / macs:.2f}x); {dense_macs / tm.static_ms / 1e6:.0f}'
+            f' / {macs / tm.dynamic_ms / 1e6:.0f} GMAC/s; CPU time '
+            f'{tm.cpu_speedup:.2f}x; max diff {diff:.1e}'))
     return rows
 
 
@@ -751,6 +827,7 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      window_conv1=window_conv1_rows, scatter=scatter_rows,
                      weight_reorder=reorder_rows, masker=masker_rows,
                      handoff=handoff_rows, layer=layer_rows,
+                     channel_branch=channel_branch_rows,
                      channel_split=channel_split_rows,
                      masker_gate=masker_gate_rows,
                      max_pool=max_pool_rows,

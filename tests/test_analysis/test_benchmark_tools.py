@@ -626,6 +626,34 @@ def test_in_network_per_block_rows_on_r50():
                                 per_block_table=True, per_block_mode='bad')
 
 
+def test_channel_branch_rows_time_the_kernel_that_matches():
+    """The kernel benchmarks' channel_branch rows time the fused channel
+    kernel on an identity block of each R50 stage against the static
+    block: positive times, the kept counts and r_i of the gate, and the
+    kernel within float tolerance of the PyTorch reference."""
+    if ops.extension() is None:
+        pytest.skip('laud_mm._ext is not built')
+    with torch.no_grad():
+        rows = kernels.channel_branch_rows(batch=1)
+    assert [r[1].split(',')[0] for r in rows] == [
+        'stage 1', 'stage 2', 'stage 3', 'stage 4']
+    for (kernel, shape, a, ta, b, tb, note), (c_in, width, hw) in zip(
+            rows, ((256, 64, 56), (512, 128, 28), (1024, 256, 14),
+                   (2048, 512, 7))):
+        assert kernel == 'channel_branch' and ta > 0 and tb > 0
+        assert (a, b) == ('static block', 'fused channel kernel')
+        assert f'1 x {c_in} x {hw}x{hw}, ' in shape
+        kept = int(shape.split(', ')[-1].split(' of ')[0])
+        assert shape.endswith(f' of {width} kept') and 0 < kept < width
+        r_i = float(note.split('r_i ')[1].split(' ')[0])
+        assert 0.1 < r_i < 1
+        assert float(note.split('max diff ')[1]) <= 1e-4
+    with pytest.raises(ValueError, match='batch=0 must be'):
+        kernels.channel_branch_rows(batch=0)
+    with pytest.raises(ValueError, match=r'rate=1.5 must be in \(0, 1\]'):
+        kernels.channel_branch_rows(rate=1.5)
+
+
 def test_channel_split_rows_name_the_split_and_match():
     """The kernel benchmarks' channel_split rows time the fused channel
     kernel's column split against its panels gathered up front at batch

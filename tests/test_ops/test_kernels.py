@@ -2,6 +2,8 @@
 kernels against the PyTorch reference and against dense convolution.
 
 Source: paper sec. 3.4 / appendix (fused gather-conv3x3 and scatter-add)."""
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -1065,6 +1067,99 @@ def test_channel_row_blocked_lists_out_of_order_or_padded():
         ops.extension().channel_branch_add_relu(
             ident.clone(), x[:, :0].contiguous(), chs, counts,
             args[3][:0].contiguous(), *args[4:])
+
+
+# The weight gathers load whole 16-column chunks of a row (masked to the
+# kept lanes: csrc/cpu/channel_conv_cpu.cpp, copy_chunks_avx512), which
+# may reach past the end of the matrix: w1t and w2t each end at a
+# PROT_NONE page, and the kept lists reach their last rows' ends, so a
+# load past the matrix faults (the process dies) instead of reading
+# unnoticed neighbours. The extension alone (importing laud_mm costs
+# ~15 s a process).
+_GUARD_PAGE_SCRIPT = r"""
+import ctypes, importlib.util as u, mmap, sys
+import torch
+s = u.spec_from_file_location('laud_mm._ext', sys.argv[1])
+ext = u.module_from_spec(s)
+s.loader.exec_module(ext)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+keep = []
+
+
+def guarded(t):
+    # a copy of t whose last float is the last one before a PROT_NONE page
+    page = mmap.PAGESIZE
+    nbytes = t.numel() * 4
+    pages = (nbytes + page - 1) // page + 1
+    buf = mmap.mmap(-1, pages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(base + (pages - 1) * page, page, 0) == 0
+    g = torch.frombuffer(buf, dtype=torch.float32, count=t.numel(),
+                         offset=(pages - 1) * page - nbytes).view(t.shape)
+    g.copy_(t)
+    keep.append(buf)
+    return g
+
+
+gen = torch.Generator().manual_seed(0)
+c_in, width, c_out, n = 40, 64, 32, 4
+w1t = torch.randn(c_in, width + 1, generator=gen)
+w1t[:, width] = 0
+w2t = torch.randn(9, width + 1, width + 1, generator=gen)
+w2t[:, width] = 0
+w2t[:, :, width] = 0
+w3t = torch.randn(width + 1, c_out, generator=gen)
+w3t[width] = 0
+b1, b2 = torch.randn(width + 1, generator=gen), torch.randn(width + 1,
+                                                            generator=gen)
+b1[width] = b2[width] = 0
+b3 = torch.randn(c_out, generator=gen)
+# a row holds width + 1 = 65 floats: chunks counted from channel 2 end
+# at float 65, one past the row; every channel; sparse pairs; channels
+# 2 .. 63 and the zero padding channel `width` within the count (w2t's
+# last row read)
+lists = [list(range(2, 64)), list(range(64)),
+         [0, 1, 8, 9, 30, 31, 40, 41, 50, 51, 62, 63],
+         list(range(2, 64)) + [width]]
+chs = torch.full((n, 72), width, dtype=torch.int64)
+for i, k in enumerate(lists):
+    chs[i, :len(k)] = torch.tensor(k)
+counts = torch.tensor([len(k) for k in lists])
+gw1t, gw2t = guarded(w1t), guarded(w2t)
+for hw in (7, 16):  # row-blocked phases; panels gathered up front
+    x = torch.rand(n, c_in, hw, hw, generator=gen)
+    ident = torch.randn(n, c_out, hw, hw, generator=gen)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        outs = []
+        for a, b in ((w1t, w2t), (gw1t, gw2t)):
+            o = ident.clone()
+            ext.channel_branch_add_relu(o, x, chs, counts, a, b1, b, b2, w3t,
+                                        b3, 1, 1, 1)
+            outs.append(o)
+        assert torch.equal(outs[0], outs[1]), (hw, threads)
+print('ok')
+"""
+
+
+@needs_ext
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='mmap / mprotect guard pages')
+def test_channel_gathers_stay_within_the_weights():
+    """The fused channel kernel never reads past the end of its weight
+    matrices (its gathers load whole 16-column chunks of a row, masked to
+    the kept columns): with w1t and w2t ending at a guard page and kept
+    lists that reach their last rows' ends, both the row-blocked phases
+    (7 x 7) and the panels gathered up front (16 x 16), at 1 and 2
+    threads, run and give the same output as with ordinary tensors. (An
+    unmasked chunk load faults here: checked by mutation.)"""
+    import subprocess
+    res = subprocess.run(
+        [sys.executable, '-c', _GUARD_PAGE_SCRIPT,
+         ops.extension().__file__], text=True, capture_output=True)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert res.stdout.strip() == 'ok'
 
 
 @needs_ext
