@@ -351,8 +351,11 @@ def layer_rows() -> List[Row]:
 
 def channel_branch_rows(batch: int = 8, rate: float = 0.62) -> List[Row]:
     """``channel_branch``: an identity channel block of each R50 stage (G =
-    2, each group kept with probability ``rate``, seed 0: the mask density
-    of r_i = 0.5 in these blocks) at ``batch`` x 224 px, the static block
+    2, each group kept with probability ``rate``, seed 0; the default is
+    the mask density d of r_i = 0.5 in these blocks: r_i = (2 C w d +
+    9 w^2 d^2) / (2 C w + 9 w^2) with C = 4 w, the paper's FLOPs-based rate
+    of sec. 3.5 without the masker, docs/method.md sec. 2) at
+    ``batch`` x 224 px, the static block
     (BN folded, :func:`~laud_mm.models.resnet.dynamic.
     static_bottleneck_forward`: oneDNN's convolutions, the add and ReLU)
     against the fused channel kernel
