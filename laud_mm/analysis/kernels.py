@@ -49,7 +49,8 @@ run (median process CPU time of repeated calls after warm-up,
   with ``--threads 2``);
 - ``channel_branch``: the fused channel kernel on an identity block of
   each R50 stage at the mask density of r_i = 0.5 against the static block
-  (wall-clock medians; run it with ``--threads 2``);
+  (wall-clock medians, the two alternating; run it at 1 and at 2
+  threads);
 - ``channel_split``: the fused channel kernel on R50's 7 x 7-output
   blocks at batch 1, with fewer samples than threads: each sample's
   columns split over the threads against its panels gathered up front
@@ -362,11 +363,15 @@ def channel_branch_rows(batch: int = 8, rate: float = 0.62) -> List[Row]:
     (:func:`~laud_mm.ops.channel_branch_add_relu`, accumulating into the
     same shortcut every call, as on the input the backbone owns):
     wall-clock medians, the two alternating (:func:`~laud_mm.analysis.
-    timing.bench_pair`); note: the block's FLOPs ratio r_i (its inverse,
-    the ideal speed-up), both sides' multiply-accumulates per second, the
+    timing.bench_pair`); note: the median of the pairs' wall-clock ratios
+    (a slow spell of the machine cancels in it; the table's A / B is the
+    ratio of the medians), the block's FLOPs ratio r_i (its inverse, the
+    ideal speed-up), both sides' multiply-accumulates per second, the
     CPU-time ratio and the kernel's largest difference from the PyTorch
     reference (:func:`~laud_mm.ops.channel_branch_add_relu_reference`)
-    on a fresh shortcut.
+    on a fresh shortcut. The shape gives the mean kept count a sample.
+    Source: paper sec. 3.2 (channel skipping) and sec. 3.4 (the kernel's
+    scheduling).
 
     Returns:
         one row per stage: (kernel, shape, 'static block', wall ms,
@@ -413,11 +418,12 @@ def channel_branch_rows(batch: int = 8, rate: float = 0.62) -> List[Row]:
         rows.append((
             'channel_branch',
             f'stage {stage}, {batch} x {c_in} x {hw}x{hw}, '
-            f'{int(k.mean())} of {width} kept', 'static block',
+            f'{float(k.mean()):.1f} of {width} kept', 'static block',
             tm.static_ms, 'fused channel kernel', tm.dynamic_ms,
-            f'wall; r_i {macs / dense_macs:.2f} (ideal '
-            f'{dense_macs / macs:.2f}x); {dense_macs / tm.static_ms / 1e6:.0f}'
-            f' / {macs / tm.dynamic_ms / 1e6:.0f} GMAC/s; CPU time '
+            f'paired wall {tm.speedup:.2f}x; r_i {macs / dense_macs:.2f} '
+            f'(ideal {dense_macs / macs:.2f}x); '
+            f'{dense_macs / tm.static_ms / 1e6:.0f} / '
+            f'{macs / tm.dynamic_ms / 1e6:.0f} GMAC/s; CPU time '
             f'{tm.cpu_speedup:.2f}x; max diff {diff:.1e}'))
     return rows
 
@@ -495,7 +501,6 @@ def handoff_rows(batch: int = 8, size: int = 224) -> List[Row]:
     ``size`` px."""
     from .benchmark.common import dynamic_forward, static_forward
     from .benchmark.resnet import build, folded_stem
-    from laud_mm.models.resnet.dynamic import static_bottleneck_forward
     rows = []
     for c, hw, grid in ((256, 56, 14), (512, 28, 7), (1024, 14, 7),
                         (2048, 7, 7)):

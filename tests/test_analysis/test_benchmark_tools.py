@@ -629,8 +629,9 @@ def test_in_network_per_block_rows_on_r50():
 def test_channel_branch_rows_time_the_kernel_that_matches():
     """The kernel benchmarks' channel_branch rows time the fused channel
     kernel on an identity block of each R50 stage against the static
-    block: positive times, the kept counts and r_i of the gate, and the
-    kernel within float tolerance of the PyTorch reference."""
+    block: positive times, the kept count and the FLOPs ratio r_i of the
+    gate (conv1 and conv3 linear, conv2 quadratic in the kept count), and
+    the kernel within float tolerance of the PyTorch reference."""
     if ops.extension() is None:
         pytest.skip('laud_mm._ext is not built')
     with torch.no_grad():
@@ -643,10 +644,14 @@ def test_channel_branch_rows_time_the_kernel_that_matches():
         assert kernel == 'channel_branch' and ta > 0 and tb > 0
         assert (a, b) == ('static block', 'fused channel kernel')
         assert f'1 x {c_in} x {hw}x{hw}, ' in shape
-        kept = int(shape.split(', ')[-1].split(' of ')[0])
+        kept = float(shape.split(', ')[-1].split(' of ')[0])
         assert shape.endswith(f' of {width} kept') and 0 < kept < width
+        assert kept == int(kept) and int(kept) % 2 == 0  # G = 2, batch 1
         r_i = float(note.split('r_i ')[1].split(' ')[0])
-        assert 0.1 < r_i < 1
+        want = (2 * c_in * kept + 9 * kept ** 2) / (2 * c_in * width +
+                                                      9 * width ** 2)
+        assert abs(r_i - want) <= 0.006, (r_i, want)
+        assert note.startswith('paired wall ')
         assert float(note.split('max diff ')[1]) <= 1e-4
     with pytest.raises(ValueError, match='batch=0 must be'):
         kernels.channel_branch_rows(batch=0)

@@ -1087,6 +1087,11 @@ libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 keep = []
 
 
+def check(ok, what):
+    if not ok:
+        raise SystemExit(f'failed: {what}')
+
+
 def guarded(t):
     # a copy of t whose last float is the last one before a PROT_NONE page
     page = mmap.PAGESIZE
@@ -1094,7 +1099,7 @@ def guarded(t):
     pages = (nbytes + page - 1) // page + 1
     buf = mmap.mmap(-1, pages * page)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    assert libc.mprotect(base + (pages - 1) * page, page, 0) == 0
+    check(libc.mprotect(base + (pages - 1) * page, page, 0) == 0, 'mprotect')
     g = torch.frombuffer(buf, dtype=torch.float32, count=t.numel(),
                          offset=(pages - 1) * page - nbytes).view(t.shape)
     g.copy_(t)
@@ -1103,42 +1108,53 @@ def guarded(t):
 
 
 gen = torch.Generator().manual_seed(0)
-c_in, width, c_out, n = 40, 64, 32, 4
-w1t = torch.randn(c_in, width + 1, generator=gen)
-w1t[:, width] = 0
-w2t = torch.randn(9, width + 1, width + 1, generator=gen)
-w2t[:, width] = 0
-w2t[:, :, width] = 0
-w3t = torch.randn(width + 1, c_out, generator=gen)
-w3t[width] = 0
-b1, b2 = torch.randn(width + 1, generator=gen), torch.randn(width + 1,
-                                                            generator=gen)
-b1[width] = b2[width] = 0
-b3 = torch.randn(c_out, generator=gen)
-# a row holds width + 1 = 65 floats: chunks counted from channel 2 end
-# at float 65, one past the row; every channel; sparse pairs; channels
-# 2 .. 63 and the zero padding channel `width` within the count (w2t's
-# last row read)
-lists = [list(range(2, 64)), list(range(64)),
-         [0, 1, 8, 9, 30, 31, 40, 41, 50, 51, 62, 63],
-         list(range(2, 64)) + [width]]
-chs = torch.full((n, 72), width, dtype=torch.int64)
-for i, k in enumerate(lists):
-    chs[i, :len(k)] = torch.tensor(k)
-counts = torch.tensor([len(k) for k in lists])
-gw1t, gw2t = guarded(w1t), guarded(w2t)
-for hw in (7, 16):  # row-blocked phases; panels gathered up front
-    x = torch.rand(n, c_in, hw, hw, generator=gen)
-    ident = torch.randn(n, c_out, hw, hw, generator=gen)
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        outs = []
-        for a, b in ((w1t, w2t), (gw1t, gw2t)):
-            o = ident.clone()
-            ext.channel_branch_add_relu(o, x, chs, counts, a, b1, b, b2, w3t,
-                                        b3, 1, 1, 1)
-            outs.append(o)
-        assert torch.equal(outs[0], outs[1]), (hw, threads)
+c_in, c_out = 40, 32
+# a row holds width + 1 floats, so 16-column chunks counted from channel
+# 2 end one float past it. width 64, batch 4 (a sample per thread):
+# channels 2 .. 63; every channel; sparse pairs; 2 .. 63 and the zero
+# padding channel `width` within the count (w2t's last row read); on
+# 7 x 7 (row-blocked phases) and 16 x 16 maps (panels gathered up front).
+# width 128, batch 1 on 7 x 7: at 2 threads the column split, whose second
+# thread's chunks start at channel 66 and end one float past the row.
+cases = [(64, [list(range(2, 64)), list(range(64)),
+               [0, 1, 8, 9, 30, 31, 40, 41, 50, 51, 62, 63],
+               list(range(2, 64)) + [64]], (7, 16)),
+         (128, [list(range(2, 128))], (7,))]
+for width, lists, sizes in cases:
+    n = len(lists)
+    w1t = torch.randn(c_in, width + 1, generator=gen)
+    w1t[:, width] = 0
+    w2t = torch.randn(9, width + 1, width + 1, generator=gen)
+    w2t[:, width] = 0
+    w2t[:, :, width] = 0
+    w3t = torch.randn(width + 1, c_out, generator=gen)
+    w3t[width] = 0
+    b1 = torch.randn(width + 1, generator=gen)
+    b2 = torch.randn(width + 1, generator=gen)
+    b1[width] = b2[width] = 0
+    b3 = torch.randn(c_out, generator=gen)
+    chs = torch.full((n, width + 8), width, dtype=torch.int64)
+    for i, k in enumerate(lists):
+        chs[i, :len(k)] = torch.tensor(k)
+    counts = torch.tensor([len(k) for k in lists])
+    gw1t, gw2t = guarded(w1t), guarded(w2t)
+    for hw in sizes:
+        x = torch.rand(n, c_in, hw, hw, generator=gen)
+        ident = torch.randn(n, c_out, hw, hw, generator=gen)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            split = ext.channel_partition_work(chs, counts, c_in, hw, hw,
+                                               width, c_out, 1, 1, 1,
+                                               threads)[2].sum() > 0
+            check(bool(split) == (n < threads), ('column split', width,
+                                                  threads))
+            outs = []
+            for a, b in ((w1t, w2t), (gw1t, gw2t)):
+                o = ident.clone()
+                ext.channel_branch_add_relu(o, x, chs, counts, a, b1, b, b2,
+                                            w3t, b3, 1, 1, 1)
+                outs.append(o)
+            check(torch.equal(outs[0], outs[1]), (width, hw, threads))
 print('ok')
 """
 
@@ -1146,19 +1162,26 @@ print('ok')
 @needs_ext
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='mmap / mprotect guard pages')
-def test_channel_gathers_stay_within_the_weights():
+@pytest.mark.parametrize('isa', ['auto', 'generic'])
+def test_channel_gathers_stay_within_the_weights(isa):
     """The fused channel kernel never reads past the end of its weight
-    matrices (its gathers load whole 16-column chunks of a row, masked to
-    the kept columns): with w1t and w2t ending at a guard page and kept
-    lists that reach their last rows' ends, both the row-blocked phases
-    (7 x 7) and the panels gathered up front (16 x 16), at 1 and 2
-    threads, run and give the same output as with ordinary tensors. (An
-    unmasked chunk load faults here: checked by mutation.)"""
+    matrices (its AVX-512 gathers load whole 16-column chunks of a row,
+    masked to the kept columns): with w1t and w2t ending at a guard page
+    and kept lists that reach their last rows' ends, the row-blocked
+    phases (7 x 7), the panels gathered up front (16 x 16) and the column
+    split (batch 1 at 2 threads), at 1 and 2 threads, with the CPU's
+    tiles and the generic ones (``LAUD_MM_CPU_ISA``), run and give the
+    same output as with ordinary tensors. (An unmasked chunk load faults
+    here: checked by mutation.)"""
+    import os
     import subprocess
+    env = dict(os.environ, LAUD_MM_CPU_ISA=isa)
     res = subprocess.run(
         [sys.executable, '-c', _GUARD_PAGE_SCRIPT,
-         ops.extension().__file__], text=True, capture_output=True)
-    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+         ops.extension().__file__], text=True, capture_output=True, env=env,
+        timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stdout[-2000:],
+                                 res.stderr[-2000:])
     assert res.stdout.strip() == 'ok'
 
 
