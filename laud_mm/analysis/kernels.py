@@ -112,6 +112,7 @@ from laud_mm.ops import (add_relu_logit_pool_,
                          max_pool2d, policy, spatial_logit_pool,
                          spatial_logit_pool_reference)
 from laud_mm.ops.allocator import tune_cpu_allocator
+from laud_mm.structures.flops import dynamic_flops, op_densities
 from laud_mm.ops.patches import (_gather, _scatter, patch_map,
                                  scatter_add_relu_reference, window_size)
 
@@ -355,7 +356,8 @@ def channel_branch_rows(batch: int = 8, rate: float = 0.62) -> List[Row]:
     2, each group kept with probability ``rate``, seed 0; the default is
     the mask density d of r_i = 0.5 in these blocks: r_i = (2 C w d +
     9 w^2 d^2) / (2 C w + 9 w^2) with C = 4 w, the paper's FLOPs-based rate
-    of sec. 3.5 without the masker, docs/method.md sec. 2) at
+    of sec. 3.5 without the masker, docs/method.md sec. 2, counted by
+    :mod:`laud_mm.structures.flops`) at
     ``batch`` x 224 px, the static block
     (BN folded, :func:`~laud_mm.models.resnet.dynamic.
     static_bottleneck_forward`: oneDNN's convolutions, the add and ReLU)
@@ -410,9 +412,13 @@ def channel_branch_rows(batch: int = 8, rate: float = 0.62) -> List[Row]:
             ext.channel_branch_add_relu(out, t, chs, counts, *packed, 1, 1,
                                         1)
         k = counts.double()
-        pix = hw * hw
-        dense_macs = batch * pix * (2 * c_in * width + 9 * width * width)
-        macs = float((pix * (2 * c_in * k + 9 * k * k)).sum())
+        # the branch's convolutions (the kernel runs no masker), the
+        # project's count (laud_mm.structures.flops): conv2 at d^2
+        geom = blk.geometry((hw, hw))
+        ops = {op: f for op, f in blk.op_flops((hw, hw)).items()
+               if op != 'masker'}
+        dense_macs = batch * sum(ops.values())
+        macs = float(dynamic_flops(ops, op_densities(geom, k / width)).sum())
         tm = bench_pair(lambda t, blk=blk: static_bottleneck_forward(blk, t),
                         dyn, x, 2, 9)
         rows.append((
