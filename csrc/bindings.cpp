@@ -19,7 +19,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& counts,
                                  const at::Tensor& w1t, const at::Tensor& b1,
                                  const at::Tensor& w2t, const at::Tensor& b2,
-                                 const at::Tensor& w3t, const at::Tensor& b3,
+                                 const at::Tensor& w3p, const at::Tensor& b3,
                                  int64_t stride, int64_t padding,
                                  int64_t dilation, bool force_generic,
                                  const at::Tensor& sums, bool force_unblocked);
@@ -141,17 +141,17 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
                              const at::Tensor& chs, const at::Tensor& counts,
                              const at::Tensor& w1t, const at::Tensor& b1,
                              const at::Tensor& w2t, const at::Tensor& b2,
-                             const at::Tensor& w3t, const at::Tensor& b3,
+                             const at::Tensor& w3p, const at::Tensor& b3,
                              int64_t stride, int64_t padding,
                              int64_t dilation, bool force_generic,
                              const c10::optional<at::Tensor>& sums,
                              bool force_unblocked) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &chs, &counts, &w1t, &b1, &w2t, &b2,
-                              &w3t, &b3})
+                              &w3p, &b3})
     TORCH_CHECK(t->device().is_cpu(),
                 "channel_branch_add_relu is a CPU kernel: every tensor must "
                 "be on the CPU");
-  channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3,
+  channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3p, b3,
                               stride, padding, dilation, force_generic,
                               sums.has_value() ? *sums : at::Tensor(),
                               force_unblocked);
@@ -242,8 +242,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_branch_add_relu", &laud_mm::channel_branch_add_relu,
         "channel_branch_add_relu(out (N,C_out,Ho,Wo), x (N,C_in,H,W), "
         "chs (N,k) int64, counts (N,) int64, w1t (C_in,width+1), b1 "
-        "(width+1,), w2t (9,width+1,width+1), b2 (width+1,), w3t "
-        "(width+1,C_out), b3 (C_out,), stride, padding, dilation): out = "
+        "(width+1,), w2t (9,width+1,width+1), b2 (width+1,), w3p "
+        "((width+1)*C_out,): w3t (width+1,C_out) in 64-column panels "
+        "(pack_panels), b3 (C_out,), stride, padding, dilation): out = "
         "relu(out + conv3(relu(conv2(relu(conv1(x))))) + b3) over each "
         "sample's kept channels chs[n, :counts[n]] (float32, CPU, in place); "
         "force_generic: the plain-loop tiles even with AVX-512 (tests); "
@@ -254,7 +255,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bits)",
         py::arg("out"), py::arg("x"), py::arg("chs"), py::arg("counts"),
         py::arg("w1t"), py::arg("b1"), py::arg("w2t"), py::arg("b2"),
-        py::arg("w3t"), py::arg("b3"), py::arg("stride"), py::arg("padding"),
+        py::arg("w3p"), py::arg("b3"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("force_generic") = false,
         py::arg("sums") = py::none(), py::arg("force_unblocked") = false);
   m.def("spatial_branch_add_relu", &laud_mm::spatial_branch_add_relu,

@@ -3,7 +3,7 @@
 // folded), accumulated into the shortcut with the final ReLU, computing only
 // each sample's kept channels.
 //
-// channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3,
+// channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3p, b3,
 //                             stride, padding, dilation):
 //   for every sample n with kept channels K_n = chs[n, :counts[n]]:
 //     h1 = relu(W1[K_n] x_n + b1[K_n])                       (1x1)
@@ -38,8 +38,9 @@
 // columns are copied as chunks of 16 source columns, compressed in a
 // register (ColChunks), where that takes fewer instructions than moving
 // them one by one (or pair by pair). conv3 runs per 64-channel
-// panel over the pixels into a pixel-major buffer, then one pass adds it
-// into out's
+// panel of its weight (w3p: W3 transposed, in 64-column panels), whose
+// kept rows the tiles read in place, over the pixels into a pixel-major
+// buffer, then one pass adds it into out's
 // channel rows with 8 x 8 in-register transposes (add_relu_transposed_avx2;
 // a scalar epilogue per tile is memory- and branch-bound).
 //
@@ -608,26 +609,34 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
   }
 }
 
-// conv3 of m output pixels for output channels [j0, j0 + wdt): tmp[p][l]
-// = sum_c h2[p * kp + c] * W3t[kept[c]][j0 + l] (kept rows of w3t copied
-// into panel, k x wdt); zeros when k = 0. aoff[c] = c for c < k.
+// conv3 of m output pixels for output channels [j0, j0 + wdt) of the
+// 64-column panel that starts at channel b0: tmp[p][l] = sum_c h2[p * kp +
+// c] * W3t[kept[c]][j0 + l]; zeros when k = 0. w3p is W3t ((width + 1) x
+// C_out, `rows` = width + 1) in pack_panels' layout (the panel at b0: rows
+// of min(64, C_out - b0) floats from w3p + rows * b0), whose kept rows the
+// tiles read in place (rows_tile_*: the rows lie 256 B apart in a panel
+// that stays in L2, so they stream as a copied panel did, without the
+// copy per sample and pixel range; docs/benchmark_history.md,
+// twenty-second round). boff: scratch for k offsets.
 void conv3_panel(const float* h2, int64_t kp, int64_t m, const int64_t* kept,
-                 int64_t k, const float* w3t, int64_t c_out, int64_t j0,
-                 int wdt, float* panel, const int64_t* aoff, float* tmp,
+                 int64_t k, const float* w3p, int64_t rows, int64_t c_out,
+                 int64_t b0, int64_t j0, int wdt, int64_t* boff, float* tmp,
                  bool avx512) {
   if (k == 0) {
     std::fill(tmp, tmp + m * kPanel, 0.f);
     return;
   }
-  for (int64_t c = 0; c < k; ++c)
-    std::memcpy(panel + c * wdt, w3t + kept[c] * c_out + j0,
-                sizeof(float) * wdt);
+  const int64_t pw = std::min<int64_t>(kPanel, c_out - b0);
+  for (int64_t c = 0; c < k; ++c) boff[c] = kept[c] * pw;
+  const float* b = w3p + rows * b0 + (j0 - b0);
+  const int nv = wdt / kLanes;
+  const RowsTileFn full = pick_rows(kRows, nv, avx512);
   const float* a[kRows];
   for (int64_t r0 = 0; r0 < m; r0 += kRows) {
     const int r = static_cast<int>(std::min<int64_t>(kRows, m - r0));
     for (int i = 0; i < r; ++i) a[i] = h2 + (r0 + i) * kp;
-    pick<kTile>(r, wdt / kLanes, avx512)(a, aoff, panel, k, nullptr, nullptr,
-                                         tmp + r0 * kPanel);
+    (r == kRows ? full : pick_rows(r, nv, avx512))(a, boff, b, k,
+                                                    tmp + r0 * kPanel);
   }
 }
 
@@ -658,7 +667,7 @@ void add_conv3(const float* tmp, int64_t m, int wdt, const float* bias,
 // sub-ranges whose conv2 output (pixels x kp) stays within 256 KiB.
 void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                   int64_t p0, int64_t p1, const float* h1s, const float* b2,
-                  const float* w3t, const float* b3, const float* panels,
+                  const float* w3p, const float* b3, const float* panels,
                   float* outs, float* psum, bool avx512) {
   if (p0 >= p1) return;
   const int64_t k = pl.k[s], kp = pl.kp[s];
@@ -666,10 +675,9 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
   const int64_t sub = std::max<int64_t>(
       56, std::min<int64_t>(1024, (65536 / std::max<int64_t>(kp, 1)) / 8 * 8));
   const int64_t cap = std::min(sub, p1 - p0);
-  thread_local std::vector<float> h2_buf, panel_buf, tmp_buf;
+  thread_local std::vector<float> h2_buf, tmp_buf;
   thread_local std::vector<int64_t> aoff_buf;
   float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, cap * kp)));
-  float* panel = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, k * kPanel)));
   // conv3 results of a panel, pixel-major, rows rounded up to 8 (the
   // transposed epilogue reads blocks of 8 rows)
   float* tmp = scratch(tmp_buf, static_cast<size_t>((cap + 7) / 8 * 8 * kPanel));
@@ -703,14 +711,14 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
                                           nullptr);
         }
       }
-      for (int64_t c = 0; c < k; ++c) aoff[c] = c;
     }
     // ---- conv3: rows = output pixels, A = h2, K = k; accumulated into out
+    // (aoff, rewritten by the next sub-range's conv2, holds its offsets)
     for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
       const int wdt =
           static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
-      conv3_panel(h2, kp, m, kept, k, w3t, g.c_out, j0, wdt, panel, aoff,
-                  tmp, avx512);
+      conv3_panel(h2, kp, m, kept, k, w3p, g.width + 1, g.c_out, j0, j0, wdt,
+                  aoff, tmp, avx512);
       add_conv3(tmp, m, wdt, b3 + j0, outs + j0 * p_out + q0, p_out,
                 psum != nullptr ? psum + j0 : nullptr, avx512);
     }
@@ -726,8 +734,7 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
 // block while it sits in L2, its tiles adding that block's terms to the
 // sums kept in the output buffer (tile modes kFirst / kMiddle / kLast).
 // conv3 runs per 64-channel panel over all the thread's samples, so a
-// strip of w3t (its 64 columns, 128 KB at width 512) is likewise read once
-// per thread. The terms of every sum run in the order of the unsplit
+// panel of w3p (128 KB at width 512) is likewise read once per thread. The terms of every sum run in the order of the unsplit
 // tiles: the results are the same bit for bit as with panels gathered up
 // front, at any thread count.
 constexpr int64_t kRowBlock1 = 128;
@@ -965,13 +972,12 @@ void conv2_blocked(const Geometry& g, const ChannelPlan& pl,
 
 // conv3 and the add into out for the pieces (pixels and output channels of
 // a sample; conv2's output of piece i at h2 + h2off[i], as conv2_blocked
-// writes it), one 64-channel panel block of w3t at a time over all the
-// pieces, so that a strip of w3t (its 64 columns, 128 KB at width 512) is
-// read once per thread; part: the thread's (N, C_out) channel sums, or
-// null.
+// writes it), one 64-channel panel of w3p at a time over all the pieces,
+// so that a panel (128 KB at width 512) is read once per thread; part: the
+// thread's (N, C_out) channel sums, or null.
 void conv3_add(const Geometry& g, const ChannelPlan& pl,
                const std::vector<Piece>& pieces, const int64_t* h2off,
-               const float* h2, const float* w3t, const float* b3,
+               const float* h2, const float* w3p, const float* b3,
                float* out, float* part, bool avx512) {
   if (pieces.empty()) return;
   const int64_t p_out = g.ho * g.wo;
@@ -980,16 +986,14 @@ void conv3_add(const Geometry& g, const ChannelPlan& pl,
     kmax = std::max(kmax, pl.k[pc.s]);
     mmax = std::max(mmax, pc.p1 - pc.p0);
   }
-  thread_local std::vector<float> panel_buf, tmp_buf;
-  thread_local std::vector<int64_t> aoff_buf;
-  float* panel = scratch(panel_buf, static_cast<size_t>(std::max<int64_t>(1, kmax * kPanel)));
+  thread_local std::vector<float> tmp_buf;
+  thread_local std::vector<int64_t> boff_buf;
   // conv3 results of a panel, pixel-major, rows rounded up to 8 (the
   // transposed epilogue reads blocks of 8 rows)
   float* tmp = scratch(tmp_buf, static_cast<size_t>((mmax + 7) / 8 * 8 * kPanel));
-  if (aoff_buf.size() < static_cast<size_t>(std::max<int64_t>(1, kmax)))
-    aoff_buf.resize(std::max<int64_t>(1, kmax));
-  int64_t* aoff = aoff_buf.data();
-  for (int64_t c = 0; c < kmax; ++c) aoff[c] = c;
+  if (boff_buf.size() < static_cast<size_t>(std::max<int64_t>(1, kmax)))
+    boff_buf.resize(std::max<int64_t>(1, kmax));
+  int64_t* boff = boff_buf.data();
   for (int64_t b0 = 0; b0 < g.c_out; b0 += kPanel) {
     for (size_t i = 0; i < pieces.size(); ++i) {
       const Piece& pc = pieces[i];
@@ -999,7 +1003,7 @@ void conv3_add(const Geometry& g, const ChannelPlan& pl,
       const int64_t s = pc.s, m = pc.p1 - pc.p0;
       const int wdt = static_cast<int>(j1 - j0);
       conv3_panel(h2 + h2off[i], pl.kp[s], m, pl.kept + s * pl.kk, pl.k[s],
-                  w3t, g.c_out, j0, wdt, panel, aoff, tmp, avx512);
+                  w3p, g.width + 1, g.c_out, b0, j0, wdt, boff, tmp, avx512);
       add_conv3(tmp, m, wdt, b3 + j0,
                 out + (s * g.c_out + j0) * p_out + pc.p0, p_out,
                 part != nullptr ? part + s * g.c_out + j0 : nullptr, avx512);
@@ -1013,7 +1017,7 @@ void conv3_add(const Geometry& g, const ChannelPlan& pl,
 // sums, or null.
 void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
                     int64_t e, const float* h1, const float* b2,
-                    const float* w2t, const float* w3t, const float* b3,
+                    const float* w2t, const float* w3p, const float* b3,
                     float* out, float* part, bool avx512) {
   thread_local std::vector<Piece> pieces, pieces3;
   const int64_t p_out = g.ho * g.wo;
@@ -1030,7 +1034,7 @@ void conv23_blocked(const Geometry& g, const ChannelPlan& pl, int64_t b,
   thread_local std::vector<float> h2_buf;
   float* h2 = scratch(h2_buf, static_cast<size_t>(std::max<int64_t>(1, h2_total)));
   conv2_blocked(g, pl, pieces, h2off_buf.data(), h1, b2, w2t, h2, avx512);
-  conv3_add(g, pl, pieces3, h2off_buf.data(), h2, w3t, b3, out, part,
+  conv3_add(g, pl, pieces3, h2off_buf.data(), h2, w3p, b3, out, part,
             avx512);
 }
 
@@ -1082,12 +1086,12 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& counts,
                                  const at::Tensor& w1t, const at::Tensor& b1,
                                  const at::Tensor& w2t, const at::Tensor& b2,
-                                 const at::Tensor& w3t, const at::Tensor& b3,
+                                 const at::Tensor& w3p, const at::Tensor& b3,
                                  int64_t stride, int64_t padding,
                                  int64_t dilation, bool force_generic,
                                  const at::Tensor& sums,
                                  bool force_unblocked) {
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &w1t, &b1, &w2t, &b2, &w3t, &b3})
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &w1t, &b1, &w2t, &b2, &w3p, &b3})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "channel_branch_add_relu: float32 contiguous tensors only");
   TORCH_CHECK(x.dim() == 4 && out.dim() == 4, "x and out must be 4-D");
@@ -1102,9 +1106,9 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   TORCH_CHECK(w2t.dim() == 3 && w2t.size(0) == 9 &&
                   w2t.size(1) == g.width + 1 && w2t.size(2) == g.width + 1,
               "w2t must be (9, width + 1, width + 1)");
-  TORCH_CHECK(w3t.dim() == 2 && w3t.size(0) == g.width + 1 &&
-                  w3t.size(1) == g.c_out,
-              "w3t must be (width + 1, C_out)");
+  TORCH_CHECK(w3p.dim() == 1 && w3p.numel() == (g.width + 1) * g.c_out,
+              "w3p must be 1-D with (width + 1) * C_out elements (W3t in "
+              "64-column panels)");
   TORCH_CHECK(b2.size(0) == g.width + 1 && b3.size(0) == g.c_out,
               "b2 must be (width + 1,), b3 (C_out,)");
   TORCH_CHECK(g.c_out % kLanes == 0, "C_out must be a multiple of 16");
@@ -1163,7 +1167,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   // phase 2: conv2, conv3, the add into out (and, with sums, each
   // thread's channel sums of its pixels, added up below in thread order)
   const float* b2p = b2.data_ptr<float>();
-  const float* w3p = w3t.data_ptr<float>();
+  const float* w3 = w3p.data_ptr<float>();
   const float* b3p = b3.data_ptr<float>();
   const bool with_sums = sums.defined();
   thread_local std::vector<float> part_buf;
@@ -1200,7 +1204,7 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
     column_phase(pl.count3, pl.b3,
                  [&](int64_t t, const std::vector<Piece>& pieces,
                      const int64_t* h2off) {
-                   conv3_add(g, pl, pieces, h2off, h2, w3p, b3p, op,
+                   conv3_add(g, pl, pieces, h2off, h2, w3, b3p, op,
                              with_sums ? part + t * g.n * g.c_out : nullptr,
                              avx512);
                  });
@@ -1213,14 +1217,14 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
     for (int64_t t = t0; t < t1; ++t)
       if (pl.blocked2)
         conv23_blocked(g, pl, pl.b2[t], pl.b2[t + 1], h1, b2p,
-                       w2t.data_ptr<float>(), w3p, b3p, op,
+                       w2t.data_ptr<float>(), w3, b3p, op,
                        with_sums ? part + t * g.n * g.c_out : nullptr,
                        avx512);
       else
         for_pieces(pl.b2[t], pl.b2[t + 1], p_out,
                    [&](int64_t s, int64_t q0, int64_t q1) {
                      conv23_piece(g, pl, s, q0, q1, h1 + pl.h1off[s], b2p,
-                                  w3p, b3p, panels,
+                                  w3, b3p, panels,
                                   op + s * g.c_out * p_out,
                                   with_sums ? part + (t * g.n + s) * g.c_out
                                             : nullptr,

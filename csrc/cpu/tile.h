@@ -188,6 +188,88 @@ inline TileFn pick_mode(Mode m, int r, int v, bool avx512) {
   }
 }
 
+// A tile whose K weight rows are picked by index (kTile's epilogue):
+// tmp[i][l] = sum_q a[i][q] * b[boff[q] + l], i < R, l < 16 V; the pixels'
+// inputs a[i] are contiguous. The channel kernel's conv3 reads a sample's
+// kept rows of one 64-column panel of its weight (pack_panels' layout: rows
+// 64 floats apart, the panel in L2) in place this way instead of copying
+// them into a contiguous panel first.
+template <int R, int V>
+void rows_tile_generic(const float* const* a, const int64_t* boff,
+                       const float* b, int64_t K, float* tmp) {
+  float acc[R][kLanes * V] = {};
+  for (int64_t q = 0; q < K; ++q) {
+    const float* bq = b + boff[q];
+    for (int i = 0; i < R; ++i) {
+      const float av = a[i][q];
+      for (int l = 0; l < kLanes * V; ++l) acc[i][l] += av * bq[l];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int l = 0; l < kLanes * V; ++l) tmp[i * kPanel + l] = acc[i][l];
+}
+
+#ifdef LAUD_X86
+template <int R, int V>
+LAUD_TARGET("avx512f") void rows_tile_avx512(
+    const float* const* a, const int64_t* boff, const float* b, int64_t K,
+    float* tmp) {
+  __m512 acc[R][V];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < K; ++q) {
+    const float* bq = b + boff[q];
+    __m512 bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(bq + kLanes * v);
+    for (int i = 0; i < R; ++i) {
+      const __m512 av = _mm512_set1_ps(a[i][q]);
+      for (int v = 0; v < V; ++v)
+        acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < V; ++v)
+      _mm512_storeu_ps(tmp + i * kPanel + kLanes * v, acc[i][v]);
+}
+#endif
+
+using RowsTileFn = void (*)(const float* const*, const int64_t*,
+                            const float*, int64_t, float*);
+
+template <int R>
+RowsTileFn pick_rows_v(int v, bool avx512) {
+#ifdef LAUD_X86
+  if (avx512) {
+    switch (v) {
+      case 1: return &rows_tile_avx512<R, 1>;
+      case 2: return &rows_tile_avx512<R, 2>;
+      case 3: return &rows_tile_avx512<R, 3>;
+      default: return &rows_tile_avx512<R, 4>;
+    }
+  }
+#endif
+  (void)avx512;
+  switch (v) {
+    case 1: return &rows_tile_generic<R, 1>;
+    case 2: return &rows_tile_generic<R, 2>;
+    case 3: return &rows_tile_generic<R, 3>;
+    default: return &rows_tile_generic<R, 4>;
+  }
+}
+
+// rows_tile_*<r, v> (r <= 7 pixels, v <= 4 vectors)
+inline RowsTileFn pick_rows(int r, int v, bool avx512) {
+  switch (r) {
+    case 1: return pick_rows_v<1>(v, avx512);
+    case 2: return pick_rows_v<2>(v, avx512);
+    case 3: return pick_rows_v<3>(v, avx512);
+    case 4: return pick_rows_v<4>(v, avx512);
+    case 5: return pick_rows_v<5>(v, avx512);
+    case 6: return pick_rows_v<6>(v, avx512);
+    default: return pick_rows_v<7>(v, avx512);
+  }
+}
+
 // AVX-512 tiles in use (isa.h: CPU support, LAUD_MM_CPU_ISA)
 inline bool cpu_avx512f() { return isa::cpu_avx512f(); }
 #ifdef LAUD_X86

@@ -31,10 +31,10 @@ from .spatial_logit import (add_relu_logit_pool_,
                             fast_add_relu_logit_pool,
                             spatial_logit_pool,
                             spatial_logit_pool_reference)
-from .spatial_conv import (fast_spatial_branch, pack_panels,
-                           spatial_branch_add_relu,
+from .panels import pack_panels, unpack_panels
+from .spatial_conv import (fast_spatial_branch, spatial_branch_add_relu,
                            spatial_branch_add_relu_reference,
-                           spatial_packed_weights, unpack_panels)
+                           spatial_packed_weights)
 
 __all__ = [
     'backend', 'extension', 'has_cuda_kernels', 'parallel_kernels',

@@ -11,7 +11,9 @@ which is the masked-dense block (a dropped channel's activations are zero).
 :func:`channel_branch_add_relu` runs it with the compiled kernel
 (``csrc/cpu/channel_conv_cpu.cpp``: output channels on the AVX-512 lanes, 7
 pixels x 64 channels per tile, per-sample weight panels gathered once per
-call, conv3 added into the output with in-register transposes), in place
+call, conv3's kept weight rows read in place from its 64-column panels
+(:func:`~laud_mm.ops.pack_panels`), conv3 added into the output with
+in-register transposes), in place
 of the batched per-sample GEMMs, which run a sample's small conv1 GEMM far
 below the static network's efficiency. The backbone figure: R50 channel
 r = 0.5, 1.68x CPU-time speedup over the folded static network
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import check_float32_cpu, extension, use_kernels
+from .panels import unpack_panels
 
 
 def channel_branch_isa() -> Optional[str]:
@@ -62,9 +65,9 @@ def fast_channel_branch(x: torch.Tensor) -> bool:
             and use_kernels(x) and channel_branch_isa() == 'avx512f')
 
 
-def _check(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3, stride, padding,
+def _check(out, x, chs, counts, w1t, b1, w2t, b2, w3p, b3, stride, padding,
            dilation):
-    names = dict(out=out, x=x, w1t=w1t, b1=b1, w2t=w2t, b2=b2, w3t=w3t, b3=b3)
+    names = dict(out=out, x=x, w1t=w1t, b1=b1, w2t=w2t, b2=b2, w3p=w3p, b3=b3)
     check_float32_cpu(names)
     if x.dim() != 4 or out.dim() != 4 or out.shape[0] != x.shape[0]:
         raise ValueError(f'x {tuple(x.shape)} and out {tuple(out.shape)} must '
@@ -73,7 +76,8 @@ def _check(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3, stride, padding,
     width = b1.shape[0] - 1
     c_out = out.shape[1]
     shapes = dict(w1t=(c_in, width + 1), w2t=(9, width + 1, width + 1),
-                  b2=(width + 1,), w3t=(width + 1, c_out), b3=(c_out,))
+                  b2=(width + 1,), w3p=((width + 1) * c_out,),
+                  b3=(c_out,))
     for k, shp in shapes.items():
         if tuple(names[k].shape) != shp:
             raise ValueError(f'{k} must have shape {shp}, got '
@@ -107,7 +111,7 @@ def channel_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
                             chs: torch.Tensor, counts: torch.Tensor,
                             w1t: torch.Tensor, b1: torch.Tensor,
                             w2t: torch.Tensor, b2: torch.Tensor,
-                            w3t: torch.Tensor, b3: torch.Tensor,
+                            w3p: torch.Tensor, b3: torch.Tensor,
                             stride: int = 1, padding: int = 1,
                             dilation: int = 1) -> torch.Tensor:
     """``out = relu(out + branch(x))`` over each sample's kept channels, in
@@ -123,8 +127,9 @@ def channel_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
             zero; b1: (width + 1,) with b1[width] = 0.
         w2t: (9, width + 1, width + 1) conv2 weight as [tap, in, out] with a
             zero padding channel; b2: (width + 1,).
-        w3t: (width + 1, C_out) conv3 weight transposed (row ``width`` zero);
-            b3: (C_out,).
+        w3p: ((width + 1) * C_out,) conv3 weight transposed, (width + 1,
+            C_out) with row ``width`` zero, in 64-column panels
+            (:func:`~laud_mm.ops.pack_panels`); b3: (C_out,).
         stride, padding, dilation: conv2's.
 
     Returns:
@@ -134,17 +139,17 @@ def channel_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
         ValueError: a dtype, device or shape that does not match, counts or
             chs out of range (names the argument).
     """
-    _check(out, x, chs, counts, w1t, b1, w2t, b2, w3t, b3, stride, padding,
+    _check(out, x, chs, counts, w1t, b1, w2t, b2, w3p, b3, stride, padding,
            dilation)
     return _channel_branch(out, x, chs, counts,
-                           (w1t, b1, w2t, b2, w3t, b3), stride, padding,
+                           (w1t, b1, w2t, b2, w3p, b3), stride, padding,
                            dilation)
 
 
 def _channel_branch(out, x, chs, counts, packed, stride, padding, dilation,
                     sums=None):
     """:func:`channel_branch_add_relu` without argument checks (internal;
-    ``packed`` = (w1t, b1, w2t, b2, w3t, b3)): the compiled kernel when
+    ``packed`` = (w1t, b1, w2t, b2, w3p, b3)): the compiled kernel when
     built and C_out is a multiple of 16, else the reference. ``sums``: a
     contiguous float32 (N, C_out) tensor filled with the channel sums of
     the new ``out`` (by the kernel's output pass; the reference sums
@@ -166,12 +171,13 @@ def _channel_branch(out, x, chs, counts, packed, stride, padding, dilation,
 
 
 def channel_branch_add_relu_reference(out, x, chs, counts, w1t, b1, w2t, b2,
-                                      w3t, b3, stride=1, padding=1,
+                                      w3p, b3, stride=1, padding=1,
                                       dilation=1) -> torch.Tensor:
     """Pure-PyTorch :func:`channel_branch_add_relu` (same arguments and
     result up to float rounding; no argument checks): a loop over samples of
     conv1 / conv2 / conv3 with the kept channels' weights indexed."""
     width = b1.shape[0] - 1
+    w3t = unpack_panels(w3p, width + 1, b3.shape[0])
     w2 = w2t.view(3, 3, width + 1, width + 1).permute(3, 2, 0, 1)
     for i in range(x.shape[0]):
         kept = chs[i, :int(counts[i])]

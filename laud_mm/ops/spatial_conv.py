@@ -30,41 +30,9 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import check_float32_cpu, extension, use_kernels
 from .channel_conv import channel_branch_isa
-
-PANEL = 64  # output channels per panel of the tile kernels (csrc/cpu/tile.h)
-
-
-def pack_panels(wt: torch.Tensor) -> torch.Tensor:
-    """Cut a (K, M) matrix into 64-column panels stored one after the other
-    (panel j: rows of ``min(64, M - 64 j)`` floats), the weight layout of the
-    tile kernels.
-
-    Args:
-        wt: (K, M) matrix (e.g. conv1's weight transposed, (C_in, width)).
-
-    Returns:
-        (K * M,) contiguous tensor.
-
-    Raises:
-        ValueError: ``wt`` not 2-D.
-    """
-    if wt.dim() != 2:
-        raise ValueError(f'wt must be a (K, M) matrix, got {tuple(wt.shape)}')
-    return torch.cat([wt[:, j:j + PANEL].reshape(-1)
-                      for j in range(0, wt.shape[1], PANEL)])
-
-
-def unpack_panels(flat: torch.Tensor, k: int, m: int) -> torch.Tensor:
-    """Inverse of :func:`pack_panels`: (K * M,) -> (K, M)."""
-    cols, off = [], 0
-    for j in range(0, m, PANEL):
-        wdt = min(PANEL, m - j)
-        cols.append(flat[off:off + k * wdt].view(k, wdt))
-        off += k * wdt
-    return torch.cat(cols, 1)
-
+from .dispatch import check_float32_cpu, extension, use_kernels
+from .panels import pack_panels, unpack_panels
 
 def spatial_packed_weights(w1: torch.Tensor, w2: torch.Tensor,
                            w3: torch.Tensor) -> Tuple[torch.Tensor, ...]:

@@ -470,7 +470,7 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     w1t = torch.cat([w1, torch.zeros(1, c_in)]).t().contiguous()
     w2p = F.pad(w2, (0, 0, 0, 0, 0, 1, 0, 1))
     w2t = w2p.permute(2, 3, 1, 0).reshape(9, width + 1, width + 1).contiguous()
-    w3t = torch.cat([w3.t(), torch.zeros(1, c_out)]).contiguous()
+    w3p = ops.pack_panels(torch.cat([w3.t(), torch.zeros(1, c_out)]))
     b1p, b2p = F.pad(b1, (0, 1)), F.pad(b2, (0, 1))
     groups = width // g2
     kmax = max((len(k) for k in kept), default=0) if kept else 0
@@ -499,7 +499,7 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     h2 = F.conv2d(h1, w2, b2, stride, dil, dil).relu_() * \
         mask[:, :, None, None]
     dense = (ident + F.conv2d(h2, w3[:, :, None, None], b3)).relu_()
-    return (x, chs, counts, w1t, b1p, w2t, b2p, w3t, b3, stride, dil,
+    return (x, chs, counts, w1t, b1p, w2t, b2p, w3p, b3, stride, dil,
             dil), ident, dense
 
 
@@ -634,24 +634,28 @@ def test_channel_branch_kept_patterns(h, w):
 def test_channel_branch_errors():
     from laud_mm.ops import channel_branch_add_relu
     args, ident, _ = _channel_case(1, 2, 8, 8, 16, 5, 5, 1, 1, 2)
-    (x, chs, counts, w1t, b1, w2t, b2, w3t, b3, st, pad, dil) = args
+    (x, chs, counts, w1t, b1, w2t, b2, w3p, b3, st, pad, dil) = args
     with pytest.raises(ValueError, match='x must be a float32 CPU tensor'):
         channel_branch_add_relu(ident, x.double(), *args[1:])
     with pytest.raises(ValueError, match=r'w2t must have shape \(9, 9, 9\)'):
         channel_branch_add_relu(ident, x, chs, counts, w1t, b1, w2t[:8],
-                                b2, w3t, b3, st, pad, dil)
+                                b2, w3p, b3, st, pad, dil)
+    # conv3's weight as the unpacked (width + 1, C_out) matrix
+    with pytest.raises(ValueError, match=r'w3p must have shape \(144,\)'):
+        channel_branch_add_relu(ident, x, chs, counts, w1t, b1, w2t, b2,
+                                w3p.view(9, 16), b3, st, pad, dil)
     with pytest.raises(ValueError, match='counts must lie in'):
         channel_branch_add_relu(ident, x, chs, counts + 100, w1t, b1, w2t,
-                                b2, w3t, b3, st, pad, dil)
+                                b2, w3p, b3, st, pad, dil)
     with pytest.raises(ValueError, match='chs must lie in'):
         channel_branch_add_relu(ident, x, chs + 100, counts, w1t, b1, w2t,
-                                b2, w3t, b3, st, pad, dil)
+                                b2, w3p, b3, st, pad, dil)
     with pytest.raises(ValueError, match='chs must be an int64'):
         channel_branch_add_relu(ident, x, chs.int(), counts, w1t, b1, w2t,
-                                b2, w3t, b3, st, pad, dil)
+                                b2, w3p, b3, st, pad, dil)
     with pytest.raises(ValueError, match='conv2 .* gives'):
         channel_branch_add_relu(ident, x, chs, counts, w1t, b1, w2t, b2,
-                                w3t, b3, 2, pad, dil)
+                                w3p, b3, 2, pad, dil)
 
 
 # ------------------------------------------------ fused spatial branch
@@ -1108,11 +1112,12 @@ def guarded(t):
 
 
 gen = torch.Generator().manual_seed(0)
-c_in, c_out = 40, 32
+c_in, c_out = 40, 80
 # a row holds width + 1 floats, so 16-column chunks counted from channel
 # 2 end one float past it. width 64, batch 4 (a sample per thread):
 # channels 2 .. 63; every channel; sparse pairs; 2 .. 63 and the zero
-# padding channel `width` within the count (w2t's last row read); on
+# padding channel `width` within the count (the last rows of w2t and of
+# w3p's panels read; C_out = 64 + 16, so w3p ends with a 16-wide one); on
 # 7 x 7 (row-blocked phases) and 16 x 16 maps (panels gathered up front).
 # width 128, batch 1 on 7 x 7: at 2 threads the column split, whose second
 # thread's chunks start at channel 66 and end one float past the row.
@@ -1129,6 +1134,8 @@ for width, lists, sizes in cases:
     w2t[:, :, width] = 0
     w3t = torch.randn(width + 1, c_out, generator=gen)
     w3t[width] = 0
+    # in 64-column panels (laud_mm.ops.pack_panels)
+    w3p = torch.cat([w3t[:, j:j + 64].reshape(-1) for j in range(0, c_out, 64)])
     b1 = torch.randn(width + 1, generator=gen)
     b2 = torch.randn(width + 1, generator=gen)
     b1[width] = b2[width] = 0
@@ -1137,7 +1144,7 @@ for width, lists, sizes in cases:
     for i, k in enumerate(lists):
         chs[i, :len(k)] = torch.tensor(k)
     counts = torch.tensor([len(k) for k in lists])
-    gw1t, gw2t = guarded(w1t), guarded(w2t)
+    gw1t, gw2t, gw3p = guarded(w1t), guarded(w2t), guarded(w3p)
     for hw in sizes:
         x = torch.rand(n, c_in, hw, hw, generator=gen)
         ident = torch.randn(n, c_out, hw, hw, generator=gen)
@@ -1149,10 +1156,10 @@ for width, lists, sizes in cases:
             check(bool(split) == (n < threads), ('column split', width,
                                                   threads))
             outs = []
-            for a, b in ((w1t, w2t), (gw1t, gw2t)):
+            for a, b, c in ((w1t, w2t, w3p), (gw1t, gw2t, gw3p)):
                 o = ident.clone()
                 ext.channel_branch_add_relu(o, x, chs, counts, a, b1, b, b2,
-                                            w3t, b3, 1, 1, 1)
+                                            c, b3, 1, 1, 1)
                 outs.append(o)
             check(torch.equal(outs[0], outs[1]), (width, hw, threads))
 print('ok')
@@ -1166,8 +1173,9 @@ print('ok')
 def test_channel_gathers_stay_within_the_weights(isa):
     """The fused channel kernel never reads past the end of its weight
     matrices (its AVX-512 gathers load whole 16-column chunks of a row,
-    masked to the kept columns): with w1t and w2t ending at a guard page
-    and kept lists that reach their last rows' ends, the row-blocked
+    masked to the kept columns; conv3's tiles read kept rows of w3p's
+    panels in place): with w1t, w2t and w3p ending at a guard page and
+    kept lists that reach their last rows' ends, the row-blocked
     phases (7 x 7), the panels gathered up front (16 x 16) and the column
     split (batch 1 at 2 threads), at 1 and 2 threads, with the CPU's
     tiles and the generic ones (``LAUD_MM_CPU_ISA``), run and give the

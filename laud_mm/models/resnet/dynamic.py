@@ -61,6 +61,7 @@ from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from ...ops.indexing import channel_kept_lists
+from ...ops.panels import pack_panels
 from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
@@ -162,15 +163,16 @@ class FoldedBottleneck:
         """Channel blocks, the fused CPU kernel's layouts
         (:func:`laud_mm.ops.channel_branch_add_relu`): (w1t (C_in, width+1),
         b1 (width+1,), w2t (9, width+1, width+1) as [tap, in, out], b2,
-        w3t (width+1, C_out), b3 (C_out,)), padding channel ``width`` zero
-        (computed once)."""
+        w3p ((width+1) C_out,): w3t (width+1, C_out) in 64-column panels
+        (:func:`laud_mm.ops.pack_panels`), b3 (C_out,)), padding channel
+        ``width`` zero (computed once)."""
         if getattr(self, '_channel_packed', None) is None:
             w1, b1, w2, b2, w3t = self.padded()
             wp = w2.shape[0]
             self._channel_packed = (
                 w1.t().contiguous(), b1,
                 w2.permute(2, 3, 1, 0).reshape(9, wp, wp).contiguous(), b2,
-                w3t, self.b3.contiguous())
+                pack_panels(w3t), self.b3.contiguous())
         return self._channel_packed
 
     def spatial_packed(self) -> Tuple[torch.Tensor, ...]:
