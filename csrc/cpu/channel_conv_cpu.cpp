@@ -734,9 +734,10 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
 // block while it sits in L2, its tiles adding that block's terms to the
 // sums kept in the output buffer (tile modes kFirst / kMiddle / kLast).
 // conv3 runs per 64-channel panel over all the thread's samples, so a
-// panel of w3p (128 KB at width 512) is likewise read once per thread. The terms of every sum run in the order of the unsplit
-// tiles: the results are the same bit for bit as with panels gathered up
-// front, at any thread count.
+// panel of w3p (128 KB at width 512) is likewise read once per thread.
+// The terms of every sum run in the order of the unsplit tiles: the
+// results are the same bit for bit as with panels gathered up front, at
+// any thread count.
 constexpr int64_t kRowBlock1 = 128;
 constexpr int64_t kChannelBlock2 = 128;
 
