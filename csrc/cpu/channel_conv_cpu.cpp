@@ -614,10 +614,10 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
 // c] * W3t[kept[c]][j0 + l]; zeros when k = 0. w3p is W3t ((width + 1) x
 // C_out, `rows` = width + 1) in pack_panels' layout (the panel at b0: rows
 // of min(64, C_out - b0) floats from w3p + rows * b0), whose kept rows the
-// tiles read in place (rows_tile_*: the rows lie 256 B apart in a panel
-// that stays in L2, so they stream as a copied panel did, without the
-// copy per sample and pixel range; docs/benchmark_history.md,
-// twenty-second round). boff: scratch for k offsets.
+// tiles read in place (rows_tile_*): a panel's rows lie at most 256 B
+// apart and the panel stays in L2 while the thread's samples use it, so
+// the kept rows stream from it (docs/benchmark_history.md, twenty-second
+// round). boff: scratch for k row offsets.
 void conv3_panel(const float* h2, int64_t kp, int64_t m, const int64_t* kept,
                  int64_t k, const float* w3p, int64_t rows, int64_t c_out,
                  int64_t b0, int64_t j0, int wdt, int64_t* boff, float* tmp,
@@ -713,7 +713,8 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
       }
     }
     // ---- conv3: rows = output pixels, A = h2, K = k; accumulated into out
-    // (aoff, rewritten by the next sub-range's conv2, holds its offsets)
+    // (aoff serves as conv3's row-offset scratch; conv2 rewrites it at the
+    // next sub-range)
     for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
       const int wdt =
           static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));

@@ -10,7 +10,8 @@
 // read the same way (at the same cost from cache; from memory, pixel-major
 // rows stream better: to_pixel_major); the output channels lie on the
 // vector lanes, the weights b are one 64-channel panel (K rows of 16 V
-// floats, contiguous). 7 x 4
+// floats, contiguous; rows_tile_* instead picks its K rows of a panel by
+// offset). 7 x 4
 // AVX-512 accumulators keep the FMA units busy with the panel streamed
 // from L2. Without AVX-512F the same loops run on plain arrays (the
 // compiler's vectorisation; correct, not tuned).
@@ -191,9 +192,10 @@ inline TileFn pick_mode(Mode m, int r, int v, bool avx512) {
 // A tile whose K weight rows are picked by index (kTile's epilogue):
 // tmp[i][l] = sum_q a[i][q] * b[boff[q] + l], i < R, l < 16 V; the pixels'
 // inputs a[i] are contiguous. The channel kernel's conv3 reads a sample's
-// kept rows of one 64-column panel of its weight (pack_panels' layout: rows
-// 64 floats apart, the panel in L2) in place this way instead of copying
-// them into a contiguous panel first.
+// kept rows of one panel of its weight this way, in place (pack_panels'
+// layout: a panel's rows lie its width, 64 floats or fewer, apart, and the
+// panel stays in L2 while the thread's samples use it), so no per-sample
+// panel is written.
 template <int R, int V>
 void rows_tile_generic(const float* const* a, const int64_t* boff,
                        const float* b, int64_t K, float* tmp) {

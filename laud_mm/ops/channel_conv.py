@@ -129,7 +129,9 @@ def channel_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
             zero padding channel; b2: (width + 1,).
         w3p: ((width + 1) * C_out,) conv3 weight transposed, (width + 1,
             C_out) with row ``width`` zero, in 64-column panels
-            (:func:`~laud_mm.ops.pack_panels`); b3: (C_out,).
+            (:func:`~laud_mm.ops.pack_panels`; for C_out > 64 a row-major
+            flattening of W3^T has the same size, which the checks cannot
+            tell apart: pack it); b3: (C_out,).
         stride, padding, dilation: conv2's.
 
     Returns:
@@ -174,8 +176,10 @@ def channel_branch_add_relu_reference(out, x, chs, counts, w1t, b1, w2t, b2,
                                       w3p, b3, stride=1, padding=1,
                                       dilation=1) -> torch.Tensor:
     """Pure-PyTorch :func:`channel_branch_add_relu` (same arguments and
-    result up to float rounding; no argument checks): a loop over samples of
-    conv1 / conv2 / conv3 with the kept channels' weights indexed."""
+    result up to float rounding; no argument checks beyond
+    :func:`~laud_mm.ops.unpack_panels`' ValueError for a ``w3p`` of the
+    wrong size): a loop over samples of conv1 / conv2 / conv3 with the kept
+    channels' weights indexed."""
     width = b1.shape[0] - 1
     w3t = unpack_panels(w3p, width + 1, b3.shape[0])
     w2 = w2t.view(3, 3, width + 1, width + 1).permute(3, 2, 0, 1)

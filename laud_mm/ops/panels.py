@@ -28,6 +28,8 @@ def pack_panels(wt: torch.Tensor) -> torch.Tensor:
 
     Raises:
         ValueError: ``wt`` not 2-D.
+
+    Source: paper sec. 3.4 (operators scheduled for the hardware).
     """
     if wt.dim() != 2:
         raise ValueError(f'wt must be a (K, M) matrix, got {tuple(wt.shape)}')

@@ -34,6 +34,7 @@ from .channel_conv import channel_branch_isa
 from .dispatch import check_float32_cpu, extension, use_kernels
 from .panels import pack_panels, unpack_panels
 
+
 def spatial_packed_weights(w1: torch.Tensor, w2: torch.Tensor,
                            w3: torch.Tensor) -> Tuple[torch.Tensor, ...]:
     """Folded conv weights -> the kernel's (w1p, w2p, w3p).

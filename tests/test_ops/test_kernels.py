@@ -953,6 +953,8 @@ def _channel_kernel_with_sums(args, ident, **flags):
     (2, 200, 300, 64, 7, 7, 1,              # every other channel: pairs
      [list(range(37, 237)), list(range(1, 300, 2))]),  # off; samples
     # split between threads
+    (1, 200, 300, 80, 7, 7, 1, [list(range(3, 283))]),  # C_out = 64 + 16:
+    # conv3's pieces start inside w3p's first panel and in its narrow last
 ])
 def test_channel_column_split_equals_one_thread(n, c_in, width, c_out, h,
                                                 w, stride, kept):
@@ -1075,10 +1077,11 @@ def test_channel_row_blocked_lists_out_of_order_or_padded():
 
 # The weight gathers load whole 16-column chunks of a row (masked to the
 # kept lanes: csrc/cpu/channel_conv_cpu.cpp, copy_chunks_avx512), which
-# may reach past the end of the matrix: w1t and w2t each end at a
-# PROT_NONE page, and the kept lists reach their last rows' ends, so a
-# load past the matrix faults (the process dies) instead of reading
-# unnoticed neighbours. The extension alone (importing laud_mm costs
+# may reach past the end of the matrix, and conv3's tiles read kept rows
+# of w3p's panels in place: w1t, w2t and w3p each end at a PROT_NONE
+# page, and the kept lists reach their last rows' ends, so a load past
+# the matrix faults (the process dies) instead of reading unnoticed
+# neighbours. The extension alone (importing laud_mm costs
 # ~15 s a process).
 _GUARD_PAGE_SCRIPT = r"""
 import ctypes, importlib.util as u, mmap, sys
