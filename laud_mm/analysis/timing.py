@@ -5,6 +5,11 @@
   after warm-up (:class:`PairTiming`: medians, and the speedup as the
   median of the per-pair ratios), as every backbone benchmark compares
   them;
+- :func:`bench_best_static`: the same with the static function timed in
+  every memory format of ``laud_mm.models.layers.backbone.STATIC_LAYOUTS``
+  in each round, the faster
+  format being the baseline (CNN backbones: a user deploying the static
+  network picks the faster one);
 - :func:`cpu_ms`: median process CPU time of repeated calls (kernel
   micro-benchmarks, per-step breakdowns);
 - :func:`wall_ms`: wall-clock milliseconds of one call;
@@ -21,9 +26,11 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+
+from laud_mm.models.layers.backbone import STATIC_LAYOUTS
 
 
 def timed(fn: Callable, x) -> Tuple[float, float]:
@@ -38,19 +45,27 @@ def timed(fn: Callable, x) -> Tuple[float, float]:
 
 
 class PairTiming(NamedTuple):
-    """What :func:`bench_pair` measured.
+    """What :func:`bench_pair` / :func:`bench_best_static` measured.
 
     Attributes:
-        static_ms, dynamic_ms: median wall-clock milliseconds of each.
+        static_ms, dynamic_ms: median wall-clock milliseconds of each (the
+            static one in ``static_layout``).
         speedup: median over the repeats of the pair's wall-clock ratio
             static / dynamic.
         cpu_speedup: the same with process CPU time (robust to other
             processes sharing the cores; see docs/benchmarks.md).
+        static_layout: the static input's memory format, a key of
+            :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS`
+            (``'as given'`` from :func:`bench_pair`).
+        static_layout_ms: median wall-clock ms of the static function in
+            every timed format (layout -> ms).
     """
     static_ms: float
     dynamic_ms: float
     speedup: float
     cpu_speedup: float
+    static_layout: str = 'as given'
+    static_layout_ms: Optional[Dict[str, float]] = None
 
 
 def bench_pair(static_fn: Callable, dyn_fn: Callable, x, warmup: int,
@@ -68,19 +83,68 @@ def bench_pair(static_fn: Callable, dyn_fn: Callable, x, warmup: int,
     Returns:
         :class:`PairTiming` (ms, and ratios static / dynamic).
     """
+    return _bench({'as given': x}, static_fn, dyn_fn, x, warmup, repeats)
+
+
+def bench_best_static(static_fn: Callable, dyn_fn: Callable,
+                      x: torch.Tensor, warmup: int, repeats: int,
+                      layouts: Sequence[str] = tuple(STATIC_LAYOUTS)
+                      ) -> PairTiming:
+    """:func:`bench_pair` against the faster memory format of the static
+    network: each round times ``static_fn`` on ``x`` converted to every
+    format of ``layouts`` (converted once, before the timing: a deployed
+    static network receives its input in its format), then ``dyn_fn(x)``
+    on ``x`` as given. The format with the smaller median wall-clock time
+    is the baseline; the speedups are the medians of the per-round ratios
+    against it.
+
+    Args:
+        x: (N, C, H, W) input.
+        layouts: keys of
+            :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS`.
+
+    Returns:
+        :class:`PairTiming` with ``static_layout`` (the faster format) and
+        ``static_layout_ms`` (every format's median ms).
+
+    Raises:
+        ValueError: an unknown layout, or ``x`` not 4-D.
+    """
+    bad = [k for k in layouts if k not in STATIC_LAYOUTS]
+    if bad or not layouts:
+        raise ValueError(f'layouts={list(layouts)} must be keys of '
+                         f'{list(STATIC_LAYOUTS)}')
+    if x.dim() != 4:
+        raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
+    xs = {k: x.contiguous(memory_format=STATIC_LAYOUTS[k]) for k in layouts}
+    return _bench(xs, static_fn, dyn_fn, x, warmup, repeats)
+
+
+def _bench(static_inputs: Dict, static_fn: Callable, dyn_fn: Callable, x,
+           warmup: int, repeats: int) -> PairTiming:
+    """Rounds of ``static_fn`` on every input of ``static_inputs`` (layout
+    -> input), then ``dyn_fn(x)``; see :func:`bench_best_static`."""
     with torch.no_grad():
         for _ in range(warmup):
-            static_fn(x)
+            for xs in static_inputs.values():
+                static_fn(xs)
             dyn_fn(x)
-        ts, td = [], []
+        ts = {layout: [] for layout in static_inputs}
+        td = []
         for _ in range(repeats):
-            ts.append(timed(static_fn, x))
+            for layout, xs in static_inputs.items():
+                ts[layout].append(timed(static_fn, xs))
             td.append(timed(dyn_fn, x))
     med = statistics.median
+    by_layout = {layout: med(t[0] for t in v) * 1e3
+                 for layout, v in ts.items()}
+    best = min(by_layout, key=by_layout.get)
+    s = ts[best]
     return PairTiming(
-        med(t[0] for t in ts) * 1e3, med(t[0] for t in td) * 1e3,
-        med(s[0] / max(d[0], 1e-12) for s, d in zip(ts, td)),
-        med(s[1] / max(d[1], 1e-9) for s, d in zip(ts, td)))
+        by_layout[best], med(t[0] for t in td) * 1e3,
+        med(a[0] / max(d[0], 1e-12) for a, d in zip(s, td)),
+        med(a[1] / max(d[1], 1e-9) for a, d in zip(s, td)),
+        static_layout=best, static_layout_ms=by_layout)
 
 
 def cpu_ms(fn: Callable, warmup: int = 2, repeats: int = 9) -> float:

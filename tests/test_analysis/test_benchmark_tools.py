@@ -78,6 +78,11 @@ def test_regnet_benchmark_runs_and_checks_exactness():
     assert abs(rows[0]['rate_real'] - 0.5) < 0.15
     assert rows[1]['flops_ratio'] == pytest.approx(1.0)
     assert all(r['static_ms'] > 0 and r['dynamic_ms'] > 0 for r in rows)
+    # the static baseline is the faster of its two timed memory formats
+    for r in rows:
+        assert set(r['static_layout_ms']) == {'NCHW', 'channels_last'}
+        assert r['static_ms'] == min(r['static_layout_ms'].values()) == \
+            r['static_layout_ms'][r['static_layout']]
 
 
 def test_table_columns_written_once():
@@ -99,10 +104,13 @@ def test_table_columns_written_once():
     row = dict(depth=50, batch=8, hw=(224, 224), paradigm='spatial',
                threads=2, rate=0.5, rate_real=0.5, static_ms=400.,
                dynamic_ms=200., speedup=2., cpu_speedup=1.9,
-               flops_ratio=0.5)
+               flops_ratio=0.5, static_layout='channels_last',
+               static_layout_ms={'NCHW': 450., 'channels_last': 400.})
     assert resnet.fmt_row(row) == ('| R50 | 8x224x224 | spatial | 2 | 0.50 | '
                                    '0.500 | 400.0 | 200.0 | 2.00x | 1.90x | '
-                                   '2.00x |')
+                                   'channels_last (450.0 / 400.0) | 2.00x |')
+    for mod in (resnet, regnet):
+        assert '| static layout (NCHW / channels_last ms) |' in mod.HEADER
     assert common.thread_counts(None) == sorted({1, os.cpu_count()})
     assert common.thread_counts(3) == [3]
     with pytest.raises(ValueError, match='--threads'):
@@ -344,6 +352,42 @@ def test_bench_pair_speedup_is_the_median_pair_ratio(monkeypatch):
     assert tm.static_ms == pytest.approx(200.) and \
         tm.dynamic_ms == pytest.approx(300.)
     assert next(calls, None) is None
+
+
+def test_bench_best_static_takes_the_faster_layout(monkeypatch):
+    """The static function runs on the input in NCHW and in channels_last
+    in every round; the format with the smaller median is the baseline,
+    and the speedups are the per-round ratios against it. The dynamic
+    function gets the input as given."""
+    from laud_mm.analysis import timing
+    x = torch.zeros(1, 4, 3, 5)
+    seen = []
+    # wall s per call by what runs: channels_last static 0.3 s, NCHW static
+    # 0.5 s, dynamic 0.2 s; a 2x slower spell in round 2 hits all three
+    slow = iter([1, 1, 1, 2, 2, 2, 1, 1, 1])
+
+    def fake_timed(fn, t):
+        k = next(slow)
+        cl = t.is_contiguous(memory_format=torch.channels_last) and \
+            not t.is_contiguous()
+        seen.append((fn, 'CL' if cl else 'N'))
+        w = 0.2 if fn is dyn else (0.3 if cl else 0.5)
+        return w * k, w * k / 2
+    static, dyn = (lambda t: None), (lambda t: None)
+    monkeypatch.setattr(timing, 'timed', fake_timed)
+    tm = timing.bench_best_static(static, dyn, x, warmup=0, repeats=3)
+    assert seen == [(static, 'N'), (static, 'CL'), (dyn, 'N')] * 3
+    assert tm.static_layout == 'channels_last'
+    assert tm.static_layout_ms == pytest.approx(
+        {'NCHW': 500., 'channels_last': 300.})
+    assert tm.static_ms == pytest.approx(300.)
+    assert tm.dynamic_ms == pytest.approx(200.)
+    assert tm.speedup == pytest.approx(1.5)
+    assert tm.cpu_speedup == pytest.approx(1.5)
+    with pytest.raises(ValueError, match='layouts'):
+        timing.bench_best_static(static, dyn, x, 0, 1, layouts=['NHWC'])
+    with pytest.raises(ValueError, match=r'\(N, C, H, W\)'):
+        timing.bench_best_static(static, dyn, x[0], 0, 1)
 
 
 def test_layer_rows_compare_equal_results(monkeypatch):

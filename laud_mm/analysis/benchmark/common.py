@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..forced_gates import force_random_gates
-from ..timing import bench_pair, machine_line
+from ..timing import PairTiming, bench_best_static, machine_line
 
 #: granularity per paradigm of the benchmarked backbones (layer: none,
 #: channel G = 2-2-2-2, spatial S = 4-4-2-1)
@@ -92,6 +92,24 @@ def timing_columns(what: str = '', ms: str = '.1f') -> List[Column]:
             Column(f'dynamic {what}ms', lambda r: f"{r['dynamic_ms']:{ms}}"),
             Column(f'{sp} (wall)', lambda r: f"{r['speedup']:.2f}x"),
             Column(f'{sp} (CPU time)', lambda r: f"{r['cpu_speedup']:.2f}x")]
+
+
+#: the static baseline's memory format and both formats' times (rows
+#: carry ``static_layout`` and ``static_layout_ms``, :func:`timing_keys`)
+STATIC_LAYOUT = Column(
+    'static layout (NCHW / channels_last ms)',
+    lambda r: f"{r['static_layout']} ({r['static_layout_ms']['NCHW']:.1f} "
+              f"/ {r['static_layout_ms']['channels_last']:.1f})")
+
+
+def timing_keys(tm: PairTiming) -> Dict:
+    """The row keys of a :class:`~laud_mm.analysis.timing.PairTiming`:
+    static_ms, dynamic_ms, speedup, cpu_speedup, static_layout,
+    static_layout_ms."""
+    return dict(static_ms=tm.static_ms, dynamic_ms=tm.dynamic_ms,
+                speedup=tm.speedup, cpu_speedup=tm.cpu_speedup,
+                static_layout=tm.static_layout,
+                static_layout_ms=tm.static_layout_ms)
 
 
 #: the thread-count column (rows carry ``threads``)
@@ -204,9 +222,11 @@ def time_forced_rate(net, stem: Callable, static_block: Callable,
     """Force random gates at ``rate`` in every block (seed 1,
     :func:`~laud_mm.analysis.forced_gates.force_random_gates`), check
     exactness at r = 1 (relative 1e-3), and time the whole static and
-    dynamic backbones alternately (:func:`~laud_mm.analysis.timing.
-    bench_pair`). The blocks' ``last_stats`` hold the dynamic forward's
-    statistics afterwards.
+    dynamic backbones alternately, the static one in NCHW and in
+    channels_last, the faster being the baseline
+    (:func:`~laud_mm.analysis.timing.bench_best_static`; the dynamic one
+    on ``x`` as given, NCHW). The blocks' ``last_stats`` hold the dynamic
+    forward's statistics afterwards.
 
     Args:
         net: a LAUD CNN backbone with ``dynamic_inference=True``, eval mode.
@@ -228,7 +248,7 @@ def time_forced_rate(net, stem: Callable, static_block: Callable,
         if rate == 1.0:
             check_exact(static_forward(net, stem, x, static_block), b, 1e-3)
     ratio = backbone_flops_ratio(net, hw)
-    timing = bench_pair(
+    timing = bench_best_static(
         lambda t: static_forward(net, stem, t, static_block),
         lambda t: dynamic_forward(net, stem, t), x, warmup, repeats)
     return real, ratio, timing

@@ -33,7 +33,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from ..forced_gates import force_random_gates
-from ..timing import bench_pair, machine_line
+from ..timing import bench_best_static, bench_pair, machine_line
 from .common import PARADIGMS
 
 #: the Faster R-CNN config each paradigm's row builds (random weights, no
@@ -160,10 +160,14 @@ def time_inference(paradigm: str, rate: float, scale: Tuple[int, int],
     activation rate ``rate`` against the static detector, and the backbone
     alone.
 
+    Both static timings take the faster of NCHW and channels_last input
+    (:func:`~laud_mm.analysis.timing.bench_best_static`); the dynamic
+    detector gets NCHW.
+
     Returns:
         dict(rate_real, static_ms, dynamic_ms, speedup (wall), cpu_speedup,
-        backbone_static_ms, backbone_dynamic_ms, backbone_speedup,
-        input_hw).
+        static_layout, backbone_static_ms, backbone_dynamic_ms,
+        backbone_speedup, backbone_static_layout, input_hw).
     """
     det = _detector(paradigm, root).eval()
     bb = det.backbone
@@ -173,21 +177,22 @@ def time_inference(paradigm: str, rate: float, scale: Tuple[int, int],
     hw = tuple(x.shape[-2:])
     real = force_random_gates(bb, rate, 1, hw, seed=1)
 
-    def predict(_):
-        det.predict(x, samples)
+    def predict(t):
+        det.predict(t, samples)
 
-    def predict_static(_):
+    def predict_static(t):
         with bb.static_blocks():
-            det.predict(x, samples)
+            det.predict(t, samples)
 
-    tm = bench_pair(predict_static, predict, None, warmup, repeats)
-    bb_tm = bench_pair(bb.static_forward, bb, x, warmup, repeats)
+    tm = bench_best_static(predict_static, predict, x, warmup, repeats)
+    bb_tm = bench_best_static(bb.static_forward, bb, x, warmup, repeats)
     return dict(rate_real=real, static_ms=tm.static_ms,
                 dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
-                cpu_speedup=tm.cpu_speedup,
+                cpu_speedup=tm.cpu_speedup, static_layout=tm.static_layout,
                 backbone_static_ms=bb_tm.static_ms,
                 backbone_dynamic_ms=bb_tm.dynamic_ms,
                 backbone_speedup=bb_tm.speedup,
+                backbone_static_layout=bb_tm.static_layout,
                 input_hw=hw)
 
 
@@ -249,18 +254,21 @@ def benchmark_detector(paradigms: Sequence[str] = tuple(PARADIGMS),
     if 'infer' in parts:
         print(f'\nInference, whole Faster R-CNN R50-FPN, batch 1, scale '
               f'{scale}, dynamic inference at r = {rate} vs static:')
-        print('| paradigm | input | realised r | static ms | dynamic ms | '
-              'speedup (wall) | speedup (CPU time) | backbone static ms | '
-              'backbone dynamic ms | backbone speedup |')
+        print('| paradigm | input | realised r | static ms (layout) | '
+              'dynamic ms | speedup (wall) | speedup (CPU time) | '
+              'backbone static ms (layout) | backbone dynamic ms | '
+              'backbone speedup |')
         print('|---|---|---|---|---|---|---|---|---|---|')
         for p in paradigms:
             r = time_inference(p, rate, scale, warmup, repeats, root)
             r.update(part='infer', paradigm=p)
             rows.append(r)
             print(f"| {p} | {r['input_hw'][0]}x{r['input_hw'][1]} | "
-                  f"{r['rate_real']:.3f} | {r['static_ms']:.0f} | "
+                  f"{r['rate_real']:.3f} | {r['static_ms']:.0f} "
+                  f"({r['static_layout']}) | "
                   f"{r['dynamic_ms']:.0f} | {r['speedup']:.2f}x | "
-                  f"{r['cpu_speedup']:.2f}x | {r['backbone_static_ms']:.0f} | "
+                  f"{r['cpu_speedup']:.2f}x | {r['backbone_static_ms']:.0f} "
+                  f"({r['backbone_static_layout']}) | "
                   f"{r['backbone_dynamic_ms']:.0f} | "
                   f"{r['backbone_speedup']:.2f}x |", flush=True)
     return rows

@@ -32,9 +32,9 @@ from laud_mm.models import LAUDRegNetY
 from laud_mm.models.layers.folding import fold_conv_bn
 from laud_mm.models.regnet.dynamic import static_regnety_forward
 
-from .common import (PARADIGMS, Column, check_options, header,
-                     leading_columns, table_row, time_forced_rate,
-                     timing_columns, timing_table)
+from .common import (PARADIGMS, STATIC_LAYOUT, Column, check_options,
+                     header, leading_columns, table_row, time_forced_rate,
+                     timing_columns, timing_keys, timing_table)
 
 #: the benchmarked architectures
 ARCHS = ('regnety_400mf', 'regnety_800mf')
@@ -42,7 +42,7 @@ ARCHS = ('regnety_400mf', 'regnety_800mf')
 #: the columns of the table (rows of :func:`run`)
 COLUMNS = leading_columns(lambda r: r['arch']) + [
     Column('realised mean r_i', lambda r: f"{r['rate_real']:.3f}"),
-    *timing_columns(),
+    *timing_columns(), STATIC_LAYOUT,
     Column('ideal (FLOPs)', lambda r: f"{1 / r['flops_ratio']:.2f}x"),
     Column('predicted speedup (v100, batch 128)',
            lambda r: f"{1 / r['predicted_ratio']:.2f}x")]
@@ -64,9 +64,9 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
 
     Returns:
         one dict per row: arch, batch, size, paradigm, threads, rate,
-        rate_real,
-        flops_ratio, static_ms, dynamic_ms, speedup, cpu_speedup,
-        predicted_ratio (dynamic / static, V100, batch 128).
+        rate_real, flops_ratio, static_ms (the faster static memory
+        format), dynamic_ms, speedup, cpu_speedup, static_layout,
+        static_layout_ms (:func:`~.common.timing_keys`), predicted_ratio (dynamic / static, V100, batch 128).
     """
     rows = []
     pred = LatencyPredictor('v100')
@@ -94,9 +94,7 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
                            paradigm=paradigm,
                            threads=torch.get_num_threads(), rate=rate,
                            rate_real=real,
-                           flops_ratio=ratio, static_ms=tm.static_ms,
-                           dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
-                           cpu_speedup=tm.cpu_speedup,
+                           flops_ratio=ratio, **timing_keys(tm),
                            predicted_ratio=p_dyn / p_static)
                 rows.append(row)
                 print(fmt_row(row), flush=True)

@@ -43,7 +43,8 @@ from ..forced_gates import force_random_gates
 from ..timing import bench_pair
 from . import spatial_steps
 from .in_network import block_times_in_network
-from .common import (PARADIGMS, THREADS, Column, check_options, header,
+from .common import (PARADIGMS, STATIC_LAYOUT, THREADS, Column,
+                     check_options, header, timing_keys,
                      leading_columns, table_row, thread_counts,
                      time_forced_rate, timing_columns, timing_table)
 
@@ -56,7 +57,7 @@ COLUMNS = leading_columns(
     lambda r: f"R{r['depth']}",
     lambda r: f"{r['batch']}x{r['hw'][0]}x{r['hw'][1]}") + [
     Column('realised mean r_i', lambda r: f"{r['rate_real']:.3f}"),
-    *timing_columns(),
+    *timing_columns(), STATIC_LAYOUT,
     Column('ideal (static / dynamic FLOPs)',
            lambda r: f"{1 / r['flops_ratio']:.2f}x")]
 HEADER = header(COLUMNS)
@@ -124,9 +125,11 @@ def run(depths: Sequence[int], sizes: Sequence[str],
 
     Returns:
         one dict per row: depth, size, batch, hw, paradigm, threads, rate,
-        rate_real, flops_ratio, rate_mode, static_ms, dynamic_ms, speedup
-        (wall), cpu_speedup; with ``compare_unplanned`` also unplanned_ms,
-        unplanned_speedup, unplanned_cpu_speedup.
+        rate_real, flops_ratio, rate_mode, static_ms (the faster static
+        memory format), dynamic_ms, speedup (wall), cpu_speedup,
+        static_layout, static_layout_ms (:func:`~.common.timing_keys`);
+        with ``compare_unplanned`` also unplanned_ms, unplanned_speedup,
+        unplanned_cpu_speedup.
     """
     rows = []
     for depth in depths:
@@ -146,9 +149,7 @@ def run(depths: Sequence[int], sizes: Sequence[str],
                                paradigm=paradigm,
                                threads=torch.get_num_threads(), rate=rate,
                                rate_real=real, flops_ratio=ratio,
-                               rate_mode=rate_mode, static_ms=tm.static_ms,
-                               dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
-                               cpu_speedup=tm.cpu_speedup)
+                               rate_mode=rate_mode, **timing_keys(tm))
                     if compare_unplanned:
                         row.update(_time_unplanned(net, stem, x, rate,
                                                    rate_mode, warmup,

@@ -6,8 +6,10 @@ the threads the evaluation uses.
 The predicted latency (:class:`laud_mm.BackboneLatencyMetric`) is the
 paper's device model; this hook times what this machine does. It adds
 ``laud/measured_ms``, ``laud/measured_static_ms`` (wall-clock backbone time
-per image) and ``laud/measured_speedup`` to the evaluation's metrics, so
-they are logged on the line of the task metric and the predicted latency.
+per image; the static network in the faster of NCHW and channels_last,
+named by ``laud/measured_static_layout``) and ``laud/measured_speedup`` to
+the evaluation's metrics, so they are logged on the line of the task
+metric and the predicted latency.
 
 Source: paper sec. 4 (latency of the backbone on the validation set); this
 project's dynamic-inference kernels (sec. 3.4).
@@ -20,6 +22,7 @@ from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from ...models.layers.backbone import STATIC_LAYOUTS
 from ...registry import HOOKS
 
 PHASES = ('val', 'test')
@@ -37,19 +40,23 @@ class BackboneSpeedHook(Hook):
 
     After the model's own backbone forward on a batch, the hook runs, on the
     same input tensor and for ``repeats`` rounds, the static network
-    (``backbone.static_forward``: dense, no maskers, BN folded) and the
-    backbone again as configured (``dynamic_inference`` or not), each timed
-    with a wall clock (``time.perf_counter``; CUDA synchronised). With
-    ``warmup`` one untimed call of each precedes the rounds (kernel and
+    (``backbone.static_forward``: dense, no maskers, BN folded) on the input
+    in every memory format of
+    :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS` (NCHW and
+    channels_last, converted before the timing) and the backbone again as
+    configured (``dynamic_inference`` or not) on the input as given, each
+    timed with a wall clock (``time.perf_counter``; CUDA synchronised).
+    With ``warmup`` one untimed call of each precedes the rounds (kernel and
     primitive creation for a new input shape). The fastest round of each is
-    kept, summed over the batches and divided by the images. The extra
-    forwards leave the model's outputs and statistics as they were (eval
-    mode is deterministic).
+    kept and summed over the batches; the static network's time is that of
+    the format with the smaller sum (what a user deploying it would pick),
+    divided by the images. The extra forwards leave the model's outputs and
+    statistics as they were (eval mode is deterministic).
 
     Note:
         Priority HIGHEST: its ``after_*_epoch`` runs before mmengine's
         RuntimeInfoHook copies the metrics to the log. Evaluation takes about
-        ``2 * (repeats + warmup)`` extra backbone forwards per batch.
+        ``3 * (repeats + warmup)`` extra backbone forwards per batch.
         Distributed evaluation sums the times and images of every rank.
 
     Args:
@@ -83,7 +90,8 @@ class BackboneSpeedHook(Hook):
         self._reset()
 
     def _reset(self) -> None:
-        self.dynamic_s = self.static_s = 0.
+        self.dynamic_s = 0.
+        self.static_s = {name: 0. for name in STATIC_LAYOUTS}
         self.images = 0
 
     # ------------------------------------------------------------- timing
@@ -98,18 +106,23 @@ class BackboneSpeedHook(Hook):
         if self._busy or backbone.training or not args:
             return
         x = args[0]
+        xs = {name: x.contiguous(memory_format=fmt)
+              for name, fmt in STATIC_LAYOUTS.items()}
         self._busy = True
         try:
             with torch.no_grad():
                 if self.warmup:
-                    backbone.static_forward(x)
+                    for t in xs.values():
+                        backbone.static_forward(t)
                     backbone(x)
-                st = min(self._time(backbone.static_forward, x)
-                         for _ in range(self.repeats))
+                st = {name: min(self._time(backbone.static_forward, t)
+                                for _ in range(self.repeats))
+                      for name, t in xs.items()}
                 dy = min(self._time(backbone, x) for _ in range(self.repeats))
         finally:
             self._busy = False
-        self.static_s += st
+        for name, s in st.items():
+            self.static_s[name] += s
         self.dynamic_s += dy
         self.images += int(x.shape[0])
 
@@ -137,13 +150,17 @@ class BackboneSpeedHook(Hook):
             return
         self._handle.remove()
         self._handle = None
-        t = torch.tensor([self.dynamic_s, self.static_s, float(self.images)],
+        names = list(self.static_s)
+        t = torch.tensor([self.dynamic_s, float(self.images)] +
+                         [self.static_s[k] for k in names],
                          dtype=torch.float64)
         all_reduce(t)
-        dyn, st, n = t.tolist()
+        dyn, n, *static = t.tolist()
         if metrics is not None and n > 0:
+            st, layout = min(zip(static, names))
             metrics['laud/measured_ms'] = 1e3 * dyn / n
             metrics['laud/measured_static_ms'] = 1e3 * st / n
+            metrics['laud/measured_static_layout'] = layout
             metrics['laud/measured_speedup'] = st / dyn
 
     def before_val_epoch(self, runner) -> None:

@@ -20,6 +20,15 @@ import torch
 from ...structures import flops as flops_lib
 from ...structures.geometry import BlockGeometry
 
+#: memory formats the static network (:meth:`LAUDBackboneMixin.
+#: static_forward`) is timed in, by name; the faster one is the baseline
+#: dynamic inference is compared with (a user deploying the static network
+#: picks it): PyTorch's default NCHW and channels_last (NHWC), which oneDNN
+#: runs faster on large maps with several threads (docs/benchmarks.md,
+#: "Static baseline")
+STATIC_LAYOUTS = {'NCHW': torch.contiguous_format,
+                  'channels_last': torch.channels_last}
+
 
 def reject_unknown_keys(owner: str, kwargs: Dict[str, object],
                         upstream, own: Iterable[str] = ()) -> None:
