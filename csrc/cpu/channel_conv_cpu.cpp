@@ -43,6 +43,12 @@
 // buffer, then one pass adds it into out's
 // channel rows with 8 x 8 in-register transposes (add_relu_transposed_avx2;
 // a scalar epilogue per tile is memory- and branch-bound).
+// x and out may instead both be channels_last (NHWC, Geometry::nhwc): a
+// pixel's channels are then contiguous as in the tiles' rows, so conv1
+// reads x in place (no pixel-major chunks) and conv3's rows are added
+// with plain vector adds (add_relu_rows_avx512); the same sums in the
+// same order, so out holds the same values bit for bit in either layout
+// (the channel sums for the next masker may differ in the last bits).
 //
 // Threads (partition.h): three phases over the whole batch, separated by
 // barriers:
@@ -189,13 +195,55 @@ LAUD_TARGET("avx2") void add_relu_transposed_avx2(
       for (int l = 0; l < 8; ++l) csum[l0 + l] += hsum_avx2(acc[l]);
   }
 }
+
+// The same epilogue for channels_last output: pixel p's channels at o0 +
+// p * stride, contiguous like tmp's rows, so a row is wdt / 16 vector
+// adds (wdt a multiple of 16, at most kPanel). The values are those of
+// add_relu_transposed_avx2 bit for bit ((o + tmp) + bias, then the ReLU);
+// csum's sums run in another order (per lane over the pixels).
+LAUD_TARGET("avx512f") void add_relu_rows_avx512(
+    const float* tmp, int64_t count, int wdt, const float* bias, float* o0,
+    int64_t stride, float* csum) {
+  const int nv = wdt / 16;
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 b[kPanel / 16], acc[kPanel / 16];
+  for (int v = 0; v < nv; ++v) {
+    b[v] = _mm512_loadu_ps(bias + 16 * v);
+    acc[v] = zero;
+  }
+  for (int64_t p = 0; p < count; ++p) {
+    float* o = o0 + p * stride;
+    const float* t = tmp + p * kPanel;
+    for (int v = 0; v < nv; ++v) {
+      // max(0, v): NaN stays NaN, as relu_of
+      const __m512 r = _mm512_max_ps(
+          zero, _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(o + 16 * v),
+                                            _mm512_loadu_ps(t + 16 * v)),
+                              b[v]));
+      _mm512_storeu_ps(o + 16 * v, r);
+      acc[v] = _mm512_add_ps(acc[v], r);
+    }
+  }
+  if (csum != nullptr)
+    for (int v = 0; v < nv; ++v)
+      _mm512_storeu_ps(csum + 16 * v,
+                       _mm512_add_ps(_mm512_loadu_ps(csum + 16 * v), acc[v]));
+}
 #endif
 
 
 struct Geometry {
   int64_t n, c_in, h, w, width, c_out, ho, wo, stride, pad, dil;
+  // x and out channels_last (NHWC): a pixel's channels contiguous, which is
+  // the layout the tiles read and write, so conv1 reads x in place and
+  // conv3's results are added row by row (no transposition either way)
+  bool nhwc = false;
   int64_t hp() const { return h + 2 * pad; }
   int64_t wpx() const { return w + 2 * pad; }
+  // x's offset of channel c of pixel p within a sample, and of pixel p's
+  // first channel (a tile's row): NCHW c * h * w + p, NHWC p * c_in + c
+  int64_t x_chan(int64_t c) const { return nhwc ? c : c * h * w; }
+  int64_t x_pix(int64_t p) const { return nhwc ? p * c_in : p; }
 };
 
 // The kept columns of one panel block, cols[0, kv) (strictly ascending),
@@ -570,7 +618,8 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
   if (kp == 0 || p0 >= p1) return;
   thread_local std::vector<float> xt_buf;
   const int64_t p_in = g.h * g.w, wpx = g.wpx();
-  const bool pixel_major = pixel_major_input(avx512, p_in, g.c_in, p1 - p0);
+  const bool pixel_major =
+      !g.nhwc && pixel_major_input(avx512, p_in, g.c_in, p1 - p0);
   const int64_t chunk = pixel_major ? pixel_major_chunk(g.c_in) : p1 - p0;
   float* xt = pixel_major
                   ? scratch(xt_buf, static_cast<size_t>(
@@ -579,7 +628,8 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
   thread_local std::vector<int64_t> aoff_buf;
   if (aoff_buf.size() < static_cast<size_t>(g.c_in)) aoff_buf.resize(g.c_in);
   int64_t* aoff = aoff_buf.data();
-  for (int64_t c = 0; c < g.c_in; ++c) aoff[c] = pixel_major ? c : c * p_in;
+  for (int64_t c = 0; c < g.c_in; ++c)
+    aoff[c] = pixel_major ? c : g.x_chan(c);
   const int32_t* cols = pl.cols.data() + s * pl.kpmax;
   const float* xs = x + s * g.c_in * p_in;
   float bias[kPanel];
@@ -599,7 +649,7 @@ void conv1_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
         const int r = static_cast<int>(std::min<int64_t>(kRows, c1 - q0));
         for (int i = 0; i < r; ++i) {
           const int64_t p = q0 + i, yy = p / g.w, xx = p - yy * g.w;
-          a[i] = pixel_major ? xt + (p - c0) * g.c_in : xs + p;
+          a[i] = pixel_major ? xt + (p - c0) * g.c_in : xs + g.x_pix(p);
           y[i] = h1s + ((yy + g.pad) * wpx + xx + g.pad) * kp + j0;
         }
         pick<kStoreRelu>(r, nv, avx512)(a, aoff, pj, g.c_in, bias, y,
@@ -642,15 +692,34 @@ void conv3_panel(const float* h2, int64_t kp, int64_t m, const int64_t* kept,
 
 // out's channel rows o0 + l * p_out (l < wdt), pixels [0, m): o = relu(o +
 // tmp[p][l] + bias[l]); with csum non-null, csum[l] += the new values' sum.
-void add_conv3(const float* tmp, int64_t m, int wdt, const float* bias,
-               float* o0, int64_t p_out, float* csum, bool avx512) {
+// NHWC (g.nhwc): o0 is pixel 0's channel 0 of the panel, pixel p at o0 +
+// p * C_out.
+void add_conv3(const Geometry& g, const float* tmp, int64_t m, int wdt,
+               const float* bias, float* o0, float* csum, bool avx512) {
+  (void)avx512;
+  const int64_t p_out = g.ho * g.wo;
+  if (g.nhwc) {
+#ifdef LAUD_X86
+    if (avx512) {
+      add_relu_rows_avx512(tmp, m, wdt, bias, o0, g.c_out, csum);
+      return;
+    }
+#endif
+    for (int64_t p = 0; p < m; ++p) {
+      float* o = o0 + p * g.c_out;
+      for (int l = 0; l < wdt; ++l) {
+        o[l] = relu_of(o[l] + tmp[p * kPanel + l] + bias[l]);
+        if (csum != nullptr) csum[l] += o[l];
+      }
+    }
+    return;
+  }
 #ifdef LAUD_X86
   if (avx512) {  // AVX-512F implies AVX2
     add_relu_transposed_avx2(tmp, m, wdt, bias, o0, p_out, csum);
     return;
   }
 #endif
-  (void)avx512;
   for (int l = 0; l < wdt; ++l) {
     float* o = o0 + l * p_out;
     float cs = 0.f;
@@ -720,7 +789,8 @@ void conv23_piece(const Geometry& g, const ChannelPlan& pl, int64_t s,
           static_cast<int>(std::min<int64_t>(kPanel, g.c_out - j0));
       conv3_panel(h2, kp, m, kept, k, w3p, g.width + 1, g.c_out, j0, j0, wdt,
                   aoff, tmp, avx512);
-      add_conv3(tmp, m, wdt, b3 + j0, outs + j0 * p_out + q0, p_out,
+      add_conv3(g, tmp, m, wdt, b3 + j0,
+                outs + (g.nhwc ? q0 * g.c_out + j0 : j0 * p_out + q0),
                 psum != nullptr ? psum + j0 : nullptr, avx512);
     }
   }
@@ -870,7 +940,7 @@ void conv1_blocked(const Geometry& g, const ChannelPlan& pl,
     const int64_t nq = std::min(kRowBlock1, g.c_in - q0);
     const bool last = q0 + nq == g.c_in;
     const Mode mode = split_mode(q0 == 0, last);
-    for (int64_t c = 0; c < nq; ++c) aoff[c] = (q0 + c) * p_in;
+    for (int64_t c = 0; c < nq; ++c) aoff[c] = g.x_chan(q0 + c);
     for (size_t i = 0; i < pieces.size(); ++i) {
       const Piece& pc = pieces[i];
       const int64_t s = pc.s, kp = pl.kp[s];
@@ -893,7 +963,7 @@ void conv1_blocked(const Geometry& g, const ChannelPlan& pl,
           const int r = static_cast<int>(std::min<int64_t>(kRows, pc.p1 - p));
           for (int i = 0; i < r; ++i) {
             const int64_t pp = p + i, yy = pp / g.w, xx = pp - yy * g.w;
-            a[i] = xs + pp;
+            a[i] = xs + g.x_pix(pp);
             y[i] = h1s + ((yy + g.pad) * wpx + xx + g.pad) * kp + j0;
           }
           (r == kRows ? full : pick_mode(mode, r, nv, avx512))(
@@ -1006,8 +1076,9 @@ void conv3_add(const Geometry& g, const ChannelPlan& pl,
       const int wdt = static_cast<int>(j1 - j0);
       conv3_panel(h2 + h2off[i], pl.kp[s], m, pl.kept + s * pl.kk, pl.k[s],
                   w3p, g.width + 1, g.c_out, b0, j0, wdt, boff, tmp, avx512);
-      add_conv3(tmp, m, wdt, b3 + j0,
-                out + (s * g.c_out + j0) * p_out + pc.p0, p_out,
+      add_conv3(g, tmp, m, wdt, b3 + j0,
+                out + s * g.c_out * p_out +
+                    (g.nhwc ? pc.p0 * g.c_out + j0 : j0 * p_out + pc.p0),
                 part != nullptr ? part + s * g.c_out + j0 : nullptr, avx512);
     }
   }
@@ -1093,13 +1164,24 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  int64_t dilation, bool force_generic,
                                  const at::Tensor& sums,
                                  bool force_unblocked) {
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &x, &w1t, &b1, &w2t, &b2, &w3p, &b3})
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&w1t, &b1, &w2t, &b2, &w3p, &b3})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "channel_branch_add_relu: float32 contiguous tensors only");
   TORCH_CHECK(x.dim() == 4 && out.dim() == 4, "x and out must be 4-D");
-  const Geometry g = channel_geometry(x.size(0), x.size(1), x.size(2),
-                                      x.size(3), b1.size(0) - 1, out.size(1),
-                                      stride, padding, dilation);
+  // NCHW, or channels_last (NHWC) for both x and out; a tensor that is
+  // both (one pixel, or one channel) counts as NCHW
+  const bool nhwc = !x.is_contiguous() &&
+                    x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+                  (nhwc || x.is_contiguous()) &&
+                  out.is_contiguous(nhwc ? at::MemoryFormat::ChannelsLast
+                                         : at::MemoryFormat::Contiguous),
+              "channel_branch_add_relu: x and out must be float32, both "
+              "contiguous or both channels_last");
+  Geometry g = channel_geometry(x.size(0), x.size(1), x.size(2), x.size(3),
+                                b1.size(0) - 1, out.size(1), stride, padding,
+                                dilation);
+  g.nhwc = nhwc;
   TORCH_CHECK(out.size(0) == g.n, "out must have x's batch size");
   check_counts(chs, counts, g.n, g.width);
   TORCH_CHECK(w1t.dim() == 2 && w1t.size(0) == g.c_in &&

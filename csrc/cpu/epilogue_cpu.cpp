@@ -20,6 +20,13 @@
 // torch's threads; each row's sum runs in one thread in a fixed order, so
 // the result does not depend on the thread count.
 //
+// In channels_last (NHWC) a channel's values are C floats apart, so
+// add_relu_mean_cpu then takes each sample in fixed chunks of kNhwcChunk
+// pixels (whole rows of C channels, read and written once, in order):
+// a chunk's channel sums go to its own row of partial sums, which are
+// added up chunk by chunk afterwards, so the result again does not depend
+// on the thread count (the sums run in another order than in NCHW).
+//
 // Source: LAUDNet paper sec. 3.2 (channel / layer maskers: global average
 // pool, then the gate), sec. 3.4 (operator fusion: "Fusing scatter and
 // add"); Python API in laud_mm/ops/epilogue.py.
@@ -31,6 +38,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 namespace laud_mm {
 
@@ -57,15 +65,97 @@ void relu_mean_rows(float* out, const float* identity, int64_t count,
   });
 }
 
+constexpr int64_t kNhwcChunk = 64;
+
+// s[c] += (o[c] = relu(o[c] + a[c])) for c < C
+inline void add_relu_sum_row_generic(float* o, const float* a, int64_t C,
+                                     float* s) {
+  for (int64_t c = 0; c < C; ++c) {
+    o[c] = relu_of(o[c] + a[c]);
+    s[c] += o[c];
+  }
+}
+
+#ifdef LAUD_X86
+LAUD_TARGET("avx512f")
+void add_relu_sum_row_avx512(float* o, const float* a, int64_t C, float* s) {
+  const __m512 z = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = C - c >= 16
+        ? static_cast<__mmask16>(0xFFFF)
+        : static_cast<__mmask16>((1u << (C - c)) - 1u);
+    // max(0, NaN) = NaN, max(0, -0) = -0, as relu_of
+    const __m512 v = _mm512_max_ps(
+        z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + c),
+                         _mm512_maskz_loadu_ps(m, a + c)));
+    _mm512_mask_storeu_ps(o + c, m, v);
+    _mm512_mask_storeu_ps(
+        s + c, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, s + c), v));
+  }
+}
+#endif
+
+// add_relu_mean_cpu for channels_last out and identity (N, P = H x W
+// pixels of C channels each): chunks of kNhwcChunk pixels over torch's
+// threads, then the chunks' partial sums added in chunk order.
+void add_relu_mean_nhwc(float* out, const float* identity, int64_t N,
+                        int64_t P, int64_t C, float* mean) {
+  const bool avx512 = isa::cpu_avx512f();
+  const int64_t chunks = (P + kNhwcChunk - 1) / kNhwcChunk;
+  // the partial sums: the calling thread's buffer, reused between calls
+  thread_local std::vector<float> part_buf;
+  if (part_buf.size() < static_cast<size_t>(N * chunks * C))
+    part_buf.resize(N * chunks * C);
+  float* part = part_buf.data();
+  at::parallel_for(0, N * chunks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / chunks, p0 = (i % chunks) * kNhwcChunk;
+      const int64_t p1 = std::min(P, p0 + kNhwcChunk);
+      float* s = part + i * C;
+      std::fill(s, s + C, 0.f);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t off = (n * P + p) * C;
+#ifdef LAUD_X86
+        if (avx512) {
+          add_relu_sum_row_avx512(out + off, identity + off, C, s);
+          continue;
+        }
+#endif
+        add_relu_sum_row_generic(out + off, identity + off, C, s);
+      }
+    }
+  });
+  (void)avx512;
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      float* m = mean + n * C;
+      std::fill(m, m + C, 0.f);
+      for (int64_t k = 0; k < chunks; ++k) {
+        const float* s = part + (n * chunks + k) * C;
+        for (int64_t c = 0; c < C; ++c) m[c] += s[c];
+      }
+      for (int64_t c = 0; c < C; ++c)
+        m[c] = P > 0 ? m[c] / static_cast<float>(P)
+                     : std::numeric_limits<float>::quiet_NaN();
+    }
+  });
+}
+
 }  // namespace
 
 at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity) {
+  // NCHW, or channels_last for both (a tensor that is both counts as NCHW)
+  const bool nhwc = out.dim() == 4 && !out.is_contiguous() &&
+                    out.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast
+                        : at::MemoryFormat::Contiguous;
   for (const at::Tensor* t :
        std::initializer_list<const at::Tensor*>{&out, &identity})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(fmt) &&
                     t->device().is_cpu() && t->dim() == 4,
-                "add_relu_mean: out and identity must be contiguous float32 "
-                "CPU (N, C, H, W) tensors");
+                "add_relu_mean: out and identity must be float32 CPU "
+                "(N, C, H, W) tensors, both contiguous or both "
+                "channels_last");
   TORCH_CHECK(out.sizes() == identity.sizes(),
               "add_relu_mean: out ", out.sizes(), " and identity ",
               identity.sizes(), " differ in shape");
@@ -75,6 +165,11 @@ at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity) {
   const int64_t HW = out.size(2) * out.size(3);
   at::Tensor mean = at::empty({N, C}, out.options());
   if (N * C == 0) return mean;
+  if (nhwc) {
+    add_relu_mean_nhwc(out.data_ptr<float>(), identity.data_ptr<float>(), N,
+                       HW, C, mean.data_ptr<float>());
+    return mean;
+  }
   relu_mean_rows(out.data_ptr<float>(), identity.data_ptr<float>(), N * C,
                  HW, [HW](int64_t r) { return r * HW; },
                  mean.data_ptr<float>());

@@ -29,7 +29,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .dispatch import check_float32_cpu, extension, use_kernels
+from .dispatch import (check_float32_cpu, extension, is_channels_last,
+                       use_kernels)
 from .panels import unpack_panels
 
 
@@ -119,7 +120,10 @@ def channel_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
 
     Args:
         out: (N, C_out, Ho, Wo) shortcut, overwritten with the block output.
-        x: (N, C_in, H, W) block input.
+        x: (N, C_in, H, W) block input, NCHW or channels_last (the kernel
+            then reads it and writes ``out`` in place in that layout,
+            without transposing; ``out`` in another layout is converted
+            and copied back).
         chs: (N, k) int64 kept channel indices per sample, ascending; entries
             from ``counts[n]`` on are ignored.
         counts: (N,) int64 number of kept channels per sample (0 ... k).
@@ -155,11 +159,16 @@ def _channel_branch(out, x, chs, counts, packed, stride, padding, dilation,
     built and C_out is a multiple of 16, else the reference. ``sums``: a
     contiguous float32 (N, C_out) tensor filled with the channel sums of
     the new ``out`` (by the kernel's output pass; the reference sums
-    ``out`` afterwards), or None."""
+    ``out`` afterwards), or None. A channels_last ``x`` runs the kernel in
+    that layout (``out`` then taken in it too)."""
     if channel_branch_isa() is not None and use_kernels(x) and \
             out.shape[1] % 16 == 0:
-        tensors = [t.contiguous() for t in (x, chs, counts) + tuple(packed)]
-        target = out if out.is_contiguous() else out.contiguous()
+        fmt = torch.channels_last if is_channels_last(x) else \
+            torch.contiguous_format
+        tensors = [x.contiguous(memory_format=fmt)] + \
+            [t.contiguous() for t in (chs, counts) + tuple(packed)]
+        target = out if out.is_contiguous(memory_format=fmt) else \
+            out.contiguous(memory_format=fmt)
         extension().channel_branch_add_relu(target, *tensors, stride,
                                             padding, dilation, sums=sums)
         if target is not out:

@@ -152,6 +152,27 @@ def is_autocast(x: torch.Tensor) -> bool:
             else torch.is_autocast_enabled()
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether the 4-D tensor ``x`` is stored channels_last (NHWC) and not
+    also NCHW-contiguous (a tensor with one pixel or one channel is both
+    and counts as NCHW, as for the compiled kernel).
+
+    Args:
+        x: any tensor (False unless 4-D).
+    """
+    return x.dim() == 4 and not x.is_contiguous() and \
+        x.is_contiguous(memory_format=torch.channels_last)
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the 4-D tensors ``a`` and ``b`` are both NCHW-contiguous or
+    both channels_last (:func:`is_channels_last`): what the compiled
+    kernels that take either layout require of their operands."""
+    if is_channels_last(a):
+        return is_channels_last(b)
+    return a.is_contiguous() and b.is_contiguous()
+
+
 def check_float32_cpu(tensors: dict) -> None:
     """Argument check of the CPU-only fused kernels.
 

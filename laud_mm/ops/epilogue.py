@@ -5,8 +5,9 @@ for some samples of ``out`` without an addend (the samples a downsampling
 layer-skipping block skips output ``relu(shortcut)``).
 
 :func:`add_relu_mean_` runs it with the compiled kernel
-(``csrc/cpu/epilogue_cpu.cpp``: rows (n, c) over torch's threads, AVX-512
-where available, the same result at any thread count) instead of torch's
+(``csrc/cpu/epilogue_cpu.cpp``: rows (n, c) over torch's threads, or
+chunks of pixels in channels_last, AVX-512 where available, the same
+result at any thread count) instead of torch's
 ``add_`` and ``relu_`` (two passes over the output) followed by the next
 layer / channel masker's ``x.mean(dim=(2, 3))`` (a third);
 :func:`add_relu_mean_reference` is those three operations (any device and
@@ -17,7 +18,8 @@ globally), sec. 3.4 (operator fusion: "Fusing scatter and add").
 """
 import torch
 
-from .dispatch import check_float32_cpu, extension, use_kernels
+from .dispatch import (check_float32_cpu, extension, same_layout,
+                       use_kernels)
 
 
 def add_relu_mean_(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -25,7 +27,9 @@ def add_relu_mean_(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     ``out`` over its last two dimensions, with argument checks.
 
     Args:
-        out: (N, C, H, W) float32 CPU tensor, written in place.
+        out: (N, C, H, W) float32 CPU tensor, written in place (NCHW or
+            channels_last: the kernel runs both when ``identity`` has the
+            same layout, the reference otherwise).
         identity: (N, C, H, W) float32 CPU tensor, another tensor than out.
 
     Returns:
@@ -70,13 +74,13 @@ def check_epilogue_args(out: torch.Tensor, identity: torch.Tensor,
 def _add_relu_mean_(out: torch.Tensor, identity: torch.Tensor
                     ) -> torch.Tensor:
     """:func:`add_relu_mean_` without argument checks (internal): the
-    compiled kernel for contiguous float32 CPU tensors, else the
-    reference."""
+    compiled kernel for float32 CPU tensors both contiguous or both
+    channels_last, else the reference."""
     ext = extension()
     if ext is not None and hasattr(ext, 'add_relu_mean') and \
             out.device.type == 'cpu' and use_kernels(out) and \
             out.dtype == identity.dtype == torch.float32 and \
-            out.is_contiguous() and identity.is_contiguous():
+            same_layout(out, identity):
         return ext.add_relu_mean(out, identity)
     return add_relu_mean_reference(out, identity)
 

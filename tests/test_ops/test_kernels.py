@@ -937,6 +937,64 @@ def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
         assert torch.equal(one, _with_threads(threads, run)), threads
 
 
+@needs_ext
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,stride,dil,g2,kept', [
+    (3, 40, 24, 32, 7, 7, 1, 1, 2, None),   # 7 x 7, every phase row-blocked
+    (2, 24, 40, 64, 9, 6, 2, 1, 2, None),   # stride 2, odd sizes
+    (2, 16, 36, 80, 6, 5, 1, 2, 1, None),   # dilation 2, G = 1, C_out 64 + 16
+    (4, 72, 70, 16, 3, 11, 1, 1, 2, None),  # panels of 64 + 6
+    (2, 2100, 140, 32, 11, 10, 1, 1, 2, None),  # NCHW: pixel-major chunks
+    (2, 300, 140, 32, 21, 21, 3, 1, 2, None),  # conv1 on up-front panels
+    (1, 200, 300, 80, 7, 7, 1, 1, 2, [list(range(3, 283))]),  # column split
+    (2, 64, 40, 64, 8, 9, 1, 1, 2, None),   # identity: out may alias x
+])
+def test_channel_branch_channels_last_equals_nchw(n, c_in, width, c_out, h,
+                                                  w, stride, dil, g2, kept):
+    """x and out channels_last: the kernel reads and writes NHWC in place
+    (conv1's tiles on x's pixel rows, conv3's rows added without
+    transposition) and returns the NCHW result bit for bit, at 1 - 3
+    threads, AVX-512 and generic tiles, every phase (up-front panels,
+    pixel-major chunks in NCHW, row-blocked, column split); the channel
+    sums within the fp32 reduction-order tolerance; out may alias x in an
+    identity block; mixed layouts are refused by the extension and
+    converted by the Python API."""
+    from laud_mm.ops import channel_branch_add_relu
+    args, ident, dense = _channel_case(23, n, c_in, width, c_out, h, w,
+                                       stride, dil, g2, kept=kept)
+    cl = torch.channels_last
+    args_cl = (args[0].contiguous(memory_format=cl),) + args[1:]
+    ident_cl = ident.contiguous(memory_format=cl)
+    assert not ident_cl.is_contiguous() or ident.shape[-2:] == (1, 1)
+    refs = {}
+    for generic in (False, True):
+        for threads in (1, 2, 3):
+            def run(a, o):
+                return _with_threads(threads, lambda: _channel_kernel_with_sums(
+                    a, o, force_generic=generic))
+            ref, ref_sums = refs[generic] = run(args, ident)
+            out, sums = run(args_cl, ident_cl)
+            assert out.is_contiguous(memory_format=cl)
+            assert torch.equal(out, ref), (generic, threads)
+            assert torch.allclose(sums, ref_sums, rtol=1e-5, atol=1e-4)
+            assert (out - dense).abs().max() <= 1e-5
+    # the Python API (the kernel of this CPU): an NCHW out with a
+    # channels_last x is converted, written in x's layout and copied back
+    ref = refs[ops.channel_branch_isa() != 'avx512f'][0]
+    o = ident.clone()
+    channel_branch_add_relu(o, *args_cl)
+    assert o.is_contiguous() and torch.equal(o, ref)
+    with pytest.raises(RuntimeError, match='both channels_last'):
+        ops.extension().channel_branch_add_relu(ident.clone(), *args_cl)
+    if stride == 1 and c_in == c_out and kept is None:
+        # an identity block writing into its own channels_last input
+        x = args_cl[0].clone(memory_format=cl)
+        alias = (x,) + args_cl[1:]
+        ops.extension().channel_branch_add_relu(x, *alias)
+        o = args[0].clone()
+        ops.extension().channel_branch_add_relu(o, *args)
+        assert x.is_contiguous(memory_format=cl) and torch.equal(x, o)
+
+
 def _channel_kernel_with_sums(args, ident, **flags):
     """The compiled channel kernel on a copy of ``ident`` with the output's
     channel sums: (out (N, C_out, Ho, Wo), sums (N, C_out))."""
@@ -1722,17 +1780,23 @@ def test_add_relu_logit_pool_errors():
 
 # ------------------------------------------------- epilogue with channel mean
 @pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('layout', ['NCHW', 'channels_last'])
 @pytest.mark.parametrize('shape', [(8, 64, 14, 14), (2, 5, 7, 9),
-                                   (1, 3, 1, 17), (3, 2, 33, 1)])
-def test_add_relu_mean_equals_add_relu_then_mean(backend, shape):
+                                   (1, 3, 1, 17), (3, 2, 33, 1),
+                                   (2, 40, 9, 10)])
+def test_add_relu_mean_equals_add_relu_then_mean(backend, layout, shape):
     """out = relu(out + identity) in place and its channel means in one
     pass: equal to add_ / relu_ (bit for bit) and mean (fp32 rounding), NaN
     kept as torch.relu keeps it, and the same at 1, 2 and 3 threads (bit
-    for bit)."""
+    for bit); in channels_last too (chunks of 64 pixels, channel counts
+    off the 16 lanes), out staying channels_last."""
     g = torch.Generator().manual_seed(sum(shape))
     a = torch.randn(*shape, generator=g)
     ident = torch.randn(*shape, generator=g)
     a.view(-1)[0] = float('nan')
+    fmt = torch.channels_last if layout == 'channels_last' else \
+        torch.contiguous_format
+    a, ident = (t.contiguous(memory_format=fmt) for t in (a, ident))
     ref_out = torch.relu(a + ident)
     ref_mean = ref_out.mean(dim=(2, 3))
     prev = torch.get_num_threads()
@@ -1747,6 +1811,7 @@ def test_add_relu_mean_equals_add_relu_then_mean(backend, shape):
     finally:
         torch.set_num_threads(prev)
     out, mean = res[0]
+    assert out.is_contiguous(memory_format=fmt)
     assert torch.allclose(out, ref_out, rtol=0, atol=0, equal_nan=True)
     assert mean.shape == shape[:2] and torch.isnan(mean.view(-1)[0])
     assert torch.allclose(mean, ref_mean, rtol=1e-5, atol=1e-6,
@@ -1764,6 +1829,16 @@ def test_add_relu_mean_errors():
         ops.add_relu_mean_(x, x[:1])
     with pytest.raises(ValueError, match='another tensor than out'):
         ops.add_relu_mean_(x, x)
+    # mixed layouts: the compiled kernel refuses them, the Python API
+    # computes them with the reference
+    if ops.extension() is not None:
+        cl = x.contiguous(memory_format=torch.channels_last)
+        with pytest.raises(RuntimeError, match='both channels_last'):
+            ops.extension().add_relu_mean(cl.clone(), x)
+        out = cl.clone()
+        mean = ops.add_relu_mean_(out, x)
+        assert torch.equal(out, torch.relu(cl + x))
+        assert torch.allclose(mean, out.mean(dim=(2, 3)))
 
 
 @pytest.mark.parametrize('backend', BACKENDS)

@@ -32,9 +32,13 @@ def static_forward(net, stem: Callable, x: torch.Tensor,
 
 def dynamic_forward(net, stem: Callable, x: torch.Tensor) -> torch.Tensor:
     """Folded stem, then every block's dynamic forward, as the backbone's
-    ``forward`` runs them (identity blocks own their input:
-    :func:`~laud_mm.models.layers.dynamic.owned_block_inputs`)."""
+    ``forward`` runs them: in the backbone's ``dynamic_memory_format`` when
+    it has one (the conversion of ``x`` timed with the forward), identity
+    blocks owning their input
+    (:func:`~laud_mm.models.layers.dynamic.owned_block_inputs`)."""
     from laud_mm.models.layers.dynamic import owned_block_inputs
+    if hasattr(net, 'dynamic_memory_format'):
+        x = x.contiguous(memory_format=net.dynamic_memory_format(x))
     x = stem(x)
     with owned_block_inputs(net.blocks):
         for blk in net.blocks:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ...ops.allocator import tune_cpu_allocator
-from ...ops.dispatch import is_autocast
+from ...ops.dispatch import is_autocast, same_layout
 from ...ops.epilogue import _add_relu_mean_
 from .channel_mean import record_channel_mean
 from .forward_plan import SEQUENCE_ATTR, SequencePlan
@@ -136,8 +136,8 @@ def residual_add_relu_pooled_(branch: torch.Tensor,
     """:func:`residual_add_relu_` that also records the output's channel
     means for the next block's layer / channel masker
     (:mod:`~laud_mm.models.layers.channel_mean`), in the same pass
-    (:func:`laud_mm.ops.add_relu_mean_`) when both are contiguous float32
-    CPU tensors outside autocast; otherwise exactly
+    (:func:`laud_mm.ops.add_relu_mean_`) when both are float32 CPU
+    tensors outside autocast, both contiguous or both channels_last; otherwise exactly
     :func:`residual_add_relu_` (nothing recorded).
 
     Args:
@@ -149,9 +149,8 @@ def residual_add_relu_pooled_(branch: torch.Tensor,
     """
     if branch.device.type == 'cpu' and not is_autocast(branch) and \
             branch.dtype == identity.dtype == torch.float32 and \
-            branch is not identity and branch.is_contiguous() and \
-            identity.is_contiguous() and branch.shape == identity.shape and \
-            branch.dim() == 4:
+            branch is not identity and branch.dim() == 4 and \
+            branch.shape == identity.shape and same_layout(branch, identity):
         record_channel_mean(branch, _add_relu_mean_(branch, identity))
         return branch
     return residual_add_relu_(branch, identity)
@@ -253,10 +252,13 @@ def next_block(block) -> Optional[torch.nn.Module]:
     return getattr(block, NEXT_BLOCK_ATTR, None)
 
 
-def owns_input(block, x: torch.Tensor) -> bool:
+def owns_input(block, x: torch.Tensor,
+               fmt: torch.memory_format = torch.contiguous_format) -> bool:
     """Whether ``block`` may write into its input ``x`` (an identity block
-    inside :func:`owned_block_inputs`; x contiguous)."""
-    return getattr(block, OWNED_INPUT_ATTR, False) and x.is_contiguous()
+    inside :func:`owned_block_inputs`; x contiguous in memory format
+    ``fmt``, the layout the block writes)."""
+    return getattr(block, OWNED_INPUT_ATTR, False) and \
+        x.is_contiguous(memory_format=fmt)
 
 
 # ------------------------------------------------ CUDA paths: dtype handling

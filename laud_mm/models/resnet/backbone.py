@@ -24,6 +24,7 @@ from ..layers.checkpoint import record_paradigm
 from ..layers.dynamic import owned_block_inputs
 from . import convert  # noqa: F401  (registers torchvision-cls://)
 from .block import LAUDBottleneck
+from .dynamic import dynamic_memory_format
 
 #: blocks per stage of the bottleneck ResNets: mmdet's own table
 RESNET_ARCHS = {d: tuple(stages) for d, (block, stages) in
@@ -356,6 +357,15 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         return layer
 
     # ------------------------------------------------------------- forward
+    def dynamic_memory_format(self, x: torch.Tensor) -> torch.memory_format:
+        """The memory format dynamic inference runs in on input ``x``
+        (:func:`~laud_mm.models.resnet.dynamic.dynamic_memory_format`:
+        channels_last for channel skipping on the fused CPU kernel, else
+        NCHW). ``forward`` converts its input to it (the outputs are then in
+        that format, same values); the static network
+        (:meth:`static_forward`) takes its input as given."""
+        return dynamic_memory_format(self.paradigm, x)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.stem[0].in_channels if self.deep_stem
                          else self.conv1.in_channels)
@@ -363,6 +373,8 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         self._batch = int(x.shape[0])
         if self.paradigm is not None and self.dynamic_inference and \
                 not self.training:
+            if not getattr(self, '_static_blocks', False):
+                x = x.contiguous(memory_format=self.dynamic_memory_format(x))
             # identity blocks may write into their input (the previous
             # block's output, read by nobody else): see owned_block_inputs
             with owned_block_inputs(self.blocks):

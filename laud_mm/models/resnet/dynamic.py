@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
+from ...ops.dispatch import is_channels_last
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from ...ops.indexing import channel_kept_lists
 from ...ops.panels import pack_panels
@@ -226,6 +227,28 @@ def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor
     fb = folded(block)
     out = fb.branch(x)
     return out.add_(fb.shortcut(x)).relu_()
+
+
+def dynamic_memory_format(paradigm: Optional[str],
+                          x: torch.Tensor) -> torch.memory_format:
+    """The memory format a LAUD-ResNet's dynamic forward runs in for input
+    ``x``: channels_last for channel skipping where its blocks run the fused
+    kernel in NHWC (:data:`laud_mm.ops.policy.CHANNEL_CHANNELS_LAST_CPU`:
+    a 4-D float32 CPU input outside autocast, the AVX-512 kernel, a thread
+    count it splits over), else NCHW (``torch.contiguous_format``).
+
+    Args:
+        paradigm: the backbone's paradigm (None: static).
+        x: the backbone input (N, 3, H, W).
+
+    Source: paper sec. 3.4 (operators scheduled for the hardware).
+    """
+    if paradigm == 'channel' and policy.CHANNEL_CHANNELS_LAST_CPU and \
+            policy.CHANNEL_FUSED_CPU and x.dim() == 4 and \
+            not policy.device_path(x) and not is_autocast(x) and \
+            policy.fused_cpu_threads() and fast_channel_branch(x):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def unfoldable_reason(block: nn.Module) -> Optional[str]:
@@ -716,16 +739,18 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
 
 
 # ---------------------------------------------------------------- channel
-def _residual_target(block, x: torch.Tensor,
-                     ident: torch.Tensor) -> torch.Tensor:
-    """The contiguous tensor a channel block accumulates its conv3 into:
-    the downsample's output, else the input itself when the backbone owns
-    it (``owned_block_inputs``), else a copy of the input."""
+def _residual_target(block, x: torch.Tensor, ident: torch.Tensor,
+                     fmt: torch.memory_format = torch.contiguous_format
+                     ) -> torch.Tensor:
+    """The tensor, contiguous in memory format ``fmt``, a channel block
+    accumulates its conv3 into: the downsample's output, else the input
+    itself when the backbone owns it (``owned_block_inputs``) and is in
+    ``fmt``, else a copy of the input."""
     if ident is not x:
-        return ident.contiguous()
-    if owns_input(block, x):
+        return ident.contiguous(memory_format=fmt)
+    if owns_input(block, x, fmt):
         return x
-    return x.clone(memory_format=torch.contiguous_format)
+    return x.clone(memory_format=fmt)
 
 
 def _channel_forward(block, x, plan):
@@ -756,7 +781,10 @@ def _channel_forward(block, x, plan):
         # into the shortcut with bn3's shift and the ReLU
         # (and the output's channel sums from its output pass, recorded
         # for the next block's masker)
-        out = _residual_target(block, x, ident)
+        # in x's layout: the kernel runs NCHW or channels_last
+        out = _residual_target(
+            block, x, ident, torch.channels_last if is_channels_last(x)
+            else torch.contiguous_format)
         sums = out.new_empty(n, c_out)
         _channel_branch(out, x, chs, counts, fb.channel_packed(),
                         fb.stride, fb.padding, fb.dilation, sums=sums)

@@ -235,3 +235,43 @@ def test_caffe_style_is_refused_by_every_paradigm(paradigm, gran):
     x = load_coco_images(n=1, size=(64, 64))
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(net(x), ref(x)))
+
+
+def test_channel_dynamic_inference_runs_channels_last(monkeypatch):
+    """Where channel blocks run the fused kernel, the dynamic forward takes
+    its input to channels_last (the kernel then reads and writes NHWC
+    without transposing, the stem and shortcuts run oneDNN's channels_last
+    convolutions) and returns channels_last features equal to the NCHW
+    dynamic forward's and to masked-dense evaluation; the static network
+    and the other paradigms take the input as given; the policy switch
+    turns it off."""
+    from laud_mm import ops
+    from laud_mm.analysis.forced_gates import force_random_gates
+    from laud_mm.ops import policy
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm='channel', granularity=(2, 2, 2, 2),
+                     dynamic_inference=True).eval()
+    x = load_coco_images(n=2, size=(96, 128))
+    force_random_gates(net, 0.5, 2, (96, 128), seed=1)
+    cl = torch.channels_last
+    fast = ops.fast_channel_branch(x)
+    assert (net.dynamic_memory_format(x) == cl) == fast
+    with torch.no_grad():
+        out = net(x)
+        monkeypatch.setattr(policy, 'CHANNEL_CHANNELS_LAST_CPU', False)
+        assert net.dynamic_memory_format(x) == torch.contiguous_format
+        nchw = net(x)
+        monkeypatch.setattr(policy, 'CHANNEL_CHANNELS_LAST_CPU', True)
+        net.dynamic_inference = False
+        dense = net(x)
+        net.dynamic_inference = True
+        static = net.static_forward(x)
+    for a, b, c, s in zip(out, nchw, dense, static):
+        assert a.is_contiguous(memory_format=cl) == fast
+        assert b.is_contiguous() and c.is_contiguous() and s.is_contiguous()
+        scale = float(c.abs().max())
+        assert float((a - b).abs().max()) <= 1e-5 * scale
+        assert float((a - c).abs().max()) <= 1e-4 * scale
+    spatial = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1),
+                         dynamic_inference=True).eval()
+    assert spatial.dynamic_memory_format(x) == torch.contiguous_format
