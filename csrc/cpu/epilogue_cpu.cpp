@@ -20,8 +20,8 @@
 // torch's threads; each row's sum runs in one thread in a fixed order, so
 // the result does not depend on the thread count.
 //
-// In channels_last (NHWC) a channel's values are C floats apart, so
-// add_relu_mean_cpu then takes each sample in fixed chunks of kNhwcChunk
+// In channels_last (NHWC) a channel's values are C floats apart, so both
+// kernels then take each sample in fixed chunks of kNhwcChunk
 // pixels (whole rows of C channels, read and written once, in order):
 // a chunk's channel sums go to its own row of partial sums, which are
 // added up chunk by chunk afterwards, so the result again does not depend
@@ -67,11 +67,11 @@ void relu_mean_rows(float* out, const float* identity, int64_t count,
 
 constexpr int64_t kNhwcChunk = 64;
 
-// s[c] += (o[c] = relu(o[c] + a[c])) for c < C
+// s[c] += (o[c] = relu(o[c] (+ a[c]))) for c < C (a may be null)
 inline void add_relu_sum_row_generic(float* o, const float* a, int64_t C,
                                      float* s) {
   for (int64_t c = 0; c < C; ++c) {
-    o[c] = relu_of(o[c] + a[c]);
+    o[c] = relu_of(a ? o[c] + a[c] : o[c]);
     s[c] += o[c];
   }
 }
@@ -85,9 +85,9 @@ void add_relu_sum_row_avx512(float* o, const float* a, int64_t C, float* s) {
         ? static_cast<__mmask16>(0xFFFF)
         : static_cast<__mmask16>((1u << (C - c)) - 1u);
     // max(0, NaN) = NaN, max(0, -0) = -0, as relu_of
-    const __m512 v = _mm512_max_ps(
-        z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + c),
-                         _mm512_maskz_loadu_ps(m, a + c)));
+    __m512 v = _mm512_maskz_loadu_ps(m, o + c);
+    if (a) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, a + c));
+    v = _mm512_max_ps(z, v);
     _mm512_mask_storeu_ps(o + c, m, v);
     _mm512_mask_storeu_ps(
         s + c, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, s + c), v));
@@ -95,11 +95,14 @@ void add_relu_sum_row_avx512(float* o, const float* a, int64_t C, float* s) {
 }
 #endif
 
-// add_relu_mean_cpu for channels_last out and identity (N, P = H x W
-// pixels of C channels each): chunks of kNhwcChunk pixels over torch's
-// threads, then the chunks' partial sums added in chunk order.
-void add_relu_mean_nhwc(float* out, const float* identity, int64_t N,
-                        int64_t P, int64_t C, float* mean) {
+// add_relu_mean_cpu / relu_mean_rows_cpu for channels_last out and
+// identity (P = H x W pixels of C channels a sample; identity may be
+// null: no addend): samples[j] (j < N; null: j itself) of out, chunks of
+// kNhwcChunk pixels over torch's threads, then the chunks' partial sums
+// added in chunk order; mean[j] the new sample's channel means.
+void add_relu_mean_nhwc(float* out, const float* identity,
+                        const int64_t* samples, int64_t N, int64_t P,
+                        int64_t C, float* mean) {
   const bool avx512 = isa::cpu_avx512f();
   const int64_t chunks = (P + kNhwcChunk - 1) / kNhwcChunk;
   // the partial sums: the calling thread's buffer, reused between calls
@@ -109,19 +112,21 @@ void add_relu_mean_nhwc(float* out, const float* identity, int64_t N,
   float* part = part_buf.data();
   at::parallel_for(0, N * chunks, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / chunks, p0 = (i % chunks) * kNhwcChunk;
+      const int64_t j = i / chunks, p0 = (i % chunks) * kNhwcChunk;
+      const int64_t n = samples ? samples[j] : j;
       const int64_t p1 = std::min(P, p0 + kNhwcChunk);
       float* s = part + i * C;
       std::fill(s, s + C, 0.f);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t off = (n * P + p) * C;
+        const float* a = identity ? identity + off : nullptr;
 #ifdef LAUD_X86
         if (avx512) {
-          add_relu_sum_row_avx512(out + off, identity + off, C, s);
+          add_relu_sum_row_avx512(out + off, a, C, s);
           continue;
         }
 #endif
-        add_relu_sum_row_generic(out + off, identity + off, C, s);
+        add_relu_sum_row_generic(out + off, a, C, s);
       }
     }
   });
@@ -166,8 +171,8 @@ at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity) {
   at::Tensor mean = at::empty({N, C}, out.options());
   if (N * C == 0) return mean;
   if (nhwc) {
-    add_relu_mean_nhwc(out.data_ptr<float>(), identity.data_ptr<float>(), N,
-                       HW, C, mean.data_ptr<float>());
+    add_relu_mean_nhwc(out.data_ptr<float>(), identity.data_ptr<float>(),
+                       nullptr, N, HW, C, mean.data_ptr<float>());
     return mean;
   }
   relu_mean_rows(out.data_ptr<float>(), identity.data_ptr<float>(), N * C,
@@ -177,10 +182,13 @@ at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity) {
 }
 
 at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows) {
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() &&
-                  out.device().is_cpu() && out.dim() == 4,
-              "relu_mean_rows: out must be a contiguous float32 CPU "
-              "(N, C, H, W) tensor");
+  const bool nhwc = out.dim() == 4 && !out.is_contiguous() &&
+                    out.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(out.scalar_type() == at::kFloat &&
+                  (nhwc || out.is_contiguous()) && out.device().is_cpu() &&
+                  out.dim() == 4,
+              "relu_mean_rows: out must be a contiguous or channels_last "
+              "float32 CPU (N, C, H, W) tensor");
   TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1 &&
                   rows.is_contiguous() && rows.device().is_cpu(),
               "relu_mean_rows: rows must be a contiguous int64 (n,) CPU "
@@ -193,6 +201,11 @@ at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows) {
                 " = ", rp[j], " outside [0, ", N, ")");
   at::Tensor mean = at::empty({n, C}, out.options());
   if (n * C == 0) return mean;
+  if (nhwc) {
+    add_relu_mean_nhwc(out.data_ptr<float>(), nullptr, rp, n, HW, C,
+                       mean.data_ptr<float>());
+    return mean;
+  }
   relu_mean_rows(out.data_ptr<float>(), nullptr, n * C, HW,
                  [rp, C, HW](int64_t r) { return (rp[r / C] * C + r % C) * HW; },
                  mean.data_ptr<float>());

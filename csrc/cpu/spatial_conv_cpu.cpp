@@ -33,6 +33,10 @@
 // pixels to a small pixel-major buffer that one pass adds into out's
 // channel rows (8 x 8 in-register transposes, runs of 8 / 4 adjacent pixels
 // as 256- / 128-bit moves, shorter runs (S = 1, 2) per pixel).
+// x, identity and out may instead all be channels_last (NHWC): conv1's
+// tiles then read x's pixel rows in place and conv3's rows are added into
+// out's pixel rows with plain vector adds, the same sums in the same
+// order, so out holds the NCHW result bit for bit.
 //
 // Threads (partition.h): two phases over the whole batch, each cut into
 // one contiguous range of pixels per thread of the intra-op pool:
@@ -74,6 +78,9 @@ using namespace tile;
 
 struct SpatialGeometry {
   int64_t n, c_in, h, w, width, c_out, ho, wo, stride, dil, S, gh, gw;
+  // x, identity and out channels_last (NHWC): a pixel's channels
+  // contiguous, as the tiles read and write them (no transposition)
+  bool nhwc = false;
   int64_t hp() const { return h + 2 * dil; }
   int64_t wpx() const { return w + 2 * dil; }
 };
@@ -156,7 +163,47 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
     }
   }
 }
+
+// The channels_last epilogue: out[poff[p] + l] = relu(ident[poff[p] + l] +
+// tmp[p][l] + bias[l]) for p < count, l < wdt (a multiple of 16); poff
+// holds the pixels' row offsets (pixel x C_out), out and ident start at
+// the panel's first channel. The same arithmetic as
+// add_relu_scattered_avx2 (ident + (tmp + bias)), so the values equal the
+// NCHW ones bit for bit.
+LAUD_TARGET("avx512f") void add_relu_rows_scattered_avx512(
+    const float* tmp, const int64_t* poff, int64_t count, int wdt,
+    const float* bias, const float* ident, float* out) {
+  const __m512 zero = _mm512_setzero_ps();
+  const int nv = wdt / 16;
+  __m512 b[kPanel / 16];
+  for (int v = 0; v < nv; ++v) b[v] = _mm512_loadu_ps(bias + 16 * v);
+  for (int64_t p = 0; p < count; ++p) {
+    const float* id = ident + poff[p];
+    float* o = out + poff[p];
+    const float* t = tmp + p * kPanel;
+    for (int v = 0; v < nv; ++v) {
+      const __m512 c = _mm512_add_ps(_mm512_loadu_ps(t + 16 * v), b[v]);
+      // max(0, v): NaN stays NaN, as relu_of
+      _mm512_storeu_ps(o + 16 * v, _mm512_max_ps(zero, _mm512_add_ps(
+                                       _mm512_loadu_ps(id + 16 * v), c)));
+    }
+  }
+}
 #endif
+
+// The same without AVX-512, with add_relu_scattered_generic's arithmetic
+// ((ident + tmp) + bias).
+void add_relu_rows_scattered_generic(const float* tmp, const int64_t* poff,
+                                     int64_t count, int wdt,
+                                     const float* bias, const float* ident,
+                                     float* out) {
+  for (int64_t p = 0; p < count; ++p) {
+    const float* id = ident + poff[p];
+    float* o = out + poff[p];
+    for (int l = 0; l < wdt; ++l)
+      o[l] = relu_of(id[l] + tmp[p * kPanel + l] + bias[l]);
+  }
+}
 
 struct Weights {
   const float *w1p, *b1, *w2p, *b2, *w3p, *b3;
@@ -313,7 +360,8 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       x0 += skip;
       skip = 0;
       for (int64_t ixx = x0; ixx < x1 && k < m; ++ixx, ++k) {
-        xo[k] = n * g.c_in * plane_in + iy * g.w + ixx;
+        xo[k] = g.nhwc ? (n * plane_in + iy * g.w + ixx) * g.c_in
+                       : n * g.c_in * plane_in + iy * g.w + ixx;
         hof[k] = n * h1_stride + ((iy + d) * wpx + ixx + d) * width;
       }
     }
@@ -327,8 +375,10 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   // Otherwise the tiles read x's NCHW rows in place (with one panel block
   // they read it once anyway: transposing the short runs of 56 x 56 maps
   // cost more than it saved, docs/benchmark_history.md, eleventh round).
-  const bool pixel_major =
-      width > kPanel && pixel_major_input(avx512, plane_in, g.c_in, m);
+  // (In NHWC the tiles read x's pixel rows in place, the layout those
+  // chunks have.)
+  const bool pixel_major = !g.nhwc && width > kPanel &&
+                           pixel_major_input(avx512, plane_in, g.c_in, m);
   const int64_t chunk = pixel_major ? pixel_major_chunk(g.c_in) : m;
   thread_local std::vector<float> xt_buf;
   float* xt = pixel_major ? scratch(xt_buf, static_cast<size_t>(
@@ -337,7 +387,7 @@ void conv1_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   if (aoff_buf.size() < static_cast<size_t>(g.c_in)) aoff_buf.resize(g.c_in);
   int64_t* aoff = aoff_buf.data();
   for (int64_t c = 0; c < g.c_in; ++c)
-    aoff[c] = pixel_major ? c : c * plane_in;
+    aoff[c] = pixel_major || g.nhwc ? c : c * plane_in;
   const float* a[kRows];
   float* y[kRows];
   for (int64_t c0 = 0; c0 < m; c0 += chunk) {
@@ -423,7 +473,8 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       const int64_t pw = std::min(g.wo, gj * S + S) - gj * S;
       const int64_t yo = gi * S + off / pw, xo = gj * S + off % pw;
       hoff[k] = n * h1_stride + ((yo * st) * wpx + xo * st) * width;
-      poff[k] = n * g.c_out * plane_out + yo * g.wo + xo;
+      poff[k] = g.nhwc ? (n * plane_out + yo * g.wo + xo) * g.c_out
+                       : n * g.c_out * plane_out + yo * g.wo + xo;
       ++off;
     }
     // ---- conv2: A = h1 (nine shifted taps), K = 9 width
@@ -443,8 +494,9 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       }
     }
     // ---- conv3 per 64-channel panel into tmp, added into out
-    for (int64_t p0 = 0; p0 < m; p0 += 8)
-      kinds[p0 / 8] = run_kind(poff + p0, m - p0);
+    if (!g.nhwc)
+      for (int64_t p0 = 0; p0 < m; p0 += 8)
+        kinds[p0 / 8] = run_kind(poff + p0, m - p0);
     for (int64_t c = 0; c < width; ++c) aoff[c] = c;
     for (int64_t j0 = 0; j0 < g.c_out; j0 += kPanel) {
       const int wdt =
@@ -456,6 +508,18 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
         for (int i = 0; i < r7; ++i) a[i] = h2 + (p0 + i) * width;
         pick<kTile>(r7, nv, avx512)(a, aoff, pj, width, nullptr, y,
                                     tmp + p0 * kPanel);
+      }
+      if (g.nhwc) {
+#ifdef LAUD_X86
+        if (avx512) {
+          add_relu_rows_scattered_avx512(tmp, poff, m, wdt, wt.b3 + j0,
+                                         ident + j0, out + j0);
+          continue;
+        }
+#endif
+        add_relu_rows_scattered_generic(tmp, poff, m, wdt, wt.b3 + j0,
+                                        ident + j0, out + j0);
+        continue;
       }
 #ifdef LAUD_X86
       if (avx512) {  // AVX-512F implies AVX2
@@ -513,16 +577,29 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  int64_t stride, int64_t dilation,
                                  bool identity_nonneg, bool force_generic) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{
-           &out, &x, &identity, &w1p, &b1, &w2p, &b2, &w3p, &b3})
+           &w1p, &b1, &w2p, &b2, &w3p, &b3})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "spatial_branch_add_relu: float32 contiguous tensors only");
   TORCH_CHECK(x.dim() == 4 && out.dim() == 4 && identity.dim() == 4,
               "x, identity and out must be 4-D");
   TORCH_CHECK(identity.sizes() == out.sizes(),
               "identity and out must have the same shape");
-  const SpatialGeometry g =
+  // NCHW, or channels_last for x, identity and out (a tensor that is both,
+  // one pixel or one channel, counts as NCHW; identity and out then follow
+  // x's layout)
+  const bool nhwc = !x.is_contiguous() &&
+                    x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast
+                        : at::MemoryFormat::Contiguous;
+  for (const at::Tensor* t :
+       std::initializer_list<const at::Tensor*>{&out, &x, &identity})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(fmt),
+                "spatial_branch_add_relu: x, identity and out must be "
+                "float32, all contiguous or all channels_last");
+  SpatialGeometry g =
       geometry(x.size(0), x.size(1), x.size(2), x.size(3), b1.size(0),
                out.size(1), S, stride, dilation);
+  g.nhwc = nhwc;
   TORCH_CHECK(out.size(0) == g.n, "out must have x's batch size");
   TORCH_CHECK(g.width % kLanes == 0 && g.c_out % kLanes == 0,
               "width and C_out must be multiples of 16");

@@ -35,6 +35,11 @@
 //   other, in address order, with the same per-pixel sums
 //   (add_relu_accumulate4_inorder_avx512).
 //
+// Both take channels_last (NHWC) tensors too: a pixel's logit is then the
+// dot product of its channel row with w, read in place (row_dot_*), in
+// another summation order than NCHW's, and the add_relu pass's logits
+// again equal the plain pass's over its new out bit for bit.
+//
 // Source: LAUDNet paper sec. 3.1 (spatial masker), sec. 3.4 (operator
 // fusion: "Fusing the masker and the first convolution", "Fusing scatter
 // and add"); Python API in laud_mm/ops/spatial_logit.py.
@@ -227,16 +232,16 @@ void add_relu_accumulate4_inorder_avx512(float* acc, float* o0,
 #endif
 
 // The pass both kernels share: work items (sample, band of cell rows) over
-// torch's threads; channels(acc, n, c, xs_off, len, first) adds channels
-// c (4, or 1 at the tail: `four`) of sample n, input rows from the band's
-// first row (element offset xs_off within the channel), into acc; then acc
-// is pooled into the band's cells, + bias. disjoint_rows: bands may not
+// torch's threads; fill(acc, n, xs_off, len) writes into acc the logit of
+// each of the band's len pixels of sample n, from the band's first pixel
+// (pixel offset xs_off within the map) (nchw_fill: channel by channel);
+// then acc is pooled into the band's cells, + bias. disjoint_rows: bands may not
 // share an input row (a pass that writes its input in place); when the
 // cells' rows overlap (gh does not divide H) a sample is then one band.
-template <typename Channels>
-void logit_pool_pass(int64_t N, int64_t C, int64_t H, int64_t W, int64_t gh,
+template <typename Fill>
+void logit_pool_pass(int64_t N, int64_t H, int64_t W, int64_t gh,
                      int64_t gw, float bias, float* op, bool disjoint_rows,
-                     Channels channels) {
+                     Fill fill) {
   // bands of cell rows per sample: whole samples (x[n] read in address
   // order) when the batch alone gives every thread two, else as many as
   // that takes, at most one cell row each
@@ -259,9 +264,7 @@ void logit_pool_pass(int64_t N, int64_t C, int64_t H, int64_t W, int64_t gh,
       const int64_t r0 = (i0 * H) / gh, r1 = (i1 * H + gh - 1) / gh;
       const int64_t len = (r1 - r0) * W;
       float* a = acc.data();
-      int64_t c = 0;
-      for (; c + 4 <= C; c += 4) channels(a, n, c, r0 * W, len, true, c == 0);
-      for (; c < C; ++c) channels(a, n, c, r0 * W, len, false, c == 0);
+      fill(a, n, r0 * W, len);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t y0 = (i * H) / gh, y1 = ((i + 1) * H + gh - 1) / gh;
         for (int64_t j = 0; j < gw; ++j) {
@@ -275,6 +278,74 @@ void logit_pool_pass(int64_t N, int64_t C, int64_t H, int64_t W, int64_t gh,
       }
     }
   });
+}
+
+// The NCHW fill of logit_pool_pass: channels(acc, n, c, off, len, four,
+// first) adds channels c (4, or 1 at the tail: `four`) of sample n into
+// acc, channel groups in order.
+template <typename Channels>
+auto nchw_fill(int64_t C, Channels channels) {
+  return [=](float* a, int64_t n, int64_t off, int64_t len) {
+    int64_t c = 0;
+    for (; c + 4 <= C; c += 4) channels(a, n, c, off, len, true, c == 0);
+    for (; c < C; ++c) channels(a, n, c, off, len, false, c == 0);
+  };
+}
+
+// The channels_last fills: a pixel's logit is the dot product of its row
+// of C channels with w (x_row read in place), in 16-lane partial sums
+// then one reduction with AVX-512, left to right otherwise. The add_relu
+// variant first writes o = relu(o + i) over the row and takes the dot
+// product of the values written, so its logits equal the plain pass over
+// the new o bit for bit.
+inline float row_dot_generic(const float* x, const float* w, int64_t C) {
+  float s = 0.f;
+  for (int64_t c = 0; c < C; ++c) s += w[c] * x[c];
+  return s;
+}
+
+inline float add_relu_row_dot_generic(float* o, const float* i,
+                                      const float* w, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) o[c] = relu_of(o[c] + i[c]);
+  return row_dot_generic(o, w, C);
+}
+
+#ifdef LAUD_X86
+LAUD_TARGET("avx512f")
+float row_dot_avx512(const float* x, const float* w, int64_t C) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = C - c >= 16
+        ? static_cast<__mmask16>(0xFFFF)
+        : static_cast<__mmask16>((1u << (C - c)) - 1u);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + c),
+                          _mm512_maskz_loadu_ps(m, x + c), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+LAUD_TARGET("avx512f")
+float add_relu_row_dot_avx512(float* o, const float* i, const float* w,
+                              int64_t C) {
+  const __m512 z = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = C - c >= 16
+        ? static_cast<__mmask16>(0xFFFF)
+        : static_cast<__mmask16>((1u << (C - c)) - 1u);
+    // max(0, NaN) = NaN, as relu_of
+    _mm512_mask_storeu_ps(
+        o + c, m, _mm512_max_ps(z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + c),
+                                                 _mm512_maskz_loadu_ps(m, i + c))));
+  }
+  return row_dot_avx512(o, w, C);
+}
+#endif
+
+// whether x is channels_last and not also NCHW-contiguous (one pixel or
+// one channel: both, taken as NCHW)
+inline bool nhwc_of(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 // the argument checks both kernels share
@@ -295,10 +366,12 @@ void check_logit_args(const char* op, const at::Tensor& x,
 
 at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
                                   double b, int64_t gh, int64_t gw) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() &&
-                  x.device().is_cpu() && x.dim() == 4,
-              "spatial_logit_pool: x must be a contiguous float32 CPU "
-              "(N, C, H, W) tensor");
+  const bool nhwc = nhwc_of(x);
+  TORCH_CHECK(x.scalar_type() == at::kFloat &&
+                  (nhwc || x.is_contiguous()) && x.device().is_cpu() &&
+                  x.dim() == 4,
+              "spatial_logit_pool: x must be a contiguous or channels_last "
+              "float32 CPU (N, C, H, W) tensor");
   check_logit_args("spatial_logit_pool", x, w, gh, gw);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   at::Tensor out = at::empty({N, gh, gw}, x.options());
@@ -307,10 +380,27 @@ at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const bool avx512 = isa::cpu_avx512f();
+  if (nhwc) {
+    logit_pool_pass(
+        N, H, W, gh, gw, static_cast<float>(b), out.data_ptr<float>(), false,
+        [=](float* a, int64_t n, int64_t off, int64_t len) {
+          const float* xs = xp + (n * HW + off) * C;
+          for (int64_t p = 0; p < len; ++p) {
+#ifdef LAUD_X86
+            if (avx512) {
+              a[p] = row_dot_avx512(xs + p * C, wp, C);
+              continue;
+            }
+#endif
+            a[p] = row_dot_generic(xs + p * C, wp, C);
+          }
+        });
+    return out;
+  }
   logit_pool_pass(
-      N, C, H, W, gh, gw, static_cast<float>(b), out.data_ptr<float>(),
-      false, [=](float* a, int64_t n, int64_t c, int64_t off, int64_t len,
-          bool four, bool first) {
+      N, H, W, gh, gw, static_cast<float>(b), out.data_ptr<float>(), false,
+      nchw_fill(C, [=](float* a, int64_t n, int64_t c, int64_t off,
+                       int64_t len, bool four, bool first) {
         const float* xs = xp + (n * C + c) * HW + off;
         if (!four) return accumulate1(a, xs, wp[c], len, first);
 #ifdef LAUD_X86
@@ -318,19 +408,23 @@ at::Tensor spatial_logit_pool_cpu(const at::Tensor& x, const at::Tensor& w,
 #endif
         (void)avx512;
         accumulate4(a, xs, HW, wp + c, len, first);
-      });
+      }));
   return out;
 }
 
 at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
                                    const at::Tensor& w, double b, int64_t gh,
                                    int64_t gw) {
+  const bool nhwc = nhwc_of(out);
+  const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast
+                        : at::MemoryFormat::Contiguous;
   for (const at::Tensor* t :
        std::initializer_list<const at::Tensor*>{&out, &identity})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(fmt) &&
                     t->device().is_cpu() && t->dim() == 4,
-                "add_relu_logit_pool: out and identity must be contiguous "
-                "float32 CPU (N, C, H, W) tensors");
+                "add_relu_logit_pool: out and identity must be float32 CPU "
+                "(N, C, H, W) tensors, both contiguous or both "
+                "channels_last");
   TORCH_CHECK(out.sizes() == identity.sizes(), "add_relu_logit_pool: out ",
               out.sizes(), " and identity ", identity.sizes(),
               " differ in shape");
@@ -349,10 +443,29 @@ at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
   const float* ip = identity.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const bool avx512 = isa::cpu_avx512f();
+  if (nhwc) {
+    logit_pool_pass(
+        N, H, W, gh, gw, static_cast<float>(b), logit.data_ptr<float>(), true,
+        [=](float* a, int64_t n, int64_t off, int64_t len) {
+          const int64_t at = (n * HW + off) * C;
+          for (int64_t p = 0; p < len; ++p) {
+#ifdef LAUD_X86
+            if (avx512) {
+              a[p] = add_relu_row_dot_avx512(o + at + p * C, ip + at + p * C,
+                                             wp, C);
+              continue;
+            }
+#endif
+            a[p] = add_relu_row_dot_generic(o + at + p * C, ip + at + p * C,
+                                            wp, C);
+          }
+        });
+    return logit;
+  }
   logit_pool_pass(
-      N, C, H, W, gh, gw, static_cast<float>(b), logit.data_ptr<float>(),
-      true, [=](float* a, int64_t n, int64_t c, int64_t off, int64_t len,
-          bool four, bool first) {
+      N, H, W, gh, gw, static_cast<float>(b), logit.data_ptr<float>(), true,
+      nchw_fill(C, [=](float* a, int64_t n, int64_t c, int64_t off,
+                       int64_t len, bool four, bool first) {
         const int64_t at = (n * C + c) * HW + off;
         if (!four)
           return add_relu_accumulate1(a, o + at, ip + at, wp[c], len, first);
@@ -368,7 +481,7 @@ at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
 #endif
         (void)avx512;
         add_relu_accumulate4(a, o + at, ip + at, HW, wp + c, len, first);
-      });
+      }));
   return logit;
 }
 

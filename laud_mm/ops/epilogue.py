@@ -18,8 +18,8 @@ globally), sec. 3.4 (operator fusion: "Fusing scatter and add").
 """
 import torch
 
-from .dispatch import (check_float32_cpu, extension, same_layout,
-                       use_kernels)
+from .dispatch import (check_float32_cpu, extension, is_channels_last,
+                       same_layout, use_kernels)
 
 
 def add_relu_mean_(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -129,12 +129,13 @@ def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def _relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """:func:`relu_mean_rows_` without argument checks (internal): the
-    compiled kernel for a contiguous float32 CPU ``out``, else the
-    reference."""
+    compiled kernel for a contiguous or channels_last float32 CPU ``out``,
+    else the reference."""
     ext = extension()
     if ext is not None and hasattr(ext, 'relu_mean_rows') and \
             out.device.type == 'cpu' and use_kernels(out) and \
-            out.dtype == torch.float32 and out.is_contiguous():
+            out.dtype == torch.float32 and \
+            (out.is_contiguous() or is_channels_last(out)):
         return ext.relu_mean_rows(out, rows.contiguous())
     return relu_mean_rows_reference(out, rows)
 

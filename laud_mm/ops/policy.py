@@ -134,16 +134,20 @@ CHANNEL_BLOCKED_MAX_OUT_PIXELS = 49
 #: kernel's kColUnits, which the latency model follows;
 #: docs/benchmark_history.md, twentieth round)
 CHANNEL_COLUMN_UNITS = 4
-#: where channel blocks run the fused kernel (:data:`CHANNEL_FUSED_CPU`), a
-#: LAUD-ResNet with channel skipping runs its dynamic forward in
-#: channels_last: the kernel reads x and writes the output in place in
-#: NHWC, its tiles' own layout (no transposition of conv1's input, no
-#: transposed epilogue), and the stem, the downsample shortcuts and the
-#: blocks that compute densely run oneDNN's channels_last convolutions, the
-#: faster format of the static network on large maps with several threads
-#: (docs/benchmarks.md, "Channel skipping in channels_last"); the
+
+# ----------------------------------------------------------- memory format
+#: where a LAUD-ResNet's blocks run the fused CPU kernels (channel blocks
+#: :data:`CHANNEL_FUSED_CPU`, spatial blocks :data:`SPATIAL_FUSED_CPU`,
+#: layer blocks :data:`LAYER_FUSED_CPU`: AVX-512), its dynamic forward runs
+#: in channels_last: the kernels read x and write the output in place in
+#: NHWC, their tiles' own layout (no transposition of conv1's input, no
+#: transposed epilogue), the maskers' logit and pooling kernels read it in
+#: place, and the stem, the downsample shortcuts and the blocks that
+#: compute densely run oneDNN's channels_last convolutions, the faster
+#: format of the static network on large maps with several threads
+#: (docs/benchmarks.md, "The dynamic path in channels_last"); the
 #: backbone's outputs are then channels_last (same values)
-CHANNEL_CHANNELS_LAST_CPU = True
+CHANNELS_LAST_CPU = True
 
 
 def fused_cpu_threads() -> bool:

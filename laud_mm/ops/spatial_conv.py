@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .channel_conv import channel_branch_isa
-from .dispatch import check_float32_cpu, extension, use_kernels
+from .dispatch import (check_float32_cpu, extension, is_channels_last,
+                       use_kernels)
 from .panels import pack_panels, unpack_panels
 
 
@@ -137,7 +138,9 @@ def spatial_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
     Args:
         out: (N, C_out, Ho, Wo) output; may be ``identity`` itself (in
             place). Ho = (H - 1) // stride + 1 (conv2 padded by dilation).
-        x: (N, C_in, H, W) block input.
+        x: (N, C_in, H, W) block input, NCHW or channels_last (the kernel
+            reads x and writes out in place in that layout when out has
+            it too; otherwise the PyTorch reference runs).
         identity: (N, C_out, Ho, Wo) shortcut (x itself or the downsample
             output).
         idx: (P, 3) int64 active patches (sample, patch row, patch column),
@@ -177,11 +180,15 @@ def _spatial_branch(out, x, identity, idx, packed, s, stride, dilation,
     itself (the layer path: its skipped samples' rows). For the kernel
     that is what ``identity_nonneg`` does without the sign condition."""
     ext = extension()
+    # the kernel runs NCHW, or channels_last when x and out both are
+    fmt = torch.channels_last if is_channels_last(x) else \
+        torch.contiguous_format
     if ext is not None and hasattr(ext, 'spatial_branch_add_relu') and \
             use_kernels(x) and packed[1].shape[0] % 16 == 0 and \
-            out.shape[1] % 16 == 0 and out.is_contiguous():
+            out.shape[1] % 16 == 0 and out.is_contiguous(memory_format=fmt):
         # identity.contiguous() is out itself when the call is in place
-        tensors = [t.contiguous() for t in (x, identity, idx) + tuple(packed)]
+        tensors = [t.contiguous(memory_format=fmt) for t in (x, identity)] + \
+            [t.contiguous() for t in (idx,) + tuple(packed)]
         ext.spatial_branch_add_relu(out, *tensors, s, stride, dilation,
                                     identity_nonneg or leave_inactive)
         return out

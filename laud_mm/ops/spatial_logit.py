@@ -35,7 +35,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import check_float32_cpu, extension, is_autocast, use_kernels
+from .dispatch import (check_float32_cpu, extension, is_autocast,
+                       is_channels_last, same_layout, use_kernels)
 from .epilogue import check_epilogue_args
 
 
@@ -81,13 +82,15 @@ def spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
 def _spatial_logit_pool(x: torch.Tensor, w: torch.Tensor, b: float,
                         grid: Tuple[int, int]) -> torch.Tensor:
     """:func:`spatial_logit_pool` without argument checks (internal): the
-    compiled kernel when built and x, w are contiguous float32 CPU tensors
-    outside autocast, else the reference (any device, dtype, autocast)."""
+    compiled kernel when built and x (contiguous or channels_last), w
+    (contiguous) are float32 CPU tensors outside autocast, else the
+    reference (any device, dtype, autocast)."""
     ext = extension()
     if ext is not None and hasattr(ext, 'spatial_logit_pool') and \
             x.device.type == 'cpu' and use_kernels(x) and \
             not is_autocast(x) and \
-            x.dtype == w.dtype == torch.float32 and x.is_contiguous() and \
+            x.dtype == w.dtype == torch.float32 and \
+            (x.is_contiguous() or is_channels_last(x)) and \
             w.is_contiguous():
         return ext.spatial_logit_pool(x, w, b, grid[0], grid[1])
     return spatial_logit_pool_reference(x, w, b, grid)
@@ -99,13 +102,17 @@ def spatial_logit_pool_reference(x: torch.Tensor, w: torch.Tensor, b: float,
     to float rounding; no argument checks), on any device and dtype: the
     one-channel 1x1 convolution as a GEMV over the channels (a convolution
     with one output channel runs 7 - 10x slower in oneDNN with 2 threads
-    than with 1), then ``F.adaptive_avg_pool2d``; under autocast (or for a
-    non-contiguous x) the convolution itself, which autocast runs in the
+    than with 1; of its pixel rows for a channels_last x), then
+    ``F.adaptive_avg_pool2d``; under autocast (or for another layout) the
+    convolution itself, which autocast runs in the
     masked-dense masker's precision."""
     n, c, h, wd = x.shape
     if x.is_contiguous() and not is_autocast(x):
         y = torch.matmul(w.view(1, c).to(x.dtype), x.view(n, c, h * wd))
         y = y.add_(b).view(n, 1, h, wd)
+    elif is_channels_last(x) and not is_autocast(x):  # (N, H, W, C) rows
+        y = torch.matmul(x.permute(0, 2, 3, 1), w.to(x.dtype))
+        y = y.add_(b).unsqueeze(1)
     else:
         y = F.conv2d(x, w.view(1, c, 1, 1).to(x.dtype),
                      x.new_full((1,), b))
@@ -131,7 +138,8 @@ def add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
     Returns:
         (N, gh, gw) float32 logit differences of the new ``out``.
 
-    Non-contiguous tensors run the reference
+    ``out`` and ``identity`` both contiguous or both channels_last run
+    the compiled kernel, other layouts the reference
     (:func:`add_relu_logit_pool_reference`).
 
     Raises:
@@ -150,15 +158,16 @@ def add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
 def fast_add_relu_logit_pool(out: torch.Tensor, layout: bool = True
                              ) -> bool:
     """Whether :func:`add_relu_logit_pool_` runs the compiled one-pass
-    kernel for an output like ``out`` (a contiguous float32 CPU tensor
-    outside autocast, the kernel built and the backend not forced to
+    kernel for an output like ``out`` (a contiguous or channels_last
+    float32 CPU tensor outside autocast, the kernel built and the backend not forced to
     'pytorch'); elsewhere it runs the reference, a second read of the
     output, which a dense block should not pay for its successor.
 
     Args:
         out: the (N, C, H, W) block output to be, or (``layout=False``)
             any tensor of its dtype and device.
-        layout: also require ``out`` contiguous; False: dtype, device,
+        layout: also require ``out`` contiguous or channels_last; False:
+            dtype, device,
             autocast and backend only (a decision made before the output
             exists, its layout checked when it does).
 
@@ -167,7 +176,8 @@ def fast_add_relu_logit_pool(out: torch.Tensor, layout: bool = True
         fusion).
     """
     return (out.device.type == 'cpu' and out.dtype == torch.float32 and
-            (not layout or out.is_contiguous()) and not is_autocast(out)
+            (not layout or out.is_contiguous() or is_channels_last(out))
+            and not is_autocast(out)
             and use_kernels(out) and
             hasattr(extension(), 'add_relu_logit_pool'))
 
@@ -177,10 +187,11 @@ def _add_relu_logit_pool_(out: torch.Tensor, identity: torch.Tensor,
                           ) -> torch.Tensor:
     """:func:`add_relu_logit_pool_` without argument checks (internal): the
     compiled kernel where :func:`fast_add_relu_logit_pool` says it runs
-    and identity, w are contiguous float32 too, else the reference."""
+    and identity (in out's layout), w (contiguous) are float32 too, else
+    the reference."""
     if fast_add_relu_logit_pool(out) and \
             identity.dtype == w.dtype == torch.float32 and \
-            identity.is_contiguous() and w.is_contiguous():
+            same_layout(out, identity) and w.is_contiguous():
         return extension().add_relu_logit_pool(out, identity, w, b, grid[0],
                                                grid[1])
     return add_relu_logit_pool_reference(out, identity, w, b, grid)

@@ -1661,8 +1661,63 @@ def test_cpu_isa_switch():
     assert "LAUD_MM_CPU_ISA=avx9000 is not 'auto' or 'generic'" in bad.stderr
 
 
+@needs_ext
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride,dil,density', [
+    (3, 40, 32, 64, 13, 11, 4, 1, 1, 0.5),   # S = 4, edge patches
+    (2, 24, 16, 32, 9, 6, 2, 2, 1, 0.6),     # stride 2
+    (2, 16, 32, 80, 10, 9, 1, 1, 2, 0.3),    # dilation 2, S = 1, 64 + 16
+    (2, 2100, 80, 32, 16, 14, 4, 1, 1, 0.5),  # NCHW: pixel-major chunks
+    (2, 16, 32, 32, 40, 40, 4, 1, 1, 0.6),   # ranges of 8-pixel blocks
+    (5, 64, 16, 64, 7, 7, 7, 1, 1, 0.6),     # a patch per sample (layer)
+])
+def test_spatial_branch_channels_last_equals_nchw(n, c_in, width, c_out, h,
+                                                  w, s, stride, dil,
+                                                  density):
+    """x, identity and out channels_last: the fused spatial kernel reads x's
+    pixel rows and writes out's in place and returns the NCHW result bit
+    for bit, out of place, in place and in place over a non-negative
+    identity, at 1 - 3 threads, AVX-512 and generic tiles; a mixed layout
+    is refused by the extension and computed by the Python API."""
+    from laud_mm.ops import spatial_branch_add_relu
+    x, ident, idx, packed, dense, _ = _spatial_case(
+        13, n, c_in, width, c_out, h, w, s, stride, dil, density)
+    cl = torch.channels_last
+    nonneg = ident.relu()
+    ext = ops.extension()
+
+    def run(xx, idn, nn_, generic):
+        a = torch.empty_like(idn)
+        ext.spatial_branch_add_relu(a, xx, idn, idx, *packed, s, stride,
+                                    dil, False, generic)
+        b = idn.clone()
+        ext.spatial_branch_add_relu(b, xx, b, idx, *packed, s, stride, dil,
+                                    False, generic)
+        c = nn_.clone()
+        ext.spatial_branch_add_relu(c, xx, c, idx, *packed, s, stride, dil,
+                                    True, generic)
+        return a, b, c
+    lay = [t.contiguous(memory_format=cl) for t in (x, ident, nonneg)]
+    for generic in (False, True):
+        for threads in (1, 2, 3):
+            ref = _with_threads(threads, lambda: run(x, ident, nonneg,
+                                                     generic))
+            got = _with_threads(threads, lambda: run(*lay, generic))
+            for u, v in zip(ref, got):
+                assert v.is_contiguous(memory_format=cl)
+                assert torch.equal(u, v), (generic, threads)
+            assert (got[0] - dense).abs().max() <= 1e-5
+    with pytest.raises(RuntimeError, match='all channels_last'):
+        ext.spatial_branch_add_relu(torch.empty_like(ident), lay[0], ident,
+                                    idx, *packed, s, stride, dil, False,
+                                    False)
+    o = torch.empty_like(ident)
+    spatial_branch_add_relu(o, lay[0], ident, idx, *packed, s, stride, dil)
+    assert (o - dense).abs().max() <= 1e-5
+
+
 # ------------------------------------------------------ spatial masker logit
 @pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('layout', ['NCHW', 'channels_last'])
 @pytest.mark.parametrize('n,c,h,w,grid', [
     (8, 64, 56, 56, (14, 14)),   # R50 s1, S = 4: whole samples per thread
     (1, 37, 23, 19, (6, 5)),     # batch 1: bands of cell rows; C % 4 != 0
@@ -1670,15 +1725,18 @@ def test_cpu_isa_switch():
     (2, 5, 7, 7, (7, 7)),        # S = 1: a cell per pixel
     (1, 3, 9, 11, (1, 1)),       # one cell: the global mean
 ])
-def test_spatial_logit_pool_equals_masker_module_order(backend, n, c, h, w,
-                                                       grid):
+def test_spatial_logit_pool_equals_masker_module_order(backend, layout, n,
+                                                       c, h, w, grid):
     """The spatial masker's keep - skip logit difference on the patch grid
     in one pass over x equals the masker module's order (adaptive average
     pool of every channel, then the 1x1 conv) to fp32 rounding, on the
-    compiled kernel and the reference, and does not depend on the thread
-    count (bit for bit)."""
+    compiled kernel and the reference, x in NCHW or channels_last (read in
+    place: a dot product per pixel row), and the kernel's (and the NCHW
+    reference's) does not depend on the thread count (bit for bit)."""
     g = torch.Generator().manual_seed(n * 100 + c)
     x = torch.randn(n, c, h, w, generator=g)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
     wt = torch.randn(c, generator=g) / c ** 0.5
     b = 0.37
     ref = F.conv2d(F.adaptive_avg_pool2d(x, grid), wt.view(1, c, 1, 1),
@@ -1694,7 +1752,10 @@ def test_spatial_logit_pool_equals_masker_module_order(backend, n, c, h, w,
         torch.set_num_threads(prev)
     assert outs[0].shape == (n, *grid) and outs[0].dtype == torch.float32
     assert (outs[0] - ref).abs().max() <= 1e-5 * max(1., ref.abs().max())
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    if backend == 'cpp' or layout == 'NCHW':  # (the reference's GEMV over
+        # channels_last rows splits its sums by the thread count)
+        assert torch.equal(outs[0], outs[1]) and \
+            torch.equal(outs[0], outs[2])
 
 
 def test_spatial_logit_pool_errors():
@@ -1720,8 +1781,9 @@ def test_spatial_logit_pool_errors():
     (1, 8, 13, 17, (4, 5)),      # cells share rows: one band per sample
     (2, 5, 7, 7, (7, 7)),        # S = 1
 ])
+@pytest.mark.parametrize('layout', ['NCHW', 'channels_last'])
 def test_add_relu_logit_pool_is_the_epilogue_then_the_logit_pool(
-        backend, n, c, h, w, grid):
+        backend, n, c, h, w, grid, layout):
     """out = relu(out + identity) in place and the next spatial masker's
     logits in one pass: the output equals add_ / relu_ bit for bit (NaN
     kept), and the logits equal spatial_logit_pool of the new output (bit
@@ -1734,7 +1796,10 @@ def test_add_relu_logit_pool_is_the_epilogue_then_the_logit_pool(
     ident = torch.randn(n, c, h, w, generator=g)
     wt = torch.randn(c, generator=g) / c ** 0.5
     b = -0.21
-    want = torch.relu(out0 + ident)
+    fmt = torch.channels_last if layout == 'channels_last' else \
+        torch.contiguous_format
+    out0, ident = (t.contiguous(memory_format=fmt) for t in (out0, ident))
+    want = torch.relu(out0 + ident).contiguous(memory_format=fmt)
     prev = torch.get_num_threads()
     try:
         for t in (1, 2, 3):
@@ -1744,6 +1809,7 @@ def test_add_relu_logit_pool_is_the_epilogue_then_the_logit_pool(
                 logit = ops.add_relu_logit_pool_(out, ident, wt, b, grid)
                 pooled = ops.spatial_logit_pool(want, wt, b, grid)
             assert torch.equal(out.nan_to_num(7.), want.nan_to_num(7.))
+            assert out.is_contiguous(memory_format=fmt)
             assert out[0, 0, 0, 0].isnan()
             assert logit.shape == (n, *grid)
             if backend == 'cpp':
@@ -1846,15 +1912,21 @@ def test_add_relu_mean_errors():
                                         ((3, 5, 7, 9), [2]),
                                         ((2, 3, 1, 17), [0, 1]),
                                         ((4, 2, 33, 1), [])])
-def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows):
+@pytest.mark.parametrize('layout', ['NCHW', 'channels_last'])
+def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows,
+                                                     layout):
     """out[rows] = relu(out[rows]) in place and their channel means in one
     pass (the samples a downsampling layer block skips): the rows equal
     relu_ bit for bit (NaN kept), the other samples untouched, the means
-    torch's up to fp32 rounding, and the same at 1, 2 and 3 threads."""
+    torch's up to fp32 rounding, and the same at 1, 2 and 3 threads; out
+    in NCHW or channels_last (kept in its layout)."""
     g = torch.Generator().manual_seed(sum(shape))
     a = torch.randn(*shape, generator=g)
     if rows:
         a[rows[0]].view(-1)[0] = float('nan')
+    fmt = torch.channels_last if layout == 'channels_last' else \
+        torch.contiguous_format
+    a = a.contiguous(memory_format=fmt)
     r = torch.tensor(rows, dtype=torch.int64)
     ref = a.clone()
     ref[r] = ref[r].relu()
@@ -1867,6 +1939,7 @@ def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows):
                 return out, ops.relu_mean_rows_(out, r)
         res.append(_with_threads(t, run))
     out, mean = res[0]
+    assert out.is_contiguous(memory_format=fmt)
     assert torch.allclose(out, ref, rtol=0, atol=0, equal_nan=True)
     assert mean.shape == (len(rows), shape[1])
     assert torch.allclose(mean, ref_mean, rtol=1e-5, atol=1e-6,

@@ -364,7 +364,7 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         NCHW). ``forward`` converts its input to it (the outputs are then in
         that format, same values); the static network
         (:meth:`static_forward`) takes its input as given."""
-        return dynamic_memory_format(self.paradigm, x)
+        return dynamic_memory_format(self.paradigm, x, self.blocks)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.stem[0].in_channels if self.deep_stem

@@ -50,7 +50,7 @@ Source: paper sec. 3.4 ("Fusing the masker and the first convolution",
 "Fusing gather and dynamic convolution", "Fusing scatter and add") and its
 appendix on scheduling; docs/method.md sec. 1 and 4.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
-from ...ops.dispatch import is_channels_last
+from ...ops.dispatch import is_channels_last, same_layout
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from ...ops.indexing import channel_kept_lists
 from ...ops.panels import pack_panels
@@ -229,24 +229,43 @@ def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor
     return out.add_(fb.shortcut(x)).relu_()
 
 
-def dynamic_memory_format(paradigm: Optional[str],
-                          x: torch.Tensor) -> torch.memory_format:
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a channels_last 4-D ``x``
+    (:func:`laud_mm.ops.dispatch.is_channels_last`), else
+    ``torch.contiguous_format``: the layout a block's output keeps."""
+    return torch.channels_last if is_channels_last(x) else \
+        torch.contiguous_format
+
+
+def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor,
+                          blocks: Sequence[nn.Module] = ()
+                          ) -> torch.memory_format:
     """The memory format a LAUD-ResNet's dynamic forward runs in for input
-    ``x``: channels_last for channel skipping where its blocks run the fused
-    kernel in NHWC (:data:`laud_mm.ops.policy.CHANNEL_CHANNELS_LAST_CPU`:
-    a 4-D float32 CPU input outside autocast, the AVX-512 kernel, a thread
-    count it splits over), else NCHW (``torch.contiguous_format``).
+    ``x``: channels_last where its blocks run the fused kernels, which read
+    and write NHWC (:data:`laud_mm.ops.policy.CHANNELS_LAST_CPU`; the
+    paradigm's ``*_FUSED_CPU`` switch; a 4-D float32 CPU input outside
+    autocast, the AVX-512 kernels, a thread count they split over; every
+    one of ``blocks`` BN-foldable (:func:`unfoldable_reason`: no DCN,
+    plugins, GN, ...) with widths and output channels in multiples of 16),
+    else NCHW (``torch.contiguous_format``).
 
     Args:
         paradigm: the backbone's paradigm (None: static).
         x: the backbone input (N, 3, H, W).
+        blocks: the backbone's bottlenecks.
 
     Source: paper sec. 3.4 (operators scheduled for the hardware).
     """
-    if paradigm == 'channel' and policy.CHANNEL_CHANNELS_LAST_CPU and \
-            policy.CHANNEL_FUSED_CPU and x.dim() == 4 and \
+    fused = dict(channel=policy.CHANNEL_FUSED_CPU,
+                 spatial=policy.SPATIAL_FUSED_CPU,
+                 layer=policy.LAYER_FUSED_CPU).get(paradigm, False)
+    if fused and policy.CHANNELS_LAST_CPU and x.dim() == 4 and \
             not policy.device_path(x) and not is_autocast(x) and \
-            policy.fused_cpu_threads() and fast_channel_branch(x):
+            policy.fused_cpu_threads() and fast_channel_branch(x) and \
+            fast_spatial_branch(x, 16, 16) and \
+            all(unfoldable_reason(b) is None and
+                b.conv1.out_channels % 16 == 0 and
+                b.conv3.out_channels % 16 == 0 for b in blocks):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -527,8 +546,10 @@ def _spatial_forward(block, x, plan):
     n_act = int(gate.count_nonzero())
     total = gate.numel()
     # an owned non-negative input (owned_block_inputs) is its own relu, and
-    # the fused scatter may write into it
-    owned = owns_input(block, x)
+    # the fused kernel may write into it (in x's layout: it runs NCHW or
+    # channels_last; the gather / scatter ops below take NCHW only)
+    owned = owns_input(block, x, layout_of(x) if fused else
+                       torch.contiguous_format)
     if n_act == 0:
         return (x if owned else torch.relu(fb.shortcut(x))), gate
 
@@ -581,8 +602,8 @@ def _dense_epilogue(y: torch.Tensor, identity: torch.Tensor,
     foldable spatial block of the same family whose masker takes y's
     channels, on a float32 CPU tensor outside autocast, autograd and
     ``torch.inference_mode``, whose tensors take no record) and the
-    compiled one-pass kernel running (contiguous y and identity of one
-    dtype), in one pass with that block's masker logits, which it records
+    compiled one-pass kernel running (y and identity of one dtype, both
+    contiguous or both channels_last), in one pass with that block's masker logits, which it records
     on the output for :func:`_spatial_gate`
     (:func:`laud_mm.ops.add_relu_logit_pool_`; the next block then skips
     its read of the output). Source: paper sec. 3.1, sec. 3.4 (operator
@@ -598,8 +619,7 @@ def _dense_epilogue(y: torch.Tensor, identity: torch.Tensor,
         (N, C, H, W) the block output.
     """
     if handoff is None or y is identity or y.is_inference() or \
-            identity.dtype != y.dtype or not identity.is_contiguous() or \
-            not y.is_contiguous():
+            identity.dtype != y.dtype or not same_layout(y, identity):
         return residual_add_relu_(y, identity)
     fn, grid = handoff
     logit = _add_relu_logit_pool_(y, identity, fn.logit_w, fn.logit_b, grid)
@@ -782,9 +802,7 @@ def _channel_forward(block, x, plan):
         # (and the output's channel sums from its output pass, recorded
         # for the next block's masker)
         # in x's layout: the kernel runs NCHW or channels_last
-        out = _residual_target(
-            block, x, ident, torch.channels_last if is_channels_last(x)
-            else torch.contiguous_format)
+        out = _residual_target(block, x, ident, layout_of(x))
         sums = out.new_empty(n, c_out)
         _channel_branch(out, x, chs, counts, fb.channel_packed(),
                         fb.stride, fb.padding, fb.dilation, sums=sums)
@@ -869,11 +887,14 @@ def _layer_forward(block, x, plan):
     # the output is written into the shortcut: the input itself when the
     # caller owns it (non-negative: the skipped samples stay as they are),
     # else a copy of it, or the downsample's output
-    nonneg_inplace = ident is x and owns_input(block, x)
+    # in x's layout on the fused kernel (NCHW or channels_last), else NCHW
+    fused = plan.fused and ident.dtype == x.dtype
+    fmt = layout_of(x) if fused else torch.contiguous_format
+    nonneg_inplace = ident is x and owns_input(block, x, fmt)
     if ident is x and not nonneg_inplace:
-        out = x.clone(memory_format=torch.contiguous_format)
+        out = x.clone(memory_format=fmt)
     else:
-        out = ident.contiguous()
+        out = ident.contiguous(memory_format=fmt)
     idx = on.nonzero()[:, 0]
     kept = idx.tolist()
     # the output's channel means for the next block's masker
@@ -890,7 +911,7 @@ def _layer_forward(block, x, plan):
         means = recorded_channel_mean(x) if nonneg_inplace else \
             out.new_empty(n, out.shape[1])
     kept_means = None
-    if kept and plan.fused and out.dtype == x.dtype:
+    if kept and fused:
         # the kept samples as a spatially masked block whose active patches
         # (S = the map's side) are those samples' whole maps: the fused
         # kernel writes relu(shortcut + branch) into their rows of out; the

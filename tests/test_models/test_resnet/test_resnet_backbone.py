@@ -165,6 +165,8 @@ def test_layer_paradigm_supports_dcn_plugins_and_any_norm(label, options):
     net.eval()
     ref.eval()
     x = load_coco_images(n=3, size=(64, 64))
+    # the blocks' own modules run on NCHW (mmcv's DCN takes nothing else)
+    assert net.dynamic_memory_format(x) == torch.contiguous_format
     net.force_gates(1.0)
     with torch.no_grad():
         net.dynamic_inference = False
@@ -237,19 +239,22 @@ def test_caffe_style_is_refused_by_every_paradigm(paradigm, gran):
         assert all(torch.equal(a, b) for a, b in zip(net(x), ref(x)))
 
 
-def test_channel_dynamic_inference_runs_channels_last(monkeypatch):
-    """Where channel blocks run the fused kernel, the dynamic forward takes
-    its input to channels_last (the kernel then reads and writes NHWC
-    without transposing, the stem and shortcuts run oneDNN's channels_last
-    convolutions) and returns channels_last features equal to the NCHW
-    dynamic forward's and to masked-dense evaluation; the static network
-    and the other paradigms take the input as given; the policy switch
-    turns it off."""
+@pytest.mark.parametrize('paradigm,gran', [('channel', (2, 2, 2, 2)),
+                                           ('spatial', (4, 4, 2, 1)),
+                                           ('layer', None)])
+def test_dynamic_inference_runs_channels_last(paradigm, gran, monkeypatch):
+    """Where the blocks run the fused CPU kernels, the dynamic forward takes
+    its input to channels_last (the kernels and the maskers' kernels then
+    read and write NHWC without transposing, the stem and shortcuts run
+    oneDNN's channels_last convolutions) and returns channels_last features
+    equal to the NCHW dynamic forward's and to masked-dense evaluation,
+    with the same gates; the static network takes the input as given; the
+    policy switch turns it off."""
     from laud_mm import ops
     from laud_mm.analysis.forced_gates import force_random_gates
     from laud_mm.ops import policy
     torch.manual_seed(0)
-    net = LAUDResNet(50, paradigm='channel', granularity=(2, 2, 2, 2),
+    net = LAUDResNet(50, paradigm=paradigm, granularity=gran,
                      dynamic_inference=True).eval()
     x = load_coco_images(n=2, size=(96, 128))
     force_random_gates(net, 0.5, 2, (96, 128), seed=1)
@@ -258,20 +263,20 @@ def test_channel_dynamic_inference_runs_channels_last(monkeypatch):
     assert (net.dynamic_memory_format(x) == cl) == fast
     with torch.no_grad():
         out = net(x)
-        monkeypatch.setattr(policy, 'CHANNEL_CHANNELS_LAST_CPU', False)
+        gates = [b.last_stats['gate'].clone() for b in net.blocks]
+        monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', False)
         assert net.dynamic_memory_format(x) == torch.contiguous_format
         nchw = net(x)
-        monkeypatch.setattr(policy, 'CHANNEL_CHANNELS_LAST_CPU', True)
+        monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', True)
         net.dynamic_inference = False
         dense = net(x)
         net.dynamic_inference = True
         static = net.static_forward(x)
+    for b, g in zip(net.blocks, gates):
+        assert torch.equal(b.last_stats['gate'], g)
     for a, b, c, s in zip(out, nchw, dense, static):
         assert a.is_contiguous(memory_format=cl) == fast
         assert b.is_contiguous() and c.is_contiguous() and s.is_contiguous()
         scale = float(c.abs().max())
         assert float((a - b).abs().max()) <= 1e-5 * scale
         assert float((a - c).abs().max()) <= 1e-4 * scale
-    spatial = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1),
-                         dynamic_inference=True).eval()
-    assert spatial.dynamic_memory_format(x) == torch.contiguous_format
