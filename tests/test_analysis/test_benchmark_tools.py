@@ -159,6 +159,34 @@ def test_spatial_dense_threshold_option():
     assert dynamic.SPATIAL_DENSE_THRESHOLD == 0.8
 
 
+def test_dynamic_nchw_option(monkeypatch):
+    """--dynamic-nchw runs the dynamic path with the channels_last switch
+    off (a channel backbone's dynamic forward then takes NCHW), restored
+    afterwards; by default the switch stays on."""
+    from laud_mm.ops import policy
+    seen = []
+
+    def fake(*args):
+        net = resnet.build(50, 'channel')
+        seen.append((policy.CHANNELS_LAST_CPU,
+                     net.dynamic_memory_format(torch.zeros(1, 3, 32, 32))))
+        return {}
+    monkeypatch.setattr(resnet, '_benchmark', fake)
+    resnet.benchmark_resnet(quick=True, rates=[1.0], dynamic_nchw=True)
+    resnet.benchmark_resnet(quick=True, rates=[1.0])
+    assert seen[0] == (False, torch.contiguous_format)
+    assert seen[1][0] is True and policy.CHANNELS_LAST_CPU is True
+    import importlib.util
+    import os.path as osp
+    spec = importlib.util.spec_from_file_location(
+        'laud_benchmark_latency',
+        osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_latency.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.parse_args(['--dynamic-nchw']).dynamic_nchw
+    assert not tool.parse_args([]).dynamic_nchw
+
+
 def test_compare_unplanned_adds_the_unplanned_path(monkeypatch):
     """--compare-unplanned: each row also times the dynamic path with the
     per-forward plan off (no sequence planned during those forwards, the

@@ -14,7 +14,8 @@ the whole static and dynamic forwards);
 ``--spatial-breakdown`` splits each spatial block's dynamic time into its
 steps (conv1, gather, patch convolutions, scatter, fused kernel);
 ``--compare-unplanned`` adds the dynamic path without the per-forward plan
-to every row.
+to every row; ``--dynamic-nchw`` runs the dynamic path in NCHW instead of
+channels_last (for comparisons).
 
 Usage:
     python tools/analysis_tools/benchmark_latency.py              # full table + plot
@@ -69,6 +70,11 @@ def parse_args(argv=None):
                    'each block makes its host-side choices at its own '
                    'call), timed against the static network in its own '
                    'pairs')
+    p.add_argument('--dynamic-nchw', action='store_true',
+                   help='run the dynamic path in NCHW '
+                   '(laud_mm.ops.policy.CHANNELS_LAST_CPU off), as before it '
+                   'ran channels_last: for comparisons; the static baseline '
+                   'still takes the faster of NCHW and channels_last')
     p.add_argument('--quick', action='store_true',
                    help='R50, 224 px only')
     p.add_argument('--plot', default=None,
@@ -89,7 +95,8 @@ def main(argv=None):
         per_block_mode=args.per_block or 'alone', block_rate=args.block_rate,
         spatial_breakdown=args.spatial_breakdown,
         spatial_dense_threshold=args.spatial_dense_threshold,
-        compare_unplanned=args.compare_unplanned, quick=args.quick,
+        compare_unplanned=args.compare_unplanned,
+        dynamic_nchw=args.dynamic_nchw, quick=args.quick,
         plot_path=args.plot, json_path=args.json)
 
 

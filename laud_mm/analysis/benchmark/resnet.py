@@ -315,6 +315,7 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
                      spatial_breakdown: bool = False,
                      spatial_dense_threshold: Optional[float] = None,
                      compare_unplanned: bool = False,
+                     dynamic_nchw: bool = False,
                      quick: bool = False,
                      plot_path: Optional[str] = None,
                      json_path: Optional[str] = None) -> Dict[str, list]:
@@ -341,6 +342,9 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
             (> 0; > 1: never dense).
         compare_unplanned: add the dynamic path without the per-forward
             plan to every row (:func:`run`).
+        dynamic_nchw: run the dynamic path in NCHW
+            (``laud_mm.ops.policy.CHANNELS_LAST_CPU`` off during the run;
+            the static baseline still takes the faster format).
         quick: R50, 224 px only.
         plot_path: PNG of the wall-clock speedups (``*_cpu.png`` beside it:
             CPU time); falsy: no plot.
@@ -362,16 +366,18 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
     if quick:
         depths, sizes = [50], ['224']
     from laud_mm.ops import policy
-    prev = policy.SPATIAL_DENSE_THRESHOLD
+    prev = policy.SPATIAL_DENSE_THRESHOLD, policy.CHANNELS_LAST_CPU
     if spatial_dense_threshold is not None:
         policy.SPATIAL_DENSE_THRESHOLD = spatial_dense_threshold
+    if dynamic_nchw:
+        policy.CHANNELS_LAST_CPU = False
     try:
         return _benchmark(depths, sizes, paradigms, rates, batch, threads,
                           warmup, repeats, rate_mode, per_block_table,
                           per_block_mode, block_rate, spatial_breakdown,
                           compare_unplanned, plot_path, json_path)
     finally:
-        policy.SPATIAL_DENSE_THRESHOLD = prev
+        policy.SPATIAL_DENSE_THRESHOLD, policy.CHANNELS_LAST_CPU = prev
 
 
 def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
