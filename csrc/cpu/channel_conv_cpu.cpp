@@ -1172,7 +1172,8 @@ void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   // both (one pixel, or one channel) counts as NCHW
   const bool nhwc = !x.is_contiguous() &&
                     x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(x.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat &&
+  TORCH_CHECK(x.scalar_type() == at::kFloat &&
+                  out.scalar_type() == at::kFloat &&
                   (nhwc || x.is_contiguous()) &&
                   out.is_contiguous(nhwc ? at::MemoryFormat::ChannelsLast
                                          : at::MemoryFormat::Contiguous),

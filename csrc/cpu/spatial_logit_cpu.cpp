@@ -232,12 +232,13 @@ void add_relu_accumulate4_inorder_avx512(float* acc, float* o0,
 #endif
 
 // The pass both kernels share: work items (sample, band of cell rows) over
-// torch's threads; fill(acc, n, xs_off, len) writes into acc the logit of
-// each of the band's len pixels of sample n, from the band's first pixel
-// (pixel offset xs_off within the map) (nchw_fill: channel by channel);
-// then acc is pooled into the band's cells, + bias. disjoint_rows: bands may not
-// share an input row (a pass that writes its input in place); when the
-// cells' rows overlap (gh does not divide H) a sample is then one band.
+// torch's threads; fill(acc, n, xs_off, len) writes into acc the logit
+// of each of the band's len pixels of sample n, from the band's first
+// pixel (pixel offset xs_off within the map) (nchw_fill: channel by
+// channel); then acc is pooled into the band's cells, + bias.
+// disjoint_rows: bands may not share an input row (a pass that writes its
+// input in place); when the cells' rows overlap (gh does not divide H) a
+// sample is then one band.
 template <typename Fill>
 void logit_pool_pass(int64_t N, int64_t H, int64_t W, int64_t gh,
                      int64_t gw, float bias, float* op, bool disjoint_rows,
@@ -333,9 +334,9 @@ float add_relu_row_dot_avx512(float* o, const float* i, const float* w,
         ? static_cast<__mmask16>(0xFFFF)
         : static_cast<__mmask16>((1u << (C - c)) - 1u);
     // max(0, NaN) = NaN, as relu_of
-    _mm512_mask_storeu_ps(
-        o + c, m, _mm512_max_ps(z, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + c),
-                                                 _mm512_maskz_loadu_ps(m, i + c))));
+    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + c),
+                                   _mm512_maskz_loadu_ps(m, i + c));
+    _mm512_mask_storeu_ps(o + c, m, _mm512_max_ps(z, v));
   }
   return row_dot_avx512(o, w, C);
 }

@@ -7,9 +7,8 @@
   them;
 - :func:`bench_best_static`: the same with the static function timed in
   every memory format of ``laud_mm.models.layers.backbone.STATIC_LAYOUTS``
-  in each round, the faster
-  format being the baseline (CNN backbones: a user deploying the static
-  network picks the faster one);
+  in each round, the faster format being the baseline (CNN backbones: a
+  user deploying the static network picks the faster one);
 - :func:`cpu_ms`: median process CPU time of repeated calls (kernel
   micro-benchmarks, per-step breakdowns);
 - :func:`wall_ms`: wall-clock milliseconds of one call;

@@ -159,9 +159,10 @@ def fast_add_relu_logit_pool(out: torch.Tensor, layout: bool = True
                              ) -> bool:
     """Whether :func:`add_relu_logit_pool_` runs the compiled one-pass
     kernel for an output like ``out`` (a contiguous or channels_last
-    float32 CPU tensor outside autocast, the kernel built and the backend not forced to
-    'pytorch'); elsewhere it runs the reference, a second read of the
-    output, which a dense block should not pay for its successor.
+    float32 CPU tensor outside autocast, the kernel built and the backend
+    not forced to 'pytorch'); elsewhere it runs the reference, a second
+    read of the output, which a dense block should not pay for its
+    successor.
 
     Args:
         out: the (N, C, H, W) block output to be, or (``layout=False``)

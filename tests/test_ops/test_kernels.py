@@ -969,8 +969,9 @@ def test_channel_branch_channels_last_equals_nchw(n, c_in, width, c_out, h,
     for generic in (False, True):
         for threads in (1, 2, 3):
             def run(a, o):
-                return _with_threads(threads, lambda: _channel_kernel_with_sums(
-                    a, o, force_generic=generic))
+                return _with_threads(
+                    threads, lambda: _channel_kernel_with_sums(
+                        a, o, force_generic=generic))
             ref, ref_sums = refs[generic] = run(args, ident)
             out, sums = run(args_cl, ident_cl)
             assert out.is_contiguous(memory_format=cl)

@@ -229,8 +229,9 @@ def time_forced_rate(net, stem: Callable, static_block: Callable,
     dynamic backbones alternately, the static one in NCHW and in
     channels_last, the faster being the baseline
     (:func:`~laud_mm.analysis.timing.bench_best_static`; the dynamic one
-    on ``x`` as given, NCHW). The blocks' ``last_stats`` hold the dynamic
-    forward's statistics afterwards.
+    on ``x`` as given, NCHW, which :func:`dynamic_forward` converts to the
+    backbone's own format within the timing). The blocks' ``last_stats``
+    hold the dynamic forward's statistics afterwards.
 
     Args:
         net: a LAUD CNN backbone with ``dynamic_inference=True``, eval mode.

@@ -162,7 +162,8 @@ def time_inference(paradigm: str, rate: float, scale: Tuple[int, int],
 
     Both static timings take the faster of NCHW and channels_last input
     (:func:`~laud_mm.analysis.timing.bench_best_static`); the dynamic
-    detector gets NCHW.
+    detector gets NCHW (its backbone converts it to its own
+    ``dynamic_memory_format``).
 
     Returns:
         dict(rate_real, static_ms, dynamic_ms, speedup (wall), cpu_speedup,

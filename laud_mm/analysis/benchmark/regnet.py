@@ -66,7 +66,8 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
         one dict per row: arch, batch, size, paradigm, threads, rate,
         rate_real, flops_ratio, static_ms (the faster static memory
         format), dynamic_ms, speedup, cpu_speedup, static_layout,
-        static_layout_ms (:func:`~.common.timing_keys`), predicted_ratio (dynamic / static, V100, batch 128).
+        static_layout_ms (:func:`~.common.timing_keys`), predicted_ratio
+        (dynamic / static, V100, batch 128).
     """
     rows = []
     pred = LatencyPredictor('v100')

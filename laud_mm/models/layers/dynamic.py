@@ -137,8 +137,8 @@ def residual_add_relu_pooled_(branch: torch.Tensor,
     means for the next block's layer / channel masker
     (:mod:`~laud_mm.models.layers.channel_mean`), in the same pass
     (:func:`laud_mm.ops.add_relu_mean_`) when both are float32 CPU
-    tensors outside autocast, both contiguous or both channels_last; otherwise exactly
-    :func:`residual_add_relu_` (nothing recorded).
+    tensors outside autocast, both contiguous or both channels_last;
+    otherwise exactly :func:`residual_add_relu_` (nothing recorded).
 
     Args:
         branch: (N, C, H, W) the residual branch's output (no ReLU).

@@ -360,7 +360,7 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
     def dynamic_memory_format(self, x: torch.Tensor) -> torch.memory_format:
         """The memory format dynamic inference runs in on input ``x``
         (:func:`~laud_mm.models.resnet.dynamic.dynamic_memory_format`:
-        channels_last for channel skipping on the fused CPU kernel, else
+        channels_last where the blocks run the fused CPU kernels, else
         NCHW). ``forward`` converts its input to it (the outputs are then in
         that format, same values); the static network
         (:meth:`static_forward`) takes its input as given."""

@@ -603,11 +603,11 @@ def _dense_epilogue(y: torch.Tensor, identity: torch.Tensor,
     channels, on a float32 CPU tensor outside autocast, autograd and
     ``torch.inference_mode``, whose tensors take no record) and the
     compiled one-pass kernel running (y and identity of one dtype, both
-    contiguous or both channels_last), in one pass with that block's masker logits, which it records
-    on the output for :func:`_spatial_gate`
-    (:func:`laud_mm.ops.add_relu_logit_pool_`; the next block then skips
-    its read of the output). Source: paper sec. 3.1, sec. 3.4 (operator
-    fusion).
+    contiguous or both channels_last), in one pass with that block's
+    masker logits, which it records on the output for
+    :func:`_spatial_gate` (:func:`laud_mm.ops.add_relu_logit_pool_`; the
+    next block then skips its read of the output). Source: paper sec.
+    3.1, sec. 3.4 (operator fusion).
 
     Args:
         y: (N, C, H, W) the block's branch output (written in place when
