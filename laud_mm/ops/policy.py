@@ -138,15 +138,17 @@ CHANNEL_COLUMN_UNITS = 4
 # ----------------------------------------------------------- memory format
 #: where a LAUD-ResNet's blocks run the fused CPU kernels (channel blocks
 #: :data:`CHANNEL_FUSED_CPU`, spatial blocks :data:`SPATIAL_FUSED_CPU`,
-#: layer blocks :data:`LAYER_FUSED_CPU`: AVX-512), its dynamic forward runs
-#: in channels_last: the kernels read x and write the output in place in
-#: NHWC, their tiles' own layout (no transposition of conv1's input, no
-#: transposed epilogue), the maskers' logit and pooling kernels read it in
-#: place, and the stem, the downsample shortcuts and the blocks that
-#: compute densely run oneDNN's channels_last convolutions, the faster
-#: format of the static network on large maps with several threads
-#: (docs/benchmarks.md, "The dynamic path in channels_last"); the
-#: backbone's outputs are then channels_last (same values)
+#: layer blocks :data:`LAYER_FUSED_CPU`: AVX-512), its
+#: ``dynamic_memory_format`` is channels_last: fed channels_last input, the
+#: kernels read x and write the output in place in NHWC, their tiles' own
+#: layout (no transposition of conv1's input, no transposed epilogue), the
+#: maskers' logit and pooling kernels read it in place, and the stem, the
+#: downsample shortcuts and the blocks that compute densely run oneDNN's
+#: channels_last convolutions, the faster format of the static network on
+#: large maps with several threads (docs/benchmarks.md, "The dynamic path
+#: in channels_last"). The backbone's forward runs in its input's format
+#: either way (the benchmarks and ``laud_mm.BackboneSpeedHook`` convert
+#: the input to this one)
 CHANNELS_LAST_CPU = True
 
 

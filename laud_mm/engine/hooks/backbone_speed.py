@@ -44,7 +44,9 @@ class BackboneSpeedHook(Hook):
     in every memory format of
     :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS` (NCHW and
     channels_last, converted before the timing) and the backbone again as
-    configured (``dynamic_inference`` or not) on the input as given, each
+    configured (``dynamic_inference`` or not) on the input in the backbone's
+    ``dynamic_memory_format`` where it has one (channels_last where its
+    fused CPU kernels run; converted before the timing; else as given), each
     timed with a wall clock (``time.perf_counter``; CUDA synchronised).
     With ``warmup`` one untimed call of each precedes the rounds (kernel and
     primitive creation for a new input shape). The fastest round of each is
@@ -108,6 +110,8 @@ class BackboneSpeedHook(Hook):
         x = args[0]
         xs = {name: x.contiguous(memory_format=fmt)
               for name, fmt in STATIC_LAYOUTS.items()}
+        if hasattr(backbone, 'dynamic_memory_format'):
+            x = x.contiguous(memory_format=backbone.dynamic_memory_format(x))
         self._busy = True
         try:
             with torch.no_grad():

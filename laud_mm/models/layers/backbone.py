@@ -169,11 +169,9 @@ class LAUDBackboneMixin:
         masked-dense forward untouched."""
         for b in self.blocks:
             b.static_mode = True
-        self._static_blocks = True
         try:
             yield
         finally:
-            self._static_blocks = False
             for b in self.blocks:
                 b.static_mode = False
 

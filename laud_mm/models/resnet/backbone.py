@@ -358,12 +358,17 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
 
     # ------------------------------------------------------------- forward
     def dynamic_memory_format(self, x: torch.Tensor) -> torch.memory_format:
-        """The memory format dynamic inference runs in on input ``x``
+        """The memory format in which to feed input like ``x`` for the
+        fastest dynamic inference
         (:func:`~laud_mm.models.resnet.dynamic.dynamic_memory_format`:
         channels_last where the blocks run the fused CPU kernels, else
-        NCHW). ``forward`` converts its input to it (the outputs are then in
-        that format, same values); the static network
-        (:meth:`static_forward`) takes its input as given."""
+        NCHW). ``forward`` itself runs in its input's format and returns
+        its features in it (same values either way): it does not convert,
+        since a consumer may read NCHW only (mmcv's CPU RoIAlign reads a
+        channels_last map wrongly) and converting the features back costs
+        more than the format saves. Callers that can take channels_last
+        features (the benchmarks, ``laud_mm.BackboneSpeedHook``, a
+        pipeline of PyTorch operators) convert the input."""
         return dynamic_memory_format(self.paradigm, x, self.blocks)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -373,8 +378,6 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         self._batch = int(x.shape[0])
         if self.paradigm is not None and self.dynamic_inference and \
                 not self.training:
-            if not getattr(self, '_static_blocks', False):
-                x = x.contiguous(memory_format=self.dynamic_memory_format(x))
             # identity blocks may write into their input (the previous
             # block's output, read by nobody else): see owned_block_inputs
             with owned_block_inputs(self.blocks):
