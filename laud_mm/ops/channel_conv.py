@@ -29,8 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .dispatch import (check_float32_cpu, extension, is_channels_last,
-                       use_kernels)
+from .dispatch import check_float32_cpu, extension, layout_of, use_kernels
 from .panels import unpack_panels
 
 
@@ -163,8 +162,7 @@ def _channel_branch(out, x, chs, counts, packed, stride, padding, dilation,
     that layout (``out`` then taken in it too)."""
     if channel_branch_isa() is not None and use_kernels(x) and \
             out.shape[1] % 16 == 0:
-        fmt = torch.channels_last if is_channels_last(x) else \
-            torch.contiguous_format
+        fmt = layout_of(x)
         tensors = [x.contiguous(memory_format=fmt)] + \
             [t.contiguous() for t in (chs, counts) + tuple(packed)]
         target = out if out.is_contiguous(memory_format=fmt) else \

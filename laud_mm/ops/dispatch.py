@@ -164,6 +164,14 @@ def is_channels_last(x: torch.Tensor) -> bool:
         x.is_contiguous(memory_format=torch.channels_last)
 
 
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a channels_last 4-D ``x``
+    (:func:`is_channels_last`), else ``torch.contiguous_format``: the
+    layout the kernels that take either run in for ``x``."""
+    return torch.channels_last if is_channels_last(x) else \
+        torch.contiguous_format
+
+
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the 4-D tensors ``a`` and ``b`` are both NCHW-contiguous or
     both channels_last (:func:`is_channels_last`): what the compiled

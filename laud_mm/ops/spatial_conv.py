@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .channel_conv import channel_branch_isa
-from .dispatch import (check_float32_cpu, extension, is_channels_last,
-                       use_kernels)
+from .dispatch import check_float32_cpu, extension, layout_of, use_kernels
 from .panels import pack_panels, unpack_panels
 
 
@@ -181,8 +180,7 @@ def _spatial_branch(out, x, identity, idx, packed, s, stride, dilation,
     that is what ``identity_nonneg`` does without the sign condition."""
     ext = extension()
     # the kernel runs NCHW, or channels_last when x and out both are
-    fmt = torch.channels_last if is_channels_last(x) else \
-        torch.contiguous_format
+    fmt = layout_of(x)
     if ext is not None and hasattr(ext, 'spatial_branch_add_relu') and \
             use_kernels(x) and packed[1].shape[0] % 16 == 0 and \
             out.shape[1] % 16 == 0 and out.is_contiguous(memory_format=fmt):

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
-from ...ops.dispatch import is_channels_last, same_layout
+from ...ops.dispatch import layout_of, same_layout
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from ...ops.indexing import channel_kept_lists
 from ...ops.panels import pack_panels
@@ -227,14 +227,6 @@ def static_bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor
     fb = folded(block)
     out = fb.branch(x)
     return out.add_(fb.shortcut(x)).relu_()
-
-
-def layout_of(x: torch.Tensor) -> torch.memory_format:
-    """``torch.channels_last`` for a channels_last 4-D ``x``
-    (:func:`laud_mm.ops.dispatch.is_channels_last`), else
-    ``torch.contiguous_format``: the layout a block's output keeps."""
-    return torch.channels_last if is_channels_last(x) else \
-        torch.contiguous_format
 
 
 def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor,
