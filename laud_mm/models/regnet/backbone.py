@@ -33,6 +33,7 @@ from ..layers.backbone import LAUDBackboneMixin
 from ..layers.checkpoint import record_paradigm
 from . import convert  # noqa: F401  (registers torchvision-regnety://)
 from .block import LAUDRegNetYBlock
+from .dynamic import dynamic_memory_format
 
 #: architecture settings (torchvision's regnet_y_400mf / regnet_y_800mf)
 REGNETY_ARCHS: Dict[str, dict] = {
@@ -262,6 +263,18 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
         return self
 
     # ----------------------------------------------------------- forward
+    def dynamic_memory_format(self, x: torch.Tensor) -> torch.memory_format:
+        """The memory format in which to feed input like ``x`` for the
+        fastest dynamic inference
+        (:func:`~laud_mm.models.regnet.dynamic.dynamic_memory_format`:
+        channels_last for layer and channel skipping on the CPU, else NCHW).
+        ``forward`` runs in its input's format and returns its features in
+        it (same values either way), as LAUD-ResNet's: a consumer may read
+        NCHW only (mmcv's CPU RoIAlign reads a channels_last map wrongly),
+        so callers that can take channels_last features (the benchmarks,
+        ``laud_mm.BackboneSpeedHook``) convert the input."""
+        return dynamic_memory_format(self.paradigm, x)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.conv1.in_channels)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))

@@ -6,38 +6,53 @@ rounding (max abs diff <= 1e-4 in fp32, tested), while skipping the masked
 work. BN is folded into the convolutions (cached on the block, refreshed
 when a parameter or BN statistic changes).
 
-- spatial (patch side S): the masker is fused into conv1 (one 1x1 conv with
-  w + 1 outputs; the extra output is the keep-minus-skip logit, average-
-  pooled to the patch grid - exact by linearity), conv1 runs densely (conv2's
-  3x3 halo needs it around every patch), the conv2 input windows of the
-  active patches are gathered (:mod:`laud_mm.ops`, halo included, zero
-  outside the image, conv1's ReLU fused), conv2 (grouped, valid, stride) runs
-  on the gathered windows. **SE over the kept pixels**: the squeeze of
-  sample n is the sum of its active patches' conv2 outputs over the pixels
-  inside the map, divided by their count (the masked mean of
-  :func:`laud_mm.models.layers.masks.masked_avg_pool`); the two SE FCs run
-  once per sample, the excitation rescales the gathered patches, conv3 runs
-  on them, and a fused scatter-add + ReLU writes them into the shortcut.
-  Above :data:`laud_mm.ops.policy.REGNETY_SPATIAL_DENSE_THRESHOLD` active patches the block computes
-  conv2 / conv3 densely, with the same masked SE squeeze, and masks.
-- channel (G channels per gate; conv2 has conv groups of ``group_width``):
-  per distinct gate pattern (random patterns: per sample), conv1 computes the
-  kept channels only; conv2 runs the conv groups that hold at least one kept
-  channel (a grouped conv with the active groups' weights; dropped channels
-  of an active group are exact zeros at its input, as in the masked-dense
-  block), keeps the kept output channels; the SE FCs read / write the kept
-  channels only; conv3 reads the kept channels. Any G dividing the width
-  works; with G a multiple of the group width every active conv group is
-  fully kept (conv2 density = channel density d); with the paper's G = 2 and
-  group width 8 / 16 a conv group is active with probability
-  ``1 - (1 - d) ** (gw / G)`` (:func:`laud_mm.structures.flops.
-  expected_active_conv_groups`), which the FLOPs count and the latency
-  predictor use. A sample with every channel off outputs
-  ``relu(shortcut + bn3 shift)``.
-- layer: the block (SE included) runs only on the samples whose gate is on;
-  the others output ``relu(shortcut)``.
+Every path runs in its input's memory format (NCHW or channels_last) and
+returns the block output in it; :func:`dynamic_memory_format` says which to
+feed (channels_last on the CPU: oneDNN's grouped 3 x 3 convolution is
+several times faster there on large maps).
 
-Source: paper sec. 3.4 (fused masker + conv1, gather + conv, scatter + add)
+- spatial (patch side S): the masker's keep-minus-skip logit as one pass
+  over x (:func:`laud_mm.ops.spatial_logit_pool`: a dot product per pixel
+  with the difference of the masker's two rows, average-pooled to the patch
+  grid - exact by linearity), conv1 densely (conv2's 3x3 halo needs it
+  around every patch). On an NCHW input below
+  :data:`laud_mm.ops.policy.REGNETY_SPATIAL_DENSE_THRESHOLD` active
+  patches, the conv2 input windows of the active patches are gathered
+  (:mod:`laud_mm.ops`, halo included, zero outside the image, conv1's ReLU
+  fused) and conv2 (grouped, valid, stride) runs on them. **SE over the
+  kept pixels**: the squeeze of sample n is the sum of its active patches'
+  conv2 outputs over the pixels inside the map, divided by their count (the
+  masked mean of :func:`laud_mm.models.layers.masks.masked_avg_pool`); the
+  two SE FCs run once per sample, the excitation rescales the gathered
+  patches, conv3 runs on them, and a fused scatter-add + ReLU writes them
+  into the shortcut. Above the threshold, and on a channels_last input at
+  any density (the gather / scatter kernels read and write NCHW), the block
+  computes conv2 / conv3 densely with the same masked SE squeeze (a batched
+  GEMV over the kept pixels) and masks conv3's output in the residual add.
+- channel (G channels per gate; conv2 has conv groups of ``group_width``),
+  batched over the samples (no loop over samples or gate patterns): each
+  sample's kept channels, padded to the batch's largest count; conv1 of the
+  kept channels as one batched GEMM reading x in place, scattered into
+  their columns of a zeroed NHWC map (the dropped channels are exact zeros
+  at conv2's input, as in the masked-dense block); conv2 as oneDNN's
+  grouped convolution over every conv group in channels_last (a group
+  without a kept channel reads zeros and its outputs are not read); the
+  kept channels' conv2 outputs gathered; the SE squeeze of the kept
+  channels and their excitation, folded into conv3's per-sample weights
+  (or into the gathered rows, whichever is smaller); conv3 as one batched
+  GEMM accumulated into the shortcut. Any G dividing the width works. The
+  FLOPs count and the latency predictor price conv2 at its active conv
+  groups (``1 - (1 - d) ** (gw / G)`` of them for the paper's G = 2 and
+  group width 8 / 16: :func:`laud_mm.structures.flops.
+  expected_active_conv_groups`); this CPU path computes every group, which
+  at G = 2 is a few per cent more (0.94 of the groups are active at
+  d = 0.5). A sample with every channel off outputs
+  ``relu(shortcut + bn3 shift)``.
+- layer: the block (SE included) runs only on the samples whose gate is on
+  (gathered by advanced indexing in channels_last, which keeps the format;
+  the scatter kernel in NCHW); the others output ``relu(shortcut)``.
+
+Source: paper sec. 3.4 (masker logit, gather + conv, scatter + add)
 and sec. 4.3.2 (RegNetY: layer skipping also skips the memory-bound SE);
 docs/method.md sec. 1 and 4.
 """
@@ -48,11 +63,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...ops import policy
+from ...ops.dispatch import is_channels_last, layout_of
+from ...ops.indexing import kept_index
 from ...ops.patches import _gather, _scatter
+from ...ops.spatial_logit import _spatial_logit_pool
 from ...structures.geometry import BlockGeometry
-from ..layers.dynamic import (forced_gate, promote_residual,
-                              residual_add_relu_, run_dynamic_path,
-                              sample_gate)
+from ..layers.dynamic import (cast_folded, compute_dtype, forced_gate,
+                              no_autocast, promote_residual,
+                              residual_add_relu_, residual_add_relu_pooled_,
+                              run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import (expand_channel_gate, expand_spatial_gate,
@@ -74,8 +93,11 @@ class FoldedRegNetY:
         se1, sb1, se2, sb2: SE FCs as matrices (se, w), (se,), (w, se), (w,)
             or None without SE.
         wd, bd: downsample (C_out, C_in, 1, 1), (C_out,) or None.
-        w1x, b1x: spatial blocks: conv1 with the masker's keep-minus-skip
-            logit as an extra output (w + 1, C_in, 1, 1), (w + 1,).
+        w3te: (w + 1, C_out) conv3's columns as rows, a zero row last.
+        wl, bl: spatial blocks: the masker's keep-minus-skip logit as a
+            one-output 1x1 conv (1, C_in, 1, 1), (1,) (the CUDA path's).
+        logit_w, logit_b: the same as (C_in,) weights and a float bias,
+            for :func:`laud_mm.ops.spatial_logit_pool`.
     """
 
     def __init__(self, block: nn.Module):
@@ -88,6 +110,10 @@ class FoldedRegNetY:
         self.width = block.conv2.out_channels
         self.w1m = self.w1.flatten(1)
         self.w3m = self.w3.flatten(1)
+        # the batched channel path's conv3 operand: its columns as rows,
+        # with a zero row at index w for the padding slots
+        self.w3te = torch.cat([self.w3m.t(),
+                               self.w3m.new_zeros(1, self.w3m.shape[0])])
         se = block.se
         if se is not None:
             self.se1 = se.fc1.weight.detach().flatten(1)
@@ -100,13 +126,15 @@ class FoldedRegNetY:
         if block.downsample is not None:
             self.wd, self.bd = fold_conv_bn(block.downsample[0],
                                             block.downsample[1])
-        self.w1x = self.b1x = None
+        self.wl = self.bl = None
         m = block.masker
         if m is not None and block.paradigm == 'spatial':
             wm = m.conv.weight.detach()[:, :, :1, :1]
             bm = m.conv.bias.detach()
-            self.w1x = torch.cat([self.w1, (wm[KEEP] - wm[SKIP])[None]], 0)
-            self.b1x = torch.cat([self.b1, (bm[KEEP] - bm[SKIP]).view(1)], 0)
+            self.wl = (wm[KEEP] - wm[SKIP])[None].contiguous()
+            self.bl = (bm[KEEP] - bm[SKIP]).view(1)
+            self.logit_w = self.wl.flatten()
+            self.logit_b = float(self.bl)
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         """Identity or folded downsample of x (N, C_in, H, W)."""
@@ -190,6 +218,30 @@ def dynamic_regnety_forward(block: nn.Module, x: torch.Tensor,
     return run_dynamic_path(block, x, geom, paths)
 
 
+def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor
+                          ) -> torch.memory_format:
+    """The memory format in which a LAUD-RegNetY's dynamic forward is
+    fastest for input ``x``: channels_last for layer and channel skipping
+    on a 4-D CPU input (:data:`laud_mm.ops.policy.CHANNELS_LAST_CPU`):
+    their paths are oneDNN convolutions and batched GEMMs that read and
+    write NHWC in place, and oneDNN's grouped 3 x 3 convolution, RegNetY's
+    conv2, is several times faster in channels_last than in NCHW on large
+    maps (docs/benchmarks.md, "LAUD-RegNetY"); else NCHW
+    (``torch.contiguous_format``): spatial skipping, whose gather and
+    scatter kernels read and write NCHW, and the CUDA paths.
+
+    Args:
+        paradigm: the backbone's paradigm (None: static).
+        x: the backbone input (N, 3, H, W).
+
+    Source: paper sec. 3.4 (operators scheduled for the hardware).
+    """
+    if paradigm is not None and policy.CHANNELS_LAST_CPU and \
+            x.dim() == 4 and not policy.device_path(x):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 # ---------------------------------------------------------------- spatial
 def _spatial(block, x, geom):
     fb = folded_regnety(block)
@@ -201,26 +253,35 @@ def _spatial(block, x, geom):
     masker = block.masker
     # masker fused into conv1 (a forced gate replaces its decision, not
     # its cost: the logit is computed either way)
-    h1 = F.conv2d(x, fb.w1x, fb.b1x)
-    diff = F.adaptive_avg_pool2d(h1[:, w:], (gh, gw))[:, 0]
+    # the masker's logit difference pooled to the patch grid in one pass
+    # over x (NCHW or channels_last), conv1 on its own: as an extra output
+    # channel of conv1 it gives oneDNN a width off its vector blocks and
+    # conv2 a strided input
+    diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, (gh, gw))
+    h1 = F.conv2d(x, fb.w1, fb.b1)
     gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
         else forced_gate(masker, (n, gh, gw), x)
     n_act = int((gate > 0.5).sum())
     ident = fb.shortcut(x)
     if n_act == 0:
         return torch.relu(ident), gate
-    if n_act >= policy.REGNETY_SPATIAL_DENSE_THRESHOLD * gate.numel():
-        h = fb.conv2(h1[:, :w].relu())
+    # a channels_last input computes densely at any density: the gather /
+    # scatter kernels read and write NCHW, and converting their operands
+    # costs more than the patches save (docs/benchmarks.md, "LAUD-RegNetY")
+    if n_act >= policy.REGNETY_SPATIAL_DENSE_THRESHOLD * gate.numel() or \
+            is_channels_last(x):
+        h = fb.conv2(h1.relu_())
         if n_act < gate.numel():
             mask = expand_spatial_gate(gate, s, geom.out_hw)
-            z = masked_avg_pool(h, mask)[:, :, 0, 0]
+            z = _masked_mean(h, mask)
         else:
             mask, z = None, h.mean(dim=(2, 3))
         h.mul_(fb.excite(z)[:, :, None, None])
         y = F.conv2d(h, fb.w3, fb.b3)
-        if mask is not None:
-            y.mul_(mask)
-        return residual_add_relu_(y, ident), gate
+        if mask is None:
+            return residual_add_relu_(y, ident), gate
+        ident, y = promote_residual(ident, y)
+        return torch.addcmul(ident, y, mask).relu_(), gate
 
     idx = (gate > 0.5).nonzero()  # (P, 3) sample, patch row, patch column
     win = _gather(h1, idx, s, fb.stride, 1, w, True)
@@ -244,70 +305,139 @@ def _spatial(block, x, geom):
     return out, gate
 
 
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, C) mean of h (N, C, H, W) over the pixels where ``mask``
+    (N, 1, H, W) is 1, as :func:`~laud_mm.models.layers.masks.
+    masked_avg_pool` (0 for a sample without kept pixels), as one batched
+    GEMV over h read in place (NCHW or channels_last) when h is float32,
+    else that function (summed and counted in float32)."""
+    n, c = h.shape[:2]
+    if h.dtype != torch.float32 or \
+            not (h.is_contiguous() or is_channels_last(h)):
+        return masked_avg_pool(h, mask)[:, :, 0, 0]
+    m = mask.reshape(n, -1, 1).to(h.dtype)  # (N, HW, 1)
+    cnt = m.sum(dim=1).clamp_min_(1.)  # (N, 1)
+    if is_channels_last(h):
+        s = torch.bmm(m.transpose(1, 2),
+                      h.permute(0, 2, 3, 1).reshape(n, -1, c))[:, 0]
+    else:
+        s = torch.bmm(h.reshape(n, c, -1), m)[:, :, 0]
+    return s.div_(cnt)
+
+
 # ---------------------------------------------------------------- channel
 def _channel(block, x, geom):
-    fb = folded_regnety(block)
-    n = x.shape[0]
     gate = sample_gate(block, x)
+    fb = cast_folded(folded_regnety(block), compute_dtype(x))
+    with no_autocast(x):
+        return _channel_batched(block, x, fb, gate), gate
+
+
+def _channel_batched(block, x, fb, gate):
+    """The channel path batched over the samples, in x's layout (NCHW or
+    channels_last), in the folded weights' dtype (autocast's when on): see
+    the module docstring. Returns the block output."""
+    x = x.contiguous(memory_format=layout_of(x))
+    n, c_in, h, w_ = x.shape
+    groups, width = fb.groups, fb.width
     keep = expand_channel_gate(gate, block.granularity)[:, :, 0, 0] > 0.5
-    ident = fb.shortcut(x)
-    if bool(keep.all()):
-        return residual_add_relu_(fb.branch(x), ident), gate
-    parts = []  # (samples, their output) per gate pattern
-    pats, inv = torch.unique(keep, dim=0, return_inverse=True)
-    gw, groups = fb.gw, fb.groups
-    for u in range(pats.shape[0]):
-        samples = (inv == u).nonzero()[:, 0]
-        pat = pats[u]
-        xs = x.index_select(0, samples)
-        ids = ident.index_select(0, samples)
-        if not bool(pat.any()):
-            parts.append((samples, ids.add_(fb.b3.view(1, -1, 1, 1)).relu_()))
-            continue
-        ch = pat.nonzero()[:, 0]  # kept channels (k,)
-        act = pat.view(groups, gw).any(dim=1).nonzero()[:, 0]  # (A,)
-        agc = (act[:, None] * gw + torch.arange(gw, device=x.device)
-               ).reshape(-1)  # channels of the active conv groups (A * gw,)
-        # position of each kept channel inside the active groups' channels
-        pos = torch.searchsorted(agc, ch)
-        h1k = F.conv2d(xs, fb.w1.index_select(0, ch),
-                       fb.b1.index_select(0, ch)).relu_()
-        h1 = h1k.new_zeros(xs.shape[0], agc.numel(), *h1k.shape[2:])
-        h1.index_copy_(1, pos, h1k)
-        h2 = F.conv2d(h1, fb.w2.index_select(0, agc),
-                      fb.b2.index_select(0, agc), fb.stride, 1, 1,
-                      act.numel()).index_select(1, pos).relu_()
-        if fb.se1 is not None:
-            h2.mul_(fb.excite(h2.mean(dim=(2, 3)), ch)[:, :, None, None])
-        y = F.conv2d(h2, fb.w3.index_select(1, ch), fb.b3)
-        parts.append((samples, residual_add_relu_(y, ids)))
-    # under autocast a float32 shortcut promotes the output (see
-    # residual_add_relu_), whatever each pattern's branch ran in
-    dtype = ident.dtype
-    for _, y in parts:
-        dtype = torch.promote_types(dtype, y.dtype)
-    out = ident.new_empty(ident.shape, dtype=dtype)
-    for samples, y in parts:
-        out.index_copy_(0, samples, y.to(dtype))
-    return out, gate
+    k_cnt = keep.sum(1)
+    k_max = int(k_cnt.max())
+    xc = x.to(fb.w1.dtype)
+    ident = x if fb.wd is None else fb.shortcut(xc)
+    if int(k_cnt.min()) == width:
+        return residual_add_relu_pooled_(fb.branch(xc), ident)
+    # the output is the shortcut plus conv3, in the masked-dense block's
+    # dtype (under autocast a float32 identity promotes the branch)
+    dtype = torch.promote_types(ident.dtype, xc.dtype)
+    b3 = fb.b3.to(dtype).view(1, -1, 1, 1)
+    if k_max == 0:
+        return torch.add(ident.to(dtype), b3).relu_()
+    ho, wo = ident.shape[-2:]
+    c_out = ident.shape[1]
+    # each sample's kept channels (N, K), padded with index `width`: the
+    # zero row of the extended conv3 weights; conv1 computes a padding slot
+    # as a copy of the sample's first kept channel (written twice with the
+    # same value; channel 0, dropped and unread, for a sample keeping none)
+    kept = kept_index(keep, k_max, width)
+    k1 = torch.where(kept < width, kept, kept[:, :1] % width)
+    f1 = k1.reshape(-1)
+    # conv1 of the kept channels as one batched GEMM on x read in place,
+    # into their columns of conv2's NHWC input (dropped channels: zero)
+    xr = x.permute(0, 2, 3, 1).reshape(n, h * w_, c_in) \
+        if is_channels_last(x) else x.reshape(n, c_in, h * w_).transpose(1, 2)
+    h1k = torch.baddbmm(fb.b1.index_select(0, f1).view(n, 1, k_max),
+                        xr.to(fb.w1.dtype),
+                        fb.w1m.index_select(0, f1).view(n, k_max, c_in)
+                        .transpose(1, 2)).relu_()
+    h1 = h1k.new_zeros(n, h, w_, width)
+    h1.view(n, h * w_, width).scatter_(
+        2, k1[:, None, :].expand(n, h * w_, k_max), h1k)
+    # conv2 over every conv group in channels_last (oneDNN's fast format;
+    # a conv group without a kept channel reads zeros and its outputs are
+    # not read)
+    h2 = F.conv2d(h1.permute(0, 3, 1, 2), fb.w2, fb.b2, fb.stride, 1, 1,
+                  groups).relu_()
+    h2k = h2.permute(0, 2, 3, 1).reshape(n, ho * wo, width).gather(
+        2, k1[:, None, :].expand(n, ho * wo, k_max))  # (N, HW', K)
+    w3k = fb.w3te.index_select(0, kept.reshape(-1)).view(n, k_max, c_out)
+    if fb.se1 is not None:
+        # squeeze of the kept channels (the dropped ones are zero), their
+        # excitation folded into the smaller of conv3's operands
+        z = h2k.new_zeros(n, width + 1).scatter_(1, kept, h2k.mean(dim=1))
+        e = fb.excite(z[:, :width])
+        e = torch.cat([e, e.new_zeros(n, 1)], 1).gather(1, kept)
+        if c_out <= ho * wo:
+            w3k.mul_(e[:, :, None])
+        else:
+            h2k.mul_(e[:, None, :])
+    w3k, h2k = w3k.to(dtype), h2k.to(dtype)
+    # conv3 added to the shortcut by the GEMM, in the shortcut's layout
+    ident = ident.to(dtype)
+    if is_channels_last(ident):
+        out = torch.baddbmm(
+            ident.permute(0, 2, 3, 1).reshape(n, ho * wo, c_out), h2k, w3k
+        ).view(n, ho, wo, c_out).permute(0, 3, 1, 2)
+    else:
+        out = torch.baddbmm(ident.reshape(n, c_out, ho * wo),
+                            w3k.transpose(1, 2), h2k.transpose(1, 2)
+                            ).view(n, c_out, ho, wo)
+    return out.add_(b3).relu_()
 
 
 # ------------------------------------------------------------------ layer
+def _sample_rows(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """(N, C, H, W) ``t``, contiguous in ``fmt``, viewed as (N, L, 1, 1)
+    in its memory order (each sample is one contiguous block of L = C x H x
+    W values in NCHW and in channels_last alike)."""
+    if fmt == torch.channels_last:
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(t.shape[0], -1, 1, 1)
+
+
 def _layer(block, x, geom):
     fb = folded_regnety(block)
     gate = sample_gate(block, x)
     on = gate > 0.5
-    ident = fb.shortcut(x)
+    fmt = layout_of(x)
+    x = x.contiguous(memory_format=fmt)
+    ident = fb.shortcut(x).contiguous(memory_format=fmt)
     n_on = int(on.sum())
     if n_on == x.shape[0]:
-        return residual_add_relu_(fb.branch(x), ident), gate
-    samples = on.nonzero()[:, 0]
+        return residual_add_relu_pooled_(fb.branch(x), ident), gate
     if n_on == 0:
-        res = ident.new_zeros(0, *ident.shape[1:])
-    else:
-        res = fb.branch(x.index_select(0, samples))
+        return torch.relu(ident), gate
+    samples = on.nonzero()[:, 0]
+    # advanced indexing keeps x's memory format (index_select gives NCHW)
+    ident, res = promote_residual(ident, fb.branch(x[samples]))
+    res = res.contiguous(memory_format=fmt)
+    # the fused scatter-add + ReLU, each kept sample one 1 x 1 "patch" of
+    # its values in memory order, the skipped samples relu(shortcut)
     idx = torch.stack([samples, torch.zeros_like(samples),
                        torch.zeros_like(samples)], 1)
-    ident, res = promote_residual(ident, res)
-    out = _scatter(ident, res, idx, tuple(ident.shape[-2:]), ident is not x)
-    return out, gate
+    out = _scatter(_sample_rows(ident, fmt), _sample_rows(res, fmt), idx,
+                   (1, 1), ident is not x)
+    n, c, h, w = ident.shape
+    if fmt == torch.channels_last:
+        return out.view(n, h, w, c).permute(0, 3, 1, 2), gate
+    return out.view(n, c, h, w), gate

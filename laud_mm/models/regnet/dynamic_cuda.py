@@ -64,7 +64,7 @@ def _spatial(block, x, fb, geom):
     # keep - skip logit, pooled (linear); a forced gate replaces the
     # decision, not the cost
     diff = F.adaptive_avg_pool2d(
-        F.conv2d(x, fb.w1x[w:], fb.b1x[w:]), (gh, gw))[:, 0]
+        F.conv2d(x, fb.wl, fb.bl), (gh, gw))[:, 0]
     gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
         else forced_gate(masker, (n, gh, gw), x)
     idx_all, pmap, count = active_index(gate > 0.5)

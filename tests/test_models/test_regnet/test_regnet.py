@@ -31,7 +31,7 @@ from laud_mm.models.regnet.block import (LAUDRegNetYBlock,  # noqa: E402
 from laud_mm.models.regnet.dynamic import \
     static_regnety_forward  # noqa: E402
 
-from conftest import ROOT  # noqa: E402  (the repository root)
+from conftest import ROOT, load_coco_images  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -237,6 +237,87 @@ def test_skipped_layer_skips_se_and_channel_conv_groups():
     assert math.isclose(cb.last_stats['flops'].item(), expect, rel_tol=1e-6)
     assert math.isclose(expected_active_conv_groups(
         cb.geometry((5, 5)), 0.5), 1 - 0.5 ** 4)
+
+
+@pytest.mark.parametrize('paradigm,gran', [('channel', (2, 2, 2, 2)),
+                                           ('spatial', (4, 4, 2, 1)),
+                                           ('layer', None)])
+def test_dynamic_inference_runs_channels_last(paradigm, gran, monkeypatch):
+    """Fed channels_last (the backbone's dynamic_memory_format on the CPU;
+    the policy switch turns that advice off), the dynamic forward runs in
+    NHWC and returns channels_last features equal to the NCHW forward's and
+    to masked-dense evaluation, with the same gates; fed NCHW it returns
+    NCHW (what mmcv's CPU RoIAlign reads)."""
+    from laud_mm.analysis.forced_gates import force_random_gates
+    from laud_mm.ops import policy
+    torch.manual_seed(0)
+    net = LAUDRegNetY('regnety_400mf', paradigm=paradigm, granularity=gran,
+                      dynamic_inference=True)
+    randomize(net, 2)
+    net.eval()
+    x = load_coco_images(n=3, size=(96, 128))
+    cl = torch.channels_last
+    assert net.dynamic_memory_format(x) == cl
+    monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', False)
+    assert net.dynamic_memory_format(x) == torch.contiguous_format
+    monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', True)
+    for rate in (0.3, 0.7):
+        force_random_gates(net, rate, 3, (96, 128), seed=1)
+        with torch.no_grad():
+            out = net(x.contiguous(memory_format=cl))
+            gates = [b.last_stats['gate'].clone() for b in net.blocks]
+            nchw = net(x)
+            net.dynamic_inference = False
+            dense = net(x)
+            net.dynamic_inference = True
+        assert any(0 < float(g.mean()) < 1 for g in gates)
+        for b, g in zip(net.blocks, gates):
+            assert torch.equal(b.last_stats['gate'], g)
+        for a, b, c in zip(out, nchw, dense):
+            assert a.is_contiguous(memory_format=cl)
+            assert b.is_contiguous() and c.is_contiguous()
+            scale = float(c.abs().max())
+            assert float((a - b).abs().max()) <= 1e-5 * scale
+            assert float((a - c).abs().max()) <= 1e-4 * scale
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+@pytest.mark.parametrize('stride,cin', [(1, 32), (2, 16)])
+def test_channel_path_batches_samples_keeping_none_some_all(layout, stride,
+                                                            cin):
+    """The batched channel path (one GEMM per 1x1 conv for the batch, kept
+    lists padded to the longest): a batch whose samples keep no channel,
+    every channel, or some (in conv groups partly kept) equals masked-dense
+    evaluation in fp32, and under bfloat16 autocast within bfloat16's
+    rounding, in the output dtype of the masked-dense block."""
+    torch.manual_seed(0)
+    blk = LAUDRegNetYBlock(cin, 32, stride=stride, group_width=8,
+                           paradigm='channel', granularity=2)
+    randomize(blk, 4)
+    blk.eval()
+    blk.dynamic_inference = True
+    gate = torch.zeros(4, 16)
+    gate[1] = 1.
+    gate[2, [1, 5, 9, 15]] = 1.  # conv groups 0 - 3 each in part
+    gate[3, [7, 14]] = 1.  # group 3 in part: its dropped channels read 0
+    blk.masker.forced_gate = gate
+    x = load_coco_images(n=4, size=(13, 11)).repeat(1, 11, 1, 1)[:, :cin]
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    geom = blk.geometry((13, 11))
+    with torch.no_grad():
+        out = blk(x)
+        ref = blk._masked_dense(x, gate, geom)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out16 = blk(x)
+            ref16 = blk._masked_dense(x, gate, geom)
+    assert (out.is_contiguous(memory_format=torch.channels_last) ==
+            (layout == 'channels_last'))
+    scale = float(ref.abs().max())
+    assert float((out - ref).abs().max()) <= 1e-5 * scale
+    assert out16.dtype == ref16.dtype
+    assert float((out16.float() - ref16.float()).abs().max()) <= \
+        0.05 * scale
 
 
 def test_flops_match_torchvision_model_sizes():
