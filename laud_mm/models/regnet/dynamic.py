@@ -64,7 +64,7 @@ import torch.nn.functional as F
 
 from ...ops import policy
 from ...ops.dispatch import is_channels_last, layout_of
-from ...ops.indexing import kept_index
+from ...ops.indexing import channel_kept_lists
 from ...ops.patches import _gather, _scatter
 from ...ops.spatial_logit import _spatial_logit_pool
 from ...structures.geometry import BlockGeometry
@@ -74,8 +74,7 @@ from ..layers.dynamic import (cast_folded, compute_dtype, forced_gate,
                               run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.gates import KEEP, SKIP
-from ..layers.masks import (expand_channel_gate, expand_spatial_gate,
-                            masked_avg_pool)
+from ..layers.masks import expand_spatial_gate, masked_avg_pool
 
 #: the CUDA variant of each paradigm's path (device-side indices, one
 #: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
@@ -340,9 +339,10 @@ def _channel_batched(block, x, fb, gate):
     x = x.contiguous(memory_format=layout_of(x))
     n, c_in, h, w_ = x.shape
     groups, width = fb.groups, fb.width
-    keep = expand_channel_gate(gate, block.granularity)[:, :, 0, 0] > 0.5
-    k_cnt = keep.sum(1)
-    k_max = int(k_cnt.max())
+    # each sample's kept channels (N, K), padded with index `width` (the
+    # zero row of the extended conv3 weights) to the longest list
+    kept, k_cnt, _ = channel_kept_lists(gate, block.granularity, 1)
+    k_max = kept.shape[1]
     xc = x.to(fb.w1.dtype)
     ident = x if fb.wd is None else fb.shortcut(xc)
     if int(k_cnt.min()) == width:
@@ -355,11 +355,9 @@ def _channel_batched(block, x, fb, gate):
         return torch.add(ident.to(dtype), b3).relu_()
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
-    # each sample's kept channels (N, K), padded with index `width`: the
-    # zero row of the extended conv3 weights; conv1 computes a padding slot
-    # as a copy of the sample's first kept channel (written twice with the
-    # same value; channel 0, dropped and unread, for a sample keeping none)
-    kept = kept_index(keep, k_max, width)
+    # conv1 computes a padding slot as a copy of the sample's first kept
+    # channel (written twice with the same value; channel 0, dropped and
+    # unread, for a sample keeping none)
     k1 = torch.where(kept < width, kept, kept[:, :1] % width)
     f1 = k1.reshape(-1)
     # conv1 of the kept channels as one batched GEMM on x read in place,
