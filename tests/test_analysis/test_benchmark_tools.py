@@ -187,6 +187,35 @@ def test_dynamic_nchw_option(monkeypatch):
     assert not tool.parse_args([]).dynamic_nchw
 
 
+def test_regnet_dynamic_nchw_option(monkeypatch):
+    """benchmark_regnet.py --dynamic-nchw: the RegNetY benchmark times the
+    dynamic backbone fed NCHW (its dynamic_memory_format with the switch
+    off), by default channels_last; the switch is restored."""
+    import importlib.util
+    import os.path as osp
+    from laud_mm.analysis.benchmark import regnet
+    from laud_mm.ops import policy
+    seen = []
+
+    def fake(archs, paradigms, *args):
+        from laud_mm.models import LAUDRegNetY
+        net = LAUDRegNetY(archs[0], paradigm=paradigms[0])
+        seen.append(net.dynamic_memory_format(torch.zeros(1, 3, 32, 32)))
+        return []
+    monkeypatch.setattr(regnet, 'run', fake)
+    spec = importlib.util.spec_from_file_location(
+        'laud_benchmark_regnet',
+        osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_regnet.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    common = ['--archs', 'regnety_400mf', '--paradigms', 'layer',
+              '--rates', '1.0', '--threads', '1']
+    tool.main(common + ['--dynamic-nchw'])
+    tool.main(common)
+    assert seen == [torch.contiguous_format, torch.channels_last]
+    assert policy.CHANNELS_LAST_CPU is True
+
+
 def test_compare_unplanned_adds_the_unplanned_path(monkeypatch):
     """--compare-unplanned: each row also times the dynamic path with the
     per-forward plan off (no sequence planned during those forwards, the

@@ -33,6 +33,12 @@ def parse_args(argv=None):
     p.add_argument('--rate-mode', default='flops', choices=['flops', 'density'],
                    help="'flops': r is the paper's FLOPs-based per-block "
                    "activation rate r_i (default); 'density': mask density")
+    p.add_argument('--dynamic-nchw', action='store_true',
+                   help='run the dynamic path in NCHW '
+                   '(laud_mm.ops.policy.CHANNELS_LAST_CPU off) instead of '
+                   'the backbone\'s dynamic_memory_format: for comparisons; '
+                   'the static baseline still takes the faster of NCHW and '
+                   'channels_last')
     p.add_argument('--json', default=None, help='write the rows as JSON')
     return p.parse_args(argv)
 
@@ -43,7 +49,7 @@ def main(argv=None):
         archs=args.archs, paradigms=args.paradigms, rates=args.rates,
         batch=args.batch, size=args.size, threads=args.threads,
         warmup=args.warmup, repeats=args.repeats, rate_mode=args.rate_mode,
-        json_path=args.json)
+        json_path=args.json, dynamic_nchw=args.dynamic_nchw)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ over a list of thread counts (every family); for the CNN backbones
 (LAUD-ResNet, LAUD-RegNetY) also the default granularity per paradigm, the
 whole-backbone static and dynamic forwards, the backbone FLOPs ratio and one
 timed comparison at a forced activation rate."""
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -44,6 +45,23 @@ def dynamic_forward(net, stem: Callable, x: torch.Tensor) -> torch.Tensor:
         for blk in net.blocks:
             x = blk(x)
     return x
+
+
+@contextlib.contextmanager
+def dynamic_layout(nchw: bool):
+    """Within the context, with ``nchw`` the backbones' dynamic paths run in
+    NCHW (``laud_mm.ops.policy.CHANNELS_LAST_CPU`` off: their
+    ``dynamic_memory_format`` says NCHW), for the benchmarks'
+    ``--dynamic-nchw`` comparisons; the switch is restored afterwards. The
+    static baseline still takes the faster format."""
+    from laud_mm.ops import policy
+    prev = policy.CHANNELS_LAST_CPU
+    if nchw:
+        policy.CHANNELS_LAST_CPU = False
+    try:
+        yield
+    finally:
+        policy.CHANNELS_LAST_CPU = prev
 
 
 def backbone_flops_ratio(net, hw: Tuple[int, int]) -> float:

@@ -33,8 +33,9 @@ from laud_mm.models.layers.folding import fold_conv_bn
 from laud_mm.models.regnet.dynamic import static_regnety_forward
 
 from .common import (PARADIGMS, STATIC_LAYOUT, Column, check_options,
-                     header, leading_columns, table_row, time_forced_rate,
-                     timing_columns, timing_keys, timing_table)
+                     dynamic_layout, header, leading_columns, table_row,
+                     time_forced_rate, timing_columns, timing_keys,
+                     timing_table)
 
 #: the benchmarked architectures
 ARCHS = ('regnety_400mf', 'regnety_800mf')
@@ -114,11 +115,14 @@ def benchmark_regnet(archs: Sequence[str] = ARCHS,
                      threads: Union[int, Sequence[int], None] = None,
                      warmup: int = 2, repeats: int = 7,
                      rate_mode: str = 'flops',
-                     json_path: Optional[str] = None) -> List[Dict]:
+                     json_path: Optional[str] = None,
+                     dynamic_nchw: bool = False) -> List[Dict]:
     """The LAUD-RegNetY benchmark of the command line: :func:`run` at each
     thread count of ``threads`` (an int or a list; None: 1 and every
     logical CPU) as one printed table (machine line with the load average)
-    and, with ``json_path``, a JSON file of its rows.
+    and, with ``json_path``, a JSON file of its rows. The dynamic backbone
+    is fed its ``dynamic_memory_format`` (channels_last on the CPU), or
+    NCHW with ``dynamic_nchw`` (:func:`~.common.dynamic_layout`).
 
     Raises:
         ValueError: an option out of range or an unknown arch (names the
@@ -129,6 +133,7 @@ def benchmark_regnet(archs: Sequence[str] = ARCHS,
     bad = [a for a in archs if a not in ARCHS]
     if bad:
         raise ValueError(f'--archs={bad} must be among {list(ARCHS)}')
-    return timing_table(
-        lambda t: run(archs, paradigms, rates, batch, size, rate_mode,
-                      warmup, repeats), COLUMNS, threads, json_path)
+    with dynamic_layout(dynamic_nchw):
+        return timing_table(
+            lambda t: run(archs, paradigms, rates, batch, size, rate_mode,
+                          warmup, repeats), COLUMNS, threads, json_path)

@@ -44,7 +44,7 @@ from ..timing import bench_pair
 from . import spatial_steps
 from .in_network import block_times_in_network
 from .common import (PARADIGMS, STATIC_LAYOUT, THREADS, Column,
-                     check_options, header, timing_keys,
+                     check_options, dynamic_layout, header, timing_keys,
                      leading_columns, table_row, thread_counts,
                      time_forced_rate, timing_columns, timing_table)
 
@@ -366,18 +366,18 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
     if quick:
         depths, sizes = [50], ['224']
     from laud_mm.ops import policy
-    prev = policy.SPATIAL_DENSE_THRESHOLD, policy.CHANNELS_LAST_CPU
+    prev = policy.SPATIAL_DENSE_THRESHOLD
     if spatial_dense_threshold is not None:
         policy.SPATIAL_DENSE_THRESHOLD = spatial_dense_threshold
-    if dynamic_nchw:
-        policy.CHANNELS_LAST_CPU = False
     try:
-        return _benchmark(depths, sizes, paradigms, rates, batch, threads,
-                          warmup, repeats, rate_mode, per_block_table,
-                          per_block_mode, block_rate, spatial_breakdown,
-                          compare_unplanned, plot_path, json_path)
+        with dynamic_layout(dynamic_nchw):
+            return _benchmark(depths, sizes, paradigms, rates, batch,
+                              threads, warmup, repeats, rate_mode,
+                              per_block_table, per_block_mode, block_rate,
+                              spatial_breakdown, compare_unplanned,
+                              plot_path, json_path)
     finally:
-        policy.SPATIAL_DENSE_THRESHOLD, policy.CHANNELS_LAST_CPU = prev
+        policy.SPATIAL_DENSE_THRESHOLD = prev
 
 
 def _benchmark(depths, sizes, paradigms, rates, batch, threads, warmup,
