@@ -783,3 +783,34 @@ def test_channel_split_rows_name_the_split_and_match():
                 assert note == 'bit-equal: True'
     finally:
         torch.set_num_threads(prev)
+
+
+def test_detector_inference_times_working_formats(monkeypatch):
+    """benchmark_detector.py's inference rows: the whole static and LAUD
+    detectors run NCHW only (mmcv's CPU RoIAlign reads channels_last FPN
+    maps wrongly: a channels_last static detector would be a baseline that
+    returns wrong boxes), while the backbone row takes the static network's
+    faster format and feeds the dynamic backbone its dynamic_memory_format.
+    A real coco_tiny image at a small scale, one timed pair."""
+    from laud_mm.analysis.benchmark import detector
+    real = detector.bench_best_static
+    calls = []
+
+    def spy(static_fn, dyn_fn, x, warmup, repeats, layouts=('NCHW',
+                                                            'channels_last')):
+        with torch.no_grad():
+            out = dyn_fn(x)
+        calls.append((tuple(layouts), out))
+        return real(static_fn, dyn_fn, x, warmup, repeats, layouts)
+
+    monkeypatch.setattr(detector, 'bench_best_static', spy)
+    r = detector.time_inference('channel', 0.5, (160, 128), 0, 1, ROOT)
+    assert [c[0] for c in calls] == [('NCHW',), ('NCHW', 'channels_last')]
+    assert r['static_layout'] == 'NCHW'
+    assert r['backbone_static_layout'] in ('NCHW', 'channels_last')
+    feats = calls[1][1]
+    det = detector._detector('channel', ROOT)
+    fmt = det.backbone.dynamic_memory_format(torch.zeros(1, 3, 32, 32))
+    assert all(f.is_contiguous(memory_format=fmt) for f in feats)
+    assert 0 < r['rate_real'] < 1
+    assert r['static_ms'] > 0 and r['backbone_dynamic_ms'] > 0
