@@ -267,7 +267,7 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
         """The memory format in which to feed input like ``x`` for the
         fastest dynamic inference
         (:func:`~laud_mm.models.regnet.dynamic.dynamic_memory_format`:
-        channels_last for layer and channel skipping on the CPU, else NCHW).
+        channels_last on the CPU, else NCHW).
         ``forward`` runs in its input's format and returns its features in
         it (same values either way), as LAUD-ResNet's: a consumer may read
         NCHW only (mmcv's CPU RoIAlign reads a channels_last map wrongly),

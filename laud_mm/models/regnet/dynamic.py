@@ -49,8 +49,9 @@ several times faster there on large maps).
   d = 0.5). A sample with every channel off outputs
   ``relu(shortcut + bn3 shift)``.
 - layer: the block (SE included) runs only on the samples whose gate is on
-  (gathered by advanced indexing in channels_last, which keeps the format;
-  the scatter kernel in NCHW); the others output ``relu(shortcut)``.
+  (gathered by advanced indexing, which keeps the format; their rows added
+  into the shortcut by the compiled scatter-add + ReLU over each sample's
+  values in memory order); the others output ``relu(shortcut)``.
 
 Source: paper sec. 3.4 (masker logit, gather + conv, scatter + add)
 and sec. 4.3.2 (RegNetY: layer skipping also skips the memory-bound SE);
@@ -220,14 +221,16 @@ def dynamic_regnety_forward(block: nn.Module, x: torch.Tensor,
 def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor
                           ) -> torch.memory_format:
     """The memory format in which a LAUD-RegNetY's dynamic forward is
-    fastest for input ``x``: channels_last for layer and channel skipping
-    on a 4-D CPU input (:data:`laud_mm.ops.policy.CHANNELS_LAST_CPU`):
-    their paths are oneDNN convolutions and batched GEMMs that read and
-    write NHWC in place, and oneDNN's grouped 3 x 3 convolution, RegNetY's
-    conv2, is several times faster in channels_last than in NCHW on large
-    maps (docs/benchmarks.md, "LAUD-RegNetY"); else NCHW
-    (``torch.contiguous_format``): spatial skipping, whose gather and
-    scatter kernels read and write NCHW, and the CUDA paths.
+    fastest for input ``x``: channels_last on a 4-D CPU input
+    (:data:`laud_mm.ops.policy.CHANNELS_LAST_CPU`), where the layer and
+    channel paths are oneDNN convolutions and batched GEMMs that read and
+    write NHWC in place, spatial blocks compute densely and mask (their
+    gather / scatter kernels read NCHW), and oneDNN's convolutions, above
+    all the grouped 3 x 3 one (RegNetY's conv2), run faster than in NCHW
+    (docs/benchmarks.md, "LAUD-RegNetY": channels_last is the better
+    format for every paradigm at r >= 0.5; NCHW only pays for spatial
+    skipping at low rates); else NCHW (``torch.contiguous_format``): the
+    CUDA paths and static backbones.
 
     Args:
         paradigm: the backbone's paradigm (None: static).
@@ -250,12 +253,11 @@ def _spatial(block, x, geom):
     n = x.shape[0]
     w = fb.width
     masker = block.masker
-    # masker fused into conv1 (a forced gate replaces its decision, not
-    # its cost: the logit is computed either way)
     # the masker's logit difference pooled to the patch grid in one pass
     # over x (NCHW or channels_last), conv1 on its own: as an extra output
     # channel of conv1 it gives oneDNN a width off its vector blocks and
-    # conv2 a strided input
+    # conv2 a strided input (a forced gate replaces the masker's decision,
+    # not its cost: the logit is computed either way)
     diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, (gh, gw))
     h1 = F.conv2d(x, fb.w1, fb.b1)
     gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
@@ -362,10 +364,10 @@ def _channel_batched(block, x, fb, gate):
     f1 = k1.reshape(-1)
     # conv1 of the kept channels as one batched GEMM on x read in place,
     # into their columns of conv2's NHWC input (dropped channels: zero)
-    xr = x.permute(0, 2, 3, 1).reshape(n, h * w_, c_in) \
-        if is_channels_last(x) else x.reshape(n, c_in, h * w_).transpose(1, 2)
-    h1k = torch.baddbmm(fb.b1.index_select(0, f1).view(n, 1, k_max),
-                        xr.to(fb.w1.dtype),
+    xr = xc.permute(0, 2, 3, 1).reshape(n, h * w_, c_in) \
+        if is_channels_last(xc) else \
+        xc.reshape(n, c_in, h * w_).transpose(1, 2)
+    h1k = torch.baddbmm(fb.b1.index_select(0, f1).view(n, 1, k_max), xr,
                         fb.w1m.index_select(0, f1).view(n, k_max, c_in)
                         .transpose(1, 2)).relu_()
     h1 = h1k.new_zeros(n, h, w_, width)
