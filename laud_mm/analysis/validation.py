@@ -68,7 +68,8 @@ def build(paradigm: Optional[str], gran, device: torch.device):
 def measure_cases(device: torch.device, quick: bool = False,
                   min_time: float = 0.05, repeats: int = 3,
                   clock: str = 'auto', seed: int = 0, backbone: bool = True,
-                  warm_caches: bool = False) -> List[Dict]:
+                  warm_caches: bool = False,
+                  layout: str = 'NCHW') -> List[Dict]:
     """Build every case (model, input, forced gates), then time them in
     ``repeats`` sweeps over all cases and keep each case's fastest sweep
     (sweeps minutes apart: a burst of load from other processes inflates
@@ -92,6 +93,10 @@ def measure_cases(device: torch.device, quick: bool = False,
         backbone: add the whole-backbone cases.
         warm_caches: time the blocks' calls back to back instead (a
             block's weights stay in cache from one call to the next).
+        layout: the memory format of every input, blocks' and backbones'
+            (a key of :data:`laud_mm.latency.calibration.LAYOUTS`): the
+            dynamic path runs in its input's format, so this chooses the
+            path that is validated.
 
     Returns:
         one dict per case: kind ('block' / 'backbone'), block, j (block
@@ -101,6 +106,8 @@ def measure_cases(device: torch.device, quick: bool = False,
     """
     from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
                                                static_bottleneck_forward)
+    from laud_mm.latency.calibration import check_layout
+    fmt = check_layout(layout)
     gen = torch.Generator().manual_seed(seed)
     blocks = BLOCKS_QUICK if quick else BLOCKS_FULL
     rates = (0.1, 0.4, 0.7, 1.0) if quick else \
@@ -128,7 +135,7 @@ def measure_cases(device: torch.device, quick: bool = False,
         twin = twin_of(static.blocks[j])
         for b in batches:
             x = torch.randn(b, sgeoms[j].in_channels, *sgeoms[j].in_hw,
-                            device=device)
+                            device=device).contiguous(memory_format=fmt)
             jobs.append((dict(kind='block', block=f's{s}.b{i}', j=j,
                               paradigm='static', granularity=None, batch=b,
                               density=None), [],
@@ -148,7 +155,7 @@ def measure_cases(device: torch.device, quick: bool = False,
             twin = twin_of(blk)
             for b in batches:
                 x = torch.randn(b, geom.in_channels, *geom.in_hw,
-                                device=device)
+                                device=device).contiguous(memory_format=fmt)
                 x2 = None if twin is None else x.clone()
                 for r in rates:
                     # (batch-1 layer gates round to 0 or 1: the realised
@@ -170,7 +177,8 @@ def measure_cases(device: torch.device, quick: bool = False,
         for par, gran in [(None, None), ('spatial', (4, 4, 2, 1)),
                           ('channel', (2, 2, 2, 2)), ('layer', None)]:
             model = build(par, gran, device)
-            x = torch.randn(1, 3, *in_hw, device=device)
+            x = torch.randn(1, 3, *in_hw, device=device).contiguous(
+                memory_format=fmt)
             geoms = model.block_geometries(in_hw)
             for r in ((1.0,) if par is None else (0.3, 0.6, 1.0)):
                 dens, gates = [], []
@@ -492,7 +500,8 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
                        clock: str = 'auto', reuse: Optional[str] = None,
                        seed: int = 0,
                        out_dir: str = 'work_dirs/validate_predictor',
-                       warm_caches: bool = False) -> Tuple[float, float]:
+                       warm_caches: bool = False,
+                       layout: str = 'NCHW') -> Tuple[float, float]:
     """Measure (or reuse) the cases, optionally fit the spec, predict, and
     write ``results.json``, ``table.md`` (printed), ``pred_vs_measured.png``
     and, with ``fit``, ``fitted_spec.yaml`` into ``out_dir``.
@@ -514,20 +523,26 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
         warm_caches: time the blocks' calls back to back, their weights
             in cache (:func:`measure_cases`; default: as inside a
             forward).
+        layout: the inputs' memory format (:func:`measure_cases`): the
+            dynamic path validated ('channels_last': the one the backbones'
+            ``dynamic_memory_format`` gives on AVX-512 CPUs; calibrate the
+            spec in the same format, ``calibrate_hardware.py --layout``).
 
     Returns:
         (MAPE %, Spearman rho) over all cases.
 
     Raises:
-        ValueError: ``threads`` or ``repeats`` < 1, ``min_time`` <= 0, or
-            a CPU spec whose ``num_pe`` is not ``threads`` (names the
-            option and value).
+        ValueError: ``threads`` or ``repeats`` < 1, ``min_time`` <= 0, an
+            unknown ``layout``, or a CPU spec whose ``num_pe`` is not
+            ``threads`` (names the option and value).
     """
     for name, v in (('threads', threads), ('repeats', repeats)):
         if v < 1:
             raise ValueError(f'--{name}={v} must be >= 1')
     if min_time <= 0:
         raise ValueError(f'--min-time={min_time} must be > 0')
+    from laud_mm.latency.calibration import check_layout
+    check_layout(layout)
     torch.set_num_threads(threads)
     from laud_mm.latency import get_hardware
     spec = get_hardware(hardware)
@@ -548,7 +563,7 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
         cases = measure_cases(dev, quick=quick, min_time=min_time,
                               repeats=repeats, clock=clock, seed=seed,
                               backbone=not no_backbone,
-                              warm_caches=warm_caches)
+                              warm_caches=warm_caches, layout=layout)
     idx_all = list(range(len(cases)))
     idx_sets = {'all cases': idx_all}
     if fit:

@@ -54,6 +54,25 @@ import torch.nn.functional as F
 
 from .hardware import HardwareSpec, save_hardware
 
+#: the memory formats a CPU calibration can time its tensors in (the
+#: backbones' ``dynamic_memory_format``: channels_last where the fused
+#: kernels run, the static network's faster format on the Intel VM)
+LAYOUTS = {'NCHW': torch.contiguous_format,
+           'channels_last': torch.channels_last}
+
+
+def check_layout(layout: str) -> torch.memory_format:
+    """The memory format of a ``--layout`` name.
+
+    Raises:
+        ValueError: a name that is not a key of :data:`LAYOUTS` (names the
+            option).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f'--layout={layout!r} must be one of '
+                         f'{list(LAYOUTS)}')
+    return LAYOUTS[layout]
+
 
 #: upper bound of the on-chip / off-chip bandwidth ratio of a calibrated
 #: spec: the two bandwidths are slopes between two sizes, and a time slice
@@ -313,8 +332,9 @@ def cpu_vector_width() -> int:
     return 16 if 'AVX512' in cap else 8 if 'AVX2' in cap else 4
 
 
-def microbench(device: torch.device) -> dict:
-    """Micro-benchmarks of ``device`` (see the module docstring).
+def microbench(device: torch.device, layout: str = 'NCHW') -> dict:
+    """Micro-benchmarks of ``device`` (see the module docstring); the
+    convolutions' inputs in ``layout`` (a key of :data:`LAYOUTS`).
 
     Returns:
         dict: launch_us (mean of add and conv), launch_add_us,
@@ -344,7 +364,8 @@ def microbench(device: torch.device) -> dict:
     rates = []
     for (n, cin, cout, hw, k) in ((1, 256, 256, 28, 3), (1, 512, 512, 14, 3),
                                   (4, 256, 1024, 14, 1)):
-        x = torch.rand(n, cin, hw, hw, device=dev)
+        x = torch.rand(n, cin, hw, hw, device=dev).contiguous(
+            memory_format=check_layout(layout))
         w = torch.rand(cout, cin, k, k, device=dev)
         t = time_fn(lambda: F.conv2d(x, w, padding=k // 2), dev)
         rates.append(n * cin * cout * hw * hw * k * k / t)
@@ -400,13 +421,16 @@ def parallel_region_us(device: torch.device) -> float:
     return max(0., t_n - t_1 / threads) * 1e6
 
 
-def static_block_fn(g, batch: int, device: torch.device):
+def static_block_fn(g, batch: int, device: torch.device,
+                    layout: str = 'NCHW'):
     """The eager BN-folded static bottleneck of
     ``laud_mm.models.resnet.dynamic.static_bottleneck_forward`` with random
     weights for a ResNet :class:`BlockGeometry` ``g`` and a batch of
-    ``batch``; returns a no-argument callable (its input tensor, (batch,
-    C_in, H, W), as its attribute ``input``)."""
-    x = torch.rand(batch, g.in_channels, *g.in_hw, device=device)
+    ``batch``, its input in ``layout`` (a key of :data:`LAYOUTS`); returns
+    a no-argument callable (its input tensor, (batch, C_in, H, W), as its
+    attribute ``input``)."""
+    x = torch.rand(batch, g.in_channels, *g.in_hw, device=device).contiguous(
+        memory_format=check_layout(layout))
     w1 = torch.rand(g.width, g.in_channels, 1, 1, device=device) * 0.01
     w2 = torch.rand(g.width, g.width, 3, 3, device=device) * 0.01
     w3 = torch.rand(g.out_channels, g.width, 1, 1, device=device) * 0.01
@@ -430,9 +454,11 @@ def static_block_fn(g, batch: int, device: torch.device):
 DYNAMIC_CALIB_BLOCK = (2, 1)
 
 
-def _dynamic_block(paradigm: str, granularity: int, device: torch.device):
+def _dynamic_block(paradigm: str, granularity: int, device: torch.device,
+                   layout: str = 'NCHW'):
     """(block, geometry, input) of :data:`DYNAMIC_CALIB_BLOCK` of a random
-    LAUD-ResNet-50 of ``paradigm`` (dynamic inference, eval), batch 1."""
+    LAUD-ResNet-50 of ``paradigm`` (dynamic inference, eval), batch 1, the
+    input in ``layout``."""
     from laud_mm.models.resnet.backbone import LAUDResNet
     model = LAUDResNet(50, paradigm=paradigm, granularity=(granularity,) * 4,
                        dynamic_inference=True, init_cfg=None).eval()
@@ -441,7 +467,8 @@ def _dynamic_block(paradigm: str, granularity: int, device: torch.device):
     j = [k for k, g in enumerate(geoms)
          if (g.stage, g.index) == DYNAMIC_CALIB_BLOCK][0]
     g = geoms[j]
-    x = torch.rand(1, g.in_channels, *g.in_hw, device=device)
+    x = torch.rand(1, g.in_channels, *g.in_hw, device=device).contiguous(
+        memory_format=check_layout(layout))
     return model.blocks[j], g, x
 
 
@@ -455,7 +482,8 @@ def _half_gate(n_gates: int, shape, device: torch.device) -> torch.Tensor:
 
 
 def dynamic_path_cases(spec: HardwareSpec, device: torch.device,
-                       warm_caches: bool = False) -> List[Dict]:
+                       warm_caches: bool = False,
+                       layout: str = 'NCHW') -> List[Dict]:
     """The blocks that :func:`dynamic_path_terms` times, built and ready:
     :data:`DYNAMIC_CALIB_BLOCK` of LAUD-ResNet-50 at batch 1 with its gate
     imposed (``masker.forced_gate``, on the case's own model): ``'empty'``
@@ -469,6 +497,7 @@ def dynamic_path_cases(spec: HardwareSpec, device: torch.device,
         device: where they run; not a CPU: no cases.
         warm_caches: calls back to back (``before`` None); default: each
             call after :func:`cold_start` with a twin of the block.
+        layout: the blocks' input format (a key of :data:`LAYOUTS`).
 
     Returns:
         dicts with ``name``, ``fn`` and ``before`` (no-argument callables,
@@ -484,7 +513,7 @@ def dynamic_path_cases(spec: HardwareSpec, device: torch.device,
     evict = block_evictor(device, warm_caches)
 
     def case(name, paradigm, gran, shape_of, half):
-        blk, g, x = _dynamic_block(paradigm, gran, device)
+        blk, g, x = _dynamic_block(paradigm, gran, device, layout)
         shape = shape_of(g)
         gate = _half_gate(math.prod(shape), shape, device) if half else \
             torch.zeros(*shape, device=device)
@@ -514,8 +543,8 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
                        clock: str = 'auto', verbose: bool = True,
                        warm_caches: bool = False,
                        cases: Optional[List[Dict]] = None,
-                       times: Optional[Sequence[float]] = None
-                       ) -> HardwareSpec:
+                       times: Optional[Sequence[float]] = None,
+                       layout: str = 'NCHW') -> HardwareSpec:
     """Measure the two terms of the eager dynamic path that micro-benchmarks
     of single library kernels miss, on the blocks of
     :func:`dynamic_path_cases`:
@@ -546,7 +575,7 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
             seconds per call, timed by the caller
             (:func:`calibrate_hardware` times them in the rounds of the
             static blocks); None: built and timed here
-            (:func:`time_cases`).
+            (:func:`time_cases`), their inputs in ``layout``.
 
     Returns:
         ``spec`` with the measured terms.
@@ -564,7 +593,7 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
     if cases is None:
         if times is not None:
             raise ValueError('dynamic_path_terms: times given without cases')
-        cases = dynamic_path_cases(spec, device, warm_caches)
+        cases = dynamic_path_cases(spec, device, warm_caches, layout)
         times = time_cases([(c['fn'], c['before']) for c in cases], device,
                            clock=clock)
     if times is None or len(times) != len(cases):
@@ -675,7 +704,8 @@ def fit_spec(spec: HardwareSpec, samples, verbose: bool = True
 def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
                        name: Optional[str] = None, out: Optional[str] = None,
                        fit: bool = False, clock: str = 'auto',
-                       warm_caches: bool = False) -> HardwareSpec:
+                       warm_caches: bool = False,
+                       layout: str = 'NCHW') -> HardwareSpec:
     """Measure ``device`` (:func:`microbench`), optionally fit the spec on
     static ResNet-50 blocks (:func:`fit_spec`), measure the eager dynamic
     path's terms on a CPU (:func:`dynamic_path_terms`), write the spec and
@@ -694,12 +724,17 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
             back to back; default on a CPU: each call from cold caches
             with its input read after a twin block (:func:`cold_start`),
             as inside a backbone forward (a GPU: back to back).
+        layout: the memory format of every timed input (a key of
+            :data:`LAYOUTS`): the format the modelled network will run in
+            (``'channels_last'`` for the backbones'
+            ``dynamic_memory_format`` on AVX-512 CPUs).
 
     Returns:
         the written :class:`HardwareSpec`.
 
     Raises:
-        ValueError: an unknown ``device`` or ``clock``, ``threads`` < 1.
+        ValueError: an unknown ``device``, ``clock`` or ``layout``,
+            ``threads`` < 1.
         RuntimeError: ``device='cuda'`` without a CUDA device.
     """
     from laud_mm.models import resnet_geometries
@@ -707,6 +742,7 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         raise ValueError(f"--device={device!r} must be 'cpu' or 'cuda'")
     if threads is not None and threads < 1:
         raise ValueError(f'--threads={threads} must be >= 1')
+    check_layout(layout)
     dev = torch.device(device)
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
@@ -725,7 +761,7 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         max_tile, tr = 4096, 64
     # PyTorch's CPU kernels run image by image: tiles never span samples
     tile_batch = 1 if dev.type == 'cpu' else 0
-    m = microbench(dev)
+    m = microbench(dev, layout)
     print(f'device {dev} ({n_pe} PE, {clock_mhz:.0f} MHz): launch '
           f'{m["launch_us"]:.1f} us (add {m["launch_add_us"]:.1f}, conv '
           f'{m["launch_conv_us"]:.1f}), bandwidth {m["bandwidth_gbs"]:.1f} '
@@ -762,11 +798,11 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         static = []
         for g in uniq.values():
             for b in (1, 2):
-                fn = static_block_fn(g, b, dev)
+                fn = static_block_fn(g, b, dev, layout)
                 static.append((g, b, fn, None if evict is None else partial(
-                    cold_start, evict, static_block_fn(g, b, dev),
+                    cold_start, evict, static_block_fn(g, b, dev, layout),
                     fn.input)))
-        dyn = dynamic_path_cases(spec, dev, warm_caches)
+        dyn = dynamic_path_cases(spec, dev, warm_caches, layout)
         times = time_cases([(fn, before) for _, _, fn, before in static] +
                            [(c['fn'], c['before']) for c in dyn], dev,
                            clock=clock)
@@ -778,7 +814,7 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         spec = fit_spec(spec, samples)
         dyn_times = times[len(static):]
     spec = dynamic_path_terms(spec, dev, clock=clock, warm_caches=warm_caches,
-                              cases=dyn, times=dyn_times)
+                              cases=dyn, times=dyn_times, layout=layout)
     out = out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
     os.makedirs(osp.dirname(out) or '.', exist_ok=True)
     save_hardware(spec, out)

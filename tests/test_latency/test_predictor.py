@@ -871,7 +871,7 @@ def test_calibration_spec_models_its_thread_count(monkeypatch, tmp_path):
     from laud_mm.analysis.validation import validate_predictor
     from laud_mm.latency import calibration
     prev = torch.get_num_threads()
-    monkeypatch.setattr(calibration, 'microbench', lambda dev: dict(
+    monkeypatch.setattr(calibration, 'microbench', lambda dev, layout: dict(
         launch_us=5., launch_add_us=4., launch_conv_us=6.,
         bandwidth_gbs=2., cache_gbs=5e5, macs=1e11, conv_rates=[1e11],
         weight_reorder_gbs=8., region_us=30.))
@@ -1048,6 +1048,13 @@ def test_validation_times_every_block_from_cold_caches(monkeypatch):
     validation.measure_cases(torch.device('cpu'), quick=True, repeats=1,
                              backbone=False, warm_caches=True)
     assert made == [] and {b for b, _ in seen} == {None}
+    # --layout channels_last: every block's and backbone's input in it
+    seen.clear()
+    validation.measure_cases(torch.device('cpu'), quick=True, repeats=1,
+                             warm_caches=True, layout='channels_last')
+    assert all(fn.args[1].is_contiguous(memory_format=torch.channels_last)
+               for _, fn in seen)
+    assert {fn.func for _, fn in seen} >= {validation.backbone_forward}
 
 
 def test_calibration_fit_times_static_blocks_as_inside_a_forward(
@@ -1060,7 +1067,7 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
     dynamic_path_terms; --warm-caches: back to back."""
     from laud_mm.latency import calibration
     prev = torch.get_num_threads()
-    monkeypatch.setattr(calibration, 'microbench', lambda dev: dict(
+    monkeypatch.setattr(calibration, 'microbench', lambda dev, layout: dict(
         launch_us=5., launch_add_us=4., launch_conv_us=6.,
         bandwidth_gbs=2., cache_gbs=5., macs=1e11, conv_rates=[1e11],
         weight_reorder_gbs=8., region_us=30.))
@@ -1071,12 +1078,12 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
                         lambda dev: lambda: None)
     dyn = dict(name='empty', fn=lambda: None, before=None)
     monkeypatch.setattr(calibration, 'dynamic_path_cases',
-                        lambda spec, dev, warm_caches: [dyn])
+                        lambda spec, dev, warm_caches, layout: [dyn])
     terms = []
     monkeypatch.setattr(calibration, 'dynamic_path_terms',
                         lambda spec, dev, clock, warm_caches, cases=None,
-                        times=None: terms.append((warm_caches, cases, times))
-                        or spec)
+                        times=None, layout='NCHW': terms.append(
+                            (warm_caches, cases, times, layout)) or spec)
     seen = []
 
     def fake_time_fn(fn, device, before=None, **kw):
@@ -1097,7 +1104,8 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
         samples = fitted[0]
         assert [t for _, _, t in samples] == pytest.approx(
             [(i + 1 + (rounds // 2) * n) for i in range(16)])
-        assert terms[0][1] == [dyn] and terms[0][2] == pytest.approx(
+        assert terms[0][1] == [dyn] and terms[0][3] == 'NCHW'
+        assert terms[0][2] == pytest.approx(
             [1e-3 * (n + (rounds // 2) * n)])
         fn, before = seen[0]
         assert before.func is calibration.cold_start
@@ -1109,7 +1117,22 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
         calibration.calibrate_hardware(threads=1, fit=True, warm_caches=True,
                                        out=str(tmp_path / 'b.yaml'))
         assert {b for _, b in seen} == {None}
-        assert [w for w, _, _ in terms] == [False, True]
+        assert [t[0] for t in terms] == [False, True]
+        # --layout channels_last: every static block's input (and its
+        # twin's) in that format, the dynamic path's terms too
+        seen.clear()
+        calibration.calibrate_hardware(threads=1, fit=True,
+                                       layout='channels_last',
+                                       out=str(tmp_path / 'c.yaml'))
+        cl = torch.channels_last
+        static_calls = seen[:16]
+        assert all(f.input.is_contiguous(memory_format=cl) and
+                   b.args[2].is_contiguous(memory_format=cl)
+                   for f, b in static_calls)
+        assert terms[-1][3] == 'channels_last'
+        with pytest.raises(ValueError, match='--layout'):
+            calibration.calibrate_hardware(threads=1, layout='NHWC',
+                                           out=str(tmp_path / 'd.yaml'))
     finally:
         torch.set_num_threads(prev)
 

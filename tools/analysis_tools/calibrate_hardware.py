@@ -19,7 +19,7 @@ calls back to back, weights in cache).
 """
 import argparse
 
-from laud_mm.latency.calibration import calibrate_hardware
+from laud_mm.latency.calibration import LAYOUTS, calibrate_hardware
 
 
 def parse_args(argv=None):
@@ -39,6 +39,11 @@ def parse_args(argv=None):
     p.add_argument('--warm-caches', action='store_true',
                    help='time the blocks back to back (weights stay in '
                    'cache) instead of as inside a forward')
+    p.add_argument('--layout', default='NCHW', choices=list(LAYOUTS),
+                   help='memory format of every timed input: the dynamic '
+                   'path runs in its input\'s format (channels_last: the '
+                   'backbones\' dynamic_memory_format on AVX-512 CPUs); '
+                   'calibrate and validate in the same one')
     return p.parse_args(argv)
 
 
@@ -48,7 +53,8 @@ def main(argv=None):
         return calibrate_hardware(device=args.device, threads=args.threads,
                                   name=args.name, out=args.out, fit=args.fit,
                                   clock=args.clock,
-                                  warm_caches=args.warm_caches)
+                                  warm_caches=args.warm_caches,
+                                  layout=args.layout)
     except RuntimeError as e:  # --device cuda without a CUDA device
         raise SystemExit(str(e))
 

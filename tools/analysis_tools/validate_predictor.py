@@ -30,6 +30,7 @@ Fig. 5).
 import argparse
 
 from laud_mm.analysis.validation import validate_predictor
+from laud_mm.latency.calibration import LAYOUTS
 
 
 def parse_args(argv=None):
@@ -62,6 +63,11 @@ def parse_args(argv=None):
                    'a twin block run, the input read before every call)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/validate_predictor')
+    p.add_argument('--layout', default='NCHW', choices=list(LAYOUTS),
+                   help='memory format of every timed input: the dynamic '
+                   'path runs in its input\'s format (channels_last: the '
+                   'backbones\' dynamic_memory_format on AVX-512 CPUs); '
+                   'calibrate and validate in the same one')
     return p.parse_args(argv)
 
 
@@ -72,7 +78,7 @@ def main(argv=None):
         quick=args.quick, fit=args.fit, no_backbone=args.no_backbone,
         min_time=args.min_time, repeats=args.repeats, clock=args.clock,
         reuse=args.reuse, seed=args.seed, out_dir=args.out_dir,
-        warm_caches=args.warm_caches)
+        warm_caches=args.warm_caches, layout=args.layout)
 
 
 if __name__ == '__main__':
