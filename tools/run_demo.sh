@@ -8,7 +8,9 @@
 #   2. that backbone, maskers included, fine-tuned in Faster R-CNN on
 #      ../shared/data/coco_tiny with the sparsity loss (tau 0.1);
 #   3. this CPU calibrated for the latency predictor (tools/analysis_tools/
-#      calibrate_hardware.py at the evaluation's thread count, about 30 s),
+#      calibrate_hardware.py at the evaluation's thread count, its inputs
+#      in the memory format the speed hook feeds the dynamic backbone,
+#      about 30 s),
 #      then the checkpoint evaluated with the dynamic-inference
 #      kernels: COCO box mAP, the activation rate, the backbone latency and
 #      speed-up predicted on the paper's V100 model (laud/) and on this CPU
@@ -42,7 +44,7 @@ THREADS=$(python3 -c "import torch; print(torch.get_num_threads())")
 CPU_SPEC=$WORK/cpu_calibrated.yaml
 echo "[demo] stage 3: calibrating this CPU at $THREADS threads -> $CPU_SPEC"
 python3 tools/analysis_tools/calibrate_hardware.py --threads "$THREADS" --fit \
-    --out "$CPU_SPEC"
+    --layout auto --out "$CPU_SPEC"
 echo "[demo] stage 3: dynamic inference on coco_tiny val2017"
 CKPT=$(cat "$WORK/faster_rcnn_spatial/last_checkpoint")
 python3 tools/test.py "$STAGE3_CFG" "$CKPT" --dynamic-inference \

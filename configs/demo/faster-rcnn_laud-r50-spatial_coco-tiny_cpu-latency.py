@@ -6,9 +6,12 @@
 # laud_mm.BackboneSpeedHook measures on the same batches (laud/measured_*).
 # The CPU spec comes from
 #   python tools/analysis_tools/calibrate_hardware.py --threads N --fit \
-#       --out work_dirs/demo/cpu_calibrated.yaml
-# with N the evaluation's thread count (run_demo.sh runs it and points
-# test_evaluator.2.hardware at its own work directory).
+#       --layout auto --out work_dirs/demo/cpu_calibrated.yaml
+# with N the evaluation's thread count and the inputs in the memory format
+# laud_mm.BackboneSpeedHook feeds the dynamic backbone (its
+# dynamic_memory_format: channels_last on AVX-512 CPUs), so that the
+# predicted and the measured speed-ups are of the same path (run_demo.sh
+# runs it and points test_evaluator.2.hardware at its own work directory).
 _base_ = './faster-rcnn_laud-r50-spatial_coco-tiny.py'
 cpu_hardware = 'work_dirs/demo/cpu_calibrated.yaml'
 test_evaluator = _base_.val_evaluator + [

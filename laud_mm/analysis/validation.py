@@ -523,10 +523,12 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
         warm_caches: time the blocks' calls back to back, their weights
             in cache (:func:`measure_cases`; default: as inside a
             forward).
-        layout: the inputs' memory format (:func:`measure_cases`): the
-            dynamic path validated ('channels_last': the one the backbones'
+        layout: the inputs' memory format (:func:`measure_cases`; 'auto':
+            :func:`laud_mm.latency.calibration.auto_layout`): the dynamic
+            path validated ('channels_last': the one the backbones'
             ``dynamic_memory_format`` gives on AVX-512 CPUs; calibrate the
-            spec in the same format, ``calibrate_hardware.py --layout``).
+            spec in the same format, ``calibrate_hardware.py --layout``),
+            recorded in ``results.json`` (None with ``reuse``).
 
     Returns:
         (MAPE %, Spearman rho) over all cases.
@@ -541,9 +543,11 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
             raise ValueError(f'--{name}={v} must be >= 1')
     if min_time <= 0:
         raise ValueError(f'--min-time={min_time} must be > 0')
-    from laud_mm.latency.calibration import check_layout
+    from laud_mm.latency.calibration import auto_layout, check_layout
     check_layout(layout)
     torch.set_num_threads(threads)
+    if layout == 'auto':
+        layout = auto_layout()
     from laud_mm.latency import get_hardware
     spec = get_hardware(hardware)
     dev = torch.device(device)
@@ -560,6 +564,7 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
                      for c in json.load(f)['cases']]
         print(f'{len(cases)} measured cases from {reuse}')
     else:
+        print(f'inputs in {layout}')
         cases = measure_cases(dev, quick=quick, min_time=min_time,
                               repeats=repeats, clock=clock, seed=seed,
                               backbone=not no_backbone,
@@ -579,7 +584,8 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
     for c, p in zip(cases, preds):
         c['predicted_ms'] = p
     with open(osp.join(out_dir, 'results.json'), 'w') as f:
-        json.dump(dict(spec=spec.to_dict(), cases=cases), f, indent=1)
+        json.dump(dict(spec=spec.to_dict(), cases=cases,
+                       layout=None if reuse else layout), f, indent=1)
     print(report(cases, preds, idx_sets, out_dir, spec))
     print('plot:', plot(cases, preds, out_dir))
     return metrics([c['measured_ms'] for c in cases], preds)

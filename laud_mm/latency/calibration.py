@@ -62,16 +62,29 @@ LAYOUTS = {'NCHW': torch.contiguous_format,
 
 
 def check_layout(layout: str) -> torch.memory_format:
-    """The memory format of a ``--layout`` name.
+    """The memory format of a ``--layout`` name (a key of :data:`LAYOUTS`;
+    ``'auto'``: :func:`auto_layout`).
 
     Raises:
-        ValueError: a name that is not a key of :data:`LAYOUTS` (names the
-            option).
+        ValueError: a name that is neither (names the option).
     """
+    if layout == 'auto':
+        layout = auto_layout()
     if layout not in LAYOUTS:
         raise ValueError(f'--layout={layout!r} must be one of '
-                         f'{list(LAYOUTS)}')
+                         f"{list(LAYOUTS) + ['auto']}")
     return LAYOUTS[layout]
+
+
+def auto_layout() -> str:
+    """The key of :data:`LAYOUTS` in which a LAUD-ResNet's dynamic forward
+    runs fastest on this CPU at torch's thread count
+    (:func:`laud_mm.models.resnet.dynamic.dynamic_memory_format`:
+    channels_last where the fused kernels run, AVX-512), what the
+    benchmarks and ``laud_mm.BackboneSpeedHook`` feed it."""
+    from laud_mm.models.resnet.dynamic import dynamic_memory_format
+    fmt = dynamic_memory_format('channel', torch.zeros(1, 3, 32, 32))
+    return 'channels_last' if fmt == torch.channels_last else 'NCHW'
 
 
 #: upper bound of the on-chip / off-chip bandwidth ratio of a calibrated
@@ -725,9 +738,10 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
             with its input read after a twin block (:func:`cold_start`),
             as inside a backbone forward (a GPU: back to back).
         layout: the memory format of every timed input (a key of
-            :data:`LAYOUTS`): the format the modelled network will run in
-            (``'channels_last'`` for the backbones'
-            ``dynamic_memory_format`` on AVX-512 CPUs).
+            :data:`LAYOUTS`, or ``'auto'``: :func:`auto_layout`): the
+            format the modelled network will run in (``'channels_last'``
+            for the backbones' ``dynamic_memory_format`` on AVX-512
+            CPUs).
 
     Returns:
         the written :class:`HardwareSpec`.
@@ -743,6 +757,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
     if threads is not None and threads < 1:
         raise ValueError(f'--threads={threads} must be >= 1')
     check_layout(layout)
+    if layout == 'auto':
+        layout = auto_layout()
     dev = torch.device(device)
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
@@ -762,7 +778,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
     # PyTorch's CPU kernels run image by image: tiles never span samples
     tile_batch = 1 if dev.type == 'cpu' else 0
     m = microbench(dev, layout)
-    print(f'device {dev} ({n_pe} PE, {clock_mhz:.0f} MHz): launch '
+    print(f'device {dev} ({n_pe} PE, {clock_mhz:.0f} MHz, inputs in '
+          f'{layout}): launch '
           f'{m["launch_us"]:.1f} us (add {m["launch_add_us"]:.1f}, conv '
           f'{m["launch_conv_us"]:.1f}), bandwidth {m["bandwidth_gbs"]:.1f} '
           f'GB/s, cache {m["cache_gbs"]:.1f} GB/s, compute '

@@ -1581,3 +1581,21 @@ def test_scattered_runs_share_transactions():
     map_bytes = 2 * 256 * 56 * 56 * 4
     assert by['add_relu3'].offchip_bytes <= 3 * map_bytes
     assert by['add_relu3'].offchip_bytes > 2.9 * map_bytes
+
+
+def test_auto_layout_follows_the_backbones_dynamic_format(monkeypatch):
+    """--layout auto is the format a LAUD-ResNet's dynamic_memory_format
+    gives on this machine (channels_last where the fused kernels run), and
+    NCHW with the policy switch off; unknown names are refused by name."""
+    from laud_mm import LAUDResNet
+    from laud_mm.latency import calibration
+    from laud_mm.ops import policy
+    net = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1),
+                     dynamic_inference=True).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    assert calibration.check_layout('auto') == net.dynamic_memory_format(x)
+    monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', False)
+    assert calibration.auto_layout() == 'NCHW'
+    assert calibration.check_layout('auto') == torch.contiguous_format
+    with pytest.raises(ValueError, match="--layout='NHWC'"):
+        calibration.check_layout('NHWC')

@@ -63,11 +63,14 @@ def parse_args(argv=None):
                    'a twin block run, the input read before every call)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/validate_predictor')
-    p.add_argument('--layout', default='NCHW', choices=list(LAYOUTS),
+    p.add_argument('--layout', default='NCHW',
+                   choices=list(LAYOUTS) + ['auto'],
                    help='memory format of every timed input: the dynamic '
-                   'path runs in its input\'s format (channels_last: the '
-                   'backbones\' dynamic_memory_format on AVX-512 CPUs); '
-                   'calibrate and validate in the same one')
+                   'path runs in its input\'s format; auto: the one the '
+                   'backbones\' dynamic_memory_format gives here '
+                   '(channels_last on AVX-512 CPUs), what the benchmarks '
+                   'and BackboneSpeedHook time; calibrate and validate in '
+                   'the same one')
     return p.parse_args(argv)
 
 
