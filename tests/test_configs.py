@@ -60,8 +60,10 @@ def test_demo_stage3_adds_the_cpu_prediction_run_demo_points_at(tmp_path):
     assert stage3 == ('configs/demo/'
                       'faster-rcnn_laud-r50-spatial_coco-tiny_cpu-latency.py')
     # the spec is calibrated where the evaluation of that config reads it
+    # (inputs in the speed hook's format: predicted and measured speed-ups
+    # of the same path)
     assert re.search(r'calibrate_hardware\.py --threads "\$THREADS" --fit'
-                     r'\s*\\?\s*--out "\$CPU_SPEC"', script)
+                     r'\s*\\?\s*--layout auto --out "\$CPU_SPEC"', script)
     assert 'tools/test.py "$STAGE3_CFG"' in script
     index = int(re.search(r'test_evaluator\.(\d+)\.hardware="\$CPU_SPEC"',
                           script).group(1))
