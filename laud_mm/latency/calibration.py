@@ -52,13 +52,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..models.layers.backbone import STATIC_LAYOUTS
 from .hardware import HardwareSpec, save_hardware
 
-#: the memory formats a CPU calibration can time its tensors in (the
-#: backbones' ``dynamic_memory_format``: channels_last where the fused
-#: kernels run, the static network's faster format on the Intel VM)
-LAYOUTS = {'NCHW': torch.contiguous_format,
-           'channels_last': torch.channels_last}
+#: the memory formats a CPU calibration can time its tensors in, those the
+#: benchmarks time the static network in (the backbones'
+#: ``dynamic_memory_format``: channels_last where the fused kernels run)
+LAYOUTS = STATIC_LAYOUTS
 
 
 def check_layout(layout: str) -> torch.memory_format:
