@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...ops import policy
-from ...ops.dispatch import is_channels_last, layout_of
+from ...ops.dispatch import is_autocast, is_channels_last, layout_of
 from ...ops.indexing import channel_kept_lists
 from ...ops.patches import _gather, _scatter
 from ...ops.spatial_logit import _spatial_logit_pool
@@ -126,7 +126,7 @@ class FoldedRegNetY:
         if block.downsample is not None:
             self.wd, self.bd = fold_conv_bn(block.downsample[0],
                                             block.downsample[1])
-        self.wl = self.bl = None
+        self.wl = self.bl = self.logit_w = self.logit_b = None
         m = block.masker
         if m is not None and block.paradigm == 'spatial':
             wm = m.conv.weight.detach()[:, :, :1, :1]
@@ -311,9 +311,13 @@ def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     (N, 1, H, W) is 1, as :func:`~laud_mm.models.layers.masks.
     masked_avg_pool` (0 for a sample without kept pixels), as one batched
     GEMV over h read in place (NCHW or channels_last) when h is float32,
-    else that function (summed and counted in float32)."""
+    else that function (summed and counted in float32). The GEMV sums in
+    another order, so it stays here, on the dynamic path (1e-4 of
+    masked-dense): masked_avg_pool itself keeps ``h * mask`` summed, which
+    with every gate on equals torchvision's SE bit for bit (the family
+    contract's gates-on clause)."""
     n, c = h.shape[:2]
-    if h.dtype != torch.float32 or \
+    if h.dtype != torch.float32 or is_autocast(h) or \
             not (h.is_contiguous() or is_channels_last(h)):
         return masked_avg_pool(h, mask)[:, :, 0, 0]
     m = mask.reshape(n, -1, 1).to(h.dtype)  # (N, HW, 1)
