@@ -76,6 +76,20 @@ def check_layout(layout: str) -> torch.memory_format:
     return LAYOUTS[layout]
 
 
+def add_layout_argument(parser) -> None:
+    """Add ``--layout`` (:data:`LAYOUTS` keys or ``'auto'``, default NCHW)
+    to an ``argparse`` parser: the option ``calibrate_hardware.py`` and
+    ``validate_predictor.py`` share, since a spec and its validation must
+    time the same path."""
+    parser.add_argument(
+        '--layout', default='NCHW', choices=list(LAYOUTS) + ['auto'],
+        help="memory format of every timed input: the dynamic path runs in "
+        "its input's format; auto: the one the backbones' "
+        "dynamic_memory_format gives here (channels_last on AVX-512 CPUs), "
+        "what the benchmarks and BackboneSpeedHook time; calibrate and "
+        "validate in the same one")
+
+
 def auto_layout() -> str:
     """The key of :data:`LAYOUTS` in which a LAUD-ResNet's dynamic forward
     runs fastest on this CPU at torch's thread count

@@ -1599,3 +1599,18 @@ def test_auto_layout_follows_the_backbones_dynamic_format(monkeypatch):
     assert calibration.check_layout('auto') == torch.contiguous_format
     with pytest.raises(ValueError, match="--layout='NHWC'"):
         calibration.check_layout('NHWC')
+    # both tools take the same option (a spec and its validation time the
+    # same path)
+    import importlib.util
+    import os.path as osp
+    from conftest import ROOT
+    for tool in ('calibrate_hardware', 'validate_predictor'):
+        spec = importlib.util.spec_from_file_location(
+            f'laud_{tool}', osp.join(ROOT, 'tools', 'analysis_tools',
+                                     f'{tool}.py'))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.parse_args([]).layout == 'NCHW'
+        assert mod.parse_args(['--layout', 'auto']).layout == 'auto'
+        with pytest.raises(SystemExit):
+            mod.parse_args(['--layout', 'NHWC'])

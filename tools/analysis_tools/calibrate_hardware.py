@@ -19,7 +19,8 @@ calls back to back, weights in cache).
 """
 import argparse
 
-from laud_mm.latency.calibration import LAYOUTS, calibrate_hardware
+from laud_mm.latency.calibration import (add_layout_argument,
+                                         calibrate_hardware)
 
 
 def parse_args(argv=None):
@@ -39,14 +40,7 @@ def parse_args(argv=None):
     p.add_argument('--warm-caches', action='store_true',
                    help='time the blocks back to back (weights stay in '
                    'cache) instead of as inside a forward')
-    p.add_argument('--layout', default='NCHW',
-                   choices=list(LAYOUTS) + ['auto'],
-                   help='memory format of every timed input: the dynamic '
-                   'path runs in its input\'s format; auto: the one the '
-                   'backbones\' dynamic_memory_format gives here '
-                   '(channels_last on AVX-512 CPUs), what the benchmarks '
-                   'and BackboneSpeedHook time; calibrate and validate in '
-                   'the same one')
+    add_layout_argument(p)
     return p.parse_args(argv)
 
 

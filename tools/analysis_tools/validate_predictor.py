@@ -30,7 +30,7 @@ Fig. 5).
 import argparse
 
 from laud_mm.analysis.validation import validate_predictor
-from laud_mm.latency.calibration import LAYOUTS
+from laud_mm.latency.calibration import add_layout_argument
 
 
 def parse_args(argv=None):
@@ -63,14 +63,7 @@ def parse_args(argv=None):
                    'a twin block run, the input read before every call)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/validate_predictor')
-    p.add_argument('--layout', default='NCHW',
-                   choices=list(LAYOUTS) + ['auto'],
-                   help='memory format of every timed input: the dynamic '
-                   'path runs in its input\'s format; auto: the one the '
-                   'backbones\' dynamic_memory_format gives here '
-                   '(channels_last on AVX-512 CPUs), what the benchmarks '
-                   'and BackboneSpeedHook time; calibrate and validate in '
-                   'the same one')
+    add_layout_argument(p)
     return p.parse_args(argv)
 
 
