@@ -43,3 +43,29 @@ def load_coco_images(split='val2017', n=2, size=(160, 224)):
         img = (img - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]
         imgs.append(torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1))
     return torch.stack(imgs)
+
+
+def check_channels_last_forward(net, x):
+    """Run a dynamic CNN backbone ``net`` (eval, ``dynamic_inference``, its
+    gates forced) on ``x`` fed channels_last, fed NCHW, then masked-dense,
+    and assert what its dynamic forward promises in either format: the
+    same gates, features in the input's format, channels_last equal to
+    NCHW within 1e-5 and to masked-dense within 1e-4 of the masked-dense
+    output's largest value. Returns the masked-dense features."""
+    cl = torch.channels_last
+    with torch.no_grad():
+        out = net(x.contiguous(memory_format=cl))
+        gates = [b.last_stats['gate'].clone() for b in net.blocks]
+        nchw = net(x)
+        net.dynamic_inference = False
+        dense = net(x)
+        net.dynamic_inference = True
+    for b, g in zip(net.blocks, gates):
+        assert torch.equal(b.last_stats['gate'], g)
+    for a, b, c in zip(out, nchw, dense):
+        assert a.is_contiguous(memory_format=cl)
+        assert b.is_contiguous() and c.is_contiguous()
+        scale = float(c.abs().max())
+        assert float((a - b).abs().max()) <= 1e-5 * scale
+        assert float((a - c).abs().max()) <= 1e-4 * scale
+    return dense

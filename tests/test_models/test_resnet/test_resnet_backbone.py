@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import load_coco_images
+from conftest import check_channels_last_forward, load_coco_images
 from mmdet.models.backbones import ResNet
 
 import laud_mm  # noqa: F401
@@ -265,19 +265,6 @@ def test_dynamic_inference_runs_channels_last(paradigm, gran, monkeypatch):
     monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', False)
     assert net.dynamic_memory_format(x) == torch.contiguous_format
     monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', True)
+    check_channels_last_forward(net, x)
     with torch.no_grad():
-        out = net(x.contiguous(memory_format=cl))
-        gates = [b.last_stats['gate'].clone() for b in net.blocks]
-        nchw = net(x)
-        net.dynamic_inference = False
-        dense = net(x)
-        net.dynamic_inference = True
-        static = net.static_forward(x)
-    for b, g in zip(net.blocks, gates):
-        assert torch.equal(b.last_stats['gate'], g)
-    for a, b, c, s in zip(out, nchw, dense, static):
-        assert a.is_contiguous(memory_format=cl)
-        assert b.is_contiguous() and c.is_contiguous() and s.is_contiguous()
-        scale = float(c.abs().max())
-        assert float((a - b).abs().max()) <= 1e-5 * scale
-        assert float((a - c).abs().max()) <= 1e-4 * scale
+        assert all(s.is_contiguous() for s in net.static_forward(x))
