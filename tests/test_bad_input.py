@@ -12,12 +12,21 @@ import torch
 from mmengine.logging import MMLogger
 
 from conftest import COCO_TINY, load_coco_images
-from laud_mm import (BackboneLatencyMetric, GumbelTemperatureHook, LAUDResNet,
-                     SparsityLoss)
+from laud_mm import (BackboneLatencyMetric, BackboneSpeedHook,
+                     GumbelTemperatureHook, LAUDResNet, SparsityLoss)
+from laud_mm.latency import get_hardware
+from laud_mm.models import LAUDRegNetY
 from laud_mm.models.resnet.block import LAUDBottleneck
 from reliability_helpers import fast_cfg, mixed_gates
 
 torch.set_num_threads(2)
+
+_TINY_REGNET = dict(widths=(8, 16, 24, 32), depths=(1, 1, 1, 1),
+                    group_width=8)
+
+
+def _sgd():
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
 
 # ------------------------------------------------------------ config rows
@@ -90,10 +99,169 @@ torch.set_num_threads(2)
     (lambda: __import__('laud_mm').CPUAmpOptimWrapper(
         dtype='int8', optimizer=torch.optim.SGD([torch.nn.Parameter(
             torch.zeros(1))], lr=0.1)), r"dtype='int8'"),
+    (lambda: __import__('laud_mm').CPUAmpOptimWrapper(
+        dtype=torch.int8, optimizer=_sgd()), r"dtype=torch.int8"),
+    # a static loss scale only exists for float16; bad kinds are named
+    (lambda: __import__('laud_mm').CPUAmpOptimWrapper(
+        loss_scale=512., optimizer=_sgd()),
+     r"loss_scale=512.0 applies to dtype='float16' only"),
+    (lambda: __import__('laud_mm').CPUAmpOptimWrapper(
+        dtype='float16', loss_scale=-1., optimizer=_sgd()),
+     r"loss_scale=-1.0 must be 'dynamic', a positive finite float"),
+    # mmdet ResNet options that size the network (mmdet asserts without a
+    # message, or builds a broken network)
+    (lambda: LAUDResNet(50, 'layer', out_indices=(0, 4)),
+     r"out_indices=\(0, 4\) must hold stage indices in \[0, 4\)"),
+    (lambda: LAUDResNet(50, 'layer', num_stages=5),
+     r"num_stages=5 must be an integer in \[1, 4\]"),
+    (lambda: LAUDResNet(50, 'layer', frozen_stages=7),
+     r"frozen_stages=7 must be an integer in \[-1, 4\]"),
+    (lambda: LAUDResNet(50, 'layer', base_channels=0),
+     r"base_channels=0 must be an integer >= 1"),
+    (lambda: LAUDBottleneck(256, 64, paradigm='layer', granularity=4),
+     r"granularity=4 is only used with paradigm spatial/channel"),
+    (lambda: LAUDResNet(50, 'layer', dynamic_inference='no'),
+     r"dynamic_inference='no' must be True or False"),
+    # RegNetY arch dicts
+    (lambda: LAUDRegNetY(dict(_TINY_REGNET, depths=(1, 0, 1, 1))),
+     r"arch depths=\(1, 0, 1, 1\) must hold positive integers"),
+    (lambda: LAUDRegNetY(dict(_TINY_REGNET, group_width=0)),
+     r"arch group_width=0 must be an integer >= 1"),
+    (lambda: LAUDRegNetY(dict(_TINY_REGNET, widths=(8, 16, 24, -32))),
+     r"arch widths=\(8, 16, 24, -32\) must hold positive integers"),
+    (lambda: LAUDRegNetY(dict(_TINY_REGNET, se_ratio=-1)),
+     r"arch se_ratio=-1 must be a finite number >= 0"),
+    (lambda: LAUDRegNetY(dict(_TINY_REGNET, stem_channels=0)),
+     r"arch stem_channels=0 must be an integer >= 1"),
+    # SparsityLoss: bools, infinity and strings are not numbers
+    (lambda: SparsityLoss(True), r"target_rate=True must lie in \(0, 1\]"),
+    (lambda: SparsityLoss(0.5, loss_weight=float('inf')),
+     r"loss_weight=inf must be a finite number >= 0"),
+    (lambda: SparsityLoss(0.5, loss_weight=True), r"loss_weight=True"),
+    (lambda: SparsityLoss(0.5, warmup_fraction='0.3'),
+     r"warmup_fraction='0.3' must be a finite number >= 0"),
+    (lambda: SparsityLoss(0.5, block_bounds='no'),
+     r"block_bounds='no' must be True or False"),
+    # BackboneSpeedHook: a hook that would never time anything
+    (lambda: BackboneSpeedHook(phases=()),
+     r"phases=\(\) must be a non-empty subset of \('val', 'test'\)"),
+    (lambda: BackboneSpeedHook(phases=None), r"phases=None"),
+    (lambda: BackboneSpeedHook(warmup='no'),
+     r"warmup='no' must be True or False"),
+    # a hardware spec with an infinite field priced every model finite
+    (lambda: get_hardware('v100').replace(bandwidth_gbs=float('inf')),
+     r"bandwidth_gbs=inf must be a positive finite number"),
+    (lambda: get_hardware('v100').replace(num_pe=float('inf')),
+     r"num_pe=inf must be a positive finite number"),
 ], ids=lambda v: v if isinstance(v, str) else '')
 def test_invalid_config_raises_naming_key_and_value(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def _refused(module, work, call, match, monkeypatch):
+    """``call()`` raises ValueError matching ``match`` before it reaches
+    ``module.work`` (replaced by a function that fails the test)."""
+    def reached(*a, **k):
+        raise AssertionError(f'{work} ran: the option was not checked first')
+    monkeypatch.setattr(module, work, reached)
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize('case', [
+    'block_rate', 'quick_depths', 'depths', 'gpu_repeats', 'gpu_warmup',
+    't2t_tiny_size', 'detector_scale', 'seeds', 'calibrate_out',
+    'reuse_quick', 'reuse_layout', 'overlays'])
+def test_tool_option_refused_before_any_work(case, monkeypatch, tmp_path):
+    """Command-line options out of range, combined with one that makes them
+    moot, or checked only after the work: refused at the start, naming the
+    option and value."""
+    from laud_mm.analysis import load_balance, validation, visualization
+    from laud_mm.analysis.benchmark import detector, gpu, resnet, t2t_vit
+    from laud_mm.latency import calibration
+    if case in ('block_rate', 'quick_depths', 'depths'):
+        kw, match = dict(
+            block_rate=(dict(quick=True, block_rate=1.5),
+                        r'--block-rate=1.5 must lie in \[0, 1\]'),
+            quick_depths=(dict(quick=True, depths=[101], sizes=['det']),
+                          r'--quick \(R50, 224 px\) cannot be combined '
+                          r'with --depths=\[101\]'),
+            depths=(dict(depths=[50, 34]),
+                    r'--depths=\[50, 34\]: each must be one of '
+                    r'\[50, 101, 152\]'))[case]
+        _refused(resnet, '_benchmark',
+                 lambda: resnet.benchmark_resnet(**kw), match, monkeypatch)
+    elif case.startswith('gpu_'):
+        kw = dict(repeats=0) if case == 'gpu_repeats' else dict(warmup=-3)
+        _refused(gpu, 'require_gpu', lambda: gpu.run(device='cuda', **kw),
+                 r'--repeats=0 must be an integer >= 1' if kw.get(
+                     'repeats') == 0 else r'--warmup=-3 must be an integer '
+                 r'>= 0', monkeypatch)
+    elif case == 't2t_tiny_size':
+        _refused(t2t_vit, 'timing_table', lambda: t2t_vit.benchmark_t2t_vit(
+            tiny=True, size=128), r'--arch=None / --size=128 cannot be '
+            r'used with --tiny', monkeypatch)
+    elif case == 'detector_scale':
+        _refused(detector, 'time_training', lambda: detector.
+                 benchmark_detector(scale=(0, -5)), r'--scale=\(0, -5\) '
+                 r'must be two positive sides', monkeypatch)
+    elif case == 'seeds':
+        _refused(load_balance, 'block_work',
+                 lambda: load_balance.simulate(seeds=0),
+                 r'--seeds=0 must be an integer >= 1', monkeypatch)
+    elif case == 'overlays':
+        _refused(visualization, 'list_images',
+                 lambda: visualization.visualize_masks(
+                     'cfg.py', 'none', ['img.jpg'], max_overlays=-1),
+                 r'--max-overlays=-1 must be >= 0', monkeypatch)
+    elif case == 'calibrate_out':
+        _refused(calibration, 'dynamic_path_terms',
+                 lambda: calibration.calibrate_hardware(
+                     threads=2, out=str(tmp_path / 'spec.txt')),
+                 r"--out='.*spec.txt' must end in .yaml, .yml or .json",
+                 monkeypatch)
+    else:
+        reuse = tmp_path / 'results.json'
+        reuse.write_text(json.dumps(dict(cases=[], layout='channels_last')))
+        spec = get_hardware('v100').replace(name='cpu2', num_pe=2)
+        kw, match = (dict(quick=True, min_time=5.), r'--quick/--min-time do '
+                     r'not apply with --reuse') if case == 'reuse_quick' \
+            else (dict(layout='NCHW'), r"--layout='NCHW': the cases of "
+                  r"--reuse=.* were measured in 'channels_last'")
+        _refused(validation, 'predict_cases', lambda: validation.
+                 validate_predictor(hardware=spec, threads=2,
+                                    reuse=str(reuse),
+                                    out_dir=str(tmp_path / 'v'), **kw),
+                 match, monkeypatch)
+
+
+def test_train_amp_options_are_not_dropped(tmp_path):
+    """``--amp-dtype`` needs ``--amp``; ``--amp`` keeps the config's own
+    mixed-precision dtype and loss scale (it replaced both)."""
+    import importlib.util
+    from laud_mm.engine.amp import amp_optim_wrapper
+    spec = importlib.util.spec_from_file_location(
+        'train_tool', osp.join(osp.dirname(osp.dirname(__file__)), 'tools',
+                               'train.py'))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    cfg = osp.join(osp.dirname(osp.dirname(__file__)),
+                   'configs/demo/faster-rcnn_laud-r50-spatial_coco-tiny.py')
+    with pytest.raises(ValueError, match=r"--amp-dtype='float16' needs --amp"):
+        train.build_cfg(train.parse_args([cfg, '--amp-dtype', 'float16',
+                                          '--work-dir', str(tmp_path)]))
+    opt = dict(type='SGD', lr=0.01)
+    own = amp_optim_wrapper(dict(type='AmpOptimWrapper', dtype='float16',
+                                 loss_scale=512., optimizer=opt))
+    assert own['dtype'] == 'float16' and own['loss_scale'] == 512.
+    assert amp_optim_wrapper(dict(type='AmpOptimWrapper', dtype='float16',
+                                  optimizer=opt), 'bfloat16')['dtype'] == \
+        'bfloat16'   # the command line wins
+    # the CPU wrapper runs the config's static scale as mmengine's does
+    w = __import__('laud_mm').CPUAmpOptimWrapper(
+        dtype='float16', loss_scale=512., optimizer=_sgd())
+    assert w.loss_scaler.get_scale() == 512. and w._scale_update_param == 512.
 
 
 def test_target_rate_one_is_valid_and_gives_zero_loss_for_dense_net():

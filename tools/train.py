@@ -55,6 +55,8 @@ def build_cfg(args) -> Config:
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    if args.amp_dtype is not None and not args.amp:
+        raise ValueError(f'--amp-dtype={args.amp_dtype!r} needs --amp')
     if args.amp:
         from laud_mm.engine.amp import amp_optim_wrapper
         cfg.optim_wrapper = amp_optim_wrapper(cfg.optim_wrapper, args.amp_dtype)

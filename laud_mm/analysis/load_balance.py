@@ -129,7 +129,7 @@ def simulate(depth: int = 50, sizes: Sequence[str] = ('224', 'det'),
 
     Raises:
         ValueError: an unknown size or paradigm, a rate outside [0, 1], a
-            thread count < 1 (names the option).
+            thread count or ``seeds`` < 1 (names the option).
     """
     from laud_mm.models import resnet_geometries
     for s in sizes:
@@ -143,6 +143,8 @@ def simulate(depth: int = 50, sizes: Sequence[str] = ('224', 'det'),
         raise ValueError(f'--rates={list(rates)} must lie in [0, 1]')
     if any(t < 1 for t in threads):
         raise ValueError(f'--threads={list(threads)} must be >= 1')
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f'--seeds={seeds!r} must be an integer >= 1')
     rows = []
     for size in sizes:
         n, hw = SIZES[size]

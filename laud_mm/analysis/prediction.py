@@ -305,7 +305,8 @@ def predict_latency(config: str, checkpoint: Optional[str] = None,
             T2T-ViT, a paradigm / granularity the model cannot be built with
             (e.g. a G not dividing a stage width), or ``paradigm`` /
             ``granularity`` where they are not used (configs; granularity
-            of a T2T-ViT).
+            of a T2T-ViT), ``checkpoint`` / ``cfg_options`` with a shortcut,
+            ``target`` with ``checkpoint``, ``batch_size`` < 1.
     """
     from laud_mm.latency import LatencyPredictor
     from laud_mm.models import resnet_geometries, t2t_vit_geometries
@@ -320,8 +321,23 @@ def predict_latency(config: str, checkpoint: Optional[str] = None,
         raise ValueError(f'--paradigm {paradigm}: only the shortcuts '
                          f'{sorted(SHORTCUTS) + sorted(T2T_VIT_ARCHS)} take '
                          f'it (a config sets model.backbone.paradigm)')
+    shortcut = config in SHORTCUTS or config in T2T_VIT_ARCHS
+    if shortcut and (checkpoint is not None or cfg_options):
+        given = f'--checkpoint={checkpoint!r}' if checkpoint is not None \
+            else f'--cfg-options {cfg_options!r}'
+        raise ValueError(f'{given}: only configs take it, not the shortcut '
+                         f'{config!r}')
+    if checkpoint is not None and target is not None:
+        raise ValueError(f'--target={target!r} cannot be used with '
+                         f'--checkpoint: the rates are measured on the '
+                         f'checkpoint')
+    if batch_size is not None and (isinstance(batch_size, bool) or
+                                   not isinstance(batch_size, int) or
+                                   batch_size < 1):
+        raise ValueError(f'--batch-size={batch_size!r} must be a positive '
+                         f'integer')
     pred = LatencyPredictor(hardware)
-    batch = batch_size or pred.hw.default_batch
+    batch = batch_size if batch_size is not None else pred.hw.default_batch
     in_hw = tuple(input_size) if input_size else (224, 224)
     if config in SHORTCUTS:
         geoms, stem = resnet_geometries(SHORTCUTS[config], in_hw, paradigm,

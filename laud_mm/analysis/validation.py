@@ -496,12 +496,14 @@ def plot(cases: Sequence[Dict], preds: Sequence[float], out_dir: str
 def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
                        threads: int = 2, quick: bool = False,
                        fit: bool = False, no_backbone: bool = False,
-                       min_time: float = 0.05, repeats: int = 3,
-                       clock: str = 'auto', reuse: Optional[str] = None,
+                       min_time: Optional[float] = None,
+                       repeats: Optional[int] = None,
+                       clock: Optional[str] = None,
+                       reuse: Optional[str] = None,
                        seed: int = 0,
                        out_dir: str = 'work_dirs/validate_predictor',
                        warm_caches: bool = False,
-                       layout: str = 'NCHW') -> Tuple[float, float]:
+                       layout: Optional[str] = None) -> Tuple[float, float]:
     """Measure (or reuse) the cases, optionally fit the spec, predict, and
     write ``results.json``, ``table.md`` (printed), ``pred_vs_measured.png``
     and, with ``fit``, ``fitted_spec.yaml`` into ``out_dir``.
@@ -513,41 +515,73 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
         quick: fewer blocks / rates / batches (~3 min on 2 cores).
         fit: fit the spec on 30 % of the cases first.
         no_backbone: skip the whole-backbone cases.
-        min_time: seconds per timing batch.
-        repeats: sweeps over all cases; each case keeps its fastest.
-        clock: timer (:func:`laud_mm.latency.calibration.select_clock`).
+        min_time: seconds per timing batch (default 0.05).
+        repeats: sweeps over all cases; each case keeps its fastest
+            (default 3).
+        clock: timer (:func:`laud_mm.latency.calibration.select_clock`,
+            default 'auto').
         reuse: an earlier ``results.json`` whose measured cases are
-            re-predicted instead of measured.
+            re-predicted instead of measured (the measuring options
+            ``quick``, ``no_backbone``, ``min_time``, ``repeats``,
+            ``clock``, ``warm_caches`` do not apply; the layout is the
+            file's).
         seed: seed of the gates and of the calibration split.
         out_dir: output directory.
         warm_caches: time the blocks' calls back to back, their weights
             in cache (:func:`measure_cases`; default: as inside a
             forward).
-        layout: the inputs' memory format (:func:`measure_cases`; 'auto':
+        layout: the inputs' memory format (default 'NCHW';
+            :func:`measure_cases`; 'auto':
             :func:`laud_mm.latency.calibration.auto_layout`): the dynamic
             path validated ('channels_last': the one the backbones'
             ``dynamic_memory_format`` gives on AVX-512 CPUs; calibrate the
             spec in the same format, ``calibrate_hardware.py --layout``),
-            recorded in ``results.json`` (None with ``reuse``).
+            recorded in ``results.json`` (with ``reuse``: the reused
+            file's, which ``layout``, when given, must equal).
 
     Returns:
         (MAPE %, Spearman rho) over all cases.
 
     Raises:
         ValueError: ``threads`` or ``repeats`` < 1, ``min_time`` <= 0, an
-            unknown ``layout``, or a CPU spec whose ``num_pe`` is not
-            ``threads`` (names the option and value).
+            unknown ``layout``, a CPU spec whose ``num_pe`` is not
+            ``threads``, a measuring option with ``reuse``, or a ``layout``
+            other than the reused file's (names the option and value).
     """
+    if reuse:
+        given = [f'--{k}' for k, v in (
+            ('quick', quick or None), ('no-backbone', no_backbone or None),
+            ('min-time', min_time), ('repeats', repeats), ('clock', clock),
+            ('warm-caches', warm_caches or None)) if v is not None]
+        if given:
+            raise ValueError(f'{"/".join(given)} do not apply with --reuse='
+                             f'{reuse!r}: its cases are re-predicted, not '
+                             f'measured')
+    min_time = 0.05 if min_time is None else min_time
+    repeats = 3 if repeats is None else repeats
+    clock = 'auto' if clock is None else clock
     for name, v in (('threads', threads), ('repeats', repeats)):
         if v < 1:
             raise ValueError(f'--{name}={v} must be >= 1')
     if min_time <= 0:
         raise ValueError(f'--min-time={min_time} must be > 0')
     from laud_mm.latency.calibration import auto_layout, check_layout
-    check_layout(layout)
+    if layout is not None:
+        check_layout(layout)
     torch.set_num_threads(threads)
     if layout == 'auto':
         layout = auto_layout()
+    reused = None
+    if reuse:
+        with open(reuse) as f:
+            reused = json.load(f)
+        if layout is not None and reused.get('layout') != layout:
+            raise ValueError(f'--layout={layout!r}: the cases of --reuse='
+                             f'{reuse!r} were measured in '
+                             f'{reused.get("layout")!r}')
+        layout = reused.get('layout')
+    elif layout is None:
+        layout = 'NCHW'
     from laud_mm.latency import get_hardware
     spec = get_hardware(hardware)
     dev = torch.device(device)
@@ -558,11 +592,11 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
                          f'calibrate a spec with calibrate_hardware.py '
                          f'--threads {threads}')
     os.makedirs(out_dir, exist_ok=True)
-    if reuse:
-        with open(reuse) as f:
-            cases = [{k: v for k, v in c.items() if k != 'predicted_ms'}
-                     for c in json.load(f)['cases']]
-        print(f'{len(cases)} measured cases from {reuse}')
+    if reused is not None:
+        cases = [{k: v for k, v in c.items() if k != 'predicted_ms'}
+                 for c in reused['cases']]
+        print(f'{len(cases)} measured cases from {reuse} (inputs in '
+              f'{layout})')
     else:
         print(f'inputs in {layout}')
         cases = measure_cases(dev, quick=quick, min_time=min_time,
@@ -584,8 +618,8 @@ def validate_predictor(hardware: str = 'cpu', device: str = 'cpu',
     for c, p in zip(cases, preds):
         c['predicted_ms'] = p
     with open(osp.join(out_dir, 'results.json'), 'w') as f:
-        json.dump(dict(spec=spec.to_dict(), cases=cases,
-                       layout=None if reuse else layout), f, indent=1)
+        json.dump(dict(spec=spec.to_dict(), cases=cases, layout=layout),
+                  f, indent=1)
     print(report(cases, preds, idx_sets, out_dir, spec))
     print('plot:', plot(cases, preds, out_dir))
     return metrics([c['measured_ms'] for c in cases], preds)

@@ -256,12 +256,15 @@ def visualize_masks(config: str, checkpoint: str, images: Sequence[str],
         the written paths.
 
     Raises:
-        ValueError: ``max_images`` < 1 (names the option and value).
+        ValueError: ``max_images`` < 1 or ``max_overlays`` < 0 (names the
+            option and value).
         FileNotFoundError, TypeError, KeyError: see :func:`list_images` and
             :func:`build_model_and_pipeline`.
     """
     if max_images < 1:
         raise ValueError(f'--max-images={max_images} must be >= 1')
+    if max_overlays < 0:
+        raise ValueError(f'--max-overlays={max_overlays} must be >= 0')
     with torch.no_grad():
         files = list_images(images, max_images)
         model, pipeline = build_model_and_pipeline(config, checkpoint,

@@ -76,14 +76,15 @@ def check_layout(layout: str) -> torch.memory_format:
     return LAYOUTS[layout]
 
 
-def add_layout_argument(parser) -> None:
-    """Add ``--layout`` (:data:`LAYOUTS` keys or ``'auto'``, default NCHW)
-    to an ``argparse`` parser: the option ``calibrate_hardware.py`` and
-    ``validate_predictor.py`` share, since a spec and its validation must
-    time the same path."""
+def add_layout_argument(parser, default: Optional[str] = 'NCHW') -> None:
+    """Add ``--layout`` (:data:`LAYOUTS` keys or ``'auto'``; ``default``,
+    None: the tool resolves it, to NCHW) to an ``argparse`` parser: the
+    option ``calibrate_hardware.py`` and ``validate_predictor.py`` share,
+    since a spec and its validation must time the same path."""
     parser.add_argument(
-        '--layout', default='NCHW', choices=list(LAYOUTS) + ['auto'],
-        help="memory format of every timed input: the dynamic path runs in "
+        '--layout', default=default, choices=list(LAYOUTS) + ['auto'],
+        help="memory format of every timed input (default NCHW): the "
+        "dynamic path runs in "
         "its input's format; auto: the one the backbones' "
         "dynamic_memory_format gives here (channels_last on AVX-512 CPUs), "
         "what the benchmarks and BackboneSpeedHook time; calibrate and "
@@ -762,7 +763,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
 
     Raises:
         ValueError: an unknown ``device``, ``clock`` or ``layout``,
-            ``threads`` < 1.
+            ``threads`` < 1, an ``out`` that is not .yaml / .yml / .json
+            (before any timing).
         RuntimeError: ``device='cuda'`` without a CUDA device.
     """
     from laud_mm.models import resnet_geometries
@@ -770,6 +772,9 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         raise ValueError(f"--device={device!r} must be 'cpu' or 'cuda'")
     if threads is not None and threads < 1:
         raise ValueError(f'--threads={threads} must be >= 1')
+    if out is not None and osp.splitext(out)[1].lower() not in (
+            '.yaml', '.yml', '.json'):
+        raise ValueError(f'--out={out!r} must end in .yaml, .yml or .json')
     check_layout(layout)
     if layout == 'auto':
         layout = auto_layout()

@@ -14,6 +14,7 @@ machine, to be replaced by the measurement of
 """
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Union
@@ -111,7 +112,8 @@ class HardwareSpec:
 
     Raises:
         ValueError: on construction, naming the field whose value is not a
-            positive number.
+            positive (or, where 0 is allowed, non-negative) finite number,
+            or an integer field that is not an integer.
     """
     name: str
     num_pe: int
@@ -142,7 +144,8 @@ class HardwareSpec:
             if f.name == 'name':
                 continue
             v = getattr(self, f.name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) \
+                and math.isfinite(v)
             zero_ok = f.name in ('launch_us', 'max_tile_batch',
                                   'weight_reorder_gbs',
                                   'weight_reorder_min_mb', 'vector_width',
@@ -155,7 +158,7 @@ class HardwareSpec:
                 raise ValueError(
                     f'HardwareSpec {self.name!r}: {f.name}={v!r} must be a '
                     f'{"non-negative" if zero_ok else "positive"}'
-                    f' number')
+                    f' finite number')
         for key in ('num_pe', 'transaction_bytes', 'default_batch',
                     'max_tile_outputs', 'dtype_bytes', 'max_tile_batch',
                     'vector_width'):

@@ -97,6 +97,19 @@ def test_total_row_rate_is_the_target(capsys, shortcut, paradigm, gran,
      r'ResNet shortcuts'),
     (dict(config=osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py'),
           paradigm='spatial'), r'--paradigm spatial: only the shortcuts'),
+    # options a shortcut would ignore, a batch the default would replace,
+    # a target that measured rates would override
+    (dict(config='resnet50', paradigm='layer', checkpoint='/nonexistent.pth'),
+     r"--checkpoint='/nonexistent.pth': only configs take it, not the "
+     r"shortcut 'resnet50'"),
+    (dict(config='t2t-vit-t-14', paradigm='layer',
+          cfg_options={'model.foo': 1}),
+     r"--cfg-options \{'model.foo': 1\}: only configs take it"),
+    (dict(config='resnet50', paradigm='layer', batch_size=0),
+     r'--batch-size=0 must be a positive integer'),
+    (dict(config=osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py'),
+          checkpoint='x.pth', target=0.2),
+     r'--target=0.2 cannot be used with --checkpoint'),
 ])
 def test_bad_arguments_are_refused(kw, match):
     """A paradigm / granularity the model cannot be built with, or one the

@@ -30,9 +30,10 @@ from laud_mm.analysis.benchmark.resnet import (PARADIGMS, PER_BLOCK_MODES,
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--depths', type=int, nargs='+', default=[50, 101])
-    p.add_argument('--sizes', nargs='+', default=['224', 'det'],
-                   choices=sorted(SIZES))
+    p.add_argument('--depths', type=int, nargs='+', default=None,
+                   help='ResNet depths (default: 50 101)')
+    p.add_argument('--sizes', nargs='+', default=None, choices=sorted(SIZES),
+                   help='input sizes (default: 224 det)')
     p.add_argument('--paradigms', nargs='+', default=list(PARADIGMS),
                    choices=list(PARADIGMS))
     p.add_argument('--rates', type=float, nargs='+',

@@ -19,13 +19,14 @@ from laud_mm.models.t2t_vit import T2T_VIT_ARCHS
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--arch', default='t2t-vit-t-14',
-                   choices=sorted(T2T_VIT_ARCHS))
+    p.add_argument('--arch', default=None, choices=sorted(T2T_VIT_ARCHS),
+                   help='default: t2t-vit-t-14')
     p.add_argument('--paradigms', nargs='+', default=list(PARADIGMS),
                    choices=list(PARADIGMS))
     p.add_argument('--rates', type=float, nargs='+', default=[0.25, 0.5, 1.0])
     p.add_argument('--batch', type=int, default=8)
-    p.add_argument('--size', type=int, default=224)
+    p.add_argument('--size', type=int, default=None,
+                   help='input side in pixels (default 224)')
     p.add_argument('--threads', type=int, nargs='+', default=None,
                    help='torch thread counts, every row measured at each '
                    '(default: 1 and every logical CPU)')

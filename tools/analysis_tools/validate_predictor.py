@@ -45,25 +45,27 @@ def parse_args(argv=None):
                    help='fit the spec on 30 %% of the cases first')
     p.add_argument('--no-backbone', action='store_true',
                    help='skip the whole-backbone cases')
-    p.add_argument('--min-time', type=float, default=0.05,
-                   help='seconds per timing batch')
-    p.add_argument('--repeats', type=int, default=3,
+    p.add_argument('--min-time', type=float, default=None,
+                   help='seconds per timing batch (default 0.05)')
+    p.add_argument('--repeats', type=int, default=None,
                    help='sweeps over all cases; each case keeps its '
-                   'fastest sweep')
-    p.add_argument('--clock', default='auto', choices=['auto', 'cpu', 'wall'],
+                   'fastest sweep (default 3)')
+    p.add_argument('--clock', default=None, choices=['auto', 'cpu', 'wall'],
                    help="timer: 'cpu' = the thread's CPU time (excludes "
-                   "time slices of other processes); 'auto' = cpu with one "
-                   "CPU thread, else wall")
+                   "time slices of other processes); 'auto' (default) = cpu "
+                   "with one CPU thread, else wall")
     p.add_argument('--reuse', default=None, metavar='RESULTS_JSON',
                    help='re-predict the measured cases of an earlier '
-                   'results.json instead of measuring again (model changes)')
+                   'results.json instead of measuring again (model changes; '
+                   'the measuring options do not apply, the layout is the '
+                   "file's)")
     p.add_argument('--warm-caches', action='store_true',
                    help='time the blocks back to back (weights stay in '
                    'cache) instead of as inside a forward (caches evicted, '
                    'a twin block run, the input read before every call)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out-dir', default='work_dirs/validate_predictor')
-    add_layout_argument(p)
+    add_layout_argument(p, default=None)
     return p.parse_args(argv)
 
 

@@ -245,6 +245,10 @@ def benchmark_detector(paradigms: Sequence[str] = tuple(PARADIGMS),
             raise ValueError(f'--{name}={v} must be >= 1')
     if warmup < 0:
         raise ValueError(f'--warmup={warmup} must be >= 0')
+    for name, sc in (('scale', scale), ('train-scale', train_scale)):
+        if len(sc) != 2 or any(v < 1 for v in sc):
+            raise ValueError(f'--{name}={tuple(sc)} must be two positive '
+                             f'sides (long, short)')
     torch.set_num_threads(threads)
     print(machine_line(backend=True, load=True))
     rows = []

@@ -35,7 +35,7 @@ import json
 import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -129,10 +129,15 @@ def run(depths: Sequence[int] = (50, 101),
     (tests; wall-clock timing, no GPU needed).
 
     Raises:
+        ValueError: ``batch``, ``size`` or ``repeats`` < 1, ``warmup`` < 0
+            (names the option and value; before any work).
         NoGPUError: ``device='cuda'`` without a GPU or the CUDA kernels.
     """
-    from laud_mm.analysis.benchmark.common import (PARADIGMS,
-                                                   backbone_flops_ratio,
+    for key, v, lo in (('batch', batch, 1), ('size', size, 1),
+                       ('repeats', repeats, 1), ('warmup', warmup, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f'--{key}={v!r} must be an integer >= {lo}')
+    from laud_mm.analysis.benchmark.common import (backbone_flops_ratio,
                                                    dynamic_forward,
                                                    static_forward)
     from laud_mm.analysis.benchmark.resnet import build, folded_stem

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from laud_mm.models import LAUDResNet
 from laud_mm.models.layers.folding import fold_conv_bn
+from laud_mm.models.resnet.backbone import RESNET_ARCHS
 from laud_mm.models.resnet.dynamic import static_bottleneck_forward
 from laud_mm.ops.max_pool import max_pool2d
 
@@ -302,8 +303,8 @@ def plot(rows: Sequence[Dict], path: str, key: str = 'speedup') -> str:
     return path
 
 
-def benchmark_resnet(depths: Sequence[int] = (50, 101),
-                     sizes: Sequence[str] = ('224', 'det'),
+def benchmark_resnet(depths: Optional[Sequence[int]] = None,
+                     sizes: Optional[Sequence[str]] = None,
                      paradigms: Sequence[str] = tuple(PARADIGMS),
                      rates: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 1.0),
                      batch: int = 8,
@@ -324,8 +325,10 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
     per-block and spatial-step tables on request, and the JSON.
 
     Args:
-        depths, sizes, paradigms, rates: the grid (``sizes`` keys of
-            :data:`SIZES`).
+        depths, sizes, paradigms, rates: the grid (``depths`` of
+            :data:`~laud_mm.models.resnet.backbone.RESNET_ARCHS`, default 50
+            and 101; ``sizes`` keys of
+            :data:`SIZES`, default both).
         batch: batch of the 224 px input (detection input: 1).
         threads: torch thread counts (an int or a list; None: 1 and every
             logical CPU), each row measured at each.
@@ -345,7 +348,7 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
         dynamic_nchw: run the dynamic path in NCHW
             (``laud_mm.ops.policy.CHANNELS_LAST_CPU`` off during the run;
             the static baseline still takes the faster format).
-        quick: R50, 224 px only.
+        quick: R50, 224 px only (``depths`` / ``sizes`` not given).
         plot_path: PNG of the wall-clock speedups (``*_cpu.png`` beside it:
             CPU time); falsy: no plot.
         json_path: where to write rows, blocks and spatial steps as JSON.
@@ -363,8 +366,23 @@ def benchmark_resnet(depths: Sequence[int] = (50, 101),
         raise ValueError('--spatial-dense-threshold must be > 0, got '
                          f'{spatial_dense_threshold}')
     _check_per_block_mode(per_block_mode)
+    if not 0 <= block_rate <= 1:
+        raise ValueError(f'--block-rate={block_rate} must lie in [0, 1]')
     if quick:
+        if depths is not None or sizes is not None:
+            raise ValueError(f'--quick (R50, 224 px) cannot be combined with '
+                             f'--depths={depths} / --sizes={sizes}')
         depths, sizes = [50], ['224']
+    depths = [50, 101] if depths is None else list(depths)
+    sizes = ['224', 'det'] if sizes is None else list(sizes)
+    bad = [d for d in depths if d not in RESNET_ARCHS]
+    if bad or not depths:
+        raise ValueError(f'--depths={depths}: each must be one of '
+                         f'{sorted(RESNET_ARCHS)}')
+    bad = [z for z in sizes if z not in SIZES]
+    if bad or not sizes:
+        raise ValueError(f'--sizes={sizes}: each must be one of '
+                         f'{sorted(SIZES)}')
     from laud_mm.ops import policy
     prev = policy.SPATIAL_DENSE_THRESHOLD
     if spatial_dense_threshold is not None:

@@ -156,22 +156,28 @@ def fmt_row(r: Dict) -> str:
     return table_row(COLUMNS, r)
 
 
-def benchmark_t2t_vit(arch: str = 't2t-vit-t-14',
+def benchmark_t2t_vit(arch: Optional[str] = None,
                       paradigms: Sequence[str] = PARADIGMS,
                       rates: Sequence[float] = (0.25, 0.5, 1.0),
-                      batch: int = 8, size: int = 224,
+                      batch: int = 8, size: Optional[int] = None,
                       threads: Union[int, Sequence[int], None] = None,
                       warmup: int = 1, repeats: int = 5, tiny: bool = False,
                       json_path: Optional[str] = None) -> List[Dict]:
     """The LAUD-T2T-ViT benchmark of the command line (``tiny``: the
-    :data:`TINY` model instead of ``arch``): :func:`run` at each thread
-    count of ``threads`` (an int or a list; None: 1 and every logical CPU)
-    as one printed table and, with ``json_path``, a JSON file of its rows.
+    :data:`TINY` model instead of ``arch`` at ``size``, default
+    't2t-vit-t-14' at 224 px): :func:`run` at each thread count of
+    ``threads`` (an int or a list; None: 1 and every logical CPU) as one
+    printed table and, with ``json_path``, a JSON file of its rows.
 
     Raises:
-        ValueError: an option out of range or an unknown arch (names the
-            option and value).
+        ValueError: an option out of range, an unknown arch, or ``arch`` /
+            ``size`` with ``tiny`` (names the option and value).
     """
+    if tiny and (arch is not None or size is not None):
+        raise ValueError(f'--arch={arch!r} / --size={size!r} cannot be used '
+                         f'with --tiny (a 2-layer, 64-dim model on 64 px)')
+    arch = 't2t-vit-t-14' if arch is None else arch
+    size = 224 if size is None else size
     check_options(rates, warmup=warmup, repeats=repeats, batch=batch,
                   size=size)
     if not tiny and arch not in T2T_VIT_ARCHS:

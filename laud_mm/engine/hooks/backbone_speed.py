@@ -24,6 +24,7 @@ from mmengine.model import is_model_wrapper
 
 from ...models.layers.backbone import STATIC_LAYOUTS
 from ...registry import HOOKS
+from ...structures.checks import check_bool
 
 PHASES = ('val', 'test')
 
@@ -64,10 +65,12 @@ class BackboneSpeedHook(Hook):
     Args:
         repeats: timed rounds per batch (>= 1).
         warmup: one untimed call of each network first.
-        phases: evaluations to time, a subset of ('val', 'test').
+        phases: evaluations to time, a non-empty subset of ('val', 'test').
 
     Raises:
-        ValueError: ``repeats`` < 1 or an unknown phase (names the value).
+        ValueError: ``repeats`` < 1, ``warmup`` not a bool, or ``phases``
+            empty, not a sequence or with an unknown phase (names the
+            value).
         RuntimeError: (at the epoch start) the model's backbone is not a LAUD
             backbone.
     """
@@ -80,12 +83,13 @@ class BackboneSpeedHook(Hook):
                 repeats < 1:
             raise ValueError(f'BackboneSpeedHook: repeats={repeats!r} must '
                              f'be an integer >= 1')
-        bad = [p for p in phases if p not in PHASES]
-        if bad or isinstance(phases, str):
+        if isinstance(phases, str) or \
+                not isinstance(phases, (tuple, list)) or not phases or \
+                any(p not in PHASES for p in phases):
             raise ValueError(f'BackboneSpeedHook: phases={phases!r} must be '
-                             f'a subset of {PHASES}')
+                             f'a non-empty subset of {PHASES}')
         self.repeats = repeats
-        self.warmup = bool(warmup)
+        self.warmup = check_bool('BackboneSpeedHook', 'warmup', warmup)
         self.phases = tuple(phases)
         self._handle = None
         self._busy = False

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, Iterator, List, Tuple
 import torch
 
 from ...structures import flops as flops_lib
+from ...structures.checks import check_bool
 from ...structures.geometry import BlockGeometry
 
 #: memory formats the static network (:meth:`LAUDBackboneMixin.
@@ -67,16 +68,18 @@ class LAUDBackboneMixin:
         """Whether eval-mode forward runs the dynamic (skip-the-work) path.
 
         Setting it True checks that every block has a dynamic path
-        (:meth:`check_dynamic_inference`)."""
+        (:meth:`check_dynamic_inference`); a value other than True / False
+        raises ValueError naming it."""
         return self._dynamic_inference
 
     @dynamic_inference.setter
     def dynamic_inference(self, value: bool) -> None:
+        check_bool(type(self).__name__, 'dynamic_inference', value)
         if value:
             self.check_dynamic_inference()
-        self._dynamic_inference = bool(value)
+        self._dynamic_inference = value
         for b in self.blocks:
-            b.dynamic_inference = bool(value)
+            b.dynamic_inference = value
 
     def check_input(self, x, in_channels: int) -> None:
         """Refuse an input batch the backbone cannot take, naming what is

@@ -15,18 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...registry import MODELS
-
-
-def _positive_number(owner: str, key: str, value, allow_zero: bool = False
-                     ) -> float:
-    """``float(value)`` if it is a real number > 0 (>= 0 with
-    ``allow_zero``); otherwise ValueError naming ``owner``, ``key``, value."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and \
-        (value >= 0 if allow_zero else value > 0) and value == value
-    if not ok or value == float('inf'):
-        raise ValueError(f'{owner}: {key}={value!r} must be a finite number '
-                         f'{">=" if allow_zero else ">"} 0')
-    return float(value)
+from ...structures.checks import check_number
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -47,7 +36,7 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     Raises:
         ValueError: shapes differ or are not 2-D, or ``temperature <= 0``.
     """
-    temperature = _positive_number('distillation_kl', 'temperature',
+    temperature = check_number('distillation_kl', 'temperature',
                                    temperature)
     if student_logits.dim() != 2 or \
             student_logits.shape != teacher_logits.shape:
@@ -85,9 +74,9 @@ class DistillationLoss(nn.Module):
     def __init__(self, temperature: float = 4.0, loss_weight: float = 0.5,
                  loss_name: str = 'loss_distill'):
         super().__init__()
-        self.temperature = _positive_number('DistillationLoss', 'temperature',
+        self.temperature = check_number('DistillationLoss', 'temperature',
                                             temperature)
-        self.loss_weight = _positive_number('DistillationLoss', 'loss_weight',
+        self.loss_weight = check_number('DistillationLoss', 'loss_weight',
                                             loss_weight, allow_zero=True)
         if not isinstance(loss_name, str) or 'loss' not in loss_name:
             raise ValueError(f'DistillationLoss: loss_name={loss_name!r} must '

@@ -16,6 +16,7 @@ import torch.nn as nn
 from mmengine.logging import MessageHub
 
 from ...registry import MODELS
+from ...structures.checks import check_bool, check_number
 
 
 def train_progress() -> Optional[float]:
@@ -47,26 +48,30 @@ class SparsityLoss(nn.Module):
         :meth:`LAUDResNet.activation_stats` ((N,) tensors per block).
 
     Raises:
-        ValueError: ``target_rate`` outside (0, 1], negative weight or
-            ``warmup_fraction`` outside [0, 1], or progress outside [0, 1].
+        ValueError: ``target_rate`` outside (0, 1] (or a bool), a
+            ``loss_weight`` that is not a finite number >= 0,
+            ``warmup_fraction`` outside [0, 1], a ``block_bounds`` that is
+            not a bool, or progress outside [0, 1].
     """
 
     def __init__(self, target_rate: float, loss_weight: float = 1.0,
                  warmup_fraction: float = 0.33, block_bounds: bool = True):
         super().__init__()
-        if not isinstance(target_rate, (int, float)) or not 0 < target_rate <= 1:
+        if isinstance(target_rate, bool) or \
+                not isinstance(target_rate, (int, float)) or \
+                not 0 < target_rate <= 1:
             raise ValueError(f'SparsityLoss: target_rate={target_rate!r} must '
                              f'lie in (0, 1]')
-        if not loss_weight >= 0:
-            raise ValueError(f'SparsityLoss: loss_weight={loss_weight!r} must '
-                             f'be >= 0')
-        if not 0 <= warmup_fraction <= 1:
+        self.loss_weight = check_number('SparsityLoss', 'loss_weight',
+                                        loss_weight, allow_zero=True)
+        self.warmup_fraction = check_number('SparsityLoss', 'warmup_fraction',
+                                            warmup_fraction, allow_zero=True)
+        if self.warmup_fraction > 1:
             raise ValueError(f'SparsityLoss: warmup_fraction='
                              f'{warmup_fraction!r} must lie in [0, 1]')
         self.target_rate = float(target_rate)
-        self.loss_weight = float(loss_weight)
-        self.warmup_fraction = float(warmup_fraction)
-        self.block_bounds = block_bounds
+        self.block_bounds = check_bool('SparsityLoss', 'block_bounds',
+                                       block_bounds)
 
     def bounds(self, progress: float):
         """(lower, upper) per-block bounds at a training progress in [0, 1]."""

@@ -27,6 +27,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import MODELS
+from ...structures.checks import check_int, check_number
 from ...structures.geometry import (BlockGeometry, RegNetStemGeometry,
                                     block_out_hw, check_paradigm)
 from ..layers.backbone import LAUDBackboneMixin
@@ -49,8 +50,10 @@ def _arch(arch: Union[str, dict]) -> dict:
     """Resolve ``arch`` (name or dict) to a validated settings dict.
 
     Raises:
-        ValueError: unknown name, missing / unknown keys, or inconsistent
-            values (the message names the key and value).
+        ValueError: unknown name, missing / unknown keys, widths / depths
+            / group_width / stem_channels not positive integers, se_ratio
+            not a finite number >= 0 (0: no SE), or inconsistent values
+            (the message names the key and value).
     """
     if isinstance(arch, str):
         if arch not in REGNETY_ARCHS:
@@ -69,6 +72,17 @@ def _arch(arch: Union[str, dict]) -> dict:
     if missing or unknown:
         raise ValueError(f'LAUDRegNetY: arch={arch!r}: missing keys {missing},'
                          f' unknown keys {unknown}')
+    for key in ('widths', 'depths'):
+        v = arch[key]
+        if not isinstance(v, (tuple, list)) or any(
+                isinstance(e, bool) or not isinstance(e, int) or e < 1
+                for e in v):
+            raise ValueError(f'LAUDRegNetY: arch {key}={v!r} must hold '
+                             f'positive integers')
+    for key in ('group_width', 'stem_channels'):
+        check_int('LAUDRegNetY', f'arch {key}', arch[key])
+    check_number('LAUDRegNetY', 'arch se_ratio', arch['se_ratio'],
+                 allow_zero=True)
     widths, depths = tuple(arch['widths']), tuple(arch['depths'])
     if len(widths) != len(depths) or not widths:
         raise ValueError(f'LAUDRegNetY: arch widths={widths!r} and depths='

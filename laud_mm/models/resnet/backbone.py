@@ -16,6 +16,7 @@ from mmdet.models.backbones.resnet import ResNet
 
 from ...ops.max_pool import MaxPool2d
 from ...registry import MODELS
+from ...structures.checks import check_int
 from ...structures.geometry import (BlockGeometry, DeepStemGeometry,
                                     StemGeometry, block_out_hw,
                                     check_paradigm)
@@ -58,6 +59,41 @@ def _check_options(paradigm: Optional[str], kwargs: dict) -> None:
                          f'supported with paradigm={paradigm!r} (only with '
                          f"paradigm='layer', which computes a block whole or "
                          f'skips it)')
+
+
+def _check_stage_options(kwargs: dict) -> int:
+    """Check the mmdet ``ResNet`` options that size the network, which
+    mmdet asserts without a message (or not at all): ``num_stages`` in
+    [1, 4], ``out_indices`` stage indices below it, ``frozen_stages`` in
+    [-1, num_stages], ``base_channels`` / ``stem_channels`` positive.
+
+    Returns:
+        num_stages.
+
+    Raises:
+        ValueError: naming the key and value.
+    """
+    num_stages = kwargs.get('num_stages', 4)
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or \
+            not 1 <= num_stages <= 4:
+        raise ValueError(f'LAUDResNet: num_stages={num_stages!r} must be an '
+                         f'integer in [1, 4]')
+    out = kwargs.get('out_indices', (0, 1, 2, 3))
+    if not isinstance(out, (tuple, list)) or not out or any(
+            isinstance(i, bool) or not isinstance(i, int) or
+            not 0 <= i < num_stages for i in out):
+        raise ValueError(f'LAUDResNet: out_indices={out!r} must hold stage '
+                         f'indices in [0, {num_stages}) (num_stages='
+                         f'{num_stages})')
+    frozen = kwargs.get('frozen_stages', -1)
+    if isinstance(frozen, bool) or not isinstance(frozen, int) or \
+            not -1 <= frozen <= num_stages:
+        raise ValueError(f'LAUDResNet: frozen_stages={frozen!r} must be an '
+                         f'integer in [-1, {num_stages}]')
+    check_int('LAUDResNet', 'base_channels', kwargs.get('base_channels', 64))
+    if kwargs.get('stem_channels') is not None:
+        check_int('LAUDResNet', 'stem_channels', kwargs['stem_channels'])
+    return num_stages
 
 
 def _validate(depth, paradigm, granularity, num_stages,
@@ -261,7 +297,9 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         TypeError: an unknown config key (named with its value and the
             closest known key).
         ValueError: bad ``depth``, ``paradigm``, ``granularity``,
-            ``strides``, ``dilations`` or ``contract_dilation`` (the message
+            ``strides``, ``dilations``, ``contract_dilation``,
+            ``num_stages``, ``out_indices``, ``frozen_stages``,
+            ``base_channels`` or ``stem_channels`` (the message
             names the key and value), G not dividing a stage width, an
             option the paradigm does not support (the table), or
             ``dynamic_inference=True`` with a masked-dense-only option; in
@@ -280,7 +318,7 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
             'depth', 'paradigm', 'granularity', 'dynamic_inference',
             'contract_dilation'))
         _check_options(paradigm, kwargs)
-        num_stages = kwargs.get('num_stages', 4)
+        num_stages = _check_stage_options(kwargs)
         granularity = _validate(depth, paradigm, granularity, num_stages,
                                 kwargs.get('base_channels', 64))
         self.paradigm = paradigm

@@ -52,7 +52,8 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
     Raises:
         ValueError: unsupported combination (a paradigm with
             style='caffe'; spatial / channel with DCN or plugins; unknown
-            paradigm; G not dividing the width), see the options table of
+            paradigm; G not dividing the width; a granularity with
+            layer / static), see the options table of
             :class:`~laud_mm.models.resnet.backbone.LAUDResNet`.
     """
 
@@ -62,6 +63,10 @@ class LAUDBottleneck(LAUDBlockMixin, Bottleneck):
         super().__init__(inplanes, planes, *args, **kwargs)
         if paradigm is not None and paradigm not in PARADIGMS:
             raise ValueError(f'paradigm={paradigm!r} is not one of {PARADIGMS}')
+        if paradigm in (None, 'layer') and granularity is not None:
+            raise ValueError(f'LAUDBottleneck: granularity={granularity!r} is '
+                             f'only used with paradigm spatial/channel, not '
+                             f'paradigm={paradigm!r}')
         if paradigm is not None:
             if self.style != 'pytorch':
                 raise ValueError(
