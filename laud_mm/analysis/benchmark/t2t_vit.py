@@ -61,10 +61,13 @@ HEADER = header(COLUMNS)
 
 
 def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
-    """The encoder input (N, tokens, C): T2T module, class token, position
-    embedding (mmpretrain's ``T2T_ViT.forward`` up to the encoder)."""
+    """The encoder input (N, tokens, C): T2T module (in the backbone's
+    :meth:`~laud_mm.models.LAUDT2TViT.stem_attention`, as its forward runs
+    it), class token, position embedding (mmpretrain's ``T2T_ViT.forward``
+    up to the encoder)."""
     from mmpretrain.models.utils import resize_pos_embed
-    t, hw = net.tokens_to_token(x)
+    with net.stem_attention():
+        t, hw = net.tokens_to_token(x)
     if net.cls_token is not None:
         t = torch.cat((net.cls_token.expand(x.shape[0], -1, -1), t), dim=1)
     return t + resize_pos_embed(net.pos_embed, net.patch_resolution, hw,

@@ -22,6 +22,7 @@ Source: paper sec. 3.2 and "Experiments on vision Transformers" (LAUD-T2T-ViT,
 token / head / layer skipping after AdaViT, Gumbel gates); docs/method.md
 sec. 1-2; T2T-ViT (Yuan et al. 2021); mmpretrain ``t2t_vit.py``.
 """
+import contextlib
 import re
 from collections.abc import Sequence as SequenceABC
 from copy import deepcopy
@@ -37,6 +38,7 @@ from ...structures.geometry import (PARADIGMS, T2TStemGeometry,
                                     TokenLayerGeometry)
 from ..layers.backbone import LAUDBackboneMixin
 from ..layers.checkpoint import record_paradigm
+from .attention import fused_attention
 from .block import LAUDT2TLayer
 
 #: mmpretrain's T2T-ViT-t variants: embed_dims, num_layers, num_heads, FFN
@@ -259,11 +261,31 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
     # ----------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """mmpretrain's ``T2T_ViT.forward`` (the LAUD layers record their
-        statistics)."""
+        statistics). In dynamic inference of a LAUD model and in
+        ``static_forward`` (its baseline), the Tokens-to-Token module's
+        attention runs fused (:meth:`stem_attention`)."""
         self.check_input(x, self.tokens_to_token.attention1.attn.input_dims
                          // 49)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
-        return super().forward(x)
+        with self.stem_attention():
+            return super().forward(x)
+
+    def stem_attention(self) -> contextlib.AbstractContextManager:
+        """The context the Tokens-to-Token module runs in: in eval mode,
+        with ``dynamic_inference`` on a LAUD model (``paradigm`` set) or
+        within ``static_forward``,
+        :func:`~laud_mm.models.t2t_vit.attention.fused_attention` over its
+        two attention layers (their 3136 x 3136 logits at 224 px cost about
+        85 % of the backbone on a CPU; the same function up to float
+        rounding, within about 1e-6 relative); otherwise (training,
+        masked-dense evaluation, ``paradigm=None``) none: mmpretrain's own
+        operators, bit for bit."""
+        static = bool(self.blocks) and self.blocks[0].static_mode
+        if self.training or not (static or (
+                self.dynamic_inference and self.paradigm is not None)):
+            return contextlib.nullcontext()
+        t2t = self.tokens_to_token
+        return fused_attention((t2t.attention1.attn, t2t.attention2.attn))
 
     # ------------------------------------------------------------- stats
     def stem_geometry(self, in_hw: Tuple[int, int]) -> T2TStemGeometry:

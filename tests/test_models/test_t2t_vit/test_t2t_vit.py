@@ -464,3 +464,67 @@ def test_predict_latency_tool_and_benchmark_smoke(capsys):
                                        repeats=1, warmup=0,
                                        paradigms=['spatial'], threads=1)
     assert len(rows) == 2 and rows[0]['flops_rate'] < 1.
+
+
+def test_stem_attention_fused_only_in_inference(monkeypatch):
+    """The Tokens-to-Token module's attention runs torch's fused
+    scaled_dot_product_attention exactly where speed is the point (dynamic
+    inference of a LAUD model, and static_forward, its baseline) and
+    mmpretrain's own operators elsewhere (training, masked-dense
+    evaluation, the static network); the module's function is put back
+    after every forward, also when it raises; on a real image the fused
+    stem gives the backbone output of masked-dense evaluation within
+    float32 rounding."""
+    from conftest import load_coco_images
+    from mmpretrain.models.utils.attention import \
+        scaled_dot_product_attention_pyimpl as pyimpl
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def spy(*a, **k):
+        calls.append(a[0].shape[-2])  # query tokens
+        return sdpa(*a, **k)
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        spy)
+    x = load_coco_images(n=2, size=(64, 64))
+    net = tiny('layer')
+    net.force_gates(1.0)
+    attns = (net.tokens_to_token.attention1.attn,
+             net.tokens_to_token.attention2.attn)
+
+    def run(mode):
+        calls.clear()
+        net.train(mode == 'train')
+        net.dynamic_inference = mode == 'dynamic'
+        with torch.no_grad():
+            out = net.static_forward(x) if mode == 'static_forward' \
+                else net(x)
+        for a in attns:  # mmpretrain's own function is back
+            assert a.scaled_dot_product_attention.func is pyimpl
+        return out[-1], list(calls)
+
+    ref, n = run('masked-dense')
+    assert n == []
+    assert run('train')[1] == []
+    for mode in ('dynamic', 'static_forward'):
+        out, n = run(mode)
+        # 64 px: 16 x 16 tokens after the 7 x 7 / 4 split, 8 x 8 after the
+        # 3 x 3 / 2 one
+        assert n == [256, 64], mode
+        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), mode
+    static = tiny(None)
+    static.dynamic_inference = True
+    calls.clear()
+    with torch.no_grad():
+        static(x)
+    assert calls == []  # paradigm=None: mmpretrain's network, bit for bit
+
+    def boom(*a, **k):
+        raise RuntimeError('boom')
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        boom)
+    net.dynamic_inference = True
+    with torch.no_grad(), pytest.raises(RuntimeError, match='boom'):
+        net(x)
+    for a in attns:
+        assert a.scaled_dot_product_attention.func is pyimpl
