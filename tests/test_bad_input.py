@@ -258,6 +258,15 @@ def test_train_amp_options_are_not_dropped(tmp_path):
     assert amp_optim_wrapper(dict(type='AmpOptimWrapper', dtype='float16',
                                   optimizer=opt), 'bfloat16')['dtype'] == \
         'bfloat16'   # the command line wins
+    # mmdet's usual AMP config: a static scale and no dtype is float16 (what
+    # mmengine's AmpOptimWrapper runs), and the CPU wrapper builds from it
+    mm = amp_optim_wrapper(dict(type='AmpOptimWrapper', loss_scale=512.,
+                                optimizer=opt))
+    assert mm['dtype'] == 'float16' and mm['loss_scale'] == 512.
+    assert amp_optim_wrapper(dict(optimizer=opt))['dtype'] == (
+        'float16' if torch.cuda.is_available() else 'bfloat16')
+    assert __import__('laud_mm').CPUAmpOptimWrapper(
+        dtype=None, optimizer=_sgd()).cast_dtype == torch.bfloat16
     # the CPU wrapper runs the config's static scale as mmengine's does
     w = __import__('laud_mm').CPUAmpOptimWrapper(
         dtype='float16', loss_scale=512., optimizer=_sgd())

@@ -24,8 +24,10 @@ def parse_args(argv=None):
                         help='enable automatic mixed precision training')
     parser.add_argument('--amp-dtype', default=None,
                         choices=['float16', 'bfloat16'],
-                        help='autocast dtype with --amp (default: float16 on '
-                        'GPU, bfloat16 on CPU)')
+                        help="autocast dtype with --amp (default: the "
+                        "config's optim_wrapper.dtype, else float16 where it "
+                        "sets a static loss_scale, else float16 on GPU and "
+                        "bfloat16 on CPU)")
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the actual batch size')
     parser.add_argument(

@@ -22,7 +22,8 @@ class CPUAmpOptimWrapper(OptimWrapper):
     ``AmpOptimWrapper`` configures it.
 
     Args:
-        dtype: 'bfloat16' (default) or 'float16' (or the torch dtype).
+        dtype: 'bfloat16' (default; None: the same) or 'float16' (or the
+            torch dtype).
         loss_scale: float16 only: 'dynamic' (default; dynamic scaling), a
             float (a static scale) or a dict of ``torch.amp.GradScaler``
             arguments; bfloat16 has the float32 exponent range and takes
@@ -37,6 +38,8 @@ class CPUAmpOptimWrapper(OptimWrapper):
     def __init__(self, dtype: Union[str, torch.dtype] = 'bfloat16',
                  loss_scale: Union[str, float, dict] = 'dynamic', **kwargs):
         super().__init__(**kwargs)
+        if dtype is None:  # autocast's CPU default, as mmengine leaves it
+            dtype = torch.bfloat16
         if isinstance(dtype, str) and dtype in _DTYPES:
             dtype = _DTYPES[dtype]
         if dtype not in _DTYPES.values():
@@ -108,9 +111,11 @@ def amp_optim_wrapper(optim_wrapper: dict, dtype: Optional[str] = None) -> dict:
     AmpOptimWrapper on GPU, :class:`CPUAmpOptimWrapper` on CPU.
 
     The dtype is ``dtype`` (the command line's ``--amp-dtype``), else the
-    config's own ``optim_wrapper.dtype``, else float16 on GPU and bfloat16
-    on CPU; the config's ``loss_scale`` is kept (on CPU,
-    :class:`CPUAmpOptimWrapper` checks that it fits the dtype).
+    config's own ``optim_wrapper.dtype``, else float16 where the config
+    sets a loss scale other than 'dynamic' (mmengine's ``AmpOptimWrapper``
+    runs float16 without a dtype, which such a scale is written for), else
+    float16 on GPU and bfloat16 on CPU; the config's ``loss_scale`` is kept
+    (on CPU, :class:`CPUAmpOptimWrapper` checks that it fits the dtype).
 
     Args:
         optim_wrapper: the config's ``optim_wrapper`` dict.
@@ -133,6 +138,8 @@ def amp_optim_wrapper(optim_wrapper: dict, dtype: Optional[str] = None) -> dict:
             raise ValueError(f'optim_wrapper.dtype={own!r} must be one of '
                              f'{sorted(_DTYPES)}')
         dtype = own
+    if dtype is None and cfg.get('loss_scale', 'dynamic') != 'dynamic':
+        dtype = 'float16'
     if torch.cuda.is_available():
         cfg.update(type='AmpOptimWrapper', dtype=dtype or 'float16')
         cfg.setdefault('loss_scale', 'dynamic')
