@@ -57,7 +57,8 @@ from . import register_block_latency, register_stem_latency
 from .common import fused_op
 
 __all__ = ['vit_layer_ops', 't2t_stem_ops', 'transformer_ops',
-           'attention_ops', 'linear_tokens_latency', 'vit_op_breakdown']
+           'attention_ops', 'fused_attention_op', 'linear_tokens_latency',
+           'vit_op_breakdown']
 
 #: arithmetic operations per element of the streaming kernels
 LAYERNORM_OPS = 5.
@@ -121,11 +122,39 @@ def attention_ops(hw: HardwareSpec, pairs: float, tokens: int,
     return [qk, sm, av]
 
 
+def fused_attention_op(hw: HardwareSpec, pairs: float, tokens: int,
+                       head_dims: int, prefix: str = '') -> List[OpLatency]:
+    """QK^T, softmax and AV of ``pairs`` (sample, head) pairs as one
+    kernel that keeps the logits on chip (torch's
+    ``scaled_dot_product_attention``, which the Tokens-to-Token module runs
+    in inference: ``LAUDT2TViT.stem_attention``): the compute of the two
+    products (their tile model, :func:`attention_ops`) and of the softmax,
+    one launch, and off-chip only q, k, v read and the output written
+    (``pairs * L * dh`` elements each).
+
+    Returns:
+        [attn_fused] (MACs ``2 * pairs * L^2 * dh``), or [] for no work.
+    """
+    parts = attention_ops(hw, pairs, tokens, head_dims, prefix)
+    if not parts:
+        return []
+    io = elementwise_latency(hw, prefix + 'attn_io',
+                             float(pairs * int(tokens) * head_dims), 3, 1,
+                             ops_per_elem=0.)
+    compute = sum(o.compute_ms for o in parts)
+    launch = max(o.launch_ms for o in parts)
+    return [OpLatency(prefix + 'attn_fused', compute + io.memory_ms + launch,
+                      compute, io.memory_ms, launch,
+                      sum(o.macs for o in parts), io.offchip_bytes,
+                      io.onchip_bytes)]
+
+
 def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
                     in_dims: int, embed_dims: int, heads: float,
                     head_dims: int, ffn_channels: int, eager: bool = False,
                     prefix: str = '', qkv_kw: Optional[dict] = None,
-                    proj_kw: Optional[dict] = None) -> List[OpLatency]:
+                    proj_kw: Optional[dict] = None,
+                    fused_attention: bool = False) -> List[OpLatency]:
     """Kernels of one transformer layer on ``batch`` samples of ``tokens``
     tokens (see the module docstring).
 
@@ -143,6 +172,8 @@ def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
         prefix: prepended to the operator names.
         qkv_kw, proj_kw: extra :class:`ConvOp` fields of qkv / proj
             (per-sample weights of head skipping).
+        fused_attention: the attention as one kernel
+            (:func:`fused_attention_op`) instead of :func:`attention_ops`.
 
     Returns:
         list of :class:`OpLatency` (whole batch); empty for ``batch <= 0``.
@@ -157,7 +188,8 @@ def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
                                1, ops_per_elem=LAYERNORM_OPS),
            linear_tokens_latency(hw, p + 'qkv', batch, t, in_dims, 3 * hd,
                                  **(qkv_kw or {}))]
-    ops += attention_ops(hw, batch * heads, t, head_dims, p)
+    ops += (fused_attention_op if fused_attention else attention_ops)(
+        hw, batch * heads, t, head_dims, p)
     ops += [linear_tokens_latency(hw, p + 'proj', batch, t, hd, embed_dims,
                                   **(proj_kw or {})),
             elementwise_latency(hw, p + 'add1', elems, 2, 1),
@@ -297,7 +329,9 @@ def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
     """Kernels of the Tokens-to-Token module (always dense): soft split 0
     (unfold 7x7/4), T2T layer 1 (one head, width ``token_dims``, value
     shortcut), soft split 1, T2T layer 2, soft split 2, the projection to
-    ``embed_dims``, class token + position embedding."""
+    ``embed_dims``, class token + position embedding. The two T2T layers'
+    attention is one fused kernel each (:func:`fused_attention_op`), as
+    inference runs it (``LAUDT2TViT.stem_attention``)."""
     hw, eager = pred.hw, pred.eager
     td = stem.token_dims
     l0 = stem.hw0[0] * stem.hw0[1]
@@ -307,11 +341,11 @@ def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
     ops = [elementwise_latency(hw, 'soft_split0', float(batch * c0 * l0),
                                1, 1)]
     ops += transformer_ops(hw, batch, l0, c0, td, 1, td, td, eager,
-                           prefix='t2t1.')
+                           prefix='t2t1.', fused_attention=True)
     ops.append(elementwise_latency(hw, 'soft_split1',
                                    float(batch * td * 9 * l1), 1, 1))
     ops += transformer_ops(hw, batch, l1, td * 9, td, 1, td, td, eager,
-                           prefix='t2t2.')
+                           prefix='t2t2.', fused_attention=True)
     ops.append(elementwise_latency(hw, 'soft_split2',
                                    float(batch * td * 9 * l2), 1, 1))
     ops.append(linear_tokens_latency(hw, 'project', batch, l2, td * 9,
@@ -328,7 +362,7 @@ _CATEGORIES = (('masker', ('masker', 'mask_index')),
                ('layernorm', ('ln1', 'ln2')),
                ('qkv', ('qkv',)),
                ('attention (QK^T, softmax, AV)', ('attn_qk', 'softmax',
-                                                  'attn_av')),
+                                                  'attn_av', 'attn_fused')),
                ('proj', ('proj',)),
                ('mlp (fc1, GELU, fc2)', ('fc1', 'fc2', 'gelu')),
                ('residual add', ('add1', 'add2')))

@@ -29,7 +29,8 @@ from laud_mm.engine.hooks.gumbel_temperature import \
     model_maskers  # noqa: E402
 from laud_mm.latency import HardwareSpec, LatencyPredictor  # noqa: E402
 from laud_mm.latency.blocks.t2t_vit import (  # noqa: E402
-    attention_ops, transformer_ops, vit_layer_ops, vit_op_breakdown)
+    attention_ops, fused_attention_op, t2t_stem_ops, transformer_ops,
+    vit_layer_ops, vit_op_breakdown)
 from laud_mm.models import t2t_vit_geometries  # noqa: E402
 from laud_mm.models.t2t_vit import flops as flops_lib  # noqa: E402
 from laud_mm.models.t2t_vit.attention import masked_softmax  # noqa: E402
@@ -382,6 +383,27 @@ def test_softmax_and_attention_kernels_hand_computed():
     assert qk.macs == 4 and av.macs == 4  # L^2 x dh each
     # QK^T on 1 PE with P = 1: 4 outputs x 1 MAC, 1 cycle each at 1 MHz
     assert math.isclose(qk.compute_ms, 4e-3, rel_tol=1e-9)
+
+
+def test_fused_attention_kernel_keeps_the_logits_on_chip():
+    """The fused attention (the T2T module in inference) on the toy
+    device: the unfused kernels' compute and MACs, one launch, and off-chip
+    only q, k, v and the output (4 x 2 tokens x 1 dim x 4 B = 32 B, not the
+    2 x 2 logits twice); the T2T module's two layers are priced so."""
+    parts = attention_ops(TOY, 1, 2, 1)
+    (op,) = fused_attention_op(TOY, 1, 2, 1)
+    assert op.name == 'attn_fused' and op.macs == 8
+    assert math.isclose(op.compute_ms, sum(o.compute_ms for o in parts),
+                        rel_tol=1e-12)
+    assert op.offchip_bytes == 32
+    assert math.isclose(op.memory_ms, 32e-9 * 1e3, rel_tol=1e-9)
+    assert fused_attention_op(TOY, 0, 2, 1) == []
+    pred = LatencyPredictor('v100')
+    _, stem = t2t_vit_geometries('t2t-vit-t-14', (224, 224))
+    names = [o.name for o in t2t_stem_ops(pred, stem, 8)]
+    assert {'t2t1.attn_fused', 't2t2.attn_fused'} <= set(names)
+    assert not [n for n in names if n.endswith(('attn_qk', 'softmax',
+                                                'attn_av'))]
 
 
 def test_layer_kernels_count_the_flops():
