@@ -185,3 +185,95 @@ def test_load_from_does_not_restore_rng_but_resume_does(tmp_path):
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expect[0], got[0])
     assert np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+
+
+class _Draws(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return dict(x=torch.tensor([float(i)]))
+
+
+def _toy_runner(work, loop, val, workers, resume, draws):
+    """A Runner whose model draws ``torch.rand(1)`` on the global generator
+    in every training forward, as the Gumbel gates do; checkpoints every 2
+    iterations / every epoch, validation right after each (or never)."""
+    import uuid
+
+    from mmengine.evaluator import BaseMetric
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    from laud_mm.engine.hooks import WeightsOnlyCheckpointHook
+    from laud_mm.engine.hooks.rng_state import RNGStateHook
+
+    class Model(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x, data_samples=None, mode='tensor'):
+            x = torch.stack(x)
+            if mode == 'loss':
+                noise = torch.rand(1)
+                draws.append(float(noise))
+                return dict(loss=(self.w * x.sum() * noise).sum())
+            return [dict(y=float(v)) for v in (self.w * x).flatten()]
+
+    class Count(BaseMetric):
+        def process(self, data_batch, data_samples):
+            self.results += data_samples
+
+        def compute_metrics(self, results):
+            return dict(n=len(results))
+
+    dl = dict(dataset=_Draws(), batch_size=2, num_workers=0,
+              sampler=dict(type='DefaultSampler', shuffle=True))
+    train_dl = dict(dl, num_workers=workers, persistent_workers=workers > 0)
+    by_epoch = loop == 'epoch'
+    every = 1 if by_epoch else 2
+    train_cfg = dict(by_epoch=by_epoch, val_interval=every if val else 10**6,
+                     **(dict(max_epochs=2) if by_epoch else
+                        dict(max_iters=4)))
+    return Runner(
+        model=Model(), work_dir=str(work), experiment_name=uuid.uuid4().hex,
+        train_dataloader=train_dl,
+        val_dataloader=dict(dl, sampler=dict(type='DefaultSampler',
+                                             shuffle=False)),
+        val_evaluator=[Count()], val_cfg=dict(), train_cfg=train_cfg,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
+                                           interval=every, by_epoch=by_epoch),
+                           logger=dict(type='LoggerHook', interval=100)),
+        custom_hooks=[RNGStateHook(), WeightsOnlyCheckpointHook()],
+        randomness=dict(seed=0), resume=resume, load_from=None)
+
+
+@pytest.mark.parametrize('loop, val, workers', [
+    ('iter', True, 0), ('epoch', True, 0), ('epoch', False, 1),
+    ('epoch', True, 1)])
+def test_resume_draws_the_uninterrupted_noise_across_validation_and_workers(
+        tmp_path, loop, val, workers):
+    """What the shipped configs do between a checkpoint and the next
+    iteration: validate (making the val iterator draws from the global
+    generator after the checkpoint was written) and, epoch-based with
+    persistent workers (mmdet's default), reuse the train iterator that a
+    resumed run must make anew (it draws its workers' base seed). A run
+    resumed from the checkpoint draws the uninterrupted run's numbers in
+    the iterations after it (it drew others before the hook put the
+    generators back after validation and deferred a persistent-worker
+    restore past the iterator)."""
+    import shutil
+    ref = []
+    _toy_runner(tmp_path / 'ref', loop, val, workers, False, ref).train()
+    ckpt = 'epoch_1.pth' if loop == 'epoch' else 'iter_2.pth'
+    (tmp_path / 'crash').mkdir()
+    shutil.copy(tmp_path / 'ref' / ckpt, tmp_path / 'crash' / ckpt)
+    (tmp_path / 'crash' / 'last_checkpoint').write_text(
+        str(tmp_path / 'crash' / ckpt))
+    res = []
+    _toy_runner(tmp_path / 'crash', loop, val, workers, True, res).train()
+    done = 4 if loop == 'epoch' else 2  # iterations before the checkpoint
+    assert len(ref) == 2 * done and len(res) == done
+    assert res == ref[done:]

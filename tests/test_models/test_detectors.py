@@ -328,3 +328,46 @@ def test_demo_configs_use_coco_tiny(name):
     assert hooks['laud_mm.GumbelTemperatureHook'].tau0 is None
     assert (hooks['laud_mm.GumbelNoiseHook'].scale0,
             hooks['laud_mm.GumbelNoiseHook'].scale1) == (1.0, 0.1)
+
+
+@pytest.mark.parametrize('cfg_name', [
+    'faster_rcnn/faster-rcnn_laud-r50-spatial-s4421_t0.5_fpn_1x_coco.py',
+    'faster_rcnn/faster-rcnn_laud-regnety-400mf-layer_t0.5_fpn_1x_coco.py'])
+def test_frozen_stage_maskers_train_on_the_static_weights_route(cfg_name):
+    """mmdet's frozen_stages=1 freezes stage 1 and, in the authors' release,
+    its maskers with it. From static ImageNet weights (laud_weights=None,
+    the shipped default) those maskers are new: frozen at their keep-biased
+    init, stage 1 could never skip. There they train (gradients, Gumbel
+    gates in training mode) while stage 1's convolutions stay frozen; from
+    a LAUD checkpoint they stay frozen with their stage."""
+    from conftest import load_coco_images
+    from laud_mm import SparsityLoss
+    from laud_mm.registry import MODELS
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', cfg_name))
+    cfg.model.backbone.init_cfg = None
+    assert cfg.model.backbone.frozen_stages == 1 and \
+        cfg.model.laud_weights is None
+    for route in ('static', 'laud'):
+        if route == 'laud':
+            cfg.model.laud_weights = 'work_dirs/laud_imagenet.pth'
+        bb = MODELS.build(cfg.model).train().backbone
+        frozen = [b for b in bb.blocks if b.stage == 0]
+        assert frozen and all(not b.training for b in frozen)
+        assert not any(p.requires_grad for b in frozen
+                       for n, p in b.named_parameters()
+                       if not n.startswith('masker.'))
+        masker_grad = [p.requires_grad for b in frozen
+                       for p in b.masker.parameters()]
+        masker_mode = [b.masker.training for b in frozen]
+        if route == 'laud':
+            assert not any(masker_grad) and not any(masker_mode)
+            continue
+        assert all(masker_grad) and all(masker_mode)
+        bb(load_coco_images(n=2, size=(96, 128)))
+        SparsityLoss(0.3)(bb.activation_stats(),
+                          progress=1.)['loss_sparsity'].backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for b in frozen for p in b.masker.parameters()
+                   if p.dim() > 1)
+        bb.eval()
+        assert not any(b.masker.training for b in bb.blocks)

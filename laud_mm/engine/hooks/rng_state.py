@@ -15,7 +15,17 @@ entry per rank. They are restored at the exact point the uninterrupted run
 was at: for :class:`~mmengine.runner.IterBasedTrainLoop`, after the loop has
 advanced the dataloader past the already-trained batches (the advance
 re-runs the data pipeline, which may draw random numbers), right before the
-next batch is fetched; for epoch-based loops, before the first epoch.
+next batch is fetched; for epoch-based loops, before the first epoch, or,
+with persistent dataloader workers, right before the first iteration: the
+uninterrupted run made its train iterator (which draws its workers' base
+seed from the global generator) in the first epoch and reuses it, the
+resumed run makes a new one.
+
+Two things between a checkpoint and the next training iteration would
+otherwise move the training stream in one run and not in the other, or
+differently: validation (making its dataloader iterator draws from the
+global generator, after the checkpoint was written), so the hook puts the
+generators back after every validation; and the train iterator above.
 
 :class:`RNGStateHook` does this; name it in a config (the LAUD base
 configs do: ``default_hooks.rng_state``).
@@ -106,16 +116,28 @@ class _RestoreBeforeNext:
         return getattr(self._it, name)
 
 
-def install_restore(runner, state: Dict) -> None:
+def persistent_workers(dataloader) -> bool:
+    """Whether ``dataloader`` (a torch DataLoader) keeps its worker
+    processes, and so its iterator, across epochs."""
+    return bool(getattr(dataloader, 'persistent_workers', False)) and \
+        getattr(dataloader, 'num_workers', 0) > 0
+
+
+def install_restore(runner, state: Dict) -> Optional[Dict]:
     """Restore ``state`` where an uninterrupted run would be: before the
-    batch of iteration ``runner.iter`` (iteration-based loops) or now
-    (epoch-based loops, which resume at an epoch start)."""
+    batch of iteration ``runner.iter`` (iteration-based loops); now
+    (epoch-based loops, which resume at an epoch start); or, with
+    persistent train workers, at the first iteration (returned: the caller
+    applies it then, after the epoch made its iterator)."""
     loop = runner.train_loop
     if hasattr(loop, 'dataloader_iterator'):
         loop.dataloader_iterator = _RestoreBeforeNext(
             loop.dataloader_iterator, loop.iter, state)
+    elif persistent_workers(getattr(loop, 'dataloader', None)):
+        return state
     else:
         apply_rng_state(state)
+    return None
 
 
 @HOOKS.register_module()
@@ -137,6 +159,8 @@ class RNGStateHook(Hook):
     def __init__(self):
         self._rng_states = None  # per-rank states after the last iteration
         self._resume_states = None  # loaded by resume, applied in before_train
+        self._first_iter_state = None  # applied at the first iteration
+        self._val_state = None  # the training stream while validating
 
     def before_train(self, runner) -> None:
         """Install the restore of a resumed run's states.
@@ -145,9 +169,42 @@ class RNGStateHook(Hook):
             runner: the mmengine Runner.
         """
         if self._resume_states is not None:
-            install_restore(runner, select_rank_state(self._resume_states,
-                                                      runner.logger))
+            self._first_iter_state = install_restore(
+                runner, select_rank_state(self._resume_states,
+                                          runner.logger))
             self._resume_states = None
+
+    def before_train_iter(self, runner, batch_idx: int,
+                          data_batch=None) -> None:
+        """Apply a resumed state deferred past the making of a persistent
+        train iterator (:func:`install_restore`).
+
+        Args:
+            runner: the mmengine Runner; the other arguments are unused.
+        """
+        if self._first_iter_state is not None:
+            apply_rng_state(self._first_iter_state)
+            self._first_iter_state = None
+
+    def before_val(self, runner) -> None:
+        """Keep the generators' states: validation must not move the
+        training stream (it runs after a checkpoint is written, so a run
+        resumed from that checkpoint does not replay it).
+
+        Args:
+            runner: the mmengine Runner.
+        """
+        self._val_state = capture_rng_state()
+
+    def after_val(self, runner) -> None:
+        """Put the generators back as :meth:`before_val` found them.
+
+        Args:
+            runner: the mmengine Runner.
+        """
+        if self._val_state is not None:
+            apply_rng_state(self._val_state)
+            self._val_state = None
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:

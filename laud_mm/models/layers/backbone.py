@@ -130,11 +130,49 @@ class LAUDBackboneMixin:
 
     def train(self, mode: bool = True):
         """The upstream backbone's ``train`` (mmdet's frozen stages and
-        ``norm_eval``, mmpretrain's ``BaseBackbone.train``), returning the
-        backbone as ``nn.Module.train`` does (those return None), so that
+        ``norm_eval``, mmpretrain's ``BaseBackbone.train``), then the
+        maskers released from frozen stages with
+        :attr:`train_frozen_maskers`; returns the backbone as
+        ``nn.Module.train`` does (those return None), so that
         ``model = MODELS.build(cfg).eval()`` works for every family."""
         super().train(mode)
+        self.release_frozen_maskers()
         return self
+
+    @property
+    def train_frozen_maskers(self) -> bool:
+        """Whether the maskers of frozen stages (``frozen_stages``) train:
+        frozen stages keep their convolutions and norms fixed, as mmdet's
+        option does, but their maskers get gradients and run in the
+        backbone's mode (Gumbel gates in training). Set by the static
+        weights route (:func:`~laud_mm.models.layers.weights.
+        apply_weights_route`): the maskers are new there and would stay at
+        their keep-biased initialisation, so that a frozen stage never
+        skipped. False (default, and the LAUD checkpoint route): a frozen
+        stage's maskers stay frozen with it, as in the authors' release.
+
+        Raises:
+            ValueError: a value other than True / False (on setting).
+        """
+        return getattr(self, '_train_frozen_maskers', False)
+
+    @train_frozen_maskers.setter
+    def train_frozen_maskers(self, value: bool) -> None:
+        self._train_frozen_maskers = check_bool(
+            type(self).__name__, 'train_frozen_maskers', value)
+        self.train(self.training)
+
+    def release_frozen_maskers(self) -> None:
+        """With :attr:`train_frozen_maskers`, every masker's parameters
+        require gradients and every masker is in the backbone's mode again
+        (after a family's ``_freeze_stages`` froze those of its frozen
+        stages); otherwise nothing."""
+        if not self.train_frozen_maskers:
+            return
+        for m in self.maskers():
+            m.train(self.training)
+            for p in m.parameters():
+                p.requires_grad_(True)
 
     def maskers(self) -> List[torch.nn.Module]:
         """The maskers of all dynamic blocks, in forward order."""

@@ -11,7 +11,11 @@ weights, chosen by one config value, ``laud_weights``:
    mmengine's ``Pretrained`` init; the maskers keep their keep-biased
    initialisation, so the gates start dense and fine-tuning anneals the
    temperature (5 -> 0.1, as ImageNet training does) while the sparsity
-   loss pulls the rate to the target.
+   loss pulls the rate to the target; the maskers of frozen stages
+   (mmdet's ``frozen_stages=1``) train as well
+   (``backbone.train_frozen_maskers``), else those stages could never
+   skip. On route 1 they stay frozen with their stage, as in the authors'
+   release.
 
 Nothing is read or downloaded while a config is loaded or a model is built:
 the weights load in ``init_weights`` (when a Runner starts training), and a
@@ -31,7 +35,8 @@ TAU_FROM_STATIC_WEIGHTS = (5.0, 0.1)
 
 def apply_weights_route(model, laud_weights: Optional[str],
                         owner: str) -> Tuple[float, float]:
-    """Set ``model.backbone``'s weights route and ``model.laud_tau_schedule``
+    """Set ``model.backbone``'s weights route (static weights: also
+    ``backbone.train_frozen_maskers``) and ``model.laud_tau_schedule``
     (read by :class:`laud_mm.GumbelTemperatureHook` without ``tau0`` /
     ``tau1``).
 
@@ -48,6 +53,8 @@ def apply_weights_route(model, laud_weights: Optional[str],
         ValueError: ``laud_weights`` not a string or None.
     """
     if laud_weights is None:
+        if hasattr(model.backbone, 'train_frozen_maskers'):
+            model.backbone.train_frozen_maskers = True
         model.laud_weights = None
         model.laud_weights_route = 'static ImageNet weights'
         model.laud_tau_schedule = TAU_FROM_STATIC_WEIGHTS

@@ -266,14 +266,16 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
                 p.requires_grad = False
 
     def train(self, mode: bool = True) -> 'LAUDRegNetY':
-        """``nn.Module.train`` keeping frozen stages in eval and, with
-        ``norm_eval``, every BN layer in eval mode."""
+        """``nn.Module.train`` keeping frozen stages in eval (their maskers
+        too, unless :attr:`train_frozen_maskers`) and, with ``norm_eval``,
+        every BN layer in eval mode."""
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.modules():
                 if isinstance(m, _BatchNorm):
                     m.eval()
+        self.release_frozen_maskers()
         return self
 
     # ----------------------------------------------------------- forward
