@@ -44,3 +44,29 @@ def check_number(owner: str, key: str, value, allow_zero: bool = False
         raise ValueError(f'{owner}: {key}={value!r} must be a finite number '
                          f'{">=" if allow_zero else ">"} 0')
     return float(value)
+
+
+def check_stage_options(owner: str, out_indices, frozen_stages,
+                        num_stages: int) -> tuple:
+    """A backbone's ``out_indices`` (a sequence of stage indices in
+    [0, num_stages), at least one) and ``frozen_stages`` (an integer in
+    [-1, num_stages], -1: none), the options mmdet / mmpretrain backbones
+    assert without a message.
+
+    Returns:
+        ``tuple(out_indices)``.
+
+    Raises:
+        ValueError: naming ``owner``, the key and the value.
+    """
+    if not isinstance(out_indices, (tuple, list)) or not out_indices or any(
+            isinstance(i, bool) or not isinstance(i, int) or
+            not 0 <= i < num_stages for i in out_indices):
+        raise ValueError(f'{owner}: out_indices={out_indices!r} must hold '
+                         f'stage indices in [0, {num_stages})')
+    if isinstance(frozen_stages, bool) or \
+            not isinstance(frozen_stages, int) or \
+            not -1 <= frozen_stages <= num_stages:
+        raise ValueError(f'{owner}: frozen_stages={frozen_stages!r} must be '
+                         f'an integer in [-1, {num_stages}]')
+    return tuple(out_indices)

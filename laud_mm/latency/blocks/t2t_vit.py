@@ -133,7 +133,11 @@ def fused_attention_op(hw: HardwareSpec, pairs: float, tokens: int,
     (``pairs * L * dh`` elements each).
 
     Returns:
-        [attn_fused] (MACs ``2 * pairs * L^2 * dh``), or [] for no work.
+        [attn_fused] (milliseconds; MACs ``2 * pairs * L^2 * dh``), or []
+        for no work.
+
+    Source: paper appendix A (compute, memory and launch terms of a
+    kernel); FlashAttention's tiling (the logits never leave the chip).
     """
     parts = attention_ops(hw, pairs, tokens, head_dims, prefix)
     if not parts:

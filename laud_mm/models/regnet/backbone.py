@@ -27,7 +27,8 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import MODELS
-from ...structures.checks import check_int, check_number
+from ...structures.checks import (check_int, check_number,
+                                  check_stage_options)
 from ...structures.geometry import (BlockGeometry, RegNetStemGeometry,
                                     block_out_hw, check_paradigm)
 from ..layers.backbone import LAUDBackboneMixin
@@ -177,18 +178,11 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
         self.granularity = check_paradigm('LAUDRegNetY', paradigm,
                                           granularity, n_stages,
                                           self.arch['widths'])
-        out_indices = tuple(out_indices) if not isinstance(out_indices, int) \
-            else (out_indices,)
-        if not out_indices or any(
-                isinstance(i, bool) or not isinstance(i, int) or
-                not 0 <= i < n_stages for i in out_indices):
-            raise ValueError(f'LAUDRegNetY: out_indices={out_indices!r} must '
-                             f'hold stage indices in [0, {n_stages})')
-        if isinstance(frozen_stages, bool) or \
-                not isinstance(frozen_stages, int) or \
-                not -1 <= frozen_stages <= n_stages:
-            raise ValueError(f'LAUDRegNetY: frozen_stages={frozen_stages!r} '
-                             f'must be an integer in [-1, {n_stages}]')
+        if isinstance(out_indices, int) and \
+                not isinstance(out_indices, bool):
+            out_indices = (out_indices,)
+        out_indices = check_stage_options('LAUDRegNetY', out_indices,
+                                          frozen_stages, n_stages)
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval

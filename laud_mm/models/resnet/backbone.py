@@ -16,7 +16,7 @@ from mmdet.models.backbones.resnet import ResNet
 
 from ...ops.max_pool import MaxPool2d
 from ...registry import MODELS
-from ...structures.checks import check_int
+from ...structures.checks import check_int, check_stage_options
 from ...structures.geometry import (BlockGeometry, DeepStemGeometry,
                                     StemGeometry, block_out_hw,
                                     check_paradigm)
@@ -78,18 +78,8 @@ def _check_stage_options(kwargs: dict) -> int:
             not 1 <= num_stages <= 4:
         raise ValueError(f'LAUDResNet: num_stages={num_stages!r} must be an '
                          f'integer in [1, 4]')
-    out = kwargs.get('out_indices', (0, 1, 2, 3))
-    if not isinstance(out, (tuple, list)) or not out or any(
-            isinstance(i, bool) or not isinstance(i, int) or
-            not 0 <= i < num_stages for i in out):
-        raise ValueError(f'LAUDResNet: out_indices={out!r} must hold stage '
-                         f'indices in [0, {num_stages}) (num_stages='
-                         f'{num_stages})')
-    frozen = kwargs.get('frozen_stages', -1)
-    if isinstance(frozen, bool) or not isinstance(frozen, int) or \
-            not -1 <= frozen <= num_stages:
-        raise ValueError(f'LAUDResNet: frozen_stages={frozen!r} must be an '
-                         f'integer in [-1, {num_stages}]')
+    check_stage_options('LAUDResNet', kwargs.get('out_indices', (0, 1, 2, 3)),
+                        kwargs.get('frozen_stages', -1), num_stages)
     check_int('LAUDResNet', 'base_channels', kwargs.get('base_channels', 64))
     if kwargs.get('stem_channels') is not None:
         check_int('LAUDResNet', 'stem_channels', kwargs['stem_channels'])
