@@ -122,6 +122,15 @@ def _sgd():
      r"granularity=4 is only used with paradigm spatial/channel"),
     (lambda: LAUDResNet(50, 'layer', dynamic_inference='no'),
      r"dynamic_inference='no' must be True or False"),
+    # the channel maskers' gradient scale: a bool, on channel maskers only
+    (lambda: LAUDResNet(50, 'channel', (2, 2, 2, 2), group_grad_scale=0),
+     r"group_grad_scale=0 must be True or False"),
+    (lambda: LAUDResNet(50, 'spatial', (4, 4, 2, 1),
+                        group_grad_scale=False),
+     r"group_grad_scale=False applies to the channel maskers of "
+     r"paradigm='channel' only; paradigm='spatial' has none"),
+    (lambda: LAUDRegNetY(_TINY_REGNET, 'layer', group_grad_scale=False),
+     r"group_grad_scale=False applies .* paradigm='layer' has none"),
     # RegNetY arch dicts
     (lambda: LAUDRegNetY(dict(_TINY_REGNET, depths=(1, 0, 1, 1))),
      r"arch depths=\(1, 0, 1, 1\) must hold positive integers"),

@@ -381,6 +381,42 @@ def test_c_every_trainable_parameter_gets_a_gradient(fam, paradigm):
     assert not zero, zero
 
 
+@pytest.mark.parametrize('fam', [pytest.param(f, id=f.name)
+                                 for f in FAMILIES])
+def test_c_group_grad_scale_config_key(fam):
+    """``group_grad_scale`` (a config key of every family) reaches the
+    channel maskers: with the same weights and Gumbel noise, True gives
+    every channel masker's last layer n_groups times the gradient of False
+    and every other parameter the same gradient."""
+    grads = {}
+    for scale in (True, False):
+        net = build(fam, 'channel', group_grad_scale=scale)
+        assert net.group_grad_scale is scale
+        assert all(m.group_grad_scale is scale for m in net.maskers())
+        randomize(net, 3)
+        net.train()
+        net.set_tau(1.0)
+        torch.manual_seed(7)
+        outs = net(images(fam))
+        stats = net.activation_stats()
+        (sum(o.square().mean() for o in outs) +
+         stats['flops'].mean() / stats['dense_flops']).backward()
+        grads[scale] = {n: p.grad for n, p in net.named_parameters()
+                        if p.grad is not None}
+        groups = {n: m.num_groups for n, m in net.named_modules()
+                  if m in net.maskers()}
+    assert grads[True].keys() == grads[False].keys()
+    scaled = 0
+    for n, g in grads[True].items():
+        parts = n.split('.')  # e.g. layer1.0.masker.fc2.weight
+        owner, layer = '.'.join(parts[:-2]), '.'.join(parts[-2:-1])
+        factor = groups[owner] if layer == 'fc2' and owner in groups else 1
+        scaled += factor > 1
+        assert torch.allclose(g, factor * grads[False][n], rtol=1e-4,
+                              atol=1e-9), n
+    assert scaled == 2 * len(groups)
+
+
 @pytest.mark.parametrize('fam,paradigm', CASES)
 def test_d_eval_is_deterministic_and_training_is_stochastic(fam, paradigm):
     net = build(fam, paradigm)

@@ -20,6 +20,7 @@ import torch
 from ...structures import flops as flops_lib
 from ...structures.checks import check_bool
 from ...structures.geometry import BlockGeometry
+from .maskers import ChannelMasker
 
 #: memory formats the static network (:meth:`LAUDBackboneMixin.
 #: static_forward`) is timed in, by name; the faster one is the baseline
@@ -173,6 +174,38 @@ class LAUDBackboneMixin:
             m.train(self.training)
             for p in m.parameters():
                 p.requires_grad_(True)
+
+    @property
+    def group_grad_scale(self) -> bool:
+        """Whether the channel maskers (``ChannelMasker``, T2T-ViT's
+        ``HeadMasker``) multiply their last layer's gradient by their group
+        count in training (a laud_mm addition, the forward pass unchanged:
+        docs/method.md sec. 2, "Channel maskers' gradient scale"); False
+        gives the paper's plain gradient. The config key of the same name
+        of every LAUD backbone (default True).
+
+        Raises:
+            ValueError: on setting, a value other than True / False, or
+                False for a backbone without channel maskers (a spatial,
+                layer or static one: the option would do nothing), naming
+                the key and the paradigm.
+        """
+        return getattr(self, '_group_grad_scale', True)
+
+    @group_grad_scale.setter
+    def group_grad_scale(self, value: bool) -> None:
+        owner = type(self).__name__
+        check_bool(owner, 'group_grad_scale', value)
+        grouped = [m for m in self.maskers()
+                   if isinstance(m, ChannelMasker)]
+        if not value and not grouped:
+            raise ValueError(
+                f'{owner}: group_grad_scale=False applies to the channel '
+                f'maskers of paradigm=\'channel\' only; paradigm='
+                f'{getattr(self, "paradigm", None)!r} has none')
+        self._group_grad_scale = value
+        for m in grouped:
+            m.group_grad_scale = value
 
     def maskers(self) -> List[torch.nn.Module]:
         """The maskers of all dynamic blocks, in forward order."""

@@ -145,6 +145,9 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
             checkpoint='torchvision-regnety:///path/regnet_y_800mf.pth',
             prefix='backbone.')``. None: torchvision's initialisation
             (Kaiming normal fan-out convs, BN 1/0), maskers keep-biased.
+        group_grad_scale: the channel maskers' gradient scale (default
+            True; False: the paper's plain gradient; paradigm 'channel'
+            only). See :attr:`LAUDBackboneMixin.group_grad_scale`.
 
     Attributes:
         blocks: all :class:`LAUDRegNetYBlock` in forward order.
@@ -158,7 +161,8 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
 
     Raises:
         ValueError: bad ``arch``, ``paradigm``, ``granularity``,
-            ``out_indices`` or ``frozen_stages`` (names the key and value);
+            ``out_indices``, ``frozen_stages`` or ``group_grad_scale``
+            (names the key and value);
             in forward, an input that is not a finite floating-point (N, 3,
             H, W) batch (``LAUDBackboneMixin.check_input``).
     """
@@ -169,7 +173,8 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, dynamic_inference: bool = False,
-                 in_channels: int = 3, init_cfg=None):
+                 in_channels: int = 3, init_cfg=None,
+                 group_grad_scale: bool = True):
         super().__init__(init_cfg=init_cfg)
         self.arch_name = arch if isinstance(arch, str) else 'custom'
         self.arch = _arch(arch)
@@ -213,6 +218,7 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
         self.stage_widths = tuple(self.arch['widths'])
         self.out_channels = tuple(self.stage_widths[i] for i in out_indices)
         self.dynamic_inference = dynamic_inference
+        self.group_grad_scale = group_grad_scale
         self._input_hw: Optional[Tuple[int, int]] = None
         self._freeze_stages()
         # another paradigm / granularity is refused by name (before the

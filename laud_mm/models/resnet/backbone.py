@@ -275,6 +275,9 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
             2, 1, 1), dilations=(1, 1, 2, 4)``) with the same parameter
             names; geometry, FLOPs and predicted latency follow the blocks
             as built (dilated conv2, larger maps, deep stem).
+        group_grad_scale: the channel maskers' gradient scale (default
+            True; False: the paper's plain gradient; paradigm 'channel'
+            only). See :attr:`LAUDBackboneMixin.group_grad_scale`.
         **kwargs: mmdet ``ResNet`` arguments (see the table).
 
     Shapes:
@@ -289,7 +292,8 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         ValueError: bad ``depth``, ``paradigm``, ``granularity``,
             ``strides``, ``dilations``, ``contract_dilation``,
             ``num_stages``, ``out_indices``, ``frozen_stages``,
-            ``base_channels`` or ``stem_channels`` (the message
+            ``base_channels``, ``stem_channels`` or
+            ``group_grad_scale`` (the message
             names the key and value), G not dividing a stage width, an
             option the paradigm does not support (the table), or
             ``dynamic_inference=True`` with a masked-dense-only option; in
@@ -303,10 +307,11 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
     def __init__(self, depth: int, paradigm: Optional[str] = None,
                  granularity: Optional[Sequence[int]] = None,
                  dynamic_inference: bool = False,
-                 contract_dilation: bool = False, **kwargs):
+                 contract_dilation: bool = False,
+                 group_grad_scale: bool = True, **kwargs):
         reject_unknown_keys('LAUDResNet', kwargs, ResNet, own=(
             'depth', 'paradigm', 'granularity', 'dynamic_inference',
-            'contract_dilation'))
+            'contract_dilation', 'group_grad_scale'))
         _check_options(paradigm, kwargs)
         num_stages = _check_stage_options(kwargs)
         granularity = _validate(depth, paradigm, granularity, num_stages,
@@ -327,6 +332,7 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
                 block.stage, block.index = s, i
                 self.blocks.append(block)
         self.dynamic_inference = dynamic_inference
+        self.group_grad_scale = group_grad_scale
         # another paradigm / granularity is refused by name (before the
         # shape checks; a spatial masker has the same tensors for every S)
         record_paradigm(self, 'LAUDResNet', self.paradigm, self.granularity,

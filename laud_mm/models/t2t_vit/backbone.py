@@ -124,6 +124,9 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         dynamic_inference: in eval mode, skip the masked work
             (:mod:`laud_mm.models.t2t_vit.dynamic`, same function as the
             masked-dense model). Default False: masked-dense evaluation.
+        group_grad_scale: the head maskers' gradient scale (default True;
+            False: the paper's plain gradient; paradigm 'channel' only). See
+            :attr:`LAUDBackboneMixin.group_grad_scale`.
 
     Attributes:
         blocks: the :class:`LAUDT2TLayer` encoder layers in forward order
@@ -137,8 +140,8 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
     Raises:
         ValueError: bad ``paradigm``, ``num_layers``, ``out_indices``,
             ``layer_cfgs`` (a list of the wrong length, ``num_heads`` not
-            dividing the width, ``input_dims`` set), or ``paradigm='spatial'``
-            without a class token (messages name the key and value); in
+            dividing the width, ``input_dims`` set), ``group_grad_scale``,
+            or ``paradigm='spatial'`` without a class token (messages name the key and value); in
             forward, an input that is not a finite floating-point (N,
             in_channels, H, W) batch (``LAUDBackboneMixin.check_input``).
     """
@@ -160,7 +163,8 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
                  layer_cfgs: Union[dict, Sequence[dict]] = dict(),
                  paradigm: Optional[str] = None,
                  dynamic_inference: bool = False,
-                 init_cfg=None):
+                 init_cfg=None,
+                 group_grad_scale: bool = True):
         if paradigm is not None and paradigm not in PARADIGMS:
             raise ValueError(f'LAUDT2TViT: paradigm={paradigm!r} is unknown; '
                              f'use one of {PARADIGMS} (token, head, layer '
@@ -212,6 +216,7 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
             self.encoder.append(layer)
         self.blocks: List[LAUDT2TLayer] = list(self.encoder)
         self.dynamic_inference = dynamic_inference
+        self.group_grad_scale = group_grad_scale
         self._input_hw: Optional[Tuple[int, int]] = None
         # another paradigm is refused by name (before the shape checks; the
         # token and layer maskers have the same keys and shapes)
