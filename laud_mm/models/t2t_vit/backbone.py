@@ -141,8 +141,8 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         ValueError: bad ``paradigm``, ``num_layers``, ``out_indices``,
             ``layer_cfgs`` (a list of the wrong length, ``num_heads`` not
             dividing the width, ``input_dims`` set), ``group_grad_scale``,
-            or ``paradigm='spatial'`` without a class token (messages name the key and value); in
-            forward, an input that is not a finite floating-point (N,
+            or ``paradigm='spatial'`` without a class token (messages
+            name the key and value); in forward, an input that is not a finite floating-point (N,
             in_channels, H, W) batch (``LAUDBackboneMixin.check_input``).
     """
 
