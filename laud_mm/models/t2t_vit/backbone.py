@@ -142,8 +142,9 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
             ``layer_cfgs`` (a list of the wrong length, ``num_heads`` not
             dividing the width, ``input_dims`` set), ``group_grad_scale``,
             or ``paradigm='spatial'`` without a class token (messages
-            name the key and value); in forward, an input that is not a finite floating-point (N,
-            in_channels, H, W) batch (``LAUDBackboneMixin.check_input``).
+            name the key and value); in forward, an input that is not a
+            finite floating-point (N, in_channels, H, W) batch
+            (``LAUDBackboneMixin.check_input``).
     """
 
     def __init__(self,
