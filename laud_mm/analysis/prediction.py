@@ -33,7 +33,9 @@ def uniform_density_for_rate(geometries, rate: float, stem=None) -> float:
     bisection on d in [0, 1]. Returns 1.0 for a static backbone.
 
     Raises:
-        ValueError: if ``rate`` is outside (0, 1].
+        ValueError: if ``rate`` is outside (0, 1], or below the rate of
+            every gate off (head skipping keeps the MLP: T2T-ViT-t-14's
+            floor is 0.66), naming the target and the floor.
     """
     from laud_mm.structures.flops import (block_op_flops, dynamic_flops,
                                           op_densities, stem_flops)
@@ -54,8 +56,13 @@ def uniform_density_for_rate(geometries, rate: float, stem=None) -> float:
                 t += float(dynamic_flops(o, op_densities(g, d)))
         return t / dense
     lo, hi = 0., 1.
-    if total(0.) >= rate:
-        return 0.
+    floor = total(0.)
+    if floor > rate:
+        raise ValueError(
+            f'target rate={rate!r} is below the lowest FLOPs rate this '
+            f'backbone reaches, {floor:.3f} with every gate off (its dense '
+            f'parts: the stem, the maskers, the parts the paradigm does '
+            f'not skip); use a target of at least {floor:.3f}')
     if total(1.) <= rate:
         return 1.
     for _ in range(50):

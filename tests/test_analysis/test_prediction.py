@@ -105,6 +105,10 @@ def test_total_row_rate_is_the_target(capsys, shortcut, paradigm, gran,
     (dict(config='t2t-vit-t-14', paradigm='layer',
           cfg_options={'model.foo': 1}),
      r"--cfg-options \{'model.foo': 1\}: only configs take it"),
+    # head skipping keeps the MLP: 0.664 of the FLOPs with every head off
+    (dict(config='t2t-vit-t-14', paradigm='channel', target=0.5),
+     r"target rate=0.5 is below the lowest FLOPs rate this backbone "
+     r"reaches, 0.664"),
     (dict(config='resnet50', paradigm='layer', batch_size=0),
      r'--batch-size=0 must be a positive integer'),
     (dict(config=osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py'),

@@ -7,7 +7,9 @@ activation rate r (:func:`~laud_mm.analysis.forced_gates.
 force_random_token_gates`). The encoder runs on the Tokens-to-Token module's
 output (computed once, the T2T module is dense and the same in both):
 
-- static: mmpretrain's ``T2TTransformerLayer.forward`` in every layer;
+- static: mmpretrain's ``T2TTransformerLayer.forward`` in every layer,
+  its attention fused as the backbone's ``static_forward`` runs it
+  (:meth:`~laud_mm.models.LAUDT2TViT.inference_attention`);
 - dynamic: ``layer(x)`` with ``dynamic_inference=True`` (the model's eval
   path: gather / scatter of kept tokens, kept heads only, kept samples only,
   its per-layer statistics are counted when read, after the timing:
@@ -62,11 +64,11 @@ HEADER = header(COLUMNS)
 
 def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
     """The encoder input (N, tokens, C): T2T module (in the backbone's
-    :meth:`~laud_mm.models.LAUDT2TViT.stem_attention`, as its forward runs
-    it), class token, position embedding (mmpretrain's ``T2T_ViT.forward``
-    up to the encoder)."""
+    :meth:`~laud_mm.models.LAUDT2TViT.inference_attention`, as its
+    forward runs it), class token, position embedding (mmpretrain's
+    ``T2T_ViT.forward`` up to the encoder)."""
     from mmpretrain.models.utils import resize_pos_embed
-    with net.stem_attention():
+    with net.inference_attention():
         t, hw = net.tokens_to_token(x)
     if net.cls_token is not None:
         t = torch.cat((net.cls_token.expand(x.shape[0], -1, -1), t), dim=1)
@@ -76,16 +78,21 @@ def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
 
 
 def static_encoder(net: LAUDT2TViT, t: torch.Tensor) -> torch.Tensor:
-    """Every encoder layer's static forward, then the final norm."""
-    for lay in net.blocks:
-        t = static_t2t_layer_forward(lay, t)
+    """Every encoder layer's static forward (mmpretrain's, its attention
+    fused as ``static_forward`` runs it), then the final norm."""
+    with net.inference_attention():
+        for lay in net.blocks:
+            t = static_t2t_layer_forward(lay, t)
     return net.norm(t)
 
 
 def dynamic_encoder(net: LAUDT2TViT, t: torch.Tensor) -> torch.Tensor:
-    """Every encoder layer's dynamic forward, then the final norm."""
-    for lay in net.blocks:
-        t = lay(t)
+    """Every encoder layer's dynamic forward (in the backbone's
+    :meth:`~laud_mm.models.LAUDT2TViT.inference_attention`, as its forward
+    runs them), then the final norm."""
+    with net.inference_attention():
+        for lay in net.blocks:
+            t = lay(t)
     return net.norm(t)
 
 

@@ -12,12 +12,15 @@ QK^T is ``ConvOp(N*H, cin=dh, cout=L_keys, 1, L_queries)`` and AV is
 as per-item weights (``per_sample_channels``: a tile cannot span two
 (sample, head) pairs; their bytes counted off-chip).
 
-Kernels of a layer (LayerNorm, softmax and the residual adds are streaming
-kernels; GELU is fused into fc1's epilogue, ``implementation='eager'`` adds
-it as a separate kernel):
+Kernels of a layer (LayerNorm and the residual adds are streaming kernels;
+GELU is fused into fc1's epilogue, ``implementation='eager'`` adds it as a
+separate kernel; the attention is one fused kernel, :func:`fused_attention_op`,
+as inference runs it on every device: ``LAUDT2TViT.inference_attention`` and
+the dynamic paths' ``attend``):
 
-* static: ln1, qkv (D -> 3D), attn_qk, softmax (N*H*L*L), attn_av, proj
-  (D -> D), add, ln2, fc1 (D -> F), fc2 (F -> D), add;
+* static: ln1, qkv (D -> 3D), attention (QK^T, softmax over N*H*L*L
+  logits kept on chip, AV), proj (D -> D), add, ln2, fc1 (D -> F), fc2
+  (F -> D), add;
 * spatial / token skipping (density d = fraction of patch tokens kept; the
   class token always): masker (Linear(D, 2) on the L - 1 patch tokens,
   compare, index), **gather** of the k = 1 + d (L - 1) kept token rows
@@ -127,7 +130,7 @@ def fused_attention_op(hw: HardwareSpec, pairs: float, tokens: int,
     """QK^T, softmax and AV of ``pairs`` (sample, head) pairs as one
     kernel that keeps the logits on chip (torch's
     ``scaled_dot_product_attention``, which the Tokens-to-Token module runs
-    in inference: ``LAUDT2TViT.stem_attention``): the compute of the two
+    in inference: ``LAUDT2TViT.inference_attention``): the compute of the two
     products (their tile model, :func:`attention_ops`) and of the softmax,
     one launch, and off-chip only q, k, v read and the output written
     (``pairs * L * dh`` elements each).
@@ -215,7 +218,7 @@ def _static(pred, g: TokenLayerGeometry, batch: float,
     return transformer_ops(
         pred.hw, batch, g.num_tokens if tokens is None else tokens,
         g.embed_dims, g.embed_dims, g.num_heads, g.head_dims,
-        g.ffn_channels, pred.eager)
+        g.ffn_channels, pred.eager, fused_attention=True)
 
 
 def _masker_pool_mlp(hw, g: TokenLayerGeometry, batch: int,
@@ -230,6 +233,10 @@ def _masker_pool_mlp(hw, g: TokenLayerGeometry, batch: int,
                                              1, name='masker_fc')))
         cin = c
     return fused_op(hw, 'masker', parts)
+
+
+#: the kernels of a layer that head skipping runs on the kept heads only
+_HEAD_OPS = ('qkv', 'attn_fused', 'proj')
 
 
 @register_block_latency('vit')
@@ -289,18 +296,18 @@ def vit_layer_ops(pred, g: TokenLayerGeometry, batch: int,
         union = 1. - (1. - d) ** batch
         if pred.eager:  # one sub-batch per gate pattern (random: a sample)
             per = transformer_ops(
-                hw, 1, L, D, D, heads, dh, g.ffn_channels, True)
+                hw, 1, L, D, D, heads, dh, g.ffn_channels, True,
+                fused_attention=True)
             attn = [o.scaled(batch) for o in per
-                    if o.name in ('qkv', 'attn_qk', 'softmax', 'attn_av',
-                                  'proj')]
+                    if o.name in _HEAD_OPS]
             rest = [o for o in _static(pred, g, batch)
-                    if o.name not in ('qkv', 'attn_qk', 'softmax',
-                                      'attn_av', 'proj')]
+                    if o.name not in _HEAD_OPS]
             wg = elementwise_latency(hw, 'weight_gather', float(
                 batch * heads * dh * 4 * D), 1, 1)
             return ops + [wg] + attn + rest
         return ops + transformer_ops(
             hw, batch, L, D, D, heads, dh, g.ffn_channels, False,
+            fused_attention=True,
             qkv_kw=dict(per_sample_channels=True, cout_std=3 * std,
                         cout_max=3 * D,
                         weight_elems=union * 3 * D * D),
@@ -335,7 +342,7 @@ def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
     shortcut), soft split 1, T2T layer 2, soft split 2, the projection to
     ``embed_dims``, class token + position embedding. The two T2T layers'
     attention is one fused kernel each (:func:`fused_attention_op`), as
-    inference runs it (``LAUDT2TViT.stem_attention``)."""
+    inference runs it (``LAUDT2TViT.inference_attention``)."""
     hw, eager = pred.hw, pred.eager
     td = stem.token_dims
     l0 = stem.hw0[0] * stem.hw0[1]

@@ -13,10 +13,13 @@ mmpretrain's layer computes with the same weights.
 the (N, heads, L, L) logits. In the Tokens-to-Token module's first layer
 (L = 3136 tokens at 224 px) that is 315 MB per batch of 8, written and read
 by the division, the softmax and two batched GEMMs: on a 2-core CPU about
-85 % of the whole backbone's inference time. :func:`fused_attention` runs
-those modules' attention as torch's ``scaled_dot_product_attention`` with
-the same logit divisor (the same function up to float rounding, no L x L
-tensor).
+85 % of the whole backbone's inference time. In the encoder's layers (L =
+197) the logits are small, but the batched GEMMs read q, k and v as strided
+views of the qkv output: mmpretrain's layer takes about 1.8x the time of the
+same layer with fused attention on a 2-core CPU. :func:`fused_attention`
+runs those modules' attention as torch's ``scaled_dot_product_attention``
+with the same logit divisor (the same function up to float rounding, no
+L x L tensor), and :func:`attend` is that kernel for the dynamic paths.
 
 Source: paper sec. 3.2 (token skipping: skipped tokens are neither queries
 nor keys), mmpretrain 1.2.0 ``models/utils/attention.py``.
@@ -41,14 +44,37 @@ def attention_logit_divisor(attn: nn.Module) -> float:
     Returns:
         ``scale`` for the Python attention (``partial(
         scaled_dot_product_attention_pyimpl, scale=scale)``, what T2T layers
-        use: it divides by ``scale``), else ``sqrt(head_dims)`` (PyTorch's
-        ``scaled_dot_product_attention`` multiplies by ``head_dims ** -0.5``).
+        use: it divides by ``scale``); ``1 / scale`` for the fused kernel
+        :func:`fused_attention` puts in its place; else ``sqrt(head_dims)``
+        (PyTorch's ``scaled_dot_product_attention`` multiplies by
+        ``head_dims ** -0.5``).
     """
     fn = getattr(attn, 'scaled_dot_product_attention', None)
-    if isinstance(fn, functools.partial) and \
-            fn.func is scaled_dot_product_attention_pyimpl:
-        return fn.keywords.get('scale') or attn.head_dims ** 0.5
+    if isinstance(fn, functools.partial):
+        if fn.func is scaled_dot_product_attention_pyimpl:
+            return fn.keywords.get('scale') or attn.head_dims ** 0.5
+        if fn.func is F.scaled_dot_product_attention and \
+                fn.keywords.get('scale'):  # within :func:`fused_attention`
+            return 1.0 / fn.keywords['scale']
     return attn.head_dims ** 0.5
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           divisor: float) -> torch.Tensor:
+    """``softmax(q k^T / divisor) v`` over the last two axes, as torch's
+    fused ``scaled_dot_product_attention`` (no L_q x L_k tensor; the
+    function of mmpretrain's Python attention up to float rounding).
+
+    Args:
+        q: (..., L_q, dh); k, v: (..., L_k, dh) (strided views accepted).
+        divisor: :func:`attention_logit_divisor` of the module.
+
+    Returns:
+        (..., L_q, dh).
+
+    Source: torch ``scaled_dot_product_attention``; the module doc.
+    """
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0 / divisor)
 
 
 def masked_softmax(logits: torch.Tensor,
@@ -95,8 +121,9 @@ def fused_attention(attns: Sequence[nn.Module]) -> Iterator[None]:
     logits. The modules' own function is put back on exit, also on an
     exception; other modules are left alone.
 
-    For inference of a dense part whose module stays mmpretrain's (the
-    LAUD-T2T-ViT's Tokens-to-Token module); the attention dropout is
+    For inference of the layers whose module stays mmpretrain's (the
+    LAUD-T2T-ViT's Tokens-to-Token module, and the encoder layers where
+    the dynamic path runs mmpretrain's forward); the attention dropout is
     passed on unchanged (0 in eval).
 
     Args:

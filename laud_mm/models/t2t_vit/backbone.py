@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn as nn
 from mmengine.model import ModuleList
 from mmpretrain.models.backbones.t2t_vit import T2T_ViT
 
@@ -268,30 +269,38 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """mmpretrain's ``T2T_ViT.forward`` (the LAUD layers record their
         statistics). In dynamic inference of a LAUD model and in
-        ``static_forward`` (its baseline), the Tokens-to-Token module's
-        attention runs fused (:meth:`stem_attention`)."""
+        ``static_forward`` (its baseline), mmpretrain's attention modules
+        run fused (:meth:`inference_attention`)."""
         self.check_input(x, self.tokens_to_token.attention1.attn.input_dims
                          // 49)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
-        with self.stem_attention():
+        with self.inference_attention():
             return super().forward(x)
 
-    def stem_attention(self) -> contextlib.AbstractContextManager:
-        """The context the Tokens-to-Token module runs in: in eval mode,
-        with ``dynamic_inference`` on a LAUD model (``paradigm`` set) or
-        within ``static_forward``,
-        :func:`~laud_mm.models.t2t_vit.attention.fused_attention` over its
-        two attention layers (their 3136 x 3136 logits at 224 px cost about
-        85 % of the backbone on a CPU; the same function up to float
-        rounding, within about 1e-6 relative); otherwise (training,
-        masked-dense evaluation, ``paradigm=None``) none: mmpretrain's own
-        operators, bit for bit."""
+    def attention_modules(self) -> List[nn.Module]:
+        """mmpretrain's ``MultiheadAttention`` modules of the backbone: the
+        Tokens-to-Token module's two, then every encoder layer's."""
+        t2t = self.tokens_to_token
+        return [t2t.attention1.attn, t2t.attention2.attn] + \
+            [b.attn for b in self.blocks]
+
+    def inference_attention(self) -> contextlib.AbstractContextManager:
+        """The context the backbone's forward runs in: in eval mode, with
+        ``dynamic_inference`` on a LAUD model (``paradigm`` set) or within
+        ``static_forward``,
+        :func:`~laud_mm.models.t2t_vit.attention.fused_attention` over
+        :meth:`attention_modules` (the same function up to float rounding,
+        within about 1e-6 relative; the T2T module's 3136 x 3136 logits at
+        224 px cost about 85 % of the backbone on a CPU, and the encoder
+        layers run about 1.8x faster); otherwise (training, masked-dense
+        evaluation, ``paradigm=None``) none: mmpretrain's own operators, bit
+        for bit. The dynamic paths' own attention is fused anyway
+        (:func:`~laud_mm.models.t2t_vit.attention.attend`)."""
         static = bool(self.blocks) and self.blocks[0].static_mode
         if self.training or not (static or (
                 self.dynamic_inference and self.paradigm is not None)):
             return contextlib.nullcontext()
-        t2t = self.tokens_to_token
-        return fused_attention((t2t.attention1.attn, t2t.attention2.attn))
+        return fused_attention(self.attention_modules())
 
     # ------------------------------------------------------------- stats
     def stem_geometry(self, in_hw: Tuple[int, int]) -> T2TStemGeometry:

@@ -9,17 +9,19 @@ in fp32, tested), while skipping the masked work:
 - spatial (token skipping): the kept tokens of the whole batch (class token
   always, then the patch tokens whose gate is on) are gathered by index into
   one packed (T, D) matrix - no padding - and ln1, qkv, proj, ln2 and the FFN
-  run on it as single GEMMs. The attention runs per sample over its kept
-  tokens only (queries and keys): one batched call when every sample keeps
-  the same number of tokens, else one call per sample. The results are
-  written back by index into a copy of the input; skipped tokens pass
-  through unchanged (they are their own residual).
-- channel (head skipping): per distinct gate pattern of the batch (random
-  patterns: per sample), the rows of the qkv weight of the kept heads and
-  the matching input columns of proj are sliced; q, k, v, the attention and
-  proj run on the kept heads only (``proj.bias`` is added once, so a sample
-  with every head off adds just the bias). ln1, the residual adds, ln2 and
-  the FFN are dense.
+  run on it as single GEMMs. The attention (torch's fused kernel,
+  :func:`~laud_mm.models.t2t_vit.attention.attend`) runs per sample over
+  its kept tokens only (queries and keys): one batched call when every
+  sample keeps the same number of tokens, else one call per sample. The
+  results are written back by index into a copy of the input; skipped
+  tokens pass through unchanged (they are their own residual).
+- channel (head skipping): the samples are grouped by their kept-head
+  count; per group, each sample's kept heads' rows of the qkv weight and
+  the matching input columns of proj are gathered (head-major copies of
+  the weights, cached: :func:`head_weights`) and q, k, v, the attention
+  and proj run on the kept heads only, as batched GEMMs over the group's
+  samples (``proj.bias`` is added once, so a sample with every head off
+  adds just the bias). ln1, the residual adds, ln2 and the FFN are dense.
 - layer: the layer (mmpretrain's own forward) runs only for the samples
   whose gate is on; the others pass through unchanged. All gates on: the
   static layer for the whole batch; all off: the input itself.
@@ -35,13 +37,13 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmpretrain.models.backbones.t2t_vit import T2TTransformerLayer
 
 from ...ops import policy
 from ...structures.geometry import TokenLayerGeometry
 from ..layers.dynamic import run_dynamic_path, sample_gate
-from .attention import attention_logit_divisor
+from ..layers.folding import cached_fold
+from .attention import attend, attention_logit_divisor
 
 #: the CUDA variant of each paradigm's path (device-side indices, one
 #: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
@@ -85,12 +87,6 @@ def dynamic_t2t_layer_forward(layer: nn.Module, x: torch.Tensor,
     return run_dynamic_path(layer, x, geom, paths, rank=3)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            divisor: float) -> torch.Tensor:
-    """softmax(q k^T / divisor) v over the last two axes."""
-    return torch.softmax(q @ k.transpose(-2, -1) / divisor, dim=-1) @ v
-
-
 # ---------------------------------------------------------------- tokens
 def packed_attention(qkv: torch.Tensor, counts: torch.Tensor, num_heads: int,
                      divisor: float) -> torch.Tensor:
@@ -115,11 +111,11 @@ def packed_attention(qkv: torch.Tensor, counts: torch.Tensor, num_heads: int,
     if min(cl) == max(cl):
         n, k = len(cl), cl[0]
         q, kk, v = qkv.view(n, k, 3, num_heads, dh).permute(2, 0, 3, 1, 4)
-        return _attend(q, kk, v, divisor).transpose(1, 2).reshape(t, d)
+        return attend(q, kk, v, divisor).transpose(1, 2).reshape(t, d)
     outs = []
     for part in torch.split(qkv, cl):
         q, kk, v = part.view(-1, 3, num_heads, dh).permute(1, 2, 0, 3)
-        outs.append(_attend(q, kk, v, divisor).transpose(0, 1)
+        outs.append(attend(q, kk, v, divisor).transpose(0, 1)
                     .reshape(-1, d))
     return torch.cat(outs, 0)
 
@@ -146,40 +142,84 @@ def _tokens(layer, x, geom):
 
 
 # ----------------------------------------------------------------- heads
+class HeadWeights:
+    """The attention weights of one layer in head-major order (detached,
+    contiguous), so that a sample's kept heads are whole rows of one
+    gather.
+
+    Attributes:
+        qkv: (H, 3 * dh, D) each head's q, k, v rows of ``qkv.weight``.
+        qkv_bias: (H, 3 * dh) or None.
+        proj: (H, dh, D) each head's input columns of ``proj.weight``,
+            transposed.
+    """
+
+    def __init__(self, attn: nn.Module):
+        nh, dh = attn.num_heads, attn.head_dims
+        d_in = attn.qkv.weight.shape[1]
+        self.qkv = attn.qkv.weight.detach().view(3, nh, dh, d_in).transpose(
+            0, 1).reshape(nh, 3 * dh, d_in)
+        b = attn.qkv.bias
+        self.qkv_bias = None if b is None else b.detach().view(
+            3, nh, dh).transpose(0, 1).reshape(nh, 3 * dh)
+        self.proj = attn.proj.weight.detach().view(-1, nh, dh).permute(
+            1, 2, 0).contiguous()
+
+
+def head_weights(attn: nn.Module) -> HeadWeights:
+    """:class:`HeadWeights` of an attention module, cached on it and rebuilt
+    when a weight changes (:func:`~laud_mm.models.layers.folding.
+    cached_fold`)."""
+    return cached_fold(attn, HeadWeights, '_laud_head_weights')
+
+
 def _heads(layer, x, geom):
     n, L, D = x.shape
     attn = layer.attn
-    nh, dh = attn.num_heads, attn.head_dims
+    dh = attn.head_dims
     gate = sample_gate(layer, x)
     keep = gate > 0.5
     if bool(keep.all()):
         return static_t2t_layer_forward(layer, x), gate
     h = layer.ln1(x)
-    wqkv = attn.qkv.weight.view(3, nh, dh, -1)
-    bqkv = None if attn.qkv.bias is None else attn.qkv.bias.view(3, nh, dh)
-    wp = attn.proj.weight.view(D, nh, dh)
+    hw = head_weights(attn)
     bp = attn.proj.bias
     div = attention_logit_divisor(attn)
+    # samples grouped by their kept-head count (at most H + 1 groups; one
+    # when the counts are equal): per group one gather of the kept heads'
+    # weights and batched GEMMs over its samples, so that the work splits
+    # over the intra-op threads by sample
+    counts = keep.sum(1)
+    order = torch.argsort(counts, stable=True)
+    sizes = torch.bincount(counts, minlength=attn.num_heads + 1).tolist()
     a = torch.empty_like(x)
-    pats, inv = torch.unique(keep, dim=0, return_inverse=True)
-    for u in range(pats.shape[0]):
-        samples = (inv == u).nonzero()[:, 0]
-        heads = pats[u].nonzero()[:, 0]
-        kh = heads.numel()
-        ns = samples.numel()
+    start = 0
+    for kh, size in enumerate(sizes):
+        if not size:
+            continue
+        samples = order[start:start + size]
+        start += size
         if kh == 0:  # every head off: proj of zeros
-            y = x.new_zeros(ns, L, D) if bp is None else \
-                bp.expand(ns, L, D)
+            y = x.new_zeros(size, L, D) if bp is None else \
+                bp.expand(size, L, D)
         else:
-            w = wqkv.index_select(1, heads).reshape(3 * kh * dh, -1)
-            b = None if bqkv is None else \
-                bqkv.index_select(1, heads).reshape(-1)
-            qkv = F.linear(h.index_select(0, samples), w, b)
-            q, k, v = qkv.view(ns, L, 3, kh, dh).permute(2, 0, 3, 1, 4)
-            o = _attend(q, k, v, div).transpose(1, 2).reshape(ns, L, kh * dh)
-            y = F.linear(o, wp.index_select(1, heads).reshape(D, kh * dh),
-                         bp)
-        # under autocast proj runs in the low-precision dtype, the bias
+            heads = keep.index_select(0, samples).nonzero()[:, 1]
+            hs = h if size == n else h.index_select(0, samples)
+            # whole (3 dh, D) blocks per head: advanced indexing copies
+            # them about 3x faster than index_select on a CPU
+            w = hw.qkv[heads].view(size, kh * 3 * dh, -1)
+            if hw.qkv_bias is None:
+                qkv = torch.bmm(hs, w.transpose(1, 2))
+            else:
+                b = hw.qkv_bias.index_select(0, heads).view(size, 1, -1)
+                qkv = torch.baddbmm(b, hs, w.transpose(1, 2))
+            q, k, v = qkv.view(size, L, kh, 3, dh).permute(3, 0, 2, 1, 4)
+            o = attend(q, k, v, div).transpose(1, 2).reshape(
+                size, L, kh * dh)
+            wp = hw.proj[heads].view(size, kh * dh, D)
+            y = torch.bmm(o, wp) if bp is None else \
+                torch.baddbmm(bp.view(1, 1, D), o, wp)
+        # under autocast the GEMMs run in the low-precision dtype, the bias
         # alone (every head off) and the residual stream in float32
         a.index_copy_(0, samples, y.to(a.dtype))
     x = x + attn.out_drop(attn.gamma1(attn.proj_drop(a)))

@@ -410,31 +410,39 @@ def test_layer_kernels_count_the_flops():
     """The GEMM MACs of every paradigm's kernels equal the FLOPs count of
     :mod:`laud_mm.structures.flops` (batch x per-sample FLOPs x density)."""
     pred = LatencyPredictor('v100')
-    names = ('qkv', 'attn_qk', 'attn_av', 'proj', 'fc1', 'fc2')
+    names = ('qkv', 'proj', 'fc1', 'fc2')
     g, _ = t2t_vit_geometries('t2t-vit-t-14', (224, 224))
     f = flops_lib.vit_layer_op_flops(g[0])
+    attn = f['attn_qk'] + f['attn_av']
     ops = vit_layer_ops(pred, g[0], 4, None)
     macs = {o.name: o.macs for o in ops}
     for k in names:
         assert macs[k] == 4 * f[k], k
+    # the attention as inference runs it: one fused kernel, no logits
+    assert macs['attn_fused'] == 4 * attn
+    assert not set(macs) & {'attn_qk', 'softmax', 'attn_av'}
     # token skipping: 197 = 1 + 196 tokens, d = 0.5 -> 99 kept tokens
     gs, _ = t2t_vit_geometries('t2t-vit-t-14', (224, 224), 'spatial')
     ops = vit_layer_ops(pred, gs[0], 4, 0.5)
     macs = {o.name: o.macs for o in ops}
-    assert macs['attn_qk'] == 4 * 6 * 99 * 99 * 64
+    assert macs['attn_fused'] == 2 * 4 * 6 * 99 * 99 * 64
     assert macs['qkv'] == 4 * 99 * 384 * 1152
     assert {'masker', 'gather', 'scatter'} <= set(macs)
     # head skipping: half the heads, the FFN dense, nothing at d = 0
     gc, _ = t2t_vit_geometries('t2t-vit-t-14', (224, 224), 'channel')
-    macs = {o.name: o.macs for o in vit_layer_ops(pred, gc[0], 4, 0.5)}
-    assert macs['qkv'] == 2 * f['qkv'] and macs['fc1'] == 4 * f['fc1']
-    assert macs['attn_qk'] == 2 * f['attn_qk']
-    off = {o.name for o in vit_layer_ops(pred, gc[0], 4, 0.)}
-    assert not off & {'qkv', 'attn_qk', 'softmax', 'attn_av', 'proj'}
+    for eager in (False, True):
+        p = LatencyPredictor('v100', implementation='eager') if eager \
+            else pred
+        macs = {o.name: o.macs for o in vit_layer_ops(p, gc[0], 4, 0.5)}
+        assert macs['qkv'] == 2 * f['qkv'] and macs['fc1'] == 4 * f['fc1']
+        assert macs['attn_fused'] == 2 * attn
+        off = {o.name for o in vit_layer_ops(p, gc[0], 4, 0.)}
+        assert not off & {'qkv', 'attn_fused', 'proj'}
     # layer skipping at d = 0.5 on 2 samples: the masker + one sample
     gl, _ = t2t_vit_geometries('t2t-vit-t-14', (224, 224), 'layer')
     ops = vit_layer_ops(pred, gl[0], 2, 0.5)
-    one = transformer_ops(pred.hw, 1, 197, 384, 384, 6, 64, 1152)
+    one = transformer_ops(pred.hw, 1, 197, 384, 384, 6, 64, 1152,
+                          fused_attention=True)
     assert math.isclose(sum(o.ms for o in ops[1:]), sum(o.ms for o in one))
 
 
@@ -488,15 +496,17 @@ def test_predict_latency_tool_and_benchmark_smoke(capsys):
     assert len(rows) == 2 and rows[0]['flops_rate'] < 1.
 
 
-def test_stem_attention_fused_only_in_inference(monkeypatch):
-    """The Tokens-to-Token module's attention runs torch's fused
-    scaled_dot_product_attention exactly where speed is the point (dynamic
-    inference of a LAUD model, and static_forward, its baseline) and
+@pytest.mark.parametrize('paradigm', ['layer', 'spatial', 'channel'])
+def test_inference_attention_fused_only_in_inference(paradigm, monkeypatch):
+    """Every attention of the backbone (the Tokens-to-Token module's two,
+    each encoder layer's) runs torch's fused scaled_dot_product_attention
+    exactly where speed is the point (dynamic inference of a LAUD model,
+    all gates on or learned, and static_forward, its baseline) and
     mmpretrain's own operators elsewhere (training, masked-dense
-    evaluation, the static network); the module's function is put back
-    after every forward, also when it raises; on a real image the fused
-    stem gives the backbone output of masked-dense evaluation within
-    float32 rounding."""
+    evaluation, the static network); the modules' function is put back
+    after every forward, also when it raises; on real images the fused
+    backbone gives the output of masked-dense evaluation within float32
+    rounding."""
     from conftest import load_coco_images
     from mmpretrain.models.utils.attention import \
         scaled_dot_product_attention_pyimpl as pyimpl
@@ -509,10 +519,10 @@ def test_stem_attention_fused_only_in_inference(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
                         spy)
     x = load_coco_images(n=2, size=(64, 64))
-    net = tiny('layer')
+    net = tiny(paradigm)
     net.force_gates(1.0)
-    attns = (net.tokens_to_token.attention1.attn,
-             net.tokens_to_token.attention2.attn)
+    attns = net.attention_modules()
+    assert len(attns) == 2 + len(net.blocks)
 
     def run(mode):
         calls.clear()
@@ -531,9 +541,21 @@ def test_stem_attention_fused_only_in_inference(monkeypatch):
     for mode in ('dynamic', 'static_forward'):
         out, n = run(mode)
         # 64 px: 16 x 16 tokens after the 7 x 7 / 4 split, 8 x 8 after the
-        # 3 x 3 / 2 one
-        assert n == [256, 64], mode
+        # 3 x 3 / 2 one, then 4 x 4 + the class token in every layer
+        assert n == [256, 64] + [17] * len(net.blocks), mode
         assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), mode
+    # random gates: the dynamic paths' own attention is fused too
+    g = torch.Generator().manual_seed(0)
+    for b in net.blocks:
+        shape = b.last_stats['gate'].shape
+        b.masker.forced_gate = (torch.rand(shape, generator=g) < 0.5).float()
+        b.masker.forced_gate.view(-1)[0] = 1.  # some attention in each
+    ref, _ = run('masked-dense')
+    out, n = run('dynamic')
+    assert n[:2] == [256, 64] and len(n) >= 2 + len(net.blocks)
+    assert max(n[2:]) <= 17
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    net.force_gates(1.0)
     static = tiny(None)
     static.dynamic_inference = True
     calls.clear()
