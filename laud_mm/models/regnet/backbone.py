@@ -33,6 +33,7 @@ from ...structures.geometry import (BlockGeometry, RegNetStemGeometry,
                                     block_out_hw, check_paradigm)
 from ..layers.backbone import LAUDBackboneMixin
 from ..layers.checkpoint import record_paradigm
+from ..layers.dynamic import owned_block_inputs
 from . import convert  # noqa: F401  (registers torchvision-regnety://)
 from .block import LAUDRegNetYBlock
 from .dynamic import dynamic_memory_format
@@ -294,6 +295,15 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.conv1.in_channels)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if self.paradigm is not None and self.dynamic_inference and \
+                not self.training:
+            # the blocks' host-side work planned once per forward (the
+            # RegNetY paths never write into their input)
+            with owned_block_inputs(self.blocks):
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = self.relu(self.bn1(self.conv1(x)))
         outs = []
         for i, name in enumerate(self.res_layers):

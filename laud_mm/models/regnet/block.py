@@ -51,11 +51,13 @@ import torch.utils.checkpoint as cp
 
 from ...structures.geometry import PARADIGMS, BlockGeometry, block_out_hw
 from ..layers.block import LAUDBlockMixin
+from ..layers.forward_plan import block_plan
 from ..layers.maskers import build_masker
 from ..layers.masks import (conv_gate_densities, expand_channel_gate,
                             expand_spatial_gate, masked_avg_pool)
 from . import flops  # noqa: F401  (registers the RegNetY FLOPs count)
-from .dynamic import dynamic_regnety_forward, static_regnety_forward
+from .dynamic import (RegNetYPlan, dynamic_regnety_forward, sequence_plan,
+                      static_regnety_forward)
 
 
 class SqueezeExcitation(nn.Module):
@@ -228,9 +230,21 @@ class LAUDRegNetYBlock(LAUDBlockMixin, nn.Module):
         untouched): :func:`static_regnety_forward`."""
         return static_regnety_forward(self, x)
 
+    def sequence_plan(self, in_shape: Tuple[int, ...], like: torch.Tensor,
+                      nxt, nxt_plan) -> Optional[RegNetYPlan]:
+        """This block's plan inside a planned block sequence
+        (:func:`laud_mm.models.regnet.dynamic.sequence_plan`)."""
+        return sequence_plan(self, in_shape, like, nxt, nxt_plan)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # first: the first block's call plans the pass, even a static one
+        plan = block_plan(self, x)
         if self.static_mode:
             return self.static_forward(x)
+        if plan is not None:  # dynamic inference planned for the forward
+            out, gate = plan.path(self, x, plan.geom, plan.fb)
+            self.record_stats(gate, plan.geom, plan.op_flops)
+            return out
         if x.dim() != 4:
             raise ValueError(f'LAUDRegNetYBlock: x must be (N, C, H, W), got '
                              f'{tuple(x.shape)}')

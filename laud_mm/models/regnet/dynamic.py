@@ -211,11 +211,71 @@ def dynamic_regnety_forward(block: nn.Module, x: torch.Tensor,
     Raises:
         ValueError: a block in training mode, a static block, or x not 4-D.
     """
-    if policy.device_path(x):  # CUDA (or its logic on CPU, tests)
-        paths = CUDA_PATHS
-    else:
-        paths = dict(spatial=_spatial, channel=_channel, layer=_layer)
+    paths = CUDA_PATHS if policy.device_path(x) else CPU_PATHS
     return run_dynamic_path(block, x, geom, paths)
+
+
+class RegNetYPlan:
+    """How a RegNetY block's dynamic CPU path runs on inputs of one shape
+    and dtype, decided once per backbone forward inside a planned block
+    sequence (:mod:`laud_mm.models.layers.forward_plan`): the host-side
+    work that does not depend on the gates, done in one loop before the
+    first block's convolutions instead of between them, where it runs with
+    its code and data evicted (docs/regnety.md, "Host time between the
+    convolutions").
+
+    Attributes:
+        in_shape: (N, C_in, H, W) it was made for; dtype, device: the
+            input's.
+        geom: the block's :class:`BlockGeometry`; op_flops: its dense
+            per-sample FLOPs per operator.
+        fb: the BN-folded weights (:func:`folded_regnety`), validated when
+            the plan was made.
+        path: the paradigm's CPU path, ``path(block, x, geom, fb) -> (out,
+            gate)``.
+
+    Source: paper sec. 3.4 (the dynamic operators' scheduling).
+    """
+    __slots__ = ('in_shape', 'dtype', 'device', 'geom', 'op_flops', 'fb',
+                 'path')
+
+
+def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
+                  like: torch.Tensor, nxt: Optional[nn.Module] = None,
+                  nxt_plan: Optional[RegNetYPlan] = None
+                  ) -> Optional[RegNetYPlan]:
+    """The :class:`RegNetYPlan` of a block inside a planned block sequence,
+    where its forward takes a CPU dynamic path that needs no per-call
+    checks (eval, dynamic inference on, paradigm set, not static,
+    gradients off, not ``policy.device_path``, a 4-D input).
+
+    Args:
+        block: a :class:`LAUDRegNetYBlock`.
+        in_shape: (N, C_in, H, W) of its input.
+        like: a tensor with the input's dtype and device.
+        nxt, nxt_plan: the next block and its plan (unused: a RegNetY
+            block hands nothing to its successor).
+
+    Returns:
+        the plan (its fold made if the cached one is stale), or None: the
+        block's forward then runs :func:`dynamic_regnety_forward` with its
+        checks.
+
+    Source: paper sec. 3.4.
+    """
+    if block.paradigm not in CPU_PATHS or block.static_mode or \
+            block.training or not block.dynamic_inference or \
+            torch.is_grad_enabled() or policy.device_path(like) or \
+            len(in_shape) != 4:
+        return None
+    plan = RegNetYPlan()
+    plan.in_shape, plan.dtype = torch.Size(in_shape), like.dtype
+    plan.device = like.device
+    plan.geom = block.geometry(tuple(in_shape[2:]))
+    plan.op_flops = block.op_flops(plan.geom.in_hw)
+    plan.fb = folded_regnety(block)
+    plan.path = CPU_PATHS[block.paradigm]
+    return plan
 
 
 def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor
@@ -245,8 +305,8 @@ def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor
 
 
 # ---------------------------------------------------------------- spatial
-def _spatial(block, x, geom):
-    fb = folded_regnety(block)
+def _spatial(block, x, geom, fb=None):
+    fb = folded_regnety(block) if fb is None else fb
     s = block.granularity
     gh, gw = geom.patch_grid
     ho, wo = geom.out_hw
@@ -331,9 +391,10 @@ def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- channel
-def _channel(block, x, geom):
+def _channel(block, x, geom, fb=None):
     gate = sample_gate(block, x)
-    fb = cast_folded(folded_regnety(block), compute_dtype(x))
+    fb = cast_folded(folded_regnety(block) if fb is None else fb,
+                     compute_dtype(x))
     with no_autocast(x):
         return _channel_batched(block, x, fb, gate), gate
 
@@ -419,8 +480,8 @@ def _sample_rows(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return t.reshape(t.shape[0], -1, 1, 1)
 
 
-def _layer(block, x, geom):
-    fb = folded_regnety(block)
+def _layer(block, x, geom, fb=None):
+    fb = folded_regnety(block) if fb is None else fb
     gate = sample_gate(block, x)
     on = gate > 0.5
     fmt = layout_of(x)
@@ -445,3 +506,7 @@ def _layer(block, x, geom):
     if fmt == torch.channels_last:
         return out.view(n, h, w, c).permute(0, 3, 1, 2), gate
     return out.view(n, c, h, w), gate
+
+
+#: the CPU path of each paradigm, ``fn(block, x, geom, fb=None)``
+CPU_PATHS = dict(spatial=_spatial, channel=_channel, layer=_layer)

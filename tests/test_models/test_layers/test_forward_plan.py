@@ -137,3 +137,49 @@ def test_parameters_are_read_once_per_forward():
     assert not torch.allclose(after, old)
     assert (after - dense_new).abs().max() <= \
         1e-4 * max(1., dense_new.abs().max())
+
+
+@pytest.mark.parametrize('paradigm', ['spatial', 'channel', 'layer'])
+def test_regnety_blocks_run_the_plan_of_the_forward(paradigm, monkeypatch):
+    """LAUD-RegNetY opts in too: in a backbone forward on real images every
+    block's fold is validated by the first block's call (one plan per
+    block, last to first, all before block 1 runs), and the outputs and
+    gates are bit-equal to the unplanned path's."""
+    from laud_mm.models import LAUDRegNetY
+    from laud_mm.models.regnet import dynamic as RD
+    gran = dict(spatial=(4, 4, 2, 1), channel=(2, 2, 2, 2), layer=None)
+    torch.manual_seed(0)
+    net = LAUDRegNetY('regnety_400mf', paradigm=paradigm,
+                      granularity=gran[paradigm],
+                      dynamic_inference=True).eval()
+    x = load_coco_images(n=2, size=(96, 128))
+    force_random_gates(net, 0.5, 2, (96, 128), seed=0)
+    made = []
+    real = RD.sequence_plan
+
+    def spy(block, *args, **kwargs):
+        made.append(block)
+        return real(block, *args, **kwargs)
+    monkeypatch.setattr(RD, 'sequence_plan', spy)
+    # the blocks call the module's function through their method
+    from laud_mm.models.regnet import block as RB
+    monkeypatch.setattr(RB, 'sequence_plan', spy)
+    blocks = list(net.blocks)
+    before_second = []
+    hook = blocks[1].register_forward_pre_hook(
+        lambda m, a: before_second.append(len(made)))
+    with torch.no_grad():
+        out = net(x)
+        gates = [b.last_stats['gate'].clone() for b in blocks]
+    hook.remove()
+    assert made == blocks[::-1]
+    assert before_second == [len(blocks)]
+    made.clear()
+    _unplanned(monkeypatch)
+    with torch.no_grad():
+        ref = net(x)
+    assert made == []
+    for a, r in zip(out, ref):
+        assert torch.equal(a, r)
+    for b, g in zip(blocks, gates):
+        assert torch.equal(b.last_stats['gate'], g)
