@@ -14,6 +14,7 @@ granularity search (paper sec. 4.2). Command line:
 
 Source: paper appendix A, docs/method.md sec. 4.
 """
+import math
 import os
 import os.path as osp
 from typing import List, Optional, Sequence, Tuple
@@ -58,11 +59,13 @@ def uniform_density_for_rate(geometries, rate: float, stem=None) -> float:
     lo, hi = 0., 1.
     floor = total(0.)
     if floor > rate:
+        # the floor rounded up: the suggested target is one that passes
+        least = math.ceil(floor * 1000) / 1000
         raise ValueError(
             f'target rate={rate!r} is below the lowest FLOPs rate this '
-            f'backbone reaches, {floor:.3f} with every gate off (its dense '
+            f'backbone reaches, {floor:.4f} with every gate off (its dense '
             f'parts: the stem, the maskers, the parts the paradigm does '
-            f'not skip); use a target of at least {floor:.3f}')
+            f'not skip); use a target of at least {least:.3f}')
     if total(1.) <= rate:
         return 1.
     for _ in range(50):

@@ -105,10 +105,11 @@ def test_total_row_rate_is_the_target(capsys, shortcut, paradigm, gran,
     (dict(config='t2t-vit-t-14', paradigm='layer',
           cfg_options={'model.foo': 1}),
      r"--cfg-options \{'model.foo': 1\}: only configs take it"),
-    # head skipping keeps the MLP: 0.664 of the FLOPs with every head off
+    # head skipping keeps the MLP: 0.6645 of the FLOPs with every head
+    # off; the target suggested is rounded up, so that it passes
     (dict(config='t2t-vit-t-14', paradigm='channel', target=0.5),
      r"target rate=0.5 is below the lowest FLOPs rate this backbone "
-     r"reaches, 0.664"),
+     r"reaches, 0\.6645 .* use a target of at least 0\.665$"),
     (dict(config='resnet50', paradigm='layer', batch_size=0),
      r'--batch-size=0 must be a positive integer'),
     (dict(config=osp.join(ROOT, 'configs/demo/laud-r50-layer_imagenette.py'),
@@ -121,3 +122,17 @@ def test_bad_arguments_are_refused(kw, match):
     latency printed for a model that does not exist)."""
     with pytest.raises(ValueError, match=match):
         predict_latency.predict_latency(hardware='tx2', **kw)
+
+
+def test_the_suggested_lowest_target_is_accepted():
+    """The floor's refusal suggests a target (rounded up) that passes: at
+    it every gate is (nearly) off."""
+    from laud_mm.analysis.prediction import uniform_density_for_rate
+    from laud_mm.models.t2t_vit import t2t_vit_geometries
+    for arch, paradigm in (('t2t-vit-t-14', 'channel'),
+                           ('t2t-vit-t-24', 'layer')):
+        g, stem = t2t_vit_geometries(arch, (224, 224), paradigm)
+        with pytest.raises(ValueError) as e:
+            uniform_density_for_rate(g, 0.01, stem)
+        least = float(str(e.value).rsplit(' ', 1)[1])
+        assert 0 <= uniform_density_for_rate(g, least, stem) < 0.01

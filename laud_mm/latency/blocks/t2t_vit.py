@@ -55,7 +55,7 @@ from ...structures.geometry import (PARADIGMS, T2TStemGeometry,
 from ..expectation import expected_ops
 from ..hardware import HardwareSpec
 from ..operators import (ConvOp, OpLatency, conv_latency, elementwise_latency,
-                         pool_latency)
+                         launch_latency, pool_latency)
 from . import register_block_latency, register_stem_latency
 from .common import fused_op
 
@@ -294,25 +294,27 @@ def vit_layer_ops(pred, g: TokenLayerGeometry, batch: int,
         heads = d * H
         std = dh * math.sqrt(H * d * (1. - d))
         union = 1. - (1. - d) ** batch
-        if pred.eager:  # one sub-batch per gate pattern (random: a sample)
-            per = transformer_ops(
-                hw, 1, L, D, D, heads, dh, g.ffn_channels, True,
-                fused_attention=True)
-            attn = [o.scaled(batch) for o in per
-                    if o.name in _HEAD_OPS]
-            rest = [o for o in _static(pred, g, batch)
-                    if o.name not in _HEAD_OPS]
-            wg = elementwise_latency(hw, 'weight_gather', float(
-                batch * heads * dh * 4 * D), 1, 1)
-            return ops + [wg] + attn + rest
-        return ops + transformer_ops(
-            hw, batch, L, D, D, heads, dh, g.ffn_channels, False,
+        layer = transformer_ops(
+            hw, batch, L, D, D, heads, dh, g.ffn_channels, pred.eager,
             fused_attention=True,
             qkv_kw=dict(per_sample_channels=True, cout_std=3 * std,
                         cout_max=3 * D,
                         weight_elems=union * 3 * D * D),
             proj_kw=dict(per_sample_channels=True,
                          weight_elems=union * D * D))
+        if not pred.eager:
+            return ops + layer
+        # the PyTorch path: each sample's kept heads' qkv and proj weights
+        # gathered, and one group of batched GEMMs per kept-head count in
+        # the batch (expected distinct counts, kept-head count binomial)
+        wg = elementwise_latency(hw, 'weight_gather', float(
+            batch * heads * dh * 4 * D), 1, 1)
+        groups = sum(1. - (1. - math.comb(H, k) * d ** k *
+                           (1. - d) ** (H - k)) ** batch
+                     for k in range(1, H + 1))
+        extra = launch_latency(hw, 'head_groups',
+                               len(_HEAD_OPS) * max(groups - 1., 0.))
+        return ops + [wg] + layer + ([extra] if extra.ms > 0 else [])
     if g.paradigm == 'layer':
         ops = [_masker_pool_mlp(hw, g, batch, [2])]
         if not pred.eager:

@@ -15,7 +15,7 @@ the (N, heads, L, L) logits. In the Tokens-to-Token module's first layer
 by the division, the softmax and two batched GEMMs: on a 2-core CPU about
 85 % of the whole backbone's inference time. In the encoder's layers (L =
 197) the logits are small, but the batched GEMMs read q, k and v as strided
-views of the qkv output: mmpretrain's layer takes about 1.8x the time of the
+views of the qkv output: mmpretrain's layer takes about 1.2x the time of the
 same layer with fused attention on a 2-core CPU. :func:`fused_attention`
 runs those modules' attention as torch's ``scaled_dot_product_attention``
 with the same logit divisor (the same function up to float rounding, no

@@ -292,7 +292,7 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         :meth:`attention_modules` (the same function up to float rounding,
         within about 1e-6 relative; the T2T module's 3136 x 3136 logits at
         224 px cost about 85 % of the backbone on a CPU, and the encoder
-        layers run about 1.8x faster); otherwise (training, masked-dense
+        layers run about 1.2x faster); otherwise (training, masked-dense
         evaluation, ``paradigm=None``) none: mmpretrain's own operators, bit
         for bit. The dynamic paths' own attention is fused anyway
         (:func:`~laud_mm.models.t2t_vit.attention.attend`)."""

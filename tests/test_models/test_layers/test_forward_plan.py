@@ -164,6 +164,14 @@ def test_regnety_blocks_run_the_plan_of_the_forward(paradigm, monkeypatch):
     # the blocks call the module's function through their method
     from laud_mm.models.regnet import block as RB
     monkeypatch.setattr(RB, 'sequence_plan', spy)
+    used = []
+    real_block_plan = RB.block_plan
+
+    def plan_spy(block, x):
+        plan = real_block_plan(block, x)
+        used.append(plan is not None)
+        return plan
+    monkeypatch.setattr(RB, 'block_plan', plan_spy)
     blocks = list(net.blocks)
     before_second = []
     hook = blocks[1].register_forward_pre_hook(
@@ -174,11 +182,13 @@ def test_regnety_blocks_run_the_plan_of_the_forward(paradigm, monkeypatch):
     hook.remove()
     assert made == blocks[::-1]
     assert before_second == [len(blocks)]
+    assert used == [True] * len(blocks)  # every block ran its plan
     made.clear()
+    used.clear()
     _unplanned(monkeypatch)
     with torch.no_grad():
         ref = net(x)
-    assert made == []
+    assert made == [] and used == [False] * len(blocks)
     for a, r in zip(out, ref):
         assert torch.equal(a, r)
     for b, g in zip(blocks, gates):

@@ -438,6 +438,11 @@ def test_layer_kernels_count_the_flops():
         assert macs['attn_fused'] == 2 * attn
         off = {o.name for o in vit_layer_ops(p, gc[0], 4, 0.)}
         assert not off & {'qkv', 'attn_fused', 'proj'}
+        if eager:  # the weight gathers, and a group per kept-head count
+            ms = {o.name: o.ms for o in vit_layer_ops(p, gc[0], 4, 0.5)}
+            assert ms['weight_gather'] > 0 and ms['head_groups'] > 0
+            one = {o.name for o in vit_layer_ops(p, gc[0], 1, 0.5)}
+            assert 'head_groups' not in one  # one sample: one group
     # layer skipping at d = 0.5 on 2 samples: the masker + one sample
     gl, _ = t2t_vit_geometries('t2t-vit-t-14', (224, 224), 'layer')
     ops = vit_layer_ops(pred, gl[0], 2, 0.5)
