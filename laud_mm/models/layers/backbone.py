@@ -189,6 +189,9 @@ class LAUDBackboneMixin:
                 False for a backbone without channel maskers (a spatial,
                 layer or static one: the option would do nothing), naming
                 the key and the paradigm.
+
+        Source: a laud_mm addition to the paper's training (sec. 3.5);
+        docs/method.md sec. 2.
         """
         return getattr(self, '_group_grad_scale', True)
 

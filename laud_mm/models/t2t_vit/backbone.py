@@ -279,7 +279,9 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
 
     def attention_modules(self) -> List[nn.Module]:
         """mmpretrain's ``MultiheadAttention`` modules of the backbone: the
-        Tokens-to-Token module's two, then every encoder layer's."""
+        Tokens-to-Token module's two, then every encoder layer's (a list of
+        2 + ``num_layers`` modules). Source: T2T-ViT's architecture
+        (mmpretrain 1.2.0 ``T2T_ViT``)."""
         t2t = self.tokens_to_token
         return [t2t.attention1.attn, t2t.attention2.attn] + \
             [b.attn for b in self.blocks]
@@ -295,7 +297,9 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         layers run about 1.2x faster); otherwise (training, masked-dense
         evaluation, ``paradigm=None``) none: mmpretrain's own operators, bit
         for bit. The dynamic paths' own attention is fused anyway
-        (:func:`~laud_mm.models.t2t_vit.attention.attend`)."""
+        (:func:`~laud_mm.models.t2t_vit.attention.attend`). Source: paper
+        sec. 3.4 (inference scheduled for the hardware); docs/t2t_vit.md,
+        "Fused attention in inference"."""
         static = bool(self.blocks) and self.blocks[0].static_mode
         if self.training or not (static or (
                 self.dynamic_inference and self.paradigm is not None)):

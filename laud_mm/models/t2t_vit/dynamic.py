@@ -152,6 +152,8 @@ class HeadWeights:
         qkv_bias: (H, 3 * dh) or None.
         proj: (H, dh, D) each head's input columns of ``proj.weight``,
             transposed.
+
+    Source: paper sec. 3.2 (head skipping computes the kept heads only).
     """
 
     def __init__(self, attn: nn.Module):
@@ -169,7 +171,7 @@ class HeadWeights:
 def head_weights(attn: nn.Module) -> HeadWeights:
     """:class:`HeadWeights` of an attention module, cached on it and rebuilt
     when a weight changes (:func:`~laud_mm.models.layers.folding.
-    cached_fold`)."""
+    cached_fold`; dropped by ``clear_folds``). Source: paper sec. 3.2."""
     return cached_fold(attn, HeadWeights, '_laud_head_weights')
 
 
