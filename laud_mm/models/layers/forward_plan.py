@@ -97,6 +97,27 @@ class SequencePlan:
         self.plans = plans
 
 
+def plannable(block: torch.nn.Module, in_shape, like: torch.Tensor,
+              paths: dict) -> bool:
+    """Whether a block's forward on inputs of ``in_shape`` (``like``'s dtype
+    and device) takes a CPU dynamic path of ``paths`` that a plan can make
+    in advance: eval, dynamic inference on, a paradigm in ``paths``, not in
+    static mode, gradients off, not ``policy.device_path``, a 4-D input.
+    The check every family's ``sequence_plan`` starts with.
+
+    Args:
+        block: a LAUD block; in_shape: (N, C, H, W) of its input; like: a
+            tensor with the input's dtype and device; paths: the family's
+            CPU paths by paradigm.
+
+    Source: paper sec. 3.4 (the host side of the dynamic operators).
+    """
+    return block.paradigm in paths and not block.static_mode and \
+        not block.training and block.dynamic_inference and \
+        not torch.is_grad_enabled() and not policy.device_path(like) and \
+        len(in_shape) == 4
+
+
 def block_plan(block: torch.nn.Module, x: torch.Tensor):
     """The plan of ``block`` for its input ``x`` inside a planned sequence,
     or None (outside one, a block without a plan, a plan already used, or

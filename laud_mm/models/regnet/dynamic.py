@@ -74,6 +74,7 @@ from ..layers.dynamic import (cast_folded, compute_dtype, forced_gate,
                               residual_add_relu_, residual_add_relu_pooled_,
                               run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
+from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate, masked_avg_pool
 
@@ -263,10 +264,7 @@ def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
 
     Source: paper sec. 3.4.
     """
-    if block.paradigm not in CPU_PATHS or block.static_mode or \
-            block.training or not block.dynamic_inference or \
-            torch.is_grad_enabled() or policy.device_path(like) or \
-            len(in_shape) != 4:
+    if not plannable(block, in_shape, like, CPU_PATHS):
         return None
     plan = RegNetYPlan()
     plan.in_shape, plan.dtype = torch.Size(in_shape), like.dtype

@@ -78,6 +78,7 @@ from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
 from ..layers.channel_mean import (record_channel_mean,
                                    recorded_channel_mean)
 from ..layers.folding import cached_fold, fold_conv_bn
+from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
 from ..layers.maskers import write_forced_gate
 from ..layers.masks import expand_spatial_gate
@@ -451,10 +452,7 @@ def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
 
     Source: paper sec. 3.4.
     """
-    if block.paradigm not in CPU_PATHS or block.static_mode or \
-            block.training or not block.dynamic_inference or \
-            torch.is_grad_enabled() or policy.device_path(like) or \
-            len(in_shape) != 4:
+    if not plannable(block, in_shape, like, CPU_PATHS):
         return None
     plan = plan_bottleneck(block, in_shape, like,
                            block.geometry(in_shape[2:]), nxt, nxt_plan)
