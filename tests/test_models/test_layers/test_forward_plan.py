@@ -31,6 +31,33 @@ def _unplanned(monkeypatch):
     monkeypatch.setattr(policy, 'FORWARD_PLAN', False)
 
 
+def _record_calls(monkeypatch, module, name):
+    """Replace ``module.name`` by a wrapper that appends its first argument
+    (the block) to the returned list, then calls the original."""
+    made = []
+    real = getattr(module, name)
+
+    def spy(block, *args, **kwargs):
+        made.append(block)
+        return real(block, *args, **kwargs)
+    monkeypatch.setattr(module, name, spy)
+    return made
+
+
+def _planned_forward(net, x, made):
+    """``net(x)`` without gradients; returns its outputs, every block's
+    gates, and ``len(made)`` when block 1 was about to run."""
+    blocks = list(net.blocks)
+    before_second = []
+    hook = blocks[1].register_forward_pre_hook(
+        lambda m, a: before_second.append(len(made)))
+    with torch.no_grad():
+        out = net(x)
+        gates = [b.last_stats['gate'].clone() for b in blocks]
+    hook.remove()
+    return out, gates, before_second
+
+
 @pytest.mark.parametrize('size', [(160, 224), (67, 101)])
 @pytest.mark.parametrize('paradigm', ['spatial', 'channel', 'layer'])
 def test_every_block_runs_the_plan_made_before_its_convolutions(
@@ -42,21 +69,9 @@ def test_every_block_runs_the_plan_made_before_its_convolutions(
     x = load_coco_images(n=2, size=size)
     net = _net(paradigm)
     force_random_gates(net, 0.5, 2, size, seed=0)
-    made = []
-    real = D.plan_bottleneck
-
-    def spy(block, *args, **kwargs):
-        made.append(block)
-        return real(block, *args, **kwargs)
-    monkeypatch.setattr(D, 'plan_bottleneck', spy)
+    made = _record_calls(monkeypatch, D, 'plan_bottleneck')
     blocks = list(net.blocks)
-    before_second = []
-    hook = blocks[1].register_forward_pre_hook(
-        lambda m, a: before_second.append(len(made)))
-    with torch.no_grad():
-        out = net(x)
-        gates = [b.last_stats['gate'].clone() for b in blocks]
-    hook.remove()
+    out, gates, before_second = _planned_forward(net, x, made)
     assert made == blocks[::-1]  # one plan per block, last to first
     assert before_second == [len(blocks)]  # all before block 1 ran
     made.clear()
@@ -146,7 +161,7 @@ def test_regnety_blocks_run_the_plan_of_the_forward(paradigm, monkeypatch):
     block, last to first, all before block 1 runs), and the outputs and
     gates are bit-equal to the unplanned path's."""
     from laud_mm.models import LAUDRegNetY
-    from laud_mm.models.regnet import dynamic as RD
+    from laud_mm.models.regnet import block as RB
     gran = dict(spatial=(4, 4, 2, 1), channel=(2, 2, 2, 2), layer=None)
     torch.manual_seed(0)
     net = LAUDRegNetY('regnety_400mf', paradigm=paradigm,
@@ -154,16 +169,8 @@ def test_regnety_blocks_run_the_plan_of_the_forward(paradigm, monkeypatch):
                       dynamic_inference=True).eval()
     x = load_coco_images(n=2, size=(96, 128))
     force_random_gates(net, 0.5, 2, (96, 128), seed=0)
-    made = []
-    real = RD.sequence_plan
-
-    def spy(block, *args, **kwargs):
-        made.append(block)
-        return real(block, *args, **kwargs)
-    monkeypatch.setattr(RD, 'sequence_plan', spy)
-    # the blocks call the module's function through their method
-    from laud_mm.models.regnet import block as RB
-    monkeypatch.setattr(RB, 'sequence_plan', spy)
+    # the blocks' method calls the function it imported
+    made = _record_calls(monkeypatch, RB, 'sequence_plan')
     used = []
     real_block_plan = RB.block_plan
 
@@ -173,13 +180,7 @@ def test_regnety_blocks_run_the_plan_of_the_forward(paradigm, monkeypatch):
         return plan
     monkeypatch.setattr(RB, 'block_plan', plan_spy)
     blocks = list(net.blocks)
-    before_second = []
-    hook = blocks[1].register_forward_pre_hook(
-        lambda m, a: before_second.append(len(made)))
-    with torch.no_grad():
-        out = net(x)
-        gates = [b.last_stats['gate'].clone() for b in blocks]
-    hook.remove()
+    out, gates, before_second = _planned_forward(net, x, made)
     assert made == blocks[::-1]
     assert before_second == [len(blocks)]
     assert used == [True] * len(blocks)  # every block ran its plan
