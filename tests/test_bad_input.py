@@ -617,7 +617,8 @@ def _families():
 def test_non_finite_uint8_and_wrong_channel_inputs_are_refused(dynamic):
     """Every family refuses, in masked-dense and dynamic evaluation alike: a
     NaN or inf pixel (a masked-out NaN is 0 in dynamic inference and NaN in
-    masked-dense evaluation, so the two would differ for that sample), a
+    masked-dense evaluation, so the two would differ for that sample; a
+    sample of finite values whose sum overflows is accepted), a
     uint8 image (not normalised), and a 1-channel image (e.g. grayscale
     into T2T-ViT, which failed inside its unfold)."""
     x = load_coco_images(n=2, size=(64, 64))
@@ -625,6 +626,11 @@ def test_non_finite_uint8_and_wrong_channel_inputs_are_refused(dynamic):
     nan[1, 0, 5, 5] = float('nan')
     inf[0, 2, 0, 0] = float('inf')
     u8 = (x * 50 + 120).clamp(0, 255).to(torch.uint8)
+    # finite values whose per-sample sum overflows float32 (the cheap
+    # screen's false alarm): refused only for the sample that holds a NaN
+    huge = x.clone()
+    huge[0] = 3e38
+    huge[1, 0, 5, 5] = float('nan')
     for net in _families():
         net.eval()
         net.dynamic_inference = dynamic
@@ -635,6 +641,10 @@ def test_non_finite_uint8_and_wrong_channel_inputs_are_refused(dynamic):
                 net(nan)
             with pytest.raises(ValueError, match=r'input samples \[0\]'):
                 net(inf)
+            with pytest.raises(ValueError, match=name + r': input samples '
+                               r'\[1\] hold'):
+                net(huge)
+            net.check_input(huge[:1], 3)  # finite: accepted
             with pytest.raises(ValueError, match=name + r': input of dtype '
                                r'torch.uint8, expected floating point'):
                 net(u8)

@@ -538,7 +538,7 @@ def handoff_rows(batch: int = 8, size: int = 224) -> List[Row]:
     def dynamic(on: bool):
         policy.SPATIAL_LOGIT_HANDOFF = on
         try:
-            return dynamic_forward(net, stem, x)
+            return dynamic_forward(net, x)
         finally:
             policy.SPATIAL_LOGIT_HANDOFF = switch
     fns = dict(static=lambda: static_forward(net, stem, x,

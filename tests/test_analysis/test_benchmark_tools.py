@@ -32,12 +32,11 @@ def test_flops_rate_forcing_matches_block_statistics(paradigm):
     net = LAUDResNet(50, paradigm=paradigm,
                      granularity=common.PARADIGMS[paradigm],
                      dynamic_inference=True).eval()
-    stem = resnet.folded_stem(net)
     n, hw = 4, (96, 96)
     x = torch.randn(n, 3, *hw)
     real = force_random_gates(net, 0.5, n, hw, seed=1)
     with torch.no_grad():
-        common.dynamic_forward(net, stem, x)
+        common.dynamic_forward(net, x)
     r_i = [float(b.last_stats['flops'].mean()) / b.last_stats['dense']
            for b in net.blocks]
     assert abs(sum(r_i) / len(r_i) - real) < 1e-6
@@ -46,7 +45,7 @@ def test_flops_rate_forcing_matches_block_statistics(paradigm):
     assert 0.4 < ratio < 0.65  # the dense stem keeps it above 0.5
     force_random_gates(net, 0.5, n, hw, seed=1, mode='density')
     with torch.no_grad():
-        common.dynamic_forward(net, stem, x)
+        common.dynamic_forward(net, x)
     dens = [float(b.last_stats['density'].float().mean()) for b in net.blocks]
     assert all(abs(d - 0.5) <= 0.13 for d in dens), dens
     with pytest.raises(ValueError, match='mode'):

@@ -31,20 +31,16 @@ def static_forward(net, stem: Callable, x: torch.Tensor,
     return x
 
 
-def dynamic_forward(net, stem: Callable, x: torch.Tensor) -> torch.Tensor:
-    """Folded stem, then every block's dynamic forward, as the backbone's
-    ``forward`` runs them: in the backbone's ``dynamic_memory_format`` when
-    it has one (the conversion of ``x`` timed with the forward), identity
-    blocks owning their input
-    (:func:`~laud_mm.models.layers.dynamic.owned_block_inputs`)."""
-    from laud_mm.models.layers.dynamic import owned_block_inputs
+def dynamic_forward(net, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's own ``forward``, as a user runs it (its input check,
+    its BN-folded stem, every block's dynamic forward with the host work
+    planned), fed the backbone's ``dynamic_memory_format`` when it has one
+    (the conversion of ``x`` timed with the forward); returns the last
+    stage's output (the backbone must return it: its default
+    ``out_indices``)."""
     if hasattr(net, 'dynamic_memory_format'):
         x = x.contiguous(memory_format=net.dynamic_memory_format(x))
-    x = stem(x)
-    with owned_block_inputs(net.blocks):
-        for blk in net.blocks:
-            x = blk(x)
-    return x
+    return net(x)[-1]
 
 
 @contextlib.contextmanager
@@ -267,11 +263,11 @@ def time_forced_rate(net, stem: Callable, static_block: Callable,
     n, hw = x.shape[0], tuple(x.shape[-2:])
     real = force_random_gates(net, rate, n, hw, seed=1, mode=rate_mode)
     with torch.no_grad():  # exactness spot check at r = 1
-        b = dynamic_forward(net, stem, x)
+        b = dynamic_forward(net, x)
         if rate == 1.0:
             check_exact(static_forward(net, stem, x, static_block), b, 1e-3)
     ratio = backbone_flops_ratio(net, hw)
     timing = bench_best_static(
         lambda t: static_forward(net, stem, t, static_block),
-        lambda t: dynamic_forward(net, stem, t), x, warmup, repeats)
+        lambda t: dynamic_forward(net, t), x, warmup, repeats)
     return real, ratio, timing

@@ -192,7 +192,7 @@ def run(depths: Sequence[int] = (50, 101),
                     real = force_random_gates(net, rate, batch, hw, seed=1)
                     if cuda:
                         _cuda_gates(net)
-                    out = dynamic_forward(net, stem, x)
+                    out = dynamic_forward(net, x)
                     if rate == 1.0:  # exactness spot check
                         ref = static()
                         err = float((out - ref).abs().max() /
@@ -202,11 +202,11 @@ def run(depths: Sequence[int] = (50, 101),
                     ratio = backbone_flops_ratio(net, hw)
                     dens = [float(b.last_stats['density'].float().mean())
                             for b in net.blocks]
-                    dyn = cuda_ms(lambda: dynamic_forward(net, stem, x),
+                    dyn = cuda_ms(lambda: dynamic_forward(net, x),
                                   warmup, repeats, cuda)
                     st_now = cuda_ms(static, 1, max(3, repeats // 3), cuda)
                     acts, busy = kernel_profile(
-                        lambda: dynamic_forward(net, stem, x)) if cuda else \
+                        lambda: dynamic_forward(net, x)) if cuda else \
                         (None, None)
                     p_dyn = pred.predict_backbone(geoms, dens, batch,
                                                   sgeom).total_ms

@@ -21,6 +21,7 @@ from ...structures import flops as flops_lib
 from ...structures.checks import check_bool
 from ...structures.geometry import BlockGeometry
 from .maskers import ChannelMasker
+from .stem import folded_stem
 
 #: memory formats the static network (:meth:`LAUDBackboneMixin.
 #: static_forward`) is timed in, by name; the faster one is the baseline
@@ -113,6 +114,14 @@ class LAUDBackboneMixin:
                 f'{owner}: input of dtype {x.dtype}, expected floating point: '
                 f'normalise the pixels first (the data preprocessor\'s mean / '
                 f'std, or x.float())')
+        # a sample holding NaN / inf has a non-finite sum (NaN and inf
+        # propagate); a finite sum clears the sample in one cheap pass,
+        # a non-finite one (also reached by overflow of huge finite values)
+        # is settled element by element
+        with torch.no_grad():
+            sums = x.sum(dim=(1, 2, 3), dtype=torch.float32)
+        if bool(torch.isfinite(sums).all()):
+            return
         finite = torch.isfinite(x).flatten(1).all(1)
         if not bool(finite.all()):
             bad = (~finite).nonzero()[:, 0].tolist()
@@ -246,11 +255,39 @@ class LAUDBackboneMixin:
         masked-dense forward untouched."""
         for b in self.blocks:
             b.static_mode = True
+        self._static_blocks = True
         try:
             yield
         finally:
+            self._static_blocks = False
             for b in self.blocks:
                 b.static_mode = False
+
+    def inference_stem(self, layers: List[tuple]):
+        """The stem as BN-folded convolutions when this forward folds BN,
+        else None (the upstream stem runs).
+
+        BN is folded in eval mode without gradients, in dynamic inference
+        (a paradigm set) and inside :meth:`static_forward`; masked-dense
+        evaluation and training run the upstream modules bit for bit.
+
+        Args:
+            layers: the stem's (conv, norm) pairs in order, each followed
+                by a ReLU.
+
+        Returns:
+            a callable (N, C_in, H, W) -> (N, C_out, H', W') (a
+            :class:`~.stem.FoldedStem`), or None also when a pair cannot be
+            folded (a norm other than BatchNorm, a non-plain convolution).
+
+        Source: paper sec. 3.4 (convolution + BN + ReLU as one operator).
+        """
+        if self.training or torch.is_grad_enabled():
+            return None
+        if not (getattr(self, '_static_blocks', False) or (
+                self.paradigm is not None and self.dynamic_inference)):
+            return None
+        return folded_stem(self, layers)
 
     def static_forward(self, x: torch.Tensor):
         """The static network of the same weights on ``x`` (eval mode, no

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ...ops.allocator import tune_cpu_allocator
 from ...ops.dispatch import is_autocast, same_layout
-from ...ops.epilogue import _add_relu_mean_
+from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from .channel_mean import record_channel_mean
 from .forward_plan import SEQUENCE_ATTR, SequencePlan
 
@@ -154,6 +154,33 @@ def residual_add_relu_pooled_(branch: torch.Tensor,
         record_channel_mean(branch, _add_relu_mean_(branch, identity))
         return branch
     return residual_add_relu_(branch, identity)
+
+
+def relu_pooled_(x: torch.Tensor) -> torch.Tensor:
+    """``x.relu_()`` that also records the output's channel means for the
+    next block's layer / channel masker
+    (:mod:`~laud_mm.models.layers.channel_mean`), in the same pass
+    (:func:`laud_mm.ops.relu_mean_rows_` over every sample) when x is a
+    float32 CPU tensor outside autocast, contiguous or channels_last;
+    otherwise exactly ``x.relu_()`` (nothing recorded). The producer of a
+    stem whose output feeds such a masker (:class:`~.stem.FoldedStem`).
+
+    Args:
+        x: (N, C, H, W), rectified in place.
+
+    Returns:
+        x.
+
+    Source: paper sec. 3.2 (masker input) and sec. 3.4 (fused operators).
+    """
+    if x.device.type == 'cpu' and not is_autocast(x) and \
+            x.dtype == torch.float32 and x.dim() == 4 and \
+            (x.is_contiguous() or
+             x.is_contiguous(memory_format=torch.channels_last)):
+        rows = torch.arange(x.shape[0], device=x.device)
+        record_channel_mean(x, _relu_mean_rows_(x, rows))
+        return x
+    return x.relu_()
 
 
 def promote_residual(identity: torch.Tensor, patches: torch.Tensor

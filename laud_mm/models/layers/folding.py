@@ -5,7 +5,7 @@ follows parameter and statistic updates.
 Source: standard inference-time BN folding; the paper's dynamic operators
 (sec. 3.4) run convolution + BN + ReLU as one kernel.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -52,37 +52,49 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
 FOLD_ATTRS = set()
 
 
-def _cache_key(block: nn.Module) -> tuple:
+def _cache_key(*parts: nn.Module) -> tuple:
     """(identity, ``_version``, dtype, device) of every parameter and buffer
-    of ``block`` and its submodules, read from the modules' own tables:
-    ``block.parameters()`` deduplicates through a set of tensors, whose
-    Python-level ``Tensor.__hash__`` made this key about 30 us a block, paid
-    on every dynamic forward (about half of that this way; a tensor shared
-    by two submodules simply appears twice)."""
+    of the modules ``parts`` and their submodules, read from the modules'
+    own tables by a plain recursive walk: ``block.parameters()``
+    deduplicates through a set of tensors (Python-level
+    ``Tensor.__hash__``) and ``modules()`` builds every submodule's name,
+    work paid by every block on every dynamic forward (a tensor or module
+    shared by two submodules simply appears twice here)."""
     key = []
-    for m in block.modules():
-        for table in (m._parameters, m._buffers):
-            for t in table.values():
-                if t is not None:
-                    key.append((id(t), t._version, t.dtype, t.device))
+    for part in parts:
+        _append_tensor_keys(part, key)
     return tuple(key)
 
 
-def cached_fold(block: nn.Module, cls, attr: str):
+def _append_tensor_keys(m: nn.Module, key: list) -> None:
+    for table in (m._parameters, m._buffers):
+        for t in table.values():
+            if t is not None:
+                key.append((id(t), t._version, t.dtype, t.device))
+    for child in m._modules.values():
+        if child is not None:
+            _append_tensor_keys(child, key)
+
+
+def cached_fold(block: nn.Module, cls, attr: str,
+                parts: Optional[Sequence[nn.Module]] = None):
     """``cls(block)`` (BN-folded, detached weights), cached on the block as
     ``attr`` and rebuilt when any parameter or buffer changed (``_version``,
     identity, dtype or device); shared by every family's dynamic path.
 
     Args:
-        block: an eval-mode LAUD block.
+        block: an eval-mode LAUD block (or backbone).
         cls: the folded-weights class, called as ``cls(block)``.
         attr: attribute name of the cache on the block.
+        parts: the modules whose parameters and buffers the fold reads
+            (default: the whole block), e.g. a backbone's stem convolution
+            and norm.
 
     Returns:
         The (possibly cached) ``cls`` instance.
     """
     FOLD_ATTRS.add(attr)
-    key = _cache_key(block)
+    key = _cache_key(*(parts if parts is not None else (block,)))
     cache = getattr(block, attr, None)
     if cache is None or cache[0] != key:
         with torch.no_grad():

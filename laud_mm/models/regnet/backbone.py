@@ -304,7 +304,14 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        x = self.relu(self.bn1(self.conv1(x)))
+        stem = self.inference_stem([(self.conv1, self.bn1)])
+        if stem is None:
+            x = self.relu(self.bn1(self.conv1(x)))
+        else:
+            # the first block's layer / channel masker pools the stem
+            # output: its means come from the stem's ReLU pass
+            x = stem(x, pooled=self.paradigm in ('layer', 'channel') and
+                     not self.blocks[0].static_mode)
         outs = []
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 from mmdet.models.backbones.resnet import ResNet
 
 from ...ops.max_pool import MaxPool2d
@@ -415,8 +416,34 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
             # identity blocks may write into their input (the previous
             # block's output, read by nobody else): see owned_block_inputs
             with owned_block_inputs(self.blocks):
-                return super().forward(x)
-        return super().forward(x)
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """mmdet's ``ResNet.forward``, with the stem BN-folded where this
+        forward folds BN (:meth:`inference_stem`)."""
+        stem = self.inference_stem(self._stem_layers())
+        if stem is None:
+            return super().forward(x)
+        x = self.maxpool(stem(x))
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _stem_layers(self) -> List[tuple]:
+        """The stem's (conv, norm) pairs, each followed by a ReLU: mmdet's
+        7 x 7 conv and ``norm1``, or the deep stem's three (an empty list,
+        so no folding, for a deep stem of another structure)."""
+        if not self.deep_stem:
+            return [(self.conv1, self.norm1)]
+        mods = list(self.stem)
+        if len(mods) % 3 or not all(
+                isinstance(r, nn.ReLU) for r in mods[2::3]):
+            return []
+        return list(zip(mods[0::3], mods[1::3]))
 
     # --------------------------------------------------------------- stats
     def stem_geometry(self, in_hw: Tuple[int, int]) -> StemGeometry:
