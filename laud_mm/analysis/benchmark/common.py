@@ -35,9 +35,18 @@ def dynamic_forward(net, x: torch.Tensor) -> torch.Tensor:
     """The backbone's own ``forward``, as a user runs it (its input check,
     its BN-folded stem, every block's dynamic forward with the host work
     planned), fed the backbone's ``dynamic_memory_format`` when it has one
-    (the conversion of ``x`` timed with the forward); returns the last
-    stage's output (the backbone must return it: its default
-    ``out_indices``)."""
+    (the conversion of ``x`` timed with the forward). The static side
+    (:func:`static_forward`) runs no input check, as a deployed static
+    network does not.
+
+    Args:
+        net: a LAUD CNN backbone in eval mode with dynamic inference on,
+            returning its last stage (the default ``out_indices``).
+        x: (N, 3, H, W) images.
+
+    Returns:
+        the last stage's output (N, C, H', W').
+    """
     if hasattr(net, 'dynamic_memory_format'):
         x = x.contiguous(memory_format=net.dynamic_memory_format(x))
     return net(x)[-1]

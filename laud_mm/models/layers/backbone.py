@@ -97,7 +97,11 @@ class LAUDBackboneMixin:
                 grayscale image), an integer dtype (uint8 pixels not
                 normalised), or NaN / inf values: a masked-out NaN is 0 in
                 dynamic inference and NaN in masked-dense evaluation (0 x
-                NaN), so the two modes would differ for that sample.
+                NaN), so the two modes would differ for that sample. Each
+                sample is screened by its float32 sum (NaN and inf make it
+                non-finite; one pass); only a non-finite sum, which finite
+                values may also reach by overflow, is checked element by
+                element.
         """
         owner = type(self).__name__
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or \

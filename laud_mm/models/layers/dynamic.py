@@ -161,9 +161,11 @@ def relu_pooled_(x: torch.Tensor) -> torch.Tensor:
     next block's layer / channel masker
     (:mod:`~laud_mm.models.layers.channel_mean`), in the same pass
     (:func:`laud_mm.ops.relu_mean_rows_` over every sample) when x is a
-    float32 CPU tensor outside autocast, contiguous or channels_last;
-    otherwise exactly ``x.relu_()`` (nothing recorded). The producer of a
-    stem whose output feeds such a masker (:class:`~.stem.FoldedStem`).
+    float32 CPU tensor outside autocast and not an inference tensor
+    (``torch.inference_mode`` keeps no record), contiguous or
+    channels_last; otherwise exactly ``x.relu_()`` (nothing recorded). The
+    producer of a stem whose output feeds such a masker
+    (:class:`~.stem.FoldedStem`).
 
     Args:
         x: (N, C, H, W), rectified in place.
@@ -174,6 +176,7 @@ def relu_pooled_(x: torch.Tensor) -> torch.Tensor:
     Source: paper sec. 3.2 (masker input) and sec. 3.4 (fused operators).
     """
     if x.device.type == 'cpu' and not is_autocast(x) and \
+            not x.is_inference() and \
             x.dtype == torch.float32 and x.dim() == 4 and \
             (x.is_contiguous() or
              x.is_contiguous(memory_format=torch.channels_last)):

@@ -32,10 +32,17 @@ _ATTR = '_laud_folded_stem'
 
 
 def foldable_stem(layers: Sequence[Tuple[nn.Module, nn.Module]]) -> bool:
-    """Whether a stem of (conv, norm) pairs can be folded: at least one
-    pair, each a plain ``nn.Conv2d`` with zero padding followed by a
-    BatchNorm with running statistics (not mmcv's weight-standardised
-    convolutions, GN, ...)."""
+    """Whether a stem of (conv, norm) pairs can be folded.
+
+    Args:
+        layers: the stem's (conv, norm) pairs in order.
+
+    Returns:
+        True for at least one pair, each a plain ``nn.Conv2d`` with zero
+        padding followed by a BatchNorm with running statistics; False
+        otherwise (mmcv's weight-standardised convolutions, GN, an empty
+        list).
+    """
     return bool(layers) and all(
         type(conv) is nn.Conv2d and conv.padding_mode == 'zeros' and
         isinstance(norm, nn.modules.batchnorm._BatchNorm) and
@@ -89,6 +96,11 @@ def folded_stem(backbone: nn.Module,
     Args:
         backbone: the LAUD backbone owning the stem.
         layers: the stem's (conv, norm) pairs in order.
+
+    Returns:
+        the cached :class:`FoldedStem` (refolded when a parameter or
+        buffer of ``layers`` changed: :func:`~.folding.cached_fold`), or
+        None.
 
     Source: paper sec. 3.4.
     """

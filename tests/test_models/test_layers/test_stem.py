@@ -113,12 +113,19 @@ def test_unfoldable_stem_runs_upstream():
     ('layer', None, True), ('channel', (2, 2, 2, 2), True),
     ('spatial', (4, 4, 2, 1), False)])
 def test_regnety_stem_hands_its_means_to_the_first_masker(
-        paradigm, granularity, recorded):
+        paradigm, granularity, recorded, monkeypatch):
     """In dynamic inference the folded RegNetY stem's ReLU pass records its
     output's channel means for the first block's layer / channel masker
-    (relu_pooled_); they equal the output's means; a spatial masker reads
-    no means, and none are recorded."""
+    (relu_pooled_), which takes them instead of pooling; they equal the
+    output's means; a spatial masker reads no means, and none are
+    recorded; under inference_mode nothing is recorded and the features
+    are the same."""
+    from laud_mm.models.layers import maskers
     from laud_mm.models.layers.channel_mean import recorded_channel_mean
+    pooled = []  # per masker call: whether its input carried a record
+    real = maskers.channel_mean
+    monkeypatch.setattr(maskers, 'channel_mean', lambda x: (
+        pooled.append(recorded_channel_mean(x) is not None), real(x))[1])
     torch.manual_seed(0)
     net = LAUDRegNetY(SMALL_REGNET, paradigm, granularity,
                       dynamic_inference=True).eval()
@@ -128,15 +135,22 @@ def test_regnety_stem_hands_its_means_to_the_first_masker(
                                      recorded_channel_mean(args[0]))))
     x = load_coco_images(n=2, size=(96, 128))
     with torch.no_grad():
-        net(x)
+        out = net(x)
         (stem_out, mean), = seen
         if recorded:
             assert mean is not None
             assert torch.allclose(mean, stem_out.mean(dim=(2, 3)),
                                   rtol=1e-5, atol=1e-6)
+            assert pooled[0] is True  # the first masker took the record
         else:
-            assert mean is None
+            assert mean is None and pooled == []
         del seen[:]
         net.static_forward(x)  # no masker: nothing recorded
         assert seen[0][1] is None
+    del seen[:]
+    with torch.inference_mode():
+        out_inf = net(x)
+    assert seen[0][1] is None
+    for a, b in zip(out_inf, out):
+        assert torch.equal(a, b)
     handle.remove()
