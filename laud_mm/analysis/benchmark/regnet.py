@@ -11,9 +11,11 @@ is timed:
 
 - static: every block dense with BN folded
   (:func:`laud_mm.models.regnet.dynamic.static_regnety_forward`);
-- dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's eval
-  path; its per-block statistics are counted when read, after the
-  timing: :class:`laud_mm.models.layers.BlockStats`).
+- dynamic: ``backbone(x)`` with ``dynamic_inference=True``, the forward a
+  user runs (its input check, its BN-folded stem, every block's eval
+  path: :func:`.common.dynamic_forward`; the per-block statistics are
+  counted when read, after the timing:
+  :class:`laud_mm.models.layers.BlockStats`).
 
 Static and dynamic runs alternate after warm-up; medians are reported. The
 last column is the latency predictor's static / dynamic ratio (fused

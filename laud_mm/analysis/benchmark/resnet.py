@@ -14,9 +14,11 @@ whole backbone, stem included). The whole backbone (BN-folded stem + 16 / 33
 blocks) is timed:
 
 - static: every block dense with BN folded (``static_bottleneck_forward``);
-- dynamic: ``block(x)`` with ``dynamic_inference=True`` (the model's real
-  eval path; its per-block statistics are counted when read, after the
-  timing: :class:`laud_mm.models.layers.BlockStats`).
+- dynamic: ``backbone(x)`` with ``dynamic_inference=True``, the forward a
+  user runs (its input check, its BN-folded stem, every block's eval
+  path: :func:`.common.dynamic_forward`; the per-block statistics are
+  counted when read, after the timing:
+  :class:`laud_mm.models.layers.BlockStats`).
 
 Static and dynamic runs alternate (after warm-up) and the median of the
 repeats is reported, so the ratios are robust to load on shared machines.
