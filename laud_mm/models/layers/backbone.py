@@ -20,6 +20,7 @@ import torch
 from ...structures import flops as flops_lib
 from ...structures.checks import check_bool
 from ...structures.geometry import BlockGeometry
+from .dynamic import owned_block_inputs
 from .maskers import ChannelMasker
 from .stem import folded_stem
 
@@ -266,6 +267,35 @@ class LAUDBackboneMixin:
             self._static_blocks = False
             for b in self.blocks:
                 b.static_mode = False
+
+    def planned_blocks(self) -> contextlib.AbstractContextManager:
+        """The context a CNN backbone's forward runs its blocks in: in
+        dynamic inference (eval, a paradigm set) the blocks own their
+        inputs (an identity block may write into the previous block's
+        output, read by nobody else) and plan their host work once per
+        forward (:func:`~.dynamic.owned_block_inputs`); otherwise no
+        context.
+
+        Source: paper sec. 3.4 (the dynamic operators' scheduling).
+        """
+        if self.paradigm is not None and self.dynamic_inference and \
+                not self.training:
+            return owned_block_inputs(self.blocks)
+        return contextlib.nullcontext()
+
+    def stage_outputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Run the stages ``self.res_layers`` (mmdet / mmpretrain CNN
+        backbones) on the stem output x (N, C, H, W).
+
+        Returns:
+            the outputs of the stages in ``self.out_indices``, in order.
+        """
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
 
     def inference_stem(self, layers: List[tuple]):
         """The stem as BN-folded convolutions when this forward folds BN,

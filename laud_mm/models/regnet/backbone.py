@@ -33,7 +33,6 @@ from ...structures.geometry import (BlockGeometry, RegNetStemGeometry,
                                     block_out_hw, check_paradigm)
 from ..layers.backbone import LAUDBackboneMixin
 from ..layers.checkpoint import record_paradigm
-from ..layers.dynamic import owned_block_inputs
 from . import convert  # noqa: F401  (registers torchvision-regnety://)
 from .block import LAUDRegNetYBlock
 from .dynamic import dynamic_memory_format
@@ -295,13 +294,8 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, self.conv1.in_channels)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
-        if self.paradigm is not None and self.dynamic_inference and \
-                not self.training:
-            # the blocks' host-side work planned once per forward (the
-            # RegNetY paths never write into their input)
-            with owned_block_inputs(self.blocks):
-                return self._forward(x)
-        return self._forward(x)
+        with self.planned_blocks():
+            return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         stem = self.inference_stem([(self.conv1, self.bn1)])
@@ -312,12 +306,7 @@ class LAUDRegNetY(LAUDBackboneMixin, BaseModule):
             # output: its means come from the stem's ReLU pass
             x = stem(x, pooled=self.paradigm in ('layer', 'channel') and
                      not self.blocks[0].static_mode)
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self.stage_outputs(x)
 
     # ------------------------------------------------------------- stats
     def stem_geometry(self, in_hw: Tuple[int, int]) -> RegNetStemGeometry:

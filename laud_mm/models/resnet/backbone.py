@@ -23,7 +23,6 @@ from ...structures.geometry import (BlockGeometry, DeepStemGeometry,
                                     check_paradigm)
 from ..layers.backbone import LAUDBackboneMixin, reject_unknown_keys
 from ..layers.checkpoint import record_paradigm
-from ..layers.dynamic import owned_block_inputs
 from . import convert  # noqa: F401  (registers torchvision-cls://)
 from .block import LAUDBottleneck
 from .dynamic import dynamic_memory_format
@@ -411,13 +410,8 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
                          else self.conv1.in_channels)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         self._batch = int(x.shape[0])
-        if self.paradigm is not None and self.dynamic_inference and \
-                not self.training:
-            # identity blocks may write into their input (the previous
-            # block's output, read by nobody else): see owned_block_inputs
-            with owned_block_inputs(self.blocks):
-                return self._forward(x)
-        return self._forward(x)
+        with self.planned_blocks():
+            return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """mmdet's ``ResNet.forward``, with the stem BN-folded where this
@@ -425,13 +419,7 @@ class LAUDResNet(LAUDBackboneMixin, ResNet):
         stem = self.inference_stem(self._stem_layers())
         if stem is None:
             return super().forward(x)
-        x = self.maxpool(stem(x))
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self.stage_outputs(self.maxpool(stem(x)))
 
     def _stem_layers(self) -> List[tuple]:
         """The stem's (conv, norm) pairs, each followed by a ReLU: mmdet's
