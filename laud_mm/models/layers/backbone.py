@@ -260,11 +260,9 @@ class LAUDBackboneMixin:
         masked-dense forward untouched."""
         for b in self.blocks:
             b.static_mode = True
-        self._static_blocks = True
         try:
             yield
         finally:
-            self._static_blocks = False
             for b in self.blocks:
                 b.static_mode = False
 
@@ -318,7 +316,8 @@ class LAUDBackboneMixin:
         """
         if self.training or torch.is_grad_enabled():
             return None
-        if not (getattr(self, '_static_blocks', False) or (
+        static = bool(self.blocks) and self.blocks[0].static_mode
+        if not (static or (
                 self.paradigm is not None and self.dynamic_inference)):
             return None
         return folded_stem(self, layers)
