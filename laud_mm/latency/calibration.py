@@ -27,7 +27,10 @@ squares on the log latency of the static ResNet-50 bottleneck blocks (batch
 thread's CPU time (:func:`time_fn`). On a CPU, :func:`dynamic_path_terms`
 then measures the eager dynamic path's host cost per bookkeeping call and
 the fused kernels' GEMM speed on three dynamic blocks of one geometry
-(``host_call_us``, ``fused_gemm_speed``); the predictor validation
+(``host_call_us``, ``fused_gemm_speed``), and on any device
+:func:`transformer_terms` the rates of a transformer layer's library
+kernels, its token GEMMs and its fused attention (``gemm_speed``,
+``attention_speed``); the predictor validation
 (:mod:`laud_mm.analysis.validation`) times 274 other cases. Blocks are
 timed as they run inside a backbone forward (:func:`cold_start`: weights
 in DRAM, host code warm, input in cache), unless ``warm_caches``, and all
@@ -687,6 +690,128 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
     return spec
 
 
+#: (batch, tokens, in, out) of the Linear that :func:`transformer_terms`
+#: times for ``gemm_speed``: fc1 of a T2T-ViT-t-14 encoder layer on 8 images
+#: of 224 px
+GEMM_CALIB_LINEAR = (8, 197, 384, 1152)
+#: (batch, heads, tokens, head dims) of the fused attentions it times for
+#: ``attention_speed``: a T2T-ViT-t-14 encoder layer's and the second
+#: Tokens-to-Token layer's (28 x 28 tokens), 8 images of 224 px
+ATTENTION_CALIB_SHAPES = ((8, 6, 197, 64), (8, 1, 784, 64))
+
+
+def transformer_cases(device: torch.device
+                      ) -> List[Tuple[str, Callable[[], torch.Tensor]]]:
+    """The calls :func:`transformer_terms` times, without autograd, on
+    ``device``: ``('gemm', F.linear of GEMM_CALIB_LINEAR)`` (one library
+    sgemm over the batch's token rows), then ``('attention', F.
+    scaled_dot_product_attention)`` of each of
+    :data:`ATTENTION_CALIB_SHAPES` (q = k = v)."""
+    gen = torch.Generator().manual_seed(0)
+    n, t, cin, cout = GEMM_CALIB_LINEAR
+    x = torch.randn(n, t, cin, generator=gen).to(device)
+    w = (torch.randn(cout, cin, generator=gen) / cin ** 0.5).to(device)
+    b = torch.zeros(cout, device=device)
+
+    def no_grad(fn, *args):
+        def call():
+            with torch.no_grad():
+                return fn(*args)
+        return call
+    cases = [('gemm', no_grad(F.linear, x, w, b))]
+    for shape in ATTENTION_CALIB_SHAPES:
+        q = torch.randn(*shape, generator=gen).to(device)
+        cases.append(('attention', no_grad(F.scaled_dot_product_attention,
+                                           q, q, q)))
+    return cases
+
+
+def transformer_terms(spec: HardwareSpec, device: torch.device,
+                      clock: str = 'auto', verbose: bool = True,
+                      times: Optional[Sequence[float]] = None
+                      ) -> HardwareSpec:
+    """Measure the rates of the library kernels of a transformer layer
+    against the rate the spec's other terms model, on the calls of
+    :func:`transformer_cases`:
+
+    * ``gemm_speed``: the Linear of :data:`GEMM_CALIB_LINEAR`; its
+      modelled compute time (the tile model at ``gemm_speed`` 1) divided
+      by its measured time less the launch (such a GEMM overlaps its
+      memory traffic with its compute: ``ConvOp.blas_gemm``);
+    * ``attention_speed``: the fused attentions of
+      :data:`ATTENTION_CALIB_SHAPES`; their summed modelled compute
+      (:func:`~laud_mm.latency.blocks.t2t_vit.fused_attention_op` at
+      ``attention_speed`` 1) divided by their summed measured time less
+      the modelled memory and launch terms.
+
+    A term keeps its value in ``spec`` (printed) where the measured time
+    leaves no room for the modelled compute (a call no slower than its
+    modelled memory and launch says nothing of the compute rate).
+
+    Args:
+        spec: the spec whose other terms model the kernels.
+        device: where to time.
+        clock: timer (:func:`select_clock`).
+        verbose: print the measurements.
+        times: seconds per call of each case of :func:`transformer_cases`,
+            timed by the caller (:func:`calibrate_hardware` times them in
+            the rounds of the static blocks); None: timed here
+            (:func:`time_cases`).
+
+    Returns:
+        ``spec`` with the measured terms.
+
+    Raises:
+        ValueError: ``times`` of another length than the cases.
+
+    Source: paper appendix A (the compute term of a kernel);
+    docs/latency_predictor.md, "Transformer layers".
+    """
+    from .blocks.t2t_vit import fused_attention_op, linear_tokens_latency
+    n_cases = 1 + len(ATTENTION_CALIB_SHAPES)
+    if times is None:
+        times = time_cases([(fn, None) for _, fn in
+                            transformer_cases(device)], device, clock=clock)
+    if len(times) != n_cases:
+        raise ValueError(f'transformer_terms: {n_cases} cases but '
+                         f'times={list(times)!r}')
+    ms = [t * 1e3 for t in times]
+    n, t, cin, cout = GEMM_CALIB_LINEAR
+    op = linear_tokens_latency(spec.replace(gemm_speed=1.), 'gemm', n, t,
+                               cin, cout)
+    left = ms[0] - op.launch_ms
+    if left > op.memory_ms:
+        spec = spec.replace(gemm_speed=op.compute_ms / left)
+        if verbose:
+            print(f'  token Linear {n}x{t}x{cin} -> {cout}: {ms[0]:.3f} ms, '
+                  f'modelled compute {op.compute_ms:.3f} ms (memory '
+                  f'{op.memory_ms:.3f} ms, overlapped): library GEMMs '
+                  f'{spec.gemm_speed:.2f}x the modelled rate')
+    elif verbose:
+        print(f'  token Linear: {ms[0]:.3f} ms, not above its modelled '
+              f'memory time ({op.memory_ms:.3f} ms) and launch: gemm_speed '
+              f'kept at {spec.gemm_speed}')
+    compute = left = 0.
+    for (b, h, t, dh), m in zip(ATTENTION_CALIB_SHAPES, ms[1:]):
+        op = fused_attention_op(spec.replace(attention_speed=1.), b * h, t,
+                                dh)[0]
+        compute += op.compute_ms
+        left += m - op.memory_ms - op.launch_ms
+        if verbose:
+            print(f'  attention {b}x{h}x{t}x{dh}: {m:.3f} ms, modelled '
+                  f'compute {op.compute_ms:.3f} ms')
+    if left > 0:
+        spec = spec.replace(attention_speed=compute / left)
+        if verbose:
+            print(f'  fused attention: {spec.attention_speed:.2f}x the '
+                  f'modelled rate')
+    elif verbose:
+        print(f'  the attentions leave {left:.3f} ms for {compute:.3f} ms '
+              f'of modelled compute: attention_speed kept at '
+              f'{spec.attention_speed}')
+    return spec
+
+
 def fit_spec(spec: HardwareSpec, samples, verbose: bool = True
              ) -> HardwareSpec:
     """Least-squares fit (log latency) of fp32_per_pe and bandwidth_gbs
@@ -736,7 +861,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
                        layout: str = 'NCHW') -> HardwareSpec:
     """Measure ``device`` (:func:`microbench`), optionally fit the spec on
     static ResNet-50 blocks (:func:`fit_spec`), measure the eager dynamic
-    path's terms on a CPU (:func:`dynamic_path_terms`), write the spec and
+    path's terms on a CPU (:func:`dynamic_path_terms`) and the transformer
+    kernels' rates (:func:`transformer_terms`), write the spec and
     print what was measured.
 
     Args:
@@ -821,7 +947,8 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         vector_width=cpu_vector_width() if dev.type == 'cpu' else 0,
         llc_mb=cpu_llc_mb() if dev.type == 'cpu' else 0.,
         region_us=m['region_us'])
-    dyn = dyn_times = None  # dynamic_path_terms builds and times its own
+    # dynamic_path_terms and transformer_terms build and time their own
+    dyn = dyn_times = tf_times = None
     if fit:
         # the static blocks and the dynamic path's blocks timed in the same
         # rounds (time_cases): the fused GEMM speed divides the latter by
@@ -839,9 +966,12 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
                     cold_start, evict, static_block_fn(g, b, dev, layout),
                     fn.input)))
         dyn = dynamic_path_cases(spec, dev, warm_caches, layout)
+        tf = transformer_cases(dev)
         times = time_cases([(fn, before) for _, _, fn, before in static] +
-                           [(c['fn'], c['before']) for c in dyn], dev,
-                           clock=clock)
+                           [(c['fn'], c['before']) for c in dyn] +
+                           [(fn, None) for _, fn in tf], dev, clock=clock)
+        tf_times = times[len(times) - len(tf):]
+        times = times[:len(times) - len(tf)]
         samples = []
         for (g, b, _, _), t in zip(static, times):
             samples.append((g, b, t * 1e3))
@@ -851,6 +981,7 @@ def calibrate_hardware(device: str = 'cpu', threads: Optional[int] = None,
         dyn_times = times[len(static):]
     spec = dynamic_path_terms(spec, dev, clock=clock, warm_caches=warm_caches,
                               cases=dyn, times=dyn_times, layout=layout)
+    spec = transformer_terms(spec, dev, clock=clock, times=tf_times)
     out = out or osp.join('work_dirs', 'hardware', f'{spec.name}.yaml')
     os.makedirs(osp.dirname(out) or '.', exist_ok=True)
     save_hardware(spec, out)

@@ -106,6 +106,21 @@ class HardwareSpec:
             library convolutions (> 0; 1, default: the same).
             ``calibrate_hardware.py`` measures it on a fused spatial and
             a fused channel block with half their gates on.
+        gemm_speed: compute rate of the library GEMMs over token rows
+            (``nn.Linear`` and the batched matmuls of a transformer
+            layer: MKL's / cuBLAS's sgemm, ``ConvOp.blas_gemm``) as a
+            multiple of the rate the model gives the library convolutions
+            (> 0; 1, default: the same). On the CPUs of this project a
+            large sgemm runs 1.5 - 2.3x the rate the convolution fit gives
+            (docs/latency_predictor.md, "Transformer layers");
+            ``calibrate_hardware.py`` measures it on an encoder layer's
+            Linear.
+        attention_speed: compute rate of the fused attention kernel
+            (``scaled_dot_product_attention``: the two products and the
+            softmax, the logits kept on chip) as a multiple of the rate
+            the model gives its parts (> 0; 1, default).
+            ``calibrate_hardware.py`` measures it on an encoder layer's
+            and a Tokens-to-Token layer's attention.
 
     Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
     (bytes/s).
@@ -135,6 +150,8 @@ class HardwareSpec:
     host_call_us: float = 0.
     fused_gemm_speed: float = 1.
     region_us: float = 0.
+    gemm_speed: float = 1.
+    attention_speed: float = 1.
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:

@@ -22,7 +22,9 @@ into tiles ``TP x TC x TS1 x TS2``; each tile runs on one processing engine
   streaming kernel (add, ReLU, pooling) reuses nothing: its on-chip traffic
   is its off-chip traffic passing through, so it pays the off-chip term
   only;
-* ``T_op = T_compute + T_memory + launch``,
+* ``T_op = T_compute + T_memory + launch`` (a library GEMM over token
+  rows, ``ConvOp.blas_gemm``: ``max(T_compute, T_memory) + launch``, its
+  blocking overlapping the two),
 
 and keeps the fastest tile shape. Tile sides are powers of two plus the
 divisors ``3, 5, 6, 7, 12, 14, 28, 56`` and the full dimension, none larger
@@ -162,6 +164,12 @@ class ConvOp:
         fused_gemm: a GEMM of the fused dynamic CPU kernels: its compute
             runs at ``HardwareSpec.fused_gemm_speed`` times the modelled
             rate.
+        blas_gemm: a library GEMM over token rows (``nn.Linear``, the
+            batched matmuls of head skipping): its compute runs at
+            ``HardwareSpec.gemm_speed`` times the modelled rate, and its
+            blocking overlaps the memory traffic with the compute, so the
+            operator costs the larger of the two (a roofline) rather than
+            their sum.
         parallel: whether the operator is a parallel region of its own
             (``HardwareSpec.region_us``). None: a library convolution or
             GEMM is one, except a GEMV (a linear layer of one row: MKL
@@ -191,6 +199,7 @@ class ConvOp:
     weight_elems: Optional[float] = None
     patch_loop: bool = False
     fused_gemm: bool = False
+    blas_gemm: bool = False
     parallel: Optional[bool] = None
     name: str = 'conv'
 
@@ -347,6 +356,8 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
         t_compute = t_compute * (math.ceil(H * W / v) * v) / (H * W)
     if op.fused_gemm:
         t_compute = t_compute / hw.fused_gemm_speed
+    elif op.blas_gemm:
+        t_compute = t_compute / hw.gemm_speed
 
     # ---- on-chip traffic per tile (elements), halo included
     k_eff = (op.kernel - 1) * op.dilation + 1
@@ -383,7 +394,10 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
         else op.cout * K
     out_elems = B * C * H * W
     offchip = in_off + (w_elems + out_elems) * db
-    t_mem = offchip / hw.bandwidth + onchip / hw.l2_bandwidth
+    if op.blas_gemm:  # its blocking keeps the tiles' traffic in cache
+        t_mem = np.full_like(onchip, offchip / hw.bandwidth)
+    else:
+        t_mem = offchip / hw.bandwidth + onchip / hw.l2_bandwidth
     w_bytes = w_elems * db
     if hw.weight_reorder_gbs > 0 and reorders_weights(op) and \
             w_bytes >= hw.weight_reorder_min_mb * 1e6:
@@ -397,7 +411,10 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
     parallel = (not op.fused_gemm and not gemv) if op.parallel is None \
         else op.parallel
     launch = hw.launch_us * 1e-6 + _region_s(hw, parallel)
-    total = t_compute + t_mem + launch
+    if op.blas_gemm:  # a blocked library GEMM overlaps its traffic
+        total = np.maximum(t_compute, t_mem) + launch
+    else:
+        total = t_compute + t_mem + launch
     i = int(np.argmin(total))
     return OpLatency(
         op.name, float(total[i]) * 1e3, float(t_compute[i]) * 1e3,

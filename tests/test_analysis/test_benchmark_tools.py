@@ -94,9 +94,8 @@ def test_table_columns_written_once():
                                  'speedup (CPU time)'),
                         (regnet, 'static ms | dynamic ms | speedup (wall) | '
                                  'speedup (CPU time)'),
-                        (t2t_vit, 'static encoder ms | dynamic encoder ms | '
-                                  'encoder speedup (wall) | encoder speedup '
-                                  '(CPU time)')):
+                        (t2t_vit, 'static ms | dynamic ms | speedup (wall) | '
+                                  'speedup (CPU time)')):
         head = mod.HEADER.split('\n')[0]
         assert '| threads |' in head and timing in head, mod.__name__
         assert mod.HEADER.split('\n')[1].count('---') == len(mod.COLUMNS)
@@ -114,6 +113,54 @@ def test_table_columns_written_once():
     assert common.thread_counts(3) == [3]
     with pytest.raises(ValueError, match='--threads'):
         common.thread_counts([2, 0])
+
+
+def test_t2t_benchmark_times_the_backbone_and_its_prediction(tmp_path,
+                                                            monkeypatch):
+    """The T2T-ViT benchmark times the whole backbone a user runs,
+    ``static_forward(x)`` against ``backbone(x)``, and puts the predictor's
+    milliseconds beside them: a calibrated CPU spec at the benchmark's batch
+    (eager kernels) on rows of the thread count the spec models, '-' on the
+    others; the V100 at batch 128 by default; the error line is the MAPE
+    of those milliseconds; an unknown --hardware is refused by name."""
+    from laud_mm.analysis.benchmark import t2t_vit
+    from laud_mm.latency import get_hardware, save_hardware
+    from laud_mm.models import LAUDT2TViT
+    calls = []
+    for name in ('static_forward', 'forward'):
+        orig = getattr(LAUDT2TViT, name)
+
+        def spy(self, x, _orig=orig, _name=name):
+            calls.append(_name)
+            return _orig(self, x)
+        monkeypatch.setattr(LAUDT2TViT, name, spy)
+    spec = tmp_path / 'cpu1.yaml'
+    save_hardware(get_hardware('cpu').replace(name='cpu1', num_pe=1),
+                  str(spec))
+    pred, batch = t2t_vit.predictor(str(spec), 8)
+    assert (pred.hw.num_pe, pred.eager, batch) == (1, True, 8)
+    pred, batch = t2t_vit.predictor(None, 8)
+    assert (pred.hw.name, pred.eager, batch) == ('v100', False, 128)
+    with pytest.raises(ValueError, match='nosuchgpu'):
+        t2t_vit.benchmark_t2t_vit(tiny=True, hardware='nosuchgpu')
+    rows = t2t_vit.benchmark_t2t_vit(tiny=True, rates=[0.5], repeats=1,
+                                     warmup=0, paradigms=['layer'],
+                                     threads=[1, 2], hardware=str(spec))
+    # per row: warm-up and exactness calls aside, static and dynamic
+    # forwards alternate
+    assert calls.count('static_forward') >= 1 and 'forward' in calls
+    one, two = rows
+    assert one['predicted_static_ms'] > 0 and \
+        one['predicted_dynamic_ms'] < one['predicted_static_ms']
+    assert two['predicted_static_ms'] is None and \
+        t2t_vit.fmt_row(two).endswith('| - | - / - |')
+    line = t2t_vit.prediction_errors([dict(
+        predicted_static_ms=90., static_ms=100., predicted_dynamic_ms=60.,
+        dynamic_ms=50., speedup=2.), dict(two)])
+    assert line == ('# predicted vs measured ms, 1 rows: MAPE 15.0 % '
+                    '(static 10.0 %, dynamic 20.0 %); speedup off by 0.50x '
+                    'on average')
+    assert t2t_vit.prediction_errors([two]) is None
 
 
 def test_kernel_benchmark_rows_compare_equal_results():

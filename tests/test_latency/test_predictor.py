@@ -1061,10 +1061,11 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
         monkeypatch, tmp_path):
     """calibrate_hardware --fit times each static block after cold_start
     with a twin block of its own weights and the block's input, in the same
-    rounds as the dynamic path's blocks (time_cases: every case once a
-    round, CALIB_ROUNDS rounds, the median kept), then fits the static
-    blocks' medians and hands the dynamic blocks' medians to
-    dynamic_path_terms; --warm-caches: back to back."""
+    rounds as the dynamic path's blocks and the transformer kernels
+    (time_cases: every case once a round, CALIB_ROUNDS rounds, the median
+    kept), then fits the static blocks' medians and hands the dynamic
+    blocks' medians to dynamic_path_terms, the transformer kernels' to
+    transformer_terms; --warm-caches: back to back."""
     from laud_mm.latency import calibration
     prev = torch.get_num_threads()
     monkeypatch.setattr(calibration, 'microbench', lambda dev, layout: dict(
@@ -1084,6 +1085,10 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
                         lambda spec, dev, clock, warm_caches, cases=None,
                         times=None, layout='NCHW': terms.append(
                             (warm_caches, cases, times, layout)) or spec)
+    tf = []
+    monkeypatch.setattr(calibration, 'transformer_terms',
+                        lambda spec, dev, clock, times: tf.append(
+                            times) or spec)
     seen = []
 
     def fake_time_fn(fn, device, before=None, **kw):
@@ -1094,7 +1099,8 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
     try:
         calibration.calibrate_hardware(threads=1, fit=True,
                                        out=str(tmp_path / 'a.yaml'))
-        n = 16 + 1  # static blocks, then the dynamic path's
+        # static blocks, the dynamic path's, the transformer kernels
+        n = 16 + 1 + 3
         assert len(seen) == n * rounds
         # round after round over all the cases, in the same order
         for r in range(1, rounds):
@@ -1106,7 +1112,10 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
             [(i + 1 + (rounds // 2) * n) for i in range(16)])
         assert terms[0][1] == [dyn] and terms[0][3] == 'NCHW'
         assert terms[0][2] == pytest.approx(
-            [1e-3 * (n + (rounds // 2) * n)])
+            [1e-3 * (n - 3 + (rounds // 2) * n)])
+        assert tf == [pytest.approx([1e-3 * (i + (rounds // 2) * n)
+                                     for i in (n - 2, n - 1, n)])]
+        assert {b for _, b in seen[n - 3:n]} == {None}  # back to back
         fn, before = seen[0]
         assert before.func is calibration.cold_start
         twin, x = before.args[1], before.args[2]
@@ -1365,6 +1374,75 @@ def test_validation_fit_recovers_host_and_fused_terms():
     assert fitted.fused_gemm_speed == pytest.approx(1.5, rel=0.1)
     assert fitted.host_call_us == pytest.approx(15., rel=0.1)
     assert fitted.launch_us == base.launch_us  # stays measured
+
+
+def test_transformer_kernel_terms():
+    """HardwareSpec.gemm_speed divides the compute time of the library
+    GEMMs over token rows only (ConvOp.blas_gemm: the transformer layers'
+    Linear layers, per-sample head GEMMs included), which cost the larger
+    of compute and off-chip memory (a roofline); attention_speed divides
+    the fused attention's compute only: a T2T-ViT's prediction falls with
+    either, a ResNet's does not; calibration measures both on real calls
+    here, changing nothing else, and keeps a term where the measured time
+    leaves no room for the modelled compute."""
+    from laud_mm.latency.blocks.t2t_vit import (fused_attention_op,
+                                                linear_tokens_latency)
+    from laud_mm.latency.calibration import (ATTENTION_CALIB_SHAPES,
+                                             transformer_terms)
+    from laud_mm.models.t2t_vit import t2t_vit_geometries
+    cpu = get_hardware('cpu').replace(vector_width=16)
+    fast = cpu.replace(gemm_speed=2.)
+    assert cpu.gemm_speed == 1 and cpu.attention_speed == 1
+    a = linear_tokens_latency(cpu, 'fc1', 8, 197, 384, 1152)
+    b = linear_tokens_latency(fast, 'fc1', 8, 197, 384, 1152)
+    # a roofline: the larger of compute and memory, plus the launch
+    assert a.ms == pytest.approx(max(a.compute_ms, a.memory_ms) +
+                                 a.launch_ms)
+    assert a.memory_ms == pytest.approx(
+        4 * (8 * 197 * (384 + 1152) + 384 * 1152) / cpu.bandwidth * 1e3)
+
+    def halved(o):  # o's tile at twice the rate
+        return max(o.compute_ms / 2, o.memory_ms) + o.launch_ms
+    # the best tile at twice the rate is at most a's tile at half compute
+    assert b.ms <= halved(a) + 1e-9 and a.macs == b.macs == \
+        8 * 197 * 384 * 1152
+    heads = dict(per_sample_channels=True, cout_std=64.)
+    a = linear_tokens_latency(cpu, 'qkv', 8, 197, 384, 576, **heads)
+    assert linear_tokens_latency(fast, 'qkv', 8, 197, 384, 576,
+                                 **heads).ms <= halved(a) + 1e-9
+    assert fused_attention_op(fast, 48, 197, 64) == \
+        fused_attention_op(cpu, 48, 197, 64)
+    att, att2 = (fused_attention_op(h, 48, 197, 64)[0] for h in (
+        cpu, cpu.replace(attention_speed=2.)))
+    assert att2.compute_ms == pytest.approx(att.compute_ms / 2) and \
+        att2.memory_ms == att.memory_ms
+    g, s = t2t_vit_geometries('t2t-vit-t-14', (224, 224), 'layer')
+    gr = resnet_geometries(50, (224, 224))[0]
+    pa = LatencyPredictor(cpu, implementation='eager')
+    for hw in (fast, cpu.replace(attention_speed=2.)):
+        pb = LatencyPredictor(hw, implementation='eager')
+        assert pb.predict_backbone(g, [0.5] * 14, 8, s).total_ms < \
+            0.95 * pa.predict_backbone(g, [0.5] * 14, 8, s).total_ms
+        assert pb.predict_static(gr, 1).total_ms == \
+            pa.predict_static(gr, 1).total_ms
+    for key in ('gemm_speed', 'attention_speed'):
+        with pytest.raises(ValueError, match=f'{key}=0'):
+            cpu.replace(**{key: 0})
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = cpu.replace(num_pe=1, clock_mhz=2600.)
+        out = transformer_terms(spec, torch.device('cpu'), verbose=False)
+    finally:
+        torch.set_num_threads(prev)
+    assert out.gemm_speed != 1. and out.attention_speed != 1. and \
+        out.replace(gemm_speed=1., attention_speed=1.) == spec
+    # 1 us a call leaves nothing for their compute
+    n = 1 + len(ATTENTION_CALIB_SHAPES)
+    assert transformer_terms(spec, torch.device('cpu'), verbose=False,
+                             times=[1e-6] * n) == spec
+    with pytest.raises(ValueError, match=f'{n} cases but times'):
+        transformer_terms(spec, torch.device('cpu'), times=[1e-3])
 
 
 def test_calibration_measures_dynamic_path_terms():

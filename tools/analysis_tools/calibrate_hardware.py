@@ -1,7 +1,9 @@
 """Measure this machine (CPU, or the lent GPU) and write a HardwareSpec file
 (:func:`laud_mm.latency.calibration.calibrate_hardware`): launch cost,
 off-chip and on-chip bandwidth, compute rate (and on a CPU the weight
-re-layout rate, SIMD width and last-level cache); ``--fit`` refines the
+re-layout rate, SIMD width and last-level cache), the rates of a
+transformer layer's token GEMMs and fused attention (``gemm_speed``,
+``attention_speed``); ``--fit`` refines the
 compute rate and bandwidth on measured static ResNet-50 blocks, so that
 ``validate_predictor.py`` validates out of sample.
 

@@ -4,38 +4,40 @@ T2T-ViT, side by side in one run, with the latency predictor's ratio.
 For each paradigm (token skipping = spatial, head skipping = channel, layer
 skipping) the gates of every encoder layer are forced to random patterns at
 activation rate r (:func:`~laud_mm.analysis.forced_gates.
-force_random_token_gates`). The encoder runs on the Tokens-to-Token module's
-output (computed once, the T2T module is dense and the same in both):
+force_random_token_gates`), and the whole backbone is timed as a user runs
+it:
 
-- static: mmpretrain's ``T2TTransformerLayer.forward`` in every layer,
-  its attention fused as the backbone's ``static_forward`` runs it
+- static: :meth:`~laud_mm.models.LAUDT2TViT.static_forward`, the backbone's
+  own forward with every encoder layer static (mmpretrain's
+  ``T2TTransformerLayer.forward``) and every attention fused
   (:meth:`~laud_mm.models.LAUDT2TViT.inference_attention`);
-- dynamic: ``layer(x)`` with ``dynamic_inference=True`` (the model's eval
-  path: gather / scatter of kept tokens, kept heads only, kept samples only,
-  its per-layer statistics are counted when read, after the timing:
+- dynamic: ``backbone(x)`` with ``dynamic_inference=True`` (its input
+  check, the Tokens-to-Token module, every layer's eval path: gather /
+  scatter of kept tokens, kept heads only, kept samples only; the
+  per-layer statistics are counted when read, after the timing:
   :class:`laud_mm.models.layers.BlockStats`).
 
 Timing: :func:`~laud_mm.analysis.timing.bench_pair` (static and dynamic runs
 alternate after warm-up; wall-clock medians, speedups as medians of the
 per-pair ratios of wall-clock and of process CPU times, robust on a shared
-machine). The T2T module is timed separately
-(median), so "whole" = T2T module + encoder. 'pred. v100' is the latency
-predictor's encoder-only dynamic / static ratio (fused kernels, batch 128)
-at the realised gate rate; 'FLOPs' the encoder's FLOPs ratio. Command line:
-``tools/analysis_tools/benchmark_t2t_vit.py``.
+machine). The Tokens-to-Token module, dense and the same in both, is also
+timed alone (median, after a warm-up call) for its share of the whole;
+'pred. v100' is the latency predictor's whole-backbone dynamic / static ratio
+(fused kernels, batch 128) at the realised gate rates; 'encoder FLOPs' the
+encoder's FLOPs ratio. Command line: ``tools/analysis_tools/
+benchmark_t2t_vit.py``.
 
 Source: paper sec. 3.2 and "Experiments on vision Transformers" (token
 skipping by indexing, head and layer skipping).
 """
 import statistics
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from laud_mm.latency import LatencyPredictor
+from laud_mm.latency import LatencyPredictor, get_hardware
 from laud_mm.models import LAUDT2TViT
 from laud_mm.models.t2t_vit import T2T_VIT_ARCHS, t2t_vit_arch_kwargs
-from laud_mm.models.t2t_vit.dynamic import static_t2t_layer_forward
 
 from ..forced_gates import force_random_token_gates
 from ..timing import bench_pair, wall_ms
@@ -54,12 +56,35 @@ TINY = dict(img_size=64, embed_dims=64, num_layers=2,
 COLUMNS = leading_columns(lambda r: r['arch']) + [
     Column('encoder FLOPs', lambda r: f"{r['flops_rate']:.2f}"),
     Column('T2T module ms', lambda r: f"{r['stem_ms']:.0f}"),
-    *timing_columns('encoder ', ms='.0f'),
-    Column('whole-backbone speedup (wall)',
-           lambda r: f"{r['whole_speedup']:.2f}x"),
-    Column('pred. v100 encoder dyn/static',
-           lambda r: f"{r['predicted_ratio']:.2f}")]
+    *timing_columns(ms='.0f'),
+    Column('pred. dyn/static', lambda r: _fmt(r['predicted_ratio'], '.2f')),
+    Column('pred. static / dynamic ms', lambda r: (
+        f"{_fmt(r['predicted_static_ms'], '.0f')} / "
+        f"{_fmt(r['predicted_dynamic_ms'], '.0f')}"))]
 HEADER = header(COLUMNS)
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def predictor(hardware: Optional[str], batch: int
+              ) -> Tuple[LatencyPredictor, int]:
+    """The predictor of the table's 'pred.' columns and the batch it
+    predicts: the V100 at batch 128, the paper's setting (fused kernels),
+    when ``hardware`` is None; else the spec ``hardware`` (a known name or
+    a spec file of ``calibrate_hardware.py``) at the benchmark's ``batch``
+    as this project's path runs it (``implementation='eager'``), so that
+    its milliseconds compare with the measured ones.
+
+    Raises:
+        ValueError: an unknown device name or a bad spec file
+            (:func:`~laud_mm.latency.get_hardware`).
+    """
+    if hardware is None:
+        return LatencyPredictor('v100'), 128
+    return LatencyPredictor(get_hardware(hardware),
+                            implementation='eager'), batch
 
 
 def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
@@ -77,25 +102,6 @@ def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
                                 num_extra_tokens=net.num_extra_tokens)
 
 
-def static_encoder(net: LAUDT2TViT, t: torch.Tensor) -> torch.Tensor:
-    """Every encoder layer's static forward (mmpretrain's, its attention
-    fused as ``static_forward`` runs it), then the final norm."""
-    with net.inference_attention():
-        for lay in net.blocks:
-            t = static_t2t_layer_forward(lay, t)
-    return net.norm(t)
-
-
-def dynamic_encoder(net: LAUDT2TViT, t: torch.Tensor) -> torch.Tensor:
-    """Every encoder layer's dynamic forward (in the backbone's
-    :meth:`~laud_mm.models.LAUDT2TViT.inference_attention`, as its forward
-    runs them), then the final norm."""
-    with net.inference_attention():
-        for lay in net.blocks:
-            t = lay(t)
-    return net.norm(t)
-
-
 def encoder_flops_rate(net: LAUDT2TViT) -> float:
     """Encoder FLOPs ratio (dynamic / dense, maskers included) of the last
     forward."""
@@ -104,19 +110,32 @@ def encoder_flops_rate(net: LAUDT2TViT) -> float:
 
 
 def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
-        batch: int, size: int, warmup: int, repeats: int, tiny: bool = False
-        ) -> List[Dict]:
+        batch: int, size: int, warmup: int, repeats: int, tiny: bool = False,
+        hardware: Optional[str] = None) -> List[Dict]:
     """Time every (paradigm, rate) of ``arch`` (or :data:`TINY`) on
-    ``batch`` images at torch's current thread count; prints each row (:func:`fmt_row`) as it is measured.
+    ``batch`` images at torch's current thread count, the whole backbone
+    static (``static_forward``) against dynamic (``backbone(x)``); prints
+    each row (:func:`fmt_row`) as it is measured.
 
     Returns:
         one dict per row: arch, batch, size, paradigm, threads, rate,
-        gate_mean,
-        flops_rate, stem_ms, static_ms, dynamic_ms, speedup, cpu_speedup,
-        whole_speedup, predicted_ratio.
+        gate_mean, flops_rate (encoder), stem_ms (the T2T module alone),
+        static_ms, dynamic_ms (whole backbone, wall-clock medians),
+        speedup, cpu_speedup, and the whole backbone's predicted_ratio
+        (dynamic / static), predicted_static_ms and predicted_dynamic_ms
+        (:func:`predictor` of ``hardware``; None at a thread count other
+        than the spec's ``num_pe``, the thread count a spec of this
+        machine models).
+
+    Raises:
+        RuntimeError: at r = 1 the dynamic output differs from the static
+            one by more than 1e-4 of its largest magnitude.
     """
     rows = []
-    pred = LatencyPredictor('v100')
+    pred, p_batch = predictor(hardware, batch)
+    threads = torch.get_num_threads()
+    # a spec of this machine models one thread count (N_PE = threads)
+    modelled = hardware is None or pred.hw.num_pe == threads
     kw = dict(TINY) if tiny else dict(t2t_vit_arch_kwargs(arch),
                                       img_size=size)
     size = kw['img_size']
@@ -127,35 +146,34 @@ def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
         net = LAUDT2TViT(paradigm=paradigm, dynamic_inference=True, **kw)
         net.eval()
         with torch.no_grad():
+            tokens = stem_tokens(net, x).shape[1]  # also the warm-up
             stem_ms = statistics.median(
-                wall_ms(lambda: stem_tokens(net, x))
-                for _ in range(max(1, repeats // 2)))
-            t = stem_tokens(net, x)
-        tokens = t.shape[1]
+                wall_ms(lambda: stem_tokens(net, x)) for _ in range(repeats))
         geoms = net.block_geometries((size, size))
-        p_static = pred.predict_static(geoms, 128).total_ms
+        sgeom = net.stem_geometry((size, size))
+        p_static = pred.predict_static(geoms, p_batch, stem=sgeom).total_ms
         for rate in rates:
             dens = force_random_token_gates(net, rate, batch, tokens, seed=1)
-            if rate == 1.0:  # exactness spot check: the static layers
+            if rate == 1.0:  # exactness spot check: the static network
                 with torch.no_grad():
-                    check_exact(static_encoder(net, t),
-                                dynamic_encoder(net, t), 1e-4)
-            tm = bench_pair(lambda u: static_encoder(net, u),
-                            lambda u: dynamic_encoder(net, u), t, warmup,
-                            repeats)
+                    check_exact(net.static_forward(x)[-1], net(x)[-1], 1e-4)
+            tm = bench_pair(net.static_forward, net, x, warmup, repeats)
             st, dy = tm.static_ms, tm.dynamic_ms
             with torch.no_grad():
-                dynamic_encoder(net, t)
-            p_dyn = pred.predict_backbone(geoms, dens, 128).total_ms
+                net(x)
+            p_dyn = pred.predict_backbone(geoms, dens, p_batch,
+                                          stem=sgeom).total_ms
             row = dict(arch=name, batch=batch, size=size,
-                       paradigm=paradigm, threads=torch.get_num_threads(),
+                       paradigm=paradigm, threads=threads,
                        rate=rate,
                        gate_mean=sum(dens) / len(dens),
                        flops_rate=encoder_flops_rate(net), stem_ms=stem_ms,
                        static_ms=st, dynamic_ms=dy, speedup=tm.speedup,
                        cpu_speedup=tm.cpu_speedup,
-                       whole_speedup=(stem_ms + st) / (stem_ms + dy),
-                       predicted_ratio=p_dyn / p_static)
+                       predicted_ratio=p_dyn / p_static if modelled
+                       else None,
+                       predicted_static_ms=p_static if modelled else None,
+                       predicted_dynamic_ms=p_dyn if modelled else None)
             rows.append(row)
             print(fmt_row(row), flush=True)
     return rows
@@ -172,16 +190,20 @@ def benchmark_t2t_vit(arch: Optional[str] = None,
                       batch: int = 8, size: Optional[int] = None,
                       threads: Union[int, Sequence[int], None] = None,
                       warmup: int = 1, repeats: int = 5, tiny: bool = False,
-                      json_path: Optional[str] = None) -> List[Dict]:
+                      json_path: Optional[str] = None,
+                      hardware: Optional[str] = None) -> List[Dict]:
     """The LAUD-T2T-ViT benchmark of the command line (``tiny``: the
     :data:`TINY` model instead of ``arch`` at ``size``, default
     't2t-vit-t-14' at 224 px): :func:`run` at each thread count of
     ``threads`` (an int or a list; None: 1 and every logical CPU) as one
-    printed table and, with ``json_path``, a JSON file of its rows.
+    printed table and, with ``json_path``, a JSON file of its rows. The
+    'pred.' columns are those of :func:`predictor` (``hardware``: a device
+    name or spec file; None: the V100 at batch 128).
 
     Raises:
-        ValueError: an option out of range, an unknown arch, or ``arch`` /
-            ``size`` with ``tiny`` (names the option and value).
+        ValueError: an option out of range, an unknown arch, ``arch`` /
+            ``size`` with ``tiny``, or an unknown ``hardware`` (names the
+            option and value).
     """
     if tiny and (arch is not None or size is not None):
         raise ValueError(f'--arch={arch!r} / --size={size!r} cannot be used '
@@ -193,6 +215,47 @@ def benchmark_t2t_vit(arch: Optional[str] = None,
     if not tiny and arch not in T2T_VIT_ARCHS:
         raise ValueError(f'--arch={arch!r} is not one of '
                          f'{sorted(T2T_VIT_ARCHS)}')
-    return timing_table(
+    pred, p_batch = predictor(hardware, batch)  # refuses a bad --hardware
+    print(f'# predicted: {pred.hw.name}, batch {p_batch}, '
+          f'{pred.implementation} kernels')
+    rows = timing_table(
         lambda t: run(arch, paradigms, rates, batch, size, warmup, repeats,
-                      tiny), COLUMNS, threads, json_path, backend=False)
+                      tiny, hardware), COLUMNS, threads, json_path,
+        backend=False)
+    if hardware is not None:
+        summary = prediction_errors(rows)
+        if summary:
+            print(summary)
+    return rows
+
+
+def prediction_errors(rows: Sequence[Dict]) -> Optional[str]:
+    """The predictor against the measurement over the rows that carry a
+    prediction in the benchmark's own milliseconds (``hardware`` given):
+    the mean absolute percentage error (MAPE) of the whole backbone's
+    static and dynamic ms (each static baseline counted once per row, as
+    it was timed once per row) and the mean absolute error of the
+    predicted speedup (measured ``speedup`` against static / dynamic
+    predicted).
+
+    Returns:
+        one printed line, or None when no row has a prediction.
+
+    Source: paper sec. 3.3 "Empirical validation" (MAPE of the latency
+    predictor).
+    """
+    rows = [r for r in rows if r['predicted_static_ms'] is not None]
+    if not rows:
+        return None
+
+    def ape(p, m):
+        return 100. * abs(p - m) / m
+    st = [ape(r['predicted_static_ms'], r['static_ms']) for r in rows]
+    dy = [ape(r['predicted_dynamic_ms'], r['dynamic_ms']) for r in rows]
+    sp = [abs(r['predicted_static_ms'] / r['predicted_dynamic_ms'] -
+              r['speedup']) for r in rows]
+    n = len(rows)
+    return (f'# predicted vs measured ms, {n} rows: MAPE '
+            f'{(sum(st) + sum(dy)) / (2 * n):.1f} % (static '
+            f'{sum(st) / n:.1f} %, dynamic {sum(dy) / n:.1f} %); speedup '
+            f'off by {sum(sp) / n:.2f}x on average')

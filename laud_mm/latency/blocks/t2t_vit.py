@@ -5,7 +5,10 @@ of the T2T-ViT Tokens-to-Token module.
 Layout: tokens are rows, (N, L, D) row-major. A linear layer on L tokens is a
 1x1 "convolution" whose output width is the token axis
 (:class:`~laud_mm.latency.operators.ConvOp` ``(batch=N, cin, cout, 1, L)``),
-so the tile search of :mod:`laud_mm.latency.operators` applies unchanged.
+so the tile search of :mod:`laud_mm.latency.operators` applies; as a
+library GEMM (``ConvOp.blas_gemm``) it costs the larger of its compute, at
+``HardwareSpec.gemm_speed`` times the modelled rate, and its off-chip
+traffic (a roofline: its blocking overlaps the two).
 The attention products are batched GEMMs with per-(sample, head) operands:
 QK^T is ``ConvOp(N*H, cin=dh, cout=L_keys, 1, L_queries)`` and AV is
 ``ConvOp(N*H, cin=L_keys, cout=dh, 1, L_queries)``, with the keys / values
@@ -74,7 +77,9 @@ def linear_tokens_latency(hw: HardwareSpec, name: str, batch: float,
                           tokens: int, cin: float, cout: float,
                           **kw) -> OpLatency:
     """A Linear(cin, cout) applied to ``tokens`` tokens of each of
-    ``batch`` samples (a 1x1 conv with the tokens as the output width).
+    ``batch`` samples (a 1x1 conv with the tokens as the output width), a
+    library GEMM (``ConvOp.blas_gemm``: its compute at
+    ``HardwareSpec.gemm_speed`` times the modelled rate).
 
     Args:
         hw: the device.
@@ -91,7 +96,7 @@ def linear_tokens_latency(hw: HardwareSpec, name: str, batch: float,
     """
     t = int(tokens)
     return conv_latency(hw, ConvOp(float(batch), cin, cout, 1, t, 1, t,
-                                   name=name, **kw))
+                                   blas_gemm=True, name=name, **kw))
 
 
 def attention_ops(hw: HardwareSpec, pairs: float, tokens: int,
@@ -131,9 +136,10 @@ def fused_attention_op(hw: HardwareSpec, pairs: float, tokens: int,
     kernel that keeps the logits on chip (torch's
     ``scaled_dot_product_attention``, which the Tokens-to-Token module runs
     in inference: ``LAUDT2TViT.inference_attention``): the compute of the two
-    products (their tile model, :func:`attention_ops`) and of the softmax,
-    one launch, and off-chip only q, k, v read and the output written
-    (``pairs * L * dh`` elements each).
+    products (their tile model, :func:`attention_ops`) and of the softmax at
+    ``HardwareSpec.attention_speed`` times the modelled rate, one launch,
+    and off-chip only q, k, v read and the output written (``pairs * L *
+    dh`` elements each).
 
     Returns:
         [attn_fused] (milliseconds; MACs ``2 * pairs * L^2 * dh``), or []
@@ -148,7 +154,7 @@ def fused_attention_op(hw: HardwareSpec, pairs: float, tokens: int,
     io = elementwise_latency(hw, prefix + 'attn_io',
                              float(pairs * int(tokens) * head_dims), 3, 1,
                              ops_per_elem=0.)
-    compute = sum(o.compute_ms for o in parts)
+    compute = sum(o.compute_ms for o in parts) / hw.attention_speed
     launch = max(o.launch_ms for o in parts)
     return [OpLatency(prefix + 'attn_fused', compute + io.memory_ms + launch,
                       compute, io.memory_ms, launch,
