@@ -296,7 +296,10 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
     weight reorder), weight_reorder_gbs, host_call_us and
     fused_gemm_speed, each within 10x of ``spec``'s value (a
     ``host_call_us`` of 0 starts from ``launch_us``), on the cases
-    ``idx``. ``launch_us`` and ``region_us`` stay measured, as in
+    ``idx``. ``gemm_speed`` and ``attention_speed`` (relative to
+    ``fp32_per_pe``) are rescaled so that the transformer kernels'
+    absolute rates stay as calibrated (ResNet cases say nothing of
+    them). ``launch_us`` and ``region_us`` stay measured, as in
     :func:`laud_mm.latency.calibration.fit_spec`: the host calls around
     the kernels are the fitted ``host_call_us``. The loss is the reported
     metric, the mean absolute percentage error, minimised by Powell's
@@ -327,6 +330,11 @@ def fit_on_cases(spec, cases: Sequence[Dict], idx: Sequence[int]):
         v = dict(zip(keys, np.exp(x)))
         if 'fused_gemm_speed' in v:
             v['fused_gemm_speed'] /= v['fp32_per_pe']
+        # the transformer kernels' calibrated rates are not fitted on
+        # ResNet blocks: their absolute rate (x fp32_per_pe) is kept
+        scale = spec.fp32_per_pe / v['fp32_per_pe']
+        v['gemm_speed'] = spec.gemm_speed * scale
+        v['attention_speed'] = spec.attention_speed * scale
         return spec.replace(**{k: float(x) for k, x in v.items()})
 
     def loss(x):

@@ -746,7 +746,10 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
 
     A term keeps its value in ``spec`` (printed) where the measured time
     leaves no room for the modelled compute (a call no slower than its
-    modelled memory and launch says nothing of the compute rate).
+    modelled memory and launch says nothing of the compute rate). The
+    calls run back to back (warm caches), also where the blocks are timed
+    from cold caches: they are compute bound, their operands (1.8 MB of
+    weights, a few MB of keys) a small part of their time.
 
     Args:
         spec: the spec whose other terms model the kernels.

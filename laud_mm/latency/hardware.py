@@ -107,14 +107,14 @@ class HardwareSpec:
             ``calibrate_hardware.py`` measures it on a fused spatial and
             a fused channel block with half their gates on.
         gemm_speed: compute rate of the library GEMMs over token rows
-            (``nn.Linear`` and the batched matmuls of a transformer
-            layer: MKL's / cuBLAS's sgemm, ``ConvOp.blas_gemm``) as a
-            multiple of the rate the model gives the library convolutions
-            (> 0; 1, default: the same). On the CPUs of this project a
-            large sgemm runs 1.5 - 2.3x the rate the convolution fit gives
-            (docs/latency_predictor.md, "Transformer layers");
-            ``calibrate_hardware.py`` measures it on an encoder layer's
-            Linear.
+            (``nn.Linear`` and the head-skipping batched GEMMs: MKL's /
+            cuBLAS's sgemm, ``ConvOp.blas_gemm``) as a multiple of the
+            rate the model gives the library convolutions (> 0; 1,
+            default: the same). ``calibrate_hardware.py`` measures it on
+            an encoder layer's Linear: 1.48 at two threads and 0.90 at
+            one on the Intel VM of docs/t2t_vit.md, "Latency on a CPU"
+            (the convolution fit at one thread gives a higher rate per
+            core).
         attention_speed: compute rate of the fused attention kernel
             (``scaled_dot_product_attention``: the two products and the
             softmax, the logits kept on chip) as a multiple of the rate

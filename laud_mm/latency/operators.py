@@ -92,7 +92,9 @@ class OpLatency:
 
     Attributes:
         name: operator name, e.g. ``'conv2'``, ``'gather_conv2'``.
-        ms: total latency (compute + memory + launch), milliseconds.
+        ms: total latency, milliseconds: compute + memory + launch (a
+            library GEMM over token rows, ``ConvOp.blas_gemm``: max(compute,
+            memory) + launch).
         compute_ms, memory_ms, launch_ms: the three terms, milliseconds.
         macs: multiply-accumulates executed (whole batch).
         offchip_bytes, onchip_bytes: traffic of the chosen tile shape (the
@@ -279,8 +281,10 @@ def reorders_weights(op: ConvOp) -> bool:
     convolution, which re-lays out the weights on every call
     (``HardwareSpec.weight_reorder_gbs``): kernels larger than 1x1, and 1x1
     convolutions of :data:`ONEDNN_MIN_1X1_BATCH` images or more; not the
-    per-sample batched GEMMs (``per_sample_channels``)."""
-    if op.per_sample_channels:
+    per-sample batched GEMMs (``per_sample_channels``) nor the library
+    GEMMs of linear layers (``blas_gemm``: ``F.linear`` runs MKL at any
+    batch)."""
+    if op.per_sample_channels or op.blas_gemm:
         return False
     return op.kernel > 1 or op.batch >= ONEDNN_MIN_1X1_BATCH
 
@@ -297,7 +301,9 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
         :class:`OpLatency` of the best tile shape (milliseconds; the
         launch term is ``launch_us``, plus one parallel region,
         ``region_us``, on several PEs where ``op`` is one,
-        :attr:`ConvOp.parallel`); a
+        :attr:`ConvOp.parallel`; compute + memory + launch, or for a
+        library GEMM over token rows, :attr:`ConvOp.blas_gemm`, the
+        roofline max(compute, off-chip memory) + launch); a
         zero-cost entry when the operator has no work (``batch`` or
         ``cout`` is 0).
 
@@ -415,7 +421,10 @@ def conv_latency(hw: HardwareSpec, op: ConvOp) -> OpLatency:
         total = np.maximum(t_compute, t_mem) + launch
     else:
         total = t_compute + t_mem + launch
-    i = int(np.argmin(total))
+    # a memory-bound roofline ties every tile whose compute fits under the
+    # memory time: report the one of least compute among them
+    i = int(np.lexsort((t_compute, total))[0]) if op.blas_gemm else \
+        int(np.argmin(total))
     return OpLatency(
         op.name, float(total[i]) * 1e3, float(t_compute[i]) * 1e3,
         float(t_mem[i]) * 1e3, launch * 1e3, op.macs, float(offchip),

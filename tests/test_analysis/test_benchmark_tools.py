@@ -115,14 +115,15 @@ def test_table_columns_written_once():
         common.thread_counts([2, 0])
 
 
-def test_t2t_benchmark_times_the_backbone_and_its_prediction(tmp_path,
-                                                            monkeypatch):
+def test_t2t_benchmark_times_the_backbone_and_its_prediction(
+        tmp_path, monkeypatch, capsys):
     """The T2T-ViT benchmark times the whole backbone a user runs,
     ``static_forward(x)`` against ``backbone(x)``, and puts the predictor's
     milliseconds beside them: a calibrated CPU spec at the benchmark's batch
     (eager kernels) on rows of the thread count the spec models, '-' on the
     others; the V100 at batch 128 by default; the error line is the MAPE
-    of those milliseconds; an unknown --hardware is refused by name."""
+    of those milliseconds; an unknown --hardware, or a GPU's, is refused
+    by name."""
     from laud_mm.analysis.benchmark import t2t_vit
     from laud_mm.latency import get_hardware, save_hardware
     from laud_mm.models import LAUDT2TViT
@@ -134,21 +135,25 @@ def test_t2t_benchmark_times_the_backbone_and_its_prediction(tmp_path,
             calls.append(_name)
             return _orig(self, x)
         monkeypatch.setattr(LAUDT2TViT, name, spy)
-    spec = tmp_path / 'cpu1.yaml'
-    save_hardware(get_hardware('cpu').replace(name='cpu1', num_pe=1),
-                  str(spec))
+    spec = tmp_path / 'cpu1.yaml'  # as calibrate_hardware writes a CPU's
+    save_hardware(get_hardware('cpu').replace(name='cpu1', num_pe=1,
+                                              max_tile_batch=1), str(spec))
     pred, batch = t2t_vit.predictor(str(spec), 8)
     assert (pred.hw.num_pe, pred.eager, batch) == (1, True, 8)
     pred, batch = t2t_vit.predictor(None, 8)
     assert (pred.hw.name, pred.eager, batch) == ('v100', False, 128)
     with pytest.raises(ValueError, match='nosuchgpu'):
         t2t_vit.benchmark_t2t_vit(tiny=True, hardware='nosuchgpu')
+    with pytest.raises(ValueError, match=r"--hardware='tx2' does not model "
+                       r'a CPU'):  # a GPU's ms are not this CPU's
+        t2t_vit.benchmark_t2t_vit(tiny=True, hardware='tx2')
     rows = t2t_vit.benchmark_t2t_vit(tiny=True, rates=[0.5], repeats=1,
                                      warmup=0, paradigms=['layer'],
                                      threads=[1, 2], hardware=str(spec))
-    # per row: warm-up and exactness calls aside, static and dynamic
-    # forwards alternate
-    assert calls.count('static_forward') >= 1 and 'forward' in calls
+    # per row (no warm-up, one pair, r < 1: no exactness check): the
+    # static forward (which runs forward inside), the timed dynamic
+    # forward, the one whose statistics the row reads
+    assert calls == ['static_forward', 'forward', 'forward', 'forward'] * 2
     one, two = rows
     assert one['predicted_static_ms'] > 0 and \
         one['predicted_dynamic_ms'] < one['predicted_static_ms']
@@ -160,7 +165,15 @@ def test_t2t_benchmark_times_the_backbone_and_its_prediction(tmp_path,
     assert line == ('# predicted vs measured ms, 1 rows: MAPE 15.0 % '
                     '(static 10.0 %, dynamic 20.0 %); speedup off by 0.50x '
                     'on average')
-    assert t2t_vit.prediction_errors([two]) is None
+    assert t2t_vit.prediction_errors([two, {}]) is None
+    # a spec of another thread count than any row's: said so
+    spec3 = tmp_path / 'cpu3.yaml'
+    save_hardware(get_hardware(str(spec)).replace(num_pe=3), str(spec3))
+    t2t_vit.benchmark_t2t_vit(tiny=True, rates=[1.0], repeats=1, warmup=0,
+                              paradigms=['spatial'], threads=1,
+                              hardware=str(spec3))
+    assert '# no row at the thread count the spec models (num_pe=3)' in \
+        capsys.readouterr().out
 
 
 def test_kernel_benchmark_rows_compare_equal_results():

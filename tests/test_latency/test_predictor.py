@@ -1374,6 +1374,13 @@ def test_validation_fit_recovers_host_and_fused_terms():
     assert fitted.fused_gemm_speed == pytest.approx(1.5, rel=0.1)
     assert fitted.host_call_us == pytest.approx(15., rel=0.1)
     assert fitted.launch_us == base.launch_us  # stays measured
+    # the transformer kernels' absolute rates stay as calibrated
+    tf = base.replace(gemm_speed=1.5, attention_speed=0.8)
+    fitted = fit_on_cases(tf, cases, idx)
+    for key in ('gemm_speed', 'attention_speed'):
+        assert getattr(fitted, key) * fitted.fp32_per_pe == pytest.approx(
+            getattr(tf, key) * tf.fp32_per_pe)
+    assert fitted.fp32_per_pe != tf.fp32_per_pe
 
 
 def test_transformer_kernel_terms():
@@ -1435,8 +1442,14 @@ def test_transformer_kernel_terms():
         out = transformer_terms(spec, torch.device('cpu'), verbose=False)
     finally:
         torch.set_num_threads(prev)
-    assert out.gemm_speed != 1. and out.attention_speed != 1. and \
-        out.replace(gemm_speed=1., attention_speed=1.) == spec
+    assert out.replace(gemm_speed=1., attention_speed=1.) == spec
+    # measured, not defaulted: within the 10x a fit would allow either
+    # way (this CPU's sgemm and fused attention against the placeholder
+    # spec's 16 MAC/cycle at 2.6 GHz), the Linear compute bound
+    assert 0.1 < out.gemm_speed < 10 and out.gemm_speed != 1.
+    assert 0.1 < out.attention_speed < 10 and out.attention_speed != 1.
+    lin = linear_tokens_latency(out, 'fc1', 8, 197, 384, 1152)
+    assert lin.compute_ms > lin.memory_ms
     # 1 us a call leaves nothing for their compute
     n = 1 + len(ATTENTION_CALIB_SHAPES)
     assert transformer_terms(spec, torch.device('cpu'), verbose=False,

@@ -21,15 +21,18 @@ Timing: :func:`~laud_mm.analysis.timing.bench_pair` (static and dynamic runs
 alternate after warm-up; wall-clock medians, speedups as medians of the
 per-pair ratios of wall-clock and of process CPU times, robust on a shared
 machine). The Tokens-to-Token module, dense and the same in both, is also
-timed alone (median, after a warm-up call) for its share of the whole;
-'pred. v100' is the latency predictor's whole-backbone dynamic / static ratio
-(fused kernels, batch 128) at the realised gate rates; 'encoder FLOPs' the
-encoder's FLOPs ratio. Command line: ``tools/analysis_tools/
-benchmark_t2t_vit.py``.
+timed alone (median, after a warm-up call) for its share of the whole.
+The 'pred.' columns are the latency predictor's whole backbone at the
+realised gate rates (:func:`predictor`: the V100 at batch 128, fused
+kernels, by default; a spec of this CPU at the benchmark's batch with
+``hardware``, whose milliseconds :func:`prediction_errors` compares with
+the measured ones); 'encoder FLOPs' is the encoder's FLOPs ratio.
+Command line: ``tools/analysis_tools/benchmark_t2t_vit.py``.
 
 Source: paper sec. 3.2 and "Experiments on vision Transformers" (token
 skipping by indexing, head and layer skipping).
 """
+import contextlib
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -72,19 +75,40 @@ def predictor(hardware: Optional[str], batch: int
               ) -> Tuple[LatencyPredictor, int]:
     """The predictor of the table's 'pred.' columns and the batch it
     predicts: the V100 at batch 128, the paper's setting (fused kernels),
-    when ``hardware`` is None; else the spec ``hardware`` (a known name or
-    a spec file of ``calibrate_hardware.py``) at the benchmark's ``batch``
-    as this project's path runs it (``implementation='eager'``), so that
-    its milliseconds compare with the measured ones.
+    when ``hardware`` is None; else the CPU spec ``hardware`` (a spec file
+    of ``calibrate_hardware.py`` on this CPU, which writes
+    ``max_tile_batch`` 1) at the benchmark's ``batch`` as this project's
+    path runs it (``implementation='eager'``), so that its milliseconds
+    compare with the measured ones.
 
     Raises:
-        ValueError: an unknown device name or a bad spec file
-            (:func:`~laud_mm.latency.get_hardware`).
+        ValueError: an unknown device name, a bad spec file
+            (:func:`~laud_mm.latency.get_hardware`), or a spec that does
+            not model a CPU (``max_tile_batch`` other than 1: a GPU's
+            milliseconds are not this CPU's), naming ``--hardware``.
     """
     if hardware is None:
         return LatencyPredictor('v100'), 128
-    return LatencyPredictor(get_hardware(hardware),
-                            implementation='eager'), batch
+    hw = get_hardware(hardware)
+    if hw.max_tile_batch != 1:
+        raise ValueError(
+            f'--hardware={hardware!r} does not model a CPU (max_tile_batch='
+            f'{hw.max_tile_batch}, a CPU spec of calibrate_hardware.py has '
+            f'1): its milliseconds do not compare with the ones measured '
+            f'here')
+    return LatencyPredictor(hw, implementation='eager'), batch
+
+
+@contextlib.contextmanager
+def _raw_output(net: LAUDT2TViT):
+    """Within the context the backbone returns every token (mmpretrain's
+    ``out_type='raw'``: (N, L, C)), not only what ``out_type`` selects."""
+    prev = net.out_type
+    net.out_type = 'raw'
+    try:
+        yield
+    finally:
+        net.out_type = prev
 
 
 def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
@@ -154,8 +178,8 @@ def run(arch: str, paradigms: Sequence[str], rates: Sequence[float],
         p_static = pred.predict_static(geoms, p_batch, stem=sgeom).total_ms
         for rate in rates:
             dens = force_random_token_gates(net, rate, batch, tokens, seed=1)
-            if rate == 1.0:  # exactness spot check: the static network
-                with torch.no_grad():
+            if rate == 1.0:  # exactness spot check: every output token
+                with torch.no_grad(), _raw_output(net):
                     check_exact(net.static_forward(x)[-1], net(x)[-1], 1e-4)
             tm = bench_pair(net.static_forward, net, x, warmup, repeats)
             st, dy = tm.static_ms, tm.dynamic_ms
@@ -224,8 +248,8 @@ def benchmark_t2t_vit(arch: Optional[str] = None,
         backend=False)
     if hardware is not None:
         summary = prediction_errors(rows)
-        if summary:
-            print(summary)
+        print(summary or f'# no row at the thread count the spec models '
+              f'(num_pe={pred.hw.num_pe}): nothing predicted')
     return rows
 
 
@@ -238,13 +262,17 @@ def prediction_errors(rows: Sequence[Dict]) -> Optional[str]:
     predicted speedup (measured ``speedup`` against static / dynamic
     predicted).
 
+    Args:
+        rows: rows of :func:`run` (or of its JSON file); those without a
+            ``predicted_static_ms`` (None or absent) are skipped.
+
     Returns:
         one printed line, or None when no row has a prediction.
 
     Source: paper sec. 3.3 "Empirical validation" (MAPE of the latency
     predictor).
     """
-    rows = [r for r in rows if r['predicted_static_ms'] is not None]
+    rows = [r for r in rows if r.get('predicted_static_ms') is not None]
     if not rows:
         return None
 
