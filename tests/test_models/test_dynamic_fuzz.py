@@ -13,8 +13,9 @@ way in half precision), both compared to the float64 masked-dense model
 with the same gates: the dynamic error is at most twice the masked-dense
 one (or 1e-2 of the output scale).
 
-``LAUD_FUZZ_EXAMPLES`` sets the number of examples (CI: 30, under a minute
-on 2 cores); docs/reliability.md gives the command that runs 1000.
+``LAUD_FUZZ_EXAMPLES`` sets the number of random examples; without it (CI)
+the same 30 are drawn every run (``derandomize``; under a minute on 2
+cores); docs/reliability.md gives the command that runs 1000.
 
 Source: paper sec. 3.4 (dynamic inference computes the masked-dense
 function); docs/method.md sec. 1.
@@ -26,7 +27,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import laud_mm  # noqa: F401  (first: registers, torchvision compat)
@@ -41,6 +42,10 @@ from conftest import load_coco_images  # noqa: E402
 
 BACKENDS = ['pytorch'] + (['cpp'] if ops.extension() is not None else [])
 FUZZ_EXAMPLES = int(os.environ.get('LAUD_FUZZ_EXAMPLES', 30))
+#: CI's default run draws the same examples every time (a run fails on the
+#: code, not on a newly drawn example); ``LAUD_FUZZ_EXAMPLES=N`` explores N
+#: random ones (docs/reliability.md)
+FUZZ_DERANDOMIZE = 'LAUD_FUZZ_EXAMPLES' not in os.environ
 TOL = 1e-4
 
 #: (strides, dilations) of the four ResNet stages: mmdet's default, a
@@ -175,6 +180,55 @@ def assert_near_ties(net, seen, ref_gates, rel: float = 1e-4) -> None:
             (diff[differ], diff.max())
 
 
+@contextlib.contextmanager
+def bf16_convolutions():
+    """Record the geometry of every bfloat16 convolution that runs within
+    the context (ATen's ``convolution``, whichever module or function
+    calls it: the masked-dense modules and the dynamic paths' folded
+    convolutions alike): a set of (input shape, weight shape, stride,
+    padding, dilation, groups)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    seen = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default and \
+                    args[0].dtype == torch.bfloat16:
+                seen.add((tuple(args[0].shape), tuple(args[1].shape),
+                          tuple(args[3]), tuple(args[4]), tuple(args[5]),
+                          args[8]))
+            return func(*args, **(kwargs or {}))
+    with Record():
+        yield seen
+
+
+_BF16_CONV_OK = {}
+
+
+def bf16_convolution_ok(geom) -> bool:
+    """Whether torch computes a bfloat16 convolution of this geometry
+    (:func:`bf16_convolutions`) right on this machine: random operands
+    rounded to bfloat16, the bfloat16 result within 5 % of the largest
+    magnitude of the float32 result on the same operands. torch 2.13's CPU
+    bfloat16 3 x 3 convolution of stride 2 returns wrong (often
+    non-finite) values for inputs 1 - 2 pixels wide and 9 or more high,
+    on every call, in every memory format: an upstream defect that the
+    fuzz test must not blame on the dynamic path (the masked-dense model
+    hits it too)."""
+    if geom not in _BF16_CONV_OK:
+        xs, ws, stride, padding, dilation, groups = geom
+        g = torch.Generator().manual_seed(0)
+        fan_in = ws[1] * ws[2] * ws[3]
+        x = torch.randn(xs, generator=g).bfloat16()
+        w = (torch.randn(ws, generator=g) / fan_in ** 0.5).bfloat16()
+        y = F.conv2d(x, w, None, stride, padding, dilation, groups).float()
+        ref = F.conv2d(x.float(), w.float(), None, stride, padding,
+                       dilation, groups)
+        _BF16_CONV_OK[geom] = bool(torch.isfinite(y).all()) and float(
+            (y - ref).abs().max()) <= 0.05 * float(ref.abs().max()) + 1e-3
+    return _BF16_CONV_OK[geom]
+
+
 _COCO = {}
 
 
@@ -191,6 +245,7 @@ def images(kind: str, n: int, hw, seed: int) -> torch.Tensor:
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+          derandomize=FUZZ_DERANDOMIZE,
           suppress_health_check=[HealthCheck.too_slow])
 @given(model=models(), data=st.data())
 def test_dynamic_equals_masked_dense(model, data):
@@ -219,12 +274,16 @@ def test_dynamic_equals_masked_dense(model, data):
         force(net, pattern, seed + 1)
         autocast = torch.autocast('cpu', dtype=dtype,
                                   enabled=dtype != torch.float32)
-        with autocast, masker_inputs(net) as seen:
+        with autocast, masker_inputs(net) as seen, \
+                bf16_convolutions() as convs:
             net.dynamic_inference = False
             ref = net(x)
             ref_gates = [b.last_stats['gate'] for b in net.blocks]
             net.dynamic_inference = True
             out = net(x)
+        # an upstream bfloat16 convolution defect is not the dynamic
+        # path's (bf16_convolution_ok): such inputs say nothing of it
+        assume(all(bf16_convolution_ok(c) for c in convs))
         if not all(torch.equal(b.last_stats['gate'], g)
                    for b, g in zip(net.blocks, ref_gates)):
             # the dynamic spatial path computes the masker's logit fused
