@@ -144,9 +144,16 @@ def test_t2t_benchmark_times_the_backbone_and_its_prediction(
     assert (pred.hw.name, pred.eager, batch) == ('v100', False, 128)
     with pytest.raises(ValueError, match='nosuchgpu'):
         t2t_vit.benchmark_t2t_vit(tiny=True, hardware='nosuchgpu')
-    with pytest.raises(ValueError, match=r"--hardware='tx2' does not model "
-                       r'a CPU'):  # a GPU's ms are not this CPU's
-        t2t_vit.benchmark_t2t_vit(tiny=True, hardware='tx2')
+    for name in ('tx2', 'cpu'):  # a GPU's, the placeholder's
+        with pytest.raises(ValueError, match=rf"--hardware='{name}' is not "
+                           r'a spec calibrated on a CPU'):
+            t2t_vit.benchmark_t2t_vit(tiny=True, hardware=name)
+    # the exactness check refuses a NaN and a shape change
+    with pytest.raises(RuntimeError, match='r = 1'):
+        common.check_exact(torch.ones(2, 3),
+                           torch.tensor([[1., float('nan'), 1.]] * 2), 1e-4)
+    with pytest.raises(RuntimeError, match='differ in shape'):
+        common.check_exact(torch.ones(2, 3), torch.ones(2, 4), 1e-4)
     rows = t2t_vit.benchmark_t2t_vit(tiny=True, rates=[0.5], repeats=1,
                                      warmup=0, paradigms=['layer'],
                                      threads=[1, 2], hardware=str(spec))

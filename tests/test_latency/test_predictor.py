@@ -1244,6 +1244,15 @@ def test_weight_reorder_term():
     per_sample = ConvOp(16., 2048, 512, 7, 7, 7, 7, 1, 1, name='c',
                         per_sample_channels=True)
     assert not reorders_weights(per_sample)
+    # a token Linear (F.linear: MKL) at 16 images: no reorder, its memory
+    # term the off-chip traffic alone (the library GEMMs' roofline)
+    lin = ConvOp(16., 1024, 4096, 1, 197, 1, 197, 1, 1, name='fc1',
+                 blas_gemm=True)
+    assert not reorders_weights(lin) and extra(lin) == pytest.approx(0.)
+    conv_latency.cache_clear()
+    o = conv_latency(spec, lin)
+    assert o.memory_ms == pytest.approx(
+        o.offchip_bytes / spec.bandwidth * 1e3)
     assert get_hardware('v100').weight_reorder_gbs == 0  # GPUs: never
     with pytest.raises(ValueError, match='weight_reorder_gbs=-1'):
         base.replace(weight_reorder_gbs=-1)
@@ -1417,6 +1426,14 @@ def test_transformer_kernel_terms():
     a = linear_tokens_latency(cpu, 'qkv', 8, 197, 384, 576, **heads)
     assert linear_tokens_latency(fast, 'qkv', 8, 197, 384, 576,
                                  **heads).ms <= halved(a) + 1e-9
+    # memory bound (64 -> 64): every tile whose compute fits under the
+    # memory time ties; the reported tile is the one of least compute, so
+    # the compute scales with the rate
+    lo = [linear_tokens_latency(cpu.replace(gemm_speed=s), 'fc', 8, 197,
+                                64, 64) for s in (4., 16.)]
+    assert lo[0].memory_ms > lo[0].compute_ms
+    assert lo[1].compute_ms == pytest.approx(lo[0].compute_ms / 4)
+    assert lo[1].ms == pytest.approx(lo[0].ms)
     assert fused_attention_op(fast, 48, 197, 64) == \
         fused_attention_op(cpu, 48, 197, 64)
     att, att2 = (fused_attention_op(h, 48, 197, 64)[0] for h in (

@@ -186,14 +186,15 @@ def bf16_convolutions():
     the context (ATen's ``convolution``, whichever module or function
     calls it: the masked-dense modules and the dynamic paths' folded
     convolutions alike): a set of (input shape, weight shape, stride,
-    padding, dilation, groups)."""
+    padding, dilation, groups) of the 2-D, not transposed ones."""
     from torch.utils._python_dispatch import TorchDispatchMode
     seen = set()
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func is torch.ops.aten.convolution.default and \
-                    args[0].dtype == torch.bfloat16:
+                    args[0].dtype == torch.bfloat16 and \
+                    args[0].dim() == 4 and not args[6]:  # 2-D, not transposed
                 seen.add((tuple(args[0].shape), tuple(args[1].shape),
                           tuple(args[3]), tuple(args[4]), tuple(args[5]),
                           args[8]))
@@ -274,16 +275,23 @@ def test_dynamic_equals_masked_dense(model, data):
         force(net, pattern, seed + 1)
         autocast = torch.autocast('cpu', dtype=dtype,
                                   enabled=dtype != torch.float32)
-        with autocast, masker_inputs(net) as seen, \
-                bf16_convolutions() as convs:
+        record = bf16_convolutions if dtype == torch.bfloat16 else \
+            (lambda: contextlib.nullcontext(set()))
+        with autocast, masker_inputs(net) as seen:
             net.dynamic_inference = False
-            ref = net(x)
+            with record() as md_convs:
+                ref = net(x)
             ref_gates = [b.last_stats['gate'] for b in net.blocks]
             net.dynamic_inference = True
-            out = net(x)
-        # an upstream bfloat16 convolution defect is not the dynamic
-        # path's (bf16_convolution_ok): such inputs say nothing of it
-        assume(all(bf16_convolution_ok(c) for c in convs))
+            with record() as dyn_convs:
+                out = net(x)
+        # an upstream bfloat16 convolution defect that the masked-dense
+        # model hits (bf16_convolution_ok) says nothing of the dynamic
+        # path; one that only the dynamic path hits is its defect
+        assume(all(bf16_convolution_ok(c) for c in md_convs))
+        broken = [c for c in dyn_convs if not bf16_convolution_ok(c)]
+        assert not broken, f'the dynamic path runs bf16 convolutions ' \
+            f'torch computes wrong: {broken}'
         if not all(torch.equal(b.last_stats['gate'], g)
                    for b, g in zip(net.blocks, ref_gates)):
             # the dynamic spatial path computes the masker's logit fused
@@ -383,6 +391,32 @@ def _bf16_close(net, x):
         net.float()
     return [(rel_err(a, e), rel_err(r, e))
             for a, r, e in zip(out, ref, exact)]
+
+
+@pytest.mark.xfail(strict=True, reason='known: the bf16 bound (2x masked-'
+                   "dense's error, or 1 %) is tight for R101: stage 3 1.6 % "
+                   "against 0.57 % (docs/reliability.md)")
+def test_r101_channel_bf16_stage3_error_bound():
+    """The one example a 1000-example random run found over the bfloat16
+    bound, pinned so that the documented figures can be checked and a
+    change that brings it under the bound is noticed: LAUD-ResNet-101,
+    channel G = 8-2-2-1, gates on, 1 x 9 x 9 noise (seed 1284), PyTorch
+    backend."""
+    seed = 1284
+    torch.manual_seed(seed)
+    net = MODELS.build(dict(type='laud_mm.LAUDResNet', depth=101,
+                            base_channels=8, paradigm='channel',
+                            granularity=(8, 2, 2, 1))).eval()
+    randomize(net, seed)
+    x = images('noise', 1, (9, 9), seed)
+    with torch.no_grad(), ops.use_backend('pytorch'):
+        net(x)
+        net.force_gates(1.0)
+        errs = _bf16_close(net, x)
+    assert errs[2][0] == pytest.approx(0.0161, abs=1e-3) and \
+        errs[2][1] == pytest.approx(0.0057, abs=1e-3)  # the documented pair
+    for err_dyn, err_md in errs:
+        assert err_dyn <= max(2 * err_md, 1e-2), (err_dyn, err_md)
 
 
 def test_channel_blocks_with_every_group_off_under_autocast():

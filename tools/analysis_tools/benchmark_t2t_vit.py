@@ -39,9 +39,9 @@ def parse_args(argv=None):
     p.add_argument('--tiny', action='store_true',
                    help='a 2-layer, 64-dim model on 64 px (smoke test)')
     p.add_argument('--hardware', default=None,
-                   help="the 'pred.' columns' device: a name or a spec file "
-                   'of calibrate_hardware.py, predicted at --batch as this '
-                   "project's path runs, at the spec's thread count "
+                   help="the 'pred.' columns' device: a spec file of "
+                   'calibrate_hardware.py on this CPU, predicted at --batch '
+                   "as this project's path runs, at the spec's thread count "
                    '(num_pe) only; default: the V100 at batch 128')
     p.add_argument('--json', default=None, help='write the rows as JSON')
     return p.parse_args(argv)

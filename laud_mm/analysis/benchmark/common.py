@@ -199,11 +199,17 @@ def check_exact(static_out: torch.Tensor, dynamic_out: torch.Tensor,
     """At r = 1 the dynamic path computes what the static one does.
 
     Raises:
-        RuntimeError: max |static - dynamic| > ``rtol`` x max |static|.
+        RuntimeError: outputs of different shapes, or max |static -
+            dynamic| not within ``rtol`` x max |static| (a NaN anywhere
+            included).
     """
+    if static_out.shape != dynamic_out.shape:
+        raise RuntimeError(f'dynamic output {tuple(dynamic_out.shape)} and '
+                           f'static output {tuple(static_out.shape)} differ '
+                           f'in shape at r = 1')
     diff = float((static_out - dynamic_out).abs().max())
     scale = float(static_out.abs().max())
-    if diff > rtol * scale:
+    if not diff <= rtol * scale:
         raise RuntimeError(f'dynamic output differs from the static one at '
                            f'r = 1: max diff {diff:.3g} > {rtol} x max '
                            f'|static| ({scale:.3g})')

@@ -83,19 +83,20 @@ def predictor(hardware: Optional[str], batch: int
 
     Raises:
         ValueError: an unknown device name, a bad spec file
-            (:func:`~laud_mm.latency.get_hardware`), or a spec that does
-            not model a CPU (``max_tile_batch`` other than 1: a GPU's
-            milliseconds are not this CPU's), naming ``--hardware``.
+            (:func:`~laud_mm.latency.get_hardware`), or a spec not
+            calibrated on a CPU (``max_tile_batch`` other than 1: a GPU's,
+            or the paper's and the placeholder ``'cpu'`` specs), naming
+            ``--hardware``.
     """
     if hardware is None:
         return LatencyPredictor('v100'), 128
     hw = get_hardware(hardware)
     if hw.max_tile_batch != 1:
         raise ValueError(
-            f'--hardware={hardware!r} does not model a CPU (max_tile_batch='
-            f'{hw.max_tile_batch}, a CPU spec of calibrate_hardware.py has '
-            f'1): its milliseconds do not compare with the ones measured '
-            f'here')
+            f'--hardware={hardware!r} is not a spec calibrated on a CPU '
+            f'(max_tile_batch={hw.max_tile_batch}; calibrate_hardware.py '
+            f'writes max_tile_batch: 1 there): its milliseconds do not '
+            f'compare with the ones measured here')
     return LatencyPredictor(hw, implementation='eager'), batch
 
 
@@ -221,13 +222,14 @@ def benchmark_t2t_vit(arch: Optional[str] = None,
     't2t-vit-t-14' at 224 px): :func:`run` at each thread count of
     ``threads`` (an int or a list; None: 1 and every logical CPU) as one
     printed table and, with ``json_path``, a JSON file of its rows. The
-    'pred.' columns are those of :func:`predictor` (``hardware``: a device
-    name or spec file; None: the V100 at batch 128).
+    'pred.' columns are those of :func:`predictor` (``hardware``: a spec
+    file of ``calibrate_hardware.py`` on this CPU; None: the V100 at
+    batch 128).
 
     Raises:
         ValueError: an option out of range, an unknown arch, ``arch`` /
-            ``size`` with ``tiny``, or an unknown ``hardware`` (names the
-            option and value).
+            ``size`` with ``tiny``, or a ``hardware`` that is not a CPU
+            spec (:func:`predictor`; names the option and value).
     """
     if tiny and (arch is not None or size is not None):
         raise ValueError(f'--arch={arch!r} / --size={size!r} cannot be used '
