@@ -678,15 +678,41 @@ def dynamic_path_terms(spec: HardwareSpec, device: torch.device,
         if verbose:
             print(f'  {paradigm} block at density {d:.3f}: {t:.3f} ms, '
                   f'modelled GEMM compute {c:.3f} ms')
-    if gemm > 0 and left > 0.1 * gemm:
-        spec = spec.replace(fused_gemm_speed=gemm / left)
+    return rate_term(spec, 'fused_gemm_speed', gemm, left,
+                     gemm > 0 and left > 0.1 * gemm, 'fused GEMMs', verbose)
+
+
+def rate_term(spec: HardwareSpec, key: str, modelled_ms: float,
+              left_ms: float, measurable: bool, what: str,
+              verbose: bool = True) -> HardwareSpec:
+    """A kernel class's speed term: its modelled compute time (at the
+    term's value 1) over the time the measurement leaves for that compute.
+
+    Args:
+        spec: the spec to update.
+        key: the :class:`HardwareSpec` field (``fused_gemm_speed``,
+            ``gemm_speed``, ``attention_speed``).
+        modelled_ms: modelled compute time at ``key`` = 1, ms.
+        left_ms: measured time less the modelled non-compute terms, ms.
+        measurable: whether the measurement determines the term (else the
+            spec's value is kept and the reason printed).
+        what: the kernel class, for the printed line.
+        verbose: print the result.
+
+    Returns:
+        ``spec`` with ``key`` = ``modelled_ms / left_ms`` where
+        ``measurable``, else ``spec``.
+
+    Source: paper appendix A (the compute term of a kernel).
+    """
+    if measurable:
+        spec = spec.replace(**{key: modelled_ms / left_ms})
         if verbose:
-            print(f'  fused GEMMs: {spec.fused_gemm_speed:.2f}x the '
-                  f'modelled rate')
+            print(f'  {what}: {getattr(spec, key):.2f}x the modelled rate')
     elif verbose:
-        print(f'  the measured blocks leave {left:.3f} ms for {gemm:.3f} ms '
-              f'of modelled GEMMs: fused_gemm_speed kept at '
-              f'{spec.fused_gemm_speed}')
+        print(f'  {what}: the measurement leaves {left_ms:.3f} ms for '
+              f'{modelled_ms:.3f} ms of modelled compute: {key} kept at '
+              f'{getattr(spec, key)}')
     return spec
 
 
@@ -783,17 +809,13 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
     op = linear_tokens_latency(spec.replace(gemm_speed=1.), 'gemm', n, t,
                                cin, cout)
     left = ms[0] - op.launch_ms
-    if left > op.memory_ms:
-        spec = spec.replace(gemm_speed=op.compute_ms / left)
-        if verbose:
-            print(f'  token Linear {n}x{t}x{cin} -> {cout}: {ms[0]:.3f} ms, '
-                  f'modelled compute {op.compute_ms:.3f} ms (memory '
-                  f'{op.memory_ms:.3f} ms, overlapped): library GEMMs '
-                  f'{spec.gemm_speed:.2f}x the modelled rate')
-    elif verbose:
-        print(f'  token Linear: {ms[0]:.3f} ms, not above its modelled '
-              f'memory time ({op.memory_ms:.3f} ms) and launch: gemm_speed '
-              f'kept at {spec.gemm_speed}')
+    if verbose:
+        print(f'  token Linear {n}x{t}x{cin} -> {cout}: {ms[0]:.3f} ms, '
+              f'modelled compute {op.compute_ms:.3f} ms (memory '
+              f'{op.memory_ms:.3f} ms, overlapped)')
+    # a call no slower than its memory time says nothing of the compute
+    spec = rate_term(spec, 'gemm_speed', op.compute_ms, left,
+                     left > op.memory_ms, 'library GEMMs', verbose)
     compute = left = 0.
     for (b, h, t, dh), m in zip(ATTENTION_CALIB_SHAPES, ms[1:]):
         op = fused_attention_op(spec.replace(attention_speed=1.), b * h, t,
@@ -803,16 +825,8 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
         if verbose:
             print(f'  attention {b}x{h}x{t}x{dh}: {m:.3f} ms, modelled '
                   f'compute {op.compute_ms:.3f} ms')
-    if left > 0:
-        spec = spec.replace(attention_speed=compute / left)
-        if verbose:
-            print(f'  fused attention: {spec.attention_speed:.2f}x the '
-                  f'modelled rate')
-    elif verbose:
-        print(f'  the attentions leave {left:.3f} ms for {compute:.3f} ms '
-              f'of modelled compute: attention_speed kept at '
-              f'{spec.attention_speed}')
-    return spec
+    return rate_term(spec, 'attention_speed', compute, left, left > 0,
+                     'fused attention', verbose)
 
 
 def fit_spec(spec: HardwareSpec, samples, verbose: bool = True
