@@ -71,6 +71,15 @@ run (median process CPU time of repeated calls after warm-up,
 - ``max_pool``: the stem's 3x3 / 2 max-pool, :func:`~laud_mm.ops.max_pool2d`
   (the compiled kernel) against ``F.max_pool2d`` on NCHW and against
   oneDNN's pool (conversions included), at 224 px and 800 x 1216;
+- ``soft_split``: the T2T-ViT Tokens-to-Token module's image split (7 x 7
+  windows, stride 4, of 8 images of 224 px) as its first layer gets it,
+  ``nn.Unfold`` (ATen's ``im2col``) then the transposing copy into token
+  rows, against
+  :func:`~laud_mm.models.t2t_vit.soft_split.soft_split_tokens`; then the
+  whole module of T2T-ViT-t-14 with its attention fused, mmpretrain's
+  split against the token-major one
+  (:meth:`~laud_mm.models.LAUDT2TViT.inference_kernels`) (wall-clock
+  medians, the two alternating; note: whether the outputs are equal);
 - ``static_1x1``: 1x1 convolutions of the static R50 at 800 x 1216 and
   at 224 px (batch 8), ``F.conv2d`` (oneDNN, what the static reference
   runs) against MKL GEMMs on the same NCHW data;
@@ -655,6 +664,65 @@ def max_pool_rows(shapes: Sequence[Tuple[int, ...]] = (
     return rows
 
 
+def _alternating_wall_ms(a, b, warmup: int = 2, repeats: int = 9
+                         ) -> Tuple[float, float]:
+    """Median wall-clock ms of ``a()`` and ``b()``, called alternately
+    ``repeats`` times after ``warmup`` untimed pairs."""
+    ta, tb = [], []
+    for rep in range(warmup + repeats):
+        t = (wall_ms(a), wall_ms(b))
+        if rep >= warmup:
+            ta.append(t[0])
+            tb.append(t[1])
+    return statistics.median(ta), statistics.median(tb)
+
+
+def soft_split_rows(batch: int = 8, size: int = 224) -> List[Row]:
+    """``soft_split``: the T2T module's image split (7 x 7 / 4, padding 2)
+    of ``batch`` images of ``size`` px into token rows, ``F.unfold`` then
+    the transposing copy against
+    :func:`~laud_mm.models.t2t_vit.soft_split.soft_split_tokens`; then
+    T2T-ViT-t-14's whole Tokens-to-Token module, its attention fused
+    (:func:`~laud_mm.models.t2t_vit.attention.fused_attention`), with
+    mmpretrain's split against within
+    :meth:`~laud_mm.models.LAUDT2TViT.inference_kernels` (the token-major
+    split as well). Wall-clock medians of 9 alternating pairs after 2;
+    note: 'equal' when ``torch.equal``."""
+    from laud_mm.models import LAUDT2TViT
+    from laud_mm.models.t2t_vit.attention import fused_attention
+    from laud_mm.models.t2t_vit.soft_split import soft_split_tokens
+    x = torch.randn(batch, 3, size, size,
+                    generator=torch.Generator().manual_seed(0))
+
+    def unfold():
+        return F.unfold(x, 7, stride=4, padding=2).transpose(1, 2) \
+            .contiguous()
+
+    def tokens():
+        return soft_split_tokens(x, 7, 4, 2)
+    same = torch.equal(unfold(), tokens())
+    ta, tb = _alternating_wall_ms(unfold, tokens)
+    rows = [('soft_split', f'{batch} x 3 x {size}x{size}, 7x7 / 4',
+             'F.unfold + transpose copy', ta, 'soft_split_tokens', tb,
+             'equal' if same else 'DIFFERENT')]
+    torch.manual_seed(0)
+    net = LAUDT2TViT(paradigm='spatial', dynamic_inference=True).eval()
+
+    def module_unfold():
+        with fused_attention(net.attention_modules()):
+            return net.tokens_to_token(x)[0]
+
+    def module_tokens():
+        with net.inference_kernels():
+            return net.tokens_to_token(x)[0]
+    same = torch.equal(module_unfold(), module_tokens())
+    ta, tb = _alternating_wall_ms(module_unfold, module_tokens)
+    rows.append(('soft_split', f'T2T-ViT-t-14 T2T module, {batch} x {size}',
+                 'nn.Unfold split', ta, 'token-major split', tb,
+                 'equal' if same else 'DIFFERENT'))
+    return rows
+
+
 def gemm_conv1x1(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
                   stride: int) -> torch.Tensor:
     """``F.conv2d(x, w, b, stride)`` for a 1x1 kernel as MKL GEMMs on NCHW
@@ -844,7 +912,7 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      channel_branch=channel_branch_rows,
                      channel_split=channel_split_rows,
                      masker_gate=masker_gate_rows,
-                     max_pool=max_pool_rows,
+                     max_pool=max_pool_rows, soft_split=soft_split_rows,
                      static_1x1=static_conv1x1_rows,
                      pixels=pixel_rows, regions=region_rows)
 

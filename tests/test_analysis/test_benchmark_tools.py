@@ -357,6 +357,19 @@ def test_window_conv1_rows_compare_equal_results():
         assert float(note.split()[-1]) < 1e-4
 
 
+def test_soft_split_rows_compare_equal_tokens():
+    """The kernel benchmarks' soft_split rows time the T2T image split and
+    the whole T2T module both ways; both pairs give equal results (the
+    note says so) and every time is positive."""
+    with torch.no_grad():
+        rows = kernels.soft_split_rows(batch=1, size=64)
+    assert [r[2] for r in rows] == ['F.unfold + transpose copy',
+                                    'nn.Unfold split']
+    for kernel, _, _, ta, _, tb, note in rows:
+        assert kernel == 'soft_split' and ta > 0 and tb > 0
+        assert note == 'equal'
+
+
 def test_scatter_rows_compare_equal_results():
     """The kernel benchmarks' scatter rows: the compiled in-place scatter
     with identity_nonneg equals the PyTorch reference bit for bit at the R50

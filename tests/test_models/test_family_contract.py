@@ -180,7 +180,7 @@ GATES_ON_NOT_BITWISE[('t2t_vit', 'spatial', 'masked-dense')] = \
     'masked softmax over the kept keys (exp(l - max) * m / sum)'
 GATES_ON_NOT_BITWISE.update({
     ('t2t_vit', p, 'dynamic'): 'the attention fused '
-    '(LAUDT2TViT.inference_attention)' for p in PARADIGMS})
+    '(LAUDT2TViT.inference_kernels)' for p in PARADIGMS})
 
 #: (family, clause) -> a package bug the contract found (a strict xfail:
 #: the test fails once the bug is fixed, so that the entry goes).

@@ -10,7 +10,7 @@ it:
 - static: :meth:`~laud_mm.models.LAUDT2TViT.static_forward`, the backbone's
   own forward with every encoder layer static (mmpretrain's
   ``T2TTransformerLayer.forward``) and every attention fused
-  (:meth:`~laud_mm.models.LAUDT2TViT.inference_attention`);
+  (:meth:`~laud_mm.models.LAUDT2TViT.inference_kernels`);
 - dynamic: ``backbone(x)`` with ``dynamic_inference=True`` (its input
   check, the Tokens-to-Token module, every layer's eval path: gather /
   scatter of kept tokens, kept heads only, kept samples only; the
@@ -114,11 +114,11 @@ def _raw_output(net: LAUDT2TViT):
 
 def stem_tokens(net: LAUDT2TViT, x: torch.Tensor) -> torch.Tensor:
     """The encoder input (N, tokens, C): T2T module (in the backbone's
-    :meth:`~laud_mm.models.LAUDT2TViT.inference_attention`, as its
+    :meth:`~laud_mm.models.LAUDT2TViT.inference_kernels`, as its
     forward runs it), class token, position embedding (mmpretrain's
     ``T2T_ViT.forward`` up to the encoder)."""
     from mmpretrain.models.utils import resize_pos_embed
-    with net.inference_attention():
+    with net.inference_kernels():
         t, hw = net.tokens_to_token(x)
     if net.cls_token is not None:
         t = torch.cat((net.cls_token.expand(x.shape[0], -1, -1), t), dim=1)

@@ -18,7 +18,7 @@ as per-item weights (``per_sample_channels``: a tile cannot span two
 Kernels of a layer (LayerNorm and the residual adds are streaming kernels;
 GELU is fused into fc1's epilogue, ``implementation='eager'`` adds it as a
 separate kernel; the attention is one fused kernel, :func:`fused_attention_op`,
-as inference runs it on every device: ``LAUDT2TViT.inference_attention`` and
+as inference runs it on every device: ``LAUDT2TViT.inference_kernels`` and
 the dynamic paths' ``attend``):
 
 * static: ln1, qkv (D -> 3D), attention (QK^T, softmax over N*H*L*L
@@ -135,7 +135,7 @@ def fused_attention_op(hw: HardwareSpec, pairs: float, tokens: int,
     """QK^T, softmax and AV of ``pairs`` (sample, head) pairs as one
     kernel that keeps the logits on chip (torch's
     ``scaled_dot_product_attention``, which the Tokens-to-Token module runs
-    in inference: ``LAUDT2TViT.inference_attention``): the compute of the two
+    in inference: ``LAUDT2TViT.inference_kernels``): the compute of the two
     products (their tile model, :func:`attention_ops`) and of the softmax at
     ``HardwareSpec.attention_speed`` times the modelled rate, one launch,
     and off-chip only q, k, v read and the output written (``pairs * L *
@@ -350,7 +350,7 @@ def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
     shortcut), soft split 1, T2T layer 2, soft split 2, the projection to
     ``embed_dims``, class token + position embedding. The two T2T layers'
     attention is one fused kernel each (:func:`fused_attention_op`), as
-    inference runs it (``LAUDT2TViT.inference_attention``)."""
+    inference runs it (``LAUDT2TViT.inference_kernels``)."""
     hw, eager = pred.hw, pred.eager
     td = stem.token_dims
     l0 = stem.hw0[0] * stem.hw0[1]

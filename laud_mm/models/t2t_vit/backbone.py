@@ -26,7 +26,7 @@ import contextlib
 import re
 from collections.abc import Sequence as SequenceABC
 from copy import deepcopy
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from ..layers.backbone import LAUDBackboneMixin
 from ..layers.checkpoint import record_paradigm
 from .attention import fused_attention
 from .block import LAUDT2TLayer
+from .soft_split import token_major_soft_split
 
 #: mmpretrain's T2T-ViT-t variants: embed_dims, num_layers, num_heads, FFN
 #: ratio, T2T token_dims
@@ -270,11 +271,12 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         """mmpretrain's ``T2T_ViT.forward`` (the LAUD layers record their
         statistics). In dynamic inference of a LAUD model and in
         ``static_forward`` (its baseline), mmpretrain's attention modules
-        run fused (:meth:`inference_attention`)."""
+        run fused and the image split writes token rows
+        (:meth:`inference_kernels`)."""
         self.check_input(x, self.tokens_to_token.attention1.attn.input_dims
                          // 49)
         self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
-        with self.inference_attention():
+        with self.inference_kernels():
             return super().forward(x)
 
     def attention_modules(self) -> List[nn.Module]:
@@ -286,25 +288,39 @@ class LAUDT2TViT(LAUDBackboneMixin, T2T_ViT):
         return [t2t.attention1.attn, t2t.attention2.attn] + \
             [b.attn for b in self.blocks]
 
-    def inference_attention(self) -> contextlib.AbstractContextManager:
+    def inference_kernels(self) -> contextlib.AbstractContextManager:
         """The context the backbone's forward runs in: in eval mode, with
         ``dynamic_inference`` on a LAUD model (``paradigm`` set) or within
         ``static_forward``,
-        :func:`~laud_mm.models.t2t_vit.attention.fused_attention` over
-        :meth:`attention_modules` (the same function up to float rounding,
-        within about 1e-6 relative; the T2T module's 3136 x 3136 logits at
-        224 px cost about 85 % of the backbone on a CPU, and the encoder
-        layers run about 1.2x faster); otherwise (training, masked-dense
-        evaluation, ``paradigm=None``) none: mmpretrain's own operators, bit
-        for bit. The dynamic paths' own attention is fused anyway
+
+        - :func:`~laud_mm.models.t2t_vit.attention.fused_attention` over
+          :meth:`attention_modules` (the same function up to float
+          rounding, within about 1e-6 relative; the T2T module's 3136 x
+          3136 logits at 224 px cost about 85 % of the backbone on a CPU,
+          and the encoder layers run about 1.2x faster), and
+        - :func:`~laud_mm.models.t2t_vit.soft_split.token_major_soft_split`
+          of the T2T module's image split (the same values, written as
+          token rows in one pass instead of ``im2col`` and a transposing
+          copy);
+
+        otherwise (training, masked-dense evaluation, ``paradigm=None``)
+        none: mmpretrain's own operators, bit for bit. The dynamic paths'
+        own attention is fused anyway
         (:func:`~laud_mm.models.t2t_vit.attention.attend`). Source: paper
         sec. 3.4 (inference scheduled for the hardware); docs/t2t_vit.md,
-        "Fused attention in inference"."""
+        "Fused attention in inference" and "The image split, token-major".
+        """
         static = bool(self.blocks) and self.blocks[0].static_mode
         if self.training or not (static or (
                 self.dynamic_inference and self.paradigm is not None)):
             return contextlib.nullcontext()
-        return fused_attention(self.attention_modules())
+        return self._inference_kernels()
+
+    @contextlib.contextmanager
+    def _inference_kernels(self) -> Iterator[None]:
+        with fused_attention(self.attention_modules()), \
+                token_major_soft_split(self.tokens_to_token.soft_split0):
+            yield
 
     # ------------------------------------------------------------- stats
     def stem_geometry(self, in_hw: Tuple[int, int]) -> T2TStemGeometry:

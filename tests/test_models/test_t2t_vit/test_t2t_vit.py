@@ -577,3 +577,70 @@ def test_inference_attention_fused_only_in_inference(paradigm, monkeypatch):
         net(x)
     for a in attns:
         assert a.scaled_dot_product_attention.func is pyimpl
+
+
+@pytest.mark.parametrize('shape,k,s,p', [
+    ((2, 3, 64, 64), 7, 4, 2),      # the image split at 64 px
+    ((2, 3, 61, 58), 7, 4, 2),      # sides that leave a remainder
+    ((1, 5, 9, 11), (3, 2), (2, 1), (1, 0)),  # pairs, no padding on W
+    ((2, 4, 7, 7), 3, 2, 1)])
+def test_soft_split_tokens_equals_unfold(shape, k, s, p):
+    """The token-major soft split moves the same floats as nn.Unfold and its
+    transpose: equal element for element, contiguous token rows, on real
+    image values and on a strided (non-contiguous) input; sizes it cannot
+    split are refused by name."""
+    from conftest import load_coco_images
+    from laud_mm.models.t2t_vit.soft_split import soft_split_tokens
+    n, c, h, w = shape
+    x = load_coco_images(n=n, size=(h, w)) if c == 3 else \
+        torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.unfold(x, k, stride=s, padding=p)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last),
+                x.transpose(2, 3).contiguous().transpose(2, 3)):
+        got = soft_split_tokens(inp, k, s, p)
+        assert got.is_contiguous()
+        assert torch.equal(got, ref.transpose(1, 2))
+    with pytest.raises(ValueError, match='must be .N, C, H, W.'):
+        soft_split_tokens(x[0], k, s, p)
+    with pytest.raises(ValueError, match='smaller than the'):
+        soft_split_tokens(x[..., :1, :1], 9, 1, 0)
+    with pytest.raises(ValueError, match='kernel_size=.*pair of ints'):
+        soft_split_tokens(x, 1.5, s, p)
+
+
+def test_image_split_token_major_only_in_inference():
+    """Where the attention runs fused (dynamic inference, static_forward)
+    the T2T module's image split hands its first layer contiguous token
+    rows (no im2col, no transposing copy), the same values as mmpretrain's
+    nn.Unfold; everywhere else it is mmpretrain's module, and its own
+    forward is back after every forward, also one that raises."""
+    from conftest import load_coco_images
+    x = load_coco_images(n=2, size=(64, 64))
+    net = tiny('spatial')
+    net.force_gates(1.0)
+    split = net.tokens_to_token.soft_split0
+    seen = []
+    split.register_forward_hook(
+        lambda m, a, out: seen.append(out.transpose(1, 2)))
+
+    def run(mode):
+        seen.clear()
+        net.train(mode == 'train')
+        net.dynamic_inference = mode == 'dynamic'
+        with torch.no_grad():
+            net.static_forward(x) if mode == 'static_forward' else net(x)
+        assert 'forward' not in split.__dict__, mode  # its own is back
+        return seen[0]
+    ref = run('masked-dense')
+    assert not ref.is_contiguous()  # mmpretrain's: a transposed view
+    assert not run('train').is_contiguous()
+    for mode in ('dynamic', 'static_forward'):
+        got = run(mode)
+        assert got.is_contiguous() and torch.equal(got, ref), mode
+    net.eval()
+    net.dynamic_inference = True
+    split.register_forward_hook(
+        lambda m, a, out: (_ for _ in ()).throw(RuntimeError('boom')))
+    with torch.no_grad(), pytest.raises(RuntimeError, match='boom'):
+        net(x)
+    assert 'forward' not in split.__dict__
