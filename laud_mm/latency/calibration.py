@@ -30,7 +30,8 @@ the fused kernels' GEMM speed on three dynamic blocks of one geometry
 (``host_call_us``, ``fused_gemm_speed``), and on any device
 :func:`transformer_terms` the rates of a transformer layer's library
 kernels, its token GEMMs and its fused attention (``gemm_speed``,
-``attention_speed``); the predictor validation
+``attention_speed``), and the bandwidth its streaming kernels reach in
+a whole encoder layer (``token_stream_gbs``); the predictor validation
 (:mod:`laud_mm.analysis.validation`) times 274 other cases. Blocks are
 timed as they run inside a backbone forward (:func:`cold_start`: weights
 in DRAM, host code warm, input in cache), unless ``warm_caches``, and all
@@ -724,6 +725,41 @@ GEMM_CALIB_LINEAR = (8, 197, 384, 1152)
 #: ``attention_speed``: a T2T-ViT-t-14 encoder layer's and the second
 #: Tokens-to-Token layer's (28 x 28 tokens), 8 images of 224 px
 ATTENTION_CALIB_SHAPES = ((8, 6, 197, 64), (8, 1, 784, 64))
+#: (batch, tokens, embed dims, heads, MLP channels) of the encoder layer it
+#: times for ``token_stream_gbs``: T2T-ViT-t-14's, 8 images of 224 px
+STREAM_CALIB_LAYER = (8, 197, 384, 6, 1152)
+
+
+def encoder_layer_case(device: torch.device, gen: torch.Generator
+                       ) -> Callable[[], torch.Tensor]:
+    """A pre-norm transformer encoder layer of :data:`STREAM_CALIB_LAYER`
+    as inference runs it, in PyTorch operators (the order and operators
+    of mmpretrain's layer with the attention fused): LayerNorm, the qkv
+    Linear (no bias), ``scaled_dot_product_attention``, the projection,
+    the residual add, LayerNorm, fc1, GELU, fc2, the residual add; a call
+    without autograd returns the layer output (N, L, D)."""
+    n, t, d, heads, ffn = STREAM_CALIB_LAYER
+    dh = d // heads
+
+    def w(*shape):
+        return (torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
+                ).to(device)
+    x = torch.randn(n, t, d, generator=gen).to(device)
+    g1, g2 = torch.ones(d, device=device), torch.ones(d, device=device)
+    b = torch.zeros(d, device=device)
+    wqkv, wp, w1, w2 = w(3 * d, d), w(d, d), w(ffn, d), w(d, ffn)
+    b1 = torch.zeros(ffn, device=device)
+
+    def call():
+        with torch.no_grad():
+            h = F.layer_norm(x, (d,), g1, b)
+            q, k, v = F.linear(h, wqkv).view(n, t, 3, heads, dh).permute(
+                2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v)
+            y = x + F.linear(a.transpose(1, 2).reshape(n, t, d), wp, b)
+            h = F.layer_norm(y, (d,), g2, b)
+            return y + F.linear(F.gelu(F.linear(h, w1, b1)), w2, b)
+    return call
 
 
 def transformer_cases(device: torch.device
@@ -732,7 +768,8 @@ def transformer_cases(device: torch.device
     ``device``: ``('gemm', F.linear of GEMM_CALIB_LINEAR)`` (one library
     sgemm over the batch's token rows), then ``('attention', F.
     scaled_dot_product_attention)`` of each of
-    :data:`ATTENTION_CALIB_SHAPES` (q = k = v)."""
+    :data:`ATTENTION_CALIB_SHAPES` (q = k = v), then ``('layer',
+    encoder_layer_case)``."""
     gen = torch.Generator().manual_seed(0)
     n, t, cin, cout = GEMM_CALIB_LINEAR
     x = torch.randn(n, t, cin, generator=gen).to(device)
@@ -749,6 +786,7 @@ def transformer_cases(device: torch.device
         q = torch.randn(*shape, generator=gen).to(device)
         cases.append(('attention', no_grad(F.scaled_dot_product_attention,
                                            q, q, q)))
+    cases.append(('layer', encoder_layer_case(device, gen)))
     return cases
 
 
@@ -768,7 +806,17 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
       :data:`ATTENTION_CALIB_SHAPES`; their summed modelled compute
       (:func:`~laud_mm.latency.blocks.t2t_vit.fused_attention_op` at
       ``attention_speed`` 1) divided by their summed measured time less
-      the modelled memory and launch terms.
+      the modelled memory and launch terms;
+    * ``token_stream_gbs``: the encoder layer of
+      :data:`STREAM_CALIB_LAYER` (:func:`encoder_layer_case`): the bytes
+      of its streaming kernels (the two LayerNorms, the two adds, GELU:
+      :data:`~laud_mm.latency.blocks.t2t_vit.LAYER_STREAM_OPS`) over what
+      its measured time leaves after its other kernels, modelled with the
+      two terms above, and the streaming kernels' launches and regions.
+      The layer runs as in a forward, each kernel reading what the one
+      before it wrote, so the rate covers what isolated calls miss of a
+      forward (the other kernels' in-network time included: the term is
+      what makes the modelled layer match the measured one).
 
     A term keeps its value in ``spec`` (printed) where the measured time
     leaves no room for the modelled compute (a call no slower than its
@@ -796,8 +844,9 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
     Source: paper appendix A (the compute term of a kernel);
     docs/latency_predictor.md, "Transformer layers".
     """
-    from .blocks.t2t_vit import fused_attention_op, linear_tokens_latency
-    n_cases = 1 + len(ATTENTION_CALIB_SHAPES)
+    from .blocks.t2t_vit import (LAYER_STREAM_OPS, fused_attention_op,
+                                 linear_tokens_latency, transformer_ops)
+    n_cases = 2 + len(ATTENTION_CALIB_SHAPES)
     if times is None:
         times = time_cases([(fn, None) for _, fn in
                             transformer_cases(device)], device, clock=clock)
@@ -817,7 +866,7 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
     spec = rate_term(spec, 'gemm_speed', op.compute_ms, left,
                      left > op.memory_ms, 'library GEMMs', verbose)
     compute = left = 0.
-    for (b, h, t, dh), m in zip(ATTENTION_CALIB_SHAPES, ms[1:]):
+    for (b, h, t, dh), m in zip(ATTENTION_CALIB_SHAPES, ms[1:-1]):
         op = fused_attention_op(spec.replace(attention_speed=1.), b * h, t,
                                 dh)[0]
         compute += op.compute_ms
@@ -825,8 +874,29 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
         if verbose:
             print(f'  attention {b}x{h}x{t}x{dh}: {m:.3f} ms, modelled '
                   f'compute {op.compute_ms:.3f} ms')
-    return rate_term(spec, 'attention_speed', compute, left, left > 0,
+    spec = rate_term(spec, 'attention_speed', compute, left, left > 0,
                      'fused attention', verbose)
+    n, t, d, heads, ffn = STREAM_CALIB_LAYER
+    ops = transformer_ops(spec, n, t, d, d, heads, d // heads, ffn,
+                          eager=True, fused_attention=True)
+    stream = [o for o in ops if o.name in LAYER_STREAM_OPS]
+    left = ms[-1] - sum(o.ms for o in ops
+                        if o.name not in LAYER_STREAM_OPS) - \
+        sum(o.launch_ms for o in stream)
+    moved = sum(o.offchip_bytes for o in stream)
+    if verbose:
+        print(f'  encoder layer {n}x{t}x{d}: {ms[-1]:.3f} ms, of which '
+              f'{left:.3f} ms left for its streaming kernels\' '
+              f'{moved / 1e6:.1f} MB')
+    if left > 0:
+        spec = spec.replace(token_stream_gbs=moved / left / 1e6)
+        if verbose:
+            print(f'  token streaming kernels: '
+                  f'{spec.token_stream_gbs:.2f} GB/s')
+    elif verbose:
+        print(f'  token streaming kernels: the layer leaves no time for '
+              f'them: token_stream_gbs kept at {spec.token_stream_gbs}')
+    return spec
 
 
 def fit_spec(spec: HardwareSpec, samples, verbose: bool = True

@@ -121,6 +121,19 @@ class HardwareSpec:
             the model gives its parts (> 0; 1, default).
             ``calibrate_hardware.py`` measures it on an encoder layer's
             and a Tokens-to-Token layer's attention.
+        token_stream_gbs: bandwidth, GB/s, at which PyTorch's streaming
+            kernels over token activations (LayerNorm, the residual adds,
+            GELU, the Tokens-to-Token module's splits and copies, the
+            token-skipping gathers and scatters) move their bytes inside a
+            transformer forward; each such kernel then costs its bytes /
+            this rate plus its launch and parallel region
+            (:func:`laud_mm.latency.blocks.t2t_vit.token_stream_latency`).
+            0 (default; the paper's specs): the streaming model of
+            :func:`~laud_mm.latency.operators.elementwise_latency`.
+            ``calibrate_hardware.py`` measures it from an encoder layer
+            run as inference runs it: what the layer's time leaves after
+            its GEMMs and its attention, as modelled with the two terms
+            above.
 
     Derived: ``peak_macs`` (MAC/s), ``bandwidth`` and ``l2_bandwidth``
     (bytes/s).
@@ -152,6 +165,7 @@ class HardwareSpec:
     region_us: float = 0.
     gemm_speed: float = 1.
     attention_speed: float = 1.
+    token_stream_gbs: float = 0.
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -166,7 +180,8 @@ class HardwareSpec:
             zero_ok = f.name in ('launch_us', 'max_tile_batch',
                                   'weight_reorder_gbs',
                                   'weight_reorder_min_mb', 'vector_width',
-                                  'llc_mb', 'host_call_us', 'region_us')
+                                  'llc_mb', 'host_call_us', 'region_us',
+                                  'token_stream_gbs')
             if zero_ok:
                 ok = ok and v >= 0
             else:

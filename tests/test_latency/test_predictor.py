@@ -1099,8 +1099,9 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
     try:
         calibration.calibrate_hardware(threads=1, fit=True,
                                        out=str(tmp_path / 'a.yaml'))
-        # static blocks, the dynamic path's, the transformer kernels
-        n = 16 + 1 + 3
+        # static blocks, the dynamic path's, the transformer kernels (a
+        # Linear, two attentions, an encoder layer)
+        n = 16 + 1 + 4
         assert len(seen) == n * rounds
         # round after round over all the cases, in the same order
         for r in range(1, rounds):
@@ -1112,10 +1113,10 @@ def test_calibration_fit_times_static_blocks_as_inside_a_forward(
             [(i + 1 + (rounds // 2) * n) for i in range(16)])
         assert terms[0][1] == [dyn] and terms[0][3] == 'NCHW'
         assert terms[0][2] == pytest.approx(
-            [1e-3 * (n - 3 + (rounds // 2) * n)])
+            [1e-3 * (n - 4 + (rounds // 2) * n)])
         assert tf == [pytest.approx([1e-3 * (i + (rounds // 2) * n)
-                                     for i in (n - 2, n - 1, n)])]
-        assert {b for _, b in seen[n - 3:n]} == {None}  # back to back
+                                     for i in (n - 3, n - 2, n - 1, n)])]
+        assert {b for _, b in seen[n - 4:n]} == {None}  # back to back
         fn, before = seen[0]
         assert before.func is calibration.cold_start
         twin, x = before.args[1], before.args[2]
@@ -1384,12 +1385,80 @@ def test_validation_fit_recovers_host_and_fused_terms():
     assert fitted.host_call_us == pytest.approx(15., rel=0.1)
     assert fitted.launch_us == base.launch_us  # stays measured
     # the transformer kernels' absolute rates stay as calibrated
-    tf = base.replace(gemm_speed=1.5, attention_speed=0.8)
+    tf = base.replace(gemm_speed=1.5, attention_speed=0.8,
+                      token_stream_gbs=9.)
     fitted = fit_on_cases(tf, cases, idx)
     for key in ('gemm_speed', 'attention_speed'):
         assert getattr(fitted, key) * fitted.fp32_per_pe == pytest.approx(
             getattr(tf, key) * tf.fp32_per_pe)
     assert fitted.fp32_per_pe != tf.fp32_per_pe
+    assert fitted.token_stream_gbs == 9.  # an absolute rate: kept
+
+
+def test_token_stream_term():
+    """HardwareSpec.token_stream_gbs prices the streaming kernels over
+    token activations (and only those) at bytes / rate + launch and
+    region; 0 keeps the streaming model. A T2T-ViT's prediction rises at
+    a low rate, a ResNet's and a RegNetY's do not move. Calibration
+    inverts it: given the times a spec predicts for its cases (the token
+    Linear, the attentions, the encoder layer), transformer_terms returns
+    that spec's three terms. A negative rate is refused by name."""
+    from laud_mm.latency.blocks.t2t_vit import (LAYER_STREAM_OPS,
+                                                fused_attention_op,
+                                                linear_tokens_latency,
+                                                token_stream_latency,
+                                                transformer_ops)
+    from laud_mm.latency.calibration import (ATTENTION_CALIB_SHAPES,
+                                             GEMM_CALIB_LINEAR,
+                                             STREAM_CALIB_LAYER,
+                                             transformer_terms)
+    from laud_mm.latency.operators import elementwise_latency
+    from laud_mm.models import regnety_geometries
+    from laud_mm.models.t2t_vit import t2t_vit_geometries
+    cpu = get_hardware('cpu').replace(vector_width=16, llc_mb=32.)
+    slow = cpu.replace(token_stream_gbs=5.)
+    assert token_stream_latency(cpu, 'ln1', 6e5, 1, 1, 5.) == \
+        elementwise_latency(cpu, 'ln1', 6e5, 1, 1, ops_per_elem=5.)
+    a = token_stream_latency(slow, 'add1', 6e5, 2, 1)
+    assert a.offchip_bytes == 6e5 * 3 * 4 and a.compute_ms == 0.
+    assert a.ms == pytest.approx(a.offchip_bytes / 5e9 * 1e3 + a.launch_ms)
+    assert a.launch_ms == elementwise_latency(cpu, 'add1', 6e5).launch_ms
+    # a layer: only the streaming kernels change
+    la, lb = (transformer_ops(h, 8, 197, 384, 384, 6, 64, 1152, eager=True,
+                              fused_attention=True) for h in (cpu, slow))
+    for x, y in zip(la, lb):
+        assert (x == y) != (x.name in LAYER_STREAM_OPS), x.name
+    g, s = t2t_vit_geometries('t2t-vit-t-14', (224, 224), 'spatial')
+    pa, pb = (LatencyPredictor(h, implementation='eager')
+              for h in (cpu, slow))
+    assert pb.predict_backbone(g, [0.5] * 14, 8, s).total_ms > \
+        1.05 * pa.predict_backbone(g, [0.5] * 14, 8, s).total_ms
+    for geoms, stem in (resnet_geometries(50, (224, 224), 'spatial',
+                                          (4, 4, 2, 1)),
+                        regnety_geometries('regnety_400mf', (224, 224),
+                                           'channel', (2, 2, 2, 2))):
+        assert pb.predict_backbone(geoms, [0.5] * len(geoms), 8,
+                                   stem).total_ms == \
+            pa.predict_backbone(geoms, [0.5] * len(geoms), 8, stem).total_ms
+    with pytest.raises(ValueError, match='token_stream_gbs=-1'):
+        cpu.replace(token_stream_gbs=-1.)
+    # calibration inverts the model: a spec's own predictions give back
+    # its terms
+    true = cpu.replace(gemm_speed=1.3, attention_speed=0.9,
+                       token_stream_gbs=8.)
+    n, t, cin, cout = GEMM_CALIB_LINEAR
+    times = [linear_tokens_latency(true, 'gemm', n, t, cin, cout).ms]
+    times += [fused_attention_op(true, b * h, t, dh)[0].ms
+              for b, h, t, dh in ATTENTION_CALIB_SHAPES]
+    n, t, d, heads, ffn = STREAM_CALIB_LAYER
+    times.append(sum(o.ms for o in transformer_ops(
+        true, n, t, d, d, heads, d // heads, ffn, eager=True,
+        fused_attention=True)))
+    out = transformer_terms(cpu, torch.device('cpu'), verbose=False,
+                            times=[m / 1e3 for m in times])
+    for key in ('gemm_speed', 'attention_speed', 'token_stream_gbs'):
+        assert getattr(out, key) == pytest.approx(getattr(true, key),
+                                                  rel=0.02), key
 
 
 def test_transformer_kernel_terms():
@@ -1459,7 +1528,8 @@ def test_transformer_kernel_terms():
         out = transformer_terms(spec, torch.device('cpu'), verbose=False)
     finally:
         torch.set_num_threads(prev)
-    assert out.replace(gemm_speed=1., attention_speed=1.) == spec
+    assert out.replace(gemm_speed=1., attention_speed=1.,
+                       token_stream_gbs=0.) == spec
     # measured, not defaulted: within the 10x a fit would allow either
     # way (this CPU's sgemm and fused attention against the placeholder
     # spec's 16 MAC/cycle at 2.6 GHz), the Linear compute bound
@@ -1467,8 +1537,11 @@ def test_transformer_kernel_terms():
     assert 0.1 < out.attention_speed < 10 and out.attention_speed != 1.
     lin = linear_tokens_latency(out, 'fc1', 8, 197, 384, 1152)
     assert lin.compute_ms > lin.memory_ms
+    # an encoder layer run as a forward runs it leaves time for its
+    # streaming kernels: a bandwidth between a slow DRAM's and a cache's
+    assert 0.5 < out.token_stream_gbs < 1000.
     # 1 us a call leaves nothing for their compute
-    n = 1 + len(ATTENTION_CALIB_SHAPES)
+    n = 2 + len(ATTENTION_CALIB_SHAPES)
     assert transformer_terms(spec, torch.device('cpu'), verbose=False,
                              times=[1e-6] * n) == spec
     with pytest.raises(ValueError, match=f'{n} cases but times'):

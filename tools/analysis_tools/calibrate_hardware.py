@@ -3,7 +3,8 @@
 off-chip and on-chip bandwidth, compute rate (and on a CPU the weight
 re-layout rate, SIMD width and last-level cache), the rates of a
 transformer layer's token GEMMs and fused attention (``gemm_speed``,
-``attention_speed``); ``--fit`` refines the
+``attention_speed``) and the bandwidth of its streaming kernels in a
+whole encoder layer (``token_stream_gbs``); ``--fit`` refines the
 compute rate and bandwidth on measured static ResNet-50 blocks, so that
 ``validate_predictor.py`` validates out of sample.
 

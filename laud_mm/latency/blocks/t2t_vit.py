@@ -15,9 +15,10 @@ QK^T is ``ConvOp(N*H, cin=dh, cout=L_keys, 1, L_queries)`` and AV is
 as per-item weights (``per_sample_channels``: a tile cannot span two
 (sample, head) pairs; their bytes counted off-chip).
 
-Kernels of a layer (LayerNorm and the residual adds are streaming kernels;
-GELU is fused into fc1's epilogue, ``implementation='eager'`` adds it as a
-separate kernel; the attention is one fused kernel, :func:`fused_attention_op`,
+Kernels of a layer (LayerNorm and the residual adds are streaming kernels,
+priced at ``HardwareSpec.token_stream_gbs`` where the spec has it:
+:func:`token_stream_latency`; GELU is fused into fc1's epilogue,
+``implementation='eager'`` adds it as a separate kernel; the attention is one fused kernel, :func:`fused_attention_op`,
 as inference runs it on every device: ``LAUDT2TViT.inference_kernels`` and
 the dynamic paths' ``attend``):
 
@@ -64,7 +65,13 @@ from .common import fused_op
 
 __all__ = ['vit_layer_ops', 't2t_stem_ops', 'transformer_ops',
            'attention_ops', 'fused_attention_op', 'linear_tokens_latency',
+           'token_stream_latency',
            'vit_op_breakdown']
+
+#: the streaming kernels of a transformer layer (:func:`transformer_ops`
+#: names, without prefix): what ``HardwareSpec.token_stream_gbs`` is
+#: measured on (:func:`laud_mm.latency.calibration.transformer_terms`)
+LAYER_STREAM_OPS = ('ln1', 'add1', 'ln2', 'gelu', 'add2')
 
 #: arithmetic operations per element of the streaming kernels
 LAYERNORM_OPS = 5.
@@ -97,6 +104,44 @@ def linear_tokens_latency(hw: HardwareSpec, name: str, batch: float,
     t = int(tokens)
     return conv_latency(hw, ConvOp(float(batch), cin, cout, 1, t, 1, t,
                                    blas_gemm=True, name=name, **kw))
+
+
+def token_stream_latency(hw: HardwareSpec, name: str, elems: float,
+                         reads: int = 2, writes: int = 1,
+                         ops_per_elem: float = 1., **kw) -> OpLatency:
+    """A streaming kernel over token activations (LayerNorm, a residual add,
+    GELU, a split, gather, scatter or copy of token rows):
+    :func:`~laud_mm.latency.operators.elementwise_latency`, or, with
+    ``HardwareSpec.token_stream_gbs`` > 0, its bytes moved (whole
+    transactions) at that bandwidth plus its launch and parallel region,
+    no compute term (the rate measured on an encoder layer covers both).
+
+    Args:
+        hw: the device.
+        name: operator name.
+        elems: output elements (whole batch).
+        reads, writes: tensors read / written per element.
+        ops_per_elem: arithmetic operations per element (the streaming
+            model only).
+        **kw: further :func:`elementwise_latency` arguments
+            (``run_elems``, ``contiguous_reads``, ...).
+
+    Returns:
+        :class:`OpLatency`; zero when ``elems`` is 0.
+
+    Raises:
+        ValueError: as :func:`elementwise_latency`.
+
+    Source: paper appendix A (a memory-bound kernel's latency);
+    docs/latency_predictor.md, "Transformer layers".
+    """
+    op = elementwise_latency(hw, name, elems, reads, writes,
+                             ops_per_elem=ops_per_elem, **kw)
+    if hw.token_stream_gbs <= 0 or op.ms == 0:
+        return op
+    t_mem = op.offchip_bytes / (hw.token_stream_gbs * 1e6)  # ms
+    return OpLatency(name, t_mem + op.launch_ms, 0., t_mem, op.launch_ms,
+                     0., op.offchip_bytes, op.onchip_bytes)
 
 
 def attention_ops(hw: HardwareSpec, pairs: float, tokens: int,
@@ -197,7 +242,7 @@ def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
     p = prefix
     elems = float(batch * t * embed_dims)
     hd = heads * head_dims
-    ops = [elementwise_latency(hw, p + 'ln1', float(batch * t * in_dims), 1,
+    ops = [token_stream_latency(hw, p + 'ln1', float(batch * t * in_dims), 1,
                                1, ops_per_elem=LAYERNORM_OPS),
            linear_tokens_latency(hw, p + 'qkv', batch, t, in_dims, 3 * hd,
                                  **(qkv_kw or {}))]
@@ -205,17 +250,17 @@ def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
         hw, batch * heads, t, head_dims, p)
     ops += [linear_tokens_latency(hw, p + 'proj', batch, t, hd, embed_dims,
                                   **(proj_kw or {})),
-            elementwise_latency(hw, p + 'add1', elems, 2, 1),
-            elementwise_latency(hw, p + 'ln2', elems, 1, 1,
+            token_stream_latency(hw, p + 'add1', elems, 2, 1),
+            token_stream_latency(hw, p + 'ln2', elems, 1, 1,
                                 ops_per_elem=LAYERNORM_OPS),
             linear_tokens_latency(hw, p + 'fc1', batch, t, embed_dims,
                                   ffn_channels)]
     if eager:
-        ops.append(elementwise_latency(hw, p + 'gelu', float(
+        ops.append(token_stream_latency(hw, p + 'gelu', float(
             batch * t * ffn_channels), 1, 1, ops_per_elem=GELU_OPS))
     ops += [linear_tokens_latency(hw, p + 'fc2', batch, t, ffn_channels,
                                   embed_dims),
-            elementwise_latency(hw, p + 'add2', elems, 2, 1)]
+            token_stream_latency(hw, p + 'add2', elems, 2, 1)]
     return [o for o in ops if o.ms > 0]
 
 
@@ -281,13 +326,13 @@ def vit_layer_ops(pred, g: TokenLayerGeometry, batch: int,
             return ops + _static(pred, g, batch)
         k = e + d * g.num_patch_tokens  # expected kept tokens per sample
         rows = float(batch * k * D)
-        ops.append(elementwise_latency(hw, 'gather', rows, 1, 1,
+        ops.append(token_stream_latency(hw, 'gather', rows, 1, 1,
                                        run_elems=float(D)))
         if pred.eager:  # the output is a copy of the input, then indexed
-            ops.append(elementwise_latency(hw, 'copy', float(batch * L * D),
+            ops.append(token_stream_latency(hw, 'copy', float(batch * L * D),
                                            1, 1))
         ops += expected_ops(lambda t: _static(pred, g, batch, t), k)
-        ops.append(elementwise_latency(hw, 'scatter', rows, 1, 1,
+        ops.append(token_stream_latency(hw, 'scatter', rows, 1, 1,
                                        run_elems=float(D),
                                        contiguous_reads=1))
         return ops
@@ -333,10 +378,10 @@ def vit_layer_ops(pred, g: TokenLayerGeometry, batch: int,
                 return _static(pred, g, batch)
             if n <= 0:
                 return []
-            return [elementwise_latency(hw, 'index_select', row * n, 1, 1),
-                    elementwise_latency(hw, 'copy', row * batch, 1, 1)] + \
+            return [token_stream_latency(hw, 'index_select', row * n, 1, 1),
+                    token_stream_latency(hw, 'copy', row * batch, 1, 1)] + \
                 _static(pred, g, n) + \
-                [elementwise_latency(hw, 'index_copy', row * n, 1, 1)]
+                [token_stream_latency(hw, 'index_copy', row * n, 1, 1)]
         return ops + expected_ops(eager, d * batch, with_zero=True)
     raise ValueError(f'layer {g.index}: paradigm={g.paradigm!r} is not one of '
                      f'{PARADIGMS} or None')
@@ -350,26 +395,45 @@ def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
     shortcut), soft split 1, T2T layer 2, soft split 2, the projection to
     ``embed_dims``, class token + position embedding. The two T2T layers'
     attention is one fused kernel each (:func:`fused_attention_op`), as
-    inference runs it (``LAUDT2TViT.inference_kernels``)."""
+    inference runs it (``LAUDT2TViT.inference_kernels``).
+
+    ``eager`` (this project's PyTorch path) counts the copies that path
+    runs: soft split 0 as a padded copy of the image and one copy of its
+    windows into token rows
+    (:func:`~laud_mm.models.t2t_vit.soft_split.soft_split_tokens`); each
+    T2T layer's output copied from token rows into a (N, C, H, W) map
+    (``to_map``); soft splits 1 and 2 as ATen's ``im2col`` and the
+    transposing copy of its columns into token rows (``*_rows``).
+    Otherwise (fused kernels) each split is one pass."""
     hw, eager = pred.hw, pred.eager
     td = stem.token_dims
     l0 = stem.hw0[0] * stem.hw0[1]
     l1 = stem.hw1[0] * stem.hw1[1]
     l2 = stem.num_patches
     c0 = stem.in_channels * 49
-    ops = [elementwise_latency(hw, 'soft_split0', float(batch * c0 * l0),
-                               1, 1)]
-    ops += transformer_ops(hw, batch, l0, c0, td, 1, td, td, eager,
-                           prefix='t2t1.', fused_attention=True)
-    ops.append(elementwise_latency(hw, 'soft_split1',
-                                   float(batch * td * 9 * l1), 1, 1))
-    ops += transformer_ops(hw, batch, l1, td * 9, td, 1, td, td, eager,
-                           prefix='t2t2.', fused_attention=True)
-    ops.append(elementwise_latency(hw, 'soft_split2',
-                                   float(batch * td * 9 * l2), 1, 1))
+    split0 = float(batch * c0 * l0)
+    if eager:
+        h, w = stem.in_hw
+        ops = [token_stream_latency(hw, 'pad0', float(
+                   batch * stem.in_channels * (h + 4) * (w + 4)), 1, 1),
+               token_stream_latency(hw, 'soft_split0', split0, 1, 1)]
+    else:
+        ops = [token_stream_latency(hw, 'soft_split0', split0, 1, 1)]
+    for i, (l_in, l_out) in enumerate(((l0, l1), (l1, l2)), 1):
+        ops += transformer_ops(hw, batch, l_in, c0 if i == 1 else td * 9,
+                               td, 1, td, td, eager, prefix=f't2t{i}.',
+                               fused_attention=True)
+        split = float(batch * td * 9 * l_out)
+        if eager:
+            ops.append(token_stream_latency(hw, f'to_map{i}', float(
+                batch * td * l_in), 1, 1))
+        ops.append(token_stream_latency(hw, f'soft_split{i}', split, 1, 1))
+        if eager:
+            ops.append(token_stream_latency(hw, f'soft_split{i}_rows',
+                                            split, 1, 1))
     ops.append(linear_tokens_latency(hw, 'project', batch, l2, td * 9,
                                      stem.embed_dims))
-    ops.append(elementwise_latency(hw, 'cls_pos_embed', float(
+    ops.append(token_stream_latency(hw, 'cls_pos_embed', float(
         batch * (l2 + 1) * stem.embed_dims), 2, 1))
     return ops
 
