@@ -816,7 +816,9 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
       The layer runs as in a forward, each kernel reading what the one
       before it wrote, so the rate covers what isolated calls miss of a
       forward (the other kernels' in-network time included: the term is
-      what makes the modelled layer match the measured one).
+      what makes the modelled layer match the measured one). A rate at or
+      above the on-chip bandwidth (``l2_bandwidth``) is not taken: it
+      would price the kernels below the streaming model.
 
     A term keeps its value in ``spec`` (printed) where the measured time
     leaves no room for the modelled compute (a call no slower than its
@@ -888,14 +890,20 @@ def transformer_terms(spec: HardwareSpec, device: torch.device,
         print(f'  encoder layer {n}x{t}x{d}: {ms[-1]:.3f} ms, of which '
               f'{left:.3f} ms left for its streaming kernels\' '
               f'{moved / 1e6:.1f} MB')
-    if left > 0:
-        spec = spec.replace(token_stream_gbs=moved / left / 1e6)
+    # a rate at or above the on-chip bandwidth would price them below the
+    # streaming model: the layer then says nothing of them (a noisy
+    # measurement, or host time that the other kernels' model lacks)
+    gbs = moved / left / 1e6 if left > 0 else math.inf
+    if gbs < spec.l2_bandwidth / 1e9:
+        spec = spec.replace(token_stream_gbs=gbs)
         if verbose:
             print(f'  token streaming kernels: '
                   f'{spec.token_stream_gbs:.2f} GB/s')
     elif verbose:
-        print(f'  token streaming kernels: the layer leaves no time for '
-              f'them: token_stream_gbs kept at {spec.token_stream_gbs}')
+        print(f'  token streaming kernels: the layer leaves {left:.3f} ms '
+              f'for them, not below the on-chip bandwidth '
+              f'({spec.l2_bandwidth / 1e9:.1f} GB/s): token_stream_gbs kept '
+              f'at {spec.token_stream_gbs}')
     return spec
 
 

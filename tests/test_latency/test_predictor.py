@@ -1459,6 +1459,31 @@ def test_token_stream_term():
     for key in ('gemm_speed', 'attention_speed', 'token_stream_gbs'):
         assert getattr(out, key) == pytest.approx(getattr(true, key),
                                                   rel=0.02), key
+    # a layer that leaves its streaming kernels less time than the
+    # on-chip bandwidth needs says nothing of them: the term is kept
+    ops = transformer_ops(out, n, t, d, d, heads, d // heads, ffn,
+                          eager=True, fused_attention=True)
+    times[-1] = sum(o.launch_ms if o.name in LAYER_STREAM_OPS else o.ms
+                    for o in ops) + 1e-4
+    kept = transformer_terms(cpu, torch.device('cpu'), verbose=False,
+                             times=[m / 1e3 for m in times])
+    assert kept.token_stream_gbs == 0. and \
+        kept.gemm_speed == pytest.approx(out.gemm_speed)
+    # the eager T2T module: the token-major image split on a CPU spec,
+    # im2col and its transposing copy on a GPU's
+    from laud_mm.latency.blocks.t2t_vit import t2t_stem_ops
+    names = {}
+    for name in ('v100', 'cpu_calibrated'):
+        hw = get_hardware('v100') if name == 'v100' else \
+            cpu.replace(max_tile_batch=1)
+        names[name] = [o.name for o in t2t_stem_ops(
+            LatencyPredictor(hw, implementation='eager'), s, 8)]
+    assert 'pad0' in names['cpu_calibrated'] and \
+        'soft_split0_rows' not in names['cpu_calibrated']
+    assert 'pad0' not in names['v100'] and 'soft_split0_rows' in names['v100']
+    for n_ in names.values():
+        assert {'to_map1', 'to_map2', 'soft_split1_rows',
+                'soft_split2_rows'} <= set(n_)
 
 
 def test_transformer_kernel_terms():

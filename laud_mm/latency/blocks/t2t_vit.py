@@ -18,9 +18,10 @@ as per-item weights (``per_sample_channels``: a tile cannot span two
 Kernels of a layer (LayerNorm and the residual adds are streaming kernels,
 priced at ``HardwareSpec.token_stream_gbs`` where the spec has it:
 :func:`token_stream_latency`; GELU is fused into fc1's epilogue,
-``implementation='eager'`` adds it as a separate kernel; the attention is one fused kernel, :func:`fused_attention_op`,
-as inference runs it on every device: ``LAUDT2TViT.inference_kernels`` and
-the dynamic paths' ``attend``):
+``implementation='eager'`` adds it as a separate kernel; the attention is
+one fused kernel, :func:`fused_attention_op`, as inference runs it on
+every device: ``LAUDT2TViT.inference_kernels`` and the dynamic paths'
+``attend``):
 
 * static: ln1, qkv (D -> 3D), attention (QK^T, softmax over N*H*L*L
   logits kept on chip, AV), proj (D -> D), add, ln2, fc1 (D -> F), fc2
@@ -397,14 +398,16 @@ def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
     attention is one fused kernel each (:func:`fused_attention_op`), as
     inference runs it (``LAUDT2TViT.inference_kernels``).
 
-    ``eager`` (this project's PyTorch path) counts the copies that path
-    runs: soft split 0 as a padded copy of the image and one copy of its
-    windows into token rows
-    (:func:`~laud_mm.models.t2t_vit.soft_split.soft_split_tokens`); each
-    T2T layer's output copied from token rows into a (N, C, H, W) map
-    (``to_map``); soft splits 1 and 2 as ATen's ``im2col`` and the
-    transposing copy of its columns into token rows (``*_rows``).
-    Otherwise (fused kernels) each split is one pass."""
+    ``eager`` (this project's PyTorch path, mmpretrain's module) counts
+    the copies that path runs on every device: each T2T layer's output
+    copied from token rows into a (N, C, H, W) map (``to_map``), and
+    soft splits 1 and 2 as ATen's ``im2col`` and the transposing copy of
+    its columns into token rows (``*_rows``); soft split 0 likewise on a
+    GPU, on a CPU (a spec with ``max_tile_batch`` 1) as the padded copy
+    of the image and one copy of its windows into token rows
+    (:func:`~laud_mm.models.t2t_vit.soft_split.soft_split_tokens`, the
+    CPU inference path). Otherwise (fused kernels) each split is one
+    pass."""
     hw, eager = pred.hw, pred.eager
     td = stem.token_dims
     l0 = stem.hw0[0] * stem.hw0[1]
@@ -412,13 +415,16 @@ def t2t_stem_ops(pred, stem: T2TStemGeometry, batch: int
     l2 = stem.num_patches
     c0 = stem.in_channels * 49
     split0 = float(batch * c0 * l0)
-    if eager:
+    if eager and hw.max_tile_batch == 1:  # the token-major split
         h, w = stem.in_hw
         ops = [token_stream_latency(hw, 'pad0', float(
                    batch * stem.in_channels * (h + 4) * (w + 4)), 1, 1),
                token_stream_latency(hw, 'soft_split0', split0, 1, 1)]
     else:
         ops = [token_stream_latency(hw, 'soft_split0', split0, 1, 1)]
+        if eager:
+            ops.append(token_stream_latency(hw, 'soft_split0_rows', split0,
+                                            1, 1))
     for i, (l_in, l_out) in enumerate(((l0, l1), (l1, l2)), 1):
         ops += transformer_ops(hw, batch, l_in, c0 if i == 1 else td * 9,
                                td, 1, td, td, eager, prefix=f't2t{i}.',

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 def _pair(v, name: str):
     v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(v) != 2 or not all(isinstance(i, int) for i in v):
+    if len(v) != 2 or not all(isinstance(i, int) and
+                              not isinstance(i, bool) for i in v):
         raise ValueError(f'soft_split_tokens: {name}={v!r} must be an int '
                          f'or a pair of ints')
     return v

@@ -604,8 +604,9 @@ def test_soft_split_tokens_equals_unfold(shape, k, s, p):
         soft_split_tokens(x[0], k, s, p)
     with pytest.raises(ValueError, match='smaller than the'):
         soft_split_tokens(x[..., :1, :1], 9, 1, 0)
-    with pytest.raises(ValueError, match='kernel_size=.*pair of ints'):
-        soft_split_tokens(x, 1.5, s, p)
+    for bad in (1.5, True, (3, 3, 3)):
+        with pytest.raises(ValueError, match='kernel_size=.*pair of ints'):
+            soft_split_tokens(x, bad, s, p)
 
 
 def test_image_split_token_major_only_in_inference():
