@@ -664,19 +664,6 @@ def max_pool_rows(shapes: Sequence[Tuple[int, ...]] = (
     return rows
 
 
-def _alternating_wall_ms(a, b, warmup: int = 2, repeats: int = 9
-                         ) -> Tuple[float, float]:
-    """Median wall-clock ms of ``a()`` and ``b()``, called alternately
-    ``repeats`` times after ``warmup`` untimed pairs."""
-    ta, tb = [], []
-    for rep in range(warmup + repeats):
-        t = (wall_ms(a), wall_ms(b))
-        if rep >= warmup:
-            ta.append(t[0])
-            tb.append(t[1])
-    return statistics.median(ta), statistics.median(tb)
-
-
 def soft_split_rows(batch: int = 8, size: int = 224) -> List[Row]:
     """``soft_split``: the T2T module's image split (7 x 7 / 4, padding 2)
     of ``batch`` images of ``size`` px into token rows, ``F.unfold`` then
@@ -686,8 +673,9 @@ def soft_split_rows(batch: int = 8, size: int = 224) -> List[Row]:
     (:func:`~laud_mm.models.t2t_vit.attention.fused_attention`), with
     mmpretrain's split against within
     :meth:`~laud_mm.models.LAUDT2TViT.inference_kernels` (the token-major
-    split as well). Wall-clock medians of 9 alternating pairs after 2;
-    note: 'equal' when ``torch.equal``."""
+    split as well). Wall-clock medians of 9 alternating pairs after 2
+    (:func:`~laud_mm.analysis.timing.bench_pair`); note: 'equal' when
+    ``torch.equal``."""
     from laud_mm.models import LAUDT2TViT
     from laud_mm.models.t2t_vit.attention import fused_attention
     from laud_mm.models.t2t_vit.soft_split import soft_split_tokens
@@ -701,10 +689,10 @@ def soft_split_rows(batch: int = 8, size: int = 224) -> List[Row]:
     def tokens():
         return soft_split_tokens(x, 7, 4, 2)
     same = torch.equal(unfold(), tokens())
-    ta, tb = _alternating_wall_ms(unfold, tokens)
+    tm = bench_pair(lambda _: unfold(), lambda _: tokens(), x, 2, 9)
     rows = [('soft_split', f'{batch} x 3 x {size}x{size}, 7x7 / 4',
-             'F.unfold + transpose copy', ta, 'soft_split_tokens', tb,
-             'equal' if same else 'DIFFERENT')]
+             'F.unfold + transpose copy', tm.static_ms, 'soft_split_tokens',
+             tm.dynamic_ms, 'equal' if same else 'DIFFERENT')]
     torch.manual_seed(0)
     net = LAUDT2TViT(paradigm='spatial', dynamic_inference=True).eval()
 
@@ -716,10 +704,11 @@ def soft_split_rows(batch: int = 8, size: int = 224) -> List[Row]:
         with net.inference_kernels():
             return net.tokens_to_token(x)[0]
     same = torch.equal(module_unfold(), module_tokens())
-    ta, tb = _alternating_wall_ms(module_unfold, module_tokens)
+    tm = bench_pair(lambda _: module_unfold(), lambda _: module_tokens(), x,
+                    2, 9)
     rows.append(('soft_split', f'T2T-ViT-t-14 T2T module, {batch} x {size}',
-                 'nn.Unfold split', ta, 'token-major split', tb,
-                 'equal' if same else 'DIFFERENT'))
+                 'nn.Unfold split', tm.static_ms, 'token-major split',
+                 tm.dynamic_ms, 'equal' if same else 'DIFFERENT'))
     return rows
 
 

@@ -243,8 +243,8 @@ def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
     p = prefix
     elems = float(batch * t * embed_dims)
     hd = heads * head_dims
-    ops = [token_stream_latency(hw, p + 'ln1', float(batch * t * in_dims), 1,
-                               1, ops_per_elem=LAYERNORM_OPS),
+    ops = [token_stream_latency(hw, p + 'ln1', float(batch * t * in_dims),
+                                1, 1, ops_per_elem=LAYERNORM_OPS),
            linear_tokens_latency(hw, p + 'qkv', batch, t, in_dims, 3 * hd,
                                  **(qkv_kw or {}))]
     ops += (fused_attention_op if fused_attention else attention_ops)(
@@ -253,7 +253,7 @@ def transformer_ops(hw: HardwareSpec, batch: float, tokens: int,
                                   **(proj_kw or {})),
             token_stream_latency(hw, p + 'add1', elems, 2, 1),
             token_stream_latency(hw, p + 'ln2', elems, 1, 1,
-                                ops_per_elem=LAYERNORM_OPS),
+                                 ops_per_elem=LAYERNORM_OPS),
             linear_tokens_latency(hw, p + 'fc1', batch, t, embed_dims,
                                   ffn_channels)]
     if eager:
@@ -328,14 +328,14 @@ def vit_layer_ops(pred, g: TokenLayerGeometry, batch: int,
         k = e + d * g.num_patch_tokens  # expected kept tokens per sample
         rows = float(batch * k * D)
         ops.append(token_stream_latency(hw, 'gather', rows, 1, 1,
-                                       run_elems=float(D)))
+                                        run_elems=float(D)))
         if pred.eager:  # the output is a copy of the input, then indexed
-            ops.append(token_stream_latency(hw, 'copy', float(batch * L * D),
-                                           1, 1))
+            ops.append(token_stream_latency(hw, 'copy',
+                                            float(batch * L * D), 1, 1))
         ops += expected_ops(lambda t: _static(pred, g, batch, t), k)
         ops.append(token_stream_latency(hw, 'scatter', rows, 1, 1,
-                                       run_elems=float(D),
-                                       contiguous_reads=1))
+                                        run_elems=float(D),
+                                        contiguous_reads=1))
         return ops
     if g.paradigm == 'channel':
         H, dh = g.num_heads, g.head_dims

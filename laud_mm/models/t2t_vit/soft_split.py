@@ -103,6 +103,10 @@ def token_major_soft_split(unfold: nn.Unfold) -> Iterator[None]:
     Args:
         unfold: the ``nn.Unfold`` module.
 
+    Raises:
+        ValueError: on entering, a dilation that is neither an int nor a
+            pair of ints (naming it).
+
     Source: the module doc.
     """
     swap = isinstance(unfold, nn.Unfold) and \
