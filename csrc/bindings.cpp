@@ -65,6 +65,12 @@ at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
                                    const at::Tensor& w, double b, int64_t gh,
                                    int64_t gw);
 at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows);
+at::Tensor scatter_kept_columns_cpu(const at::Tensor& src,
+                                    const at::Tensor& kept, int64_t width,
+                                    const c10::optional<at::Tensor>& bias,
+                                    bool relu);
+at::Tensor gather_kept_columns_cpu(const at::Tensor& src,
+                                   const at::Tensor& kept);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -321,6 +327,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "over H x W, one pass (float32, CPU; rows (j, c) over torch's "
         "threads)",
         py::arg("out"), py::arg("rows"));
+  m.def("scatter_kept_columns", &laud_mm::scatter_kept_columns_cpu,
+        "scatter_kept_columns(src (N,P,K) float32, kept (N,K) int64, W, "
+        "bias (W,) or None, relu) -> (N,P,W): zeros, and at column "
+        "kept[n,j] < W of row (n,p) epi(src[n,p,j] + bias[kept[n,j]]) "
+        "(entries equal to W: padding, skipped; epi = ReLU when relu), "
+        "one pass (CPU; rows over torch's threads)",
+        py::arg("src"), py::arg("kept"), py::arg("width"), py::arg("bias"),
+        py::arg("relu"));
+  m.def("gather_kept_columns", &laud_mm::gather_kept_columns_cpu,
+        "gather_kept_columns(src (N,P,W) float32, kept (N,K) int64) -> "
+        "(N,P,K): src[n,p,kept[n,j]], 0 where kept[n,j] == W (padding), "
+        "one pass (CPU; rows over torch's threads)",
+        py::arg("src"), py::arg("kept"));
   m.def("sample_gemm_partition", &laud_mm::sample_gemm_partition,
         "sample_gemm_partition(n, P, threads) -> (threads,) int64: the "
         "columns each thread runs in sample_gemm for n samples of P columns",

@@ -17,6 +17,10 @@ from .channel_weights import (gather_kept_weights,
 from .epilogue import (add_relu_mean_, add_relu_mean_reference,
                        relu_mean_rows_, relu_mean_rows_reference)
 from .indexing import channel_kept_lists, channel_kept_lists_reference
+from .kept_columns import (gather_kept_columns,
+                           gather_kept_columns_reference,
+                           scatter_kept_columns,
+                           scatter_kept_columns_reference)
 from .masker_gate import (fast_masker_gate, masker_gate,
                           masker_gate_reference)
 from .max_pool import MaxPool2d, max_pool2d
@@ -41,7 +45,9 @@ __all__ = [
     'set_backend', 'use_backend', 'spatial_partition_work',
     'channel_partition_work', 'imbalance', 'sample_gemm_partition',
     'sample_gemm', 'sample_gemm_reference', 'channel_kept_lists',
-    'channel_kept_lists_reference', 'masker_gate', 'masker_gate_reference',
+    'channel_kept_lists_reference', 'scatter_kept_columns',
+    'scatter_kept_columns_reference', 'gather_kept_columns',
+    'gather_kept_columns_reference', 'masker_gate', 'masker_gate_reference',
     'fast_masker_gate',
     'gather_patches', 'gather_patches_reference', 'patch_indices', 'patch_map',
     'scatter_add_relu', 'scatter_add_relu_reference', 'window_size',

@@ -40,6 +40,10 @@ SPATIAL_FUSED_DENSE_THRESHOLD = 1.0
 #: RegNetY spatial blocks: the same threshold (their grouped conv2 and SE
 #: make the gathered path pay off up to higher densities)
 REGNETY_SPATIAL_DENSE_THRESHOLD = 0.95
+#: RegNetY spatial blocks on a channels_last input: below this fraction of
+#: active patches conv3 runs on the active pixels' rows only (one GEMM,
+#: added into the shortcut's rows); from it on, densely and masked
+REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD = 0.5
 #: fewer gathered patches than this: conv3 runs as one GEMM over all patches
 #: instead of a 1x1 convolution (oneDNN runs a 1x1 convolution of a batch
 #: under 16 as per-image GEMMs only S * S wide)

@@ -84,6 +84,21 @@ def test_regnet_benchmark_runs_and_checks_exactness():
             r['static_layout_ms'][r['static_layout']]
 
 
+def test_regnet_benchmark_det_input(monkeypatch):
+    """--det adds the detection input after the square one, with its
+    (H, W) in the rows and the table's input column (a small stand-in
+    for 1 x 800 x 1216 here)."""
+    monkeypatch.setattr(regnet, 'DET_INPUT', (1, (64, 96)))
+    rows = regnet.benchmark_regnet(
+        archs=['regnety_400mf'], paradigms=['layer'], rates=[0.5],
+        batch=2, size=32, det=True, repeats=1, warmup=0, threads=[1])
+    assert [(r['batch'], r['hw']) for r in rows] == [(2, [32, 32]),
+                                                      (1, [64, 96])]
+    assert regnet.fmt_row(rows[1]).startswith(
+        '| regnety_400mf | 1x64x96 | layer | 1 | 0.50 |')
+    assert all(r['static_ms'] > 0 and r['dynamic_ms'] > 0 for r in rows)
+
+
 def test_table_columns_written_once():
     """The three backbone benchmarks build their tables from the shared
     columns: threads, then static / dynamic ms, speedup (wall) and speedup

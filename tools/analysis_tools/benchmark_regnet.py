@@ -8,6 +8,7 @@ timing loop and FLOPs ratio as in ``benchmark_latency.py``).
 Usage:
     python tools/analysis_tools/benchmark_regnet.py                      # full table
     python tools/analysis_tools/benchmark_regnet.py --archs regnety_400mf --rates 0.5 1.0
+    python tools/analysis_tools/benchmark_regnet.py --det --rates 0.5 1.0   # 8 x 224 and 1 x 800 x 1216
 """
 import argparse
 
@@ -25,6 +26,9 @@ def parse_args(argv=None):
                    default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument('--batch', type=int, default=8)
     p.add_argument('--size', type=int, default=224)
+    p.add_argument('--det', action='store_true',
+                   help='also time a detection input, 1 x 3 x 800 x 1216 '
+                   '(as benchmark_latency.py --sizes det)')
     p.add_argument('--threads', type=int, nargs='+', default=None,
                    help='torch thread counts, every row measured at each '
                    '(default: 1 and every logical CPU)')
@@ -47,7 +51,8 @@ def main(argv=None):
     args = parse_args(argv)
     return benchmark_regnet(
         archs=args.archs, paradigms=args.paradigms, rates=args.rates,
-        batch=args.batch, size=args.size, threads=args.threads,
+        batch=args.batch, size=args.size, det=args.det,
+        threads=args.threads,
         warmup=args.warmup, repeats=args.repeats, rate_mode=args.rate_mode,
         json_path=args.json, dynamic_nchw=args.dynamic_nchw)
 

@@ -24,7 +24,7 @@ Command line: ``tools/analysis_tools/benchmark_regnet.py``.
 
 Source: paper sec. 3.4 and 4.2 (RegNetY latency).
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +38,19 @@ from .common import (PARADIGMS, STATIC_LAYOUT, Column, check_options,
                      dynamic_layout, header, leading_columns, table_row,
                      time_forced_rate, timing_columns, timing_keys,
                      timing_table)
+from .resnet import SIZES
 
 #: the benchmarked architectures
 ARCHS = ('regnety_400mf', 'regnety_800mf')
 
+#: the detection input of ``--det``: (batch, (H, W)), the LAUD-ResNet
+#: benchmark's ``--sizes det`` (1 x 3 x 800 x 1216)
+DET_INPUT = SIZES['det']
+
 #: the columns of the table (rows of :func:`run`)
-COLUMNS = leading_columns(lambda r: r['arch']) + [
+COLUMNS = leading_columns(
+    lambda r: r['arch'],
+    lambda r: f"{r['batch']}x{r['hw'][0]}x{r['hw'][1]}") + [
     Column('realised mean r_i', lambda r: f"{r['rate_real']:.3f}"),
     *timing_columns(), STATIC_LAYOUT,
     Column('ideal (FLOPs)', lambda r: f"{1 / r['flops_ratio']:.2f}x"),
@@ -59,49 +66,52 @@ def folded_stem(net: LAUDRegNetY):
 
 
 def run(archs: Sequence[str], paradigms: Sequence[str],
-        rates: Sequence[float], batch: int, size: int, rate_mode: str,
-        warmup: int, repeats: int) -> List[Dict]:
-    """Time every (arch, paradigm, rate) on ``batch`` x ``size`` x ``size``
-    inputs at torch's current thread count; prints each row
-    (:func:`fmt_row`) as it is measured.
+        rates: Sequence[float], inputs: Sequence[Tuple[int, Tuple[int, int]]],
+        rate_mode: str, warmup: int, repeats: int) -> List[Dict]:
+    """Time every (arch, input, paradigm, rate) at torch's current thread
+    count; prints each row (:func:`fmt_row`) as it is measured.
+
+    Args:
+        inputs: (batch, (H, W)) of each input, e.g. ``[(8, (224, 224)),
+            DET_INPUT]``.
 
     Returns:
-        one dict per row: arch, batch, size, paradigm, threads, rate,
-        rate_real, flops_ratio, static_ms (the faster static memory
-        format), dynamic_ms, speedup, cpu_speedup, static_layout,
+        one dict per row: arch, batch, hw (H, W), size (H), paradigm,
+        threads, rate, rate_real, flops_ratio, static_ms (the faster static
+        memory format), dynamic_ms, speedup, cpu_speedup, static_layout,
         static_layout_ms (:func:`~.common.timing_keys`), predicted_ratio
         (dynamic / static, V100, batch 128).
     """
     rows = []
     pred = LatencyPredictor('v100')
-    hw = (size, size)
-    x = torch.randn(batch, 3, *hw)
     for arch in archs:
-        for paradigm in paradigms:
-            torch.manual_seed(0)
-            net = LAUDRegNetY(arch, paradigm=paradigm,
-                              granularity=PARADIGMS[paradigm],
-                              dynamic_inference=True).eval()
-            stem = folded_stem(net)
-            geoms = net.block_geometries(hw)
-            sgeom = net.stem_geometry(hw)
-            p_static = pred.predict_static(geoms, 128, sgeom).total_ms
-            for rate in rates:
-                real, ratio, tm = time_forced_rate(
-                    net, stem, static_regnety_forward, x, rate, rate_mode,
-                    warmup, repeats)
-                dens = [float(blk.last_stats['density'].float().mean())
-                        for blk in net.blocks]
-                p_dyn = pred.predict_backbone(geoms, dens, 128,
-                                              sgeom).total_ms
-                row = dict(arch=arch, batch=batch, size=size,
-                           paradigm=paradigm,
-                           threads=torch.get_num_threads(), rate=rate,
-                           rate_real=real,
-                           flops_ratio=ratio, **timing_keys(tm),
-                           predicted_ratio=p_dyn / p_static)
-                rows.append(row)
-                print(fmt_row(row), flush=True)
+        for batch, hw in inputs:
+            x = torch.randn(batch, 3, *hw)
+            for paradigm in paradigms:
+                torch.manual_seed(0)
+                net = LAUDRegNetY(arch, paradigm=paradigm,
+                                  granularity=PARADIGMS[paradigm],
+                                  dynamic_inference=True).eval()
+                stem = folded_stem(net)
+                geoms = net.block_geometries(hw)
+                sgeom = net.stem_geometry(hw)
+                p_static = pred.predict_static(geoms, 128, sgeom).total_ms
+                for rate in rates:
+                    real, ratio, tm = time_forced_rate(
+                        net, stem, static_regnety_forward, x, rate,
+                        rate_mode, warmup, repeats)
+                    dens = [float(blk.last_stats['density'].float().mean())
+                            for blk in net.blocks]
+                    p_dyn = pred.predict_backbone(geoms, dens, 128,
+                                                  sgeom).total_ms
+                    row = dict(arch=arch, batch=batch, hw=list(hw),
+                               size=hw[0], paradigm=paradigm,
+                               threads=torch.get_num_threads(), rate=rate,
+                               rate_real=real,
+                               flops_ratio=ratio, **timing_keys(tm),
+                               predicted_ratio=p_dyn / p_static)
+                    rows.append(row)
+                    print(fmt_row(row), flush=True)
     return rows
 
 
@@ -113,7 +123,7 @@ def fmt_row(r: Dict) -> str:
 def benchmark_regnet(archs: Sequence[str] = ARCHS,
                      paradigms: Sequence[str] = tuple(PARADIGMS),
                      rates: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-                     batch: int = 8, size: int = 224,
+                     batch: int = 8, size: int = 224, det: bool = False,
                      threads: Union[int, Sequence[int], None] = None,
                      warmup: int = 2, repeats: int = 7,
                      rate_mode: str = 'flops',
@@ -122,7 +132,9 @@ def benchmark_regnet(archs: Sequence[str] = ARCHS,
     """The LAUD-RegNetY benchmark of the command line: :func:`run` at each
     thread count of ``threads`` (an int or a list; None: 1 and every
     logical CPU) as one printed table (machine line with the load average)
-    and, with ``json_path``, a JSON file of its rows. The dynamic backbone
+    and, with ``json_path``, a JSON file of its rows; the inputs are
+    ``batch`` x 3 x ``size`` x ``size`` and, with ``det``, also
+    :data:`DET_INPUT` (1 x 3 x 800 x 1216). The dynamic backbone
     is fed its ``dynamic_memory_format`` (channels_last on the CPU), or
     NCHW with ``dynamic_nchw`` (:func:`~.common.dynamic_layout`).
 
@@ -135,7 +147,8 @@ def benchmark_regnet(archs: Sequence[str] = ARCHS,
     bad = [a for a in archs if a not in ARCHS]
     if bad:
         raise ValueError(f'--archs={bad} must be among {list(ARCHS)}')
+    inputs = [(batch, (size, size))] + ([DET_INPUT] if det else [])
     with dynamic_layout(dynamic_nchw):
         return timing_table(
-            lambda t: run(archs, paradigms, rates, batch, size, rate_mode,
+            lambda t: run(archs, paradigms, rates, inputs, rate_mode,
                           warmup, repeats), COLUMNS, threads, json_path)

@@ -27,20 +27,33 @@ several times faster there on large maps).
   patches, conv3 runs on them, and a fused scatter-add + ReLU writes them
   into the shortcut. Above the threshold, and on a channels_last input at
   any density (the gather / scatter kernels read and write NCHW), the block
-  computes conv2 / conv3 densely with the same masked SE squeeze (a batched
-  GEMV over the kept pixels) and masks conv3's output in the residual add.
+  computes conv2 densely with the same masked SE squeeze (a batched GEMV
+  over the kept pixels); on a float32 channels_last input below
+  :data:`laud_mm.ops.policy.REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD` active
+  patches conv3 then runs on the active pixels only (their rows of C
+  contiguous channels gathered and scaled by the excitation, one GEMM, the
+  results added into the shortcut's rows and rectified, in place where
+  the block owns the shortcut), otherwise densely, its output masked in
+  the residual add.
 - channel (G channels per gate; conv2 has conv groups of ``group_width``),
   batched over the samples (no loop over samples or gate patterns): each
   sample's kept channels, padded to the batch's largest count; conv1 of the
-  kept channels as one batched GEMM reading x in place, scattered into
-  their columns of a zeroed NHWC map (the dropped channels are exact zeros
-  at conv2's input, as in the masked-dense block); conv2 as oneDNN's
-  grouped convolution over every conv group in channels_last (a group
-  without a kept channel reads zeros and its outputs are not read); the
-  kept channels' conv2 outputs gathered; the SE squeeze of the kept
+  kept channels as one batched GEMM reading x in place, its bias and ReLU
+  applied on the way into their columns of a zeroed NHWC map, one pass
+  (:func:`laud_mm.ops.scatter_kept_columns`; the dropped channels are
+  exact zeros at conv2's input, as in the masked-dense block); conv2 as
+  oneDNN's grouped convolution over every conv group in channels_last (a
+  group without a kept channel reads zeros and its outputs are not read);
+  the kept channels' conv2 outputs gathered
+  (:func:`laud_mm.ops.gather_kept_columns`); the SE squeeze of the kept
   channels and their excitation, folded into conv3's per-sample weights
   (or into the gathered rows, whichever is smaller); conv3 as one batched
-  GEMM accumulated into the shortcut. Any G dividing the width works. The
+  GEMM accumulated into the shortcut, in place where the block owns it
+  (a downsample's output, or its input inside the backbone's forward:
+  ``owned_block_inputs``), then bn3's shift and a ReLU pass that records
+  the output's channel means for the next block's masker
+  (:func:`laud_mm.models.layers.dynamic.relu_pooled_`). Any G dividing
+  the width works. The
   FLOPs count and the latency predictor price conv2 at its active conv
   groups (``1 - (1 - d) ** (gw / G)`` of them for the paper's G = 2 and
   group width 8 / 16: :func:`laud_mm.structures.flops.
@@ -66,12 +79,14 @@ import torch.nn.functional as F
 from ...ops import policy
 from ...ops.dispatch import is_autocast, is_channels_last, layout_of
 from ...ops.indexing import channel_kept_lists
+from ...ops.kept_columns import _gather_kept_columns, _scatter_kept_columns
 from ...ops.patches import _gather, _scatter
 from ...ops.spatial_logit import _spatial_logit_pool
 from ...structures.geometry import BlockGeometry
 from ..layers.dynamic import (cast_folded, compute_dtype, forced_gate,
-                              no_autocast, promote_residual,
-                              residual_add_relu_, residual_add_relu_pooled_,
+                              no_autocast, owns_input, promote_residual,
+                              relu_pooled_, residual_add_relu_,
+                              residual_add_relu_pooled_,
                               run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.forward_plan import plannable
@@ -335,7 +350,14 @@ def _spatial(block, x, geom, fb=None):
             z = _masked_mean(h, mask)
         else:
             mask, z = None, h.mean(dim=(2, 3))
-        h.mul_(fb.excite(z)[:, :, None, None])
+        e = fb.excite(z)
+        if mask is not None and is_channels_last(h) and \
+                n_act < policy.REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD * \
+                gate.numel() and not is_autocast(x) and \
+                h.dtype == ident.dtype == torch.float32:
+            return _conv3_active_pixels(block, x, fb, h, e, mask,
+                                        ident), gate
+        h.mul_(e[:, :, None, None])
         y = F.conv2d(h, fb.w3, fb.b3)
         if mask is None:
             return residual_add_relu_(y, ident), gate
@@ -362,6 +384,40 @@ def _spatial(block, x, geom, fb=None):
     res, y = promote_residual(ident, F.conv2d(h, fb.w3, fb.b3))
     out = _scatter(res, y, idx, (s, s), res is not x)
     return out, gate
+
+
+def _conv3_active_pixels(block, x: torch.Tensor, fb: FoldedRegNetY,
+                         h: torch.Tensor, e: torch.Tensor,
+                         mask: torch.Tensor, ident: torch.Tensor
+                         ) -> torch.Tensor:
+    """A channels_last spatial block's conv3 on its active pixels only:
+    ``relu(ident + mask * conv3(h * e))`` with the active pixels' rows of
+    h (N, C, Ho, Wo, channels_last: a pixel is C contiguous floats)
+    gathered, scaled by their sample's excitation e (N, C), one GEMM with
+    conv3's folded weights and bias, added to the shortcut's rows and
+    rectified; the other pixels output ``relu(ident)``. Written into the
+    shortcut when the block owns it (the downsample's output, or its input
+    inside the backbone's forward, non-negative: its inactive pixels are
+    then left as they are). float32, outside autocast."""
+    n, c, ho, wo = h.shape
+    c_out = ident.shape[1]
+    pix = mask.reshape(-1).nonzero()[:, 0]  # (P,) rows (n, y, x)
+    g = h.permute(0, 2, 3, 1).reshape(-1, c).index_select(0, pix)
+    g.mul_(e.index_select(0, pix.div(ho * wo, rounding_mode='floor')))
+    y = torch.addmm(fb.b3, g, fb.w3m.t())  # (P, C_out)
+    fmt = torch.channels_last
+    if ident is x:
+        nonneg = owns_input(block, x, fmt)
+        out = x if nonneg else x.clone(memory_format=fmt)
+    else:
+        nonneg = False
+        out = ident.contiguous(memory_format=fmt)
+    rows = out.permute(0, 2, 3, 1).reshape(-1, c_out)  # a view of out
+    y.add_(rows.index_select(0, pix)).relu_()
+    if not nonneg:
+        out.relu_()
+    rows.index_copy_(0, pix, y)
+    return out
 
 
 def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -421,28 +477,26 @@ def _channel_batched(block, x, fb, gate):
     ho, wo = ident.shape[-2:]
     c_out = ident.shape[1]
     # conv1 computes a padding slot as a copy of the sample's first kept
-    # channel (written twice with the same value; channel 0, dropped and
-    # unread, for a sample keeping none)
+    # channel (channel 0 for a sample keeping none; the slot is not
+    # written below)
     k1 = torch.where(kept < width, kept, kept[:, :1] % width)
     f1 = k1.reshape(-1)
     # conv1 of the kept channels as one batched GEMM on x read in place,
-    # into their columns of conv2's NHWC input (dropped channels: zero)
+    # then their bias and ReLU on the way into their columns of conv2's
+    # NHWC input (dropped channels: zero; laud_mm.ops.kept_columns)
     xr = xc.permute(0, 2, 3, 1).reshape(n, h * w_, c_in) \
         if is_channels_last(xc) else \
         xc.reshape(n, c_in, h * w_).transpose(1, 2)
-    h1k = torch.baddbmm(fb.b1.index_select(0, f1).view(n, 1, k_max), xr,
-                        fb.w1m.index_select(0, f1).view(n, k_max, c_in)
-                        .transpose(1, 2)).relu_()
-    h1 = h1k.new_zeros(n, h, w_, width)
-    h1.view(n, h * w_, width).scatter_(
-        2, k1[:, None, :].expand(n, h * w_, k_max), h1k)
+    h1k = torch.bmm(xr, fb.w1m.index_select(0, f1).view(n, k_max, c_in)
+                    .transpose(1, 2))
+    h1 = _scatter_kept_columns(h1k, kept, width, fb.b1, relu=True)
     # conv2 over every conv group in channels_last (oneDNN's fast format;
     # a conv group without a kept channel reads zeros and its outputs are
     # not read)
-    h2 = F.conv2d(h1.permute(0, 3, 1, 2), fb.w2, fb.b2, fb.stride, 1, 1,
-                  groups).relu_()
-    h2k = h2.permute(0, 2, 3, 1).reshape(n, ho * wo, width).gather(
-        2, k1[:, None, :].expand(n, ho * wo, k_max))  # (N, HW', K)
+    h2 = F.conv2d(h1.view(n, h, w_, width).permute(0, 3, 1, 2), fb.w2,
+                  fb.b2, fb.stride, 1, 1, groups).relu_()
+    h2k = _gather_kept_columns(
+        h2.permute(0, 2, 3, 1).reshape(n, ho * wo, width), kept)  # (N, HW', K)
     w3k = fb.w3te.index_select(0, kept.reshape(-1)).view(n, k_max, c_out)
     if fb.se1 is not None:
         # squeeze of the kept channels (the dropped ones are zero), their
@@ -455,17 +509,28 @@ def _channel_batched(block, x, fb, gate):
         else:
             h2k.mul_(e[:, None, :])
     w3k, h2k = w3k.to(dtype), h2k.to(dtype)
-    # conv3 added to the shortcut by the GEMM, in the shortcut's layout
+    # conv3 added to the shortcut by the GEMM, in the shortcut's layout:
+    # in place where the block owns it (the downsample's output, or the
+    # input inside a backbone forward), else into a new tensor
     ident = ident.to(dtype)
-    if is_channels_last(ident):
-        out = torch.baddbmm(
-            ident.permute(0, 2, 3, 1).reshape(n, ho * wo, c_out), h2k, w3k
-        ).view(n, ho, wo, c_out).permute(0, 3, 1, 2)
+    fmt = layout_of(ident)
+    inplace = ident.is_contiguous(memory_format=fmt) and (
+        ident is not x or owns_input(block, x, fmt))
+    if fmt == torch.channels_last:
+        rows = ident.permute(0, 2, 3, 1).reshape(n, ho * wo, c_out)
+        a, b = h2k, w3k
     else:
-        out = torch.baddbmm(ident.reshape(n, c_out, ho * wo),
-                            w3k.transpose(1, 2), h2k.transpose(1, 2)
-                            ).view(n, c_out, ho, wo)
-    return out.add_(b3).relu_()
+        rows = ident.reshape(n, c_out, ho * wo)
+        a, b = w3k.transpose(1, 2), h2k.transpose(1, 2)
+    if inplace:
+        rows.baddbmm_(a, b)
+        out = ident
+    else:
+        out = torch.baddbmm(rows, a, b)
+        out = out.view(n, ho, wo, c_out).permute(0, 3, 1, 2) \
+            if fmt == torch.channels_last else out.view(n, c_out, ho, wo)
+    out.add_(b3)
+    return relu_pooled_(out)
 
 
 # ------------------------------------------------------------------ layer

@@ -30,6 +30,7 @@ from laud_mm.models.regnet.block import (LAUDRegNetYBlock,  # noqa: E402
                                          masked_avg_pool)
 from laud_mm.models.regnet.dynamic import \
     static_regnety_forward  # noqa: E402
+from laud_mm.ops import policy  # noqa: E402
 
 from conftest import (ROOT, check_channels_last_forward,  # noqa: E402
                       load_coco_images)
@@ -306,6 +307,93 @@ def test_channel_path_batches_samples_keeping_none_some_all(layout, stride,
     assert out16.dtype == ref16.dtype
     assert float((out16.float() - ref16.float()).abs().max()) <= \
         0.05 * scale
+
+
+@pytest.mark.parametrize('paradigm,layout,stride', [
+    ('channel', 'nchw', 1), ('channel', 'channels_last', 1),
+    ('channel', 'channels_last', 2), ('spatial', 'channels_last', 1),
+    ('spatial', 'channels_last', 2)])
+def test_block_writes_into_owned_input(paradigm, layout, stride):
+    """Inside owned_block_inputs (what the backbone's forward uses) an
+    identity channel block, and a channels_last spatial block whose conv3
+    runs on the active pixels (under a third of the patches active), write
+    their output into their (non-negative) input; a channel block records
+    the output's channel means for the next masker. The output equals the
+    masked-dense block, alone and owned; outside the context the input is
+    untouched and the output a new tensor. Stride 2: the downsample's
+    output is the target (the input is never written)."""
+    from laud_mm.models.layers.channel_mean import recorded_channel_mean
+    from laud_mm.models.layers.dynamic import owned_block_inputs
+    torch.manual_seed(0)
+    cin = 32 if stride == 1 else 16
+    blk = LAUDRegNetYBlock(cin, 32, stride=stride, group_width=8,
+                           paradigm=paradigm, granularity=2)
+    randomize(blk, 5)
+    blk.eval()
+    blk.dynamic_inference = True
+    n = 4
+    geom = blk.geometry((13, 11))
+    g = torch.Generator().manual_seed(2)
+    if paradigm == 'channel':
+        gate = (torch.rand(n, 16, generator=g) < 0.6).float()
+        gate[0] = 0.  # keeps nothing: relu(input + bn3 shift)
+    else:
+        gate = (torch.rand(n, *geom.patch_grid, generator=g) < 0.3).float()
+        gate[0] = 0.  # no active patch: relu(shortcut)
+        assert float(gate.mean()) < \
+            policy.REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD
+    blk.masker.forced_gate = gate
+    # non-negative, like a block output (what the context promises)
+    x = load_coco_images(n=n, size=(13, 11)).repeat(1, 11, 1, 1)[:, :cin]
+    x = x.relu()
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = blk._masked_dense(x, gate, geom)
+        kept = x.clone(memory_format=torch.preserve_format)
+        alone = blk(kept)
+        assert alone.data_ptr() != kept.data_ptr() and torch.equal(kept, x)
+        owned = x.clone(memory_format=torch.preserve_format)
+        with owned_block_inputs([blk]):
+            out = blk(owned)
+    scale = float(ref.abs().max())
+    for o in (alone, out):
+        assert float((o - ref).abs().max()) <= 1e-5 * scale
+        assert o.is_contiguous(memory_format=torch.channels_last) == \
+            (layout == 'channels_last')
+    if stride == 1:
+        assert out.data_ptr() == owned.data_ptr()
+    else:
+        assert torch.equal(owned, x)
+    if paradigm == 'channel':
+        means = recorded_channel_mean(out)
+        assert means is not None
+        assert torch.allclose(means, out.mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_backbone_forward_keeps_caller_input():
+    """LAUD-RegNetY's dynamic forward (identity blocks writing into their
+    inputs) leaves the image tensor intact, and its stage outputs equal
+    the masked-dense backbone's (channel and layer skipping)."""
+    from laud_mm.analysis.forced_gates import force_random_gates
+    for paradigm, gran in (('channel', (2, 2, 2, 2)), ('layer', None)):
+        torch.manual_seed(0)
+        net = LAUDRegNetY('regnety_400mf', paradigm=paradigm,
+                          granularity=gran, out_indices=(0, 1, 2, 3))
+        randomize(net, 2)
+        net.eval()
+        x = load_coco_images(n=2, size=(64, 48))
+        x0 = x.clone()
+        force_random_gates(net, 0.5, 2, (64, 48), seed=1)
+        with torch.no_grad():
+            net.dynamic_inference = False
+            ref = net(x)
+            net.dynamic_inference = True
+            out = net(x.contiguous(memory_format=torch.channels_last))
+        assert torch.equal(x, x0)
+        for o, r in zip(out, ref):
+            assert float((o - r).abs().max()) <= \
+                1e-4 * max(1., float(r.abs().max()))
 
 
 def test_flops_match_torchvision_model_sizes():
