@@ -70,7 +70,8 @@ at::Tensor scatter_kept_columns_cpu(const at::Tensor& src,
                                     const c10::optional<at::Tensor>& bias,
                                     bool relu);
 at::Tensor gather_kept_columns_cpu(const at::Tensor& src,
-                                   const at::Tensor& kept);
+                                   const at::Tensor& kept, bool relu,
+                                   const c10::optional<at::Tensor>& sums);
 #ifdef WITH_CUDA
 at::Tensor gather_kept_weights_cuda(const at::Tensor& weight,
                                     const at::Tensor& chs);
@@ -336,10 +337,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("src"), py::arg("kept"), py::arg("width"), py::arg("bias"),
         py::arg("relu"));
   m.def("gather_kept_columns", &laud_mm::gather_kept_columns_cpu,
-        "gather_kept_columns(src (N,P,W) float32, kept (N,K) int64) -> "
-        "(N,P,K): src[n,p,kept[n,j]], 0 where kept[n,j] == W (padding), "
-        "one pass (CPU; rows over torch's threads)",
-        py::arg("src"), py::arg("kept"));
+        "gather_kept_columns(src (N,P,W) float32, kept (N,K) int64, relu, "
+        "sums (N,K) float32 or None) -> (N,P,K): epi(src[n,p,kept[n,j]]) "
+        "(epi = ReLU when relu), 0 where kept[n,j] == W (padding); sums "
+        "filled with each column's sum over P, one pass (CPU; chunks of "
+        "64 pixels over torch's threads, sums added in chunk order)",
+        py::arg("src"), py::arg("kept"), py::arg("relu"), py::arg("sums"));
   m.def("sample_gemm_partition", &laud_mm::sample_gemm_partition,
         "sample_gemm_partition(n, P, threads) -> (threads,) int64: the "
         "columns each thread runs in sample_gemm for n samples of P columns",

@@ -11,14 +11,19 @@ masked-dense block). Two operators move the values between the two:
 - :func:`scatter_kept_columns`: conv1's kept values into their columns of
   a zeroed map, with conv1's bias and ReLU applied on the way;
 - :func:`gather_kept_columns`: conv2's kept output columns back into
-  compact rows for the SE squeeze and conv3.
+  compact rows for conv3, with conv2's ReLU applied on the way and the
+  columns' sums (the SE squeeze) taken in the same pass.
 
-``kept`` is (N, K) int64: per sample its kept channels, padded with the
-index W (a padding slot: nothing is written, 0 is read). Both run the
-compiled kernel (``csrc/cpu/kept_columns_cpu.cpp``: one pass over the
-rows, in order, instead of PyTorch's zero fill, bias and ReLU passes and
-its per-element ``scatter_`` / ``gather``) for contiguous float32 CPU
-tensors, else the PyTorch reference (any device and dtype).
+``kept`` is (N, K) int64: per sample its kept channels, distinct,
+padded with the index W (a padding slot: nothing is written, 0 is read);
+distinctness is the caller's (``channel_kept_lists`` makes such lists) and
+is not checked: a repeated channel would be written once per entry, the
+last one standing. Both run the compiled kernel
+(``csrc/cpu/kept_columns_cpu.cpp``) on float32 CPU tensors (made
+contiguous first): one pass over the rows, in order, instead of PyTorch's
+zero fill, bias and ReLU passes, its per-element ``scatter_`` / ``gather``
+and the squeeze's ``mean``; other dtypes and devices run the PyTorch
+reference.
 
 Source: paper sec. 3.2 (channel skipping: a dropped channel's activations
 are zero), sec. 3.4 (gather / scatter fused with neighbouring element-wise
@@ -48,6 +53,11 @@ def _check_kept(kept, n: int, k: Optional[int], width: int,
                          f'{int(kept.max())}]')
 
 
+def _check_relu(relu) -> None:
+    if not isinstance(relu, bool):
+        raise ValueError(f'relu must be a bool, got {relu!r}')
+
+
 def scatter_kept_columns(src: torch.Tensor, kept: torch.Tensor, width: int,
                          bias: Optional[torch.Tensor] = None,
                          relu: bool = False) -> torch.Tensor:
@@ -56,7 +66,8 @@ def scatter_kept_columns(src: torch.Tensor, kept: torch.Tensor, width: int,
     Args:
         src: (N, P, K) each sample's values of its kept-channel slots.
         kept: (N, K) int64 the slots' channels in [0, W], distinct within
-            a row but for the padding index W (slot skipped).
+            a row but for the padding index W (slot skipped; distinctness
+            not checked, module docstring).
         width: W, the map's channels.
         bias: (W,) added to each kept value by channel, or None.
         relu: ReLU (NaN kept, as torch) after the bias.
@@ -68,15 +79,19 @@ def scatter_kept_columns(src: torch.Tensor, kept: torch.Tensor, width: int,
 
     Raises:
         ValueError: ``src`` not 3-D, ``kept`` not int64 (N, K) on src's
-            device, an entry outside [0, W], a negative ``width`` or a
-            ``bias`` that is not (W,) of src's dtype and device (names the
-            argument).
+            device, an entry outside [0, W], a negative ``width``, a
+            ``bias`` that is not (W,) of src's dtype and device, or
+            ``relu`` not a bool (names the argument).
+
+    Source: paper sec. 3.2 (dropped channels are zeros at conv2's input),
+    sec. 3.4 (scatter fused with the bias and ReLU).
     """
     if not isinstance(src, torch.Tensor) or src.dim() != 3:
         raise ValueError(f'src must be a 3-D (N, P, K) tensor, got '
                          f'{tuple(getattr(src, "shape", ()))}')
     if isinstance(width, bool) or not isinstance(width, int) or width < 0:
         raise ValueError(f'width must be an int >= 0, got {width!r}')
+    _check_relu(relu)
     _check_kept(kept, src.shape[0], src.shape[2], width, src.device)
     if bias is not None and (
             not isinstance(bias, torch.Tensor) or
@@ -89,16 +104,19 @@ def scatter_kept_columns(src: torch.Tensor, kept: torch.Tensor, width: int,
     return _scatter_kept_columns(src, kept, width, bias, relu)
 
 
-def _fast(src: torch.Tensor) -> bool:
+def _fast(src: torch.Tensor, name: str) -> bool:
+    """Whether the compiled ``name`` runs on ``src``: built, a float32 CPU
+    tensor, the compiled backend active."""
     ext = extension()
-    return ext is not None and hasattr(ext, 'scatter_kept_columns') and \
+    return ext is not None and hasattr(ext, name) and \
         src.device.type == 'cpu' and src.dtype == torch.float32 and \
         use_kernels(src)
 
 
 def _scatter_kept_columns(src, kept, width, bias=None, relu=False):
     """:func:`scatter_kept_columns` without argument checks (internal)."""
-    if _fast(src) and (bias is None or bias.dtype == torch.float32):
+    if _fast(src, 'scatter_kept_columns') and \
+            (bias is None or bias.dtype == torch.float32):
         return extension().scatter_kept_columns(
             src.contiguous(), kept.contiguous(), width,
             None if bias is None else bias.contiguous(), relu)
@@ -108,9 +126,9 @@ def _scatter_kept_columns(src, kept, width, bias=None, relu=False):
 def scatter_kept_columns_reference(src, kept, width, bias=None, relu=False
                                    ) -> torch.Tensor:
     """Pure-PyTorch :func:`scatter_kept_columns` (same arguments and
-    result; no argument checks): bias and ReLU over ``src``, then
-    ``scatter_`` into a zero map with a spare column W that takes the
-    padding slots."""
+    result: src (N, P, K), kept (N, K) -> (N, P, W); no argument checks),
+    any device and dtype: bias and ReLU over ``src``, then ``scatter_``
+    into a zero map with a spare column W that takes the padding slots."""
     n, p, k = src.shape
     v = src
     if bias is not None:
@@ -122,41 +140,73 @@ def scatter_kept_columns_reference(src, kept, width, bias=None, relu=False
     return out[:, :, :width].contiguous()
 
 
-def gather_kept_columns(src: torch.Tensor, kept: torch.Tensor
-                        ) -> torch.Tensor:
+def gather_kept_columns(src: torch.Tensor, kept: torch.Tensor,
+                        relu: bool = False,
+                        sums: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The kept columns of a channel-row map as compact rows.
 
     Args:
         src: (N, P, W) channel rows.
         kept: (N, K) int64 channels in [0, W] (W: a padding slot).
+        relu: ReLU (NaN kept, as torch) on the gathered values.
+        sums: (N, K) tensor of src's dtype and device, contiguous, or None:
+            filled with each gathered column's sum over the P rows (the SE
+            squeeze of the kept channels, times P). The compiled kernel
+            adds fixed chunks of 64 rows, then the chunks in order: equal
+            to a torch sum up to float rounding, the same at any thread
+            count.
 
     Returns:
-        (N, P, K) new tensor ``src[n, p, kept[n, j]]``, 0 in padding
+        (N, P, K) new tensor ``epi(src[n, p, kept[n, j]])``, 0 in padding
         slots.
 
     Raises:
         ValueError: ``src`` not 3-D, ``kept`` not int64 (N, K) on src's
-            device, or an entry outside [0, W] (names the argument).
+            device, an entry outside [0, W], ``relu`` not a bool, or
+            ``sums`` not a contiguous (N, K) tensor of src's dtype and
+            device (names the argument).
+
+    Source: paper sec. 3.2 (the SE squeeze over the kept channels), sec.
+    3.4 (gather fused with the ReLU and the pooling).
     """
     if not isinstance(src, torch.Tensor) or src.dim() != 3:
         raise ValueError(f'src must be a 3-D (N, P, W) tensor, got '
                          f'{tuple(getattr(src, "shape", ()))}')
     _check_kept(kept, src.shape[0], None, src.shape[2], src.device)
-    return _gather_kept_columns(src, kept)
+    _check_relu(relu)
+    if sums is not None and (
+            not isinstance(sums, torch.Tensor) or
+            tuple(sums.shape) != tuple(kept.shape) or
+            sums.dtype != src.dtype or sums.device != src.device or
+            not sums.is_contiguous()):
+        raise ValueError(f'sums must be a contiguous {tuple(kept.shape)} '
+                         f'{src.dtype} tensor on {src.device}, got '
+                         f'{getattr(sums, "dtype", type(sums))} '
+                         f'{tuple(getattr(sums, "shape", ()))}')
+    return _gather_kept_columns(src, kept, relu, sums)
 
 
-def _gather_kept_columns(src, kept):
+def _gather_kept_columns(src, kept, relu=False, sums=None):
     """:func:`gather_kept_columns` without argument checks (internal)."""
-    if _fast(src):
-        return extension().gather_kept_columns(src.contiguous(),
-                                               kept.contiguous())
-    return gather_kept_columns_reference(src, kept)
+    if _fast(src, 'gather_kept_columns') and \
+            (sums is None or (sums.dtype == torch.float32 and
+                              sums.is_contiguous())):
+        return extension().gather_kept_columns(
+            src.contiguous(), kept.contiguous(), relu, sums)
+    return gather_kept_columns_reference(src, kept, relu, sums)
 
 
-def gather_kept_columns_reference(src, kept) -> torch.Tensor:
-    """Pure-PyTorch :func:`gather_kept_columns` (same arguments and result;
-    no argument checks): ``gather`` from the map with a zero column W
-    appended."""
+def gather_kept_columns_reference(src, kept, relu=False, sums=None
+                                  ) -> torch.Tensor:
+    """Pure-PyTorch :func:`gather_kept_columns` (same arguments and result
+    up to the sums' float rounding: src (N, P, W), kept (N, K) -> (N, P,
+    K), sums (N, K); no argument checks), any device and dtype: ``gather``
+    from the map with a zero column W appended, ReLU, ``sum``."""
     n, p, _ = src.shape
     ext = torch.cat([src, src.new_zeros(n, p, 1)], 2)
-    return ext.gather(2, kept[:, None, :].expand(n, p, kept.shape[1]))
+    out = ext.gather(2, kept[:, None, :].expand(n, p, kept.shape[1]))
+    if relu:
+        out = out.relu_()
+    if sums is not None:
+        sums.copy_(out.sum(dim=1))
+    return out

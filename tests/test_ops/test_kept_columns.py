@@ -38,11 +38,13 @@ def _values(n, p, k, seed):
 
 
 @pytest.mark.parametrize('n,groups,g2,p', [(4, 16, 2, 13), (1, 8, 4, 49),
-                                           (3, 5, 1, 1)])
+                                           (3, 5, 1, 1), (3, 16, 2, 700)])
 @pytest.mark.parametrize('threads', [1, 2])
 def test_kept_columns_compiled_equal_reference(n, groups, g2, p, threads):
     """Scatter (with and without bias, ReLU) and gather: the compiled
-    kernels equal the reference element for element at 1 and 2 threads;
+    kernels equal the reference element for element at 1 and 2 threads
+    (3 x 700 rows: the scatter's rows and the gather's chunks split over
+    both threads);
     the dropped channels are exact zeros, padding slots are skipped when
     scattering and read as 0 when gathering, and NaN passes the ReLU as in
     torch; gathering what was scattered gives the values back."""
@@ -75,12 +77,45 @@ def test_kept_columns_compiled_equal_reference(n, groups, g2, p, threads):
             refg = ops.gather_kept_columns_reference(got, chs)
             assert torch.equal(back.nan_to_num(), refg.nan_to_num())
             assert (back[chs[:, None, :].expand_as(back) == width] == 0).all()
+            # gathered with a ReLU and the columns' sums, from a map with
+            # both signs
+            signed = got - 0.1
+            sums, sums_ref = torch.empty(n, k), torch.empty(n, k)
+            gr = ops.gather_kept_columns(signed, chs, relu=True, sums=sums)
+            grr = ops.gather_kept_columns_reference(signed, chs, True,
+                                                    sums_ref)
+            assert torch.equal(gr.nan_to_num(), grr.nan_to_num())
+            assert torch.equal(sums.isnan(), sums_ref.isnan())
+            assert torch.allclose(sums.nan_to_num(), sums_ref.nan_to_num(),
+                                  rtol=1e-5, atol=1e-5)
+            assert (gr.nan_to_num() >= 0).all()
             if b is None and not relu:
                 live = chs[:, None, :].expand_as(src) < width
                 assert torch.equal(back[live].nan_to_num(),
                                    src[live].nan_to_num())
     finally:
         torch.set_num_threads(prev)
+
+
+def test_kept_columns_sums_same_at_any_thread_count():
+    """The gather's column sums (fixed chunks of 64 pixels, added in chunk
+    order) are bit-identical at 1, 2 and 3 threads, over more than one
+    chunk per sample."""
+    chs, _ = _lists(3, 16, 2, seed=4)
+    src = torch.randn(3, 200, 32, generator=torch.Generator().manual_seed(5))
+    prev = torch.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            sums = torch.empty(3, chs.shape[1])
+            out = ops.gather_kept_columns(src, chs, relu=True, sums=sums)
+            res.append((out, sums))
+    finally:
+        torch.set_num_threads(prev)
+    for out, sums in res[1:]:
+        assert torch.equal(out, res[0][0]) and torch.equal(sums, res[0][1])
+    assert torch.allclose(res[0][1], res[0][0].sum(dim=1), rtol=1e-5)
 
 
 def test_kept_columns_other_dtypes_take_the_reference():
@@ -114,15 +149,27 @@ def test_kept_columns_errors_name_the_argument():
         ops.scatter_kept_columns(src, chs + 9, 8)
     with pytest.raises(ValueError, match='bias must be a'):
         ops.scatter_kept_columns(src, chs, 8, torch.zeros(7))
+    with pytest.raises(ValueError, match='relu must be a bool'):
+        ops.scatter_kept_columns(src, chs, 8, relu=1)
+    with pytest.raises(ValueError, match='relu must be a bool'):
+        ops.gather_kept_columns(torch.zeros(2, 3, 8), chs, relu='yes')
     with pytest.raises(ValueError, match='src must be a 3-D'):
         ops.gather_kept_columns(src[0], chs)
     with pytest.raises(ValueError, match=r'kept must lie in \[0, W = 3\]'):
         ops.gather_kept_columns(torch.zeros(2, 3, 3), chs)
+    with pytest.raises(ValueError, match='sums must be a contiguous'):
+        ops.gather_kept_columns(torch.zeros(2, 3, 8), chs,
+                                sums=torch.zeros(2, 1))
+    with pytest.raises(ValueError, match='sums must be a contiguous'):
+        ops.gather_kept_columns(torch.zeros(2, 3, 8), chs,
+                                sums=torch.zeros(chs.shape, dtype=torch.int64))
     if HAS_EXT:  # the kernels' own guards (the internal path skips ours)
         with pytest.raises(RuntimeError, match='kept entries must lie'):
             ops.extension().scatter_kept_columns(src, chs + 9, 8, None,
                                                  False)
         with pytest.raises(RuntimeError, match='kept entries must lie'):
-            ops.extension().gather_kept_columns(torch.zeros(2, 3, 3), chs)
+            ops.extension().gather_kept_columns(torch.zeros(2, 3, 3), chs,
+                                                False, None)
         with pytest.raises(RuntimeError, match='float32'):
-            ops.extension().gather_kept_columns(src.double(), chs)
+            ops.extension().gather_kept_columns(src.double(), chs, False,
+                                                None)

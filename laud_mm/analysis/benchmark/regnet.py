@@ -76,7 +76,8 @@ def run(archs: Sequence[str], paradigms: Sequence[str],
             DET_INPUT]``.
 
     Returns:
-        one dict per row: arch, batch, hw (H, W), size (H), paradigm,
+        one dict per row: arch, batch, hw (H, W), size (H, the side of a
+        square input; kept for readers of earlier JSON files), paradigm,
         threads, rate, rate_real, flops_ratio, static_ms (the faster static
         memory format), dynamic_ms, speedup, cpu_speedup, static_layout,
         static_layout_ms (:func:`~.common.timing_keys`), predicted_ratio

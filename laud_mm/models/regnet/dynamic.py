@@ -44,9 +44,10 @@ several times faster there on large maps).
   exact zeros at conv2's input, as in the masked-dense block); conv2 as
   oneDNN's grouped convolution over every conv group in channels_last (a
   group without a kept channel reads zeros and its outputs are not read);
-  the kept channels' conv2 outputs gathered
-  (:func:`laud_mm.ops.gather_kept_columns`); the SE squeeze of the kept
-  channels and their excitation, folded into conv3's per-sample weights
+  the kept channels' conv2 outputs gathered with their ReLU and their
+  sums over the pixels, one pass (:func:`laud_mm.ops.gather_kept_columns`);
+  the SE squeeze of the kept channels from those sums and their
+  excitation, folded into conv3's per-sample weights
   (or into the gathered rows, whichever is smaller); conv3 as one batched
   GEMM accumulated into the shortcut, in place where the block owns it
   (a downsample's output, or its input inside the backbone's forward:
@@ -297,8 +298,10 @@ def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor
     fastest for input ``x``: channels_last on a 4-D CPU input
     (:data:`laud_mm.ops.policy.CHANNELS_LAST_CPU`), where the layer and
     channel paths are oneDNN convolutions and batched GEMMs that read and
-    write NHWC in place, spatial blocks compute densely and mask (their
-    gather / scatter kernels read NCHW), and oneDNN's convolutions, above
+    write NHWC in place, spatial blocks compute conv2 densely (their
+    gather / scatter kernels read NCHW) and conv3 on the active pixels
+    below half the patches active, densely and masked above, and
+    oneDNN's convolutions, above
     all the grouped 3 x 3 one (RegNetY's conv2), run faster than in NCHW
     (docs/benchmarks.md, "LAUD-RegNetY": channels_last is the better
     format for every paradigm at r >= 0.5; NCHW only pays for spatial
@@ -339,9 +342,11 @@ def _spatial(block, x, geom, fb=None):
     ident = fb.shortcut(x)
     if n_act == 0:
         return torch.relu(ident), gate
-    # a channels_last input computes densely at any density: the gather /
-    # scatter kernels read and write NCHW, and converting their operands
-    # costs more than the patches save (docs/benchmarks.md, "LAUD-RegNetY")
+    # a channels_last input computes conv2 densely at any density: the
+    # gather / scatter kernels read and write NCHW, and converting their
+    # operands costs more than the patches save (docs/benchmarks.md,
+    # "LAUD-RegNetY"); conv3 runs on the active pixels below
+    # REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD
     if n_act >= policy.REGNETY_SPATIAL_DENSE_THRESHOLD * gate.numel() or \
             is_channels_last(x):
         h = fb.conv2(h1.relu_())
@@ -406,17 +411,19 @@ def _conv3_active_pixels(block, x: torch.Tensor, fb: FoldedRegNetY,
     g.mul_(e.index_select(0, pix.div(ho * wo, rounding_mode='floor')))
     y = torch.addmm(fb.b3, g, fb.w3m.t())  # (P, C_out)
     fmt = torch.channels_last
-    if ident is x:
-        nonneg = owns_input(block, x, fmt)
-        out = x if nonneg else x.clone(memory_format=fmt)
+    # the shortcut's rows of the active pixels, then relu(shortcut) (the
+    # inactive pixels' output) as the output: an owned identity input is
+    # non-negative already (left as it is), the downsample's output is
+    # rectified in place, another input into a new tensor
+    rows_in = ident.permute(0, 2, 3, 1).reshape(-1, c_out)
+    y.add_(rows_in.index_select(0, pix)).relu_()
+    if ident is not x:
+        out = ident.contiguous(memory_format=fmt).relu_()
+    elif owns_input(block, x, fmt):
+        out = x
     else:
-        nonneg = False
-        out = ident.contiguous(memory_format=fmt)
-    rows = out.permute(0, 2, 3, 1).reshape(-1, c_out)  # a view of out
-    y.add_(rows.index_select(0, pix)).relu_()
-    if not nonneg:
-        out.relu_()
-    rows.index_copy_(0, pix, y)
+        out = torch.relu(x).contiguous(memory_format=fmt)
+    out.permute(0, 2, 3, 1).reshape(-1, c_out).index_copy_(0, pix, y)
     return out
 
 
@@ -494,14 +501,18 @@ def _channel_batched(block, x, fb, gate):
     # a conv group without a kept channel reads zeros and its outputs are
     # not read)
     h2 = F.conv2d(h1.view(n, h, w_, width).permute(0, 3, 1, 2), fb.w2,
-                  fb.b2, fb.stride, 1, 1, groups).relu_()
+                  fb.b2, fb.stride, 1, 1, groups)
+    # the kept channels' conv2 outputs, their ReLU and their sums over the
+    # pixels (the SE squeeze) in one pass: (N, HW', K), (N, K)
+    sums = h2.new_empty(n, k_max) if fb.se1 is not None else None
     h2k = _gather_kept_columns(
-        h2.permute(0, 2, 3, 1).reshape(n, ho * wo, width), kept)  # (N, HW', K)
+        h2.permute(0, 2, 3, 1).reshape(n, ho * wo, width), kept, True, sums)
     w3k = fb.w3te.index_select(0, kept.reshape(-1)).view(n, k_max, c_out)
     if fb.se1 is not None:
         # squeeze of the kept channels (the dropped ones are zero), their
         # excitation folded into the smaller of conv3's operands
-        z = h2k.new_zeros(n, width + 1).scatter_(1, kept, h2k.mean(dim=1))
+        z = h2k.new_zeros(n, width + 1).scatter_(
+            1, kept, sums.div_(ho * wo))
         e = fb.excite(z[:, :width])
         e = torch.cat([e, e.new_zeros(n, 1)], 1).gather(1, kept)
         if c_out <= ho * wo:

@@ -371,29 +371,42 @@ def test_block_writes_into_owned_input(paradigm, layout, stride):
         assert torch.allclose(means, out.mean(dim=(2, 3)), atol=1e-6)
 
 
-def test_backbone_forward_keeps_caller_input():
-    """LAUD-RegNetY's dynamic forward (identity blocks writing into their
-    inputs) leaves the image tensor intact, and its stage outputs equal
-    the masked-dense backbone's (channel and layer skipping)."""
+@pytest.mark.parametrize('paradigm,gran,rate', [
+    ('channel', (2, 2, 2, 2), 0.5), ('layer', None, 0.5),
+    ('spatial', (4, 4, 2, 1), 0.25)])
+def test_backbone_forward_keeps_caller_input(paradigm, gran, rate,
+                                             monkeypatch):
+    """LAUD-RegNetY's dynamic forward fed channels_last (identity blocks
+    writing into their inputs; spatial at r = 0.25: conv3 on the active
+    pixels, written into owned inputs block after block) leaves the image
+    tensor it is given intact, and its stage outputs equal the
+    masked-dense backbone's."""
     from laud_mm.analysis.forced_gates import force_random_gates
-    for paradigm, gran in (('channel', (2, 2, 2, 2)), ('layer', None)):
-        torch.manual_seed(0)
-        net = LAUDRegNetY('regnety_400mf', paradigm=paradigm,
-                          granularity=gran, out_indices=(0, 1, 2, 3))
-        randomize(net, 2)
-        net.eval()
-        x = load_coco_images(n=2, size=(64, 48))
-        x0 = x.clone()
-        force_random_gates(net, 0.5, 2, (64, 48), seed=1)
-        with torch.no_grad():
-            net.dynamic_inference = False
-            ref = net(x)
-            net.dynamic_inference = True
-            out = net(x.contiguous(memory_format=torch.channels_last))
-        assert torch.equal(x, x0)
-        for o, r in zip(out, ref):
-            assert float((o - r).abs().max()) <= \
-                1e-4 * max(1., float(r.abs().max()))
+    from laud_mm.models.regnet import dynamic
+    calls = []
+    active_pixels = dynamic._conv3_active_pixels
+    monkeypatch.setattr(dynamic, '_conv3_active_pixels',
+                        lambda *a: calls.append(1) or active_pixels(*a))
+    torch.manual_seed(0)
+    net = LAUDRegNetY('regnety_400mf', paradigm=paradigm, granularity=gran,
+                      out_indices=(0, 1, 2, 3))
+    randomize(net, 2)
+    net.eval()
+    x = load_coco_images(n=2, size=(64, 96))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    x0 = xc.clone(memory_format=torch.preserve_format)
+    force_random_gates(net, rate, 2, (64, 96), seed=1)
+    with torch.no_grad():
+        net.dynamic_inference = False
+        ref = net(x)
+        net.dynamic_inference = True
+        out = net(xc)
+    assert torch.equal(xc, x0)
+    # the active-pixel conv3 ran (spatial blocks below the threshold)
+    assert bool(calls) == (paradigm == 'spatial')
+    for o, r in zip(out, ref):
+        assert float((o - r).abs().max()) <= \
+            1e-4 * max(1., float(r.abs().max()))
 
 
 def test_flops_match_torchvision_model_sizes():
