@@ -343,6 +343,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "filled with each column's sum over P, one pass (CPU; chunks of "
         "64 pixels over torch's threads, sums added in chunk order)",
         py::arg("src"), py::arg("kept"), py::arg("relu"), py::arg("sums"));
+  // the signature generation of scatter_kept_columns /
+  // gather_kept_columns (laud_mm/ops/kept_columns.py refuses another)
+  m.attr("kept_columns_api") = 2;
   m.def("sample_gemm_partition", &laud_mm::sample_gemm_partition,
         "sample_gemm_partition(n, P, threads) -> (threads,) int64: the "
         "columns each thread runs in sample_gemm for n samples of P columns",

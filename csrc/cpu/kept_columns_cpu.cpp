@@ -145,8 +145,12 @@ at::Tensor gather_kept_columns_cpu(const at::Tensor& src,
   // items: (sample, chunk of kChunk pixels); a chunk's column sums go to
   // its own row of partial sums, added up in chunk order afterwards
   const int64_t chunks = (P + kChunk - 1) / kChunk;
+  // sp (and each chunk's ps) null: no sums requested (or none to write)
   std::vector<float> part(sp ? n * chunks * K : 0, 0.f);
-  at::parallel_for(0, n * chunks, 1, [&](int64_t i0, int64_t i1) {
+  // tasks of about 16k values, as the scatter's (small calls stay serial)
+  const int64_t grain =
+      std::max<int64_t>(1, row_grain(width + K) / kChunk);
+  at::parallel_for(0, n * chunks, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t smp = i / chunks, p0 = (i % chunks) * kChunk;
       const int64_t p1 = std::min(P, p0 + kChunk);

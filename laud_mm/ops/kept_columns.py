@@ -104,11 +104,19 @@ def scatter_kept_columns(src: torch.Tensor, kept: torch.Tensor, width: int,
     return _scatter_kept_columns(src, kept, width, bias, relu)
 
 
+#: the signature generation of the compiled operators this module calls
+#: (``_ext.kept_columns_api``): an extension built from other sources
+#: leaves both operators to the reference
+KEPT_COLUMNS_API = 2
+
+
 def _fast(src: torch.Tensor, name: str) -> bool:
-    """Whether the compiled ``name`` runs on ``src``: built, a float32 CPU
-    tensor, the compiled backend active."""
+    """Whether the compiled ``name`` runs on ``src``: built from these
+    sources (:data:`KEPT_COLUMNS_API`), a float32 CPU tensor, the compiled
+    backend active."""
     ext = extension()
     return ext is not None and hasattr(ext, name) and \
+        getattr(ext, 'kept_columns_api', None) == KEPT_COLUMNS_API and \
         src.device.type == 'cpu' and src.dtype == torch.float32 and \
         use_kernels(src)
 
@@ -149,12 +157,13 @@ def gather_kept_columns(src: torch.Tensor, kept: torch.Tensor,
         src: (N, P, W) channel rows.
         kept: (N, K) int64 channels in [0, W] (W: a padding slot).
         relu: ReLU (NaN kept, as torch) on the gathered values.
-        sums: (N, K) tensor of src's dtype and device, contiguous, or None:
+        sums: (N, K) contiguous floating tensor on src's device, or None:
             filled with each gathered column's sum over the P rows (the SE
-            squeeze of the kept channels, times P). The compiled kernel
-            adds fixed chunks of 64 rows, then the chunks in order: equal
-            to a torch sum up to float rounding, the same at any thread
-            count.
+            squeeze of the kept channels, times P), summed in sums' dtype
+            (float32 sums of a half-precision map neither overflow nor
+            round twice). The compiled kernel adds fixed chunks of 64
+            rows, then the chunks in order: equal to a torch sum up to
+            float rounding, the same at any thread count.
 
     Returns:
         (N, P, K) new tensor ``epi(src[n, p, kept[n, j]])``, 0 in padding
@@ -163,7 +172,7 @@ def gather_kept_columns(src: torch.Tensor, kept: torch.Tensor,
     Raises:
         ValueError: ``src`` not 3-D, ``kept`` not int64 (N, K) on src's
             device, an entry outside [0, W], ``relu`` not a bool, or
-            ``sums`` not a contiguous (N, K) tensor of src's dtype and
+            ``sums`` not a contiguous floating (N, K) tensor on src's
             device (names the argument).
 
     Source: paper sec. 3.2 (the SE squeeze over the kept channels), sec.
@@ -177,10 +186,10 @@ def gather_kept_columns(src: torch.Tensor, kept: torch.Tensor,
     if sums is not None and (
             not isinstance(sums, torch.Tensor) or
             tuple(sums.shape) != tuple(kept.shape) or
-            sums.dtype != src.dtype or sums.device != src.device or
+            not sums.is_floating_point() or sums.device != src.device or
             not sums.is_contiguous()):
         raise ValueError(f'sums must be a contiguous {tuple(kept.shape)} '
-                         f'{src.dtype} tensor on {src.device}, got '
+                         f'floating tensor on {src.device}, got '
                          f'{getattr(sums, "dtype", type(sums))} '
                          f'{tuple(getattr(sums, "shape", ()))}')
     return _gather_kept_columns(src, kept, relu, sums)
@@ -208,5 +217,5 @@ def gather_kept_columns_reference(src, kept, relu=False, sums=None
     if relu:
         out = out.relu_()
     if sums is not None:
-        sums.copy_(out.sum(dim=1))
+        sums.copy_(out.sum(dim=1, dtype=sums.dtype))
     return out

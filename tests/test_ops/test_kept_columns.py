@@ -97,6 +97,7 @@ def test_kept_columns_compiled_equal_reference(n, groups, g2, p, threads):
         torch.set_num_threads(prev)
 
 
+@pytest.mark.skipif(not HAS_EXT, reason='laud_mm._ext not built')
 def test_kept_columns_sums_same_at_any_thread_count():
     """The gather's column sums (fixed chunks of 64 pixels, added in chunk
     order) are bit-identical at 1, 2 and 3 threads, over more than one
@@ -130,6 +131,34 @@ def test_kept_columns_other_dtypes_take_the_reference():
     assert torch.allclose(got64.float(), got32, atol=1e-7)
     assert torch.equal(ops.gather_kept_columns(got64, chs).float(),
                        ops.gather_kept_columns(got64.float(), chs))
+
+
+def test_kept_columns_sums_in_float32_of_a_half_map():
+    """float32 sums of a float16 map (the reference path) stay finite
+    where a float16 sum overflows (65504), and equal the float32 sums."""
+    chs, _ = _lists(2, 6, 2, seed=6)
+    src = torch.full((2, 10000, 12), 10.)
+    sums32 = torch.empty(chs.shape)
+    sums16 = torch.empty(chs.shape)
+    ops.gather_kept_columns(src, chs, sums=sums32)
+    ops.gather_kept_columns(src.half(), chs, sums=sums16)
+    half = torch.empty(chs.shape, dtype=torch.float16)
+    ops.gather_kept_columns(src.half(), chs, sums=half)
+    assert torch.isfinite(sums16).all() and torch.equal(sums16, sums32)
+    assert torch.isinf(half[chs < 12]).all()  # what float16 sums give
+
+
+def test_kept_columns_stale_extension_takes_the_reference(monkeypatch):
+    """An extension of another signature generation (built from older
+    sources) is not called: the reference runs, with the same result."""
+    from laud_mm.ops import kept_columns
+    chs, _ = _lists(2, 6, 2, seed=7)
+    src = _values(2, 5, chs.shape[1], seed=8)
+    want = ops.scatter_kept_columns(src, chs, 12, None, True)
+    monkeypatch.setattr(kept_columns, 'KEPT_COLUMNS_API', -1)
+    assert not kept_columns._fast(src, 'scatter_kept_columns')
+    assert torch.equal(ops.scatter_kept_columns(src, chs, 12, None, True),
+                       want)
 
 
 def test_kept_columns_errors_name_the_argument():

@@ -504,7 +504,10 @@ def _channel_batched(block, x, fb, gate):
                   fb.b2, fb.stride, 1, 1, groups)
     # the kept channels' conv2 outputs, their ReLU and their sums over the
     # pixels (the SE squeeze) in one pass: (N, HW', K), (N, K)
-    sums = h2.new_empty(n, k_max) if fb.se1 is not None else None
+    # (the sums in float32: a half-precision sum over a large map would
+    # overflow or round twice)
+    sums = h2.new_empty(n, k_max, dtype=torch.float32) \
+        if fb.se1 is not None else None
     h2k = _gather_kept_columns(
         h2.permute(0, 2, 3, 1).reshape(n, ho * wo, width), kept, True, sums)
     w3k = fb.w3te.index_select(0, kept.reshape(-1)).view(n, k_max, c_out)
@@ -512,7 +515,7 @@ def _channel_batched(block, x, fb, gate):
         # squeeze of the kept channels (the dropped ones are zero), their
         # excitation folded into the smaller of conv3's operands
         z = h2k.new_zeros(n, width + 1).scatter_(
-            1, kept, sums.div_(ho * wo))
+            1, kept, sums.div_(ho * wo).to(h2k.dtype))
         e = fb.excite(z[:, :width])
         e = torch.cat([e, e.new_zeros(n, 1)], 1).gather(1, kept)
         if c_out <= ho * wo:

@@ -343,22 +343,28 @@ def test_block_writes_into_owned_input(paradigm, layout, stride):
         assert float(gate.mean()) < \
             policy.REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD
     blk.masker.forced_gate = gate
-    # non-negative, like a block output (what the context promises)
-    x = load_coco_images(n=n, size=(13, 11)).repeat(1, 11, 1, 1)[:, :cin]
-    x = x.relu()
+    # alone: real images of both signs (the block must rectify what it
+    # does not compute); owned: non-negative, like a block output (what
+    # the context promises)
+    signed = load_coco_images(n=n, size=(13, 11)).repeat(1, 11, 1, 1)
+    signed = signed[:, :cin]
+    x = signed.relu()
     if layout == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
+        signed = signed.contiguous(memory_format=torch.channels_last)
+    assert float(signed.min()) < 0
     with torch.no_grad():
         ref = blk._masked_dense(x, gate, geom)
-        kept = x.clone(memory_format=torch.preserve_format)
+        ref_signed = blk._masked_dense(signed, gate, geom)
+        kept = signed.clone(memory_format=torch.preserve_format)
         alone = blk(kept)
-        assert alone.data_ptr() != kept.data_ptr() and torch.equal(kept, x)
+        assert alone.data_ptr() != kept.data_ptr()
+        assert torch.equal(kept, signed)
         owned = x.clone(memory_format=torch.preserve_format)
         with owned_block_inputs([blk]):
             out = blk(owned)
-    scale = float(ref.abs().max())
-    for o in (alone, out):
-        assert float((o - ref).abs().max()) <= 1e-5 * scale
+    for o, r in ((alone, ref_signed), (out, ref)):
+        assert float((o - r).abs().max()) <= 1e-5 * float(r.abs().max())
         assert o.is_contiguous(memory_format=torch.channels_last) == \
             (layout == 'channels_last')
     if stride == 1:
