@@ -34,8 +34,8 @@ run (median process CPU time of repeated calls after warm-up,
 - ``masker``: a spatial masker's keep - skip logit difference on the patch
   grid, the module's order (``F.adaptive_avg_pool2d`` of all C_in channels,
   then the 1x1 conv) against the dynamic path's
-  (:func:`~laud_mm.models.resnet.dynamic._spatial_gate`: the one-channel
-  1x1 conv and the pool in one pass over x,
+  (:func:`~laud_mm.models.layers.spatial_logit_record.spatial_gate`: the
+  one-channel 1x1 conv and the pool in one pass over x,
   :func:`~laud_mm.ops.spatial_logit_pool`; equal by linearity; the note
   times the GEMV + pool it replaced), on the inputs of R50's stride-1
   spatial blocks;

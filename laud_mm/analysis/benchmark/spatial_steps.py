@@ -45,9 +45,10 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
         it runs).
     """
     import laud_mm.ops.policy as policy
+    from laud_mm.models.layers.spatial_logit_record import spatial_gate
     from laud_mm.models.resnet.dynamic import (_gather, _scatter,
-                                               _spatial_branch, _spatial_gate,
-                                               folded, spatial_patch_convs,
+                                               _spatial_branch, folded,
+                                               spatial_patch_convs,
                                                window_conv1)
     from laud_mm.ops.policy import uses_window_conv1
     n = batch
@@ -107,7 +108,7 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
                 policy.SPATIAL_FUSED_CPU = prev
             # the fused kernel (when the block uses it), in place as in the
             # backbone, and the masker it runs on its own
-            row['masker'] = ms(lambda: _spatial_gate(fb, blk.masker, x,
+            row['masker'] = ms(lambda: spatial_gate(fb, blk.masker, x,
                                                      tuple(gate.shape)))
             fbuf = ident.clone()
             row['fused'] = ms(lambda: _spatial_branch(

@@ -505,7 +505,7 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
     if gate_ops is not None:  # the fused path's masker
         ops, c1 = list(gate_ops), width
     elif g.stride > 1 or _logits_recorded(pred, g):
-        # the masker on its own (_spatial_gate)
+        # the masker on its own (spatial_gate)
         ops = _spatial_gate_ops(pred, g, batch)
         c1 = width
     else:  # masker fused into conv1: pool its logit, compare
@@ -597,12 +597,12 @@ def _spatial_gather(pred, g: BlockGeometry, batch: int, d: float,
 
 def _spatial_gate_ops(pred, g: BlockGeometry,
                       batch: int) -> List[OpLatency]:
-    """The masker on its own (``_spatial_gate`` of
-    :mod:`laud_mm.models.resnet.dynamic`): its logit difference as a
-    one-channel 1x1 conv of x (a read of x), pooled to the patch grid,
-    compared; forced gates compute it too, then replace it. Logits the
-    block before recorded (:func:`_logits_recorded`) leave the decision
-    only."""
+    """The masker on its own (``spatial_gate`` of
+    :mod:`laud_mm.models.layers.spatial_logit_record`): its logit
+    difference as a one-channel 1x1 conv of x (a read of x), pooled to
+    the patch grid, compared; forced gates compute it too, then replace
+    it. Logits the block before recorded (:func:`_logits_recorded`) leave
+    the decision only."""
     hw = pred.hw
     in_px = float(batch) * g.in_hw[0] * g.in_hw[1]
     ops = [] if _logits_recorded(pred, g) else [

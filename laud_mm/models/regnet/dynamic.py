@@ -34,7 +34,10 @@ several times faster there on large maps).
   contiguous channels gathered and scaled by the excitation, one GEMM, the
   results added into the shortcut's rows and rectified, in place where
   the block owns the shortcut), otherwise densely, its output masked in
-  the residual add.
+  the residual add. A block that computes conv3 densely hands the next
+  spatial block its masker logits, computed in its residual add + ReLU
+  pass (:func:`laud_mm.models.layers.spatial_logit_record.dense_epilogue`):
+  that block then does not read its input for them.
 - channel (G channels per gate; conv2 has conv groups of ``group_width``),
   batched over the samples (no loop over samples or gate patterns): each
   sample's kept channels, padded to the batch's largest count; conv1 of the
@@ -71,6 +74,7 @@ Source: paper sec. 3.4 (masker logit, gather + conv, scatter + add)
 and sec. 4.3.2 (RegNetY: layer skipping also skips the memory-bound SE);
 docs/method.md sec. 1 and 4.
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -82,17 +86,17 @@ from ...ops.dispatch import is_autocast, is_channels_last, layout_of
 from ...ops.indexing import channel_kept_lists
 from ...ops.kept_columns import _gather_kept_columns, _scatter_kept_columns
 from ...ops.patches import _gather, _scatter
-from ...ops.spatial_logit import _spatial_logit_pool
 from ...structures.geometry import BlockGeometry
-from ..layers.dynamic import (cast_folded, compute_dtype, forced_gate,
+from ..layers.dynamic import (cast_folded, compute_dtype, next_block,
                               no_autocast, owns_input, promote_residual,
-                              relu_pooled_, residual_add_relu_,
-                              residual_add_relu_pooled_,
+                              relu_pooled_, residual_add_relu_pooled_,
                               run_dynamic_path, sample_gate)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
 from ..layers.masks import expand_spatial_gate, masked_avg_pool
+from ..layers.spatial_logit_record import (HANDOFF_AT_USE, dense_epilogue,
+                                           spatial_gate, spatial_handoff)
 
 #: the CUDA variant of each paradigm's path (device-side indices, one
 #: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
@@ -249,12 +253,16 @@ class RegNetYPlan:
         fb: the BN-folded weights (:func:`folded_regnety`), validated when
             the plan was made.
         path: the paradigm's CPU path, ``path(block, x, geom, fb) -> (out,
-            gate)``.
+            gate)`` (a spatial block's with its ``handoff`` bound).
+        handoff: spatial: (the next block's fold, its patch grid) when the
+            block's dense epilogue computes the next block's masker logits
+            (``spatial_handoff`` of
+            :mod:`~laud_mm.models.layers.spatial_logit_record`), else None.
 
     Source: paper sec. 3.4 (the dynamic operators' scheduling).
     """
     __slots__ = ('in_shape', 'dtype', 'device', 'geom', 'op_flops', 'fb',
-                 'path')
+                 'path', 'handoff')
 
 
 def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
@@ -270,8 +278,9 @@ def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
         block: a :class:`LAUDRegNetYBlock`.
         in_shape: (N, C_in, H, W) of its input.
         like: a tensor with the input's dtype and device.
-        nxt, nxt_plan: the next block and its plan (unused: a RegNetY
-            block hands nothing to its successor).
+        nxt, nxt_plan: the next block and its plan, or None: a spatial
+            block's dense epilogue may compute the next spatial block's
+            masker logits (:func:`_handoff`).
 
     Returns:
         the plan (its fold made if the cached one is stale), or None: the
@@ -289,7 +298,22 @@ def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
     plan.op_flops = block.op_flops(plan.geom.in_hw)
     plan.fb = folded_regnety(block)
     plan.path = CPU_PATHS[block.paradigm]
+    plan.handoff = None
+    if block.paradigm == 'spatial':
+        plan.handoff = _handoff(block, nxt, nxt_plan, like,
+                                plan.fb.w3.shape[0], plan.geom.out_hw)
+        plan.path = functools.partial(_spatial, handoff=plan.handoff)
     return plan
+
+
+def _handoff(block, nxt, nxt_plan, like: torch.Tensor, c_out: int,
+             out_hw: Tuple[int, int]):
+    """:func:`~laud_mm.models.layers.spatial_logit_record.spatial_handoff`
+    with a RegNetY block's fold: ``nxt_plan``'s (validated) when given,
+    else ``nxt``'s own."""
+    def fold_of(nxt):
+        return folded_regnety(nxt) if nxt_plan is None else nxt_plan.fb
+    return spatial_handoff(block, nxt, fold_of, like, c_out, out_hw)
 
 
 def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor
@@ -321,24 +345,27 @@ def dynamic_memory_format(paradigm: Optional[str], x: torch.Tensor
 
 
 # ---------------------------------------------------------------- spatial
-def _spatial(block, x, geom, fb=None):
+def _spatial(block, x, geom, fb=None, handoff=HANDOFF_AT_USE):
+    """The spatial path; ``handoff`` as :attr:`RegNetYPlan.handoff`, or
+    :data:`~laud_mm.models.layers.spatial_logit_record.HANDOFF_AT_USE`
+    (a call outside a plan: decided if the dense epilogue runs)."""
     fb = folded_regnety(block) if fb is None else fb
     s = block.granularity
     gh, gw = geom.patch_grid
     ho, wo = geom.out_hw
     n = x.shape[0]
     w = fb.width
-    masker = block.masker
     # the masker's logit difference pooled to the patch grid in one pass
-    # over x (NCHW or channels_last), conv1 on its own: as an extra output
-    # channel of conv1 it gives oneDNN a width off its vector blocks and
-    # conv2 a strided input (a forced gate replaces the masker's decision,
-    # not its cost: the logit is computed either way)
-    diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, (gh, gw))
+    # over x (NCHW or channels_last), or the logits the previous block's
+    # epilogue recorded on x; conv1 on its own: as an extra output
+    # channel of conv1 the logit gives oneDNN a width off its vector
+    # blocks and conv2 a strided input (a forced gate replaces the
+    # masker's decision, not its cost: the logit is computed either way)
+    gate = spatial_gate(fb, block.masker, x, (n, gh, gw))
     h1 = F.conv2d(x, fb.w1, fb.b1)
-    gate = (diff >= 0).to(x.dtype) if masker.forced_gate is None \
-        else forced_gate(masker, (n, gh, gw), x)
-    n_act = int((gate > 0.5).sum())
+    # gates are exactly 0 or 1 (the decision, or a forced gate the masker
+    # validated)
+    n_act = int(gate.count_nonzero())
     ident = fb.shortcut(x)
     if n_act == 0:
         return torch.relu(ident), gate
@@ -364,10 +391,12 @@ def _spatial(block, x, geom, fb=None):
                                         ident), gate
         h.mul_(e[:, :, None, None])
         y = F.conv2d(h, fb.w3, fb.b3)
-        if mask is None:
-            return residual_add_relu_(y, ident), gate
-        ident, y = promote_residual(ident, y)
-        return torch.addcmul(ident, y, mask).relu_(), gate
+        if mask is not None:  # exact: y or 0
+            y.mul_(mask)
+        if handoff is HANDOFF_AT_USE:
+            handoff = _handoff(block, next_block(block), None, x,
+                               fb.w3.shape[0], geom.out_hw)
+        return dense_epilogue(y, ident, handoff), gate
 
     idx = (gate > 0.5).nonzero()  # (P, 3) sample, patch row, patch column
     win = _gather(h1, idx, s, fb.stride, 1, w, True)

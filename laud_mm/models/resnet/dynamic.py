@@ -24,11 +24,12 @@ rounding, while skipping the masked-out work:
   :func:`laud_mm.ops.spatial_branch_add_relu`): conv1 at the input pixels
   the active patches' conv2 windows need (the dilated mask), conv2 and
   conv3 at the active output pixels, read in place, conv3 added into the
-  shortcut; the masker then runs on its own (:func:`_spatial_gate`).
+  shortcut; the masker then runs on its own
+  (:func:`~laud_mm.models.layers.spatial_logit_record.spatial_gate`).
   A block with every patch on computes densely; inside a backbone its
   epilogue (add, ReLU) also computes the next spatial block's masker
   logits, so that block does not read its input for them
-  (:func:`_dense_epilogue`).
+  (:func:`~laud_mm.models.layers.spatial_logit_record.dense_epilogue`).
 - channel: weights gathered per sample for its kept channels (counts padded
   with zero channels to a common multiple of 8), so the batch runs as one
   batched GEMM (conv1 to the kept channels), one grouped conv (conv2, a group
@@ -59,7 +60,7 @@ import torch.nn.functional as F
 from ...ops import policy
 from ...ops.channel_conv import _channel_branch, fast_channel_branch
 from ...ops.channel_weights import _gather_kept
-from ...ops.dispatch import layout_of, same_layout
+from ...ops.dispatch import layout_of
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from ...ops.indexing import channel_kept_lists
 from ...ops.panels import pack_panels
@@ -67,8 +68,6 @@ from ...ops.patches import _gather, _scatter, window_size
 from ...ops.sample_gemm import _sample_gemm
 from ...ops.spatial_conv import (_spatial_branch, fast_spatial_branch,
                                  spatial_packed_weights)
-from ...ops.spatial_logit import (_add_relu_logit_pool_, _spatial_logit_pool,
-                                  fast_add_relu_logit_pool)
 from ...structures.geometry import BlockGeometry
 from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               next_block, owns_input,
@@ -80,11 +79,10 @@ from ..layers.channel_mean import (record_channel_mean,
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
-from ..layers.maskers import write_forced_gate
 from ..layers.masks import expand_spatial_gate
-from ..layers.spatial_logit_record import (clear_spatial_logit,
-                                           record_spatial_logit,
-                                           recorded_spatial_logit)
+from ..layers.spatial_logit_record import (HANDOFF_AT_USE, dense_epilogue,
+                                           recorded_spatial_logit,
+                                           spatial_gate, spatial_handoff)
 
 #: the CUDA variant of each paradigm's path (device-side indices, one
 #: deferred host read per block): filled in by :mod:`.dynamic_cuda`, which
@@ -313,9 +311,10 @@ class BottleneckPlan:
             block computes densely.
         handoff: spatial: (the next block's fold, its patch grid) when a
             dense epilogue computes the next block's masker logits
-            (:func:`_dense_epilogue`), else None; :data:`HANDOFF_AT_USE`
-            in a plan for one call, which decides it only if the block
-            computes densely.
+            (``dense_epilogue`` of
+            :mod:`~laud_mm.models.layers.spatial_logit_record`), else
+            None; :data:`HANDOFF_AT_USE` in a plan for one call, which
+            decides it only if the block computes densely.
         small_map: channel: H x W below
             ``policy.CHANNEL_SMALL_MAP_PIXELS``.
         sample_gemm: layer, not ``fused``: the kept samples run on the
@@ -326,10 +325,6 @@ class BottleneckPlan:
     __slots__ = ('in_shape', 'dtype', 'device', 'geom', 'op_flops', 'fb',
                  'path', 'fused', 'dense_from', 'handoff', 'small_map',
                  'sample_gemm')
-
-
-#: a per-call plan's hand-off, decided when the dense epilogue needs it
-HANDOFF_AT_USE = object()
 
 
 def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
@@ -411,25 +406,14 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
 
 def _handoff(block, nxt, nxt_plan, like: torch.Tensor, c_out: int,
              out_hw: Tuple[int, int]):
-    """(fold, patch grid) of the next block when ``block``'s dense
-    epilogue computes its masker logits (see :func:`_dense_epilogue`),
-    else None."""
-    if not policy.SPATIAL_LOGIT_HANDOFF or nxt is None or \
-            type(nxt) is not type(block) or \
-            getattr(nxt, 'paradigm', None) != 'spatial' or \
-            torch.is_inference_mode_enabled() or \
-            not fast_add_relu_logit_pool(like, layout=False):
-        return None
-    if nxt_plan is not None:
-        fn = nxt_plan.fb
-    elif unfoldable_reason(nxt) is None:
-        fn = folded(nxt)
-    else:
-        return None
-    if fn.logit_w.shape != (c_out,) or fn.logit_w.device != like.device \
-            or fn.logit_w.dtype != like.dtype:
-        return None
-    return fn, nxt.geometry(out_hw).patch_grid
+    """:func:`~laud_mm.models.layers.spatial_logit_record.spatial_handoff`
+    with a bottleneck's fold: ``nxt_plan``'s (validated) when given, else
+    ``nxt``'s own where it can be folded."""
+    def fold_of(nxt):
+        if nxt_plan is not None:
+            return nxt_plan.fb
+        return folded(nxt) if unfoldable_reason(nxt) is None else None
+    return spatial_handoff(block, nxt, fold_of, like, c_out, out_hw)
 
 
 def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
@@ -524,7 +508,7 @@ def _spatial_forward(block, x, plan):
         # the masker on its own: the fused kernel computes conv1 on the
         # dilated mask only; stride 2: conv1 may run on the windows only;
         # the previous block may have handed the logits on
-        gate = _spatial_gate(fb, masker, x, (n, gh, gw))
+        gate = spatial_gate(fb, masker, x, (n, gh, gw))
         t = None
     else:  # masker fused into conv1: one read of x for both
         t = F.conv2d(x, fb.w1x, fb.b1x)
@@ -558,7 +542,7 @@ def _spatial_forward(block, x, plan):
         if handoff is HANDOFF_AT_USE:
             handoff = _handoff(block, next_block(block), None, x,
                                fb.w3.shape[0], geom.out_hw)
-        return _dense_epilogue(y, fb.shortcut(x), handoff), gate
+        return dense_epilogue(y, fb.shortcut(x), handoff), gate
 
     idx = (gate > 0.5).nonzero()
     if fused:
@@ -582,85 +566,6 @@ def _spatial_forward(block, x, plan):
     out = _scatter(ident, y, idx, (s, s), ident is not x or owned,
                    identity_nonneg=owned and ident is x)
     return out, gate
-
-
-def _dense_epilogue(y: torch.Tensor, identity: torch.Tensor,
-                    handoff) -> torch.Tensor:
-    """``relu(y + identity)`` of a spatial block computed densely
-    (:func:`residual_add_relu_`); with a hand-off (the plan's, made when
-    ``policy.SPATIAL_LOGIT_HANDOFF`` is on and the next block is a
-    foldable spatial block of the same family whose masker takes y's
-    channels, on a float32 CPU tensor outside autocast, autograd and
-    ``torch.inference_mode``, whose tensors take no record) and the
-    compiled one-pass kernel running (y and identity of one dtype, both
-    contiguous or both channels_last), in one pass with that block's
-    masker logits, which it records on the output for
-    :func:`_spatial_gate` (:func:`laud_mm.ops.add_relu_logit_pool_`; the
-    next block then skips its read of the output). Source: paper sec.
-    3.1, sec. 3.4 (operator fusion).
-
-    Args:
-        y: (N, C, H, W) the block's branch output (written in place when
-            it can hold the result); identity: the shortcut, same shape.
-        handoff: (the next block's :class:`FoldedBottleneck`, its patch
-            grid (gh, gw)), or None.
-
-    Returns:
-        (N, C, H, W) the block output.
-    """
-    if handoff is None or y is identity or y.is_inference() or \
-            identity.dtype != y.dtype or not same_layout(y, identity):
-        return residual_add_relu_(y, identity)
-    fn, grid = handoff
-    logit = _add_relu_logit_pool_(y, identity, fn.logit_w, fn.logit_b, grid)
-    record_spatial_logit(y, fn.logit_w, fn.logit_b, grid, logit)
-    return y
-
-
-def _spatial_gate(fb: 'FoldedBottleneck', masker: nn.Module,
-                  x: torch.Tensor, shape: Tuple[int, int, int]
-                  ) -> torch.Tensor:
-    """Eval gate (N, gh, gw) of a spatial block whose masker does not share
-    conv1: its keep - skip logit difference as a one-channel 1x1 conv of x
-    (``fb.w1x``'s last row), average-pooled to the patch grid, in one pass
-    over x (:func:`laud_mm.ops.spatial_logit_pool`; under autocast, on
-    other devices or dtypes its reference, a GEMV or convolution and a
-    pool): the masker's pool -> 1x1 conv by linearity, 5 - 60x cheaper than
-    pooling all C_in channels first
-    (``tools/analysis_tools/benchmark_kernels.py --only masker``), or the
-    logits the previous block computed in its epilogue and recorded on x
-    (:func:`_dense_epilogue`, bit-equal). A forced gate (tests, benchmarks)
-    replaces the decision, not the cost: the logits are still computed.
-    Source: paper sec. 3.1 (spatial masker).
-
-    Args:
-        fb: the block's folded weights; masker: its ``SpatialMasker``.
-        x: (N, C_in, H, W) block input.
-        shape: (N, gh, gw) patch grid.
-
-    Returns:
-        (N, gh, gw) gate of x's dtype (1 = keep).
-
-    Raises:
-        ValueError: a forced gate of the wrong shape (the masker's check).
-    """
-    diff = recorded_spatial_logit(x, fb.logit_w, fb.logit_b, shape[1:])
-    if diff is None:
-        diff = _spatial_logit_pool(x, fb.logit_w, fb.logit_b, shape[1:])
-    else:  # used once: this block may write into x without torch seeing it
-        clear_spatial_logit(x)
-    forced = masker.forced_gate
-    if diff.dtype != x.dtype:  # (a reference's logits under autocast)
-        return (diff >= 0).to(x.dtype) if forced is None else \
-            forced_gate(masker, shape, x)
-    # the logits are this call's own tensor (computed here, or a record
-    # used once and cleared above): the decision or the forced gate
-    # written into it, one operator
-    if forced is None:
-        return diff.ge_(0)
-    if write_forced_gate(diff, forced):
-        return diff
-    return forced_gate(masker, shape, x)  # (its shape error)
 
 
 def window_conv1(fb: 'FoldedBottleneck', x: torch.Tensor, idx: torch.Tensor,

@@ -76,8 +76,8 @@ from ...ops.patches import _gather, _scatter, _scatter_patches
 from ..layers.dynamic import (cast_folded, compute_dtype, is_autocast,
                               no_autocast, owns_input, sample_gate)
 from ..layers.masks import expand_spatial_gate
-from .dynamic import (CUDA_PATHS, _spatial_gate, folded,
-                      spatial_patch_convs)
+from ..layers.spatial_logit_record import spatial_gate
+from .dynamic import CUDA_PATHS, folded, spatial_patch_convs
 
 
 def _prepare(block, x):
@@ -107,7 +107,7 @@ def _spatial(block, x_in, x, fb, geom, ac):
     gh, gw = geom.patch_grid
     n = x.shape[0]
     width = fb.w1.shape[0]
-    gate = _spatial_gate(fb, block.masker, x, (n, gh, gw))
+    gate = spatial_gate(fb, block.masker, x, (n, gh, gw))
     idx_all, pmap, count = active_index(gate > 0.5)
     pending = HostRead(count)
     # queued before the wait: independent of the count

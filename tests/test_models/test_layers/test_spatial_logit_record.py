@@ -1,16 +1,22 @@
 """The spatial masker logits a dense block's epilogue hands to the next
 spatial block (laud_mm.models.layers.spatial_logit_record): used only for
 the masker they were computed for and while the tensor is unchanged, and
-giving that masker the decisions it makes from the tensor itself."""
+giving that masker the decisions it makes from the tensor itself, in both
+families with a spatial path (LAUD-ResNet, LAUD-RegNetY)."""
 import pytest
 import torch
 
 import laud_mm  # noqa: F401
 from laud_mm import ops
 from laud_mm.ops import policy
-from laud_mm.models import LAUDResNet
+from laud_mm.models import LAUDRegNetY, LAUDResNet
 from laud_mm.models.layers import spatial_logit_record as sr
+from laud_mm.models.regnet import dynamic as RD
 from laud_mm.models.resnet import dynamic as D
+
+#: family -> its dynamic module, the attribute its fold is cached in
+FAMILIES = {'resnet': (D, D.FOLD_ATTR),
+            'regnety': (RD, '_laud_folded_regnety')}
 
 from conftest import load_coco_images
 
@@ -42,13 +48,18 @@ def test_no_record_on_inference_tensors_or_with_gradients():
     assert sr.recorded_spatial_logit(x, w, 0., (2, 2)) is None
 
 
-def _net(gates):
-    """LAUD-R50 spatial (S = 4, 4, 2, 1), eval. 'on': every patch forced
-    on (every block computes densely); 'learned': the maskers' own
-    decisions, their keep bias lowered and weights widened so that some
-    blocks switch patches off and others keep all."""
+def _net(gates, family='resnet'):
+    """LAUD-R50 or LAUD-RegNetY-400MF spatial (S = 4, 4, 2, 1), eval.
+    'on': every patch forced on (every block computes densely); 'learned':
+    the maskers' own decisions, their keep bias lowered and weights
+    widened so that some blocks switch patches off and others keep all."""
     torch.manual_seed(0)
-    net = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1)).eval()
+    if family == 'resnet':
+        net = LAUDResNet(50, paradigm='spatial', granularity=(4, 4, 2, 1))
+    else:
+        net = LAUDRegNetY('regnety_400mf', paradigm='spatial',
+                          granularity=(4, 4, 2, 1))
+    net.eval()
     with torch.no_grad():
         for j, b in enumerate(net.blocks):
             if gates == 'on':
@@ -59,9 +70,28 @@ def _net(gates):
     return net
 
 
+def _dense_from(family, x):
+    """The fraction of active patches from which a spatial block of
+    ``family`` runs its dense epilogue on input like x."""
+    if family == 'regnety':
+        # channels_last: conv3 on the active pixels below the threshold
+        return policy.REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD \
+            if x.is_contiguous(memory_format=torch.channels_last) else \
+            policy.REGNETY_SPATIAL_DENSE_THRESHOLD
+    # the fused kernel's with AVX-512 and parallel kernels, else the
+    # gather path's
+    fused = policy.SPATIAL_FUSED_CPU and policy.fused_cpu_threads() and \
+        ops.fast_spatial_branch(x, 64, 256)
+    return policy.SPATIAL_FUSED_DENSE_THRESHOLD if fused else \
+        policy.SPATIAL_DENSE_THRESHOLD
+
+
+@pytest.mark.parametrize('family,fmt', [
+    ('resnet', 'nchw'), ('regnety', 'nchw'), ('regnety', 'channels_last')])
 @pytest.mark.parametrize('threads', [1, 2])
 @pytest.mark.parametrize('gates', ['on', 'learned'])
 def test_dense_blocks_hand_the_next_masker_its_logits(gates, threads,
+                                                      family, fmt,
                                                       monkeypatch):
     """Two real COCO images at 160 x 224 px: a block that computes densely
     records the next block's masker logits in its epilogue; the next block
@@ -69,9 +99,12 @@ def test_dense_blocks_hand_the_next_masker_its_logits(gates, threads,
     compiled kernels) instead of reading its input; and dynamic inference
     still computes the masked-dense model's gates and output."""
     x = load_coco_images(n=2, size=(160, 224))
-    net = _net(gates)
+    if fmt == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    net = _net(gates, family)
+    mod = FAMILIES[family][0]
     used = {}
-    real_gate = D._spatial_gate
+    real_gate = mod.spatial_gate
 
     def spy_gate(fb, masker, t, shape):
         rec = sr.recorded_spatial_logit(t, fb.logit_w, fb.logit_b,
@@ -83,7 +116,7 @@ def test_dense_blocks_hand_the_next_masker_its_logits(gates, threads,
             assert torch.equal(rec, want)
         used[id(masker)] = rec is not None
         return real_gate(fb, masker, t, shape)
-    monkeypatch.setattr(D, '_spatial_gate', spy_gate)
+    monkeypatch.setattr(mod, 'spatial_gate', spy_gate)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -100,12 +133,8 @@ def test_dense_blocks_hand_the_next_masker_its_logits(gates, threads,
     for a, r in zip(out, ref):
         assert (a - r).abs().max() <= 1e-4 * max(1., r.abs().max())
     got = [used.get(id(b.masker), False) for b in net.blocks]
-    # a block computes densely from the path's threshold (the fused
-    # kernel's with AVX-512 and parallel kernels, else the gather path's)
-    fused = policy.SPATIAL_FUSED_CPU and policy.fused_cpu_threads() and \
-        ops.fast_spatial_branch(x, 64, 256)
-    thr = policy.SPATIAL_FUSED_DENSE_THRESHOLD if fused else \
-        policy.SPATIAL_DENSE_THRESHOLD
+    assert len(used) == len(net.blocks)  # every masker went through spy
+    thr = _dense_from(family, x)
     dense = [float(g.mean()) >= thr for g in ref_gates]
     with_kernel = ops.extension() is not None
     # a record exactly where the block before computed densely (the
@@ -118,17 +147,18 @@ def test_dense_blocks_hand_the_next_masker_its_logits(gates, threads,
         assert 0 < sum(dense) < len(dense), dense
 
 
-def test_record_is_used_once_and_not_under_inference_mode():
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_record_is_used_once_and_not_under_inference_mode(family):
     """The next block clears the record it used (it may then write into
     the tensor through a kernel that torch does not see), and under
     torch.inference_mode, whose tensors take no record, a dense block does
     not compute its successor's logits at all."""
     if ops.extension() is None:
         pytest.skip('the hand-off needs the compiled epilogue')
-    net = _net('on')
+    net = _net('on', family)
     x = load_coco_images(n=1, size=(64, 96))
     seen = []
-    real = D._add_relu_logit_pool_
+    real = sr._add_relu_logit_pool_
 
     def spy(*a):
         seen.append(1)
@@ -138,11 +168,11 @@ def test_record_is_used_once_and_not_under_inference_mode():
         seen.clear()
         with mode():
             net.dynamic_inference = True
-            D._add_relu_logit_pool_ = spy
+            sr._add_relu_logit_pool_ = spy
             try:
                 outs.append(net(x))
             finally:
-                D._add_relu_logit_pool_ = real
+                sr._add_relu_logit_pool_ = real
         assert len(seen) == (len(net.blocks) - 1 if mode is torch.no_grad
                              else 0)
     for a, b in zip(*outs):
@@ -153,9 +183,10 @@ def test_record_is_used_once_and_not_under_inference_mode():
             sr.recorded_spatial_logit(t, torch.zeros(1), 0., (1, 1)) is None
 
 
+@pytest.mark.parametrize('family', list(FAMILIES))
 @pytest.mark.parametrize('planned', [True, False])
 def test_successor_changed_between_forwards_hands_off_its_new_logits(
-        planned, monkeypatch):
+        planned, family, monkeypatch):
     """A dense block computes its successor's logits with the successor's
     fold, validated when the forward is planned (or, unplanned, at the
     epilogue). After the successor's masker changes in place, the next
@@ -165,26 +196,27 @@ def test_successor_changed_between_forwards_hands_off_its_new_logits(
     if ops.extension() is None:
         pytest.skip('the hand-off needs the compiled epilogue')
     monkeypatch.setattr(policy, 'FORWARD_PLAN', planned)
-    net = _net('on')
+    net = _net('on', family)
+    mod, fold_attr = FAMILIES[family]
     x = load_coco_images(n=1, size=(64, 96))
     used = []
-    real_gate = D._spatial_gate
+    real_gate = mod.spatial_gate
 
     def spy_gate(fb, masker, t, shape):
         if masker is net.blocks[2].masker:
             used.append(sr.recorded_spatial_logit(
                 t, fb.logit_w, fb.logit_b, shape[1:]) is not None)
         return real_gate(fb, masker, t, shape)
-    monkeypatch.setattr(D, '_spatial_gate', spy_gate)
+    monkeypatch.setattr(mod, 'spatial_gate', spy_gate)
     with torch.no_grad():
         net.dynamic_inference = True
         net(x)  # every fold cached
-        old = net.blocks[2].__dict__[D.FOLD_ATTR][1]
+        old = net.blocks[2].__dict__[fold_attr][1]
         net.blocks[2].masker.conv.weight.mul_(1.5)  # in place: refold due
         used.clear()
         out = net(x)
         assert used == [True]  # the new logits were handed on and taken
-        new = net.blocks[2].__dict__[D.FOLD_ATTR][1]
+        new = net.blocks[2].__dict__[fold_attr][1]
         assert new is not old
         assert torch.allclose(new.logit_w, 1.5 * old.logit_w)
         net.dynamic_inference = False
