@@ -297,7 +297,7 @@ def test_target_rate_one_is_valid_and_gives_zero_loss_for_dense_net():
 def test_forced_gate_of_wrong_shape_is_refused(dynamic, block):
     """Masked-dense and dynamic inference, a stride-1 block and the first
     stride-2 block (whose dynamic path computes the masker on its own on
-    every CPU: ``_spatial_gate``)."""
+    every CPU: ``spatial_gate``)."""
     net = LAUDResNet(50, 'spatial', (4, 4, 2, 1)).eval()
     net.dynamic_inference = dynamic
     net.blocks[block].masker.forced_gate = torch.ones(1, 9, 9)

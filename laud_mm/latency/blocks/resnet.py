@@ -437,7 +437,8 @@ def _hands_logits_to(pred, g: BlockGeometry,
                      nxt: Optional[Tuple[BlockGeometry, float]]) -> bool:
     """Whether eager block ``g`` computed densely hands its successor
     ``nxt`` = (geometry, density) the masker logits in its epilogue
-    (``_dense_epilogue`` of :mod:`laud_mm.models.resnet.dynamic`): both
+    (``dense_epilogue`` of
+    :mod:`laud_mm.models.layers.spatial_logit_record`): both
     spatial bottlenecks, on a CPU spec (``vector_width`` set: the compiled
     :func:`laud_mm.ops.add_relu_logit_pool_`), inside a backbone
     (``pred.owned_block_inputs``: the blocks know their successor), with

@@ -14,7 +14,8 @@ several times faster there on large maps).
 - spatial (patch side S): the masker's keep-minus-skip logit as one pass
   over x (:func:`laud_mm.ops.spatial_logit_pool`: a dot product per pixel
   with the difference of the masker's two rows, average-pooled to the patch
-  grid - exact by linearity), conv1 densely (conv2's 3x3 halo needs it
+  grid - exact by linearity), or the logits the previous block recorded on
+  x (below), conv1 densely (conv2's 3x3 halo needs it
   around every patch). On an NCHW input below
   :data:`laud_mm.ops.policy.REGNETY_SPATIAL_DENSE_THRESHOLD` active
   patches, the conv2 input windows of the active patches are gathered
@@ -33,8 +34,8 @@ several times faster there on large maps).
   patches conv3 then runs on the active pixels only (their rows of C
   contiguous channels gathered and scaled by the excitation, one GEMM, the
   results added into the shortcut's rows and rectified, in place where
-  the block owns the shortcut), otherwise densely, its output masked in
-  the residual add. A block that computes conv3 densely hands the next
+  the block owns the shortcut), otherwise densely, its output masked
+  before the residual add. A block that computes conv3 densely hands the next
   spatial block its masker logits, computed in its residual add + ReLU
   pass (:func:`laud_mm.models.layers.spatial_logit_record.dense_epilogue`):
   that block then does not read its input for them.

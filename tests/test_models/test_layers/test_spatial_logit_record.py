@@ -14,11 +14,11 @@ from laud_mm.models.layers import spatial_logit_record as sr
 from laud_mm.models.regnet import dynamic as RD
 from laud_mm.models.resnet import dynamic as D
 
+from conftest import load_coco_images
+
 #: family -> its dynamic module, the attribute its fold is cached in
 FAMILIES = {'resnet': (D, D.FOLD_ATTR),
             'regnety': (RD, '_laud_folded_regnety')}
-
-from conftest import load_coco_images
 
 
 def test_record_is_used_only_for_its_masker_until_the_tensor_changes():
@@ -133,7 +133,9 @@ def test_dense_blocks_hand_the_next_masker_its_logits(gates, threads,
     for a, r in zip(out, ref):
         assert (a - r).abs().max() <= 1e-4 * max(1., r.abs().max())
     got = [used.get(id(b.masker), False) for b in net.blocks]
-    assert len(used) == len(net.blocks)  # every masker went through spy
+    if family == 'regnety':  # (a ResNet block off the fused kernel may
+        # fold its masker into conv1 instead)
+        assert len(used) == len(net.blocks)
     thr = _dense_from(family, x)
     dense = [float(g.mean()) >= thr for g in ref_gates]
     with_kernel = ops.extension() is not None
@@ -178,9 +180,10 @@ def test_record_is_used_once_and_not_under_inference_mode(family):
     for a, b in zip(*outs):
         assert torch.equal(a, b)
     # the stage outputs carry no record a later call could take
+    # (each is the input of the next stage's first block, which cleared
+    # the record it used; the last block hands nothing on)
     for t in outs[0]:
-        assert getattr(t, sr._ATTR, None) is None or \
-            sr.recorded_spatial_logit(t, torch.zeros(1), 0., (1, 1)) is None
+        assert getattr(t, sr._ATTR, None) is None
 
 
 @pytest.mark.parametrize('family', list(FAMILIES))
@@ -223,3 +226,58 @@ def test_successor_changed_between_forwards_hands_off_its_new_logits(
         ref = net(x)
     for a, r in zip(out, ref):
         assert (a - r).abs().max() <= 1e-4 * max(1., r.abs().max())
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_regnety_masked_dense_blocks_hand_off_and_never_under_autocast(
+        autocast, monkeypatch):
+    """LAUD-RegNetY fed channels_last with three of every four patches on
+    in every block: each block computes conv3 densely and masks it (above
+    REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD), and hands the next block its
+    logits, bit-equal to the logits of its masked output; the output is
+    the masked-dense model's. Under bfloat16 autocast nothing is handed
+    on (the one-pass kernel is float32; the blocks compute their own
+    logits) and the output is still the masked-dense model's, to bfloat16
+    rounding."""
+    if ops.extension() is None:
+        pytest.skip('the hand-off needs the compiled epilogue')
+    assert policy.REGNETY_SPATIAL_NHWC_CONV3_THRESHOLD <= 0.75
+    x = load_coco_images(n=2, size=(128, 160)).contiguous(
+        memory_format=torch.channels_last)
+    net = _net('learned', 'regnety')
+    with torch.no_grad():
+        net(x)
+    for b in net.blocks:
+        g = torch.ones_like(b.last_stats['gate'])
+        g.view(-1)[::4] = 0
+        b.masker.forced_gate = g
+    used, handed = [], []
+    real_gate, real_pool = RD.spatial_gate, sr._add_relu_logit_pool_
+
+    def spy_gate(fb, masker, t, shape):
+        rec = sr.recorded_spatial_logit(t, fb.logit_w, fb.logit_b,
+                                        shape[1:])
+        if rec is not None:
+            assert torch.equal(rec, ops.spatial_logit_pool(
+                t, fb.logit_w, fb.logit_b, shape[1:]))
+        used.append(rec is not None)
+        return real_gate(fb, masker, t, shape)
+
+    def spy_pool(*a):
+        handed.append(1)
+        return real_pool(*a)
+    monkeypatch.setattr(RD, 'spatial_gate', spy_gate)
+    monkeypatch.setattr(sr, '_add_relu_logit_pool_', spy_pool)
+    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16,
+                                         enabled=autocast):
+        net.dynamic_inference = False
+        ref = net(x)
+        net.dynamic_inference = True
+        out = net(x)
+    n = len(net.blocks)
+    assert used == [False] + [not autocast] * (n - 1)
+    assert len(handed) == (0 if autocast else n - 1)
+    tol = 5e-2 if autocast else 1e-4
+    for a, r in zip(out, ref):
+        assert (a.float() - r.float()).abs().max() <= tol * max(
+            1., r.float().abs().max())
