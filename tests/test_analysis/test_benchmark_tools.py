@@ -602,11 +602,11 @@ def test_handoff_rows_compare_equal_results(monkeypatch):
     runs the spatial backbone with the hand-off really off, then on (every
     block but the last records its successor's logits, on either spatial
     path); the policy switch is restored afterwards."""
-    import laud_mm.models.resnet.dynamic as dyn
+    import laud_mm.models.layers.spatial_logit_record as sr
     from laud_mm.ops import policy
     recorded = []
-    real = dyn.record_spatial_logit
-    monkeypatch.setattr(dyn, 'record_spatial_logit',
+    real = sr.record_spatial_logit
+    monkeypatch.setattr(sr, 'record_spatial_logit',
                         lambda *a: recorded.append(1) or real(*a))
     with torch.no_grad():
         rows = kernels.handoff_rows(batch=1, size=64)
