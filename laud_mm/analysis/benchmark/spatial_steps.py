@@ -109,7 +109,7 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
             # the fused kernel (when the block uses it), in place as in the
             # backbone, and the masker it runs on its own
             row['masker'] = ms(lambda: spatial_gate(fb, blk.masker, x,
-                                                     tuple(gate.shape)))
+                                                    tuple(gate.shape)))
             fbuf = ident.clone()
             row['fused'] = ms(lambda: _spatial_branch(
                 fbuf, x, fbuf, idx, fb.spatial_packed(), s,
