@@ -64,7 +64,8 @@ at::Tensor max_pool2d_cpu(const at::Tensor& x, int64_t kh, int64_t kw,
 at::Tensor add_relu_logit_pool_cpu(at::Tensor& out, const at::Tensor& identity,
                                    const at::Tensor& w, double b, int64_t gh,
                                    int64_t gw);
-at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows);
+at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows,
+                              const c10::optional<at::Tensor>& addend);
 at::Tensor scatter_kept_columns_cpu(const at::Tensor& src,
                                     const at::Tensor& kept, int64_t width,
                                     const c10::optional<at::Tensor>& bias,
@@ -323,11 +324,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"),
         py::arg("sw"), py::arg("ph"), py::arg("pw"));
   m.def("relu_mean_rows", &laud_mm::relu_mean_rows_cpu,
-        "relu_mean_rows(out (N,C,H,W), rows (n,) int64) -> (n,C): "
-        "out[rows[j]] = relu(out[rows[j]]) in place, returns their means "
-        "over H x W, one pass (float32, CPU; rows (j, c) over torch's "
+        "relu_mean_rows(out (N,C,H,W), rows (n,) int64, addend (n,C,H,W) "
+        "or None) -> (n,C): out[rows[j]] = relu(out[rows[j]] (+ "
+        "addend[j])) in place, returns their means over H x W, one pass "
+        "(float32, CPU, addend in out's layout; rows (j, c) over torch's "
         "threads)",
-        py::arg("out"), py::arg("rows"));
+        py::arg("out"), py::arg("rows"), py::arg("addend") = py::none());
   m.def("scatter_kept_columns", &laud_mm::scatter_kept_columns_cpu,
         "scatter_kept_columns(src (N,P,K) float32, kept (N,K) int64, W, "
         "bias (W,) or None, relu) -> (N,P,W): zeros, and at column "

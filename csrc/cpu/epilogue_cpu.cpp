@@ -4,11 +4,13 @@
 // add_relu_mean_cpu(out (N, C, H, W), identity (N, C, H, W)) -> (N, C):
 //   out = relu(out + identity)              (in place)
 //   returns mean over H x W of the new out  (per sample and channel)
-// relu_mean_rows_cpu(out (N, C, H, W), rows (n,) int64) -> (n, C):
-//   out[rows[j]] = relu(out[rows[j]])       (in place)
+// relu_mean_rows_cpu(out (N, C, H, W), rows (n,) int64,
+//                    addend (n, C, H, W) or none) -> (n, C):
+//   out[rows[j]] = relu(out[rows[j]] (+ addend[j]))   (in place)
 //   returns mean over H x W of the new out[rows[j]]
-//   (the samples a downsampling layer-skipping block skips: their output
-//   is relu(shortcut))
+//   (without addend: the samples a downsampling layer-skipping block
+//   skips, whose output is relu(shortcut); with it: the samples it keeps,
+//   their branch output added into their shortcut rows)
 //
 // Why kernels: torch runs the epilogue as two passes over the output
 // (add_, relu_), and a layer / channel masker of the next block reads the
@@ -45,7 +47,7 @@ namespace laud_mm {
 namespace {
 
 // For r < count rows of HW pixels, row r at out + row_off(r) (and identity
-// + row_off(r) unless identity is null): o = relu(o (+ a)), mean[r] = the
+// + r * HW unless identity is null): o = relu(o (+ a)), mean[r] = the
 // mean of the new row. Rows split over torch's threads.
 template <typename RowOffset>
 void relu_mean_rows(float* out, const float* identity, int64_t count,
@@ -57,7 +59,7 @@ void relu_mean_rows(float* out, const float* identity, int64_t count,
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t off = row_off(r);
       const float s = row_epilogue::epilogue_sum(
-          out + off, identity ? identity + off : nullptr, HW, 0.f, true,
+          out + off, identity ? identity + r * HW : nullptr, HW, 0.f, true,
           avx512, /*last_read_a=*/true);
       mean[r] = HW > 0 ? s / static_cast<float>(HW)
                        : std::numeric_limits<float>::quiet_NaN();
@@ -97,7 +99,8 @@ void add_relu_sum_row_avx512(float* o, const float* a, int64_t C, float* s) {
 
 // add_relu_mean_cpu / relu_mean_rows_cpu for channels_last out and
 // identity (P = H x W pixels of C channels a sample; identity may be
-// null: no addend): samples[j] (j < N; null: j itself) of out, chunks of
+// null: no addend): samples[j] (j < N; null: j itself) of out, plus
+// sample j of identity, chunks of
 // kNhwcChunk pixels over torch's threads, then the chunks' partial sums
 // added in chunk order; mean[j] the new sample's channel means.
 void add_relu_mean_nhwc(float* out, const float* identity,
@@ -119,7 +122,7 @@ void add_relu_mean_nhwc(float* out, const float* identity,
       std::fill(s, s + C, 0.f);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t off = (n * P + p) * C;
-        const float* a = identity ? identity + off : nullptr;
+        const float* a = identity ? identity + (j * P + p) * C : nullptr;
 #ifdef LAUD_X86
         if (avx512) {
           add_relu_sum_row_avx512(out + off, a, C, s);
@@ -181,7 +184,8 @@ at::Tensor add_relu_mean_cpu(at::Tensor& out, const at::Tensor& identity) {
   return mean;
 }
 
-at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows) {
+at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows,
+                              const c10::optional<at::Tensor>& addend_opt) {
   const bool nhwc = out.dim() == 4 && !out.is_contiguous() &&
                     out.is_contiguous(at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(out.scalar_type() == at::kFloat &&
@@ -199,14 +203,28 @@ at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows) {
   for (int64_t j = 0; j < n; ++j)
     TORCH_CHECK(rp[j] >= 0 && rp[j] < N, "relu_mean_rows: rows entry ", j,
                 " = ", rp[j], " outside [0, ", N, ")");
+  const float* add = nullptr;
+  if (addend_opt.has_value()) {
+    const at::Tensor& a = *addend_opt;
+    TORCH_CHECK(a.scalar_type() == at::kFloat && a.device().is_cpu() &&
+                    a.dim() == 4 && a.size(0) == n &&
+                    a.sizes().slice(1) == out.sizes().slice(1) &&
+                    a.is_contiguous(nhwc ? at::MemoryFormat::ChannelsLast
+                                         : at::MemoryFormat::Contiguous),
+                "relu_mean_rows: addend must be a float32 CPU (n, C, H, W) "
+                "tensor of out's C, H, W and memory format, n = len(rows); "
+                "got ", a.sizes());
+    TORCH_CHECK(!a.is_same(out), "relu_mean_rows: addend must not be out");
+    add = a.data_ptr<float>();
+  }
   at::Tensor mean = at::empty({n, C}, out.options());
   if (n * C == 0) return mean;
   if (nhwc) {
-    add_relu_mean_nhwc(out.data_ptr<float>(), nullptr, rp, n, HW, C,
+    add_relu_mean_nhwc(out.data_ptr<float>(), add, rp, n, HW, C,
                        mean.data_ptr<float>());
     return mean;
   }
-  relu_mean_rows(out.data_ptr<float>(), nullptr, n * C, HW,
+  relu_mean_rows(out.data_ptr<float>(), add, n * C, HW,
                  [rp, C, HW](int64_t r) { return (rp[r / C] * C + r % C) * HW; },
                  mean.data_ptr<float>());
   return mean;

@@ -1,8 +1,10 @@
 """A residual block's epilogue that also pools its output for the next
 block's masker: ``out = relu(out + identity)`` in place, and the mean of the
 new ``out`` over H x W, in one pass; :func:`relu_mean_rows_` is the same
-for some samples of ``out`` without an addend (the samples a downsampling
-layer-skipping block skips output ``relu(shortcut)``).
+for some samples of ``out``, with an addend per sample or none (a
+layer-skipping block's kept samples add their branch output into their
+shortcut rows; the samples a downsampling one skips output
+``relu(shortcut)``).
 
 :func:`add_relu_mean_` runs it with the compiled kernel
 (``csrc/cpu/epilogue_cpu.cpp``: rows (n, c) over torch's threads, or
@@ -16,6 +18,8 @@ dtype).
 Source: paper sec. 3.2 (the layer and channel maskers pool their input
 globally), sec. 3.4 (operator fusion: "Fusing scatter and add").
 """
+from typing import Optional
+
 import torch
 
 from .dispatch import (check_float32_cpu, extension, is_channels_last,
@@ -93,26 +97,42 @@ def add_relu_mean_reference(out: torch.Tensor, identity: torch.Tensor
     return out.mean(dim=(2, 3))
 
 
-def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``out[rows[j]] = relu(out[rows[j]])`` in place; returns the mean of
-    each new ``out[rows[j]]`` over its last two dimensions, with argument
+def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor,
+                    addend: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``out[rows[j]] = relu(out[rows[j]] + addend[j])`` (without
+    ``addend``: ``relu(out[rows[j]])``) in place; returns the mean of each
+    new ``out[rows[j]]`` over its last two dimensions, with argument
     checks.
 
     Args:
         out: (N, C, H, W) float32 CPU tensor, written in place.
         rows: (n,) int64 distinct sample indices in [0, N).
+        addend: (n, C, H, W) float32 CPU tensor, another tensor than out,
+            or None (the kernel runs when it has out's memory format, the
+            reference otherwise).
 
     Returns:
-        (n, C) float32 channel means of the rectified samples.
+        (n, C) float32 channel means of the new samples.
 
     Raises:
-        ValueError: ``out`` not a float32 CPU (N, C, H, W) tensor, or
-            ``rows`` not distinct int64 (n,) indices of ``out``'s samples
-            (names the argument).
+        ValueError: ``out`` or ``addend`` not a float32 CPU tensor of the
+            shapes above, ``addend`` being ``out``, or ``rows`` not
+            distinct int64 (n,) indices of ``out``'s samples (names the
+            argument).
     """
     check_float32_cpu(dict(out=out))
     if out.dim() != 4:
         raise ValueError(f'out must be (N, C, H, W), got {tuple(out.shape)}')
+    if addend is not None:
+        check_float32_cpu(dict(addend=addend))
+        if addend is out or addend.dim() != 4 or \
+                addend.shape[1:] != out.shape[1:] or \
+                addend.shape[0] != getattr(rows, 'shape', (None,))[0]:
+            raise ValueError(
+                f'addend must be another (len(rows), C, H, W) tensor than '
+                f'out, got {tuple(addend.shape)} for out '
+                f'{tuple(out.shape)} and rows '
+                f'{tuple(getattr(rows, "shape", ()))}')
     if not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or \
             rows.dim() != 1:
         raise ValueError(f'rows must be an int64 (n,) tensor, got '
@@ -124,31 +144,36 @@ def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
                          f'[{int(rows.min())}, {int(rows.max())}]')
     if rows.unique().numel() != rows.numel():
         raise ValueError(f'rows must be distinct, got {rows.tolist()}')
-    return _relu_mean_rows_(out, rows)
+    return _relu_mean_rows_(out, rows, addend)
 
 
-def _relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor,
+                     addend: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`relu_mean_rows_` without argument checks (internal): the
-    compiled kernel for a contiguous or channels_last float32 CPU ``out``,
-    else the reference."""
+    compiled kernel for a contiguous or channels_last float32 CPU ``out``
+    (and an ``addend`` of its dtype and layout), else the reference."""
     ext = extension()
     if ext is not None and hasattr(ext, 'relu_mean_rows') and \
             out.device.type == 'cpu' and use_kernels(out) and \
             out.dtype == torch.float32 and \
-            (out.is_contiguous() or is_channels_last(out)):
-        return ext.relu_mean_rows(out, rows.contiguous())
-    return relu_mean_rows_reference(out, rows)
+            (out.is_contiguous() or is_channels_last(out)) and \
+            (addend is None or addend.dtype == torch.float32 and
+             addend.device.type == 'cpu' and same_layout(out, addend)):
+        return ext.relu_mean_rows(out, rows.contiguous(), addend)
+    return relu_mean_rows_reference(out, rows, addend)
 
 
-def relu_mean_rows_reference(out: torch.Tensor, rows: torch.Tensor
+def relu_mean_rows_reference(out: torch.Tensor, rows: torch.Tensor,
+                             addend: Optional[torch.Tensor] = None
                              ) -> torch.Tensor:
     """Pure-PyTorch :func:`relu_mean_rows_` (same arguments and result up
     to float rounding; no argument checks), any device and dtype: the rows'
-    ``relu_`` one sample at a time (in place, no copy of the batch), then
-    their ``mean``."""
+    ``add_`` (with ``addend``) and ``relu_`` one sample at a time (in place,
+    no copy of the batch), then their ``mean``."""
     means = []
-    for s in rows.tolist():
-        means.append(out[s].relu_().mean(dim=(1, 2)))
+    for j, s in enumerate(rows.tolist()):
+        row = out[s] if addend is None else out[s].add_(addend[j])
+        means.append(row.relu_().mean(dim=(1, 2)))
     if not means:
         return out.new_empty(0, out.shape[1])
     return torch.stack(means)

@@ -1914,13 +1914,16 @@ def test_add_relu_mean_errors():
                                         ((2, 3, 1, 17), [0, 1]),
                                         ((4, 2, 33, 1), [])])
 @pytest.mark.parametrize('layout', ['NCHW', 'channels_last'])
+@pytest.mark.parametrize('with_addend', [False, True])
 def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows,
-                                                     layout):
-    """out[rows] = relu(out[rows]) in place and their channel means in one
-    pass (the samples a downsampling layer block skips): the rows equal
-    relu_ bit for bit (NaN kept), the other samples untouched, the means
-    torch's up to fp32 rounding, and the same at 1, 2 and 3 threads; out
-    in NCHW or channels_last (kept in its layout)."""
+                                                     layout, with_addend):
+    """out[rows[j]] = relu(out[rows[j]] (+ addend[j])) in place and their
+    channel means in one pass (the samples a downsampling layer block
+    skips; with the addend, the kept samples' branch output added into
+    their shortcut rows): the rows equal torch's add and relu bit for bit
+    (NaN kept), the other samples untouched, the means torch's up to fp32
+    rounding, and the same at 1, 2 and 3 threads; out and addend in NCHW
+    or channels_last (out kept in its layout)."""
     g = torch.Generator().manual_seed(sum(shape))
     a = torch.randn(*shape, generator=g)
     if rows:
@@ -1929,15 +1932,17 @@ def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows,
         torch.contiguous_format
     a = a.contiguous(memory_format=fmt)
     r = torch.tensor(rows, dtype=torch.int64)
+    add = torch.randn(len(rows), *shape[1:], generator=g).contiguous(
+        memory_format=fmt) if with_addend else None
     ref = a.clone()
-    ref[r] = ref[r].relu()
+    ref[r] = (ref[r] if add is None else ref[r] + add).relu()
     ref_mean = ref[r].mean(dim=(2, 3))
     res = []
     for t in (1, 2, 3):
         def run():
             out = a.clone()
             with ops.use_backend(backend):
-                return out, ops.relu_mean_rows_(out, r)
+                return out, ops.relu_mean_rows_(out, r, add)
         res.append(_with_threads(t, run))
     out, mean = res[0]
     assert out.is_contiguous(memory_format=fmt)
@@ -1964,3 +1969,19 @@ def test_relu_mean_rows_errors():
         ops.relu_mean_rows_(x, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match='rows must be distinct'):
         ops.relu_mean_rows_(x, torch.tensor([1, 1]))
+    rows = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match='addend must be a float32 CPU'):
+        ops.relu_mean_rows_(x, rows, torch.zeros(2, 4, 2, 2).double())
+    for bad in (torch.zeros(3, 4, 2, 2), torch.zeros(2, 4, 2, 3)):
+        with pytest.raises(ValueError, match=r'addend must be another '
+                                             r'\(len\(rows\), C, H, W\)'):
+            ops.relu_mean_rows_(x, rows, bad)
+    y = x[:2]
+    with pytest.raises(ValueError, match='addend must be another'):
+        ops.relu_mean_rows_(y, torch.tensor([0, 1]), y)
+    if ops.extension() is not None:  # the kernel's own layout check (the
+        # wrapper runs the reference on mixed layouts)
+        with pytest.raises(RuntimeError, match='memory format'):
+            ops.extension().relu_mean_rows(
+                x.clone(), rows, torch.zeros(2, 4, 2, 2).contiguous(
+                    memory_format=torch.channels_last))

@@ -43,8 +43,10 @@ class BlockStats(Mapping):
     def __init__(self, block: 'LAUDBlockMixin', gate: torch.Tensor, geom,
                  op_flops: Dict[str, int]):
         self._block, self._op_flops = block, op_flops
+        # (``float()`` dispatches an operator even on a float32 gate)
         self._values = dict(dense=float(sum(op_flops.values())),
-                            gate=gate.float(), geometry=geom)
+                            gate=gate if gate.dtype == torch.float32
+                            else gate.float(), geometry=geom)
         if gate.requires_grad:
             self._count()
 

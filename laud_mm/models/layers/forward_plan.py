@@ -6,7 +6,9 @@ A dynamic block decides, besides its gates, which kernels run: whether its
 folded weights are current (a walk over its parameters' version counters),
 whether the compiled kernels take its input's dtype and device at the
 current thread count, whether its dense epilogue computes the next block's
-masker logits. Made between the convolutions, this host code runs with its
+masker logits, whether its layer / channel masker's compiled call can run
+without the module's per-call checks (:func:`~.maskers.planned_masker`).
+Made between the convolutions, this host code runs with its
 code and data evicted by them, several times slower than in a loop
 (docs/benchmark_history.md, fourteenth round). Inside
 :func:`~laud_mm.models.layers.dynamic.owned_block_inputs` the first
@@ -18,10 +20,11 @@ that does not start at the first block (whose call makes the plans) runs
 unplanned. Where a block has no plan it plans its own call, as outside
 the context.
 
-Parameters and buffers are read when the first block is called: a change
-made during the forward (by a hook of an earlier block) takes effect from
-the next forward. ``laud_mm.ops.policy.FORWARD_PLAN = False`` turns the
-plans off (each block then plans its own call).
+Parameters, buffers, hooks and the autocast state are read when the first
+block is called: a change made during the forward (by a hook of an earlier
+block) takes effect from the next forward.
+``laud_mm.ops.policy.FORWARD_PLAN = False`` turns the plans off (each block
+then plans its own call).
 
 A family opts in with a block method ``sequence_plan(in_shape, like,
 nxt, nxt_plan)`` (``nxt`` the next block and ``nxt_plan`` its plan, or

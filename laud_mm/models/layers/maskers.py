@@ -367,6 +367,83 @@ class LayerMasker(MaskerBase):
         return self._gate(logits)
 
 
+def _module_hooks(module: nn.Module) -> bool:
+    """Whether a call of ``module`` runs forward (pre-)hooks: its own or
+    torch's global ones (``nn.modules.module.register_module_forward_hook``
+    and ``..._pre_hook``)."""
+    glob = nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or
+                getattr(glob, '_global_forward_hooks', None) or
+                getattr(glob, '_global_forward_pre_hooks', None))
+
+
+def planned_masker(masker: nn.Module, like: torch.Tensor):
+    """An eval layer / channel masker's forward as a function of the block
+    input, its per-call checks made now, for a planned forward
+    (:mod:`~.forward_plan`): the compiled call's eligibility
+    (:func:`compiled_gate`), that the masker is a stock
+    :class:`LayerMasker` / :class:`ChannelMasker` (no override of
+    ``forward``, ``logits`` or ``masker_input``) in eval mode, and that no
+    forward hook would run on it.
+
+    Between a block's convolutions every operator and check runs with its
+    code and data evicted, several times slower than in a loop
+    (docs/regnety.md, "Host time between the convolutions"); the returned
+    function is the call's remaining work: the pooled input
+    (:func:`~.channel_mean.channel_mean`), the compiled MLP and decision,
+    and the forced gate when set.
+
+    Args:
+        masker: the block's masker.
+        like: a tensor with the block input's dtype and device.
+
+    Returns:
+        ``fn(x (N, C_in, H, W)) -> gate`` ((N,) layer, (N, n_groups)
+        channel), the same gate as ``masker(x)`` (the same kernel on the
+        same pooled input), a forced gate of another shape raising the
+        masker's ValueError; or ``masker`` itself where a check fails (the
+        call then makes its own checks). Parameters replaced after this
+        call are not seen by ``fn``; in-place changes are.
+
+    Source: paper sec. 3.2 (maskers) and sec. 3.4 (the host side of the
+    dynamic operators).
+    """
+    cls = LayerMasker if isinstance(masker, LayerMasker) else \
+        ChannelMasker if isinstance(masker, ChannelMasker) else None
+    if cls is None or masker.training or _module_hooks(masker) or any(
+            getattr(type(masker), name) is not getattr(cls, name)
+            for name in ('forward', 'logits', 'masker_input')):
+        return masker
+    if cls is LayerMasker:
+        layers = (masker.fc,)
+    else:
+        layers = (masker.fc1, masker.fc2)
+    params = tuple(p for m in layers for p in (m.weight, m.bias))
+    if not compiled_gate(like, layers) or \
+            not all(p.is_contiguous() for p in params):
+        return masker
+    if cls is LayerMasker:
+        w, b = params
+
+        def layer_gate(x: torch.Tensor) -> torch.Tensor:
+            gate, logits = _masker_gate(channel_mean(x), w, b)
+            gate, forced = gate.view(-1), masker.forced_gate
+            if forced is None or write_forced_gate(gate, forced):
+                return gate
+            return masker._gate(logits)
+        return layer_gate
+    w1, b1, w2, b2 = params
+    groups = masker.num_groups
+
+    def channel_gate(x: torch.Tensor) -> torch.Tensor:
+        gate, logits = _masker_gate(channel_mean(x), w1, b1, w2, b2)
+        forced = masker.forced_gate
+        if forced is None or write_forced_gate(gate, forced):
+            return gate
+        return masker._gate(logits.view(x.shape[0], groups, 2))
+    return channel_gate
+
+
 def build_masker(paradigm: str, in_channels: int, width: int,
                  granularity: Optional[int]) -> nn.Module:
     """Masker for a paradigm.

@@ -67,9 +67,20 @@ several times faster there on large maps).
   d = 0.5). A sample with every channel off outputs
   ``relu(shortcut + bn3 shift)``.
 - layer: the block (SE included) runs only on the samples whose gate is on
-  (gathered by advanced indexing, which keeps the format; their rows added
-  into the shortcut by the compiled scatter-add + ReLU over each sample's
-  values in memory order); the others output ``relu(shortcut)``.
+  (their rows of x gathered: a sample is one contiguous row of C x H x W
+  values in NCHW and in channels_last alike); its output is added into
+  their rows of the shortcut, rectified and pooled to the channel means
+  the next block's masker takes, in one pass
+  (:func:`laud_mm.ops.relu_mean_rows_` with an addend). The shortcut is
+  the block's input itself where the block owns it (an identity block
+  inside the backbone's forward: the skipped samples' rows, non-negative,
+  stay as they are, with the means their masker recorded), else a copy of
+  it or the downsample's output, whose skipped rows are rectified and
+  pooled in one more pass: the others output ``relu(shortcut)``.
+- layer and channel blocks in a planned forward call their masker through
+  :func:`laud_mm.models.layers.maskers.planned_masker`: its checks (hooks,
+  overridden methods, the compiled call's eligibility) made once per
+  forward, before the first block's convolutions.
 
 Source: paper sec. 3.4 (masker logit, gather + conv, scatter + add)
 and sec. 4.3.2 (RegNetY: layer skipping also skips the memory-bound SE);
@@ -84,10 +95,13 @@ import torch.nn.functional as F
 
 from ...ops import policy
 from ...ops.dispatch import is_autocast, is_channels_last, layout_of
+from ...ops.epilogue import _relu_mean_rows_
 from ...ops.indexing import channel_kept_lists
 from ...ops.kept_columns import _gather_kept_columns, _scatter_kept_columns
 from ...ops.patches import _gather, _scatter
 from ...structures.geometry import BlockGeometry
+from ..layers.channel_mean import (record_channel_mean,
+                                   recorded_channel_mean)
 from ..layers.dynamic import (cast_folded, compute_dtype, next_block,
                               no_autocast, owns_input, promote_residual,
                               relu_pooled_, residual_add_relu_pooled_,
@@ -95,6 +109,7 @@ from ..layers.dynamic import (cast_folded, compute_dtype, next_block,
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
+from ..layers.maskers import planned_masker
 from ..layers.masks import expand_spatial_gate, masked_avg_pool
 from ..layers.spatial_logit_record import (HANDOFF_AT_USE, dense_epilogue,
                                            spatial_gate, spatial_handoff)
@@ -259,11 +274,14 @@ class RegNetYPlan:
             block's dense epilogue computes the next block's masker logits
             (``spatial_handoff`` of
             :mod:`~laud_mm.models.layers.spatial_logit_record`), else None.
+        masker: layer / channel: the masker's call with its checks made
+            (:func:`~laud_mm.models.layers.maskers.planned_masker`), or the
+            masker module; spatial: None.
 
     Source: paper sec. 3.4 (the dynamic operators' scheduling).
     """
     __slots__ = ('in_shape', 'dtype', 'device', 'geom', 'op_flops', 'fb',
-                 'path', 'handoff')
+                 'path', 'handoff', 'masker')
 
 
 def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
@@ -298,12 +316,20 @@ def sequence_plan(block: nn.Module, in_shape: Tuple[int, ...],
     plan.geom = block.geometry(tuple(in_shape[2:]))
     plan.op_flops = block.op_flops(plan.geom.in_hw)
     plan.fb = folded_regnety(block)
-    plan.path = CPU_PATHS[block.paradigm]
-    plan.handoff = None
+    plan.handoff = plan.masker = None
     if block.paradigm == 'spatial':
         plan.handoff = _handoff(block, nxt, nxt_plan, like,
                                 plan.fb.w3.shape[0], plan.geom.out_hw)
         plan.path = functools.partial(_spatial, handoff=plan.handoff)
+        return plan
+    plan.masker = planned_masker(block.masker, like)
+    plan.path = CPU_PATHS[block.paradigm]
+    if plan.masker is not block.masker and plan.fb.w1.dtype == like.dtype:
+        # the compiled masker call was planned: float32 CPU, autocast
+        # off, the folded weights in the input's dtype
+        plan.path = functools.partial(
+            _layer if block.paradigm == 'layer' else _channel_planned,
+            masker=plan.masker)
     return plan
 
 
@@ -490,20 +516,29 @@ def _channel(block, x, geom, fb=None):
         return _channel_batched(block, x, fb, gate), gate
 
 
+def _channel_planned(block, x, geom, fb, masker):
+    """The channel path in a plan whose masker call was planned
+    (:class:`RegNetYPlan`): autocast off and ``fb`` in x's dtype, so
+    neither a cast of the folded weights nor an autocast context."""
+    gate = masker(x)
+    return _channel_batched(block, x, fb, gate), gate
+
+
 def _channel_batched(block, x, fb, gate):
     """The channel path batched over the samples, in x's layout (NCHW or
     channels_last), in the folded weights' dtype (autocast's when on): see
     the module docstring. Returns the block output."""
-    x = x.contiguous(memory_format=layout_of(x))
+    x = _contiguous(x, layout_of(x))
     n, c_in, h, w_ = x.shape
     groups, width = fb.groups, fb.width
     # each sample's kept channels (N, K), padded with index `width` (the
-    # zero row of the extended conv3 weights) to the longest list
-    kept, k_cnt, _ = channel_kept_lists(gate, block.granularity, 1)
+    # zero row of the extended conv3 weights) to the longest list; the
+    # batch's kept groups
+    kept, k_cnt, n_kept = channel_kept_lists(gate, block.granularity, 1)
     k_max = kept.shape[1]
-    xc = x.to(fb.w1.dtype)
+    xc = x if x.dtype == fb.w1.dtype else x.to(fb.w1.dtype)
     ident = x if fb.wd is None else fb.shortcut(xc)
-    if int(k_cnt.min()) == width:
+    if n_kept == gate.numel():
         return residual_add_relu_pooled_(fb.branch(xc), ident)
     # the output is the shortcut plus conv3, in the masked-dense block's
     # dtype (under autocast a float32 identity promotes the branch)
@@ -578,41 +613,99 @@ def _channel_batched(block, x, fb, gate):
 
 
 # ------------------------------------------------------------------ layer
+def _contiguous(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """t, or a copy contiguous in ``fmt`` (``Tensor.contiguous``
+    dispatches an operator even when t already is: host time per block)."""
+    return t if t.is_contiguous(memory_format=fmt) else \
+        t.contiguous(memory_format=fmt)
+
+
 def _sample_rows(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-    """(N, C, H, W) ``t``, contiguous in ``fmt``, viewed as (N, L, 1, 1)
-    in its memory order (each sample is one contiguous block of L = C x H x
-    W values in NCHW and in channels_last alike)."""
+    """(N, C, H, W) ``t``, contiguous in ``fmt``, viewed as (N, L) in its
+    memory order (each sample one contiguous row of L = C x H x W values,
+    in NCHW and in channels_last alike): ``index_select`` / ``index_copy_``
+    of whole samples then copy rows, where advanced indexing of the 4-D
+    tensor computes an offset per element."""
     if fmt == torch.channels_last:
         t = t.permute(0, 2, 3, 1)
-    return t.reshape(t.shape[0], -1, 1, 1)
+    return t.reshape(t.shape[0], -1)
 
 
-def _layer(block, x, geom, fb=None):
-    fb = folded_regnety(block) if fb is None else fb
-    gate = sample_gate(block, x)
-    on = gate > 0.5
-    fmt = layout_of(x)
-    x = x.contiguous(memory_format=fmt)
-    ident = fb.shortcut(x).contiguous(memory_format=fmt)
-    n_on = int(on.sum())
-    if n_on == x.shape[0]:
-        return residual_add_relu_pooled_(fb.branch(x), ident), gate
-    if n_on == 0:
-        return torch.relu(ident), gate
-    samples = on.nonzero()[:, 0]
-    # advanced indexing keeps x's memory format (index_select gives NCHW)
-    ident, res = promote_residual(ident, fb.branch(x[samples]))
-    res = res.contiguous(memory_format=fmt)
-    # the fused scatter-add + ReLU, each kept sample one 1 x 1 "patch" of
-    # its values in memory order, the skipped samples relu(shortcut)
-    idx = torch.stack([samples, torch.zeros_like(samples),
-                       torch.zeros_like(samples)], 1)
-    out = _scatter(_sample_rows(ident, fmt), _sample_rows(res, fmt), idx,
-                   (1, 1), ident is not x)
-    n, c, h, w = ident.shape
+def _from_rows(r: torch.Tensor, like: torch.Tensor,
+               fmt: torch.memory_format) -> torch.Tensor:
+    """(K, L) rows back as a (K, C, H, W) tensor with ``like``'s C, H, W,
+    contiguous in ``fmt`` (a view)."""
+    c, h, w = like.shape[1:]
     if fmt == torch.channels_last:
-        return out.view(n, h, w, c).permute(0, 3, 1, 2), gate
-    return out.view(n, c, h, w), gate
+        return r.view(-1, h, w, c).permute(0, 3, 1, 2)
+    return r.view(-1, c, h, w)
+
+
+def _layer(block, x, geom, fb=None, masker=None):
+    """The layer path; ``masker`` the planned masker call
+    (:attr:`RegNetYPlan.masker`) or None (the block's masker)."""
+    fb = folded_regnety(block) if fb is None else fb
+    gate = sample_gate(block, x) if masker is None else masker(x)
+    fmt = layout_of(x)
+    x = _contiguous(x, fmt)
+    n = x.shape[0]
+    ident = _contiguous(fb.shortcut(x), fmt)
+    # gates are exactly 0 or 1 (the decision, or a forced gate the masker
+    # validated): the kept count read in one host copy
+    n_on = int(sum(gate.tolist()))
+    if n_on == n:  # the static block, its output pooled for the next
+        # block's masker
+        return residual_add_relu_pooled_(fb.branch(x), ident), gate
+    on = gate > 0.5
+    idx = on.nonzero()[:, 0]
+    # the kept samples' branch on a gathered copy of their rows, in x's
+    # memory format
+    res = fb.branch(_from_rows(_sample_rows(x, fmt).index_select(0, idx),
+                               x, fmt)) if n_on else None
+    # the output is written into the shortcut: the input itself where the
+    # block owns it (non-negative, so the skipped samples stay as they
+    # are), else a copy of it, or the downsample's output; in the dtype of
+    # the masked-dense block's relu(identity + out)
+    dtype = ident.dtype if res is None else \
+        torch.promote_types(ident.dtype, res.dtype)
+    nonneg_inplace = ident is x and dtype == x.dtype and \
+        owns_input(block, x, fmt)
+    if ident is x and not nonneg_inplace or ident.dtype != dtype:
+        out = ident.to(dtype, memory_format=fmt, copy=True)
+    else:
+        out = ident
+    # the output's channel means for the next block's masker
+    # (layers.channel_mean), from the passes that write the output: the
+    # kept rows' epilogue, the skipped rows' ReLU or, written into the
+    # input, the input's record (its masker made it) for the untouched
+    # skipped rows; float32 CPU outside autocast
+    pooled = out.device.type == 'cpu' and not is_autocast(x) and \
+        x.dtype == out.dtype == torch.float32
+    means = None
+    if pooled:
+        means = recorded_channel_mean(x) if nonneg_inplace else \
+            out.new_empty(n, out.shape[1])
+    if n_on:
+        res = _contiguous(res.to(dtype), fmt)
+        if pooled:  # added into their rows of out, ReLU and means: a pass
+            kept_means = _relu_mean_rows_(out, idx, res)
+        else:  # (written into its input, the shortcut rows are those rows)
+            out_rows = _sample_rows(out, fmt)
+            res.add_(_from_rows(out_rows.index_select(0, idx), out,
+                                fmt)).relu_()
+            out_rows.index_copy_(0, idx, _sample_rows(res, fmt))
+    if not nonneg_inplace:  # skipped samples: relu(shortcut)
+        skipped = (~on).nonzero()[:, 0]
+        if means is not None:  # in place, their means in the same pass
+            means.index_copy_(0, skipped, _relu_mean_rows_(out, skipped))
+        else:  # in place, row by row
+            for s in skipped.tolist():
+                out[s].relu_()
+    if means is not None and n_on:
+        record_channel_mean(out, means.index_copy(0, idx, kept_means))
+    elif means is not None and not nonneg_inplace:
+        record_channel_mean(out, means)
+    return out, gate
 
 
 #: the CPU path of each paradigm, ``fn(block, x, geom, fb=None)``

@@ -73,12 +73,13 @@ from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               next_block, owns_input,
                               promote_residual, residual_add_relu_,
                               residual_add_relu_pooled_,
-                              run_dynamic_path, sample_gate)
+                              run_dynamic_path)
 from ..layers.channel_mean import (record_channel_mean,
                                    recorded_channel_mean)
 from ..layers.folding import cached_fold, fold_conv_bn
 from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
+from ..layers.maskers import planned_masker
 from ..layers.masks import expand_spatial_gate
 from ..layers.spatial_logit_record import (HANDOFF_AT_USE, dense_epilogue,
                                            recorded_spatial_logit,
@@ -319,12 +320,15 @@ class BottleneckPlan:
             ``policy.CHANNEL_SMALL_MAP_PIXELS``.
         sample_gemm: layer, not ``fused``: the kept samples run on the
             per-sample GEMM kernel (when the output also has ``dtype``).
+        masker: layer / channel: the masker's call with its checks made
+            (:func:`~laud_mm.models.layers.maskers.planned_masker`), or the
+            masker module; spatial: None.
 
     Source: paper sec. 3.4 (scheduling; the host side of operator fusion).
     """
     __slots__ = ('in_shape', 'dtype', 'device', 'geom', 'op_flops', 'fb',
                  'path', 'fused', 'dense_from', 'handoff', 'small_map',
-                 'sample_gemm')
+                 'sample_gemm', 'masker')
 
 
 def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
@@ -372,6 +376,8 @@ def plan_bottleneck(block: nn.Module, in_shape: Tuple[int, ...],
     plan.dense_from = 1.0
     plan.handoff = None
     plan.small_map = plan.sample_gemm = False
+    plan.masker = None if block.paradigm == 'spatial' else \
+        planned_masker(block.masker, like)
     foldable = unfoldable_reason(block) is None
     fb = plan.fb = folded(block) if foldable else None
     if fb is None:  # a layer block running its own modules (spatial /
@@ -671,7 +677,7 @@ def _residual_target(block, x: torch.Tensor, ident: torch.Tensor,
 def _channel_forward(block, x, plan):
     fb = plan.fb
     n, c_in, h, w = x.shape
-    gate = sample_gate(block, x)
+    gate = plan.masker(x)
     # (N, k) each sample's kept channels, ascending, padded with the zero
     # channel `width` to a multiple of CHANNEL_PAD; (N,) their counts; the
     # batch's kept groups (one compiled pass on CPU)
@@ -767,7 +773,7 @@ def _layer_unfolded(block, x, gate):
 
 def _layer_forward(block, x, plan):
     n = x.shape[0]
-    gate = sample_gate(block, x)  # (N,)
+    gate = plan.masker(x)  # (N,)
     fb = plan.fb
     if fb is None:
         return _layer_unfolded(block, x, gate), gate

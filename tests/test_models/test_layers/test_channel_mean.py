@@ -151,3 +151,36 @@ def test_every_layer_block_hands_its_means_on(threads, fused, monkeypatch):
         torch.set_num_threads(prev)
     assert used == [False] + [True] * (len(net.blocks) - 1)
     _check_same_function(net, ref_gates, ref, out)
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_every_regnety_layer_block_hands_its_means_on(channels_last, threads,
+                                                      monkeypatch):
+    """LAUD-RegNetY-400MF's layer skipping on two real COCO images with
+    about half the gates forced off, its dynamic path in channels_last (the
+    CPU default) or NCHW: the stem and every block record their output's
+    means (the kept rows' one-pass add, the skipped rows' ReLU pass of a
+    downsampling block, the input's record where an identity block writes
+    into its input), so no masker reads a tensor, and dynamic inference
+    computes the masked-dense model's gates and output."""
+    if ops.extension() is None:
+        pytest.skip('the records come from the compiled kernels')
+    from conftest import load_coco_images
+    from laud_mm.models import LAUDRegNetY
+    from laud_mm.ops import policy
+    monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', channels_last)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        net = LAUDRegNetY('regnety_400mf', paradigm='layer').eval()
+        x = load_coco_images(n=2, size=(96, 128))
+        _half_forced_gates(net, x)
+        sums = [float(b.masker.forced_gate.sum()) for b in net.blocks]
+        assert 1 in sums and (0 in sums or 2 in sums), sums
+        used, ref_gates, ref, out = _run_with_mean_spy(net, x, monkeypatch)
+    finally:
+        torch.set_num_threads(prev)
+    assert used == [True] * len(net.blocks)
+    _check_same_function(net, ref_gates, ref, out)

@@ -247,3 +247,78 @@ def test_write_forced_gate_in_place():
                                                        torch.zeros(2, 3))
     assert not write_forced_gate(gate, torch.ones(3, 2))
     assert torch.equal(gate, torch.zeros(2, 3))
+
+
+@pytest.mark.skipif(__import__('laud_mm').ops.extension() is None,
+                    reason='laud_mm._ext not built')
+@pytest.mark.parametrize('kind', ['layer', 'channel'])
+def test_planned_masker_is_the_masker_call(kind, monkeypatch):
+    """``planned_masker`` (a planned forward's masker call, its checks made
+    once) returns the gate the masker's own call returns, with one compiled
+    call, on features of real COCO images in NCHW and channels_last, with
+    learned, number-forced and tensor-forced gates; a forced gate of the
+    wrong shape is refused as by the masker. Where the masker must run as a
+    module it hands back the masker itself: a subclass overriding
+    ``logits`` or ``masker_input``, a forward hook (the masker's own, or
+    torch's global one), training mode, autocast, a float64 input."""
+    from conftest import load_coco_images
+    from laud_mm.models.layers.maskers import LayerMasker, planned_masker
+    x = load_coco_images(n=2, size=(64, 96))
+    feats = F.avg_pool2d(x, 4).repeat(1, 8, 1, 1)  # (2, 24, 16, 24)
+    cls = LayerMasker if kind == 'layer' else \
+        (lambda c: ChannelMasker(c, 6))
+    torch.manual_seed(0)
+    m = cls(24).eval()
+    last = m.fc if kind == 'layer' else m.fc2
+    torch.nn.init.normal_(last.weight, 0., 1.)
+    torch.nn.init.zeros_(last.bias)
+    with torch.no_grad():  # the keep - skip logits centred: gates differ
+        d = m.logits(feats)[..., 0] - m.logits(feats)[..., 1]
+        last.bias.view(-1, 2)[:, 0] -= d.mean(0).view(-1)
+    calls = _count_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        fn = planned_masker(m, feats)
+        assert fn is not m
+        kept = []
+        for t in (feats, feats.contiguous(memory_format=torch.channels_last),
+                  feats.flip(0)):
+            ref = m(t)
+            del calls[:]
+            got = fn(t)
+            assert len(calls) == 1 and torch.equal(got, ref)
+            kept.append(float(ref.mean()))
+            for forced in (0, 1, 1. - ref):
+                m.forced_gate = forced
+                assert torch.equal(fn(t), m(t))
+            m.forced_gate = torch.ones(3, *ref.shape[1:])
+            with pytest.raises(ValueError, match='forced_gate has shape'):
+                fn(t)
+            m.forced_gate = None
+        assert 0 < sum(kept) / len(kept) < 1  # gates on and off compared
+
+        class Shifted(type(m)):
+            def masker_input(self, t):
+                return super().masker_input(t) + 1.
+
+        class Flipped(type(m)):
+            def logits(self, t):
+                return super().logits(t).flip(-1)
+        for sub in (Shifted, Flipped):
+            s = sub.__new__(sub)
+            s.__dict__.update(m.__dict__)
+            assert planned_masker(s, feats) is s
+        handle = m.register_forward_hook(lambda *a: None)
+        assert planned_masker(m, feats) is m
+        handle.remove()
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda *a: None)
+        try:
+            assert planned_masker(m, feats) is m
+        finally:
+            handle.remove()
+        assert planned_masker(m.train(), feats) is m
+        m.eval()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert planned_masker(m, feats) is m
+        assert planned_masker(m, feats.double()) is m
+        assert planned_masker(m, feats) is not m

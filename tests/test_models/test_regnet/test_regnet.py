@@ -312,13 +312,16 @@ def test_channel_path_batches_samples_keeping_none_some_all(layout, stride,
 @pytest.mark.parametrize('paradigm,layout,stride', [
     ('channel', 'nchw', 1), ('channel', 'channels_last', 1),
     ('channel', 'channels_last', 2), ('spatial', 'channels_last', 1),
-    ('spatial', 'channels_last', 2)])
+    ('spatial', 'channels_last', 2), ('layer', 'nchw', 1),
+    ('layer', 'channels_last', 1), ('layer', 'channels_last', 2)])
 def test_block_writes_into_owned_input(paradigm, layout, stride):
     """Inside owned_block_inputs (what the backbone's forward uses) an
-    identity channel block, and a channels_last spatial block whose conv3
-    runs on the active pixels (under a third of the patches active), write
-    their output into their (non-negative) input; a channel block records
-    the output's channel means for the next masker. The output equals the
+    identity channel or layer block, and a channels_last spatial block
+    whose conv3 runs on the active pixels (under a third of the patches
+    active), write their output into their (non-negative) input; a channel
+    or layer block records the output's channel means for the next masker
+    (a layer block: its kept samples' rows written, the skipped ones left
+    as they are). The output equals the
     masked-dense block, alone and owned; outside the context the input is
     untouched and the output a new tensor. Stride 2: the downsample's
     output is the target (the input is never written)."""
@@ -327,7 +330,8 @@ def test_block_writes_into_owned_input(paradigm, layout, stride):
     torch.manual_seed(0)
     cin = 32 if stride == 1 else 16
     blk = LAUDRegNetYBlock(cin, 32, stride=stride, group_width=8,
-                           paradigm=paradigm, granularity=2)
+                           paradigm=paradigm,
+                           granularity=None if paradigm == 'layer' else 2)
     randomize(blk, 5)
     blk.eval()
     blk.dynamic_inference = True
@@ -337,6 +341,8 @@ def test_block_writes_into_owned_input(paradigm, layout, stride):
     if paradigm == 'channel':
         gate = (torch.rand(n, 16, generator=g) < 0.6).float()
         gate[0] = 0.  # keeps nothing: relu(input + bn3 shift)
+    elif paradigm == 'layer':
+        gate = torch.tensor([0., 1., 0., 1.])  # skipped: relu(shortcut)
     else:
         gate = (torch.rand(n, *geom.patch_grid, generator=g) < 0.3).float()
         gate[0] = 0.  # no active patch: relu(shortcut)
@@ -371,7 +377,7 @@ def test_block_writes_into_owned_input(paradigm, layout, stride):
         assert out.data_ptr() == owned.data_ptr()
     else:
         assert torch.equal(owned, x)
-    if paradigm == 'channel':
+    if paradigm in ('channel', 'layer'):
         means = recorded_channel_mean(out)
         assert means is not None
         assert torch.allclose(means, out.mean(dim=(2, 3)), atol=1e-6)
