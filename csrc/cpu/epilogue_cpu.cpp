@@ -214,7 +214,16 @@ at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows,
                 "relu_mean_rows: addend must be a float32 CPU (n, C, H, W) "
                 "tensor of out's C, H, W and memory format, n = len(rows); "
                 "got ", a.sizes());
-    TORCH_CHECK(!a.is_same(out), "relu_mean_rows: addend must not be out");
+    TORCH_CHECK(a.numel() == 0 || out.numel() == 0 ||
+                    !a.storage().is_alias_of(out.storage()),
+                "relu_mean_rows: addend must not share memory with out");
+    // an addend makes a repeated row a race (two threads adding into it)
+    std::vector<char> seen(N, 0);
+    for (int64_t j = 0; j < n; ++j) {
+      TORCH_CHECK(!seen[rp[j]], "relu_mean_rows: rows must be distinct "
+                  "with an addend, row ", rp[j], " repeats");
+      seen[rp[j]] = 1;
+    }
     add = a.data_ptr<float>();
   }
   at::Tensor mean = at::empty({n, C}, out.options());

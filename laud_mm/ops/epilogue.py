@@ -107,32 +107,22 @@ def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor,
     Args:
         out: (N, C, H, W) float32 CPU tensor, written in place.
         rows: (n,) int64 distinct sample indices in [0, N).
-        addend: (n, C, H, W) float32 CPU tensor, another tensor than out,
-            or None (the kernel runs when it has out's memory format, the
-            reference otherwise).
+        addend: (n, C, H, W) float32 CPU tensor not sharing memory with
+            out, or None (the kernel runs when it has out's memory format,
+            the reference otherwise).
 
     Returns:
         (n, C) float32 channel means of the new samples.
 
     Raises:
         ValueError: ``out`` or ``addend`` not a float32 CPU tensor of the
-            shapes above, ``addend`` being ``out``, or ``rows`` not
-            distinct int64 (n,) indices of ``out``'s samples (names the
-            argument).
+            shapes above, ``addend`` sharing memory with ``out``, or
+            ``rows`` not distinct int64 (n,) indices of ``out``'s samples
+            (names the argument).
     """
     check_float32_cpu(dict(out=out))
     if out.dim() != 4:
         raise ValueError(f'out must be (N, C, H, W), got {tuple(out.shape)}')
-    if addend is not None:
-        check_float32_cpu(dict(addend=addend))
-        if addend is out or addend.dim() != 4 or \
-                addend.shape[1:] != out.shape[1:] or \
-                addend.shape[0] != getattr(rows, 'shape', (None,))[0]:
-            raise ValueError(
-                f'addend must be another (len(rows), C, H, W) tensor than '
-                f'out, got {tuple(addend.shape)} for out '
-                f'{tuple(out.shape)} and rows '
-                f'{tuple(getattr(rows, "shape", ()))}')
     if not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or \
             rows.dim() != 1:
         raise ValueError(f'rows must be an int64 (n,) tensor, got '
@@ -144,6 +134,19 @@ def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor,
                          f'[{int(rows.min())}, {int(rows.max())}]')
     if rows.unique().numel() != rows.numel():
         raise ValueError(f'rows must be distinct, got {rows.tolist()}')
+    if addend is not None:
+        check_float32_cpu(dict(addend=addend))
+        if addend.dim() != 4 or addend.shape[1:] != out.shape[1:] or \
+                addend.shape[0] != rows.shape[0]:
+            raise ValueError(
+                f'addend must be (len(rows), C, H, W) = '
+                f'({rows.shape[0]}, {", ".join(map(str, out.shape[1:]))}), '
+                f'got {tuple(addend.shape)}')
+        if addend.numel() and out.numel() and \
+                addend.untyped_storage().data_ptr() == \
+                out.untyped_storage().data_ptr():
+            raise ValueError('addend must not share memory with out (it is '
+                             'read while out is written)')
     return _relu_mean_rows_(out, rows, addend)
 
 

@@ -1973,15 +1973,24 @@ def test_relu_mean_rows_errors():
     with pytest.raises(ValueError, match='addend must be a float32 CPU'):
         ops.relu_mean_rows_(x, rows, torch.zeros(2, 4, 2, 2).double())
     for bad in (torch.zeros(3, 4, 2, 2), torch.zeros(2, 4, 2, 3)):
-        with pytest.raises(ValueError, match=r'addend must be another '
-                                             r'\(len\(rows\), C, H, W\)'):
+        with pytest.raises(ValueError, match=r'addend must be \(len\(rows\), '
+                                             r'C, H, W\) = \(2, 4, 2, 2\)'):
             ops.relu_mean_rows_(x, rows, bad)
-    y = x[:2]
-    with pytest.raises(ValueError, match='addend must be another'):
-        ops.relu_mean_rows_(y, torch.tensor([0, 1]), y)
-    if ops.extension() is not None:  # the kernel's own layout check (the
-        # wrapper runs the reference on mixed layouts)
+    # an addend sharing out's memory (a view of its other samples) is read
+    # while out is written
+    with pytest.raises(ValueError, match='must not share memory with out'):
+        ops.relu_mean_rows_(x, torch.tensor([0]), x[2:])
+    with pytest.raises(ValueError, match='rows must be distinct'):
+        ops.relu_mean_rows_(x, torch.tensor([1, 1]), torch.zeros(2, 4, 2, 2))
+    if ops.extension() is not None:  # the kernel's own checks (the wrapper
+        # runs the reference on mixed layouts)
+        ext = ops.extension()
         with pytest.raises(RuntimeError, match='memory format'):
-            ops.extension().relu_mean_rows(
-                x.clone(), rows, torch.zeros(2, 4, 2, 2).contiguous(
-                    memory_format=torch.channels_last))
+            ext.relu_mean_rows(x.clone(), rows, torch.zeros(2, 4, 2, 2)
+                               .contiguous(memory_format=torch.channels_last))
+        y = x.clone()
+        with pytest.raises(RuntimeError, match='must not share memory'):
+            ext.relu_mean_rows(y, torch.tensor([0]), y[2:])
+        with pytest.raises(RuntimeError, match='distinct with an addend'):
+            ext.relu_mean_rows(y, torch.tensor([1, 1]),
+                               torch.zeros(2, 4, 2, 2))

@@ -58,9 +58,11 @@ def masker_input_pooled(pred, g: BlockGeometry) -> bool:
     """Whether a layer / channel block's masker finds its input's channel
     means already recorded (:mod:`laud_mm.models.layers.channel_mean`) and
     skips its global pool: the eager path of a ResNet bottleneck
-    (``g.kind == 'bottleneck'``; the RegNetY blocks record nothing) on a
-    CPU spec, for every block but the backbone's first (stage 0, block 0),
-    whose input is the stem's output. Layer blocks record their output's
+    (``g.kind == 'bottleneck'``; the RegNetY blocks' model, the fused
+    schedule, charges every masker its pool, although the RegNetY CPU
+    path records the means too) on a CPU spec, for every block but the
+    backbone's first (stage 0, block 0), whose input is the stem's
+    output. Layer blocks record their output's
     means on any CPU spec (``vector_width`` set: the compiled epilogues);
     channel blocks where the fused kernel runs (``vector_width >= 16``,
     AVX-512) and with every group on, except masked-dense 7 x 7 blocks

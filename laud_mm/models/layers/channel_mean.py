@@ -27,6 +27,15 @@ downsampled shortcut, the input's record for those of a block writing into
 its input. The masker's own computation records too, so that such a layer
 block finds its input's means.
 
+Producers (RegNetY): the folded stem's ReLU pass
+(:func:`laud_mm.models.layers.dynamic.relu_pooled_`), the blocks with every
+gate on (``residual_add_relu_pooled_``), the channel path's output pass
+(``relu_pooled_``), and every layer block: one
+:func:`laud_mm.ops.relu_mean_rows_` pass adding the kept samples' branch
+into their shortcut rows (its ``addend``), another over the skipped
+samples of a copied or downsampled shortcut, the input's record for those
+of a block writing into its input.
+
 Source: paper sec. 3.2 (masker inputs), sec. 3.4 (operator fusion).
 """
 from typing import Optional

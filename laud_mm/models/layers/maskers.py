@@ -377,14 +377,22 @@ def _module_hooks(module: nn.Module) -> bool:
                 getattr(glob, '_global_forward_pre_hooks', None))
 
 
+#: the methods a planned masker call stands for, as defined here (a
+#: subclass or a later patch that replaces one keeps the module's call)
+_STOCK_METHODS = ('forward', 'logits', 'masker_input')
+_STOCK = {cls: tuple(getattr(cls, name) for name in _STOCK_METHODS)
+          for cls in (LayerMasker, ChannelMasker)}
+
+
 def planned_masker(masker: nn.Module, like: torch.Tensor):
     """An eval layer / channel masker's forward as a function of the block
     input, its per-call checks made now, for a planned forward
     (:mod:`~.forward_plan`): the compiled call's eligibility
     (:func:`compiled_gate`), that the masker is a stock
     :class:`LayerMasker` / :class:`ChannelMasker` (no override of
-    ``forward``, ``logits`` or ``masker_input``) in eval mode, and that no
-    forward hook would run on it.
+    ``forward``, ``logits`` or ``masker_input`` by a subclass, a patch of
+    the class or an instance attribute) in eval mode, and that no forward
+    hook would run on it.
 
     Between a block's convolutions every operator and check runs with its
     code and data evicted, several times slower than in a loop
@@ -410,17 +418,20 @@ def planned_masker(masker: nn.Module, like: torch.Tensor):
     """
     cls = LayerMasker if isinstance(masker, LayerMasker) else \
         ChannelMasker if isinstance(masker, ChannelMasker) else None
-    if cls is None or masker.training or _module_hooks(masker) or any(
-            getattr(type(masker), name) is not getattr(cls, name)
-            for name in ('forward', 'logits', 'masker_input')):
+    if cls is None or masker.training or _module_hooks(masker) or \
+            any(name in masker.__dict__ for name in _STOCK_METHODS) or \
+            tuple(getattr(type(masker), name)
+                  for name in _STOCK_METHODS) != _STOCK[cls]:
         return masker
-    if cls is LayerMasker:
-        layers = (masker.fc,)
-    else:
-        layers = (masker.fc1, masker.fc2)
-    params = tuple(p for m in layers for p in (m.weight, m.bias))
-    if not compiled_gate(like, layers) or \
-            not all(p.is_contiguous() for p in params):
+    layers = (masker.fc,) if cls is LayerMasker else \
+        (masker.fc1, masker.fc2)
+    # (compiled_gate first: it reads the layers' own parameter tables, so
+    # a layer replaced by a module without them keeps the module's call)
+    if not compiled_gate(like, layers):
+        return masker
+    params = tuple(m._parameters[name] for m in layers
+                   for name in ('weight', 'bias'))
+    if not all(p.is_contiguous() for p in params):
         return masker
     if cls is LayerMasker:
         w, b = params

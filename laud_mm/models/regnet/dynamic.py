@@ -628,7 +628,7 @@ def _sample_rows(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     tensor computes an offset per element."""
     if fmt == torch.channels_last:
         t = t.permute(0, 2, 3, 1)
-    return t.reshape(t.shape[0], -1)
+    return t.view(t.shape[0], -1)
 
 
 def _from_rows(r: torch.Tensor, like: torch.Tensor,

@@ -287,9 +287,11 @@ def test_planned_masker_is_the_masker_call(kind, monkeypatch):
             got = fn(t)
             assert len(calls) == 1 and torch.equal(got, ref)
             kept.append(float(ref.mean()))
-            for forced in (0, 1, 1. - ref):
+            for forced in (0, 1, 1. - ref):  # the kernel still runs
                 m.forced_gate = forced
-                assert torch.equal(fn(t), m(t))
+                del calls[:]
+                got = fn(t)
+                assert len(calls) == 1 and torch.equal(got, m(t))
             m.forced_gate = torch.ones(3, *ref.shape[1:])
             with pytest.raises(ValueError, match='forced_gate has shape'):
                 fn(t)
@@ -303,10 +305,35 @@ def test_planned_masker_is_the_masker_call(kind, monkeypatch):
         class Flipped(type(m)):
             def logits(self, t):
                 return super().logits(t).flip(-1)
-        for sub in (Shifted, Flipped):
+
+        class Called(type(m)):
+            def forward(self, t, out_hw=None):
+                return super().forward(t, out_hw)
+        for sub in (Shifted, Flipped, Called):
             s = sub.__new__(sub)
             s.__dict__.update(m.__dict__)
             assert planned_masker(s, feats) is s
+        # an instance attribute or a patch of the class replaces a method
+        m.logits = lambda t: type(m).logits(m, t)
+        assert planned_masker(m, feats) is m
+        del m.logits
+        with monkeypatch.context() as mp:
+            mp.setattr(type(m), 'masker_input',
+                       lambda self, t: t.mean(dim=(2, 3)))
+            assert planned_masker(m, feats) is m
+        assert planned_masker(m, feats) is not m
+        # a linear layer replaced by a module without weight / bias tables
+        orig = m.fc if kind == 'layer' else m.fc2
+        wrapped = torch.nn.Sequential(orig)
+        if kind == 'layer':
+            m.fc = wrapped
+        else:
+            m.fc2 = wrapped
+        assert planned_masker(m, feats) is m
+        if kind == 'layer':
+            m.fc = orig
+        else:
+            m.fc2 = orig
         handle = m.register_forward_hook(lambda *a: None)
         assert planned_masker(m, feats) is m
         handle.remove()
@@ -322,3 +349,49 @@ def test_planned_masker_is_the_masker_call(kind, monkeypatch):
             assert planned_masker(m, feats) is m
         assert planned_masker(m, feats.double()) is m
         assert planned_masker(m, feats) is not m
+
+
+@pytest.mark.skipif(__import__('laud_mm').ops.extension() is None,
+                    reason='laud_mm._ext not built')
+@pytest.mark.parametrize('family', ['regnety', 'resnet'])
+@pytest.mark.parametrize('paradigm', ['layer', 'channel'])
+def test_block_plans_hold_the_planned_masker(family, paradigm):
+    """A LAUD-RegNetY / LAUD-ResNet layer or channel block's plan holds the
+    planned masker call (not the module), which its path calls and which
+    returns the module's gate on the block's real input; with a forward
+    hook on the masker the plan holds the module (the hook runs)."""
+    from conftest import load_coco_images
+    from laud_mm.models import LAUDRegNetY, LAUDResNet
+    from laud_mm.models.regnet import dynamic as regnet_dyn
+    from laud_mm.models.resnet import dynamic as resnet_dyn
+    torch.manual_seed(0)
+    gran = (2, 2, 2, 2) if paradigm == 'channel' else None
+    net = LAUDRegNetY('regnety_400mf', paradigm, gran) \
+        if family == 'regnety' else LAUDResNet(50, paradigm=paradigm,
+                                               granularity=gran)
+    net.eval()
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda mod, a: inputs.append(a[0]))
+             for b in net.blocks[:3]]
+    x = load_coco_images(n=2, size=(64, 96))
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    for blk, t in zip(net.blocks[:3], inputs):
+        blk.dynamic_inference = True
+        with torch.no_grad():
+            if family == 'regnety':
+                plan = regnet_dyn.sequence_plan(blk, t.shape, t)
+                assert plan.path.keywords['masker'] is plan.masker
+            else:
+                plan = resnet_dyn.plan_bottleneck(
+                    blk, t.shape, t, blk.geometry(t.shape[2:]), None)
+            assert plan.masker is not blk.masker
+            assert torch.equal(plan.masker(t), blk.masker(t))
+            handle = blk.masker.register_forward_hook(lambda *a: None)
+            again = regnet_dyn.sequence_plan(blk, t.shape, t) \
+                if family == 'regnety' else resnet_dyn.plan_bottleneck(
+                    blk, t.shape, t, blk.geometry(t.shape[2:]), None)
+            handle.remove()
+            assert again.masker is blk.masker

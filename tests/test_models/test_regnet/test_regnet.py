@@ -313,7 +313,8 @@ def test_channel_path_batches_samples_keeping_none_some_all(layout, stride,
     ('channel', 'nchw', 1), ('channel', 'channels_last', 1),
     ('channel', 'channels_last', 2), ('spatial', 'channels_last', 1),
     ('spatial', 'channels_last', 2), ('layer', 'nchw', 1),
-    ('layer', 'channels_last', 1), ('layer', 'channels_last', 2)])
+    ('layer', 'nchw', 2), ('layer', 'channels_last', 1),
+    ('layer', 'channels_last', 2)])
 def test_block_writes_into_owned_input(paradigm, layout, stride):
     """Inside owned_block_inputs (what the backbone's forward uses) an
     identity channel or layer block, and a channels_last spatial block
