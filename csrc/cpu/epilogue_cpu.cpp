@@ -217,12 +217,18 @@ at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows,
     TORCH_CHECK(a.numel() == 0 || out.numel() == 0 ||
                     !a.storage().is_alias_of(out.storage()),
                 "relu_mean_rows: addend must not share memory with out");
-    // an addend makes a repeated row a race (two threads adding into it)
-    std::vector<char> seen(N, 0);
-    for (int64_t j = 0; j < n; ++j) {
-      TORCH_CHECK(!seen[rp[j]], "relu_mean_rows: rows must be distinct "
-                  "with an addend, row ", rp[j], " repeats");
-      seen[rp[j]] = 1;
+    // an addend makes a repeated row a race (two threads adding into it);
+    // ascending rows (the callers' nonzero() lists) need no table
+    bool ascending = true;
+    for (int64_t j = 1; j < n && ascending; ++j)
+      ascending = rp[j] > rp[j - 1];
+    if (!ascending) {
+      std::vector<char> seen(N, 0);
+      for (int64_t j = 0; j < n; ++j) {
+        TORCH_CHECK(!seen[rp[j]], "relu_mean_rows: rows must be distinct "
+                    "with an addend, row ", rp[j], " repeats");
+        seen[rp[j]] = 1;
+      }
     }
     add = a.data_ptr<float>();
   }
