@@ -324,11 +324,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"),
         py::arg("sw"), py::arg("ph"), py::arg("pw"));
   m.def("relu_mean_rows", &laud_mm::relu_mean_rows_cpu,
-        "relu_mean_rows(out (N,C,H,W), rows (n,) int64 distinct, addend "
-        "(n,C,H,W) or None) -> (n,C): out[rows[j]] = relu(out[rows[j]] (+ "
-        "addend[j])) in place, returns their means over H x W, one pass "
-        "(float32, CPU, addend in out's layout, not sharing its memory; "
-        "rows (j, c) over torch's threads)",
+        "relu_mean_rows(out (N,C,H,W), rows (n,) int64 distinct (checked "
+        "with an addend), addend (n,C,H,W) or None) -> (n,C): out[rows[j]] "
+        "= relu(out[rows[j]] (+ addend[j])) in place, returns their means "
+        "over H x W, one pass (float32, CPU, addend in out's layout, not a "
+        "view of its storage; rows (j, c) over torch's threads)",
         py::arg("out"), py::arg("rows"), py::arg("addend") = py::none());
   m.def("scatter_kept_columns", &laud_mm::scatter_kept_columns_cpu,
         "scatter_kept_columns(src (N,P,K) float32, kept (N,K) int64, W, "

@@ -214,9 +214,8 @@ at::Tensor relu_mean_rows_cpu(at::Tensor& out, const at::Tensor& rows,
                 "relu_mean_rows: addend must be a float32 CPU (n, C, H, W) "
                 "tensor of out's C, H, W and memory format, n = len(rows); "
                 "got ", a.sizes());
-    TORCH_CHECK(a.numel() == 0 || out.numel() == 0 ||
-                    !a.storage().is_alias_of(out.storage()),
-                "relu_mean_rows: addend must not share memory with out");
+    TORCH_CHECK(a.numel() == 0 || !a.storage().is_alias_of(out.storage()),
+                "relu_mean_rows: addend must not be a view of out's storage");
     // an addend makes a repeated row a race (two threads adding into it);
     // ascending rows (the callers' nonzero() lists) need no table
     bool ascending = true;

@@ -107,18 +107,21 @@ def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor,
     Args:
         out: (N, C, H, W) float32 CPU tensor, written in place.
         rows: (n,) int64 distinct sample indices in [0, N).
-        addend: (n, C, H, W) float32 CPU tensor not sharing memory with
-            out, or None (the kernel runs when it has out's memory format,
-            the reference otherwise).
+        addend: (n, C, H, W) float32 CPU tensor, not a view of out's
+            storage, or None (the kernel runs when it has out's memory
+            format, the reference otherwise).
 
     Returns:
         (n, C) float32 channel means of the new samples.
 
     Raises:
         ValueError: ``out`` or ``addend`` not a float32 CPU tensor of the
-            shapes above, ``addend`` sharing memory with ``out``, or
+            shapes above, ``addend`` a view of ``out``'s storage, or
             ``rows`` not distinct int64 (n,) indices of ``out``'s samples
             (names the argument).
+
+    Source: paper sec. 3.2 (the next masker pools this block's output),
+    sec. 3.4 (operator fusion: "Fusing scatter and add").
     """
     check_float32_cpu(dict(out=out))
     if out.dim() != 4:
@@ -142,11 +145,11 @@ def relu_mean_rows_(out: torch.Tensor, rows: torch.Tensor,
                 f'addend must be (len(rows), C, H, W) = '
                 f'({rows.shape[0]}, {", ".join(map(str, out.shape[1:]))}), '
                 f'got {tuple(addend.shape)}')
-        if addend.numel() and out.numel() and \
+        if addend.numel() and \
                 addend.untyped_storage().data_ptr() == \
                 out.untyped_storage().data_ptr():
-            raise ValueError('addend must not share memory with out (it is '
-                             'read while out is written)')
+            raise ValueError('addend must not be a view of out\'s storage '
+                             '(it is read while out is written)')
     return _relu_mean_rows_(out, rows, addend)
 
 

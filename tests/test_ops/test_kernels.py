@@ -1978,8 +1978,16 @@ def test_relu_mean_rows_errors():
             ops.relu_mean_rows_(x, rows, bad)
     # an addend sharing out's memory (a view of its other samples) is read
     # while out is written
-    with pytest.raises(ValueError, match='must not share memory with out'):
+    with pytest.raises(ValueError, match="must not be a view of out's"):
         ops.relu_mean_rows_(x, torch.tensor([0]), x[2:])
+    # rows are checked before the addend (whose check reads their length)
+    with pytest.raises(ValueError, match='rows must be an int64'):
+        ops.relu_mean_rows_(x, [0, 1], torch.zeros(2, 4, 2, 2))
+    # nothing listed, an empty addend: nothing written, no means
+    y = x.clone()
+    empty = ops.relu_mean_rows_(y, torch.zeros(0, dtype=torch.int64),
+                                torch.zeros(0, 4, 2, 2))
+    assert empty.shape == (0, 4) and torch.equal(y, x)
     with pytest.raises(ValueError, match='rows must be distinct'):
         ops.relu_mean_rows_(x, torch.tensor([1, 1]), torch.zeros(2, 4, 2, 2))
     if ops.extension() is not None:  # the kernel's own checks (the wrapper
@@ -1989,7 +1997,7 @@ def test_relu_mean_rows_errors():
             ext.relu_mean_rows(x.clone(), rows, torch.zeros(2, 4, 2, 2)
                                .contiguous(memory_format=torch.channels_last))
         y = x.clone()
-        with pytest.raises(RuntimeError, match='must not share memory'):
+        with pytest.raises(RuntimeError, match="must not be a view of"):
             ext.relu_mean_rows(y, torch.tensor([0]), y[2:])
         with pytest.raises(RuntimeError, match='distinct with an addend'):
             ext.relu_mean_rows(y, torch.tensor([1, 1]),

@@ -62,8 +62,8 @@ def masker_input_pooled(pred, g: BlockGeometry) -> bool:
     schedule, charges every masker its pool, although the RegNetY CPU
     path records the means too) on a CPU spec, for every block but the
     backbone's first (stage 0, block 0), whose input is the stem's
-    output. Layer blocks record their output's
-    means on any CPU spec (``vector_width`` set: the compiled epilogues);
+    output. Layer blocks record their output's means on any CPU spec
+    (``vector_width`` set: the compiled epilogues);
     channel blocks where the fused kernel runs (``vector_width >= 16``,
     AVX-512) and with every group on, except masked-dense 7 x 7 blocks
     above ``policy.CHANNEL_DENSE_RATE`` (their successor's pool, 2048 x 49

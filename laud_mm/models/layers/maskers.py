@@ -308,7 +308,7 @@ class ChannelMasker(MaskerBase):
         return self._fc2(h).view(pooled.shape[0], self.num_groups, 2)
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
-        if self.training or type(self).logits is not ChannelMasker.logits:
+        if self.training or _replaced(self, ChannelMasker, 'logits'):
             return self._gate(self.logits(x))
         pooled = self.masker_input(x)
         if not compiled_gate(pooled, (self.fc1, self.fc2)):
@@ -353,7 +353,7 @@ class LayerMasker(MaskerBase):
         return self.fc(self.masker_input(x))
 
     def forward(self, x: torch.Tensor, out_hw=None) -> torch.Tensor:
-        if self.training or type(self).logits is not LayerMasker.logits:
+        if self.training or _replaced(self, LayerMasker, 'logits'):
             return self._gate(self.logits(x))
         pooled = self.masker_input(x)
         if not compiled_gate(pooled, (self.fc,)):
@@ -380,8 +380,17 @@ def _module_hooks(module: nn.Module) -> bool:
 #: the methods a planned masker call stands for, as defined here (a
 #: subclass or a later patch that replaces one keeps the module's call)
 _STOCK_METHODS = ('forward', 'logits', 'masker_input')
-_STOCK = {cls: tuple(getattr(cls, name) for name in _STOCK_METHODS)
+_STOCK = {cls: dict((name, getattr(cls, name)) for name in _STOCK_METHODS)
           for cls in (LayerMasker, ChannelMasker)}
+
+
+def _replaced(masker: nn.Module, cls: type, name: str) -> bool:
+    """Whether ``masker``'s method ``name`` is not ``cls``'s as defined in
+    this module: overridden by a subclass, patched on the class or set on
+    the instance (its eval ``forward`` then runs that method, not the
+    compiled call)."""
+    return name in masker.__dict__ or \
+        getattr(type(masker), name) is not _STOCK[cls][name]
 
 
 def planned_masker(masker: nn.Module, like: torch.Tensor):
@@ -419,9 +428,7 @@ def planned_masker(masker: nn.Module, like: torch.Tensor):
     cls = LayerMasker if isinstance(masker, LayerMasker) else \
         ChannelMasker if isinstance(masker, ChannelMasker) else None
     if cls is None or masker.training or _module_hooks(masker) or \
-            any(name in masker.__dict__ for name in _STOCK_METHODS) or \
-            tuple(getattr(type(masker), name)
-                  for name in _STOCK_METHODS) != _STOCK[cls]:
+            any(_replaced(masker, cls, name) for name in _STOCK_METHODS):
         return masker
     layers = (masker.fc,) if cls is LayerMasker else \
         (masker.fc1, masker.fc2)

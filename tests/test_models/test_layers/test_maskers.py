@@ -256,11 +256,15 @@ def test_planned_masker_is_the_masker_call(kind, monkeypatch):
     """``planned_masker`` (a planned forward's masker call, its checks made
     once) returns the gate the masker's own call returns, with one compiled
     call, on features of real COCO images in NCHW and channels_last, with
-    learned, number-forced and tensor-forced gates; a forced gate of the
-    wrong shape is refused as by the masker. Where the masker must run as a
-    module it hands back the masker itself: a subclass overriding
-    ``logits`` or ``masker_input``, a forward hook (the masker's own, or
-    torch's global one), training mode, autocast, a float64 input."""
+    learned, number-forced and tensor-forced gates (one kernel call each);
+    a forced gate of the wrong shape is refused as by the masker; a
+    subclass that overrides nothing is planned. Where the masker must run
+    as a module it hands back the masker itself: a subclass overriding
+    ``forward``, ``logits`` or ``masker_input``, an instance attribute or
+    a class patch replacing one (the module's eval call then runs it), a
+    linear layer replaced by a module without parameter tables, a forward
+    hook (the masker's own, or torch's global one), training mode,
+    autocast, a float64 input."""
     from conftest import load_coco_images
     from laud_mm.models.layers.maskers import LayerMasker, planned_masker
     x = load_coco_images(n=2, size=(64, 96))
@@ -309,14 +313,25 @@ def test_planned_masker_is_the_masker_call(kind, monkeypatch):
         class Called(type(m)):
             def forward(self, t, out_hw=None):
                 return super().forward(t, out_hw)
-        for sub in (Shifted, Flipped, Called):
+        class Plain(type(m)):
+            pass
+        for sub in (Shifted, Flipped, Called, Plain):
             s = sub.__new__(sub)
             s.__dict__.update(m.__dict__)
-            assert planned_masker(s, feats) is s
-        # an instance attribute or a patch of the class replaces a method
-        m.logits = lambda t: type(m).logits(m, t)
+            assert (planned_masker(s, feats) is s) == (sub is not Plain)
+        # an instance attribute or a patch of the class replaces a method,
+        # and the module's eval call runs it
+        ref = m(feats)
+        m.logits = lambda t: type(m).logits(m, t).flip(-1)
         assert planned_masker(m, feats) is m
+        assert torch.equal(m(feats), 1. - ref)
         del m.logits
+        m.masker_input = lambda t: type(m).masker_input(m, t) + 1.
+        assert planned_masker(m, feats) is m
+        del m.masker_input
+        m.forward = lambda t, out_hw=None: type(m).forward(m, t, out_hw)
+        assert planned_masker(m, feats) is m
+        del m.forward
         with monkeypatch.context() as mp:
             mp.setattr(type(m), 'masker_input',
                        lambda self, t: t.mean(dim=(2, 3)))
@@ -357,9 +372,10 @@ def test_planned_masker_is_the_masker_call(kind, monkeypatch):
 @pytest.mark.parametrize('paradigm', ['layer', 'channel'])
 def test_block_plans_hold_the_planned_masker(family, paradigm):
     """A LAUD-RegNetY / LAUD-ResNet layer or channel block's plan holds the
-    planned masker call (not the module), which its path calls and which
-    returns the module's gate on the block's real input; with a forward
-    hook on the masker the plan holds the module (the hook runs)."""
+    planned masker call (not the module; RegNetY's path binds it, ResNet's
+    paths call ``plan.masker``), which returns the module's gate on the
+    block's real input; with a forward hook on the masker the plan holds
+    the module, so the hook runs."""
     from conftest import load_coco_images
     from laud_mm.models import LAUDRegNetY, LAUDResNet
     from laud_mm.models.regnet import dynamic as regnet_dyn
@@ -378,6 +394,7 @@ def test_block_plans_hold_the_planned_masker(family, paradigm):
         net(x)
     for h in hooks:
         h.remove()
+    assert len(inputs) == 3
     for blk, t in zip(net.blocks[:3], inputs):
         blk.dynamic_inference = True
         with torch.no_grad():
