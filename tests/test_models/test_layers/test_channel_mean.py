@@ -85,6 +85,18 @@ def _run_with_mean_spy(net, x, monkeypatch):
     return used, ref_gates, ref, out
 
 
+def _half_gates_at(threads, net, x, monkeypatch):
+    """:func:`_half_forced_gates` then :func:`_run_with_mean_spy` of ``net``
+    on x at ``threads`` torch threads (restored afterwards)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _half_forced_gates(net, x)
+        return _run_with_mean_spy(net, x, monkeypatch)
+    finally:
+        torch.set_num_threads(prev)
+
+
 def _check_same_function(net, ref_gates, ref, out):
     for b, g in zip(net.blocks, ref_gates):
         assert torch.equal(b.last_stats['gate'], g)
@@ -137,18 +149,12 @@ def test_every_layer_block_hands_its_means_on(threads, fused, monkeypatch):
         pytest.skip('the records come from the compiled kernels')
     from laud_mm.ops import policy
     monkeypatch.setattr(policy, 'LAYER_FUSED_CPU', fused)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(0)
-        net = LAUDResNet(50, paradigm='layer').eval()
-        x = torch.randn(4, 3, 128, 128)
-        _half_forced_gates(net, x)
-        assert any(0 < float(b.masker.forced_gate.sum()) < 4
-                   for b in net.blocks if b.downsample is not None)
-        used, ref_gates, ref, out = _run_with_mean_spy(net, x, monkeypatch)
-    finally:
-        torch.set_num_threads(prev)
+    torch.manual_seed(0)
+    net = LAUDResNet(50, paradigm='layer').eval()
+    x = torch.randn(4, 3, 128, 128)
+    used, ref_gates, ref, out = _half_gates_at(threads, net, x, monkeypatch)
+    assert any(0 < float(b.masker.forced_gate.sum()) < 4
+               for b in net.blocks if b.downsample is not None)
     assert used == [False] + [True] * (len(net.blocks) - 1)
     _check_same_function(net, ref_gates, ref, out)
 
@@ -170,17 +176,11 @@ def test_every_regnety_layer_block_hands_its_means_on(channels_last, threads,
     from laud_mm.models import LAUDRegNetY
     from laud_mm.ops import policy
     monkeypatch.setattr(policy, 'CHANNELS_LAST_CPU', channels_last)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(0)
-        net = LAUDRegNetY('regnety_400mf', paradigm='layer').eval()
-        x = load_coco_images(n=2, size=(96, 128))
-        _half_forced_gates(net, x)
-        sums = [float(b.masker.forced_gate.sum()) for b in net.blocks]
-        assert 1 in sums and (0 in sums or 2 in sums), sums
-        used, ref_gates, ref, out = _run_with_mean_spy(net, x, monkeypatch)
-    finally:
-        torch.set_num_threads(prev)
+    torch.manual_seed(0)
+    net = LAUDRegNetY('regnety_400mf', paradigm='layer').eval()
+    x = load_coco_images(n=2, size=(96, 128))
+    used, ref_gates, ref, out = _half_gates_at(threads, net, x, monkeypatch)
+    sums = [float(b.masker.forced_gate.sum()) for b in net.blocks]
+    assert 1 in sums and (0 in sums or 2 in sums), sums
     assert used == [True] * len(net.blocks)
     _check_same_function(net, ref_gates, ref, out)
