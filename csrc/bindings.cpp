@@ -37,7 +37,8 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& b2, const at::Tensor& w3p,
                                  const at::Tensor& b3, int64_t S,
                                  int64_t stride, int64_t dilation,
-                                 bool identity_nonneg, bool force_generic);
+                                 bool identity_nonneg, bool force_generic,
+                                 const at::Tensor& sums);
 at::Tensor spatial_partition_work(const at::Tensor& idx, int64_t n,
                                   int64_t c_in, int64_t h, int64_t w,
                                   int64_t width, int64_t c_out, int64_t S,
@@ -184,7 +185,8 @@ void spatial_branch_add_relu(at::Tensor out, const at::Tensor& x,
                              const at::Tensor& w2p, const at::Tensor& b2,
                              const at::Tensor& w3p, const at::Tensor& b3,
                              int64_t S, int64_t stride, int64_t dilation,
-                             bool identity_nonneg, bool force_generic) {
+                             bool identity_nonneg, bool force_generic,
+                             const c10::optional<at::Tensor>& sums) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{
            &out, &x, &identity, &idx, &w1p, &b1, &w2p, &b2, &w3p, &b3})
     TORCH_CHECK(t->device().is_cpu(),
@@ -192,7 +194,8 @@ void spatial_branch_add_relu(at::Tensor out, const at::Tensor& x,
                 "be on the CPU");
   spatial_branch_add_relu_cpu(out, x, identity, idx, w1p, b1, w2p, b2, w3p,
                               b3, S, stride, dilation, identity_nonneg,
-                              force_generic);
+                              force_generic,
+                              sums.has_value() ? *sums : at::Tensor());
 }
 
 namespace {
@@ -274,12 +277,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "relu(identity + mask * conv3(relu(conv2(relu(conv1(x)))))), conv1 "
         "on the dilated mask only; weights packed in 64-column panels "
         "(laud_mm.ops.pack_panels); float32, CPU; force_generic: the "
-        "plain-loop tiles even with AVX-512 (tests)",
+        "plain-loop tiles even with AVX-512 (tests); sums ((N, C_out) "
+        "float32) or None: filled with each sample's channel sums of the "
+        "values written at its active pixels (0 for a sample without "
+        "one; each thread's partial sums added in thread order)",
         py::arg("out"), py::arg("x"), py::arg("identity"), py::arg("idx"),
         py::arg("w1p"), py::arg("b1"), py::arg("w2p"), py::arg("b2"),
         py::arg("w3p"), py::arg("b3"), py::arg("S"), py::arg("stride"),
         py::arg("dilation"), py::arg("identity_nonneg") = false,
-        py::arg("force_generic") = false);
+        py::arg("force_generic") = false, py::arg("sums") = py::none());
   m.def("sample_gemm", &laud_mm::sample_gemm,
         "sample_gemm(out (N_o,M,P), w (M,K), x (N_x,K,P), rows_x (n,) int64, "
         "rows_out (n,) int64, bias (M,) or None, accumulate, relu): "

@@ -4,7 +4,8 @@
 // the active S x S output patches need.
 //
 // spatial_branch_add_relu_cpu(out, x, identity, idx, w1p, b1, w2p, b2, w3p,
-//                             b3, S, stride, dilation, identity_nonneg):
+//                             b3, S, stride, dilation, identity_nonneg,
+//                             force_generic, sums):
 //   for every sample n with active patches A_n = {(gi, gj)} (rows of idx):
 //     D_n = the conv2 input pixels of A_n's output pixels (the mask dilated
 //           by conv2's 3 x 3 window, at the input resolution)
@@ -14,6 +15,11 @@
 //     out_n = relu(identity_n + W3 h2 + b3) at A_n's output pixels,
 //             relu(identity_n) elsewhere
 //   which is the masked-dense block: a skipped pixel's branch output is 0.
+//   With sums ((N, C_out), else undefined): sums[n] = the channel sums of
+//   out_n over A_n's pixels (0 without active patches), added by conv3's
+//   epilogue as it writes them (a layer block, one patch covering each
+//   kept sample's map, hands the next masker those rows' means without a
+//   pass of its own; paper sec. 3.2: the maskers pool their input).
 //
 // Why a kernel: the gather / convolution / scatter path
 // (laud_mm/models/resnet/dynamic.py) runs the convolutions at the static
@@ -50,10 +56,13 @@
 //      sub-ranges whose conv2 output stays in L2;
 //   3. in place with an identity that may be negative: the final ReLU pass.
 // Every pixel's sums run in the same order whatever the partition, so the
-// result is the same bit for bit at any thread count and batch size. The
+// result is the same bit for bit at any thread count and batch size; the
+// channel sums (sums) are each thread's partial sums added in thread
+// order, the same to float rounding (row_epilogue.h). The
 // only serial work is O(active patches + N x H) integer bookkeeping
-// (plan_spatial); scratch buffers only grow (no allocation per call once
-// warm). spatial_partition_work exposes the same plan's per-thread work.
+// (plan_spatial) and, with sums, O(threads x N x C_out) adds; scratch
+// buffers only grow (no allocation per call once warm).
+// spatial_partition_work exposes the same plan's per-thread work.
 //
 // Source: LAUDNet paper sec. 3.1 (spatial masker, granularity S), sec. 3.4
 // and appendix B.1 (gather / scatter-add fused with the convolutions),
@@ -61,6 +70,7 @@
 // reference in laud_mm/ops/spatial_conv.py.
 #include "partition.h"
 #include "relu.h"
+#include "row_epilogue.h"
 #include "tile.h"
 
 #include <ATen/Parallel.h>
@@ -103,6 +113,19 @@ RunKind run_kind(const int64_t* poff, int64_t count) {
   return kScalar;
 }
 
+// Where an epilogue adds the values it writes, per sample: the calling
+// thread's partial channel sums (part: N rows of C_out floats, this
+// panel's columns from j0) and the sample of each pixel of the range
+// (sample[p]). Pixels come sample by sample (the plan's patch order), so
+// the vector epilogues add runs of one sample in registers and fold them
+// into the row when the sample changes.
+struct PanelSums {
+  float* part;
+  const int64_t* sample;
+  int64_t c_out, j0;
+  float* row(int64_t p) const { return part + sample[p] * c_out + j0; }
+};
+
 // conv3's epilogue at scattered pixels: out[l][poff[p]] = relu(ident[l]
 // [poff[p]] + tmp[p][l] + bias[l]) for p < count, l < wdt (a multiple of 8);
 // out[l] = out + l * plane, likewise ident (may alias out); poff holds
@@ -111,26 +134,51 @@ RunKind run_kind(const int64_t* poff, int64_t count) {
 void add_relu_scattered_generic(const float* tmp, const int64_t* poff,
                                 int64_t count, int wdt, const float* bias,
                                 const float* ident, float* out,
-                                int64_t plane) {
+                                int64_t plane, const PanelSums* ps) {
   for (int l = 0; l < wdt; ++l) {
     const float* id = ident + l * plane;
     float* o = out + l * plane;
-    for (int64_t p = 0; p < count; ++p)
-      o[poff[p]] = relu_of(id[poff[p]] + tmp[p * kPanel + l] + bias[l]);
+    for (int64_t p = 0; p < count; ++p) {
+      const float v = relu_of(id[poff[p]] + tmp[p * kPanel + l] + bias[l]);
+      o[poff[p]] = v;
+      if (ps) ps->row(p)[l] += v;
+    }
   }
 }
 
 #ifdef LAUD_X86
+// row[l] += the sum of acc[l]'s lanes (in lane order), acc zeroed.
+LAUD_TARGET("avx2") inline void fold_lanes8(__m256* acc, float* row,
+                                            float* r8) {
+  for (int l = 0; l < 8; ++l) {
+    _mm256_store_ps(r8, acc[l]);
+    float t = 0.f;
+    for (int i = 0; i < 8; ++i) t += r8[i];
+    row[l] += t;
+    acc[l] = _mm256_setzero_ps();
+  }
+}
+
+// With ps, the values written are also added into ps's rows: a group of
+// 8 pixels of one sample into 8 lane accumulators (one per channel),
+// folded into the sample's row when the sample changes; a group that
+// straddles two samples (a map of pixels not a multiple of 8) pixel by
+// pixel.
 LAUD_TARGET("avx2") void add_relu_scattered_avx2(
     const float* tmp, const int64_t* poff, const uint8_t* kinds,
     int64_t count, int wdt, const float* bias, const float* ident,
-    float* out, int64_t plane) {
+    float* out, int64_t plane, const PanelSums* ps) {
   const __m256 zero = _mm256_setzero_ps();
   const __m128 zero4 = _mm_setzero_ps();
   alignas(32) float v8[8];
+  alignas(32) float r8[8];
   for (int l0 = 0; l0 < wdt; l0 += 8) {
-    __m256 b[8];
-    for (int l = 0; l < 8; ++l) b[l] = _mm256_set1_ps(bias[l0 + l]);
+    __m256 b[8], acc[8];
+    for (int l = 0; l < 8; ++l) {
+      b[l] = _mm256_set1_ps(bias[l0 + l]);
+      acc[l] = zero;
+    }
+    int64_t cur = ps && count > 0 ? ps->sample[0] : -1;
     for (int64_t p0 = 0; p0 < count; p0 += 8) {
       __m256 col[8];
       for (int i = 0; i < 8; ++i)
@@ -138,29 +186,54 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
       transpose8x8(col);
       const int64_t* po = poff + p0;
       const uint8_t kind = kinds[p0 / 8];
+      const int64_t m = std::min<int64_t>(8, count - p0);
+      // the group's pixels all of the current sample: lane sums
+      bool lanes = false;
+      if (ps) {
+        const int64_t s0 = ps->sample[p0], s1 = ps->sample[p0 + m - 1];
+        if (s0 == s1 && s0 != cur) {
+          fold_lanes8(acc, ps->part + cur * ps->c_out + ps->j0 + l0, r8);
+          cur = s0;
+        }
+        lanes = s0 == s1 && kind != kScalar;
+      }
       for (int l = 0; l < 8; ++l) {
         const float* id = ident + (l0 + l) * plane;
         float* o = out + (l0 + l) * plane;
         const __m256 c = _mm256_add_ps(col[l], b[l]);
         if (kind == kRun8) {
-          _mm256_storeu_ps(o + po[0],
-                           _mm256_max_ps(zero, _mm256_add_ps(
-                               _mm256_loadu_ps(id + po[0]), c)));
+          const __m256 v = _mm256_max_ps(
+              zero, _mm256_add_ps(_mm256_loadu_ps(id + po[0]), c));
+          _mm256_storeu_ps(o + po[0], v);
+          if (lanes) acc[l] = _mm256_add_ps(acc[l], v);
         } else if (kind == kRun4) {
           const __m128 lo = _mm256_castps256_ps128(c);
           const __m128 hi = _mm256_extractf128_ps(c, 1);
-          _mm_storeu_ps(o + po[0], _mm_max_ps(zero4, _mm_add_ps(
-                                       _mm_loadu_ps(id + po[0]), lo)));
-          _mm_storeu_ps(o + po[4], _mm_max_ps(zero4, _mm_add_ps(
-                                       _mm_loadu_ps(id + po[4]), hi)));
+          const __m128 vlo = _mm_max_ps(
+              zero4, _mm_add_ps(_mm_loadu_ps(id + po[0]), lo));
+          const __m128 vhi = _mm_max_ps(
+              zero4, _mm_add_ps(_mm_loadu_ps(id + po[4]), hi));
+          _mm_storeu_ps(o + po[0], vlo);
+          _mm_storeu_ps(o + po[4], vhi);
+          if (lanes)
+            acc[l] = _mm256_add_ps(acc[l], _mm256_set_m128(vhi, vlo));
+          else if (ps)
+            for (int i = 0; i < 8; ++i) {
+              const float v = i < 4 ? o[po[0] + i] : o[po[4] + i - 4];
+              ps->row(p0 + i)[l0 + l] += v;
+            }
         } else {
           _mm256_store_ps(v8, c);
-          const int64_t m = std::min<int64_t>(8, count - p0);
-          for (int64_t i = 0; i < m; ++i)
-            o[po[i]] = relu_of(id[po[i]] + v8[i]);
+          for (int64_t i = 0; i < m; ++i) {
+            const float v = relu_of(id[po[i]] + v8[i]);
+            o[po[i]] = v;
+            if (ps) ps->row(p0 + i)[l0 + l] += v;
+          }
         }
       }
     }
+    if (ps && count > 0)
+      fold_lanes8(acc, ps->part + cur * ps->c_out + ps->j0 + l0, r8);
   }
 }
 
@@ -170,24 +243,49 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
 // the panel's first channel. The same arithmetic as
 // add_relu_scattered_avx2 (ident + (tmp + bias)), so the values equal the
 // NCHW ones bit for bit.
+// row[16 v + i] += acc[v][i] for v < nv, acc zeroed.
+LAUD_TARGET("avx512f") inline void fold_rows16(__m512* acc, int nv,
+                                               float* row) {
+  for (int v = 0; v < nv; ++v) {
+    _mm512_storeu_ps(row + 16 * v,
+                     _mm512_add_ps(_mm512_loadu_ps(row + 16 * v), acc[v]));
+    acc[v] = _mm512_setzero_ps();
+  }
+}
+
+// With ps, the values written are also added into ps's rows, a sample's
+// run of pixels in registers first.
 LAUD_TARGET("avx512f") void add_relu_rows_scattered_avx512(
     const float* tmp, const int64_t* poff, int64_t count, int wdt,
-    const float* bias, const float* ident, float* out) {
+    const float* bias, const float* ident, float* out,
+    const PanelSums* ps) {
   const __m512 zero = _mm512_setzero_ps();
   const int nv = wdt / 16;
-  __m512 b[kPanel / 16];
-  for (int v = 0; v < nv; ++v) b[v] = _mm512_loadu_ps(bias + 16 * v);
+  __m512 b[kPanel / 16], acc[kPanel / 16];
+  for (int v = 0; v < nv; ++v) {
+    b[v] = _mm512_loadu_ps(bias + 16 * v);
+    acc[v] = zero;
+  }
+  int64_t cur = ps && count > 0 ? ps->sample[0] : -1;
   for (int64_t p = 0; p < count; ++p) {
     const float* id = ident + poff[p];
     float* o = out + poff[p];
     const float* t = tmp + p * kPanel;
+    if (ps && ps->sample[p] != cur) {
+      fold_rows16(acc, nv, ps->part + cur * ps->c_out + ps->j0);
+      cur = ps->sample[p];
+    }
     for (int v = 0; v < nv; ++v) {
       const __m512 c = _mm512_add_ps(_mm512_loadu_ps(t + 16 * v), b[v]);
       // max(0, v): NaN stays NaN, as relu_of
-      _mm512_storeu_ps(o + 16 * v, _mm512_max_ps(zero, _mm512_add_ps(
-                                       _mm512_loadu_ps(id + 16 * v), c)));
+      const __m512 r = _mm512_max_ps(
+          zero, _mm512_add_ps(_mm512_loadu_ps(id + 16 * v), c));
+      _mm512_storeu_ps(o + 16 * v, r);
+      acc[v] = _mm512_add_ps(acc[v], r);
     }
   }
+  if (ps && count > 0)
+    fold_rows16(acc, nv, ps->part + cur * ps->c_out + ps->j0);
 }
 #endif
 
@@ -196,12 +294,15 @@ LAUD_TARGET("avx512f") void add_relu_rows_scattered_avx512(
 void add_relu_rows_scattered_generic(const float* tmp, const int64_t* poff,
                                      int64_t count, int wdt,
                                      const float* bias, const float* ident,
-                                     float* out) {
+                                     float* out, const PanelSums* ps) {
   for (int64_t p = 0; p < count; ++p) {
     const float* id = ident + poff[p];
     float* o = out + poff[p];
-    for (int l = 0; l < wdt; ++l)
+    float* row = ps ? ps->row(p) : nullptr;
+    for (int l = 0; l < wdt; ++l) {
       o[l] = relu_of(id[l] + tmp[p * kPanel + l] + bias[l]);
+      if (row) row[l] += o[l];
+    }
   }
 }
 
@@ -426,14 +527,16 @@ int64_t sub_range(int64_t width) {
 }
 
 // Phase 2, one thread's range [b, e) of the output-pixel sequence: conv2,
-// conv3 and the add into out, in sub-ranges.
+// conv3 and the add into out, in sub-ranges; with part (the thread's
+// N x C_out partial sums, else null) the values written added into their
+// sample's row.
 void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
                   int64_t e, const float* h1, int64_t h1_stride,
                   const Weights& wt, const float* ident, float* out,
-                  bool avx512) {
+                  float* part, bool avx512) {
   if (b >= e) return;
   thread_local std::vector<float> h2_buf, tmp_buf;
-  thread_local std::vector<int64_t> hoff_buf, poff_buf, aoff_buf;
+  thread_local std::vector<int64_t> hoff_buf, poff_buf, aoff_buf, samp_buf;
   thread_local std::vector<uint8_t> kind_buf;
   const int64_t width = g.width, wpx = g.wpx(), st = g.stride, S = g.S;
   const int64_t plane_out = g.ho * g.wo;
@@ -445,6 +548,7 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   if (hoff_buf.size() < static_cast<size_t>(cap8)) {
     hoff_buf.resize(cap8);
     poff_buf.resize(cap8);
+    samp_buf.resize(cap8);
     kind_buf.resize(cap8 / 8);
   }
   const int64_t kmax = std::max<int64_t>(9 * width, width);
@@ -452,6 +556,7 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
   int64_t* aoff = aoff_buf.data();
   int64_t* hoff = hoff_buf.data();
   int64_t* poff = poff_buf.data();
+  int64_t* samp = samp_buf.data();
   uint8_t* kinds = kind_buf.data();
   const float* a[kRows];
   float* y[kRows];
@@ -475,6 +580,7 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       hoff[k] = n * h1_stride + ((yo * st) * wpx + xo * st) * width;
       poff[k] = g.nhwc ? (n * plane_out + yo * g.wo + xo) * g.c_out
                        : n * g.c_out * plane_out + yo * g.wo + xo;
+      samp[k] = n;
       ++off;
     }
     // ---- conv2: A = h1 (nine shifted taps), K = 9 width
@@ -509,29 +615,31 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
         pick<kTile>(r7, nv, avx512)(a, aoff, pj, width, nullptr, y,
                                     tmp + p0 * kPanel);
       }
+      const PanelSums sums{part, samp, g.c_out, j0};
+      const PanelSums* ps = part ? &sums : nullptr;
       if (g.nhwc) {
 #ifdef LAUD_X86
         if (avx512) {
           add_relu_rows_scattered_avx512(tmp, poff, m, wdt, wt.b3 + j0,
-                                         ident + j0, out + j0);
+                                         ident + j0, out + j0, ps);
           continue;
         }
 #endif
         add_relu_rows_scattered_generic(tmp, poff, m, wdt, wt.b3 + j0,
-                                        ident + j0, out + j0);
+                                        ident + j0, out + j0, ps);
         continue;
       }
 #ifdef LAUD_X86
       if (avx512) {  // AVX-512F implies AVX2
         add_relu_scattered_avx2(tmp, poff, kinds, m, wdt, wt.b3 + j0,
                                 ident + j0 * plane_out,
-                                out + j0 * plane_out, plane_out);
+                                out + j0 * plane_out, plane_out, ps);
         continue;
       }
 #endif
       add_relu_scattered_generic(tmp, poff, m, wdt, wt.b3 + j0,
                                  ident + j0 * plane_out,
-                                 out + j0 * plane_out, plane_out);
+                                 out + j0 * plane_out, plane_out, ps);
     }
   }
 }
@@ -575,7 +683,8 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
                                  const at::Tensor& b2, const at::Tensor& w3p,
                                  const at::Tensor& b3, int64_t S,
                                  int64_t stride, int64_t dilation,
-                                 bool identity_nonneg, bool force_generic) {
+                                 bool identity_nonneg, bool force_generic,
+                                 const at::Tensor& sums) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{
            &w1p, &b1, &w2p, &b2, &w3p, &b3})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(),
@@ -616,6 +725,12 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
               "out may alias x only together with identity (an identity "
               "block written in place)");
   check_idx(idx, g);
+  const bool with_sums = sums.defined();
+  if (with_sums)
+    TORCH_CHECK(sums.scalar_type() == at::kFloat && sums.is_contiguous() &&
+                    sums.dim() == 2 && sums.size(0) == g.n &&
+                    sums.size(1) == g.c_out,
+                "sums must be a contiguous float32 (N, C_out) tensor");
   if (g.n == 0) return;
   const int64_t P = idx.size(0);
   const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
@@ -655,14 +770,22 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
       }
     }
   });
-  // phase 2: conv2, conv3 and the add at the active pixels
+  // phase 2: conv2, conv3 and the add at the active pixels (with sums,
+  // each thread's sums of the values it writes, added up in thread order)
+  thread_local std::vector<float> part_buf;
+  const int64_t row = g.n * g.c_out;
+  float* part = with_sums ? row_epilogue::zeroed_partials(
+                                part_buf, parts * row)
+                          : nullptr;
   if (P > 0) {
     at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
         conv23_range(g, pl, pl.b2[t], pl.b2[t + 1], h1, h1_stride, wt, ip,
-                     op, avx512);
+                     op, with_sums ? part + t * row : nullptr, avx512);
     });
   }
+  if (with_sums)
+    row_epilogue::add_partials(part, parts, row, sums.data_ptr<float>());
   // phase 3: the ReLU of an in-place identity that may be negative
   if (relu_after) {
     at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {

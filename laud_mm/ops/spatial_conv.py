@@ -170,14 +170,22 @@ def spatial_branch_add_relu(out: torch.Tensor, x: torch.Tensor,
 
 
 def _spatial_branch(out, x, identity, idx, packed, s, stride, dilation,
-                    identity_nonneg=False, leave_inactive=False):
+                    identity_nonneg=False, leave_inactive=False, sums=None):
     """:func:`spatial_branch_add_relu` without argument checks (internal):
     the compiled kernel when built and width, C_out are multiples of 16,
     else the reference. ``leave_inactive`` (``out`` aliasing ``identity``,
     which may be negative): only the active pixels are written, the
     others keep the identity's values, for a caller that rectifies them
     itself (the layer path: its skipped samples' rows). For the kernel
-    that is what ``identity_nonneg`` does without the sign condition."""
+    that is what ``identity_nonneg`` does without the sign condition.
+    ``sums``: a contiguous float32 (N, C_out) tensor filled with each
+    sample's channel sums of the new ``out`` at its active pixels (zero
+    for a sample without one): the kernel adds the values its epilogue
+    writes, each thread's partial sums added in thread order (the output
+    is the same at any thread count, the sums to float rounding). For a
+    layer block, whose kept samples are each one patch covering the map,
+    those are the kept rows' channel sums the next masker pools (paper
+    sec. 3.2)."""
     ext = extension()
     # the kernel runs NCHW, or channels_last when x and out both are
     fmt = layout_of(x)
@@ -188,22 +196,26 @@ def _spatial_branch(out, x, identity, idx, packed, s, stride, dilation,
         tensors = [t.contiguous(memory_format=fmt) for t in (x, identity)] + \
             [t.contiguous() for t in (idx,) + tuple(packed)]
         ext.spatial_branch_add_relu(out, *tensors, s, stride, dilation,
-                                    identity_nonneg or leave_inactive)
+                                    identity_nonneg or leave_inactive,
+                                    sums=sums)
         return out
     return spatial_branch_add_relu_reference(out, x, identity, idx, *packed,
                                              s, stride, dilation,
-                                             leave_inactive=leave_inactive)
+                                             leave_inactive=leave_inactive,
+                                             sums=sums)
 
 
 def spatial_branch_add_relu_reference(out, x, identity, idx, w1p, b1, w2p,
                                       b2, w3p, b3, s, stride=1, dilation=1,
                                       identity_nonneg=False,
-                                      leave_inactive=False) -> torch.Tensor:
+                                      leave_inactive=False,
+                                      sums=None) -> torch.Tensor:
     """Pure-PyTorch :func:`spatial_branch_add_relu` (same arguments and
     result up to float rounding; no argument checks): the dense branch,
     multiplied by the expanded patch mask, added to the identity.
-    ``leave_inactive``: as :func:`_spatial_branch`'s (the inactive pixels
-    keep the identity's values)."""
+    ``leave_inactive``, ``sums``: as :func:`_spatial_branch`'s (the
+    inactive pixels keep the identity's values; the active pixels'
+    channel sums)."""
     n, c_in = x.shape[:2]
     width, c_out = b1.shape[0], out.shape[1]
     w1 = unpack_panels(w1p, c_in, width).t()[:, :, None, None]
@@ -222,4 +234,6 @@ def spatial_branch_add_relu_reference(out, x, identity, idx, w1p, b1, w2p,
     if leave_inactive:
         res = torch.where(mask[:, None] > 0, res, identity)
     out.copy_(res)
+    if sums is not None:
+        sums.copy_(torch.where(mask[:, None] > 0, out, 0.).sum(dim=(2, 3)))
     return out

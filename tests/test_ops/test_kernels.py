@@ -714,6 +714,85 @@ def test_spatial_branch_leave_inactive_keeps_a_negative_identity(backend, s):
     assert torch.equal(out[~active], ident[~active])
 
 
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride', [
+    (5, 64, 16, 80, 7, 7, 7, 1),      # a patch per kept sample (the layer
+    # path's call): 49-pixel maps, 8-pixel groups across two samples
+    (4, 32, 32, 64, 28, 28, 14, 2),   # stride 2: 14 x 14 output patches
+    (3, 24, 16, 32, 13, 11, 3, 1),    # partial patches, scalar epilogue
+    (2, 16, 32, 32, 40, 40, 4, 1),    # runs of 4 and 8, whole-block ranges
+])
+def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
+        n, c_in, width, c_out, h, w, s, stride, channels_last):
+    """_spatial_branch(..., sums=): each sample's channel sums of the new
+    out at its active pixels (the layer path's means of its kept rows, from
+    the kernel's epilogue), within float rounding of a float64 sum of the
+    output, exactly zero for a sample without an active patch (sample 0 of
+    _spatial_case); out is the same bit for bit with and without sums, at
+    1, 2 and 3 threads, on the AVX-512 and the generic tiles, out of place
+    and in place with leave_inactive over a negative identity; the
+    reference gives the same sums. Bad sums are refused by the kernel."""
+    from laud_mm.ops.spatial_conv import _spatial_branch
+    x, ident, idx, packed, _, _ = _spatial_case(
+        7, n, c_in, width, c_out, h, w, s, stride, 1, 0.5)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, ident = (t.contiguous(memory_format=fmt) for t in (x, ident))
+    ho, wo = ident.shape[2:]
+    gate = torch.zeros(n, -(-ho // s), -(-wo // s))
+    gate[idx[:, 0], idx[:, 1], idx[:, 2]] = 1
+    mask = gate.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :ho, :wo]
+    assert float(gate[0].sum()) == 0 and float(gate.sum()) > 0
+
+    def expect(out):  # float64 sums of the output's active pixels
+        return (out.double() * mask[:, None]).sum(dim=(2, 3))
+
+    def check(sums, out):
+        e = expect(out)
+        assert ((sums.double() - e).abs() <= 1e-5 * (e.abs() + 1)).all()
+        assert torch.equal(sums[0], torch.zeros(c_out))
+
+    ref_out, ref_sums = torch.empty_like(ident), torch.empty(n, c_out)
+    with ops.use_backend('pytorch'):
+        _spatial_branch(ref_out, x, ident, idx, packed, s, stride, 1,
+                        sums=ref_sums)
+    check(ref_sums, ref_out)
+    if ops.extension() is None:
+        return
+    ext = ops.extension()
+    for generic in (False, True):
+        plain = torch.empty_like(ident)
+        ext.spatial_branch_add_relu(plain, x, ident, idx, *packed, s, stride,
+                                    1, force_generic=generic)
+        for threads in (1, 2, 3):
+            def run():
+                out, sums = torch.empty_like(ident), torch.full(
+                    (n, c_out), float('nan'))
+                ext.spatial_branch_add_relu(out, x, ident, idx, *packed, s,
+                                            stride, 1, force_generic=generic,
+                                            sums=sums)
+                inpl, sums2 = ident.clone(memory_format=fmt), torch.empty(
+                    n, c_out)
+                ext.spatial_branch_add_relu(inpl, x, inpl, idx, *packed, s,
+                                            stride, 1, True,
+                                            force_generic=generic,
+                                            sums=sums2)
+                return out, sums, inpl, sums2
+            out, sums, inpl, sums2 = _with_threads(threads, run)
+            assert torch.equal(out, plain), (generic, threads)
+            check(sums, out)
+            check(sums2, inpl)
+            assert (sums - ref_sums).abs().max() <= \
+                1e-5 * (ref_sums.abs().max() + 1)
+    with pytest.raises(RuntimeError, match='sums must be a contiguous'):
+        ext.spatial_branch_add_relu(torch.empty_like(ident), x, ident, idx,
+                                    *packed, s, stride, 1,
+                                    sums=torch.empty(n, c_out + 1))
+    with pytest.raises(RuntimeError, match='sums must be a contiguous'):
+        ext.spatial_branch_add_relu(torch.empty_like(ident), x, ident, idx,
+                                    *packed, s, stride, 1,
+                                    sums=torch.empty(n, c_out).double())
+
+
 @pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride,dil', [
     (3, 24, 16, 32, 13, 11, 2, 1, 1),    # odd sizes, partial patches
     (3, 16, 32, 64, 15, 12, 4, 2, 1),    # stride 2, runs of 4

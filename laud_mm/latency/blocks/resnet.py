@@ -693,7 +693,7 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     stands for AVX-512, as :func:`_spatial_fused_path`), the kept samples
     as one call of it, a patch per sample: its parallel regions, three
     GEMMs with the kept samples' pixels as rows, conv3's output added
-    into the shortcut rows, then a pass for the kept rows' channel means;
+    into the shortcut rows (its epilogue summing the kept rows' channels);
     elsewhere conv1 as GEMMs on the kept
     samples' rows of x (no row copy, ``laud_mm.ops.sample_gemm``: the
     kept samples' columns split over the PEs, ReLU fused), conv2, ReLU,
@@ -711,9 +711,9 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
     get a ReLU pass. Every sample on: the static block. On a CPU spec
     the masker takes its input's recorded channel means
     (:func:`~laud_mm.latency.blocks.common.masker_input_pooled`) and the
-    passes that write the output record its means (the GEMM kernel's
-    epilogue, the gathered path's add: no extra pass; on the fused kernel
-    the means pass above)."""
+    passes that write the output record its means (the fused kernel's and
+    the GEMM kernel's epilogues, the gathered path's add: no extra
+    pass)."""
     hw = pred.hw
     out_e = float(g.out_channels * g.out_hw[0] * g.out_hw[1])
     in_e = float(g.in_channels * g.in_hw[0] * g.in_hw[1])
@@ -760,10 +760,9 @@ def _layer_eager(pred, g: BlockGeometry, batch: int,
                                    per_sample_channels=True, fused_gemm=True,
                                    weight_elems=float(n * k * cout)))
             # conv3's output added into the kept rows (whole rows of the
-            # map), then their channel means (relu_mean_rows)
-            res += [elementwise_latency(hw, 'add_relu3', out_e * n, 2, 1,
-                                        parallel=False),
-                    elementwise_latency(hw, 'mean_rows', out_e * n, 1, 1)]
+            # map), their channel sums taken by the same epilogue
+            res.append(elementwise_latency(hw, 'add_relu3', out_e * n, 2, 1,
+                                           parallel=False))
         elif n > 0 and gathered:
             # index_select of the kept rows, the branch, the shortcut rows
             # (gathered apart unless the shortcut is the input) added

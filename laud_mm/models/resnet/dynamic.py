@@ -800,7 +800,8 @@ def _layer_forward(block, x, plan):
     kept = idx.tolist()
     # the output's channel means for the next block's masker
     # (layers.channel_mean), from the passes that write the output: the
-    # kept rows' epilogue (on the fused kernel a pass over those rows),
+    # kept rows' epilogue (on the fused kernel the sums its epilogue
+    # adds as it writes them),
     # the skipped rows' ReLU (a copy or downsample output) or, written into
     # the input, the input's record (the masker made it) for the untouched
     # skipped samples. float32 CPU outside
@@ -817,15 +818,18 @@ def _layer_forward(block, x, plan):
         # (S = the map's side) are those samples' whole maps: the fused
         # kernel writes relu(shortcut + branch) into their rows of out; the
         # other rows, which may be negative (a copy or a downsample output),
-        # stay for the pass below (leave_inactive)
+        # stay for the pass below (leave_inactive); its epilogue sums the
+        # kept rows' channels as it writes them
         ho, wo = out.shape[2:]
         patches = idx.new_zeros(len(kept), 3)
         patches[:, 0] = idx
+        sums = out.new_empty(n, out.shape[1]) if means is not None \
+            else None
         _spatial_branch(out, x, out, patches, fb.spatial_packed(),
                         max(ho, wo), fb.stride, fb.dilation,
-                        leave_inactive=True)
-        if means is not None:  # the kept rows are rectified: their means
-            kept_means = _relu_mean_rows_(out, idx)
+                        leave_inactive=True, sums=sums)
+        if sums is not None:
+            kept_means = sums.index_select(0, idx).div_(ho * wo)
     elif kept and not (plan.sample_gemm and out.dtype == x.dtype):
         # the branch on a gathered copy of the kept rows (mixed precision:
         # as autocast runs it; small maps with threads: oneDNN's

@@ -132,13 +132,16 @@ def test_backbone_maskers_decide_from_the_recorded_means(paradigm, gates,
     _check_same_function(net, ref_gates, ref, out)
 
 
+@pytest.mark.parametrize('channels_last', [False, True])
 @pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('threads', [1, 2])
-def test_every_layer_block_hands_its_means_on(threads, fused, monkeypatch):
-    """Layer skipping at 128 px with half the samples skipped: every block
-    records its output's means for the next masker, whichever path wrote
-    the output (on AVX-512 CPUs the fused spatial kernel and a means pass
-    over the kept rows, policy.LAYER_FUSED_CPU; off it the per-sample
+def test_every_layer_block_hands_its_means_on(threads, fused, channels_last,
+                                              monkeypatch):
+    """Layer skipping at 128 px with half the samples skipped, the input
+    NCHW or channels_last: every block records its output's means for the
+    next masker, whichever path wrote the output (on AVX-512 CPUs the
+    fused spatial kernel, whose epilogue sums the kept rows as it writes
+    them, policy.LAYER_FUSED_CPU; off it the per-sample
     GEMM kernel's epilogue on 32 x 32 and 16 x 16 maps and, with 2
     threads, the gathered oneDNN branch's one-pass add on 8 x 8 and 4 x 4
     maps; the skipped samples' ReLU pass in downsampling blocks; the
@@ -152,6 +155,8 @@ def test_every_layer_block_hands_its_means_on(threads, fused, monkeypatch):
     torch.manual_seed(0)
     net = LAUDResNet(50, paradigm='layer').eval()
     x = torch.randn(4, 3, 128, 128)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     used, ref_gates, ref, out = _half_gates_at(threads, net, x, monkeypatch)
     assert any(0 < float(b.masker.forced_gate.sum()) < 4
                for b in net.blocks if b.downsample is not None)
