@@ -160,6 +160,9 @@ void channel_branch_add_relu(at::Tensor out, const at::Tensor& x,
     TORCH_CHECK(t->device().is_cpu(),
                 "channel_branch_add_relu is a CPU kernel: every tensor must "
                 "be on the CPU");
+  TORCH_CHECK(!sums.has_value() || sums->device().is_cpu(),
+              "channel_branch_add_relu is a CPU kernel: sums must be on "
+              "the CPU");
   channel_branch_add_relu_cpu(out, x, chs, counts, w1t, b1, w2t, b2, w3p, b3,
                               stride, padding, dilation, force_generic,
                               sums.has_value() ? *sums : at::Tensor(),
@@ -192,6 +195,9 @@ void spatial_branch_add_relu(at::Tensor out, const at::Tensor& x,
     TORCH_CHECK(t->device().is_cpu(),
                 "spatial_branch_add_relu is a CPU kernel: every tensor must "
                 "be on the CPU");
+  TORCH_CHECK(!sums.has_value() || sums->device().is_cpu(),
+              "spatial_branch_add_relu is a CPU kernel: sums must be on "
+              "the CPU");
   spatial_branch_add_relu_cpu(out, x, identity, idx, w1p, b1, w2p, b2, w3p,
                               b3, S, stride, dilation, identity_nonneg,
                               force_generic,
@@ -273,7 +279,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "spatial_branch_add_relu(out (N,C_out,Ho,Wo), x (N,C_in,H,W), "
         "identity (like out, may alias out), idx (P,3) int64 active patches "
         "sorted by sample, w1p, b1 (width,), w2p, b2 (width,), w3p, b3 "
-        "(C_out,), S, stride, dilation, identity_nonneg=False): out = "
+        "(C_out,), S, stride, dilation, identity_nonneg=False, "
+        "force_generic=False, sums=None): out = "
         "relu(identity + mask * conv3(relu(conv2(relu(conv1(x)))))), conv1 "
         "on the dilated mask only; weights packed in 64-column panels "
         "(laud_mm.ops.pack_panels); float32, CPU; force_generic: the "

@@ -26,6 +26,8 @@
 #include "isa.h"
 #include "relu.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -97,13 +99,24 @@ inline float* zeroed_partials(std::vector<float>& buf, int64_t count) {
 
 // out[i] = part[0 * count + i] + part[1 * count + i] + ... (thread order)
 // for i < count, the partials of zeroed_partials for `parts` threads.
+// Serial below kParallelAdds adds (a parallel region costs more there);
+// above it (many threads, large batches) split over the threads by i,
+// each element's sum in the same order.
+constexpr int64_t kParallelAdds = int64_t(1) << 20;
 inline void add_partials(const float* part, int64_t parts, int64_t count,
                          float* out) {
-  for (int64_t i = 0; i < count; ++i) {
-    float v = 0.f;
-    for (int64_t t = 0; t < parts; ++t) v += part[t * count + i];
-    out[i] = v;
-  }
+  auto add = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float v = 0.f;
+      for (int64_t t = 0; t < parts; ++t) v += part[t * count + i];
+      out[i] = v;
+    }
+  };
+  if (parts * count < kParallelAdds)
+    add(0, count);
+  else
+    at::parallel_for(0, count, std::max<int64_t>(1, kParallelAdds / parts / 4),
+                     add);
 }
 
 }  // namespace row_epilogue

@@ -130,7 +130,8 @@ struct PanelSums {
 // [poff[p]] + tmp[p][l] + bias[l]) for p < count, l < wdt (a multiple of 8);
 // out[l] = out + l * plane, likewise ident (may alias out); poff holds
 // offsets from sample 0 (n * C_out * plane + pixel). tmp has count rows of
-// kPanel, rounded up to 8.
+// kPanel, rounded up to 8. With ps (else null) the values written are also
+// added into ps's rows.
 void add_relu_scattered_generic(const float* tmp, const int64_t* poff,
                                 int64_t count, int wdt, const float* bias,
                                 const float* ident, float* out,
@@ -163,7 +164,9 @@ LAUD_TARGET("avx2") inline void fold_lanes8(__m256* acc, float* row,
 // 8 pixels of one sample into 8 lane accumulators (one per channel),
 // folded into the sample's row when the sample changes; a group that
 // straddles two samples (a map of pixels not a multiple of 8) pixel by
-// pixel.
+// pixel. kSums: ps is given (a template argument, so that the loop
+// without sums carries no accumulators).
+template <bool kSums>
 LAUD_TARGET("avx2") void add_relu_scattered_avx2(
     const float* tmp, const int64_t* poff, const uint8_t* kinds,
     int64_t count, int wdt, const float* bias, const float* ident,
@@ -178,7 +181,7 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
       b[l] = _mm256_set1_ps(bias[l0 + l]);
       acc[l] = zero;
     }
-    int64_t cur = ps && count > 0 ? ps->sample[0] : -1;
+    int64_t cur = kSums && count > 0 ? ps->sample[0] : -1;
     for (int64_t p0 = 0; p0 < count; p0 += 8) {
       __m256 col[8];
       for (int i = 0; i < 8; ++i)
@@ -189,7 +192,7 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
       const int64_t m = std::min<int64_t>(8, count - p0);
       // the group's pixels all of the current sample: lane sums
       bool lanes = false;
-      if (ps) {
+      if (kSums) {
         const int64_t s0 = ps->sample[p0], s1 = ps->sample[p0 + m - 1];
         if (s0 == s1 && s0 != cur) {
           fold_lanes8(acc, ps->part + cur * ps->c_out + ps->j0 + l0, r8);
@@ -205,7 +208,7 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
           const __m256 v = _mm256_max_ps(
               zero, _mm256_add_ps(_mm256_loadu_ps(id + po[0]), c));
           _mm256_storeu_ps(o + po[0], v);
-          if (lanes) acc[l] = _mm256_add_ps(acc[l], v);
+          if (kSums && lanes) acc[l] = _mm256_add_ps(acc[l], v);
         } else if (kind == kRun4) {
           const __m128 lo = _mm256_castps256_ps128(c);
           const __m128 hi = _mm256_extractf128_ps(c, 1);
@@ -215,9 +218,9 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
               zero4, _mm_add_ps(_mm_loadu_ps(id + po[4]), hi));
           _mm_storeu_ps(o + po[0], vlo);
           _mm_storeu_ps(o + po[4], vhi);
-          if (lanes)
+          if (kSums && lanes)
             acc[l] = _mm256_add_ps(acc[l], _mm256_set_m128(vhi, vlo));
-          else if (ps)
+          else if (kSums)
             for (int i = 0; i < 8; ++i) {
               const float v = i < 4 ? o[po[0] + i] : o[po[4] + i - 4];
               ps->row(p0 + i)[l0 + l] += v;
@@ -227,70 +230,94 @@ LAUD_TARGET("avx2") void add_relu_scattered_avx2(
           for (int64_t i = 0; i < m; ++i) {
             const float v = relu_of(id[po[i]] + v8[i]);
             o[po[i]] = v;
-            if (ps) ps->row(p0 + i)[l0 + l] += v;
+            if (kSums) ps->row(p0 + i)[l0 + l] += v;
           }
         }
       }
     }
-    if (ps && count > 0)
+    if (kSums && count > 0)
       fold_lanes8(acc, ps->part + cur * ps->c_out + ps->j0 + l0, r8);
   }
 }
 
-// The channels_last epilogue: out[poff[p] + l] = relu(ident[poff[p] + l] +
-// tmp[p][l] + bias[l]) for p < count, l < wdt (a multiple of 16); poff
-// holds the pixels' row offsets (pixel x C_out), out and ident start at
-// the panel's first channel. The same arithmetic as
-// add_relu_scattered_avx2 (ident + (tmp + bias)), so the values equal the
-// NCHW ones bit for bit.
-// row[16 v + i] += acc[v][i] for v < nv, acc zeroed.
-LAUD_TARGET("avx512f") inline void fold_rows16(__m512* acc, int nv,
-                                               float* row) {
-  for (int v = 0; v < nv; ++v) {
+// row[16 v + i] += acc[v][i] for v < NV, acc zeroed.
+template <int NV>
+LAUD_TARGET("avx512f") inline void fold_rows16(__m512* acc, float* row) {
+  for (int v = 0; v < NV; ++v) {
     _mm512_storeu_ps(row + 16 * v,
                      _mm512_add_ps(_mm512_loadu_ps(row + 16 * v), acc[v]));
     acc[v] = _mm512_setzero_ps();
   }
 }
 
-// With ps, the values written are also added into ps's rows, a sample's
-// run of pixels in registers first.
+// The channels_last epilogue: out[poff[p] + l] = relu(ident[poff[p] + l] +
+// tmp[p][l] + bias[l]) for p < count, l < 16 NV (NV 16-lane vectors, at
+// most kPanel / 16); poff holds the pixels' row offsets (pixel x C_out),
+// out and ident start at the panel's first channel. The same arithmetic
+// as add_relu_scattered_avx2 (ident + (tmp + bias)), so the values equal
+// the NCHW ones bit for bit. kSums: the values written are also added
+// into ps's rows, a sample's run of pixels in registers first (NV is a
+// template argument so that the accumulators stay in registers).
+template <int NV, bool kSums>
 LAUD_TARGET("avx512f") void add_relu_rows_scattered_avx512(
-    const float* tmp, const int64_t* poff, int64_t count, int wdt,
+    const float* tmp, const int64_t* poff, int64_t count,
     const float* bias, const float* ident, float* out,
     const PanelSums* ps) {
   const __m512 zero = _mm512_setzero_ps();
-  const int nv = wdt / 16;
-  __m512 b[kPanel / 16], acc[kPanel / 16];
-  for (int v = 0; v < nv; ++v) {
+  __m512 b[NV], acc[NV];
+  for (int v = 0; v < NV; ++v) {
     b[v] = _mm512_loadu_ps(bias + 16 * v);
     acc[v] = zero;
   }
-  int64_t cur = ps && count > 0 ? ps->sample[0] : -1;
+  int64_t cur = kSums && count > 0 ? ps->sample[0] : -1;
   for (int64_t p = 0; p < count; ++p) {
     const float* id = ident + poff[p];
     float* o = out + poff[p];
     const float* t = tmp + p * kPanel;
-    if (ps && ps->sample[p] != cur) {
-      fold_rows16(acc, nv, ps->part + cur * ps->c_out + ps->j0);
+    if (kSums && ps->sample[p] != cur) {
+      fold_rows16<NV>(acc, ps->part + cur * ps->c_out + ps->j0);
       cur = ps->sample[p];
     }
-    for (int v = 0; v < nv; ++v) {
+    for (int v = 0; v < NV; ++v) {
       const __m512 c = _mm512_add_ps(_mm512_loadu_ps(t + 16 * v), b[v]);
       // max(0, v): NaN stays NaN, as relu_of
       const __m512 r = _mm512_max_ps(
           zero, _mm512_add_ps(_mm512_loadu_ps(id + 16 * v), c));
       _mm512_storeu_ps(o + 16 * v, r);
-      acc[v] = _mm512_add_ps(acc[v], r);
+      if (kSums) acc[v] = _mm512_add_ps(acc[v], r);
     }
   }
-  if (ps && count > 0)
-    fold_rows16(acc, nv, ps->part + cur * ps->c_out + ps->j0);
+  if (kSums && count > 0)
+    fold_rows16<NV>(acc, ps->part + cur * ps->c_out + ps->j0);
+}
+
+// add_relu_rows_scattered_avx512 for wdt = 16 NV channels (16 - kPanel),
+// with sums where ps is given.
+template <bool kSums>
+void rows_epilogue_avx512(const float* tmp, const int64_t* poff,
+                          int64_t count, int wdt, const float* bias,
+                          const float* ident, float* out,
+                          const PanelSums* ps) {
+  static_assert(kPanel == 64, "one instance per vector count up to 4");
+  switch (wdt / 16) {
+    case 1:
+      return add_relu_rows_scattered_avx512<1, kSums>(tmp, poff, count, bias,
+                                                       ident, out, ps);
+    case 2:
+      return add_relu_rows_scattered_avx512<2, kSums>(tmp, poff, count, bias,
+                                                       ident, out, ps);
+    case 3:
+      return add_relu_rows_scattered_avx512<3, kSums>(tmp, poff, count, bias,
+                                                       ident, out, ps);
+    default:
+      return add_relu_rows_scattered_avx512<4, kSums>(tmp, poff, count, bias,
+                                                       ident, out, ps);
+  }
 }
 #endif
 
 // The same without AVX-512, with add_relu_scattered_generic's arithmetic
-// ((ident + tmp) + bias).
+// ((ident + tmp) + bias), and its sums with ps.
 void add_relu_rows_scattered_generic(const float* tmp, const int64_t* poff,
                                      int64_t count, int wdt,
                                      const float* bias, const float* ident,
@@ -620,8 +647,8 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       if (g.nhwc) {
 #ifdef LAUD_X86
         if (avx512) {
-          add_relu_rows_scattered_avx512(tmp, poff, m, wdt, wt.b3 + j0,
-                                         ident + j0, out + j0, ps);
+          (ps ? rows_epilogue_avx512<true> : rows_epilogue_avx512<false>)(
+              tmp, poff, m, wdt, wt.b3 + j0, ident + j0, out + j0, ps);
           continue;
         }
 #endif
@@ -631,9 +658,9 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       }
 #ifdef LAUD_X86
       if (avx512) {  // AVX-512F implies AVX2
-        add_relu_scattered_avx2(tmp, poff, kinds, m, wdt, wt.b3 + j0,
-                                ident + j0 * plane_out,
-                                out + j0 * plane_out, plane_out, ps);
+        (ps ? add_relu_scattered_avx2<true> : add_relu_scattered_avx2<false>)(
+            tmp, poff, kinds, m, wdt, wt.b3 + j0, ident + j0 * plane_out,
+            out + j0 * plane_out, plane_out, ps);
         continue;
       }
 #endif
@@ -772,20 +799,25 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   });
   // phase 2: conv2, conv3 and the add at the active pixels (with sums,
   // each thread's sums of the values it writes, added up in thread order)
+  // (each thread zeroes its own partial rows: no serial pass over them)
   thread_local std::vector<float> part_buf;
   const int64_t row = g.n * g.c_out;
-  float* part = with_sums ? row_epilogue::zeroed_partials(
-                                part_buf, parts * row)
+  float* part = with_sums ? scratch(part_buf, static_cast<size_t>(
+                                                  parts * row))
                           : nullptr;
   if (P > 0) {
     at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
+      for (int64_t t = t0; t < t1; ++t) {
+        if (with_sums) std::fill(part + t * row, part + (t + 1) * row, 0.f);
         conv23_range(g, pl, pl.b2[t], pl.b2[t + 1], h1, h1_stride, wt, ip,
                      op, with_sums ? part + t * row : nullptr, avx512);
+      }
     });
+    if (with_sums)
+      row_epilogue::add_partials(part, parts, row, sums.data_ptr<float>());
+  } else if (with_sums) {
+    sums.zero_();
   }
-  if (with_sums)
-    row_epilogue::add_partials(part, parts, row, sums.data_ptr<float>());
   // phase 3: the ReLU of an in-place identity that may be negative
   if (relu_after) {
     at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {

@@ -718,7 +718,10 @@ def test_spatial_branch_leave_inactive_keeps_a_negative_identity(backend, s):
 @pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride', [
     (5, 64, 16, 80, 7, 7, 7, 1),      # a patch per kept sample (the layer
     # path's call): 49-pixel maps, 8-pixel groups across two samples
-    (4, 32, 32, 64, 28, 28, 14, 2),   # stride 2: 14 x 14 output patches
+    (4, 32, 32, 64, 28, 28, 14, 2),   # stride 2: 14 x 14 output patches,
+    # runs of 4 across two samples
+    (3, 32, 16, 32, 56, 56, 56, 1),   # 3136-pixel maps: several
+    # sub-ranges a thread
     (3, 24, 16, 32, 13, 11, 3, 1),    # partial patches, scalar epilogue
     (2, 16, 32, 32, 40, 40, 4, 1),    # runs of 4 and 8, whole-block ranges
 ])
@@ -730,14 +733,19 @@ def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
     output, exactly zero for a sample without an active patch (sample 0 of
     _spatial_case); out is the same bit for bit with and without sums, at
     1, 2 and 3 threads, on the AVX-512 and the generic tiles, out of place
-    and in place with leave_inactive over a negative identity; the
-    reference gives the same sums. Bad sums are refused by the kernel."""
+    and in place (over a non-negative identity, and over a negative one
+    with the final ReLU pass); the reference gives the same sums. A patch
+    per sample (the layer path's call): every sample but the first kept,
+    so that neighbouring samples share 8-pixel groups. Bad sums are
+    refused by the kernel."""
     from laud_mm.ops.spatial_conv import _spatial_branch
     x, ident, idx, packed, _, _ = _spatial_case(
         7, n, c_in, width, c_out, h, w, s, stride, 1, 0.5)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, ident = (t.contiguous(memory_format=fmt) for t in (x, ident))
     ho, wo = ident.shape[2:]
+    if s >= max(ho, wo):
+        idx = torch.tensor([[i, 0, 0] for i in range(1, n)])
     gate = torch.zeros(n, -(-ho // s), -(-wo // s))
     gate[idx[:, 0], idx[:, 1], idx[:, 2]] = 1
     mask = gate.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :ho, :wo]
@@ -759,28 +767,33 @@ def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
     if ops.extension() is None:
         return
     ext = ops.extension()
+    nonneg = ident.relu()
+    assert bool((ident < 0).any())
+
+    def call(identity, in_place, nonneg_id, generic, sums=None):
+        out = identity.clone(memory_format=fmt) if in_place else \
+            torch.empty_like(identity)
+        ext.spatial_branch_add_relu(out, x, out if in_place else identity,
+                                    idx, *packed, s, stride, 1, nonneg_id,
+                                    force_generic=generic, sums=sums)
+        return out
+    # out of place; in place over a non-negative identity (inactive pixels
+    # untouched); in place over a negative one (the final ReLU pass)
+    modes = [(ident, False, False), (nonneg, True, True),
+             (ident, True, False)]
     for generic in (False, True):
-        plain = torch.empty_like(ident)
-        ext.spatial_branch_add_relu(plain, x, ident, idx, *packed, s, stride,
-                                    1, force_generic=generic)
+        plain = [call(*m, generic) for m in modes]
         for threads in (1, 2, 3):
             def run():
-                out, sums = torch.empty_like(ident), torch.full(
-                    (n, c_out), float('nan'))
-                ext.spatial_branch_add_relu(out, x, ident, idx, *packed, s,
-                                            stride, 1, force_generic=generic,
-                                            sums=sums)
-                inpl, sums2 = ident.clone(memory_format=fmt), torch.empty(
-                    n, c_out)
-                ext.spatial_branch_add_relu(inpl, x, inpl, idx, *packed, s,
-                                            stride, 1, True,
-                                            force_generic=generic,
-                                            sums=sums2)
-                return out, sums, inpl, sums2
-            out, sums, inpl, sums2 = _with_threads(threads, run)
-            assert torch.equal(out, plain), (generic, threads)
-            check(sums, out)
-            check(sums2, inpl)
+                res = []
+                for m in modes:
+                    sums = torch.full((n, c_out), float('nan'))
+                    res.append((call(*m, generic, sums), sums))
+                return res
+            for (out, sums), p in zip(_with_threads(threads, run), plain):
+                assert torch.equal(out, p), (generic, threads)
+                check(sums, out)
+            sums = _with_threads(threads, run)[0][1]
             assert (sums - ref_sums).abs().max() <= \
                 1e-5 * (ref_sums.abs().max() + 1)
     with pytest.raises(RuntimeError, match='sums must be a contiguous'):

@@ -17,9 +17,9 @@ inputs and outputs, which nothing outside it writes.
 
 Producers (ResNet blocks): :func:`laud_mm.models.layers.dynamic.
 residual_add_relu_pooled_` (blocks with every gate on), the fused channel
-kernel's output pass, and every layer block: for the kept samples a
-:func:`laud_mm.ops.relu_mean_rows_` pass after the fused spatial kernel
-(AVX-512 CPUs), elsewhere the per-sample GEMM kernel's epilogue
+kernel's output pass, and every layer block: for the kept samples the
+fused spatial kernel's epilogue (AVX-512 CPUs; its ``sums``), elsewhere
+the per-sample GEMM kernel's epilogue
 (:func:`laud_mm.ops.sample_gemm` with ``sums``) or the gathered path's
 :func:`laud_mm.ops.add_relu_mean_`;
 :func:`laud_mm.ops.relu_mean_rows_` for the skipped samples of a copied or

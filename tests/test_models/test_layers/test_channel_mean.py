@@ -150,8 +150,16 @@ def test_every_layer_block_hands_its_means_on(threads, fused, channels_last,
     the masked-dense model's gates and output."""
     if ops.extension() is None:
         pytest.skip('the records come from the compiled kernels')
-    from laud_mm.ops import policy
+    from laud_mm.models.resnet import dynamic
+    from laud_mm.ops import fast_spatial_branch, policy
     monkeypatch.setattr(policy, 'LAYER_FUSED_CPU', fused)
+    sums_calls = []  # the fused kernel's calls: with sums?
+    real_branch = dynamic._spatial_branch
+
+    def spy_branch(*args, sums=None, **kwargs):
+        sums_calls.append(sums is not None)
+        return real_branch(*args, sums=sums, **kwargs)
+    monkeypatch.setattr(dynamic, '_spatial_branch', spy_branch)
     torch.manual_seed(0)
     net = LAUDResNet(50, paradigm='layer').eval()
     x = torch.randn(4, 3, 128, 128)
@@ -162,6 +170,11 @@ def test_every_layer_block_hands_its_means_on(threads, fused, channels_last,
                for b in net.blocks if b.downsample is not None)
     assert used == [False] + [True] * (len(net.blocks) - 1)
     _check_same_function(net, ref_gates, ref, out)
+    # on AVX-512 the fused kernel wrote the kept rows, its epilogue's sums
+    # their records; off it the kernel is not called
+    on_kernel = fused and fast_spatial_branch(x, 16, 16)
+    assert bool(sums_calls) == on_kernel
+    assert all(sums_calls)
 
 
 @pytest.mark.parametrize('threads', [1, 2])
