@@ -256,16 +256,19 @@ LAUD_TARGET("avx512f") inline void fold_rows16(__m512* acc, float* row) {
 // out and ident start at the panel's first channel. The same arithmetic
 // as add_relu_scattered_avx2 (ident + (tmp + bias)), so the values equal
 // the NCHW ones bit for bit. kSums: the values written are also added
-// into ps's rows, a sample's run of pixels in registers first (NV is a
-// template argument so that the accumulators stay in registers).
+// into ps's rows, a sample's run of pixels in registers first: NV (> 0)
+// the vector count as a template argument, so that the accumulators stay
+// in registers (NV = 0: wdt / 16 at run time, the loop without sums).
 template <int NV, bool kSums>
 LAUD_TARGET("avx512f") void add_relu_rows_scattered_avx512(
-    const float* tmp, const int64_t* poff, int64_t count,
+    const float* tmp, const int64_t* poff, int64_t count, int wdt,
     const float* bias, const float* ident, float* out,
     const PanelSums* ps) {
+  static_assert(NV > 0 || !kSums, "sums need the vector count");
   const __m512 zero = _mm512_setzero_ps();
-  __m512 b[NV], acc[NV];
-  for (int v = 0; v < NV; ++v) {
+  const int nv = NV > 0 ? NV : wdt / 16;
+  __m512 b[kPanel / 16], acc[kPanel / 16];
+  for (int v = 0; v < nv; ++v) {
     b[v] = _mm512_loadu_ps(bias + 16 * v);
     acc[v] = zero;
   }
@@ -278,7 +281,7 @@ LAUD_TARGET("avx512f") void add_relu_rows_scattered_avx512(
       fold_rows16<NV>(acc, ps->part + cur * ps->c_out + ps->j0);
       cur = ps->sample[p];
     }
-    for (int v = 0; v < NV; ++v) {
+    for (int v = 0; v < nv; ++v) {
       const __m512 c = _mm512_add_ps(_mm512_loadu_ps(t + 16 * v), b[v]);
       // max(0, v): NaN stays NaN, as relu_of
       const __m512 r = _mm512_max_ps(
@@ -291,27 +294,29 @@ LAUD_TARGET("avx512f") void add_relu_rows_scattered_avx512(
     fold_rows16<NV>(acc, ps->part + cur * ps->c_out + ps->j0);
 }
 
-// add_relu_rows_scattered_avx512 for wdt = 16 NV channels (16 - kPanel),
-// with sums where ps is given.
-template <bool kSums>
+// add_relu_rows_scattered_avx512 for wdt channels (16 - kPanel), with
+// sums where ps is given.
 void rows_epilogue_avx512(const float* tmp, const int64_t* poff,
                           int64_t count, int wdt, const float* bias,
                           const float* ident, float* out,
                           const PanelSums* ps) {
   static_assert(kPanel == 64, "one instance per vector count up to 4");
+  if (!ps)
+    return add_relu_rows_scattered_avx512<0, false>(tmp, poff, count, wdt,
+                                                    bias, ident, out, ps);
   switch (wdt / 16) {
     case 1:
-      return add_relu_rows_scattered_avx512<1, kSums>(tmp, poff, count, bias,
-                                                       ident, out, ps);
+      return add_relu_rows_scattered_avx512<1, true>(tmp, poff, count, wdt,
+                                                     bias, ident, out, ps);
     case 2:
-      return add_relu_rows_scattered_avx512<2, kSums>(tmp, poff, count, bias,
-                                                       ident, out, ps);
+      return add_relu_rows_scattered_avx512<2, true>(tmp, poff, count, wdt,
+                                                     bias, ident, out, ps);
     case 3:
-      return add_relu_rows_scattered_avx512<3, kSums>(tmp, poff, count, bias,
-                                                       ident, out, ps);
+      return add_relu_rows_scattered_avx512<3, true>(tmp, poff, count, wdt,
+                                                     bias, ident, out, ps);
     default:
-      return add_relu_rows_scattered_avx512<4, kSums>(tmp, poff, count, bias,
-                                                       ident, out, ps);
+      return add_relu_rows_scattered_avx512<4, true>(tmp, poff, count, wdt,
+                                                     bias, ident, out, ps);
   }
 }
 #endif
@@ -647,8 +652,8 @@ void conv23_range(const SpatialGeometry& g, const SpatialPlan& pl, int64_t b,
       if (g.nhwc) {
 #ifdef LAUD_X86
         if (avx512) {
-          (ps ? rows_epilogue_avx512<true> : rows_epilogue_avx512<false>)(
-              tmp, poff, m, wdt, wt.b3 + j0, ident + j0, out + j0, ps);
+          rows_epilogue_avx512(tmp, poff, m, wdt, wt.b3 + j0, ident + j0,
+                               out + j0, ps);
           continue;
         }
 #endif
