@@ -16,7 +16,8 @@
 // the same sum in every thread.
 //
 // Kernels that split an output over threads keep one row of partial sums
-// per thread (zeroed_partials) and add them up in thread order afterwards
+// per thread (zeroed_partials, or zeroed by each thread itself: the fused
+// spatial kernel) and add them up in thread order afterwards
 // (add_partials): the sums depend on the thread count only through that
 // fixed order.
 //

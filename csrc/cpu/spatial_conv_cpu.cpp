@@ -60,7 +60,8 @@
 // channel sums (sums) are each thread's partial sums added in thread
 // order, the same to float rounding (row_epilogue.h). The
 // only serial work is O(active patches + N x H) integer bookkeeping
-// (plan_spatial) and, with sums, O(threads x N x C_out) adds; scratch
+// (plan_spatial) and, with sums, O(threads x N x C_out) adds (split over
+// the threads above 2^20, row_epilogue::add_partials); scratch
 // buffers only grow (no allocation per call once warm).
 // spatial_partition_work exposes the same plan's per-thread work.
 //
@@ -807,9 +808,9 @@ void spatial_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,
   // (each thread zeroes its own partial rows: no serial pass over them)
   thread_local std::vector<float> part_buf;
   const int64_t row = g.n * g.c_out;
-  float* part = with_sums ? scratch(part_buf, static_cast<size_t>(
-                                                  parts * row))
-                          : nullptr;
+  float* part = with_sums && P > 0
+                    ? scratch(part_buf, static_cast<size_t>(parts * row))
+                    : nullptr;
   if (P > 0) {
     at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {

@@ -722,6 +722,8 @@ def test_spatial_branch_leave_inactive_keeps_a_negative_identity(backend, s):
     # runs of 4 across two samples
     (3, 32, 16, 32, 56, 56, 56, 1),   # 3136-pixel maps: several
     # sub-ranges a thread
+    (3, 24, 16, 112, 9, 9, 9, 1),     # C_out = 64 + 48: the 4- and
+    # 3-vector epilogues
     (3, 24, 16, 32, 13, 11, 3, 1),    # partial patches, scalar epilogue
     (2, 16, 32, 32, 40, 40, 4, 1),    # runs of 4 and 8, whole-block ranges
 ])
@@ -733,8 +735,10 @@ def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
     output, exactly zero for a sample without an active patch (sample 0 of
     _spatial_case); out is the same bit for bit with and without sums, at
     1, 2 and 3 threads, on the AVX-512 and the generic tiles, out of place
-    and in place (over a non-negative identity, and over a negative one
-    with the final ReLU pass); the reference gives the same sums. A patch
+    and in place (over a non-negative identity; over a negative one with
+    the final ReLU pass; over a negative one left as it is at the
+    inactive pixels, the layer path's call); the reference gives the same
+    sums. A patch
     per sample (the layer path's call): every sample but the first kept,
     so that neighbouring samples share 8-pixel groups. Bad sums are
     refused by the kernel."""
@@ -778,9 +782,11 @@ def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
                                     force_generic=generic, sums=sums)
         return out
     # out of place; in place over a non-negative identity (inactive pixels
-    # untouched); in place over a negative one (the final ReLU pass)
+    # untouched); in place over a negative one (the final ReLU pass); in
+    # place over a negative one whose inactive pixels stay as they are
+    # (_spatial_branch's leave_inactive: the layer path's call)
     modes = [(ident, False, False), (nonneg, True, True),
-             (ident, True, False)]
+             (ident, True, False), (ident, True, True)]
     for generic in (False, True):
         plain = [call(*m, generic) for m in modes]
         for threads in (1, 2, 3):
@@ -804,6 +810,39 @@ def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
         ext.spatial_branch_add_relu(torch.empty_like(ident), x, ident, idx,
                                     *packed, s, stride, 1,
                                     sums=torch.empty(n, c_out).double())
+    with pytest.raises(RuntimeError, match='sums must be on the CPU'):
+        ext.spatial_branch_add_relu(torch.empty_like(ident), x, ident, idx,
+                                    *packed, s, stride, 1,
+                                    sums=torch.empty(n, c_out,
+                                                     device='meta'))
+
+
+@pytest.mark.skipif(ops.extension() is None, reason='laud_mm._ext not built')
+def test_spatial_branch_sums_added_in_parallel_for_many_partials():
+    """Above 2^20 partial sums to add (threads x N x C_out: 2 x 520 x
+    1024 here) row_epilogue::add_partials splits them over the threads:
+    the sums are still each thread's partials added in thread order,
+    within float rounding of a float64 sum of the output, and the output
+    is the one without sums."""
+    ext = ops.extension()
+    n, c_out = 520, 1024
+    x, ident, idx, packed, _, _ = _spatial_case(
+        3, n, 16, 16, c_out, 2, 2, 2, 1, 1, 0.5)
+    assert 2 * n * c_out >= 1 << 20
+
+    def run():
+        plain, out = torch.empty_like(ident), torch.empty_like(ident)
+        ext.spatial_branch_add_relu(plain, x, ident, idx, *packed, 2, 1, 1)
+        sums = torch.full((n, c_out), float('nan'))
+        ext.spatial_branch_add_relu(out, x, ident, idx, *packed, 2, 1, 1,
+                                    sums=sums)
+        return plain, out, sums
+    plain, out, sums = _with_threads(2, run)
+    assert torch.equal(out, plain)
+    mask = torch.zeros(n, 1, 1, 1)
+    mask[idx[:, 0]] = 1  # one 2 x 2 patch covers each 2 x 2 output map
+    expect = (out.double() * mask).sum(dim=(2, 3))
+    assert ((sums.double() - expect).abs() <= 1e-5 * (expect.abs() + 1)).all()
 
 
 @pytest.mark.parametrize('n,c_in,width,c_out,h,w,s,stride,dil', [

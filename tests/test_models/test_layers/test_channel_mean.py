@@ -154,12 +154,19 @@ def test_every_layer_block_hands_its_means_on(threads, fused, channels_last,
     from laud_mm.ops import fast_spatial_branch, policy
     monkeypatch.setattr(policy, 'LAYER_FUSED_CPU', fused)
     sums_calls = []  # the fused kernel's calls: with sums?
-    real_branch = dynamic._spatial_branch
+    mean_rows = []  # the rows each relu_mean_rows_ pass read
+    real_branch, real_rows = dynamic._spatial_branch, \
+        dynamic._relu_mean_rows_
 
     def spy_branch(*args, sums=None, **kwargs):
         sums_calls.append(sums is not None)
         return real_branch(*args, sums=sums, **kwargs)
+
+    def spy_rows(out, rows):
+        mean_rows.append(rows.tolist())
+        return real_rows(out, rows)
     monkeypatch.setattr(dynamic, '_spatial_branch', spy_branch)
+    monkeypatch.setattr(dynamic, '_relu_mean_rows_', spy_rows)
     torch.manual_seed(0)
     net = LAUDResNet(50, paradigm='layer').eval()
     x = torch.randn(4, 3, 128, 128)
@@ -171,10 +178,15 @@ def test_every_layer_block_hands_its_means_on(threads, fused, channels_last,
     assert used == [False] + [True] * (len(net.blocks) - 1)
     _check_same_function(net, ref_gates, ref, out)
     # on AVX-512 the fused kernel wrote the kept rows, its epilogue's sums
-    # their records; off it the kernel is not called
+    # their records; off it the kernel is not called. The ReLU-and-means
+    # passes read exactly the skipped rows of the downsampling blocks
+    # (identity blocks write into their input), never kept rows
     on_kernel = fused and fast_spatial_branch(x, 16, 16)
     assert bool(sums_calls) == on_kernel
     assert all(sums_calls)
+    skipped = [(b.masker.forced_gate < 0.5).nonzero()[:, 0].tolist()
+               for b in net.blocks if b.downsample is not None]
+    assert mean_rows == [r for r in skipped if r]
 
 
 @pytest.mark.parametrize('threads', [1, 2])
