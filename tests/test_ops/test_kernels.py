@@ -810,6 +810,12 @@ def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
         ext.spatial_branch_add_relu(torch.empty_like(ident), x, ident, idx,
                                     *packed, s, stride, 1,
                                     sums=torch.empty(n, c_out).double())
+    # no active patch: sums of zeros, out = relu(identity)
+    none, sums = torch.empty_like(ident), torch.full((n, c_out), float('nan'))
+    ext.spatial_branch_add_relu(none, x, ident, idx[:0].contiguous(),
+                                *packed, s, stride, 1, sums=sums)
+    assert torch.equal(sums, torch.zeros(n, c_out))
+    assert torch.equal(none, ident.relu())
     with pytest.raises(RuntimeError, match='sums must be on the CPU'):
         ext.spatial_branch_add_relu(torch.empty_like(ident), x, ident, idx,
                                     *packed, s, stride, 1,
