@@ -796,10 +796,11 @@ def test_spatial_branch_sums_are_the_active_pixels_channel_sums(
                     sums = torch.full((n, c_out), float('nan'))
                     res.append((call(*m, generic, sums), sums))
                 return res
-            for (out, sums), p in zip(_with_threads(threads, run), plain):
+            res = _with_threads(threads, run)
+            for (out, sums), p in zip(res, plain):
                 assert torch.equal(out, p), (generic, threads)
                 check(sums, out)
-            sums = _with_threads(threads, run)[0][1]
+            sums = res[0][1]  # out of place: the reference's call
             assert (sums - ref_sums).abs().max() <= \
                 1e-5 * (ref_sums.abs().max() + 1)
     with pytest.raises(RuntimeError, match='sums must be a contiguous'):
