@@ -18,6 +18,11 @@ run (median process CPU time of repeated calls after warm-up,
   them out on every call) against pre-packed weights (oneDNN's blocked
   layout, prepared once), the term ``HardwareSpec.weight_reorder_gbs``
   models;
+- ``layout_weight``: a 3x3 convolution of a channels_last input with the
+  NCHW folded weight (copied into channels_last on every call) against
+  the channels_last copy the folded blocks keep
+  (:class:`~laud_mm.models.layers.folding.LayoutWeight`; wall clock at
+  the thread count, the CPU-time ratio in the note);
 - ``window_conv1``: conv1 + window gather of a spatial block, dense conv1
   then :func:`~laud_mm.ops.gather_patches` against
   :func:`~laud_mm.models.resnet.dynamic.window_conv1` (conv1 on the
@@ -107,6 +112,7 @@ import torch
 import torch.nn.functional as F
 
 from laud_mm.models import LAUDBottleneck
+from laud_mm.models.layers.folding import LayoutWeight
 from laud_mm.models.layers.gates import KEEP, SKIP
 from laud_mm.models.resnet.dynamic import (dynamic_bottleneck_forward,
                                            folded, spatial_patch_convs,
@@ -211,6 +217,38 @@ def reorder_rows() -> List[Row]:
                      ' MB weights)', 'dense weights',
                      cpu_ms(lambda: F.conv2d(x, w, padding=1)),
                      'pre-packed', cpu_ms(packed), ''))
+    return rows
+
+
+def layout_weight_rows() -> List[Row]:
+    """``layout_weight``: a 3x3 convolution of a channels_last input with
+    its folded weight in NCHW (PyTorch copies it into channels_last on
+    every call) against the channels_last copy
+    :class:`~laud_mm.models.layers.folding.LayoutWeight` keeps, on the
+    conv2 shapes of LAUD-ResNet-50 (stage 4 and stage 3 at batch 1 and 8,
+    stages 1 - 2 at batch 8). Wall-clock medians of the two alternating
+    (:func:`~laud_mm.analysis.timing.bench_pair`), at torch's thread
+    count; the note gives the CPU-time ratio and whether the outputs are
+    equal bit for bit."""
+    rows = []
+    for c, hw, n in ((512, 7, 1), (512, 7, 8), (256, 14, 1), (256, 14, 8),
+                     (128, 28, 8), (64, 56, 8)):
+        g = torch.Generator().manual_seed(c + n)
+        x = torch.rand(n, c, hw, hw, generator=g).contiguous(
+            memory_format=torch.channels_last)
+        w = torch.rand(c, c, 3, 3, generator=g) - 0.5
+        cl = LayoutWeight(w).like(x)
+        t = bench_pair(lambda v: F.conv2d(v, w, padding=1),
+                       lambda v: F.conv2d(v, cl, padding=1), x, 3, 15)
+        same = torch.equal(F.conv2d(x, w, padding=1),
+                           F.conv2d(x, cl, padding=1))
+        rows.append(('layout_weight',
+                     f'{n} x {c} ch {hw}x{hw}, 3x3 ({w.numel() * 4 / 1e6:.1f}'
+                     ' MB weights), channels_last input', 'NCHW weight (wall)',
+                     t.static_ms, 'channels_last weight (wall)',
+                     t.dynamic_ms,
+                     f'CPU time {t.cpu_speedup:.2f}x; '
+                     + ('equal' if same else 'DIFFERENT')))
     return rows
 
 
@@ -896,7 +934,8 @@ def region_rows() -> List[Row]:
 KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      kept_weights=kept_weight_rows,
                      window_conv1=window_conv1_rows, scatter=scatter_rows,
-                     weight_reorder=reorder_rows, masker=masker_rows,
+                     weight_reorder=reorder_rows,
+                     layout_weight=layout_weight_rows, masker=masker_rows,
                      handoff=handoff_rows, layer=layer_rows,
                      channel_branch=channel_branch_rows,
                      channel_split=channel_split_rows,

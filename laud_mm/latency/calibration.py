@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.layers.backbone import STATIC_LAYOUTS
+from ..models.layers.folding import LayoutWeight
 from .hardware import HardwareSpec, save_hardware
 
 #: the memory formats a CPU calibration can time its tensors in, those the
@@ -366,7 +367,9 @@ def cpu_vector_width() -> int:
 
 def microbench(device: torch.device, layout: str = 'NCHW') -> dict:
     """Micro-benchmarks of ``device`` (see the module docstring); the
-    convolutions' inputs in ``layout`` (a key of :data:`LAYOUTS`).
+    convolutions' inputs in ``layout`` (a key of :data:`LAYOUTS`), their
+    weights in the same format, as the folded blocks keep them
+    (:class:`~laud_mm.models.layers.folding.LayoutWeight`).
 
     Returns:
         dict: launch_us (mean of add and conv), launch_add_us,
@@ -398,7 +401,8 @@ def microbench(device: torch.device, layout: str = 'NCHW') -> dict:
                                   (4, 256, 1024, 14, 1)):
         x = torch.rand(n, cin, hw, hw, device=dev).contiguous(
             memory_format=check_layout(layout))
-        w = torch.rand(cout, cin, k, k, device=dev)
+        # the weight in x's format, as the folded blocks keep it
+        w = LayoutWeight(torch.rand(cout, cin, k, k, device=dev)).like(x)
         t = time_fn(lambda: F.conv2d(x, w, padding=k // 2), dev)
         rates.append(n * cin * cout * hw * hw * k * k / t)
     reorder = 0.
@@ -407,8 +411,9 @@ def microbench(device: torch.device, layout: str = 'NCHW') -> dict:
         # 3x3 on one 3 x 3 image (padding 1: oneDNN's direct kernel), which
         # re-lays out the 9.4 MB of weights on each call (read + write);
         # its 21 MMAC at the best convolution rate are subtracted
-        x = torch.rand(1, 512, 3, 3)
-        w = torch.rand(512, 512, 3, 3)
+        x = torch.rand(1, 512, 3, 3).contiguous(
+            memory_format=check_layout(layout))
+        w = LayoutWeight(torch.rand(512, 512, 3, 3)).like(x)
         t = time_fn(lambda: F.conv2d(x, w, padding=1), dev) - launch_conv \
             - 512 * 512 * 9 * 9 / max(rates)
         reorder = 2 * w.numel() * 4 / max(t, 1e-9) / 1e9
@@ -464,7 +469,9 @@ def static_block_fn(g, batch: int, device: torch.device,
     x = torch.rand(batch, g.in_channels, *g.in_hw, device=device).contiguous(
         memory_format=check_layout(layout))
     w1 = torch.rand(g.width, g.in_channels, 1, 1, device=device) * 0.01
-    w2 = torch.rand(g.width, g.width, 3, 3, device=device) * 0.01
+    # conv2's weight in its input's format, as FoldedBottleneck.conv2
+    w2 = LayoutWeight(torch.rand(g.width, g.width, 3, 3, device=device)
+                      * 0.01)
     w3 = torch.rand(g.out_channels, g.width, 1, 1, device=device) * 0.01
     b1 = torch.zeros(g.width, device=device)
     b3 = torch.zeros(g.out_channels, device=device)
@@ -473,7 +480,7 @@ def static_block_fn(g, batch: int, device: torch.device,
 
     def fn():
         h = F.conv2d(x, w1, b1).relu_()
-        h = F.conv2d(h, w2, b1, g.stride, 1).relu_()
+        h = F.conv2d(h, w2.like(h), b1, g.stride, 1).relu_()
         y = F.conv2d(h, w3, b3)
         s = F.conv2d(x, wd, b3, g.stride) if wd is not None else x
         return y.add_(s).relu_()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from laud_mm.latency import LatencyPredictor
 from laud_mm.models import LAUDRegNetY
-from laud_mm.models.layers.folding import fold_conv_bn
+from laud_mm.models.layers.folding import LayoutWeight, fold_conv_bn
 from laud_mm.models.regnet.dynamic import static_regnety_forward
 
 from .common import (PARADIGMS, STATIC_LAYOUT, Column, check_options,
@@ -60,9 +60,13 @@ HEADER = header(COLUMNS)
 
 
 def folded_stem(net: LAUDRegNetY):
-    """BN-folded RegNet stem (3x3/2 conv + ReLU), as a callable."""
+    """BN-folded RegNet stem (3x3/2 conv + ReLU), as a callable, its
+    weight in the input's memory format
+    (:class:`~laud_mm.models.layers.folding.LayoutWeight`, as the
+    backbone's own stem)."""
     w, b = fold_conv_bn(net.conv1, net.bn1)
-    return lambda x: F.conv2d(x, w, b, 2, 1).relu_()
+    w = LayoutWeight(w)
+    return lambda x: F.conv2d(x, w.like(x), b, 2, 1).relu_()
 
 
 def run(archs: Sequence[str], paradigms: Sequence[str],

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from laud_mm.models import LAUDResNet
-from laud_mm.models.layers.folding import fold_conv_bn
+from laud_mm.models.layers.folding import LayoutWeight, fold_conv_bn
 from laud_mm.models.resnet.backbone import RESNET_ARCHS
 from laud_mm.models.resnet.dynamic import static_bottleneck_forward
 from laud_mm.ops.max_pool import max_pool2d
@@ -84,7 +84,9 @@ BLOCK_COLUMNS = [
 
 def folded_stem(net: LAUDResNet):
     """BN-folded stem (conv 7x7 s2 + ReLU + max-pool) of a ResNet, as a
-    callable; the pool is the model's own
+    callable, its weight in the input's memory format
+    (:class:`~laud_mm.models.layers.folding.LayoutWeight`, as the
+    backbone's own stem); the pool is the model's own
     (:func:`laud_mm.ops.max_pool.max_pool2d`).
 
     Raises:
@@ -93,9 +95,10 @@ def folded_stem(net: LAUDResNet):
     if net.deep_stem:
         raise ValueError('deep_stem is not supported by the benchmark')
     w, b = fold_conv_bn(net.conv1, net.norm1)
+    w = LayoutWeight(w)
 
     def stem(x):
-        x = F.conv2d(x, w, b, 2, 3).relu_()
+        x = F.conv2d(x, w.like(x), b, 2, 3).relu_()
         return max_pool2d(x, 3, 2, 1)
     return stem
 

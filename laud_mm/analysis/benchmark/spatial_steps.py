@@ -89,9 +89,8 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
                 threads=torch.get_num_threads(), S=s, density=d,
                 windows=windows,
                 static_conv1=ms(lambda: F.conv2d(x, fb.w1, fb.b1).relu_()),
-                static_conv23=ms(lambda: F.conv2d(F.conv2d(
-                    h1r, fb.w2, fb.b2, fb.stride, fb.padding,
-                    fb.dilation).relu_(), fb.w3, fb.b3)),
+                static_conv23=ms(lambda: F.conv2d(
+                    fb.conv2(h1r).relu_(), fb.w3, fb.b3)),
                 static_block=ms(lambda: static_bottleneck_forward(blk, x)),
                 conv1=conv1, gather=gather,
                 patch_convs=ms(lambda: spatial_patch_convs(fb, win, s)),

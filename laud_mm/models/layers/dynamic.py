@@ -20,6 +20,7 @@ from ...ops.allocator import tune_cpu_allocator
 from ...ops.dispatch import is_autocast, same_layout
 from ...ops.epilogue import _add_relu_mean_, _relu_mean_rows_
 from .channel_mean import record_channel_mean
+from .folding import LayoutWeight
 from .forward_plan import SEQUENCE_ATTR, SequencePlan
 
 
@@ -315,7 +316,10 @@ def cast_folded(folded, dtype: torch.dtype):
     ``FoldedRegNetY``) with every floating tensor attribute in ``dtype``,
     cached on it per dtype (the object itself is refreshed when the block's
     parameters change, and with it the cache). The object itself when its
-    weights already have that dtype.
+    weights already have that dtype. A
+    :class:`~laud_mm.models.layers.folding.LayoutWeight` attribute is
+    rebuilt over the cast copy of its weight (an attribute of the object
+    as well), not over a second copy.
     """
     w = getattr(folded, 'w1', None)
     if w is None or w.dtype == dtype:
@@ -332,5 +336,12 @@ def cast_folded(folded, dtype: torch.dtype):
                     isinstance(t, torch.Tensor) for t in v):
                 setattr(c, k, tuple(t.to(dtype) if t.is_floating_point()
                                     else t for t in v))
+        cast = {id(v): getattr(c, k) for k, v in vars(folded).items()
+                if isinstance(v, torch.Tensor)}
+        for k, v in list(vars(c).items()):
+            if isinstance(v, LayoutWeight):
+                w = cast.get(id(v.nchw))
+                setattr(c, k, LayoutWeight(
+                    v.nchw.to(dtype) if w is None else w))
         cache[dtype] = c
     return cache[dtype]

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 
+
 def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BatchNorm into the preceding convolution.
@@ -46,6 +47,80 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
         shift = shift + b.double() * scale
     wf = (w.double() * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
     return wf.contiguous(), shift.to(w.dtype)
+
+
+def runs_channels_last(x: torch.Tensor) -> bool:
+    """Whether PyTorch runs a convolution of the 4-D ``x`` (N, C, H, W) in
+    channels_last (its ``suggest_memory_format``): the channels vary
+    fastest and the strides grow as C < W < H < N, as in a channels_last
+    tensor or a channel slice of one (``t[:, :width]``), and ``x`` is not
+    NCHW-contiguous as well (one pixel: either format, NCHW kept). Errs
+    towards NCHW where the strides are ambiguous: a channels_last weight
+    would make the convolution run (and return) channels_last.
+
+    Args:
+        x: any tensor (False unless 4-D).
+    """
+    if x.dim() != 4 or x.is_contiguous():
+        return False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return True
+    s = x.stride()
+    return x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and \
+        s[1] == 1 and s[1] <= s[3] <= s[2] <= s[0]
+
+
+class LayoutWeight:
+    """A folded convolution weight in the memory format of its input.
+
+    PyTorch's CPU and CUDA convolutions run in channels_last when the
+    input is channels_last and, given a weight in NCHW (the layout
+    :func:`fold_conv_bn` returns), copy the weight into channels_last on
+    every call before the library re-lays it out (oneDNN, cuDNN). For a
+    k x k kernel with large weights that copy is a large part of the call
+    at small batches (``tools/analysis_tools/benchmark_kernels.py``, rows
+    ``layout_weight``; docs/benchmarks.md, "Convolution weights in the
+    input's format"). The result is the same bit for bit in either
+    format. A 1 x 1 weight is the same memory in both formats and is
+    returned as is. The copy is kept beside the NCHW weight, which NCHW
+    inputs and the fused kernels' packing read: for LAUD-ResNet-50's
+    conv2 weights 45 MB more memory once a channels_last input ran.
+
+    Args:
+        weight: (C_out, C_in / groups, k, k) folded weight, contiguous.
+
+    Attributes:
+        nchw: ``weight``.
+
+    Source: standard inference practice (``model.to(memory_format=
+    torch.channels_last)`` converts a static network's weights once);
+    the paper's dynamic operators (sec. 3.4) take their weights
+    pre-arranged.
+    """
+    __slots__ = ('nchw', '_channels_last')
+
+    def __init__(self, weight: torch.Tensor):
+        self.nchw = weight
+        self._channels_last = None
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight for a convolution of ``x`` (N, C, H, W).
+
+        Returns:
+            (C_out, C_in / groups, k, k), :attr:`nchw`'s dtype and device:
+            a channels_last copy (made on the first such call and kept)
+            when the kernel is larger than 1 x 1 and the convolution runs
+            channels_last for ``x`` (:func:`runs_channels_last`), else
+            :attr:`nchw`. An NCHW input keeps the NCHW weight, so that its
+            convolution's output stays NCHW.
+        """
+        w = self.nchw
+        if w.shape[-2:] == (1, 1) or not runs_channels_last(x):
+            return w
+        if self._channels_last is None:
+            self._channels_last = w.contiguous(
+                memory_format=torch.channels_last)
+        return self._channels_last
 
 
 #: the attributes :func:`cached_fold` has cached folds in (per family)

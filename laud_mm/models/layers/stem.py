@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .dynamic import relu_pooled_
-from .folding import cached_fold, fold_conv_bn
+from .folding import LayoutWeight, cached_fold, fold_conv_bn
 
 #: attribute of the backbone that caches its folded stem
 _ATTR = '_laud_folded_stem'
@@ -57,9 +57,10 @@ class FoldedStem:
             ReLU in the stem (checked by :func:`foldable_stem`).
 
     Attributes:
-        convs: per layer (weight (C_out, C_in / groups, k, k), bias
-            (C_out,), stride, padding, dilation, groups), BN folded
-            (:func:`~.folding.fold_conv_bn`), detached.
+        convs: per layer (weight (C_out, C_in / groups, k, k) as a
+            :class:`~.folding.LayoutWeight` (run in its input's memory
+            format), bias (C_out,), stride, padding, dilation, groups), BN
+            folded (:func:`~.folding.fold_conv_bn`), detached.
 
     Source: standard BN folding; paper sec. 3.4.
     """
@@ -68,8 +69,8 @@ class FoldedStem:
         self.convs = []
         for conv, norm in layers:
             w, b = fold_conv_bn(conv, norm)
-            self.convs.append((w, b, conv.stride, conv.padding,
-                               conv.dilation, conv.groups))
+            self.convs.append((LayoutWeight(w), b, conv.stride,
+                               conv.padding, conv.dilation, conv.groups))
 
     def __call__(self, x: torch.Tensor, pooled: bool = False
                  ) -> torch.Tensor:
@@ -81,7 +82,8 @@ class FoldedStem:
         last = len(self.convs) - 1
         for i, (w, b, stride, padding, dilation, groups) in \
                 enumerate(self.convs):
-            x = F.conv2d(x, w, b, stride, padding, dilation, groups)
+            x = F.conv2d(x, w.like(x), b, stride, padding, dilation,
+                         groups)
             x = relu_pooled_(x) if pooled and i == last else x.relu_()
         return x
 

@@ -76,7 +76,7 @@ from ..layers.dynamic import (autocast_dtype, forced_gate, is_autocast,
                               run_dynamic_path)
 from ..layers.channel_mean import (record_channel_mean,
                                    recorded_channel_mean)
-from ..layers.folding import cached_fold, fold_conv_bn
+from ..layers.folding import LayoutWeight, cached_fold, fold_conv_bn
 from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
 from ..layers.maskers import planned_masker
@@ -111,6 +111,10 @@ class FoldedBottleneck:
             (C_out, width) (channel blocks gather rows / columns of these);
             w3m_t, w2m_t: (width, C_out) and (width * 9, width) transposed
             views (spatial patch GEMMs).
+        w2_layout: ``w2`` for its input's memory format (a
+            :class:`~laud_mm.models.layers.folding.LayoutWeight`: a
+            channels_last copy made on the first channels_last conv2;
+            :meth:`conv2`).
     """
 
     def __init__(self, block: nn.Module):
@@ -124,6 +128,7 @@ class FoldedBottleneck:
         self.w3m = self.w3.flatten(1)
         self.w3m_t = self.w3m.t()
         self.w2m_t = self.w2.flatten(1).t()  # (width * 9, width)
+        self.w2_layout = LayoutWeight(self.w2)
         self._padded = None
         self.wd = self.bd = self.ds_module = None
         self.ds_stride = 1
@@ -196,12 +201,20 @@ class FoldedBottleneck:
             return x
         return F.conv2d(x, self.wd, self.bd, self.ds_stride)
 
+    def conv2(self, h: torch.Tensor, padding: Optional[int] = None
+              ) -> torch.Tensor:
+        """The folded conv2 (no ReLU) of h (N, width, H, W) ->
+        (N, width, H_out, W_out), in h's memory format, its weight in that
+        format (:attr:`w2_layout`); ``padding`` defaults to the block's."""
+        return F.conv2d(h, self.w2_layout.like(h), self.b2, self.stride,
+                        self.padding if padding is None else padding,
+                        self.dilation)
+
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """conv1-relu-conv2-relu-conv3 (folded, no final ReLU):
         (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
         h = F.conv2d(x, self.w1, self.b1).relu_()
-        h = F.conv2d(h, self.w2, self.b2, self.stride, self.padding,
-                     self.dilation).relu_()
+        h = self.conv2(h).relu_()
         return F.conv2d(h, self.w3, self.b3)
 
 
@@ -539,8 +552,7 @@ def _spatial_forward(block, x, plan):
     if n_act >= plan.dense_from * total:
         # t is ours: ReLU in place (conv1 alone has width channels)
         h = (conv1() if t is None else t[:, :width]).relu_()
-        h = F.conv2d(h, fb.w2, fb.b2, fb.stride, fb.padding,
-                     fb.dilation).relu_()
+        h = fb.conv2(h).relu_()
         y = F.conv2d(h, fb.w3, fb.b3)
         if n_act < total:
             y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
@@ -650,7 +662,7 @@ def spatial_patch_convs(fb: 'FoldedBottleneck', win: torch.Tensor,
             win = win[:, :, ::fb.dilation, ::fb.dilation]
         h = torch.addmm(fb.b2, win.reshape(p, -1), fb.w2m_t).relu_()
         return torch.addmm(fb.b3, h, fb.w3m_t).view(p, c_out, 1, 1)
-    h = F.conv2d(win, fb.w2, fb.b2, fb.stride, 0, fb.dilation).relu_()
+    h = fb.conv2(win, padding=0).relu_()
     if p >= policy.SPATIAL_CONV3_GEMM_MAX_PATCHES:
         return F.conv2d(h, fb.w3, fb.b3)
     width = h.shape[1]
@@ -694,8 +706,7 @@ def _channel_forward(block, x, plan):
         keep_ch = (gate > 0.5).repeat_interleave(block.granularity, dim=1)
         m = keep_ch.to(x.dtype)[:, :, None, None]
         h1 = F.conv2d(x, fb.w1, fb.b1).relu_().mul_(m)
-        h2 = F.conv2d(h1, fb.w2, fb.b2, fb.stride, fb.padding,
-                      fb.dilation).relu_().mul_(m)
+        h2 = fb.conv2(h1).relu_().mul_(m)
         return residual_add_relu_(F.conv2d(h2, fb.w3, fb.b3), ident), gate
     if plan.fused and ident.dtype == x.dtype:
         # the fused kernel: conv1 -> conv2 -> conv3 per sample, accumulated
@@ -855,8 +866,7 @@ def _layer_forward(block, x, plan):
         h1 = x.new_empty(len(kept), width, h * w)
         seq = torch.arange(len(kept))
         _sample_gemm(h1, fb.w1m, xr, idx, seq, fb.b1, relu=True)
-        h2 = F.conv2d(h1.view(-1, width, h, w), fb.w2, fb.b2, fb.stride,
-                      fb.padding, fb.dilation).relu_()
+        h2 = fb.conv2(h1.view(-1, width, h, w)).relu_()
         # conv3 accumulated into the shortcut rows: relu(ident + b3 + W3 h),
         # the rows' channel sums taken in the same pass
         sums = out.new_empty(len(kept), c_out) if means is not None \

@@ -120,8 +120,7 @@ def _spatial(block, x_in, x, fb, geom, ac):
     if p == 0:
         return (x if owned else torch.relu(ident)), gate
     if p >= policy.SPATIAL_DENSE_THRESHOLD_CUDA * total:
-        h = F.conv2d(h1.relu_(), fb.w2, fb.b2, fb.stride, fb.padding,
-                     fb.dilation).relu_()
+        h = fb.conv2(h1.relu_()).relu_()
         y = F.conv2d(h, fb.w3, fb.b3)
         if p < total:
             y.mul_(expand_spatial_gate(gate, s, geom.out_hw))
