@@ -220,7 +220,9 @@ def reorder_rows() -> List[Row]:
     return rows
 
 
-def layout_weight_rows() -> List[Row]:
+def layout_weight_rows(shapes: Sequence[Tuple[int, int, int]] = (
+        (512, 7, 1), (512, 7, 8), (256, 14, 1), (256, 14, 8),
+        (128, 28, 8), (64, 56, 8))) -> List[Row]:
     """``layout_weight``: a 3x3 convolution of a channels_last input with
     its folded weight in NCHW (PyTorch copies it into channels_last on
     every call) against the channels_last copy
@@ -229,10 +231,13 @@ def layout_weight_rows() -> List[Row]:
     stages 1 - 2 at batch 8). Wall-clock medians of the two alternating
     (:func:`~laud_mm.analysis.timing.bench_pair`), at torch's thread
     count; the note gives the CPU-time ratio and whether the outputs are
-    equal bit for bit."""
+    equal bit for bit.
+
+    Args:
+        shapes: (channels, map side, batch) of each row.
+    """
     rows = []
-    for c, hw, n in ((512, 7, 1), (512, 7, 8), (256, 14, 1), (256, 14, 8),
-                     (128, 28, 8), (64, 56, 8)):
+    for c, hw, n in shapes:
         g = torch.Generator().manual_seed(c + n)
         x = torch.rand(n, c, hw, hw, generator=g).contiguous(
             memory_format=torch.channels_last)

@@ -359,6 +359,22 @@ def test_masker_rows_compare_equal_logits():
         assert float(note.split()[-1]) <= 1e-4
 
 
+def test_layout_weight_rows_compare_equal_results():
+    """The layout_weight rows time a channels_last input's 3x3 convolution
+    with the NCHW weight against the channels_last copy LayoutWeight
+    keeps: the outputs are equal bit for bit, the times positive."""
+    with torch.no_grad():
+        rows = kernels.layout_weight_rows(shapes=[(32, 9, 1), (16, 12, 2)])
+    assert len(rows) == 2
+    for (kernel, shape, a, ta, b, tb, note), (c, hw, n) in zip(
+            rows, [(32, 9, 1), (16, 12, 2)]):
+        assert kernel == 'layout_weight' and ta > 0 and tb > 0
+        assert shape.startswith(f'{n} x {c} ch {hw}x{hw}, 3x3')
+        assert a.startswith('NCHW weight') and \
+            b.startswith('channels_last weight')
+        assert note.endswith('; equal'), note
+
+
 def test_window_conv1_rows_compare_equal_results():
     """The kernel benchmarks' window_conv1 rows time window_conv1 against
     the dense conv1 + gather on the same windows: equal up to float
