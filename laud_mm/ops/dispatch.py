@@ -164,6 +164,27 @@ def is_channels_last(x: torch.Tensor) -> bool:
         x.is_contiguous(memory_format=torch.channels_last)
 
 
+def runs_channels_last(x: torch.Tensor) -> bool:
+    """Whether PyTorch runs a convolution of the 4-D ``x`` (N, C, H, W) in
+    channels_last (its ``suggest_memory_format``): ``x`` is channels_last
+    (:func:`is_channels_last`), or a channel slice of such a tensor
+    (``t[:, :width]``: the channels vary fastest, the strides grow as
+    C < W < H < N). Errs towards NCHW where the strides are ambiguous
+    (one pixel): a channels_last weight would make the convolution run,
+    and return, channels_last.
+
+    Args:
+        x: any tensor (False unless 4-D).
+    """
+    if x.dim() != 4 or x.is_contiguous():
+        return False
+    if is_channels_last(x):
+        return True
+    s = x.stride()
+    return x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and \
+        s[1] == 1 and s[1] <= s[3] <= s[2] <= s[0]
+
+
 def layout_of(x: torch.Tensor) -> torch.memory_format:
     """``torch.channels_last`` for a channels_last 4-D ``x``
     (:func:`is_channels_last`), else ``torch.contiguous_format``: the

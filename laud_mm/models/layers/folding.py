@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ...ops.dispatch import runs_channels_last
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
@@ -47,27 +48,6 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]
         shift = shift + b.double() * scale
     wf = (w.double() * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
     return wf.contiguous(), shift.to(w.dtype)
-
-
-def runs_channels_last(x: torch.Tensor) -> bool:
-    """Whether PyTorch runs a convolution of the 4-D ``x`` (N, C, H, W) in
-    channels_last (its ``suggest_memory_format``): the channels vary
-    fastest and the strides grow as C < W < H < N, as in a channels_last
-    tensor or a channel slice of one (``t[:, :width]``), and ``x`` is not
-    NCHW-contiguous as well (one pixel: either format, NCHW kept). Errs
-    towards NCHW where the strides are ambiguous: a channels_last weight
-    would make the convolution run (and return) channels_last.
-
-    Args:
-        x: any tensor (False unless 4-D).
-    """
-    if x.dim() != 4 or x.is_contiguous():
-        return False
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return True
-    s = x.stride()
-    return x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and \
-        s[1] == 1 and s[1] <= s[3] <= s[2] <= s[0]
 
 
 class LayoutWeight:
@@ -110,7 +90,8 @@ class LayoutWeight:
             (C_out, C_in / groups, k, k), :attr:`nchw`'s dtype and device:
             a channels_last copy (made on the first such call and kept)
             when the kernel is larger than 1 x 1 and the convolution runs
-            channels_last for ``x`` (:func:`runs_channels_last`), else
+            channels_last for ``x``
+            (:func:`laud_mm.ops.dispatch.runs_channels_last`), else
             :attr:`nchw`. An NCHW input keeps the NCHW weight, so that its
             convolution's output stays NCHW.
         """

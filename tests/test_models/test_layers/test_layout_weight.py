@@ -13,8 +13,9 @@ from laud_mm import LAUDResNet
 from laud_mm.analysis.benchmark.resnet import folded_stem as bench_stem
 from laud_mm.models.layers.dynamic import cast_folded
 from laud_mm.models.layers import stem as stem_module
-from laud_mm.models.layers.folding import LayoutWeight, runs_channels_last
+from laud_mm.models.layers.folding import LayoutWeight
 from laud_mm.models.resnet.dynamic import folded, static_bottleneck_forward
+from laud_mm.ops.dispatch import runs_channels_last
 
 CL = torch.channels_last
 
