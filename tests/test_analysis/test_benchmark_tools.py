@@ -769,8 +769,9 @@ def test_in_network_block_times_arithmetic(monkeypatch):
     net.blocks = [Block(0, 0), Block(0, 1)]
     rows = in_network.block_times_in_network(
         net, stem, static_block, torch.zeros(1, 3, 8, 8), warmup=1,
-        repeats=3)
+        repeats=3, layouts=('NCHW',))
     assert calls == {'static': 2 * 5, 'dynamic': 2 * 4}
+    assert {r['static_layout'] for r in rows} == {'NCHW'}
     assert [r['block'] for r in rows] == ['stem', '0.0', '0.1', 'total']
     stem_row, b0, b1, total = rows
     assert stem_row['static_ms'] == stem_row['dynamic_ms'] == 2e3
@@ -793,6 +794,10 @@ def test_in_network_block_times_arithmetic(monkeypatch):
     with pytest.raises(ValueError, match='--warmup=-1'):
         in_network.block_times_in_network(net, stem, static_block,
                                           torch.zeros(1), -1, 1)
+    with pytest.raises(ValueError, match=r"layouts=\['NHWC'\]"):
+        in_network.block_times_in_network(net, stem, static_block,
+                                          torch.zeros(1, 3, 8, 8), 0, 1,
+                                          layouts=('NHWC',))
 
 
 def test_in_network_per_block_rows_on_r50():
@@ -809,16 +814,29 @@ def test_in_network_per_block_rows_on_r50():
     x = torch.randn(1, 3, 64, 64)
     force_random_gates(net, 1.0, 1, (64, 64), seed=1, mode='flops')
     blocks = list(net.blocks)
-    seen = []
+    fmt = net.dynamic_memory_format(x)
+    seen, static_formats = [], []
     handle = blocks[0].register_forward_pre_hook(
-        lambda m, args: seen.append(next_block(m)))
+        lambda m, args: seen.append(
+            (next_block(m), args[0].is_contiguous(memory_format=fmt))))
+
+    def static_block(blk, t):
+        if blk is blocks[0]:
+            static_formats.append(
+                t.is_contiguous(memory_format=torch.channels_last))
+        return resnet.static_bottleneck_forward(blk, t)
     try:
-        rows = in_network.block_times_in_network(
-            net, stem, resnet.static_bottleneck_forward, x, 0, 1)
+        rows = in_network.block_times_in_network(net, stem, static_block,
+                                                 x, 0, 1)
     finally:
         handle.remove()
-    assert seen == [blocks[1]]  # the one dynamic forward, in the context
+    # the one dynamic forward, in the context, on its input in the
+    # backbone's dynamic format
+    assert seen == [(blocks[1], True)]
     assert next_block(blocks[0]) is None  # and the context was left
+    # the shape pass, then the timed round in NCHW and in channels_last
+    assert static_formats == [False, False, True]
+    assert rows[0]['static_layout'] in ('NCHW', 'channels_last')
     names = [r['block'] for r in rows]
     assert names[0] == 'stem' and names[-1] == 'total' and len(rows) == 18
     assert names[1:-1] == [f'{b.stage}.{b.index}' for b in blocks]
@@ -830,6 +848,12 @@ def test_in_network_per_block_rows_on_r50():
     rows = resnet.per_block(50, ['layer'], 1, 0.5, 'flops', 1,
                             mode='in-network', warmup=0)
     assert {r['mode'] for r in rows} == {'in-network'} and len(rows) == 18
+    assert len({r['static_layout'] for r in rows}) == 1
+    assert 'static layout' in resnet.format_blocks(rows).splitlines()[0]
+    # each block alone: the static block in its faster format, per block
+    rows = resnet.per_block(50, ['channel'], 1, 0.5, 'flops', 1)
+    assert len(rows) == 16 and {r['mode'] for r in rows} == {'alone'}
+    assert {r['static_layout'] for r in rows} <= {'NCHW', 'channels_last'}
     with pytest.raises(ValueError, match="--per-block='bad'"):
         resnet.per_block(50, ['spatial'], 1, 1.0, 'flops', 1, mode='bad')
     with pytest.raises(ValueError, match="--per-block='bad'"):

@@ -10,7 +10,8 @@ mask density with ``--rate-mode density``) and the whole backbone is timed,
 static and dynamic runs alternating; medians are reported.
 ``--per-block`` adds a per-block table for one configuration (each block
 alone on its input; ``--per-block in-network``: every block stamped within
-the whole static and dynamic forwards);
+the whole static and dynamic forwards; both networks in their deployed
+memory formats, as in the whole-backbone rows);
 ``--spatial-breakdown`` splits each spatial block's dynamic time into its
 steps (conv1, gather, patch convolutions, scatter, fused kernel);
 ``--compare-unplanned`` adds the dynamic path without the per-forward plan
@@ -54,7 +55,10 @@ def parse_args(argv=None):
                    "--block-rate): 'alone' (default) times each block on its "
                    "own input; 'in-network' stamps every block within the "
                    'whole static and dynamic forwards (owned inputs, logit '
-                   'hand-offs and caches as the backbone runs them)')
+                   'hand-offs and caches as the backbone runs them); the '
+                   'static network in its faster memory format, the dynamic '
+                   'one in the backbone\'s (channels_last; NCHW with '
+                   '--dynamic-nchw)')
     p.add_argument('--block-rate', type=float, default=0.5)
     p.add_argument('--spatial-breakdown', action='store_true',
                    help='per spatial block (first depth, 224 px, '

@@ -8,11 +8,14 @@ identity block owns its input and writes into it
 spatial block hands the next block's masker its logits
 (:mod:`~laud_mm.models.layers.spatial_logit_record`), and each block finds
 the caches as the previous one left them. :func:`block_times_in_network`
-times the whole static and dynamic forwards alternately (as
-:func:`~laud_mm.analysis.timing.bench_pair` does) and takes a time stamp
-after the stem and after every block, so within each forward the parts add
-up to the whole (the table's medians per part need not), and their ratios
-show where the backbone's speedup is won or lost.
+times the whole static and dynamic forwards alternately, each in the
+memory format it is deployed in (the static network in its faster format,
+as :func:`~laud_mm.analysis.timing.bench_best_static` picks it for the
+whole forward; the dynamic one in the backbone's ``dynamic_memory_format``),
+and takes a time stamp after the stem and after every block, so within
+each forward the parts add up to the whole (the table's medians per part
+need not), and their ratios show where the backbone's speedup is won or
+lost.
 
 Source: paper sec. 3.4 (the latency of each block adds up to the
 backbone's).
@@ -22,6 +25,8 @@ import time
 from typing import Callable, Dict, List, Sequence
 
 import torch
+
+from laud_mm.models.layers.backbone import STATIC_LAYOUTS
 
 from .common import check_options
 
@@ -45,50 +50,70 @@ def _stamped_forward(blocks: Sequence, stem: Callable, x: torch.Tensor,
 
 
 def block_times_in_network(net, stem: Callable, static_block: Callable,
-                           x: torch.Tensor, warmup: int, repeats: int
+                           x: torch.Tensor, warmup: int, repeats: int,
+                           layouts: Sequence[str] = tuple(STATIC_LAYOUTS)
                            ) -> List[Dict]:
     """Time every block of ``net`` within the whole static and dynamic
-    forwards.
+    forwards, each network in the memory format it is deployed in.
 
     The static forward runs ``static_block(block, t)`` on every block
-    after ``stem``; the dynamic forward runs ``block(t)`` inside
-    :func:`~laud_mm.models.layers.dynamic.owned_block_inputs`, as the
-    backbone's own ``forward`` does. After ``warmup`` untimed pairs,
-    ``repeats`` pairs (static, then dynamic) run under ``torch.no_grad``,
-    each stamped after the stem and every block. Forced gates (tests,
-    benchmarks) set on the blocks' maskers beforehand apply.
+    after ``stem``, on ``x`` converted to every format of ``layouts``
+    (converted once, before the timing, as
+    :func:`~laud_mm.analysis.timing.bench_best_static` does for the whole
+    forward); the format whose whole forward has the smaller median
+    wall-clock time is the baseline. The dynamic forward runs ``block(t)``
+    inside :func:`~laud_mm.models.layers.dynamic.owned_block_inputs`, as
+    the backbone's own ``forward`` does, on ``x`` in the backbone's
+    ``dynamic_memory_format`` where it has one (channels_last on CPU,
+    NCHW with ``--dynamic-nchw``; the conversion not timed), else as
+    given. After ``warmup`` untimed rounds, ``repeats`` rounds (the static
+    forward in each format, then the dynamic one) run under
+    ``torch.no_grad``, each forward stamped after the stem and every block.
+    Forced gates (tests, benchmarks) set on the blocks' maskers beforehand
+    apply.
 
     Args:
         net: a LAUD CNN backbone (``blocks``) with
             ``dynamic_inference=True``, eval mode.
         stem: the BN-folded stem (callable, (N, 3, H, W) -> the first
-            block's input).
+            block's input, in its input's memory format).
         static_block: ``fn(block, x)``, the BN-folded static block forward.
         x: (N, 3, H, W) input.
-        warmup: untimed pairs, >= 0.
-        repeats: timed pairs, >= 1.
+        warmup: untimed rounds, >= 0.
+        repeats: timed rounds, >= 1.
+        layouts: the static network's formats, keys of
+            :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS`.
 
     Returns:
         one dict per part, the stem first (``block='stem'``), then each
         block (``'stage.index'``), then the whole forward
         (``block='total'``): block, in_shape (the part's input shape),
-        static_ms, dynamic_ms (median wall-clock ms), speedup and
-        cpu_speedup (medians of the per-pair ratios of wall-clock and of
-        process CPU time).
+        static_ms, dynamic_ms (median wall-clock ms; static: in the
+        baseline format), speedup and cpu_speedup (medians of the per-pair
+        ratios of wall-clock and of process CPU time), static_layout (the
+        baseline format, the same in every row).
 
     Raises:
-        ValueError: ``warmup`` < 0 or ``repeats`` < 1 (naming them).
+        ValueError: ``warmup`` < 0 or ``repeats`` < 1 (naming them), or an
+            unknown layout.
     """
     from laud_mm.models.layers.dynamic import owned_block_inputs
     check_options([], warmup=warmup, repeats=repeats)
+    bad = [k for k in layouts if k not in STATIC_LAYOUTS]
+    if bad or not layouts:
+        raise ValueError(f'layouts={list(layouts)} must be keys of '
+                         f'{list(STATIC_LAYOUTS)}')
     blocks = list(net.blocks)
+    xs = {k: x.contiguous(memory_format=STATIC_LAYOUTS[k]) for k in layouts}
+    xd = x.contiguous(memory_format=net.dynamic_memory_format(x)) \
+        if hasattr(net, 'dynamic_memory_format') else x
 
-    def static():
-        return _stamped_forward(blocks, stem, x, static_block)
+    def static(t):
+        return _stamped_forward(blocks, stem, t, static_block)
 
     def dynamic():
         with owned_block_inputs(blocks):
-            return _stamped_forward(blocks, stem, x, lambda b, t: b(t))
+            return _stamped_forward(blocks, stem, xd, lambda b, t: b(t))
 
     shapes = [tuple(x.shape)]
     with torch.no_grad():
@@ -97,14 +122,20 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
             shapes.append(tuple(t.shape))
             t = static_block(blk, t)
         for _ in range(warmup):
-            static()
+            for t in xs.values():
+                static(t)
             dynamic()
-        pairs = [(static(), dynamic()) for _ in range(repeats)]
+        rounds = [({k: static(t) for k, t in xs.items()}, dynamic())
+                  for _ in range(repeats)]
+    med = statistics.median
+    # the baseline: the format with the faster whole static forward
+    best = min(layouts, key=lambda k: med(st[k][-1][0] - st[k][0][0]
+                                          for st, _ in rounds))
+    pairs = [(st[best], dy) for st, dy in rounds]
     names = ['stem'] + [f'{b.stage}.{b.index}' for b in blocks]
     # part i spans stamps i .. i + 1; 'total' spans the first and last
     spans = [(i, i + 1) for i in range(len(names))] + [(0, len(names))]
     shapes.append(tuple(x.shape))
-    med = statistics.median
     out = []
     for name, shape, (a, b) in zip(names + ['total'], shapes, spans):
         s = [(st[b][0] - st[a][0], st[b][1] - st[a][1]) for st, _ in pairs]
@@ -114,5 +145,6 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
             static_ms=med(v[0] for v in s) * 1e3,
             dynamic_ms=med(v[0] for v in d) * 1e3,
             speedup=med(p[0] / max(q[0], 1e-12) for p, q in zip(s, d)),
-            cpu_speedup=med(p[1] / max(q[1], 1e-9) for p, q in zip(s, d))))
+            cpu_speedup=med(p[1] / max(q[1], 1e-9) for p, q in zip(s, d)),
+            static_layout=best))
     return out

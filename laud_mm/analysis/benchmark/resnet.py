@@ -43,7 +43,7 @@ from laud_mm.models.resnet.dynamic import static_bottleneck_forward
 from laud_mm.ops.max_pool import max_pool2d
 
 from ..forced_gates import force_random_gates
-from ..timing import bench_pair
+from ..timing import bench_best_static
 from . import spatial_steps
 from .in_network import block_times_in_network
 from .common import (PARADIGMS, STATIC_LAYOUT, THREADS, Column,
@@ -79,7 +79,8 @@ BLOCK_COLUMNS = [
     Column('paradigm', lambda b: b['paradigm']), THREADS,
     Column('block', lambda b: b['block']),
     Column('input', lambda b: 'x'.join(map(str, b['in_shape']))),
-    *timing_columns(ms='.2f')]
+    *timing_columns(ms='.2f'),
+    Column('static layout', lambda b: b['static_layout'])]
 
 
 def folded_stem(net: LAUDResNet):
@@ -195,19 +196,26 @@ def _check_per_block_mode(mode: str) -> None:
 def per_block(depth: int, paradigms: Sequence[str], batch: int,
               block_rate: float, rate_mode: str, repeats: int,
               mode: str = 'alone', warmup: int = 2) -> List[Dict]:
-    """Per-block static vs dynamic at one rate (``depth``, 224 px).
+    """Per-block static vs dynamic at one rate (``depth``, 224 px), each
+    network in the memory format it is deployed in, as the whole-backbone
+    rows compare them: the static one in its faster format, the dynamic
+    one in the backbone's ``dynamic_memory_format`` (channels_last on CPU;
+    NCHW with ``--dynamic-nchw``).
 
     Args:
         mode: 'alone': each block timed on its own input (the static
-            network's activations), 1 warm-up pair; 'in-network': every
-            block stamped within the whole forwards
+            network's activations), 1 warm-up pair, the static block in
+            each format (:func:`~laud_mm.analysis.timing.bench_best_static`,
+            the faster per block); 'in-network': every block stamped within
+            the whole forwards
             (:func:`~.in_network.block_times_in_network`, ``warmup``
-            pairs), with a 'stem' and a 'total' row.
+            pairs; the static format whose whole forward is faster), with
+            a 'stem' and a 'total' row.
 
     Returns:
         one dict per (paradigm, block): paradigm, threads, mode, block
         ('stage.index'), in_shape, static_ms, dynamic_ms, speedup,
-        cpu_speedup.
+        cpu_speedup, static_layout.
 
     Raises:
         ValueError: an unknown ``mode`` (naming ``--per-block``).
@@ -234,15 +242,17 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
                 inputs.append(t)
                 t = static_bottleneck_forward(blk, t)
         for blk, xin in zip(net.blocks, inputs):
-            tm = bench_pair(
-                lambda t: static_bottleneck_forward(blk, t), blk, xin, 1,
+            xd = xin.contiguous(memory_format=net.dynamic_memory_format(xin))
+            tm = bench_best_static(
+                lambda t: static_bottleneck_forward(blk, t), blk, xd, 1,
                 repeats)
             out.append(dict(paradigm=paradigm, mode=mode,
                             threads=torch.get_num_threads(),
                             block=f'{blk.stage}.{blk.index}',
                             in_shape=tuple(xin.shape), static_ms=tm.static_ms,
                             dynamic_ms=tm.dynamic_ms, speedup=tm.speedup,
-                            cpu_speedup=tm.cpu_speedup))
+                            cpu_speedup=tm.cpu_speedup,
+                            static_layout=tm.static_layout))
     return out
 
 
