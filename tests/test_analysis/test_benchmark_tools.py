@@ -800,6 +800,52 @@ def test_in_network_block_times_arithmetic(monkeypatch):
                                           layouts=('NHWC',))
 
 
+def test_in_network_baseline_is_the_faster_static_format(monkeypatch):
+    """--per-block in-network with both static formats: the static blocks
+    run in each format every round, the format whose whole forward is
+    faster is the baseline of every row (here channels_last: a block takes
+    3 wall units on an NCHW input, 2 on a channels_last one), and the
+    dynamic blocks get the input in the network's dynamic format."""
+    from laud_mm.analysis.benchmark import in_network
+    clock = _Clock()
+    monkeypatch.setattr(in_network, 'time', clock)
+    dynamic_inputs = []
+
+    def is_cl(t):
+        return t.is_contiguous(memory_format=torch.channels_last) and \
+            not t.is_contiguous()
+
+    class Block:
+        downsample = None
+
+        def __init__(self, index):
+            self.stage, self.index = 0, index
+
+        def __call__(self, t):
+            dynamic_inputs.append(is_cl(t))
+            clock.tick(1, 1)
+            return t
+
+    def static_block(blk, t):
+        w = 2 if is_cl(t) else 3
+        clock.tick(w, w)
+        return t
+
+    net = type('Net', (), {})()
+    net.blocks = [Block(0), Block(1)]
+    net.dynamic_memory_format = lambda x: torch.channels_last
+    rows = in_network.block_times_in_network(
+        net, lambda t: t, static_block, torch.zeros(2, 3, 8, 8), warmup=0,
+        repeats=3)
+    assert {r['static_layout'] for r in rows} == {'channels_last'}
+    assert [r['static_ms'] for r in rows[1:]] == [2e3, 2e3, 4e3]
+    assert rows[-1]['speedup'] == pytest.approx(2.0)
+    assert dynamic_inputs == [True] * 6
+    with pytest.raises(ValueError, match=r'x must be \(N, C, H, W\)'):
+        in_network.block_times_in_network(net, lambda t: t, static_block,
+                                          torch.zeros(3, 8, 8), 0, 1)
+
+
 def test_in_network_per_block_rows_on_r50():
     """--per-block in-network on a real LAUD-ResNet-50 (spatial, forced
     gates at r = 1): a stem row, the 16 blocks with the input shapes of the
@@ -814,7 +860,10 @@ def test_in_network_per_block_rows_on_r50():
     x = torch.randn(1, 3, 64, 64)
     force_random_gates(net, 1.0, 1, (64, 64), seed=1, mode='flops')
     blocks = list(net.blocks)
-    fmt = net.dynamic_memory_format(x)
+    # the dynamic format, channels_last also where the fused kernels are
+    # not built (the backbone's own choice would be NCHW there)
+    fmt = torch.channels_last
+    net.dynamic_memory_format = lambda t: fmt
     seen, static_formats = [], []
     handle = blocks[0].register_forward_pre_hook(
         lambda m, args: seen.append(

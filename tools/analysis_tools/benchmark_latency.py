@@ -57,8 +57,8 @@ def parse_args(argv=None):
                    'whole static and dynamic forwards (owned inputs, logit '
                    'hand-offs and caches as the backbone runs them); the '
                    'static network in its faster memory format, the dynamic '
-                   'one in the backbone\'s (channels_last; NCHW with '
-                   '--dynamic-nchw)')
+                   'one in the backbone\'s (channels_last where the fused '
+                   'CPU kernels run; NCHW with --dynamic-nchw)')
     p.add_argument('--block-rate', type=float, default=0.5)
     p.add_argument('--spatial-breakdown', action='store_true',
                    help='per spatial block (first depth, 224 px, '

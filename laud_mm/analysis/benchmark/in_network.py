@@ -64,11 +64,12 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
     wall-clock time is the baseline. The dynamic forward runs ``block(t)``
     inside :func:`~laud_mm.models.layers.dynamic.owned_block_inputs`, as
     the backbone's own ``forward`` does, on ``x`` in the backbone's
-    ``dynamic_memory_format`` where it has one (channels_last on CPU,
-    NCHW with ``--dynamic-nchw``; the conversion not timed), else as
-    given. After ``warmup`` untimed rounds, ``repeats`` rounds (the static
-    forward in each format, then the dynamic one) run under
-    ``torch.no_grad``, each forward stamped after the stem and every block.
+    ``dynamic_memory_format`` where it has one (channels_last where the
+    fused CPU kernels run, else NCHW; NCHW with ``--dynamic-nchw``; the
+    conversion not timed), else as given. After ``warmup`` untimed
+    rounds, ``repeats`` rounds (the static forward in each format, then
+    the dynamic one) run under ``torch.no_grad``, each forward stamped
+    after the stem and every block.
     Forced gates (tests, benchmarks) set on the blocks' maskers beforehand
     apply.
 
@@ -94,8 +95,8 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
         baseline format, the same in every row).
 
     Raises:
-        ValueError: ``warmup`` < 0 or ``repeats`` < 1 (naming them), or an
-            unknown layout.
+        ValueError: ``warmup`` < 0 or ``repeats`` < 1 (naming them), an
+            unknown layout, or ``x`` not 4-D.
     """
     from laud_mm.models.layers.dynamic import owned_block_inputs
     check_options([], warmup=warmup, repeats=repeats)
@@ -103,6 +104,8 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
     if bad or not layouts:
         raise ValueError(f'layouts={list(layouts)} must be keys of '
                          f'{list(STATIC_LAYOUTS)}')
+    if x.dim() != 4:
+        raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
     blocks = list(net.blocks)
     xs = {k: x.contiguous(memory_format=STATIC_LAYOUTS[k]) for k in layouts}
     xd = x.contiguous(memory_format=net.dynamic_memory_format(x)) \

@@ -199,8 +199,8 @@ def per_block(depth: int, paradigms: Sequence[str], batch: int,
     """Per-block static vs dynamic at one rate (``depth``, 224 px), each
     network in the memory format it is deployed in, as the whole-backbone
     rows compare them: the static one in its faster format, the dynamic
-    one in the backbone's ``dynamic_memory_format`` (channels_last on CPU;
-    NCHW with ``--dynamic-nchw``).
+    one in the backbone's ``dynamic_memory_format`` (channels_last where
+    the fused CPU kernels run, else NCHW; NCHW with ``--dynamic-nchw``).
 
     Args:
         mode: 'alone': each block timed on its own input (the static

@@ -25,6 +25,10 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
     call alone (``laud_mm.ops.spatial_branch_add_relu``, in place as in the
     backbone) with the masker it runs on its own, and the block as the
     dynamic path runs it. Blocks the dense fallback runs are skipped.
+    Every step runs on NCHW activations, the static ones included (the
+    gather / scatter steps are the NCHW path's); the backbone's forward
+    runs channels_last where the fused kernels run, as ``--per-block``
+    times it.
 
     Args:
         net: a spatial :class:`~laud_mm.LAUDResNet` with
