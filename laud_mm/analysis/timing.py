@@ -9,6 +9,7 @@
   every memory format of ``laud_mm.models.layers.backbone.STATIC_LAYOUTS``
   in each round, the faster format being the baseline (CNN backbones: a
   user deploying the static network picks the faster one);
+- :func:`static_inputs`: the input in every static memory format;
 - :func:`cpu_ms`: median process CPU time of repeated calls (kernel
   micro-benchmarks, per-step breakdowns);
 - :func:`wall_ms`: wall-clock milliseconds of one call;
@@ -109,14 +110,36 @@ def bench_best_static(static_fn: Callable, dyn_fn: Callable,
     Raises:
         ValueError: an unknown layout, or ``x`` not 4-D.
     """
+    return _bench(static_inputs(x, layouts), static_fn, dyn_fn, x, warmup,
+                  repeats)
+
+
+def static_inputs(x: torch.Tensor,
+                  layouts: Sequence[str] = tuple(STATIC_LAYOUTS)
+                  ) -> Dict[str, torch.Tensor]:
+    """``x`` converted once to every memory format of ``layouts``, the
+    inputs the static network is timed on (a deployed static network
+    receives its input in its format).
+
+    Args:
+        x: (N, C, H, W) input.
+        layouts: keys of
+            :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS`.
+
+    Returns:
+        layout -> x in that format (x itself where it already is).
+
+    Raises:
+        ValueError: an unknown or empty ``layouts`` (naming it), or ``x``
+            not 4-D.
+    """
     bad = [k for k in layouts if k not in STATIC_LAYOUTS]
     if bad or not layouts:
         raise ValueError(f'layouts={list(layouts)} must be keys of '
                          f'{list(STATIC_LAYOUTS)}')
     if x.dim() != 4:
         raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
-    xs = {k: x.contiguous(memory_format=STATIC_LAYOUTS[k]) for k in layouts}
-    return _bench(xs, static_fn, dyn_fn, x, warmup, repeats)
+    return {k: x.contiguous(memory_format=STATIC_LAYOUTS[k]) for k in layouts}
 
 
 def _bench(static_inputs: Dict, static_fn: Callable, dyn_fn: Callable, x,

@@ -28,6 +28,7 @@ import torch
 
 from laud_mm.models.layers.backbone import STATIC_LAYOUTS
 
+from ..timing import static_inputs
 from .common import check_options
 
 
@@ -100,14 +101,8 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
     """
     from laud_mm.models.layers.dynamic import owned_block_inputs
     check_options([], warmup=warmup, repeats=repeats)
-    bad = [k for k in layouts if k not in STATIC_LAYOUTS]
-    if bad or not layouts:
-        raise ValueError(f'layouts={list(layouts)} must be keys of '
-                         f'{list(STATIC_LAYOUTS)}')
-    if x.dim() != 4:
-        raise ValueError(f'x must be (N, C, H, W), got {tuple(x.shape)}')
+    xs = static_inputs(x, layouts)
     blocks = list(net.blocks)
-    xs = {k: x.contiguous(memory_format=STATIC_LAYOUTS[k]) for k in layouts}
     xd = x.contiguous(memory_format=net.dynamic_memory_format(x)) \
         if hasattr(net, 'dynamic_memory_format') else x
 
