@@ -56,7 +56,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..models.layers.backbone import STATIC_LAYOUTS
+from ..models.layers.backbone import STATIC_LAYOUTS, layout_name
 from ..models.layers.folding import LayoutWeight
 from .hardware import HardwareSpec, save_hardware
 
@@ -103,8 +103,8 @@ def auto_layout() -> str:
     channels_last where the fused kernels run, AVX-512), what the
     benchmarks and ``laud_mm.BackboneSpeedHook`` feed it."""
     from laud_mm.models.resnet.dynamic import dynamic_memory_format
-    fmt = dynamic_memory_format('channel', torch.zeros(1, 3, 32, 32))
-    return 'channels_last' if fmt == torch.channels_last else 'NCHW'
+    return layout_name(dynamic_memory_format('channel',
+                                             torch.zeros(1, 3, 32, 32)))
 
 
 #: upper bound of the on-chip / off-chip bandwidth ratio of a calibrated

@@ -324,19 +324,46 @@ def test_compare_unplanned_adds_the_unplanned_path(monkeypatch):
     assert 'unplanned speedup (wall)' in common.header(cols)
 
 
-def test_spatial_breakdown_rows():
+def test_spatial_breakdown_rows(monkeypatch):
     """--spatial-breakdown: one row per sparse-path spatial block of R50,
     with its granularity S of 4-4-2-1, the active-patch fraction the forced
     gates give, and positive times for every step (the gather / scatter
-    path's, the fused kernel's and the masker's)."""
+    path's, the fused kernel's and the masker's); each network in its
+    deployed format: the static block timed in NCHW and channels_last, its
+    steps in the faster, the fused kernel and the block as it runs on the
+    input in the backbone's dynamic format (forced to channels_last here,
+    also where the fused kernels are not built); a bad ``hw`` is
+    refused."""
+    from laud_mm.analysis.benchmark import spatial_steps
+    import laud_mm.models.resnet.dynamic as dyn
     net = resnet.build(50, 'spatial')
+    net.dynamic_memory_format = lambda t: torch.channels_last
+    static_cl, fused_cl = set(), set()
+
+    def static_block(blk, t):
+        static_cl.add(t.is_contiguous(memory_format=torch.channels_last))
+        return resnet.static_bottleneck_forward(blk, t)
+    branch = dyn._spatial_branch
+
+    def spatial_branch(out, x, *args, **kw):
+        fused_cl.add(x.is_contiguous(memory_format=torch.channels_last))
+        return branch(out, x, *args, **kw)
+    monkeypatch.setattr(spatial_steps, 'static_bottleneck_forward',
+                        static_block)
+    monkeypatch.setattr(dyn, '_spatial_branch', spatial_branch)
     rows = spatial_breakdown(net, resnet.folded_stem(net), batch=1,
                              block_rate=0.5, rate_mode='flops', repeats=1)
     assert rows, 'no spatial block ran the sparse path at r = 0.5'
+    assert static_cl == {False, True} and fused_cl == {True}
+    table = spatial_steps.format_spatial_steps(rows)
+    assert table.count('\n') == len(rows) + 1
     stage_s = dict(zip('0123', common.PARADIGMS['spatial']))
     for r in rows:
         assert r['S'] == stage_s[r['block'][0]]
         assert 0 < r['density'] < 0.8
+        assert r['static_layout'] in ('NCHW', 'channels_last')
+        assert r['dynamic_layout'] == 'channels_last'
+        assert f"| {r['static_layout']} / channels_last |" in table
         for k in ('static_conv1', 'static_conv23', 'static_block', 'conv1',
                   'patch_convs', 'scatter', 'gather_block', 'masker',
                   'fused', 'dynamic_block'):
@@ -344,6 +371,9 @@ def test_spatial_breakdown_rows():
         # window_conv1 (stride-2 blocks, few patches) includes the gather
         assert (r['gather'] == 0) == r['windows']
         assert not r['windows'] or r['block'].endswith('.0')
+    with pytest.raises(ValueError, match=r'hw=\(224,\) must be'):
+        spatial_breakdown(net, resnet.folded_stem(net), 1, 0.5, 'flops', 1,
+                          hw=(224,))
 
 
 def test_masker_rows_compare_equal_logits():

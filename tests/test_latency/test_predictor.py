@@ -1804,6 +1804,12 @@ def test_auto_layout_follows_the_backbones_dynamic_format(monkeypatch):
     assert calibration.check_layout('auto') == torch.contiguous_format
     with pytest.raises(ValueError, match="--layout='NHWC'"):
         calibration.check_layout('NHWC')
+    # the names the tables print, one per format; another is refused
+    from laud_mm.models.layers.backbone import STATIC_LAYOUTS, layout_name
+    assert {layout_name(f): k for k, f in STATIC_LAYOUTS.items()} == \
+        {k: k for k in STATIC_LAYOUTS}
+    with pytest.raises(ValueError, match='is not one of'):
+        layout_name(torch.preserve_format)
     # both tools take the same option (a spec and its validation time the
     # same path)
     import importlib.util

@@ -13,7 +13,8 @@ alone on its input; ``--per-block in-network``: every block stamped within
 the whole static and dynamic forwards; both networks in their deployed
 memory formats, as in the whole-backbone rows);
 ``--spatial-breakdown`` splits each spatial block's dynamic time into its
-steps (conv1, gather, patch convolutions, scatter, fused kernel);
+steps (conv1, gather, patch convolutions, scatter, fused kernel; each
+network's steps in its deployed memory format);
 ``--compare-unplanned`` adds the dynamic path without the per-forward plan
 to every row; ``--dynamic-nchw`` runs the dynamic path in NCHW instead of
 channels_last (for comparisons).
@@ -63,7 +64,10 @@ def parse_args(argv=None):
     p.add_argument('--spatial-breakdown', action='store_true',
                    help='per spatial block (first depth, 224 px, '
                    '--block-rate): CPU time of each step of the sparse path '
-                   'against the static convolutions')
+                   'against the static convolutions (the static block in '
+                   'its faster memory format, the fused path in the '
+                   "backbone's dynamic format, the gather / scatter path "
+                   'in NCHW)')
     p.add_argument('--spatial-dense-threshold', type=float, default=None,
                    help='override laud_mm.ops.policy.SPATIAL_DENSE_THRESHOLD '
                    '(fraction of active patches from which spatial blocks on '

@@ -34,6 +34,20 @@ STATIC_LAYOUTS = {'NCHW': torch.contiguous_format,
                   'channels_last': torch.channels_last}
 
 
+def layout_name(fmt: torch.memory_format) -> str:
+    """The key of :data:`STATIC_LAYOUTS` of a memory format (the name the
+    benchmark tables print).
+
+    Raises:
+        ValueError: a format that is not one of them (naming it).
+    """
+    for name, f in STATIC_LAYOUTS.items():
+        if f == fmt:
+            return name
+    raise ValueError(f'memory format {fmt} is not one of '
+                     f'{list(STATIC_LAYOUTS)}')
+
+
 def reject_unknown_keys(owner: str, kwargs: Dict[str, object],
                         upstream, own: Iterable[str] = ()) -> None:
     """Refuse config keys that neither a LAUD backbone nor the upstream
