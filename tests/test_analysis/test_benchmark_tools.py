@@ -330,33 +330,58 @@ def test_spatial_breakdown_rows(monkeypatch):
     gates give, and positive times for every step (the gather / scatter
     path's, the fused kernel's and the masker's); each network in its
     deployed format: the static block timed in NCHW and channels_last, its
-    steps in the faster, the fused kernel and the block as it runs on the
-    input in the backbone's dynamic format (forced to channels_last here,
-    also where the fused kernels are not built); a bad ``hw`` is
-    refused."""
+    steps in the faster (on a scripted clock where a step whose
+    convolutions all read channels_last is the faster), the gather path's
+    conv1 in NCHW, the fused kernel on the input in the backbone's dynamic
+    format (forced to channels_last here, also where the fused kernels
+    are not built); a bad ``hw`` is refused."""
     from laud_mm.analysis.benchmark import spatial_steps
     import laud_mm.models.resnet.dynamic as dyn
+    import torch.nn.functional as F
     net = resnet.build(50, 'spatial')
     net.dynamic_memory_format = lambda t: torch.channels_last
-    static_cl, fused_cl = set(), set()
+    conv_inputs, fused_cl, timed = [], set(), []
+    conv2d, branch = F.conv2d, dyn._spatial_branch
 
-    def static_block(blk, t):
-        static_cl.add(t.is_contiguous(memory_format=torch.channels_last))
-        return resnet.static_bottleneck_forward(blk, t)
-    branch = dyn._spatial_branch
+    def recording_conv2d(x, *args, **kw):
+        conv_inputs.append(x.is_contiguous(memory_format=torch.channels_last))
+        return conv2d(x, *args, **kw)
 
     def spatial_branch(out, x, *args, **kw):
         fused_cl.add(x.is_contiguous(memory_format=torch.channels_last))
         return branch(out, x, *args, **kw)
-    monkeypatch.setattr(spatial_steps, 'static_bottleneck_forward',
-                        static_block)
+
+    def scripted_ms(fn, warmup, repeats):
+        """One call; 1 ms where every convolution read channels_last."""
+        conv_inputs.clear()
+        fn()
+        timed.append(set(conv_inputs))
+        return 1. if set(conv_inputs) == {True} else 2.
+    monkeypatch.setattr(F, 'conv2d', recording_conv2d)
     monkeypatch.setattr(dyn, '_spatial_branch', spatial_branch)
+    monkeypatch.setattr(spatial_steps, 'cpu_ms', scripted_ms)
     rows = spatial_breakdown(net, resnet.folded_stem(net), batch=1,
                              block_rate=0.5, rate_mode='flops', repeats=1)
     assert rows, 'no spatial block ran the sparse path at r = 0.5'
-    assert static_cl == {False, True} and fused_cl == {True}
+    # both formats of the static block were timed
+    assert {False} in timed and {True} in timed
+    assert fused_cl == {True}
     table = spatial_steps.format_spatial_steps(rows)
     assert table.count('\n') == len(rows) + 1
+    for r in rows:
+        assert r['static_layout'] == 'channels_last'
+        assert r['static_block'] == r['static_conv1'] == \
+            r['static_conv23'] == 1.
+        assert r['conv1'] == r['patch_convs'] == 2.  # NCHW
+        assert r['dynamic_layout'] == 'channels_last'
+        assert '| channels_last / channels_last |' in table
+    # timed for real
+    monkeypatch.undo()
+    net.dynamic_memory_format = lambda t: torch.channels_last
+    rows = spatial_breakdown(net, resnet.folded_stem(net), batch=1,
+                             block_rate=0.5, rate_mode='flops', repeats=1)
+    assert rows
+    table = spatial_steps.format_spatial_steps(rows)
     stage_s = dict(zip('0123', common.PARADIGMS['spatial']))
     for r in rows:
         assert r['S'] == stage_s[r['block'][0]]

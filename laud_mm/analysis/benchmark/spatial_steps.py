@@ -23,15 +23,17 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
     patches, conv1 on the gathered input windows, ``window_conv1``, both in
     one step -, conv2 + conv3 of the patches, fused scatter-add + ReLU in
     place as in the backbone) next to the static block's conv1 and conv2 +
-    conv3, the block on that path (``SPATIAL_FUSED_CPU`` off), the fused CPU kernel's
-    call alone (``laud_mm.ops.spatial_branch_add_relu``, in place as in the
-    backbone) with the masker it runs on its own, and the block as the
-    dynamic path runs it. Blocks the dense fallback runs are skipped.
+    conv3, the block on that path (``SPATIAL_FUSED_CPU`` off), the fused
+    CPU kernel's call alone (``laud_mm.ops.spatial_branch_add_relu``, in
+    place as in the backbone) with the masker it runs on its own, and the
+    block as the dynamic path runs it. Blocks the dense fallback runs are
+    skipped.
     Each step runs in the memory format its network is deployed in, as the
     whole-backbone rows and ``--per-block`` time them: the static block
     and its steps in the faster of the formats of
     :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS` (the static
-    block timed in each, per block), the masker, the fused kernel and the
+    block timed in each, per block, one format after the other), the
+    masker, the fused kernel and the
     block as it runs in ``net.dynamic_memory_format`` (channels_last where
     the fused CPU kernels run); the gather / scatter steps and the block
     on that path in NCHW, the only format those ops take (with

@@ -38,6 +38,12 @@ def layout_name(fmt: torch.memory_format) -> str:
     """The key of :data:`STATIC_LAYOUTS` of a memory format (the name the
     benchmark tables print).
 
+    Args:
+        fmt: ``torch.contiguous_format`` (NCHW) or ``torch.channels_last``.
+
+    Returns:
+        'NCHW' or 'channels_last'.
+
     Raises:
         ValueError: a format that is not one of them (naming it).
     """
