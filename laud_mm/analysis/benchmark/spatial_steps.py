@@ -33,11 +33,11 @@ def spatial_breakdown(net, stem: Callable, batch: int, block_rate: float,
     and its steps in the faster of the formats of
     :data:`~laud_mm.models.layers.backbone.STATIC_LAYOUTS` (the static
     block timed in each, per block, one format after the other), the
-    masker, the fused kernel and the
-    block as it runs in ``net.dynamic_memory_format`` (channels_last where
-    the fused CPU kernels run); the gather / scatter steps and the block
-    on that path in NCHW, the only format those ops take (with
-    ``SPATIAL_FUSED_CPU`` off the backbone runs NCHW).
+    masker, the fused kernel and the block as it runs in
+    ``net.dynamic_memory_format`` (channels_last where the fused CPU
+    kernels run); the gather / scatter steps and the block on that path
+    in NCHW, the only format those ops take (with ``SPATIAL_FUSED_CPU``
+    off the backbone runs NCHW).
 
     Args:
         net: a spatial :class:`~laud_mm.LAUDResNet` with
