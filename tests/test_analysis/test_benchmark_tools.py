@@ -822,6 +822,7 @@ def test_in_network_block_times_arithmetic(monkeypatch):
 
     net = type('Net', (), {})()
     net.blocks = [Block(0, 0), Block(0, 1)]
+    net.dynamic_memory_format = lambda t: torch.contiguous_format
     rows = in_network.block_times_in_network(
         net, stem, static_block, torch.zeros(1, 3, 8, 8), warmup=1,
         repeats=3, layouts=('NCHW',))

@@ -65,18 +65,17 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
     wall-clock time is the baseline. The dynamic forward runs ``block(t)``
     inside :func:`~laud_mm.models.layers.dynamic.owned_block_inputs`, as
     the backbone's own ``forward`` does, on ``x`` in the backbone's
-    ``dynamic_memory_format`` where it has one (channels_last where the
-    fused CPU kernels run, else NCHW; NCHW with ``--dynamic-nchw``; the
-    conversion not timed), else as given. After ``warmup`` untimed
-    rounds, ``repeats`` rounds (the static forward in each format, then
-    the dynamic one) run under ``torch.no_grad``, each forward stamped
-    after the stem and every block.
-    Forced gates (tests, benchmarks) set on the blocks' maskers beforehand
+    ``dynamic_memory_format`` (channels_last where the fused CPU kernels
+    run, else NCHW; NCHW with ``--dynamic-nchw``; the conversion not
+    timed). After ``warmup`` untimed rounds, ``repeats`` rounds (the
+    static forward in each format, then the dynamic one) run under
+    ``torch.no_grad``, each forward stamped after the stem and every
+    block. Forced gates (tests, benchmarks) set on the blocks' maskers beforehand
     apply.
 
     Args:
-        net: a LAUD CNN backbone (``blocks``) with
-            ``dynamic_inference=True``, eval mode.
+        net: a LAUD CNN backbone (``blocks``, ``dynamic_memory_format``)
+            with ``dynamic_inference=True``, eval mode.
         stem: the BN-folded stem (callable, (N, 3, H, W) -> the first
             block's input, in its input's memory format).
         static_block: ``fn(block, x)``, the BN-folded static block forward.
@@ -103,8 +102,7 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
     check_options([], warmup=warmup, repeats=repeats)
     xs = static_inputs(x, layouts)
     blocks = list(net.blocks)
-    xd = x.contiguous(memory_format=net.dynamic_memory_format(x)) \
-        if hasattr(net, 'dynamic_memory_format') else x
+    xd = x.contiguous(memory_format=net.dynamic_memory_format(x))
 
     def static(t):
         return _stamped_forward(blocks, stem, t, static_block)
