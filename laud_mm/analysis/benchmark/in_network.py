@@ -70,8 +70,8 @@ def block_times_in_network(net, stem: Callable, static_block: Callable,
     timed). After ``warmup`` untimed rounds, ``repeats`` rounds (the
     static forward in each format, then the dynamic one) run under
     ``torch.no_grad``, each forward stamped after the stem and every
-    block. Forced gates (tests, benchmarks) set on the blocks' maskers beforehand
-    apply.
+    block. Forced gates (tests, benchmarks) set on the blocks' maskers
+    beforehand apply.
 
     Args:
         net: a LAUD CNN backbone (``blocks``, ``dynamic_memory_format``)
