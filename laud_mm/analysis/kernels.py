@@ -220,36 +220,53 @@ def reorder_rows() -> List[Row]:
     return rows
 
 
-def layout_weight_rows(shapes: Sequence[Tuple[int, int, int]] = (
+def layout_weight_rows(shapes: Sequence[Tuple[int, ...]] = (
         (512, 7, 1), (512, 7, 8), (256, 14, 1), (256, 14, 8),
-        (128, 28, 8), (64, 56, 8))) -> List[Row]:
+        (128, 28, 8), (64, 56, 8), (208, 14, 8, 26), (440, 7, 8, 55),
+        (320, 14, 8, 20), (784, 7, 8, 49))) -> List[Row]:
     """``layout_weight``: a 3x3 convolution of a channels_last input with
     its folded weight in NCHW (PyTorch copies it into channels_last on
     every call) against the channels_last copy
     :class:`~laud_mm.models.layers.folding.LayoutWeight` keeps, on the
     conv2 shapes of LAUD-ResNet-50 (stage 4 and stage 3 at batch 1 and 8,
-    stages 1 - 2 at batch 8). Wall-clock medians of the two alternating
+    stages 1 - 2 at batch 8) and the grouped conv2 of LAUD-RegNetY-400MF
+    and 800MF's stages 3 - 4 at batch 8 (group width 8 and 16).
+    Wall-clock medians of the two alternating
     (:func:`~laud_mm.analysis.timing.bench_pair`), at torch's thread
     count; the note gives the CPU-time ratio and whether the outputs are
     equal bit for bit.
 
     Args:
-        shapes: (channels, map side, batch) of each row.
+        shapes: (channels, map side, batch) or (channels, map side, batch,
+            conv groups) of each row (one group where not given).
+
+    Raises:
+        ValueError: a shape of another length, or groups that do not
+            divide the channels (names the shape).
     """
     rows = []
-    for c, hw, n in shapes:
+    for shape in shapes:
+        if len(shape) not in (3, 4) or (len(shape) == 4 and (
+                shape[3] < 1 or shape[0] % shape[3])):
+            raise ValueError(f'layout_weight: shape={shape!r} must be '
+                             f'(channels, side, batch[, groups]) with the '
+                             f'groups dividing the channels')
+        c, hw, n, groups = (*shape, 1)[:4]
         g = torch.Generator().manual_seed(c + n)
         x = torch.rand(n, c, hw, hw, generator=g).contiguous(
             memory_format=torch.channels_last)
-        w = torch.rand(c, c, 3, 3, generator=g) - 0.5
+        w = torch.rand(c, c // groups, 3, 3, generator=g) - 0.5
         cl = LayoutWeight(w).like(x)
-        t = bench_pair(lambda v: F.conv2d(v, w, padding=1),
-                       lambda v: F.conv2d(v, cl, padding=1), x, 3, 15)
-        same = torch.equal(F.conv2d(x, w, padding=1),
-                           F.conv2d(x, cl, padding=1))
+        t = bench_pair(lambda v: F.conv2d(v, w, padding=1, groups=groups),
+                       lambda v: F.conv2d(v, cl, padding=1, groups=groups),
+                       x, 3, 15)
+        same = torch.equal(F.conv2d(x, w, padding=1, groups=groups),
+                           F.conv2d(x, cl, padding=1, groups=groups))
+        kind = '3x3' if groups == 1 else f'3x3, {groups} groups'
         rows.append(('layout_weight',
-                     f'{n} x {c} ch {hw}x{hw}, 3x3 ({w.numel() * 4 / 1e6:.1f}'
-                     ' MB weights), channels_last input', 'NCHW weight (wall)',
+                     f'{n} x {c} ch {hw}x{hw}, {kind} '
+                     f'({w.numel() * 4 / 1e6:.2f} MB weights), '
+                     'channels_last input', 'NCHW weight (wall)',
                      t.static_ms, 'channels_last weight (wall)',
                      t.dynamic_ms,
                      f'CPU time {t.cpu_speedup:.2f}x; '

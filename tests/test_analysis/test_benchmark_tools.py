@@ -416,18 +416,24 @@ def test_masker_rows_compare_equal_logits():
 
 def test_layout_weight_rows_compare_equal_results():
     """The layout_weight rows time a channels_last input's 3x3 convolution
-    with the NCHW weight against the channels_last copy LayoutWeight
-    keeps: the outputs are equal bit for bit, the times positive."""
+    (dense, and grouped as RegNetY's conv2) with the NCHW weight against
+    the channels_last copy LayoutWeight keeps: the outputs are equal bit
+    for bit, the times positive; a malformed shape is refused."""
+    shapes = [(32, 9, 1), (16, 12, 2), (32, 7, 2, 4)]
     with torch.no_grad():
-        rows = kernels.layout_weight_rows(shapes=[(32, 9, 1), (16, 12, 2)])
-    assert len(rows) == 2
-    for (kernel, shape, a, ta, b, tb, note), (c, hw, n) in zip(
-            rows, [(32, 9, 1), (16, 12, 2)]):
+        rows = kernels.layout_weight_rows(shapes=shapes)
+    assert len(rows) == 3
+    for (kernel, shape, a, ta, b, tb, note), (c, hw, n, *g) in zip(
+            rows, shapes):
         assert kernel == 'layout_weight' and ta > 0 and tb > 0
-        assert shape.startswith(f'{n} x {c} ch {hw}x{hw}, 3x3')
+        kind = f'3x3, {g[0]} groups' if g else '3x3 ('
+        assert shape.startswith(f'{n} x {c} ch {hw}x{hw}, {kind}'), shape
         assert a.startswith('NCHW weight') and \
             b.startswith('channels_last weight')
         assert note.endswith('; equal'), note
+    for bad in ((32, 7), (32, 7, 2, 5)):
+        with pytest.raises(ValueError, match='layout_weight: shape='):
+            kernels.layout_weight_rows(shapes=[bad])
 
 
 def test_window_conv1_rows_compare_equal_results():

@@ -106,7 +106,7 @@ from ..layers.dynamic import (cast_folded, compute_dtype, next_block,
                               no_autocast, owns_input, promote_residual,
                               relu_pooled_, residual_add_relu_pooled_,
                               run_dynamic_path, sample_gate)
-from ..layers.folding import cached_fold, fold_conv_bn
+from ..layers.folding import LayoutWeight, cached_fold, fold_conv_bn
 from ..layers.forward_plan import plannable
 from ..layers.gates import KEEP, SKIP
 from ..layers.maskers import planned_masker
@@ -126,6 +126,11 @@ class FoldedRegNetY:
     Attributes:
         w1, b1: conv1 (w, C_in, 1, 1), (w,).
         w2, b2: conv2 (w, gw, 3, 3), (w,); ``groups``, ``gw``, ``stride``.
+        w2_layout: ``w2`` for its input's memory format (a
+            :class:`~laud_mm.models.layers.folding.LayoutWeight`: a
+            channels_last copy made on the first channels_last conv2, so
+            oneDNN's grouped convolution does not copy the NCHW weight on
+            every call; :meth:`conv2` and the channel path's conv2).
         w3, b3: conv3 (C_out, w, 1, 1), (C_out,).
         se1, sb1, se2, sb2: SE FCs as matrices (se, w), (se,), (w, se), (w,)
             or None without SE.
@@ -145,6 +150,7 @@ class FoldedRegNetY:
         self.gw = block.conv2.out_channels // self.groups
         self.stride = block.conv2.stride[0]
         self.width = block.conv2.out_channels
+        self.w2_layout = LayoutWeight(self.w2)
         self.w1m = self.w1.flatten(1)
         self.w3m = self.w3.flatten(1)
         # the batched channel path's conv3 operand: its columns as rows,
@@ -194,9 +200,10 @@ class FoldedRegNetY:
                                       self.sb2.index_select(0, ch)))
 
     def conv2(self, h: torch.Tensor, padding: int = 1) -> torch.Tensor:
-        """Grouped conv2 (folded) + ReLU."""
-        return F.conv2d(h, self.w2, self.b2, self.stride, padding, 1,
-                        self.groups).relu_()
+        """Grouped conv2 (folded) + ReLU, its weight in ``h``'s memory
+        format (:attr:`w2_layout`)."""
+        return F.conv2d(h, self.w2_layout.like(h), self.b2, self.stride,
+                        padding, 1, self.groups).relu_()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """Dense folded residual branch (N, C_in, H, W) -> (N, C_out, H_out,
@@ -565,8 +572,8 @@ def _channel_batched(block, x, fb, gate):
     # conv2 over every conv group in channels_last (oneDNN's fast format;
     # a conv group without a kept channel reads zeros and its outputs are
     # not read)
-    h2 = F.conv2d(h1.view(n, h, w_, width).permute(0, 3, 1, 2), fb.w2,
-                  fb.b2, fb.stride, 1, 1, groups)
+    h1 = h1.view(n, h, w_, width).permute(0, 3, 1, 2)
+    h2 = F.conv2d(h1, fb.w2_layout.like(h1), fb.b2, fb.stride, 1, 1, groups)
     # the kept channels' conv2 outputs, their ReLU and their sums over the
     # pixels (the SE squeeze) in one pass: (N, HW', K), (N, K)
     # (the sums in float32: a half-precision sum over a large map would

@@ -1,19 +1,22 @@
 """Folded convolution weights in their input's memory format
 (laud_mm/models/layers/folding.py, ``LayoutWeight``): a channels_last
 input gets a channels_last k x k weight, made once; an NCHW input and a
-1 x 1 kernel keep the NCHW weight; the folded ResNet-50 blocks, stems and
-the autocast copy of a fold use it, and the features on real images are
-the same bit for bit as with the NCHW weights."""
+1 x 1 kernel keep the NCHW weight; the folded ResNet-50 blocks, stems,
+the RegNetY blocks' grouped conv2 and the autocast copy of a fold use it,
+and the features on real images are the same bit for bit as with the NCHW
+weights."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import load_coco_images
-from laud_mm import LAUDResNet
+from laud_mm import LAUDRegNetY, LAUDResNet
 from laud_mm.analysis.benchmark.resnet import folded_stem as bench_stem
 from laud_mm.models.layers.dynamic import cast_folded
 from laud_mm.models.layers import stem as stem_module
 from laud_mm.models.layers.folding import LayoutWeight
+from laud_mm.models.regnet.dynamic import (folded_regnety,
+                                           static_regnety_forward)
 from laud_mm.models.resnet.dynamic import folded, static_bottleneck_forward
 from laud_mm.ops.dispatch import runs_channels_last
 
@@ -91,6 +94,47 @@ def test_resnet50_features_equal_with_either_weight_format():
     assert float(h.abs().max()) > 0
 
 
+def test_regnety_conv2_weight_follows_the_input():
+    """The first blocks of a LAUD-RegNetY-400MF (channel skipping, G = 2,
+    about half of each sample's channel groups kept) on two real COCO
+    images in channels_last: the static block's and the channel path's
+    grouped conv2 run on the channels_last copy of the folded weight, and
+    both outputs equal bit for bit what the NCHW weight gives."""
+    torch.manual_seed(0)
+    net = LAUDRegNetY('regnety_400mf', paradigm='channel',
+                      granularity=(2, 2, 2, 2), dynamic_inference=True).eval()
+    x = load_coco_images(n=2, size=(64, 96)).contiguous(memory_format=CL)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        h = F.conv2d(x, net.conv1.weight, None, 2, 1)
+        h = F.relu(net.bn1(h)).contiguous(memory_format=CL)
+        for b in net.blocks[:4]:
+            width = b.conv2.out_channels
+            b.masker.forced_gate = (torch.rand(2, width // 2, generator=g)
+                                    < 0.5).float()
+            fb = folded_regnety(b)
+            assert fb.w2_layout._channels_last is None
+            dyn = b(h)
+            # the channel path's conv2 asked for the channels_last copy
+            cl_w = fb.w2_layout._channels_last
+            assert cl_w is not None and cl_w.is_contiguous(memory_format=CL)
+            static = static_regnety_forward(b, h)
+            assert fb.w2_layout._channels_last is cl_w  # made once
+            layout = fb.w2_layout
+            fb.w2_layout = _NCHWOnly(fb.w2)
+            try:
+                static_ref, dyn_ref = static_regnety_forward(b, h), b(h)
+            finally:
+                fb.w2_layout = layout
+            assert static.is_contiguous(memory_format=CL)
+            assert dyn.is_contiguous(memory_format=CL)
+            assert torch.equal(static, static_ref)
+            assert torch.equal(dyn, dyn_ref)
+            assert not torch.equal(dyn, static)  # the gates dropped work
+            h = dyn
+    assert float(h.abs().max()) > 0
+
+
 def test_backbone_stem_weight_follows_the_input():
     torch.manual_seed(0)
     net = LAUDResNet(50, 'spatial', (4, 4, 2, 1), base_channels=16,
@@ -121,3 +165,12 @@ def test_cast_fold_rebuilds_the_layout_weight(dtype):
     with torch.no_grad():
         y = c.conv2(h)
     assert y.dtype == dtype and y.is_contiguous(memory_format=CL)
+
+
+def test_regnety_cast_fold_rebuilds_the_layout_weight():
+    torch.manual_seed(0)
+    net = LAUDRegNetY('regnety_400mf', paradigm='layer').eval()
+    fb = folded_regnety(net.blocks[0])
+    c = cast_folded(fb, torch.float64)
+    assert c.w2.dtype == torch.float64 and c.w2_layout.nchw is c.w2
+    assert fb.w2_layout.nchw is fb.w2 and fb.w2.dtype == torch.float32
