@@ -134,7 +134,15 @@ void add_relu_mean_nhwc(float* out, const float* identity,
     }
   });
   (void)avx512;
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+  // the chunks' sums added per sample: a few adds a chunk and channel, so
+  // samples in grains of at least at::internal::GRAIN_SIZE adds (a batch
+  // of small maps in one thread: no second parallel region, whose start
+  // costs more than the adds); each sample's sums in chunk order, in any
+  // thread
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(
+                               1, chunks * C));
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       float* m = mean + n * C;
       std::fill(m, m + C, 0.f);

@@ -94,7 +94,13 @@ run (median process CPU time of repeated calls after warm-up,
   (wall clock): what a parallel region of the thread pool costs
   (``HardwareSpec.region_us``), which operators open one, and the fixed
   per-call cost of oneDNN's convolutions on 7 x 7 maps (run it with
-  ``--threads 2``; the cost depends on ``OMP_WAIT_POLICY``).
+  ``--threads 2``; the cost depends on ``OMP_WAIT_POLICY``);
+- ``row_gather``: 4 of 8 samples' rows (whole C x H x W maps) gathered
+  with ``index_select`` (one parallel region per row) against
+  ``torch.gather`` on the expanded index (one region; the LAUD-RegNetY
+  layer path's gather with more than one thread), on the block inputs of
+  RegNetY-400MF's four stages (wall-clock medians, the two alternating;
+  note: whether the outputs are equal).
 
 Every ``*_rows`` function returns tuples (kernel, shape, A, A ms, B, B ms,
 note); :func:`benchmark_kernels` prints them as the markdown table of
@@ -952,6 +958,58 @@ def region_rows() -> List[Row]:
     return rows_out
 
 
+def row_gather_rows(batch: int = 8, kept: Sequence[int] = (0, 2, 5, 7),
+                    shapes: Sequence[Tuple[int, int]] = (
+                        (32, 112), (48, 56), (104, 28), (208, 14))
+                    ) -> List[Row]:
+    """``row_gather``: the kept samples' rows of a batch of block inputs
+    (``batch`` x C x side x side floats, channels_last, viewed as
+    ``batch`` rows of C x side x side values:
+    ``laud_mm.models.regnet.dynamic._sample_rows``), gathered by
+    ``index_select`` (A) against one ``torch.gather`` on the expanded
+    index (B: what ``laud_mm.models.regnet.dynamic._gather_rows`` runs
+    with more than one thread), at torch's thread count:
+    wall-clock medians of the two alternating
+    (:func:`~laud_mm.analysis.timing.bench_pair`); note: the CPU-time
+    ratio and whether the outputs are equal. The default shapes are the
+    first block inputs of RegNetY-400MF's four stages at 224 px.
+
+    Args:
+        batch: samples; kept: the samples gathered (each in
+            [0, ``batch``)); shapes: (channels, side) of each row.
+
+    Raises:
+        ValueError: a kept sample outside [0, ``batch``) (names it).
+
+    Source: paper sec. 3.4 (layer skipping runs the block on the kept
+    samples' rows).
+    """
+    from laud_mm.models.regnet.dynamic import _sample_rows
+    if any(not 0 <= k < batch for k in kept):
+        raise ValueError(f'row_gather: kept={list(kept)} must lie in '
+                         f'[0, batch={batch})')
+    idx = torch.tensor(list(kept), dtype=torch.long)
+    rows = []
+    for c, side in shapes:
+        g = torch.Generator().manual_seed(c)
+        x = _sample_rows(torch.rand(batch, c, side, side, generator=g)
+                         .contiguous(memory_format=torch.channels_last),
+                         torch.channels_last)
+        expanded = idx[:, None].expand(len(kept), x.shape[1])
+        t = bench_pair(lambda v: v.index_select(0, idx),
+                       lambda v: torch.gather(v, 0, expanded), x, 5, 41)
+        same = torch.equal(x.index_select(0, idx),
+                           torch.gather(x, 0, expanded))
+        rows.append(('row_gather',
+                     f'{len(kept)} of {batch} rows of {c} x {side}x{side} '
+                     f'({x.shape[1] * 4 / 1e6:.2f} MB a row)',
+                     'index_select (wall)', t.static_ms,
+                     'gather, expanded index (wall)', t.dynamic_ms,
+                     f'CPU time {t.cpu_speedup:.2f}x; '
+                     + ('equal' if same else 'DIFFERENT')))
+    return rows
+
+
 #: row groups by name (``--only`` of the command line), in table order
 KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      kept_weights=kept_weight_rows,
@@ -964,7 +1022,8 @@ KERNEL_GROUPS = dict(patch_convs=patch_conv_rows,
                      masker_gate=masker_gate_rows,
                      max_pool=max_pool_rows, soft_split=soft_split_rows,
                      static_1x1=static_conv1x1_rows,
-                     pixels=pixel_rows, regions=region_rows)
+                     pixels=pixel_rows, regions=region_rows,
+                     row_gather=row_gather_rows)
 
 
 def format_row(row: Row) -> str:

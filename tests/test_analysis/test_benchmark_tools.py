@@ -436,6 +436,23 @@ def test_layout_weight_rows_compare_equal_results():
             kernels.layout_weight_rows(shapes=[bad])
 
 
+def test_row_gather_rows_compare_equal_results():
+    """The row_gather rows time index_select of whole sample rows against
+    the RegNetY layer path's torch.gather: equal outputs, positive times;
+    a kept sample outside the batch is refused."""
+    with torch.no_grad():
+        rows = kernels.row_gather_rows(batch=4, kept=(1, 3),
+                                       shapes=[(8, 6), (16, 5)])
+    assert [r[1].split(' (')[0] for r in rows] == [
+        '2 of 4 rows of 8 x 6x6', '2 of 4 rows of 16 x 5x5']
+    for kernel, _, a, ta, b, tb, note in rows:
+        assert kernel == 'row_gather' and ta > 0 and tb > 0
+        assert a.startswith('index_select') and b.startswith('gather')
+        assert note.endswith('; equal'), note
+    with pytest.raises(ValueError, match=r'row_gather: kept=\[0, 4\]'):
+        kernels.row_gather_rows(batch=4, kept=(0, 4))
+
+
 def test_window_conv1_rows_compare_equal_results():
     """The kernel benchmarks' window_conv1 rows time window_conv1 against
     the dense conv1 + gather on the same windows: equal up to float

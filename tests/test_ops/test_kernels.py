@@ -1988,13 +1988,15 @@ def test_add_relu_logit_pool_errors():
 @pytest.mark.parametrize('layout', ['NCHW', 'channels_last'])
 @pytest.mark.parametrize('shape', [(8, 64, 14, 14), (2, 5, 7, 9),
                                    (1, 3, 1, 17), (3, 2, 33, 1),
-                                   (2, 40, 9, 10)])
+                                   (2, 40, 9, 10), (5, 256, 64, 64)])
 def test_add_relu_mean_equals_add_relu_then_mean(backend, layout, shape):
     """out = relu(out + identity) in place and its channel means in one
     pass: equal to add_ / relu_ (bit for bit) and mean (fp32 rounding), NaN
     kept as torch.relu keeps it, and the same at 1, 2 and 3 threads (bit
     for bit); in channels_last too (chunks of 64 pixels, channel counts
-    off the 16 lanes), out staying channels_last."""
+    off the 16 lanes; the chunks' sums added per sample in one thread for
+    small maps, split over the threads by samples for 64 x 64 x 256),
+    out staying channels_last."""
     g = torch.Generator().manual_seed(sum(shape))
     a = torch.randn(*shape, generator=g)
     ident = torch.randn(*shape, generator=g)

@@ -638,6 +638,22 @@ def _sample_rows(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return t.view(t.shape[0], -1)
 
 
+def _gather_rows(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``rows.index_select(0, idx)`` for (N, L) ``rows`` and (K,) int64
+    ``idx``: (K, L), the same values. With more than one intra-op thread
+    as one ``torch.gather`` (its index the expanded ``idx``, no index
+    memory): ``index_select`` of whole rows opens a parallel region per
+    index, ``gather`` one for all, 1.6 - 2.6x faster at two threads under
+    ``OMP_WAIT_POLICY=PASSIVE`` (each region wakes the sleeping worker);
+    at one thread ``index_select``, a row copy per index, is the faster
+    (``tools/analysis_tools/benchmark_kernels.py --only row_gather``,
+    docs/benchmarks.md, "LAUD-RegNetY")."""
+    if torch.get_num_threads() == 1:
+        return rows.index_select(0, idx)
+    return torch.gather(rows, 0, idx[:, None].expand(idx.shape[0],
+                                                     rows.shape[1]))
+
+
 def _from_rows(r: torch.Tensor, like: torch.Tensor,
                fmt: torch.memory_format) -> torch.Tensor:
     """(K, L) rows back as a (K, C, H, W) tensor with ``like``'s C, H, W,
@@ -667,7 +683,7 @@ def _layer(block, x, geom, fb=None, masker=None):
     idx = on.nonzero()[:, 0]
     # the kept samples' branch on a gathered copy of their rows, in x's
     # memory format
-    res = fb.branch(_from_rows(_sample_rows(x, fmt).index_select(0, idx),
+    res = fb.branch(_from_rows(_gather_rows(_sample_rows(x, fmt), idx),
                                x, fmt)) if n_on else None
     # the output is written into the shortcut: the input itself where the
     # block owns it (non-negative, so the skipped samples stay as they
@@ -698,7 +714,7 @@ def _layer(block, x, geom, fb=None, masker=None):
             kept_means = _relu_mean_rows_(out, idx, res)
         else:  # (written into its input, the shortcut rows are those rows)
             out_rows = _sample_rows(out, fmt)
-            res.add_(_from_rows(out_rows.index_select(0, idx), out,
+            res.add_(_from_rows(_gather_rows(out_rows, idx), out,
                                 fmt)).relu_()
             out_rows.index_copy_(0, idx, _sample_rows(res, fmt))
     if not nonneg_inplace:  # skipped samples: relu(shortcut)
