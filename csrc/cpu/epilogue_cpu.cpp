@@ -139,9 +139,9 @@ void add_relu_mean_nhwc(float* out, const float* identity,
   // of small maps in one thread: no second parallel region, whose start
   // costs more than the adds); each sample's sums in chunk order, in any
   // thread
+  const int64_t per_sample = std::max<int64_t>(1, chunks * C);
   const int64_t grain =
-      std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(
-                               1, chunks * C));
+      (at::internal::GRAIN_SIZE + per_sample - 1) / per_sample;
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       float* m = mean + n * C;

@@ -96,11 +96,12 @@ run (median process CPU time of repeated calls after warm-up,
   per-call cost of oneDNN's convolutions on 7 x 7 maps (run it with
   ``--threads 2``; the cost depends on ``OMP_WAIT_POLICY``);
 - ``row_gather``: 4 of 8 samples' rows (whole C x H x W maps) gathered
-  with ``index_select`` (one parallel region per row) against
-  ``torch.gather`` on the expanded index (one region; the LAUD-RegNetY
-  layer path's gather with more than one thread), on the block inputs of
-  RegNetY-400MF's four stages (wall-clock medians, the two alternating;
-  note: whether the outputs are equal).
+  with ``index_select`` (a parallel region per row for rows longer than
+  ATen's grain, one for all shorter ones) against ``torch.gather`` on the
+  expanded index (one region; the LAUD-RegNetY layer path's gather of
+  long rows with more than one thread), on the block inputs of
+  RegNetY-400MF's four stages and its stage-4 identity blocks (wall-clock
+  medians, the two alternating; note: whether the outputs are equal).
 
 Every ``*_rows`` function returns tuples (kernel, shape, A, A ms, B, B ms,
 note); :func:`benchmark_kernels` prints them as the markdown table of
@@ -960,23 +961,28 @@ def region_rows() -> List[Row]:
 
 def row_gather_rows(batch: int = 8, kept: Sequence[int] = (0, 2, 5, 7),
                     shapes: Sequence[Tuple[int, int]] = (
-                        (32, 112), (48, 56), (104, 28), (208, 14))
+                        (32, 112), (48, 56), (104, 28), (208, 14),
+                        (440, 7))
                     ) -> List[Row]:
     """``row_gather``: the kept samples' rows of a batch of block inputs
     (``batch`` x C x side x side floats, channels_last, viewed as
     ``batch`` rows of C x side x side values:
     ``laud_mm.models.regnet.dynamic._sample_rows``), gathered by
     ``index_select`` (A) against one ``torch.gather`` on the expanded
-    index (B: what ``laud_mm.models.regnet.dynamic._gather_rows`` runs
-    with more than one thread), at torch's thread count:
-    wall-clock medians of the two alternating
+    index, built in each call (B: what
+    ``laud_mm.models.regnet.dynamic._gather_rows`` runs for rows longer
+    than ATen's grain with more than one thread), at torch's thread
+    count: wall-clock medians of the two alternating
     (:func:`~laud_mm.analysis.timing.bench_pair`); note: the CPU-time
     ratio and whether the outputs are equal. The default shapes are the
-    first block inputs of RegNetY-400MF's four stages at 224 px.
+    first block inputs of RegNetY-400MF's four stages at 224 px and the
+    input of its stage-4 identity blocks (21 560 values a row, under the
+    grain: one region for ``index_select`` too).
 
     Args:
-        batch: samples; kept: the samples gathered (each in
-            [0, ``batch``)); shapes: (channels, side) of each row.
+        batch: samples.
+        kept: the samples gathered, each in [0, ``batch``).
+        shapes: (channels, side) of each row.
 
     Raises:
         ValueError: a kept sample outside [0, ``batch``) (names it).
@@ -995,11 +1001,11 @@ def row_gather_rows(batch: int = 8, kept: Sequence[int] = (0, 2, 5, 7),
         x = _sample_rows(torch.rand(batch, c, side, side, generator=g)
                          .contiguous(memory_format=torch.channels_last),
                          torch.channels_last)
-        expanded = idx[:, None].expand(len(kept), x.shape[1])
-        t = bench_pair(lambda v: v.index_select(0, idx),
-                       lambda v: torch.gather(v, 0, expanded), x, 5, 41)
-        same = torch.equal(x.index_select(0, idx),
-                           torch.gather(x, 0, expanded))
+        def gather(v):
+            return torch.gather(v, 0, idx[:, None].expand(len(kept),
+                                                          v.shape[1]))
+        t = bench_pair(lambda v: v.index_select(0, idx), gather, x, 5, 41)
+        same = torch.equal(x.index_select(0, idx), gather(x))
         rows.append(('row_gather',
                      f'{len(kept)} of {batch} rows of {c} x {side}x{side} '
                      f'({x.shape[1] * 4 / 1e6:.2f} MB a row)',

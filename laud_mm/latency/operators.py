@@ -61,6 +61,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ..ops.policy import ATEN_GRAIN_SIZE
 from .hardware import HardwareSpec
 
 __all__ = ['ConvOp', 'OpLatency', 'conv_latency', 'conv_op',
@@ -77,7 +78,7 @@ TILE_DIVISORS = (3, 5, 6, 7, 12, 14, 28, 56)
 #: thread. This repository's compiled epilogues and gathers split from
 #: about 16 384 elements; the model takes ATen's grain for them too (the
 #: two differ on maps of 16 - 32 K elements only)
-PARALLEL_GRAIN = 32768
+PARALLEL_GRAIN = ATEN_GRAIN_SIZE
 
 
 def _region_s(hw: HardwareSpec, parallel: bool) -> float:

@@ -16,6 +16,16 @@ import torch
 from .dispatch import parallel_kernels
 from .patches import window_size
 
+#: ATen's intra-op grain (``at::internal::GRAIN_SIZE``, elements).
+#: ``index_select`` along dim 0 copies rows longer than this each in a
+#: parallel region of its own and shorter rows in one region for all; a
+#: layer path gathers rows longer than this with one ``torch.gather``
+#: when torch runs more than one thread
+#: (``laud_mm.models.regnet.dynamic._gather_rows``). The latency model's
+#: ``PARALLEL_GRAIN`` (elementwise kernels over more elements split over
+#: the threads).
+ATEN_GRAIN_SIZE = 32768
+
 # ----------------------------------------------------------------- backbone
 #: inside a backbone forward (``owned_block_inputs``) the first block's call
 #: plans every block's host-side choices (folds validated, kernels chosen,

@@ -2052,7 +2052,8 @@ def test_add_relu_mean_errors():
 @pytest.mark.parametrize('shape,rows', [((8, 64, 14, 14), [6, 1, 3]),
                                         ((3, 5, 7, 9), [2]),
                                         ((2, 3, 1, 17), [0, 1]),
-                                        ((4, 2, 33, 1), [])])
+                                        ((4, 2, 33, 1), []),
+                                        ((5, 256, 64, 64), [4, 0, 2])])
 @pytest.mark.parametrize('layout', ['NCHW', 'channels_last'])
 @pytest.mark.parametrize('with_addend', [False, True])
 def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows,
@@ -2063,7 +2064,8 @@ def test_relu_mean_rows_rectifies_the_listed_samples(backend, shape, rows,
     their shortcut rows): the rows equal torch's add and relu bit for bit
     (NaN kept), the other samples untouched, the means torch's up to fp32
     rounding, and the same at 1, 2 and 3 threads; out and addend in NCHW
-    or channels_last (out kept in its layout)."""
+    or channels_last (out kept in its layout; the chunk sums of the three
+    64 x 64 x 256 rows split over the threads)."""
     g = torch.Generator().manual_seed(sum(shape))
     a = torch.randn(*shape, generator=g)
     if rows:

@@ -201,7 +201,8 @@ class FoldedRegNetY:
 
     def conv2(self, h: torch.Tensor, padding: int = 1) -> torch.Tensor:
         """Grouped conv2 (folded) + ReLU, its weight in ``h``'s memory
-        format (:attr:`w2_layout`)."""
+        format (:attr:`w2_layout`): (N, w, H, W) -> (N, w, H', W'),
+        H' = (H + 2 padding - 3) // stride + 1, in ``h``'s format."""
         return F.conv2d(h, self.w2_layout.like(h), self.b2, self.stride,
                         padding, 1, self.groups).relu_()
 
@@ -639,16 +640,23 @@ def _sample_rows(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
 
 
 def _gather_rows(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``rows.index_select(0, idx)`` for (N, L) ``rows`` and (K,) int64
-    ``idx``: (K, L), the same values. With more than one intra-op thread
-    as one ``torch.gather`` (its index the expanded ``idx``, no index
-    memory): ``index_select`` of whole rows opens a parallel region per
-    index, ``gather`` one for all, 1.6 - 2.6x faster at two threads under
-    ``OMP_WAIT_POLICY=PASSIVE`` (each region wakes the sleeping worker);
-    at one thread ``index_select``, a row copy per index, is the faster
-    (``tools/analysis_tools/benchmark_kernels.py --only row_gather``,
-    docs/benchmarks.md, "LAUD-RegNetY")."""
-    if torch.get_num_threads() == 1:
+    """``rows.index_select(0, idx)``: (K, L) for (N, L) ``rows`` and (K,)
+    int64 ``idx``, the same values. Rows longer than
+    :data:`~laud_mm.ops.policy.ATEN_GRAIN_SIZE` elements with more than
+    one intra-op thread as one ``torch.gather`` (its index the expanded
+    ``idx``, no index memory): ``index_select`` copies each such row in a
+    parallel region of its own, ``gather`` all in one, 1.6 - 3.0x faster
+    at two threads under ``OMP_WAIT_POLICY=PASSIVE``, where each region
+    wakes the sleeping worker. Shorter rows (one region either way) and
+    one thread (``index_select``, a copy a row, is the faster there) keep
+    ``index_select`` (``tools/analysis_tools/benchmark_kernels.py --only
+    row_gather``; docs/benchmarks.md, "LAUD-RegNetY").
+
+    Raises:
+        RuntimeError: an index outside [0, N) (torch's).
+    """
+    if torch.get_num_threads() == 1 or \
+            rows.shape[1] <= policy.ATEN_GRAIN_SIZE:
         return rows.index_select(0, idx)
     return torch.gather(rows, 0, idx[:, None].expand(idx.shape[0],
                                                      rows.shape[1]))

@@ -114,12 +114,15 @@ def test_regnety_conv2_weight_follows_the_input():
                                     < 0.5).float()
             fb = folded_regnety(b)
             assert fb.w2_layout._channels_last is None
-            dyn = b(h)
-            # the channel path's conv2 asked for the channels_last copy
+            static = static_regnety_forward(b, h)
+            # the static block's conv2 asked for the channels_last copy
             cl_w = fb.w2_layout._channels_last
             assert cl_w is not None and cl_w.is_contiguous(memory_format=CL)
-            static = static_regnety_forward(b, h)
-            assert fb.w2_layout._channels_last is cl_w  # made once
+            fb.w2_layout._channels_last = None
+            dyn = b(h)
+            # ... and so did the channel path's
+            assert fb.w2_layout._channels_last is not None
+            assert torch.equal(fb.w2_layout._channels_last, cl_w)
             layout = fb.w2_layout
             fb.w2_layout = _NCHWOnly(fb.w2)
             try:

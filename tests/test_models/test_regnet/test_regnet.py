@@ -312,21 +312,26 @@ def test_channel_path_batches_samples_keeping_none_some_all(layout, stride,
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('threads', [1, 2])
 def test_gather_rows_is_index_select(dtype, threads):
-    """The layer path's row gather (one torch.gather) gives exactly
-    index_select's rows: real image samples as (N, L) rows in NCHW and
-    channels_last, kept sets of every size, at one and two threads."""
+    """The layer path's row gather gives exactly index_select's rows: real
+    image samples as (N, L) rows in NCHW and channels_last, kept sets of
+    every size, rows longer than ATen's grain (one torch.gather at two
+    threads) and shorter (index_select itself: that case and one thread
+    check the dispatch's result, not another algorithm)."""
     from laud_mm.models.regnet.dynamic import _gather_rows, _sample_rows
-    x = load_coco_images(n=5, size=(24, 20)).to(dtype)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            rows = _sample_rows(x.contiguous(memory_format=fmt), fmt)
-            for idx in ([], [3], [0, 2, 4], [0, 1, 2, 3, 4]):
-                idx = torch.tensor(idx, dtype=torch.long)
-                got = _gather_rows(rows, idx)
-                assert got.dtype == dtype and got.is_contiguous()
-                assert torch.equal(got, rows.index_select(0, idx))
+        for size in ((96, 128), (24, 20)):
+            x = load_coco_images(n=5, size=size).to(dtype)
+            long_rows = x[0].numel() > policy.ATEN_GRAIN_SIZE
+            assert long_rows == (size == (96, 128))
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                rows = _sample_rows(x.contiguous(memory_format=fmt), fmt)
+                for idx in ([], [3], [0, 2, 4], [0, 1, 2, 3, 4]):
+                    idx = torch.tensor(idx, dtype=torch.long)
+                    got = _gather_rows(rows, idx)
+                    assert got.dtype == dtype and got.is_contiguous()
+                    assert torch.equal(got, rows.index_select(0, idx))
     finally:
         torch.set_num_threads(prev)
 
