@@ -1001,6 +1001,7 @@ def row_gather_rows(batch: int = 8, kept: Sequence[int] = (0, 2, 5, 7),
         x = _sample_rows(torch.rand(batch, c, side, side, generator=g)
                          .contiguous(memory_format=torch.channels_last),
                          torch.channels_last)
+
         def gather(v):
             return torch.gather(v, 0, idx[:, None].expand(len(kept),
                                                           v.shape[1]))

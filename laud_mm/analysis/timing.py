@@ -142,19 +142,19 @@ def static_inputs(x: torch.Tensor,
     return {k: x.contiguous(memory_format=STATIC_LAYOUTS[k]) for k in layouts}
 
 
-def _bench(static_inputs: Dict, static_fn: Callable, dyn_fn: Callable, x,
+def _bench(inputs: Dict, static_fn: Callable, dyn_fn: Callable, x,
            warmup: int, repeats: int) -> PairTiming:
-    """Rounds of ``static_fn`` on every input of ``static_inputs`` (layout
+    """Rounds of ``static_fn`` on every input of ``inputs`` (layout
     -> input), then ``dyn_fn(x)``; see :func:`bench_best_static`."""
     with torch.no_grad():
         for _ in range(warmup):
-            for xs in static_inputs.values():
+            for xs in inputs.values():
                 static_fn(xs)
             dyn_fn(x)
-        ts = {layout: [] for layout in static_inputs}
+        ts = {layout: [] for layout in inputs}
         td = []
         for _ in range(repeats):
-            for layout, xs in static_inputs.items():
+            for layout, xs in inputs.items():
                 ts[layout].append(timed(static_fn, xs))
             td.append(timed(dyn_fn, x))
     med = statistics.median
