@@ -401,9 +401,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_blocked_max_pixels", &laud_mm::channel_blocked_max_pixels,
         "[conv1's input pixels, conv2's output pixels] up to which "
         "channel_branch_add_relu runs those phases row-blocked (their "
-        "weight panels never written for the whole batch), and the "
-        "units of 16 kept columns per thread from which it splits "
-        "columns instead of pixels with fewer samples than threads");
+        "weight panels never written for the whole batch), then the "
+        "output pixels up to which and the units of 16 kept columns per "
+        "thread from which it splits columns instead of pixels with "
+        "fewer samples than threads");
   m.def("channel_branch_isa", &laud_mm::channel_branch_isa,
         "instruction set of channel_branch_add_relu's tile kernel on this "
         "CPU: 'avx512f' or 'generic'");

@@ -62,11 +62,11 @@
 //   2. conv2, conv3 and the add over the output pixels, cost per pixel
 //      9 k kp + k C_out + the epilogue's kEpilogueMacs C_out, in
 //      sub-ranges whose conv2 output stays in L2 (row-blocked: all of the
-//      thread's pixels at once, at most 49 a sample).
+//      thread's pixels at once, at most kBlockedMaxPixels2 a sample).
 // A range may span samples and a sample may span ranges, so one sample
 // (batch 1) splits over all threads.
 // Column split (fewer samples than threads, output maps of at most
-// kBlockedMaxPixels2 pixels, conv1's input of at most kBlockedMaxPixels1):
+// kColumnMaxPixels pixels, conv1's input of at most kBlockedMaxPixels1):
 // split by pixels, every thread would need the whole of its samples'
 // panels (gathered up front, then read by each thread). Instead the
 // threads split each sample's columns, in units of 16, every phase
@@ -123,15 +123,23 @@ constexpr int64_t kAlign2 = 1;
 // Phases that run row-blocked (conv1_blocked, conv23_blocked) instead of
 // on panels gathered up front for the whole batch (gather_all): conv1 on
 // input maps of at most kBlockedMaxPixels1 pixels, conv2 and conv3 on
-// output maps of at most kBlockedMaxPixels2. On such maps a panel block
-// serves few tiles (7 on a 7 x 7 map, 28 on 14 x 14), and the batch's
-// panels (N C_in kp floats for conv1, N 9 k kp for conv2: 40 MB at R50
-// stage 4, batch 8, r = 0.5) would go out to DRAM and back. Larger maps
-// reuse a panel over enough tiles that the up-front gather pays (the
-// measurements behind both thresholds: docs/benchmark_history.md, thirteenth
-// round).
+// output maps of at most kBlockedMaxPixels2 (7 x 7 and 14 x 14 at 224 px).
+// On such maps a panel block serves few tiles (7 on a 7 x 7 map, 28 on
+// 14 x 14), and the batch's panels (N C_in kp floats for conv1, N 9 k kp
+// for conv2: 40 MB at R50 stage 4, 8 MB at stage 3, batch 8, r = 0.5)
+// would go out of L2 and back; row-blocked, a tile reads its weight block
+// from L1 instead of a 64-column panel of 9 k rows (370 KB at stage 3)
+// from L2. Larger maps reuse a panel over enough tiles that the up-front
+// gather pays (the measurements behind the thresholds:
+// docs/benchmark_history.md, thirteenth round, and docs/benchmarks.md,
+// "Row-blocked conv2 on 14 x 14 outputs").
 constexpr int64_t kBlockedMaxPixels1 = 196;
-constexpr int64_t kBlockedMaxPixels2 = 49;
+constexpr int64_t kBlockedMaxPixels2 = 196;
+// The column split (ChannelPlan::colsplit) runs on output maps of at most
+// this many pixels (7 x 7 at 224 px): at batch 1 on 14 x 14 outputs it
+// was slower than the pixel split with panels gathered up front
+// (docs/benchmarks.md, "Row-blocked conv2 on 14 x 14 outputs").
+constexpr int64_t kColumnMaxPixels = 49;
 // The column split (ChannelPlan::colsplit) needs at least this many units
 // of 16 kept columns per thread, summed over the batch: fewer leave
 // threads idle in conv1 and conv2.
@@ -479,7 +487,7 @@ void plan_channel(const Geometry& g, const int64_t* cnt, const int64_t* kept,
   int64_t units = 0;
   for (int64_t s = 0; s < n; ++s) units += pl.kp[s] / kLanes;
   pl.colsplit = row_blocked && n < parts && p_in <= kBlockedMaxPixels1 &&
-                p_out <= kBlockedMaxPixels2 && units >= kColUnits * parts;
+                p_out <= kColumnMaxPixels && units >= kColUnits * parts;
   const bool rb = row_blocked && n >= parts;
   pl.blocked1 = pl.colsplit || (rb && p_in <= kBlockedMaxPixels1);
   pl.blocked2 = pl.colsplit || (rb && p_out <= kBlockedMaxPixels2);
@@ -1151,7 +1159,8 @@ void check_counts(const at::Tensor& chs, const at::Tensor& counts,
 std::string channel_branch_isa() { return cpu_avx512f() ? "avx512f" : "generic"; }
 
 std::vector<int64_t> channel_blocked_max_pixels() {
-  return {kBlockedMaxPixels1, kBlockedMaxPixels2, kColUnits};
+  return {kBlockedMaxPixels1, kBlockedMaxPixels2, kColumnMaxPixels,
+          kColUnits};
 }
 
 void channel_branch_add_relu_cpu(at::Tensor& out, const at::Tensor& x,

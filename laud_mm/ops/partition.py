@@ -91,9 +91,11 @@ def channel_partition_work(chs: torch.Tensor, counts: torch.Tensor,
         (3, threads) float64 MAC-equivalents, the costs the partition
         balances: row 0 conv1 (phase 1), row 1 conv2 + conv3 + the
         epilogue (phase 2), row 2 zeros; where the kernel splits columns
-        (fewer samples than threads, conv1's input at most 196 and conv2's
-        output at most 49 pixels, ``policy.CHANNEL_COLUMN_UNITS`` units of
-        16 kept columns per thread) row 1 conv2 alone and row 2 conv3 +
+        (fewer samples than threads, conv1's input at most
+        ``policy.CHANNEL_BLOCKED_MAX_IN_PIXELS`` and conv2's output at most
+        ``policy.CHANNEL_COLUMN_MAX_OUT_PIXELS`` pixels,
+        ``policy.CHANNEL_COLUMN_UNITS`` units of 16 kept columns per
+        thread) row 1 conv2 alone and row 2 conv3 +
         the epilogue (a third phase), the same totals.
 
     Raises:

@@ -134,19 +134,23 @@ CHANNEL_FUSED_CPU = True
 #: with at least a sample per thread (fewer: the column split below), the
 #: fused kernel runs conv1 row-blocked on input maps of at most this many
 #: pixels, conv2 / conv3 on output maps of at most
-#: :data:`CHANNEL_BLOCKED_MAX_OUT_PIXELS`: those
+#: :data:`CHANNEL_BLOCKED_MAX_OUT_PIXELS` (14 x 14 at 224 px): those
 #: phases' weight panels are gathered block by block in L2, never written
 #: for the whole batch (the kernel's kBlockedMaxPixels1 / 2 in
 #: ``csrc/cpu/channel_conv_cpu.cpp``, which the latency model follows;
-#: docs/benchmark_history.md, thirteenth round)
+#: docs/benchmark_history.md, thirteenth round; docs/benchmarks.md,
+#: "Row-blocked conv2 on 14 x 14 outputs")
 CHANNEL_BLOCKED_MAX_IN_PIXELS = 196
-CHANNEL_BLOCKED_MAX_OUT_PIXELS = 49
-#: with fewer samples than threads, on maps within both thresholds above,
-#: the fused kernel splits each sample's kept columns over the threads
-#: (every phase row-blocked, three phases) instead of its pixels, when the
-#: batch has at least this many units of 16 kept columns per thread (the
-#: kernel's kColUnits, which the latency model follows;
-#: docs/benchmark_history.md, twentieth round)
+CHANNEL_BLOCKED_MAX_OUT_PIXELS = 196
+#: with fewer samples than threads, on input maps of at most
+#: :data:`CHANNEL_BLOCKED_MAX_IN_PIXELS` and output maps of at most
+#: :data:`CHANNEL_COLUMN_MAX_OUT_PIXELS` (7 x 7 at 224 px), the fused
+#: kernel splits each sample's kept columns over the threads (every phase
+#: row-blocked, three phases) instead of its pixels, when the batch has at
+#: least :data:`CHANNEL_COLUMN_UNITS` units of 16 kept columns per thread
+#: (the kernel's kColumnMaxPixels and kColUnits, which the latency model
+#: follows; docs/benchmark_history.md, twentieth round)
+CHANNEL_COLUMN_MAX_OUT_PIXELS = 49
 CHANNEL_COLUMN_UNITS = 4
 
 # ----------------------------------------------------------- memory format

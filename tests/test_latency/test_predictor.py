@@ -759,14 +759,17 @@ def test_eager_fused_kernels_at_any_batch():
         assert by[name].onchip_bytes == pytest.approx(
             2 * rows * (gc.width + 1) * 4), name
     # with a sample per thread, the phases the kernel runs row-blocked
-    # write no panels up front: conv1 on 14 x 14 inputs (R50 stage 3), conv2 /
-    # conv3 on 7 x 7 outputs (the stride-2 block 3.0 and stage 4); batch 1
-    # on 2 threads gathers them up front on 14 x 14 outputs and splits
+    # write no panels up front: conv1 on 14 x 14 inputs (R50 stage 3 and
+    # block 3.0), conv2 / conv3 on 14 x 14 and 7 x 7 outputs (stages 3 and
+    # 4); conv1 of the stride-2 block 2.0 (28 x 28 input) up front; batch
+    # 1 on 2 threads gathers them up front on 14 x 14 outputs and splits
     # columns, every phase row-blocked, on 7 x 7 outputs
     geoms = resnet_geometries(50, (224, 224), 'channel', (2,) * 4)[0]
-    for i, panels, one in ((8, ['w2_panels'], ['w1_panels', 'w2_panels']),
-                           (13, [], []), (14, [], [])):
-        assert geoms[i].in_hw[0] * geoms[i].in_hw[1] <= 196, i
+    up_front = ['w1_panels', 'w2_panels']
+    for i, hw_in, panels, one in ((7, 784, ['w1_panels'], up_front),
+                                  (8, 196, [], up_front), (13, 196, [], []),
+                                  (14, 49, [], [])):
+        assert geoms[i].in_hw[0] * geoms[i].in_hw[1] == hw_in, i
         for batch, want in ((2, panels), (1, one)):
             names = [o.name for o in resnet_latency.channel_block_ops(
                 p, geoms[i], batch, 0.5)]

@@ -524,6 +524,8 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     # channel blocks of w2t)
     (2, 300, 140, 32, 21, 21, 3, 1, 2),  # conv1 on panels gathered up front
     # (441 input pixels), conv2 / conv3 row-blocked (7 x 7 output)
+    (2, 300, 140, 32, 14, 14, 1, 1, 2),  # every phase row-blocked on a
+    # 196-pixel output (28 tiles a sample)
 ])
 def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, stride, dil, g2):
@@ -576,21 +578,23 @@ def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
 
 def test_channel_row_blocked_thresholds_match_policy():
     """The latency model prices the channel kernel's panel writes and
-    phases from ``policy.CHANNEL_BLOCKED_MAX_IN_PIXELS`` / ``_OUT_PIXELS``
-    and ``CHANNEL_COLUMN_UNITS``: the same thresholds as the kernel's
-    row-blocked phases and its column split."""
+    phases from ``policy.CHANNEL_BLOCKED_MAX_IN_PIXELS`` / ``_OUT_PIXELS``,
+    ``CHANNEL_COLUMN_MAX_OUT_PIXELS`` and ``CHANNEL_COLUMN_UNITS``: the
+    same thresholds as the kernel's row-blocked phases and its column
+    split."""
     from laud_mm.ops import policy
     if ops.extension() is None:
         pytest.skip('laud_mm._ext is not built')
     assert list(ops.extension().channel_blocked_max_pixels()) == [
         policy.CHANNEL_BLOCKED_MAX_IN_PIXELS,
         policy.CHANNEL_BLOCKED_MAX_OUT_PIXELS,
+        policy.CHANNEL_COLUMN_MAX_OUT_PIXELS,
         policy.CHANNEL_COLUMN_UNITS]
 
 
 @pytest.mark.parametrize('h,w', [(7, 7), (9, 8), (15, 14)])  # every phase
-# row-blocked (<= 49 pixels) / conv1 row-blocked, conv2 on panels gathered
-# up front / both on panels gathered up front (> 196 pixels)
+# row-blocked (7 tiles a sample; 11 on 72 pixels) / both on panels
+# gathered up front (> 196 pixels)
 def test_channel_branch_kept_patterns(h, w):
     """Kept-channel patterns that take each of the panel gathers' copies
     (with AVX-512, chunks of 16 source columns, compressed, where they
@@ -1053,6 +1057,8 @@ def test_spatial_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
     # shared and split between threads
     (1, 300, 140, 32, 14, 14, 2, 1, 2),  # batch 1, row-blocked phases:
     # one sample's pixels over all threads
+    (3, 300, 140, 32, 14, 14, 1, 1, 2),  # row-blocked conv2 on 196-pixel
+    # outputs up to 3 threads, panels gathered up front beyond
 ])
 def test_channel_branch_same_at_any_thread_count(n, c_in, width, c_out, h,
                                                  w, stride, dil, g2):
@@ -1209,7 +1215,10 @@ def test_channel_column_split_equals_one_thread(n, c_in, width, c_out, h,
     (3, 300, 140, 32, 7, 7, 1),     # every phase row-blocked, tail row
     # blocks of w1t (44 rows) and of w2t's channels (12)
     (2, 300, 140, 32, 14, 14, 2),   # conv1 and conv2 / conv3 row-blocked
-    (2, 300, 256, 32, 14, 13, 1),   # conv1 row-blocked only
+    (2, 300, 256, 32, 14, 13, 1),   # every phase row-blocked, 182-pixel
+    # output
+    (2, 300, 140, 32, 21, 21, 2),   # conv2 / conv3 only (441 input
+    # pixels, 121 output)
 ])
 def test_channel_row_blocked_phases_equal_up_front_panels(n, c_in, width,
                                                           c_out, h, w,

@@ -341,7 +341,8 @@ def _channel_eager(pred, g: BlockGeometry, batch: int, d: float,
         # typical sample's count (exact with forced gates, where every
         # sample keeps the same; else the mean)
         k1 = channel_kept_padded(g, 1, d, pred.forced_gates)
-        columns = not blocked and small_in and small_out and \
+        columns = not blocked and small_in and \
+            out_px <= policy.CHANNEL_COLUMN_MAX_OUT_PIXELS and \
             batch * -(-k1 // 16) >= policy.CHANNEL_COLUMN_UNITS * hw.num_pe
         row_blocked = (columns or (blocked and small_in),
                        columns or (blocked and small_out))
