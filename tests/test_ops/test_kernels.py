@@ -524,8 +524,9 @@ def _channel_case(seed, n, c_in, width, c_out, h, w, stride, dil, g2,
     # channel blocks of w2t)
     (2, 300, 140, 32, 21, 21, 3, 1, 2),  # conv1 on panels gathered up front
     # (441 input pixels), conv2 / conv3 row-blocked (7 x 7 output)
-    (2, 300, 140, 32, 14, 14, 1, 1, 2),  # every phase row-blocked on a
-    # 196-pixel output (28 tiles a sample)
+    (2, 300, 140, 32, 14, 14, 1, 1, 2),  # a 196-pixel output (28 tiles a
+    # sample): every phase row-blocked at 1 - 2 threads, on panels
+    # gathered up front at 3
 ])
 def test_channel_branch_kernel_equals_masked_dense(n, c_in, width, c_out, h,
                                                    w, stride, dil, g2):
@@ -1238,6 +1239,30 @@ def test_channel_row_blocked_phases_equal_up_front_panels(n, c_in, width,
         assert torch.equal(blocked[0], unblocked[0]), threads
         assert torch.equal(blocked[1], unblocked[1]), threads
         assert (blocked[0] - dense).abs().max() <= 1e-5
+
+
+@needs_ext
+def test_channel_conv1_row_blocked_conv2_up_front():
+    """conv1 row-blocked (13 x 13 = 169 input pixels) with conv2 / conv3 on
+    panels gathered up front (padding 2 > dilation 1: a 15 x 15 output,
+    225 pixels), the one mix of the two modes the thresholds leave: the
+    up-front gather then writes conv2's panels alone. The same bits as
+    every phase on up-front panels (force_unblocked) at 1 and 2 threads,
+    and the PyTorch reference's result."""
+    from laud_mm.ops import channel_branch_add_relu_reference
+    args, _, _ = _channel_case(29, 2, 300, 140, 32, 13, 13, 1, 1, 2)
+    args = args[:9] + (1, 2, 1)  # stride 1, padding 2, dilation 1
+    ident = torch.randn(2, 32, 15, 15,
+                        generator=torch.Generator().manual_seed(3))
+    ref = channel_branch_add_relu_reference(ident.clone(), *args)
+    for threads in (1, 2):
+        blocked = _with_threads(
+            threads, lambda: _channel_kernel_with_sums(args, ident))
+        unblocked = _with_threads(threads, lambda: _channel_kernel_with_sums(
+            args, ident, force_unblocked=True))
+        assert torch.equal(blocked[0], unblocked[0]), threads
+        assert torch.equal(blocked[1], unblocked[1]), threads
+        assert (blocked[0] - ref).abs().max() <= 1e-5, threads
 
 
 @needs_ext
