@@ -126,13 +126,13 @@ constexpr int64_t kAlign2 = 1;
 // output maps of at most kBlockedMaxPixels2 (7 x 7 and 14 x 14 at 224 px).
 // On such maps a panel block serves few tiles (7 on a 7 x 7 map, 28 on
 // 14 x 14), and the batch's panels (N C_in kp floats for conv1, N 9 k kp
-// for conv2: about 50 MB at R50 stage 4 and 13 MB at stage 3, batch 8,
-// r = 0.5) would go out of L2 and back; row-blocked, a tile reads its
-// weight block from L1 instead of a 64-column panel of 9 k rows (370 KB
-// at stage 3) from L2. Larger maps reuse a panel over enough tiles that
-// the up-front gather pays (the measurements behind the thresholds:
-// docs/benchmark_history.md, thirteenth round, and docs/benchmarks.md,
-// "Row-blocked conv2 on 14 x 14 outputs").
+// for conv2: about 50 and 13 MB at R50 stages 4 and 3, conv2's 28 and 8
+// MB of them, batch 8, r = 0.5) would go out of L2 and back; row-blocked,
+// a tile reads its weight block from L1 instead of a 64-column panel of
+// 9 k rows (370 KB at stage 3) from L2. Larger maps reuse a panel over
+// enough tiles that the up-front gather pays (the measurements behind the
+// thresholds: docs/benchmark_history.md, thirteenth round, and
+// docs/benchmarks.md, "Row-blocked conv2 on 14 x 14 outputs").
 constexpr int64_t kBlockedMaxPixels1 = 196;
 constexpr int64_t kBlockedMaxPixels2 = 196;
 // The column split (ChannelPlan::colsplit) runs on output maps of at most

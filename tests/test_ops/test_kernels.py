@@ -1250,6 +1250,8 @@ def test_channel_conv1_row_blocked_conv2_up_front():
     every phase on up-front panels (force_unblocked) at 1 and 2 threads,
     and the PyTorch reference's result."""
     from laud_mm.ops import channel_branch_add_relu_reference
+    max_in, max_out = ops.extension().channel_blocked_max_pixels()[:2]
+    assert 169 <= max_in and max_out < 225  # the mix this case is for
     args, _, _ = _channel_case(29, 2, 300, 140, 32, 13, 13, 1, 1, 2)
     args = args[:9] + (1, 2, 1)  # stride 1, padding 2, dilation 1
     ident = torch.randn(2, 32, 15, 15,
